@@ -1,0 +1,107 @@
+"""kmpray: the KMP WorkManager programming model as an actor engine on Ray.
+
+``import kmpray`` loads no Ray; Ray is imported by ``kmpray.connect()``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .clock import FIFTEEN_MINUTES, ONE_DAY, ONE_HOUR, ONE_MINUTE, ONE_SECOND
+from .config import EngineConfig
+from .constraints import Constraints
+from .enums import (
+    BackoffPolicy,
+    ExistingPolicy,
+    ExistingWorkPolicy,
+    InputMerger,
+    NetworkType,
+    QualityOfService,
+    ScheduleResult,
+    TaskState,
+)
+from .errors import (
+    EngineUnavailable,
+    InvalidParameters,
+    KmprayError,
+    RejectedByPolicy,
+    VirtualTimeOnly,
+    WorkerNotRegistered,
+)
+from .events import TaskCompletionEvent, TaskEventBus, TaskProgressEvent
+from .models import ChainInfo, TaskInfo, TaskRequest
+from .results import WorkerResult
+from .triggers import TaskTrigger
+from .worker import CommonWorker, WorkerContext, worker
+
+if TYPE_CHECKING:
+    from .client import BackgroundTaskScheduler
+
+
+def connect(
+    address: str | None = None,
+    namespace: str = "kmpray",
+    state_dir: str | None = None,
+    virtual_time: bool = False,
+    platform: str = "cluster",
+    config: EngineConfig | None = None,
+) -> BackgroundTaskScheduler:
+    """Attach to (or start) the engine of ``namespace`` and return its scheduler facade."""
+    from .client import connect as _connect
+
+    return _connect(
+        address=address,
+        namespace=namespace,
+        state_dir=state_dir,
+        virtual_time=virtual_time,
+        platform=platform,
+        config=config,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    if name == "BackgroundTaskScheduler":
+        from .client import BackgroundTaskScheduler
+
+        return BackgroundTaskScheduler
+    raise AttributeError(f"module 'kmpray' has no attribute {name!r}")
+
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FIFTEEN_MINUTES",
+    "ONE_DAY",
+    "ONE_HOUR",
+    "ONE_MINUTE",
+    "ONE_SECOND",
+    "BackgroundTaskScheduler",
+    "BackoffPolicy",
+    "ChainInfo",
+    "CommonWorker",
+    "Constraints",
+    "EngineConfig",
+    "EngineUnavailable",
+    "ExistingPolicy",
+    "ExistingWorkPolicy",
+    "InputMerger",
+    "InvalidParameters",
+    "KmprayError",
+    "NetworkType",
+    "QualityOfService",
+    "RejectedByPolicy",
+    "ScheduleResult",
+    "TaskCompletionEvent",
+    "TaskEventBus",
+    "TaskInfo",
+    "TaskProgressEvent",
+    "TaskRequest",
+    "TaskState",
+    "TaskTrigger",
+    "VirtualTimeOnly",
+    "WorkerContext",
+    "WorkerNotRegistered",
+    "WorkerResult",
+    "connect",
+    "worker",
+]

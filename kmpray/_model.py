@@ -1,0 +1,41 @@
+"""The frozen pydantic base shared by every value object that crosses a boundary."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+from pydantic.alias_generators import to_camel
+
+
+class Frozen(BaseModel):
+    """Immutable, snake_case fields that also accept camelCase aliases.
+
+    ``_positional`` names the fields that may be given positionally, so that
+    ``TaskRequest("SyncWorker")`` and ``TaskTrigger.Periodic(FIFTEEN_MINUTES)`` read
+    like the KMP API they mirror.
+    """
+
+    model_config = ConfigDict(
+        frozen=True,
+        extra="forbid",
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        arbitrary_types_allowed=False,
+    )
+    _positional: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, /, *args: Any, **data: Any) -> None:
+        if args:
+            names = type(self)._positional
+            if len(args) > len(names):
+                raise TypeError(
+                    f"{type(self).__name__} takes at most {len(names)} positional "
+                    f"argument(s) ({', '.join(names) or 'none'}), got {len(args)}"
+                )
+            for name, value in zip(names, args, strict=False):
+                if name in data or to_camel(name) in data:
+                    raise TypeError(f"{type(self).__name__} got {name!r} twice")
+                data[name] = value
+        super().__init__(**data)

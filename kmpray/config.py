@@ -1,0 +1,27 @@
+"""EngineConfig: the limits and sizes an engine runs with (set at its first connect)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field
+
+from ._model import Frozen
+
+MiB = 1024 * 1024
+
+
+class EngineConfig(Frozen):
+    max_id_length: Annotated[int, Field(gt=0)] = 256
+    max_input_bytes: Annotated[int, Field(gt=0)] = 1 * MiB
+    max_output_bytes: Annotated[int, Field(gt=0)] = 1 * MiB
+    max_pending_tasks: Annotated[int, Field(gt=0)] = 2_000_000
+    # Light executors: long-lived actors that light tasks are batched onto.
+    executors: Annotated[int, Field(ge=0)] = 0  # 0 = one per CPU in the cluster
+    executor_concurrency: Annotated[int, Field(gt=0)] = 64
+    max_batch: Annotated[int, Field(gt=0)] = 256
+    # Finished one-time tasks are kept this long for get_task_info, then pruned.
+    retain_finished_ms: Annotated[int, Field(ge=0)] = 24 * 60 * 60 * 1000
+    # advance_time waits at most this long (real time) for due runs to settle.
+    settle_timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    event_retention: Annotated[int, Field(gt=0)] = 100_000

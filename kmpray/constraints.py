@@ -1,0 +1,32 @@
+"""Constraints: the conditions and policies that shape how a task runs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field
+
+from ._model import Frozen
+from .enums import BackoffPolicy, ExistingWorkPolicy, NetworkType, QualityOfService
+
+
+class Constraints(Frozen):
+    requires_network: bool = False
+    network_type: NetworkType = NetworkType.CONNECTED
+    requires_unmetered_network: bool = False
+    requires_charging: bool = False
+    requires_battery_not_low: bool = False
+    requires_storage_not_low: bool = False
+    requires_device_idle: bool = False
+    allow_while_idle: bool = False
+    is_heavy_task: bool = False
+    expedited: bool = False
+    backoff_policy: BackoffPolicy = BackoffPolicy.EXPONENTIAL
+    backoff_delay_ms: Annotated[int, Field(ge=0)] = 10_000
+    existing_work_policy: ExistingWorkPolicy = ExistingWorkPolicy.KEEP
+    qos: QualityOfService = QualityOfService.DEFAULT
+    max_retries: Annotated[int, Field(ge=0, le=1_000_000)] = 5
+    timeout_ms: Annotated[int, Field(gt=0)] | None = None
+
+
+DEFAULT_CONSTRAINTS = Constraints()

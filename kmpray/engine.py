@@ -1,0 +1,601 @@
+"""SchedulerCore: the scheduler's decisions over plain data, driven by an injected clock.
+
+It owns the task table, the timer heap, the ready queue (expedited > qos > due time),
+unique-work names, retries/backoff, dependency promotion and cascades. It performs
+no I/O: every call records its effects (rows to persist or delete, runs to cancel,
+events to emit, names whose waiters may wake), which the SchedulerActor drains and
+performs. One thread owns a core; nothing here is thread-safe on purpose.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import json
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .backoff import backoff_delay_ms
+from .clock import Clock
+from .config import EngineConfig
+from .constraints import Constraints
+from .enums import InputMerger, ScheduleResult, TaskState
+from .errors import InvalidParameters, KmprayError, RejectedByPolicy
+from .events import TaskCompletionEvent, TaskProgressEvent
+from .merging import merge
+from .platforms import PlatformProfile
+from .policies import Action, appended_state, decide
+from .records import TaskRecord
+from .results import Failure, Retry, Success
+from .triggers import (
+    DEVICE_TRIGGER_KINDS,
+    ContentUri,
+    Exact,
+    OneTime,
+    Periodic,
+    Trigger,
+    Windowed,
+    periodic_next,
+    uri_matches,
+)
+from .validation import check_id, check_input, check_trigger
+
+log = logging.getLogger("kmpray.engine")
+
+_UNFINISHED = (TaskState.ENQUEUED, TaskState.BLOCKED, TaskState.RUNNING)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    result: ScheduleResult
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """One run handed to an executor."""
+
+    key: str
+    name: str
+    run_id: int
+    worker: str
+    input: str | None
+    upstream: dict[str, Any] | None
+    previous_attempts: int
+    timeout_ms: int | None
+    heavy: bool
+    chain_id: str | None
+
+
+@dataclass(slots=True)
+class Effects:
+    persist: dict[str, TaskRecord] = field(default_factory=dict)
+    delete: set[str] = field(default_factory=set)
+    cancel_runs: list[tuple[str, int]] = field(default_factory=list)
+    events: list[TaskCompletionEvent | TaskProgressEvent] = field(default_factory=list)
+    settled: set[str] = field(default_factory=set)  # names whose waiters should re-check
+
+    def __bool__(self) -> bool:
+        return bool(self.persist or self.delete or self.cancel_runs or self.events or self.settled)
+
+
+class SchedulerCore:
+    def __init__(
+        self,
+        clock: Clock,
+        platform: PlatformProfile,
+        config: EngineConfig | None = None,
+        is_registered: Callable[[str], bool] = lambda _name: True,
+    ) -> None:
+        self.clock = clock
+        self.platform = platform
+        self.config = config or EngineConfig()
+        self.is_registered = is_registered
+        self.tasks: dict[str, TaskRecord] = {}
+        self.names: dict[str, list[str]] = {}  # name -> row keys, oldest first
+        self.dependents: dict[str, list[str]] = {}
+        self._timers: list[tuple[int, int, str]] = []
+        self._ready: list[tuple[int, int, int, int, str]] = []
+        self._deadlines: list[tuple[int, str]] = []
+        self._armed: dict[str, set[str]] = {}  # event trigger kind -> keys waiting for it
+        self._seq = itertools.count()
+        self._append_seq: dict[str, int] = {}
+        self.pending = 0  # unfinished tasks, for admission control
+        self.fx = Effects()
+
+    # ----------------------------------------------------------------- effects
+    def drain(self) -> Effects:
+        fx, self.fx = self.fx, Effects()
+        return fx
+
+    def _touch(self, rec: TaskRecord, now: int) -> None:
+        rec.updated_at_ms = now
+        self.fx.persist[rec.key] = rec
+
+    # ------------------------------------------------------------------ reads
+    def latest(self, name_or_key: str) -> TaskRecord | None:
+        rec = self.tasks.get(name_or_key)
+        keys = self.names.get(name_or_key)
+        if keys:
+            return self.tasks[keys[-1]]
+        return rec
+
+    def is_settled(self, name: str) -> bool:
+        rec = self.latest(name)
+        return rec is None or rec.state.is_finished
+
+    def counts(self) -> dict[str, int]:
+        out = {s.value: 0 for s in TaskState}
+        for rec in self.tasks.values():
+            out[rec.state.value] += 1
+        return out
+
+    def next_due_ms(self) -> int | None:
+        while self._timers:
+            due, seq, key = self._timers[0]
+            rec = self.tasks.get(key)
+            if rec is not None and rec.timer_seq == seq:
+                break
+            heapq.heappop(self._timers)
+        candidates = [self._timers[0][0]] if self._timers else []
+        if self._deadlines:
+            candidates.append(self._deadlines[0][0])
+        return min(candidates) if candidates else None
+
+    def ready_count(self) -> int:
+        return len(self._ready)
+
+    # ---------------------------------------------------------------- restore
+    def restore(self, records: Iterable[TaskRecord]) -> None:
+        """Rebuild every index from stored rows. Runs that were in flight run again."""
+        now = self.clock.now_ms()
+        rows = sorted(records, key=lambda r: (r.created_at_ms, r.key))
+        for rec in rows:
+            self.tasks[rec.key] = rec
+            self.names.setdefault(rec.name, []).append(rec.key)
+            if "#" in rec.key:
+                suffix = int(rec.key.rsplit("#", 1)[1])
+                self._append_seq[rec.name] = max(self._append_seq.get(rec.name, 1), suffix)
+            for pre in rec.prereqs:
+                self.dependents.setdefault(pre, []).append(rec.key)
+        for rec in rows:
+            if rec.state.is_finished:
+                continue
+            self.pending += 1
+            if rec.state is TaskState.RUNNING:
+                rec.state = TaskState.ENQUEUED
+                rec.next_run_at_ms = now
+                self._touch(rec, now)
+            if rec.state is TaskState.ENQUEUED:
+                self._arm(rec, now)
+            if rec.deadline_ms is not None:
+                heapq.heappush(self._deadlines, (rec.deadline_ms, rec.key))
+
+    # ---------------------------------------------------------------- enqueue
+    def submit(
+        self,
+        task_id: str,
+        trigger: Trigger,
+        worker: str,
+        input: str | None = None,  # noqa: A002
+        constraints: Constraints | None = None,
+    ) -> Outcome:
+        """Validate and admit one task under the unique-work name ``task_id``."""
+        constraints = constraints or Constraints()
+        now = self.clock.now_ms()
+        try:
+            check_id(task_id, self.config)
+            check_input(input, self.config)
+            check_trigger(trigger, constraints, self.platform, now, self.config)
+            if not self.is_registered(worker):
+                raise InvalidParameters(f"worker_class_name: {worker!r} is not a registered worker")
+            if self.pending >= self.config.max_pending_tasks:
+                raise RejectedByPolicy(
+                    f"admission: {self.pending} tasks pending, the limit is {self.config.max_pending_tasks}"
+                )
+        except InvalidParameters as exc:
+            return Outcome(ScheduleResult.REJECTED_INVALID_PARAMS, str(exc))
+        except RejectedByPolicy as exc:
+            return Outcome(ScheduleResult.REJECTED_OS_POLICY, str(exc))
+
+        existing = [self.tasks[k] for k in self.names.get(task_id, ())]
+        action = decide(constraints.existing_work_policy, [r.state for r in existing])
+        if action is Action.IGNORE:
+            return Outcome(ScheduleResult.SUCCESS, f"kept existing unfinished work {task_id!r}")
+        prereqs: tuple[str, ...] = ()
+        key = task_id
+        if action is Action.REPLACE:
+            self._remove_name(task_id, now)
+        elif action is Action.APPEND:
+            leaf = existing[-1]
+            if isinstance(leaf.trigger, Periodic) or leaf.trigger.kind in DEVICE_TRIGGER_KINDS | {"content_uri"}:
+                return Outcome(
+                    ScheduleResult.REJECTED_INVALID_PARAMS,
+                    f"existing_work_policy: cannot append to {task_id!r}: its {leaf.trigger.kind} work never finishes",
+                )
+            prereqs = (leaf.key,)
+            n = self._append_seq.get(task_id, 1) + 1
+            self._append_seq[task_id] = n
+            key = f"{task_id}#{n}"
+        rec = TaskRecord(
+            key=key,
+            name=task_id,
+            worker=worker,
+            trigger=trigger,
+            constraints=constraints,
+            state=TaskState.ENQUEUED,
+            created_at_ms=now,
+            updated_at_ms=now,
+            input=input,
+            prereqs=prereqs,
+        )
+        self._insert(rec, now)
+        return Outcome(ScheduleResult.SUCCESS)
+
+    def _insert(self, rec: TaskRecord, now: int) -> None:
+        self.tasks[rec.key] = rec
+        self.names.setdefault(rec.name, []).append(rec.key)
+        self.pending += 1
+        for pre in rec.prereqs:
+            self.dependents.setdefault(pre, []).append(rec.key)
+        if rec.prereqs:
+            states = [self.tasks[p].state for p in rec.prereqs]
+            worst = next((s for s in (TaskState.FAILED, TaskState.CANCELLED) if s in states), None)
+            if worst is not None:
+                state = appended_state(worst)
+            elif all(s is TaskState.SUCCEEDED for s in states):
+                state = TaskState.ENQUEUED
+            else:
+                state = TaskState.BLOCKED
+            rec.state = state
+            if state.is_finished:
+                self.pending -= 1
+                rec.result = Failure(f"prerequisite {rec.prereqs[0]!r} is {state.value}")
+                self.fx.settled.add(rec.name)
+        self._touch(rec, now)
+        if rec.state is TaskState.ENQUEUED:
+            self._schedule_first(rec, now)
+
+    def _schedule_first(self, rec: TaskRecord, now: int) -> None:
+        trig = rec.trigger
+        if isinstance(trig, OneTime):
+            self._set_timer(rec, now + trig.initial_delay_ms, now)
+        elif isinstance(trig, Periodic):
+            rec.anchor_ms = now
+            rec.period = 0
+            self._set_timer(rec, now, now)
+        elif isinstance(trig, Exact):
+            self._set_timer(rec, max(trig.at_epoch_millis, now), now)
+        elif isinstance(trig, Windowed):
+            rec.deadline_ms = trig.end_epoch_millis
+            heapq.heappush(self._deadlines, (trig.end_epoch_millis, rec.key))
+            self._set_timer(rec, max(trig.start_epoch_millis, now), now)
+        else:  # device-state and content triggers wait for their event
+            rec.next_run_at_ms = None
+            self._armed.setdefault(trig.kind, set()).add(rec.key)
+
+    def _arm(self, rec: TaskRecord, now: int) -> None:
+        """Re-enter the timer or event index after a restore."""
+        if rec.trigger.kind in DEVICE_TRIGGER_KINDS or isinstance(rec.trigger, ContentUri):
+            self._armed.setdefault(rec.trigger.kind, set()).add(rec.key)
+            if rec.next_run_at_ms is not None:
+                self._set_timer(rec, rec.next_run_at_ms, now)
+            return
+        if rec.next_run_at_ms is None:
+            self._schedule_first(rec, now)
+        else:
+            self._set_timer(rec, rec.next_run_at_ms, now)
+
+    def _set_timer(self, rec: TaskRecord, due: int, now: int) -> None:
+        rec.next_run_at_ms = due
+        seq = next(self._seq)
+        rec.timer_seq = seq
+        rec.ready_seq = -1
+        heapq.heappush(self._timers, (due, seq, rec.key))
+        self._touch(rec, now)
+
+    def _make_ready(self, rec: TaskRecord) -> None:
+        seq = next(self._seq)
+        rec.ready_seq = seq
+        rec.timer_seq = -1
+        c = rec.constraints
+        due = rec.next_run_at_ms if rec.next_run_at_ms is not None else 0
+        heapq.heappush(self._ready, (0 if c.expedited else 1, c.qos.rank, due, seq, rec.key))
+
+    # ------------------------------------------------------------------- time
+    def tick(self) -> None:
+        """Move due timers to the ready queue and expire passed windows."""
+        now = self.clock.now_ms()
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            _due, seq, key = heapq.heappop(timers)
+            rec = self.tasks.get(key)
+            if rec is not None and rec.timer_seq == seq and rec.state is TaskState.ENQUEUED:
+                self._make_ready(rec)
+        while self._deadlines and self._deadlines[0][0] < now:
+            _end, key = heapq.heappop(self._deadlines)
+            rec = self.tasks.get(key)
+            if rec is not None and rec.state is TaskState.ENQUEUED and rec.deadline_ms is not None:
+                self._finish(rec, TaskState.FAILED, Failure("window expired"), now)
+
+    def take_ready(self, limit: int) -> list[Dispatch]:
+        """Pop up to ``limit`` runs in priority order and mark them RUNNING."""
+        now = self.clock.now_ms()
+        out: list[Dispatch] = []
+        ready = self._ready
+        while ready and len(out) < limit:
+            *_, seq, key = heapq.heappop(ready)
+            rec = self.tasks.get(key)
+            if rec is None or rec.ready_seq != seq or rec.state is not TaskState.ENQUEUED:
+                continue
+            rec.ready_seq = -1
+            if not self.is_registered(rec.worker):
+                self._finish(rec, TaskState.FAILED, Failure(f"worker {rec.worker!r} is not registered"), now)
+                continue
+            upstream: dict[str, Any] | None = None
+            run_input = rec.input
+            if rec.prereqs:
+                try:
+                    upstream = merge(
+                        rec.input_merger,
+                        [self._output(p) for p in rec.prereqs],
+                    )
+                except InvalidParameters as exc:
+                    self._finish(rec, TaskState.FAILED, Failure(str(exc)), now)
+                    continue
+                if run_input is None and upstream:
+                    run_input = json.dumps(upstream)
+            rec.state = TaskState.RUNNING
+            rec.run_id += 1
+            rec.progress = None
+            rec.next_run_at_ms = None
+            self._touch(rec, now)
+            out.append(
+                Dispatch(
+                    key=rec.key,
+                    name=rec.name,
+                    run_id=rec.run_id,
+                    worker=rec.worker,
+                    input=run_input,
+                    upstream=upstream,
+                    previous_attempts=rec.run_attempt_count,
+                    timeout_ms=rec.constraints.timeout_ms,
+                    heavy=rec.constraints.is_heavy_task,
+                    chain_id=rec.chain_id,
+                )
+            )
+            rec.run_attempt_count += 1
+        return out
+
+    def _output(self, key: str) -> dict[str, Any] | None:
+        rec = self.tasks.get(key)
+        if rec is not None and isinstance(rec.result, Success):
+            return rec.result.data
+        return None
+
+    # ------------------------------------------------------------- completion
+    def complete(self, key: str, run_id: int, result: Success | Failure | Retry) -> bool:
+        """Apply a run's result. A report for a run that is no longer current is ignored."""
+        rec = self.tasks.get(key)
+        if rec is None or rec.state is not TaskState.RUNNING or rec.run_id != run_id:
+            return False
+        now = self.clock.now_ms()
+        retryable = isinstance(result, Retry) or (isinstance(result, Failure) and result.should_retry)
+        if retryable:
+            attempts = rec.run_attempt_count
+            if attempts <= rec.constraints.max_retries:
+                if isinstance(result, Retry) and result.delay_ms is not None:
+                    delay = result.delay_ms
+                else:
+                    c = rec.constraints
+                    delay = backoff_delay_ms(c.backoff_policy, c.backoff_delay_ms, attempts)
+                rec.state = TaskState.ENQUEUED
+                rec.result = result
+                why = result.reason if isinstance(result, Retry) else result.message
+                self._emit_completion(rec, False, f"retrying in {delay} ms: {why or 'retry requested'}", None, now)
+                self._set_timer(rec, now + delay, now)
+                self.fx.settled.add(rec.name)
+                return True
+            why = result.reason if isinstance(result, Retry) else result.message
+            result = Failure(f"gave up after {attempts} attempts: {why or 'retry requested'}")
+        success = isinstance(result, Success)
+        if self._recurs(rec):
+            rec.run_count += 1
+            rec.result = result
+            rec.state = TaskState.ENQUEUED
+            rec.run_attempt_count = 0
+            self._emit_completion(rec, success, result.message, result.data if success else None, now)
+            self._schedule_recurrence(rec, now)
+            self.fx.settled.add(rec.name)
+            return True
+        rec.run_count += 1
+        self._finish(rec, TaskState.SUCCEEDED if success else TaskState.FAILED, result, now, ran=True)
+        return True
+
+    def _recurs(self, rec: TaskRecord) -> bool:
+        return isinstance(rec.trigger, (Periodic, ContentUri)) or rec.trigger.kind in DEVICE_TRIGGER_KINDS
+
+    def _schedule_recurrence(self, rec: TaskRecord, now: int) -> None:
+        trig = rec.trigger
+        if isinstance(trig, Periodic):
+            rec.period, due = periodic_next(rec.anchor_ms, trig.interval_ms, trig.flex_ms, rec.period, now)
+            self._set_timer(rec, due, now)
+        elif rec.refire:
+            rec.refire = False
+            self._set_timer(rec, now, now)
+        else:
+            rec.next_run_at_ms = None
+            self._touch(rec, now)
+
+    def run_lost(self, key: str, run_id: int) -> None:
+        """The executor of a run died: run it again, not counted as an attempt."""
+        rec = self.tasks.get(key)
+        if rec is None or rec.state is not TaskState.RUNNING or rec.run_id != run_id:
+            return
+        now = self.clock.now_ms()
+        rec.state = TaskState.ENQUEUED
+        rec.run_attempt_count = max(0, rec.run_attempt_count - 1)
+        self._set_timer(rec, now, now)
+
+    def progress(self, key: str, run_id: int, pct: int, message: str | None) -> None:
+        rec = self.tasks.get(key)
+        if rec is None or rec.state is not TaskState.RUNNING or rec.run_id != run_id:
+            return
+        rec.progress = pct
+        now = self.clock.now_ms()
+        self._touch(rec, now)
+        self.fx.events.append(
+            TaskProgressEvent(task_id=rec.key, task_name=rec.worker, progress=pct, message=message, timestamp=now)
+        )
+
+    def _emit_completion(
+        self, rec: TaskRecord, success: bool, message: str | None, data: dict[str, Any] | None, now: int
+    ) -> None:
+        self.fx.events.append(
+            TaskCompletionEvent(
+                task_name=rec.worker,
+                success=success,
+                message=message,
+                timestamp=now,
+                task_id=rec.key,
+                chain_id=rec.chain_id,
+                output_data=data,
+            )
+        )
+
+    def _finish(
+        self,
+        rec: TaskRecord,
+        state: TaskState,
+        result: Success | Failure | Retry | None,
+        now: int,
+        ran: bool = False,
+    ) -> None:
+        """Move ``rec`` to a terminal state and cascade to its dependents."""
+        was_running = rec.state is TaskState.RUNNING
+        if rec.state.is_finished:
+            return
+        rec.state = state
+        if result is not None:
+            rec.result = result
+        rec.next_run_at_ms = None
+        rec.timer_seq = rec.ready_seq = -1
+        self.pending -= 1
+        for kind in (rec.trigger.kind,):
+            self._armed.get(kind, set()).discard(rec.key)
+        if was_running and state is TaskState.CANCELLED:
+            self.fx.cancel_runs.append((rec.key, rec.run_id))
+        self._touch(rec, now)
+        self.fx.settled.add(rec.name)
+        if ran or state is not TaskState.SUCCEEDED:
+            data = result.data if isinstance(result, Success) else None
+            message = result.message if isinstance(result, (Success, Failure)) else None
+            if state is TaskState.CANCELLED:
+                message = "cancelled"
+            self._emit_completion(rec, state is TaskState.SUCCEEDED, message, data, now)
+        if state is TaskState.SUCCEEDED:
+            self._promote_dependents(rec, now)
+        else:
+            cascade = Failure(f"prerequisite {rec.key!r} {state.value.lower()}")
+            for dep in self.dependents.get(rec.key, ()):
+                drec = self.tasks.get(dep)
+                if drec is not None and not drec.state.is_finished:
+                    self._finish(drec, state, cascade if state is TaskState.FAILED else None, now)
+
+    def _promote_dependents(self, rec: TaskRecord, now: int) -> None:
+        for dep in self.dependents.get(rec.key, ()):
+            drec = self.tasks.get(dep)
+            if drec is None or drec.state is not TaskState.BLOCKED:
+                continue
+            if all(self.tasks[p].state is TaskState.SUCCEEDED for p in drec.prereqs if p in self.tasks):
+                drec.state = TaskState.ENQUEUED
+                self._schedule_first(drec, now)
+
+    # ----------------------------------------------------------------- cancel
+    def cancel(self, name_or_key: str) -> int:
+        """Cancel every unfinished work under a name (or one row key). Returns how many."""
+        keys = list(self.names.get(name_or_key, ()))
+        if not keys and name_or_key in self.tasks:
+            keys = [name_or_key]
+        return self._cancel_rows(self.tasks[k] for k in keys)
+
+    def cancel_all(self) -> int:
+        return self._cancel_rows(list(self.tasks.values()))
+
+    def _cancel_rows(self, rows: Iterable[TaskRecord]) -> int:
+        """Cancel the unfinished rows (dependents cascade); count every row cancelled."""
+        now = self.clock.now_ms()
+        before = self.pending
+        for rec in [r for r in rows if not r.state.is_finished]:
+            self._finish(rec, TaskState.CANCELLED, None, now)
+        return before - self.pending
+
+    def _remove_name(self, name: str, now: int) -> None:
+        for key in self.names.pop(name, []):
+            rec = self.tasks.get(key)
+            if rec is None:
+                continue
+            if not rec.state.is_finished:
+                self._finish(rec, TaskState.CANCELLED, None, now)
+            self._drop(key)
+
+    def _drop(self, key: str) -> None:
+        rec = self.tasks.pop(key, None)
+        if rec is None:
+            return
+        self.fx.persist.pop(key, None)
+        self.fx.delete.add(key)
+        for pre in rec.prereqs:
+            deps = self.dependents.get(pre)
+            if deps and key in deps:
+                deps.remove(key)
+        self.dependents.pop(key, None)
+
+    def prune(self) -> int:
+        """Forget finished rows older than ``retain_finished_ms`` (their dependents too)."""
+        now = self.clock.now_ms()
+        horizon = now - self.config.retain_finished_ms
+        stale = [
+            name
+            for name, keys in self.names.items()
+            if all(self.tasks[k].state.is_finished and self.tasks[k].updated_at_ms < horizon for k in keys)
+        ]
+        for name in stale:
+            for key in self.names.pop(name):
+                self._drop(key)
+        return len(stale)
+
+    # ------------------------------------------------------------ event triggers
+    def fire(self, kind: str, uri: str | None = None) -> int:
+        """A device-state transition or content change: queue each armed task once."""
+        now = self.clock.now_ms()
+        n = 0
+        for key in list(self._armed.get(kind, ())):
+            rec = self.tasks.get(key)
+            if rec is None or rec.state.is_finished:
+                continue
+            trig = rec.trigger
+            if isinstance(trig, ContentUri) and (
+                uri is None or not uri_matches(trig.uri_string, uri, trig.trigger_for_descendants)
+            ):
+                continue
+            n += 1
+            if rec.state is TaskState.RUNNING:
+                rec.refire = True
+            elif rec.state is TaskState.ENQUEUED and rec.next_run_at_ms is None:
+                self._set_timer(rec, now, now)
+            # already queued or blocked: the change coalesces into that run
+        return n
+
+
+def outcome_for(exc: KmprayError) -> Outcome:
+    if isinstance(exc, RejectedByPolicy):
+        return Outcome(ScheduleResult.REJECTED_OS_POLICY, str(exc))
+    if isinstance(exc, InvalidParameters):
+        return Outcome(ScheduleResult.REJECTED_INVALID_PARAMS, str(exc))
+    return Outcome(ScheduleResult.FAILED_UNKNOWN, str(exc))
+
+
+__all__ = ["Dispatch", "Effects", "InputMerger", "Outcome", "SchedulerCore", "outcome_for"]

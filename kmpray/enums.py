@@ -1,0 +1,73 @@
+"""The public enumerations of the contract."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class TaskState(str, Enum):
+    ENQUEUED = "ENQUEUED"
+    BLOCKED = "BLOCKED"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def is_finished(self) -> bool:
+        return self in _FINISHED
+
+
+_FINISHED = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED})
+
+
+class ScheduleResult(str, Enum):
+    SUCCESS = "SUCCESS"
+    REJECTED_OS_POLICY = "REJECTED_OS_POLICY"
+    REJECTED_INVALID_PARAMS = "REJECTED_INVALID_PARAMS"
+    FAILED_UNKNOWN = "FAILED_UNKNOWN"
+
+
+class BackoffPolicy(str, Enum):
+    EXPONENTIAL = "EXPONENTIAL"
+    LINEAR = "LINEAR"
+
+
+class ExistingWorkPolicy(str, Enum):
+    REPLACE = "REPLACE"
+    KEEP = "KEEP"
+    APPEND = "APPEND"
+    APPEND_OR_REPLACE = "APPEND_OR_REPLACE"
+
+
+class ExistingPolicy(str, Enum):
+    KEEP = "KEEP"
+    REPLACE = "REPLACE"
+
+
+class NetworkType(str, Enum):
+    NOT_REQUIRED = "NOT_REQUIRED"
+    CONNECTED = "CONNECTED"
+    UNMETERED = "UNMETERED"
+    NOT_ROAMING = "NOT_ROAMING"
+    METERED = "METERED"
+    TEMPORARILY_UNMETERED = "TEMPORARILY_UNMETERED"
+
+
+class QualityOfService(str, Enum):
+    HIGH = "HIGH"
+    DEFAULT = "DEFAULT"
+    LOW = "LOW"
+
+    @property
+    def rank(self) -> int:
+        """Lower runs first."""
+        return _QOS_RANK[self]
+
+
+_QOS_RANK = {QualityOfService.HIGH: 0, QualityOfService.DEFAULT: 1, QualityOfService.LOW: 2}
+
+
+class InputMerger(str, Enum):
+    OVERWRITE = "OVERWRITE"
+    ARRAY = "ARRAY"

@@ -1,0 +1,73 @@
+"""Requests and the read models users get back: TaskRequest, TaskInfo, ChainInfo."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, ClassVar
+
+from pydantic import Field
+
+from ._model import Frozen
+from .constraints import Constraints
+from .enums import InputMerger, TaskState
+from .results import Result
+from .triggers import Trigger
+
+
+def _new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class TaskRequest(Frozen):
+    """One task of a chain step: ``TaskRequest("DownloadWorker", input='{"url": ...}')``."""
+
+    worker_class_name: str
+    input: str | None = None
+    constraints: Constraints = Constraints()
+    id: str = Field(default_factory=_new_id)
+    input_merger: InputMerger = InputMerger.OVERWRITE
+    _positional: ClassVar[tuple[str, ...]] = ("worker_class_name", "input", "constraints")
+
+
+class TaskInfo(Frozen):
+    id: str
+    worker_class_name: str
+    state: TaskState
+    run_attempt_count: int = 0
+    run_count: int = 0
+    result: Result | None = None
+    progress: int | None = None
+    next_run_at_ms: int | None = None
+    chain_id: str | None = None
+    trigger: Trigger | None = None
+    constraints: Constraints = Constraints()
+    created_at_ms: int = 0
+    updated_at_ms: int = 0
+
+    @property
+    def is_finished(self) -> bool:
+        return self.state.is_finished
+
+    def _repr_html_(self) -> str:
+        from .display import tasks_html
+
+        return tasks_html([self])
+
+
+class ChainInfo(Frozen):
+    id: str
+    state: TaskState
+    steps: list[list[TaskInfo]]
+
+    @property
+    def is_finished(self) -> bool:
+        return self.state.is_finished
+
+    def _repr_html_(self) -> str:
+        from .display import chain_html
+
+        return chain_html(self)
+
+
+def info_from_dict(raw: dict[str, Any]) -> TaskInfo:
+    return TaskInfo.model_validate(raw)

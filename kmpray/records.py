@@ -1,0 +1,136 @@
+"""TaskRecord: the scheduler's mutable row for one task, and its msgpack codec.
+
+Records live in one owner (the scheduler core); everything handed out is a frozen
+TaskInfo made from them. The codec writes plain msgpack maps, never pickle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+from pydantic import TypeAdapter
+
+from .constraints import DEFAULT_CONSTRAINTS, Constraints
+from .enums import InputMerger, TaskState
+from .models import TaskInfo
+from .results import Failure, Result, Retry, Success
+from .triggers import OneTime, Trigger
+
+_TRIGGER = TypeAdapter(Trigger)
+_RESULT = TypeAdapter(Result)
+_ONE_TIME = OneTime()
+
+
+@dataclass(slots=True, eq=False)
+class TaskRecord:
+    key: str  # unique row key: the task id, or "<id>#<n>" for work appended under a name
+    name: str  # the id the user enqueued under (unique-work name)
+    worker: str
+    trigger: Trigger
+    constraints: Constraints
+    state: TaskState
+    created_at_ms: int
+    updated_at_ms: int
+    input: str | None = None
+    run_attempt_count: int = 0
+    run_count: int = 0
+    result: Success | Failure | Retry | None = None
+    progress: int | None = None
+    next_run_at_ms: int | None = None
+    deadline_ms: int | None = None  # a window's end: still not run by then -> FAILED
+    chain_id: str | None = None
+    prereqs: tuple[str, ...] = ()
+    input_merger: InputMerger = InputMerger.OVERWRITE
+    anchor_ms: int = 0  # periodic: period k ends at anchor + k*interval
+    period: int = 0
+    run_id: int = 0  # bumped at each dispatch; reports for older runs are stale
+    refire: bool = False  # an event trigger fired while this task was running
+    # Index bookkeeping, not persisted.
+    timer_seq: int = field(default=-1, repr=False)
+    ready_seq: int = field(default=-1, repr=False)
+
+    def info(self) -> TaskInfo:
+        return TaskInfo.model_construct(
+            id=self.key,
+            worker_class_name=self.worker,
+            state=self.state,
+            run_attempt_count=self.run_attempt_count,
+            run_count=self.run_count,
+            result=self.result,
+            progress=self.progress,
+            next_run_at_ms=self.next_run_at_ms,
+            chain_id=self.chain_id,
+            trigger=self.trigger,
+            constraints=self.constraints,
+            created_at_ms=self.created_at_ms,
+            updated_at_ms=self.updated_at_ms,
+        )
+
+
+def encode(rec: TaskRecord) -> bytes:
+    row: dict[str, Any] = {
+        "k": rec.key,
+        "n": rec.name,
+        "w": rec.worker,
+        "s": rec.state.value,
+        "c0": rec.created_at_ms,
+        "u": rec.updated_at_ms,
+    }
+    if rec.trigger is not _ONE_TIME and rec.trigger != _ONE_TIME:
+        row["t"] = rec.trigger.model_dump(mode="json")
+    if rec.constraints is not DEFAULT_CONSTRAINTS:
+        dumped = rec.constraints.model_dump(mode="json", exclude_defaults=True)
+        if dumped:
+            row["c"] = dumped
+    optional = {
+        "i": rec.input,
+        "a": rec.run_attempt_count,
+        "rc": rec.run_count,
+        "p": rec.progress,
+        "nx": rec.next_run_at_ms,
+        "dl": rec.deadline_ms,
+        "ch": rec.chain_id,
+        "an": rec.anchor_ms,
+        "pe": rec.period,
+        "ri": rec.run_id,
+        "rf": rec.refire,
+    }
+    row.update({k: v for k, v in optional.items() if v})
+    if rec.result is not None:
+        row["r"] = rec.result.model_dump(mode="json", exclude_defaults=True) | {"kind": rec.result.kind}
+    if rec.prereqs:
+        row["pr"] = list(rec.prereqs)
+    if rec.input_merger is not InputMerger.OVERWRITE:
+        row["m"] = rec.input_merger.value
+    return msgpack.packb(row, use_bin_type=True)
+
+
+def decode(blob: bytes) -> TaskRecord:
+    row = msgpack.unpackb(blob, raw=False)
+    constraints = Constraints.model_validate(row["c"]) if "c" in row else DEFAULT_CONSTRAINTS
+    return TaskRecord(
+        key=row["k"],
+        name=row["n"],
+        worker=row["w"],
+        trigger=_TRIGGER.validate_python(row["t"]) if "t" in row else _ONE_TIME,
+        constraints=constraints,
+        state=TaskState(row["s"]),
+        created_at_ms=row["c0"],
+        updated_at_ms=row["u"],
+        input=row.get("i"),
+        run_attempt_count=row.get("a", 0),
+        run_count=row.get("rc", 0),
+        result=_RESULT.validate_python(row["r"]) if "r" in row else None,
+        progress=row.get("p"),
+        next_run_at_ms=row.get("nx"),
+        deadline_ms=row.get("dl"),
+        chain_id=row.get("ch"),
+        prereqs=tuple(row.get("pr", ())),
+        input_merger=InputMerger(row.get("m", "OVERWRITE")),
+        anchor_ms=row.get("an", 0),
+        period=row.get("pe", 0),
+        run_id=row.get("ri", 0),
+        refire=row.get("rf", False),
+    )

@@ -1,0 +1,54 @@
+"""WorkerResult: what a worker's ``do_work`` returns, and how other returns are read."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Literal, Union
+
+from pydantic import Field
+
+from ._model import Frozen
+
+
+class Success(Frozen):
+    kind: Literal["success"] = "success"
+    message: str | None = None
+    data: dict[str, Any] | None = None
+    _positional: ClassVar[tuple[str, ...]] = ("message", "data")
+
+
+class Failure(Frozen):
+    kind: Literal["failure"] = "failure"
+    message: str
+    should_retry: bool = False
+    _positional: ClassVar[tuple[str, ...]] = ("message", "should_retry")
+
+
+class Retry(Frozen):
+    kind: Literal["retry"] = "retry"
+    reason: str | None = None
+    delay_ms: Annotated[int, Field(ge=0)] | None = None
+    _positional: ClassVar[tuple[str, ...]] = ("reason", "delay_ms")
+
+
+Result = Annotated[Union[Success, Failure, Retry], Field(discriminator="kind")]
+
+
+class WorkerResult:
+    """``WorkerResult.Success(data={...})``, ``WorkerResult.Failure("why")``, ``WorkerResult.Retry()``."""
+
+    Success = Success
+    Failure = Failure
+    Retry = Retry
+
+
+def to_result(value: object) -> Success | Failure | Retry:
+    """Read a ``do_work`` return value: a WorkerResult, or a bool (True/False)."""
+    if isinstance(value, (Success, Failure, Retry)):
+        return value
+    if value is True:
+        return Success()
+    if value is False:
+        return Failure("Task failed")
+    return Failure(
+        f"do_work returned {type(value).__name__}; expected a WorkerResult or bool"
+    )

@@ -1,0 +1,97 @@
+"""CommonWorker, the WorkerContext a run sees, and the ``@kmpray.worker`` decorator."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from .errors import InvalidParameters
+from .results import Failure, Retry, Success, to_result
+
+
+class WorkerContext:
+    """What a run knows about itself. Created by the executor for each run."""
+
+    def __init__(
+        self,
+        task_id: str,
+        run_attempt_count: int,
+        upstream_data: dict[str, Any] | None = None,
+        progress_sink: Callable[[int, str | None], None] | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> None:
+        self.task_id = task_id
+        self.run_attempt_count = run_attempt_count
+        self.upstream_data: dict[str, Any] = dict(upstream_data or {})
+        self._progress_sink = progress_sink
+        self._cancelled = cancelled
+
+    def report_progress(self, pct: int, message: str | None = None) -> None:
+        if isinstance(pct, bool) or not isinstance(pct, int) or not 0 <= pct <= 100:
+            raise ValueError(f"report_progress: pct must be an int in 0..100, got {pct!r}")
+        if self._progress_sink is not None:
+            self._progress_sink(pct, message)
+
+    def is_cancelled(self) -> bool:
+        return self._cancelled() if self._cancelled is not None else False
+
+
+class CommonWorker:
+    """Subclass and implement ``do_work(input)`` or ``do_work(input, ctx)``, async or sync."""
+
+    def do_work(self, input: str | None) -> Any:  # noqa: A002 - the contract's name
+        raise NotImplementedError
+
+
+def _wants_context(fn: Callable[..., Any]) -> bool:
+    params = [
+        p
+        for p in inspect.signature(fn).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    return len(params) >= 2
+
+
+async def run_worker(
+    worker: CommonWorker, input: str | None, ctx: WorkerContext  # noqa: A002
+) -> Success | Failure | Retry:
+    """Call ``do_work`` the way it was declared; a sync one runs in a thread."""
+    fn = worker.do_work
+    args: tuple[Any, ...] = (input, ctx) if _wants_context(fn) else (input,)
+    if inspect.iscoroutinefunction(fn):
+        value = await fn(*args)
+    else:
+        value = await asyncio.to_thread(fn, *args)
+        if inspect.isawaitable(value):
+            value = await value
+    return to_result(value)
+
+
+_W = TypeVar("_W", bound=type)
+
+# Process-local registrations made with the decorator; connect() pushes them to the engine.
+LOCAL_WORKERS: dict[str, type] = {}
+
+MAX_WORKER_NAME = 200
+
+
+def check_worker_class(name: str, cls: object) -> None:
+    if not isinstance(name, str) or not name or len(name) > MAX_WORKER_NAME:
+        raise InvalidParameters(
+            f"worker_class_name: must be a non-empty string of at most {MAX_WORKER_NAME} characters"
+        )
+    if not isinstance(cls, type) or not callable(getattr(cls, "do_work", None)):
+        raise InvalidParameters(f"worker {name!r}: {cls!r} is not a class with a do_work method")
+
+
+def worker(name: str) -> Callable[[_W], _W]:
+    """Register a worker class under ``name`` (``@kmpray.worker("SyncWorker")``)."""
+
+    def register(cls: _W) -> _W:
+        check_worker_class(name, cls)
+        LOCAL_WORKERS[name] = cls
+        return cls
+
+    return register

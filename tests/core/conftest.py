@@ -1,0 +1,73 @@
+"""A harness that drives SchedulerCore like the actor does, with a scripted executor."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from kmpray.clock import ManualClock
+from kmpray.config import EngineConfig
+from kmpray.engine import Dispatch, SchedulerCore
+from kmpray.platforms import profile
+from kmpray.results import Failure, Retry, Success
+from kmpray.store import MemoryTaskStore
+
+Outcome = Success | Failure | Retry
+START = 1_700_000_000_000
+
+
+class Harness:
+    def __init__(self, platform: str = "cluster", config: EngineConfig | None = None) -> None:
+        self.clock = ManualClock(START)
+        self.store = MemoryTaskStore()
+        self.workers: dict[str, Callable[[Dispatch], Outcome]] = {
+            "Ok": lambda d: Success(data={"worker": "Ok"}),
+            "Fail": lambda d: Failure("boom"),
+            "Flaky": lambda d: Retry("not yet"),
+        }
+        self.core = SchedulerCore(self.clock, profile(platform), config, self.workers.__contains__)
+        self.runs: list[Dispatch] = []
+        self.events: list[object] = []
+
+    def flush(self) -> None:
+        fx = self.core.drain()
+        self.store.write(fx.persist.values(), fx.delete)
+        self.events.extend(fx.events)
+
+    def step(self) -> list[Dispatch]:
+        """Fire what is due and run every ready task to completion once."""
+        self.core.tick()
+        batch = self.core.take_ready(10_000)
+        self.runs.extend(batch)
+        for d in batch:
+            self.core.complete(d.key, d.run_id, self.workers[d.worker](d))
+        self.flush()
+        return batch
+
+    def advance(self, ms: int) -> list[Dispatch]:
+        """Advance virtual time the way the actor does: stepping through each due time."""
+        target = self.clock.now_ms() + ms
+        ran = self.step()
+        while (due := self.core.next_due_ms()) is not None and due <= target:
+            self.clock.set(due)
+            ran += self.step()
+        self.clock.set(target)
+        return ran + self.step()
+
+    def state(self, name: str) -> str:
+        rec = self.core.latest(name)
+        assert rec is not None
+        return rec.state.value
+
+    def restart(self) -> None:
+        """A new core over the same store: what a SchedulerActor restart does."""
+        self.flush()
+        self.core = SchedulerCore(self.clock, self.core.platform, self.core.config, self.workers.__contains__)
+        self.core.restore(self.store.load())
+        self.flush()
+
+
+@pytest.fixture
+def h() -> Harness:
+    return Harness()

@@ -1,0 +1,120 @@
+"""The store and restore: what a SchedulerActor rebuilds after a kill or a restart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kmpray import Constraints, ExistingWorkPolicy, QualityOfService, TaskState, TaskTrigger
+from kmpray.engine import SchedulerCore
+from kmpray.records import TaskRecord, decode, encode
+from kmpray.results import Failure, Success
+from kmpray.store import MemoryEventLog, SqliteEventLog, SqliteTaskStore
+
+from .conftest import START, Harness
+
+triggers = st.one_of(
+    st.integers(0, 10**9).map(TaskTrigger.OneTime),
+    st.integers(1_000, 10**9).map(TaskTrigger.Periodic),
+    st.integers(0, 10**13).map(TaskTrigger.Exact),
+    st.booleans().map(lambda d: TaskTrigger.ContentUri("content://x/y", d)),
+    st.sampled_from([TaskTrigger.BatteryLow, TaskTrigger.DeviceIdle]),
+)
+
+
+@given(
+    trigger=triggers,
+    state=st.sampled_from(list(TaskState)),
+    inp=st.none() | st.text(max_size=50),
+    qos=st.sampled_from(list(QualityOfService)),
+    retries=st.integers(0, 100),
+    result=st.none()
+    | (st.none() | st.dictionaries(st.text(max_size=5), st.integers())).map(lambda d: Success(data=d))
+    | st.tuples(st.text(min_size=1, max_size=20), st.booleans()).map(lambda t: Failure(*t)),
+)
+def test_record_codec_round_trips(trigger, state, inp, qos, retries, result) -> None:  # type: ignore[no-untyped-def]
+    rec = TaskRecord(
+        key="k#2", name="k", worker="W", trigger=trigger,
+        constraints=Constraints(qos=qos, max_retries=retries), state=state,
+        created_at_ms=START, updated_at_ms=START + 1, input=inp, run_attempt_count=3,
+        result=result, prereqs=("k",), anchor_ms=START, period=7, run_id=9,
+    )
+    back = decode(encode(rec))
+    assert back.info() == rec.info()
+    assert (back.prereqs, back.anchor_ms, back.period, back.run_id) == (("k",), START, 7, 9)
+
+
+def test_sqlite_store_persists_batches_and_deletes(tmp_path: Path) -> None:
+    h = Harness()
+    h.core.submit("a", TaskTrigger.OneTime(), "Ok")
+    h.core.submit("b", TaskTrigger.Periodic(60_000), "Ok")
+    store = SqliteTaskStore(tmp_path / "s.db")
+    fx = h.core.drain()
+    store.write(fx.persist.values(), fx.delete)
+    store.write([], ["a"])
+    store.close()
+    again = SqliteTaskStore(tmp_path / "s.db")
+    assert [r.key for r in again.load()] == ["b"]
+    again.put_meta("registered", ["Ok"])
+    assert again.get_meta("registered") == ["Ok"]
+
+
+def test_restore_runs_in_flight_work_again_and_keeps_the_rest(h: Harness) -> None:
+    h.core.submit("running", TaskTrigger.OneTime(), "Ok")
+    h.core.tick()
+    h.core.take_ready(10)
+    h.core.submit("later", TaskTrigger.OneTime(initial_delay_ms=60_000), "Ok")
+    h.core.submit("done", TaskTrigger.Exact(START), "Ok")
+    h.core.submit("p", TaskTrigger.Periodic(60_000), "Ok")
+    h.flush()
+    h.restart()
+    assert h.state("running") == "ENQUEUED"  # at-least-once: the interrupted run runs again
+    assert {d.key for d in h.step()} == {"running", "done", "p"}
+    assert h.state("later") == "ENQUEUED"
+    assert [d.key for d in h.advance(60_000)] == ["later", "p"]
+    assert h.core.pending == 1  # only the periodic task never finishes
+    assert h.state("p") == "ENQUEUED"
+
+
+def test_restore_keeps_unique_names_and_append_chains(h: Harness) -> None:
+    keep = Constraints(existing_work_policy=ExistingWorkPolicy.APPEND)
+    h.core.submit("u", TaskTrigger.OneTime(initial_delay_ms=100), "Ok")
+    h.core.submit("u", TaskTrigger.OneTime(), "Ok", constraints=keep)
+    h.restart()
+    assert h.state("u") == "BLOCKED"
+    h.core.submit("u", TaskTrigger.OneTime(), "Ok", constraints=keep)
+    assert h.core.latest("u").key == "u#3"  # type: ignore[union-attr]
+    h.advance(100)
+    assert [d.key for d in h.runs] == ["u", "u#2", "u#3"]
+
+
+def test_restore_with_a_fresh_core_counts_pending(h: Harness) -> None:
+    for i in range(5):
+        h.core.submit(f"t{i}", TaskTrigger.OneTime(initial_delay_ms=10), "Ok")
+    h.flush()
+    core = SchedulerCore(h.clock, h.core.platform)
+    core.restore(h.store.load())
+    assert core.pending == 5 and core.next_due_ms() == START + 10
+
+
+def test_prune_forgets_old_finished_work_only(h: Harness) -> None:
+    h.core.submit("old", TaskTrigger.OneTime(), "Ok")
+    h.step()
+    h.core.submit("live", TaskTrigger.Periodic(60_000), "Ok")
+    h.clock.set(START + h.core.config.retain_finished_ms + 1)
+    assert h.core.prune() == 1
+    assert h.core.latest("old") is None and h.core.latest("live") is not None
+    h.flush()
+    assert "old" not in {r.key for r in h.store.load()}
+
+
+def test_event_logs_hand_out_increasing_cursors(tmp_path: Path) -> None:
+    for log in (SqliteEventLog(tmp_path / "e.db"), MemoryEventLog()):
+        assert log.append([b"a", b"b"]) == [1, 2]
+        assert log.append([b"c"]) == [3]
+        assert log.read(1, 10) == [(2, b"b"), (3, b"c")]
+        log.trim(keep=1)
+        assert log.read(0, 10) == [(3, b"c")] and log.first_cursor() == 3
+        assert log.append([b"d"]) == [4]

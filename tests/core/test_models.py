@@ -1,0 +1,114 @@
+"""The public models: frozen, camelCase aliases, positional forms, field-naming errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from kmpray import (
+    BackoffPolicy,
+    Constraints,
+    InputMerger,
+    TaskCompletionEvent,
+    TaskRequest,
+    TaskTrigger,
+    WorkerResult,
+)
+from kmpray.backoff import MAX_BACKOFF_MS, backoff_delay_ms
+from kmpray.errors import InvalidParameters
+from kmpray.merging import merge
+from kmpray.results import Failure, Success, to_result
+from kmpray.triggers import uri_matches
+
+
+def test_import_kmpray_loads_no_ray() -> None:
+    code = "import sys, kmpray; from kmpray import *; assert 'ray' not in sys.modules, 'ray imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_camel_case_aliases_equal_snake_case() -> None:
+    assert Constraints(requiresNetwork=True, maxRetries=2) == Constraints(requires_network=True, max_retries=2)
+    assert TaskTrigger.Periodic(intervalMs=60_000) == TaskTrigger.Periodic(60_000)
+
+
+def test_models_are_frozen() -> None:
+    c = Constraints()
+    with pytest.raises(ValidationError):
+        c.requires_network = True  # type: ignore[misc]
+
+
+def test_positional_task_request_and_events() -> None:
+    req = TaskRequest("DownloadWorker")
+    assert req.worker_class_name == "DownloadWorker" and req.input is None and len(req.id) == 36
+    assert TaskRequest("A").id != TaskRequest("A").id
+    ev = TaskCompletionEvent("Sync", True, "done")
+    assert (ev.task_name, ev.success, ev.message) == ("Sync", True, "done") and ev.timestamp > 0
+
+
+@pytest.mark.parametrize(
+    ("build", "field"),
+    [
+        (lambda: Constraints(max_retries=-1), "max_retries"),
+        (lambda: Constraints(backoff_delay_ms=-5), "backoff_delay_ms"),
+        (lambda: Constraints(timeout_ms=0), "timeout_ms"),
+        (lambda: Constraints(qos="URGENT"), "qos"),
+        (lambda: Constraints(bogus=True), "bogus"),
+        (lambda: TaskTrigger.OneTime(initial_delay_ms=-1), "initial_delay_ms"),
+        (lambda: TaskTrigger.Periodic(0), "interval_ms"),
+        (lambda: TaskTrigger.ContentUri(""), "uri_string"),
+        (lambda: WorkerResult.Retry(delay_ms=-1), "delay_ms"),
+        (lambda: TaskRequest("W", input_merger="ZIP"), "input_merger"),
+    ],
+)
+def test_invalid_values_raise_validation_error_naming_the_field(build, field) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValidationError) as err:
+        build()
+    assert field in str(err.value)
+
+
+def test_device_triggers_are_singletons() -> None:
+    assert TaskTrigger.BatteryLow is TaskTrigger.BatteryLow
+    assert TaskTrigger.BatteryLow.kind == "battery_low"
+
+
+def test_bool_results_convert() -> None:
+    assert to_result(True) == Success()
+    assert to_result(False) == Failure("Task failed")
+    assert "expected a WorkerResult" in to_result(42).message  # type: ignore[union-attr]
+
+
+@given(st.integers(0, 10**7), st.integers(1, 200))
+def test_backoff_formula(base: int, n: int) -> None:
+    assert backoff_delay_ms(BackoffPolicy.LINEAR, base, n) == min(base * n, MAX_BACKOFF_MS)
+    assert backoff_delay_ms(BackoffPolicy.EXPONENTIAL, base, n) == min(base * 2 ** (n - 1), MAX_BACKOFF_MS)
+
+
+def test_five_hour_cap() -> None:
+    assert backoff_delay_ms(BackoffPolicy.EXPONENTIAL, 10_000, 30) == 5 * 3600 * 1000
+
+
+@pytest.mark.parametrize(
+    ("pattern", "changed", "desc", "match"),
+    [
+        ("file:///data/photos", "file:///data/photos", False, True),
+        ("file:///data/photos", "file:///data/photos/a.jpg", True, True),
+        ("file:///data/photos", "file:///data/photos/a.jpg", False, False),
+        ("file:///data/photos", "file:///data/photosynthesis", True, False),
+        ("content://media/", "content://media/images/1", True, True),
+    ],
+)
+def test_uri_matching_by_path_segment(pattern: str, changed: str, desc: bool, match: bool) -> None:
+    assert uri_matches(pattern, changed, desc) is match
+
+
+def test_mergers() -> None:
+    outs = [{"a": 1, "b": [1]}, None, {"a": 2, "b": 2}]
+    assert merge(InputMerger.OVERWRITE, outs) == {"a": 2, "b": 2}
+    assert merge(InputMerger.ARRAY, outs) == {"a": [1, 2], "b": [1, 2]}
+    with pytest.raises(InvalidParameters, match="'a'"):
+        merge(InputMerger.ARRAY, [{"a": 1}, {"a": "x"}])

@@ -1,0 +1,188 @@
+"""States and transitions of single tasks: one-time, exact, windowed, retries, cancel."""
+
+from __future__ import annotations
+
+from kmpray import BackoffPolicy, Constraints, ScheduleResult, TaskState, TaskTrigger
+from kmpray.results import Failure, Retry, Success
+
+from .conftest import START, Harness
+
+
+def test_one_time_task_runs_once_and_succeeds(h: Harness) -> None:
+    assert h.core.submit("a", TaskTrigger.OneTime(), "Ok").result is ScheduleResult.SUCCESS
+    assert h.state("a") == "ENQUEUED"
+    h.step()
+    rec = h.core.latest("a")
+    assert rec is not None
+    assert (rec.state, rec.run_count, rec.run_attempt_count) == (TaskState.SUCCEEDED, 1, 1)
+    assert rec.result == Success(data={"worker": "Ok"})
+    assert [d.key for d in h.runs] == ["a"]
+    assert h.step() == []
+
+
+def test_initial_delay_holds_the_task_until_due(h: Harness) -> None:
+    h.core.submit("a", TaskTrigger.OneTime(initial_delay_ms=5_000), "Ok")
+    assert h.step() == []
+    assert h.advance(4_999) == []
+    assert [d.key for d in h.advance(1)] == ["a"]
+
+
+def test_dispatch_marks_running_and_a_stale_report_is_ignored(h: Harness) -> None:
+    h.core.submit("a", TaskTrigger.OneTime(), "Ok")
+    h.core.tick()
+    [d] = h.core.take_ready(10)
+    assert h.state("a") == "RUNNING"
+    assert h.core.complete("a", d.run_id + 1, Success()) is False
+    assert h.state("a") == "RUNNING"
+    assert h.core.complete("a", d.run_id, Success()) is True
+    assert h.state("a") == "SUCCEEDED"
+
+
+def test_exact_trigger_fires_at_the_instant(h: Harness) -> None:
+    h.core.submit("x", TaskTrigger.Exact(START + 60_000), "Ok")
+    assert h.advance(59_999) == []
+    [d] = h.advance(1)
+    assert d.key == "x"
+    assert h.clock.now_ms() == START + 60_000
+
+
+def test_exact_in_the_past_runs_now(h: Harness) -> None:
+    h.core.submit("x", TaskTrigger.Exact(START - 1), "Ok")
+    assert [d.key for d in h.step()] == ["x"]
+
+
+def test_windowed_runs_at_window_start(h: Harness) -> None:
+    h.core.submit("w", TaskTrigger.Windowed(START + 1_000, START + 5_000), "Ok")
+    assert h.advance(999) == []
+    assert [d.key for d in h.advance(1)] == ["w"]
+    assert h.state("w") == "SUCCEEDED"
+
+
+def test_windowed_not_run_by_its_end_fails_with_window_expired(h: Harness) -> None:
+    h.core.submit("w", TaskTrigger.Windowed(START + 1_000, START + 5_000), "Ok")
+    h.clock.set(START + 5_001)  # nothing dispatched in the window (e.g. constraints unmet)
+    h.core.tick()
+    rec = h.core.latest("w")
+    assert rec is not None and rec.state is TaskState.FAILED
+    assert rec.result == Failure("window expired")
+    assert rec.run_attempt_count == 0
+
+
+def test_passed_or_inverted_window_is_rejected(h: Harness) -> None:
+    past = h.core.submit("w1", TaskTrigger.Windowed(START - 5_000, START - 1), "Ok")
+    inverted = h.core.submit("w2", TaskTrigger.Windowed(START + 5_000, START + 1_000), "Ok")
+    assert past.result is ScheduleResult.REJECTED_INVALID_PARAMS and "ended" in (past.reason or "")
+    assert inverted.result is ScheduleResult.REJECTED_INVALID_PARAMS and "inverted" in (inverted.reason or "")
+    assert h.core.latest("w1") is None and h.core.latest("w2") is None
+
+
+def test_exponential_retries_back_off_then_fail_after_max_retries(h: Harness) -> None:
+    c = Constraints(backoff_delay_ms=1_000, max_retries=3)
+    h.core.submit("f", TaskTrigger.OneTime(), "Flaky", constraints=c)
+    starts: list[int] = []
+    for _ in range(10):
+        if h.step():
+            starts.append(h.clock.now_ms() - START)
+        due = h.core.next_due_ms()
+        if due is None:
+            break
+        h.clock.set(due)
+    assert starts == [0, 1_000, 3_000, 7_000]  # delays 1 s, 2 s, 4 s
+    rec = h.core.latest("f")
+    assert rec is not None and rec.state is TaskState.FAILED
+    assert rec.run_attempt_count == 4
+    assert isinstance(rec.result, Failure) and "gave up after 4 attempts" in rec.result.message
+
+
+def test_linear_backoff_and_retry_delay_override(h: Harness) -> None:
+    outcomes = iter([Failure("x", should_retry=True), Retry("soon", delay_ms=50), Success()])
+    h.workers["Seq"] = lambda d: next(outcomes)
+    c = Constraints(backoff_policy=BackoffPolicy.LINEAR, backoff_delay_ms=1_000)
+    h.core.submit("s", TaskTrigger.OneTime(), "Seq", constraints=c)
+    h.step()
+    assert h.core.latest("s").next_run_at_ms == START + 1_000  # type: ignore[union-attr]
+    h.advance(1_000)
+    assert h.core.latest("s").next_run_at_ms == START + 1_050  # type: ignore[union-attr]
+    h.advance(50)
+    assert h.state("s") == "SUCCEEDED"
+
+
+def test_final_failure_does_not_retry(h: Harness) -> None:
+    h.core.submit("f", TaskTrigger.OneTime(), "Fail")
+    h.step()
+    rec = h.core.latest("f")
+    assert rec is not None and rec.state is TaskState.FAILED and rec.run_attempt_count == 1
+    assert h.core.next_due_ms() is None
+
+
+def test_max_retries_zero_fails_on_first_retry_request(h: Harness) -> None:
+    h.core.submit("f", TaskTrigger.OneTime(), "Flaky", constraints=Constraints(max_retries=0))
+    h.step()
+    assert h.state("f") == "FAILED"
+
+
+def test_unregistered_worker_is_rejected_at_enqueue(h: Harness) -> None:
+    out = h.core.submit("u", TaskTrigger.OneTime(), "Nope")
+    assert out.result is ScheduleResult.REJECTED_INVALID_PARAMS
+    assert "not a registered worker" in (out.reason or "")
+
+
+def test_worker_unregistered_by_dispatch_time_fails_without_retry(h: Harness) -> None:
+    h.workers["Gone"] = lambda d: Success()
+    h.core.submit("g", TaskTrigger.OneTime(), "Gone")
+    del h.workers["Gone"]
+    assert h.step() == []
+    rec = h.core.latest("g")
+    assert rec is not None and rec.state is TaskState.FAILED and rec.run_attempt_count == 0
+
+
+def test_cancel_enqueued_and_running_tasks(h: Harness) -> None:
+    h.core.submit("a", TaskTrigger.OneTime(initial_delay_ms=10_000), "Ok")
+    h.core.submit("b", TaskTrigger.OneTime(), "Ok")
+    h.core.tick()
+    [d] = h.core.take_ready(10)
+    assert h.core.cancel("a") == 1 and h.core.cancel("b") == 1
+    fx = h.core.drain()
+    assert fx.cancel_runs == [("b", d.run_id)]
+    assert h.state("a") == h.state("b") == "CANCELLED"
+    assert h.core.complete("b", d.run_id, Success()) is False
+    assert h.core.cancel("a") == 0
+
+
+def test_cancel_all_cancels_only_unfinished(h: Harness) -> None:
+    h.core.submit("done", TaskTrigger.OneTime(), "Ok")
+    h.step()
+    h.core.submit("p1", TaskTrigger.OneTime(initial_delay_ms=1), "Ok")
+    h.core.submit("p2", TaskTrigger.Periodic(60_000), "Ok")
+    assert h.core.cancel_all() == 2
+    assert (h.state("done"), h.state("p1"), h.state("p2")) == ("SUCCEEDED", "CANCELLED", "CANCELLED")
+
+
+def test_every_finished_run_emits_a_completion_event(h: Harness) -> None:
+    outcomes = iter([Retry("later", delay_ms=10), Success(data={"n": 1})])
+    h.workers["Seq"] = lambda d: next(outcomes)
+    h.core.submit("e", TaskTrigger.OneTime(), "Seq")
+    h.advance(10)
+    got = [(e.task_id, e.success, e.output_data) for e in h.events]  # type: ignore[attr-defined]
+    assert got == [("e", False, None), ("e", True, {"n": 1})]
+
+
+def test_progress_updates_info_and_emits_in_order(h: Harness) -> None:
+    h.core.submit("p", TaskTrigger.OneTime(), "Ok")
+    h.core.tick()
+    [d] = h.core.take_ready(1)
+    for pct in (10, 50, 90):
+        h.core.progress("p", d.run_id, pct, f"at {pct}")
+    assert h.core.latest("p").progress == 90  # type: ignore[union-attr]
+    assert [e.progress for e in h.core.drain().events] == [10, 50, 90]  # type: ignore[attr-defined]
+
+
+def test_run_lost_requeues_without_counting_an_attempt(h: Harness) -> None:
+    h.core.submit("a", TaskTrigger.OneTime(), "Ok")
+    h.core.tick()
+    [d] = h.core.take_ready(1)
+    h.core.run_lost("a", d.run_id)
+    rec = h.core.latest("a")
+    assert rec is not None and rec.state is TaskState.ENQUEUED and rec.run_attempt_count == 0
+    [d2] = h.step()
+    assert d2.run_id == d.run_id + 1 and h.state("a") == "SUCCEEDED"

@@ -1,0 +1,65 @@
+"""Bad input becomes REJECTED_INVALID_PARAMS / REJECTED_OS_POLICY with a reason; nothing is stored."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kmpray import EngineConfig, ScheduleResult, TaskTrigger
+
+from .conftest import Harness
+
+
+def test_id_rules() -> None:
+    h = Harness(config=EngineConfig(max_id_length=10))
+    cases = {"": "non-empty", "   ": "non-empty", "x" * 11: "limit of 10", "a#b": "'#'", "a\nb": "control"}
+    for bad, why in cases.items():
+        out = h.core.submit(bad, TaskTrigger.OneTime(), "Ok")
+        assert out.result is ScheduleResult.REJECTED_INVALID_PARAMS, bad
+        assert why in (out.reason or ""), (bad, out.reason)
+    assert h.core.tasks == {} and h.core.drain().persist == {}
+
+
+def test_input_cap() -> None:
+    h = Harness(config=EngineConfig(max_input_bytes=8))
+    assert h.core.submit("ok", TaskTrigger.OneTime(), "Ok", input="12345678").result is ScheduleResult.SUCCESS
+    out = h.core.submit("big", TaskTrigger.OneTime(), "Ok", input="123456789")
+    assert out.result is ScheduleResult.REJECTED_INVALID_PARAMS and "9 bytes" in (out.reason or "")
+
+
+def test_admission_control_rejects_by_os_policy() -> None:
+    h = Harness(config=EngineConfig(max_pending_tasks=2))
+    for i in range(2):
+        h.core.submit(f"t{i}", TaskTrigger.OneTime(initial_delay_ms=10), "Ok")
+    out = h.core.submit("t3", TaskTrigger.OneTime(), "Ok")
+    assert out.result is ScheduleResult.REJECTED_OS_POLICY and "admission" in (out.reason or "")
+    h.advance(10)
+    assert h.core.submit("t3", TaskTrigger.OneTime(), "Ok").result is ScheduleResult.SUCCESS
+
+
+def test_ios_profile_rejects_unsupported_triggers() -> None:
+    h = Harness("ios")
+    for trig in (TaskTrigger.ContentUri("content://x"), TaskTrigger.StorageLow, TaskTrigger.DeviceIdle):
+        assert h.core.submit("t", trig, "Ok").result is ScheduleResult.REJECTED_OS_POLICY
+    assert h.core.submit("t", TaskTrigger.BatteryLow, "Ok").result is ScheduleResult.SUCCESS
+
+
+def test_malformed_content_uri_is_rejected(h: Harness) -> None:
+    out = h.core.submit("c", TaskTrigger.ContentUri("no scheme here"), "Ok")
+    assert out.result is ScheduleResult.REJECTED_INVALID_PARAMS and "uri_string" in (out.reason or "")
+
+
+@settings(max_examples=200)
+@given(
+    task_id=st.text(max_size=300),
+    worker=st.text(max_size=20),
+    inp=st.none() | st.text(max_size=40),
+)
+def test_any_submission_is_accepted_or_rejected_with_a_reason(task_id: str, worker: str, inp: str | None) -> None:
+    h = Harness()
+    out = h.core.submit(task_id, TaskTrigger.OneTime(), worker, input=inp)
+    if out.result is ScheduleResult.SUCCESS:
+        assert h.core.latest(task_id) is not None and worker == "Ok" or worker in h.workers
+    else:
+        assert out.result is ScheduleResult.REJECTED_INVALID_PARAMS and out.reason
+        assert h.core.tasks == {}
