@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
+import msgpack
+
 from .config import EngineConfig
 from .constraints import Constraints
 from .enums import ExistingWorkPolicy
@@ -33,10 +35,27 @@ def check_input(value: object, config: EngineConfig, field: str = "input") -> No
         return
     if not isinstance(value, str):
         raise InvalidParameters(f"{field}: must be a string (e.g. JSON) or None, got {type(value).__name__}")
-    size = len(value.encode("utf-8", "surrogatepass"))
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidParameters(f"{field}: is not valid UTF-8 text (lone surrogate)") from None
     if size > config.max_input_bytes:
         raise InvalidParameters(
             f"{field}: {size} bytes, more than the cap of {config.max_input_bytes} bytes"
+        )
+
+
+def check_output(data: object, config: EngineConfig) -> None:
+    """A run's ``Success.data`` must be msgpack-able and under the output cap."""
+    if data is None:
+        return
+    try:
+        size = len(msgpack.packb(data, use_bin_type=True))
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidParameters(f"Success.data: not msgpack-serializable ({exc})") from None
+    if size > config.max_output_bytes:
+        raise InvalidParameters(
+            f"Success.data: {size} bytes, more than the cap of {config.max_output_bytes} bytes"
         )
 
 

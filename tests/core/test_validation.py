@@ -63,3 +63,23 @@ def test_any_submission_is_accepted_or_rejected_with_a_reason(task_id: str, work
     else:
         assert out.result is ScheduleResult.REJECTED_INVALID_PARAMS and out.reason
         assert h.core.tasks == {}
+
+
+def test_output_must_be_msgpack_able_and_capped() -> None:
+    from kmpray.errors import InvalidParameters
+    from kmpray.validation import check_output
+
+    config = EngineConfig(max_output_bytes=64)
+    check_output({"n": 2**63}, config)
+    for bad, why in (({"n": 2**70}, "msgpack"), ({"o": object()}, "msgpack"), ({"s": "x" * 100}, "cap")):
+        try:
+            check_output(bad, config)
+        except InvalidParameters as exc:
+            assert why in str(exc) and "Success.data" in str(exc)
+        else:
+            raise AssertionError(f"{bad!r} accepted")
+
+
+def test_lone_surrogate_input_is_rejected(h: Harness) -> None:
+    out = h.core.submit("s", TaskTrigger.OneTime(), "Ok", input="bad \ud800")
+    assert out.result is ScheduleResult.REJECTED_INVALID_PARAMS and "UTF-8" in (out.reason or "")
