@@ -401,7 +401,7 @@ class SchedulerCore:
             why = result.reason if isinstance(result, Retry) else result.message
             result = Failure(f"gave up after {attempts} attempts: {why or 'retry requested'}")
         success = isinstance(result, Success)
-        if self._recurs(rec):
+        if self.recurs(rec):
             rec.run_count += 1
             rec.result = result
             rec.state = TaskState.ENQUEUED
@@ -414,7 +414,8 @@ class SchedulerCore:
         self._finish(rec, TaskState.SUCCEEDED if success else TaskState.FAILED, result, now, ran=True)
         return True
 
-    def _recurs(self, rec: TaskRecord) -> bool:
+    def recurs(self, rec: TaskRecord) -> bool:
+        """Periodic and event-triggered tasks never finish on their own."""
         return isinstance(rec.trigger, (Periodic, ContentUri)) or rec.trigger.kind in DEVICE_TRIGGER_KINDS
 
     def _schedule_recurrence(self, rec: TaskRecord, now: int) -> None:

@@ -1,0 +1,50 @@
+"""Start or find one namespace's engine actors (named, detached), and stop them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from kmpray.config import EngineConfig
+
+from .event_broker import EventBroker
+from .names import BROKER, EXECUTOR, REGISTRY, SCHEDULER
+from .registry import WorkerRegistry
+from .scheduler import SchedulerActor
+
+
+def ensure_engine(
+    namespace: str, state_dir: str, virtual_time: bool, platform: str, config: EngineConfig
+) -> dict[str, Any]:
+    """Handles to the engine's singletons, creating any that are missing.
+
+    Singletons are pinned (softly) to the node this is called from; on a cluster that is
+    the head node, where the SQLite store lives. ``get_if_exists`` makes two concurrent
+    connects converge on one engine.
+    """
+    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=True)
+    common = {"namespace": namespace, "lifetime": "detached", "get_if_exists": True, "scheduling_strategy": here}
+    registry = WorkerRegistry.options(name=REGISTRY, **common).remote()
+    broker = EventBroker.options(name=BROKER, **common).remote(state_dir, config.event_retention)
+    scheduler = SchedulerActor.options(name=SCHEDULER, **common).remote(
+        namespace, state_dir, virtual_time, platform, config.model_dump()
+    )
+    return {"registry": registry, "broker": broker, "scheduler": scheduler}
+
+
+def stop_engine(namespace: str) -> list[str]:
+    """Kill every engine actor of ``namespace`` (no restart). The store keeps the state."""
+    stopped = []
+    names = [SCHEDULER, BROKER, REGISTRY] + [EXECUTOR.format(i) for i in range(1024)]
+    for name in names:
+        try:
+            handle = ray.get_actor(name, namespace=namespace)
+        except ValueError:
+            if name.startswith("kmpray.executor."):
+                break
+            continue
+        ray.kill(handle, no_restart=True)
+        stopped.append(name)
+    return stopped

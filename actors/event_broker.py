@@ -1,0 +1,116 @@
+"""EventBroker: durable, cursor-based fan-out of completion and progress events.
+
+Events are appended to an EventLog (SQLite) in batches and handed out by cursor.
+Subscribers pull (long-poll) from their own cursor, so a slow one never blocks the
+engine or other subscribers and never loses an event: it simply reads further back.
+Actor subscribers are pushed to by a per-subscriber task that pulls the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import ray
+from pydantic import TypeAdapter
+
+from kmpray.events import Event, StoredEvent, TaskCompletionEvent, TaskProgressEvent
+from kmpray.store import SqliteEventLog
+
+from .names import BROKER, lookup
+
+log = logging.getLogger("kmpray.broker")
+
+_EVENT = TypeAdapter(Event)
+MAX_EVENT_BYTES = 1024 * 1024
+
+
+def encode_event(event: TaskCompletionEvent | TaskProgressEvent) -> bytes:
+    return msgpack.packb(event.model_dump(mode="json"), use_bin_type=True)
+
+
+def decode_event(cursor: int, body: bytes) -> StoredEvent:
+    return StoredEvent(cursor=cursor, event=_EVENT.validate_python(msgpack.unpackb(body, raw=False)))
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=10_000)
+class EventBroker:
+    def __init__(self, state_dir: str, retention: int) -> None:
+        self.log = SqliteEventLog(Path(state_dir) / "events.db")
+        self.retention = retention
+        self._changed = asyncio.Event()
+        self._appended = 0
+        self._pushers: dict[str, asyncio.Task[None]] = {}
+
+    def publish(self, bodies: list[bytes]) -> int:
+        """Append encoded events; returns the last cursor."""
+        bodies = [b for b in bodies if len(b) <= MAX_EVENT_BYTES]
+        self.log.append(bodies)
+        self._appended += len(bodies)
+        if self._appended >= self.retention // 10 + 1:
+            self._appended = 0
+            self.log.trim(self.retention)
+        self._changed.set()
+        self._changed = asyncio.Event()
+        return self.log.last_cursor()
+
+    def emit(self, body: bytes) -> int:
+        """One event from worker code, validated here so a bad one is refused, not stored."""
+        _EVENT.validate_python(msgpack.unpackb(body, raw=False))
+        return self.publish([body])
+
+    def bounds(self) -> tuple[int, int]:
+        """(first retained cursor, last cursor)."""
+        return self.log.first_cursor(), self.log.last_cursor()
+
+    async def poll(self, after: int, limit: int = 1000, timeout_s: float = 1.0) -> list[tuple[int, bytes]]:
+        rows = self.log.read(after, limit)
+        if rows or timeout_s <= 0:
+            return rows
+        changed = self._changed
+        try:
+            await asyncio.wait_for(changed.wait(), timeout_s)
+        except TimeoutError:
+            return []
+        return self.log.read(after, limit)
+
+    def subscribe_actor(self, sub_id: str, actor: Any, after: int) -> None:
+        self._pushers[sub_id] = asyncio.ensure_future(self._push(actor, after))
+
+    def unsubscribe(self, sub_id: str) -> bool:
+        task = self._pushers.pop(sub_id, None)
+        if task is not None:
+            task.cancel()
+        return task is not None
+
+    async def _push(self, actor: Any, after: int) -> None:
+        cursor = after
+        while True:
+            rows = await self.poll(cursor, 256, 5.0)
+            for cur, body in rows:
+                try:
+                    await actor.on_event.remote(decode_event(cur, body).event)
+                except ray.exceptions.RayActorError:
+                    return
+                except Exception:
+                    log.exception("subscriber actor failed on event %d", cur)
+                cursor = cur
+
+
+class BrokerBackend:
+    """What ``kmpray.TaskEventBus.emit`` uses inside worker code: fire-and-forget to the broker."""
+
+    def __init__(self, namespace: str) -> None:
+        self.namespace = namespace
+        self._broker: Any = None
+
+    def emit(self, event: TaskCompletionEvent | TaskProgressEvent) -> None:
+        if self._broker is None:
+            self._broker = lookup(BROKER, self.namespace)
+        self._broker.emit.remote(encode_event(event))
+
+    def subscribe(self, since: int | None = None, callback: Any = None, actor: Any = None) -> Any:
+        raise NotImplementedError("subscribe from a driver (kmpray.connect), not from worker code")

@@ -1,0 +1,152 @@
+"""LightExecutor: a long-lived actor that light tasks are batched onto.
+
+The scheduler submits batches of runs; each run executes as a coroutine here (sync
+``do_work`` in a thread), and results flow back in batches: while one report call
+is in flight, the next results accumulate, so report size grows with load. Batching
+both ways is how the engine beats one Ray task per run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import Any
+
+import ray
+from ray import cloudpickle
+
+from kmpray.config import EngineConfig
+from kmpray.errors import InvalidParameters
+from kmpray.events import TaskEventBus
+from kmpray.results import Failure, Success
+from kmpray.validation import check_output
+from kmpray.worker import CommonWorker, WorkerContext, run_worker
+
+from .event_broker import BrokerBackend
+from .names import REGISTRY, SCHEDULER, call_with_retry, lookup
+
+log = logging.getLogger("kmpray.executor")
+
+# A run on the wire: (key, run_id, worker, version, input, upstream, previous_attempts, timeout_ms)
+Run = tuple[str, int, str, int, "str | None", "dict[str, Any] | None", int, "int | None"]
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=10_000)
+class LightExecutor:
+    def __init__(self, namespace: str, index: int, config: dict[str, Any]) -> None:
+        self.namespace = namespace
+        self.index = index
+        self.config = EngineConfig.model_validate(config)
+        self.incarnation = uuid.uuid4().hex
+        self._classes: dict[tuple[str, int], type] = {}
+        self._tasks: dict[tuple[str, int], asyncio.Task[None]] = {}
+        self._cancelled: set[tuple[str, int]] = set()
+        self._done: list[tuple[str, int, dict[str, Any]]] = []
+        self._progress: list[tuple[str, int, int, str | None]] = []
+        self._flushing = False
+        self._scheduler: Any = None
+        TaskEventBus._bind(BrokerBackend(namespace))
+
+    def ping(self) -> tuple[str, int]:
+        return self.incarnation, len(self._tasks)
+
+    def submit(self, runs: list[Run]) -> str:
+        for run in runs:
+            key = (run[0], run[1])
+            self._tasks[key] = asyncio.ensure_future(self._run(run))
+        return self.incarnation
+
+    def cancel(self, runs: list[tuple[str, int]]) -> int:
+        n = 0
+        for key in runs:
+            self._cancelled.add(key)
+            task = self._tasks.get(key)
+            if task is not None:
+                task.cancel()
+                n += 1
+        return n
+
+    async def _worker_class(self, name: str, version: int) -> type:
+        cached = self._classes.get((name, version))
+        if cached is not None:
+            return cached
+        registry = lookup(REGISTRY, self.namespace)
+        entry = await call_with_retry(lambda: registry.get.remote(name))
+        if entry is None:
+            raise LookupError(f"worker {name!r} is not registered")
+        cls = cloudpickle.loads(entry[1])
+        self._classes[(name, entry[0])] = cls
+        return cls
+
+    async def _run(self, run: Run) -> None:
+        key_, run_id, worker, version, inp, upstream, previous, timeout_ms = run
+        key = (key_, run_id)
+        try:
+            result = await self._execute(key, worker, version, inp, upstream, previous, timeout_ms)
+        except asyncio.CancelledError:
+            return  # cancelled by the scheduler: it already recorded CANCELLED
+        finally:
+            self._tasks.pop(key, None)
+        if key in self._cancelled:
+            self._cancelled.discard(key)
+            return
+        self._done.append((key_, run_id, result.model_dump(mode="json")))
+        self._kick()
+
+    async def _execute(
+        self,
+        key: tuple[str, int],
+        worker: str,
+        version: int,
+        inp: str | None,
+        upstream: dict[str, Any] | None,
+        previous: int,
+        timeout_ms: int | None,
+    ) -> Success | Failure:
+        try:
+            cls = await self._worker_class(worker, version)
+            instance: CommonWorker = cls()
+        except Exception as exc:
+            return Failure(f"worker {worker!r} could not be constructed: {type(exc).__name__}: {exc}")
+
+        def progress(pct: int, message: str | None) -> None:
+            self._progress.append((key[0], key[1], pct, message))
+            self._kick()
+
+        ctx = WorkerContext(key[0], previous, upstream, progress, lambda: key in self._cancelled)
+        try:
+            call = run_worker(instance, inp, ctx)
+            result = await (asyncio.wait_for(call, timeout_ms / 1000) if timeout_ms else call)
+        except TimeoutError:
+            return Failure(f"timed out after {timeout_ms} ms", should_retry=True)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return Failure(f"{type(exc).__name__}: {exc}", should_retry=True)
+        if isinstance(result, Success):
+            try:
+                check_output(result.data, self.config)
+            except InvalidParameters as exc:
+                return Failure(str(exc))
+        return result  # type: ignore[return-value]
+
+    def _kick(self) -> None:
+        if not self._flushing:
+            self._flushing = True
+            asyncio.ensure_future(self._flush())
+
+    async def _flush(self) -> None:
+        try:
+            while self._done or self._progress:
+                done, self._done = self._done, []
+                progress, self._progress = self._progress, []
+                if self._scheduler is None:
+                    self._scheduler = lookup(SCHEDULER, self.namespace)
+                scheduler = self._scheduler
+                try:
+                    await call_with_retry(lambda: scheduler.report.remote(done, progress), timeout_s=120)
+                except Exception:  # the scheduler re-runs whatever it does not hear about
+                    log.exception("could not report %d results; the scheduler will re-run them", len(done))
+        finally:
+            self._flushing = False

@@ -1,0 +1,399 @@
+"""SchedulerActor: the thin shell around SchedulerCore.
+
+Each method receives a message, calls the core, then performs the effects the core
+returned: persist (one transaction), dispatch batches to executors, cancel runs,
+publish events, wake waiters. It restarts (``max_restarts=-1``) and rebuilds from the
+store; a reconcile loop re-runs work whose executor died.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import ray
+from pydantic import TypeAdapter
+
+from kmpray.clock import ManualClock, SystemClock
+from kmpray.config import EngineConfig
+from kmpray.constraints import Constraints
+from kmpray.engine import Dispatch, Outcome, SchedulerCore
+from kmpray.enums import ScheduleResult, TaskState
+from kmpray.errors import InvalidParameters, VirtualTimeOnly
+from kmpray.platforms import profile
+from kmpray.results import Failure, Result
+from kmpray.store import SqliteTaskStore
+from kmpray.triggers import Trigger
+from kmpray.validation import check_output
+
+from .event_broker import encode_event
+from .executor import LightExecutor
+from .names import BROKER, EXECUTOR, REGISTRY, lookup
+
+log = logging.getLogger("kmpray.scheduler")
+
+_TRIGGER = TypeAdapter(Trigger)
+_RESULT = TypeAdapter(Result)
+RECONCILE_S = 1.0
+PRUNE_S = 60.0
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=10_000)
+class SchedulerActor:
+    def __init__(self, namespace: str, state_dir: str, virtual_time: bool, platform: str, config: dict[str, Any]):
+        self.namespace = namespace
+        self.state_dir = state_dir
+        self.config = EngineConfig.model_validate(config)
+        self.store = SqliteTaskStore(Path(state_dir) / "tasks.db")
+        if virtual_time:
+            saved = self.store.get_meta("virtual_now")
+            self.clock: ManualClock | SystemClock = ManualClock(saved if isinstance(saved, int) else None)
+        else:
+            self.clock = SystemClock()
+        self.virtual_time = virtual_time
+        self.platform = platform
+        self.registered: dict[str, int] = {}
+        self.core = SchedulerCore(self.clock, profile(platform), self.config, self.registered.__contains__)
+        started = time.monotonic()
+        self.core.restore(self.store.load())
+        self.restored_in_s = time.monotonic() - started
+        self.rejections: deque[tuple[str, str, str]] = deque(maxlen=1000)
+        self._waiters: dict[str, list[tuple[asyncio.Future[None], int]]] = {}
+        self._executors: list[Any] = []
+        self._incarnations: list[str | None] = []
+        self._inflight: list[dict[tuple[str, int], None]] = []
+        self._where: dict[tuple[str, int], int] = {}
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._broker: Any = None
+        self._ready = asyncio.ensure_future(self._start())
+
+    # ------------------------------------------------------------- lifecycle
+    async def _start(self) -> None:
+        registry = lookup(REGISTRY, self.namespace)
+        self.registered.update(await registry.versions.remote())
+        self._broker = lookup(BROKER, self.namespace)
+        count = self.config.executors or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        for i in range(count):
+            handle = LightExecutor.options(
+                name=EXECUTOR.format(i),
+                namespace=self.namespace,
+                lifetime="detached",
+                get_if_exists=True,
+                scheduling_strategy="SPREAD",
+            ).remote(self.namespace, i, self.config.model_dump())
+            self._executors.append(handle)
+            self._inflight.append({})
+            self._incarnations.append(None)
+        for i, handle in enumerate(self._executors):
+            self._incarnations[i] = (await handle.ping.remote())[0]
+        self._flush()
+        asyncio.ensure_future(self._loop())
+        asyncio.ensure_future(self._housekeeping())
+
+    async def ready(self) -> dict[str, Any]:
+        await self._ready
+        return self.describe()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "namespace": self.namespace,
+            "state_dir": self.state_dir,
+            "virtual_time": self.virtual_time,
+            "platform": self.platform,
+            "now_ms": self.clock.now_ms(),
+            "executors": len(self._executors),
+            "inflight": len(self._where),
+            "ready": self.core.ready_count(),
+            "pending": self.core.pending,
+            "counts": self.core.counts(),
+            "restored_in_s": self.restored_in_s,
+            "workers": sorted(self.registered),
+        }
+
+    async def _loop(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                self._pump()
+            except Exception:
+                log.exception("scheduler pump failed; continuing")
+            timeout = None
+            due = self.core.next_due_ms()
+            if due is not None and not self.virtual_time:
+                timeout = max(0.0, (due - self.clock.now_ms()) / 1000)
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                pass
+
+    async def _housekeeping(self) -> None:
+        last_prune = time.monotonic()
+        while True:
+            await asyncio.sleep(RECONCILE_S)
+            try:
+                await self._reconcile()
+                if time.monotonic() - last_prune > PRUNE_S:
+                    last_prune = time.monotonic()
+                    self.core.prune()
+                    self._flush()
+            except Exception:
+                log.exception("housekeeping failed; will retry")
+
+    async def _reconcile(self) -> None:
+        """Runs on an executor that died or restarted are lost: run them again."""
+        for i, handle in enumerate(self._executors):
+            try:
+                incarnation, _running = await asyncio.wait_for(handle.ping.remote(), 10)
+            except Exception:
+                incarnation = None
+            if incarnation != self._incarnations[i]:
+                lost = list(self._inflight[i])
+                for key in lost:
+                    self._where.pop(key, None)
+                    self.core.run_lost(*key)
+                self._inflight[i].clear()
+                self._incarnations[i] = incarnation
+                if lost:
+                    log.warning("executor %d restarted: re-running %d runs", i, len(lost))
+                    self._kick()
+
+    def _kick(self) -> None:
+        self._wake.set()
+
+    # -------------------------------------------------------------- effects
+    def _pump(self) -> None:
+        self.core.tick()
+        self._dispatch()
+        self._flush()
+
+    def _dispatch(self) -> None:
+        limit = self.config.executor_concurrency
+        while self.core.ready_count():
+            free = [(limit - len(q), i) for i, q in enumerate(self._inflight) if len(q) < limit]
+            if not free or self._incarnations[0] is None:
+                return
+            room = sum(n for n, _ in free)
+            batch = self.core.take_ready(min(room, self.config.max_batch * len(free)))
+            if not batch:
+                return
+            free.sort(reverse=True)
+            pos = 0
+            for n, i in free:
+                part = batch[pos : pos + n]
+                pos += len(part)
+                if part:
+                    self._send(i, part)
+                if pos >= len(batch):
+                    break
+
+    def _send(self, i: int, part: list[Dispatch]) -> None:
+        runs = []
+        for d in part:
+            key = (d.key, d.run_id)
+            self._inflight[i][key] = None
+            self._where[key] = i
+            runs.append(
+                (d.key, d.run_id, d.worker, self.registered.get(d.worker, 0), d.input, d.upstream,
+                 d.previous_attempts, d.timeout_ms)
+            )
+        ref = self._executors[i].submit.remote(runs)
+        asyncio.ensure_future(self._confirm(i, ref))
+
+    async def _confirm(self, i: int, ref: Any) -> None:
+        try:
+            incarnation = await ref
+        except Exception:
+            log.warning("executor %d unreachable; reconciling", i)
+            await self._reconcile()
+            return
+        if incarnation != self._incarnations[i]:
+            await self._reconcile()
+
+    def _flush(self) -> None:
+        fx = self.core.drain()
+        if not fx:
+            return
+        self.store.write(fx.persist.values(), fx.delete)
+        if fx.cancel_runs:
+            by_executor: dict[int, list[tuple[str, int]]] = {}
+            for key in fx.cancel_runs:
+                i = self._where.pop(key, None)
+                if i is not None:
+                    self._inflight[i].pop(key, None)
+                    by_executor.setdefault(i, []).append(key)
+            for i, keys in by_executor.items():
+                self._executors[i].cancel.remote(keys)
+        if fx.events and self._broker is not None:
+            self._broker.publish.remote([encode_event(e) for e in fx.events])
+        for name in fx.settled:
+            self._wake_waiters(name)
+        if not self._where and not self.core.ready_count():
+            self._idle.set()
+
+    def _wake_waiters(self, name: str) -> None:
+        waiters = self._waiters.get(name)
+        if not waiters:
+            return
+        rec = self.core.latest(name)
+        keep = []
+        for fut, runs_before in waiters:
+            if fut.done():
+                continue
+            if rec is None or rec.state.is_finished or (self.core.recurs(rec) and rec.run_count > runs_before):
+                fut.set_result(None)
+            else:
+                keep.append((fut, runs_before))
+        if keep:
+            self._waiters[name] = keep
+        else:
+            self._waiters.pop(name, None)
+
+    # ------------------------------------------------------------- messages
+    async def register_worker(self, name: str, blob: bytes) -> int:
+        await self._ready
+        registry = lookup(REGISTRY, self.namespace)
+        version: int = await registry.register.remote(name, blob)
+        self.registered[name] = version
+        return version
+
+    async def enqueue_many(self, items: list[dict[str, Any]]) -> list[tuple[str, str | None]]:
+        await self._ready
+        out = []
+        for item in items:
+            outcome = self._submit_one(item)
+            if outcome.result is not ScheduleResult.SUCCESS:
+                self.rejections.append((str(item.get("id")), outcome.result.value, outcome.reason or ""))
+                log.warning("enqueue %r: %s: %s", item.get("id"), outcome.result.value, outcome.reason)
+            out.append((outcome.result.value, outcome.reason))
+        try:
+            self._flush()
+        except Exception as exc:  # nothing is acknowledged that is not stored
+            log.exception("store write failed")
+            return [(ScheduleResult.FAILED_UNKNOWN.value, f"store write failed: {exc}") for _ in items]
+        self._kick()
+        return out
+
+    def _submit_one(self, item: dict[str, Any]) -> Outcome:
+        try:
+            trigger = _TRIGGER.validate_python(item["trigger"])
+            constraints = Constraints.model_validate(item.get("constraints") or {})
+            return self.core.submit(item["id"], trigger, item["worker"], item.get("input"), constraints)
+        except (InvalidParameters, ValueError, KeyError, TypeError) as exc:
+            return Outcome(ScheduleResult.REJECTED_INVALID_PARAMS, f"{type(exc).__name__}: {exc}")
+        except Exception as exc:
+            log.exception("enqueue failed")
+            return Outcome(ScheduleResult.FAILED_UNKNOWN, f"{type(exc).__name__}: {exc}")
+
+    def last_rejections(self, limit: int = 100) -> list[tuple[str, str, str]]:
+        return list(self.rejections)[-limit:]
+
+    async def report(self, done: list[tuple[str, int, dict[str, Any]]], progress: list[Any]) -> None:
+        await self._ready
+        for key, run_id, pct, message in progress:
+            self.core.progress(key, run_id, pct, message)
+        for key, run_id, raw in done:
+            i = self._where.pop((key, run_id), None)
+            if i is not None:
+                self._inflight[i].pop((key, run_id), None)
+            try:
+                result = _RESULT.validate_python(raw)
+                if result.kind == "success":
+                    check_output(result.data, self.config)
+            except Exception as exc:
+                result = Failure(f"invalid worker result: {exc}")
+            self.core.complete(key, run_id, result)
+        self._pump()
+
+    async def cancel(self, name: str) -> int:
+        await self._ready
+        n = self.core.cancel(name)
+        self._flush()
+        self._kick()
+        return n
+
+    async def cancel_all(self) -> int:
+        await self._ready
+        n = self.core.cancel_all()
+        self._flush()
+        return n
+
+    async def get_info(self, name: str) -> dict[str, Any] | None:
+        await self._ready
+        rec = self.core.latest(name)
+        return rec.info().model_dump(mode="json") if rec is not None else None
+
+    async def list_tasks(self, state: str | None = None) -> list[dict[str, Any]]:
+        await self._ready
+        wanted = TaskState(state) if state else None
+        return [
+            rec.info().model_dump(mode="json")
+            for rec in self.core.tasks.values()
+            if wanted is None or rec.state is wanted
+        ]
+
+    async def wait(self, name: str, timeout_s: float | None, runs_before: int | None = None) -> dict[str, Any] | None:
+        """Until the work under ``name`` is finished (a recurring task: a run after ``runs_before`` ends)."""
+        await self._ready
+        rec = self.core.latest(name)
+        if rec is None:
+            return None
+        before = rec.run_count if runs_before is None else runs_before
+        if rec.state.is_finished or (self.core.recurs(rec) and rec.run_count > before):
+            return rec.info().model_dump(mode="json")
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(name, []).append((fut, before))
+        try:
+            await asyncio.wait_for(fut, timeout_s)
+        except TimeoutError:
+            pass
+        rec = self.core.latest(name)
+        return rec.info().model_dump(mode="json") if rec is not None else None
+
+    async def advance_time(self, ms: int) -> int:
+        """Move virtual time forward, firing and settling every due run in order."""
+        await self._ready
+        if not isinstance(self.clock, ManualClock):
+            raise VirtualTimeOnly("advance_time needs connect(virtual_time=True)")
+        if ms < 0:
+            raise ValueError(f"advance_time: ms must be >= 0, got {ms}")
+        target = self.clock.now_ms() + ms
+        deadline = time.monotonic() + self.config.settle_timeout_s
+        while True:
+            self._pump()
+            await self._settle(deadline)
+            due = self.core.next_due_ms()
+            if due is None or due > target:
+                break
+            self.clock.set(due)
+        self.clock.set(target)
+        self._pump()
+        await self._settle(deadline)
+        self.store.put_meta("virtual_now", self.clock.now_ms())
+        return self.clock.now_ms()
+
+    async def _settle(self, deadline: float) -> None:
+        while self._where or self.core.ready_count():
+            self._idle.clear()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                log.warning("advance_time: %d runs still in flight after the settle timeout", len(self._where))
+                return
+            try:
+                await asyncio.wait_for(self._idle.wait(), min(remaining, 0.5))
+            except TimeoutError:
+                self._pump()
+
+    async def fire(self, kind: str, uri: str | None = None) -> int:
+        await self._ready
+        n = self.core.fire(kind, uri)
+        self._flush()
+        self._kick()
+        return n
+
+    async def now_ms(self) -> int:
+        return self.clock.now_ms()

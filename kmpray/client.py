@@ -1,0 +1,501 @@
+"""The client facade: ``connect()`` and BackgroundTaskScheduler.
+
+Users hold this facade; they never see ``ray.get`` or actor handles. Ray and the
+actors are imported when ``connect()`` runs, never at ``import kmpray``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from .config import EngineConfig
+from .constraints import Constraints
+from .enums import ScheduleResult, TaskState
+from .errors import EngineUnavailable, InvalidParameters, KmprayError
+from .events import TaskCompletionEvent, TaskEventBus, TaskProgressEvent
+from .models import ChainInfo, TaskInfo, TaskRequest
+from .platforms import profile
+from .triggers import EVENT_TRIGGER_KINDS, OneTime, Trigger
+from .worker import LOCAL_WORKERS, check_worker_class
+
+log = logging.getLogger("kmpray")
+
+CALL_TIMEOUT_S = 120.0
+WAIT_CHUNK_S = 30.0
+
+
+class TaskNotFound(KmprayError, KeyError):
+    """No task or chain with that id."""
+
+
+def _ray() -> Any:
+    import ray
+
+    return ray
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """A remote KmprayError/ValueError comes back as itself, not wrapped in RayTaskError."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, (KmprayError, ValueError, TypeError)):
+        return cause
+    return exc
+
+
+def ship_class(cls: type) -> bytes:
+    """Serialize a worker class for other processes; notebook/test classes go by value."""
+    from ray import cloudpickle
+
+    module = sys.modules.get(cls.__module__)
+    top = cls.__module__.split(".")[0]
+    if module is not None and cls.__module__ != "__main__" and top not in ("kmpray", "actors"):
+        cloudpickle.register_pickle_by_value(module)
+    return bytes(cloudpickle.dumps(cls))
+
+
+class Subscription:
+    """A cursor over the engine's stored events: ``get``, iterate, async-iterate, ``close``.
+
+    It pulls from the broker, so it never slows the engine or other subscribers down;
+    ``cursor`` is the last event handed out (pass it as ``since`` to resume).
+    """
+
+    def __init__(self, broker: Any, after: int, callback: Callable[[Any], None] | None = None) -> None:
+        self._broker = broker
+        self.cursor = after
+        self._buffer: deque[tuple[int, Any]] = deque()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        if callback is not None:
+            self._thread = threading.Thread(target=self._pump_callback, args=(callback,), daemon=True)
+            self._thread.start()
+
+    def _fill(self, timeout_s: float) -> None:
+        from actors.event_broker import decode_event
+
+        rows = _ray().get(self._broker.poll.remote(self.cursor, 1000, timeout_s), timeout=timeout_s + 30)
+        for cur, body in rows:
+            self._buffer.append((cur, decode_event(cur, body).event))
+
+    def get(self, timeout_s: float | None = None) -> TaskCompletionEvent | TaskProgressEvent | None:
+        """The next event, or None when ``timeout_s`` passes first (None = wait until one comes)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while not self._buffer and not self._closed:
+            remaining = 1.0 if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            self._fill(min(remaining, 1.0))
+        if not self._buffer:
+            return None
+        self.cursor, event = self._buffer.popleft()
+        return event  # type: ignore[no-any-return]
+
+    def __iter__(self) -> Iterator[TaskCompletionEvent | TaskProgressEvent]:
+        while not self._closed:
+            event = self.get(timeout_s=1.0)
+            if event is not None:
+                yield event
+
+    async def __aiter__(self) -> AsyncIterator[TaskCompletionEvent | TaskProgressEvent]:
+        from actors.event_broker import decode_event
+
+        while not self._closed:
+            if not self._buffer:
+                rows = await self._broker.poll.remote(self.cursor, 1000, 1.0)
+                for cur, body in rows:
+                    self._buffer.append((cur, decode_event(cur, body).event))
+                continue
+            self.cursor, event = self._buffer.popleft()
+            yield event
+
+    def _pump_callback(self, callback: Callable[[Any], None]) -> None:
+        while not self._closed:
+            try:
+                event = self.get(timeout_s=1.0)
+            except Exception:
+                log.exception("event subscription poll failed; retrying")
+                time.sleep(1.0)
+                continue
+            if event is not None:
+                try:
+                    callback(event)
+                except Exception:
+                    log.exception("event callback raised")
+
+    def close(self) -> None:
+        self._closed = True
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ActorSubscription:
+    """A push subscription to an actor's ``on_event(event)``; ``close()`` stops it."""
+
+    def __init__(self, broker: Any, sub_id: str) -> None:
+        self._broker = broker
+        self.id = sub_id
+
+    def close(self) -> None:
+        _ray().get(self._broker.unsubscribe.remote(self.id), timeout=CALL_TIMEOUT_S)
+
+
+class EventBus:
+    """This connection's TaskEventBus: ``emit`` and ``subscribe`` over the EventBroker."""
+
+    def __init__(self, broker: Any) -> None:
+        self._broker = broker
+
+    def emit(self, event: TaskCompletionEvent | TaskProgressEvent) -> None:
+        from actors.event_broker import encode_event
+
+        if not isinstance(event, (TaskCompletionEvent, TaskProgressEvent)):
+            raise TypeError(
+                f"emit takes a TaskCompletionEvent or TaskProgressEvent, got {type(event).__name__}"
+            )
+        _ray().get(self._broker.emit.remote(encode_event(event)), timeout=CALL_TIMEOUT_S)
+
+    def last_cursor(self) -> int:
+        return int(_ray().get(self._broker.bounds.remote(), timeout=CALL_TIMEOUT_S)[1])
+
+    def subscribe(
+        self,
+        since: int | None = None,
+        *,
+        callback: Callable[[Any], None] | None = None,
+        actor: Any = None,
+    ) -> Subscription | ActorSubscription:
+        """Events after cursor ``since`` (0 = replay all retained; None = only new ones)."""
+        last = self.last_cursor()
+        if since is None:
+            after = last
+        elif isinstance(since, bool) or not isinstance(since, int) or since < 0:
+            raise ValueError(f"since: must be None or an int cursor >= 0, got {since!r}")
+        elif since > last:
+            raise ValueError(f"since: cursor {since} is beyond the last event ({last})")
+        else:
+            after = since
+        if callback is not None and actor is not None:
+            raise ValueError("subscribe: give callback or actor, not both")
+        if actor is not None:
+            sub_id = uuid.uuid4().hex
+            _ray().get(self._broker.subscribe_actor.remote(sub_id, actor, after), timeout=CALL_TIMEOUT_S)
+            return ActorSubscription(self._broker, sub_id)
+        return Subscription(self._broker, after, callback)
+
+
+def _trigger_payload(trigger: Any) -> Any:
+    return trigger.model_dump(mode="json") if hasattr(trigger, "model_dump") else trigger
+
+
+class BackgroundTaskScheduler:
+    """The facade over one namespace's engine. Thread-safe; every call is bounded."""
+
+    def __init__(self, namespace: str, handles: dict[str, Any], described: dict[str, Any]) -> None:
+        self.namespace = namespace
+        self._scheduler = handles["scheduler"]
+        self._broker = handles["broker"]
+        self.virtual_time: bool = described["virtual_time"]
+        self.platform: str = described["platform"]
+        self.state_dir: str = described["state_dir"]
+        self.events = EventBus(self._broker)
+        self.last_reason: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<BackgroundTaskScheduler namespace={self.namespace!r} platform={self.platform!r}>"
+
+    # ---------------------------------------------------------------- calls
+    def _call(self, method: str, *args: Any, timeout_s: float = CALL_TIMEOUT_S) -> Any:
+        ray = _ray()
+        from actors.names import TRANSIENT
+
+        deadline = time.monotonic() + timeout_s
+        delay = 0.05
+        while True:
+            try:
+                ref = getattr(self._scheduler, method).remote(*args)
+                return ray.get(ref, timeout=max(0.1, deadline - time.monotonic()))
+            except TRANSIENT as exc:
+                if time.monotonic() + delay > deadline:
+                    raise EngineUnavailable(f"scheduler unavailable for {method}: {exc}") from exc
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+            except ray.exceptions.GetTimeoutError as exc:
+                raise EngineUnavailable(f"scheduler did not answer {method} within {timeout_s:.0f} s") from exc
+            except ray.exceptions.RayTaskError as exc:
+                raise _unwrap(exc) from None
+
+    async def _call_async(self, method: str, *args: Any, timeout_s: float = CALL_TIMEOUT_S) -> Any:
+        ray = _ray()
+        from actors.names import TRANSIENT
+
+        deadline = time.monotonic() + timeout_s
+        delay = 0.05
+        while True:
+            try:
+                ref = getattr(self._scheduler, method).remote(*args)
+                return await asyncio.wait_for(_await(ref), max(0.1, deadline - time.monotonic()))
+            except TRANSIENT as exc:
+                if time.monotonic() + delay > deadline:
+                    raise EngineUnavailable(f"scheduler unavailable for {method}: {exc}") from exc
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+            except TimeoutError as exc:
+                raise EngineUnavailable(f"scheduler did not answer {method} within {timeout_s:.0f} s") from exc
+            except ray.exceptions.RayTaskError as exc:
+                raise _unwrap(exc) from None
+
+    # ------------------------------------------------------------- workers
+    def register_worker(self, name_or_cls: str | type, cls: type | None = None) -> None:
+        """``register_worker(SyncWorker)`` (name from ``@kmpray.worker`` or the class name)
+        or ``register_worker("Name", cls)``."""
+        if isinstance(name_or_cls, str):
+            name = name_or_cls
+            if cls is None:
+                raise InvalidParameters(f"register_worker({name!r}): give the class as well")
+        else:
+            cls = name_or_cls
+            registered = [n for n, c in LOCAL_WORKERS.items() if c is cls]
+            name = registered[0] if registered else cls.__name__
+        check_worker_class(name, cls)
+        self._call("register_worker", name, ship_class(cls))
+
+    # ------------------------------------------------------------- enqueue
+    @staticmethod
+    def _item(
+        id: str,  # noqa: A002
+        trigger: Trigger | dict[str, Any],
+        worker_class_name: str,
+        input: str | None,  # noqa: A002
+        constraints: Constraints | dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        if constraints is not None and not isinstance(constraints, (Constraints, dict)):
+            raise InvalidParameters(f"constraints: expected Constraints, got {type(constraints).__name__}")
+        return {
+            "id": id,
+            "trigger": _trigger_payload(trigger),
+            "worker": worker_class_name,
+            "input": input,
+            "constraints": constraints.model_dump(mode="json", exclude_defaults=True)
+            if isinstance(constraints, Constraints)
+            else constraints,
+        }
+
+    def _results(self, raw: list[tuple[str, str | None]]) -> list[ScheduleResult]:
+        self.last_reason = raw[-1][1] if raw else None
+        return [ScheduleResult(r) for r, _ in raw]
+
+    def enqueue(
+        self,
+        id: str,  # noqa: A002 - the contract's name
+        trigger: Trigger,
+        worker_class_name: str,
+        input: str | None = None,  # noqa: A002
+        constraints: Constraints | None = None,
+    ) -> ScheduleResult:
+        """Schedule one task. The reason for a rejection is in ``last_reason`` (and logged)."""
+        try:
+            item = self._item(id, trigger, worker_class_name, input, constraints)
+        except InvalidParameters as exc:
+            self.last_reason = str(exc)
+            return ScheduleResult.REJECTED_INVALID_PARAMS
+        return self._results(self._call("enqueue_many", [item]))[0]
+
+    async def enqueue_async(
+        self,
+        id: str,  # noqa: A002
+        trigger: Trigger,
+        worker_class_name: str,
+        input: str | None = None,  # noqa: A002
+        constraints: Constraints | None = None,
+    ) -> ScheduleResult:
+        try:
+            item = self._item(id, trigger, worker_class_name, input, constraints)
+        except InvalidParameters as exc:
+            self.last_reason = str(exc)
+            return ScheduleResult.REJECTED_INVALID_PARAMS
+        return self._results(await self._call_async("enqueue_many", [item]))[0]
+
+    def enqueue_many(self, requests: Sequence[TaskRequest | dict[str, Any]]) -> list[ScheduleResult]:
+        """Bulk submission in one round trip and one store transaction.
+
+        Each item is a TaskRequest (a one-time task under its ``id``) or a dict with the
+        keys of ``enqueue``: id, trigger, worker_class_name, input, constraints.
+        """
+        items = []
+        for req in requests:
+            if isinstance(req, TaskRequest):
+                items.append(self._item(req.id, OneTime(), req.worker_class_name, req.input, req.constraints))
+            else:
+                items.append(
+                    self._item(
+                        req.get("id"),  # type: ignore[arg-type]
+                        req.get("trigger", OneTime()),
+                        req.get("worker_class_name"),  # type: ignore[arg-type]
+                        req.get("input"),
+                        req.get("constraints"),
+                    )
+                )
+        return self._results(self._call("enqueue_many", items))
+
+    def rejections(self, limit: int = 100) -> list[tuple[str, str, str]]:
+        """The engine's most recent rejections: ``(id, result, reason)``, oldest first."""
+        return [tuple(r) for r in self._call("last_rejections", limit)]  # type: ignore[misc]
+
+    # -------------------------------------------------------------- control
+    def cancel(self, id: str) -> int:  # noqa: A002
+        """Cancel the unfinished work under ``id``; returns how many tasks were cancelled."""
+        return int(self._call("cancel", id))
+
+    async def cancel_async(self, id: str) -> int:  # noqa: A002
+        return int(await self._call_async("cancel", id))
+
+    def cancel_all(self) -> int:
+        return int(self._call("cancel_all"))
+
+    async def cancel_all_async(self) -> int:
+        return int(await self._call_async("cancel_all"))
+
+    def get_task_info(self, id: str) -> TaskInfo | None:  # noqa: A002
+        raw = self._call("get_info", id)
+        return TaskInfo.model_validate(raw) if raw is not None else None
+
+    async def get_task_info_async(self, id: str) -> TaskInfo | None:  # noqa: A002
+        raw = await self._call_async("get_info", id)
+        return TaskInfo.model_validate(raw) if raw is not None else None
+
+    def get_chain_info(self, id: str) -> ChainInfo | None:  # noqa: A002
+        return None  # chains: see issue 3
+
+    def list_tasks(self, state: TaskState | None = None) -> list[TaskInfo]:
+        raw = self._call("list_tasks", TaskState(state).value if state is not None else None)
+        return [TaskInfo.model_validate(r) for r in raw]
+
+    def wait(self, id: str, timeout_s: float | None = None) -> TaskInfo:  # noqa: A002
+        """Until the task is finished (a periodic or event-triggered one: until its next run ends).
+
+        Raises TimeoutError after ``timeout_s`` and TaskNotFound for an unknown id.
+        """
+        first = self.get_task_info(id)
+        if first is None:
+            raise TaskNotFound(f"no task {id!r}")
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            chunk = WAIT_CHUNK_S if deadline is None else min(WAIT_CHUNK_S, deadline - time.monotonic())
+            if chunk <= 0:
+                raise TimeoutError(f"task {id!r} still {first.state.value} after {timeout_s} s")
+            raw = self._call("wait", id, chunk, first.run_count, timeout_s=chunk + CALL_TIMEOUT_S)
+            if raw is None:
+                raise TaskNotFound(f"no task {id!r}")
+            info = TaskInfo.model_validate(raw)
+            if info.state.is_finished or info.run_count > first.run_count and _recurs(info):
+                return info
+
+    async def wait_async(self, id: str, timeout_s: float | None = None) -> TaskInfo:  # noqa: A002
+        first = await self.get_task_info_async(id)
+        if first is None:
+            raise TaskNotFound(f"no task {id!r}")
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            chunk = WAIT_CHUNK_S if deadline is None else min(WAIT_CHUNK_S, deadline - time.monotonic())
+            if chunk <= 0:
+                raise TimeoutError(f"task {id!r} still {first.state.value} after {timeout_s} s")
+            raw = await self._call_async("wait", id, chunk, first.run_count, timeout_s=chunk + CALL_TIMEOUT_S)
+            if raw is None:
+                raise TaskNotFound(f"no task {id!r}")
+            info = TaskInfo.model_validate(raw)
+            if info.state.is_finished or info.run_count > first.run_count and _recurs(info):
+                return info
+
+    def advance_time(self, ms: int) -> int:
+        """Virtual time only: move the clock ``ms`` forward, running everything that falls due
+        in order and waiting for those runs to finish. Returns the new virtual now."""
+        return int(self._call("advance_time", ms, timeout_s=CALL_TIMEOUT_S + 600))
+
+    def now_ms(self) -> int:
+        """The engine's clock (virtual or real), epoch milliseconds."""
+        return int(self._call("now_ms"))
+
+    def set_device_state(self, node_id: str | None = None, **state: Any) -> None:
+        raise NotImplementedError("device state and the ConstraintOracle: see issue 4")
+
+    def notify_content_change(self, uri: str) -> int:
+        """A content change for ContentUri triggers; returns how many tasks it fired."""
+        if not isinstance(uri, str) or not uri:
+            raise InvalidParameters("uri: must be a non-empty string")
+        return int(self._call("fire", "content_uri", uri))
+
+    def status(self) -> dict[str, Any]:
+        return dict(self._call("describe"))
+
+    def shutdown(self) -> None:
+        """Stop this namespace's engine actors. Every task stays in the store for the next connect()."""
+        from actors.bootstrap import stop_engine
+
+        stop_engine(self.namespace)
+        TaskEventBus._bind(None)
+
+
+def _recurs(info: TaskInfo) -> bool:
+    return info.trigger is not None and (info.trigger.kind == "periodic" or info.trigger.kind in EVENT_TRIGGER_KINDS)
+
+
+async def _await(ref: Any) -> Any:
+    return await ref
+
+
+def default_state_dir(namespace: str) -> str:
+    base = os.environ.get("KMPRAY_STATE_DIR") or str(Path.home() / ".kmpray")
+    return str(Path(base) / namespace)
+
+
+def connect(
+    address: str | None = None,
+    namespace: str = "kmpray",
+    state_dir: str | None = None,
+    virtual_time: bool = False,
+    platform: str = "cluster",
+    config: EngineConfig | None = None,
+) -> BackgroundTaskScheduler:
+    profile(platform)  # a bad platform name fails here, naming the field
+    if not isinstance(namespace, str) or not namespace or len(namespace) > 100:
+        raise ValueError("namespace: must be a non-empty string of at most 100 characters")
+    ray = _ray()
+    from actors.bootstrap import ensure_engine
+
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING)
+    state = str(Path(state_dir or default_state_dir(namespace)).expanduser().resolve())
+    handles = ensure_engine(namespace, state, virtual_time, platform, config or EngineConfig())
+    try:
+        described = ray.get(handles["scheduler"].ready.remote(), timeout=CALL_TIMEOUT_S)
+    except ray.exceptions.GetTimeoutError as exc:
+        raise EngineUnavailable(f"engine {namespace!r} did not start within {CALL_TIMEOUT_S:.0f} s") from exc
+    if described["virtual_time"] != virtual_time or described["platform"] != platform:
+        log.warning(
+            "engine %r is already running with virtual_time=%s platform=%s; attaching to it as it is",
+            namespace, described["virtual_time"], described["platform"],
+        )
+    scheduler = BackgroundTaskScheduler(namespace, handles, described)
+    for name, cls in LOCAL_WORKERS.items():
+        scheduler.register_worker(name, cls)
+    TaskEventBus._bind(scheduler.events)
+    return scheduler
+
+
+__all__ = ["BackgroundTaskScheduler", "EventBus", "Subscription", "TaskNotFound", "connect"]
