@@ -398,7 +398,7 @@ class BackgroundTaskScheduler:
         while True:
             chunk = WAIT_CHUNK_S if deadline is None else min(WAIT_CHUNK_S, deadline - time.monotonic())
             if chunk <= 0:
-                raise TimeoutError(f"task {id!r} still {first.state.value} after {timeout_s} s")
+                raise TimeoutError(f"task {id!r} not finished after {timeout_s} s")
             raw = self._call("wait", id, chunk, first.run_count, timeout_s=chunk + CALL_TIMEOUT_S)
             if raw is None:
                 raise TaskNotFound(f"no task {id!r}")
@@ -414,7 +414,7 @@ class BackgroundTaskScheduler:
         while True:
             chunk = WAIT_CHUNK_S if deadline is None else min(WAIT_CHUNK_S, deadline - time.monotonic())
             if chunk <= 0:
-                raise TimeoutError(f"task {id!r} still {first.state.value} after {timeout_s} s")
+                raise TimeoutError(f"task {id!r} not finished after {timeout_s} s")
             raw = await self._call_async("wait", id, chunk, first.run_count, timeout_s=chunk + CALL_TIMEOUT_S)
             if raw is None:
                 raise TaskNotFound(f"no task {id!r}")

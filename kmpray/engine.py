@@ -206,8 +206,9 @@ class SchedulerCore:
             return Outcome(ScheduleResult.SUCCESS, f"kept existing unfinished work {task_id!r}")
         prereqs: tuple[str, ...] = ()
         key = task_id
+        last_run_id = 0
         if action is Action.REPLACE:
-            self._remove_name(task_id, now)
+            last_run_id = self._remove_name(task_id, now)
         elif action is Action.APPEND:
             leaf = existing[-1]
             if isinstance(leaf.trigger, Periodic) or leaf.trigger.kind in DEVICE_TRIGGER_KINDS | {"content_uri"}:
@@ -230,6 +231,8 @@ class SchedulerCore:
             updated_at_ms=now,
             input=input,
             prereqs=prereqs,
+            # A replacement reuses the key: its runs must not be mistaken for the old ones'.
+            run_id=last_run_id,
         )
         self._insert(rec, now)
         return Outcome(ScheduleResult.SUCCESS)
@@ -533,14 +536,18 @@ class SchedulerCore:
             self._finish(rec, TaskState.CANCELLED, None, now)
         return before - self.pending
 
-    def _remove_name(self, name: str, now: int) -> None:
+    def _remove_name(self, name: str, now: int) -> int:
+        """Cancel and forget every work under ``name``; returns the highest run id it used."""
+        last_run_id = 0
         for key in self.names.pop(name, []):
             rec = self.tasks.get(key)
             if rec is None:
                 continue
             if not rec.state.is_finished:
                 self._finish(rec, TaskState.CANCELLED, None, now)
+            last_run_id = max(last_run_id, rec.run_id)
             self._drop(key)
+        return last_run_id
 
     def _drop(self, key: str) -> None:
         rec = self.tasks.pop(key, None)

@@ -73,6 +73,7 @@ def test_replace_cancels_the_running_one_and_runs_the_new(h: Harness) -> None:
     assert h.core.complete("u", old.run_id, h.workers["Ok"](old)) is False
     [new] = h.step()
     assert new.input == "new" and h.state("u") == "SUCCEEDED"
+    assert (new.key, new.run_id) != (old.key, old.run_id)  # executors tell runs apart by this pair
 
 
 def test_append_runs_after_the_existing_and_passes_its_data(h: Harness) -> None:

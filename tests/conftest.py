@@ -1,0 +1,59 @@
+"""Shared fixtures: one local Ray for every integration test; each test its own namespace."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[Any]:
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield ray
+    ray.shutdown()
+
+
+class EngineFactory:
+    """Connect engines in fresh namespaces; every one is shut down at teardown."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.made: list[Any] = []
+
+    def __call__(self, namespace: str | None = None, state_dir: Path | None = None, **kw: Any) -> Any:
+        import kmpray
+
+        ns = namespace or f"t-{uuid.uuid4().hex[:10]}"
+        sched = kmpray.connect(namespace=ns, state_dir=str(state_dir or self.tmp_path / ns), **kw)
+        self.made.append(sched)
+        return sched
+
+
+@pytest.fixture
+def engines(ray_session: Any, tmp_path: Path) -> Iterator[EngineFactory]:
+    factory = EngineFactory(tmp_path)
+    yield factory
+    for sched in factory.made:
+        try:
+            sched.shutdown()
+        except Exception:
+            pass
+
+
+@pytest.fixture
+def vengine(engines: EngineFactory) -> Any:
+    """A virtual-time engine with the test workers registered."""
+    from tests.integration import workers
+
+    sched = engines(virtual_time=True)
+    workers.register_all(sched)
+    return sched

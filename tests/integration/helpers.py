@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from .workers import count_runs
+
+__all__ = ["blocks_input", "count_runs", "until"]
+
+
+def until(predicate: Callable[[], bool], timeout_s: float = 30.0, what: str = "condition") -> None:
+    """Wait for an outside observation (a file a worker writes) that no engine call exposes."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.01)
+
+
+def blocks_input(tmp: Path, name: str, max_s: float = 60) -> tuple[str, Path, Path]:
+    started, release = tmp / f"{name}.started", tmp / f"{name}.release"
+    return json.dumps({"started": str(started), "release": str(release), "max_s": max_s}), started, release

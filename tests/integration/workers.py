@@ -1,0 +1,118 @@
+"""Workers the integration tests run. Defined in a test module on purpose: they must
+ship to Ray workers by value, as a notebook's classes do."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import kmpray
+from kmpray import WorkerResult
+
+
+def _cfg(input: str | None) -> dict[str, Any]:  # noqa: A002
+    if input and input.startswith("{"):
+        return dict(json.loads(input))
+    return {}
+
+
+def count_runs(path: str) -> int:
+    p = Path(path)
+    return len(p.read_text().splitlines()) if p.exists() else 0
+
+
+class Echo(kmpray.CommonWorker):
+    async def do_work(self, input: str | None, ctx: kmpray.WorkerContext) -> Any:  # noqa: A002
+        cfg = _cfg(input)
+        if "log" in cfg:
+            with open(cfg["log"], "a") as f:
+                f.write(f"{ctx.task_id} {ctx.run_attempt_count}\n")
+        return WorkerResult.Success(message="echo", data={"input": input, "attempt": ctx.run_attempt_count})
+
+
+class SyncBool(kmpray.CommonWorker):
+    def do_work(self, input: str | None) -> bool:  # noqa: A002
+        return input == "yes"
+
+
+class Raises(kmpray.CommonWorker):
+    def do_work(self, input: str | None) -> Any:  # noqa: A002
+        raise RuntimeError(f"kaboom {input}")
+
+
+class FailsThenSucceeds(kmpray.CommonWorker):
+    """Retry until attempt ``n`` (from input), then succeed."""
+
+    async def do_work(self, input: str | None, ctx: kmpray.WorkerContext) -> Any:  # noqa: A002
+        if ctx.run_attempt_count < int(input or "1"):
+            return WorkerResult.Retry(reason=f"attempt {ctx.run_attempt_count}")
+        return WorkerResult.Success(data={"attempts": ctx.run_attempt_count + 1})
+
+
+class Blocks(kmpray.CommonWorker):
+    """Runs until the file ``release`` exists or it is cancelled; writes ``started`` first."""
+
+    async def do_work(self, input: str | None, ctx: kmpray.WorkerContext) -> Any:  # noqa: A002
+        cfg = _cfg(input)
+        with open(cfg["started"], "a") as f:
+            f.write(f"{ctx.task_id}\n")
+        deadline = time.monotonic() + cfg.get("max_s", 60)
+        while not Path(cfg["release"]).exists() and time.monotonic() < deadline:
+            if ctx.is_cancelled():
+                return WorkerResult.Failure("saw cancel")
+            await asyncio.sleep(0.01)
+        return WorkerResult.Success(data={"released": True})
+
+
+class Sleeps(kmpray.CommonWorker):
+    async def do_work(self, input: str | None) -> Any:  # noqa: A002
+        await asyncio.sleep(float(input or "10"))
+        return True
+
+
+class Progress(kmpray.CommonWorker):
+    async def do_work(self, input: str | None, ctx: kmpray.WorkerContext) -> Any:  # noqa: A002
+        for pct in (25, 50, 75, 100):
+            ctx.report_progress(pct, f"step {pct}")
+        return WorkerResult.Success(data={"done": True})
+
+
+class BrokenInit(kmpray.CommonWorker):
+    def __init__(self) -> None:
+        raise ValueError("no config")
+
+    async def do_work(self, input: str | None) -> Any:  # noqa: A002
+        return True
+
+
+class HugeOutput(kmpray.CommonWorker):
+    async def do_work(self, input: str | None) -> Any:  # noqa: A002
+        return WorkerResult.Success(data={"n": 2**80})
+
+
+class EmitsEvent(kmpray.CommonWorker):
+    async def do_work(self, input: str | None) -> Any:  # noqa: A002
+        kmpray.TaskEventBus.emit(kmpray.TaskCompletionEvent("custom", True, f"from worker {input}"))
+        return True
+
+
+ALL = {
+    "Echo": Echo,
+    "SyncBool": SyncBool,
+    "Raises": Raises,
+    "FailsThenSucceeds": FailsThenSucceeds,
+    "Blocks": Blocks,
+    "Sleeps": Sleeps,
+    "Progress": Progress,
+    "BrokenInit": BrokenInit,
+    "HugeOutput": HugeOutput,
+    "EmitsEvent": EmitsEvent,
+}
+
+
+def register_all(sched: Any) -> None:
+    for name, cls in ALL.items():
+        sched.register_worker(name, cls)
