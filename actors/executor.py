@@ -18,7 +18,7 @@ from ray import cloudpickle
 
 from kmpray.config import EngineConfig
 from kmpray.errors import InvalidParameters
-from kmpray.events import TaskEventBus
+import kmpray.events
 from kmpray.results import Failure, Success
 from kmpray.validation import check_output
 from kmpray.worker import CommonWorker, WorkerContext, run_worker
@@ -46,7 +46,9 @@ class LightExecutor:
         self._progress: list[tuple[str, int, int, str | None]] = []
         self._flushing = False
         self._scheduler: Any = None
-        TaskEventBus._bind(BrokerBackend(namespace))
+        # Through the module, not a name imported here: Ray ships actor classes by value,
+        # and a global captured that way would be a copy, not the process's singleton.
+        kmpray.events.TaskEventBus._bind(BrokerBackend(namespace))
 
     def ping(self) -> tuple[str, int]:
         return self.incarnation, len(self._tasks)

@@ -52,6 +52,7 @@ class SchedulerActor:
         if virtual_time:
             saved = self.store.get_meta("virtual_now")
             self.clock: ManualClock | SystemClock = ManualClock(saved if isinstance(saved, int) else None)
+            self.store.put_meta("virtual_now", self.clock.now_ms())
         else:
             self.clock = SystemClock()
         self.virtual_time = virtual_time

@@ -1,0 +1,97 @@
+"""Nothing accepted is lost: scheduler kills, executor kills, whole-engine restarts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import kmpray
+from kmpray import FIFTEEN_MINUTES, ONE_HOUR, ScheduleResult, TaskState, TaskTrigger
+
+from .helpers import blocks_input, count_runs, until
+from .workers import register_all
+
+pytestmark = pytest.mark.ray
+
+
+def _kill(name: str, namespace: str) -> None:
+    import ray
+
+    ray.kill(ray.get_actor(name, namespace=namespace), no_restart=False)
+
+
+def test_second_connect_attaches_to_the_same_engine(engines: Any, tmp_path: Path) -> None:
+    first = engines(virtual_time=True)
+    register_all(first)
+    first.enqueue("shared", TaskTrigger.OneTime(ONE_HOUR), "Echo")
+    second = kmpray.connect(namespace=first.namespace, state_dir=first.state_dir, virtual_time=True)
+    assert second.get_task_info("shared").state is TaskState.ENQUEUED
+    second.advance_time(ONE_HOUR)
+    assert first.get_task_info("shared").state is TaskState.SUCCEEDED
+
+
+def test_killed_scheduler_restarts_and_loses_nothing(engines: Any, tmp_path: Path) -> None:
+    sched = engines()
+    register_all(sched)
+    log = tmp_path / "runs.log"
+    inp, started, release = blocks_input(tmp_path, "inflight")
+    sched.enqueue("inflight", TaskTrigger.OneTime(), "Blocks", input=inp)
+    until(started.exists, what="in-flight run start")
+    ids = [f"t{i}" for i in range(300)]
+    results = sched.enqueue_many(
+        [{"id": i, "trigger": TaskTrigger.OneTime(300), "worker_class_name": "Echo",
+          "input": json.dumps({"log": str(log)})} for i in ids]
+    )
+    assert results == [ScheduleResult.SUCCESS] * 300
+    _kill("kmpray.scheduler", sched.namespace)
+    # Served again: the restarted scheduler rebuilt every task from the store.
+    for i in ids:
+        assert sched.wait(i, timeout_s=60).state is TaskState.SUCCEEDED
+    assert len(set(log.read_text().split("\n")) - {""}) >= 300
+    # The run that was in flight at the kill runs again (at-least-once).
+    until(lambda: count_runs(str(started)) == 2, what="the interrupted run to start again")
+    release.touch()
+    assert sched.wait("inflight", timeout_s=60).state is TaskState.SUCCEEDED
+    assert sched.status()["counts"]["SUCCEEDED"] == 301
+
+
+def test_killed_executor_reruns_its_runs(engines: Any, tmp_path: Path) -> None:
+    sched = engines(config=kmpray.EngineConfig(executors=1))
+    register_all(sched)
+    inp, started, release = blocks_input(tmp_path, "x")
+    sched.enqueue("x", TaskTrigger.OneTime(), "Blocks", input=inp)
+    until(started.exists, what="run start")
+    _kill("kmpray.executor.0", sched.namespace)
+    until(lambda: count_runs(str(started)) == 2, timeout_s=60, what="the run to start again")
+    release.touch()
+    info = sched.wait("x", timeout_s=60)
+    assert info.state is TaskState.SUCCEEDED and info.run_attempt_count == 1
+
+
+def test_shutdown_then_connect_resumes_pending_and_periodic_work(ray_session: Any, tmp_path: Path) -> None:
+    ns, state = "resume-test", str(tmp_path / "state")
+    first = kmpray.connect(namespace=ns, state_dir=state, virtual_time=True)
+    register_all(first)
+    first.enqueue("later", TaskTrigger.OneTime(ONE_HOUR), "Echo")
+    first.enqueue("every", TaskTrigger.Periodic(FIFTEEN_MINUTES), "Echo")
+    first.wait("every", timeout_s=30)
+    now = first.now_ms()
+    first.shutdown()
+    with pytest.raises(ValueError):
+        import ray
+
+        ray.get_actor("kmpray.scheduler", namespace=ns)
+    second = kmpray.connect(namespace=ns, state_dir=state, virtual_time=True)
+    try:
+        register_all(second)
+        assert second.now_ms() == now  # the virtual clock is durable too
+        assert second.get_task_info("later").state is TaskState.ENQUEUED
+        assert second.get_task_info("every").run_count == 1
+        second.advance_time(ONE_HOUR)
+        assert second.get_task_info("later").state is TaskState.SUCCEEDED
+        assert second.get_task_info("every").run_count == 5
+    finally:
+        second.shutdown()
