@@ -1,0 +1,146 @@
+"""The ``kmpray`` command line (click): demo, engine control, inspection, events, bench."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from .enums import TaskState
+
+
+def _connect(address: str | None, namespace: str, state_dir: str | None) -> Any:
+    from .client import connect
+
+    try:
+        return connect(address=address, namespace=namespace, state_dir=state_dir)
+    except Exception as exc:
+        raise click.ClickException(f"cannot reach the engine: {exc}") from None
+
+
+engine_options = [
+    click.option("--address", default=None, help="Ray address ('auto' for a running cluster)."),
+    click.option("--namespace", default="kmpray", show_default=True, help="The engine's namespace."),
+    click.option("--state-dir", default=None, help="Where the engine's store lives (default ~/.kmpray/NS)."),
+]
+
+
+def with_engine(fn: Any) -> Any:
+    for option in reversed(engine_options):
+        fn = option(fn)
+    return fn
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="kmpray")
+def main() -> None:
+    """kmpray: background tasks with triggers, constraints, chains and events, on Ray."""
+
+
+@main.command()
+@click.option("--state-dir", default=None, help="Keep the demo's store here (default: a temp dir).")
+@click.option("--hours", default=1, show_default=True, type=click.IntRange(1, 48), help="Virtual hours to run.")
+def demo(state_dir: str | None, hours: int) -> None:
+    """Run the main job on an embedded local Ray, in virtual time."""
+    from .demo import run
+
+    sys.exit(run(state_dir=state_dir, hours=hours))
+
+
+@main.command()
+@with_engine
+def start(address: str | None, namespace: str, state_dir: str | None) -> None:
+    """Start (or find) the engine on a Ray cluster; it keeps running after this exits."""
+    sched = _connect(address or "auto", namespace, state_dir)
+    status = sched.status()
+    click.echo(f"engine {namespace!r} running: {status['executors']} executors, state in {status['state_dir']}")
+
+
+@main.command()
+@with_engine
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(address: str | None, namespace: str, state_dir: str | None, as_json: bool) -> None:
+    """Engine health and task counts by state."""
+    info = _connect(address, namespace, state_dir).status()
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(f"engine {info['namespace']}: platform={info['platform']} virtual_time={info['virtual_time']}")
+    click.echo(f"  executors={info['executors']} in flight={info['inflight']} ready={info['ready']}")
+    click.echo("  " + "  ".join(f"{k}={v}" for k, v in info["counts"].items()))
+    click.echo(f"  workers: {', '.join(info['workers']) or '-'}")
+
+
+@main.command("list")
+@with_engine
+@click.option("--state", type=click.Choice([s.value for s in TaskState], case_sensitive=False), default=None)
+def list_(address: str | None, namespace: str, state_dir: str | None, state: str | None) -> None:
+    """List tasks, optionally only those in one state."""
+    from .display import tasks_text
+
+    infos = _connect(address, namespace, state_dir).list_tasks(TaskState(state.upper()) if state else None)
+    click.echo(tasks_text(infos))
+
+
+@main.command()
+@with_engine
+@click.argument("task_id")
+def info(address: str | None, namespace: str, state_dir: str | None, task_id: str) -> None:
+    """Show one task as JSON."""
+    found = _connect(address, namespace, state_dir).get_task_info(task_id)
+    if found is None:
+        raise click.ClickException(f"no task {task_id!r}")
+    click.echo(found.model_dump_json(indent=2))
+
+
+@main.command()
+@with_engine
+@click.argument("task_id")
+def cancel(address: str | None, namespace: str, state_dir: str | None, task_id: str) -> None:
+    """Cancel a task (and everything that depends on it)."""
+    n = _connect(address, namespace, state_dir).cancel(task_id)
+    if n == 0:
+        raise click.ClickException(f"nothing unfinished under {task_id!r}")
+    click.echo(f"cancelled {n}")
+
+
+@main.command()
+@with_engine
+@click.option("--since", type=click.IntRange(min=0), default=None, help="Replay after this cursor (0 = all).")
+@click.option("--follow", is_flag=True, help="Keep printing new events until interrupted.")
+def events(address: str | None, namespace: str, state_dir: str | None, since: int | None, follow: bool) -> None:
+    """Print stored events as JSON lines (cursor first)."""
+    sched = _connect(address, namespace, state_dir)
+    try:
+        sub = sched.events.subscribe(since=0 if since is None and not follow else since)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        while True:
+            event = sub.get(timeout_s=1.0 if follow else 0.5)
+            if event is None:
+                if follow:
+                    continue
+                break
+            click.echo(json.dumps({"cursor": sub.cursor, **event.model_dump(mode="json")}))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sub.close()
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench(args: tuple[str, ...]) -> None:
+    """Run benchmarks (delegates to ``python -m bench``)."""
+    try:
+        from bench.__main__ import main as bench_main
+    except ImportError as exc:
+        raise click.ClickException(f"bench is not installed with this kmpray: {exc}") from None
+    sys.exit(bench_main(list(args)))
+
+
+if __name__ == "__main__":
+    main()

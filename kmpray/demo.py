@@ -1,0 +1,129 @@
+"""``kmpray demo``: the main job on an embedded local Ray, in virtual time."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import threading
+import time
+from typing import Any
+
+import kmpray
+from kmpray import (
+    FIFTEEN_MINUTES,
+    ONE_MINUTE,
+    Constraints,
+    ExistingWorkPolicy,
+    QualityOfService,
+    TaskTrigger,
+    WorkerResult,
+)
+
+from .display import tasks_text
+
+
+@kmpray.worker("SyncWorker")
+class SyncWorker(kmpray.CommonWorker):
+    """Pretends to sync records in pages, reporting progress."""
+
+    async def do_work(self, input: str | None, ctx: kmpray.WorkerContext) -> Any:  # noqa: A002
+        pages = json.loads(input or "{}").get("pages", 4)
+        for page in range(1, pages + 1):
+            ctx.report_progress(page * 100 // pages, f"page {page}/{pages}")
+        return WorkerResult.Success(message="synced", data={"records": pages * 50})
+
+
+@kmpray.worker("FlakyUploadWorker")
+class FlakyUploadWorker(kmpray.CommonWorker):
+    """Fails twice with a retryable error, then uploads."""
+
+    def do_work(self, input: str | None, ctx: kmpray.WorkerContext) -> Any:  # noqa: A002
+        if ctx.run_attempt_count < 2:
+            return WorkerResult.Failure(f"server busy (attempt {ctx.run_attempt_count + 1})", should_retry=True)
+        return WorkerResult.Success(message="uploaded", data={"bytes": 4096})
+
+
+@kmpray.worker("CleanupWorker")
+class CleanupWorker(kmpray.CommonWorker):
+    def do_work(self, input: str | None) -> bool:  # noqa: A002
+        return True
+
+
+@kmpray.worker("ReportWorker")
+class ReportWorker(kmpray.CommonWorker):
+    """Runs after the sync (APPEND) and sees its output as input."""
+
+    async def do_work(self, input: str | None, ctx: kmpray.WorkerContext) -> Any:  # noqa: A002
+        records = ctx.upstream_data.get("records", 0)
+        return WorkerResult.Success(message=f"report over {records} records", data={"pages": 1})
+
+
+def _print_event(event: Any) -> None:
+    if event.kind == "progress":
+        bar = "#" * (event.progress // 10)
+        print(f"  progress  {event.task_id:<16} [{bar:<10}] {event.progress:>3}% {event.message or ''}")
+    else:
+        mark = "ok  " if event.success else "fail"
+        data = f" {event.output_data}" if event.output_data else ""
+        print(f"  {mark}      {event.task_id:<16} {event.task_name}: {event.message or ''}{data}")
+    sys.stdout.flush()
+
+
+def run(state_dir: str | None = None, hours: int = 1) -> int:
+    started = time.monotonic()
+    state = state_dir or tempfile.mkdtemp(prefix="kmpray-demo-")
+    print(f"kmpray demo: starting an embedded Ray and the engine (state in {state}) ...")
+    scheduler = kmpray.connect(namespace=f"kmpray-demo-{int(time.time())}", state_dir=state, virtual_time=True)
+    printed = threading.Lock()
+
+    def on_event(event: Any) -> None:
+        with printed:
+            _print_event(event)
+
+    events = scheduler.events.subscribe(since=0, callback=on_event)
+    try:
+        print(f"engine up in {time.monotonic() - started:.1f} s; workers: {', '.join(scheduler.status()['workers'])}\n")
+        print("enqueue: one-time sync, retrying upload, periodic cleanup, exact report, and a chained report")
+        results = {
+            "sync-now": scheduler.enqueue(
+                "sync-now", TaskTrigger.OneTime(), "SyncWorker", input='{"pages": 5}',
+                constraints=Constraints(expedited=True, qos=QualityOfService.HIGH),
+            ),
+            "upload": scheduler.enqueue(
+                "upload", TaskTrigger.OneTime(), "FlakyUploadWorker",
+                constraints=Constraints(backoff_delay_ms=30_000, max_retries=3),
+            ),
+            "cleanup": scheduler.enqueue("cleanup", TaskTrigger.Periodic(FIFTEEN_MINUTES), "CleanupWorker"),
+            "nightly": scheduler.enqueue(
+                "nightly", TaskTrigger.Exact(scheduler.now_ms() + 40 * ONE_MINUTE), "SyncWorker"
+            ),
+            "sync-now#2": scheduler.enqueue(
+                "sync-now", TaskTrigger.OneTime(), "ReportWorker",
+                constraints=Constraints(existing_work_policy=ExistingWorkPolicy.APPEND),
+            ),
+        }
+        for name, result in results.items():
+            print(f"  {name:<12} -> {result.value}")
+        scheduler.wait("sync-now", timeout_s=60)
+        for step in range(1, hours * 4 + 1):
+            scheduler.advance_time(FIFTEEN_MINUTES)
+            with printed:
+                print(f"-- virtual time +{step * 15} min")
+        scheduler.wait("upload", timeout_s=60)
+        last = scheduler.events.last_cursor()
+        deadline = time.monotonic() + 10
+        while events.cursor < last and time.monotonic() < deadline:  # printer catches up
+            time.sleep(0.02)
+        infos = sorted(scheduler.list_tasks(), key=lambda i: i.created_at_ms)
+        with printed:
+            print("\nsummary")
+            print(tasks_text(infos))
+            print(f"\n{len(infos)} tasks, {sum(i.run_count for i in infos)} runs, "
+                  f"{hours} virtual hour(s) in {time.monotonic() - started:.1f} s of real time")
+        ok = all(i.state.value in ("SUCCEEDED", "ENQUEUED") for i in infos)
+        return 0 if ok else 1
+    finally:
+        events.close()
+        scheduler.shutdown()
+
