@@ -1,0 +1,28 @@
+"""python -m bench <name> [--quick] [--json PATH] [--address ADDR]"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+BENCHMARKS = ["dispatch"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("name", choices=[*BENCHMARKS, "all"])
+    parser.add_argument("--quick", action="store_true", help="small sizes (under a minute)")
+    parser.add_argument("--json", default=None, help="write the result here instead of bench/results/")
+    parser.add_argument("--address", default=None, help="a Ray cluster to run against (default: local)")
+    args = parser.parse_args(argv)
+    names = BENCHMARKS if args.name == "all" else [args.name]
+    for name in names:
+        print(f"== {name}")
+        module = importlib.import_module(f"bench.{name}")
+        module.run(quick=args.quick, json_path=args.json if len(names) == 1 else None, address=args.address)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

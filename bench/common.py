@@ -1,0 +1,59 @@
+"""Shared bench plumbing: one local Ray, percentiles (numpy), JSON results, tables."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def ray_up(address: str | None = None) -> Any:
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False)
+    return ray
+
+
+def engine(namespace: str, **kw: Any) -> Any:
+    import kmpray
+
+    return kmpray.connect(namespace=namespace, state_dir=tempfile.mkdtemp(prefix=f"kmpray-{namespace}-"), **kw)
+
+
+def percentiles(samples_ms: list[float]) -> dict[str, float]:
+    if not samples_ms:
+        return {"p50": float("nan"), "p95": float("nan"), "p99": float("nan")}
+    arr = np.asarray(samples_ms, dtype=float)
+    p50, p95, p99 = np.percentile(arr, [50, 95, 99])
+    return {"p50": round(float(p50), 3), "p95": round(float(p95), 3), "p99": round(float(p99), 3)}
+
+
+def write(name: str, result: dict[str, Any], path: str | None = None) -> Path:
+    result = {
+        "benchmark": name,
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "system": platform.platform()},
+        **result,
+    }
+    out = Path(path) if path else RESULTS / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    return out
+
+
+def table(rows: list[tuple[str, str]]) -> str:
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)

@@ -1,0 +1,89 @@
+"""dispatch: end-to-end no-op one-time tasks vs raw Ray tasks, in the same run.
+
+Engine path: enqueue_many -> RUNNING -> SUCCEEDED persisted -> completion event read by
+a subscriber. Baseline: a batch of no-op ``f.remote()`` Ray tasks awaited with ray.get.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .common import engine, percentiles, ray_up, table, write
+
+
+def raw_ray_rate(ray: Any, n: int, rounds: int = 2) -> float:
+    @ray.remote
+    def noop() -> None:
+        return None
+
+    best = 0.0
+    for _ in range(rounds):
+        start = time.perf_counter()
+        ray.get([noop.remote() for _ in range(n)])
+        best = max(best, n / (time.perf_counter() - start))
+    return best
+
+
+def engine_rate(sched: Any, n: int, tag: str, chunk: int = 1000) -> tuple[float, list[float]]:
+    from kmpray import TaskRequest
+
+    sub = sched.events.subscribe()
+    reqs = [TaskRequest("BenchNoop", id=f"{tag}-{i}") for i in range(n)]
+    sent_at: dict[str, float] = {}
+    start = time.perf_counter()
+    for k in range(0, n, chunk):
+        t = time.time() * 1000
+        for r in reqs[k : k + chunk]:
+            sent_at[r.id] = t
+        sched.enqueue_many(reqs[k : k + chunk])
+    latencies: list[float] = []
+    done = 0
+    while done < n:
+        event = sub.get(timeout_s=120)
+        if event is None:
+            raise RuntimeError(f"only {done}/{n} completions within the bound")
+        if event.kind == "completion" and event.task_id in sent_at:
+            latencies.append(event.timestamp - sent_at[event.task_id])
+            done += 1
+    elapsed = time.perf_counter() - start
+    sub.close()
+    return n / elapsed, latencies
+
+
+def run(quick: bool = False, json_path: str | None = None, address: str | None = None) -> dict[str, Any]:
+    import kmpray
+
+    ray = ray_up(address)
+
+    @kmpray.worker("BenchNoop")
+    class BenchNoop(kmpray.CommonWorker):
+        async def do_work(self, input: str | None) -> bool:  # noqa: A002
+            return True
+
+    n = 2_000 if quick else 10_000
+    raw = raw_ray_rate(ray, min(n, 5_000))
+    sched = engine("bench-dispatch")
+    try:
+        engine_rate(sched, min(n, 1_000), "warm")
+        rate, lat = engine_rate(sched, n, "run")
+    finally:
+        sched.shutdown()
+    result = {
+        "tasks": n,
+        "engine_tasks_per_s": round(rate, 1),
+        "raw_ray_tasks_per_s": round(raw, 1),
+        "ratio": round(rate / raw, 2),
+        "latency_ms": percentiles(lat),
+        "note": "latency = enqueue call to completion event timestamp, closed batch",
+    }
+    out = write("dispatch", result, json_path)
+    print(table([
+        ("tasks", str(n)),
+        ("engine tasks/s", f"{rate:,.0f}"),
+        ("raw Ray tasks/s", f"{raw:,.0f}"),
+        ("ratio", f"{rate / raw:.2f}x"),
+        ("latency p50/p95/p99 ms", "/".join(str(v) for v in result["latency_ms"].values())),
+        ("json", str(out)),
+    ]))
+    return result

@@ -1,0 +1,55 @@
+"""The command line, run as users run it: in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def kmpray(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    return subprocess.run(
+        [sys.executable, "-m", "kmpray.cli", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+def test_help_lists_the_commands() -> None:
+    out = kmpray("--help")
+    assert out.returncode == 0
+    for command in ("demo", "start", "status", "list", "info", "cancel", "events", "bench"):
+        assert command in out.stdout
+
+
+def test_bad_option_is_one_clear_line_and_exit_code_2() -> None:
+    out = kmpray("list", "--state", "SLEEPING")
+    assert out.returncode == 2 and "SLEEPING" in out.stderr
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    out = kmpray("demo", "--state-dir", str(tmp_path / "demo"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    text = out.stdout
+    assert "progress  sync-now" in text and "100%" in text
+    assert "retrying in 30000 ms" in text and "uploaded" in text
+    assert "report over 250 records" in text  # the appended step got its prerequisite's data
+    summary = text.split("summary")[1]
+    assert "cleanup" in summary and "ENQUEUED" in summary
+    assert "5 tasks, 9 runs" in summary
+
+
+def test_cluster_yaml_names_what_the_engine_asks_for() -> None:
+    config = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    for key in ("cluster_name", "provider", "available_node_types", "head_node_type", "setup_commands"):
+        assert key in config
+    types = config["available_node_types"]
+    assert config["head_node_type"] in types
+    assert any("heavy" in t.get("resources", {}) for t in types.values())
+    assert any("kmpray start" in c for c in config["head_start_ray_commands"])
