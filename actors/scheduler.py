@@ -22,7 +22,7 @@ from kmpray.clock import ManualClock, SystemClock
 from kmpray.config import EngineConfig
 from kmpray.constraints import Constraints
 from kmpray.engine import Dispatch, Outcome, SchedulerCore
-from kmpray.enums import ScheduleResult, TaskState
+from kmpray.enums import ExistingPolicy, ScheduleResult, TaskState
 from kmpray.errors import InvalidParameters, VirtualTimeOnly
 from kmpray.platforms import profile
 from kmpray.results import Failure, Result
@@ -58,9 +58,13 @@ class SchedulerActor:
         self.virtual_time = virtual_time
         self.platform = platform
         self.registered: dict[str, int] = {}
-        self.core = SchedulerCore(self.clock, profile(platform), self.config, self.registered.__contains__)
+        known = self.store.get_meta("known_workers")
+        self.known: set[str] = set(known) if isinstance(known, list) else set()
+        self.core = SchedulerCore(
+            self.clock, profile(platform), self.config, self.registered.__contains__, self.known.__contains__
+        )
         started = time.monotonic()
-        self.core.restore(self.store.load())
+        self.core.restore(self.store.load(), self.store.load_chains())
         self.restored_in_s = time.monotonic() - started
         self.rejections: deque[tuple[str, str, str]] = deque(maxlen=1000)
         self._waiters: dict[str, list[tuple[asyncio.Future[None], int]]] = {}
@@ -114,6 +118,7 @@ class SchedulerActor:
             "counts": self.core.counts(),
             "restored_in_s": self.restored_in_s,
             "workers": sorted(self.registered),
+            "waiting_for_registration": self.core.parked(),
         }
 
     async def _loop(self) -> None:
@@ -219,7 +224,7 @@ class SchedulerActor:
         fx = self.core.drain()
         if not fx:
             return
-        self.store.write(fx.persist.values(), fx.delete)
+        self.store.write(fx.persist.values(), fx.delete, fx.chains.values(), fx.delete_chains)
         if fx.cancel_runs:
             by_executor: dict[int, list[tuple[str, int]]] = {}
             for key in fx.cancel_runs:
@@ -241,11 +246,14 @@ class SchedulerActor:
         if not waiters:
             return
         rec = self.core.latest(name)
+        chain_done = name in self.core.chains and self.core.is_settled(name)
         keep = []
         for fut, runs_before in waiters:
             if fut.done():
                 continue
-            if rec is None or rec.state.is_finished or (self.core.recurs(rec) and rec.run_count > runs_before):
+            if chain_done or rec is None or rec.state.is_finished or (
+                self.core.recurs(rec) and rec.run_count > runs_before
+            ):
                 fut.set_result(None)
             else:
                 keep.append((fut, runs_before))
@@ -260,6 +268,11 @@ class SchedulerActor:
         registry = lookup(REGISTRY, self.namespace)
         version: int = await registry.register.remote(name, blob)
         self.registered[name] = version
+        if name not in self.known:
+            self.known.add(name)
+            self.store.put_meta("known_workers", sorted(self.known))
+        if self.core.unpark(name):
+            self._kick()
         return version
 
     async def enqueue_many(self, items: list[dict[str, Any]]) -> list[tuple[str, str | None]]:
@@ -289,6 +302,52 @@ class SchedulerActor:
         except Exception as exc:
             log.exception("enqueue failed")
             return Outcome(ScheduleResult.FAILED_UNKNOWN, f"{type(exc).__name__}: {exc}")
+
+    async def enqueue_chain(self, payload: dict[str, Any]) -> tuple[str, str | None]:
+        await self._ready
+        chain_id = payload.get("id")
+        try:
+            if payload.get("error"):
+                raise InvalidParameters(payload["error"])
+            steps = [
+                [
+                    {**task, "constraints": Constraints.model_validate(task.get("constraints") or {})}
+                    for task in step
+                ]
+                for step in payload["steps"]
+            ]
+            outcome = self.core.submit_chain(chain_id, ExistingPolicy(payload.get("policy", "REPLACE")), steps)
+        except (InvalidParameters, ValueError, KeyError, TypeError) as exc:
+            outcome = Outcome(ScheduleResult.REJECTED_INVALID_PARAMS, f"{type(exc).__name__}: {exc}")
+        if outcome.result is not ScheduleResult.SUCCESS:
+            self.rejections.append((str(chain_id), outcome.result.value, outcome.reason or ""))
+            log.warning("chain %r: %s: %s", chain_id, outcome.result.value, outcome.reason)
+        try:
+            self._flush()
+        except Exception as exc:
+            log.exception("store write failed")
+            return ScheduleResult.FAILED_UNKNOWN.value, f"store write failed: {exc}"
+        self._kick()
+        return outcome.result.value, outcome.reason
+
+    async def get_chain_info(self, chain_id: str) -> dict[str, Any] | None:
+        await self._ready
+        info = self.core.chain_info(chain_id)
+        return info.model_dump(mode="json") if info is not None else None
+
+    async def wait_chain(self, chain_id: str, timeout_s: float | None) -> dict[str, Any] | None:
+        await self._ready
+        if chain_id not in self.core.chains:
+            return None
+        if not self.core.is_settled(chain_id):
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.setdefault(chain_id, []).append((fut, 0))
+            try:
+                await asyncio.wait_for(fut, timeout_s)
+            except TimeoutError:
+                pass
+        info = self.core.chain_info(chain_id)
+        return info.model_dump(mode="json") if info is not None else None
 
     def last_rejections(self, limit: int = 100) -> list[tuple[str, str, str]]:
         return list(self.rejections)[-limit:]

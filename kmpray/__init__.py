@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .clock import FIFTEEN_MINUTES, ONE_DAY, ONE_HOUR, ONE_MINUTE, ONE_SECOND
+from .chain import TaskChain
 from .config import EngineConfig
 from .constraints import Constraints
 from .enums import (
@@ -91,6 +92,7 @@ __all__ = [
     "QualityOfService",
     "RejectedByPolicy",
     "ScheduleResult",
+    "TaskChain",
     "TaskCompletionEvent",
     "TaskEventBus",
     "TaskInfo",

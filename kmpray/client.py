@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from .chain import TaskChain
 from .config import EngineConfig
 from .constraints import Constraints
 from .enums import ScheduleResult, TaskState
@@ -380,21 +381,46 @@ class BackgroundTaskScheduler:
         return TaskInfo.model_validate(raw) if raw is not None else None
 
     def get_chain_info(self, id: str) -> ChainInfo | None:  # noqa: A002
-        return None  # chains: see issue 3
+        raw = self._call("get_chain_info", id)
+        return ChainInfo.model_validate(raw) if raw is not None else None
+
+    # --------------------------------------------------------------- chains
+    def begin_with(self, first: TaskRequest | Sequence[TaskRequest]) -> TaskChain:
+        """Start a chain: ``begin_with(a).then([b, c]).then(d).enqueue()``; a list runs in parallel."""
+        return TaskChain.begin(self, first)
+
+    def _enqueue_chain(self, chain: TaskChain) -> ScheduleResult:
+        result, self.last_reason = self._call("enqueue_chain", chain.payload())
+        return ScheduleResult(result)
+
+    async def _enqueue_chain_async(self, chain: TaskChain) -> ScheduleResult:
+        result, self.last_reason = await self._call_async("enqueue_chain", chain.payload())
+        return ScheduleResult(result)
+
+    def _wait_chain(self, id: str, deadline: float | None) -> ChainInfo:  # noqa: A002
+        while True:
+            chunk = WAIT_CHUNK_S if deadline is None else min(WAIT_CHUNK_S, deadline - time.monotonic())
+            if chunk <= 0:
+                raise TimeoutError(f"chain {id!r} not finished in time")
+            raw = self._call("wait_chain", id, chunk, timeout_s=chunk + CALL_TIMEOUT_S)
+            if raw is None:
+                raise TaskNotFound(f"no task or chain {id!r}")
+            info = ChainInfo.model_validate(raw)
+            if info.state.is_finished:
+                return info
 
     def list_tasks(self, state: TaskState | None = None) -> list[TaskInfo]:
         raw = self._call("list_tasks", TaskState(state).value if state is not None else None)
         return [TaskInfo.model_validate(r) for r in raw]
 
-    def wait(self, id: str, timeout_s: float | None = None) -> TaskInfo:  # noqa: A002
-        """Until the task is finished (a periodic or event-triggered one: until its next run ends).
-
-        Raises TimeoutError after ``timeout_s`` and TaskNotFound for an unknown id.
+    def wait(self, id: str, timeout_s: float | None = None) -> TaskInfo | ChainInfo:  # noqa: A002
+        """Until the task or chain is finished (a periodic or event-triggered task: until its
+        next run ends). Raises TimeoutError after ``timeout_s``, TaskNotFound for an unknown id.
         """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         first = self.get_task_info(id)
         if first is None:
-            raise TaskNotFound(f"no task {id!r}")
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+            return self._wait_chain(id, deadline)
         while True:
             chunk = WAIT_CHUNK_S if deadline is None else min(WAIT_CHUNK_S, deadline - time.monotonic())
             if chunk <= 0:
@@ -406,11 +432,20 @@ class BackgroundTaskScheduler:
             if info.state.is_finished or info.run_count > first.run_count and _recurs(info):
                 return info
 
-    async def wait_async(self, id: str, timeout_s: float | None = None) -> TaskInfo:  # noqa: A002
+    async def wait_async(self, id: str, timeout_s: float | None = None) -> TaskInfo | ChainInfo:  # noqa: A002
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         first = await self.get_task_info_async(id)
         if first is None:
-            raise TaskNotFound(f"no task {id!r}")
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+            while True:
+                chunk = WAIT_CHUNK_S if deadline is None else min(WAIT_CHUNK_S, deadline - time.monotonic())
+                if chunk <= 0:
+                    raise TimeoutError(f"chain {id!r} not finished in time")
+                raw = await self._call_async("wait_chain", id, chunk, timeout_s=chunk + CALL_TIMEOUT_S)
+                if raw is None:
+                    raise TaskNotFound(f"no task or chain {id!r}")
+                chain = ChainInfo.model_validate(raw)
+                if chain.state.is_finished:
+                    return chain
         while True:
             chunk = WAIT_CHUNK_S if deadline is None else min(WAIT_CHUNK_S, deadline - time.monotonic())
             if chunk <= 0:

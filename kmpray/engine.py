@@ -13,18 +13,21 @@ import heapq
 import itertools
 import json
 import logging
-from collections.abc import Callable, Iterable
+import uuid
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from .backoff import backoff_delay_ms
+from .chain import MAX_CHAIN_TASKS, ChainRecord, chain_state
 from .clock import Clock
 from .config import EngineConfig
 from .constraints import Constraints
-from .enums import InputMerger, ScheduleResult, TaskState
+from .enums import ExistingPolicy, InputMerger, ScheduleResult, TaskState
 from .errors import InvalidParameters, KmprayError, RejectedByPolicy
 from .events import TaskCompletionEvent, TaskProgressEvent
 from .merging import merge
+from .models import ChainInfo
 from .platforms import PlatformProfile
 from .policies import Action, appended_state, decide
 from .records import TaskRecord
@@ -43,6 +46,8 @@ from .triggers import (
 from .validation import check_id, check_input, check_trigger
 
 log = logging.getLogger("kmpray.engine")
+
+_ONE_TIME = OneTime()
 
 _UNFINISHED = (TaskState.ENQUEUED, TaskState.BLOCKED, TaskState.RUNNING)
 
@@ -75,10 +80,15 @@ class Effects:
     delete: set[str] = field(default_factory=set)
     cancel_runs: list[tuple[str, int]] = field(default_factory=list)
     events: list[TaskCompletionEvent | TaskProgressEvent] = field(default_factory=list)
-    settled: set[str] = field(default_factory=set)  # names whose waiters should re-check
+    settled: set[str] = field(default_factory=set)  # names/chain ids whose waiters should re-check
+    chains: dict[str, ChainRecord] = field(default_factory=dict)
+    delete_chains: set[str] = field(default_factory=set)
 
     def __bool__(self) -> bool:
-        return bool(self.persist or self.delete or self.cancel_runs or self.events or self.settled)
+        return bool(
+            self.persist or self.delete or self.cancel_runs or self.events or self.settled
+            or self.chains or self.delete_chains
+        )
 
 
 class SchedulerCore:
@@ -88,14 +98,19 @@ class SchedulerCore:
         platform: PlatformProfile,
         config: EngineConfig | None = None,
         is_registered: Callable[[str], bool] = lambda _name: True,
+        is_known: Callable[[str], bool] = lambda _name: False,
     ) -> None:
         self.clock = clock
         self.platform = platform
         self.config = config or EngineConfig()
         self.is_registered = is_registered
+        # A worker registered before a restart but not yet again: its runs wait, not fail.
+        self.is_known = is_known
+        self._parked: dict[str, list[str]] = {}
         self.tasks: dict[str, TaskRecord] = {}
         self.names: dict[str, list[str]] = {}  # name -> row keys, oldest first
         self.dependents: dict[str, list[str]] = {}
+        self.chains: dict[str, ChainRecord] = {}
         self._timers: list[tuple[int, int, str]] = []
         self._ready: list[tuple[int, int, int, int, str]] = []
         self._deadlines: list[tuple[int, str]] = []
@@ -123,6 +138,8 @@ class SchedulerCore:
         return rec
 
     def is_settled(self, name: str) -> bool:
+        if name in self.chains:
+            return self._chain_finished(self.chains[name])
         rec = self.latest(name)
         return rec is None or rec.state.is_finished
 
@@ -148,9 +165,11 @@ class SchedulerCore:
         return len(self._ready)
 
     # ---------------------------------------------------------------- restore
-    def restore(self, records: Iterable[TaskRecord]) -> None:
+    def restore(self, records: Iterable[TaskRecord], chains: Iterable[ChainRecord] = ()) -> None:
         """Rebuild every index from stored rows. Runs that were in flight run again."""
         now = self.clock.now_ms()
+        for chain in chains:
+            self.chains[chain.id] = chain
         rows = sorted(records, key=lambda r: (r.created_at_ms, r.key))
         for rec in rows:
             self.tasks[rec.key] = rec
@@ -172,6 +191,11 @@ class SchedulerCore:
                 self._arm(rec, now)
             if rec.deadline_ms is not None:
                 heapq.heappush(self._deadlines, (rec.deadline_ms, rec.key))
+        for chain in self.chains.values():
+            chain.succeeded = [
+                sum(1 for k in step if k in self.tasks and self.tasks[k].state is TaskState.SUCCEEDED)
+                for step in chain.steps
+            ]
 
     # ---------------------------------------------------------------- enqueue
     def submit(
@@ -189,7 +213,7 @@ class SchedulerCore:
             check_id(task_id, self.config)
             check_input(input, self.config)
             check_trigger(trigger, constraints, self.platform, now, self.config)
-            if not self.is_registered(worker):
+            if not (self.is_registered(worker) or self.is_known(worker)):
                 raise InvalidParameters(f"worker_class_name: {worker!r} is not a registered worker")
             if self.pending >= self.config.max_pending_tasks:
                 raise RejectedByPolicy(
@@ -200,7 +224,14 @@ class SchedulerCore:
         except RejectedByPolicy as exc:
             return Outcome(ScheduleResult.REJECTED_OS_POLICY, str(exc))
 
+        if task_id in self.chains:
+            return Outcome(ScheduleResult.REJECTED_INVALID_PARAMS, f"id: {task_id!r} is the id of a chain")
         existing = [self.tasks[k] for k in self.names.get(task_id, ())]
+        if any(r.chain_id is not None for r in existing):
+            return Outcome(
+                ScheduleResult.REJECTED_INVALID_PARAMS,
+                f"id: {task_id!r} is a task of chain {existing[0].chain_id!r}",
+            )
         action = decide(constraints.existing_work_policy, [r.state for r in existing])
         if action is Action.IGNORE:
             return Outcome(ScheduleResult.SUCCESS, f"kept existing unfinished work {task_id!r}")
@@ -335,16 +366,17 @@ class SchedulerCore:
                 continue
             rec.ready_seq = -1
             if not self.is_registered(rec.worker):
+                if self.is_known(rec.worker):
+                    self._parked.setdefault(rec.worker, []).append(rec.key)
+                    continue
                 self._finish(rec, TaskState.FAILED, Failure(f"worker {rec.worker!r} is not registered"), now)
                 continue
             upstream: dict[str, Any] | None = None
             run_input = rec.input
-            if rec.prereqs:
+            prereqs = self._prerequisites(rec)
+            if prereqs:
                 try:
-                    upstream = merge(
-                        rec.input_merger,
-                        [self._output(p) for p in rec.prereqs],
-                    )
+                    upstream = merge(rec.input_merger, [self._output(p) for p in prereqs])
                 except InvalidParameters as exc:
                     self._finish(rec, TaskState.FAILED, Failure(str(exc)), now)
                     continue
@@ -371,6 +403,26 @@ class SchedulerCore:
             )
             rec.run_attempt_count += 1
         return out
+
+    def _prerequisites(self, rec: TaskRecord) -> Sequence[str]:
+        """Appended work depends on its leaf; a chain task on every task of the step before."""
+        if rec.chain_id is not None and rec.step > 0:
+            chain = self.chains.get(rec.chain_id)
+            return chain.steps[rec.step - 1] if chain is not None else ()
+        return rec.prereqs
+
+    def parked(self) -> dict[str, int]:
+        return {worker: len(keys) for worker, keys in self._parked.items()}
+
+    def unpark(self, worker: str) -> int:
+        """``worker`` is registered again: its waiting runs become ready."""
+        n = 0
+        for key in self._parked.pop(worker, []):
+            rec = self.tasks.get(key)
+            if rec is not None and rec.state is TaskState.ENQUEUED and rec.ready_seq == -1:
+                self._make_ready(rec)
+                n += 1
+        return n
 
     def _output(self, key: str) -> dict[str, Any] | None:
         rec = self.tasks.get(key)
@@ -493,6 +545,8 @@ class SchedulerCore:
             self.fx.cancel_runs.append((rec.key, rec.run_id))
         self._touch(rec, now)
         self.fx.settled.add(rec.name)
+        if rec.chain_id is not None:
+            self.fx.settled.add(rec.chain_id)
         if ran or state is not TaskState.SUCCEEDED:
             data = result.data if isinstance(result, Success) else None
             message = result.message if isinstance(result, (Success, Failure)) else None
@@ -501,14 +555,31 @@ class SchedulerCore:
             self._emit_completion(rec, state is TaskState.SUCCEEDED, message, data, now)
         if state is TaskState.SUCCEEDED:
             self._promote_dependents(rec, now)
-        else:
-            cascade = Failure(f"prerequisite {rec.key!r} {state.value.lower()}")
-            for dep in self.dependents.get(rec.key, ()):
-                drec = self.tasks.get(dep)
-                if drec is not None and not drec.state.is_finished:
-                    self._finish(drec, state, cascade if state is TaskState.FAILED else None, now)
+            return
+        cascade = Failure(f"prerequisite {rec.key!r} {state.value.lower()}") if state is TaskState.FAILED else None
+        for dep in self._dependents(rec):
+            drec = self.tasks.get(dep)
+            if drec is not None and not drec.state.is_finished:
+                self._finish(drec, state, cascade, now)
+
+    def _dependents(self, rec: TaskRecord) -> list[str]:
+        deps = list(self.dependents.get(rec.key, ()))
+        chain = self.chains.get(rec.chain_id) if rec.chain_id is not None else None
+        if chain is not None:
+            for later in chain.steps[rec.step + 1 :]:
+                deps.extend(later)
+        return deps
 
     def _promote_dependents(self, rec: TaskRecord, now: int) -> None:
+        chain = self.chains.get(rec.chain_id) if rec.chain_id is not None else None
+        if chain is not None:
+            chain.succeeded[rec.step] += 1
+            if chain.succeeded[rec.step] == len(chain.steps[rec.step]) and rec.step + 1 < len(chain.steps):
+                for key in chain.steps[rec.step + 1]:
+                    drec = self.tasks.get(key)
+                    if drec is not None and drec.state is TaskState.BLOCKED:
+                        drec.state = TaskState.ENQUEUED
+                        self._schedule_first(drec, now)
         for dep in self.dependents.get(rec.key, ()):
             drec = self.tasks.get(dep)
             if drec is None or drec.state is not TaskState.BLOCKED:
@@ -523,6 +594,8 @@ class SchedulerCore:
         keys = list(self.names.get(name_or_key, ()))
         if not keys and name_or_key in self.tasks:
             keys = [name_or_key]
+        if not keys and name_or_key in self.chains:
+            keys = [k for step in self.chains[name_or_key].steps for k in step if k in self.tasks]
         return self._cancel_rows(self.tasks[k] for k in keys)
 
     def cancel_all(self) -> int:
@@ -565,15 +638,129 @@ class SchedulerCore:
         """Forget finished rows older than ``retain_finished_ms`` (their dependents too)."""
         now = self.clock.now_ms()
         horizon = now - self.config.retain_finished_ms
+        def old(key: str) -> bool:
+            rec = self.tasks.get(key)
+            return rec is None or (rec.state.is_finished and rec.updated_at_ms < horizon)
+
         stale = [
             name
             for name, keys in self.names.items()
-            if all(self.tasks[k].state.is_finished and self.tasks[k].updated_at_ms < horizon for k in keys)
+            if all(old(k) and self.tasks[k].chain_id is None for k in keys)
         ]
         for name in stale:
             for key in self.names.pop(name):
                 self._drop(key)
-        return len(stale)
+        stale_chains = [cid for cid, c in self.chains.items() if all(old(k) for s in c.steps for k in s)]
+        for cid in stale_chains:
+            self._remove_chain(cid, now)
+        return len(stale) + len(stale_chains)
+
+    # ----------------------------------------------------------------- chains
+    def submit_chain(self, chain_id: str, policy: ExistingPolicy, steps: list[list[dict[str, Any]]]) -> Outcome:
+        """Validate a whole chain and insert it, or reject it whole with nothing stored.
+
+        Each task dict carries: id, id_explicit, worker, input, constraints (a
+        Constraints), input_merger. An auto-generated id that is already taken (a reused
+        TaskRequest) gets a fresh one; an explicit id that is taken is an error.
+        """
+        now = self.clock.now_ms()
+        try:
+            check_id(chain_id, self.config, "chain id")
+            if not steps:
+                raise InvalidParameters("chain: is empty (begin_with needs at least one TaskRequest)")
+            total = sum(len(step) for step in steps)
+            if total > MAX_CHAIN_TASKS:
+                raise InvalidParameters(f"chain: {total} tasks, more than the limit of {MAX_CHAIN_TASKS}")
+            if chain_id in self.names:
+                raise InvalidParameters(f"chain id: {chain_id!r} is already the id of a task")
+            existing = self.chains.get(chain_id)
+            unfinished = existing is not None and not self._chain_finished(existing)
+            if unfinished and policy is ExistingPolicy.KEEP:
+                return Outcome(ScheduleResult.SUCCESS, f"kept existing unfinished chain {chain_id!r}")
+            replaced = set() if existing is None else {k for st in existing.steps for k in st}
+            seen: set[str] = set()
+            for n, step in enumerate(steps, 1):
+                if not step:
+                    raise InvalidParameters(f"chain step {n}: a parallel step needs at least one TaskRequest")
+                for task in step:
+                    tid = task["id"]
+                    check_id(tid, self.config, f"step {n} task id")
+                    taken = tid in seen or ((tid in self.tasks or tid in self.names) and tid not in replaced)
+                    if taken and task.get("id_explicit", True):
+                        raise InvalidParameters(f"step {n} task id: {tid!r} is used twice or already in use")
+                    if taken:
+                        task["id"] = tid = str(uuid.uuid4())
+                    seen.add(tid)
+                    check_input(task.get("input"), self.config, f"step {n} input")
+                    if not (self.is_registered(task["worker"]) or self.is_known(task["worker"])):
+                        raise InvalidParameters(
+                            f"step {n} worker_class_name: {task['worker']!r} is not a registered worker"
+                        )
+            if self.pending + total > self.config.max_pending_tasks:
+                raise RejectedByPolicy(
+                    f"admission: {self.pending} tasks pending, the limit is {self.config.max_pending_tasks}"
+                )
+        except InvalidParameters as exc:
+            return Outcome(ScheduleResult.REJECTED_INVALID_PARAMS, str(exc))
+        except RejectedByPolicy as exc:
+            return Outcome(ScheduleResult.REJECTED_OS_POLICY, str(exc))
+
+        last_run_ids = self._remove_chain(chain_id, now) if existing is not None else {}
+        chain = ChainRecord(chain_id, [[t["id"] for t in step] for step in steps], now)
+        chain.succeeded = [0] * len(steps)
+        self.chains[chain_id] = chain
+        self.fx.chains[chain_id] = chain
+        for n, step in enumerate(steps):
+            for task in step:
+                rec = TaskRecord(
+                    key=task["id"],
+                    name=task["id"],
+                    worker=task["worker"],
+                    trigger=_ONE_TIME,
+                    constraints=task["constraints"],
+                    state=TaskState.ENQUEUED if n == 0 else TaskState.BLOCKED,
+                    created_at_ms=now,
+                    updated_at_ms=now,
+                    input=task.get("input"),
+                    chain_id=chain_id,
+                    input_merger=InputMerger(task.get("input_merger", "OVERWRITE")),
+                    step=n,
+                    run_id=last_run_ids.get(task["id"], 0),
+                )
+                self.tasks[rec.key] = rec
+                self.names[rec.key] = [rec.key]
+                self.pending += 1
+                self._touch(rec, now)
+                if n == 0:
+                    self._schedule_first(rec, now)
+        return Outcome(ScheduleResult.SUCCESS)
+
+    def _chain_finished(self, chain: ChainRecord) -> bool:
+        return all(self.tasks[k].state.is_finished for step in chain.steps for k in step if k in self.tasks)
+
+    def _remove_chain(self, chain_id: str, now: int) -> dict[str, int]:
+        """Cancel and forget a chain; returns the run ids its tasks used (keys may be reused)."""
+        chain = self.chains.pop(chain_id, None)
+        if chain is None:
+            return {}
+        self.fx.chains.pop(chain_id, None)
+        self.fx.delete_chains.add(chain_id)
+        keys = [k for step in chain.steps for k in step if k in self.tasks]
+        self._cancel_rows([self.tasks[k] for k in keys])
+        run_ids = {}
+        for key in keys:
+            run_ids[key] = self.tasks[key].run_id
+            self.names.pop(key, None)
+            self._drop(key)
+        return run_ids
+
+    def chain_info(self, chain_id: str) -> ChainInfo | None:
+        chain = self.chains.get(chain_id)
+        if chain is None:
+            return None
+        steps = [[self.tasks[k].info() for k in step if k in self.tasks] for step in chain.steps]
+        state = chain_state([i.state for step in steps for i in step])
+        return ChainInfo.model_construct(id=chain_id, state=state, steps=steps)
 
     # ------------------------------------------------------------ event triggers
     def fire(self, kind: str, uri: str | None = None) -> int:

@@ -47,6 +47,7 @@ class TaskRecord:
     period: int = 0
     run_id: int = 0  # bumped at each dispatch; reports for older runs are stale
     refire: bool = False  # an event trigger fired while this task was running
+    step: int = 0  # a chain task's step index
     # Index bookkeeping, not persisted.
     timer_seq: int = field(default=-1, repr=False)
     ready_seq: int = field(default=-1, repr=False)
@@ -96,6 +97,7 @@ def encode(rec: TaskRecord) -> bytes:
         "pe": rec.period,
         "ri": rec.run_id,
         "rf": rec.refire,
+        "st": rec.step,
     }
     row.update({k: v for k, v in optional.items() if v})
     if rec.result is not None:
@@ -133,4 +135,5 @@ def decode(blob: bytes) -> TaskRecord:
         period=row.get("pe", 0),
         run_id=row.get("ri", 0),
         refire=row.get("rf", False),
+        step=row.get("st", 0),
     )

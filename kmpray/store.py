@@ -15,13 +15,22 @@ from typing import Protocol
 
 import msgpack
 
+from .chain import ChainRecord
 from .records import TaskRecord, decode, encode
 
 
 class TaskStore(Protocol):
     def load(self) -> list[TaskRecord]: ...
 
-    def write(self, put: Iterable[TaskRecord], delete: Iterable[str] = ()) -> None: ...
+    def load_chains(self) -> list[ChainRecord]: ...
+
+    def write(
+        self,
+        put: Iterable[TaskRecord],
+        delete: Iterable[str] = (),
+        chains: Iterable[ChainRecord] = (),
+        delete_chains: Iterable[str] = (),
+    ) -> None: ...
 
     def get_meta(self, key: str) -> object | None: ...
 
@@ -60,14 +69,26 @@ class SqliteTaskStore:
         self._conn = _connect(self.path)
         self._conn.execute("CREATE TABLE IF NOT EXISTS tasks (key TEXT PRIMARY KEY, row BLOB NOT NULL)")
         self._conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL)")
+        self._conn.execute("CREATE TABLE IF NOT EXISTS chains (id TEXT PRIMARY KEY, row BLOB NOT NULL)")
 
     def load(self) -> list[TaskRecord]:
         return [decode(blob) for (blob,) in self._conn.execute("SELECT row FROM tasks")]
 
-    def write(self, put: Iterable[TaskRecord], delete: Iterable[str] = ()) -> None:
+    def load_chains(self) -> list[ChainRecord]:
+        return [ChainRecord.decode(blob) for (blob,) in self._conn.execute("SELECT row FROM chains")]
+
+    def write(
+        self,
+        put: Iterable[TaskRecord],
+        delete: Iterable[str] = (),
+        chains: Iterable[ChainRecord] = (),
+        delete_chains: Iterable[str] = (),
+    ) -> None:
         rows = [(rec.key, encode(rec)) for rec in put]
         gone = [(k,) for k in delete]
-        if not rows and not gone:
+        chain_rows = [(c.id, c.encode()) for c in chains]
+        chains_gone = [(k,) for k in delete_chains]
+        if not (rows or gone or chain_rows or chains_gone):
             return
         conn = self._conn
         conn.execute("BEGIN")
@@ -76,6 +97,10 @@ class SqliteTaskStore:
                 conn.executemany("DELETE FROM tasks WHERE key = ?", gone)
             if rows:
                 conn.executemany("INSERT OR REPLACE INTO tasks (key, row) VALUES (?, ?)", rows)
+            if chains_gone:
+                conn.executemany("DELETE FROM chains WHERE id = ?", chains_gone)
+            if chain_rows:
+                conn.executemany("INSERT OR REPLACE INTO chains (id, row) VALUES (?, ?)", chain_rows)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -100,16 +125,30 @@ class MemoryTaskStore:
 
     def __init__(self) -> None:
         self._rows: dict[str, bytes] = {}
+        self._chains: dict[str, bytes] = {}
         self._meta: dict[str, bytes] = {}
 
     def load(self) -> list[TaskRecord]:
         return [decode(b) for b in self._rows.values()]
 
-    def write(self, put: Iterable[TaskRecord], delete: Iterable[str] = ()) -> None:
+    def load_chains(self) -> list[ChainRecord]:
+        return [ChainRecord.decode(b) for b in self._chains.values()]
+
+    def write(
+        self,
+        put: Iterable[TaskRecord],
+        delete: Iterable[str] = (),
+        chains: Iterable[ChainRecord] = (),
+        delete_chains: Iterable[str] = (),
+    ) -> None:
         for key in delete:
             self._rows.pop(key, None)
         for rec in put:
             self._rows[rec.key] = encode(rec)
+        for key in delete_chains:
+            self._chains.pop(key, None)
+        for chain in chains:
+            self._chains[chain.id] = chain.encode()
 
     def get_meta(self, key: str) -> object | None:
         raw = self._meta.get(key)

@@ -32,7 +32,7 @@ class Harness:
 
     def flush(self) -> None:
         fx = self.core.drain()
-        self.store.write(fx.persist.values(), fx.delete)
+        self.store.write(fx.persist.values(), fx.delete, fx.chains.values(), fx.delete_chains)
         self.events.extend(fx.events)
 
     def step(self) -> list[Dispatch]:
@@ -64,10 +64,18 @@ class Harness:
         """A new core over the same store: what a SchedulerActor restart does."""
         self.flush()
         self.core = SchedulerCore(self.clock, self.core.platform, self.core.config, self.workers.__contains__)
-        self.core.restore(self.store.load())
+        self.core.restore(self.store.load(), self.store.load_chains())
         self.flush()
 
 
 @pytest.fixture
 def h() -> Harness:
     return Harness()
+
+
+def task(worker: str, tid: str, *, explicit: bool = True, input: str | None = None, merger: str = "OVERWRITE",
+         **constraints: object) -> dict[str, object]:  # noqa: A002
+    from kmpray import Constraints
+
+    return {"id": tid, "id_explicit": explicit, "worker": worker, "input": input,
+            "constraints": Constraints(**constraints), "input_merger": merger}

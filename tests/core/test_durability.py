@@ -118,3 +118,21 @@ def test_event_logs_hand_out_increasing_cursors(tmp_path: Path) -> None:
         log.trim(keep=1)
         assert log.read(0, 10) == [(3, b"c")] and log.first_cursor() == 3
         assert log.append([b"d"]) == [4]
+
+
+def test_runs_of_a_known_worker_wait_for_its_registration_after_a_restart(h: Harness) -> None:
+    known = {"Ok"}
+    h.core.submit("a", TaskTrigger.OneTime(), "Ok")
+    h.flush()
+    registered: dict[str, bool] = {}
+    core = SchedulerCore(h.clock, h.core.platform, None, registered.__contains__, known.__contains__)
+    core.restore(h.store.load())
+    core.tick()
+    assert core.take_ready(10) == [] and core.parked() == {"Ok": 1}
+    assert core.latest("a").state is TaskState.ENQUEUED  # type: ignore[union-attr]
+    registered["Ok"] = True
+    assert core.unpark("Ok") == 1
+    [d] = core.take_ready(10)
+    assert d.key == "a"
+    never = core.submit("b", TaskTrigger.OneTime(), "NeverSeen")
+    assert never.result.value == "REJECTED_INVALID_PARAMS"

@@ -99,7 +99,35 @@ class EmitsEvent(kmpray.CommonWorker):
         return True
 
 
+class Step(kmpray.CommonWorker):
+    """A chain step: logs its run, counts the hops so far, optionally blocks or fails."""
+
+    async def do_work(self, input: str | None, ctx: kmpray.WorkerContext) -> Any:  # noqa: A002
+        cfg = _cfg(input)
+        log = cfg.get("log") or ctx.upstream_data.get("log")
+        if log:
+            with open(log, "a") as f:
+                f.write(f"{ctx.task_id}\n")
+        gate = cfg.get("gate") or ctx.upstream_data.get("gate")
+        if gate and ctx.task_id in cfg.get("block", ctx.upstream_data.get("block", [])):
+            while not Path(gate).exists():
+                await asyncio.sleep(0.01)
+        if ctx.task_id in cfg.get("fail", ctx.upstream_data.get("fail", [])):
+            return WorkerResult.Failure(f"{ctx.task_id} failed on purpose")
+        hops = ctx.upstream_data.get("hops", 0)
+        hops = max(hops) if isinstance(hops, list) else hops
+        out = {k: v for k, v in {**ctx.upstream_data, **cfg}.items() if k in ("log", "gate", "block", "fail")}
+        return WorkerResult.Success(data={**out, "hops": hops + 1, "by": ctx.task_id})
+
+
+class Noop(kmpray.CommonWorker):
+    async def do_work(self, input: str | None) -> bool:  # noqa: A002
+        return True
+
+
 ALL = {
+    "Noop": Noop,
+    "Step": Step,
     "Echo": Echo,
     "SyncBool": SyncBool,
     "Raises": Raises,

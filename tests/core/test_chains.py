@@ -1,0 +1,186 @@
+"""Chains: per-step barriers, promotion, data passing, cascades, policies, durability."""
+
+from __future__ import annotations
+
+import json
+
+from kmpray import ExistingPolicy, ScheduleResult, TaskRequest, TaskState
+from kmpray.chain import TaskChain, chain_state
+from kmpray.results import Retry, Success
+
+from .conftest import Harness, task
+
+KEEP, REPLACE = ExistingPolicy.KEEP, ExistingPolicy.REPLACE
+S = TaskState
+
+
+def _chain(h: Harness, cid: str, steps: list[list[dict[str, object]]], policy: ExistingPolicy = REPLACE) -> ScheduleResult:
+    return h.core.submit_chain(cid, policy, steps).result
+
+
+def states(h: Harness, cid: str) -> list[list[str]]:
+    info = h.core.chain_info(cid)
+    assert info is not None
+    return [[t.state.value for t in step] for step in info.steps]
+
+
+def test_later_steps_wait_blocked_until_every_prerequisite_succeeded(h: Harness) -> None:
+    h.workers["Data"] = lambda d: Success(data={"from": d.key})
+    assert _chain(h, "c", [[task("Data", "a")], [task("Data", "b1"), task("Data", "b2")], [task("Data", "z")]]) \
+        is ScheduleResult.SUCCESS
+    assert states(h, "c") == [["ENQUEUED"], ["BLOCKED", "BLOCKED"], ["BLOCKED"]]
+    assert [d.key for d in h.step()] == ["a"]
+    assert states(h, "c") == [["SUCCEEDED"], ["ENQUEUED", "ENQUEUED"], ["BLOCKED"]]
+    h.core.tick()
+    b1, b2 = h.core.take_ready(10)
+    h.core.complete(b1.key, b1.run_id, Success(data={"from": "b1"}))
+    assert states(h, "c")[2] == ["BLOCKED"]  # b2 still running
+    h.core.complete(b2.key, b2.run_id, Success(data={"from": "b2"}))
+    [z] = h.step()
+    assert z.upstream == {"from": "b2"} and json.loads(z.input or "") == {"from": "b2"}
+    assert h.core.chain_info("c").state is S.SUCCEEDED  # type: ignore[union-attr]
+
+
+def test_own_input_wins_and_array_merger_collects(h: Harness) -> None:
+    h.workers["Data"] = lambda d: Success(data={"v": d.key})
+    steps = [
+        [task("Data", "a"), task("Data", "b")],
+        [task("Data", "own", input="mine"), task("Data", "arr", merger="ARRAY")],
+    ]
+    _chain(h, "c", steps)
+    h.step()
+    runs = {d.key: d for d in h.step()}
+    assert runs["own"].input == "mine" and runs["own"].upstream == {"v": "b"}
+    assert runs["arr"].upstream == {"v": ["a", "b"]}
+
+
+def test_array_merger_type_mismatch_fails_the_step_clearly(h: Harness) -> None:
+    outs = iter([Success(data={"v": 1}), Success(data={"v": "x"})])
+    h.workers["Mixed"] = lambda d: next(outs)
+    _chain(h, "c", [[task("Mixed", "a"), task("Mixed", "b")], [task("Ok", "m", merger="ARRAY")]])
+    h.step()
+    h.step()
+    rec = h.core.tasks["m"]
+    assert rec.state is S.FAILED and "different types" in rec.result.message  # type: ignore[union-attr]
+
+
+def test_a_failed_step_fails_every_dependent_which_never_runs(h: Harness) -> None:
+    _chain(h, "c", [[task("Ok", "a")], [task("Fail", "b"), task("Ok", "sib")], [task("Ok", "c1")], [task("Ok", "c2")]])
+    h.step()
+    h.step()
+    assert states(h, "c") == [["SUCCEEDED"], ["FAILED", "SUCCEEDED"], ["FAILED"], ["FAILED"]]
+    assert h.core.tasks["c2"].run_attempt_count == 0
+    assert h.core.chain_info("c").state is S.FAILED  # type: ignore[union-attr]
+    assert [d.key for d in h.runs] == ["a", "b", "sib"]
+
+
+def test_a_retrying_step_keeps_dependents_blocked(h: Harness) -> None:
+    outs = iter([Retry("again", delay_ms=100), Success()])
+    h.workers["Twice"] = lambda d: next(outs)
+    _chain(h, "c", [[task("Twice", "a")], [task("Ok", "b")]])
+    h.step()
+    assert states(h, "c") == [["ENQUEUED"], ["BLOCKED"]]
+    h.advance(100)
+    assert states(h, "c") == [["SUCCEEDED"], ["SUCCEEDED"]]
+
+
+def test_cancel_chain_cancels_every_unfinished_task(h: Harness) -> None:
+    _chain(h, "c", [[task("Ok", "a")], [task("Ok", "b")], [task("Ok", "z")]])
+    h.step()
+    assert h.core.cancel("c") == 2
+    assert states(h, "c") == [["SUCCEEDED"], ["CANCELLED"], ["CANCELLED"]]
+    assert h.core.chain_info("c").state is S.CANCELLED  # type: ignore[union-attr]
+
+
+def test_cancelling_one_step_cancels_its_dependents_only(h: Harness) -> None:
+    _chain(h, "c", [[task("Ok", "a"), task("Ok", "b")], [task("Ok", "z")]])
+    h.core.cancel("a")
+    h.step()
+    assert states(h, "c") == [["CANCELLED", "SUCCEEDED"], ["CANCELLED"]]
+
+
+def test_keep_ignores_a_rerun_while_unfinished_and_replace_starts_over(h: Harness) -> None:
+    steps = lambda: [[task("Ok", "a")], [task("Ok", "b")]]  # noqa: E731
+    for _ in range(5):  # clicking "run" five times
+        assert _chain(h, "c", steps(), KEEP) is ScheduleResult.SUCCESS
+    h.step()
+    h.step()
+    assert [d.key for d in h.runs] == ["a", "b"]
+    h.core.submit_chain("d", REPLACE, [[task("Ok", "x")], [task("Ok", "y")]])
+    h.core.tick()
+    [x] = h.core.take_ready(1)
+    h.core.submit_chain("d", REPLACE, [[task("Ok", "x")], [task("Ok", "y")]])
+    assert h.core.drain().cancel_runs == [("x", x.run_id)]
+    assert h.core.complete("x", x.run_id, Success()) is False
+    h.step()
+    h.step()
+    assert states(h, "d") == [["SUCCEEDED"], ["SUCCEEDED"]]
+
+
+def test_reused_auto_ids_get_fresh_ones_and_explicit_duplicates_are_rejected(h: Harness) -> None:
+    assert _chain(h, "c1", [[task("Ok", "shared", explicit=False)]]) is ScheduleResult.SUCCESS
+    assert _chain(h, "c2", [[task("Ok", "shared", explicit=False)]]) is ScheduleResult.SUCCESS
+    assert h.core.chains["c2"].steps[0][0] != "shared"
+    dup = h.core.submit_chain("c3", REPLACE, [[task("Ok", "x")], [task("Ok", "x")]])
+    assert dup.result is ScheduleResult.REJECTED_INVALID_PARAMS and "used twice" in (dup.reason or "")
+
+
+def test_bad_chains_are_rejected_whole_with_nothing_stored(h: Harness) -> None:
+    bad = {
+        "empty": [],
+        "empty-step": [[task("Ok", "a")], []],
+        "unknown-worker": [[task("Ok", "a")], [task("Nope", "b")]],
+    }
+    for cid, steps in bad.items():
+        out = h.core.submit_chain(cid, REPLACE, steps)
+        assert out.result is ScheduleResult.REJECTED_INVALID_PARAMS and out.reason, cid
+    assert h.core.tasks == {} and h.core.chains == {}
+    fx = h.core.drain()
+    assert not fx.persist and not fx.chains
+
+
+def test_builder_is_immutable_and_reports_bad_steps() -> None:
+    base = TaskChain.begin(None, TaskRequest("A"))
+    longer = base.then([TaskRequest("B"), TaskRequest("C")])
+    assert len(base.steps) == 1 and len(longer.steps) == 2 and longer.id == base.id
+    named = longer.with_id("sync", ExistingPolicy.KEEP)
+    assert (named.id, named.policy, longer.id) == ("sync", KEEP, base.id)
+    assert base.then([]).error is not None and "at least one" in (base.then([]).error or "")
+    assert TaskChain.begin(None, []).error is not None
+
+
+def test_chain_state_rules() -> None:
+    assert chain_state([S.SUCCEEDED, S.RUNNING, S.BLOCKED]) is S.RUNNING
+    assert chain_state([S.SUCCEEDED, S.FAILED, S.RUNNING]) is S.RUNNING
+    assert chain_state([S.SUCCEEDED, S.FAILED, S.FAILED]) is S.FAILED
+    assert chain_state([S.CANCELLED, S.FAILED]) is S.CANCELLED
+    assert chain_state([S.SUCCEEDED] * 3) is S.SUCCEEDED
+
+
+def test_half_run_chain_resumes_after_restart_without_rerunning_succeeded_steps(h: Harness) -> None:
+    h.workers["Data"] = lambda d: Success(data={"k": d.key})
+    _chain(h, "c", [[task("Data", "a"), task("Data", "b")], [task("Data", "mid")], [task("Data", "z")]])
+    h.core.tick()
+    a, b = h.core.take_ready(2)
+    h.core.complete(a.key, a.run_id, Success(data={"k": "a"}))  # b is in flight at the "kill"
+    h.restart()
+    assert states(h, "c") == [["SUCCEEDED", "ENQUEUED"], ["BLOCKED"], ["BLOCKED"]]
+    h.runs.clear()
+    h.step()
+    [mid] = h.step()
+    assert mid.upstream == {"k": "b"}
+    h.step()
+    assert [d.key for d in h.runs] == ["b", "mid", "z"]  # "a" never ran again
+    assert h.core.chain_info("c").state is S.SUCCEEDED  # type: ignore[union-attr]
+
+
+def test_thousand_step_chain_and_five_thousand_wide_step(h: Harness) -> None:
+    _chain(h, "long", [[task("Ok", f"s{i}")] for i in range(1000)])
+    for _ in range(1000):
+        h.step()
+    assert h.core.chain_info("long").state is S.SUCCEEDED  # type: ignore[union-attr]
+    _chain(h, "wide", [[task("Ok", "w0")], [task("Ok", f"p{i}") for i in range(5000)], [task("Ok", "join")]])
+    h.step()
+    assert len(h.step()) == 5000
+    [join] = h.step()
+    assert join.key == "join" and h.core.chain_info("wide").state is S.SUCCEEDED  # type: ignore[union-attr]

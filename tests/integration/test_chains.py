@@ -1,0 +1,150 @@
+"""Chains on a real Ray: data passing, parallel steps, cascades, policies, resume after kills."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import kmpray
+from kmpray import ExistingPolicy, InputMerger, ScheduleResult, TaskRequest, TaskState
+
+from .helpers import until
+from .workers import register_all
+
+pytestmark = pytest.mark.ray
+
+
+def step(tid: str, **cfg: Any) -> TaskRequest:
+    return TaskRequest("Step", input=json.dumps(cfg) if cfg else None, id=tid)
+
+
+def runs(log: Path) -> list[str]:
+    return log.read_text().split() if log.exists() else []
+
+
+def test_sequential_chain_passes_data_step_to_step(vengine: Any, tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    chain = vengine.begin_with(step("a", log=str(log))).then(step("b")).then(step("c"))
+    assert chain.enqueue() is ScheduleResult.SUCCESS
+    info = vengine.wait(chain.id, timeout_s=60)
+    assert isinstance(info, kmpray.ChainInfo) and info.state is TaskState.SUCCEEDED
+    assert [[t.id for t in s] for s in info.steps] == [["a"], ["b"], ["c"]]
+    assert info.steps[2][0].result.data["hops"] == 3
+    assert runs(log) == ["a", "b", "c"]
+    assert {t.chain_id for t in vengine.list_tasks()} == {chain.id}
+
+
+def test_parallel_step_fans_in_with_the_array_merger(vengine: Any) -> None:
+    join = TaskRequest("Step", id="join", input_merger=InputMerger.ARRAY)
+    chain = vengine.begin_with(step("a")).then([step("p1"), step("p2"), step("p3")]).then(join).with_id("fan")
+    assert chain.enqueue() is ScheduleResult.SUCCESS
+    info = vengine.wait("fan", timeout_s=60)
+    assert info.state is TaskState.SUCCEEDED
+    data = vengine.get_task_info("join").result.data
+    assert data["hops"] == 3  # max over the ARRAY-merged [2, 2, 2], plus one
+    assert vengine.get_chain_info("fan").steps[1][2].id == "p3"
+
+
+def test_failed_step_fails_dependents_which_never_run(vengine: Any, tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    chain = vengine.begin_with(step("a", log=str(log), fail=["b"])).then(step("b")).then(step("c")).with_id("f")
+    chain.enqueue()
+    info = vengine.wait("f", timeout_s=60)
+    assert info.state is TaskState.FAILED
+    assert [s[0].state for s in info.steps] == [TaskState.SUCCEEDED, TaskState.FAILED, TaskState.FAILED]
+    assert info.steps[2][0].run_attempt_count == 0
+    assert runs(log) == ["a", "b"]
+
+
+def test_cancel_chain_mid_run(vengine: Any, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    chain = vengine.begin_with(step("a", gate=str(gate), block=["b"])).then(step("b")).then(step("c")).with_id("x")
+    chain.enqueue()
+    until(lambda: vengine.get_task_info("b").state is TaskState.RUNNING, what="step b running")
+    assert vengine.cancel("x") == 2
+    info = vengine.wait("x", timeout_s=30)
+    assert info.state is TaskState.CANCELLED
+    assert [s[0].state for s in info.steps] == [TaskState.SUCCEEDED, TaskState.CANCELLED, TaskState.CANCELLED]
+
+
+def test_keep_policy_runs_once_when_clicked_five_times(vengine: Any, tmp_path: Path) -> None:
+    log, gate = tmp_path / "log", tmp_path / "gate"
+    chain = vengine.begin_with(step("a", log=str(log), gate=str(gate), block=["a"])).then(step("b"))
+    keep = chain.with_id("report", ExistingPolicy.KEEP)
+    assert [keep.enqueue() for _ in range(5)] == [ScheduleResult.SUCCESS] * 5
+    gate.touch()
+    assert vengine.wait("report", timeout_s=60).state is TaskState.SUCCEEDED
+    assert runs(log) == ["a", "b"]
+
+
+def test_bad_chains_are_rejected_with_nothing_stored(vengine: Any) -> None:
+    cases = [
+        (vengine.begin_with([]), "at least one"),
+        (vengine.begin_with(step("a")).then([]), "at least one"),
+        (vengine.begin_with(step("a")).then(TaskRequest("Unregistered")), "not a registered worker"),
+        (vengine.begin_with(step("dup")).then(step("dup")), "used twice"),
+    ]
+    for chain, why in cases:
+        assert chain.enqueue() is ScheduleResult.REJECTED_INVALID_PARAMS
+        assert why in vengine.last_reason
+    assert vengine.list_tasks() == []
+
+
+def test_killed_scheduler_mid_chain_resumes_without_rerunning_succeeded_steps(engines: Any, tmp_path: Path) -> None:
+    import ray
+
+    sched = engines()
+    register_all(sched)
+    log, gate = tmp_path / "log", tmp_path / "gate"
+    first = [step("p1", log=str(log), gate=str(gate), block=["mid"]), step("p2", log=str(log), gate=str(gate), block=["mid"])]
+    chain = sched.begin_with(first).then(step("mid")).then(step("end")).with_id("k")
+    chain.enqueue()
+    until(lambda: "mid" in runs(log), what="the middle step to start")
+    ray.kill(ray.get_actor("kmpray.scheduler", namespace=sched.namespace), no_restart=False)
+    until(lambda: runs(log).count("mid") == 2, timeout_s=60, what="the interrupted step to run again")
+    gate.touch()
+    info = sched.wait("k", timeout_s=60)
+    assert info.state is TaskState.SUCCEEDED
+    assert sorted(runs(log)) == ["end", "mid", "mid", "p1", "p2"]  # succeeded steps never ran twice
+    assert info.steps[3 - 1][0].result.data["by"] == "end"
+
+
+def test_shutdown_and_connect_resume_a_half_run_chain(ray_session: Any, tmp_path: Path) -> None:
+    ns, state = "chain-resume", str(tmp_path / "state")
+    log, gate = tmp_path / "log", tmp_path / "gate"
+    first = kmpray.connect(namespace=ns, state_dir=state)
+    register_all(first)
+    first.begin_with(step("a", log=str(log), gate=str(gate), block=["b"])).then(step("b")).then(step("c")).with_id(
+        "h"
+    ).enqueue()
+    until(lambda: "b" in runs(log), what="step b to start")
+    first.shutdown()
+    gate.touch()
+    second = kmpray.connect(namespace=ns, state_dir=state)
+    try:
+        register_all(second)
+        info = second.wait("h", timeout_s=60)
+        assert info.state is TaskState.SUCCEEDED
+        assert runs(log) == ["a", "b", "b", "c"]  # b was in flight at the shutdown
+    finally:
+        second.shutdown()
+
+
+@pytest.mark.slow
+def test_thousand_step_chain_and_five_thousand_wide_step_complete(engines: Any) -> None:
+    sched = engines()
+    register_all(sched)
+    long = sched.begin_with(TaskRequest("Noop"))
+    for _ in range(999):
+        long = long.then(TaskRequest("Noop"))
+    assert long.with_id("long").enqueue() is ScheduleResult.SUCCESS
+    wide = sched.begin_with(TaskRequest("Noop")).then([TaskRequest("Noop") for _ in range(5000)]).then(
+        TaskRequest("Noop")
+    )
+    assert wide.with_id("wide").enqueue() is ScheduleResult.SUCCESS
+    assert sched.wait("long", timeout_s=240).state is TaskState.SUCCEEDED
+    info = sched.wait("wide", timeout_s=240)
+    assert info.state is TaskState.SUCCEEDED and len(info.steps[1]) == 5000
