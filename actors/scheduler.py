@@ -20,7 +20,7 @@ from pydantic import TypeAdapter
 
 from kmpray.clock import ManualClock, SystemClock
 from kmpray.config import EngineConfig
-from kmpray.constraints import Constraints
+from kmpray.constraints import DEFAULT_CONSTRAINTS, Constraints
 from kmpray.engine import Dispatch, Outcome, SchedulerCore
 from kmpray.enums import ExistingPolicy, ScheduleResult, TaskState
 from kmpray.errors import InvalidParameters, VirtualTimeOnly
@@ -32,7 +32,7 @@ from kmpray.validation import check_output
 
 from .event_broker import encode_event
 from .executor import LightExecutor
-from .names import BROKER, EXECUTOR, REGISTRY, lookup
+from .names import BROKER, EXECUTOR, REGISTRY, call_with_retry, lookup
 
 log = logging.getLogger("kmpray.scheduler")
 
@@ -75,6 +75,8 @@ class SchedulerActor:
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._broker: Any = None
+        self._outbox: list[bytes] = []
+        self._publishing = False
         self._ready = asyncio.ensure_future(self._start())
 
     # ------------------------------------------------------------- lifecycle
@@ -234,25 +236,43 @@ class SchedulerActor:
                     by_executor.setdefault(i, []).append(key)
             for i, keys in by_executor.items():
                 self._executors[i].cancel.remote(keys)
-        if fx.events and self._broker is not None:
-            self._broker.publish.remote([encode_event(e) for e in fx.events])
+        if fx.events:
+            self._outbox.extend(encode_event(e) for e in fx.events)
+            if not self._publishing and self._broker is not None:
+                self._publishing = True
+                asyncio.ensure_future(self._publish())
         for name in fx.settled:
             self._wake_waiters(name)
         if not self._where and not self.core.ready_count():
             self._idle.set()
 
+    async def _publish(self) -> None:
+        """One publish in flight; events that arrive meanwhile ride the next one (batched)."""
+        try:
+            while self._outbox:
+                batch, self._outbox = self._outbox, []
+                try:
+                    await call_with_retry(lambda: self._broker.publish.remote(batch), timeout_s=60)
+                except Exception:
+                    log.exception("could not publish %d events; keeping them for the next try", len(batch))
+                    self._outbox[:0] = batch
+                    await asyncio.sleep(1.0)
+        finally:
+            self._publishing = False
+
     def _wake_waiters(self, name: str) -> None:
         waiters = self._waiters.get(name)
         if not waiters:
             return
-        rec = self.core.latest(name)
-        chain_done = name in self.core.chains and self.core.is_settled(name)
+        is_chain = name in self.core.chains
+        chain_done = is_chain and self.core.is_settled(name)
+        rec = None if is_chain else self.core.latest(name)
         keep = []
         for fut, runs_before in waiters:
             if fut.done():
                 continue
-            if chain_done or rec is None or rec.state.is_finished or (
-                self.core.recurs(rec) and rec.run_count > runs_before
+            if chain_done or (not is_chain and (rec is None or rec.state.is_finished)) or (
+                rec is not None and self.core.recurs(rec) and rec.run_count > runs_before
             ):
                 fut.set_result(None)
             else:
@@ -295,7 +315,8 @@ class SchedulerActor:
     def _submit_one(self, item: dict[str, Any]) -> Outcome:
         try:
             trigger = _TRIGGER.validate_python(item["trigger"])
-            constraints = Constraints.model_validate(item.get("constraints") or {})
+            raw = item.get("constraints")
+            constraints = Constraints.model_validate(raw) if raw else DEFAULT_CONSTRAINTS
             return self.core.submit(item["id"], trigger, item["worker"], item.get("input"), constraints)
         except (InvalidParameters, ValueError, KeyError, TypeError) as exc:
             return Outcome(ScheduleResult.REJECTED_INVALID_PARAMS, f"{type(exc).__name__}: {exc}")
@@ -311,7 +332,12 @@ class SchedulerActor:
                 raise InvalidParameters(payload["error"])
             steps = [
                 [
-                    {**task, "constraints": Constraints.model_validate(task.get("constraints") or {})}
+                    {
+                        **task,
+                        "constraints": Constraints.model_validate(task["constraints"])
+                        if task.get("constraints")
+                        else DEFAULT_CONSTRAINTS,
+                    }
                     for task in step
                 ]
                 for step in payload["steps"]

@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-BENCHMARKS = ["dispatch"]
+BENCHMARKS = ["dispatch", "chains"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,8 +30,10 @@ class ChainRecord:
     id: str
     steps: list[list[str]]  # row keys per step
     created_at_ms: int
-    # Derived, not persisted: how many tasks of each step have SUCCEEDED.
+    # Derived, not persisted: how many tasks of each step have SUCCEEDED, and how many
+    # tasks are unfinished (so "is the chain done?" is O(1) on every step's completion).
     succeeded: list[int] = field(default_factory=list)
+    unfinished: int = 0
 
     def encode(self) -> bytes:
         return msgpack.packb({"id": self.id, "steps": self.steps, "c": self.created_at_ms}, use_bin_type=True)

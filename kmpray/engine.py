@@ -196,6 +196,9 @@ class SchedulerCore:
                 sum(1 for k in step if k in self.tasks and self.tasks[k].state is TaskState.SUCCEEDED)
                 for step in chain.steps
             ]
+            chain.unfinished = sum(
+                1 for step in chain.steps for k in step if k in self.tasks and not self.tasks[k].state.is_finished
+            )
 
     # ---------------------------------------------------------------- enqueue
     def submit(
@@ -503,14 +506,16 @@ class SchedulerCore:
         now = self.clock.now_ms()
         self._touch(rec, now)
         self.fx.events.append(
-            TaskProgressEvent(task_id=rec.key, task_name=rec.worker, progress=pct, message=message, timestamp=now)
+            TaskProgressEvent.model_construct(
+                task_id=rec.key, task_name=rec.worker, progress=pct, message=message, timestamp=now
+            )
         )
 
     def _emit_completion(
         self, rec: TaskRecord, success: bool, message: str | None, data: dict[str, Any] | None, now: int
     ) -> None:
         self.fx.events.append(
-            TaskCompletionEvent(
+            TaskCompletionEvent.model_construct(  # trusted values: skip re-validation
                 task_name=rec.worker,
                 success=success,
                 message=message,
@@ -546,6 +551,9 @@ class SchedulerCore:
         self._touch(rec, now)
         self.fx.settled.add(rec.name)
         if rec.chain_id is not None:
+            chain = self.chains.get(rec.chain_id)
+            if chain is not None:
+                chain.unfinished -= 1
             self.fx.settled.add(rec.chain_id)
         if ran or state is not TaskState.SUCCEEDED:
             data = result.data if isinstance(result, Success) else None
@@ -708,6 +716,7 @@ class SchedulerCore:
         last_run_ids = self._remove_chain(chain_id, now) if existing is not None else {}
         chain = ChainRecord(chain_id, [[t["id"] for t in step] for step in steps], now)
         chain.succeeded = [0] * len(steps)
+        chain.unfinished = total
         self.chains[chain_id] = chain
         self.fx.chains[chain_id] = chain
         for n, step in enumerate(steps):
@@ -736,7 +745,7 @@ class SchedulerCore:
         return Outcome(ScheduleResult.SUCCESS)
 
     def _chain_finished(self, chain: ChainRecord) -> bool:
-        return all(self.tasks[k].state.is_finished for step in chain.steps for k in step if k in self.tasks)
+        return chain.unfinished == 0
 
     def _remove_chain(self, chain_id: str, now: int) -> dict[str, int]:
         """Cancel and forget a chain; returns the run ids its tasks used (keys may be reused)."""

@@ -6,6 +6,7 @@ TaskInfo made from them. The codec writes plain msgpack maps, never pickle.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +71,12 @@ class TaskRecord:
         )
 
 
+@functools.lru_cache(maxsize=1024)
+def _dump_constraints(constraints: Constraints) -> dict[str, Any]:
+    """Constraints are frozen and hashable, and most tasks share a few: dump each once."""
+    return constraints.model_dump(mode="json", exclude_defaults=True)
+
+
 def encode(rec: TaskRecord) -> bytes:
     row: dict[str, Any] = {
         "k": rec.key,
@@ -82,7 +89,7 @@ def encode(rec: TaskRecord) -> bytes:
     if rec.trigger is not _ONE_TIME and rec.trigger != _ONE_TIME:
         row["t"] = rec.trigger.model_dump(mode="json")
     if rec.constraints is not DEFAULT_CONSTRAINTS:
-        dumped = rec.constraints.model_dump(mode="json", exclude_defaults=True)
+        dumped = _dump_constraints(rec.constraints)
         if dumped:
             row["c"] = dumped
     optional = {

@@ -184,3 +184,36 @@ def test_thousand_step_chain_and_five_thousand_wide_step(h: Harness) -> None:
     assert len(h.step()) == 5000
     [join] = h.step()
     assert join.key == "join" and h.core.chain_info("wide").state is S.SUCCEEDED  # type: ignore[union-attr]
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    shape=st.lists(st.integers(1, 4), min_size=1, max_size=5),
+    outcomes=st.lists(st.sampled_from(["Ok", "Fail", "Flaky"]), min_size=20, max_size=20),
+    cancel_at=st.none() | st.integers(0, 6),
+    restart_at=st.none() | st.integers(0, 6),
+)
+def test_chain_counters_always_match_the_task_states(shape, outcomes, cancel_at, restart_at) -> None:  # type: ignore[no-untyped-def]
+    h = Harness()
+    picks = iter(outcomes)
+    steps = [[task(next(picks), f"t{n}.{i}", max_retries=1, backoff_delay_ms=10) for i in range(w)]
+             for n, w in enumerate(shape)]
+    h.core.submit_chain("c", REPLACE, steps)
+    for tick in range(8):
+        if tick == cancel_at:
+            h.core.cancel("t0.0")
+        if tick == restart_at:
+            h.restart()
+        h.advance(10)
+        chain = h.core.chains["c"]
+        recs = [h.core.tasks[k] for s in chain.steps for k in s]
+        assert chain.unfinished == sum(not r.state.is_finished for r in recs)
+        assert chain.succeeded == [sum(h.core.tasks[k].state is S.SUCCEEDED for k in s) for s in chain.steps]
+        for n, s in enumerate(chain.steps[1:], 1):  # nothing runs before its whole previous step succeeded
+            if any(h.core.tasks[k].run_attempt_count for k in s):
+                assert chain.succeeded[n - 1] == len(chain.steps[n - 1])
+    assert h.core.is_settled("c") == all(r.state.is_finished for r in recs)
