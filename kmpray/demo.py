@@ -14,8 +14,9 @@ from kmpray import (
     FIFTEEN_MINUTES,
     ONE_MINUTE,
     Constraints,
-    ExistingWorkPolicy,
+    InputMerger,
     QualityOfService,
+    TaskRequest,
     TaskTrigger,
     WorkerResult,
 )
@@ -52,11 +53,13 @@ class CleanupWorker(kmpray.CommonWorker):
 
 @kmpray.worker("ReportWorker")
 class ReportWorker(kmpray.CommonWorker):
-    """Runs after the sync (APPEND) and sees its output as input."""
+    """The last step of a chain: sees every prerequisite's output (ARRAY merger)."""
 
     async def do_work(self, input: str | None, ctx: kmpray.WorkerContext) -> Any:  # noqa: A002
-        records = ctx.upstream_data.get("records", 0)
-        return WorkerResult.Success(message=f"report over {records} records", data={"pages": 1})
+        records = ctx.upstream_data.get("records", [])
+        total = sum(records) if isinstance(records, list) else records
+        return WorkerResult.Success(message=f"report over {total} records from {len(records)} syncs",
+                                    data={"total": total})
 
 
 def _print_event(event: Any) -> None:
@@ -84,7 +87,8 @@ def run(state_dir: str | None = None, hours: int = 1) -> int:
     events = scheduler.events.subscribe(since=0, callback=on_event)
     try:
         print(f"engine up in {time.monotonic() - started:.1f} s; workers: {', '.join(scheduler.status()['workers'])}\n")
-        print("enqueue: one-time sync, retrying upload, periodic cleanup, exact report, and a chained report")
+        print("enqueue: one-time sync, retrying upload, periodic cleanup, exact sync, and a chain "
+              "(two parallel syncs, then a report)")
         results = {
             "sync-now": scheduler.enqueue(
                 "sync-now", TaskTrigger.OneTime(), "SyncWorker", input='{"pages": 5}',
@@ -98,14 +102,16 @@ def run(state_dir: str | None = None, hours: int = 1) -> int:
             "nightly": scheduler.enqueue(
                 "nightly", TaskTrigger.Exact(scheduler.now_ms() + 40 * ONE_MINUTE), "SyncWorker"
             ),
-            "sync-now#2": scheduler.enqueue(
-                "sync-now", TaskTrigger.OneTime(), "ReportWorker",
-                constraints=Constraints(existing_work_policy=ExistingWorkPolicy.APPEND),
-            ),
+            "daily-report (chain)": scheduler.begin_with(
+                [TaskRequest("SyncWorker", '{"pages": 2}', id="sync-eu"),
+                 TaskRequest("SyncWorker", '{"pages": 3}', id="sync-us")]
+            ).then(TaskRequest("ReportWorker", id="report", input_merger=InputMerger.ARRAY))
+            .with_id("daily-report").enqueue(),
         }
         for name, result in results.items():
-            print(f"  {name:<12} -> {result.value}")
+            print(f"  {name:<20} -> {result.value}")
         scheduler.wait("sync-now", timeout_s=60)
+        scheduler.wait("daily-report", timeout_s=60)
         for step in range(1, hours * 4 + 1):
             scheduler.advance_time(FIFTEEN_MINUTES)
             with printed:
