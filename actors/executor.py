@@ -19,7 +19,7 @@ from ray import cloudpickle
 from kmpray.config import EngineConfig
 from kmpray.errors import InvalidParameters
 import kmpray.events
-from kmpray.results import Failure, Success
+from kmpray.results import Failure, Success, to_wire
 from kmpray.validation import check_output
 from kmpray.worker import CommonWorker, WorkerContext, run_worker
 
@@ -42,10 +42,11 @@ class LightExecutor:
         self._classes: dict[tuple[str, int], type] = {}
         self._tasks: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._cancelled: set[tuple[str, int]] = set()
-        self._done: list[tuple[str, int, dict[str, Any]]] = []
+        self._done: list[tuple[str, int, tuple[str, Any, Any]]] = []
         self._progress: list[tuple[str, int, int, str | None]] = []
         self._flushing = False
         self._scheduler: Any = None
+        self._slots = asyncio.Semaphore(self.config.executor_concurrency)
         # Through the module, not a name imported here: Ray ships actor classes by value,
         # and a global captured that way would be a copy, not the process's singleton.
         kmpray.events.TaskEventBus._bind(BrokerBackend(namespace))
@@ -85,7 +86,10 @@ class LightExecutor:
         key_, run_id, worker, version, inp, upstream, previous, timeout_ms = run
         key = (key_, run_id)
         try:
-            result = await self._execute(key, worker, version, inp, upstream, previous, timeout_ms)
+            async with self._slots:
+                if key in self._cancelled:
+                    raise asyncio.CancelledError
+                result = await self._execute(key, worker, version, inp, upstream, previous, timeout_ms)
         except asyncio.CancelledError:
             return  # cancelled by the scheduler: it already recorded CANCELLED
         finally:
@@ -93,7 +97,7 @@ class LightExecutor:
         if key in self._cancelled:
             self._cancelled.discard(key)
             return
-        self._done.append((key_, run_id, result.model_dump(mode="json")))
+        self._done.append((key_, run_id, to_wire(result)))
         self._kick()
 
     async def _execute(

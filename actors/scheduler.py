@@ -25,7 +25,7 @@ from kmpray.engine import Dispatch, Outcome, SchedulerCore
 from kmpray.enums import ExistingPolicy, ScheduleResult, TaskState
 from kmpray.errors import InvalidParameters, VirtualTimeOnly
 from kmpray.platforms import profile
-from kmpray.results import Failure, Result
+from kmpray.results import Failure, from_wire
 from kmpray.store import SqliteTaskStore
 from kmpray.triggers import Trigger
 from kmpray.validation import check_output
@@ -37,7 +37,25 @@ from .names import BROKER, EXECUTOR, REGISTRY, call_with_retry, lookup
 log = logging.getLogger("kmpray.scheduler")
 
 _TRIGGER = TypeAdapter(Trigger)
-_RESULT = TypeAdapter(Result)
+_TRIGGERS: dict[tuple[tuple[str, Any], ...], Any] = {}
+
+
+def _trigger(raw: Any) -> Any:
+    """Validate a trigger payload; the flat dicts of a burst repeat, so cache them."""
+    if not isinstance(raw, dict):
+        return _TRIGGER.validate_python(raw)
+    try:
+        key = tuple(sorted(raw.items()))
+        cached = _TRIGGERS.get(key)
+    except TypeError:
+        return _TRIGGER.validate_python(raw)
+    if cached is None:
+        cached = _TRIGGER.validate_python(raw)
+        if len(_TRIGGERS) < 4096:
+            _TRIGGERS[key] = cached
+    return cached
+
+
 RECONCILE_S = 1.0
 PRUNE_S = 60.0
 
@@ -180,7 +198,7 @@ class SchedulerActor:
         self._flush()
 
     def _dispatch(self) -> None:
-        limit = self.config.executor_concurrency
+        limit = self.config.executor_window
         while self.core.ready_count():
             free = [(limit - len(q), i) for i, q in enumerate(self._inflight) if len(q) < limit]
             if not free or self._incarnations[0] is None:
@@ -314,7 +332,7 @@ class SchedulerActor:
 
     def _submit_one(self, item: dict[str, Any]) -> Outcome:
         try:
-            trigger = _TRIGGER.validate_python(item["trigger"])
+            trigger = _trigger(item["trigger"])
             raw = item.get("constraints")
             constraints = Constraints.model_validate(raw) if raw else DEFAULT_CONSTRAINTS
             return self.core.submit(item["id"], trigger, item["worker"], item.get("input"), constraints)
@@ -378,7 +396,7 @@ class SchedulerActor:
     def last_rejections(self, limit: int = 100) -> list[tuple[str, str, str]]:
         return list(self.rejections)[-limit:]
 
-    async def report(self, done: list[tuple[str, int, dict[str, Any]]], progress: list[Any]) -> None:
+    async def report(self, done: list[tuple[str, int, Any]], progress: list[Any]) -> None:
         await self._ready
         for key, run_id, pct, message in progress:
             self.core.progress(key, run_id, pct, message)
@@ -387,8 +405,8 @@ class SchedulerActor:
             if i is not None:
                 self._inflight[i].pop((key, run_id), None)
             try:
-                result = _RESULT.validate_python(raw)
-                if result.kind == "success":
+                result = from_wire(raw)
+                if result.kind == "success" and result.data is not None:
                     check_output(result.data, self.config)
             except Exception as exc:
                 result = Failure(f"invalid worker result: {exc}")

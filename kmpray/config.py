@@ -18,7 +18,10 @@ class EngineConfig(Frozen):
     max_pending_tasks: Annotated[int, Field(gt=0)] = 2_000_000
     # Light executors: long-lived actors that light tasks are batched onto.
     executors: Annotated[int, Field(ge=0)] = 0  # 0 = one per CPU in the cluster
-    executor_concurrency: Annotated[int, Field(gt=0)] = 64
+    executor_concurrency: Annotated[int, Field(gt=0)] = 64  # runs executing at once per executor
+    # Runs handed to one executor before it reports back (running + queued there). A wider
+    # window hides the round trip under load; ordering within an executor stays FIFO.
+    executor_window: Annotated[int, Field(gt=0)] = 256
     max_batch: Annotated[int, Field(gt=0)] = 256
     # Finished one-time tasks are kept this long for get_task_info, then pruned.
     retain_finished_ms: Annotated[int, Field(ge=0)] = 24 * 60 * 60 * 1000

@@ -41,6 +41,26 @@ class WorkerResult:
     Retry = Retry
 
 
+def to_wire(result: Success | Failure | Retry) -> tuple[str, Any, Any]:
+    """A compact, msgpack-able form for the executor -> scheduler hot path."""
+    if isinstance(result, Success):
+        return ("s", result.message, result.data)
+    if isinstance(result, Failure):
+        return ("f", result.message, result.should_retry)
+    return ("r", result.reason, result.delay_ms)
+
+
+def from_wire(wire: tuple[str, Any, Any] | list[Any]) -> Success | Failure | Retry:
+    kind, a, b = wire
+    if kind == "s":
+        return Success.model_construct(message=a, data=b)
+    if kind == "f":
+        return Failure.model_construct(message=str(a), should_retry=bool(b))
+    if kind == "r":
+        return Retry.model_construct(reason=a, delay_ms=b)
+    raise ValueError(f"unknown result kind {kind!r}")
+
+
 def to_result(value: object) -> Success | Failure | Retry:
     """Read a ``do_work`` return value: a WorkerResult, or a bool (True/False)."""
     if isinstance(value, (Success, Failure, Retry)):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -45,13 +46,17 @@ class CommonWorker:
         raise NotImplementedError
 
 
-def _wants_context(fn: Callable[..., Any]) -> bool:
+@functools.lru_cache(maxsize=512)
+def _wants_context(cls: type) -> bool:
+    """Does ``cls.do_work`` take ``(input, ctx)``? Inspected once per class."""
+    fn = cls.do_work
     params = [
         p
         for p in inspect.signature(fn).parameters.values()
         if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
     ]
-    return len(params) >= 2
+    bound = 0 if isinstance(inspect.getattr_static(cls, "do_work"), staticmethod) else 1
+    return len(params) - bound >= 2
 
 
 async def run_worker(
@@ -59,7 +64,7 @@ async def run_worker(
 ) -> Success | Failure | Retry:
     """Call ``do_work`` the way it was declared; a sync one runs in a thread."""
     fn = worker.do_work
-    args: tuple[Any, ...] = (input, ctx) if _wants_context(fn) else (input,)
+    args: tuple[Any, ...] = (input, ctx) if _wants_context(type(worker)) else (input,)
     if inspect.iscoroutinefunction(fn):
         value = await fn(*args)
     else:
