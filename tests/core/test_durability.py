@@ -136,3 +136,12 @@ def test_runs_of_a_known_worker_wait_for_its_registration_after_a_restart(h: Har
     assert d.key == "a"
     never = core.submit("b", TaskTrigger.OneTime(), "NeverSeen")
     assert never.result.value == "REJECTED_INVALID_PARAMS"
+
+
+def test_restore_never_reuses_the_id_of_a_run_that_was_not_stored(h: Harness) -> None:
+    h.core.submit("a", TaskTrigger.OneTime(), "Ok")
+    h.core.tick()
+    [lost] = h.core.take_ready(1)  # dispatched; RUNNING is not written to the store
+    h.restart()
+    [again] = h.step()
+    assert again.key == "a" and again.run_id > lost.run_id

@@ -258,3 +258,20 @@ def test_async_twins(vengine: Any) -> None:
     r, info, cancelled, y, rest = asyncio.run(asyncio.wait_for(flow(), 60))
     assert r is ScheduleResult.SUCCESS and info.result.data["input"] == "async"
     assert cancelled == 1 and y.state is TaskState.CANCELLED and rest == 0
+
+
+def test_executor_concurrency_bounds_runs_in_flight(engines: Any, tmp_path: Path) -> None:
+    sched = engines(config=EngineConfig(executors=1, executor_concurrency=1))
+    register_all(sched)
+    ins = [blocks_input(tmp_path, f"b{i}") for i in range(3)]
+    for i, (inp, _started, _release) in enumerate(ins):
+        sched.enqueue(f"b{i}", ONCE, "Blocks", input=inp)
+    until(ins[0][1].exists, what="first run")
+    assert [s.exists() for _, s, _ in ins] == [True, False, False]
+    assert [sched.get_task_info(f"b{i}").state for i in range(3)] == [TaskState.RUNNING] * 3  # dispatched, queued
+    ins[0][2].touch()
+    until(ins[1][1].exists, what="second run")
+    assert not ins[2][1].exists()
+    ins[1][2].touch()
+    ins[2][2].touch()
+    assert sched.wait("b2", timeout_s=30).state is TaskState.SUCCEEDED
