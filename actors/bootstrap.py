@@ -10,7 +10,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from kmpray.config import EngineConfig
 
 from .event_broker import EventBroker
-from .names import BROKER, EXECUTOR, REGISTRY, SCHEDULER
+from .names import BROKER, REGISTRY, SCHEDULER
 from .registry import WorkerRegistry
 from .scheduler import SchedulerActor
 
@@ -37,14 +37,12 @@ def ensure_engine(
 def stop_engine(namespace: str) -> list[str]:
     """Kill every engine actor of ``namespace`` (no restart). The store keeps the state."""
     stopped = []
-    names = [SCHEDULER, BROKER, REGISTRY] + [EXECUTOR.format(i) for i in range(1024)]
-    for name in names:
-        try:
-            handle = ray.get_actor(name, namespace=namespace)
-        except ValueError:
-            if name.startswith("kmpray.executor."):
-                break
+    for entry in ray.util.list_named_actors(all_namespaces=True):
+        if entry["namespace"] != namespace or not entry["name"].startswith("kmpray."):
             continue
-        ray.kill(handle, no_restart=True)
-        stopped.append(name)
+        try:
+            ray.kill(ray.get_actor(entry["name"], namespace=namespace), no_restart=True)
+        except ValueError:
+            continue  # gone meanwhile
+        stopped.append(entry["name"])
     return stopped

@@ -32,24 +32,32 @@ log = logging.getLogger("kmpray.executor")
 Run = tuple[str, int, str, int, "str | None", "dict[str, Any] | None", int, "int | None"]
 
 
-@ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=10_000)
-class LightExecutor:
+class ExecutorBase:
+    """What light executors and heavy workers share: running, cancelling, reporting."""
+
+    #: Keep one instance per worker class between runs (heavy workers' warm state).
+    keep_instances = False
+
     def __init__(self, namespace: str, index: int, config: dict[str, Any]) -> None:
         self.namespace = namespace
         self.index = index
         self.config = EngineConfig.model_validate(config)
         self.incarnation = uuid.uuid4().hex
         self._classes: dict[tuple[str, int], type] = {}
+        self._instances: dict[tuple[str, int], CommonWorker] = {}
         self._tasks: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._cancelled: set[tuple[str, int]] = set()
         self._done: list[tuple[str, int, tuple[str, Any, Any]]] = []
         self._progress: list[tuple[str, int, int, str | None]] = []
         self._flushing = False
         self._scheduler: Any = None
-        self._slots = asyncio.Semaphore(self.config.executor_concurrency)
+        self._slots = asyncio.Semaphore(self._concurrency())
         # Through the module, not a name imported here: Ray ships actor classes by value,
         # and a global captured that way would be a copy, not the process's singleton.
         kmpray.events.TaskEventBus._bind(BrokerBackend(namespace))
+
+    def _concurrency(self) -> int:
+        return self.config.executor_concurrency
 
     def ping(self) -> tuple[str, int]:
         return self.incarnation, len(self._tasks)
@@ -57,8 +65,17 @@ class LightExecutor:
     def submit(self, runs: list[Run]) -> str:
         for run in runs:
             key = (run[0], run[1])
-            self._tasks[key] = asyncio.ensure_future(self._run(run))
+            if key not in self._tasks:  # a retried submit must not start a run twice
+                self._tasks[key] = asyncio.ensure_future(self._run(run))
         return self.incarnation
+
+    def cancel_cooperative(self, runs: list[tuple[str, int]]) -> None:
+        """Only ask: ``ctx.is_cancelled()`` turns true; the run ends when the worker returns."""
+        for key in runs:
+            self._cancelled.add(tuple(key))  # type: ignore[arg-type]
+
+    def busy(self, key: tuple[str, int]) -> bool:
+        return tuple(key) in self._tasks
 
     def cancel(self, runs: list[tuple[str, int]]) -> int:
         n = 0
@@ -111,8 +128,12 @@ class LightExecutor:
         timeout_ms: int | None,
     ) -> Success | Failure:
         try:
-            cls = await self._worker_class(worker, version)
-            instance: CommonWorker = cls()
+            instance = self._instances.get((worker, version)) if self.keep_instances else None
+            if instance is None:
+                cls = await self._worker_class(worker, version)
+                instance = cls()
+                if self.keep_instances:
+                    self._instances[(worker, version)] = instance
         except Exception as exc:
             return Failure(f"worker {worker!r} could not be constructed: {type(exc).__name__}: {exc}")
 
@@ -156,3 +177,22 @@ class LightExecutor:
                     log.exception("could not report %d results; the scheduler will re-run them", len(done))
         finally:
             self._flushing = False
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=10_000)
+class LightExecutor(ExecutorBase):
+    """Light tasks, batched: many runs at once (``executor_concurrency``)."""
+
+
+class HeavyWorkerBase(ExecutorBase):
+    """Heavy tasks: one at a time; the worker instance (a loaded model, say) stays warm."""
+
+    keep_instances = True
+
+    def _concurrency(self) -> int:
+        return 1
+
+    def pid(self) -> int:
+        import os
+
+        return os.getpid()

@@ -14,6 +14,7 @@ SCHEDULER = "kmpray.scheduler"
 BROKER = "kmpray.broker"
 REGISTRY = "kmpray.registry"
 EXECUTOR = "kmpray.executor.{}"
+HEAVY = "kmpray.heavy.{}"
 
 TRANSIENT = (ActorUnavailableError, RayActorError)
 

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,8 @@ from kmpray.validation import check_output
 
 from .event_broker import encode_event
 from .executor import LightExecutor
-from .names import BROKER, EXECUTOR, REGISTRY, call_with_retry, lookup
+from .heavy_worker import HeavyWorker
+from .names import BROKER, EXECUTOR, HEAVY, REGISTRY, call_with_retry, lookup
 
 log = logging.getLogger("kmpray.scheduler")
 
@@ -54,6 +56,16 @@ def _trigger(raw: Any) -> Any:
         if len(_TRIGGERS) < 4096:
             _TRIGGERS[key] = cached
     return cached
+
+
+@dataclass
+class HeavySlot:
+    """One place in the heavy pool: an actor (created on demand) and the run it holds."""
+
+    handle: Any = None
+    incarnation: str | None = None
+    run: tuple[str, int] | None = None
+    idle_since: float = field(default_factory=time.monotonic)
 
 
 RECONCILE_S = 1.0
@@ -90,6 +102,8 @@ class SchedulerActor:
         self._incarnations: list[str | None] = []
         self._inflight: list[dict[tuple[str, int], None]] = []
         self._where: dict[tuple[str, int], int] = {}
+        self._heavy = [HeavySlot() for _ in range(self.config.heavy_pool_size)]
+        self._heavy_where: dict[tuple[str, int], int] = {}
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._broker: Any = None
@@ -132,7 +146,8 @@ class SchedulerActor:
             "platform": self.platform,
             "now_ms": self.clock.now_ms(),
             "executors": len(self._executors),
-            "inflight": len(self._where),
+            "inflight": len(self._where) + len(self._heavy_where),
+            "heavy_workers": [i for i, slot in enumerate(self._heavy) if slot.handle is not None],
             "ready": self.core.ready_count(),
             "pending": self.core.pending,
             "counts": self.core.counts(),
@@ -187,6 +202,26 @@ class SchedulerActor:
                 if lost:
                     log.warning("executor %d restarted: re-running %d runs", i, len(lost))
                     self._kick()
+        now = time.monotonic()
+        for i, slot in enumerate(self._heavy):
+            if slot.handle is None:
+                continue
+            if slot.run is None and now - slot.idle_since > self.config.heavy_idle_timeout_s:
+                ray.kill(slot.handle, no_restart=True)  # retired: its warm state goes with it
+                self._heavy[i] = HeavySlot()
+                continue
+            try:
+                incarnation, _running = await asyncio.wait_for(slot.handle.ping.remote(), 10)
+            except Exception:
+                incarnation = None
+            if slot.incarnation is not None and incarnation != slot.incarnation:
+                if slot.run is not None:
+                    log.warning("heavy worker %d restarted: re-running %s", i, slot.run[0])
+                    self._heavy_where.pop(slot.run, None)
+                    self.core.run_lost(*slot.run)
+                    slot.run = None
+                    self._kick()
+                slot.incarnation = incarnation
 
     def _kick(self) -> None:
         self._wake.set()
@@ -200,13 +235,21 @@ class SchedulerActor:
     def _dispatch(self) -> None:
         limit = self.config.executor_window
         while self.core.ready_count():
-            free = [(limit - len(q), i) for i, q in enumerate(self._inflight) if len(q) < limit]
-            if not free or self._incarnations[0] is None:
+            if self._incarnations and self._incarnations[0] is None:
                 return
+            free = [(limit - len(q), i) for i, q in enumerate(self._inflight) if len(q) < limit]
             room = sum(n for n, _ in free)
-            batch = self.core.take_ready(min(room, self.config.max_batch * len(free)))
+            idle_heavy = [i for i, slot in enumerate(self._heavy) if slot.run is None]
+            batch = self.core.take_ready(min(room, self.config.max_batch * len(free)), len(idle_heavy))
             if not batch:
                 return
+            heavy = [d for d in batch if d.heavy]
+            if heavy:
+                batch = [d for d in batch if not d.heavy]
+                for d, i in zip(heavy, idle_heavy, strict=False):
+                    self._send_heavy(i, d)
+                if not batch:
+                    continue
             free.sort(reverse=True)
             pos = 0
             for n, i in free:
@@ -217,16 +260,84 @@ class SchedulerActor:
                 if pos >= len(batch):
                     break
 
+    def _wire(self, d: Dispatch) -> tuple[Any, ...]:
+        return (d.key, d.run_id, d.worker, self.registered.get(d.worker, 0), d.input, d.upstream,
+                d.previous_attempts, d.timeout_ms)
+
+    def _send_heavy(self, i: int, d: Dispatch) -> None:
+        slot = self._heavy[i]
+        if slot.handle is None:
+            options: dict[str, Any] = {
+                "name": HEAVY.format(i),
+                "namespace": self.namespace,
+                "lifetime": "detached",
+                "get_if_exists": True,
+                "num_cpus": self.config.heavy_num_cpus,
+            }
+            if self.config.heavy_resources:
+                options["resources"] = dict(self.config.heavy_resources)
+            slot.handle = HeavyWorker.options(**options).remote(self.namespace, i, self.config.model_dump())
+        slot.run = (d.key, d.run_id)
+        self._heavy_where[slot.run] = i
+        ref = slot.handle.submit.remote([self._wire(d)])
+        asyncio.ensure_future(self._confirm_heavy(i, slot.run, ref))
+
+    async def _confirm_heavy(self, i: int, key: tuple[str, int], ref: Any) -> None:
+        try:
+            incarnation = await ref
+        except Exception as exc:
+            # E.g. the actor is restarting after a forced stop: run it again, on a later try.
+            log.warning("heavy worker %d did not take %s (%s); re-queued", i, key[0], type(exc).__name__)
+            self._free_heavy(key)
+            self.core.run_lost(*key)
+            self._heavy[i].incarnation = None
+            self._flush()
+            await asyncio.sleep(0.2)
+            self._kick()
+            return
+        slot = self._heavy[i]
+        if slot.incarnation is None:
+            slot.incarnation = incarnation
+        elif incarnation != slot.incarnation:
+            await self._reconcile()
+
+    def _free_heavy(self, key: tuple[str, int]) -> None:
+        i = self._heavy_where.pop(key, None)
+        if i is not None and self._heavy[i].run == key:
+            self._heavy[i].run = None
+            self._heavy[i].idle_since = time.monotonic()
+
+    async def _stop_heavy(self, i: int, key: tuple[str, int]) -> None:
+        """Cancel a heavy run: cooperative first (ctx.is_cancelled()), forced after the grace."""
+        slot = self._heavy[i]
+        handle = slot.handle
+        try:
+            await handle.cancel_cooperative.remote([key])
+            deadline = time.monotonic() + self.config.heavy_cancel_grace_s
+            while time.monotonic() < deadline:
+                if not await handle.busy.remote(key):
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                log.warning("heavy run %s ignored its cancel for %.1f s: stopping its worker",
+                            key[0], self.config.heavy_cancel_grace_s)
+                ray.kill(handle, no_restart=False)
+                slot.incarnation = None
+        except Exception:
+            log.exception("stopping heavy run %s", key[0])
+        finally:
+            if slot.run == key:
+                slot.run = None
+                slot.idle_since = time.monotonic()
+            self._kick()
+
     def _send(self, i: int, part: list[Dispatch]) -> None:
         runs = []
         for d in part:
             key = (d.key, d.run_id)
             self._inflight[i][key] = None
             self._where[key] = i
-            runs.append(
-                (d.key, d.run_id, d.worker, self.registered.get(d.worker, 0), d.input, d.upstream,
-                 d.previous_attempts, d.timeout_ms)
-            )
+            runs.append(self._wire(d))
         ref = self._executors[i].submit.remote(runs)
         asyncio.ensure_future(self._confirm(i, ref))
 
@@ -252,6 +363,9 @@ class SchedulerActor:
                 if i is not None:
                     self._inflight[i].pop(key, None)
                     by_executor.setdefault(i, []).append(key)
+                h = self._heavy_where.pop(key, None)
+                if h is not None:
+                    asyncio.ensure_future(self._stop_heavy(h, key))
             for i, keys in by_executor.items():
                 self._executors[i].cancel.remote(keys)
         if fx.events:
@@ -261,7 +375,7 @@ class SchedulerActor:
                 asyncio.ensure_future(self._publish())
         for name in fx.settled:
             self._wake_waiters(name)
-        if not self._where and not self.core.ready_count():
+        if not self._where and not self._heavy_where and not self.core.ready_count():
             self._idle.set()
 
     async def _publish(self) -> None:
@@ -404,6 +518,7 @@ class SchedulerActor:
             i = self._where.pop((key, run_id), None)
             if i is not None:
                 self._inflight[i].pop((key, run_id), None)
+            self._free_heavy((key, run_id))
             try:
                 result = from_wire(raw)
                 if result.kind == "success" and result.data is not None:
@@ -481,7 +596,7 @@ class SchedulerActor:
         return self.clock.now_ms()
 
     async def _settle(self, deadline: float) -> None:
-        while self._where or self.core.ready_count():
+        while self._where or self._heavy_where or self.core.ready_count():
             self._idle.clear()
             remaining = deadline - time.monotonic()
             if remaining <= 0:

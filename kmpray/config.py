@@ -23,6 +23,12 @@ class EngineConfig(Frozen):
     # window hides the round trip under load; ordering within an executor stays FIFO.
     executor_window: Annotated[int, Field(gt=0)] = 256
     max_batch: Annotated[int, Field(gt=0)] = 256
+    # Heavy tasks (Constraints(is_heavy_task=True)): a pool of long-lived HeavyWorker actors.
+    heavy_pool_size: Annotated[int, Field(ge=0)] = 2
+    heavy_num_cpus: Annotated[float, Field(ge=0)] = 1.0
+    heavy_resources: dict[str, float] = {}  # e.g. {"heavy": 1} to land on cluster.yaml's heavy nodes
+    heavy_idle_timeout_s: Annotated[float, Field(gt=0)] = 300.0
+    heavy_cancel_grace_s: Annotated[float, Field(ge=0)] = 5.0
     # Finished one-time tasks are kept this long for get_task_info, then pruned.
     retain_finished_ms: Annotated[int, Field(ge=0)] = 24 * 60 * 60 * 1000
     # advance_time waits at most this long (real time) for due runs to settle.

@@ -113,6 +113,7 @@ class SchedulerCore:
         self.chains: dict[str, ChainRecord] = {}
         self._timers: list[tuple[int, int, str]] = []
         self._ready: list[tuple[int, int, int, int, str]] = []
+        self._ready_heavy: list[tuple[int, int, int, int, str]] = []
         self._deadlines: list[tuple[int, str]] = []
         self._armed: dict[str, set[str]] = {}  # event trigger kind -> keys waiting for it
         self._seq = itertools.count()
@@ -162,7 +163,7 @@ class SchedulerCore:
         return min(candidates) if candidates else None
 
     def ready_count(self) -> int:
-        return len(self._ready)
+        return len(self._ready) + len(self._ready_heavy)
 
     # ---------------------------------------------------------------- restore
     def restore(self, records: Iterable[TaskRecord], chains: Iterable[ChainRecord] = ()) -> None:
@@ -341,7 +342,8 @@ class SchedulerCore:
         rec.timer_seq = -1
         c = rec.constraints
         due = rec.next_run_at_ms if rec.next_run_at_ms is not None else 0
-        heapq.heappush(self._ready, (0 if c.expedited else 1, c.qos.rank, due, seq, rec.key))
+        queue = self._ready_heavy if c.is_heavy_task else self._ready
+        heapq.heappush(queue, (0 if c.expedited else 1, c.qos.rank, due, seq, rec.key))
 
     # ------------------------------------------------------------------- time
     def tick(self) -> None:
@@ -359,11 +361,17 @@ class SchedulerCore:
             if rec is not None and rec.state is TaskState.ENQUEUED and rec.deadline_ms is not None:
                 self._finish(rec, TaskState.FAILED, Failure("window expired"), now)
 
-    def take_ready(self, limit: int) -> list[Dispatch]:
-        """Pop up to ``limit`` runs in priority order and mark them RUNNING."""
+    def take_ready(self, limit: int, heavy_limit: int = 0) -> list[Dispatch]:
+        """Pop up to ``limit`` light and ``heavy_limit`` heavy runs, each in priority order,
+        and mark them RUNNING."""
+        out = self._take(self._ready, limit)
+        if heavy_limit:
+            out += self._take(self._ready_heavy, heavy_limit)
+        return out
+
+    def _take(self, ready: list[tuple[int, int, int, int, str]], limit: int) -> list[Dispatch]:
         now = self.clock.now_ms()
         out: list[Dispatch] = []
-        ready = self._ready
         while ready and len(out) < limit:
             *_, seq, key = heapq.heappop(ready)
             rec = self.tasks.get(key)

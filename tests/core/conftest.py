@@ -38,7 +38,7 @@ class Harness:
     def step(self) -> list[Dispatch]:
         """Fire what is due and run every ready task to completion once."""
         self.core.tick()
-        batch = self.core.take_ready(10_000)
+        batch = self.core.take_ready(10_000, 10_000)
         self.runs.extend(batch)
         for d in batch:
             self.core.complete(d.key, d.run_id, self.workers[d.worker](d))

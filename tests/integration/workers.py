@@ -144,3 +144,43 @@ ALL = {
 def register_all(sched: Any) -> None:
     for name, cls in ALL.items():
         sched.register_worker(name, cls)
+
+
+class WarmModel(kmpray.CommonWorker):
+    """A heavy worker whose expensive state survives between tasks of the same actor."""
+
+    def __init__(self) -> None:
+        import os
+
+        self.loaded_by = os.getpid()
+        self.calls = 0
+
+    async def do_work(self, input: str | None, ctx: kmpray.WorkerContext) -> Any:  # noqa: A002
+        self.calls += 1
+        ctx.report_progress(50, "inferring")
+        return WorkerResult.Success(data={"pid": self.loaded_by, "calls": self.calls})
+
+
+class CooperativeHeavy(kmpray.CommonWorker):
+    """Polls ctx.is_cancelled(); writes a marker when it notices."""
+
+    async def do_work(self, input: str | None, ctx: kmpray.WorkerContext) -> Any:  # noqa: A002
+        cfg = _cfg(input)
+        Path(cfg["started"]).write_text("1")
+        while not ctx.is_cancelled():
+            await asyncio.sleep(0.01)
+        Path(cfg["noticed"]).write_text("1")
+        return WorkerResult.Failure("stopped on request")
+
+
+class StubbornHeavy(kmpray.CommonWorker):
+    """A sync worker stuck in a blocking call: only a forced stop ends it."""
+
+    def do_work(self, input: str | None) -> Any:  # noqa: A002
+        cfg = _cfg(input)
+        Path(cfg["started"]).write_text("1")
+        time.sleep(120)
+        return True
+
+
+ALL.update({"WarmModel": WarmModel, "CooperativeHeavy": CooperativeHeavy, "StubbornHeavy": StubbornHeavy})

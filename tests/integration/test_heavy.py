@@ -1,0 +1,75 @@
+"""Heavy tasks: a pool of long-lived HeavyWorker actors, warm state, cooperative then forced cancel."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kmpray import Constraints, EngineConfig, TaskState, TaskTrigger
+
+from .helpers import until
+from .workers import register_all
+
+pytestmark = pytest.mark.ray
+HEAVY = Constraints(is_heavy_task=True, max_retries=0)
+ONCE = TaskTrigger.OneTime()
+
+
+@pytest.fixture
+def heavy(engines: Any) -> Any:
+    sched = engines(config=EngineConfig(heavy_pool_size=1, heavy_num_cpus=0, heavy_cancel_grace_s=1.0))
+    register_all(sched)
+    return sched
+
+
+def test_heavy_tasks_reuse_one_actor_and_its_warm_state(heavy: Any) -> None:
+    sub = heavy.events.subscribe()
+    heavy.enqueue("h1", ONCE, "WarmModel", constraints=HEAVY)
+    first = heavy.wait("h1", timeout_s=60)
+    heavy.enqueue("h2", ONCE, "WarmModel", constraints=HEAVY)
+    second = heavy.wait("h2", timeout_s=60)
+    assert first.state is second.state is TaskState.SUCCEEDED
+    assert first.result.data["pid"] == second.result.data["pid"]
+    assert (first.result.data["calls"], second.result.data["calls"]) == (1, 2)
+    kinds = []
+    while (e := sub.get(timeout_s=5)) is not None and len(kinds) < 4:
+        kinds.append((e.kind, e.task_id))
+    assert kinds == [("progress", "h1"), ("completion", "h1"), ("progress", "h2"), ("completion", "h2")]
+    assert heavy.status()["heavy_workers"] == [0]
+
+
+def test_heavy_runs_one_at_a_time_per_worker(heavy: Any, tmp_path: Path) -> None:
+    a = {"started": str(tmp_path / "a.started"), "noticed": str(tmp_path / "a.noticed")}
+    heavy.enqueue("a", ONCE, "CooperativeHeavy", input=json.dumps(a), constraints=HEAVY)
+    heavy.enqueue("b", ONCE, "WarmModel", constraints=HEAVY)
+    until(lambda: Path(a["started"]).exists(), what="heavy run a")
+    assert heavy.get_task_info("b").state is TaskState.ENQUEUED  # the only heavy worker is busy
+    heavy.cancel("a")
+    assert heavy.wait("b", timeout_s=60).state is TaskState.SUCCEEDED
+
+
+def test_cancel_is_cooperative_first(heavy: Any, tmp_path: Path) -> None:
+    cfg = {"started": str(tmp_path / "s"), "noticed": str(tmp_path / "n")}
+    heavy.enqueue("c", ONCE, "CooperativeHeavy", input=json.dumps(cfg), constraints=HEAVY)
+    until(lambda: Path(cfg["started"]).exists(), what="heavy run start")
+    assert heavy.cancel("c") == 1
+    until(lambda: Path(cfg["noticed"]).exists(), what="the worker to see ctx.is_cancelled()")
+    assert heavy.get_task_info("c").state is TaskState.CANCELLED
+
+
+def test_a_run_that_ignores_cancel_is_stopped_after_the_grace(heavy: Any, tmp_path: Path) -> None:
+    import ray
+
+    cfg = {"started": str(tmp_path / "s")}
+    heavy.enqueue("stuck", ONCE, "StubbornHeavy", input=json.dumps(cfg), constraints=HEAVY)
+    until(lambda: Path(cfg["started"]).exists(), what="heavy run start")
+    actor = ray.get_actor("kmpray.heavy.0", namespace=heavy.namespace)
+    pid_before = ray.get(actor.pid.remote(), timeout=10)
+    heavy.cancel("stuck")
+    assert heavy.get_task_info("stuck").state is TaskState.CANCELLED
+    heavy.enqueue("after", ONCE, "WarmModel", constraints=HEAVY)
+    after = heavy.wait("after", timeout_s=60)  # runs once the stuck worker was stopped
+    assert after.state is TaskState.SUCCEEDED and after.result.data["pid"] != pid_before
