@@ -10,7 +10,8 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from kmpray.config import EngineConfig
 
 from .event_broker import EventBroker
-from .names import BROKER, REGISTRY, SCHEDULER
+from .constraint_oracle import ConstraintOracle
+from .names import BROKER, ORACLE, REGISTRY, SCHEDULER
 from .registry import WorkerRegistry
 from .scheduler import SchedulerActor
 
@@ -28,10 +29,11 @@ def ensure_engine(
     common = {"namespace": namespace, "lifetime": "detached", "get_if_exists": True, "scheduling_strategy": here}
     registry = WorkerRegistry.options(name=REGISTRY, **common).remote()
     broker = EventBroker.options(name=BROKER, **common).remote(state_dir, config.event_retention)
+    oracle = ConstraintOracle.options(name=ORACLE, **common).remote(namespace, state_dir, config.model_dump())
     scheduler = SchedulerActor.options(name=SCHEDULER, **common).remote(
         namespace, state_dir, virtual_time, platform, config.model_dump()
     )
-    return {"registry": registry, "broker": broker, "scheduler": scheduler}
+    return {"registry": registry, "broker": broker, "scheduler": scheduler, "oracle": oracle}
 
 
 def stop_engine(namespace: str) -> list[str]:

@@ -43,6 +43,7 @@ class ExecutorBase:
         self.index = index
         self.config = EngineConfig.model_validate(config)
         self.incarnation = uuid.uuid4().hex
+        self.node_id = ray.get_runtime_context().get_node_id()
         self._classes: dict[tuple[str, int], type] = {}
         self._instances: dict[tuple[str, int], CommonWorker] = {}
         self._tasks: dict[tuple[str, int], asyncio.Task[None]] = {}
@@ -59,8 +60,8 @@ class ExecutorBase:
     def _concurrency(self) -> int:
         return self.config.executor_concurrency
 
-    def ping(self) -> tuple[str, int]:
-        return self.incarnation, len(self._tasks)
+    def ping(self) -> tuple[str, int, str]:
+        return self.incarnation, len(self._tasks), self.node_id
 
     def submit(self, runs: list[Run]) -> str:
         for run in runs:

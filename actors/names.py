@@ -15,6 +15,7 @@ BROKER = "kmpray.broker"
 REGISTRY = "kmpray.registry"
 EXECUTOR = "kmpray.executor.{}"
 HEAVY = "kmpray.heavy.{}"
+ORACLE = "kmpray.oracle"
 
 TRANSIENT = (ActorUnavailableError, RayActorError)
 

@@ -29,12 +29,15 @@ from kmpray.platforms import profile
 from kmpray.results import Failure, from_wire
 from kmpray.store import SqliteTaskStore
 from kmpray.triggers import Trigger
+from kmpray.device import DeviceState
 from kmpray.validation import check_output
+from kmpray.watch import FileWatcher
 
 from .event_broker import encode_event
 from .executor import LightExecutor
 from .heavy_worker import HeavyWorker
-from .names import BROKER, EXECUTOR, HEAVY, REGISTRY, call_with_retry, lookup
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from .names import BROKER, EXECUTOR, HEAVY, ORACLE, REGISTRY, call_with_retry, lookup
 
 log = logging.getLogger("kmpray.scheduler")
 
@@ -101,6 +104,8 @@ class SchedulerActor:
         self._executors: list[Any] = []
         self._incarnations: list[str | None] = []
         self._inflight: list[dict[tuple[str, int], None]] = []
+        self._exec_nodes: list[str | None] = []
+        self._watcher = FileWatcher()
         self._where: dict[tuple[str, int], int] = {}
         self._heavy = [HeavySlot() for _ in range(self.config.heavy_pool_size)]
         self._heavy_where: dict[tuple[str, int], int] = {}
@@ -116,23 +121,40 @@ class SchedulerActor:
         registry = lookup(REGISTRY, self.namespace)
         self.registered.update(await registry.versions.remote())
         self._broker = lookup(BROKER, self.namespace)
-        count = self.config.executors or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        for i in range(count):
+        oracle = lookup(ORACLE, self.namespace)
+        states = await oracle.ready.remote()
+        self.core.set_devices({n: DeviceState.model_validate(s) for n, s in states.items()})
+        for i, node in enumerate(self._executor_nodes()):
             handle = LightExecutor.options(
                 name=EXECUTOR.format(i),
                 namespace=self.namespace,
                 lifetime="detached",
                 get_if_exists=True,
-                scheduling_strategy="SPREAD",
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True),
             ).remote(self.namespace, i, self.config.model_dump())
             self._executors.append(handle)
             self._inflight.append({})
             self._incarnations.append(None)
+            self._exec_nodes.append(None)
         for i, handle in enumerate(self._executors):
-            self._incarnations[i] = (await handle.ping.remote())[0]
+            self._incarnations[i], _running, self._exec_nodes[i] = await handle.ping.remote()
         self._flush()
         asyncio.ensure_future(self._loop())
         asyncio.ensure_future(self._housekeeping())
+
+    def _executor_nodes(self) -> list[str]:
+        """One executor per CPU on every alive node, or ``executors`` spread over the nodes."""
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        if self.config.executors:
+            return [nodes[i % len(nodes)]["NodeID"] for i in range(self.config.executors)]
+        return [n["NodeID"] for n in nodes for _ in range(max(1, int(n["Resources"].get("CPU", 1))))]
+
+    async def device_states(self, payload: dict[str, dict[str, Any]]) -> list[str]:
+        """Pushed by the oracle on every change: re-gate tasks, fire device triggers, dispatch."""
+        await self._ready
+        fired = self.core.set_devices({n: DeviceState.model_validate(s) for n, s in payload.items()})
+        self._pump()
+        return fired
 
     async def ready(self) -> dict[str, Any]:
         await self._ready
@@ -148,6 +170,8 @@ class SchedulerActor:
             "executors": len(self._executors),
             "inflight": len(self._where) + len(self._heavy_where),
             "heavy_workers": [i for i, slot in enumerate(self._heavy) if slot.handle is not None],
+            "gated": self.core.gated_count(),
+            "nodes": {n: s.model_dump(mode="json") for n, s in self.core.devices.items()},
             "ready": self.core.ready_count(),
             "pending": self.core.pending,
             "counts": self.core.counts(),
@@ -178,6 +202,9 @@ class SchedulerActor:
             await asyncio.sleep(RECONCILE_S)
             try:
                 await self._reconcile()
+                changed = self._watcher.poll(self.core.watched_uris())
+                if changed and sum(self.core.fire("content_uri", uri) for uri in changed):
+                    self._kick()
                 if time.monotonic() - last_prune > PRUNE_S:
                     last_prune = time.monotonic()
                     self.core.prune()
@@ -189,7 +216,8 @@ class SchedulerActor:
         """Runs on an executor that died or restarted are lost: run them again."""
         for i, handle in enumerate(self._executors):
             try:
-                incarnation, _running = await asyncio.wait_for(handle.ping.remote(), 10)
+                incarnation, _running, node = await asyncio.wait_for(handle.ping.remote(), 10)
+                self._exec_nodes[i] = node
             except Exception:
                 incarnation = None
             if incarnation != self._incarnations[i]:
@@ -211,7 +239,7 @@ class SchedulerActor:
                 self._heavy[i] = HeavySlot()
                 continue
             try:
-                incarnation, _running = await asyncio.wait_for(slot.handle.ping.remote(), 10)
+                incarnation, _running, _node = await asyncio.wait_for(slot.handle.ping.remote(), 10)
             except Exception:
                 incarnation = None
             if slot.incarnation is not None and incarnation != slot.incarnation:
@@ -250,15 +278,50 @@ class SchedulerActor:
                     self._send_heavy(i, d)
                 if not batch:
                     continue
-            free.sort(reverse=True)
-            pos = 0
-            for n, i in free:
-                part = batch[pos : pos + n]
-                pos += len(part)
-                if part:
-                    self._send(i, part)
-                if pos >= len(batch):
-                    break
+            if any(d.nodes is not None for d in batch):
+                batch, placed_all = self._place(batch, free)
+                if not placed_all:
+                    self._dispatch_rest(batch, free)
+                    return
+            self._dispatch_rest(batch, free)
+
+    def _place(self, batch: list[Dispatch], free: list[tuple[int, int]]) -> tuple[list[Dispatch], bool]:
+        """Send runs that must land on given nodes to an executor there; returns the rest.
+        A run with no room on its nodes goes back to the queue (not counted as an attempt)."""
+        room = dict((i, n) for n, i in free)
+        rest: list[Dispatch] = []
+        placed: dict[int, list[Dispatch]] = {}
+        all_placed = True
+        for d in batch:
+            if d.nodes is None:
+                rest.append(d)
+                continue
+            options = [i for i, n in room.items() if n > 0 and self._exec_nodes[i] in d.nodes]
+            if not options:
+                self.core.unplaced(d.key, d.run_id)
+                all_placed = False
+                continue
+            i = max(options, key=room.__getitem__)
+            room[i] -= 1
+            placed.setdefault(i, []).append(d)
+        for i, part in placed.items():
+            self._send(i, part)
+        free[:] = [(n, i) for i, n in room.items() if n > 0]
+        return rest, all_placed
+
+    def _dispatch_rest(self, batch: list[Dispatch], free: list[tuple[int, int]]) -> None:
+        if not batch:
+            return
+        # Spread evenly over the executors with room (so over nodes too): water-filling from
+        # the least room up places every run, since take_ready took no more than the total room.
+        free.sort()
+        pos = 0
+        for k, (n, i) in enumerate(free):
+            share = -(-(len(batch) - pos) // (len(free) - k))
+            part = batch[pos : pos + min(n, share)]
+            pos += len(part)
+            if part:
+                self._send(i, part)
 
     def _wire(self, d: Dispatch) -> tuple[Any, ...]:
         return (d.key, d.run_id, d.worker, self.registered.get(d.worker, 0), d.input, d.upstream,
@@ -497,7 +560,7 @@ class SchedulerActor:
         await self._ready
         if chain_id not in self.core.chains:
             return None
-        if not self.core.is_settled(chain_id):
+        if not self.core.is_settled(chain_id) and timeout_s != 0:
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._waiters.setdefault(chain_id, []).append((fut, 0))
             try:
@@ -519,6 +582,7 @@ class SchedulerActor:
             if i is not None:
                 self._inflight[i].pop((key, run_id), None)
             self._free_heavy((key, run_id))
+            self.core.release_unplaced()
             try:
                 result = from_wire(raw)
                 if result.kind == "success" and result.data is not None:
@@ -562,7 +626,7 @@ class SchedulerActor:
         if rec is None:
             return None
         before = rec.run_count if runs_before is None else runs_before
-        if rec.state.is_finished or (self.core.recurs(rec) and rec.run_count > before):
+        if rec.state.is_finished or (self.core.recurs(rec) and rec.run_count > before) or timeout_s == 0:
             return rec.info().model_dump(mode="json")
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(name, []).append((fut, before))

@@ -20,11 +20,12 @@ from typing import Any
 
 from .chain import TaskChain
 from .config import EngineConfig
+from .device import DeviceState
 from .constraints import Constraints
 from .enums import ScheduleResult, TaskState
 from .errors import EngineUnavailable, InvalidParameters, KmprayError
 from .events import TaskCompletionEvent, TaskEventBus, TaskProgressEvent
-from .models import ChainInfo, TaskInfo, TaskRequest
+from .models import ChainInfo, TaskInfo, TaskList, TaskRequest
 from .platforms import profile
 from .triggers import EVENT_TRIGGER_KINDS, OneTime, Trigger
 from .worker import LOCAL_WORKERS, check_worker_class
@@ -83,8 +84,13 @@ class Subscription:
 
     def _fill(self, timeout_s: float) -> None:
         from actors.event_broker import decode_event
+        from actors.names import TRANSIENT
 
-        rows = _ray().get(self._broker.poll.remote(self.cursor, 1000, timeout_s), timeout=timeout_s + 30)
+        try:
+            rows = _ray().get(self._broker.poll.remote(self.cursor, 1000, timeout_s), timeout=timeout_s + 30)
+        except TRANSIENT:  # the broker is restarting; the log is durable, so just ask again
+            time.sleep(min(timeout_s, 0.2))
+            return
         for cur, body in rows:
             self._buffer.append((cur, decode_event(cur, body).event))
 
@@ -211,6 +217,7 @@ class BackgroundTaskScheduler:
         self.namespace = namespace
         self._scheduler = handles["scheduler"]
         self._broker = handles["broker"]
+        self._oracle = handles["oracle"]
         self.virtual_time: bool = described["virtual_time"]
         self.platform: str = described["platform"]
         self.state_dir: str = described["state_dir"]
@@ -409,22 +416,87 @@ class BackgroundTaskScheduler:
             if info.state.is_finished:
                 return info
 
-    def list_tasks(self, state: TaskState | None = None) -> list[TaskInfo]:
+    def list_tasks(self, state: TaskState | None = None) -> TaskList:
         raw = self._call("list_tasks", TaskState(state).value if state is not None else None)
-        return [TaskInfo.model_validate(r) for r in raw]
+        return TaskList(TaskInfo.model_validate(r) for r in raw)
 
-    def wait(self, id: str, timeout_s: float | None = None) -> TaskInfo | ChainInfo:  # noqa: A002
-        """Until the task or chain is finished (a periodic or event-triggered task: until its
-        next run ends). Raises TimeoutError after ``timeout_s``, TaskNotFound for an unknown id.
+    def wait(
+        self,
+        id: str | Sequence[str],  # noqa: A002
+        timeout_s: float | None = None,
+        progress: bool = False,
+    ) -> Any:
+        """Until the task(s) or chain(s) are finished (a periodic or event-triggered task:
+        until its next run ends). One id returns its TaskInfo/ChainInfo, a list of ids a
+        list. ``progress=True`` shows a tqdm bar fed by progress events. Raises
+        TimeoutError after ``timeout_s``, TaskNotFound for an unknown id.
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        ids = [id] if isinstance(id, str) else list(id)
+        if progress:
+            results = self._wait_with_bar(ids, deadline)
+        else:
+            results = [self._wait_one(i, deadline) for i in ids]
+        return results[0] if isinstance(id, str) else results
+
+    def _poll_done(self, id: str, first: TaskInfo | None) -> TaskInfo | ChainInfo | None:  # noqa: A002
+        """The info if ``id`` is done now (no waiting), else None."""
+        if first is None:
+            raw = self._call("wait_chain", id, 0)
+            if raw is None:
+                raise TaskNotFound(f"no task or chain {id!r}")
+            chain = ChainInfo.model_validate(raw)
+            return chain if chain.state.is_finished else None
+        raw = self._call("wait", id, 0, first.run_count)
+        info = TaskInfo.model_validate(raw)
+        return info if info.state.is_finished or (info.run_count > first.run_count and _recurs(info)) else None
+
+    def _wait_with_bar(self, ids: list[str], deadline: float | None) -> list[Any]:
+        from tqdm.auto import tqdm
+
+        sub = self.events.subscribe()
+        firsts = {i: self.get_task_info(i) for i in ids}
+        done: dict[str, Any] = {}
+        pct = dict.fromkeys(ids, 0)
+        bar = tqdm(total=100 * len(ids), desc="kmpray", unit="%")
+        try:
+            check = set(ids)
+            while len(done) < len(ids):
+                for i in check - done.keys():
+                    info = self._poll_done(i, firsts[i])
+                    if info is not None:
+                        done[i] = info
+                        bar.update(100 - pct[i])
+                        pct[i] = 100
+                check = set()
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"{len(ids) - len(done)} of {len(ids)} not finished in time")
+                event = sub.get(timeout_s=0.5)
+                if event is None:
+                    check = set(ids)  # nothing heard: look at everything once more
+                    continue
+                owner = event.task_id if event.task_id in pct else getattr(event, "chain_id", None)
+                if owner not in pct or owner in done:
+                    continue
+                if event.kind == "progress" and owner == event.task_id and event.progress > pct[owner]:
+                    bar.update(event.progress - pct[owner])
+                    pct[owner] = event.progress
+                    bar.set_postfix_str(f"{owner}: {event.message or ''}"[:40])
+                elif event.kind == "completion":
+                    check = {owner}
+        finally:
+            bar.close()
+            sub.close()
+        return [done[i] for i in ids]
+
+    def _wait_one(self, id: str, deadline: float | None) -> TaskInfo | ChainInfo:  # noqa: A002
         first = self.get_task_info(id)
         if first is None:
             return self._wait_chain(id, deadline)
         while True:
             chunk = WAIT_CHUNK_S if deadline is None else min(WAIT_CHUNK_S, deadline - time.monotonic())
             if chunk <= 0:
-                raise TimeoutError(f"task {id!r} not finished after {timeout_s} s")
+                raise TimeoutError(f"task {id!r} not finished in time")
             raw = self._call("wait", id, chunk, first.run_count, timeout_s=chunk + CALL_TIMEOUT_S)
             if raw is None:
                 raise TaskNotFound(f"no task {id!r}")
@@ -466,8 +538,25 @@ class BackgroundTaskScheduler:
         """The engine's clock (virtual or real), epoch milliseconds."""
         return int(self._call("now_ms"))
 
-    def set_device_state(self, node_id: str | None = None, **state: Any) -> None:
-        raise NotImplementedError("device state and the ConstraintOracle: see issue 4")
+    def set_device_state(self, node_id: str | None = None, **state: Any) -> dict[str, DeviceState]:
+        """Override probed device state on one node (None: every node), e.g.
+        ``set_device_state(charging=False, battery_level=10)``. Returns the nodes' new states
+        once the scheduler has applied them. Unknown nodes or fields raise ValueError."""
+        ray = _ray()
+        try:
+            raw = ray.get(self._oracle.set_device_state.remote(node_id, state), timeout=CALL_TIMEOUT_S)
+        except ray.exceptions.RayTaskError as exc:
+            raise _unwrap(exc) from None
+        return {n: DeviceState.model_validate(s) for n, s in raw.items()}
+
+    def device_states(self) -> dict[str, DeviceState]:
+        """Every node's current device state (probes plus overrides)."""
+        raw = _ray().get(self._oracle.states.remote(), timeout=CALL_TIMEOUT_S)
+        return {n: DeviceState.model_validate(s) for n, s in raw.items()}
+
+    def clear_device_overrides(self) -> None:
+        """Back to what the probes say."""
+        _ray().get(self._oracle.clear_overrides.remote(), timeout=CALL_TIMEOUT_S)
 
     def notify_content_change(self, uri: str) -> int:
         """A content change for ContentUri triggers; returns how many tasks it fired."""

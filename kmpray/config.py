@@ -34,3 +34,11 @@ class EngineConfig(Frozen):
     # advance_time waits at most this long (real time) for due runs to settle.
     settle_timeout_s: Annotated[float, Field(gt=0)] = 60.0
     event_retention: Annotated[int, Field(gt=0)] = 100_000
+    # Ordering when capacity is short: expedited first, then HIGH > DEFAULT > LOW for equal
+    # due times; a task that has waited this much longer outranks the next class (aging).
+    qos_aging_ms: Annotated[int, Field(ge=0)] = 60_000
+    # ConstraintOracle probes (per node): interval and thresholds.
+    probe_interval_s: Annotated[float, Field(gt=0)] = 2.0
+    battery_low_threshold: Annotated[int, Field(ge=0, le=100)] = 15
+    storage_low_free_fraction: Annotated[float, Field(ge=0, le=1)] = 0.05
+    idle_load_per_cpu: Annotated[float, Field(ge=0)] = 0.25

@@ -61,6 +61,13 @@ def tasks_html(infos: Sequence[TaskInfo]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def chain_text(chain: ChainInfo) -> str:
+    parts = [f"chain {chain.id}: {chain.state.value}"]
+    for n, step in enumerate(chain.steps, 1):
+        parts.append(f"step {n}\n{tasks_text(step)}")
+    return "\n".join(parts)
+
+
 def chain_html(chain: ChainInfo) -> str:
     parts = [f"<p><b>chain {html.escape(chain.id)}</b>: {chain.state.value}</p>"]
     for n, step in enumerate(chain.steps, 1):

@@ -23,6 +23,7 @@ from .chain import MAX_CHAIN_TASKS, ChainRecord, chain_state
 from .clock import Clock
 from .config import EngineConfig
 from .constraints import Constraints
+from .device import DeviceState, in_trigger_state, is_gated, satisfies, transitions
 from .enums import ExistingPolicy, InputMerger, ScheduleResult, TaskState
 from .errors import InvalidParameters, KmprayError, RejectedByPolicy
 from .events import TaskCompletionEvent, TaskProgressEvent
@@ -72,6 +73,7 @@ class Dispatch:
     timeout_ms: int | None
     heavy: bool
     chain_id: str | None
+    nodes: tuple[str, ...] | None = None  # where it may run (None: anywhere)
 
 
 @dataclass(slots=True)
@@ -114,10 +116,13 @@ class SchedulerCore:
         self._timers: list[tuple[int, int, str]] = []
         self._ready: list[tuple[int, int, int, int, str]] = []
         self._ready_heavy: list[tuple[int, int, int, int, str]] = []
-        self._deadlines: list[tuple[int, str]] = []
+        self._deadlines: list[tuple[int, str]] = []  # (instant a window expires, key)
         self._armed: dict[str, set[str]] = {}  # event trigger kind -> keys waiting for it
         self._seq = itertools.count()
         self._append_seq: dict[str, int] = {}
+        self.devices: dict[str, DeviceState] = {}  # node id -> state, pushed by the oracle
+        self._gated: set[str] = set()  # ready tasks that no node satisfies right now
+        self._unplaced: set[str] = set()  # eligible, but no executor room on their nodes
         self.pending = 0  # unfinished tasks, for admission control
         self.fx = Effects()
 
@@ -165,6 +170,61 @@ class SchedulerCore:
     def ready_count(self) -> int:
         return len(self._ready) + len(self._ready_heavy)
 
+    def gated_count(self) -> int:
+        return len(self._gated)
+
+    # ----------------------------------------------------------- device state
+    def eligible_nodes(self, rec: TaskRecord) -> tuple[str, ...] | None:
+        """The nodes this task may run on now; None when it may run anywhere."""
+        kind = rec.trigger.kind
+        device_trigger = kind in DEVICE_TRIGGER_KINDS
+        if not self.devices or not (device_trigger or is_gated(rec.constraints) or self._dozing):
+            return None
+        return tuple(
+            node
+            for node, state in self.devices.items()
+            if satisfies(rec.constraints, state) and (not device_trigger or in_trigger_state(kind, state))
+        )
+
+    @property
+    def _dozing(self) -> bool:
+        return any(s.doze for s in self.devices.values())
+
+    def unplaced(self, key: str, run_id: int) -> None:
+        """A run had no executor room on its nodes: undo the dispatch, wait for capacity."""
+        self.run_lost(key, run_id)
+        rec = self.tasks.get(key)
+        if rec is not None and rec.state is TaskState.ENQUEUED:
+            rec.timer_seq = -1  # not on a timer: it waits for release_unplaced
+            self._unplaced.add(key)
+
+    def release_unplaced(self) -> None:
+        """Capacity freed up somewhere: unplaced runs try again."""
+        for key in self._unplaced:
+            rec = self.tasks.get(key)
+            if rec is not None and rec.state is TaskState.ENQUEUED and rec.ready_seq == -1:
+                self._make_ready(rec)
+        self._unplaced.clear()
+
+    def set_devices(self, states: dict[str, DeviceState]) -> list[str]:
+        """New device states (every node): fire device triggers on transitions, release
+        tasks whose gate opened. Returns the trigger kinds that fired."""
+        fired: list[str] = []
+        for node, state in states.items():
+            fired += transitions(self.devices.get(node), state)
+        self.devices = dict(states)
+        for kind in dict.fromkeys(fired):
+            self.fire(kind)
+        self.release_unplaced()
+        for key in list(self._gated):
+            rec = self.tasks.get(key)
+            if rec is None or rec.state is not TaskState.ENQUEUED or rec.ready_seq != -1:
+                self._gated.discard(key)
+            elif self.eligible_nodes(rec) != ():
+                self._gated.discard(key)
+                self._make_ready(rec)
+        return fired
+
     # ---------------------------------------------------------------- restore
     def restore(self, records: Iterable[TaskRecord], chains: Iterable[ChainRecord] = ()) -> None:
         """Rebuild every index from stored rows. Runs that were in flight run again."""
@@ -193,7 +253,7 @@ class SchedulerCore:
             if rec.state is TaskState.ENQUEUED:
                 self._arm(rec, now)
             if rec.deadline_ms is not None:
-                heapq.heappush(self._deadlines, (rec.deadline_ms, rec.key))
+                heapq.heappush(self._deadlines, (rec.deadline_ms + 1, rec.key))
         for chain in self.chains.values():
             chain.succeeded = [
                 sum(1 for k in step if k in self.tasks and self.tasks[k].state is TaskState.SUCCEEDED)
@@ -229,6 +289,7 @@ class SchedulerCore:
             return Outcome(ScheduleResult.REJECTED_INVALID_PARAMS, str(exc))
         except RejectedByPolicy as exc:
             return Outcome(ScheduleResult.REJECTED_OS_POLICY, str(exc))
+        constraints = self._platform_constraints(task_id, constraints)
 
         if task_id in self.chains:
             return Outcome(ScheduleResult.REJECTED_INVALID_PARAMS, f"id: {task_id!r} is the id of a chain")
@@ -274,6 +335,14 @@ class SchedulerCore:
         self._insert(rec, now)
         return Outcome(ScheduleResult.SUCCESS)
 
+    def _platform_constraints(self, task_id: str, c: Constraints) -> Constraints:
+        """Constraints the platform cannot honour are dropped, with a warning (iOS)."""
+        dropped = [f for f in self.platform.ignored_constraints if getattr(c, f)]
+        if not dropped:
+            return c
+        log.warning("%s: platform %r ignores %s", task_id, self.platform.name, ", ".join(sorted(dropped)))
+        return c.model_copy(update=dict.fromkeys(dropped, False))
+
     def _insert(self, rec: TaskRecord, now: int) -> None:
         self.tasks[rec.key] = rec
         self.names.setdefault(rec.name, []).append(rec.key)
@@ -310,7 +379,7 @@ class SchedulerCore:
             self._set_timer(rec, max(trig.at_epoch_millis, now), now)
         elif isinstance(trig, Windowed):
             rec.deadline_ms = trig.end_epoch_millis
-            heapq.heappush(self._deadlines, (trig.end_epoch_millis, rec.key))
+            heapq.heappush(self._deadlines, (trig.end_epoch_millis + 1, rec.key))  # expires after end
             self._set_timer(rec, max(trig.start_epoch_millis, now), now)
         else:  # device-state and content triggers wait for their event
             rec.next_run_at_ms = None
@@ -343,7 +412,10 @@ class SchedulerCore:
         c = rec.constraints
         due = rec.next_run_at_ms if rec.next_run_at_ms is not None else 0
         queue = self._ready_heavy if c.is_heavy_task else self._ready
-        heapq.heappush(queue, (0 if c.expedited else 1, c.qos.rank, due, seq, rec.key))
+        # Aging: each qos class below HIGH counts as due qos_aging_ms later, so equal due
+        # times order HIGH > DEFAULT > LOW, yet a LOW task that waited long enough wins.
+        rank = due + c.qos.rank * self.config.qos_aging_ms
+        heapq.heappush(queue, (0 if c.expedited else 1, rank, c.qos.rank, seq, rec.key))
 
     # ------------------------------------------------------------------- time
     def tick(self) -> None:
@@ -355,7 +427,7 @@ class SchedulerCore:
             rec = self.tasks.get(key)
             if rec is not None and rec.timer_seq == seq and rec.state is TaskState.ENQUEUED:
                 self._make_ready(rec)
-        while self._deadlines and self._deadlines[0][0] < now:
+        while self._deadlines and self._deadlines[0][0] <= now:
             _end, key = heapq.heappop(self._deadlines)
             rec = self.tasks.get(key)
             if rec is not None and rec.state is TaskState.ENQUEUED and rec.deadline_ms is not None:
@@ -383,6 +455,10 @@ class SchedulerCore:
                     self._parked.setdefault(rec.worker, []).append(rec.key)
                     continue
                 self._finish(rec, TaskState.FAILED, Failure(f"worker {rec.worker!r} is not registered"), now)
+                continue
+            nodes = self.eligible_nodes(rec)
+            if nodes == ():  # no node satisfies it now: wait for a device state change
+                self._gated.add(rec.key)
                 continue
             upstream: dict[str, Any] | None = None
             run_input = rec.input
@@ -414,6 +490,7 @@ class SchedulerCore:
                     timeout_ms=rec.constraints.timeout_ms,
                     heavy=rec.constraints.is_heavy_task,
                     chain_id=rec.chain_id,
+                    nodes=nodes,
                 )
             )
             rec.run_attempt_count += 1
@@ -740,7 +817,7 @@ class SchedulerCore:
                     name=task["id"],
                     worker=task["worker"],
                     trigger=_ONE_TIME,
-                    constraints=task["constraints"],
+                    constraints=self._platform_constraints(task["id"], task["constraints"]),
                     state=TaskState.ENQUEUED if n == 0 else TaskState.BLOCKED,
                     created_at_ms=now,
                     updated_at_ms=now,
@@ -786,6 +863,14 @@ class SchedulerCore:
         return ChainInfo.model_construct(id=chain_id, state=state, steps=steps)
 
     # ------------------------------------------------------------ event triggers
+    def watched_uris(self) -> set[str]:
+        """The ``file://`` URIs of armed ContentUri tasks (for the file watcher)."""
+        return {
+            self.tasks[k].trigger.uri_string  # type: ignore[union-attr]
+            for k in self._armed.get("content_uri", ())
+            if k in self.tasks and self.tasks[k].trigger.uri_string.startswith("file:")  # type: ignore[union-attr]
+        }
+
     def fire(self, kind: str, uri: str | None = None) -> int:
         """A device-state transition or content change: queue each armed task once."""
         now = self.clock.now_ms()

@@ -53,6 +53,12 @@ class TaskInfo(Frozen):
 
         return tasks_html([self])
 
+    def table(self) -> str:
+        """The task as a one-row text table (for terminals)."""
+        from .display import tasks_text
+
+        return tasks_text([self])
+
 
 class ChainInfo(Frozen):
     id: str
@@ -67,6 +73,27 @@ class ChainInfo(Frozen):
         from .display import chain_html
 
         return chain_html(self)
+
+    def table(self) -> str:
+        """The chain as a text table per step (for terminals)."""
+        from .display import chain_text
+
+        return chain_text(self)
+
+
+class TaskList(list[TaskInfo]):
+    """What ``list_tasks`` returns: a plain list that prints as a table (and renders as
+    one in a notebook)."""
+
+    def __str__(self) -> str:
+        from .display import tasks_text
+
+        return tasks_text(self)
+
+    def _repr_html_(self) -> str:
+        from .display import tasks_html
+
+        return tasks_html(self)
 
 
 def info_from_dict(raw: dict[str, Any]) -> TaskInfo:

@@ -53,3 +53,40 @@ def test_cluster_yaml_names_what_the_engine_asks_for() -> None:
     assert config["head_node_type"] in types
     assert any("heavy" in t.get("resources", {}) for t in types.values())
     assert any("kmpray start" in c for c in config["head_start_ray_commands"])
+
+
+@pytest.mark.ray
+def test_inspect_and_cancel_a_live_engine(vengine, ray_session) -> None:  # type: ignore[no-untyped-def]
+    import json as _json
+
+    from kmpray import ONE_HOUR, TaskTrigger
+
+    vengine.enqueue("done", TaskTrigger.OneTime(), "Echo", input="cli")
+    vengine.wait("done", timeout_s=30)
+    vengine.enqueue("later", TaskTrigger.OneTime(ONE_HOUR), "Echo")
+    engine = ["--address", ray_session.get_runtime_context().gcs_address, "--namespace", vengine.namespace]
+
+    status = kmpray("status", *engine, "--json")
+    assert status.returncode == 0, status.stderr[-1000:]
+    counts = _json.loads(status.stdout)["counts"]
+    assert (counts["SUCCEEDED"], counts["ENQUEUED"]) == (1, 1)
+
+    listed = kmpray("list", *engine, "--state", "enqueued")
+    assert listed.returncode == 0 and "later" in listed.stdout and "done" not in listed.stdout
+
+    info = kmpray("info", *engine, "done")
+    assert info.returncode == 0 and _json.loads(info.stdout)["state"] == "SUCCEEDED"
+    missing = kmpray("info", *engine, "nope")
+    assert missing.returncode == 1 and "no task 'nope'" in missing.stderr
+
+    events = kmpray("events", *engine, "--since", "0")
+    lines = [_json.loads(line) for line in events.stdout.splitlines()]
+    assert lines[0]["cursor"] == 1 and lines[0]["task_id"] == "done"
+    bad = kmpray("events", *engine, "--since", "999999")
+    assert bad.returncode == 1 and "beyond the last event" in bad.stderr
+
+    cancelled = kmpray("cancel", *engine, "later")
+    assert cancelled.returncode == 0 and "cancelled 1" in cancelled.stdout
+    assert vengine.get_task_info("later").state.value == "CANCELLED"
+    again = kmpray("cancel", *engine, "later")
+    assert again.returncode == 1 and "nothing unfinished" in again.stderr

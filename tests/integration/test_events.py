@@ -78,3 +78,71 @@ def test_bad_bus_use_is_a_clear_error(vengine: Any) -> None:
     kmpray.TaskEventBus.emit(TaskCompletionEvent("driver", True, "from the driver"))
     sub = vengine.events.subscribe(since=0)
     assert any(e.task_name == "driver" for e in _drain(sub, 1))
+
+
+def test_many_subscribers_one_slow_all_get_every_event_in_order(vengine: Any) -> None:
+    import time
+
+    subs = [vengine.events.subscribe() for _ in range(5)]
+    slow_seen: list[str] = []
+
+    def slow(event: Any) -> None:
+        time.sleep(0.02)  # a slow consumer: it must not hold anyone up, nor lose anything
+        slow_seen.append(event.task_id)
+
+    slow_sub = vengine.events.subscribe(callback=slow)
+    try:
+        ids = [f"m{i}" for i in range(60)]
+        assert all(r.value == "SUCCESS" for r in vengine.enqueue_many(
+            [{"id": i, "trigger": TaskTrigger.OneTime(), "worker_class_name": "Echo"} for i in ids]))
+        for i in ids:
+            vengine.wait(i, timeout_s=30)
+        for sub in subs:  # the fast ones already have everything, in the broker's order
+            got = [e.task_id for e in _drain(sub, 60)]
+            assert sorted(got) == sorted(ids) and len(got) == 60
+        orders = {tuple(e.task_id for e in _drain(vengine.events.subscribe(since=0), 60))}
+        assert len(orders) == 1
+        deadline = time.monotonic() + 30
+        while len(slow_seen) < 60 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert tuple(slow_seen) in orders  # the slow one caught up, same order, nothing dropped
+    finally:
+        slow_sub.close()
+
+
+def test_replay_from_a_cursor_after_a_broker_restart(vengine: Any) -> None:
+    import ray
+
+    for i in range(3):
+        vengine.enqueue(f"b{i}", TaskTrigger.OneTime(), "Echo")
+        vengine.wait(f"b{i}", timeout_s=30)
+    sub = vengine.events.subscribe(since=0)
+    first = _drain(sub, 2)
+    ray.kill(ray.get_actor("kmpray.broker", namespace=vengine.namespace), no_restart=False)
+    vengine.enqueue("b3", TaskTrigger.OneTime(), "Echo")  # published while the broker restarts
+    vengine.wait("b3", timeout_s=30)
+    rest = _drain(sub, 2)
+    assert [e.task_id for e in first + rest] == ["b0", "b1", "b2", "b3"]
+
+
+def test_wait_many_with_a_progress_bar(vengine: Any, capsys: Any) -> None:
+    ids = ["w1", "w2"]
+    for i in ids:
+        vengine.enqueue(i, TaskTrigger.OneTime(), "Progress")
+    chain = vengine.begin_with(kmpray.TaskRequest("Echo")).with_id("wchain")
+    chain.enqueue()
+    infos = vengine.wait([*ids, "wchain"], timeout_s=60, progress=True)
+    assert [i.state.value for i in infos] == ["SUCCEEDED"] * 3
+    assert isinstance(infos[2], kmpray.ChainInfo)
+    err = capsys.readouterr().err
+    assert "kmpray" in err and "300/300" in err  # the bar reached 100 % per id
+
+
+def test_lists_and_infos_render_as_tables(vengine: Any) -> None:
+    vengine.enqueue("t", TaskTrigger.OneTime(), "Echo")
+    vengine.wait("t", timeout_s=30)
+    tasks = vengine.list_tasks()
+    assert isinstance(tasks, list) and tasks[0].id == "t"
+    text = str(tasks)
+    assert text.splitlines()[0].split()[:3] == ["id", "worker", "state"] and "SUCCEEDED" in text
+    assert "<table>" in tasks._repr_html_() and "<td>t</td>" in tasks[0]._repr_html_()

@@ -1,0 +1,132 @@
+"""ConstraintOracle: device state per Ray node, from real probes plus overrides, pushed to the scheduler.
+
+Every ``probe_interval_s`` it probes each alive node (a zero-CPU Ray task pinned there)
+and merges ``set_device_state`` overrides on top; when a node's effective state
+changes it pushes the whole map to the scheduler, which re-gates its tasks. Nothing
+polls per task. A node's network type comes from its label ``kmpray.network_type``
+(cluster.yaml), else UNMETERED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from kmpray.config import EngineConfig
+from kmpray.device import DeviceState, parse_overrides
+from kmpray.probes import probe
+
+from .names import SCHEDULER, call_with_retry, lookup
+
+log = logging.getLogger("kmpray.oracle")
+
+
+@ray.remote(num_cpus=0)
+def _probe_node(state_dir: str, threshold: int, storage: float, idle: float) -> dict[str, Any]:
+    return probe(state_dir, threshold, storage, idle)
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=1000)
+class ConstraintOracle:
+    def __init__(self, namespace: str, state_dir: str, config: dict[str, Any]) -> None:
+        self.namespace = namespace
+        self.state_dir = state_dir
+        self.config = EngineConfig.model_validate(config)
+        self.probed: dict[str, dict[str, Any]] = {}
+        self.overrides: dict[str, dict[str, Any]] = {}
+        self.labels: dict[str, dict[str, Any]] = {}
+        self.effective: dict[str, DeviceState] = {}
+        self._lock = asyncio.Lock()
+        self._loop = asyncio.ensure_future(self._probe_loop())
+
+    def _alive(self) -> list[dict[str, Any]]:
+        return [n for n in ray.nodes() if n.get("Alive")]
+
+    async def _probe_once(self) -> None:
+        nodes = self._alive()
+        refs = {
+            n["NodeID"]: _probe_node.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+            ).remote(self.state_dir, self.config.battery_low_threshold,
+                     self.config.storage_low_free_fraction, self.config.idle_load_per_cpu)
+            for n in nodes
+        }
+        for n in nodes:
+            self.labels[n["NodeID"]] = dict(n.get("Labels") or {})
+        results: dict[str, dict[str, Any]] = {}
+        for node, ref in refs.items():
+            try:
+                results[node] = await asyncio.wait_for(ref, 30)
+            except Exception:
+                log.warning("probe of node %s failed; keeping its last state", node[:8])
+                if node in self.probed:
+                    results[node] = self.probed[node]
+        self.probed = results
+
+    async def _probe_loop(self) -> None:
+        while True:
+            try:
+                await self._probe_once()
+                await self._publish()
+            except Exception:
+                log.exception("probe round failed")
+            await asyncio.sleep(self.config.probe_interval_s)
+
+    def _state(self, node: str) -> DeviceState:
+        base = dict(self.probed.get(node, {}))
+        network = self.labels.get(node, {}).get("kmpray.network_type")
+        if network:
+            base["network_type"] = network
+        try:
+            state = DeviceState.model_validate(base)
+        except Exception:
+            state = DeviceState()
+        return parse_overrides(self.overrides.get(node, {}), state) if node in self.overrides else state
+
+    async def _publish(self, force: bool = False) -> None:
+        async with self._lock:
+            states = {node: self._state(node) for node in self.probed}
+            if states == self.effective and not force:
+                return
+            self.effective = states
+            scheduler = lookup(SCHEDULER, self.namespace)
+            payload = {node: s.model_dump(mode="json") for node, s in states.items()}
+            await call_with_retry(lambda: scheduler.device_states.remote(payload), timeout_s=60)
+
+    async def ready(self) -> dict[str, dict[str, Any]]:
+        if not self.probed:
+            await self._probe_once()
+            self.effective = {node: self._state(node) for node in self.probed}
+        return {node: s.model_dump(mode="json") for node, s in self.effective.items()}
+
+    async def set_device_state(self, node_id: str | None, state: dict[str, Any]) -> dict[str, Any]:
+        """Override state on one node (or every node); validated before anything changes."""
+        await self.ready()
+        nodes = list(self.probed) if node_id is None else [node_id]
+        if node_id is not None and node_id not in self.probed:
+            raise ValueError(f"node_id: unknown node {node_id!r}; known: {sorted(self.probed)}")
+        updated = {n: {**self.overrides.get(n, {}), **state} for n in nodes}
+        for n, over in updated.items():
+            parse_overrides(over, self._state_without_overrides(n))  # raises naming the field
+        self.overrides.update(updated)
+        await self._publish()
+        return {n: self.effective[n].model_dump(mode="json") for n in nodes}
+
+    def _state_without_overrides(self, node: str) -> DeviceState:
+        saved = self.overrides.pop(node, None)
+        try:
+            return self._state(node)
+        finally:
+            if saved is not None:
+                self.overrides[node] = saved
+
+    async def clear_overrides(self) -> None:
+        self.overrides.clear()
+        await self._publish()
+
+    async def states(self) -> dict[str, dict[str, Any]]:
+        return {node: s.model_dump(mode="json") for node, s in self.effective.items()}

@@ -1,0 +1,157 @@
+"""Device state: the gate predicate, gating and release, device triggers, ordering, profiles."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kmpray import Constraints, NetworkType, QualityOfService, ScheduleResult, TaskState, TaskTrigger
+from kmpray.device import DeviceState, satisfies, transitions
+
+from .conftest import Harness
+
+UNMETERED = {NetworkType.UNMETERED, NetworkType.TEMPORARILY_UNMETERED}
+
+constraints = st.builds(
+    Constraints,
+    requires_network=st.booleans(),
+    network_type=st.sampled_from(list(NetworkType)),
+    requires_unmetered_network=st.booleans(),
+    requires_charging=st.booleans(),
+    requires_battery_not_low=st.booleans(),
+    requires_storage_not_low=st.booleans(),
+    requires_device_idle=st.booleans(),
+    allow_while_idle=st.booleans(),
+    expedited=st.booleans(),
+)
+states = st.builds(
+    DeviceState,
+    network_connected=st.booleans(),
+    network_type=st.sampled_from([t for t in NetworkType if t is not NetworkType.NOT_REQUIRED]),
+    roaming=st.booleans(),
+    charging=st.booleans(),
+    battery_level=st.integers(0, 100),
+    storage_low=st.booleans(),
+    idle=st.booleans(),
+    doze=st.booleans(),
+)
+
+
+def expected(c: Constraints, s: DeviceState) -> bool:
+    """The rules written out once more, independently, as a table of conditions."""
+    battery_low = not s.charging and s.battery_level <= 15
+    net = {
+        NetworkType.NOT_REQUIRED: True,
+        NetworkType.CONNECTED: s.network_connected,
+        NetworkType.UNMETERED: s.network_connected and s.network_type in UNMETERED,
+        NetworkType.NOT_ROAMING: s.network_connected and not s.roaming,
+        NetworkType.METERED: s.network_connected and s.network_type is NetworkType.METERED,
+        NetworkType.TEMPORARILY_UNMETERED: s.network_connected
+        and s.network_type is NetworkType.TEMPORARILY_UNMETERED,
+    }[c.network_type]
+    conditions = [
+        not c.requires_network or net,
+        not c.requires_unmetered_network or (s.network_connected and s.network_type in UNMETERED),
+        not c.requires_charging or s.charging,
+        not c.requires_battery_not_low or not battery_low,
+        not c.requires_storage_not_low or not s.storage_low,
+        not c.requires_device_idle or s.idle,
+        not s.doze or c.allow_while_idle or c.expedited,
+    ]
+    return all(conditions)
+
+
+@given(constraints, states)
+def test_gate_predicate_over_every_combination(c: Constraints, s: DeviceState) -> None:
+    assert satisfies(c, s) is expected(c, s)
+
+
+def test_a_server_without_battery_satisfies_power_constraints() -> None:
+    server = DeviceState()
+    assert satisfies(Constraints(requires_charging=True, requires_battery_not_low=True), server)
+
+
+def test_transitions_fire_on_entering_a_state_only() -> None:
+    ok, low = DeviceState(charging=False, battery_level=50), DeviceState(charging=False, battery_level=10)
+    assert transitions(ok, low) == ["battery_low"]
+    assert transitions(low, low) == []
+    assert transitions(low, ok) == ["battery_okay"]
+    assert transitions(None, low) == []
+    assert transitions(DeviceState(), DeviceState(storage_low=True, idle=True)) == ["storage_low", "device_idle"]
+
+
+def test_gated_task_waits_then_runs_on_a_node_that_satisfies_it(h: Harness) -> None:
+    h.core.set_devices({"n1": DeviceState(charging=False, battery_level=50), "n2": DeviceState(charging=False)})
+    h.core.submit("c", TaskTrigger.OneTime(), "Ok", constraints=Constraints(requires_charging=True))
+    h.core.submit("free", TaskTrigger.OneTime(), "Ok")
+    assert [(d.key, d.nodes) for d in h.step()] == [("free", None)]
+    assert h.state("c") == "ENQUEUED" and h.core.gated_count() == 1
+    h.core.set_devices({"n1": DeviceState(charging=False), "n2": DeviceState(charging=True)})
+    [d] = h.step()
+    assert (d.key, d.nodes) == ("c", ("n2",))
+
+
+def test_a_closing_gate_stops_new_starts(h: Harness) -> None:
+    h.core.set_devices({"n": DeviceState()})
+    h.core.submit("a", TaskTrigger.OneTime(initial_delay_ms=10), "Ok", constraints=Constraints(requires_charging=True))
+    h.core.set_devices({"n": DeviceState(charging=False)})
+    assert h.advance(10) == [] and h.state("a") == "ENQUEUED"
+
+
+def test_battery_low_trigger_fires_on_the_transition_and_rearms(h: Harness) -> None:
+    ok, low = DeviceState(charging=False, battery_level=60), DeviceState(charging=False, battery_level=5)
+    h.core.set_devices({"a": ok, "b": ok})
+    h.core.submit("t", TaskTrigger.BatteryLow, "Ok")
+    assert h.step() == []
+    h.core.set_devices({"a": ok, "b": low})
+    [d] = h.step()
+    assert d.nodes == ("b",)  # placed on the node in that state
+    assert h.state("t") == "ENQUEUED"  # re-armed, not finished
+    h.core.set_devices({"a": ok, "b": low})
+    assert h.step() == []  # no new transition, no run
+    h.core.set_devices({"a": low, "b": low})
+    assert len(h.step()) == 1
+    assert h.core.latest("t").run_count == 2  # type: ignore[union-attr]
+
+
+def test_content_uri_matches_descendants_and_coalesces(h: Harness) -> None:
+    h.core.submit("photos", TaskTrigger.ContentUri("file:///data/photos"), "Ok")
+    assert h.core.fire("content_uri", "file:///data/photosynthesis") == 0
+    assert h.core.fire("content_uri", "file:///data/photos/a.jpg") == 1
+    h.core.fire("content_uri", "file:///data/photos/b.jpg")  # still queued: coalesces
+    assert len(h.step()) == 1 and h.step() == []
+
+
+def test_priority_expedited_then_qos_then_due(h: Harness) -> None:
+    for tid, qos, exp in [("low", "LOW", False), ("default", "DEFAULT", False), ("high", "HIGH", False),
+                          ("exp-low", "LOW", True)]:
+        h.core.submit(tid, TaskTrigger.OneTime(), "Ok", constraints=Constraints(qos=QualityOfService(qos), expedited=exp))
+    h.core.tick()
+    assert [d.key for d in h.core.take_ready(10)] == ["exp-low", "high", "default", "low"]
+
+
+def test_low_priority_ages_instead_of_starving(h: Harness) -> None:
+    low = Constraints(qos=QualityOfService.LOW)
+    h.core.submit("old-low", TaskTrigger.OneTime(), "Ok", constraints=low)
+    h.core.tick()  # ready now, but capacity is short for a long while
+    h.clock.set(h.clock.now_ms() + 2 * h.core.config.qos_aging_ms + 1)
+    h.core.submit("new-high", TaskTrigger.OneTime(), "Ok", constraints=Constraints(qos=QualityOfService.HIGH))
+    h.core.tick()
+    assert [d.key for d in h.core.take_ready(1)] == ["old-low"]
+
+
+def test_ios_drops_constraints_it_cannot_honour() -> None:
+    h = Harness("ios")
+    c = Constraints(requires_charging=True, requires_network=True)
+    assert h.core.submit("t", TaskTrigger.OneTime(), "Ok", constraints=c).result is ScheduleResult.SUCCESS
+    kept = h.core.latest("t").constraints  # type: ignore[union-attr]
+    assert (kept.requires_charging, kept.requires_network) == (False, True)
+
+
+def test_windowed_task_whose_constraints_stay_unmet_fails_at_window_end(h: Harness) -> None:
+    h.core.set_devices({"n": DeviceState(charging=False)})
+    now = h.clock.now_ms()
+    h.core.submit("w", TaskTrigger.Windowed(now, now + 1_000), "Ok", constraints=Constraints(requires_charging=True))
+    h.advance(1_001)
+    rec = h.core.latest("w")
+    assert rec is not None and rec.state is TaskState.FAILED and rec.result.message == "window expired"  # type: ignore[union-attr]

@@ -1,0 +1,68 @@
+"""Run by test_multinode.py in its own process: a 2-node ray.cluster_utils.Cluster.
+
+Prints one JSON line with where things ran. The head has 1 CPU; the second node has
+1 CPU and the custom resource ``heavy`` (as cluster.yaml's heavy node type).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+import ray  # noqa: E402
+from ray.cluster_utils import Cluster  # noqa: E402
+
+import kmpray  # noqa: E402
+from kmpray import Constraints, EngineConfig, TaskRequest, TaskTrigger, WorkerResult  # noqa: E402
+
+
+class WhereAmI(kmpray.CommonWorker):
+    async def do_work(self, input: str | None) -> WorkerResult:  # noqa: A002
+        import ray
+
+        return WorkerResult.Success(data={"node": ray.get_runtime_context().get_node_id()})
+
+
+def main() -> None:
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    other = cluster.add_node(num_cpus=1, resources={"heavy": 1})
+    ray.init(address=cluster.address, log_to_driver=False)
+    cluster.wait_for_nodes()
+    head = ray.get_runtime_context().get_node_id()
+    sched = kmpray.connect(
+        namespace="multinode",
+        state_dir=tempfile.mkdtemp(),
+        config=EngineConfig(heavy_resources={"heavy": 1}, heavy_num_cpus=0),
+    )
+    out: dict[str, object] = {"head": head, "other": other.node_id}
+    try:
+        sched.register_worker("WhereAmI", WhereAmI)
+        charging = Constraints(requires_charging=True)
+        sched.set_device_state(node_id=head, charging=False, battery_level=50)
+        sched.set_device_state(node_id=other.node_id, charging=True)
+        sched.enqueue("on-other", TaskTrigger.OneTime(), "WhereAmI", constraints=charging)
+        out["on_other"] = sched.wait("on-other", timeout_s=120).result.data["node"]
+        sched.set_device_state(node_id=other.node_id, charging=False, battery_level=50)
+        sched.set_device_state(node_id=head, charging=True)
+        sched.enqueue("on-head", TaskTrigger.OneTime(), "WhereAmI", constraints=charging)
+        out["on_head"] = sched.wait("on-head", timeout_s=120).result.data["node"]
+        sched.clear_device_overrides()
+        sched.enqueue("heavy", TaskTrigger.OneTime(), "WhereAmI", constraints=Constraints(is_heavy_task=True))
+        out["heavy"] = sched.wait("heavy", timeout_s=120).result.data["node"]
+        sched.enqueue_many([TaskRequest("WhereAmI", id=f"s{i}") for i in range(40)])
+        out["spread"] = sorted({sched.wait(f"s{i}", timeout_s=120).result.data["node"] for i in range(40)})
+        out["executors_per_node"] = sched.status()["executors"]
+    finally:
+        sched.shutdown()
+        ray.shutdown()
+        cluster.shutdown()
+    print("RESULT " + json.dumps(out))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""Device state on a real Ray: gating and release, device and content triggers, ordering."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from kmpray import Constraints, EngineConfig, QualityOfService, TaskState, TaskTrigger
+
+from .helpers import blocks_input, until
+from .workers import register_all
+
+pytestmark = pytest.mark.ray
+ONCE = TaskTrigger.OneTime()
+
+
+def test_a_gated_task_waits_until_its_gate_opens(vengine: Any) -> None:
+    vengine.set_device_state(charging=False, battery_level=50)
+    vengine.enqueue("c", ONCE, "Echo", constraints=Constraints(requires_charging=True))
+    vengine.enqueue("free", ONCE, "Echo")
+    assert vengine.wait("free", timeout_s=30).state is TaskState.SUCCEEDED
+    until(lambda: vengine.status()["gated"] == 1, what="the task to be held by its gate")
+    assert vengine.get_task_info("c").state is TaskState.ENQUEUED
+    vengine.set_device_state(charging=True)
+    assert vengine.wait("c", timeout_s=30).state is TaskState.SUCCEEDED
+
+
+def test_battery_low_trigger_fires_on_each_transition(vengine: Any) -> None:
+    vengine.set_device_state(charging=False, battery_level=60)
+    vengine.enqueue("low", TaskTrigger.BatteryLow, "Echo")
+    assert vengine.get_task_info("low").run_count == 0
+    vengine.set_device_state(battery_level=10)
+    assert vengine.wait("low", timeout_s=30).run_count == 1
+    vengine.set_device_state(battery_level=60)
+    vengine.set_device_state(battery_level=5)
+    info = vengine.wait("low", timeout_s=30)
+    assert info.run_count == 2 and info.state is TaskState.ENQUEUED  # re-armed until cancelled
+
+
+def test_content_uri_fires_on_notify_and_on_real_file_changes(vengine: Any, tmp_path: Path) -> None:
+    watched = tmp_path / "photos"
+    watched.mkdir()
+    uri = watched.as_uri()
+    vengine.enqueue("photos", TaskTrigger.ContentUri(uri), "Echo")
+    assert vengine.notify_content_change(uri + "synthesis/x") == 0
+    assert vengine.notify_content_change(uri + "/a.jpg") == 1
+    assert vengine.wait("photos", timeout_s=30).run_count == 1
+    import time
+
+    deadline = time.monotonic() + 30
+    while vengine.get_task_info("photos").run_count < 2 and time.monotonic() < deadline:
+        (watched / "b.jpg").write_bytes(str(time.monotonic()).encode())  # a real change on disk
+        try:
+            vengine.wait("photos", timeout_s=2)
+        except TimeoutError:
+            pass
+    assert vengine.get_task_info("photos").run_count >= 2
+
+
+def test_bad_device_input_is_a_clear_error_and_changes_nothing(vengine: Any) -> None:
+    before = vengine.device_states()
+    with pytest.raises(ValueError, match="unknown node"):
+        vengine.set_device_state(node_id="not-a-node", charging=False)
+    with pytest.raises(ValueError, match="unknown field"):
+        vengine.set_device_state(charge=False)
+    with pytest.raises(ValidationError, match="battery_level"):
+        vengine.set_device_state(battery_level=150)
+    assert vengine.device_states() == before
+
+
+def test_when_capacity_is_short_expedited_then_high_default_low(engines: Any, tmp_path: Path) -> None:
+    sched = engines(config=EngineConfig(executors=1, executor_concurrency=1, executor_window=1))
+    register_all(sched)
+    inp, started, release = blocks_input(tmp_path, "blocker")
+    sched.enqueue("blocker", ONCE, "Blocks", input=inp)
+    until(started.exists, what="the blocker to hold the only slot")
+    log = tmp_path / "order"
+    for tid, qos, exp in [("low", "LOW", False), ("default", "DEFAULT", False), ("high", "HIGH", False),
+                          ("expedited", "LOW", True)]:
+        c = Constraints(qos=QualityOfService(qos), expedited=exp)
+        sched.enqueue(tid, ONCE, "Echo", input=json.dumps({"log": str(log)}), constraints=c)
+    release.touch()
+    sched.wait("low", timeout_s=30)
+    assert [line.split()[0] for line in log.read_text().splitlines()] == ["expedited", "high", "default", "low"]

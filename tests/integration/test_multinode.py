@@ -1,0 +1,26 @@
+"""Several raylets on this machine (ray.cluster_utils.Cluster), in a process of its own."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_placement_on_a_two_node_cluster() -> None:
+    script = Path(__file__).with_name("multinode.py")
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": ""}
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=400, env=env)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    out = json.loads(lines[-1][len("RESULT ") :])
+    assert out["on_other"] == out["other"]  # the only charging node
+    assert out["on_head"] == out["head"]  # after the states swapped
+    assert out["heavy"] == out["other"]  # the node with the `heavy` resource
+    assert out["spread"] == sorted([out["head"], out["other"]])  # light work used both nodes
