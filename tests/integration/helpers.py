@@ -4,10 +4,21 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from .workers import count_runs
 
-__all__ = ["blocks_input", "count_runs", "until"]
+__all__ = ["blocks_input", "count_runs", "next_completion", "until"]
+
+
+def next_completion(sub: Any, task_id: str, timeout_s: float = 30.0) -> Any:
+    """The next completion event of ``task_id`` on a subscription opened before the trigger."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        event = sub.get(timeout_s=max(0.1, deadline - time.monotonic()))
+        if event is not None and event.kind == "completion" and event.task_id == task_id:
+            return event
+    raise AssertionError(f"no completion of {task_id} within {timeout_s} s")
 
 
 def until(predicate: Callable[[], bool], timeout_s: float = 30.0, what: str = "condition") -> None:
