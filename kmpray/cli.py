@@ -71,6 +71,10 @@ def status(address: str | None, namespace: str, state_dir: str | None, as_json: 
     click.echo(f"  executors={info['executors']} in flight={info['inflight']} ready={info['ready']}")
     click.echo("  " + "  ".join(f"{k}={v}" for k, v in info["counts"].items()))
     click.echo(f"  workers: {', '.join(info['workers']) or '-'}")
+    for node, state in info.get("nodes", {}).items():
+        flags = [k for k in ("charging", "storage_low", "idle", "doze", "roaming") if state.get(k)]
+        net = state["network_type"] if state.get("network_connected") else "offline"
+        click.echo(f"  node {node[:12]}: network={net} battery={state['battery_level']}% {' '.join(flags)}")
 
 
 @main.command("list")

@@ -71,6 +71,9 @@ def test_inspect_and_cancel_a_live_engine(vengine, ray_session) -> None:  # type
     counts = _json.loads(status.stdout)["counts"]
     assert (counts["SUCCEEDED"], counts["ENQUEUED"]) == (1, 1)
 
+    text_status = kmpray("status", *engine)
+    assert "node " in text_status.stdout and "battery=" in text_status.stdout
+
     listed = kmpray("list", *engine, "--state", "enqueued")
     assert listed.returncode == 0 and "later" in listed.stdout and "done" not in listed.stdout
 
