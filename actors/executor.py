@@ -142,7 +142,7 @@ class ExecutorBase:
             self._progress.append((key[0], key[1], pct, message))
             self._kick()
 
-        ctx = WorkerContext(key[0], previous, upstream, progress, lambda: key in self._cancelled)
+        ctx = WorkerContext(key[0], previous, upstream, progress, lambda: key in self._cancelled, self.config)
         try:
             call = run_worker(instance, inp, ctx)
             result = await (asyncio.wait_for(call, timeout_ms / 1000) if timeout_ms else call)

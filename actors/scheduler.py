@@ -110,6 +110,7 @@ class SchedulerActor:
         self._heavy = [HeavySlot() for _ in range(self.config.heavy_pool_size)]
         self._heavy_where: dict[tuple[str, int], int] = {}
         self._wake = asyncio.Event()
+        self._wake_at: int | None = None  # the due time the loop is sleeping towards
         self._idle = asyncio.Event()
         self._broker: Any = None
         self._outbox: list[bytes] = []
@@ -130,7 +131,9 @@ class SchedulerActor:
                 namespace=self.namespace,
                 lifetime="detached",
                 get_if_exists=True,
-                scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True),
+                # Hard: a soft affinity may land elsewhere and leave a node with no executor,
+                # so runs gated to that node would have nowhere to go.
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False),
             ).remote(self.namespace, i, self.config.model_dump())
             self._executors.append(handle)
             self._inflight.append({})
@@ -168,6 +171,7 @@ class SchedulerActor:
             "platform": self.platform,
             "now_ms": self.clock.now_ms(),
             "executors": len(self._executors),
+            "executor_nodes": list(self._exec_nodes),
             "inflight": len(self._where) + len(self._heavy_where),
             "heavy_workers": [i for i, slot in enumerate(self._heavy) if slot.handle is not None],
             "gated": self.core.gated_count(),
@@ -189,6 +193,7 @@ class SchedulerActor:
                 log.exception("scheduler pump failed; continuing")
             timeout = None
             due = self.core.next_due_ms()
+            self._wake_at = due
             if due is not None and not self.virtual_time:
                 timeout = max(0.0, (due - self.clock.now_ms()) / 1000)
             try:
@@ -415,6 +420,12 @@ class SchedulerActor:
             await self._reconcile()
 
     def _flush(self) -> None:
+        # Work handled outside the loop (a report, a push) may have set an earlier timer
+        # (a retry's backoff): wake the loop so it sleeps towards that instead.
+        due = self.core.next_due_ms()
+        if due is not None and (self._wake_at is None or due < self._wake_at):
+            self._wake_at = due
+            self._wake.set()
         fx = self.core.drain()
         if not fx:
             return

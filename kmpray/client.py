@@ -616,7 +616,9 @@ def connect(
             namespace, described["virtual_time"], described["platform"],
         )
     scheduler = BackgroundTaskScheduler(namespace, handles, described)
-    for name, cls in LOCAL_WORKERS.items():
+    from .workers import BUILTIN_WORKERS
+
+    for name, cls in {**BUILTIN_WORKERS, **LOCAL_WORKERS}.items():
         scheduler.register_worker(name, cls)
     TaskEventBus._bind(scheduler.events)
     return scheduler

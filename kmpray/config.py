@@ -42,3 +42,9 @@ class EngineConfig(Frozen):
     battery_low_threshold: Annotated[int, Field(ge=0, le=100)] = 15
     storage_low_free_fraction: Annotated[float, Field(ge=0, le=1)] = 0.05
     idle_load_per_cpu: Annotated[float, Field(ge=0)] = 0.25
+    # Built-in workers' safety settings.
+    files_base_dir: str | None = None  # paths must resolve under it (default: <tmp>/kmpray-files)
+    http_allow_hosts: list[str] = []  # when set, only these hosts (exact or *.suffix)
+    http_deny_hosts: list[str] = []
+    http_deny_private: bool = False  # refuse loopback, private and link-local addresses
+    download_max_bytes: Annotated[int, Field(gt=0)] = 10 * 1024 * MiB

@@ -22,8 +22,11 @@ class WorkerContext:
         upstream_data: dict[str, Any] | None = None,
         progress_sink: Callable[[int, str | None], None] | None = None,
         cancelled: Callable[[], bool] | None = None,
+        engine_config: Any = None,
     ) -> None:
         self.task_id = task_id
+        #: The engine's EngineConfig (built-in workers read their safety settings here).
+        self.engine_config = engine_config
         self.run_attempt_count = run_attempt_count
         self.upstream_data: dict[str, Any] = dict(upstream_data or {})
         self._progress_sink = progress_sink

@@ -55,7 +55,7 @@ def main() -> None:
         out["heavy"] = sched.wait("heavy", timeout_s=120).result.data["node"]
         sched.enqueue_many([TaskRequest("WhereAmI", id=f"s{i}") for i in range(40)])
         out["spread"] = sorted({sched.wait(f"s{i}", timeout_s=120).result.data["node"] for i in range(40)})
-        out["executors_per_node"] = sched.status()["executors"]
+        out["executor_nodes"] = sched.status()["executor_nodes"]
     finally:
         sched.shutdown()
         ray.shutdown()

@@ -275,3 +275,12 @@ def test_executor_concurrency_bounds_runs_in_flight(engines: Any, tmp_path: Path
     ins[1][2].touch()
     ins[2][2].touch()
     assert sched.wait("b2", timeout_s=30).state is TaskState.SUCCEEDED
+
+
+def test_a_real_time_retry_fires_without_other_activity(engines: Any) -> None:
+    sched = engines()
+    register_all(sched)
+    c = Constraints(backoff_delay_ms=50, max_retries=3)
+    sched.enqueue("r", ONCE, "FailsThenSucceeds", input="2", constraints=c)
+    info = sched.wait("r", timeout_s=30)
+    assert info.state is TaskState.SUCCEEDED and info.run_attempt_count == 3

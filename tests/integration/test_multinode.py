@@ -20,6 +20,7 @@ def test_placement_on_a_two_node_cluster() -> None:
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
     out = json.loads(lines[-1][len("RESULT ") :])
+    assert sorted(out["executor_nodes"]) == sorted([out["head"], out["other"]])  # one per CPU per node
     assert out["on_other"] == out["other"]  # the only charging node
     assert out["on_head"] == out["head"]  # after the states swapped
     assert out["heavy"] == out["other"]  # the node with the `heavy` resource

@@ -1,0 +1,73 @@
+"""FileCompressionWorker: zip a file or a directory, with exclusions, optionally deleting the original."""
+
+from __future__ import annotations
+
+import fnmatch
+import shutil
+import zipfile
+from pathlib import Path
+from typing import Literal
+
+from .._model import Frozen
+from ..config import EngineConfig
+from ..results import Failure, Success
+from ..worker import CommonWorker, WorkerContext
+from .safety import ConfigError, parse_config, safe_path
+
+LEVELS = {"low": 1, "medium": 6, "high": 9}
+
+
+class CompressionConfig(Frozen):
+    input_path: str
+    output_path: str | None = None
+    level: Literal["low", "medium", "high"] = "medium"
+    exclude_patterns: list[str] = []
+    delete_original: bool = False
+
+
+def _excluded(rel: str, patterns: list[str]) -> bool:
+    name = rel.rsplit("/", 1)[-1]
+    return any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(name, p) for p in patterns)
+
+
+class FileCompressionWorker(CommonWorker):
+    """``{"inputPath", "outputPath", "level": low|medium|high, "excludePatterns", "deleteOriginal"}``
+    -> originalSize, compressedSize, compressionRatio, outputPath, deletedOriginal. In a chain,
+    ``inputPath`` defaults to the previous step's ``filePath``."""
+
+    async def do_work(self, input: str | None, ctx: WorkerContext) -> Success | Failure:  # noqa: A002
+        config = ctx.engine_config or EngineConfig()
+        try:
+            cfg = parse_config(
+                CompressionConfig, input, {"inputPath": ctx.upstream_data.get("filePath")}, ctx.upstream_data
+            )
+            source = safe_path(cfg.input_path, config, "inputPath")
+            target = safe_path(cfg.output_path or f"{source}.zip", config, "outputPath")
+        except ConfigError as exc:
+            return Failure(str(exc))
+        if not source.exists():
+            return Failure(f"inputPath: {cfg.input_path!r} does not exist")
+        if source.is_dir() and (target == source or source in target.parents):
+            return Failure("outputPath: must not be inside the directory being compressed")
+        files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
+        root = source.parent if source.is_file() else source
+        chosen = [p for p in files if not _excluded(p.relative_to(root).as_posix(), cfg.exclude_patterns)]
+        original = sum(p.stat().st_size for p in chosen)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED, compresslevel=LEVELS[cfg.level]) as zf:
+            for n, path in enumerate(chosen, 1):
+                zf.write(path, path.relative_to(root).as_posix())
+                ctx.report_progress(n * 100 // len(chosen), path.name)
+        compressed = target.stat().st_size
+        if cfg.delete_original:
+            if source.is_dir():
+                shutil.rmtree(source)
+            else:
+                source.unlink()
+        return Success(data={
+            "originalSize": original,
+            "compressedSize": compressed,
+            "compressionRatio": round(compressed / original, 4) if original else 0.0,
+            "outputPath": str(target),
+            "deletedOriginal": cfg.delete_original,
+        })

@@ -1,0 +1,218 @@
+"""HTTP built-in workers on httpx: request, sync, download (resumable), upload (multipart).
+
+5xx, timeouts and connection errors are retryable failures (the task's backoff applies);
+4xx and malformed configs fail at once, naming the problem.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import mimetypes
+import os
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator
+
+from .._model import Frozen
+from ..config import EngineConfig
+from ..results import Failure, Success
+from ..worker import CommonWorker, WorkerContext
+from .safety import ConfigError, check_url, parse_config, safe_path
+
+Method = Literal["GET", "POST", "PUT", "DELETE", "PATCH"]
+
+
+class _Config(Frozen):
+    url: str
+
+    @field_validator("method", mode="before", check_fields=False)
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+
+class HttpRequestConfig(_Config):
+    method: Method = "GET"
+    headers: dict[str, str] = {}
+    body: str | None = None
+    timeout_ms: Annotated[int, Field(gt=0)] = 30_000
+
+
+class HttpSyncConfig(_Config):
+    method: Literal["POST", "GET"] = "POST"
+    request_body: Any = None
+    timeout_ms: Annotated[int, Field(gt=0)] = 60_000
+
+
+class HttpDownloadConfig(_Config):
+    save_path: str
+    timeout_ms: Annotated[int, Field(gt=0)] = 5 * 60_000
+    sha256: str | None = None
+
+
+class HttpUploadConfig(_Config):
+    file_path: str
+    file_field_name: str = "file"
+    fields: dict[str, str] = {}
+    mime_type: str | None = None
+    timeout_ms: Annotated[int, Field(gt=0)] = 2 * 60_000
+
+
+def _config(ctx: WorkerContext | None) -> EngineConfig:
+    return ctx.engine_config if ctx is not None and ctx.engine_config is not None else EngineConfig()
+
+
+def _status_failure(status: int, url: str) -> Failure | None:
+    if status >= 500:
+        return Failure(f"HTTP {status} from {url}", should_retry=True)
+    if status >= 400:
+        return Failure(f"HTTP {status} from {url}")
+    return None
+
+
+def _transport_failure(exc: Exception, url: str) -> Failure:
+    return Failure(f"{type(exc).__name__} for {url}: {exc}", should_retry=True)
+
+
+async def _send(method: str, url: str, timeout_ms: int, **kwargs: Any) -> tuple[int, int] | Failure:
+    import httpx
+
+    try:
+        async with httpx.AsyncClient(timeout=timeout_ms / 1000, follow_redirects=True) as client:
+            response = await client.request(method, url, **kwargs)
+    except (httpx.TimeoutException, httpx.TransportError) as exc:
+        return _transport_failure(exc, url)
+    failed = _status_failure(response.status_code, url)
+    return failed if failed is not None else (response.status_code, len(response.content))
+
+
+class HttpRequestWorker(CommonWorker):
+    """``{"url", "method", "headers", "body", "timeoutMs"}`` -> statusCode, method, url, responseLength."""
+
+    async def do_work(self, input: str | None, ctx: WorkerContext) -> Success | Failure:  # noqa: A002
+        try:
+            cfg = parse_config(HttpRequestConfig, input, upstream=ctx.upstream_data)
+            check_url(cfg.url, _config(ctx))
+        except ConfigError as exc:
+            return Failure(str(exc))
+        sent = await _send(cfg.method, cfg.url, cfg.timeout_ms, headers=cfg.headers,
+                           content=cfg.body.encode() if cfg.body is not None else None)
+        if isinstance(sent, Failure):
+            return sent
+        status, length = sent
+        return Success(data={"statusCode": status, "method": cfg.method, "url": cfg.url, "responseLength": length})
+
+
+class HttpSyncWorker(CommonWorker):
+    """``{"url", "method": POST|GET, "requestBody": <JSON>, "timeoutMs"}`` -> statusCode, method, url, responseLength."""
+
+    async def do_work(self, input: str | None, ctx: WorkerContext) -> Success | Failure:  # noqa: A002
+        try:
+            cfg = parse_config(HttpSyncConfig, input, upstream=ctx.upstream_data)
+            check_url(cfg.url, _config(ctx))
+        except ConfigError as exc:
+            return Failure(str(exc))
+        kwargs: dict[str, Any] = {"headers": {"Content-Type": "application/json"}}
+        if cfg.method == "POST":
+            kwargs["content"] = json.dumps(cfg.request_body).encode()
+        sent = await _send(cfg.method, cfg.url, cfg.timeout_ms, **kwargs)
+        if isinstance(sent, Failure):
+            return sent
+        status, length = sent
+        return Success(data={"statusCode": status, "method": cfg.method, "url": cfg.url, "responseLength": length})
+
+
+class HttpDownloadWorker(CommonWorker):
+    """``{"url", "savePath", "timeoutMs", "sha256"}`` -> fileSize, filePath, url.
+
+    Streams into ``<savePath>.part`` and renames when complete; a later attempt resumes
+    the part file with an HTTP Range request (starting over if the server ignores it).
+    """
+
+    async def do_work(self, input: str | None, ctx: WorkerContext) -> Success | Failure:  # noqa: A002
+        import httpx
+
+        config = _config(ctx)
+        try:
+            cfg = parse_config(HttpDownloadConfig, input, upstream=ctx.upstream_data)
+            check_url(cfg.url, config)
+            dest = safe_path(cfg.save_path, config, "savePath")
+        except ConfigError as exc:
+            return Failure(str(exc))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        part = dest.with_name(dest.name + ".part")
+        offset = part.stat().st_size if part.exists() else 0
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        try:
+            async with httpx.AsyncClient(timeout=cfg.timeout_ms / 1000, follow_redirects=True) as client:
+                async with client.stream("GET", cfg.url, headers=headers) as response:
+                    if response.status_code == 416 and offset:
+                        pass  # the part file is already whole
+                    else:
+                        failed = _status_failure(response.status_code, cfg.url)
+                        if failed is not None:
+                            return failed
+                        if response.status_code != 206:
+                            offset = 0  # no range support: start over
+                        length = response.headers.get("content-length")
+                        total = offset + int(length) if length and length.isdigit() else None
+                        if total is not None and total > config.download_max_bytes:
+                            return Failure(f"download of {total} bytes exceeds the cap of {config.download_max_bytes}")
+                        written = offset
+                        last_pct = -1
+                        with open(part, "ab" if offset else "wb") as out:
+                            async for chunk in response.aiter_bytes():  # as received: a drop keeps what came
+                                out.write(chunk)
+                                written += len(chunk)
+                                if written > config.download_max_bytes:
+                                    part.unlink(missing_ok=True)
+                                    return Failure(f"download exceeds the cap of {config.download_max_bytes} bytes")
+                                if total:
+                                    pct = min(100, written * 100 // total)
+                                    if pct != last_pct:
+                                        ctx.report_progress(pct, f"{written}/{total} bytes")
+                                        last_pct = pct
+        except (httpx.TimeoutException, httpx.TransportError) as exc:
+            return _transport_failure(exc, cfg.url)  # the part file stays for the resume
+        if cfg.sha256 is not None:
+            digest = hashlib.sha256()
+            with open(part, "rb") as f:
+                for block in iter(lambda: f.read(1024 * 1024), b""):
+                    digest.update(block)
+            if digest.hexdigest() != cfg.sha256.lower():
+                part.unlink(missing_ok=True)
+                return Failure(f"sha256 mismatch for {cfg.url}", should_retry=True)
+        os.replace(part, dest)
+        return Success(data={"fileSize": dest.stat().st_size, "filePath": str(dest), "url": cfg.url})
+
+
+class HttpUploadWorker(CommonWorker):
+    """``{"url", "filePath", "fileFieldName", "fields", "mimeType", "timeoutMs"}`` (multipart)
+    -> statusCode, fileSize, fileName, url, responseLength. In a chain, ``filePath`` defaults
+    to the previous step's ``outputPath`` or ``filePath``."""
+
+    async def do_work(self, input: str | None, ctx: WorkerContext) -> Success | Failure:  # noqa: A002
+        config = _config(ctx)
+        up = ctx.upstream_data
+        try:
+            cfg = parse_config(
+                HttpUploadConfig, input, {"filePath": up.get("outputPath") or up.get("filePath")}, up
+            )
+            check_url(cfg.url, config)
+            path = safe_path(cfg.file_path, config, "filePath")
+        except ConfigError as exc:
+            return Failure(str(exc))
+        if not path.is_file():
+            return Failure(f"filePath: {cfg.file_path!r} is not a file")
+        mime = cfg.mime_type or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        ctx.report_progress(0, f"uploading {path.name}")
+        with open(path, "rb") as f:
+            sent = await _send("POST", cfg.url, cfg.timeout_ms, data=cfg.fields,
+                               files={cfg.file_field_name: (path.name, f, mime)})
+        if isinstance(sent, Failure):
+            return sent
+        ctx.report_progress(100, f"uploaded {path.name}")
+        status, length = sent
+        return Success(data={"statusCode": status, "fileSize": path.stat().st_size, "fileName": path.name,
+                             "url": cfg.url, "responseLength": length})

@@ -1,0 +1,91 @@
+"""What the built-in workers may touch: URL and path checks, config parsing."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from pydantic import ValidationError
+
+from ..config import EngineConfig
+from .._model import Frozen
+
+C = TypeVar("C", bound=Frozen)
+
+
+class ConfigError(ValueError):
+    """A malformed worker config: the run fails at once, naming the field."""
+
+
+def parse_config(
+    model: type[C], raw: str | None, defaults: dict[str, Any] | None = None, upstream: dict[str, Any] | None = None
+) -> C:
+    """The worker's JSON ``input``, strictly validated, over ``defaults`` (known fields a
+    chain's upstream data supplies, e.g. a download's filePath for the compressor). A
+    step without its own input receives the upstream data itself: then only the
+    defaults apply."""
+    try:
+        own = json.loads(raw) if raw else {}
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"input: not valid JSON ({exc.msg})") from None
+    if not isinstance(own, dict):
+        raise ConfigError("input: must be a JSON object")
+    if upstream and own == upstream:
+        own = {}
+    merged = {k: v for k, v in (defaults or {}).items() if v is not None}
+    for key, value in own.items():  # the step's own config wins over upstream defaults
+        merged[key] = value
+    try:
+        return model.model_validate(merged)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "input"
+        raise ConfigError(f"{field}: {first['msg']}") from None
+
+
+def _host_matches(host: str, patterns: list[str]) -> bool:
+    return any(host == p or (p.startswith("*.") and host.endswith(p[1:])) for p in patterns)
+
+
+def check_url(url: str, config: EngineConfig) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise ConfigError(f"url: scheme must be http or https, got {parts.scheme or 'none'!r}")
+    host = (parts.hostname or "").lower()
+    if not host:
+        raise ConfigError("url: has no host")
+    if config.http_allow_hosts and not _host_matches(host, config.http_allow_hosts):
+        raise ConfigError(f"url: host {host!r} is not in the allow list")
+    if _host_matches(host, config.http_deny_hosts):
+        raise ConfigError(f"url: host {host!r} is denied")
+    if config.http_deny_private:
+        try:
+            addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+        except OSError as exc:
+            raise ConfigError(f"url: cannot resolve {host!r} ({exc})") from None
+        for addr in addresses:
+            ip = ipaddress.ip_address(addr.split("%")[0])
+            if ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved:
+                raise ConfigError(f"url: {host!r} resolves to a private address ({ip}), which is denied")
+    return url
+
+
+def base_dir(config: EngineConfig) -> Path:
+    base = Path(config.files_base_dir) if config.files_base_dir else Path(tempfile.gettempdir()) / "kmpray-files"
+    base.mkdir(parents=True, exist_ok=True)
+    return base.resolve()
+
+
+def safe_path(path: str, config: EngineConfig, field: str) -> Path:
+    """``path`` (absolute, or relative to the base dir) must resolve inside the base dir."""
+    base = base_dir(config)
+    candidate = Path(path)
+    resolved = (candidate if candidate.is_absolute() else base / candidate).resolve()
+    if resolved != base and base not in resolved.parents:
+        raise ConfigError(f"{field}: {path!r} is outside the allowed base directory {str(base)!r}")
+    return resolved
