@@ -1,4 +1,4 @@
-"""python -m bench <name> [--quick] [--json PATH] [--address ADDR]"""
+"""python -m bench <name> [--quick] [--json PATH] [--address ADDR]  |  python -m bench load --rate R ..."""
 
 from __future__ import annotations
 
@@ -6,12 +6,17 @@ import argparse
 import importlib
 import sys
 
-BENCHMARKS = ["dispatch", "chains"]
+BENCHMARKS = ["dispatch", "latency", "timers", "memory", "chains", "recovery"]
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["load"]:
+        from .load import main as load_main
+
+        return load_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("name", choices=[*BENCHMARKS, "all"])
+    parser.add_argument("name", choices=[*BENCHMARKS, "all", "load"], help="'load --help' for the load generator")
     parser.add_argument("--quick", action="store_true", help="small sizes (under a minute)")
     parser.add_argument("--json", default=None, help="write the result here instead of bench/results/")
     parser.add_argument("--address", default=None, help="a Ray cluster to run against (default: local)")

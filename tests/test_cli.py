@@ -93,3 +93,17 @@ def test_inspect_and_cancel_a_live_engine(vengine, ray_session) -> None:  # type
     assert vengine.get_task_info("later").state.value == "CANCELLED"
     again = kmpray("cancel", *engine, "later")
     assert again.returncode == 1 and "nothing unfinished" in again.stderr
+
+
+@pytest.mark.ray
+def test_start_brings_up_an_engine_on_a_running_cluster(ray_session, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import kmpray as lib
+
+    address = ray_session.get_runtime_context().gcs_address
+    out = kmpray("start", "--address", address, "--namespace", "cli-start", "--state-dir", str(tmp_path))
+    assert out.returncode == 0 and "engine 'cli-start' running" in out.stdout, out.stderr[-1000:]
+    attached = lib.connect(namespace="cli-start", state_dir=str(tmp_path))
+    try:
+        assert attached.status()["executors"] >= 1  # the detached engine outlived the CLI process
+    finally:
+        attached.shutdown()

@@ -20,6 +20,18 @@ import kmpray  # noqa: E402
 from kmpray import Constraints, EngineConfig, TaskRequest, TaskTrigger, WorkerResult  # noqa: E402
 
 
+class Logged(kmpray.CommonWorker):
+    """Appends its task id to a shared log, then takes a little while."""
+
+    async def do_work(self, input: str | None, ctx: kmpray.WorkerContext) -> bool:  # noqa: A002
+        import asyncio
+
+        with open(input or "", "a") as f:
+            f.write(ctx.task_id + "\n")
+        await asyncio.sleep(0.05)
+        return True
+
+
 class WhereAmI(kmpray.CommonWorker):
     async def do_work(self, input: str | None) -> WorkerResult:  # noqa: A002
         import ray
@@ -56,6 +68,24 @@ def main() -> None:
         sched.enqueue_many([TaskRequest("WhereAmI", id=f"s{i}") for i in range(40)])
         out["spread"] = sorted({sched.wait(f"s{i}", timeout_s=120).result.data["node"] for i in range(40)})
         out["executor_nodes"] = sched.status()["executor_nodes"]
+
+        # Fault: the worker node goes away while work is in flight on it.
+        import time
+
+        sched.register_worker("Logged", Logged)
+        log = os.path.join(tempfile.mkdtemp(), "runs.log")
+        ids = [f"f{i}" for i in range(300)]
+        sched.enqueue_many([TaskRequest("Logged", log, id=i) for i in ids])
+        time.sleep(0.5)  # let work spread onto both nodes before the fault
+        cluster.remove_node(other)
+        finished = [sched.wait(i, timeout_s=180).state.value for i in ids]
+        runs = open(log).read().split()
+        out["fault"] = {
+            "submitted": len(ids),
+            "succeeded": finished.count("SUCCEEDED"),
+            "lost": len(ids) - finished.count("SUCCEEDED"),
+            "duplicated": len(runs) - len(set(runs)),
+        }
     finally:
         sched.shutdown()
         ray.shutdown()

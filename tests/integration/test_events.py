@@ -146,3 +146,31 @@ def test_lists_and_infos_render_as_tables(vengine: Any) -> None:
     text = str(tasks)
     assert text.splitlines()[0].split()[:3] == ["id", "worker", "state"] and "SUCCEEDED" in text
     assert "<table>" in tasks._repr_html_() and "<td>t</td>" in tasks[0]._repr_html_()
+
+
+def test_actor_subscription_is_pushed_every_event(vengine: Any) -> None:
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class Inbox:
+        def __init__(self) -> None:
+            self.seen: list[str] = []
+
+        def on_event(self, event: Any) -> None:
+            self.seen.append(event.task_id)
+
+        def get(self) -> list[str]:
+            return self.seen
+
+    inbox = Inbox.remote()
+    sub = vengine.events.subscribe(actor=inbox)
+    try:
+        for i in range(3):
+            vengine.enqueue(f"a{i}", TaskTrigger.OneTime(), "Echo")
+            vengine.wait(f"a{i}", timeout_s=30)
+        from .helpers import until
+
+        until(lambda: len(ray.get(inbox.get.remote(), timeout=10)) >= 3, what="pushed events")
+        assert ray.get(inbox.get.remote(), timeout=10)[:3] == ["a0", "a1", "a2"]
+    finally:
+        sub.close()

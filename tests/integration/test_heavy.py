@@ -73,3 +73,14 @@ def test_a_run_that_ignores_cancel_is_stopped_after_the_grace(heavy: Any, tmp_pa
     heavy.enqueue("after", ONCE, "WarmModel", constraints=HEAVY)
     after = heavy.wait("after", timeout_s=60)  # runs once the stuck worker was stopped
     assert after.state is TaskState.SUCCEEDED and after.result.data["pid"] != pid_before
+
+
+def test_idle_heavy_workers_are_retired(engines: Any) -> None:
+    sched = engines(config=EngineConfig(heavy_pool_size=1, heavy_num_cpus=0, heavy_idle_timeout_s=0.5))
+    register_all(sched)
+    sched.enqueue("once", ONCE, "WarmModel", constraints=HEAVY)
+    first = sched.wait("once", timeout_s=60).result.data["pid"]
+    until(lambda: sched.status()["heavy_workers"] == [], timeout_s=30, what="the idle heavy worker to retire")
+    sched.enqueue("again", ONCE, "WarmModel", constraints=HEAVY)
+    again = sched.wait("again", timeout_s=60).result.data
+    assert again["pid"] != first and again["calls"] == 1  # a fresh actor, fresh warm state

@@ -25,3 +25,7 @@ def test_placement_on_a_two_node_cluster() -> None:
     assert out["on_head"] == out["head"]  # after the states swapped
     assert out["heavy"] == out["other"]  # the node with the `heavy` resource
     assert out["spread"] == sorted([out["head"], out["other"]])  # light work used both nodes
+    fault = out["fault"]  # the worker node removed mid-load
+    assert fault["succeeded"] == fault["submitted"] == 300 and fault["lost"] == 0
+    assert fault["duplicated"] <= 256  # only runs in flight at the fault (at most one executor window)
+    print("node removal:", fault)

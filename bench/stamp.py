@@ -1,0 +1,44 @@
+"""A no-op worker that reports when it started, shared by the latency benchmarks."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import kmpray
+
+
+class BenchStamp(kmpray.CommonWorker):
+    async def do_work(self, input: str | None) -> Any:  # noqa: A002
+        return kmpray.WorkerResult.Success(data={"t": time.time() * 1000})
+
+
+def register(sched: Any) -> None:
+    sched.register_worker("BenchStamp", BenchStamp)
+
+
+def collect_starts(sub: Any, ids: set[str], timeout_s: float = 300) -> dict[str, float]:
+    """Worker start stamps from completion events (one subscription, no per-task calls)."""
+    starts: dict[str, float] = {}
+    deadline = time.monotonic() + timeout_s
+    while len(starts) < len(ids) and time.monotonic() < deadline:
+        event = sub.get(timeout_s=5)
+        if event is not None and event.kind == "completion" and event.task_id in ids and event.output_data:
+            starts[event.task_id] = event.output_data["t"]
+    if len(starts) < len(ids):
+        raise RuntimeError(f"only {len(starts)}/{len(ids)} completions within {timeout_s} s")
+    return starts
+
+
+def scheduler_pid(ray: Any, namespace: str) -> int:
+    import os
+
+    actor = ray.get_actor("kmpray.scheduler", namespace=namespace)
+    return int(ray.get(actor.__ray_call__.remote(lambda self: os.getpid())))
+
+
+def rss_bytes(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
