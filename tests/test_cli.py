@@ -27,6 +27,13 @@ def test_help_lists_the_commands() -> None:
         assert command in out.stdout
 
 
+def test_bench_is_reachable_from_the_cli() -> None:
+    out = kmpray("bench", "load", "--help")
+    assert out.returncode == 0 and "--rate" in out.stdout and "--mix" in out.stdout
+    bad = kmpray("bench", "load", "--rate", "10", "--mix", "sometimes:1")
+    assert bad.returncode == 2 and "unknown kind 'sometimes'" in bad.stderr
+
+
 def test_bad_option_is_one_clear_line_and_exit_code_2() -> None:
     out = kmpray("list", "--state", "SLEEPING")
     assert out.returncode == 2 and "SLEEPING" in out.stderr
