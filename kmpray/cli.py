@@ -135,10 +135,12 @@ def events(address: str | None, namespace: str, state_dir: str | None, since: in
         sub.close()
 
 
-@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@main.command(
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True}, add_help_option=False
+)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def bench(args: tuple[str, ...]) -> None:
-    """Run benchmarks (delegates to ``python -m bench``)."""
+    """Run benchmarks (delegates to ``python -m bench``; try ``kmpray bench --help``)."""
     try:
         from bench.__main__ import main as bench_main
     except ImportError as exc:
