@@ -317,12 +317,18 @@ class BackgroundTaskScheduler:
         constraints: Constraints | None = None,
     ) -> ScheduleResult:
         """Schedule one task. The reason for a rejection is in ``last_reason`` (and logged)."""
-        try:
-            item = self._item(id, trigger, worker_class_name, input, constraints)
-        except InvalidParameters as exc:
-            self.last_reason = str(exc)
+        item = self._prepare(id, trigger, worker_class_name, input, constraints)
+        if item is None:
             return ScheduleResult.REJECTED_INVALID_PARAMS
         return self._results(self._call("enqueue_many", [item]))[0]
+
+    def _prepare(self, *args: Any) -> dict[str, Any] | None:
+        """The wire item for one enqueue, or None (with ``last_reason`` set) if it is malformed."""
+        try:
+            return self._item(*args)
+        except InvalidParameters as exc:
+            self.last_reason = str(exc)
+            return None
 
     async def enqueue_async(
         self,
@@ -332,10 +338,8 @@ class BackgroundTaskScheduler:
         input: str | None = None,  # noqa: A002
         constraints: Constraints | None = None,
     ) -> ScheduleResult:
-        try:
-            item = self._item(id, trigger, worker_class_name, input, constraints)
-        except InvalidParameters as exc:
-            self.last_reason = str(exc)
+        item = self._prepare(id, trigger, worker_class_name, input, constraints)
+        if item is None:
             return ScheduleResult.REJECTED_INVALID_PARAMS
         return self._results(await self._call_async("enqueue_many", [item]))[0]
 

@@ -281,14 +281,9 @@ class SchedulerCore:
             check_trigger(trigger, constraints, self.platform, now, self.config)
             if not (self.is_registered(worker) or self.is_known(worker)):
                 raise InvalidParameters(f"worker_class_name: {worker!r} is not a registered worker")
-            if self.pending >= self.config.max_pending_tasks:
-                raise RejectedByPolicy(
-                    f"admission: {self.pending} tasks pending, the limit is {self.config.max_pending_tasks}"
-                )
-        except InvalidParameters as exc:
-            return Outcome(ScheduleResult.REJECTED_INVALID_PARAMS, str(exc))
-        except RejectedByPolicy as exc:
-            return Outcome(ScheduleResult.REJECTED_OS_POLICY, str(exc))
+            self._admit(1)
+        except KmprayError as exc:
+            return outcome_for(exc)
         constraints = self._platform_constraints(task_id, constraints)
 
         if task_id in self.chains:
@@ -334,6 +329,13 @@ class SchedulerCore:
         )
         self._insert(rec, now)
         return Outcome(ScheduleResult.SUCCESS)
+
+    def _admit(self, n: int) -> None:
+        """Admission control: too many unfinished tasks is the OS policy's 'no'."""
+        if self.pending + n > self.config.max_pending_tasks:
+            raise RejectedByPolicy(
+                f"admission: {self.pending} tasks pending, the limit is {self.config.max_pending_tasks}"
+            )
 
     def _platform_constraints(self, task_id: str, c: Constraints) -> Constraints:
         """Constraints the platform cannot honour are dropped, with a warning (iOS)."""
@@ -795,14 +797,9 @@ class SchedulerCore:
                         raise InvalidParameters(
                             f"step {n} worker_class_name: {task['worker']!r} is not a registered worker"
                         )
-            if self.pending + total > self.config.max_pending_tasks:
-                raise RejectedByPolicy(
-                    f"admission: {self.pending} tasks pending, the limit is {self.config.max_pending_tasks}"
-                )
-        except InvalidParameters as exc:
-            return Outcome(ScheduleResult.REJECTED_INVALID_PARAMS, str(exc))
-        except RejectedByPolicy as exc:
-            return Outcome(ScheduleResult.REJECTED_OS_POLICY, str(exc))
+            self._admit(total)
+        except KmprayError as exc:
+            return outcome_for(exc)
 
         last_run_ids = self._remove_chain(chain_id, now) if existing is not None else {}
         chain = ChainRecord(chain_id, [[t["id"] for t in step] for step in steps], now)
@@ -901,4 +898,4 @@ def outcome_for(exc: KmprayError) -> Outcome:
     return Outcome(ScheduleResult.FAILED_UNKNOWN, str(exc))
 
 
-__all__ = ["Dispatch", "Effects", "InputMerger", "Outcome", "SchedulerCore", "outcome_for"]
+__all__ = ["Dispatch", "Effects", "Outcome", "SchedulerCore", "outcome_for"]

@@ -6,10 +6,11 @@ transaction, so a burst of enqueues costs one fsync-bounded commit, not one each
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -53,6 +54,18 @@ class EventLog(Protocol):
     def close(self) -> None: ...
 
 
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One explicit transaction: committed whole, or rolled back whole."""
+    conn.execute("BEGIN")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
@@ -90,9 +103,7 @@ class SqliteTaskStore:
         chains_gone = [(k,) for k in delete_chains]
         if not (rows or gone or chain_rows or chains_gone):
             return
-        conn = self._conn
-        conn.execute("BEGIN")
-        try:
+        with _transaction(self._conn) as conn:
             if gone:
                 conn.executemany("DELETE FROM tasks WHERE key = ?", gone)
             if rows:
@@ -101,10 +112,6 @@ class SqliteTaskStore:
                 conn.executemany("DELETE FROM chains WHERE id = ?", chains_gone)
             if chain_rows:
                 conn.executemany("INSERT OR REPLACE INTO chains (id, row) VALUES (?, ?)", chain_rows)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     def get_meta(self, key: str) -> object | None:
         row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -174,16 +181,9 @@ class SqliteEventLog:
     def append(self, events: list[bytes]) -> list[int]:
         if not events:
             return []
-        with self._lock:
-            conn = self._conn
-            conn.execute("BEGIN")
-            try:
-                start = self.last_cursor()
-                conn.executemany("INSERT INTO events (body) VALUES (?)", [(e,) for e in events])
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        with self._lock, _transaction(self._conn) as conn:
+            start = self.last_cursor()
+            conn.executemany("INSERT INTO events (body) VALUES (?)", [(e,) for e in events])
             # AUTOINCREMENT never reuses a cursor, so the batch owns start+1..start+n.
             return list(range(start + 1, start + 1 + len(events)))
 

@@ -87,6 +87,15 @@ async def _send(method: str, url: str, timeout_ms: int, **kwargs: Any) -> tuple[
     return failed if failed is not None else (response.status_code, len(response.content))
 
 
+async def _request(method: str, url: str, timeout_ms: int, **kwargs: Any) -> Success | Failure:
+    """Send, and describe the response as the request/sync workers' ``Success.data``."""
+    sent = await _send(method, url, timeout_ms, **kwargs)
+    if isinstance(sent, Failure):
+        return sent
+    status, length = sent
+    return Success(data={"statusCode": status, "method": method, "url": url, "responseLength": length})
+
+
 class HttpRequestWorker(CommonWorker):
     """``{"url", "method", "headers", "body", "timeoutMs"}`` -> statusCode, method, url, responseLength."""
 
@@ -96,12 +105,8 @@ class HttpRequestWorker(CommonWorker):
             check_url(cfg.url, _config(ctx))
         except ConfigError as exc:
             return Failure(str(exc))
-        sent = await _send(cfg.method, cfg.url, cfg.timeout_ms, headers=cfg.headers,
-                           content=cfg.body.encode() if cfg.body is not None else None)
-        if isinstance(sent, Failure):
-            return sent
-        status, length = sent
-        return Success(data={"statusCode": status, "method": cfg.method, "url": cfg.url, "responseLength": length})
+        return await _request(cfg.method, cfg.url, cfg.timeout_ms, headers=cfg.headers,
+                              content=cfg.body.encode() if cfg.body is not None else None)
 
 
 class HttpSyncWorker(CommonWorker):
@@ -116,11 +121,7 @@ class HttpSyncWorker(CommonWorker):
         kwargs: dict[str, Any] = {"headers": {"Content-Type": "application/json"}}
         if cfg.method == "POST":
             kwargs["content"] = json.dumps(cfg.request_body).encode()
-        sent = await _send(cfg.method, cfg.url, cfg.timeout_ms, **kwargs)
-        if isinstance(sent, Failure):
-            return sent
-        status, length = sent
-        return Success(data={"statusCode": status, "method": cfg.method, "url": cfg.url, "responseLength": length})
+        return await _request(cfg.method, cfg.url, cfg.timeout_ms, **kwargs)
 
 
 class HttpDownloadWorker(CommonWorker):

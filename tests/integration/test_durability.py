@@ -95,3 +95,30 @@ def test_shutdown_then_connect_resumes_pending_and_periodic_work(ray_session: An
         assert second.get_task_info("every").run_count == 5
     finally:
         second.shutdown()
+
+
+@pytest.mark.slow
+def test_scheduler_killed_under_load_of_ten_thousand_tasks(engines: Any, tmp_path: Path) -> None:
+    import ray
+
+    from kmpray import TaskRequest
+
+    sched = engines()
+    register_all(sched)
+    log = tmp_path / "runs.log"
+    inp = json.dumps({"log": str(log)})
+    ids = [f"L{i}" for i in range(10_000)]
+    for k in range(0, len(ids), 2_000):
+        results = sched.enqueue_many([TaskRequest("Echo", inp, id=i) for i in ids[k : k + 2_000]])
+        assert results == [ScheduleResult.SUCCESS] * 2_000
+    until(lambda: count_runs(str(log)) > 500, what="the load to be running")
+    _kill("kmpray.scheduler", sched.namespace)
+    states = [sched.wait(i, timeout_s=120).state for i in ids]
+    runs = log.read_text().split()
+    ran = [r for r in runs[::2]]  # the Echo log line is "<task id> <attempt>"
+    lost = len(ids) - states.count(TaskState.SUCCEEDED)
+    duplicated = len(ran) - len(set(ran))
+    print(f"scheduler kill under load: submitted={len(ids)} lost={lost} duplicated={duplicated}")
+    assert lost == 0 and set(ran) == set(ids)
+    in_flight_max = sched.status()["executors"] * kmpray.EngineConfig().executor_window
+    assert duplicated <= in_flight_max  # only runs in flight at the kill: at most the executors' windows
