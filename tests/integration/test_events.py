@@ -174,3 +174,20 @@ def test_actor_subscription_is_pushed_every_event(vengine: Any) -> None:
         assert ray.get(inbox.get.remote(), timeout=10)[:3] == ["a0", "a1", "a2"]
     finally:
         sub.close()
+
+
+def test_subscriptions_are_async_iterable(vengine: Any) -> None:
+    import asyncio
+
+    sub = vengine.events.subscribe()
+    vengine.enqueue("as", TaskTrigger.OneTime(), "Progress")
+
+    async def first_completion() -> Any:
+        async for event in sub:
+            if event.kind == "completion":
+                return event
+        return None
+
+    event = asyncio.run(asyncio.wait_for(first_completion(), 30))
+    sub.close()
+    assert event.task_id == "as" and event.success and event.output_data == {"done": True}
