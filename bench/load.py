@@ -12,7 +12,6 @@ import argparse
 import random
 import threading
 import time
-from typing import Any
 
 from .common import percentiles, ray_up, table, write
 from .stamp import register

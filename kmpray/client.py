@@ -408,18 +408,6 @@ class BackgroundTaskScheduler:
         result, self.last_reason = await self._call_async("enqueue_chain", chain.payload())
         return ScheduleResult(result)
 
-    def _wait_chain(self, id: str, deadline: float | None) -> ChainInfo:  # noqa: A002
-        while True:
-            chunk = WAIT_CHUNK_S if deadline is None else min(WAIT_CHUNK_S, deadline - time.monotonic())
-            if chunk <= 0:
-                raise TimeoutError(f"chain {id!r} not finished in time")
-            raw = self._call("wait_chain", id, chunk, timeout_s=chunk + CALL_TIMEOUT_S)
-            if raw is None:
-                raise TaskNotFound(f"no task or chain {id!r}")
-            info = ChainInfo.model_validate(raw)
-            if info.state.is_finished:
-                return info
-
     def list_tasks(self, state: TaskState | None = None) -> TaskList:
         raw = self._call("list_tasks", TaskState(state).value if state is not None else None)
         return TaskList(TaskInfo.model_validate(r) for r in raw)
@@ -443,17 +431,34 @@ class BackgroundTaskScheduler:
             results = [self._wait_one(i, deadline) for i in ids]
         return results[0] if isinstance(id, str) else results
 
-    def _poll_done(self, id: str, first: TaskInfo | None) -> TaskInfo | ChainInfo | None:  # noqa: A002
-        """The info if ``id`` is done now (no waiting), else None."""
+    @staticmethod
+    def _wait_call(id: str, first: TaskInfo | None, chunk: float) -> tuple[Any, ...]:  # noqa: A002
+        """The scheduler call for one bounded round of waiting on a task or (no task) a chain."""
+        return ("wait_chain", id, chunk) if first is None else ("wait", id, chunk, first.run_count)
+
+    @staticmethod
+    def _done(id: str, first: TaskInfo | None, raw: dict[str, Any] | None) -> TaskInfo | ChainInfo | None:  # noqa: A002
+        """The info if that round found ``id`` done, else None: finished, or for a periodic or
+        event-triggered task, a run that ended after ``first``."""
+        if raw is None:
+            raise TaskNotFound(f"no task or chain {id!r}")
         if first is None:
-            raw = self._call("wait_chain", id, 0)
-            if raw is None:
-                raise TaskNotFound(f"no task or chain {id!r}")
             chain = ChainInfo.model_validate(raw)
             return chain if chain.state.is_finished else None
-        raw = self._call("wait", id, 0, first.run_count)
         info = TaskInfo.model_validate(raw)
-        return info if info.state.is_finished or (info.run_count > first.run_count and _recurs(info)) else None
+        recurred = info.run_count > first.run_count and _recurs(info)
+        return info if info.state.is_finished or recurred else None
+
+    @staticmethod
+    def _chunk(id: str, deadline: float | None) -> float:  # noqa: A002
+        chunk = WAIT_CHUNK_S if deadline is None else min(WAIT_CHUNK_S, deadline - time.monotonic())
+        if chunk <= 0:
+            raise TimeoutError(f"{id!r} not finished in time")
+        return chunk
+
+    def _poll_done(self, id: str, first: TaskInfo | None) -> TaskInfo | ChainInfo | None:  # noqa: A002
+        """The info if ``id`` is done now (no waiting), else None."""
+        return self._done(id, first, self._call(*self._wait_call(id, first, 0)))
 
     def _wait_with_bar(self, ids: list[str], deadline: float | None) -> list[Any]:
         from tqdm.auto import tqdm
@@ -495,43 +500,20 @@ class BackgroundTaskScheduler:
 
     def _wait_one(self, id: str, deadline: float | None) -> TaskInfo | ChainInfo:  # noqa: A002
         first = self.get_task_info(id)
-        if first is None:
-            return self._wait_chain(id, deadline)
         while True:
-            chunk = WAIT_CHUNK_S if deadline is None else min(WAIT_CHUNK_S, deadline - time.monotonic())
-            if chunk <= 0:
-                raise TimeoutError(f"task {id!r} not finished in time")
-            raw = self._call("wait", id, chunk, first.run_count, timeout_s=chunk + CALL_TIMEOUT_S)
-            if raw is None:
-                raise TaskNotFound(f"no task {id!r}")
-            info = TaskInfo.model_validate(raw)
-            if info.state.is_finished or info.run_count > first.run_count and _recurs(info):
-                return info
+            chunk = self._chunk(id, deadline)
+            raw = self._call(*self._wait_call(id, first, chunk), timeout_s=chunk + CALL_TIMEOUT_S)
+            if (done := self._done(id, first, raw)) is not None:
+                return done
 
     async def wait_async(self, id: str, timeout_s: float | None = None) -> TaskInfo | ChainInfo:  # noqa: A002
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         first = await self.get_task_info_async(id)
-        if first is None:
-            while True:
-                chunk = WAIT_CHUNK_S if deadline is None else min(WAIT_CHUNK_S, deadline - time.monotonic())
-                if chunk <= 0:
-                    raise TimeoutError(f"chain {id!r} not finished in time")
-                raw = await self._call_async("wait_chain", id, chunk, timeout_s=chunk + CALL_TIMEOUT_S)
-                if raw is None:
-                    raise TaskNotFound(f"no task or chain {id!r}")
-                chain = ChainInfo.model_validate(raw)
-                if chain.state.is_finished:
-                    return chain
         while True:
-            chunk = WAIT_CHUNK_S if deadline is None else min(WAIT_CHUNK_S, deadline - time.monotonic())
-            if chunk <= 0:
-                raise TimeoutError(f"task {id!r} not finished after {timeout_s} s")
-            raw = await self._call_async("wait", id, chunk, first.run_count, timeout_s=chunk + CALL_TIMEOUT_S)
-            if raw is None:
-                raise TaskNotFound(f"no task {id!r}")
-            info = TaskInfo.model_validate(raw)
-            if info.state.is_finished or info.run_count > first.run_count and _recurs(info):
-                return info
+            chunk = self._chunk(id, deadline)
+            raw = await self._call_async(*self._wait_call(id, first, chunk), timeout_s=chunk + CALL_TIMEOUT_S)
+            if (done := self._done(id, first, raw)) is not None:
+                return done
 
     def advance_time(self, ms: int) -> int:
         """Virtual time only: move the clock ``ms`` forward, running everything that falls due

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from pydantic import Field
 
@@ -95,6 +95,3 @@ class TaskList(list[TaskInfo]):
 
         return tasks_html(self)
 
-
-def info_from_dict(raw: dict[str, Any]) -> TaskInfo:
-    return TaskInfo.model_validate(raw)

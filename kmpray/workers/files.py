@@ -5,7 +5,6 @@ from __future__ import annotations
 import fnmatch
 import shutil
 import zipfile
-from pathlib import Path
 from typing import Literal
 
 from .._model import Frozen

@@ -99,7 +99,6 @@ def test_shutdown_then_connect_resumes_pending_and_periodic_work(ray_session: An
 
 @pytest.mark.slow
 def test_scheduler_killed_under_load_of_ten_thousand_tasks(engines: Any, tmp_path: Path) -> None:
-    import ray
 
     from kmpray import TaskRequest
 
@@ -114,8 +113,7 @@ def test_scheduler_killed_under_load_of_ten_thousand_tasks(engines: Any, tmp_pat
     until(lambda: count_runs(str(log)) > 500, what="the load to be running")
     _kill("kmpray.scheduler", sched.namespace)
     states = [sched.wait(i, timeout_s=120).state for i in ids]
-    runs = log.read_text().split()
-    ran = [r for r in runs[::2]]  # the Echo log line is "<task id> <attempt>"
+    ran = log.read_text().split()[::2]  # each Echo log line is "<task id> <attempt>"
     lost = len(ids) - states.count(TaskState.SUCCEEDED)
     duplicated = len(ran) - len(set(ran))
     print(f"scheduler kill under load: submitted={len(ids)} lost={lost} duplicated={duplicated}")
