@@ -268,9 +268,14 @@ class SchedulerActor:
     def _dispatch(self) -> None:
         limit = self.config.executor_window
         while self.core.ready_count():
-            if self._incarnations and self._incarnations[0] is None:
-                return
-            free = [(limit - len(q), i) for i, q in enumerate(self._inflight) if len(q) < limit]
+            # Only executors that answered their last ping: one whose node died is pending
+            # forever, and runs sent there would never come back (reconcile re-queued its old
+            # ones and marks it usable again when it answers).
+            free = [
+                (limit - len(q), i)
+                for i, q in enumerate(self._inflight)
+                if len(q) < limit and self._incarnations[i] is not None
+            ]
             room = sum(n for n, _ in free)
             idle_heavy = [i for i, slot in enumerate(self._heavy) if slot.run is None]
             batch = self.core.take_ready(min(room, self.config.max_batch * len(free)), len(idle_heavy))

@@ -68,6 +68,8 @@ def main() -> None:
         sched.enqueue_many([TaskRequest("WhereAmI", id=f"s{i}") for i in range(40)])
         out["spread"] = sorted({sched.wait(f"s{i}", timeout_s=120).result.data["node"] for i in range(40)})
         out["executor_nodes"] = sched.status()["executor_nodes"]
+        if "fault" not in sys.argv[1:]:
+            return
 
         # Fault: the worker node goes away while work is in flight on it.
         import time
@@ -76,9 +78,19 @@ def main() -> None:
         log = os.path.join(tempfile.mkdtemp(), "runs.log")
         ids = [f"f{i}" for i in range(300)]
         sched.enqueue_many([TaskRequest("Logged", log, id=i) for i in ids])
-        time.sleep(0.5)  # let work spread onto both nodes before the fault
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # the fault must hit a running load, not an idle one
+            if os.path.exists(log) and len(open(log).read().split()) >= 20:
+                break
+            time.sleep(0.01)
         cluster.remove_node(other)
-        finished = [sched.wait(i, timeout_s=180).state.value for i in ids]
+        finished = []
+        deadline = time.monotonic() + 60  # one bound for the whole fault, not one per task
+        for i in ids:
+            try:
+                finished.append(sched.wait(i, timeout_s=max(0.1, deadline - time.monotonic())).state.value)
+            except TimeoutError:
+                finished.append("UNFINISHED")
         runs = open(log).read().split()
         out["fault"] = {
             "submitted": len(ids),
@@ -87,11 +99,11 @@ def main() -> None:
             "duplicated": len(runs) - len(set(runs)),
         }
     finally:
+        print("RESULT " + json.dumps(out))
+        sys.stdout.flush()
         sched.shutdown()
         ray.shutdown()
         cluster.shutdown()
-    print("RESULT " + json.dumps(out))
-    sys.stdout.flush()
 
 
 if __name__ == "__main__":
