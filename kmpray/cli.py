@@ -12,9 +12,13 @@ from .enums import TaskState
 
 
 def _connect(address: str | None, namespace: str, state_dir: str | None) -> Any:
+    import ray
+
     from .client import connect
 
     try:
+        if not ray.is_initialized():  # actor logs must not mix into the CLI's output (e.g. --json)
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
         return connect(address=address, namespace=namespace, state_dir=state_dir)
     except Exception as exc:
         raise click.ClickException(f"cannot reach the engine: {exc}") from None
