@@ -21,19 +21,29 @@ def ensure_engine(
 ) -> dict[str, Any]:
     """Handles to the engine's singletons, creating any that are missing.
 
-    Singletons are pinned (softly) to the node this is called from; on a cluster that is
-    the head node, where the SQLite store lives. ``get_if_exists`` makes two concurrent
-    connects converge on one engine.
+    Singletons are pinned hard to the head node: the SQLite store lives on its disk, and
+    a worker node leaving the cluster must not take the scheduler with it (the head
+    leaving ends the cluster anyway). ``get_if_exists`` makes two concurrent connects
+    converge on one engine.
     """
-    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=True)
+    head = head_node_id()
+    here = NodeAffinitySchedulingStrategy(node_id=head or ray.get_runtime_context().get_node_id(), soft=head is None)
     common = {"namespace": namespace, "lifetime": "detached", "get_if_exists": True, "scheduling_strategy": here}
-    registry = WorkerRegistry.options(name=REGISTRY, **common).remote()
+    registry = WorkerRegistry.options(name=REGISTRY, **common).remote(namespace)
     broker = EventBroker.options(name=BROKER, **common).remote(state_dir, config.event_retention)
     oracle = ConstraintOracle.options(name=ORACLE, **common).remote(namespace, state_dir, config.model_dump())
     scheduler = SchedulerActor.options(name=SCHEDULER, **common).remote(
         namespace, state_dir, virtual_time, platform, config.model_dump()
     )
     return {"registry": registry, "broker": broker, "scheduler": scheduler, "oracle": oracle}
+
+
+def head_node_id() -> str | None:
+    """The alive node carrying Ray's head marker resource, if Ray reports one."""
+    for node in ray.nodes():
+        if node.get("Alive") and "node:__internal_head__" in node.get("Resources", {}):
+            return str(node["NodeID"])
+    return None
 
 
 def stop_engine(namespace: str) -> list[str]:

@@ -12,7 +12,7 @@ import kmpray
 from kmpray import FIFTEEN_MINUTES, ONE_HOUR, ScheduleResult, TaskState, TaskTrigger
 
 from .helpers import blocks_input, count_runs, until
-from .workers import register_all
+from .workers import ALL, register_all
 
 pytestmark = pytest.mark.ray
 
@@ -69,6 +69,22 @@ def test_killed_executor_reruns_its_runs(engines: Any, tmp_path: Path) -> None:
     release.touch()
     info = sched.wait("x", timeout_s=60)
     assert info.state is TaskState.SUCCEEDED and info.run_attempt_count == 1
+
+
+def test_worker_classes_survive_a_registry_restart_then_a_scheduler_restart(engines: Any) -> None:
+    """Classes are never stored (no pickle read back): registry and scheduler hold copies."""
+    sched = engines()
+    register_all(sched)
+    _kill("kmpray.registry", sched.namespace)
+    sched.enqueue("after-registry", TaskTrigger.OneTime(), "Echo", input="a")
+    info = sched.wait("after-registry", timeout_s=60)
+    assert info.state is TaskState.SUCCEEDED, info.result
+    _kill("kmpray.scheduler", sched.namespace)  # now the registry is the one with the copies
+    sched.enqueue("after-both", TaskTrigger.OneTime(), "Echo", input="b")
+    info = sched.wait("after-both", timeout_s=60)
+    assert info.state is TaskState.SUCCEEDED, info.result
+    assert sched.status()["waiting_for_registration"] == {}
+    assert set(ALL) <= set(sched.status()["workers"])
 
 
 def test_shutdown_then_connect_resumes_pending_and_periodic_work(ray_session: Any, tmp_path: Path) -> None:
