@@ -69,9 +69,11 @@ class HeavySlot:
     incarnation: str | None = None
     run: tuple[str, int] | None = None
     idle_since: float = field(default_factory=time.monotonic)
+    unreachable_since: float | None = None
 
 
 RECONCILE_S = 1.0
+PING_TIMEOUT_S = 10.0
 PRUNE_S = 60.0
 
 
@@ -91,6 +93,7 @@ class SchedulerActor:
         self.virtual_time = virtual_time
         self.platform = platform
         self.registered: dict[str, int] = {}
+        self._blobs: dict[str, tuple[int, bytes]] = {}
         known = self.store.get_meta("known_workers")
         self.known: set[str] = set(known) if isinstance(known, list) else set()
         self.core = SchedulerCore(
@@ -105,6 +108,8 @@ class SchedulerActor:
         self._incarnations: list[str | None] = []
         self._inflight: list[dict[tuple[str, int], None]] = []
         self._exec_nodes: list[str | None] = []
+        self._retired: set[int] = set()
+        self._reconciling = asyncio.Lock()
         self._watcher = FileWatcher()
         self._where: dict[tuple[str, int], int] = {}
         self._heavy = [HeavySlot() for _ in range(self.config.heavy_pool_size)]
@@ -120,30 +125,37 @@ class SchedulerActor:
     # ------------------------------------------------------------- lifecycle
     async def _start(self) -> None:
         registry = lookup(REGISTRY, self.namespace)
-        self.registered.update(await registry.versions.remote())
+        # Restarted while the registry lived on: take its copies back (see actors/registry.py).
+        self._blobs.update(await call_with_retry(lambda: registry.dump.remote()))
+        self.registered.update({name: version for name, (version, _blob) in self._blobs.items()})
         self._broker = lookup(BROKER, self.namespace)
         oracle = lookup(ORACLE, self.namespace)
         states = await oracle.ready.remote()
         self.core.set_devices({n: DeviceState.model_validate(s) for n, s in states.items()})
-        for i, node in enumerate(self._executor_nodes()):
-            handle = LightExecutor.options(
-                name=EXECUTOR.format(i),
-                namespace=self.namespace,
-                lifetime="detached",
-                get_if_exists=True,
-                # Hard: a soft affinity may land elsewhere and leave a node with no executor,
-                # so runs gated to that node would have nowhere to go.
-                scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False),
-            ).remote(self.namespace, i, self.config.model_dump())
-            self._executors.append(handle)
-            self._inflight.append({})
-            self._incarnations.append(None)
-            self._exec_nodes.append(None)
+        for node in self._executor_nodes():
+            self._add_executor(node)
         for i, handle in enumerate(self._executors):
             self._incarnations[i], _running, self._exec_nodes[i] = await handle.ping.remote()
         self._flush()
         asyncio.ensure_future(self._loop())
         asyncio.ensure_future(self._housekeeping())
+
+    def _add_executor(self, node: str) -> int:
+        i = len(self._executors)
+        handle = LightExecutor.options(
+            name=EXECUTOR.format(i),
+            namespace=self.namespace,
+            lifetime="detached",
+            get_if_exists=True,
+            # Hard: a soft affinity may land elsewhere and leave a node with no executor,
+            # so runs gated to that node would have nowhere to go.
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False),
+        ).remote(self.namespace, i, self.config.model_dump())
+        self._executors.append(handle)
+        self._inflight.append({})
+        self._incarnations.append(None)
+        self._exec_nodes.append(node)  # until its ping says (an existing one may be elsewhere)
+        return i
 
     def _executor_nodes(self) -> list[str]:
         """One executor per CPU on every alive node, or ``executors`` spread over the nodes."""
@@ -170,9 +182,11 @@ class SchedulerActor:
             "virtual_time": self.virtual_time,
             "platform": self.platform,
             "now_ms": self.clock.now_ms(),
-            "executors": len(self._executors),
-            "executor_nodes": list(self._exec_nodes),
+            "node": ray.get_runtime_context().get_node_id(),
+            "executors": len(self._executors) - len(self._retired),
+            "executor_nodes": [n for i, n in enumerate(self._exec_nodes) if i not in self._retired],
             "inflight": len(self._where) + len(self._heavy_where),
+            "inflight_by_node": self._inflight_by_node(),
             "heavy_workers": [i for i, slot in enumerate(self._heavy) if slot.handle is not None],
             "gated": self.core.gated_count(),
             "nodes": {n: s.model_dump(mode="json") for n, s in self.core.devices.items()},
@@ -183,6 +197,14 @@ class SchedulerActor:
             "workers": sorted(self.registered),
             "waiting_for_registration": self.core.parked(),
         }
+
+    def _inflight_by_node(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for i, runs in enumerate(self._inflight):
+            node = self._exec_nodes[i]
+            if runs and node is not None:
+                out[node] = out.get(node, 0) + len(runs)
+        return out
 
     async def _loop(self) -> None:
         while True:
@@ -218,23 +240,65 @@ class SchedulerActor:
                 log.exception("housekeeping failed; will retry")
 
     async def _reconcile(self) -> None:
-        """Runs on an executor that died or restarted are lost: run them again."""
-        for i, handle in enumerate(self._executors):
-            try:
-                incarnation, _running, node = await asyncio.wait_for(handle.ping.remote(), 10)
-                self._exec_nodes[i] = node
-            except Exception:
-                incarnation = None
+        async with self._reconciling:
+            await self._reconcile_executors()
+            await self._reconcile_heavy()
+
+    async def _ping(self, handle: Any) -> tuple[str, int, str] | None:
+        try:
+            return tuple(await asyncio.wait_for(handle.ping.remote(), PING_TIMEOUT_S))  # type: ignore[return-value]
+        except Exception:
+            return None
+
+    async def _reconcile_executors(self) -> None:
+        """Runs on an executor that died or restarted are lost: run them again. Executors of
+        a node that left the cluster are retired; a node that joined gets its own."""
+        nodes = {n["NodeID"]: n for n in await asyncio.to_thread(ray.nodes) if n.get("Alive")}
+        live = [i for i in range(len(self._executors)) if i not in self._retired]
+        answers = await asyncio.gather(*(self._ping(self._executors[i]) for i in live))
+        for i, answer in zip(live, answers, strict=True):
+            incarnation = None
+            if answer is not None:
+                incarnation, _running, self._exec_nodes[i] = answer
             if incarnation != self._incarnations[i]:
-                lost = list(self._inflight[i])
-                for key in lost:
-                    self._where.pop(key, None)
-                    self.core.run_lost(*key)
-                self._inflight[i].clear()
+                self._lose_runs(i, "restarted")
                 self._incarnations[i] = incarnation
-                if lost:
-                    log.warning("executor %d restarted: re-running %d runs", i, len(lost))
-                    self._kick()
+            if incarnation is None and nodes and self._exec_nodes[i] not in nodes:
+                # Pinned hard to a node that is gone: it would stay pending forever.
+                log.warning("executor %d: its node left the cluster; retired", i)
+                self._lose_runs(i, "lost with its node")
+                self._retired.add(i)
+                try:
+                    ray.kill(self._executors[i], no_restart=True)
+                except Exception:
+                    pass
+        if not nodes:
+            return
+        serving = [i for i in range(len(self._executors)) if i not in self._retired]
+        covered = {self._exec_nodes[i] for i in serving}
+        if self.config.executors:
+            # A fixed number: replace the retired ones on the alive nodes, fewest first.
+            for _ in range(self.config.executors - len(serving)):
+                load = {n: sum(1 for i in serving if self._exec_nodes[i] == n) for n in nodes}
+                serving.append(self._add_executor(min(load, key=load.__getitem__)))
+        else:
+            for node, info in nodes.items():
+                if node not in covered:
+                    log.info("node %s joined: starting its executors", node)
+                    for _ in range(max(1, int(info["Resources"].get("CPU", 1)))):
+                        self._add_executor(node)
+
+    def _lose_runs(self, i: int, why: str) -> None:
+        lost = list(self._inflight[i])
+        for key in lost:
+            self._where.pop(key, None)
+            self.core.run_lost(*key)
+        self._inflight[i].clear()
+        if lost:
+            log.warning("executor %d %s: re-running %d runs", i, why, len(lost))
+            self._kick()
+
+    async def _reconcile_heavy(self) -> None:
         now = time.monotonic()
         for i, slot in enumerate(self._heavy):
             if slot.handle is None:
@@ -243,10 +307,22 @@ class SchedulerActor:
                 ray.kill(slot.handle, no_restart=True)  # retired: its warm state goes with it
                 self._heavy[i] = HeavySlot()
                 continue
-            try:
-                incarnation, _running, _node = await asyncio.wait_for(slot.handle.ping.remote(), 10)
-            except Exception:
-                incarnation = None
+            answer = await self._ping(slot.handle)
+            incarnation = answer[0] if answer is not None else None
+            if incarnation is None:
+                # Unreachable: restarting, or pending forever (its node left and no other
+                # node has the resources). After a while, give its run to a fresh actor.
+                slot.unreachable_since = slot.unreachable_since or now
+                if now - slot.unreachable_since > self.config.heavy_unreachable_s:
+                    log.warning("heavy worker %d unreachable for %.0f s: replaced", i, now - slot.unreachable_since)
+                    if slot.run is not None:
+                        self._heavy_where.pop(slot.run, None)
+                        self.core.run_lost(*slot.run)
+                        self._kick()
+                    ray.kill(slot.handle, no_restart=True)
+                    self._heavy[i] = HeavySlot()
+                continue
+            slot.unreachable_since = None
             if slot.incarnation is not None and incarnation != slot.incarnation:
                 if slot.run is not None:
                     log.warning("heavy worker %d restarted: re-running %s", i, slot.run[0])
@@ -254,7 +330,7 @@ class SchedulerActor:
                     self.core.run_lost(*slot.run)
                     slot.run = None
                     self._kick()
-                slot.incarnation = incarnation
+            slot.incarnation = incarnation
 
     def _kick(self) -> None:
         self._wake.set()
@@ -496,8 +572,18 @@ class SchedulerActor:
     # ------------------------------------------------------------- messages
     async def register_worker(self, name: str, blob: bytes) -> int:
         await self._ready
+        current = self._blobs.get(name)
+        if current is not None and current[1] == blob:
+            version = current[0]
+        else:
+            # Versions only grow, across restarts too: an executor caches classes by
+            # (name, version), so a number must never name two different classes.
+            last = self.store.get_meta("worker_version")
+            version = max([last if isinstance(last, int) else 0, *(v for v, _b in self._blobs.values())]) + 1
+            self.store.put_meta("worker_version", version)
+            self._blobs[name] = (version, blob)
         registry = lookup(REGISTRY, self.namespace)
-        version: int = await registry.register.remote(name, blob)
+        await call_with_retry(lambda: registry.put.remote(name, version, blob))
         self.registered[name] = version
         if name not in self.known:
             self.known.add(name)
@@ -505,6 +591,13 @@ class SchedulerActor:
         if self.core.unpark(name):
             self._kick()
         return version
+
+    def worker_blob(self, name: str) -> tuple[int, bytes] | None:
+        """The registry's fallback after it restarted (it asks here for what it lost)."""
+        return self._blobs.get(name)
+
+    def worker_blobs(self) -> dict[str, tuple[int, bytes]]:
+        return dict(self._blobs)
 
     async def enqueue_many(self, items: list[dict[str, Any]]) -> list[tuple[str, str | None]]:
         await self._ready

@@ -29,6 +29,9 @@ class EngineConfig(Frozen):
     heavy_resources: dict[str, float] = {}  # e.g. {"heavy": 1} to land on cluster.yaml's heavy nodes
     heavy_idle_timeout_s: Annotated[float, Field(gt=0)] = 300.0
     heavy_cancel_grace_s: Annotated[float, Field(ge=0)] = 5.0
+    # A heavy worker that has not answered a ping for this long (its node left and no other
+    # node has its resources yet) is replaced, and its run goes to the replacement.
+    heavy_unreachable_s: Annotated[float, Field(gt=0)] = 30.0
     # Finished one-time tasks are kept this long for get_task_info, then pruned.
     retain_finished_ms: Annotated[int, Field(ge=0)] = 24 * 60 * 60 * 1000
     # advance_time waits at most this long (real time) for due runs to settle.

@@ -32,6 +32,20 @@ class Logged(kmpray.CommonWorker):
         return True
 
 
+class Slow(kmpray.CommonWorker):
+    """Logs each start, then takes 2 s; returns the node it ran on."""
+
+    async def do_work(self, input: str | None) -> WorkerResult:  # noqa: A002
+        import asyncio
+
+        import ray
+
+        with open(input or "", "a") as f:
+            f.write("start\n")
+        await asyncio.sleep(2)
+        return WorkerResult.Success(data={"node": ray.get_runtime_context().get_node_id()})
+
+
 class WhereAmI(kmpray.CommonWorker):
     async def do_work(self, input: str | None) -> WorkerResult:  # noqa: A002
         import ray
@@ -44,11 +58,11 @@ def main() -> None:
     other = cluster.add_node(num_cpus=1, resources={"heavy": 1})
     ray.init(address=cluster.address, log_to_driver=False)
     cluster.wait_for_nodes()
-    head = ray.get_runtime_context().get_node_id()
+    head = cluster.head_node.node_id
     sched = kmpray.connect(
         namespace="multinode",
         state_dir=tempfile.mkdtemp(),
-        config=EngineConfig(heavy_resources={"heavy": 1}, heavy_num_cpus=0),
+        config=EngineConfig(heavy_resources={"heavy": 1}, heavy_num_cpus=0, heavy_unreachable_s=3),
     )
     out: dict[str, object] = {"head": head, "other": other.node_id}
     try:
@@ -68,6 +82,7 @@ def main() -> None:
         sched.enqueue_many([TaskRequest("WhereAmI", id=f"s{i}") for i in range(40)])
         out["spread"] = sorted({sched.wait(f"s{i}", timeout_s=120).result.data["node"] for i in range(40)})
         out["executor_nodes"] = sched.status()["executor_nodes"]
+        out["scheduler_node"] = sched.status()["node"]
         if "fault" not in sys.argv[1:]:
             return
 
@@ -75,15 +90,24 @@ def main() -> None:
         import time
 
         sched.register_worker("Logged", Logged)
+        sched.register_worker("Slow", Slow)
         log = os.path.join(tempfile.mkdtemp(), "runs.log")
         ids = [f"f{i}" for i in range(300)]
         sched.enqueue_many([TaskRequest("Logged", log, id=i) for i in ids])
+        # ...and a heavy task, running on the only node with the `heavy` resource.
+        heavy_log = os.path.join(tempfile.mkdtemp(), "heavy.log")
+        sched.enqueue("big", TaskTrigger.OneTime(), "Slow", input=heavy_log, constraints=Constraints(is_heavy_task=True))
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:  # the fault must hit a running load, not an idle one
             if os.path.exists(log) and len(open(log).read().split()) >= 20:
                 break
             time.sleep(0.01)
+        while time.monotonic() < deadline and not os.path.exists(heavy_log):
+            time.sleep(0.01)
+        in_flight = sched.status()["inflight_by_node"].get(other.node_id, 0)
         cluster.remove_node(other)
+        # A node joins: it gets executors, and (having `heavy`) the heavy task's new worker.
+        joined = cluster.add_node(num_cpus=1, resources={"heavy": 1})
         finished = []
         deadline = time.monotonic() + 60  # one bound for the whole fault, not one per task
         for i in ids:
@@ -92,11 +116,25 @@ def main() -> None:
             except TimeoutError:
                 finished.append("UNFINISHED")
         runs = open(log).read().split()
+        big = sched.wait("big", timeout_s=max(0.1, deadline - time.monotonic()))
+        out["heavy_after_fault"] = {
+            "state": big.state.value,
+            "node": (big.result.data or {}).get("node") == joined.node_id if big.result else None,
+            "runs": len(open(heavy_log).read().split()),
+        }
+        while time.monotonic() < deadline and joined.node_id not in sched.status()["executor_nodes"]:
+            time.sleep(0.05)
+        status = sched.status()
+        out["after_fault"] = {"scheduler_node": status["node"], "executor_nodes": status["executor_nodes"]}
+        out["joined"] = joined.node_id
+        failed = [sched.get_task_info(i) for i, state in zip(ids, finished, strict=True) if state != "SUCCEEDED"]
+        out["not_succeeded"] = [f"{info.id}: {info.state.value} {info.result}" for info in failed[:5]]
         out["fault"] = {
             "submitted": len(ids),
             "succeeded": finished.count("SUCCEEDED"),
             "lost": len(ids) - finished.count("SUCCEEDED"),
             "duplicated": len(runs) - len(set(runs)),
+            "in_flight_at_fault": in_flight,
         }
     finally:
         print("RESULT " + json.dumps(out))
