@@ -109,6 +109,7 @@ class SchedulerActor:
         self._inflight: list[dict[tuple[str, int], None]] = []
         self._exec_nodes: list[str | None] = []
         self._retired: set[int] = set()
+        self._reachable: list[bool] = []  # answered its last ping: may be sent runs
         self._reconciling = asyncio.Lock()
         self._watcher = FileWatcher()
         self._where: dict[tuple[str, int], int] = {}
@@ -136,6 +137,7 @@ class SchedulerActor:
             self._add_executor(node)
         for i, handle in enumerate(self._executors):
             self._incarnations[i], _running, self._exec_nodes[i] = await handle.ping.remote()
+            self._reachable[i] = True
         self._flush()
         asyncio.ensure_future(self._loop())
         asyncio.ensure_future(self._housekeeping())
@@ -154,6 +156,7 @@ class SchedulerActor:
         self._executors.append(handle)
         self._inflight.append({})
         self._incarnations.append(None)
+        self._reachable.append(False)
         self._exec_nodes.append(node)  # until its ping says (an existing one may be elsewhere)
         return i
 
@@ -257,13 +260,18 @@ class SchedulerActor:
         live = [i for i in range(len(self._executors)) if i not in self._retired]
         answers = await asyncio.gather(*(self._ping(self._executors[i]) for i in live))
         for i, answer in zip(live, answers, strict=True):
-            incarnation = None
             if answer is not None:
                 incarnation, _running, self._exec_nodes[i] = answer
-            if incarnation != self._incarnations[i]:
-                self._lose_runs(i, "restarted")
-                self._incarnations[i] = incarnation
-            if incarnation is None and nodes and self._exec_nodes[i] not in nodes:
+                if incarnation != self._incarnations[i]:
+                    self._lose_runs(i, "restarted")  # a new process: what it had is gone
+                    self._incarnations[i] = incarnation
+                self._reachable[i] = True
+                continue
+            # No answer is not proof of loss (a busy or restarting executor answers later,
+            # and its runs' results still arrive): stop sending to it, keep its runs, and
+            # re-run them only on proof (a new incarnation, or its node gone).
+            self._reachable[i] = False
+            if nodes and self._exec_nodes[i] not in nodes:
                 # Pinned hard to a node that is gone: it would stay pending forever.
                 log.warning("executor %d: its node left the cluster; retired", i)
                 self._lose_runs(i, "lost with its node")
@@ -350,7 +358,7 @@ class SchedulerActor:
             free = [
                 (limit - len(q), i)
                 for i, q in enumerate(self._inflight)
-                if len(q) < limit and self._incarnations[i] is not None
+                if len(q) < limit and self._reachable[i]
             ]
             room = sum(n for n, _ in free)
             idle_heavy = [i for i, slot in enumerate(self._heavy) if slot.run is None]
@@ -488,13 +496,22 @@ class SchedulerActor:
             self._where[key] = i
             runs.append(self._wire(d))
         ref = self._executors[i].submit.remote(runs)
-        asyncio.ensure_future(self._confirm(i, ref))
+        asyncio.ensure_future(self._confirm(i, ref, [(r[0], r[1]) for r in runs]))
 
-    async def _confirm(self, i: int, ref: Any) -> None:
+    async def _confirm(self, i: int, ref: Any, keys: list[tuple[str, int]]) -> None:
         try:
             incarnation = await ref
-        except Exception:
-            log.warning("executor %d unreachable; reconciling", i)
+        except Exception as exc:
+            # The batch may or may not have arrived: run it again elsewhere (a copy that did
+            # arrive reports under its old run id, which is ignored). At-least-once.
+            log.warning("executor %d did not take %d runs (%s); re-queued", i, len(keys), type(exc).__name__)
+            self._reachable[i] = False
+            for key in keys:
+                if self._inflight[i].pop(key, 1) is None:
+                    self._where.pop(key, None)
+                    self.core.run_lost(*key)
+            self._flush()
+            self._kick()
             await self._reconcile()
             return
         if incarnation != self._incarnations[i]:
