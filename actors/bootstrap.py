@@ -9,9 +9,10 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from kmpray.config import EngineConfig
 
+from .chain_coordinator import ChainCoordinator
 from .event_broker import EventBroker
 from .constraint_oracle import ConstraintOracle
-from .names import BROKER, ORACLE, REGISTRY, SCHEDULER
+from .names import BROKER, CHAIN, ORACLE, REGISTRY, SCHEDULER
 from .registry import WorkerRegistry
 from .scheduler import SchedulerActor
 
@@ -32,10 +33,16 @@ def ensure_engine(
     registry = WorkerRegistry.options(name=REGISTRY, **common).remote(namespace)
     broker = EventBroker.options(name=BROKER, **common).remote(state_dir, config.event_retention)
     oracle = ConstraintOracle.options(name=ORACLE, **common).remote(namespace, state_dir, config.model_dump())
+    pool = config.chain_coordinators
+    coordinators = [
+        ChainCoordinator.options(name=CHAIN.format(i), **common).remote(namespace, i, pool) for i in range(pool)
+    ]
     scheduler = SchedulerActor.options(name=SCHEDULER, **common).remote(
         namespace, state_dir, virtual_time, platform, config.model_dump()
     )
-    return {"registry": registry, "broker": broker, "scheduler": scheduler, "oracle": oracle}
+    return {
+        "registry": registry, "broker": broker, "scheduler": scheduler, "oracle": oracle, "coordinators": coordinators
+    }
 
 
 def head_node_id() -> str | None:

@@ -16,6 +16,7 @@ REGISTRY = "kmpray.registry"
 EXECUTOR = "kmpray.executor.{}"
 HEAVY = "kmpray.heavy.{}"
 ORACLE = "kmpray.oracle"
+CHAIN = "kmpray.chain.{}"
 
 TRANSIENT = (ActorUnavailableError, RayActorError)
 

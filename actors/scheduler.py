@@ -19,6 +19,7 @@ from typing import Any
 import ray
 from pydantic import TypeAdapter
 
+from kmpray.chain import Message, coordinator_index
 from kmpray.clock import ManualClock, SystemClock
 from kmpray.config import EngineConfig
 from kmpray.constraints import DEFAULT_CONSTRAINTS, Constraints
@@ -37,7 +38,7 @@ from .event_broker import encode_event
 from .executor import LightExecutor
 from .heavy_worker import HeavyWorker
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-from .names import BROKER, EXECUTOR, HEAVY, ORACLE, REGISTRY, call_with_retry, lookup
+from .names import BROKER, CHAIN, EXECUTOR, HEAVY, ORACLE, REGISTRY, call_with_retry, lookup
 
 log = logging.getLogger("kmpray.scheduler")
 
@@ -121,6 +122,9 @@ class SchedulerActor:
         self._broker: Any = None
         self._outbox: list[bytes] = []
         self._publishing = False
+        self._coordinators: list[Any] = []
+        self._chain_outbox: list[list[Message]] = []
+        self._chain_sending: list[bool] = []
         self._ready = asyncio.ensure_future(self._start())
 
     # ------------------------------------------------------------- lifecycle
@@ -138,7 +142,15 @@ class SchedulerActor:
         for i, handle in enumerate(self._executors):
             self._incarnations[i], _running, self._exec_nodes[i] = await handle.ping.remote()
             self._reachable[i] = True
+        pool = self.config.chain_coordinators
+        self._coordinators = [lookup(CHAIN.format(i), self.namespace) for i in range(pool)]
+        self._chain_outbox = [[] for _ in range(pool)]
+        self._chain_sending = [False] * pool
         self._flush()
+        # Messages to the coordinators that were in flight when this scheduler (re)started
+        # are gone: each rebuilds its plans from this scheduler's rows (harmless at first start).
+        for handle in self._coordinators:
+            asyncio.ensure_future(call_with_retry(lambda h=handle: h.resync.remote(), timeout_s=120))
         asyncio.ensure_future(self._loop())
         asyncio.ensure_future(self._housekeeping())
 
@@ -540,6 +552,14 @@ class SchedulerActor:
                     asyncio.ensure_future(self._stop_heavy(h, key))
             for i, keys in by_executor.items():
                 self._executors[i].cancel.remote(keys)
+        if fx.chain_msgs and self._coordinators:
+            pool = len(self._coordinators)
+            for msg in fx.chain_msgs:
+                i = coordinator_index(msg[1], pool)
+                self._chain_outbox[i].append(msg)
+                if not self._chain_sending[i]:
+                    self._chain_sending[i] = True
+                    asyncio.ensure_future(self._send_chain_msgs(i))
         if fx.events:
             self._outbox.extend(encode_event(e) for e in fx.events)
             if not self._publishing and self._broker is not None:
@@ -549,6 +569,21 @@ class SchedulerActor:
             self._wake_waiters(name)
         if not self._where and not self._heavy_where and not self.core.ready_count():
             self._idle.set()
+
+    async def _send_chain_msgs(self, i: int) -> None:
+        """One call in flight per coordinator, in order; later messages ride the next one."""
+        try:
+            while self._chain_outbox[i]:
+                batch, self._chain_outbox[i] = self._chain_outbox[i], []
+                handle = self._coordinators[i]
+                try:
+                    await call_with_retry(lambda: handle.handle.remote(batch), timeout_s=120)
+                except Exception:
+                    log.exception("could not reach chain coordinator %d; it resyncs when it restarts", i)
+                    self._chain_outbox[i][:0] = batch
+                    await asyncio.sleep(1.0)
+        finally:
+            self._chain_sending[i] = False
 
     async def _publish(self) -> None:
         """One publish in flight; events that arrive meanwhile ride the next one (batched)."""
@@ -608,6 +643,16 @@ class SchedulerActor:
         if self.core.unpark(name):
             self._kick()
         return version
+
+    async def chain_actions(self, actions: list[Message]) -> None:
+        """From a chain coordinator: promote a step (with its merged data) or cascade."""
+        await self._ready
+        self.core.chain_actions(actions)
+        self._pump()
+
+    async def chain_snapshot(self, index: int, pool: int) -> dict[str, Any]:
+        await self._ready
+        return self.core.chain_snapshot(index, pool)
 
     def worker_blob(self, name: str) -> tuple[int, bytes] | None:
         """The registry's fallback after it restarted (it asks here for what it lost)."""

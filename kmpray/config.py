@@ -32,6 +32,8 @@ class EngineConfig(Frozen):
     # A heavy worker that has not answered a ping for this long (its node left and no other
     # node has its resources yet) is replaced, and its run goes to the replacement.
     heavy_unreachable_s: Annotated[float, Field(gt=0)] = 30.0
+    # ChainCoordinator actors: chains are spread over them by a hash of the chain id.
+    chain_coordinators: Annotated[int, Field(gt=0, le=64)] = 2
     # Finished one-time tasks are kept this long for get_task_info, then pruned.
     retain_finished_ms: Annotated[int, Field(ge=0)] = 24 * 60 * 60 * 1000
     # advance_time waits at most this long (real time) for due runs to settle.

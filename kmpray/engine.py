@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .backoff import backoff_delay_ms
-from .chain import MAX_CHAIN_TASKS, ChainRecord, chain_state
+from .chain import MAX_CHAIN_TASKS, ChainRecord, Message, chain_state, coordinator_index
 from .clock import Clock
 from .config import EngineConfig
 from .constraints import Constraints
@@ -85,11 +85,12 @@ class Effects:
     settled: set[str] = field(default_factory=set)  # names/chain ids whose waiters should re-check
     chains: dict[str, ChainRecord] = field(default_factory=dict)
     delete_chains: set[str] = field(default_factory=set)
+    chain_msgs: list[Message] = field(default_factory=list)  # for the chain coordinators
 
     def __bool__(self) -> bool:
         return bool(
             self.persist or self.delete or self.cancel_runs or self.events or self.settled
-            or self.chains or self.delete_chains
+            or self.chains or self.delete_chains or self.chain_msgs
         )
 
 
@@ -255,10 +256,6 @@ class SchedulerCore:
             if rec.deadline_ms is not None:
                 heapq.heappush(self._deadlines, (rec.deadline_ms + 1, rec.key))
         for chain in self.chains.values():
-            chain.succeeded = [
-                sum(1 for k in step if k in self.tasks and self.tasks[k].state is TaskState.SUCCEEDED)
-                for step in chain.steps
-            ]
             chain.unfinished = sum(
                 1 for step in chain.steps for k in step if k in self.tasks and not self.tasks[k].state.is_finished
             )
@@ -462,9 +459,11 @@ class SchedulerCore:
             if nodes == ():  # no node satisfies it now: wait for a device state change
                 self._gated.add(rec.key)
                 continue
-            upstream: dict[str, Any] | None = None
+            upstream: dict[str, Any] | None = rec.upstream
             run_input = rec.input
-            prereqs = self._prerequisites(rec)
+            if upstream and run_input is None:
+                run_input = json.dumps(upstream)
+            prereqs = rec.prereqs
             if prereqs:
                 try:
                     upstream = merge(rec.input_merger, [self._output(p) for p in prereqs])
@@ -497,13 +496,6 @@ class SchedulerCore:
             )
             rec.run_attempt_count += 1
         return out
-
-    def _prerequisites(self, rec: TaskRecord) -> Sequence[str]:
-        """Appended work depends on its leaf; a chain task on every task of the step before."""
-        if rec.chain_id is not None and rec.step > 0:
-            chain = self.chains.get(rec.chain_id)
-            return chain.steps[rec.step - 1] if chain is not None else ()
-        return rec.prereqs
 
     def parked(self) -> dict[str, int]:
         return {worker: len(keys) for worker, keys in self._parked.items()}
@@ -647,6 +639,9 @@ class SchedulerCore:
             chain = self.chains.get(rec.chain_id)
             if chain is not None:
                 chain.unfinished -= 1
+                # Promotion, data passing and cascades are the chain coordinator's.
+                data = result.data if isinstance(result, Success) else None
+                self.fx.chain_msgs.append(("step", chain.id, chain.gen, rec.step, rec.key, state.value, data))
             self.fx.settled.add(rec.chain_id)
         if ran or state is not TaskState.SUCCEEDED:
             data = result.data if isinstance(result, Success) else None
@@ -664,23 +659,9 @@ class SchedulerCore:
                 self._finish(drec, state, cascade, now)
 
     def _dependents(self, rec: TaskRecord) -> list[str]:
-        deps = list(self.dependents.get(rec.key, ()))
-        chain = self.chains.get(rec.chain_id) if rec.chain_id is not None else None
-        if chain is not None:
-            for later in chain.steps[rec.step + 1 :]:
-                deps.extend(later)
-        return deps
+        return list(self.dependents.get(rec.key, ()))
 
     def _promote_dependents(self, rec: TaskRecord, now: int) -> None:
-        chain = self.chains.get(rec.chain_id) if rec.chain_id is not None else None
-        if chain is not None:
-            chain.succeeded[rec.step] += 1
-            if chain.succeeded[rec.step] == len(chain.steps[rec.step]) and rec.step + 1 < len(chain.steps):
-                for key in chain.steps[rec.step + 1]:
-                    drec = self.tasks.get(key)
-                    if drec is not None and drec.state is TaskState.BLOCKED:
-                        drec.state = TaskState.ENQUEUED
-                        self._schedule_first(drec, now)
         for dep in self.dependents.get(rec.key, ()):
             drec = self.tasks.get(dep)
             if drec is None or drec.state is not TaskState.BLOCKED:
@@ -803,10 +784,12 @@ class SchedulerCore:
 
         last_run_ids = self._remove_chain(chain_id, now) if existing is not None else {}
         chain = ChainRecord(chain_id, [[t["id"] for t in step] for step in steps], now)
-        chain.succeeded = [0] * len(steps)
         chain.unfinished = total
         self.chains[chain_id] = chain
         self.fx.chains[chain_id] = chain
+        mergers = {t["id"]: t["input_merger"] for step in steps for t in step
+                   if t.get("input_merger", "OVERWRITE") != "OVERWRITE"}
+        self.fx.chain_msgs.append(("plan", chain_id, chain.gen, chain.steps, mergers))
         for n, step in enumerate(steps):
             for task in step:
                 rec = TaskRecord(
@@ -850,6 +833,58 @@ class SchedulerCore:
             self.names.pop(key, None)
             self._drop(key)
         return run_ids
+
+    def chain_actions(self, actions: Iterable[Message]) -> None:
+        """Apply a coordinator's decisions to the tasks of the chain generation they name;
+        only BLOCKED tasks are promoted and only unfinished ones cascaded (idempotent)."""
+        now = self.clock.now_ms()
+        for action in actions:
+            kind, chain_id, gen = action[0], action[1], action[2]
+            chain = self.chains.get(chain_id)
+            if chain is None or chain.gen != gen:
+                continue  # replaced or pruned meanwhile
+            if kind == "promote":
+                _k, _c, _g, step, upstream, errors = action
+                for key in chain.steps[step]:
+                    rec = self.tasks.get(key)
+                    if rec is None or rec.state is not TaskState.BLOCKED:
+                        continue
+                    if key in errors:
+                        self._finish(rec, TaskState.FAILED, Failure(errors[key]), now)
+                        continue
+                    rec.upstream = upstream.get(key) or None
+                    rec.state = TaskState.ENQUEUED
+                    self._schedule_first(rec, now)
+            elif kind == "cascade":
+                _k, _c, _g, from_step, state, reason = action
+                final = TaskState(state)
+                cause = Failure(reason) if final is TaskState.FAILED else None
+                for later in chain.steps[from_step:]:
+                    for key in later:
+                        rec = self.tasks.get(key)
+                        if rec is not None and not rec.state.is_finished:
+                            self._finish(rec, final, cause, now)
+
+    def chain_snapshot(self, index: int, pool: int) -> dict[str, dict[str, Any]]:
+        """Unfinished chains owned by coordinator ``index``: what a restarted coordinator
+        (or one facing a restarted scheduler) rebuilds its plans from."""
+        out: dict[str, dict[str, Any]] = {}
+        for chain in self.chains.values():
+            if chain.unfinished == 0 or coordinator_index(chain.id, pool) != index:
+                continue
+            tasks: dict[str, tuple[str, dict[str, Any] | None]] = {}
+            mergers: dict[str, str] = {}
+            for step in chain.steps:
+                for key in step:
+                    rec = self.tasks.get(key)
+                    if rec is None:
+                        continue
+                    data = rec.result.data if isinstance(rec.result, Success) else None
+                    tasks[key] = (rec.state.value, data if rec.state is TaskState.SUCCEEDED else None)
+                    if rec.input_merger is not InputMerger.OVERWRITE:
+                        mergers[key] = rec.input_merger.value
+            out[chain.id] = {"gen": chain.gen, "steps": chain.steps, "mergers": mergers, "tasks": tasks}
+        return out
 
     def chain_info(self, chain_id: str) -> ChainInfo | None:
         chain = self.chains.get(chain_id)

@@ -49,6 +49,7 @@ class TaskRecord:
     run_id: int = 0  # bumped at each dispatch; reports for older runs are stale
     refire: bool = False  # an event trigger fired while this task was running
     step: int = 0  # a chain task's step index
+    upstream: dict[str, Any] | None = None  # a chain task's merged prerequisite data, set at promotion
     # Index bookkeeping, not persisted.
     timer_seq: int = field(default=-1, repr=False)
     ready_seq: int = field(default=-1, repr=False)
@@ -105,6 +106,7 @@ def encode(rec: TaskRecord) -> bytes:
         "ri": rec.run_id,
         "rf": rec.refire,
         "st": rec.step,
+        "up": rec.upstream,
     }
     row.update({k: v for k, v in optional.items() if v})
     if rec.result is not None:
@@ -143,4 +145,5 @@ def decode(blob: bytes) -> TaskRecord:
         run_id=row.get("ri", 0),
         refire=row.get("rf", False),
         step=row.get("st", 0),
+        upstream=row.get("up"),
     )

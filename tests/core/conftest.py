@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
+from kmpray.chain import ChainCoordinatorCore
 from kmpray.clock import ManualClock
 from kmpray.config import EngineConfig
 from kmpray.engine import Dispatch, SchedulerCore
@@ -27,16 +28,47 @@ class Harness:
             "Flaky": lambda d: Retry("not yet"),
         }
         self.core = SchedulerCore(self.clock, profile(platform), config, self.workers.__contains__)
+        self.coordinator = ChainCoordinatorCore()
         self.runs: list[Dispatch] = []
         self.events: list[object] = []
+        self.chain_msgs: list[tuple[object, ...]] = []  # kept when the coordinator is "down"
+        self.coordinator_up = True
 
     def flush(self) -> None:
+        """Persist, then hand chain messages to the coordinator and its actions back."""
+        while True:
+            fx = self.core.drain()
+            self.store.write(fx.persist.values(), fx.delete, fx.chains.values(), fx.delete_chains)
+            self.events.extend(fx.events)
+            self.chain_msgs.extend(fx.chain_msgs)
+            if not self.coordinator_up or not self.chain_msgs:
+                return
+            msgs, self.chain_msgs = self.chain_msgs, []
+            actions = self.coordinator.apply(msgs)
+            if not actions:
+                return
+            self.core.chain_actions(actions)
+
+    def drain(self) -> object:
+        """The core's effects, as a test inspects them; chain messages still get delivered."""
         fx = self.core.drain()
         self.store.write(fx.persist.values(), fx.delete, fx.chains.values(), fx.delete_chains)
-        self.events.extend(fx.events)
+        self.chain_msgs.extend(fx.chain_msgs)
+        return fx
+
+    def restart_coordinator(self, lose_messages: bool = True) -> None:
+        """A ChainCoordinator restart: its plans are gone (and messages in flight to it,
+        when ``lose_messages``); it rebuilds from the scheduler's snapshot."""
+        if lose_messages:
+            self.chain_msgs.clear()
+        self.coordinator = ChainCoordinatorCore()
+        asked_at = self.coordinator.mark()
+        self.core.chain_actions(self.coordinator.resync(self.core.chain_snapshot(0, 1), asked_at))
+        self.flush()
 
     def step(self) -> list[Dispatch]:
         """Fire what is due and run every ready task to completion once."""
+        self.flush()  # what happened since (completions driven by hand) reaches the coordinator
         self.core.tick()
         batch = self.core.take_ready(10_000, 10_000)
         self.runs.extend(batch)
@@ -65,6 +97,10 @@ class Harness:
         self.flush()
         self.core = SchedulerCore(self.clock, self.core.platform, self.core.config, self.workers.__contains__)
         self.core.restore(self.store.load(), self.store.load_chains())
+        self.chain_msgs.clear()  # what the old scheduler had not sent yet is gone with it
+        # The scheduler asks the coordinators to resync when it starts.
+        asked_at = self.coordinator.mark()
+        self.core.chain_actions(self.coordinator.resync(self.core.chain_snapshot(0, 1), asked_at))
         self.flush()
 
 

@@ -110,7 +110,7 @@ def test_keep_ignores_a_rerun_while_unfinished_and_replace_starts_over(h: Harnes
     h.core.tick()
     [x] = h.core.take_ready(1)
     h.core.submit_chain("d", REPLACE, [[task("Ok", "x")], [task("Ok", "y")]])
-    assert h.core.drain().cancel_runs == [("x", x.run_id)]
+    assert h.drain().cancel_runs == [("x", x.run_id)]
     assert h.core.complete("x", x.run_id, Success()) is False
     h.step()
     h.step()
@@ -135,7 +135,7 @@ def test_bad_chains_are_rejected_whole_with_nothing_stored(h: Harness) -> None:
         out = h.core.submit_chain(cid, REPLACE, steps)
         assert out.result is ScheduleResult.REJECTED_INVALID_PARAMS and out.reason, cid
     assert h.core.tasks == {} and h.core.chains == {}
-    fx = h.core.drain()
+    fx = h.drain()
     assert not fx.persist and not fx.chains
 
 
@@ -174,6 +174,50 @@ def test_half_run_chain_resumes_after_restart_without_rerunning_succeeded_steps(
     assert h.core.chain_info("c").state is S.SUCCEEDED  # type: ignore[union-attr]
 
 
+def test_a_coordinator_restart_losing_messages_resumes_at_the_interrupted_step(h: Harness) -> None:
+    h.workers["Data"] = lambda d: Success(data={"k": d.key})
+    _chain(h, "c", [[task("Data", "a"), task("Data", "b")], [task("Data", "mid")], [task("Data", "z")]])
+    h.flush()
+    h.coordinator_up = False  # the coordinator is down: the step messages pile up, then are lost
+    h.step()
+    assert states(h, "c") == [["SUCCEEDED", "SUCCEEDED"], ["BLOCKED"], ["BLOCKED"]]
+    h.coordinator_up = True
+    h.restart_coordinator(lose_messages=True)  # rebuilt from the scheduler's task rows
+    assert states(h, "c") == [["SUCCEEDED", "SUCCEEDED"], ["ENQUEUED"], ["BLOCKED"]]
+    [mid] = h.step()
+    assert mid.upstream == {"k": "b"}  # both outputs passed on (OVERWRITE: the later wins)
+    h.step()
+    assert [d.key for d in h.runs] == ["a", "b", "mid", "z"]  # nothing ran twice
+
+
+def test_coordinator_ignores_stale_generations_and_duplicate_messages() -> None:
+    from kmpray.chain import ChainCoordinatorCore
+
+    c = ChainCoordinatorCore()
+    c.apply([("plan", "c", "g1", [["a"], ["b"]], {})])
+    c.apply([("plan", "c", "g2", [["a"], ["b"]], {})])  # replaced
+    assert c.apply([("step", "c", "g1", 0, "a", "SUCCEEDED", {"x": 1})]) == []
+    first = c.apply([("step", "c", "g2", 0, "a", "SUCCEEDED", {"x": 2})])
+    assert first == [("promote", "c", "g2", 1, {"b": {"x": 2}}, {})]
+    assert c.apply([("step", "c", "g2", 0, "a", "SUCCEEDED", {"x": 2})]) == []  # a duplicate
+    # A resync re-sends what it implies; the scheduler applies it only to BLOCKED tasks.
+    snap = {"c": {"gen": "g2", "steps": [["a"], ["b"]], "mergers": {},
+                  "tasks": {"a": ("SUCCEEDED", {"x": 2}), "b": ("ENQUEUED", None)}}}
+    assert c.resync(snap) == first
+    failed = ChainCoordinatorCore()
+    failed.apply([("plan", "f", "g", [["a", "b"], ["c"], ["d"]], {"c": "ARRAY"})])
+    out = failed.apply([("step", "f", "g", 0, "a", "FAILED", None), ("step", "f", "g", 0, "b", "SUCCEEDED", {})])
+    assert out == [("cascade", "f", "g", 1, "FAILED", "prerequisite 'a' failed")]
+    assert failed.plans == {}  # nothing left to coordinate
+    # A resync drops plans older than its request that the scheduler no longer lists
+    # (finished unseen), never one that arrived while the snapshot was on its way.
+    gc = ChainCoordinatorCore()
+    gc.apply([("plan", "old", "g", [["a"]], {})])
+    asked = gc.mark()
+    gc.apply([("plan", "new", "g", [["b"]], {})])
+    assert gc.resync({}, asked) == [] and set(gc.plans) == {"new"}
+
+
 def test_thousand_step_chain_and_five_thousand_wide_step(h: Harness) -> None:
     _chain(h, "long", [[task("Ok", f"s{i}")] for i in range(1000)])
     for _ in range(1000):
@@ -196,8 +240,11 @@ from hypothesis import strategies as st  # noqa: E402
     outcomes=st.lists(st.sampled_from(["Ok", "Fail", "Flaky"]), min_size=20, max_size=20),
     cancel_at=st.none() | st.integers(0, 6),
     restart_at=st.none() | st.integers(0, 6),
+    coordinator_restart_at=st.none() | st.integers(0, 6),
 )
-def test_chain_counters_always_match_the_task_states(shape, outcomes, cancel_at, restart_at) -> None:  # type: ignore[no-untyped-def]
+def test_chain_counters_always_match_the_task_states(  # type: ignore[no-untyped-def]
+    shape, outcomes, cancel_at, restart_at, coordinator_restart_at
+) -> None:
     h = Harness()
     picks = iter(outcomes)
     steps = [[task(next(picks), f"t{n}.{i}", max_retries=1, backoff_delay_ms=10) for i in range(w)]
@@ -208,12 +255,17 @@ def test_chain_counters_always_match_the_task_states(shape, outcomes, cancel_at,
             h.core.cancel("t0.0")
         if tick == restart_at:
             h.restart()
+        if tick == coordinator_restart_at:
+            h.restart_coordinator()
         h.advance(10)
         chain = h.core.chains["c"]
         recs = [h.core.tasks[k] for s in chain.steps for k in s]
         assert chain.unfinished == sum(not r.state.is_finished for r in recs)
-        assert chain.succeeded == [sum(h.core.tasks[k].state is S.SUCCEEDED for k in s) for s in chain.steps]
+        succeeded = [sum(h.core.tasks[k].state is S.SUCCEEDED for k in s) for s in chain.steps]
         for n, s in enumerate(chain.steps[1:], 1):  # nothing runs before its whole previous step succeeded
             if any(h.core.tasks[k].run_attempt_count for k in s):
-                assert chain.succeeded[n - 1] == len(chain.steps[n - 1])
+                assert succeeded[n - 1] == len(chain.steps[n - 1])
     assert h.core.is_settled("c") == all(r.state.is_finished for r in recs)
+    for _ in range(20):  # liveness: whatever restarted, the chain always finishes
+        h.advance(100)
+    assert h.core.is_settled("c") and all(h.core.tasks[k].state.is_finished for s in chain.steps for k in s)

@@ -51,7 +51,7 @@ def test_sqlite_store_persists_batches_and_deletes(tmp_path: Path) -> None:
     h.core.submit("a", TaskTrigger.OneTime(), "Ok")
     h.core.submit("b", TaskTrigger.Periodic(60_000), "Ok")
     store = SqliteTaskStore(tmp_path / "s.db")
-    fx = h.core.drain()
+    fx = h.drain()
     store.write(fx.persist.values(), fx.delete)
     store.write([], ["a"])
     store.close()

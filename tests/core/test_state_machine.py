@@ -142,7 +142,7 @@ def test_cancel_enqueued_and_running_tasks(h: Harness) -> None:
     h.core.tick()
     [d] = h.core.take_ready(10)
     assert h.core.cancel("a") == 1 and h.core.cancel("b") == 1
-    fx = h.core.drain()
+    fx = h.drain()
     assert fx.cancel_runs == [("b", d.run_id)]
     assert h.state("a") == h.state("b") == "CANCELLED"
     assert h.core.complete("b", d.run_id, Success()) is False
@@ -174,7 +174,7 @@ def test_progress_updates_info_and_emits_in_order(h: Harness) -> None:
     for pct in (10, 50, 90):
         h.core.progress("p", d.run_id, pct, f"at {pct}")
     assert h.core.latest("p").progress == 90  # type: ignore[union-attr]
-    assert [e.progress for e in h.core.drain().events] == [10, 50, 90]  # type: ignore[attr-defined]
+    assert [e.progress for e in h.drain().events] == [10, 50, 90]  # type: ignore[attr-defined]
 
 
 def test_run_lost_requeues_without_counting_an_attempt(h: Harness) -> None:

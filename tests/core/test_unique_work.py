@@ -67,7 +67,7 @@ def test_replace_cancels_the_running_one_and_runs_the_new(h: Harness) -> None:
     h.core.tick()
     [old] = h.core.take_ready(1)
     h.core.submit("u", TaskTrigger.OneTime(), "Ok", input="new", constraints=_c(REPLACE))
-    fx = h.core.drain()
+    fx = h.drain()
     assert fx.cancel_runs == [("u", old.run_id)]
     assert "u" in fx.persist  # the new row under the same key
     assert h.core.complete("u", old.run_id, h.workers["Ok"](old)) is False

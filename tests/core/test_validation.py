@@ -17,7 +17,7 @@ def test_id_rules() -> None:
         out = h.core.submit(bad, TaskTrigger.OneTime(), "Ok")
         assert out.result is ScheduleResult.REJECTED_INVALID_PARAMS, bad
         assert why in (out.reason or ""), (bad, out.reason)
-    assert h.core.tasks == {} and h.core.drain().persist == {}
+    assert h.core.tasks == {} and h.drain().persist == {}
 
 
 def test_input_cap() -> None:

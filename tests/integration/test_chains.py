@@ -112,6 +112,35 @@ def test_killed_scheduler_mid_chain_resumes_without_rerunning_succeeded_steps(en
     assert info.steps[3 - 1][0].result.data["by"] == "end"
 
 
+def test_killed_chain_coordinators_mid_chain_resume_without_rerunning_succeeded_steps(
+    engines: Any, tmp_path: Path
+) -> None:
+    import ray
+
+    sched = engines()
+    register_all(sched)
+    log, gate = tmp_path / "log", tmp_path / "gate"
+    first = [step("p1", log=str(log), gate=str(gate), block=["mid"]), step("p2", log=str(log))]
+    chain = sched.begin_with(first).then(step("mid")).then(step("end")).with_id("kc")
+    chain.enqueue()
+    until(lambda: "mid" in runs(log), what="the middle step to start")
+    pool = kmpray.EngineConfig().chain_coordinators
+    coordinators = [ray.get_actor(f"kmpray.chain.{i}", namespace=sched.namespace) for i in range(pool)]
+    for handle in coordinators:  # every plan in memory is gone; "mid" finishing is told to no one alive
+        ray.kill(handle, no_restart=False)
+    gate.touch()
+    info = sched.wait("kc", timeout_s=60)
+    assert info.state is TaskState.SUCCEEDED
+    assert sorted(runs(log)) == ["end", "mid", "p1", "p2"]  # nothing ran twice
+    end = info.steps[2][0].result.data
+    assert end["by"] == "end" and end["hops"] == 3  # the data chain was not broken
+    # Each came back: a new process rebuilt its plans from the scheduler's rows (without
+    # that, "mid" finishing would reach a coordinator with no plan and "end" never run).
+    # After a resync, a finished chain leaves no plan behind.
+    assert [ray.get(h.resync.remote(), timeout=60) for h in coordinators] == [0] * pool
+    assert [ray.get(h.stats.remote(), timeout=30)["plans"] for h in coordinators] == [0] * pool
+
+
 def test_shutdown_and_connect_resume_a_half_run_chain(ray_session: Any, tmp_path: Path) -> None:
     ns, state = "chain-resume", str(tmp_path / "state")
     log, gate = tmp_path / "log", tmp_path / "gate"

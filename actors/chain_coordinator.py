@@ -1,0 +1,112 @@
+"""ChainCoordinator: a small pool of actors, each owning the plans of the chains hashed to it.
+
+The scheduler owns task states; a coordinator owns what happens between a chain's steps:
+the step barrier (BLOCKED -> ENQUEUED promotion), data passing (each task's prerequisites'
+``Success.data`` merged by its merger), and failure/cancel cascades. The scheduler sends
+it "plan" and "step finished" messages; it answers with "promote"/"cascade" actions.
+
+Durable by construction: everything a plan knows is in the scheduler's task rows (states
+and outputs, persisted per step), so a restarted coordinator, or one whose scheduler
+restarted, resyncs from a snapshot. Its state only grows and the scheduler applies an
+action only to tasks still BLOCKED/unfinished of that chain generation, so re-sent
+actions and late duplicate messages are harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import ray
+
+from kmpray.chain import ChainCoordinatorCore, Message
+
+from .names import SCHEDULER, call_with_retry, lookup
+
+log = logging.getLogger("kmpray.chains")
+
+RESYNC_S = 30.0
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=1000)
+class ChainCoordinator:
+    def __init__(self, namespace: str, index: int, pool: int) -> None:
+        self.namespace = namespace
+        self.index = index
+        self.pool = pool
+        self.core = ChainCoordinatorCore()
+        self._outbox: list[Message] = []
+        self._sending = False
+        self._scheduler: Any = None
+        self.handled = 0
+        self.resyncs = 0
+        asyncio.ensure_future(self._resync_after_restart())
+        asyncio.ensure_future(self._housekeeping())
+
+    async def _resync_after_restart(self) -> None:
+        try:
+            ray.get_actor(SCHEDULER, namespace=self.namespace)
+        except ValueError:
+            return  # a fresh engine: the scheduler does not exist yet, there is nothing to resync
+        try:
+            await self.resync()
+        except Exception:
+            log.exception("coordinator %d: resync after restart failed", self.index)
+
+    def _sched(self) -> Any:
+        if self._scheduler is None:
+            self._scheduler = lookup(SCHEDULER, self.namespace)
+        return self._scheduler
+
+    async def handle(self, messages: list[Message]) -> None:
+        """From the scheduler: chains accepted, chain tasks finished (in order)."""
+        self.handled += len(messages)
+        self._send(self.core.apply(messages))
+
+    async def resync(self) -> int:
+        """Rebuild from the scheduler's view of the unfinished chains this coordinator owns."""
+        scheduler = self._sched()
+        asked_at = self.core.mark()
+        snapshot = await call_with_retry(lambda: scheduler.chain_snapshot.remote(self.index, self.pool), 120)
+        self.resyncs += 1
+        self._send(self.core.resync(snapshot, asked_at))
+        return len(snapshot)
+
+    async def _housekeeping(self) -> None:
+        """Now and then, while it holds plans: resync, which drops plans of chains that
+        finished where this coordinator could not see it, and re-sends anything lost."""
+        while True:
+            await asyncio.sleep(RESYNC_S)
+            if self.core.plans:
+                try:
+                    await self.resync()
+                except Exception:
+                    log.exception("coordinator %d: periodic resync failed", self.index)
+
+    def stats(self) -> dict[str, int]:
+        return {"plans": len(self.core.plans), "handled": self.handled, "resyncs": self.resyncs}
+
+    def _send(self, actions: list[Message]) -> None:
+        if not actions:
+            return
+        self._outbox.extend(actions)
+        if not self._sending:
+            self._sending = True
+            asyncio.ensure_future(self._flush())
+
+    async def _flush(self) -> None:
+        """One call in flight; actions decided meanwhile ride the next one (batched)."""
+        try:
+            while self._outbox:
+                batch, self._outbox = self._outbox, []
+                scheduler = self._sched()
+                try:
+                    await call_with_retry(lambda: scheduler.chain_actions.remote(batch), timeout_s=120)
+                except Exception:
+                    # The scheduler resyncs every coordinator when it starts; keep them anyway.
+                    log.exception("coordinator %d: could not deliver %d actions; retrying", self.index, len(batch))
+                    self._outbox[:0] = batch
+                    await asyncio.sleep(1.0)
+        finally:
+            self._sending = False
