@@ -59,10 +59,12 @@ class ChainCoordinator:
             self._scheduler = lookup(SCHEDULER, self.namespace)
         return self._scheduler
 
-    async def handle(self, messages: list[Message]) -> None:
-        """From the scheduler: chains accepted, chain tasks finished (in order)."""
+    async def handle(self, messages: list[Message]) -> list[Message]:
+        """From the scheduler: chains accepted, chain tasks finished (in order). The actions
+        they imply go back as the reply: one round trip per step, not two. (A reply lost to
+        a scheduler restart is re-sent by the resync every scheduler start triggers.)"""
         self.handled += len(messages)
-        self._send(self.core.apply(messages))
+        return self.core.apply(messages)
 
     async def resync(self) -> int:
         """Rebuild from the scheduler's view of the unfinished chains this coordinator owns."""

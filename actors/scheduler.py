@@ -19,7 +19,7 @@ from typing import Any
 import ray
 from pydantic import TypeAdapter
 
-from kmpray.chain import Message, coordinator_index
+from kmpray.chain import ChainCoordinatorCore, Message, coordinator_index
 from kmpray.clock import ManualClock, SystemClock
 from kmpray.config import EngineConfig
 from kmpray.constraints import DEFAULT_CONSTRAINTS, Constraints
@@ -125,6 +125,7 @@ class SchedulerActor:
         self._coordinators: list[Any] = []
         self._chain_outbox: list[list[Message]] = []
         self._chain_sending: list[bool] = []
+        self._local_chains: ChainCoordinatorCore | None = None  # chain_coordinators=0
         self._ready = asyncio.ensure_future(self._start())
 
     # ------------------------------------------------------------- lifecycle
@@ -146,6 +147,10 @@ class SchedulerActor:
         self._coordinators = [lookup(CHAIN.format(i), self.namespace) for i in range(pool)]
         self._chain_outbox = [[] for _ in range(pool)]
         self._chain_sending = [False] * pool
+        if pool == 0:
+            self._local_chains = ChainCoordinatorCore()
+            local = self._local_chains
+            self.core.chain_actions(local.resync(self.core.chain_snapshot(0, 1), local.mark()))
         self._flush()
         # Messages to the coordinators that were in flight when this scheduler (re)started
         # are gone: each rebuilds its plans from this scheduler's rows (harmless at first start).
@@ -569,6 +574,12 @@ class SchedulerActor:
             self._wake_waiters(name)
         if not self._where and not self._heavy_where and not self.core.ready_count():
             self._idle.set()
+        if fx.chain_msgs and self._local_chains is not None:
+            # In-process coordination: promote now, and send what became ready at once.
+            actions = self._local_chains.apply(fx.chain_msgs)
+            if actions:
+                self.core.chain_actions(actions)
+                self._pump()
 
     async def _send_chain_msgs(self, i: int) -> None:
         """One call in flight per coordinator, in order; later messages ride the next one."""
@@ -577,11 +588,15 @@ class SchedulerActor:
                 batch, self._chain_outbox[i] = self._chain_outbox[i], []
                 handle = self._coordinators[i]
                 try:
-                    await call_with_retry(lambda: handle.handle.remote(batch), timeout_s=120)
+                    actions = await call_with_retry(lambda: handle.handle.remote(batch), timeout_s=120)
                 except Exception:
                     log.exception("could not reach chain coordinator %d; it resyncs when it restarts", i)
                     self._chain_outbox[i][:0] = batch
                     await asyncio.sleep(1.0)
+                    continue
+                if actions:
+                    self.core.chain_actions(actions)
+                    self._pump()
         finally:
             self._chain_sending[i] = False
 

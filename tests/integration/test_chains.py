@@ -80,6 +80,23 @@ def test_keep_policy_runs_once_when_clicked_five_times(vengine: Any, tmp_path: P
     assert runs(log) == ["a", "b"]
 
 
+def test_in_process_coordination_has_the_same_semantics(engines: Any, tmp_path: Path) -> None:
+    """EngineConfig(chain_coordinators=0): the same rules, run inside the scheduler."""
+    sched = engines(config=kmpray.EngineConfig(chain_coordinators=0))
+    register_all(sched)
+    join = TaskRequest("Step", id="join", input_merger=InputMerger.ARRAY)
+    chain = sched.begin_with([step("l"), step("r")]).then(join).then(step("last")).with_id("local")
+    assert chain.enqueue() is ScheduleResult.SUCCESS
+    info = sched.wait("local", timeout_s=60)
+    assert info.state is TaskState.SUCCEEDED
+    assert info.steps[1][0].result.data["hops"] == 2 and info.steps[2][0].result.data["hops"] == 3
+    failing = sched.begin_with(step("f1", fail=["f1"])).then(step("never")).with_id("failing")
+    failing.enqueue()
+    info = sched.wait("failing", timeout_s=60)
+    assert [t.state for s in info.steps for t in s] == [TaskState.FAILED, TaskState.FAILED]
+    assert info.steps[1][0].run_attempt_count == 0
+
+
 def test_bad_chains_are_rejected_with_nothing_stored(vengine: Any) -> None:
     cases = [
         (vengine.begin_with([]), "at least one"),
