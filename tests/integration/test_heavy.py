@@ -10,7 +10,7 @@ import pytest
 
 from kmpray import Constraints, EngineConfig, TaskState, TaskTrigger
 
-from .helpers import until
+from .helpers import blocks_input, count_runs, until
 from .workers import register_all
 
 pytestmark = pytest.mark.ray
@@ -73,6 +73,20 @@ def test_a_run_that_ignores_cancel_is_stopped_after_the_grace(heavy: Any, tmp_pa
     heavy.enqueue("after", ONCE, "WarmModel", constraints=HEAVY)
     after = heavy.wait("after", timeout_s=60)  # runs once the stuck worker was stopped
     assert after.state is TaskState.SUCCEEDED and after.result.data["pid"] != pid_before
+
+
+def test_a_heavy_worker_killed_mid_task_reruns_it_on_the_restarted_actor(heavy: Any, tmp_path: Path) -> None:
+    import ray
+
+    inp, started, release = blocks_input(tmp_path, "killed")
+    heavy.enqueue("killed", ONCE, "Blocks", input=inp, constraints=HEAVY)
+    until(started.exists, what="heavy run start")
+    ray.kill(ray.get_actor("kmpray.heavy.0", namespace=heavy.namespace), no_restart=False)
+    until(lambda: count_runs(str(started)) == 2, timeout_s=60, what="the run to start again")
+    release.touch()
+    info = heavy.wait("killed", timeout_s=60)
+    # Lost with its process, run again: not counted as an attempt (max_retries=0 here).
+    assert info.state is TaskState.SUCCEEDED and info.run_attempt_count == 1
 
 
 def test_idle_heavy_workers_are_retired(engines: Any) -> None:
