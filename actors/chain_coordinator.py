@@ -22,7 +22,7 @@ import ray
 
 from kmpray.chain import ChainCoordinatorCore, Message
 
-from .names import SCHEDULER, call_with_retry, lookup
+from .names import SCHEDULER, Outbox, call_with_retry, lookup
 
 log = logging.getLogger("kmpray.chains")
 
@@ -36,8 +36,7 @@ class ChainCoordinator:
         self.index = index
         self.pool = pool
         self.core = ChainCoordinatorCore()
-        self._outbox: list[Message] = []
-        self._sending = False
+        self._actions: Outbox[Message] = Outbox(self._deliver, f"coordinator {index}: actions to the scheduler")
         self._scheduler: Any = None
         self.handled = 0
         self.resyncs = 0
@@ -72,7 +71,7 @@ class ChainCoordinator:
         asked_at = self.core.mark()
         snapshot = await call_with_retry(lambda: scheduler.chain_snapshot.remote(self.index, self.pool), 120)
         self.resyncs += 1
-        self._send(self.core.resync(snapshot, asked_at))
+        self._actions.add(self.core.resync(snapshot, asked_at))
         return len(snapshot)
 
     async def _housekeeping(self) -> None:
@@ -89,26 +88,6 @@ class ChainCoordinator:
     def stats(self) -> dict[str, int]:
         return {"plans": len(self.core.plans), "handled": self.handled, "resyncs": self.resyncs}
 
-    def _send(self, actions: list[Message]) -> None:
-        if not actions:
-            return
-        self._outbox.extend(actions)
-        if not self._sending:
-            self._sending = True
-            asyncio.ensure_future(self._flush())
-
-    async def _flush(self) -> None:
-        """One call in flight; actions decided meanwhile ride the next one (batched)."""
-        try:
-            while self._outbox:
-                batch, self._outbox = self._outbox, []
-                scheduler = self._sched()
-                try:
-                    await call_with_retry(lambda: scheduler.chain_actions.remote(batch), timeout_s=120)
-                except Exception:
-                    # The scheduler resyncs every coordinator when it starts; keep them anyway.
-                    log.exception("coordinator %d: could not deliver %d actions; retrying", self.index, len(batch))
-                    self._outbox[:0] = batch
-                    await asyncio.sleep(1.0)
-        finally:
-            self._sending = False
+    async def _deliver(self, actions: list[Message]) -> None:
+        scheduler = self._sched()
+        await call_with_retry(lambda: scheduler.chain_actions.remote(actions), timeout_s=120)

@@ -38,7 +38,7 @@ from .event_broker import encode_event
 from .executor import LightExecutor
 from .heavy_worker import HeavyWorker
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-from .names import BROKER, CHAIN, EXECUTOR, HEAVY, ORACLE, REGISTRY, call_with_retry, lookup
+from .names import BROKER, CHAIN, EXECUTOR, HEAVY, ORACLE, REGISTRY, Outbox, call_with_retry, lookup
 
 log = logging.getLogger("kmpray.scheduler")
 
@@ -120,11 +120,9 @@ class SchedulerActor:
         self._wake_at: int | None = None  # the due time the loop is sleeping towards
         self._idle = asyncio.Event()
         self._broker: Any = None
-        self._outbox: list[bytes] = []
-        self._publishing = False
+        self._events: Outbox[bytes] = Outbox(self._publish, "events to the broker")
         self._coordinators: list[Any] = []
-        self._chain_outbox: list[list[Message]] = []
-        self._chain_sending: list[bool] = []
+        self._chain_outboxes: list[Outbox[Message]] = []
         self._local_chains: ChainCoordinatorCore | None = None  # chain_coordinators=0
         self._ready = asyncio.ensure_future(self._start())
 
@@ -145,8 +143,10 @@ class SchedulerActor:
             self._reachable[i] = True
         pool = self.config.chain_coordinators
         self._coordinators = [lookup(CHAIN.format(i), self.namespace) for i in range(pool)]
-        self._chain_outbox = [[] for _ in range(pool)]
-        self._chain_sending = [False] * pool
+        self._chain_outboxes = [
+            Outbox(lambda batch, h=handle: self._to_coordinator(h, batch), f"chain coordinator {i}")
+            for i, handle in enumerate(self._coordinators)
+        ]
         if pool == 0:
             self._local_chains = ChainCoordinatorCore()
             local = self._local_chains
@@ -323,6 +323,13 @@ class SchedulerActor:
             log.warning("executor %d %s: re-running %d runs", i, why, len(lost))
             self._kick()
 
+    def _lose_heavy_run(self, slot: HeavySlot) -> None:
+        if slot.run is not None:
+            self._heavy_where.pop(slot.run, None)
+            self.core.run_lost(*slot.run)
+            slot.run = None
+            self._kick()
+
     async def _reconcile_heavy(self) -> None:
         now = time.monotonic()
         for i, slot in enumerate(self._heavy):
@@ -340,10 +347,7 @@ class SchedulerActor:
                 slot.unreachable_since = slot.unreachable_since or now
                 if now - slot.unreachable_since > self.config.heavy_unreachable_s:
                     log.warning("heavy worker %d unreachable for %.0f s: replaced", i, now - slot.unreachable_since)
-                    if slot.run is not None:
-                        self._heavy_where.pop(slot.run, None)
-                        self.core.run_lost(*slot.run)
-                        self._kick()
+                    self._lose_heavy_run(slot)
                     ray.kill(slot.handle, no_restart=True)
                     self._heavy[i] = HeavySlot()
                 continue
@@ -351,10 +355,7 @@ class SchedulerActor:
             if slot.incarnation is not None and incarnation != slot.incarnation:
                 if slot.run is not None:
                     log.warning("heavy worker %d restarted: re-running %s", i, slot.run[0])
-                    self._heavy_where.pop(slot.run, None)
-                    self.core.run_lost(*slot.run)
-                    slot.run = None
-                    self._kick()
+                    self._lose_heavy_run(slot)
             slot.incarnation = incarnation
 
     def _kick(self) -> None:
@@ -524,7 +525,8 @@ class SchedulerActor:
             log.warning("executor %d did not take %d runs (%s); re-queued", i, len(keys), type(exc).__name__)
             self._reachable[i] = False
             for key in keys:
-                if self._inflight[i].pop(key, 1) is None:
+                if key in self._inflight[i]:  # not reported meanwhile
+                    del self._inflight[i][key]
                     self._where.pop(key, None)
                     self.core.run_lost(*key)
             self._flush()
@@ -560,16 +562,9 @@ class SchedulerActor:
         if fx.chain_msgs and self._coordinators:
             pool = len(self._coordinators)
             for msg in fx.chain_msgs:
-                i = coordinator_index(msg[1], pool)
-                self._chain_outbox[i].append(msg)
-                if not self._chain_sending[i]:
-                    self._chain_sending[i] = True
-                    asyncio.ensure_future(self._send_chain_msgs(i))
+                self._chain_outboxes[coordinator_index(msg[1], pool)].add((msg,))
         if fx.events:
-            self._outbox.extend(encode_event(e) for e in fx.events)
-            if not self._publishing and self._broker is not None:
-                self._publishing = True
-                asyncio.ensure_future(self._publish())
+            self._events.add(encode_event(e) for e in fx.events)
         for name in fx.settled:
             self._wake_waiters(name)
         if not self._where and not self._heavy_where and not self.core.ready_count():
@@ -581,38 +576,16 @@ class SchedulerActor:
                 self.core.chain_actions(actions)
                 self._pump()
 
-    async def _send_chain_msgs(self, i: int) -> None:
-        """One call in flight per coordinator, in order; later messages ride the next one."""
-        try:
-            while self._chain_outbox[i]:
-                batch, self._chain_outbox[i] = self._chain_outbox[i], []
-                handle = self._coordinators[i]
-                try:
-                    actions = await call_with_retry(lambda: handle.handle.remote(batch), timeout_s=120)
-                except Exception:
-                    log.exception("could not reach chain coordinator %d; it resyncs when it restarts", i)
-                    self._chain_outbox[i][:0] = batch
-                    await asyncio.sleep(1.0)
-                    continue
-                if actions:
-                    self.core.chain_actions(actions)
-                    self._pump()
-        finally:
-            self._chain_sending[i] = False
+    async def _to_coordinator(self, handle: Any, batch: list[Message]) -> None:
+        """Messages to one coordinator, in order; its reply is the actions they imply.
+        (If it is down for good, it resyncs from this scheduler when it restarts.)"""
+        actions = await call_with_retry(lambda: handle.handle.remote(batch), timeout_s=120)
+        if actions:
+            self.core.chain_actions(actions)
+            self._pump()
 
-    async def _publish(self) -> None:
-        """One publish in flight; events that arrive meanwhile ride the next one (batched)."""
-        try:
-            while self._outbox:
-                batch, self._outbox = self._outbox, []
-                try:
-                    await call_with_retry(lambda: self._broker.publish.remote(batch), timeout_s=60)
-                except Exception:
-                    log.exception("could not publish %d events; keeping them for the next try", len(batch))
-                    self._outbox[:0] = batch
-                    await asyncio.sleep(1.0)
-        finally:
-            self._publishing = False
+    async def _publish(self, batch: list[bytes]) -> None:
+        await call_with_retry(lambda: self._broker.publish.remote(batch), timeout_s=60)
 
     def _wake_waiters(self, name: str) -> None:
         waiters = self._waiters.get(name)
