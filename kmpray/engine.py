@@ -14,7 +14,7 @@ import itertools
 import json
 import logging
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -459,19 +459,17 @@ class SchedulerCore:
             if nodes == ():  # no node satisfies it now: wait for a device state change
                 self._gated.add(rec.key)
                 continue
+            # A chain task's data was merged at promotion; appended work merges its leaf's here.
             upstream: dict[str, Any] | None = rec.upstream
-            run_input = rec.input
-            if upstream and run_input is None:
-                run_input = json.dumps(upstream)
-            prereqs = rec.prereqs
-            if prereqs:
+            if rec.prereqs:
                 try:
-                    upstream = merge(rec.input_merger, [self._output(p) for p in prereqs])
+                    upstream = merge(rec.input_merger, [self._output(p) for p in rec.prereqs])
                 except InvalidParameters as exc:
                     self._finish(rec, TaskState.FAILED, Failure(str(exc)), now)
                     continue
-                if run_input is None and upstream:
-                    run_input = json.dumps(upstream)
+            run_input = rec.input
+            if run_input is None and upstream:
+                run_input = json.dumps(upstream)
             rec.state = TaskState.RUNNING
             rec.run_id += 1
             rec.progress = None
@@ -653,13 +651,10 @@ class SchedulerCore:
             self._promote_dependents(rec, now)
             return
         cascade = Failure(f"prerequisite {rec.key!r} {state.value.lower()}") if state is TaskState.FAILED else None
-        for dep in self._dependents(rec):
+        for dep in list(self.dependents.get(rec.key, ())):
             drec = self.tasks.get(dep)
             if drec is not None and not drec.state.is_finished:
                 self._finish(drec, state, cascade, now)
-
-    def _dependents(self, rec: TaskRecord) -> list[str]:
-        return list(self.dependents.get(rec.key, ()))
 
     def _promote_dependents(self, rec: TaskRecord, now: int) -> None:
         for dep in self.dependents.get(rec.key, ()):
