@@ -73,6 +73,11 @@ class HeavySlot:
     unreachable_since: float | None = None
 
 
+def _executors_for(node: dict[str, Any]) -> int:
+    """Light executors a node gets (``executors=0``): one per CPU, at least one."""
+    return max(1, int(node["Resources"].get("CPU", 1)))
+
+
 RECONCILE_S = 1.0
 PING_TIMEOUT_S = 10.0
 PRUNE_S = 60.0
@@ -93,12 +98,11 @@ class SchedulerActor:
             self.clock = SystemClock()
         self.virtual_time = virtual_time
         self.platform = platform
-        self.registered: dict[str, int] = {}
-        self._blobs: dict[str, tuple[int, bytes]] = {}
+        self._blobs: dict[str, tuple[int, bytes]] = {}  # registered worker -> (version, class blob)
         known = self.store.get_meta("known_workers")
         self.known: set[str] = set(known) if isinstance(known, list) else set()
         self.core = SchedulerCore(
-            self.clock, profile(platform), self.config, self.registered.__contains__, self.known.__contains__
+            self.clock, profile(platform), self.config, self._blobs.__contains__, self.known.__contains__
         )
         started = time.monotonic()
         self.core.restore(self.store.load(), self.store.load_chains())
@@ -131,7 +135,6 @@ class SchedulerActor:
         registry = lookup(REGISTRY, self.namespace)
         # Restarted while the registry lived on: take its copies back (see actors/registry.py).
         self._blobs.update(await call_with_retry(lambda: registry.dump.remote()))
-        self.registered.update({name: version for name, (version, _blob) in self._blobs.items()})
         self._broker = lookup(BROKER, self.namespace)
         oracle = lookup(ORACLE, self.namespace)
         states = await oracle.ready.remote()
@@ -182,7 +185,7 @@ class SchedulerActor:
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         if self.config.executors:
             return [nodes[i % len(nodes)]["NodeID"] for i in range(self.config.executors)]
-        return [n["NodeID"] for n in nodes for _ in range(max(1, int(n["Resources"].get("CPU", 1))))]
+        return [n["NodeID"] for n in nodes for _ in range(_executors_for(n))]
 
     async def device_states(self, payload: dict[str, dict[str, Any]]) -> list[str]:
         """Pushed by the oracle on every change: re-gate tasks, fire device triggers, dispatch."""
@@ -214,7 +217,7 @@ class SchedulerActor:
             "pending": self.core.pending,
             "counts": self.core.counts(),
             "restored_in_s": self.restored_in_s,
-            "workers": sorted(self.registered),
+            "workers": sorted(self._blobs),
             "waiting_for_registration": self.core.parked(),
         }
 
@@ -310,15 +313,17 @@ class SchedulerActor:
             for node, info in nodes.items():
                 if node not in covered:
                     log.info("node %s joined: starting its executors", node)
-                    for _ in range(max(1, int(info["Resources"].get("CPU", 1)))):
+                    for _ in range(_executors_for(info)):
                         self._add_executor(node)
 
-    def _lose_runs(self, i: int, why: str) -> None:
-        lost = list(self._inflight[i])
+    def _lose_runs(self, i: int, why: str, keys: list[tuple[str, int]] | None = None) -> None:
+        """Re-queue executor ``i``'s runs (only ``keys`` of them, if given) still unreported."""
+        inflight = self._inflight[i]
+        lost = list(inflight) if keys is None else [k for k in keys if k in inflight]
         for key in lost:
+            del inflight[key]
             self._where.pop(key, None)
             self.core.run_lost(*key)
-        self._inflight[i].clear()
         if lost:
             log.warning("executor %d %s: re-running %d runs", i, why, len(lost))
             self._kick()
@@ -436,7 +441,7 @@ class SchedulerActor:
                 self._send(i, part)
 
     def _wire(self, d: Dispatch) -> tuple[Any, ...]:
-        return (d.key, d.run_id, d.worker, self.registered.get(d.worker, 0), d.input, d.upstream,
+        return (d.key, d.run_id, d.worker, self._blobs.get(d.worker, (0, b""))[0], d.input, d.upstream,
                 d.previous_attempts, d.timeout_ms)
 
     def _send_heavy(self, i: int, d: Dispatch) -> None:
@@ -522,15 +527,10 @@ class SchedulerActor:
         except Exception as exc:
             # The batch may or may not have arrived: run it again elsewhere (a copy that did
             # arrive reports under its old run id, which is ignored). At-least-once.
-            log.warning("executor %d did not take %d runs (%s); re-queued", i, len(keys), type(exc).__name__)
+            log.warning("executor %d: submit failed (%s)", i, type(exc).__name__)
             self._reachable[i] = False
-            for key in keys:
-                if key in self._inflight[i]:  # not reported meanwhile
-                    del self._inflight[i][key]
-                    self._where.pop(key, None)
-                    self.core.run_lost(*key)
+            self._lose_runs(i, "did not take its batch", keys)
             self._flush()
-            self._kick()
             await self._reconcile()
             return
         if incarnation != self._incarnations[i]:
@@ -559,22 +559,29 @@ class SchedulerActor:
                     asyncio.ensure_future(self._stop_heavy(h, key))
             for i, keys in by_executor.items():
                 self._executors[i].cancel.remote(keys)
-        if fx.chain_msgs and self._coordinators:
-            pool = len(self._coordinators)
-            for msg in fx.chain_msgs:
-                self._chain_outboxes[coordinator_index(msg[1], pool)].add((msg,))
         if fx.events:
             self._events.add(encode_event(e) for e in fx.events)
         for name in fx.settled:
             self._wake_waiters(name)
         if not self._where and not self._heavy_where and not self.core.ready_count():
             self._idle.set()
-        if fx.chain_msgs and self._local_chains is not None:
-            # In-process coordination: promote now, and send what became ready at once.
-            actions = self._local_chains.apply(fx.chain_msgs)
-            if actions:
-                self.core.chain_actions(actions)
-                self._pump()
+        if fx.chain_msgs:
+            self._coordinate(fx.chain_msgs)
+
+    def _coordinate(self, msgs: list[Message]) -> None:
+        """Chain messages to their coordinator actors, or to the in-process rules."""
+        if self._local_chains is None:
+            pool = len(self._coordinators)
+            if not pool:
+                return  # not started yet: the coordinators resync from the rows at start
+            for msg in msgs:
+                self._chain_outboxes[coordinator_index(msg[1], pool)].add((msg,))
+            return
+        # In-process coordination: promote now, and send what became ready at once.
+        actions = self._local_chains.apply(msgs)
+        if actions:
+            self.core.chain_actions(actions)
+            self._pump()
 
     async def _to_coordinator(self, handle: Any, batch: list[Message]) -> None:
         """Messages to one coordinator, in order; its reply is the actions they imply.
@@ -624,7 +631,6 @@ class SchedulerActor:
             self._blobs[name] = (version, blob)
         registry = lookup(REGISTRY, self.namespace)
         await call_with_retry(lambda: registry.put.remote(name, version, blob))
-        self.registered[name] = version
         if name not in self.known:
             self.known.add(name)
             self.store.put_meta("known_workers", sorted(self.known))

@@ -9,7 +9,7 @@ import pytest
 from kmpray.chain import ChainCoordinatorCore
 from kmpray.clock import ManualClock
 from kmpray.config import EngineConfig
-from kmpray.engine import Dispatch, SchedulerCore
+from kmpray.engine import Dispatch, Effects, SchedulerCore
 from kmpray.platforms import profile
 from kmpray.results import Failure, Retry, Success
 from kmpray.store import MemoryTaskStore
@@ -37,10 +37,7 @@ class Harness:
     def flush(self) -> None:
         """Persist, then hand chain messages to the coordinator and its actions back."""
         while True:
-            fx = self.core.drain()
-            self.store.write(fx.persist.values(), fx.delete, fx.chains.values(), fx.delete_chains)
-            self.events.extend(fx.events)
-            self.chain_msgs.extend(fx.chain_msgs)
+            self.events.extend(self.drain().events)
             if not self.coordinator_up or not self.chain_msgs:
                 return
             msgs, self.chain_msgs = self.chain_msgs, []
@@ -49,7 +46,7 @@ class Harness:
                 return
             self.core.chain_actions(actions)
 
-    def drain(self) -> object:
+    def drain(self) -> Effects:
         """The core's effects, as a test inspects them; chain messages still get delivered."""
         fx = self.core.drain()
         self.store.write(fx.persist.values(), fx.delete, fx.chains.values(), fx.delete_chains)
