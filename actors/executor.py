@@ -49,6 +49,9 @@ class ExecutorBase:
         self._tasks: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._cancelled: set[tuple[str, int]] = set()
         self._done: list[tuple[str, int, tuple[str, Any, Any]]] = []
+        # Every run taken and not yet reported (running, queued, finished): what a
+        # restarted scheduler adopts instead of running it again (see ``holding``).
+        self._unreported: dict[tuple[str, int], None] = {}
         self._progress: list[tuple[str, int, int, str | None]] = []
         self._flushing = False
         self._scheduler: Any = None
@@ -66,9 +69,14 @@ class ExecutorBase:
     def submit(self, runs: list[Run]) -> str:
         for run in runs:
             key = (run[0], run[1])
-            if key not in self._tasks:  # a retried submit must not start a run twice
+            if key not in self._unreported:  # a retried submit must not start a run twice
+                self._unreported[key] = None
                 self._tasks[key] = asyncio.ensure_future(self._run(run))
         return self.incarnation
+
+    def holding(self) -> tuple[str, list[tuple[str, int]]]:
+        """The runs this process took and has not reported yet, for a restarted scheduler."""
+        return self.incarnation, list(self._unreported)
 
     def cancel_cooperative(self, runs: list[tuple[str, int]]) -> None:
         """Only ask: ``ctx.is_cancelled()`` turns true; the run ends when the worker returns."""
@@ -109,11 +117,13 @@ class ExecutorBase:
                     raise asyncio.CancelledError
                 result = await self._execute(key, worker, version, inp, upstream, previous, timeout_ms)
         except asyncio.CancelledError:
+            self._unreported.pop(key, None)
             return  # cancelled by the scheduler: it already recorded CANCELLED
         finally:
             self._tasks.pop(key, None)
         if key in self._cancelled:
             self._cancelled.discard(key)
+            self._unreported.pop(key, None)
             return
         self._done.append((key_, run_id, to_wire(result)))
         self._kick()
@@ -176,6 +186,8 @@ class ExecutorBase:
                     await call_with_retry(lambda: scheduler.report.remote(done, progress), timeout_s=120)
                 except Exception:  # the scheduler re-runs whatever it does not hear about
                     log.exception("could not report %d results; the scheduler will re-run them", len(done))
+                for key_, run_id, _ in done:
+                    self._unreported.pop((key_, run_id), None)
         finally:
             self._flushing = False
 

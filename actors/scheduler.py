@@ -144,6 +144,7 @@ class SchedulerActor:
         for i, handle in enumerate(self._executors):
             self._incarnations[i], _running, self._exec_nodes[i] = await handle.ping.remote()
             self._reachable[i] = True
+        await self._adopt()
         pool = self.config.chain_coordinators
         self._coordinators = [lookup(CHAIN.format(i), self.namespace) for i in range(pool)]
         self._chain_outboxes = [
@@ -161,6 +162,43 @@ class SchedulerActor:
             asyncio.ensure_future(call_with_retry(lambda h=handle: h.resync.remote(), timeout_s=120))
         asyncio.ensure_future(self._loop())
         asyncio.ensure_future(self._housekeeping())
+
+    async def _adopt(self) -> None:
+        """Restarted: runs the previous scheduler left on executors and heavy workers
+        stay theirs (their reports count) instead of running a second time."""
+        holders: list[tuple[int | None, int, Any]] = [(i, -1, h) for i, h in enumerate(self._executors)]
+        for slot_index in range(len(self._heavy)):
+            try:
+                handle = await asyncio.to_thread(ray.get_actor, HEAVY.format(slot_index), self.namespace)
+            except ValueError:
+                continue  # never started, or retired
+            holders.append((None, slot_index, handle))
+        answers = await asyncio.gather(*(self._holding(h) for *_, h in holders))
+        where: dict[tuple[str, int], tuple[int | None, int]] = {}
+        for (i, slot_index, handle), answer in zip(holders, answers, strict=True):
+            if i is None:
+                # A heavy worker found again keeps its warm state; it is reconciled from here on.
+                slot = self._heavy[slot_index]
+                slot.handle, slot.incarnation = handle, answer[0] if answer else None
+            for key in answer[1] if answer else ():
+                where[(key[0], key[1])] = (i, slot_index)
+        adopted = self.core.adopt(where)
+        for key in adopted:
+            i, slot_index = where[key]
+            if i is not None:
+                self._inflight[i][key] = None
+                self._where[key] = i
+            else:
+                self._heavy[slot_index].run = key
+                self._heavy_where[key] = slot_index
+        if adopted:
+            log.warning("restarted: %d runs still on executors are kept, not run again", len(adopted))
+
+    async def _holding(self, handle: Any) -> tuple[str, list[tuple[str, int]]] | None:
+        try:
+            return await asyncio.wait_for(handle.holding.remote(), PING_TIMEOUT_S)  # type: ignore[no-any-return]
+        except Exception:
+            return None  # unreachable: what it holds runs again
 
     def _add_executor(self, node: str) -> int:
         i = len(self._executors)

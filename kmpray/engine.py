@@ -125,6 +125,9 @@ class SchedulerCore:
         self._gated: set[str] = set()  # ready tasks that no node satisfies right now
         self._unplaced: set[str] = set()  # eligible, but no executor room on their nodes
         self.pending = 0  # unfinished tasks, for admission control
+        # After a restore: the run id a run dispatched before the restart would carry, per
+        # task that may have one (see ``adopt``).
+        self._adoptable: dict[str, int] = {}
         self.fx = Effects()
 
     # ----------------------------------------------------------------- effects
@@ -245,10 +248,18 @@ class SchedulerCore:
             if rec.state.is_finished:
                 continue
             self.pending += 1
-            # The last dispatch before the restart was not stored: skip its run id.
+            # A dispatch is not stored; a run's progress is. A run still out there carries
+            # the stored id (stored RUNNING) or the next one (dispatched after the last write).
+            if rec.state is TaskState.RUNNING:
+                self._adoptable[rec.key] = rec.run_id
+            elif rec.state is TaskState.ENQUEUED:
+                self._adoptable[rec.key] = rec.run_id + 1
+            # Skip the id of that unstored dispatch: its late report is never taken for a new run.
             rec.run_id += 1
             if rec.state is TaskState.RUNNING:
+                # Interrupted, not finished: like a lost run, it is not counted as an attempt.
                 rec.state = TaskState.ENQUEUED
+                rec.run_attempt_count = max(0, rec.run_attempt_count - 1)
                 rec.next_run_at_ms = now
                 self._touch(rec, now)
             if rec.state is TaskState.ENQUEUED:
@@ -568,6 +579,28 @@ class SchedulerCore:
         else:
             rec.next_run_at_ms = None
             self._touch(rec, now)
+
+    def adopt(self, runs: Iterable[tuple[str, int]]) -> list[tuple[str, int]]:
+        """Right after ``restore``: runs the previous scheduler dispatched that executors
+        still hold (running, queued, or finished but unreported) stay RUNNING under their
+        run id, so their reports count and the tasks do not run a second time. Returns the
+        runs adopted; every other held run is stale (its report will be ignored). Only
+        the first call after a restore adopts anything."""
+        adoptable, self._adoptable = self._adoptable, {}
+        adopted: list[tuple[str, int]] = []
+        for key, run_id in runs:
+            rec = self.tasks.get(key)
+            if rec is None or rec.state is not TaskState.ENQUEUED or adoptable.get(key) != run_id:
+                continue
+            del adoptable[key]  # held twice (a run re-sent to another executor): adopt one
+            rec.state = TaskState.RUNNING
+            rec.run_id = run_id
+            rec.ready_seq = rec.timer_seq = -1  # its queue entries go stale
+            rec.next_run_at_ms = None
+            rec.progress = None
+            rec.run_attempt_count += 1
+            adopted.append((key, run_id))
+        return adopted
 
     def run_lost(self, key: str, run_id: int) -> None:
         """The executor of a run died: run it again, not counted as an attempt."""

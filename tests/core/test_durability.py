@@ -145,3 +145,36 @@ def test_restore_never_reuses_the_id_of_a_run_that_was_not_stored(h: Harness) ->
     h.restart()
     [again] = h.step()
     assert again.key == "a" and again.run_id > lost.run_id
+
+
+def test_a_restarted_scheduler_adopts_runs_executors_still_hold(h: Harness) -> None:
+    for name in ("quiet", "talking", "unheld"):
+        h.core.submit(name, TaskTrigger.OneTime(), "Ok")
+    h.core.tick()
+    quiet, talking, unheld = h.core.take_ready(10)  # dispatches are not stored...
+    h.core.progress(talking.key, talking.run_id, 50, None)  # ...a run's progress is
+    h.restart()
+    held = [(quiet.key, quiet.run_id), (talking.key, talking.run_id)]
+    assert h.core.adopt(held) == held
+    assert h.state("quiet") == h.state("talking") == "RUNNING"
+    assert h.core.latest("talking").run_attempt_count == 1  # type: ignore[union-attr]
+    assert [d.key for d in h.step()] == ["unheld"]  # only the run nobody holds runs again
+    assert h.core.complete(quiet.key, quiet.run_id, Success())  # the held runs' reports count
+    assert h.core.complete(talking.key, talking.run_id, Success())
+    assert h.state("quiet") == h.state("talking") == "SUCCEEDED"
+    assert h.core.adopt(held) == []  # only right after a restore
+
+
+def test_adoption_ignores_runs_whose_end_was_stored(h: Harness) -> None:
+    retry = Constraints(max_retries=3, backoff_delay_ms=10_000)
+    h.core.submit("again", TaskTrigger.OneTime(), "Flaky", constraints=retry)
+    h.core.submit("done", TaskTrigger.OneTime(), "Ok")
+    h.core.tick()
+    again, done = h.core.take_ready(10)
+    h.core.complete(again.key, again.run_id, Failure("later", should_retry=True))
+    h.core.complete(done.key, done.run_id, Success())
+    h.restart()  # the executor had not heard that its reports arrived: it still lists both
+    assert h.core.adopt([(again.key, again.run_id), (done.key, done.run_id)]) == []
+    assert h.state("again") == "ENQUEUED" and h.state("done") == "SUCCEEDED"
+    assert [d.key for d in h.advance(10_000)] == ["again"]
+    assert h.core.latest("again").run_attempt_count == 2  # type: ignore[union-attr]

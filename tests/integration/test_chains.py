@@ -121,11 +121,12 @@ def test_killed_scheduler_mid_chain_resumes_without_rerunning_succeeded_steps(en
     chain.enqueue()
     until(lambda: "mid" in runs(log), what="the middle step to start")
     ray.kill(ray.get_actor("kmpray.scheduler", namespace=sched.namespace), no_restart=False)
-    until(lambda: runs(log).count("mid") == 2, timeout_s=60, what="the interrupted step to run again")
+    # The restarted scheduler adopted the run still on its executor: it goes on, not again.
+    assert sched.get_task_info("mid").state is TaskState.RUNNING
     gate.touch()
     info = sched.wait("k", timeout_s=60)
     assert info.state is TaskState.SUCCEEDED
-    assert sorted(runs(log)) == ["end", "mid", "mid", "p1", "p2"]  # succeeded steps never ran twice
+    assert sorted(runs(log)) == ["end", "mid", "p1", "p2"]  # no step ran twice
     assert info.steps[3 - 1][0].result.data["by"] == "end"
 
 

@@ -89,6 +89,25 @@ def test_a_heavy_worker_killed_mid_task_reruns_it_on_the_restarted_actor(heavy: 
     assert info.state is TaskState.SUCCEEDED and info.run_attempt_count == 1
 
 
+def test_a_heavy_run_survives_a_scheduler_restart_on_its_warm_worker(heavy: Any, tmp_path: Path) -> None:
+    import ray
+
+    heavy.enqueue("warm", ONCE, "WarmModel", constraints=HEAVY)
+    pid = heavy.wait("warm", timeout_s=60).result.data["pid"]
+    inp, started, release = blocks_input(tmp_path, "long")
+    heavy.enqueue("long", ONCE, "Blocks", input=inp, constraints=HEAVY)
+    until(started.exists, what="heavy run start")
+    ray.kill(ray.get_actor("kmpray.scheduler", namespace=heavy.namespace), no_restart=False)
+    heavy.enqueue("next", ONCE, "WarmModel", constraints=HEAVY)  # served by the restarted one
+    assert heavy.get_task_info("long").state is TaskState.RUNNING  # adopted, not re-queued
+    assert heavy.get_task_info("next").state is TaskState.ENQUEUED  # the worker is still busy
+    release.touch()
+    assert heavy.wait("long", timeout_s=60).state is TaskState.SUCCEEDED
+    after = heavy.wait("next", timeout_s=60)
+    assert count_runs(str(started)) == 1
+    assert (after.result.data["pid"], after.result.data["calls"]) == (pid, 2)  # still warm
+
+
 def test_idle_heavy_workers_are_retired(engines: Any) -> None:
     sched = engines(config=EngineConfig(heavy_pool_size=1, heavy_num_cpus=0, heavy_idle_timeout_s=0.5))
     register_all(sched)
