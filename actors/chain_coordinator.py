@@ -36,7 +36,9 @@ class ChainCoordinator:
         self.index = index
         self.pool = pool
         self.core = ChainCoordinatorCore()
-        self._actions: Outbox[Message] = Outbox(self._deliver, f"coordinator {index}: actions to the scheduler")
+        self._actions: Outbox[Message] = Outbox(
+            lambda actions: self._sched().chain_actions.remote(actions), f"coordinator {index}: actions to the scheduler"
+        )
         self._scheduler: Any = None
         self.handled = 0
         self.resyncs = 0
@@ -87,7 +89,3 @@ class ChainCoordinator:
 
     def stats(self) -> dict[str, int]:
         return {"plans": len(self.core.plans), "handled": self.handled, "resyncs": self.resyncs}
-
-    async def _deliver(self, actions: list[Message]) -> None:
-        scheduler = self._sched()
-        await call_with_retry(lambda: scheduler.chain_actions.remote(actions), timeout_s=120)

@@ -24,12 +24,14 @@ from kmpray.validation import check_output
 from kmpray.worker import CommonWorker, WorkerContext, run_worker
 
 from .event_broker import BrokerBackend
-from .names import REGISTRY, SCHEDULER, call_with_retry, lookup
+from .names import REGISTRY, SCHEDULER, Outbox, call_with_retry, lookup
 
 log = logging.getLogger("kmpray.executor")
 
 # A run on the wire: (key, run_id, worker, version, input, upstream, previous_attempts, timeout_ms)
 Run = tuple[str, int, str, int, "str | None", "dict[str, Any] | None", int, "int | None"]
+# To the scheduler: ("done", key, run_id, wire result) or ("progress", key, run_id, pct, message)
+Report = tuple[Any, ...]
 
 
 class ExecutorBase:
@@ -48,12 +50,11 @@ class ExecutorBase:
         self._instances: dict[tuple[str, int], CommonWorker] = {}
         self._tasks: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._cancelled: set[tuple[str, int]] = set()
-        self._done: list[tuple[str, int, tuple[str, Any, Any]]] = []
         # Every run taken and not yet reported (running, queued, finished): what a
         # restarted scheduler adopts instead of running it again (see ``holding``).
         self._unreported: dict[tuple[str, int], None] = {}
-        self._progress: list[tuple[str, int, int, str | None]] = []
-        self._flushing = False
+        # Results and progress to the scheduler, batched; kept until a report arrives.
+        self._reports: Outbox[Report] = Outbox(self._report, "results to the scheduler", self._reported)
         self._scheduler: Any = None
         self._slots = asyncio.Semaphore(self._concurrency())
         # Through the module, not a name imported here: Ray ships actor classes by value,
@@ -125,8 +126,7 @@ class ExecutorBase:
             self._cancelled.discard(key)
             self._unreported.pop(key, None)
             return
-        self._done.append((key_, run_id, to_wire(result)))
-        self._kick()
+        self._reports.add((("done", key_, run_id, to_wire(result)),))
 
     async def _execute(
         self,
@@ -149,8 +149,7 @@ class ExecutorBase:
             return Failure(f"worker {worker!r} could not be constructed: {type(exc).__name__}: {exc}")
 
         def progress(pct: int, message: str | None) -> None:
-            self._progress.append((key[0], key[1], pct, message))
-            self._kick()
+            self._reports.add((("progress", key[0], key[1], pct, message),))
 
         ctx = WorkerContext(key[0], previous, upstream, progress, lambda: key in self._cancelled, self.config)
         try:
@@ -169,27 +168,17 @@ class ExecutorBase:
                 return Failure(str(exc))
         return result  # type: ignore[return-value]
 
-    def _kick(self) -> None:
-        if not self._flushing:
-            self._flushing = True
-            asyncio.ensure_future(self._flush())
+    def _report(self, items: list[Report]) -> Any:
+        if self._scheduler is None:
+            self._scheduler = lookup(SCHEDULER, self.namespace)
+        done = [item[1:] for item in items if item[0] == "done"]
+        progress = [item[1:] for item in items if item[0] == "progress"]
+        return self._scheduler.report.remote(done, progress)
 
-    async def _flush(self) -> None:
-        try:
-            while self._done or self._progress:
-                done, self._done = self._done, []
-                progress, self._progress = self._progress, []
-                if self._scheduler is None:
-                    self._scheduler = lookup(SCHEDULER, self.namespace)
-                scheduler = self._scheduler
-                try:
-                    await call_with_retry(lambda: scheduler.report.remote(done, progress), timeout_s=120)
-                except Exception:  # the scheduler re-runs whatever it does not hear about
-                    log.exception("could not report %d results; the scheduler will re-run them", len(done))
-                for key_, run_id, _ in done:
-                    self._unreported.pop((key_, run_id), None)
-        finally:
-            self._flushing = False
+    def _reported(self, _answer: Any, items: list[Report]) -> None:
+        for item in items:
+            if item[0] == "done":
+                self._unreported.pop((item[1], item[2]), None)
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=10_000)

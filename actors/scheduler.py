@@ -124,7 +124,9 @@ class SchedulerActor:
         self._wake_at: int | None = None  # the due time the loop is sleeping towards
         self._idle = asyncio.Event()
         self._broker: Any = None
-        self._events: Outbox[bytes] = Outbox(self._publish, "events to the broker")
+        self._events: Outbox[bytes] = Outbox(
+            lambda batch: self._broker.publish.remote(batch), "events to the broker", timeout_s=60, eager=False
+        )
         self._coordinators: list[Any] = []
         self._chain_outboxes: list[Outbox[Message]] = []
         self._local_chains: ChainCoordinatorCore | None = None  # chain_coordinators=0
@@ -148,7 +150,11 @@ class SchedulerActor:
         pool = self.config.chain_coordinators
         self._coordinators = [lookup(CHAIN.format(i), self.namespace) for i in range(pool)]
         self._chain_outboxes = [
-            Outbox(lambda batch, h=handle: self._to_coordinator(h, batch), f"chain coordinator {i}")
+            Outbox(
+                lambda batch, h=handle: h.handle.remote(batch),
+                f"chain coordinator {i}",
+                lambda actions, _batch: self._chain_actions(actions),
+            )
             for i, handle in enumerate(self._coordinators)
         ]
         if pool == 0:
@@ -597,40 +603,33 @@ class SchedulerActor:
                     asyncio.ensure_future(self._stop_heavy(h, key))
             for i, keys in by_executor.items():
                 self._executors[i].cancel.remote(keys)
+        local = self._local_chains
+        if fx.chain_msgs and local is None:
+            self._to_coordinators(fx.chain_msgs)  # first: a chain's next step waits for the answer
         if fx.events:
             self._events.add(encode_event(e) for e in fx.events)
         for name in fx.settled:
             self._wake_waiters(name)
         if not self._where and not self._heavy_where and not self.core.ready_count():
             self._idle.set()
-        if fx.chain_msgs:
-            self._coordinate(fx.chain_msgs)
+        if fx.chain_msgs and local is not None:
+            # In-process coordination: promote now (after this batch's events, which happened
+            # first), and send what became ready at once.
+            self._chain_actions(local.apply(fx.chain_msgs))
 
-    def _coordinate(self, msgs: list[Message]) -> None:
-        """Chain messages to their coordinator actors, or to the in-process rules."""
-        if self._local_chains is None:
-            pool = len(self._coordinators)
-            if not pool:
-                return  # not started yet: the coordinators resync from the rows at start
-            for msg in msgs:
-                self._chain_outboxes[coordinator_index(msg[1], pool)].add((msg,))
-            return
-        # In-process coordination: promote now, and send what became ready at once.
-        actions = self._local_chains.apply(msgs)
+    def _to_coordinators(self, msgs: list[Message]) -> None:
+        pool = len(self._coordinators)
+        if not pool:
+            return  # not started yet: the coordinators resync from the rows at start
+        for msg in msgs:
+            self._chain_outboxes[coordinator_index(msg[1], pool)].add((msg,))
+
+    def _chain_actions(self, actions: list[Message]) -> None:
+        """What chain messages imply: a coordinator's reply, or the in-process rules' answer.
+        (A coordinator down for good resyncs from this scheduler when it restarts.)"""
         if actions:
             self.core.chain_actions(actions)
             self._pump()
-
-    async def _to_coordinator(self, handle: Any, batch: list[Message]) -> None:
-        """Messages to one coordinator, in order; its reply is the actions they imply.
-        (If it is down for good, it resyncs from this scheduler when it restarts.)"""
-        actions = await call_with_retry(lambda: handle.handle.remote(batch), timeout_s=120)
-        if actions:
-            self.core.chain_actions(actions)
-            self._pump()
-
-    async def _publish(self, batch: list[bytes]) -> None:
-        await call_with_retry(lambda: self._broker.publish.remote(batch), timeout_s=60)
 
     def _wake_waiters(self, name: str) -> None:
         waiters = self._waiters.get(name)
