@@ -30,8 +30,11 @@ log = logging.getLogger("kmpray.executor")
 
 # A run on the wire: (key, run_id, worker, version, input, upstream, previous_attempts, timeout_ms)
 Run = tuple[str, int, str, int, "str | None", "dict[str, Any] | None", int, "int | None"]
-# To the scheduler: ("done", key, run_id, wire result) or ("progress", key, run_id, pct, message)
+# To the scheduler: ("done", key, run_id, wire result), ("progress", key, run_id, pct,
+# message) or ("started", key, run_id)
 Report = tuple[Any, ...]
+# A run still going this long after its worker began is reported RUNNING on its own.
+STARTED_NOTICE_S = 0.02
 
 
 class ExecutorBase:
@@ -53,6 +56,7 @@ class ExecutorBase:
         # Every run taken and not yet reported (running, queued, finished): what a
         # restarted scheduler adopts instead of running it again (see ``holding``).
         self._unreported: dict[tuple[str, int], None] = {}
+        self._begun: set[tuple[str, int]] = set()  # runs whose worker is running now
         # Results and progress to the scheduler, batched; kept until a report arrives.
         self._reports: Outbox[Report] = Outbox(self._report, "results to the scheduler", self._reported)
         self._scheduler: Any = None
@@ -75,9 +79,11 @@ class ExecutorBase:
                 self._tasks[key] = asyncio.ensure_future(self._run(run))
         return self.incarnation
 
-    def holding(self) -> tuple[str, list[tuple[str, int]]]:
-        """The runs this process took and has not reported yet, for a restarted scheduler."""
-        return self.incarnation, list(self._unreported)
+    def holding(self) -> tuple[str, list[tuple[str, int]], list[tuple[str, int]]]:
+        """For a restarted scheduler: the runs this process took and has not reported yet,
+        and which of them still wait for a slot."""
+        waiting = [key for key in self._tasks if key not in self._begun]
+        return self.incarnation, list(self._unreported), waiting
 
     def cancel_cooperative(self, runs: list[tuple[str, int]]) -> None:
         """Only ask: ``ctx.is_cancelled()`` turns true; the run ends when the worker returns."""
@@ -116,12 +122,22 @@ class ExecutorBase:
             async with self._slots:
                 if key in self._cancelled:
                     raise asyncio.CancelledError
-                result = await self._execute(key, worker, version, inp, upstream, previous, timeout_ms)
+                # "Began" goes to the scheduler only for a run still going after a moment:
+                # a short run's result says it, with no message of its own.
+                self._begun.add(key)
+                notice = asyncio.get_running_loop().call_later(
+                    STARTED_NOTICE_S, self._reports.add, (("started", key_, run_id),)
+                )
+                try:
+                    result = await self._execute(key, worker, version, inp, upstream, previous, timeout_ms)
+                finally:
+                    notice.cancel()
         except asyncio.CancelledError:
             self._unreported.pop(key, None)
             return  # cancelled by the scheduler: it already recorded CANCELLED
         finally:
             self._tasks.pop(key, None)
+            self._begun.discard(key)
         if key in self._cancelled:
             self._cancelled.discard(key)
             self._unreported.pop(key, None)
@@ -173,7 +189,8 @@ class ExecutorBase:
             self._scheduler = lookup(SCHEDULER, self.namespace)
         done = [item[1:] for item in items if item[0] == "done"]
         progress = [item[1:] for item in items if item[0] == "progress"]
-        return self._scheduler.report.remote(done, progress)
+        started = [item[1:] for item in items if item[0] == "started"]
+        return self._scheduler.report.remote(done, progress, started)
 
     def _reported(self, _answer: Any, items: list[Report]) -> None:
         for item in items:

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,6 +182,7 @@ class SchedulerActor:
             holders.append((None, slot_index, handle))
         answers = await asyncio.gather(*(self._holding(h) for *_, h in holders))
         where: dict[tuple[str, int], tuple[int | None, int]] = {}
+        waiting: set[tuple[str, int]] = set()
         for (i, slot_index, handle), answer in zip(holders, answers, strict=True):
             if i is None:
                 # A heavy worker found again keeps its warm state; it is reconciled from here on.
@@ -188,7 +190,9 @@ class SchedulerActor:
                 slot.handle, slot.incarnation = handle, answer[0] if answer else None
             for key in answer[1] if answer else ():
                 where[(key[0], key[1])] = (i, slot_index)
-        adopted = self.core.adopt(where)
+            for key in answer[2] if answer else ():
+                waiting.add((key[0], key[1]))
+        adopted = self.core.adopt(where, waiting)
         for key in adopted:
             i, slot_index = where[key]
             if i is not None:
@@ -200,7 +204,7 @@ class SchedulerActor:
         if adopted:
             log.warning("restarted: %d runs still on executors are kept, not run again", len(adopted))
 
-    async def _holding(self, handle: Any) -> tuple[str, list[tuple[str, int]]] | None:
+    async def _holding(self, handle: Any) -> tuple[str, list[Any], list[Any]] | None:
         try:
             return await asyncio.wait_for(handle.holding.remote(), PING_TIMEOUT_S)  # type: ignore[no-any-return]
         except Exception:
@@ -775,8 +779,12 @@ class SchedulerActor:
     def last_rejections(self, limit: int = 100) -> list[tuple[str, str, str]]:
         return list(self.rejections)[-limit:]
 
-    async def report(self, done: list[tuple[str, int, Any]], progress: list[Any]) -> None:
+    async def report(
+        self, done: list[tuple[str, int, Any]], progress: list[Any], started: Iterable[tuple[str, int]] = ()
+    ) -> None:
         await self._ready
+        for key, run_id in started:
+            self.core.started(key, run_id)
         for key, run_id, pct, message in progress:
             self.core.progress(key, run_id, pct, message)
         for key, run_id, raw in done:
@@ -818,7 +826,7 @@ class SchedulerActor:
         return [
             rec.info().model_dump(mode="json")
             for rec in self.core.tasks.values()
-            if wanted is None or rec.state is wanted
+            if wanted is None or rec.shown_state is wanted
         ]
 
     async def wait(self, name: str, timeout_s: float | None, runs_before: int | None = None) -> dict[str, Any] | None:

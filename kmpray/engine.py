@@ -14,7 +14,7 @@ import itertools
 import json
 import logging
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -156,7 +156,7 @@ class SchedulerCore:
     def counts(self) -> dict[str, int]:
         out = {s.value: 0 for s in TaskState}
         for rec in self.tasks.values():
-            out[rec.state.value] += 1
+            out[rec.shown_state.value] += 1
         return out
 
     def next_due_ms(self) -> int | None:
@@ -482,6 +482,7 @@ class SchedulerCore:
             if run_input is None and upstream:
                 run_input = json.dumps(upstream)
             rec.state = TaskState.RUNNING
+            rec.started = False  # shown ENQUEUED until the executor says the worker began
             rec.run_id += 1
             rec.progress = None
             rec.next_run_at_ms = None
@@ -580,12 +581,15 @@ class SchedulerCore:
             rec.next_run_at_ms = None
             self._touch(rec, now)
 
-    def adopt(self, runs: Iterable[tuple[str, int]]) -> list[tuple[str, int]]:
+    def adopt(
+        self, runs: Iterable[tuple[str, int]], waiting: Container[tuple[str, int]] = ()
+    ) -> list[tuple[str, int]]:
         """Right after ``restore``: runs the previous scheduler dispatched that executors
         still hold (running, queued, or finished but unreported) stay RUNNING under their
         run id, so their reports count and the tasks do not run a second time. Returns the
         runs adopted; every other held run is stale (its report will be ignored). Only
-        the first call after a restore adopts anything."""
+        the first call after a restore adopts anything. ``waiting``: held runs whose worker
+        has not begun (queued for an executor slot)."""
         adoptable, self._adoptable = self._adoptable, {}
         adopted: list[tuple[str, int]] = []
         for key, run_id in runs:
@@ -598,6 +602,7 @@ class SchedulerCore:
             rec.ready_seq = rec.timer_seq = -1  # its queue entries go stale
             rec.next_run_at_ms = None
             rec.progress = None
+            rec.started = (key, run_id) not in waiting
             rec.run_attempt_count += 1
             adopted.append((key, run_id))
         return adopted
@@ -612,10 +617,17 @@ class SchedulerCore:
         rec.run_attempt_count = max(0, rec.run_attempt_count - 1)
         self._set_timer(rec, now, now)
 
+    def started(self, key: str, run_id: int) -> None:
+        """The run's worker began (it was handed to an executor earlier): now RUNNING."""
+        rec = self.tasks.get(key)
+        if rec is not None and rec.state is TaskState.RUNNING and rec.run_id == run_id:
+            rec.started = True
+
     def progress(self, key: str, run_id: int, pct: int, message: str | None) -> None:
         rec = self.tasks.get(key)
         if rec is None or rec.state is not TaskState.RUNNING or rec.run_id != run_id:
             return
+        rec.started = True
         rec.progress = pct
         now = self.clock.now_ms()
         self._touch(rec, now)

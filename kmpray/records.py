@@ -53,13 +53,25 @@ class TaskRecord:
     # Index bookkeeping, not persisted.
     timer_seq: int = field(default=-1, repr=False)
     ready_seq: int = field(default=-1, repr=False)
+    # RUNNING and its worker began (not only handed to an executor): not stored, since a
+    # restart re-queues or re-adopts every run.
+    started: bool = field(default=False, repr=False)
+
+    @property
+    def shown_state(self) -> TaskState:
+        """What users see: a run handed to an executor that has not begun (waiting for one
+        of its slots) is still ENQUEUED, as in WorkManager; RUNNING means ``do_work`` runs."""
+        if self.state is TaskState.RUNNING and not self.started:
+            return TaskState.ENQUEUED
+        return self.state
 
     def info(self) -> TaskInfo:
+        state = self.shown_state
         return TaskInfo.model_construct(
             id=self.key,
             worker_class_name=self.worker,
-            state=self.state,
-            run_attempt_count=self.run_attempt_count,
+            state=state,
+            run_attempt_count=self.run_attempt_count - (state is not self.state),  # counted once it begins
             run_count=self.run_count,
             result=self.result,
             progress=self.progress,

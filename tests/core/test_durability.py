@@ -155,8 +155,11 @@ def test_a_restarted_scheduler_adopts_runs_executors_still_hold(h: Harness) -> N
     h.core.progress(talking.key, talking.run_id, 50, None)  # ...a run's progress is
     h.restart()
     held = [(quiet.key, quiet.run_id), (talking.key, talking.run_id)]
-    assert h.core.adopt(held) == held
+    assert h.core.adopt(held, waiting={(quiet.key, quiet.run_id)}) == held
     assert h.state("quiet") == h.state("talking") == "RUNNING"
+    # Shown as users see it: "quiet" still waits for an executor slot, "talking" runs.
+    assert h.core.latest("quiet").info().state is TaskState.ENQUEUED  # type: ignore[union-attr]
+    assert h.core.latest("talking").info().state is TaskState.RUNNING  # type: ignore[union-attr]
     assert h.core.latest("talking").run_attempt_count == 1  # type: ignore[union-attr]
     assert [d.key for d in h.step()] == ["unheld"]  # only the run nobody holds runs again
     assert h.core.complete(quiet.key, quiet.run_id, Success())  # the held runs' reports count

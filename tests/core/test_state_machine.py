@@ -186,3 +186,21 @@ def test_run_lost_requeues_without_counting_an_attempt(h: Harness) -> None:
     assert rec is not None and rec.state is TaskState.ENQUEUED and rec.run_attempt_count == 0
     [d2] = h.step()
     assert d2.run_id == d.run_id + 1 and h.state("a") == "SUCCEEDED"
+
+
+def test_a_run_handed_to_an_executor_shows_running_once_its_worker_begins(h: Harness) -> None:
+    h.core.submit("a", TaskTrigger.OneTime(), "Ok")
+    h.core.submit("b", TaskTrigger.OneTime(), "Ok")
+    h.core.tick()
+    a, b = h.core.take_ready(10)  # both handed over; neither has a free slot yet
+    info = h.core.latest("a").info()  # type: ignore[union-attr]
+    assert (info.state, info.run_attempt_count) == (TaskState.ENQUEUED, 0)
+    assert h.core.counts()["ENQUEUED"] == 2 and h.core.counts()["RUNNING"] == 0
+    h.core.started(a.key, a.run_id - 1)  # a stale run's notice changes nothing
+    assert h.core.latest("a").info().state is TaskState.ENQUEUED  # type: ignore[union-attr]
+    h.core.started(a.key, a.run_id)
+    h.core.progress(b.key, b.run_id, 10, None)  # progress means it began, too
+    for name in ("a", "b"):
+        info = h.core.latest(name).info()  # type: ignore[union-attr]
+        assert (info.state, info.run_attempt_count) == (TaskState.RUNNING, 1)
+    assert h.core.counts()["RUNNING"] == 2
