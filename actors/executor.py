@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from typing import Any
 
@@ -28,8 +29,10 @@ from .names import REGISTRY, SCHEDULER, Outbox, call_with_retry, lookup
 
 log = logging.getLogger("kmpray.executor")
 
-# A run on the wire: (key, run_id, worker, version, input, upstream, previous_attempts, timeout_ms)
-Run = tuple[str, int, str, int, "str | None", "dict[str, Any] | None", int, "int | None"]
+# A run on the wire: (key, run_id, worker, version, input, upstream, previous_attempts,
+# timeout_ms, start_at_ms): a timed run handed over early begins at start_at_ms (epoch ms,
+# the scheduler's real clock) on this node's clock.
+Run = tuple[str, int, str, int, "str | None", "dict[str, Any] | None", int, "int | None", "int | None"]
 # To the scheduler: ("done", key, run_id, wire result), ("progress", key, run_id, pct,
 # message) or ("started", key, run_id)
 Report = tuple[Any, ...]
@@ -58,7 +61,11 @@ class ExecutorBase:
         self._unreported: dict[tuple[str, int], None] = {}
         self._begun: set[tuple[str, int]] = set()  # runs whose worker is running now
         # Results and progress to the scheduler, batched; kept until a report arrives.
-        self._reports: Outbox[Report] = Outbox(self._report, "results to the scheduler", self._reported)
+        # At once when nothing else runs here (a chain's next step waits for it), batched
+        # with what finishes in the same turn when busy.
+        self._reports: Outbox[Report] = Outbox(
+            self._report, "results to the scheduler", self._reported, eager=lambda: not self._tasks
+        )
         self._scheduler: Any = None
         self._slots = asyncio.Semaphore(self._concurrency())
         # Through the module, not a name imported here: Ray ships actor classes by value,
@@ -116,9 +123,11 @@ class ExecutorBase:
         return cls
 
     async def _run(self, run: Run) -> None:
-        key_, run_id, worker, version, inp, upstream, previous, timeout_ms = run
+        key_, run_id, worker, version, inp, upstream, previous, timeout_ms, start_at_ms = run
         key = (key_, run_id)
         try:
+            if start_at_ms is not None:  # its due time, on this node's clock; no slot held meanwhile
+                await asyncio.sleep(max(0.0, start_at_ms / 1000 - time.time()))
             async with self._slots:
                 if key in self._cancelled:
                     raise asyncio.CancelledError

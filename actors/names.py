@@ -59,10 +59,11 @@ class Outbox(Generic[T]):
     """Items for one receiver: one call in flight, in order; items added meanwhile ride the
     next call, so batches grow with load. A failed call keeps its batch for the next try.
 
-    ``call(batch)`` issues the actor call and returns its ref. ``eager``: the first call
-    leaves at once from ``add`` (on a chain's critical path, waiting for the event loop's
-    next turn costs ~0.2 ms); otherwise on the next turn, after the caller's current work
-    (issuing a call costs ~0.2 ms of the caller's CPU, and items keep joining the batch).
+    ``call(batch)`` issues the actor call and returns its ref. ``eager`` (or when it
+    returns true): the first call leaves at once from ``add`` (on a chain's critical path,
+    waiting for the event loop's next turn costs ~0.2 ms); otherwise on the next turn,
+    after the caller's current work (issuing a call costs ~0.2 ms of the caller's CPU,
+    and under load more items join the batch).
     ``on_reply(answer, batch)`` runs after each call that succeeded.
     """
 
@@ -73,7 +74,7 @@ class Outbox(Generic[T]):
         on_reply: Callable[[Any, list[T]], None] | None = None,
         timeout_s: float = 120.0,
         retry_s: float = 1.0,
-        eager: bool = True,
+        eager: bool | Callable[[], bool] = True,
     ) -> None:
         self._call = call
         self._eager = eager
@@ -89,7 +90,7 @@ class Outbox(Generic[T]):
         self._items.extend(items)
         if self._items and not self._running:
             self._running = True
-            if self._eager:
+            if self._eager is True or (self._eager is not False and self._eager()):
                 batch, self._items = self._items, []
                 self._task = asyncio.ensure_future(self._drain(batch, self._issue(batch)))
             else:

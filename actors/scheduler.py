@@ -98,6 +98,8 @@ class SchedulerActor:
         else:
             self.clock = SystemClock()
         self.virtual_time = virtual_time
+        # Timed runs go to executors this early (real time only: see EngineConfig).
+        self._lead_ms = 0 if virtual_time else self.config.timer_lead_ms
         self.platform = platform
         self._blobs: dict[str, tuple[int, bytes]] = {}  # registered worker -> (version, class blob)
         known = self.store.get_meta("known_workers")
@@ -285,7 +287,7 @@ class SchedulerActor:
             except Exception:
                 log.exception("scheduler pump failed; continuing")
             timeout = None
-            due = self.core.next_due_ms()
+            due = self.core.next_due_ms(self._lead_ms)
             self._wake_at = due
             if due is not None and not self.virtual_time:
                 timeout = max(0.0, (due - self.clock.now_ms()) / 1000)
@@ -416,7 +418,7 @@ class SchedulerActor:
 
     # -------------------------------------------------------------- effects
     def _pump(self) -> None:
-        self.core.tick()
+        self.core.tick(self._lead_ms)
         self._dispatch()
         self._flush()
 
@@ -490,7 +492,7 @@ class SchedulerActor:
 
     def _wire(self, d: Dispatch) -> tuple[Any, ...]:
         return (d.key, d.run_id, d.worker, self._blobs.get(d.worker, (0, b""))[0], d.input, d.upstream,
-                d.previous_attempts, d.timeout_ms)
+                d.previous_attempts, d.timeout_ms, d.start_at_ms)
 
     def _send_heavy(self, i: int, d: Dispatch) -> None:
         slot = self._heavy[i]
@@ -587,7 +589,7 @@ class SchedulerActor:
     def _flush(self) -> None:
         # Work handled outside the loop (a report, a push) may have set an earlier timer
         # (a retry's backoff): wake the loop so it sleeps towards that instead.
-        due = self.core.next_due_ms()
+        due = self.core.next_due_ms(self._lead_ms)
         if due is not None and (self._wake_at is None or due < self._wake_at):
             self._wake_at = due
             self._wake.set()

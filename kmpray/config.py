@@ -23,6 +23,11 @@ class EngineConfig(Frozen):
     # window hides the round trip under load; ordering within an executor stays FIFO.
     executor_window: Annotated[int, Field(gt=0)] = 256
     max_batch: Annotated[int, Field(gt=0)] = 256
+    # Timed runs (delays, Exact, periodic, backoff) due within this many ms are handed to
+    # executors ahead of time, in batches, and begin at their due time on the executor's
+    # clock: timer precision no longer depends on how busy the scheduler is. 0 = off.
+    # Real time only (virtual time dispatches at each due time).
+    timer_lead_ms: Annotated[int, Field(ge=0, le=60_000)] = 20
     # Heavy tasks (Constraints(is_heavy_task=True)): a pool of long-lived HeavyWorker actors.
     heavy_pool_size: Annotated[int, Field(ge=0)] = 2
     heavy_num_cpus: Annotated[float, Field(ge=0)] = 1.0

@@ -74,6 +74,7 @@ class Dispatch:
     heavy: bool
     chain_id: str | None
     nodes: tuple[str, ...] | None = None  # where it may run (None: anywhere)
+    start_at_ms: int | None = None  # handed over ahead of its due time: begin then, not before
 
 
 @dataclass(slots=True)
@@ -159,14 +160,16 @@ class SchedulerCore:
             out[rec.shown_state.value] += 1
         return out
 
-    def next_due_ms(self) -> int | None:
+    def next_due_ms(self, lead_ms: int = 0) -> int | None:
+        """When ``tick(lead_ms)`` next has work: half the lead before the next timer (so
+        each tick hands over about half a lead's worth of timers), or a window's end."""
         while self._timers:
             due, seq, key = self._timers[0]
             rec = self.tasks.get(key)
             if rec is not None and rec.timer_seq == seq:
                 break
             heapq.heappop(self._timers)
-        candidates = [self._timers[0][0]] if self._timers else []
+        candidates = [self._timers[0][0] - lead_ms // 2] if self._timers else []
         if self._deadlines:
             candidates.append(self._deadlines[0][0])
         return min(candidates) if candidates else None
@@ -428,11 +431,13 @@ class SchedulerCore:
         heapq.heappush(queue, (0 if c.expedited else 1, rank, c.qos.rank, seq, rec.key))
 
     # ------------------------------------------------------------------- time
-    def tick(self) -> None:
-        """Move due timers to the ready queue and expire passed windows."""
+    def tick(self, lead_ms: int = 0) -> None:
+        """Move due timers to the ready queue and expire passed windows. ``lead_ms``: also
+        timers due that soon; their runs are handed over early and begin at their due
+        time on the executor's clock (see ``Dispatch.start_at_ms``)."""
         now = self.clock.now_ms()
         timers = self._timers
-        while timers and timers[0][0] <= now:
+        while timers and timers[0][0] <= now + lead_ms:
             _due, seq, key = heapq.heappop(timers)
             rec = self.tasks.get(key)
             if rec is not None and rec.timer_seq == seq and rec.state is TaskState.ENQUEUED:
@@ -485,7 +490,9 @@ class SchedulerCore:
             rec.started = False  # shown ENQUEUED until the executor says the worker began
             rec.run_id += 1
             rec.progress = None
-            rec.next_run_at_ms = None
+            due = rec.next_run_at_ms
+            start_at = due if due is not None and due > now else None
+            rec.next_run_at_ms = start_at  # kept: a lost run is due again then, not earlier
             # Not persisted: a restarted scheduler runs RUNNING work again anyway, and the
             # run's end is always written. Saves one store write per run on the hot path.
             rec.updated_at_ms = now
@@ -502,6 +509,7 @@ class SchedulerCore:
                     heavy=rec.constraints.is_heavy_task,
                     chain_id=rec.chain_id,
                     nodes=nodes,
+                    start_at_ms=start_at,
                 )
             )
             rec.run_attempt_count += 1
@@ -615,7 +623,8 @@ class SchedulerCore:
         now = self.clock.now_ms()
         rec.state = TaskState.ENQUEUED
         rec.run_attempt_count = max(0, rec.run_attempt_count - 1)
-        self._set_timer(rec, now, now)
+        # One handed over ahead of its due time is due then still.
+        self._set_timer(rec, max(now, rec.next_run_at_ms or now), now)
 
     def started(self, key: str, run_id: int) -> None:
         """The run's worker began (it was handed to an executor earlier): now RUNNING."""
@@ -676,6 +685,8 @@ class SchedulerCore:
             self._armed.get(kind, set()).discard(rec.key)
         if was_running and state is TaskState.CANCELLED:
             self.fx.cancel_runs.append((rec.key, rec.run_id))
+            if not rec.started:  # still waiting on its executor: that attempt never began
+                rec.run_attempt_count = max(0, rec.run_attempt_count - 1)
         self._touch(rec, now)
         self.fx.settled.add(rec.name)
         if rec.chain_id is not None:

@@ -100,3 +100,32 @@ def test_periodic_next_is_anchored_and_never_in_the_past(
     assert now < end <= now + interval + (interval if period == last + 1 else 0)
     assert due >= now
     assert due == now or end - (flex or 0) <= due <= end
+
+
+def test_timers_due_within_the_lead_are_handed_over_early_with_their_start_time(h: Harness) -> None:
+    h.core.submit("soon", TaskTrigger.Exact(START + 15), "Ok")
+    h.core.submit("later", TaskTrigger.Exact(START + 50), "Ok")
+    h.core.submit("now", TaskTrigger.OneTime(), "Ok")
+    assert h.core.next_due_ms(20) <= START  # "now" is due
+    h.core.tick(20)
+    now, soon = h.core.take_ready(10)
+    assert (now.key, now.start_at_ms) == ("now", None)
+    assert (soon.key, soon.start_at_ms) == ("soon", START + 15)
+    assert h.core.latest("soon").info().state is TaskState.ENQUEUED  # type: ignore[union-attr]
+    # The next tick is due half a lead before "later": a batch of timers per tick.
+    assert h.core.next_due_ms(20) == START + 50 - 10
+    h.core.run_lost(soon.key, soon.run_id)  # its executor died before the due time
+    assert h.core.next_due_ms() == START + 15  # due then still, not at once
+    h.core.tick()
+    assert h.core.take_ready(10) == []
+    h.clock.set(START + 15)
+    h.core.tick()
+    [again] = h.core.take_ready(10)
+    assert (again.key, again.start_at_ms) == ("soon", None)
+
+
+def test_without_a_lead_nothing_is_handed_over_before_it_is_due(h: Harness) -> None:
+    h.core.submit("soon", TaskTrigger.Exact(START + 1), "Ok")
+    h.core.tick()
+    assert h.core.take_ready(10) == []
+    assert h.core.next_due_ms() == START + 1

@@ -204,3 +204,14 @@ def test_a_run_handed_to_an_executor_shows_running_once_its_worker_begins(h: Har
         info = h.core.latest(name).info()  # type: ignore[union-attr]
         assert (info.state, info.run_attempt_count) == (TaskState.RUNNING, 1)
     assert h.core.counts()["RUNNING"] == 2
+
+
+def test_cancelling_a_run_that_never_began_does_not_count_an_attempt(h: Harness) -> None:
+    h.core.submit("waits", TaskTrigger.OneTime(), "Ok")
+    h.core.submit("began", TaskTrigger.OneTime(), "Ok")
+    h.core.tick()
+    _waits, began = h.core.take_ready(10)
+    h.core.started(began.key, began.run_id)
+    assert h.core.cancel("waits") == 1 and h.core.cancel("began") == 1
+    assert [h.core.latest(n).info().run_attempt_count for n in ("waits", "began")] == [0, 1]  # type: ignore[union-attr]
+    assert {k for k, _ in h.drain().cancel_runs} == {"waits", "began"}  # both told to stop

@@ -287,3 +287,27 @@ def test_a_real_time_retry_fires_without_other_activity(engines: Any) -> None:
     sched.enqueue("r", ONCE, "FailsThenSucceeds", input="2", constraints=c)
     info = sched.wait("r", timeout_s=30)
     assert info.state is TaskState.SUCCEEDED and info.run_attempt_count == 3
+
+
+def test_a_timed_run_handed_over_early_begins_at_its_due_time_and_can_still_be_cancelled(engines: Any) -> None:
+    import time
+
+    import ray
+
+    sched = engines(config=EngineConfig(executors=1, timer_lead_ms=5_000))
+    register_all(sched)
+    due = int(time.time() * 1000) + 1_500
+    sched.enqueue("at", TaskTrigger.Exact(due), "Stamp")
+    sched.enqueue("dropped", TaskTrigger.Exact(due), "Stamp")
+    # Within the lead: both handed to the executor at once, waiting there (shown ENQUEUED).
+    until(lambda: sum(sched.status()["inflight_by_node"].values()) == 2, what="runs handed over early")
+    assert sched.get_task_info("at").state is TaskState.ENQUEUED
+    assert sched.cancel("dropped") == 1
+    executor = ray.get_actor("kmpray.executor.0", namespace=sched.namespace)
+    until(lambda: [k[0] for k in ray.get(executor.holding.remote(), timeout=10)[1]] == ["at"],
+          what="the executor to drop the cancelled run")
+    info = sched.wait("at", timeout_s=30)
+    assert info.state is TaskState.SUCCEEDED
+    assert info.result.data["began_ms"] >= due  # never early
+    dropped = sched.get_task_info("dropped")
+    assert dropped.state is TaskState.CANCELLED and dropped.run_attempt_count == 0

@@ -125,8 +125,14 @@ class Noop(kmpray.CommonWorker):
         return True
 
 
+class Stamp(kmpray.CommonWorker):
+    async def do_work(self, input: str | None) -> Any:  # noqa: A002
+        return WorkerResult.Success(data={"began_ms": time.time() * 1000})
+
+
 ALL = {
     "Noop": Noop,
+    "Stamp": Stamp,
     "Step": Step,
     "Echo": Echo,
     "SyncBool": SyncBool,
