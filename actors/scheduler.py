@@ -87,6 +87,8 @@ PRUNE_S = 60.0
 @ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=10_000)
 class SchedulerActor:
     def __init__(self, namespace: str, state_dir: str, virtual_time: bool, platform: str, config: dict[str, Any]):
+        self._born = time.monotonic()
+        self.serving_in_s: float | None = None  # from process start to serving (restore included)
         self.namespace = namespace
         self.state_dir = state_dir
         self.config = EngineConfig.model_validate(config)
@@ -171,6 +173,7 @@ class SchedulerActor:
             asyncio.ensure_future(call_with_retry(lambda h=handle: h.resync.remote(), timeout_s=120))
         asyncio.ensure_future(self._loop())
         asyncio.ensure_future(self._housekeeping())
+        self.serving_in_s = time.monotonic() - self._born
 
     async def _adopt(self) -> None:
         """Restarted: runs the previous scheduler left on executors and heavy workers
@@ -267,6 +270,7 @@ class SchedulerActor:
             "pending": self.core.pending,
             "counts": self.core.counts(),
             "restored_in_s": self.restored_in_s,
+            "serving_in_s": self.serving_in_s,
             "workers": sorted(self._blobs),
             "waiting_for_registration": self.core.parked(),
         }

@@ -130,16 +130,32 @@ def encode(rec: TaskRecord) -> bytes:
     return msgpack.packb(row, use_bin_type=True)
 
 
+_STATES = {s.value: s for s in TaskState}
+_MERGERS = {m.value: m for m in InputMerger}
+_shared: dict[bytes, Any] = {}  # packed trigger/constraints -> the (frozen) model
+
+
+def _decode_shared(packed: bytes, parse: Any) -> Any:
+    """Triggers and constraints are frozen and most rows repeat a few: parse each once
+    (a restore of 100,000 rows spent half its decode time in pydantic otherwise)."""
+    model = _shared.get(packed)
+    if model is None:
+        model = parse(msgpack.unpackb(packed, raw=False))
+        if len(_shared) < 4096:
+            _shared[packed] = model
+    return model
+
+
 def decode(blob: bytes) -> TaskRecord:
     row = msgpack.unpackb(blob, raw=False)
-    constraints = Constraints.model_validate(row["c"]) if "c" in row else DEFAULT_CONSTRAINTS
+    t, c = row.get("t"), row.get("c")
     return TaskRecord(
         key=row["k"],
         name=row["n"],
         worker=row["w"],
-        trigger=_TRIGGER.validate_python(row["t"]) if "t" in row else _ONE_TIME,
-        constraints=constraints,
-        state=TaskState(row["s"]),
+        trigger=_decode_shared(msgpack.packb(t), _TRIGGER.validate_python) if t is not None else _ONE_TIME,
+        constraints=_decode_shared(msgpack.packb(c), Constraints.model_validate) if c is not None else DEFAULT_CONSTRAINTS,
+        state=_STATES[row["s"]],
         created_at_ms=row["c0"],
         updated_at_ms=row["u"],
         input=row.get("i"),
@@ -151,7 +167,7 @@ def decode(blob: bytes) -> TaskRecord:
         deadline_ms=row.get("dl"),
         chain_id=row.get("ch"),
         prereqs=tuple(row.get("pr", ())),
-        input_merger=InputMerger(row.get("m", "OVERWRITE")),
+        input_merger=_MERGERS[row.get("m", "OVERWRITE")],
         anchor_ms=row.get("an", 0),
         period=row.get("pe", 0),
         run_id=row.get("ri", 0),

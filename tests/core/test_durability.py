@@ -181,3 +181,21 @@ def test_adoption_ignores_runs_whose_end_was_stored(h: Harness) -> None:
     assert h.state("again") == "ENQUEUED" and h.state("done") == "SUCCEEDED"
     assert [d.key for d in h.advance(10_000)] == ["again"]
     assert h.core.latest("again").run_attempt_count == 2  # type: ignore[union-attr]
+
+
+def test_restore_reads_rows_without_writing_them_back_and_shares_equal_triggers(h: Harness) -> None:
+    later = TaskTrigger.OneTime(60_000)
+    net = Constraints(requires_network=True)
+    for i in range(3):
+        h.core.submit(f"t{i}", later, "Ok", constraints=net)
+    h.core.submit("now", TaskTrigger.OneTime(), "Ok")
+    h.core.tick()
+    h.core.take_ready(10)  # "now" is in flight: interrupted by the restart
+    h.flush()
+    core = SchedulerCore(h.clock, h.core.platform)
+    core.restore(h.store.load())
+    assert set(core.drain().persist) == {"now"}  # only what changed: RUNNING -> ENQUEUED
+    assert core.next_due_ms() == START and core.pending == 4
+    t0, t1 = core.latest("t0"), core.latest("t1")
+    assert t0.trigger is t1.trigger and t0.constraints is t1.constraints  # type: ignore[union-attr]
+    assert t0.trigger == later and t0.constraints == net  # type: ignore[union-attr]
