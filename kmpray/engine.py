@@ -263,7 +263,7 @@ class SchedulerCore:
                 # Interrupted, not finished: like a lost run, it is not counted as an attempt.
                 rec.state = TaskState.ENQUEUED
                 rec.run_attempt_count = max(0, rec.run_attempt_count - 1)
-                rec.next_run_at_ms = now
+                rec.next_run_at_ms = max(now, rec.next_run_at_ms or now)  # one handed over early
                 self._touch(rec, now)
             if rec.state is TaskState.ENQUEUED:
                 self._arm(rec, now)
@@ -601,6 +601,7 @@ class SchedulerCore:
         the first call after a restore adopts anything. ``waiting``: held runs whose worker
         has not begun (queued for an executor slot)."""
         adoptable, self._adoptable = self._adoptable, {}
+        now = self.clock.now_ms()
         adopted: list[tuple[str, int]] = []
         for key, run_id in runs:
             rec = self.tasks.get(key)
@@ -610,7 +611,8 @@ class SchedulerCore:
             rec.state = TaskState.RUNNING
             rec.run_id = run_id
             rec.ready_seq = rec.timer_seq = -1  # its queue entries go stale
-            rec.next_run_at_ms = None
+            if rec.next_run_at_ms is not None and rec.next_run_at_ms <= now:
+                rec.next_run_at_ms = None  # else handed over early: if lost, due then still
             rec.progress = None
             rec.started = (key, run_id) not in waiting
             rec.run_attempt_count += 1

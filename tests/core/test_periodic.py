@@ -129,3 +129,13 @@ def test_without_a_lead_nothing_is_handed_over_before_it_is_due(h: Harness) -> N
     h.core.tick()
     assert h.core.take_ready(10) == []
     assert h.core.next_due_ms() == START + 1
+
+
+def test_an_early_run_adopted_after_a_restart_and_then_lost_is_still_due_at_its_time(h: Harness) -> None:
+    h.core.submit("soon", TaskTrigger.Exact(START + 15), "Ok")
+    h.core.tick(20)
+    [soon] = h.core.take_ready(10)  # sleeping on its executor until START + 15
+    h.restart()
+    assert h.core.adopt([(soon.key, soon.run_id)], waiting={(soon.key, soon.run_id)}) == [(soon.key, soon.run_id)]
+    h.core.run_lost(soon.key, soon.run_id)  # then its executor died too
+    assert h.core.next_due_ms() == START + 15
