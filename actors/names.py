@@ -63,7 +63,7 @@ class Outbox(Generic[T]):
     returns true): the first call leaves at once from ``add`` (on a chain's critical path,
     waiting for the event loop's next turn costs ~0.2 ms); otherwise on the next turn,
     after the caller's current work (issuing a call costs ~0.2 ms of the caller's CPU,
-    and under load more items join the batch).
+    and under load more items join the batch), or ``linger_s`` later.
     ``on_reply(answer, batch)`` runs after each call that succeeded.
     """
 
@@ -75,9 +75,11 @@ class Outbox(Generic[T]):
         timeout_s: float = 120.0,
         retry_s: float = 1.0,
         eager: bool | Callable[[], bool] = True,
+        linger_s: float = 0.0,
     ) -> None:
         self._call = call
         self._eager = eager
+        self._linger_s = linger_s
         self._task: asyncio.Future[None] | None = None
         self._what = what
         self._on_reply = on_reply
@@ -104,7 +106,9 @@ class Outbox(Generic[T]):
 
     async def _drain(self, batch: list[T], first: Awaitable[Any] | None) -> None:
         try:
-            if not batch:  # not eager: what was added until this turn
+            if not batch:  # not eager: what was added until this turn (or the linger's end)
+                if self._linger_s:
+                    await asyncio.sleep(self._linger_s)
                 batch, self._items = self._items, []
             while True:
                 issued = [first] if first is not None else []

@@ -130,7 +130,11 @@ class SchedulerActor:
         self._idle = asyncio.Event()
         self._broker: Any = None
         self._events: Outbox[bytes] = Outbox(
-            lambda batch: self._broker.publish.remote(batch), "events to the broker", timeout_s=60, eager=False
+            lambda batch: self._broker.publish.remote(batch),
+            "events to the broker",
+            timeout_s=60,
+            eager=False,
+            linger_s=self.config.event_linger_ms / 1000,
         )
         self._coordinators: list[Any] = []
         self._chain_outboxes: list[Outbox[Message]] = []

@@ -46,6 +46,10 @@ class EngineConfig(Frozen):
     # advance_time waits at most this long (real time) for due runs to settle.
     settle_timeout_s: Annotated[float, Field(gt=0)] = 60.0
     event_retention: Annotated[int, Field(gt=0)] = 100_000
+    # Events go to the broker in batches: the first of a quiet spell waits this long for
+    # company. Delivery to subscribers is that much later; a chain's next step no longer
+    # shares the two cores with a publish per step (3.3 -> 2.85 ms per step in-process).
+    event_linger_ms: Annotated[int, Field(ge=0, le=1_000)] = 20
     # Ordering when capacity is short: expedited first, then HIGH > DEFAULT > LOW for equal
     # due times; a task that has waited this much longer outranks the next class (aging).
     qos_aging_ms: Annotated[int, Field(ge=0)] = 60_000
