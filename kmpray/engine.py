@@ -495,8 +495,8 @@ class SchedulerCore:
             due = rec.next_run_at_ms
             start_at = due if due is not None and due > now else None
             rec.next_run_at_ms = start_at  # kept: a lost run is due again then, not earlier
-            # Not persisted: a restarted scheduler runs RUNNING work again anyway, and the
-            # run's end is always written. Saves one store write per run on the hot path.
+            # Not persisted: a restarted scheduler adopts the run from its executor (or runs it
+            # again), and the run's end is always written. Saves a store write per run.
             rec.updated_at_ms = now
             out.append(
                 Dispatch(

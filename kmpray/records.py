@@ -132,17 +132,18 @@ def encode(rec: TaskRecord) -> bytes:
 
 _STATES = {s.value: s for s in TaskState}
 _MERGERS = {m.value: m for m in InputMerger}
-_shared: dict[bytes, Any] = {}  # packed trigger/constraints -> the (frozen) model
+_shared: dict[tuple[str, bytes], Any] = {}  # ("t" | "c", packed value) -> the (frozen) model
 
 
-def _decode_shared(packed: bytes, parse: Any) -> Any:
+def _decode_shared(field_: str, value: Any, parse: Any) -> Any:
     """Triggers and constraints are frozen and most rows repeat a few: parse each once
     (a restore of 100,000 rows spent half its decode time in pydantic otherwise)."""
-    model = _shared.get(packed)
+    key = (field_, msgpack.packb(value))
+    model = _shared.get(key)
     if model is None:
-        model = parse(msgpack.unpackb(packed, raw=False))
+        model = parse(value)
         if len(_shared) < 4096:
-            _shared[packed] = model
+            _shared[key] = model
     return model
 
 
@@ -153,8 +154,8 @@ def decode(blob: bytes) -> TaskRecord:
         key=row["k"],
         name=row["n"],
         worker=row["w"],
-        trigger=_decode_shared(msgpack.packb(t), _TRIGGER.validate_python) if t is not None else _ONE_TIME,
-        constraints=_decode_shared(msgpack.packb(c), Constraints.model_validate) if c is not None else DEFAULT_CONSTRAINTS,
+        trigger=_decode_shared("t", t, _TRIGGER.validate_python) if t is not None else _ONE_TIME,
+        constraints=_decode_shared("c", c, Constraints.model_validate) if c is not None else DEFAULT_CONSTRAINTS,
         state=_STATES[row["s"]],
         created_at_ms=row["c0"],
         updated_at_ms=row["u"],
