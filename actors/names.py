@@ -78,9 +78,9 @@ class Outbox(Generic[T]):
         linger_s: float = 0.0,
     ) -> None:
         self._call = call
-        self._eager = eager
+        self._eager: Callable[[], bool] = eager if callable(eager) else (lambda: eager)
         self._linger_s = linger_s
-        self._task: asyncio.Future[None] | None = None
+        self._task: asyncio.Future[None] | None = None  # held: the loop keeps only weak refs to tasks
         self._what = what
         self._on_reply = on_reply
         self._timeout_s = timeout_s
@@ -92,7 +92,7 @@ class Outbox(Generic[T]):
         self._items.extend(items)
         if self._items and not self._running:
             self._running = True
-            if self._eager is True or (self._eager is not False and self._eager()):
+            if self._eager():
                 batch, self._items = self._items, []
                 self._task = asyncio.ensure_future(self._drain(batch, self._issue(batch)))
             else:
