@@ -18,7 +18,8 @@ import ray
 from pydantic import TypeAdapter
 
 from kmpray.events import Event, StoredEvent, TaskCompletionEvent, TaskProgressEvent
-from kmpray.store import SqliteEventLog
+from kmpray.errors import StoreRefused
+from kmpray.store import MemoryEventLog, SqliteEventLog
 
 from .names import BROKER, lookup
 
@@ -38,14 +39,37 @@ def decode_event(cursor: int, body: bytes) -> StoredEvent:
     return StoredEvent(cursor=cursor, event=_EVENT.validate_python(msgpack.unpackb(body, raw=False)))
 
 
+def decode_events(rows: list[tuple[int, bytes]]) -> list[tuple[int, Any]]:
+    """Stored rows as ``(cursor, event)``; a damaged row is skipped with a logged gap, so a
+    subscriber replaying the log never raises on it (msgpack only, never pickle)."""
+    out = []
+    for cursor, body in rows:
+        try:
+            out.append((cursor, decode_event(cursor, body).event))
+        except Exception as exc:
+            log.warning("event %d is damaged (%s: %s); skipped", cursor, type(exc).__name__, str(exc)[:200])
+    return out
+
+
 @ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=10_000)
 class EventBroker:
     def __init__(self, state_dir: str, retention: int) -> None:
-        self.log = SqliteEventLog(Path(state_dir) / "events.db")
+        self._refused: StoreRefused | None = None
+        try:
+            self.log = SqliteEventLog(Path(state_dir) / "events.db")
+        except StoreRefused as exc:
+            log.error("%s", exc)
+            self._refused = exc
+            self.log = MemoryEventLog()  # answers nothing durable: ready() says why
         self.retention = retention
         self._changed = asyncio.Event()
         self._appended = 0
         self._pushers: dict[str, asyncio.Task[None]] = {}
+
+    def ready(self) -> None:
+        """Raises the reason this broker's event log was refused, if it was."""
+        if self._refused is not None:
+            raise self._refused
 
     def publish(self, bodies: list[bytes]) -> int:
         """Append encoded events; returns the last cursor."""
@@ -92,14 +116,15 @@ class EventBroker:
         cursor = after
         while True:
             rows = await self.poll(cursor, 256, 5.0)
-            for cur, body in rows:
+            if rows:
+                cursor = rows[-1][0]
+            for cur, event in decode_events(rows):
                 try:
-                    await actor.on_event.remote(decode_event(cur, body).event)
+                    await actor.on_event.remote(event)
                 except ray.exceptions.RayActorError:
                     return
                 except Exception:
                     log.exception("subscriber actor failed on event %d", cur)
-                cursor = cur
 
 
 class BrokerBackend:

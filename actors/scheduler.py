@@ -26,7 +26,7 @@ from kmpray.config import EngineConfig
 from kmpray.constraints import DEFAULT_CONSTRAINTS, Constraints
 from kmpray.engine import Dispatch, Outcome, SchedulerCore
 from kmpray.enums import ExistingPolicy, ScheduleResult, TaskState
-from kmpray.errors import InvalidParameters, VirtualTimeOnly
+from kmpray.errors import InvalidParameters, StoreRefused, VirtualTimeOnly
 from kmpray.platforms import profile
 from kmpray.results import Failure, from_wire
 from kmpray.store import SqliteTaskStore
@@ -92,7 +92,14 @@ class SchedulerActor:
         self.namespace = namespace
         self.state_dir = state_dir
         self.config = EngineConfig.model_validate(config)
-        self.store = SqliteTaskStore(Path(state_dir) / "tasks.db")
+        try:
+            self.store = SqliteTaskStore(Path(state_dir) / "tasks.db")
+        except StoreRefused as exc:
+            # Stay up to say why: every call (connect's first) raises this one line.
+            log.error("%s", exc)
+            self._ready = asyncio.get_running_loop().create_future()
+            self._ready.set_exception(exc)
+            return
         if virtual_time:
             saved = self.store.get_meta("virtual_now")
             self.clock: ManualClock | SystemClock = ManualClock(saved if isinstance(saved, int) else None)
@@ -110,7 +117,9 @@ class SchedulerActor:
             self.clock, profile(platform), self.config, self._blobs.__contains__, self.known.__contains__
         )
         started = time.monotonic()
-        self.core.restore(self.store.load(), self.store.load_chains())
+        records, chains = self.store.load(), self.store.load_chains()
+        damaged = [(q.table, q.key, q.reason) for q in self.store.take_fresh_quarantine()]
+        self.core.restore(records, chains, damaged)
         self.restored_in_s = time.monotonic() - started
         self.rejections: deque[tuple[str, str, str]] = deque(maxlen=1000)
         self._waiters: dict[str, list[tuple[asyncio.Future[None], int]]] = {}
@@ -277,6 +286,7 @@ class SchedulerActor:
             "serving_in_s": self.serving_in_s,
             "workers": sorted(self._blobs),
             "waiting_for_registration": self.core.parked(),
+            "quarantined": len(self.store.quarantined()),
         }
 
     def _inflight_by_node(self) -> dict[str, int]:
@@ -785,6 +795,15 @@ class SchedulerActor:
                 pass
         info = self.core.chain_info(chain_id)
         return info.model_dump(mode="json") if info is not None else None
+
+    async def quarantined(self) -> list[dict[str, Any]]:
+        """Stored rows that did not decode at restore (never decoded again; see kmpray/store.py)."""
+        await self._ready
+        return [q.as_dict() for q in self.store.quarantined()]
+
+    async def drop_quarantined(self, key: str) -> int:
+        await self._ready
+        return self.store.drop_quarantined(key)
 
     def last_rejections(self, limit: int = 100) -> list[tuple[str, str, str]]:
         return list(self.rejections)[-limit:]

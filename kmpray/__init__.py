@@ -26,6 +26,7 @@ from .errors import (
     InvalidParameters,
     KmprayError,
     RejectedByPolicy,
+    StoreRefused,
     VirtualTimeOnly,
     WorkerNotRegistered,
 )
@@ -92,6 +93,7 @@ __all__ = [
     "QualityOfService",
     "RejectedByPolicy",
     "ScheduleResult",
+    "StoreRefused",
     "TaskChain",
     "TaskCompletionEvent",
     "TaskEventBus",

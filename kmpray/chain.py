@@ -17,14 +17,16 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from .enums import ExistingPolicy, InputMerger, ScheduleResult, TaskState
-from .errors import InvalidParameters
+from .errors import DamagedRow, InvalidParameters
 from .merging import merge
 from .models import TaskRequest
+from .records import seal, unpack_row
 
 if TYPE_CHECKING:
     from .client import BackgroundTaskScheduler
 
 MAX_CHAIN_TASKS = 100_000
+_CHAIN_ROW_TYPES: dict[str, tuple[type, ...]] = {"id": (str,), "steps": (list,), "c": (int,), "g": (str,)}
 
 
 @dataclass(slots=True, eq=False)
@@ -41,12 +43,16 @@ class ChainRecord:
 
     def encode(self) -> bytes:
         row = {"id": self.id, "steps": self.steps, "c": self.created_at_ms, "g": self.gen}
-        return msgpack.packb(row, use_bin_type=True)
+        return seal(msgpack.packb(row, use_bin_type=True))
 
     @staticmethod
     def decode(blob: bytes) -> ChainRecord:
-        row = msgpack.unpackb(blob, raw=False)
-        return ChainRecord(row["id"], [list(s) for s in row["steps"]], row["c"], row.get("g") or row["id"])
+        """A stored chain row back into a record; raises DamagedRow, naming what is wrong."""
+        row = unpack_row(blob, ("id", "steps", "c"), _CHAIN_ROW_TYPES)
+        steps = row["steps"]
+        if not steps or not all(isinstance(s, list) and s and all(isinstance(k, str) for k in s) for s in steps):
+            raise DamagedRow("field 'steps' is not a list of non-empty lists of task keys")
+        return ChainRecord(row["id"], [list(s) for s in steps], row["c"], row.get("g") or row["id"])
 
 
 def chain_state(states: Sequence[TaskState]) -> TaskState:

@@ -75,6 +75,8 @@ def status(address: str | None, namespace: str, state_dir: str | None, as_json: 
     click.echo(f"  executors={info['executors']} in flight={info['inflight']} ready={info['ready']}")
     click.echo("  " + "  ".join(f"{k}={v}" for k, v in info["counts"].items()))
     click.echo(f"  workers: {', '.join(info['workers']) or '-'}")
+    if info.get("quarantined"):
+        click.echo(f"  {info['quarantined']} rows quarantined: see `kmpray quarantine`")
     for node, state in info.get("nodes", {}).items():
         flags = [k for k in ("charging", "storage_low", "idle", "doze", "roaming") if state.get(k)]
         net = state["network_type"] if state.get("network_connected") else "offline"
@@ -112,6 +114,30 @@ def cancel(address: str | None, namespace: str, state_dir: str | None, task_id: 
     if n == 0:
         raise click.ClickException(f"nothing unfinished under {task_id!r}")
     click.echo(f"cancelled {n}")
+
+
+@main.command()
+@with_engine
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--drop", "drop", default=None, metavar="KEY", help="Delete the quarantined row(s) under KEY.")
+def quarantine(address: str | None, namespace: str, state_dir: str | None, as_json: bool, drop: str | None) -> None:
+    """Stored rows that did not decode at restore (never decoded again), or drop one."""
+    sched = _connect(address, namespace, state_dir)
+    if drop is not None:
+        n = sched.drop_quarantined(drop)
+        if n == 0:
+            raise click.ClickException(f"nothing quarantined under {drop!r}")
+        click.echo(f"dropped {n}")
+        return
+    rows = sched.quarantined()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no quarantined rows")
+        return
+    for row in rows:
+        click.echo(f"{row['table']:<7} {row['key']}  {row['size']} bytes  {row['head'][:32]}...  {row['reason']}")
 
 
 @main.command()

@@ -23,7 +23,7 @@ from .config import EngineConfig
 from .device import DeviceState
 from .constraints import Constraints
 from .enums import ScheduleResult, TaskState
-from .errors import EngineUnavailable, InvalidParameters, KmprayError
+from .errors import EngineUnavailable, InvalidParameters, KmprayError, StoreRefused
 from .events import TaskCompletionEvent, TaskEventBus, TaskProgressEvent
 from .models import ChainInfo, TaskInfo, TaskList, TaskRequest
 from .platforms import profile
@@ -76,23 +76,34 @@ class Subscription:
         self._broker = broker
         self.cursor = after
         self._buffer: deque[tuple[int, Any]] = deque()
+        self._skipped_to = after
         self._closed = False
         self._thread: threading.Thread | None = None
         if callback is not None:
             self._thread = threading.Thread(target=self._pump_callback, args=(callback,), daemon=True)
             self._thread.start()
 
+    def _take(self, rows: list[tuple[int, bytes]]) -> None:
+        from actors.event_broker import decode_events
+
+        self._buffer.extend(decode_events(rows))
+        if rows and (not self._buffer or self._buffer[-1][0] != rows[-1][0]):
+            self._skipped_to = rows[-1][0]  # the last rows were damaged: resume after them
+
     def _fill(self, timeout_s: float) -> None:
-        from actors.event_broker import decode_event
         from actors.names import TRANSIENT
 
         try:
-            rows = _ray().get(self._broker.poll.remote(self.cursor, 1000, timeout_s), timeout=timeout_s + 30)
+            rows = _ray().get(self._broker.poll.remote(self._after(), 1000, timeout_s), timeout=timeout_s + 30)
         except TRANSIENT:  # the broker is restarting; the log is durable, so just ask again
             time.sleep(min(timeout_s, 0.2))
             return
-        for cur, body in rows:
-            self._buffer.append((cur, decode_event(cur, body).event))
+        self._take(rows)
+
+    def _after(self) -> int:
+        """Where the next poll starts: after what is buffered, or after skipped damaged rows."""
+        last = self._buffer[-1][0] if self._buffer else self.cursor
+        return max(last, self._skipped_to)
 
     def get(self, timeout_s: float | None = None) -> TaskCompletionEvent | TaskProgressEvent | None:
         """The next event, or None when ``timeout_s`` passes first (None = wait until one comes)."""
@@ -114,13 +125,9 @@ class Subscription:
                 yield event
 
     async def __aiter__(self) -> AsyncIterator[TaskCompletionEvent | TaskProgressEvent]:
-        from actors.event_broker import decode_event
-
         while not self._closed:
             if not self._buffer:
-                rows = await self._broker.poll.remote(self.cursor, 1000, 1.0)
-                for cur, body in rows:
-                    self._buffer.append((cur, decode_event(cur, body).event))
+                self._take(await self._broker.poll.remote(self._after(), 1000, 1.0))
                 continue
             self.cursor, event = self._buffer.popleft()
             yield event
@@ -553,6 +560,15 @@ class BackgroundTaskScheduler:
     def status(self) -> dict[str, Any]:
         return dict(self._call("describe"))
 
+    def quarantined(self) -> list[dict[str, Any]]:
+        """Stored rows that did not decode when the engine restored its store: table, key,
+        reason, time, size and the first bytes in hex. They are never decoded again."""
+        return list(self._call("quarantined"))
+
+    def drop_quarantined(self, key: str) -> int:
+        """Delete the quarantined row(s) stored under ``key`` for good; returns how many."""
+        return int(self._call("drop_quarantined", key))
+
     def shutdown(self) -> None:
         """Stop this namespace's engine actors. Every task stays in the store for the next connect()."""
         from actors.bootstrap import stop_engine
@@ -593,9 +609,19 @@ def connect(
     state = str(Path(state_dir or default_state_dir(namespace)).expanduser().resolve())
     handles = ensure_engine(namespace, state, virtual_time, platform, config or EngineConfig())
     try:
-        described = ray.get(handles["scheduler"].ready.remote(), timeout=CALL_TIMEOUT_S)
+        described, _ = ray.get([handles["scheduler"].ready.remote(), handles["broker"].ready.remote()],
+                               timeout=CALL_TIMEOUT_S)
     except ray.exceptions.GetTimeoutError as exc:
         raise EngineUnavailable(f"engine {namespace!r} did not start within {CALL_TIMEOUT_S:.0f} s") from exc
+    except ray.exceptions.RayTaskError as exc:
+        cause = _unwrap(exc)
+        if isinstance(cause, StoreRefused):
+            # Its store was refused: stop the engine, so a connect after the fix starts afresh.
+            from actors.bootstrap import stop_engine
+
+            stop_engine(namespace)
+            raise cause from None
+        raise
     if described["virtual_time"] != virtual_time or described["platform"] != platform:
         log.warning(
             "engine %r is already running with virtual_time=%s platform=%s; attaching to it as it is",

@@ -77,7 +77,9 @@ def run(state_dir: str | None = None, hours: int = 1) -> int:
     started = time.monotonic()
     state = state_dir or tempfile.mkdtemp(prefix="kmpray-demo-")
     print(f"kmpray demo: starting an embedded Ray and the engine (state in {state}) ...")
-    scheduler = kmpray.connect(namespace=f"kmpray-demo-{int(time.time())}", state_dir=state, virtual_time=True)
+    # address="local": always its own embedded Ray, never a cluster some other process left behind.
+    scheduler = kmpray.connect(address="local", namespace=f"kmpray-demo-{int(time.time())}", state_dir=state,
+                               virtual_time=True)
     printed = threading.Lock()
 
     def on_event(event: Any) -> None:

@@ -22,7 +22,7 @@ from .backoff import backoff_delay_ms
 from .chain import MAX_CHAIN_TASKS, ChainRecord, Message, chain_state, coordinator_index
 from .clock import Clock
 from .config import EngineConfig
-from .constraints import Constraints
+from .constraints import DEFAULT_CONSTRAINTS, Constraints
 from .device import DeviceState, in_trigger_state, is_gated, satisfies, transitions
 from .enums import ExistingPolicy, InputMerger, ScheduleResult, TaskState
 from .errors import InvalidParameters, KmprayError, RejectedByPolicy
@@ -233,8 +233,15 @@ class SchedulerCore:
         return fired
 
     # ---------------------------------------------------------------- restore
-    def restore(self, records: Iterable[TaskRecord], chains: Iterable[ChainRecord] = ()) -> None:
-        """Rebuild every index from stored rows. Runs that were in flight run again."""
+    def restore(
+        self,
+        records: Iterable[TaskRecord],
+        chains: Iterable[ChainRecord] = (),
+        damaged: Iterable[tuple[str, str, str]] = (),
+    ) -> None:
+        """Rebuild every index from stored rows. Runs that were in flight run again.
+        ``damaged``: ``(table, key, reason)`` of rows the store just moved to quarantine
+        (see ``_contain_damage``)."""
         now = self.clock.now_ms()
         for chain in chains:
             self.chains[chain.id] = chain
@@ -269,10 +276,59 @@ class SchedulerCore:
                 self._arm(rec, now)
             if rec.deadline_ms is not None:
                 heapq.heappush(self._deadlines, (rec.deadline_ms + 1, rec.key))
+        damaged = list(damaged)
+        placeholders = self._placeholders(damaged, now) if damaged else []
         for chain in self.chains.values():
             chain.unfinished = sum(
                 1 for step in chain.steps for k in step if k in self.tasks and not self.tasks[k].state.is_finished
             )
+        if damaged:
+            self._contain_damage(damaged, placeholders, now)
+
+    def _placeholders(self, damaged: list[tuple[str, str, str]], now: int) -> list[TaskRecord]:
+        """A FAILED row in place of each damaged task row, so what depends on it (a chain's
+        later steps, appended work) ends by the ordinary cascade, and users see why."""
+        steps = {k: (c, n) for c in self.chains.values() for n, step in enumerate(c.steps) for k in step}
+        out = []
+        for table, key, reason in damaged:
+            if table != "tasks" or key in self.tasks:
+                continue
+            chain, step = steps.get(key, (None, 0))
+            rec = TaskRecord(
+                key=key, name=key if chain is not None else key.split("#", 1)[0], worker="(damaged row)",
+                trigger=_ONE_TIME, constraints=DEFAULT_CONSTRAINTS, state=TaskState.FAILED,
+                created_at_ms=now, updated_at_ms=now, chain_id=chain.id if chain is not None else None, step=step,
+                result=Failure(f"stored row damaged ({reason}); kept in quarantine: see `kmpray quarantine`"),
+            )
+            self.tasks[key] = rec
+            keys = self.names.setdefault(rec.name, [])
+            keys.append(key)
+            keys.sort(key=_append_number)
+            self._touch(rec, now)
+            out.append(rec)
+        return out
+
+    def _contain_damage(
+        self, damaged: list[tuple[str, str, str]], placeholders: list[TaskRecord], now: int
+    ) -> None:
+        for rec in placeholders:
+            self._emit_completion(rec, False, rec.result.message, None, now)  # type: ignore[union-attr]
+            self.fx.settled.add(rec.name)
+            chain = self.chains.get(rec.chain_id) if rec.chain_id is not None else None
+            if chain is not None:
+                self.fx.settled.add(chain.id)
+                reason = f"prerequisite {rec.key!r} failed (its stored row was damaged)"
+                self.chain_actions([("cascade", chain.id, chain.gen, rec.step + 1, TaskState.FAILED.value, reason)])
+            cause = Failure(f"prerequisite {rec.key!r} failed (its stored row was damaged)")
+            for dep in list(self.dependents.get(rec.key, ())):
+                drec = self.tasks.get(dep)
+                if drec is not None and not drec.state.is_finished:
+                    self._finish(drec, TaskState.FAILED, cause, now)
+        lost_chains = {key: reason for table, key, reason in damaged if table == "chains"}
+        for rec in list(self.tasks.values()):
+            if rec.chain_id in lost_chains and rec.chain_id not in self.chains and not rec.state.is_finished:
+                why = f"its chain's stored row {rec.chain_id!r} was damaged ({lost_chains[rec.chain_id]})"
+                self._finish(rec, TaskState.FAILED, Failure(why), now)
 
     # ---------------------------------------------------------------- enqueue
     def submit(
@@ -978,6 +1034,11 @@ class SchedulerCore:
                 self._set_timer(rec, now, now)
             # already queued or blocked: the change coalesces into that run
         return n
+
+
+def _append_number(key: str) -> int:
+    """Work appended under a name is stored as name#2, name#3, ...: its place in line."""
+    return int(key.rsplit("#", 1)[1]) if "#" in key and key.rsplit("#", 1)[1].isdigit() else 1
 
 
 def outcome_for(exc: KmprayError) -> Outcome:

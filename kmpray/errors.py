@@ -25,3 +25,13 @@ class EngineUnavailable(KmprayError):
 
 class VirtualTimeOnly(KmprayError):
     """``advance_time`` was called on an engine that runs on the real clock."""
+
+
+class DamagedRow(KmprayError, ValueError):
+    """A stored row that is not one this version wrote: bad msgpack, a wrong shape or type,
+    an unknown trigger kind, a value that fails validation. Moved to quarantine at restore."""
+
+
+class StoreRefused(KmprayError):
+    """A store file the engine will not open (not SQLite, damaged beyond its rows, or a
+    schema from a newer kmpray). The message names the file and what to do."""

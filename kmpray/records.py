@@ -7,6 +7,7 @@ TaskInfo made from them. The codec writes plain msgpack maps, never pickle.
 from __future__ import annotations
 
 import functools
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +16,7 @@ from pydantic import TypeAdapter
 
 from .constraints import DEFAULT_CONSTRAINTS, Constraints
 from .enums import InputMerger, TaskState
+from .errors import DamagedRow
 from .models import TaskInfo
 from .results import Failure, Result, Retry, Success
 from .triggers import OneTime, Trigger
@@ -127,7 +129,21 @@ def encode(rec: TaskRecord) -> bytes:
         row["pr"] = list(rec.prereqs)
     if rec.input_merger is not InputMerger.OVERWRITE:
         row["m"] = rec.input_merger.value
-    return msgpack.packb(row, use_bin_type=True)
+    return seal(msgpack.packb(row, use_bin_type=True))
+
+
+def seal(packed: bytes) -> bytes:
+    """A stored row: its msgpack bytes and their CRC-32, so a flipped byte is detected."""
+    return packed + zlib.crc32(packed).to_bytes(4, "big")
+
+
+def _unseal(blob: bytes) -> bytes | memoryview:
+    """The msgpack bytes of a sealed row. A row from before seals (no CRC) is its own
+    msgpack; a sealed row whose CRC does not match then fails to unpack (extra bytes)."""
+    body = memoryview(blob)[:-4]
+    if len(blob) > 4 and zlib.crc32(body) == int.from_bytes(blob[-4:], "big"):
+        return body
+    return blob
 
 
 _STATES = {s.value: s for s in TaskState}
@@ -147,9 +163,87 @@ def _decode_shared(field_: str, value: Any, parse: Any) -> Any:
     return model
 
 
+# Field -> the types a stored value may have (msgpack gives str, int, bool, float,
+# bytes, list, dict, None). Anything else is a damaged row, refused before use.
+_ROW_TYPES: dict[str, tuple[type, ...]] = {
+    "k": (str,), "n": (str,), "w": (str,), "s": (str,), "c0": (int,), "u": (int,),
+    "t": (dict,), "c": (dict,), "i": (str,), "a": (int,), "rc": (int,), "p": (int,),
+    "nx": (int,), "dl": (int,), "ch": (str,), "an": (int,), "pe": (int,), "ri": (int,),
+    "rf": (bool,), "st": (int,), "up": (dict,), "r": (dict,), "pr": (list,), "m": (str,),
+}
+_REQUIRED = ("k", "n", "w", "s", "c0", "u")
+# Counters with their largest sane value (progress is a percentage).
+_COUNTERS = {"a": 2**62, "rc": 2**62, "ri": 2**62, "pe": 2**62, "st": 2**62, "p": 100}
+_COUNTER_NAMES = frozenset(_COUNTERS)
+
+
+def _exact(types: dict[str, tuple[type, ...]]) -> dict[str, frozenset[type]]:
+    """The exact classes each field may have (a set lookup is the restore's hot path)."""
+    extra = {int: (bool,)}  # msgpack never makes a bool where an int was written, but allow it
+    return {k: frozenset((*v, *(x for t in v for x in extra.get(t, ())), type(None))) for k, v in types.items()}
+
+
+_EXACT: dict[int, dict[str, frozenset[type]]] = {}
+_NOTHING: frozenset[type] = frozenset()
+_SHAPES: set[tuple[Any, ...]] = set()  # (field names..., value classes...) already checked
+
+
+def unpack_row(blob: object, required: tuple[str, ...], types: dict[str, tuple[type, ...]]) -> dict[str, Any]:
+    """msgpack only (never pickle), then the shape: a map of known fields of the right types."""
+    if not isinstance(blob, bytes):
+        raise DamagedRow(f"not a byte string ({type(blob).__name__})")
+    try:
+        row = msgpack.unpackb(_unseal(blob), raw=False)
+    except msgpack.ExtraData:
+        raise DamagedRow("checksum mismatch: not the bytes this store wrote") from None
+    except Exception as exc:
+        raise DamagedRow(f"not msgpack ({type(exc).__name__}: {exc})") from None
+    if not isinstance(row, dict):
+        raise DamagedRow(f"not a map ({type(row).__name__})")
+    exact = _EXACT.get(id(types))
+    if exact is None:
+        exact = _EXACT[id(types)] = _exact(types)
+    shape = (id(types), *row, *map(type, row.values()))  # rows repeat a few shapes: check each once
+    if shape not in _SHAPES:
+        allowed = exact.get
+        for name, value in row.items():
+            if value.__class__ not in allowed(name, _NOTHING):
+                if name not in types:
+                    raise DamagedRow(f"unknown field {name!r}")
+                raise DamagedRow(f"field {name!r} is {type(value).__name__}, expected {types[name][0].__name__}")
+        missing = [f for f in required if f not in row]
+        if missing:
+            raise DamagedRow(f"missing field(s) {missing}")
+        if len(_SHAPES) < 4096:
+            _SHAPES.add(shape)
+    if not _COUNTER_NAMES.isdisjoint(row):
+        for name in _COUNTER_NAMES.intersection(row):
+            value = row[name]
+            if value is not None and not 0 <= value <= _COUNTERS[name]:
+                raise DamagedRow(f"field {name!r} is out of range ({value})")
+    return row
+
+
 def decode(blob: bytes) -> TaskRecord:
-    row = msgpack.unpackb(blob, raw=False)
+    """A stored row back into a record; raises DamagedRow, naming what is wrong."""
+    row = unpack_row(blob, _REQUIRED, _ROW_TYPES)
+    try:
+        return _record(row)
+    except DamagedRow:
+        raise
+    except Exception as exc:  # a trigger, constraint or result that fails validation
+        raise DamagedRow(f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+
+
+def _record(row: dict[str, Any]) -> TaskRecord:
     t, c = row.get("t"), row.get("c")
+    if row["s"] not in _STATES:
+        raise DamagedRow(f"unknown state {row['s']!r}")
+    if row.get("m", "OVERWRITE") not in _MERGERS:
+        raise DamagedRow(f"unknown input merger {row['m']!r}")
+    prereqs = row.get("pr") or []
+    if not all(isinstance(p, str) for p in prereqs):
+        raise DamagedRow("field 'pr' holds a non-string key")
     return TaskRecord(
         key=row["k"],
         name=row["n"],
@@ -160,19 +254,19 @@ def decode(blob: bytes) -> TaskRecord:
         created_at_ms=row["c0"],
         updated_at_ms=row["u"],
         input=row.get("i"),
-        run_attempt_count=row.get("a", 0),
-        run_count=row.get("rc", 0),
-        result=_RESULT.validate_python(row["r"]) if "r" in row else None,
+        run_attempt_count=row.get("a") or 0,
+        run_count=row.get("rc") or 0,
+        result=_RESULT.validate_python(row["r"]) if row.get("r") is not None else None,
         progress=row.get("p"),
         next_run_at_ms=row.get("nx"),
         deadline_ms=row.get("dl"),
         chain_id=row.get("ch"),
-        prereqs=tuple(row.get("pr", ())),
-        input_merger=_MERGERS[row.get("m", "OVERWRITE")],
-        anchor_ms=row.get("an", 0),
-        period=row.get("pe", 0),
-        run_id=row.get("ri", 0),
-        refire=row.get("rf", False),
-        step=row.get("st", 0),
+        prereqs=tuple(prereqs),
+        input_merger=_MERGERS[row.get("m") or "OVERWRITE"],
+        anchor_ms=row.get("an") or 0,
+        period=row.get("pe") or 0,
+        run_id=row.get("ri") or 0,
+        refire=bool(row.get("rf")),
+        step=row.get("st") or 0,
         upstream=row.get("up"),
     )

@@ -2,28 +2,100 @@
 
 Rows are msgpack maps (never pickle). Writes arrive in batches and commit in one
 transaction, so a burst of enqueues costs one fsync-bounded commit, not one each.
+
+Damage is contained, never fatal to the healthy rows: ``load`` decodes row by row and
+moves a row that does not decode to the ``quarantine`` table (its bytes, the reason,
+the time), logged once. A file that is not a SQLite database, is damaged beyond its
+rows, or carries a newer schema is refused at open with one line saying what to do
+(``StoreRefused``). Nothing read from a store is ever decoded with anything but msgpack.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import msgpack
 
 from .chain import ChainRecord
+from .errors import DamagedRow, StoreRefused
 from .records import TaskRecord, decode, encode
+
+log = logging.getLogger("kmpray.store")
+
+#: The on-disk layout this version writes (SQLite ``user_version``). A newer file is refused.
+SCHEMA_VERSION = 1
+
+_R = TypeVar("_R")
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantinedRow:
+    """A stored row that did not decode, kept byte for byte (never decoded again)."""
+
+    table: str  # "tasks", "chains", "meta" or "events"
+    key: str
+    reason: str
+    at_ms: int
+    size: int
+    head: str  # the first 32 bytes, in hex
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"table": self.table, "key": self.key, "reason": self.reason, "at_ms": self.at_ms,
+                "size": self.size, "head": self.head}
+
+
+def _quarantined(table: str, key: str, reason: str, blob: object) -> QuarantinedRow:
+    raw = blob if isinstance(blob, bytes) else str(blob).encode()
+    log.warning("store: %s row %r does not decode (%s); moved to quarantine (see `kmpray quarantine`)",
+                table, key, reason)
+    return QuarantinedRow(table, key, reason, time.time_ns() // 1_000_000, len(raw), raw[:32].hex())
+
+
+def decode_rows(
+    table: str, rows: Iterable[tuple[str, object]], parse: Callable[[bytes], _R], key_of: Callable[[_R], str]
+) -> tuple[list[_R], list[tuple[QuarantinedRow, bytes]]]:
+    """Decode ``(key, blob)`` rows one by one: the healthy ones, and the damaged ones with
+    their original bytes. A row must also name the key it is stored under."""
+    good: list[_R] = []
+    bad: list[tuple[QuarantinedRow, bytes]] = []
+    for key, blob in rows:
+        try:
+            value = parse(blob)  # type: ignore[arg-type]
+            if key_of(value) != key:
+                raise DamagedRow(f"stored under {key!r} but names {key_of(value)!r}")
+            good.append(value)
+        except DamagedRow as exc:
+            raw = blob if isinstance(blob, bytes) else str(blob).encode()
+            bad.append((_quarantined(table, str(key), str(exc), raw), raw))
+    return good, bad
 
 
 class TaskStore(Protocol):
+    """Where the scheduler keeps its rows. ``load``/``load_chains`` return the rows that
+    decode and move every other one to quarantine (``quarantined`` lists them, with the
+    reason; ``drop_quarantined`` deletes one for good)."""
+
     def load(self) -> list[TaskRecord]: ...
 
     def load_chains(self) -> list[ChainRecord]: ...
+
+    def quarantined(self) -> list[QuarantinedRow]: ...
+
+    def drop_quarantined(self, key: str) -> int: ...
+
+    def take_fresh_quarantine(self) -> list[QuarantinedRow]:
+        """The rows moved to quarantine since the last call (by ``load``, ``load_chains``,
+        ``get_meta``): what the scheduler contains (see ``SchedulerCore.restore``)."""
+        ...
 
     def write(
         self,
@@ -66,29 +138,118 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         raise
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def _task_key(rec: TaskRecord) -> str:
+    return rec.key
+
+
+def _chain_id(chain: ChainRecord) -> str:
+    return chain.id
+
+
+_QUARANTINE = (
+    "CREATE TABLE IF NOT EXISTS quarantine (tbl TEXT NOT NULL, key TEXT NOT NULL, reason TEXT NOT NULL,"
+    " at_ms INTEGER NOT NULL, row BLOB NOT NULL, PRIMARY KEY (tbl, key))"
+)
+
+
+def _refuse(path: Path, what: str, exc: BaseException | None = None) -> StoreRefused:
+    cause = f" ({exc})" if exc is not None else ""
+    return StoreRefused(
+        f"store {path}: {what}{cause}. Move the file aside (or restore it from a backup) and "
+        f"connect again, or pass another state_dir; kmpray never repairs it in place."
+    )
+
+
+def _connect(path: Path, tables: dict[str, str]) -> sqlite3.Connection:
+    """Open (or create) one of kmpray's SQLite files and check it is one: its schema version
+    is known and every table it has is one of ``tables`` (name -> CREATE statement)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
-    conn.execute("PRAGMA journal_mode=WAL")
-    # NORMAL in WAL mode: a commit survives a process crash; only an OS crash may lose
-    # the last transactions. FULL via KMPRAY_SQLITE_SYNC=FULL for power-loss durability.
-    conn.execute(f"PRAGMA synchronous={os.environ.get('KMPRAY_SQLITE_SYNC', 'NORMAL')}")
+    try:
+        conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
+        conn.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode: a commit survives a process crash; only an OS crash may lose
+        # the last transactions. FULL via KMPRAY_SQLITE_SYNC=FULL for power-loss durability.
+        conn.execute(f"PRAGMA synchronous={os.environ.get('KMPRAY_SQLITE_SYNC', 'NORMAL')}")
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        present = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as exc:
+        raise _refuse(path, "is not a readable SQLite database", exc) from None
+    if version > SCHEMA_VERSION:
+        conn.close()
+        raise _refuse(path, f"was written by a newer kmpray (schema {version}; this one reads {SCHEMA_VERSION})")
+    foreign = present - set(tables) - {"sqlite_sequence"}
+    if foreign:
+        conn.close()
+        raise _refuse(path, f"is not a kmpray store (unknown tables: {', '.join(sorted(foreign))})")
+    try:
+        for create in tables.values():
+            conn.execute(create)
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise _refuse(path, "is damaged beyond its rows", exc) from None
     return conn
+
+
+def _scan(conn: sqlite3.Connection, path: Path, sql: str) -> list[Any]:
+    """A whole-table read; a file damaged below the row level is refused, not half read."""
+    try:
+        return list(conn.execute(sql))
+    except sqlite3.DatabaseError as exc:
+        raise _refuse(path, "is damaged beyond its rows", exc) from None
+
+
+def _move_to_quarantine(conn: sqlite3.Connection, table: str, bad: list[tuple[QuarantinedRow, bytes]]) -> None:
+    if not bad:
+        return
+    key_column = {"tasks": "key", "chains": "id", "meta": "key"}[table]
+    with _transaction(conn):
+        conn.executemany(
+            "INSERT OR REPLACE INTO quarantine (tbl, key, reason, at_ms, row) VALUES (?, ?, ?, ?, ?)",
+            [(q.table, q.key, q.reason, q.at_ms, raw) for q, raw in bad],
+        )
+        conn.executemany(f"DELETE FROM {table} WHERE {key_column} = ?", [(q.key,) for q, _raw in bad])
+
+
+_TASK_TABLES = {
+    "tasks": "CREATE TABLE IF NOT EXISTS tasks (key TEXT PRIMARY KEY, row BLOB NOT NULL)",
+    "meta": "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL)",
+    "chains": "CREATE TABLE IF NOT EXISTS chains (id TEXT PRIMARY KEY, row BLOB NOT NULL)",
+    "quarantine": _QUARANTINE,
+}
 
 
 class SqliteTaskStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._conn = _connect(self.path)
-        self._conn.execute("CREATE TABLE IF NOT EXISTS tasks (key TEXT PRIMARY KEY, row BLOB NOT NULL)")
-        self._conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL)")
-        self._conn.execute("CREATE TABLE IF NOT EXISTS chains (id TEXT PRIMARY KEY, row BLOB NOT NULL)")
+        self._conn = _connect(self.path, _TASK_TABLES)
+        self._fresh: list[QuarantinedRow] = []
 
     def load(self) -> list[TaskRecord]:
-        return [decode(blob) for (blob,) in self._conn.execute("SELECT row FROM tasks")]
+        good, bad = decode_rows("tasks", _scan(self._conn, self.path, "SELECT key, row FROM tasks"), decode, _task_key)
+        self._quarantine("tasks", bad)
+        return good
 
     def load_chains(self) -> list[ChainRecord]:
-        return [ChainRecord.decode(blob) for (blob,) in self._conn.execute("SELECT row FROM chains")]
+        rows = _scan(self._conn, self.path, "SELECT id, row FROM chains")
+        good, bad = decode_rows("chains", rows, ChainRecord.decode, _chain_id)
+        self._quarantine("chains", bad)
+        return good
+
+    def _quarantine(self, table: str, bad: list[tuple[QuarantinedRow, bytes]]) -> None:
+        _move_to_quarantine(self._conn, table, bad)
+        self._fresh += [q for q, _raw in bad]
+
+    def take_fresh_quarantine(self) -> list[QuarantinedRow]:
+        fresh, self._fresh = self._fresh, []
+        return fresh
+
+    def quarantined(self) -> list[QuarantinedRow]:
+        rows = self._conn.execute("SELECT tbl, key, reason, at_ms, row FROM quarantine ORDER BY at_ms, tbl, key")
+        return [QuarantinedRow(t, k, r, at, len(raw), bytes(raw[:32]).hex()) for t, k, r, at, raw in rows]
+
+    def drop_quarantined(self, key: str) -> int:
+        return self._conn.execute("DELETE FROM quarantine WHERE key = ?", (key,)).rowcount
 
     def write(
         self,
@@ -114,8 +275,16 @@ class SqliteTaskStore:
                 conn.executemany("INSERT OR REPLACE INTO chains (id, row) VALUES (?, ?)", chain_rows)
 
     def get_meta(self, key: str) -> object | None:
+        """A meta value; a damaged one goes to quarantine and reads as absent."""
         row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return msgpack.unpackb(row[0], raw=False) if row else None
+        if row is None:
+            return None
+        try:
+            return msgpack.unpackb(row[0], raw=False)
+        except Exception as exc:
+            bad = _quarantined("meta", key, f"not msgpack ({type(exc).__name__}: {exc})", row[0])
+            self._quarantine("meta", [(bad, bytes(row[0]))])
+            return None
 
     def put_meta(self, key: str, value: object) -> None:
         self._conn.execute(
@@ -134,12 +303,41 @@ class MemoryTaskStore:
         self._rows: dict[str, bytes] = {}
         self._chains: dict[str, bytes] = {}
         self._meta: dict[str, bytes] = {}
+        self._quarantine: dict[tuple[str, str], QuarantinedRow] = {}
+        self._fresh: list[QuarantinedRow] = []
 
     def load(self) -> list[TaskRecord]:
-        return [decode(b) for b in self._rows.values()]
+        return self._load("tasks", self._rows, decode, _task_key)
 
     def load_chains(self) -> list[ChainRecord]:
-        return [ChainRecord.decode(b) for b in self._chains.values()]
+        return self._load("chains", self._chains, ChainRecord.decode, _chain_id)
+
+    def _load(
+        self, table: str, rows: dict[str, bytes], parse: Callable[[bytes], _R], key_of: Callable[[_R], str]
+    ) -> list[_R]:
+        good, bad = decode_rows(table, list(rows.items()), parse, key_of)
+        for q, _raw in bad:
+            del rows[q.key]
+            self._quarantine[(table, q.key)] = q
+            self._fresh.append(q)
+        return good
+
+    def take_fresh_quarantine(self) -> list[QuarantinedRow]:
+        fresh, self._fresh = self._fresh, []
+        return fresh
+
+    def quarantined(self) -> list[QuarantinedRow]:
+        return sorted(self._quarantine.values(), key=lambda q: (q.at_ms, q.table, q.key))
+
+    def drop_quarantined(self, key: str) -> int:
+        gone = [k for k in self._quarantine if k[1] == key]
+        for k in gone:
+            del self._quarantine[k]
+        return len(gone)
+
+    def damage(self, key: str, blob: bytes, table: str = "tasks") -> None:
+        """Overwrite a stored row with other bytes (tests and the simulation)."""
+        (self._rows if table == "tasks" else self._chains)[key] = blob
 
     def write(
         self,
@@ -168,14 +366,16 @@ class MemoryTaskStore:
         pass
 
 
+_EVENT_TABLES = {
+    "events": "CREATE TABLE IF NOT EXISTS events (cursor INTEGER PRIMARY KEY AUTOINCREMENT, body BLOB NOT NULL)"
+}
+
+
 class SqliteEventLog:
     """Append-only event rows; the rowid is the cursor subscribers resume from."""
 
     def __init__(self, path: str | Path) -> None:
-        self._conn = _connect(Path(path))
-        self._conn.execute(
-            "CREATE TABLE IF NOT EXISTS events (cursor INTEGER PRIMARY KEY AUTOINCREMENT, body BLOB NOT NULL)"
-        )
+        self._conn = _connect(Path(path), _EVENT_TABLES)
         self._lock = threading.Lock()
 
     def append(self, events: list[bytes]) -> list[int]:

@@ -23,7 +23,7 @@ def kmpray(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]
 def test_help_lists_the_commands() -> None:
     out = kmpray("--help")
     assert out.returncode == 0
-    for command in ("demo", "start", "status", "list", "info", "cancel", "events", "bench"):
+    for command in ("demo", "start", "status", "list", "info", "cancel", "events", "bench", "quarantine"):
         assert command in out.stdout
 
 
@@ -114,3 +114,37 @@ def test_start_brings_up_an_engine_on_a_running_cluster(ray_session, tmp_path: P
         assert attached.status()["executors"] >= 1  # the detached engine outlived the CLI process
     finally:
         attached.shutdown()
+
+
+@pytest.mark.ray
+def test_quarantine_lists_and_drops_damaged_rows(ray_session, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import json as _json
+    import sqlite3
+
+    import kmpray as lib
+    from kmpray import ONE_HOUR, TaskTrigger
+
+    state = tmp_path / "state"
+    first = lib.connect(namespace="cli-quarantine", state_dir=str(state), virtual_time=True)
+    first.enqueue("good", TaskTrigger.OneTime(ONE_HOUR), "HttpRequestWorker")
+    first.enqueue("bad", TaskTrigger.OneTime(ONE_HOUR), "HttpRequestWorker")
+    first.shutdown()
+    conn = sqlite3.connect(state / "tasks.db")
+    conn.execute("UPDATE tasks SET row = ? WHERE key = 'bad'", (b"\x80\x04not msgpack",))
+    conn.commit()
+    conn.close()
+    second = lib.connect(namespace="cli-quarantine", state_dir=str(state), virtual_time=True)
+    engine = ["--address", ray_session.get_runtime_context().gcs_address, "--namespace", "cli-quarantine"]
+    try:
+        listed = kmpray("quarantine", *engine, "--json")
+        assert listed.returncode == 0, listed.stderr[-1000:]
+        (row,) = _json.loads(listed.stdout)
+        assert (row["table"], row["key"], row["head"][:4]) == ("tasks", "bad", "8004")
+        assert "checksum mismatch" in row["reason"]
+        status = kmpray("status", *engine)
+        assert "1 rows quarantined: see `kmpray quarantine`" in status.stdout
+        dropped = kmpray("quarantine", *engine, "--drop", "bad")
+        assert dropped.returncode == 0 and "dropped 1" in dropped.stdout
+        assert second.quarantined() == [] and second.get_task_info("good").state.value == "ENQUEUED"
+    finally:
+        second.shutdown()

@@ -93,7 +93,9 @@ class Harness:
         """A new core over the same store: what a SchedulerActor restart does."""
         self.flush()
         self.core = SchedulerCore(self.clock, self.core.platform, self.core.config, self.workers.__contains__)
-        self.core.restore(self.store.load(), self.store.load_chains())
+        records, chains = self.store.load(), self.store.load_chains()
+        damaged = [(q.table, q.key, q.reason) for q in self.store.take_fresh_quarantine()]
+        self.core.restore(records, chains, damaged)
         self.chain_msgs.clear()  # what the old scheduler had not sent yet is gone with it
         # The scheduler asks the coordinators to resync when it starts.
         asked_at = self.coordinator.mark()

@@ -59,13 +59,14 @@ def main() -> None:
     ray.init(address=cluster.address, log_to_driver=False)
     cluster.wait_for_nodes()
     head = cluster.head_node.node_id
-    sched = kmpray.connect(
-        namespace="multinode",
-        state_dir=tempfile.mkdtemp(),
-        config=EngineConfig(heavy_resources={"heavy": 1}, heavy_num_cpus=0, heavy_unreachable_s=3),
-    )
+    sched = None
     out: dict[str, object] = {"head": head, "other": other.node_id}
     try:
+        sched = kmpray.connect(
+            namespace="multinode",
+            state_dir=tempfile.mkdtemp(),
+            config=EngineConfig(heavy_resources={"heavy": 1}, heavy_num_cpus=0, heavy_unreachable_s=3),
+        )
         sched.register_worker("WhereAmI", WhereAmI)
         charging = Constraints(requires_charging=True)
         sched.set_device_state(node_id=head, charging=False, battery_level=50)
@@ -139,9 +140,12 @@ def main() -> None:
     finally:
         print("RESULT " + json.dumps(out))
         sys.stdout.flush()
-        sched.shutdown()
-        ray.shutdown()
-        cluster.shutdown()
+        try:
+            if sched is not None:
+                sched.shutdown()
+            ray.shutdown()
+        finally:
+            cluster.shutdown()  # always: a cluster left running is what the next ray.init() finds
 
 
 if __name__ == "__main__":
