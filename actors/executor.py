@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 import uuid
 from typing import Any
@@ -25,6 +26,7 @@ from kmpray.validation import check_output
 from kmpray.worker import CommonWorker, WorkerContext, run_worker
 
 from .event_broker import BrokerBackend
+from .loop_watch import Blocker, LoopWatch
 from .names import REGISTRY, SCHEDULER, Outbox, call_with_retry, lookup
 
 log = logging.getLogger("kmpray.executor")
@@ -71,6 +73,25 @@ class ExecutorBase:
         # Through the module, not a name imported here: Ray ships actor classes by value,
         # and a global captured that way would be a copy, not the process's singleton.
         kmpray.events.TaskEventBus._bind(BrokerBackend(namespace))
+        # A blocked event loop (see loop_watch.py): the scheduler withdraws the runs queued
+        # here that have not begun, and answers with a fence (scheduler epoch, batch number);
+        # a run from a batch at or below it never begins here. ``_begin_lock`` makes "has it
+        # begun?" one answer for both threads.
+        self._batch_of: dict[tuple[str, int], tuple[str, int]] = {}  # run -> (epoch, batch)
+        self._fence: tuple[str, int] = ("", 0)
+        self._fence_wait = False  # a block was reported; runs wait for the fence before beginning
+        self._begin_lock = threading.Lock()
+        self._blocks: dict[str, int] = {}  # worker class -> times it blocked this loop
+        self._threaded: set[str] = set()  # async workers now run in a thread here
+        self._loop = asyncio.get_running_loop()
+        self.watch = LoopWatch(
+            self._loop,
+            self.config.loop_probe_ms / 1000,
+            self.config.loop_block_ms / 1000,
+            ExecutorBase._execute.__code__,
+            self._loop_blocked,
+            self._loop_unblocked,
+        )
 
     def _concurrency(self) -> int:
         return self.config.executor_concurrency
@@ -78,19 +99,94 @@ class ExecutorBase:
     def ping(self) -> tuple[str, int, str]:
         return self.incarnation, len(self._tasks), self.node_id
 
-    def submit(self, runs: list[Run]) -> str:
+    def submit(self, runs: list[Run], batch: tuple[str, int] | None = None) -> str:
+        """Take a batch of runs; ``batch``: (scheduler epoch, batch number), for fencing."""
         for run in runs:
             key = (run[0], run[1])
             if key not in self._unreported:  # a retried submit must not start a run twice
                 self._unreported[key] = None
+                if batch is not None:
+                    self._batch_of[key] = (batch[0], batch[1])
                 self._tasks[key] = asyncio.ensure_future(self._run(run))
         return self.incarnation
 
     def holding(self) -> tuple[str, list[tuple[str, int]], list[tuple[str, int]]]:
         """For a restarted scheduler: the runs this process took and has not reported yet,
-        and which of them still wait for a slot."""
-        waiting = [key for key in self._tasks if key not in self._begun]
-        return self.incarnation, list(self._unreported), waiting
+        and which of them still wait for a slot (a run withdrawn by the fence is not held)."""
+        held = [key for key in self._unreported if not self._withdrawn(key)]
+        waiting = [key for key in self._tasks if key not in self._begun and key in held]
+        return self.incarnation, held, waiting
+
+    def _withdrawn(self, key: tuple[str, int]) -> bool:
+        batch = self._batch_of.get(key)
+        return batch is not None and key not in self._begun and batch[0] == self._fence[0] and batch[1] <= self._fence[1]
+
+    def _begin_now(self, key: tuple[str, int]) -> bool:
+        """The hot path of ``_may_begin``: no block reported, no fence set (the usual case)."""
+        if self._fence_wait or self._fence[1]:
+            return False
+        with self._begin_lock:
+            if self._fence_wait:
+                return False
+            self._begun.add(key)
+            return True
+
+    async def _may_begin(self, key: tuple[str, int]) -> bool:
+        """Just before a run's worker begins: is it still this executor's to run? (Not if
+        the scheduler withdrew it while this loop was blocked.) Marks it begun if so."""
+        while True:
+            with self._begin_lock:
+                if not self._fence_wait:
+                    if self._withdrawn(key):
+                        return False
+                    self._begun.add(key)
+                    return True
+            await asyncio.sleep(0.005)  # a block was just reported: the fence is on its way
+
+    # ------------------------------------------------------ blocked event loop
+    def _kind(self) -> str:
+        return "light"
+
+    def _loop_blocked(self, lag_s: float, blocker: Blocker) -> None:
+        """From the watch thread: tell the scheduler what blocks this loop and which runs
+        began; it withdraws the others and answers with the fence."""
+        with self._begin_lock:
+            self._fence_wait = True
+            begun = list(self._begun)
+        try:
+            key, worker = blocker if blocker is not None else (None, None)
+            log.warning("executor %d: worker %s (task %s) is blocking the event loop (%.2f s so far)",
+                        self.index, worker, key[0] if key else None, lag_s)
+            scheduler = lookup(SCHEDULER, self.namespace)
+            for attempt in range(20):
+                try:
+                    ref = scheduler.loop_blocked.remote(self._kind(), self.index, self.incarnation, lag_s, worker,
+                                                        key, begun)
+                    fence = ref.future().result(timeout=30)  # this thread, not the (blocked) loop
+                    break
+                except Exception:
+                    if attempt == 19:
+                        raise
+                    time.sleep(0.5)
+            if fence is not None:
+                self._fence = (fence[0], fence[1])
+        finally:
+            self._fence_wait = False
+
+    def _loop_unblocked(self, blocked_s: float, blocker: Blocker) -> None:
+        """From the watch thread: the loop runs again. After ``auto_thread_after_blocks``
+        blocks by one class, its async ``do_work`` runs in a thread here (said once)."""
+        key, worker = blocker if blocker is not None else (None, None)
+        if worker is not None:
+            self._blocks[worker] = n = self._blocks.get(worker, 0) + 1
+            limit = self.config.auto_thread_after_blocks
+            if limit and n >= limit and worker not in self._threaded:
+                self._threaded.add(worker)
+                log.warning("executor %d: %s blocked its event loop %d times; from now on its async do_work "
+                            "runs in a thread here", self.index, worker, n)
+        lookup(SCHEDULER, self.namespace).loop_unblocked.remote(
+            self._kind(), self.index, self.incarnation, blocked_s, worker, key, worker in self._threaded
+        )
 
     def cancel_cooperative(self, runs: list[tuple[str, int]]) -> None:
         """Only ask: ``ctx.is_cancelled()`` turns true; the run ends when the worker returns."""
@@ -131,9 +227,11 @@ class ExecutorBase:
             async with self._slots:
                 if key in self._cancelled:
                     raise asyncio.CancelledError
+                if not (self._begin_now(key) or await self._may_begin(key)):
+                    self._unreported.pop(key, None)  # withdrawn: it runs elsewhere, never here
+                    return
                 # "Began" goes to the scheduler only for a run still going after a moment:
                 # a short run's result says it, with no message of its own.
-                self._begun.add(key)
                 notice = asyncio.get_running_loop().call_later(
                     STARTED_NOTICE_S, self._reports.add, (("started", key_, run_id),)
                 )
@@ -147,6 +245,7 @@ class ExecutorBase:
         finally:
             self._tasks.pop(key, None)
             self._begun.discard(key)
+            self._batch_of.pop(key, None)
         if key in self._cancelled:
             self._cancelled.discard(key)
             self._unreported.pop(key, None)
@@ -174,11 +273,16 @@ class ExecutorBase:
             return Failure(f"worker {worker!r} could not be constructed: {type(exc).__name__}: {exc}")
 
         def progress(pct: int, message: str | None) -> None:
-            self._reports.add((("progress", key[0], key[1], pct, message),))
+            item = (("progress", key[0], key[1], pct, message),)
+            if threading.get_ident() == loop_thread:
+                self._reports.add(item)
+            else:  # a sync worker (or one run in a thread) reports from its thread
+                self._loop.call_soon_threadsafe(self._reports.add, item)
 
+        loop_thread = threading.get_ident()
         ctx = WorkerContext(key[0], previous, upstream, progress, lambda: key in self._cancelled, self.config)
         try:
-            call = run_worker(instance, inp, ctx)
+            call = run_worker(instance, inp, ctx, in_thread=worker in self._threaded)
             result = await (asyncio.wait_for(call, timeout_ms / 1000) if timeout_ms else call)
         except TimeoutError:
             return Failure(f"timed out after {timeout_ms} ms", should_retry=True)
@@ -219,6 +323,9 @@ class HeavyWorkerBase(ExecutorBase):
 
     def _concurrency(self) -> int:
         return 1
+
+    def _kind(self) -> str:
+        return "heavy"
 
     def pid(self) -> int:
         import os

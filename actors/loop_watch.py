@@ -39,6 +39,9 @@ class LoopWatch:
         self._loop = loop
         self._probe_s = probe_s
         self._block_s = block_s
+        # The thread samples less often than the heartbeat beats: waking it costs the loop a
+        # GIL hand-over each time (a block is still seen within block_s + 2 samples).
+        self._sample_s = max(probe_s, min(0.05, block_s / 2))
         self._run_code = run_code  # the executor coroutine whose frame names the run
         self._on_block = on_block
         self._on_unblock = on_unblock
@@ -70,15 +73,24 @@ class LoopWatch:
 
     def _watch(self) -> None:
         blocker: Blocker = None
+        suspect: Blocker = None
         while True:
-            time.sleep(self._probe_s)
+            time.sleep(self._sample_s)
             lag = self.lag_s()
             try:
                 if self.blocked_since is None and lag >= self._block_s:
+                    # A worker blocks the loop only if its run is on the stack in two samples
+                    # in a row: a loop merely busy with many short steps changes stacks.
+                    seen = self.blocker()
+                    if seen is None or seen != suspect:
+                        suspect = seen
+                        continue
                     self.blocked_since = self._beat + self._probe_s
-                    blocker = self.blocker()
+                    blocker, suspect = seen, None
                     self._on_block(lag, blocker)
-                elif self.blocked_since is not None and lag < self._block_s:
+                elif self.blocked_since is None:
+                    suspect = None
+                elif lag < self._block_s:
                     blocked_s = self._beat - self.blocked_since
                     self.blocked_since = None
                     self._on_unblock(blocked_s, blocker)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from kmpray.device import DeviceState
 from kmpray.validation import check_output
 from kmpray.watch import FileWatcher
 
+from .blocked_loops import BlockedLoops
 from .event_broker import encode_event
 from .executor import LightExecutor
 from .heavy_worker import HeavyWorker
@@ -133,6 +135,11 @@ class SchedulerActor:
         self._watcher = FileWatcher()
         self._where: dict[tuple[str, int], int] = {}
         self._heavy = [HeavySlot() for _ in range(self.config.heavy_pool_size)]
+        # Executors whose loop a worker blocks; batches are numbered per executor under this
+        # scheduler's epoch, so a blocked executor never begins a run withdrawn from it.
+        self._blocked = BlockedLoops()
+        self._epoch = uuid.uuid4().hex
+        self._batch_seq: list[int] = []
         self._heavy_where: dict[tuple[str, int], int] = {}
         self._wake = asyncio.Event()
         self._wake_at: int | None = None  # the due time the loop is sleeping towards
@@ -240,6 +247,7 @@ class SchedulerActor:
             scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False),
         ).remote(self.namespace, i, self.config.model_dump())
         self._executors.append(handle)
+        self._batch_seq.append(0)
         self._inflight.append({})
         self._incarnations.append(None)
         self._reachable.append(False)
@@ -287,7 +295,13 @@ class SchedulerActor:
             "workers": sorted(self._blobs),
             "waiting_for_registration": self.core.parked(),
             "quarantined": len(self.store.quarantined()),
+            "blocked_executors": self._blocked.describe(),
+            "loop_blocks": dict(self._blocked.counts),
+            "waiting_for": self._blocked.reason(self._serving(), self.core.ready_count()),
         }
+
+    def _serving(self) -> list[int]:
+        return [i for i in range(len(self._executors)) if i not in self._retired]
 
     def _inflight_by_node(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -335,9 +349,9 @@ class SchedulerActor:
             await self._reconcile_executors()
             await self._reconcile_heavy()
 
-    async def _ping(self, handle: Any) -> tuple[str, int, str] | None:
+    async def _ping(self, handle: Any, timeout_s: float = PING_TIMEOUT_S) -> tuple[str, int, str] | None:
         try:
-            return tuple(await asyncio.wait_for(handle.ping.remote(), PING_TIMEOUT_S))  # type: ignore[return-value]
+            return tuple(await asyncio.wait_for(handle.ping.remote(), timeout_s))  # type: ignore[return-value]
         except Exception:
             return None
 
@@ -346,7 +360,11 @@ class SchedulerActor:
         a node that left the cluster are retired; a node that joined gets its own."""
         nodes = {n["NodeID"]: n for n in await asyncio.to_thread(ray.nodes) if n.get("Alive")}
         live = [i for i in range(len(self._executors)) if i not in self._retired]
-        answers = await asyncio.gather(*(self._ping(self._executors[i]) for i in live))
+        # A blocked loop cannot answer (its watch thread said so): a short ping still sees a
+        # restart or death, without holding up the whole round for the full timeout.
+        answers = await asyncio.gather(
+            *(self._ping(self._executors[i], 0.5 if i in self._blocked.light else PING_TIMEOUT_S) for i in live)
+        )
         for i, answer in zip(live, answers, strict=True):
             if answer is not None:
                 incarnation, _running, self._exec_nodes[i] = answer
@@ -355,6 +373,8 @@ class SchedulerActor:
                     self._incarnations[i] = incarnation
                 self._reachable[i] = True
                 continue
+            if i in self._blocked.light:
+                continue  # alive and known to be busy: keep its runs, send it nothing
             # No answer is not proof of loss (a busy or restarting executor answers later,
             # and its runs' results still arrive): stop sending to it, keep its runs, and
             # re-run them only on proof (a new incarnation, or its node gone).
@@ -412,8 +432,11 @@ class SchedulerActor:
                 ray.kill(slot.handle, no_restart=True)  # retired: its warm state goes with it
                 self._heavy[i] = HeavySlot()
                 continue
-            answer = await self._ping(slot.handle)
+            blocked = i in self._blocked.heavy
+            answer = await self._ping(slot.handle, 0.5 if blocked else PING_TIMEOUT_S)
             incarnation = answer[0] if answer is not None else None
+            if incarnation is None and blocked:
+                continue  # its loop is blocked by the run it holds, which its watch thread reported
             if incarnation is None:
                 # Unreachable: restarting, or pending forever (its node left and no other
                 # node has the resources). After a while, give its run to a fresh actor.
@@ -449,7 +472,7 @@ class SchedulerActor:
             free = [
                 (limit - len(q), i)
                 for i, q in enumerate(self._inflight)
-                if len(q) < limit and self._reachable[i]
+                if len(q) < limit and self._reachable[i] and i not in self._blocked.light
             ]
             room = sum(n for n, _ in free)
             idle_heavy = [i for i, slot in enumerate(self._heavy) if slot.run is None]
@@ -586,7 +609,8 @@ class SchedulerActor:
             self._inflight[i][key] = None
             self._where[key] = i
             runs.append(self._wire(d))
-        ref = self._executors[i].submit.remote(runs)
+        self._batch_seq[i] += 1
+        ref = self._executors[i].submit.remote(runs, (self._epoch, self._batch_seq[i]))
         asyncio.ensure_future(self._confirm(i, ref, [(r[0], r[1]) for r in runs]))
 
     async def _confirm(self, i: int, ref: Any, keys: list[tuple[str, int]]) -> None:
@@ -804,6 +828,49 @@ class SchedulerActor:
     async def drop_quarantined(self, key: str) -> int:
         await self._ready
         return self.store.drop_quarantined(key)
+
+    async def loop_blocked(
+        self, kind: str, index: int, incarnation: str, lag_s: float, worker: str | None,
+        run: tuple[str, int] | None, begun: list[tuple[str, int]],
+    ) -> tuple[str, int] | None:
+        """From an executor's watch thread: a worker blocks its event loop. It gets nothing
+        more until it runs again; its runs that had not begun are withdrawn and re-queued
+        (not counted as attempts). Returns the fence: every batch up to it is withdrawn."""
+        await self._ready
+        task = run[0] if run else None
+        self._blocked.block(kind, index, worker, task, lag_s)
+        if kind != "light" or index >= len(self._executors):
+            log.warning("heavy worker %d: %s (task %s) blocks its event loop", index, worker, task)
+            return None
+        held = {(k, r) for k, r in begun}
+        for key in held:  # their own "began" notices wait behind the blocked loop
+            self.core.started(*key)
+        withdrawn = [key for key in self._inflight[index] if key not in held]
+        for key in withdrawn:
+            del self._inflight[index][key]
+            self._where.pop(key, None)
+            self.core.run_lost(*key)
+        log.warning("executor %d: %s (task %s) blocks its event loop (%.2f s so far); %d queued runs go to "
+                    "other executors", index, worker, task, lag_s, len(withdrawn))
+        if reason := self._blocked.reason(self._serving(), self.core.ready_count()):
+            log.warning("%s", reason)
+        self._pump()
+        return self._epoch, self._batch_seq[index]
+
+    async def loop_unblocked(
+        self, kind: str, index: int, incarnation: str, blocked_s: float, worker: str | None,
+        run: tuple[str, int] | None, threaded: bool,
+    ) -> None:
+        """The loop runs again: it takes runs again; the blocking worker is named (log, event)."""
+        await self._ready
+        notice = self._blocked.unblock(kind, index, worker, blocked_s, threaded)
+        log.warning("%s %d: %s (task %s)", "executor" if kind == "light" else "heavy worker", index, notice,
+                    run[0] if run else None)
+        if run is not None:
+            self.core.notice(run[0], worker or "?", notice)
+        if kind == "light" and index < len(self._reachable):
+            self._reachable[index] = True  # it just spoke: a ping that timed out meanwhile is stale
+        self._pump()
 
     def last_rejections(self, limit: int = 100) -> list[tuple[str, str, str]]:
         return list(self.rejections)[-limit:]

@@ -75,6 +75,13 @@ def status(address: str | None, namespace: str, state_dir: str | None, as_json: 
     click.echo(f"  executors={info['executors']} in flight={info['inflight']} ready={info['ready']}")
     click.echo("  " + "  ".join(f"{k}={v}" for k, v in info["counts"].items()))
     click.echo(f"  workers: {', '.join(info['workers']) or '-'}")
+    for b in info.get("blocked_executors", []):
+        click.echo(f"  {b['kind']} executor {b['executor']}: event loop blocked by {b['worker']} "
+                   f"(task {b['task']}) for {b['for_s']} s")
+    if info.get("loop_blocks"):
+        click.echo("  loops blocked by: " + ", ".join(f"{w} x{n}" for w, n in info["loop_blocks"].items()))
+    if info.get("waiting_for"):
+        click.echo(f"  {info['waiting_for']}")
     if info.get("quarantined"):
         click.echo(f"  {info['quarantined']} rows quarantined: see `kmpray quarantine`")
     for node, state in info.get("nodes", {}).items():

@@ -23,6 +23,14 @@ class EngineConfig(Frozen):
     # window hides the round trip under load; ordering within an executor stays FIFO.
     executor_window: Annotated[int, Field(gt=0)] = 256
     max_batch: Annotated[int, Field(gt=0)] = 256
+    # Each executor's event loop is watched from a thread (a heartbeat every loop_probe_ms).
+    # Lagging past loop_block_ms means a worker blocks it: the scheduler sends that executor
+    # nothing more and hands its queued runs to others until the loop runs again.
+    loop_probe_ms: Annotated[int, Field(ge=1, le=1_000)] = 10
+    loop_block_ms: Annotated[int, Field(ge=10, le=60_000)] = 100
+    # After a worker class blocked an executor's loop this many times, its async do_work
+    # runs in a thread on that executor (as `blocking = True` would). 0 = never.
+    auto_thread_after_blocks: Annotated[int, Field(ge=0)] = 3
     # Timed runs (delays, Exact, periodic, backoff) due within this many ms are handed to
     # executors ahead of time, in batches, and begin at their due time on the executor's
     # clock: timer precision no longer depends on how busy the scheduler is. 0 = off.

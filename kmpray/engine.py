@@ -707,6 +707,18 @@ class SchedulerCore:
             )
         )
 
+    def notice(self, key: str, worker: str, message: str) -> None:
+        """Tell subscribers something about a task's run (a TaskProgressEvent carrying its
+        current progress), without changing its state."""
+        rec = self.tasks.get(key)
+        self.fx.events.append(
+            TaskProgressEvent.model_construct(
+                kind="progress", task_id=key, task_name=worker,
+                progress=(rec.progress or 0) if rec is not None else 0, message=message,
+                timestamp=self.clock.now_ms(),
+            )
+        )
+
     def _emit_completion(
         self, rec: TaskRecord, success: bool, message: str | None, data: dict[str, Any] | None, now: int
     ) -> None:

@@ -45,6 +45,11 @@ class WorkerContext:
 class CommonWorker:
     """Subclass and implement ``do_work(input)`` or ``do_work(input, ctx)``, async or sync."""
 
+    #: An ``async def do_work`` that calls blocking code (``requests``, a long numpy step,
+    #: a database driver): run it in a thread, on its own event loop, so it never stalls
+    #: the executor's loop that the other runs share. A sync ``do_work`` always runs in one.
+    blocking: bool = False
+
     def do_work(self, input: str | None) -> Any:  # noqa: A002 - the contract's name
         raise NotImplementedError
 
@@ -63,13 +68,17 @@ def _wants_context(cls: type) -> bool:
 
 
 async def run_worker(
-    worker: CommonWorker, input: str | None, ctx: WorkerContext  # noqa: A002
+    worker: CommonWorker, input: str | None, ctx: WorkerContext, in_thread: bool = False  # noqa: A002
 ) -> Success | Failure | Retry:
-    """Call ``do_work`` the way it was declared; a sync one runs in a thread."""
+    """Call ``do_work`` the way it was declared; a sync one runs in a thread, and so does
+    an async one of a class marked ``blocking = True`` (or ``in_thread``), on its own loop."""
     fn = worker.do_work
     args: tuple[Any, ...] = (input, ctx) if _wants_context(type(worker)) else (input,)
     if inspect.iscoroutinefunction(fn):
-        value = await fn(*args)
+        if in_thread or getattr(worker, "blocking", False):
+            value = await asyncio.to_thread(asyncio.run, fn(*args))
+        else:
+            value = await fn(*args)
     else:
         value = await asyncio.to_thread(fn, *args)
         if inspect.isawaitable(value):

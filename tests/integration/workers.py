@@ -190,3 +190,32 @@ class StubbornHeavy(kmpray.CommonWorker):
 
 
 ALL.update({"WarmModel": WarmModel, "CooperativeHeavy": CooperativeHeavy, "StubbornHeavy": StubbornHeavy})
+
+
+class Blocker(kmpray.CommonWorker):
+    """An async worker that calls blocking code: the mistake issue #20 is about."""
+
+    async def do_work(self, input: str | None, ctx: kmpray.WorkerContext) -> Any:  # noqa: A002
+        cfg = _cfg(input)
+        with open(cfg["ledger"], "a") as f:
+            f.write(f"start {ctx.task_id}\n")
+        time.sleep(cfg.get("s", 5))  # blocks the executor's event loop
+        with open(cfg["ledger"], "a") as f:
+            f.write(f"end {ctx.task_id}\n")
+        return True
+
+
+class MarkedBlocker(Blocker):
+    """The same code, declared honestly: its async do_work runs in a thread."""
+
+    blocking = True
+
+
+class Ledgered(kmpray.CommonWorker):
+    async def do_work(self, input: str | None, ctx: kmpray.WorkerContext) -> Any:  # noqa: A002
+        with open(_cfg(input)["ledger"], "a") as f:
+            f.write(f"start {ctx.task_id}\n")
+        return True
+
+
+ALL.update({"Blocker": Blocker, "MarkedBlocker": MarkedBlocker, "Ledgered": Ledgered})

@@ -1,0 +1,116 @@
+"""An async worker that blocks its executor's event loop stalls nothing else (#20)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kmpray import TaskRequest, TaskState, TaskTrigger
+
+from .helpers import until
+from .workers import register_all
+
+pytestmark = pytest.mark.ray
+ONCE = TaskTrigger.OneTime()
+
+
+def _ledger(path: Path) -> list[tuple[str, str]]:
+    return [tuple(line.split()) for line in path.read_text().splitlines()] if path.exists() else []  # type: ignore[misc]
+
+
+@pytest.fixture
+def engine(engines: Any) -> Any:
+    sched = engines()  # real time, the default two executors (one per CPU)
+    register_all(sched)
+    assert sched.status()["executors"] == 2
+    return sched
+
+
+def _blocked(sched: Any, n: int) -> None:
+    until(lambda: len(sched.status()["blocked_executors"]) == n, timeout_s=20, what=f"{n} blocked executor(s)")
+
+
+def test_a_blocking_worker_does_not_stall_the_other_runs(engine: Any, tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger"
+    sub = engine.events.subscribe()
+    engine.enqueue("blocker", ONCE, "Blocker", input=json.dumps({"ledger": str(ledger), "s": 5}))
+    _blocked(engine, 1)
+    (blocked,) = engine.status()["blocked_executors"]
+    assert (blocked["worker"], blocked["task"]) == ("Blocker", "blocker")
+    ids = [f"t{i}" for i in range(20)]
+    engine.enqueue_many([TaskRequest("Ledgered", json.dumps({"ledger": str(ledger)}), id=i) for i in ids])
+    assert all(engine.wait(i, timeout_s=30).state is TaskState.SUCCEEDED for i in ids)
+    # All twenty finished while the blocker still held its executor's loop.
+    assert ("end", "blocker") not in _ledger(ledger)
+    assert engine.get_task_info("blocker").state is TaskState.RUNNING
+    assert engine.wait("blocker", timeout_s=30).state is TaskState.SUCCEEDED
+    starts = Counter(t for kind, t in _ledger(ledger) if kind == "start")
+    assert starts == Counter({"blocker": 1, **dict.fromkeys(ids, 1)})  # nothing ran twice
+    notice = None
+    while notice is None and (event := sub.get(timeout_s=10)) is not None:
+        if event.kind == "progress" and event.task_id == "blocker" and "event loop" in (event.message or ""):
+            notice = event.message
+    assert notice is not None and notice.startswith("Blocker blocked its executor's event loop for ")
+    assert "blocking = True" in notice
+    until(lambda: engine.status()["blocked_executors"] == [], timeout_s=10, what="the loop to be free again")
+    assert engine.status()["loop_blocks"] == {"Blocker": 1}
+
+
+def test_with_every_loop_blocked_runs_wait_with_a_reason_then_run_when_one_frees(
+    engine: Any, tmp_path: Path
+) -> None:
+    ledger = tmp_path / "ledger"
+    engine.enqueue("long", ONCE, "Blocker", input=json.dumps({"ledger": str(ledger), "s": 6}))
+    _blocked(engine, 1)
+    engine.enqueue("short", ONCE, "Blocker", input=json.dumps({"ledger": str(ledger), "s": 2}))
+    _blocked(engine, 2)
+    ids = [f"w{i}" for i in range(20)]
+    engine.enqueue_many([TaskRequest("Ledgered", json.dumps({"ledger": str(ledger)}), id=i) for i in ids])
+    status = engine.status()
+    assert status["waiting_for"] is not None
+    assert "every light executor's event loop is blocked" in status["waiting_for"]
+    assert engine.get_task_info("w0").state is TaskState.ENQUEUED
+    assert all(engine.wait(i, timeout_s=30).state is TaskState.SUCCEEDED for i in ids)
+    entries = _ledger(ledger)
+    assert ("end", "short") in entries and ("end", "long") not in entries  # ran once one loop was free
+    assert entries.index(("end", "short")) < min(entries.index(("start", i)) for i in ids)
+    assert engine.wait("long", timeout_s=30).state is TaskState.SUCCEEDED
+    starts = Counter(t for kind, t in _ledger(ledger) if kind == "start")
+    assert set(starts.values()) == {1} and len(starts) == 22
+
+
+def test_a_class_marked_blocking_runs_in_a_thread_and_blocks_nothing(engine: Any, tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger"
+    for name in ("m1", "m2"):
+        engine.enqueue(name, ONCE, "MarkedBlocker", input=json.dumps({"ledger": str(ledger), "s": 4}))
+    until(lambda: sum(1 for k, _ in _ledger(ledger) if k == "start") == 2, what="both marked blockers to start")
+    ids = [f"m{i}" for i in range(3, 23)]
+    engine.enqueue_many([TaskRequest("Ledgered", json.dumps({"ledger": str(ledger)}), id=i) for i in ids])
+    assert all(engine.wait(i, timeout_s=30).state is TaskState.SUCCEEDED for i in ids)
+    assert not [e for e in _ledger(ledger) if e[0] == "end"]  # both still running in their threads
+    assert engine.status()["blocked_executors"] == []
+    assert [engine.wait(n, timeout_s=30).state for n in ("m1", "m2")] == [TaskState.SUCCEEDED] * 2
+    assert engine.status()["loop_blocks"] == {}
+
+
+def test_after_n_blocks_a_class_runs_in_a_thread_by_itself(engines: Any, tmp_path: Path) -> None:
+    from kmpray import EngineConfig
+
+    sched = engines(config=EngineConfig(executors=1, auto_thread_after_blocks=2))
+    register_all(sched)
+    ledger = tmp_path / "ledger"
+    sub = sched.events.subscribe()
+    for n in range(3):
+        sched.enqueue(f"b{n}", ONCE, "Blocker", input=json.dumps({"ledger": str(ledger), "s": 0.6}))
+        assert sched.wait(f"b{n}", timeout_s=30).state is TaskState.SUCCEEDED
+    notices = []
+    while (event := sub.get(timeout_s=3)) is not None:
+        if event.kind == "progress" and "event loop" in (event.message or ""):
+            notices.append((event.task_id, event.message))
+    assert [t for t, _ in notices] == ["b0", "b1"]  # the third ran in a thread: no block
+    assert "from now on that executor runs Blocker's do_work in a thread" in notices[1][1]
+    assert sched.status()["loop_blocks"] == {"Blocker": 2}
