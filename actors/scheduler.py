@@ -20,6 +20,7 @@ from typing import Any
 
 import ray
 from pydantic import TypeAdapter
+from ray.exceptions import ActorUnavailableError
 
 from kmpray.chain import ChainCoordinatorCore, Message, coordinator_index
 from kmpray.clock import ManualClock, SystemClock
@@ -28,6 +29,7 @@ from kmpray.constraints import DEFAULT_CONSTRAINTS, Constraints
 from kmpray.engine import Dispatch, Outcome, SchedulerCore
 from kmpray.enums import ExistingPolicy, ScheduleResult, TaskState
 from kmpray.errors import InvalidParameters, StoreRefused, VirtualTimeOnly
+from kmpray.placement import heavy_demand, placeable
 from kmpray.platforms import profile
 from kmpray.results import Failure, from_wire
 from kmpray.store import SqliteTaskStore
@@ -67,10 +69,16 @@ def _trigger(raw: Any) -> Any:
 
 @dataclass
 class HeavySlot:
-    """One place in the heavy pool: an actor (created on demand) and the run it holds."""
+    """One place in the heavy pool: an actor (created on demand) and the run it holds.
+
+    A slot takes runs only once its actor has answered (``ready``). Until then it is
+    pending placement (no node has room for it yet, or the autoscaler is adding one): it
+    keeps its one request open, so the demand stays visible, and is never taken for lost.
+    """
 
     handle: Any = None
     incarnation: str | None = None
+    ready: bool = False
     run: tuple[str, int] | None = None
     idle_since: float = field(default_factory=time.monotonic)
     unreachable_since: float | None = None
@@ -135,6 +143,8 @@ class SchedulerActor:
         self._watcher = FileWatcher()
         self._where: dict[tuple[str, int], int] = {}
         self._heavy = [HeavySlot() for _ in range(self.config.heavy_pool_size)]
+        self._heavy_capacity: int | None = None  # heavy actors the alive nodes can hold
+        self._heavy_replaced = 0
         # Executors whose loop a worker blocks; batches are numbered per executor under this
         # scheduler's epoch, so a blocked executor never begins a run withdrawn from it.
         self._blocked = BlockedLoops()
@@ -213,6 +223,9 @@ class SchedulerActor:
                 # A heavy worker found again keeps its warm state; it is reconciled from here on.
                 slot = self._heavy[slot_index]
                 slot.handle, slot.incarnation = handle, answer[0] if answer else None
+                slot.ready = answer is not None
+                if answer is None:
+                    asyncio.ensure_future(self._await_heavy(slot_index, handle))
             for key in answer[1] if answer else ():
                 where[(key[0], key[1])] = (i, slot_index)
             for key in answer[2] if answer else ():
@@ -285,6 +298,7 @@ class SchedulerActor:
             "inflight": len(self._where) + len(self._heavy_where),
             "inflight_by_node": self._inflight_by_node(),
             "heavy_workers": [i for i, slot in enumerate(self._heavy) if slot.handle is not None],
+            "heavy": self._heavy_status(),
             "gated": self.core.gated_count(),
             "nodes": {n: s.model_dump(mode="json") for n, s in self.core.devices.items()},
             "ready": self.core.ready_count(),
@@ -299,6 +313,35 @@ class SchedulerActor:
             "loop_blocks": dict(self._blocked.counts),
             "waiting_for": self._blocked.reason(self._serving(), self.core.ready_count()),
         }
+
+    def _heavy_status(self) -> dict[str, Any]:
+        return {
+            "pool": len(self._heavy),
+            "placed": sum(1 for slot in self._heavy if slot.ready),
+            "pending": sum(1 for slot in self._heavy if slot.handle is not None and not slot.ready),
+            "busy": sum(1 for slot in self._heavy if slot.run is not None),
+            "capacity": self._heavy_capacity,
+            "replaced": self._heavy_replaced,
+            "waiting_for": self._heavy_reason(),
+        }
+
+    def _heavy_reason(self) -> str | None:
+        """Why ready heavy runs wait, if they do: the pool is busy, or not placed yet."""
+        if any(s.ready and s.run is None for s in self._heavy) or not self.core.heavy_ready_count(exact=True):
+            return None
+        placed = sum(1 for slot in self._heavy if slot.ready)
+        pool = len(self._heavy)
+        text = f"waiting for a heavy worker: {placed} of {pool} placed"
+        if not pool:
+            return "waiting for a heavy worker: the heavy pool is empty (EngineConfig.heavy_pool_size=0)"
+        if placed == pool:
+            return text + ", all busy"
+        demand = heavy_demand(self.config.heavy_num_cpus, self.config.heavy_resources)
+        if self._heavy_capacity == 0:
+            return text + f"; no alive node has the resources a heavy worker asks for ({demand})"
+        if placed:
+            return text + ", all busy; the others wait for a node with room " + f"({demand})"
+        return text + " (starting)"
 
     def _serving(self) -> list[int]:
         return [i for i in range(len(self._executors)) if i not in self._retired]
@@ -359,6 +402,9 @@ class SchedulerActor:
         """Runs on an executor that died or restarted are lost: run them again. Executors of
         a node that left the cluster are retired; a node that joined gets its own."""
         nodes = {n["NodeID"]: n for n in await asyncio.to_thread(ray.nodes) if n.get("Alive")}
+        if nodes:
+            demand = heavy_demand(self.config.heavy_num_cpus, self.config.heavy_resources)
+            self._heavy_capacity = placeable([n.get("Resources", {}) for n in nodes.values()], demand)
         live = [i for i in range(len(self._executors)) if i not in self._retired]
         # A blocked loop cannot answer (its watch thread said so): a short ping still sees a
         # restart or death, without holding up the whole round for the full timeout.
@@ -426,8 +472,8 @@ class SchedulerActor:
     async def _reconcile_heavy(self) -> None:
         now = time.monotonic()
         for i, slot in enumerate(self._heavy):
-            if slot.handle is None:
-                continue
+            if slot.handle is None or not slot.ready:
+                continue  # pending placement: not lost, not replaced; _await_heavy sees it start
             if slot.run is None and now - slot.idle_since > self.config.heavy_idle_timeout_s:
                 ray.kill(slot.handle, no_restart=True)  # retired: its warm state goes with it
                 self._heavy[i] = HeavySlot()
@@ -442,10 +488,13 @@ class SchedulerActor:
                 # node has the resources). After a while, give its run to a fresh actor.
                 slot.unreachable_since = slot.unreachable_since or now
                 if now - slot.unreachable_since > self.config.heavy_unreachable_s:
+                    # It had answered before: its node is gone (or it hangs). Its run goes to
+                    # the next ready worker; the replacement waits for placement like any new one.
                     log.warning("heavy worker %d unreachable for %.0f s: replaced", i, now - slot.unreachable_since)
                     self._lose_heavy_run(slot)
                     ray.kill(slot.handle, no_restart=True)
                     self._heavy[i] = HeavySlot()
+                    self._heavy_replaced += 1
                 continue
             slot.unreachable_since = None
             if slot.incarnation is not None and incarnation != slot.incarnation:
@@ -475,7 +524,9 @@ class SchedulerActor:
                 if len(q) < limit and self._reachable[i] and i not in self._blocked.light
             ]
             room = sum(n for n, _ in free)
-            idle_heavy = [i for i, slot in enumerate(self._heavy) if slot.run is None]
+            idle_heavy = [i for i, slot in enumerate(self._heavy) if slot.run is None and slot.ready]
+            if self.core.heavy_ready_count() > len(idle_heavy):
+                self._grow_heavy()
             batch = self.core.take_ready(min(room, self.config.max_batch * len(free)), len(idle_heavy))
             if not batch:
                 return
@@ -535,9 +586,11 @@ class SchedulerActor:
         return (d.key, d.run_id, d.worker, self._blobs.get(d.worker, (0, b""))[0], d.input, d.upstream,
                 d.previous_attempts, d.timeout_ms, d.start_at_ms)
 
-    def _send_heavy(self, i: int, d: Dispatch) -> None:
-        slot = self._heavy[i]
-        if slot.handle is None:
+    def _grow_heavy(self) -> None:
+        """Heavy work waits: ask for every slot not yet asked for (one request each)."""
+        for i, slot in enumerate(self._heavy):
+            if slot.handle is not None:
+                continue
             options: dict[str, Any] = {
                 "name": HEAVY.format(i),
                 "namespace": self.namespace,
@@ -548,6 +601,27 @@ class SchedulerActor:
             if self.config.heavy_resources:
                 options["resources"] = dict(self.config.heavy_resources)
             slot.handle = HeavyWorker.options(**options).remote(self.namespace, i, self.config.model_dump())
+            slot.ready = False
+            asyncio.ensure_future(self._await_heavy(i, slot.handle))
+
+    async def _await_heavy(self, i: int, handle: Any) -> None:
+        """Until the actor is placed and answers (however long that takes): then it may take runs."""
+        while True:
+            try:
+                answer = await handle.ping.remote()
+                break
+            except ActorUnavailableError:
+                await asyncio.sleep(0.2)  # restarting: ask again
+            except Exception:
+                return  # killed (retired or replaced): its slot moved on
+        slot = self._heavy[i]
+        if slot.handle is handle and not slot.ready:
+            slot.ready, slot.incarnation, slot.idle_since = True, answer[0], time.monotonic()
+            log.info("heavy worker %d placed on node %s", i, answer[2][:12])
+            self._kick()
+
+    def _send_heavy(self, i: int, d: Dispatch) -> None:
+        slot = self._heavy[i]
         slot.run = (d.key, d.run_id)
         self._heavy_where[slot.run] = i
         ref = slot.handle.submit.remote([self._wire(d)])
@@ -561,9 +635,11 @@ class SchedulerActor:
             log.warning("heavy worker %d did not take %s (%s); re-queued", i, key[0], type(exc).__name__)
             self._free_heavy(key)
             self.core.run_lost(*key)
-            self._heavy[i].incarnation = None
+            slot = self._heavy[i]
+            slot.incarnation, slot.ready = None, False
             self._flush()
-            await asyncio.sleep(0.2)
+            if slot.handle is not None:
+                await self._await_heavy(i, slot.handle)  # takes runs again once it answers
             self._kick()
             return
         slot = self._heavy[i]
@@ -593,7 +669,8 @@ class SchedulerActor:
                 log.warning("heavy run %s ignored its cancel for %.1f s: stopping its worker",
                             key[0], self.config.heavy_cancel_grace_s)
                 ray.kill(handle, no_restart=False)
-                slot.incarnation = None
+                slot.incarnation, slot.ready = None, False
+                asyncio.ensure_future(self._await_heavy(i, handle))
         except Exception:
             log.exception("stopping heavy run %s", key[0])
         finally:
@@ -914,16 +991,21 @@ class SchedulerActor:
     async def get_info(self, name: str) -> dict[str, Any] | None:
         await self._ready
         rec = self.core.latest(name)
-        return rec.info().model_dump(mode="json") if rec is not None else None
+        return self._info(rec) if rec is not None else None
+
+    def _info(self, rec: Any) -> dict[str, Any]:
+        """A task as users see it, with why it waits when it waits for heavy capacity."""
+        info = rec.info().model_dump(mode="json")
+        if rec.constraints.is_heavy_task and self.core.is_queued(rec.key):
+            reason = self._heavy_reason()
+            if reason is not None:
+                info["waiting_for"] = {"kind": "capacity", "message": reason}
+        return info
 
     async def list_tasks(self, state: str | None = None) -> list[dict[str, Any]]:
         await self._ready
         wanted = TaskState(state) if state else None
-        return [
-            rec.info().model_dump(mode="json")
-            for rec in self.core.tasks.values()
-            if wanted is None or rec.shown_state is wanted
-        ]
+        return [self._info(rec) for rec in self.core.tasks.values() if wanted is None or rec.shown_state is wanted]
 
     async def wait(self, name: str, timeout_s: float | None, runs_before: int | None = None) -> dict[str, Any] | None:
         """Until the work under ``name`` is finished (a recurring task: a run after ``runs_before`` ends)."""
@@ -933,7 +1015,7 @@ class SchedulerActor:
             return None
         before = rec.run_count if runs_before is None else runs_before
         if rec.state.is_finished or (self.core.recurs(rec) and rec.run_count > before) or timeout_s == 0:
-            return rec.info().model_dump(mode="json")
+            return self._info(rec)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(name, []).append((fut, before))
         try:
@@ -941,7 +1023,7 @@ class SchedulerActor:
         except TimeoutError:
             pass
         rec = self.core.latest(name)
-        return rec.info().model_dump(mode="json") if rec is not None else None
+        return self._info(rec) if rec is not None else None
 
     async def advance_time(self, ms: int) -> int:
         """Move virtual time forward, firing and settling every due run in order."""

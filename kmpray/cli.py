@@ -75,6 +75,12 @@ def status(address: str | None, namespace: str, state_dir: str | None, as_json: 
     click.echo(f"  executors={info['executors']} in flight={info['inflight']} ready={info['ready']}")
     click.echo("  " + "  ".join(f"{k}={v}" for k, v in info["counts"].items()))
     click.echo(f"  workers: {', '.join(info['workers']) or '-'}")
+    heavy = info.get("heavy") or {}
+    if heavy.get("pool"):
+        click.echo(f"  heavy workers: {heavy['placed']} of {heavy['pool']} placed, {heavy['busy']} busy"
+                   + (f", {heavy['pending']} waiting for placement" if heavy.get("pending") else ""))
+    if heavy.get("waiting_for"):
+        click.echo(f"  heavy tasks are {heavy['waiting_for']}")
     for b in info.get("blocked_executors", []):
         click.echo(f"  {b['kind']} executor {b['executor']}: event loop blocked by {b['worker']} "
                    f"(task {b['task']}) for {b['for_s']} s")

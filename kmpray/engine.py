@@ -177,6 +177,20 @@ class SchedulerCore:
     def ready_count(self) -> int:
         return len(self._ready) + len(self._ready_heavy)
 
+    def heavy_ready_count(self, exact: bool = False) -> int:
+        """Heavy runs waiting for a heavy worker: an upper bound (the heap keeps entries of
+        runs cancelled meanwhile), or ``exact``ly, counting only live entries."""
+        if not exact:
+            return len(self._ready_heavy)
+        return sum(1 for *_, seq, key in self._ready_heavy if self.is_queued(key, seq))
+
+    def is_queued(self, key: str, seq: int | None = None) -> bool:
+        """Is this task in a ready queue now (due, waiting only for capacity)?"""
+        rec = self.tasks.get(key)
+        if rec is None or rec.state is not TaskState.ENQUEUED or rec.ready_seq == -1:
+            return False
+        return seq is None or rec.ready_seq == seq
+
     def gated_count(self) -> int:
         return len(self._gated)
 

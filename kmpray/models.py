@@ -29,6 +29,16 @@ class TaskRequest(Frozen):
     _positional: ClassVar[tuple[str, ...]] = ("worker_class_name", "input", "constraints")
 
 
+class WaitingFor(Frozen):
+    """Why an unfinished task does not run yet: a kind and a sentence (``str()`` is the sentence)."""
+
+    kind: str  # "capacity": waiting for a worker to run on (e.g. a heavy worker to be placed)
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
 class TaskInfo(Frozen):
     id: str
     worker_class_name: str
@@ -43,6 +53,7 @@ class TaskInfo(Frozen):
     constraints: Constraints = Constraints()
     created_at_ms: int = 0
     updated_at_ms: int = 0
+    waiting_for: WaitingFor | None = None
 
     @property
     def is_finished(self) -> bool:

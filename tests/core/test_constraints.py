@@ -155,3 +155,15 @@ def test_windowed_task_whose_constraints_stay_unmet_fails_at_window_end(h: Harne
     h.advance(1_001)
     rec = h.core.latest("w")
     assert rec is not None and rec.state is TaskState.FAILED and rec.result.message == "window expired"  # type: ignore[union-attr]
+
+
+def test_placeable_counts_actors_a_cluster_can_hold_at_once() -> None:
+    from kmpray.placement import UNBOUNDED, heavy_demand, placeable
+
+    nodes = [{"CPU": 1.0}, {"CPU": 1.0, "heavy": 1.0}, {"CPU": 8.0, "heavy": 2.0}]
+    assert placeable(nodes, heavy_demand(1, {"heavy": 1})) == 3
+    assert placeable(nodes, heavy_demand(0, {"heavy": 1})) == 3
+    assert placeable(nodes, heavy_demand(4, {"heavy": 1})) == 2
+    assert placeable(nodes, heavy_demand(1, {"gpu": 1})) == 0  # no node has it
+    assert placeable(nodes, heavy_demand(0, {})) == UNBOUNDED
+    assert placeable([], heavy_demand(1, {})) == 0

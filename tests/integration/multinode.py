@@ -53,7 +53,88 @@ class WhereAmI(kmpray.CommonWorker):
         return WorkerResult.Success(data={"node": ray.get_runtime_context().get_node_id()})
 
 
+class HalfSecond(kmpray.CommonWorker):
+    """A heavy task of ~0.5 s: returns its node and when it ran."""
+
+    async def do_work(self, input: str | None) -> WorkerResult:  # noqa: A002
+        import asyncio
+        import time
+
+        import ray
+
+        began = time.time()
+        await asyncio.sleep(float(input or "0.5"))
+        return WorkerResult.Success(data={"node": ray.get_runtime_context().get_node_id(), "began": began,
+                                          "ended": time.time()})
+
+
+def heavy_pool() -> None:
+    """One heavy node, heavy_pool_size=2 (#18): no worker waits on an unplaceable actor; the
+    pool grows when a second heavy node joins; a pool nothing can place waits visibly."""
+    import time
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    heavy_node = cluster.add_node(num_cpus=1, resources={"heavy": 1})
+    ray.init(address=cluster.address, log_to_driver=False)
+    cluster.wait_for_nodes()
+    out: dict[str, object] = {"heavy_node": heavy_node.node_id}
+    scheds = []
+    try:
+        sched = kmpray.connect(namespace="heavy-pool", state_dir=tempfile.mkdtemp(),
+                               config=EngineConfig(heavy_resources={"heavy": 1}, heavy_pool_size=2))
+        scheds.append(sched)
+        sched.register_worker("HalfSecond", HalfSecond)
+        heavy = Constraints(is_heavy_task=True)
+        start = time.monotonic()
+        for i in range(4):
+            sched.enqueue(f"h{i}", TaskTrigger.OneTime(), "HalfSecond", constraints=heavy)
+        infos = [sched.wait(f"h{i}", timeout_s=60) for i in range(4)]
+        out["four_s"] = time.monotonic() - start
+        out["four_nodes"] = sorted({i.result.data["node"] for i in infos})
+        out["four_states"] = [i.state.value for i in infos]
+        out["status_one_node"] = sched.status()["heavy"]
+
+        joined = cluster.add_node(num_cpus=1, resources={"heavy": 1})
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and sched.status()["heavy"]["placed"] < 2:
+            time.sleep(0.1)
+        out["status_two_nodes"] = sched.status()["heavy"]
+        for i in range(2):
+            sched.enqueue(f"p{i}", TaskTrigger.OneTime(), "HalfSecond", input="1.5", constraints=heavy)
+        pair = [sched.wait(f"p{i}", timeout_s=60).result.data for i in range(2)]
+        out["pair_overlap"] = min(p["ended"] for p in pair) > max(p["began"] for p in pair)
+        out["pair_nodes"] = sorted({p["node"] for p in pair})
+        out["joined"] = joined.node_id
+
+        # A pool whose resources no node has: its tasks wait, saying why, until one joins.
+        other = kmpray.connect(namespace="heavy-none", state_dir=tempfile.mkdtemp(),
+                               config=EngineConfig(heavy_resources={"gpu_box": 1}, heavy_num_cpus=0))
+        scheds.append(other)
+        other.register_worker("HalfSecond", HalfSecond)
+        other.enqueue("g", TaskTrigger.OneTime(), "HalfSecond", constraints=heavy)
+        time.sleep(3)  # several reconcile rounds: it must still be waiting, not replaced or failed
+        waiting = other.get_task_info("g")
+        out["unplaceable"] = {"state": waiting.state.value,
+                              "waiting_for": waiting.waiting_for.message if waiting.waiting_for else None,
+                              "status": other.status()["heavy"]}
+        gpu = cluster.add_node(num_cpus=1, resources={"gpu_box": 1})
+        done = other.wait("g", timeout_s=60)
+        out["unplaceable_after_join"] = {"state": done.state.value, "on_new_node": done.result.data["node"] == gpu.node_id}
+    finally:
+        print("RESULT " + json.dumps(out))
+        sys.stdout.flush()
+        try:
+            for s in scheds:
+                s.shutdown()
+            ray.shutdown()
+        finally:
+            cluster.shutdown()
+
+
 def main() -> None:
+    if "heavy-pool" in sys.argv[1:]:
+        heavy_pool()
+        return
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     other = cluster.add_node(num_cpus=1, resources={"heavy": 1})
     ray.init(address=cluster.address, log_to_driver=False)

@@ -47,3 +47,24 @@ def test_a_worker_node_removed_mid_load_loses_nothing() -> None:
     assert sorted(after["executor_nodes"]) == sorted([out["head"], out["joined"]])  # type: ignore[index]
     # The heavy run lost with the node ran again, on the joined node's new heavy worker.
     assert out["heavy_after_fault"] == {"state": "SUCCEEDED", "node": True, "runs": 2}
+
+
+def test_heavy_pool_waits_for_placement_instead_of_replacing_in_a_loop() -> None:
+    out = _run("heavy-pool")
+    print("heavy pool:", out)
+    # 4 heavy tasks of 0.5 s on one heavy node, pool of 2: none waits on the unplaceable actor.
+    assert out["four_states"] == ["SUCCEEDED"] * 4 and out["four_nodes"] == [out["heavy_node"]]
+    assert out["four_s"] < 5
+    one = out["status_one_node"]
+    assert (one["placed"], one["pending"], one["replaced"], one["capacity"]) == (1, 1, 0, 1)  # type: ignore[index]
+    # A second heavy node joins: the pending actor is placed there, two heavy tasks run at once.
+    two = out["status_two_nodes"]
+    assert (two["placed"], two["pending"], two["replaced"]) == (2, 0, 0)  # type: ignore[index]
+    assert out["pair_overlap"] is True and out["pair_nodes"] == sorted([out["heavy_node"], out["joined"]])
+    # No node has the pool's resources: the task waits with the reason, then runs when one joins.
+    waiting = out["unplaceable"]
+    assert waiting["state"] == "ENQUEUED"  # type: ignore[index]
+    assert waiting["waiting_for"].startswith("waiting for a heavy worker: 0 of 2 placed")  # type: ignore[index]
+    assert "no alive node has the resources" in waiting["waiting_for"]  # type: ignore[index]
+    assert waiting["status"]["replaced"] == 0 and waiting["status"]["pending"] == 2  # type: ignore[index]
+    assert out["unplaceable_after_join"] == {"state": "SUCCEEDED", "on_new_node": True}
