@@ -380,6 +380,7 @@ class SchedulerActor:
                 changed = self._watcher.poll(self.core.watched_uris())
                 if changed and sum(self.core.fire("content_uri", uri) for uri in changed):
                     self._kick()
+                self.core.warn_long_waits()
                 if time.monotonic() - last_prune > PRUNE_S:
                     last_prune = time.monotonic()
                     self.core.prune()
@@ -623,6 +624,7 @@ class SchedulerActor:
     def _send_heavy(self, i: int, d: Dispatch) -> None:
         slot = self._heavy[i]
         slot.run = (d.key, d.run_id)
+        self.core.note(d.key, ("handed", d.run_id, f"heavy worker {i}", None))
         self._heavy_where[slot.run] = i
         ref = slot.handle.submit.remote([self._wire(d)])
         asyncio.ensure_future(self._confirm_heavy(i, slot.run, ref))
@@ -688,6 +690,10 @@ class SchedulerActor:
             runs.append(self._wire(d))
         self._batch_seq[i] += 1
         ref = self._executors[i].submit.remote(runs, (self._epoch, self._batch_seq[i]))
+        if self.core.decisions.maxlen:
+            now, node, log_ = self.clock.now_ms(), self._exec_nodes[i], self.core.decisions
+            for d in part:
+                log_.append((now, d.key, ("handed", d.run_id, f"executor {i}", node)))
         asyncio.ensure_future(self._confirm(i, ref, [(r[0], r[1]) for r in runs]))
 
     async def _confirm(self, i: int, ref: Any, keys: list[tuple[str, int]]) -> None:
@@ -994,13 +1000,28 @@ class SchedulerActor:
         return self._info(rec) if rec is not None else None
 
     def _info(self, rec: Any) -> dict[str, Any]:
-        """A task as users see it, with why it waits when it waits for heavy capacity."""
-        info = rec.info().model_dump(mode="json")
-        if rec.constraints.is_heavy_task and self.core.is_queued(rec.key):
-            reason = self._heavy_reason()
-            if reason is not None:
-                info["waiting_for"] = {"kind": "capacity", "message": reason}
-        return info
+        """A task as users see it, with why it waits (what the pools add to the core's reason)."""
+        info = self.core.info(rec)
+        reason = info.waiting_for
+        if reason is not None and reason.kind == "capacity" and self.core.is_queued(rec.key):
+            why = (self._heavy_reason() if rec.constraints.is_heavy_task
+                   else self._blocked.reason(self._serving(), self.core.ready_count()))
+            if why is not None:
+                info = info.model_copy(update={"waiting_for": reason.model_copy(
+                    update={"message": why, "details": {**reason.details, "why": why}})})
+        return info.model_dump(mode="json")
+
+    async def explain(self, name: str) -> str | None:
+        """``kmpray why``: state, why it waits, recent decisions."""
+        await self._ready
+        rec = self.core.latest(name)
+        if rec is None:
+            return None
+        text = self.core.explain(name) or ""
+        core_reason, shown = self.core.info(rec).waiting_for, self._info(rec).get("waiting_for")
+        if core_reason is not None and shown is not None and shown["message"] != core_reason.message:
+            text = text.replace(core_reason.message, shown["message"], 1)
+        return text
 
     async def list_tasks(self, state: str | None = None) -> list[dict[str, Any]]:
         await self._ready
@@ -1044,6 +1065,7 @@ class SchedulerActor:
         self.clock.set(target)
         self._pump()
         await self._settle(deadline)
+        self.core.warn_long_waits()
         self.store.put_meta("virtual_now", self.clock.now_ms())
         return self.clock.now_ms()
 

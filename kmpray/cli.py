@@ -121,6 +121,19 @@ def info(address: str | None, namespace: str, state_dir: str | None, task_id: st
 @main.command()
 @with_engine
 @click.argument("task_id")
+def why(address: str | None, namespace: str, state_dir: str | None, task_id: str) -> None:
+    """Why a task is (not) running: what it waits for, and the engine's recent decisions."""
+    from .client import TaskNotFound
+
+    try:
+        click.echo(_connect(address, namespace, state_dir).explain(task_id))
+    except TaskNotFound:
+        raise click.ClickException(f"no task {task_id!r}") from None
+
+
+@main.command()
+@with_engine
+@click.argument("task_id")
 def cancel(address: str | None, namespace: str, state_dir: str | None, task_id: str) -> None:
     """Cancel a task (and everything that depends on it)."""
     n = _connect(address, namespace, state_dir).cancel(task_id)

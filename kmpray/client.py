@@ -560,6 +560,14 @@ class BackgroundTaskScheduler:
     def status(self) -> dict[str, Any]:
         return dict(self._call("describe"))
 
+    def explain(self, id: str) -> str:  # noqa: A002
+        """Why a task is (not) running: its state, what it waits for (per node, for
+        constraints), and the engine's recent decisions about it (``kmpray why ID``)."""
+        text = self._call("explain", id)
+        if text is None:
+            raise TaskNotFound(f"no task {id!r}")
+        return str(text)
+
     def quarantined(self) -> list[dict[str, Any]]:
         """Stored rows that did not decode when the engine restored its store: table, key,
         reason, time, size and the first bytes in hex. They are never decoded again."""

@@ -49,6 +49,11 @@ class EngineConfig(Frozen):
     # 0 runs the same coordination rules inside the scheduler process: no actor round
     # trip between steps (faster sequential chains), one process less to fail.
     chain_coordinators: Annotated[int, Field(ge=0, le=64)] = 2
+    # A task waiting on the same reason (constraints, an unregistered worker, no executor
+    # room; not time) this long is logged once at WARNING: silent waiting shows up in logs.
+    wait_warning_ms: Annotated[int, Field(gt=0)] = 10 * 60 * 1000
+    # Recent decisions about tasks kept for scheduler.explain(id) (dispatch, retry, requeue, ...).
+    decision_log_size: Annotated[int, Field(ge=0)] = 20_000
     # Finished one-time tasks are kept this long for get_task_info, then pruned.
     retain_finished_ms: Annotated[int, Field(ge=0)] = 24 * 60 * 60 * 1000
     # advance_time waits at most this long (real time) for due runs to settle.

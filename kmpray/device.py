@@ -118,3 +118,24 @@ def parse_overrides(state: dict[str, Any], current: DeviceState) -> DeviceState:
     if unknown:
         raise ValueError(f"set_device_state: unknown field(s) {sorted(unknown)}; known: {sorted(DEVICE_FIELDS)}")
     return DeviceState.model_validate({**current.model_dump(), **state})
+
+
+def unmet(c: Constraints, s: DeviceState, trigger_kind: str | None = None) -> list[str]:
+    """What keeps a task with constraints ``c`` off a node in state ``s``, in words (empty:
+    it may run there). The same rules as ``satisfies``, spelt out for ``waiting_for``."""
+    out = []
+    if s.doze and not (c.allow_while_idle or c.expedited):
+        out.append("doze")
+    if not network_ok(c, s):
+        out.append("no network" if not s.network_connected else f"network is {s.network_type.value}")
+    if c.requires_charging and not s.charging:
+        out.append("not charging")
+    if c.requires_battery_not_low and s.battery_low:
+        out.append("battery low")
+    if c.requires_storage_not_low and s.storage_low:
+        out.append("storage low")
+    if c.requires_device_idle and not s.idle:
+        out.append("not idle")
+    if trigger_kind in TRIGGER_STATES and not in_trigger_state(trigger_kind, s):
+        out.append(f"not in {trigger_kind.replace('_', ' ')} state")
+    return out

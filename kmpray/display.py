@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .models import ChainInfo, TaskInfo
 
-COLUMNS = ("id", "worker", "state", "attempts", "runs", "progress", "next run", "result")
+COLUMNS = ("id", "worker", "state", "attempts", "runs", "progress", "next run", "waiting for", "result")
 
 
 def _when(ms: int | None) -> str:
@@ -40,6 +40,7 @@ def rows(infos: Sequence[TaskInfo]) -> list[tuple[str, ...]]:
             str(i.run_count),
             "-" if i.progress is None else f"{i.progress}%",
             _when(i.next_run_at_ms),
+            i.waiting_for.message[:60] if i.waiting_for is not None else "-",
             _result(i)[:60],
         )
         for i in infos

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import time
+from collections import deque
 import json
 import logging
 import uuid
@@ -28,7 +30,7 @@ from .enums import ExistingPolicy, InputMerger, ScheduleResult, TaskState
 from .errors import InvalidParameters, KmprayError, RejectedByPolicy
 from .events import TaskCompletionEvent, TaskProgressEvent
 from .merging import merge
-from .models import ChainInfo
+from .models import ChainInfo, TaskInfo
 from .platforms import PlatformProfile
 from .policies import Action, appended_state, decide
 from .records import TaskRecord
@@ -45,6 +47,7 @@ from .triggers import (
     uri_matches,
 )
 from .validation import check_id, check_input, check_trigger
+from .waiting import waiting_for
 
 log = logging.getLogger("kmpray.engine")
 
@@ -129,6 +132,8 @@ class SchedulerCore:
         # After a restore: the run id a run dispatched before the restart would carry, per
         # task that may have one (see ``adopt``).
         self._adoptable: dict[str, int] = {}
+        self.decisions: deque[tuple[int, str, Any]] = deque(maxlen=self.config.decision_log_size)
+        self._waits: dict[str, tuple[str, int, bool]] = {}  # key -> (reason kind, since, warned)
         self.fx = Effects()
 
     # ----------------------------------------------------------------- effects
@@ -184,6 +189,95 @@ class SchedulerCore:
             return len(self._ready_heavy)
         return sum(1 for *_, seq, key in self._ready_heavy if self.is_queued(key, seq))
 
+    # ------------------------------------------------- why a task waits (waiting.py)
+    def is_gated(self, key: str) -> bool:
+        return key in self._gated
+
+    def is_unplaced(self, key: str) -> bool:
+        return key in self._unplaced
+
+    def is_parked(self, key: str) -> bool:
+        return any(key in keys for keys in self._parked.values())
+
+    def ahead_of(self, key: str) -> int:
+        """How many live entries of its ready queue come before this task's (O(queue))."""
+        rec = self.tasks[key]
+        c = rec.constraints
+        due = rec.next_run_at_ms if rec.next_run_at_ms is not None else 0
+        mine = (0 if c.expedited else 1, due + c.qos.rank * self.config.qos_aging_ms, c.qos.rank, rec.ready_seq, key)
+        queue = self._ready_heavy if c.is_heavy_task else self._ready
+        return sum(1 for entry in queue if entry < mine and self.is_queued(entry[4], entry[3]))
+
+    def prerequisites(self, rec: TaskRecord) -> list[TaskRecord]:
+        """The tasks ``rec`` waits for: the previous step of its chain, or the work it was appended to."""
+        if rec.chain_id is not None and rec.chain_id in self.chains and rec.step > 0:
+            keys: Iterable[str] = self.chains[rec.chain_id].steps[rec.step - 1]
+        else:
+            keys = rec.prereqs
+        return [self.tasks[k] for k in keys if k in self.tasks]
+
+    def info(self, rec: TaskRecord) -> TaskInfo:
+        """What users see of a task: its row, why it waits, and a ``next_run_at_ms`` that
+        means what it says (None, not a passed instant, while it waits for something else
+        than time)."""
+        info = rec.info()
+        reason = waiting_for(self, rec)
+        if reason is None:
+            return info
+        update: dict[str, Any] = {"waiting_for": reason}
+        if reason.kind not in ("due_at", "window") and rec.state is not TaskState.RUNNING:
+            update["next_run_at_ms"] = None
+        return info.model_copy(update=update)
+
+    def note(self, key: str, text: str | tuple[Any, ...]) -> None:
+        """Record a decision about a task, for ``explain`` (a bounded log of recent ones).
+        A tuple is formatted only when read (the dispatch path records one per run)."""
+        self.decisions.append((self.clock.now_ms(), key, text))
+
+    def explain(self, name_or_key: str) -> str | None:
+        """A task's state, why it waits, and the recent decisions about it, as text."""
+        rec = self.latest(name_or_key)
+        if rec is None:
+            return None
+        info = self.info(rec)
+        lines = [f"task {rec.key} ({rec.worker}): {info.state.value}, attempt {info.run_attempt_count}, "
+                 f"{rec.run_count} finished runs"]
+        if info.waiting_for is not None:
+            lines.append(f"waiting for: {info.waiting_for.message}")
+            for node, why in (info.waiting_for.details.get("nodes") or {}).items():
+                lines.append(f"  node {node[:12]}: {', '.join(why)}")
+        elif info.state.is_finished and info.result is not None:
+            lines.append(f"result: {info.result.kind}: {getattr(info.result, 'message', None) or ''}".rstrip(": "))
+        recent = [(at, text) for at, key, text in self.decisions if key == rec.key]  # type: ignore[misc]
+        if recent:
+            lines.append("recent decisions:")
+            lines += [f"  {_stamp(at)}  {_decision(text)}" for at, text in recent[-20:]]
+        return "\n".join(lines)
+
+    def warn_long_waits(self) -> list[tuple[str, str]]:
+        """Tasks that have waited on the same reason (not on time) longer than
+        ``wait_warning_ms``: logged once each at WARNING, and returned."""
+        now = self.clock.now_ms()
+        candidates = self._gated | self._unplaced | {k for keys in self._parked.values() for k in keys}
+        for key in list(self._waits):
+            if key not in candidates:
+                del self._waits[key]
+        warned = []
+        for key in candidates:
+            rec = self.tasks.get(key)
+            reason = waiting_for(self, rec) if rec is not None else None
+            if reason is None:
+                continue
+            kind, since, done = self._waits.get(key, (reason.kind, now, False))
+            if kind != reason.kind:
+                kind, since, done = reason.kind, now, False
+            if not done and now - since >= self.config.wait_warning_ms:
+                log.warning("task %s has waited %.0f s: %s", key, (now - since) / 1000, reason.message)
+                warned.append((key, reason.message))
+                done = True
+            self._waits[key] = (kind, since, done)
+        return warned
+
     def is_queued(self, key: str, seq: int | None = None) -> bool:
         """Is this task in a ready queue now (due, waiting only for capacity)?"""
         rec = self.tasks.get(key)
@@ -216,6 +310,7 @@ class SchedulerCore:
         self.run_lost(key, run_id)
         rec = self.tasks.get(key)
         if rec is not None and rec.state is TaskState.ENQUEUED:
+            self.note(key, "no executor room on the nodes that satisfy it: waits for capacity there")
             rec.timer_seq = -1  # not on a timer: it waits for release_unplaced
             self._unplaced.add(key)
 
@@ -540,12 +635,14 @@ class SchedulerCore:
             if not self.is_registered(rec.worker):
                 if self.is_known(rec.worker):
                     self._parked.setdefault(rec.worker, []).append(rec.key)
+                    self.note(rec.key, f"parked: worker {rec.worker!r} is not registered (again) yet")
                     continue
                 self._finish(rec, TaskState.FAILED, Failure(f"worker {rec.worker!r} is not registered"), now)
                 continue
             nodes = self.eligible_nodes(rec)
             if nodes == ():  # no node satisfies it now: wait for a device state change
                 self._gated.add(rec.key)
+                self.note(rec.key, "due, but no node satisfies its constraints: waits for a device state change")
                 continue
             # A chain task's data was merged at promotion; appended work merges its leaf's here.
             upstream: dict[str, Any] | None = rec.upstream
@@ -625,6 +722,8 @@ class SchedulerCore:
                 rec.state = TaskState.ENQUEUED
                 rec.result = result
                 why = result.reason if isinstance(result, Retry) else result.message
+                self.note(rec.key, f"run {rec.run_id} asked to retry ({why or 'retry requested'}): "
+                                   f"retry {attempts} of {rec.constraints.max_retries} in {delay} ms")
                 self._emit_completion(rec, False, f"retrying in {delay} ms: {why or 'retry requested'}", None, now)
                 self._set_timer(rec, now + delay, now)
                 self.fx.settled.add(rec.name)
@@ -697,6 +796,7 @@ class SchedulerCore:
         now = self.clock.now_ms()
         rec.state = TaskState.ENQUEUED
         rec.run_attempt_count = max(0, rec.run_attempt_count - 1)
+        self.note(key, f"run {run_id} re-queued: its executor lost it or gave it back (not counted as an attempt)")
         # One handed over ahead of its due time is due then still.
         self._set_timer(rec, max(now, rec.next_run_at_ms or now), now)
 
@@ -1060,6 +1160,17 @@ class SchedulerCore:
                 self._set_timer(rec, now, now)
             # already queued or blocked: the change coalesces into that run
         return n
+
+
+def _decision(text: str | tuple[Any, ...]) -> str:
+    if isinstance(text, str):
+        return text
+    _kind, run_id, where, node = text  # ("handed", run id, executor, node)
+    return f"run {run_id} handed to {where}" + (f" on node {node[:12]}" if node else "")
+
+
+def _stamp(ms: int) -> str:
+    return time.strftime("%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}"
 
 
 def _append_number(key: str) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import Field
 
@@ -30,10 +30,13 @@ class TaskRequest(Frozen):
 
 
 class WaitingFor(Frozen):
-    """Why an unfinished task does not run yet: a kind and a sentence (``str()`` is the sentence)."""
+    """Why an unfinished task does not run yet: a kind, a sentence (``str()``), and details.
+    The kinds and their details are listed in ``kmpray/waiting.py``: due_at, window,
+    trigger, constraints, doze, prerequisites, worker, capacity."""
 
-    kind: str  # "capacity": waiting for a worker to run on (e.g. a heavy worker to be placed)
+    kind: str
     message: str
+    details: dict[str, Any] = {}
 
     def __str__(self) -> str:
         return self.message

@@ -23,7 +23,7 @@ def kmpray(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]
 def test_help_lists_the_commands() -> None:
     out = kmpray("--help")
     assert out.returncode == 0
-    for command in ("demo", "start", "status", "list", "info", "cancel", "events", "bench", "quarantine"):
+    for command in ("demo", "start", "status", "list", "info", "why", "cancel", "events", "bench", "quarantine"):
         assert command in out.stdout
 
 
@@ -95,6 +95,8 @@ def test_inspect_and_cancel_a_live_engine(vengine, ray_session) -> None:  # type
     bad = kmpray("events", *engine, "--since", "999999")
     assert bad.returncode == 1 and "beyond the last event" in bad.stderr
 
+    why = kmpray("why", *engine, "later")
+    assert why.returncode == 0 and "waiting for: due at " in why.stdout
     cancelled = kmpray("cancel", *engine, "later")
     assert cancelled.returncode == 0 and "cancelled 1" in cancelled.stdout
     assert vengine.get_task_info("later").state.value == "CANCELLED"

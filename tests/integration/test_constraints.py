@@ -24,9 +24,17 @@ def test_a_gated_task_waits_until_its_gate_opens(vengine: Any) -> None:
     vengine.enqueue("free", ONCE, "Echo")
     assert vengine.wait("free", timeout_s=30).state is TaskState.SUCCEEDED
     until(lambda: vengine.status()["gated"] == 1, what="the task to be held by its gate")
-    assert vengine.get_task_info("c").state is TaskState.ENQUEUED
+    info = vengine.get_task_info("c")
+    assert info.state is TaskState.ENQUEUED and info.next_run_at_ms is None
+    nodes = len(vengine.device_states())
+    assert info.waiting_for.kind == "constraints"
+    assert info.waiting_for.message == f"constraints unmet: 0/{nodes} nodes satisfy them ({nodes} not charging)"
+    assert "waiting for: constraints unmet" in vengine.explain("c")
+    assert "constraints unmet" in str(vengine.list_tasks(TaskState.ENQUEUED))  # the WAITING FOR column
     vengine.set_device_state(charging=True)
-    assert vengine.wait("c", timeout_s=30).state is TaskState.SUCCEEDED
+    done = vengine.wait("c", timeout_s=30)
+    assert done.state is TaskState.SUCCEEDED and done.waiting_for is None
+    assert "handed to executor" in vengine.explain("c")
 
 
 def test_battery_low_trigger_fires_on_each_transition(vengine: Any) -> None:

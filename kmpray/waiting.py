@@ -1,0 +1,133 @@
+"""Why an unfinished task does not run yet, from state the scheduler core already holds.
+
+``waiting_for(core, rec)`` answers the user's first question about background work ("why
+isn't my task running?") the way ``kubectl describe`` answers it for a pod: one small
+structured reason with a sentence. It reads the core's indexes (timers, gates, parked
+workers, ready queues, device states) and writes nothing, so asking is cheap.
+
+Kinds, each with what ``details`` holds:
+
+==================  ===========================================================
+``due_at``          not due yet: ``at_ms``
+``window``          a Windowed task before its window opens: ``opens_at_ms``
+``trigger``         an event trigger not fired yet: ``trigger``
+``constraints``     no node satisfies its constraints now: ``nodes`` (node -> the
+                    constraints it fails), ``satisfied``/``total``
+``doze``            only Doze holds it back (not ``allow_while_idle``): ``nodes``
+``prerequisites``   earlier work is unfinished: ``tasks`` (key -> its own state
+                    and reason, one level deep)
+``worker``          its worker class is not registered (again): ``worker``
+``capacity``        due and eligible, waiting for an executor: ``queue`` (light or
+                    heavy), ``ahead`` (runs before it), ``why``
+==================  ===========================================================
+
+Admission control and platform policy act at enqueue: a request they refuse is never
+stored (``REJECTED_OS_POLICY`` with the reason), so they are never a waiting reason.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from .device import unmet
+from .enums import TaskState
+from .models import WaitingFor
+from .triggers import EVENT_TRIGGER_KINDS, Windowed
+
+if TYPE_CHECKING:
+    from .engine import SchedulerCore
+    from .records import TaskRecord
+
+
+def _when(ms: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ms / 1000))
+
+
+def waiting_for(core: SchedulerCore, rec: TaskRecord, depth: int = 1) -> WaitingFor | None:
+    """The reason ``rec`` waits, or None when it runs or is finished."""
+    if rec.state.is_finished:
+        return None
+    if rec.state is TaskState.RUNNING:
+        if rec.started:
+            return None
+        return WaitingFor(kind="capacity", message="handed to an executor; waiting there for a free run slot",
+                          details={"queue": "executor", "ahead": None, "why": "executor_concurrency slots busy"})
+    if rec.state is TaskState.BLOCKED:
+        return _prerequisites(core, rec, depth)
+    return _enqueued(core, rec)
+
+
+def _enqueued(core: SchedulerCore, rec: TaskRecord) -> WaitingFor:
+    now = core.clock.now_ms()
+    if core.is_parked(rec.key):
+        return WaitingFor(
+            kind="worker",
+            message=f"worker class {rec.worker!r} is not registered since the engine restarted; "
+            "it runs once the class is registered again",
+            details={"worker": rec.worker},
+        )
+    if core.is_gated(rec.key):
+        return _gate(core, rec)
+    if core.is_queued(rec.key) or core.is_unplaced(rec.key):
+        heavy = rec.constraints.is_heavy_task
+        queue = "heavy" if heavy else "light"
+        if core.is_unplaced(rec.key):
+            why = "no executor room on the nodes that satisfy its constraints"
+            ahead = None
+            message = f"due, waiting for capacity: {why}"
+        else:
+            ahead = core.ahead_of(rec.key)
+            why = "every heavy worker is busy or not placed yet" if heavy else "every light executor's window is full"
+            message = f"due, waiting for a {queue} {'worker' if heavy else 'executor'}: {ahead} ahead of it ({why})"
+        return WaitingFor(kind="capacity", message=message, details={"queue": queue, "ahead": ahead, "why": why})
+    trig = rec.trigger
+    if rec.next_run_at_ms is None and trig.kind in EVENT_TRIGGER_KINDS:
+        what = f"a content change under {trig.uri_string}" if trig.kind == "content_uri" else trig.kind  # type: ignore[union-attr]
+        return WaitingFor(kind="trigger", message=f"waits for its trigger: {what}", details={"trigger": trig.kind})
+    due = rec.next_run_at_ms if rec.next_run_at_ms is not None else now
+    if isinstance(trig, Windowed) and due > now and rec.run_count == 0 and rec.run_attempt_count == 0:
+        return WaitingFor(kind="window", message=f"its window opens at {_when(due)}", details={"opens_at_ms": due})
+    if due > now:
+        return WaitingFor(kind="due_at", message=f"due at {_when(due)}", details={"at_ms": due})
+    return WaitingFor(kind="capacity", message="due now; the scheduler hands it over on its next turn",
+                      details={"queue": "heavy" if rec.constraints.is_heavy_task else "light", "ahead": None,
+                               "why": "not yet taken"})
+
+
+def _gate(core: SchedulerCore, rec: TaskRecord) -> WaitingFor:
+    failing: dict[str, list[str]] = {}
+    for node, state in core.devices.items():
+        why = unmet(rec.constraints, state, rec.trigger.kind)
+        if why:
+            failing[node] = why
+    total = len(core.devices)
+    if failing and all(why == ["doze"] for why in failing.values()):
+        return WaitingFor(
+            kind="doze",
+            message=f"paused by doze on {len(failing)}/{total} nodes (set allow_while_idle or expedited to run in doze)",
+            details={"nodes": failing},
+        )
+    counts: dict[str, int] = {}
+    for why in failing.values():
+        for item in why:
+            counts[item] = counts.get(item, 0) + 1
+    summary = ", ".join(f"{n} {item}" for item, n in sorted(counts.items()))
+    return WaitingFor(
+        kind="constraints",
+        message=f"constraints unmet: {total - len(failing)}/{total} nodes satisfy them ({summary})",
+        details={"nodes": failing, "satisfied": total - len(failing), "total": total},
+    )
+
+
+def _prerequisites(core: SchedulerCore, rec: TaskRecord, depth: int) -> WaitingFor:
+    pending = [p for p in core.prerequisites(rec) if p.state is not TaskState.SUCCEEDED]
+    tasks: dict[str, Any] = {}
+    parts = []
+    for pre in pending:
+        inner = waiting_for(core, pre, depth - 1) if depth > 0 else None
+        tasks[pre.key] = {"state": pre.shown_state.value, "waiting_for": inner.model_dump() if inner else None}
+        parts.append(f"{pre.key} ({pre.shown_state.value}" + (f": {inner.message})" if inner else ")"))
+    shown = "; ".join(parts[:5]) + (f"; and {len(parts) - 5} more" if len(parts) > 5 else "")
+    return WaitingFor(kind="prerequisites", message=f"waits for {len(pending)} unfinished prerequisite(s): {shown}",
+                      details={"tasks": tasks})
