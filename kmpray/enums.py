@@ -6,11 +6,18 @@ from enum import Enum
 
 
 class TaskState(str, Enum):
+    #: Accepted and waiting: for its time, its trigger, its constraints or an executor
+    #: (``TaskInfo.waiting_for`` says which); also a run handed over that has not begun.
     ENQUEUED = "ENQUEUED"
+    #: A chain step or appended work waiting until every prerequisite has SUCCEEDED.
     BLOCKED = "BLOCKED"
+    #: Its worker's ``do_work`` is running (a retry or a new period goes back to ENQUEUED).
     RUNNING = "RUNNING"
+    #: Finished: the last run returned ``Success`` (never for periodic or event-triggered work).
     SUCCEEDED = "SUCCEEDED"
+    #: Finished: ``Failure`` without retry, retries spent, or a failed prerequisite.
     FAILED = "FAILED"
+    #: Finished: cancelled, replaced (REPLACE), or a cancelled prerequisite.
     CANCELLED = "CANCELLED"
 
     @property
