@@ -22,7 +22,9 @@ import ray
 
 from kmpray.chain import ChainCoordinatorCore, Message
 
-from .names import SCHEDULER, Outbox, call_with_retry, lookup
+from .names import SCHEDULER, lookup
+from .outbox import Outbox
+from .retry import call_with_retry
 
 log = logging.getLogger("kmpray.chains")
 

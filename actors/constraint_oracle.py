@@ -20,7 +20,8 @@ from kmpray.config import EngineConfig
 from kmpray.device import DeviceState, parse_overrides
 from kmpray.probes import probe
 
-from .names import SCHEDULER, call_with_retry, lookup
+from .names import SCHEDULER, lookup
+from .retry import call_with_retry
 
 log = logging.getLogger("kmpray.oracle")
 

@@ -27,7 +27,9 @@ from kmpray.worker import CommonWorker, WorkerContext, run_worker
 
 from .event_broker import BrokerBackend
 from .loop_watch import Blocker, LoopWatch
-from .names import REGISTRY, SCHEDULER, Outbox, call_with_retry, lookup
+from .names import REGISTRY, SCHEDULER, lookup
+from .outbox import Outbox
+from .retry import call_with_retry
 
 log = logging.getLogger("kmpray.executor")
 

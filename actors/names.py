@@ -1,15 +1,11 @@
-"""Actor names within an engine's namespace, and the retry used for calls across a restart."""
+"""Actor names within an engine's namespace, and finding an actor by name."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import ray
-from ray.exceptions import ActorUnavailableError, RayActorError
 
 SCHEDULER = "kmpray.scheduler"
 BROKER = "kmpray.broker"
@@ -18,10 +14,6 @@ EXECUTOR = "kmpray.executor.{}"
 HEAVY = "kmpray.heavy.{}"
 ORACLE = "kmpray.oracle"
 CHAIN = "kmpray.chain.{}"
-
-TRANSIENT = (ActorUnavailableError, RayActorError)
-
-T = TypeVar("T")
 
 
 def lookup(name: str, namespace: str, timeout_s: float = 30.0) -> Any:
@@ -34,97 +26,3 @@ def lookup(name: str, namespace: str, timeout_s: float = 30.0) -> Any:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
-
-
-async def call_with_retry(
-    make_call: Callable[[], Awaitable[T]], timeout_s: float = 60.0, first_delay_s: float = 0.05
-) -> T:
-    """Await an actor call, retrying while the actor restarts (ActorUnavailableError)."""
-    deadline = time.monotonic() + timeout_s
-    delay = first_delay_s
-    while True:
-        try:
-            return await make_call()
-        except TRANSIENT:
-            if time.monotonic() + delay > deadline:
-                raise
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
-
-
-log = logging.getLogger("kmpray.outbox")
-
-
-class Outbox(Generic[T]):
-    """Items for one receiver: one call in flight, in order; items added meanwhile ride the
-    next call, so batches grow with load. A failed call keeps its batch for the next try.
-
-    ``call(batch)`` issues the actor call and returns its ref. ``eager`` (or when it
-    returns true): the first call leaves at once from ``add`` (on a chain's critical path,
-    waiting for the event loop's next turn costs ~0.2 ms); otherwise on the next turn,
-    after the caller's current work (issuing a call costs ~0.2 ms of the caller's CPU,
-    and under load more items join the batch), or ``linger_s`` later.
-    ``on_reply(answer, batch)`` runs after each call that succeeded.
-    """
-
-    def __init__(
-        self,
-        call: Callable[[list[T]], Awaitable[Any]],
-        what: str,
-        on_reply: Callable[[Any, list[T]], None] | None = None,
-        timeout_s: float = 120.0,
-        retry_s: float = 1.0,
-        eager: bool | Callable[[], bool] = True,
-        linger_s: float = 0.0,
-    ) -> None:
-        self._call = call
-        self._eager: Callable[[], bool] = eager if callable(eager) else (lambda: eager)
-        self._linger_s = linger_s
-        self._task: asyncio.Future[None] | None = None  # held: the loop keeps only weak refs to tasks
-        self._what = what
-        self._on_reply = on_reply
-        self._timeout_s = timeout_s
-        self._retry_s = retry_s
-        self._items: list[T] = []
-        self._running = False
-
-    def add(self, items: Iterable[T]) -> None:
-        self._items.extend(items)
-        if self._items and not self._running:
-            self._running = True
-            if self._eager():
-                batch, self._items = self._items, []
-                self._task = asyncio.ensure_future(self._drain(batch, self._issue(batch)))
-            else:
-                self._task = asyncio.ensure_future(self._drain([], None))
-
-    def _issue(self, batch: list[T]) -> Awaitable[Any] | None:
-        try:
-            return self._call(batch)
-        except Exception:  # e.g. the receiver is being re-created: retried in _drain
-            return None
-
-    async def _drain(self, batch: list[T], first: Awaitable[Any] | None) -> None:
-        try:
-            if not batch:  # not eager: what was added until this turn (or the linger's end)
-                if self._linger_s:
-                    await asyncio.sleep(self._linger_s)
-                batch, self._items = self._items, []
-            while True:
-                issued = [first] if first is not None else []
-                try:
-                    reply = await call_with_retry(
-                        lambda b=batch, i=issued: i.pop() if i else self._call(b), self._timeout_s
-                    )
-                    if self._on_reply is not None:
-                        self._on_reply(reply, batch)
-                except Exception:
-                    log.exception("%s: %d items not delivered; keeping them for the next try", self._what, len(batch))
-                    self._items[:0] = batch
-                    await asyncio.sleep(self._retry_s)
-                if not self._items:
-                    return
-                batch, self._items = self._items, []
-                first = self._issue(batch)
-        finally:
-            self._running = False

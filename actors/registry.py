@@ -15,7 +15,8 @@ import logging
 
 import ray
 
-from .names import SCHEDULER, call_with_retry, lookup
+from .names import SCHEDULER, lookup
+from .retry import call_with_retry
 
 log = logging.getLogger("kmpray.registry")
 

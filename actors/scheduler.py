@@ -43,7 +43,9 @@ from .event_broker import encode_event
 from .executor import LightExecutor
 from .heavy_worker import HeavyWorker
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-from .names import BROKER, CHAIN, EXECUTOR, HEAVY, ORACLE, REGISTRY, Outbox, call_with_retry, lookup
+from .names import BROKER, CHAIN, EXECUTOR, HEAVY, ORACLE, REGISTRY, lookup
+from .outbox import Outbox
+from .retry import call_with_retry
 
 log = logging.getLogger("kmpray.scheduler")
 

@@ -91,7 +91,7 @@ class Subscription:
             self._skipped_to = rows[-1][0]  # the last rows were damaged: resume after them
 
     def _fill(self, timeout_s: float) -> None:
-        from actors.names import TRANSIENT
+        from actors.retry import TRANSIENT
 
         try:
             rows = _ray().get(self._broker.poll.remote(self._after(), 1000, timeout_s), timeout=timeout_s + 30)
@@ -236,44 +236,43 @@ class BackgroundTaskScheduler:
 
     # ---------------------------------------------------------------- calls
     def _call(self, method: str, *args: Any, timeout_s: float = CALL_TIMEOUT_S) -> Any:
+        """Call the scheduler, retrying across its restarts (actors/retry.py's schedule)."""
         ray = _ray()
-        from actors.names import TRANSIENT
+        from actors.retry import TRANSIENT, call_with_retry_sync
 
         deadline = time.monotonic() + timeout_s
-        delay = 0.05
-        while True:
-            try:
-                ref = getattr(self._scheduler, method).remote(*args)
-                return ray.get(ref, timeout=max(0.1, deadline - time.monotonic()))
-            except TRANSIENT as exc:
-                if time.monotonic() + delay > deadline:
-                    raise EngineUnavailable(f"scheduler unavailable for {method}: {exc}") from exc
-                time.sleep(delay)
-                delay = min(delay * 2, 1.0)
-            except ray.exceptions.GetTimeoutError as exc:
-                raise EngineUnavailable(f"scheduler did not answer {method} within {timeout_s:.0f} s") from exc
-            except ray.exceptions.RayTaskError as exc:
-                raise _unwrap(exc) from None
+
+        def once() -> Any:
+            ref = getattr(self._scheduler, method).remote(*args)
+            return ray.get(ref, timeout=max(0.1, deadline - time.monotonic()))
+
+        try:
+            return call_with_retry_sync(once, timeout_s)
+        except TRANSIENT as exc:
+            raise EngineUnavailable(f"scheduler unavailable for {method}: {exc}") from exc
+        except ray.exceptions.GetTimeoutError as exc:
+            raise EngineUnavailable(f"scheduler did not answer {method} within {timeout_s:.0f} s") from exc
+        except ray.exceptions.RayTaskError as exc:
+            raise _unwrap(exc) from None
 
     async def _call_async(self, method: str, *args: Any, timeout_s: float = CALL_TIMEOUT_S) -> Any:
         ray = _ray()
-        from actors.names import TRANSIENT
+        from actors.retry import TRANSIENT, call_with_retry
 
         deadline = time.monotonic() + timeout_s
-        delay = 0.05
-        while True:
-            try:
-                ref = getattr(self._scheduler, method).remote(*args)
-                return await asyncio.wait_for(_await(ref), max(0.1, deadline - time.monotonic()))
-            except TRANSIENT as exc:
-                if time.monotonic() + delay > deadline:
-                    raise EngineUnavailable(f"scheduler unavailable for {method}: {exc}") from exc
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
-            except TimeoutError as exc:
-                raise EngineUnavailable(f"scheduler did not answer {method} within {timeout_s:.0f} s") from exc
-            except ray.exceptions.RayTaskError as exc:
-                raise _unwrap(exc) from None
+
+        async def once() -> Any:
+            ref = getattr(self._scheduler, method).remote(*args)
+            return await asyncio.wait_for(_await(ref), max(0.1, deadline - time.monotonic()))
+
+        try:
+            return await call_with_retry(once, timeout_s)
+        except TRANSIENT as exc:
+            raise EngineUnavailable(f"scheduler unavailable for {method}: {exc}") from exc
+        except TimeoutError as exc:
+            raise EngineUnavailable(f"scheduler did not answer {method} within {timeout_s:.0f} s") from exc
+        except ray.exceptions.RayTaskError as exc:
+            raise _unwrap(exc) from None
 
     # ------------------------------------------------------------- workers
     def register_worker(self, name_or_cls: str | type, cls: type | None = None) -> None:

@@ -1,0 +1,57 @@
+"""Calls across actor restarts: one retry schedule for the actors and the client facade.
+
+A restarting actor answers ``ActorUnavailableError`` (or ``RayActorError``) for a while;
+every caller waits and asks again on the same schedule: 50 ms, doubling, at most 1 s
+apart, within the caller's deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TypeVar
+
+from ray.exceptions import ActorUnavailableError, RayActorError
+
+TRANSIENT = (ActorUnavailableError, RayActorError)
+FIRST_DELAY_S = 0.05
+MAX_DELAY_S = 1.0
+
+T = TypeVar("T")
+
+
+def delays(first_s: float = FIRST_DELAY_S) -> Iterator[float]:
+    """The pauses between attempts: ``first_s``, doubling, capped at ``MAX_DELAY_S``."""
+    delay = first_s
+    while True:
+        yield delay
+        delay = min(delay * 2, MAX_DELAY_S)
+
+
+async def call_with_retry(
+    make_call: Callable[[], Awaitable[T]], timeout_s: float = 60.0, first_delay_s: float = FIRST_DELAY_S
+) -> T:
+    """Await an actor call, retrying while the actor restarts (TRANSIENT errors)."""
+    deadline = time.monotonic() + timeout_s
+    for delay in delays(first_delay_s):
+        try:
+            return await make_call()
+        except TRANSIENT:
+            if time.monotonic() + delay > deadline:
+                raise
+            await asyncio.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def call_with_retry_sync(make_call: Callable[[], T], timeout_s: float = 60.0) -> T:
+    """The same for a blocking caller (the client facade's sync methods)."""
+    deadline = time.monotonic() + timeout_s
+    for delay in delays():
+        try:
+            return make_call()
+        except TRANSIENT:
+            if time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+    raise AssertionError("unreachable")
