@@ -14,13 +14,11 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import ray
 from pydantic import TypeAdapter
-from ray.exceptions import ActorUnavailableError
 
 from kmpray.chain import ChainCoordinatorCore, Message, coordinator_index
 from kmpray.clock import ManualClock, SystemClock
@@ -41,7 +39,7 @@ from kmpray.watch import FileWatcher
 from .blocked_loops import BlockedLoops
 from .event_broker import encode_event
 from .executor import LightExecutor
-from .heavy_worker import HeavyWorker
+from .heavy_pool import HeavyPool
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from .names import BROKER, CHAIN, EXECUTOR, HEAVY, ORACLE, REGISTRY, lookup
 from .outbox import Outbox
@@ -67,23 +65,6 @@ def _trigger(raw: Any) -> Any:
         if len(_TRIGGERS) < 4096:
             _TRIGGERS[key] = cached
     return cached
-
-
-@dataclass
-class HeavySlot:
-    """One place in the heavy pool: an actor (created on demand) and the run it holds.
-
-    A slot takes runs only once its actor has answered (``ready``). Until then it is
-    pending placement (no node has room for it yet, or the autoscaler is adding one): it
-    keeps its one request open, so the demand stays visible, and is never taken for lost.
-    """
-
-    handle: Any = None
-    incarnation: str | None = None
-    ready: bool = False
-    run: tuple[str, int] | None = None
-    idle_since: float = field(default_factory=time.monotonic)
-    unreachable_since: float | None = None
 
 
 def _executors_for(node: dict[str, Any]) -> int:
@@ -144,15 +125,12 @@ class SchedulerActor:
         self._reconciling = asyncio.Lock()
         self._watcher = FileWatcher()
         self._where: dict[tuple[str, int], int] = {}
-        self._heavy = [HeavySlot() for _ in range(self.config.heavy_pool_size)]
-        self._heavy_capacity: int | None = None  # heavy actors the alive nodes can hold
-        self._heavy_replaced = 0
         # Executors whose loop a worker blocks; batches are numbered per executor under this
         # scheduler's epoch, so a blocked executor never begins a run withdrawn from it.
         self._blocked = BlockedLoops()
+        self.heavy = HeavyPool(self, namespace, self.config, self._blocked)
         self._epoch = uuid.uuid4().hex
         self._batch_seq: list[int] = []
-        self._heavy_where: dict[tuple[str, int], int] = {}
         self._wake = asyncio.Event()
         self._wake_at: int | None = None  # the due time the loop is sleeping towards
         self._idle = asyncio.Event()
@@ -211,7 +189,7 @@ class SchedulerActor:
         """Restarted: runs the previous scheduler left on executors and heavy workers
         stay theirs (their reports count) instead of running a second time."""
         holders: list[tuple[int | None, int, Any]] = [(i, -1, h) for i, h in enumerate(self._executors)]
-        for slot_index in range(len(self._heavy)):
+        for slot_index in range(len(self.heavy.slots)):
             try:
                 handle = await asyncio.to_thread(ray.get_actor, HEAVY.format(slot_index), self.namespace)
             except ValueError:
@@ -222,12 +200,7 @@ class SchedulerActor:
         waiting: set[tuple[str, int]] = set()
         for (i, slot_index, handle), answer in zip(holders, answers, strict=True):
             if i is None:
-                # A heavy worker found again keeps its warm state; it is reconciled from here on.
-                slot = self._heavy[slot_index]
-                slot.handle, slot.incarnation = handle, answer[0] if answer else None
-                slot.ready = answer is not None
-                if answer is None:
-                    asyncio.ensure_future(self._await_heavy(slot_index, handle))
+                self.heavy.found(slot_index, handle, answer)  # found again: its warm state kept
             for key in answer[1] if answer else ():
                 where[(key[0], key[1])] = (i, slot_index)
             for key in answer[2] if answer else ():
@@ -239,8 +212,7 @@ class SchedulerActor:
                 self._inflight[i][key] = None
                 self._where[key] = i
             else:
-                self._heavy[slot_index].run = key
-                self._heavy_where[key] = slot_index
+                self.heavy.adopted(slot_index, key)
         if adopted:
             log.warning("restarted: %d runs still on executors are kept, not run again", len(adopted))
 
@@ -297,10 +269,10 @@ class SchedulerActor:
             "node": ray.get_runtime_context().get_node_id(),
             "executors": len(self._executors) - len(self._retired),
             "executor_nodes": [n for i, n in enumerate(self._exec_nodes) if i not in self._retired],
-            "inflight": len(self._where) + len(self._heavy_where),
+            "inflight": len(self._where) + len(self.heavy.where),
             "inflight_by_node": self._inflight_by_node(),
-            "heavy_workers": [i for i, slot in enumerate(self._heavy) if slot.handle is not None],
-            "heavy": self._heavy_status(),
+            "heavy_workers": [i for i, slot in enumerate(self.heavy.slots) if slot.handle is not None],
+            "heavy": self.heavy.status(),
             "gated": self.core.gated_count(),
             "nodes": {n: s.model_dump(mode="json") for n, s in self.core.devices.items()},
             "ready": self.core.ready_count(),
@@ -315,35 +287,6 @@ class SchedulerActor:
             "loop_blocks": dict(self._blocked.counts),
             "waiting_for": self._blocked.reason(self._serving(), self.core.ready_count()),
         }
-
-    def _heavy_status(self) -> dict[str, Any]:
-        return {
-            "pool": len(self._heavy),
-            "placed": sum(1 for slot in self._heavy if slot.ready),
-            "pending": sum(1 for slot in self._heavy if slot.handle is not None and not slot.ready),
-            "busy": sum(1 for slot in self._heavy if slot.run is not None),
-            "capacity": self._heavy_capacity,
-            "replaced": self._heavy_replaced,
-            "waiting_for": self._heavy_reason(),
-        }
-
-    def _heavy_reason(self) -> str | None:
-        """Why ready heavy runs wait, if they do: the pool is busy, or not placed yet."""
-        if any(s.ready and s.run is None for s in self._heavy) or not self.core.heavy_ready_count(exact=True):
-            return None
-        placed = sum(1 for slot in self._heavy if slot.ready)
-        pool = len(self._heavy)
-        text = f"waiting for a heavy worker: {placed} of {pool} placed"
-        if not pool:
-            return "waiting for a heavy worker: the heavy pool is empty (EngineConfig.heavy_pool_size=0)"
-        if placed == pool:
-            return text + ", all busy"
-        demand = heavy_demand(self.config.heavy_num_cpus, self.config.heavy_resources)
-        if self._heavy_capacity == 0:
-            return text + f"; no alive node has the resources a heavy worker asks for ({demand})"
-        if placed:
-            return text + ", all busy; the others wait for a node with room " + f"({demand})"
-        return text + " (starting)"
 
     def _serving(self) -> list[int]:
         return [i for i in range(len(self._executors)) if i not in self._retired]
@@ -393,7 +336,7 @@ class SchedulerActor:
     async def _reconcile(self) -> None:
         async with self._reconciling:
             await self._reconcile_executors()
-            await self._reconcile_heavy()
+            await self.heavy.reconcile(PING_TIMEOUT_S)
 
     async def _ping(self, handle: Any, timeout_s: float = PING_TIMEOUT_S) -> tuple[str, int, str] | None:
         try:
@@ -407,7 +350,7 @@ class SchedulerActor:
         nodes = {n["NodeID"]: n for n in await asyncio.to_thread(ray.nodes) if n.get("Alive")}
         if nodes:
             demand = heavy_demand(self.config.heavy_num_cpus, self.config.heavy_resources)
-            self._heavy_capacity = placeable([n.get("Resources", {}) for n in nodes.values()], demand)
+            self.heavy.capacity = placeable([n.get("Resources", {}) for n in nodes.values()], demand)
         live = [i for i in range(len(self._executors)) if i not in self._retired]
         # A blocked loop cannot answer (its watch thread said so): a short ping still sees a
         # restart or death, without holding up the whole round for the full timeout.
@@ -465,47 +408,6 @@ class SchedulerActor:
             log.warning("executor %d %s: re-running %d runs", i, why, len(lost))
             self._kick()
 
-    def _lose_heavy_run(self, slot: HeavySlot) -> None:
-        if slot.run is not None:
-            self._heavy_where.pop(slot.run, None)
-            self.core.run_lost(*slot.run)
-            slot.run = None
-            self._kick()
-
-    async def _reconcile_heavy(self) -> None:
-        now = time.monotonic()
-        for i, slot in enumerate(self._heavy):
-            if slot.handle is None or not slot.ready:
-                continue  # pending placement: not lost, not replaced; _await_heavy sees it start
-            if slot.run is None and now - slot.idle_since > self.config.heavy_idle_timeout_s:
-                ray.kill(slot.handle, no_restart=True)  # retired: its warm state goes with it
-                self._heavy[i] = HeavySlot()
-                continue
-            blocked = i in self._blocked.heavy
-            answer = await self._ping(slot.handle, 0.5 if blocked else PING_TIMEOUT_S)
-            incarnation = answer[0] if answer is not None else None
-            if incarnation is None and blocked:
-                continue  # its loop is blocked by the run it holds, which its watch thread reported
-            if incarnation is None:
-                # Unreachable: restarting, or pending forever (its node left and no other
-                # node has the resources). After a while, give its run to a fresh actor.
-                slot.unreachable_since = slot.unreachable_since or now
-                if now - slot.unreachable_since > self.config.heavy_unreachable_s:
-                    # It had answered before: its node is gone (or it hangs). Its run goes to
-                    # the next ready worker; the replacement waits for placement like any new one.
-                    log.warning("heavy worker %d unreachable for %.0f s: replaced", i, now - slot.unreachable_since)
-                    self._lose_heavy_run(slot)
-                    ray.kill(slot.handle, no_restart=True)
-                    self._heavy[i] = HeavySlot()
-                    self._heavy_replaced += 1
-                continue
-            slot.unreachable_since = None
-            if slot.incarnation is not None and incarnation != slot.incarnation:
-                if slot.run is not None:
-                    log.warning("heavy worker %d restarted: re-running %s", i, slot.run[0])
-                    self._lose_heavy_run(slot)
-            slot.incarnation = incarnation
-
     def _kick(self) -> None:
         self._wake.set()
 
@@ -527,9 +429,9 @@ class SchedulerActor:
                 if len(q) < limit and self._reachable[i] and i not in self._blocked.light
             ]
             room = sum(n for n, _ in free)
-            idle_heavy = [i for i, slot in enumerate(self._heavy) if slot.run is None and slot.ready]
+            idle_heavy = self.heavy.idle()
             if self.core.heavy_ready_count() > len(idle_heavy):
-                self._grow_heavy()
+                self.heavy.grow()
             batch = self.core.take_ready(min(room, self.config.max_batch * len(free)), len(idle_heavy))
             if not batch:
                 return
@@ -537,7 +439,7 @@ class SchedulerActor:
             if heavy:
                 batch = [d for d in batch if not d.heavy]
                 for d, i in zip(heavy, idle_heavy, strict=False):
-                    self._send_heavy(i, d)
+                    self.heavy.send(i, d)
                 if not batch:
                     continue
             if any(d.nodes is not None for d in batch):
@@ -589,100 +491,6 @@ class SchedulerActor:
         return (d.key, d.run_id, d.worker, self._blobs.get(d.worker, (0, b""))[0], d.input, d.upstream,
                 d.previous_attempts, d.timeout_ms, d.start_at_ms)
 
-    def _grow_heavy(self) -> None:
-        """Heavy work waits: ask for every slot not yet asked for (one request each)."""
-        for i, slot in enumerate(self._heavy):
-            if slot.handle is not None:
-                continue
-            options: dict[str, Any] = {
-                "name": HEAVY.format(i),
-                "namespace": self.namespace,
-                "lifetime": "detached",
-                "get_if_exists": True,
-                "num_cpus": self.config.heavy_num_cpus,
-            }
-            if self.config.heavy_resources:
-                options["resources"] = dict(self.config.heavy_resources)
-            slot.handle = HeavyWorker.options(**options).remote(self.namespace, i, self.config.model_dump())
-            slot.ready = False
-            asyncio.ensure_future(self._await_heavy(i, slot.handle))
-
-    async def _await_heavy(self, i: int, handle: Any) -> None:
-        """Until the actor is placed and answers (however long that takes): then it may take runs."""
-        while True:
-            try:
-                answer = await handle.ping.remote()
-                break
-            except ActorUnavailableError:
-                await asyncio.sleep(0.2)  # restarting: ask again
-            except Exception:
-                return  # killed (retired or replaced): its slot moved on
-        slot = self._heavy[i]
-        if slot.handle is handle and not slot.ready:
-            slot.ready, slot.incarnation, slot.idle_since = True, answer[0], time.monotonic()
-            log.info("heavy worker %d placed on node %s", i, answer[2][:12])
-            self._kick()
-
-    def _send_heavy(self, i: int, d: Dispatch) -> None:
-        slot = self._heavy[i]
-        slot.run = (d.key, d.run_id)
-        self.core.note(d.key, ("handed", d.run_id, f"heavy worker {i}", None))
-        self._heavy_where[slot.run] = i
-        ref = slot.handle.submit.remote([self._wire(d)])
-        asyncio.ensure_future(self._confirm_heavy(i, slot.run, ref))
-
-    async def _confirm_heavy(self, i: int, key: tuple[str, int], ref: Any) -> None:
-        try:
-            incarnation = await ref
-        except Exception as exc:
-            # E.g. the actor is restarting after a forced stop: run it again, on a later try.
-            log.warning("heavy worker %d did not take %s (%s); re-queued", i, key[0], type(exc).__name__)
-            self._free_heavy(key)
-            self.core.run_lost(*key)
-            slot = self._heavy[i]
-            slot.incarnation, slot.ready = None, False
-            self._flush()
-            if slot.handle is not None:
-                await self._await_heavy(i, slot.handle)  # takes runs again once it answers
-            self._kick()
-            return
-        slot = self._heavy[i]
-        if slot.incarnation is None:
-            slot.incarnation = incarnation
-        elif incarnation != slot.incarnation:
-            await self._reconcile()
-
-    def _free_heavy(self, key: tuple[str, int]) -> None:
-        i = self._heavy_where.pop(key, None)
-        if i is not None and self._heavy[i].run == key:
-            self._heavy[i].run = None
-            self._heavy[i].idle_since = time.monotonic()
-
-    async def _stop_heavy(self, i: int, key: tuple[str, int]) -> None:
-        """Cancel a heavy run: cooperative first (ctx.is_cancelled()), forced after the grace."""
-        slot = self._heavy[i]
-        handle = slot.handle
-        try:
-            await handle.cancel_cooperative.remote([key])
-            deadline = time.monotonic() + self.config.heavy_cancel_grace_s
-            while time.monotonic() < deadline:
-                if not await handle.busy.remote(key):
-                    break
-                await asyncio.sleep(0.05)
-            else:
-                log.warning("heavy run %s ignored its cancel for %.1f s: stopping its worker",
-                            key[0], self.config.heavy_cancel_grace_s)
-                ray.kill(handle, no_restart=False)
-                slot.incarnation, slot.ready = None, False
-                asyncio.ensure_future(self._await_heavy(i, handle))
-        except Exception:
-            log.exception("stopping heavy run %s", key[0])
-        finally:
-            if slot.run == key:
-                slot.run = None
-                slot.idle_since = time.monotonic()
-            self._kick()
-
     def _send(self, i: int, part: list[Dispatch]) -> None:
         runs = []
         for d in part:
@@ -731,9 +539,7 @@ class SchedulerActor:
                 if i is not None:
                     self._inflight[i].pop(key, None)
                     by_executor.setdefault(i, []).append(key)
-                h = self._heavy_where.pop(key, None)
-                if h is not None:
-                    asyncio.ensure_future(self._stop_heavy(h, key))
+                self.heavy.cancel(key)
             for i, keys in by_executor.items():
                 self._executors[i].cancel.remote(keys)
         local = self._local_chains
@@ -743,7 +549,7 @@ class SchedulerActor:
             self._events.add(encode_event(e) for e in fx.events)
         for name in fx.settled:
             self._wake_waiters(name)
-        if not self._where and not self._heavy_where and not self.core.ready_count():
+        if not self._where and not self.heavy.where and not self.core.ready_count():
             self._idle.set()
         if fx.chain_msgs and local is not None:
             # In-process coordination: promote now (after this batch's events, which happened
@@ -972,7 +778,7 @@ class SchedulerActor:
             i = self._where.pop((key, run_id), None)
             if i is not None:
                 self._inflight[i].pop((key, run_id), None)
-            self._free_heavy((key, run_id))
+            self.heavy.free((key, run_id))
             self.core.release_unplaced()
             try:
                 result = from_wire(raw)
@@ -1006,7 +812,7 @@ class SchedulerActor:
         info = self.core.info(rec)
         reason = info.waiting_for
         if reason is not None and reason.kind == "capacity" and self.core.is_queued(rec.key):
-            why = (self._heavy_reason() if rec.constraints.is_heavy_task
+            why = (self.heavy.reason() if rec.constraints.is_heavy_task
                    else self._blocked.reason(self._serving(), self.core.ready_count()))
             if why is not None:
                 info = info.model_copy(update={"waiting_for": reason.model_copy(
@@ -1072,7 +878,7 @@ class SchedulerActor:
         return self.clock.now_ms()
 
     async def _settle(self, deadline: float) -> None:
-        while self._where or self._heavy_where or self.core.ready_count():
+        while self._where or self.heavy.where or self.core.ready_count():
             self._idle.clear()
             remaining = deadline - time.monotonic()
             if remaining <= 0:

@@ -1,0 +1,265 @@
+"""HeavyPool: the scheduler's pool of HeavyWorker actors, one slot record each.
+
+A slot holds an actor (created on demand, when heavy work waits) and at most one run.
+A slot takes runs only once its actor has been placed and has answered (``ready``);
+until then it is pending placement: it keeps its one request open, so an autoscaler
+sees the demand, and it is never taken for lost or replaced in a loop. Only an actor
+that had answered and then stays silent for ``heavy_unreachable_s`` (its node left) is
+replaced. Cancel is cooperative first, forced after ``heavy_cancel_grace_s``; idle
+actors retire after ``heavy_idle_timeout_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import ray
+from ray.exceptions import ActorUnavailableError
+
+from kmpray.config import EngineConfig
+from kmpray.engine import Dispatch, SchedulerCore
+from kmpray.placement import heavy_demand
+
+from .blocked_loops import BlockedLoops
+from .heavy_worker import HeavyWorker
+from .names import HEAVY
+
+if TYPE_CHECKING:
+    from collections.abc import Coroutine
+
+log = logging.getLogger("kmpray.scheduler")
+
+RunKey = tuple[str, int]
+
+
+class Host(Protocol):
+    """What the pool needs from the scheduler actor that owns it."""
+
+    core: SchedulerCore
+
+    def _kick(self) -> None: ...
+
+    def _flush(self) -> None: ...
+
+    def _reconcile(self) -> Coroutine[Any, Any, None]: ...
+
+    def _wire(self, d: Dispatch) -> tuple[Any, ...]: ...
+
+    def _ping(self, handle: Any, timeout_s: float = ...) -> Coroutine[Any, Any, tuple[str, int, str] | None]: ...
+
+
+@dataclass
+class HeavySlot:
+    """One place in the pool: an actor and the run it holds."""
+
+    handle: Any = None
+    incarnation: str | None = None
+    ready: bool = False  # placed and answered since it was (re)created: may take a run
+    run: RunKey | None = None
+    idle_since: float = field(default_factory=time.monotonic)
+    unreachable_since: float | None = None
+
+
+class HeavyPool:
+    def __init__(self, host: Host, namespace: str, config: EngineConfig, blocked: BlockedLoops) -> None:
+        self.host = host
+        self.namespace = namespace
+        self.config = config
+        self.blocked = blocked
+        self.slots = [HeavySlot() for _ in range(config.heavy_pool_size)]
+        self.where: dict[RunKey, int] = {}  # run -> slot holding it
+        self.capacity: int | None = None  # heavy actors the alive nodes can hold (reconcile sets it)
+        self.replaced = 0
+
+    # ------------------------------------------------------------------ reads
+    def idle(self) -> list[int]:
+        """Slots that may take a run now."""
+        return [i for i, slot in enumerate(self.slots) if slot.run is None and slot.ready]
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "pool": len(self.slots),
+            "placed": sum(1 for slot in self.slots if slot.ready),
+            "pending": sum(1 for slot in self.slots if slot.handle is not None and not slot.ready),
+            "busy": sum(1 for slot in self.slots if slot.run is not None),
+            "capacity": self.capacity,
+            "replaced": self.replaced,
+            "waiting_for": self.reason(),
+        }
+
+    def reason(self) -> str | None:
+        """Why ready heavy runs wait, if they do: the pool is busy, or not placed yet."""
+        if self.idle() or not self.host.core.heavy_ready_count(exact=True):
+            return None
+        pool = len(self.slots)
+        if not pool:
+            return "waiting for a heavy worker: the heavy pool is empty (EngineConfig.heavy_pool_size=0)"
+        placed = sum(1 for slot in self.slots if slot.ready)
+        text = f"waiting for a heavy worker: {placed} of {pool} placed"
+        if placed == pool:
+            return text + ", all busy"
+        demand = heavy_demand(self.config.heavy_num_cpus, self.config.heavy_resources)
+        if self.capacity == 0:
+            return text + f"; no alive node has the resources a heavy worker asks for ({demand})"
+        if placed:
+            return text + f", all busy; the others wait for a node with room ({demand})"
+        return text + " (starting)"
+
+    # ------------------------------------------------------------- lifecycle
+    def grow(self) -> None:
+        """Heavy work waits: ask for every slot not yet asked for (one request each)."""
+        for i, slot in enumerate(self.slots):
+            if slot.handle is not None:
+                continue
+            options: dict[str, Any] = {
+                "name": HEAVY.format(i),
+                "namespace": self.namespace,
+                "lifetime": "detached",
+                "get_if_exists": True,
+                "num_cpus": self.config.heavy_num_cpus,
+            }
+            if self.config.heavy_resources:
+                options["resources"] = dict(self.config.heavy_resources)
+            slot.handle = HeavyWorker.options(**options).remote(self.namespace, i, self.config.model_dump())
+            slot.ready = False
+            asyncio.ensure_future(self._await(i, slot.handle))
+
+    async def _await(self, i: int, handle: Any) -> None:
+        """Until the actor is placed and answers (however long that takes): then it may take runs."""
+        while True:
+            try:
+                answer = await handle.ping.remote()
+                break
+            except ActorUnavailableError:
+                await asyncio.sleep(0.2)  # restarting: ask again
+            except Exception:
+                return  # killed (retired or replaced): its slot moved on
+        slot = self.slots[i]
+        if slot.handle is handle and not slot.ready:
+            slot.ready, slot.incarnation, slot.idle_since = True, answer[0], time.monotonic()
+            log.info("heavy worker %d placed on node %s", i, answer[2][:12])
+            self.host._kick()
+
+    def found(self, i: int, handle: Any, answer: tuple[Any, ...] | None) -> None:
+        """A restarted scheduler found this slot's actor still there (its warm state kept)."""
+        slot = self.slots[i]
+        slot.handle, slot.incarnation = handle, answer[0] if answer else None
+        slot.ready = answer is not None
+        if answer is None:
+            asyncio.ensure_future(self._await(i, handle))
+
+    def adopted(self, i: int, key: RunKey) -> None:
+        self.slots[i].run = key
+        self.where[key] = i
+
+    # ----------------------------------------------------------------- runs
+    def send(self, i: int, d: Dispatch) -> None:
+        slot = self.slots[i]
+        slot.run = (d.key, d.run_id)
+        self.host.core.note(d.key, ("handed", d.run_id, f"heavy worker {i}", None))
+        self.where[slot.run] = i
+        ref = slot.handle.submit.remote([self.host._wire(d)])
+        asyncio.ensure_future(self._confirm(i, slot.run, ref))
+
+    async def _confirm(self, i: int, key: RunKey, ref: Any) -> None:
+        try:
+            incarnation = await ref
+        except Exception as exc:
+            # E.g. the actor is restarting after a forced stop: run it again, on a later try.
+            log.warning("heavy worker %d did not take %s (%s); re-queued", i, key[0], type(exc).__name__)
+            self.free(key)
+            self.host.core.run_lost(*key)
+            slot = self.slots[i]
+            slot.incarnation, slot.ready = None, False
+            self.host._flush()
+            if slot.handle is not None:
+                await self._await(i, slot.handle)  # takes runs again once it answers
+            self.host._kick()
+            return
+        slot = self.slots[i]
+        if slot.incarnation is None:
+            slot.incarnation = incarnation
+        elif incarnation != slot.incarnation:
+            await self.host._reconcile()
+
+    def free(self, key: RunKey) -> None:
+        """The run reported: its slot is idle again."""
+        i = self.where.pop(key, None)
+        if i is not None and self.slots[i].run == key:
+            self.slots[i].run = None
+            self.slots[i].idle_since = time.monotonic()
+
+    def _lose_run(self, slot: HeavySlot) -> None:
+        if slot.run is not None:
+            self.where.pop(slot.run, None)
+            self.host.core.run_lost(*slot.run)
+            slot.run = None
+            self.host._kick()
+
+    def cancel(self, key: RunKey) -> None:
+        i = self.where.pop(key, None)
+        if i is not None:
+            asyncio.ensure_future(self._stop(i, key))
+
+    async def _stop(self, i: int, key: RunKey) -> None:
+        """Cancel a heavy run: cooperative first (ctx.is_cancelled()), forced after the grace."""
+        slot = self.slots[i]
+        handle = slot.handle
+        try:
+            await handle.cancel_cooperative.remote([key])
+            deadline = time.monotonic() + self.config.heavy_cancel_grace_s
+            while time.monotonic() < deadline:
+                if not await handle.busy.remote(key):
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                log.warning("heavy run %s ignored its cancel for %.1f s: stopping its worker",
+                            key[0], self.config.heavy_cancel_grace_s)
+                ray.kill(handle, no_restart=False)
+                slot.incarnation, slot.ready = None, False
+                asyncio.ensure_future(self._await(i, handle))
+        except Exception:
+            log.exception("stopping heavy run %s", key[0])
+        finally:
+            if slot.run == key:
+                slot.run = None
+                slot.idle_since = time.monotonic()
+            self.host._kick()
+
+    # ------------------------------------------------------------ reconcile
+    async def reconcile(self, ping_timeout_s: float) -> None:
+        """Retire idle actors, re-run what a restarted or lost actor held, replace lost ones."""
+        now = time.monotonic()
+        for i, slot in enumerate(self.slots):
+            if slot.handle is None or not slot.ready:
+                continue  # pending placement: not lost, not replaced; _await sees it start
+            if slot.run is None and now - slot.idle_since > self.config.heavy_idle_timeout_s:
+                ray.kill(slot.handle, no_restart=True)  # retired: its warm state goes with it
+                self.slots[i] = HeavySlot()
+                continue
+            blocked = i in self.blocked.heavy
+            answer = await self.host._ping(slot.handle, 0.5 if blocked else ping_timeout_s)
+            incarnation = answer[0] if answer is not None else None
+            if incarnation is None and blocked:
+                continue  # its loop is blocked by the run it holds, which its watch thread reported
+            if incarnation is None:
+                slot.unreachable_since = slot.unreachable_since or now
+                if now - slot.unreachable_since > self.config.heavy_unreachable_s:
+                    # It had answered before: its node is gone (or it hangs). Its run goes to
+                    # the next ready worker; the replacement waits for placement like any new one.
+                    log.warning("heavy worker %d unreachable for %.0f s: replaced", i, now - slot.unreachable_since)
+                    self._lose_run(slot)
+                    ray.kill(slot.handle, no_restart=True)
+                    self.slots[i] = HeavySlot()
+                    self.replaced += 1
+                continue
+            slot.unreachable_since = None
+            if slot.incarnation is not None and incarnation != slot.incarnation:
+                if slot.run is not None:
+                    log.warning("heavy worker %d restarted: re-running %s", i, slot.run[0])
+                    self._lose_run(slot)
+            slot.incarnation = incarnation
