@@ -489,6 +489,10 @@ class SchedulerCore:
             n = self._append_seq.get(task_id, 1) + 1
             self._append_seq[task_id] = n
             key = f"{task_id}#{n}"
+            # After a REPLACE and a restart a key like X#2 can come back; its runs must never
+            # be mistaken for the deleted X#2's (an executor may still report one). Every run id
+            # used under the name is at most the largest stored one (REPLACE carries it over).
+            last_run_id = max(r.run_id for r in existing)
         rec = TaskRecord(
             key=key,
             name=task_id,

@@ -11,6 +11,10 @@ from typing import Any
 import pytest
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--seed", default=None, help="replay one seed of tests/core/test_simulation.py")
+
+
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[Any]:
     import ray

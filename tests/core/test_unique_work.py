@@ -117,3 +117,33 @@ def test_append_to_periodic_work_is_rejected(h: Harness) -> None:
     h.core.submit("p", TaskTrigger.Periodic(60_000), "Ok")
     out = h.core.submit("p", TaskTrigger.OneTime(), "Ok", constraints=_c(APPEND))
     assert out.result is ScheduleResult.REJECTED_INVALID_PARAMS and "never finishes" in (out.reason or "")
+
+
+def test_a_stale_report_of_replaced_appended_work_never_counts_for_work_reusing_its_key() -> None:
+    """Found by the simulation (seed 10): REPLACE deletes x#2, a restart forgets the suffix,
+    the next APPEND is x#2 again; the old x#2's run, still held by an executor, reports."""
+    from kmpray.results import Success
+
+    h = Harness()
+    h.core.submit("x", TaskTrigger.OneTime(), "Ok")
+    h.core.submit("x", TaskTrigger.OneTime(), "Ok", constraints=Constraints(existing_work_policy="APPEND"))
+    h.core.tick()
+    (first,) = h.core.take_ready(10)
+    h.core.complete(first.key, first.run_id, Success())
+    h.flush()
+    h.core.tick()
+    (stale,) = h.core.take_ready(10)  # the old x#2's run: an executor holds it
+    assert stale.key == "x#2"
+    h.core.submit("x", TaskTrigger.OneTime(), "Ok", constraints=Constraints(existing_work_policy="REPLACE"))
+    h.restart()
+    h.core.submit("x", TaskTrigger.OneTime(), "Ok", constraints=Constraints(existing_work_policy="APPEND"))
+    assert "x#2" in h.core.tasks  # the key came back
+    h.core.tick()
+    (root,) = h.core.take_ready(10)
+    h.core.complete(root.key, root.run_id, Success())
+    h.flush()
+    h.core.tick()
+    (fresh,) = h.core.take_ready(10)
+    assert fresh.key == "x#2" and fresh.run_id > stale.run_id
+    assert h.core.complete(stale.key, stale.run_id, Success(data={"old": True})) is False
+    assert h.core.tasks["x#2"].state is TaskState.RUNNING

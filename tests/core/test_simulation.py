@@ -1,0 +1,283 @@
+"""A deterministic simulation of the pure core under a seeded fault schedule (#13).
+
+The real SchedulerCore, ChainCoordinatorCore and a store run in virtual time, driven the
+way the actors drive them, while a seeded schedule of faults acts: scheduler restarts
+(restore from the store, adoption of the runs executors still hold), executor loss,
+coordinator restarts, reports delayed, duplicated and reordered, clock jumps, and a
+store reopened from its encoded rows. After every step and at the end the invariants
+hold: no accepted task is lost, at most one result is counted per run, finished-run
+counts never go back, a unique name has at most one live (non-BLOCKED) work, and chain
+and APPEND barriers are respected at every dispatch.
+
+200 seeds run in CI; a failure names its seed and replays identically with
+``pytest tests/core/test_simulation.py --seed N``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from kmpray import Constraints, ExistingPolicy, ExistingWorkPolicy, ScheduleResult, TaskState, TaskTrigger
+from kmpray.chain import ChainCoordinatorCore
+from kmpray.clock import ManualClock
+from kmpray.engine import Dispatch, SchedulerCore
+from kmpray.platforms import profile
+from kmpray.results import Failure, Retry, Success
+from kmpray.store import MemoryTaskStore
+
+from .conftest import START
+
+SEEDS = 200
+STEPS = 120
+EXECUTORS = 3
+RunKey = tuple[str, int]
+
+
+class Sim:
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.clock = ManualClock(START)
+        self.store = MemoryTaskStore()
+        self.core = self._core()
+        self.coordinator = ChainCoordinatorCore()
+        self.held: list[dict[RunKey, Dispatch]] = [{} for _ in range(EXECUTORS)]  # runs each executor has
+        self.where: dict[RunKey, int] = {}  # the scheduler's view: run -> executor
+        self.net: list[tuple[int, int, RunKey, Any]] = []  # (deliver at step, from executor, run, result)
+        self.chain_msgs: list[tuple[Any, ...]] = []
+        self.accepted: set[str] = set()  # task names and chain ids accepted
+        self.counted: Counter[RunKey] = Counter()
+        self.runs_seen: dict[str, int] = {}
+        self.step_no = 0
+        self.trace: list[str] = []
+
+    def _core(self) -> SchedulerCore:
+        return SchedulerCore(self.clock, profile("cluster"), None, lambda w: w in ("Ok", "Fail", "Flaky"))
+
+    # ------------------------------------------------------------- plumbing
+    def flush(self) -> None:
+        """What the actor does after each message: persist, then chain messages to the
+        coordinator and its actions back (in-process here)."""
+        while True:
+            fx = self.core.drain()
+            self.store.write(fx.persist.values(), fx.delete, fx.chains.values(), fx.delete_chains)
+            self.chain_msgs.extend(fx.chain_msgs)
+            if not self.chain_msgs:
+                return
+            msgs, self.chain_msgs = self.chain_msgs, []
+            actions = self.coordinator.apply(msgs)
+            if not actions:
+                return
+            self.core.chain_actions(actions)
+
+    def result(self, d: Dispatch) -> Success | Failure | Retry:
+        roll = self.rng.random()
+        if d.worker == "Fail":
+            return Failure("boom", should_retry=roll < 0.5)
+        if d.worker == "Flaky" and roll < 0.6:
+            return Retry("not yet", delay_ms=self.rng.choice([None, 0, 500]))
+        return Success(data={"by": d.key, "n": self.rng.randrange(100)})
+
+    # -------------------------------------------------------------- actions
+    def submit(self) -> None:
+        name = f"n{self.rng.randrange(8)}"
+        policy = self.rng.choice(list(ExistingWorkPolicy))
+        c = Constraints(existing_work_policy=policy, max_retries=self.rng.randrange(4), backoff_delay_ms=1_000)
+        trig = TaskTrigger.OneTime(self.rng.choice([0, 0, 1_000, 30_000]))
+        out = self.core.submit(name, trig, self.rng.choice(["Ok", "Ok", "Fail", "Flaky"]), None, c)
+        self.trace.append(f"submit {name} {policy.value} -> {out.result.value}")
+        if out.result is ScheduleResult.SUCCESS:
+            self.accepted.add(name)
+            if policy is not ExistingWorkPolicy.APPEND:
+                self._forget_counts(name)
+        self.flush()
+
+    def submit_chain(self) -> None:
+        cid = f"c{self.rng.randrange(4)}"
+        steps = [
+            [{"id": f"{cid}.{self.step_no}.{k}.{j}", "id_explicit": False, "worker": self.rng.choice(["Ok", "Ok", "Flaky", "Fail"]),
+              "input": None, "constraints": Constraints(max_retries=2, backoff_delay_ms=500),
+              "input_merger": self.rng.choice(["OVERWRITE", "ARRAY"])}
+             for j in range(self.rng.randint(1, 3))]
+            for k in range(self.rng.randint(1, 3))
+        ]
+        policy = self.rng.choice(list(ExistingPolicy))
+        out = self.core.submit_chain(cid, policy, steps)
+        self.trace.append(f"chain {cid} {policy.value} {[len(s) for s in steps]} -> {out.result.value}")
+        if out.result is ScheduleResult.SUCCESS:
+            self.accepted.add(cid)
+        self.flush()
+
+    def cancel(self) -> None:
+        name = self.rng.choice(sorted(self.accepted)) if self.accepted else "n0"
+        self.trace.append(f"cancel {name} -> {self.core.cancel(name)}")
+        self.flush()
+
+    def advance(self, ms: int) -> None:
+        self.clock.set(self.clock.now_ms() + ms)
+        self.core.tick()
+        batch = self.core.take_ready(self.rng.randint(1, 20), 0)
+        for d in batch:
+            self._check_barrier(d)
+            i = self.rng.randrange(EXECUTORS)
+            self.held[i][(d.key, d.run_id)] = d
+            self.where[(d.key, d.run_id)] = i
+        self.trace.append(f"advance {ms} -> dispatched {[(d.key, d.run_id) for d in batch]}")
+        self.flush()
+
+    def work(self, i: int, n: int) -> None:
+        """Executor ``i`` finishes up to ``n`` runs; reports travel with delay, maybe twice."""
+        for key in list(self.held[i])[:n]:
+            d = self.held[i].pop(key)
+            result = self.result(d)
+            copies = 2 if self.rng.random() < 0.1 else 1
+            for _ in range(copies):
+                self.net.append((self.step_no + self.rng.randint(0, 3), i, key, result))
+        self.trace.append(f"executor {i} finished up to {n}")
+
+    def deliver(self, everything: bool = False) -> None:
+        due = [m for m in self.net if everything or m[0] <= self.step_no]
+        self.rng.shuffle(due)  # reordered
+        for msg in due:
+            self.net.remove(msg)
+            _at, _i, key, result = msg
+            self.where.pop(key, None)
+            if self.core.complete(key[0], key[1], result):
+                self.counted[key] += 1
+                assert self.counted[key] == 1, f"run {key} counted twice"
+        self.core.release_unplaced()
+        self.flush()
+
+    def lose_executor(self) -> None:
+        i = self.rng.randrange(EXECUTORS)
+        self.held[i].clear()
+        self.net = [m for m in self.net if m[1] != i]  # its outbox died with it
+        lost = [k for k, j in self.where.items() if j == i]
+        for key in lost:
+            del self.where[key]
+            self.core.run_lost(*key)
+        self.trace.append(f"executor {i} lost ({len(lost)} runs re-queued)")
+        self.flush()
+
+    def restart_scheduler(self, reopen_store: bool = False) -> None:
+        self.flush()
+        if reopen_store:  # a new store over the same encoded rows (a file reopened)
+            fresh = MemoryTaskStore()
+            fresh._rows, fresh._chains, fresh._meta = dict(self.store._rows), dict(self.store._chains), {}
+            self.store = fresh
+        self.core = self._core()
+        self.core.restore(self.store.load(), self.store.load_chains())
+        self.chain_msgs.clear()  # what the old scheduler had not sent died with it
+        # Executors keep every run until its report is delivered: they are adopted.
+        holders = {key: i for i, runs in enumerate(self.held) for key in runs}
+        holders.update({key: i for _at, i, key, _r in self.net})
+        adopted = self.core.adopt(holders, set())
+        self.where = {key: holders[key] for key in adopted}
+        self.coordinator_resync()
+        self.trace.append(f"scheduler restarted (reopen={reopen_store}), adopted {len(adopted)}")
+
+    def coordinator_resync(self, fresh: bool = False) -> None:
+        if fresh:
+            self.coordinator = ChainCoordinatorCore()
+        asked_at = self.coordinator.mark()
+        self.core.chain_actions(self.coordinator.resync(self.core.chain_snapshot(0, 1), asked_at))
+        self.flush()
+
+    # ----------------------------------------------------------- invariants
+    def _check_barrier(self, d: Dispatch) -> None:
+        rec = self.core.tasks[d.key]
+        for pre in self.core.prerequisites(rec):
+            assert pre.state is TaskState.SUCCEEDED, f"{d.key} dispatched while prerequisite {pre.key} is {pre.state}"
+
+    def _forget_counts(self, name: str) -> None:
+        for key in [k for k in self.runs_seen if k == name or k.startswith(f"{name}#")]:
+            del self.runs_seen[key]
+
+    def check(self) -> None:
+        for name, keys in self.core.names.items():
+            live = [k for k in keys if not self.core.tasks[k].state.is_finished
+                    and self.core.tasks[k].state is not TaskState.BLOCKED]
+            assert len(live) <= 1, f"name {name!r} has {len(live)} live works: {live}"
+        for key, rec in self.core.tasks.items():
+            seen = self.runs_seen.get(key, 0)
+            if rec.chain_id is None:
+                assert rec.run_count >= seen, f"{key}: run_count went back {seen} -> {rec.run_count}"
+            self.runs_seen[key] = rec.run_count
+        assert self.core.pending == sum(1 for r in self.core.tasks.values() if not r.state.is_finished)
+
+    def step(self) -> None:
+        self.step_no += 1
+        actions = [
+            (3, self.submit), (1, self.submit_chain), (0.4, self.cancel),
+            (3, lambda: self.advance(self.rng.randrange(0, 20_000))),
+            (4, lambda: self.work(self.rng.randrange(EXECUTORS), self.rng.randint(1, 8))),
+            (4, self.deliver), (0.3, self.lose_executor), (0.3, self.restart_scheduler),
+            (0.1, lambda: self.restart_scheduler(reopen_store=True)),
+            (0.2, lambda: self.coordinator_resync(fresh=True)),
+            (0.1, lambda: self.advance(self.rng.randrange(3_600_000, 6 * 3_600_000))),  # clock jump
+        ]
+        weights = [w for w, _ in actions]
+        self.rng.choices([a for _, a in actions], weights)[0]()
+        self.check()
+
+    def drain(self) -> None:
+        """No more faults: run everything to its end (bounded)."""
+        for _ in range(400):
+            for i in range(EXECUTORS):
+                self.work(i, 10_000)
+            self.deliver(everything=True)
+            if self.core.pending == 0:
+                return
+            due = self.core.next_due_ms()
+            self.advance(max(0, (due or self.clock.now_ms()) - self.clock.now_ms()) + 1)
+            self.check()
+        raise AssertionError(f"{self.core.pending} tasks still unfinished after the drain")
+
+    def final_check(self) -> None:
+        unfinished = [k for k, r in self.core.tasks.items() if not r.state.is_finished]
+        assert unfinished == [], f"unfinished after the drain: {unfinished}"
+        for name in self.accepted:
+            assert self.core.latest(name) is not None or name in self.core.chains, f"accepted {name!r} lost"
+        for cid, chain in self.core.chains.items():
+            states = [self.core.tasks[k].state for step in chain.steps for k in step if k in self.core.tasks]
+            assert len(states) == sum(len(s) for s in chain.steps), f"chain {cid} lost tasks"
+
+
+def run(seed: int) -> Sim:
+    sim = Sim(seed)
+    try:
+        for _ in range(STEPS):
+            sim.step()
+        sim.drain()
+        sim.final_check()
+    except AssertionError as exc:
+        tail = "\n  ".join(sim.trace[-15:])
+        raise AssertionError(
+            f"seed {seed}: {exc}\n  last actions:\n  {tail}\n"
+            f"replay: pytest tests/core/test_simulation.py --seed {seed}"
+        ) from None
+    return sim
+
+
+def seeds(config: pytest.Config) -> list[int]:
+    chosen = config.getoption("--seed")
+    return [int(chosen)] if chosen is not None else list(range(SEEDS))
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "seed" in metafunc.fixturenames:
+        metafunc.parametrize("seed", seeds(metafunc.config))
+
+
+def test_the_core_keeps_its_invariants_under_a_seeded_fault_schedule(seed: int) -> None:
+    sim = run(seed)
+    assert sim.step_no >= STEPS
+
+
+def test_a_seed_replays_identically() -> None:
+    a, b = run(7), run(7)
+    assert a.trace == b.trace and a.counted == b.counted
