@@ -98,8 +98,9 @@ class ExecutorBase:
     def _concurrency(self) -> int:
         return self.config.executor_concurrency
 
-    def ping(self) -> tuple[str, int, str]:
-        return self.incarnation, len(self._tasks), self.node_id
+    def ping(self) -> tuple[str, int, str, float]:
+        """(incarnation, runs held, node, event-loop lag in ms now)."""
+        return self.incarnation, len(self._tasks), self.node_id, round(self.watch.lag_s() * 1000, 1)
 
     def submit(self, runs: list[Run], batch: tuple[str, int] | None = None) -> str:
         """Take a batch of runs; ``batch``: (scheduler epoch, batch number), for fencing."""

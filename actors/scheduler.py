@@ -131,6 +131,7 @@ class SchedulerActor:
         self.heavy = HeavyPool(self, namespace, self.config, self._blocked)
         self._epoch = uuid.uuid4().hex
         self._batch_seq: list[int] = []
+        self._lag_ms: list[float] = []  # each executor's event-loop lag at its last ping
         self._wake = asyncio.Event()
         self._wake_at: int | None = None  # the due time the loop is sleeping towards
         self._idle = asyncio.Event()
@@ -159,7 +160,7 @@ class SchedulerActor:
         for node in self._executor_nodes():
             self._add_executor(node)
         for i, handle in enumerate(self._executors):
-            self._incarnations[i], _running, self._exec_nodes[i] = await handle.ping.remote()
+            self._incarnations[i], _running, self._exec_nodes[i], self._lag_ms[i] = await handle.ping.remote()
             self._reachable[i] = True
         await self._adopt()
         pool = self.config.chain_coordinators
@@ -235,6 +236,7 @@ class SchedulerActor:
         ).remote(self.namespace, i, self.config.model_dump())
         self._executors.append(handle)
         self._batch_seq.append(0)
+        self._lag_ms.append(0.0)
         self._inflight.append({})
         self._incarnations.append(None)
         self._reachable.append(False)
@@ -284,6 +286,7 @@ class SchedulerActor:
             "waiting_for_registration": self.core.parked(),
             "quarantined": len(self.store.quarantined()),
             "blocked_executors": self._blocked.describe(),
+            "executor_lag_ms": [lag for i, lag in enumerate(self._lag_ms) if i not in self._retired],
             "loop_blocks": dict(self._blocked.counts),
             "waiting_for": self._blocked.reason(self._serving(), self.core.ready_count()),
         }
@@ -338,7 +341,7 @@ class SchedulerActor:
             await self._reconcile_executors()
             await self.heavy.reconcile(PING_TIMEOUT_S)
 
-    async def _ping(self, handle: Any, timeout_s: float = PING_TIMEOUT_S) -> tuple[str, int, str] | None:
+    async def _ping(self, handle: Any, timeout_s: float = PING_TIMEOUT_S) -> tuple[str, int, str, float] | None:
         try:
             return tuple(await asyncio.wait_for(handle.ping.remote(), timeout_s))  # type: ignore[return-value]
         except Exception:
@@ -359,7 +362,7 @@ class SchedulerActor:
         )
         for i, answer in zip(live, answers, strict=True):
             if answer is not None:
-                incarnation, _running, self._exec_nodes[i] = answer
+                incarnation, _running, self._exec_nodes[i], self._lag_ms[i] = answer
                 if incarnation != self._incarnations[i]:
                     self._lose_runs(i, "restarted")  # a new process: what it had is gone
                     self._incarnations[i] = incarnation

@@ -57,7 +57,9 @@ def test_a_blocking_worker_does_not_stall_the_other_runs(engine: Any, tmp_path: 
     assert notice is not None and notice.startswith("Blocker blocked its executor's event loop for ")
     assert "blocking = True" in notice
     until(lambda: engine.status()["blocked_executors"] == [], timeout_s=10, what="the loop to be free again")
-    assert engine.status()["loop_blocks"] == {"Blocker": 1}
+    status = engine.status()
+    assert status["loop_blocks"] == {"Blocker": 1}
+    assert len(status["executor_lag_ms"]) == 2 and all(lag < 1_000 for lag in status["executor_lag_ms"])
 
 
 def test_with_every_loop_blocked_runs_wait_with_a_reason_then_run_when_one_frees(
