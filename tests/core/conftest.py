@@ -89,13 +89,17 @@ class Harness:
         assert rec is not None
         return rec.state.value
 
-    def restart(self) -> None:
-        """A new core over the same store: what a SchedulerActor restart does."""
+    def restart(self, adopt: Callable[[SchedulerCore], object] | None = None) -> None:
+        """A new core over the same store: what a SchedulerActor restart does. ``adopt``
+        runs where the actor adopts the runs executors still hold: after the restore,
+        before the coordinators resync."""
         self.flush()
         self.core = SchedulerCore(self.clock, self.core.platform, self.core.config, self.workers.__contains__)
         records, chains = self.store.load(), self.store.load_chains()
         damaged = [(q.table, q.key, q.reason) for q in self.store.take_fresh_quarantine()]
         self.core.restore(records, chains, damaged)
+        if adopt is not None:
+            adopt(self.core)
         self.chain_msgs.clear()  # what the old scheduler had not sent yet is gone with it
         # The scheduler asks the coordinators to resync when it starts.
         asked_at = self.coordinator.mark()

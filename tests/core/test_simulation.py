@@ -22,14 +22,11 @@ from typing import Any
 import pytest
 
 from kmpray import Constraints, ExistingPolicy, ExistingWorkPolicy, ScheduleResult, TaskState, TaskTrigger
-from kmpray.chain import ChainCoordinatorCore
-from kmpray.clock import ManualClock
-from kmpray.engine import Dispatch, SchedulerCore
-from kmpray.platforms import profile
+from kmpray.engine import Dispatch
 from kmpray.results import Failure, Retry, Success
 from kmpray.store import MemoryTaskStore
 
-from .conftest import START
+from .conftest import Harness
 
 SEEDS = 200
 STEPS = 120
@@ -37,42 +34,22 @@ EXECUTORS = 3
 RunKey = tuple[str, int]
 
 
-class Sim:
+class Sim(Harness):
+    """The core test harness (the actor's drive loop: persist, chain messages to the
+    coordinator and its actions back) plus executors, a network and a fault schedule."""
+
     def __init__(self, seed: int) -> None:
+        super().__init__()
         self.seed = seed
         self.rng = random.Random(seed)
-        self.clock = ManualClock(START)
-        self.store = MemoryTaskStore()
-        self.core = self._core()
-        self.coordinator = ChainCoordinatorCore()
         self.held: list[dict[RunKey, Dispatch]] = [{} for _ in range(EXECUTORS)]  # runs each executor has
         self.where: dict[RunKey, int] = {}  # the scheduler's view: run -> executor
         self.net: list[tuple[int, int, RunKey, Any]] = []  # (deliver at step, from executor, run, result)
-        self.chain_msgs: list[tuple[Any, ...]] = []
         self.accepted: set[str] = set()  # task names and chain ids accepted
         self.counted: Counter[RunKey] = Counter()
         self.runs_seen: dict[str, int] = {}
         self.step_no = 0
         self.trace: list[str] = []
-
-    def _core(self) -> SchedulerCore:
-        return SchedulerCore(self.clock, profile("cluster"), None, lambda w: w in ("Ok", "Fail", "Flaky"))
-
-    # ------------------------------------------------------------- plumbing
-    def flush(self) -> None:
-        """What the actor does after each message: persist, then chain messages to the
-        coordinator and its actions back (in-process here)."""
-        while True:
-            fx = self.core.drain()
-            self.store.write(fx.persist.values(), fx.delete, fx.chains.values(), fx.delete_chains)
-            self.chain_msgs.extend(fx.chain_msgs)
-            if not self.chain_msgs:
-                return
-            msgs, self.chain_msgs = self.chain_msgs, []
-            actions = self.coordinator.apply(msgs)
-            if not actions:
-                return
-            self.core.chain_actions(actions)
 
     def result(self, d: Dispatch) -> Success | Failure | Retry:
         roll = self.rng.random()
@@ -164,28 +141,21 @@ class Sim:
         self.flush()
 
     def restart_scheduler(self, reopen_store: bool = False) -> None:
-        self.flush()
         if reopen_store:  # a new store over the same encoded rows (a file reopened)
+            self.flush()
             fresh = MemoryTaskStore()
-            fresh._rows, fresh._chains, fresh._meta = dict(self.store._rows), dict(self.store._chains), {}
+            fresh._rows, fresh._chains = dict(self.store._rows), dict(self.store._chains)
             self.store = fresh
-        self.core = self._core()
-        self.core.restore(self.store.load(), self.store.load_chains())
-        self.chain_msgs.clear()  # what the old scheduler had not sent died with it
-        # Executors keep every run until its report is delivered: they are adopted.
+        # Executors keep every run until its report is delivered: the new scheduler adopts them.
         holders = {key: i for i, runs in enumerate(self.held) for key in runs}
         holders.update({key: i for _at, i, key, _r in self.net})
-        adopted = self.core.adopt(holders, set())
+        adopted: list[RunKey] = []
+        self.restart(adopt=lambda core: adopted.extend(core.adopt(holders, set())))
         self.where = {key: holders[key] for key in adopted}
-        self.coordinator_resync()
         self.trace.append(f"scheduler restarted (reopen={reopen_store}), adopted {len(adopted)}")
 
-    def coordinator_resync(self, fresh: bool = False) -> None:
-        if fresh:
-            self.coordinator = ChainCoordinatorCore()
-        asked_at = self.coordinator.mark()
-        self.core.chain_actions(self.coordinator.resync(self.core.chain_snapshot(0, 1), asked_at))
-        self.flush()
+    def restart_coordinator_keeping_messages(self) -> None:
+        self.restart_coordinator(lose_messages=self.rng.random() < 0.5)
 
     # ----------------------------------------------------------- invariants
     def _check_barrier(self, d: Dispatch) -> None:
@@ -217,14 +187,14 @@ class Sim:
             (4, lambda: self.work(self.rng.randrange(EXECUTORS), self.rng.randint(1, 8))),
             (4, self.deliver), (0.3, self.lose_executor), (0.3, self.restart_scheduler),
             (0.1, lambda: self.restart_scheduler(reopen_store=True)),
-            (0.2, lambda: self.coordinator_resync(fresh=True)),
+            (0.2, self.restart_coordinator_keeping_messages),
             (0.1, lambda: self.advance(self.rng.randrange(3_600_000, 6 * 3_600_000))),  # clock jump
         ]
         weights = [w for w, _ in actions]
         self.rng.choices([a for _, a in actions], weights)[0]()
         self.check()
 
-    def drain(self) -> None:
+    def run_to_end(self) -> None:
         """No more faults: run everything to its end (bounded)."""
         for _ in range(400):
             for i in range(EXECUTORS):
@@ -252,7 +222,7 @@ def run(seed: int) -> Sim:
     try:
         for _ in range(STEPS):
             sim.step()
-        sim.drain()
+        sim.run_to_end()
         sim.final_check()
     except AssertionError as exc:
         tail = "\n  ".join(sim.trace[-15:])
