@@ -122,29 +122,26 @@ class ExecutorBase:
 
     def _withdrawn(self, key: tuple[str, int]) -> bool:
         batch = self._batch_of.get(key)
-        return batch is not None and key not in self._begun and batch[0] == self._fence[0] and batch[1] <= self._fence[1]
-
-    def _begin_now(self, key: tuple[str, int]) -> bool:
-        """The hot path of ``_may_begin``: no block reported, no fence set (the usual case)."""
-        if self._fence_wait or self._fence[1]:
+        if batch is None or key in self._begun:
             return False
+        return batch[0] == self._fence[0] and batch[1] <= self._fence[1]
+
+    def _try_begin(self, key: tuple[str, int]) -> bool | None:
+        """Just before a run's worker begins: is it still this executor's? True (marked
+        begun), False (withdrawn while this loop was blocked: it runs elsewhere), None (a
+        block was just reported and the fence is on its way: ask again)."""
         with self._begin_lock:
             if self._fence_wait:
+                return None
+            if self._withdrawn(key):
                 return False
             self._begun.add(key)
             return True
 
     async def _may_begin(self, key: tuple[str, int]) -> bool:
-        """Just before a run's worker begins: is it still this executor's to run? (Not if
-        the scheduler withdrew it while this loop was blocked.) Marks it begun if so."""
-        while True:
-            with self._begin_lock:
-                if not self._fence_wait:
-                    if self._withdrawn(key):
-                        return False
-                    self._begun.add(key)
-                    return True
-            await asyncio.sleep(0.005)  # a block was just reported: the fence is on its way
+        while (answer := self._try_begin(key)) is None:
+            await asyncio.sleep(0.005)
+        return answer
 
     # ------------------------------------------------------ blocked event loop
     def _kind(self) -> str:
@@ -230,7 +227,7 @@ class ExecutorBase:
             async with self._slots:
                 if key in self._cancelled:
                     raise asyncio.CancelledError
-                if not (self._begin_now(key) or await self._may_begin(key)):
+                if not (self._try_begin(key) or await self._may_begin(key)):
                     self._unreported.pop(key, None)  # withdrawn: it runs elsewhere, never here
                     return
                 # "Began" goes to the scheduler only for a run still going after a moment:

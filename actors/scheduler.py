@@ -368,15 +368,14 @@ class SchedulerActor:
                     self._incarnations[i] = incarnation
                 self._reachable[i] = True
                 continue
-            if i in self._blocked.light:
-                continue  # alive and known to be busy: keep its runs, send it nothing
-            # No answer is not proof of loss (a busy or restarting executor answers later,
-            # and its runs' results still arrive): stop sending to it, keep its runs, and
+            # No answer is not proof of loss (a busy, blocked or restarting executor answers
+            # later, and its runs' results still arrive): stop sending to it, keep its runs, and
             # re-run them only on proof (a new incarnation, or its node gone).
             self._reachable[i] = False
             if nodes and self._exec_nodes[i] not in nodes:
                 # Pinned hard to a node that is gone: it would stay pending forever.
                 log.warning("executor %d: its node left the cluster; retired", i)
+                self._blocked.light.pop(i, None)
                 self._lose_runs(i, "lost with its node")
                 self._retired.add(i)
                 try:
