@@ -809,9 +809,9 @@ class SchedulerActor:
         rec = self.core.latest(name)
         return self._info(rec) if rec is not None else None
 
-    def _info(self, rec: Any) -> dict[str, Any]:
+    def _info(self, rec: Any, places: dict[str, int] | None = None) -> dict[str, Any]:
         """A task as users see it, with why it waits (what the pools add to the core's reason)."""
-        info = self.core.info(rec)
+        info = self.core.info(rec, places)
         reason = info.waiting_for
         if reason is not None and reason.kind == "capacity" and self.core.is_queued(rec.key):
             why = (self.heavy.reason() if rec.constraints.is_heavy_task
@@ -836,7 +836,9 @@ class SchedulerActor:
     async def list_tasks(self, state: str | None = None) -> list[dict[str, Any]]:
         await self._ready
         wanted = TaskState(state) if state else None
-        return [self._info(rec) for rec in self.core.tasks.values() if wanted is None or rec.shown_state is wanted]
+        places = self.core.places_in_line()  # once, not a queue scan per task
+        return [self._info(rec, places) for rec in self.core.tasks.values()
+                if wanted is None or rec.shown_state is wanted]
 
     async def wait(self, name: str, timeout_s: float | None, runs_before: int | None = None) -> dict[str, Any] | None:
         """Until the work under ``name`` is finished (a recurring task: a run after ``runs_before`` ends)."""

@@ -199,6 +199,15 @@ class SchedulerCore:
     def is_parked(self, key: str) -> bool:
         return any(key in keys for keys in self._parked.values())
 
+    def places_in_line(self) -> dict[str, int]:
+        """Every queued task's place in its ready queue (how many come before it), in one
+        pass: what a listing uses instead of ``ahead_of`` per task."""
+        out: dict[str, int] = {}
+        for queue in (self._ready, self._ready_heavy):
+            live = sorted(entry for entry in queue if self.is_queued(entry[4], entry[3]))
+            out.update((entry[4], n) for n, entry in enumerate(live))
+        return out
+
     def ahead_of(self, key: str) -> int:
         """How many live entries of its ready queue come before this task's (O(queue))."""
         rec = self.tasks[key]
@@ -216,12 +225,12 @@ class SchedulerCore:
             keys = rec.prereqs
         return [self.tasks[k] for k in keys if k in self.tasks]
 
-    def info(self, rec: TaskRecord) -> TaskInfo:
+    def info(self, rec: TaskRecord, places: dict[str, int] | None = None) -> TaskInfo:
         """What users see of a task: its row, why it waits, and a ``next_run_at_ms`` that
         means what it says (None, not a passed instant, while it waits for something else
-        than time)."""
+        than time). ``places``: from ``places_in_line``, when listing many."""
         info = rec.info()
-        reason = waiting_for(self, rec)
+        reason = waiting_for(self, rec, places=places)
         if reason is None:
             return info
         update: dict[str, Any] = {"waiting_for": reason}

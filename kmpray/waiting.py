@@ -44,8 +44,11 @@ def _when(ms: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ms / 1000))
 
 
-def waiting_for(core: SchedulerCore, rec: TaskRecord, depth: int = 1) -> WaitingFor | None:
-    """The reason ``rec`` waits, or None when it runs or is finished."""
+def waiting_for(
+    core: SchedulerCore, rec: TaskRecord, depth: int = 1, places: dict[str, int] | None = None
+) -> WaitingFor | None:
+    """The reason ``rec`` waits, or None when it runs or is finished. ``places``: each
+    queued task's place in line, computed once for a listing (else counted for this one)."""
     if rec.state.is_finished:
         return None
     if rec.state is TaskState.RUNNING:
@@ -55,10 +58,10 @@ def waiting_for(core: SchedulerCore, rec: TaskRecord, depth: int = 1) -> Waiting
                           details={"queue": "executor", "ahead": None, "why": "executor_concurrency slots busy"})
     if rec.state is TaskState.BLOCKED:
         return _prerequisites(core, rec, depth)
-    return _enqueued(core, rec)
+    return _enqueued(core, rec, places)
 
 
-def _enqueued(core: SchedulerCore, rec: TaskRecord) -> WaitingFor:
+def _enqueued(core: SchedulerCore, rec: TaskRecord, places: dict[str, int] | None) -> WaitingFor:
     now = core.clock.now_ms()
     if core.is_parked(rec.key):
         return WaitingFor(
@@ -77,7 +80,7 @@ def _enqueued(core: SchedulerCore, rec: TaskRecord) -> WaitingFor:
             ahead = None
             message = f"due, waiting for capacity: {why}"
         else:
-            ahead = core.ahead_of(rec.key)
+            ahead = places[rec.key] if places is not None and rec.key in places else core.ahead_of(rec.key)
             why = "every heavy worker is busy or not placed yet" if heavy else "every light executor's window is full"
             message = f"due, waiting for a {queue} {'worker' if heavy else 'executor'}: {ahead} ahead of it ({why})"
         return WaitingFor(kind="capacity", message=message, details={"queue": queue, "ahead": ahead, "why": why})

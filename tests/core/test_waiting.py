@@ -100,6 +100,9 @@ def test_due_tasks_wait_for_capacity_with_their_place_in_line() -> None:
     assert [r.details["ahead"] for r in reasons] == [0, 1, 2]
     assert reasons[2].message == "due, waiting for a light executor: 2 ahead of it (every light executor's window is full)"
     assert _info(h, "q2").next_run_at_ms is None
+    places = h.core.places_in_line()  # what a listing computes once
+    assert places == {"q0": 0, "q1": 1, "q2": 2}
+    assert h.core.info(h.core.tasks["q2"], places).waiting_for == reasons[2]
 
 
 def test_a_run_with_no_executor_room_on_its_nodes_waits_for_capacity_there() -> None:
