@@ -50,6 +50,7 @@ class Sim(Harness):
         self.runs_seen: dict[str, int] = {}
         self.step_no = 0
         self.trace: list[str] = []
+        self.periodic: set[str] = set()  # periodic names: they never finish on their own
 
     def result(self, d: Dispatch) -> Success | Failure | Retry:
         roll = self.rng.random()
@@ -69,8 +70,22 @@ class Sim(Harness):
         self.trace.append(f"submit {name} {policy.value} -> {out.result.value}")
         if out.result is ScheduleResult.SUCCESS:
             self.accepted.add(name)
-            if policy is not ExistingWorkPolicy.APPEND:
-                self._forget_counts(name)
+            if out.reason is None and policy is not ExistingWorkPolicy.APPEND:
+                self._forget_counts(name)  # new work under the name (KEEP over finished work too)
+        self.flush()
+
+    def submit_periodic(self) -> None:
+        name = f"p{self.rng.randrange(3)}"
+        policy = self.rng.choice([ExistingWorkPolicy.KEEP, ExistingWorkPolicy.REPLACE])
+        trig = TaskTrigger.Periodic(self.rng.choice([60_000, 300_000]))
+        out = self.core.submit(name, trig, self.rng.choice(["Ok", "Flaky", "Fail"]), None,
+                               Constraints(existing_work_policy=policy, max_retries=1, backoff_delay_ms=1_000))
+        self.trace.append(f"periodic {name} {policy.value} -> {out.result.value}")
+        if out.result is ScheduleResult.SUCCESS:
+            self.accepted.add(name)
+            self.periodic.add(name)
+            if out.reason is None:
+                self._forget_counts(name)  # new work under the name (KEEP over finished work too)
         self.flush()
 
     def submit_chain(self) -> None:
@@ -182,7 +197,7 @@ class Sim(Harness):
     def step(self) -> None:
         self.step_no += 1
         actions = [
-            (3, self.submit), (1, self.submit_chain), (0.4, self.cancel),
+            (3, self.submit), (1, self.submit_chain), (0.5, self.submit_periodic), (0.4, self.cancel),
             (3, lambda: self.advance(self.rng.randrange(0, 20_000))),
             (4, lambda: self.work(self.rng.randrange(EXECUTORS), self.rng.randint(1, 8))),
             (4, self.deliver), (0.3, self.lose_executor), (0.3, self.restart_scheduler),
@@ -195,8 +210,15 @@ class Sim(Harness):
         self.check()
 
     def run_to_end(self) -> None:
-        """No more faults: run everything to its end (bounded)."""
+        """No more faults: run everything to its end (bounded). Periodic work never ends on
+        its own: it gets one more period, then is cancelled, as a user would."""
+        periods = {name: self.core.latest(name).run_count for name in self.periodic}  # type: ignore[union-attr]
         for _ in range(400):
+            for name, before in periods.items():
+                rec = self.core.latest(name)
+                if rec is not None and not rec.state.is_finished and rec.run_count > before:
+                    self.core.cancel(name)
+                    self.flush()
             for i in range(EXECUTORS):
                 self.work(i, 10_000)
             self.deliver(everything=True)
