@@ -179,7 +179,7 @@ _COUNTER_NAMES = frozenset(_COUNTERS)
 
 def _exact(types: dict[str, tuple[type, ...]]) -> dict[str, frozenset[type]]:
     """The exact classes each field may have (a set lookup is the restore's hot path)."""
-    extra = {int: (bool,)}  # msgpack never makes a bool where an int was written, but allow it
+    extra: dict[type, tuple[type, ...]] = {int: (bool,)}  # msgpack gives no bool for an int; allowed anyway
     return {k: frozenset((*v, *(x for t in v for x in extra.get(t, ())), type(None))) for k, v in types.items()}
 
 

@@ -28,16 +28,37 @@ stored (``REJECTED_OS_POLICY`` with the reason), so they are never a waiting rea
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
-from .device import unmet
+from .clock import Clock
+from .device import DeviceState, unmet
 from .enums import TaskState
 from .models import WaitingFor
-from .triggers import EVENT_TRIGGER_KINDS, Windowed
+from .records import TaskRecord
+from .triggers import EVENT_TRIGGER_KINDS, ContentUri, Windowed
 
-if TYPE_CHECKING:
-    from .engine import SchedulerCore
-    from .records import TaskRecord
+
+class SchedulerCore(Protocol):
+    """What a reason is read from: the scheduler core's indexes (kmpray/engine.py)."""
+
+    @property
+    def clock(self) -> Clock: ...
+
+    @property
+    def devices(self) -> Mapping[str, DeviceState]: ...
+
+    def is_parked(self, key: str) -> bool: ...
+
+    def is_gated(self, key: str) -> bool: ...
+
+    def is_unplaced(self, key: str) -> bool: ...
+
+    def is_queued(self, key: str, seq: int | None = None) -> bool: ...
+
+    def ahead_of(self, key: str) -> int: ...
+
+    def prerequisites(self, rec: TaskRecord) -> list[TaskRecord]: ...
 
 
 def _when(ms: int) -> str:
@@ -86,7 +107,7 @@ def _enqueued(core: SchedulerCore, rec: TaskRecord, places: dict[str, int] | Non
         return WaitingFor(kind="capacity", message=message, details={"queue": queue, "ahead": ahead, "why": why})
     trig = rec.trigger
     if rec.next_run_at_ms is None and trig.kind in EVENT_TRIGGER_KINDS:
-        what = f"a content change under {trig.uri_string}" if trig.kind == "content_uri" else trig.kind  # type: ignore[union-attr]
+        what = f"a content change under {trig.uri_string}" if isinstance(trig, ContentUri) else trig.kind
         return WaitingFor(kind="trigger", message=f"waits for its trigger: {what}", details={"trigger": trig.kind})
     due = rec.next_run_at_ms if rec.next_run_at_ms is not None else now
     if isinstance(trig, Windowed) and due > now and rec.run_count == 0 and rec.run_attempt_count == 0:
