@@ -86,34 +86,13 @@ class SchedulerActor:
         self.state_dir = state_dir
         self.config = EngineConfig.model_validate(config)
         try:
-            self.store = SqliteTaskStore(Path(state_dir) / "tasks.db")
+            self._restore(state_dir, virtual_time, platform)
         except StoreRefused as exc:
             # Stay up to say why: every call (connect's first) raises this one line.
             log.error("%s", exc)
             self._ready = asyncio.get_running_loop().create_future()
             self._ready.set_exception(exc)
             return
-        if virtual_time:
-            saved = self.store.get_meta("virtual_now")
-            self.clock: ManualClock | SystemClock = ManualClock(saved if isinstance(saved, int) else None)
-            self.store.put_meta("virtual_now", self.clock.now_ms())
-        else:
-            self.clock = SystemClock()
-        self.virtual_time = virtual_time
-        # Timed runs go to executors this early (real time only: see EngineConfig).
-        self._lead_ms = 0 if virtual_time else self.config.timer_lead_ms
-        self.platform = platform
-        self._blobs: dict[str, tuple[int, bytes]] = {}  # registered worker -> (version, class blob)
-        known = self.store.get_meta("known_workers")
-        self.known: set[str] = set(known) if isinstance(known, list) else set()
-        self.core = SchedulerCore(
-            self.clock, profile(platform), self.config, self._blobs.__contains__, self.known.__contains__
-        )
-        started = time.monotonic()
-        records, chains = self.store.load(), self.store.load_chains()
-        damaged = [(q.table, q.key, q.reason) for q in self.store.take_fresh_quarantine()]
-        self.core.restore(records, chains, damaged)
-        self.restored_in_s = time.monotonic() - started
         self.rejections: deque[tuple[str, str, str]] = deque(maxlen=1000)
         self._waiters: dict[str, list[tuple[asyncio.Future[None], int]]] = {}
         self._executors: list[Any] = []
@@ -149,6 +128,32 @@ class SchedulerActor:
         self._ready = asyncio.ensure_future(self._start())
 
     # ------------------------------------------------------------- lifecycle
+    def _restore(self, state_dir: str, virtual_time: bool, platform: str) -> None:
+        """Open the store and rebuild the core from it. A store refused at open, or found
+        damaged below its rows while restoring, raises StoreRefused (one line)."""
+        self.store = SqliteTaskStore(Path(state_dir) / "tasks.db")
+        if virtual_time:
+            saved = self.store.get_meta("virtual_now")
+            self.clock: ManualClock | SystemClock = ManualClock(saved if isinstance(saved, int) else None)
+            self.store.put_meta("virtual_now", self.clock.now_ms())
+        else:
+            self.clock = SystemClock()
+        self.virtual_time = virtual_time
+        # Timed runs go to executors this early (real time only: see EngineConfig).
+        self._lead_ms = 0 if virtual_time else self.config.timer_lead_ms
+        self.platform = platform
+        self._blobs: dict[str, tuple[int, bytes]] = {}  # registered worker -> (version, class blob)
+        known = self.store.get_meta("known_workers")
+        self.known: set[str] = set(known) if isinstance(known, list) else set()
+        self.core = SchedulerCore(
+            self.clock, profile(platform), self.config, self._blobs.__contains__, self.known.__contains__
+        )
+        started = time.monotonic()
+        records, chains = self.store.load(), self.store.load_chains()
+        damaged = [(q.table, q.key, q.reason) for q in self.store.take_fresh_quarantine()]
+        self.core.restore(records, chains, damaged)
+        self.restored_in_s = time.monotonic() - started
+
     async def _start(self) -> None:
         registry = lookup(REGISTRY, self.namespace)
         # Restarted while the registry lived on: take its copies back (see actors/registry.py).

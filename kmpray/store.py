@@ -191,19 +191,29 @@ def _connect(path: Path, tables: dict[str, str]) -> sqlite3.Connection:
     return conn
 
 
-def _scan(conn: sqlite3.Connection, path: Path, sql: str) -> list[Any]:
-    """A whole-table read; a file damaged below the row level is refused, not half read."""
+@contextlib.contextmanager
+def _refusing(path: Path) -> Iterator[None]:
+    """Restore-time reads and quarantine moves: SQLite finding the file damaged below its
+    rows (a broken page, mid-read or mid-write) is a refusal in one line, not a traceback."""
     try:
-        return list(conn.execute(sql))
+        yield
     except sqlite3.DatabaseError as exc:
         raise _refuse(path, "is damaged beyond its rows", exc) from None
 
 
-def _move_to_quarantine(conn: sqlite3.Connection, table: str, bad: list[tuple[QuarantinedRow, bytes]]) -> None:
+def _scan(conn: sqlite3.Connection, path: Path, sql: str) -> list[Any]:
+    """A whole-table read; a file damaged below the row level is refused, not half read."""
+    with _refusing(path):
+        return list(conn.execute(sql))
+
+
+def _move_to_quarantine(
+    conn: sqlite3.Connection, path: Path, table: str, bad: list[tuple[QuarantinedRow, bytes]]
+) -> None:
     if not bad:
         return
     key_column = {"tasks": "key", "chains": "id", "meta": "key"}[table]
-    with _transaction(conn):
+    with _refusing(path), _transaction(conn):
         conn.executemany(
             "INSERT OR REPLACE INTO quarantine (tbl, key, reason, at_ms, row) VALUES (?, ?, ?, ?, ?)",
             [(q.table, q.key, q.reason, q.at_ms, raw) for q, raw in bad],
@@ -237,7 +247,7 @@ class SqliteTaskStore:
         return good
 
     def _quarantine(self, table: str, bad: list[tuple[QuarantinedRow, bytes]]) -> None:
-        _move_to_quarantine(self._conn, table, bad)
+        _move_to_quarantine(self._conn, self.path, table, bad)
         self._fresh += [q for q, _raw in bad]
 
     def take_fresh_quarantine(self) -> list[QuarantinedRow]:
@@ -276,7 +286,8 @@ class SqliteTaskStore:
 
     def get_meta(self, key: str) -> object | None:
         """A meta value; a damaged one goes to quarantine and reads as absent."""
-        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        with _refusing(self.path):
+            row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         if row is None:
             return None
         try:
@@ -287,10 +298,11 @@ class SqliteTaskStore:
             return None
 
     def put_meta(self, key: str, value: object) -> None:
-        self._conn.execute(
-            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-            (key, msgpack.packb(value, use_bin_type=True)),
-        )
+        with _refusing(self.path):
+            self._conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                (key, msgpack.packb(value, use_bin_type=True)),
+            )
 
     def close(self) -> None:
         self._conn.close()
