@@ -152,7 +152,9 @@ class ExecutorBase:
         began; it withdraws the others and answers with the fence."""
         with self._begin_lock:
             self._fence_wait = True
-            begun = list(self._begun)
+            # Held here: runs whose worker began, and runs that ended but whose result is
+            # still on its way (withdrawing those would run a finished run twice).
+            begun = [key for key in self._unreported if key in self._begun or key not in self._tasks]
         try:
             key, worker = blocker if blocker is not None else (None, None)
             log.warning("executor %d: worker %s (task %s) is blocking the event loop (%.2f s so far)",

@@ -372,6 +372,12 @@ class SchedulerActor:
                     self._lose_runs(i, "restarted")  # a new process: what it had is gone
                     self._incarnations[i] = incarnation
                 self._reachable[i] = True
+                if i in self._blocked.light and self._lag_ms[i] < self.config.loop_block_ms:
+                    # A ping runs on the executor's loop: an answer proves it runs again, even
+                    # if its "unblocked" notice was lost (a one-way message from its thread).
+                    self._blocked.light.pop(i, None)
+                    log.warning("executor %d answers again: no longer treated as blocked", i)
+                    self._pump()
                 continue
             # No answer is not proof of loss (a busy, blocked or restarting executor answers
             # later, and its runs' results still arrive): stop sending to it, keep its runs, and

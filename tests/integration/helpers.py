@@ -21,12 +21,19 @@ def next_completion(sub: Any, task_id: str, timeout_s: float = 30.0) -> Any:
     raise AssertionError(f"no completion of {task_id} within {timeout_s} s")
 
 
-def until(predicate: Callable[[], bool], timeout_s: float = 30.0, what: str = "condition") -> None:
-    """Wait for an outside observation (a file a worker writes) that no engine call exposes."""
+def until(
+    predicate: Callable[[], bool],
+    timeout_s: float = 30.0,
+    what: str = "condition",
+    explain: Callable[[], object] | None = None,
+) -> None:
+    """Wait for an outside observation (a file a worker writes) that no engine call exposes.
+    ``explain`` adds what the engine says (its status, ``explain(id)``) to a timeout."""
     deadline = time.monotonic() + timeout_s
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+            said = f"\n{explain()}" if explain is not None else ""
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}{said}")
         time.sleep(0.01)
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from kmpray import TaskRequest, TaskState, TaskTrigger
+from kmpray import EngineConfig, TaskRequest, TaskState, TaskTrigger
 
 from .helpers import until
 from .workers import register_all
@@ -116,3 +116,20 @@ def test_after_n_blocks_a_class_runs_in_a_thread_by_itself(engines: Any, tmp_pat
     assert [t for t, _ in notices] == ["b0", "b1"]  # the third ran in a thread: no block
     assert "from now on that executor runs Blocker's do_work in a thread" in notices[1][1]
     assert sched.status()["loop_blocks"] == {"Blocker": 2}
+
+
+def test_a_lost_unblocked_notice_does_not_stall_an_executor_for_good(engines: Any) -> None:
+    """The "unblocked" notice is a one-way message from the executor's watch thread; if it
+    is lost, the next ping the executor answers proves its loop runs, and it serves again."""
+    import ray
+
+    sched = engines(config=EngineConfig(executors=1))
+    register_all(sched)
+    actor = ray.get_actor("kmpray.scheduler", namespace=sched.namespace)
+    # A "blocked" notice as the watch thread sends it, never followed by "unblocked".
+    fence = ray.get(actor.loop_blocked.remote("light", 0, "?", 0.2, "Ghost", None, []), timeout=30)
+    assert fence is not None and fence[1] == 0  # nothing was handed over yet
+    assert [b["worker"] for b in sched.status()["blocked_executors"]] == ["Ghost"]
+    sched.enqueue("after", ONCE, "Echo", input="x")
+    assert sched.wait("after", timeout_s=30).state is TaskState.SUCCEEDED
+    assert sched.status()["blocked_executors"] == []

@@ -273,7 +273,8 @@ def test_executor_concurrency_bounds_runs_in_flight(engines: Any, tmp_path: Path
     assert sched.status()["inflight_by_node"] and sum(sched.status()["inflight_by_node"].values()) == 3
     assert [sched.get_task_info(f"b{i}").state for i in range(3)] == [TaskState.RUNNING] + [TaskState.ENQUEUED] * 2
     ins[0][2].touch()
-    until(ins[1][1].exists, what="second run")
+    until(ins[1][1].exists, what="second run",
+          explain=lambda: (sched.status(), [sched.explain(f"b{i}") for i in range(3)]))
     assert not ins[2][1].exists()
     ins[1][2].touch()
     ins[2][2].touch()
