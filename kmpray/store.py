@@ -172,7 +172,7 @@ def _connect(path: Path, tables: dict[str, str]) -> sqlite3.Connection:
         conn.execute(f"PRAGMA synchronous={os.environ.get('KMPRAY_SQLITE_SYNC', 'NORMAL')}")
         version = int(conn.execute("PRAGMA user_version").fetchone()[0])
         present = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    except sqlite3.DatabaseError as exc:
+    except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:  # text SQLite cannot decode: a flipped byte
         raise _refuse(path, "is not a readable SQLite database", exc) from None
     if version > SCHEMA_VERSION:
         conn.close()
@@ -185,7 +185,7 @@ def _connect(path: Path, tables: dict[str, str]) -> sqlite3.Connection:
         for create in tables.values():
             conn.execute(create)
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-    except sqlite3.DatabaseError as exc:
+    except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
         conn.close()
         raise _refuse(path, "is damaged beyond its rows", exc) from None
     return conn
@@ -197,7 +197,7 @@ def _refusing(path: Path) -> Iterator[None]:
     rows (a broken page, mid-read or mid-write) is a refusal in one line, not a traceback."""
     try:
         yield
-    except sqlite3.DatabaseError as exc:
+    except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:  # a key or name not UTF-8 any more
         raise _refuse(path, "is damaged beyond its rows", exc) from None
 
 
