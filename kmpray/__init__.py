@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .clock import FIFTEEN_MINUTES, ONE_DAY, ONE_HOUR, ONE_MINUTE, ONE_SECOND
 from .chain import TaskChain
+from .clock import FIFTEEN_MINUTES, ONE_DAY, ONE_HOUR, ONE_MINUTE, ONE_SECOND
 from .config import EngineConfig
 from .constraints import Constraints
 from .enums import (

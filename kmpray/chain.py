@@ -217,9 +217,9 @@ class ChainCoordinatorCore:
                     self.plans[chain_id] = plan
             elif msg[0] == "step":
                 _kind, chain_id, gen, step, key, state, data = msg
-                plan = self.plans.get(chain_id)
-                if plan is not None and plan.gen == gen:
-                    self._step(plan, step, key, TaskState(state), data, actions)
+                known = self.plans.get(chain_id)
+                if known is not None and known.gen == gen:
+                    self._step(known, step, key, TaskState(state), data, actions)
         return actions
 
     def mark(self) -> int:

@@ -17,12 +17,13 @@ from pydantic import TypeAdapter
 from .constraints import DEFAULT_CONSTRAINTS, Constraints
 from .enums import InputMerger, TaskState
 from .errors import DamagedRow
+from .lifecycle import shown_state
 from .models import TaskInfo
 from .results import Failure, Result, Retry, Success
 from .triggers import OneTime, Trigger
 
-_TRIGGER = TypeAdapter(Trigger)
-_RESULT = TypeAdapter(Result)
+_TRIGGER: TypeAdapter[Trigger] = TypeAdapter(Trigger)
+_RESULT: TypeAdapter[Success | Failure | Retry] = TypeAdapter(Result)
 _ONE_TIME = OneTime()
 
 
@@ -63,9 +64,7 @@ class TaskRecord:
     def shown_state(self) -> TaskState:
         """What users see: a run handed to an executor that has not begun (waiting for one
         of its slots) is still ENQUEUED, as in WorkManager; RUNNING means ``do_work`` runs."""
-        if self.state is TaskState.RUNNING and not self.started:
-            return TaskState.ENQUEUED
-        return self.state
+        return shown_state(self.state, self.started)
 
     def info(self) -> TaskInfo:
         state = self.shown_state

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import Field
 
@@ -15,6 +15,9 @@ class Success(Frozen):
     data: dict[str, Any] | None = None
     _positional: ClassVar[tuple[str, ...]] = ("message", "data")
 
+    if TYPE_CHECKING:  # what Frozen.__init__ accepts, spelled out for type checkers
+        def __init__(self, message: str | None = None, data: dict[str, Any] | None = None) -> None: ...
+
 
 class Failure(Frozen):
     kind: Literal["failure"] = "failure"
@@ -22,12 +25,18 @@ class Failure(Frozen):
     should_retry: bool = False
     _positional: ClassVar[tuple[str, ...]] = ("message", "should_retry")
 
+    if TYPE_CHECKING:
+        def __init__(self, message: str, should_retry: bool = False) -> None: ...
+
 
 class Retry(Frozen):
     kind: Literal["retry"] = "retry"
     reason: str | None = None
     delay_ms: Annotated[int, Field(ge=0)] | None = None
     _positional: ClassVar[tuple[str, ...]] = ("reason", "delay_ms")
+
+    if TYPE_CHECKING:
+        def __init__(self, reason: str | None = None, delay_ms: int | None = None) -> None: ...
 
 
 Result = Annotated[Union[Success, Failure, Retry], Field(discriminator="kind")]

@@ -291,7 +291,8 @@ class SqliteTaskStore:
         if row is None:
             return None
         try:
-            return msgpack.unpackb(row[0], raw=False)
+            value: object = msgpack.unpackb(row[0], raw=False)
+            return value
         except Exception as exc:
             bad = _quarantined("meta", key, f"not msgpack ({type(exc).__name__}: {exc})", row[0])
             self._quarantine("meta", [(bad, bytes(row[0]))])

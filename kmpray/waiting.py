@@ -28,37 +28,16 @@ stored (``REJECTED_OS_POLICY`` with the reason), so they are never a waiting rea
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from .clock import Clock
-from .device import DeviceState, unmet
+from .device import unmet
 from .enums import TaskState
 from .models import WaitingFor
 from .records import TaskRecord
 from .triggers import EVENT_TRIGGER_KINDS, ContentUri, Windowed
 
-
-class SchedulerCore(Protocol):
-    """What a reason is read from: the scheduler core's indexes (kmpray/engine.py)."""
-
-    @property
-    def clock(self) -> Clock: ...
-
-    @property
-    def devices(self) -> Mapping[str, DeviceState]: ...
-
-    def is_parked(self, key: str) -> bool: ...
-
-    def is_gated(self, key: str) -> bool: ...
-
-    def is_unplaced(self, key: str) -> bool: ...
-
-    def is_queued(self, key: str, seq: int | None = None) -> bool: ...
-
-    def ahead_of(self, key: str) -> int: ...
-
-    def prerequisites(self, rec: TaskRecord) -> list[TaskRecord]: ...
+if TYPE_CHECKING:
+    from .core_protocol import Core
 
 
 def _when(ms: int) -> str:
@@ -66,7 +45,7 @@ def _when(ms: int) -> str:
 
 
 def waiting_for(
-    core: SchedulerCore, rec: TaskRecord, depth: int = 1, places: dict[str, int] | None = None
+    core: Core, rec: TaskRecord, depth: int = 1, places: dict[str, int] | None = None
 ) -> WaitingFor | None:
     """The reason ``rec`` waits, or None when it runs or is finished. ``places``: each
     queued task's place in line, computed once for a listing (else counted for this one)."""
@@ -82,7 +61,7 @@ def waiting_for(
     return _enqueued(core, rec, places)
 
 
-def _enqueued(core: SchedulerCore, rec: TaskRecord, places: dict[str, int] | None) -> WaitingFor:
+def _enqueued(core: Core, rec: TaskRecord, places: dict[str, int] | None) -> WaitingFor:
     now = core.clock.now_ms()
     if core.is_parked(rec.key):
         return WaitingFor(
@@ -119,7 +98,7 @@ def _enqueued(core: SchedulerCore, rec: TaskRecord, places: dict[str, int] | Non
                                "why": "not yet taken"})
 
 
-def _gate(core: SchedulerCore, rec: TaskRecord) -> WaitingFor:
+def _gate(core: Core, rec: TaskRecord) -> WaitingFor:
     failing: dict[str, list[str]] = {}
     for node, state in core.devices.items():
         why = unmet(rec.constraints, state, rec.trigger.kind)
@@ -144,7 +123,7 @@ def _gate(core: SchedulerCore, rec: TaskRecord) -> WaitingFor:
     )
 
 
-def _prerequisites(core: SchedulerCore, rec: TaskRecord, depth: int) -> WaitingFor:
+def _prerequisites(core: Core, rec: TaskRecord, depth: int) -> WaitingFor:
     pending = [p for p in core.prerequisites(rec) if p.state is not TaskState.SUCCEEDED]
     tasks: dict[str, Any] = {}
     parts = []

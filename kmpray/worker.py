@@ -57,7 +57,7 @@ class CommonWorker:
 @functools.lru_cache(maxsize=512)
 def _wants_context(cls: type) -> bool:
     """Does ``cls.do_work`` take ``(input, ctx)``? Inspected once per class."""
-    fn = cls.do_work
+    fn = cls.do_work  # type: ignore[attr-defined]
     params = [
         p
         for p in inspect.signature(fn).parameters.values()
@@ -73,7 +73,8 @@ async def run_worker(
     """Call ``do_work`` the way it was declared; a sync one runs in a thread, and so does
     an async one of a class marked ``blocking = True`` (or ``in_thread``), on its own loop."""
     fn = worker.do_work
-    args: tuple[Any, ...] = (input, ctx) if _wants_context(type(worker)) else (input,)
+    owner: type = type(worker)
+    args: tuple[Any, ...] = (input, ctx) if _wants_context(owner) else (input,)
     if inspect.iscoroutinefunction(fn):
         if in_thread or getattr(worker, "blocking", False):
             value = await asyncio.to_thread(asyncio.run, fn(*args))

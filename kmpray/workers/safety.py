@@ -12,8 +12,8 @@ from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
-from ..config import EngineConfig
 from .._model import Frozen
+from ..config import EngineConfig
 
 C = TypeVar("C", bound=Frozen)
 

@@ -39,3 +39,22 @@ def test_importing_kmpray_and_its_core_loads_no_ray() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
+
+
+def _state_assignments(path: Path) -> list[int]:
+    """Lines that assign a ``.state`` attribute (``x.state = ...``, ``x.state += ...``)."""
+    lines = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+            node, (ast.AugAssign, ast.AnnAssign)) else []
+        lines += [t.lineno for t in targets if isinstance(t, ast.Attribute) and t.attr == "state"]
+    return lines
+
+
+def test_only_the_state_machine_changes_a_tasks_state() -> None:
+    actors = Path(__file__).parents[2] / "actors"
+    modules = sorted(PACKAGE.rglob("*.py")) + sorted(actors.glob("*.py"))
+    found = {p.name: _state_assignments(p) for p in modules}
+    assert found["lifecycle.py"]  # the scan sees the assignments where they belong
+    assert {name: lines for name, lines in found.items() if lines and name != "lifecycle.py"} == {}
+

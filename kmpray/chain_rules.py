@@ -1,0 +1,188 @@
+"""The scheduler core's chain rules: a chain admitted whole or rejected whole, its
+replacement (REPLACE/KEEP by chain id), the coordinator's promotions and cascades
+applied to the chain generation they name, and what a restarted coordinator rebuilds
+from. The builder and stored record are ``chain.py``; step data merging and the
+decisions are the ChainCoordinator's (actors/chain_coordinator.py). A mixin of
+``SchedulerCore`` (engine.py)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from . import lifecycle
+from .chain import MAX_CHAIN_TASKS, ChainRecord, Message, chain_state, coordinator_index
+from .effects import Outcome, outcome_for
+from .enums import ExistingPolicy, InputMerger, ScheduleResult, TaskState
+from .errors import InvalidParameters, KmprayError
+from .models import ChainInfo
+from .records import TaskRecord
+from .results import Failure, Success
+from .triggers import OneTime
+from .validation import check_id, check_input
+
+if TYPE_CHECKING:
+    from .core_protocol import Core
+
+_ONE_TIME = OneTime()
+
+
+class ChainRules:
+    def submit_chain(
+        self: Core, chain_id: str, policy: ExistingPolicy, steps: list[list[dict[str, Any]]]
+    ) -> Outcome:
+        """Validate a whole chain and insert it, or reject it whole with nothing stored.
+
+        Each task dict carries: id, id_explicit, worker, input, constraints (a
+        Constraints), input_merger. An auto-generated id that is already taken (a reused
+        TaskRequest) gets a fresh one; an explicit id that is taken is an error.
+        """
+        now = self.clock.now_ms()
+        try:
+            check_id(chain_id, self.config, "chain id")
+            if not steps:
+                raise InvalidParameters("chain: is empty (begin_with needs at least one TaskRequest)")
+            total = sum(len(step) for step in steps)
+            if total > MAX_CHAIN_TASKS:
+                raise InvalidParameters(f"chain: {total} tasks, more than the limit of {MAX_CHAIN_TASKS}")
+            if chain_id in self.names:
+                raise InvalidParameters(f"chain id: {chain_id!r} is already the id of a task")
+            existing = self.chains.get(chain_id)
+            unfinished = existing is not None and not self._chain_finished(existing)
+            if unfinished and policy is ExistingPolicy.KEEP:
+                return Outcome(ScheduleResult.SUCCESS, f"kept existing unfinished chain {chain_id!r}")
+            replaced = set() if existing is None else {k for st in existing.steps for k in st}
+            seen: set[str] = set()
+            for n, step in enumerate(steps, 1):
+                if not step:
+                    raise InvalidParameters(f"chain step {n}: a parallel step needs at least one TaskRequest")
+                for task in step:
+                    tid = task["id"]
+                    check_id(tid, self.config, f"step {n} task id")
+                    taken = tid in seen or ((tid in self.tasks or tid in self.names) and tid not in replaced)
+                    if taken and task.get("id_explicit", True):
+                        raise InvalidParameters(f"step {n} task id: {tid!r} is used twice or already in use")
+                    if taken:
+                        task["id"] = tid = str(uuid.uuid4())
+                    seen.add(tid)
+                    check_input(task.get("input"), self.config, f"step {n} input")
+                    if not (self.is_registered(task["worker"]) or self.is_known(task["worker"])):
+                        raise InvalidParameters(
+                            f"step {n} worker_class_name: {task['worker']!r} is not a registered worker"
+                        )
+            self._admit(total)
+        except KmprayError as exc:
+            return outcome_for(exc)
+
+        last_run_ids = self._remove_chain(chain_id, now) if existing is not None else {}
+        chain = ChainRecord(chain_id, [[t["id"] for t in step] for step in steps], now)
+        chain.unfinished = total
+        self.chains[chain_id] = chain
+        self.fx.chains[chain_id] = chain
+        mergers = {t["id"]: t["input_merger"] for step in steps for t in step
+                   if t.get("input_merger", "OVERWRITE") != "OVERWRITE"}
+        self.fx.chain_msgs.append(("plan", chain_id, chain.gen, chain.steps, mergers))
+        for n, step in enumerate(steps):
+            for task in step:
+                rec = TaskRecord(
+                    key=task["id"],
+                    name=task["id"],
+                    worker=task["worker"],
+                    trigger=_ONE_TIME,
+                    constraints=self._platform_constraints(task["id"], task["constraints"]),
+                    state=TaskState.ENQUEUED if n == 0 else TaskState.BLOCKED,
+                    created_at_ms=now,
+                    updated_at_ms=now,
+                    input=task.get("input"),
+                    chain_id=chain_id,
+                    input_merger=InputMerger(task.get("input_merger", "OVERWRITE")),
+                    step=n,
+                    run_id=last_run_ids.get(task["id"], 0),
+                )
+                self.tasks[rec.key] = rec
+                self.names[rec.key] = [rec.key]
+                self.pending += 1
+                self._touch(rec, now)
+                if n == 0:
+                    self._schedule_first(rec, now)
+        return Outcome(ScheduleResult.SUCCESS)
+
+    def _chain_finished(self: Core, chain: ChainRecord) -> bool:
+        return chain.unfinished == 0
+
+    def _remove_chain(self: Core, chain_id: str, now: int) -> dict[str, int]:
+        """Cancel and forget a chain; returns the run ids its tasks used (keys may be reused)."""
+        chain = self.chains.pop(chain_id, None)
+        if chain is None:
+            return {}
+        self.fx.chains.pop(chain_id, None)
+        self.fx.delete_chains.add(chain_id)
+        keys = [k for step in chain.steps for k in step if k in self.tasks]
+        self._cancel_rows([self.tasks[k] for k in keys])
+        run_ids = {}
+        for key in keys:
+            run_ids[key] = self.tasks[key].run_id
+            self.names.pop(key, None)
+            self._drop(key)
+        return run_ids
+
+    def chain_actions(self: Core, actions: Iterable[Message]) -> None:
+        """Apply a coordinator's decisions to the tasks of the chain generation they name;
+        only BLOCKED tasks are promoted and only unfinished ones cascaded (idempotent)."""
+        now = self.clock.now_ms()
+        for action in actions:
+            kind, chain_id, gen = action[0], action[1], action[2]
+            chain = self.chains.get(chain_id)
+            if chain is None or chain.gen != gen:
+                continue  # replaced or pruned meanwhile
+            if kind == "promote":
+                _k, _c, _g, step, upstream, errors = action
+                for key in chain.steps[step]:
+                    rec = self.tasks.get(key)
+                    if rec is None or rec.state is not TaskState.BLOCKED:
+                        continue
+                    if key in errors:
+                        self._finish(rec, TaskState.FAILED, Failure(errors[key]), now)
+                        continue
+                    rec.upstream = upstream.get(key) or None
+                    lifecycle.promote(rec)
+                    self._schedule_first(rec, now)
+            elif kind == "cascade":
+                _k, _c, _g, from_step, state, reason = action
+                final = TaskState(state)
+                cause = Failure(reason) if final is TaskState.FAILED else None
+                for later in chain.steps[from_step:]:
+                    for key in later:
+                        rec = self.tasks.get(key)
+                        if rec is not None and not rec.state.is_finished:
+                            self._finish(rec, final, cause, now)
+
+    def chain_snapshot(self: Core, index: int, pool: int) -> dict[str, dict[str, Any]]:
+        """Unfinished chains owned by coordinator ``index``: what a restarted coordinator
+        (or one facing a restarted scheduler) rebuilds its plans from."""
+        out: dict[str, dict[str, Any]] = {}
+        for chain in self.chains.values():
+            if chain.unfinished == 0 or coordinator_index(chain.id, pool) != index:
+                continue
+            tasks: dict[str, tuple[str, dict[str, Any] | None]] = {}
+            mergers: dict[str, str] = {}
+            for step in chain.steps:
+                for key in step:
+                    rec = self.tasks.get(key)
+                    if rec is None:
+                        continue
+                    data = rec.result.data if isinstance(rec.result, Success) else None
+                    tasks[key] = (rec.state.value, data if rec.state is TaskState.SUCCEEDED else None)
+                    if rec.input_merger is not InputMerger.OVERWRITE:
+                        mergers[key] = rec.input_merger.value
+            out[chain.id] = {"gen": chain.gen, "steps": chain.steps, "mergers": mergers, "tasks": tasks}
+        return out
+
+    def chain_info(self: Core, chain_id: str) -> ChainInfo | None:
+        chain = self.chains.get(chain_id)
+        if chain is None:
+            return None
+        steps = [[self.tasks[k].info() for k in step if k in self.tasks] for step in chain.steps]
+        state = chain_state([i.state for step in steps for i in step])
+        return ChainInfo.model_construct(id=chain_id, state=state, steps=steps)

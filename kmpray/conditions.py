@@ -1,0 +1,110 @@
+"""What holds a due task back, or sets one off, other than time: device states pushed by
+the ConstraintOracle (constraints, Doze, device-state triggers), content-change events,
+worker classes not registered again after a restart (parked runs), and runs with no
+executor room on the nodes allowed to run them. A mixin of ``SchedulerCore`` (engine.py).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .device import DeviceState, in_trigger_state, is_gated, satisfies, transitions
+from .enums import TaskState
+from .records import TaskRecord
+from .triggers import DEVICE_TRIGGER_KINDS, ContentUri, uri_matches
+
+if TYPE_CHECKING:
+    from .core_protocol import Core
+
+
+class Conditions:
+    def eligible_nodes(self: Core, rec: TaskRecord) -> tuple[str, ...] | None:
+        """The nodes this task may run on now; None when it may run anywhere."""
+        kind = rec.trigger.kind
+        device_trigger = kind in DEVICE_TRIGGER_KINDS
+        dozing = any(s.doze for s in self.devices.values())
+        if not self.devices or not (device_trigger or is_gated(rec.constraints) or dozing):
+            return None
+        return tuple(
+            node
+            for node, state in self.devices.items()
+            if satisfies(rec.constraints, state) and (not device_trigger or in_trigger_state(kind, state))
+        )
+
+    def set_devices(self: Core, states: dict[str, DeviceState]) -> list[str]:
+        """New device states (every node): fire device triggers on transitions, release
+        tasks whose gate opened. Returns the trigger kinds that fired."""
+        fired: list[str] = []
+        for node, state in states.items():
+            fired += transitions(self.devices.get(node), state)
+        self.devices = dict(states)
+        for kind in dict.fromkeys(fired):
+            self.fire(kind)
+        self.release_unplaced()
+        for key in list(self._gated):
+            rec = self.tasks.get(key)
+            if rec is None or rec.state is not TaskState.ENQUEUED or rec.ready_seq != -1:
+                self._gated.discard(key)
+            elif self.eligible_nodes(rec) != ():
+                self._gated.discard(key)
+                self._make_ready(rec)
+        return fired
+
+    def unplaced(self: Core, key: str, run_id: int) -> None:
+        """A run had no executor room on its nodes: undo the dispatch, wait for capacity."""
+        self.run_lost(key, run_id)
+        rec = self.tasks.get(key)
+        if rec is not None and rec.state is TaskState.ENQUEUED:
+            self.note(key, "no executor room on the nodes that satisfy it: waits for capacity there")
+            rec.timer_seq = -1  # not on a timer: it waits for release_unplaced
+            self._unplaced.add(key)
+
+    def release_unplaced(self: Core) -> None:
+        """Capacity freed up somewhere: unplaced runs try again."""
+        for key in self._unplaced:
+            rec = self.tasks.get(key)
+            if rec is not None and rec.state is TaskState.ENQUEUED and rec.ready_seq == -1:
+                self._make_ready(rec)
+        self._unplaced.clear()
+
+    def parked(self: Core) -> dict[str, int]:
+        return {worker: len(keys) for worker, keys in self._parked.items()}
+
+    def unpark(self: Core, worker: str) -> int:
+        """``worker`` is registered again: its waiting runs become ready."""
+        n = 0
+        for key in self._parked.pop(worker, []):
+            rec = self.tasks.get(key)
+            if rec is not None and rec.state is TaskState.ENQUEUED and rec.ready_seq == -1:
+                self._make_ready(rec)
+                n += 1
+        return n
+
+    def watched_uris(self: Core) -> set[str]:
+        """The ``file://`` URIs of armed ContentUri tasks (for the file watcher)."""
+        uris = (self.tasks[k].trigger for k in self._armed.get("content_uri", ()) if k in self.tasks)
+        return {t.uri_string for t in uris if isinstance(t, ContentUri) and t.uri_string.startswith("file:")}
+
+    def fire(self: Core, kind: str, uri: str | None = None) -> int:
+        """A device-state transition or content change: queue each armed task once."""
+        now = self.clock.now_ms()
+        n = 0
+        for key in list(self._armed.get(kind, ())):
+            rec = self.tasks.get(key)
+            if rec is None or rec.state.is_finished:
+                continue
+            trig = rec.trigger
+            if isinstance(trig, ContentUri) and (
+                uri is None or not uri_matches(trig.uri_string, uri, trig.trigger_for_descendants)
+            ):
+                continue
+            n += 1
+            if rec.state is TaskState.RUNNING:
+                rec.refire = True
+            elif rec.state is TaskState.ENQUEUED and rec.next_run_at_ms is None:
+                self._set_timer(rec, now, now)
+            # already queued or blocked: the change coalesces into that run
+        return n
+
+
+__all__ = ["Conditions"]

@@ -1,0 +1,135 @@
+"""Reads of the scheduler core that answer "why isn't my task running?": what users see of
+a task (``info``), its place in line, the bounded log of recent decisions and ``explain``,
+and the warning for tasks that wait on the same reason too long. The reasons themselves
+are ``waiting.py``'s. A mixin of ``SchedulerCore`` (engine.py): it writes nothing but
+the decision log."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from .enums import TaskState
+from .models import TaskInfo
+from .queues import is_queued
+from .records import TaskRecord
+from .waiting import waiting_for
+
+if TYPE_CHECKING:
+    from .core_protocol import Core
+
+log = logging.getLogger("kmpray.engine")
+
+
+class Explaining:
+    def is_gated(self: Core, key: str) -> bool:
+        return key in self._gated
+
+    def is_unplaced(self: Core, key: str) -> bool:
+        return key in self._unplaced
+
+    def is_parked(self: Core, key: str) -> bool:
+        return any(key in keys for keys in self._parked.values())
+
+    def is_queued(self: Core, key: str, seq: int | None = None) -> bool:
+        """Is this task in a ready queue now (due, waiting only for capacity)?"""
+        return is_queued(self.tasks.get(key), seq)
+
+    def gated_count(self: Core) -> int:
+        return len(self._gated)
+
+    def places_in_line(self: Core) -> dict[str, int]:
+        """Every queued task's place in its ready queue (how many come before it), in one
+        pass: what a listing uses instead of ``ahead_of`` per task."""
+        out: dict[str, int] = {}
+        for queue in (self._ready, self._ready_heavy):
+            out.update((entry[4], n) for n, entry in enumerate(queue.live(self.tasks)))
+        return out
+
+    def ahead_of(self: Core, key: str) -> int:
+        """How many live entries of its ready queue come before this task's (O(queue))."""
+        rec = self.tasks[key]
+        return (self._ready_heavy if rec.constraints.is_heavy_task else self._ready).ahead_of(rec, self.tasks)
+
+    def prerequisites(self: Core, rec: TaskRecord) -> list[TaskRecord]:
+        """The tasks ``rec`` waits for: the previous step of its chain, or the work it was appended to."""
+        if rec.chain_id is not None and rec.chain_id in self.chains and rec.step > 0:
+            keys: Iterable[str] = self.chains[rec.chain_id].steps[rec.step - 1]
+        else:
+            keys = rec.prereqs
+        return [self.tasks[k] for k in keys if k in self.tasks]
+
+    def info(self: Core, rec: TaskRecord, places: dict[str, int] | None = None) -> TaskInfo:
+        """What users see of a task: its row, why it waits, and a ``next_run_at_ms`` that
+        means what it says (None, not a passed instant, while it waits for something else
+        than time). ``places``: from ``places_in_line``, when listing many."""
+        info = rec.info()
+        reason = waiting_for(self, rec, places=places)
+        if reason is None:
+            return info
+        update: dict[str, Any] = {"waiting_for": reason}
+        if reason.kind not in ("due_at", "window") and rec.state is not TaskState.RUNNING:
+            update["next_run_at_ms"] = None
+        return info.model_copy(update=update)
+
+    def note(self: Core, key: str, text: str | tuple[Any, ...]) -> None:
+        """Record a decision about a task, for ``explain`` (a bounded log of recent ones).
+        A tuple is formatted only when read (the dispatch path records one per run)."""
+        self.decisions.append((self.clock.now_ms(), key, text))
+
+    def explain(self: Core, name_or_key: str) -> str | None:
+        """A task's state, why it waits, and the recent decisions about it, as text."""
+        rec = self.latest(name_or_key)
+        if rec is None:
+            return None
+        info = self.info(rec)
+        lines = [f"task {rec.key} ({rec.worker}): {info.state.value}, attempt {info.run_attempt_count}, "
+                 f"{rec.run_count} finished runs"]
+        if info.waiting_for is not None:
+            lines.append(f"waiting for: {info.waiting_for.message}")
+            for node, why in (info.waiting_for.details.get("nodes") or {}).items():
+                lines.append(f"  node {node[:12]}: {', '.join(why)}")
+        elif info.state.is_finished and info.result is not None:
+            lines.append(f"result: {info.result.kind}: {getattr(info.result, 'message', None) or ''}".rstrip(": "))
+        recent = [(at, text) for at, key, text in self.decisions if key == rec.key]
+        if recent:
+            lines.append("recent decisions:")
+            lines += [f"  {_stamp(at)}  {_decision(text)}" for at, text in recent[-20:]]
+        return "\n".join(lines)
+
+    def warn_long_waits(self: Core) -> list[tuple[str, str]]:
+        """Tasks that have waited on the same reason (not on time) longer than
+        ``wait_warning_ms``: logged once each at WARNING, and returned."""
+        now = self.clock.now_ms()
+        candidates = self._gated | self._unplaced | {k for keys in self._parked.values() for k in keys}
+        for key in list(self._waits):
+            if key not in candidates:
+                del self._waits[key]
+        warned = []
+        for key in candidates:
+            rec = self.tasks.get(key)
+            reason = waiting_for(self, rec) if rec is not None else None
+            if reason is None:
+                continue
+            kind, since, done = self._waits.get(key, (reason.kind, now, False))
+            if kind != reason.kind:
+                kind, since, done = reason.kind, now, False
+            if not done and now - since >= self.config.wait_warning_ms:
+                log.warning("task %s has waited %.0f s: %s", key, (now - since) / 1000, reason.message)
+                warned.append((key, reason.message))
+                done = True
+            self._waits[key] = (kind, since, done)
+        return warned
+
+
+def _decision(text: str | tuple[Any, ...]) -> str:
+    if isinstance(text, str):
+        return text
+    _kind, run_id, where, node = text  # ("handed", run id, executor, node)
+    return f"run {run_id} handed to {where}" + (f" on node {node[:12]}" if node else "")
+
+
+def _stamp(ms: int) -> str:
+    return time.strftime("%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}"

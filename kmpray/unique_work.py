@@ -1,0 +1,170 @@
+"""Unique work: a task enqueued under a name (``task_id``), what happens to work already
+under that name (KEEP, REPLACE, APPEND, APPEND_OR_REPLACE, as in WorkManager), admission
+control, constraints a platform ignores, and forgetting finished rows. A mixin of
+``SchedulerCore`` (engine.py)."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from . import lifecycle
+from .constraints import Constraints
+from .effects import Outcome, outcome_for
+from .enums import ScheduleResult, TaskState
+from .errors import InvalidParameters, KmprayError, RejectedByPolicy
+from .policies import Action, decide
+from .records import TaskRecord
+from .triggers import DEVICE_TRIGGER_KINDS, Periodic, Trigger
+from .validation import check_id, check_input, check_trigger
+
+if TYPE_CHECKING:
+    from .core_protocol import Core
+
+log = logging.getLogger("kmpray.engine")
+
+
+class UniqueWork:
+    def submit(
+        self: Core,
+        task_id: str,
+        trigger: Trigger,
+        worker: str,
+        input: str | None = None,  # noqa: A002
+        constraints: Constraints | None = None,
+    ) -> Outcome:
+        """Validate and admit one task under the unique-work name ``task_id``."""
+        constraints = constraints or Constraints()
+        now = self.clock.now_ms()
+        try:
+            check_id(task_id, self.config)
+            check_input(input, self.config)
+            check_trigger(trigger, constraints, self.platform, now, self.config)
+            if not (self.is_registered(worker) or self.is_known(worker)):
+                raise InvalidParameters(f"worker_class_name: {worker!r} is not a registered worker")
+            self._admit(1)
+        except KmprayError as exc:
+            return outcome_for(exc)
+        constraints = self._platform_constraints(task_id, constraints)
+
+        if task_id in self.chains:
+            return Outcome(ScheduleResult.REJECTED_INVALID_PARAMS, f"id: {task_id!r} is the id of a chain")
+        existing = [self.tasks[k] for k in self.names.get(task_id, ())]
+        if any(r.chain_id is not None for r in existing):
+            return Outcome(
+                ScheduleResult.REJECTED_INVALID_PARAMS,
+                f"id: {task_id!r} is a task of chain {existing[0].chain_id!r}",
+            )
+        action = decide(constraints.existing_work_policy, [r.state for r in existing])
+        if action is Action.IGNORE:
+            return Outcome(ScheduleResult.SUCCESS, f"kept existing unfinished work {task_id!r}")
+        prereqs: tuple[str, ...] = ()
+        key = task_id
+        last_run_id = 0
+        if action is Action.REPLACE:
+            last_run_id = self._remove_name(task_id, now)
+        elif action is Action.APPEND:
+            leaf = existing[-1]
+            if isinstance(leaf.trigger, Periodic) or leaf.trigger.kind in DEVICE_TRIGGER_KINDS | {"content_uri"}:
+                return Outcome(
+                    ScheduleResult.REJECTED_INVALID_PARAMS,
+                    f"existing_work_policy: cannot append to {task_id!r}: its {leaf.trigger.kind} work never finishes",
+                )
+            prereqs = (leaf.key,)
+            n = self._append_seq.get(task_id, 1) + 1
+            self._append_seq[task_id] = n
+            key = f"{task_id}#{n}"
+            # After a REPLACE and a restart a key like X#2 can come back; its runs must never
+            # be mistaken for the deleted X#2's (an executor may still report one). Every run id
+            # used under the name is at most the largest stored one (REPLACE carries it over).
+            last_run_id = max(r.run_id for r in existing)
+        rec = TaskRecord(
+            key=key,
+            name=task_id,
+            worker=worker,
+            trigger=trigger,
+            constraints=constraints,
+            state=TaskState.ENQUEUED,
+            created_at_ms=now,
+            updated_at_ms=now,
+            input=input,
+            prereqs=prereqs,
+            # A replacement reuses the key: its runs must not be mistaken for the old ones'.
+            run_id=last_run_id,
+        )
+        self._insert(rec, now)
+        return Outcome(ScheduleResult.SUCCESS)
+
+    def _admit(self: Core, n: int) -> None:
+        """Admission control: too many unfinished tasks is the OS policy's 'no'."""
+        if self.pending + n > self.config.max_pending_tasks:
+            raise RejectedByPolicy(
+                f"admission: {self.pending} tasks pending, the limit is {self.config.max_pending_tasks}"
+            )
+
+    def _platform_constraints(self: Core, task_id: str, c: Constraints) -> Constraints:
+        """Constraints the platform cannot honour are dropped, with a warning (iOS)."""
+        dropped = [f for f in self.platform.ignored_constraints if getattr(c, f)]
+        if not dropped:
+            return c
+        log.warning("%s: platform %r ignores %s", task_id, self.platform.name, ", ".join(sorted(dropped)))
+        return c.model_copy(update=dict.fromkeys(dropped, False))
+
+    def _insert(self: Core, rec: TaskRecord, now: int) -> None:
+        self.tasks[rec.key] = rec
+        self.names.setdefault(rec.name, []).append(rec.key)
+        self.pending += 1
+        for pre in rec.prereqs:
+            self.dependents.setdefault(pre, []).append(rec.key)
+        if rec.prereqs and lifecycle.arrive(rec, [self.tasks[p].state for p in rec.prereqs]).is_finished:
+            self.pending -= 1
+            self.fx.settled.add(rec.name)
+        self._touch(rec, now)
+        if rec.state is TaskState.ENQUEUED:
+            self._schedule_first(rec, now)
+
+    def _remove_name(self: Core, name: str, now: int) -> int:
+        """Cancel and forget every work under ``name``; returns the highest run id it used."""
+        last_run_id = 0
+        for key in self.names.pop(name, []):
+            rec = self.tasks.get(key)
+            if rec is None:
+                continue
+            if not rec.state.is_finished:
+                self._finish(rec, TaskState.CANCELLED, None, now)
+            last_run_id = max(last_run_id, rec.run_id)
+            self._drop(key)
+        return last_run_id
+
+    def _drop(self: Core, key: str) -> None:
+        rec = self.tasks.pop(key, None)
+        if rec is None:
+            return
+        self.fx.persist.pop(key, None)
+        self.fx.delete.add(key)
+        for pre in rec.prereqs:
+            deps = self.dependents.get(pre)
+            if deps and key in deps:
+                deps.remove(key)
+        self.dependents.pop(key, None)
+
+    def prune(self: Core) -> int:
+        """Forget finished rows older than ``retain_finished_ms`` (their dependents too)."""
+        now = self.clock.now_ms()
+        horizon = now - self.config.retain_finished_ms
+        def old(key: str) -> bool:
+            rec = self.tasks.get(key)
+            return rec is None or (rec.state.is_finished and rec.updated_at_ms < horizon)
+
+        stale = [
+            name
+            for name, keys in self.names.items()
+            if all(old(k) and self.tasks[k].chain_id is None for k in keys)
+        ]
+        for name in stale:
+            for key in self.names.pop(name):
+                self._drop(key)
+        stale_chains = [cid for cid, c in self.chains.items() if all(old(k) for s in c.steps for k in s)]
+        for cid in stale_chains:
+            self._remove_chain(cid, now)
+        return len(stale) + len(stale_chains)
