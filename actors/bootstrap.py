@@ -10,8 +10,8 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from kmpray.config import EngineConfig
 
 from .chain_coordinator import ChainCoordinator
-from .event_broker import EventBroker
 from .constraint_oracle import ConstraintOracle
+from .event_broker import EventBroker
 from .names import BROKER, CHAIN, ORACLE, REGISTRY, SCHEDULER
 from .registry import WorkerRegistry
 from .scheduler import SchedulerActor

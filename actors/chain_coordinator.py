@@ -20,7 +20,8 @@ from typing import Any
 
 import ray
 
-from kmpray.chain import ChainCoordinatorCore, Message
+from kmpray.chain_coordination import ChainCoordinatorCore, Message
+from kmpray.timing import RESYNC_S
 
 from .names import SCHEDULER, lookup
 from .outbox import Outbox
@@ -28,7 +29,6 @@ from .retry import call_with_retry
 
 log = logging.getLogger("kmpray.chains")
 
-RESYNC_S = 30.0
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=1000)

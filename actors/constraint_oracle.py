@@ -19,6 +19,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from kmpray.config import EngineConfig
 from kmpray.device import DeviceState, parse_overrides
 from kmpray.probes import probe
+from kmpray.timing import PROBE_TIMEOUT_S
 
 from .names import SCHEDULER, lookup
 from .retry import call_with_retry
@@ -61,7 +62,7 @@ class ConstraintOracle:
         results: dict[str, dict[str, Any]] = {}
         for node, ref in refs.items():
             try:
-                results[node] = await asyncio.wait_for(ref, 30)
+                results[node] = await asyncio.wait_for(ref, PROBE_TIMEOUT_S)
             except Exception:
                 log.warning("probe of node %s failed; keeping its last state", node[:8])
                 if node in self.probed:

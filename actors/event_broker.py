@@ -17,8 +17,8 @@ import msgpack
 import ray
 from pydantic import TypeAdapter
 
-from kmpray.events import Event, StoredEvent, TaskCompletionEvent, TaskProgressEvent
 from kmpray.errors import StoreRefused
+from kmpray.events import Event, StoredEvent, TaskCompletionEvent, TaskProgressEvent
 from kmpray.store import MemoryEventLog, SqliteEventLog
 
 from .names import BROKER, lookup

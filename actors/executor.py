@@ -18,10 +18,17 @@ from typing import Any
 import ray
 from ray import cloudpickle
 
+import kmpray.events
 from kmpray.config import EngineConfig
 from kmpray.errors import InvalidParameters
-import kmpray.events
 from kmpray.results import Failure, Success, to_wire
+from kmpray.timing import (
+    BLOCK_REPORT_RETRY_S,
+    BLOCK_REPORT_TIMEOUT_S,
+    BLOCK_REPORT_TRIES,
+    FENCE_POLL_S,
+    STARTED_NOTICE_S,
+)
 from kmpray.validation import check_output
 from kmpray.worker import CommonWorker, WorkerContext, run_worker
 
@@ -40,8 +47,6 @@ Run = tuple[str, int, str, int, "str | None", "dict[str, Any] | None", int, "int
 # To the scheduler: ("done", key, run_id, wire result), ("progress", key, run_id, pct,
 # message) or ("started", key, run_id)
 Report = tuple[Any, ...]
-# A run still going this long after its worker began is reported RUNNING on its own.
-STARTED_NOTICE_S = 0.02
 
 
 class ExecutorBase:
@@ -140,7 +145,7 @@ class ExecutorBase:
 
     async def _may_begin(self, key: tuple[str, int]) -> bool:
         while (answer := self._try_begin(key)) is None:
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(FENCE_POLL_S)
         return answer
 
     # ------------------------------------------------------ blocked event loop
@@ -160,16 +165,16 @@ class ExecutorBase:
             log.warning("executor %d: worker %s (task %s) is blocking the event loop (%.2f s so far)",
                         self.index, worker, key[0] if key else None, lag_s)
             scheduler = lookup(SCHEDULER, self.namespace)
-            for attempt in range(20):
+            for attempt in range(BLOCK_REPORT_TRIES):
                 try:
                     ref = scheduler.loop_blocked.remote(self._kind(), self.index, self.incarnation, lag_s, worker,
                                                         key, begun)
-                    fence = ref.future().result(timeout=30)  # this thread, not the (blocked) loop
+                    fence = ref.future().result(timeout=BLOCK_REPORT_TIMEOUT_S)  # this thread, not the (blocked) loop
                     break
                 except Exception:
-                    if attempt == 19:
+                    if attempt == BLOCK_REPORT_TRIES - 1:
                         raise
-                    time.sleep(0.5)
+                    time.sleep(BLOCK_REPORT_RETRY_S)
             if fence is not None:
                 self._fence = (fence[0], fence[1])
         finally:

@@ -23,8 +23,10 @@ from ray.exceptions import ActorUnavailableError
 from kmpray.config import EngineConfig
 from kmpray.engine import Dispatch, SchedulerCore
 from kmpray.placement import heavy_demand
+from kmpray.timing import BLOCKED_PING_TIMEOUT_S, HEAVY_CANCEL_POLL_S, HEAVY_RESTART_POLL_S
 
 from .blocked_loops import BlockedLoops
+from .executor_pool import ping
 from .heavy_worker import HeavyWorker
 from .names import HEAVY
 
@@ -49,7 +51,6 @@ class Host(Protocol):
 
     def _wire(self, d: Dispatch) -> tuple[Any, ...]: ...
 
-    def _ping(self, handle: Any, timeout_s: float = ...) -> Coroutine[Any, Any, tuple[str, int, str, float] | None]: ...
 
 
 @dataclass
@@ -135,7 +136,7 @@ class HeavyPool:
                 answer = await handle.ping.remote()
                 break
             except ActorUnavailableError:
-                await asyncio.sleep(0.2)  # restarting: ask again
+                await asyncio.sleep(HEAVY_RESTART_POLL_S)  # restarting: ask again
             except Exception:
                 return  # killed (retired or replaced): its slot moved on
         slot = self.slots[i]
@@ -215,7 +216,7 @@ class HeavyPool:
             while time.monotonic() < deadline:
                 if not await handle.busy.remote(key):
                     break
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(HEAVY_CANCEL_POLL_S)
             else:
                 log.warning("heavy run %s ignored its cancel for %.1f s: stopping its worker",
                             key[0], self.config.heavy_cancel_grace_s)
@@ -242,7 +243,7 @@ class HeavyPool:
                 self.slots[i] = HeavySlot()
                 continue
             blocked = i in self.blocked.heavy
-            answer = await self.host._ping(slot.handle, 0.5 if blocked else ping_timeout_s)
+            answer = await ping(slot.handle, BLOCKED_PING_TIMEOUT_S if blocked else ping_timeout_s)
             incarnation = answer[0] if answer is not None else None
             if incarnation is None and blocked:
                 continue  # its loop is blocked by the run it holds, which its watch thread reported

@@ -7,6 +7,8 @@ from typing import Any
 
 import ray
 
+from kmpray.timing import LOOKUP_POLL_S
+
 SCHEDULER = "kmpray.scheduler"
 BROKER = "kmpray.broker"
 REGISTRY = "kmpray.registry"
@@ -25,4 +27,4 @@ def lookup(name: str, namespace: str, timeout_s: float = 30.0) -> Any:
         except ValueError:
             if time.monotonic() > deadline:
                 raise
-            time.sleep(0.05)
+            time.sleep(LOOKUP_POLL_S)

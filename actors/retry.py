@@ -14,9 +14,10 @@ from typing import TypeVar
 
 from ray.exceptions import ActorUnavailableError, RayActorError
 
+from kmpray.timing import RETRY_FIRST_DELAY_S, RETRY_MAX_DELAY_S
+
 TRANSIENT = (ActorUnavailableError, RayActorError)
-FIRST_DELAY_S = 0.05
-MAX_DELAY_S = 1.0
+FIRST_DELAY_S, MAX_DELAY_S = RETRY_FIRST_DELAY_S, RETRY_MAX_DELAY_S
 
 T = TypeVar("T")
 

@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     names = BENCHMARKS if args.name == "all" else [args.name]
     for name in names:
         print(f"== {name}")
-        module = importlib.import_module(f"bench.{name}")
+        module = importlib.import_module(f".{name}", __package__)
         module.run(quick=args.quick, json_path=args.json if len(names) == 1 else None, address=args.address)
     return 0
 

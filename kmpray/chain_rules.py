@@ -12,7 +12,9 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from . import lifecycle
-from .chain import MAX_CHAIN_TASKS, ChainRecord, Message, chain_state, coordinator_index
+from .chain import MAX_CHAIN_TASKS
+from .chain_coordination import Message, coordinator_index
+from .chain_record import ChainRecord, chain_state
 from .effects import Outcome, outcome_for
 from .enums import ExistingPolicy, InputMerger, ScheduleResult, TaskState
 from .errors import InvalidParameters, KmprayError

@@ -198,7 +198,7 @@ def events(address: str | None, namespace: str, state_dir: str | None, since: in
 def bench(args: tuple[str, ...]) -> None:
     """Run benchmarks (delegates to ``python -m bench``; try ``kmpray bench --help``)."""
     try:
-        from bench.__main__ import main as bench_main
+        from kmpray.bench.__main__ import main as bench_main
     except ImportError as exc:
         raise click.ClickException(f"bench is not installed with this kmpray: {exc}") from None
     sys.exit(bench_main(list(args)))

@@ -13,7 +13,8 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-from .chain import ChainRecord, Message
+from .chain_coordination import Message
+from .chain_record import ChainRecord
 from .clock import Clock
 from .config import EngineConfig
 from .constraints import Constraints

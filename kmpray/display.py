@@ -5,10 +5,12 @@ from __future__ import annotations
 import html
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Any
 
-if TYPE_CHECKING:
-    from .models import ChainInfo, TaskInfo
+# Rows are TaskInfo/ChainInfo (models.py renders itself through these functions); typed
+# loosely here so that the two modules do not import each other.
+TaskInfo = Any
+ChainInfo = Any
 
 COLUMNS = ("id", "worker", "state", "attempts", "runs", "progress", "next run", "waiting for", "result")
 

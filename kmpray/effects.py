@@ -7,7 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .chain import ChainRecord, Message
+from .chain_coordination import Message
+from .chain_record import ChainRecord
 from .enums import ScheduleResult
 from .errors import InvalidParameters, KmprayError, RejectedByPolicy
 from .events import TaskCompletionEvent, TaskProgressEvent

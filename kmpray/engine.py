@@ -24,7 +24,7 @@ from typing import Any
 
 from . import lifecycle
 from .backoff import backoff_delay_ms
-from .chain import ChainRecord
+from .chain_record import ChainRecord
 from .chain_rules import ChainRules
 from .clock import Clock
 from .conditions import Conditions

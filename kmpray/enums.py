@@ -28,6 +28,12 @@ class TaskState(str, Enum):
 _FINISHED = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED})
 
 
+def shown_state(state: TaskState, began: bool) -> TaskState:
+    """What users see: RUNNING means ``do_work`` runs; a run handed to an executor that has
+    not begun (waiting for a slot there) is still ENQUEUED, as in WorkManager."""
+    return TaskState.ENQUEUED if state is TaskState.RUNNING and not began else state
+
+
 class ScheduleResult(str, Enum):
     SUCCESS = "SUCCESS"
     REJECTED_OS_POLICY = "REJECTED_OS_POLICY"

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .enums import TaskState
+from .enums import TaskState, shown_state
 from .policies import appended_state
 from .results import Failure, Retry, Success
 
@@ -41,11 +41,6 @@ if TYPE_CHECKING:
     from .records import TaskRecord
 
 Result = Success | Failure | Retry
-
-
-def shown_state(state: TaskState, began: bool) -> TaskState:
-    """What users see: RUNNING means ``do_work`` runs; handed over but not begun is ENQUEUED."""
-    return TaskState.ENQUEUED if state is TaskState.RUNNING and not began else state
 
 
 def arrive(rec: TaskRecord, prerequisites: list[TaskState]) -> TaskState:

@@ -15,9 +15,8 @@ import msgpack
 from pydantic import TypeAdapter
 
 from .constraints import DEFAULT_CONSTRAINTS, Constraints
-from .enums import InputMerger, TaskState
+from .enums import InputMerger, TaskState, shown_state
 from .errors import DamagedRow
-from .lifecycle import shown_state
 from .models import TaskInfo
 from .results import Failure, Result, Retry, Success
 from .triggers import OneTime, Trigger

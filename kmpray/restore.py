@@ -9,7 +9,7 @@ from collections.abc import Container, Iterable
 from typing import TYPE_CHECKING
 
 from . import lifecycle
-from .chain import ChainRecord
+from .chain_record import ChainRecord
 from .constraints import DEFAULT_CONSTRAINTS
 from .enums import TaskState
 from .records import TaskRecord

@@ -25,7 +25,7 @@ from typing import Any, Protocol, TypeVar
 
 import msgpack
 
-from .chain import ChainRecord
+from .chain_record import ChainRecord
 from .errors import DamagedRow, StoreRefused
 from .records import TaskRecord, decode, encode
 

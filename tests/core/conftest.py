@@ -6,9 +6,10 @@ from collections.abc import Callable
 
 import pytest
 
-from kmpray.chain import ChainCoordinatorCore
+from kmpray.chain_coordination import ChainCoordinatorCore
 from kmpray.clock import ManualClock
 from kmpray.config import EngineConfig
+from kmpray.driver import step_through
 from kmpray.engine import Dispatch, Effects, SchedulerCore
 from kmpray.platforms import profile
 from kmpray.results import Failure, Retry, Success
@@ -75,14 +76,8 @@ class Harness:
         return batch
 
     def advance(self, ms: int) -> list[Dispatch]:
-        """Advance virtual time the way the actor does: stepping through each due time."""
-        target = self.clock.now_ms() + ms
-        ran = self.step()
-        while (due := self.core.next_due_ms()) is not None and due <= target:
-            self.clock.set(due)
-            ran += self.step()
-        self.clock.set(target)
-        return ran + self.step()
+        """Advance virtual time the way the actor does (kmpray.driver.step_through)."""
+        return [d for _instant in step_through(self.core, self.clock, ms) for d in self.step()]
 
     def state(self, name: str) -> str:
         rec = self.core.latest(name)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 from kmpray import ExistingPolicy, ScheduleResult, TaskRequest, TaskState
-from kmpray.chain import TaskChain, chain_state
+from kmpray.chain import TaskChain
+from kmpray.chain_record import chain_state
 from kmpray.results import Retry, Success
 
 from .conftest import Harness, task
@@ -191,7 +192,7 @@ def test_a_coordinator_restart_losing_messages_resumes_at_the_interrupted_step(h
 
 
 def test_coordinator_ignores_stale_generations_and_duplicate_messages() -> None:
-    from kmpray.chain import ChainCoordinatorCore
+    from kmpray.chain_coordination import ChainCoordinatorCore
 
     c = ChainCoordinatorCore()
     c.apply([("plan", "c", "g1", [["a"], ["b"]], {})])

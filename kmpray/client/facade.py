@@ -10,48 +10,32 @@ import asyncio
 import logging
 import os
 import sys
-import threading
 import time
-import uuid
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .chain import TaskChain
-from .config import EngineConfig
-from .device import DeviceState
-from .constraints import Constraints
-from .enums import ScheduleResult, TaskState
-from .errors import EngineUnavailable, InvalidParameters, KmprayError, StoreRefused
-from .events import TaskCompletionEvent, TaskEventBus, TaskProgressEvent
-from .models import ChainInfo, TaskInfo, TaskList, TaskRequest
-from .platforms import profile
-from .triggers import EVENT_TRIGGER_KINDS, OneTime, Trigger
-from .worker import LOCAL_WORKERS, check_worker_class
+from ..chain import TaskChain
+from ..config import EngineConfig
+from ..constraints import Constraints
+from ..device import DeviceState
+from ..enums import ScheduleResult, TaskState
+from ..errors import EngineUnavailable, InvalidParameters, KmprayError, StoreRefused
+from ..events import TaskEventBus
+from ..models import ChainInfo, TaskInfo, TaskList, TaskRequest
+from ..platforms import profile
+from ..timing import CALL_TIMEOUT_S, WAIT_CHUNK_S
+from ..triggers import EVENT_TRIGGER_KINDS, OneTime, Trigger
+from ..worker import LOCAL_WORKERS, check_worker_class
+from .remote import _await, _ray, _unwrap
+from .subscription import EventBus
 
 log = logging.getLogger("kmpray")
 
-CALL_TIMEOUT_S = 120.0
-WAIT_CHUNK_S = 30.0
 
 
 class TaskNotFound(KmprayError, KeyError):
     """No task or chain with that id."""
-
-
-def _ray() -> Any:
-    import ray
-
-    return ray
-
-
-def _unwrap(exc: BaseException) -> BaseException:
-    """A remote KmprayError/ValueError comes back as itself, not wrapped in RayTaskError."""
-    cause = getattr(exc, "cause", None)
-    if isinstance(cause, (KmprayError, ValueError, TypeError)):
-        return cause
-    return exc
 
 
 def ship_class(cls: type) -> bytes:
@@ -60,157 +44,9 @@ def ship_class(cls: type) -> bytes:
 
     module = sys.modules.get(cls.__module__)
     top = cls.__module__.split(".")[0]
-    if module is not None and cls.__module__ != "__main__" and top not in ("kmpray", "actors"):
+    if module is not None and cls.__module__ != "__main__" and top != "kmpray":
         cloudpickle.register_pickle_by_value(module)
     return bytes(cloudpickle.dumps(cls))
-
-
-class Subscription:
-    """A cursor over the engine's stored events: ``get``, iterate, async-iterate, ``close``.
-
-    It pulls from the broker, so it never slows the engine or other subscribers down;
-    ``cursor`` is the last event handed out (pass it as ``since`` to resume).
-    """
-
-    def __init__(self, broker: Any, after: int, callback: Callable[[Any], None] | None = None) -> None:
-        self._broker = broker
-        self.cursor = after
-        self._buffer: deque[tuple[int, Any]] = deque()
-        self._skipped_to = after
-        self._closed = False
-        self._thread: threading.Thread | None = None
-        if callback is not None:
-            self._thread = threading.Thread(target=self._pump_callback, args=(callback,), daemon=True)
-            self._thread.start()
-
-    def _take(self, rows: list[tuple[int, bytes]]) -> None:
-        from actors.event_broker import decode_events
-
-        self._buffer.extend(decode_events(rows))
-        if rows and (not self._buffer or self._buffer[-1][0] != rows[-1][0]):
-            self._skipped_to = rows[-1][0]  # the last rows were damaged: resume after them
-
-    def _fill(self, timeout_s: float) -> None:
-        from actors.retry import TRANSIENT
-
-        try:
-            rows = _ray().get(self._broker.poll.remote(self._after(), 1000, timeout_s), timeout=timeout_s + 30)
-        except TRANSIENT:  # the broker is restarting; the log is durable, so just ask again
-            time.sleep(min(timeout_s, 0.2))
-            return
-        self._take(rows)
-
-    def _after(self) -> int:
-        """Where the next poll starts: after what is buffered, or after skipped damaged rows."""
-        last = self._buffer[-1][0] if self._buffer else self.cursor
-        return max(last, self._skipped_to)
-
-    def get(self, timeout_s: float | None = None) -> TaskCompletionEvent | TaskProgressEvent | None:
-        """The next event, or None when ``timeout_s`` passes first (None = wait until one comes)."""
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while not self._buffer and not self._closed:
-            remaining = 1.0 if deadline is None else deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            self._fill(min(remaining, 1.0))
-        if not self._buffer:
-            return None
-        self.cursor, event = self._buffer.popleft()
-        return event  # type: ignore[no-any-return]
-
-    def __iter__(self) -> Iterator[TaskCompletionEvent | TaskProgressEvent]:
-        while not self._closed:
-            event = self.get(timeout_s=1.0)
-            if event is not None:
-                yield event
-
-    async def __aiter__(self) -> AsyncIterator[TaskCompletionEvent | TaskProgressEvent]:
-        while not self._closed:
-            if not self._buffer:
-                self._take(await self._broker.poll.remote(self._after(), 1000, 1.0))
-                continue
-            self.cursor, event = self._buffer.popleft()
-            yield event
-
-    def _pump_callback(self, callback: Callable[[Any], None]) -> None:
-        while not self._closed:
-            try:
-                event = self.get(timeout_s=1.0)
-            except Exception:
-                log.exception("event subscription poll failed; retrying")
-                time.sleep(1.0)
-                continue
-            if event is not None:
-                try:
-                    callback(event)
-                except Exception:
-                    log.exception("event callback raised")
-
-    def close(self) -> None:
-        self._closed = True
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> Subscription:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class ActorSubscription:
-    """A push subscription to an actor's ``on_event(event)``; ``close()`` stops it."""
-
-    def __init__(self, broker: Any, sub_id: str) -> None:
-        self._broker = broker
-        self.id = sub_id
-
-    def close(self) -> None:
-        _ray().get(self._broker.unsubscribe.remote(self.id), timeout=CALL_TIMEOUT_S)
-
-
-class EventBus:
-    """This connection's TaskEventBus: ``emit`` and ``subscribe`` over the EventBroker."""
-
-    def __init__(self, broker: Any) -> None:
-        self._broker = broker
-
-    def emit(self, event: TaskCompletionEvent | TaskProgressEvent) -> None:
-        from actors.event_broker import encode_event
-
-        if not isinstance(event, (TaskCompletionEvent, TaskProgressEvent)):
-            raise TypeError(
-                f"emit takes a TaskCompletionEvent or TaskProgressEvent, got {type(event).__name__}"
-            )
-        _ray().get(self._broker.emit.remote(encode_event(event)), timeout=CALL_TIMEOUT_S)
-
-    def last_cursor(self) -> int:
-        return int(_ray().get(self._broker.bounds.remote(), timeout=CALL_TIMEOUT_S)[1])
-
-    def subscribe(
-        self,
-        since: int | None = None,
-        *,
-        callback: Callable[[Any], None] | None = None,
-        actor: Any = None,
-    ) -> Subscription | ActorSubscription:
-        """Events after cursor ``since`` (0 = replay all retained; None = only new ones)."""
-        last = self.last_cursor()
-        if since is None:
-            after = last
-        elif isinstance(since, bool) or not isinstance(since, int) or since < 0:
-            raise ValueError(f"since: must be None or an int cursor >= 0, got {since!r}")
-        elif since > last:
-            raise ValueError(f"since: cursor {since} is beyond the last event ({last})")
-        else:
-            after = since
-        if callback is not None and actor is not None:
-            raise ValueError("subscribe: give callback or actor, not both")
-        if actor is not None:
-            sub_id = uuid.uuid4().hex
-            _ray().get(self._broker.subscribe_actor.remote(sub_id, actor, after), timeout=CALL_TIMEOUT_S)
-            return ActorSubscription(self._broker, sub_id)
-        return Subscription(self._broker, after, callback)
 
 
 def _trigger_payload(trigger: Any) -> Any:
@@ -238,7 +74,7 @@ class BackgroundTaskScheduler:
     def _call(self, method: str, *args: Any, timeout_s: float = CALL_TIMEOUT_S) -> Any:
         """Call the scheduler, retrying across its restarts (actors/retry.py's schedule)."""
         ray = _ray()
-        from actors.retry import TRANSIENT, call_with_retry_sync
+        from kmpray.actors.retry import TRANSIENT, call_with_retry_sync
 
         deadline = time.monotonic() + timeout_s
 
@@ -257,7 +93,7 @@ class BackgroundTaskScheduler:
 
     async def _call_async(self, method: str, *args: Any, timeout_s: float = CALL_TIMEOUT_S) -> Any:
         ray = _ray()
-        from actors.retry import TRANSIENT, call_with_retry
+        from kmpray.actors.retry import TRANSIENT, call_with_retry
 
         deadline = time.monotonic() + timeout_s
 
@@ -578,7 +414,7 @@ class BackgroundTaskScheduler:
 
     def shutdown(self) -> None:
         """Stop this namespace's engine actors. Every task stays in the store for the next connect()."""
-        from actors.bootstrap import stop_engine
+        from kmpray.actors.bootstrap import stop_engine
 
         stop_engine(self.namespace)
         TaskEventBus._bind(None)
@@ -586,10 +422,6 @@ class BackgroundTaskScheduler:
 
 def _recurs(info: TaskInfo) -> bool:
     return info.trigger is not None and (info.trigger.kind == "periodic" or info.trigger.kind in EVENT_TRIGGER_KINDS)
-
-
-async def _await(ref: Any) -> Any:
-    return await ref
 
 
 def default_state_dir(namespace: str) -> str:
@@ -609,7 +441,7 @@ def connect(
     if not isinstance(namespace, str) or not namespace or len(namespace) > 100:
         raise ValueError("namespace: must be a non-empty string of at most 100 characters")
     ray = _ray()
-    from actors.bootstrap import ensure_engine
+    from kmpray.actors.bootstrap import ensure_engine
 
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING)
@@ -624,7 +456,7 @@ def connect(
         cause = _unwrap(exc)
         if isinstance(cause, StoreRefused):
             # Its store was refused: stop the engine, so a connect after the fix starts afresh.
-            from actors.bootstrap import stop_engine
+            from kmpray.actors.bootstrap import stop_engine
 
             stop_engine(namespace)
             raise cause from None
@@ -635,7 +467,7 @@ def connect(
             namespace, described["virtual_time"], described["platform"],
         )
     scheduler = BackgroundTaskScheduler(namespace, handles, described)
-    from .workers import BUILTIN_WORKERS
+    from ..workers import BUILTIN_WORKERS
 
     for name, cls in {**BUILTIN_WORKERS, **LOCAL_WORKERS}.items():
         scheduler.register_worker(name, cls)
@@ -643,4 +475,4 @@ def connect(
     return scheduler
 
 
-__all__ = ["BackgroundTaskScheduler", "EventBus", "Subscription", "TaskNotFound", "connect"]
+__all__ = ["BackgroundTaskScheduler", "TaskNotFound", "connect", "default_state_dir", "ship_class"]

@@ -1,0 +1,138 @@
+"""What the SchedulerActor answers without changing anything: status, task and chain
+info (with why each waits), ``explain``, listings, quarantined rows, rejections. A mixin
+of SchedulerActor (scheduler.py): the attributes below are the actor's."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Any
+
+import ray
+
+from kmpray.clock import ManualClock, SystemClock
+from kmpray.engine import SchedulerCore
+from kmpray.enums import TaskState
+from kmpray.store import SqliteTaskStore
+
+from .blocked_loops import BlockedLoops
+from .executor_pool import ExecutorPool
+from .heavy_pool import HeavyPool
+
+
+class SchedulerReads:
+    namespace: str
+    state_dir: str
+    virtual_time: bool
+    platform: str
+    clock: ManualClock | SystemClock
+    core: SchedulerCore
+    store: SqliteTaskStore
+    pool: ExecutorPool
+    heavy: HeavyPool
+    rejections: deque[tuple[str, str, str]]
+    restored_in_s: float
+    serving_in_s: float | None
+    _blobs: dict[str, tuple[int, bytes]]
+    _blocked: BlockedLoops
+    _ready: asyncio.Future[None]
+
+    async def ready(self) -> dict[str, Any]:
+        await self._ready
+        return self.describe()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "namespace": self.namespace,
+            "state_dir": self.state_dir,
+            "virtual_time": self.virtual_time,
+            "platform": self.platform,
+            "now_ms": self.clock.now_ms(),
+            "node": ray.get_runtime_context().get_node_id(),
+            "executors": len(self.pool.serving()),
+            "executor_nodes": [s.node for s in self.pool.serving()],
+            "inflight": len(self.pool.where) + len(self.heavy.where),
+            "inflight_by_node": self.pool.inflight_by_node(),
+            "heavy_workers": [i for i, slot in enumerate(self.heavy.slots) if slot.handle is not None],
+            "heavy": self.heavy.status(),
+            "gated": self.core.gated_count(),
+            "nodes": {n: s.model_dump(mode="json") for n, s in self.core.devices.items()},
+            "ready": self.core.ready_count(),
+            "pending": self.core.pending,
+            "counts": self.core.counts(),
+            "restored_in_s": self.restored_in_s,
+            "serving_in_s": self.serving_in_s,
+            "workers": sorted(self._blobs),
+            "waiting_for_registration": self.core.parked(),
+            "quarantined": len(self.store.quarantined()),
+            "blocked_executors": self._blocked.describe(),
+            "executor_lag_ms": [s.lag_ms for s in self.pool.serving()],
+            "loop_blocks": dict(self._blocked.counts),
+            "waiting_for": self._blocked.reason(self._serving(), self.core.ready_count()),
+        }
+
+    def _serving(self) -> list[int]:
+        return [s.index for s in self.pool.serving()]
+
+    def worker_blob(self, name: str) -> tuple[int, bytes] | None:
+        """The registry's fallback after it restarted (it asks here for what it lost)."""
+        return self._blobs.get(name)
+
+    def worker_blobs(self) -> dict[str, tuple[int, bytes]]:
+        return dict(self._blobs)
+
+    async def get_chain_info(self, chain_id: str) -> dict[str, Any] | None:
+        await self._ready
+        info = self.core.chain_info(chain_id)
+        return info.model_dump(mode="json") if info is not None else None
+
+    async def quarantined(self) -> list[dict[str, Any]]:
+        """Stored rows that did not decode at restore (never decoded again; see kmpray/store.py)."""
+        await self._ready
+        return [q.as_dict() for q in self.store.quarantined()]
+
+    async def drop_quarantined(self, key: str) -> int:
+        await self._ready
+        return self.store.drop_quarantined(key)
+
+    def last_rejections(self, limit: int = 100) -> list[tuple[str, str, str]]:
+        return list(self.rejections)[-limit:]
+
+    async def get_info(self, name: str) -> dict[str, Any] | None:
+        await self._ready
+        rec = self.core.latest(name)
+        return self._info(rec) if rec is not None else None
+
+    def _info(self, rec: Any, places: dict[str, int] | None = None) -> dict[str, Any]:
+        """A task as users see it, with why it waits (what the pools add to the core's reason)."""
+        info = self.core.info(rec, places)
+        reason = info.waiting_for
+        if reason is not None and reason.kind == "capacity" and self.core.is_queued(rec.key):
+            why = (self.heavy.reason() if rec.constraints.is_heavy_task
+                   else self._blocked.reason(self._serving(), self.core.ready_count()))
+            if why is not None:
+                info = info.model_copy(update={"waiting_for": reason.model_copy(
+                    update={"message": why, "details": {**reason.details, "why": why}})})
+        return info.model_dump(mode="json")
+
+    async def explain(self, name: str) -> str | None:
+        """``kmpray why``: state, why it waits, recent decisions."""
+        await self._ready
+        rec = self.core.latest(name)
+        if rec is None:
+            return None
+        text = self.core.explain(name) or ""
+        core_reason, shown = self.core.info(rec).waiting_for, self._info(rec).get("waiting_for")
+        if core_reason is not None and shown is not None and shown["message"] != core_reason.message:
+            text = text.replace(core_reason.message, shown["message"], 1)
+        return text
+
+    async def list_tasks(self, state: str | None = None) -> list[dict[str, Any]]:
+        await self._ready
+        wanted = TaskState(state) if state else None
+        places = self.core.places_in_line()  # once, not a queue scan per task
+        return [self._info(rec, places) for rec in self.core.tasks.values()
+                if wanted is None or rec.shown_state is wanted]
+
+    async def now_ms(self) -> int:
+        return self.clock.now_ms()

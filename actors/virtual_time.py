@@ -1,0 +1,62 @@
+"""Virtual time: ``advance_time(ms)`` steps the engine's clock through every due time up
+to the target, settling the runs each step hands out before the next (so a periodic
+task runs once per period, in order, however far time jumps). A mixin of
+SchedulerActor (scheduler.py): the attributes below are the actor's."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from kmpray.clock import ManualClock, SystemClock
+from kmpray.config import EngineConfig
+from kmpray.driver import step_through
+from kmpray.engine import SchedulerCore
+from kmpray.errors import VirtualTimeOnly
+from kmpray.store import SqliteTaskStore
+from kmpray.timing import SETTLE_POLL_S
+
+from .executor_pool import ExecutorPool
+from .heavy_pool import HeavyPool
+
+log = logging.getLogger("kmpray.scheduler")
+
+
+class VirtualTime:
+    clock: ManualClock | SystemClock
+    config: EngineConfig
+    core: SchedulerCore
+    store: SqliteTaskStore
+    pool: ExecutorPool
+    heavy: HeavyPool
+    _idle: asyncio.Event
+    _ready: asyncio.Future[None]
+
+    def _pump(self) -> None:
+        raise NotImplementedError  # the actor's
+
+    async def advance_time(self, ms: int) -> int:
+        """Move virtual time forward, firing and settling every due run in order."""
+        await self._ready
+        if not isinstance(self.clock, ManualClock):
+            raise VirtualTimeOnly("advance_time needs connect(virtual_time=True)")
+        deadline = time.monotonic() + self.config.settle_timeout_s
+        for _instant in step_through(self.core, self.clock, ms):
+            self._pump()
+            await self._settle(deadline)
+        self.core.warn_long_waits()
+        self.store.put_meta("virtual_now", self.clock.now_ms())
+        return self.clock.now_ms()
+
+    async def _settle(self, deadline: float) -> None:
+        while self.pool.where or self.heavy.where or self.core.ready_count():
+            self._idle.clear()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                log.warning("advance_time: %d runs still in flight after the settle timeout", len(self.pool.where))
+                return
+            try:
+                await asyncio.wait_for(self._idle.wait(), min(remaining, SETTLE_POLL_S))
+            except TimeoutError:
+                self._pump()

@@ -1,0 +1,172 @@
+"""The client side of the event bus: ``scheduler.events.subscribe()`` and ``emit``.
+
+A Subscription reads the broker's durable log from a cursor (long-poll, batched); an
+ActorSubscription has the broker push every event to an actor. See actors/event_broker.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+from ..events import TaskCompletionEvent, TaskProgressEvent
+from ..timing import CALL_TIMEOUT_S
+from .remote import _ray
+
+log = logging.getLogger("kmpray")
+
+
+class Subscription:
+    """A cursor over the engine's stored events: ``get``, iterate, async-iterate, ``close``.
+
+    It pulls from the broker, so it never slows the engine or other subscribers down;
+    ``cursor`` is the last event handed out (pass it as ``since`` to resume).
+    """
+
+    def __init__(self, broker: Any, after: int, callback: Callable[[Any], None] | None = None) -> None:
+        self._broker = broker
+        self.cursor = after
+        self._buffer: deque[tuple[int, Any]] = deque()
+        self._skipped_to = after
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        if callback is not None:
+            self._thread = threading.Thread(target=self._pump_callback, args=(callback,), daemon=True)
+            self._thread.start()
+
+    def _take(self, rows: list[tuple[int, bytes]]) -> None:
+        from kmpray.actors.event_broker import decode_events
+
+        self._buffer.extend(decode_events(rows))
+        if rows and (not self._buffer or self._buffer[-1][0] != rows[-1][0]):
+            self._skipped_to = rows[-1][0]  # the last rows were damaged: resume after them
+
+    def _fill(self, timeout_s: float) -> None:
+        from kmpray.actors.retry import TRANSIENT
+
+        try:
+            rows = _ray().get(self._broker.poll.remote(self._after(), 1000, timeout_s), timeout=timeout_s + 30)
+        except TRANSIENT:  # the broker is restarting; the log is durable, so just ask again
+            time.sleep(min(timeout_s, 0.2))
+            return
+        self._take(rows)
+
+    def _after(self) -> int:
+        """Where the next poll starts: after what is buffered, or after skipped damaged rows."""
+        last = self._buffer[-1][0] if self._buffer else self.cursor
+        return max(last, self._skipped_to)
+
+    def get(self, timeout_s: float | None = None) -> TaskCompletionEvent | TaskProgressEvent | None:
+        """The next event, or None when ``timeout_s`` passes first (None = wait until one comes)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while not self._buffer and not self._closed:
+            remaining = 1.0 if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            self._fill(min(remaining, 1.0))
+        if not self._buffer:
+            return None
+        self.cursor, event = self._buffer.popleft()
+        return event  # type: ignore[no-any-return]
+
+    def __iter__(self) -> Iterator[TaskCompletionEvent | TaskProgressEvent]:
+        while not self._closed:
+            event = self.get(timeout_s=1.0)
+            if event is not None:
+                yield event
+
+    async def __aiter__(self) -> AsyncIterator[TaskCompletionEvent | TaskProgressEvent]:
+        while not self._closed:
+            if not self._buffer:
+                self._take(await self._broker.poll.remote(self._after(), 1000, 1.0))
+                continue
+            self.cursor, event = self._buffer.popleft()
+            yield event
+
+    def _pump_callback(self, callback: Callable[[Any], None]) -> None:
+        while not self._closed:
+            try:
+                event = self.get(timeout_s=1.0)
+            except Exception:
+                log.exception("event subscription poll failed; retrying")
+                time.sleep(1.0)
+                continue
+            if event is not None:
+                try:
+                    callback(event)
+                except Exception:
+                    log.exception("event callback raised")
+
+    def close(self) -> None:
+        self._closed = True
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ActorSubscription:
+    """A push subscription to an actor's ``on_event(event)``; ``close()`` stops it."""
+
+    def __init__(self, broker: Any, sub_id: str) -> None:
+        self._broker = broker
+        self.id = sub_id
+
+    def close(self) -> None:
+        _ray().get(self._broker.unsubscribe.remote(self.id), timeout=CALL_TIMEOUT_S)
+
+
+class EventBus:
+    """This connection's TaskEventBus: ``emit`` and ``subscribe`` over the EventBroker."""
+
+    def __init__(self, broker: Any) -> None:
+        self._broker = broker
+
+    def emit(self, event: TaskCompletionEvent | TaskProgressEvent) -> None:
+        from kmpray.actors.event_broker import encode_event
+
+        if not isinstance(event, (TaskCompletionEvent, TaskProgressEvent)):
+            raise TypeError(
+                f"emit takes a TaskCompletionEvent or TaskProgressEvent, got {type(event).__name__}"
+            )
+        _ray().get(self._broker.emit.remote(encode_event(event)), timeout=CALL_TIMEOUT_S)
+
+    def last_cursor(self) -> int:
+        return int(_ray().get(self._broker.bounds.remote(), timeout=CALL_TIMEOUT_S)[1])
+
+    def subscribe(
+        self,
+        since: int | None = None,
+        *,
+        callback: Callable[[Any], None] | None = None,
+        actor: Any = None,
+    ) -> Subscription | ActorSubscription:
+        """Events after cursor ``since`` (0 = replay all retained; None = only new ones)."""
+        last = self.last_cursor()
+        if since is None:
+            after = last
+        elif isinstance(since, bool) or not isinstance(since, int) or since < 0:
+            raise ValueError(f"since: must be None or an int cursor >= 0, got {since!r}")
+        elif since > last:
+            raise ValueError(f"since: cursor {since} is beyond the last event ({last})")
+        else:
+            after = since
+        if callback is not None and actor is not None:
+            raise ValueError("subscribe: give callback or actor, not both")
+        if actor is not None:
+            sub_id = uuid.uuid4().hex
+            _ray().get(self._broker.subscribe_actor.remote(sub_id, actor, after), timeout=CALL_TIMEOUT_S)
+            return ActorSubscription(self._broker, sub_id)
+        return Subscription(self._broker, after, callback)
+
+
+__all__ = ["ActorSubscription", "EventBus", "Subscription"]

@@ -1,0 +1,60 @@
+"""Every fixed cadence and timeout of the engine's loops, in one table.
+
+What a user may tune is an ``EngineConfig`` field instead (``config.py``: timer lead,
+loop block threshold, probe interval, event linger, heavy timeouts, retention, ...).
+The README's "Timing" table lists both, with the loop that owns each.
+"""
+
+from __future__ import annotations
+
+# ---- SchedulerActor (actors/scheduler.py)
+#: Its reconcile loop: ping every executor and heavy worker, notice deaths, restarts
+#: and nodes joining or leaving, re-queue lost runs.
+RECONCILE_S = 1.0
+#: How long a ping may take before that executor counts as unreachable (it gets no new
+#: runs until it answers again; its runs are re-run only on proof of loss).
+PING_TIMEOUT_S = 10.0
+#: The same, for an executor whose loop a worker blocks (it cannot answer: only a restart
+#: or death is worth seeing, without holding up the round).
+BLOCKED_PING_TIMEOUT_S = 0.5
+#: Forget finished rows older than ``EngineConfig.retain_finished_ms`` this often.
+PRUNE_S = 60.0
+#: ``advance_time``: re-check that runs in flight settled at least this often.
+SETTLE_POLL_S = 0.5
+
+# ---- LightExecutor and HeavyWorker (actors/executor.py)
+#: A run still going this long after its worker began is reported RUNNING on its own
+#: (a shorter run's result says it, with no message of its own).
+STARTED_NOTICE_S = 0.02
+#: A run about to begin while a "blocked loop" report awaits its fence asks again after this.
+FENCE_POLL_S = 0.005
+#: The watch thread's wait for the scheduler's answer to a blocked-loop report, per try.
+BLOCK_REPORT_TIMEOUT_S = 30.0
+BLOCK_REPORT_TRIES = 20
+BLOCK_REPORT_RETRY_S = 0.5
+
+# ---- HeavyPool (actors/heavy_pool.py)
+#: A heavy worker restarting is asked again after this.
+HEAVY_RESTART_POLL_S = 0.2
+#: A cancelled heavy run is checked for having ended this often (up to the cancel grace).
+HEAVY_CANCEL_POLL_S = 0.05
+
+# ---- ChainCoordinator (actors/chain_coordinator.py)
+#: Each coordinator re-reads its chains from the scheduler this often (a lost message or
+#: a restart on either side converges within one period).
+RESYNC_S = 30.0
+
+# ---- ConstraintOracle (actors/constraint_oracle.py); its interval is EngineConfig.probe_interval_s
+#: One node's device-state probe may take this long before its last state is kept.
+PROBE_TIMEOUT_S = 30.0
+
+# ---- Calls between actors and from the client (actors/retry.py, actors/names.py, client.py)
+#: A call to an actor being re-created is retried after FIRST_DELAY_S, doubling up to MAX_DELAY_S.
+RETRY_FIRST_DELAY_S = 0.05
+RETRY_MAX_DELAY_S = 1.0
+#: A named actor being (re)created is looked up again after this.
+LOOKUP_POLL_S = 0.05
+#: A client call to the scheduler gives up after this.
+CALL_TIMEOUT_S = 120.0
+#: ``wait()`` long-polls the scheduler in chunks of at most this.
+WAIT_CHUNK_S = 30.0
