@@ -12,6 +12,7 @@ from typing import Any
 import ray
 
 from kmpray.engine import SchedulerCore
+from kmpray.protocol import Holding
 from kmpray.timing import PING_TIMEOUT_S
 
 from .executor_pool import ExecutorPool
@@ -37,9 +38,9 @@ async def adopt_held_runs(core: SchedulerCore, pool: ExecutorPool, heavy: HeavyP
     for (i, slot_index, handle), answer in zip(holders, answers, strict=True):
         if i is None:
             heavy.found(slot_index, handle, answer)  # found again: its warm state kept
-        for key in answer[1] if answer else ():
+        for key in answer.held if answer else ():
             where[(key[0], key[1])] = (i, slot_index)
-        for key in answer[2] if answer else ():
+        for key in answer.waiting if answer else ():
             waiting.add((key[0], key[1]))
     adopted = core.adopt(where, waiting)
     for key in adopted:
@@ -51,8 +52,8 @@ async def adopt_held_runs(core: SchedulerCore, pool: ExecutorPool, heavy: HeavyP
     if adopted:
         log.warning("restarted: %d runs still on executors are kept, not run again", len(adopted))
 
-async def _holding(handle: Any) -> tuple[str, list[Any], list[Any]] | None:
+async def _holding(handle: Any) -> Holding | None:
     try:
-        return await asyncio.wait_for(handle.holding.remote(), PING_TIMEOUT_S)  # type: ignore[no-any-return]
+        return Holding(*await asyncio.wait_for(handle.holding.remote(), PING_TIMEOUT_S))
     except Exception:
         return None  # unreachable: what it holds runs again

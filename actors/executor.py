@@ -21,6 +21,7 @@ from ray import cloudpickle
 import kmpray.events
 from kmpray.config import EngineConfig
 from kmpray.errors import InvalidParameters
+from kmpray.protocol import Began, Done, Fence, Holding, Ping, Progress, Run
 from kmpray.results import Failure, Success, to_wire
 from kmpray.timing import (
     BLOCK_REPORT_RETRY_S,
@@ -40,13 +41,8 @@ from .retry import call_with_retry
 
 log = logging.getLogger("kmpray.executor")
 
-# A run on the wire: (key, run_id, worker, version, input, upstream, previous_attempts,
-# timeout_ms, start_at_ms): a timed run handed over early begins at start_at_ms (epoch ms,
-# the scheduler's real clock) on this node's clock.
-Run = tuple[str, int, str, int, "str | None", "dict[str, Any] | None", int, "int | None", "int | None"]
-# To the scheduler: ("done", key, run_id, wire result), ("progress", key, run_id, pct,
-# message) or ("started", key, run_id)
-Report = tuple[Any, ...]
+# What goes to the scheduler, batched (kmpray/protocol.py).
+Report = Done | Progress | Began
 
 
 class ExecutorBase:
@@ -103,14 +99,13 @@ class ExecutorBase:
     def _concurrency(self) -> int:
         return self.config.executor_concurrency
 
-    def ping(self) -> tuple[str, int, str, float]:
-        """(incarnation, runs held, node, event-loop lag in ms now)."""
-        return self.incarnation, len(self._tasks), self.node_id, round(self.watch.lag_s() * 1000, 1)
+    def ping(self) -> Ping:
+        return Ping(self.incarnation, len(self._tasks), self.node_id, round(self.watch.lag_s() * 1000, 1))
 
-    def submit(self, runs: list[Run], batch: tuple[str, int] | None = None) -> str:
-        """Take a batch of runs; ``batch``: (scheduler epoch, batch number), for fencing."""
+    def submit(self, runs: list[Run], batch: Fence | None = None) -> str:
+        """Take a batch of runs; ``batch``: its number under the scheduler's epoch (fencing)."""
         for run in runs:
-            key = (run[0], run[1])
+            key = (run.key, run.run_id)
             if key not in self._unreported:  # a retried submit must not start a run twice
                 self._unreported[key] = None
                 if batch is not None:
@@ -118,12 +113,12 @@ class ExecutorBase:
                 self._tasks[key] = asyncio.ensure_future(self._run(run))
         return self.incarnation
 
-    def holding(self) -> tuple[str, list[tuple[str, int]], list[tuple[str, int]]]:
+    def holding(self) -> Holding:
         """For a restarted scheduler: the runs this process took and has not reported yet,
         and which of them still wait for a slot (a run withdrawn by the fence is not held)."""
         held = [key for key in self._unreported if not self._withdrawn(key)]
         waiting = [key for key in self._tasks if key not in self._begun and key in held]
-        return self.incarnation, held, waiting
+        return Holding(self.incarnation, held, waiting)
 
     def _withdrawn(self, key: tuple[str, int]) -> bool:
         batch = self._batch_of.get(key)
@@ -164,6 +159,7 @@ class ExecutorBase:
             key, worker = blocker if blocker is not None else (None, None)
             log.warning("executor %d: worker %s (task %s) is blocking the event loop (%.2f s so far)",
                         self.index, worker, key[0] if key else None, lag_s)
+            self._count_block(worker)
             scheduler = lookup(SCHEDULER, self.namespace)
             for attempt in range(BLOCK_REPORT_TRIES):
                 try:
@@ -180,17 +176,22 @@ class ExecutorBase:
         finally:
             self._fence_wait = False
 
+    def _count_block(self, worker: str | None) -> None:
+        """After ``auto_thread_after_blocks`` blocks by one class, its async ``do_work`` runs
+        in a thread here (said once). Counted when the block is seen, while the blocking run
+        still runs: the class's next run, however soon it comes, already runs in a thread."""
+        if worker is None:
+            return
+        self._blocks[worker] = n = self._blocks.get(worker, 0) + 1
+        limit = self.config.auto_thread_after_blocks
+        if limit and n >= limit and worker not in self._threaded:
+            self._threaded.add(worker)
+            log.warning("executor %d: %s blocked its event loop %d times; from now on its async do_work "
+                        "runs in a thread here", self.index, worker, n)
+
     def _loop_unblocked(self, blocked_s: float, blocker: Blocker) -> None:
-        """From the watch thread: the loop runs again. After ``auto_thread_after_blocks``
-        blocks by one class, its async ``do_work`` runs in a thread here (said once)."""
+        """From the watch thread: the loop runs again; the scheduler names the blocker."""
         key, worker = blocker if blocker is not None else (None, None)
-        if worker is not None:
-            self._blocks[worker] = n = self._blocks.get(worker, 0) + 1
-            limit = self.config.auto_thread_after_blocks
-            if limit and n >= limit and worker not in self._threaded:
-                self._threaded.add(worker)
-                log.warning("executor %d: %s blocked its event loop %d times; from now on its async do_work "
-                            "runs in a thread here", self.index, worker, n)
         lookup(SCHEDULER, self.namespace).loop_unblocked.remote(
             self._kind(), self.index, self.incarnation, blocked_s, worker, key, worker in self._threaded
         )
@@ -240,7 +241,7 @@ class ExecutorBase:
                 # "Began" goes to the scheduler only for a run still going after a moment:
                 # a short run's result says it, with no message of its own.
                 notice = asyncio.get_running_loop().call_later(
-                    STARTED_NOTICE_S, self._reports.add, (("started", key_, run_id),)
+                    STARTED_NOTICE_S, self._reports.add, (Began(key_, run_id),)
                 )
                 try:
                     result = await self._execute(key, worker, version, inp, upstream, previous, timeout_ms)
@@ -257,7 +258,7 @@ class ExecutorBase:
             self._cancelled.discard(key)
             self._unreported.pop(key, None)
             return
-        self._reports.add((("done", key_, run_id, to_wire(result)),))
+        self._reports.add((Done(key_, run_id, to_wire(result)),))
 
     async def _execute(
         self,
@@ -280,7 +281,7 @@ class ExecutorBase:
             return Failure(f"worker {worker!r} could not be constructed: {type(exc).__name__}: {exc}")
 
         def progress(pct: int, message: str | None) -> None:
-            item = (("progress", key[0], key[1], pct, message),)
+            item = (Progress(key[0], key[1], pct, message),)
             if threading.get_ident() == loop_thread:
                 self._reports.add(item)
             else:  # a sync worker (or one run in a thread) reports from its thread
@@ -307,15 +308,15 @@ class ExecutorBase:
     def _report(self, items: list[Report]) -> Any:
         if self._scheduler is None:
             self._scheduler = lookup(SCHEDULER, self.namespace)
-        done = [item[1:] for item in items if item[0] == "done"]
-        progress = [item[1:] for item in items if item[0] == "progress"]
-        started = [item[1:] for item in items if item[0] == "started"]
-        return self._scheduler.report.remote(done, progress, started)
+        done = [item for item in items if isinstance(item, Done)]
+        progress = [item for item in items if isinstance(item, Progress)]
+        began = [item for item in items if isinstance(item, Began)]
+        return self._scheduler.report.remote(done, progress, began)
 
     def _reported(self, _answer: Any, items: list[Report]) -> None:
         for item in items:
-            if item[0] == "done":
-                self._unreported.pop((item[1], item[2]), None)
+            if isinstance(item, Done):
+                self._unreported.pop((item.key, item.run_id), None)
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=10_000)

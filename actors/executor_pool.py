@@ -22,6 +22,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from kmpray.config import EngineConfig
 from kmpray.engine import SchedulerCore
+from kmpray.protocol import Fence, Ping, Run, RunKey
 from kmpray.timing import BLOCKED_PING_TIMEOUT_S, PING_TIMEOUT_S
 
 from .blocked_loops import BlockedLoops
@@ -30,7 +31,7 @@ from .names import EXECUTOR
 
 log = logging.getLogger("kmpray.scheduler")
 
-Key = tuple[str, int]  # (task key, run id)
+Key = RunKey
 
 
 @dataclass(slots=True)
@@ -112,13 +113,13 @@ class ExecutorPool:
         self.slots[i].inflight[key] = None
         self.where[key] = i
 
-    def send(self, i: int, keys: list[Key], runs: list[Any]) -> Any:
+    def send(self, i: int, keys: list[Key], runs: list[Run]) -> Any:
         """Hand a batch to executor ``i``; returns the submit's ref (its incarnation)."""
         slot = self.slots[i]
         for key in keys:
             self.held(i, key)
         slot.batch_seq += 1
-        return slot.handle.submit.remote(runs, (self.epoch, slot.batch_seq))
+        return slot.handle.submit.remote(runs, Fence(self.epoch, slot.batch_seq))
 
     def reported(self, key: Key) -> None:
         i = self.where.pop(key, None)
@@ -220,11 +221,11 @@ class ExecutorPool:
                     self.add(node)
 
 
-async def ping(handle: Any, timeout_s: float) -> tuple[str, int, str, float] | None:
+async def ping(handle: Any, timeout_s: float) -> Ping | None:
     """An executor's or heavy worker's (incarnation, runs held, node, loop lag ms), or None
     when it does not answer in time."""
     try:
-        return tuple(await asyncio.wait_for(handle.ping.remote(), timeout_s))  # type: ignore[return-value]
+        return Ping(*await asyncio.wait_for(handle.ping.remote(), timeout_s))
     except Exception:
         return None
 

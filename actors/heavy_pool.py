@@ -23,6 +23,7 @@ from ray.exceptions import ActorUnavailableError
 from kmpray.config import EngineConfig
 from kmpray.engine import Dispatch, SchedulerCore
 from kmpray.placement import heavy_demand
+from kmpray.protocol import Holding
 from kmpray.timing import BLOCKED_PING_TIMEOUT_S, HEAVY_CANCEL_POLL_S, HEAVY_RESTART_POLL_S
 
 from .blocked_loops import BlockedLoops
@@ -141,14 +142,14 @@ class HeavyPool:
                 return  # killed (retired or replaced): its slot moved on
         slot = self.slots[i]
         if slot.handle is handle and not slot.ready:
-            slot.ready, slot.incarnation, slot.idle_since = True, answer[0], time.monotonic()
-            log.info("heavy worker %d placed on node %s", i, answer[2][:12])
+            slot.ready, slot.incarnation, slot.idle_since = True, answer.incarnation, time.monotonic()
+            log.info("heavy worker %d placed on node %s", i, answer.node[:12])
             self.host._kick()
 
-    def found(self, i: int, handle: Any, answer: tuple[Any, ...] | None) -> None:
+    def found(self, i: int, handle: Any, answer: Holding | None) -> None:
         """A restarted scheduler found this slot's actor still there (its warm state kept)."""
         slot = self.slots[i]
-        slot.handle, slot.incarnation = handle, answer[0] if answer else None
+        slot.handle, slot.incarnation = handle, answer.incarnation if answer else None
         slot.ready = answer is not None
         if answer is None:
             asyncio.ensure_future(self._await(i, handle))
@@ -244,7 +245,7 @@ class HeavyPool:
                 continue
             blocked = i in self.blocked.heavy
             answer = await ping(slot.handle, BLOCKED_PING_TIMEOUT_S if blocked else ping_timeout_s)
-            incarnation = answer[0] if answer is not None else None
+            incarnation = answer.incarnation if answer is not None else None
             if incarnation is None and blocked:
                 continue  # its loop is blocked by the run it holds, which its watch thread reported
             if incarnation is None:

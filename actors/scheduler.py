@@ -28,6 +28,7 @@ from kmpray.enums import ScheduleResult
 from kmpray.errors import StoreRefused
 from kmpray.placement import assign, heavy_demand, placeable
 from kmpray.platforms import profile
+from kmpray.protocol import Began, Done, Fence, Progress, Run, RunKey
 from kmpray.results import Failure, from_wire
 from kmpray.store import SqliteTaskStore
 from kmpray.timing import PING_TIMEOUT_S, PRUNE_S, RECONCILE_S
@@ -239,8 +240,8 @@ class SchedulerActor(SchedulerReads, VirtualTime):
             if unplaced:
                 return
 
-    def _wire(self, d: Dispatch) -> tuple[Any, ...]:
-        return (d.key, d.run_id, d.worker, self._blobs.get(d.worker, (0, b""))[0], d.input, d.upstream,
+    def _wire(self, d: Dispatch) -> Run:
+        return Run(d.key, d.run_id, d.worker, self._blobs.get(d.worker, (0, b""))[0], d.input, d.upstream,
                 d.previous_attempts, d.timeout_ms, d.start_at_ms)
 
     def _send(self, i: int, part: list[Dispatch]) -> None:
@@ -301,7 +302,7 @@ class SchedulerActor(SchedulerReads, VirtualTime):
         if not pool:
             return  # not started yet: the coordinators resync from the rows at start
         for msg in msgs:
-            self._chain_outboxes[coordinator_index(msg[1], pool)].add((msg,))
+            self._chain_outboxes[coordinator_index(msg.chain_id, pool)].add((msg,))
 
     def _chain_actions(self, actions: list[Message]) -> None:
         """What chain messages imply: a coordinator's reply, or the in-process rules' answer.
@@ -385,8 +386,8 @@ class SchedulerActor(SchedulerReads, VirtualTime):
 
     async def loop_blocked(
         self, kind: str, index: int, incarnation: str, lag_s: float, worker: str | None,
-        run: tuple[str, int] | None, begun: list[tuple[str, int]],
-    ) -> tuple[str, int] | None:
+        run: RunKey | None, begun: list[RunKey],
+    ) -> Fence | None:
         """From an executor's watch thread: a worker blocks its event loop. It gets nothing
         more until it runs again; its runs that had not begun are withdrawn and re-queued
         (not counted as attempts). Returns the fence: every batch up to it is withdrawn."""
@@ -405,7 +406,7 @@ class SchedulerActor(SchedulerReads, VirtualTime):
         if reason := self._blocked.reason(self._serving(), self.core.ready_count()):
             log.warning("%s", reason)
         self._pump()
-        return self.pool.epoch, self.pool.slots[index].batch_seq
+        return Fence(self.pool.epoch, self.pool.slots[index].batch_seq)
 
     async def loop_unblocked(
         self, kind: str, index: int, incarnation: str, blocked_s: float, worker: str | None,
@@ -422,11 +423,10 @@ class SchedulerActor(SchedulerReads, VirtualTime):
             self.pool.slots[index].reachable = True  # it just spoke: a ping that timed out meanwhile is stale
         self._pump()
 
-    async def report(
-        self, done: list[tuple[str, int, Any]], progress: list[Any], started: Iterable[tuple[str, int]] = ()
-    ) -> None:
+    async def report(self, done: list[Done], progress: list[Progress], began: Iterable[Began] = ()) -> None:
+        """From an executor or heavy worker: results, progress and "began" notices, batched."""
         await self._ready
-        for key, run_id in started:
+        for key, run_id in began:
             self.core.started(key, run_id)
         for key, run_id, pct, message in progress:
             self.core.progress(key, run_id, pct, message)

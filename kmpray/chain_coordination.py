@@ -11,20 +11,11 @@ from typing import Any
 from .enums import InputMerger, TaskState
 from .errors import InvalidParameters
 from .merging import merge
+from .protocol import Cascade, ChainMessage, Plan, Promote, Step
 
 # Messages between the scheduler (owner of task states) and a chain coordinator (owner of
-# each chain's plan: promotion, data passing, cascades). Plain tuples: they cross actors.
-#   scheduler -> coordinator
-#     ("plan", chain_id, gen, steps, mergers)       a chain was accepted (or replaced)
-#     ("step", chain_id, gen, step, key, state, data) a chain task finished
-#   coordinator -> scheduler
-#     ("promote", chain_id, gen, step, {key: upstream}, {key: error})
-#     ("cascade", chain_id, gen, from_step, state, reason)
-# The coordinator's state only grows (keys that succeeded, outputs, cascades sent), so a
-# snapshot merged in after a restart and a late duplicate message are both harmless, and
-# the scheduler applies an action only to tasks still BLOCKED/unfinished of that gen.
-
-Message = tuple[Any, ...]
+# each chain's plan): Plan and Step one way, Promote and Cascade back (kmpray/protocol.py).
+Message = ChainMessage
 
 
 def coordinator_index(chain_id: str, pool: int) -> int:
@@ -70,17 +61,16 @@ class ChainCoordinatorCore:
         actions: list[Message] = []
         self._version += 1
         for msg in messages:
-            if msg[0] == "plan":
-                _kind, chain_id, gen, steps, mergers = msg
-                current = self.plans.get(chain_id)
-                if current is None or current.gen != gen:
-                    plan = ChainPlan(chain_id, gen, [list(s) for s in steps], dict(mergers), version=self._version)
-                    self.plans[chain_id] = plan
-            elif msg[0] == "step":
-                _kind, chain_id, gen, step, key, state, data = msg
-                known = self.plans.get(chain_id)
-                if known is not None and known.gen == gen:
-                    self._step(known, step, key, TaskState(state), data, actions)
+            if isinstance(msg, Plan):
+                current = self.plans.get(msg.chain_id)
+                if current is None or current.gen != msg.gen:
+                    self.plans[msg.chain_id] = ChainPlan(
+                        msg.chain_id, msg.gen, [list(s) for s in msg.steps], dict(msg.mergers), version=self._version
+                    )
+            elif isinstance(msg, Step):
+                known = self.plans.get(msg.chain_id)
+                if known is not None and known.gen == msg.gen:
+                    self._step(known, msg.step, msg.key, TaskState(msg.state), msg.data, actions)
         return actions
 
     def mark(self) -> int:
@@ -100,7 +90,7 @@ class ChainCoordinatorCore:
                 if chain_id not in snapshot and plan.version < asked_at:
                     del self.plans[chain_id]
         for chain_id, snap in snapshot.items():
-            self.apply([("plan", chain_id, snap["gen"], snap["steps"], snap["mergers"])])
+            self.apply([Plan(chain_id, snap["gen"], snap["steps"], snap["mergers"])])
             plan = self.plans[chain_id]
             plan.promoted.clear()  # the scheduler may have lost what was sent: send again
             plan.cascaded = False
@@ -128,7 +118,7 @@ class ChainCoordinatorCore:
         if not plan.cascaded and step + 1 < len(plan.steps):
             plan.cascaded = True
             reason = f"prerequisite {key!r} {state.value.lower()}"
-            actions.append(("cascade", plan.id, plan.gen, step + 1, state.value, reason))
+            actions.append(Cascade(plan.id, plan.gen, step + 1, state.value, reason))
         if plan.cascaded or step + 1 == len(plan.steps):
             self._retire(plan)
 
@@ -151,4 +141,4 @@ class ChainCoordinatorCore:
                 upstream[key] = merged
         for key in plan.steps[step - 1]:  # passed on: no longer needed here
             plan.outputs.pop(key, None)
-        return ("promote", plan.id, plan.gen, step, upstream, errors)
+        return Promote(plan.id, plan.gen, step, upstream, errors)

@@ -19,6 +19,7 @@ from .effects import Outcome, outcome_for
 from .enums import ExistingPolicy, InputMerger, ScheduleResult, TaskState
 from .errors import InvalidParameters, KmprayError
 from .models import ChainInfo
+from .protocol import Cascade, Plan, Promote
 from .records import TaskRecord
 from .results import Failure, Success
 from .triggers import OneTime
@@ -84,7 +85,7 @@ class ChainRules:
         self.fx.chains[chain_id] = chain
         mergers = {t["id"]: t["input_merger"] for step in steps for t in step
                    if t.get("input_merger", "OVERWRITE") != "OVERWRITE"}
-        self.fx.chain_msgs.append(("plan", chain_id, chain.gen, chain.steps, mergers))
+        self.fx.chain_msgs.append(Plan(chain_id, chain.gen, chain.steps, mergers))
         for n, step in enumerate(steps):
             for task in step:
                 rec = TaskRecord(
@@ -134,27 +135,24 @@ class ChainRules:
         only BLOCKED tasks are promoted and only unfinished ones cascaded (idempotent)."""
         now = self.clock.now_ms()
         for action in actions:
-            kind, chain_id, gen = action[0], action[1], action[2]
-            chain = self.chains.get(chain_id)
-            if chain is None or chain.gen != gen:
+            chain = self.chains.get(action.chain_id)
+            if chain is None or chain.gen != action.gen:
                 continue  # replaced or pruned meanwhile
-            if kind == "promote":
-                _k, _c, _g, step, upstream, errors = action
-                for key in chain.steps[step]:
+            if isinstance(action, Promote):
+                for key in chain.steps[action.step]:
                     rec = self.tasks.get(key)
                     if rec is None or rec.state is not TaskState.BLOCKED:
                         continue
-                    if key in errors:
-                        self._finish(rec, TaskState.FAILED, Failure(errors[key]), now)
+                    if key in action.errors:
+                        self._finish(rec, TaskState.FAILED, Failure(action.errors[key]), now)
                         continue
-                    rec.upstream = upstream.get(key) or None
+                    rec.upstream = action.upstream.get(key) or None
                     lifecycle.promote(rec)
                     self._schedule_first(rec, now)
-            elif kind == "cascade":
-                _k, _c, _g, from_step, state, reason = action
-                final = TaskState(state)
-                cause = Failure(reason) if final is TaskState.FAILED else None
-                for later in chain.steps[from_step:]:
+            elif isinstance(action, Cascade):
+                final = TaskState(action.state)
+                cause = Failure(action.reason) if final is TaskState.FAILED else None
+                for later in chain.steps[action.from_step:]:
                     for key in later:
                         rec = self.tasks.get(key)
                         if rec is not None and not rec.state.is_finished:

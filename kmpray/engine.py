@@ -37,6 +37,7 @@ from .events import TaskCompletionEvent, TaskProgressEvent
 from .explain import Explaining
 from .merging import merge
 from .platforms import PlatformProfile
+from .protocol import Step
 from .queues import Deadlines, ReadyQueue, TimerQueue, sequence
 from .records import TaskRecord
 from .restore import Restoring
@@ -387,7 +388,7 @@ class SchedulerCore(UniqueWork, Restoring, ChainRules, Conditions, Explaining):
                 chain.unfinished -= 1
                 # Promotion, data passing and cascades are the chain coordinator's.
                 data = result.data if isinstance(result, Success) else None
-                self.fx.chain_msgs.append(("step", chain.id, chain.gen, rec.step, rec.key, state.value, data))
+                self.fx.chain_msgs.append(Step(chain.id, chain.gen, rec.step, rec.key, state.value, data))
             self.fx.settled.add(rec.chain_id)
         if ran or state is not TaskState.SUCCEEDED:
             data = result.data if isinstance(result, Success) else None

@@ -12,6 +12,7 @@ from . import lifecycle
 from .chain_record import ChainRecord
 from .constraints import DEFAULT_CONSTRAINTS
 from .enums import TaskState
+from .protocol import Cascade
 from .records import TaskRecord
 from .results import Failure
 from .triggers import OneTime
@@ -129,7 +130,7 @@ class Restoring:
             if chain is not None:
                 self.fx.settled.add(chain.id)
                 reason = f"prerequisite {rec.key!r} failed (its stored row was damaged)"
-                self.chain_actions([("cascade", chain.id, chain.gen, rec.step + 1, TaskState.FAILED.value, reason)])
+                self.chain_actions([Cascade(chain.id, chain.gen, rec.step + 1, TaskState.FAILED.value, reason)])
             cause = Failure(f"prerequisite {rec.key!r} failed (its stored row was damaged)")
             for dep in list(self.dependents.get(rec.key, ())):
                 drec = self.tasks.get(dep)

@@ -193,29 +193,30 @@ def test_a_coordinator_restart_losing_messages_resumes_at_the_interrupted_step(h
 
 def test_coordinator_ignores_stale_generations_and_duplicate_messages() -> None:
     from kmpray.chain_coordination import ChainCoordinatorCore
+    from kmpray.protocol import Cascade, Plan, Promote, Step
 
     c = ChainCoordinatorCore()
-    c.apply([("plan", "c", "g1", [["a"], ["b"]], {})])
-    c.apply([("plan", "c", "g2", [["a"], ["b"]], {})])  # replaced
-    assert c.apply([("step", "c", "g1", 0, "a", "SUCCEEDED", {"x": 1})]) == []
-    first = c.apply([("step", "c", "g2", 0, "a", "SUCCEEDED", {"x": 2})])
-    assert first == [("promote", "c", "g2", 1, {"b": {"x": 2}}, {})]
-    assert c.apply([("step", "c", "g2", 0, "a", "SUCCEEDED", {"x": 2})]) == []  # a duplicate
+    c.apply([Plan("c", "g1", [["a"], ["b"]], {})])
+    c.apply([Plan("c", "g2", [["a"], ["b"]], {})])  # replaced
+    assert c.apply([Step("c", "g1", 0, "a", "SUCCEEDED", {"x": 1})]) == []
+    first = c.apply([Step("c", "g2", 0, "a", "SUCCEEDED", {"x": 2})])
+    assert first == [Promote("c", "g2", 1, {"b": {"x": 2}}, {})]
+    assert c.apply([Step("c", "g2", 0, "a", "SUCCEEDED", {"x": 2})]) == []  # a duplicate
     # A resync re-sends what it implies; the scheduler applies it only to BLOCKED tasks.
     snap = {"c": {"gen": "g2", "steps": [["a"], ["b"]], "mergers": {},
                   "tasks": {"a": ("SUCCEEDED", {"x": 2}), "b": ("ENQUEUED", None)}}}
     assert c.resync(snap) == first
     failed = ChainCoordinatorCore()
-    failed.apply([("plan", "f", "g", [["a", "b"], ["c"], ["d"]], {"c": "ARRAY"})])
-    out = failed.apply([("step", "f", "g", 0, "a", "FAILED", None), ("step", "f", "g", 0, "b", "SUCCEEDED", {})])
-    assert out == [("cascade", "f", "g", 1, "FAILED", "prerequisite 'a' failed")]
+    failed.apply([Plan("f", "g", [["a", "b"], ["c"], ["d"]], {"c": "ARRAY"})])
+    out = failed.apply([Step("f", "g", 0, "a", "FAILED", None), Step("f", "g", 0, "b", "SUCCEEDED", {})])
+    assert out == [Cascade("f", "g", 1, "FAILED", "prerequisite 'a' failed")]
     assert failed.plans == {}  # nothing left to coordinate
     # A resync drops plans older than its request that the scheduler no longer lists
     # (finished unseen), never one that arrived while the snapshot was on its way.
     gc = ChainCoordinatorCore()
-    gc.apply([("plan", "old", "g", [["a"]], {})])
+    gc.apply([Plan("old", "g", [["a"]], {})])
     asked = gc.mark()
-    gc.apply([("plan", "new", "g", [["b"]], {})])
+    gc.apply([Plan("new", "g", [["b"]], {})])
     assert gc.resync({}, asked) == [] and set(gc.plans) == {"new"}
 
 

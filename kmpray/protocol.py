@@ -1,0 +1,130 @@
+"""Every message between the engine's actors, as named, typed records (one module).
+
+They are NamedTuples: a tuple on the wire (Ray pickles them by reference to this module,
+at the cost of a tuple plus a class name per batch), a record with field names at both
+ends. Adding a field is one edit here, then the sender and the receiver.
+
+========================================  =========================================
+SchedulerActor -> LightExecutor/Heavy     ``submit(runs: list[Run], fence: Fence)``
+                                          ``cancel(keys)``, ``cancel_cooperative(keys)``
+executor -> SchedulerActor                ``report(done: list[Done],
+                                          progress: list[Progress], began: list[Began])``
+                                          ``loop_blocked(...)`` / ``loop_unblocked(...)``
+SchedulerActor -> executor (reconcile)    ``ping() -> Ping``, ``holding() -> Holding``
+SchedulerActor -> ChainCoordinator        ``handle([Plan | Step, ...])``
+ChainCoordinator -> SchedulerActor        ``chain_actions([Promote | Cascade, ...])``
+========================================  =========================================
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+#: (task key, run id): one run of one task, everywhere.
+RunKey = tuple[str, int]
+
+
+class Run(NamedTuple):
+    """One run handed to an executor."""
+
+    key: str
+    run_id: int
+    worker: str  # registered worker class name
+    version: int  # of its registration: executors cache classes by (name, version)
+    input: str | None
+    upstream: dict[str, Any] | None  # merged Success.data of its prerequisites
+    previous_attempts: int
+    timeout_ms: int | None
+    start_at_ms: int | None  # handed over ahead of its due time: begin then (epoch ms)
+
+
+class Fence(NamedTuple):
+    """A batch's number under the scheduler's epoch: a blocked executor never begins a
+    run from a batch at or below the fence the scheduler answered its report with."""
+
+    epoch: str
+    batch: int
+
+
+class Done(NamedTuple):
+    key: str
+    run_id: int
+    result: tuple[str, Any, Any]  # kmpray.results.to_wire
+
+
+class Progress(NamedTuple):
+    key: str
+    run_id: int
+    pct: int
+    message: str | None
+
+
+class Began(NamedTuple):
+    """The run's worker is still going a moment after it began (a short run's Done says it)."""
+
+    key: str
+    run_id: int
+
+
+class Ping(NamedTuple):
+    incarnation: str  # the executor's process: a new one means what it held is gone
+    running: int
+    node: str
+    lag_ms: float  # its event loop's lag now
+
+
+class Holding(NamedTuple):
+    """For a restarted scheduler: runs taken and not reported, and which wait for a slot."""
+
+    incarnation: str
+    held: list[RunKey]
+    waiting: list[RunKey]
+
+
+# ---- chains: the scheduler owns task states, a coordinator each chain's plan. The
+# coordinator's state only grows, so a late duplicate or a snapshot merged after a
+# restart is harmless, and the scheduler applies an action only to the generation it
+# names and to tasks still BLOCKED/unfinished.
+
+
+class Plan(NamedTuple):
+    """A chain was accepted (or replaced: a new ``gen``)."""
+
+    chain_id: str
+    gen: str
+    steps: list[list[str]]
+    mergers: dict[str, str]  # key -> InputMerger value, only non-default ones
+
+
+class Step(NamedTuple):
+    """A chain task finished."""
+
+    chain_id: str
+    gen: str
+    step: int
+    key: str
+    state: str  # TaskState value
+    data: dict[str, Any] | None
+
+
+class Promote(NamedTuple):
+    """Every task of ``step - 1`` succeeded: start ``step`` with these inputs."""
+
+    chain_id: str
+    gen: str
+    step: int
+    upstream: dict[str, dict[str, Any]]
+    errors: dict[str, str]  # key -> why its inputs could not be merged (it fails)
+
+
+class Cascade(NamedTuple):
+    """A task failed or was cancelled: every task from ``from_step`` on ends the same way."""
+
+    chain_id: str
+    gen: str
+    from_step: int
+    state: str
+    reason: str
+
+
+ChainMessage = Plan | Step | Promote | Cascade
