@@ -18,8 +18,8 @@ import ray
 from pydantic import TypeAdapter
 
 from kmpray.errors import StoreRefused
+from kmpray.event_log import MemoryEventLog, SqliteEventLog
 from kmpray.events import Event, StoredEvent, TaskCompletionEvent, TaskProgressEvent
-from kmpray.store import MemoryEventLog, SqliteEventLog
 
 from .names import BROKER, lookup
 
@@ -71,10 +71,14 @@ class EventBroker:
         if self._refused is not None:
             raise self._refused
 
-    def publish(self, bodies: list[bytes]) -> int:
-        """Append encoded events; returns the last cursor."""
-        bodies = [b for b in bodies if len(b) <= MAX_EVENT_BYTES]
-        self.log.append(bodies)
+    def publish(self, bodies: list[bytes], origins: list[int | None] | None = None) -> int:
+        """Append encoded events; returns the last cursor. ``origins``: the scheduler's
+        outbox number of each (None for progress): one at or below the last appended is a
+        re-send after a scheduler restart, appended once only."""
+        if origins is None:
+            origins = [None] * len(bodies)
+        kept = [(b, o) for b, o in zip(bodies, origins, strict=True) if len(b) <= MAX_EVENT_BYTES]
+        self.log.append([b for b, _o in kept], [o for _b, o in kept])
         self._appended += len(bodies)
         if self._appended >= self.retention // 10 + 1:
             self._appended = 0

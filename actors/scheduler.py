@@ -18,20 +18,18 @@ from typing import Any
 
 import ray
 
-from kmpray import intake
 from kmpray.chain_coordination import ChainCoordinatorCore, Message, coordinator_index
 from kmpray.clock import ManualClock, SystemClock
 from kmpray.config import EngineConfig
 from kmpray.device import DeviceState
 from kmpray.engine import Dispatch, SchedulerCore
-from kmpray.enums import ScheduleResult
 from kmpray.errors import StoreRefused
 from kmpray.placement import assign, heavy_demand, placeable
 from kmpray.platforms import profile
 from kmpray.protocol import Began, Done, Fence, Progress, Run, RunKey
 from kmpray.results import Failure, from_wire
 from kmpray.store import SqliteTaskStore
-from kmpray.timing import PING_TIMEOUT_S, PRUNE_S, RECONCILE_S
+from kmpray.timing import ANSWER_RETENTION_S, PING_TIMEOUT_S, PRUNE_S, RECONCILE_S
 from kmpray.validation import check_output
 from kmpray.watch import FileWatcher
 
@@ -43,6 +41,7 @@ from .heavy_pool import HeavyPool
 from .names import BROKER, CHAIN, ORACLE, REGISTRY, lookup
 from .outbox import Outbox
 from .retry import call_with_retry
+from .scheduler_intake import SchedulerIntake
 from .scheduler_reads import SchedulerReads
 from .virtual_time import VirtualTime
 from .waiters import Waiters
@@ -50,7 +49,7 @@ from .waiters import Waiters
 log = logging.getLogger("kmpray.scheduler")
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=10_000)
-class SchedulerActor(SchedulerReads, VirtualTime):
+class SchedulerActor(SchedulerIntake, SchedulerReads, VirtualTime):
     def __init__(self, namespace: str, state_dir: str, virtual_time: bool, platform: str, config: dict[str, Any]):
         self._born = time.monotonic()
         self.serving_in_s: float | None = None  # from process start to serving (restore included)
@@ -66,6 +65,8 @@ class SchedulerActor(SchedulerReads, VirtualTime):
             self._ready.set_exception(exc)
             return
         self.rejections: deque[tuple[str, str, str]] = deque(maxlen=1000)
+        self._answers: list[tuple[str, bytes, int]] = []  # (request token, answer, ms) to store
+        self._acked: int | None = None  # outbox events up to here are in the event log
         self.waiters = Waiters(self.core)
         self._reconciling = asyncio.Lock()
         self._watcher = FileWatcher()
@@ -76,9 +77,14 @@ class SchedulerActor(SchedulerReads, VirtualTime):
         self._wake_at: int | None = None  # the due time the loop is sleeping towards
         self._idle = asyncio.Event()
         self._broker: Any = None
-        self._events: Outbox[bytes] = Outbox(
-            lambda batch: self._broker.publish.remote(batch),
+        # Events to the broker, batched: (outbox number, body). A completion event is stored
+        # with its result (the store's outbox) and forgotten once the broker acknowledges
+        # it; after a crash the next scheduler sends the rest again, and the broker appends
+        # each outbox number once. Progress events (no number) are best-effort.
+        self._events: Outbox[tuple[int | None, bytes]] = Outbox(
+            lambda batch: self._broker.publish.remote([b for _o, b in batch], [o for o, _b in batch]),
             "events to the broker",
+            lambda _last, batch: self._events_acked(batch),
             timeout_s=60,
             eager=False,
             linger_s=self.config.event_linger_ms / 1000,
@@ -120,6 +126,11 @@ class SchedulerActor(SchedulerReads, VirtualTime):
         # Restarted while the registry lived on: take its copies back (see actors/registry.py).
         self._blobs.update(await call_with_retry(lambda: registry.dump.remote()))
         self._broker = lookup(BROKER, self.namespace)
+        unsent = self.store.pending_events()  # completion events a crash kept from the broker
+        if unsent:
+            log.warning("restarted: sending %d completion events again (the broker appends each once)",
+                        len(unsent))
+            self._events.add(unsent)
         oracle = lookup(ORACLE, self.namespace)
         states = await oracle.ready.remote()
         self.core.set_devices({n: DeviceState.model_validate(s) for n, s in states.items()})
@@ -191,10 +202,14 @@ class SchedulerActor(SchedulerReads, VirtualTime):
                 if changed and sum(self.core.fire("content_uri", uri) for uri in changed):
                     self._kick()
                 self.core.warn_long_waits()
+                if self._acked is not None:  # nothing else wrote since the broker's last ack
+                    acked, self._acked = self._acked, None
+                    self.store.ack_events(acked)
                 if time.monotonic() - last_prune > PRUNE_S:
                     last_prune = time.monotonic()
                     self.core.prune()
                     self._flush()
+                    self.store.forget_answers(int((time.time() - ANSWER_RETENTION_S) * 1000))
             except Exception:
                 log.exception("housekeeping failed; will retry")
 
@@ -276,9 +291,16 @@ class SchedulerActor(SchedulerReads, VirtualTime):
             self._wake_at = due
             self._wake.set()
         fx = self.core.drain()
-        if not fx:
+        answers, self._answers = self._answers, []  # enqueue answers: stored with what they did
+        if not fx and not answers:
             return
-        self.store.write(fx.persist.values(), fx.delete, fx.chains.values(), fx.delete_chains)
+        acked, self._acked = self._acked, None  # events the broker has: forgotten in this write
+        bodies = [encode_event(e) for e in fx.events]
+        numbers = iter(self.store.write(
+            fx.persist.values(), fx.delete, fx.chains.values(), fx.delete_chains,
+            events=[b for e, b in zip(fx.events, bodies, strict=True) if e.kind == "completion"],
+            answers=answers, acked=acked,
+        ))
         if fx.cancel_runs:
             self.pool.cancel(fx.cancel_runs)
             for key in fx.cancel_runs:
@@ -286,8 +308,9 @@ class SchedulerActor(SchedulerReads, VirtualTime):
         local = self._local_chains
         if fx.chain_msgs and local is None:
             self._to_coordinators(fx.chain_msgs)  # first: a chain's next step waits for the answer
-        if fx.events:
-            self._events.add(encode_event(e) for e in fx.events)
+        if bodies:
+            self._events.add((next(numbers) if e.kind == "completion" else None, b)
+                             for e, b in zip(fx.events, bodies, strict=True))
         for name in fx.settled:
             self.waiters.wake(name)
         if not self.pool.where and not self.heavy.where and not self.core.ready_count():
@@ -296,6 +319,13 @@ class SchedulerActor(SchedulerReads, VirtualTime):
             # In-process coordination: promote now (after this batch's events, which happened
             # first), and send what became ready at once.
             self._chain_actions(local.apply(fx.chain_msgs))
+
+    def _events_acked(self, batch: list[tuple[int | None, bytes]]) -> None:
+        """The broker has these: they leave the outbox with the next store write (no
+        transaction of their own; housekeeping does it when nothing else writes)."""
+        upto = max((n for n, _b in batch if n is not None), default=None)
+        if upto is not None:
+            self._acked = max(upto, self._acked or 0)
 
     def _to_coordinators(self, msgs: list[Message]) -> None:
         pool = len(self._coordinators)
@@ -312,27 +342,6 @@ class SchedulerActor(SchedulerReads, VirtualTime):
             self._pump()
 
     # ------------------------------------------------------------- messages
-    async def register_worker(self, name: str, blob: bytes) -> int:
-        await self._ready
-        current = self._blobs.get(name)
-        if current is not None and current[1] == blob:
-            version = current[0]
-        else:
-            # Versions only grow, across restarts too: an executor caches classes by
-            # (name, version), so a number must never name two different classes.
-            last = self.store.get_meta("worker_version")
-            version = max([last if isinstance(last, int) else 0, *(v for v, _b in self._blobs.values())]) + 1
-            self.store.put_meta("worker_version", version)
-            self._blobs[name] = (version, blob)
-        registry = lookup(REGISTRY, self.namespace)
-        await call_with_retry(lambda: registry.put.remote(name, version, blob))
-        if name not in self.known:
-            self.known.add(name)
-            self.store.put_meta("known_workers", sorted(self.known))
-        if self.core.unpark(name):
-            self._kick()
-        return version
-
     async def chain_actions(self, actions: list[Message]) -> None:
         """From a chain coordinator: promote a step (with its merged data) or cascade."""
         await self._ready
@@ -342,38 +351,6 @@ class SchedulerActor(SchedulerReads, VirtualTime):
     async def chain_snapshot(self, index: int, pool: int) -> dict[str, Any]:
         await self._ready
         return self.core.chain_snapshot(index, pool)
-
-    async def enqueue_many(self, items: list[dict[str, Any]]) -> list[tuple[str, str | None]]:
-        await self._ready
-        out = []
-        for item in items:
-            outcome = intake.submit(self.core, item)
-            if outcome.result is not ScheduleResult.SUCCESS:
-                self.rejections.append((str(item.get("id")), outcome.result.value, outcome.reason or ""))
-                log.warning("enqueue %r: %s: %s", item.get("id"), outcome.result.value, outcome.reason)
-            out.append((outcome.result.value, outcome.reason))
-        try:
-            self._flush()
-        except Exception as exc:  # nothing is acknowledged that is not stored
-            log.exception("store write failed")
-            return [(ScheduleResult.FAILED_UNKNOWN.value, f"store write failed: {exc}") for _ in items]
-        self._kick()
-        return out
-
-    async def enqueue_chain(self, payload: dict[str, Any]) -> tuple[str, str | None]:
-        await self._ready
-        chain_id = payload.get("id")
-        outcome = intake.submit_chain(self.core, payload)
-        if outcome.result is not ScheduleResult.SUCCESS:
-            self.rejections.append((str(chain_id), outcome.result.value, outcome.reason or ""))
-            log.warning("chain %r: %s: %s", chain_id, outcome.result.value, outcome.reason)
-        try:
-            self._flush()
-        except Exception as exc:
-            log.exception("store write failed")
-            return ScheduleResult.FAILED_UNKNOWN.value, f"store write failed: {exc}"
-        self._kick()
-        return outcome.result.value, outcome.reason
 
     async def wait_chain(self, chain_id: str, timeout_s: float | None) -> dict[str, Any] | None:
         await self._ready

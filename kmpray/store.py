@@ -16,9 +16,8 @@ import contextlib
 import logging
 import os
 import sqlite3
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -32,7 +31,11 @@ from .records import TaskRecord, decode, encode
 log = logging.getLogger("kmpray.store")
 
 #: The on-disk layout this version writes (SQLite ``user_version``). A newer file is refused.
-SCHEMA_VERSION = 1
+#: 2: tasks.db has an ``outbox`` of completion events not yet in the event log, and the
+#: ``answers`` to recent enqueue calls by request token (a retried call is answered, not
+#: applied twice); events.db remembers the last outbox number it took (``origin``).
+#: Version 1 files open and upgrade.
+SCHEMA_VERSION = 2
 
 _R = TypeVar("_R")
 
@@ -103,25 +106,35 @@ class TaskStore(Protocol):
         delete: Iterable[str] = (),
         chains: Iterable[ChainRecord] = (),
         delete_chains: Iterable[str] = (),
-    ) -> None: ...
+        events: Sequence[bytes] = (),
+        answers: Sequence[tuple[str, bytes, int]] = (),
+        acked: int | None = None,
+    ) -> list[int]:
+        """One transaction; ``events`` (encoded completion events) go to the outbox in it,
+        so a result stored is an event that will be published, and ``answers`` (request
+        token, packed answer, epoch ms) record what the enqueue calls applied here were
+        answered; ``acked``: forget outbox events up to it (the event log has them) in the
+        same transaction. Returns the events' outbox numbers."""
+        ...
+
+    def answer(self, token: str) -> bytes | None:
+        """The stored answer to an enqueue call already applied under ``token``."""
+        ...
+
+    def forget_answers(self, before_ms: int) -> int:
+        ...
+
+    def pending_events(self) -> list[tuple[int, bytes]]:
+        """Outbox events not acknowledged by the event log yet, oldest first."""
+        ...
+
+    def ack_events(self, upto: int) -> None:
+        """The event log holds every outbox event numbered up to ``upto``: forget them."""
+        ...
 
     def get_meta(self, key: str) -> object | None: ...
 
     def put_meta(self, key: str, value: object) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class EventLog(Protocol):
-    def append(self, events: list[bytes]) -> list[int]: ...
-
-    def read(self, after: int, limit: int) -> list[tuple[int, bytes]]: ...
-
-    def last_cursor(self) -> int: ...
-
-    def first_cursor(self) -> int: ...
-
-    def trim(self, keep: int) -> None: ...
 
     def close(self) -> None: ...
 
@@ -226,6 +239,8 @@ _TASK_TABLES = {
     "meta": "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL)",
     "chains": "CREATE TABLE IF NOT EXISTS chains (id TEXT PRIMARY KEY, row BLOB NOT NULL)",
     "quarantine": _QUARANTINE,
+    "outbox": "CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, body BLOB NOT NULL)",
+    "answers": "CREATE TABLE IF NOT EXISTS answers (token TEXT PRIMARY KEY, answer BLOB NOT NULL, at_ms INTEGER NOT NULL)",
 }
 
 
@@ -267,14 +282,21 @@ class SqliteTaskStore:
         delete: Iterable[str] = (),
         chains: Iterable[ChainRecord] = (),
         delete_chains: Iterable[str] = (),
-    ) -> None:
+        events: Sequence[bytes] = (),
+        answers: Sequence[tuple[str, bytes, int]] = (),
+        acked: int | None = None,
+    ) -> list[int]:
         rows = [(rec.key, encode(rec)) for rec in put]
         gone = [(k,) for k in delete]
         chain_rows = [(c.id, c.encode()) for c in chains]
         chains_gone = [(k,) for k in delete_chains]
-        if not (rows or gone or chain_rows or chains_gone):
-            return
+        if not (rows or gone or chain_rows or chains_gone or events or answers or acked):
+            return []
         with _transaction(self._conn) as conn:
+            if acked:
+                conn.execute("DELETE FROM outbox WHERE seq <= ?", (acked,))
+            if answers:
+                conn.executemany("INSERT OR REPLACE INTO answers (token, answer, at_ms) VALUES (?, ?, ?)", answers)
             if gone:
                 conn.executemany("DELETE FROM tasks WHERE key = ?", gone)
             if rows:
@@ -283,6 +305,30 @@ class SqliteTaskStore:
                 conn.executemany("DELETE FROM chains WHERE id = ?", chains_gone)
             if chain_rows:
                 conn.executemany("INSERT OR REPLACE INTO chains (id, row) VALUES (?, ?)", chain_rows)
+            if not events:
+                return []
+            row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+            start = int(row[0]) if row else 0
+            conn.executemany("INSERT INTO outbox (body) VALUES (?)", [(e,) for e in events])
+            # AUTOINCREMENT never reuses a number, and this transaction is the only writer.
+            return list(range(start + 1, start + 1 + len(events)))
+
+    def answer(self, token: str) -> bytes | None:
+        with _refusing(self.path):
+            row = self._conn.execute("SELECT answer FROM answers WHERE token = ?", (token,)).fetchone()
+        return bytes(row[0]) if row else None
+
+    def forget_answers(self, before_ms: int) -> int:
+        with _refusing(self.path), _transaction(self._conn) as conn:
+            return conn.execute("DELETE FROM answers WHERE at_ms < ?", (before_ms,)).rowcount
+
+    def pending_events(self) -> list[tuple[int, bytes]]:
+        return [(int(seq), bytes(body)) for seq, body in
+                _scan(self._conn, self.path, "SELECT seq, body FROM outbox ORDER BY seq")]
+
+    def ack_events(self, upto: int) -> None:
+        with _refusing(self.path), _transaction(self._conn) as conn:
+            conn.execute("DELETE FROM outbox WHERE seq <= ?", (upto,))
 
     def get_meta(self, key: str) -> object | None:
         """A meta value; a damaged one goes to quarantine and reads as absent."""
@@ -318,6 +364,9 @@ class MemoryTaskStore:
         self._meta: dict[str, bytes] = {}
         self._quarantine: dict[tuple[str, str], QuarantinedRow] = {}
         self._fresh: list[QuarantinedRow] = []
+        self._outbox: dict[int, bytes] = {}
+        self._outbox_seq = 0
+        self._answers: dict[str, tuple[bytes, int]] = {}
 
     def load(self) -> list[TaskRecord]:
         return self._load("tasks", self._rows, decode, _task_key)
@@ -358,7 +407,14 @@ class MemoryTaskStore:
         delete: Iterable[str] = (),
         chains: Iterable[ChainRecord] = (),
         delete_chains: Iterable[str] = (),
-    ) -> None:
+        events: Sequence[bytes] = (),
+        answers: Sequence[tuple[str, bytes, int]] = (),
+        acked: int | None = None,
+    ) -> list[int]:
+        if acked:
+            self.ack_events(acked)
+        for token, answer, at_ms in answers:
+            self._answers[token] = (answer, at_ms)
         for key in delete:
             self._rows.pop(key, None)
         for rec in put:
@@ -367,6 +423,29 @@ class MemoryTaskStore:
             self._chains.pop(key, None)
         for chain in chains:
             self._chains[chain.id] = chain.encode()
+        seqs = []
+        for body in events:
+            self._outbox_seq += 1
+            self._outbox[self._outbox_seq] = body
+            seqs.append(self._outbox_seq)
+        return seqs
+
+    def answer(self, token: str) -> bytes | None:
+        found = self._answers.get(token)
+        return found[0] if found else None
+
+    def forget_answers(self, before_ms: int) -> int:
+        old = [t for t, (_a, at) in self._answers.items() if at < before_ms]
+        for token in old:
+            del self._answers[token]
+        return len(old)
+
+    def pending_events(self) -> list[tuple[int, bytes]]:
+        return sorted(self._outbox.items())
+
+    def ack_events(self, upto: int) -> None:
+        for seq in [s for s in self._outbox if s <= upto]:
+            del self._outbox[seq]
 
     def get_meta(self, key: str) -> object | None:
         raw = self._meta.get(key)
@@ -374,79 +453,6 @@ class MemoryTaskStore:
 
     def put_meta(self, key: str, value: object) -> None:
         self._meta[key] = msgpack.packb(value, use_bin_type=True)
-
-    def close(self) -> None:
-        pass
-
-
-_EVENT_TABLES = {
-    "events": "CREATE TABLE IF NOT EXISTS events (cursor INTEGER PRIMARY KEY AUTOINCREMENT, body BLOB NOT NULL)"
-}
-
-
-class SqliteEventLog:
-    """Append-only event rows; the rowid is the cursor subscribers resume from."""
-
-    def __init__(self, path: str | Path) -> None:
-        self._conn = _connect(Path(path), _EVENT_TABLES)
-        self._lock = threading.Lock()
-
-    def append(self, events: list[bytes]) -> list[int]:
-        if not events:
-            return []
-        with self._lock, _transaction(self._conn) as conn:
-            start = self.last_cursor()
-            conn.executemany("INSERT INTO events (body) VALUES (?)", [(e,) for e in events])
-            # AUTOINCREMENT never reuses a cursor, so the batch owns start+1..start+n.
-            return list(range(start + 1, start + 1 + len(events)))
-
-    def read(self, after: int, limit: int) -> list[tuple[int, bytes]]:
-        return list(
-            self._conn.execute(
-                "SELECT cursor, body FROM events WHERE cursor > ? ORDER BY cursor LIMIT ?", (after, limit)
-            )
-        )
-
-    def last_cursor(self) -> int:
-        row = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
-        return int(row[0]) if row else 0
-
-    def first_cursor(self) -> int:
-        row = self._conn.execute("SELECT MIN(cursor) FROM events").fetchone()
-        return int(row[0]) if row and row[0] is not None else self.last_cursor() + 1
-
-    def trim(self, keep: int) -> None:
-        with self._lock:
-            self._conn.execute("DELETE FROM events WHERE cursor <= ?", (self.last_cursor() - keep,))
-
-    def close(self) -> None:
-        self._conn.close()
-
-
-class MemoryEventLog:
-    def __init__(self) -> None:
-        self._rows: list[tuple[int, bytes]] = []
-        self._last = 0
-
-    def append(self, events: list[bytes]) -> list[int]:
-        cursors = []
-        for body in events:
-            self._last += 1
-            self._rows.append((self._last, body))
-            cursors.append(self._last)
-        return cursors
-
-    def read(self, after: int, limit: int) -> list[tuple[int, bytes]]:
-        return [r for r in self._rows if r[0] > after][:limit]
-
-    def last_cursor(self) -> int:
-        return self._last
-
-    def first_cursor(self) -> int:
-        return self._rows[0][0] if self._rows else self._last + 1
-
-    def trim(self, keep: int) -> None:
-        self._rows = [r for r in self._rows if r[0] > self._last - keep]
 
     def close(self) -> None:
         pass

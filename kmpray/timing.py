@@ -19,6 +19,9 @@ PING_TIMEOUT_S = 10.0
 BLOCKED_PING_TIMEOUT_S = 0.5
 #: Forget finished rows older than ``EngineConfig.retain_finished_ms`` this often.
 PRUNE_S = 60.0
+#: An enqueue call's answer is kept this long by its request token, so a client retrying
+#: it (the scheduler restarted before answering) gets the answer, not a second enqueue.
+ANSWER_RETENTION_S = 600.0
 #: ``advance_time``: re-check that runs in flight settled at least this often.
 SETTLE_POLL_S = 0.5
 

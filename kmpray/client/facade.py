@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -162,7 +163,7 @@ class BackgroundTaskScheduler:
         item = self._prepare(id, trigger, worker_class_name, input, constraints)
         if item is None:
             return ScheduleResult.REJECTED_INVALID_PARAMS
-        return self._results(self._call("enqueue_many", [item]))[0]
+        return self._results(self._call("enqueue_many", [item], uuid.uuid4().hex))[0]
 
     def _prepare(self, *args: Any) -> dict[str, Any] | None:
         """The wire item for one enqueue, or None (with ``last_reason`` set) if it is malformed."""
@@ -183,7 +184,7 @@ class BackgroundTaskScheduler:
         item = self._prepare(id, trigger, worker_class_name, input, constraints)
         if item is None:
             return ScheduleResult.REJECTED_INVALID_PARAMS
-        return self._results(await self._call_async("enqueue_many", [item]))[0]
+        return self._results(await self._call_async("enqueue_many", [item], uuid.uuid4().hex))[0]
 
     def enqueue_many(self, requests: Sequence[TaskRequest | dict[str, Any]]) -> list[ScheduleResult]:
         """Bulk submission in one round trip and one store transaction.
@@ -205,7 +206,7 @@ class BackgroundTaskScheduler:
                         req.get("constraints"),
                     )
                 )
-        return self._results(self._call("enqueue_many", items))
+        return self._results(self._call("enqueue_many", items, uuid.uuid4().hex))
 
     def rejections(self, limit: int = 100) -> list[tuple[str, str, str]]:
         """The engine's most recent rejections: ``(id, result, reason)``, oldest first."""
@@ -243,11 +244,11 @@ class BackgroundTaskScheduler:
         return TaskChain.begin(self, first)
 
     def _enqueue_chain(self, chain: TaskChain) -> ScheduleResult:
-        result, self.last_reason = self._call("enqueue_chain", chain.payload())
+        result, self.last_reason = self._call("enqueue_chain", chain.payload(), uuid.uuid4().hex)
         return ScheduleResult(result)
 
     async def _enqueue_chain_async(self, chain: TaskChain) -> ScheduleResult:
-        result, self.last_reason = await self._call_async("enqueue_chain", chain.payload())
+        result, self.last_reason = await self._call_async("enqueue_chain", chain.payload(), uuid.uuid4().hex)
         return ScheduleResult(result)
 
     def list_tasks(self, state: TaskState | None = None) -> TaskList:

@@ -9,9 +9,10 @@ from hypothesis import strategies as st
 
 from kmpray import Constraints, ExistingWorkPolicy, QualityOfService, TaskState, TaskTrigger
 from kmpray.engine import SchedulerCore
+from kmpray.event_log import MemoryEventLog, SqliteEventLog
 from kmpray.records import TaskRecord, decode, encode
 from kmpray.results import Failure, Success
-from kmpray.store import MemoryEventLog, SqliteEventLog, SqliteTaskStore
+from kmpray.store import SqliteTaskStore
 
 from .conftest import START, Harness
 
@@ -199,3 +200,48 @@ def test_restore_reads_rows_without_writing_them_back_and_shares_equal_triggers(
     t0, t1 = core.latest("t0"), core.latest("t1")
     assert t0.trigger is t1.trigger and t0.constraints is t1.constraints  # type: ignore[union-attr]
     assert t0.trigger == later and t0.constraints == net  # type: ignore[union-attr]
+
+
+def test_completion_events_are_stored_with_their_results_until_the_log_has_them(tmp_path: Path) -> None:
+    """The transactional outbox: an event written with its result survives a crash before
+    it is published; after the ack it is forgotten."""
+    store = SqliteTaskStore(tmp_path / "tasks.db")
+    assert store.write([], events=[b"e1", b"e2"]) == [1, 2]
+    assert store.write([], events=[b"e3"]) == [3]
+    store.close()
+    store = SqliteTaskStore(tmp_path / "tasks.db")  # "restarted"
+    assert store.pending_events() == [(1, b"e1"), (2, b"e2"), (3, b"e3")]
+    store.ack_events(2)
+    assert store.pending_events() == [(3, b"e3")]
+    store.ack_events(3)
+    assert store.write([], events=[b"e4"]) == [4]  # numbers are never reused
+
+
+def test_the_event_log_appends_a_re_sent_event_once(tmp_path: Path) -> None:
+    for log in (SqliteEventLog(tmp_path / "events.db"), MemoryEventLog()):
+        assert log.append([b"a", b"b"], [1, 2]) == [1, 2]
+        # The scheduler died before the ack: it sends 1..3 again after its restart.
+        assert log.append([b"a", b"b", b"c", b"p"], [1, 2, 3, None]) == [3, 4]
+        assert [body for _c, body in log.read(0, 10)] == [b"a", b"b", b"c", b"p"]
+        assert log.append([b"w"]) == [5]  # an event from worker code has no origin
+
+
+def test_a_version_1_store_opens_and_gains_the_outbox(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "tasks.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE tasks (key TEXT PRIMARY KEY, row BLOB NOT NULL)")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    store = SqliteTaskStore(path)
+    assert store.load() == [] and store.write([], events=[b"x"]) == [1]
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 2
+
+
+def test_acknowledged_events_leave_the_outbox_with_the_next_write(tmp_path: Path) -> None:
+    store = SqliteTaskStore(tmp_path / "tasks.db")
+    store.write([], events=[b"e1", b"e2", b"e3"])
+    assert store.write([], events=[b"e4"], acked=2) == [4]
+    assert [n for n, _b in store.pending_events()] == [3, 4]

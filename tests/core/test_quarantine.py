@@ -17,8 +17,9 @@ from hypothesis import strategies as st
 
 from kmpray import Constraints, TaskRequest, TaskState, TaskTrigger
 from kmpray.errors import StoreRefused
+from kmpray.event_log import SqliteEventLog
 from kmpray.records import TaskRecord, decode, encode
-from kmpray.store import SqliteEventLog, SqliteTaskStore
+from kmpray.store import SCHEMA_VERSION, SqliteTaskStore
 
 from .conftest import START, Harness, task
 
@@ -220,7 +221,7 @@ def test_a_store_from_a_newer_kmpray_is_refused(tmp_path: Path) -> None:
     conn.execute("PRAGMA user_version = 99")
     conn.commit()
     conn.close()
-    with pytest.raises(StoreRefused, match=r"newer kmpray \(schema 99; this one reads 1\)"):
+    with pytest.raises(StoreRefused, match=rf"newer kmpray \(schema 99; this one reads {SCHEMA_VERSION}\)"):
         SqliteTaskStore(path)
 
 

@@ -140,3 +140,34 @@ def test_scheduler_killed_under_load_of_ten_thousand_tasks(engines: Any, tmp_pat
     # The restarted scheduler adopts the runs the executors still hold (running, queued or
     # finished but unreported) rather than running them again: nothing runs twice.
     assert duplicated == 0
+
+
+def test_a_retried_enqueue_is_answered_again_not_applied_twice(engines: Any, tmp_path: Path) -> None:
+    """The client retries a call whose answer was lost (the scheduler died after storing the
+    work): with the same request token it gets the answer, and finished one-time work does
+    not run a second time, even across a scheduler restart."""
+    import ray
+
+    sched = engines()
+    register_all(sched)
+    ledger = tmp_path / "ledger"
+    actor = ray.get_actor("kmpray.scheduler", namespace=sched.namespace)
+    item = {"id": "once", "trigger": {"kind": "one_time"}, "worker": "Ledgered",
+            "input": json.dumps({"ledger": str(ledger)})}
+    first = ray.get(actor.enqueue_many.remote([item], "call-1"), timeout=60)
+    assert first == [("SUCCESS", None)]
+    assert sched.wait("once", timeout_s=30).state is TaskState.SUCCEEDED
+    again = ray.get(actor.enqueue_many.remote([item], "call-1"), timeout=60)
+    _kill("kmpray.scheduler", sched.namespace)
+    from kmpray.actors.retry import call_with_retry_sync  # what the client does meanwhile
+
+    def call(token: str) -> Any:
+        return call_with_retry_sync(lambda: ray.get(actor.enqueue_many.remote([item], token), timeout=60), 60)
+
+    after_restart = call("call-1")
+    assert again == after_restart == first
+    # A new call (another token) is new work: it runs again, as WorkManager's KEEP says.
+    assert call("call-2") == [("SUCCESS", None)]
+    until(lambda: ledger.exists() and ledger.read_text().count("start once") == 2, what="the second call's run")
+    assert sched.wait("once", timeout_s=30).run_count == 1  # the new row ran once
+    assert ledger.read_text().count("start once") == 2

@@ -1,0 +1,120 @@
+"""What the SchedulerActor accepts: work (``enqueue_many``, ``enqueue_chain``) and worker
+classes (``register_worker``). Enqueue calls carry the client's request token: the
+answer is stored in the same transaction as the work it applied, so a call retried
+after a scheduler restart (applied, but the answer lost with the process) is answered
+again instead of being applied twice, which would run finished one-time work again.
+A mixin of SchedulerActor (scheduler.py): the attributes below are the actor's."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from typing import Any
+
+import msgpack
+
+from kmpray import intake
+from kmpray.engine import SchedulerCore
+from kmpray.enums import ScheduleResult
+from kmpray.store import SqliteTaskStore
+
+from .names import REGISTRY, lookup
+from .retry import call_with_retry
+
+log = logging.getLogger("kmpray.scheduler")
+
+
+class SchedulerIntake:
+    namespace: str
+    core: SchedulerCore
+    store: SqliteTaskStore
+    rejections: deque[tuple[str, str, str]]
+    known: set[str]
+    _blobs: dict[str, tuple[int, bytes]]
+    _answers: list[tuple[str, bytes, int]]
+    _ready: asyncio.Future[None]
+
+    def _flush(self) -> None:
+        raise NotImplementedError  # the actor's
+
+    def _kick(self) -> None:
+        raise NotImplementedError  # the actor's
+
+    def _answered(self, token: str) -> Any:
+        raw = self.store.answer(token)
+        if raw is None:
+            return None
+        log.warning("enqueue call %s was retried after it was applied: answered again, not applied twice",
+                    token)
+        return msgpack.unpackb(raw, raw=False)
+
+    def _answer(self, token: str | None, answer: Any) -> None:
+        if token is not None:
+            self._answers.append((token, msgpack.packb(answer, use_bin_type=True), int(time.time() * 1000)))
+
+    async def register_worker(self, name: str, blob: bytes) -> int:
+        await self._ready
+        current = self._blobs.get(name)
+        if current is not None and current[1] == blob:
+            version = current[0]
+        else:
+            # Versions only grow, across restarts too: an executor caches classes by
+            # (name, version), so a number must never name two different classes.
+            last = self.store.get_meta("worker_version")
+            version = max([last if isinstance(last, int) else 0, *(v for v, _b in self._blobs.values())]) + 1
+            self.store.put_meta("worker_version", version)
+            self._blobs[name] = (version, blob)
+        registry = lookup(REGISTRY, self.namespace)
+        await call_with_retry(lambda: registry.put.remote(name, version, blob))
+        if name not in self.known:
+            self.known.add(name)
+            self.store.put_meta("known_workers", sorted(self.known))
+        if self.core.unpark(name):
+            self._kick()
+        return version
+
+    async def enqueue_many(
+        self, items: list[dict[str, Any]], token: str | None = None
+    ) -> list[tuple[str, str | None]]:
+        """Enqueue a batch; ``token`` names the client's call, so a retry of a call this
+        scheduler (or the one before a restart) already applied gets its answer again."""
+        await self._ready
+        if token is not None and (answered := self._answered(token)) is not None:
+            return [(r, why) for r, why in answered]
+        out = []
+        for item in items:
+            outcome = intake.submit(self.core, item)
+            if outcome.result is not ScheduleResult.SUCCESS:
+                self.rejections.append((str(item.get("id")), outcome.result.value, outcome.reason or ""))
+                log.warning("enqueue %r: %s: %s", item.get("id"), outcome.result.value, outcome.reason)
+            out.append((outcome.result.value, outcome.reason))
+        self._answer(token, out)
+        try:
+            self._flush()
+        except Exception as exc:  # nothing is acknowledged that is not stored
+            log.exception("store write failed")
+            return [(ScheduleResult.FAILED_UNKNOWN.value, f"store write failed: {exc}") for _ in items]
+        self._kick()
+        return out
+
+    async def enqueue_chain(
+        self, payload: dict[str, Any], token: str | None = None
+    ) -> tuple[str, str | None]:
+        await self._ready
+        if token is not None and (answered := self._answered(token)) is not None:
+            return answered[0], answered[1]
+        chain_id = payload.get("id")
+        outcome = intake.submit_chain(self.core, payload)
+        if outcome.result is not ScheduleResult.SUCCESS:
+            self.rejections.append((str(chain_id), outcome.result.value, outcome.reason or ""))
+            log.warning("chain %r: %s: %s", chain_id, outcome.result.value, outcome.reason)
+        self._answer(token, (outcome.result.value, outcome.reason))
+        try:
+            self._flush()
+        except Exception as exc:
+            log.exception("store write failed")
+            return ScheduleResult.FAILED_UNKNOWN.value, f"store write failed: {exc}"
+        self._kick()
+        return outcome.result.value, outcome.reason
