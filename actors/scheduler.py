@@ -22,6 +22,7 @@ from kmpray.chain_coordination import ChainCoordinatorCore, Message, coordinator
 from kmpray.clock import ManualClock, SystemClock
 from kmpray.config import EngineConfig
 from kmpray.device import DeviceState
+from kmpray.driver import pump
 from kmpray.engine import Dispatch, SchedulerCore
 from kmpray.errors import StoreRefused
 from kmpray.placement import assign, heavy_demand, placeable
@@ -67,6 +68,8 @@ class SchedulerActor(SchedulerIntake, SchedulerReads, VirtualTime):
         self.rejections: deque[tuple[str, str, str]] = deque(maxlen=1000)
         self._answers: list[tuple[str, bytes, int]] = []  # (request token, answer, ms) to store
         self._acked: int | None = None  # outbox events up to here are in the event log
+        self._free: list[tuple[int, int]] = []  # (room, executor) and idle heavy slots, as _room saw them
+        self._idle_heavy: list[int] = []
         self.waiters = Waiters(self.core)
         self._reconciling = asyncio.Lock()
         self._watcher = FileWatcher()
@@ -228,32 +231,30 @@ class SchedulerActor(SchedulerIntake, SchedulerReads, VirtualTime):
 
     # -------------------------------------------------------------- effects
     def _pump(self) -> None:
-        self.core.tick(self._lead_ms)
-        self._dispatch()
+        pump(self.core, self._room, self._hand_over, self._lead_ms)  # kmpray/driver.py
         self._flush()
 
-    def _dispatch(self) -> None:
-        while self.core.ready_count():
-            free = self.pool.free()
-            room = sum(n for n, _ in free)
-            idle_heavy = self.heavy.idle()
-            if self.core.heavy_ready_count() > len(idle_heavy):
-                self.heavy.grow()
-            batch = self.core.take_ready(min(room, self.config.max_batch * len(free)), len(idle_heavy))
-            if not batch:
-                return
-            light = [d for d in batch if not d.heavy]
-            for d, i in zip((d for d in batch if d.heavy), idle_heavy, strict=False):
-                self.heavy.send(i, d)
-            plan, unplaced, over = assign(light, free, self.pool.nodes())
-            for i, part in plan.items():
-                self._send(i, part)
-            for d in unplaced:  # no room on the nodes that satisfy it: waits for capacity there
-                self.core.unplaced(d.key, d.run_id)
-            for d in over:  # never expected (take_ready takes no more than the room): run later
-                self.core.run_lost(d.key, d.run_id)
-            if unplaced:
-                return
+    def _room(self) -> tuple[int, int]:
+        """How many light and heavy runs may go out now (the pools' free room, seen once per
+        batch and kept for ``_hand_over``); heavy workers grow when heavy runs wait."""
+        self._free, self._idle_heavy = self.pool.free(), self.heavy.idle()
+        if self.core.heavy_ready_count() > len(self._idle_heavy):
+            self.heavy.grow()
+        room = sum(n for n, _ in self._free)
+        return min(room, self.config.max_batch * len(self._free)), len(self._idle_heavy)
+
+    def _hand_over(self, batch: list[Dispatch]) -> bool:
+        light = [d for d in batch if not d.heavy]
+        for d, i in zip((d for d in batch if d.heavy), self._idle_heavy, strict=False):
+            self.heavy.send(i, d)
+        plan, unplaced, over = assign(light, self._free, self.pool.nodes())
+        for i, part in plan.items():
+            self._send(i, part)
+        for d in unplaced:  # no room on the nodes that satisfy it: waits for capacity there
+            self.core.unplaced(d.key, d.run_id)
+        for d in over:  # never expected (take_ready takes no more than the room): run later
+            self.core.run_lost(d.key, d.run_id)
+        return not unplaced
 
     def _wire(self, d: Dispatch) -> Run:
         return Run(d.key, d.run_id, d.worker, self._blobs.get(d.worker, (0, b""))[0], d.input, d.upstream,

@@ -1,5 +1,9 @@
-"""Virtual time, stepped the one way both the SchedulerActor and the core's test harness
-step it: through every due time up to the target, in order.
+"""How the scheduler core is driven, written once for the SchedulerActor and for the core's
+test harness (which plays the executors): ``pump`` (one turn: fire what is due, hand
+ready runs over while there is room) and ``step_through`` (virtual time).
+
+Each caller applies the core's effects after a turn its own way (the actor: store,
+cancels, events, waiters; the harness: a memory store and a scripted coordinator).
 
 ``advance_time(ms)`` must not jump: a periodic task due every 15 minutes runs four times
 in an hour, each run settled before the next due time is reached (its next period, a
@@ -9,12 +13,37 @@ stops at each due time; the caller runs everything due there, then asks for the 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol
+
+from .effects import Dispatch
 
 
 class _Due(Protocol):
     def next_due_ms(self, lead_ms: int = 0) -> int | None: ...
+
+
+class _Core(_Due, Protocol):
+    def tick(self, lead_ms: int = 0) -> None: ...
+    def ready_count(self) -> int: ...
+    def take_ready(self, limit: int, heavy_limit: int = 0) -> list[Dispatch]: ...
+
+
+def pump(
+    core: _Core,
+    room: Callable[[], tuple[int, int]],
+    hand_over: Callable[[list[Dispatch]], bool],
+    lead_ms: int = 0,
+) -> None:
+    """One turn: move due timers to the ready queues (and, ``lead_ms`` ahead, timers due
+    that soon), then while runs are ready take as many as ``room()`` says (light, heavy)
+    and ``hand_over`` them; it returns False to stop for this turn (some had no room)."""
+    core.tick(lead_ms)
+    while core.ready_count():
+        light, heavy = room()
+        batch = core.take_ready(light, heavy)
+        if not batch or not hand_over(batch):
+            return
 
 
 class _Settable(Protocol):

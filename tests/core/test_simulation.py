@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from kmpray import Constraints, ExistingPolicy, ExistingWorkPolicy, ScheduleResult, TaskState, TaskTrigger
+from kmpray.driver import pump
 from kmpray.engine import Dispatch
 from kmpray.results import Failure, Retry, Success
 from kmpray.store import MemoryTaskStore
@@ -111,14 +112,19 @@ class Sim(Harness):
 
     def advance(self, ms: int) -> None:
         self.clock.set(self.clock.now_ms() + ms)
-        self.core.tick()
-        batch = self.core.take_ready(self.rng.randint(1, 20), 0)
-        for d in batch:
-            self._check_barrier(d)
-            i = self.rng.randrange(EXECUTORS)
-            self.held[i][(d.key, d.run_id)] = d
-            self.where[(d.key, d.run_id)] = i
-        self.trace.append(f"advance {ms} -> dispatched {[(d.key, d.run_id) for d in batch]}")
+        sent: list[Dispatch] = []
+
+        def hand_over(batch: list[Dispatch]) -> bool:  # one batch per turn, to random executors
+            for d in batch:
+                self._check_barrier(d)
+                i = self.rng.randrange(EXECUTORS)
+                self.held[i][(d.key, d.run_id)] = d
+                self.where[(d.key, d.run_id)] = i
+            sent.extend(batch)
+            return False
+
+        pump(self.core, lambda: (self.rng.randint(1, 20), 0), hand_over)  # as the actor does
+        self.trace.append(f"advance {ms} -> dispatched {[(d.key, d.run_id) for d in sent]}")
         self.flush()
 
     def work(self, i: int, n: int) -> None:
