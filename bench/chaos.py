@@ -163,8 +163,8 @@ def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int
     state = tempfile.mkdtemp(prefix=f"kmpray-chaos-{name}-")
     ledger = Path(state) / "ledger"
     namespace = f"chaos-{name}-{seed}"
-    sched = kmpray.connect(namespace=namespace, state_dir=state,
-                           config=kmpray.EngineConfig(max_pending_tasks=max(2 * n, 10_000)))
+    config = kmpray.EngineConfig(max_pending_tasks=max(2 * n, 10_000))
+    sched = kmpray.connect(namespace=namespace, state_dir=state, config=config)
     try:
         sched.register_worker("ChaosLedger", ChaosLedger)
         nemesis = Nemesis(ray, name, namespace, every_s, seed)
@@ -206,7 +206,7 @@ def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int
         starts = _ledger(ledger)
         terminal = _terminal_events(sched, acknowledged, timeout_s=120)
         status = ray_status(ray, namespace)
-        warm_heavy = len(status.get("heavy_workers", [])) * sched_config_heavy_cpus()
+        warm_heavy = len(status.get("heavy_workers", [])) * config.heavy_num_cpus
         cluster, available = ray.cluster_resources().get("CPU", 0), ray.available_resources().get("CPU", 0)
         result = {
             "scenario": name,
@@ -235,10 +235,6 @@ def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int
 
 def _seconds(ms: dict[str, float]) -> dict[str, float]:
     return {k: round(v / 1000, 3) for k, v in ms.items()}
-
-
-def sched_config_heavy_cpus() -> float:
-    return kmpray.EngineConfig().heavy_num_cpus
 
 
 def run(quick: bool = False, json_path: str | None = None, address: str | None = None,

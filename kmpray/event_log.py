@@ -27,6 +27,14 @@ class EventLog(Protocol):
     def close(self) -> None: ...
 
 
+def first_sends(
+    events: list[bytes], origins: Sequence[int | None], last: int
+) -> tuple[list[bytes], int]:
+    """The events to append, and the newest origin after them: an event whose origin (its
+    scheduler outbox number) is at or below ``last`` was appended before (a re-send)."""
+    keep = [(e, o) for e, o in zip(events, origins, strict=True) if o is None or o > last]
+    return [e for e, _o in keep], max([last, *(o for _e, o in keep if o is not None)])
+
 
 _EVENT_TABLES = {
     "events": "CREATE TABLE IF NOT EXISTS events (cursor INTEGER PRIMARY KEY AUTOINCREMENT, body BLOB NOT NULL)",
@@ -51,9 +59,7 @@ class SqliteEventLog:
             if origins is not None:
                 row = conn.execute("SELECT seq FROM origin WHERE id = 1").fetchone()
                 last = int(row[0]) if row else 0
-                keep = [(e, o) for e, o in zip(events, origins, strict=True) if o is None or o > last]
-                events = [e for e, _o in keep]
-                newest = max((o for _e, o in keep if o is not None), default=last)
+                events, newest = first_sends(events, origins, last)
                 if newest > last:
                     conn.execute("INSERT OR REPLACE INTO origin (id, seq) VALUES (1, ?)", (newest,))
             start = self.last_cursor()
@@ -92,9 +98,7 @@ class MemoryEventLog:
 
     def append(self, events: list[bytes], origins: Sequence[int | None] | None = None) -> list[int]:
         if origins is not None:
-            keep = [(e, o) for e, o in zip(events, origins, strict=True) if o is None or o > self._origin]
-            events = [e for e, _o in keep]
-            self._origin = max([self._origin, *(o for _e, o in keep if o is not None)])
+            events, self._origin = first_sends(events, origins, self._origin)
         cursors = []
         for body in events:
             self._last += 1

@@ -234,6 +234,11 @@ def _move_to_quarantine(
         conn.executemany(f"DELETE FROM {table} WHERE {key_column} = ?", [(q.key,) for q, _raw in bad])
 
 
+def _forget_events(conn: sqlite3.Connection, upto: int) -> None:
+    """The event log holds the outbox events numbered up to ``upto``."""
+    conn.execute("DELETE FROM outbox WHERE seq <= ?", (upto,))
+
+
 _TASK_TABLES = {
     "tasks": "CREATE TABLE IF NOT EXISTS tasks (key TEXT PRIMARY KEY, row BLOB NOT NULL)",
     "meta": "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL)",
@@ -294,7 +299,7 @@ class SqliteTaskStore:
             return []
         with _transaction(self._conn) as conn:
             if acked:
-                conn.execute("DELETE FROM outbox WHERE seq <= ?", (acked,))
+                _forget_events(conn, acked)
             if answers:
                 conn.executemany("INSERT OR REPLACE INTO answers (token, answer, at_ms) VALUES (?, ?, ?)", answers)
             if gone:
@@ -328,7 +333,7 @@ class SqliteTaskStore:
 
     def ack_events(self, upto: int) -> None:
         with _refusing(self.path), _transaction(self._conn) as conn:
-            conn.execute("DELETE FROM outbox WHERE seq <= ?", (upto,))
+            _forget_events(conn, upto)
 
     def get_meta(self, key: str) -> object | None:
         """A meta value; a damaged one goes to quarantine and reads as absent."""
