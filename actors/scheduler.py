@@ -12,26 +12,21 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import ray
 
-from kmpray.chain_coordination import ChainCoordinatorCore, Message, coordinator_index
+from kmpray.chain_coordination import ChainCoordinatorCore, Message
 from kmpray.clock import ManualClock, SystemClock
 from kmpray.config import EngineConfig
 from kmpray.device import DeviceState
-from kmpray.driver import pump
-from kmpray.engine import Dispatch, SchedulerCore
+from kmpray.engine import SchedulerCore
 from kmpray.errors import StoreRefused
-from kmpray.placement import assign, heavy_demand, placeable
+from kmpray.placement import heavy_demand, placeable
 from kmpray.platforms import profile
-from kmpray.protocol import Began, Done, Fence, Progress, Run, RunKey
-from kmpray.results import Failure, from_wire
 from kmpray.store import SqliteTaskStore
 from kmpray.timing import ANSWER_RETENTION_S, PING_TIMEOUT_S, PRUNE_S, RECONCILE_S
-from kmpray.validation import check_output
 from kmpray.watch import FileWatcher
 
 from .adoption import adopt_held_runs
@@ -39,18 +34,27 @@ from .blocked_loops import BlockedLoops
 from .event_broker import encode_event
 from .executor_pool import ExecutorPool, executors_for
 from .heavy_pool import HeavyPool
-from .names import BROKER, CHAIN, ORACLE, REGISTRY, lookup
+from .names import BROKER, ORACLE, REGISTRY, lookup
 from .outbox import Outbox
 from .retry import call_with_retry
+from .scheduler_chains import SchedulerChains
+from .scheduler_dispatch import SchedulerDispatch
 from .scheduler_intake import SchedulerIntake
 from .scheduler_reads import SchedulerReads
+from .scheduler_reports import SchedulerReports
 from .virtual_time import VirtualTime
 from .waiters import Waiters
 
 log = logging.getLogger("kmpray.scheduler")
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=10_000)
-class SchedulerActor(SchedulerIntake, SchedulerReads, VirtualTime):
+class SchedulerActor(
+    SchedulerIntake, SchedulerReports, SchedulerDispatch, SchedulerChains, SchedulerReads, VirtualTime
+):
+    """The shell; what it does lives in its mixins, one concern each: intake (enqueue,
+    register), reports (executor results, blocked loops), dispatch (pump turn, placement,
+    sending), chains (coordinators), reads (status, explain), virtual time."""
+
     def __init__(self, namespace: str, state_dir: str, virtual_time: bool, platform: str, config: dict[str, Any]):
         self._born = time.monotonic()
         self.serving_in_s: float | None = None  # from process start to serving (restore included)
@@ -68,8 +72,6 @@ class SchedulerActor(SchedulerIntake, SchedulerReads, VirtualTime):
         self.rejections: deque[tuple[str, str, str]] = deque(maxlen=1000)
         self._answers: list[tuple[str, bytes, int]] = []  # (request token, answer, ms) to store
         self._acked: int | None = None  # outbox events up to here are in the event log
-        self._free: list[tuple[int, int]] = []  # (room, executor) and idle heavy slots, as _room saw them
-        self._idle_heavy: list[int] = []
         self.waiters = Waiters(self.core)
         self._reconciling = asyncio.Lock()
         self._watcher = FileWatcher()
@@ -141,25 +143,9 @@ class SchedulerActor(SchedulerIntake, SchedulerReads, VirtualTime):
             self.pool.add(node)
         await self.pool.start()
         await adopt_held_runs(self.core, self.pool, self.heavy, self.namespace)
-        pool = self.config.chain_coordinators
-        self._coordinators = [lookup(CHAIN.format(i), self.namespace) for i in range(pool)]
-        self._chain_outboxes = [
-            Outbox(
-                lambda batch, h=handle: h.handle.remote(batch),
-                f"chain coordinator {i}",
-                lambda actions, _batch: self._chain_actions(actions),
-            )
-            for i, handle in enumerate(self._coordinators)
-        ]
-        if pool == 0:
-            self._local_chains = ChainCoordinatorCore()
-            local = self._local_chains
-            self.core.chain_actions(local.resync(self.core.chain_snapshot(0, 1), local.mark()))
+        self._start_chains()
         self._flush()
-        # Messages to the coordinators that were in flight when this scheduler (re)started
-        # are gone: each rebuilds its plans from this scheduler's rows (harmless at first start).
-        for handle in self._coordinators:
-            asyncio.ensure_future(call_with_retry(lambda h=handle: h.resync.remote(), timeout_s=120))
+        self._resync_coordinators()
         asyncio.ensure_future(self._loop())
         asyncio.ensure_future(self._housekeeping())
         self.serving_in_s = time.monotonic() - self._born
@@ -230,60 +216,6 @@ class SchedulerActor(SchedulerIntake, SchedulerReads, VirtualTime):
         self._wake.set()
 
     # -------------------------------------------------------------- effects
-    def _pump(self) -> None:
-        pump(self.core, self._room, self._hand_over, self._lead_ms)  # kmpray/driver.py
-        self._flush()
-
-    def _room(self) -> tuple[int, int]:
-        """How many light and heavy runs may go out now (the pools' free room, seen once per
-        batch and kept for ``_hand_over``); heavy workers grow when heavy runs wait."""
-        self._free, self._idle_heavy = self.pool.free(), self.heavy.idle()
-        if self.core.heavy_ready_count() > len(self._idle_heavy):
-            self.heavy.grow()
-        room = sum(n for n, _ in self._free)
-        return min(room, self.config.max_batch * len(self._free)), len(self._idle_heavy)
-
-    def _hand_over(self, batch: list[Dispatch]) -> bool:
-        light = [d for d in batch if not d.heavy]
-        for d, i in zip((d for d in batch if d.heavy), self._idle_heavy, strict=False):
-            self.heavy.send(i, d)
-        plan, unplaced, over = assign(light, self._free, self.pool.nodes())
-        for i, part in plan.items():
-            self._send(i, part)
-        for d in unplaced:  # no room on the nodes that satisfy it: waits for capacity there
-            self.core.unplaced(d.key, d.run_id)
-        for d in over:  # never expected (take_ready takes no more than the room): run later
-            self.core.run_lost(d.key, d.run_id)
-        return not unplaced
-
-    def _wire(self, d: Dispatch) -> Run:
-        return Run(d.key, d.run_id, d.worker, self._blobs.get(d.worker, (0, b""))[0], d.input, d.upstream,
-                d.previous_attempts, d.timeout_ms, d.start_at_ms)
-
-    def _send(self, i: int, part: list[Dispatch]) -> None:
-        keys = [(d.key, d.run_id) for d in part]
-        ref = self.pool.send(i, keys, [self._wire(d) for d in part])
-        if self.core.decisions.maxlen:
-            now, node, log_ = self.clock.now_ms(), self.pool.slots[i].node, self.core.decisions
-            for d in part:
-                log_.append((now, d.key, ("handed", d.run_id, f"executor {i}", node)))
-        asyncio.ensure_future(self._confirm(i, ref, keys))
-
-    async def _confirm(self, i: int, ref: Any, keys: list[tuple[str, int]]) -> None:
-        try:
-            incarnation = await ref
-        except Exception as exc:
-            # The batch may or may not have arrived: run it again elsewhere (a copy that did
-            # arrive reports under its old run id, which is ignored). At-least-once.
-            log.warning("executor %d: submit failed (%s)", i, type(exc).__name__)
-            self.pool.slots[i].reachable = False
-            self.pool.lose(i, "did not take its batch", keys)
-            self._flush()
-            await self._reconcile()
-            return
-        if incarnation != self.pool.slots[i].incarnation:
-            await self._reconcile()
-
     def _flush(self) -> None:
         # Work handled outside the loop (a report, a push) may have set an earlier timer
         # (a retry's backoff): wake the loop so it sleeps towards that instead.
@@ -328,99 +260,7 @@ class SchedulerActor(SchedulerIntake, SchedulerReads, VirtualTime):
         if upto is not None:
             self._acked = max(upto, self._acked or 0)
 
-    def _to_coordinators(self, msgs: list[Message]) -> None:
-        pool = len(self._coordinators)
-        if not pool:
-            return  # not started yet: the coordinators resync from the rows at start
-        for msg in msgs:
-            self._chain_outboxes[coordinator_index(msg.chain_id, pool)].add((msg,))
-
-    def _chain_actions(self, actions: list[Message]) -> None:
-        """What chain messages imply: a coordinator's reply, or the in-process rules' answer.
-        (A coordinator down for good resyncs from this scheduler when it restarts.)"""
-        if actions:
-            self.core.chain_actions(actions)
-            self._pump()
-
     # ------------------------------------------------------------- messages
-    async def chain_actions(self, actions: list[Message]) -> None:
-        """From a chain coordinator: promote a step (with its merged data) or cascade."""
-        await self._ready
-        self.core.chain_actions(actions)
-        self._pump()
-
-    async def chain_snapshot(self, index: int, pool: int) -> dict[str, Any]:
-        await self._ready
-        return self.core.chain_snapshot(index, pool)
-
-    async def wait_chain(self, chain_id: str, timeout_s: float | None) -> dict[str, Any] | None:
-        await self._ready
-        if chain_id not in self.core.chains:
-            return None
-        if not self.core.is_settled(chain_id) and timeout_s != 0:
-            await self.waiters.wait(chain_id, 0, timeout_s)
-        info = self.core.chain_info(chain_id)
-        return info.model_dump(mode="json") if info is not None else None
-
-    async def loop_blocked(
-        self, kind: str, index: int, incarnation: str, lag_s: float, worker: str | None,
-        run: RunKey | None, begun: list[RunKey],
-    ) -> Fence | None:
-        """From an executor's watch thread: a worker blocks its event loop. It gets nothing
-        more until it runs again; its runs that had not begun are withdrawn and re-queued
-        (not counted as attempts). Returns the fence: every batch up to it is withdrawn."""
-        await self._ready
-        task = run[0] if run else None
-        self._blocked.block(kind, index, worker, task, lag_s)
-        if kind != "light" or index >= len(self.pool.slots):
-            log.warning("heavy worker %d: %s (task %s) blocks its event loop", index, worker, task)
-            return None
-        held = {(k, r) for k, r in begun}
-        for key in held:  # their own "began" notices wait behind the blocked loop
-            self.core.started(*key)
-        withdrawn = self.pool.withdraw(index, held)
-        log.warning("executor %d: %s (task %s) blocks its event loop (%.2f s so far); %d queued runs go to "
-                    "other executors", index, worker, task, lag_s, len(withdrawn))
-        if reason := self._blocked.reason(self._serving(), self.core.ready_count()):
-            log.warning("%s", reason)
-        self._pump()
-        return Fence(self.pool.epoch, self.pool.slots[index].batch_seq)
-
-    async def loop_unblocked(
-        self, kind: str, index: int, incarnation: str, blocked_s: float, worker: str | None,
-        run: tuple[str, int] | None, threaded: bool,
-    ) -> None:
-        """The loop runs again: it takes runs again; the blocking worker is named (log, event)."""
-        await self._ready
-        notice = self._blocked.unblock(kind, index, worker, blocked_s, threaded)
-        log.warning("%s %d: %s (task %s)", "executor" if kind == "light" else "heavy worker", index, notice,
-                    run[0] if run else None)
-        if run is not None:
-            self.core.notice(run[0], worker or "?", notice)
-        if kind == "light" and index < len(self.pool.slots):
-            self.pool.slots[index].reachable = True  # it just spoke: a ping that timed out meanwhile is stale
-        self._pump()
-
-    async def report(self, done: list[Done], progress: list[Progress], began: Iterable[Began] = ()) -> None:
-        """From an executor or heavy worker: results, progress and "began" notices, batched."""
-        await self._ready
-        for key, run_id in began:
-            self.core.started(key, run_id)
-        for key, run_id, pct, message in progress:
-            self.core.progress(key, run_id, pct, message)
-        for key, run_id, raw in done:
-            self.pool.reported((key, run_id))
-            self.heavy.free((key, run_id))
-            self.core.release_unplaced()
-            try:
-                result = from_wire(raw)
-                if result.kind == "success" and result.data is not None:
-                    check_output(result.data, self.config)
-            except Exception as exc:
-                result = Failure(f"invalid worker result: {exc}")
-            self.core.complete(key, run_id, result)
-        self._pump()
-
     async def cancel(self, name: str) -> int:
         await self._ready
         n = self.core.cancel(name)

@@ -1,0 +1,88 @@
+"""How the SchedulerActor talks to the chain coordinators (or, with
+``chain_coordinators=0``, runs the coordinator rules in-process): step outcomes go out
+batched per coordinator (``coordinator_index`` of the chain id), promotions and cascades
+come back as actions for the core. A mixin of SchedulerActor (scheduler.py): the
+attributes below are the actor's."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from kmpray.chain_coordination import ChainCoordinatorCore, Message, coordinator_index
+from kmpray.config import EngineConfig
+from kmpray.engine import SchedulerCore
+
+from .names import CHAIN, lookup
+from .outbox import Outbox
+from .retry import call_with_retry
+from .waiters import Waiters
+
+
+class SchedulerChains:
+    namespace: str
+    config: EngineConfig
+    core: SchedulerCore
+    waiters: Waiters
+    _ready: asyncio.Future[None]
+    _coordinators: list[Any]
+    _chain_outboxes: list[Outbox[Message]]
+    _local_chains: ChainCoordinatorCore | None
+
+    if TYPE_CHECKING:  # SchedulerDispatch's
+        def _pump(self) -> None: ...
+
+    def _start_chains(self) -> None:
+        pool = self.config.chain_coordinators
+        self._coordinators = [lookup(CHAIN.format(i), self.namespace) for i in range(pool)]
+        self._chain_outboxes = [
+            Outbox(
+                lambda batch, h=handle: h.handle.remote(batch),
+                f"chain coordinator {i}",
+                lambda actions, _batch: self._chain_actions(actions),
+            )
+            for i, handle in enumerate(self._coordinators)
+        ]
+        if pool == 0:
+            self._local_chains = ChainCoordinatorCore()
+            local = self._local_chains
+            self.core.chain_actions(local.resync(self.core.chain_snapshot(0, 1), local.mark()))
+
+    def _resync_coordinators(self) -> None:
+        """Messages to the coordinators that were in flight when this scheduler (re)started
+        are gone: each rebuilds its plans from this scheduler's rows (harmless at first start)."""
+        for handle in self._coordinators:
+            asyncio.ensure_future(call_with_retry(lambda h=handle: h.resync.remote(), timeout_s=120))
+
+    def _to_coordinators(self, msgs: list[Message]) -> None:
+        pool = len(self._coordinators)
+        if not pool:
+            return  # not started yet: the coordinators resync from the rows at start
+        for msg in msgs:
+            self._chain_outboxes[coordinator_index(msg.chain_id, pool)].add((msg,))
+
+    def _chain_actions(self, actions: list[Message]) -> None:
+        """What chain messages imply: a coordinator's reply, or the in-process rules' answer.
+        (A coordinator down for good resyncs from this scheduler when it restarts.)"""
+        if actions:
+            self.core.chain_actions(actions)
+            self._pump()
+
+    async def chain_actions(self, actions: list[Message]) -> None:
+        """From a chain coordinator: promote a step (with its merged data) or cascade."""
+        await self._ready
+        self.core.chain_actions(actions)
+        self._pump()
+
+    async def chain_snapshot(self, index: int, pool: int) -> dict[str, Any]:
+        await self._ready
+        return self.core.chain_snapshot(index, pool)
+
+    async def wait_chain(self, chain_id: str, timeout_s: float | None) -> dict[str, Any] | None:
+        await self._ready
+        if chain_id not in self.core.chains:
+            return None
+        if not self.core.is_settled(chain_id) and timeout_s != 0:
+            await self.waiters.wait(chain_id, 0, timeout_s)
+        info = self.core.chain_info(chain_id)
+        return info.model_dump(mode="json") if info is not None else None

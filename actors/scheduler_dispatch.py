@@ -1,0 +1,103 @@
+"""How the SchedulerActor hands runs to executors and heavy workers: one pump turn sees
+the pools' free room once (a ``Turn``), takes that many ready runs from the core, places
+them (pure ``placement.assign``), sends each executor its part and confirms delivery.
+A mixin of SchedulerActor (scheduler.py): the attributes below are the actor's."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from kmpray.clock import ManualClock, SystemClock
+from kmpray.config import EngineConfig
+from kmpray.driver import pump
+from kmpray.engine import Dispatch, SchedulerCore
+from kmpray.placement import assign
+from kmpray.protocol import Run
+
+from .executor_pool import ExecutorPool
+from .heavy_pool import HeavyPool
+
+log = logging.getLogger("kmpray.scheduler")
+
+
+class Turn:
+    """The pools' free room as one pump turn sees it: (room, executor) pairs and idle heavy
+    slots, read by ``room`` and spent by ``hand_over`` of the same batch."""
+
+    __slots__ = ("free", "idle_heavy")
+
+    def __init__(self) -> None:
+        self.free: list[tuple[int, int]] = []
+        self.idle_heavy: list[int] = []
+
+
+class SchedulerDispatch:
+    config: EngineConfig
+    clock: ManualClock | SystemClock
+    core: SchedulerCore
+    pool: ExecutorPool
+    heavy: HeavyPool
+    _lead_ms: int
+    _blobs: dict[str, tuple[int, bytes]]
+
+    if TYPE_CHECKING:  # the actor's
+        def _flush(self) -> None: ...
+        async def _reconcile(self) -> None: ...
+
+    def _pump(self) -> None:
+        turn = Turn()
+        pump(self.core, lambda: self._room(turn), lambda batch: self._hand_over(turn, batch),
+             self._lead_ms)  # kmpray/driver.py
+        self._flush()
+
+    def _room(self, turn: Turn) -> tuple[int, int]:
+        """How many light and heavy runs may go out now; heavy workers grow when heavy
+        runs wait."""
+        turn.free, turn.idle_heavy = self.pool.free(), self.heavy.idle()
+        if self.core.heavy_ready_count() > len(turn.idle_heavy):
+            self.heavy.grow()
+        room = sum(n for n, _ in turn.free)
+        return min(room, self.config.max_batch * len(turn.free)), len(turn.idle_heavy)
+
+    def _hand_over(self, turn: Turn, batch: list[Dispatch]) -> bool:
+        light = [d for d in batch if not d.heavy]
+        for d, i in zip((d for d in batch if d.heavy), turn.idle_heavy, strict=False):
+            self.heavy.send(i, d)
+        plan, unplaced, over = assign(light, turn.free, self.pool.nodes())
+        for i, part in plan.items():
+            self._send(i, part)
+        for d in unplaced:  # no room on the nodes that satisfy it: waits for capacity there
+            self.core.unplaced(d.key, d.run_id)
+        for d in over:  # never expected (take_ready takes no more than the room): run later
+            self.core.run_lost(d.key, d.run_id)
+        return not unplaced
+
+    def _wire(self, d: Dispatch) -> Run:
+        return Run(d.key, d.run_id, d.worker, self._blobs.get(d.worker, (0, b""))[0], d.input, d.upstream,
+                   d.previous_attempts, d.timeout_ms, d.start_at_ms)
+
+    def _send(self, i: int, part: list[Dispatch]) -> None:
+        keys = [(d.key, d.run_id) for d in part]
+        ref = self.pool.send(i, keys, [self._wire(d) for d in part])
+        if self.core.decisions.maxlen:
+            now, node, log_ = self.clock.now_ms(), self.pool.slots[i].node, self.core.decisions
+            for d in part:
+                log_.append((now, d.key, ("handed", d.run_id, f"executor {i}", node)))
+        asyncio.ensure_future(self._confirm(i, ref, keys))
+
+    async def _confirm(self, i: int, ref: Any, keys: list[tuple[str, int]]) -> None:
+        try:
+            incarnation = await ref
+        except Exception as exc:
+            # The batch may or may not have arrived: run it again elsewhere (a copy that did
+            # arrive reports under its old run id, which is ignored). At-least-once.
+            log.warning("executor %d: submit failed (%s)", i, type(exc).__name__)
+            self.pool.slots[i].reachable = False
+            self.pool.lose(i, "did not take its batch", keys)
+            self._flush()
+            await self._reconcile()
+            return
+        if incarnation != self.pool.slots[i].incarnation:
+            await self._reconcile()

@@ -1,0 +1,95 @@
+"""What the SchedulerActor hears from executors and heavy workers: batched reports
+(results, progress, "began" notices) and the watch thread's notices that a worker blocks
+an event loop. A mixin of SchedulerActor (scheduler.py): the attributes below are the
+actor's."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from kmpray.config import EngineConfig
+from kmpray.engine import SchedulerCore
+from kmpray.protocol import Began, Done, Fence, Progress, RunKey
+from kmpray.results import Failure, from_wire
+from kmpray.validation import check_output
+
+from .blocked_loops import BlockedLoops
+from .executor_pool import ExecutorPool
+from .heavy_pool import HeavyPool
+
+log = logging.getLogger("kmpray.scheduler")
+
+
+class SchedulerReports:
+    config: EngineConfig
+    core: SchedulerCore
+    pool: ExecutorPool
+    heavy: HeavyPool
+    _blocked: BlockedLoops
+    _ready: asyncio.Future[None]
+
+    if TYPE_CHECKING:  # the actor's (and SchedulerReads')
+        def _pump(self) -> None: ...
+        def _serving(self) -> list[int]: ...
+
+    async def report(self, done: list[Done], progress: list[Progress], began: Iterable[Began] = ()) -> None:
+        """From an executor or heavy worker: results, progress and "began" notices, batched."""
+        await self._ready
+        for key, run_id in began:
+            self.core.started(key, run_id)
+        for key, run_id, pct, message in progress:
+            self.core.progress(key, run_id, pct, message)
+        for key, run_id, raw in done:
+            self.pool.reported((key, run_id))
+            self.heavy.free((key, run_id))
+            self.core.release_unplaced()
+            try:
+                result = from_wire(raw)
+                if result.kind == "success" and result.data is not None:
+                    check_output(result.data, self.config)
+            except Exception as exc:
+                result = Failure(f"invalid worker result: {exc}")
+            self.core.complete(key, run_id, result)
+        self._pump()
+
+    async def loop_blocked(
+        self, kind: str, index: int, incarnation: str, lag_s: float, worker: str | None,
+        run: RunKey | None, begun: list[RunKey],
+    ) -> Fence | None:
+        """From an executor's watch thread: a worker blocks its event loop. It gets nothing
+        more until it runs again; its runs that had not begun are withdrawn and re-queued
+        (not counted as attempts). Returns the fence: every batch up to it is withdrawn."""
+        await self._ready
+        task = run[0] if run else None
+        self._blocked.block(kind, index, worker, task, lag_s)
+        if kind != "light" or index >= len(self.pool.slots):
+            log.warning("heavy worker %d: %s (task %s) blocks its event loop", index, worker, task)
+            return None
+        held = {(k, r) for k, r in begun}
+        for key in held:  # their own "began" notices wait behind the blocked loop
+            self.core.started(*key)
+        withdrawn = self.pool.withdraw(index, held)
+        log.warning("executor %d: %s (task %s) blocks its event loop (%.2f s so far); %d queued runs go to "
+                    "other executors", index, worker, task, lag_s, len(withdrawn))
+        if reason := self._blocked.reason(self._serving(), self.core.ready_count()):
+            log.warning("%s", reason)
+        self._pump()
+        return Fence(self.pool.epoch, self.pool.slots[index].batch_seq)
+
+    async def loop_unblocked(
+        self, kind: str, index: int, incarnation: str, blocked_s: float, worker: str | None,
+        run: tuple[str, int] | None, threaded: bool,
+    ) -> None:
+        """The loop runs again: it takes runs again; the blocking worker is named (log, event)."""
+        await self._ready
+        notice = self._blocked.unblock(kind, index, worker, blocked_s, threaded)
+        log.warning("%s %d: %s (task %s)", "executor" if kind == "light" else "heavy worker", index, notice,
+                    run[0] if run else None)
+        if run is not None:
+            self.core.notice(run[0], worker or "?", notice)
+        if kind == "light" and index < len(self.pool.slots):
+            self.pool.slots[index].reachable = True  # it just spoke: a ping that timed out meanwhile is stale
+        self._pump()
