@@ -1,126 +1,444 @@
-"""load: an open-loop load generator to point at any deployment.
+"""load: an open-loop load generator for the dispatch core (wrk2's way: a fixed schedule
+of intended send times, latency counted from them, so engine stalls are not hidden).
 
-kmpray bench load --rate 500 --duration 30 --mix one-time:0.8,chain:0.1,heavy:0.1 [--address auto]
+  kmpray bench load --rate 800 --duration 10 --mix one-time:0.8,chain:0.1,heavy:0.1
+  kmpray bench load --profile ramp:100..3000/30s --clients 2
+  kmpray bench load --find-max --slo-p99-ms 50 --trial-s 5
 
-Reports the achieved rate, enqueue-call and enqueue-to-start latencies, errors, and the
-engine's queue depth (ready + in flight) sampled every second; writes bench/results/load.json.
+Sends never wait on earlier answers (at most --max-in-flight unanswered, shared by the
+clients); sending stops at the deadline, then the run drains (bounded by --drain-s). The
+generator runs in --clients Ray actors spread over the nodes, each with an interleaved
+share of the schedule; their samples are merged exactly. Mix kinds: one-time, chain,
+heavy, exact, periodic, gated (see --help-kinds). A line per second shows the run live;
+the JSON (bench/results/load.json, or --json) holds the figures and the timeline.
 """
 
 from __future__ import annotations
 
 import argparse
-import random
-import threading
+import math
+import sys
 import time
+import uuid
+from pathlib import Path
+from typing import Any
 
-from .common import percentiles, ray_up, table, write
+import numpy as np
+
+from .common import ray_up, table, write
+from .load_client import start_clients, task_id
+from .load_plan import (
+    KIND_HELP,
+    Profile,
+    Samples,
+    Trial,
+    achieved_rate,
+    cdf,
+    choose_kinds,
+    find_max,
+    generator_bound,
+    intended_times,
+    late_share,
+    latencies,
+    parse_mix,
+    parse_profile,
+    split,
+    summary,
+    timeline,
+)
 from .stamp import register
 
+PER_CLIENT_RATE = 1000  # enqueue calls/s one client holds on schedule here (tops out at 1,450-1,850/s)
+LEAD_S = 1.0
+# The fields every result has (a single run's, and --find-max's for its best trial); see README.
+RUN_FIELDS = ("requested_rate_per_s", "achieved_rate_per_s", "duration_s", "generator_bound", "latency_ms",
+              "timeline", "cdf_ms")  # the schedule starts this long after the clients get it
 
-def parse_mix(text: str) -> dict[str, float]:
-    mix: dict[str, float] = {}
-    for part in text.split(","):
-        kind, _, weight = part.partition(":")
-        if kind not in ("one-time", "chain", "heavy"):
-            raise argparse.ArgumentTypeError(f"--mix: unknown kind {kind!r} (one-time, chain, heavy)")
-        try:
-            mix[kind] = float(weight)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"--mix: weight of {kind!r} is not a number") from None
-    if sum(mix.values()) <= 0:
-        raise argparse.ArgumentTypeError("--mix: weights must add up to more than 0")
-    return mix
+
+def default_clients(rate: float) -> int:
+    import ray
+
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    return max(1, min(math.ceil(rate / PER_CLIENT_RATE), cpus))
+
+
+class Starts:
+    """Worker start stamps of this run's tasks, read from the engine's event stream."""
+
+    def __init__(self, sched: Any, run: str) -> None:
+        self.prefix = f"ld{run}-"
+        self.at: dict[int, float] = {}
+        self._sub = sched.events.subscribe(callback=self._on)
+
+    def _on(self, event: Any) -> None:
+        tid = event.task_id
+        if event.kind != "completion" or not tid.startswith(self.prefix) or not event.output_data:
+            return
+        rest = tid[len(self.prefix) :]
+        if rest.isdigit():
+            self.at.setdefault(int(rest), float(event.output_data["t"]))
+
+    def close(self) -> None:
+        self._sub.close()
+
+
+def run_once(
+    sched: Any,
+    namespace: str,
+    state_dir: str,
+    profile: Profile,
+    mix: dict[str, float],
+    *,
+    clients: int,
+    max_in_flight: int,
+    drain_s: float,
+    live: bool = True,
+) -> dict[str, Any]:
+    """One run of ``profile``: returns the result dict (figures, timeline, samples)."""
+    import ray
+
+    run = uuid.uuid4().hex[:6]
+    offsets = intended_times(profile)
+    n = len(offsets)
+    kinds = choose_kinds(mix, n)
+    handles = start_clients(clients, namespace, state_dir, run, max_in_flight)
+    starts = Starts(sched, run)
+    t0 = time.time() * 1000 + LEAD_S * 1000
+    intended = t0 + offsets * 1000
+    deadline = t0 + profile.duration_s * 1000
+    refs = []
+    for handle, idx in zip(handles, split(n, clients), strict=True):
+        refs.append(
+            handle.run.remote(
+                idx.tolist(), [kinds[i] for i in idx], intended[idx].tolist(), deadline, drain_s
+            )
+        )
+    depth: list[tuple[float, int]] = []
+    executors = 0
+    last_acked, last_t = 0, 0.0
+    pending = list(refs)
+    while pending:
+        _done, pending = ray.wait(pending, num_returns=len(pending), timeout=1.0)
+        if not pending:
+            break
+        s = sched.status()
+        executors = max(executors, s["executors"])
+        q = s["ready"] + s["inflight"] + s["gated"]
+        t = (time.time() * 1000 - t0) / 1000
+        if t < 0:
+            continue
+        depth.append((int(t), q))
+        progress = ray.get([h.progress.remote() for h in handles], timeout=30)
+        acked = sum(p["acked"] for p in progress)
+        if live:
+            lat = _so_far(starts.at, intended)
+            in_flight = sum(p["in_flight"] for p in progress)
+            rate = (acked - last_acked) / max(t - last_t, 0.001)
+            print(
+                f"  {t:5.1f} s  acked {rate:6,.0f}/s  in flight {in_flight:5,d}"
+                f"  queue {q:6,d}  start p50 {lat[0]:7.1f} ms  p99 {lat[1]:7.1f} ms (corrected)",
+                flush=True,
+            )
+        last_acked, last_t = acked, t
+    parts = ray.get(refs, timeout=60)
+    # Drain: wait for the start of every accepted operation that should start.
+    accepted = {i for p in parts for i, e in zip(p["index"], p["error"], strict=True) if not e}
+    until = time.monotonic() + drain_s
+    while time.monotonic() < until and not accepted <= starts.at.keys():
+        time.sleep(0.2)  # polling the event reader's progress, bounded by --drain-s
+    starts.close()
+    for p in parts:  # periodic work would run again in 15 min: cancel it
+        for i, k, e in zip(p["index"], p["kind"], p["error"], strict=True):
+            if k == "periodic" and not e:
+                sched.cancel(task_id(run, i))
+    for h in handles:
+        ray.kill(h)
+    samples = Samples()
+    for p in parts:
+        p["started_ms"] = [starts.at.get(i, math.nan) for i in p["index"]]
+        samples.extend(p)
+    return _result(profile, mix, samples, t0, depth, executors, clients, max_in_flight, n)
+
+
+def _so_far(at: dict[int, float], intended: np.ndarray) -> tuple[float, float]:
+    if not at:
+        return math.nan, math.nan
+    idx = np.fromiter(at.keys(), dtype=int)
+    lat = np.fromiter(at.values(), dtype=float) - intended[idx]
+    p50, p99 = np.percentile(lat, [50, 99])
+    return float(p50), float(p99)
+
+
+def _result(
+    profile: Profile,
+    mix: dict[str, float],
+    s: Samples,
+    t0: float,
+    depth: list[tuple[float, int]],
+    executors: int,
+    clients: int,
+    max_in_flight: int,
+    n: int,
+) -> dict[str, Any]:
+    requested = n / profile.duration_s
+    achieved = achieved_rate(s, t0, profile.duration_s)
+    capped_share = sum(s.capped) / max(n, 1)
+    median_depth = float(np.median([d for _t, d in depth])) if depth else 0.0
+    late = late_share(s)
+    bound, verdict = generator_bound(requested, achieved, capped_share, late, median_depth, executors)
+    errors: dict[str, int] = {}
+    for e in s.error:
+        if e:
+            errors[e] = errors.get(e, 0) + 1
+    lat = latencies(s)
+    a = s.arrays()
+    all_start = a["started_ms"] - np.maximum(a["intended_ms"], a["due_ms"])
+    return {
+        "profile": profile.describe(),
+        "mix": mix,
+        "requested_rate_per_s": round(requested, 1),
+        "achieved_rate_per_s": round(achieved, 1),
+        "duration_s": profile.duration_s,
+        "generator_bound": bound,
+        "verdict": verdict,
+        "clients": clients,
+        "max_in_flight": max_in_flight,
+        "operations": {
+            "requested": n,
+            "sent": int((~np.isnan(a["sent_ms"])).sum()),
+            "accepted": int((~np.isnan(a["acked_ms"])).sum()),
+            "started": int((~np.isnan(a["started_ms"])).sum()),
+            "sends_waiting_on_max_in_flight": int(sum(s.capped)),
+        },
+        "errors": errors,
+        "latency_ms": lat["start"],
+        "start_latency_all_ms": {"corrected": summary(all_start[~np.isnan(all_start)])},
+        "ack_latency_ms": lat["ack"],
+        "queue_depth_median": median_depth,
+        "timeline": timeline(s, t0, depth),
+        "cdf_ms": cdf(s),
+        "note": (
+            "latency_ms: enqueue -> worker start per kind (chain: its first step; exact: lateness past "
+            "its due time); corrected counts from the intended send time, uncorrected from the actual "
+            "send. ack_latency_ms: the same for the enqueue call's answer."
+        ),
+    }
+
+
+def _print(result: dict[str, Any], out: Path) -> None:
+    rows = [
+        ("profile", result["profile"]),
+        (
+            "rate requested / achieved",
+            f"{result['requested_rate_per_s']:,.0f}/s / {result['achieved_rate_per_s']:,.0f}/s",
+        ),
+        ("verdict", result["verdict"]),
+        ("operations", ", ".join(f"{k} {v:,}" for k, v in result["operations"].items())),
+    ]
+    for kind, lat in result["latency_ms"].items():
+        c, u = lat["corrected"], lat["uncorrected"]
+        if c.get("n"):
+            rows.append(
+                (
+                    f"{kind}: start p50/p99/max ms",
+                    f"{c['p50']}/{c['p99']}/{c['max']} corrected, "
+                    f"{u['p50']}/{u['p99']}/{u['max']} uncorrected",
+                )
+            )
+    rows += [("errors", str(result["errors"] or "none")), ("json", str(out))]
+    print(table(rows))
 
 
 def main(argv: list[str]) -> int:
     import kmpray
-    from kmpray import Constraints, ScheduleResult, TaskRequest, TaskTrigger
 
-    parser = argparse.ArgumentParser(prog="kmpray bench load", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rate", type=float, required=True, help="operations per second (open loop)")
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds of load")
-    parser.add_argument("--mix", type=parse_mix, default=parse_mix("one-time:1"))
+    parser = argparse.ArgumentParser(
+        prog="kmpray bench load", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rate", type=float, default=None, help="operations per second (constant profile)")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of load (constant profile)")
+    parser.add_argument(
+        "--profile",
+        default="constant",
+        help="constant | step:R1,R2,.../Ns (each level N s) | ramp:FROM..TO/Ns",
+    )
+    parser.add_argument(
+        "--mix",
+        type=parse_mix,
+        default=parse_mix("one-time:1"),
+        help="kind:weight,... (one-time, chain, heavy, exact, periodic, gated)",
+    )
+    parser.add_argument("--help-kinds", action="store_true", help="what each mix kind sends and measures")
+    parser.add_argument(
+        "--clients",
+        type=int,
+        default=None,
+        help=f"generator actors over the nodes (default: rate / {PER_CLIENT_RATE}, at most the CPUs)",
+    )
+    parser.add_argument(
+        "--max-in-flight", type=int, default=1000, help="unanswered operations at most (all clients)"
+    )
+    parser.add_argument(
+        "--drain-s", type=float, default=60.0, help="after the deadline, wait this long at most"
+    )
+    parser.add_argument(
+        "--find-max", action="store_true", help="search the highest rate meeting --slo-p99-ms"
+    )
+    parser.add_argument(
+        "--slo-p99-ms", type=float, default=None, help="corrected start p99 limit for --find-max"
+    )
+    parser.add_argument("--trial-s", type=float, default=5.0, help="--find-max: seconds per trial")
+    parser.add_argument("--max-rate", type=float, default=1e6, help="--find-max: never try above this rate")
+    parser.add_argument(
+        "--refine", type=int, default=4, help="--find-max: bisection steps after the first failure"
+    )
+    parser.add_argument(
+        "--plot", action="store_true", help="write PNGs next to the JSON (needs kmpray[plot])"
+    )
     parser.add_argument("--address", default=None, help="Ray address of the deployment (default: local)")
     parser.add_argument("--namespace", default="kmpray-load")
+    parser.add_argument(
+        "--state-dir", default=None, help="the engine's state dir (default: a fresh temp dir)"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no live line per second")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
-    if args.rate <= 0 or args.duration <= 0:
-        parser.error("--rate and --duration must be positive")
+    if args.help_kinds:
+        print("\n".join(f"  {k:9} {v}" for k, v in KIND_HELP.items()))
+        return 0
+    if args.duration <= 0 or args.drain_s <= 0 or args.trial_s <= 0 or args.max_rate <= 0:
+        parser.error("--duration, --drain-s, --trial-s and --max-rate must be > 0")
+    if args.max_in_flight < 1 or args.refine < 0:
+        parser.error("--max-in-flight must be >= 1 and --refine >= 0")
+    if args.clients is not None and args.clients < 1:
+        parser.error("--clients must be >= 1")
+    if args.find_max and (args.slo_p99_ms is None or args.slo_p99_ms <= 0):
+        parser.error("--find-max needs --slo-p99-ms > 0")
+    if args.plot:
+        _check_plot(parser)
+    try:
+        profile = parse_profile(args.profile, args.rate if not args.find_max else 1.0, args.duration)
+    except argparse.ArgumentTypeError as exc:
+        parser.error(str(exc))
+
+    import tempfile
 
     ray_up(args.address)
-    sched = kmpray.connect(address=args.address, namespace=args.namespace)
+    own = args.address is None and args.state_dir is None  # an engine of our own: stopped at the end
+    state_dir = args.state_dir or tempfile.mkdtemp(prefix="kmpray-load-")
+    sched = kmpray.connect(namespace=args.namespace, state_dir=state_dir)
+    try:
+        return _run(sched, args, state_dir, profile)
+    finally:
+        if own:
+            sched.shutdown()
+
+
+def warm_up(sched: Any, mix: dict[str, float]) -> None:
+    """One of each kind in the mix, waited for, before anything is measured: the first
+    run of a worker class on each executor, and a heavy worker's start, are one-off costs
+    (100 ms to seconds) that would otherwise land in the first second's latencies."""
+    from kmpray import Constraints, TaskRequest
+
+    heavy = "heavy" in mix
+    n = 4 * max(1, sched.status()["executors"])
+    ids = [f"warm-{uuid.uuid4().hex[:6]}-{i}" for i in range(n + heavy)]
+    reqs = [TaskRequest("BenchStamp", id=i) for i in ids[:n]]
+    if heavy:
+        reqs.append(TaskRequest("BenchStamp", id=ids[-1], constraints=Constraints(is_heavy_task=True)))
+    sched.enqueue_many(reqs)
+    for i in ids:
+        sched.wait(i, timeout_s=120)
+
+
+def _run(sched: Any, args: argparse.Namespace, state_dir: str, profile: Profile) -> int:
     register(sched)
-    kinds, weights = zip(*args.mix.items(), strict=True)
-    rng = random.Random(7)
-    depth: list[tuple[float, int]] = []
-    stop = threading.Event()
-
-    def sample() -> None:
-        t0 = time.perf_counter()
-        while not stop.wait(1.0):
-            s = sched.status()
-            depth.append((round(time.perf_counter() - t0, 1), s["ready"] + s["inflight"] + s["gated"]))
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    call_ms: list[float] = []
-    sent: dict[str, float] = {}
-    errors: dict[str, int] = {}
-    run_id = f"{int(time.time())}"
-    n = int(args.rate * args.duration)
-    start = time.perf_counter()
-    for i in range(n):
-        delay = start + i / args.rate - time.perf_counter()
-        if delay > 0:
-            time.sleep(delay)  # pacing the open loop
-        kind = rng.choices(kinds, weights)[0]
-        tid = f"load-{run_id}-{i}"
-        t = time.perf_counter()
-        sent_ms = time.time() * 1000
-        try:
-            if kind == "chain":
-                result = sched.begin_with(TaskRequest("BenchStamp", id=tid)).then(TaskRequest("BenchStamp")) \
-                    .with_id(f"{tid}-chain").enqueue()
-            else:
-                heavy = Constraints(is_heavy_task=kind == "heavy")
-                result = sched.enqueue(tid, TaskTrigger.OneTime(), "BenchStamp", constraints=heavy)
-        except Exception as exc:
-            errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
-            continue
-        call_ms.append((time.perf_counter() - t) * 1000)
-        if result is ScheduleResult.SUCCESS:
-            sent[tid] = sent_ms
-        else:
-            errors[result.value] = errors.get(result.value, 0) + 1
-    elapsed = time.perf_counter() - start
-    start_lat = []
-    for tid, at in sent.items():
-        try:
-            info = sched.wait(tid, timeout_s=120)
-            start_lat.append(info.result.data["t"] - at)
-        except Exception as exc:
-            errors[f"wait:{type(exc).__name__}"] = errors.get(f"wait:{type(exc).__name__}", 0) + 1
-    stop.set()
-    sampler.join(timeout=5)
-    result = {
-        "requested_rate_per_s": args.rate,
-        "achieved_rate_per_s": round(len(call_ms) / elapsed, 1),
-        "operations": n,
-        "mix": args.mix,
-        "enqueue_call_ms": percentiles(call_ms),
-        "enqueue_to_start_ms": percentiles(start_lat),
-        "errors": errors,
-        "queue_depth": depth,
-        "note": "one-time and heavy: enqueue() -> worker start; chain: -> first step start",
-    }
+    warm_up(sched, args.mix)
+    common = {"clients": args.clients, "max_in_flight": args.max_in_flight, "drain_s": args.drain_s}
+    if args.find_max:
+        result = _find_max(sched, args, state_dir, common)
+    else:
+        peak = max(profile.rates)
+        common["clients"] = args.clients or default_clients(peak)
+        print(f"load: {profile.describe()}, {common['clients']} client(s)", flush=True)
+        result = run_once(sched, args.namespace, state_dir, profile, args.mix, live=not args.quiet, **common)
     out = write("load", result, args.json)
-    print(table([
-        ("rate requested / achieved", f"{args.rate:,.0f}/s / {result['achieved_rate_per_s']:,.0f}/s"),
-        ("enqueue call p50/p99 ms", f"{result['enqueue_call_ms']['p50']}/{result['enqueue_call_ms']['p99']}"),
-        ("enqueue -> start p50/p99 ms", f"{result['enqueue_to_start_ms']['p50']}/{result['enqueue_to_start_ms']['p99']}"),
-        ("errors", str(errors or "none")),
-        ("queue depth (s, tasks)", str(depth[:10]) + (" ..." if len(depth) > 10 else "")),
-        ("json", str(out)),
-    ]))
+    if not args.find_max:
+        _print(result, out)
+    else:
+        if result["at_max"] is not None:
+            _print(result["at_max"], out)
+        best = result["max_rate_per_s"] if result["max_rate_per_s"] is not None else "none"
+        print(
+            f"  max rate meeting corrected p99 <= {args.slo_p99_ms} ms: {best}"
+            f" ({len(result['curve'])} trials of {args.trial_s:g} s; json {out})"
+        )
+    if args.plot:
+        from .load_plots import plot
+
+        for path in plot(result, out):
+            print(f"  plot: {path}")
     return 0
+
+
+def _find_max(sched: Any, args: argparse.Namespace, state_dir: str, common: dict[str, Any]) -> dict[str, Any]:
+    results: dict[float, dict[str, Any]] = {}
+
+    def trial(rate: float) -> Trial:
+        profile = Profile("constant", (rate,), args.trial_s)
+        kw = {**common, "clients": common["clients"] or default_clients(rate)}
+        r = run_once(sched, args.namespace, state_dir, profile, args.mix, live=False, **kw)
+        p99 = r["start_latency_all_ms"]["corrected"].get("p99", math.inf)
+        results[rate] = r
+        t = Trial(rate, r["achieved_rate_per_s"], p99)
+        print(
+            f"  trial {rate:8,.0f}/s: achieved {t.achieved:8,.0f}/s, corrected p99 {p99:8.1f} ms"
+            f" -> {'pass' if t.passes(args.slo_p99_ms) else 'fail'}  ({r['verdict']})",
+            flush=True,
+        )
+        _settle(sched)
+        return t
+
+    start = args.rate or 200.0
+    best, curve = find_max(trial, start, args.slo_p99_ms, ceiling=args.max_rate, refine=args.refine)
+    shown = results[best] if best is not None else results[curve[-1].rate]
+    return {
+        "slo_p99_ms": args.slo_p99_ms,
+        "max_rate_per_s": None if best is None else round(best, 1),
+        "trial_s": args.trial_s,
+        "mix": args.mix,
+        "curve": [
+            {
+                "rate_per_s": round(t.rate, 1),
+                "achieved_rate_per_s": t.achieved,
+                "p99_ms": t.p99_ms,
+                "passes": t.passes(args.slo_p99_ms),
+                "generator_bound": results[t.rate]["generator_bound"],
+            }
+            for t in curve
+        ],
+        "at_max": None if best is None else results[best],
+        # the fields of a single run, for the best rate (or the last trial)
+        **{k: v for k, v in shown.items() if k in RUN_FIELDS},
+    }
+
+
+def _settle(sched: Any, timeout_s: float = 60) -> None:
+    """Between trials: until the engine's queue is empty (bounded)."""
+    until = time.monotonic() + timeout_s
+    while time.monotonic() < until:
+        s = sched.status()
+        if s["ready"] + s["inflight"] == 0:
+            return
+        time.sleep(0.2)  # polling the engine's status between trials, bounded
+
+
+def _check_plot(parser: argparse.ArgumentParser) -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        parser.error("--plot needs matplotlib: pip install 'kmpray[plot]'")
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

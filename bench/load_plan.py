@@ -1,0 +1,348 @@
+"""The load generator's arithmetic, kept apart from Ray so it is tested on its own: the
+operation mix, rate profiles and the schedule of intended send times they give, the
+split of that schedule over load clients, latency summaries (exact: every sample is kept
+and merged, so the tail of N clients is the tail of their union), the per-second
+timeline, the "is the generator itself the bottleneck?" verdict, and the knee search.
+
+Corrected latency counts from an operation's *intended* send time, uncorrected from the
+moment it actually left (wrk2's distinction): an engine stall delays every send behind
+it, and only the corrected figure shows that (no coordinated omission).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+KINDS = ("one-time", "chain", "heavy", "exact", "periodic", "gated")
+KIND_HELP = {
+    "one-time": "OneTime task: latency to its worker's start",
+    "chain": "two-step chain, the first step's Success.data passed to the second: to the first step's start",
+    "heavy": "OneTime task with is_heavy_task: to its heavy worker's start",
+    "exact": "Exact timer due EXACT_LEAD_MS after its intended send: start lateness against that due time",
+    "periodic": "Periodic (15 min): to its first run's start (cancelled at the end of the run)",
+    "gated": "OneTime behind constraints every node meets (storage and battery not low): through the gate",
+}
+EXACT_LEAD_MS = 200
+ACHIEVED_SHARE = 0.95  # below this share of the requested rate, a run (or trial) falls short
+
+
+def parse_mix(text: str) -> dict[str, float]:
+    mix: dict[str, float] = {}
+    for part in text.split(","):
+        kind, _, weight = part.strip().partition(":")
+        if kind not in KINDS:
+            raise argparse.ArgumentTypeError(f"--mix: unknown kind {kind!r} (one of {', '.join(KINDS)})")
+        try:
+            w = float(weight or "1")
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"--mix: weight of {kind!r} is not a number: {weight!r}"
+            ) from None
+        if not math.isfinite(w) or w < 0:
+            raise argparse.ArgumentTypeError(f"--mix: weight of {kind!r} must be >= 0, got {weight!r}")
+        mix[kind] = w
+    if sum(mix.values()) <= 0:
+        raise argparse.ArgumentTypeError("--mix: weights must add up to more than 0")
+    return mix
+
+
+# ------------------------------------------------------------------ profiles
+@dataclass(frozen=True)
+class Profile:
+    """Requested rate over time: constant, steps, or a linear ramp."""
+
+    kind: str  # "constant" | "step" | "ramp"
+    rates: tuple[float, ...]  # constant: (r,); step: each level; ramp: (from, to)
+    duration_s: float
+
+    def rate_at(self, t: float) -> float:
+        if self.kind == "constant":
+            return self.rates[0]
+        if self.kind == "step":
+            per = self.duration_s / len(self.rates)
+            return self.rates[min(int(t // per), len(self.rates) - 1)]
+        a, b = self.rates
+        return a + (b - a) * min(max(t / self.duration_s, 0.0), 1.0)
+
+    def describe(self) -> str:
+        if self.kind == "constant":
+            return f"constant {self.rates[0]:g}/s for {self.duration_s:g} s"
+        if self.kind == "step":
+            levels = ",".join(f"{r:g}" for r in self.rates)
+            return f"step {levels}/s, {self.duration_s / len(self.rates):g} s each"
+        return f"ramp {self.rates[0]:g}..{self.rates[1]:g}/s over {self.duration_s:g} s"
+
+
+_DURATION = r"(\d+(?:\.\d+)?)s"
+
+
+def parse_profile(text: str, rate: float | None, duration_s: float) -> Profile:
+    """``constant`` (with --rate and --duration), ``step:100,200,400/10s`` (each level for
+    10 s), ``ramp:100..5000/60s``. A profile that names its length overrides --duration."""
+    text = text.strip()
+    if text == "constant":
+        if rate is None or not rate > 0:
+            raise argparse.ArgumentTypeError("--profile constant needs --rate > 0")
+        return Profile("constant", (float(rate),), duration_s)
+    if m := re.fullmatch(r"step:([\d.,]+)/" + _DURATION, text):
+        try:
+            levels = tuple(float(x) for x in m.group(1).split(",") if x)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--profile: bad step levels in {text!r}") from None
+        if not levels or any(not r > 0 for r in levels):
+            raise argparse.ArgumentTypeError(f"--profile: step levels must be > 0 in {text!r}")
+        return Profile("step", levels, float(m.group(2)) * len(levels))
+    if m := re.fullmatch(r"ramp:(\d+(?:\.\d+)?)\.\.(\d+(?:\.\d+)?)/" + _DURATION, text):
+        a, b, d = float(m.group(1)), float(m.group(2)), float(m.group(3))
+        if not (a >= 0 and b > 0 and d > 0):
+            raise argparse.ArgumentTypeError(
+                f"--profile: ramp needs rates >= 0 (end > 0) and a length > 0: {text!r}"
+            )
+        return Profile("ramp", (a, b), d)
+    raise argparse.ArgumentTypeError(
+        f"--profile: {text!r} is not constant, step:R1,R2,.../Ns or ramp:FROM..TO/Ns"
+    )
+
+
+def intended_times(profile: Profile, step_s: float = 0.0005) -> np.ndarray:
+    """Intended send times (s from the start) of every operation: the k-th is sent when
+    the integral of the requested rate reaches k (so a ramp's sends grow denser)."""
+    if profile.kind == "constant":
+        n = int(profile.rates[0] * profile.duration_s)
+        return np.arange(n, dtype=float) / profile.rates[0]
+    grid = np.arange(0.0, profile.duration_s + step_s, step_s)
+    rates = np.array([profile.rate_at(t) for t in grid[:-1]])
+    cumulative = np.concatenate([[0.0], np.cumsum(rates * step_s)])
+    n = math.floor(cumulative[-1] + 1e-9)
+    return np.interp(np.arange(n, dtype=float), cumulative, grid)
+
+
+def split(n: int, clients: int) -> list[np.ndarray]:
+    """Operation indexes per client, interleaved: each client gets an even share of every
+    part of the profile (not one client the ramp's start and another its end)."""
+    return [np.arange(c, n, clients) for c in range(clients)]
+
+
+def choose_kinds(mix: dict[str, float], n: int, seed: int = 7) -> list[str]:
+    kinds = list(mix)
+    weights = np.array([mix[k] for k in kinds], dtype=float)
+    picks = np.random.default_rng(seed).choice(len(kinds), size=n, p=weights / weights.sum())
+    return [kinds[i] for i in picks]
+
+
+# ------------------------------------------------------------------ summaries
+def summary(samples_ms: np.ndarray | list[float]) -> dict[str, float | int]:
+    arr = np.asarray(samples_ms, dtype=float)
+    if arr.size == 0:
+        return {"n": 0}
+    p50, p95, p99 = np.percentile(arr, [50, 95, 99])
+    return {
+        "n": int(arr.size),
+        "p50": round(float(p50), 3),
+        "p95": round(float(p95), 3),
+        "p99": round(float(p99), 3),
+        "max": round(float(arr.max()), 3),
+    }
+
+
+@dataclass
+class Samples:
+    """Every operation of a run, merged from all clients (columns, one row per operation)."""
+
+    kind: list[str] = field(default_factory=list)
+    intended_ms: list[float] = field(default_factory=list)  # wall clock, ms
+    sent_ms: list[float] = field(default_factory=list)  # NaN: never sent (deadline passed)
+    acked_ms: list[float] = field(default_factory=list)  # NaN: no answer, or an error
+    started_ms: list[float] = field(default_factory=list)  # NaN: no start seen
+    due_ms: list[float] = field(default_factory=list)  # when its work was due to start
+    capped: list[bool] = field(default_factory=list)  # its send waited on --max-in-flight
+    error: list[str] = field(default_factory=list)  # "" when accepted
+
+    def extend(self, rows: dict[str, list[Any]]) -> None:
+        for name in ("kind", "intended_ms", "sent_ms", "acked_ms", "started_ms", "due_ms", "capped", "error"):
+            getattr(self, name).extend(rows[name])
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {
+            name: np.asarray(getattr(self, name), dtype=float)
+            for name in ("intended_ms", "sent_ms", "acked_ms", "started_ms", "due_ms")
+        }
+
+
+def latencies(s: Samples) -> dict[str, Any]:
+    """Per operation kind: the start latency (intended send -> worker start, or the
+    lateness past the due time for Exact timers) corrected and uncorrected, and the same
+    for the enqueue acknowledgement."""
+    a = s.arrays()
+    kinds = np.asarray(s.kind)
+    out: dict[str, Any] = {"start": {}, "ack": {}}
+    for kind in sorted(set(s.kind)):
+        m = kinds == kind
+        ok_ack = m & ~np.isnan(a["acked_ms"])
+        out["ack"][kind] = {
+            "corrected": summary(a["acked_ms"][ok_ack] - a["intended_ms"][ok_ack]),
+            "uncorrected": summary(a["acked_ms"][ok_ack] - a["sent_ms"][ok_ack]),
+        }
+        ok = m & ~np.isnan(a["started_ms"]) & ~np.isnan(a["sent_ms"])
+        late = a["due_ms"][ok] > a["intended_ms"][ok]  # Exact: measured against its due time
+        corrected = a["started_ms"][ok] - np.where(late, a["due_ms"][ok], a["intended_ms"][ok])
+        uncorrected = a["started_ms"][ok] - np.where(late, a["due_ms"][ok], a["sent_ms"][ok])
+        out["start"][kind] = {"corrected": summary(corrected), "uncorrected": summary(uncorrected)}
+    return out
+
+
+CDF_LEVELS = [round(q, 3) for q in np.linspace(0.0, 1.0, 101)]
+
+
+def cdf(s: Samples) -> dict[str, dict[str, list[float]]]:
+    """Per kind, the start latency at each CDF level (0 %, 1 %, ..., 100 %), corrected and
+    uncorrected: enough to draw the curve, small enough for the JSON."""
+    a = s.arrays()
+    kinds = np.asarray(s.kind)
+    out: dict[str, dict[str, list[float]]] = {}
+    for kind in sorted(set(s.kind)):
+        ok = (kinds == kind) & ~np.isnan(a["started_ms"]) & ~np.isnan(a["sent_ms"])
+        if not ok.any():
+            continue
+        due = a["due_ms"][ok]
+        late = due > a["intended_ms"][ok]
+        corrected = a["started_ms"][ok] - np.where(late, due, a["intended_ms"][ok])
+        uncorrected = a["started_ms"][ok] - np.where(late, due, a["sent_ms"][ok])
+        out[kind] = {
+            which: [round(float(v), 3) for v in np.quantile(x, CDF_LEVELS)]
+            for which, x in (("corrected", corrected), ("uncorrected", uncorrected))
+        }
+    return out
+
+
+def timeline(s: Samples, t0_ms: float, depth: list[tuple[float, int]]) -> list[dict[str, Any]]:
+    """One row per second of the run (by intended time): requested, sent, acknowledged
+    (by the time they were acknowledged), queue depth sampled then, and the corrected
+    start latency p50/p99 of the operations due that second."""
+    a = s.arrays()
+    if not len(a["intended_ms"]):
+        return []
+    sec = ((a["intended_ms"] - t0_ms) // 1000).astype(int)
+    acked_sec = (a["acked_ms"] - t0_ms) // 1000
+    last = int(max(sec.max(), np.nanmax(acked_sec) if np.any(~np.isnan(acked_sec)) else 0))
+    depth_at = {int(t): d for t, d in depth}
+    rows = []
+    for t in range(last + 1):
+        m = sec == t
+        started = m & ~np.isnan(a["started_ms"])
+        lat = a["started_ms"][started] - np.maximum(a["intended_ms"][started], a["due_ms"][started])
+        p50, p99 = np.percentile(lat, [50, 99]) if lat.size else (math.nan, math.nan)
+        rows.append(
+            {
+                "t_s": t,
+                "requested": int(m.sum()),
+                "sent": int((m & ~np.isnan(a["sent_ms"])).sum()),
+                "acknowledged": int((acked_sec == t).sum()),
+                "queue_depth": depth_at.get(t),
+                "start_p50_ms": None if math.isnan(p50) else round(float(p50), 2),
+                "start_p99_ms": None if math.isnan(p99) else round(float(p99), 2),
+            }
+        )
+    return rows
+
+
+def achieved_rate(s: Samples, t0_ms: float, duration_s: float) -> float:
+    """Accepted operations per second over the send window (the requested duration, or
+    longer if acknowledgements kept coming after it)."""
+    a = s.arrays()
+    ok = ~np.isnan(a["acked_ms"])
+    if not ok.any():
+        return 0.0
+    span_s = max(duration_s, (float(a["acked_ms"][ok].max()) - t0_ms) / 1000)
+    return float(ok.sum()) / span_s if span_s > 0 else 0.0
+
+
+def late_share(s: Samples, late_ms: float = 10.0) -> float:
+    """Share of the sends that left more than ``late_ms`` after their intended time
+    although there was room in flight: the generator's own lag, not the engine's."""
+    a = s.arrays()
+    free = ~np.asarray(s.capped, dtype=bool) & ~np.isnan(a["sent_ms"])
+    if not free.any():
+        return 0.0
+    return float(((a["sent_ms"][free] - a["intended_ms"][free]) > late_ms).sum()) / float(free.sum())
+
+
+def generator_bound(
+    requested: float, achieved: float, capped_share: float, late: float, median_depth: float, executors: int
+) -> tuple[bool, str]:
+    """Whether the generator, not the engine, held the rate down. The generator is the
+    bottleneck when its sends left late although --max-in-flight had room, while the
+    engine's queue stayed near empty; otherwise a short rate is the engine's (its answers
+    were slow, so sends waited on --max-in-flight, or its queue backed up)."""
+    if achieved >= ACHIEVED_SHARE * requested:
+        return False, "achieved the requested rate"
+    near_empty = median_depth <= 2 * max(executors, 1)
+    if late > 0.05 and near_empty:
+        return True, (
+            f"generator-bound: {late:.0%} of sends left late with room in flight while the engine's "
+            "queue stayed near empty: add --clients or CPUs for the generator"
+        )
+    if capped_share > 0.05:
+        return False, f"engine-bound: {capped_share:.0%} of sends waited on --max-in-flight (slow answers)"
+    if not near_empty:
+        return False, f"engine-bound: its queue backed up (median depth {median_depth:g})"
+    return False, "engine-bound: its answers came slowly (see ack_latency_ms)"
+
+
+# ------------------------------------------------------------------ the knee
+@dataclass(frozen=True)
+class Trial:
+    rate: float
+    achieved: float
+    p99_ms: float
+
+    def passes(self, slo_p99_ms: float) -> bool:
+        return self.achieved >= ACHIEVED_SHARE * self.rate and self.p99_ms <= slo_p99_ms
+
+
+def find_max(
+    trial: Callable[[float], Trial], start: float, slo_p99_ms: float, *, ceiling: float = 1e6, refine: int = 4
+) -> tuple[float | None, list[Trial]]:
+    """The highest rate that passes (achieved >= 95 % of requested and corrected p99 <=
+    the SLO): double from ``start`` until a trial fails, then bisect ``refine`` times
+    between the last pass and the first failure. Returns (best rate or None, every trial)."""
+    curve: list[Trial] = []
+    lo: float | None = None
+    hi: float | None = None
+    rate = start
+    while rate <= ceiling:
+        t = trial(rate)
+        curve.append(t)
+        if not t.passes(slo_p99_ms):
+            hi = rate
+            break
+        lo, rate = rate, rate * 2
+    if hi is None:
+        return lo, curve
+    if lo is None:  # the first rate failed: halve down to a pass, a few times at most
+        rate = start / 2
+        for _ in range(refine):
+            t = trial(rate)
+            curve.append(t)
+            if t.passes(slo_p99_ms):
+                lo = rate
+                break
+            hi, rate = rate, rate / 2
+        if lo is None:
+            return None, curve
+    for _ in range(refine):
+        mid = (lo + hi) / 2
+        t = trial(mid)
+        curve.append(t)
+        if t.passes(slo_p99_ms):
+            lo = mid
+        else:
+            hi = mid
+    return lo, curve

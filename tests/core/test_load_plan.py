@@ -1,0 +1,252 @@
+"""The load generator's arithmetic and its open loop, without Ray (bench/load_plan.py,
+bench/load_client.OpenLoop): schedules, exact merging, coordinated omission, the
+generator-bound verdict and the knee search."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import time
+
+import numpy as np
+import pytest
+from kmpray.bench.load_client import OpenLoop
+from kmpray.bench.load_plan import (
+    Profile,
+    Samples,
+    Trial,
+    achieved_rate,
+    cdf,
+    choose_kinds,
+    find_max,
+    generator_bound,
+    intended_times,
+    late_share,
+    latencies,
+    parse_mix,
+    parse_profile,
+    split,
+    timeline,
+)
+
+
+def test_profiles_parse_and_name_their_errors() -> None:
+    assert parse_profile("constant", 800, 10) == Profile("constant", (800.0,), 10)
+    assert parse_profile("step:100,200,400/10s", None, 99) == Profile("step", (100.0, 200.0, 400.0), 30.0)
+    assert parse_profile("ramp:100..5000/60s", None, 99) == Profile("ramp", (100.0, 5000.0), 60.0)
+    for bad in ("ramp:5000/60s", "step:/10s", "step:0,10/5s", "wave:1..2/3s", "ramp:1..2/0s"):
+        with pytest.raises(argparse.ArgumentTypeError, match="--profile"):
+            parse_profile(bad, 10, 10)
+    with pytest.raises(argparse.ArgumentTypeError, match="--rate"):
+        parse_profile("constant", None, 10)
+
+
+def test_mix_parses_every_kind_and_rejects_unknown_ones() -> None:
+    assert parse_mix("one-time:0.8,chain:0.1,heavy:0.1") == {"one-time": 0.8, "chain": 0.1, "heavy": 0.1}
+    assert set(parse_mix("exact:1,periodic:1,gated:1")) == {"exact", "periodic", "gated"}
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown kind 'cron'"):
+        parse_mix("cron:1")
+    with pytest.raises(argparse.ArgumentTypeError, match="must be >= 0"):
+        parse_mix("one-time:-1")
+    with pytest.raises(argparse.ArgumentTypeError, match="more than 0"):
+        parse_mix("one-time:0")
+    kinds = choose_kinds({"one-time": 3, "chain": 1}, 4000)
+    assert 0.70 < kinds.count("one-time") / 4000 < 0.80
+
+
+def test_schedules_hold_the_profile_rate() -> None:
+    constant = intended_times(Profile("constant", (500.0,), 4))
+    assert len(constant) == 2000 and constant[1] - constant[0] == pytest.approx(0.002)
+    step = intended_times(Profile("step", (100.0, 300.0), 2))
+    assert len(step) == pytest.approx(400, abs=1)
+    assert ((step >= 0) & (step < 1)).sum() == pytest.approx(100, abs=1)
+    assert ((step >= 1) & (step < 2)).sum() == pytest.approx(300, abs=1)
+    ramp = intended_times(Profile("ramp", (0.0, 1000.0), 10))
+    assert len(ramp) == pytest.approx(5000, abs=2)  # the area under the ramp
+    per_second = np.histogram(ramp, bins=10, range=(0, 10))[0]
+    assert all(np.diff(per_second) > 0)  # the rate grows second by second
+    assert per_second[-1] == pytest.approx(950, abs=5)
+
+
+def test_split_interleaves_so_each_client_sees_the_whole_profile() -> None:
+    parts = split(10, 3)
+    assert [p.tolist() for p in parts] == [[0, 3, 6, 9], [1, 4, 7], [2, 5, 8]]
+    assert sorted(np.concatenate(parts).tolist()) == list(range(10))
+
+
+def _samples(
+    intended: list[float], sent: list[float], started: list[float], kind: str = "one-time"
+) -> Samples:
+    s = Samples()
+    n = len(intended)
+    s.extend(
+        {
+            "kind": [kind] * n,
+            "intended_ms": intended,
+            "sent_ms": sent,
+            "acked_ms": [x + 1 for x in sent],
+            "started_ms": started,
+            "due_ms": intended,
+            "capped": [False] * n,
+            "error": [""] * n,
+        }
+    )
+    return s
+
+
+def test_merging_clients_keeps_the_exact_tail() -> None:
+    # Two clients: one saw 99 fast starts and one slow one; the other 100 fast starts.
+    a = _samples([0.0] * 100, [0.0] * 100, [1.0] * 99 + [500.0])
+    b = _samples([0.0] * 100, [0.0] * 100, [2.0] * 100)
+    merged = Samples()
+    for part in (a, b):
+        merged.extend(
+            {
+                k: getattr(part, k)
+                for k in (
+                    "kind",
+                    "intended_ms",
+                    "sent_ms",
+                    "acked_ms",
+                    "started_ms",
+                    "due_ms",
+                    "capped",
+                    "error",
+                )
+            }
+        )
+    lat = latencies(merged)["start"]["one-time"]["corrected"]
+    assert lat["n"] == 200 and lat["max"] == 500.0 and lat["p50"] == 2.0 and lat["p95"] == 2.0
+
+
+def test_corrected_latency_shows_a_stall_the_uncorrected_one_hides() -> None:
+    # Sends due every 10 ms; the engine stalled 300 ms, so sends 1..30 left late, all at 300.
+    intended = [10.0 * i for i in range(100)]
+    sent = [max(t, 300.0) if 0 < t <= 300 else t for t in intended]
+    started = [x + 2 for x in sent]
+    lat = latencies(_samples(intended, sent, started))["start"]["one-time"]
+    assert lat["uncorrected"]["max"] == 2.0  # every send looked fast
+    assert lat["corrected"]["max"] == pytest.approx(292.0)  # the one due at 10 ms waited 290 ms more
+    assert lat["corrected"]["p95"] > 100
+    curves = cdf(_samples(intended, sent, started))["one-time"]
+    assert len(curves["corrected"]) == 101 and curves["corrected"][-1] == pytest.approx(292.0)
+
+
+def test_exact_timers_are_measured_against_their_due_time() -> None:
+    s = Samples()
+    s.extend(
+        {
+            "kind": ["exact"],
+            "intended_ms": [1000.0],
+            "sent_ms": [1000.0],
+            "acked_ms": [1003.0],
+            "started_ms": [1207.0],
+            "due_ms": [1200.0],
+            "capped": [False],
+            "error": [""],
+        }
+    )
+    assert latencies(s)["start"]["exact"]["corrected"]["p50"] == 7.0
+
+
+def test_timeline_and_achieved_rate() -> None:
+    t0 = 1_000_000.0
+    intended = [t0 + 10.0 * i for i in range(200)]  # 100/s for 2 s
+    s = _samples(intended, intended, [x + 5 for x in intended])
+    rows = timeline(s, t0, [(0, 3), (1, 4)])
+    assert [r["requested"] for r in rows[:2]] == [100, 100]
+    assert rows[0]["queue_depth"] == 3 and rows[0]["start_p99_ms"] == pytest.approx(5.0)
+    assert achieved_rate(s, t0, 2.0) == pytest.approx(100, rel=0.01)
+    s.acked_ms[150:] = [math.nan] * 50  # 50 unanswered
+    assert achieved_rate(s, t0, 2.0) == pytest.approx(75, rel=0.01)
+
+
+def test_generator_bound_only_when_its_own_sends_lag_and_the_engine_idles() -> None:
+    assert generator_bound(1000, 990, 0.0, 0.5, 0, 2) == (False, "achieved the requested rate")
+    bound, why = generator_bound(1000, 500, 0.0, 0.40, 1, 2)
+    assert bound and "generator-bound: 40% of sends left late" in why
+    bound, why = generator_bound(1000, 500, 0.30, 0.0, 1, 2)
+    assert not bound and "max-in-flight" in why
+    bound, why = generator_bound(1000, 500, 0.0, 0.40, 400, 2)  # late, but the engine backed up too
+    assert not bound and "queue backed up" in why
+    bound, why = generator_bound(1000, 500, 0.0, 0.0, 1, 2)
+    assert not bound and "answers came slowly" in why
+
+
+def test_late_share_counts_only_sends_that_had_room() -> None:
+    s = _samples([0.0, 0.0, 0.0, 0.0], [0.0, 50.0, 50.0, 5.0], [1.0] * 4)
+    s.capped[2] = True  # waited on the cap: the engine's doing
+    assert late_share(s) == pytest.approx(1 / 3)
+
+
+def test_find_max_doubles_then_bisects_to_the_knee() -> None:
+    asked: list[float] = []
+
+    def trial(rate: float) -> Trial:  # an engine that holds 1,300/s at 5 ms, then falls over
+        asked.append(rate)
+        return Trial(rate, min(rate, 1300.0), 5.0 if rate <= 1300 else 80.0)
+
+    best, curve = find_max(trial, 200, slo_p99_ms=20, refine=5)
+    assert asked[:4] == [200, 400, 800, 1600]
+    assert best is not None and 1250 <= best <= 1300
+    assert len(curve) == 4 + 5
+    assert find_max(lambda r: Trial(r, r / 2, 1.0), 100, 20, refine=2)[0] is None  # never holds its rate
+
+
+def test_open_loop_never_waits_on_answers_and_counts_from_intended_times() -> None:
+    """A slow engine (every answer takes 50 ms) does not slow the sends; the in-flight cap
+    does, and those sends are marked; a deadline leaves the rest unsent."""
+
+    async def main() -> tuple[dict[str, list[object]], dict[str, list[object]], dict[str, list[object]]]:
+        async def slow(kind: str, index: int, intended: float) -> tuple[str, float]:
+            await asyncio.sleep(0.05)
+            return ("" if index != 3 else "REJECTED_INVALID_PARAMS"), intended
+
+        now = time.time() * 1000 + 50
+        open_loop = OpenLoop(slow, max_in_flight=100)
+        intended = [now + 2.0 * i for i in range(50)]  # 500/s
+        free = await open_loop.run(list(range(50)), ["one-time"] * 50, intended, now + 10_000, 5)
+        capped_loop = OpenLoop(slow, max_in_flight=2)
+        capped = await capped_loop.run(list(range(20)), ["one-time"] * 20, intended[:20], now + 10_000, 5)
+        later = time.time() * 1000 + 20
+        cut = await OpenLoop(slow, 100).run(
+            list(range(10)), ["one-time"] * 10, [later + 30.0 * i for i in range(10)], later + 100, 5
+        )
+        return free, capped, cut
+
+    free, capped, cut = asyncio.run(main())
+    lag = np.asarray(free["sent_ms"], dtype=float) - np.asarray(free["intended_ms"], dtype=float)
+    assert lag.max() < 25  # sent on schedule although each answer took 50 ms
+    assert not any(free["capped"]) and free["error"][3] == "REJECTED_INVALID_PARAMS"
+    assert all(not math.isnan(x) for i, x in enumerate(free["acked_ms"]) if i != 3)  # type: ignore[arg-type]
+    assert sum(bool(c) for c in capped["capped"]) >= 5  # two in flight at most: sends waited
+    clag = np.asarray(capped["sent_ms"], dtype=float) - np.asarray(capped["intended_ms"], dtype=float)
+    assert clag.max() > 200  # ...and left late, which only the corrected latency shows
+    assert cut["error"].count("unsent") == 6 and cut["error"][:3] == [""] * 3
+
+
+def test_plots_are_written_next_to_the_json(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from kmpray.bench.load_plots import plot
+
+    t0 = 1_000_000.0
+    intended = [t0 + 10.0 * i for i in range(300)]
+    s = _samples(intended, intended, [x + 5 + (i % 7) for i, x in enumerate(intended)])
+    result = {
+        "profile": "constant 100/s for 3 s",
+        "timeline": timeline(s, t0, [(0, 1), (1, 2), (2, 0)]),
+        "cdf_ms": cdf(s),
+        "slo_p99_ms": 50,
+        "max_rate_per_s": 800,
+        "curve": [
+            {"rate_per_s": r, "achieved_rate_per_s": min(r, 800), "p99_ms": 5 if r <= 800 else 90}
+            for r in (200, 400, 800, 1600)
+        ],
+    }
+    out = Path(str(tmp_path)) / "load.json"
+    written = plot(result, out)
+    assert [p.name for p in written] == ["load-timeline.png", "load-cdf.png", "load-knee.png"]
+    for p in written:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000

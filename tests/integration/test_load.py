@@ -1,0 +1,124 @@
+"""`kmpray bench load` against a real engine on the shared Ray: the open loop holds a small
+rate across two client actors, every accepted operation's start is measured (every mix
+kind), periodic work is cancelled afterwards, and the CLI writes the JSON the README
+documents (single run and --find-max)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kmpray.bench.load import main as load_main
+from kmpray.bench.load import run_once
+from kmpray.bench.load_client import task_id
+from kmpray.bench.load_plan import KINDS, Profile
+from kmpray.bench.stamp import register
+
+pytestmark = pytest.mark.slow
+
+
+def test_open_loop_over_two_clients_measures_every_kind(engines: Any) -> None:
+    sched = engines()
+    register(sched)
+    mix = {kind: 1.0 for kind in KINDS}
+    r = run_once(
+        sched,
+        sched.namespace,
+        sched.state_dir,
+        Profile("constant", (60.0,), 2.0),
+        mix,
+        clients=2,
+        max_in_flight=200,
+        drain_s=60,
+        live=False,
+    )
+    ops = r["operations"]
+    assert ops["requested"] == 120 and ops["sent"] == 120
+    assert ops["accepted"] == 120 and ops["started"] == 120, r["errors"]
+    assert r["errors"] == {}
+    assert r["achieved_rate_per_s"] >= 0.95 * 60 and r["generator_bound"] is False
+    assert set(r["latency_ms"]) == set(KINDS)
+    for kind, lat in r["latency_ms"].items():
+        c, u = lat["corrected"], lat["uncorrected"]
+        assert c["n"] > 0 and c["p50"] >= 0, kind
+        assert c["max"] >= u["max"] - 1e-6 or kind == "exact", kind  # corrected counts from earlier
+    # The periodic tasks it sent are cancelled, not left to run every 15 minutes.
+    periodic = [t for t in sched.list_tasks() if t.trigger is not None and t.trigger.kind == "periodic"]
+    assert periodic and all(t.state.value == "CANCELLED" for t in periodic)
+    assert sum(row["requested"] for row in r["timeline"]) == 120
+    assert sched.get_task_info(task_id("x", 0)) is None  # ids belong to the run's own token
+
+
+def test_cli_writes_the_documented_json(ray_session: Any, tmp_path: Path) -> None:
+    out = tmp_path / "load.json"
+    ns = f"load-{uuid.uuid4().hex[:8]}"
+    assert (
+        load_main(
+            [
+                "--rate",
+                "50",
+                "--duration",
+                "1",
+                "--quiet",
+                "--clients",
+                "1",
+                "--namespace",
+                ns,
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    r = json.loads(out.read_text())
+    missing = {"requested_rate_per_s", "achieved_rate_per_s", "duration_s", "generator_bound", "latency_ms",
+               "timeline", "ack_latency_ms", "cdf_ms", "verdict", "operations"} - set(r)
+    assert missing == set()
+    assert r["requested_rate_per_s"] == 50 and r["operations"]["started"] == 50
+    assert set(r["latency_ms"]["one-time"]) == {"corrected", "uncorrected"}
+    assert set(r["latency_ms"]["one-time"]["corrected"]) == {"n", "p50", "p95", "p99", "max"}
+
+    knee = tmp_path / "knee.json"
+    assert (
+        load_main(
+            [
+                "--find-max",
+                "--slo-p99-ms",
+                "60000",
+                "--rate",
+                "40",
+                "--max-rate",
+                "80",
+                "--trial-s",
+                "1",
+                "--quiet",
+                "--clients",
+                "1",
+                "--namespace",
+                f"{ns}-k",
+                "--json",
+                str(knee),
+            ]
+        )
+        == 0
+    )
+    k = json.loads(knee.read_text())
+    assert [c["rate_per_s"] for c in k["curve"]] == [40, 80]  # doubled up to the ceiling
+    assert all(c["passes"] for c in k["curve"]) and k["max_rate_per_s"] == 80
+    assert k["at_max"]["requested_rate_per_s"] == 80
+
+
+def test_cli_rejects_bad_arguments_by_name(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv, word in (
+        (["--rate", "0"], "--rate"),
+        (["--profile", "zigzag"], "--profile"),
+        (["--find-max"], "--slo-p99-ms"),
+        (["--rate", "5", "--mix", "cron:1"], "unknown kind"),
+        (["--rate", "5", "--clients", "0"], "--clients"),
+    ):
+        with pytest.raises(SystemExit):
+            load_main(argv)
+        assert word in capsys.readouterr().err
