@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,7 @@ class SchedulerActor(
             return
         self.rejections: deque[tuple[str, str, str]] = deque(maxlen=1000)
         self._answers: list[tuple[str, bytes, int]] = []  # (request token, answer, ms) to store
+        self._commit_due: asyncio.Future[None] | None = None  # see SchedulerIntake._commit
         self._acked: int | None = None  # outbox events up to here are in the event log
         self.waiters = Waiters(self.core)
         self._reconciling = asyncio.Lock()
@@ -86,8 +87,10 @@ class SchedulerActor(
         # with its result (the store's outbox) and forgotten once the broker acknowledges
         # it; after a crash the next scheduler sends the rest again, and the broker appends
         # each outbox number once. Progress events (no number) are best-effort.
+        # Messages and commits, counted (status()["messages"]): what a task costs the scheduler.
+        self.messages: Counter[str] = Counter()
         self._events: Outbox[tuple[int | None, bytes]] = Outbox(
-            lambda batch: self._broker.publish.remote([b for _o, b in batch], [o for o, _b in batch]),
+            lambda batch: self._publish(batch),
             "events to the broker",
             lambda _last, batch: self._events_acked(batch),
             timeout_s=60,
@@ -229,6 +232,7 @@ class SchedulerActor(
             return
         acked, self._acked = self._acked, None  # events the broker has: forgotten in this write
         bodies = [encode_event(e) for e in fx.events]
+        self.messages["commits"] += 1
         numbers = iter(self.store.write(
             fx.persist.values(), fx.delete, fx.chains.values(), fx.delete_chains,
             events=[b for e, b in zip(fx.events, bodies, strict=True) if e.kind == "completion"],
@@ -252,6 +256,10 @@ class SchedulerActor(
             # In-process coordination: promote now (after this batch's events, which happened
             # first), and send what became ready at once.
             self._chain_actions(local.apply(fx.chain_msgs))
+
+    def _publish(self, batch: list[tuple[int | None, bytes]]) -> Any:
+        self.messages["event_batches_sent"] += 1
+        return self._broker.publish.remote([b for _o, b in batch], [o for o, _b in batch])
 
     def _events_acked(self, batch: list[tuple[int | None, bytes]]) -> None:
         """The broker has these: they leave the outbox with the next store write (no

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from kmpray.clock import ManualClock, SystemClock
@@ -41,6 +42,7 @@ class SchedulerDispatch:
     heavy: HeavyPool
     _lead_ms: int
     _blobs: dict[str, tuple[int, bytes]]
+    messages: Counter[str]
 
     if TYPE_CHECKING:  # the actor's
         def _flush(self) -> None: ...
@@ -80,6 +82,7 @@ class SchedulerDispatch:
 
     def _send(self, i: int, part: list[Dispatch]) -> None:
         keys = [(d.key, d.run_id) for d in part]
+        self.messages["submits_sent"] += 1
         ref = self.pool.send(i, keys, [self._wire(d) for d in part])
         if self.core.decisions.maxlen:
             now, node, log_ = self.clock.now_ms(), self.pool.slots[i].node, self.core.decisions

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from typing import Any
 
 import msgpack
@@ -18,6 +18,7 @@ import msgpack
 from kmpray import intake
 from kmpray.engine import SchedulerCore
 from kmpray.enums import ScheduleResult
+from kmpray.protocol import RETRY_MARK
 from kmpray.store import SqliteTaskStore
 
 from .names import REGISTRY, lookup
@@ -34,6 +35,8 @@ class SchedulerIntake:
     known: set[str]
     _blobs: dict[str, tuple[int, bytes]]
     _answers: list[tuple[str, bytes, int]]
+    messages: Counter[str]
+    _commit_due: asyncio.Future[None] | None  # the turn's shared commit, once a call asked for it
     _ready: asyncio.Future[None]
 
     def _flush(self) -> None:
@@ -42,13 +45,20 @@ class SchedulerIntake:
     def _kick(self) -> None:
         raise NotImplementedError  # the actor's
 
-    def _answered(self, token: str) -> Any:
+    def _answered(self, token: str | None) -> tuple[str | None, Any]:
+        """The call's token (without the retry mark) and, for a retry of a call already
+        applied, its answer. A first try is never looked up: it cannot have been applied."""
+        if token is None or not token.endswith(RETRY_MARK):
+            return token, None
+        token = token[: -len(RETRY_MARK)]
         raw = self.store.answer(token)
+        if raw is None:  # or applied in this very turn, its commit still to come
+            raw = next((a for t, a, _ms in self._answers if t == token), None)
         if raw is None:
-            return None
+            return token, None
         log.warning("enqueue call %s was retried after it was applied: answered again, not applied twice",
                     token)
-        return msgpack.unpackb(raw, raw=False)
+        return token, msgpack.unpackb(raw, raw=False)
 
     def _answer(self, token: str | None, answer: Any) -> None:
         if token is not None:
@@ -81,7 +91,9 @@ class SchedulerIntake:
         """Enqueue a batch; ``token`` names the client's call, so a retry of a call this
         scheduler (or the one before a restart) already applied gets its answer again."""
         await self._ready
-        if token is not None and (answered := self._answered(token)) is not None:
+        self.messages["enqueue_calls"] += 1
+        token, answered = self._answered(token)
+        if answered is not None:
             return [(r, why) for r, why in answered]
         out = []
         for item in items:
@@ -92,18 +104,18 @@ class SchedulerIntake:
             out.append((outcome.result.value, outcome.reason))
         self._answer(token, out)
         try:
-            self._flush()
+            await self._commit()
         except Exception as exc:  # nothing is acknowledged that is not stored
-            log.exception("store write failed")
             return [(ScheduleResult.FAILED_UNKNOWN.value, f"store write failed: {exc}") for _ in items]
-        self._kick()
         return out
 
     async def enqueue_chain(
         self, payload: dict[str, Any], token: str | None = None
     ) -> tuple[str, str | None]:
         await self._ready
-        if token is not None and (answered := self._answered(token)) is not None:
+        self.messages["enqueue_calls"] += 1
+        token, answered = self._answered(token)
+        if answered is not None:
             return answered[0], answered[1]
         chain_id = payload.get("id")
         outcome = intake.submit_chain(self.core, payload)
@@ -112,9 +124,30 @@ class SchedulerIntake:
             log.warning("chain %r: %s: %s", chain_id, outcome.result.value, outcome.reason)
         self._answer(token, (outcome.result.value, outcome.reason))
         try:
+            await self._commit()
+        except Exception as exc:
+            return ScheduleResult.FAILED_UNKNOWN.value, f"store write failed: {exc}"
+        return outcome.result.value, outcome.reason
+
+    async def _commit(self) -> None:
+        """Group commit: every enqueue call that arrives in one turn of the event loop is
+        stored in one transaction, written after the turn's calls have run; each call
+        answers once that transaction is durable (raises if the write failed). The
+        dispatch loop is woken to hand the new runs over, in one batch per turn too."""
+        if self._commit_due is None:
+            loop = asyncio.get_running_loop()
+            self._commit_due = loop.create_future()
+            loop.call_soon(self._commit_now)
+        await self._commit_due
+
+    def _commit_now(self) -> None:
+        due, self._commit_due = self._commit_due, None
+        assert due is not None
+        try:
             self._flush()
         except Exception as exc:
             log.exception("store write failed")
-            return ScheduleResult.FAILED_UNKNOWN.value, f"store write failed: {exc}"
+            due.set_exception(exc)
+        else:
+            due.set_result(None)
         self._kick()
-        return outcome.result.value, outcome.reason

@@ -5,7 +5,7 @@ of SchedulerActor (scheduler.py): the attributes below are the actor's."""
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+from collections import Counter, deque
 from typing import Any
 
 import ray
@@ -35,6 +35,7 @@ class SchedulerReads:
     serving_in_s: float | None
     _blobs: dict[str, tuple[int, bytes]]
     _blocked: BlockedLoops
+    messages: Counter[str]
     _ready: asyncio.Future[None]
 
     async def ready(self) -> dict[str, Any]:
@@ -69,6 +70,9 @@ class SchedulerReads:
             "executor_lag_ms": [s.lag_ms for s in self.pool.serving()],
             "loop_blocks": dict(self._blocked.counts),
             "waiting_for": self._blocked.reason(self._serving(), self.core.ready_count()),
+            # since this scheduler started: enqueue calls and executor reports received,
+            # submits and event batches sent, store commits (a commit serves a whole turn)
+            "messages": dict(self.messages),
         }
 
     def _serving(self) -> list[int]:

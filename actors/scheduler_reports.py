@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -29,6 +30,7 @@ class SchedulerReports:
     pool: ExecutorPool
     heavy: HeavyPool
     _blocked: BlockedLoops
+    messages: Counter[str]
     _ready: asyncio.Future[None]
 
     if TYPE_CHECKING:  # the actor's (and SchedulerReads')
@@ -38,6 +40,7 @@ class SchedulerReports:
     async def report(self, done: list[Done], progress: list[Progress], began: Iterable[Began] = ()) -> None:
         """From an executor or heavy worker: results, progress and "began" notices, batched."""
         await self._ready
+        self.messages["reports_received"] += 1
         for key, run_id in began:
             self.core.started(key, run_id)
         for key, run_id, pct, message in progress:

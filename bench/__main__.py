@@ -7,7 +7,7 @@ import argparse
 import importlib
 import sys
 
-BENCHMARKS = ["dispatch", "latency", "timers", "memory", "chains", "recovery", "gates"]
+BENCHMARKS = ["dispatch", "latency", "single", "timers", "memory", "chains", "recovery", "gates"]
 
 
 def main(argv: list[str] | None = None) -> int:

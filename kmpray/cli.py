@@ -75,6 +75,10 @@ def status(address: str | None, namespace: str, state_dir: str | None, as_json: 
     click.echo(f"  executors={info['executors']} in flight={info['inflight']} ready={info['ready']}")
     click.echo("  " + "  ".join(f"{k}={v}" for k, v in info["counts"].items()))
     click.echo(f"  workers: {', '.join(info['workers']) or '-'}")
+    if m := info.get("messages"):
+        click.echo(f"  scheduler since start: {m.get('enqueue_calls', 0)} enqueue calls, "
+                   f"{m.get('commits', 0)} commits, {m.get('submits_sent', 0)} submits, "
+                   f"{m.get('reports_received', 0)} reports")
     heavy = info.get("heavy") or {}
     if heavy.get("pool"):
         click.echo(f"  heavy workers: {heavy['placed']} of {heavy['pool']} placed, {heavy['busy']} busy"

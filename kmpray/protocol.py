@@ -23,6 +23,10 @@ from typing import Any, NamedTuple
 #: (task key, run id): one run of one task, everywhere.
 RunKey = tuple[str, int]
 
+#: Ends the request token of a retried enqueue call (client -> scheduler): only a retry
+#: can find its call already applied, so only a retry costs a stored-answer lookup.
+RETRY_MARK = "~retry"
+
 
 class Run(NamedTuple):
     """One run handed to an executor."""

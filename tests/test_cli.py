@@ -77,9 +77,13 @@ def test_inspect_and_cancel_a_live_engine(vengine, ray_session) -> None:  # type
     assert status.returncode == 0, status.stderr[-1000:]
     counts = _json.loads(status.stdout)["counts"]
     assert (counts["SUCCEEDED"], counts["ENQUEUED"]) == (1, 1)
+    messages = _json.loads(status.stdout)["messages"]  # what the two enqueues and one run cost
+    assert messages["enqueue_calls"] >= 2 and messages["submits_sent"] >= 1 and messages["reports_received"] >= 1
+    assert 1 <= messages["commits"]
 
     text_status = kmpray("status", *engine)
     assert "node " in text_status.stdout and "battery=" in text_status.stdout
+    assert f"{messages['enqueue_calls']} enqueue calls" in text_status.stdout
 
     listed = kmpray("list", *engine, "--state", "enqueued")
     assert listed.returncode == 0 and "later" in listed.stdout and "done" not in listed.stdout

@@ -12,7 +12,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from ..errors import EngineUnavailable, InvalidParameters, KmprayError, StoreRef
 from ..events import TaskEventBus
 from ..models import ChainInfo, TaskInfo, TaskList, TaskRequest
 from ..platforms import profile
+from ..protocol import RETRY_MARK
 from ..timing import CALL_TIMEOUT_S, WAIT_CHUNK_S
 from ..triggers import EVENT_TRIGGER_KINDS, OneTime, Trigger
 from ..worker import LOCAL_WORKERS, check_worker_class
@@ -72,15 +73,17 @@ class BackgroundTaskScheduler:
         return f"<BackgroundTaskScheduler namespace={self.namespace!r} platform={self.platform!r}>"
 
     # ---------------------------------------------------------------- calls
-    def _call(self, method: str, *args: Any, timeout_s: float = CALL_TIMEOUT_S) -> Any:
-        """Call the scheduler, retrying across its restarts (actors/retry.py's schedule)."""
+    def _call(self, method: str, *args: Any, timeout_s: float = CALL_TIMEOUT_S, token: bool = False) -> Any:
+        """Call the scheduler, retrying across its restarts (actors/retry.py's schedule).
+        ``token``: the call carries a request token as its last argument (see _tokens)."""
         ray = _ray()
         from kmpray.actors.retry import TRANSIENT, call_with_retry_sync
 
         deadline = time.monotonic() + timeout_s
+        tries = _tokens(token)
 
         def once() -> Any:
-            ref = getattr(self._scheduler, method).remote(*args)
+            ref = getattr(self._scheduler, method).remote(*args, *next(tries))
             return ray.get(ref, timeout=max(0.1, deadline - time.monotonic()))
 
         try:
@@ -92,14 +95,17 @@ class BackgroundTaskScheduler:
         except ray.exceptions.RayTaskError as exc:
             raise _unwrap(exc) from None
 
-    async def _call_async(self, method: str, *args: Any, timeout_s: float = CALL_TIMEOUT_S) -> Any:
+    async def _call_async(
+        self, method: str, *args: Any, timeout_s: float = CALL_TIMEOUT_S, token: bool = False
+    ) -> Any:
         ray = _ray()
         from kmpray.actors.retry import TRANSIENT, call_with_retry
 
         deadline = time.monotonic() + timeout_s
+        tries = _tokens(token)
 
         async def once() -> Any:
-            ref = getattr(self._scheduler, method).remote(*args)
+            ref = getattr(self._scheduler, method).remote(*args, *next(tries))
             return await asyncio.wait_for(_await(ref), max(0.1, deadline - time.monotonic()))
 
         try:
@@ -163,7 +169,7 @@ class BackgroundTaskScheduler:
         item = self._prepare(id, trigger, worker_class_name, input, constraints)
         if item is None:
             return ScheduleResult.REJECTED_INVALID_PARAMS
-        return self._results(self._call("enqueue_many", [item], uuid.uuid4().hex))[0]
+        return self._results(self._call("enqueue_many", [item], token=True))[0]
 
     def _prepare(self, *args: Any) -> dict[str, Any] | None:
         """The wire item for one enqueue, or None (with ``last_reason`` set) if it is malformed."""
@@ -184,7 +190,7 @@ class BackgroundTaskScheduler:
         item = self._prepare(id, trigger, worker_class_name, input, constraints)
         if item is None:
             return ScheduleResult.REJECTED_INVALID_PARAMS
-        return self._results(await self._call_async("enqueue_many", [item], uuid.uuid4().hex))[0]
+        return self._results(await self._call_async("enqueue_many", [item], token=True))[0]
 
     def enqueue_many(self, requests: Sequence[TaskRequest | dict[str, Any]]) -> list[ScheduleResult]:
         """Bulk submission in one round trip and one store transaction.
@@ -192,6 +198,12 @@ class BackgroundTaskScheduler:
         Each item is a TaskRequest (a one-time task under its ``id``) or a dict with the
         keys of ``enqueue``: id, trigger, worker_class_name, input, constraints.
         """
+        return self._results(self._call("enqueue_many", self._items(requests), token=True))
+
+    async def enqueue_many_async(self, requests: Sequence[TaskRequest | dict[str, Any]]) -> list[ScheduleResult]:
+        return self._results(await self._call_async("enqueue_many", self._items(requests), token=True))
+
+    def _items(self, requests: Sequence[TaskRequest | dict[str, Any]]) -> list[dict[str, Any]]:
         items = []
         for req in requests:
             if isinstance(req, TaskRequest):
@@ -206,7 +218,7 @@ class BackgroundTaskScheduler:
                         req.get("constraints"),
                     )
                 )
-        return self._results(self._call("enqueue_many", items, uuid.uuid4().hex))
+        return items
 
     def rejections(self, limit: int = 100) -> list[tuple[str, str, str]]:
         """The engine's most recent rejections: ``(id, result, reason)``, oldest first."""
@@ -244,11 +256,11 @@ class BackgroundTaskScheduler:
         return TaskChain.begin(self, first)
 
     def _enqueue_chain(self, chain: TaskChain) -> ScheduleResult:
-        result, self.last_reason = self._call("enqueue_chain", chain.payload(), uuid.uuid4().hex)
+        result, self.last_reason = self._call("enqueue_chain", chain.payload(), token=True)
         return ScheduleResult(result)
 
     async def _enqueue_chain_async(self, chain: TaskChain) -> ScheduleResult:
-        result, self.last_reason = await self._call_async("enqueue_chain", chain.payload(), uuid.uuid4().hex)
+        result, self.last_reason = await self._call_async("enqueue_chain", chain.payload(), token=True)
         return ScheduleResult(result)
 
     def list_tasks(self, state: TaskState | None = None) -> TaskList:
@@ -419,6 +431,19 @@ class BackgroundTaskScheduler:
 
         stop_engine(self.namespace)
         TaskEventBus._bind(None)
+
+
+def _tokens(token: bool) -> Iterator[tuple[str, ...]]:
+    """The request token each try of one call carries (nothing if ``token`` is False): the
+    first try a fresh token, every retry the same token marked as a retry. The scheduler
+    looks stored answers up only for retries: a first try cannot have been applied."""
+    if not token:
+        while True:
+            yield ()
+    first = uuid.uuid4().hex
+    yield (first,)
+    while True:
+        yield (first + RETRY_MARK,)
 
 
 def _recurs(info: TaskInfo) -> bool:

@@ -10,6 +10,7 @@ import pytest
 
 import kmpray
 from kmpray import FIFTEEN_MINUTES, ONE_HOUR, ScheduleResult, TaskState, TaskTrigger
+from kmpray.protocol import RETRY_MARK
 
 from .helpers import blocks_input, count_runs, until
 from .workers import ALL, register_all
@@ -142,6 +143,16 @@ def test_scheduler_killed_under_load_of_ten_thousand_tasks(engines: Any, tmp_pat
     assert duplicated == 0
 
 
+def test_the_client_marks_retries_of_one_call_with_its_first_token() -> None:
+    from kmpray.client.facade import _tokens
+
+    tries = _tokens(True)
+    first, second, third = next(tries), next(tries), next(tries)
+    assert len(first[0]) == 32 and second == third == (first[0] + RETRY_MARK,)
+    assert next(_tokens(True)) != first  # another call, another token
+    assert next(_tokens(False)) == ()
+
+
 def test_a_retried_enqueue_is_answered_again_not_applied_twice(engines: Any, tmp_path: Path) -> None:
     """The client retries a call whose answer was lost (the scheduler died after storing the
     work): with the same request token it gets the answer, and finished one-time work does
@@ -157,14 +168,15 @@ def test_a_retried_enqueue_is_answered_again_not_applied_twice(engines: Any, tmp
     first = ray.get(actor.enqueue_many.remote([item], "call-1"), timeout=60)
     assert first == [("SUCCESS", None)]
     assert sched.wait("once", timeout_s=30).state is TaskState.SUCCEEDED
-    again = ray.get(actor.enqueue_many.remote([item], "call-1"), timeout=60)
+    # The client marks every try after the first (only a retry is looked up).
+    again = ray.get(actor.enqueue_many.remote([item], "call-1" + RETRY_MARK), timeout=60)
     _kill("kmpray.scheduler", sched.namespace)
     from kmpray.actors.retry import call_with_retry_sync  # what the client does meanwhile
 
     def call(token: str) -> Any:
         return call_with_retry_sync(lambda: ray.get(actor.enqueue_many.remote([item], token), timeout=60), 60)
 
-    after_restart = call("call-1")
+    after_restart = call("call-1" + RETRY_MARK)
     assert again == after_restart == first
     # A new call (another token) is new work: it runs again, as WorkManager's KEEP says.
     assert call("call-2") == [("SUCCESS", None)]
