@@ -25,11 +25,13 @@ def raw_ray_rate(ray: Any, n: int, rounds: int = 2) -> float:
     return best
 
 
-def engine_rate(sched: Any, n: int, tag: str, chunk: int = 1000) -> tuple[float, list[float]]:
+def engine_rate(
+    sched: Any, n: int, tag: str, chunk: int = 1000, worker: str = "BenchNoop"
+) -> tuple[float, list[float]]:
     from kmpray import TaskRequest
 
     sub = sched.events.subscribe()
-    reqs = [TaskRequest("BenchNoop", id=f"{tag}-{i}") for i in range(n)]
+    reqs = [TaskRequest(worker, id=f"{tag}-{i}") for i in range(n)]
     sent_at: dict[str, float] = {}
     start = time.perf_counter()
     for k in range(0, n, chunk):
@@ -78,12 +80,16 @@ def run(quick: bool = False, json_path: str | None = None, address: str | None =
         "note": "latency = enqueue call to completion event timestamp, closed batch",
     }
     out = write("dispatch", result, json_path)
-    print(table([
-        ("tasks", str(n)),
-        ("engine tasks/s", f"{rate:,.0f}"),
-        ("raw Ray tasks/s", f"{raw:,.0f}"),
-        ("ratio", f"{rate / raw:.2f}x"),
-        ("latency p50/p95/p99 ms", "/".join(str(v) for v in result["latency_ms"].values())),
-        ("json", str(out)),
-    ]))
+    print(
+        table(
+            [
+                ("tasks", str(n)),
+                ("engine tasks/s", f"{rate:,.0f}"),
+                ("raw Ray tasks/s", f"{raw:,.0f}"),
+                ("ratio", f"{rate / raw:.2f}x"),
+                ("latency p50/p95/p99 ms", "/".join(str(v) for v in result["latency_ms"].values())),
+                ("json", str(out)),
+            ]
+        )
+    )
     return result

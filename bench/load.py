@@ -18,8 +18,10 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +53,15 @@ from .stamp import register
 PER_CLIENT_RATE = 1000  # enqueue calls/s one client holds on schedule here (tops out at 1,450-1,850/s)
 LEAD_S = 1.0
 # The fields every result has (a single run's, and --find-max's for its best trial); see README.
-RUN_FIELDS = ("requested_rate_per_s", "achieved_rate_per_s", "duration_s", "generator_bound", "latency_ms",
-              "timeline", "cdf_ms")  # the schedule starts this long after the clients get it
+RUN_FIELDS = (
+    "requested_rate_per_s",
+    "achieved_rate_per_s",
+    "duration_s",
+    "generator_bound",
+    "latency_ms",
+    "timeline",
+    "cdf_ms",
+)  # the schedule starts this long after the clients get it
 
 
 def default_clients(rate: float) -> int:
@@ -92,20 +101,28 @@ def run_once(
     clients: int,
     max_in_flight: int,
     drain_s: float,
+    window_ms: float = 0.0,
     live: bool = True,
+    nemesis: tuple[float, Callable[[], None]] | None = None,
 ) -> dict[str, Any]:
-    """One run of ``profile``: returns the result dict (figures, timeline, samples)."""
+    """One run of ``profile``: returns the result dict (figures, timeline, samples).
+    ``nemesis`` (at_s, action): the action runs that many seconds into the schedule (a
+    scheduler kill, say: the corrected latencies show it)."""
     import ray
 
     run = uuid.uuid4().hex[:6]
     offsets = intended_times(profile)
     n = len(offsets)
     kinds = choose_kinds(mix, n)
-    handles = start_clients(clients, namespace, state_dir, run, max_in_flight)
+    handles = start_clients(clients, namespace, state_dir, run, max_in_flight, window_ms)
     starts = Starts(sched, run)
     t0 = time.time() * 1000 + LEAD_S * 1000
     intended = t0 + offsets * 1000
     deadline = t0 + profile.duration_s * 1000
+    if nemesis is not None:
+        timer = threading.Timer(max(0.0, t0 / 1000 + nemesis[0] - time.time()), nemesis[1])
+        timer.daemon = True
+        timer.start()
     refs = []
     for handle, idx in zip(handles, split(n, clients), strict=True):
         refs.append(
@@ -157,7 +174,9 @@ def run_once(
     for p in parts:
         p["started_ms"] = [starts.at.get(i, math.nan) for i in p["index"]]
         samples.extend(p)
-    return _result(profile, mix, samples, t0, depth, executors, clients, max_in_flight, n)
+    result = _result(profile, mix, samples, t0, depth, executors, clients, max_in_flight, n)
+    result["batch_window_ms"] = window_ms
+    return result
 
 
 def _so_far(at: dict[int, float], intended: np.ndarray) -> tuple[float, float]:
@@ -279,6 +298,12 @@ def main(argv: list[str]) -> int:
         "--max-in-flight", type=int, default=1000, help="unanswered operations at most (all clients)"
     )
     parser.add_argument(
+        "--batch-window-ms",
+        type=float,
+        default=0.0,
+        help="coalesce operations due within this window into one enqueue_many call (default: one per call)",
+    )
+    parser.add_argument(
         "--drain-s", type=float, default=60.0, help="after the deadline, wait this long at most"
     )
     parser.add_argument(
@@ -308,8 +333,8 @@ def main(argv: list[str]) -> int:
         return 0
     if args.duration <= 0 or args.drain_s <= 0 or args.trial_s <= 0 or args.max_rate <= 0:
         parser.error("--duration, --drain-s, --trial-s and --max-rate must be > 0")
-    if args.max_in_flight < 1 or args.refine < 0:
-        parser.error("--max-in-flight must be >= 1 and --refine >= 0")
+    if args.max_in_flight < 1 or args.refine < 0 or args.batch_window_ms < 0:
+        parser.error("--max-in-flight must be >= 1, --refine and --batch-window-ms >= 0")
     if args.clients is not None and args.clients < 1:
         parser.error("--clients must be >= 1")
     if args.find_max and (args.slo_p99_ms is None or args.slo_p99_ms <= 0):
@@ -354,7 +379,12 @@ def warm_up(sched: Any, mix: dict[str, float]) -> None:
 def _run(sched: Any, args: argparse.Namespace, state_dir: str, profile: Profile) -> int:
     register(sched)
     warm_up(sched, args.mix)
-    common = {"clients": args.clients, "max_in_flight": args.max_in_flight, "drain_s": args.drain_s}
+    common = {
+        "clients": args.clients,
+        "max_in_flight": args.max_in_flight,
+        "drain_s": args.drain_s,
+        "window_ms": args.batch_window_ms,
+    }
     if args.find_max:
         result = _find_max(sched, args, state_dir, common)
     else:
@@ -399,12 +429,22 @@ def _find_max(sched: Any, args: argparse.Namespace, state_dir: str, common: dict
         _settle(sched)
         return t
 
+    # The same engine's capacity through the bulk path, measured in this run: the knee is
+    # reported against it (one-time work can at best approach it).
+    from .dispatch import engine_rate
+
+    capacity, _lat = engine_rate(sched, 5_000, f"cap-{uuid.uuid4().hex[:6]}", worker="BenchStamp")
+    print(f"  dispatch capacity (enqueue_many, same engine): {capacity:,.0f} tasks/s", flush=True)
+    _settle(sched)
     start = args.rate or 200.0
     best, curve = find_max(trial, start, args.slo_p99_ms, ceiling=args.max_rate, refine=args.refine)
     shown = results[best] if best is not None else results[curve[-1].rate]
     return {
         "slo_p99_ms": args.slo_p99_ms,
         "max_rate_per_s": None if best is None else round(best, 1),
+        "dispatch_capacity_per_s": round(capacity, 1),
+        "max_share_of_dispatch": None if best is None else round(best / capacity, 3),
+        "batch_window_ms": args.batch_window_ms,
         "trial_s": args.trial_s,
         "mix": args.mix,
         "curve": [

@@ -14,24 +14,45 @@ from typing import Any
 
 from .load_plan import EXACT_LEAD_MS
 
-# send(kind, index, intended_ms) -> (error or "", due_ms): "" when the engine accepted it
-Send = Callable[[str, int, float], Awaitable[tuple[str, float]]]
+# send(kinds, indexes, intended_ms) -> per operation (error or "", due_ms): "" when the
+# engine accepted it. One call: one operation, or a batch (see OpenLoop's window_ms).
+Send = Callable[[list[str], list[int], list[float]], Awaitable[list[tuple[str, float]]]]
+BATCHABLE = frozenset({"one-time", "heavy", "gated", "exact", "periodic"})  # one enqueue_many call
 
 
 class OpenLoop:
     """Sends operations at their intended wall-clock times; records per operation when it
-    was intended, sent and answered, and whether its send waited on the in-flight cap."""
+    was intended, sent and answered, and whether its send waited on the in-flight cap.
 
-    def __init__(self, send: Send, max_in_flight: int) -> None:
+    ``window_ms`` > 0 coalesces: the operations due within that window from the first one
+    waiting go out as one ``enqueue_many`` call when the last of them is due (what a
+    producer at thousands per second does); their corrected latency includes the wait. Chains are
+    always sent one per call. ``max_in_flight`` counts calls."""
+
+    def __init__(self, send: Send, max_in_flight: int, window_ms: float = 0.0, max_batch: int = 1000) -> None:
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight: must be >= 1, got {max_in_flight}")
+        if window_ms < 0 or max_batch < 1:
+            raise ValueError(f"window_ms must be >= 0 and max_batch >= 1, got {window_ms}, {max_batch}")
         self.send = send
         self.max_in_flight = max_in_flight
+        self.window_ms = window_ms
+        self.max_batch = max_batch
         self.in_flight = 0
         self.sent = 0
         self.acked = 0
         self.errors = 0
         self.capped = 0
+
+    def _batch(self, kinds: list[str], intended_ms: list[float], j: int) -> int:
+        """How many operations from ``j`` on go in one call (1 without a window)."""
+        if self.window_ms <= 0 or kinds[j] not in BATCHABLE:
+            return 1
+        close = intended_ms[j] + self.window_ms
+        k = j + 1
+        while k < len(kinds) and k - j < self.max_batch and intended_ms[k] <= close and kinds[k] in BATCHABLE:
+            k += 1
+        return k - j
 
     async def run(
         self,
@@ -56,42 +77,49 @@ class OpenLoop:
         room = asyncio.Semaphore(self.max_in_flight)
         pending: set[asyncio.Task[None]] = set()
 
-        async def one(j: int) -> None:
+        async def call(j: int, m: int) -> None:
+            span = range(j, j + m)
             try:
-                error, due = await self.send(kinds[j], indexes[j], intended_ms[j])
+                answers = await self.send(kinds[j : j + m], indexes[j : j + m], intended_ms[j : j + m])
+                if len(answers) != m:
+                    raise ValueError(f"{len(answers)} answers to {m} operations")
             except Exception as exc:  # an answer that is an exception still counts as answered
-                error, due = type(exc).__name__, math.nan
-            rows["error"][j], rows["due_ms"][j] = error, due
-            if error:
-                self.errors += 1
-            else:
-                rows["acked_ms"][j] = time.time() * 1000
-                self.acked += 1
-            self.in_flight -= 1
+                answers = [(type(exc).__name__, math.nan)] * m
+            now = time.time() * 1000
+            for k, (error, due) in zip(span, answers, strict=True):
+                rows["error"][k], rows["due_ms"][k] = error, due
+                if error:
+                    self.errors += 1
+                else:
+                    rows["acked_ms"][k] = now
+                    self.acked += 1
+            self.in_flight -= m
             room.release()
 
-        for j in range(n):
-            wait_s = (intended_ms[j] - time.time() * 1000) / 1000
+        j = 0
+        while j < n:
+            m = self._batch(kinds, intended_ms, j)
+            # pacing the open loop to its schedule (a batch leaves when its last operation is due)
+            wait_s = intended_ms[j + m - 1] / 1000 - time.time()
             if wait_s > 0.0005:
-                await asyncio.sleep(wait_s)  # pacing the open loop to its schedule
-            if room.locked():
-                rows["capped"][j] = True
-                self.capped += 1
-                await room.acquire()
-            else:
-                await room.acquire()
+                await asyncio.sleep(wait_s)
+            capped = room.locked()
+            await room.acquire()
             now = time.time() * 1000
             if now >= deadline_ms:
                 room.release()
                 for k in range(j, n):
                     rows["error"][k] = "unsent"  # the deadline passed first
                 break
-            rows["sent_ms"][j] = now
-            self.sent += 1
-            self.in_flight += 1
-            task = asyncio.ensure_future(one(j))
+            for k in range(j, j + m):
+                rows["sent_ms"][k], rows["capped"][k] = now, capped
+            self.capped += m if capped else 0
+            self.sent += m
+            self.in_flight += m
+            task = asyncio.ensure_future(call(j, m))
             pending.add(task)
             task.add_done_callback(pending.discard)
+            j += m
         if pending:
             await asyncio.wait(list(pending), timeout=drain_s)
         for j in range(n):
@@ -119,31 +147,48 @@ def task_id(run: str, index: int) -> str:
 
 
 def engine_send(sched: Any, run: str) -> Send:
-    """Operations of each mix kind against a connected kmpray client (its async calls)."""
+    """Operations of each mix kind against a connected kmpray client (its async calls):
+    a chain with ``enqueue_chain``, everything else with ``enqueue_many`` (one or a batch)."""
     from kmpray import Constraints, ScheduleResult, TaskRequest, TaskTrigger
 
     heavy = Constraints(is_heavy_task=True)
     gated = Constraints(requires_storage_not_low=True, requires_battery_not_low=True)
+    periodic = TaskTrigger.Periodic(15 * 60_000)
+    one_time = TaskTrigger.OneTime()
 
-    async def send(kind: str, index: int, intended: float) -> tuple[str, float]:
-        tid = task_id(run, index)
-        due = intended
-        if kind == "chain":
+    async def send(kinds: list[str], indexes: list[int], intended: list[float]) -> list[tuple[str, float]]:
+        if kinds[0] == "chain":
+            tid = task_id(run, indexes[0])
             chain = sched.begin_with(TaskRequest("BenchStamp", id=tid)).then(
                 TaskRequest("BenchStamp", id=f"{tid}-2")
             )
             result = await chain.with_id(f"{tid}-c").enqueue_async()
-        elif kind == "exact":
-            due = intended + EXACT_LEAD_MS
-            result = await sched.enqueue_async(tid, TaskTrigger.Exact(int(due)), "BenchStamp")
-        elif kind == "periodic":
-            result = await sched.enqueue_async(tid, TaskTrigger.Periodic(15 * 60_000), "BenchStamp")
-        else:
-            constraints = heavy if kind == "heavy" else gated if kind == "gated" else None
-            result = await sched.enqueue_async(
-                tid, TaskTrigger.OneTime(), "BenchStamp", constraints=constraints
+            return [("" if result is ScheduleResult.SUCCESS else result.value, intended[0])]
+        items, dues = [], []
+        for kind, index, at in zip(kinds, indexes, intended, strict=True):
+            due = at + EXACT_LEAD_MS if kind == "exact" else at
+            trigger = (
+                TaskTrigger.Exact(int(due))
+                if kind == "exact"
+                else periodic
+                if kind == "periodic"
+                else one_time
             )
-        return ("" if result is ScheduleResult.SUCCESS else result.value), due
+            constraints = heavy if kind == "heavy" else gated if kind == "gated" else None
+            items.append(
+                {
+                    "id": task_id(run, index),
+                    "trigger": trigger,
+                    "worker_class_name": "BenchStamp",
+                    "constraints": constraints,
+                }
+            )
+            dues.append(due)
+        results = await sched.enqueue_many_async(items)
+        return [
+            ("" if r is ScheduleResult.SUCCESS else r.value, due)
+            for r, due in zip(results, dues, strict=True)
+        ]
 
     return send
 
@@ -155,11 +200,13 @@ def _actor_class() -> Any:
     class LoadClient:
         """A generator process: connects to the engine and runs one OpenLoop."""
 
-        def __init__(self, namespace: str, state_dir: str, run: str, max_in_flight: int) -> None:
+        def __init__(
+            self, namespace: str, state_dir: str, run: str, max_in_flight: int, window_ms: float
+        ) -> None:
             import kmpray
 
             self.sched = kmpray.connect(namespace=namespace, state_dir=state_dir)
-            self.loop = OpenLoop(engine_send(self.sched, run), max_in_flight)
+            self.loop = OpenLoop(engine_send(self.sched, run), max_in_flight, window_ms)
 
         async def run(self, *args: Any) -> dict[str, list[Any]]:  # OpenLoop.run's arguments
             return await self.loop.run(*args)
@@ -173,11 +220,13 @@ def _actor_class() -> Any:
     return LoadClient
 
 
-def start_clients(n: int, namespace: str, state_dir: str, run: str, max_in_flight: int) -> list[Any]:
+def start_clients(
+    n: int, namespace: str, state_dir: str, run: str, max_in_flight: int, window_ms: float = 0.0
+) -> list[Any]:
     """``n`` load clients spread over the cluster's nodes (SPREAD), each ready to run."""
     import ray
 
     cls = _actor_class().options(scheduling_strategy="SPREAD")
-    clients = [cls.remote(namespace, state_dir, run, max(1, max_in_flight // n)) for _ in range(n)]
+    clients = [cls.remote(namespace, state_dir, run, max(1, max_in_flight // n), window_ms) for _ in range(n)]
     ray.get([c.progress.remote() for c in clients], timeout=120)  # connected
     return clients

@@ -199,9 +199,9 @@ def test_open_loop_never_waits_on_answers_and_counts_from_intended_times() -> No
     does, and those sends are marked; a deadline leaves the rest unsent."""
 
     async def main() -> tuple[dict[str, list[object]], dict[str, list[object]], dict[str, list[object]]]:
-        async def slow(kind: str, index: int, intended: float) -> tuple[str, float]:
+        async def slow(kinds: list[str], indexes: list[int], intended: list[float]) -> list[tuple[str, float]]:
             await asyncio.sleep(0.05)
-            return ("" if index != 3 else "REJECTED_INVALID_PARAMS"), intended
+            return [("" if i != 3 else "REJECTED_INVALID_PARAMS", t) for i, t in zip(indexes, intended, strict=True)]
 
         now = time.time() * 1000 + 50
         open_loop = OpenLoop(slow, max_in_flight=100)
@@ -250,3 +250,31 @@ def test_plots_are_written_next_to_the_json(tmp_path: object) -> None:
     assert [p.name for p in written] == ["load-timeline.png", "load-cdf.png", "load-knee.png"]
     for p in written:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
+
+
+def test_open_loop_coalesces_operations_due_within_the_window_but_never_chains() -> None:
+    calls: list[tuple[list[str], list[int]]] = []
+
+    async def record(kinds: list[str], indexes: list[int], intended: list[float]) -> list[tuple[str, float]]:
+        calls.append((kinds, indexes))
+        return [("", t) for t in intended]
+
+    async def main() -> dict[str, list[object]]:
+        now = time.time() * 1000 + 30
+        intended = [now + 2.0 * i for i in range(20)]  # 500/s: five per 10 ms window
+        kinds = ["one-time"] * 20
+        kinds[7] = "chain"
+        loop = OpenLoop(record, max_in_flight=100, window_ms=8.0)
+        return await loop.run(list(range(20)), kinds, intended, now + 10_000, 5)
+
+    rows = asyncio.run(main())
+    sizes = [len(k) for k, _ in calls]
+    assert sum(sizes) == 20 and max(sizes) == 5  # 0-4, 5-6 (a chain follows), 7, 8-12, ...
+    assert (["chain"], [7]) in calls and all(len(k) == 1 for k, _ in calls if "chain" in k)
+    assert [i for _k, idx in calls for i in idx] == list(range(20))  # in schedule order
+    sent = np.asarray(rows["sent_ms"], dtype=float)
+    intended_arr = np.asarray(rows["intended_ms"], dtype=float)
+    assert (sent >= intended_arr - 1).all()  # nothing leaves before it is due
+    assert sent[0] - intended_arr[0] >= 7  # the first of a batch waited for the last one
+    with pytest.raises(ValueError, match="window_ms"):
+        OpenLoop(record, 1, window_ms=-1)
