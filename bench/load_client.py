@@ -44,15 +44,27 @@ class OpenLoop:
         self.errors = 0
         self.capped = 0
 
-    def _batch(self, kinds: list[str], intended_ms: list[float], j: int) -> int:
-        """How many operations from ``j`` on go in one call (1 without a window)."""
-        if self.window_ms <= 0 or kinds[j] not in BATCHABLE:
-            return 1
-        close = intended_ms[j] + self.window_ms
-        k = j + 1
-        while k < len(kinds) and k - j < self.max_batch and intended_ms[k] <= close and kinds[k] in BATCHABLE:
-            k += 1
-        return k - j
+    def _batches(self, kinds: list[str], intended_ms: list[float]) -> list[list[list[int]]]:
+        """The calls to make, as streams of batches of row numbers, each stream in schedule
+        order: without a window one stream of single operations; with one, batchable
+        operations coalesced per window in one stream and chains one per call in another
+        (so a chain between them does not split a window)."""
+        if self.window_ms <= 0:
+            return [[[j] for j in range(len(kinds))]]
+        coalesced: list[list[int]] = []
+        singles: list[list[int]] = []
+        for j, kind in enumerate(kinds):
+            if kind not in BATCHABLE:
+                singles.append([j])
+            elif (
+                coalesced
+                and len(coalesced[-1]) < self.max_batch
+                and intended_ms[j] <= intended_ms[coalesced[-1][0]] + self.window_ms
+            ):
+                coalesced[-1].append(j)
+            else:
+                coalesced.append([j])
+        return [coalesced, singles]
 
     async def run(
         self,
@@ -77,49 +89,51 @@ class OpenLoop:
         room = asyncio.Semaphore(self.max_in_flight)
         pending: set[asyncio.Task[None]] = set()
 
-        async def call(j: int, m: int) -> None:
-            span = range(j, j + m)
+        async def call(batch: list[int]) -> None:
             try:
-                answers = await self.send(kinds[j : j + m], indexes[j : j + m], intended_ms[j : j + m])
-                if len(answers) != m:
-                    raise ValueError(f"{len(answers)} answers to {m} operations")
+                answers = await self.send(
+                    [kinds[j] for j in batch], [indexes[j] for j in batch], [intended_ms[j] for j in batch]
+                )
+                if len(answers) != len(batch):
+                    raise ValueError(f"{len(answers)} answers to {len(batch)} operations")
             except Exception as exc:  # an answer that is an exception still counts as answered
-                answers = [(type(exc).__name__, math.nan)] * m
+                answers = [(type(exc).__name__, math.nan)] * len(batch)
             now = time.time() * 1000
-            for k, (error, due) in zip(span, answers, strict=True):
-                rows["error"][k], rows["due_ms"][k] = error, due
+            for j, (error, due) in zip(batch, answers, strict=True):
+                rows["error"][j], rows["due_ms"][j] = error, due
                 if error:
                     self.errors += 1
                 else:
-                    rows["acked_ms"][k] = now
+                    rows["acked_ms"][j] = now
                     self.acked += 1
-            self.in_flight -= m
+            self.in_flight -= len(batch)
             room.release()
 
-        j = 0
-        while j < n:
-            m = self._batch(kinds, intended_ms, j)
-            # pacing the open loop to its schedule (a batch leaves when its last operation is due)
-            wait_s = intended_ms[j + m - 1] / 1000 - time.time()
-            if wait_s > 0.0005:
-                await asyncio.sleep(wait_s)
-            capped = room.locked()
-            await room.acquire()
-            now = time.time() * 1000
-            if now >= deadline_ms:
-                room.release()
-                for k in range(j, n):
-                    rows["error"][k] = "unsent"  # the deadline passed first
-                break
-            for k in range(j, j + m):
-                rows["sent_ms"][k], rows["capped"][k] = now, capped
-            self.capped += m if capped else 0
-            self.sent += m
-            self.in_flight += m
-            task = asyncio.ensure_future(call(j, m))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
-            j += m
+        async def stream(batches: list[list[int]]) -> None:
+            for b, batch in enumerate(batches):
+                # pacing the open loop to its schedule (a batch leaves when its last one is due)
+                wait_s = intended_ms[batch[-1]] / 1000 - time.time()
+                if wait_s > 0.0005:
+                    await asyncio.sleep(wait_s)
+                capped = room.locked()
+                await room.acquire()
+                now = time.time() * 1000
+                if now >= deadline_ms:
+                    room.release()
+                    for rest in batches[b:]:
+                        for j in rest:
+                            rows["error"][j] = "unsent"  # the deadline passed first
+                    return
+                for j in batch:
+                    rows["sent_ms"][j], rows["capped"][j] = now, capped
+                self.capped += len(batch) if capped else 0
+                self.sent += len(batch)
+                self.in_flight += len(batch)
+                task = asyncio.ensure_future(call(batch))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+
+        await asyncio.gather(*(stream(s) for s in self._batches(kinds, intended_ms)))
         if pending:
             await asyncio.wait(list(pending), timeout=drain_s)
         for j in range(n):
