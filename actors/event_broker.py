@@ -53,10 +53,10 @@ def decode_events(rows: list[tuple[int, bytes]]) -> list[tuple[int, Any]]:
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=10_000)
 class EventBroker:
-    def __init__(self, state_dir: str, retention: int) -> None:
+    def __init__(self, state_dir: str, retention: int, durability: str = "normal") -> None:
         self._refused: StoreRefused | None = None
         try:
-            self.log = SqliteEventLog(Path(state_dir) / "events.db")
+            self.log = SqliteEventLog(Path(state_dir) / "events.db", durability)
         except StoreRefused as exc:
             log.error("%s", exc)
             self._refused = exc

@@ -9,6 +9,7 @@ store; a reconcile loop re-runs work whose executor died.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections import Counter, deque
@@ -26,7 +27,7 @@ from kmpray.errors import StoreRefused
 from kmpray.placement import heavy_demand, placeable
 from kmpray.platforms import profile
 from kmpray.store import SqliteTaskStore
-from kmpray.timing import ANSWER_RETENTION_S, PING_TIMEOUT_S, PRUNE_S, RECONCILE_S
+from kmpray.timing import ANSWER_RETENTION_S, GC_FULL_S, PING_TIMEOUT_S, PRUNE_S, RECONCILE_S
 from kmpray.watch import FileWatcher
 
 from .adoption import adopt_held_runs
@@ -106,7 +107,7 @@ class SchedulerActor(
     def _restore(self, state_dir: str, virtual_time: bool, platform: str) -> None:
         """Open the store and rebuild the core from it. A store refused at open, or found
         damaged below its rows while restoring, raises StoreRefused (one line)."""
-        self.store = SqliteTaskStore(Path(state_dir) / "tasks.db")
+        self.store = SqliteTaskStore(Path(state_dir) / "tasks.db", self.config.durability)
         if virtual_time:
             saved = self.store.get_meta("virtual_now")
             self.clock: ManualClock | SystemClock = ManualClock(saved if isinstance(saved, int) else None)
@@ -127,6 +128,7 @@ class SchedulerActor(
         records, chains = self.store.load(), self.store.load_chains()
         damaged = [(q.table, q.key, q.reason) for q in self.store.take_fresh_quarantine()]
         self.core.restore(records, chains, damaged)
+        gc.freeze()  # the restored rows live on: kept out of the collector's scans (timing.py)
         self.restored_in_s = time.monotonic() - started
 
     async def _start(self) -> None:
@@ -185,10 +187,16 @@ class SchedulerActor(
                 pass
 
     async def _housekeeping(self) -> None:
-        last_prune = time.monotonic()
+        last_prune = last_gc = time.monotonic()
         while True:
             await asyncio.sleep(RECONCILE_S)
             try:
+                if time.monotonic() - last_gc > GC_FULL_S:  # see kmpray/timing.py
+                    last_gc = time.monotonic()
+                    gc.unfreeze()
+                    gc.collect()
+                    log.info("full garbage collection: %.0f ms", (time.monotonic() - last_gc) * 1000)
+                gc.freeze()
                 await self._reconcile()
                 changed = self._watcher.poll(self.core.watched_uris())
                 if changed and sum(self.core.fire("content_uri", uri) for uri in changed):

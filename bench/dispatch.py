@@ -71,9 +71,18 @@ def run(quick: bool = False, json_path: str | None = None, address: str | None =
         rate, lat = engine_rate(sched, n, "run")
     finally:
         sched.shutdown()
+    # The same with durability="full" (an fsync per commit of both store files), same run.
+    full = engine("bench-dispatch-full", config=kmpray.EngineConfig(durability="full"))
+    try:
+        engine_rate(full, min(n, 1_000), "warm")
+        full_rate, _ = engine_rate(full, n, "run")
+    finally:
+        full.shutdown()
     result = {
         "tasks": n,
         "engine_tasks_per_s": round(rate, 1),
+        "engine_durability_full_tasks_per_s": round(full_rate, 1),
+        "durability_full_cost": round(1 - full_rate / rate, 3),
         "raw_ray_tasks_per_s": round(raw, 1),
         "ratio": round(rate / raw, 2),
         "latency_ms": percentiles(lat),
@@ -87,6 +96,7 @@ def run(quick: bool = False, json_path: str | None = None, address: str | None =
                 ("engine tasks/s", f"{rate:,.0f}"),
                 ("raw Ray tasks/s", f"{raw:,.0f}"),
                 ("ratio", f"{rate / raw:.2f}x"),
+        ('durability="full" tasks/s', f"{full_rate:,.0f} ({full_rate / rate:.0%} of the default)"),
                 ("latency p50/p95/p99 ms", "/".join(str(v) for v in result["latency_ms"].values())),
                 ("json", str(out)),
             ]

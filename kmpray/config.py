@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -59,6 +59,11 @@ class EngineConfig(Frozen):
     # advance_time waits at most this long (real time) for due runs to settle.
     settle_timeout_s: Annotated[float, Field(gt=0)] = 60.0
     event_retention: Annotated[int, Field(gt=0)] = 100_000
+    # What an acknowledged write survives (SQLite's synchronous setting, both store files).
+    # "normal": a process crash (kill -9 of any actor, the driver, `ray stop --force`); an OS
+    # crash or power loss may roll back the last transactions (never corrupts the file).
+    # "full": also an OS crash or power loss (an fsync per commit). See README, Durability.
+    durability: Literal["normal", "full"] = "normal"
     # Events go to the broker in batches: the first of a quiet spell waits this long for
     # company. Delivery to subscribers is that much later; a chain's next step no longer
     # shares the two cores with a publish per step (3.3 -> 2.85 ms per step in-process).

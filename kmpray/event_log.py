@@ -46,8 +46,8 @@ _EVENT_TABLES = {
 class SqliteEventLog:
     """Append-only event rows; the rowid is the cursor subscribers resume from."""
 
-    def __init__(self, path: str | Path) -> None:
-        self._conn = _connect(Path(path), _EVENT_TABLES)
+    def __init__(self, path: str | Path, durability: str = "normal") -> None:
+        self._conn = _connect(Path(path), _EVENT_TABLES, durability)
         self._lock = threading.Lock()
 
     def append(self, events: list[bytes], origins: Sequence[int | None] | None = None) -> list[int]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -173,16 +172,18 @@ def _refuse(path: Path, what: str, exc: BaseException | None = None) -> StoreRef
     )
 
 
-def _connect(path: Path, tables: dict[str, str]) -> sqlite3.Connection:
+def _connect(path: Path, tables: dict[str, str], durability: str = "normal") -> sqlite3.Connection:
     """Open (or create) one of kmpray's SQLite files and check it is one: its schema version
     is known and every table it has is one of ``tables`` (name -> CREATE statement)."""
+    if durability not in ("normal", "full"):
+        raise ValueError(f"durability: must be 'normal' or 'full', got {durability!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
         conn.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL mode: a commit survives a process crash; only an OS crash may lose
-        # the last transactions. FULL via KMPRAY_SQLITE_SYNC=FULL for power-loss durability.
-        conn.execute(f"PRAGMA synchronous={os.environ.get('KMPRAY_SQLITE_SYNC', 'NORMAL')}")
+        # the last transactions. FULL: the WAL is fsynced at every commit (power loss too).
+        conn.execute(f"PRAGMA synchronous={durability.upper()}")
         version = int(conn.execute("PRAGMA user_version").fetchone()[0])
         present = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:  # text SQLite cannot decode: a flipped byte
@@ -250,9 +251,9 @@ _TASK_TABLES = {
 
 
 class SqliteTaskStore:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, durability: str = "normal") -> None:
         self.path = Path(path)
-        self._conn = _connect(self.path, _TASK_TABLES)
+        self._conn = _connect(self.path, _TASK_TABLES, durability)
         self._fresh: list[QuarantinedRow] = []
 
     def load(self) -> list[TaskRecord]:

@@ -11,8 +11,7 @@ import logging
 import os
 import sys
 import time
-import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +24,10 @@ from ..errors import EngineUnavailable, InvalidParameters, KmprayError, StoreRef
 from ..events import TaskEventBus
 from ..models import ChainInfo, TaskInfo, TaskList, TaskRequest
 from ..platforms import profile
-from ..protocol import RETRY_MARK
 from ..timing import CALL_TIMEOUT_S, WAIT_CHUNK_S
 from ..triggers import EVENT_TRIGGER_KINDS, OneTime, Trigger
 from ..worker import LOCAL_WORKERS, check_worker_class
-from .remote import _await, _ray, _unwrap
+from .remote import _await, _ray, _tokens, _unwrap
 from .subscription import EventBus
 
 log = logging.getLogger("kmpray")
@@ -200,7 +198,9 @@ class BackgroundTaskScheduler:
         """
         return self._results(self._call("enqueue_many", self._items(requests), token=True))
 
-    async def enqueue_many_async(self, requests: Sequence[TaskRequest | dict[str, Any]]) -> list[ScheduleResult]:
+    async def enqueue_many_async(
+        self, requests: Sequence[TaskRequest | dict[str, Any]]
+    ) -> list[ScheduleResult]:
         return self._results(await self._call_async("enqueue_many", self._items(requests), token=True))
 
     def _items(self, requests: Sequence[TaskRequest | dict[str, Any]]) -> list[dict[str, Any]]:
@@ -431,19 +431,6 @@ class BackgroundTaskScheduler:
 
         stop_engine(self.namespace)
         TaskEventBus._bind(None)
-
-
-def _tokens(token: bool) -> Iterator[tuple[str, ...]]:
-    """The request token each try of one call carries (nothing if ``token`` is False): the
-    first try a fresh token, every retry the same token marked as a retry. The scheduler
-    looks stored answers up only for retries: a first try cannot have been applied."""
-    if not token:
-        while True:
-            yield ()
-    first = uuid.uuid4().hex
-    yield (first,)
-    while True:
-        yield (first + RETRY_MARK,)
 
 
 def _recurs(info: TaskInfo) -> bool:

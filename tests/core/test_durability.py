@@ -245,3 +245,24 @@ def test_acknowledged_events_leave_the_outbox_with_the_next_write(tmp_path: Path
     store.write([], events=[b"e1", b"e2", b"e3"])
     assert store.write([], events=[b"e4"], acked=2) == [4]
     assert [n for n, _b in store.pending_events()] == [3, 4]
+
+
+def test_durability_sets_each_store_files_synchronous_mode(tmp_path: Path) -> None:
+    """durability="full" fsyncs every commit of both files (SQLite synchronous=FULL = 2);
+    the default "normal" (1) survives process crashes only; anything else is refused."""
+    from kmpray.config import EngineConfig
+
+    assert EngineConfig().durability == "normal"
+    for mode, level in (("normal", 1), ("full", 2)):
+        tasks = SqliteTaskStore(tmp_path / f"{mode}-tasks.db", mode)
+        events = SqliteEventLog(tmp_path / f"{mode}-events.db", mode)
+        assert tasks._conn.execute("PRAGMA synchronous").fetchone()[0] == level
+        assert events._conn.execute("PRAGMA synchronous").fetchone()[0] == level
+        assert tasks._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    import pydantic
+    import pytest
+
+    with pytest.raises(pydantic.ValidationError, match="durability"):
+        EngineConfig(durability="paranoid")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="durability"):
+        SqliteTaskStore(tmp_path / "x.db", "off")

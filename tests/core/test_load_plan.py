@@ -159,7 +159,12 @@ def test_timeline_and_achieved_rate() -> None:
     assert rows[0]["queue_depth"] == 3 and rows[0]["start_p99_ms"] == pytest.approx(5.0)
     assert achieved_rate(s, t0, 2.0) == pytest.approx(100, rel=0.01)
     s.acked_ms[150:] = [math.nan] * 50  # 50 unanswered
-    assert achieved_rate(s, t0, 2.0) == pytest.approx(75, rel=0.01)
+    assert achieved_rate(s, t0, 2.0, "acked_ms") == pytest.approx(75, rel=0.01)
+    # Accepted on time, but the engine started them ever later (its queue grew): the
+    # started rate falls short although every call was answered at once.
+    slow = _samples(intended, intended, [x + 5 + 4.0 * i for i, x in enumerate(intended)])
+    assert achieved_rate(slow, t0, 2.0, "acked_ms") == pytest.approx(100, rel=0.01)
+    assert achieved_rate(slow, t0, 2.0) == pytest.approx(200 / 2.8, rel=0.02)
 
 
 def test_generator_bound_only_when_its_own_sends_lag_and_the_engine_idles() -> None:

@@ -144,7 +144,7 @@ def test_scheduler_killed_under_load_of_ten_thousand_tasks(engines: Any, tmp_pat
 
 
 def test_the_client_marks_retries_of_one_call_with_its_first_token() -> None:
-    from kmpray.client.facade import _tokens
+    from kmpray.client.remote import _tokens
 
     tries = _tokens(True)
     first, second, third = next(tries), next(tries), next(tries)
