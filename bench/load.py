@@ -201,6 +201,7 @@ def _result(
 ) -> dict[str, Any]:
     requested = n / profile.duration_s
     achieved = achieved_rate(s, t0, profile.duration_s)
+    accepted = achieved_rate(s, t0, profile.duration_s, "acked_ms")
     capped_share = sum(s.capped) / max(n, 1)
     median_depth = float(np.median([d for _t, d in depth])) if depth else 0.0
     late = late_share(s)
@@ -216,7 +217,8 @@ def _result(
         "profile": profile.describe(),
         "mix": mix,
         "requested_rate_per_s": round(requested, 1),
-        "achieved_rate_per_s": round(achieved, 1),
+        "achieved_rate_per_s": round(achieved, 1),  # started per second
+        "accepted_rate_per_s": round(accepted, 1),
         "duration_s": profile.duration_s,
         "generator_bound": bound,
         "verdict": verdict,
