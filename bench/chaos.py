@@ -1,6 +1,7 @@
 """chaos: a workload against a real engine while a nemesis kills its processes.
 
-``python -m bench chaos --scenario scheduler|executors [--quick] [--json PATH]``
+``python -m bench chaos --scenario scheduler|executors|hard-restart [--quick] [--json PATH]``
+(hard-restart: bench/chaos_restart.py)
 
 Every run writes a ledger line when it starts (task id, attempts before it, pid, time),
 so "executed twice" is counted from what workers did, not from what the engine says.
@@ -239,11 +240,19 @@ def _seconds(ms: dict[str, float]) -> dict[str, float]:
 
 def run(quick: bool = False, json_path: str | None = None, address: str | None = None,
         scenario_name: str | None = None) -> dict[str, Any]:
-    names = [scenario_name] if scenario_name else list(SCENARIOS)
+    names = [scenario_name] if scenario_name else [*SCENARIOS, "hard-restart"]
+    if scenario_name is not None and scenario_name not in (*SCENARIOS, "hard-restart"):
+        raise SystemExit(f"chaos: unknown scenario {scenario_name!r} (scheduler, executors, hard-restart)")
     results = {}
     for name in names:
-        result = scenario(name, quick=quick, address=address)
+        if name == "hard-restart":  # its own driver processes and Ray instances: bench/chaos_restart.py
+            from .chaos_restart import scenario as hard_restart
+
+            result = hard_restart(rounds=3 if quick else 20)
+        else:
+            result = scenario(name, quick=quick, address=address)
         results[name] = result
         out = write(f"chaos-{name}", result, json_path if len(names) == 1 else None)
-        print(table([(k, str(v)) for k, v in result.items() if k != "lost_examples"] + [("json", str(out))]))
+        shown = [(k, str(v)) for k, v in result.items() if k not in ("lost_examples", "per_round")]
+        print(table([*shown, ("json", str(out))]))
     return results

@@ -21,15 +21,15 @@ from typing import Any
 import numpy as np
 
 KINDS = ("one-time", "chain", "heavy", "exact", "periodic", "gated")
+EXACT_LEAD_MS = 200
 KIND_HELP = {
     "one-time": "OneTime task: latency to its worker's start",
     "chain": "two-step chain, the first step's Success.data passed to the second: to the first step's start",
     "heavy": "OneTime task with is_heavy_task: to its heavy worker's start",
-    "exact": "Exact timer due EXACT_LEAD_MS after its intended send: start lateness against that due time",
+    "exact": f"Exact timer due {EXACT_LEAD_MS} ms after its intended send: start lateness past that time",
     "periodic": "Periodic (15 min): to its first run's start (cancelled at the end of the run)",
     "gated": "OneTime behind constraints every node meets (storage and battery not low): through the gate",
 }
-EXACT_LEAD_MS = 200
 ACHIEVED_SHARE = 0.95  # below this share of the requested rate, a run (or trial) falls short
 
 
