@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections import Counter, deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 
@@ -39,11 +39,9 @@ class SchedulerIntake:
     _commit_due: asyncio.Future[None] | None  # the turn's shared commit, once a call asked for it
     _ready: asyncio.Future[None]
 
-    def _flush(self) -> None:
-        raise NotImplementedError  # the actor's
-
-    def _kick(self) -> None:
-        raise NotImplementedError  # the actor's
+    if TYPE_CHECKING:  # the actor's
+        def _flush(self) -> None: ...
+        def _kick(self) -> None: ...
 
     def _answered(self, token: str | None) -> tuple[str | None, Any]:
         """The call's token (without the retry mark) and, for a retry of a call already
