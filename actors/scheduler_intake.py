@@ -11,7 +11,8 @@ import asyncio
 import logging
 import time
 from collections import Counter, deque
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgpack
 
@@ -25,6 +26,8 @@ from .names import REGISTRY, lookup
 from .retry import call_with_retry
 
 log = logging.getLogger("kmpray.scheduler")
+
+T = TypeVar("T")
 
 
 class SchedulerIntake:
@@ -50,7 +53,7 @@ class SchedulerIntake:
             return token, None
         token = token[: -len(RETRY_MARK)]
         raw = self.store.answer(token)
-        if raw is None:  # or applied in this very turn, its commit still to come
+        if raw is None:  # or applied in this very turn, its commit still to come (see _durable)
             raw = next((a for t, a, _ms in self._answers if t == token), None)
         if raw is None:
             return token, None
@@ -91,8 +94,12 @@ class SchedulerIntake:
         await self._ready
         self.messages["enqueue_calls"] += 1
         token, answered = self._answered(token)
+
+        def failed(why: str) -> list[tuple[str, str | None]]:
+            return [(ScheduleResult.FAILED_UNKNOWN.value, why) for _ in items]
+
         if answered is not None:
-            return [(r, why) for r, why in answered]
+            return await self._durable([(r, why) for r, why in answered], failed)
         out = []
         for item in items:
             outcome = intake.submit(self.core, item)
@@ -101,11 +108,7 @@ class SchedulerIntake:
                 log.warning("enqueue %r: %s: %s", item.get("id"), outcome.result.value, outcome.reason)
             out.append((outcome.result.value, outcome.reason))
         self._answer(token, out)
-        try:
-            await self._commit()
-        except Exception as exc:  # nothing is acknowledged that is not stored
-            return [(ScheduleResult.FAILED_UNKNOWN.value, f"store write failed: {exc}") for _ in items]
-        return out
+        return await self._durable(out, failed)
 
     async def enqueue_chain(
         self, payload: dict[str, Any], token: str | None = None
@@ -113,19 +116,29 @@ class SchedulerIntake:
         await self._ready
         self.messages["enqueue_calls"] += 1
         token, answered = self._answered(token)
+
+        def failed(why: str) -> tuple[str, str | None]:
+            return ScheduleResult.FAILED_UNKNOWN.value, why
+
         if answered is not None:
-            return answered[0], answered[1]
+            return await self._durable((answered[0], answered[1]), failed)
         chain_id = payload.get("id")
         outcome = intake.submit_chain(self.core, payload)
         if outcome.result is not ScheduleResult.SUCCESS:
             self.rejections.append((str(chain_id), outcome.result.value, outcome.reason or ""))
             log.warning("chain %r: %s: %s", chain_id, outcome.result.value, outcome.reason)
         self._answer(token, (outcome.result.value, outcome.reason))
+        return await self._durable((outcome.result.value, outcome.reason), failed)
+
+    async def _durable(self, answer: T, failed: Callable[[str], T]) -> T:
+        """``answer`` once this turn's commit is durable, ``failed(reason)`` if it failed:
+        nothing is acknowledged that is not stored. A retry answered from an answer still
+        waiting for this turn's commit waits for it too (a stored answer: an empty commit)."""
         try:
             await self._commit()
         except Exception as exc:
-            return ScheduleResult.FAILED_UNKNOWN.value, f"store write failed: {exc}"
-        return outcome.result.value, outcome.reason
+            return failed(f"store write failed: {exc}")
+        return answer
 
     async def _commit(self) -> None:
         """Group commit: every enqueue call that arrives in one turn of the event loop is
