@@ -212,7 +212,7 @@ def _result(
             errors[e] = errors.get(e, 0) + 1
     lat = latencies(s)
     a = s.arrays()
-    all_start = a["started_ms"] - np.maximum(a["intended_ms"], a["due_ms"])
+    all_start, _uncorrected = s.start_latency()
     return {
         "profile": profile.describe(),
         "mix": mix,

@@ -175,12 +175,24 @@ class Samples:
             for name in ("intended_ms", "sent_ms", "acked_ms", "started_ms", "due_ms")
         }
 
+    def start_latency(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per operation, enqueue -> worker start: corrected (from the intended send time)
+        and uncorrected (from the actual send); an Exact timer counts from its due time in
+        both. NaN for an operation never sent or never seen starting."""
+        a = self.arrays()
+        timer = a["due_ms"] > a["intended_ms"]  # Exact: measured against its due time
+        seen = ~np.isnan(a["started_ms"]) & ~np.isnan(a["sent_ms"])
+        corrected = a["started_ms"] - np.where(timer, a["due_ms"], a["intended_ms"])
+        uncorrected = a["started_ms"] - np.where(timer, a["due_ms"], a["sent_ms"])
+        return np.where(seen, corrected, np.nan), np.where(seen, uncorrected, np.nan)
+
 
 def latencies(s: Samples) -> dict[str, Any]:
     """Per operation kind: the start latency (intended send -> worker start, or the
     lateness past the due time for Exact timers) corrected and uncorrected, and the same
     for the enqueue acknowledgement."""
     a = s.arrays()
+    corrected, uncorrected = s.start_latency()
     kinds = np.asarray(s.kind)
     out: dict[str, Any] = {"start": {}, "ack": {}}
     for kind in sorted(set(s.kind)):
@@ -190,11 +202,8 @@ def latencies(s: Samples) -> dict[str, Any]:
             "corrected": summary(a["acked_ms"][ok_ack] - a["intended_ms"][ok_ack]),
             "uncorrected": summary(a["acked_ms"][ok_ack] - a["sent_ms"][ok_ack]),
         }
-        ok = m & ~np.isnan(a["started_ms"]) & ~np.isnan(a["sent_ms"])
-        late = a["due_ms"][ok] > a["intended_ms"][ok]  # Exact: measured against its due time
-        corrected = a["started_ms"][ok] - np.where(late, a["due_ms"][ok], a["intended_ms"][ok])
-        uncorrected = a["started_ms"][ok] - np.where(late, a["due_ms"][ok], a["sent_ms"][ok])
-        out["start"][kind] = {"corrected": summary(corrected), "uncorrected": summary(uncorrected)}
+        ok = m & ~np.isnan(corrected)
+        out["start"][kind] = {"corrected": summary(corrected[ok]), "uncorrected": summary(uncorrected[ok])}
     return out
 
 
@@ -204,19 +213,15 @@ CDF_LEVELS = [round(q, 3) for q in np.linspace(0.0, 1.0, 101)]
 def cdf(s: Samples) -> dict[str, dict[str, list[float]]]:
     """Per kind, the start latency at each CDF level (0 %, 1 %, ..., 100 %), corrected and
     uncorrected: enough to draw the curve, small enough for the JSON."""
-    a = s.arrays()
+    corrected, uncorrected = s.start_latency()
     kinds = np.asarray(s.kind)
     out: dict[str, dict[str, list[float]]] = {}
     for kind in sorted(set(s.kind)):
-        ok = (kinds == kind) & ~np.isnan(a["started_ms"]) & ~np.isnan(a["sent_ms"])
+        ok = (kinds == kind) & ~np.isnan(corrected)
         if not ok.any():
             continue
-        due = a["due_ms"][ok]
-        late = due > a["intended_ms"][ok]
-        corrected = a["started_ms"][ok] - np.where(late, due, a["intended_ms"][ok])
-        uncorrected = a["started_ms"][ok] - np.where(late, due, a["sent_ms"][ok])
         out[kind] = {
-            which: [round(float(v), 3) for v in np.quantile(x, CDF_LEVELS)]
+            which: [round(float(v), 3) for v in np.quantile(x[ok], CDF_LEVELS)]
             for which, x in (("corrected", corrected), ("uncorrected", uncorrected))
         }
     return out
@@ -229,6 +234,7 @@ def timeline(s: Samples, t0_ms: float, depth: list[tuple[float, int]]) -> list[d
     a = s.arrays()
     if not len(a["intended_ms"]):
         return []
+    corrected, _uncorrected = s.start_latency()
     sec = ((a["intended_ms"] - t0_ms) // 1000).astype(int)
     acked_sec = (a["acked_ms"] - t0_ms) // 1000
     last = int(max(sec.max(), np.nanmax(acked_sec) if np.any(~np.isnan(acked_sec)) else 0))
@@ -236,8 +242,7 @@ def timeline(s: Samples, t0_ms: float, depth: list[tuple[float, int]]) -> list[d
     rows = []
     for t in range(last + 1):
         m = sec == t
-        started = m & ~np.isnan(a["started_ms"])
-        lat = a["started_ms"][started] - np.maximum(a["intended_ms"][started], a["due_ms"][started])
+        lat = corrected[m & ~np.isnan(corrected)]
         p50, p99 = np.percentile(lat, [50, 99]) if lat.size else (math.nan, math.nan)
         rows.append(
             {
@@ -259,13 +264,12 @@ def achieved_rate(s: Samples, t0_ms: float, duration_s: float, column: str = "st
     after it. Counting starts, an engine that accepts at the requested rate but whose
     queue grows falls short, as it should. (An Exact timer counts at its due time.)"""
     a = s.arrays()
-    at = a[column]
+    # when each counts: its answer, or its start less any wait for a timer's due time
+    at = a["intended_ms"] + s.start_latency()[0] if column == "started_ms" else a[column]
     ok = ~np.isnan(at)
     if not ok.any():
         return 0.0
-    timer_wait = np.maximum(a["due_ms"] - a["intended_ms"], 0.0)
-    timer_wait = np.where(np.isnan(timer_wait), 0.0, timer_wait) if column == "started_ms" else 0.0
-    span_s = max(duration_s, (float((at - timer_wait)[ok].max()) - t0_ms) / 1000)
+    span_s = max(duration_s, (float(at[ok].max()) - t0_ms) / 1000)
     return float(ok.sum()) / span_s if span_s > 0 else 0.0
 
 
