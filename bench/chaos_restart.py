@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import random
+import select
 import shutil
 import signal
 import subprocess
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 CHUNK = 100
+READY_TIMEOUT_S = 120.0  # a driver that has not started its Ray and engine by then failed
 
 
 def driver(state: str, namespace: str, ledger: str, prefix: str, n: int, durability: str) -> None:
@@ -55,6 +57,13 @@ def driver(state: str, namespace: str, ledger: str, prefix: str, n: int, durabil
             os.write(fd, ("\n".join(ok) + "\n").encode())  # acknowledged: stored, says the engine
     print("done", flush=True)
     time.sleep(600)  # killed here if the burst ended before the nemesis came
+
+
+def _first_line(proc: subprocess.Popen[str], timeout_s: float) -> str:
+    """The driver's first line of output, or "" if none comes within ``timeout_s``."""
+    if proc.stdout is None or not select.select([proc.stdout], [], [], timeout_s)[0]:
+        return ""
+    return proc.stdout.readline()
 
 
 def _kill_session(sid: int) -> int:
@@ -103,7 +112,7 @@ def scenario(rounds: int = 20, tasks: int = 20_000, seed: int = 7, durability: s
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
         )
         try:
-            line = proc.stdout.readline() if proc.stdout else ""
+            line = _first_line(proc, READY_TIMEOUT_S)
             if not line.startswith("ready"):
                 raise RuntimeError(f"round {r}: the driver did not start ({line!r})")
             address = line.split()[1]
