@@ -46,7 +46,7 @@ async def adopt_held_runs(core: SchedulerCore, pool: ExecutorPool, heavy: HeavyP
     for key in adopted:
         i, slot_index = where[key]
         if i is not None:
-            pool.held(i, key)
+            pool.held(i, key, pool.slots[i].incarnation)
         else:
             heavy.adopted(slot_index, key)
     if adopted:

@@ -35,6 +35,7 @@ from kmpray.worker import CommonWorker, WorkerContext, run_worker
 
 from .event_broker import BrokerBackend
 from .loop_watch import Blocker, LoopWatch
+from .memory_cap import MemoryCap
 from .names import REGISTRY, SCHEDULER, lookup
 from .outbox import Outbox
 from .retry import call_with_retry
@@ -96,6 +97,9 @@ class ExecutorBase:
             self._loop_unblocked,
         )
 
+        if self.config.executor_memory_mb is not None and not self.keep_instances:
+            MemoryCap(self.config.executor_memory_mb, f"light executor {index}", self._exiting)
+
     def _concurrency(self) -> int:
         return self.config.executor_concurrency
 
@@ -142,6 +146,16 @@ class ExecutorBase:
         while (answer := self._try_begin(key)) is None:
             await asyncio.sleep(FENCE_POLL_S)
         return answer
+
+    def _exiting(self, why: str) -> None:
+        """From the memory cap's thread, just before this process ends: the scheduler stops
+        sending here and re-runs what this process took, without waiting to see it die."""
+        try:
+            ref = lookup(SCHEDULER, self.namespace, timeout_s=1).executor_exiting.remote(
+                self.index, self.incarnation, why)
+            ref.future().result(timeout=1.0)
+        except Exception:
+            pass  # the scheduler sees the death at its next ping anyway
 
     # ------------------------------------------------------ blocked event loop
     def _kind(self) -> str:

@@ -27,7 +27,10 @@ from kmpray.timing import BLOCKED_PING_TIMEOUT_S, PING_TIMEOUT_S
 
 from .blocked_loops import BlockedLoops
 from .executor import LightExecutor
-from .names import EXECUTOR
+from .names import EXECUTOR, PROBATION
+
+#: Probation executors (suspect runs, one each at a time); see ``ExecutorPool.isolate``.
+PROBATION_LANES = 2
 
 log = logging.getLogger("kmpray.scheduler")
 
@@ -40,11 +43,15 @@ class ExecutorSlot:
     handle: Any
     node: str | None  # where it runs, as its last ping said (its pinned node until then)
     incarnation: str | None = None
-    inflight: dict[Key, None] = field(default_factory=dict)  # handed over, not reported yet
+    # Handed over, not reported yet -> the incarnation (process) that accepted it, None
+    # until its submit answers: only what a dead process accepted died with it.
+    inflight: dict[Key, str | None] = field(default_factory=dict)
     reachable: bool = False  # answered its last ping: may be sent runs
     lag_ms: float = 0.0  # its event-loop lag at that ping
     batch_seq: int = 0  # batches sent under this scheduler's epoch
     retired: bool = False  # its node left the cluster: never used again
+    dead: set[str] = field(default_factory=set)  # its incarnations seen replaced
+    probation: bool = False  # the executor that runs suspects, one at a time, and nothing else
 
 
 class ExecutorPool:
@@ -62,9 +69,21 @@ class ExecutorPool:
         # Batches are numbered per executor under this scheduler's epoch, so a blocked
         # executor never begins a run withdrawn from it (see executor.py).
         self.epoch = uuid.uuid4().hex
+        # A suspect run (a process died under its task's last run) runs alone on an
+        # executor, so a death there is that task's own (kmpray.engine.SchedulerCore.run_lost).
+        self.alone: dict[int, Key | None] = {}  # executor -> the suspect run alone on it (None: emptying)
+        # Where suspects go: executors of their own on the scheduler's node (made when
+        # first needed), so a death there costs the ordinary executors nothing. A suspect
+        # that may not run on that node is isolated on an ordinary executor instead.
+        self.probation: list[int] = []
+        self.home: str | None = None
 
     # ------------------------------------------------------------------ reads
     def serving(self) -> list[ExecutorSlot]:
+        """The executors that take ordinary runs."""
+        return [s for s in self.slots if not s.retired and not s.probation]
+
+    def live(self) -> list[ExecutorSlot]:
         return [s for s in self.slots if not s.retired]
 
     def free(self) -> list[tuple[int, int]]:
@@ -76,7 +95,68 @@ class ExecutorPool:
             (limit - len(s.inflight), s.index)
             for s in self.slots
             if len(s.inflight) < limit and s.reachable and not s.retired and s.index not in self.blocked.light
+            and s.index not in self.alone and not s.probation
         ]
+
+    def _usable(self, s: ExecutorSlot) -> bool:
+        return s.reachable and not s.retired and s.index not in self.blocked.light
+
+    def isolate(self, nodes: tuple[str, ...] | None) -> int | None:
+        """The executor a suspect run may go to now, alone, or None (it waits).
+
+        A probation executor that is idle, when the run may use the scheduler's node (two
+        of them, so a death of one, which takes ~2 s to restart, holds nobody up). Else an
+        ordinary executor, one at a time: the one holding fewest runs gets nothing new
+        until it is empty, then only that run; never the only ordinary executor taking
+        runs (one restarting, say) unless the engine has only one."""
+        lanes = [lane for lane in self._probation() if nodes is None or lane.node in nodes]
+        if lanes:
+            idle = [lane for lane in lanes if self._usable(lane) and not lane.inflight and lane.index not in self.alone]
+            return idle[0].index if idle else None
+        held = [i for i in self.alone if not self.slots[i].probation]
+        if held and self.alone[held[0]] is not None:
+            return None  # a suspect runs alone on an ordinary executor already
+        reserved = held[0] if held else None
+        if reserved is not None and not self._usable(self.slots[reserved]):
+            del self.alone[reserved]
+            reserved = None
+        if reserved is None:
+            usable = [s for s in self.serving() if self._usable(s)]
+            if len(usable) < 2 and len(self.serving()) > 1:
+                return None  # the one executor taking runs now keeps taking all of them
+            options = [s for s in usable if nodes is None or s.node in nodes]
+            if not options:
+                return None
+            reserved = min(options, key=lambda s: len(s.inflight)).index
+            self.alone[reserved] = None  # emptied for it from now on
+        slot = self.slots[reserved]
+        if slot.inflight or (nodes is not None and slot.node not in nodes):
+            return None
+        return reserved
+
+    def send_alone(self, i: int, key: Key, run: Run) -> Any:
+        self.alone[i] = key
+        return self.send(i, [key], [run])
+
+    def _probation(self) -> list[ExecutorSlot]:
+        """The probation executors, started when first needed (each answers its first
+        ping within a reconcile; suspects wait until then)."""
+        while len(self.probation) < PROBATION_LANES and self.home is not None:
+            try:
+                self.probation.append(self.add(self.home, probation=True))
+            except Exception as exc:  # e.g. its name not yet freed by a predecessor's kill
+                log.warning("probation executor not started (%s): suspects wait", type(exc).__name__)
+                break
+        return [self.slots[i] for i in self.probation]
+
+    def end_isolation(self, key: Key | None = None) -> None:
+        """The suspect run ``key`` alone on an executor ended; None: no suspect waits, so
+        an ordinary executor being emptied for one takes runs again."""
+        ended = [i for i, k in self.alone.items() if k == key]
+        for i in ended:
+            del self.alone[i]
+        if key is not None and ended:
+            self.core.release_unplaced()  # the suspects waiting meet at the next turn
 
     def nodes(self) -> list[str | None]:
         return [s.node for s in self.slots]
@@ -89,29 +169,51 @@ class ExecutorPool:
         return out
 
     # ---------------------------------------------------------------- changes
-    def add(self, node: str) -> int:
+    def add(self, node: str, probation: bool = False) -> int:
         i = len(self.slots)
+        config = self.config.model_dump()
+        if probation:  # one run at a time, nothing queued behind it
+            config.update(executor_concurrency=1, executor_window=1)
         handle = LightExecutor.options(  # type: ignore[attr-defined]
-            name=EXECUTOR.format(i),
+            name=PROBATION.format(len(self.probation)) if probation else EXECUTOR.format(i),
             namespace=self.namespace,
             lifetime="detached",
-            get_if_exists=True,
+            get_if_exists=not probation,  # a predecessor's was killed at start (its index differs)
             # Hard: a soft affinity may land elsewhere and leave a node with no executor,
             # so runs gated to that node would have nowhere to go.
             scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False),
-        ).remote(self.namespace, i, self.config.model_dump())
-        self.slots.append(ExecutorSlot(i, handle, node))
+        ).remote(self.namespace, i, config)
+        self.slots.append(ExecutorSlot(i, handle, node, probation=probation))
         return i
 
     async def start(self) -> None:
+        self.home = ray.get_runtime_context().get_node_id()
+        for k in range(PROBATION_LANES):  # a previous scheduler's: what they ran is re-queued by the restore
+            try:
+                ray.kill(ray.get_actor(PROBATION.format(k), namespace=self.namespace), no_restart=True)
+            except ValueError:
+                pass
         for s in self.slots:
             s.incarnation, _running, s.node, s.lag_ms = await s.handle.ping.remote()
             s.reachable = True
 
-    def held(self, i: int, key: Key) -> None:
-        """A run executor ``i`` holds: handed over now, or adopted after a restart."""
-        self.slots[i].inflight[key] = None
+    def held(self, i: int, key: Key, incarnation: str | None = None) -> None:
+        """A run executor ``i`` holds: handed over now (its process unknown until the
+        submit answers), or adopted after a restart (``incarnation``: the one holding it)."""
+        self.slots[i].inflight[key] = incarnation
         self.where[key] = i
+
+    def accepted(self, i: int, keys: list[Key], incarnation: str) -> bool:
+        """Executor ``i``'s process ``incarnation`` took these runs (its submit answered).
+        If that process is known to be gone already, they died with it (returns True)."""
+        slot = self.slots[i]
+        mine = [key for key in keys if key in slot.inflight]
+        for key in mine:
+            slot.inflight[key] = incarnation
+        if incarnation in slot.dead and mine:
+            self.lose(i, "died after taking them", mine, crashed=True)
+            return True
+        return False
 
     def send(self, i: int, keys: list[Key], runs: list[Run]) -> Any:
         """Hand a batch to executor ``i``; returns the submit's ref (its incarnation)."""
@@ -125,28 +227,47 @@ class ExecutorPool:
         i = self.where.pop(key, None)
         if i is not None:
             self.slots[i].inflight.pop(key, None)
+        if key in self.alone.values():
+            self.end_isolation(key)
 
     def cancel(self, keys: Iterable[Key]) -> None:
         by_executor: dict[int, list[Key]] = {}
         for key in keys:
             i = self.where.pop(key, None)
+            if key in self.alone.values():
+                self.end_isolation(key)
             if i is not None:
                 self.slots[i].inflight.pop(key, None)
                 by_executor.setdefault(i, []).append(key)
         for i, part in by_executor.items():
             self.slots[i].handle.cancel.remote(part)
 
-    def lose(self, i: int, why: str, keys: list[Key] | None = None) -> None:
-        """Re-queue executor ``i``'s runs (only ``keys`` of them, if given) still unreported."""
+    def lose(self, i: int, why: str, keys: list[Key] | None = None, crashed: bool = False) -> None:
+        """Re-queue executor ``i``'s runs (only ``keys`` of them, if given) still unreported;
+        ``crashed``: its process died under them (see ``SchedulerCore.run_lost``)."""
         inflight = self.slots[i].inflight
         lost = list(inflight) if keys is None else [k for k in keys if k in inflight]
         for key in lost:
             del inflight[key]
             self.where.pop(key, None)
-            self.core.run_lost(*key)
+            if key in self.alone.values():
+                self.end_isolation(key)
+            self.core.run_lost(*key, crashed=crashed)
         if lost:
             log.warning("executor %d %s: re-running %d runs", i, why, len(lost))
             self._kick()
+
+    def exiting(self, i: int, incarnation: str) -> bool:
+        """Executor ``i``'s process ``incarnation`` ends itself now: it gets nothing more
+        until a new one answers a ping, and what it took is lost with it (a crash)."""
+        slot = self.slots[i]
+        if incarnation != slot.incarnation:
+            return False
+        slot.dead.add(incarnation)
+        slot.reachable = False
+        self.lose(i, "is ending its process", [k for k, took in slot.inflight.items() if took == incarnation],
+                  crashed=True)
+        return True
 
     def withdraw(self, i: int, held: set[Key]) -> list[Key]:
         """Executor ``i``'s loop is blocked: every run there but ``held`` (begun, or ended
@@ -155,6 +276,8 @@ class ExecutorPool:
         for key in withdrawn:
             del self.slots[i].inflight[key]
             self.where.pop(key, None)
+            if key in self.alone.values():
+                self.end_isolation(key)
             self.core.run_lost(*key)
         return withdrawn
 
@@ -163,7 +286,7 @@ class ExecutorPool:
         """Runs on an executor that died or restarted are lost: run them again. Executors
         of a node that left the cluster are retired; a node that joined gets its own.
         Returns whether an executor serves again (the scheduler should dispatch)."""
-        live = self.serving()
+        live = self.live()
         # A blocked loop cannot answer (its watch thread said so): a short ping still sees a
         # restart or death, without holding up the whole round for the full timeout.
         answers = await asyncio.gather(*(
@@ -172,11 +295,21 @@ class ExecutorPool:
         ))
         resumed = False
         for s, answer in zip(live, answers, strict=True):
+            if answer is not None and answer[0] in s.dead:
+                continue  # the process said it is ending (``exiting``): its successor will answer
             if answer is not None:
                 incarnation, _running, s.node, s.lag_ms = answer
                 if incarnation != s.incarnation:
-                    self.lose(s.index, "restarted")  # a new process: what it had is gone
+                    # A new process: what the old one took died with it (the process died
+                    # under those runs). Runs the new one took already run there; runs whose
+                    # submit has not answered yet are settled by that answer (``accepted``).
+                    if s.incarnation is not None:
+                        s.dead.add(s.incarnation)
+                    died = [k for k, took in s.inflight.items() if took is not None and took != incarnation]
+                    self.lose(s.index, "restarted", died, crashed=True)
                     s.incarnation = incarnation
+                if not s.reachable:
+                    resumed = True  # it may take runs again (none may come to say so otherwise)
                 s.reachable = True
                 if s.index in self.blocked.light and s.lag_ms < self.config.loop_block_ms:
                     # A ping runs on the executor's loop: an answer proves it runs again, even

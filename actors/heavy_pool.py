@@ -195,10 +195,10 @@ class HeavyPool:
             self.slots[i].run = None
             self.slots[i].idle_since = time.monotonic()
 
-    def _lose_run(self, slot: HeavySlot) -> None:
+    def _lose_run(self, slot: HeavySlot, crashed: bool = False) -> None:
         if slot.run is not None:
             self.where.pop(slot.run, None)
-            self.host.core.run_lost(*slot.run)
+            self.host.core.run_lost(*slot.run, crashed=crashed)
             slot.run = None
             self.host._kick()
 
@@ -263,5 +263,5 @@ class HeavyPool:
             if slot.incarnation is not None and incarnation != slot.incarnation:
                 if slot.run is not None:
                     log.warning("heavy worker %d restarted: re-running %s", i, slot.run[0])
-                    self._lose_run(slot)
+                    self._lose_run(slot, crashed=True)  # one run per worker: the death is its own
             slot.incarnation = incarnation

@@ -13,6 +13,7 @@ SCHEDULER = "kmpray.scheduler"
 BROKER = "kmpray.broker"
 REGISTRY = "kmpray.registry"
 EXECUTOR = "kmpray.executor.{}"
+PROBATION = "kmpray.executor.probation.{}"  # runs suspects alone (executor_pool.py)
 HEAVY = "kmpray.heavy.{}"
 ORACLE = "kmpray.oracle"
 CHAIN = "kmpray.chain.{}"

@@ -219,7 +219,15 @@ class SchedulerActor(
             if nodes:
                 demand = heavy_demand(self.config.heavy_num_cpus, self.config.heavy_resources)
                 self.heavy.capacity = placeable([n.get("Resources", {}) for n in nodes.values()], demand)
-            if await self.pool.reconcile(nodes):
+            resumed = await self.pool.reconcile(nodes)
+            if self.core.suspects_waiting():
+                # Suspect runs wait for an executor to run alone on: try again (the one being
+                # emptied for them may have restarted, with no report to release them).
+                self.core.release_unplaced()
+                resumed = True
+            else:
+                self.pool.end_isolation()  # nobody waits to run alone (cancelled meanwhile)
+            if resumed:
                 self._pump()
             await self.heavy.reconcile(PING_TIMEOUT_S)
 

@@ -64,9 +64,10 @@ class SchedulerDispatch:
         return min(room, self.config.max_batch * len(turn.free)), len(turn.idle_heavy)
 
     def _hand_over(self, turn: Turn, batch: list[Dispatch]) -> bool:
-        light = [d for d in batch if not d.heavy]
+        light = [d for d in batch if not d.heavy and not d.suspect]
         for d, i in zip((d for d in batch if d.heavy), turn.idle_heavy, strict=False):
             self.heavy.send(i, d)
+        self._isolate([d for d in batch if d.suspect and not d.heavy])
         plan, unplaced, over = assign(light, turn.free, self.pool.nodes())
         for i, part in plan.items():
             self._send(i, part)
@@ -76,14 +77,29 @@ class SchedulerDispatch:
             self.core.run_lost(d.key, d.run_id)
         return not unplaced
 
+    def _isolate(self, suspects: list[Dispatch]) -> None:
+        """A process died under these tasks' last runs: each runs alone on an executor, one
+        at a time (the others wait, released when that run ends). Fewest deaths first: a
+        run that was only beside a dying one goes before one that died alone already."""
+        for d in sorted(suspects, key=lambda d: d.crashes):
+            i = self.pool.isolate(d.nodes)
+            if i is None:
+                self.core.unplaced(d.key, d.run_id, "a process died under its last run: waits to run alone on "
+                                                    "an executor (so a second death is its own)")
+                continue
+            self._send(i, [d], alone=True)
+
     def _wire(self, d: Dispatch) -> Run:
         return Run(d.key, d.run_id, d.worker, self._blobs.get(d.worker, (0, b""))[0], d.input, d.upstream,
                    d.previous_attempts, d.timeout_ms, d.start_at_ms)
 
-    def _send(self, i: int, part: list[Dispatch]) -> None:
+    def _send(self, i: int, part: list[Dispatch], alone: bool = False) -> None:
         keys = [(d.key, d.run_id) for d in part]
         self.messages["submits_sent"] += 1
-        ref = self.pool.send(i, keys, [self._wire(d) for d in part])
+        if alone:
+            ref = self.pool.send_alone(i, keys[0], self._wire(part[0]))
+        else:
+            ref = self.pool.send(i, keys, [self._wire(d) for d in part])
         if self.core.decisions.maxlen:
             now, node, log_ = self.clock.now_ms(), self.pool.slots[i].node, self.core.decisions
             for d in part:
@@ -102,5 +118,7 @@ class SchedulerDispatch:
             self._flush()
             await self._reconcile()
             return
+        if self.pool.accepted(i, keys, incarnation):
+            self._flush()
         if incarnation != self.pool.slots[i].incarnation:
             await self._reconcile()

@@ -52,6 +52,10 @@ class SchedulerReads:
             "node": ray.get_runtime_context().get_node_id(),
             "executors": len(self.pool.serving()),
             "executor_nodes": [s.node for s in self.pool.serving()],
+            # Suspect runs (a process died under their last run), each alone: probation
+            # executors started, and the runs alone on an executor now.
+            "probation_executors": len(self.pool.probation),
+            "running_alone": sum(1 for k in self.pool.alone.values() if k is not None),
             "inflight": len(self.pool.where) + len(self.heavy.where),
             "inflight_by_node": self.pool.inflight_by_node(),
             "heavy_workers": [i for i, slot in enumerate(self.heavy.slots) if slot.handle is not None],

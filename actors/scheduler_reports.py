@@ -82,6 +82,14 @@ class SchedulerReports:
         self._pump()
         return Fence(self.pool.epoch, self.pool.slots[index].batch_seq)
 
+    async def executor_exiting(self, index: int, incarnation: str, why: str) -> None:
+        """A light executor is about to end its process (its memory cap): send it nothing
+        more, and re-run what that process took as runs it died under."""
+        await self._ready
+        if index < len(self.pool.slots) and self.pool.exiting(index, incarnation):
+            log.warning("executor %d: %s", index, why)
+            self._pump()
+
     async def loop_unblocked(
         self, kind: str, index: int, incarnation: str, blocked_s: float, worker: str | None,
         run: tuple[str, int] | None, threaded: bool,

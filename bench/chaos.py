@@ -1,7 +1,7 @@
 """chaos: a workload against a real engine while a nemesis kills its processes.
 
-``python -m bench chaos --scenario scheduler|executors|hard-restart [--quick] [--json PATH]``
-(hard-restart: bench/chaos_restart.py)
+``python -m bench chaos --scenario scheduler|executors|hard-restart|poison [--quick] [--json PATH]``
+(hard-restart: bench/chaos_restart.py; poison: bench/chaos_poison.py)
 
 Every run writes a ledger line when it starts (task id, attempts before it, pid, time),
 so "executed twice" is counted from what workers did, not from what the engine says.
@@ -98,6 +98,7 @@ class Nemesis(threading.Thread):
             return "kmpray.scheduler"
         status = ray_status(self.ray, self.namespace)
         light = [f"kmpray.executor.{i}" for i in range(status.get("executors", 0))]
+        light += [f"kmpray.executor.probation.{k}" for k in range(status.get("probation_executors", 0))]
         heavy = [f"kmpray.heavy.{i}" for i in status.get("heavy_workers", [])]
         return self.rng.choice(light + heavy)
 
@@ -234,21 +235,37 @@ def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int
     return result
 
 
+def _hard_restart(quick: bool) -> dict[str, Any]:
+    """Its own driver processes and Ray instances: bench/chaos_restart.py."""
+    from .chaos_restart import scenario as hard_restart
+
+    return hard_restart(rounds=3 if quick else 20)
+
+
+def _poison(quick: bool) -> dict[str, Any]:
+    from .chaos_poison import scenario as poison
+
+    return poison(quick=quick)
+
+
+# Scenarios with a shape of their own (their modules say how they run).
+OTHERS = {"hard-restart": _hard_restart, "poison": _poison}
+
+
 def _seconds(ms: dict[str, float]) -> dict[str, float]:
     return {k: round(v / 1000, 3) for k, v in ms.items()}
 
 
 def run(quick: bool = False, json_path: str | None = None, address: str | None = None,
         scenario_name: str | None = None) -> dict[str, Any]:
-    names = [scenario_name] if scenario_name else [*SCENARIOS, "hard-restart"]
-    if scenario_name is not None and scenario_name not in (*SCENARIOS, "hard-restart"):
-        raise SystemExit(f"chaos: unknown scenario {scenario_name!r} (scheduler, executors, hard-restart)")
+    every = [*SCENARIOS, *OTHERS]
+    names = [scenario_name] if scenario_name else every
+    if scenario_name is not None and scenario_name not in every:
+        raise SystemExit(f"chaos: unknown scenario {scenario_name!r} ({', '.join(every)})")
     results = {}
     for name in names:
-        if name == "hard-restart":  # its own driver processes and Ray instances: bench/chaos_restart.py
-            from .chaos_restart import scenario as hard_restart
-
-            result = hard_restart(rounds=3 if quick else 20)
+        if name in OTHERS:
+            result = OTHERS[name](quick)
         else:
             result = scenario(name, quick=quick, address=address)
         results[name] = result

@@ -50,14 +50,26 @@ class Conditions:
                 self._make_ready(rec)
         return fired
 
-    def unplaced(self: Core, key: str, run_id: int) -> None:
-        """A run had no executor room on its nodes: undo the dispatch, wait for capacity."""
-        self.run_lost(key, run_id)
+    def unplaced(self: Core, key: str, run_id: int,
+                 why: str = "no executor room on the nodes that satisfy it: waits for capacity there") -> None:
+        """A run had no executor room on its nodes (or, a suspect, no executor to run alone
+        on yet): undo the dispatch, wait for capacity."""
+        self.run_lost(key, run_id, bounced=True)
         rec = self.tasks.get(key)
         if rec is not None and rec.state is TaskState.ENQUEUED:
-            self.note(key, "no executor room on the nodes that satisfy it: waits for capacity there")
+            if not rec.noted_wait:  # once per spell of waiting, not per try
+                rec.noted_wait = True
+                self.note(key, why)
             rec.timer_seq = -1  # not on a timer: it waits for release_unplaced
             self._unplaced.add(key)
+
+    def suspects_waiting(self: Core) -> bool:
+        """A suspect run (see ``run_lost``) waits for an executor to run alone on."""
+        for key in self._unplaced:
+            rec = self.tasks.get(key)
+            if rec is not None and rec.crashes and rec.state is TaskState.ENQUEUED:
+                return True
+        return False
 
     def release_unplaced(self: Core) -> None:
         """Capacity freed up somewhere: unplaced runs try again."""

@@ -36,6 +36,16 @@ class EngineConfig(Frozen):
     # clock: timer precision no longer depends on how busy the scheduler is. 0 = off.
     # Real time only (virtual time dispatches at each due time).
     timer_lead_ms: Annotated[int, Field(ge=0, le=60_000)] = 20
+    # A run lost because the process running it died (os._exit, a fatal signal, a memory
+    # kill) is run again, not counted as an attempt. The next run of such a task goes alone
+    # to an executor, so a second death is its own; after this many such re-runs the task
+    # ends FAILED with the reason (a periodic task: that period failed).
+    max_system_reruns: Annotated[int, Field(ge=0, le=100)] = 3
+    # A light executor whose process grows past this many MiB of resident memory stops
+    # itself (its runs are lost as above, so a run allocating without bound ends FAILED
+    # after max_system_reruns). None: no cap of kmpray's own (Ray's memory monitor still
+    # kills workers when the node runs out of memory).
+    executor_memory_mb: Annotated[int, Field(gt=0)] | None = None
     # Heavy tasks (Constraints(is_heavy_task=True)): a pool of long-lived HeavyWorker actors.
     heavy_pool_size: Annotated[int, Field(ge=0)] = 2
     heavy_num_cpus: Annotated[float, Field(ge=0)] = 1.0

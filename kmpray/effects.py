@@ -37,6 +37,12 @@ class Dispatch:
     chain_id: str | None
     nodes: tuple[str, ...] | None = None  # where it may run (None: anywhere)
     start_at_ms: int | None = None  # handed over ahead of its due time: begin then, not before
+    crashes: int = 0  # processes that died under its last runs in a row (see run_lost)
+
+    @property
+    def suspect(self) -> bool:
+        """A process died under its last run: it runs alone."""
+        return self.crashes > 0
 
 
 @dataclass(slots=True)

@@ -244,6 +244,7 @@ class SchedulerCore(UniqueWork, Restoring, ChainRules, Conditions, Explaining):
                     chain_id=rec.chain_id,
                     nodes=nodes,
                     start_at_ms=start_at,
+                    crashes=rec.crashes,
                 )
             )
         return out
@@ -261,6 +262,8 @@ class SchedulerCore(UniqueWork, Restoring, ChainRules, Conditions, Explaining):
         if rec is None or rec.state is not TaskState.RUNNING or rec.run_id != run_id:
             return False
         now = self.clock.now_ms()
+        rec.crashes = 0  # it reported: whatever killed runs before was not (only) this task
+        rec.noted_wait = False
         if isinstance(result, Retry) or (isinstance(result, Failure) and result.should_retry):
             why = (result.reason if isinstance(result, Retry) else result.message) or "retry requested"
             attempts = rec.run_attempt_count
@@ -306,15 +309,38 @@ class SchedulerCore(UniqueWork, Restoring, ChainRules, Conditions, Explaining):
             rec.next_run_at_ms = None
             self._touch(rec, now)
 
-    def run_lost(self, key: str, run_id: int) -> None:
-        """The executor of a run died or gave it back: run it again, not counted as an attempt."""
+    def run_lost(self, key: str, run_id: int, crashed: bool = False, bounced: bool = False) -> None:
+        """The executor of a run died or gave it back: run it again, not counted as an attempt.
+
+        ``crashed``: the process holding the run died (not a node leaving, not a hand-back).
+        A light executor holds many runs, so the first death blames every run it held: each
+        becomes a suspect and runs alone next time (``Dispatch.suspect``), where a death is
+        its own. Past ``max_system_reruns`` such re-runs the task fails with the reason.
+        ``bounced``: taken from the ready queue but not handed over (``unplaced``): nothing
+        to record or store, the row is as it was."""
         rec = self.tasks.get(key)
         if rec is None or rec.state is not TaskState.RUNNING or rec.run_id != run_id:
             return
+        if not bounced:
+            rec.noted_wait = False  # it was handed over: a new spell of waiting is noted again
+        if crashed:
+            rec.crashes += 1
+            if rec.crashes > self.config.max_system_reruns:
+                deaths, rec.crashes = rec.crashes, 0
+                self.note(key, f"run {run_id}: its process died again ({deaths} in a row): FAILED")
+                self.complete(key, run_id, Failure(
+                    f"system: the process running it died during {deaths} runs in a row (os._exit, a fatal "
+                    f"signal or a memory cap); not run again after max_system_reruns="
+                    f"{self.config.max_system_reruns}"))
+                return
         now = self.clock.now_ms()
         due = lifecycle.requeue(rec, now)
-        self.note(key, f"run {run_id} re-queued: its executor lost it or gave it back (not counted as an attempt)")
-        self._set_timer(rec, due, now)
+        if crashed:
+            self.note(key, f"run {run_id} re-queued: the process running it died ({rec.crashes} in a row); "
+                           "its next run goes alone to an executor (not counted as an attempt)")
+        elif not bounced:
+            self.note(key, f"run {run_id} re-queued: its executor lost it or gave it back (not counted as an attempt)")
+        self._set_timer(rec, due, now, store=not bounced)
 
     def started(self, key: str, run_id: int) -> None:
         """The run's worker began (it was handed to an executor earlier): now RUNNING."""

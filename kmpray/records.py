@@ -52,12 +52,19 @@ class TaskRecord:
     refire: bool = False  # an event trigger fired while this task was running
     step: int = 0  # a chain task's step index
     upstream: dict[str, Any] | None = None  # a chain task's merged prerequisite data, set at promotion
+    # Runs in a row lost with a process that died under them (os._exit, a fatal signal, a
+    # memory kill): > 0 makes the next run go alone to an executor (exact blame); past
+    # EngineConfig.max_system_reruns the task ends FAILED. Reset by any result.
+    crashes: int = 0
     # Index bookkeeping, not persisted.
     timer_seq: int = field(default=-1, repr=False)
     ready_seq: int = field(default=-1, repr=False)
     # RUNNING and its worker began (not only handed to an executor): not stored, since a
     # restart re-queues or re-adopts every run.
     started: bool = field(default=False, repr=False)
+    # Why it waits for an executor was noted (explain): once per spell of waiting, not
+    # at every try (a suspect waiting to run alone is tried at each report).
+    noted_wait: bool = field(default=False, repr=False)
 
     @property
     def shown_state(self) -> TaskState:
@@ -119,6 +126,7 @@ def encode(rec: TaskRecord) -> bytes:
         "rf": rec.refire,
         "st": rec.step,
         "up": rec.upstream,
+        "cr": rec.crashes,
     }
     row.update({k: v for k, v in optional.items() if v})
     if rec.result is not None:
@@ -167,11 +175,11 @@ _ROW_TYPES: dict[str, tuple[type, ...]] = {
     "k": (str,), "n": (str,), "w": (str,), "s": (str,), "c0": (int,), "u": (int,),
     "t": (dict,), "c": (dict,), "i": (str,), "a": (int,), "rc": (int,), "p": (int,),
     "nx": (int,), "dl": (int,), "ch": (str,), "an": (int,), "pe": (int,), "ri": (int,),
-    "rf": (bool,), "st": (int,), "up": (dict,), "r": (dict,), "pr": (list,), "m": (str,),
+    "rf": (bool,), "st": (int,), "up": (dict,), "r": (dict,), "pr": (list,), "m": (str,), "cr": (int,),
 }
 _REQUIRED = ("k", "n", "w", "s", "c0", "u")
 # Counters with their largest sane value (progress is a percentage).
-_COUNTERS = {"a": 2**62, "rc": 2**62, "ri": 2**62, "pe": 2**62, "st": 2**62, "p": 100}
+_COUNTERS = {"a": 2**62, "rc": 2**62, "ri": 2**62, "pe": 2**62, "st": 2**62, "p": 100, "cr": 2**62}
 _COUNTER_NAMES = frozenset(_COUNTERS)
 
 
@@ -267,4 +275,5 @@ def _record(row: dict[str, Any]) -> TaskRecord:
         refire=bool(row.get("rf")),
         step=row.get("st") or 0,
         upstream=row.get("up"),
+        crashes=row.get("cr") or 0,
     )

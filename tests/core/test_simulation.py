@@ -157,7 +157,7 @@ class Sim(Harness):
         lost = [k for k, j in self.where.items() if j == i]
         for key in lost:
             del self.where[key]
-            self.core.run_lost(*key)
+            self.core.run_lost(*key, crashed=True)  # its process died under them
         self.trace.append(f"executor {i} lost ({len(lost)} runs re-queued)")
         self.flush()
 

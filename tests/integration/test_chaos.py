@@ -34,3 +34,16 @@ def test_a_hard_restart_mid_burst_loses_no_acknowledged_enqueue(ray_session: Any
     assert r["acknowledged"] > 0, r  # the burst had begun: the kill met acknowledged work
     assert r["lost"] == 0, r
     assert r["stored_after_restart"] >= r["acknowledged"], r
+
+
+def test_poison_workers_among_a_load_fail_alone_and_lose_nothing(ray_session: Any) -> None:
+    """os._exit on every run, and memory past the executor's cap, among 1,000 normal tasks
+    (the throughput comparison is a benchmark figure, not asserted here)."""
+    from kmpray.bench.chaos_poison import scenario
+
+    r = scenario(tasks=1_000, rate=250)
+    for kind in ("exit", "hog"):
+        p = r["poison"][kind]
+        assert p["state"] == "FAILED" and p["reason"].startswith("system: the process running it died"), r
+        assert p["runs"] == 4 and p["run_attempt_count"] == 1, r  # 1 + max_system_reruns=3, none an attempt
+    assert r["scheduler_restarted"] is False and r["lost"] == 0, r
