@@ -1,7 +1,7 @@
 """chaos: a workload against a real engine while a nemesis kills its processes.
 
-``python -m bench chaos --scenario scheduler|executors|hard-restart|poison [--quick] [--json PATH]``
-(hard-restart: bench/chaos_restart.py; poison: bench/chaos_poison.py)
+``python -m bench chaos --scenario scheduler|executors|hard-restart|poison|misfire [--quick] [--json PATH]``
+(hard-restart: bench/chaos_restart.py; poison: bench/chaos_poison.py; misfire: bench/chaos_misfire.py)
 
 Every run writes a ledger line when it starts (task id, attempts before it, pid, time),
 so "executed twice" is counted from what workers did, not from what the engine says.
@@ -248,8 +248,14 @@ def _poison(quick: bool) -> dict[str, Any]:
     return poison(quick=quick)
 
 
+def _misfire(quick: bool) -> dict[str, Any]:
+    from .chaos_misfire import scenario as misfire
+
+    return misfire(quick=quick)
+
+
 # Scenarios with a shape of their own (their modules say how they run).
-OTHERS = {"hard-restart": _hard_restart, "poison": _poison}
+OTHERS = {"hard-restart": _hard_restart, "poison": _poison, "misfire": _misfire}
 
 
 def _seconds(ms: dict[str, float]) -> dict[str, float]:

@@ -47,3 +47,16 @@ def test_poison_workers_among_a_load_fail_alone_and_lose_nothing(ray_session: An
         assert p["state"] == "FAILED" and p["reason"].startswith("system: the process running it died"), r
         assert p["runs"] == 4 and p["run_attempt_count"] == 1, r  # 1 + max_system_reruns=3, none an attempt
     assert r["scheduler_restarted"] is False and r["lost"] == 0, r
+
+
+def test_work_due_during_an_outage_runs_once_after_it_and_the_period_keeps_its_grid(ray_session: Any) -> None:
+    """The engine down for 4 s: a 1 s periodic task coalesces its missed periods into one
+    run, then runs on its original grid; each missed Exact task runs exactly once, soon."""
+    from kmpray.bench.chaos_misfire import scenario
+
+    r = scenario(outage_s=4.0, exact=10, after_s=3.5)
+    assert r["periodic_runs_before"] >= 2 and r["periodic_periods_missed"] >= 4, r
+    assert r["periodic_runs_on_restart"] == 1, r  # coalesced, not one per missed period
+    assert r["periodic_runs_after"] >= 2, r
+    assert r["periodic_drift_ms"]["max_abs"] < 250, r  # on the grid (a late run would be a whole period off)
+    assert r["exact_runs"] == {"0": 0, "1": 10, "more": 0} and r["exact_states"] == ["SUCCEEDED"], r
