@@ -1,7 +1,8 @@
 """chaos: a workload against a real engine while a nemesis kills its processes.
 
-``python -m bench chaos --scenario scheduler|executors|hard-restart|poison|misfire [--quick] [--json PATH]``
-(hard-restart: bench/chaos_restart.py; poison: bench/chaos_poison.py; misfire: bench/chaos_misfire.py)
+``python -m bench chaos --scenario scheduler|executors|hard-restart|poison|misfire|long-runs [--quick] [--json PATH]``
+(hard-restart: bench/chaos_restart.py; poison: bench/chaos_poison.py; misfire: bench/chaos_misfire.py;
+long-runs: bench/chaos_longruns.py)
 
 Every run writes a ledger line when it starts (task id, attempts before it, pid, time),
 so "executed twice" is counted from what workers did, not from what the engine says.
@@ -254,8 +255,14 @@ def _misfire(quick: bool) -> dict[str, Any]:
     return misfire(quick=quick)
 
 
+def _long_runs(quick: bool) -> dict[str, Any]:
+    from .chaos_longruns import scenario as long_runs
+
+    return long_runs(quick=quick)
+
+
 # Scenarios with a shape of their own (their modules say how they run).
-OTHERS = {"hard-restart": _hard_restart, "poison": _poison, "misfire": _misfire}
+OTHERS = {"hard-restart": _hard_restart, "poison": _poison, "misfire": _misfire, "long-runs": _long_runs}
 
 
 def _seconds(ms: dict[str, float]) -> dict[str, float]:

@@ -60,3 +60,14 @@ def test_work_due_during_an_outage_runs_once_after_it_and_the_period_keeps_its_g
     assert r["periodic_runs_after"] >= 2, r
     assert r["periodic_drift_ms"]["max_abs"] < 250, r  # on the grid (a late run would be a whole period off)
     assert r["exact_runs"] == {"0": 0, "1": 10, "more": 0} and r["exact_states"] == ["SUCCEEDED"], r
+
+
+def test_runs_longer_than_every_interval_the_engine_watches_with_run_once(ray_session: Any) -> None:
+    """10 runs of 21 s (twice the 10 s ping timeout and heavy_unreachable_s): async, sync,
+    one blocking its executor's loop, one heavy. None is taken for lost and run again."""
+    from kmpray.bench.chaos_longruns import scenario
+
+    r = scenario(quick=True)
+    assert r["run_s"] > 2 * r["longest_interval_s"] and r["kinds"]["heavy"] == 1 and r["kinds"]["blocker"] == 1, r
+    assert (r["executed_twice"], r["never_started"]) == (0, 0), r
+    assert r["states"] == {"SUCCEEDED": 10} and r["attempts"] == {1: 10}, r
