@@ -457,7 +457,18 @@ def connect(
     from kmpray.actors.bootstrap import ensure_engine
 
     if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING)
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING)
+        except ConnectionError as exc:
+            if not address or address == "local":
+                raise
+            mode = os.environ.get("RAY_AUTH_MODE", "unset")
+            raise ConnectionError(
+                f"could not connect to the Ray cluster at {address} ({exc}). If it uses token authentication "
+                f"(Ray >= 2.59 turns it on for clusters started locally), this process needs RAY_AUTH_MODE=token "
+                f"(here: {mode}) and the cluster's token: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token "
+                "(`ray get-auth-token` on the head prints it)"
+            ) from exc
     state = str(Path(state_dir or default_state_dir(namespace)).expanduser().resolve())
     handles = ensure_engine(namespace, state, virtual_time, platform, config or EngineConfig())
     try:
