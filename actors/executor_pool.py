@@ -111,7 +111,8 @@ class ExecutorPool:
         runs (one restarting, say) unless the engine has only one."""
         lanes = [lane for lane in self._probation() if nodes is None or lane.node in nodes]
         if lanes:
-            idle = [lane for lane in lanes if self._usable(lane) and not lane.inflight and lane.index not in self.alone]
+            idle = [lane for lane in lanes
+                    if self._usable(lane) and not lane.inflight and lane.index not in self.alone]
             return idle[0].index if idle else None
         held = [i for i in self.alone if not self.slots[i].probation]
         if held and self.alone[held[0]] is not None:

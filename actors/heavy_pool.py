@@ -174,7 +174,9 @@ class HeavyPool:
             # E.g. the actor is restarting after a forced stop: run it again, on a later try.
             log.warning("heavy worker %d did not take %s (%s); re-queued", i, key[0], type(exc).__name__)
             self.free(key)
-            self.host.core.run_lost(*key)
+            # Its process died with the call in flight: the run may have begun (and killed it).
+            died = isinstance(exc, (ray.exceptions.ActorDiedError, ray.exceptions.ActorUnavailableError))
+            self.host.core.run_lost(*key, crashed=died)
             slot = self.slots[i]
             slot.incarnation, slot.ready = None, False
             self.host._flush()

@@ -32,7 +32,9 @@ def rss_bytes() -> int | None:
 
 
 class MemoryCap:
-    def __init__(self, limit_mb: int, what: str, on_exit: Callable[[str], None], every_s: float = 0.05) -> None:
+    def __init__(
+        self, limit_mb: int, what: str, on_exit: Callable[[str], None], every_s: float = 0.05
+    ) -> None:
         self.limit = limit_mb * 1024 * 1024
         self.what = what
         self.on_exit = on_exit  # told why, just before the process ends

@@ -10,6 +10,8 @@ import logging
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
+import ray
+
 from kmpray.clock import ManualClock, SystemClock
 from kmpray.config import EngineConfig
 from kmpray.driver import pump
@@ -114,7 +116,10 @@ class SchedulerDispatch:
             # arrive reports under its old run id, which is ignored). At-least-once.
             log.warning("executor %d: submit failed (%s)", i, type(exc).__name__)
             self.pool.slots[i].reachable = False
-            self.pool.lose(i, "did not take its batch", keys)
+            # Its process died with the call in flight: the runs may have begun there (and
+            # one of them killed it), so they count as runs it died under.
+            died = isinstance(exc, (ray.exceptions.ActorDiedError, ray.exceptions.ActorUnavailableError))
+            self.pool.lose(i, "did not take its batch", keys, crashed=died)
             self._flush()
             await self._reconcile()
             return

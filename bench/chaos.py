@@ -1,8 +1,9 @@
 """chaos: a workload against a real engine while a nemesis kills its processes.
 
-``python -m bench chaos --scenario scheduler|executors|hard-restart|poison|misfire|long-runs [--quick] [--json PATH]``
+``python -m bench chaos --scenario scheduler|executors|hard-restart|poison|misfire|long-runs|node-loss
+[--quick] [--json PATH]``
 (hard-restart: bench/chaos_restart.py; poison: bench/chaos_poison.py; misfire: bench/chaos_misfire.py;
-long-runs: bench/chaos_longruns.py)
+long-runs: bench/chaos_longruns.py; node-loss: bench/chaos_nodes.py)
 
 Every run writes a ledger line when it starts (task id, attempts before it, pid, time),
 so "executed twice" is counted from what workers did, not from what the engine says.
@@ -261,8 +262,15 @@ def _long_runs(quick: bool) -> dict[str, Any]:
     return long_runs(quick=quick)
 
 
+def _node_loss(quick: bool) -> dict[str, Any]:
+    from .chaos_nodes import scenario as node_loss
+
+    return node_loss(quick=quick)
+
+
 # Scenarios with a shape of their own (their modules say how they run).
-OTHERS = {"hard-restart": _hard_restart, "poison": _poison, "misfire": _misfire, "long-runs": _long_runs}
+OTHERS = {"hard-restart": _hard_restart, "poison": _poison, "misfire": _misfire, "long-runs": _long_runs,
+          "node-loss": _node_loss}
 
 
 def _seconds(ms: dict[str, float]) -> dict[str, float]:

@@ -30,20 +30,11 @@ import kmpray
 from kmpray.timing import BLOCKED_PING_TIMEOUT_S, PING_TIMEOUT_S, RECONCILE_S, RESYNC_S
 
 from .chaos import _ledger
+from .chaos_poison import _start
 from .common import ray_up
 
 FULL = {"tasks": 50, "heavy_unreachable_s": 30.0}
 QUICK = {"tasks": 10, "heavy_unreachable_s": 10.0}
-
-
-def _start(input: str | None, ctx: kmpray.WorkerContext) -> dict[str, Any]:  # noqa: A002
-    cfg: dict[str, Any] = json.loads(input or "{}")
-    fd = os.open(cfg["ledger"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, f"start {ctx.task_id} {ctx.run_attempt_count} {os.getpid()} {time.time():.3f}\n".encode())
-    finally:
-        os.close(fd)
-    return cfg
 
 
 class LongAsync(kmpray.CommonWorker):
@@ -71,7 +62,8 @@ WORKERS = {"LongAsync": LongAsync, "LongSync": LongSync, "LongLoopBlocker": Long
 
 def longest_interval_s(heavy_unreachable_s: float, chains: bool) -> float:
     """The longest interval after which the engine could take a run for lost."""
-    return max(RECONCILE_S, PING_TIMEOUT_S, BLOCKED_PING_TIMEOUT_S, heavy_unreachable_s, *([RESYNC_S] if chains else []))
+    watched = [RECONCILE_S, PING_TIMEOUT_S, BLOCKED_PING_TIMEOUT_S, heavy_unreachable_s]
+    return max(watched + ([RESYNC_S] if chains else []))
 
 
 def scenario(quick: bool = False, tasks: int | None = None, seed: int = 7) -> dict[str, Any]:
@@ -84,7 +76,8 @@ def scenario(quick: bool = False, tasks: int | None = None, seed: int = 7) -> di
     state = tempfile.mkdtemp(prefix="kmpray-chaos-longruns-")
     ledger = Path(state) / "ledger"
     namespace = f"chaos-longruns-{seed}-{os.getpid()}"
-    config = kmpray.EngineConfig(heavy_unreachable_s=size["heavy_unreachable_s"], heavy_pool_size=2, heavy_num_cpus=0)
+    config = kmpray.EngineConfig(heavy_unreachable_s=size["heavy_unreachable_s"], heavy_pool_size=2,
+                                 heavy_num_cpus=0)
     sched = kmpray.connect(namespace=namespace, state_dir=state, config=config)
     try:
         for name, cls in WORKERS.items():
@@ -104,9 +97,9 @@ def scenario(quick: bool = False, tasks: int | None = None, seed: int = 7) -> di
         sched.enqueue_many(items)
         ids = [it["id"] for it in items]
         if chains:
+            short = json.dumps({"ledger": str(ledger), "run_s": 0.1})
             chain = (sched.begin_with(kmpray.TaskRequest("LongAsync", input=payload, id="chain-long"))
-                     .then(kmpray.TaskRequest("LongAsync", input=json.dumps({"ledger": str(ledger), "run_s": 0.1}),
-                                              id="chain-next"))
+                     .then(kmpray.TaskRequest("LongAsync", input=short, id="chain-next"))
                      .with_id("chain"))
             chain.enqueue()
             ids += ["chain-long", "chain-next"]

@@ -46,7 +46,8 @@ def _starts(ledger: Path) -> dict[str, list[float]]:
 
 
 def scenario(quick: bool = False, outage_s: float | None = None, exact: int | None = None,
-             interval_s: float = 1.0, before_s: float = 3.0, after_s: float = 6.0, seed: int = 7) -> dict[str, Any]:
+             interval_s: float = 1.0, before_s: float = 3.0, after_s: float = 6.0,
+             seed: int = 7) -> dict[str, Any]:
     outage_default, exact_default = SIZES["quick" if quick else "full"]
     outage_s, exact = outage_s or outage_default, exact or exact_default
     rng = random.Random(seed)

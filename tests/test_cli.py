@@ -14,7 +14,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def kmpray(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    # The suite's Ray mode (RAY_AUTH_MODE=token pytest: the session's token, which Ray keeps
+    # in ~/.ray/auth_token); disabled by default, as the session fixture does.
+    env = {"RAY_AUTH_MODE": "disabled", **os.environ}
     return subprocess.run(
         [sys.executable, "-m", "kmpray.cli", *args], capture_output=True, text=True, timeout=timeout, env=env
     )
@@ -60,6 +62,10 @@ def test_cluster_yaml_names_what_the_engine_asks_for() -> None:
     assert config["head_node_type"] in types
     assert any("heavy" in t.get("resources", {}) for t in types.values())
     assert any("kmpray start" in c for c in config["head_start_ray_commands"])
+    # Token authentication on every node, with the token at Ray's default path on each.
+    starts = config["head_start_ray_commands"] + config["worker_start_ray_commands"]
+    assert all("RAY_AUTH_MODE=token" in c for c in starts if c != "ray stop")
+    assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
 
 
 @pytest.mark.ray

@@ -27,7 +27,7 @@ from ..platforms import profile
 from ..timing import CALL_TIMEOUT_S, WAIT_CHUNK_S
 from ..triggers import EVENT_TRIGGER_KINDS, OneTime, Trigger
 from ..worker import LOCAL_WORKERS, check_worker_class
-from .remote import _await, _ray, _tokens, _unwrap
+from .remote import _await, _ray, _ray_init, _tokens, _unwrap
 from .subscription import EventBus
 
 log = logging.getLogger("kmpray")
@@ -457,18 +457,7 @@ def connect(
     from kmpray.actors.bootstrap import ensure_engine
 
     if not ray.is_initialized():
-        try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING)
-        except ConnectionError as exc:
-            if not address or address == "local":
-                raise
-            mode = os.environ.get("RAY_AUTH_MODE", "unset")
-            raise ConnectionError(
-                f"could not connect to the Ray cluster at {address} ({exc}). If it uses token authentication "
-                f"(Ray >= 2.59 turns it on for clusters started locally), this process needs RAY_AUTH_MODE=token "
-                f"(here: {mode}) and the cluster's token: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token "
-                "(`ray get-auth-token` on the head prints it)"
-            ) from exc
+        _ray_init(ray, address)
     state = str(Path(state_dir or default_state_dir(namespace)).expanduser().resolve())
     handles = ensure_engine(namespace, state, virtual_time, platform, config or EngineConfig())
     try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -39,3 +41,20 @@ def _tokens(token: bool) -> Iterator[tuple[str, ...]]:
     yield (first,)
     while True:
         yield (first + RETRY_MARK,)
+
+
+def _ray_init(ray: Any, address: str | None) -> None:
+    """Join (or, without an address, start) Ray; a refused connection says what a token
+    cluster needs (Ray's own error says only "Failed to connect to Ray cluster")."""
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING)
+    except ConnectionError as exc:
+        if not address or address == "local":
+            raise
+        mode = os.environ.get("RAY_AUTH_MODE", "unset")
+        raise ConnectionError(
+            f"could not connect to the Ray cluster at {address} ({exc}). If it uses token authentication "
+            f"(Ray >= 2.59 turns it on for clusters started locally), this process needs RAY_AUTH_MODE=token "
+            f"(here: {mode}) and the cluster's token: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or "
+            "~/.ray/auth_token (`ray get-auth-token` on the head prints it)"
+        ) from exc

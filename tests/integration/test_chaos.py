@@ -45,7 +45,9 @@ def test_poison_workers_among_a_load_fail_alone_and_lose_nothing(ray_session: An
     for kind in ("exit", "hog"):
         p = r["poison"][kind]
         assert p["state"] == "FAILED" and p["reason"].startswith("system: the process running it died"), r
-        assert p["runs"] == 4 and p["run_attempt_count"] == 1, r  # 1 + max_system_reruns=3, none an attempt
+        # At most 1 + max_system_reruns=3 runs (a death with its submit in flight counts even if the
+        # run had not begun), none counted as an attempt.
+        assert 1 <= p["runs"] <= 4 and p["run_attempt_count"] == 1, r
     assert r["scheduler_restarted"] is False and r["lost"] == 0, r
 
 
@@ -71,3 +73,14 @@ def test_runs_longer_than_every_interval_the_engine_watches_with_run_once(ray_se
     assert r["run_s"] > 2 * r["longest_interval_s"] and r["kinds"]["heavy"] == 1 and r["kinds"]["blocker"] == 1, r
     assert (r["executed_twice"], r["never_started"]) == (0, 0), r
     assert r["states"] == {"SUCCEEDED": 10} and r["attempts"] == {1: 10}, r
+
+
+def test_worker_nodes_removed_and_re_added_under_load_lose_nothing() -> None:
+    """A 3-node cluster of its own (ray.cluster_utils.Cluster, in its own process): a worker
+    node removed with its runs in flight and a new one joining, twice, under 100 tasks/s."""
+    from kmpray.bench.chaos_nodes import scenario
+
+    r = scenario(rounds=2, rate=100)
+    assert len(r["removals"]) == 2 and r["acknowledged"] == r["submitted"] > 0, r
+    assert (r["lost"], r["counted_twice"], r["events_missing"]) == (0, 0, 0), r
+    assert r["executed_twice"] <= r["in_flight_on_removed"], r  # only the runs the nodes took with them

@@ -175,6 +175,10 @@ def test_append_runs_after_existing_work_with_its_data(vengine: Any, tmp_path: P
 def test_unknown_worker_and_bad_input_are_rejected_and_the_engine_keeps_serving(vengine: Any) -> None:
     cases: list[tuple[dict[str, Any], str]] = [
         ({"id": "u", "trigger": ONCE, "worker_class_name": "NotRegistered"}, "not a registered worker"),
+        # A dotted name is a registry key like any other, never a module path to import.
+        ({"id": "sys", "trigger": ONCE, "worker_class_name": "os.system", "input": "touch /tmp/kmpray-canary"},
+         "not a registered worker"),
+        ({"id": "ev", "trigger": ONCE, "worker_class_name": "builtins.eval", "input": "1"}, "not a registered worker"),
         ({"id": "", "trigger": ONCE, "worker_class_name": "Echo"}, "non-empty"),
         ({"id": "x" * 300, "trigger": ONCE, "worker_class_name": "Echo"}, "limit of 256"),
         ({"id": "big", "trigger": ONCE, "worker_class_name": "Echo", "input": "x" * (1024 * 1024 + 1)}, "cap"),
