@@ -83,4 +83,6 @@ def test_worker_nodes_removed_and_re_added_under_load_lose_nothing() -> None:
     r = scenario(rounds=2, rate=100)
     assert len(r["removals"]) == 2 and r["acknowledged"] == r["submitted"] > 0, r
     assert (r["lost"], r["counted_twice"], r["events_missing"]) == (0, 0, 0), r
-    assert r["executed_twice"] <= r["in_flight_on_removed"], r  # only the runs the nodes took with them
+    # Only the runs the nodes took with them: those counted just before each removal, plus
+    # at most the one load batch (a tenth of the rate) that may go out in between.
+    assert r["executed_twice"] <= r["in_flight_on_removed"] + 2 * 10, r
