@@ -262,10 +262,11 @@ class ExecutorPool:
         """Executor ``i``'s process ``incarnation`` ends itself now: it gets nothing more
         until a new one answers a ping, and what it took is lost with it (a crash)."""
         slot = self.slots[i]
-        if incarnation != slot.incarnation:
+        if incarnation in slot.dead:
             return False
-        slot.dead.add(incarnation)
-        slot.reachable = False
+        slot.dead.add(incarnation)  # also one this pool has not seen answer a ping yet
+        if incarnation == slot.incarnation:
+            slot.reachable = False
         self.lose(i, "is ending its process", [k for k, took in slot.inflight.items() if took == incarnation],
                   crashed=True)
         return True
@@ -301,14 +302,17 @@ class ExecutorPool:
             if answer is not None:
                 incarnation, _running, s.node, s.lag_ms = answer
                 if incarnation != s.incarnation:
-                    # A new process: what the old one took died with it (the process died
-                    # under those runs). Runs the new one took already run there; runs whose
-                    # submit has not answered yet are settled by that answer (``accepted``).
                     if s.incarnation is not None:
                         s.dead.add(s.incarnation)
-                    died = [k for k, took in s.inflight.items() if took is not None and took != incarnation]
-                    self.lose(s.index, "restarted", died, crashed=True)
                     s.incarnation = incarnation
+                # An actor has one live process: what any other process took died with it
+                # (the process died under those runs), also a process this loop never saw
+                # (it restarted twice between pings, or took a batch just before it died).
+                # Runs the live one took run there; runs whose submit has not answered yet
+                # are settled by that answer (``accepted``, then the next round here).
+                died = [k for k, took in s.inflight.items() if took is not None and took != incarnation]
+                if died:
+                    self.lose(s.index, "restarted", died, crashed=True)
                 if not s.reachable:
                     resumed = True  # it may take runs again (none may come to say so otherwise)
                 s.reachable = True

@@ -175,7 +175,7 @@ class HeavyPool:
             log.warning("heavy worker %d did not take %s (%s); re-queued", i, key[0], type(exc).__name__)
             self.free(key)
             # Its process died with the call in flight: the run may have begun (and killed it).
-            died = isinstance(exc, (ray.exceptions.ActorDiedError, ray.exceptions.ActorUnavailableError))
+            died = isinstance(exc, ray.exceptions.RayActorError)  # ActorDied, ActorUnavailable
             self.host.core.run_lost(*key, crashed=died)
             slot = self.slots[i]
             slot.incarnation, slot.ready = None, False

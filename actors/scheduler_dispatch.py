@@ -118,7 +118,7 @@ class SchedulerDispatch:
             self.pool.slots[i].reachable = False
             # Its process died with the call in flight: the runs may have begun there (and
             # one of them killed it), so they count as runs it died under.
-            died = isinstance(exc, (ray.exceptions.ActorDiedError, ray.exceptions.ActorUnavailableError))
+            died = isinstance(exc, ray.exceptions.RayActorError)  # ActorDied, ActorUnavailable
             self.pool.lose(i, "did not take its batch", keys, crashed=died)
             self._flush()
             await self._reconcile()

@@ -28,10 +28,20 @@ def _env(tmp: Path, **extra: str) -> dict[str, str]:
 
 
 def _client(address: str, namespace: str, task_id: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    return _clients(address, namespace, [(task_id, env)])[0]
+
+
+def _clients(address: str, namespace: str, runs: list[tuple[str, dict[str, str]]]) -> list[Any]:
+    """Clients at once (a refused one spends ~20 s in Ray's connection retries)."""
+    procs = [subprocess.Popen(
         [sys.executable, "-m", "tests.integration.auth_cluster", "client", address, namespace, task_id],
-        capture_output=True, text=True, timeout=120, env=env, cwd=ROOT,
-    )
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+    ) for task_id, env in runs]
+    out = []
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=120)
+        out.append(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr))
+    return out
 
 
 def test_a_token_cluster_serves_clients_with_its_token_and_refuses_the_others(tmp_path: Path) -> None:
@@ -55,13 +65,13 @@ def test_a_token_cluster_serves_clients_with_its_token_and_refuses_the_others(tm
         ok = _client(address, "auth", "with-token", _env(home, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token))
         assert ok.returncode == 0 and "state SUCCEEDED with-token" in ok.stdout, ok.stderr[-2000:]
 
-        wrong = _client(address, "auth", "wrong-token",
-                        _env(home, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32)))
+        wrong, none = _clients(address, "auth", [
+            ("wrong-token", _env(home, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))),
+            ("no-token", _env(home, RAY_AUTH_MODE="disabled")),
+        ])
         assert wrong.returncode != 0 and "state" not in wrong.stdout
         # connect() says what is missing (Ray's own error says only "Failed to connect").
         assert "needs RAY_AUTH_MODE=token (here: token)" in wrong.stderr, wrong.stderr[-2000:]
-
-        none = _client(address, "auth", "no-token", _env(home, RAY_AUTH_MODE="disabled"))
         assert none.returncode != 0 and "state" not in none.stdout, none.stderr[-2000:]
         assert "needs RAY_AUTH_MODE=token (here: disabled)" in none.stderr, none.stderr[-2000:]
 

@@ -27,24 +27,23 @@ def _starts(ledger: Path, task_id: str) -> int:
     return sum(1 for line in ledger.read_text().splitlines() if line.split()[1] == task_id) if ledger.exists() else 0
 
 
-def test_a_worker_that_kills_its_process_fails_after_its_system_reruns_and_its_neighbours_finish(
+def test_a_worker_that_ends_its_process_fails_after_its_system_reruns_and_its_neighbours_finish(
     engines: Any, ray_session: Any, tmp_path: Path
 ) -> None:
     from kmpray.bench.chaos import ChaosLedger
-    from kmpray.bench.chaos_poison import ChaosExit, ChaosHog
+    from kmpray.bench.chaos_poison import ChaosExit
 
     sched = engines(config=EngineConfig(max_system_reruns=2, executor_memory_mb=768))
-    for name, cls in (("ChaosLedger", ChaosLedger), ("ChaosExit", ChaosExit), ("ChaosHog", ChaosHog)):
+    for name, cls in (("ChaosLedger", ChaosLedger), ("ChaosExit", ChaosExit)):
         sched.register_worker(name, cls)
     ledger = tmp_path / "ledger"
     payload = json.dumps({"ledger": str(ledger), "sleep_ms": 300, "hog_mb": 1024})
     pid = _scheduler_pid(ray_session, sched.namespace)
     items = [{"id": f"n{i}", "trigger": ONCE, "worker_class_name": "ChaosLedger", "input": payload} for i in range(40)]
     items.insert(20, {"id": "exit", "trigger": ONCE, "worker_class_name": "ChaosExit", "input": payload})
-    items.append({"id": "hog", "trigger": ONCE, "worker_class_name": "ChaosHog", "input": payload})
     sched.enqueue_many(items)
 
-    for tid in ("exit", "hog"):
+    for tid in ("exit",):  # the memory cap's worker (ChaosHog): the chaos poison test
         info = sched.wait(tid, timeout_s=120)
         assert info.state is TaskState.FAILED, sched.explain(tid)
         assert info.result.message.startswith("system: the process running it died during 3 runs in a row")
@@ -56,4 +55,4 @@ def test_a_worker_that_kills_its_process_fails_after_its_system_reruns_and_its_n
     assert _scheduler_pid(ray_session, sched.namespace) == pid  # no scheduler restart
     status = sched.status()
     assert status["probation_executors"] == 2 and status["running_alone"] == 0
-    assert status["counts"]["FAILED"] == 2 and status["counts"]["SUCCEEDED"] == 40
+    assert status["counts"]["FAILED"] == 1 and status["counts"]["SUCCEEDED"] == 40
