@@ -187,7 +187,11 @@ class SchedulerActor(
                 pass
 
     async def _housekeeping(self) -> None:
-        last_prune = last_gc = time.monotonic()
+        last_gc = time.monotonic()
+        # The first prune comes one round after a start, not PRUNE_S later: a scheduler
+        # restarted more often than that (the soak scenario kills it every 60 s) would
+        # never prune, and its rows, its memory and its store would grow without bound.
+        last_prune = last_gc - PRUNE_S
         while True:
             await asyncio.sleep(RECONCILE_S)
             try:

@@ -1,5 +1,5 @@
 """python -m bench <name> [--quick] [--json PATH] [--address ADDR]  |  python -m bench load --rate R ...
-python -m bench chaos [--scenario scheduler|executors|hard-restart|poison|misfire|long-runs|node-loss] [--quick]"""
+python -m bench chaos [--scenario scheduler|executors|hard-restart|poison|misfire|long-runs|node-loss|soak] [--quick]"""
 
 from __future__ import annotations
 

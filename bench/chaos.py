@@ -1,9 +1,10 @@
 """chaos: a workload against a real engine while a nemesis kills its processes.
 
-``python -m bench chaos --scenario scheduler|executors|hard-restart|poison|misfire|long-runs|node-loss
+``python -m bench chaos --scenario scheduler|executors|hard-restart|poison|misfire|long-runs|node-loss|soak
 [--quick] [--json PATH]``
 (hard-restart: bench/chaos_restart.py; poison: bench/chaos_poison.py; misfire: bench/chaos_misfire.py;
-long-runs: bench/chaos_longruns.py; node-loss: bench/chaos_nodes.py)
+long-runs: bench/chaos_longruns.py; node-loss: bench/chaos_nodes.py;
+soak: bench/chaos_soak.py)
 
 Every run writes a ledger line when it starts (task id, attempts before it, pid, time),
 so "executed twice" is counted from what workers did, not from what the engine says.
@@ -268,9 +269,15 @@ def _node_loss(quick: bool) -> dict[str, Any]:
     return node_loss(quick=quick)
 
 
+def _soak(quick: bool) -> dict[str, Any]:
+    from .chaos_soak import scenario as soak
+
+    return soak(quick=quick)
+
+
 # Scenarios with a shape of their own (their modules say how they run).
 OTHERS = {"hard-restart": _hard_restart, "poison": _poison, "misfire": _misfire, "long-runs": _long_runs,
-          "node-loss": _node_loss}
+          "node-loss": _node_loss, "soak": _soak}
 
 
 def _seconds(ms: dict[str, float]) -> dict[str, float]:

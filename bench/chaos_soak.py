@@ -1,0 +1,190 @@
+"""chaos scenario ``soak``: a steady load for ``duration_s`` with the scheduler SIGKILLed
+every ``scheduler_every_s`` and the event broker every ``broker_every_s``.
+
+Finished tasks are pruned after ``retain_finished_ms`` (30 s here; the prune runs every
+60 s), so a healthy engine holds a bounded number of rows however long it runs. Sampled
+every 5 s: the scheduler's and the broker's resident memory (/proc) and the store files'
+size. Reported (pass figures):
+
+- ``scheduler_rss_mb`` {after_warmup, end, growth}: the scheduler's RSS just before each
+  kill (each incarnation restores the store: a growing store shows here), the first one
+  after the warm-up third against the last: growth <= 1.10.
+- ``store_mb`` {after_warmup, end, growth}: tasks.db with its WAL, same points: flat
+  (<= 1.10) once pruning keeps up.
+- ``replay``: a subscriber reading the event log from cursor 0 after the drain: every
+  acknowledged task's successful completion exactly once (``missing``, ``twice``: 0),
+  cursors strictly increasing (``out_of_order``: 0). Tasks whose events were dropped by
+  ``event_retention`` would show as missing (the load stays well under it).
+- ``lost``: acknowledged, not SUCCEEDED and not pruned as SUCCEEDED (pass 0).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import kmpray
+
+from .chaos import ChaosLedger, _answers, _pid
+from .common import ray_up
+
+FULL = {"duration_s": 600.0, "scheduler_every_s": 60.0, "broker_every_s": 90.0}
+QUICK = {"duration_s": 60.0, "scheduler_every_s": 20.0, "broker_every_s": 30.0}
+
+
+def _rss_mb(pid: int | None) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _store_mb(state: Path) -> float:
+    return sum(p.stat().st_size for p in state.glob("tasks.db*")) / 2**20
+
+
+def scenario(quick: bool = False, rate: float = 100.0, seed: int = 7, **sizes: float) -> dict[str, Any]:
+    size = {**(QUICK if quick else FULL), **sizes}
+    ray = ray_up()
+    state = Path(tempfile.mkdtemp(prefix="kmpray-chaos-soak-"))
+    namespace = f"chaos-soak-{seed}-{os.getpid()}"
+    config = kmpray.EngineConfig(retain_finished_ms=30_000)
+    sched = kmpray.connect(namespace=namespace, state_dir=str(state), config=config)
+    try:
+        sched.register_worker("ChaosLedger", ChaosLedger)
+        payload = json.dumps({"ledger": str(state / "ledger"), "sleep_ms": 20})
+        acknowledged: set[str] = set()
+        stop = threading.Event()
+        kills: Counter[str] = Counter()
+        recovery: list[float] = []
+        samples: list[dict[str, Any]] = []
+        before_kill: list[tuple[float, float]] = []  # (t, scheduler RSS just before a kill)
+        started = time.monotonic()
+
+        def load() -> None:
+            once = kmpray.TaskTrigger.OneTime()
+            batch, k = max(1, int(rate / 10)), 0
+            while not stop.is_set():
+                time.sleep(max(0.0, started + k / rate - time.monotonic()))
+                items = [{"id": f"t{i}", "trigger": once, "worker_class_name": "ChaosLedger", "input": payload}
+                         for i in range(k, k + batch)]
+                k += batch
+                try:
+                    results = sched.enqueue_many(items)
+                except Exception:
+                    continue
+                acknowledged.update(it["id"] for it, r in zip(items, results, strict=True)
+                                    if r is kmpray.ScheduleResult.SUCCESS)
+
+        def nemesis() -> None:
+            due = {"kmpray.scheduler": size["scheduler_every_s"], "kmpray.broker": size["broker_every_s"]}
+            every = dict(due)
+            while not stop.wait(0.2):
+                now = time.monotonic() - started
+                for name, at in due.items():
+                    if now < at:
+                        continue
+                    due[name] = at + every[name]
+                    pid = _pid(ray, name, namespace)
+                    if pid is None:
+                        continue
+                    if name == "kmpray.scheduler":
+                        before_kill.append((round(now, 1), _rss_mb(pid) or float("nan")))
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        continue
+                    kills[name] += 1
+                    recovery.append(_answers(ray, name, namespace))
+
+        def sampler() -> None:
+            while not stop.wait(5.0):
+                samples.append({
+                    "t": round(time.monotonic() - started, 1),
+                    "scheduler_rss_mb": _rss_mb(_pid(ray, "kmpray.scheduler", namespace)),
+                    "broker_rss_mb": _rss_mb(_pid(ray, "kmpray.broker", namespace)),
+                    "store_mb": round(_store_mb(state), 2),
+                })
+
+        threads = [threading.Thread(target=f, daemon=True) for f in (load, nemesis, sampler)]
+        for t in threads:
+            t.start()
+        time.sleep(size["duration_s"])
+        stop.set()
+        for t in threads:
+            t.join(timeout=180)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and sched.status()["pending"] != 0:
+            time.sleep(0.5)
+        elapsed = time.monotonic() - started
+        # Lost: acknowledged and not SUCCEEDED now; a task already pruned was SUCCEEDED
+        # (only finished rows are pruned) and its completion event says so below.
+        states = {t.id: t.state for t in sched.list_tasks()}
+        unfinished = [t for t in acknowledged if t in states and states[t] is not kmpray.TaskState.SUCCEEDED]
+        replay = _replay(sched, acknowledged)
+        lost = sorted(set(unfinished) | {t for t in acknowledged if t not in states and replay["per_task"][t] == 0})
+        warm = size["duration_s"] / 3
+        rss_points = [rss for t, rss in before_kill if t >= warm]
+        store_points = [s["store_mb"] for s in samples if s["t"] >= warm]
+        result = {
+            "scenario": "soak",
+            "duration_s": size["duration_s"],
+            "rate_per_s": rate,
+            "acknowledged": len(acknowledged),
+            "lost": len(lost),
+            "lost_examples": lost[:10],
+            "kills": dict(kills),
+            "recovery_s_max": round(max(recovery), 2) if recovery else None,
+            "scheduler_rss_mb": _growth(rss_points),
+            "scheduler_rss_before_each_kill": before_kill,
+            "store_mb": _growth(store_points),
+            "replay": {k: v for k, v in replay.items() if k != "per_task"},
+            "samples": samples,
+            "elapsed_s": round(elapsed, 1),
+            "seed": seed,
+        }
+    finally:
+        sched.shutdown()
+    return result
+
+
+def _growth(points: list[float]) -> dict[str, Any]:
+    if len(points) < 2:
+        return {"after_warmup": points[0] if points else None, "end": None, "growth": None}
+    return {"after_warmup": round(points[0], 1), "end": round(points[-1], 1),
+            "growth": round(points[-1] / points[0], 3)}
+
+
+def _replay(sched: Any, ids: set[str]) -> dict[str, Any]:
+    """Every stored event from cursor 0: successful completions per task, cursor order."""
+    per_task: Counter[str] = Counter()
+    out_of_order = events = 0
+    last = 0
+    sub = sched.events.subscribe(0)
+    try:
+        while (event := sub.get(timeout_s=5)) is not None:
+            events += 1
+            if sub.cursor <= last:
+                out_of_order += 1
+            last = sub.cursor
+            if event.kind == "completion" and event.success and event.task_id in ids:
+                per_task[event.task_id] += 1
+    finally:
+        sub.close()
+    return {
+        "events": events,
+        "missing": sum(1 for t in ids if per_task[t] == 0),
+        "twice": sum(1 for t in ids if per_task[t] > 1),
+        "out_of_order": out_of_order,
+        "per_task": per_task,
+    }
