@@ -156,8 +156,25 @@ def test_killed_chain_coordinators_mid_chain_resume_without_rerunning_succeeded_
     # Each came back: a new process rebuilt its plans from the scheduler's rows (without
     # that, "mid" finishing would reach a coordinator with no plan and "end" never run).
     # After a resync, a finished chain leaves no plan behind.
-    assert [ray.get(h.resync.remote(), timeout=60) for h in coordinators] == [0] * pool
-    assert [ray.get(h.stats.remote(), timeout=30)["plans"] for h in coordinators] == [0] * pool
+    assert [_once_up(lambda h=h: h.resync.remote()) for h in coordinators] == [0] * pool
+    assert [_once_up(lambda h=h: h.stats.remote())["plans"] for h in coordinators] == [0] * pool
+
+
+def _once_up(call: Any, timeout_s: float = 60) -> Any:
+    """A call's answer once the actor has restarted: a coordinator the chain did not need
+    may still be restarting when the chain is done (ActorUnavailableError: restarting)."""
+    import time
+
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return ray.get(call(), timeout=timeout_s)
+        except ray.exceptions.ActorUnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def test_shutdown_and_connect_resume_a_half_run_chain(ray_session: Any, tmp_path: Path) -> None:
