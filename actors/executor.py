@@ -9,6 +9,7 @@ both ways is how the engine beats one Ray task per run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -19,15 +20,27 @@ import ray
 from ray import cloudpickle
 
 import kmpray.events
+from kmpray.artifacts import (
+    MARK,
+    ArtifactDir,
+    Blob,
+    descriptors,
+    from_stored,
+    has_descriptors,
+    is_plain,
+    join,
+    split,
+)
 from kmpray.config import EngineConfig
 from kmpray.errors import InvalidParameters
-from kmpray.protocol import Began, Done, Fence, Holding, Ping, Progress, Run
+from kmpray.protocol import Began, Done, Fence, Holding, Ping, Progress, Run, Stored
 from kmpray.results import Failure, Success, to_wire
 from kmpray.timing import (
     BLOCK_REPORT_RETRY_S,
     BLOCK_REPORT_TIMEOUT_S,
     BLOCK_REPORT_TRIES,
     FENCE_POLL_S,
+    FETCH_TIMEOUT_S,
     STARTED_NOTICE_S,
 )
 from kmpray.validation import check_output
@@ -52,12 +65,18 @@ class ExecutorBase:
     #: Keep one instance per worker class between runs (heavy workers' warm state).
     keep_instances = False
 
-    def __init__(self, namespace: str, index: int, config: dict[str, Any]) -> None:
+    def __init__(
+        self, namespace: str, index: int, config: dict[str, Any], artifacts: tuple[str, str] | None = None
+    ) -> None:
         self.namespace = namespace
         self.index = index
         self.config = EngineConfig.model_validate(config)
         self.incarnation = uuid.uuid4().hex
         self.node_id = ray.get_runtime_context().get_node_id()
+        # Large step data (kmpray/artifacts.py): (the artifact folder, the node it is on).
+        # On that node this process writes the files itself; elsewhere the scheduler does.
+        self._artifacts = ArtifactDir(artifacts[0], self.config.durability) if artifacts else None
+        self._local_artifacts = artifacts is not None and artifacts[1] == self.node_id
         self._classes: dict[tuple[str, int], type] = {}
         self._instances: dict[tuple[str, int], CommonWorker] = {}
         self._tasks: dict[tuple[str, int], asyncio.Task[None]] = {}
@@ -241,7 +260,8 @@ class ExecutorBase:
         return cls
 
     async def _run(self, run: Run) -> None:
-        key_, run_id, worker, version, inp, upstream, previous, timeout_ms, start_at_ms = run
+        key_, run_id, worker, version, inp, upstream, previous, timeout_ms, start_at_ms, refs = run
+        stored: list[Stored] | None = None
         key = (key_, run_id)
         try:
             if start_at_ms is not None:  # its due time, on this node's clock; no slot held meanwhile
@@ -258,7 +278,8 @@ class ExecutorBase:
                     STARTED_NOTICE_S, self._reports.add, (Began(key_, run_id),)
                 )
                 try:
-                    result = await self._execute(key, worker, version, inp, upstream, previous, timeout_ms)
+                    result, stored = await self._execute(
+                        key, worker, version, inp, upstream, previous, timeout_ms, refs)
                 finally:
                     notice.cancel()
         except asyncio.CancelledError:
@@ -272,7 +293,7 @@ class ExecutorBase:
             self._cancelled.discard(key)
             self._unreported.pop(key, None)
             return
-        self._reports.add((Done(key_, run_id, to_wire(result)),))
+        self._reports.add((Done(key_, run_id, to_wire(result), stored),))
 
     async def _execute(
         self,
@@ -283,7 +304,14 @@ class ExecutorBase:
         upstream: dict[str, Any] | None,
         previous: int,
         timeout_ms: int | None,
-    ) -> Success | Failure:
+        refs: dict[str, Any] | None = None,
+    ) -> tuple[Success | Failure, list[Stored] | None]:
+        if upstream and has_descriptors(upstream):
+            try:
+                upstream = await self._upstream(upstream, refs or {})
+            except Exception as exc:  # a missing artifact is for good; anything else may pass
+                why = f"upstream data: {type(exc).__name__}: {exc}"
+                return Failure(why, should_retry=not isinstance(exc, LookupError)), None
         try:
             instance = self._instances.get((worker, version)) if self.keep_instances else None
             if instance is None:
@@ -292,7 +320,7 @@ class ExecutorBase:
                 if self.keep_instances:
                     self._instances[(worker, version)] = instance
         except Exception as exc:
-            return Failure(f"worker {worker!r} could not be constructed: {type(exc).__name__}: {exc}")
+            return Failure(f"worker {worker!r} could not be constructed: {type(exc).__name__}: {exc}"), None
 
         def progress(pct: int, message: str | None) -> None:
             item = (Progress(key[0], key[1], pct, message),)
@@ -307,17 +335,66 @@ class ExecutorBase:
             call = run_worker(instance, inp, ctx, in_thread=worker in self._threaded)
             result = await (asyncio.wait_for(call, timeout_ms / 1000) if timeout_ms else call)
         except TimeoutError:
-            return Failure(f"timed out after {timeout_ms} ms", should_retry=True)
+            return Failure(f"timed out after {timeout_ms} ms", should_retry=True), None
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            return Failure(f"{type(exc).__name__}: {exc}", should_retry=True)
-        if isinstance(result, Success):
+            return Failure(f"{type(exc).__name__}: {exc}", should_retry=True), None
+        return await self._output(result)  # type: ignore[arg-type]
+
+    async def _output(self, result: Success | Failure) -> tuple[Success | Failure, list[Stored] | None]:
+        """A Success whose data is not plain msgpack: arrays and large values to the object
+        store (and their artifacts), descriptors in the data (kmpray/artifacts.py)."""
+        if not isinstance(result, Success) or is_plain(result.data, self.config.max_output_bytes):
+            return result, None  # the common case: plain msgpack, as before
+        cfg = self.config
+        try:
+            wire, blobs = await asyncio.to_thread(
+                split, result.data or {}, cfg.inline_data_bytes, cfg.max_output_bytes, cfg.max_artifact_bytes)
+            check_output(wire, cfg)
+            stored = list(await asyncio.gather(*(self._store(b) for b in blobs))) if blobs else None
+        except InvalidParameters as exc:
+            return Failure(str(exc)), None
+        except Exception as exc:  # the object store or the disk refused it
+            why = f"Success.data: could not be stored ({type(exc).__name__}: {exc})"
+            return Failure(why, should_retry=True), None
+        return Success.model_construct(message=result.message, data=wire), stored
+
+    async def _store(self, blob: Blob) -> Stored:
+        """Put one large value in the object store (this process owns it) and, on the
+        artifact node, write its file meanwhile: both before the result is reported."""
+        put = asyncio.to_thread(ray.put, blob.value)
+        if self._local_artifacts and self._artifacts is not None:
+            ref, _ = await asyncio.gather(put, asyncio.to_thread(self._artifacts.write, blob))
+        else:
+            ref = await put
+        return Stored(blob.digest, blob.kind, blob.nbytes, ref, self._local_artifacts, blob.where)
+
+    async def _fetch(self, desc: dict[str, Any], refs: dict[str, Any]) -> Any:
+        """One large upstream value: from the object store; if it was lost (its owner or its
+        node died, or the scheduler restarted and holds no reference), from its artifact."""
+        digest, kind = desc["sha256"], desc[MARK]
+        ref = refs.get(digest)
+        if ref is not None:
             try:
-                check_output(result.data, self.config)
-            except InvalidParameters as exc:
-                return Failure(str(exc))
-        return result  # type: ignore[return-value]
+                return from_stored(kind, await _get(ref))
+            except Exception as exc:
+                log.warning("upstream value %s: the object store gave %s; reading its artifact",
+                            digest[:12], type(exc).__name__)
+        if self._local_artifacts and self._artifacts is not None:
+            with contextlib.suppress(FileNotFoundError):
+                return from_stored(kind, await asyncio.to_thread(self._artifacts.read, desc))
+        # Elsewhere: the scheduler reads the artifact and puts it in the object store again.
+        got = await lookup(SCHEDULER, self.namespace).blob.remote(digest, kind, ref is not None)
+        if got is None:
+            raise LookupError(f"its artifact {digest[:12]}… ({kind}, {desc.get('nbytes')} bytes) is missing")
+        return from_stored(kind, await _get(got[0]))
+
+    async def _upstream(self, upstream: dict[str, Any], refs: dict[str, Any]) -> dict[str, Any]:
+        wanted = {d["sha256"]: d for d in descriptors(upstream)}
+        values = dict(zip(wanted, await asyncio.gather(*(self._fetch(d, refs) for d in wanted.values())),
+                          strict=True))
+        return join(upstream, lambda d: values[d["sha256"]])  # type: ignore[no-any-return]
 
     def _report(self, items: list[Report]) -> Any:
         if self._scheduler is None:
@@ -331,6 +408,11 @@ class ExecutorBase:
         for item in items:
             if isinstance(item, Done):
                 self._unreported.pop((item.key, item.run_id), None)
+
+
+async def _get(ref: Any) -> Any:
+    """An object, awaited on this loop, bounded (a node that went may take Ray a while to notice)."""
+    return await asyncio.wait_for(asyncio.wrap_future(ref.future()), FETCH_TIMEOUT_S)
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=10_000)

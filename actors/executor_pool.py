@@ -57,9 +57,10 @@ class ExecutorSlot:
 class ExecutorPool:
     def __init__(
         self, namespace: str, config: EngineConfig, core: SchedulerCore, blocked: BlockedLoops,
-        kick: Callable[[], None],
+        kick: Callable[[], None], artifacts: tuple[str, str] | None = None,
     ) -> None:
         self.namespace = namespace
+        self.artifacts = artifacts  # (folder, node) for large step data (actors/scheduler_artifacts.py)
         self.config = config
         self.core = core
         self.blocked = blocked
@@ -183,7 +184,7 @@ class ExecutorPool:
             # Hard: a soft affinity may land elsewhere and leave a node with no executor,
             # so runs gated to that node would have nowhere to go.
             scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False),
-        ).remote(self.namespace, i, config)
+        ).remote(self.namespace, i, config, self.artifacts)
         self.slots.append(ExecutorSlot(i, handle, node, probation=probation))
         return i
 

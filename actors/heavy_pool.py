@@ -67,8 +67,12 @@ class HeavySlot:
 
 
 class HeavyPool:
-    def __init__(self, host: Host, namespace: str, config: EngineConfig, blocked: BlockedLoops) -> None:
+    def __init__(
+        self, host: Host, namespace: str, config: EngineConfig, blocked: BlockedLoops,
+        artifacts: tuple[str, str] | None = None,
+    ) -> None:
         self.host = host
+        self.artifacts = artifacts  # (folder, node) for large step data
         self.namespace = namespace
         self.config = config
         self.blocked = blocked
@@ -126,7 +130,8 @@ class HeavyPool:
             }
             if self.config.heavy_resources:
                 options["resources"] = dict(self.config.heavy_resources)
-            slot.handle = HeavyWorker.options(**options).remote(self.namespace, i, self.config.model_dump())
+            slot.handle = HeavyWorker.options(**options).remote(
+                self.namespace, i, self.config.model_dump(), self.artifacts)
             slot.ready = False
             asyncio.ensure_future(self._await(i, slot.handle))
 

@@ -38,6 +38,7 @@ from .heavy_pool import HeavyPool
 from .names import BROKER, ORACLE, REGISTRY, lookup
 from .outbox import Outbox
 from .retry import call_with_retry
+from .scheduler_artifacts import ArtifactKeeper, SchedulerArtifacts
 from .scheduler_chains import SchedulerChains
 from .scheduler_dispatch import SchedulerDispatch
 from .scheduler_intake import SchedulerIntake
@@ -50,7 +51,8 @@ log = logging.getLogger("kmpray.scheduler")
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=10_000)
 class SchedulerActor(
-    SchedulerIntake, SchedulerReports, SchedulerDispatch, SchedulerChains, SchedulerReads, VirtualTime
+    SchedulerIntake, SchedulerReports, SchedulerDispatch, SchedulerChains, SchedulerReads, SchedulerArtifacts,
+    VirtualTime,
 ):
     """The shell; what it does lives in its mixins, one concern each: intake (enqueue,
     register), reports (executor results, blocked loops), dispatch (pump turn, placement,
@@ -78,8 +80,9 @@ class SchedulerActor(
         self._reconciling = asyncio.Lock()
         self._watcher = FileWatcher()
         self._blocked = BlockedLoops()  # executors and heavy workers whose loop a worker blocks
-        self.pool = ExecutorPool(namespace, self.config, self.core, self._blocked, self._kick)
-        self.heavy = HeavyPool(self, namespace, self.config, self._blocked)
+        self.artifacts = ArtifactKeeper(state_dir, self.config)  # large step data
+        self.pool = ExecutorPool(namespace, self.config, self.core, self._blocked, self._kick, self.artifacts.where)
+        self.heavy = HeavyPool(self, namespace, self.config, self._blocked, self.artifacts.where)
         self._wake = asyncio.Event()
         self._wake_at: int | None = None  # the due time the loop is sleeping towards
         self._idle = asyncio.Event()
@@ -214,6 +217,7 @@ class SchedulerActor(
                     self.core.prune()
                     self._flush()
                     self.store.forget_answers(int((time.time() - ANSWER_RETENTION_S) * 1000))
+                    await self.sweep_artifacts()
             except Exception:
                 log.exception("housekeeping failed; will retry")
 

@@ -21,6 +21,7 @@ from kmpray.protocol import Run
 
 from .executor_pool import ExecutorPool
 from .heavy_pool import HeavyPool
+from .scheduler_artifacts import ArtifactKeeper
 
 log = logging.getLogger("kmpray.scheduler")
 
@@ -42,6 +43,7 @@ class SchedulerDispatch:
     core: SchedulerCore
     pool: ExecutorPool
     heavy: HeavyPool
+    artifacts: ArtifactKeeper
     _lead_ms: int
     _blobs: dict[str, tuple[int, bytes]]
     messages: Counter[str]
@@ -92,8 +94,9 @@ class SchedulerDispatch:
             self._send(i, [d], alone=True)
 
     def _wire(self, d: Dispatch) -> Run:
+        refs = self.artifacts.refs_for(d.upstream) if d.upstream and self.artifacts.refs else None
         return Run(d.key, d.run_id, d.worker, self._blobs.get(d.worker, (0, b""))[0], d.input, d.upstream,
-                   d.previous_attempts, d.timeout_ms, d.start_at_ms)
+                   d.previous_attempts, d.timeout_ms, d.start_at_ms, refs)
 
     def _send(self, i: int, part: list[Dispatch], alone: bool = False) -> None:
         keys = [(d.key, d.run_id) for d in part]

@@ -20,6 +20,7 @@ from kmpray.validation import check_output
 from .blocked_loops import BlockedLoops
 from .executor_pool import ExecutorPool
 from .heavy_pool import HeavyPool
+from .scheduler_artifacts import ArtifactKeeper
 
 log = logging.getLogger("kmpray.scheduler")
 
@@ -29,6 +30,7 @@ class SchedulerReports:
     core: SchedulerCore
     pool: ExecutorPool
     heavy: HeavyPool
+    artifacts: ArtifactKeeper
     _blocked: BlockedLoops
     messages: Counter[str]
     _ready: asyncio.Future[None]
@@ -45,7 +47,11 @@ class SchedulerReports:
             self.core.started(key, run_id)
         for key, run_id, pct, message in progress:
             self.core.progress(key, run_id, pct, message)
-        for key, run_id, raw in done:
+        refused: dict[tuple[str, int], str] = {}
+        for d in done:
+            if d.stored and (why := await self.artifacts.accept(d)) is not None:
+                refused[(d.key, d.run_id)] = why
+        for key, run_id, raw, _stored in done:
             self.pool.reported((key, run_id))
             self.heavy.free((key, run_id))
             self.core.release_unplaced()
@@ -55,6 +61,8 @@ class SchedulerReports:
                     check_output(result.data, self.config)
             except Exception as exc:
                 result = Failure(f"invalid worker result: {exc}")
+            if (key, run_id) in refused:
+                result = Failure(refused[(key, run_id)])
             self.core.complete(key, run_id, result)
         self._pump()
 

@@ -1,7 +1,9 @@
-"""chains: per-step overhead of a sequential chain and fan-out rate of a parallel step.
+"""chains: per-step overhead of a sequential chain, fan-out rate of a parallel step, and
+a large numpy array handed from one step to the next (#15).
 
 Baselines, same run: a sequential chain of raw Ray tasks (each step waits for the one
-before, passing its output) and a fan-out of raw Ray tasks awaited together.
+before, passing its output), a fan-out of raw Ray tasks awaited together, and
+``ray.put`` + ``ray.get`` (+ the sum) of an array of the same size.
 """
 
 from __future__ import annotations
@@ -19,7 +21,76 @@ def _register(sched: Any) -> None:
         async def do_work(self, input: str | None) -> bool:  # noqa: A002
             return True
 
+    class BenchArray(kmpray.CommonWorker):
+        """Returns an array of ``input`` MB, made once per process; each run changes one
+        element, so every run's output is new content (no artifact is reused)."""
+
+        made: Any = None
+
+        def do_work(self, input: str | None) -> Any:  # noqa: A002
+            import numpy as np
+
+            n = int(input or "1") * 1024 * 1024 // 8
+            if BenchArray.made is None or BenchArray.made.size != n:
+                BenchArray.made = np.ones(n)
+            BenchArray.made[0] += 1
+            return kmpray.WorkerResult.Success(data={"arr": BenchArray.made})
+
+    class BenchSum(kmpray.CommonWorker):
+        def do_work(self, input: str | None, ctx: kmpray.WorkerContext) -> Any:  # noqa: A002
+            return kmpray.WorkerResult.Success(data={"sum": float(ctx.upstream_data["arr"].sum())})
+
     sched.register_worker("BenchStep", BenchStep)
+    sched.register_worker("BenchArray", BenchArray)
+    sched.register_worker("BenchSum", BenchSum)
+
+
+def _plasma_mib() -> float:
+    """The object store's used memory on this node (Ray's memory summary)."""
+    import re
+
+    from ray._private.internal_api import memory_summary
+
+    found = re.search(r"Plasma memory usage (\d+) MiB", memory_summary(stats_only=True))
+    return float(found.group(1)) if found else float("nan")
+
+
+def array_hop(ray: Any, sched: Any, mb: int, rounds: int) -> dict[str, Any]:
+    """One step making an ``mb`` MB float64 array, its successor summing it, against
+    ``ray.put`` + ``ray.get`` + sum of an array of that size, interleaved, best of ``rounds``."""
+    import numpy as np
+
+    from kmpray import TaskRequest, TaskState
+
+    arr = np.ones(mb * 1024 * 1024 // 8)
+    engine_ms, raw_ms, copies = [], [], []
+    for i in range(rounds + 1):  # round 0 warms both paths up (worker classes, the array)
+        arr[0] += 1
+        start = time.perf_counter()
+        ref = ray.put(arr)
+        float(ray.get(ref).sum())
+        raw = (time.perf_counter() - start) * 1000
+        del ref
+        before = _plasma_mib()
+        chain = sched.begin_with(TaskRequest("BenchArray", input=str(mb), id=f"a{i}")).then(
+            TaskRequest("BenchSum", id=f"s{i}")).with_id(f"arr{i}")
+        start = time.perf_counter()
+        chain.enqueue()
+        assert sched.wait(f"arr{i}", timeout_s=600).state is TaskState.SUCCEEDED
+        took = (time.perf_counter() - start) * 1000
+        if i:
+            engine_ms.append(took)
+            raw_ms.append(raw)
+            copies.append((_plasma_mib() - before) / mb)  # the scheduler still holds the reference
+    return {
+        "array_mb": mb,
+        "array_ms": round(min(engine_ms), 1),
+        "ray_put_get_ms": round(min(raw_ms), 1),
+        "array_ratio": round(min(engine_ms) / min(raw_ms), 2),
+        "array_object_store_copies": round(max(copies), 2),
+        "array_ms_all": [round(x, 1) for x in engine_ms],
+        "ray_put_get_ms_all": [round(x, 1) for x in raw_ms],
+    }
 
 
 def run(quick: bool = False, json_path: str | None = None, address: str | None = None) -> dict[str, Any]:
@@ -71,6 +142,7 @@ def run(quick: bool = False, json_path: str | None = None, address: str | None =
         wide.enqueue()
         assert sched.wait("wide", timeout_s=600).state is TaskState.SUCCEEDED
         fanout = width / (time.perf_counter() - start)
+        hop = array_hop(ray, sched, 20 if quick else 100, 2 if quick else 5)
     finally:
         sched.shutdown()
     result = {
@@ -85,6 +157,8 @@ def run(quick: bool = False, json_path: str | None = None, address: str | None =
         "raw_ray_fanout_tasks_per_s": round(raw_fanout, 1),
         "fanout_ratio": round(fanout / raw_fanout, 2),
         "target_ms_per_step": 3.0,
+        **hop,
+        "target_array_ratio": 2.0,
     }
     out = write("chains", result, json_path)
     print(table([
@@ -96,6 +170,10 @@ def run(quick: bool = False, json_path: str | None = None, address: str | None =
         ("engine fan-out tasks/s", f"{fanout:,.0f}"),
         ("raw Ray fan-out tasks/s", f"{raw_fanout:,.0f}"),
         ("fan-out ratio", f"{fanout / raw_fanout:.2f}x"),
+        (f"{hop['array_mb']} MB array, step to step", f"{hop['array_ms']:.1f} ms (best of {len(hop['array_ms_all'])})"),
+        ("ray.put + ray.get + sum", f"{hop['ray_put_get_ms']:.1f} ms"),
+        ("array ratio", f"{hop['array_ratio']:.2f}x (target <= 2)"),
+        ("object store copies", f"{hop['array_object_store_copies']:.2f}"),
         ("json", str(out)),
     ]))
     return result

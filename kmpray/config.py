@@ -16,6 +16,15 @@ class EngineConfig(Frozen):
     max_input_bytes: Annotated[int, Field(gt=0)] = 1 * MiB
     max_output_bytes: Annotated[int, Field(gt=0)] = 1 * MiB
     max_pending_tasks: Annotated[int, Field(gt=0)] = 2_000_000
+    # Step data (kmpray/artifacts.py): a numpy array in Success.data larger than this goes
+    # through Ray's object store and a content-addressed file under state_dir/artifacts
+    # (smaller ones ride in the row); bytes and other values go that way only when the
+    # output would pass max_output_bytes otherwise.
+    inline_data_bytes: Annotated[int, Field(ge=0)] = 64 * 1024
+    # One output's large values together; over it the step fails, naming the key.
+    max_artifact_bytes: Annotated[int, Field(gt=0)] = 2 * 1024 * MiB
+    # The whole artifact folder; an output that would take it past this fails its step.
+    max_artifacts_total_bytes: Annotated[int, Field(gt=0)] = 32 * 1024 * MiB
     # Light executors: long-lived actors that light tasks are batched onto.
     executors: Annotated[int, Field(ge=0)] = 0  # 0 = one per CPU in the cluster
     executor_concurrency: Annotated[int, Field(gt=0)] = 64  # runs executing at once per executor

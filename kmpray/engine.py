@@ -16,13 +16,13 @@ adopt held runs, contain damaged rows), ``chain_rules.py`` (chains), ``condition
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from . import lifecycle
+from .artifacts import public, to_json
 from .backoff import backoff_delay_ms
 from .chain_record import ChainRecord
 from .chain_rules import ChainRules
@@ -224,7 +224,7 @@ class SchedulerCore(UniqueWork, Restoring, ChainRules, Conditions, Explaining):
                     continue
             run_input = rec.input
             if run_input is None and upstream:
-                run_input = json.dumps(upstream)
+                run_input = to_json(upstream)  # large values as descriptors
             due = rec.next_run_at_ms
             start_at = due if due is not None and due > now else None
             # Not persisted: a restarted scheduler adopts the run from its executor (or runs it
@@ -386,7 +386,7 @@ class SchedulerCore(UniqueWork, Restoring, ChainRules, Conditions, Explaining):
                 timestamp=now,
                 task_id=rec.key,
                 chain_id=rec.chain_id,
-                output_data=data,
+                output_data=public(data),  # descriptors without payload (kmpray/artifacts.py)
             )
         )
 

@@ -40,6 +40,9 @@ class Run(NamedTuple):
     previous_attempts: int
     timeout_ms: int | None
     start_at_ms: int | None  # handed over ahead of its due time: begin then (epoch ms)
+    # The object store references of large upstream values the scheduler still holds, by
+    # sha256 (kmpray/artifacts.py); one missing is read from its artifact instead.
+    refs: dict[str, Any] | None = None
 
 
 class Fence(NamedTuple):
@@ -50,10 +53,22 @@ class Fence(NamedTuple):
     batch: int
 
 
+class Stored(NamedTuple):
+    """A large value of a run's output, put in the object store by the executor."""
+
+    digest: str  # sha256, as in the output's descriptor
+    kind: str  # "ndarray" | "bytes" | "msgpack"
+    nbytes: int
+    ref: Any  # ray.ObjectRef
+    saved: bool  # its artifact file is written (the executor is on the scheduler's node)
+    where: str  # "Success.data['key']", for messages
+
+
 class Done(NamedTuple):
     key: str
     run_id: int
     result: tuple[str, Any, Any]  # kmpray.results.to_wire
+    stored: list[Stored] | None = None
 
 
 class Progress(NamedTuple):

@@ -14,6 +14,7 @@ from typing import Any
 import msgpack
 from pydantic import TypeAdapter
 
+from .artifacts import has_descriptors, public
 from .constraints import DEFAULT_CONSTRAINTS, Constraints
 from .enums import InputMerger, TaskState, shown_state
 from .errors import DamagedRow
@@ -80,7 +81,7 @@ class TaskRecord:
             state=state,
             run_attempt_count=self.run_attempt_count - (state is not self.state),  # counted once it begins
             run_count=self.run_count,
-            result=self.result,
+            result=_shown(self.result),
             progress=self.progress,
             next_run_at_ms=self.next_run_at_ms,
             chain_id=self.chain_id,
@@ -89,6 +90,13 @@ class TaskRecord:
             created_at_ms=self.created_at_ms,
             updated_at_ms=self.updated_at_ms,
         )
+
+
+def _shown(result: Any) -> Any:
+    """A result as users see it: an array in its data as a descriptor (kmpray/artifacts.py)."""
+    if isinstance(result, Success) and result.data and has_descriptors(result.data):
+        return Success.model_construct(message=result.message, data=public(result.data))
+    return result
 
 
 @functools.lru_cache(maxsize=1024)
@@ -130,7 +138,7 @@ def encode(rec: TaskRecord) -> bytes:
     }
     row.update({k: v for k, v in optional.items() if v})
     if rec.result is not None:
-        row["r"] = rec.result.model_dump(mode="json", exclude_defaults=True) | {"kind": rec.result.kind}
+        row["r"] = rec.result.model_dump(exclude_defaults=True) | {"kind": rec.result.kind}
     if rec.prereqs:
         row["pr"] = list(rec.prereqs)
     if rec.input_merger is not InputMerger.OVERWRITE:

@@ -35,6 +35,12 @@ SETTLE_POLL_S = 0.5
 #: A run still going this long after its worker began is reported RUNNING on its own
 #: (a shorter run's result says it, with no message of its own).
 STARTED_NOTICE_S = 0.02
+#: A large upstream value (kmpray/artifacts.py) not fetched from the object store in this
+#: long is read from its artifact instead (its node may have gone without Ray saying so yet).
+FETCH_TIMEOUT_S = 60.0
+#: An artifact file no row refers to is removed by the sweep once it is this old: a file
+#: written for a result still on its way to the scheduler (a restart between) is kept.
+ARTIFACT_GRACE_S = 600.0
 #: A run about to begin while a "blocked loop" report awaits its fence asks again after this.
 FENCE_POLL_S = 0.005
 #: The watch thread's wait for the scheduler's answer to a blocked-loop report, per try.

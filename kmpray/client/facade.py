@@ -27,6 +27,7 @@ from ..platforms import profile
 from ..timing import CALL_TIMEOUT_S, WAIT_CHUNK_S
 from ..triggers import EVENT_TRIGGER_KINDS, OneTime, Trigger
 from ..worker import LOCAL_WORKERS, check_worker_class
+from . import outputs
 from .remote import _await, _ray, _ray_init, _tokens, _unwrap
 from .subscription import EventBus
 
@@ -245,6 +246,13 @@ class BackgroundTaskScheduler:
     async def get_task_info_async(self, id: str) -> TaskInfo | None:  # noqa: A002
         raw = await self._call_async("get_info", id)
         return TaskInfo.model_validate(raw) if raw is not None else None
+
+    def get_output(self, id: str) -> dict[str, Any] | None:  # noqa: A002
+        """The task's last ``Success.data`` with real values (arrays read-only), or None."""
+        return outputs.resolve(self, self._call("get_output", id))
+
+    async def get_output_async(self, id: str) -> dict[str, Any] | None:  # noqa: A002
+        return await outputs.resolve_async(self, await self._call_async("get_output", id))
 
     def get_chain_info(self, id: str) -> ChainInfo | None:  # noqa: A002
         raw = self._call("get_chain_info", id)

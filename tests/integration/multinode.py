@@ -10,14 +10,15 @@ import json
 import os
 import sys
 import tempfile
+from typing import Any
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-import ray  # noqa: E402
-from ray.cluster_utils import Cluster  # noqa: E402
+import ray
+from ray.cluster_utils import Cluster
 
-import kmpray  # noqa: E402
-from kmpray import Constraints, EngineConfig, TaskRequest, TaskTrigger, WorkerResult  # noqa: E402
+import kmpray
+from kmpray import Constraints, EngineConfig, TaskRequest, TaskTrigger, WorkerResult
 
 
 class Logged(kmpray.CommonWorker):
@@ -66,6 +67,19 @@ class HalfSecond(kmpray.CommonWorker):
         await asyncio.sleep(float(input or "0.5"))
         return WorkerResult.Success(data={"node": ray.get_runtime_context().get_node_id(), "began": began,
                                           "ended": time.time()})
+
+
+def _finish(out: dict[str, object], scheds: list[Any], cluster: Cluster) -> None:
+    """Print the one RESULT line, then stop the engines, Ray and (always: a cluster left
+    running is what the next ray.init() finds) the cluster."""
+    print("RESULT " + json.dumps(out))
+    sys.stdout.flush()
+    try:
+        for sched in scheds:
+            sched.shutdown()
+        ray.shutdown()
+    finally:
+        cluster.shutdown()
 
 
 def heavy_pool() -> None:
@@ -121,19 +135,84 @@ def heavy_pool() -> None:
         done = other.wait("g", timeout_s=60)
         out["unplaceable_after_join"] = {"state": done.state.value, "on_new_node": done.result.data["node"] == gpu.node_id}
     finally:
-        print("RESULT " + json.dumps(out))
-        sys.stdout.flush()
-        try:
-            for s in scheds:
-                s.shutdown()
-            ray.shutdown()
-        finally:
-            cluster.shutdown()
+        _finish(out, scheds, cluster)
+
+
+class BigArray(kmpray.CommonWorker):
+    """Makes an array of ``input`` MB of float64 (a ramp); logs each run; says where."""
+
+    def do_work(self, input: str | None, ctx: kmpray.WorkerContext) -> WorkerResult:  # noqa: A002
+        import numpy as np
+
+        mb, log = (input or "1:").split(":", 1)
+        if log:
+            with open(log, "a") as f:
+                f.write(ctx.task_id + "\n")
+        arr = np.arange(int(mb) * 1024 * 1024 // 8, dtype=np.float64)
+        return WorkerResult.Success(data={"arr": arr, "node": ray.get_runtime_context().get_node_id()})
+
+
+class SumArray(kmpray.CommonWorker):
+    def do_work(self, input: str | None, ctx: kmpray.WorkerContext) -> WorkerResult:  # noqa: A002
+        arr = ctx.upstream_data["arr"]
+        return WorkerResult.Success(data={"sum": float(arr.sum()), "n": int(arr.size), "read_only": not arr.flags.writeable,
+                                          "from": ctx.upstream_data["node"],
+                                          "node": ray.get_runtime_context().get_node_id()})
+
+
+def step_data() -> None:
+    """#15: a 200 MB array between steps on two nodes (written to the artifact folder on
+    the head by the scheduler, since the producer's node cannot reach it), and an object
+    lost with its node read back from that artifact."""
+    import time
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    other = cluster.add_node(num_cpus=1)
+    ray.init(address=cluster.address, log_to_driver=False)
+    cluster.wait_for_nodes()
+    head = cluster.head_node.node_id
+    state = tempfile.mkdtemp()
+    out: dict[str, object] = {"head": head, "other": other.node_id}
+    sched = None
+    try:
+        sched = kmpray.connect(namespace="step-data", state_dir=state)
+        sched.register_worker("BigArray", BigArray)
+        sched.register_worker("SumArray", SumArray)
+        # Producers need charging (only the other node), consumers storage not low (only the head).
+        sched.set_device_state(node_id=head, charging=False)
+        sched.set_device_state(node_id=other.node_id, charging=True, storage_low=True)
+        make = Constraints(requires_charging=True)
+        use = Constraints(requires_storage_not_low=True)
+        start = time.monotonic()
+        sched.begin_with(TaskRequest("BigArray", input="200:", id="p", constraints=make)).then(
+            TaskRequest("SumArray", id="s", constraints=use)).with_id("c").enqueue()
+        out["state"] = sched.wait("c", timeout_s=120).state.value
+        out["seconds"] = round(time.monotonic() - start, 2)
+        out["consumer"] = sched.get_task_info("s").result.data
+        out["artifacts"] = os.listdir(os.path.join(state, "artifacts"))
+
+        # The producer's node goes away before its successor may run: the object is lost.
+        log = os.path.join(tempfile.mkdtemp(), "runs.log")
+        sched.set_device_state(node_id=head, storage_low=True)  # no node may run s2 yet
+        sched.begin_with(TaskRequest("BigArray", input=f"50:{log}", id="p2", constraints=make)).then(
+            TaskRequest("SumArray", id="s2", constraints=use)).with_id("c2").enqueue()
+        out["p2"] = sched.wait("p2", timeout_s=120).state.value
+        out["s2_before_loss"] = sched.get_task_info("s2").state.value
+        cluster.remove_node(other)
+        sched.set_device_state(node_id=head, storage_low=False)
+        out["after_loss"] = sched.wait("c2", timeout_s=120).state.value
+        out["consumer2"] = sched.get_task_info("s2").result.data
+        out["producer2_runs"] = len(open(log).read().split())
+    finally:
+        _finish(out, [sched] if sched is not None else [], cluster)
 
 
 def main() -> None:
     if "heavy-pool" in sys.argv[1:]:
         heavy_pool()
+        return
+    if "step-data" in sys.argv[1:]:
+        step_data()
         return
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     other = cluster.add_node(num_cpus=1, resources={"heavy": 1})
@@ -219,14 +298,7 @@ def main() -> None:
             "in_flight_at_fault": in_flight,
         }
     finally:
-        print("RESULT " + json.dumps(out))
-        sys.stdout.flush()
-        try:
-            if sched is not None:
-                sched.shutdown()
-            ray.shutdown()
-        finally:
-            cluster.shutdown()  # always: a cluster left running is what the next ray.init() finds
+        _finish(out, [sched] if sched is not None else [], cluster)
 
 
 if __name__ == "__main__":

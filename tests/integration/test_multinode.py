@@ -68,3 +68,20 @@ def test_heavy_pool_waits_for_placement_instead_of_replacing_in_a_loop() -> None
     assert "no alive node has the resources" in waiting["waiting_for"]  # type: ignore[index]
     assert waiting["status"]["replaced"] == 0 and waiting["status"]["pending"] == 2  # type: ignore[index]
     assert out["unplaceable_after_join"] == {"state": "SUCCEEDED", "on_new_node": True}
+
+
+def test_step_data_between_nodes_and_after_losing_the_producers_node() -> None:
+    out = _run("step-data")
+    print("step data:", out)
+    n = 200 * 1024 * 1024 // 8
+    assert out["state"] == "SUCCEEDED"
+    assert out["consumer"] == {"sum": float(n * (n - 1) // 2), "n": n, "read_only": True, "from": out["other"],
+                               "node": out["head"]}
+    assert len(out["artifacts"]) == 1 and out["artifacts"][0].endswith(".npy")  # type: ignore[index]
+    # The node that made the second array left before its successor ran: the successor read
+    # the artifact, and the producer did not run again.
+    m = 50 * 1024 * 1024 // 8
+    assert out["p2"] == "SUCCEEDED" and out["s2_before_loss"] in ("BLOCKED", "ENQUEUED") and out["after_loss"] == "SUCCEEDED"
+    assert out["consumer2"] == {"sum": float(m * (m - 1) // 2), "n": m, "read_only": True, "from": out["other"],
+                                "node": out["head"]}
+    assert out["producer2_runs"] == 1

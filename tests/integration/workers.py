@@ -219,3 +219,43 @@ class Ledgered(kmpray.CommonWorker):
 
 
 ALL.update({"Blocker": Blocker, "MarkedBlocker": MarkedBlocker, "Ledgered": Ledgered})
+
+
+class ArrayMaker(kmpray.CommonWorker):
+    """Returns numpy arrays (and bytes) made from its JSON config; logs each run."""
+
+    def do_work(self, input: str | None, ctx: kmpray.WorkerContext) -> Any:  # noqa: A002
+        import numpy as np
+
+        cfg = _cfg(input)
+        if "log" in cfg:
+            with open(cfg["log"], "a") as f:
+                f.write(f"{ctx.task_id}\n")
+        n, dtype, seed = cfg.get("n", 10), cfg.get("dtype", "float64"), cfg.get("seed", 0)
+        arr = (np.arange(n, dtype=np.float64) + seed).astype(dtype).reshape(cfg.get("shape", [n]))
+        data: dict[str, Any] = {"arr": arr, "meta": {"n": n, "dtype": dtype}, "raw": bytes([seed % 256]) * 300_000}
+        if "bad" in cfg:
+            data["bad"] = {"object": np.array([object()], dtype=object), "set": {1}}[cfg["bad"]]
+        return WorkerResult.Success(data=data)
+
+
+class ArraySum(kmpray.CommonWorker):
+    """Sums the array(s) it gets in ctx.upstream_data, and says what it saw."""
+
+    def do_work(self, input: str | None, ctx: kmpray.WorkerContext) -> Any:  # noqa: A002
+        import numpy as np
+
+        up = ctx.upstream_data
+        arrs = up["arr"] if isinstance(up["arr"], list) else [up["arr"]]
+        raws = up["raw"] if isinstance(up["raw"], list) else [up["raw"]]
+        return WorkerResult.Success(data={
+            "sum": float(sum(float(np.asarray(a).real.astype(np.float64).sum()) for a in arrs)),
+            "dtypes": [str(a.dtype) for a in arrs],
+            "shapes": [list(a.shape) for a in arrs],
+            "read_only": all(not a.flags.writeable for a in arrs),
+            "raw": [len(r) for r in raws] if all(isinstance(r, bytes) for r in raws) else None,
+            "input_chars": len(input or ""),
+        })
+
+
+ALL.update({"ArrayMaker": ArrayMaker, "ArraySum": ArraySum})

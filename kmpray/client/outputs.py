@@ -1,0 +1,67 @@
+"""``get_output``: a task's ``Success.data`` with its real values (kmpray/artifacts.py).
+
+The scheduler answers with the wire data and the object store references it holds; the
+values come straight from the object store to this process (arrays read-only, zero-copy
+on the same node). A value whose reference is gone (restart) or lost (its node died) is
+read back from its artifact by the scheduler and put in the object store again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from ..artifacts import MARK, descriptors, from_stored, join
+from ..errors import KmprayError
+from ..timing import FETCH_TIMEOUT_S
+from .remote import _await, _ray
+
+
+class OutputMissing(KmprayError):
+    """A large value's object and its artifact are both gone (removed by hand?)."""
+
+
+def _missing(desc: dict[str, Any]) -> OutputMissing:
+    return OutputMissing(
+        f"artifact {desc['sha256'][:12]}… ({desc[MARK]}, {desc.get('nbytes')} bytes) is missing"
+    )
+
+
+def _wanted(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The large values to fetch, once each (equal content shares one descriptor)."""
+    return {d["sha256"]: d for d in descriptors(data)}
+
+
+def resolve(client: Any, answer: tuple[dict[str, Any] | None, dict[str, Any]] | None) -> dict[str, Any] | None:
+    if answer is None or answer[0] is None:
+        return None
+    data, refs = answer
+    ray = _ray()
+    values: dict[str, Any] = {}
+    for digest, desc in _wanted(data).items():
+        try:  # the reference the scheduler holds; else (none, or lost) the artifact, put again
+            values[digest] = from_stored(desc[MARK], ray.get(refs[digest], timeout=FETCH_TIMEOUT_S))
+        except Exception:
+            got = client._call("blob", digest, desc[MARK], digest in refs)
+            if got is None:
+                raise _missing(desc) from None
+            values[digest] = from_stored(desc[MARK], ray.get(got[0], timeout=FETCH_TIMEOUT_S))
+    return join(data, lambda d: values[d["sha256"]])  # type: ignore[no-any-return]
+
+
+async def resolve_async(
+    client: Any, answer: tuple[dict[str, Any] | None, dict[str, Any]] | None
+) -> dict[str, Any] | None:
+    if answer is None or answer[0] is None:
+        return None
+    data, refs = answer
+    values: dict[str, Any] = {}
+    for digest, desc in _wanted(data).items():
+        try:
+            values[digest] = from_stored(desc[MARK], await asyncio.wait_for(_await(refs[digest]), FETCH_TIMEOUT_S))
+        except Exception:
+            got = await client._call_async("blob", digest, desc[MARK], digest in refs)
+            if got is None:
+                raise _missing(desc) from None
+            values[digest] = from_stored(desc[MARK], await asyncio.wait_for(_await(got[0]), FETCH_TIMEOUT_S))
+    return join(data, lambda d: values[d["sha256"]])  # type: ignore[no-any-return]

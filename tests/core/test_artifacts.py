@@ -1,0 +1,177 @@
+"""Step data beyond msgpack (kmpray/artifacts.py): descriptors, splitting, joining, files."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+import pytest
+
+from kmpray.artifacts import (
+    MARK,
+    ArtifactDir,
+    descriptors,
+    from_stored,
+    is_plain,
+    join,
+    public,
+    split,
+    to_json,
+)
+from kmpray.errors import InvalidParameters
+
+KIB = 1024
+
+
+def roundtrip(
+    data: dict[str, Any], inline: int = 64 * KIB, cap: int = 1024 * KIB
+) -> tuple[dict[str, Any], Any]:
+    """Split, keep the large values as the object store would, join back."""
+    wire, blobs = split(data, inline, cap, 1 << 40)
+    msgpack.packb(wire, use_bin_type=True)  # the wire data is plain msgpack, always
+    held = {b.digest: from_stored(b.kind, b.value) for b in blobs}
+    return wire, join(wire, lambda d: held[d["sha256"]])
+
+
+@pytest.mark.parametrize(
+    "arr",
+    [
+        np.arange(10, dtype=np.float64),
+        np.zeros((3, 4, 5), dtype=np.int8),
+        np.array([True, False]),
+        np.array([1 + 2j], dtype=np.complex128),
+        np.arange(12, dtype=">u4").reshape(3, 4),  # big-endian
+        np.zeros(0, dtype=np.float32),
+        np.array([(1, 2.0)], dtype=[("a", "<i4"), ("b", "<f8")]),  # structured, no objects
+        np.arange(100_000, dtype=np.float64),  # large: by reference
+        np.arange(40_000, dtype=np.int64).reshape(200, 200)[:, ::2],  # not contiguous
+    ],
+)
+def test_arrays_come_back_equal_and_read_only(arr: np.ndarray) -> None:
+    wire, back = roundtrip({"a": arr, "nested": {"list": [arr, 1]}})
+    for got in (back["a"], back["nested"]["list"][0]):
+        assert isinstance(got, np.ndarray) and got.dtype == arr.dtype and got.shape == arr.shape
+        assert np.array_equal(got, arr) and not got.flags.writeable
+    assert back["nested"]["list"][1] == 1
+    desc = wire["a"]
+    assert desc[MARK] == "ndarray" and desc["shape"] == list(arr.shape) and desc["nbytes"] == arr.nbytes
+    assert ("sha256" in desc) == (arr.nbytes > 64 * KIB)  # large by reference, small inline
+
+
+def test_same_content_is_one_blob_and_different_content_another() -> None:
+    a = np.ones(20_000)
+    wire, blobs = split({"x": a, "y": a.copy(), "z": a + 1}, 64 * KIB, 1024 * KIB, 1 << 40)
+    assert wire["x"]["sha256"] == wire["y"]["sha256"] != wire["z"]["sha256"]
+    assert len(blobs) == 2
+    # The digest covers dtype and shape, not only the bytes.
+    w2, _ = split({"x": a.reshape(100, 200)}, 64 * KIB, 1024 * KIB, 1 << 40)
+    assert w2["x"]["sha256"] != wire["x"]["sha256"]
+
+
+def test_plain_data_is_left_as_before() -> None:
+    data = {"s": "x" * 100_000, "b": b"\x00\xff" * 10, "n": [1, 2.5, None, True]}
+    assert is_plain(data, 1024 * KIB) and is_plain(None, 1)
+    wire, blobs = split(data, 64 * KIB, 1024 * KIB, 1 << 40)
+    assert wire == data and blobs == []  # under the output cap nothing moves
+    assert not is_plain({"a": np.zeros(1)}, 1024 * KIB)
+
+
+def test_output_over_the_row_cap_moves_its_largest_values_out() -> None:
+    data = {"big": b"\x01" * 900 * KIB, "list": list(range(100_000)), "small": "kept"}
+    wire, back = roundtrip(data, cap=1024 * KIB)
+    # 1.2 MB in all: moving the 900 KB value is enough; the 300 KB list stays in the row.
+    assert wire["big"][MARK] == "bytes" and wire["list"] == data["list"] and wire["small"] == "kept"
+    assert back == data
+    wire, back = roundtrip(data, cap=200 * KIB)
+    assert wire["big"][MARK] == "bytes" and wire["list"][MARK] == "msgpack" and back == data
+
+
+def test_numpy_scalars_become_python_values() -> None:
+    wire, back = roundtrip({"f": np.float32(1.5), "i": np.int64(7), "b": np.bool_(True)})
+    assert back == {"f": 1.5, "i": 7, "b": True} and type(back["i"]) is int
+
+
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        ({"o": np.array([object(), 1], dtype=object)}, ["Success.data['o']", "dtype object", "pickle"]),
+        ({"s": {1, 2}}, ["Success.data['s']", "set", "not msgpack-serializable"]),
+        ({"d": {"x": [np.array([{}], dtype=object)]}}, ["Success.data['d']['x'][0]", "object"]),
+        ({MARK: 1}, ["reserved"]),
+        ({"d": {MARK: "ndarray"}}, ["Success.data['d']", "reserved"]),
+    ],
+)
+def test_values_that_cannot_be_stored_without_pickle_name_their_key(
+    data: dict[str, Any], words: list[str]
+) -> None:
+    with pytest.raises(InvalidParameters) as err:
+        split(data, 64 * KIB, 1024 * KIB, 1 << 40)
+    assert all(w in str(err.value) for w in words), str(err.value)
+
+
+def test_an_output_over_max_artifact_bytes_names_key_type_and_cap() -> None:
+    with pytest.raises(InvalidParameters) as err:
+        split({"ok": np.zeros(10_000), "huge": np.zeros(50_000)}, 1 * KIB, 1024 * KIB, 200_000)
+    msg = str(err.value)
+    assert "Success.data['huge']" in msg and "float64" in msg and "max_artifact_bytes (200000 bytes)" in msg
+
+
+def test_public_view_and_json_input_carry_descriptors_not_payload() -> None:
+    wire, _ = split(
+        {"small": np.arange(3), "big": np.zeros(100_000), "raw": b"ab", "n": 1}, 64 * KIB, 1024 * KIB, 1 << 40
+    )
+    shown = public(wire)
+    assert "b" not in shown["small"] and shown["small"]["shape"] == [3] and shown["big"] == wire["big"]
+    assert shown["raw"] == b"ab" and shown["n"] == 1 and "b" in wire["small"]  # wire itself untouched
+    text = to_json(wire)
+    assert len(text) < 600
+    parsed = json.loads(text)
+    assert parsed["raw"] == {MARK: "bytes", "nbytes": 2} and parsed["big"]["nbytes"] == 800_000
+    assert [d["sha256"] for d in descriptors(wire)] == [wire["big"]["sha256"]]
+    plain = {"x": [1, {"y": 2}]}
+    assert public(plain) is plain
+
+
+def test_artifact_files_round_trip_without_pickle(tmp_path: Path) -> None:
+    folder = ArtifactDir(tmp_path / "artifacts", durability="full")
+    data = {
+        "a": np.arange(50_000, dtype=np.int32).reshape(250, 200),
+        "b": b"\x07" * 100_000,
+        "m": list(range(30_000)),
+    }
+    wire, blobs = split(data, 1 * KIB, 64 * KIB, 1 << 40)
+    for blob in blobs:
+        assert folder.write(blob) > 0 and folder.write(blob) == 0  # written once
+    names = sorted(p.suffix for p in folder.root.iterdir())
+    assert names == [".bin", ".msgpack", ".npy"]
+    back = join(wire, lambda d: from_stored(d[MARK], folder.read(d)))
+    assert np.array_equal(back["a"], data["a"]) and not back["a"].flags.writeable
+    assert back["b"] == data["b"] and back["m"] == data["m"]
+    # An .npy that would need pickle is refused, never loaded.
+    evil = folder.path("0" * 64, "ndarray")
+    np.save(evil, np.array([object()], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError):
+        folder.read({MARK: "ndarray", "sha256": "0" * 64})
+    with pytest.raises(ValueError):
+        folder.path("../escape", "ndarray")
+
+
+def test_sweep_removes_what_no_row_refers_to_after_the_grace(tmp_path: Path) -> None:
+    folder = ArtifactDir(tmp_path / "a")
+    wire, blobs = split({"x": np.zeros(10_000), "y": np.ones(10_000)}, 1 * KIB, 64 * KIB, 1 << 40)
+    for blob in blobs:
+        folder.write(blob)
+    keep = wire["x"]["sha256"]
+    assert folder.sweep({keep}, grace_s=3600) == (0, 0)  # young files stay: a report may be on its way
+    old = time.time() - 7200
+    for p in folder.root.iterdir():
+        os.utime(p, (old, old))
+    files, freed = folder.sweep({keep}, grace_s=3600)
+    assert files == 1 and freed > 80_000
+    assert [p.name.split(".")[0] for p in folder.root.iterdir()] == [keep]
+    assert folder.total_bytes() > 80_000
