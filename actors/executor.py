@@ -350,9 +350,10 @@ class ExecutorBase:
         cfg = self.config
         try:
             wire, blobs = await asyncio.to_thread(
-                split, result.data or {}, cfg.inline_data_bytes, cfg.max_output_bytes, cfg.max_artifact_bytes)
-            check_output(wire, cfg)
+                split, result.data or {}, cfg.inline_data_bytes, cfg.max_output_bytes, cfg.max_artifact_bytes,
+                False)  # hashed below, while written
             stored = list(await asyncio.gather(*(self._store(b) for b in blobs))) if blobs else None
+            check_output(wire, cfg)
         except InvalidParameters as exc:
             return Failure(str(exc)), None
         except Exception as exc:  # the object store or the disk refused it
@@ -365,15 +366,15 @@ class ExecutorBase:
         artifact node, write its file meanwhile: both before the result is reported."""
         put = asyncio.to_thread(ray.put, blob.value)
         if self._local_artifacts and self._artifacts is not None:
-            ref, _ = await asyncio.gather(put, asyncio.to_thread(self._artifacts.write, blob))
+            ref, _ = await asyncio.gather(put, asyncio.to_thread(self._artifacts.write, blob))  # hashes it
         else:
-            ref = await put
+            ref, _ = await asyncio.gather(put, asyncio.to_thread(blob.hash))
         return Stored(blob.digest, blob.kind, blob.nbytes, ref, self._local_artifacts, blob.where)
 
     async def _fetch(self, desc: dict[str, Any], refs: dict[str, Any]) -> Any:
         """One large upstream value: from the object store; if it was lost (its owner or its
         node died, or the scheduler restarted and holds no reference), from its artifact."""
-        digest, kind = desc["sha256"], desc[MARK]
+        digest, kind = desc["blake3"], desc[MARK]
         ref = refs.get(digest)
         if ref is not None:
             try:
@@ -391,10 +392,10 @@ class ExecutorBase:
         return from_stored(kind, await _get(got[0]))
 
     async def _upstream(self, upstream: dict[str, Any], refs: dict[str, Any]) -> dict[str, Any]:
-        wanted = {d["sha256"]: d for d in descriptors(upstream)}
+        wanted = {d["blake3"]: d for d in descriptors(upstream)}
         values = dict(zip(wanted, await asyncio.gather(*(self._fetch(d, refs) for d in wanted.values())),
                           strict=True))
-        return join(upstream, lambda d: values[d["sha256"]])  # type: ignore[no-any-return]
+        return join(upstream, lambda d: values[d["blake3"]])  # type: ignore[no-any-return]
 
     def _report(self, items: list[Report]) -> Any:
         if self._scheduler is None:

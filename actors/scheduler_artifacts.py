@@ -22,20 +22,20 @@ from kmpray.config import EngineConfig
 from kmpray.engine import SchedulerCore
 from kmpray.protocol import Done
 from kmpray.results import Success
-from kmpray.timing import ARTIFACT_GRACE_S, FETCH_TIMEOUT_S
+from kmpray.timing import ARTIFACT_GRACE_S, FETCH_TIMEOUT_S, PRUNE_S
 
 log = logging.getLogger("kmpray.scheduler")
 
 
 class ArtifactKeeper:
-    """References by sha256 and the folder's size; nothing here touches the core."""
+    """References by blake3 and the folder's size; nothing here touches the core."""
 
     def __init__(self, state_dir: str, config: EngineConfig) -> None:
         self.dir = ArtifactDir(Path(state_dir) / "artifacts", config.durability)
         self.node = ray.get_runtime_context().get_node_id()
         self.cap = config.max_artifacts_total_bytes
-        self.refs: dict[str, Any] = {}  # sha256 -> ObjectRef
-        self.sizes: dict[str, int] | None = None  # sha256 -> bytes on disk (scanned at first use)
+        self.refs: dict[str, Any] = {}  # blake3 -> ObjectRef
+        self.sizes: dict[str, int] | None = None  # blake3 -> bytes on disk (scanned at first use)
 
     @property
     def where(self) -> tuple[str, str]:
@@ -71,7 +71,8 @@ class ArtifactKeeper:
             if not s.saved and not self.dir.has(s.digest, s.kind):
                 try:
                     value = await asyncio.wait_for(asyncio.wrap_future(s.ref.future()), FETCH_TIMEOUT_S)
-                    await asyncio.to_thread(self.dir.write, Blob(s.digest, s.kind, value, s.nbytes, s.where))
+                    blob = Blob(s.kind, value, s.nbytes, s.where, {MARK: s.kind, "blake3": s.digest})
+                    await asyncio.to_thread(self.dir.write, blob)  # checks the content against the digest
                 except Exception as exc:
                     return f"{s.where}: its artifact could not be written ({type(exc).__name__}: {exc})"
             sizes[s.digest] = s.nbytes
@@ -80,7 +81,7 @@ class ArtifactKeeper:
 
     def refs_for(self, upstream: dict[str, Any]) -> dict[str, Any] | None:
         found = {
-            d["sha256"]: self.refs[d["sha256"]] for d in descriptors(upstream) if d["sha256"] in self.refs
+            d["blake3"]: self.refs[d["blake3"]] for d in descriptors(upstream) if d["blake3"] in self.refs
         }
         return found or None
 
@@ -90,15 +91,15 @@ class ArtifactKeeper:
         ref = None if fresh else self.refs.get(digest)
         if ref is None:
             try:
-                value = await asyncio.to_thread(self.dir.read, {MARK: kind, "sha256": digest})
+                value = await asyncio.to_thread(self.dir.read, {MARK: kind, "blake3": digest})
             except (FileNotFoundError, ValueError):
                 return None
             ref = await asyncio.to_thread(ray.put, value)
             self.refs[digest] = ref
         return ref
 
-    async def sweep(self, live: set[str], grace_s: float) -> tuple[int, int]:
-        for digest in [d for d in self.refs if d not in live]:
+    async def sweep(self, live: set[str], hot: set[str], grace_s: float) -> tuple[int, int]:
+        for digest in [d for d in self.refs if d not in hot]:
             del self.refs[digest]  # the object store frees it when no one else holds it
         files, freed = await asyncio.to_thread(self.dir.sweep, live, grace_s)
         if files:
@@ -106,14 +107,23 @@ class ArtifactKeeper:
         return files, freed
 
 
-def live_digests(core: SchedulerCore) -> set[str]:
-    """Every large value a row still refers to: results, and inputs merged at promotion."""
+def live_digests(core: SchedulerCore, recent_ms: int) -> tuple[set[str], set[str]]:
+    """Every large value a row still refers to (its file stays), and those worth keeping in
+    the object store: inputs of unfinished tasks, and outputs of the last ``recent_ms``
+    (their successors are about to start). Other values are read from their file when
+    asked for (get_output), so the object store does not fill with finished work."""
     live: set[str] = set()
+    hot: set[str] = set()
+    since = core.clock.now_ms() - recent_ms
     for rec in core.tasks.values():
-        for data in (rec.result.data if isinstance(rec.result, Success) else None, rec.upstream):
+        result = rec.result.data if isinstance(rec.result, Success) else None
+        for data, wanted in ((result, rec.updated_at_ms >= since), (rec.upstream, not rec.state.is_finished)):
             if data:
-                live.update(d["sha256"] for d in descriptors(data))
-    return live
+                found = [d["blake3"] for d in descriptors(data)]
+                live.update(found)
+                if wanted:
+                    hot.update(found)
+    return live, hot
 
 
 class SchedulerArtifacts:
@@ -139,12 +149,13 @@ class SchedulerArtifacts:
         return None if ref is None else [ref]
 
     async def sweep_artifacts(self, grace_s: float = ARTIFACT_GRACE_S) -> dict[str, int]:
-        """Remove the files and references no row refers to any more (also at each prune)."""
+        """Remove the files no row refers to any more, and let go of the object store
+        references no unfinished task needs (at each prune round; callable for tests)."""
         await self._ready
         if not self.artifacts.refs and not self.artifacts.dir.root.is_dir():
             return {"removed": 0, "freed_bytes": 0, "kept": 0}  # no large data ever: no scan
-        live = live_digests(self.core)
-        files, freed = await self.artifacts.sweep(live, grace_s)
+        live, hot = live_digests(self.core, int(2 * PRUNE_S * 1000))
+        files, freed = await self.artifacts.sweep(live, hot, grace_s)
         if files:
             log.info("artifacts: removed %d files (%d bytes) no task refers to", files, freed)
         return {"removed": files, "freed_bytes": freed, "kept": len(live)}

@@ -6,7 +6,7 @@ executor, ``split`` turns it into *wire data*: plain msgpack in which
 
 - a small array (at most ``inline_data_bytes``) is a descriptor carrying its ``.npy``
   bytes (``"b"``): it lives in the store row like any other value;
-- a large array is a descriptor naming its content (``"sha256"``): the array itself goes
+- a large array is a descriptor naming its content (``"blake3"``): the array itself goes
   to Ray's object store once, and to a content-addressed file under
   ``state_dir/artifacts`` before the step counts as SUCCEEDED (``ArtifactDir``);
 - bytes and other msgpack values stay in the row as they always did, unless the output
@@ -22,17 +22,20 @@ written and read as ``.npy`` with ``allow_pickle=False``, other values as msgpac
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import errno
 import io
 import json
+import mmap
 import os
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import blake3
 import msgpack
 import numpy as np
 
@@ -42,15 +45,44 @@ MARK = "$kmpray"
 _EXT = {"ndarray": ".npy", "bytes": ".bin", "msgpack": ".msgpack"}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Blob:
-    """A large value of one output: what goes to the object store and the artifact folder."""
+    """A large value of one output: what goes to the object store and the artifact folder.
+    Its digest is the blake3 of its artifact file's bytes (``b3sum`` checks a file),
+    set in ``desc`` once computed (``seal``): the executor hashes while it writes."""
 
-    digest: str
     kind: str  # "ndarray" | "bytes" | "msgpack"
     value: Any  # the array (C-contiguous), the bytes, or the packed msgpack bytes
     nbytes: int
     where: str  # "Success.data['key']..." for messages
+    desc: dict[str, Any]  # the descriptor in the wire data
+
+    @property
+    def digest(self) -> str:
+        return str(self.desc["blake3"])
+
+    def parts(self) -> list[memoryview]:
+        """The artifact file's bytes, in order (an array's .npy header, then its data)."""
+        if self.kind != "ndarray":
+            return [memoryview(self.value)]
+        head = io.BytesIO()
+        meta = np.lib.format.header_data_from_array_1_0(self.value)
+        try:
+            np.lib.format.write_array_header_1_0(head, meta)
+        except ValueError:  # a header too big for format 1.0 (many structured fields)
+            np.lib.format.write_array_header_2_0(head, meta)
+        data = self.value.reshape(-1).view(np.uint8).data if self.value.size else memoryview(b"")
+        return [head.getbuffer(), data]
+
+    def seal(self, digest: str) -> None:
+        self.desc["blake3"] = digest
+
+    def hash(self) -> str:
+        h = blake3.blake3()
+        for part in self.parts():
+            h.update(part)
+        self.seal(h.hexdigest())
+        return self.digest
 
 
 def is_plain(data: dict[str, Any] | None, max_output_bytes: int) -> bool:
@@ -71,28 +103,34 @@ def _describe_type(value: object) -> str:
 
 
 def split(
-    data: dict[str, Any], inline_limit: int, max_output_bytes: int, max_artifact_bytes: int
+    data: dict[str, Any], inline_limit: int, max_output_bytes: int, max_artifact_bytes: int, hashed: bool = True
 ) -> tuple[dict[str, Any], list[Blob]]:
     """Wire data for ``data`` and its large values. Arrays over ``inline_limit`` always go
     large; other values (bytes, msgpack) only when the output would pass
     ``max_output_bytes`` otherwise: then its largest top-level values, biggest first.
     Raises InvalidParameters naming the key, its type and the limit for a value that
-    cannot be stored without pickle or is too big."""
+    cannot be stored without pickle or is too big. ``hashed=False``: the large values'
+    digests are left to the caller (``Blob.seal``; the executor hashes while writing)."""
     if MARK in data:
         raise InvalidParameters(f"Success.data: the key {MARK!r} is reserved for kmpray's descriptors")
-    blobs: dict[str, Blob] = {}
+    blobs: dict[int, Blob] = {}  # by id of the value: one object returned twice is one blob
     total = [0]
 
-    def large(kind: str, value: Any, nbytes: int, where: str, digest: str, shown: object) -> dict[str, Any]:
-        if digest not in blobs:
-            total[0] += nbytes
-            if total[0] > max_artifact_bytes:
-                raise InvalidParameters(
-                    f"{where}: {_describe_type(shown)} of {nbytes} bytes takes this output past "
-                    f"max_artifact_bytes ({max_artifact_bytes} bytes)"
-                )
-            blobs[digest] = Blob(digest, kind, value, nbytes, where)
-        return {MARK: kind, "nbytes": nbytes, "sha256": digest}
+    def large(kind: str, value: Any, nbytes: int, where: str, shown: object, head: dict[str, Any]) -> dict[str, Any]:
+        found = blobs.get(id(value))
+        if found is not None:
+            return found.desc
+        total[0] += nbytes
+        if total[0] > max_artifact_bytes:
+            raise InvalidParameters(
+                f"{where}: {_describe_type(shown)} of {nbytes} bytes takes this output past "
+                f"max_artifact_bytes ({max_artifact_bytes} bytes)"
+            )
+        desc = {**head, MARK: kind, "nbytes": nbytes, "blake3": None}
+        blob = blobs[id(value)] = Blob(kind, value, nbytes, where, desc)
+        if hashed:
+            blob.hash()
+        return desc
 
     def walk(value: Any, where: str) -> Any:
         if isinstance(value, np.ndarray):
@@ -101,15 +139,13 @@ def split(
                     f"{where}: numpy array of dtype {value.dtype} holds Python objects; only arrays of "
                     f"non-object dtypes can be stored without pickle"
                 )
-            arr = np.ascontiguousarray(value)
+            arr = value if value.flags.c_contiguous else np.ascontiguousarray(value)
             head = {MARK: "ndarray", "dtype": str(arr.dtype), "shape": list(arr.shape)}
             if arr.nbytes <= inline_limit:
                 buf = io.BytesIO()
                 np.lib.format.write_array(buf, arr, allow_pickle=False)
                 return {**head, "nbytes": arr.nbytes, "b": buf.getvalue()}
-            h = hashlib.sha256(f"{arr.dtype.str}{arr.shape}".encode())
-            h.update(arr.reshape(-1).view(np.uint8).data if arr.size else b"")
-            return {**head, **large("ndarray", arr, arr.nbytes, where, h.hexdigest(), arr)}
+            return large("ndarray", arr, arr.nbytes, where, arr, head)
         if isinstance(value, np.generic):  # numpy scalars: their Python value
             if value.dtype.hasobject:
                 raise InvalidParameters(f"{where}: numpy object scalar cannot be stored without pickle")
@@ -146,12 +182,10 @@ def split(
         where = f"Success.data[{k!r}]"
         v = wire[k]
         if isinstance(v, bytes):
-            wire[k] = large("bytes", v, len(v), where, hashlib.sha256(v).hexdigest(), v)
+            wire[k] = large("bytes", v, len(v), where, v, {})
         else:
             packed = msgpack.packb(v, use_bin_type=True)
-            wire[k] = large(
-                "msgpack", packed, len(packed), where, hashlib.sha256(packed).hexdigest(), data[k]
-            )
+            wire[k] = large("msgpack", packed, len(packed), where, data[k], {})
         over -= sizes[k]
     return wire, list(blobs.values())
 
@@ -161,13 +195,13 @@ def _is_desc(value: object) -> bool:
 
 
 def descriptors(data: Any) -> list[dict[str, Any]]:
-    """Every descriptor of a large value (one with ``sha256``) in wire data."""
+    """Every descriptor of a large value (one with ``blake3``) in wire data."""
     out: list[dict[str, Any]] = []
 
     def walk(value: Any) -> None:
         if isinstance(value, dict):
             if MARK in value:
-                if "sha256" in value:
+                if "blake3" in value:
                     out.append(value)
                 return
             for v in value.values():
@@ -239,8 +273,89 @@ def join(data: Any, fetch: Callable[[dict[str, Any]], Any]) -> Any:
     return data
 
 
+_CHUNK = 8 << 20  # bytes per write: a page-aligned buffer, reused
+
+
+def _stream(path: Path, parts: list[memoryview], fsync: bool) -> tuple[str, int]:
+    """Write ``parts`` to a new file and hash them in one pass. With O_DIRECT where the file
+    system takes it: a fresh file's page cache costs a VM like this one ~300 MB/s to fill
+    (first-touch faults), O_DIRECT from a reused aligned buffer ~1.8 GB/s, and the bytes
+    are on disk, not only in memory. Returns (blake3, size)."""
+    h = blake3.blake3()
+    size = sum(len(p) for p in parts)
+    direct = getattr(os, "O_DIRECT", 0)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | direct, 0o644)
+    try:
+        if direct and size >= _CHUNK:
+            try:
+                return _stream_direct(fd, parts, h, size, fsync)
+            except OSError as exc:  # EINVAL: the file system refused direct I/O after all
+                if exc.errno != errno.EINVAL:
+                    raise
+                h = blake3.blake3()
+                os.ftruncate(fd, 0)
+                os.lseek(fd, 0, os.SEEK_SET)
+                os.close(fd)
+                fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+        elif direct:  # small: buffered is fine (and needs no alignment)
+            os.close(fd)
+            fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+        for part in parts:
+            h.update(part)
+            view = part
+            while len(view):
+                view = view[os.write(fd, view):]
+        if fsync:
+            os.fsync(fd)
+        return h.hexdigest(), size
+    finally:
+        os.close(fd)
+
+
+def _stream_direct(fd: int, parts: list[memoryview], h: Any, size: int, fsync: bool) -> tuple[str, int]:
+    """Two page-aligned buffers: one is written (a thread; the GIL is released) while the
+    next is filled and hashed here, so hashing and disk overlap."""
+    bufs = [mmap.mmap(-1, _CHUNK), mmap.mmap(-1, _CHUNK)]
+    try:
+        with ThreadPoolExecutor(1, thread_name_prefix="kmpray-artifact") as writer:
+            pending: Future[None] | None = None
+            turn, fill = 0, 0
+            for part in parts:
+                off = 0
+                while off < len(part):
+                    n = min(_CHUNK - fill, len(part) - off)
+                    piece = part[off : off + n]
+                    bufs[turn][fill : fill + n] = piece
+                    h.update(piece)
+                    fill += n
+                    off += n
+                    if fill == _CHUNK:
+                        if pending is not None:
+                            pending.result()  # the other buffer is free again
+                        pending = writer.submit(_write_all, fd, memoryview(bufs[turn]))
+                        turn, fill = 1 - turn, 0
+            if pending is not None:
+                pending.result()
+            if fill:
+                pad = -fill % 4096  # whole blocks, then cut back to the real size
+                with memoryview(bufs[turn]) as view:
+                    _write_all(fd, view[: fill + pad])
+                os.ftruncate(fd, size)
+        if fsync:
+            os.fsync(fd)
+        return h.hexdigest(), size
+    finally:
+        for buf in bufs:
+            buf.close()
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    while len(view):
+        view = view[os.write(fd, view) :]
+
+
 class ArtifactDir:
-    """Content-addressed files: ``<sha256>.npy`` (arrays, ``allow_pickle=False``), ``.bin``
+    """Content-addressed files: ``<blake3>.npy`` (arrays, ``allow_pickle=False``), ``.bin``
     (bytes), ``.msgpack`` (other values). Written to a temporary name, then renamed, so a
     reader sees a whole file or none; with ``durability="full"`` fsynced before the rename."""
 
@@ -257,21 +372,22 @@ class ArtifactDir:
         return self.path(digest, kind).exists()
 
     def write(self, blob: Blob) -> int:
-        """Write one blob (once: an existing file holds the same content). Returns bytes written."""
-        target = self.path(blob.digest, blob.kind)
-        if target.exists():
+        """Write one blob, hashing it on the way (the digest names the file and is sealed
+        into its descriptor; a digest already set must match). Once per content: a file
+        that exists holds the same bytes. Returns the bytes written (0: it existed)."""
+        known = blob.desc.get("blake3")
+        if known and self.has(known, blob.kind):
             return 0
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f".{blob.digest}.{uuid.uuid4().hex}.tmp"
+        tmp = self.root / f".{uuid.uuid4().hex}.tmp"
         try:
-            with open(tmp, "wb") as f:
-                if blob.kind == "ndarray":
-                    np.lib.format.write_array(f, blob.value, allow_pickle=False)
-                else:
-                    f.write(blob.value)
-                if self.fsync:
-                    f.flush()
-                    os.fsync(f.fileno())
+            digest, size = _stream(tmp, blob.parts(), self.fsync)
+            if known and known != digest:
+                raise ValueError(f"{blob.where}: content does not match its digest {known[:12]}…")
+            blob.seal(digest)
+            target = self.path(digest, blob.kind)
+            if target.exists():
+                return 0
             os.replace(tmp, target)
             if self.fsync:
                 fd = os.open(self.root, os.O_RDONLY)
@@ -279,15 +395,15 @@ class ArtifactDir:
                     os.fsync(fd)
                 finally:
                     os.close(fd)
+            return size
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
-        return target.stat().st_size
 
     def read(self, desc: dict[str, Any]) -> Any:
         """The stored value (an array memory-mapped read-only), or FileNotFoundError."""
         kind = desc[MARK]
-        path = self.path(desc["sha256"], kind)
+        path = self.path(desc["blake3"], kind)
         if kind == "ndarray":
             return np.load(path, mmap_mode="r", allow_pickle=False)
         return path.read_bytes()

@@ -41,7 +41,7 @@ class Run(NamedTuple):
     timeout_ms: int | None
     start_at_ms: int | None  # handed over ahead of its due time: begin then (epoch ms)
     # The object store references of large upstream values the scheduler still holds, by
-    # sha256 (kmpray/artifacts.py); one missing is read from its artifact instead.
+    # blake3 (kmpray/artifacts.py); one missing is read from its artifact instead.
     refs: dict[str, Any] | None = None
 
 
@@ -56,7 +56,7 @@ class Fence(NamedTuple):
 class Stored(NamedTuple):
     """A large value of a run's output, put in the object store by the executor."""
 
-    digest: str  # sha256, as in the output's descriptor
+    digest: str  # blake3, as in the output's descriptor
     kind: str  # "ndarray" | "bytes" | "msgpack"
     nbytes: int
     ref: Any  # ray.ObjectRef

@@ -23,13 +23,13 @@ class OutputMissing(KmprayError):
 
 def _missing(desc: dict[str, Any]) -> OutputMissing:
     return OutputMissing(
-        f"artifact {desc['sha256'][:12]}… ({desc[MARK]}, {desc.get('nbytes')} bytes) is missing"
+        f"artifact {desc['blake3'][:12]}… ({desc[MARK]}, {desc.get('nbytes')} bytes) is missing"
     )
 
 
 def _wanted(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The large values to fetch, once each (equal content shares one descriptor)."""
-    return {d["sha256"]: d for d in descriptors(data)}
+    return {d["blake3"]: d for d in descriptors(data)}
 
 
 def resolve(client: Any, answer: tuple[dict[str, Any] | None, dict[str, Any]] | None) -> dict[str, Any] | None:
@@ -46,7 +46,7 @@ def resolve(client: Any, answer: tuple[dict[str, Any] | None, dict[str, Any]] | 
             if got is None:
                 raise _missing(desc) from None
             values[digest] = from_stored(desc[MARK], ray.get(got[0], timeout=FETCH_TIMEOUT_S))
-    return join(data, lambda d: values[d["sha256"]])  # type: ignore[no-any-return]
+    return join(data, lambda d: values[d["blake3"]])  # type: ignore[no-any-return]
 
 
 async def resolve_async(
@@ -64,4 +64,4 @@ async def resolve_async(
             if got is None:
                 raise _missing(desc) from None
             values[digest] = from_stored(desc[MARK], await asyncio.wait_for(_await(got[0]), FETCH_TIMEOUT_S))
-    return join(data, lambda d: values[d["sha256"]])  # type: ignore[no-any-return]
+    return join(data, lambda d: values[d["blake3"]])  # type: ignore[no-any-return]

@@ -35,7 +35,7 @@ def roundtrip(
     wire, blobs = split(data, inline, cap, 1 << 40)
     msgpack.packb(wire, use_bin_type=True)  # the wire data is plain msgpack, always
     held = {b.digest: from_stored(b.kind, b.value) for b in blobs}
-    return wire, join(wire, lambda d: held[d["sha256"]])
+    return wire, join(wire, lambda d: held[d["blake3"]])
 
 
 @pytest.mark.parametrize(
@@ -60,17 +60,40 @@ def test_arrays_come_back_equal_and_read_only(arr: np.ndarray) -> None:
     assert back["nested"]["list"][1] == 1
     desc = wire["a"]
     assert desc[MARK] == "ndarray" and desc["shape"] == list(arr.shape) and desc["nbytes"] == arr.nbytes
-    assert ("sha256" in desc) == (arr.nbytes > 64 * KIB)  # large by reference, small inline
+    assert ("blake3" in desc) == (arr.nbytes > 64 * KIB)  # large by reference, small inline
 
 
-def test_same_content_is_one_blob_and_different_content_another() -> None:
+def test_digest_is_the_artifact_files_blake3_and_names_content(tmp_path: Path) -> None:
+    import blake3
+
     a = np.ones(20_000)
-    wire, blobs = split({"x": a, "y": a.copy(), "z": a + 1}, 64 * KIB, 1024 * KIB, 1 << 40)
-    assert wire["x"]["sha256"] == wire["y"]["sha256"] != wire["z"]["sha256"]
-    assert len(blobs) == 2
-    # The digest covers dtype and shape, not only the bytes.
+    wire, blobs = split({"x": a, "y": a, "z": a.copy(), "w": a + 1}, 64 * KIB, 1024 * KIB, 1 << 40)
+    assert wire["x"]["blake3"] == wire["y"]["blake3"] == wire["z"]["blake3"] != wire["w"]["blake3"]
+    assert len(blobs) == 3  # one object returned twice is one blob; equal content is one file
+    folder = ArtifactDir(tmp_path)
+    assert [folder.write(b) > 0 for b in blobs] == [True, False, True]
+    for blob in blobs:
+        assert blake3.blake3(folder.path(blob.digest, "ndarray").read_bytes()).hexdigest() == blob.digest
+    # The digest covers dtype and shape (the .npy header), not only the bytes.
     w2, _ = split({"x": a.reshape(100, 200)}, 64 * KIB, 1024 * KIB, 1 << 40)
-    assert w2["x"]["sha256"] != wire["x"]["sha256"]
+    assert w2["x"]["blake3"] != wire["x"]["blake3"]
+
+
+@pytest.mark.parametrize("mb", [8, 9, 20])  # whole 8 MiB chunks, a tail to pad, several chunks
+def test_large_files_are_written_and_hashed_in_one_pass(tmp_path: Path, mb: int) -> None:
+    import blake3
+
+    arr = np.random.default_rng(mb).integers(0, 255, size=mb * 1024 * 1024 + 13, dtype=np.uint8)
+    wire, blobs = split({"a": arr}, 64 * KIB, 1024 * KIB, 1 << 40, hashed=False)
+    assert wire["a"]["blake3"] is None
+    size = ArtifactDir(tmp_path).write(blobs[0])
+    path = ArtifactDir(tmp_path).path(wire["a"]["blake3"], "ndarray")
+    assert size == path.stat().st_size and blake3.blake3(path.read_bytes()).hexdigest() == wire["a"]["blake3"]
+    back = np.load(path, allow_pickle=False)
+    assert np.array_equal(back, arr)
+    other = {"a": arr}
+    w3, b3 = split(other, 64 * KIB, 1024 * KIB, 1 << 40)  # hashed up front: the same digest
+    assert w3["a"]["blake3"] == wire["a"]["blake3"]
 
 
 def test_plain_data_is_left_as_before() -> None:
@@ -132,7 +155,7 @@ def test_public_view_and_json_input_carry_descriptors_not_payload() -> None:
     assert len(text) < 600
     parsed = json.loads(text)
     assert parsed["raw"] == {MARK: "bytes", "nbytes": 2} and parsed["big"]["nbytes"] == 800_000
-    assert [d["sha256"] for d in descriptors(wire)] == [wire["big"]["sha256"]]
+    assert [d["blake3"] for d in descriptors(wire)] == [wire["big"]["blake3"]]
     plain = {"x": [1, {"y": 2}]}
     assert public(plain) is plain
 
@@ -156,7 +179,7 @@ def test_artifact_files_round_trip_without_pickle(tmp_path: Path) -> None:
     evil = folder.path("0" * 64, "ndarray")
     np.save(evil, np.array([object()], dtype=object), allow_pickle=True)
     with pytest.raises(ValueError):
-        folder.read({MARK: "ndarray", "sha256": "0" * 64})
+        folder.read({MARK: "ndarray", "blake3": "0" * 64})
     with pytest.raises(ValueError):
         folder.path("../escape", "ndarray")
 
@@ -166,7 +189,7 @@ def test_sweep_removes_what_no_row_refers_to_after_the_grace(tmp_path: Path) -> 
     wire, blobs = split({"x": np.zeros(10_000), "y": np.ones(10_000)}, 1 * KIB, 64 * KIB, 1 << 40)
     for blob in blobs:
         folder.write(blob)
-    keep = wire["x"]["sha256"]
+    keep = wire["x"]["blake3"]
     assert folder.sweep({keep}, grace_s=3600) == (0, 0)  # young files stay: a report may be on its way
     old = time.time() - 7200
     for p in folder.root.iterdir():

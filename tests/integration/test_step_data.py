@@ -68,7 +68,7 @@ def test_arrays_pass_between_sequential_steps(vengine: Any) -> None:
             and shown["arr"]["shape"] == shape
             and "b" not in shown["arr"]
         )
-        assert ("sha256" in shown["arr"]) == (n * np.dtype(dtype).itemsize > 64 * 1024)
+        assert ("blake3" in shown["arr"]) == (n * np.dtype(dtype).itemsize > 64 * 1024)
         out = vengine.get_output(f"m{i}")
         assert isinstance(out["arr"], np.ndarray) and out["arr"].dtype == np.dtype(dtype)
         assert out["arr"].shape == tuple(shape) and not out["arr"].flags.writeable
