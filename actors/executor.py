@@ -30,9 +30,12 @@ from kmpray.artifacts import (
     is_plain,
     join,
     split,
+    to_json,
 )
 from kmpray.config import EngineConfig
+from kmpray.enums import InputMerger
 from kmpray.errors import InvalidParameters
+from kmpray.merging import merge
 from kmpray.protocol import Began, Done, Fence, Holding, Ping, Progress, Run, Stored
 from kmpray.results import Failure, Success, to_wire
 from kmpray.timing import (
@@ -260,7 +263,7 @@ class ExecutorBase:
         return cls
 
     async def _run(self, run: Run) -> None:
-        key_, run_id, worker, version, inp, upstream, previous, timeout_ms, start_at_ms, refs = run
+        key_, run_id, worker, version, inp, upstream, previous, timeout_ms, start_at_ms, refs, then, merger = run
         stored: list[Stored] | None = None
         key = (key_, run_id)
         try:
@@ -293,7 +296,27 @@ class ExecutorBase:
             self._cancelled.discard(key)
             self._unreported.pop(key, None)
             return
-        self._reports.add((Done(key_, run_id, to_wire(result), stored),))
+        followed = self._follow(then, merger, result, stored) if then is not None else None
+        self._reports.add((Done(key_, run_id, to_wire(result), stored, followed),))
+
+    def _follow(
+        self, then: Run, merger: str, result: Success | Failure, stored: list[Stored] | None
+    ) -> tuple[str, int, int] | None:
+        """One hop per step: a run that succeeded begins the chain task handed with it,
+        here and now, its input merged from this output (as a coordinator would). Said in
+        the result's report; the scheduler takes it as dispatched, or tells this executor
+        to drop it if the chain changed meanwhile."""
+        key = (then.key, then.run_id)
+        if not isinstance(result, Success) or key in self._cancelled or key in self._unreported:
+            return None
+        try:
+            upstream = merge(InputMerger(merger), [result.data])
+        except InvalidParameters:
+            return None  # the coordinator's promotion fails it, naming the key
+        inp = then.input if then.input is not None else (to_json(upstream) if upstream else None)
+        refs = {s.digest: s.ref for s in stored} if stored else None
+        self.submit([then._replace(input=inp, upstream=upstream or None, refs=refs)])
+        return (then.key, then.run_id, self.index)
 
     async def _execute(
         self,

@@ -51,7 +51,10 @@ class SchedulerReports:
         for d in done:
             if d.stored and (why := await self.artifacts.accept(d)) is not None:
                 refused[(d.key, d.run_id)] = why
-        for key, run_id, raw, _stored in done:
+        for key, run_id, raw, _stored, followed in done:
+            # The process that ran it (a successor it began runs in the same one).
+            i = self.pool.where.get((key, run_id))
+            ran_in = self.pool.slots[i].inflight.get((key, run_id)) if i is not None else None
             self.pool.reported((key, run_id))
             self.heavy.free((key, run_id))
             self.core.release_unplaced()
@@ -64,7 +67,22 @@ class SchedulerReports:
             if (key, run_id) in refused:
                 result = Failure(refused[(key, run_id)])
             self.core.complete(key, run_id, result)
+            if followed is not None:
+                self._followed(key, run_id, followed, ran_in)
         self._pump()
+
+    def _followed(self, key: str, run_id: int, followed: tuple[str, int, int], ran_in: str | None) -> None:
+        """The executor began the chain task handed with this run (it succeeded): that run
+        counts as dispatched there, or, if the chain changed meanwhile, it is dropped."""
+        then, then_run, i = followed
+        if i >= len(self.pool.slots):
+            return
+        slot = self.pool.slots[i]
+        if self.core.follow(key, run_id, then, then_run):
+            self.pool.held(i, (then, then_run), ran_in or slot.incarnation)
+            self.messages["handed_on"] += 1
+        else:
+            slot.handle.cancel.remote([(then, then_run)])
 
     async def loop_blocked(
         self, kind: str, index: int, incarnation: str, lag_s: float, worker: str | None,

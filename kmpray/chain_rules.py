@@ -15,9 +15,11 @@ from . import lifecycle
 from .chain import MAX_CHAIN_TASKS
 from .chain_coordination import Message, coordinator_index
 from .chain_record import ChainRecord, chain_state
+from .device import is_gated
 from .effects import Outcome, outcome_for
 from .enums import ExistingPolicy, InputMerger, ScheduleResult, TaskState
 from .errors import InvalidParameters, KmprayError
+from .merging import merge
 from .models import ChainInfo
 from .protocol import Cascade, Plan, Promote
 from .records import TaskRecord
@@ -157,6 +159,57 @@ class ChainRules:
                         rec = self.tasks.get(key)
                         if rec is not None and not rec.state.is_finished:
                             self._finish(rec, final, cause, now)
+
+    # ------------------------------------------------------- one hop per step
+    def successor(self: Core, rec: TaskRecord) -> TaskRecord | None:
+        """The task handed to an executor together with ``rec`` (being dispatched), to begin
+        there the moment ``rec`` succeeds, with no round trip through this scheduler or a
+        coordinator. Only where nothing else could decide otherwise: ``rec`` is the whole
+        of its step (so its success is the barrier), the next step is one task, still
+        BLOCKED, light, registered, with no device constraints and no delay."""
+        chain = self.chains.get(rec.chain_id) if rec.chain_id is not None else None
+        if chain is None or rec.step + 1 >= len(chain.steps) or chain.steps[rec.step] != [rec.key]:
+            return None
+        after = chain.steps[rec.step + 1]
+        nxt = self.tasks.get(after[0]) if len(after) == 1 else None
+        if (
+            nxt is None
+            or nxt.state is not TaskState.BLOCKED
+            or nxt.constraints.is_heavy_task
+            or is_gated(nxt.constraints)
+            or not isinstance(nxt.trigger, OneTime)
+            or nxt.trigger.initial_delay_ms
+            or not self.is_registered(nxt.worker)
+        ):
+            return None
+        return nxt
+
+    def follow(self: Core, key: str, run_id: int, then: str, then_run: int) -> bool:
+        """``key``'s run ``run_id`` just SUCCEEDED and its executor began the successor
+        handed with it as run ``then_run``: promote it (its input merged as a coordinator
+        would) and take that run as dispatched and begun. False when anything changed
+        meanwhile (cancelled, replaced, failed): the executor is told to drop the run."""
+        rec, nxt = self.tasks.get(key), self.tasks.get(then)
+        if rec is None or nxt is None or rec.state is not TaskState.SUCCEEDED or rec.run_id != run_id:
+            return False
+        # The handed run's id is the one after the successor's at hand-off; a restore since
+        # then has skipped that id (restore.py), as it does for any unstored dispatch.
+        if self.successor(rec) is not nxt or then_run not in (nxt.run_id + 1, nxt.run_id):
+            return False
+        try:
+            upstream = merge(nxt.input_merger, [rec.result.data if isinstance(rec.result, Success) else None])
+        except InvalidParameters:
+            return False  # the coordinator's promotion fails it, naming the key
+        now = self.clock.now_ms()
+        nxt.upstream = upstream or None
+        lifecycle.promote(nxt)
+        self._touch(nxt, now)  # stored ENQUEUED: a restarted scheduler adopts the run
+        nxt.run_id = then_run - 1
+        lifecycle.dispatch(nxt, None, now)
+        lifecycle.began(nxt, then_run)
+        if self.decisions.maxlen:
+            self.decisions.append((now, then, ("handed", then_run, f"with {key}, begun when it succeeded", None)))
+        return True
 
     def chain_snapshot(self: Core, index: int, pool: int) -> dict[str, dict[str, Any]]:
         """Unfinished chains owned by coordinator ``index``: what a restarted coordinator

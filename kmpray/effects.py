@@ -38,6 +38,10 @@ class Dispatch:
     nodes: tuple[str, ...] | None = None  # where it may run (None: anywhere)
     start_at_ms: int | None = None  # handed over ahead of its due time: begin then, not before
     crashes: int = 0  # processes that died under its last runs in a row (see run_lost)
+    # The chain task that begins on the same executor the moment this run succeeds
+    # (ChainRules.successor); its input is merged there from this run's output.
+    then: Dispatch | None = None
+    input_merger: str = "OVERWRITE"
 
     @property
     def suspect(self) -> bool:

@@ -42,6 +42,7 @@ from .queues import Deadlines, ReadyQueue, TimerQueue, sequence
 from .records import TaskRecord
 from .restore import Restoring
 from .results import Failure, Retry, Success
+from .timing import HAND_ON_DEPTH
 from .triggers import (
     DEVICE_TRIGGER_KINDS,
     ContentUri,
@@ -245,9 +246,23 @@ class SchedulerCore(UniqueWork, Restoring, ChainRules, Conditions, Explaining):
                     nodes=nodes,
                     start_at_ms=start_at,
                     crashes=rec.crashes,
+                    then=None if rec.constraints.is_heavy_task or rec.crashes else self._handed_with(rec, HAND_ON_DEPTH),
                 )
             )
         return out
+
+    def _handed_with(self, rec: TaskRecord, depth: int) -> Dispatch | None:
+        """The successor that goes along with ``rec``'s run, and its own, ``depth`` steps
+        deep: a sequential stretch of a chain runs on one executor with no round trip
+        between steps (one hop per step; ChainRules.successor says when that is allowed)."""
+        nxt = self.successor(rec) if depth > 0 else None
+        if nxt is None:
+            return None
+        return Dispatch(
+            key=nxt.key, name=nxt.name, run_id=nxt.run_id + 1, worker=nxt.worker, input=nxt.input, upstream=None,
+            previous_attempts=nxt.run_attempt_count, timeout_ms=nxt.constraints.timeout_ms, heavy=False,
+            chain_id=nxt.chain_id, then=self._handed_with(nxt, depth - 1), input_merger=nxt.input_merger.value,
+        )
 
     def _output(self, key: str) -> dict[str, Any] | None:
         rec = self.tasks.get(key)

@@ -43,6 +43,10 @@ class Run(NamedTuple):
     # The object store references of large upstream values the scheduler still holds, by
     # blake3 (kmpray/artifacts.py); one missing is read from its artifact instead.
     refs: dict[str, Any] | None = None
+    # One hop per step: the chain task to begin here the moment this run succeeds, its
+    # input merged here (InputMerger value ``then_merger``) from this run's output.
+    then: Run | None = None
+    then_merger: str = "OVERWRITE"
 
 
 class Fence(NamedTuple):
@@ -69,6 +73,8 @@ class Done(NamedTuple):
     run_id: int
     result: tuple[str, Any, Any]  # kmpray.results.to_wire
     stored: list[Stored] | None = None
+    # The successor handed with this run began here: (its key, its run id, this executor).
+    followed: tuple[str, int, int] | None = None
 
 
 class Progress(NamedTuple):

@@ -35,6 +35,10 @@ SETTLE_POLL_S = 0.5
 #: A run still going this long after its worker began is reported RUNNING on its own
 #: (a shorter run's result says it, with no message of its own).
 STARTED_NOTICE_S = 0.02
+#: One hop per step: a run is handed over with up to this many chain steps after it, each
+#: to begin on the same executor when the one before succeeds (engine.py _handed_with).
+#: Past it, one ordinary round trip through the scheduler starts the next stretch.
+HAND_ON_DEPTH = 32
 #: A large upstream value (kmpray/artifacts.py) not fetched from the object store in this
 #: long is read from its artifact instead (its node may have gone without Ray saying so yet).
 FETCH_TIMEOUT_S = 60.0

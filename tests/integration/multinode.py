@@ -160,59 +160,45 @@ class SumArray(kmpray.CommonWorker):
                                           "node": ray.get_runtime_context().get_node_id()})
 
 
-def step_data() -> None:
+def step_data(cluster: Cluster, sched: Any, state: str, other: Any, out: dict[str, object]) -> None:
     """#15: a 200 MB array between steps on two nodes (written to the artifact folder on
     the head by the scheduler, since the producer's node cannot reach it), and an object
-    lost with its node read back from that artifact."""
+    lost with its node read back from that artifact. Removes ``other``."""
     import time
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    other = cluster.add_node(num_cpus=1)
-    ray.init(address=cluster.address, log_to_driver=False)
-    cluster.wait_for_nodes()
     head = cluster.head_node.node_id
-    state = tempfile.mkdtemp()
-    out: dict[str, object] = {"head": head, "other": other.node_id}
-    sched = None
-    try:
-        sched = kmpray.connect(namespace="step-data", state_dir=state)
-        sched.register_worker("BigArray", BigArray)
-        sched.register_worker("SumArray", SumArray)
-        # Producers need charging (only the other node), consumers storage not low (only the head).
-        sched.set_device_state(node_id=head, charging=False)
-        sched.set_device_state(node_id=other.node_id, charging=True, storage_low=True)
-        make = Constraints(requires_charging=True)
-        use = Constraints(requires_storage_not_low=True)
-        start = time.monotonic()
-        sched.begin_with(TaskRequest("BigArray", input="200:", id="p", constraints=make)).then(
-            TaskRequest("SumArray", id="s", constraints=use)).with_id("c").enqueue()
-        out["state"] = sched.wait("c", timeout_s=120).state.value
-        out["seconds"] = round(time.monotonic() - start, 2)
-        out["consumer"] = sched.get_task_info("s").result.data
-        out["artifacts"] = os.listdir(os.path.join(state, "artifacts"))
+    sched.register_worker("BigArray", BigArray)
+    sched.register_worker("SumArray", SumArray)
+    # Producers need charging (only the other node), consumers storage not low (only the head).
+    sched.set_device_state(node_id=head, charging=False)
+    sched.set_device_state(node_id=other.node_id, charging=True, storage_low=True)
+    make = Constraints(requires_charging=True)
+    use = Constraints(requires_storage_not_low=True)
+    start = time.monotonic()
+    sched.begin_with(TaskRequest("BigArray", input="200:", id="arr-p", constraints=make)).then(
+        TaskRequest("SumArray", id="arr-s", constraints=use)).with_id("arr-c").enqueue()
+    out["state"] = sched.wait("arr-c", timeout_s=120).state.value
+    out["seconds"] = round(time.monotonic() - start, 2)
+    out["consumer"] = sched.get_task_info("arr-s").result.data
+    out["artifacts"] = os.listdir(os.path.join(state, "artifacts"))
 
-        # The producer's node goes away before its successor may run: the object is lost.
-        log = os.path.join(tempfile.mkdtemp(), "runs.log")
-        sched.set_device_state(node_id=head, storage_low=True)  # no node may run s2 yet
-        sched.begin_with(TaskRequest("BigArray", input=f"50:{log}", id="p2", constraints=make)).then(
-            TaskRequest("SumArray", id="s2", constraints=use)).with_id("c2").enqueue()
-        out["p2"] = sched.wait("p2", timeout_s=120).state.value
-        out["s2_before_loss"] = sched.get_task_info("s2").state.value
-        cluster.remove_node(other)
-        sched.set_device_state(node_id=head, storage_low=False)
-        out["after_loss"] = sched.wait("c2", timeout_s=120).state.value
-        out["consumer2"] = sched.get_task_info("s2").result.data
-        out["producer2_runs"] = len(open(log).read().split())
-    finally:
-        _finish(out, [sched] if sched is not None else [], cluster)
+    # The producer's node goes away before its successor may run: the object is lost.
+    log = os.path.join(tempfile.mkdtemp(), "runs.log")
+    sched.set_device_state(node_id=head, storage_low=True)  # no node may run s2 yet
+    sched.begin_with(TaskRequest("BigArray", input=f"50:{log}", id="lost-p", constraints=make)).then(
+        TaskRequest("SumArray", id="lost-s", constraints=use)).with_id("lost-c").enqueue()
+    out["p2"] = sched.wait("lost-p", timeout_s=120).state.value
+    out["s2_before_loss"] = sched.get_task_info("lost-s").state.value
+    cluster.remove_node(other)
+    sched.set_device_state(node_id=head, storage_low=False)
+    out["after_loss"] = sched.wait("lost-c", timeout_s=120).state.value
+    out["consumer2"] = sched.get_task_info("lost-s").result.data
+    out["producer2_runs"] = len(open(log).read().split())
 
 
 def main() -> None:
     if "heavy-pool" in sys.argv[1:]:
         heavy_pool()
-        return
-    if "step-data" in sys.argv[1:]:
-        step_data()
         return
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     other = cluster.add_node(num_cpus=1, resources={"heavy": 1})
@@ -221,10 +207,11 @@ def main() -> None:
     head = cluster.head_node.node_id
     sched = None
     out: dict[str, object] = {"head": head, "other": other.node_id}
+    state = tempfile.mkdtemp()
     try:
         sched = kmpray.connect(
             namespace="multinode",
-            state_dir=tempfile.mkdtemp(),
+            state_dir=state,
             config=EngineConfig(heavy_resources={"heavy": 1}, heavy_num_cpus=0, heavy_unreachable_s=3),
         )
         sched.register_worker("WhereAmI", WhereAmI)
@@ -245,6 +232,7 @@ def main() -> None:
         out["executor_nodes"] = sched.status()["executor_nodes"]
         out["scheduler_node"] = sched.status()["node"]
         if "fault" not in sys.argv[1:]:
+            step_data(cluster, sched, state, other, out)  # last: it removes the other node
             return
 
         # Fault: the worker node goes away while work is in flight on it.

@@ -186,6 +186,9 @@ def test_shutdown_and_connect_resume_a_half_run_chain(ray_session: Any, tmp_path
         "h"
     ).enqueue()
     until(lambda: "b" in runs(log), what="step b to start")
+    # b begins on a's executor the moment a succeeds (one hop per step), while the scheduler
+    # records a's success: a crash inside that window would run a again, as any run in flight.
+    until(lambda: first.get_task_info("a").state is TaskState.SUCCEEDED, what="a's success recorded")
     first.shutdown()
     gate.touch()
     second = kmpray.connect(namespace=ns, state_dir=state)
@@ -213,3 +216,32 @@ def test_thousand_step_chain_and_five_thousand_wide_step_complete(engines: Any) 
     assert sched.wait("long", timeout_s=240).state is TaskState.SUCCEEDED
     info = sched.wait("wide", timeout_s=240)
     assert info.state is TaskState.SUCCEEDED and len(info.steps[1]) == 5000
+
+
+def test_a_sequential_stretch_runs_step_after_step_with_no_round_trip(vengine: Any, tmp_path: Path) -> None:
+    """One hop per step (#15): each step begins on its predecessor's executor the moment
+    it succeeds; the scheduler learns both from one report."""
+    log = tmp_path / "log"
+    chain = vengine.begin_with(step("s0", log=str(log)))
+    for i in range(1, 6):
+        chain = chain.then(step(f"s{i}"))
+    assert chain.with_id("seq").enqueue() is ScheduleResult.SUCCESS
+    info = vengine.wait("seq", timeout_s=60)
+    assert info.state is TaskState.SUCCEEDED and runs(log) == [f"s{i}" for i in range(6)]
+    assert info.steps[5][0].result.data["hops"] == 6  # each step saw its predecessor's output
+    assert vengine.status()["messages"]["handed_on"] == 5
+    assert "begun when it succeeded" in vengine.explain("s3")
+    assert all(t.run_attempt_count == 1 for s in info.steps for t in s)
+
+    # A cancel inside a handed stretch stops the rest: c and d were handed over with a.
+    log, gate = tmp_path / "log2", tmp_path / "gate"
+    chain = vengine.begin_with(step("a", log=str(log), gate=str(gate), block=["b"]))
+    chain.then(step("b")).then(step("c")).then(step("d")).with_id("k").enqueue()
+    until(lambda: "b" in runs(log), what="b to begin after a")
+    until(lambda: vengine.get_task_info("b").state is TaskState.RUNNING, what="b taken as running")
+    assert vengine.cancel("k") == 3  # b (running) and the BLOCKED c, d
+    gate.touch()
+    info = vengine.wait("k", timeout_s=60)
+    assert [s[0].state for s in info.steps] == [TaskState.SUCCEEDED] + [TaskState.CANCELLED] * 3
+    vengine.advance_time(1000)  # anything still due would run now
+    assert runs(log) == ["a", "b"]  # c and d were handed over with a, never begun

@@ -30,6 +30,19 @@ def test_placement_on_a_two_node_cluster() -> None:
     assert out["heavy"] == out["other"]  # the node with the `heavy` resource
     assert out["spread"] == sorted([out["head"], out["other"]])  # light work used both nodes
     assert out["scheduler_node"] == out["head"]  # pinned hard to the head, with the store
+    # Step data (#15): a 200 MB array from the other node's step to the head's.
+    n = 200 * 1024 * 1024 // 8
+    assert out["state"] == "SUCCEEDED"
+    assert out["consumer"] == {"sum": float(n * (n - 1) // 2), "n": n, "read_only": True, "from": out["other"],
+                               "node": out["head"]}
+    assert len(out["artifacts"]) == 1 and out["artifacts"][0].endswith(".npy")  # type: ignore[index]
+    # The node that made the second array left before its successor ran: the successor read
+    # the artifact, and the producer did not run again.
+    m = 50 * 1024 * 1024 // 8
+    assert out["p2"] == "SUCCEEDED" and out["s2_before_loss"] in ("BLOCKED", "ENQUEUED")
+    assert out["after_loss"] == "SUCCEEDED" and out["producer2_runs"] == 1
+    assert out["consumer2"] == {"sum": float(m * (m - 1) // 2), "n": m, "read_only": True, "from": out["other"],
+                                "node": out["head"]}
 
 
 def test_a_worker_node_removed_mid_load_loses_nothing() -> None:
@@ -68,20 +81,3 @@ def test_heavy_pool_waits_for_placement_instead_of_replacing_in_a_loop() -> None
     assert "no alive node has the resources" in waiting["waiting_for"]  # type: ignore[index]
     assert waiting["status"]["replaced"] == 0 and waiting["status"]["pending"] == 2  # type: ignore[index]
     assert out["unplaceable_after_join"] == {"state": "SUCCEEDED", "on_new_node": True}
-
-
-def test_step_data_between_nodes_and_after_losing_the_producers_node() -> None:
-    out = _run("step-data")
-    print("step data:", out)
-    n = 200 * 1024 * 1024 // 8
-    assert out["state"] == "SUCCEEDED"
-    assert out["consumer"] == {"sum": float(n * (n - 1) // 2), "n": n, "read_only": True, "from": out["other"],
-                               "node": out["head"]}
-    assert len(out["artifacts"]) == 1 and out["artifacts"][0].endswith(".npy")  # type: ignore[index]
-    # The node that made the second array left before its successor ran: the successor read
-    # the artifact, and the producer did not run again.
-    m = 50 * 1024 * 1024 // 8
-    assert out["p2"] == "SUCCEEDED" and out["s2_before_loss"] in ("BLOCKED", "ENQUEUED") and out["after_loss"] == "SUCCEEDED"
-    assert out["consumer2"] == {"sum": float(m * (m - 1) // 2), "n": m, "read_only": True, "from": out["other"],
-                                "node": out["head"]}
-    assert out["producer2_runs"] == 1

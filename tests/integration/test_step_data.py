@@ -27,6 +27,17 @@ from .helpers import count_runs
 from .workers import register_all
 
 pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def shared(ray_session: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """One virtual-time engine for the tests that neither restart nor reconfigure it (each
+    uses its own ids): an engine's start is most of a short test's time."""
+    sched = kmpray.connect(namespace="step-data-shared", state_dir=str(tmp_path_factory.mktemp("shared")),
+                           virtual_time=True)
+    register_all(sched)
+    yield sched
+    sched.shutdown()
 BIG = 200_000  # float64 elements: 1.6 MB, over the 64 KiB inline limit
 
 
@@ -46,87 +57,87 @@ def artifacts(state_dir: Path) -> list[str]:
 CASES = [("float64", [BIG]), ("int16", [400, 500]), ("uint8", [10]), ("complex64", [3, 2])]
 
 
-def test_arrays_pass_between_sequential_steps(vengine: Any) -> None:
+def test_arrays_pass_between_sequential_steps(shared: Any) -> None:
     for i, (dtype, shape) in enumerate(CASES):  # one engine for all: setup is most of a test's time
         n = int(np.prod(shape))
-        chain = vengine.begin_with(make(f"m{i}", n=n, dtype=dtype, shape=shape)).then(
+        chain = shared.begin_with(make(f"m{i}", n=n, dtype=dtype, shape=shape)).then(
             TaskRequest("ArraySum", id=f"s{i}")
         )
         assert chain.with_id(f"c{i}").enqueue() is ScheduleResult.SUCCESS
     for i, (dtype, shape) in enumerate(CASES):
-        assert vengine.wait(f"c{i}", timeout_s=60).state is TaskState.SUCCEEDED
+        assert shared.wait(f"c{i}", timeout_s=60).state is TaskState.SUCCEEDED
         n = int(np.prod(shape))
-        got = vengine.get_task_info(f"s{i}").result.data
+        got = shared.get_task_info(f"s{i}").result.data
         want = float(np.arange(n, dtype=np.float64).astype(dtype).real.astype(np.float64).sum())
         assert got["sum"] == pytest.approx(want) and got["dtypes"] == [dtype] and got["shapes"] == [shape]
         assert got["read_only"] is True and got["raw"] == [300_000]
         assert got["input_chars"] < 1000  # the JSON input names the array; it does not spell it out
         # TaskInfo shows descriptors; get_output gives the real values.
-        shown = vengine.get_task_info(f"m{i}").result.data
+        shown = shared.get_task_info(f"m{i}").result.data
         assert (
             shown["arr"]["$kmpray"] == "ndarray"
             and shown["arr"]["shape"] == shape
             and "b" not in shown["arr"]
         )
         assert ("blake3" in shown["arr"]) == (n * np.dtype(dtype).itemsize > 64 * 1024)
-        out = vengine.get_output(f"m{i}")
+        out = shared.get_output(f"m{i}")
         assert isinstance(out["arr"], np.ndarray) and out["arr"].dtype == np.dtype(dtype)
         assert out["arr"].shape == tuple(shape) and not out["arr"].flags.writeable
         assert out["raw"] == b"\x00" * 300_000 and out["meta"] == {"n": n, "dtype": dtype}
-    assert vengine.get_output("nope") is None
+    assert shared.get_output("nope") is None
 
 
-def test_parallel_step_fans_in_arrays_with_the_array_merger(vengine: Any) -> None:
+def test_parallel_step_fans_in_arrays_with_the_array_merger(shared: Any) -> None:
     first = [make(f"p{i}", n=BIG + i, seed=i) for i in range(3)]
     fan = TaskRequest("ArraySum", id="sum", input_merger=InputMerger.ARRAY)
-    assert vengine.begin_with(first).then(fan).with_id("fan").enqueue() is ScheduleResult.SUCCESS
-    assert vengine.wait("fan", timeout_s=60).state is TaskState.SUCCEEDED
-    got = vengine.get_task_info("sum").result.data
+    assert shared.begin_with(first).then(fan).with_id("fan").enqueue() is ScheduleResult.SUCCESS
+    assert shared.wait("fan", timeout_s=60).state is TaskState.SUCCEEDED
+    got = shared.get_task_info("sum").result.data
     assert got["shapes"] == [[BIG], [BIG + 1], [BIG + 2]]  # in prerequisite order
     assert got["sum"] == pytest.approx(sum(expected(BIG + i, i) for i in range(3)))
     assert got["raw"] == [300_000] * 3
 
 
-def test_appended_work_gets_arrays_and_get_output_async(vengine: Any) -> None:
+def test_appended_work_gets_arrays_and_get_output_async(shared: Any) -> None:
     import asyncio
 
     append = Constraints(existing_work_policy=ExistingWorkPolicy.APPEND)
-    vengine.enqueue(
+    shared.enqueue(
         "job",
         kmpray.TaskTrigger.OneTime(),
         "ArrayMaker",
         input=json.dumps({"n": BIG, "seed": 3}),
         constraints=append,
     )
-    vengine.enqueue("job", kmpray.TaskTrigger.OneTime(), "ArraySum", constraints=append)
-    assert vengine.wait("job", timeout_s=60).state is TaskState.SUCCEEDED
-    infos = {t.id: t for t in vengine.list_tasks()}
+    shared.enqueue("job", kmpray.TaskTrigger.OneTime(), "ArraySum", constraints=append)
+    assert shared.wait("job", timeout_s=60).state is TaskState.SUCCEEDED
+    infos = {t.id: t for t in shared.list_tasks()}
     assert infos["job#2"].result.data["sum"] == pytest.approx(expected(BIG, 3))
-    out = asyncio.run(vengine.get_output_async("job"))  # a unique name: its latest work, job#2
+    out = asyncio.run(shared.get_output_async("job"))  # a unique name: its latest work, job#2
     assert out["sum"] == pytest.approx(expected(BIG, 3)) and out["read_only"] is True
 
 
-def test_heavy_step_reads_arrays_too(vengine: Any) -> None:
-    heavy = TaskRequest("ArraySum", id="h", constraints=Constraints(is_heavy_task=True))
-    assert vengine.begin_with(make("m", n=BIG)).then(heavy).with_id("c").enqueue() is ScheduleResult.SUCCESS
-    assert vengine.wait("c", timeout_s=60).state is TaskState.SUCCEEDED
-    assert vengine.get_task_info("h").result.data["sum"] == pytest.approx(expected(BIG))
+def test_heavy_step_reads_arrays_too(shared: Any) -> None:
+    heavy = TaskRequest("ArraySum", id="heavy-sum", constraints=Constraints(is_heavy_task=True))
+    assert shared.begin_with(make("heavy-make", n=BIG)).then(heavy).with_id("heavy-chain").enqueue() is ScheduleResult.SUCCESS
+    assert shared.wait("heavy-chain", timeout_s=60).state is TaskState.SUCCEEDED
+    assert shared.get_task_info("heavy-sum").result.data["sum"] == pytest.approx(expected(BIG))
 
 
-def test_an_output_that_cannot_be_stored_fails_its_step_and_the_rest(vengine: Any) -> None:
+def test_an_output_that_cannot_be_stored_fails_its_step_and_the_rest(shared: Any) -> None:
     cases = {
         "object": ["Success.data['bad']", "dtype object", "pickle"],
         "set": ["Success.data['bad']", "set", "not msgpack-serializable"],
     }
     for bad in cases:
-        vengine.begin_with(make(f"m-{bad}", bad=bad)).then(TaskRequest("ArraySum", id=f"s-{bad}")).with_id(
+        shared.begin_with(make(f"m-{bad}", bad=bad)).then(TaskRequest("ArraySum", id=f"s-{bad}")).with_id(
             f"c-{bad}"
         ).enqueue()
     for bad, words in cases.items():
-        assert vengine.wait(f"c-{bad}", timeout_s=60).state is TaskState.FAILED
-        msg = vengine.get_task_info(f"m-{bad}").result.message
+        assert shared.wait(f"c-{bad}", timeout_s=60).state is TaskState.FAILED
+        msg = shared.get_task_info(f"m-{bad}").result.message
         assert all(w in msg for w in words), msg
-        after = vengine.get_task_info(f"s-{bad}")
+        after = shared.get_task_info(f"s-{bad}")
         assert after.state is TaskState.FAILED and after.run_attempt_count == 0
 
 
@@ -181,10 +192,13 @@ def test_consumer_after_a_whole_engine_restart_reads_the_artifact(ray_session: A
         second.shutdown()
 
 
-def test_object_lost_with_its_owner_is_read_from_the_artifact(engines: Any, tmp_path: Path) -> None:
+def test_object_lost_with_its_owner_is_read_from_the_artifact_and_replaced_ones_swept(
+    engines: Any, tmp_path: Path
+) -> None:
     import ray
 
-    sched = engines()
+    state = tmp_path / "state"
+    sched = engines(state_dir=state)
     register_all(sched)
     log = tmp_path / "log"
     sched.set_device_state(charging=False)
@@ -205,15 +219,7 @@ def test_object_lost_with_its_owner_is_read_from_the_artifact(engines: Any, tmp_
     assert count_runs(str(log)) == 1
     assert float(sched.get_output("m")["arr"].sum()) == pytest.approx(expected(BIG, 5))
 
-
-def test_replaced_chain_artifacts_are_swept(engines: Any, tmp_path: Path) -> None:
-    import ray
-
-    state = tmp_path / "state"
-    sched = engines(virtual_time=True, state_dir=state)
-    register_all(sched)
-    sched.begin_with(make("m", n=BIG, seed=1)).then(TaskRequest("ArraySum", id="s")).with_id("c").enqueue()
-    assert sched.wait("c", timeout_s=60).state is TaskState.SUCCEEDED
+    # REPLACE the chain: the old output's file goes at the next sweep, the new one stays.
     old = artifacts(state)
     assert len(old) == 1
     chain = sched.begin_with(make("m", n=BIG, seed=2)).then(TaskRequest("ArraySum", id="s"))
