@@ -8,6 +8,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from kmpray.config import EngineConfig
+from kmpray.timing import STOP_WAIT_S
 
 from .chain_coordinator import ChainCoordinator
 from .constraint_oracle import ConstraintOracle
@@ -54,14 +55,25 @@ def head_node_id() -> str | None:
 
 
 def stop_engine(namespace: str) -> list[str]:
-    """Kill every engine actor of ``namespace`` (no restart). The store keeps the state."""
-    stopped = []
-    for entry in ray.util.list_named_actors(all_namespaces=True):
-        if entry["namespace"] != namespace or not entry["name"].startswith("kmpray."):
-            continue
+    """Kill every engine actor of ``namespace`` (no restart). The store keeps the state.
+
+    Executors and heavy workers are first told to stop (``ExecutorBase.stop``): ray.kill
+    returns at once and a process ends a moment later, and meanwhile it could begin a
+    successor handed to it (one hop per step) after shutdown() returned."""
+    entries = [e["name"] for e in ray.util.list_named_actors(all_namespaces=True)
+               if e["namespace"] == namespace and e["name"].startswith("kmpray.")]
+    handles = {}
+    for name in entries:
         try:
-            ray.kill(ray.get_actor(entry["name"], namespace=namespace), no_restart=True)
+            handles[name] = ray.get_actor(name, namespace=namespace)
         except ValueError:
             continue  # gone meanwhile
-        stopped.append(entry["name"])
-    return stopped
+    workers = [h.stop.remote() for n, h in handles.items() if n.startswith(("kmpray.executor.", "kmpray.heavy."))]
+    if workers:
+        try:
+            ray.wait(workers, num_returns=len(workers), timeout=STOP_WAIT_S)  # a blocked loop may not answer
+        except Exception:
+            pass  # dead or dying already: killed below either way
+    for handle in handles.values():
+        ray.kill(handle, no_restart=True)
+    return list(handles)

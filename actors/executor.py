@@ -109,6 +109,7 @@ class ExecutorBase:
         self._begin_lock = threading.Lock()
         self._blocks: dict[str, int] = {}  # worker class -> times it blocked this loop
         self._threaded: set[str] = set()  # async workers now run in a thread here
+        self._stopping = False  # shutdown: nothing more begins (see stop)
         self._loop = asyncio.get_running_loop()
         self.watch = LoopWatch(
             self._loop,
@@ -152,11 +153,23 @@ class ExecutorBase:
             return False
         return batch[0] == self._fence[0] and batch[1] <= self._fence[1]
 
+    def stop(self) -> int:
+        """The engine is shutting down: nothing more begins here (queued runs, handed
+        successors); running ones are cancelled. Returns how many were. The process is
+        killed right after; what it held runs again after the next connect()."""
+        self._stopping = True
+        self._cancelled.update(self._tasks)
+        for task in self._tasks.values():
+            task.cancel()
+        return len(self._tasks)
+
     def _try_begin(self, key: tuple[str, int]) -> bool | None:
         """Just before a run's worker begins: is it still this executor's? True (marked
         begun), False (withdrawn while this loop was blocked: it runs elsewhere), None (a
         block was just reported and the fence is on its way: ask again)."""
         with self._begin_lock:
+            if self._stopping:
+                return False
             if self._fence_wait:
                 return None
             if self._withdrawn(key):
@@ -307,7 +320,7 @@ class ExecutorBase:
         the result's report; the scheduler takes it as dispatched, or tells this executor
         to drop it if the chain changed meanwhile."""
         key = (then.key, then.run_id)
-        if not isinstance(result, Success) or key in self._cancelled or key in self._unreported:
+        if not isinstance(result, Success) or self._stopping or key in self._cancelled or key in self._unreported:
             return None
         try:
             upstream = merge(InputMerger(merger), [result.data])
