@@ -83,11 +83,17 @@ def scenario(quick: bool = False, outage_s: float | None = None, exact: int | No
     # a dispatch later than its period's start; the others begin at their due times).
     first = periodic[1] - interval_s if len(periodic) > 1 else periodic[0]
     after = [t for t in periodic if t >= restart_at]
-    # The coalesced run is the first after the restart; runs after it are back on the grid.
-    next_slot = first + (int((serving_at - first) / interval_s) + 1) * interval_s
-    on_restart = [t for t in after if t < next_slot - interval_s / 2]
-    scheduled = [t for t in after if t >= next_slot - interval_s / 2]
-    drift = [((t - first + interval_s / 2) % interval_s - interval_s / 2) * 1000 for t in scheduled]
+
+    def off_grid_ms(t: float) -> float:
+        return ((t - first + interval_s / 2) % interval_s - interval_s / 2) * 1000
+
+    # The coalesced run is the first after the restart, whenever the restart lets it run
+    # (it may start while connect() is still returning: its phase on the grid is the
+    # restart's, not a period's). The runs after it must be on the grid; one off it
+    # (more than a quarter period) would be another catch-up run, counted with the first.
+    on_restart = after[:1] + [t for t in after[1:] if abs(off_grid_ms(t)) > interval_s * 250]
+    scheduled = [t for t in after[1:] if abs(off_grid_ms(t)) <= interval_s * 250]
+    drift = [off_grid_ms(t) for t in scheduled]
     missed = [f"exact{k}" for k in range(exact)]
     runs = [len(starts[t]) for t in missed]
     late = sorted(max(0.0, starts[t][0] - serving_at) for t in missed if starts[t])

@@ -76,6 +76,6 @@ LOOKUP_POLL_S = 0.05
 #: A client call to the scheduler gives up after this.
 CALL_TIMEOUT_S = 120.0
 #: ``shutdown()`` asks executors to stop beginning runs before it kills them; it waits at most this.
-STOP_WAIT_S = 5.0
+STOP_WAIT_S = 1.0
 #: ``wait()`` long-polls the scheduler in chunks of at most this.
 WAIT_CHUNK_S = 30.0
