@@ -32,6 +32,7 @@ def main(rounds: int, rate: float, every_s: float = 6.0, sleep_ms: int = 200) ->
     import kmpray
 
     from .chaos import ChaosLedger, _ledger, _terminal_events
+    from .common import drain
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
@@ -84,9 +85,7 @@ def main(rounds: int, rate: float, every_s: float = 6.0, sleep_ms: int = 200) ->
         time.sleep(every_s / 2)
         stop.set()
         sender.join(timeout=60)
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and sched.status()["pending"] != 0:
-            time.sleep(0.5)
+        drain(sched)
         elapsed = time.monotonic() - started
         states = {t.id: t.state for t in sched.list_tasks()}
         starts = _ledger(ledger)

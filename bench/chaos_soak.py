@@ -33,7 +33,7 @@ from typing import Any
 import kmpray
 
 from .chaos import ChaosLedger, _answers, _pid
-from .common import ray_up
+from .common import drain, ray_up
 
 FULL = {"duration_s": 600.0, "scheduler_every_s": 60.0, "broker_every_s": 90.0}
 QUICK = {"duration_s": 60.0, "scheduler_every_s": 20.0, "broker_every_s": 30.0}
@@ -123,9 +123,7 @@ def scenario(quick: bool = False, rate: float = 100.0, seed: int = 7, **sizes: f
         stop.set()
         for t in threads:
             t.join(timeout=180)
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and sched.status()["pending"] != 0:
-            time.sleep(0.5)
+        drain(sched)
         elapsed = time.monotonic() - started
         # Lost: acknowledged and not SUCCEEDED now; a task already pruned was SUCCEEDED
         # (only finished rows are pruned) and its completion event says so below.

@@ -33,6 +33,16 @@ def engine(namespace: str, **kw: Any) -> Any:
     return kmpray.connect(namespace=namespace, state_dir=tempfile.mkdtemp(prefix=f"kmpray-{namespace}-"), **kw)
 
 
+def drain(sched: Any, timeout_s: float = 180) -> bool:
+    """Wait (bounded) until the engine has nothing pending; True if it got there."""
+    deadline = time.monotonic() + timeout_s
+    while sched.status()["pending"] != 0:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.5)
+    return True
+
+
 def percentiles(samples_ms: list[float]) -> dict[str, float]:
     if not samples_ms:
         return {"p50": float("nan"), "p95": float("nan"), "p99": float("nan")}
