@@ -56,7 +56,7 @@ class ArtifactKeeper:
         """A result's large values: each file written (pulled and written here for an
         executor on another node) and each reference kept. Returns why the step fails
         instead (the folder's cap, a value that could not be written), or None."""
-        sizes = await asyncio.to_thread(self._scan)
+        sizes = self.sizes if self.sizes is not None else await asyncio.to_thread(self._scan)
         stored = done.stored or []
         new = [s for s in stored if s.digest not in sizes]
         total = sum(sizes.values())

@@ -222,15 +222,30 @@ def has_descriptors(data: Any) -> bool:
     return False
 
 
-def public(data: Any) -> Any:
-    """What users see in TaskInfo, events and ``input``: descriptors without payload bytes."""
+def _map_descriptors(data: Any, swap: Callable[[dict[str, Any]], Any]) -> Any:
+    """``data`` with every descriptor replaced by ``swap(descriptor)``, in one pass; the
+    same object (not a copy) wherever nothing was replaced, so plain data costs one walk."""
     if isinstance(data, dict):
         if MARK in data:
-            return {k: v for k, v in data.items() if k != "b"}
-        return {k: public(v) for k, v in data.items()} if has_descriptors(data) else data
+            return swap(data)
+        out: dict[Any, Any] | None = None
+        for k, v in data.items():
+            new = _map_descriptors(v, swap)
+            if new is not v:
+                if out is None:
+                    out = dict(data)
+                out[k] = new
+        return data if out is None else out
     if isinstance(data, list):
-        return [public(v) for v in data] if has_descriptors(data) else data
+        items = [_map_descriptors(v, swap) for v in data]
+        return data if all(a is b for a, b in zip(items, data, strict=True)) else items
     return data
+
+
+def public(data: Any) -> Any:
+    """What users see in TaskInfo, events and ``input``: descriptors without payload bytes
+    (``data`` itself when it holds none)."""
+    return _map_descriptors(data, lambda d: {k: v for k, v in d.items() if k != "b"} if "b" in d else d)
 
 
 def _json_default(value: object) -> Any:
@@ -262,15 +277,7 @@ def from_stored(kind: str, value: Any) -> Any:
 
 def join(data: Any, fetch: Callable[[dict[str, Any]], Any]) -> Any:
     """Wire data with the real values put back: ``fetch(descriptor)`` gives a large one."""
-    if isinstance(data, dict):
-        if MARK in data:
-            if "b" in data:
-                return decode_inline(data)
-            return fetch(data)
-        return {k: join(v, fetch) for k, v in data.items()} if has_descriptors(data) else data
-    if isinstance(data, list):
-        return [join(v, fetch) for v in data] if has_descriptors(data) else data
-    return data
+    return _map_descriptors(data, lambda d: decode_inline(d) if "b" in d else fetch(d))
 
 
 _CHUNK = 8 << 20  # bytes per write: a page-aligned buffer, reused

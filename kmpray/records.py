@@ -14,7 +14,7 @@ from typing import Any
 import msgpack
 from pydantic import TypeAdapter
 
-from .artifacts import has_descriptors, public
+from .artifacts import public
 from .constraints import DEFAULT_CONSTRAINTS, Constraints
 from .enums import InputMerger, TaskState, shown_state
 from .errors import DamagedRow
@@ -94,8 +94,8 @@ class TaskRecord:
 
 def _shown(result: Any) -> Any:
     """A result as users see it: an array in its data as a descriptor (kmpray/artifacts.py)."""
-    if isinstance(result, Success) and result.data and has_descriptors(result.data):
-        return Success.model_construct(message=result.message, data=public(result.data))
+    if isinstance(result, Success) and result.data and (shown := public(result.data)) is not result.data:
+        return Success.model_construct(message=result.message, data=shown)
     return result
 
 
