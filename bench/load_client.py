@@ -112,8 +112,9 @@ class OpenLoop:
         async def stream(batches: list[list[int]]) -> None:
             for b, batch in enumerate(batches):
                 # pacing the open loop to its schedule (a batch leaves when its last one is due)
-                wait_s = intended_ms[batch[-1]] / 1000 - time.time()
-                if wait_s > 0.0005:
+                # and never before it (a send ahead of its intended time would make its corrected
+                # latency smaller than its uncorrected one)
+                while (wait_s := intended_ms[batch[-1]] / 1000 - time.time()) > 0:
                     await asyncio.sleep(wait_s)
                 capped = room.locked()
                 await room.acquire()
