@@ -67,6 +67,12 @@ def _start(input: str | None, ctx: kmpray.WorkerContext) -> dict[str, Any]:  # n
     return cfg
 
 
+def _starts_of(ledger: Path, task_id: str) -> list[str]:
+    """The ledger's start lines of one task: ``pid time`` each."""
+    lines = ledger.read_text().splitlines() if ledger.exists() else []
+    return [" ".join(p[3:5]) for p in (line.split() for line in lines) if p[:2] == ["start", task_id]]
+
+
 def _phase(sched: Any, prefix: str, n: int, rate: float, payload: str,
            poison: dict[int, tuple[str, str]]) -> tuple[list[str], float]:
     """Enqueue ``n`` normal tasks at ``rate`` (poison ids at the given positions); returns
@@ -153,6 +159,9 @@ def scenario(quick: bool = False, tasks: int | None = None, rate: float | None =
                 "runs": starts[tid],
                 "system_reruns": max(0, starts[tid] - 1),
                 "run_attempt_count": info.run_attempt_count if info else None,
+                # where each run began (pid, time) and the scheduler's decisions: what a failure shows
+                "starts": _starts_of(ledger, tid),
+                "explain": sched.explain(tid).splitlines()[-16:],
             }
         normal_ids = [t for p in phases.values() for t in p["infos"] if not t.startswith("poison-")]
         result = {

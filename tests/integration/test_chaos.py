@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -44,10 +45,10 @@ def test_poison_workers_among_a_load_fail_alone_and_lose_nothing(ray_session: An
     r = scenario(tasks=1_000, rate=250)
     for kind in ("exit", "hog"):
         p = r["poison"][kind]
-        assert p["state"] == "FAILED" and p["reason"].startswith("system: the process running it died"), r
+        assert p["state"] == "FAILED" and p["reason"].startswith("system: the process running it died"), p
         # At most 1 + max_system_reruns=3 runs (a death with its submit in flight counts even if the
         # run had not begun), none counted as an attempt.
-        assert 1 <= p["runs"] <= 4 and p["run_attempt_count"] == 1, r
+        assert 1 <= p["runs"] <= 4 and p["run_attempt_count"] == 1, json.dumps(p, indent=1)
     assert r["scheduler_restarted"] is False and r["lost"] == 0, r
 
 
