@@ -18,6 +18,7 @@ from kmpray.driver import pump
 from kmpray.engine import Dispatch, SchedulerCore
 from kmpray.placement import assign
 from kmpray.protocol import Run
+from kmpray.store import SqliteTaskStore
 
 from .executor_pool import ExecutorPool
 from .heavy_pool import HeavyPool
@@ -44,6 +45,7 @@ class SchedulerDispatch:
     pool: ExecutorPool
     heavy: HeavyPool
     artifacts: ArtifactKeeper
+    store: SqliteTaskStore
     _lead_ms: int
     _blobs: dict[str, tuple[int, bytes]]
     messages: Counter[str]
@@ -96,7 +98,8 @@ class SchedulerDispatch:
     def _wire(self, d: Dispatch) -> Run:
         refs = self.artifacts.refs_for(d.upstream) if d.upstream and self.artifacts.refs else None
         then = self._wire(d.then) if d.then is not None else None
-        return Run(d.key, d.run_id, d.worker, self._blobs.get(d.worker, (0, b""))[0], d.input, d.upstream,
+        text = self.store.read_input(d.key) if d.input_stored else d.input
+        return Run(d.key, d.run_id, d.worker, self._blobs.get(d.worker, (0, b""))[0], text, d.upstream,
                    d.previous_attempts, d.timeout_ms, d.start_at_ms, refs, then, d.then.input_merger if d.then else "")
 
     def _send(self, i: int, part: list[Dispatch], alone: bool = False) -> None:

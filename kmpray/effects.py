@@ -42,6 +42,7 @@ class Dispatch:
     # (ChainRules.successor); its input is merged there from this run's output.
     then: Dispatch | None = None
     input_merger: str = "OVERWRITE"
+    input_stored: bool = False  # ``input`` is in the store only: read it back to send it
 
     @property
     def suspect(self) -> bool:

@@ -246,6 +246,7 @@ class SchedulerCore(UniqueWork, Restoring, ChainRules, Conditions, Explaining):
                     nodes=nodes,
                     start_at_ms=start_at,
                     crashes=rec.crashes,
+                    input_stored=run_input is None and rec.input_stored > 0,
                     then=None if rec.constraints.is_heavy_task or rec.crashes else self._handed_with(rec, HAND_ON_DEPTH),
                 )
             )
@@ -262,6 +263,7 @@ class SchedulerCore(UniqueWork, Restoring, ChainRules, Conditions, Explaining):
             key=nxt.key, name=nxt.name, run_id=nxt.run_id + 1, worker=nxt.worker, input=nxt.input, upstream=None,
             previous_attempts=nxt.run_attempt_count, timeout_ms=nxt.constraints.timeout_ms, heavy=False,
             chain_id=nxt.chain_id, then=self._handed_with(nxt, depth - 1), input_merger=nxt.input_merger.value,
+            input_stored=nxt.input is None and nxt.input_stored > 0,
         )
 
     def _output(self, key: str) -> dict[str, Any] | None:

@@ -38,6 +38,9 @@ class TaskRecord:
     created_at_ms: int
     updated_at_ms: int
     input: str | None = None
+    # Characters of an input kept in the store only (``store.INLINE_INPUT_CHARS``): then
+    # ``input`` is None in memory and a dispatch reads it back (``TaskStore.read_input``).
+    input_stored: int = 0
     run_attempt_count: int = 0
     run_count: int = 0
     result: Success | Failure | Retry | None = None
@@ -122,6 +125,7 @@ def encode(rec: TaskRecord) -> bytes:
             row["c"] = dumped
     optional = {
         "i": rec.input,
+        "is": rec.input_stored,
         "a": rec.run_attempt_count,
         "rc": rec.run_count,
         "p": rec.progress,
@@ -184,10 +188,11 @@ _ROW_TYPES: dict[str, tuple[type, ...]] = {
     "t": (dict,), "c": (dict,), "i": (str,), "a": (int,), "rc": (int,), "p": (int,),
     "nx": (int,), "dl": (int,), "ch": (str,), "an": (int,), "pe": (int,), "ri": (int,),
     "rf": (bool,), "st": (int,), "up": (dict,), "r": (dict,), "pr": (list,), "m": (str,), "cr": (int,),
+    "is": (int,),
 }
 _REQUIRED = ("k", "n", "w", "s", "c0", "u")
 # Counters with their largest sane value (progress is a percentage).
-_COUNTERS = {"a": 2**62, "rc": 2**62, "ri": 2**62, "pe": 2**62, "st": 2**62, "p": 100, "cr": 2**62}
+_COUNTERS = {"a": 2**62, "rc": 2**62, "ri": 2**62, "pe": 2**62, "st": 2**62, "p": 100, "cr": 2**62, "is": 2**62}
 _COUNTER_NAMES = frozenset(_COUNTERS)
 
 
@@ -268,6 +273,7 @@ def _record(row: dict[str, Any]) -> TaskRecord:
         created_at_ms=row["c0"],
         updated_at_ms=row["u"],
         input=row.get("i"),
+        input_stored=row.get("is") or 0,
         run_attempt_count=row.get("a") or 0,
         run_count=row.get("rc") or 0,
         result=_RESULT.validate_python(row["r"]) if row.get("r") is not None else None,

@@ -33,8 +33,15 @@ log = logging.getLogger("kmpray.store")
 #: 2: tasks.db has an ``outbox`` of completion events not yet in the event log, and the
 #: ``answers`` to recent enqueue calls by request token (a retried call is answered, not
 #: applied twice); events.db remembers the last outbox number it took (``origin``).
-#: Version 1 files open and upgrade.
-SCHEMA_VERSION = 2
+#: 3: tasks.db keeps inputs longer than ``INLINE_INPUT_CHARS`` in an ``inputs`` table,
+#: out of the row (and out of the scheduler's memory: read back at dispatch).
+#: Version 1 and 2 files open and upgrade.
+SCHEMA_VERSION = 3
+
+#: An input longer than this (characters) is kept in the store only: the row says how
+#: long it is, the record in memory drops it once written, and each dispatch reads it back
+#: (``TaskStore.read_input``). A thousand 1 MiB inputs waiting cost the scheduler no GiB.
+INLINE_INPUT_CHARS = 16 * 1024
 
 _R = TypeVar("_R")
 
@@ -114,6 +121,10 @@ class TaskStore(Protocol):
         token, packed answer, epoch ms) record what the enqueue calls applied here were
         answered; ``acked``: forget outbox events up to it (the event log has them) in the
         same transaction. Returns the events' outbox numbers."""
+        ...
+
+    def read_input(self, key: str) -> str | None:
+        """The input of task ``key`` kept out of its record (``TaskRecord.input_stored``)."""
         ...
 
     def answer(self, token: str) -> bytes | None:
@@ -247,7 +258,25 @@ _TASK_TABLES = {
     "quarantine": _QUARANTINE,
     "outbox": "CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, body BLOB NOT NULL)",
     "answers": "CREATE TABLE IF NOT EXISTS answers (token TEXT PRIMARY KEY, answer BLOB NOT NULL, at_ms INTEGER NOT NULL)",
+    "inputs": "CREATE TABLE IF NOT EXISTS inputs (key TEXT PRIMARY KEY, input TEXT NOT NULL)",
 }
+
+
+def _spill(put: Iterable[TaskRecord]) -> tuple[list[TaskRecord], list[tuple[TaskRecord, str]]]:
+    """The records to write, and those whose input moves out of the record into the
+    ``inputs`` table now (taken off the record here; ``_unspill`` puts them back if the
+    write fails)."""
+    recs = list(put)
+    spilled = [(rec, rec.input) for rec in recs
+               if rec.input is not None and len(rec.input) > INLINE_INPUT_CHARS]
+    for rec, text in spilled:
+        rec.input, rec.input_stored = None, len(text)
+    return recs, spilled
+
+
+def _unspill(spilled: list[tuple[TaskRecord, str]]) -> None:
+    for rec, text in spilled:
+        rec.input, rec.input_stored = text, 0
 
 
 class SqliteTaskStore:
@@ -255,10 +284,21 @@ class SqliteTaskStore:
         self.path = Path(path)
         self._conn = _connect(self.path, _TASK_TABLES, durability)
         self._fresh: list[QuarantinedRow] = []
+        self.spilled_chars = 0  # inputs moved out of records since opened (the scheduler trims after many)
 
     def load(self) -> list[TaskRecord]:
-        good, bad = decode_rows("tasks", _scan(self._conn, self.path, "SELECT key, row FROM tasks"), decode, _task_key)
+        rows = _scan(self._conn, self.path, "SELECT key, row FROM tasks")
+        good, bad = decode_rows("tasks", rows, decode, _task_key)
+        kept = {k for (k,) in _scan(self._conn, self.path, "SELECT key FROM inputs")}
+        missing = {rec.key for rec in good if rec.input_stored and rec.key not in kept}
+        if missing:  # its input is gone: not run with none
+            raw = dict(rows)
+            bad += [(_quarantined("tasks", k, "its input, kept out of the row, is missing", raw[k]), raw[k])
+                    for k in sorted(missing)]
+            good = [rec for rec in good if rec.key not in missing]
         self._quarantine("tasks", bad)
+        with _refusing(self.path), _transaction(self._conn) as conn:  # of rows gone, or re-written small
+            conn.execute("DELETE FROM inputs WHERE key NOT IN (SELECT key FROM tasks)")
         return good
 
     def load_chains(self) -> list[ChainRecord]:
@@ -292,6 +332,26 @@ class SqliteTaskStore:
         answers: Sequence[tuple[str, bytes, int]] = (),
         acked: int | None = None,
     ) -> list[int]:
+        recs, spilled = _spill(put)
+        try:
+            numbers = self._write(recs, spilled, delete, chains, delete_chains, events, answers, acked)
+        except BaseException:
+            _unspill(spilled)
+            raise
+        self.spilled_chars += sum(len(text) for _rec, text in spilled)
+        return numbers
+
+    def _write(
+        self,
+        put: list[TaskRecord],
+        spilled: list[tuple[TaskRecord, str]],
+        delete: Iterable[str],
+        chains: Iterable[ChainRecord],
+        delete_chains: Iterable[str],
+        events: Sequence[bytes],
+        answers: Sequence[tuple[str, bytes, int]],
+        acked: int | None,
+    ) -> list[int]:
         rows = [(rec.key, encode(rec)) for rec in put]
         gone = [(k,) for k in delete]
         chain_rows = [(c.id, c.encode()) for c in chains]
@@ -305,8 +365,12 @@ class SqliteTaskStore:
                 conn.executemany("INSERT OR REPLACE INTO answers (token, answer, at_ms) VALUES (?, ?, ?)", answers)
             if gone:
                 conn.executemany("DELETE FROM tasks WHERE key = ?", gone)
+                conn.executemany("DELETE FROM inputs WHERE key = ?", gone)
             if rows:
                 conn.executemany("INSERT OR REPLACE INTO tasks (key, row) VALUES (?, ?)", rows)
+            if spilled:
+                conn.executemany("INSERT OR REPLACE INTO inputs (key, input) VALUES (?, ?)",
+                                 [(rec.key, text) for rec, text in spilled])
             if chains_gone:
                 conn.executemany("DELETE FROM chains WHERE id = ?", chains_gone)
             if chain_rows:
@@ -318,6 +382,10 @@ class SqliteTaskStore:
             conn.executemany("INSERT INTO outbox (body) VALUES (?)", [(e,) for e in events])
             # AUTOINCREMENT never reuses a number, and this transaction is the only writer.
             return list(range(start + 1, start + 1 + len(events)))
+
+    def read_input(self, key: str) -> str | None:
+        row = self._conn.execute("SELECT input FROM inputs WHERE key = ?", (key,)).fetchone()
+        return str(row[0]) if row else None
 
     def answer(self, token: str) -> bytes | None:
         with _refusing(self.path):
@@ -359,106 +427,3 @@ class SqliteTaskStore:
 
     def close(self) -> None:
         self._conn.close()
-
-
-class MemoryTaskStore:
-    """Same contract, kept in a dict of encoded rows (so the codec is exercised too)."""
-
-    def __init__(self) -> None:
-        self._rows: dict[str, bytes] = {}
-        self._chains: dict[str, bytes] = {}
-        self._meta: dict[str, bytes] = {}
-        self._quarantine: dict[tuple[str, str], QuarantinedRow] = {}
-        self._fresh: list[QuarantinedRow] = []
-        self._outbox: dict[int, bytes] = {}
-        self._outbox_seq = 0
-        self._answers: dict[str, tuple[bytes, int]] = {}
-
-    def load(self) -> list[TaskRecord]:
-        return self._load("tasks", self._rows, decode, _task_key)
-
-    def load_chains(self) -> list[ChainRecord]:
-        return self._load("chains", self._chains, ChainRecord.decode, _chain_id)
-
-    def _load(
-        self, table: str, rows: dict[str, bytes], parse: Callable[[bytes], _R], key_of: Callable[[_R], str]
-    ) -> list[_R]:
-        good, bad = decode_rows(table, list(rows.items()), parse, key_of)
-        for q, _raw in bad:
-            del rows[q.key]
-            self._quarantine[(table, q.key)] = q
-            self._fresh.append(q)
-        return good
-
-    def take_fresh_quarantine(self) -> list[QuarantinedRow]:
-        fresh, self._fresh = self._fresh, []
-        return fresh
-
-    def quarantined(self) -> list[QuarantinedRow]:
-        return sorted(self._quarantine.values(), key=lambda q: (q.at_ms, q.table, q.key))
-
-    def drop_quarantined(self, key: str) -> int:
-        gone = [k for k in self._quarantine if k[1] == key]
-        for k in gone:
-            del self._quarantine[k]
-        return len(gone)
-
-    def damage(self, key: str, blob: bytes, table: str = "tasks") -> None:
-        """Overwrite a stored row with other bytes (tests and the simulation)."""
-        (self._rows if table == "tasks" else self._chains)[key] = blob
-
-    def write(
-        self,
-        put: Iterable[TaskRecord],
-        delete: Iterable[str] = (),
-        chains: Iterable[ChainRecord] = (),
-        delete_chains: Iterable[str] = (),
-        events: Sequence[bytes] = (),
-        answers: Sequence[tuple[str, bytes, int]] = (),
-        acked: int | None = None,
-    ) -> list[int]:
-        if acked:
-            self.ack_events(acked)
-        for token, answer, at_ms in answers:
-            self._answers[token] = (answer, at_ms)
-        for key in delete:
-            self._rows.pop(key, None)
-        for rec in put:
-            self._rows[rec.key] = encode(rec)
-        for key in delete_chains:
-            self._chains.pop(key, None)
-        for chain in chains:
-            self._chains[chain.id] = chain.encode()
-        seqs = []
-        for body in events:
-            self._outbox_seq += 1
-            self._outbox[self._outbox_seq] = body
-            seqs.append(self._outbox_seq)
-        return seqs
-
-    def answer(self, token: str) -> bytes | None:
-        found = self._answers.get(token)
-        return found[0] if found else None
-
-    def forget_answers(self, before_ms: int) -> int:
-        old = [t for t, (_a, at) in self._answers.items() if at < before_ms]
-        for token in old:
-            del self._answers[token]
-        return len(old)
-
-    def pending_events(self) -> list[tuple[int, bytes]]:
-        return sorted(self._outbox.items())
-
-    def ack_events(self, upto: int) -> None:
-        for seq in [s for s in self._outbox if s <= upto]:
-            del self._outbox[seq]
-
-    def get_meta(self, key: str) -> object | None:
-        raw = self._meta.get(key)
-        return msgpack.unpackb(raw, raw=False) if raw is not None else None
-
-    def put_meta(self, key: str, value: object) -> None:
-        self._meta[key] = msgpack.packb(value, use_bin_type=True)
-
-    def close(self) -> None:
-        pass

@@ -13,7 +13,7 @@ from kmpray.driver import pump, step_through
 from kmpray.engine import Dispatch, Effects, SchedulerCore
 from kmpray.platforms import profile
 from kmpray.results import Failure, Retry, Success
-from kmpray.store import MemoryTaskStore
+from kmpray.memory_store import MemoryTaskStore
 
 Outcome = Success | Failure | Retry
 START = 1_700_000_000_000

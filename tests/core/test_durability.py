@@ -226,7 +226,7 @@ def test_the_event_log_appends_a_re_sent_event_once(tmp_path: Path) -> None:
         assert log.append([b"w"]) == [5]  # an event from worker code has no origin
 
 
-def test_a_version_1_store_opens_and_gains_the_outbox(tmp_path: Path) -> None:
+def test_a_version_1_store_opens_and_gains_the_outbox_and_the_inputs(tmp_path: Path) -> None:
     import sqlite3
 
     path = tmp_path / "tasks.db"
@@ -237,7 +237,8 @@ def test_a_version_1_store_opens_and_gains_the_outbox(tmp_path: Path) -> None:
     conn.close()
     store = SqliteTaskStore(path)
     assert store.load() == [] and store.write([], events=[b"x"]) == [1]
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 2
+    assert store.read_input("x") is None
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 3
 
 
 def test_acknowledged_events_leave_the_outbox_with_the_next_write(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from kmpray import Constraints, ExistingPolicy, ExistingWorkPolicy, ScheduleResu
 from kmpray.driver import pump
 from kmpray.engine import Dispatch
 from kmpray.results import Failure, Retry, Success
-from kmpray.store import MemoryTaskStore
+from kmpray.memory_store import MemoryTaskStore
 
 from .conftest import Harness
 

@@ -97,7 +97,15 @@ def test_shutdown_then_connect_resumes_pending_and_periodic_work(ray_session: An
     register_all(first)
     first.enqueue("later", TaskTrigger.OneTime(ONE_HOUR), "Echo")
     first.enqueue("every", TaskTrigger.Periodic(FIFTEEN_MINUTES), "Echo")
-    first.wait("every", timeout_s=30)
+    # Inputs past INLINE_INPUT_CHARS live in the store only: read back for every run
+    big = json.dumps({"blob": "b" * 100_000})
+    first.enqueue("later-big", TaskTrigger.OneTime(ONE_HOUR), "Echo", input=big)
+    first.enqueue("every-big", TaskTrigger.Periodic(FIFTEEN_MINUTES), "Echo", input=big)
+    # (wait() on a periodic task waits for its next run to end: both first runs, polled)
+    until(lambda: first.get_task_info("every").run_count == first.get_task_info("every-big").run_count == 1)
+    first.advance_time(FIFTEEN_MINUTES)
+    assert first.get_task_info("every-big").run_count == 2
+    assert first.get_task_info("every-big").result.data["input"] == big
     now = first.now_ms()
     first.shutdown()
     with pytest.raises(ValueError):
@@ -109,10 +117,13 @@ def test_shutdown_then_connect_resumes_pending_and_periodic_work(ray_session: An
         register_all(second)
         assert second.now_ms() == now  # the virtual clock is durable too
         assert second.get_task_info("later").state is TaskState.ENQUEUED
-        assert second.get_task_info("every").run_count == 1
+        assert second.get_task_info("every").run_count == 2
         second.advance_time(ONE_HOUR)
         assert second.get_task_info("later").state is TaskState.SUCCEEDED
-        assert second.get_task_info("every").run_count == 5
+        assert second.get_task_info("every").run_count == 6
+        assert second.get_task_info("later-big").result.data["input"] == big
+        assert second.get_task_info("every-big").run_count == 6
+        assert second.get_task_info("every-big").result.data["input"] == big
     finally:
         second.shutdown()
 
