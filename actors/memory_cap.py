@@ -11,6 +11,8 @@ sure way to take memory back from a run that holds it (Celery's
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import os
 import threading
@@ -57,3 +59,15 @@ class MemoryCap:
                     self.on_exit(why)
                 finally:
                     os._exit(70)
+
+
+def give_back() -> bool:
+    """Return the C heap's free pages to the OS (glibc ``malloc_trim``); False where there
+    is none. After many large strings (inputs of 1 MiB, say) were alive at once and freed,
+    glibc keeps their pages, so the process stays as big as its peak: the scheduler calls
+    this after a burst of large inputs (``TaskStore.spilled_chars``)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.malloc_trim(0))
+    except (OSError, AttributeError):
+        return False

@@ -27,7 +27,14 @@ from kmpray.errors import StoreRefused
 from kmpray.placement import heavy_demand, placeable
 from kmpray.platforms import profile
 from kmpray.store import SqliteTaskStore
-from kmpray.timing import ANSWER_RETENTION_S, GC_FULL_S, PING_TIMEOUT_S, PRUNE_S, RECONCILE_S
+from kmpray.timing import (
+    ANSWER_RETENTION_S,
+    GC_FULL_S,
+    PING_TIMEOUT_S,
+    PRUNE_S,
+    RECONCILE_S,
+    TRIM_AFTER_INPUT_CHARS,
+)
 from kmpray.watch import FileWatcher
 
 from .adoption import adopt_held_runs
@@ -35,6 +42,7 @@ from .blocked_loops import BlockedLoops
 from .event_broker import encode_event
 from .executor_pool import ExecutorPool, executors_for
 from .heavy_pool import HeavyPool
+from .memory_cap import give_back
 from .names import BROKER, ORACLE, REGISTRY, lookup
 from .outbox import Outbox
 from .retry import call_with_retry
@@ -195,9 +203,13 @@ class SchedulerActor(
         # restarted more often than that (the soak scenario kills it every 60 s) would
         # never prune, and its rows, its memory and its store would grow without bound.
         last_prune = last_gc - PRUNE_S
+        trimmed_at = 0  # store.spilled_chars at the last give_back()
         while True:
             await asyncio.sleep(RECONCILE_S)
             try:
+                if self.store.spilled_chars - trimmed_at > TRIM_AFTER_INPUT_CHARS:
+                    trimmed_at = self.store.spilled_chars
+                    give_back()  # a burst of large inputs freed: its pages go back to the OS
                 if time.monotonic() - last_gc > GC_FULL_S:  # see kmpray/timing.py
                     last_gc = time.monotonic()
                     gc.unfreeze()

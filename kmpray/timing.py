@@ -79,3 +79,7 @@ CALL_TIMEOUT_S = 120.0
 STOP_WAIT_S = 1.0
 #: ``wait()`` long-polls the scheduler in chunks of at most this.
 WAIT_CHUNK_S = 30.0
+
+#: The scheduler gives freed C-heap pages back to the OS (``malloc_trim``) after this many
+#: characters of large inputs went through it (their strings are freed, their pages kept).
+TRIM_AFTER_INPUT_CHARS = 64 * 1024 * 1024
