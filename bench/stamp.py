@@ -37,8 +37,11 @@ def scheduler_pid(ray: Any, namespace: str) -> int:
     return int(ray.get(actor.__ray_call__.remote(lambda self: os.getpid())))
 
 
-def rss_bytes(pid: int) -> int:
+def rss_bytes(pid: int, part: str = "VmRSS") -> int:
+    """A process's resident memory: ``VmRSS`` (all of it), or one part: ``RssAnon``
+    (its private heap), ``RssFile`` (mapped files: code), ``RssShmem`` (shared memory
+    it touched, e.g. Ray object-store pages it read)."""
     for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{part}:"):
             return int(line.split()[1]) * 1024
     return 0
