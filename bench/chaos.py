@@ -30,12 +30,19 @@ import signal
 import tempfile
 import threading
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import kmpray
 
+from .chaos_common import (
+    ChaosLedger,
+    actor_pid,
+    answers_after,
+    ledger_starts,
+    scheduler_status,
+    terminal_events,
+)
 from .common import percentiles, ray_up, table, write
 
 SCENARIOS = {
@@ -44,45 +51,6 @@ SCENARIOS = {
     "executors": (10_000, 2_000, 200, 1.0, "a random light executor or heavy worker (SIGKILL)"),
 }
 HEAVY_EVERY = 20  # one task in 20 is heavy in the executors scenario
-
-
-class ChaosLedger(kmpray.CommonWorker):
-    """Appends one line per start to the ledger (O_APPEND: lines never interleave), then
-    sleeps a little so runs are in flight when the nemesis strikes."""
-
-    async def do_work(self, input: str | None, ctx: kmpray.WorkerContext) -> Any:  # noqa: A002
-        import asyncio
-
-        cfg = json.loads(input or "{}")
-        line = f"start {ctx.task_id} {ctx.run_attempt_count} {os.getpid()} {time.time():.3f}\n"
-        fd = os.open(cfg["ledger"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line.encode())
-        finally:
-            os.close(fd)
-        await asyncio.sleep(cfg.get("sleep_ms", 20) / 1000)
-        return kmpray.WorkerResult.Success(data={"ok": True})
-
-
-def _pid(ray: Any, name: str, namespace: str) -> int | None:
-    try:
-        actor = ray.get_actor(name, namespace=namespace)
-        return int(ray.get(actor.__ray_call__.remote(lambda self: os.getpid()), timeout=30))
-    except Exception:
-        return None
-
-
-def _answers(ray: Any, name: str, namespace: str, timeout_s: float = 120) -> float:
-    """Seconds until the named actor answers a call again."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout_s:
-        try:
-            actor = ray.get_actor(name, namespace=namespace)
-            ray.get(actor.__ray_call__.remote(lambda self: 1), timeout=5)
-            return time.monotonic() - start
-        except Exception:
-            time.sleep(0.05)
-    return float("inf")
 
 
 class Nemesis(threading.Thread):
@@ -99,7 +67,7 @@ class Nemesis(threading.Thread):
     def _victim(self) -> str:
         if self.scenario == "scheduler":
             return "kmpray.scheduler"
-        status = ray_status(self.ray, self.namespace)
+        status = scheduler_status(self.ray, self.namespace)
         light = [f"kmpray.executor.{i}" for i in range(status.get("executors", 0))]
         light += [f"kmpray.executor.probation.{k}" for k in range(status.get("probation_executors", 0))]
         heavy = [f"kmpray.heavy.{i}" for i in status.get("heavy_workers", [])]
@@ -108,7 +76,7 @@ class Nemesis(threading.Thread):
     def run(self) -> None:
         while not self.stop.wait(self.every_s):
             name = self._victim()
-            pid = _pid(self.ray, name, self.namespace)
+            pid = actor_pid(self.ray, name, self.namespace)
             if pid is None:
                 continue
             try:
@@ -116,42 +84,7 @@ class Nemesis(threading.Thread):
             except ProcessLookupError:
                 continue
             self.kills += 1
-            self.recovery_s.append(_answers(self.ray, name, self.namespace))
-
-
-def ray_status(ray: Any, namespace: str) -> dict[str, Any]:
-    try:
-        actor = ray.get_actor("kmpray.scheduler", namespace=namespace)
-        return dict(ray.get(actor.ready.remote(), timeout=60))
-    except Exception:
-        return {}
-
-
-def _ledger(path: Path) -> Counter[str]:
-    starts: Counter[str] = Counter()
-    if path.exists():
-        for line in path.read_text().splitlines():
-            parts = line.split()
-            if len(parts) >= 2 and parts[0] == "start":
-                starts[parts[1]] += 1
-    return starts
-
-
-def _terminal_events(sched: Any, ids: set[str], timeout_s: float) -> Counter[str]:
-    """Terminal completion events per task, replayed from the start of the log."""
-    counts: Counter[str] = Counter()
-    sub = sched.events.subscribe(0)
-    deadline = time.monotonic() + timeout_s
-    try:
-        while time.monotonic() < deadline:
-            event = sub.get(timeout_s=3)
-            if event is None:  # the load drained before: nothing more is coming
-                break
-            if event.kind == "completion" and event.task_id in ids and event.success:
-                counts[event.task_id] += 1
-    finally:
-        sub.close()
-    return counts
+            self.recovery_s.append(answers_after(self.ray, name, self.namespace))
 
 
 def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int = 7,
@@ -196,21 +129,21 @@ def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int
         # Keep the nemesis on while the load drains, then let the engine settle.
         drain_deadline = time.monotonic() + max(120.0, n / 50)
         while time.monotonic() < drain_deadline:
-            status = ray_status(ray, namespace)
+            status = scheduler_status(ray, namespace)
             if status and status.get("pending") == 0:
                 break
             time.sleep(0.5)
         nemesis.stop.set()
         nemesis.join(timeout=180)
         settle = time.monotonic() + 120
-        while time.monotonic() < settle and ray_status(ray, namespace).get("pending", 1) != 0:
+        while time.monotonic() < settle and scheduler_status(ray, namespace).get("pending", 1) != 0:
             time.sleep(0.5)
         elapsed = time.monotonic() - started
         infos = {t.id: t.state for t in sched.list_tasks()}
         lost = sorted(t for t in acknowledged if infos.get(t) is not kmpray.TaskState.SUCCEEDED)
-        starts = _ledger(ledger)
-        terminal = _terminal_events(sched, acknowledged, timeout_s=120)
-        status = ray_status(ray, namespace)
+        starts = ledger_starts(ledger)
+        terminal = terminal_events(sched, acknowledged, timeout_s=120)
+        status = scheduler_status(ray, namespace)
         warm_heavy = len(status.get("heavy_workers", [])) * config.heavy_num_cpus
         cluster, available = ray.cluster_resources().get("CPU", 0), ray.available_resources().get("CPU", 0)
         result = {

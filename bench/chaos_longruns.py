@@ -29,8 +29,7 @@ from typing import Any
 import kmpray
 from kmpray.timing import BLOCKED_PING_TIMEOUT_S, PING_TIMEOUT_S, RECONCILE_S, RESYNC_S
 
-from .chaos import _ledger
-from .chaos_poison import _start
+from .chaos_common import ledger_starts, record_start
 from .common import ray_up
 
 FULL = {"tasks": 50, "heavy_unreachable_s": 30.0}
@@ -39,13 +38,13 @@ QUICK = {"tasks": 10, "heavy_unreachable_s": 10.0}
 
 class LongAsync(kmpray.CommonWorker):
     async def do_work(self, input: str | None, ctx: kmpray.WorkerContext) -> Any:  # noqa: A002
-        await asyncio.sleep(_start(input, ctx)["run_s"])
+        await asyncio.sleep(record_start(input, ctx)["run_s"])
         return True
 
 
 class LongSync(kmpray.CommonWorker):
     def do_work(self, input: str | None, ctx: kmpray.WorkerContext) -> Any:  # noqa: A002
-        time.sleep(_start(input, ctx)["run_s"])
+        time.sleep(record_start(input, ctx)["run_s"])
         return True
 
 
@@ -53,7 +52,7 @@ class LongLoopBlocker(kmpray.CommonWorker):
     """Blocks its executor's event loop for the whole run (what the loop watch is for)."""
 
     async def do_work(self, input: str | None, ctx: kmpray.WorkerContext) -> Any:  # noqa: A002
-        time.sleep(_start(input, ctx)["run_s"])
+        time.sleep(record_start(input, ctx)["run_s"])
         return True
 
 
@@ -107,7 +106,7 @@ def scenario(quick: bool = False, tasks: int | None = None, seed: int = 7) -> di
         elapsed = time.monotonic() - started
     finally:
         sched.shutdown()
-    starts: Counter[str] = _ledger(ledger)
+    starts: Counter[str] = ledger_starts(ledger)
     return {
         "scenario": "long-runs",
         "tasks": len(ids),

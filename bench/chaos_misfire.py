@@ -29,7 +29,7 @@ from typing import Any
 
 import kmpray
 
-from .chaos import ChaosLedger
+from .chaos_common import ChaosLedger
 from .common import ray_up
 
 SIZES = {"full": (30.0, 100), "quick": (5.0, 20)}  # outage seconds, Exact tasks

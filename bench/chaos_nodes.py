@@ -31,7 +31,7 @@ def main(rounds: int, rate: float, every_s: float = 6.0, sleep_ms: int = 200) ->
 
     import kmpray
 
-    from .chaos import ChaosLedger, _ledger, _terminal_events
+    from .chaos_common import ChaosLedger, ledger_starts, terminal_events
     from .common import drain
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
@@ -88,8 +88,8 @@ def main(rounds: int, rate: float, every_s: float = 6.0, sleep_ms: int = 200) ->
         drain(sched)
         elapsed = time.monotonic() - started
         states = {t.id: t.state for t in sched.list_tasks()}
-        starts = _ledger(ledger)
-        terminal = _terminal_events(sched, acknowledged, timeout_s=120)
+        starts = ledger_starts(ledger)
+        terminal = terminal_events(sched, acknowledged, timeout_s=120)
         lost = sorted(t for t in acknowledged if states.get(t) is not kmpray.TaskState.SUCCEEDED)
         out.update({
             "submitted": submitted,

@@ -26,7 +26,7 @@ import numpy as np
 
 import kmpray
 
-from .chaos import ChaosLedger, _ledger, _pid
+from .chaos_common import ChaosLedger, actor_pid, ledger_starts, record_start
 from .common import ray_up
 
 SIZES = {"full": (10_000, 500.0), "quick": (2_000, 250.0)}  # normal tasks per phase, rate
@@ -38,7 +38,7 @@ class ChaosExit(kmpray.CommonWorker):
     """Writes its ledger line, then ends its process: every run, whatever the input."""
 
     async def do_work(self, input: str | None, ctx: kmpray.WorkerContext) -> Any:  # noqa: A002
-        _start(input, ctx)
+        record_start(input, ctx)
         os._exit(1)
 
 
@@ -48,23 +48,13 @@ class ChaosHog(kmpray.CommonWorker):
     async def do_work(self, input: str | None, ctx: kmpray.WorkerContext) -> Any:  # noqa: A002
         import asyncio
 
-        cfg = _start(input, ctx)
+        cfg = record_start(input, ctx)
         held = []
         for _ in range(cfg["hog_mb"] // 32):  # grows as a leak or a dataset does, 32 MiB at a time
             held.append(b"\x01" * (32 * 1024 * 1024))  # written, so resident
             await asyncio.sleep(0.005)
         await asyncio.sleep(5)  # the cap notices within 50 ms
         return kmpray.WorkerResult.Success(data={"held": len(held)})
-
-
-def _start(input: str | None, ctx: kmpray.WorkerContext) -> dict[str, Any]:  # noqa: A002
-    cfg: dict[str, Any] = json.loads(input or "{}")
-    fd = os.open(cfg["ledger"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, f"start {ctx.task_id} {ctx.run_attempt_count} {os.getpid()} {time.time():.3f}\n".encode())
-    finally:
-        os.close(fd)
-    return cfg
 
 
 def _starts_of(ledger: Path, task_id: str) -> list[str]:
@@ -122,7 +112,7 @@ def scenario(quick: bool = False, tasks: int | None = None, rate: float | None =
         for name, cls in (("ChaosLedger", ChaosLedger), ("ChaosExit", ChaosExit), ("ChaosHog", ChaosHog)):
             sched.register_worker(name, cls)
         payload = json.dumps({"ledger": str(ledger), "sleep_ms": 20, "hog_mb": HOG_MB})
-        pid_before = _pid(ray, "kmpray.scheduler", namespace)
+        pid_before = actor_pid(ray, "kmpray.scheduler", namespace)
         phases: dict[str, Any] = {}
         poison_ids = {"exit": "poison-exit", "hog": "poison-hog"}
         for phase, poison in (("baseline", {}),
@@ -147,8 +137,8 @@ def scenario(quick: bool = False, tasks: int | None = None, rate: float | None =
                 "throughput_per_s": round(len(ids) / max(1e-9, ended - t0), 1),
                 "infos": infos,
             }
-        starts = _ledger(ledger)
-        pid_after = _pid(ray, "kmpray.scheduler", namespace)
+        starts = ledger_starts(ledger)
+        pid_after = actor_pid(ray, "kmpray.scheduler", namespace)
         base, hit = phases["baseline"], phases["poison"]
         poison_report = {}
         for kind, tid in poison_ids.items():

@@ -32,7 +32,7 @@ from typing import Any
 
 import kmpray
 
-from .chaos import ChaosLedger, _answers, _pid
+from .chaos_common import ChaosLedger, actor_pid, answers_after
 from .common import drain, ray_up
 
 FULL = {"duration_s": 600.0, "scheduler_every_s": 60.0, "broker_every_s": 90.0}
@@ -95,7 +95,7 @@ def scenario(quick: bool = False, rate: float = 100.0, seed: int = 7, **sizes: f
                     if now < at:
                         continue
                     due[name] = at + every[name]
-                    pid = _pid(ray, name, namespace)
+                    pid = actor_pid(ray, name, namespace)
                     if pid is None:
                         continue
                     if name == "kmpray.scheduler":
@@ -105,14 +105,14 @@ def scenario(quick: bool = False, rate: float = 100.0, seed: int = 7, **sizes: f
                     except ProcessLookupError:
                         continue
                     kills[name] += 1
-                    recovery.append(_answers(ray, name, namespace))
+                    recovery.append(answers_after(ray, name, namespace))
 
         def sampler() -> None:
             while not stop.wait(5.0):
                 samples.append({
                     "t": round(time.monotonic() - started, 1),
-                    "scheduler_rss_mb": _rss_mb(_pid(ray, "kmpray.scheduler", namespace)),
-                    "broker_rss_mb": _rss_mb(_pid(ray, "kmpray.broker", namespace)),
+                    "scheduler_rss_mb": _rss_mb(actor_pid(ray, "kmpray.scheduler", namespace)),
+                    "broker_rss_mb": _rss_mb(actor_pid(ray, "kmpray.broker", namespace)),
                     "store_mb": round(_store_mb(state), 2),
                 })
 

@@ -30,7 +30,7 @@ def _starts(ledger: Path, task_id: str) -> int:
 def test_a_worker_that_ends_its_process_fails_after_its_system_reruns_and_its_neighbours_finish(
     engines: Any, ray_session: Any, tmp_path: Path
 ) -> None:
-    from kmpray.bench.chaos import ChaosLedger
+    from kmpray.bench.chaos_common import ChaosLedger
     from kmpray.bench.chaos_poison import ChaosExit
 
     sched = engines(config=EngineConfig(max_system_reruns=2, executor_memory_mb=768))

@@ -1,0 +1,95 @@
+"""What the chaos scenarios share (bench/chaos.py and bench/chaos_*.py): the ledger the
+workers write (one line per start: task id, attempts before it, pid, time), reading it
+back, an actor's pid and when it answers again, the scheduler's status, and the terminal
+events a replay from the start of the log sees."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import kmpray
+
+
+def record_start(input: str | None, ctx: kmpray.WorkerContext) -> dict[str, Any]:  # noqa: A002
+    """Append this run's start line to the ledger named in its JSON input (O_APPEND: lines
+    never interleave); returns the input's settings."""
+    cfg: dict[str, Any] = json.loads(input or "{}")
+    fd = os.open(cfg["ledger"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        line = f"start {ctx.task_id} {ctx.run_attempt_count} {os.getpid()} {time.time():.3f}\n"
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+    return cfg
+
+
+class ChaosLedger(kmpray.CommonWorker):
+    """Writes its ledger line, then sleeps a little so runs are in flight when the nemesis strikes."""
+
+    async def do_work(self, input: str | None, ctx: kmpray.WorkerContext) -> Any:  # noqa: A002
+        import asyncio
+
+        cfg = record_start(input, ctx)
+        await asyncio.sleep(cfg.get("sleep_ms", 20) / 1000)
+        return kmpray.WorkerResult.Success(data={"ok": True})
+
+
+def actor_pid(ray: Any, name: str, namespace: str) -> int | None:
+    try:
+        actor = ray.get_actor(name, namespace=namespace)
+        return int(ray.get(actor.__ray_call__.remote(lambda self: os.getpid()), timeout=30))
+    except Exception:
+        return None
+
+
+def answers_after(ray: Any, name: str, namespace: str, timeout_s: float = 120) -> float:
+    """Seconds until the named actor answers a call again."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        try:
+            actor = ray.get_actor(name, namespace=namespace)
+            ray.get(actor.__ray_call__.remote(lambda self: 1), timeout=5)
+            return time.monotonic() - start
+        except Exception:
+            time.sleep(0.05)
+    return float("inf")
+
+
+def scheduler_status(ray: Any, namespace: str) -> dict[str, Any]:
+    try:
+        actor = ray.get_actor("kmpray.scheduler", namespace=namespace)
+        return dict(ray.get(actor.ready.remote(), timeout=60))
+    except Exception:
+        return {}
+
+
+def ledger_starts(path: Path) -> Counter[str]:
+    starts: Counter[str] = Counter()
+    if path.exists():
+        for line in path.read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 2 and parts[0] == "start":
+                starts[parts[1]] += 1
+    return starts
+
+
+def terminal_events(sched: Any, ids: set[str], timeout_s: float) -> Counter[str]:
+    """Terminal completion events per task, replayed from the start of the log."""
+    counts: Counter[str] = Counter()
+    sub = sched.events.subscribe(0)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            event = sub.get(timeout_s=3)
+            if event is None:  # the load drained before: nothing more is coming
+                break
+            if event.kind == "completion" and event.task_id in ids and event.success:
+                counts[event.task_id] += 1
+    finally:
+        sub.close()
+    return counts
