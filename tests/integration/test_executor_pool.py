@@ -1,0 +1,78 @@
+"""The executor pool's isolation of suspect runs when no probation executor may take
+them (actors/executor_pool.py ``isolate``): a suspect pinned to a node other than the
+scheduler's runs alone on an ordinary executor of that node, emptied for it first.
+The pool's own logic, with stand-in actor handles (no Ray cluster needed)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kmpray.actors.blocked_loops import BlockedLoops
+from kmpray.actors.executor_pool import PROBATION_LANES, ExecutorPool, ExecutorSlot
+from kmpray.config import EngineConfig
+
+
+class _Submit:
+    def __init__(self, sent: list[tuple[int, list[Any]]], index: int) -> None:
+        self.sent, self.index = sent, index
+
+    def remote(self, runs: list[Any], fence: Any) -> str:
+        self.sent.append((self.index, runs))
+        return f"ref-{len(self.sent)}"
+
+
+class _Handle:
+    def __init__(self, sent: list[tuple[int, list[Any]]], index: int) -> None:
+        self.submit = _Submit(sent, index)
+
+
+class _Core:
+    def __init__(self) -> None:
+        self.released = 0
+
+    def release_unplaced(self) -> None:
+        self.released += 1
+
+
+def _pool() -> tuple[ExecutorPool, _Core, list[tuple[int, list[Any]]]]:
+    """Probation lanes on the scheduler's node A; ordinary executors 0 on A, 1 and 2 on B."""
+    core, sent = _Core(), []
+    pool = ExecutorPool("ns", EngineConfig(), core, BlockedLoops(), lambda: None)  # type: ignore[arg-type]
+    pool.home = "A"
+    for i, node in enumerate(["A", "B", "B"]):
+        pool.slots.append(ExecutorSlot(i, _Handle(sent, i), node, incarnation=f"p{i}", reachable=True))
+    for k in range(PROBATION_LANES):
+        i = len(pool.slots)
+        pool.slots.append(ExecutorSlot(i, _Handle(sent, i), "A", incarnation=f"p{i}", reachable=True,
+                                       probation=True))
+        pool.probation.append(i)
+    return pool, core, sent
+
+
+def test_a_suspect_that_may_not_use_the_schedulers_node_runs_alone_on_an_emptied_executor() -> None:
+    pool, core, sent = _pool()
+    pool.held(1, ("n1", 1))
+    pool.held(2, ("n2", 1))
+    pool.held(2, ("n3", 1))
+    assert pool.isolate(None) == 3  # a probation lane when the node does not matter
+    # Pinned to B: no probation lane there; executor 1 (fewest runs) is emptied for it.
+    assert pool.isolate(("B",)) is None
+    assert 1 in pool.alone and pool.alone[1] is None
+    assert 1 not in {i for _room, i in pool.free()}  # it gets no new runs meanwhile
+    pool.reported(("n1", 1))
+    assert pool.isolate(("B",)) == 1  # empty now: the suspect may go
+    pool.send_alone(1, ("poison", 2), "run")  # type: ignore[arg-type]
+    assert sent[-1] == (1, ["run"]) and pool.alone[1] == ("poison", 2)
+    assert pool.isolate(("B",)) is None  # one suspect alone on an ordinary executor at a time
+    released = core.released
+    pool.reported(("poison", 2))  # its run ended: the executor takes ordinary runs again
+    assert 1 not in pool.alone and core.released == released + 1
+    assert 1 in {i for _room, i in pool.free()}
+
+
+def test_the_only_ordinary_executor_taking_runs_is_never_emptied_for_a_suspect() -> None:
+    pool, _core, _sent = _pool()
+    pool.slots[0].reachable = pool.slots[2].reachable = False  # restarting, say
+    assert pool.isolate(("B",)) is None and not pool.alone
+    pool.slots[2].reachable = True
+    assert pool.isolate(("B",)) == 1  # another one serves again: this one may be used
