@@ -9,8 +9,12 @@ size. Reported (pass figures):
 - ``scheduler_rss_mb`` {after_warmup, end, growth}: the scheduler's RSS just before each
   kill (each incarnation restores the store: a growing store shows here), the first one
   after the warm-up third against the last: growth <= 1.10.
-- ``store_mb`` {after_warmup, end, growth}: tasks.db with its WAL, same points: flat
-  (<= 1.10) once pruning keeps up.
+- ``store_mb`` {after_warmup, end, growth}: tasks.db with its WAL, from the first sample
+  after ``store_warmup_s`` (the warm-up third, or once the longest retention window,
+  ANSWER_RETENTION_S + PRUNE_S, has passed if later) to the last: flat (<= 1.10).
+  ``store_used_mb``: its pages in use (peaks of each half of that window: they rise between
+  prunes), and per sample the rows of ``tasks``, ``answers`` (enqueue answers, kept
+  ANSWER_RETENTION_S) and ``outbox``: what grows, if anything does.
 - ``replay``: a subscriber reading the event log from cursor 0 after the drain: every
   acknowledged task's successful completion exactly once (``missing``, ``twice``: 0),
   cursors strictly increasing (``out_of_order``: 0). Tasks whose events were dropped by
@@ -31,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import kmpray
+from kmpray.timing import ANSWER_RETENTION_S, PRUNE_S
 
 from .chaos_common import ChaosLedger, actor_pid, answers_after
 from .common import drain, ray_up
@@ -51,6 +56,26 @@ def _rss_mb(pid: int | None) -> float | None:
 
 def _store_mb(state: Path) -> float:
     return sum(p.stat().st_size for p in state.glob("tasks.db*")) / 2**20
+
+
+def _store_rows(state: Path) -> dict[str, float]:
+    """What the store holds, read beside the scheduler (WAL: readers never block it): rows
+    per table and the pages in use (the file itself never shrinks; freed pages are reused)."""
+    import sqlite3
+
+    try:
+        conn = sqlite3.connect(f"file:{state / 'tasks.db'}?mode=ro", uri=True, timeout=5)
+        try:
+            rows = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                    for t in ("tasks", "answers", "outbox")}
+            page, pages, free = (conn.execute(f"PRAGMA {p}").fetchone()[0]
+                                 for p in ("page_size", "page_count", "freelist_count"))
+            used = pages - free
+            return {**rows, "used_mb": round(used * page / 2**20, 2)}
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return {}
 
 
 def scenario(quick: bool = False, rate: float = 100.0, seed: int = 7, **sizes: float) -> dict[str, Any]:
@@ -114,6 +139,7 @@ def scenario(quick: bool = False, rate: float = 100.0, seed: int = 7, **sizes: f
                     "scheduler_rss_mb": _rss_mb(actor_pid(ray, "kmpray.scheduler", namespace)),
                     "broker_rss_mb": _rss_mb(actor_pid(ray, "kmpray.broker", namespace)),
                     "store_mb": round(_store_mb(state), 2),
+                    "store": _store_rows(state),
                 })
 
         threads = [threading.Thread(target=f, daemon=True) for f in (load, nemesis, sampler)]
@@ -133,7 +159,11 @@ def scenario(quick: bool = False, rate: float = 100.0, seed: int = 7, **sizes: f
         lost = sorted(set(unfinished) | {t for t in acknowledged if t not in states and replay["per_task"][t] == 0})
         warm = size["duration_s"] / 3
         rss_points = [rss for t, rss in before_kill if t >= warm]
-        store_points = [s["store_mb"] for s in samples if s["t"] >= warm]
+        # The store can be flat only once its longest window has passed: enqueue answers are
+        # kept ANSWER_RETENTION_S, and pruned every PRUNE_S.
+        store_warm = min(max(warm, ANSWER_RETENTION_S + PRUNE_S), 2 * size["duration_s"] / 3)
+        store_points = [s["store_mb"] for s in samples if s["t"] >= store_warm]
+        used_points = [s["store"]["used_mb"] for s in samples if s["t"] >= store_warm and s["store"]]
         result = {
             "scenario": "soak",
             "duration_s": size["duration_s"],
@@ -145,7 +175,9 @@ def scenario(quick: bool = False, rate: float = 100.0, seed: int = 7, **sizes: f
             "recovery_s_max": round(max(recovery), 2) if recovery else None,
             "scheduler_rss_mb": _growth(rss_points),
             "scheduler_rss_before_each_kill": before_kill,
+            "store_warmup_s": round(store_warm),
             "store_mb": _growth(store_points),
+            "store_used_mb": _peaks(used_points),  # pages in use, without the free ones
             "replay": {k: v for k, v in replay.items() if k != "per_task"},
             "samples": samples,
             "elapsed_s": round(elapsed, 1),
@@ -154,6 +186,16 @@ def scenario(quick: bool = False, rate: float = 100.0, seed: int = 7, **sizes: f
     finally:
         sched.shutdown()
     return result
+
+
+def _peaks(points: list[float]) -> dict[str, Any]:
+    """Pages in use rise between prunes and fall at each (a sawtooth of PRUNE_S): flat means
+    the peaks of the second half of the window are no higher than those of the first."""
+    half = len(points) // 2
+    if half == 0:
+        return {"peak_first_half": None, "peak_second_half": None, "growth": None}
+    first, second = max(points[:half]), max(points[half:])
+    return {"peak_first_half": first, "peak_second_half": second, "growth": round(second / first, 3)}
 
 
 def _growth(points: list[float]) -> dict[str, Any]:

@@ -19,9 +19,6 @@ PING_TIMEOUT_S = 10.0
 BLOCKED_PING_TIMEOUT_S = 0.5
 #: Forget finished rows older than ``EngineConfig.retain_finished_ms`` this often.
 PRUNE_S = 60.0
-#: An enqueue call's answer is kept this long by its request token, so a client retrying
-#: it (the scheduler restarted before answering) gets the answer, not a second enqueue.
-ANSWER_RETENTION_S = 600.0
 #: Python's cyclic garbage collector, in the scheduler: everything alive is frozen (taken
 #: out of the collector's scans) every RECONCILE_S, so a full collection scans only what
 #: is new instead of every task in memory (66 ms pauses every few seconds at 30,000
@@ -75,6 +72,12 @@ RETRY_MAX_DELAY_S = 1.0
 LOOKUP_POLL_S = 0.05
 #: A client call to the scheduler gives up after this.
 CALL_TIMEOUT_S = 120.0
+#: An enqueue call's answer is kept this long by its request token, so a client retrying
+#: it (the scheduler restarted before answering) gets the answer, not a second enqueue.
+#: A client stops retrying CALL_TIMEOUT_S after its first try, which came before the
+#: answer was stored: twice that covers every retry. (It was 600 s: the soak showed the
+#: answers as the one table still growing after 10 minutes.)
+ANSWER_RETENTION_S = 2 * CALL_TIMEOUT_S
 #: ``shutdown()`` asks executors to stop beginning runs before it kills them; it waits at most this.
 STOP_WAIT_S = 1.0
 #: ``wait()`` long-polls the scheduler in chunks of at most this.
