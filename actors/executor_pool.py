@@ -272,10 +272,18 @@ class ExecutorPool:
                   crashed=True)
         return True
 
-    def withdraw(self, i: int, held: set[Key]) -> list[Key]:
-        """Executor ``i``'s loop is blocked: every run there but ``held`` (begun, or ended
-        with its report on the way) goes back to the queue, not counted as an attempt."""
-        withdrawn = [key for key in self.slots[i].inflight if key not in held]
+    def withdraw(self, i: int, held: set[Key], incarnation: str) -> list[Key]:
+        """Executor ``i``'s process ``incarnation`` has a blocked loop: every run it took
+        (or may take: its submit not answered yet, which the fence covers) but ``held``
+        (begun, or ended with its report on the way) goes back to the queue, not counted
+        as an attempt. Runs an earlier process of the slot took died with it: they are
+        left to the reconcile, which counts that death (a poison run's own). A report from
+        a process already known dead withdraws nothing."""
+        slot = self.slots[i]
+        if incarnation in slot.dead:
+            return []
+        withdrawn = [key for key, took in slot.inflight.items()
+                     if key not in held and took in (None, incarnation)]
         for key in withdrawn:
             del self.slots[i].inflight[key]
             self.where.pop(key, None)

@@ -93,6 +93,8 @@ class SchedulerReports:
         (not counted as attempts). Returns the fence: every batch up to it is withdrawn."""
         await self._ready
         task = run[0] if run else None
+        if kind == "light" and index < len(self.pool.slots) and incarnation in self.pool.slots[index].dead:
+            return None  # a process that has since died: its runs are settled as a death
         self._blocked.block(kind, index, worker, task, lag_s)
         if kind != "light" or index >= len(self.pool.slots):
             log.warning("heavy worker %d: %s (task %s) blocks its event loop", index, worker, task)
@@ -100,7 +102,7 @@ class SchedulerReports:
         held = {(k, r) for k, r in begun}
         for key in held:  # their own "began" notices wait behind the blocked loop
             self.core.started(*key)
-        withdrawn = self.pool.withdraw(index, held)
+        withdrawn = self.pool.withdraw(index, held, incarnation)
         log.warning("executor %d: %s (task %s) blocks its event loop (%.2f s so far); %d queued runs go to "
                     "other executors", index, worker, task, lag_s, len(withdrawn))
         if reason := self._blocked.reason(self._serving(), self.core.ready_count()):

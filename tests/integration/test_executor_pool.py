@@ -29,9 +29,13 @@ class _Handle:
 class _Core:
     def __init__(self) -> None:
         self.released = 0
+        self.lost: list[tuple[str, int, bool]] = []
 
     def release_unplaced(self) -> None:
         self.released += 1
+
+    def run_lost(self, key: str, run_id: int, crashed: bool = False) -> None:
+        self.lost.append((key, run_id, crashed))
 
 
 def _pool() -> tuple[ExecutorPool, _Core, list[tuple[int, list[Any]]]]:
@@ -76,3 +80,21 @@ def test_the_only_ordinary_executor_taking_runs_is_never_emptied_for_a_suspect()
     assert pool.isolate(("B",)) is None and not pool.alone
     pool.slots[2].reachable = True
     assert pool.isolate(("B",)) == 1  # another one serves again: this one may be used
+
+
+def test_a_blocked_loop_withdraws_only_what_its_own_process_took() -> None:
+    """An executor's first process began a run and died (os._exit in a worker); its next
+    process's loop blocks before the reconcile saw the restart. The dead process's run is
+    not "given back" (that would not count the death against it: CI saw a poison task
+    run 5 times): it stays for the reconcile, which counts it as a crash."""
+    pool, core, _sent = _pool()
+    pool.held(1, ("poison", 1), "p1")  # taken by the process that died
+    pool.held(1, ("queued", 1), "p1-new")  # taken by the process now blocked
+    pool.held(1, ("in-flight", 1))  # its submit not answered yet: the fence covers it
+    pool.held(1, ("begun", 1), "p1-new")
+    withdrawn = pool.withdraw(1, {("begun", 1)}, "p1-new")
+    assert sorted(withdrawn) == [("in-flight", 1), ("queued", 1)]
+    assert sorted(core.lost) == [("in-flight", 1, False), ("queued", 1, False)]  # not counted as deaths
+    assert set(pool.slots[1].inflight) == {("poison", 1), ("begun", 1)}
+    pool.slots[1].dead.add("p1-new")  # a report from a process since known dead: nothing
+    assert pool.withdraw(1, set(), "p1-new") == []
