@@ -1,7 +1,7 @@
-"""The executor pool's isolation of suspect runs when no probation executor may take
-them (actors/executor_pool.py ``isolate``): a suspect pinned to a node other than the
-scheduler's runs alone on an ordinary executor of that node, emptied for it first.
-The pool's own logic, with stand-in actor handles (no Ray cluster needed)."""
+"""The executor pool's own logic (actors/executor_pool.py), with stand-in actor handles
+(no Ray cluster needed): isolating suspect runs when no probation executor may take them
+(a suspect pinned off the scheduler's node runs alone on an ordinary executor there,
+emptied for it first), and what a blocked loop's report may withdraw."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 
 from kmpray.actors.blocked_loops import BlockedLoops
 from kmpray.actors.executor_pool import PROBATION_LANES, ExecutorPool, ExecutorSlot
+
 from kmpray.config import EngineConfig
 
 
@@ -45,7 +46,7 @@ def _pool() -> tuple[ExecutorPool, _Core, list[tuple[int, list[Any]]]]:
     pool.home = "A"
     for i, node in enumerate(["A", "B", "B"]):
         pool.slots.append(ExecutorSlot(i, _Handle(sent, i), node, incarnation=f"p{i}", reachable=True))
-    for k in range(PROBATION_LANES):
+    for _ in range(PROBATION_LANES):
         i = len(pool.slots)
         pool.slots.append(ExecutorSlot(i, _Handle(sent, i), "A", incarnation=f"p{i}", reachable=True,
                                        probation=True))
