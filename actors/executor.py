@@ -50,6 +50,7 @@ from kmpray.validation import check_output
 from kmpray.worker import CommonWorker, WorkerContext, run_worker
 
 from .event_broker import BrokerBackend
+from .fencing import Fencing
 from .loop_watch import Blocker, LoopWatch
 from .memory_cap import MemoryCap
 from .names import REGISTRY, SCHEDULER, lookup
@@ -101,10 +102,10 @@ class ExecutorBase:
         kmpray.events.TaskEventBus._bind(BrokerBackend(namespace))
         # A blocked event loop (see loop_watch.py): the scheduler withdraws the runs queued
         # here that have not begun, and answers with a fence (scheduler epoch, batch number);
-        # a run from a batch at or below it never begins here. ``_begin_lock`` makes "has it
+        # a run from a batch at or below it, or from an earlier scheduler's batch, never
+        # begins here (actors/fencing.py). ``_begin_lock`` makes "has it
         # begun?" one answer for both threads.
-        self._batch_of: dict[tuple[str, int], tuple[str, int]] = {}  # run -> (epoch, batch)
-        self._fence: tuple[str, int] = ("", 0)
+        self._fencing = Fencing()
         self._fence_wait = False  # a block was reported; runs wait for the fence before beginning
         self._begin_lock = threading.Lock()
         self._blocks: dict[str, int] = {}  # worker class -> times it blocked this loop
@@ -136,7 +137,7 @@ class ExecutorBase:
             if key not in self._unreported:  # a retried submit must not start a run twice
                 self._unreported[key] = None
                 if batch is not None:
-                    self._batch_of[key] = (batch[0], batch[1])
+                    self._fencing.took(key, batch[0], batch[1])
                 self._tasks[key] = asyncio.ensure_future(self._run(run))
         return self.incarnation
 
@@ -148,10 +149,7 @@ class ExecutorBase:
         return Holding(self.incarnation, held, waiting)
 
     def _withdrawn(self, key: tuple[str, int]) -> bool:
-        batch = self._batch_of.get(key)
-        if batch is None or key in self._begun:
-            return False
-        return batch[0] == self._fence[0] and batch[1] <= self._fence[1]
+        return key not in self._begun and self._fencing.withdrawn(key)
 
     def stop(self) -> int:
         """The engine is shutting down: nothing more begins here (queued runs, handed
@@ -221,7 +219,7 @@ class ExecutorBase:
                         raise
                     time.sleep(BLOCK_REPORT_RETRY_S)
             if fence is not None:
-                self._fence = (fence[0], fence[1])
+                self._fencing.fence(fence[0], fence[1])
         finally:
             self._fence_wait = False
 
@@ -304,7 +302,7 @@ class ExecutorBase:
         finally:
             self._tasks.pop(key, None)
             self._begun.discard(key)
-            self._batch_of.pop(key, None)
+            self._fencing.forget(key)
         if key in self._cancelled:
             self._cancelled.discard(key)
             self._unreported.pop(key, None)

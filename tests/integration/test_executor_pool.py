@@ -99,3 +99,24 @@ def test_a_blocked_loop_withdraws_only_what_its_own_process_took() -> None:
     assert set(pool.slots[1].inflight) == {("poison", 1), ("begun", 1)}
     pool.slots[1].dead.add("p1-new")  # a report from a process since known dead: nothing
     assert pool.withdraw(1, set(), "p1-new") == []
+
+
+def test_a_fence_from_a_restarted_scheduler_covers_the_batches_of_the_one_before() -> None:
+    """The scheduler restarted (a new epoch) and adopted an executor's queued runs; the
+    executor's loop blocks and the new scheduler withdraws them, answering with a fence
+    of its own epoch: the old epoch's queued runs must not begin here either (they run
+    elsewhere now), while its own later batches and a third scheduler's still may."""
+    from kmpray.actors.fencing import Fencing
+
+    f = Fencing()
+    f.took(("old", 1), "epoch-1", 7)
+    f.took(("new", 1), "epoch-2", 1)
+    f.took(("new-later", 1), "epoch-2", 3)
+    assert not f.withdrawn(("old", 1))  # no fence yet
+    f.fence("epoch-2", 2)
+    assert f.withdrawn(("old", 1)) and f.withdrawn(("new", 1))
+    assert not f.withdrawn(("new-later", 1))  # sent after the fence
+    f.took(("third", 1), "epoch-3", 1)
+    assert not f.withdrawn(("third", 1))  # a scheduler after the fence's
+    f.forget(("old", 1))
+    assert not f.withdrawn(("old", 1))

@@ -1,0 +1,48 @@
+"""Fencing: which runs an executor with a blocked event loop must not begin.
+
+When a worker blocks an executor's loop, the scheduler withdraws the runs queued there
+(they go to other executors) and answers with a fence: the number of the last batch it
+sent that executor under its epoch (a scheduler process's id). The executor then never
+begins a run from a batch at or below the fence. A scheduler that restarted has a new
+epoch; every batch of an earlier epoch was sent before the fence, so a fence covers those
+too (a restarted scheduler adopts the runs an executor holds, and withdraws the queued
+ones like its own: without this the executor would still begin them, and they would run
+twice). Epochs are ordered by when this process first saw each one.
+"""
+
+from __future__ import annotations
+
+from typing import TypeAlias
+
+Key: TypeAlias = tuple[str, int]
+
+
+class Fencing:
+    def __init__(self) -> None:
+        self._batch_of: dict[Key, tuple[str, int]] = {}  # run -> (epoch, batch)
+        self._fence: tuple[str, int] = ("", 0)
+        self._order: dict[str, int] = {}  # epoch -> when first seen here
+
+    def _seen(self, epoch: str) -> int:
+        return self._order.setdefault(epoch, len(self._order))
+
+    def took(self, key: Key, epoch: str, batch: int) -> None:
+        self._seen(epoch)
+        self._batch_of[key] = (epoch, batch)
+
+    def fence(self, epoch: str, batch: int) -> None:
+        self._seen(epoch)
+        self._fence = (epoch, batch)
+
+    def withdrawn(self, key: Key) -> bool:
+        """Not begun yet and at or below the fence: it runs elsewhere, never here."""
+        taken = self._batch_of.get(key)
+        epoch, batch = self._fence
+        if taken is None or not epoch:
+            return False
+        if taken[0] == epoch:
+            return taken[1] <= batch
+        return self._order[taken[0]] < self._order[epoch]  # sent by an earlier scheduler
+
+    def forget(self, key: Key) -> None:
+        self._batch_of.pop(key, None)
