@@ -82,9 +82,12 @@ def run(state_dir: str | None = None, hours: int = 1) -> int:
                                virtual_time=True)
     printed = threading.Lock()
 
+    ended = threading.Event()  # the summary is printed: no event line after it
+
     def on_event(event: Any) -> None:
         with printed:
-            _print_event(event)
+            if not ended.is_set():
+                _print_event(event)
 
     events = scheduler.events.subscribe(since=0, callback=on_event)
     try:
@@ -125,6 +128,7 @@ def run(state_dir: str | None = None, hours: int = 1) -> int:
             time.sleep(0.02)
         infos = sorted(scheduler.list_tasks(), key=lambda i: i.created_at_ms)
         with printed:
+            ended.set()  # an event delivered from now on (its callback waits on this lock) is not printed
             print("\nsummary")
             print(tasks_text(infos))
             print(f"\n{len(infos)} tasks, {sum(i.run_count for i in infos)} runs, "

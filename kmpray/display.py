@@ -32,6 +32,20 @@ def _result(info: TaskInfo) -> str:
     return f"Retry: {r.reason or ''}"
 
 
+def task_line(i: TaskInfo) -> str:
+    """``h1 (SyncWorker): SUCCEEDED, attempt 1, 1 run, 100% - Success {'n': 3}``: what a
+    terminal shows of one task (its waiting reason while it waits)."""
+    parts = [f"attempt {i.run_attempt_count}", f"{i.run_count} run{'s' if i.run_count != 1 else ''}"]
+    if i.progress is not None:
+        parts.append(f"{i.progress}%")
+    line = f"{i.id} ({i.worker_class_name}): {i.state.value}, " + ", ".join(parts)
+    if i.result is not None:
+        line += f" - {_result(i)[:120]}"
+    if i.waiting_for is not None:
+        line += f" - {i.waiting_for.message[:120]}"
+    return line
+
+
 def rows(infos: Sequence[TaskInfo]) -> list[tuple[str, ...]]:
     return [
         (

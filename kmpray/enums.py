@@ -40,6 +40,9 @@ class ScheduleResult(str, Enum):
     REJECTED_INVALID_PARAMS = "REJECTED_INVALID_PARAMS"
     FAILED_UNKNOWN = "FAILED_UNKNOWN"
 
+    def __str__(self) -> str:  # print(result) -> SUCCESS; repr() keeps the class name
+        return self.value
+
 
 class BackoffPolicy(str, Enum):
     EXPONENTIAL = "EXPONENTIAL"

@@ -62,6 +62,12 @@ class TaskInfo(Frozen):
     def is_finished(self) -> bool:
         return self.state.is_finished
 
+    def __str__(self) -> str:
+        """One line for a terminal (``print(scheduler.wait("h1"))``); ``repr`` keeps every field."""
+        from .display import task_line
+
+        return task_line(self)
+
     def _repr_html_(self) -> str:
         from .display import tasks_html
 
@@ -82,6 +88,12 @@ class ChainInfo(Frozen):
     @property
     def is_finished(self) -> bool:
         return self.state.is_finished
+
+    def __str__(self) -> str:
+        """The chain as a text table per step (as ``table()``); ``repr`` keeps every field."""
+        from .display import chain_text
+
+        return chain_text(self)
 
     def _repr_html_(self) -> str:
         from .display import chain_html

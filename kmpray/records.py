@@ -85,7 +85,7 @@ class TaskRecord:
             run_attempt_count=self.run_attempt_count - (state is not self.state),  # counted once it begins
             run_count=self.run_count,
             result=_shown(self.result),
-            progress=self.progress,
+            progress=shown_progress(state, self.progress),
             next_run_at_ms=self.next_run_at_ms,
             chain_id=self.chain_id,
             trigger=self.trigger,
@@ -93,6 +93,15 @@ class TaskRecord:
             created_at_ms=self.created_at_ms,
             updated_at_ms=self.updated_at_ms,
         )
+
+
+def shown_progress(state: TaskState, progress: int | None) -> int | None:
+    """A run's last progress report is shown while it runs; a finished task shows 100 on
+    success and none otherwise, and a task waiting for its next run none (not the last
+    run's 50 %, frozen as if it still went on)."""
+    if state is TaskState.RUNNING:
+        return progress
+    return 100 if state is TaskState.SUCCEEDED else None
 
 
 def _shown(result: Any) -> Any:

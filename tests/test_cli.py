@@ -49,9 +49,11 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "progress  sync-now" in text and "100%" in text
     assert "retrying in 30000 ms" in text and "uploaded" in text
     assert "report over 250 records from 2 syncs" in text  # the chain's last step got both outputs
-    summary = text.split("summary")[1]
+    summary = text.split("\nsummary\n")[1]
     assert "cleanup" in summary and "ENQUEUED" in summary
     assert "7 tasks, 11 runs" in summary
+    # the summary is the end: no event line after it
+    assert not [line for line in summary.splitlines() if line.startswith(("  progress", "  ok ", "  fail"))]
 
 
 def test_cluster_yaml_names_what_the_engine_asks_for() -> None:

@@ -177,6 +177,46 @@ def test_progress_updates_info_and_emits_in_order(h: Harness) -> None:
     assert [e.progress for e in h.drain().events] == [10, 50, 90]  # type: ignore[attr-defined]
 
 
+def test_finished_tasks_show_their_final_progress_not_the_last_report(h: Harness) -> None:
+    """100 % once SUCCEEDED, none once FAILED or waiting for the next period: never the
+    last run's 50 % frozen as if it still went on (what ``kmpray list`` showed)."""
+    h.core.submit("ok", TaskTrigger.OneTime(), "Ok")
+    h.core.submit("bad", TaskTrigger.OneTime(), "Fail")
+    h.core.submit("every", TaskTrigger.Periodic(900_000), "Ok")
+    h.core.tick()
+    runs = {d.key: d for d in h.core.take_ready(10)}
+    for key, d in runs.items():
+        h.core.started(key, d.run_id)
+        h.core.progress(key, d.run_id, 50, "half")
+    info = h.core.info(h.core.latest("ok"))  # type: ignore[arg-type]
+    assert info.state is TaskState.RUNNING and info.progress == 50
+    for key, d in runs.items():
+        h.core.complete(key, d.run_id, h.workers[d.worker](d))
+    shown = {k: h.core.info(h.core.latest(k)) for k in runs}  # type: ignore[arg-type]
+    assert (shown["ok"].state, shown["ok"].progress) == (TaskState.SUCCEEDED, 100)
+    assert (shown["bad"].state, shown["bad"].progress) == (TaskState.FAILED, None)
+    assert (shown["every"].state, shown["every"].progress) == (TaskState.ENQUEUED, None)
+
+
+def test_terminals_get_one_line_per_task_and_the_bare_result(h: Harness) -> None:
+    h.core.submit("h1", TaskTrigger.OneTime(), "Ok")
+    h.step()
+    info = h.core.info(h.core.latest("h1"))  # type: ignore[arg-type]
+    assert str(info) == "h1 (Ok): SUCCEEDED, attempt 1, 1 run, 100% - Success {'worker': 'Ok'}"
+    assert repr(info).startswith("TaskInfo(id='h1'")  # the full form stays for debugging
+    assert str(ScheduleResult.SUCCESS) == "SUCCESS" and f"{ScheduleResult.FAILED_UNKNOWN}" == "FAILED_UNKNOWN"
+    assert repr(ScheduleResult.SUCCESS) == "<ScheduleResult.SUCCESS: 'SUCCESS'>"
+    h.core.submit("later", TaskTrigger.OneTime(initial_delay_ms=60_000), "Ok")
+    later = h.core.info(h.core.latest("later"))  # type: ignore[arg-type]
+    assert str(later).startswith("later (Ok): ENQUEUED, attempt 0, 0 runs - due at ")
+    from kmpray import ChainInfo
+
+    chain = ChainInfo(id="c", state=TaskState.RUNNING, steps=[[info], [later]])
+    lines = str(chain).splitlines()
+    assert lines[0] == "chain c: RUNNING" and lines[1] == "step 1" and "step 2" in lines
+    assert lines[2].split()[:3] == ["id", "worker", "state"] and lines[4].startswith("h1 ")
+
+
 def test_run_lost_requeues_without_counting_an_attempt(h: Harness) -> None:
     h.core.submit("a", TaskTrigger.OneTime(), "Ok")
     h.core.tick()
