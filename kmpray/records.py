@@ -201,7 +201,8 @@ _ROW_TYPES: dict[str, tuple[type, ...]] = {
 }
 _REQUIRED = ("k", "n", "w", "s", "c0", "u")
 # Counters with their largest sane value (progress is a percentage).
-_COUNTERS = {"a": 2**62, "rc": 2**62, "ri": 2**62, "pe": 2**62, "st": 2**62, "p": 100, "cr": 2**62, "is": 2**62}
+_COUNTERS = {"a": 2**62, "rc": 2**62, "ri": 2**62, "pe": 2**62, "st": 2**62, "p": 100, "cr": 2**62,
+             "is": 2**62}
 _COUNTER_NAMES = frozenset(_COUNTERS)
 
 
