@@ -224,8 +224,8 @@ class SchedulerCore(UniqueWork, Restoring, ChainRules, Conditions, Explaining):
                     self._finish(rec, TaskState.FAILED, Failure(str(exc)), now)
                     continue
             run_input = rec.input
-            if run_input is None and upstream:
-                run_input = to_json(upstream)  # large values as descriptors
+            if run_input is None and upstream and not rec.input_stored:
+                run_input = to_json(upstream)  # no input of its own: large values as descriptors
             due = rec.next_run_at_ms
             start_at = due if due is not None and due > now else None
             # Not persisted: a restarted scheduler adopts the run from its executor (or runs it
@@ -246,7 +246,7 @@ class SchedulerCore(UniqueWork, Restoring, ChainRules, Conditions, Explaining):
                     nodes=nodes,
                     start_at_ms=start_at,
                     crashes=rec.crashes,
-                    input_stored=run_input is None and rec.input_stored > 0,
+                    input_stored=rec.input_stored > 0,
                     then=None if rec.constraints.is_heavy_task or rec.crashes else self._handed_with(rec, HAND_ON_DEPTH),
                 )
             )
@@ -263,7 +263,7 @@ class SchedulerCore(UniqueWork, Restoring, ChainRules, Conditions, Explaining):
             key=nxt.key, name=nxt.name, run_id=nxt.run_id + 1, worker=nxt.worker, input=nxt.input, upstream=None,
             previous_attempts=nxt.run_attempt_count, timeout_ms=nxt.constraints.timeout_ms, heavy=False,
             chain_id=nxt.chain_id, then=self._handed_with(nxt, depth - 1), input_merger=nxt.input_merger.value,
-            input_stored=nxt.input is None and nxt.input_stored > 0,
+            input_stored=nxt.input_stored > 0,
         )
 
     def _output(self, key: str) -> dict[str, Any] | None:

@@ -39,7 +39,8 @@ class TaskRecord:
     updated_at_ms: int
     input: str | None = None
     # Characters of an input kept in the store only (``store.INLINE_INPUT_CHARS``): then
-    # ``input`` is None in memory and a dispatch reads it back (``TaskStore.read_input``).
+    # ``input`` is None in memory (the store sets both, or neither) and a dispatch reads it
+    # back (``TaskStore.read_input``).
     input_stored: int = 0
     run_attempt_count: int = 0
     run_count: int = 0

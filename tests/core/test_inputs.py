@@ -12,6 +12,7 @@ import pytest
 from kmpray import TaskTrigger
 from kmpray.engine import SchedulerCore
 from kmpray.memory_store import MemoryTaskStore
+from kmpray.results import Success
 from kmpray.store import INLINE_INPUT_CHARS, SqliteTaskStore
 
 from .conftest import START, Harness
@@ -140,3 +141,22 @@ def test_give_back_returns_the_pages_of_freed_large_strings() -> None:
     after = _private_kib() - base
     assert kept > 100 * 1024 and after < 16 * 1024, (kept, after)
     assert keep.endswith("199")
+
+
+def test_a_chain_task_with_a_large_input_gets_its_input_not_its_upstream_data() -> None:
+    """A chain task has both its own input and its prerequisites' merged output; once its
+    input lives in the store, the dispatch must say so, not fall back to sending the
+    upstream data as the input (what a task without an input of its own gets)."""
+    from kmpray import ExistingPolicy
+
+    from .conftest import task
+
+    h = Harness()
+    h.workers["Data"] = lambda d: Success(data={"from": d.key})
+    steps = [[task("Data", "a1"), task("Data", "a2")], [task("Data", "b", input=BIG)]]
+    assert h.core.submit_chain("c", ExistingPolicy.REPLACE, steps).result.value == "SUCCESS"
+    ran = {d.key: d for _ in range(3) for d in h.step()}
+    b = ran["b"]
+    assert h.core.latest("b").state.value == "SUCCEEDED"  # type: ignore[union-attr]
+    assert b.upstream is not None and b.input is None and b.input_stored  # read back by the actor
+    assert h.store.read_input("b") == BIG
