@@ -10,7 +10,7 @@ import msgpack
 
 from .chain_record import ChainRecord
 from .records import TaskRecord, decode, encode
-from .store import QuarantinedRow, _chain_id, _spill, _task_key, _unspill, decode_rows
+from .store import QuarantinedRow, _chain_id, _task_key, decode_rows, spilling
 
 _R = TypeVar("_R")
 
@@ -79,12 +79,8 @@ class MemoryTaskStore:
         for key in delete:
             self._rows.pop(key, None)
             self._inputs.pop(key, None)
-        recs, spilled = _spill(put)
-        try:
+        with spilling(put) as (recs, spilled):
             rows = {rec.key: encode(rec) for rec in recs}
-        except BaseException:
-            _unspill(spilled)
-            raise
         self._rows.update(rows)
         self._inputs.update((rec.key, text) for rec, text in spilled)
         for key in delete_chains:

@@ -262,21 +262,22 @@ _TASK_TABLES = {
 }
 
 
-def _spill(put: Iterable[TaskRecord]) -> tuple[list[TaskRecord], list[tuple[TaskRecord, str]]]:
+@contextlib.contextmanager
+def spilling(put: Iterable[TaskRecord]) -> Iterator[tuple[list[TaskRecord], list[tuple[TaskRecord, str]]]]:
     """The records to write, and those whose input moves out of the record into the
-    ``inputs`` table now (taken off the record here; ``_unspill`` puts them back if the
-    write fails)."""
+    ``inputs`` table with this write (taken off the record here, put back if the write
+    raises: nothing is lost from memory that did not reach the store)."""
     recs = list(put)
     spilled = [(rec, rec.input) for rec in recs
                if rec.input is not None and len(rec.input) > INLINE_INPUT_CHARS]
     for rec, text in spilled:
         rec.input, rec.input_stored = None, len(text)
-    return recs, spilled
-
-
-def _unspill(spilled: list[tuple[TaskRecord, str]]) -> None:
-    for rec, text in spilled:
-        rec.input, rec.input_stored = text, 0
+    try:
+        yield recs, spilled
+    except BaseException:
+        for rec, text in spilled:
+            rec.input, rec.input_stored = text, 0
+        raise
 
 
 class SqliteTaskStore:
@@ -332,12 +333,8 @@ class SqliteTaskStore:
         answers: Sequence[tuple[str, bytes, int]] = (),
         acked: int | None = None,
     ) -> list[int]:
-        recs, spilled = _spill(put)
-        try:
+        with spilling(put) as (recs, spilled):
             numbers = self._write(recs, spilled, delete, chains, delete_chains, events, answers, acked)
-        except BaseException:
-            _unspill(spilled)
-            raise
         self.spilled_chars += sum(len(text) for _rec, text in spilled)
         return numbers
 
