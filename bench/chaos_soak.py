@@ -39,6 +39,7 @@ from kmpray.timing import ANSWER_RETENTION_S, PRUNE_S
 
 from .chaos_common import ChaosLedger, actor_pid, answers_after
 from .common import drain, ray_up
+from .stamp import rss_bytes
 
 FULL = {"duration_s": 600.0, "scheduler_every_s": 60.0, "broker_every_s": 90.0}
 QUICK = {"duration_s": 60.0, "scheduler_every_s": 20.0, "broker_every_s": 30.0}
@@ -46,12 +47,9 @@ QUICK = {"duration_s": 60.0, "scheduler_every_s": 20.0, "broker_every_s": 30.0}
 
 def _rss_mb(pid: int | None) -> float | None:
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
+        return rss_bytes(pid) / 2**20 if pid is not None else None
     except (OSError, ValueError):
-        pass
-    return None
+        return None
 
 
 def _store_mb(state: Path) -> float:
