@@ -68,14 +68,15 @@ def scheduler_status(ray: Any, namespace: str) -> dict[str, Any]:
         return {}
 
 
+def ledger_lines(path: Path) -> list[list[str]]:
+    """The ledger's start lines, split: ``["start", task id, attempts, pid, time]``."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [parts for parts in map(str.split, lines) if len(parts) >= 2 and parts[0] == "start"]
+
+
 def ledger_starts(path: Path) -> Counter[str]:
-    starts: Counter[str] = Counter()
-    if path.exists():
-        for line in path.read_text().splitlines():
-            parts = line.split()
-            if len(parts) >= 2 and parts[0] == "start":
-                starts[parts[1]] += 1
-    return starts
+    """Starts per task."""
+    return Counter(parts[1] for parts in ledger_lines(path))
 
 
 def terminal_events(sched: Any, ids: set[str], timeout_s: float) -> Counter[str]:

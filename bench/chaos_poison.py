@@ -26,7 +26,7 @@ import numpy as np
 
 import kmpray
 
-from .chaos_common import ChaosLedger, actor_pid, ledger_starts, record_start
+from .chaos_common import ChaosLedger, actor_pid, ledger_lines, ledger_starts, record_start
 from .common import ray_up
 
 SIZES = {"full": (10_000, 500.0), "quick": (2_000, 250.0)}  # normal tasks per phase, rate
@@ -59,8 +59,7 @@ class ChaosHog(kmpray.CommonWorker):
 
 def _starts_of(ledger: Path, task_id: str) -> list[str]:
     """The ledger's start lines of one task: ``pid time`` each."""
-    lines = ledger.read_text().splitlines() if ledger.exists() else []
-    return [" ".join(p[3:5]) for p in (line.split() for line in lines) if p[:2] == ["start", task_id]]
+    return [" ".join(p[3:5]) for p in ledger_lines(ledger) if p[1] == task_id]
 
 
 def _phase(sched: Any, prefix: str, n: int, rate: float, payload: str,
