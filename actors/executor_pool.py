@@ -232,7 +232,9 @@ class ExecutorPool:
         if key in self.alone.values():
             self.end_isolation(key)
 
-    def cancel(self, keys: Iterable[Key]) -> None:
+    def cancel(self, keys: Iterable[Key]) -> list[Any]:
+        """Tell the executors holding these runs to drop them; the answers (one per
+        executor) say each has: nothing it held under these keys begins after that."""
         by_executor: dict[int, list[Key]] = {}
         for key in keys:
             i = self.where.pop(key, None)
@@ -241,8 +243,7 @@ class ExecutorPool:
             if i is not None:
                 self.slots[i].inflight.pop(key, None)
                 by_executor.setdefault(i, []).append(key)
-        for i, part in by_executor.items():
-            self.slots[i].handle.cancel.remote(part)
+        return [self.slots[i].handle.cancel.remote(part) for i, part in by_executor.items()]
 
     def lose(self, i: int, why: str, keys: list[Key] | None = None, crashed: bool = False) -> None:
         """Re-queue executor ``i``'s runs (only ``keys`` of them, if given) still unreported;

@@ -9,6 +9,7 @@ store; a reconcile loop re-runs work whose executor died.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import time
@@ -29,6 +30,7 @@ from kmpray.platforms import profile
 from kmpray.store import SqliteTaskStore
 from kmpray.timing import (
     ANSWER_RETENTION_S,
+    CANCEL_ACK_TIMEOUT_S,
     GC_FULL_S,
     PING_TIMEOUT_S,
     PRUNE_S,
@@ -84,6 +86,7 @@ class SchedulerActor(
         self._answers: list[tuple[str, bytes, int]] = []  # (request token, answer, ms) to store
         self._commit_due: asyncio.Future[None] | None = None  # see SchedulerIntake._commit
         self._acked: int | None = None  # outbox events up to here are in the event log
+        self._cancel_acks: list[Any] = []  # executors' answers to the last cancels sent
         self.waiters = Waiters(self.core)
         self._reconciling = asyncio.Lock()
         self._watcher = FileWatcher()
@@ -275,7 +278,7 @@ class SchedulerActor(
             answers=answers, acked=acked,
         ))
         if fx.cancel_runs:
-            self.pool.cancel(fx.cancel_runs)
+            self._cancel_acks = self.pool.cancel(fx.cancel_runs)
             for key in fx.cancel_runs:
                 self.heavy.cancel(key)
         local = self._local_chains
@@ -307,16 +310,28 @@ class SchedulerActor(
     # ------------------------------------------------------------- messages
     async def cancel(self, name: str) -> int:
         await self._ready
+        self._cancel_acks = []
         n = self.core.cancel(name)
         self._flush()
         self._kick()
+        await self._cancels_delivered()
         return n
 
     async def cancel_all(self) -> int:
         await self._ready
+        self._cancel_acks = []
         n = self.core.cancel_all()
         self._flush()
+        await self._cancels_delivered()
         return n
+
+    async def _cancels_delivered(self) -> None:
+        """Until the executors have the cancels sent so far: a chain step handed over with
+        a cancelled run (one hop per step) could otherwise begin after cancel() returned.
+        Bounded: an executor that is down has nothing to begin."""
+        acks, self._cancel_acks = self._cancel_acks, []
+        if acks:
+            await asyncio.wait([asyncio.ensure_future(_answered(a)) for a in acks], timeout=CANCEL_ACK_TIMEOUT_S)
 
     async def wait(self, name: str, timeout_s: float | None, runs_before: int | None = None) -> dict[str, Any] | None:
         """Until the work under ``name`` is finished (a recurring task: a run after ``runs_before`` ends)."""
@@ -338,3 +353,7 @@ class SchedulerActor(
         self._kick()
         return n
 
+
+async def _answered(ref: Any) -> None:
+    with contextlib.suppress(Exception):  # an executor that died: it begins nothing either
+        await ref

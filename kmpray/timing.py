@@ -54,6 +54,9 @@ BLOCK_REPORT_RETRY_S = 0.5
 HEAVY_RESTART_POLL_S = 0.2
 #: A cancelled heavy run is checked for having ended this often (up to the cancel grace).
 HEAVY_CANCEL_POLL_S = 0.05
+#: ``cancel()`` returns once the executors holding the cancelled runs have them (so nothing
+#: handed over with them begins after it), or after this (an executor that is down).
+CANCEL_ACK_TIMEOUT_S = 5.0
 
 # ---- ChainCoordinator (actors/chain_coordinator.py)
 #: Each coordinator re-reads its chains from the scheduler this often (a lost message or
