@@ -331,7 +331,8 @@ class SchedulerActor(
         Bounded: an executor that is down has nothing to begin."""
         acks, self._cancel_acks = self._cancel_acks, []
         if acks:
-            await asyncio.wait([asyncio.ensure_future(_answered(a)) for a in acks], timeout=CANCEL_ACK_TIMEOUT_S)
+            waits = [asyncio.ensure_future(_answered(a)) for a in acks]
+            await asyncio.wait(waits, timeout=CANCEL_ACK_TIMEOUT_S)
 
     async def wait(self, name: str, timeout_s: float | None, runs_before: int | None = None) -> dict[str, Any] | None:
         """Until the work under ``name`` is finished (a recurring task: a run after ``runs_before`` ends)."""
