@@ -42,16 +42,61 @@ class EngineFactory:
         self.made.append(sched)
         return sched
 
+    def close(self) -> None:
+        for sched in self.made:
+            try:
+                sched.shutdown()
+            except Exception:
+                pass
+
 
 @pytest.fixture
 def engines(ray_session: Any, tmp_path: Path) -> Iterator[EngineFactory]:
     factory = EngineFactory(tmp_path)
     yield factory
-    for sched in factory.made:
-        try:
-            sched.shutdown()
-        except Exception:
-            pass
+    factory.close()
+
+
+@pytest.fixture(scope="module")
+def module_engines(ray_session: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineFactory]:
+    """Engines shared by the tests of one module that neither restart nor reconfigure
+    them (each test uses its own ids): an engine's start is most of a short test's time."""
+    factory = EngineFactory(tmp_path_factory.mktemp("engines"))
+    yield factory
+    factory.close()
+
+
+@pytest.fixture(scope="module")
+def _shared_vengine(module_engines: EngineFactory) -> Any:
+    from tests.integration import workers
+
+    sched = module_engines(virtual_time=True)
+    workers.register_all(sched)
+    return sched
+
+
+@pytest.fixture
+def svengine(_shared_vengine: Any) -> Iterator[Any]:
+    """The module's shared virtual-time engine with the test workers registered; whatever
+    a test leaves unfinished is cancelled after it."""
+    yield _shared_vengine
+    _shared_vengine.cancel_all()
+
+
+@pytest.fixture(scope="module")
+def _shared_engine(module_engines: EngineFactory) -> Any:
+    from tests.integration import workers
+
+    sched = module_engines()
+    workers.register_all(sched)
+    return sched
+
+
+@pytest.fixture
+def sengine(_shared_engine: Any) -> Iterator[Any]:
+    """The module's shared real-time engine (test workers registered); cleaned as above."""
+    yield _shared_engine
+    _shared_engine.cancel_all()
 
 
 @pytest.fixture

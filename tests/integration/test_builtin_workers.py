@@ -26,16 +26,17 @@ def server() -> Iterator[Server]:
         yield s
 
 
-@pytest.fixture
-def files(tmp_path: Path) -> Path:
-    base = tmp_path / "files"
-    base.mkdir()
-    return base
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One files folder for the module's shared engine: each test uses its own paths."""
+    return tmp_path_factory.mktemp("files")
 
 
-@pytest.fixture
-def sched(engines: Any, files: Path) -> Any:
-    return engines(config=EngineConfig(files_base_dir=str(files)))
+@pytest.fixture(scope="module")
+def sched(module_engines: Any, files: Path) -> Any:
+    """Shared by the module's tests (each uses its own ids): an engine's start is most of
+    a short test's time."""
+    return module_engines(config=EngineConfig(files_base_dir=str(files)))
 
 
 def run(sched: Any, tid: str, worker: str, cfg: dict[str, Any], c: Constraints = NO_RETRY) -> Any:
