@@ -77,6 +77,9 @@ class SchedulerReads:
             # since this scheduler started: enqueue calls and executor reports received,
             # submits and event batches sent, store commits (a commit serves a whole turn)
             "messages": dict(self.messages),
+            # runs handed over / finished since this scheduler started, and the last
+            # second's enqueue -> hand-over waits (kmpray/run_stats.py)
+            "runs": self.core.stats.describe(self.clock.now_ms()),
         }
 
     def _serving(self) -> list[int]:

@@ -207,6 +207,7 @@ class ChainRules:
         nxt.run_id = then_run - 1
         lifecycle.dispatch(nxt, None, now)
         lifecycle.began(nxt, then_run)
+        self.stats.handed_over(now, None)
         if self.decisions.maxlen:
             self.decisions.append((now, then, ("handed", then_run, f"with {key}, begun when it succeeded", None)))
         return True

@@ -26,6 +26,7 @@ from .platforms import PlatformProfile
 from .queues import Deadlines, ReadyQueue, TimerQueue
 from .records import TaskRecord
 from .results import Failure, Retry, Success
+from .run_stats import RunStats
 
 
 class Core(Protocol):
@@ -56,6 +57,7 @@ class Core(Protocol):
     _adoptable: dict[str, int]
     decisions: deque[tuple[int, str, Any]]
     _waits: dict[str, tuple[str, int, bool]]
+    stats: RunStats
     fx: Effects
 
     # engine.py

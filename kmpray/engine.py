@@ -41,6 +41,7 @@ from .protocol import Step
 from .queues import Deadlines, ReadyQueue, TimerQueue, sequence
 from .records import TaskRecord
 from .restore import Restoring
+from .run_stats import RunStats
 from .results import Failure, Retry, Success
 from .timing import HAND_ON_DEPTH
 from .triggers import (
@@ -93,6 +94,7 @@ class SchedulerCore(UniqueWork, Restoring, ChainRules, Conditions, Explaining):
         self._adoptable: dict[str, int] = {}
         self.decisions: deque[tuple[int, str, Any]] = deque(maxlen=self.config.decision_log_size)
         self._waits: dict[str, tuple[str, int, bool]] = {}  # key -> (reason kind, since, warned)
+        self.stats = RunStats()  # live figures: status() and the dashboard
         self.fx = Effects()
 
     # ----------------------------------------------------------------- effects
@@ -230,7 +232,10 @@ class SchedulerCore(UniqueWork, Restoring, ChainRules, Conditions, Explaining):
             start_at = due if due is not None and due > now else None
             # Not persisted: a restarted scheduler adopts the run from its executor (or runs it
             # again), and the run's end is always written. Saves a store write per run.
+            first = rec.run_count == 0 and rec.run_attempt_count == 0 and rec.chain_id is None and start_at is None
+            at_once = first and isinstance(rec.trigger, OneTime) and not rec.trigger.initial_delay_ms
             lifecycle.dispatch(rec, start_at, now)
+            self.stats.handed_over(now, rec.created_at_ms if at_once else None)
             out.append(
                 Dispatch(
                     key=rec.key,
@@ -293,6 +298,7 @@ class SchedulerCore(UniqueWork, Restoring, ChainRules, Conditions, Explaining):
                     c = rec.constraints
                     delay = backoff_delay_ms(c.backoff_policy, c.backoff_delay_ms, attempts)
                 lifecycle.retry(rec, result)
+                self.stats.ended("retried")
                 self.note(rec.key, f"run {rec.run_id} asked to retry ({why}): "
                                    f"retry {attempts} of {rec.constraints.max_retries} in {delay} ms")
                 self._emit_completion(rec, False, f"retrying in {delay} ms: {why}", None, now)
@@ -301,6 +307,7 @@ class SchedulerCore(UniqueWork, Restoring, ChainRules, Conditions, Explaining):
                 return True
         success = isinstance(result, Success)
         assert not isinstance(result, Retry)
+        self.stats.ended("succeeded" if success else "failed")
         if self.recurs(rec):
             lifecycle.recur(rec, result)
             self._emit_completion(rec, success, result.message, result.data if isinstance(result, Success) else None, now)

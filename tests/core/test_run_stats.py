@@ -1,0 +1,34 @@
+"""Live run figures (status()["runs"], the dashboard): hand-overs, outcomes and the recent
+enqueue -> hand-over waits of runs that were due at once."""
+
+from __future__ import annotations
+
+from kmpray import Constraints, TaskTrigger
+from kmpray.results import Retry
+
+from .conftest import Harness
+
+
+def test_runs_are_counted_by_outcome_and_only_undelayed_first_runs_give_a_wait(h: Harness) -> None:
+    h.core.submit("late", TaskTrigger.OneTime(initial_delay_ms=60_000), "Ok")
+    h.core.submit("a", TaskTrigger.OneTime(), "Ok")
+    h.core.submit("f", TaskTrigger.OneTime(), "Fail", constraints=Constraints(max_retries=0))
+    h.clock.advance(250)  # they waited 250 ms for the scheduler's turn
+    h.step()
+    stats = h.core.stats.describe(h.clock.now_ms())
+    assert stats["dispatched"] == 2 and stats["finished"] == {"succeeded": 1, "failed": 1}
+    assert stats["wait_ms"] == {"n": 2, "p50": 250, "p99": 250, "max": 250}
+    h.advance(60_000)  # the delayed one ran on purpose late: counted, its wait not sampled
+    stats = h.core.stats.describe(h.clock.now_ms())
+    assert stats["dispatched"] == 3 and stats["finished"]["succeeded"] == 2
+    assert stats["wait_ms"] == {"n": 0}  # the last second's samples only
+
+
+def test_a_retried_run_counts_as_retried_and_its_rerun_gives_no_wait(h: Harness) -> None:
+    h.workers["Twice"] = lambda d: Retry("again") if d.previous_attempts == 0 else h.workers["Ok"](d)
+    h.core.submit("r", TaskTrigger.OneTime(), "Twice", constraints=Constraints(backoff_delay_ms=10_000))
+    h.step()
+    h.advance(10_000)
+    stats = h.core.stats.describe(h.clock.now_ms())
+    assert stats["finished"] == {"retried": 1, "succeeded": 1} and stats["dispatched"] == 2
+    assert stats["wait_ms"]["n"] == 0  # the first run's sample is over a second old; the retry gives none
