@@ -195,6 +195,28 @@ def events(address: str | None, namespace: str, state_dir: str | None, since: in
         sub.close()
 
 
+@main.command()
+@with_engine
+@click.option("--port", default=8786, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Bind address; non-loopback needs a token.")
+@click.option("--token", envvar="KMPRAY_DASHBOARD_TOKEN", default=None,
+              help="Required with every request (env KMPRAY_DASHBOARD_TOKEN); open the page with ?token=...")
+def dashboard(address: str | None, namespace: str, state_dir: str | None, port: int, host: str,
+              token: str | None) -> None:
+    """Serve a live web page over the engine: tasks, chains, plots, events, cancel."""
+    try:
+        from .dashboard import serve
+        from .dashboard.app import is_loopback
+    except ImportError as exc:
+        raise click.ClickException(f"the dashboard needs its extra: pip install 'kmpray[dashboard]' ({exc})") from None
+    if not is_loopback(host) and not token:
+        raise click.ClickException(f"--host {host} is not loopback: give --token (or KMPRAY_DASHBOARD_TOKEN)")
+    sched = _connect(address, namespace, state_dir)
+    suffix = f"?token={token}" if token else ""
+    click.echo(f"kmpray dashboard for {namespace!r} on http://{host}:{port}/{suffix}  (Ctrl-C stops it)")
+    serve(sched, host=host, port=port, token=token)
+
+
 @main.command(
     context_settings={"ignore_unknown_options": True, "allow_extra_args": True}, add_help_option=False
 )

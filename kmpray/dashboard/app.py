@@ -1,0 +1,222 @@
+"""The dashboard's web app: one page and a JSON API over a connected scheduler.
+
+Every engine call is a blocking Ray call, so each runs in Starlette's thread pool. Inputs
+are checked before any call: an unknown id is a 404, a bad filter a 400; an engine that
+cannot be reached is a 503. A token, when set, must come with every request (header
+``Authorization: Bearer T``, or ``?token=T`` for the page and its event stream, which a
+browser's EventSource cannot give headers); without it, 401.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from ..enums import TaskState
+from .feed import Feed
+
+DEFAULT_PORT = 8786
+#: Rows the task table sends at most (newest first); the page says when there are more.
+MAX_ROWS = 2_000
+PAGE = Path(__file__).with_name("page.html")
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(400, f"{name}: must be an integer, got {raw!r}") from None
+    if not low <= value <= high:
+        raise BadRequest(400, f"{name}: must be between {low} and {high}, got {value}")
+    return value
+
+
+def _state_param(request: Request) -> TaskState | None:
+    raw = request.query_params.get("state")
+    if not raw:
+        return None
+    try:
+        return TaskState(raw.upper())
+    except ValueError:
+        known = ", ".join(s.value for s in TaskState)
+        raise BadRequest(400, f"state: {raw!r} is not one of {known}") from None
+
+
+def create_app(scheduler: Any, token: str | None = None, poll_s: float = 1.0) -> Starlette:
+    """The app over ``scheduler`` (what ``kmpray.connect()`` returned)."""
+    feed = Feed(scheduler, poll_s)
+
+    def guarded(
+        handler: Callable[[Request], Awaitable[Response]],
+    ) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            if token is not None:
+                given = request.query_params.get("token") or request.headers.get("authorization", "")
+                given = given.removeprefix("Bearer ").strip()
+                if not hmac.compare_digest(given.encode(), token.encode()):
+                    return JSONResponse({"error": "a valid token is required"}, status_code=401)
+            try:
+                return await handler(request)
+            except BadRequest as exc:
+                return JSONResponse({"error": str(exc)}, status_code=exc.status)
+            except Exception as exc:  # the engine is down or restarting: never a 500
+                return JSONResponse(
+                    {"error": f"engine unavailable: {type(exc).__name__}: {exc}"}, status_code=503
+                )
+
+        return endpoint
+
+    async def page(_request: Request) -> Response:
+        return HTMLResponse(PAGE.read_text())
+
+    async def tasks(request: Request) -> Response:
+        state = _state_param(request)
+        worker = request.query_params.get("worker") or None
+        limit = _int_param(request, "limit", MAX_ROWS, 1, MAX_ROWS)
+        listed = await run_in_threadpool(scheduler.list_tasks, state)
+        rows = [t for t in listed if worker is None or t.worker_class_name == worker]
+        rows.sort(key=lambda t: t.updated_at_ms, reverse=True)
+        workers = sorted({t.worker_class_name for t in listed})
+        return JSONResponse(
+            {
+                "total": len(rows),
+                "tasks": [t.model_dump(mode="json") for t in rows[:limit]],
+                "workers": workers,
+            }
+        )
+
+    async def task(request: Request) -> Response:
+        tid = request.path_params["id"]
+        info = await run_in_threadpool(scheduler.get_task_info, tid)
+        if info is None:
+            raise BadRequest(404, f"no task {tid!r}")
+        why = await run_in_threadpool(scheduler.explain, tid)
+        return JSONResponse(
+            {"task": info.model_dump(mode="json"), "events": feed.events_of(info.id), "why": why}
+        )
+
+    async def chain(request: Request) -> Response:
+        cid = request.path_params["id"]
+        info = await run_in_threadpool(scheduler.get_chain_info, cid)
+        if info is None:
+            raise BadRequest(404, f"no chain {cid!r}")
+        steps = [
+            [{"id": t.id, "state": t.state.value, "worker": t.worker_class_name} for t in s]
+            for s in info.steps
+        ]
+        edges = [[a["id"], b["id"]] for before, after in pairwise(steps) for a in before for b in after]
+        return JSONResponse({"id": info.id, "state": info.state.value, "steps": steps, "edges": edges})
+
+    def cancel(kind: str) -> Callable[[Request], Awaitable[Response]]:
+        lookup = scheduler.get_task_info if kind == "task" else scheduler.get_chain_info
+
+        async def endpoint(request: Request) -> Response:
+            """Cancel the task or chain: answers with how many tasks were cancelled."""
+            tid = request.path_params["id"]
+            if await run_in_threadpool(lookup, tid) is None:
+                raise BadRequest(404, f"no {kind} {tid!r}")
+            return JSONResponse({"cancelled": await run_in_threadpool(scheduler.cancel, tid)})
+
+        return endpoint
+
+    async def stats(_request: Request) -> Response:
+        status = feed.latest
+        return JSONResponse(
+            {
+                "timeline": feed.points(),
+                "counts": status.get("counts", {}),
+                "ready": status.get("ready"),
+                "inflight": status.get("inflight"),
+                "executors": status.get("executors"),
+                "namespace": status.get("namespace"),
+            }
+        )
+
+    async def events(request: Request) -> Response:
+        """Server-sent events: every event after ``since`` (or ``Last-Event-ID``), as it comes."""
+        since = _int_param(request, "since", -1, -1, 2**62)
+        if since < 0:
+            since = (
+                int(request.headers.get("last-event-id", "0") or 0)
+                if "last-event-id" in request.headers
+                else (feed.events[-1][0] if feed.events else 0)
+            )
+
+        async def stream() -> AsyncIterator[str]:
+            cursor = since
+            yield ": kmpray events\n\n"
+            while not await request.is_disconnected():
+                batch = feed.events_after(cursor)
+                for c, event in batch:
+                    cursor = c
+                    yield f"id: {c}\ndata: {json.dumps(event)}\n\n"
+                if not batch:
+                    await asyncio.sleep(0.2)
+
+        return StreamingResponse(
+            stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        feed.start()
+        try:
+            yield
+        finally:
+            feed.stop()
+
+    routes = [
+        Route("/", guarded(page)),
+        Route("/api/tasks", guarded(tasks)),
+        Route("/api/tasks/{id:path}/cancel", guarded(cancel("task")), methods=["POST"]),
+        Route("/api/tasks/{id:path}", guarded(task)),
+        Route("/api/chains/{id:path}/cancel", guarded(cancel("chain")), methods=["POST"]),
+        Route("/api/chains/{id:path}", guarded(chain)),
+        Route("/api/stats", guarded(stats)),
+        Route("/api/events", guarded(events)),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.feed = feed
+    return app
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(
+    scheduler: Any, host: str = "127.0.0.1", port: int = DEFAULT_PORT, token: str | None = None
+) -> None:
+    """Run the dashboard until interrupted. A non-loopback bind needs a token."""
+    import uvicorn
+
+    if not is_loopback(host) and not token:
+        raise ValueError(f"host {host!r} is not loopback: give a token (--token or KMPRAY_DASHBOARD_TOKEN)")
+    uvicorn.run(create_app(scheduler, token), host=host, port=port, log_level="warning")
