@@ -92,6 +92,9 @@ def test_inspect_and_cancel_a_live_engine(vengine, ray_session) -> None:  # type
     text_status = kmpray("status", *engine)
     assert "node " in text_status.stdout and "battery=" in text_status.stdout
     assert f"{messages['enqueue_calls']} enqueue calls" in text_status.stdout
+    runs = _json.loads(status.stdout)["runs"]  # the dashboard's figures, in the text too
+    assert runs["dispatched"] == 1 and runs["finished"] == {"succeeded": 1}
+    assert "runs since start: 1 handed over, 1 succeeded" in text_status.stdout
 
     listed = kmpray("list", *engine, "--state", "enqueued")
     assert listed.returncode == 0 and "later" in listed.stdout and "done" not in listed.stdout
