@@ -32,7 +32,9 @@ def ensure_engine(
     here = NodeAffinitySchedulingStrategy(node_id=head or ray.get_runtime_context().get_node_id(), soft=head is None)
     common = {"namespace": namespace, "lifetime": "detached", "get_if_exists": True, "scheduling_strategy": here}
     registry = WorkerRegistry.options(name=REGISTRY, **common).remote(namespace)
-    broker = EventBroker.options(name=BROKER, **common).remote(state_dir, config.event_retention, config.durability)
+    broker = EventBroker.options(name=BROKER, **common).remote(
+        state_dir, config.event_retention, config.durability, namespace
+    )
     oracle = ConstraintOracle.options(name=ORACLE, **common).remote(namespace, state_dir, config.model_dump())
     pool = config.chain_coordinators
     coordinators = [

@@ -20,7 +20,9 @@ from pydantic import TypeAdapter
 from kmpray.errors import StoreRefused
 from kmpray.event_log import MemoryEventLog, SqliteEventLog
 from kmpray.events import Event, StoredEvent, TaskCompletionEvent, TaskProgressEvent
+from kmpray.timing import METRICS_S
 
+from .metrics import Metrics
 from .names import BROKER, lookup
 
 log = logging.getLogger("kmpray.broker")
@@ -53,7 +55,9 @@ def decode_events(rows: list[tuple[int, bytes]]) -> list[tuple[int, Any]]:
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=10_000)
 class EventBroker:
-    def __init__(self, state_dir: str, retention: int, durability: str = "normal") -> None:
+    def __init__(
+        self, state_dir: str, retention: int, durability: str = "normal", namespace: str = ""
+    ) -> None:
         self._refused: StoreRefused | None = None
         try:
             self.log = SqliteEventLog(Path(state_dir) / "events.db", durability)
@@ -65,6 +69,30 @@ class EventBroker:
         self._changed = asyncio.Event()
         self._appended = 0
         self._pushers: dict[str, asyncio.Task[None]] = {}
+        # Tagged with the engine's namespace: a named actor's runtime namespace is its creator's.
+        self._metrics = Metrics(namespace)
+        self._published_total = 0  # events appended since this process started
+        self._oldest_read: int | None = None  # the lowest cursor read from since the last publish
+        self._metrics_loop: asyncio.Task[None] | None = None  # started by the first call
+
+    async def _publish_metrics(self) -> None:
+        while True:
+            await asyncio.sleep(METRICS_S)
+            try:
+                self._metrics_once()
+            except Exception:
+                log.debug("publishing metrics failed", exc_info=True)
+
+    def _metrics_once(self) -> None:
+        first, last = self.log.first_cursor(), self.log.last_cursor()
+        m = self._metrics
+        kept = max(0, last - first + 1) if last else 0
+        m.gauge("kmpray_events_stored", "Events kept in the event log", kept)
+        appended = {(): self._published_total}
+        m.totals("kmpray_events_published_total", "Events appended to the log", appended, ())
+        lag = 0 if self._oldest_read is None else max(0, last - self._oldest_read)
+        m.gauge("kmpray_subscriber_lag_events", "Furthest a subscriber was behind the log's end", lag)
+        self._oldest_read = None
 
     def ready(self) -> None:
         """Raises the reason this broker's event log was refused, if it was."""
@@ -80,6 +108,9 @@ class EventBroker:
         kept = [(b, o) for b, o in zip(bodies, origins, strict=True) if len(b) <= MAX_EVENT_BYTES]
         self.log.append([b for b, _o in kept], [o for _b, o in kept])
         self._appended += len(bodies)
+        self._published_total += len(kept)
+        if self._metrics_loop is None:
+            self._metrics_loop = asyncio.ensure_future(self._publish_metrics())
         if self._appended >= self.retention // 10 + 1:
             self._appended = 0
             self.log.trim(self.retention)
@@ -97,6 +128,7 @@ class EventBroker:
         return self.log.first_cursor(), self.log.last_cursor()
 
     async def poll(self, after: int, limit: int = 1000, timeout_s: float = 1.0) -> list[tuple[int, bytes]]:
+        self._oldest_read = after if self._oldest_read is None else min(self._oldest_read, after)
         rows = self.log.read(after, limit)
         if rows or timeout_s <= 0:
             return rows

@@ -44,6 +44,7 @@ from kmpray.timing import (
     BLOCK_REPORT_TRIES,
     FENCE_POLL_S,
     FETCH_TIMEOUT_S,
+    METRICS_S,
     STARTED_NOTICE_S,
 )
 from kmpray.validation import check_output
@@ -53,6 +54,7 @@ from .event_broker import BrokerBackend
 from .fencing import Fencing
 from .loop_watch import Blocker, LoopWatch
 from .memory_cap import MemoryCap
+from .metrics import RunMeter
 from .names import REGISTRY, SCHEDULER, lookup
 from .outbox import Outbox
 from .retry import call_with_retry
@@ -96,6 +98,7 @@ class ExecutorBase:
             self._report, "results to the scheduler", self._reported, eager=lambda: not self._tasks
         )
         self._scheduler: Any = None
+        self._meter = RunMeter(namespace, METRICS_S)  # runs begun and their durations (actors/metrics.py)
         self._slots = asyncio.Semaphore(self._concurrency())
         # Through the module, not a name imported here: Ray ships actor classes by value,
         # and a global captured that way would be a copy, not the process's singleton.
@@ -128,6 +131,7 @@ class ExecutorBase:
         return self.config.executor_concurrency
 
     def ping(self) -> Ping:
+        self._meter.publish_if_due()  # the scheduler asks every second: metrics go out at that pace
         return Ping(self.incarnation, len(self._tasks), self.node_id, round(self.watch.lag_s() * 1000, 1))
 
     def submit(self, runs: list[Run], batch: Fence | None = None) -> str:
@@ -291,11 +295,14 @@ class ExecutorBase:
                 notice = asyncio.get_running_loop().call_later(
                     STARTED_NOTICE_S, self._reports.add, (Began(key_, run_id),)
                 )
+                self._meter.began(worker)
+                began = time.monotonic()
                 try:
                     result, stored = await self._execute(
                         key, worker, version, inp, upstream, previous, timeout_ms, refs)
                 finally:
                     notice.cancel()
+                    self._meter.ran(worker, (time.monotonic() - began) * 1000)
         except asyncio.CancelledError:
             self._unreported.pop(key, None)
             return  # cancelled by the scheduler: it already recorded CANCELLED

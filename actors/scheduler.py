@@ -32,6 +32,7 @@ from kmpray.timing import (
     ANSWER_RETENTION_S,
     CANCEL_ACK_TIMEOUT_S,
     GC_FULL_S,
+    METRICS_S,
     PING_TIMEOUT_S,
     PRUNE_S,
     RECONCILE_S,
@@ -45,6 +46,7 @@ from .event_broker import encode_event
 from .executor_pool import ExecutorPool, executors_for
 from .heavy_pool import HeavyPool
 from .memory_cap import give_back
+from .metrics import Metrics, publish_scheduler
 from .names import BROKER, ORACLE, REGISTRY, lookup
 from .outbox import Outbox
 from .retry import call_with_retry
@@ -87,6 +89,8 @@ class SchedulerActor(
         self._commit_due: asyncio.Future[None] | None = None  # see SchedulerIntake._commit
         self._acked: int | None = None  # outbox events up to here are in the event log
         self._cancel_acks: list[Any] = []  # executors' answers to the last cancels sent
+        self.metrics = Metrics(namespace)
+        self._write_ms: deque[float] = deque(maxlen=4096)  # store transactions since the last publish
         self.waiters = Waiters(self.core)
         self._reconciling = asyncio.Lock()
         self._watcher = FileWatcher()
@@ -207,9 +211,14 @@ class SchedulerActor(
         # never prune, and its rows, its memory and its store would grow without bound.
         last_prune = last_gc - PRUNE_S
         trimmed_at = 0  # store.spilled_chars at the last give_back()
+        published = 0.0
         while True:
             await asyncio.sleep(RECONCILE_S)
             try:
+                if time.monotonic() - published >= METRICS_S:
+                    published = time.monotonic()
+                    inflight = {s.index: len(s.inflight) for s in self.pool.slots}
+                    publish_scheduler(self.metrics, self.core, inflight, self._write_ms)
                 if self.store.spilled_chars - trimmed_at > TRIM_AFTER_INPUT_CHARS:
                     trimmed_at = self.store.spilled_chars
                     give_back()  # a burst of large inputs freed: its pages go back to the OS
@@ -272,11 +281,13 @@ class SchedulerActor(
         acked, self._acked = self._acked, None  # events the broker has: forgotten in this write
         bodies = [encode_event(e) for e in fx.events]
         self.messages["commits"] += 1
+        began = time.perf_counter()
         numbers = iter(self.store.write(
             fx.persist.values(), fx.delete, fx.chains.values(), fx.delete_chains,
             events=[b for e, b in zip(fx.events, bodies, strict=True) if e.kind == "completion"],
             answers=answers, acked=acked,
         ))
+        self._write_ms.append((time.perf_counter() - began) * 1000)
         if fx.cancel_runs:
             self._cancel_acks = self.pool.cancel(fx.cancel_runs)
             for key in fx.cancel_runs:

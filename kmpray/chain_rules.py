@@ -108,6 +108,7 @@ class ChainRules:
                 self.tasks[rec.key] = rec
                 self.names[rec.key] = [rec.key]
                 self.pending += 1
+                self.stats.enqueued(rec.worker)
                 self._touch(rec, now)
                 if n == 0:
                     self._schedule_first(rec, now)

@@ -187,6 +187,7 @@ class SchedulerCore(UniqueWork, Restoring, ChainRules, Conditions, Explaining):
         time on the executor's clock (see ``Dispatch.start_at_ms``)."""
         now = self.clock.now_ms()
         for rec in self._timers.pop_due(now + lead_ms, self.tasks):
+            self.stats.timer_fired(now, rec.next_run_at_ms)
             self._make_ready(rec)
         for key in self._deadlines.passed(now):
             ends = self.tasks.get(key)
@@ -298,7 +299,7 @@ class SchedulerCore(UniqueWork, Restoring, ChainRules, Conditions, Explaining):
                     c = rec.constraints
                     delay = backoff_delay_ms(c.backoff_policy, c.backoff_delay_ms, attempts)
                 lifecycle.retry(rec, result)
-                self.stats.ended("retried")
+                self.stats.ended(rec.worker, "retried")
                 self.note(rec.key, f"run {rec.run_id} asked to retry ({why}): "
                                    f"retry {attempts} of {rec.constraints.max_retries} in {delay} ms")
                 self._emit_completion(rec, False, f"retrying in {delay} ms: {why}", None, now)
@@ -307,7 +308,7 @@ class SchedulerCore(UniqueWork, Restoring, ChainRules, Conditions, Explaining):
                 return True
         success = isinstance(result, Success)
         assert not isinstance(result, Retry)
-        self.stats.ended("succeeded" if success else "failed")
+        self.stats.ended(rec.worker, "succeeded" if success else "failed")
         if self.recurs(rec):
             lifecycle.recur(rec, result)
             self._emit_completion(rec, success, result.message, result.data if isinstance(result, Success) else None, now)

@@ -11,6 +11,8 @@ from __future__ import annotations
 #: Its reconcile loop: ping every executor and heavy worker, notice deaths, restarts
 #: and nodes joining or leaving, re-queue lost runs.
 RECONCILE_S = 1.0
+#: The scheduler, executors and broker publish their metrics this often (actors/metrics.py).
+METRICS_S = 2.0
 #: How long a ping may take before that executor counts as unreachable (it gets no new
 #: runs until it answers again; its runs are re-run only on proof of loss).
 PING_TIMEOUT_S = 10.0

@@ -114,6 +114,7 @@ class UniqueWork:
         self.tasks[rec.key] = rec
         self.names.setdefault(rec.name, []).append(rec.key)
         self.pending += 1
+        self.stats.enqueued(rec.worker)
         for pre in rec.prereqs:
             self.dependents.setdefault(pre, []).append(rec.key)
         if rec.prereqs and lifecycle.arrive(rec, [self.tasks[p].state for p in rec.prereqs]).is_finished:
