@@ -1,10 +1,12 @@
-"""Tables of TaskInfo/ChainInfo for terminals (plain text) and notebooks (HTML)."""
+"""TaskInfo/ChainInfo for terminals (plain text) and notebooks and the dashboard (HTML,
+chains drawn as SVG)."""
 
 from __future__ import annotations
 
 import html
 import time
 from collections.abc import Sequence
+from itertools import pairwise
 from typing import Any
 
 # Rows are TaskInfo/ChainInfo (models.py renders itself through these functions); typed
@@ -86,7 +88,86 @@ def chain_text(chain: ChainInfo) -> str:
 
 
 def chain_html(chain: ChainInfo) -> str:
-    parts = [f"<p><b>chain {html.escape(chain.id)}</b>: {chain.state.value}</p>"]
+    """A notebook's view: the DAG drawn (``chain_svg``), then a table per step."""
+    parts = [f"<p><b>chain {html.escape(chain.id)}</b>: {chain.state.value}</p>", chain_svg(chain)]
     for n, step in enumerate(chain.steps, 1):
         parts.append(f"<p>step {n}</p>{tasks_html(step)}")
     return "".join(parts)
+
+
+#: Node colours by state: the dashboard's page and notebooks draw chains alike.
+STATE_COLOURS = {
+    "ENQUEUED": "#7b8794", "BLOCKED": "#9f7aea", "RUNNING": "#3b82f6",
+    "SUCCEEDED": "#16a34a", "FAILED": "#dc2626", "CANCELLED": "#d97706",
+}
+#: Past these, a chain is drawn in part and says how much is left out.
+SVG_MAX_STEPS, SVG_MAX_TASKS = 40, 12
+_W, _H, _GAP_X, _GAP_Y = 120, 40, 28, 8
+
+
+def chain_svg(chain: ChainInfo) -> str:
+    """The chain as an SVG DAG: one column per step, one node per task coloured by its
+    state, with its attempt when retried and a progress bar while it reports progress;
+    every task of a step joined to every task of the next (the step is the barrier)."""
+    steps = chain.steps[:SVG_MAX_STEPS]
+    pos: dict[str, tuple[int, int]] = {}
+    for n, step in enumerate(steps):
+        for m, t in enumerate(step[:SVG_MAX_TASKS]):
+            pos[t.id] = (10 + n * (_W + _GAP_X), 10 + m * (_H + _GAP_Y))
+    edges = []
+    for before, after in pairwise(steps):
+        for a in before[:SVG_MAX_TASKS]:
+            for b in after[:SVG_MAX_TASKS]:
+                (ax, ay), (bx, by) = pos[a.id], pos[b.id]
+                edges.append(f'<line x1="{ax + _W}" y1="{ay + _H // 2}" x2="{bx}" y2="{by + _H // 2}" '
+                             'stroke="#9aa5b1" stroke-width="1.2"/>')
+    nodes = []
+    for step in steps:
+        for t in step[:SVG_MAX_TASKS]:
+            x, y = pos[t.id]
+            state = t.state.value
+            label = state if t.run_attempt_count <= 1 else f"{state} · attempt {t.run_attempt_count}"
+            bar = ""
+            if t.progress is not None and state == "RUNNING":
+                done = _W * t.progress // 100
+                bar = f'<rect x="{x}" y="{y + _H - 4}" width="{done}" height="4" fill="#fff"/>'
+            nodes.append(
+                f'<g class="node" data-id="{html.escape(t.id)}" data-state="{state}">'
+                f"<title>{html.escape(task_line(t))}</title>"
+                f'<rect x="{x}" y="{y}" width="{_W}" height="{_H}" rx="5" fill="{STATE_COLOURS[state]}"/>'
+                f'<text x="{x + 6}" y="{y + 15}" fill="#fff">{html.escape(t.id[:18])}</text>'
+                f'<text x="{x + 6}" y="{y + 30}" fill="#fff" font-size="10">{label}</text>{bar}</g>'
+            )
+    width = 20 + len(steps) * (_W + _GAP_X)
+    tall = max((min(len(s), SVG_MAX_TASKS) for s in steps), default=1)
+    height = 30 + tall * (_H + _GAP_Y)
+    left_out = len(chain.steps) - len(steps) + sum(max(0, len(s) - SVG_MAX_TASKS) for s in steps)
+    caption = f"chain {html.escape(chain.id)}: {chain.state.value}" + (
+        f" ({left_out} not drawn)" if left_out else "")
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="kmpray-chain" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">'
+        + "".join(edges) + "".join(nodes)
+        + f'<text x="10" y="{height - 6}" class="chain-state" fill="#1f2933">{caption}</text></svg>'
+    )
+
+
+def chain_progress(chain: ChainInfo) -> tuple[int, str]:
+    """How far a chain is (0-100: finished tasks, plus running ones by their progress) and
+    a line of its steps for a progress bar: ``✓`` done, ``✗`` ended with a failure or
+    cancel, ``2/3`` part done, ``▶`` begun, ``·`` not begun: ``✓ ✓ 2/3 · ·``."""
+    total = sum(len(s) for s in chain.steps) or 1
+    weight = 0.0
+    marks = []
+    for step in chain.steps:
+        finished = [t for t in step if t.state.is_finished]
+        weight += len(finished) + sum((t.progress or 0) / 100 for t in step if t.state.value == "RUNNING")
+        if len(finished) == len(step):
+            marks.append("✓" if all(t.state.value == "SUCCEEDED" for t in step) else "✗")
+        elif finished:
+            marks.append(f"{len(finished)}/{len(step)}")
+        elif any(t.state.value == "RUNNING" for t in step):
+            marks.append("▶")
+        else:
+            marks.append("·")
+    return min(100, int(100 * weight / total)), " ".join(marks)

@@ -20,23 +20,20 @@ from ..config import EngineConfig
 from ..constraints import Constraints
 from ..device import DeviceState
 from ..enums import ScheduleResult, TaskState
-from ..errors import EngineUnavailable, InvalidParameters, KmprayError, StoreRefused
+from ..errors import EngineUnavailable, InvalidParameters, StoreRefused
 from ..events import TaskEventBus
 from ..models import ChainInfo, TaskInfo, TaskList, TaskRequest
 from ..platforms import profile
-from ..timing import CALL_TIMEOUT_S, WAIT_CHUNK_S
-from ..triggers import EVENT_TRIGGER_KINDS, OneTime, Trigger
+from ..timing import CALL_TIMEOUT_S
+from ..triggers import OneTime, Trigger
 from ..worker import LOCAL_WORKERS, check_worker_class
 from . import outputs
 from .remote import _await, _ray, _ray_init, _tokens, _unwrap
 from .subscription import EventBus
+from .waiting import TaskNotFound, Waiting
 
 log = logging.getLogger("kmpray")
 
-
-
-class TaskNotFound(KmprayError, KeyError):
-    """No task or chain with that id."""
 
 
 def ship_class(cls: type) -> bytes:
@@ -54,7 +51,7 @@ def _trigger_payload(trigger: Any) -> Any:
     return trigger.model_dump(mode="json") if hasattr(trigger, "model_dump") else trigger
 
 
-class BackgroundTaskScheduler:
+class BackgroundTaskScheduler(Waiting):
     """The facade over one namespace's engine. Thread-safe; every call is bounded."""
 
     def __init__(self, namespace: str, handles: dict[str, Any], described: dict[str, Any]) -> None:
@@ -294,90 +291,6 @@ class BackgroundTaskScheduler:
             results = [self._wait_one(i, deadline) for i in ids]
         return results[0] if isinstance(id, str) else results
 
-    @staticmethod
-    def _wait_call(id: str, first: TaskInfo | None, chunk: float) -> tuple[Any, ...]:  # noqa: A002
-        """The scheduler call for one bounded round of waiting on a task or (no task) a chain."""
-        return ("wait_chain", id, chunk) if first is None else ("wait", id, chunk, first.run_count)
-
-    @staticmethod
-    def _done(id: str, first: TaskInfo | None, raw: dict[str, Any] | None) -> TaskInfo | ChainInfo | None:  # noqa: A002
-        """The info if that round found ``id`` done, else None: finished, or for a periodic or
-        event-triggered task, a run that ended after ``first``."""
-        if raw is None:
-            raise TaskNotFound(f"no task or chain {id!r}")
-        if first is None:
-            chain = ChainInfo.model_validate(raw)
-            return chain if chain.state.is_finished else None
-        info = TaskInfo.model_validate(raw)
-        recurred = info.run_count > first.run_count and _recurs(info)
-        return info if info.state.is_finished or recurred else None
-
-    @staticmethod
-    def _chunk(id: str, deadline: float | None) -> float:  # noqa: A002
-        chunk = WAIT_CHUNK_S if deadline is None else min(WAIT_CHUNK_S, deadline - time.monotonic())
-        if chunk <= 0:
-            raise TimeoutError(f"{id!r} not finished in time")
-        return chunk
-
-    def _poll_done(self, id: str, first: TaskInfo | None) -> TaskInfo | ChainInfo | None:  # noqa: A002
-        """The info if ``id`` is done now (no waiting), else None."""
-        return self._done(id, first, self._call(*self._wait_call(id, first, 0)))
-
-    def _wait_with_bar(self, ids: list[str], deadline: float | None) -> list[Any]:
-        from tqdm.auto import tqdm
-
-        sub = self.events.subscribe()
-        firsts = {i: self.get_task_info(i) for i in ids}
-        done: dict[str, Any] = {}
-        pct = dict.fromkeys(ids, 0)
-        bar = tqdm(total=100 * len(ids), desc="kmpray", unit="%")
-        try:
-            check = set(ids)
-            while len(done) < len(ids):
-                for i in check - done.keys():
-                    info = self._poll_done(i, firsts[i])
-                    if info is not None:
-                        done[i] = info
-                        bar.update(100 - pct[i])
-                        pct[i] = 100
-                check = set()
-                if deadline is not None and time.monotonic() > deadline:
-                    raise TimeoutError(f"{len(ids) - len(done)} of {len(ids)} not finished in time")
-                event = sub.get(timeout_s=0.5)
-                if event is None:
-                    check = set(ids)  # nothing heard: look at everything once more
-                    continue
-                owner = event.task_id if event.task_id in pct else getattr(event, "chain_id", None)
-                if owner not in pct or owner in done:
-                    continue
-                if event.kind == "progress" and owner == event.task_id and event.progress > pct[owner]:
-                    bar.update(event.progress - pct[owner])
-                    pct[owner] = event.progress
-                    bar.set_postfix_str(f"{owner}: {event.message or ''}"[:40])
-                elif event.kind == "completion":
-                    check = {owner}
-        finally:
-            bar.close()
-            sub.close()
-        return [done[i] for i in ids]
-
-    def _wait_one(self, id: str, deadline: float | None) -> TaskInfo | ChainInfo:  # noqa: A002
-        first = self.get_task_info(id)
-        while True:
-            chunk = self._chunk(id, deadline)
-            raw = self._call(*self._wait_call(id, first, chunk), timeout_s=chunk + CALL_TIMEOUT_S)
-            if (done := self._done(id, first, raw)) is not None:
-                return done
-
-    async def wait_async(self, id: str, timeout_s: float | None = None) -> TaskInfo | ChainInfo:  # noqa: A002
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        first = await self.get_task_info_async(id)
-        while True:
-            chunk = self._chunk(id, deadline)
-            raw = await self._call_async(*self._wait_call(id, first, chunk), timeout_s=chunk + CALL_TIMEOUT_S)
-            if (done := self._done(id, first, raw)) is not None:
-                return done
-
     def advance_time(self, ms: int) -> int:
         """Virtual time only: move the clock ``ms`` forward, running everything that falls due
         in order and waiting for those runs to finish. Returns the new virtual now."""
@@ -439,10 +352,6 @@ class BackgroundTaskScheduler:
 
         stop_engine(self.namespace)
         TaskEventBus._bind(None)
-
-
-def _recurs(info: TaskInfo) -> bool:
-    return info.trigger is not None and (info.trigger.kind == "periodic" or info.trigger.kind in EVENT_TRIGGER_KINDS)
 
 
 def default_state_dir(namespace: str) -> str:

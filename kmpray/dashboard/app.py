@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from ..display import chain_svg
 from ..enums import TaskState
 from .feed import Feed
 
@@ -127,7 +128,9 @@ def create_app(scheduler: Any, token: str | None = None, poll_s: float = 1.0) ->
             for s in info.steps
         ]
         edges = [[a["id"], b["id"]] for before, after in pairwise(steps) for a in before for b in after]
-        return JSONResponse({"id": info.id, "state": info.state.value, "steps": steps, "edges": edges})
+        svg = chain_svg(info)  # drawn as notebooks draw it (kmpray/display.py)
+        body = {"id": info.id, "state": info.state.value, "steps": steps, "edges": edges, "svg": svg}
+        return JSONResponse(body)
 
     def cancel(kind: str) -> Callable[[Request], Awaitable[Response]]:
         lookup = scheduler.get_task_info if kind == "task" else scheduler.get_chain_info

@@ -140,6 +140,7 @@ def test_wait_many_with_a_progress_bar(svengine: Any, capsys: Any) -> None:
     assert isinstance(infos[2], kmpray.ChainInfo)
     err = capsys.readouterr().err
     assert "kmpray" in err and "300/300" in err  # the bar reached 100 % per id
+    assert "wchain: ✓" in err  # the chain's one step, shown done
 
 
 def test_lists_and_infos_render_as_tables(vengine: Any) -> None:

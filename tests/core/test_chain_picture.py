@@ -1,0 +1,67 @@
+"""A chain drawn as an SVG DAG (notebooks' ``ChainInfo._repr_html_`` and the dashboard):
+columns per step, nodes coloured by state, retries and progress shown, big chains cut."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+from kmpray import ChainInfo, TaskInfo, TaskState
+from kmpray.display import STATE_COLOURS, SVG_MAX_STEPS, chain_svg
+
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def task(tid: str, state: TaskState, attempts: int = 1, progress: int | None = None) -> TaskInfo:
+    return TaskInfo(id=tid, worker_class_name="W", state=state, run_attempt_count=attempts, progress=progress)
+
+
+def nodes(svg: str) -> dict[str, ET.Element]:
+    root = ET.fromstring(svg)  # well-formed XML, or this raises
+    return {g.get("data-id"): g for g in root.iter(f"{SVG}g") if g.get("class") == "node"}  # type: ignore[misc]
+
+
+def test_steps_are_columns_with_state_colours_retries_progress_and_every_edge() -> None:
+    chain = ChainInfo(id="c<1>", state=TaskState.RUNNING, steps=[
+        [task("a", TaskState.SUCCEEDED)],
+        [task("p1", TaskState.SUCCEEDED), task("p2", TaskState.RUNNING, attempts=3, progress=50)],
+        [task("z", TaskState.BLOCKED, attempts=0)],
+    ])
+    svg = chain_svg(chain)
+    drawn = nodes(svg)
+    assert list(drawn) == ["a", "p1", "p2", "z"]
+    assert {k: g.get("data-state") for k, g in drawn.items()} == {
+        "a": "SUCCEEDED", "p1": "SUCCEEDED", "p2": "RUNNING", "z": "BLOCKED"}
+    fill = {k: g.find(f"{SVG}rect").get("fill") for k, g in drawn.items()}  # type: ignore[union-attr]
+    assert fill["a"] == STATE_COLOURS["SUCCEEDED"] and fill["p2"] == STATE_COLOURS["RUNNING"]
+    x = {k: float(g.find(f"{SVG}rect").get("x")) for k, g in drawn.items()}  # type: ignore[union-attr, arg-type]
+    assert x["a"] < x["p1"] == x["p2"] < x["z"]  # one column per step
+    texts = ["".join(t.itertext()) for t in drawn["p2"].iter(f"{SVG}text")]
+    assert texts == ["p2", "RUNNING · attempt 3"]
+    bars = drawn["p2"].findall(f"{SVG}rect")
+    assert len(bars) == 2 and float(bars[1].get("width")) == float(bars[0].get("width")) / 2  # type: ignore[arg-type]
+    assert len(drawn["a"].findall(f"{SVG}rect")) == 1  # finished: no bar
+    assert len(ET.fromstring(svg).findall(f"{SVG}line")) == 4  # a->p1, a->p2, p1->z, p2->z
+    assert "chain c&lt;1&gt;: RUNNING" in svg  # ids are escaped
+    assert svg in chain._repr_html_() and "<table>" in chain._repr_html_()
+
+
+def test_a_long_chain_is_drawn_in_part_and_says_so() -> None:
+    steps = [[task(f"s{i}", TaskState.SUCCEEDED)] for i in range(SVG_MAX_STEPS + 10)]
+    svg = chain_svg(ChainInfo(id="long", state=TaskState.SUCCEEDED, steps=steps))
+    assert len(nodes(svg)) == SVG_MAX_STEPS and "(10 not drawn)" in svg
+
+
+def test_a_chain_s_progress_counts_finished_tasks_and_running_ones_by_their_progress() -> None:
+    from kmpray.display import chain_progress
+
+    chain = ChainInfo(id="c", state=TaskState.RUNNING, steps=[
+        [task("a", TaskState.SUCCEEDED)],
+        [task("p1", TaskState.SUCCEEDED), task("p2", TaskState.RUNNING, progress=50), task("p3", TaskState.ENQUEUED)],
+        [task("x", TaskState.FAILED), task("y", TaskState.CANCELLED)],
+        [task("z", TaskState.BLOCKED, attempts=0)],
+    ])
+    pct, steps = chain_progress(chain)
+    assert pct == int(100 * (1 + 1 + 0.5 + 2) / 7)  # 64
+    assert steps == "✓ 1/3 ✗ ·"
+    running = ChainInfo(id="r", state=TaskState.RUNNING, steps=[[task("a", TaskState.RUNNING, progress=20)]])
+    assert chain_progress(running) == (20, "▶")
