@@ -1,11 +1,14 @@
-"""python -m bench <name> [--quick] [--json PATH] [--address ADDR]  |  python -m bench load --rate R ...
-python -m bench chaos [--scenario scheduler|executors|hard-restart|poison|misfire|long-runs|node-loss|soak] [--quick]"""
+"""python -m bench <name> [--quick] [--json PATH] [--address ADDR] [--plot]
+python -m bench load --rate R ...   (the load generator: load --help)
+python -m bench chaos [--scenario scheduler|executors|hard-restart|poison|misfire|long-runs|node-loss|soak]
+python -m bench plot [NAME ...]     (PNGs from the JSON in bench/results/, without running anything)"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+from typing import Any
 
 BENCHMARKS = ["dispatch", "latency", "single", "timers", "memory", "chains", "recovery", "gates"]
 
@@ -16,6 +19,12 @@ def main(argv: list[str] | None = None) -> int:
         from .load import main as load_main
 
         return load_main(argv[1:])
+    if argv[:1] == ["plot"]:
+        from .plots import plot_saved
+
+        for path in plot_saved(argv[1:]):
+            print(f"  plot: {path}")
+        return 0
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("name", choices=[*BENCHMARKS, "all", "load", "chaos"],
                         help="'load --help' for the load generator; chaos is not part of 'all'")
@@ -23,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes (under a minute)")
     parser.add_argument("--json", default=None, help="write the result here instead of bench/results/")
     parser.add_argument("--address", default=None, help="a Ray cluster to run against (default: local)")
+    parser.add_argument("--plot", action="store_true", help="also write PNGs (kmpray[bench])")
     args = parser.parse_args(argv)
     names = BENCHMARKS if args.name == "all" else [args.name]
     for name in names:
@@ -31,7 +41,25 @@ def main(argv: list[str] | None = None) -> int:
         extra = {"scenario_name": args.scenario} if name == "chaos" else {}
         json_path = args.json if len(names) == 1 else None
         module.run(quick=args.quick, json_path=json_path, address=args.address, **extra)
+        if args.plot:
+            saved = [json_path] if json_path else None
+            for path in _plot_paths(name, args.scenario, saved):
+                print(f"  plot: {path}")
     return 0
+
+
+def _plot_paths(name: str, scenario: str | None, saved: list[str] | None) -> list[Any]:
+    """Draw what a run just wrote (a chaos run writes one JSON per scenario)."""
+    from pathlib import Path
+
+    from .common import RESULTS
+    from .plots import plot_files
+
+    if saved:
+        return plot_files([Path(p) for p in saved])
+    if name == "chaos":
+        return plot_files(sorted(RESULTS.glob(f"chaos-{scenario}.json" if scenario else "chaos-*.json")))
+    return plot_files([RESULTS / f"{name}.json"])
 
 
 if __name__ == "__main__":

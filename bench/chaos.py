@@ -39,6 +39,7 @@ from .chaos_common import (
     ChaosLedger,
     actor_pid,
     answers_after,
+    ledger_lines,
     ledger_starts,
     scheduler_status,
     terminal_events,
@@ -63,6 +64,7 @@ class Nemesis(threading.Thread):
         self.stop = threading.Event()
         self.kills = 0
         self.recovery_s: list[float] = []
+        self.killed_at: list[float] = []  # wall-clock time of each kill (the timeline)
 
     def _victim(self) -> str:
         if self.scenario == "scheduler":
@@ -84,6 +86,7 @@ class Nemesis(threading.Thread):
             except ProcessLookupError:
                 continue
             self.kills += 1
+            self.killed_at.append(time.time())
             self.recovery_s.append(answers_after(self.ray, name, self.namespace))
 
 
@@ -111,6 +114,7 @@ def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int
         acknowledged: set[str] = set()
         submitted = 0
         started = time.monotonic()
+        started_wall = time.time()
         nemesis.start()
         batch = max(1, int(rate / 10))  # ten calls a second
         for k in range(0, n, batch):
@@ -165,6 +169,7 @@ def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int
             "leaked_cpus": round(cluster - available - warm_heavy, 2),
             "elapsed_s": round(elapsed, 1),
             "seed": seed,
+            "timeline": timeline(ledger, started_wall, nemesis),
         }
     finally:
         sched.shutdown()
@@ -211,6 +216,19 @@ def _soak(quick: bool) -> dict[str, Any]:
 # Scenarios with a shape of their own (their modules say how they run).
 OTHERS = {"hard-restart": _hard_restart, "poison": _poison, "misfire": _misfire, "long-runs": _long_runs,
           "node-loss": _node_loss, "soak": _soak}
+
+
+def timeline(ledger: Path, since: float, nemesis: Nemesis) -> dict[str, Any]:
+    """What `bench plot` draws: runs begun per second (from the workers' own ledger) and
+    each kill with how long its process took to answer again."""
+    seconds = [float(parts[4]) - since for parts in ledger_lines(ledger) if len(parts) >= 5]
+    per_s = [0] * (int(max(seconds, default=0)) + 1)
+    for t in seconds:
+        if t >= 0:
+            per_s[int(t)] += 1
+    pairs = zip(nemesis.killed_at, nemesis.recovery_s, strict=False)
+    kills = [[round(at - since, 2), round(r, 3)] for at, r in pairs]
+    return {"starts_per_s": per_s, "kills": kills}
 
 
 def _seconds(ms: dict[str, float]) -> dict[str, float]:

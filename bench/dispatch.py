@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .common import engine, percentiles, ray_up, table, write
+from .common import cdf, engine, percentiles, ray_up, table, write
 
 
 def raw_ray_rate(ray: Any, n: int, rounds: int = 2) -> float:
@@ -86,6 +86,7 @@ def run(quick: bool = False, json_path: str | None = None, address: str | None =
         "raw_ray_tasks_per_s": round(raw, 1),
         "ratio": round(rate / raw, 2),
         "latency_ms": percentiles(lat),
+        "cdf_ms": {"engine": cdf(lat)},
         "note": "latency = enqueue call to completion event timestamp, closed batch",
     }
     out = write("dispatch", result, json_path)
