@@ -132,7 +132,8 @@ class ExecutorBase:
 
     def ping(self) -> Ping:
         self._meter.publish_if_due()  # the scheduler asks every second: metrics go out at that pace
-        return Ping(self.incarnation, len(self._tasks), self.node_id, round(self.watch.lag_s() * 1000, 1))
+        lag_ms = round(self.watch.lag_s() * 1000, 1)
+        return Ping(self.incarnation, len(self._tasks), self.node_id, lag_ms, self._meter.take_start_waits())
 
     def submit(self, runs: list[Run], batch: Fence | None = None) -> str:
         """Take a batch of runs; ``batch``: its number under the scheduler's epoch (fencing)."""
@@ -278,7 +279,8 @@ class ExecutorBase:
         return cls
 
     async def _run(self, run: Run) -> None:
-        key_, run_id, worker, version, inp, upstream, previous, timeout_ms, start_at_ms, refs, then, merger = run
+        key_, run_id, worker, version, inp, upstream, previous, timeout_ms = run[:8]
+        start_at_ms, refs, then, merger, enq = run[8:]
         stored: list[Stored] | None = None
         key = (key_, run_id)
         try:
@@ -295,7 +297,7 @@ class ExecutorBase:
                 notice = asyncio.get_running_loop().call_later(
                     STARTED_NOTICE_S, self._reports.add, (Began(key_, run_id),)
                 )
-                self._meter.began(worker)
+                self._meter.began(worker, enq)
                 began = time.monotonic()
                 try:
                     result, stored = await self._execute(

@@ -196,7 +196,7 @@ class ExecutorPool:
             except ValueError:
                 pass
         for s in self.slots:
-            s.incarnation, _running, s.node, s.lag_ms = await s.handle.ping.remote()
+            s.incarnation, _running, s.node, s.lag_ms = (await s.handle.ping.remote())[:4]
             s.reachable = True
 
     def held(self, i: int, key: Key, incarnation: str | None = None) -> None:
@@ -310,7 +310,9 @@ class ExecutorPool:
             if answer is not None and answer[0] in s.dead:
                 continue  # the process said it is ending (``exiting``): its successor will answer
             if answer is not None:
-                incarnation, _running, s.node, s.lag_ms = answer
+                incarnation, _running, s.node, s.lag_ms, waits = answer
+                if waits:
+                    self.core.stats.started_after(waits, self.core.clock.now_ms())
                 if incarnation != s.incarnation:
                     if s.incarnation is not None:
                         s.dead.add(s.incarnation)

@@ -253,6 +253,8 @@ class HeavyPool:
             blocked = i in self.blocked.heavy
             answer = await ping(slot.handle, BLOCKED_PING_TIMEOUT_S if blocked else ping_timeout_s)
             incarnation = answer.incarnation if answer is not None else None
+            if answer is not None and answer.start_waits:
+                self.host.core.stats.started_after(answer.start_waits, self.host.core.clock.now_ms())
             if incarnation is None and blocked:
                 continue  # its loop is blocked by the run it holds, which its watch thread reported
             if incarnation is None:

@@ -218,7 +218,7 @@ class SchedulerActor(
                 if time.monotonic() - published >= METRICS_S:
                     published = time.monotonic()
                     inflight = {s.index: len(s.inflight) for s in self.pool.slots}
-                    publish_scheduler(self.metrics, self.core, inflight, self._write_ms)
+                    await publish_scheduler(self.metrics, self.core, inflight, self._write_ms)
                 if self.store.spilled_chars - trimmed_at > TRIM_AFTER_INPUT_CHARS:
                     trimmed_at = self.store.spilled_chars
                     give_back()  # a burst of large inputs freed: its pages go back to the OS

@@ -99,8 +99,9 @@ class SchedulerDispatch:
         refs = self.artifacts.refs_for(d.upstream) if d.upstream and self.artifacts.refs else None
         then = self._wire(d.then) if d.then is not None else None
         text = self.store.read_input(d.key) if d.input_stored else d.input
+        merger = d.then.input_merger if d.then else ""
         return Run(d.key, d.run_id, d.worker, self._blobs.get(d.worker, (0, b""))[0], text, d.upstream,
-                   d.previous_attempts, d.timeout_ms, d.start_at_ms, refs, then, d.then.input_merger if d.then else "")
+                   d.previous_attempts, d.timeout_ms, d.start_at_ms, refs, then, merger, d.enqueued_ms)
 
     def _send(self, i: int, part: list[Dispatch], alone: bool = False) -> None:
         keys = [(d.key, d.run_id) for d in part]

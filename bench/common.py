@@ -51,9 +51,10 @@ def percentiles(samples_ms: list[float]) -> dict[str, float]:
     return {"p50": round(float(p50), 3), "p95": round(float(p95), 3), "p99": round(float(p99), 3)}
 
 
-def cdf(samples_ms: list[float]) -> list[float]:
-    """The samples' percentiles 0, 1, ..., 100: enough to draw their CDF (``bench plot``)."""
-    if not samples_ms:
+def cdf(samples_ms: Any) -> list[float]:
+    """The samples' percentiles 0, 1, ..., 100: enough to draw their CDF (``bench plot``,
+    ``bench load --plot``), small enough for the JSON."""
+    if len(samples_ms) == 0:
         return []
     return [round(float(v), 3) for v in np.percentile(np.asarray(samples_ms, dtype=float), range(101))]
 

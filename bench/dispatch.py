@@ -86,7 +86,7 @@ def run(quick: bool = False, json_path: str | None = None, address: str | None =
         "raw_ray_tasks_per_s": round(raw, 1),
         "ratio": round(rate / raw, 2),
         "latency_ms": percentiles(lat),
-        "cdf_ms": {"engine": cdf(lat)},
+        "cdf_ms": {"kmpray": cdf(lat)},
         "note": "latency = enqueue call to completion event timestamp, closed batch",
     }
     out = write("dispatch", result, json_path)

@@ -59,7 +59,7 @@ def run(quick: bool = False, json_path: str | None = None, address: str | None =
         "duration_s": duration,
         "latency_ms": p,
         "raw_ray_latency_ms": rp,
-        "cdf_ms": {"engine": cdf(lat), "raw Ray": cdf(raw_lat)},
+        "cdf_ms": {"kmpray": cdf(lat), "raw Ray": cdf(raw_lat)},
         "p50_ratio": round(p["p50"] / max(rp["p50"], 0.001), 2),
         "targets_ms": {"p50": 5, "p99": 25},
         "note": "engine: enqueue() call -> worker start; raw: f.remote() -> task start; same rate",

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from .common import cdf as percentile_points
+
 KINDS = ("one-time", "chain", "heavy", "exact", "periodic", "gated")
 EXACT_LEAD_MS = 200
 KIND_HELP = {
@@ -220,10 +222,8 @@ def cdf(s: Samples) -> dict[str, dict[str, list[float]]]:
         ok = (kinds == kind) & ~np.isnan(corrected)
         if not ok.any():
             continue
-        out[kind] = {
-            which: [round(float(v), 3) for v in np.quantile(x[ok], CDF_LEVELS)]
-            for which, x in (("corrected", corrected), ("uncorrected", uncorrected))
-        }
+        out[kind] = {which: percentile_points(x[ok]) for which, x in (("corrected", corrected),
+                                                                        ("uncorrected", uncorrected))}
     return out
 
 

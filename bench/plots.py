@@ -109,7 +109,7 @@ def plot(name: str, result: dict[str, Any], json_path: Path) -> list[Path]:
             f"{r['nemesis']}: {r['kills']} kills, lost {r['lost']}, executed twice {r['executed_twice']}",
             fontsize=10,
         )
-        ax.legend(loc="lower right")
+        ax.legend(loc="upper left", framealpha=0.9)
     else:
         plt.close(fig)
         return []

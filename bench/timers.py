@@ -53,7 +53,7 @@ def run(quick: bool = False, json_path: str | None = None, address: str | None =
         "span_s": span_s,
         "lateness_ms": engine_p,
         "asyncio_baseline_lateness_ms": base_p,
-        "cdf_ms": {"engine": cdf(lateness), "asyncio baseline": cdf(baseline)},
+        "cdf_ms": {"kmpray": cdf(lateness), "asyncio call_at": cdf(baseline)},
         "p99_ratio": round(engine_p["p99"] / max(base_p["p99"], 0.001), 2),
         "target_p99_ms": 10,
         "note": "lateness = worker start (wall clock) - at_epoch_millis",

@@ -80,12 +80,12 @@ def status(address: str | None, namespace: str, state_dir: str | None, as_json: 
                    f"{m.get('commits', 0)} commits, {m.get('submits_sent', 0)} submits, "
                    f"{m.get('reports_received', 0)} reports")
     if runs := info.get("runs"):  # the figures the dashboard plots
-        waits = runs.get("wait_ms", {})
+        starts = runs.get("start_ms", {})
         done = runs.get("finished", {})
         click.echo(f"  runs since start: {runs.get('dispatched', 0)} handed over, "
                    + (", ".join(f"{n} {k}" for k, n in sorted(done.items())) or "none finished")
-                   + (f"; last second's enqueue -> hand-over wait p50 {waits['p50']} ms, p99 {waits['p99']} ms "
-                      f"({waits['n']} runs)" if waits.get("n") else ""))
+                   + (f"; latest enqueue -> start p50 {starts['p50']} ms, p99 {starts['p99']} ms "
+                      f"({starts['n']} runs)" if starts.get("n") else ""))
     heavy = info.get("heavy") or {}
     if heavy.get("pool"):
         click.echo(f"  heavy workers: {heavy['placed']} of {heavy['pool']} placed, {heavy['busy']} busy"

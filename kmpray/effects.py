@@ -43,6 +43,9 @@ class Dispatch:
     then: Dispatch | None = None
     input_merger: str = "OVERWRITE"
     input_stored: bool = False  # ``input`` is in the store only: read it back to send it
+    # When its task was enqueued (epoch ms; a first run due at once, real time only): the
+    # executor measures enqueue -> start from it (RunStats, the metrics, the dashboard).
+    enqueued_ms: int | None = None
 
     @property
     def suspect(self) -> bool:

@@ -26,7 +26,7 @@ from .artifacts import public, to_json
 from .backoff import backoff_delay_ms
 from .chain_record import ChainRecord
 from .chain_rules import ChainRules
-from .clock import Clock
+from .clock import Clock, SystemClock
 from .conditions import Conditions
 from .config import EngineConfig
 from .device import DeviceState
@@ -95,6 +95,7 @@ class SchedulerCore(UniqueWork, Restoring, ChainRules, Conditions, Explaining):
         self.decisions: deque[tuple[int, str, Any]] = deque(maxlen=self.config.decision_log_size)
         self._waits: dict[str, tuple[str, int, bool]] = {}  # key -> (reason kind, since, warned)
         self.stats = RunStats()  # live figures: status() and the dashboard
+        self.real_time = isinstance(clock, SystemClock)  # executors can time enqueue -> start
         self.fx = Effects()
 
     # ----------------------------------------------------------------- effects
@@ -253,6 +254,7 @@ class SchedulerCore(UniqueWork, Restoring, ChainRules, Conditions, Explaining):
                     start_at_ms=start_at,
                     crashes=rec.crashes,
                     input_stored=rec.input_stored > 0,
+                    enqueued_ms=rec.created_at_ms if at_once and self.real_time else None,
                     then=None if rec.constraints.is_heavy_task or rec.crashes else self._handed_with(rec, HAND_ON_DEPTH),
                 )
             )

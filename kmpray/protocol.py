@@ -47,6 +47,7 @@ class Run(NamedTuple):
     # input merged here (InputMerger value ``then_merger``) from this run's output.
     then: Run | None = None
     then_merger: str = "OVERWRITE"
+    enqueued_ms: int | None = None  # see Dispatch.enqueued_ms
 
 
 class Fence(NamedTuple):
@@ -96,6 +97,8 @@ class Ping(NamedTuple):
     running: int
     node: str
     lag_ms: float  # its event loop's lag now
+    # Enqueue -> start (ms) of the runs that began here since the last ping (Run.enqueued_ms).
+    start_waits: tuple[float, ...] = ()
 
 
 class Holding(NamedTuple):

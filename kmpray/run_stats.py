@@ -26,6 +26,8 @@ class RunStats:
         # Samples not yet taken by the metrics publisher (bounded: dropped when nobody takes them).
         self.new_waits: deque[int] = deque(maxlen=KEEP_WAITS)
         self.new_lateness: deque[int] = deque(maxlen=KEEP_WAITS)
+        self.new_starts: deque[float] = deque(maxlen=KEEP_WAITS)
+        self._starts: deque[tuple[int, float]] = deque(maxlen=KEEP_WAITS)  # (heard at ms, waited ms)
 
     def enqueued(self, worker: str) -> None:
         self.enqueued_by[worker] += 1
@@ -46,18 +48,34 @@ class RunStats:
             self._waits.append((now, waited))
             self.new_waits.append(waited)
 
+    def started_after(self, waits: tuple[float, ...] | list[float], now: int) -> None:
+        """Enqueue -> start of runs that began, as their executors timed them (wall clock,
+        real-time engines only), heard at ``now`` with the executors' pings (once a second)."""
+        for w in waits:
+            self._starts.append((now, w))
+            self.new_starts.append(w)
+
     def ended(self, worker: str, outcome: str) -> None:
         self.finished[outcome] += 1
         self.finished_by[(worker, outcome)] += 1
 
     def describe(self, now: int, span_ms: int = 1000) -> dict[str, Any]:
-        """Totals, and the hand-over waits of the last ``span_ms`` (p50, p99, max, n)."""
-        recent = sorted(w for at, w in self._waits if at > now - span_ms)
-        waits: dict[str, Any] = {"n": len(recent)}
-        if recent:
-            waits |= {"p50": _pick(recent, 0.5), "p99": _pick(recent, 0.99), "max": recent[-1]}
-        return {"dispatched": self.dispatched, "finished": dict(self.finished), "wait_ms": waits}
+        """Totals; the hand-over waits of the last ``span_ms`` and the start waits heard
+        in the last two seconds (they come once a second), each as p50, p99, max, n."""
+        return {
+            "dispatched": self.dispatched, "finished": dict(self.finished),
+            "wait_ms": _summary([w for at, w in self._waits if at > now - span_ms]),
+            "start_ms": _summary([w for at, w in self._starts if at > now - 2 * span_ms]),
+        }
 
 
-def _pick(ordered: list[int], q: float) -> int:
+def _summary(samples: list[Any]) -> dict[str, Any]:
+    ordered = sorted(samples)
+    out: dict[str, Any] = {"n": len(ordered)}
+    if ordered:
+        out |= {"p50": _pick(ordered, 0.5), "p99": _pick(ordered, 0.99), "max": ordered[-1]}
+    return out
+
+
+def _pick(ordered: list[Any], q: float) -> Any:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]

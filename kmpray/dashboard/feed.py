@@ -52,8 +52,8 @@ class Feed:
             self._stop.wait(self.poll_s)
 
     def sample(self) -> dict[str, Any]:
-        """One timeline point: runs finished per second since the last point, the last
-        second's enqueue -> hand-over waits, queue depth and runs in flight."""
+        """One timeline point: runs finished per second since the last point, the latest
+        enqueue -> start and enqueue -> hand-over waits, queue depth and runs in flight."""
         status = self.scheduler.status()
         runs = status.get("runs", {})
         finished = sum(runs.get("finished", {}).values())
@@ -62,13 +62,15 @@ class Feed:
         if self._last is not None and now > self._last[0]:
             rate = round((finished - self._last[1]) / (now - self._last[0]), 1)
         self._last = (now, finished)
-        waits = runs.get("wait_ms", {})
+        waits, starts = runs.get("wait_ms", {}), runs.get("start_ms", {})
         point = {
             "t": round(now, 3),
             "finished_per_s": rate,
             "finished": finished,
             "wait_p50_ms": waits.get("p50"),
             "wait_p99_ms": waits.get("p99"),
+            "start_p50_ms": starts.get("p50"),
+            "start_p99_ms": starts.get("p99"),
             "ready": status.get("ready"),
             "inflight": status.get("inflight"),
         }

@@ -37,3 +37,27 @@ def test_a_retried_run_counts_as_retried_and_its_rerun_gives_no_wait(h: Harness)
     stats = h.core.stats.describe(h.clock.now_ms())
     assert stats["finished"] == {"retried": 1, "succeeded": 1} and stats["dispatched"] == 2
     assert stats["wait_ms"]["n"] == 0  # the first run's sample is over a second old; the retry gives none
+
+
+def test_start_waits_heard_from_executors_are_summarised_for_two_seconds(h: Harness) -> None:
+    st = h.core.stats
+    now = h.clock.now_ms()
+    st.started_after((4.0, 2.0, 9.0), now)
+    assert st.describe(now)["start_ms"] == {"n": 3, "p50": 4.0, "p99": 9.0, "max": 9.0}
+    assert list(st.new_starts) == [4.0, 2.0, 9.0]  # for the metrics publisher
+    assert st.describe(now + 2_001)["start_ms"] == {"n": 0}
+
+
+def test_only_real_time_engines_send_the_enqueue_time_to_executors(h: Harness) -> None:
+    h.core.submit("a", TaskTrigger.OneTime(), "Ok")
+    [d] = h.step()
+    assert not h.core.real_time and d.enqueued_ms is None  # virtual time: no wall-clock meaning
+    from kmpray.clock import SystemClock
+
+    h.core.clock = SystemClock()
+    h.core.real_time = True
+    h.core.submit("b", TaskTrigger.OneTime(), "Ok")
+    h.core.submit("c", TaskTrigger.OneTime(initial_delay_ms=60_000), "Ok")  # not due: not handed over
+    h.core.tick()
+    [b] = h.core.take_ready(10)
+    assert b.key == "b" and b.enqueued_ms == h.core.latest("b").created_at_ms  # type: ignore[union-attr]
