@@ -336,3 +336,26 @@ def test_the_scheduler_keeps_its_live_tasks_out_of_full_garbage_collections(engi
     assert first > 1000  # the restore froze the engine's start-up objects
     sched.enqueue_many([kmpray.TaskRequest("Echo", id=f"gc{i}") for i in range(200)])
     until(lambda: frozen() > first, what="housekeeping freezing the new tasks")
+
+
+def test_executors_are_ready_before_their_first_run_is_due(engines: Any) -> None:
+    """Nothing slow is left for the first runs: the scheduler's handle is resolved when
+    an executor starts (ray.get_actor loads the actor class, ~0.4 s, which held the loop
+    under the first runs: timers due then began late), and a registered worker's class is
+    loaded on every executor at registration, not when its first run is due."""
+    import ray
+
+    sched = engines(config=EngineConfig(executors=1))
+    executor = ray.get_actor("kmpray.executor.0", namespace=sched.namespace)
+
+    def peek(fn: Any) -> Any:
+        return ray.get(executor.__ray_call__.remote(fn), timeout=30)
+
+    assert peek(lambda self: self._scheduler is not None)
+    def loaded() -> set[str]:
+        return set(peek(lambda self: {name for name, _v in self._classes}))
+
+    assert "HttpRequestWorker" in loaded() and "Echo" not in loaded()  # the built-ins: connect() registers them
+    register_all(sched)
+    until(lambda: "Echo" in loaded(), what="Echo loaded")
+    assert sched.list_tasks() == []  # no run was needed for it
