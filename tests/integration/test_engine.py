@@ -355,7 +355,8 @@ def test_executors_are_ready_before_their_first_run_is_due(engines: Any) -> None
     def loaded() -> set[str]:
         return set(peek(lambda self: {name for name, _v in self._classes}))
 
-    assert "HttpRequestWorker" in loaded() and "Echo" not in loaded()  # the built-ins: connect() registers them
+    # The built-ins (connect() registers them) are loaded already; Echo is not yet.
+    assert "HttpRequestWorker" in loaded() and "Echo" not in loaded()
     register_all(sched)
     until(lambda: "Echo" in loaded(), what="Echo loaded")
     assert sched.list_tasks() == []  # no run was needed for it
