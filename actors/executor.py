@@ -84,7 +84,6 @@ class ExecutorBase:
         self._artifacts = ArtifactDir(artifacts[0], self.config.durability) if artifacts else None
         self._local_artifacts = artifacts is not None and artifacts[1] == self.node_id
         self._classes: dict[tuple[str, int], type] = {}
-        self._warming: set[asyncio.Task[type]] = set()  # classes loading ahead of their runs (warm)
         self._instances: dict[tuple[str, int], CommonWorker] = {}
         self._tasks: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._cancelled: set[tuple[str, int]] = set()
@@ -271,14 +270,6 @@ class ExecutorBase:
                 task.cancel()
                 n += 1
         return n
-
-    def warm(self, name: str, version: int) -> None:
-        """A worker was registered: load its class now, not when its first run is due (a
-        first load holds this loop ~0.1 s: unpickling, imports; timers due then were late)."""
-        if (name, version) not in self._classes:
-            task = asyncio.ensure_future(self._worker_class(name, version))
-            self._warming.add(task)  # held until done (the loop keeps only weak references)
-            task.add_done_callback(lambda t: self._warming.discard(t) or t.cancelled() or t.exception())
 
     async def _worker_class(self, name: str, version: int) -> type:
         cached = self._classes.get((name, version))

@@ -79,8 +79,6 @@ class SchedulerIntake:
             self._blobs[name] = (version, blob)
         registry = lookup(REGISTRY, self.namespace)
         await call_with_retry(lambda: registry.put.remote(name, version, blob))
-        for slot in self.pool.serving():  # loaded there now, not when a first run is due
-            slot.handle.warm.remote(name, version)
         if name not in self.known:
             self.known.add(name)
             self.store.put_meta("known_workers", sorted(self.known))
