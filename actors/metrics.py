@@ -20,6 +20,8 @@ from collections import Counter, deque
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from kmpray.enums import TaskState
+
 log = logging.getLogger("kmpray")
 
 #: Samples fed to one histogram per publish at most (a uniform sample of the period's):
@@ -115,8 +117,8 @@ async def publish_scheduler(m: Metrics, core: Any, inflight: Mapping[int, int], 
     """The scheduler's view: tasks by state, queues, runs in flight, counters and latencies."""
     stats = core.stats
     counts = await count_states(core.tasks)
-    for state in ("ENQUEUED", "BLOCKED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"):
-        m.gauge("kmpray_tasks", "Tasks in the store by state", counts[state], state=state)
+    for state in TaskState:  # every state, 0 included (as core.counts(), but sliced)
+        m.gauge("kmpray_tasks", "Tasks in the store by state", counts[state.value], state=state.value)
     m.gauge("kmpray_ready_depth", "Runs due and waiting for an executor", core.ready_count(), kind="light")
     m.gauge(
         "kmpray_ready_depth", "Runs due and waiting for an executor", core.heavy_ready_count(), kind="heavy"
