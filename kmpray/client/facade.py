@@ -28,6 +28,7 @@ from ..timing import CALL_TIMEOUT_S
 from ..triggers import OneTime, Trigger
 from ..worker import LOCAL_WORKERS, check_worker_class
 from . import outputs
+from .coalesce import AsyncCoalescer, Coalescer
 from .remote import _await, _ray, _ray_init, _tokens, _unwrap
 from .subscription import EventBus
 from .waiting import TaskNotFound, Waiting
@@ -64,6 +65,9 @@ class BackgroundTaskScheduler(Waiting):
         self.state_dir: str = described["state_dir"]
         self.events = EventBus(self._broker)
         self.last_reason: str | None = None
+        # concurrent enqueue() calls share one enqueue_many message (coalesce.py)
+        self._group = Coalescer(lambda items: self._call("enqueue_many", items, token=True))
+        self._group_async = AsyncCoalescer(lambda items: self._call_async("enqueue_many", items, token=True))
 
     def __repr__(self) -> str:
         return f"<BackgroundTaskScheduler namespace={self.namespace!r} platform={self.platform!r}>"
@@ -161,11 +165,12 @@ class BackgroundTaskScheduler(Waiting):
         input: str | None = None,  # noqa: A002
         constraints: Constraints | None = None,
     ) -> ScheduleResult:
-        """Schedule one task. The reason for a rejection is in ``last_reason`` (and logged)."""
+        """Schedule one task. The reason for a rejection is in ``last_reason`` (and logged).
+        Calls from several threads at once share actor messages (see client/coalesce.py)."""
         item = self._prepare(id, trigger, worker_class_name, input, constraints)
         if item is None:
             return ScheduleResult.REJECTED_INVALID_PARAMS
-        return self._results(self._call("enqueue_many", [item], token=True))[0]
+        return self._results([self._group.submit(item)])[0]
 
     def _prepare(self, *args: Any) -> dict[str, Any] | None:
         """The wire item for one enqueue, or None (with ``last_reason`` set) if it is malformed."""
@@ -186,7 +191,7 @@ class BackgroundTaskScheduler(Waiting):
         item = self._prepare(id, trigger, worker_class_name, input, constraints)
         if item is None:
             return ScheduleResult.REJECTED_INVALID_PARAMS
-        return self._results(await self._call_async("enqueue_many", [item], token=True))[0]
+        return self._results([await self._group_async.submit(item)])[0]
 
     def enqueue_many(self, requests: Sequence[TaskRequest | dict[str, Any]]) -> list[ScheduleResult]:
         """Bulk submission in one round trip and one store transaction.

@@ -149,6 +149,38 @@ def test_concurrent_enqueues_of_one_id_never_both_run(sengine: Any, tmp_path: Pa
     assert count_runs(str(log)) == 1
 
 
+def test_concurrent_enqueues_share_messages_and_each_caller_gets_its_own_answer(sengine: Any) -> None:
+    """8 threads x 40 enqueue() calls: calls overlapping one in flight go out together
+    (fewer enqueue messages than calls), and a rejected item in a group (an unknown
+    worker) is rejected alone, with its own reason, while its group-mates run."""
+    sched = sengine
+    before = sched.status()["messages"]["enqueue_calls"]
+    results: dict[str, ScheduleResult] = {}
+
+    def submit(t: int) -> None:
+        for i in range(40):
+            worker = "NoSuchWorker" if i % 10 == 9 else "Echo"
+            results[f"cc{t}-{i}"] = sched.enqueue(f"cc{t}-{i}", ONCE, worker, input=f"{t}/{i}")
+
+    threads = [threading.Thread(target=submit, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    messages = sched.status()["messages"]["enqueue_calls"] - before
+    bad = {f"cc{t}-{i}" for t in range(8) for i in range(40) if i % 10 == 9}
+    assert len(results) == 320 and len(bad) == 32
+    assert {results[k] for k in bad} == {ScheduleResult.REJECTED_INVALID_PARAMS}
+    assert {results[k] for k in results.keys() - bad} == {ScheduleResult.SUCCESS}
+    assert messages < 320, "no two calls shared a message"
+    rejected = {r[0]: r[2] for r in sched.rejections(limit=100)}
+    assert all("NoSuchWorker" in rejected[k] for k in bad)
+    infos = sched.wait(sorted(results.keys() - bad), timeout_s=120)
+    assert {i.state for i in infos} == {TaskState.SUCCEEDED}
+    assert all(i.result.data["input"] == "{}/{}".format(*i.id[2:].split("-")) for i in infos)
+    assert all(sched.get_task_info(k) is None for k in bad)
+
+
 def test_replace_cancels_running_work_and_runs_the_new(svengine: Any, tmp_path: Path) -> None:
     inp, started, _ = blocks_input(tmp_path, "r")
     svengine.enqueue("ur", ONCE, "Blocks", input=inp)
