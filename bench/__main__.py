@@ -1,7 +1,8 @@
 """python -m bench <name> [--quick] [--json PATH] [--address ADDR] [--plot]
 python -m bench load --rate R ...   (the load generator: load --help)
 python -m bench chaos [--scenario scheduler|executors|hard-restart|poison|misfire|long-runs|node-loss|soak]
-python -m bench plot [NAME ...]     (PNGs from the JSON in bench/results/, without running anything)"""
+python -m bench plot [NAME ...]     (PNGs from the JSON in bench/results/, without running anything)
+python -m bench peers [--install]   (Huey, Dramatiq, Celery over Redis, raw Ray and kmpray side by side)"""
 
 from __future__ import annotations
 
@@ -27,20 +28,24 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  plot: {path}")
         return 0
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("name", choices=[*BENCHMARKS, "all", "load", "chaos"],
-                        help="'load --help' for the load generator; chaos is not part of 'all'")
+    parser.add_argument("name", choices=[*BENCHMARKS, "all", "load", "chaos", "peers"],
+                        help="'load --help' for the load generator; chaos, peers are not in 'all'")
     parser.add_argument("--scenario", default=None, help="chaos: one scenario (default: every one)")
     parser.add_argument("--quick", action="store_true", help="small sizes (under a minute)")
     parser.add_argument("--json", default=None, help="write the result here instead of bench/results/")
     parser.add_argument("--address", default=None, help="a Ray cluster to run against (default: local)")
     parser.add_argument("--plot", action="store_true", help="also write PNGs (kmpray[bench])")
+    parser.add_argument("--install", action="store_true",
+                        help="peers: pip-install kmpray[peers] and apt-install redis-server first")
     argv = [ALIASES.get(a, a) for a in argv[:1]] + argv[1:]
     args = parser.parse_args(argv)
     names = BENCHMARKS if args.name == "all" else [args.name]
     for name in names:
         print(f"== {name}")
         module = importlib.import_module(f".{name}", __package__)
-        extra = {"scenario_name": args.scenario} if name == "chaos" else {}
+        extra: dict[str, Any] = {"scenario_name": args.scenario} if name == "chaos" else {}
+        if name == "peers":
+            extra["install_peers"] = args.install
         json_path = args.json if len(names) == 1 else None
         module.run(quick=args.quick, json_path=json_path, address=args.address, **extra)
         if args.plot:

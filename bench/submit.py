@@ -135,7 +135,7 @@ def run(quick: bool = False, json_path: str | None = None, address: str | None =
                        "scheduler_messages_per_run_now_task": per_task},
         "targets": {"enqueue_ratio": ">= 0.8", "concurrent_ratio": ">= 3",
                     "start_latency_p50": "<= 2 x actor_rtt_ms p50"},
-        "note": "sequential calls from one driver thread; bare: a no-op async actor method with the same payload",
+        "note": "sequential calls from one driver thread; bare: a no-op async actor method, same payload",
     }
     out = write("submit", result, json_path)
     rows = [(k, f"p50 {v['p50']} ms, p99 {v['p99']} ms ({result['ratio_to_bare_call_p50'][k]}x bare)")
