@@ -33,8 +33,9 @@ MAX_EVENT_BYTES = 1024 * 1024
 
 def encode_event(event: TaskCompletionEvent | TaskProgressEvent) -> bytes:
     # Every field is a plain value already (output_data was checked msgpack-able), so the
-    # field dict packs as is: no model_dump on the hot path.
-    return msgpack.packb(dict(event), use_bin_type=True)
+    # model's own field dict packs as is: no model_dump, nor dict(event)'s per-field
+    # iteration (~5 µs), on the hot path.
+    return msgpack.packb(event.__dict__, use_bin_type=True)
 
 
 def decode_event(cursor: int, body: bytes) -> StoredEvent:

@@ -39,3 +39,19 @@ class Frozen(BaseModel):
                     raise TypeError(f"{type(self).__name__} got {name!r} twice")
                 data[name] = value
         super().__init__(**data)
+
+
+def trusted(cls: type[Any], values: dict[str, Any]) -> Any:
+    """An instance of the frozen model ``cls`` from ``values`` that the engine made itself
+    (every field given, already of its type): no validation, and none of
+    ``model_construct``'s per-field default lookups, which cost ~4 µs per object on the
+    dispatch path (a completion event and a result per task). Falls back to
+    ``model_construct`` when a field is missing or the model has private attributes."""
+    if values.keys() != cls.model_fields.keys() or cls.__private_attributes__:
+        return cls.model_construct(**values)
+    obj = object.__new__(cls)
+    object.__setattr__(obj, "__dict__", values)
+    object.__setattr__(obj, "__pydantic_fields_set__", set(values))
+    object.__setattr__(obj, "__pydantic_extra__", None)
+    object.__setattr__(obj, "__pydantic_private__", None)
+    return obj

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from . import lifecycle
+from ._model import trusted
 from .artifacts import public, to_json
 from .backoff import backoff_delay_ms
 from .chain_record import ChainRecord
@@ -41,8 +42,8 @@ from .protocol import Step
 from .queues import Deadlines, ReadyQueue, TimerQueue, sequence
 from .records import TaskRecord
 from .restore import Restoring
-from .run_stats import RunStats
 from .results import Failure, Retry, Success
+from .run_stats import RunStats
 from .timing import HAND_ON_DEPTH
 from .triggers import (
     DEVICE_TRIGGER_KINDS,
@@ -405,16 +406,11 @@ class SchedulerCore(UniqueWork, Restoring, ChainRules, Conditions, Explaining):
         self, rec: TaskRecord, success: bool, message: str | None, data: dict[str, Any] | None, now: int
     ) -> None:
         self.fx.events.append(
-            TaskCompletionEvent.model_construct(  # trusted values: skip re-validation
-                kind="completion",
-                task_name=rec.worker,
-                success=success,
-                message=message,
-                timestamp=now,
-                task_id=rec.key,
-                chain_id=rec.chain_id,
-                output_data=public(data),  # descriptors without payload (kmpray/artifacts.py)
-            )
+            trusted(TaskCompletionEvent, {  # the engine's own values: no re-validation
+                "kind": "completion", "task_name": rec.worker, "success": success, "message": message,
+                "timestamp": now, "task_id": rec.key, "chain_id": rec.chain_id,
+                "output_data": public(data),  # descriptors without payload (kmpray/artifacts.py)
+            })
         )
 
     def _finish(

@@ -19,7 +19,7 @@ from .constraints import DEFAULT_CONSTRAINTS, Constraints
 from .enums import InputMerger, TaskState, shown_state
 from .errors import DamagedRow
 from .models import TaskInfo
-from .results import Failure, Result, Retry, Success
+from .results import Failure, Result, Retry, Success, to_row
 from .triggers import OneTime, Trigger
 
 _TRIGGER: TypeAdapter[Trigger] = TypeAdapter(Trigger)
@@ -152,7 +152,7 @@ def encode(rec: TaskRecord) -> bytes:
     }
     row.update({k: v for k, v in optional.items() if v})
     if rec.result is not None:
-        row["r"] = rec.result.model_dump(exclude_defaults=True) | {"kind": rec.result.kind}
+        row["r"] = to_row(rec.result)
     if rec.prereqs:
         row["pr"] = list(rec.prereqs)
     if rec.input_merger is not InputMerger.OVERWRITE:

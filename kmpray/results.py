@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import Field
 
-from ._model import Frozen
+from ._model import Frozen, trusted
 
 
 class Success(Frozen):
@@ -62,12 +62,27 @@ def to_wire(result: Success | Failure | Retry) -> tuple[str, Any, Any]:
 def from_wire(wire: tuple[str, Any, Any] | list[Any]) -> Success | Failure | Retry:
     kind, a, b = wire
     if kind == "s":
-        return Success.model_construct(message=a, data=b)
+        return trusted(Success, {"kind": "success", "message": a, "data": b})  # type: ignore[no-any-return]
     if kind == "f":
-        return Failure.model_construct(message=str(a), should_retry=bool(b))
+        return trusted(Failure, {"kind": "failure", "message": str(a), "should_retry": bool(b)})  # type: ignore[no-any-return]
     if kind == "r":
-        return Retry.model_construct(reason=a, delay_ms=b)
+        return trusted(Retry, {"kind": "retry", "reason": a, "delay_ms": b})  # type: ignore[no-any-return]
     raise ValueError(f"unknown result kind {kind!r}")
+
+
+def to_row(result: Success | Failure | Retry) -> dict[str, Any]:
+    """A result as stored: ``kind`` and the fields that differ from their defaults (what
+    ``model_dump(exclude_defaults=True)`` gives, without pydantic on the finish path)."""
+    if isinstance(result, Success):
+        row: dict[str, Any] = {"message": result.message, "data": result.data}
+    elif isinstance(result, Failure):
+        return {"message": result.message, "should_retry": True, "kind": "failure"} if result.should_retry \
+            else {"message": result.message, "kind": "failure"}
+    else:
+        row = {"reason": result.reason, "delay_ms": result.delay_ms}
+    row = {k: v for k, v in row.items() if v is not None}
+    row["kind"] = result.kind
+    return row
 
 
 def to_result(value: object) -> Success | Failure | Retry:
