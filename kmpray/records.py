@@ -127,7 +127,8 @@ def encode(rec: TaskRecord) -> bytes:
         "c0": rec.created_at_ms,
         "u": rec.updated_at_ms,
     }
-    if rec.trigger is not _ONE_TIME and rec.trigger != _ONE_TIME:
+    trigger = rec.trigger  # a run-now one-time task (most rows) is never compared field by field
+    if trigger is not _ONE_TIME and not (type(trigger) is OneTime and not trigger.initial_delay_ms):
         row["t"] = rec.trigger.model_dump(mode="json")
     if rec.constraints is not DEFAULT_CONSTRAINTS:
         dumped = _dump_constraints(rec.constraints)
