@@ -85,14 +85,18 @@ def to_row(result: Success | Failure | Retry) -> dict[str, Any]:
     return row
 
 
+_TRUE = Success()
+_FALSE = Failure("Task failed")
+
+
 def to_result(value: object) -> Success | Failure | Retry:
     """Read a ``do_work`` return value: a WorkerResult, or a bool (True/False)."""
     if isinstance(value, (Success, Failure, Retry)):
         return value
     if value is True:
-        return Success()
+        return _TRUE  # frozen: one shared instance, not a validated model per run
     if value is False:
-        return Failure("Task failed")
+        return _FALSE
     return Failure(
         f"do_work returned {type(value).__name__}; expected a WorkerResult or bool"
     )
