@@ -12,7 +12,7 @@ reports tasks/s (first send -> last start) and enqueue -> start latency {p50, p9
 - kmpray: an engine on the same Ray; starts read from completion events.
 
 The peers are never kmpray dependencies: ``pip install -e ".[peers]"`` (or ``--install``,
-which also apt-installs redis-server when it is missing) brings them; a peer whose
+which pip-installs the same list and apt-installs redis-server when it is missing); a peer whose
 package or Redis is missing is reported as skipped, not failed.
 """
 
@@ -36,6 +36,7 @@ from .stamp import collect_starts, register
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = {"huey": "huey", "dramatiq": "dramatiq", "celery": "celery"}
+PEER_PACKAGES = ["huey>=2.5", "redis>=5", "dramatiq[redis]>=1.17", "celery[redis]>=5.4"]  # = kmpray[peers]
 
 
 def _free_port() -> int:
@@ -46,7 +47,7 @@ def _free_port() -> int:
 
 def install() -> None:
     """The peers' packages from PyPI, and Redis from the OS package manager."""
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", f"{ROOT}[peers]"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", *PEER_PACKAGES], check=True)
     if shutil.which("redis-server") is None:
         subprocess.run(["apt-get", "install", "-y", "-q", "redis-server"], check=False)
 
@@ -113,7 +114,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 def _sender(peer: str, redis_url: str) -> Callable[[str], None]:
     os.environ["KMPRAY_PEER_REDIS"] = redis_url
-    import bench.peer_tasks as tasks
+    from . import peer_tasks as tasks
 
     if peer == "huey":
         tasks.__getattr__("huey")

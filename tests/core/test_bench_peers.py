@@ -1,0 +1,34 @@
+"""bench peers' arithmetic and its install list, without Ray, Redis or the peers."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from bench import peers
+
+
+def test_measure_reports_the_burst_rate_and_the_paced_latency_per_task() -> None:
+    sent: dict[str, float] = {}
+
+    def send(tid: str) -> None:
+        sent[tid] = peers.time.time() * 1000
+
+    def starts(ids: list[str]) -> dict[str, float]:  # each task starts 2 ms after its send
+        return {t: sent[t] + 2.0 for t in ids}
+
+    got = peers._measure(200, 20, send, starts)
+    assert [t for t in sent if t.startswith("t")] == [f"t{i}" for i in range(200)]
+    assert [t for t in sent if t.startswith("p")] == [f"p{i}" for i in range(20)]
+    assert got["start_latency_ms"]["p50"] == pytest.approx(2.0, abs=0.05)
+    assert got["start_latency_ms"]["p99"] == pytest.approx(2.0, abs=0.05)
+    assert got["tasks_per_s"] > 1_000  # 200 sends in well under 0.2 s, nothing else in the span
+    span = (sent["p19"] - sent["p0"]) / 1000
+    assert 19 / peers.PACED_RATE - 0.01 <= span < 19 / peers.PACED_RATE + 0.5  # the paced phase is paced
+
+
+def test_the_install_list_is_the_peers_extra() -> None:
+    project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    assert project["project"]["optional-dependencies"]["peers"] == peers.PEER_PACKAGES
