@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import ray
@@ -13,7 +14,7 @@ from kmpray.timing import STOP_WAIT_S
 from .chain_coordinator import ChainCoordinator
 from .constraint_oracle import ConstraintOracle
 from .event_broker import EventBroker
-from .names import BROKER, CHAIN, ORACLE, REGISTRY, SCHEDULER
+from .names import BROKER, CHAIN, ORACLE, REGISTRY, SCHEDULER, base_namespace, shard_namespace
 from .registry import WorkerRegistry
 from .scheduler import SchedulerActor
 
@@ -31,21 +32,25 @@ def ensure_engine(
     head = head_node_id()
     here = NodeAffinitySchedulingStrategy(node_id=head or ray.get_runtime_context().get_node_id(), soft=head is None)
     common = {"namespace": namespace, "lifetime": "detached", "get_if_exists": True, "scheduling_strategy": here}
-    registry = WorkerRegistry.options(name=REGISTRY, **common).remote(namespace)
     broker = EventBroker.options(name=BROKER, **common).remote(
         state_dir, config.event_retention, config.durability, namespace
     )
     oracle = ConstraintOracle.options(name=ORACLE, **common).remote(namespace, state_dir, config.model_dump())
-    pool = config.chain_coordinators
-    coordinators = [
-        ChainCoordinator.options(name=CHAIN.format(i), **common).remote(namespace, i, pool) for i in range(pool)
-    ]
-    scheduler = SchedulerActor.options(name=SCHEDULER, **common).remote(
-        namespace, state_dir, virtual_time, platform, config.model_dump()
-    )
-    return {
-        "registry": registry, "broker": broker, "scheduler": scheduler, "oracle": oracle, "coordinators": coordinators
-    }
+    shards = []
+    clock_start_ms = int(time.time() * 1000)  # a new virtual-time engine's shards start their clocks here
+    for k in range(config.scheduler_shards):  # each shard's own actors, in its own namespace (names.py)
+        ns = shard_namespace(namespace, k)
+        mine = {**common, "namespace": ns}
+        registry = WorkerRegistry.options(name=REGISTRY, **mine).remote(ns)
+        pool = config.chain_coordinators
+        coordinators = [
+            ChainCoordinator.options(name=CHAIN.format(i), **mine).remote(ns, i, pool) for i in range(pool)
+        ]
+        scheduler = SchedulerActor.options(name=SCHEDULER, **mine).remote(
+            ns, state_dir, virtual_time, platform, config.model_dump(), clock_start_ms
+        )
+        shards.append({"registry": registry, "scheduler": scheduler, "coordinators": coordinators})
+    return {**shards[0], "broker": broker, "oracle": oracle, "schedulers": [s["scheduler"] for s in shards]}
 
 
 def head_node_id() -> str | None:
@@ -62,15 +67,16 @@ def stop_engine(namespace: str) -> list[str]:
     Executors and heavy workers are first told to stop (``ExecutorBase.stop``): ray.kill
     returns at once and a process ends a moment later, and meanwhile it could begin a
     successor handed to it (one hop per step) after shutdown() returned."""
-    entries = [e["name"] for e in ray.util.list_named_actors(all_namespaces=True)
-               if e["namespace"] == namespace and e["name"].startswith("kmpray.")]
+    entries = [(e["namespace"], e["name"]) for e in ray.util.list_named_actors(all_namespaces=True)
+               if base_namespace(e["namespace"]) == namespace and e["name"].startswith("kmpray.")]
     handles = {}
-    for name in entries:
+    for ns, name in entries:  # the engine's actors and every shard's
         try:
-            handles[name] = ray.get_actor(name, namespace=namespace)
+            handles[(ns, name)] = ray.get_actor(name, namespace=ns)
         except ValueError:
             continue  # gone meanwhile
-    workers = [h.stop.remote() for n, h in handles.items() if n.startswith(("kmpray.executor.", "kmpray.heavy."))]
+    workers = [h.stop.remote() for (_ns, n), h in handles.items()
+               if n.startswith(("kmpray.executor.", "kmpray.heavy."))]
     if workers:
         try:
             ray.wait(workers, num_returns=len(workers), timeout=STOP_WAIT_S)  # a blocked loop may not answer
@@ -78,4 +84,4 @@ def stop_engine(namespace: str) -> list[str]:
             pass  # dead or dying already: killed below either way
     for handle in handles.values():
         ray.kill(handle, no_restart=True)
-    return list(handles)
+    return [name if ns == namespace else f"{ns}/{name}" for ns, name in handles]

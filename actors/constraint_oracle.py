@@ -21,7 +21,7 @@ from kmpray.device import DeviceState, parse_overrides
 from kmpray.probes import probe
 from kmpray.timing import PROBE_TIMEOUT_S
 
-from .names import SCHEDULER, lookup
+from .names import SCHEDULER, lookup, shard_namespace
 from .retry import call_with_retry
 
 log = logging.getLogger("kmpray.oracle")
@@ -95,9 +95,11 @@ class ConstraintOracle:
             if states == self.effective and not force:
                 return
             self.effective = states
-            scheduler = lookup(SCHEDULER, self.namespace)
             payload = {node: s.model_dump(mode="json") for node, s in states.items()}
-            await call_with_retry(lambda: scheduler.device_states.remote(payload), timeout_s=60)
+            schedulers = [lookup(SCHEDULER, shard_namespace(self.namespace, k))  # every shard's
+                          for k in range(self.config.scheduler_shards)]
+            await asyncio.gather(*(call_with_retry(lambda s=s: s.device_states.remote(payload), timeout_s=60)
+                                   for s in schedulers))
 
     async def ready(self) -> dict[str, dict[str, Any]]:
         if not self.probed:

@@ -23,7 +23,7 @@ from kmpray.events import Event, StoredEvent, TaskCompletionEvent, TaskProgressE
 from kmpray.timing import METRICS_S
 
 from .metrics import Metrics
-from .names import BROKER, lookup
+from .names import BROKER, base_namespace, lookup
 
 log = logging.getLogger("kmpray.broker")
 
@@ -100,14 +100,14 @@ class EventBroker:
         if self._refused is not None:
             raise self._refused
 
-    def publish(self, bodies: list[bytes], origins: list[int | None] | None = None) -> int:
+    def publish(self, bodies: list[bytes], origins: list[int | None] | None = None, source: int = 0) -> int:
         """Append encoded events; returns the last cursor. ``origins``: the scheduler's
-        outbox number of each (None for progress): one at or below the last appended is a
-        re-send after a scheduler restart, appended once only."""
+        outbox number of each (None for progress): one at or below the last appended from
+        the same ``source`` (scheduler shard) is a re-send after its restart, appended once."""
         if origins is None:
             origins = [None] * len(bodies)
         kept = [(b, o) for b, o in zip(bodies, origins, strict=True) if len(b) <= MAX_EVENT_BYTES]
-        self.log.append([b for b, _o in kept], [o for _b, o in kept])
+        self.log.append([b for b, _o in kept], [o for _b, o in kept], source)
         self._appended += len(bodies)
         self._published_total += len(kept)
         if self._metrics_loop is None:
@@ -173,7 +173,7 @@ class BrokerBackend:
 
     def emit(self, event: TaskCompletionEvent | TaskProgressEvent) -> None:
         if self._broker is None:
-            self._broker = lookup(BROKER, self.namespace)
+            self._broker = lookup(BROKER, base_namespace(self.namespace))  # shared by the shards
         self._broker.emit.remote(encode_event(event))
 
     def subscribe(self, since: int | None = None, callback: Any = None, actor: Any = None) -> Any:

@@ -7,6 +7,7 @@ from typing import Any
 
 import ray
 
+from kmpray.shards import SHARD_SEP
 from kmpray.timing import LOOKUP_POLL_S
 
 SCHEDULER = "kmpray.scheduler"
@@ -17,6 +18,26 @@ PROBATION = "kmpray.executor.probation.{}"  # runs suspects alone (executor_pool
 HEAVY = "kmpray.heavy.{}"
 ORACLE = "kmpray.oracle"
 CHAIN = "kmpray.chain.{}"
+
+
+# Scheduler shard k > 0 lives in its own Ray namespace, "<namespace>~shard<k>": its
+# scheduler, registry, executors, heavy workers and chain coordinators keep their usual
+# names there, so every lookup among them finds its own shard's. The broker and the
+# oracle are the engine's, shared, in the base namespace (shard 0's).
+
+
+def shard_namespace(namespace: str, shard: int) -> str:
+    return namespace if shard == 0 else f"{namespace}{SHARD_SEP}{shard}"
+
+
+def base_namespace(namespace: str) -> str:
+    """The engine's namespace (the one users connect to) of any of its shards' namespaces."""
+    return namespace.split(SHARD_SEP, 1)[0]
+
+
+def shard_index(namespace: str) -> int:
+    _base, sep, k = namespace.partition(SHARD_SEP)
+    return int(k) if sep else 0
 
 
 def lookup(name: str, namespace: str, timeout_s: float = 30.0) -> Any:

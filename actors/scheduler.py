@@ -47,7 +47,7 @@ from .executor_pool import ExecutorPool, executors_for
 from .heavy_pool import HeavyPool
 from .memory_cap import give_back
 from .metrics import Metrics, publish_scheduler
-from .names import BROKER, ORACLE, REGISTRY, lookup
+from .names import BROKER, ORACLE, REGISTRY, base_namespace, lookup, shard_index
 from .outbox import Outbox
 from .retry import call_with_retry
 from .scheduler_artifacts import ArtifactKeeper, SchedulerArtifacts
@@ -70,14 +70,25 @@ class SchedulerActor(
     register), reports (executor results, blocked loops), dispatch (pump turn, placement,
     sending), chains (coordinators), reads (status, explain), virtual time."""
 
-    def __init__(self, namespace: str, state_dir: str, virtual_time: bool, platform: str, config: dict[str, Any]):
+    def __init__(
+        self, namespace: str, state_dir: str, virtual_time: bool, platform: str, config: dict[str, Any],
+        clock_start_ms: int | None = None,
+    ):
         self._born = time.monotonic()
         self.serving_in_s: float | None = None  # from process start to serving (restore included)
         self.namespace = namespace
         self.state_dir = state_dir
         self.config = EngineConfig.model_validate(config)
+        # Shard k of the engine: its own store, artifacts and timers (names.py), and its
+        # share of admission control; shard 0 keeps the files of an unsharded engine.
+        self.shard = shard_index(namespace)
+        shards = self.config.scheduler_shards
+        if shards > 1:
+            share = -(-self.config.max_pending_tasks // shards)  # rounded up
+            self.config = self.config.model_copy(update={"max_pending_tasks": share})
+        self.home = str(Path(state_dir) / f"shard-{self.shard}") if self.shard else state_dir
         try:
-            self._restore(state_dir, virtual_time, platform)
+            self._restore(self.home, virtual_time, platform, clock_start_ms)
         except StoreRefused as exc:
             # Stay up to say why: every call (connect's first) raises this one line.
             log.error("%s", exc)
@@ -95,7 +106,7 @@ class SchedulerActor(
         self._reconciling = asyncio.Lock()
         self._watcher = FileWatcher()
         self._blocked = BlockedLoops()  # executors and heavy workers whose loop a worker blocks
-        self.artifacts = ArtifactKeeper(state_dir, self.config)  # large step data
+        self.artifacts = ArtifactKeeper(self.home, self.config)  # large step data
         self.pool = ExecutorPool(namespace, self.config, self.core, self._blocked, self._kick, self.artifacts.where)
         self.heavy = HeavyPool(self, namespace, self.config, self._blocked, self.artifacts.where)
         self._wake = asyncio.Event()
@@ -122,13 +133,16 @@ class SchedulerActor(
         self._ready = asyncio.ensure_future(self._start())
 
     # ------------------------------------------------------------- lifecycle
-    def _restore(self, state_dir: str, virtual_time: bool, platform: str) -> None:
+    def _restore(self, state_dir: str, virtual_time: bool, platform: str, clock_start_ms: int | None) -> None:
         """Open the store and rebuild the core from it. A store refused at open, or found
         damaged below its rows while restoring, raises StoreRefused (one line)."""
         self.store = SqliteTaskStore(Path(state_dir) / "tasks.db", self.config.durability)
         if virtual_time:
             saved = self.store.get_meta("virtual_now")
-            self.clock: ManualClock | SystemClock = ManualClock(saved if isinstance(saved, int) else None)
+            # A new engine's shards start their virtual clocks at one instant (bootstrap's), and
+            # advance_time moves them together, so they agree on "now".
+            start = saved if isinstance(saved, int) else clock_start_ms
+            self.clock: ManualClock | SystemClock = ManualClock(start)
             self.store.put_meta("virtual_now", self.clock.now_ms())
         else:
             self.clock = SystemClock()
@@ -144,22 +158,40 @@ class SchedulerActor(
         )
         started = time.monotonic()
         records, chains = self.store.load(), self.store.load_chains()
+        self._check_shards(bool(records or chains))
         damaged = [(q.table, q.key, q.reason) for q in self.store.take_fresh_quarantine()]
         self.core.restore(records, chains, damaged)
         gc.freeze()  # the restored rows live on: kept out of the collector's scans (timing.py)
         self.restored_in_s = time.monotonic() - started
 
+    def _check_shards(self, has_rows: bool) -> None:
+        """A state dir serves the shard count it was written with: tasks are found by a hash
+        of their id modulo that count, so another count would look for them in the wrong
+        store and could admit a second task under a unique name. Refused, never guessed."""
+        want = self.config.scheduler_shards
+        had = self.store.get_meta("scheduler_shards")
+        if had is None and has_rows:
+            had = 1  # written before shards existed: one scheduler
+        if had is not None and had != want:
+            raise StoreRefused(
+                f"{self.state_dir} holds an engine written with scheduler_shards={had}; it was started "
+                f"with scheduler_shards={want}. Start it with {had} (changing the count on a state dir with "
+                "tasks is not supported: the tasks would be looked for on the wrong shards), or use a new "
+                "state_dir")
+        if had is None:
+            self.store.put_meta("scheduler_shards", want)
+
     async def _start(self) -> None:
         registry = lookup(REGISTRY, self.namespace)
         # Restarted while the registry lived on: take its copies back (see actors/registry.py).
         self._blobs.update(await call_with_retry(lambda: registry.dump.remote()))
-        self._broker = lookup(BROKER, self.namespace)
+        self._broker = lookup(BROKER, base_namespace(self.namespace))  # the engine's, shared
         unsent = self.store.pending_events()  # completion events a crash kept from the broker
         if unsent:
             log.warning("restarted: sending %d completion events again (the broker appends each once)",
                         len(unsent))
             self._events.add(unsent)
-        oracle = lookup(ORACLE, self.namespace)
+        oracle = lookup(ORACLE, base_namespace(self.namespace))
         states = await oracle.ready.remote()
         self.core.set_devices({n: DeviceState.model_validate(s) for n, s in states.items()})
         for node in self._executor_nodes():
@@ -309,7 +341,7 @@ class SchedulerActor(
 
     def _publish(self, batch: list[tuple[int | None, bytes]]) -> Any:
         self.messages["event_batches_sent"] += 1
-        return self._broker.publish.remote([b for _o, b in batch], [o for o, _b in batch])
+        return self._broker.publish.remote([b for _o, b in batch], [o for o, _b in batch], self.shard)
 
     def _events_acked(self, batch: list[tuple[int | None, bytes]]) -> None:
         """The broker has these: they leave the outbox with the next store write (no

@@ -15,7 +15,11 @@ class EngineConfig(Frozen):
     max_id_length: Annotated[int, Field(gt=0)] = 256
     max_input_bytes: Annotated[int, Field(gt=0)] = 1 * MiB
     max_output_bytes: Annotated[int, Field(gt=0)] = 1 * MiB
-    max_pending_tasks: Annotated[int, Field(gt=0)] = 2_000_000
+    max_pending_tasks: Annotated[int, Field(gt=0)] = 2_000_000  # the engine's; each shard has its share
+    # SchedulerActor shards (README "Sharded control plane"): a task lives on shard
+    # crc32(its unique name) % N, a chain and all its tasks on its chain id's; each shard
+    # has its own store, timers, executors and restart. Fixed for a state dir's life.
+    scheduler_shards: Annotated[int, Field(ge=1, le=64)] = 1
     # Step data (kmpray/artifacts.py): a numpy array in Success.data larger than this goes
     # through Ray's object store and a content-addressed file under state_dir/artifacts
     # (smaller ones ride in the row); bytes and other values go that way only when the

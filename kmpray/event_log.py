@@ -14,7 +14,9 @@ from .store import _connect, _transaction
 
 
 class EventLog(Protocol):
-    def append(self, events: list[bytes], origins: Sequence[int | None] | None = None) -> list[int]: ...
+    def append(
+        self, events: list[bytes], origins: Sequence[int | None] | None = None, source: int = 0
+    ) -> list[int]: ...
 
     def read(self, after: int, limit: int) -> list[tuple[int, bytes]]: ...
 
@@ -40,6 +42,8 @@ _EVENT_TABLES = {
     "events": "CREATE TABLE IF NOT EXISTS events (cursor INTEGER PRIMARY KEY AUTOINCREMENT, body BLOB NOT NULL)",
     # The last scheduler outbox number appended: a re-sent event is appended once.
     "origin": "CREATE TABLE IF NOT EXISTS origin (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL)",
+    # The same for scheduler shards 1, 2, ... (each numbers its own outbox); shard 0's is above.
+    "origins": "CREATE TABLE IF NOT EXISTS origins (source INTEGER PRIMARY KEY, seq INTEGER NOT NULL)",
 }
 
 
@@ -50,17 +54,25 @@ class SqliteEventLog:
         self._conn = _connect(Path(path), _EVENT_TABLES, durability)
         self._lock = threading.Lock()
 
-    def append(self, events: list[bytes], origins: Sequence[int | None] | None = None) -> list[int]:
+    def append(
+        self, events: list[bytes], origins: Sequence[int | None] | None = None, source: int = 0
+    ) -> list[int]:
         """Append in order; an event with an ``origin`` (its scheduler outbox number) at or
-        below the last one appended is a re-send after a restart: skipped."""
+        below the last one appended from the same ``source`` (scheduler shard) is a re-send
+        after a restart: skipped."""
         if not events:
             return []
         with self._lock, _transaction(self._conn) as conn:
             if origins is not None:
-                row = conn.execute("SELECT seq FROM origin WHERE id = 1").fetchone()
+                if source:
+                    row = conn.execute("SELECT seq FROM origins WHERE source = ?", (source,)).fetchone()
+                else:
+                    row = conn.execute("SELECT seq FROM origin WHERE id = 1").fetchone()
                 last = int(row[0]) if row else 0
                 events, newest = first_sends(events, origins, last)
-                if newest > last:
+                if newest > last and source:
+                    conn.execute("INSERT OR REPLACE INTO origins (source, seq) VALUES (?, ?)", (source, newest))
+                elif newest > last:
                     conn.execute("INSERT OR REPLACE INTO origin (id, seq) VALUES (1, ?)", (newest,))
             start = self.last_cursor()
             conn.executemany("INSERT INTO events (body) VALUES (?)", [(e,) for e in events])
@@ -94,11 +106,13 @@ class MemoryEventLog:
     def __init__(self) -> None:
         self._rows: list[tuple[int, bytes]] = []
         self._last = 0
-        self._origin = 0
+        self._origins: dict[int, int] = {}  # source (scheduler shard) -> last origin appended
 
-    def append(self, events: list[bytes], origins: Sequence[int | None] | None = None) -> list[int]:
+    def append(
+        self, events: list[bytes], origins: Sequence[int | None] | None = None, source: int = 0
+    ) -> list[int]:
         if origins is not None:
-            events, self._origin = first_sends(events, origins, self._origin)
+            events, self._origins[source] = first_sends(events, origins, self._origins.get(source, 0))
         cursors = []
         for body in events:
             self._last += 1

@@ -24,12 +24,14 @@ from ..errors import EngineUnavailable, InvalidParameters, StoreRefused
 from ..events import TaskEventBus
 from ..models import ChainInfo, TaskInfo, TaskList, TaskRequest
 from ..platforms import profile
+from ..shards import SHARD_SEP, merge_status, shard_of
 from ..timing import CALL_TIMEOUT_S
 from ..triggers import OneTime, Trigger
 from ..worker import LOCAL_WORKERS, check_worker_class
 from . import outputs
 from .coalesce import AsyncCoalescer, Coalescer
 from .remote import _await, _ray, _ray_init, _tokens, _unwrap
+from .routing import Routing
 from .subscription import EventBus
 from .waiting import TaskNotFound, Waiting
 
@@ -52,12 +54,16 @@ def _trigger_payload(trigger: Any) -> Any:
     return trigger.model_dump(mode="json") if hasattr(trigger, "model_dump") else trigger
 
 
-class BackgroundTaskScheduler(Waiting):
+class BackgroundTaskScheduler(Waiting, Routing):
     """The facade over one namespace's engine. Thread-safe; every call is bounded."""
 
     def __init__(self, namespace: str, handles: dict[str, Any], described: dict[str, Any]) -> None:
         self.namespace = namespace
-        self._scheduler = handles["scheduler"]
+        # One SchedulerActor per shard (EngineConfig.scheduler_shards); calls about one task
+        # or chain go straight to its shard (kmpray/shards.py), engine-wide ones to each.
+        self._schedulers: list[Any] = list(handles.get("schedulers") or [handles["scheduler"]])
+        self.shards = len(self._schedulers)
+        self._homes: dict[str, int] = {}  # ids found off their hash shard: chain tasks
         self._broker = handles["broker"]
         self._oracle = handles["oracle"]
         self.virtual_time: bool = described["virtual_time"]
@@ -65,16 +71,21 @@ class BackgroundTaskScheduler(Waiting):
         self.state_dir: str = described["state_dir"]
         self.events = EventBus(self._broker)
         self.last_reason: str | None = None
-        # concurrent enqueue() calls share one enqueue_many message (coalesce.py)
-        self._group = Coalescer(lambda items: self._call("enqueue_many", items, token=True))
-        self._group_async = AsyncCoalescer(lambda items: self._call_async("enqueue_many", items, token=True))
+        # concurrent enqueue() calls to one shard share one enqueue_many message (coalesce.py)
+        self._groups = [Coalescer(lambda items, k=k: self._call("enqueue_many", items, shard=k, token=True))
+                        for k in range(self.shards)]
+        self._groups_async = [
+            AsyncCoalescer(lambda items, k=k: self._call_async("enqueue_many", items, shard=k, token=True))
+            for k in range(self.shards)]
 
     def __repr__(self) -> str:
         return f"<BackgroundTaskScheduler namespace={self.namespace!r} platform={self.platform!r}>"
 
     # ---------------------------------------------------------------- calls
-    def _call(self, method: str, *args: Any, timeout_s: float = CALL_TIMEOUT_S, token: bool = False) -> Any:
-        """Call the scheduler, retrying across its restarts (actors/retry.py's schedule).
+    def _call(
+        self, method: str, *args: Any, timeout_s: float = CALL_TIMEOUT_S, token: bool = False, shard: int = 0
+    ) -> Any:
+        """Call a scheduler shard, retrying across its restarts (actors/retry.py's schedule).
         ``token``: the call carries a request token as its last argument (see _tokens)."""
         ray = _ray()
         from kmpray.actors.retry import TRANSIENT, call_with_retry_sync
@@ -83,7 +94,7 @@ class BackgroundTaskScheduler(Waiting):
         tries = _tokens(token)
 
         def once() -> Any:
-            ref = getattr(self._scheduler, method).remote(*args, *next(tries))
+            ref = getattr(self._schedulers[shard], method).remote(*args, *next(tries))
             return ray.get(ref, timeout=max(0.1, deadline - time.monotonic()))
 
         try:
@@ -96,7 +107,7 @@ class BackgroundTaskScheduler(Waiting):
             raise _unwrap(exc) from None
 
     async def _call_async(
-        self, method: str, *args: Any, timeout_s: float = CALL_TIMEOUT_S, token: bool = False
+        self, method: str, *args: Any, timeout_s: float = CALL_TIMEOUT_S, token: bool = False, shard: int = 0
     ) -> Any:
         ray = _ray()
         from kmpray.actors.retry import TRANSIENT, call_with_retry
@@ -105,7 +116,7 @@ class BackgroundTaskScheduler(Waiting):
         tries = _tokens(token)
 
         async def once() -> Any:
-            ref = getattr(self._scheduler, method).remote(*args, *next(tries))
+            ref = getattr(self._schedulers[shard], method).remote(*args, *next(tries))
             return await asyncio.wait_for(_await(ref), max(0.1, deadline - time.monotonic()))
 
         try:
@@ -130,7 +141,7 @@ class BackgroundTaskScheduler(Waiting):
             registered = [n for n, c in LOCAL_WORKERS.items() if c is cls]
             name = registered[0] if registered else cls.__name__
         check_worker_class(name, cls)
-        self._call("register_worker", name, ship_class(cls))
+        self._each("register_worker", name, ship_class(cls))
 
     # ------------------------------------------------------------- enqueue
     @staticmethod
@@ -170,7 +181,7 @@ class BackgroundTaskScheduler(Waiting):
         item = self._prepare(id, trigger, worker_class_name, input, constraints)
         if item is None:
             return ScheduleResult.REJECTED_INVALID_PARAMS
-        return self._results([self._group.submit(item)])[0]
+        return self._results([self._groups[shard_of(id, self.shards)].submit(item)])[0]
 
     def _prepare(self, *args: Any) -> dict[str, Any] | None:
         """The wire item for one enqueue, or None (with ``last_reason`` set) if it is malformed."""
@@ -191,7 +202,7 @@ class BackgroundTaskScheduler(Waiting):
         item = self._prepare(id, trigger, worker_class_name, input, constraints)
         if item is None:
             return ScheduleResult.REJECTED_INVALID_PARAMS
-        return self._results([await self._group_async.submit(item)])[0]
+        return self._results([await self._groups_async[shard_of(id, self.shards)].submit(item)])[0]
 
     def enqueue_many(self, requests: Sequence[TaskRequest | dict[str, Any]]) -> list[ScheduleResult]:
         """Bulk submission in one round trip and one store transaction.
@@ -199,12 +210,12 @@ class BackgroundTaskScheduler(Waiting):
         Each item is a TaskRequest (a one-time task under its ``id``) or a dict with the
         keys of ``enqueue``: id, trigger, worker_class_name, input, constraints.
         """
-        return self._results(self._call("enqueue_many", self._items(requests), token=True))
+        return self._results(self._enqueue_items(self._items(requests)))
 
     async def enqueue_many_async(
         self, requests: Sequence[TaskRequest | dict[str, Any]]
     ) -> list[ScheduleResult]:
-        return self._results(await self._call_async("enqueue_many", self._items(requests), token=True))
+        return self._results(await self._enqueue_items_async(self._items(requests)))
 
     def _items(self, requests: Sequence[TaskRequest | dict[str, Any]]) -> list[dict[str, Any]]:
         items = []
@@ -225,39 +236,41 @@ class BackgroundTaskScheduler(Waiting):
 
     def rejections(self, limit: int = 100) -> list[tuple[str, str, str]]:
         """The engine's most recent rejections: ``(id, result, reason)``, oldest first."""
-        return [tuple(r) for r in self._call("last_rejections", limit)]  # type: ignore[misc]
+        return [tuple(r) for part in self._each("last_rejections", limit) for r in part][-limit:]  # type: ignore[misc]
 
     # -------------------------------------------------------------- control
     def cancel(self, id: str) -> int:  # noqa: A002
-        """Cancel the unfinished work under ``id``; returns how many tasks were cancelled."""
-        return int(self._call("cancel", id))
+        """Cancel the unfinished work under ``id`` (a task or a chain: asked of every shard,
+        since a chain's tasks live on its shard); returns how many tasks were cancelled."""
+        return sum(int(n) for n in self._each("cancel", id))
 
     async def cancel_async(self, id: str) -> int:  # noqa: A002
-        return int(await self._call_async("cancel", id))
+        return sum([int(await self._call_async("cancel", id, shard=k)) for k in range(self.shards)])
 
     def cancel_all(self) -> int:
-        return int(self._call("cancel_all"))
+        return sum(int(n) for n in self._each("cancel_all"))
 
     async def cancel_all_async(self) -> int:
-        return int(await self._call_async("cancel_all"))
+        return sum([int(await self._call_async("cancel_all", shard=k)) for k in range(self.shards)])
 
     def get_task_info(self, id: str) -> TaskInfo | None:  # noqa: A002
-        raw = self._call("get_info", id)
+        raw = self._find("get_info", id)
         return TaskInfo.model_validate(raw) if raw is not None else None
 
     async def get_task_info_async(self, id: str) -> TaskInfo | None:  # noqa: A002
-        raw = await self._call_async("get_info", id)
+        raw = await self._find_async("get_info", id)
         return TaskInfo.model_validate(raw) if raw is not None else None
 
     def get_output(self, id: str) -> dict[str, Any] | None:  # noqa: A002
         """The task's last ``Success.data`` with real values (arrays read-only), or None."""
-        return outputs.resolve(self, self._call("get_output", id))
+        return outputs.resolve(self, self._find("get_output", id), self._home(id))
 
     async def get_output_async(self, id: str) -> dict[str, Any] | None:  # noqa: A002
-        return await outputs.resolve_async(self, await self._call_async("get_output", id))
+        raw = await self._find_async("get_output", id)
+        return await outputs.resolve_async(self, raw, self._home(id))
 
     def get_chain_info(self, id: str) -> ChainInfo | None:  # noqa: A002
-        raw = self._call("get_chain_info", id)
+        raw = self._call("get_chain_info", id, shard=self._home(id))
         return ChainInfo.model_validate(raw) if raw is not None else None
 
     # --------------------------------------------------------------- chains
@@ -266,16 +279,20 @@ class BackgroundTaskScheduler(Waiting):
         return TaskChain.begin(self, first)
 
     def _enqueue_chain(self, chain: TaskChain) -> ScheduleResult:
-        result, self.last_reason = self._call("enqueue_chain", chain.payload(), token=True)
+        payload = chain.payload()
+        home = self._chain_home(payload)
+        result, self.last_reason = self._call("enqueue_chain", payload, token=True, shard=home)
         return ScheduleResult(result)
 
     async def _enqueue_chain_async(self, chain: TaskChain) -> ScheduleResult:
-        result, self.last_reason = await self._call_async("enqueue_chain", chain.payload(), token=True)
+        payload = chain.payload()
+        result, self.last_reason = await self._call_async("enqueue_chain", payload, token=True,
+                                                          shard=self._chain_home(payload))
         return ScheduleResult(result)
 
     def list_tasks(self, state: TaskState | None = None) -> TaskList:
-        raw = self._call("list_tasks", TaskState(state).value if state is not None else None)
-        return TaskList(TaskInfo.model_validate(r) for r in raw)
+        parts = self._each("list_tasks", TaskState(state).value if state is not None else None)
+        return TaskList(TaskInfo.model_validate(r) for raw in parts for r in raw)
 
     def wait(
         self,
@@ -299,7 +316,8 @@ class BackgroundTaskScheduler(Waiting):
     def advance_time(self, ms: int) -> int:
         """Virtual time only: move the clock ``ms`` forward, running everything that falls due
         in order and waiting for those runs to finish. Returns the new virtual now."""
-        return int(self._call("advance_time", ms, timeout_s=CALL_TIMEOUT_S + 600))
+        # Each shard keeps its own virtual clock; they move together, one shard after another.
+        return max(int(now) for now in self._each("advance_time", ms, timeout_s=CALL_TIMEOUT_S + 600))
 
     def now_ms(self) -> int:
         """The engine's clock (virtual or real), epoch milliseconds."""
@@ -329,15 +347,17 @@ class BackgroundTaskScheduler(Waiting):
         """A content change for ContentUri triggers; returns how many tasks it fired."""
         if not isinstance(uri, str) or not uri:
             raise InvalidParameters("uri: must be a non-empty string")
-        return int(self._call("fire", "content_uri", uri))
+        return sum(int(n) for n in self._each("fire", "content_uri", uri))
 
     def status(self) -> dict[str, Any]:
-        return dict(self._call("describe"))
+        """The engine's state; with several shards, their figures added up (and each
+        shard's own under ``shards``: kmpray/shards.py merge_status)."""
+        return merge_status([dict(part) for part in self._each("describe")])
 
     def explain(self, id: str) -> str:  # noqa: A002
         """Why a task is (not) running: its state, what it waits for (per node, for
         constraints), and the engine's recent decisions about it (``kmpray why ID``)."""
-        text = self._call("explain", id)
+        text = self._find("explain", id)
         if text is None:
             raise TaskNotFound(f"no task {id!r}")
         return str(text)
@@ -345,11 +365,11 @@ class BackgroundTaskScheduler(Waiting):
     def quarantined(self) -> list[dict[str, Any]]:
         """Stored rows that did not decode when the engine restored its store: table, key,
         reason, time, size and the first bytes in hex. They are never decoded again."""
-        return list(self._call("quarantined"))
+        return [row for part in self._each("quarantined") for row in part]
 
     def drop_quarantined(self, key: str) -> int:
         """Delete the quarantined row(s) stored under ``key`` for good; returns how many."""
-        return int(self._call("drop_quarantined", key))
+        return sum(int(n) for n in self._each("drop_quarantined", key))
 
     def shutdown(self) -> None:
         """Stop this namespace's engine actors. Every task stays in the store for the next connect()."""
@@ -375,6 +395,8 @@ def connect(
     profile(platform)  # a bad platform name fails here, naming the field
     if not isinstance(namespace, str) or not namespace or len(namespace) > 100:
         raise ValueError("namespace: must be a non-empty string of at most 100 characters")
+    if SHARD_SEP in namespace:
+        raise ValueError(f"namespace: may not contain {SHARD_SEP!r} (scheduler shards' namespaces use it)")
     ray = _ray()
     from kmpray.actors.bootstrap import ensure_engine
 
@@ -383,8 +405,8 @@ def connect(
     state = str(Path(state_dir or default_state_dir(namespace)).expanduser().resolve())
     handles = ensure_engine(namespace, state, virtual_time, platform, config or EngineConfig())
     try:
-        described, _ = ray.get([handles["scheduler"].ready.remote(), handles["broker"].ready.remote()],
-                               timeout=CALL_TIMEOUT_S)
+        ready = [*(s.ready.remote() for s in handles["schedulers"]), handles["broker"].ready.remote()]
+        described, *_ = ray.get(ready, timeout=CALL_TIMEOUT_S)
     except ray.exceptions.GetTimeoutError as exc:
         raise EngineUnavailable(f"engine {namespace!r} did not start within {CALL_TIMEOUT_S:.0f} s") from exc
     except ray.exceptions.RayTaskError as exc:

@@ -32,7 +32,11 @@ def _wanted(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {d["blake3"]: d for d in descriptors(data)}
 
 
-def resolve(client: Any, answer: tuple[dict[str, Any] | None, dict[str, Any]] | None) -> dict[str, Any] | None:
+def resolve(
+    client: Any, answer: tuple[dict[str, Any] | None, dict[str, Any]] | None, shard: int = 0
+) -> dict[str, Any] | None:
+    """The real values of a get_output answer; ``shard``: the scheduler shard that gave it
+    (it holds the references and the artifacts)."""
     if answer is None or answer[0] is None:
         return None
     data, refs = answer
@@ -42,7 +46,7 @@ def resolve(client: Any, answer: tuple[dict[str, Any] | None, dict[str, Any]] | 
         try:  # the reference the scheduler holds; else (none, or lost) the artifact, put again
             values[digest] = from_stored(desc[MARK], ray.get(refs[digest], timeout=FETCH_TIMEOUT_S))
         except Exception:
-            got = client._call("blob", digest, desc[MARK], digest in refs)
+            got = client._call("blob", digest, desc[MARK], digest in refs, shard=shard)
             if got is None:
                 raise _missing(desc) from None
             values[digest] = from_stored(desc[MARK], ray.get(got[0], timeout=FETCH_TIMEOUT_S))
@@ -50,7 +54,7 @@ def resolve(client: Any, answer: tuple[dict[str, Any] | None, dict[str, Any]] | 
 
 
 async def resolve_async(
-    client: Any, answer: tuple[dict[str, Any] | None, dict[str, Any]] | None
+    client: Any, answer: tuple[dict[str, Any] | None, dict[str, Any]] | None, shard: int = 0
 ) -> dict[str, Any] | None:
     if answer is None or answer[0] is None:
         return None
@@ -60,7 +64,7 @@ async def resolve_async(
         try:
             values[digest] = from_stored(desc[MARK], await asyncio.wait_for(_await(refs[digest]), FETCH_TIMEOUT_S))
         except Exception:
-            got = await client._call_async("blob", digest, desc[MARK], digest in refs)
+            got = await client._call_async("blob", digest, desc[MARK], digest in refs, shard=shard)
             if got is None:
                 raise _missing(desc) from None
             values[digest] = from_stored(desc[MARK], await asyncio.wait_for(_await(got[0]), FETCH_TIMEOUT_S))

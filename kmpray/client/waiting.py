@@ -21,6 +21,7 @@ class Waiting:
 
     _call: Any
     _call_async: Any
+    _home: Any  # the scheduler shard that holds an id (facade)
     events: Any
     get_task_info: Any
     get_task_info_async: Any
@@ -53,7 +54,7 @@ class Waiting:
 
     def _poll_done(self, id: str, first: TaskInfo | None) -> TaskInfo | ChainInfo | None:  # noqa: A002
         """The info if ``id`` is done now (no waiting), else None."""
-        return self._done(id, first, self._call(*self._wait_call(id, first, 0)))
+        return self._done(id, first, self._call(*self._wait_call(id, first, 0), shard=self._home(id)))
 
     def _wait_with_bar(self, ids: list[str], deadline: float | None) -> list[Any]:
         """One tqdm bar over every id (100 % each): a task moves with its progress events,
@@ -132,7 +133,8 @@ class Waiting:
         first = self.get_task_info(id)
         while True:
             chunk = self._chunk(id, deadline)
-            raw = self._call(*self._wait_call(id, first, chunk), timeout_s=chunk + CALL_TIMEOUT_S)
+            raw = self._call(*self._wait_call(id, first, chunk), timeout_s=chunk + CALL_TIMEOUT_S,
+                             shard=self._home(id))
             if (done := self._done(id, first, raw)) is not None:
                 return done
 
@@ -141,7 +143,8 @@ class Waiting:
         first = await self.get_task_info_async(id)
         while True:
             chunk = self._chunk(id, deadline)
-            raw = await self._call_async(*self._wait_call(id, first, chunk), timeout_s=chunk + CALL_TIMEOUT_S)
+            raw = await self._call_async(*self._wait_call(id, first, chunk), timeout_s=chunk + CALL_TIMEOUT_S,
+                                         shard=self._home(id))
             if (done := self._done(id, first, raw)) is not None:
                 return done
 

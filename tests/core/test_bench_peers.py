@@ -5,8 +5,6 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-import pytest
-
 from bench import peers
 
 
@@ -22,8 +20,8 @@ def test_measure_reports_the_burst_rate_and_the_paced_latency_per_task() -> None
     got = peers._measure(200, 20, send, starts)
     assert [t for t in sent if t.startswith("t")] == [f"t{i}" for i in range(200)]
     assert [t for t in sent if t.startswith("p")] == [f"p{i}" for i in range(20)]
-    assert got["start_latency_ms"]["p50"] == pytest.approx(2.0, abs=0.05)
-    assert got["start_latency_ms"]["p99"] == pytest.approx(2.0, abs=0.05)
+    # 2 ms after the fake's own send stamp, which it takes just after the harness's
+    assert 2.0 <= got["start_latency_ms"]["p50"] < 3.0 and 2.0 <= got["start_latency_ms"]["p99"] < 5.0
     assert got["tasks_per_s"] > 1_000  # 200 sends in well under 0.2 s, nothing else in the span
     span = (sent["p19"] - sent["p0"]) / 1000
     assert 19 / peers.PACED_RATE - 0.01 <= span < 19 / peers.PACED_RATE + 0.5  # the paced phase is paced

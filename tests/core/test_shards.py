@@ -1,0 +1,39 @@
+"""Which shard holds what, and how the shards' status adds up (kmpray/shards.py)."""
+
+from __future__ import annotations
+
+import zlib
+from collections import Counter
+
+from kmpray.shards import merge_status, shard_of
+
+
+def test_a_name_always_lands_on_the_same_shard_and_names_spread() -> None:
+    names = [f"task-{i}" for i in range(2_000)]
+    assert [shard_of(n, 4) for n in names] == [zlib.crc32(n.encode()) % 4 for n in names]  # not salted
+    spread = Counter(shard_of(n, 4) for n in names)
+    assert set(spread) == {0, 1, 2, 3} and min(spread.values()) > 400
+    assert {shard_of(n, 1) for n in names} == {0}
+    assert shard_of("naïve ✓", 3) == shard_of("naïve ✓", 3)
+
+
+def test_status_adds_counts_keeps_the_worst_latency_and_shard_zeros_names() -> None:
+    a = {"namespace": "ns", "pending": 3, "ready": 1, "counts": {"ENQUEUED": 1, "SUCCEEDED": 4},
+         "workers": ["A", "B"], "nodes": {"n1": {"battery_level": 50}}, "now_ms": 10, "virtual_time": False,
+         "executor_nodes": ["n1"], "heavy": {"pool": 2, "capacity": 3, "busy": 1},
+         "runs": {"dispatched": 5, "wait_ms": {"n": 2, "p50": 1, "p99": 4, "max": 6}}}
+    b = {"namespace": "ns~shard1", "pending": 4, "ready": 0, "counts": {"ENQUEUED": 2, "SUCCEEDED": 1},
+         "workers": ["B", "A"], "nodes": {"n1": {"battery_level": 50}}, "now_ms": 12, "virtual_time": False,
+         "executor_nodes": ["n1"], "heavy": {"pool": 2, "capacity": 3, "busy": 0},
+         "runs": {"dispatched": 1, "wait_ms": {"n": 1, "p50": 3, "p99": 3, "max": 3}}}
+    got = merge_status([a, b])
+    assert got["namespace"] == "ns" and got["virtual_time"] is False
+    assert (got["pending"], got["ready"]) == (7, 1)
+    assert got["counts"] == {"ENQUEUED": 3, "SUCCEEDED": 5}
+    assert got["workers"] == ["A", "B"] and got["nodes"] == {"n1": {"battery_level": 50}}
+    assert got["executor_nodes"] == ["n1", "n1"] and got["now_ms"] == 12
+    assert got["heavy"] == {"pool": 4, "capacity": 3, "busy": 1}
+    assert got["runs"] == {"dispatched": 6, "wait_ms": {"n": 3, "p50": 3, "p99": 4, "max": 6}}
+    assert [(s["shard"], s["pending"], s["counts"]) for s in got["shards"]] == [
+        (0, 3, a["counts"]), (1, 4, b["counts"])]
+    assert merge_status([a]) is a  # one shard: its own answer, untouched
