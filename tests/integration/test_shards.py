@@ -113,7 +113,8 @@ def test_one_name_from_many_threads_runs_once_and_appended_work_lives_with_it(
     assert two.wait(name, timeout_s=30).state is TaskState.SUCCEEDED
     assert count_runs(str(log)) == 1
     app = Constraints(existing_work_policy=ExistingWorkPolicy.APPEND)
-    assert two.enqueue(name, TaskTrigger.OneTime(3_600_000), "Echo", constraints=app) is ScheduleResult.SUCCESS
+    later = TaskTrigger.OneTime(3_600_000)
+    assert two.enqueue(name, later, "Echo", constraints=app) is ScheduleResult.SUCCESS
     assert two.get_task_info(name).id == f"{name}#2"
     assert [s["counts"]["ENQUEUED"] for s in two.status()["shards"]] == [0, 1]
 
