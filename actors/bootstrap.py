@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -9,7 +10,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from kmpray.config import EngineConfig
-from kmpray.timing import STOP_WAIT_S
+from kmpray.timing import CALL_TIMEOUT_S, STOP_WAIT_S
 
 from .chain_coordinator import ChainCoordinator
 from .constraint_oracle import ConstraintOracle
@@ -17,6 +18,8 @@ from .event_broker import EventBroker
 from .names import BROKER, CHAIN, ORACLE, REGISTRY, SCHEDULER, base_namespace, shard_namespace
 from .registry import WorkerRegistry
 from .scheduler import SchedulerActor
+
+log = logging.getLogger("kmpray")
 
 
 def ensure_engine(
@@ -29,6 +32,12 @@ def ensure_engine(
     leaving ends the cluster anyway). ``get_if_exists`` makes two concurrent connects
     converge on one engine.
     """
+    running = _running_shards(namespace)
+    if running is not None and running != config.scheduler_shards:
+        # Attach to the engine as it runs (as for virtual_time): its shard count is its state dir's.
+        log.warning("engine %r runs with scheduler_shards=%d; attaching with that (asked: %d)",
+                    namespace, running, config.scheduler_shards)
+        config = config.model_copy(update={"scheduler_shards": running})
     head = head_node_id()
     here = NodeAffinitySchedulingStrategy(node_id=head or ray.get_runtime_context().get_node_id(), soft=head is None)
     common = {"namespace": namespace, "lifetime": "detached", "get_if_exists": True, "scheduling_strategy": here}
@@ -51,6 +60,18 @@ def ensure_engine(
         )
         shards.append({"registry": registry, "scheduler": scheduler, "coordinators": coordinators})
     return {**shards[0], "broker": broker, "oracle": oracle, "schedulers": [s["scheduler"] for s in shards]}
+
+
+def _running_shards(namespace: str) -> int | None:
+    """The shard count of the engine running in ``namespace``, if one is."""
+    try:
+        scheduler = ray.get_actor(SCHEDULER, namespace=namespace)
+    except ValueError:
+        return None
+    try:
+        return int(ray.get(scheduler.shard_count.remote(), timeout=CALL_TIMEOUT_S))  # after its restore
+    except Exception:  # dying or restarting: start as asked; a store that disagrees refuses
+        return None
 
 
 def head_node_id() -> str | None:

@@ -38,6 +38,10 @@ class SchedulerReads:
     messages: Counter[str]
     _ready: asyncio.Future[None]
 
+    def shard_count(self) -> int:
+        """The engine's scheduler_shards (a client attaching learns it here)."""
+        return self.config.scheduler_shards
+
     async def ready(self) -> dict[str, Any]:
         await self._ready
         return self.describe()
@@ -46,6 +50,7 @@ class SchedulerReads:
         return {
             "namespace": self.namespace,
             "state_dir": self.state_dir,
+            "scheduler_shards": self.config.scheduler_shards,
             "virtual_time": self.virtual_time,
             "platform": self.platform,
             "now_ms": self.clock.now_ms(),

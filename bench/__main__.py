@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="write the result here instead of bench/results/")
     parser.add_argument("--address", default=None, help="a Ray cluster to run against (default: local)")
     parser.add_argument("--plot", action="store_true", help="also write PNGs (kmpray[bench])")
+    parser.add_argument("--shards", type=int, default=1, help="dispatch: the engine's scheduler_shards")
+    parser.add_argument("--compare-shards", default=None,
+                        help="dispatch: e.g. 1,2 - the same load on each count, same run (shard_speedup)")
     parser.add_argument("--install", action="store_true",
                         help="peers: pip-install kmpray[peers] and apt-install redis-server first")
     argv = [ALIASES.get(a, a) for a in argv[:1]] + argv[1:]
@@ -46,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         extra: dict[str, Any] = {"scenario_name": args.scenario} if name == "chaos" else {}
         if name == "peers":
             extra["install_peers"] = args.install
+        if name == "dispatch":
+            extra["shards"] = args.shards
+            if args.compare_shards:
+                extra["compare_shards"] = [int(c) for c in args.compare_shards.split(",")]
         json_path = args.json if len(names) == 1 else None
         module.run(quick=args.quick, json_path=json_path, address=args.address, **extra)
         if args.plot:

@@ -48,12 +48,17 @@ def actor_pid(ray: Any, name: str, namespace: str) -> int | None:
 
 
 def answers_after(ray: Any, name: str, namespace: str, timeout_s: float = 120) -> float:
-    """Seconds until the named actor answers a call again."""
+    """Seconds until the named actor answers a call again; for the scheduler, until it
+    serves (``ready()``: its store restored and its executors' runs adopted), not merely
+    until its process runs. Nemeses wait for this before their next interval, so a kill
+    cadence shorter than a restart still leaves the engine time to work between kills."""
     start = time.monotonic()
     while time.monotonic() - start < timeout_s:
         try:
             actor = ray.get_actor(name, namespace=namespace)
-            ray.get(actor.__ray_call__.remote(lambda self: 1), timeout=5)
+            serving = name == "kmpray.scheduler"
+            call = actor.ready.remote() if serving else actor.__ray_call__.remote(lambda self: 1)
+            ray.get(call, timeout=5)
             return time.monotonic() - start
         except Exception:
             time.sleep(0.05)

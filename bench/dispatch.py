@@ -53,7 +53,10 @@ def engine_rate(
     return n / elapsed, latencies
 
 
-def run(quick: bool = False, json_path: str | None = None, address: str | None = None) -> dict[str, Any]:
+def run(quick: bool = False, json_path: str | None = None, address: str | None = None, shards: int = 1,
+        compare_shards: list[int] | None = None) -> dict[str, Any]:
+    """``shards``: the engine's scheduler_shards; ``compare_shards`` (e.g. [1, 2]): instead,
+    the same load on engines of each count, alternately, twice (``shard_speedup``)."""
     import kmpray
 
     ray = ray_up(address)
@@ -65,14 +68,17 @@ def run(quick: bool = False, json_path: str | None = None, address: str | None =
 
     n = 2_000 if quick else 10_000
     raw = raw_ray_rate(ray, min(n, 5_000))
-    sched = engine("bench-dispatch")
+    if compare_shards:
+        return _compare(kmpray, n, compare_shards, raw, json_path)
+    sched = engine("bench-dispatch", config=kmpray.EngineConfig(scheduler_shards=shards))
     try:
         engine_rate(sched, min(n, 1_000), "warm")
         rate, lat = engine_rate(sched, n, "run")
     finally:
         sched.shutdown()
     # The same with durability="full" (an fsync per commit of both store files), same run.
-    full = engine("bench-dispatch-full", config=kmpray.EngineConfig(durability="full"))
+    full_config = kmpray.EngineConfig(durability="full", scheduler_shards=shards)
+    full = engine("bench-dispatch-full", config=full_config)
     try:
         engine_rate(full, min(n, 1_000), "warm")
         full_rate, _ = engine_rate(full, n, "run")
@@ -80,6 +86,7 @@ def run(quick: bool = False, json_path: str | None = None, address: str | None =
         full.shutdown()
     result = {
         "tasks": n,
+        "shards": shards,
         "engine_tasks_per_s": round(rate, 1),
         "engine_durability_full_tasks_per_s": round(full_rate, 1),
         "durability_full_cost": round(1 - full_rate / rate, 3),
@@ -103,4 +110,35 @@ def run(quick: bool = False, json_path: str | None = None, address: str | None =
             ]
         )
     )
+    return result
+
+
+def _compare(kmpray: Any, n: int, counts: list[int], raw: float, json_path: str | None) -> dict[str, Any]:
+    """Engines with each shard count, the same load, alternately over two rounds (best of
+    each count): the shard speedup is the most shards' rate over the fewest's."""
+    rates: dict[int, list[float]] = {c: [] for c in counts}
+    for rnd in range(2):
+        for c in counts:
+            sched = engine(f"bench-shards-{c}-{rnd}", config=kmpray.EngineConfig(scheduler_shards=c))
+            try:
+                engine_rate(sched, min(n, 1_000), "warm")
+                rates[c].append(engine_rate(sched, n, "run")[0])
+            finally:
+                sched.shutdown()
+    best = {c: max(r) for c, r in rates.items()}
+    lo, hi = min(counts), max(counts)
+    result = {
+        "tasks": n,
+        "shards_compared": counts,
+        "engine_tasks_per_s_by_shards": {str(c): round(best[c], 1) for c in counts},
+        "runs_by_shards": {str(c): [round(x, 1) for x in r] for c, r in rates.items()},
+        "raw_ray_tasks_per_s": round(raw, 1),
+        "shard_speedup": round(best[hi] / best[lo], 3),
+        "note": f"best of 2 alternating runs per count; speedup = {hi} shards / {lo}",
+    }
+    out = write("dispatch-shards", result, json_path)
+    rows = [(f"{c} shard(s) tasks/s", f"{best[c]:,.0f} (runs: {', '.join(f'{x:,.0f}' for x in rates[c])})")
+            for c in counts]
+    print(table([*rows, ("raw Ray tasks/s", f"{raw:,.0f}"), ("shard speedup", f"{result['shard_speedup']}x"),
+                 ("json", str(out))]))
     return result

@@ -119,7 +119,10 @@ class OpenLoop:
                 capped = room.locked()
                 await room.acquire()
                 now = time.time() * 1000
-                if now >= deadline_ms:
+                # Sending stops at the deadline: nothing due after it goes, nor anything the
+                # in-flight cap held past it; an operation due before it that is merely late
+                # (this loop lagged) still goes, its lateness in the corrected latency.
+                if intended_ms[batch[-1]] >= deadline_ms or (capped and now >= deadline_ms):
                     room.release()
                     for rest in batches[b:]:
                         for j in rest:

@@ -11,15 +11,18 @@ import click
 from .enums import TaskState
 
 
-def _connect(address: str | None, namespace: str, state_dir: str | None) -> Any:
+def _connect(address: str | None, namespace: str, state_dir: str | None, shards: int | None = None) -> Any:
+    """Attach to the engine (a running one as it runs: its shard count too), or start it."""
     import ray
 
     from .client import connect
+    from .config import EngineConfig
 
     try:
         if not ray.is_initialized():  # actor logs must not mix into the CLI's output (e.g. --json)
             ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-        return connect(address=address, namespace=namespace, state_dir=state_dir)
+        config = EngineConfig(scheduler_shards=shards) if shards else None
+        return connect(address=address, namespace=namespace, state_dir=state_dir, config=config)
     except Exception as exc:
         raise click.ClickException(f"cannot reach the engine: {exc}") from None
 
@@ -55,11 +58,14 @@ def demo(state_dir: str | None, hours: int) -> None:
 
 @main.command()
 @with_engine
-def start(address: str | None, namespace: str, state_dir: str | None) -> None:
+@click.option("--shards", default=None, type=click.IntRange(1, 64),
+              help="scheduler_shards for a new engine (a state dir keeps the count it was written with).")
+def start(address: str | None, namespace: str, state_dir: str | None, shards: int | None) -> None:
     """Start (or find) the engine on a Ray cluster; it keeps running after this exits."""
-    sched = _connect(address or "auto", namespace, state_dir)
+    sched = _connect(address or "auto", namespace, state_dir, shards)
     status = sched.status()
-    click.echo(f"engine {namespace!r} running: {status['executors']} executors, state in {status['state_dir']}")
+    click.echo(f"engine {namespace!r} running: {status['executors']} executors, "
+               f"{sched.shards} scheduler shard(s), state in {status['state_dir']}")
 
 
 @main.command()

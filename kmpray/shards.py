@@ -26,7 +26,8 @@ def shard_of(name: str, shards: int) -> int:
 
 # How status() adds the shards' answers up (merge_status): everything else numeric is a
 # sum, lists are joined, nested dicts merged the same way.
-_FIRST = {"namespace", "state_dir", "virtual_time", "platform", "node", "nodes", "waiting_for"}
+_FIRST = {"namespace", "state_dir", "virtual_time", "platform", "node", "nodes", "waiting_for",
+          "scheduler_shards"}
 _LATEST = {"now_ms", "restored_in_s", "serving_in_s", "capacity", "p50", "p99", "max"}  # the worst shard's
 _UNION = {"workers", "waiting_for_registration"}
 _PER_SHARD = ("pending", "ready", "inflight", "executors", "counts", "messages", "serving_in_s")

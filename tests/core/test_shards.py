@@ -18,16 +18,16 @@ def test_a_name_always_lands_on_the_same_shard_and_names_spread() -> None:
 
 
 def test_status_adds_counts_keeps_the_worst_latency_and_shard_zeros_names() -> None:
-    a = {"namespace": "ns", "pending": 3, "ready": 1, "counts": {"ENQUEUED": 1, "SUCCEEDED": 4},
+    a = {"namespace": "ns", "scheduler_shards": 2, "pending": 3, "ready": 1, "counts": {"ENQUEUED": 1, "SUCCEEDED": 4},
          "workers": ["A", "B"], "nodes": {"n1": {"battery_level": 50}}, "now_ms": 10, "virtual_time": False,
          "executor_nodes": ["n1"], "heavy": {"pool": 2, "capacity": 3, "busy": 1},
          "runs": {"dispatched": 5, "wait_ms": {"n": 2, "p50": 1, "p99": 4, "max": 6}}}
-    b = {"namespace": "ns~shard1", "pending": 4, "ready": 0, "counts": {"ENQUEUED": 2, "SUCCEEDED": 1},
+    b = {"namespace": "ns~shard1", "scheduler_shards": 2, "pending": 4, "ready": 0, "counts": {"ENQUEUED": 2, "SUCCEEDED": 1},
          "workers": ["B", "A"], "nodes": {"n1": {"battery_level": 50}}, "now_ms": 12, "virtual_time": False,
          "executor_nodes": ["n1"], "heavy": {"pool": 2, "capacity": 3, "busy": 0},
          "runs": {"dispatched": 1, "wait_ms": {"n": 1, "p50": 3, "p99": 3, "max": 3}}}
     got = merge_status([a, b])
-    assert got["namespace"] == "ns" and got["virtual_time"] is False
+    assert got["namespace"] == "ns" and got["virtual_time"] is False and got["scheduler_shards"] == 2
     assert (got["pending"], got["ready"]) == (7, 1)
     assert got["counts"] == {"ENQUEUED": 3, "SUCCEEDED": 5}
     assert got["workers"] == ["A", "B"] and got["nodes"] == {"n1": {"battery_level": 50}}

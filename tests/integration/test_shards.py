@@ -86,7 +86,8 @@ def test_a_chain_and_its_tasks_live_on_the_chain_ids_shard_and_any_client_finds_
         TaskRequest("Echo", id=second)).with_id(chain_id).enqueue()
     assert result is ScheduleResult.SUCCESS
     assert two.wait(chain_id, timeout_s=60).state is TaskState.SUCCEEDED
-    other = kmpray.connect(namespace=two.namespace, state_dir=two.state_dir, config=TWO)  # knows nothing yet
+    other = kmpray.connect(namespace=two.namespace, state_dir=two.state_dir)  # no config: attaches as it runs
+    assert other.shards == 2 and other.status()["scheduler_shards"] == 2
     assert other.get_task_info(second).state is TaskState.SUCCEEDED
     assert other.wait(second, timeout_s=30).state is TaskState.SUCCEEDED
     assert other._homes[second] == 0
