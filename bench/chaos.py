@@ -92,7 +92,7 @@ class Nemesis(threading.Thread):
 
 def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int = 7,
              address: str | None = None, every_s: float | None = None, sleep_ms: int = 20,
-             rate: float | None = None) -> dict[str, Any]:
+             rate: float | None = None, drain_kills_s: float | None = None) -> dict[str, Any]:
     """One scenario: ``tasks`` enqueued at ``rate`` per second (so the load lasts through
     many kills) while the nemesis kills every ``every_s``; each overrides the scenario's
     size (the CI test runs a small load with frequent kills)."""
@@ -130,8 +130,11 @@ def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int
                 continue  # not acknowledged: the client gave up on this call
             acknowledged |= {it["id"] for it, r in zip(items, results, strict=True)
                              if r is kmpray.ScheduleResult.SUCCESS}
-        # Keep the nemesis on while the load drains, then let the engine settle.
+        # Keep the nemesis on while the load drains (at most ``drain_kills_s`` into it, when
+        # given), then let the engine settle.
         drain_deadline = time.monotonic() + max(120.0, n / 50)
+        if drain_kills_s is not None:
+            drain_deadline = min(drain_deadline, time.monotonic() + drain_kills_s)
         while time.monotonic() < drain_deadline:
             status = scheduler_status(ray, namespace)
             if status and status.get("pending") == 0:
