@@ -5,14 +5,14 @@ overlap (threads, coroutines of one event loop), the items of everyone who arriv
 a call is in flight go out together in the next ``enqueue_many`` message, and each
 caller gets its own item's result: one actor round trip and one scheduler turn for the
 group instead of one per caller. No caller waits for company (nothing lingers): a group
-is only what piled up behind the call in flight, so a lone caller pays exactly one round
-trip and a busy one gets batching that grows with the load. The scheduler applies a
+is only what piled up behind the calls in flight (at most MAX_IN_FLIGHT), so a lone caller
+pays exactly one round trip and busy ones get batching that grows with the load. The scheduler applies a
 group's items in arrival order, and each call's retry token covers its whole group.
 
 The pattern is the leader/follower group commit of databases (MySQL's binlog group
-commit, PostgreSQL's commit_delay without the delay): the first caller to find nothing
-in flight leads; the others wait for the leader's answer, and one of those left over
-leads the next group.
+commit, PostgreSQL's commit_delay without the delay): a caller that finds a free slot
+leads; the others wait for a leader's answer, and one of those left over leads the next
+group.
 """
 
 from __future__ import annotations
@@ -24,16 +24,21 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 MAX_GROUP = 1_000  # items per message, like one enqueue_many call of a bulk producer
+# Messages of one client in flight at once. One would halve what a few concurrent callers
+# get through (each waits for its own group and the one ahead, so 4 callers behave like
+# 2); two keep them pipelined, and under load the groups still grow.
+MAX_IN_FLIGHT = 2
 
 Send = Callable[[list[dict[str, Any]]], list[tuple[str, str | None]]]
 SendAsync = Callable[[list[dict[str, Any]]], Awaitable[list[tuple[str, str | None]]]]
 
 
 class _Slot:
-    __slots__ = ("answer", "done", "error", "item")
+    __slots__ = ("answer", "done", "error", "item", "taken")
 
     def __init__(self, item: dict[str, Any]) -> None:
         self.item = item
+        self.taken = False  # in a group on its way: its caller waits for that group's answer
         self.done = False
         self.answer: tuple[str, str | None] | None = None
         self.error: BaseException | None = None
@@ -77,6 +82,8 @@ def _take(queue: deque[_Slot], own: _Slot) -> list[_Slot]:
     if own not in group:  # more than MAX_GROUP ahead of it: it goes too
         queue.remove(own)
         group.append(own)
+    for slot in group:
+        slot.taken = True
     return group
 
 
@@ -87,17 +94,17 @@ class Coalescer:
         self._send = send
         self._cv = threading.Condition()
         self._queue: deque[_Slot] = deque()
-        self._busy = False
+        self._in_flight = 0
 
     def submit(self, item: dict[str, Any]) -> tuple[str, str | None]:
         slot = _Slot(item)
         with self._cv:
             self._queue.append(slot)
-            while self._busy and not slot.done:
-                self._cv.wait()  # the leader's call is bounded (CALL_TIMEOUT_S), so is this
+            while not slot.done and (slot.taken or self._in_flight >= MAX_IN_FLIGHT):
+                self._cv.wait()  # the leaders' calls are bounded (CALL_TIMEOUT_S), so is this
             if slot.done:
                 return slot.result()
-            self._busy = True
+            self._in_flight += 1
             group = _take(self._queue, slot)
         answers: list[tuple[str, str | None]] | None = None
         error: BaseException | None = None
@@ -107,7 +114,7 @@ class Coalescer:
             error = exc
         with self._cv:
             _settle(group, answers, _shareable(error))
-            self._busy = False
+            self._in_flight -= 1
             self._cv.notify_all()
         if error is not None and not isinstance(error, Exception):
             raise error  # the leader's own KeyboardInterrupt, not its followers'
@@ -122,22 +129,22 @@ class AsyncCoalescer:
         self._send = send
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: deque[_Slot] = deque()
-        self._busy = False
+        self._in_flight = 0
         self._turn = asyncio.Event()
 
     async def submit(self, item: dict[str, Any]) -> tuple[str, str | None]:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:  # first use, or a new loop (a notebook re-ran asyncio.run)
-            if self._busy and self._loop is not None and not self._loop.is_closed():
+            if self._in_flight and self._loop is not None and not self._loop.is_closed():
                 return (await self._send([item]))[0]  # another live loop is leading: go alone
-            self._loop, self._queue, self._busy, self._turn = loop, deque(), False, asyncio.Event()
+            self._loop, self._queue, self._in_flight, self._turn = loop, deque(), 0, asyncio.Event()
         slot = _Slot(item)
         self._queue.append(slot)
-        while self._busy and not slot.done:
+        while not slot.done and (slot.taken or self._in_flight >= MAX_IN_FLIGHT):
             await self._turn.wait()
         if slot.done:
             return slot.result()
-        self._busy = True
+        self._in_flight += 1
         group = _take(self._queue, slot)
         call = asyncio.ensure_future(self._send([s.item for s in group]))
         call.add_done_callback(lambda done: self._settled(group, done))
@@ -150,6 +157,6 @@ class AsyncCoalescer:
         else:
             error = call.exception()
             _settle(group, None if error else call.result(), _shareable(error))
-        self._busy = False
+        self._in_flight -= 1
         turn, self._turn = self._turn, asyncio.Event()
         turn.set()

@@ -40,6 +40,12 @@ class HeldSend:
         return [("SUCCESS", f"for {i['id']}") for i in items]
 
 
+@pytest.fixture
+def one_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One message in flight at a time: the grouping itself, step by step."""
+    monkeypatch.setattr(coalesce, "MAX_IN_FLIGHT", 1)
+
+
 def _threads(c: Coalescer, ids: list[str], out: dict[str, Any]) -> list[threading.Thread]:
     def call(i: str) -> None:
         try:
@@ -61,7 +67,7 @@ def test_a_lone_caller_sends_its_own_item_at_once() -> None:
     assert send.messages == [["t0"], ["t1"], ["t2"]]
 
 
-def test_callers_arriving_during_a_call_share_the_next_message_in_arrival_order() -> None:
+def test_callers_arriving_during_a_call_share_the_next_message_in_arrival_order(one_in_flight: None) -> None:
     send = HeldSend()
     c = Coalescer(send)
     out: dict[str, Any] = {}
@@ -78,7 +84,7 @@ def test_callers_arriving_during_a_call_share_the_next_message_in_arrival_order(
     assert out == {i: ("SUCCESS", f"for {i}") for i in ["lead", *(f"f{i}" for i in range(7))]}
 
 
-def test_a_failed_message_fails_only_its_own_group() -> None:
+def test_a_failed_message_fails_only_its_own_group(one_in_flight: None) -> None:
     send = HeldSend(fail_first=True)
     c = Coalescer(send)
     out: dict[str, Any] = {}
@@ -94,7 +100,9 @@ def test_a_failed_message_fails_only_its_own_group() -> None:
     assert send.messages[1] in (["a", "b"], ["b", "a"])
 
 
-def test_a_group_is_capped_and_always_holds_its_leaders_item(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_group_is_capped_and_always_holds_its_leaders_item(
+    monkeypatch: pytest.MonkeyPatch, one_in_flight: None
+) -> None:
     monkeypatch.setattr(coalesce, "MAX_GROUP", 2)
     send = HeldSend()
     c = Coalescer(send)
@@ -126,7 +134,9 @@ def test_an_interrupted_leader_tells_its_followers_plainly() -> None:
     assert coalesce._shareable(plain) is plain
 
 
-def test_async_callers_share_messages_and_a_cancelled_leader_leaves_its_group_answered() -> None:
+def test_async_callers_share_messages_and_a_cancelled_leader_leaves_its_group_answered(
+    one_in_flight: None,
+) -> None:
     messages: list[list[str]] = []
 
     async def main() -> dict[str, Any]:
@@ -161,3 +171,68 @@ def test_async_callers_share_messages_and_a_cancelled_leader_leaves_its_group_an
     assert messages[:2] == [["lead"], ["f0", "f1", "f2", "f3"]]
     assert out == {k: ("SUCCESS", k) for k in ["lead", "f0", "f1", "f2", "f3", "g0", "g1"]}
     assert ["g0", "g1"] in messages
+
+
+def test_two_messages_go_at_once_and_the_next_callers_group_behind_them() -> None:
+    """MAX_IN_FLIGHT (2): a second caller does not wait for the first one's answer; the
+    callers after them pile up and go together once a message is answered."""
+    assert coalesce.MAX_IN_FLIGHT == 2
+    gates = [threading.Event(), threading.Event()]
+    messages: list[list[str]] = []
+
+    def send(items: Items) -> list[tuple[str, str | None]]:
+        k = len(messages)
+        messages.append([i["id"] for i in items])
+        if k < 2:
+            assert gates[k].wait(10)
+        return [("SUCCESS", i["id"]) for i in items]
+
+    c = Coalescer(send)
+    out: dict[str, Any] = {}
+    threads = _threads(c, ["a"], out)
+    _until(lambda: len(messages) == 1)
+    threads += _threads(c, ["b"], out)
+    _until(lambda: len(messages) == 2)  # sent while "a" is still out
+    for i in range(3):
+        threads += _threads(c, [f"f{i}"], out)
+        _until(lambda n=i: len(c._queue) == n + 1)
+    gates[1].set()  # "b" answered: its slot takes everyone waiting
+    _until(lambda: len(messages) == 3)
+    gates[0].set()
+    for t in threads:
+        t.join(10)
+    assert messages == [["a"], ["b"], ["f0", "f1", "f2"]]
+    assert out == {k: ("SUCCESS", k) for k in ["a", "b", "f0", "f1", "f2"]}
+
+
+def test_many_threads_through_two_slots_each_get_their_own_answer_once() -> None:
+    """A slot already in a group on its way never leads a group of its own (it would not
+    be in the queue any more), however the two slots free up."""
+    sent: list[str] = []
+    lock = threading.Lock()
+
+    def send(items: Items) -> list[tuple[str, str | None]]:
+        time.sleep(0.0005 * (len(items) % 3))  # answers in varying order
+        with lock:
+            sent.extend(i["id"] for i in items)
+        return [("SUCCESS", i["id"]) for i in items]
+
+    c = Coalescer(send)
+    out: dict[str, Any] = {}
+    errors: list[BaseException] = []
+
+    def caller(t: int) -> None:
+        for i in range(50):
+            try:
+                out[f"{t}-{i}"] = c.submit({"id": f"{t}-{i}"})
+            except BaseException as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=caller, args=(t,)) for t in range(16)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(30)
+    assert errors == []
+    assert out == {f"{t}-{i}": ("SUCCESS", f"{t}-{i}") for t in range(16) for i in range(50)}
+    assert sorted(sent) == sorted(out)  # each item sent exactly once
