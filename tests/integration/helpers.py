@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -8,7 +9,7 @@ from typing import Any
 
 from .workers import count_runs
 
-__all__ = ["blocks_input", "count_runs", "next_completion", "until"]
+__all__ = ["blocks_input", "count_runs", "next_completion", "one_name_from_many_threads", "until"]
 
 
 def next_completion(sub: Any, task_id: str, timeout_s: float = 30.0) -> Any:
@@ -40,3 +41,26 @@ def until(
 def blocks_input(tmp: Path, name: str, max_s: float = 60) -> tuple[str, Path, Path]:
     started, release = tmp / f"{name}.started", tmp / f"{name}.release"
     return json.dumps({"started": str(started), "release": str(release), "max_s": max_s}), started, release
+
+
+def one_name_from_many_threads(sched: Any, name: str, tmp: Path, threads: int = 16) -> tuple[list[Any], int]:
+    """``threads`` concurrent ``enqueue(name, KEEP)`` calls of a run-now ``Blocks`` task that
+    stays RUNNING until every call has returned (so a late call cannot legitimately start a
+    second run after the first finished: KEEP keeps only unfinished work). Returns every
+    call's answer and how many runs started; the task ends SUCCEEDED."""
+    from kmpray import TaskState, TaskTrigger
+
+    payload, started, release = blocks_input(tmp, name)
+    results: list[Any] = []
+
+    def submit() -> None:
+        results.append(sched.enqueue(name, TaskTrigger.OneTime(), "Blocks", input=payload))
+
+    workers = [threading.Thread(target=submit) for _ in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join(timeout=60)
+    release.touch()
+    assert sched.wait(name, timeout_s=30).state is TaskState.SUCCEEDED
+    return results, count_runs(str(started))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from kmpray import (
     WorkerResult,
 )
 
-from .helpers import blocks_input, count_runs, until
+from .helpers import blocks_input, one_name_from_many_threads, until
 from .workers import register_all
 
 pytestmark = pytest.mark.ray
@@ -132,21 +131,9 @@ def test_cancel_a_running_task(svengine: Any, tmp_path: Path) -> None:
 
 
 def test_concurrent_enqueues_of_one_id_never_both_run(sengine: Any, tmp_path: Path) -> None:
-    sched = sengine
-    log = tmp_path / "runs.log"
-    results: list[ScheduleResult] = []
-
-    def submit(i: int) -> None:
-        results.append(sched.enqueue("only", ONCE, "Echo", input=json.dumps({"log": str(log), "i": i})))
-
-    threads = [threading.Thread(target=submit, args=(i,)) for i in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
+    results, runs = one_name_from_many_threads(sengine, "only", tmp_path)
     assert results == [ScheduleResult.SUCCESS] * 16
-    assert sched.wait("only", timeout_s=30).state is TaskState.SUCCEEDED
-    assert count_runs(str(log)) == 1
+    assert runs == 1
 
 
 def test_concurrent_enqueues_share_messages_and_each_caller_gets_its_own_answer(sengine: Any) -> None:

@@ -5,7 +5,6 @@ load loses nothing, virtual time moves every shard, and a state dir keeps its co
 from __future__ import annotations
 
 import json
-import threading
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +25,7 @@ from kmpray import (
 from kmpray.errors import StoreRefused
 from kmpray.shards import shard_of
 
-from .helpers import count_runs
+from .helpers import one_name_from_many_threads
 from .workers import register_all
 
 pytestmark = pytest.mark.ray
@@ -98,21 +97,10 @@ def test_a_chain_and_its_tasks_live_on_the_chain_ids_shard_and_any_client_finds_
 def test_one_name_from_many_threads_runs_once_and_appended_work_lives_with_it(
     two: Any, tmp_path: Path
 ) -> None:
-    log = tmp_path / "runs.log"
     name = ids_on(1, "only", 1)[0]
-    results: list[ScheduleResult] = []
-
-    def submit(i: int) -> None:
-        results.append(two.enqueue(name, ONCE, "Echo", input=json.dumps({"log": str(log), "i": i})))
-
-    threads = [threading.Thread(target=submit, args=(i,)) for i in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
+    results, runs = one_name_from_many_threads(two, name, tmp_path)
     assert results == [ScheduleResult.SUCCESS] * 16
-    assert two.wait(name, timeout_s=30).state is TaskState.SUCCEEDED
-    assert count_runs(str(log)) == 1
+    assert runs == 1
     app = Constraints(existing_work_policy=ExistingWorkPolicy.APPEND)
     later = TaskTrigger.OneTime(3_600_000)
     assert two.enqueue(name, later, "Echo", constraints=app) is ScheduleResult.SUCCESS
