@@ -24,6 +24,23 @@ def shard_of(name: str, shards: int) -> int:
     return zlib.crc32(name.encode("utf-8", "surrogatepass")) % shards
 
 
+def split(ids: list[str], shards: int) -> dict[int, list[int]]:
+    """Positions of ``ids`` by the shard each hashes to, each shard's in their order."""
+    out: dict[int, list[int]] = {}
+    for i, name in enumerate(ids):
+        out.setdefault(shard_of(name, shards), []).append(i)
+    return out
+
+
+def reassemble(n: int, parts: dict[int, list[int]], answers: list[list[Any]]) -> list[Any]:
+    """The shards' answers (one list per part, in ``parts``' order) back in item order."""
+    out: list[Any] = [None] * n
+    for positions, got in zip(parts.values(), answers, strict=True):
+        for i, answer in zip(positions, got, strict=True):
+            out[i] = answer
+    return out
+
+
 # How status() adds the shards' answers up (merge_status): everything else numeric is a
 # sum, lists are joined, nested dicts merged the same way.
 _FIRST = {"namespace", "state_dir", "virtual_time", "platform", "node", "nodes", "waiting_for",

@@ -1,13 +1,20 @@
 """Calls to a sharded engine (EngineConfig.scheduler_shards): each call about one task or
 chain goes straight to the shard that holds it, with no hop through another; engine-wide
-calls go to every shard (kmpray/shards.py says which shard holds what)."""
+calls go to every shard at once (kmpray/shards.py says which shard holds what).
+
+The sync and async halves differ only in how a batch of calls is made (``_fan``: threads
+for the sync client, ``asyncio.gather`` for the async one); what to ask and how the
+answers go together is shared."""
 
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ..shards import shard_of
+from ..shards import reassemble, shard_of, split
+
+Call = tuple[int, tuple[Any, ...]]  # (shard, args)
 
 
 class Routing:
@@ -17,15 +24,33 @@ class Routing:
     _call_async: Any
     shards: int
     _homes: dict[str, int]
+    _fan_pool: ThreadPoolExecutor | None = None
 
     def _home(self, id: str) -> int:  # noqa: A002
         """The shard that holds ``id``: its hash shard, unless it was found elsewhere."""
         return self._homes.get(id, shard_of(id, self.shards))
 
-    def _each(self, method: str, *args: Any, **kw: Any) -> list[Any]:
-        """The same call on every shard (engine-wide reads and controls), shard 0 first."""
-        return [self._call(method, *args, shard=k, **kw) for k in range(self.shards)]
+    # ------------------------------------------------------------ a batch of calls
+    def _fan(self, method: str, calls: list[Call], **kw: Any) -> list[Any]:
+        """``method`` on each (shard, args) at once; answers in ``calls``' order."""
+        if len(calls) == 1:
+            k, args = calls[0]
+            return [self._call(method, *args, shard=k, **kw)]
+        if self._fan_pool is None:
+            self._fan_pool = ThreadPoolExecutor(max_workers=self.shards, thread_name_prefix="kmpray-fan")
+        futures = [self._fan_pool.submit(self._call, method, *args, shard=k, **kw) for k, args in calls]
+        return [f.result() for f in futures]
 
+    async def _fan_async(self, method: str, calls: list[Call], **kw: Any) -> list[Any]:
+        return list(await asyncio.gather(*(self._call_async(method, *args, shard=k, **kw)
+                                           for k, args in calls)))
+
+    # ------------------------------------------------------------ engine-wide
+    def _each(self, method: str, *args: Any, **kw: Any) -> list[Any]:
+        """The same call on every shard (engine-wide reads and controls), shard 0's first."""
+        return self._fan(method, [(k, args) for k in range(self.shards)], **kw)
+
+    # ------------------------------------------------------------ one id
     def _find(self, method: str, id: str) -> Any:  # noqa: A002
         """A read about ``id`` from its shard; a task of a chain lives on the chain's shard,
         so an id not found on its hash shard is asked for on the others (and remembered)."""
@@ -33,54 +58,46 @@ class Routing:
         raw = self._call(method, id, shard=home)
         if raw is not None or self.shards == 1:
             return raw
-        for k in range(self.shards):
-            if k != home and (raw := self._call(method, id, shard=k)) is not None:
-                self._homes[id] = k
-                return raw
-        return None
+        others = self._others(id, home)
+        return self._found(id, others, self._fan(method, others))
 
     async def _find_async(self, method: str, id: str) -> Any:  # noqa: A002
         home = self._home(id)
         raw = await self._call_async(method, id, shard=home)
         if raw is not None or self.shards == 1:
             return raw
-        for k in range(self.shards):
-            if k != home and (raw := await self._call_async(method, id, shard=k)) is not None:
+        others = self._others(id, home)
+        return self._found(id, others, await self._fan_async(method, others))
+
+    def _others(self, id: str, home: int) -> list[Call]:  # noqa: A002
+        return [(k, (id,)) for k in range(self.shards) if k != home]
+
+    def _found(self, id: str, asked: list[Call], answers: list[Any]) -> Any:  # noqa: A002
+        for (k, _), raw in zip(asked, answers, strict=True):
+            if raw is not None:
                 self._homes[id] = k
                 return raw
         return None
 
-    def _split(self, items: list[dict[str, Any]]) -> dict[int, list[int]]:
-        """Item positions by shard, each shard's in their order."""
-        out: dict[int, list[int]] = {}
-        for i, item in enumerate(items):
-            out.setdefault(shard_of(str(item.get("id")), self.shards), []).append(i)
-        return out
+    # ------------------------------------------------------------ many items
+    def _parts(self, items: list[dict[str, Any]]) -> tuple[dict[int, list[int]], list[Call]]:
+        """Item positions by shard, and one enqueue_many argument list per shard."""
+        parts = split([str(item.get("id")) for item in items], self.shards)
+        return parts, [(k, ([items[i] for i in positions],)) for k, positions in parts.items()]
 
     def _enqueue_items(self, items: list[dict[str, Any]]) -> list[tuple[str, str | None]]:
-        """One enqueue_many per shard holding any of ``items``; answers in the items' order."""
-        parts = self._split(items)
-        if len(parts) <= 1:
-            return list(self._call("enqueue_many", items, shard=next(iter(parts), 0), token=True))
-        out: list[Any] = [None] * len(items)
-        for k, positions in parts.items():
-            for i, answer in zip(positions, self._call("enqueue_many", [items[i] for i in positions],
-                                                       shard=k, token=True), strict=True):
-                out[i] = answer
-        return out
+        """One enqueue_many per shard holding any of ``items``, all at once; answers in the
+        items' order."""
+        if self.shards == 1 or not items:
+            return list(self._call("enqueue_many", items, token=True))
+        parts, calls = self._parts(items)
+        return reassemble(len(items), parts, self._fan("enqueue_many", calls, token=True))
 
     async def _enqueue_items_async(self, items: list[dict[str, Any]]) -> list[tuple[str, str | None]]:
-        parts = self._split(items)
-        if len(parts) <= 1:
-            return list(await self._call_async("enqueue_many", items, shard=next(iter(parts), 0), token=True))
-        out: list[Any] = [None] * len(items)
-        answers = await asyncio.gather(*(
-            self._call_async("enqueue_many", [items[i] for i in positions], shard=k, token=True)
-            for k, positions in parts.items()))
-        for positions, got in zip(parts.values(), answers, strict=True):
-            for i, answer in zip(positions, got, strict=True):
-                out[i] = answer
-        return out
+        if self.shards == 1 or not items:
+            return list(await self._call_async("enqueue_many", items, token=True))
+        parts, calls = self._parts(items)
+        return reassemble(len(items), parts, await self._fan_async("enqueue_many", calls, token=True))
 
     def _chain_home(self, payload: dict[str, Any]) -> int:
         """A chain and all its tasks live on the chain id's shard; its task ids are

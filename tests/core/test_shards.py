@@ -5,7 +5,7 @@ from __future__ import annotations
 import zlib
 from collections import Counter
 
-from kmpray.shards import merge_status, shard_of
+from kmpray.shards import merge_status, reassemble, shard_of, split
 
 
 def test_a_name_always_lands_on_the_same_shard_and_names_spread() -> None:
@@ -15,6 +15,17 @@ def test_a_name_always_lands_on_the_same_shard_and_names_spread() -> None:
     assert set(spread) == {0, 1, 2, 3} and min(spread.values()) > 400
     assert {shard_of(n, 1) for n in names} == {0}
     assert shard_of("naïve ✓", 3) == shard_of("naïve ✓", 3)
+
+
+def test_items_split_by_shard_and_their_answers_come_back_in_item_order() -> None:
+    ids = [f"t{i}" for i in range(50)]
+    parts = split(ids, 3)
+    assert sorted(i for pos in parts.values() for i in pos) == list(range(50))
+    assert all(shard_of(ids[i], 3) == k for k, pos in parts.items() for i in pos)
+    assert all(pos == sorted(pos) for pos in parts.values())  # each shard's in their order
+    answers = [[f"{ids[i]}@{k}" for i in pos] for k, pos in parts.items()]  # what each shard said
+    assert reassemble(50, parts, answers) == [f"{n}@{shard_of(n, 3)}" for n in ids]
+    assert split(ids, 1) == {0: list(range(50))}
 
 
 def test_status_adds_counts_keeps_the_worst_latency_and_shard_zeros_names() -> None:
