@@ -26,6 +26,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,12 @@ from .stamp import collect_starts, register
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = {"huey": "huey", "dramatiq": "dramatiq", "celery": "celery"}
-PEER_PACKAGES = ["huey>=2.5", "redis>=5", "dramatiq[redis]>=1.17", "celery[redis]>=5.4"]  # = kmpray[peers]
+
+
+def peer_packages() -> list[str]:
+    """What ``--install`` installs: pyproject.toml's ``peers`` extra (stated once, there)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    return list(project["project"]["optional-dependencies"]["peers"])
 
 
 def _free_port() -> int:
@@ -47,7 +53,7 @@ def _free_port() -> int:
 
 def install() -> None:
     """The peers' packages from PyPI, and Redis from the OS package manager."""
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", *PEER_PACKAGES], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", *peer_packages()], check=True)
     if shutil.which("redis-server") is None:
         subprocess.run(["apt-get", "install", "-y", "-q", "redis-server"], check=False)
 

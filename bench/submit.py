@@ -22,6 +22,8 @@ import threading
 import time
 from typing import Any
 
+from kmpray import TaskRequest
+
 from .common import engine, percentiles, ray_up, table, write
 from .latency import _open_loop
 from .stamp import collect_starts, register
@@ -96,8 +98,7 @@ def run(quick: bool = False, json_path: str | None = None, address: str | None =
         per_task = {k: round((after.get(k, 0) - before.get(k, 0)) / (THREADS * per), 3) for k in after}
 
         def one_message(t: int, i: int) -> None:  # enqueue() as it was: one message per call
-            wire = {**item, "id": f"u{t}-{i}"}
-            sched._call("enqueue_many", [wire], token=True)
+            sched.enqueue_many([TaskRequest("BenchStamp", id=f"u{t}-{i}")])
 
         uncoalesced = _threads(THREADS, per, one_message)
         sched.wait([f"u{t}-{per - 1}" for t in range(THREADS)], timeout_s=120)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
+import pytest
+
 from bench import peers
 
 
@@ -27,6 +29,12 @@ def test_measure_reports_the_burst_rate_and_the_paced_latency_per_task() -> None
     assert 19 / peers.PACED_RATE - 0.01 <= span < 19 / peers.PACED_RATE + 0.5  # the paced phase is paced
 
 
-def test_the_install_list_is_the_peers_extra() -> None:
-    project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
-    assert project["project"]["optional-dependencies"]["peers"] == peers.PEER_PACKAGES
+def test_install_asks_pip_for_the_peers_extra_and_apt_for_redis(monkeypatch: pytest.MonkeyPatch) -> None:
+    ran: list[list[str]] = []
+    monkeypatch.setattr(peers.subprocess, "run", lambda argv, **kw: ran.append(list(argv)))
+    monkeypatch.setattr(peers.shutil, "which", lambda name: None)
+    peers.install()
+    extra = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    assert ran[0][1:5] == ["-m", "pip", "install", "-q"]
+    assert ran[0][5:] == extra["project"]["optional-dependencies"]["peers"] and "huey>=2.5" in ran[0]
+    assert ran[1][:2] == ["apt-get", "install"] and ran[1][-1] == "redis-server"
