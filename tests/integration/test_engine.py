@@ -291,7 +291,8 @@ def test_executor_concurrency_bounds_runs_in_flight(engines: Any, tmp_path: Path
     ins = [blocks_input(tmp_path, f"b{i}") for i in range(3)]
     for i, (inp, _started, _release) in enumerate(ins):
         sched.enqueue(f"b{i}", ONCE, "Blocks", input=inp)
-    until(lambda: sched.get_task_info("b0").state is TaskState.RUNNING, what="first run")
+    # RUNNING is recorded when the executor starts the run, a moment before do_work writes its file
+    until(lambda: sched.get_task_info("b0").state is TaskState.RUNNING and ins[0][1].exists(), what="first run")
     assert [s.exists() for _, s, _ in ins] == [True, False, False]
     # All three were handed to the executor; two wait for its one slot: shown ENQUEUED.
     assert sched.status()["inflight_by_node"] and sum(sched.status()["inflight_by_node"].values()) == 3
