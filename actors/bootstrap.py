@@ -12,10 +12,9 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from kmpray.config import EngineConfig
 from kmpray.timing import CALL_TIMEOUT_S, STOP_WAIT_S
 
-from .chain_coordinator import ChainCoordinator
 from .constraint_oracle import ConstraintOracle
 from .event_broker import EventBroker
-from .names import BROKER, CHAIN, ORACLE, REGISTRY, SCHEDULER, base_namespace, shard_namespace
+from .names import BROKER, ORACLE, REGISTRY, SCHEDULER, base_namespace, shard_namespace
 from .registry import WorkerRegistry
 from .scheduler import SchedulerActor
 
@@ -39,27 +38,29 @@ def ensure_engine(
                     namespace, running, config.scheduler_shards)
         config = config.model_copy(update={"scheduler_shards": running})
     head = head_node_id()
-    here = NodeAffinitySchedulingStrategy(node_id=head or ray.get_runtime_context().get_node_id(), soft=head is None)
-    common = {"namespace": namespace, "lifetime": "detached", "get_if_exists": True, "scheduling_strategy": here}
-    broker = EventBroker.options(name=BROKER, **common).remote(
+    node = head or ray.get_runtime_context().get_node_id()
+    here = NodeAffinitySchedulingStrategy(node_id=node, soft=head is None)
+    common: dict[str, Any] = {"lifetime": "detached", "get_if_exists": True, "scheduling_strategy": here}
+    # Ray starts at most one worker process per CPU at a time (worker_maximum_startup_concurrency),
+    # so the order of creation is the order of start: each shard's scheduler first, then what
+    # its start waits for; it creates its executors, then its chain coordinators, itself.
+    clock_start_ms = int(time.time() * 1000)  # a new virtual-time engine's shards start their clocks here
+    namespaces = [shard_namespace(namespace, k) for k in range(config.scheduler_shards)]  # names.py
+    schedulers = [
+        SchedulerActor.options(name=SCHEDULER, namespace=ns, **common).remote(
+            ns, state_dir, virtual_time, platform, config.model_dump(), clock_start_ms)
+        for ns in namespaces
+    ]
+    registries = [
+        WorkerRegistry.options(name=REGISTRY, namespace=ns, **common).remote(ns) for ns in namespaces
+    ]
+    oracle = ConstraintOracle.options(name=ORACLE, namespace=namespace, **common).remote(
+        namespace, state_dir, config.model_dump())
+    broker = EventBroker.options(name=BROKER, namespace=namespace, **common).remote(
         state_dir, config.event_retention, config.durability, namespace
     )
-    oracle = ConstraintOracle.options(name=ORACLE, **common).remote(namespace, state_dir, config.model_dump())
-    shards = []
-    clock_start_ms = int(time.time() * 1000)  # a new virtual-time engine's shards start their clocks here
-    for k in range(config.scheduler_shards):  # each shard's own actors, in its own namespace (names.py)
-        ns = shard_namespace(namespace, k)
-        mine = {**common, "namespace": ns}
-        registry = WorkerRegistry.options(name=REGISTRY, **mine).remote(ns)
-        pool = config.chain_coordinators
-        coordinators = [
-            ChainCoordinator.options(name=CHAIN.format(i), **mine).remote(ns, i, pool) for i in range(pool)
-        ]
-        scheduler = SchedulerActor.options(name=SCHEDULER, **mine).remote(
-            ns, state_dir, virtual_time, platform, config.model_dump(), clock_start_ms
-        )
-        shards.append({"registry": registry, "scheduler": scheduler, "coordinators": coordinators})
-    return {**shards[0], "broker": broker, "oracle": oracle, "schedulers": [s["scheduler"] for s in shards]}
+    return {"registry": registries[0], "scheduler": schedulers[0], "schedulers": schedulers, "broker": broker,
+            "oracle": oracle}
 
 
 def _running_shards(namespace: str) -> int | None:

@@ -182,6 +182,9 @@ class SchedulerActor(
             self.store.put_meta("scheduler_shards", want)
 
     async def _start(self) -> None:
+        # Executors first: their processes take longest to start (Ray starts few at once).
+        for node in self._executor_nodes():
+            self.pool.add(node)
         registry = lookup(REGISTRY, self.namespace)
         # Restarted while the registry lived on: take its copies back (see actors/registry.py).
         self._blobs.update(await call_with_retry(lambda: registry.dump.remote()))
@@ -194,8 +197,6 @@ class SchedulerActor(
         oracle = lookup(ORACLE, base_namespace(self.namespace))
         states = await oracle.ready.remote()
         self.core.set_devices({n: DeviceState.model_validate(s) for n, s in states.items()})
-        for node in self._executor_nodes():
-            self.pool.add(node)
         await self.pool.start()
         await adopt_held_runs(self.core, self.pool, self.heavy, self.namespace)
         self._start_chains()

@@ -9,11 +9,15 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
 from kmpray.chain_coordination import ChainCoordinatorCore, Message, coordinator_index
 from kmpray.config import EngineConfig
 from kmpray.engine import SchedulerCore
 
-from .names import CHAIN, lookup
+from .chain_coordinator import ChainCoordinator
+from .names import CHAIN
 from .outbox import Outbox
 from .retry import call_with_retry
 from .waiters import Waiters
@@ -34,7 +38,16 @@ class SchedulerChains:
 
     def _start_chains(self) -> None:
         pool = self.config.chain_coordinators
-        self._coordinators = [lookup(CHAIN.format(i), self.namespace) for i in range(pool)]
+        # Created here, after the executors (Ray starts few processes at once; nothing waits
+        # for a coordinator at start), on this node; a restarted scheduler finds them alive.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self._coordinators = [
+            ChainCoordinator.options(  # type: ignore[attr-defined]
+                name=CHAIN.format(i), namespace=self.namespace, lifetime="detached", get_if_exists=True,
+                scheduling_strategy=here,
+            ).remote(self.namespace, i, pool)
+            for i in range(pool)
+        ]
         self._chain_outboxes = [
             Outbox(
                 lambda batch, h=handle: h.handle.remote(batch),
