@@ -231,10 +231,6 @@ def main() -> None:
         out["spread"] = sorted({sched.wait(f"s{i}", timeout_s=120).result.data["node"] for i in range(40)})
         out["executor_nodes"] = sched.status()["executor_nodes"]
         out["scheduler_node"] = sched.status()["node"]
-        if "fault" not in sys.argv[1:]:
-            step_data(cluster, sched, state, other, out)  # last: it removes the other node
-            return
-
         # Fault: the worker node goes away while work is in flight on it.
         import time
 
@@ -285,6 +281,7 @@ def main() -> None:
             "duplicated": len(runs) - len(set(runs)),
             "in_flight_at_fault": in_flight,
         }
+        step_data(cluster, sched, state, joined, out)  # last: it removes the joined node
     finally:
         _finish(out, [sched] if sched is not None else [], cluster)
 

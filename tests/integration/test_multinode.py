@@ -22,18 +22,26 @@ def _run(*args: str) -> dict[str, object]:
     return dict(json.loads(lines[-1][len("RESULT ") :]))
 
 
-def test_placement_on_a_two_node_cluster() -> None:
-    out = _run()
+@pytest.fixture(scope="module")
+def two_nodes() -> dict[str, object]:
+    """One run of multinode.py's main (a cluster start is most of its time): placement on
+    a head and a worker node, that node removed under load and a new one joining, then
+    step data between the head and the joined node, which leaves last."""
+    return _run()
+
+
+def test_placement_on_a_two_node_cluster(two_nodes: dict[str, object]) -> None:
+    out = two_nodes
     assert sorted(out["executor_nodes"]) == sorted([out["head"], out["other"]])  # one per CPU per node
     assert out["on_other"] == out["other"]  # the only charging node
     assert out["on_head"] == out["head"]  # after the states swapped
     assert out["heavy"] == out["other"]  # the node with the `heavy` resource
     assert out["spread"] == sorted([out["head"], out["other"]])  # light work used both nodes
     assert out["scheduler_node"] == out["head"]  # pinned hard to the head, with the store
-    # Step data (#15): a 200 MB array from the other node's step to the head's.
+    # Step data (#15): a 200 MB array from the joined node's step to the head's.
     n = 200 * 1024 * 1024 // 8
     assert out["state"] == "SUCCEEDED"
-    assert out["consumer"] == {"sum": float(n * (n - 1) // 2), "n": n, "read_only": True, "from": out["other"],
+    assert out["consumer"] == {"sum": float(n * (n - 1) // 2), "n": n, "read_only": True, "from": out["joined"],
                                "node": out["head"]}
     assert len(out["artifacts"]) == 1 and out["artifacts"][0].endswith(".npy")  # type: ignore[index]
     # The node that made the second array left before its successor ran: the successor read
@@ -41,12 +49,12 @@ def test_placement_on_a_two_node_cluster() -> None:
     m = 50 * 1024 * 1024 // 8
     assert out["p2"] == "SUCCEEDED" and out["s2_before_loss"] in ("BLOCKED", "ENQUEUED")
     assert out["after_loss"] == "SUCCEEDED" and out["producer2_runs"] == 1
-    assert out["consumer2"] == {"sum": float(m * (m - 1) // 2), "n": m, "read_only": True, "from": out["other"],
+    assert out["consumer2"] == {"sum": float(m * (m - 1) // 2), "n": m, "read_only": True, "from": out["joined"],
                                 "node": out["head"]}
 
 
-def test_a_worker_node_removed_mid_load_loses_nothing() -> None:
-    out = _run("fault")
+def test_a_worker_node_removed_mid_load_loses_nothing(two_nodes: dict[str, object]) -> None:
+    out = two_nodes
     fault = out["fault"]
     print("node removal:", fault)
     assert out["not_succeeded"] == []
