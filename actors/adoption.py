@@ -13,7 +13,6 @@ import ray
 
 from kmpray.engine import SchedulerCore
 from kmpray.protocol import Holding
-from kmpray.timing import PING_TIMEOUT_S
 
 from .executor_pool import ExecutorPool
 from .heavy_pool import HeavyPool
@@ -32,7 +31,7 @@ async def adopt_held_runs(core: SchedulerCore, pool: ExecutorPool, heavy: HeavyP
         except ValueError:
             continue  # never started, or retired
         holders.append((None, slot_index, handle))
-    answers = await asyncio.gather(*(_holding(h) for *_, h in holders))
+    answers = await asyncio.gather(*(_holding(h, pool.config.ping_timeout_s) for *_, h in holders))
     where: dict[tuple[str, int], tuple[int | None, int]] = {}
     waiting: set[tuple[str, int]] = set()
     for (i, slot_index, handle), answer in zip(holders, answers, strict=True):
@@ -52,8 +51,8 @@ async def adopt_held_runs(core: SchedulerCore, pool: ExecutorPool, heavy: HeavyP
     if adopted:
         log.warning("restarted: %d runs still on executors are kept, not run again", len(adopted))
 
-async def _holding(handle: Any) -> Holding | None:
+async def _holding(handle: Any, timeout_s: float) -> Holding | None:
     try:
-        return Holding(*await asyncio.wait_for(handle.holding.remote(), PING_TIMEOUT_S))
+        return Holding(*await asyncio.wait_for(handle.holding.remote(), timeout_s))
     except Exception:
         return None  # unreachable: what it holds runs again

@@ -23,7 +23,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from kmpray.config import EngineConfig
 from kmpray.engine import SchedulerCore
 from kmpray.protocol import Fence, Ping, Run, RunKey
-from kmpray.timing import BLOCKED_PING_TIMEOUT_S, PING_TIMEOUT_S
+from kmpray.timing import BLOCKED_PING_TIMEOUT_S
 
 from .blocked_loops import BlockedLoops
 from .executor import LightExecutor
@@ -301,8 +301,9 @@ class ExecutorPool:
         live = self.live()
         # A blocked loop cannot answer (its watch thread said so): a short ping still sees a
         # restart or death, without holding up the whole round for the full timeout.
+        timeout_s = self.config.ping_timeout_s
         answers = await asyncio.gather(*(
-            ping(s.handle, BLOCKED_PING_TIMEOUT_S if s.index in self.blocked.light else PING_TIMEOUT_S)
+            ping(s.handle, BLOCKED_PING_TIMEOUT_S if s.index in self.blocked.light else timeout_s)
             for s in live
         ))
         resumed = False

@@ -33,7 +33,6 @@ from kmpray.timing import (
     CANCEL_ACK_TIMEOUT_S,
     GC_FULL_S,
     METRICS_S,
-    PING_TIMEOUT_S,
     PRUNE_S,
     RECONCILE_S,
     TRIM_AFTER_INPUT_CHARS,
@@ -294,7 +293,7 @@ class SchedulerActor(
                 self.pool.end_isolation()  # nobody waits to run alone (cancelled meanwhile)
             if resumed:
                 self._pump()
-            await self.heavy.reconcile(PING_TIMEOUT_S)
+            await self.heavy.reconcile(self.config.ping_timeout_s)
 
     def _kick(self) -> None:
         self._wake.set()

@@ -3,16 +3,17 @@
 Celery's and WorkManager's users know the failure: a task that runs longer than a
 visibility timeout, heartbeat or lease is taken for lost and dispatched a second time.
 Here every task runs ``run_s``, more than twice the longest interval that could mistake
-it for lost: the reconcile loop (1 s), an executor's ping timeout (10 s; 0.5 s for a
-blocked loop), ``heavy_unreachable_s`` (30 s by default) and the chain coordinators'
-resync (30 s). The kinds, all at once: an async sleep, a sync
+it for lost: the reconcile loop (1 s), an executor's ping timeout (``ping_timeout_s``, 10 s
+by default; 0.5 s for a blocked loop), ``heavy_unreachable_s`` (30 s by default) and the
+chain coordinators' resync (30 s). The kinds, all at once: an async sleep, a sync
 ``do_work`` (a thread), an async worker that blocks its executor's event loop for the
 whole run, a heavy task, and a chain whose first step is long. Each run appends a ledger
 line when it starts. Reported: ``executed_twice`` (pass: 0), the final states, and
 ``run_attempt_count`` of each (pass: all SUCCEEDED on attempt 1).
 
-``--quick`` (CI): 10 tasks of 21 s with ``heavy_unreachable_s`` at 10 s, so every
-interval but the coordinators' 30 s resync is passed twice; the chain is left out.
+``--quick`` (CI): 10 tasks of 11 s with ``ping_timeout_s`` and ``heavy_unreachable_s`` at
+5 s, so every interval but the coordinators' 30 s resync is passed twice; the chain is
+left out.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ from kmpray.timing import BLOCKED_PING_TIMEOUT_S, PING_TIMEOUT_S, RECONCILE_S, R
 from .chaos_common import ledger_starts, record_start
 from .common import ray_up
 
-FULL = {"tasks": 50, "heavy_unreachable_s": 30.0}
-QUICK = {"tasks": 10, "heavy_unreachable_s": 10.0}
+FULL = {"tasks": 50, "heavy_unreachable_s": 30.0, "ping_timeout_s": PING_TIMEOUT_S}  # the defaults
+QUICK = {"tasks": 10, "heavy_unreachable_s": 5.0, "ping_timeout_s": 5.0}
 
 
 class LongAsync(kmpray.CommonWorker):
@@ -59,9 +60,9 @@ class LongLoopBlocker(kmpray.CommonWorker):
 WORKERS = {"LongAsync": LongAsync, "LongSync": LongSync, "LongLoopBlocker": LongLoopBlocker}
 
 
-def longest_interval_s(heavy_unreachable_s: float, chains: bool) -> float:
+def longest_interval_s(heavy_unreachable_s: float, ping_timeout_s: float, chains: bool) -> float:
     """The longest interval after which the engine could take a run for lost."""
-    watched = [RECONCILE_S, PING_TIMEOUT_S, BLOCKED_PING_TIMEOUT_S, heavy_unreachable_s]
+    watched = [RECONCILE_S, ping_timeout_s, BLOCKED_PING_TIMEOUT_S, heavy_unreachable_s]
     return max(watched + ([RESYNC_S] if chains else []))
 
 
@@ -69,14 +70,14 @@ def scenario(quick: bool = False, tasks: int | None = None, seed: int = 7) -> di
     size = QUICK if quick else FULL
     n = tasks or int(size["tasks"])
     chains = not quick
-    longest = longest_interval_s(size["heavy_unreachable_s"], chains)
+    longest = longest_interval_s(size["heavy_unreachable_s"], size["ping_timeout_s"], chains)
     run_s = 2 * longest + 1
     ray_up()
     state = tempfile.mkdtemp(prefix="kmpray-chaos-longruns-")
     ledger = Path(state) / "ledger"
     namespace = f"chaos-longruns-{seed}-{os.getpid()}"
-    config = kmpray.EngineConfig(heavy_unreachable_s=size["heavy_unreachable_s"], heavy_pool_size=2,
-                                 heavy_num_cpus=0)
+    config = kmpray.EngineConfig(heavy_unreachable_s=size["heavy_unreachable_s"],
+                                 ping_timeout_s=size["ping_timeout_s"], heavy_pool_size=2, heavy_num_cpus=0)
     sched = kmpray.connect(namespace=namespace, state_dir=state, config=config)
     try:
         for name, cls in WORKERS.items():

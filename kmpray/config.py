@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from ._model import Frozen
+from .timing import PING_TIMEOUT_S
 
 MiB = 1024 * 1024
 
@@ -68,6 +69,11 @@ class EngineConfig(Frozen):
     # A heavy worker that has not answered a ping for this long (its node left and no other
     # node has its resources yet) is replaced, and its run goes to the replacement.
     heavy_unreachable_s: Annotated[float, Field(gt=0)] = 30.0
+    # An executor or heavy worker whose ping goes unanswered this long gets no new runs
+    # until it answers again (its runs are re-run only on proof of loss), and a restarted
+    # scheduler waits this long for each to say which runs it holds. Raise it where a busy
+    # network or a loaded node answers slowly.
+    ping_timeout_s: Annotated[float, Field(gt=0, le=600)] = PING_TIMEOUT_S
     # ChainCoordinator actors: chains are spread over them by a hash of the chain id.
     # 0 runs the same coordination rules inside the scheduler process: no actor round
     # trip between steps (faster sequential chains), one process less to fail.

@@ -15,7 +15,7 @@ RECONCILE_S = 1.0
 METRICS_S = 2.0
 #: How long a ping may take before that executor counts as unreachable (it gets no new
 #: runs until it answers again; its runs are re-run only on proof of loss).
-PING_TIMEOUT_S = 10.0
+PING_TIMEOUT_S = 10.0  # the default of EngineConfig.ping_timeout_s
 #: The same, for an executor whose loop a worker blocks (it cannot answer: only a restart
 #: or death is worth seeing, without holding up the round).
 BLOCKED_PING_TIMEOUT_S = 0.5

@@ -69,7 +69,7 @@ def test_work_due_during_an_outage_runs_once_after_it_and_the_period_keeps_its_g
 
 
 def test_runs_longer_than_every_interval_the_engine_watches_with_run_once(ray_session: Any) -> None:
-    """10 runs of 21 s (twice the 10 s ping timeout and heavy_unreachable_s): async, sync,
+    """10 runs of 11 s (twice ping_timeout_s and heavy_unreachable_s, both 5 s): async, sync,
     one blocking its executor's loop, one heavy. None is taken for lost and run again."""
     from kmpray.bench.chaos_longruns import scenario
 
