@@ -59,7 +59,7 @@ def test_any_submission_is_accepted_or_rejected_with_a_reason(task_id: str, work
     h = Harness()
     out = h.core.submit(task_id, TaskTrigger.OneTime(), worker, input=inp)
     if out.result is ScheduleResult.SUCCESS:
-        assert h.core.latest(task_id) is not None and worker == "Ok" or worker in h.workers
+        assert (h.core.latest(task_id) is not None and worker == "Ok") or worker in h.workers
     else:
         assert out.result is ScheduleResult.REJECTED_INVALID_PARAMS and out.reason
         assert h.core.tasks == {}
@@ -83,3 +83,13 @@ def test_output_must_be_msgpack_able_and_capped() -> None:
 def test_lone_surrogate_input_is_rejected(h: Harness) -> None:
     out = h.core.submit("s", TaskTrigger.OneTime(), "Ok", input="bad \ud800")
     assert out.result is ScheduleResult.REJECTED_INVALID_PARAMS and "UTF-8" in (out.reason or "")
+
+
+def test_engine_timeouts_are_checked_naming_the_field() -> None:
+    import pydantic
+    import pytest
+
+    assert EngineConfig().ping_timeout_s == 10.0 and EngineConfig(ping_timeout_s=2.5).ping_timeout_s == 2.5
+    for bad in (0, -1, 601):
+        with pytest.raises(pydantic.ValidationError, match="ping_timeout_s"):
+            EngineConfig(ping_timeout_s=bad)
