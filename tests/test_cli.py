@@ -22,6 +22,16 @@ def kmpray(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]
     )
 
 
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """A command run in this process (click's runner), answered like ``kmpray()``."""
+    from click.testing import CliRunner
+
+    from kmpray.cli import main
+
+    got = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    return subprocess.CompletedProcess(["kmpray", *args], got.exit_code, got.stdout, got.stderr)
+
+
 def test_help_lists_the_commands() -> None:
     out = kmpray("--help")
     assert out.returncode == 0
@@ -81,6 +91,8 @@ def test_inspect_and_cancel_a_live_engine(vengine, ray_session) -> None:  # type
     vengine.enqueue("later", TaskTrigger.OneTime(ONE_HOUR), "Echo")
     engine = ["--address", ray_session.get_runtime_context().gcs_address, "--namespace", vengine.namespace]
 
+    # One command as its own process (the exit code and output a shell sees); the rest run
+    # in this process through click's runner (a process each would be ~1.5 s of imports).
     status = kmpray("status", *engine, "--json")
     assert status.returncode == 0, status.stderr[-1000:]
     counts = _json.loads(status.stdout)["counts"]
@@ -89,33 +101,33 @@ def test_inspect_and_cancel_a_live_engine(vengine, ray_session) -> None:  # type
     assert messages["enqueue_calls"] >= 2 and messages["submits_sent"] >= 1 and messages["reports_received"] >= 1
     assert 1 <= messages["commits"]
 
-    text_status = kmpray("status", *engine)
+    text_status = cli("status", *engine)
     assert "node " in text_status.stdout and "battery=" in text_status.stdout
     assert f"{messages['enqueue_calls']} enqueue calls" in text_status.stdout
     runs = _json.loads(status.stdout)["runs"]  # the dashboard's figures, in the text too
     assert runs["dispatched"] == 1 and runs["finished"] == {"succeeded": 1}
     assert "runs since start: 1 handed over, 1 succeeded" in text_status.stdout
 
-    listed = kmpray("list", *engine, "--state", "enqueued")
+    listed = cli("list", *engine, "--state", "enqueued")
     assert listed.returncode == 0 and "later" in listed.stdout and "done" not in listed.stdout
 
-    info = kmpray("info", *engine, "done")
+    info = cli("info", *engine, "done")
     assert info.returncode == 0 and _json.loads(info.stdout)["state"] == "SUCCEEDED"
-    missing = kmpray("info", *engine, "nope")
+    missing = cli("info", *engine, "nope")
     assert missing.returncode == 1 and "no task 'nope'" in missing.stderr
 
-    events = kmpray("events", *engine, "--since", "0")
+    events = cli("events", *engine, "--since", "0")
     lines = [_json.loads(line) for line in events.stdout.splitlines()]
     assert lines[0]["cursor"] == 1 and lines[0]["task_id"] == "done"
-    bad = kmpray("events", *engine, "--since", "999999")
+    bad = cli("events", *engine, "--since", "999999")
     assert bad.returncode == 1 and "beyond the last event" in bad.stderr
 
-    why = kmpray("why", *engine, "later")
+    why = cli("why", *engine, "later")
     assert why.returncode == 0 and "waiting for: due at " in why.stdout
-    cancelled = kmpray("cancel", *engine, "later")
+    cancelled = cli("cancel", *engine, "later")
     assert cancelled.returncode == 0 and "cancelled 1" in cancelled.stdout
     assert vengine.get_task_info("later").state.value == "CANCELLED"
-    again = kmpray("cancel", *engine, "later")
+    again = cli("cancel", *engine, "later")
     assert again.returncode == 1 and "nothing unfinished" in again.stderr
 
 
