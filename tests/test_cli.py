@@ -170,9 +170,9 @@ def test_quarantine_lists_and_drops_damaged_rows(ray_session, tmp_path: Path) ->
         (row,) = _json.loads(listed.stdout)
         assert (row["table"], row["key"], row["head"][:4]) == ("tasks", "bad", "8004")
         assert "checksum mismatch" in row["reason"]
-        status = kmpray("status", *engine)
+        status = cli("status", *engine)  # in this process, as above
         assert "1 rows quarantined: see `kmpray quarantine`" in status.stdout
-        dropped = kmpray("quarantine", *engine, "--drop", "bad")
+        dropped = cli("quarantine", *engine, "--drop", "bad")
         assert dropped.returncode == 0 and "dropped 1" in dropped.stdout
         assert second.quarantined() == [] and second.get_task_info("good").state.value == "ENQUEUED"
     finally:
