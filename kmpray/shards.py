@@ -19,9 +19,11 @@ SHARD_SEP = "~shard"
 
 
 def shard_of(name: str, shards: int) -> int:
+    """The shard of ``name``. A bad id (not a string) still maps somewhere: the shard
+    that gets it rejects it, naming the field, as one scheduler would."""
     if shards <= 1:
         return 0
-    return zlib.crc32(name.encode("utf-8", "surrogatepass")) % shards
+    return zlib.crc32(str(name).encode("utf-8", "surrogatepass")) % shards
 
 
 def split(ids: list[str], shards: int) -> dict[int, list[int]]:

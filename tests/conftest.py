@@ -38,6 +38,10 @@ class EngineFactory:
         import kmpray
 
         ns = namespace or f"t-{uuid.uuid4().hex[:10]}"
+        shards = int(os.environ.get("KMPRAY_TEST_SHARDS", "0"))
+        if shards:  # the suite against a sharded engine: KMPRAY_TEST_SHARDS=2 pytest tests/integration
+            config = kw.get("config") or kmpray.EngineConfig()
+            kw["config"] = config.model_copy(update={"scheduler_shards": shards})
         sched = kmpray.connect(namespace=ns, state_dir=str(state_dir or self.tmp_path / ns), **kw)
         self.made.append(sched)
         return sched

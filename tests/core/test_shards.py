@@ -15,6 +15,7 @@ def test_a_name_always_lands_on_the_same_shard_and_names_spread() -> None:
     assert set(spread) == {0, 1, 2, 3} and min(spread.values()) > 400
     assert {shard_of(n, 1) for n in names} == {0}
     assert shard_of("naïve ✓", 3) == shard_of("naïve ✓", 3)
+    assert shard_of(None, 2) == shard_of("None", 2) and shard_of(7, 2) == shard_of("7", 2)  # type: ignore[arg-type]
 
 
 def test_items_split_by_shard_and_their_answers_come_back_in_item_order() -> None:

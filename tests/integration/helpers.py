@@ -1,15 +1,23 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from .workers import count_runs
 
-__all__ = ["blocks_input", "count_runs", "next_completion", "one_name_from_many_threads", "until"]
+__all__ = ["ONE_SHARD", "blocks_input", "count_runs", "next_completion", "one_name_from_many_threads", "until"]
+
+#: A test that reaches into one scheduler's actors or files (shard 0's), skipped when the
+#: suite runs against sharded engines (KMPRAY_TEST_SHARDS=2, see tests/conftest.py).
+ONE_SHARD = pytest.mark.skipif(int(os.environ.get("KMPRAY_TEST_SHARDS") or 0) > 1,
+                               reason="reaches into one scheduler's actors or files")
 
 
 def next_completion(sub: Any, task_id: str, timeout_s: float = 30.0) -> Any:

@@ -7,10 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kmpray.actors.names import shard_namespace
 
 import kmpray
 from kmpray import FIFTEEN_MINUTES, ONE_HOUR, ScheduleResult, TaskState, TaskTrigger
 from kmpray.protocol import RETRY_MARK
+from kmpray.shards import shard_of
 
 from .helpers import blocks_input, count_runs, until
 from .workers import ALL, register_all
@@ -68,7 +70,7 @@ def test_killed_executor_reruns_its_runs(engines: Any, tmp_path: Path) -> None:
     inp, started, release = blocks_input(tmp_path, "x")
     sched.enqueue("x", TaskTrigger.OneTime(), "Blocks", input=inp)
     until(started.exists, what="run start")
-    _kill("kmpray.executor.0", sched.namespace)
+    _kill("kmpray.executor.0", shard_namespace(sched.namespace, shard_of("x", sched.shards)))  # x's shard's
     until(lambda: count_runs(str(started)) == 2, timeout_s=60, what="the run to start again")
     release.touch()
     info = sched.wait("x", timeout_s=60)

@@ -10,7 +10,7 @@ import pytest
 
 from kmpray import Constraints, EngineConfig, TaskState, TaskTrigger
 
-from .helpers import blocks_input, count_runs, until
+from .helpers import ONE_SHARD, blocks_input, count_runs, until
 from .workers import register_all
 
 pytestmark = pytest.mark.ray
@@ -89,6 +89,7 @@ def test_a_heavy_worker_killed_mid_task_reruns_it_on_the_restarted_actor(heavy: 
     assert info.state is TaskState.SUCCEEDED and info.run_attempt_count == 1
 
 
+@ONE_SHARD  # three ids share one heavy worker: one shard's (each shard has its own pool)
 def test_a_heavy_run_survives_a_scheduler_restart_on_its_warm_worker(heavy: Any, tmp_path: Path) -> None:
     import ray
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from kmpray.actors.names import base_namespace
 
 import kmpray
 from kmpray import (
@@ -23,7 +24,7 @@ from kmpray import (
     TaskState,
 )
 
-from .helpers import count_runs
+from .helpers import ONE_SHARD, count_runs
 from .workers import register_all
 
 pytestmark = pytest.mark.ray
@@ -192,6 +193,7 @@ def test_consumer_after_a_whole_engine_restart_reads_the_artifact(ray_session: A
         second.shutdown()
 
 
+@ONE_SHARD  # it reads shard 0's artifact folder and scheduler
 def test_object_lost_with_its_owner_is_read_from_the_artifact_and_replaced_ones_swept(
     engines: Any, tmp_path: Path
 ) -> None:
@@ -207,12 +209,12 @@ def test_object_lost_with_its_owner_is_read_from_the_artifact_and_replaced_ones_
     assert sched.wait("m", timeout_s=60).state is TaskState.SUCCEEDED
     # The executor that made the array owns its object: killing every executor loses it
     # while the scheduler still holds the reference.
-    for name in [
-        a["name"]
+    for ns, name in [
+        (a["namespace"], a["name"])
         for a in ray.util.list_named_actors(all_namespaces=True)
-        if a["namespace"] == sched.namespace and ".executor." in a["name"]
+        if base_namespace(a["namespace"]) == sched.namespace and ".executor." in a["name"]  # every shard's
     ]:
-        ray.kill(ray.get_actor(name, namespace=sched.namespace), no_restart=False)
+        ray.kill(ray.get_actor(name, namespace=ns), no_restart=False)
     sched.set_device_state(charging=True)
     assert sched.wait("c", timeout_s=60).state is TaskState.SUCCEEDED
     assert sched.get_task_info("s").result.data["sum"] == pytest.approx(expected(BIG, 5))
