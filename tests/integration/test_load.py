@@ -17,9 +17,15 @@ from kmpray.bench.load_client import task_id
 from kmpray.bench.load_plan import KINDS, Profile
 from kmpray.bench.stamp import register
 
+from .helpers import ONE_SHARD
+
 pytestmark = pytest.mark.slow
 
 
+# On two shards the heavy operations of one shard never start here: each shard has its own
+# heavy pool (1 CPU per heavy worker), the first shard's takes this machine's 2 CPUs and the
+# other's waits, "0 of 2 placed (starting)" (issue #14 asks for one shared pool).
+@ONE_SHARD
 def test_open_loop_over_two_clients_measures_every_kind(engines: Any) -> None:
     sched = engines()
     register(sched)
@@ -152,6 +158,7 @@ def test_a_scheduler_kill_mid_run_shows_in_the_corrected_latency_only(engines: A
     assert r["operations"]["sends_waiting_on_max_in_flight"] > 50
 
 
+@ONE_SHARD  # it counts one scheduler's enqueue messages
 def test_a_batch_window_sends_fewer_calls_for_the_same_operations(engines: Any) -> None:
     sched = engines()
     register(sched)

@@ -12,6 +12,8 @@ import pytest
 
 from kmpray import Constraints, TaskState, TaskTrigger
 
+from .helpers import ONE_SHARD
+
 pytestmark = pytest.mark.ray
 ONCE = TaskTrigger.OneTime()
 
@@ -33,6 +35,7 @@ def _scrape(port: int, namespace: str) -> dict[str, dict[tuple[tuple[str, str], 
     return out
 
 
+@ONE_SHARD  # it reads one namespace's samples (each shard's carry its own)
 def test_a_known_workload_shows_on_the_metrics_export_port(engines: Any) -> None:
     import ray
 
