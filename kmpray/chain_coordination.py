@@ -139,6 +139,8 @@ class ChainCoordinatorCore:
                 errors[key] = merged
             else:
                 upstream[key] = merged
-        for key in plan.steps[step - 1]:  # passed on: no longer needed here
-            plan.outputs.pop(key, None)
+        # The outputs stay until the plan is retired: a resync clears ``promoted`` and may
+        # promote this step again, and must merge every predecessor's output as the first
+        # promotion did (it once merged only the one it replayed first: a fan-in successor
+        # got one of its predecessors' data when the resync's promotion arrived first).
         return Promote(plan.id, plan.gen, step, upstream, errors)

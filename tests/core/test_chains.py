@@ -220,6 +220,24 @@ def test_coordinator_ignores_stale_generations_and_duplicate_messages() -> None:
     assert gc.resync({}, asked) == [] and set(gc.plans) == {"new"}
 
 
+def test_a_resync_after_a_fan_in_promotes_with_every_predecessors_output() -> None:
+    """A resync clears what was promoted and replays the snapshot: the promotion it sends
+    again must merge all three outputs, as the first did (it merged only the first one
+    replayed, and a fan-in successor ran with one array when that promotion came first)."""
+    from kmpray.chain_coordination import ChainCoordinatorCore
+    from kmpray.protocol import Plan, Step
+
+    steps, mergers = [["p0", "p1", "p2"], ["sum"]], {"sum": "ARRAY"}
+    c = ChainCoordinatorCore()
+    c.apply([Plan("fan", "g", steps, mergers)])
+    first = c.apply([Step("fan", "g", 0, k, "SUCCEEDED", {"v": i}) for i, k in enumerate(steps[0])])
+    assert [a.upstream for a in first] == [{"sum": {"v": [0, 1, 2]}}]
+    asked = c.mark()
+    done = {k: ("SUCCEEDED", {"v": i}) for i, k in enumerate(steps[0])} | {"sum": ("BLOCKED", None)}
+    again = c.resync({"fan": {"gen": "g", "steps": steps, "mergers": mergers, "tasks": done}}, asked)
+    assert again == first
+
+
 def test_thousand_step_chain_and_five_thousand_wide_step(h: Harness) -> None:
     _chain(h, "long", [[task("Ok", f"s{i}")] for i in range(1000)])
     for _ in range(1000):
