@@ -43,9 +43,13 @@ class WorkerRegistry:
             await self.put(name, version, blob)
 
     async def put(self, name: str, version: int, blob: bytes) -> None:
-        current = self._blobs.get(name)
-        if current is None or current[0] < version:
-            self._blobs[name] = (version, blob)
+        await self.put_many([(name, version, blob)])
+
+    async def put_many(self, entries: list[tuple[str, int, bytes]]) -> None:
+        for name, version, blob in entries:
+            current = self._blobs.get(name)
+            if current is None or current[0] < version:
+                self._blobs[name] = (version, blob)
 
     async def dump(self) -> dict[str, tuple[int, bytes]]:
         await self._reseeding

@@ -66,25 +66,41 @@ class SchedulerIntake:
             self._answers.append((token, msgpack.packb(answer, use_bin_type=True), int(time.time() * 1000)))
 
     async def register_worker(self, name: str, blob: bytes) -> int:
+        return (await self.register_workers([(name, blob)]))[0]
+
+    async def register_workers(self, items: list[tuple[str, bytes]]) -> list[int]:
+        """Worker classes by name, in one message (connect() registers the built-in
+        workers so): one registry call and at most two store writes for the lot.
+        Returns each one's version."""
         await self._ready
-        current = self._blobs.get(name)
-        if current is not None and current[1] == blob:
-            version = current[0]
-        else:
-            # Versions only grow, across restarts too: an executor caches classes by
-            # (name, version), so a number must never name two different classes.
-            last = self.store.get_meta("worker_version")
-            version = max([last if isinstance(last, int) else 0, *(v for v, _b in self._blobs.values())]) + 1
-            self.store.put_meta("worker_version", version)
-            self._blobs[name] = (version, blob)
+        last: int | None = None
+        entries: list[tuple[str, int, bytes]] = []
+        for name, blob in items:
+            current = self._blobs.get(name)
+            if current is not None and current[1] == blob:
+                version = current[0]
+            else:
+                # Versions only grow, across restarts too: an executor caches classes by
+                # (name, version), so a number must never name two different classes.
+                if last is None:
+                    stored = self.store.get_meta("worker_version")
+                    last = max([stored if isinstance(stored, int) else 0,
+                                *(v for v, _b in self._blobs.values())])
+                last += 1
+                version = last
+                self._blobs[name] = (version, blob)
+            entries.append((name, version, blob))
+        if last is not None:
+            self.store.put_meta("worker_version", last)
         registry = lookup(REGISTRY, self.namespace)
-        await call_with_retry(lambda: registry.put.remote(name, version, blob))
-        if name not in self.known:
-            self.known.add(name)
+        await call_with_retry(lambda: registry.put_many.remote(entries))
+        new = {name for name, _blob in items} - self.known
+        if new:
+            self.known |= new
             self.store.put_meta("known_workers", sorted(self.known))
-        if self.core.unpark(name):
+        if [name for name, _blob in items if self.core.unpark(name)]:  # every one unparked
             self._kick()
-        return version
+        return [version for _name, version, _blob in entries]
 
     async def enqueue_many(
         self, items: list[dict[str, Any]], token: str | None = None

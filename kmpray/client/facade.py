@@ -143,6 +143,12 @@ class BackgroundTaskScheduler(Waiting, Routing):
         check_worker_class(name, cls)
         self._each("register_worker", name, ship_class(cls))
 
+    def _register_many(self, classes: dict[str, type]) -> None:
+        """Several classes in one message per shard (connect()'s built-in workers)."""
+        for name, cls in classes.items():
+            check_worker_class(name, cls)
+        self._each("register_workers", [(name, ship_class(cls)) for name, cls in classes.items()])
+
     # ------------------------------------------------------------- enqueue
     @staticmethod
     def _item(
@@ -426,8 +432,7 @@ def connect(
     scheduler = BackgroundTaskScheduler(namespace, handles, described)
     from ..workers import BUILTIN_WORKERS
 
-    for name, cls in {**BUILTIN_WORKERS, **LOCAL_WORKERS}.items():
-        scheduler.register_worker(name, cls)
+    scheduler._register_many({**BUILTIN_WORKERS, **LOCAL_WORKERS})
     TaskEventBus._bind(scheduler.events)
     return scheduler
 

@@ -22,7 +22,7 @@ from kmpray import (
     WorkerResult,
 )
 
-from .helpers import blocks_input, one_name_from_many_threads, until
+from .helpers import ONE_SHARD, blocks_input, one_name_from_many_threads, until
 from .workers import register_all
 
 pytestmark = pytest.mark.ray
@@ -371,3 +371,26 @@ def test_executors_are_ready_before_their_first_run_is_due(engines: Any) -> None
         return ray.get(executor.__ray_call__.remote(fn), timeout=30)
 
     assert peek(lambda self: self._scheduler is not None)  # before any run or report
+
+
+@ONE_SHARD  # it calls shard 0's scheduler and registry
+def test_worker_classes_register_many_at_once_with_growing_versions(sengine: Any) -> None:
+    """connect() registers the built-in workers in one message per shard: each new class a
+    new version, an unchanged one keeps its own, and the registry has them all."""
+    import ray
+
+    from kmpray.client.facade import ship_class
+
+    from .workers import Echo, Noop
+
+    actor = ray.get_actor("kmpray.scheduler", namespace=sengine.namespace)
+    batch = [("BatchA", ship_class(Echo)), ("BatchB", ship_class(Noop)), ("BatchA", ship_class(Echo))]
+    first, second, again = ray.get(actor.register_workers.remote(batch), timeout=30)
+    assert second == first + 1 and again == first
+    assert ray.get(actor.register_workers.remote([("BatchB", ship_class(Noop))]), timeout=30) == [second]
+    registry = ray.get_actor("kmpray.registry", namespace=sengine.namespace)
+    held = ray.get(registry.dump.remote(), timeout=30)
+    assert (held["BatchA"][0], held["BatchB"][0]) == (first, second)
+    assert {"BatchA", "BatchB", "HttpRequestWorker"} <= set(sengine.status()["workers"])
+    assert sengine.enqueue("ba", TaskTrigger.OneTime(), "BatchB") is ScheduleResult.SUCCESS
+    assert sengine.wait("ba", timeout_s=30).state is TaskState.SUCCEEDED
