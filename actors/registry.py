@@ -39,8 +39,7 @@ class WorkerRegistry:
         except Exception:
             log.exception("could not take worker classes back from the scheduler; will ask per class")
             return
-        for name, (version, blob) in blobs.items():
-            await self.put(name, version, blob)
+        await self.put_many([(name, version, blob) for name, (version, blob) in blobs.items()])
 
     async def put(self, name: str, version: int, blob: bytes) -> None:
         await self.put_many([(name, version, blob)])

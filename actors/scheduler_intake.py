@@ -1,5 +1,5 @@
 """What the SchedulerActor accepts: work (``enqueue_many``, ``enqueue_chain``) and worker
-classes (``register_worker``). Enqueue calls carry the client's request token: the
+classes (``register_workers``). Enqueue calls carry the client's request token: the
 answer is stored in the same transaction as the work it applied, so a call retried
 after a scheduler restart (applied, but the answer lost with the process) is answered
 again instead of being applied twice, which would run finished one-time work again.
@@ -65,9 +65,6 @@ class SchedulerIntake:
         if token is not None:
             self._answers.append((token, msgpack.packb(answer, use_bin_type=True), int(time.time() * 1000)))
 
-    async def register_worker(self, name: str, blob: bytes) -> int:
-        return (await self.register_workers([(name, blob)]))[0]
-
     async def register_workers(self, items: list[tuple[str, bytes]]) -> list[int]:
         """Worker classes by name, in one message (connect() registers the built-in
         workers so): one registry call and at most two store writes for the lot.
@@ -98,7 +95,8 @@ class SchedulerIntake:
         if new:
             self.known |= new
             self.store.put_meta("known_workers", sorted(self.known))
-        if [name for name, _blob in items if self.core.unpark(name)]:  # every one unparked
+        unparked = [name for name, _blob in items if self.core.unpark(name)]  # unpark each, then wake once
+        if unparked:
             self._kick()
         return [version for _name, version, _blob in entries]
 

@@ -140,11 +140,10 @@ class BackgroundTaskScheduler(Waiting, Routing):
             cls = name_or_cls
             registered = [n for n, c in LOCAL_WORKERS.items() if c is cls]
             name = registered[0] if registered else cls.__name__
-        check_worker_class(name, cls)
-        self._each("register_worker", name, ship_class(cls))
+        self._register_many({name: cls})
 
     def _register_many(self, classes: dict[str, type]) -> None:
-        """Several classes in one message per shard (connect()'s built-in workers)."""
+        """Classes by name, in one message per shard (connect() sends its built-in workers so)."""
         for name, cls in classes.items():
             check_worker_class(name, cls)
         self._each("register_workers", [(name, ship_class(cls)) for name, cls in classes.items()])
