@@ -20,43 +20,33 @@ import ray
 from ray import cloudpickle
 
 import kmpray.events
-from kmpray.artifacts import (
-    MARK,
-    ArtifactDir,
-    Blob,
-    descriptors,
-    from_stored,
-    has_descriptors,
-    is_plain,
-    join,
-    split,
-    to_json,
-)
+from kmpray.artifacts import ArtifactDir, has_descriptors, to_json
 from kmpray.config import EngineConfig
 from kmpray.enums import InputMerger
 from kmpray.errors import InvalidParameters
 from kmpray.merging import merge
-from kmpray.protocol import Began, Done, Fence, Holding, Ping, Progress, Run, Stored
+from kmpray.protocol import Began, Done, Fence, Holding, Ping, Progress, Run, RunKey, Stored, Taken
 from kmpray.results import Failure, Success, to_wire
 from kmpray.timing import (
     BLOCK_REPORT_RETRY_S,
     BLOCK_REPORT_TIMEOUT_S,
     BLOCK_REPORT_TRIES,
     FENCE_POLL_S,
-    FETCH_TIMEOUT_S,
     METRICS_S,
+    REPLY_WINDOW_S,
     STARTED_NOTICE_S,
 )
-from kmpray.validation import check_output
 from kmpray.worker import CommonWorker, WorkerContext, run_worker
 
 from .event_broker import BrokerBackend
+from .executor_data import StepData
 from .fencing import Fencing
 from .loop_watch import Blocker, LoopWatch
 from .memory_cap import MemoryCap
 from .metrics import RunMeter
 from .names import REGISTRY, SCHEDULER, lookup
 from .outbox import Outbox
+from .replies import Replies
 from .retry import call_with_retry
 
 log = logging.getLogger("kmpray.executor")
@@ -65,7 +55,7 @@ log = logging.getLogger("kmpray.executor")
 Report = Done | Progress | Began
 
 
-class ExecutorBase:
+class ExecutorBase(StepData):
     """What light executors and heavy workers share: running, cancelling, reporting."""
 
     #: Keep one instance per worker class between runs (heavy workers' warm state).
@@ -120,6 +110,7 @@ class ExecutorBase:
         self._threaded: set[str] = set()  # async workers now run in a thread here
         self._stopping = False  # shutdown: nothing more begins (see stop)
         self._loop = asyncio.get_running_loop()
+        self._replies = Replies(self._loop)  # results in the submit's answer (replies.py)
         self.watch = LoopWatch(
             self._loop,
             self.config.loop_probe_ms / 1000,
@@ -135,13 +126,27 @@ class ExecutorBase:
     def _concurrency(self) -> int:
         return self.config.executor_concurrency
 
-    def ping(self) -> Ping:
+    def ping(self, acked: list[RunKey] | None = None) -> Ping:
+        if acked:
+            self._acked(acked)
         self._meter.publish_if_due()  # the scheduler asks every second: metrics go out at that pace
         lag_ms = round(self.watch.lag_s() * 1000, 1)
         return Ping(self.incarnation, len(self._tasks), self.node_id, lag_ms, self._meter.take_start_waits())
 
-    def submit(self, runs: list[Run], batch: Fence | None = None) -> str:
-        """Take a batch of runs; ``batch``: its number under the scheduler's epoch (fencing)."""
+    async def submit(
+        self, runs: list[Run], batch: Fence | None = None, acked: list[RunKey] | None = None
+    ) -> Taken:
+        """Take a batch of runs; ``batch``: its number under the scheduler's epoch (fencing).
+        Answers with the results of the runs that end within ``REPLY_WINDOW_S``
+        (replies.py); ``acked``: results of earlier answers the scheduler has stored."""
+        if acked:
+            self._acked(acked)
+        taken = self._take(runs, batch)
+        done = await self._replies.collect(taken, REPLY_WINDOW_S) if taken and REPLY_WINDOW_S else []
+        return Taken(self.incarnation, done)
+
+    def _take(self, runs: list[Run], batch: Fence | None = None) -> list[RunKey]:
+        taken = []
         for run in runs:
             key = (run.key, run.run_id)
             if key not in self._unreported:  # a retried submit must not start a run twice
@@ -149,11 +154,20 @@ class ExecutorBase:
                 if batch is not None:
                     self._fencing.took(key, batch[0], batch[1])
                 self._tasks[key] = asyncio.ensure_future(self._run(run))
-        return self.incarnation
+                taken.append(key)
+        return taken
+
+    def _acked(self, keys: list[RunKey]) -> None:
+        for key in self._replies.ack(keys):
+            self._unreported.pop(key, None)
 
     def holding(self) -> Holding:
         """For a restarted scheduler: the runs this process took and has not reported yet,
-        and which of them still wait for a slot (a run withdrawn by the fence is not held)."""
+        and which of them still wait for a slot (a run withdrawn by the fence is not held).
+        Results sent in answers and not acknowledged are reported again: the scheduler
+        that was to read them may be the one that died."""
+        if kept := self._replies.take_kept():
+            self._reports.add(kept)
         held = [key for key in self._unreported if not self._withdrawn(key)]
         waiting = [key for key in self._tasks if key not in self._begun and key in held]
         return Holding(self.incarnation, held, waiting)
@@ -296,12 +310,11 @@ class ExecutorBase:
                     raise asyncio.CancelledError
                 if not (self._try_begin(key) or await self._may_begin(key)):
                     self._unreported.pop(key, None)  # withdrawn: it runs elsewhere, never here
+                    self._replies.detach(key)
                     return
                 # "Began" goes to the scheduler only for a run still going after a moment:
                 # a short run's result says it, with no message of its own.
-                notice = asyncio.get_running_loop().call_later(
-                    STARTED_NOTICE_S, self._reports.add, (Began(key_, run_id),)
-                )
+                notice = asyncio.get_running_loop().call_later(STARTED_NOTICE_S, self._say, Began(key_, run_id))
                 self._meter.began(worker, enq)
                 began = time.monotonic()
                 try:
@@ -312,6 +325,7 @@ class ExecutorBase:
                     self._meter.ran(worker, (time.monotonic() - began) * 1000)
         except asyncio.CancelledError:
             self._unreported.pop(key, None)
+            self._replies.detach(key)
             return  # cancelled by the scheduler: it already recorded CANCELLED
         finally:
             self._tasks.pop(key, None)
@@ -320,9 +334,20 @@ class ExecutorBase:
         if key in self._cancelled:
             self._cancelled.discard(key)
             self._unreported.pop(key, None)
+            self._replies.detach(key)
             return
         followed = self._follow(then, merger, result, stored) if then is not None else None
-        self._reports.add((Done(key_, run_id, to_wire(result), stored, followed),))
+        done = Done(key_, run_id, to_wire(result), stored, followed)
+        # Its submit's answer takes it, unless a successor began here: that one's result goes
+        # by report, and must not reach the scheduler before this one (which hands it on).
+        if followed is not None or not self._replies.finished(done):
+            self._replies.detach(key)
+            self._reports.add((done,))
+
+    def _say(self, item: Progress | Began) -> None:
+        """Progress or a "began" notice, in order with the run's result: that goes the same way."""
+        self._replies.detach((item.key, item.run_id))
+        self._reports.add((item,))
 
     def _follow(
         self, then: Run, merger: str, result: Success | Failure, stored: list[Stored] | None
@@ -340,7 +365,7 @@ class ExecutorBase:
             return None  # the coordinator's promotion fails it, naming the key
         inp = then.input if then.input is not None else (to_json(upstream) if upstream else None)
         refs = {s.digest: s.ref for s in stored} if stored else None
-        self.submit([then._replace(input=inp, upstream=upstream or None, refs=refs)])
+        self._take([then._replace(input=inp, upstream=upstream or None, refs=refs)])
         return (then.key, then.run_id, self.index)
 
     async def _execute(
@@ -371,11 +396,11 @@ class ExecutorBase:
             return Failure(f"worker {worker!r} could not be constructed: {type(exc).__name__}: {exc}"), None
 
         def progress(pct: int, message: str | None) -> None:
-            item = (Progress(key[0], key[1], pct, message),)
+            item = Progress(key[0], key[1], pct, message)
             if threading.get_ident() == loop_thread:
-                self._reports.add(item)
+                self._say(item)
             else:  # a sync worker (or one run in a thread) reports from its thread
-                self._loop.call_soon_threadsafe(self._reports.add, item)
+                self._loop.call_soon_threadsafe(self._say, item)
 
         loop_thread = threading.get_ident()
         ctx = WorkerContext(key[0], previous, upstream, progress, lambda: key in self._cancelled, self.config)
@@ -390,61 +415,6 @@ class ExecutorBase:
             return Failure(f"{type(exc).__name__}: {exc}", should_retry=True), None
         return await self._output(result)  # type: ignore[arg-type]
 
-    async def _output(self, result: Success | Failure) -> tuple[Success | Failure, list[Stored] | None]:
-        """A Success whose data is not plain msgpack: arrays and large values to the object
-        store (and their artifacts), descriptors in the data (kmpray/artifacts.py)."""
-        if not isinstance(result, Success) or is_plain(result.data, self.config.max_output_bytes):
-            return result, None  # the common case: plain msgpack, as before
-        cfg = self.config
-        try:
-            wire, blobs = await asyncio.to_thread(
-                split, result.data or {}, cfg.inline_data_bytes, cfg.max_output_bytes, cfg.max_artifact_bytes,
-                False)  # hashed below, while written
-            stored = list(await asyncio.gather(*(self._store(b) for b in blobs))) if blobs else None
-            check_output(wire, cfg)
-        except InvalidParameters as exc:
-            return Failure(str(exc)), None
-        except Exception as exc:  # the object store or the disk refused it
-            why = f"Success.data: could not be stored ({type(exc).__name__}: {exc})"
-            return Failure(why, should_retry=True), None
-        return Success.model_construct(message=result.message, data=wire), stored
-
-    async def _store(self, blob: Blob) -> Stored:
-        """Put one large value in the object store (this process owns it) and, on the
-        artifact node, write its file meanwhile: both before the result is reported."""
-        put = asyncio.to_thread(ray.put, blob.value)
-        if self._local_artifacts and self._artifacts is not None:
-            ref, _ = await asyncio.gather(put, asyncio.to_thread(self._artifacts.write, blob))  # hashes it
-        else:
-            ref, _ = await asyncio.gather(put, asyncio.to_thread(blob.hash))
-        return Stored(blob.digest, blob.kind, blob.nbytes, ref, self._local_artifacts, blob.where)
-
-    async def _fetch(self, desc: dict[str, Any], refs: dict[str, Any]) -> Any:
-        """One large upstream value: from the object store; if it was lost (its owner or its
-        node died, or the scheduler restarted and holds no reference), from its artifact."""
-        digest, kind = desc["blake3"], desc[MARK]
-        ref = refs.get(digest)
-        if ref is not None:
-            try:
-                return from_stored(kind, await _get(ref))
-            except Exception as exc:
-                log.warning("upstream value %s: the object store gave %s; reading its artifact",
-                            digest[:12], type(exc).__name__)
-        if self._local_artifacts and self._artifacts is not None:
-            with contextlib.suppress(FileNotFoundError):
-                return from_stored(kind, await asyncio.to_thread(self._artifacts.read, desc))
-        # Elsewhere: the scheduler reads the artifact and puts it in the object store again.
-        got = await lookup(SCHEDULER, self.namespace).blob.remote(digest, kind, ref is not None)
-        if got is None:
-            raise LookupError(f"its artifact {digest[:12]}… ({kind}, {desc.get('nbytes')} bytes) is missing")
-        return from_stored(kind, await _get(got[0]))
-
-    async def _upstream(self, upstream: dict[str, Any], refs: dict[str, Any]) -> dict[str, Any]:
-        wanted = {d["blake3"]: d for d in descriptors(upstream)}
-        values = dict(zip(wanted, await asyncio.gather(*(self._fetch(d, refs) for d in wanted.values())),
-                          strict=True))
-        return join(upstream, lambda d: values[d["blake3"]])  # type: ignore[no-any-return]
-
     def _report(self, items: list[Report]) -> Any:
         if self._scheduler is None:
             self._scheduler = lookup(SCHEDULER, self.namespace)
@@ -458,10 +428,6 @@ class ExecutorBase:
             if isinstance(item, Done):
                 self._unreported.pop((item.key, item.run_id), None)
 
-
-async def _get(ref: Any) -> Any:
-    """An object, awaited on this loop, bounded (a node that went may take Ray a while to notice)."""
-    return await asyncio.wait_for(asyncio.wrap_future(ref.future()), FETCH_TIMEOUT_S)
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=10_000)

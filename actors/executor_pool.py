@@ -52,6 +52,9 @@ class ExecutorSlot:
     retired: bool = False  # its node left the cluster: never used again
     dead: set[str] = field(default_factory=set)  # its incarnations seen replaced
     probation: bool = False  # the executor that runs suspects, one at a time, and nothing else
+    # Results it sent in submit answers that this scheduler has stored: said with the next
+    # submit or ping, so it forgets them (actors/replies.py).
+    acks: list[Key] = field(default_factory=list)
 
 
 class ExecutorPool:
@@ -136,9 +139,9 @@ class ExecutorPool:
             return None
         return reserved
 
-    def send_alone(self, i: int, key: Key, run: Run) -> Any:
+    def send_alone(self, i: int, key: Key, run: Run, acks: list[Key] | None = None) -> Any:
         self.alone[i] = key
-        return self.send(i, [key], [run])
+        return self.send(i, [key], [run], acks)
 
     def _probation(self) -> list[ExecutorSlot]:
         """The probation executors, started when first needed (each answers its first
@@ -217,13 +220,18 @@ class ExecutorPool:
             return True
         return False
 
-    def send(self, i: int, keys: list[Key], runs: list[Run]) -> Any:
-        """Hand a batch to executor ``i``; returns the submit's ref (its incarnation)."""
+    def send(self, i: int, keys: list[Key], runs: list[Run], acks: list[Key] | None = None) -> Any:
+        """Hand a batch to executor ``i`` with the acknowledgements due to it (``take_acks``);
+        returns the submit's ref (its answer: kmpray.protocol.Taken)."""
         slot = self.slots[i]
         for key in keys:
             self.held(i, key)
         slot.batch_seq += 1
-        return slot.handle.submit.remote(runs, Fence(self.epoch, slot.batch_seq))
+        return slot.handle.submit.remote(runs, Fence(self.epoch, slot.batch_seq), acks or None)
+
+    def take_acks(self, i: int) -> list[Key]:
+        acks, self.slots[i].acks = self.slots[i].acks, []
+        return acks
 
     def reported(self, key: Key) -> None:
         i = self.where.pop(key, None)
@@ -302,12 +310,15 @@ class ExecutorPool:
         # A blocked loop cannot answer (its watch thread said so): a short ping still sees a
         # restart or death, without holding up the whole round for the full timeout.
         timeout_s = self.config.ping_timeout_s
+        acks = [self.take_acks(s.index) for s in live]
         answers = await asyncio.gather(*(
-            ping(s.handle, BLOCKED_PING_TIMEOUT_S if s.index in self.blocked.light else timeout_s)
-            for s in live
+            ping(s.handle, BLOCKED_PING_TIMEOUT_S if s.index in self.blocked.light else timeout_s, a)
+            for s, a in zip(live, acks, strict=True)
         ))
         resumed = False
-        for s, answer in zip(live, answers, strict=True):
+        for s, answer, acked in zip(live, answers, acks, strict=True):
+            if answer is None:
+                s.acks.extend(acked)  # said again with the next call
             if answer is not None and answer[0] in s.dead:
                 continue  # the process said it is ending (``exiting``): its successor will answer
             if answer is not None:
@@ -372,11 +383,11 @@ class ExecutorPool:
                     self.add(node)
 
 
-async def ping(handle: Any, timeout_s: float) -> Ping | None:
+async def ping(handle: Any, timeout_s: float, acked: list[Key] | None = None) -> Ping | None:
     """An executor's or heavy worker's (incarnation, runs held, node, loop lag ms), or None
-    when it does not answer in time."""
+    when it does not answer in time. ``acked``: results of its submit answers now stored."""
     try:
-        return Ping(*await asyncio.wait_for(handle.ping.remote(), timeout_s))
+        return Ping(*await asyncio.wait_for(handle.ping.remote(acked or None), timeout_s))
     except Exception:
         return None
 

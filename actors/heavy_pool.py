@@ -23,7 +23,7 @@ from ray.exceptions import ActorUnavailableError
 from kmpray.config import EngineConfig
 from kmpray.engine import Dispatch, SchedulerCore
 from kmpray.placement import heavy_demand
-from kmpray.protocol import Holding
+from kmpray.protocol import Began, Done, Holding, Progress
 from kmpray.timing import BLOCKED_PING_TIMEOUT_S, HEAVY_CANCEL_POLL_S, HEAVY_RESTART_POLL_S
 
 from .blocked_loops import BlockedLoops
@@ -32,7 +32,7 @@ from .heavy_worker import HeavyWorker
 from .names import HEAVY
 
 if TYPE_CHECKING:
-    from collections.abc import Coroutine
+    from collections.abc import Coroutine, Iterable
 
 log = logging.getLogger("kmpray.scheduler")
 
@@ -52,6 +52,8 @@ class Host(Protocol):
 
     def _wire(self, d: Dispatch) -> tuple[Any, ...]: ...
 
+    def _hear(self, done: list[Done], progress: Iterable[Progress], began: Iterable[Began]) -> Coroutine[Any, Any, None]: ...
+
 
 
 @dataclass
@@ -64,6 +66,7 @@ class HeavySlot:
     run: RunKey | None = None
     idle_since: float = field(default_factory=time.monotonic)
     unreachable_since: float | None = None
+    acks: list[RunKey] = field(default_factory=list)  # results of its answers stored (see ExecutorSlot)
 
 
 class HeavyPool:
@@ -169,12 +172,13 @@ class HeavyPool:
         slot.run = (d.key, d.run_id)
         self.host.core.note(d.key, ("handed", d.run_id, f"heavy worker {i}", None))
         self.where[slot.run] = i
-        ref = slot.handle.submit.remote([self.host._wire(d)])
+        acks, slot.acks = slot.acks, []
+        ref = slot.handle.submit.remote([self.host._wire(d)], None, acks or None)
         asyncio.ensure_future(self._confirm(i, slot.run, ref))
 
     async def _confirm(self, i: int, key: RunKey, ref: Any) -> None:
         try:
-            incarnation = await ref
+            incarnation, done = await ref
         except Exception as exc:
             # E.g. the actor is restarting after a forced stop: run it again, on a later try.
             log.warning("heavy worker %d did not take %s (%s); re-queued", i, key[0], type(exc).__name__)
@@ -190,6 +194,10 @@ class HeavyPool:
             self.host._kick()
             return
         slot = self.slots[i]
+        if done:  # it ended at once: its result came with the answer (actors/replies.py)
+            await self.host._hear(done, (), ())
+            if self.slots[i] is slot:
+                slot.acks.extend((d.key, d.run_id) for d in done)
         if slot.incarnation is None:
             slot.incarnation = incarnation
         elif incarnation != slot.incarnation:
@@ -251,7 +259,10 @@ class HeavyPool:
                 self.slots[i] = HeavySlot()
                 continue
             blocked = i in self.blocked.heavy
-            answer = await ping(slot.handle, BLOCKED_PING_TIMEOUT_S if blocked else ping_timeout_s)
+            acks, slot.acks = slot.acks, []
+            answer = await ping(slot.handle, BLOCKED_PING_TIMEOUT_S if blocked else ping_timeout_s, acks)
+            if answer is None:
+                slot.acks.extend(acks)
             incarnation = answer.incarnation if answer is not None else None
             if answer is not None and answer.start_waits:
                 self.host.core.stats.started_after(answer.start_waits, self.host.core.clock.now_ms())

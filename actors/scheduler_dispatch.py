@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import ray
@@ -17,7 +18,7 @@ from kmpray.config import EngineConfig
 from kmpray.driver import pump
 from kmpray.engine import Dispatch, SchedulerCore
 from kmpray.placement import assign
-from kmpray.protocol import Run
+from kmpray.protocol import Began, Done, Progress, Run
 from kmpray.store import SqliteTaskStore
 
 from .executor_pool import ExecutorPool
@@ -53,6 +54,7 @@ class SchedulerDispatch:
     if TYPE_CHECKING:  # the actor's
         def _flush(self) -> None: ...
         async def _reconcile(self) -> None: ...
+        async def _hear(self, done: list[Done], progress: Iterable[Progress], began: Iterable[Began]) -> None: ...
 
     def _pump(self) -> None:
         turn = Turn()
@@ -106,20 +108,22 @@ class SchedulerDispatch:
     def _send(self, i: int, part: list[Dispatch], alone: bool = False) -> None:
         keys = [(d.key, d.run_id) for d in part]
         self.messages["submits_sent"] += 1
+        acks = self.pool.take_acks(i)
         if alone:
-            ref = self.pool.send_alone(i, keys[0], self._wire(part[0]))
+            ref = self.pool.send_alone(i, keys[0], self._wire(part[0]), acks)
         else:
-            ref = self.pool.send(i, keys, [self._wire(d) for d in part])
+            ref = self.pool.send(i, keys, [self._wire(d) for d in part], acks)
         if self.core.decisions.maxlen:
             now, node, log_ = self.clock.now_ms(), self.pool.slots[i].node, self.core.decisions
             for d in part:
                 log_.append((now, d.key, ("handed", d.run_id, f"executor {i}", node)))
-        asyncio.ensure_future(self._confirm(i, ref, keys))
+        asyncio.ensure_future(self._confirm(i, ref, keys, acks))
 
-    async def _confirm(self, i: int, ref: Any, keys: list[tuple[str, int]]) -> None:
+    async def _confirm(self, i: int, ref: Any, keys: list[tuple[str, int]], acks: list[tuple[str, int]]) -> None:
         try:
-            incarnation = await ref
+            incarnation, done = await ref
         except Exception as exc:
+            self.pool.slots[i].acks.extend(acks)  # said again with the next call
             # The batch may or may not have arrived: run it again elsewhere (a copy that did
             # arrive reports under its old run id, which is ignored). At-least-once.
             log.warning("executor %d: submit failed (%s)", i, type(exc).__name__)
@@ -133,5 +137,9 @@ class SchedulerDispatch:
             return
         if self.pool.accepted(i, keys, incarnation):
             self._flush()
+        if done:  # results of runs that ended at once (actors/replies.py): stored, then acknowledged
+            self.messages["results_in_answers"] += len(done)
+            await self._hear(done, (), ())
+            self.pool.slots[i].acks.extend((d.key, d.run_id) for d in done)
         if incarnation != self.pool.slots[i].incarnation:
             await self._reconcile()

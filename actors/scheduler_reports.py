@@ -43,6 +43,10 @@ class SchedulerReports:
         """From an executor or heavy worker: results, progress and "began" notices, batched."""
         await self._ready
         self.messages["reports_received"] += 1
+        await self._hear(done, progress, began)
+
+    async def _hear(self, done: list[Done], progress: Iterable[Progress], began: Iterable[Began]) -> None:
+        """A report's content, or the results in a submit's answer (actors/replies.py)."""
         for key, run_id in began:
             self.core.started(key, run_id)
         for key, run_id, pct, message in progress:

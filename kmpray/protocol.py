@@ -101,6 +101,14 @@ class Ping(NamedTuple):
     start_waits: tuple[float, ...] = ()
 
 
+class Taken(NamedTuple):
+    """A submit's answer: the process that took the runs, and the results of those that
+    ended at once (the scheduler acknowledges them with its next submit or ping)."""
+
+    incarnation: str
+    done: list[Done]
+
+
 class Holding(NamedTuple):
     """For a restarted scheduler: runs taken and not reported, and which wait for a slot."""
 

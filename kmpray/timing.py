@@ -34,6 +34,9 @@ SETTLE_POLL_S = 0.5
 #: A run still going this long after its worker began is reported RUNNING on its own
 #: (a shorter run's result says it, with no message of its own).
 STARTED_NOTICE_S = 0.02
+#: A submit answers with the results of its runs that end within this long (actors/replies.py):
+#: a short run costs no report call of its own. A run ending later reports on its own.
+REPLY_WINDOW_S = 0.002
 #: One hop per step: a run is handed over with up to this many chain steps after it, each
 #: to begin on the same executor when the one before succeeds (engine.py _handed_with).
 #: Past it, one ordinary round trip through the scheduler starts the next stretch.

@@ -17,7 +17,7 @@ class _Submit:
     def __init__(self, sent: list[tuple[int, list[Any]]], index: int) -> None:
         self.sent, self.index = sent, index
 
-    def remote(self, runs: list[Any], fence: Any) -> str:
+    def remote(self, runs: list[Any], fence: Any, acks: Any = None) -> str:
         self.sent.append((self.index, runs))
         return f"ref-{len(self.sent)}"
 
