@@ -27,6 +27,7 @@ from kmpray.engine import SchedulerCore
 from kmpray.errors import StoreRefused
 from kmpray.placement import heavy_demand, placeable
 from kmpray.platforms import profile
+from kmpray.shards import share
 from kmpray.store import SqliteTaskStore
 from kmpray.timing import (
     ANSWER_RETENTION_S,
@@ -79,12 +80,16 @@ class SchedulerActor(
         self.state_dir = state_dir
         self.config = EngineConfig.model_validate(config)
         # Shard k of the engine: its own store, artifacts and timers (names.py), and its
-        # share of admission control; shard 0 keeps the files of an unsharded engine.
+        # share of admission control and of the heavy workers (each shard's pool: at least
+        # one, so its heavy work never waits for a pool another shard's workers fill);
+        # shard 0 keeps the files of an unsharded engine.
         self.shard = shard_index(namespace)
-        shards = self.config.scheduler_shards
+        shards, cfg = self.config.scheduler_shards, self.config
         if shards > 1:
-            share = -(-self.config.max_pending_tasks // shards)  # rounded up
-            self.config = self.config.model_copy(update={"max_pending_tasks": share})
+            self.config = cfg.model_copy(update={
+                "max_pending_tasks": -(-cfg.max_pending_tasks // shards),  # rounded up
+                "heavy_pool_size": share(cfg.heavy_pool_size, shards, self.shard, min(1, cfg.heavy_pool_size)),
+            })
         self.home = str(Path(state_dir) / f"shard-{self.shard}") if self.shard else state_dir
         try:
             self._restore(self.home, virtual_time, platform, clock_start_ms)

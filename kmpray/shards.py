@@ -26,6 +26,15 @@ def shard_of(name: str, shards: int) -> int:
     return zlib.crc32(str(name).encode("utf-8", "surrogatepass")) % shards
 
 
+def share(total: int, shards: int, index: int, at_least: int = 0) -> int:
+    """Shard ``index``'s share of an engine-wide limit: ``total`` split evenly, the first
+    shards taking the remainder, and no share under ``at_least`` (a pool of 0 would never
+    run its shard's work). One shard: the whole."""
+    if shards <= 1:
+        return total
+    return max(at_least, total // shards + (1 if index < total % shards else 0))
+
+
 def split(ids: list[str], shards: int) -> dict[int, list[int]]:
     """Positions of ``ids`` by the shard each hashes to, each shard's in their order."""
     out: dict[int, list[int]] = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import zlib
 from collections import Counter
 
-from kmpray.shards import merge_status, reassemble, shard_of, split
+from kmpray.shards import merge_status, reassemble, shard_of, share, split
 
 
 def test_a_name_always_lands_on_the_same_shard_and_names_spread() -> None:
@@ -49,3 +49,12 @@ def test_status_adds_counts_keeps_the_worst_latency_and_shard_zeros_names() -> N
     assert [(s["shard"], s["pending"], s["counts"]) for s in got["shards"]] == [
         (0, 3, a["counts"]), (1, 4, b["counts"])]
     assert merge_status([a]) is a  # one shard: its own answer, untouched
+
+
+def test_a_limit_is_shared_evenly_the_first_shards_taking_the_remainder() -> None:
+    assert [share(5, 2, k) for k in range(2)] == [3, 2]
+    assert [share(2, 2, k) for k in range(2)] == [1, 1]
+    assert share(7, 1, 0) == 7
+    # A heavy pool never shrinks to nothing on a shard while the engine has one.
+    assert [share(1, 3, k, at_least=1) for k in range(3)] == [1, 1, 1]
+    assert [share(0, 3, k, at_least=0) for k in range(3)] == [0, 0, 0]

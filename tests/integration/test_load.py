@@ -22,10 +22,6 @@ from .helpers import ONE_SHARD
 pytestmark = pytest.mark.slow
 
 
-# On two shards the heavy operations of one shard never start here: each shard has its own
-# heavy pool (1 CPU per heavy worker), the first shard's takes this machine's 2 CPUs and the
-# other's waits, "0 of 2 placed (starting)" (issue #14 asks for one shared pool).
-@ONE_SHARD
 def test_open_loop_over_two_clients_measures_every_kind(engines: Any) -> None:
     sched = engines()
     register(sched)

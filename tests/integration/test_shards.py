@@ -108,6 +108,20 @@ def test_one_name_from_many_threads_runs_once_and_appended_work_lives_with_it(
     assert [s["counts"]["ENQUEUED"] for s in two.status()["shards"]] == [0, 1]
 
 
+def test_each_shard_runs_heavy_work_while_the_other_shards_heavy_workers_are_warm(two: Any) -> None:
+    """Each shard's heavy pool is its share of ``heavy_pool_size`` (one of two here). With a
+    pool of two per shard, the first shard's idle warm workers held both CPUs of this
+    machine and the second shard's heavy task waited for them to retire (300 s):
+    ``waiting for a heavy worker: 0 of 2 placed (starting)``."""
+    heavy = kmpray.Constraints(is_heavy_task=True)
+    first, second = ids_on(0, "hv", 1)[0], ids_on(1, "hv", 1)[0]
+    two.enqueue(first, ONCE, "Noop", constraints=heavy)
+    assert two.wait(first, timeout_s=60).state is TaskState.SUCCEEDED
+    two.enqueue(second, ONCE, "Noop", constraints=heavy)
+    assert two.wait(second, timeout_s=60).state is TaskState.SUCCEEDED
+    assert two.status()["heavy"]["pool"] == 2  # one per shard, as heavy_pool_size=2 asks in all
+
+
 def test_engine_wide_calls_see_every_shard(two: Any) -> None:
     later = TaskTrigger.OneTime(3_600_000)
     names = ids_on(0, "w", 2) + ids_on(1, "w", 2)
