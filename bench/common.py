@@ -30,7 +30,26 @@ def ray_up(address: str | None = None) -> Any:
 def engine(namespace: str, **kw: Any) -> Any:
     import kmpray
 
-    return kmpray.connect(namespace=namespace, state_dir=tempfile.mkdtemp(prefix=f"kmpray-{namespace}-"), **kw)
+    sched = kmpray.connect(namespace=namespace, state_dir=tempfile.mkdtemp(prefix=f"kmpray-{namespace}-"), **kw)
+    config = kw.get("config") or kmpray.EngineConfig()
+    settle(sched, config.chain_coordinators)
+    return sched
+
+
+def settle(sched: Any, coordinators: int = 2, timeout_s: float = 60) -> None:
+    """Until every actor of the engine has started: connect() returns once the scheduler
+    serves, and the chain coordinators, asked for last, may still be starting (a process
+    start and its imports: ~1 s of CPU each here), which would land in the first figures
+    a benchmark measures (its baseline, often)."""
+    import ray
+
+    from kmpray.actors.names import CHAIN
+
+    shards = [sched.namespace] + [f"{sched.namespace}~shard{k}" for k in range(1, getattr(sched, "shards", 1))]
+    refs = []
+    for ns in shards:
+        refs += [ray.get_actor(CHAIN.format(i), namespace=ns).stats.remote() for i in range(coordinators)]
+    ray.get(refs, timeout=timeout_s)
 
 
 def drain(sched: Any, timeout_s: float = 180) -> bool:
