@@ -24,7 +24,7 @@ from .enums import TaskState
 from .models import TaskInfo
 from .platforms import PlatformProfile
 from .queues import Deadlines, ReadyQueue, TimerQueue
-from .records import TaskRecord
+from .records import TaskRecord, TaskTable
 from .results import Failure, Retry, Success
 from .run_stats import RunStats
 
@@ -37,7 +37,7 @@ class Core(Protocol):
     is_registered: Callable[[str], bool]
     is_known: Callable[[str], bool]
     # ---- the task table and its indexes
-    tasks: dict[str, TaskRecord]
+    tasks: TaskTable
     names: dict[str, list[str]]  # name -> row keys, oldest first
     dependents: dict[str, list[str]]  # row key -> rows appended after it
     chains: dict[str, ChainRecord]

@@ -40,7 +40,7 @@ from .merging import merge
 from .platforms import PlatformProfile
 from .protocol import Step
 from .queues import Deadlines, ReadyQueue, TimerQueue, sequence
-from .records import TaskRecord
+from .records import TaskRecord, TaskTable
 from .restore import Restoring
 from .results import Failure, Retry, Success
 from .run_stats import RunStats
@@ -75,7 +75,7 @@ class SchedulerCore(UniqueWork, Restoring, ChainRules, Conditions, Explaining):
         # A worker registered before a restart but not yet again: its runs wait, not fail.
         self.is_known = is_known
         self._parked: dict[str, list[str]] = {}
-        self.tasks: dict[str, TaskRecord] = {}
+        self.tasks: TaskTable = TaskTable()  # with its counts per shown state (records.py)
         self.names: dict[str, list[str]] = {}  # name -> row keys, oldest first
         self.dependents: dict[str, list[str]] = {}
         self.chains: dict[str, ChainRecord] = {}
@@ -124,8 +124,7 @@ class SchedulerCore(UniqueWork, Restoring, ChainRules, Conditions, Explaining):
 
     def counts(self) -> dict[str, int]:
         out = {s.value: 0 for s in TaskState}
-        for rec in self.tasks.values():
-            out[rec.shown_state.value] += 1
+        out.update((s.value, n) for s, n in self.tasks.shown.items())
         return out
 
     def next_due_ms(self, lead_ms: int = 0) -> int | None:

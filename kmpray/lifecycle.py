@@ -31,7 +31,9 @@ the timer and ready queues, events, cascades and persistence are the core's
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import functools
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .enums import TaskState, shown_state
 from .policies import appended_state
@@ -41,8 +43,24 @@ if TYPE_CHECKING:
     from .records import TaskRecord
 
 Result = Success | Failure | Retry
+F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _counted(transition: F) -> F:
+    """The record's table (records.TaskTable) is told when what users see changes."""
+
+    @functools.wraps(transition)
+    def change(rec: TaskRecord, *args: Any, **kwargs: Any) -> Any:
+        before = shown_state(rec.state, rec.started)
+        out = transition(rec, *args, **kwargs)
+        if rec.table is not None and (after := shown_state(rec.state, rec.started)) is not before:
+            rec.table.moved(before, after)
+        return out
+
+    return change  # type: ignore[return-value]
+
+
+@_counted
 def arrive(rec: TaskRecord, prerequisites: list[TaskState]) -> TaskState:
     """A new row's first state, from the states of the work it waits for (none: ENQUEUED).
     A failed or cancelled prerequisite ends it at once, the way APPEND work ends in
@@ -58,6 +76,7 @@ def arrive(rec: TaskRecord, prerequisites: list[TaskState]) -> TaskState:
     return rec.state
 
 
+@_counted
 def dispatch(rec: TaskRecord, start_at_ms: int | None, now: int) -> None:
     """ENQUEUED -> RUNNING: handed to an executor as a new run (not begun yet)."""
     assert rec.state is TaskState.ENQUEUED, rec.state
@@ -70,6 +89,7 @@ def dispatch(rec: TaskRecord, start_at_ms: int | None, now: int) -> None:
     rec.updated_at_ms = now
 
 
+@_counted
 def began(rec: TaskRecord, run_id: int) -> bool:
     """The run's worker began; False for a report about another (stale) run."""
     if rec.state is not TaskState.RUNNING or rec.run_id != run_id:
@@ -78,6 +98,7 @@ def began(rec: TaskRecord, run_id: int) -> bool:
     return True
 
 
+@_counted
 def requeue(rec: TaskRecord, now: int) -> int:
     """RUNNING -> ENQUEUED: the run was lost (its executor died or gave it back) or a restart
     interrupted it. Not counted as an attempt. Returns when it is due again (a run handed
@@ -88,6 +109,7 @@ def requeue(rec: TaskRecord, now: int) -> int:
     return max(now, rec.next_run_at_ms or now)
 
 
+@_counted
 def adopt(rec: TaskRecord, run_id: int, began_: bool, now: int) -> None:
     """ENQUEUED -> RUNNING right after a restart: an executor still holds this run."""
     assert rec.state is TaskState.ENQUEUED, rec.state
@@ -100,6 +122,7 @@ def adopt(rec: TaskRecord, run_id: int, began_: bool, now: int) -> None:
     rec.run_attempt_count += 1
 
 
+@_counted
 def retry(rec: TaskRecord, result: Failure | Retry) -> None:
     """RUNNING -> ENQUEUED: the run asked to be retried (the attempt counts)."""
     assert rec.state is TaskState.RUNNING, rec.state
@@ -107,6 +130,7 @@ def retry(rec: TaskRecord, result: Failure | Retry) -> None:
     rec.result = result
 
 
+@_counted
 def recur(rec: TaskRecord, result: Result) -> None:
     """RUNNING -> ENQUEUED: periodic or event-triggered work ran; it waits for its next turn."""
     assert rec.state is TaskState.RUNNING, rec.state
@@ -116,12 +140,14 @@ def recur(rec: TaskRecord, result: Result) -> None:
     rec.run_attempt_count = 0
 
 
+@_counted
 def promote(rec: TaskRecord) -> None:
     """BLOCKED -> ENQUEUED: every prerequisite SUCCEEDED."""
     assert rec.state is TaskState.BLOCKED, rec.state
     rec.state = TaskState.ENQUEUED
 
 
+@_counted
 def finish(rec: TaskRecord, state: TaskState, result: Result | None, ran: bool = False) -> bool:
     """Unfinished -> SUCCEEDED, FAILED or CANCELLED. ``ran``: a run's own result ended it.
     Returns whether a run was out (RUNNING) when it ended."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,42 @@ from .triggers import OneTime, Trigger
 _TRIGGER: TypeAdapter[Trigger] = TypeAdapter(Trigger)
 _RESULT: TypeAdapter[Success | Failure | Retry] = TypeAdapter(Result)
 _ONE_TIME = OneTime()
+
+
+class TaskTable(dict[str, "TaskRecord"]):
+    """The core's tasks by row key, with how many are shown in each state, kept as rows
+    come, go and change (lifecycle.py tells it): ``status()`` and the dashboard read the
+    counts often, and a scan of every row took 65 ms per 200,000 tasks, on the
+    scheduler's one thread. Rows enter by ``table[key] = rec`` and leave by ``pop``."""
+
+    __slots__ = ("shown",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shown: Counter[TaskState] = Counter()
+
+    def __setitem__(self, key: str, rec: TaskRecord) -> None:
+        old = self.get(key)
+        if old is not None:
+            self.shown[old.shown_state] -= 1
+            old.table = None
+        super().__setitem__(key, rec)
+        rec.table = self
+        self.shown[rec.shown_state] += 1
+
+    def __delitem__(self, key: str) -> None:
+        self.pop(key)
+
+    def pop(self, key: str, *default: Any) -> Any:
+        rec = super().pop(key, *default)
+        if isinstance(rec, TaskRecord) and rec.table is self:
+            self.shown[rec.shown_state] -= 1
+            rec.table = None
+        return rec
+
+    def moved(self, before: TaskState, after: TaskState) -> None:
+        self.shown[before] -= 1
+        self.shown[after] += 1
 
 
 @dataclass(slots=True, eq=False)
@@ -70,6 +107,8 @@ class TaskRecord:
     # Why it waits for an executor was noted (explain): once per spell of waiting, not
     # at every try (a suspect waiting to run alone is tried at each report).
     noted_wait: bool = field(default=False, repr=False)
+    # The TaskTable holding it (None outside one): told of each change of its shown state.
+    table: TaskTable | None = field(default=None, repr=False)
 
     @property
     def shown_state(self) -> TaskState:

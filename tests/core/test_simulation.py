@@ -24,8 +24,8 @@ import pytest
 from kmpray import Constraints, ExistingPolicy, ExistingWorkPolicy, ScheduleResult, TaskState, TaskTrigger
 from kmpray.driver import pump
 from kmpray.engine import Dispatch
-from kmpray.results import Failure, Retry, Success
 from kmpray.memory_store import MemoryTaskStore
+from kmpray.results import Failure, Retry, Success
 
 from .conftest import Harness
 
@@ -189,6 +189,9 @@ class Sim(Harness):
             del self.runs_seen[key]
 
     def check(self) -> None:
+        # The counts status() shows, kept as rows change, equal a count of every row.
+        scanned = Counter(rec.shown_state.value for rec in self.core.tasks.values())
+        assert {k: n for k, n in self.core.counts().items() if n} == dict(scanned), "state counts drifted"
         for name, keys in self.core.names.items():
             live = [k for k in keys if not self.core.tasks[k].state.is_finished
                     and self.core.tasks[k].state is not TaskState.BLOCKED]
