@@ -5,7 +5,9 @@ of SchedulerActor (scheduler.py): the attributes below are the actor's."""
 from __future__ import annotations
 
 import asyncio
+import heapq
 from collections import Counter, deque
+from operator import attrgetter
 from typing import Any
 
 import ray
@@ -142,6 +144,23 @@ class SchedulerReads:
         if core_reason is not None and shown is not None and shown["message"] != core_reason.message:
             text = text.replace(core_reason.message, shown["message"], 1)
         return text
+
+    async def newest_tasks(self, state: str | None, worker: str | None, limit: int) -> dict[str, Any]:
+        """The dashboard's table: how many tasks match, every worker class with tasks, and
+        the ``limit`` most recently updated that match, newest first. One pass over the
+        rows, and only those shown made into TaskInfo (``list_tasks`` makes every row's:
+        seconds per call, once a second, with hundreds of thousands of tasks held)."""
+        await self._ready
+        wanted = TaskState(state) if state else None
+        workers: set[str] = set()
+        rows = []
+        for rec in self.core.tasks.values():
+            workers.add(rec.worker)
+            if (wanted is None or rec.shown_state is wanted) and (worker is None or rec.worker == worker):
+                rows.append(rec)
+        newest = heapq.nlargest(limit, rows, key=attrgetter("updated_at_ms"))
+        places = self.core.places_in_line() if newest else {}
+        return {"total": len(rows), "workers": sorted(workers), "tasks": [self._info(r, places) for r in newest]}
 
     async def list_tasks(self, state: str | None = None) -> list[dict[str, Any]]:
         await self._ready

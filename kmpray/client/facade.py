@@ -7,6 +7,7 @@ actors are imported when ``connect()`` runs, never at ``import kmpray``.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import os
 import sys
@@ -298,6 +299,16 @@ class BackgroundTaskScheduler(Waiting, Routing):
     def list_tasks(self, state: TaskState | None = None) -> TaskList:
         parts = self._each("list_tasks", TaskState(state).value if state is not None else None)
         return TaskList(TaskInfo.model_validate(r) for raw in parts for r in raw)
+
+    def newest_tasks(
+        self, state: TaskState | None = None, worker: str | None = None, limit: int = 2000
+    ) -> tuple[int, list[str], list[TaskInfo]]:
+        """For the dashboard: (how many match, the worker classes with tasks, the ``limit``
+        most recently updated that match, newest first), picked on each shard."""
+        parts = self._each("newest_tasks", TaskState(state).value if state is not None else None, worker, limit)
+        rows = heapq.nlargest(limit, (r for p in parts for r in p["tasks"]), key=lambda r: r["updated_at_ms"])
+        workers = sorted({w for p in parts for w in p["workers"]})
+        return sum(int(p["total"]) for p in parts), workers, [TaskInfo.model_validate(r) for r in rows]
 
     def wait(
         self,

@@ -96,16 +96,10 @@ def create_app(scheduler: Any, token: str | None = None, poll_s: float = 1.0) ->
         state = _state_param(request)
         worker = request.query_params.get("worker") or None
         limit = _int_param(request, "limit", MAX_ROWS, 1, MAX_ROWS)
-        listed = await run_in_threadpool(scheduler.list_tasks, state)
-        rows = [t for t in listed if worker is None or t.worker_class_name == worker]
-        rows.sort(key=lambda t: t.updated_at_ms, reverse=True)
-        workers = sorted({t.worker_class_name for t in listed})
+        # Picked on the scheduler's side: only the rows shown cross the wire.
+        total, workers, rows = await run_in_threadpool(scheduler.newest_tasks, state, worker, limit)
         return JSONResponse(
-            {
-                "total": len(rows),
-                "tasks": [t.model_dump(mode="json") for t in rows[:limit]],
-                "workers": workers,
-            }
+            {"total": total, "tasks": [t.model_dump(mode="json") for t in rows], "workers": workers}
         )
 
     async def task(request: Request) -> Response:

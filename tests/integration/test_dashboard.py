@@ -77,7 +77,13 @@ def test_the_api_lists_filters_and_answers_bad_input_with_400_and_404(sched: Any
         assert {t["state"] for t in done} == {"SUCCEEDED"} and "api-b" not in {t["id"] for t in done}
         blocks = client.get("/api/tasks", params={"worker": "Blocks"}).json()["tasks"]
         assert [t["id"] for t in blocks] == ["api-b"] and blocks[0]["state"] == "RUNNING"
-        assert len(client.get("/api/tasks", params={"limit": 2}).json()["tasks"]) == 2
+        # Newest first, picked on the scheduler's side: a limit keeps the newest, and the
+        # total still counts every match.
+        stamps = [t["updated_at_ms"] for t in listed["tasks"]]
+        assert stamps == sorted(stamps, reverse=True) and listed["total"] == len(listed["tasks"])
+        two = client.get("/api/tasks", params={"limit": 2}).json()
+        assert two["total"] == listed["total"]
+        assert [t["id"] for t in two["tasks"]] == [t["id"] for t in listed["tasks"][:2]]
 
         for params, field in (
             ({"state": "DONE"}, "state"),
