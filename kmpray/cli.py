@@ -84,7 +84,8 @@ def status(address: str | None, namespace: str, state_dir: str | None, as_json: 
     if m := info.get("messages"):
         click.echo(f"  scheduler since start: {m.get('enqueue_calls', 0)} enqueue calls, "
                    f"{m.get('commits', 0)} commits, {m.get('submits_sent', 0)} submits, "
-                   f"{m.get('reports_received', 0)} reports")
+                   f"{m.get('reports_received', 0)} reports, "
+                   f"{m.get('results_in_answers', 0)} results in submit answers")
     if runs := info.get("runs"):  # the figures the dashboard plots
         starts = runs.get("start_ms", {})
         done = runs.get("finished", {})

@@ -98,7 +98,10 @@ def test_inspect_and_cancel_a_live_engine(vengine, ray_session) -> None:  # type
     counts = _json.loads(status.stdout)["counts"]
     assert (counts["SUCCEEDED"], counts["ENQUEUED"]) == (1, 1)
     messages = _json.loads(status.stdout)["messages"]  # what the two enqueues and one run cost
-    assert messages["enqueue_calls"] >= 2 and messages["submits_sent"] >= 1 and messages["reports_received"] >= 1
+    assert messages["enqueue_calls"] >= 2 and messages["submits_sent"] >= 1
+    # The run's result came back by a report of its own, or in its submit's answer (a run
+    # that ends within 2 ms of arriving; its class was loaded already).
+    assert messages.get("reports_received", 0) + messages.get("results_in_answers", 0) >= 1
     assert 1 <= messages["commits"]
 
     text_status = cli("status", *engine)
