@@ -79,12 +79,17 @@ def test_a_short_runs_result_comes_with_the_submit_answer_and_is_acknowledged(en
 
     sched.enqueue("first", TaskTrigger.OneTime(), "Echo")  # loads the class: longer than the window
     assert sched.wait("first", timeout_s=30).state is TaskState.SUCCEEDED
+    # Five short runs one after another: each result arrives once, by the answer or (a run
+    # held up past the 2 ms window, e.g. its process descheduled on a busy machine) by a
+    # report; on a working engine most ride the answer.
     before = dict(sched.status()["messages"])
-    sched.enqueue("short", TaskTrigger.OneTime(), "Echo")
-    assert sched.wait("short", timeout_s=30).state is TaskState.SUCCEEDED
+    for i in range(5):
+        sched.enqueue(f"short{i}", TaskTrigger.OneTime(), "Echo")
+        assert sched.wait(f"short{i}", timeout_s=30).state is TaskState.SUCCEEDED
     after = dict(sched.status()["messages"])
-    assert after.get("results_in_answers", 0) - before.get("results_in_answers", 0) == 1
-    assert after.get("reports_received", 0) == before.get("reports_received", 0)  # no report call of its own
+    answered = after.get("results_in_answers", 0) - before.get("results_in_answers", 0)
+    reported = after.get("reports_received", 0) - before.get("reports_received", 0)
+    assert answered >= 1 and answered + reported == 5, (answered, reported)
     # Acknowledged with the next ping (every second): the executor forgets it.
     until(lambda: peek(lambda self: not self._replies.kept and not self._unreported), timeout_s=10,
           what="the executor's kept result acknowledged")
@@ -110,16 +115,23 @@ def test_a_result_whose_answer_was_lost_is_held_and_reported_to_the_scheduler_th
     def peek(fn: Any) -> Any:
         return ray.get(executor.__ray_call__.remote(fn), timeout=30)
 
-    run = Run("ghost", 1, "Echo", version, None, None, 0, None, None)
-    taken = ray.get(executor.submit.remote([run]), timeout=30)
-    assert [(d.key, d.run_id, d.result[0]) for d in taken.done] == [("ghost", 1, "s")]  # a Success
+    # A run may miss the 2 ms window on a busy machine (then it reports on its own): try a
+    # few ghosts until one's result comes in the answer.
+    for n in range(1, 6):
+        run = Run("ghost", n, "Echo", version, None, None, 0, None, None)
+        taken = ray.get(executor.submit.remote([run]), timeout=30)
+        if taken.done:
+            break
+    assert [(d.key, d.run_id, d.result[0]) for d in taken.done] == [("ghost", n, "s")]  # a Success
+    until(lambda: peek(lambda self: len(self._unreported) == 1), timeout_s=10,
+          what="the missed ghosts' own reports delivered")
     reports = sched.status()["messages"].get("reports_received", 0)
-    assert peek(lambda self: list(self._replies.kept)) == [("ghost", 1)]  # nobody acknowledged it
+    assert peek(lambda self: list(self._replies.kept)) == [("ghost", n)]  # nobody acknowledged it
     held = ray.get(executor.holding.remote(), timeout=30)
-    assert ("ghost", 1) in [tuple(k) for k in held.held]
+    assert ("ghost", n) in [tuple(k) for k in held.held]
     # Reported by a call of its own to the scheduler (which knows no such run and ignores it),
     # then forgotten.
-    until(lambda: peek(lambda self: ("ghost", 1) not in self._unreported), timeout_s=10,
+    until(lambda: peek(lambda self: ("ghost", n) not in self._unreported), timeout_s=10,
           what="the lost answer's result reported again")
     assert sched.status()["messages"].get("reports_received", 0) > reports
     assert peek(lambda self: not self._replies.kept)
