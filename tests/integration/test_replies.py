@@ -8,8 +8,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from kmpray import EngineConfig, TaskState, TaskTrigger
 from kmpray.actors.replies import Replies
+
+from kmpray import EngineConfig, TaskState, TaskTrigger
 from kmpray.protocol import Done, Run
 
 from .helpers import ONE_SHARD, until
