@@ -230,8 +230,7 @@ class ExecutorPool:
         return slot.handle.submit.remote(runs, Fence(self.epoch, slot.batch_seq), acks or None)
 
     def take_acks(self, i: int) -> list[Key]:
-        acks, self.slots[i].acks = self.slots[i].acks, []
-        return acks
+        return take_acks(self.slots[i])
 
     def reported(self, key: Key) -> None:
         i = self.where.pop(key, None)
@@ -381,6 +380,14 @@ class ExecutorPool:
                 log.info("node %s joined: starting its executors", node)
                 for _ in range(executors_for(info)):
                     self.add(node)
+
+
+def take_acks(slot: Any) -> list[Key]:
+    """The acknowledgements due to an executor's or heavy worker's slot, to send now (put
+    back in ``slot.acks`` if the call carrying them fails)."""
+    acks: list[Key] = slot.acks
+    slot.acks = []
+    return acks
 
 
 async def ping(handle: Any, timeout_s: float, acked: list[Key] | None = None) -> Ping | None:

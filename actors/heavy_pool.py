@@ -27,7 +27,7 @@ from kmpray.protocol import Began, Done, Holding, Progress
 from kmpray.timing import BLOCKED_PING_TIMEOUT_S, HEAVY_CANCEL_POLL_S, HEAVY_RESTART_POLL_S
 
 from .blocked_loops import BlockedLoops
-from .executor_pool import ping
+from .executor_pool import ping, take_acks
 from .heavy_worker import HeavyWorker
 from .names import HEAVY
 
@@ -172,8 +172,7 @@ class HeavyPool:
         slot.run = (d.key, d.run_id)
         self.host.core.note(d.key, ("handed", d.run_id, f"heavy worker {i}", None))
         self.where[slot.run] = i
-        acks, slot.acks = slot.acks, []
-        ref = slot.handle.submit.remote([self.host._wire(d)], None, acks or None)
+        ref = slot.handle.submit.remote([self.host._wire(d)], None, take_acks(slot) or None)
         asyncio.ensure_future(self._confirm(i, slot.run, ref))
 
     async def _confirm(self, i: int, key: RunKey, ref: Any) -> None:
@@ -259,7 +258,7 @@ class HeavyPool:
                 self.slots[i] = HeavySlot()
                 continue
             blocked = i in self.blocked.heavy
-            acks, slot.acks = slot.acks, []
+            acks = take_acks(slot)
             answer = await ping(slot.handle, BLOCKED_PING_TIMEOUT_S if blocked else ping_timeout_s, acks)
             if answer is None:
                 slot.acks.extend(acks)

@@ -42,12 +42,11 @@ def settle(sched: Any, coordinators: int = 2, timeout_s: float = 60) -> None:
     start and its imports: ~1 s of CPU each here), which would land in the first figures
     a benchmark measures (its baseline, often)."""
     import ray
+    from kmpray.actors.names import CHAIN, shard_namespace
 
-    from kmpray.actors.names import CHAIN
-
-    shards = [sched.namespace] + [f"{sched.namespace}~shard{k}" for k in range(1, getattr(sched, "shards", 1))]
     refs = []
-    for ns in shards:
+    for k in range(getattr(sched, "shards", 1)):
+        ns = shard_namespace(sched.namespace, k)
         refs += [ray.get_actor(CHAIN.format(i), namespace=ns).stats.remote() for i in range(coordinators)]
     ray.get(refs, timeout=timeout_s)
 
