@@ -32,6 +32,7 @@ from .conftest import Harness
 SEEDS = 200
 STEPS = 120
 EXECUTORS = 3
+DROPPED, ANSWER_LOST = 0.08, 0.05  # of the reports delivered during the fault schedule
 RunKey = tuple[str, int]
 
 
@@ -142,11 +143,19 @@ class Sim(Harness):
         self.rng.shuffle(due)  # reordered
         for msg in due:
             self.net.remove(msg)
-            _at, _i, key, result = msg
+            _at, i, key, result = msg
+            fate = 1.0 if everything else self.rng.random()
+            if fate < DROPPED:  # the call failed on the way: the outbox keeps it and tries again
+                self.net.append((self.step_no + self.rng.randint(1, 6), i, key, result))
+                self.trace.append(f"report {key} dropped, resent later")
+                continue
             self.where.pop(key, None)
             if self.core.complete(key[0], key[1], result):
                 self.counted[key] += 1
                 assert self.counted[key] == 1, f"run {key} counted twice"
+            if fate < DROPPED + ANSWER_LOST:  # it arrived, its answer did not: sent again
+                self.net.append((self.step_no + self.rng.randint(1, 6), i, key, result))
+                self.trace.append(f"report {key} answer lost, resent later")
         self.core.release_unplaced()
         self.flush()
 
