@@ -25,6 +25,7 @@ from kmpray.config import EngineConfig
 from kmpray.device import DeviceState
 from kmpray.engine import SchedulerCore
 from kmpray.errors import StoreRefused
+from kmpray.event_codec import encode_event
 from kmpray.placement import heavy_demand, placeable
 from kmpray.platforms import profile
 from kmpray.shards import share
@@ -42,7 +43,6 @@ from kmpray.watch import FileWatcher
 
 from .adoption import adopt_held_runs
 from .blocked_loops import BlockedLoops
-from .event_broker import encode_event
 from .executor_pool import ExecutorPool, executors_for
 from .heavy_pool import HeavyPool
 from .memory_cap import give_back

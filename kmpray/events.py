@@ -43,13 +43,6 @@ class TaskProgressEvent(Frozen):
 Event = Annotated[Union[TaskCompletionEvent, TaskProgressEvent], Field(discriminator="kind")]
 
 
-class StoredEvent(Frozen):
-    """An event as the broker hands it out: its cursor and the event itself."""
-
-    cursor: int
-    event: Event
-
-
 class EventBackend(Protocol):
     """What a connected bus talks to (the EventBroker actor, through the client)."""
 

@@ -40,7 +40,7 @@ class Subscription:
             self._thread.start()
 
     def _take(self, rows: list[tuple[int, bytes]]) -> None:
-        from kmpray.actors.event_broker import decode_events
+        from ..event_codec import decode_events
 
         self._buffer.extend(decode_events(rows))
         if rows and (not self._buffer or self._buffer[-1][0] != rows[-1][0]):
@@ -132,7 +132,7 @@ class EventBus:
         self._broker = broker
 
     def emit(self, event: TaskCompletionEvent | TaskProgressEvent) -> None:
-        from kmpray.actors.event_broker import encode_event
+        from ..event_codec import encode_event
 
         if not isinstance(event, (TaskCompletionEvent, TaskProgressEvent)):
             raise TypeError(

@@ -14,7 +14,8 @@ from kmpray import EngineConfig, TaskRequest, TaskState, TaskTrigger
 from .helpers import ONE_SHARD, until
 from .workers import register_all
 
-pytestmark = pytest.mark.ray
+# Counts one scheduler's executors and blocks them (per shard, each shard has its own).
+pytestmark = [pytest.mark.ray, ONE_SHARD]
 ONCE = TaskTrigger.OneTime()
 
 
@@ -118,7 +119,6 @@ def test_after_n_blocks_a_class_runs_in_a_thread_by_itself(engines: Any, tmp_pat
     assert sched.status()["loop_blocks"] == {"Blocker": 2}
 
 
-@ONE_SHARD  # it sends shard 0's scheduler a notice
 def test_a_lost_unblocked_notice_does_not_stall_an_executor_for_good(engines: Any) -> None:
     """The "unblocked" notice is a one-way message from the executor's watch thread; if it
     is lost, the next ping the executor answers proves its loop runs, and it serves again."""
