@@ -37,7 +37,8 @@ from .subscription import EventBus
 from .waiting import TaskNotFound, Waiting
 
 log = logging.getLogger("kmpray")
-
+_NOW = OneTime()  # the trigger of every TaskRequest in a bulk enqueue (frozen: one will do)
+_NOW_PAYLOAD = _NOW.model_dump(mode="json")
 
 
 def ship_class(cls: type) -> bytes:
@@ -52,6 +53,8 @@ def ship_class(cls: type) -> bytes:
 
 
 def _trigger_payload(trigger: Any) -> Any:
+    if trigger is _NOW:
+        return dict(_NOW_PAYLOAD)
     return trigger.model_dump(mode="json") if hasattr(trigger, "model_dump") else trigger
 
 
@@ -227,12 +230,12 @@ class BackgroundTaskScheduler(Waiting, Routing):
         items = []
         for req in requests:
             if isinstance(req, TaskRequest):
-                items.append(self._item(req.id, OneTime(), req.worker_class_name, req.input, req.constraints))
+                items.append(self._item(req.id, _NOW, req.worker_class_name, req.input, req.constraints))
             else:
                 items.append(
                     self._item(
                         req.get("id"),  # type: ignore[arg-type]
-                        req.get("trigger", OneTime()),
+                        req.get("trigger", _NOW),
                         req.get("worker_class_name"),  # type: ignore[arg-type]
                         req.get("input"),
                         req.get("constraints"),
