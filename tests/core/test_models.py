@@ -112,3 +112,12 @@ def test_mergers() -> None:
     assert merge(InputMerger.ARRAY, outs) == {"a": [1, 2], "b": [1, 2]}
     with pytest.raises(InvalidParameters, match="'a'"):
         merge(InputMerger.ARRAY, [{"a": 1}, {"a": "x"}])
+
+
+def test_a_field_given_positionally_and_by_name_or_alias_is_refused() -> None:
+    from kmpray import TaskRequest
+
+    assert TaskRequest("W", id="a").worker_class_name == "W"
+    for kw in ({"worker_class_name": "X"}, {"workerClassName": "X"}):
+        with pytest.raises(TypeError, match="got 'worker_class_name' twice"):
+            TaskRequest("W", **kw)
