@@ -41,6 +41,7 @@ from .chaos_common import (
     answers_after,
     ledger_lines,
     ledger_starts,
+    rerun_after_kills,
     scheduler_status,
     terminal_events,
 )
@@ -65,6 +66,7 @@ class Nemesis(threading.Thread):
         self.kills = 0
         self.recovery_s: list[float] = []
         self.killed_at: list[float] = []  # wall-clock time of each kill (the timeline)
+        self.killed_pids: set[int] = set()  # whose runs may legitimately run again
 
     def _victim(self) -> str:
         if self.scenario == "scheduler":
@@ -86,6 +88,7 @@ class Nemesis(threading.Thread):
             except ProcessLookupError:
                 continue
             self.kills += 1
+            self.killed_pids.add(pid)
             self.killed_at.append(time.time())
             self.recovery_s.append(answers_after(self.ray, name, self.namespace))
 
@@ -163,6 +166,9 @@ def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int
             "lost": len(lost),
             "lost_examples": lost[:10],
             "executed_twice": sum(1 for t in acknowledged if starts[t] > 1),
+            # Of those, the ones whose every earlier start was in a process the nemesis killed
+            # (a SIGKILL cannot be survived by the runs inside it); the rest would be a bug.
+            "executed_twice_after_kills": rerun_after_kills(ledger, acknowledged, nemesis.killed_pids),
             "never_started": sum(1 for t in acknowledged if starts[t] == 0),
             "counted_twice": sum(1 for t in acknowledged if terminal[t] > 1),
             "events_missing": sum(1 for t in acknowledged if terminal[t] == 0),

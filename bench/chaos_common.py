@@ -84,6 +84,15 @@ def ledger_starts(path: Path) -> Counter[str]:
     return Counter(parts[1] for parts in ledger_lines(path))
 
 
+def rerun_after_kills(path: Path, ids: set[str], killed_pids: set[int]) -> int:
+    """Tasks started more than once whose every start but the last was in a killed process."""
+    pids: dict[str, list[int]] = {}
+    for parts in ledger_lines(path):
+        if len(parts) >= 4 and parts[1] in ids:
+            pids.setdefault(parts[1], []).append(int(parts[3]))
+    return sum(1 for p in pids.values() if len(p) > 1 and all(pid in killed_pids for pid in p[:-1]))
+
+
 def terminal_events(sched: Any, ids: set[str], timeout_s: float) -> Counter[str]:
     """Terminal completion events per task, replayed from the start of the log."""
     counts: Counter[str] = Counter()
