@@ -309,15 +309,11 @@ class ExecutorPool:
         # A blocked loop cannot answer (its watch thread said so): a short ping still sees a
         # restart or death, without holding up the whole round for the full timeout.
         timeout_s = self.config.ping_timeout_s
-        acks = [self.take_acks(s.index) for s in live]
         answers = await asyncio.gather(*(
-            ping(s.handle, BLOCKED_PING_TIMEOUT_S if s.index in self.blocked.light else timeout_s, a)
-            for s, a in zip(live, acks, strict=True)
+            ping(s, BLOCKED_PING_TIMEOUT_S if s.index in self.blocked.light else timeout_s) for s in live
         ))
         resumed = False
-        for s, answer, acked in zip(live, answers, acks, strict=True):
-            if answer is None:
-                s.acks.extend(acked)  # said again with the next call
+        for s, answer in zip(live, answers, strict=True):
             if answer is not None and answer[0] in s.dead:
                 continue  # the process said it is ending (``exiting``): its successor will answer
             if answer is not None:
@@ -390,12 +386,15 @@ def take_acks(slot: Any) -> list[Key]:
     return acks
 
 
-async def ping(handle: Any, timeout_s: float, acked: list[Key] | None = None) -> Ping | None:
+async def ping(slot: Any, timeout_s: float) -> Ping | None:
     """An executor's or heavy worker's (incarnation, runs held, node, loop lag ms), or None
-    when it does not answer in time. ``acked``: results of its submit answers now stored."""
+    when it does not answer in time. The call carries the slot's acknowledgements (results
+    of its submit answers now stored); they are kept for the next call if it fails."""
+    acks = take_acks(slot)
     try:
-        return Ping(*await asyncio.wait_for(handle.ping.remote(acked or None), timeout_s))
+        return Ping(*await asyncio.wait_for(slot.handle.ping.remote(acks or None), timeout_s))
     except Exception:
+        slot.acks.extend(acks)
         return None
 
 

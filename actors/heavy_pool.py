@@ -258,10 +258,7 @@ class HeavyPool:
                 self.slots[i] = HeavySlot()
                 continue
             blocked = i in self.blocked.heavy
-            acks = take_acks(slot)
-            answer = await ping(slot.handle, BLOCKED_PING_TIMEOUT_S if blocked else ping_timeout_s, acks)
-            if answer is None:
-                slot.acks.extend(acks)
+            answer = await ping(slot, BLOCKED_PING_TIMEOUT_S if blocked else ping_timeout_s)
             incarnation = answer.incarnation if answer is not None else None
             if answer is not None and answer.start_waits:
                 self.host.core.stats.started_after(answer.start_waits, self.host.core.clock.now_ms())
