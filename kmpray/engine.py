@@ -105,7 +105,11 @@ class SchedulerCore(UniqueWork, Restoring, ChainRules, Conditions, Explaining):
         return fx
 
     def _touch(self, rec: TaskRecord, now: int) -> None:
-        rec.updated_at_ms = now
+        if rec.updated_at_ms != now and rec.table is not None:
+            rec.updated_at_ms = now
+            rec.table.touched(rec)
+        else:
+            rec.updated_at_ms = now
         self.fx.persist[rec.key] = rec
 
     # ------------------------------------------------------------------ reads

@@ -47,14 +47,19 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _counted(transition: F) -> F:
-    """The record's table (records.TaskTable) is told when what users see changes."""
+    """The record's table (records.TaskTable) is told when what users see changes, or
+    when the row was updated."""
 
     @functools.wraps(transition)
     def change(rec: TaskRecord, *args: Any, **kwargs: Any) -> Any:
-        before = shown_state(rec.state, rec.started)
+        before, at = shown_state(rec.state, rec.started), rec.updated_at_ms
         out = transition(rec, *args, **kwargs)
-        if rec.table is not None and (after := shown_state(rec.state, rec.started)) is not before:
-            rec.table.moved(before, after)
+        table = rec.table
+        if table is not None:
+            if (after := shown_state(rec.state, rec.started)) is not before:
+                table.moved(rec, before, after)
+            elif rec.updated_at_ms != at:
+                table.touched(rec)
         return out
 
     return change  # type: ignore[return-value]

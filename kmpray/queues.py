@@ -8,6 +8,7 @@ behind is skipped when it surfaces (lazy deletion). -1 means "in neither".
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 from collections.abc import Iterator, Mapping
@@ -91,6 +92,15 @@ class ReadyQueue:
     def live(self, tasks: Mapping[str, TaskRecord]) -> list[ReadyEntry]:
         """The live entries, in the order they will be taken (O(n log n))."""
         return sorted(entry for entry in self._heap if is_queued(tasks.get(entry[4]), entry[3]))
+
+    def ahead_of_each(self, mine: list[ReadyEntry], tasks: Mapping[str, TaskRecord]) -> list[int]:
+        """For each of ``mine`` (sorted), how many live entries come before it: one pass
+        over the queue for all of them (O(n log k)), no sort of the whole queue."""
+        before = [0] * (len(mine) + 1)
+        for entry in self._heap:
+            if is_queued(tasks.get(entry[4]), entry[3]):
+                before[bisect.bisect_right(mine, entry)] += 1
+        return list(itertools.accumulate(before[:-1]))
 
     def ahead_of(self, rec: TaskRecord, tasks: Mapping[str, TaskRecord]) -> int:
         """How many live entries come before ``rec``'s (O(n))."""

@@ -45,6 +45,7 @@ class Restoring:
                 self._append_seq[rec.name] = max(self._append_seq.get(rec.name, 1), suffix)
             for pre in rec.prereqs:
                 self.dependents.setdefault(pre, []).append(rec.key)
+        self.tasks.unsorted = True  # in order of creation: by update once read (TaskTable.newest)
         for rec in rows:
             if rec.state.is_finished:
                 continue

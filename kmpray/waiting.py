@@ -28,6 +28,7 @@ stored (``REJECTED_OS_POLICY`` with the reason), so they are never a waiting rea
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from .device import unmet
@@ -45,10 +46,11 @@ def _when(ms: int) -> str:
 
 
 def waiting_for(
-    core: Core, rec: TaskRecord, depth: int = 1, places: dict[str, int] | None = None
+    core: Core, rec: TaskRecord, depth: int = 1, places: Mapping[str, int | None] | None = None
 ) -> WaitingFor | None:
     """The reason ``rec`` waits, or None when it runs or is finished. ``places``: each
-    queued task's place in line, computed once for a listing (else counted for this one)."""
+    queued task's place in line, computed once for a listing (else counted for this one);
+    None there: not counted (a very long queue), the message says how many are due."""
     if rec.state.is_finished:
         return None
     if rec.state is TaskState.RUNNING:
@@ -61,7 +63,7 @@ def waiting_for(
     return _enqueued(core, rec, places)
 
 
-def _enqueued(core: Core, rec: TaskRecord, places: dict[str, int] | None) -> WaitingFor:
+def _enqueued(core: Core, rec: TaskRecord, places: Mapping[str, int | None] | None) -> WaitingFor:
     now = core.clock.now_ms()
     if core.is_parked(rec.key):
         return WaitingFor(
@@ -82,7 +84,9 @@ def _enqueued(core: Core, rec: TaskRecord, places: dict[str, int] | None) -> Wai
         else:
             ahead = places[rec.key] if places is not None and rec.key in places else core.ahead_of(rec.key)
             why = "every heavy worker is busy or not placed yet" if heavy else "every light executor's window is full"
-            message = f"due, waiting for a {queue} {'worker' if heavy else 'executor'}: {ahead} ahead of it ({why})"
+            where = f"{ahead} ahead of it" if ahead is not None else (
+                f"one of up to {core.heavy_ready_count() if heavy else core.ready_count() - core.heavy_ready_count():,} due")
+            message = f"due, waiting for a {queue} {'worker' if heavy else 'executor'}: {where} ({why})"
         return WaitingFor(kind="capacity", message=message, details={"queue": queue, "ahead": ahead, "why": why})
     trig = rec.trigger
     if rec.next_run_at_ms is None and trig.kind in EVENT_TRIGGER_KINDS:

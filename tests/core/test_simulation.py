@@ -201,6 +201,19 @@ class Sim(Harness):
         # The counts status() shows, kept as rows change, equal a count of every row.
         scanned = Counter(rec.shown_state.value for rec in self.core.tasks.values())
         assert {k: n for k, n in self.core.counts().items() if n} == dict(scanned), "state counts drifted"
+        table = self.core.tasks
+        by_worker = Counter((rec.worker, rec.shown_state) for rec in table.values())
+        assert {k: n for k, n in table.by_worker.items() if n} == dict(by_worker), "worker counts drifted"
+        assert {s: set(keys) for s, keys in table.recent.items() if keys} == {
+            s: {k for k, r in table.items() if r.shown_state is s} for s in {r.shown_state for r in table.values()}
+        }, "recency index drifted"
+        # The dashboard's newest rows, off the indexes, as a scan of every row finds them.
+        for state, worker in ((None, None), (TaskState.SUCCEEDED, None), (None, "Ok"), (TaskState.ENQUEUED, "Ok")):
+            rows = [r for r in table.values() if (state is None or r.shown_state is state)
+                    and (worker is None or r.worker == worker)]
+            total, newest = table.newest(state, worker, 5)
+            assert total == len(rows)
+            assert [r.updated_at_ms for r in newest] == sorted((r.updated_at_ms for r in rows), reverse=True)[:5]
         for name, keys in self.core.names.items():
             live = [k for k in keys if not self.core.tasks[k].state.is_finished
                     and self.core.tasks[k].state is not TaskState.BLOCKED]

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from kmpray import ONE_HOUR, ONE_MINUTE, Constraints, TaskState, TaskTrigger
+from kmpray import ONE_HOUR, ONE_MINUTE, Constraints, TaskState, TaskTrigger, explain
 from kmpray.config import EngineConfig
 from kmpray.device import DeviceState
 
@@ -103,6 +103,25 @@ def test_due_tasks_wait_for_capacity_with_their_place_in_line() -> None:
     places = h.core.places_in_line()  # what a listing computes once
     assert places == {"q0": 0, "q1": 1, "q2": 2}
     assert h.core.info(h.core.tasks["q2"], places).waiting_for == reasons[2]
+    # A listing of a few rows counts only theirs, in one pass over the queue.
+    shown = [h.core.tasks[k] for k in ("q2", "q0")]
+    assert h.core.places_of(shown) == {"q0": 0, "q2": 2}
+
+
+def test_a_listing_of_a_very_long_queue_does_not_count_places(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dashboard lists rows every second: past PLACES_SCAN_MAX queued entries their
+    places are not counted (the reason says how many are due); ``why`` still counts."""
+    h = Harness()
+    for n in range(5):
+        h.core.submit(f"q{n}", TaskTrigger.OneTime(), "Ok")
+    h.core.tick()
+    monkeypatch.setattr(explain, "PLACES_SCAN_MAX", 4)
+    places = h.core.places_of([h.core.tasks["q3"]])
+    assert places == {"q3": None}
+    reason = h.core.info(h.core.tasks["q3"], places).waiting_for
+    assert reason.details["ahead"] is None
+    assert reason.message == "due, waiting for a light executor: one of up to 5 due (every light executor's window is full)"
+    assert _info(h, "q3").waiting_for.details["ahead"] == 3  # counted for one task
 
 
 def test_a_run_with_no_executor_room_on_its_nodes_waits_for_capacity_there() -> None:
