@@ -38,6 +38,7 @@ from kmpray.timing import (
     PRUNE_S,
     RECONCILE_S,
     TRIM_AFTER_INPUT_CHARS,
+    WAIT_CHECK_MAX_S,
 )
 from kmpray.watch import FileWatcher
 
@@ -248,7 +249,8 @@ class SchedulerActor(
         # never prune, and its rows, its memory and its store would grow without bound.
         last_prune = last_gc - PRUNE_S
         trimmed_at = 0  # store.spilled_chars at the last give_back()
-        published = 0.0
+        published = waits_checked = 0.0
+        waits_every_s = min(max(self.config.wait_warning_ms / 10_000, RECONCILE_S), WAIT_CHECK_MAX_S)
         while True:
             await asyncio.sleep(RECONCILE_S)
             try:
@@ -269,7 +271,9 @@ class SchedulerActor(
                 changed = self._watcher.poll(self.core.watched_uris())
                 if changed and sum(self.core.fire("content_uri", uri) for uri in changed):
                     self._kick()
-                self.core.warn_long_waits()
+                if time.monotonic() - waits_checked >= waits_every_s:
+                    waits_checked = time.monotonic()
+                    self.core.warn_long_waits()
                 if self._acked is not None:  # nothing else wrote since the broker's last ack
                     acked, self._acked = self._acked, None
                     self.store.ack_events(acked)

@@ -102,6 +102,29 @@ def _enqueued(core: Core, rec: TaskRecord, places: Mapping[str, int | None] | No
                                "why": "not yet taken"})
 
 
+def reason_kind(core: Core, rec: TaskRecord, parked: set[str], gates: dict[tuple[int, str], str]) -> str | None:
+    """``waiting_for(core, rec).kind`` without building the reason, for a task in one of the
+    core's waiting sets (``parked``: the parked keys, made once): a gated task's kind
+    depends only on its constraints, its trigger's kind and the devices, so ``gates``
+    keeps it per pair for one pass over many tasks (by identity: rows share their
+    frozen constraints, and hashing a pydantic model field by field costs more)."""
+    if rec.state is not TaskState.ENQUEUED:
+        reason = waiting_for(core, rec)
+        return reason.kind if reason is not None else None
+    if rec.key in parked:
+        return "worker"
+    if core.is_gated(rec.key):
+        pair = (id(rec.constraints), rec.trigger.kind)
+        kind = gates.get(pair)
+        if kind is None:
+            kind = gates[pair] = _gate(core, rec).kind
+        return kind
+    if core.is_queued(rec.key) or core.is_unplaced(rec.key):
+        return "capacity"
+    reason = waiting_for(core, rec)
+    return reason.kind if reason is not None else None
+
+
 def _gate(core: Core, rec: TaskRecord) -> WaitingFor:
     failing: dict[str, list[str]] = {}
     for node, state in core.devices.items():

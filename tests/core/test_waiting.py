@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from kmpray import ONE_HOUR, ONE_MINUTE, Constraints, TaskState, TaskTrigger, explain
+from kmpray import ONE_HOUR, ONE_MINUTE, Constraints, TaskState, TaskTrigger, explain, waiting
 from kmpray.config import EngineConfig
 from kmpray.device import DeviceState
 
@@ -205,3 +205,35 @@ def test_explain_gives_the_reason_per_node_and_the_recent_decisions() -> None:
     flaky = h.core.explain("flaky")
     assert flaky is not None and "run 1 asked to retry (not yet): retry 1 of 3 in 10000 ms" in flaky
     assert h.core.explain("nope") is None
+
+
+def test_the_long_wait_check_reads_reason_kinds_cheaply(caplog: pytest.LogCaptureFixture) -> None:
+    """warn_long_waits runs every few seconds over every gated, unplaced and parked task:
+    it takes each one's kind from lookups (reason_kind, gated kinds once per constraints),
+    equal to the full reason's, and a change of kind restarts that task's clock."""
+    h = Harness(config=EngineConfig(wait_warning_ms=10 * ONE_MINUTE))
+    h.core.is_known = lambda name: name == "Gone"
+    _nodes(h, doze=True)
+    h.core.submit("dozing", TaskTrigger.OneTime(), "Ok")
+    h.core.submit("charge", TaskTrigger.OneTime(), "Ok", constraints=CHARGING)
+    h.core.submit("parked", TaskTrigger.OneTime(), "Gone")
+    h.core.submit("queued", TaskTrigger.OneTime(), "Ok")
+    h.core.tick()
+    h.core.take_ready(3)  # queued gets no room: it stays queued (no waiting set, no warning)
+    parked = {k for keys in h.core._parked.values() for k in keys}
+    gates: dict[tuple[int, str], str] = {}
+    kinds = {k: waiting.reason_kind(h.core, h.core.tasks[k], parked, gates)
+             for k in ("dozing", "charge", "parked")}
+    assert kinds == {k: _info(h, k).waiting_for.kind for k in kinds} == {
+        "dozing": "doze", "charge": "doze", "parked": "worker"}
+    assert h.core.warn_long_waits() == []
+    h.clock.set(START + 5 * ONE_MINUTE)
+    _nodes(h, doze=False, charging=False, battery_level=50)  # "charge" now waits on another reason
+    assert _info(h, "charge").waiting_for.kind == "constraints"
+    assert h.core.warn_long_waits() == []
+    h.clock.set(START + 11 * ONE_MINUTE)
+    with caplog.at_level(logging.WARNING, logger="kmpray.engine"):
+        warned = dict(h.core.warn_long_waits())
+    assert set(warned) == {"parked"}  # "dozing" ran once doze ended; "charge" waited 6 min on its new reason
+    h.clock.set(START + 16 * ONE_MINUTE)
+    assert [k for k, _ in h.core.warn_long_waits()] == ["charge"]
