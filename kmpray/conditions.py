@@ -85,7 +85,7 @@ class Conditions:
     def unpark(self: Core, worker: str) -> int:
         """``worker`` is registered again: its waiting runs become ready."""
         n = 0
-        for key in self._parked.pop(worker, []):
+        for key in self._parked.pop(worker, {}):
             rec = self.tasks.get(key)
             if rec is not None and rec.state is TaskState.ENQUEUED and rec.ready_seq == -1:
                 self._make_ready(rec)

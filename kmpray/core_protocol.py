@@ -52,7 +52,7 @@ class Core(Protocol):
     devices: dict[str, DeviceState]
     _gated: set[str]
     _unplaced: set[str]
-    _parked: dict[str, list[str]]
+    _parked: dict[str, dict[str, None]]
     # ---- restore, explanation, effects
     _adoptable: dict[str, int]
     decisions: deque[tuple[int, str, Any]]

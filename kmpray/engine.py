@@ -74,7 +74,7 @@ class SchedulerCore(UniqueWork, Restoring, ChainRules, Conditions, Explaining):
         self.is_registered = is_registered
         # A worker registered before a restart but not yet again: its runs wait, not fail.
         self.is_known = is_known
-        self._parked: dict[str, list[str]] = {}
+        self._parked: dict[str, dict[str, None]] = {}  # worker -> its parked keys, in order
         self.tasks: TaskTable = TaskTable()  # with its counts per shown state (records.py)
         self.names: dict[str, list[str]] = {}  # name -> row keys, oldest first
         self.dependents: dict[str, list[str]] = {}
@@ -213,7 +213,7 @@ class SchedulerCore(UniqueWork, Restoring, ChainRules, Conditions, Explaining):
         while len(out) < limit and (rec := ready.pop(self.tasks)) is not None:
             if not self.is_registered(rec.worker):
                 if self.is_known(rec.worker):
-                    self._parked.setdefault(rec.worker, []).append(rec.key)
+                    self._parked.setdefault(rec.worker, {})[rec.key] = None
                     self.note(rec.key, f"parked: worker {rec.worker!r} is not registered (again) yet")
                     continue
                 self._finish(rec, TaskState.FAILED, Failure(f"worker {rec.worker!r} is not registered"), now)

@@ -34,7 +34,8 @@ class Explaining:
         return key in self._unplaced
 
     def is_parked(self: Core, key: str) -> bool:
-        return any(key in keys for keys in self._parked.values())
+        rec = self.tasks.get(key)  # O(1): a listing asks this of every row it shows
+        return rec is not None and key in self._parked.get(rec.worker, ())
 
     def is_queued(self: Core, key: str, seq: int | None = None) -> bool:
         """Is this task in a ready queue now (due, waiting only for capacity)?"""
