@@ -96,10 +96,7 @@ class TaskTable(dict[str, "TaskRecord"]):
     def newest(self, state: TaskState | None, worker: str | None, limit: int) -> tuple[int, list[TaskRecord]]:
         """How many rows match, and the ``limit`` most recently updated of them, newest
         first: O(limit) per state, not a pass over every row."""
-        if self.unsorted:
-            for s, order in self.recent.items():
-                self.recent[s] = dict.fromkeys(sorted(order, key=lambda k: self[k].updated_at_ms))
-            self.unsorted = False
+        self._sort()
         states = [state] if state is not None else list(TaskState)
         total, picked = 0, []
         for s in states:
@@ -116,6 +113,25 @@ class TaskTable(dict[str, "TaskRecord"]):
                     if want == 0:
                         break
         return total, heapq.nlargest(limit, picked, key=attrgetter("updated_at_ms"))
+
+    def finished_before(self, horizon_ms: int) -> list[TaskRecord]:
+        """Finished rows last updated before ``horizon_ms``, oldest first per state: what a
+        prune may drop, found without a pass over the rest."""
+        self._sort()
+        out = []
+        for state in (TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED):
+            for key in self.recent[state]:
+                rec = self[key]
+                if rec.updated_at_ms >= horizon_ms:
+                    break
+                out.append(rec)
+        return out
+
+    def _sort(self) -> None:
+        if self.unsorted:
+            for s, order in self.recent.items():
+                self.recent[s] = dict.fromkeys(sorted(order, key=lambda k: self[k].updated_at_ms))
+            self.unsorted = False
 
     def workers(self) -> list[str]:
         """Every worker class with rows here."""

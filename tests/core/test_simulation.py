@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from kmpray import Constraints, ExistingPolicy, ExistingWorkPolicy, ScheduleResult, TaskState, TaskTrigger
+from kmpray.config import EngineConfig
 from kmpray.driver import pump
 from kmpray.engine import Dispatch
 from kmpray.memory_store import MemoryTaskStore
@@ -32,6 +33,7 @@ from .conftest import Harness
 SEEDS = 200
 STEPS = 120
 EXECUTORS = 3
+RETAIN_MS = 2 * 3_600_000  # finished rows are pruned after the clock jumps past this
 DROPPED, ANSWER_LOST = 0.08, 0.05  # of the reports delivered during the fault schedule
 RunKey = tuple[str, int]
 
@@ -41,7 +43,7 @@ class Sim(Harness):
     coordinator and its actions back) plus executors, a network and a fault schedule."""
 
     def __init__(self, seed: int) -> None:
-        super().__init__()
+        super().__init__(config=EngineConfig(retain_finished_ms=RETAIN_MS))
         self.seed = seed
         self.rng = random.Random(seed)
         self.held: list[dict[RunKey, Dispatch]] = [{} for _ in range(EXECUTORS)]  # runs each executor has
@@ -184,6 +186,36 @@ class Sim(Harness):
         self.where = {key: holders[key] for key in adopted}
         self.trace.append(f"scheduler restarted (reopen={reopen_store}), adopted {len(adopted)}")
 
+    def prune(self) -> None:
+        """The actor's housekeeping prunes: exactly the names and chains a scan of every
+        row finds old (the reference; the core looks only at rows finished before the
+        horizon, off the table's index)."""
+        horizon = self.clock.now_ms() - RETAIN_MS
+        tasks = self.core.tasks
+
+        def old(key: str) -> bool:
+            rec = tasks.get(key)
+            return rec is None or (rec.state.is_finished and rec.updated_at_ms < horizon)
+
+        names = {n for n, keys in self.core.names.items() if all(old(k) and tasks[k].chain_id is None for k in keys)}
+        chains = {c for c, chain in self.core.chains.items() if all(old(k) for s in chain.steps for k in s)}
+        gone = {k for n in names for k in self.core.names[n]}
+        gone |= {k for c in chains for s in self.core.chains[c].steps for k in s}
+        assert self.core.prune() == len(names) + len(chains), "pruned another number than the scan finds"
+        assert not names & set(self.core.names) and not chains & set(self.core.chains), "old rows kept"
+        self.trace.append(f"prune -> {sorted(names)} {sorted(chains)}")
+        self.accepted -= names | chains
+        self.periodic -= names
+        for name in names:
+            self._forget_counts(name)
+        # A name may be enqueued again and its runs numbered from 1 again: the old runs'
+        # counts go, and so do their copies still on the way (a report delayed past
+        # retain_finished_ms, a day by default, outlives any executor's outbox; only
+        # this schedule's clock jumps make one possible).
+        self.counted = Counter({k: n for k, n in self.counted.items() if k[0] not in gone})
+        self.net = [m for m in self.net if m[2][0] not in gone]
+        self.flush()
+
     def restart_coordinator_keeping_messages(self) -> None:
         self.restart_coordinator(lose_messages=self.rng.random() < 0.5)
 
@@ -235,6 +267,7 @@ class Sim(Harness):
             (0.1, lambda: self.restart_scheduler(reopen_store=True)),
             (0.2, self.restart_coordinator_keeping_messages),
             (0.1, lambda: self.advance(self.rng.randrange(3_600_000, 6 * 3_600_000))),  # clock jump
+            (0.3, self.prune),
         ]
         weights = [w for w, _ in actions]
         self.rng.choices([a for _, a in actions], weights)[0]()
