@@ -8,6 +8,7 @@ import argparse
 import asyncio
 import math
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -285,3 +286,34 @@ def test_open_loop_coalesces_operations_due_within_the_window_but_never_chains()
     assert sent[0] - intended_arr[0] >= 7  # the first of a batch waited for the last one
     with pytest.raises(ValueError, match="window_ms"):
         OpenLoop(record, 1, window_ms=-1)
+
+
+def test_a_generator_process_keeps_its_collector_out_of_the_run() -> None:
+    """freeze_gc (what each LoadClient actor sets): the schedule's rows are frozen and the
+    cyclic collector is off while operations go out (its pauses would stall the sends and
+    count against the engine), and both are as they were afterwards, even on an error."""
+    import gc
+
+    seen: list[tuple[bool, int]] = []
+
+    async def record(kinds: list[str], indexes: list[int], intended: list[float]) -> list[tuple[str, float]]:
+        seen.append((gc.isenabled(), gc.get_freeze_count()))
+        return [("", t) for t in intended]
+
+    async def boom(kinds: list[str], indexes: list[int], intended: list[float]) -> list[tuple[str, float]]:
+        raise RuntimeError("engine gone")
+
+    async def main(send: Any, freeze: bool) -> None:
+        now = time.time() * 1000 + 10
+        loop = OpenLoop(send, 10, freeze_gc=freeze)
+        await loop.run([0, 1], ["one-time"] * 2, [now, now + 1], now + 1_000, 1)
+
+    before = gc.get_freeze_count()
+    asyncio.run(main(record, True))
+    assert [enabled for enabled, _ in seen] == [False, False] and all(n > before for _, n in seen)
+    assert gc.isenabled() and gc.get_freeze_count() == before
+    asyncio.run(main(boom, True))  # a failing engine: answered as errors, the collector restored
+    assert gc.isenabled() and gc.get_freeze_count() == before
+    seen.clear()
+    asyncio.run(main(record, False))  # the default (tests, a user's own loop): untouched
+    assert [enabled for enabled, _ in seen] == [True, True]
