@@ -33,12 +33,12 @@ from kmpray.store import SqliteTaskStore
 from kmpray.timing import (
     ANSWER_RETENTION_S,
     CANCEL_ACK_TIMEOUT_S,
-    GC_FULL_S,
     METRICS_S,
     PRUNE_S,
     RECONCILE_S,
     TRIM_AFTER_INPUT_CHARS,
     WAIT_CHECK_MAX_S,
+    full_collection_due,
 )
 from kmpray.watch import FileWatcher
 
@@ -46,7 +46,7 @@ from .adoption import adopt_held_runs
 from .blocked_loops import BlockedLoops
 from .executor_pool import ExecutorPool, executors_for
 from .heavy_pool import HeavyPool
-from .memory_cap import give_back
+from .memory_cap import give_back, rss_bytes
 from .metrics import Metrics, publish_scheduler
 from .names import BROKER, ORACLE, REGISTRY, base_namespace, lookup, shard_index
 from .outbox import Outbox
@@ -244,6 +244,7 @@ class SchedulerActor(
 
     async def _housekeeping(self) -> None:
         last_gc = time.monotonic()
+        rss_after_gc = rss_bytes()
         # The first prune comes one round after a start, not PRUNE_S later: a scheduler
         # restarted more often than that (the soak scenario kills it every 60 s) would
         # never prune, and its rows, its memory and its store would grow without bound.
@@ -261,11 +262,13 @@ class SchedulerActor(
                 if self.store.spilled_chars - trimmed_at > TRIM_AFTER_INPUT_CHARS:
                     trimmed_at = self.store.spilled_chars
                     give_back()  # a burst of large inputs freed: its pages go back to the OS
-                if time.monotonic() - last_gc > GC_FULL_S:  # see kmpray/timing.py
-                    last_gc = time.monotonic()
+                if full_collection_due(time.monotonic() - last_gc, rss_bytes(), rss_after_gc):
+                    last_gc = time.monotonic()  # see kmpray/timing.py
                     gc.unfreeze()
                     gc.collect()
+                    rss_after_gc = rss_bytes()
                     log.info("full garbage collection: %.0f ms", (time.monotonic() - last_gc) * 1000)
+                gc.collect(1)  # what is young and already garbage is not frozen with the rest
                 gc.freeze()
                 await self._reconcile()
                 changed = self._watcher.poll(self.core.watched_uris())

@@ -358,6 +358,28 @@ def test_the_scheduler_keeps_its_live_tasks_out_of_full_garbage_collections(engi
     until(lambda: frozen() > first, what="housekeeping freezing the new tasks")
 
 
+def test_executors_keep_their_start_up_heap_out_of_full_garbage_collections(engines: Any) -> None:
+    """An executor freezes what it loaded at start (and each worker class it loads): a
+    full collection walked it all, holding every run there 80-90 ms."""
+    import ray
+
+    from .workers import register_all
+
+    sched = engines(config=EngineConfig(executors=1))
+    register_all(sched)
+    executor = ray.get_actor("kmpray.executor.0", namespace=sched.namespace)
+
+    def frozen() -> int:
+        count = executor.__ray_call__.remote(lambda self: __import__("gc").get_freeze_count())
+        return int(ray.get(count, timeout=30))
+
+    at_start = frozen()
+    assert at_start > 10_000  # Ray, numpy, pydantic, kmpray
+    assert sched.enqueue("gcx", kmpray.TaskTrigger.OneTime(), "Echo") is kmpray.ScheduleResult.SUCCESS
+    assert sched.wait("gcx", timeout_s=60).state is TaskState.SUCCEEDED
+    assert frozen() > at_start  # the Echo class, loaded for its first run, frozen with it
+
+
 def test_executors_are_ready_before_their_first_run_is_due(engines: Any) -> None:
     """The scheduler's handle is resolved when an executor starts: ray.get_actor loads the
     actor class (~0.4 s), which held the loop under the first runs (timers due then began
