@@ -105,11 +105,10 @@ class SchedulerCore(UniqueWork, Restoring, ChainRules, Conditions, Explaining):
         return fx
 
     def _touch(self, rec: TaskRecord, now: int) -> None:
-        if rec.updated_at_ms != now and rec.table is not None:
+        if rec.updated_at_ms != now:
             rec.updated_at_ms = now
-            rec.table.touched(rec)
-        else:
-            rec.updated_at_ms = now
+            if rec.table is not None:
+                rec.table.touched(rec)
         self.fx.persist[rec.key] = rec
 
     # ------------------------------------------------------------------ reads

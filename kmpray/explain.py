@@ -138,7 +138,7 @@ class Explaining:
         limit = self.config.wait_warning_ms
         for key in candidates:
             rec = self.tasks.get(key)
-            kind_now = reason_kind(self, rec, parked, gates) if rec is not None else None
+            kind_now = reason_kind(self, rec, gates) if rec is not None else None
             if kind_now is None:
                 continue
             kind, since, done = self._waits.get(key, (kind_now, now, False))

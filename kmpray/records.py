@@ -28,6 +28,7 @@ from .triggers import OneTime, Trigger
 _TRIGGER: TypeAdapter[Trigger] = TypeAdapter(Trigger)
 _RESULT: TypeAdapter[Success | Failure | Retry] = TypeAdapter(Result)
 _ONE_TIME = OneTime()
+_FINISHED_STATES = tuple(s for s in TaskState if s.is_finished)
 
 
 class TaskTable(dict[str, "TaskRecord"]):
@@ -119,7 +120,7 @@ class TaskTable(dict[str, "TaskRecord"]):
         prune may drop, found without a pass over the rest."""
         self._sort()
         out = []
-        for state in (TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED):
+        for state in _FINISHED_STATES:
             for key in self.recent[state]:
                 rec = self[key]
                 if rec.updated_at_ms >= horizon_ms:

@@ -36,17 +36,6 @@ PRUNE_S = 60.0
 #: and one every 10 minutes over a steady table found ~30 objects to free.
 GC_FULL_S = 600.0
 GC_FULL_GROWTH = 0.2
-
-
-def full_collection_due(since_s: float, rss: int | None, rss_after_last: int | None) -> bool:
-    """Is a whole garbage collection of the scheduler due: ``since_s`` after the last one,
-    the process at ``rss`` bytes now and ``rss_after_last`` right after it (None where
-    the OS does not say: then on time alone, as before)."""
-    if since_s < GC_FULL_S:
-        return False
-    if rss is None or rss_after_last is None:
-        return True
-    return rss >= rss_after_last * (1 + GC_FULL_GROWTH)
 #: ``advance_time``: re-check that runs in flight settled at least this often.
 SETTLE_POLL_S = 0.5
 
@@ -114,3 +103,14 @@ WAIT_CHUNK_S = 30.0
 #: The scheduler gives freed C-heap pages back to the OS (``malloc_trim``) after this many
 #: characters of large inputs went through it (their strings are freed, their pages kept).
 TRIM_AFTER_INPUT_CHARS = 64 * 1024 * 1024
+
+
+def full_collection_due(since_s: float, rss: int | None, rss_after_last: int | None) -> bool:
+    """Is a whole garbage collection of the scheduler due: ``since_s`` after the last one,
+    the process at ``rss`` bytes now and ``rss_after_last`` right after it (None where
+    the OS does not say: then on time alone, as before)."""
+    if since_s < GC_FULL_S:
+        return False
+    if rss is None or rss_after_last is None:
+        return True
+    return rss >= rss_after_last * (1 + GC_FULL_GROWTH)

@@ -102,16 +102,16 @@ def _enqueued(core: Core, rec: TaskRecord, places: Mapping[str, int | None] | No
                                "why": "not yet taken"})
 
 
-def reason_kind(core: Core, rec: TaskRecord, parked: set[str], gates: dict[tuple[int, str], str]) -> str | None:
+def reason_kind(core: Core, rec: TaskRecord, gates: dict[tuple[int, str], str]) -> str | None:
     """``waiting_for(core, rec).kind`` without building the reason, for a task in one of the
-    core's waiting sets (``parked``: the parked keys, made once): a gated task's kind
+    core's waiting sets: a gated task's kind
     depends only on its constraints, its trigger's kind and the devices, so ``gates``
     keeps it per pair for one pass over many tasks (by identity: rows share their
     frozen constraints, and hashing a pydantic model field by field costs more)."""
     if rec.state is not TaskState.ENQUEUED:
         reason = waiting_for(core, rec)
         return reason.kind if reason is not None else None
-    if rec.key in parked:
+    if core.is_parked(rec.key):
         return "worker"
     if core.is_gated(rec.key):
         pair = (id(rec.constraints), rec.trigger.kind)

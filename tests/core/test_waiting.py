@@ -220,9 +220,8 @@ def test_the_long_wait_check_reads_reason_kinds_cheaply(caplog: pytest.LogCaptur
     h.core.submit("queued", TaskTrigger.OneTime(), "Ok")
     h.core.tick()
     h.core.take_ready(3)  # queued gets no room: it stays queued (no waiting set, no warning)
-    parked = {k for keys in h.core._parked.values() for k in keys}
     gates: dict[tuple[int, str], str] = {}
-    kinds = {k: waiting.reason_kind(h.core, h.core.tasks[k], parked, gates)
+    kinds = {k: waiting.reason_kind(h.core, h.core.tasks[k], gates)
              for k in ("dozing", "charge", "parked")}
     assert kinds == {k: _info(h, k).waiting_for.kind for k in kinds} == {
         "dozing": "doze", "charge": "doze", "parked": "worker"}
