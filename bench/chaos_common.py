@@ -1,7 +1,9 @@
 """What the chaos scenarios share (bench/chaos.py and bench/chaos_*.py): the ledger the
-workers write (one line per start: task id, attempts before it, pid, time), reading it
-back, an actor's pid and when it answers again, the scheduler's status, and the terminal
-events a replay from the start of the log sees."""
+workers write (a line when a run starts and one when it finishes: ``start|finish``, task
+id, attempts before it, pid, time; a run is a task's attempt, so a system re-run of the
+same attempt is the same run started again), reading it back, an actor's pid and when
+it answers again, the scheduler's status, and the terminal events a replay from the
+start of the log sees."""
 
 from __future__ import annotations
 
@@ -15,17 +17,28 @@ from typing import Any
 import kmpray
 
 
-def record_start(input: str | None, ctx: kmpray.WorkerContext) -> dict[str, Any]:  # noqa: A002
-    """Append this run's start line to the ledger named in its JSON input (O_APPEND: lines
-    never interleave); returns the input's settings."""
-    cfg: dict[str, Any] = json.loads(input or "{}")
-    fd = os.open(cfg["ledger"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+def _append(ledger: str, what: str, ctx: kmpray.WorkerContext) -> None:
+    """One ledger line (O_APPEND: lines never interleave)."""
+    fd = os.open(ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        line = f"start {ctx.task_id} {ctx.run_attempt_count} {os.getpid()} {time.time():.3f}\n"
+        line = f"{what} {ctx.task_id} {ctx.run_attempt_count} {os.getpid()} {time.time():.3f}\n"
         os.write(fd, line.encode())
     finally:
         os.close(fd)
+
+
+def record_start(input: str | None, ctx: kmpray.WorkerContext) -> dict[str, Any]:  # noqa: A002
+    """Append this run's start line to the ledger named in its JSON input; returns the
+    input's settings."""
+    cfg: dict[str, Any] = json.loads(input or "{}")
+    _append(cfg["ledger"], "start", ctx)
     return cfg
+
+
+def record_finish(cfg: dict[str, Any], ctx: kmpray.WorkerContext) -> None:
+    """Append this run's finish line: its worker returned (the result is made; a kill from
+    here on still loses it if the scheduler has not stored it yet)."""
+    _append(cfg["ledger"], "finish", ctx)
 
 
 class ChaosLedger(kmpray.CommonWorker):
@@ -36,6 +49,7 @@ class ChaosLedger(kmpray.CommonWorker):
 
         cfg = record_start(input, ctx)
         await asyncio.sleep(cfg.get("sleep_ms", 20) / 1000)
+        record_finish(cfg, ctx)
         return kmpray.WorkerResult.Success(data={"ok": True})
 
 
@@ -73,10 +87,10 @@ def scheduler_status(ray: Any, namespace: str) -> dict[str, Any]:
         return {}
 
 
-def ledger_lines(path: Path) -> list[list[str]]:
-    """The ledger's start lines, split: ``["start", task id, attempts, pid, time]``."""
+def ledger_lines(path: Path, what: str = "start") -> list[list[str]]:
+    """The ledger's start (or finish) lines, split: ``["start", task id, attempts, pid, time]``."""
     lines = path.read_text().splitlines() if path.exists() else []
-    return [parts for parts in map(str.split, lines) if len(parts) >= 2 and parts[0] == "start"]
+    return [parts for parts in map(str.split, lines) if len(parts) >= 2 and parts[0] == what]
 
 
 def ledger_starts(path: Path) -> Counter[str]:
@@ -91,6 +105,28 @@ def rerun_after_kills(path: Path, ids: set[str], killed_pids: set[int]) -> int:
         if len(parts) >= 4 and parts[1] in ids:
             pids.setdefault(parts[1], []).append(int(parts[3]))
     return sum(1 for p in pids.values() if len(p) > 1 and all(pid in killed_pids for pid in p[:-1]))
+
+
+def kill_accounting(path: Path, ids: set[str], killed_pids: set[int]) -> dict[str, int]:
+    """What the kills could cost, from the ledger: ``runs_in_flight_at_kills`` (runs of
+    acknowledged tasks that started in a killed process and never finished there: the
+    kill took them mid-run, so they must run again) and ``rerun_after_finish`` (tasks
+    started again although a killed process had finished their run: the result was made
+    but died with the process before the scheduler stored it)."""
+    finished = {(p[1], p[2], int(p[3])) for p in ledger_lines(path, "finish") if len(p) >= 4}
+    in_flight = 0
+    runs: dict[str, list[tuple[str, int]]] = {}
+    for p in ledger_lines(path):
+        if len(p) >= 4 and p[1] in ids:
+            pid = int(p[3])
+            runs.setdefault(p[1], []).append((p[2], pid))
+            if pid in killed_pids and (p[1], p[2], pid) not in finished:
+                in_flight += 1
+    after_finish = sum(
+        1 for task, starts in runs.items()
+        if any(pid in killed_pids and (task, attempt, pid) in finished for attempt, pid in starts[:-1])
+    )
+    return {"runs_in_flight_at_kills": in_flight, "rerun_after_finish": after_finish}
 
 
 def terminal_events(sched: Any, ids: set[str], timeout_s: float) -> Counter[str]:

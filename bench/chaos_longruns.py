@@ -30,7 +30,7 @@ from typing import Any
 import kmpray
 from kmpray.timing import BLOCKED_PING_TIMEOUT_S, PING_TIMEOUT_S, RECONCILE_S, RESYNC_S
 
-from .chaos_common import ledger_starts, record_start
+from .chaos_common import ledger_starts, record_finish, record_start
 from .common import ray_up
 
 FULL = {"tasks": 50, "heavy_unreachable_s": 30.0, "ping_timeout_s": PING_TIMEOUT_S}  # the defaults
@@ -39,13 +39,17 @@ QUICK = {"tasks": 10, "heavy_unreachable_s": 5.0, "ping_timeout_s": 5.0}
 
 class LongAsync(kmpray.CommonWorker):
     async def do_work(self, input: str | None, ctx: kmpray.WorkerContext) -> Any:  # noqa: A002
-        await asyncio.sleep(record_start(input, ctx)["run_s"])
+        cfg = record_start(input, ctx)
+        await asyncio.sleep(cfg["run_s"])
+        record_finish(cfg, ctx)
         return True
 
 
 class LongSync(kmpray.CommonWorker):
     def do_work(self, input: str | None, ctx: kmpray.WorkerContext) -> Any:  # noqa: A002
-        time.sleep(record_start(input, ctx)["run_s"])
+        cfg = record_start(input, ctx)
+        time.sleep(cfg["run_s"])
+        record_finish(cfg, ctx)
         return True
 
 
@@ -53,7 +57,9 @@ class LongLoopBlocker(kmpray.CommonWorker):
     """Blocks its executor's event loop for the whole run (what the loop watch is for)."""
 
     async def do_work(self, input: str | None, ctx: kmpray.WorkerContext) -> Any:  # noqa: A002
-        time.sleep(record_start(input, ctx)["run_s"])
+        cfg = record_start(input, ctx)
+        time.sleep(cfg["run_s"])
+        record_finish(cfg, ctx)
         return True
 
 

@@ -22,3 +22,24 @@ def test_only_reruns_after_a_killed_process_are_the_kills(tmp_path: Path) -> Non
     assert sum(1 for t in ids if starts[t] > 1) == 4
     assert rerun_after_kills(ledger, ids, killed_pids={10, 15}) == 2  # a and e; c and d are not the kills'
     assert rerun_after_kills(ledger, ids, killed_pids=set()) == 0
+
+
+def test_kill_accounting_tells_runs_killed_mid_run_from_results_lost_after_a_finish(tmp_path: Path) -> None:
+    from kmpray.bench.chaos_common import kill_accounting
+
+    ledger = tmp_path / "ledger"
+    ledger.write_text("".join(f"{what} {task} {attempt} {pid} {t}.0\n" for what, task, attempt, pid, t in [
+        ("start", "a", 0, 10, 1), ("start", "a", 0, 11, 2), ("finish", "a", 0, 11, 3),  # killed mid-run in 10
+        ("start", "b", 0, 10, 1), ("finish", "b", 0, 10, 1), ("start", "b", 0, 11, 2),  # finished in 10, lost
+        ("start", "c", 0, 10, 1), ("finish", "c", 0, 10, 2),                           # finished, stored
+        ("start", "d", 0, 12, 1), ("start", "d", 0, 13, 2),                            # 12 was never killed
+        ("start", "e", 0, 10, 1),                                                      # in flight, not ack'd
+    ]))
+    got = kill_accounting(ledger, {"a", "b", "c", "d"}, killed_pids={10})
+    assert got == {"runs_in_flight_at_kills": 1, "rerun_after_finish": 1}
+    assert kill_accounting(ledger, {"a", "b", "c", "d"}, killed_pids=set()) == {
+        "runs_in_flight_at_kills": 0, "rerun_after_finish": 0}
+    # the start lines alone are what ledger_starts counts: finish lines are not starts
+    from kmpray.bench.chaos_common import ledger_starts
+
+    assert ledger_starts(ledger)["b"] == 2

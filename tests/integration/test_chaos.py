@@ -21,10 +21,13 @@ def test_kills_during_a_load_lose_nothing_and_count_nothing_twice(ray_session: A
     assert r["kills"] >= 2, r  # the nemesis really acted during the load
     assert r["acknowledged"] == r["submitted"] == 1_500, r
     assert (r["lost"], r["counted_twice"], r["never_started"]) == (0, 0, 0), r
+    assert r["attempts_inflated"] == 0, r  # a system re-run is not one of the task's attempts
     if name == "scheduler":  # runs in flight are adopted; a retried enqueue is not applied twice
         assert r["executed_twice"] == 0, r
-    # Every second start is of a run that had begun in a process the nemesis killed.
+    # Every second start is of a run that had begun in a process the nemesis killed: one it
+    # took mid-run, or one that finished there with its result not yet stored.
     assert r["executed_twice"] == r["executed_twice_after_kills"], r
+    assert r["executed_twice"] <= r["runs_in_flight_at_kills"] + r["rerun_after_finish"], r
     assert r["events_missing"] == 0, r  # completion events are stored with their results
     assert r["leaked_cpus"] == 0, r
     assert r["recovery_max_s"] is not None and r["recovery_max_s"] < 60, r
