@@ -87,9 +87,9 @@ class SchedulerChains:
         self.core.chain_actions(actions)
         self._pump()
 
-    async def chain_snapshot(self, index: int, pool: int) -> dict[str, Any]:
+    async def chain_snapshot(self, index: int, pool: int, ids: list[str] | None = None) -> dict[str, Any]:
         await self._ready
-        return self.core.chain_snapshot(index, pool)
+        return self.core.chain_snapshot(index, pool, ids)
 
     async def wait_chain(self, chain_id: str, timeout_s: float | None) -> dict[str, Any] | None:
         await self._ready

@@ -34,6 +34,7 @@ class ChainPlan:
     promoted: set[int] = field(default_factory=set)  # steps whose promotion was sent
     cascaded: bool = False
     version: int = 0  # the coordinator's message count when this plan was made
+    heard: int = 0  # ... when it last heard of this chain (its plan, a step, a resync)
 
     def __post_init__(self) -> None:
         if not self.succeeded:
@@ -65,11 +66,15 @@ class ChainCoordinatorCore:
                 current = self.plans.get(msg.chain_id)
                 if current is None or current.gen != msg.gen:
                     self.plans[msg.chain_id] = ChainPlan(
-                        msg.chain_id, msg.gen, [list(s) for s in msg.steps], dict(msg.mergers), version=self._version
+                        msg.chain_id, msg.gen, [list(s) for s in msg.steps], dict(msg.mergers),
+                        version=self._version, heard=self._version,
                     )
+                else:
+                    current.heard = self._version
             elif isinstance(msg, Step):
                 known = self.plans.get(msg.chain_id)
                 if known is not None and known.gen == msg.gen:
+                    known.heard = self._version
                     self._step(known, msg.step, msg.key, TaskState(msg.state), msg.data, actions)
         return actions
 
@@ -78,15 +83,32 @@ class ChainCoordinatorCore:
         self._version += 1
         return self._version
 
-    def resync(self, snapshot: dict[str, dict[str, Any]], asked_at: int | None = None) -> list[Message]:
+    def quiet_since(self, mark: int) -> list[str]:
+        """The chains whose plans heard nothing since ``mark`` (a ``mark()`` result): what
+        a periodic check asks the scheduler about. A chain that moves has its messages
+        delivered (the scheduler's outbox retries them; a restart on either side brings a
+        whole resync), so only a quiet one can be a plan the scheduler has finished or
+        lost, or one waiting for a message that went missing."""
+        return [chain_id for chain_id, plan in self.plans.items() if plan.heard <= mark]
+
+    def resync(
+        self,
+        snapshot: dict[str, dict[str, Any]],
+        asked_at: int | None = None,
+        asked: Sequence[str] | None = None,
+    ) -> list[Message]:
         """Merge the scheduler's view of its unfinished chains (after either side restarted,
         and now and then) and return every action it implies (the scheduler ignores what it
         already did). A plan older than the request and absent from the answer belongs to
         a chain that finished or went away: dropped. A chain that finished after the
-        snapshot was taken comes back as a plan until the next resync drops it."""
+        snapshot was taken comes back as a plan until the next resync drops it.
+        ``asked``: the snapshot covers only these chains (``quiet_since``); the others'
+        plans are left as they are."""
         actions: list[Message] = []
         if asked_at is not None:
-            for chain_id, plan in list(self.plans.items()):
+            candidates = list(self.plans.items()) if asked is None else [
+                (chain_id, self.plans[chain_id]) for chain_id in asked if chain_id in self.plans]
+            for chain_id, plan in candidates:
                 if chain_id not in snapshot and plan.version < asked_at:
                     del self.plans[chain_id]
         for chain_id, snap in snapshot.items():

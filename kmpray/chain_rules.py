@@ -8,7 +8,7 @@ decisions are the ChainCoordinator's (actors/chain_coordinator.py). A mixin of
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import lifecycle
@@ -213,26 +213,18 @@ class ChainRules:
             self.decisions.append((now, then, ("handed", then_run, f"with {key}, begun when it succeeded", None)))
         return True
 
-    def chain_snapshot(self: Core, index: int, pool: int) -> dict[str, dict[str, Any]]:
+    def chain_snapshot(
+        self: Core, index: int, pool: int, ids: Sequence[str] | None = None
+    ) -> dict[str, dict[str, Any]]:
         """Unfinished chains owned by coordinator ``index``: what a restarted coordinator
-        (or one facing a restarted scheduler) rebuilds its plans from."""
-        out: dict[str, dict[str, Any]] = {}
-        for chain in self.chains.values():
-            if chain.unfinished == 0 or coordinator_index(chain.id, pool) != index:
-                continue
-            tasks: dict[str, tuple[str, dict[str, Any] | None]] = {}
-            mergers: dict[str, str] = {}
-            for step in chain.steps:
-                for key in step:
-                    rec = self.tasks.get(key)
-                    if rec is None:
-                        continue
-                    data = rec.result.data if isinstance(rec.result, Success) else None
-                    tasks[key] = (rec.state.value, data if rec.state is TaskState.SUCCEEDED else None)
-                    if rec.input_merger is not InputMerger.OVERWRITE:
-                        mergers[key] = rec.input_merger.value
-            out[chain.id] = {"gen": chain.gen, "steps": chain.steps, "mergers": mergers, "tasks": tasks}
-        return out
+        (or one facing a restarted scheduler) rebuilds its plans from. ``ids``: only these
+        chains (a coordinator's periodic check of the plans it has not heard of lately),
+        looked up, not found by a pass over every chain held."""
+        if ids is not None:
+            found = (self.chains.get(chain_id) for chain_id in ids)
+            return {c.id: _chain_view(self.tasks, c) for c in found if c is not None and c.unfinished}
+        return {chain.id: _chain_view(self.tasks, chain) for chain in self.chains.values()
+                if chain.unfinished and coordinator_index(chain.id, pool) == index}
 
     def chain_info(self: Core, chain_id: str) -> ChainInfo | None:
         chain = self.chains.get(chain_id)
@@ -241,3 +233,20 @@ class ChainRules:
         steps = [[self.tasks[k].info() for k in step if k in self.tasks] for step in chain.steps]
         state = chain_state([i.state for step in steps for i in step])
         return ChainInfo.model_construct(id=chain_id, state=state, steps=steps)
+
+
+def _chain_view(records: dict[str, TaskRecord], chain: ChainRecord) -> dict[str, Any]:
+    """One chain as a coordinator rebuilds its plan from it: each task's state, and the
+    data of those that succeeded."""
+    tasks: dict[str, tuple[str, dict[str, Any] | None]] = {}
+    mergers: dict[str, str] = {}
+    for step in chain.steps:
+        for key in step:
+            rec = records.get(key)
+            if rec is None:
+                continue
+            data = rec.result.data if isinstance(rec.result, Success) else None
+            tasks[key] = (rec.state.value, data if rec.state is TaskState.SUCCEEDED else None)
+            if rec.input_merger is not InputMerger.OVERWRITE:
+                mergers[key] = rec.input_merger.value
+    return {"gen": chain.gen, "steps": chain.steps, "mergers": mergers, "tasks": tasks}

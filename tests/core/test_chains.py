@@ -220,6 +220,50 @@ def test_coordinator_ignores_stale_generations_and_duplicate_messages() -> None:
     assert gc.resync({}, asked) == [] and set(gc.plans) == {"new"}
 
 
+def test_the_periodic_check_asks_only_about_quiet_plans_and_drops_only_among_them() -> None:
+    """A chain whose messages keep coming is not in question; a plan quiet for a whole
+    round is asked about by id, dropped if the scheduler no longer lists it (finished
+    unseen), and its promotion re-sent if it is still unfinished."""
+    from kmpray.chain_coordination import ChainCoordinatorCore
+    from kmpray.protocol import Plan, Promote, Step
+
+    c = ChainCoordinatorCore()
+    c.apply([Plan("gone", "g", [["a"], ["b"]], {}), Plan("stuck", "g", [["c"], ["d"]], {}),
+             Plan("busy", "g", [["e"], ["f"], ["h"]], {})])
+    since = c.mark()  # a round begins
+    promoted = c.apply([Step("busy", "g", 0, "e", "SUCCEEDED", {"e": 1})])
+    assert promoted == [Promote("busy", "g", 1, {"f": {"e": 1}}, {})]
+    assert sorted(c.quiet_since(since)) == ["gone", "stuck"]
+    asked_at = c.mark()
+    stuck = {"gen": "g", "steps": [["c"], ["d"]], "mergers": {},
+             "tasks": {"c": ("SUCCEEDED", {"c": 1}), "d": ("BLOCKED", None)}}
+    # "gone" finished where the coordinator could not see it; "stuck" lost its promotion.
+    again = c.resync({"stuck": stuck}, asked_at, ["gone", "stuck"])
+    assert again == [Promote("stuck", "g", 1, {"d": {"c": 1}}, {})]
+    assert set(c.plans) == {"stuck", "busy"}  # "busy" was not asked about: kept as it is
+    # "stuck" was heard of by the check itself: asked again only once a round passes quiet
+    assert c.quiet_since(asked_at) == ["busy"]
+    # A plan made while the check was on its way is never dropped by it.
+    c2 = ChainCoordinatorCore()
+    c2.apply([Plan("x", "g", [["a"]], {})])
+    since = c2.mark()
+    asked_at = c2.mark()
+    c2.apply([Plan("x", "g2", [["a2"]], {})])  # replaced meanwhile: a new plan
+    assert c2.resync({}, asked_at, ["x"]) == [] and set(c2.plans) == {"x"}
+
+
+def test_a_snapshot_by_id_covers_only_those_chains_and_only_unfinished_ones(h: Harness) -> None:
+    for cid in ("c1", "c2", "c3"):
+        _chain(h, cid, [[task("Ok", f"{cid}a")], [task("Ok", f"{cid}b")]])
+    h.core.cancel("c3b")
+    h.core.cancel("c3a")
+    full = h.core.chain_snapshot(0, 1)
+    assert set(full) == {"c1", "c2"}
+    picked = h.core.chain_snapshot(0, 1, ["c2", "c3", "nope"])
+    assert picked == {"c2": full["c2"]}
+    assert picked["c2"]["tasks"] == {"c2a": ("ENQUEUED", None), "c2b": ("BLOCKED", None)}
+
+
 def test_a_resync_after_a_fan_in_promotes_with_every_predecessors_output() -> None:
     """A resync clears what was promoted and replays the snapshot: the promotion it sends
     again must merge all three outputs, as the first did (it merged only the first one

@@ -163,6 +163,35 @@ def test_killed_chain_coordinators_mid_chain_resume_without_rerunning_succeeded_
     assert [_once_up(lambda h=h: h.stats.remote())["plans"] for h in coordinators] == [0] * pool
 
 
+def test_the_periodic_check_asks_about_a_quiet_chain_by_id_and_keeps_it_while_unfinished(
+    svengine: Any, tmp_path: Path
+) -> None:
+    """The coordinators' every-RESYNC_S check, called at once: a chain quiet since the given
+    mark is asked about (the scheduler looks it up by id over Ray) and kept while it runs;
+    once it has finished there is no plan left to ask about."""
+    import ray
+
+    from kmpray.chain_coordination import coordinator_index
+
+    gate = tmp_path / "gate"
+    first = step("quiet-a", gate=str(gate), block=["quiet-b"])
+    chain = svengine.begin_with(first).then(step("quiet-b")).then(step("quiet-c")).with_id("quiet")
+    assert chain.enqueue() is ScheduleResult.SUCCESS
+    until(lambda: svengine.get_task_info("quiet-b").state is TaskState.RUNNING,
+          what="the second step to start", explain=lambda: svengine.explain("quiet-b"))
+    pool = kmpray.EngineConfig().chain_coordinators
+    owner = ray.get_actor(f"kmpray.chain.{coordinator_index('quiet', pool)}", namespace=svengine.namespace)
+    before = ray.get(owner.stats.remote(), timeout=30)
+    assert ray.get(owner.check_quiet.remote(10**9), timeout=30) >= 1  # every plan counts as quiet
+    after = ray.get(owner.stats.remote(), timeout=30)
+    assert after["checks"] == before["checks"] + 1 and after["plans"] >= 1  # unfinished: kept
+    assert svengine.get_task_info("quiet-c").state is TaskState.BLOCKED  # nothing promoted early
+    gate.touch()
+    assert svengine.wait("quiet", timeout_s=60).state is TaskState.SUCCEEDED
+    until(lambda: ray.get(owner.stats.remote(), timeout=30)["plans"] == 0, what="the finished plan to retire")
+    assert ray.get(owner.check_quiet.remote(10**9), timeout=30) == 0
+
+
 def _once_up(call: Any, timeout_s: float = 60) -> Any:
     """A call's answer once the actor has restarted: a coordinator the chain did not need
     may still be restarting when the chain is done (ActorUnavailableError: restarting)."""
