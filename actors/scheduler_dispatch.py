@@ -53,6 +53,7 @@ class SchedulerDispatch:
 
     if TYPE_CHECKING:  # the actor's
         def _flush(self) -> None: ...
+        def _kick(self) -> None: ...
         async def _reconcile(self) -> None: ...
         async def _hear(self, done: list[Done], progress: Iterable[Progress], began: Iterable[Began]) -> None: ...
 
@@ -119,10 +120,16 @@ class SchedulerDispatch:
                 log_.append((now, d.key, ("handed", d.run_id, f"executor {i}", node)))
         asyncio.ensure_future(self._confirm(i, ref, keys, acks))
 
+    def _submitted(self, i: int) -> None:
+        """Its submit answered: runs that became ready meanwhile go in the next turn."""
+        self.pool.answered(i)
+        self._kick()
+
     async def _confirm(self, i: int, ref: Any, keys: list[tuple[str, int]], acks: list[tuple[str, int]]) -> None:
         try:
             incarnation, done = await ref
         except Exception as exc:
+            self._submitted(i)
             self.pool.slots[i].acks.extend(acks)  # said again with the next call
             # The batch may or may not have arrived: run it again elsewhere (a copy that did
             # arrive reports under its old run id, which is ignored). At-least-once.
@@ -135,6 +142,7 @@ class SchedulerDispatch:
             self._flush()
             await self._reconcile()
             return
+        self._submitted(i)
         if self.pool.accepted(i, keys, incarnation):
             self._flush()
         if done:  # results of runs that ended at once (actors/replies.py): stored, then acknowledged

@@ -72,6 +72,7 @@ def test_a_suspect_that_may_not_use_the_schedulers_node_runs_alone_on_an_emptied
     released = core.released
     pool.reported(("poison", 2))  # its run ended: the executor takes ordinary runs again
     assert 1 not in pool.alone and core.released == released + 1
+    pool.answered(1)  # (once the submit that took it has answered: SUBMITS_IN_FLIGHT)
     assert 1 in {i for _room, i in pool.free()}
 
 
@@ -120,3 +121,20 @@ def test_a_fence_from_a_restarted_scheduler_covers_the_batches_of_the_one_before
     assert not f.withdrawn(("third", 1))  # a scheduler after the fence's
     f.forget(("old", 1))
     assert not f.withdrawn(("old", 1))
+
+
+def test_an_executor_with_a_submit_in_flight_gets_no_other_until_it_answers() -> None:
+    """One submit in flight per executor (SUBMITS_IN_FLIGHT): runs ready meanwhile wait for
+    its answer and go together in the next, so batches grow with the load."""
+    from kmpray.actors.executor_pool import SUBMITS_IN_FLIGHT
+
+    assert SUBMITS_IN_FLIGHT == 1
+    pool, _core, sent = _pool()
+    assert [i for _room, i in pool.free()] == [0, 1, 2]
+    pool.send(0, [("a", 1)], ["run-a"])
+    assert [i for _room, i in pool.free()] == [1, 2]  # its room is not what holds it back
+    assert sent == [(0, ["run-a"])]
+    pool.answered(0)
+    assert [i for _room, i in pool.free()] == [0, 1, 2]
+    pool.answered(0)  # a second answer (a failed call's) never makes room below zero
+    assert pool.slots[0].submits == 0
