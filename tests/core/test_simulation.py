@@ -55,6 +55,7 @@ class Sim(Harness):
         self.step_no = 0
         self.trace: list[str] = []
         self.periodic: set[str] = set()  # periodic names: they never finish on their own
+        self.quiet_mark = self.coordinator.mark()  # the coordinator's last periodic check
 
     def result(self, d: Dispatch) -> Success | Failure | Retry:
         roll = self.rng.random()
@@ -218,6 +219,22 @@ class Sim(Harness):
 
     def restart_coordinator_keeping_messages(self) -> None:
         self.restart_coordinator(lose_messages=self.rng.random() < 0.5)
+        self.quiet_mark = self.coordinator.mark()
+
+    def check_quiet_chains(self) -> None:
+        """The coordinator's every-RESYNC_S check: plans quiet since the last one are
+        asked about by id (actors/chain_coordinator.py check_quiet)."""
+        if not self.coordinator_up:
+            return
+        mark = self.coordinator.mark()
+        quiet = self.coordinator.quiet_since(self.quiet_mark)
+        self.quiet_mark = mark
+        if quiet:
+            asked_at = self.coordinator.mark()
+            snapshot = self.core.chain_snapshot(0, 1, quiet)
+            self.core.chain_actions(self.coordinator.resync(snapshot, asked_at, quiet))
+            self.flush()
+        self.trace.append(f"quiet check -> asked {sorted(quiet)}")
 
     # ----------------------------------------------------------- invariants
     def _check_barrier(self, d: Dispatch) -> None:
@@ -265,7 +282,7 @@ class Sim(Harness):
             (4, lambda: self.work(self.rng.randrange(EXECUTORS), self.rng.randint(1, 8))),
             (4, self.deliver), (0.3, self.lose_executor), (0.3, self.restart_scheduler),
             (0.1, lambda: self.restart_scheduler(reopen_store=True)),
-            (0.2, self.restart_coordinator_keeping_messages),
+            (0.2, self.restart_coordinator_keeping_messages), (0.3, self.check_quiet_chains),
             (0.1, lambda: self.advance(self.rng.randrange(3_600_000, 6 * 3_600_000))),  # clock jump
             (0.3, self.prune),
         ]
