@@ -72,12 +72,9 @@ class ChainCoordinator:
 
     async def resync(self) -> int:
         """Rebuild from the scheduler's view of the unfinished chains this coordinator owns."""
-        scheduler = self._sched()
-        asked_at = self.core.mark()
-        snapshot = await call_with_retry(lambda: scheduler.chain_snapshot.remote(self.index, self.pool), 120)
+        held = await self._merge_snapshot(None)
         self.resyncs += 1
-        self._actions.add(self.core.resync(snapshot, asked_at))
-        return len(snapshot)
+        return held
 
     async def check_quiet(self, since: int) -> int:
         """Resync only the plans that heard nothing since ``since`` (a mark): drops those
@@ -86,13 +83,20 @@ class ChainCoordinator:
         quiet = self.core.quiet_since(since)
         if not quiet:
             return 0
+        await self._merge_snapshot(quiet)
+        self.checks += 1
+        return len(quiet)
+
+    async def _merge_snapshot(self, ids: list[str] | None) -> int:
+        """The scheduler's view of this coordinator's unfinished chains (of ``ids`` only,
+        when given), merged into the plans; the actions it implies go back. Returns how
+        many chains the snapshot held."""
         scheduler = self._sched()
         asked_at = self.core.mark()
         snapshot = await call_with_retry(
-            lambda: scheduler.chain_snapshot.remote(self.index, self.pool, quiet), 120)
-        self.checks += 1
-        self._actions.add(self.core.resync(snapshot, asked_at, quiet))
-        return len(quiet)
+            lambda: scheduler.chain_snapshot.remote(self.index, self.pool, ids), 120)
+        self._actions.add(self.core.resync(snapshot, asked_at, ids))
+        return len(snapshot)
 
     async def _housekeeping(self) -> None:
         """Every RESYNC_S: check the plans quiet for a whole round. Session 16: this was a

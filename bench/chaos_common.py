@@ -98,13 +98,19 @@ def ledger_starts(path: Path) -> Counter[str]:
     return Counter(parts[1] for parts in ledger_lines(path))
 
 
+def _runs_by_task(path: Path, ids: set[str], what: str = "start") -> dict[str, list[tuple[str, int]]]:
+    """The (attempt, pid) of each start (or finish) line of the tasks in ``ids``, in order."""
+    runs: dict[str, list[tuple[str, int]]] = {}
+    for parts in ledger_lines(path, what):
+        if len(parts) >= 4 and parts[1] in ids:
+            runs.setdefault(parts[1], []).append((parts[2], int(parts[3])))
+    return runs
+
+
 def rerun_after_kills(path: Path, ids: set[str], killed_pids: set[int]) -> int:
     """Tasks started more than once whose every start but the last was in a killed process."""
-    pids: dict[str, list[int]] = {}
-    for parts in ledger_lines(path):
-        if len(parts) >= 4 and parts[1] in ids:
-            pids.setdefault(parts[1], []).append(int(parts[3]))
-    return sum(1 for p in pids.values() if len(p) > 1 and all(pid in killed_pids for pid in p[:-1]))
+    return sum(1 for starts in _runs_by_task(path, ids).values()
+               if len(starts) > 1 and all(pid in killed_pids for _attempt, pid in starts[:-1]))
 
 
 def kill_accounting(path: Path, ids: set[str], killed_pids: set[int]) -> dict[str, int]:
@@ -113,15 +119,11 @@ def kill_accounting(path: Path, ids: set[str], killed_pids: set[int]) -> dict[st
     kill took them mid-run, so they must run again) and ``rerun_after_finish`` (tasks
     started again although a killed process had finished their run: the result was made
     but died with the process before the scheduler stored it)."""
-    finished = {(p[1], p[2], int(p[3])) for p in ledger_lines(path, "finish") if len(p) >= 4}
-    in_flight = 0
-    runs: dict[str, list[tuple[str, int]]] = {}
-    for p in ledger_lines(path):
-        if len(p) >= 4 and p[1] in ids:
-            pid = int(p[3])
-            runs.setdefault(p[1], []).append((p[2], pid))
-            if pid in killed_pids and (p[1], p[2], pid) not in finished:
-                in_flight += 1
+    finished = {(task, attempt, pid) for task, ends in _runs_by_task(path, ids, "finish").items()
+                for attempt, pid in ends}
+    runs = _runs_by_task(path, ids)
+    in_flight = sum(1 for task, starts in runs.items() for attempt, pid in starts
+                    if pid in killed_pids and (task, attempt, pid) not in finished)
     after_finish = sum(
         1 for task, starts in runs.items()
         if any(pid in killed_pids and (task, attempt, pid) in finished for attempt, pid in starts[:-1])

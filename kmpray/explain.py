@@ -87,7 +87,7 @@ class Explaining:
     def info(self: Core, rec: TaskRecord, places: Mapping[str, int | None] | None = None) -> TaskInfo:
         """What users see of a task: its row, why it waits, and a ``next_run_at_ms`` that
         means what it says (None, not a passed instant, while it waits for something else
-        than time). ``places``: from ``places_in_line``, when listing many."""
+        than time). ``places``: from ``places_in_line`` or ``places_of``, when listing many."""
         info = rec.info()
         reason = waiting_for(self, rec, places=places)
         if reason is None:

@@ -104,8 +104,7 @@ class ReadyQueue:
 
     def ahead_of(self, rec: TaskRecord, tasks: Mapping[str, TaskRecord]) -> int:
         """How many live entries come before ``rec``'s (O(n))."""
-        mine = self.entry(rec, rec.ready_seq)
-        return sum(1 for entry in self._heap if entry < mine and is_queued(tasks.get(entry[4]), entry[3]))
+        return self.ahead_of_each([self.entry(rec, rec.ready_seq)], tasks)[0]
 
 
 class Deadlines:
