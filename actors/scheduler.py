@@ -46,6 +46,7 @@ from .adoption import adopt_held_runs
 from .blocked_loops import BlockedLoops
 from .executor_pool import ExecutorPool, executors_for
 from .heavy_pool import HeavyPool
+from .lane import LaneServer
 from .memory_cap import give_back, rss_bytes
 from .metrics import Metrics, publish_scheduler
 from .names import BROKER, ORACLE, REGISTRY, base_namespace, lookup, shard_index
@@ -135,6 +136,7 @@ class SchedulerActor(
         self._coordinators: list[Any] = []
         self._chain_outboxes: list[Outbox[Message]] = []
         self._local_chains: ChainCoordinatorCore | None = None  # chain_coordinators=0
+        self._lane: LaneServer | None = None  # see _open_lane
         self._ready = asyncio.ensure_future(self._start())
 
     # ------------------------------------------------------------- lifecycle
@@ -207,9 +209,31 @@ class SchedulerActor(
         self._start_chains()
         self._flush()
         self._resync_coordinators()
+        await self._open_lane()
         asyncio.ensure_future(self._loop())
         asyncio.ensure_future(self._housekeeping())
         self.serving_in_s = time.monotonic() - self._born
+
+    async def _open_lane(self) -> None:
+        """The local lane (kmpray/lane.py) for enqueue calls from this node's clients; if it
+        cannot open, clients use Ray's calls only (said once in the log)."""
+        if not self.config.local_lane:
+            return
+        lane = LaneServer({"enqueue_many": self.enqueue_many, "enqueue_chain": self.enqueue_chain})
+        try:
+            await lane.start()
+        except OSError as exc:
+            log.warning("local lane not opened (%s): clients use Ray's calls only", exc)
+            return
+        self._lane = lane
+
+    async def lane(self) -> dict[str, Any] | None:
+        """Where and how this node's clients reach the local lane (None: there is none)."""
+        await self._ready
+        if self._lane is None:
+            return None
+        return {"address": self._lane.address, "secret": self._lane.secret,
+                "node": ray.get_runtime_context().get_node_id()}
 
     def _executor_nodes(self) -> list[str]:
         """One executor per CPU on every alive node, or ``executors`` spread over the nodes."""

@@ -59,6 +59,7 @@ class SchedulerIntake:
             return token, None
         log.warning("enqueue call %s was retried after it was applied: answered again, not applied twice",
                     token)
+        self.messages["retries_answered"] += 1
         return token, msgpack.unpackb(raw, raw=False)
 
     def _answer(self, token: str | None, answer: Any) -> None:

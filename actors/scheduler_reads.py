@@ -19,6 +19,7 @@ from kmpray.store import SqliteTaskStore
 from .blocked_loops import BlockedLoops
 from .executor_pool import ExecutorPool
 from .heavy_pool import HeavyPool
+from .lane import LaneServer
 
 
 class SchedulerReads:
@@ -37,6 +38,7 @@ class SchedulerReads:
     _blobs: dict[str, tuple[int, bytes]]
     _blocked: BlockedLoops
     messages: Counter[str]
+    _lane: LaneServer | None
     _ready: asyncio.Future[None]
 
     def shard_count(self) -> int:
@@ -83,6 +85,9 @@ class SchedulerReads:
             # since this scheduler started: enqueue calls and executor reports received,
             # submits and event batches sent, store commits (a commit serves a whole turn)
             "messages": dict(self.messages),
+            # calls that came over the local lane (kmpray/lane.py), and hellos refused
+            "lane": None if self._lane is None else {"calls": self._lane.calls, "connections": self._lane.accepted,
+                                                          "refused": self._lane.refused},
             # runs handed over / finished since this scheduler started, and the last
             # second's enqueue -> hand-over waits (kmpray/run_stats.py)
             "runs": self.core.stats.describe(self.clock.now_ms()),

@@ -93,6 +93,9 @@ class EngineConfig(Frozen):
     # crash or power loss may roll back the last transactions (never corrupts the file).
     # "full": also an OS crash or power loss (an fsync per commit). See README, Durability.
     durability: Literal["normal", "full"] = "normal"
+    # Enqueue calls from a client on a scheduler's own node go over a Unix socket (the
+    # local lane, kmpray/lane.py) instead of a Ray actor message; False: Ray's call only.
+    local_lane: bool = True
     # Events go to the broker in batches: the first of a quiet spell waits this long for
     # company. Delivery to subscribers is that much later; a chain's next step no longer
     # shares the two cores with a publish per step (3.3 -> 2.85 ms per step in-process).

@@ -58,7 +58,7 @@ _FIRST = {"namespace", "state_dir", "virtual_time", "platform", "node", "nodes",
           "scheduler_shards"}
 _LATEST = {"now_ms", "restored_in_s", "serving_in_s", "capacity", "p50", "p99", "max"}  # the worst shard's
 _UNION = {"workers", "waiting_for_registration"}
-_PER_SHARD = ("pending", "ready", "inflight", "executors", "counts", "messages", "serving_in_s")
+_PER_SHARD = ("pending", "ready", "inflight", "executors", "counts", "messages", "lane", "serving_in_s")
 
 
 def merge_status(parts: list[dict[str, Any]]) -> dict[str, Any]:

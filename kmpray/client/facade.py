@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import itertools
 import logging
 import os
 import sys
@@ -23,6 +24,7 @@ from ..device import DeviceState
 from ..enums import ScheduleResult, TaskState
 from ..errors import EngineUnavailable, InvalidParameters, StoreRefused
 from ..events import TaskEventBus
+from ..lane import LANE_METHODS
 from ..models import ChainInfo, TaskInfo, TaskList, TaskRequest
 from ..platforms import profile
 from ..shards import SHARD_SEP, merge_status, shard_of
@@ -31,6 +33,7 @@ from ..triggers import OneTime, Trigger
 from ..worker import LOCAL_WORKERS, check_worker_class
 from . import outputs
 from .coalesce import AsyncCoalescer, Coalescer
+from .lane import Lane, LaneDown
 from .remote import _await, _ray, _ray_init, _tokens, _unwrap
 from .routing import Routing
 from .subscription import EventBus
@@ -39,6 +42,11 @@ from .waiting import TaskNotFound, Waiting
 log = logging.getLogger("kmpray")
 _NOW = OneTime()  # the trigger of every TaskRequest in a bulk enqueue (frozen: one will do)
 _NOW_PAYLOAD = _NOW.model_dump(mode="json")
+LANE_LOOKUP_S = 5.0  # a shard's lane() look-up through Ray (on failure the call goes through Ray)
+
+
+def _node_id() -> str:
+    return str(_ray().get_runtime_context().get_node_id())
 
 
 def ship_class(cls: type) -> bytes:
@@ -75,6 +83,11 @@ class BackgroundTaskScheduler(Waiting, Routing):
         self.state_dir: str = described["state_dir"]
         self.events = EventBus(self._broker)
         self.last_reason: str | None = None
+        # Enqueue calls from this node go over each shard's local lane when it has one
+        # (kmpray/lane.py), through Ray otherwise; see _call.
+        self._lanes = [Lane(lambda k=k: self._call("lane", shard=k, timeout_s=LANE_LOOKUP_S),
+                            lambda k=k: self._call_async("lane", shard=k, timeout_s=LANE_LOOKUP_S),
+                            _node_id) for k in range(self.shards)]
         # concurrent enqueue() calls to one shard share one enqueue_many message (coalesce.py)
         self._groups = [Coalescer(lambda items, k=k: self._call("enqueue_many", items, shard=k, token=True))
                         for k in range(self.shards)]
@@ -96,6 +109,12 @@ class BackgroundTaskScheduler(Waiting, Routing):
 
         deadline = time.monotonic() + timeout_s
         tries = _tokens(token)
+        if token and method in LANE_METHODS:
+            first = next(tries)
+            try:
+                return self._lanes[shard].call(method, [*args, *first], timeout_s)
+            except LaneDown as down:  # through Ray, as a retry if the lane may have delivered it
+                tries = tries if down.sent else itertools.chain([first], tries)
 
         def once() -> Any:
             ref = getattr(self._schedulers[shard], method).remote(*args, *next(tries))
@@ -118,6 +137,12 @@ class BackgroundTaskScheduler(Waiting, Routing):
 
         deadline = time.monotonic() + timeout_s
         tries = _tokens(token)
+        if token and method in LANE_METHODS:
+            first = next(tries)
+            try:
+                return await self._lanes[shard].call_async(method, [*args, *first], timeout_s)
+            except LaneDown as down:
+                tries = tries if down.sent else itertools.chain([first], tries)
 
         async def once() -> Any:
             ref = getattr(self._schedulers[shard], method).remote(*args, *next(tries))
@@ -395,6 +420,8 @@ class BackgroundTaskScheduler(Waiting, Routing):
         from kmpray.actors.bootstrap import stop_engine
 
         stop_engine(self.namespace)
+        for lane in self._lanes:
+            lane.close()
         TaskEventBus._bind(None)
 
 

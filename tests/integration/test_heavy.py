@@ -100,7 +100,8 @@ def test_a_heavy_run_survives_a_scheduler_restart_on_its_warm_worker(heavy: Any,
     until(started.exists, what="heavy run start")
     ray.kill(ray.get_actor("kmpray.scheduler", namespace=heavy.namespace), no_restart=False)
     heavy.enqueue("next", ONCE, "WarmModel", constraints=HEAVY)  # served by the restarted one
-    assert heavy.get_task_info("long").state is TaskState.RUNNING  # adopted, not re-queued
+    assert heavy.get_task_info("long").state is TaskState.RUNNING, (  # adopted, not re-queued
+        heavy.explain("long"), heavy.status()["heavy"], heavy.status()["messages"])
     assert heavy.get_task_info("next").state is TaskState.ENQUEUED  # the worker is still busy
     release.touch()
     assert heavy.wait("long", timeout_s=60).state is TaskState.SUCCEEDED

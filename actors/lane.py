@@ -1,0 +1,88 @@
+"""The scheduler's side of the local lane (kmpray/lane.py): a Unix-socket server in the
+actor's own event loop, so a call arriving on it joins the same turn and the same group
+commit as one arriving through Ray."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import os
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from kmpray.lane import HEADER, SECRET_BYTES, FrameError, body_size, new_address, pack, sock_address, unpack
+
+log = logging.getLogger("kmpray.lane")
+
+Method = Callable[..., Awaitable[Any]]
+
+
+class LaneServer:
+    """Serves ``methods`` (name -> coroutine function) to clients that know the secret."""
+
+    def __init__(self, methods: dict[str, Method]) -> None:
+        self.methods = methods
+        self.secret = secrets.token_bytes(SECRET_BYTES)
+        self.address = new_address()
+        self.calls = 0
+        self.accepted = 0  # connections that passed the hello
+        self.refused = 0
+        self._server: asyncio.AbstractServer | None = None
+        self._open: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_unix_server(self._serve, sock_address(self.address))
+        if not self.address.startswith("@"):
+            os.chmod(self.address, 0o600)
+
+    def close(self) -> None:
+        for writer in list(self._open):
+            writer.close()
+        if self._server is not None:
+            self._server.close()
+            if not self.address.startswith("@"):
+                with contextlib.suppress(OSError):
+                    os.unlink(self.address)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._open.add(writer)
+        try:
+            hello = await _read(reader)
+            if not (isinstance(hello, bytes) and hmac.compare_digest(hello, self.secret)):
+                self.refused += 1
+                return
+            self.accepted += 1
+            writer.write(pack([True, None]))
+            while True:
+                answer = await self._answer(await _read(reader))
+                try:
+                    frame = pack(answer)
+                except (TypeError, ValueError) as exc:  # the client asks Ray, whose retry finds the answer
+                    frame = pack([False, f"answer not packable: {exc}"])
+                writer.write(frame)
+        except (asyncio.IncompleteReadError, ConnectionError, FrameError):
+            pass  # the client went away or spoke nonsense: its calls fall back to Ray
+        finally:
+            self._open.discard(writer)
+            writer.close()
+
+    async def _answer(self, request: Any) -> list[Any]:
+        if not (isinstance(request, list) and len(request) == 2 and isinstance(request[1], list)):
+            return [False, "a request is [method, args]"]
+        method, args = request
+        fn = self.methods.get(method) if isinstance(method, str) else None
+        if fn is None:
+            return [False, f"the lane does not carry {method!r}"]
+        self.calls += 1
+        try:
+            value = await fn(*args)
+            return [True, value]
+        except Exception as exc:  # the client makes the call again through Ray, which says it properly
+            return [False, f"{type(exc).__name__}: {exc}"]
+
+
+async def _read(reader: asyncio.StreamReader) -> Any:
+    return unpack(await reader.readexactly(body_size(await reader.readexactly(HEADER.size))))

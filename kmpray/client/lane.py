@@ -1,0 +1,197 @@
+"""The client's side of the local lane (kmpray/lane.py): one per scheduler shard.
+
+A call goes over the lane when this process is on the shard's node and the scheduler
+has one open; anything else — no lane, another node, a value msgpack cannot carry, a
+broken connection, an error answer — raises ``LaneDown`` and the facade makes the call
+through Ray instead, with the same request token marked as a retry when the lane may
+have delivered it (the scheduler then answers a call it already applied from its stored
+answer: nothing is applied twice). A lost lane is looked up again through Ray at most
+once a second; a shard with no lane for this process, every NO_LANE_RECHECK_S.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ..lane import HEADER, FrameError, body_size, connect, pack, sock_address, unpack
+
+LOST_RECHECK_S = 1.0
+NO_LANE_RECHECK_S = 30.0
+
+
+class LaneDown(Exception):
+    """The lane did not carry this call; ``sent``: the request may have reached the scheduler."""
+
+    def __init__(self, why: str, sent: bool) -> None:
+        super().__init__(why)
+        self.sent = sent
+
+
+Info = dict[str, Any]
+
+
+class Lane:
+    def __init__(
+        self,
+        fetch: Callable[[], Info | None],
+        fetch_async: Callable[[], Awaitable[Info | None]],
+        here: Callable[[], str],
+    ) -> None:
+        self._fetch = fetch
+        self._fetch_async = fetch_async
+        self._here = here
+        self._info: Info | None = None
+        self._next_check = 0.0
+        self._lock = threading.Lock()
+        self._idle: list[socket.socket] = []  # blocking connections (threads)
+        self._idle_async: list[socket.socket] = []  # non-blocking ones (any event loop)
+        self.calls = 0
+
+    # ------------------------------------------------------------- where
+    def _due(self) -> bool:
+        with self._lock:
+            now = time.monotonic()
+            if self._info is not None or now < self._next_check:
+                return False
+            self._next_check = now + LOST_RECHECK_S  # a failed look-up is tried again soon
+            return True
+
+    def _learned(self, info: Info | None) -> None:
+        if info is None or info.get("node") != self._here():
+            with self._lock:
+                self._next_check = time.monotonic() + NO_LANE_RECHECK_S
+            return
+        self._info = info
+
+    def _lost(self, info: Info) -> None:
+        with self._lock:
+            if self._info is info:
+                self._info = None
+                self._next_check = time.monotonic() + LOST_RECHECK_S
+                stale, self._idle, self._idle_async = self._idle + self._idle_async, [], []
+            else:
+                stale = []
+        for sock in stale:
+            sock.close()
+
+    def _where(self) -> Info:
+        if self._due():
+            with contextlib.suppress(Exception):  # Ray unreachable, an older scheduler: no lane
+                self._learned(self._fetch())
+        return self._known()
+
+    async def _where_async(self) -> Info:
+        if self._due():
+            with contextlib.suppress(Exception):
+                self._learned(await self._fetch_async())
+        return self._known()
+
+    def _known(self) -> Info:
+        info = self._info
+        if info is None:
+            raise LaneDown("no lane to this shard from here", sent=False)
+        return info
+
+    def close(self) -> None:
+        """Close every idle connection and forget the lane (the next call looks it up again)."""
+        with self._lock:
+            stale, self._idle, self._idle_async, self._info = self._idle + self._idle_async, [], [], None
+        for sock in stale:
+            sock.close()
+
+    # ------------------------------------------------------------- calls
+    def call(self, method: str, args: list[Any], timeout_s: float) -> Any:
+        """``method(*args)`` on the scheduler over the lane, from a thread."""
+        info = self._where()
+        frame = _frame(method, args)
+        with self._lock:
+            sock = self._idle.pop() if self._idle else None
+        if sock is None:
+            try:
+                sock = connect(info["address"], info["secret"], timeout_s)
+            except (OSError, FrameError) as exc:
+                self._lost(info)
+                raise LaneDown(f"cannot connect: {exc}", sent=False) from None
+        try:
+            sock.settimeout(timeout_s)
+            sock.sendall(frame)
+            answer = _read_frame(sock)
+        except BaseException as exc:
+            sock.close()
+            if isinstance(exc, (OSError, ValueError)):  # FrameError is a ValueError
+                self._lost(info)
+                raise LaneDown(f"connection lost: {exc}", sent=True) from None
+            raise
+        with self._lock:
+            self._idle.append(sock)
+        return self._value(answer)
+
+    async def call_async(self, method: str, args: list[Any], timeout_s: float) -> Any:
+        """The same from a coroutine (any event loop: an idle connection belongs to none)."""
+        info = await self._where_async()
+        frame = _frame(method, args)
+        loop = asyncio.get_running_loop()
+        sock = self._idle_async.pop() if self._idle_async else None
+        sent = False
+        try:
+            async with asyncio.timeout(timeout_s):
+                if sock is None:
+                    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    sock.setblocking(False)
+                    await loop.sock_connect(sock, sock_address(info["address"]))
+                    await loop.sock_sendall(sock, pack(info["secret"]))
+                    if (await _read_frame_async(loop, sock))[0] is not True:
+                        raise FrameError("the lane refused the hello")
+                sent = True
+                await loop.sock_sendall(sock, frame)
+                answer = await _read_frame_async(loop, sock)
+        except BaseException as exc:
+            if sock is not None:
+                sock.close()
+            if isinstance(exc, (OSError, ValueError, TimeoutError)):
+                self._lost(info)
+                raise LaneDown(f"connection lost: {exc}", sent=sent) from None
+            raise
+        self._idle_async.append(sock)
+        return self._value(answer)
+
+    def _value(self, answer: Any) -> Any:
+        if not (isinstance(answer, list) and len(answer) == 2):
+            raise LaneDown(f"not an answer: {answer!r:.80}", sent=True)
+        ok, value = answer
+        if ok is not True:
+            raise LaneDown(str(value), sent=True)
+        self.calls += 1
+        return value
+
+
+def _frame(method: str, args: list[Any]) -> bytes:
+    try:
+        return pack([method, args])
+    except (TypeError, ValueError) as exc:  # not msgpack, or too large: Ray takes it
+        raise LaneDown(f"not for the lane: {exc}", sent=False) from None
+
+
+def _read_frame(sock: socket.socket) -> Any:
+    from ..lane import read_frame
+
+    return read_frame(sock)
+
+
+async def _read_frame_async(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> Any:
+    async def exactly(n: int) -> bytes:
+        buf = bytearray()
+        while len(buf) < n:
+            chunk = await loop.sock_recv(sock, n - len(buf))
+            if not chunk:
+                raise ConnectionResetError("the lane closed the connection")
+            buf += chunk
+        return bytes(buf)
+
+    return unpack(await exactly(body_size(await exactly(HEADER.size))))

@@ -1,0 +1,192 @@
+"""The local lane (kmpray/lane.py) without Ray: the scheduler's server (actors/lane.py)
+in an event loop of its own thread, the client's Lane (kmpray/client/lane.py) against it,
+and what each failure makes the client do (fall back to Ray: LaneDown, sent or not)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kmpray.actors.lane import LaneServer
+
+from kmpray.client import lane as client_lane
+from kmpray.client.lane import Lane, LaneDown
+from kmpray.lane import MAX_FRAME, FrameError, body_size, connect, pack, read_frame, sock_address, unpack
+
+
+class Served:
+    """A LaneServer in its own loop thread; ``applied`` lists what its methods received."""
+
+    def __init__(self) -> None:
+        self.applied: list[Any] = []
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+        async def enqueue_many(items: list[Any], token: str) -> list[list[Any]]:
+            self.applied.append((items, token))
+            return [["SUCCESS", None] for _ in items]
+
+        async def enqueue_chain(payload: Any, token: str) -> Any:
+            raise RuntimeError("chain refused")
+
+        self.server = LaneServer({"enqueue_many": enqueue_many, "enqueue_chain": enqueue_chain})
+        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(5)
+
+    def info(self, node: str = "here") -> dict[str, Any]:
+        return {"address": self.server.address, "secret": self.server.secret, "node": node}
+
+    def stop(self) -> None:
+        async def close() -> None:
+            self.server.close()
+            await asyncio.sleep(0.05)  # its connections' handlers see the close and end
+
+        if self.loop.is_running():
+            asyncio.run_coroutine_threadsafe(close(), self.loop).result(5)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+@pytest.fixture
+def served() -> Iterator[Served]:
+    s = Served()
+    yield s
+    s.stop()
+
+
+def _lane(info: Any, lookups: list[int] | None = None) -> Lane:
+    def fetch() -> Any:
+        if lookups is not None:
+            lookups.append(1)
+        return info() if callable(info) else info
+
+    async def fetch_async() -> Any:
+        return fetch()
+
+    return Lane(fetch, fetch_async, lambda: "here")
+
+
+def test_frames_round_trip_and_refuse_oversize_and_garbage() -> None:
+    frame = pack(["enqueue_many", [[{"id": "a", "input": None}], "tok"]])
+    assert body_size(frame[:4]) == len(frame) - 4
+    assert unpack(frame[4:]) == ["enqueue_many", [[{"id": "a", "input": None}], "tok"]]
+    with pytest.raises(FrameError, match="over"):
+        body_size((MAX_FRAME + 1).to_bytes(4, "big"))
+    with pytest.raises(FrameError, match="not a msgpack frame"):
+        unpack(b"\xc1")  # a byte msgpack never uses
+
+
+def test_sync_calls_reuse_one_connection_and_keep_their_order(served: Served) -> None:
+    lane = _lane(served.info())
+    for i in range(5):
+        assert lane.call("enqueue_many", [[{"id": f"t{i}"}], f"tok{i}"], 5) == [["SUCCESS", None]]
+    assert [token for _items, token in served.applied] == [f"tok{i}" for i in range(5)]
+    assert lane.calls == 5 and served.server.calls == 5
+    assert served.server.accepted == 1  # one connection, reused
+    lane.close()  # shutdown(): connections closed, the lane forgotten
+    assert lane._idle == [] and lane._info is None
+
+
+def test_async_calls_from_two_event_loops(served: Served) -> None:
+    lane = _lane(served.info())
+
+    async def three(tag: str) -> list[Any]:
+        calls = (lane.call_async("enqueue_many", [[{"id": f"{tag}{i}"}], f"{tag}{i}"], 5) for i in range(3))
+        return list(await asyncio.gather(*calls))
+
+    assert asyncio.run(three("a")) == [[["SUCCESS", None]]] * 3
+    assert asyncio.run(three("b")) == [[["SUCCESS", None]]] * 3  # idle connections belong to no loop
+    assert sorted(token for _items, token in served.applied) == ["a0", "a1", "a2", "b0", "b1", "b2"]
+    assert served.server.accepted <= 3  # at most one connection per call in flight, reused by the next loop
+    before = served.server.accepted
+    for tag in ("c", "d"):  # one call at a time, each in a new loop: one connection serves them all
+        answer = asyncio.run(lane.call_async("enqueue_many", [[{"id": tag}], tag], 5))
+        assert answer == [["SUCCESS", None]]
+    assert served.server.accepted == before
+
+
+def test_a_wrong_secret_is_refused_and_nothing_is_applied(served: Served) -> None:
+    with pytest.raises((ConnectionError, FrameError)):
+        connect(served.server.address, b"x" * 32, 5)
+    wrong = dict(served.info(), secret=b"y" * 32)
+    lane = _lane(wrong)
+    with pytest.raises(LaneDown) as down:
+        lane.call("enqueue_many", [[{"id": "t"}], "tok"], 5)
+    assert down.value.sent is False  # the request never left: Ray's first try is a first try
+    assert served.applied == [] and served.server.refused == 2
+
+
+def test_an_error_answer_and_an_unknown_method_send_the_call_to_ray_as_a_retry(served: Served) -> None:
+    lane = _lane(served.info())
+    with pytest.raises(LaneDown, match="chain refused") as down:
+        lane.call("enqueue_chain", [{"id": "c"}, "tok"], 5)
+    assert down.value.sent is True
+    with pytest.raises(LaneDown, match="does not carry 'cancel_all'"):
+        lane.call("cancel_all", [], 5)
+    assert lane.call("enqueue_many", [[{"id": "t"}], "tok"], 5) == [["SUCCESS", None]]  # still serving
+
+
+def test_values_msgpack_cannot_carry_go_to_ray_unsent(served: Served) -> None:
+    lane = _lane(served.info())
+    with pytest.raises(LaneDown, match="not for the lane") as down:
+        lane.call("enqueue_many", [[{"id": object()}], "tok"], 5)
+    assert down.value.sent is False and served.applied == []
+
+
+def test_another_node_never_connects_and_asks_again_only_after_a_while(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lookups: list[int] = []
+    lane = _lane(served.info(node="elsewhere"), lookups)
+    for _ in range(3):
+        with pytest.raises(LaneDown) as down:
+            lane.call("enqueue_many", [[{"id": "t"}], "tok"], 5)
+        assert down.value.sent is False
+    assert len(lookups) == 1 and served.applied == []
+    monkeypatch.setattr(client_lane, "NO_LANE_RECHECK_S", 0.0)
+    lane._next_check = 0.0
+    with pytest.raises(LaneDown):
+        lane.call("enqueue_many", [[{"id": "t"}], "tok"], 5)
+    assert len(lookups) == 2
+
+
+def test_a_lost_scheduler_is_a_lost_lane_and_a_new_one_is_looked_up(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    current = {"info": served.info()}
+    lookups: list[int] = []
+    lane = _lane(lambda: current["info"], lookups)
+    assert lane.call("enqueue_many", [[{"id": "a"}], "t1"], 5) == [["SUCCESS", None]]
+    served.stop()  # the scheduler's process is gone: its connections and its address
+    with pytest.raises(LaneDown) as down:
+        lane.call("enqueue_many", [[{"id": "b"}], "t2"], 5)
+    assert down.value.sent is True  # it may have arrived: Ray's try goes as a retry
+    with pytest.raises(LaneDown) as down:  # within LOST_RECHECK_S: no look-up, straight to Ray
+        lane.call("enqueue_many", [[{"id": "c"}], "t3"], 5)
+    assert down.value.sent is False and len(lookups) == 1
+    restarted = Served()
+    try:
+        current["info"] = restarted.info()
+        monkeypatch.setattr(client_lane, "LOST_RECHECK_S", 0.0)
+        lane._next_check = 0.0
+        assert lane.call("enqueue_many", [[{"id": "d"}], "t4"], 5) == [["SUCCESS", None]]
+        assert len(lookups) == 2 and [t for _i, t in restarted.applied] == ["t4"]
+    finally:
+        restarted.stop()
+
+
+def test_nonsense_on_the_socket_closes_that_connection_only(served: Served) -> None:
+    raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    raw.settimeout(5)
+    raw.connect(sock_address(served.server.address))
+    raw.sendall(pack(served.server.secret))
+    assert read_frame(raw) == [True, None]
+    raw.sendall(b"\x00\x00\x00\x02\xc1\xc1")  # a frame whose body is not msgpack
+    assert raw.recv(16) == b""  # closed
+    raw.close()
+    lane = _lane(served.info())
+    assert lane.call("enqueue_many", [[{"id": "t"}], "tok"], 5) == [["SUCCESS", None]]

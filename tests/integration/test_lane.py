@@ -1,0 +1,113 @@
+"""The local lane on a real engine (kmpray/lane.py): a client on the scheduler's node
+enqueues over the Unix socket; a lane answer lost on the way is answered again through
+Ray, never applied twice; with the lane off, or after the scheduler restarted, enqueues
+still land and the lane is found again."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import ray
+
+import kmpray
+from kmpray import ScheduleResult, TaskRequest, TaskState, TaskTrigger
+from kmpray.client import lane as client_lane
+from kmpray.client.lane import LaneDown
+
+from .helpers import ONE_SHARD, until
+from .workers import register_all
+
+LATER = TaskTrigger.OneTime(initial_delay_ms=600_000)
+
+
+def _lane_status(sched: Any) -> dict[str, Any] | None:
+    return sched.status()["lane"]
+
+
+def _messages(sched: Any) -> dict[str, int]:
+    return sched.status()["messages"]
+
+
+@ONE_SHARD
+def test_enqueues_from_this_node_go_over_the_lane_and_run(engines: Any) -> None:
+    sched = engines()
+    register_all(sched)
+    assert sched.enqueue("one", TaskTrigger.OneTime(), "Noop") is ScheduleResult.SUCCESS
+    many = sched.enqueue_many([TaskRequest("Noop", id=f"m{i}") for i in range(3)])
+    assert many == [ScheduleResult.SUCCESS] * 3
+
+    async def concurrently() -> list[ScheduleResult]:
+        return list(await asyncio.gather(*(sched.enqueue_async(f"a{i}", LATER, "Noop") for i in range(20))))
+
+    assert asyncio.run(concurrently()) == [ScheduleResult.SUCCESS] * 20
+    chain = sched.begin_with(TaskRequest("Noop", id="c1")).then(TaskRequest("Noop", id="c2")).with_id("chain")
+    assert chain.enqueue() is ScheduleResult.SUCCESS
+    # a rejection is an answer like any other: it comes back over the lane with its reason
+    assert sched.enqueue("x" * 300, TaskTrigger.OneTime(), "Noop") is ScheduleResult.REJECTED_INVALID_PARAMS
+    assert "256" in (sched.last_reason or "")  # the id's length limit, said over the lane
+    for name in ("one", "m2", "chain"):
+        assert sched.wait(name, timeout_s=60).state is TaskState.SUCCEEDED
+    lane, messages = _lane_status(sched), _messages(sched)
+    assert lane is not None and lane["refused"] == 0
+    # every enqueue call of this client came over the lane (the 20 coroutines in a few groups)
+    assert lane["calls"] == messages["enqueue_calls"] == sched._lanes[0].calls
+    assert 5 <= lane["calls"] <= 25 and lane["connections"] <= 3
+    assert sched.get_task_info("a19").state is TaskState.ENQUEUED
+
+
+@ONE_SHARD
+def test_an_answer_lost_on_the_lane_is_answered_again_through_ray_not_applied_twice(engines: Any) -> None:
+    sched = engines()
+    register_all(sched)
+    lane = sched._lanes[0]
+    real = lane.call
+
+    def delivered_then_lost(method: str, args: list[Any], timeout_s: float) -> Any:
+        real(method, args, timeout_s)  # the scheduler applied it and answered ...
+        raise LaneDown("connection lost after the request went", sent=True)  # ... the answer never came
+
+    lane.call = delivered_then_lost  # type: ignore[method-assign]
+    assert sched.enqueue("once", LATER, "Noop", input="first") is ScheduleResult.SUCCESS
+    messages = _messages(sched)
+    assert messages["retries_answered"] == 1  # Ray's try was a retry, answered from the stored answer
+    assert messages["enqueue_calls"] == 2 and _lane_status(sched)["calls"] == 1
+    info = sched.get_task_info("once")
+    assert info.state is TaskState.ENQUEUED and info.run_count == 0
+
+
+def test_with_the_lane_off_enqueues_go_through_ray(engines: Any) -> None:
+    sched = engines(config=kmpray.EngineConfig(local_lane=False))
+    register_all(sched)
+    assert sched.enqueue("t", TaskTrigger.OneTime(), "Noop") is ScheduleResult.SUCCESS
+    assert sched.wait("t", timeout_s=60).state is TaskState.SUCCEEDED
+    assert _lane_status(sched) is None and sched._lanes[0].calls == 0
+    with pytest.raises(LaneDown):
+        sched._lanes[0].call("enqueue_many", [[], "tok"], 5)
+
+
+@ONE_SHARD
+def test_after_a_scheduler_restart_the_lane_is_found_again(
+    engines: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sched = engines()
+    register_all(sched)
+    assert sched.enqueue("before", LATER, "Noop") is ScheduleResult.SUCCESS
+    old = _lane_status(sched)
+    assert old is not None and old["calls"] == 1
+    ray.kill(ray.get_actor("kmpray.scheduler", namespace=sched.namespace), no_restart=False)
+    # over the old lane while that process still serves (ray.kill returns before it ends),
+    # through Ray (waiting for the restart) once it is gone
+    assert sched.enqueue("during", LATER, "Noop") is ScheduleResult.SUCCESS
+    monkeypatch.setattr(client_lane, "LOST_RECHECK_S", 0.0)
+    names: list[str] = []
+
+    def over_a_new_lane() -> bool:
+        names.append(f"after{len(names)}")
+        assert sched.enqueue(names[-1], LATER, "Noop") is ScheduleResult.SUCCESS
+        return (_lane_status(sched) or {}).get("calls", 0) >= 1  # the restarted scheduler's lane
+
+    until(over_a_new_lane, timeout_s=60, what="a call over the restarted scheduler's lane")
+    # whichever process answered, every acknowledged enqueue is in the restarted one
+    assert {sched.get_task_info(n).state for n in ("before", "during", *names)} == {TaskState.ENQUEUED}
