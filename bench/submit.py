@@ -14,6 +14,9 @@ In one run, against one engine:
   call (how ``enqueue()`` worked before calls were coalesced).
 - ``start_latency_ms``: enqueue -> the worker starts, at 100 tasks/s through single
   ``enqueue()`` calls on a fixed schedule (from each call's send time).
+- ``through_ray`` / ``lane_speedup``: sequential, 8-thread and start-latency figures again
+  with the client's local lane off (every call a Ray actor message, kmpray/lane.py), on
+  the same engine in the same run: what the lane gains.
 """
 
 from __future__ import annotations
@@ -51,6 +54,16 @@ def _threads(threads: int, per: int, call: Any) -> float:
     for th in pool:
         th.join(timeout=300)
     return threads * per / (time.perf_counter() - start)
+
+
+def _starts(sched: Any, sub: Any, tag: str, duration_s: float) -> list[float]:
+    """Enqueue -> worker start (ms) of single enqueue() calls at 100/s for ``duration_s``."""
+    from kmpray import TaskTrigger
+
+    now = TaskTrigger.OneTime()
+    sent = _open_loop(100, duration_s, lambda i: sched.enqueue(f"{tag}{i}", now, "BenchStamp"))
+    starts = collect_starts(sub, {f"{tag}{i}" for i in range(len(sent))})
+    return [starts[f"{tag}{i}"] - s for i, s in enumerate(sent)]
 
 
 def _messages(sched: Any) -> dict[str, int]:
@@ -104,9 +117,16 @@ def run(quick: bool = False, json_path: str | None = None, address: str | None =
         sched.wait([f"u{t}-{per - 1}" for t in range(THREADS)], timeout_s=120)
         sched.cancel_all()
         sub = sched.events.subscribe()
-        sent = _open_loop(100, 3.0 if quick else 5.0, lambda i: sched.enqueue(f"o{i}", now, "BenchStamp"))
-        starts = collect_starts(sub, {f"o{i}" for i in range(len(sent))})
-        start_latency = [starts[f"o{i}"] - s for i, s in enumerate(sent)]
+        start_latency = _starts(sched, sub, "o", 3.0 if quick else 5.0)
+        # The same calls through Ray's actor call, the local lane off (kmpray/lane.py): the
+        # baseline of the lane's gain, measured in this run on this engine.
+        for lane in sched._lanes:
+            lane.enabled = False
+        _, ray_rate = _timed(n, lambda i: sched.enqueue(f"rn{i}", now, "BenchStamp"))
+        sched.wait(f"rn{n - 1}", timeout_s=60)
+        ray_conc = _threads(THREADS, per, lambda t, i: sched.enqueue(f"rc{t}-{i}", now, "BenchStamp"))
+        sched.wait([f"rc{t}-{per - 1}" for t in range(THREADS)], timeout_s=120)
+        ray_start = percentiles(_starts(sched, sub, "ro", 3.0 if quick else 5.0))
     finally:
         sched.shutdown()
     p = {k: percentiles(v) for k, v in
@@ -128,6 +148,11 @@ def run(quick: bool = False, json_path: str | None = None, address: str | None =
         "coalescing_speedup": round(conc / uncoalesced, 2),
         "start_latency_ms": {"rate_per_s": 100, "p50": start_p["p50"], "p99": start_p["p99"],
                              "p50_over_rtt_p50": round(start_p["p50"] / rtt["p50"], 2)},
+        "through_ray": {"enqueue_per_s": round(ray_rate, 1), "concurrent_enqueue_per_s": round(ray_conc, 1),
+                        "start_latency_ms": {"p50": ray_start["p50"], "p99": ray_start["p99"]}},
+        "lane_speedup": {"sequential": round(enqueue_rate / ray_rate, 2),
+                         "concurrent": round(conc / ray_conc, 2),
+                         "start_p50": round(ray_start["p50"] / start_p["p50"], 2)},
         "latency_ms": p,
         "ratio_to_bare_call_p50": {k: round(v["p50"] / max(rtt["p50"], 0.001), 2) for k, v in p.items()},
         "concurrent": {"threads": THREADS, "enqueue_calls_per_s": round(conc, 1),
@@ -149,6 +174,11 @@ def run(quick: bool = False, json_path: str | None = None, address: str | None =
          f"{uncoalesced:,.0f}/s), delayed {delayed_conc:,.0f}/s, bare pings {bare_rate:,.0f}/s"),
         ("start latency at 100/s", f"p50 {start_p['p50']} ms, p99 {start_p['p99']} ms "
                                    f"({result['start_latency_ms']['p50_over_rtt_p50']}x rtt p50)"),
+        ("through Ray (lane off), same run",
+         f"sequential {ray_rate:,.0f}/s, {THREADS} threads {ray_conc:,.0f}/s, "
+         f"start p50 {ray_start['p50']} ms "
+         f"(lane: {result['lane_speedup']['sequential']}x, {result['lane_speedup']['concurrent']}x, "
+         f"{result['lane_speedup']['start_p50']}x)"),
         ("scheduler messages per run-now task", ", ".join(f"{k} {v}" for k, v in sorted(per_task.items()))),
         ("json", str(out)),
     ]

@@ -52,6 +52,7 @@ class Lane:
         self._idle: list[socket.socket] = []  # blocking connections (threads)
         self._idle_async: list[socket.socket] = []  # non-blocking ones (any event loop)
         self.calls = 0
+        self.enabled = True  # False: every call goes through Ray (bench submit's same-run baseline)
 
     # ------------------------------------------------------------- where
     def _due(self) -> bool:
@@ -94,7 +95,7 @@ class Lane:
 
     def _known(self) -> Info:
         info = self._info
-        if info is None:
+        if info is None or not self.enabled:
             raise LaneDown("no lane to this shard from here", sent=False)
         return info
 
