@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import threading
 import time
@@ -52,7 +53,9 @@ class Lane:
         self._idle: list[socket.socket] = []  # blocking connections (threads)
         self._idle_async: list[socket.socket] = []  # non-blocking ones (any event loop)
         self.calls = 0
-        self.enabled = True  # False: every call goes through Ray (bench submit's same-run baseline)
+        # False: every call goes through Ray (KMPRAY_LOCAL_LANE=0 in the client's environment;
+        # bench submit's same-run baseline)
+        self.enabled = os.environ.get("KMPRAY_LOCAL_LANE", "1") != "0"
 
     # ------------------------------------------------------------- where
     def _due(self) -> bool:

@@ -190,3 +190,15 @@ def test_nonsense_on_the_socket_closes_that_connection_only(served: Served) -> N
     raw.close()
     lane = _lane(served.info())
     assert lane.call("enqueue_many", [[{"id": "t"}], "tok"], 5) == [["SUCCESS", None]]
+
+
+def test_a_client_can_turn_its_lane_off_from_the_environment(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KMPRAY_LOCAL_LANE", "0")
+    lane = _lane(served.info())
+    with pytest.raises(LaneDown) as down:
+        lane.call("enqueue_many", [[{"id": "t"}], "tok"], 5)
+    assert down.value.sent is False and served.applied == []
+    monkeypatch.setenv("KMPRAY_LOCAL_LANE", "1")
+    assert _lane(served.info()).call("enqueue_many", [[{"id": "t"}], "tok"], 5) == [["SUCCESS", None]]
