@@ -60,7 +60,7 @@ class LaneServer:
                 answer = await self._answer(await _read(reader))
                 try:
                     frame = pack(answer)
-                except (TypeError, ValueError) as exc:  # the client asks Ray, whose retry finds the answer
+                except Exception as exc:  # the client asks Ray, whose retry finds the answer
                     frame = pack([False, f"answer not packable: {exc}"])
                 writer.write(frame)
         except (asyncio.IncompleteReadError, ConnectionError, FrameError):

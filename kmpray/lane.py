@@ -57,7 +57,7 @@ def body_size(header: bytes) -> int:
 
 def unpack(body: bytes) -> Any:
     try:
-        return msgpack.unpackb(body, raw=False)
+        return msgpack.unpackb(body, raw=False, strict_map_key=False)  # int keys as Ray would keep them
     except Exception as exc:
         raise FrameError(f"not a msgpack frame: {exc}") from None
 

@@ -178,7 +178,7 @@ class Lane:
 def _frame(method: str, args: list[Any]) -> bytes:
     try:
         return pack([method, args])
-    except (TypeError, ValueError) as exc:  # not msgpack, or too large: Ray takes it
+    except Exception as exc:  # not msgpack (a type, an int past 64 bits), or too large: Ray takes it
         raise LaneDown(f"not for the lane: {exc}", sent=False) from None
 
 

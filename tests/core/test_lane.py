@@ -74,6 +74,7 @@ def test_frames_round_trip_and_refuse_oversize_and_garbage() -> None:
     frame = pack(["enqueue_many", [[{"id": "a", "input": None}], "tok"]])
     assert body_size(frame[:4]) == len(frame) - 4
     assert unpack(frame[4:]) == ["enqueue_many", [[{"id": "a", "input": None}], "tok"]]
+    assert unpack(pack({1: "int keys stay, as through Ray"})[4:]) == {1: "int keys stay, as through Ray"}
     with pytest.raises(FrameError, match="over"):
         body_size((MAX_FRAME + 1).to_bytes(4, "big"))
     with pytest.raises(FrameError, match="not a msgpack frame"):
@@ -132,9 +133,11 @@ def test_an_error_answer_and_an_unknown_method_send_the_call_to_ray_as_a_retry(s
 
 def test_values_msgpack_cannot_carry_go_to_ray_unsent(served: Served) -> None:
     lane = _lane(served.info())
-    with pytest.raises(LaneDown, match="not for the lane") as down:
-        lane.call("enqueue_many", [[{"id": object()}], "tok"], 5)
-    assert down.value.sent is False and served.applied == []
+    for value in (object(), 2**70, -(2**64)):  # a type, ints past 64 bits (OverflowError, not TypeError)
+        with pytest.raises(LaneDown, match="not for the lane") as down:
+            lane.call("enqueue_many", [[{"id": "t", "constraints": {"x": value}}], "tok"], 5)
+        assert down.value.sent is False
+    assert served.applied == []
 
 
 def test_another_node_never_connects_and_asks_again_only_after_a_while(
