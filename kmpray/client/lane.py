@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ..lane import HEADER, FrameError, body_size, connect, pack, sock_address, unpack
+from ..lane import HEADER, FrameError, body_size, connect, pack, read_frame, sock_address, unpack
 
 LOST_RECHECK_S = 1.0
 NO_LANE_RECHECK_S = 30.0
@@ -125,7 +125,7 @@ class Lane:
         try:
             sock.settimeout(timeout_s)
             sock.sendall(frame)
-            answer = _read_frame(sock)
+            answer = read_frame(sock)
         except BaseException as exc:
             sock.close()
             if isinstance(exc, (OSError, ValueError)):  # FrameError is a ValueError
@@ -180,12 +180,6 @@ def _frame(method: str, args: list[Any]) -> bytes:
         return pack([method, args])
     except Exception as exc:  # not msgpack (a type, an int past 64 bits), or too large: Ray takes it
         raise LaneDown(f"not for the lane: {exc}", sent=False) from None
-
-
-def _read_frame(sock: socket.socket) -> Any:
-    from ..lane import read_frame
-
-    return read_frame(sock)
 
 
 async def _read_frame_async(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> Any:
