@@ -25,6 +25,7 @@ from kmpray.config import EngineConfig
 from kmpray.device import DeviceState
 from kmpray.engine import SchedulerCore
 from kmpray.errors import StoreRefused
+from kmpray.lane import LANE_METHODS
 from kmpray.event_codec import encode_event
 from kmpray.placement import heavy_demand, placeable
 from kmpray.platforms import profile
@@ -219,7 +220,7 @@ class SchedulerActor(
         cannot open, clients use Ray's calls only (said once in the log)."""
         if not self.config.local_lane:
             return
-        lane = LaneServer({"enqueue_many": self.enqueue_many, "enqueue_chain": self.enqueue_chain})
+        lane = LaneServer({name: getattr(self, name) for name in LANE_METHODS})
         try:
             await lane.start()
         except OSError as exc:

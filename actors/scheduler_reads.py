@@ -86,8 +86,8 @@ class SchedulerReads:
             # submits and event batches sent, store commits (a commit serves a whole turn)
             "messages": dict(self.messages),
             # calls that came over the local lane (kmpray/lane.py), and hellos refused
-            "lane": None if self._lane is None else {"calls": self._lane.calls, "connections": self._lane.accepted,
-                                                          "refused": self._lane.refused},
+            "lane": None if self._lane is None else {
+                "calls": self._lane.calls, "connections": self._lane.accepted, "refused": self._lane.refused},
             # runs handed over / finished since this scheduler started, and the last
             # second's enqueue -> hand-over waits (kmpray/run_stats.py)
             "runs": self.core.stats.describe(self.clock.now_ms()),
