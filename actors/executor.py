@@ -48,6 +48,7 @@ from .metrics import RunMeter
 from .names import REGISTRY, SCHEDULER, lookup
 from .outbox import Outbox
 from .replies import Replies
+from .report_lane import LaneReports
 from .retry import call_with_retry
 
 log = logging.getLogger("kmpray.executor")
@@ -94,6 +95,9 @@ class ExecutorBase(StepData):
         self._scheduler: Any = None
         with contextlib.suppress(Exception):
             self._scheduler = lookup(SCHEDULER, namespace, timeout_s=5)
+        # On the scheduler's node, reports go over its local lane, written the moment they
+        # exist (actors/report_lane.py); the Outbox above carries what the lane cannot.
+        self._lane_reports = LaneReports(self._lane_info, self.node_id, self._reported, self._reports.add)
         self._meter = RunMeter(namespace, METRICS_S)  # runs begun and their durations (actors/metrics.py)
         self._slots = asyncio.Semaphore(self._concurrency())
         # Through the module, not a name imported here: Ray ships actor classes by value,
@@ -174,7 +178,7 @@ class ExecutorBase(StepData):
         Results sent in answers and not acknowledged are reported again: the scheduler
         that was to read them may be the one that died."""
         if kept := self._replies.take_kept():
-            self._reports.add(kept)
+            self._send(kept)
         held = [key for key in self._unreported if not self._withdrawn(key)]
         waiting = [key for key in self._tasks if key not in self._begun and key in held]
         return Holding(self.incarnation, held, waiting)
@@ -350,12 +354,12 @@ class ExecutorBase(StepData):
         # by report, and must not reach the scheduler before this one (which hands it on).
         if followed is not None or not self._replies.finished(done):
             self._replies.detach(key)
-            self._reports.add((done,))
+            self._send([done])
 
     def _say(self, item: Progress | Began) -> None:
         """Progress or a "began" notice, in order with the run's result: that goes the same way."""
         self._replies.detach((item.key, item.run_id))
-        self._reports.add((item,))
+        self._send([item])
 
     def _follow(
         self, then: Run, merger: str, result: Success | Failure, stored: list[Stored] | None
@@ -423,13 +427,33 @@ class ExecutorBase(StepData):
             return Failure(f"{type(exc).__name__}: {exc}", should_retry=True), None
         return await self._output(result)  # type: ignore[arg-type]
 
+    def _send(self, items: list[Report]) -> None:
+        """Results and notices to the scheduler: over the local lane when it can carry them
+        and nothing waits for Ray's call (so their order is kept), else by Ray's call."""
+        if not self._reports.busy and self._lane_reports.add(items, eager=not self._tasks):
+            return
+        self._reports.add(items)
+
     def _report(self, items: list[Report]) -> Any:
+        """Ray's report call (the Outbox's): after what the lane took before these."""
+        if not self._lane_reports.idle:
+            return self._report_after_lane(items)
         if self._scheduler is None:
             self._scheduler = lookup(SCHEDULER, self.namespace)
         done = [item for item in items if isinstance(item, Done)]
         progress = [item for item in items if isinstance(item, Progress)]
         began = [item for item in items if isinstance(item, Began)]
         return self._scheduler.report.remote(done, progress, began)
+
+    async def _report_after_lane(self, items: list[Report]) -> Any:
+        await self._lane_reports.drained()
+        return await self._report(items)
+
+    async def _lane_info(self) -> dict[str, Any] | None:
+        if self._scheduler is None:
+            self._scheduler = lookup(SCHEDULER, self.namespace)
+        info: dict[str, Any] | None = await self._scheduler.lane.remote()
+        return info
 
     def _reported(self, _answer: Any, items: list[Report]) -> None:
         for item in items:

@@ -10,6 +10,7 @@ import hmac
 import logging
 import os
 import secrets
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -27,7 +28,7 @@ class LaneServer:
         self.methods = methods
         self.secret = secrets.token_bytes(SECRET_BYTES)
         self.address = new_address()
-        self.calls = 0
+        self.calls: Counter[str] = Counter()  # by method
         self.accepted = 0  # connections that passed the hello
         self.refused = 0
         self._server: asyncio.AbstractServer | None = None
@@ -76,7 +77,7 @@ class LaneServer:
         fn = self.methods.get(method) if isinstance(method, str) else None
         if fn is None:
             return [False, f"the lane does not carry {method!r}"]
-        self.calls += 1
+        self.calls[method] += 1
         try:
             value = await fn(*args)
             return [True, value]

@@ -48,6 +48,11 @@ class Outbox(Generic[T]):
         self._items: list[T] = []
         self._running = False
 
+    @property
+    def busy(self) -> bool:
+        """Items wait, or a call is in flight."""
+        return self._running or bool(self._items)
+
     def add(self, items: Iterable[T]) -> None:
         self._items.extend(items)
         if self._items and not self._running:

@@ -25,7 +25,7 @@ from kmpray.config import EngineConfig
 from kmpray.device import DeviceState
 from kmpray.engine import SchedulerCore
 from kmpray.errors import StoreRefused
-from kmpray.lane import LANE_METHODS
+from kmpray.lane import LANE_METHODS, REPORT
 from kmpray.event_codec import encode_event
 from kmpray.placement import heavy_demand, placeable
 from kmpray.platforms import profile
@@ -216,11 +216,14 @@ class SchedulerActor(
         self.serving_in_s = time.monotonic() - self._born
 
     async def _open_lane(self) -> None:
-        """The local lane (kmpray/lane.py) for enqueue calls from this node's clients; if it
-        cannot open, clients use Ray's calls only (said once in the log)."""
+        """The local lane (kmpray/lane.py) for enqueue calls from this node's clients and
+        reports from its executors; if it cannot open, Ray's calls carry them (said once
+        in the log)."""
         if not self.config.local_lane:
             return
-        lane = LaneServer({name: getattr(self, name) for name in LANE_METHODS})
+        methods = {name: getattr(self, name) for name in LANE_METHODS}
+        methods[REPORT] = self.report_from_lane  # executors' and heavy workers' (actors/report_lane.py)
+        lane = LaneServer(methods)
         try:
             await lane.start()
         except OSError as exc:

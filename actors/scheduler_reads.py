@@ -14,6 +14,7 @@ import ray
 from kmpray.clock import ManualClock, SystemClock
 from kmpray.engine import SchedulerCore
 from kmpray.enums import TaskState
+from kmpray.lane import REPORT
 from kmpray.store import SqliteTaskStore
 
 from .blocked_loops import BlockedLoops
@@ -85,9 +86,12 @@ class SchedulerReads:
             # since this scheduler started: enqueue calls and executor reports received,
             # submits and event batches sent, store commits (a commit serves a whole turn)
             "messages": dict(self.messages),
-            # calls that came over the local lane (kmpray/lane.py), and hellos refused
+            # clients' calls and executors' reports that came over the local lane
+            # (kmpray/lane.py), connections, and hellos refused
             "lane": None if self._lane is None else {
-                "calls": self._lane.calls, "connections": self._lane.accepted, "refused": self._lane.refused},
+                "calls": sum(n for m, n in self._lane.calls.items() if m != REPORT),
+                "reports": self._lane.calls[REPORT],
+                "connections": self._lane.accepted, "refused": self._lane.refused},
             # runs handed over / finished since this scheduler started, and the last
             # second's enqueue -> hand-over waits (kmpray/run_stats.py)
             "runs": self.core.stats.describe(self.clock.now_ms()),

@@ -9,7 +9,7 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kmpray.config import EngineConfig
 from kmpray.engine import SchedulerCore
@@ -44,6 +44,14 @@ class SchedulerReports:
         await self._ready
         self.messages["reports_received"] += 1
         await self._hear(done, progress, began)
+
+    async def report_from_lane(self, done: list[Any], progress: list[Any], began: list[Any]) -> None:
+        """``report`` over the local lane (actors/report_lane.py): msgpack's lists back into records."""
+        await self.report(
+            [Done(k, r, raw, None, tuple(f) if f else None) for k, r, raw, _stored, f in done],
+            [Progress(*p) for p in progress],
+            [Began(*b) for b in began],
+        )
 
     async def _hear(self, done: list[Done], progress: Iterable[Progress], began: Iterable[Began]) -> None:
         """A report's content, or the results in a submit's answer (actors/replies.py)."""

@@ -1,6 +1,6 @@
-"""The local lane: enqueue calls from a client on the scheduler's own node over a Unix
-socket, beside Ray's actor call (which stays the way for everything else, and for every
-call the lane cannot carry).
+"""The local lane: enqueue calls from a client on the scheduler's own node, and the reports
+of executors and heavy workers on it, over a Unix socket, beside Ray's actor call (which
+stays the way for everything else, and for every call the lane cannot carry).
 
 Why: on this kind of machine one Ray actor message costs the receiving process ~0.8 ms
 of CPU and a call's forward hop ~1.1 ms, where a Unix-socket round trip between two
@@ -11,12 +11,13 @@ The wire: frames of a 4-byte big-endian length and a msgpack body. The client's 
 frame is the scheduler's secret (32 random bytes, handed out only through the
 authenticated Ray call ``lane()``), the scheduler answers ``[true, null]`` or closes.
 Then each request ``[method, args]`` gets one answer ``[true, value]`` or
-``[false, "why"]``; one request at a time per connection. On Linux the socket lives in
-the abstract namespace (no file to leave behind when a process is killed); elsewhere
-it is a file in a private temp folder.
+``[false, "why"]``, in order: a client sends one request at a time per connection, an
+executor's reports follow each other without waiting (actors/report_lane.py). On Linux
+the socket lives in the abstract namespace (no file to leave behind when a process is
+killed); elsewhere it is a file in a private temp folder.
 
-This module is the pure part (framing, addresses); actors/lane.py serves it and
-kmpray/client/lane.py calls it.
+This module is the pure part (framing, addresses); actors/lane.py serves it,
+kmpray/client/lane.py and actors/report_lane.py call it.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ import msgpack
 HEADER = struct.Struct("!I")
 MAX_FRAME = 64 * 1024 * 1024  # larger calls go through Ray
 SECRET_BYTES = 32
-LANE_METHODS = frozenset({"enqueue_many", "enqueue_chain"})  # what a lane may carry
+LANE_METHODS = frozenset({"enqueue_many", "enqueue_chain"})  # what a client's lane may carry
+REPORT = "report"  # an executor's or heavy worker's results and notices (actors/report_lane.py)
 
 
 class FrameError(ValueError):

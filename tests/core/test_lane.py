@@ -86,7 +86,7 @@ def test_sync_calls_reuse_one_connection_and_keep_their_order(served: Served) ->
     for i in range(5):
         assert lane.call("enqueue_many", [[{"id": f"t{i}"}], f"tok{i}"], 5) == [["SUCCESS", None]]
     assert [token for _items, token in served.applied] == [f"tok{i}" for i in range(5)]
-    assert lane.calls == 5 and served.server.calls == 5
+    assert lane.calls == 5 and served.server.calls["enqueue_many"] == 5
     assert served.server.accepted == 1  # one connection, reused
     lane.close()  # shutdown(): connections closed, the lane forgotten
     assert lane._idle == [] and lane._info is None

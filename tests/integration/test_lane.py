@@ -1,11 +1,14 @@
 """The local lane on a real engine (kmpray/lane.py): a client on the scheduler's node
 enqueues over the Unix socket; a lane answer lost on the way is answered again through
 Ray, never applied twice; with the lane off, or after the scheduler restarted, enqueues
-still land and the lane is found again."""
+still land and the lane is found again. Executors report over it: a result written there
+survives its process being killed the next moment."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -53,7 +56,8 @@ def test_enqueues_from_this_node_go_over_the_lane_and_run(engines: Any) -> None:
     assert lane is not None and lane["refused"] == 0
     # every enqueue call of this client came over the lane (the 20 coroutines in a few groups)
     assert lane["calls"] == messages["enqueue_calls"] == sched._lanes[0].calls
-    assert 5 <= lane["calls"] <= 25 and lane["connections"] <= 3
+    # the client's few connections, and one per executor and heavy worker reporting here
+    assert 5 <= lane["calls"] <= 25 and lane["connections"] <= 3 + sched.status()["executors"] + 1
     assert sched.get_task_info("a19").state is TaskState.ENQUEUED
 
 
@@ -111,3 +115,23 @@ def test_after_a_scheduler_restart_the_lane_is_found_again(
     until(over_a_new_lane, timeout_s=60, what="a call over the restarted scheduler's lane")
     # whichever process answered, every acknowledged enqueue is in the restarted one
     assert {sched.get_task_info(n).state for n in ("before", "during", *names)} == {TaskState.ENQUEUED}
+
+
+@ONE_SHARD
+def test_a_result_reported_over_the_lane_survives_its_executor_killed_right_after(
+    engines: Any, tmp_path: Path
+) -> None:
+    """Through Ray's report call, a result waiting behind an earlier report's call (one in
+    flight) was lost with its process and the finished run ran again; over the lane both
+    are in the kernel before the process goes on."""
+    sched = engines()
+    register_all(sched)
+    ledger, marker = tmp_path / "ledger", tmp_path / "marker"
+    cfg = json.dumps({"ledger": str(ledger), "marker": str(marker)})
+    dies = sched.enqueue("dies", TaskTrigger.OneTime(), "DiesAfterFinishing", input=cfg)
+    assert dies is ScheduleResult.SUCCESS
+    info = sched.wait("dies", timeout_s=60)
+    assert marker.exists()  # its process was killed after this run
+    assert info.state is TaskState.SUCCEEDED and info.run_attempt_count == 1
+    assert ledger.read_text().splitlines() == ["start dies"]  # ran once: the result was not lost
+    assert _lane_status(sched)["reports"] >= 1

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -219,6 +221,26 @@ class Ledgered(kmpray.CommonWorker):
 
 
 ALL.update({"Blocker": Blocker, "MarkedBlocker": MarkedBlocker, "Ledgered": Ledgered})
+
+
+class DiesAfterFinishing(kmpray.CommonWorker):
+    """Logs its start, runs past the "began" notice (so its result goes by report, not in
+    a submit's answer), says its progress, and has its process SIGKILLed the moment it
+    returns: once (a marker file), right after the result left."""
+
+    async def do_work(self, input: str | None, ctx: kmpray.WorkerContext) -> Any:  # noqa: A002
+        cfg = _cfg(input)
+        with open(cfg["ledger"], "a") as f:
+            f.write(f"start {ctx.task_id}\n")
+        await asyncio.sleep(0.1)
+        ctx.report_progress(90, "almost")  # through Ray, its call would be in flight: the result waits behind it
+        if not os.path.exists(cfg["marker"]):
+            Path(cfg["marker"]).touch()
+            asyncio.get_running_loop().call_soon(os.kill, os.getpid(), signal.SIGKILL)
+        return WorkerResult.Success(data={"pid": os.getpid()})
+
+
+ALL["DiesAfterFinishing"] = DiesAfterFinishing
 
 
 class ArrayMaker(kmpray.CommonWorker):
