@@ -41,6 +41,7 @@ from kmpray.worker import CommonWorker, WorkerContext, run_worker
 
 from .event_broker import BrokerBackend
 from .executor_data import StepData
+from .executor_reports import Report, Reporting
 from .fencing import Fencing
 from .loop_watch import Blocker, LoopWatch
 from .memory_cap import MemoryCap
@@ -53,11 +54,8 @@ from .retry import call_with_retry
 
 log = logging.getLogger("kmpray.executor")
 
-# What goes to the scheduler, batched (kmpray/protocol.py).
-Report = Done | Progress | Began
 
-
-class ExecutorBase(StepData):
+class ExecutorBase(StepData, Reporting):
     """What light executors and heavy workers share: running, cancelling, reporting."""
 
     #: Keep one instance per worker class between runs (heavy workers' warm state).
@@ -97,7 +95,10 @@ class ExecutorBase(StepData):
             self._scheduler = lookup(SCHEDULER, namespace, timeout_s=5)
         # On the scheduler's node, reports go over its local lane, written the moment they
         # exist (actors/report_lane.py); the Outbox above carries what the lane cannot.
-        self._lane_reports = LaneReports(self._lane_info, self.node_id, self._reported, self._reports.add)
+        # Light executors are also sent their runs down it (actors/submit_lane.py).
+        self._lane_reports = LaneReports(self._lane_info, self.node_id, self._reported, self._reports.add,
+                                         [self._kind(), index, self.incarnation], self._pushed)
+        self._lane_reports.connect_soon()
         self._meter = RunMeter(namespace, METRICS_S)  # runs begun and their durations (actors/metrics.py)
         self._slots = asyncio.Semaphore(self._concurrency())
         # Through the module, not a name imported here: Ray ships actor classes by value,
@@ -138,6 +139,7 @@ class ExecutorBase(StepData):
         return self.config.executor_concurrency
 
     def ping(self, acked: list[RunKey] | None = None) -> Ping:
+        self._lane_reports.connect_soon()  # a scheduler that restarted has a new lane
         if acked:
             self._acked(acked)
         self._meter.publish_if_due()  # the scheduler asks every second: metrics go out at that pace
@@ -427,38 +429,7 @@ class ExecutorBase(StepData):
             return Failure(f"{type(exc).__name__}: {exc}", should_retry=True), None
         return await self._output(result)  # type: ignore[arg-type]
 
-    def _send(self, items: list[Report]) -> None:
-        """Results and notices to the scheduler: over the local lane when it can carry them
-        and nothing waits for Ray's call (so their order is kept), else by Ray's call."""
-        if not self._reports.busy and self._lane_reports.add(items, eager=not self._tasks):
-            return
-        self._reports.add(items)
 
-    def _report(self, items: list[Report]) -> Any:
-        """Ray's report call (the Outbox's): after what the lane took before these."""
-        if not self._lane_reports.idle:
-            return self._report_after_lane(items)
-        if self._scheduler is None:
-            self._scheduler = lookup(SCHEDULER, self.namespace)
-        done = [item for item in items if isinstance(item, Done)]
-        progress = [item for item in items if isinstance(item, Progress)]
-        began = [item for item in items if isinstance(item, Began)]
-        return self._scheduler.report.remote(done, progress, began)
-
-    async def _report_after_lane(self, items: list[Report]) -> Any:
-        await self._lane_reports.drained()
-        return await self._report(items)
-
-    async def _lane_info(self) -> dict[str, Any] | None:
-        if self._scheduler is None:
-            self._scheduler = lookup(SCHEDULER, self.namespace)
-        info: dict[str, Any] | None = await self._scheduler.lane.remote()
-        return info
-
-    def _reported(self, _answer: Any, items: list[Report]) -> None:
-        for item in items:
-            if isinstance(item, Done):
-                self._unreported.pop((item.key, item.run_id), None)
 
 
 

@@ -28,6 +28,7 @@ from kmpray.timing import BLOCKED_PING_TIMEOUT_S
 from .blocked_loops import BlockedLoops
 from .executor import LightExecutor
 from .names import EXECUTOR, PROBATION
+from .submit_lane import SubmitLanes
 
 #: Probation executors (suspect runs, one each at a time); see ``ExecutorPool.isolate``.
 PROBATION_LANES = 2
@@ -78,6 +79,7 @@ class ExecutorPool:
         self.core = core
         self.blocked = blocked
         self._kick = kick  # wake the scheduler's loop (runs were re-queued)
+        self.lanes = SubmitLanes()  # executors on this node, sent their runs down the local lane
         self.slots: list[ExecutorSlot] = []
         self.where: dict[Key, int] = {}  # run -> the executor holding it
         # Batches are numbered per executor under this scheduler's epoch, so a blocked
@@ -238,7 +240,9 @@ class ExecutorPool:
             self.held(i, key)
         slot.batch_seq += 1
         slot.submits += 1
-        return slot.handle.submit.remote(runs, Fence(self.epoch, slot.batch_seq), acks or None)
+        fence = Fence(self.epoch, slot.batch_seq)
+        pushed = self.lanes.submit(i, slot.incarnation, runs, fence, acks or None)  # on this node: a frame
+        return pushed if pushed is not None else slot.handle.submit.remote(runs, fence, acks or None)
 
     def answered(self, i: int) -> None:
         """A submit to executor ``i`` answered (or failed): it may be sent the next batch."""

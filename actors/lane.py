@@ -21,11 +21,29 @@ log = logging.getLogger("kmpray.lane")
 Method = Callable[..., Awaitable[Any]]
 
 
-class LaneServer:
-    """Serves ``methods`` (name -> coroutine function) to clients that know the secret."""
+class Conn:
+    """One connection, as the methods in ``LaneServer.attached`` see it: the scheduler can
+    push frames down it (an executor's submits, actors/submit_lane.py) and hears it close."""
 
-    def __init__(self, methods: dict[str, Method]) -> None:
+    __slots__ = ("_writer", "closed", "on_close", "waiting")
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+        self.closed = False
+        self.on_close: list[Callable[[], None]] = []
+        self.waiting: dict[int, asyncio.Future[Any]] = {}  # pushed submits not answered yet
+
+    def push(self, frame: bytes) -> None:
+        self._writer.write(frame)
+
+
+class LaneServer:
+    """Serves ``methods`` (name -> coroutine function) to clients that know the secret;
+    ``attached`` ones are called with the connection (``Conn``) first."""
+
+    def __init__(self, methods: dict[str, Method], attached: dict[str, Method] | None = None) -> None:
         self.methods = methods
+        self.attached = attached or {}
         self.secret = secrets.token_bytes(SECRET_BYTES)
         self.address = new_address()
         self.calls: Counter[str] = Counter()  # by method
@@ -50,6 +68,7 @@ class LaneServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._open.add(writer)
+        conn = Conn(writer)
         try:
             hello = await _read(reader)
             if not (isinstance(hello, bytes) and hmac.compare_digest(hello, self.secret)):
@@ -58,7 +77,7 @@ class LaneServer:
             self.accepted += 1
             writer.write(pack([True, None]))
             while True:
-                answer = await self._answer(await _read(reader))
+                answer = await self._answer(await _read(reader), conn)
                 try:
                     frame = pack(answer)
                 except Exception as exc:  # the client asks Ray, whose retry finds the answer
@@ -69,17 +88,20 @@ class LaneServer:
         finally:
             self._open.discard(writer)
             writer.close()
+            conn.closed = True
+            for hook in conn.on_close:
+                hook()
 
-    async def _answer(self, request: Any) -> list[Any]:
+    async def _answer(self, request: Any, conn: Conn) -> list[Any]:
         if not (isinstance(request, list) and len(request) == 2 and isinstance(request[1], list)):
             return [False, "a request is [method, args]"]
         method, args = request
-        fn = self.methods.get(method) if isinstance(method, str) else None
-        if fn is None:
+        if not isinstance(method, str) or (method not in self.methods and method not in self.attached):
             return [False, f"the lane does not carry {method!r}"]
         self.calls[method] += 1
         try:
-            value = await fn(*args)
+            fn = self.attached.get(method)
+            value = await (fn(conn, *args) if fn is not None else self.methods[method](*args))
             return [True, value]
         except Exception as exc:  # the client makes the call again through Ray, which says it properly
             return [False, f"{type(exc).__name__}: {exc}"]

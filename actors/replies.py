@@ -48,9 +48,17 @@ class Replies:
     async def collect(self, keys: list[RunKey], window_s: float) -> list[Done]:
         """The results of ``keys`` that end within ``window_s`` (all of them, at once, if
         they all end sooner); the rest report on their own."""
+        return await self.settle(self.open(keys), window_s)
+
+    def open(self, keys: list[RunKey]) -> _Reply:
+        """An answer these runs may ride, from now (before their tasks first run)."""
         reply = _Reply(keys, self._loop)
         for key in keys:
             self._open[key] = reply
+        return reply
+
+    async def settle(self, reply: _Reply, window_s: float) -> list[Done]:
+        """``collect``'s wait, for an answer ``open`` began."""
         try:
             await asyncio.wait((reply.ready,), timeout=window_s)
         finally:

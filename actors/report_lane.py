@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from kmpray.lane import HEADER, REPORT, FrameError, body_size, pack, sock_address, unpack
+from kmpray.lane import EXECUTOR, HEADER, REPORT, FrameError, body_size, pack, sock_address, unpack
 from kmpray.protocol import Began, Done, Progress
 
 Report = Done | Progress | Began
@@ -44,9 +44,13 @@ class LaneReports:
         node_id: str,
         on_reply: Callable[[Any, list[Report]], None],
         fallback: Callable[[list[Report]], None],
+        hello: list[Any] | None = None,
+        on_push: Callable[[str, list[Any]], None] | None = None,
     ) -> None:
         self._fetch = fetch  # the scheduler's lane() over Ray: address, secret, node
         self._node = node_id
+        self._hello = hello  # said first on each connection: who this process is
+        self._on_push = on_push  # frames the scheduler pushes (submits, actors/submit_lane.py)
         self._on_reply = on_reply
         self._fallback = fallback
         self._writer: asyncio.StreamWriter | None = None
@@ -76,6 +80,30 @@ class LaneReports:
             self._flush()
         elif self._flush_soon is None:
             self._flush_soon = asyncio.get_running_loop().call_soon(self._flush)
+        return True
+
+    @property
+    def connected(self) -> bool:
+        return self._writer is not None
+
+    def connect_soon(self) -> None:
+        """Look for the lane now unless connected, looking, or looked too recently."""
+        if self._writer is None:
+            self._connect_soon()
+
+    def request(self, method: str, args: list[Any]) -> bool:
+        """A request of its own (no reports to hand on if it is lost), after what was added
+        before it; False: no lane now."""
+        if self._writer is None or self._writer.is_closing():
+            return False
+        self._flush()
+        try:
+            frame = pack([method, args])
+        except Exception:
+            return False
+        self._writer.write(frame)
+        self._pending.append([])
+        self._drained.clear()
         return True
 
     @property
@@ -147,12 +175,20 @@ class LaneReports:
         finally:
             self._connecting = None
         self._writer = writer
+        if self._hello is not None:
+            writer.write(pack([EXECUTOR, self._hello]))
+            self._pending.append([])
+            self._drained.clear()
         self._reader = asyncio.ensure_future(self._answers(reader, writer))
 
     async def _answers(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
                 answer = await _read(reader)
+                if isinstance(answer, list) and len(answer) == 2 and isinstance(answer[0], str):
+                    if self._on_push is not None:  # pushed by the scheduler, not an answer
+                        self._on_push(answer[0], answer[1])
+                    continue
                 items = self._pending.popleft()
                 if not (isinstance(answer, list) and len(answer) == 2 and answer[0] is True):
                     self._pending.appendleft(items)  # an error: this and what follows go through Ray

@@ -25,8 +25,8 @@ from kmpray.config import EngineConfig
 from kmpray.device import DeviceState
 from kmpray.engine import SchedulerCore
 from kmpray.errors import StoreRefused
-from kmpray.lane import LANE_METHODS, REPORT
 from kmpray.event_codec import encode_event
+from kmpray.lane import EXECUTOR, LANE_METHODS, REPORT, TAKEN
 from kmpray.placement import heavy_demand, placeable
 from kmpray.platforms import profile
 from kmpray.shards import share
@@ -47,7 +47,7 @@ from .adoption import adopt_held_runs
 from .blocked_loops import BlockedLoops
 from .executor_pool import ExecutorPool, executors_for
 from .heavy_pool import HeavyPool
-from .lane import LaneServer
+from .lane import Conn, LaneServer
 from .memory_cap import give_back, rss_bytes
 from .metrics import Metrics, publish_scheduler
 from .names import BROKER, ORACLE, REGISTRY, base_namespace, lookup, shard_index
@@ -59,6 +59,7 @@ from .scheduler_dispatch import SchedulerDispatch
 from .scheduler_intake import SchedulerIntake
 from .scheduler_reads import SchedulerReads
 from .scheduler_reports import SchedulerReports
+from .submit_lane import SubmitLanes
 from .virtual_time import VirtualTime
 from .waiters import Waiters
 
@@ -223,13 +224,22 @@ class SchedulerActor(
             return
         methods = {name: getattr(self, name) for name in LANE_METHODS}
         methods[REPORT] = self.report_from_lane  # executors' and heavy workers' (actors/report_lane.py)
-        lane = LaneServer(methods)
+        attached = {EXECUTOR: self._executor_lane, TAKEN: self._taken}  # runs down the lane (actors/submit_lane.py)
+        lane = LaneServer(methods, attached)
         try:
             await lane.start()
         except OSError as exc:
             log.warning("local lane not opened (%s): clients use Ray's calls only", exc)
             return
         self._lane = lane
+
+    async def _executor_lane(self, conn: Conn, kind: str, index: int, incarnation: str) -> None:
+        """An executor's lane says which process it is: its runs go down it from now on."""
+        if kind == "light" and isinstance(index, int) and 0 <= index < len(self.pool.slots):
+            self.pool.lanes.opened(index, incarnation, conn)
+
+    async def _taken(self, conn: Conn, call_id: int, incarnation: str, done: list[Any]) -> None:
+        SubmitLanes.taken(conn, call_id, incarnation, done)
 
     async def lane(self) -> dict[str, Any] | None:
         """Where and how this node's clients reach the local lane (None: there is none)."""

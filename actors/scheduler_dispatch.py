@@ -24,6 +24,7 @@ from kmpray.store import SqliteTaskStore
 from .executor_pool import ExecutorPool
 from .heavy_pool import HeavyPool
 from .scheduler_artifacts import ArtifactKeeper
+from .submit_lane import LaneLost
 
 log = logging.getLogger("kmpray.scheduler")
 
@@ -137,7 +138,8 @@ class SchedulerDispatch:
             self.pool.slots[i].reachable = False
             # Its process died with the call in flight: the runs may have begun there (and
             # one of them killed it), so they count as runs it died under.
-            died = isinstance(exc, ray.exceptions.RayActorError)  # ActorDied, ActorUnavailable
+            # (LaneLost: its lane closed with the batch unanswered, actors/submit_lane.py)
+            died = isinstance(exc, (ray.exceptions.RayActorError, LaneLost))  # ActorDied, ActorUnavailable
             self.pool.lose(i, "did not take its batch", keys, crashed=died)
             self._flush()
             await self._reconcile()

@@ -14,7 +14,7 @@ import ray
 from kmpray.clock import ManualClock, SystemClock
 from kmpray.engine import SchedulerCore
 from kmpray.enums import TaskState
-from kmpray.lane import REPORT
+from kmpray.lane import LANE_METHODS, REPORT
 from kmpray.store import SqliteTaskStore
 
 from .blocked_loops import BlockedLoops
@@ -87,10 +87,11 @@ class SchedulerReads:
             # submits and event batches sent, store commits (a commit serves a whole turn)
             "messages": dict(self.messages),
             # clients' calls and executors' reports that came over the local lane
-            # (kmpray/lane.py), connections, and hellos refused
+            # (kmpray/lane.py), batches of runs sent down it, connections, hellos refused
             "lane": None if self._lane is None else {
-                "calls": sum(n for m, n in self._lane.calls.items() if m != REPORT),
+                "calls": sum(n for m, n in self._lane.calls.items() if m in LANE_METHODS),
                 "reports": self._lane.calls[REPORT],
+                "submits": self.pool.lanes.sent,
                 "connections": self._lane.accepted, "refused": self._lane.refused},
             # runs handed over / finished since this scheduler started, and the last
             # second's enqueue -> hand-over waits (kmpray/run_stats.py)

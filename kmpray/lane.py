@@ -37,6 +37,9 @@ MAX_FRAME = 64 * 1024 * 1024  # larger calls go through Ray
 SECRET_BYTES = 32
 LANE_METHODS = frozenset({"enqueue_many", "enqueue_chain"})  # what a client's lane may carry
 REPORT = "report"  # an executor's or heavy worker's results and notices (actors/report_lane.py)
+EXECUTOR = "executor"  # an executor's first request: [kind, index, incarnation] (actors/submit_lane.py)
+SUBMIT = "submit"  # runs pushed to an executor down its lane: [call id, runs, fence, acks]
+TAKEN = "taken"  # an executor's answer to a submit pushed down its lane: [call id, incarnation, done]
 
 
 class FrameError(ValueError):

@@ -50,6 +50,12 @@ class Run(NamedTuple):
     enqueued_ms: int | None = None  # see Dispatch.enqueued_ms
 
 
+def run_from_wire(run: list[Any]) -> Run:
+    """A Run from msgpack's list of its fields (the local lane's submits), its ``then`` too."""
+    out = Run(*run)
+    return out._replace(then=run_from_wire(out.then)) if out.then is not None else out  # type: ignore[arg-type]
+
+
 class Fence(NamedTuple):
     """A batch's number under the scheduler's epoch: a blocked executor never begins a
     run from a batch at or below the fence the scheduler answered its report with."""

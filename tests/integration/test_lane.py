@@ -135,3 +135,27 @@ def test_a_result_reported_over_the_lane_survives_its_executor_killed_right_afte
     assert info.state is TaskState.SUCCEEDED and info.run_attempt_count == 1
     assert ledger.read_text().splitlines() == ["start dies"]  # ran once: the result was not lost
     assert _lane_status(sched)["reports"] >= 1
+
+
+@ONE_SHARD
+def test_runs_go_down_the_lane_to_this_nodes_executors(engines: Any, tmp_path: Path) -> None:
+    sched = engines()
+    register_all(sched)
+    names: list[str] = []
+
+    def one_over_the_lane() -> bool:  # the executors say who they are once their lane is open
+        names.append(f"t{len(names)}")
+        assert sched.enqueue(names[-1], TaskTrigger.OneTime(), "Noop") is ScheduleResult.SUCCESS
+        assert sched.wait(names[-1], timeout_s=30).state is TaskState.SUCCEEDED
+        return bool(_lane_status(sched)["submits"])
+
+    until(one_over_the_lane, timeout_s=30, what="a batch of runs down an executor's lane")
+    # its process killed with the batch unanswered: the run goes again (a system re-run)
+    ledger, marker = tmp_path / "ledger", tmp_path / "marker"
+    cfg = json.dumps({"ledger": str(ledger), "marker": str(marker)})
+    dies = sched.enqueue("dies", TaskTrigger.OneTime(), "DiesAtOnceFirstTime", input=cfg)
+    assert dies is ScheduleResult.SUCCESS
+    info = sched.wait("dies", timeout_s=90)
+    starts = ledger.read_text().splitlines()
+    assert info.state is TaskState.SUCCEEDED and info.run_attempt_count == 1
+    assert len(starts) == 2 and starts[0].split()[2] != starts[1].split()[2]  # again, in another process

@@ -233,14 +233,28 @@ class DiesAfterFinishing(kmpray.CommonWorker):
         with open(cfg["ledger"], "a") as f:
             f.write(f"start {ctx.task_id}\n")
         await asyncio.sleep(0.1)
-        ctx.report_progress(90, "almost")  # through Ray, its call would be in flight: the result waits behind it
+        ctx.report_progress(90, "almost")  # through Ray: its call in flight, the result waits behind it
         if not os.path.exists(cfg["marker"]):
             Path(cfg["marker"]).touch()
             asyncio.get_running_loop().call_soon(os.kill, os.getpid(), signal.SIGKILL)
         return WorkerResult.Success(data={"pid": os.getpid()})
 
 
-ALL["DiesAfterFinishing"] = DiesAfterFinishing
+class DiesAtOnceFirstTime(kmpray.CommonWorker):
+    """Logs its start; the first time (a marker file) its process is SIGKILLed at once,
+    before its submit is answered; then it succeeds."""
+
+    async def do_work(self, input: str | None, ctx: kmpray.WorkerContext) -> Any:  # noqa: A002
+        cfg = _cfg(input)
+        with open(cfg["ledger"], "a") as f:
+            f.write(f"start {ctx.task_id} {os.getpid()}\n")
+        if not os.path.exists(cfg["marker"]):
+            Path(cfg["marker"]).touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return WorkerResult.Success(data={"pid": os.getpid()})
+
+
+ALL.update({"DiesAfterFinishing": DiesAfterFinishing, "DiesAtOnceFirstTime": DiesAtOnceFirstTime})
 
 
 class ArrayMaker(kmpray.CommonWorker):
