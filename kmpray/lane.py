@@ -1,6 +1,7 @@
-"""The local lane: enqueue calls from a client on the scheduler's own node, and the reports
-of executors and heavy workers on it, over a Unix socket, beside Ray's actor call (which
-stays the way for everything else, and for every call the lane cannot carry).
+"""The local lane: enqueue calls from a client on the scheduler's own node, the reports of
+executors and heavy workers on it and the runs sent to its light executors, over a Unix
+socket beside Ray's actor call (which stays the way for everything else, and for every
+call the lane cannot carry).
 
 Why: on this kind of machine one Ray actor message costs the receiving process ~0.8 ms
 of CPU and a call's forward hop ~1.1 ms, where a Unix-socket round trip between two
@@ -12,9 +13,11 @@ frame is the scheduler's secret (32 random bytes, handed out only through the
 authenticated Ray call ``lane()``), the scheduler answers ``[true, null]`` or closes.
 Then each request ``[method, args]`` gets one answer ``[true, value]`` or
 ``[false, "why"]``, in order: a client sends one request at a time per connection, an
-executor's reports follow each other without waiting (actors/report_lane.py). On Linux
-the socket lives in the abstract namespace (no file to leave behind when a process is
-killed); elsewhere it is a file in a private temp folder.
+executor's reports follow each other without waiting (actors/report_lane.py), and the
+scheduler pushes ``[SUBMIT, args]`` frames down an executor's connection, answered by a
+``TAKEN`` request (actors/submit_lane.py). On Linux the socket lives in the abstract
+namespace (no file to leave behind when a process is killed); elsewhere it is a file in
+a private temp folder.
 
 This module is the pure part (framing, addresses); actors/lane.py serves it,
 kmpray/client/lane.py and actors/report_lane.py call it.

@@ -14,6 +14,9 @@ SchedulerActor -> executor (reconcile)    ``ping() -> Ping``, ``holding() -> Hol
 SchedulerActor -> ChainCoordinator        ``handle([Plan | Step, ...])``
 ChainCoordinator -> SchedulerActor        ``chain_actions([Promote | Cascade, ...])``
 ========================================  =========================================
+
+On the scheduler's node the submits and reports go over the local lane instead, as the
+same records in msgpack (kmpray/lane.py; ``run_from_wire`` rebuilds a Run).
 """
 
 from __future__ import annotations
