@@ -82,10 +82,6 @@ class LaneReports:
             self._flush_soon = asyncio.get_running_loop().call_soon(self._flush)
         return True
 
-    @property
-    def connected(self) -> bool:
-        return self._writer is not None
-
     def connect_soon(self) -> None:
         """Look for the lane now unless connected, looking, or looked too recently."""
         if self._writer is None:
