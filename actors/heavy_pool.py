@@ -30,6 +30,7 @@ from .blocked_loops import BlockedLoops
 from .executor_pool import ping, take_acks
 from .heavy_worker import HeavyWorker
 from .names import HEAVY
+from .submit_lane import LaneLost, SubmitLanes
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine, Iterable
@@ -83,6 +84,7 @@ class HeavyPool:
         self.where: dict[RunKey, int] = {}  # run -> slot holding it
         self.capacity: int | None = None  # heavy actors the alive nodes can hold (reconcile sets it)
         self.replaced = 0
+        self.lanes = SubmitLanes()  # heavy workers on the scheduler's node: runs down their lanes
 
     # ------------------------------------------------------------------ reads
     def idle(self) -> list[int]:
@@ -172,7 +174,9 @@ class HeavyPool:
         slot.run = (d.key, d.run_id)
         self.host.core.note(d.key, ("handed", d.run_id, f"heavy worker {i}", None))
         self.where[slot.run] = i
-        ref = slot.handle.submit.remote([self.host._wire(d)], None, take_acks(slot) or None)
+        run, acks = [self.host._wire(d)], take_acks(slot) or None
+        pushed = self.lanes.submit(i, slot.incarnation, run, None, acks)  # actors/submit_lane.py
+        ref = pushed if pushed is not None else slot.handle.submit.remote(run, None, acks)
         asyncio.ensure_future(self._confirm(i, slot.run, ref))
 
     async def _confirm(self, i: int, key: RunKey, ref: Any) -> None:
@@ -183,7 +187,7 @@ class HeavyPool:
             log.warning("heavy worker %d did not take %s (%s); re-queued", i, key[0], type(exc).__name__)
             self.free(key)
             # Its process died with the call in flight: the run may have begun (and killed it).
-            died = isinstance(exc, ray.exceptions.RayActorError)  # ActorDied, ActorUnavailable
+            died = isinstance(exc, (ray.exceptions.RayActorError, LaneLost))  # ActorDied, ActorUnavailable
             self.host.core.run_lost(*key, crashed=died)
             slot = self.slots[i]
             slot.incarnation, slot.ready = None, False

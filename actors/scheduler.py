@@ -234,9 +234,12 @@ class SchedulerActor(
         self._lane = lane
 
     async def _executor_lane(self, conn: Conn, kind: str, index: int, incarnation: str) -> None:
-        """An executor's lane says which process it is: its runs go down it from now on."""
+        """An executor's (or heavy worker's) lane says which process it is: its runs go down
+        it from now on."""
         if kind == "light" and isinstance(index, int) and 0 <= index < len(self.pool.slots):
             self.pool.lanes.opened(index, incarnation, conn)
+        elif kind == "heavy" and isinstance(index, int) and 0 <= index < len(self.heavy.slots):
+            self.heavy.lanes.opened(index, incarnation, conn)
 
     async def _taken(self, conn: Conn, call_id: int, incarnation: str, done: list[Any]) -> None:
         SubmitLanes.taken(conn, call_id, incarnation, done)

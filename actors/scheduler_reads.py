@@ -91,7 +91,7 @@ class SchedulerReads:
             "lane": None if self._lane is None else {
                 "calls": sum(n for m, n in self._lane.calls.items() if m in LANE_METHODS),
                 "reports": self._lane.calls[REPORT],
-                "submits": self.pool.lanes.sent,
+                "submits": self.pool.lanes.sent, "heavy_submits": self.heavy.lanes.sent,
                 "connections": self._lane.accepted, "refused": self._lane.refused},
             # runs handed over / finished since this scheduler started, and the last
             # second's enqueue -> hand-over waits (kmpray/run_stats.py)

@@ -1,8 +1,8 @@
-"""Submits down the local lane: the scheduler hands a batch of runs to a light executor on
-its node over the executor's own lane connection (the one it reports over,
-actors/report_lane.py) instead of Ray's ``submit`` call; the executor answers with a
-``taken`` request on the same connection, carrying what Ray's answer carries (its
-process incarnation and the results of runs that ended within the reply window).
+"""Submits down the local lane: the scheduler hands a batch of runs to a light executor (or
+a run to a heavy worker) on its node over that process's own lane connection (the one it
+reports over, actors/report_lane.py) instead of Ray's ``submit`` call; the process answers
+with a ``taken`` request on the same connection, carrying what Ray's answer carries (its
+incarnation and the results of runs that ended within the reply window).
 
 Why: a run due now waited ~1.0-1.45 ms from the scheduler's hand-over to its worker's
 start, nearly all of it Ray's forward hop to the executor and the executor's ~0.8 ms of
@@ -55,7 +55,8 @@ class SubmitLanes:
                 future.set_exception(LaneLost("the executor's lane closed with this submit unanswered"))
 
     def submit(
-        self, index: int, incarnation: str | None, runs: list[Run], fence: Fence, acks: list[RunKey] | None
+        self, index: int, incarnation: str | None, runs: list[Run], fence: Fence | None,
+        acks: list[RunKey] | None,
     ) -> asyncio.Future[Any] | None:
         """The batch pushed down executor ``index``'s lane: a future of its answer, as
         Ray's call would give (``(incarnation, done)``); None: no lane to that process,

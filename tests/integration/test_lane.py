@@ -15,7 +15,7 @@ import pytest
 import ray
 
 import kmpray
-from kmpray import ScheduleResult, TaskRequest, TaskState, TaskTrigger
+from kmpray import Constraints, ScheduleResult, TaskRequest, TaskState, TaskTrigger
 from kmpray.client import lane as client_lane
 from kmpray.client.lane import LaneDown
 
@@ -150,6 +150,15 @@ def test_runs_go_down_the_lane_to_this_nodes_executors(engines: Any, tmp_path: P
         return bool(_lane_status(sched)["submits"])
 
     until(one_over_the_lane, timeout_s=30, what="a batch of runs down an executor's lane")
+    heavy: list[str] = []
+
+    def one_heavy_over_the_lane() -> bool:  # a heavy worker's lane opens once it has started
+        heavy.append(f"h{len(heavy)}")
+        sched.enqueue(heavy[-1], TaskTrigger.OneTime(), "Noop", constraints=Constraints(is_heavy_task=True))
+        assert sched.wait(heavy[-1], timeout_s=60).state is TaskState.SUCCEEDED
+        return bool(_lane_status(sched)["heavy_submits"])
+
+    until(one_heavy_over_the_lane, timeout_s=60, what="a heavy run down a heavy worker's lane")
     # its process killed with the batch unanswered: the run goes again (a system re-run)
     ledger, marker = tmp_path / "ledger", tmp_path / "marker"
     cfg = json.dumps({"ledger": str(ledger), "marker": str(marker)})
