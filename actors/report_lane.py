@@ -29,12 +29,10 @@ from typing import Any
 
 from kmpray.lane import EXECUTOR, HEADER, REPORT, FrameError, body_size, pack, sock_address, unpack
 from kmpray.protocol import Began, Done, Progress
+from kmpray.timing import LANE_CONNECT_TIMEOUT_S, LANE_LOST_RECHECK_S, LANE_NONE_RECHECK_S
 
 Report = Done | Progress | Began
 
-LOST_RECHECK_S = 1.0  # a lost lane is looked for again after this
-NO_LANE_RECHECK_S = 30.0  # no lane for this process (another node, lane off): asked again after this
-CONNECT_TIMEOUT_S = 5.0
 
 
 class LaneReports:
@@ -150,15 +148,15 @@ class LaneReports:
         now = time.monotonic()
         if self._connecting is not None or now < self._next_check:
             return
-        self._next_check = now + LOST_RECHECK_S
+        self._next_check = now + LANE_LOST_RECHECK_S
         self._connecting = asyncio.ensure_future(self._connect())
 
     async def _connect(self) -> None:
         try:
-            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+            async with asyncio.timeout(LANE_CONNECT_TIMEOUT_S):
                 info = await self._fetch()
                 if info is None or info.get("node") != self._node:
-                    self._next_check = time.monotonic() + NO_LANE_RECHECK_S
+                    self._next_check = time.monotonic() + LANE_NONE_RECHECK_S
                     return
                 reader, writer = await asyncio.open_unix_connection(sock_address(info["address"]))
                 writer.write(pack(info["secret"]))
@@ -199,7 +197,7 @@ class LaneReports:
     def _lost(self, writer: asyncio.StreamWriter) -> None:
         if self._writer is writer:
             self._writer = None
-            self._next_check = time.monotonic() + LOST_RECHECK_S
+            self._next_check = time.monotonic() + LANE_LOST_RECHECK_S
         with contextlib.suppress(Exception):
             writer.close()
         unanswered = [item for batch in self._pending for item in batch] + self._buffer

@@ -217,9 +217,9 @@ class SchedulerActor(
         self.serving_in_s = time.monotonic() - self._born
 
     async def _open_lane(self) -> None:
-        """The local lane (kmpray/lane.py) for enqueue calls from this node's clients and
-        reports from its executors; if it cannot open, Ray's calls carry them (said once
-        in the log)."""
+        """The local lane (kmpray/lane.py) for enqueue calls from this node's clients, and
+        reports from and runs to its executors and heavy workers; if it cannot open, Ray's
+        calls carry them all (said once in the log)."""
         if not self.config.local_lane:
             return
         methods = {name: getattr(self, name) for name in LANE_METHODS}

@@ -100,6 +100,15 @@ STOP_WAIT_S = 1.0
 #: ``wait()`` long-polls the scheduler in chunks of at most this.
 WAIT_CHUNK_S = 30.0
 
+# ---- The local lane (kmpray/lane.py): clients' and executors' sides alike
+#: A lane lost (its connection broke, its scheduler restarted) is looked up again after this.
+LANE_LOST_RECHECK_S = 1.0
+#: No lane for this process (another node, the lane off): asked again after this.
+LANE_NONE_RECHECK_S = 30.0
+#: The look-up (the scheduler's ``lane()`` through Ray) and the connection may take this long;
+#: past it, the call goes through Ray.
+LANE_CONNECT_TIMEOUT_S = 5.0
+
 #: The scheduler gives freed C-heap pages back to the OS (``malloc_trim``) after this many
 #: characters of large inputs went through it (their strings are freed, their pages kept).
 TRIM_AFTER_INPUT_CHARS = 64 * 1024 * 1024

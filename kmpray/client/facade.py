@@ -28,7 +28,7 @@ from ..lane import LANE_METHODS
 from ..models import ChainInfo, TaskInfo, TaskList, TaskRequest
 from ..platforms import profile
 from ..shards import SHARD_SEP, merge_status, shard_of
-from ..timing import CALL_TIMEOUT_S
+from ..timing import CALL_TIMEOUT_S, LANE_CONNECT_TIMEOUT_S
 from ..triggers import OneTime, Trigger
 from ..worker import LOCAL_WORKERS, check_worker_class
 from . import outputs
@@ -42,7 +42,6 @@ from .waiting import TaskNotFound, Waiting
 log = logging.getLogger("kmpray")
 _NOW = OneTime()  # the trigger of every TaskRequest in a bulk enqueue (frozen: one will do)
 _NOW_PAYLOAD = _NOW.model_dump(mode="json")
-LANE_LOOKUP_S = 5.0  # a shard's lane() look-up through Ray (on failure the call goes through Ray)
 
 
 def _node_id() -> str:
@@ -85,8 +84,8 @@ class BackgroundTaskScheduler(Waiting, Routing):
         self.last_reason: str | None = None
         # Enqueue calls from this node go over each shard's local lane when it has one
         # (kmpray/lane.py), through Ray otherwise; see _call.
-        self._lanes = [Lane(lambda k=k: self._call("lane", shard=k, timeout_s=LANE_LOOKUP_S),
-                            lambda k=k: self._call_async("lane", shard=k, timeout_s=LANE_LOOKUP_S),
+        self._lanes = [Lane(lambda k=k: self._call("lane", shard=k, timeout_s=LANE_CONNECT_TIMEOUT_S),
+                            lambda k=k: self._call_async("lane", shard=k, timeout_s=LANE_CONNECT_TIMEOUT_S),
                             _node_id) for k in range(self.shards)]
         # concurrent enqueue() calls to one shard share one enqueue_many message (coalesce.py)
         self._groups = [Coalescer(lambda items, k=k: self._call("enqueue_many", items, shard=k, token=True))

@@ -21,9 +21,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..lane import HEADER, FrameError, body_size, connect, pack, read_frame, sock_address, unpack
+from ..timing import LANE_LOST_RECHECK_S, LANE_NONE_RECHECK_S
 
-LOST_RECHECK_S = 1.0
-NO_LANE_RECHECK_S = 30.0
+# kmpray/timing.py's, bound here so a test may shorten them for this module
+LOST_RECHECK_S = LANE_LOST_RECHECK_S
+NO_LANE_RECHECK_S = LANE_NONE_RECHECK_S
 
 
 class LaneDown(Exception):
