@@ -10,13 +10,13 @@ import asyncio
 from typing import Any
 
 from kmpray.lane import SUBMIT, TAKEN
-from kmpray.protocol import Began, Done, Fence, Progress, Run, RunKey, run_from_wire
+from kmpray.protocol import Done, Fence, Run, RunKey, run_from_wire
 from kmpray.timing import REPLY_WINDOW_S
 
 from .names import SCHEDULER, lookup
 from .outbox import Outbox
 from .replies import Replies
-from .report_lane import LaneReports, Report
+from .report_lane import LaneReports, Report, split_reports
 
 _ANSWERING: set[asyncio.Task[None]] = set()
 
@@ -48,22 +48,21 @@ class Reporting:
         """Ray's report call (the Outbox's): after what the lane took before these."""
         if not self._lane_reports.idle:
             return self._report_after_lane(items)
-        if self._scheduler is None:
-            self._scheduler = lookup(SCHEDULER, self.namespace)
-        done = [item for item in items if isinstance(item, Done)]
-        progress = [item for item in items if isinstance(item, Progress)]
-        began = [item for item in items if isinstance(item, Began)]
-        return self._scheduler.report.remote(done, progress, began)
+        return self._to_scheduler().report.remote(*split_reports(items))
 
     async def _report_after_lane(self, items: list[Report]) -> Any:
         await self._lane_reports.drained()
         return await self._report(items)
 
     async def _lane_info(self) -> dict[str, Any] | None:
+        info: dict[str, Any] | None = await self._to_scheduler().lane.remote()
+        return info
+
+    def _to_scheduler(self) -> Any:
+        """The scheduler's handle, looked up again if the first look-up failed."""
         if self._scheduler is None:
             self._scheduler = lookup(SCHEDULER, self.namespace)
-        info: dict[str, Any] | None = await self._scheduler.lane.remote()
-        return info
+        return self._scheduler
 
     def _reported(self, _answer: Any, items: list[Report]) -> None:
         for item in items:

@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from kmpray.lane import HEADER, SECRET_BYTES, FrameError, body_size, new_address, pack, sock_address, unpack
+from kmpray.lane import SECRET_BYTES, FrameError, new_address, pack, read_stream_frame, sock_address
 
 log = logging.getLogger("kmpray.lane")
 
@@ -70,14 +70,14 @@ class LaneServer:
         self._open.add(writer)
         conn = Conn(writer)
         try:
-            hello = await _read(reader)
+            hello = await read_stream_frame(reader)
             if not (isinstance(hello, bytes) and hmac.compare_digest(hello, self.secret)):
                 self.refused += 1
                 return
             self.accepted += 1
             writer.write(pack([True, None]))
             while True:
-                answer = await self._answer(await _read(reader), conn)
+                answer = await self._answer(await read_stream_frame(reader), conn)
                 try:
                     frame = pack(answer)
                 except Exception as exc:  # the client asks Ray, whose retry finds the answer
@@ -105,7 +105,3 @@ class LaneServer:
             return [True, value]
         except Exception as exc:  # the client makes the call again through Ray, which says it properly
             return [False, f"{type(exc).__name__}: {exc}"]
-
-
-async def _read(reader: asyncio.StreamReader) -> Any:
-    return unpack(await reader.readexactly(body_size(await reader.readexactly(HEADER.size))))

@@ -27,11 +27,19 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from kmpray.lane import EXECUTOR, HEADER, REPORT, FrameError, body_size, pack, sock_address, unpack
+from kmpray.lane import EXECUTOR, REPORT, FrameError, pack, read_stream_frame, sock_address
 from kmpray.protocol import Began, Done, Progress
 from kmpray.timing import LANE_CONNECT_TIMEOUT_S, LANE_LOST_RECHECK_S, LANE_NONE_RECHECK_S
 
 Report = Done | Progress | Began
+
+
+def split_reports(items: list[Report]) -> tuple[list[Done], list[Progress], list[Began]]:
+    """A batch as the scheduler's ``report`` takes it: results, progress, "began" notices."""
+    done = [item for item in items if isinstance(item, Done)]
+    progress = [item for item in items if isinstance(item, Progress)]
+    began = [item for item in items if isinstance(item, Began)]
+    return done, progress, began
 
 
 
@@ -61,14 +69,13 @@ class LaneReports:
         self._drained = asyncio.Event()
         self._drained.set()
         self.batches = 0  # written to the lane
-        self.fallbacks = 0  # batches sent through Ray instead
 
     def add(self, items: list[Report], eager: bool) -> bool:
         """Take ``items`` for the lane (True), or say it cannot carry them now (False:
         the caller sends them through Ray). ``eager``: written at once, else at the end of
         this turn with whatever else is added in it."""
         if self._writer is None:
-            self._connect_soon()
+            self.connect_soon()
             return False
         if any(isinstance(item, Done) and item.stored for item in items):
             return False  # object-store references: Ray's call carries them
@@ -79,11 +86,6 @@ class LaneReports:
         elif self._flush_soon is None:
             self._flush_soon = asyncio.get_running_loop().call_soon(self._flush)
         return True
-
-    def connect_soon(self) -> None:
-        """Look for the lane now unless connected, looking, or looked too recently."""
-        if self._writer is None:
-            self._connect_soon()
 
     def request(self, method: str, args: list[Any]) -> bool:
         """A request of its own (no reports to hand on if it is lost), after what was added
@@ -122,17 +124,13 @@ class LaneReports:
         items, self._buffer = self._buffer, []
         if not items:
             return
-        done = [item for item in items if isinstance(item, Done)]
-        progress = [item for item in items if isinstance(item, Progress)]
-        began = [item for item in items if isinstance(item, Began)]
         writer = self._writer
         if writer is None or writer.is_closing():  # lost meanwhile: _lost hands them on, after the unanswered
             self._buffer[:0] = items
             return
         try:
-            frame = pack([REPORT, [done, progress, began]])
+            frame = pack([REPORT, list(split_reports(items))])
         except Exception:  # not msgpack or too large (is_plain checked it: should not happen): Ray carries it
-            self.fallbacks += 1
             self._settle_if_idle()
             self._fallback(items)
             return
@@ -144,9 +142,10 @@ class LaneReports:
         if not self._pending and not self._buffer:
             self._drained.set()
 
-    def _connect_soon(self) -> None:
+    def connect_soon(self) -> None:
+        """Look for the lane now unless connected, looking, or looked too recently."""
         now = time.monotonic()
-        if self._connecting is not None or now < self._next_check:
+        if self._writer is not None or self._connecting is not None or now < self._next_check:
             return
         self._next_check = now + LANE_LOST_RECHECK_S
         self._connecting = asyncio.ensure_future(self._connect())
@@ -160,7 +159,7 @@ class LaneReports:
                     return
                 reader, writer = await asyncio.open_unix_connection(sock_address(info["address"]))
                 writer.write(pack(info["secret"]))
-                hello = await _read(reader)
+                hello = await read_stream_frame(reader)
             if not (isinstance(hello, list) and hello and hello[0] is True):
                 writer.close()
                 return
@@ -178,7 +177,7 @@ class LaneReports:
     async def _answers(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
-                answer = await _read(reader)
+                answer = await read_stream_frame(reader)
                 if isinstance(answer, list) and len(answer) == 2 and isinstance(answer[0], str):
                     if self._on_push is not None:  # pushed by the scheduler, not an answer
                         self._on_push(answer[0], answer[1])
@@ -205,9 +204,4 @@ class LaneReports:
         self._buffer = []
         self._drained.set()
         if unanswered:
-            self.fallbacks += 1
             self._fallback(unanswered)
-
-
-async def _read(reader: asyncio.StreamReader) -> Any:
-    return unpack(await reader.readexactly(body_size(await reader.readexactly(HEADER.size))))

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from kmpray.config import EngineConfig
 from kmpray.engine import SchedulerCore
-from kmpray.protocol import Began, Done, Fence, Progress, RunKey
+from kmpray.protocol import Began, Done, Fence, Progress, RunKey, done_from_wire
 from kmpray.results import Failure, from_wire
 from kmpray.validation import check_output
 
@@ -48,7 +48,7 @@ class SchedulerReports:
     async def report_from_lane(self, done: list[Any], progress: list[Any], began: list[Any]) -> None:
         """``report`` over the local lane (actors/report_lane.py): msgpack's lists back into records."""
         await self.report(
-            [Done(k, r, raw, None, tuple(f) if f else None) for k, r, raw, _stored, f in done],
+            [done_from_wire(d) for d in done],
             [Progress(*p) for p in progress],
             [Began(*b) for b in began],
         )

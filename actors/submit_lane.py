@@ -26,7 +26,7 @@ import itertools
 from typing import Any
 
 from kmpray.lane import SUBMIT, pack
-from kmpray.protocol import Done, Fence, Run, RunKey
+from kmpray.protocol import Fence, Run, RunKey, done_from_wire
 
 from .lane import Conn
 
@@ -81,5 +81,4 @@ class SubmitLanes:
         """The executor's answer to a pushed submit (msgpack's lists back into records)."""
         future = conn.waiting.pop(call_id, None)
         if future is not None and not future.done():
-            future.set_result((incarnation, [Done(k, r, raw, None, tuple(f) if f else None)
-                                             for k, r, raw, _stored, f in done]))
+            future.set_result((incarnation, [done_from_wire(d) for d in done]))

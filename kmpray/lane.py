@@ -1,5 +1,5 @@
 """The local lane: enqueue calls from a client on the scheduler's own node, the reports of
-executors and heavy workers on it and the runs sent to its light executors, over a Unix
+executors and heavy workers on it and the runs sent to them, over a Unix
 socket beside Ray's actor call (which stays the way for everything else, and for every
 call the lane cannot carry).
 
@@ -25,6 +25,7 @@ kmpray/client/lane.py and actors/report_lane.py call it.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import socket
@@ -115,3 +116,8 @@ def _read_exactly(sock: socket.socket, n: int) -> bytes:
 def read_frame(sock: socket.socket) -> Any:
     """One frame from a blocking socket."""
     return unpack(_read_exactly(sock, body_size(_read_exactly(sock, HEADER.size))))
+
+
+async def read_stream_frame(reader: asyncio.StreamReader) -> Any:
+    """One frame from an asyncio stream (the scheduler's server, an executor's connection)."""
+    return unpack(await reader.readexactly(body_size(await reader.readexactly(HEADER.size))))

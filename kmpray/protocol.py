@@ -59,6 +59,13 @@ def run_from_wire(run: list[Any]) -> Run:
     return out._replace(then=run_from_wire(out.then)) if out.then is not None else out  # type: ignore[arg-type]
 
 
+def done_from_wire(done: list[Any]) -> Done:
+    """A Done from msgpack's list of its fields (the local lane's reports and answers);
+    object-store references never travel that way."""
+    key, run_id, result, _stored, followed = done
+    return Done(key, run_id, result, None, tuple(followed) if followed else None)
+
+
 class Fence(NamedTuple):
     """A batch's number under the scheduler's epoch: a blocked executor never begins a
     run from a batch at or below the fence the scheduler answered its report with."""
