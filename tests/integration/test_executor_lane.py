@@ -79,7 +79,8 @@ def test_batches_go_without_waiting_for_answers_and_are_answered_in_order() -> N
         assert lane.add([Progress("a", 1, 50, "half")], eager=True)
         assert lane.add([_done("a")], eager=False)  # at the end of this turn, with the next one
         assert lane.add([_done("b")], eager=False)
-        await asyncio.sleep(0.05)
+        # the first report is held by the busy scheduler; the rest wait in the socket behind it
+        await _until(lambda: sched.server.calls[REPORT] == 1, "the first report, held")
         assert lane.batches == 3 and not lane.idle and replies == []  # all three written, none answered
         sched.gate.set()
         await asyncio.wait_for(lane.drained(), 5)
