@@ -83,11 +83,14 @@ def run(state_dir: str | None = None, hours: int = 1) -> int:
     printed = threading.Lock()
 
     ended = threading.Event()  # the summary is printed: no event line after it
+    uploaded = threading.Event()  # the last task's final event has been printed
 
     def on_event(event: Any) -> None:
         with printed:
             if not ended.is_set():
                 _print_event(event)
+            if event.kind == "completion" and event.task_id == "upload" and event.success:
+                uploaded.set()
 
     events = scheduler.events.subscribe(since=0, callback=on_event)
     try:
@@ -122,6 +125,9 @@ def run(state_dir: str | None = None, hours: int = 1) -> int:
             with printed:
                 print(f"-- virtual time +{step * 15} min")
         scheduler.wait("upload", timeout_s=60)
+        # wait() answers once the result is stored; its event reaches the broker a moment
+        # later (the event outbox lingers up to event_linger_ms): the printer sees it first
+        uploaded.wait(timeout=10)
         last = scheduler.events.last_cursor()
         deadline = time.monotonic() + 10
         while events.cursor < last and time.monotonic() < deadline:  # printer catches up
