@@ -23,7 +23,9 @@ class Outbox(Generic[T]):
     returns true): the first call leaves at once from ``add`` (on a chain's critical path,
     waiting for the event loop's next turn costs ~0.2 ms); otherwise on the next turn,
     after the caller's current work (issuing a call costs ~0.2 ms of the caller's CPU,
-    and under load more items join the batch), or ``linger_s`` later.
+    and under load more items join the batch), or ``linger_s`` later. With ``linger_s``
+    there is at most one call per ``linger_s`` under steady load too (the next batch waits
+    out the rest of the period after the previous call was issued).
     ``on_reply(answer, batch)`` runs after each call that succeeded.
     """
 
@@ -75,7 +77,9 @@ class Outbox(Generic[T]):
                 if self._linger_s:
                     await asyncio.sleep(self._linger_s)
                 batch, self._items = self._items, []
+            loop = asyncio.get_running_loop()
             while True:
+                issued_at = loop.time()
                 issued = [first] if first is not None else []
                 try:
                     reply = await call_with_retry(
@@ -89,6 +93,8 @@ class Outbox(Generic[T]):
                     await asyncio.sleep(self._retry_s)
                 if not self._items:
                     return
+                if self._linger_s and (wait := issued_at + self._linger_s - loop.time()) > 0:
+                    await asyncio.sleep(wait)  # under steady load too: at most one call per linger
                 batch, self._items = self._items, []
                 first = self._issue(batch)
         finally:

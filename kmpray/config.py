@@ -96,9 +96,11 @@ class EngineConfig(Frozen):
     # Enqueue calls from a client on a scheduler's own node go over a Unix socket (the
     # local lane, kmpray/lane.py) instead of a Ray actor message; False: Ray's call only.
     local_lane: bool = True
-    # Events go to the broker in batches: the first of a quiet spell waits this long for
-    # company. Delivery to subscribers is that much later; a chain's next step no longer
-    # shares the two cores with a publish per step (3.3 -> 2.85 ms per step in-process).
+    # Events go to the broker in batches, at most one publish per this long: the first of a
+    # quiet spell waits this long for company, and under load each batch holds what came
+    # in that time (a publish is a Ray call, ~1 ms of CPU at each end). Delivery to
+    # subscribers is up to that much later; a chain's next step no longer shares the two
+    # cores with a publish per step (3.3 -> 2.85 ms per step in-process).
     event_linger_ms: Annotated[int, Field(ge=0, le=1_000)] = 20
     # Ordering when capacity is short: expedited first, then HIGH > DEFAULT > LOW for equal
     # due times; a task that has waited this much longer outranks the next class (aging).
