@@ -251,7 +251,8 @@ def _move_to_quarantine(
 # row here, and every task's row is rewritten at least once (when it finishes).
 _UPSERT_TASK = "INSERT INTO tasks (key, row) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET row = excluded.row"
 _UPSERT_CHAIN = "INSERT INTO chains (id, row) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET row = excluded.row"
-_UPSERT_INPUT = "INSERT INTO inputs (key, input) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET input = excluded.input"
+_UPSERT_INPUT = ("INSERT INTO inputs (key, input) VALUES (?, ?)"
+                 " ON CONFLICT (key) DO UPDATE SET input = excluded.input")
 _UPSERT_ANSWER = ("INSERT INTO answers (token, answer, at_ms) VALUES (?, ?, ?)"
                   " ON CONFLICT (token) DO UPDATE SET answer = excluded.answer, at_ms = excluded.at_ms")
 
