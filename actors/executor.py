@@ -52,6 +52,10 @@ from .replies import Replies
 from .report_lane import LaneReports
 from .retry import call_with_retry
 
+#: Cancel marks kept for runs not (yet) here: a Ray cancel can overtake the lane's submit,
+#: and a chain task handed with a run begins here later. Only the latest this many.
+EARLY_CANCELS = 10_000
+
 log = logging.getLogger("kmpray.executor")
 
 
@@ -76,7 +80,8 @@ class ExecutorBase(StepData, Reporting):
         self._classes: dict[tuple[str, int], type] = {}
         self._instances: dict[tuple[str, int], CommonWorker] = {}
         self._tasks: dict[tuple[str, int], asyncio.Task[None]] = {}
-        self._cancelled: set[tuple[str, int]] = set()
+        self._cancelled: set[tuple[str, int]] = set()  # told to stop: marked until the run ends here
+        self._cancelled_early: dict[tuple[str, int], None] = {}  # of those, not here when told
         # Every run taken and not yet reported (running, queued, finished): what a
         # restarted scheduler adopts instead of running it again (see ``holding``).
         self._unreported: dict[tuple[str, int], None] = {}
@@ -283,7 +288,7 @@ class ExecutorBase(StepData, Reporting):
     def cancel_cooperative(self, runs: list[tuple[str, int]]) -> None:
         """Only ask: ``ctx.is_cancelled()`` turns true; the run ends when the worker returns."""
         for key in runs:
-            self._cancelled.add(tuple(key))  # type: ignore[arg-type]
+            self._mark_cancelled(tuple(key))  # type: ignore[arg-type]
 
     def busy(self, key: tuple[str, int]) -> bool:
         return tuple(key) in self._tasks
@@ -291,12 +296,30 @@ class ExecutorBase(StepData, Reporting):
     def cancel(self, runs: list[tuple[str, int]]) -> int:
         n = 0
         for key in runs:
-            self._cancelled.add(key)
+            key = tuple(key)  # type: ignore[assignment]
+            self._mark_cancelled(key)
             task = self._tasks.get(key)
             if task is not None:
                 task.cancel()
                 n += 1
         return n
+
+    def _mark_cancelled(self, key: tuple[str, int]) -> None:
+        """Marked until the run ends here (``_unmark``); a mark for a run not here is one of
+        the latest EARLY_CANCELS only, so marks for runs that never come cannot pile up."""
+        self._cancelled.add(key)
+        if key in self._tasks:
+            return
+        self._cancelled_early[key] = None
+        if len(self._cancelled_early) > EARLY_CANCELS:
+            oldest = next(iter(self._cancelled_early))
+            del self._cancelled_early[oldest]
+            if oldest not in self._tasks:
+                self._cancelled.discard(oldest)
+
+    def _unmark(self, key: tuple[str, int]) -> None:
+        self._cancelled.discard(key)
+        self._cancelled_early.pop(key, None)
 
     async def _worker_class(self, name: str, version: int) -> type:
         cached = self._classes.get((name, version))
@@ -338,6 +361,7 @@ class ExecutorBase(StepData, Reporting):
                     notice.cancel()
                     self._meter.ran(worker, (time.monotonic() - began) * 1000)
         except asyncio.CancelledError:
+            self._unmark(key)
             self._unreported.pop(key, None)
             self._replies.detach(key)
             return  # cancelled by the scheduler: it already recorded CANCELLED
@@ -346,7 +370,7 @@ class ExecutorBase(StepData, Reporting):
             self._begun.discard(key)
             self._fencing.forget(key)
         if key in self._cancelled:
-            self._cancelled.discard(key)
+            self._unmark(key)
             self._unreported.pop(key, None)
             self._replies.detach(key)
             return

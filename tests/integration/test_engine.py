@@ -130,6 +130,40 @@ def test_cancel_a_running_task(svengine: Any, tmp_path: Path) -> None:
     assert info.state is TaskState.CANCELLED and info.result is None
 
 
+@ONE_SHARD  # it reaches into shard 0's executor
+def test_an_executor_forgets_a_cancel_once_the_run_ended_and_keeps_marks_for_absent_runs_bounded(
+    engines: Any, tmp_path: Path
+) -> None:
+    """A cancelled run's mark leaves with the run (it was kept for the executor's whole
+    life: one entry per cancelled run, a leak under REPLACE churn); marks for runs that
+    are not there (a Ray cancel overtaking the lane's submit, a handed chain task) are
+    honoured when the run comes and kept for the latest EARLY_CANCELS only."""
+    import ray
+    from kmpray.actors.executor import EARLY_CANCELS
+
+    sched = engines(config=EngineConfig(executors=1))
+    register_all(sched)
+    executor = ray.get_actor("kmpray.executor.0", namespace=sched.namespace)
+
+    def peek(fn: Any) -> Any:
+        return ray.get(executor.__ray_call__.remote(fn), timeout=30)
+
+    for name in ("c1", "c2"):
+        inp, started, _release = blocks_input(tmp_path, name)
+        sched.enqueue(name, ONCE, "Blocks", input=inp)
+        until(started.exists, what=f"{name} started")
+        assert sched.cancel(name) == 1
+        assert sched.wait(name, timeout_s=10).state is TaskState.CANCELLED
+    until(lambda: peek(lambda self: not self._tasks), timeout_s=10, what="the cancelled runs ended")
+    assert peek(lambda self: (len(self._cancelled), len(self._cancelled_early))) == (0, 0)
+    # Cancels for runs that never come: at most EARLY_CANCELS marks stay, the latest.
+    ray.get(executor.cancel.remote([(f"ghost{i}", 1) for i in range(EARLY_CANCELS + 5)]), timeout=30)
+    kept, early, latest, oldest = peek(lambda self: (
+        len(self._cancelled), len(self._cancelled_early),
+        (f"ghost{EARLY_CANCELS + 4}", 1) in self._cancelled, ("ghost0", 1) in self._cancelled))
+    assert (kept, early, latest, oldest) == (EARLY_CANCELS, EARLY_CANCELS, True, False)
+
+
 def test_concurrent_enqueues_of_one_id_never_both_run(sengine: Any, tmp_path: Path) -> None:
     results, runs = one_name_from_many_threads(sengine, "only", tmp_path)
     assert results == [ScheduleResult.SUCCESS] * 16
