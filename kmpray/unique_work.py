@@ -168,6 +168,8 @@ class UniqueWork:
         for name in stale:
             for key in self.names.pop(name, ()):
                 self._drop(key)
+            # Its APPEND numbering goes too, as a restart (which counts from the rows) forgets it.
+            self._append_seq.pop(name, None)
         chains = dict.fromkeys(r.chain_id for r in candidates if r.chain_id is not None)
         stale_chains = [cid for cid in chains
                         if cid in self.chains and all(old(k) for s in self.chains[cid].steps for k in s)]

@@ -111,6 +111,21 @@ def test_prune_forgets_old_finished_work_only(h: Harness) -> None:
     assert "old" not in {r.key for r in h.store.load()}
 
 
+def test_prune_forgets_a_pruned_names_append_numbering_as_a_restart_does(h: Harness) -> None:
+    append = Constraints(existing_work_policy=ExistingWorkPolicy.APPEND)
+    for _ in range(3):  # a, a#2, a#3
+        h.core.submit("a", TaskTrigger.OneTime(), "Ok", constraints=append)
+    for _ in range(3):
+        h.step()  # one after another
+    assert h.state("a#3") == "SUCCEEDED"
+    assert [r.key for r in h.core.tasks.values() if r.name == "a"] == ["a", "a#2", "a#3"]
+    h.clock.set(START + h.core.config.retain_finished_ms + 1)
+    assert h.core.prune() == 1 and "a" not in h.core._append_seq  # no entry per name ever appended
+    h.core.submit("a", TaskTrigger.OneTime(), "Ok", constraints=append)
+    h.core.submit("a", TaskTrigger.OneTime(), "Ok", constraints=append)
+    assert [r.key for r in h.core.tasks.values() if r.name == "a"] == ["a", "a#2"]
+
+
 def test_event_logs_hand_out_increasing_cursors(tmp_path: Path) -> None:
     for log in (SqliteEventLog(tmp_path / "e.db"), MemoryEventLog()):
         assert log.append([b"a", b"b"]) == [1, 2]
