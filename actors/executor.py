@@ -77,8 +77,10 @@ class ExecutorBase(StepData, Reporting):
         # On that node this process writes the files itself; elsewhere the scheduler does.
         self._artifacts = ArtifactDir(artifacts[0], self.config.durability) if artifacts else None
         self._local_artifacts = artifacts is not None and artifacts[1] == self.node_id
-        self._classes: dict[tuple[str, int], type] = {}
-        self._instances: dict[tuple[str, int], CommonWorker] = {}
+        # Per worker name, the newest class loaded here and (heavy workers) its warm
+        # instance, each with its version: a newer registration replaces both.
+        self._classes: dict[str, tuple[int, type]] = {}
+        self._instances: dict[str, tuple[int, CommonWorker]] = {}
         self._tasks: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._cancelled: set[tuple[str, int]] = set()  # told to stop: marked until the run ends here
         self._cancelled_early: dict[tuple[str, int], None] = {}  # of those, not here when told
@@ -321,18 +323,24 @@ class ExecutorBase(StepData, Reporting):
         self._cancelled.discard(key)
         self._cancelled_early.pop(key, None)
 
-    async def _worker_class(self, name: str, version: int) -> type:
-        cached = self._classes.get((name, version))
-        if cached is not None:
+    async def _worker_class(self, name: str, version: int) -> tuple[int, type]:
+        """The class registered as ``name``, at ``version`` or newer (the registry keeps the
+        latest only), and its version. A newer one replaces the older here, and the older
+        one's warm instance goes with it: a heavy worker re-registered from a notebook ten
+        times must not hold ten models."""
+        cached = self._classes.get(name)
+        if cached is not None and cached[0] >= version:
             return cached
         registry = lookup(REGISTRY, self.namespace)
         entry = await call_with_retry(lambda: registry.get.remote(name))
         if entry is None:
             raise LookupError(f"worker {name!r} is not registered")
-        cls = cloudpickle.loads(entry[1])
-        self._classes[(name, entry[0])] = cls
+        loaded = self._classes[name] = (entry[0], cloudpickle.loads(entry[1]))
+        if self._instances.pop(name, None) is not None:
+            gc.unfreeze()  # what only the old instance held (cycles too) is freed now
+            gc.collect()
         gc.freeze()  # the class and what it imported live on (see __init__)
-        return cls
+        return loaded
 
     async def _run(self, run: Run) -> None:
         key_, run_id, worker, version, inp, upstream, previous, timeout_ms = run[:8]
@@ -424,12 +432,13 @@ class ExecutorBase(StepData, Reporting):
                 why = f"upstream data: {type(exc).__name__}: {exc}"
                 return Failure(why, should_retry=not isinstance(exc, LookupError)), None
         try:
-            instance = self._instances.get((worker, version)) if self.keep_instances else None
+            warm = self._instances.get(worker) if self.keep_instances else None
+            instance = warm[1] if warm is not None and warm[0] >= version else None
             if instance is None:
-                cls = await self._worker_class(worker, version)
+                loaded, cls = await self._worker_class(worker, version)
                 instance = cls()
                 if self.keep_instances:
-                    self._instances[(worker, version)] = instance
+                    self._instances[worker] = (loaded, instance)
         except Exception as exc:
             return Failure(f"worker {worker!r} could not be constructed: {type(exc).__name__}: {exc}"), None
 

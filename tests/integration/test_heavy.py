@@ -41,6 +41,30 @@ def test_heavy_tasks_reuse_one_actor_and_its_warm_state(heavy: Any) -> None:
     assert heavy.status()["heavy_workers"] == [0]
 
 
+def test_a_class_registered_again_replaces_the_warm_instance_of_the_old_one(heavy: Any) -> None:
+    """The heavy worker keeps one class and one warm instance per worker name: a newer
+    registration's first run builds a new instance and the old one is let go (it stayed,
+    one per version, for the worker's life: a notebook re-registering a model worker ten
+    times held ten models)."""
+    import ray
+
+    from .workers import WarmModelV2
+
+    heavy.enqueue("v1", ONCE, "WarmModel", constraints=HEAVY)
+    first = heavy.wait("v1", timeout_s=60).result.data
+    heavy.register_worker("WarmModel", WarmModelV2)
+    heavy.enqueue("v2", ONCE, "WarmModel", constraints=HEAVY)
+    second = heavy.wait("v2", timeout_s=60).result.data
+    assert (second["pid"], second["v"], second["calls"]) == (first["pid"], 2, 1)  # same actor, new instance
+    worker = ray.get_actor("kmpray.heavy.0", namespace=heavy.namespace)
+    held = ray.get(worker.__ray_call__.remote(lambda self: (
+        {name: (v, type(i).__name__) for name, (v, i) in self._instances.items()},
+        {name: v for name, (v, _cls) in self._classes.items()})), timeout=30)
+    instances, classes = held
+    assert list(instances) == ["WarmModel"] and instances["WarmModel"][1] == "WarmModelV2"
+    assert classes == {"WarmModel": instances["WarmModel"][0]}
+
+
 def test_heavy_runs_one_at_a_time_per_worker(heavy: Any, tmp_path: Path) -> None:
     a = {"started": str(tmp_path / "a.started"), "noticed": str(tmp_path / "a.noticed")}
     heavy.enqueue("a", ONCE, "CooperativeHeavy", input=json.dumps(a), constraints=HEAVY)

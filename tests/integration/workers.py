@@ -169,6 +169,14 @@ class WarmModel(kmpray.CommonWorker):
         return WorkerResult.Success(data={"pid": self.loaded_by, "calls": self.calls})
 
 
+class WarmModelV2(WarmModel):
+    """WarmModel registered again under the same name (a notebook's next edit)."""
+
+    async def do_work(self, input: str | None, ctx: kmpray.WorkerContext) -> Any:  # noqa: A002
+        self.calls += 1
+        return WorkerResult.Success(data={"pid": self.loaded_by, "calls": self.calls, "v": 2})
+
+
 class CooperativeHeavy(kmpray.CommonWorker):
     """Polls ctx.is_cancelled(); writes a marker when it notices."""
 
