@@ -25,10 +25,23 @@ class Waiters:
 
     async def wait(self, name: str, runs_before: int, timeout_s: float | None) -> None:
         """Until ``wake`` finds the work settled, or the timeout (no error either way)."""
+        fut = self.add(name, runs_before)
         try:
-            await asyncio.wait_for(self.add(name, runs_before), timeout_s)
+            await asyncio.wait_for(fut, timeout_s)
         except TimeoutError:
             pass
+        finally:
+            # Gone at once, not at the name's next wake: a client long-polling a task due
+            # next week (WAIT_CHUNK_S at a time) would leave a future per chunk until then.
+            self._forget(name, fut)
+
+    def _forget(self, name: str, fut: asyncio.Future[None]) -> None:
+        waiters = self._by_name.get(name)
+        if waiters is None:
+            return
+        waiters[:] = [w for w in waiters if w[0] is not fut]
+        if not waiters:
+            del self._by_name[name]
 
     def wake(self, name: str) -> None:
         waiters = self._by_name.get(name)
