@@ -116,7 +116,13 @@ class EventBroker:
         return self.log.read(after, limit)
 
     def subscribe_actor(self, sub_id: str, actor: Any, after: int) -> None:
-        self._pushers[sub_id] = asyncio.ensure_future(self._push(actor, after))
+        task = self._pushers[sub_id] = asyncio.ensure_future(self._push(actor, after))
+        # A subscriber actor that died ends its pusher: its entry goes too, not at close().
+        task.add_done_callback(lambda t: self._forget_pusher(sub_id, t))
+
+    def _forget_pusher(self, sub_id: str, task: asyncio.Task[None]) -> None:
+        if self._pushers.get(sub_id) is task:
+            del self._pushers[sub_id]
 
     def unsubscribe(self, sub_id: str) -> bool:
         task = self._pushers.pop(sub_id, None)

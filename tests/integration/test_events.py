@@ -182,6 +182,31 @@ def test_actor_subscription_is_pushed_every_event(svengine: Any) -> None:
         sub.close()
 
 
+def test_an_actor_subscriber_that_died_leaves_no_pusher_behind(svengine: Any) -> None:
+    import ray
+
+    from .helpers import until
+
+    @ray.remote(num_cpus=0)
+    class Gone:
+        def on_event(self, event: Any) -> None:
+            pass
+
+    gone = Gone.remote()
+    sub = svengine.events.subscribe(actor=gone)
+    broker = ray.get_actor("kmpray.broker", namespace=svengine.namespace)
+
+    def pushing() -> bool:
+        return bool(ray.get(broker.__ray_call__.remote(lambda self: sub.id in self._pushers), timeout=10))
+
+    assert pushing()
+    ray.kill(gone)
+    svengine.enqueue("after-gone", TaskTrigger.OneTime(), "Echo")  # its push finds the actor dead
+    svengine.wait("after-gone", timeout_s=30)
+    until(lambda: not pushing(), timeout_s=30, what="the dead subscriber's pusher gone")
+    sub.close()  # nothing left to stop: no error
+
+
 def test_subscriptions_are_async_iterable(svengine: Any) -> None:
     import asyncio
 
