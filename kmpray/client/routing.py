@@ -17,6 +17,10 @@ from ..shards import reassemble, shard_of, split
 Call = tuple[int, tuple[Any, ...]]  # (shard, args)
 
 
+#: Chain task ids whose shard a client remembers (see ``Routing._remember``).
+HOMES_KEPT = 100_000
+
+
 class Routing:
     """The routing half of the facade (it supplies ``_call``, ``_call_async``, ``shards``)."""
 
@@ -75,9 +79,19 @@ class Routing:
     def _found(self, id: str, asked: list[Call], answers: list[Any]) -> Any:  # noqa: A002
         for (k, _), raw in zip(asked, answers, strict=True):
             if raw is not None:
-                self._homes[id] = k
+                self._remember(id, k)
                 return raw
         return None
+
+    def _remember(self, id: str, home: int) -> None:  # noqa: A002
+        """A hint, not a record: ids off their hash shard, the latest HOMES_KEPT only (a
+        producer enqueueing chains for days must not grow it without end); a forgotten one
+        is found again by asking every shard."""
+        homes = self._homes
+        homes.pop(id, None)
+        homes[id] = home
+        if len(homes) > HOMES_KEPT:
+            del homes[next(iter(homes))]
 
     # ------------------------------------------------------------ many items
     def _parts(self, items: list[dict[str, Any]]) -> tuple[dict[int, list[int]], list[Call]]:
@@ -107,5 +121,5 @@ class Routing:
             for step in payload.get("steps") or []:
                 for req in step:
                     if isinstance(req, dict) and isinstance(req.get("id"), str):
-                        self._homes[req["id"]] = home
+                        self._remember(req["id"], home)
         return home

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import zlib
 from collections import Counter
+from typing import Any
 
 from kmpray.shards import merge_status, reassemble, shard_of, share, split
 
@@ -58,3 +59,32 @@ def test_a_limit_is_shared_evenly_the_first_shards_taking_the_remainder() -> Non
     # A heavy pool never shrinks to nothing on a shard while the engine has one.
     assert [share(1, 3, k, at_least=1) for k in range(3)] == [1, 1, 1]
     assert [share(0, 3, k, at_least=0) for k in range(3)] == [0, 0, 0]
+
+
+def test_a_client_remembers_only_the_latest_chain_task_homes_and_finds_a_forgotten_one_again(
+    monkeypatch: Any,
+) -> None:
+    from kmpray.client import routing
+
+    monkeypatch.setattr(routing, "HOMES_KEPT", 3)
+    asked: list[tuple[str, int]] = []
+
+    class Client(routing.Routing):
+        shards = 2
+
+        def __init__(self) -> None:
+            self._homes = {}
+
+        def _call(self, method: str, id: str, shard: int) -> Any:  # noqa: A002
+            asked.append((id, shard))
+            return {"id": id} if shard == home else None
+
+    client = Client()
+    # Chain tasks whose own hash shard is not the chain's: only those need remembering.
+    ids = [f"step{i}" for i in range(40) if shard_of(f"step{i}", 2) != shard_of("chain", 2)][:5]
+    home = client._chain_home({"id": "chain", "steps": [[{"id": i} for i in ids]]})
+    assert list(client._homes) == ids[-3:] and set(client._homes.values()) == {home}  # the latest three
+    assert client._find("get_info", ids[-1]) == {"id": ids[-1]} and asked == [(ids[-1], home)]  # straight
+    asked.clear()
+    assert client._find("get_info", ids[0]) == {"id": ids[0]}  # forgotten: its hash shard, then the rest
+    assert [k for _i, k in asked][-1] == home and client._homes[ids[0]] == home and len(client._homes) == 3
