@@ -42,7 +42,6 @@ def split_reports(items: list[Report]) -> tuple[list[Done], list[Progress], list
     return done, progress, began
 
 
-
 class LaneReports:
     def __init__(
         self,
