@@ -7,6 +7,8 @@ a subscriber. Baseline: a batch of no-op ``f.remote()`` Ray tasks awaited with r
 from __future__ import annotations
 
 import time
+import uuid
+from collections.abc import Callable
 from typing import Any
 
 from .common import cdf, engine, percentiles, ray_up, table, write
@@ -51,6 +53,20 @@ def engine_rate(
     elapsed = time.perf_counter() - start
     sub.close()
     return n / elapsed, latencies
+
+
+def capacity_batches(sched: Any, runs: int, between: Callable[[], None], n: int = 5_000) -> list[float]:
+    """The bulk rate of an engine in use (``bench load --find-max`` sets its knee against
+    it): a 1,000-task warm-up batch, as ``run`` has, then ``runs`` batches of ``n``, with
+    ``between()`` (let the engine drain) after each. Without the warm-up the first batch on
+    a fresh engine ran 7.3-12.1k/s where the next two ran up to 19.2k/s (session 19)."""
+    engine_rate(sched, 1_000, f"cap-warm-{uuid.uuid4().hex[:6]}", worker="BenchStamp")
+    between()
+    rates = []
+    for _ in range(runs):
+        rates.append(engine_rate(sched, n, f"cap-{uuid.uuid4().hex[:6]}", worker="BenchStamp")[0])
+        between()
+    return rates
 
 
 def run(quick: bool = False, json_path: str | None = None, address: str | None = None, shards: int = 1,

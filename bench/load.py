@@ -440,18 +440,11 @@ def _find_max(sched: Any, args: argparse.Namespace, state_dir: str, common: dict
 
     # The same engine's capacity through the bulk path, measured in this run: the knee is
     # reported against it (one-time work can at best approach it).
-    from .dispatch import engine_rate
-
     # The median of three batches: one batch's figure moved 8,375-9,760/s between runs here
-    # (session 15), as much as the knee itself. After a warm-up batch, as `bench dispatch`
-    # measures it: the first batch on a fresh engine ran 7.3-12.1k/s where the next two ran
-    # up to 19.2k/s (session 19), and the median then hung on which of the two was lower.
-    engine_rate(sched, 1_000, f"cap-warm-{uuid.uuid4().hex[:6]}", worker="BenchStamp")
-    _settle(sched)
-    runs = []
-    for _ in range(CAPACITY_RUNS):
-        runs.append(engine_rate(sched, 5_000, f"cap-{uuid.uuid4().hex[:6]}", worker="BenchStamp")[0])
-        _settle(sched)
+    # (session 15), as much as the knee itself.
+    from .dispatch import capacity_batches
+
+    runs = capacity_batches(sched, CAPACITY_RUNS, lambda: _settle(sched))
     capacity = float(np.median(runs))
     shown_runs = ", ".join(f"{r:,.0f}" for r in runs)
     print(f"  dispatch capacity (enqueue_many, same engine): {capacity:,.0f} tasks/s "
