@@ -31,7 +31,8 @@ async def adopt_held_runs(core: SchedulerCore, pool: ExecutorPool, heavy: HeavyP
         except ValueError:
             continue  # never started, or retired
         holders.append((None, slot_index, handle))
-    answers = await asyncio.gather(*(_holding(h, pool.config.ping_timeout_s) for *_, h in holders))
+    timeout_s = pool.config.ping_timeout_s
+    answers = await asyncio.gather(*(_holding(h, pool.epoch, timeout_s) for *_, h in holders))
     where: dict[tuple[str, int], tuple[int | None, int]] = {}
     waiting: set[tuple[str, int]] = set()
     for (i, slot_index, handle), answer in zip(holders, answers, strict=True):
@@ -51,8 +52,9 @@ async def adopt_held_runs(core: SchedulerCore, pool: ExecutorPool, heavy: HeavyP
     if adopted:
         log.warning("restarted: %d runs still on executors are kept, not run again", len(adopted))
 
-async def _holding(handle: Any, timeout_s: float) -> Holding | None:
+async def _holding(handle: Any, epoch: str, timeout_s: float) -> Holding | None:
+    """What ``handle`` holds; from then on it refuses batches of earlier schedulers."""
     try:
-        return Holding(*await asyncio.wait_for(handle.holding.remote(), timeout_s))
+        return Holding(*await asyncio.wait_for(handle.holding.remote(epoch), timeout_s))
     except Exception:
         return None  # unreachable: what it holds runs again

@@ -166,6 +166,11 @@ class ExecutorBase(StepData, Reporting):
         return Taken(self.incarnation, done)
 
     def _take(self, runs: list[Run], batch: Fence | None = None) -> list[RunKey]:
+        if batch is not None and self._fencing.refused(batch[0]):
+            log.warning("%s %d: %d runs sent by a scheduler that has since restarted, arriving after its "
+                        "successor adopted this process's runs: not taken (they run again there)",
+                        self._kind(), self.index, len(runs))
+            return []
         taken = []
         for run in runs:
             key = (run.key, run.run_id)
@@ -181,11 +186,14 @@ class ExecutorBase(StepData, Reporting):
         for key in self._replies.ack(keys):
             self._unreported.pop(key, None)
 
-    def holding(self) -> Holding:
+    def holding(self, epoch: str | None = None) -> Holding:
         """For a restarted scheduler: the runs this process took and has not reported yet,
         and which of them still wait for a slot (a run withdrawn by the fence is not held).
         Results sent in answers and not acknowledged are reported again: the scheduler
-        that was to read them may be the one that died."""
+        that was to read them may be the one that died. ``epoch``: the asking scheduler's;
+        batches of an earlier one that arrive after this answer are refused (fencing.py)."""
+        if epoch:
+            self._fencing.adopted_by(epoch)
         if kept := self._replies.take_kept():
             self._send(kept)
         held = [key for key in self._unreported if not self._withdrawn(key)]

@@ -8,6 +8,14 @@ epoch; every batch of an earlier epoch was sent before the fence, so a fence cov
 too (a restarted scheduler adopts the runs an executor holds, and withdraws the queued
 ones like its own: without this the executor would still begin them, and they would run
 twice). Epochs are ordered by when this process first saw each one.
+
+Adoption fences too. A restarted scheduler asks each executor and heavy worker what it
+holds (``holding(epoch)``) and runs again whatever is not held. A submit its predecessor
+sent just before dying may still be on its way (Ray does not order one caller's calls
+against another's, and a lane's frames outlive the process that wrote them): taken after
+that answer, it would run here while its successor runs it elsewhere. So once a scheduler
+has asked, batches of any other epoch are refused (``refused``); only a later scheduler
+asks again.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ class Fencing:
         self._batch_of: dict[Key, tuple[str, int]] = {}  # run -> (epoch, batch)
         self._fence: tuple[str, int] = ("", 0)
         self._order: dict[str, int] = {}  # epoch -> when first seen here
+        self._adopter = ""  # the epoch of the scheduler that last asked what this process holds
 
     def _seen(self, epoch: str) -> int:
         return self._order.setdefault(epoch, len(self._order))
@@ -33,6 +42,17 @@ class Fencing:
     def fence(self, epoch: str, batch: int) -> None:
         self._seen(epoch)
         self._fence = (epoch, batch)
+
+    def adopted_by(self, epoch: str) -> None:
+        """A restarted scheduler asked what this process holds: its epoch is the newest,
+        and batches of every other one are refused from now on."""
+        self._adopter = epoch
+        self._order[epoch] = max(self._order.values(), default=-1) + 1
+
+    def refused(self, epoch: str) -> bool:
+        """A batch sent by a scheduler other than the one that adopted this process's runs:
+        sent before that one asked, arriving after; it runs again there, not here."""
+        return bool(self._adopter) and epoch != self._adopter
 
     def withdrawn(self, key: Key) -> bool:
         """Not begun yet and at or below the fence: it runs elsewhere, never here."""

@@ -23,11 +23,11 @@ from ray.exceptions import ActorUnavailableError
 from kmpray.config import EngineConfig
 from kmpray.engine import Dispatch, SchedulerCore
 from kmpray.placement import heavy_demand
-from kmpray.protocol import Began, Done, Holding, Progress
+from kmpray.protocol import Began, Done, Fence, Holding, Progress
 from kmpray.timing import BLOCKED_PING_TIMEOUT_S, HEAVY_CANCEL_POLL_S, HEAVY_RESTART_POLL_S
 
 from .blocked_loops import BlockedLoops
-from .executor_pool import ping, take_acks
+from .executor_pool import ExecutorPool, ping, take_acks
 from .heavy_worker import HeavyWorker
 from .names import HEAVY
 from .submit_lane import LaneLost, SubmitLanes
@@ -44,6 +44,7 @@ class Host(Protocol):
     """What the pool needs from the scheduler actor that owns it."""
 
     core: SchedulerCore
+    pool: ExecutorPool  # its epoch: the heavy workers' submits carry it (actors/fencing.py)
 
     def _kick(self) -> None: ...
 
@@ -175,8 +176,12 @@ class HeavyPool:
         self.host.core.note(d.key, ("handed", d.run_id, f"heavy worker {i}", None))
         self.where[slot.run] = i
         run, acks = [self.host._wire(d)], take_acks(slot) or None
-        pushed = self.lanes.submit(i, slot.incarnation, run, None, acks)  # actors/submit_lane.py
-        ref = pushed if pushed is not None else slot.handle.submit.remote(run, None, acks)
+        # The epoch only (no batch numbers: a heavy worker holds one run, nothing to withdraw):
+        # a submit of this scheduler's that arrives after its successor adopted this worker's
+        # runs is refused there (actors/fencing.py).
+        fence = Fence(self.host.pool.epoch, 0)
+        pushed = self.lanes.submit(i, slot.incarnation, run, fence, acks)  # actors/submit_lane.py
+        ref = pushed if pushed is not None else slot.handle.submit.remote(run, fence, acks)
         asyncio.ensure_future(self._confirm(i, slot.run, ref))
 
     async def _confirm(self, i: int, key: RunKey, ref: Any) -> None:

@@ -123,6 +123,25 @@ def test_a_fence_from_a_restarted_scheduler_covers_the_batches_of_the_one_before
     assert not f.withdrawn(("old", 1))
 
 
+def test_once_a_restarted_scheduler_asked_what_is_held_batches_of_other_epochs_are_refused() -> None:
+    """A submit the dying scheduler sent may arrive after its successor asked what this
+    process holds (``holding(epoch)``): taken then, it would run here while the successor,
+    not seeing it held, runs it again elsewhere. Refused, however it is ordered."""
+    from kmpray.actors.fencing import Fencing
+
+    f = Fencing()
+    assert not f.refused("epoch-1")  # nobody asked yet: a fresh engine's batches
+    f.took(("early", 1), "epoch-1", 4)  # arrived before the question: held, and adopted
+    f.adopted_by("epoch-2")
+    assert f.refused("epoch-1") and f.refused("never-seen") and not f.refused("epoch-2")
+    assert not f.withdrawn(("early", 1))  # adopted runs still begin here
+    f.took(("new", 1), "epoch-2", 1)
+    f.fence("epoch-2", 1)  # the adopter's own blocked-loop fence still orders its batches
+    assert f.withdrawn(("new", 1)) and f.withdrawn(("early", 1))
+    f.adopted_by("epoch-3")  # a third scheduler
+    assert f.refused("epoch-2") and not f.refused("epoch-3")
+
+
 def test_an_executor_with_a_submit_in_flight_gets_no_other_until_it_answers() -> None:
     """One submit in flight per executor (SUBMITS_IN_FLIGHT): runs ready meanwhile wait for
     its answer and go together in the next, so batches grow with the load."""

@@ -140,6 +140,39 @@ def test_a_heavy_run_survives_a_scheduler_restart_on_its_warm_worker(heavy: Any,
     assert (after.result.data["pid"], after.result.data["calls"]) == (pid, 2)  # still warm
 
 
+@ONE_SHARD  # reaches into one scheduler's epoch and its executor
+def test_a_submit_a_restarted_scheduler_sent_before_it_died_is_refused_after_adoption(heavy: Any) -> None:
+    """Adoption fences (actors/fencing.py): once a scheduler asked an executor or heavy
+    worker what it holds, a submit of an earlier scheduler's that arrives later is not
+    taken (it would run there and again where the new scheduler sends it), while the
+    asking scheduler's own submits still are: light and heavy runs go on running."""
+    import ray
+
+    from kmpray.protocol import Fence, Run
+
+    heavy.enqueue("warm", ONCE, "WarmModel", constraints=HEAVY)
+    heavy.enqueue("light", ONCE, "Echo")
+    assert heavy.wait("warm", timeout_s=60).state is TaskState.SUCCEEDED
+    assert heavy.wait("light", timeout_s=60).state is TaskState.SUCCEEDED
+    ns = heavy.namespace
+    epoch = ray.get(ray.get_actor("kmpray.scheduler", namespace=ns).__ray_call__.remote(
+        lambda self: self.pool.epoch), timeout=30)
+    versions = ray.get(ray.get_actor("kmpray.registry", namespace=ns).dump.remote(), timeout=30)
+    for name, worker in (("kmpray.executor.0", "Echo"), ("kmpray.heavy.0", "WarmModel")):
+        actor = ray.get_actor(name, namespace=ns)
+        ray.get(actor.holding.remote(epoch), timeout=30)  # as the scheduler's adoption asks
+        late = Run("late", 1, worker, versions[worker][0], None, None, 0, None, None)
+        taken = ray.get(actor.submit.remote([late], Fence("the-scheduler-before", 9)), timeout=30)
+        peek = actor.__ray_call__.remote(lambda self: (list(self._unreported), list(self._tasks)))
+        held = ray.get(peek, timeout=30)
+        assert (taken.done, ("late", 1) in held[0], ("late", 1) in held[1]) == ([], False, False), name
+    heavy.enqueue("light-after", ONCE, "Echo")
+    heavy.enqueue("warm-after", ONCE, "WarmModel", constraints=HEAVY)
+    assert heavy.wait("light-after", timeout_s=60).state is TaskState.SUCCEEDED
+    after = heavy.wait("warm-after", timeout_s=60)
+    assert after.state is TaskState.SUCCEEDED and after.result.data["calls"] == 2  # the same warm worker
+
+
 def test_idle_heavy_workers_are_retired(engines: Any) -> None:
     sched = engines(config=EngineConfig(heavy_pool_size=1, heavy_num_cpus=0, heavy_idle_timeout_s=0.5))
     register_all(sched)
