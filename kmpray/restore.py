@@ -45,6 +45,13 @@ class Restoring:
                 self._append_seq[rec.name] = max(self._append_seq.get(rec.name, 1), suffix)
             for pre in rec.prereqs:
                 self.dependents.setdefault(pre, []).append(rec.key)
+        # A name's works in line by their append number, not by creation time: appends in one
+        # millisecond (one enqueue_many) sort "n#10" before "n#9" by key, and a clock set back
+        # would misplace them too; the next APPEND then followed the wrong leaf, and two
+        # works of one name ran at once.
+        for keys in self.names.values():
+            if len(keys) > 1:
+                keys.sort(key=append_number)
         self.tasks.unsorted = True  # in order of creation: by update once read (TaskTable.newest)
         for rec in rows:
             if rec.state.is_finished:

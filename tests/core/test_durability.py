@@ -91,6 +91,22 @@ def test_restore_keeps_unique_names_and_append_chains(h: Harness) -> None:
     assert [d.key for d in h.runs] == ["u", "u#2", "u#3"]
 
 
+def test_restore_keeps_an_append_line_of_ten_or_more_made_in_one_millisecond_in_order(h: Harness) -> None:
+    """Found by the simulation run longer than CI runs it: appends made in one millisecond
+    (one enqueue_many) were restored by creation time, then key, so "u#10" came before
+    "u#9"; the next APPEND followed "u#9", and "u#10" and "u#11" then ran at once."""
+    append = Constraints(existing_work_policy=ExistingWorkPolicy.APPEND)
+    h.core.submit("u", TaskTrigger.OneTime(initial_delay_ms=100), "Ok")
+    for _ in range(9):  # u#2 .. u#10, all in this millisecond
+        h.core.submit("u", TaskTrigger.OneTime(), "Ok", constraints=append)
+    h.restart()
+    assert h.core.names["u"][-2:] == ["u#9", "u#10"]
+    h.core.submit("u", TaskTrigger.OneTime(), "Ok", constraints=append)
+    assert h.core.tasks["u#11"].prereqs == ("u#10",)
+    h.advance(100)  # one after another: a work starts only once the one before succeeded
+    assert [d.key for d in h.runs] == ["u"] + [f"u#{n}" for n in range(2, 12)]
+
+
 def test_restore_with_a_fresh_core_counts_pending(h: Harness) -> None:
     for i in range(5):
         h.core.submit(f"t{i}", TaskTrigger.OneTime(initial_delay_ms=10), "Ok")
