@@ -210,7 +210,9 @@ def test_open_loop_never_waits_on_answers_and_counts_from_intended_times() -> No
             return [("" if i != 3 else "REJECTED_INVALID_PARAMS", t) for i, t in zip(indexes, intended, strict=True)]
 
         now = time.time() * 1000 + 50
-        open_loop = OpenLoop(slow, max_in_flight=100)
+        # freeze_gc, as the LoadClient runs it: after the suite's earlier tests (matplotlib's
+        # among them) one full collection mid-run held a send 25 ms+ once.
+        open_loop = OpenLoop(slow, max_in_flight=100, freeze_gc=True)
         intended = [now + 2.0 * i for i in range(50)]  # 500/s
         free = await open_loop.run(list(range(50)), ["one-time"] * 50, intended, now + 10_000, 5)
         capped_loop = OpenLoop(slow, max_in_flight=2)
@@ -223,7 +225,10 @@ def test_open_loop_never_waits_on_answers_and_counts_from_intended_times() -> No
 
     free, capped, cut = asyncio.run(main())
     lag = np.asarray(free["sent_ms"], dtype=float) - np.asarray(free["intended_ms"], dtype=float)
-    assert lag.max() < 25  # sent on schedule although each answer took 50 ms
+    # Sent on schedule although each answer took 50 ms: sends that waited on answers would
+    # fall ~48 ms further behind per operation (2.4 s by the last); the bound leaves room for
+    # a loaded 2-core machine's scheduling.
+    assert lag.max() < 100
     assert lag.min() >= 0  # and never ahead of it (corrected >= uncorrected, each operation)
     assert not any(free["capped"]) and free["error"][3] == "REJECTED_INVALID_PARAMS"
     assert all(not math.isnan(x) for i, x in enumerate(free["acked_ms"]) if i != 3)  # type: ignore[arg-type]
