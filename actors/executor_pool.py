@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -83,8 +84,11 @@ class ExecutorPool:
         self.slots: list[ExecutorSlot] = []
         self.where: dict[Key, int] = {}  # run -> the executor holding it
         # Batches are numbered per executor under this scheduler's epoch, so a blocked
-        # executor never begins a run withdrawn from it (see executor.py).
-        self.epoch = uuid.uuid4().hex
+        # executor never begins a run withdrawn from it (see executor.py). Epochs compare
+        # by when the scheduler started (the head's clock, zero-padded ns: a restart comes
+        # seconds after a death), so an executor can tell a late batch of an earlier
+        # scheduler from an early one of a later scheduler (actors/fencing.py).
+        self.epoch = f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}"
         # A suspect run (a process died under its task's last run) runs alone on an
         # executor, so a death there is that task's own (kmpray.engine.SchedulerCore.run_lost).
         self.alone: dict[int, Key | None] = {}  # executor -> the suspect run alone on it (None: emptying)

@@ -7,15 +7,17 @@ begins a run from a batch at or below the fence. A scheduler that restarted has 
 epoch; every batch of an earlier epoch was sent before the fence, so a fence covers those
 too (a restarted scheduler adopts the runs an executor holds, and withdraws the queued
 ones like its own: without this the executor would still begin them, and they would run
-twice). Epochs are ordered by when this process first saw each one.
+twice). Epochs compare by value: the scheduler's start time comes first in each.
 
 Adoption fences too. A restarted scheduler asks each executor and heavy worker what it
 holds (``holding(epoch)``) and runs again whatever is not held. A submit its predecessor
 sent just before dying may still be on its way (Ray does not order one caller's calls
 against another's, and a lane's frames outlive the process that wrote them): taken after
 that answer, it would run here while its successor runs it elsewhere. So once a scheduler
-has asked, batches of any other epoch are refused (``refused``); only a later scheduler
-asks again.
+has asked, batches of earlier epochs are refused (``refused``). Epochs compare by value
+(the scheduler's start time first, actors/executor_pool.py), not by when they were seen:
+a late batch may be the first this process sees of its epoch, and a later scheduler whose
+question timed out (this loop blocked) still has its batches taken.
 """
 
 from __future__ import annotations
@@ -29,30 +31,24 @@ class Fencing:
     def __init__(self) -> None:
         self._batch_of: dict[Key, tuple[str, int]] = {}  # run -> (epoch, batch)
         self._fence: tuple[str, int] = ("", 0)
-        self._order: dict[str, int] = {}  # epoch -> when first seen here
-        self._adopter = ""  # the epoch of the scheduler that last asked what this process holds
-
-    def _seen(self, epoch: str) -> int:
-        return self._order.setdefault(epoch, len(self._order))
+        self._adopter = ""  # the newest epoch of a scheduler that asked what this process holds
 
     def took(self, key: Key, epoch: str, batch: int) -> None:
-        self._seen(epoch)
         self._batch_of[key] = (epoch, batch)
 
     def fence(self, epoch: str, batch: int) -> None:
-        self._seen(epoch)
         self._fence = (epoch, batch)
 
     def adopted_by(self, epoch: str) -> None:
-        """A restarted scheduler asked what this process holds: its epoch is the newest,
-        and batches of every other one are refused from now on."""
-        self._adopter = epoch
-        self._order[epoch] = max(self._order.values(), default=-1) + 1
+        """A restarted scheduler asked what this process holds: batches of earlier epochs
+        are refused from now on (a question of an earlier one, arriving late, changes
+        nothing)."""
+        self._adopter = max(self._adopter, epoch)
 
     def refused(self, epoch: str) -> bool:
-        """A batch sent by a scheduler other than the one that adopted this process's runs:
+        """A batch of a scheduler earlier than the one that adopted this process's runs:
         sent before that one asked, arriving after; it runs again there, not here."""
-        return bool(self._adopter) and epoch != self._adopter
+        return epoch < self._adopter
 
     def withdrawn(self, key: Key) -> bool:
         """Not begun yet and at or below the fence: it runs elsewhere, never here."""
@@ -62,7 +58,7 @@ class Fencing:
             return False
         if taken[0] == epoch:
             return taken[1] <= batch
-        return self._order[taken[0]] < self._order[epoch]  # sent by an earlier scheduler
+        return taken[0] < epoch  # sent by an earlier scheduler
 
     def forget(self, key: Key) -> None:
         self._batch_of.pop(key, None)

@@ -129,16 +129,21 @@ def test_once_a_restarted_scheduler_asked_what_is_held_batches_of_other_epochs_a
     not seeing it held, runs it again elsewhere. Refused, however it is ordered."""
     from kmpray.actors.fencing import Fencing
 
-    f = Fencing()
+    f = Fencing()  # epochs compare by value: the scheduler's start time comes first
     assert not f.refused("epoch-1")  # nobody asked yet: a fresh engine's batches
     f.took(("early", 1), "epoch-1", 4)  # arrived before the question: held, and adopted
     f.adopted_by("epoch-2")
-    assert f.refused("epoch-1") and f.refused("never-seen") and not f.refused("epoch-2")
+    assert f.refused("epoch-1") and f.refused("epoch-0")  # "epoch-0": never seen here before
+    assert not f.refused("epoch-2")
     assert not f.withdrawn(("early", 1))  # adopted runs still begin here
     f.took(("new", 1), "epoch-2", 1)
     f.fence("epoch-2", 1)  # the adopter's own blocked-loop fence still orders its batches
     assert f.withdrawn(("new", 1)) and f.withdrawn(("early", 1))
-    f.adopted_by("epoch-3")  # a third scheduler
+    # A third scheduler whose question timed out (this loop was blocked): its batches are
+    # taken before its question arrives, and the question changes nothing for them.
+    assert not f.refused("epoch-3")
+    f.adopted_by("epoch-3")
+    f.adopted_by("epoch-2")  # the second's question, arriving very late: ignored
     assert f.refused("epoch-2") and not f.refused("epoch-3")
 
 

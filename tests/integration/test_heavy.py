@@ -162,7 +162,8 @@ def test_a_submit_a_restarted_scheduler_sent_before_it_died_is_refused_after_ado
         actor = ray.get_actor(name, namespace=ns)
         ray.get(actor.holding.remote(epoch), timeout=30)  # as the scheduler's adoption asks
         late = Run("late", 1, worker, versions[worker][0], None, None, 0, None, None)
-        taken = ray.get(actor.submit.remote([late], Fence("the-scheduler-before", 9)), timeout=30)
+        before = "0" * 20 + "-the-one-before"  # epochs compare by start time (actors/fencing.py)
+        taken = ray.get(actor.submit.remote([late], Fence(before, 9)), timeout=30)
         peek = actor.__ray_call__.remote(lambda self: (list(self._unreported), list(self._tasks)))
         held = ray.get(peek, timeout=30)
         assert (taken.done, ("late", 1) in held[0], ("late", 1) in held[1]) == ([], False, False), name
