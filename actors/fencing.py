@@ -15,9 +15,11 @@ sent just before dying may still be on its way (Ray does not order one caller's 
 against another's, and a lane's frames outlive the process that wrote them): taken after
 that answer, it would run here while its successor runs it elsewhere. So once a scheduler
 has asked, batches of earlier epochs are refused (``refused``). Epochs compare by value
-(the scheduler's start time first, actors/executor_pool.py), not by when they were seen:
-a late batch may be the first this process sees of its epoch, and a later scheduler whose
-question timed out (this loop blocked) still has its batches taken.
+(how many schedulers the store has seen start, then the start time: actors/scheduler.py,
+executor_pool.py), not by when they were seen: a late batch may be the first this process
+sees of its epoch. A batch of a later scheduler counts as its question would (its
+predecessors are gone), so one whose question timed out (this loop blocked) still fences
+them.
 """
 
 from __future__ import annotations
@@ -31,10 +33,11 @@ class Fencing:
     def __init__(self) -> None:
         self._batch_of: dict[Key, tuple[str, int]] = {}  # run -> (epoch, batch)
         self._fence: tuple[str, int] = ("", 0)
-        self._adopter = ""  # the newest epoch of a scheduler that asked what this process holds
+        self._adopter = ""  # the newest scheduler's epoch: it asked what this process holds, or sent a batch
 
     def took(self, key: Key, epoch: str, batch: int) -> None:
         self._batch_of[key] = (epoch, batch)
+        self._adopter = max(self._adopter, epoch)  # a later scheduler: the earlier ones are gone
 
     def fence(self, epoch: str, batch: int) -> None:
         self._fence = (epoch, batch)

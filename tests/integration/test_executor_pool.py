@@ -145,6 +145,9 @@ def test_once_a_restarted_scheduler_asked_what_is_held_batches_of_other_epochs_a
     f.adopted_by("epoch-3")
     f.adopted_by("epoch-2")  # the second's question, arriving very late: ignored
     assert f.refused("epoch-2") and not f.refused("epoch-3")
+    # A fourth whose question has not arrived yet: its first batch fences the third.
+    f.took(("fourth", 1), "epoch-4", 1)
+    assert f.refused("epoch-3") and not f.refused("epoch-4")
 
 
 def test_an_executor_with_a_submit_in_flight_gets_no_other_until_it_answers() -> None:
