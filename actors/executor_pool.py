@@ -72,7 +72,7 @@ class ExecutorSlot:
 class ExecutorPool:
     def __init__(
         self, namespace: str, config: EngineConfig, core: SchedulerCore, blocked: BlockedLoops,
-        kick: Callable[[], None], artifacts: tuple[str, str] | None = None,
+        kick: Callable[[], None], artifacts: tuple[str, str] | None = None, started: int = 0,
     ) -> None:
         self.namespace = namespace
         self.artifacts = artifacts  # (folder, node) for large step data (actors/scheduler_artifacts.py)
@@ -85,10 +85,10 @@ class ExecutorPool:
         self.where: dict[Key, int] = {}  # run -> the executor holding it
         # Batches are numbered per executor under this scheduler's epoch, so a blocked
         # executor never begins a run withdrawn from it (see executor.py). Epochs compare
-        # by when the scheduler started (the head's clock, zero-padded ns: a restart comes
-        # seconds after a death), so an executor can tell a late batch of an earlier
-        # scheduler from an early one of a later scheduler (actors/fencing.py).
-        self.epoch = f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}"
+        # by value: first ``started`` (the scheduler's start number in its store), then its
+        # start time, so an executor can tell a late batch of an earlier scheduler from an
+        # early one of a later scheduler whatever the clock does (actors/fencing.py).
+        self.epoch = f"{started:012d}-{time.time_ns():020d}-{uuid.uuid4().hex[:12]}"
         # A suspect run (a process died under its task's last run) runs alone on an
         # executor, so a death there is that task's own (kmpray.engine.SchedulerCore.run_lost).
         self.alone: dict[int, Key | None] = {}  # executor -> the suspect run alone on it (None: emptying)

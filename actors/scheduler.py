@@ -115,13 +115,12 @@ class SchedulerActor(
         self._watcher = FileWatcher()
         self._blocked = BlockedLoops()  # executors and heavy workers whose loop a worker blocks
         self.artifacts = ArtifactKeeper(self.home, self.config)  # large step data
-        self.pool = ExecutorPool(namespace, self.config, self.core, self._blocked, self._kick, self.artifacts.where)
-        # Its epoch (actors/fencing.py) starts with how many schedulers this store has seen
-        # start: a restarted one orders after every earlier one whatever the clock does.
+        # This is the store's ``started``-th scheduler: the first part of its epoch (actors/fencing.py).
         starts = self.store.get_meta("scheduler_starts")
         started = (starts if isinstance(starts, int) else 0) + 1
         self.store.put_meta("scheduler_starts", started)
-        self.pool.epoch = f"{started:012d}-{self.pool.epoch}"
+        self.pool = ExecutorPool(namespace, self.config, self.core, self._blocked, self._kick, self.artifacts.where,
+                                 started)
         self.heavy = HeavyPool(self, namespace, self.config, self._blocked, self.artifacts.where)
         self._wake = asyncio.Event()
         self._wake_at: int | None = None  # the due time the loop is sleeping towards
