@@ -183,6 +183,9 @@ def _refuse(path: Path, what: str, exc: BaseException | None = None) -> StoreRef
     )
 
 
+WAL_SIZE_LIMIT = 1000 * 4096  # SQLite's default wal_autocheckpoint (pages) x its default page size
+
+
 def _connect(path: Path, tables: dict[str, str], durability: str = "normal") -> sqlite3.Connection:
     """Open (or create) one of kmpray's SQLite files and check it is one: its schema version
     is known and every table it has is one of ``tables`` (name -> CREATE statement)."""
@@ -195,6 +198,10 @@ def _connect(path: Path, tables: dict[str, str], durability: str = "normal") -> 
         # NORMAL in WAL mode: a commit survives a process crash; only an OS crash may lose
         # the last transactions. FULL: the WAL is fsynced at every commit (power loss too).
         conn.execute(f"PRAGMA synchronous={durability.upper()}")
+        # The WAL is reused from its start after each checkpoint but never shrinks by itself:
+        # one large transaction (a prune of thousands of rows) would leave the file that size
+        # for good. Truncate it back to one autocheckpoint's worth (1,000 pages) at each reset.
+        conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         version = int(conn.execute("PRAGMA user_version").fetchone()[0])
         present = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:  # text SQLite cannot decode: a flipped byte

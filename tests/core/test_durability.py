@@ -12,7 +12,7 @@ from kmpray.engine import SchedulerCore
 from kmpray.event_log import MemoryEventLog, SqliteEventLog
 from kmpray.records import TaskRecord, decode, encode
 from kmpray.results import Failure, Success
-from kmpray.store import SqliteTaskStore
+from kmpray.store import WAL_SIZE_LIMIT, SqliteTaskStore
 
 from .conftest import START, Harness
 
@@ -60,6 +60,24 @@ def test_sqlite_store_persists_batches_and_deletes(tmp_path: Path) -> None:
     assert [r.key for r in again.load()] == ["b"]
     again.put_meta("registered", ["Ok"])
     assert again.get_meta("registered") == ["Ok"]
+
+
+def test_the_wal_shrinks_back_after_one_large_transaction(tmp_path: Path) -> None:
+    """A prune of thousands of rows is one transaction: the WAL grows past its usual size for
+    it, and must not keep that size for good (the soak's store grew by such steps)."""
+    h = Harness()
+    for i in range(3000):
+        h.core.submit(f"t{i}", TaskTrigger.OneTime(), "Ok", "x" * 2000)
+    store = SqliteTaskStore(tmp_path / "s.db")
+    fx = h.drain()
+    store.write(fx.persist.values(), fx.delete)
+    wal = tmp_path / "s.db-wal"
+    assert wal.stat().st_size > 2 * WAL_SIZE_LIMIT  # the large transaction
+    store.write([], [f"t{i}" for i in range(3000)])  # its prune: also large
+    for i in range(30):  # the next writes after the checkpoints reset the WAL
+        store.put_meta("tick", i)
+    assert wal.stat().st_size <= WAL_SIZE_LIMIT
+    assert store.load() == [] and store.get_meta("tick") == 29
 
 
 def test_restore_runs_in_flight_work_again_and_keeps_the_rest(h: Harness) -> None:
