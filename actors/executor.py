@@ -40,6 +40,7 @@ from kmpray.timing import (
 from kmpray.worker import CommonWorker, WorkerContext, run_worker
 
 from .event_broker import BrokerBackend
+from .executor_cancel import Cancelling
 from .executor_data import StepData
 from .executor_reports import Report, Reporting
 from .fencing import Fencing
@@ -52,14 +53,10 @@ from .replies import Replies
 from .report_lane import LaneReports
 from .retry import call_with_retry
 
-#: Cancel marks kept for runs not (yet) here: a Ray cancel can overtake the lane's submit,
-#: and a chain task handed with a run begins here later. Only the latest this many.
-EARLY_CANCELS = 10_000
-
 log = logging.getLogger("kmpray.executor")
 
 
-class ExecutorBase(StepData, Reporting):
+class ExecutorBase(StepData, Reporting, Cancelling):
     """What light executors and heavy workers share: running, cancelling, reporting."""
 
     #: Keep one instance per worker class between runs (heavy workers' warm state).
@@ -294,42 +291,6 @@ class ExecutorBase(StepData, Reporting):
         lookup(SCHEDULER, self.namespace).loop_unblocked.remote(
             self._kind(), self.index, self.incarnation, blocked_s, worker, key, worker in self._threaded
         )
-
-    def cancel_cooperative(self, runs: list[tuple[str, int]]) -> None:
-        """Only ask: ``ctx.is_cancelled()`` turns true; the run ends when the worker returns."""
-        for key in runs:
-            self._mark_cancelled(tuple(key))  # type: ignore[arg-type]
-
-    def busy(self, key: tuple[str, int]) -> bool:
-        return tuple(key) in self._tasks
-
-    def cancel(self, runs: list[tuple[str, int]]) -> int:
-        n = 0
-        for key in runs:
-            key = tuple(key)  # type: ignore[assignment]
-            self._mark_cancelled(key)
-            task = self._tasks.get(key)
-            if task is not None:
-                task.cancel()
-                n += 1
-        return n
-
-    def _mark_cancelled(self, key: tuple[str, int]) -> None:
-        """Marked until the run ends here (``_unmark``); a mark for a run not here is one of
-        the latest EARLY_CANCELS only, so marks for runs that never come cannot pile up."""
-        self._cancelled.add(key)
-        if key in self._tasks:
-            return
-        self._cancelled_early[key] = None
-        if len(self._cancelled_early) > EARLY_CANCELS:
-            oldest = next(iter(self._cancelled_early))
-            del self._cancelled_early[oldest]
-            if oldest not in self._tasks:
-                self._cancelled.discard(oldest)
-
-    def _unmark(self, key: tuple[str, int]) -> None:
-        self._cancelled.discard(key)
-        self._cancelled_early.pop(key, None)
 
     async def _worker_class(self, name: str, version: int) -> tuple[int, type]:
         """The class registered as ``name``, at ``version`` or newer (the registry keeps the

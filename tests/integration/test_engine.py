@@ -139,7 +139,7 @@ def test_an_executor_forgets_a_cancel_once_the_run_ended_and_keeps_marks_for_abs
     are not there (a Ray cancel overtaking the lane's submit, a handed chain task) are
     honoured when the run comes and kept for the latest EARLY_CANCELS only."""
     import ray
-    from kmpray.actors.executor import EARLY_CANCELS
+    from kmpray.actors.executor_cancel import EARLY_CANCELS
 
     sched = engines(config=EngineConfig(executors=1))
     register_all(sched)
