@@ -35,9 +35,16 @@ async def adopt_held_runs(core: SchedulerCore, pool: ExecutorPool, heavy: HeavyP
     answers = await asyncio.gather(*(_holding(h, pool.epoch, timeout_s) for *_, h in holders))
     where: dict[tuple[str, int], tuple[int | None, int]] = {}
     waiting: set[tuple[str, int]] = set()
+    incarnations: dict[int, str] = {}
     for (i, slot_index, handle), answer in zip(holders, answers, strict=True):
         if i is None:
             heavy.found(slot_index, handle, answer)  # found again: its warm state kept
+        elif answer is not None:
+            # The process that holds them: one whose start ping timed out (a blocked loop)
+            # answered here all the same, and its death must still count for its runs.
+            incarnations[i] = answer.incarnation
+            if pool.slots[i].incarnation is None:
+                pool.slots[i].incarnation = answer.incarnation
         for key in answer.held if answer else ():
             where[(key[0], key[1])] = (i, slot_index)
         for key in answer.waiting if answer else ():
@@ -46,7 +53,7 @@ async def adopt_held_runs(core: SchedulerCore, pool: ExecutorPool, heavy: HeavyP
     for key in adopted:
         i, slot_index = where[key]
         if i is not None:
-            pool.held(i, key, pool.slots[i].incarnation)
+            pool.held(i, key, incarnations[i])
         else:
             heavy.adopted(slot_index, key)
     if adopted:
@@ -57,4 +64,6 @@ async def _holding(handle: Any, epoch: str, timeout_s: float) -> Holding | None:
     try:
         return Holding(*await asyncio.wait_for(handle.holding.remote(epoch), timeout_s))
     except Exception:
-        return None  # unreachable: what it holds runs again
+        # Unreachable: it answers off its event loop (executor.py CONTROL), so a dead or
+        # wholly stalled process. What it holds runs again.
+        return None

@@ -53,6 +53,10 @@ from .replies import Replies
 from .report_lane import LaneReports
 from .retry import call_with_retry
 
+#: The concurrency group (a thread and event loop of its own) of what must be answered
+#: while a worker blocks the executor's loop: ``holding``.
+CONTROL = "control"
+
 log = logging.getLogger("kmpray.executor")
 
 
@@ -163,39 +167,53 @@ class ExecutorBase(StepData, Reporting, Cancelling):
         return Taken(self.incarnation, done)
 
     def _take(self, runs: list[Run], batch: Fence | None = None) -> list[RunKey]:
-        if batch is not None and self._fencing.refused(batch[0]):
-            log.warning("%s %d: %d runs sent by a scheduler that has since restarted, arriving after its "
-                        "successor adopted this process's runs: not taken (they run again there)",
-                        self._kind(), self.index, len(runs))
-            return []
-        taken = []
-        for run in runs:
-            key = (run.key, run.run_id)
-            if key not in self._unreported:  # a retried submit must not start a run twice
-                self._unreported[key] = None
-                if batch is not None:
-                    self._fencing.took(key, batch[0], batch[1])
-                self._tasks[key] = asyncio.ensure_future(self._run(run))
-                taken.append(key)
-        return taken
+        # Under the lock ``holding`` answers under (from its own thread): a batch is refused,
+        # or taken and in that answer, never taken just after it without being in it.
+        with self._begin_lock:
+            if batch is not None and self._fencing.refused(batch[0]):
+                log.warning("%s %d: %d runs sent by a scheduler that has since restarted, arriving after "
+                            "its successor adopted this process's runs: not taken (they run again there)",
+                            self._kind(), self.index, len(runs))
+                return []
+            taken = []
+            for run in runs:
+                key = (run.key, run.run_id)
+                if key not in self._unreported:  # a retried submit must not start a run twice
+                    self._unreported[key] = None
+                    if batch is not None:
+                        self._fencing.took(key, batch[0], batch[1])
+                    self._tasks[key] = asyncio.ensure_future(self._run(run))
+                    taken.append(key)
+            return taken
 
     def _acked(self, keys: list[RunKey]) -> None:
         for key in self._replies.ack(keys):
             self._unreported.pop(key, None)
 
+    @ray.method(concurrency_group=CONTROL)
     def holding(self, epoch: str | None = None) -> Holding:
         """For a restarted scheduler: the runs this process took and has not reported yet,
         and which of them still wait for a slot (a run withdrawn by the fence is not held).
         Results sent in answers and not acknowledged are reported again: the scheduler
         that was to read them may be the one that died. ``epoch``: the asking scheduler's;
-        batches of an earlier one that arrive after this answer are refused (fencing.py)."""
-        if epoch:
-            self._fencing.adopted_by(epoch)
+        batches of an earlier one that arrive after this answer are refused (fencing.py).
+
+        Answered on a thread of its own (the ``CONTROL`` concurrency group), not on the
+        event loop: a worker blocking the loop must not make the question time out, or
+        the new scheduler would run again what runs here (the blocker itself first), and
+        take no fence against the dying scheduler's batches still queued behind it."""
+        with self._begin_lock:  # against _take and _try_begin on the loop
+            if epoch:
+                self._fencing.adopted_by(epoch)
+            unreported, tasks, begun = list(self._unreported), set(self._tasks), set(self._begun)
+            held = [key for key in unreported if key in begun or not self._fencing.withdrawn(key)]
+        self._loop.call_soon_threadsafe(self._send_kept)
+        waiting = [key for key in held if key in tasks and key not in begun]
+        return Holding(self.incarnation, held, waiting)
+
+    def _send_kept(self) -> None:
         if kept := self._replies.take_kept():
             self._send(kept)
-        held = [key for key in self._unreported if not self._withdrawn(key)]
-        waiting = [key for key in self._tasks if key not in self._begun and key in held]
-        return Holding(self.incarnation, held, waiting)
 
     def _withdrawn(self, key: tuple[str, int]) -> bool:
         return key not in self._begun and self._fencing.withdrawn(key)
@@ -435,7 +453,7 @@ class ExecutorBase(StepData, Reporting, Cancelling):
 
 
 
-@ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=10_000)
+@ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=10_000, concurrency_groups={CONTROL: 1})
 class LightExecutor(ExecutorBase):
     """Light tasks, batched: many runs at once (``executor_concurrency``)."""
 

@@ -214,8 +214,16 @@ class ExecutorPool:
                 ray.kill(ray.get_actor(PROBATION.format(k), namespace=self.namespace), no_restart=True)
             except ValueError:
                 pass
-        for s in self.slots:
-            s.incarnation, _running, s.node, s.lag_ms = (await s.handle.ping.remote())[:4]
+        # Bounded, and all at once: a ping runs on the executor's event loop, and a worker
+        # blocking that loop across a scheduler restart held the whole start (adoption, and
+        # with it the fence against the dead scheduler's late batches) until it let go.
+        # Not answering is not loss: it gets nothing until a reconcile's ping answers.
+        answers = await asyncio.gather(*(ping(s, self.config.ping_timeout_s) for s in self.slots))
+        for s, answer in zip(self.slots, answers, strict=True):
+            if answer is None:
+                s.reachable = False
+                continue
+            s.incarnation, _running, s.node, s.lag_ms = answer[:4]
             s.reachable = True
 
     def held(self, i: int, key: Key, incarnation: str | None = None) -> None:

@@ -17,9 +17,12 @@ that answer, it would run here while its successor runs it elsewhere. So once a 
 has asked, batches of earlier epochs are refused (``refused``). Epochs compare by value
 (how many schedulers the store has seen start, then the start time: actors/scheduler.py,
 executor_pool.py), not by when they were seen: a late batch may be the first this process
-sees of its epoch. A batch of a later scheduler counts as its question would (its
-predecessors are gone), so one whose question timed out (this loop blocked) still fences
-them.
+sees of its epoch. The question is answered on a thread of its own (executor.py
+``CONTROL``), so a worker blocking the loop neither makes it time out (the runs held here,
+the blocker first, would run again elsewhere) nor lets a batch queued behind the block be
+taken when the loop frees. A batch of a later scheduler counts as its question would (its
+predecessors are gone), so one whose question did time out (the whole process stalled)
+still fences them.
 """
 
 from __future__ import annotations

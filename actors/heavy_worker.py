@@ -10,6 +10,6 @@ from __future__ import annotations
 
 import ray
 
-from .executor import HeavyWorkerBase
+from .executor import CONTROL, HeavyWorkerBase
 
-HeavyWorker = ray.remote(max_restarts=-1, max_concurrency=10_000)(HeavyWorkerBase)
+HeavyWorker = ray.remote(max_restarts=-1, max_concurrency=10_000, concurrency_groups={CONTROL: 1})(HeavyWorkerBase)

@@ -134,3 +134,42 @@ def test_a_lost_unblocked_notice_does_not_stall_an_executor_for_good(engines: An
     sched.enqueue("after", ONCE, "Echo", input="x")
     assert sched.wait("after", timeout_s=30).state is TaskState.SUCCEEDED
     assert sched.status()["blocked_executors"] == []
+
+
+def test_a_scheduler_restarted_while_a_worker_blocks_a_loop_adopts_its_run_and_refuses_late_batches(
+    engines: Any, tmp_path: Path
+) -> None:
+    """A restarted scheduler asks every executor what it holds (``holding(epoch)``). The
+    question is answered on a thread of its own (the ``control`` concurrency group): a loop
+    blocked past the question's timeout still answers, so the blocker is adopted, not run a
+    second time elsewhere, and a batch the dying scheduler sent, queued behind the block, is
+    refused when the loop frees. Answered on the loop, the blocker ran twice; with the
+    restarted scheduler's start waiting on each executor's ping (on the loop), the late
+    batch ran."""
+    import ray
+
+    from kmpray.protocol import Fence, Run
+
+    sched = engines(config=EngineConfig(ping_timeout_s=2))  # the question's timeout too
+    register_all(sched)
+    ledger = tmp_path / "ledger"
+    sched.enqueue("blocker", ONCE, "Blocker", input=json.dumps({"ledger": str(ledger), "s": 9}))
+    _blocked(sched, 1)
+    (blocked,) = sched.status()["blocked_executors"]
+    ns = sched.namespace
+    scheduler = ray.get_actor("kmpray.scheduler", namespace=ns)
+    epoch = ray.get(scheduler.__ray_call__.remote(lambda self: self.pool.epoch), timeout=30)
+    version = ray.get(ray.get_actor("kmpray.registry", namespace=ns).dump.remote(), timeout=30)["Ledgered"][0]
+    executor = ray.get_actor(f"kmpray.executor.{blocked['executor']}", namespace=ns)
+    # The dying scheduler's last batch to the blocked executor: on its way, behind the block.
+    late = Run("late", 1, "Ledgered", version, json.dumps({"ledger": str(ledger)}), None, 0, None, None)
+    late_ref = executor.submit.remote([late], Fence(epoch, 10_000))
+    ray.kill(scheduler, no_restart=False)
+    ids = [f"after{i}" for i in range(5)]  # served by the restarted scheduler
+    sched.enqueue_many([TaskRequest("Ledgered", json.dumps({"ledger": str(ledger)}), id=i) for i in ids])
+    assert all(sched.wait(i, timeout_s=60).state is TaskState.SUCCEEDED for i in ids)
+    info = sched.wait("blocker", timeout_s=60)
+    assert info.state is TaskState.SUCCEEDED and info.run_attempt_count == 1
+    assert ray.get(late_ref, timeout=30).done == []
+    starts = Counter(t for kind, t in _ledger(ledger) if kind == "start")
+    assert starts == Counter({"blocker": 1, **dict.fromkeys(ids, 1)})  # no "late", nothing twice
