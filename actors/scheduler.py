@@ -171,10 +171,17 @@ class SchedulerActor(
             self.clock, profile(platform), self.config, self._blobs.__contains__, self.known.__contains__
         )
         started = time.monotonic()
-        records, chains = self.store.load(), self.store.load_chains()
-        self._check_shards(bool(records or chains))
-        damaged = [(q.table, q.key, q.reason) for q in self.store.take_fresh_quarantine()]
-        self.core.restore(records, chains, damaged)
+        # Restoring allocates a few objects per row and frees almost none: each full
+        # collection the allocations trigger meanwhile walks the whole heap for nothing
+        # (~0.4 of 1.2 s for 100,000 rows here). Off until the rows are in, then frozen.
+        gc.disable()
+        try:
+            records, chains = self.store.load(), self.store.load_chains()
+            self._check_shards(bool(records or chains))
+            damaged = [(q.table, q.key, q.reason) for q in self.store.take_fresh_quarantine()]
+            self.core.restore(records, chains, damaged)
+        finally:
+            gc.enable()
         gc.freeze()  # the restored rows live on: kept out of the collector's scans (timing.py)
         self.restored_in_s = time.monotonic() - started
 
