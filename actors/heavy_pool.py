@@ -66,6 +66,11 @@ class HeavySlot:
     incarnation: str | None = None
     ready: bool = False  # placed and answered since it was (re)created: may take a run
     run: RunKey | None = None
+    # The process that took ``run`` (its submit's answer; the holding answer for an adopted
+    # run), None while the submit is unanswered. Only a run some *other* process took died
+    # when the incarnation changes: the slot's known incarnation may be stale (a restart
+    # seen first in the answer to the run it now holds).
+    taker: str | None = None
     idle_since: float = field(default_factory=time.monotonic)
     unreachable_since: float | None = None
     acks: list[RunKey] = field(default_factory=list)  # results of its answers stored (see ExecutorSlot)
@@ -167,12 +172,13 @@ class HeavyPool:
 
     def adopted(self, i: int, key: RunKey) -> None:
         self.slots[i].run = key
+        self.slots[i].taker = self.slots[i].incarnation  # what the holding answer said
         self.where[key] = i
 
     # ----------------------------------------------------------------- runs
     def send(self, i: int, d: Dispatch) -> None:
         slot = self.slots[i]
-        slot.run = (d.key, d.run_id)
+        slot.run, slot.taker = (d.key, d.run_id), None
         self.host.core.note(d.key, ("handed", d.run_id, f"heavy worker {i}", None))
         self.where[slot.run] = i
         run, acks = [self.host._wire(d)], take_acks(slot) or None
@@ -202,6 +208,8 @@ class HeavyPool:
             self.host._kick()
             return
         slot = self.slots[i]
+        if slot.run == key:
+            slot.taker = incarnation
         if done:  # it ended at once: its result came with the answer (actors/replies.py)
             await self.host._hear(done, (), ())
             if self.slots[i] is slot:
@@ -285,8 +293,10 @@ class HeavyPool:
                     self.replaced += 1
                 continue
             slot.unreachable_since = None
-            if slot.incarnation is not None and incarnation != slot.incarnation:
-                if slot.run is not None:
-                    log.warning("heavy worker %d restarted: re-running %s", i, slot.run[0])
-                    self._lose_run(slot, crashed=True)  # one run per worker: the death is its own
+            # Lost only if a process other than the one answering took it; unanswered, the
+            # submit's answer settles it (taken, or failed: run_lost). Session 21's chaos run
+            # caught a restart noticed late re-running the run the new process had just taken.
+            if slot.run is not None and slot.taker is not None and slot.taker != incarnation:
+                log.warning("heavy worker %d restarted: re-running %s", i, slot.run[0])
+                self._lose_run(slot, crashed=True)  # one run per worker: the death is its own
             slot.incarnation = incarnation

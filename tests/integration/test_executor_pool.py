@@ -165,3 +165,70 @@ def test_an_executor_with_a_submit_in_flight_gets_no_other_until_it_answers() ->
     assert [i for _room, i in pool.free()] == [0, 1, 2]
     pool.answered(0)  # a second answer (a failed call's) never makes room below zero
     assert pool.slots[0].submits == 0
+
+
+class _Answer:
+    """A stand-in for an actor call's ref: awaitable, answering ``value``."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __await__(self) -> Any:
+        yield from []
+        return self.value
+
+
+class _HeavyHandle:
+    def __init__(self, incarnation: str) -> None:
+        self.incarnation = incarnation
+        outer = self
+
+        class _Call:
+            def __init__(self, answer: Any) -> None:
+                self.answer = answer
+
+            def remote(self, *args: Any) -> _Answer:
+                return _Answer(self.answer(*args))
+
+        self.submit = _Call(lambda runs, fence, acks: (outer.incarnation, []))
+        self.ping = _Call(lambda acks: (outer.incarnation, 1, "A", 0.0))
+
+
+def test_a_heavy_worker_restart_noticed_late_does_not_rerun_the_run_the_new_process_took() -> None:
+    """The chaos `executors` run of session 21 ran one heavy task twice in one process: a
+    heavy worker restarted unseen, the scheduler sent it a run, and the answer (from the
+    new process) made it notice the restart, and re-run that very run as one the old
+    process died under. Only a run another process took is lost with the restart."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from kmpray.actors.heavy_pool import HeavyPool
+
+    core = _Core()
+    core.note = lambda *a: None  # type: ignore[attr-defined]
+    heavy: HeavyPool
+
+    async def reconcile() -> None:
+        await heavy.reconcile(1.0)
+
+    async def hear(*_a: Any) -> None:
+        return None
+
+    host = SimpleNamespace(core=core, pool=SimpleNamespace(epoch="e1"), _kick=lambda: None,
+                           _flush=lambda: None, _reconcile=reconcile, _wire=lambda d: (d.key, d.run_id),
+                           _hear=hear)
+    heavy = HeavyPool(host, "ns", EngineConfig(heavy_pool_size=1), BlockedLoops())  # type: ignore[arg-type]
+    handle = _HeavyHandle("B")  # restarted: the pool still knows process A
+    slot = heavy.slots[0]
+    slot.handle, slot.incarnation, slot.ready = handle, "A", True
+
+    async def scenario() -> None:
+        heavy.send(0, SimpleNamespace(key="h", run_id=1))  # type: ignore[arg-type]
+        for _ in range(5):  # the submit's answer, then the reconcile it sets off
+            await asyncio.sleep(0)
+        assert (core.lost, slot.run, slot.taker, slot.incarnation) == ([], ("h", 1), "B", "B")
+        handle.incarnation = "C"  # now B dies under the run it took
+        await heavy.reconcile(1.0)
+        assert (core.lost, slot.run) == ([("h", 1, True)], None)
+
+    asyncio.run(scenario())
