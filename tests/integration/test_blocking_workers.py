@@ -144,16 +144,19 @@ def test_a_scheduler_restarted_while_a_worker_blocks_a_loop_adopts_its_run_and_r
     blocked past the question's timeout still answers, so the blocker is adopted, not run a
     second time elsewhere, and a batch the dying scheduler sent, queued behind the block, is
     refused when the loop frees. Answered on the loop, the blocker ran twice; with the
-    restarted scheduler's start waiting on each executor's ping (on the loop), the late
-    batch ran."""
+    restarted scheduler's start waiting on each executor's ping (on the loop), it served
+    only once the block ended, and the late batch ran."""
+    import time
+
     import ray
 
     from kmpray.protocol import Fence, Run
 
-    sched = engines(config=EngineConfig(ping_timeout_s=2))  # the question's timeout too
+    sched = engines(config=EngineConfig(ping_timeout_s=3))  # the question's timeout too
     register_all(sched)
-    ledger = tmp_path / "ledger"
-    sched.enqueue("blocker", ONCE, "Blocker", input=json.dumps({"ledger": str(ledger), "s": 9}))
+    ledger, release = tmp_path / "ledger", tmp_path / "release"
+    cfg = {"ledger": str(ledger), "release": str(release)}
+    sched.enqueue("blocker", ONCE, "BlockerUntil", input=json.dumps(cfg))
     _blocked(sched, 1)
     (blocked,) = sched.status()["blocked_executors"]
     ns = sched.namespace
@@ -165,6 +168,20 @@ def test_a_scheduler_restarted_while_a_worker_blocks_a_loop_adopts_its_run_and_r
     late = Run("late", 1, "Ledgered", version, json.dumps({"ledger": str(ledger)}), None, 0, None, None)
     late_ref = executor.submit.remote([late], Fence(epoch, 10_000))
     ray.kill(scheduler, no_restart=False)
+    # The restarted scheduler serves (store restored, runs adopted) while the loop is still
+    # blocked: only then is the blocker let go.
+    deadline = time.monotonic() + 60
+    while True:
+        assert time.monotonic() < deadline, "the restarted scheduler did not serve while the loop was blocked"
+        try:
+            actor = ray.get_actor("kmpray.scheduler", namespace=ns)
+            ray.get(actor.ready.remote(), timeout=5)
+            if ray.get(actor.__ray_call__.remote(lambda self: self.pool.epoch), timeout=5) != epoch:
+                break
+        except Exception:
+            time.sleep(0.1)
+    assert sched.get_task_info("blocker").state is TaskState.RUNNING  # adopted
+    release.touch()
     ids = [f"after{i}" for i in range(5)]  # served by the restarted scheduler
     sched.enqueue_many([TaskRequest("Ledgered", json.dumps({"ledger": str(ledger)}), id=i) for i in ids])
     assert all(sched.wait(i, timeout_s=60).state is TaskState.SUCCEEDED for i in ids)

@@ -215,6 +215,21 @@ class Blocker(kmpray.CommonWorker):
         return True
 
 
+class BlockerUntil(kmpray.CommonWorker):
+    """Blocks its executor's event loop until the file ``release`` exists (``max_s`` at most)."""
+
+    async def do_work(self, input: str | None, ctx: kmpray.WorkerContext) -> Any:  # noqa: A002
+        cfg = _cfg(input)
+        with open(cfg["ledger"], "a") as f:
+            f.write(f"start {ctx.task_id}\n")
+        deadline = time.monotonic() + cfg.get("max_s", 60)
+        while not Path(cfg["release"]).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)  # blocks the executor's event loop
+        with open(cfg["ledger"], "a") as f:
+            f.write(f"end {ctx.task_id}\n")
+        return True
+
+
 class MarkedBlocker(Blocker):
     """The same code, declared honestly: its async do_work runs in a thread."""
 
@@ -228,7 +243,7 @@ class Ledgered(kmpray.CommonWorker):
         return True
 
 
-ALL.update({"Blocker": Blocker, "MarkedBlocker": MarkedBlocker, "Ledgered": Ledgered})
+ALL.update({"Blocker": Blocker, "BlockerUntil": BlockerUntil, "MarkedBlocker": MarkedBlocker, "Ledgered": Ledgered})
 
 
 class DiesAfterFinishing(kmpray.CommonWorker):
