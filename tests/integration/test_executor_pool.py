@@ -5,6 +5,8 @@ emptied for it first), and what a blocked loop's report may withdraw."""
 
 from __future__ import annotations
 
+import asyncio
+import random
 from typing import Any
 
 from kmpray.actors.blocked_loops import BlockedLoops
@@ -199,7 +201,6 @@ def test_a_heavy_worker_restart_noticed_late_does_not_rerun_the_run_the_new_proc
     heavy worker restarted unseen, the scheduler sent it a run, and the answer (from the
     new process) made it notice the restart, and re-run that very run as one the old
     process died under. Only a run another process took is lost with the restart."""
-    import asyncio
     from types import SimpleNamespace
 
     from kmpray.actors.heavy_pool import HeavyPool
@@ -232,3 +233,113 @@ def test_a_heavy_worker_restart_noticed_late_does_not_rerun_the_run_the_new_proc
         assert (core.lost, slot.run) == ([("h", 1, True)], None)
 
     asyncio.run(scenario())
+
+
+class _Process:
+    """A heavy worker actor as the pool sees it: one process at a time (``incarnation``),
+    submits answered (or failed) when the test says, by whichever process is alive then."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.n = name, 0
+        self.incarnation = f"{name}-0"
+        self.pending: list[tuple[Any, Any]] = []  # (run key, future of the submit's answer)
+        outer = self
+
+        class _Submit:
+            def remote(self, runs: list[Any], fence: Any, acks: Any) -> Any:
+                future = asyncio.get_running_loop().create_future()
+                outer.pending.append((tuple(runs[0]), future))
+                return future
+
+        class _Ping:
+            def remote(self, acks: Any) -> _Answer:
+                return _Answer((outer.incarnation, 1, "A", 0.0))
+
+        self.submit, self.ping = _Submit(), _Ping()
+
+    def restart(self) -> None:
+        self.n += 1
+        self.incarnation = f"{self.name}-{self.n}"
+
+
+def test_a_heavy_pool_under_random_restarts_loses_exactly_the_runs_a_dead_process_took() -> None:
+    """Seeded random schedules of sends, answers, failed submits, restarts, reconciles and
+    results over a two-slot heavy pool with stand-in actors (no Ray). Invariants: a run is
+    taken for lost only if the process that took it is gone (or its submit failed), never
+    while the live process runs it; once a reconcile has seen every restart, no run a dead
+    process took is still held. Session 21's double run fails it in a few seeds."""
+    for seed in range(150):
+        asyncio.run(_heavy_schedule(seed))
+
+
+async def _heavy_schedule(seed: int, steps: int = 60) -> None:
+    from types import SimpleNamespace
+
+    from kmpray.actors.heavy_pool import HeavyPool
+    from kmpray.actors.submit_lane import LaneLost
+
+    rng = random.Random(seed)
+    core = _Core()
+    core.note = lambda *a: None  # type: ignore[attr-defined]
+    heavy: HeavyPool
+
+    async def reconcile() -> None:
+        await heavy.reconcile(1.0)
+
+    async def hear(*_a: Any) -> None:
+        return None
+
+    host = SimpleNamespace(core=core, pool=SimpleNamespace(epoch="e1"), _kick=lambda: None,
+                           _flush=lambda: None, _reconcile=reconcile, _wire=lambda d: (d.key, d.run_id),
+                           _hear=hear)
+    heavy = HeavyPool(host, "ns", EngineConfig(heavy_pool_size=2), BlockedLoops())  # type: ignore[arg-type]
+    procs = [_Process("a"), _Process("b")]
+    for slot, proc in zip(heavy.slots, procs, strict=True):
+        slot.handle, slot.incarnation, slot.ready = proc, proc.incarnation, True
+    taken_by: dict[Any, str] = {}  # run -> the process that took it
+    failed: set[Any] = set()  # runs whose submit failed (the pool re-queues them)
+
+    async def settle() -> None:
+        for _ in range(4):
+            await asyncio.sleep(0)
+
+    n = 0
+    for _step in range(steps):
+        op, i = rng.random(), rng.randrange(2)
+        slot, proc = heavy.slots[i], procs[i]
+        if op < 0.25 and slot.run is None and slot.ready:
+            n += 1
+            heavy.send(i, SimpleNamespace(key=f"t{n}", run_id=1))  # type: ignore[arg-type]
+        elif op < 0.45 and proc.pending:
+            key, future = proc.pending.pop(0)
+            taken_by[key] = proc.incarnation
+            future.set_result((proc.incarnation, []))
+        elif op < 0.5 and proc.pending:
+            key, future = proc.pending.pop(0)
+            failed.add(key)
+            future.set_exception(LaneLost("gone"))
+        elif op < 0.65:
+            proc.restart()
+        elif op < 0.8:
+            await heavy.reconcile(1.0)
+        elif slot.run is not None and taken_by.get(slot.run) == proc.incarnation:
+            heavy.free(slot.run)  # its result reported
+        await settle()
+        alive = {p.incarnation for p in procs}
+        for key, run_id, _crashed in core.lost:
+            if (key, run_id) not in failed:
+                who = taken_by.get((key, run_id))
+                assert who not in alive, f"seed {seed}: {key} lost while its process ({who}) lives"
+    for proc in procs:  # every submit answered by the live process, then reconciled
+        while proc.pending:
+            key, future = proc.pending.pop(0)
+            taken_by[key] = proc.incarnation
+            future.set_result((proc.incarnation, []))
+    await settle()
+    for _ in range(3):
+        await heavy.reconcile(1.0)
+        await settle()
+    for slot, proc in zip(heavy.slots, procs, strict=True):
+        if slot.run is not None:
+            who = taken_by.get(slot.run)
+            assert who == proc.incarnation, f"seed {seed}: {slot.run} held for a dead process ({who})"
