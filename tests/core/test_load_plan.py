@@ -209,9 +209,12 @@ def test_open_loop_never_waits_on_answers_and_counts_from_intended_times() -> No
             await asyncio.sleep(0.05)
             return [("" if i != 3 else "REJECTED_INVALID_PARAMS", t) for i, t in zip(indexes, intended, strict=True)]
 
-        now = time.time() * 1000 + 50
         # freeze_gc, as the LoadClient runs it: after the suite's earlier tests (matplotlib's
-        # among them) one full collection mid-run held a send 25 ms+ once.
+        # among them) one full collection mid-run held a send 25 ms+ once. It collects once
+        # before the first send, which in this process, after hundreds of tests, took over
+        # 50 ms on a slow day (every send then left ~100 ms late, catching up at once): the
+        # schedule starts well after it.
+        now = time.time() * 1000 + 500
         open_loop = OpenLoop(slow, max_in_flight=100, freeze_gc=True)
         intended = [now + 2.0 * i for i in range(50)]  # 500/s
         free = await open_loop.run(list(range(50)), ["one-time"] * 50, intended, now + 10_000, 5)
