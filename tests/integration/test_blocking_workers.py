@@ -156,7 +156,7 @@ def test_a_scheduler_restarted_while_a_worker_blocks_a_loop_adopts_its_run_and_r
     register_all(sched)
     ledger, release = tmp_path / "ledger", tmp_path / "release"
     cfg = {"ledger": str(ledger), "release": str(release)}
-    sched.enqueue("blocker", ONCE, "BlockerUntil", input=json.dumps(cfg))
+    sched.enqueue("blocker", ONCE, "Blocker", input=json.dumps(cfg))
     _blocked(sched, 1)
     (blocked,) = sched.status()["blocked_executors"]
     ns = sched.namespace

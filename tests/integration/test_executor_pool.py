@@ -169,6 +169,29 @@ def test_an_executor_with_a_submit_in_flight_gets_no_other_until_it_answers() ->
     assert pool.slots[0].submits == 0
 
 
+def _heavy_pool(size: int) -> tuple[Any, _Core]:
+    """A HeavyPool of ``size`` slots over a stand-in scheduler: its reconcile is the pool's
+    own, results heard change nothing, runs go out as (key, run id)."""
+    from types import SimpleNamespace
+
+    from kmpray.actors.heavy_pool import HeavyPool
+
+    core = _Core()
+    core.note = lambda *a: None  # type: ignore[attr-defined]
+
+    async def reconcile() -> None:
+        await heavy.reconcile(1.0)
+
+    async def hear(*_a: Any) -> None:
+        return None
+
+    host = SimpleNamespace(core=core, pool=SimpleNamespace(epoch="e1"), _kick=lambda: None,
+                           _flush=lambda: None, _reconcile=reconcile, _wire=lambda d: (d.key, d.run_id),
+                           _hear=hear)
+    heavy = HeavyPool(host, "ns", EngineConfig(heavy_pool_size=size), BlockedLoops())  # type: ignore[arg-type]
+    return heavy, core
+
+
 class _Answer:
     """A stand-in for an actor call's ref: awaitable, answering ``value``."""
 
@@ -203,22 +226,7 @@ def test_a_heavy_worker_restart_noticed_late_does_not_rerun_the_run_the_new_proc
     process died under. Only a run another process took is lost with the restart."""
     from types import SimpleNamespace
 
-    from kmpray.actors.heavy_pool import HeavyPool
-
-    core = _Core()
-    core.note = lambda *a: None  # type: ignore[attr-defined]
-    heavy: HeavyPool
-
-    async def reconcile() -> None:
-        await heavy.reconcile(1.0)
-
-    async def hear(*_a: Any) -> None:
-        return None
-
-    host = SimpleNamespace(core=core, pool=SimpleNamespace(epoch="e1"), _kick=lambda: None,
-                           _flush=lambda: None, _reconcile=reconcile, _wire=lambda d: (d.key, d.run_id),
-                           _hear=hear)
-    heavy = HeavyPool(host, "ns", EngineConfig(heavy_pool_size=1), BlockedLoops())  # type: ignore[arg-type]
+    heavy, core = _heavy_pool(1)
     handle = _HeavyHandle("B")  # restarted: the pool still knows process A
     slot = heavy.slots[0]
     slot.handle, slot.incarnation, slot.ready = handle, "A", True
@@ -275,24 +283,10 @@ def test_a_heavy_pool_under_random_restarts_loses_exactly_the_runs_a_dead_proces
 async def _heavy_schedule(seed: int, steps: int = 60) -> None:
     from types import SimpleNamespace
 
-    from kmpray.actors.heavy_pool import HeavyPool
     from kmpray.actors.submit_lane import LaneLost
 
     rng = random.Random(seed)
-    core = _Core()
-    core.note = lambda *a: None  # type: ignore[attr-defined]
-    heavy: HeavyPool
-
-    async def reconcile() -> None:
-        await heavy.reconcile(1.0)
-
-    async def hear(*_a: Any) -> None:
-        return None
-
-    host = SimpleNamespace(core=core, pool=SimpleNamespace(epoch="e1"), _kick=lambda: None,
-                           _flush=lambda: None, _reconcile=reconcile, _wire=lambda d: (d.key, d.run_id),
-                           _hear=hear)
-    heavy = HeavyPool(host, "ns", EngineConfig(heavy_pool_size=2), BlockedLoops())  # type: ignore[arg-type]
+    heavy, core = _heavy_pool(2)
     procs = [_Process("a"), _Process("b")]
     for slot, proc in zip(heavy.slots, procs, strict=True):
         slot.handle, slot.incarnation, slot.ready = proc, proc.incarnation, True

@@ -203,28 +203,20 @@ ALL.update({"WarmModel": WarmModel, "CooperativeHeavy": CooperativeHeavy, "Stubb
 
 
 class Blocker(kmpray.CommonWorker):
-    """An async worker that calls blocking code: the mistake issue #20 is about."""
+    """An async worker that calls blocking code: the mistake issue #20 is about. It blocks
+    its executor's event loop for ``s`` seconds, or, given ``release``, until that file
+    exists (``max_s`` at most)."""
 
     async def do_work(self, input: str | None, ctx: kmpray.WorkerContext) -> Any:  # noqa: A002
         cfg = _cfg(input)
         with open(cfg["ledger"], "a") as f:
             f.write(f"start {ctx.task_id}\n")
-        time.sleep(cfg.get("s", 5))  # blocks the executor's event loop
-        with open(cfg["ledger"], "a") as f:
-            f.write(f"end {ctx.task_id}\n")
-        return True
-
-
-class BlockerUntil(kmpray.CommonWorker):
-    """Blocks its executor's event loop until the file ``release`` exists (``max_s`` at most)."""
-
-    async def do_work(self, input: str | None, ctx: kmpray.WorkerContext) -> Any:  # noqa: A002
-        cfg = _cfg(input)
-        with open(cfg["ledger"], "a") as f:
-            f.write(f"start {ctx.task_id}\n")
-        deadline = time.monotonic() + cfg.get("max_s", 60)
-        while not Path(cfg["release"]).exists() and time.monotonic() < deadline:
-            time.sleep(0.05)  # blocks the executor's event loop
+        if "release" in cfg:
+            deadline = time.monotonic() + cfg.get("max_s", 60)
+            while not Path(cfg["release"]).exists() and time.monotonic() < deadline:
+                time.sleep(0.05)  # blocks the executor's event loop
+        else:
+            time.sleep(cfg.get("s", 5))  # blocks the executor's event loop
         with open(cfg["ledger"], "a") as f:
             f.write(f"end {ctx.task_id}\n")
         return True
@@ -243,7 +235,7 @@ class Ledgered(kmpray.CommonWorker):
         return True
 
 
-ALL.update({"Blocker": Blocker, "BlockerUntil": BlockerUntil, "MarkedBlocker": MarkedBlocker, "Ledgered": Ledgered})
+ALL.update({"Blocker": Blocker, "MarkedBlocker": MarkedBlocker, "Ledgered": Ledgered})
 
 
 class DiesAfterFinishing(kmpray.CommonWorker):
