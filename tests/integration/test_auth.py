@@ -32,7 +32,7 @@ def _client(address: str, namespace: str, task_id: str, env: dict[str, str]) -> 
 
 
 def _clients(address: str, namespace: str, runs: list[tuple[str, dict[str, str]]]) -> list[Any]:
-    """Clients at once (a refused one spends ~20 s in Ray's connection retries)."""
+    """Clients at once (a refused one spends its time in Ray's connection retries)."""
     procs = [subprocess.Popen(
         [sys.executable, "-m", "tests.integration.auth_cluster", "client", address, namespace, task_id],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
@@ -65,9 +65,11 @@ def test_a_token_cluster_serves_clients_with_its_token_and_refuses_the_others(tm
         ok = _client(address, "auth", "with-token", _env(home, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token))
         assert ok.returncode == 0 and "state SUCCEEDED with-token" in ok.stdout, ok.stderr[-2000:]
 
+        # Ray retries a refused connection once a second, 20 times by default; 3 say the same.
+        quick = {"RAY_gcs_server_port_wait_time_s": "3"}
         wrong, none = _clients(address, "auth", [
-            ("wrong-token", _env(home, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))),
-            ("no-token", _env(home, RAY_AUTH_MODE="disabled")),
+            ("wrong-token", _env(home, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32), **quick)),
+            ("no-token", _env(home, RAY_AUTH_MODE="disabled", **quick)),
         ])
         assert wrong.returncode != 0 and "state" not in wrong.stdout
         # connect() says what is missing (Ray's own error says only "Failed to connect").
