@@ -26,7 +26,7 @@ from kmpray.config import EngineConfig
 from kmpray.enums import InputMerger
 from kmpray.errors import InvalidParameters
 from kmpray.merging import merge
-from kmpray.protocol import Began, Done, Fence, Holding, Ping, Progress, Run, RunKey, Stored, Taken
+from kmpray.protocol import Began, Done, Fence, Holding, Misaddressed, Ping, Progress, Run, RunKey, Stored, Taken
 from kmpray.results import Failure, Success, to_wire
 from kmpray.timing import (
     BLOCK_REPORT_RETRY_S,
@@ -162,6 +162,12 @@ class ExecutorBase(StepData, Reporting, Cancelling):
         (replies.py); ``acked``: results of earlier answers the scheduler has stored."""
         if acked:
             self._acked(acked)
+        if batch is not None and batch.to is not None and batch.to != self.incarnation:
+            # For the process before this one, and sent before the scheduler knew it was gone:
+            # that process's blocked loop may have had it withdrawn (its fence died with it).
+            # (The local lane never does this: it sends only to the process it knows.)
+            raise Misaddressed(f"{self._kind()} {self.index}: a batch for process {batch.to}, this is "
+                               f"{self.incarnation}: not taken (it runs again)")
         taken = self._take(runs, batch)
         done = await self._replies.collect(taken, REPLY_WINDOW_S) if taken and REPLY_WINDOW_S else []
         return Taken(self.incarnation, done)

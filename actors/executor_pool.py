@@ -252,7 +252,7 @@ class ExecutorPool:
             self.held(i, key)
         slot.batch_seq += 1
         slot.submits += 1
-        fence = Fence(self.epoch, slot.batch_seq)
+        fence = Fence(self.epoch, slot.batch_seq, slot.incarnation)
         pushed = self.lanes.submit(i, slot.incarnation, runs, fence, acks or None)  # on this node: a frame
         return pushed if pushed is not None else slot.handle.submit.remote(runs, fence, acks or None)
 

@@ -18,7 +18,7 @@ from kmpray.config import EngineConfig
 from kmpray.driver import pump
 from kmpray.engine import Dispatch, SchedulerCore
 from kmpray.placement import assign
-from kmpray.protocol import Began, Done, Progress, Run
+from kmpray.protocol import Began, Done, Misaddressed, Progress, Run
 from kmpray.store import SqliteTaskStore
 
 from .executor_pool import ExecutorPool
@@ -134,7 +134,11 @@ class SchedulerDispatch:
             self.pool.slots[i].acks.extend(acks)  # said again with the next call
             # The batch may or may not have arrived: run it again elsewhere (a copy that did
             # arrive reports under its old run id, which is ignored). At-least-once.
-            log.warning("executor %d: submit failed (%s)", i, type(exc).__name__)
+            if isinstance(getattr(exc, "cause", None), Misaddressed):
+                log.warning("executor %d restarted unseen: its new process refused the batch for the old "
+                            "one; %d runs go back to the queue", i, len(keys))
+            else:
+                log.warning("executor %d: submit failed (%s)", i, type(exc).__name__)
             self.pool.slots[i].reachable = False
             # Its process died with the call in flight: the runs may have begun there (and
             # one of them killed it), so they count as runs it died under.

@@ -72,6 +72,15 @@ class Fence(NamedTuple):
 
     epoch: str
     batch: int
+    # The executor process the batch is for (the pool's last word on its incarnation). A
+    # later process refuses it (``Misaddressed``): the fence the scheduler gave the earlier
+    # one for its blocked loop, which may cover this batch, died with that process.
+    to: str | None = None
+
+
+class Misaddressed(Exception):
+    """A batch sent to an executor process that has since been replaced by a new one;
+    the scheduler runs it again (not counted as an attempt) and learns the new process."""
 
 
 class Stored(NamedTuple):

@@ -190,3 +190,36 @@ def test_a_scheduler_restarted_while_a_worker_blocks_a_loop_adopts_its_run_and_r
     assert ray.get(late_ref, timeout=30).done == []
     starts = Counter(t for kind, t in _ledger(ledger) if kind == "start")
     assert starts == Counter({"blocker": 1, **dict.fromkeys(ids, 1)})  # no "late", nothing twice
+
+
+def test_a_batch_for_an_executors_earlier_process_is_refused_by_the_process_after_it(
+    engine: Any, tmp_path: Path
+) -> None:
+    """Sent by the Ray path (a remote executor; the local lane only writes to the process it
+    knows) before the scheduler saw the executor restart: the earlier process's blocked
+    loop may have had the batch withdrawn, and that fence died with it, so the new process
+    refuses it (the scheduler runs it again and learns the new process); a batch for the
+    process itself is taken."""
+    import ray
+
+    from kmpray.protocol import Fence, Misaddressed, Run
+
+    ns = engine.namespace
+    scheduler = ray.get_actor("kmpray.scheduler", namespace=ns)
+    epoch = ray.get(scheduler.__ray_call__.remote(lambda self: self.pool.epoch), timeout=30)
+    version = ray.get(ray.get_actor("kmpray.registry", namespace=ns).dump.remote(), timeout=30)["Ledgered"][0]
+    executor = ray.get_actor("kmpray.executor.0", namespace=ns)
+    incarnation = ray.get(executor.ping.remote(None), timeout=30)[0]
+    ledger = tmp_path / "ledger"
+
+    def run(key: str) -> Run:
+        return Run(key, 1, "Ledgered", version, json.dumps({"ledger": str(ledger)}), None, 0, None, None)
+
+    with pytest.raises(ray.exceptions.RayTaskError) as refused:
+        ray.get(executor.submit.remote([run("for-earlier")], Fence(epoch, 10_000, "an-earlier-process")), timeout=30)
+    assert isinstance(refused.value.cause, Misaddressed)
+    assert incarnation in str(refused.value.cause) and "an-earlier-process" in str(refused.value.cause)
+    taken = ray.get(executor.submit.remote([run("for-me")], Fence(epoch, 10_001, incarnation)), timeout=30)
+    assert taken.incarnation == incarnation
+    until(lambda: ("start", "for-me") in _ledger(ledger), timeout_s=20, what="the batch for this process to run")
+    assert _ledger(ledger) == [("start", "for-me")]  # the refused one never began

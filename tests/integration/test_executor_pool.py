@@ -337,3 +337,161 @@ async def _heavy_schedule(seed: int, steps: int = 60) -> None:
         if slot.run is not None:
             who = taken_by.get(slot.run)
             assert who == proc.incarnation, f"seed {seed}: {slot.run} held for a dead process ({who})"
+
+
+class _Light:
+    """A light executor as the pool sees it: one process at a time (``incarnation``); a
+    submit is answered (the process takes the batch) or fails when the test says; taken
+    runs begin later, unless a fence withdrew them first."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.n = name, 0
+        self.incarnation = f"{name}-0"
+        self.pending: list[tuple[list[Any], Any, Any]] = []  # (run keys, fence, future)
+        self.taken: set[Any] = set()  # runs this process took and may still begin
+        self.begun: set[Any] = set()  # runs it began, not reported yet
+        self.fence = 0  # batches up to this number are withdrawn (never begin here)
+        outer = self
+
+        class _Submit:
+            def remote(self, runs: list[Any], fence: Any, acks: Any = None) -> Any:
+                future = asyncio.get_running_loop().create_future()
+                outer.pending.append(([tuple(r) for r in runs], fence, future))
+                return future
+
+        class _Ping:
+            def remote(self, acks: Any) -> _Answer:
+                return _Answer((outer.incarnation, len(outer.begun), "A", 0.0, ()))
+
+        self.submit, self.ping = _Submit(), _Ping()
+
+    def restart(self) -> None:
+        self.n += 1
+        self.incarnation = f"{self.name}-{self.n}"
+        self.taken, self.begun, self.fence = set(), set(), 0
+
+
+def test_light_executors_under_random_restarts_blocks_and_failures_never_lose_a_run_a_live_process_runs() -> None:
+    """Seeded random schedules over three light executors with stand-in actors (no Ray):
+    batches sent, answered by whichever process is alive, or failed; runs begun and
+    reported; processes restarted unseen or ending themselves (memory cap); loops blocked
+    (their queued runs withdrawn behind a fence) and answering again; reconciles. The
+    scheduler's side is the pool's own code, driven as scheduler_dispatch.py and
+    scheduler_reports.py drive it. Invariants: a run is re-queued only when no live
+    process will run it (its taker died, its submit failed, or a fence withdrew it), and
+    the books agree (``where`` and each slot's runs); after everything settles, every run
+    the pool still holds is one the live process of its executor holds."""
+    for seed in range(120):
+        asyncio.run(_light_schedule(seed))
+
+
+async def _light_schedule(seed: int, steps: int = 80) -> None:
+    from kmpray.actors.submit_lane import LaneLost
+    from kmpray.protocol import Misaddressed
+
+    rng = random.Random(seed)
+    core = _Core()
+    pool = ExecutorPool("ns", EngineConfig(executor_window=4), core, BlockedLoops(), lambda: None)  # type: ignore[arg-type]
+    procs = [_Light(name) for name in "abc"]
+    for i, proc in enumerate(procs):
+        pool.slots.append(ExecutorSlot(i, proc, "A", incarnation=proc.incarnation, reachable=True))
+    failed: set[Any] = set()  # runs whose submit failed (the pool re-queues them)
+    reported: set[Any] = set()
+    n = 0
+
+    async def confirm(i: int, ref: Any, keys: list[Any]) -> None:  # scheduler_dispatch._confirm
+        try:
+            incarnation, _done = await ref
+        except Exception as exc:
+            pool.answered(i)
+            pool.slots[i].reachable = False
+            pool.lose(i, "did not take its batch", keys, crashed=isinstance(exc, LaneLost))
+            await pool.reconcile({})
+            return
+        pool.answered(i)
+        pool.accepted(i, keys, incarnation)
+        if incarnation != pool.slots[i].incarnation:
+            await pool.reconcile({})
+
+    async def settle() -> None:
+        for _ in range(6):
+            await asyncio.sleep(0)
+
+    def answer(proc: _Light) -> None:
+        keys, fence, future = proc.pending.pop(0)
+        if fence.to not in (None, proc.incarnation):  # for a process before this one (executor.py)
+            failed.update(keys)
+            future.set_exception(Misaddressed(fence.to))
+            return
+        if fence.batch > proc.fence:  # a fenced batch is refused: nothing of it begins here
+            proc.taken.update(keys)
+        future.set_result((proc.incarnation, []))
+
+    def check() -> None:
+        for key, i in pool.where.items():
+            assert key in pool.slots[i].inflight, f"seed {seed}: {key} where {i}, not in its runs"
+        for slot in pool.slots:
+            for key in slot.inflight:
+                assert pool.where.get(key) == slot.index, f"seed {seed}: {key} held twice or not where"
+        lost = {(key, run_id) for key, run_id, _crashed in core.lost}
+        for proc in procs:
+            for key in (proc.taken | proc.begun) & lost:
+                assert key in failed, f"seed {seed}: {key} re-queued while {proc.incarnation} runs it"
+
+    for _step in range(steps):
+        op, i = rng.random(), rng.randrange(3)
+        proc, slot = procs[i], pool.slots[i]
+        if op < 0.2 and any(j == i for _room, j in pool.free()):
+            keys = [(f"t{n + k}", 1) for k in range(rng.randint(1, 3))]
+            n += len(keys)
+            ref = pool.send(i, keys, keys)
+            asyncio.ensure_future(confirm(i, ref, keys))
+        elif op < 0.35 and proc.pending:
+            answer(proc)
+        elif op < 0.4 and proc.pending:
+            keys, _seq, future = proc.pending.pop(0)
+            failed.update(keys)
+            future.set_exception(LaneLost("gone"))
+        elif op < 0.5 and proc.taken:
+            key = rng.choice(sorted(proc.taken))
+            proc.taken.discard(key)
+            proc.begun.add(key)
+        elif op < 0.6 and proc.begun:
+            key = rng.choice(sorted(proc.begun))
+            proc.begun.discard(key)
+            reported.add(key)
+            pool.reported(key)
+        elif op < 0.72:  # restarted unseen, or after saying it ends (its memory cap)
+            if op >= 0.68:
+                pool.exiting(i, proc.incarnation)
+            if rng.random() < 0.5:  # batches in flight to the old process fail...
+                for keys, _seq, future in proc.pending:
+                    failed.update(keys)
+                    future.set_exception(LaneLost("died"))
+                proc.pending.clear()
+            proc.restart()  # ...or were sent after it died: the new process answers them
+        elif op < 0.8 and i not in pool.blocked.light:  # scheduler_reports.loop_blocked
+            if proc.incarnation not in slot.dead:
+                pool.blocked.block("light", i, "W", None, 1.0)
+                withdrawn = pool.withdraw(i, set(proc.begun), proc.incarnation)
+                proc.fence = slot.batch_seq
+                proc.taken -= set(withdrawn)
+        else:
+            await pool.reconcile({})
+        await settle()
+        check()
+    for proc in procs:  # everything in flight answered by the live process, then reconciled
+        while proc.pending:
+            answer(proc)
+    await settle()
+    for _ in range(3):
+        await pool.reconcile({})
+        await settle()
+    check()
+    for slot, proc in zip(pool.slots, procs, strict=True):
+        for key, took in slot.inflight.items():
+            assert took == proc.incarnation and key in proc.taken | proc.begun, (
+                f"seed {seed}: {key} held for {took}, the live process is {proc.incarnation}")
+    lost = {(key, run_id) for key, run_id, _crashed in core.lost}
+    for key in [(f"t{k}", 1) for k in range(n)]:  # none leaves the books unaccounted for
+        assert key in reported or key in lost or key in pool.where, f"seed {seed}: {key} dropped"
