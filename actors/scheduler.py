@@ -29,6 +29,7 @@ from kmpray.event_codec import encode_event
 from kmpray.lane import EXECUTOR, LANE_METHODS, REPORT, TAKEN
 from kmpray.placement import heavy_demand, placeable
 from kmpray.platforms import profile
+from kmpray.restore import RUN_IDS_PER_START
 from kmpray.shards import share
 from kmpray.store import SqliteTaskStore
 from kmpray.timing import (
@@ -119,6 +120,7 @@ class SchedulerActor(
         starts = self.store.get_meta("scheduler_starts")
         started = (starts if isinstance(starts, int) else 0) + 1
         self.store.put_meta("scheduler_starts", started)
+        self.core.run_floor = started * RUN_IDS_PER_START  # before any dispatch (kmpray/restore.py)
         self.pool = ExecutorPool(namespace, self.config, self.core, self._blocked, self._kick, self.artifacts.where,
                                  started)
         self.heavy = HeavyPool(self, namespace, self.config, self._blocked, self.artifacts.where)

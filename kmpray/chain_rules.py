@@ -103,7 +103,7 @@ class ChainRules:
                     chain_id=chain_id,
                     input_merger=InputMerger(task.get("input_merger", "OVERWRITE")),
                     step=n,
-                    run_id=last_run_ids.get(task["id"], 0),
+                    run_id=max(last_run_ids.get(task["id"], 0), self.run_floor),
                 )
                 self.tasks[rec.key] = rec
                 self.names[rec.key] = [rec.key]
@@ -194,8 +194,11 @@ class ChainRules:
         if rec is None or nxt is None or rec.state is not TaskState.SUCCEEDED or rec.run_id != run_id:
             return False
         # The handed run's id is the one after the successor's at hand-off; a restore since
-        # then has skipped that id (restore.py), as it does for any unstored dispatch.
-        if self.successor(rec) is not nxt or then_run not in (nxt.run_id + 1, nxt.run_id):
+        # then has skipped that id (restore.py), as it does for any unstored dispatch, or an
+        # earlier scheduler handed it (below this one's run_floor).
+        handed = (max(nxt.run_id, self.run_floor) + 1, nxt.run_id)
+        earlier = nxt.run_id < then_run < self.run_floor
+        if self.successor(rec) is not nxt or not (then_run in handed or earlier):
             return False
         try:
             upstream = merge(nxt.input_merger, [rec.result.data if isinstance(rec.result, Success) else None])

@@ -55,6 +55,7 @@ class Core(Protocol):
     _parked: dict[str, dict[str, None]]
     # ---- restore, explanation, effects
     _adoptable: dict[str, int]
+    run_floor: int
     decisions: deque[tuple[int, str, Any]]
     _waits: dict[str, tuple[str, int, bool]]
     stats: RunStats

@@ -90,9 +90,10 @@ class SchedulerCore(UniqueWork, Restoring, ChainRules, Conditions, Explaining):
         self._gated: set[str] = set()  # ready tasks that no node satisfies right now
         self._unplaced: set[str] = set()  # eligible, but no executor room on their nodes
         self.pending = 0  # unfinished tasks, for admission control
-        # After a restore: the run id a run dispatched before the restart would carry, per
-        # task that may have one (see ``adopt``).
+        # After a restore: the lowest run id a run dispatched before the restart can carry,
+        # per task that may have one (see ``adopt``); ids handed out now are above run_floor.
         self._adoptable: dict[str, int] = {}
+        self.run_floor = 0
         self.decisions: deque[tuple[int, str, Any]] = deque(maxlen=self.config.decision_log_size)
         self._waits: dict[str, tuple[str, int, bool]] = {}  # key -> (reason kind, since, warned)
         self.stats = RunStats()  # live figures: status() and the dashboard
@@ -239,6 +240,7 @@ class SchedulerCore(UniqueWork, Restoring, ChainRules, Conditions, Explaining):
             # again), and the run's end is always written. Saves a store write per run.
             first = rec.run_count == 0 and rec.run_attempt_count == 0 and rec.chain_id is None and start_at is None
             at_once = first and isinstance(rec.trigger, OneTime) and not rec.trigger.initial_delay_ms
+            rec.run_id = max(rec.run_id, self.run_floor)  # above every earlier scheduler's (restore.py)
             lifecycle.dispatch(rec, start_at, now)
             self.stats.handed_over(now, rec.created_at_ms if at_once else None)
             out.append(
@@ -271,7 +273,8 @@ class SchedulerCore(UniqueWork, Restoring, ChainRules, Conditions, Explaining):
         if nxt is None:
             return None
         return Dispatch(
-            key=nxt.key, name=nxt.name, run_id=nxt.run_id + 1, worker=nxt.worker, input=nxt.input, upstream=None,
+            key=nxt.key, name=nxt.name, run_id=max(nxt.run_id, self.run_floor) + 1, worker=nxt.worker,
+            input=nxt.input, upstream=None,
             previous_attempts=nxt.run_attempt_count, timeout_ms=nxt.constraints.timeout_ms, heavy=False,
             chain_id=nxt.chain_id, then=self._handed_with(nxt, depth - 1), input_merger=nxt.input_merger.value,
             input_stored=nxt.input_stored > 0,
@@ -429,6 +432,11 @@ class SchedulerCore(UniqueWork, Restoring, ChainRules, Conditions, Explaining):
         was_running = lifecycle.finish(rec, state, result, ran)
         self.pending -= 1
         self._armed.get(rec.trigger.kind, set()).discard(rec.key)
+        # Its waits end with it: a REPLACE reuses the key, and the new work must not be
+        # released by a gate, room or worker the old one was waiting for.
+        self._gated.discard(rec.key)
+        self._unplaced.discard(rec.key)
+        self._parked.get(rec.worker, {}).pop(rec.key, None)
         if was_running and state is TaskState.CANCELLED:
             self.fx.cancel_runs.append((rec.key, rec.run_id))
         self._touch(rec, now)

@@ -22,6 +22,14 @@ if TYPE_CHECKING:
 
 _ONE_TIME = OneTime()
 
+#: Run ids a scheduler hands out lie above ``started x RUN_IDS_PER_START`` (``started``: how
+#: many schedulers its store has seen start; ``SchedulerCore.run_floor``). A dispatch is not
+#: stored, and neither is a restore's skip of its id, so two restarts before a task's row is
+#: written again used to hand out the id of a run still out there: its late report counted
+#: for the new run, and after a REPLACE for the new work (found by the simulation). Above
+#: every earlier scheduler's ids, none is handed out twice.
+RUN_IDS_PER_START = 10**9
+
 
 class Restoring:
     def restore(
@@ -58,7 +66,8 @@ class Restoring:
                 continue
             self.pending += 1
             # A dispatch is not stored; a run's progress is. A run still out there carries
-            # the stored id (stored RUNNING) or the next one (dispatched after the last write).
+            # the stored id (stored RUNNING) or a later one (dispatched after the last write:
+            # by the last scheduler, or by one before it that this row outlived unwritten).
             if rec.state is TaskState.RUNNING:
                 self._adoptable[rec.key] = rec.run_id
             elif rec.state is TaskState.ENQUEUED:
@@ -94,11 +103,12 @@ class Restoring:
         self._adoptable = dict[str, int]()
         now = self.clock.now_ms()
         adopted: list[tuple[str, int]] = []
-        for key, run_id in runs:
+        for key, run_id in sorted(runs, key=lambda run: -run[1]):  # a task's latest run first
             rec = self.tasks.get(key)
-            if rec is None or rec.state is not TaskState.ENQUEUED or adoptable.get(key) != run_id:
+            lowest = adoptable.get(key)
+            if rec is None or rec.state is not TaskState.ENQUEUED or lowest is None or run_id < lowest:
                 continue
-            del adoptable[key]  # held twice (a run re-sent to another executor): adopt one
+            del adoptable[key]  # held twice (re-sent to another executor, or a stale one): adopt one
             lifecycle.adopt(rec, run_id, (key, run_id) not in waiting, now)
             rec.ready_seq = rec.timer_seq = -1  # its queue entries go stale
             adopted.append((key, run_id))

@@ -89,8 +89,9 @@ class UniqueWork:
             updated_at_ms=now,
             input=input,
             prereqs=prereqs,
-            # A replacement reuses the key: its runs must not be mistaken for the old ones'.
-            run_id=last_run_id,
+            # A replacement reuses the key: its runs must not be mistaken for the old ones' (nor
+            # for a run an earlier scheduler handed out that this one never saw: run_floor).
+            run_id=max(last_run_id, self.run_floor),
         )
         self._insert(rec, now)
         return Outcome(ScheduleResult.SUCCESS)

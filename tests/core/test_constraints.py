@@ -167,3 +167,32 @@ def test_placeable_counts_actors_a_cluster_can_hold_at_once() -> None:
     assert placeable(nodes, heavy_demand(1, {"gpu": 1})) == 0  # no node has it
     assert placeable(nodes, heavy_demand(0, {})) == UNBOUNDED
     assert placeable([], heavy_demand(1, {})) == 0
+
+
+def test_a_replacement_does_not_inherit_the_wait_of_the_work_it_replaced(h: Harness) -> None:
+    """A REPLACE reuses the key. The old work's place among the tasks waiting for a gate,
+    for executor room or for their worker is not the new work's: a gate opening, room
+    freeing or the worker registering again must not start it before its own trigger says
+    (found by the simulation's device-state schedule: seed 1068 of 1,000 steps)."""
+    from kmpray import ExistingWorkPolicy
+
+    replace = ExistingWorkPolicy.REPLACE
+    h.core.set_devices({"n": DeviceState(idle=False)})
+    h.core.submit("g", TaskTrigger.OneTime(), "Ok", constraints=Constraints(requires_device_idle=True))
+    assert h.step() == [] and h.core.is_gated("g")  # due, but no node is idle
+    h.core.submit("g", TaskTrigger.BatteryOkay, "Ok", constraints=Constraints(existing_work_policy=replace))
+    assert not h.core.is_gated("g")
+    h.core.set_devices({"n": DeviceState(idle=True)})  # the old gate opens; no battery_okay transition
+    assert h.step() == [] and h.state("g") == "ENQUEUED"
+
+    # Waiting for executor room (unplaced), then replaced by work due in a minute.
+    h.core.submit("u", TaskTrigger.OneTime(), "Ok")
+    h.core.tick()
+    d = h.core.take_ready(1)[0]
+    h.core.unplaced(d.key, d.run_id)
+    assert h.core.is_unplaced("u")
+    h.core.submit("u", TaskTrigger.OneTime(initial_delay_ms=60_000), "Ok",
+                  constraints=Constraints(existing_work_policy=replace))
+    h.core.release_unplaced()
+    assert h.step() == [] and h.state("u") == "ENQUEUED"
+    assert [x.key for x in h.advance(60_000)] == ["u"]  # on its own time

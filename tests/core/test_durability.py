@@ -8,9 +8,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kmpray import Constraints, ExistingWorkPolicy, QualityOfService, TaskState, TaskTrigger
-from kmpray.engine import SchedulerCore
+from kmpray.engine import Dispatch, SchedulerCore
 from kmpray.event_log import MemoryEventLog, SqliteEventLog
 from kmpray.records import TaskRecord, decode, encode
+from kmpray.restore import RUN_IDS_PER_START
 from kmpray.results import Failure, Success
 from kmpray.store import WAL_SIZE_LIMIT, SqliteTaskStore
 
@@ -231,6 +232,65 @@ def test_adoption_ignores_runs_whose_end_was_stored(h: Harness) -> None:
     assert h.state("again") == "ENQUEUED" and h.state("done") == "SUCCEEDED"
     assert [d.key for d in h.advance(10_000)] == ["again"]
     assert h.core.latest("again").run_attempt_count == 2  # type: ignore[union-attr]
+
+
+def _restarted(h: Harness, starts: int, held: list[tuple[str, int]] | None = None) -> list[tuple[str, int]]:
+    """A restart as the actor does it: the store's ``starts``-th scheduler, its run floor set
+    before anything is dispatched, then the runs executors answered holding adopted."""
+    adopted: list[tuple[str, int]] = []
+
+    def start(core: SchedulerCore) -> None:
+        core.run_floor = starts * RUN_IDS_PER_START
+        adopted.extend(core.adopt(held or []))
+
+    h.restart(adopt=start)
+    return adopted
+
+
+def _dispatch(h: Harness) -> list[Dispatch]:
+    """The actor's turns: what came in is committed, then what is due is handed out (a
+    dispatch is not written)."""
+    h.flush()
+    h.core.tick()
+    out = h.core.take_ready(10)
+    h.flush()
+    return out
+
+
+def test_two_restarts_before_a_row_is_written_again_never_hand_out_a_run_id_twice(h: Harness) -> None:
+    """A dispatch is not stored, nor is a restore's skip of its id. Two restarts while a run
+    was out (no executor answering for it) used to give the next dispatch that very run's
+    id, so its late report counted for the new run, and after a REPLACE for the new work
+    (the simulation's device-trigger schedule found it: seed 1100 of 1,000 steps)."""
+    h.core.run_floor = RUN_IDS_PER_START
+    h.core.submit("x", TaskTrigger.OneTime(), "Ok", input="old")
+    [first] = _dispatch(h)
+    _restarted(h, 2)  # the executor running `first` did not answer in time
+    [second] = _dispatch(h)
+    _restarted(h, 3)  # nor did the one running `second`
+    replace = Constraints(existing_work_policy=ExistingWorkPolicy.REPLACE)
+    h.core.submit("x", TaskTrigger.OneTime(), "Ok", input="new", constraints=replace)
+    [new] = _dispatch(h)
+    assert new.input == "new" and new.run_id not in (first.run_id, second.run_id)
+    assert not h.core.complete("x", second.run_id, Success(data={"work": "old"}))  # a stale run's report
+    assert not h.core.complete("x", first.run_id, Success(data={"work": "old"}))
+    assert h.state("x") == "RUNNING"
+    assert h.core.complete("x", new.run_id, Success(data={"work": "new"}))
+    assert h.core.latest("x").result.data == {"work": "new"}  # type: ignore[union-attr]
+
+
+def test_after_two_restarts_the_latest_run_an_executor_holds_is_adopted(h: Harness) -> None:
+    """The run the last scheduler handed out is the task's current one; an older one still
+    held (its executor was slow to answer across the first restart) is stale."""
+    h.core.run_floor = RUN_IDS_PER_START
+    h.core.submit("y", TaskTrigger.OneTime(), "Ok")
+    [first] = _dispatch(h)
+    _restarted(h, 2)
+    [second] = _dispatch(h)
+    held = [(first.key, first.run_id), (second.key, second.run_id)]
+    assert _restarted(h, 3, held) == [(second.key, second.run_id)]
+    assert not h.core.complete("y", first.run_id, Success())
+    assert h.core.complete("y", second.run_id, Success()) and h.state("y") == "SUCCEEDED"
 
 
 def test_restore_reads_rows_without_writing_them_back_and_shares_equal_triggers(h: Harness) -> None:
