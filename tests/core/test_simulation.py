@@ -4,10 +4,13 @@ The real SchedulerCore, ChainCoordinatorCore and a store run in virtual time, dr
 way the actors drive them, while a seeded schedule of faults acts: scheduler restarts
 (restore from the store, adoption of the runs executors still hold), executor loss,
 coordinator restarts, reports delayed, duplicated and reordered, clock jumps, and a
-store reopened from its encoded rows. After every step and at the end the invariants
-hold: no accepted task is lost, at most one result is counted per run, finished-run
-counts never go back, a unique name has at most one live (non-BLOCKED) work, and chain
-and APPEND barriers are respected at every dispatch.
+store reopened from its encoded rows, device states changing on two nodes (gated work,
+device-trigger work). After every step and at the end the invariants hold: no accepted
+task is lost, at most one result is counted per run, finished-run counts never go back, a
+unique name has at most one live (non-BLOCKED) work, chain and APPEND barriers are
+respected at every dispatch, and a run goes only to a node whose state (as last pushed)
+meets its task's constraints (a device trigger's: is in that state, entered since the work
+was submitted).
 
 200 seeds of 120 steps run in CI, and 42 of 1,000 steps (long histories: a name appended
 to ten times and more, prunes of names replaced long before); a failure names its seed and
@@ -25,9 +28,11 @@ import pytest
 
 from kmpray import Constraints, ExistingPolicy, ExistingWorkPolicy, ScheduleResult, TaskState, TaskTrigger
 from kmpray.config import EngineConfig
+from kmpray.device import DeviceState, in_trigger_state, is_gated, satisfies
 from kmpray.driver import pump
 from kmpray.engine import Dispatch
 from kmpray.memory_store import MemoryTaskStore
+from kmpray.restore import RUN_IDS_PER_START
 from kmpray.results import Failure, Retry, Success
 
 from .conftest import Harness
@@ -37,6 +42,11 @@ STEPS = 120
 LONG_SEEDS, LONG_STEPS = 40, 1_000
 LONG_REGRESSIONS = (137, 348)  # long seeds that found the APPEND restore order (of 600 swept)
 EXECUTORS = 3
+NODES = ("A", "B")  # executor i runs on NODES[i % 2]
+GATES = ("requires_charging", "requires_battery_not_low", "requires_storage_not_low", "requires_device_idle",
+         "requires_network")
+DEVICE_TRIGGERS = (TaskTrigger.BatteryLow, TaskTrigger.BatteryOkay, TaskTrigger.StorageLow,
+                   TaskTrigger.DeviceIdle)
 RETAIN_MS = 2 * 3_600_000  # finished rows are pruned after the clock jumps past this
 DROPPED, ANSWER_LOST = 0.08, 0.05  # of the reports delivered during the fault schedule
 RunKey = tuple[str, int]
@@ -60,6 +70,14 @@ class Sim(Harness):
         self.trace: list[str] = []
         self.periodic: set[str] = set()  # periodic names: they never finish on their own
         self.quiet_mark = self.coordinator.mark()  # the coordinator's last periodic check
+        # Device states as the ConstraintOracle would push them (every change, every node),
+        # and how often each device trigger kind has fired (a transition into its state).
+        self.devices = {node: DeviceState() for node in NODES}
+        self.core.set_devices(dict(self.devices))
+        self.fires: Counter[str] = Counter()
+        self.armed_at: dict[str, int] = {}  # device-trigger name -> its kind's fires when submitted
+        self.starts = 1  # schedulers started (the store's count: kmpray/restore.py RUN_IDS_PER_START)
+        self.core.run_floor = RUN_IDS_PER_START
 
     def result(self, d: Dispatch) -> Success | Failure | Retry:
         roll = self.rng.random()
@@ -73,7 +91,9 @@ class Sim(Harness):
     def submit(self) -> None:
         name = f"n{self.rng.randrange(8)}"
         policy = self.rng.choice(list(ExistingWorkPolicy))
-        c = Constraints(existing_work_policy=policy, max_retries=self.rng.randrange(4), backoff_delay_ms=1_000)
+        gates = {g: True for g in GATES if self.rng.random() < 0.12}  # device-state constraints
+        c = Constraints(existing_work_policy=policy, max_retries=self.rng.randrange(4),
+                        backoff_delay_ms=1_000, **gates)
         trig = TaskTrigger.OneTime(self.rng.choice([0, 0, 1_000, 30_000]))
         out = self.core.submit(name, trig, self.rng.choice(["Ok", "Ok", "Fail", "Flaky"]), None, c)
         self.trace.append(f"submit {name} {policy.value} -> {out.result.value}")
@@ -95,6 +115,41 @@ class Sim(Harness):
             self.periodic.add(name)
             if out.reason is None:
                 self._forget_counts(name)  # new work under the name (KEEP over finished work too)
+        self.flush()
+
+    def submit_device_trigger(self) -> None:
+        """Work set off by a device state being entered on any node: it re-arms until
+        cancelled (so, like periodic work, it never finishes on its own)."""
+        name = f"d{self.rng.randrange(3)}"
+        policy = self.rng.choice([ExistingWorkPolicy.KEEP, ExistingWorkPolicy.REPLACE])
+        trig = self.rng.choice(DEVICE_TRIGGERS)
+        out = self.core.submit(name, trig, self.rng.choice(["Ok", "Flaky", "Fail"]), None,
+                               Constraints(existing_work_policy=policy, max_retries=1,
+                                           backoff_delay_ms=1_000))
+        self.trace.append(f"device trigger {name} {trig.kind} {policy.value} -> {out.result.value}")
+        if out.result is ScheduleResult.SUCCESS:
+            self.accepted.add(name)
+            if out.reason is None:
+                self.armed_at[name] = self.fires[trig.kind]
+                self._forget_counts(name)
+        self.flush()
+
+    def change_device(self) -> None:
+        """One node's state changes; the oracle pushes every node's state to the scheduler."""
+        node = self.rng.choice(NODES)
+        old = self.devices[node]
+        field, value = self.rng.choice([
+            ("charging", not old.charging), ("battery_level", self.rng.choice([5, 50, 100])),
+            ("storage_low", not old.storage_low), ("idle", not old.idle),
+            ("network_connected", not old.network_connected),
+        ])
+        new = old.model_copy(update={field: value})
+        self.devices[node] = new
+        for trig in DEVICE_TRIGGERS:  # entered (not a first sighting: the sim starts with every node)
+            if in_trigger_state(trig.kind, new) and not in_trigger_state(trig.kind, old):
+                self.fires[trig.kind] += 1
+        fired = self.core.set_devices(dict(self.devices))
+        self.trace.append(f"device {node} {field}={value} -> fired {fired}")
         self.flush()
 
     def submit_chain(self) -> None:
@@ -125,7 +180,10 @@ class Sim(Harness):
         def hand_over(batch: list[Dispatch]) -> bool:  # one batch per turn, to random executors
             for d in batch:
                 self._check_barrier(d)
-                i = self.rng.randrange(EXECUTORS)
+                # An executor on a node the run may use (kmpray.placement's part, done here).
+                i = self.rng.choice([j for j in range(EXECUTORS)
+                                     if d.nodes is None or NODES[j % 2] in d.nodes])
+                self._check_gate(d, NODES[i % 2])
                 self.held[i][(d.key, d.run_id)] = d
                 self.where[(d.key, d.run_id)] = i
             sent.extend(batch)
@@ -187,7 +245,15 @@ class Sim(Harness):
         holders = {key: i for i, runs in enumerate(self.held) for key in runs}
         holders.update({key: i for _at, i, key, _r in self.net})
         adopted: list[RunKey] = []
-        self.restart(adopt=lambda core: adopted.extend(core.adopt(holders, set())))
+
+        self.starts += 1
+
+        def start(core: Any) -> None:  # as SchedulerActor._start: the oracle's states, then adoption
+            core.run_floor = self.starts * RUN_IDS_PER_START  # as SchedulerActor.__init__
+            core.set_devices(dict(self.devices))
+            adopted.extend(core.adopt(holders, set()))
+
+        self.restart(adopt=start)
         self.where = {key: holders[key] for key in adopted}
         self.trace.append(f"scheduler restarted (reopen={reopen_store}), adopted {len(adopted)}")
 
@@ -214,6 +280,8 @@ class Sim(Harness):
         self.trace.append(f"prune -> {sorted(names)} {sorted(chains)}")
         self.accepted -= names | chains
         self.periodic -= names
+        for name in names:
+            self.armed_at.pop(name, None)
         for name in names:
             self._forget_counts(name)
         # A name may be enqueued again and its runs numbered from 1 again: the old runs'
@@ -248,6 +316,23 @@ class Sim(Harness):
         rec = self.core.tasks[d.key]
         for pre in self.core.prerequisites(rec):
             assert pre.state is TaskState.SUCCEEDED, f"{d.key} dispatched while prerequisite {pre.key} is {pre.state}"
+
+    def _check_gate(self, d: Dispatch, node: str) -> None:
+        """A run goes only to a node whose state (as the oracle last pushed it) meets the
+        task's constraints, and for a device trigger is in its state, which must have been
+        entered since the work was submitted."""
+        rec = self.core.tasks[d.key]
+        kind = rec.trigger.kind
+        trigger = kind in {t.kind for t in DEVICE_TRIGGERS}
+        if not (trigger or is_gated(rec.constraints)):
+            return
+        state = self.devices[node]
+        assert d.nodes is not None and node in d.nodes, f"{d.key}: gated, dispatched for nodes {d.nodes}"
+        assert satisfies(rec.constraints, state), f"{d.key}: sent to {node}, whose state does not meet it"
+        if trigger:
+            assert in_trigger_state(kind, state), f"{d.key}: {kind} work sent to {node}, not in that state"
+            name = d.key.split("#")[0]
+            assert self.fires[kind] > self.armed_at.get(name, 0), f"{d.key}: {kind} work ran, never set off"
 
     def _forget_counts(self, name: str) -> None:
         for key in [k for k in self.runs_seen if k == name or k.startswith(f"{name}#")]:
@@ -291,7 +376,7 @@ class Sim(Harness):
             (0.1, lambda: self.restart_scheduler(reopen_store=True)),
             (0.2, self.restart_coordinator_keeping_messages), (0.3, self.check_quiet_chains),
             (0.1, lambda: self.advance(self.rng.randrange(3_600_000, 6 * 3_600_000))),  # clock jump
-            (0.3, self.prune),
+            (0.3, self.prune), (0.8, self.change_device), (0.3, self.submit_device_trigger),
         ]
         weights = [w for w, _ in actions]
         self.rng.choices([a for _, a in actions], weights)[0]()
@@ -301,6 +386,14 @@ class Sim(Harness):
         """No more faults: run everything to its end (bounded). Periodic work never ends on
         its own: it gets one more period, then is cancelled, as a user would."""
         periods = {name: self.core.latest(name).run_count for name in self.periodic}  # type: ignore[union-attr]
+        for name in sorted(self.armed_at):  # device-trigger work: cancelled, as a user would
+            if name in self.core.names:
+                self.core.cancel(name)
+        # Every node in a state every gate accepts (idle too: requires_device_idle).
+        for node in NODES:
+            self.devices[node] = DeviceState(idle=True)
+        self.core.set_devices(dict(self.devices))
+        self.flush()
         for _ in range(400):
             for name, before in periods.items():
                 rec = self.core.latest(name)
