@@ -5,12 +5,12 @@ way the actors drive them, while a seeded schedule of faults acts: scheduler res
 (restore from the store, adoption of the runs executors still hold), executor loss,
 coordinator restarts, reports delayed, duplicated and reordered, clock jumps, and a
 store reopened from its encoded rows, device states changing on two nodes (gated work,
-device-trigger work). After every step and at the end the invariants hold: no accepted
+device-trigger work), content changes notified (ContentUri work). After every step and at the end the invariants hold: no accepted
 task is lost, at most one result is counted per run, finished-run counts never go back, a
 unique name has at most one live (non-BLOCKED) work, chain and APPEND barriers are
 respected at every dispatch, and a run goes only to a node whose state (as last pushed)
 meets its task's constraints (a device trigger's: is in that state, entered since the work
-was submitted).
+was submitted), and content work runs only after a matching change.
 
 200 seeds of 120 steps run in CI, and 42 of 1,000 steps (long histories: a name appended
 to ten times and more, prunes of names replaced long before); a failure names its seed and
@@ -34,6 +34,7 @@ from kmpray.engine import Dispatch
 from kmpray.memory_store import MemoryTaskStore
 from kmpray.restore import RUN_IDS_PER_START
 from kmpray.results import Failure, Retry, Success
+from kmpray.triggers import uri_matches
 
 from .conftest import Harness
 
@@ -47,6 +48,9 @@ GATES = ("requires_charging", "requires_battery_not_low", "requires_storage_not_
          "requires_network")
 DEVICE_TRIGGERS = (TaskTrigger.BatteryLow, TaskTrigger.BatteryOkay, TaskTrigger.StorageLow,
                    TaskTrigger.DeviceIdle)
+WATCHED = ("content://media/photos", "content://media/video")  # ContentUri patterns
+CHANGED = ("content://media/photos", "content://media/photos/1", "content://media/video/2",
+           "content://media/photosynthesis")  # notify_content_change(uri)
 RETAIN_MS = 2 * 3_600_000  # finished rows are pruned after the clock jumps past this
 DROPPED, ANSWER_LOST = 0.08, 0.05  # of the reports delivered during the fault schedule
 RunKey = tuple[str, int]
@@ -76,6 +80,8 @@ class Sim(Harness):
         self.core.set_devices(dict(self.devices))
         self.fires: Counter[str] = Counter()
         self.armed_at: dict[str, int] = {}  # device-trigger name -> its kind's fires when submitted
+        self.changes: list[str] = []  # content changes notified, in order
+        self.watching: dict[str, tuple[Any, int]] = {}  # ContentUri name -> (trigger, changes then)
         self.starts = 1  # schedulers started (the store's count: kmpray/restore.py RUN_IDS_PER_START)
         self.core.run_floor = RUN_IDS_PER_START
 
@@ -132,6 +138,28 @@ class Sim(Harness):
             if out.reason is None:
                 self.armed_at[name] = self.fires[trig.kind]
                 self._forget_counts(name)
+        self.flush()
+
+    def submit_content_trigger(self) -> None:
+        name = f"u{self.rng.randrange(2)}"
+        policy = self.rng.choice([ExistingWorkPolicy.KEEP, ExistingWorkPolicy.REPLACE])
+        trig = TaskTrigger.ContentUri(self.rng.choice(WATCHED), self.rng.random() < 0.5)
+        out = self.core.submit(name, trig, self.rng.choice(["Ok", "Flaky", "Fail"]), None,
+                               Constraints(existing_work_policy=policy, max_retries=1,
+                                           backoff_delay_ms=1_000))
+        self.trace.append(f"content trigger {name} {trig.uri_string} {trig.trigger_for_descendants} "
+                          f"{policy.value} -> {out.result.value}")
+        if out.result is ScheduleResult.SUCCESS:
+            self.accepted.add(name)
+            if out.reason is None:
+                self.watching[name] = (trig, len(self.changes))
+                self._forget_counts(name)
+        self.flush()
+
+    def notify_change(self) -> None:
+        uri = self.rng.choice(CHANGED)
+        self.changes.append(uri)
+        self.trace.append(f"content change {uri} -> fired {self.core.fire('content_uri', uri)}")
         self.flush()
 
     def change_device(self) -> None:
@@ -282,6 +310,7 @@ class Sim(Harness):
         self.periodic -= names
         for name in names:
             self.armed_at.pop(name, None)
+            self.watching.pop(name, None)
         for name in names:
             self._forget_counts(name)
         # A name may be enqueued again and its runs numbered from 1 again: the old runs'
@@ -320,9 +349,14 @@ class Sim(Harness):
     def _check_gate(self, d: Dispatch, node: str) -> None:
         """A run goes only to a node whose state (as the oracle last pushed it) meets the
         task's constraints, and for a device trigger is in its state, which must have been
-        entered since the work was submitted."""
+        entered since the work was submitted; content work runs only after a change its
+        URI matches was notified since it was submitted."""
         rec = self.core.tasks[d.key]
         kind = rec.trigger.kind
+        if kind == "content_uri":  # after a change it matches, notified since it was submitted
+            trig, since = self.watching[d.key.split("#")[0]]
+            assert any(uri_matches(trig.uri_string, uri, trig.trigger_for_descendants)
+                       for uri in self.changes[since:]), f"{d.key}: content work ran, no matching change"
         trigger = kind in {t.kind for t in DEVICE_TRIGGERS}
         if not (trigger or is_gated(rec.constraints)):
             return
@@ -377,6 +411,7 @@ class Sim(Harness):
             (0.2, self.restart_coordinator_keeping_messages), (0.3, self.check_quiet_chains),
             (0.1, lambda: self.advance(self.rng.randrange(3_600_000, 6 * 3_600_000))),  # clock jump
             (0.3, self.prune), (0.8, self.change_device), (0.3, self.submit_device_trigger),
+            (0.2, self.submit_content_trigger), (0.4, self.notify_change),
         ]
         weights = [w for w, _ in actions]
         self.rng.choices([a for _, a in actions], weights)[0]()
@@ -386,7 +421,7 @@ class Sim(Harness):
         """No more faults: run everything to its end (bounded). Periodic work never ends on
         its own: it gets one more period, then is cancelled, as a user would."""
         periods = {name: self.core.latest(name).run_count for name in self.periodic}  # type: ignore[union-attr]
-        for name in sorted(self.armed_at):  # device-trigger work: cancelled, as a user would
+        for name in sorted({*self.armed_at, *self.watching}):  # event work: cancelled, as a user would
             if name in self.core.names:
                 self.core.cancel(name)
         # Every node in a state every gate accepts (idle too: requires_device_idle).
