@@ -5,7 +5,8 @@ way the actors drive them, while a seeded schedule of faults acts: scheduler res
 (restore from the store, adoption of the runs executors still hold), executor loss,
 coordinator restarts, reports delayed, duplicated and reordered, clock jumps, and a
 store reopened from its encoded rows, device states changing on two nodes (gated work,
-device-trigger work), content changes notified (ContentUri work). After every step and at the end the invariants hold: no accepted
+device-trigger work), content changes notified (ContentUri work), heavy work in its own
+queue. After every step and at the end the invariants hold: no accepted
 task is lost, at most one result is counted per run, finished-run counts never go back, a
 unique name has at most one live (non-BLOCKED) work, chain and APPEND barriers are
 respected at every dispatch, and a run goes only to a node whose state (as last pushed)
@@ -98,8 +99,9 @@ class Sim(Harness):
         name = f"n{self.rng.randrange(8)}"
         policy = self.rng.choice(list(ExistingWorkPolicy))
         gates = {g: True for g in GATES if self.rng.random() < 0.12}  # device-state constraints
+        heavy = self.rng.random() < 0.1  # the heavy queue: its own room (heavy workers)
         c = Constraints(existing_work_policy=policy, max_retries=self.rng.randrange(4),
-                        backoff_delay_ms=1_000, **gates)
+                        backoff_delay_ms=1_000, is_heavy_task=heavy, **gates)
         trig = TaskTrigger.OneTime(self.rng.choice([0, 0, 1_000, 30_000]))
         out = self.core.submit(name, trig, self.rng.choice(["Ok", "Ok", "Fail", "Flaky"]), None, c)
         self.trace.append(f"submit {name} {policy.value} -> {out.result.value}")
@@ -217,7 +219,7 @@ class Sim(Harness):
             sent.extend(batch)
             return False
 
-        pump(self.core, lambda: (self.rng.randint(1, 20), 0), hand_over)  # as the actor does
+        pump(self.core, lambda: (self.rng.randint(1, 20), self.rng.randint(0, 2)), hand_over)  # as the actor does
         self.trace.append(f"advance {ms} -> dispatched {[(d.key, d.run_id) for d in sent]}")
         self.flush()
 
