@@ -219,7 +219,8 @@ class Sim(Harness):
             sent.extend(batch)
             return False
 
-        pump(self.core, lambda: (self.rng.randint(1, 20), self.rng.randint(0, 2)), hand_over)  # as the actor does
+        room = lambda: (self.rng.randint(1, 20), self.rng.randint(0, 2))  # noqa: E731 (light, heavy)
+        pump(self.core, room, hand_over)  # as the actor does
         self.trace.append(f"advance {ms} -> dispatched {[(d.key, d.run_id) for d in sent]}")
         self.flush()
 
