@@ -344,8 +344,8 @@ class _Light:
     submit is answered (the process takes the batch) or fails when the test says; taken
     runs begin later, unless a fence withdrew them first."""
 
-    def __init__(self, name: str) -> None:
-        self.name, self.n = name, 0
+    def __init__(self, name: str, node: str = "A") -> None:
+        self.name, self.n, self.node = name, 0, node
         self.incarnation = f"{name}-0"
         self.pending: list[tuple[list[Any], Any, Any]] = []  # (run keys, fence, future)
         self.taken: set[Any] = set()  # runs this process took and may still begin
@@ -361,7 +361,7 @@ class _Light:
 
         class _Ping:
             def remote(self, acks: Any) -> _Answer:
-                return _Answer((outer.incarnation, len(outer.begun), "A", 0.0, ()))
+                return _Answer((outer.incarnation, len(outer.begun), outer.node, 0.0, ()))
 
         self.submit, self.ping = _Submit(), _Ping()
 
@@ -385,18 +385,34 @@ def test_light_executors_under_random_restarts_blocks_and_failures_never_lose_a_
         asyncio.run(_light_schedule(seed))
 
 
-async def _light_schedule(seed: int, steps: int = 80) -> None:
+def test_suspect_runs_under_the_same_faults_always_run_alone() -> None:
+    """The same schedules with two probation executors and suspect runs among the rest
+    (``isolate``/``send_alone``, as scheduler_dispatch.py sends a run a process died under):
+    a probation executor never holds two runs, an executor a suspect runs alone on holds
+    nothing else, and no executor being emptied for a suspect is offered ordinary runs."""
+    for seed in range(80):
+        asyncio.run(_light_schedule(seed, suspects=True))
+
+
+async def _light_schedule(seed: int, steps: int = 80, suspects: bool = False) -> None:
     from kmpray.actors.submit_lane import LaneLost
     from kmpray.protocol import Misaddressed
 
     rng = random.Random(seed)
     core = _Core()
     pool = ExecutorPool("ns", EngineConfig(executor_window=4), core, BlockedLoops(), lambda: None)  # type: ignore[arg-type]
-    procs = [_Light(name) for name in "abc"]
+    procs = [_Light(name, node) for name, node in zip("abc", "ABB" if suspects else "AAA", strict=True)]
     for i, proc in enumerate(procs):
-        pool.slots.append(ExecutorSlot(i, proc, "A", incarnation=proc.incarnation, reachable=True))
+        pool.slots.append(ExecutorSlot(i, proc, proc.node, incarnation=proc.incarnation, reachable=True))
+    if suspects:  # probation executors made up front (pool.home stays None: none are started)
+        for name in "pq":
+            procs.append(_Light(name))
+            pool.slots.append(ExecutorSlot(len(procs) - 1, procs[-1], "A", incarnation=procs[-1].incarnation,
+                                           reachable=True, probation=True))
+            pool.probation.append(len(procs) - 1)
     failed: set[Any] = set()  # runs whose submit failed (the pool re-queues them)
     reported: set[Any] = set()
+    sent: list[Any] = []  # every run handed out
     n = 0
 
     async def confirm(i: int, ref: Any, keys: list[Any]) -> None:  # scheduler_dispatch._confirm
@@ -437,13 +453,28 @@ async def _light_schedule(seed: int, steps: int = 80) -> None:
         for proc in procs:
             for key in (proc.taken | proc.begun) & lost:
                 assert key in failed, f"seed {seed}: {key} re-queued while {proc.incarnation} runs it"
+        for j in pool.probation:
+            assert len(pool.slots[j].inflight) <= 1, f"seed {seed}: probation {j} holds {pool.slots[j].inflight}"
+        offered = {j for _room, j in pool.free()}
+        for j, key in pool.alone.items():
+            assert j not in offered, f"seed {seed}: executor {j} offered runs while kept for a suspect"
+            if key is not None:
+                assert set(pool.slots[j].inflight) <= {key}, f"seed {seed}: {key} not alone on {j}"
 
     for _step in range(steps):
-        op, i = rng.random(), rng.randrange(3)
+        # A suspect that may use any node goes to a probation executor (on node A); one that
+        # may not use A runs alone on an ordinary executor on B, emptied for it first.
+        if suspects and rng.random() < 0.15 and (j := pool.isolate(rng.choice([None, ("B",)]))) is not None:
+            key = (f"s{n}", 1)  # a run a process died under: alone
+            n += 1
+            sent.append(key)
+            asyncio.ensure_future(confirm(j, pool.send_alone(j, key, key), [key]))
+        op, i = rng.random(), rng.randrange(len(procs) if suspects else 3)
         proc, slot = procs[i], pool.slots[i]
         if op < 0.2 and any(j == i for _room, j in pool.free()):
             keys = [(f"t{n + k}", 1) for k in range(rng.randint(1, 3))]
             n += len(keys)
+            sent.extend(keys)
             ref = pool.send(i, keys, keys)
             asyncio.ensure_future(confirm(i, ref, keys))
         elif op < 0.35 and proc.pending:
@@ -493,5 +524,5 @@ async def _light_schedule(seed: int, steps: int = 80) -> None:
             assert took == proc.incarnation and key in proc.taken | proc.begun, (
                 f"seed {seed}: {key} held for {took}, the live process is {proc.incarnation}")
     lost = {(key, run_id) for key, run_id, _crashed in core.lost}
-    for key in [(f"t{k}", 1) for k in range(n)]:  # none leaves the books unaccounted for
+    for key in sent:  # none leaves the books unaccounted for
         assert key in reported or key in lost or key in pool.where, f"seed {seed}: {key} dropped"
