@@ -436,7 +436,8 @@ class SchedulerCore(UniqueWork, Restoring, ChainRules, Conditions, Explaining):
         # released by a gate, room or worker the old one was waiting for.
         self._gated.discard(rec.key)
         self._unplaced.discard(rec.key)
-        self._parked.get(rec.worker, {}).pop(rec.key, None)
+        if parked := self._parked.get(rec.worker):  # rarely any: no empty dict built per task
+            parked.pop(rec.key, None)
         if was_running and state is TaskState.CANCELLED:
             self.fx.cancel_runs.append((rec.key, rec.run_id))
         self._touch(rec, now)

@@ -35,7 +35,7 @@ from kmpray.engine import Dispatch
 from kmpray.memory_store import MemoryTaskStore
 from kmpray.restore import RUN_IDS_PER_START
 from kmpray.results import Failure, Retry, Success
-from kmpray.triggers import uri_matches
+from kmpray.triggers import DEVICE_TRIGGER_KINDS, uri_matches
 
 from .conftest import Harness
 
@@ -360,7 +360,7 @@ class Sim(Harness):
             trig, since = self.watching[d.key.split("#")[0]]
             assert any(uri_matches(trig.uri_string, uri, trig.trigger_for_descendants)
                        for uri in self.changes[since:]), f"{d.key}: content work ran, no matching change"
-        trigger = kind in {t.kind for t in DEVICE_TRIGGERS}
+        trigger = kind in DEVICE_TRIGGER_KINDS
         if not (trigger or is_gated(rec.constraints)):
             return
         state = self.devices[node]
