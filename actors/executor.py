@@ -124,7 +124,8 @@ class ExecutorBase(StepData, Reporting, Cancelling):
         self._threaded: set[str] = set()  # async workers now run in a thread here
         self._stopping = False  # shutdown: nothing more begins (see stop)
         self._loop = asyncio.get_running_loop()
-        self._replies = Replies(self._loop)  # results in the submit's answer (replies.py)
+        # Results in the submit's answer (replies.py), unless a later scheduler adopted this process.
+        self._replies = Replies(self._loop, self._send, self._fencing.refused)
         self.watch = LoopWatch(
             self._loop,
             self.config.loop_probe_ms / 1000,
@@ -169,7 +170,8 @@ class ExecutorBase(StepData, Reporting, Cancelling):
             raise Misaddressed(f"{self._kind()} {self.index}: a batch for process {batch.to}, this is "
                                f"{self.incarnation}: not taken (it runs again)")
         taken = self._take(runs, batch)
-        done = await self._replies.collect(taken, REPLY_WINDOW_S) if taken and REPLY_WINDOW_S else []
+        epoch = batch.epoch if batch is not None else None
+        done = await self._replies.collect(taken, REPLY_WINDOW_S, epoch) if taken and REPLY_WINDOW_S else []
         return Taken(self.incarnation, done)
 
     def _take(self, runs: list[Run], batch: Fence | None = None) -> list[RunKey]:

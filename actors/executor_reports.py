@@ -77,9 +77,10 @@ class Reporting:
         call_id, runs, fence, acked = args
         if acked:
             self._acked([tuple(key) for key in acked])
-        taken = self._take([run_from_wire(run) for run in runs], Fence(*fence) if fence is not None else None)
+        batch = Fence(*fence) if fence is not None else None
+        taken = self._take([run_from_wire(run) for run in runs], batch)
         # Opened now, as submit() does: a run that ends in its first step rides the answer.
-        reply = self._replies.open(taken) if taken and REPLY_WINDOW_S else None
+        reply = self._replies.open(taken, batch.epoch if batch else None) if taken and REPLY_WINDOW_S else None
         answer = asyncio.ensure_future(self._answer_pushed(call_id, reply))
         _ANSWERING.add(answer)  # held: the loop keeps only weak refs to tasks
         answer.add_done_callback(_ANSWERING.discard)

@@ -187,6 +187,9 @@ def test_a_scheduler_restarted_while_a_worker_blocks_a_loop_adopts_its_run_and_r
     assert all(sched.wait(i, timeout_s=60).state is TaskState.SUCCEEDED for i in ids)
     info = sched.wait("blocker", timeout_s=60)
     assert info.state is TaskState.SUCCEEDED and info.run_attempt_count == 1
+    # Its result did not ride the answer to the dead scheduler's submit (it did, now and
+    # then, when the worker blocked within the reply window: actors/replies.py).
+    assert ray.get(executor.__ray_call__.remote(lambda self: self._replies._superseded(epoch)), timeout=30)
     assert ray.get(late_ref, timeout=30).done == []
     starts = Counter(t for kind, t in _ledger(ledger) if kind == "start")
     assert starts == Counter({"blocker": 1, **dict.fromkeys(ids, 1)})  # no "late", nothing twice
