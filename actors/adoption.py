@@ -1,11 +1,14 @@
 """A restarted scheduler adopts the runs its predecessor handed out: executors and heavy
 workers say which runs they hold (running, queued, or finished but not reported), and
 those stay RUNNING under their run id (``SchedulerCore.adopt``), so their reports count
-and nothing runs a second time."""
+and nothing runs a second time. A light executor of the dead scheduler's that answers
+neither the start's ping nor the question is killed before its runs go elsewhere
+(``_put_down``)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -21,9 +24,12 @@ from .names import HEAVY
 log = logging.getLogger("kmpray.scheduler")
 
 
-async def adopt_held_runs(core: SchedulerCore, pool: ExecutorPool, heavy: HeavyPool, namespace: str) -> None:
+async def adopt_held_runs(
+    core: SchedulerCore, pool: ExecutorPool, heavy: HeavyPool, namespace: str, restarted: bool
+) -> None:
     """Restarted: runs the previous scheduler left on executors and heavy workers
-    stay theirs (their reports count) instead of running a second time."""
+    stay theirs (their reports count) instead of running a second time. ``restarted``:
+    Ray restarted this scheduler (its executors are its predecessor's)."""
     holders: list[tuple[int | None, int, Any]] = [(s.index, -1, s.handle) for s in pool.slots]
     for slot_index in range(len(heavy.slots)):
         try:
@@ -45,6 +51,8 @@ async def adopt_held_runs(core: SchedulerCore, pool: ExecutorPool, heavy: HeavyP
             incarnations[i] = answer.incarnation
             if pool.slots[i].incarnation is None:
                 pool.slots[i].incarnation = answer.incarnation
+        elif restarted and not pool.slots[i].reachable:
+            _put_down(pool, i)
         for key in answer.held if answer else ():
             where[(key[0], key[1])] = (i, slot_index)
         for key in answer.waiting if answer else ():
@@ -58,6 +66,21 @@ async def adopt_held_runs(core: SchedulerCore, pool: ExecutorPool, heavy: HeavyP
             heavy.adopted(slot_index, key)
     if adopted:
         log.warning("restarted: %d runs still on executors are kept, not run again", len(adopted))
+
+def _put_down(pool: ExecutorPool, i: int) -> None:
+    """A light executor of the dead scheduler's that answered neither the start's ping nor
+    the question, each within ``ping_timeout_s``: dead, or wholly stalled (a stopped
+    process, a paused VM, a C call holding the GIL). The question is answered off the
+    event loop, so a worker blocking the loop is not this. What it holds runs again
+    elsewhere; a stalled process would finish those runs too once it resumed (executed
+    twice). So it is killed now, and Ray starts it again: a stopped process is gone within
+    ~5 s here (measured: ``ray.kill`` of a SIGSTOPped actor), having run nothing more."""
+    log.warning("restarted: executor %d answered neither the start's ping nor what it holds within %.0f s: "
+                "killed (Ray restarts it), so the runs it may hold, which run again elsewhere, cannot also "
+                "finish there", i, pool.config.ping_timeout_s)
+    with contextlib.suppress(Exception):  # already dead, or restarting: Ray's to settle
+        ray.kill(pool.slots[i].handle, no_restart=False)
+
 
 async def _holding(handle: Any, epoch: str, timeout_s: float) -> Holding | None:
     """What ``handle`` holds; from then on it refuses batches of earlier schedulers."""

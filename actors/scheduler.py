@@ -221,7 +221,8 @@ class SchedulerActor(
         states = await oracle.ready.remote()
         self.core.set_devices({n: DeviceState.model_validate(s) for n, s in states.items()})
         await self.pool.start()
-        await adopt_held_runs(self.core, self.pool, self.heavy, self.namespace)
+        restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        await adopt_held_runs(self.core, self.pool, self.heavy, self.namespace, restarted)
         self._start_chains()
         self._flush()
         self._resync_coordinators()

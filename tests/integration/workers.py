@@ -55,7 +55,8 @@ class FailsThenSucceeds(kmpray.CommonWorker):
 
 
 class Blocks(kmpray.CommonWorker):
-    """Runs until the file ``release`` exists or it is cancelled; writes ``started`` first."""
+    """Runs until the file ``release`` exists or it is cancelled; writes ``started`` first
+    (and ``ended``, given, last)."""
 
     async def do_work(self, input: str | None, ctx: kmpray.WorkerContext) -> Any:  # noqa: A002
         cfg = _cfg(input)
@@ -66,6 +67,9 @@ class Blocks(kmpray.CommonWorker):
             if ctx.is_cancelled():
                 return WorkerResult.Failure("saw cancel")
             await asyncio.sleep(0.01)
+        if "ended" in cfg:  # which process ended it
+            with open(cfg["ended"], "a") as f:
+                f.write(f"{ctx.task_id} {os.getpid()}\n")
         return WorkerResult.Success(data={"released": True})
 
 
