@@ -2,8 +2,8 @@
 workers say which runs they hold (running, queued, or finished but not reported), and
 those stay RUNNING under their run id (``SchedulerCore.adopt``), so their reports count
 and nothing runs a second time. A light executor of the dead scheduler's that answers
-neither the start's ping nor the question is killed before its runs go elsewhere
-(``_put_down``)."""
+neither the start's ping nor the question (a heavy worker: the question) is killed
+before its runs go elsewhere (``_put_down``)."""
 
 from __future__ import annotations
 
@@ -44,7 +44,9 @@ async def adopt_held_runs(
     incarnations: dict[int, str] = {}
     for (i, slot_index, handle), answer in zip(holders, answers, strict=True):
         if i is None:
-            heavy.found(slot_index, handle, answer)  # found again: its warm state kept
+            if answer is None and restarted:  # stalled, or still waiting for a node (no harm: Ray asks again)
+                _put_down(f"heavy worker {slot_index}", handle, timeout_s)
+            heavy.found(slot_index, handle, answer)  # its warm state kept (killed: takes runs once back)
         elif answer is not None:
             # The process that holds them: one whose start ping timed out (a blocked loop)
             # answered here all the same, and its death must still count for its runs.
@@ -52,7 +54,7 @@ async def adopt_held_runs(
             if pool.slots[i].incarnation is None:
                 pool.slots[i].incarnation = answer.incarnation
         elif restarted and not pool.slots[i].reachable:
-            _put_down(pool, i)
+            _put_down(f"executor {i}", handle, timeout_s)
         for key in answer.held if answer else ():
             where[(key[0], key[1])] = (i, slot_index)
         for key in answer.waiting if answer else ():
@@ -67,19 +69,22 @@ async def adopt_held_runs(
     if adopted:
         log.warning("restarted: %d runs still on executors are kept, not run again", len(adopted))
 
-def _put_down(pool: ExecutorPool, i: int) -> None:
+
+def _put_down(what: str, handle: Any, timeout_s: float) -> None:
     """A light executor of the dead scheduler's that answered neither the start's ping nor
-    the question, each within ``ping_timeout_s``: dead, or wholly stalled (a stopped
-    process, a paused VM, a C call holding the GIL). The question is answered off the
-    event loop, so a worker blocking the loop is not this. What it holds runs again
-    elsewhere; a stalled process would finish those runs too once it resumed (executed
-    twice). So it is killed now, and Ray starts it again: a stopped process is gone within
-    ~5 s here (measured: ``ray.kill`` of a SIGSTOPped actor), having run nothing more."""
-    log.warning("restarted: executor %d answered neither the start's ping nor what it holds within %.0f s: "
-                "killed (Ray restarts it), so the runs it may hold, which run again elsewhere, cannot also "
-                "finish there", i, pool.config.ping_timeout_s)
+    the question, each within ``ping_timeout_s`` (a heavy worker, which has no start ping:
+    the question): dead, or wholly stalled (a stopped process, a paused VM, a C call
+    holding the GIL); a heavy worker may also still wait for a node (killed, it waits
+    again: no harm). The question is answered off the event loop, so a worker blocking the
+    loop is not this. What it holds runs again elsewhere; a stalled process would finish
+    those runs too once it resumed (executed twice). So it is killed now, and Ray starts it
+    again: a stopped process is gone within ~5 s here (measured: ``ray.kill`` of a
+    SIGSTOPped actor), having run nothing more. Calls to it meanwhile raise
+    ``ActorUnavailableError`` (heavy_pool.py's ``_await`` asks again)."""
+    log.warning("restarted: %s did not say what it holds within %.0f s: killed (Ray restarts it), so the "
+                "runs it may hold, which run again elsewhere, cannot also finish there", what, timeout_s)
     with contextlib.suppress(Exception):  # already dead, or restarting: Ray's to settle
-        ray.kill(pool.slots[i].handle, no_restart=False)
+        ray.kill(handle, no_restart=False)
 
 
 async def _holding(handle: Any, epoch: str, timeout_s: float) -> Holding | None:

@@ -46,6 +46,15 @@ def until(
         time.sleep(0.01)
 
 
+def process_gone(pid: int) -> bool:
+    """The process has ended (a zombie counts: it runs nothing more). Linux's /proc."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in ("Z", "X")
+
+
 def blocks_input(tmp: Path, name: str, max_s: float = 60) -> tuple[str, Path, Path]:
     started, release = tmp / f"{name}.started", tmp / f"{name}.release"
     return json.dumps({"started": str(started), "release": str(release), "max_s": max_s}), started, release

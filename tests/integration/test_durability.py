@@ -14,7 +14,7 @@ from kmpray import FIFTEEN_MINUTES, ONE_HOUR, EngineConfig, ScheduleResult, Task
 from kmpray.protocol import RETRY_MARK
 from kmpray.shards import shard_of
 
-from .helpers import ONE_SHARD, blocks_input, count_runs, until
+from .helpers import ONE_SHARD, blocks_input, count_runs, process_gone, until
 from .workers import ALL, register_all
 
 pytestmark = pytest.mark.ray
@@ -64,15 +64,6 @@ def test_killed_scheduler_restarts_and_loses_nothing(engines: Any, tmp_path: Pat
     assert sched.status()["counts"]["SUCCEEDED"] == 301
 
 
-def _gone(pid: int) -> bool:
-    """The process has ended (a zombie counts: it runs nothing more)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-    return state in ("Z", "X")
-
-
 @pytest.mark.slow  # ~20 s: two question timeouts and the raylet's kill of a stopped process
 @ONE_SHARD  # it reaches into shard 0's executors
 def test_an_executor_stalled_across_a_scheduler_restart_is_killed_before_its_run_goes_elsewhere(
@@ -105,7 +96,7 @@ def test_an_executor_stalled_across_a_scheduler_restart_is_killed_before_its_run
         release.touch()  # resumed, the stalled run would end at once
         info = sched.wait("stalled", timeout_s=90)
         assert info.state is TaskState.SUCCEEDED and info.run_attempt_count == 1
-        until(lambda: _gone(pid), timeout_s=30, what="the stalled process killed")
+        until(lambda: process_gone(pid), timeout_s=30, what="the stalled process killed")
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGCONT)  # cleanup only: killed, it never runs again

@@ -10,7 +10,7 @@ import pytest
 
 from kmpray import Constraints, EngineConfig, TaskState, TaskTrigger
 
-from .helpers import ONE_SHARD, blocks_input, count_runs, until
+from .helpers import ONE_SHARD, blocks_input, count_runs, process_gone, until
 from .workers import register_all
 
 pytestmark = pytest.mark.ray
@@ -139,6 +139,44 @@ def test_a_heavy_run_survives_a_scheduler_restart_on_its_warm_worker(heavy: Any,
     after = heavy.wait("next", timeout_s=60)
     assert count_runs(str(started)) == 1
     assert (after.result.data["pid"], after.result.data["calls"]) == (pid, 2)  # still warm
+
+
+@pytest.mark.slow  # ~20 s: the question's timeout and the raylet's kill of a stopped process
+@ONE_SHARD  # reaches into shard 0's heavy worker
+def test_a_heavy_worker_stalled_across_a_scheduler_restart_is_killed_and_its_run_runs_once(
+    engines: Any, tmp_path: Path
+) -> None:
+    """As ``test_durability``'s stalled executor: a heavy worker that does not say what it
+    holds (SIGSTOP here) is killed, and its run runs again on the restarted actor, ending
+    there only. Not killed, the slot waited for the stopped actor for ever."""
+    import contextlib
+    import os
+    import signal
+
+    import ray
+
+    sched = engines(config=EngineConfig(heavy_pool_size=1, heavy_num_cpus=0, ping_timeout_s=2))
+    register_all(sched)
+    inp, started, release = blocks_input(tmp_path, "stalled")
+    ended = tmp_path / "stalled.ended"
+    inp = json.dumps(json.loads(inp) | {"ended": str(ended)})
+    sched.enqueue("stalled", ONCE, "Blocks", input=inp, constraints=HEAVY)
+    until(started.exists, what="heavy run start")
+    worker = ray.get_actor("kmpray.heavy.0", namespace=sched.namespace)
+    pid = ray.get(worker.__ray_call__.remote(lambda self: os.getpid()), timeout=30)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        ray.kill(ray.get_actor("kmpray.scheduler", namespace=sched.namespace), no_restart=False)
+        release.touch()  # resumed, the stalled run would end at once
+        info = sched.wait("stalled", timeout_s=90)
+        assert info.state is TaskState.SUCCEEDED and info.run_attempt_count == 1
+        until(lambda: process_gone(pid), timeout_s=30, what="the stalled process killed")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)  # cleanup only: killed, it never runs again
+    assert count_runs(str(started)) == 2
+    (line,) = ended.read_text().splitlines()
+    assert line.split()[0] == "stalled" and int(line.split()[1]) != pid
 
 
 @ONE_SHARD  # reaches into one scheduler's epoch and its executor
