@@ -14,7 +14,7 @@ from kmpray import FIFTEEN_MINUTES, ONE_HOUR, EngineConfig, ScheduleResult, Task
 from kmpray.protocol import RETRY_MARK
 from kmpray.shards import shard_of
 
-from .helpers import ONE_SHARD, blocks_input, count_runs, process_gone, until
+from .helpers import ONE_SHARD, blocks_input, count_runs, stalled_across_a_scheduler_restart, until
 from .workers import ALL, register_all
 
 pytestmark = pytest.mark.ray
@@ -73,36 +73,19 @@ def test_an_executor_stalled_across_a_scheduler_restart_is_killed_before_its_run
     GIL) answers neither the restarted scheduler's ping nor its question about what it
     holds, so its run runs again on the other executor. Resumed, it would finish that run
     too (executed twice): it is killed first, and only the other run ends."""
-    import contextlib
     import os
-    import signal
 
     import ray
 
     sched = engines(config=EngineConfig(executors=2, ping_timeout_s=2))
     register_all(sched)
-    inp, started, release = blocks_input(tmp_path, "stalled")
-    ended = tmp_path / "stalled.ended"
-    inp = json.dumps(json.loads(inp) | {"ended": str(ended)})
+    inp, started, _release = blocks_input(tmp_path, "stalled", ended=True)
     sched.enqueue("stalled", TaskTrigger.OneTime(), "Blocks", input=inp)
     until(started.exists, what="the run's start")
     executors = [ray.get_actor(f"kmpray.executor.{i}", namespace=sched.namespace) for i in range(2)]
     what = [e.__ray_call__.remote(lambda self: (os.getpid(), [k for k, _ in self._tasks])) for e in executors]
-    holds = ray.get(what, timeout=30)
-    (pid,) = [p for p, keys in holds if keys == ["stalled"]]
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        _kill("kmpray.scheduler", sched.namespace)
-        release.touch()  # resumed, the stalled run would end at once
-        info = sched.wait("stalled", timeout_s=90)
-        assert info.state is TaskState.SUCCEEDED and info.run_attempt_count == 1
-        until(lambda: process_gone(pid), timeout_s=30, what="the stalled process killed")
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGCONT)  # cleanup only: killed, it never runs again
-    assert count_runs(str(started)) == 2  # begun in the stalled process, then on the other
-    (line,) = ended.read_text().splitlines()  # ended once, not in the stalled process
-    assert line.split()[0] == "stalled" and int(line.split()[1]) != pid
+    (pid,) = [p for p, keys in ray.get(what, timeout=30) if keys == ["stalled"]]
+    stalled_across_a_scheduler_restart(sched, "stalled", pid, inp)  # run again on the other
 
 
 def test_killed_executor_reruns_its_runs(engines: Any, tmp_path: Path) -> None:

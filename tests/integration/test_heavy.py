@@ -10,7 +10,7 @@ import pytest
 
 from kmpray import Constraints, EngineConfig, TaskState, TaskTrigger
 
-from .helpers import ONE_SHARD, blocks_input, count_runs, process_gone, until
+from .helpers import ONE_SHARD, blocks_input, count_runs, stalled_across_a_scheduler_restart, until
 from .workers import register_all
 
 pytestmark = pytest.mark.ray
@@ -149,34 +149,18 @@ def test_a_heavy_worker_stalled_across_a_scheduler_restart_is_killed_and_its_run
     """As ``test_durability``'s stalled executor: a heavy worker that does not say what it
     holds (SIGSTOP here) is killed, and its run runs again on the restarted actor, ending
     there only. Not killed, the slot waited for the stopped actor for ever."""
-    import contextlib
     import os
-    import signal
 
     import ray
 
     sched = engines(config=EngineConfig(heavy_pool_size=1, heavy_num_cpus=0, ping_timeout_s=2))
     register_all(sched)
-    inp, started, release = blocks_input(tmp_path, "stalled")
-    ended = tmp_path / "stalled.ended"
-    inp = json.dumps(json.loads(inp) | {"ended": str(ended)})
+    inp, started, _release = blocks_input(tmp_path, "stalled", ended=True)
     sched.enqueue("stalled", ONCE, "Blocks", input=inp, constraints=HEAVY)
     until(started.exists, what="heavy run start")
     worker = ray.get_actor("kmpray.heavy.0", namespace=sched.namespace)
     pid = ray.get(worker.__ray_call__.remote(lambda self: os.getpid()), timeout=30)
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        ray.kill(ray.get_actor("kmpray.scheduler", namespace=sched.namespace), no_restart=False)
-        release.touch()  # resumed, the stalled run would end at once
-        info = sched.wait("stalled", timeout_s=90)
-        assert info.state is TaskState.SUCCEEDED and info.run_attempt_count == 1
-        until(lambda: process_gone(pid), timeout_s=30, what="the stalled process killed")
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGCONT)  # cleanup only: killed, it never runs again
-    assert count_runs(str(started)) == 2
-    (line,) = ended.read_text().splitlines()
-    assert line.split()[0] == "stalled" and int(line.split()[1]) != pid
+    stalled_across_a_scheduler_restart(sched, "stalled", pid, inp)  # run again on its restarted actor
 
 
 @ONE_SHARD  # reaches into one scheduler's epoch and its executor
