@@ -55,36 +55,6 @@ def process_gone(pid: int) -> bool:
     return state in ("Z", "X")
 
 
-def stalled_across_a_scheduler_restart(sched: Any, task: str, pid: int, inp: str) -> None:
-    """The process ``pid`` runs ``task`` (a ``Blocks`` run begun with ``blocks_input``'s
-    ``inp``): stop it (SIGSTOP), kill the scheduler and let the run go, so that resumed it
-    would end at once. The restarted scheduler must kill it: the task succeeds on its first
-    attempt, run again elsewhere, and the stopped process is gone, having ended nothing.
-    SIGCONT after, for cleanup only."""
-    import contextlib
-    import signal
-
-    import ray
-
-    from kmpray import TaskState
-
-    cfg = json.loads(inp)
-    ended = Path(cfg["ended"])
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        ray.kill(ray.get_actor("kmpray.scheduler", namespace=sched.namespace), no_restart=False)
-        Path(cfg["release"]).touch()
-        info = sched.wait(task, timeout_s=90)
-        assert info.state is TaskState.SUCCEEDED and info.run_attempt_count == 1
-        until(lambda: process_gone(pid), timeout_s=30, what="the stalled process killed")
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGCONT)
-    assert count_runs(cfg["started"]) == 2  # begun in the stopped process, then again
-    (line,) = ended.read_text().splitlines()  # ended once, not in the stopped process
-    assert line.split()[0] == task and int(line.split()[1]) != pid
-
-
 def blocks_input(tmp: Path, name: str, max_s: float = 60, ended: bool = False) -> tuple[str, Path, Path]:
     """``Blocks``' input: it writes ``started`` and runs until ``release`` exists (then,
     given ``ended``, writes which process ended it to ``<name>.ended``)."""

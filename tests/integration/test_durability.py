@@ -14,7 +14,7 @@ from kmpray import FIFTEEN_MINUTES, ONE_HOUR, EngineConfig, ScheduleResult, Task
 from kmpray.protocol import RETRY_MARK
 from kmpray.shards import shard_of
 
-from .helpers import ONE_SHARD, blocks_input, count_runs, stalled_across_a_scheduler_restart, until
+from .helpers import ONE_SHARD, blocks_input, count_runs, process_gone, until
 from .workers import ALL, register_all
 
 pytestmark = pytest.mark.ray
@@ -64,28 +64,55 @@ def test_killed_scheduler_restarts_and_loses_nothing(engines: Any, tmp_path: Pat
     assert sched.status()["counts"]["SUCCEEDED"] == 301
 
 
-@pytest.mark.slow  # ~20 s: two question timeouts and the raylet's kill of a stopped process
-@ONE_SHARD  # it reaches into shard 0's executors
-def test_an_executor_stalled_across_a_scheduler_restart_is_killed_before_its_run_goes_elsewhere(
+@pytest.mark.slow  # ~20 s: the question's timeouts and the raylet's kill of a stopped process
+@ONE_SHARD  # it reaches into shard 0's executors and heavy worker
+def test_processes_stalled_across_a_scheduler_restart_are_killed_before_their_runs_run_again(
     engines: Any, tmp_path: Path
 ) -> None:
-    """A wholly stalled executor process (SIGSTOP here; a paused VM, a C call holding the
-    GIL) answers neither the restarted scheduler's ping nor its question about what it
-    holds, so its run runs again on the other executor. Resumed, it would finish that run
-    too (executed twice): it is killed first, and only the other run ends."""
+    """A wholly stalled executor or heavy worker (SIGSTOP here; a paused VM, a C call
+    holding the GIL) answers neither the restarted scheduler's ping nor its question about
+    what it holds, so its run runs again: the light one on the other executor, the heavy
+    one on its slot's restarted actor. Resumed, a stalled process would finish its run too
+    (executed twice), so each is killed first, and each run ends once, elsewhere. (Not
+    killed, the heavy slot also waited for its stopped actor for ever.)"""
+    import contextlib
     import os
+    import signal
 
     import ray
 
-    sched = engines(config=EngineConfig(executors=2, ping_timeout_s=2))
+    sched = engines(config=EngineConfig(executors=2, heavy_pool_size=1, heavy_num_cpus=0, ping_timeout_s=2))
     register_all(sched)
-    inp, started, _release = blocks_input(tmp_path, "stalled", ended=True)
-    sched.enqueue("stalled", TaskTrigger.OneTime(), "Blocks", input=inp)
-    until(started.exists, what="the run's start")
-    executors = [ray.get_actor(f"kmpray.executor.{i}", namespace=sched.namespace) for i in range(2)]
-    what = [e.__ray_call__.remote(lambda self: (os.getpid(), [k for k, _ in self._tasks])) for e in executors]
-    (pid,) = [p for p, keys in ray.get(what, timeout=30) if keys == ["stalled"]]
-    stalled_across_a_scheduler_restart(sched, "stalled", pid, inp)  # run again on the other
+    heavy = kmpray.Constraints(is_heavy_task=True, max_retries=0)
+    inputs = {task: blocks_input(tmp_path, task, ended=True)[0] for task in ("light", "heavy")}
+    sched.enqueue("light", TaskTrigger.OneTime(), "Blocks", input=inputs["light"])
+    sched.enqueue("heavy", TaskTrigger.OneTime(), "Blocks", input=inputs["heavy"], constraints=heavy)
+    cfgs = {task: json.loads(inp) for task, inp in inputs.items()}
+    until(lambda: all(Path(c["started"]).exists() for c in cfgs.values()), what="both runs' start")
+    ns = sched.namespace
+    names = ("kmpray.executor.0", "kmpray.executor.1", "kmpray.heavy.0")
+    actors = [ray.get_actor(name, namespace=ns) for name in names]
+    what = [a.__ray_call__.remote(lambda self: (os.getpid(), [k for k, _ in self._tasks])) for a in actors]
+    pids = {keys[0]: pid for pid, keys in ray.get(what, timeout=30) if keys}
+    assert set(pids) == {"light", "heavy"}
+    for pid in pids.values():
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        _kill("kmpray.scheduler", ns)
+        for cfg in cfgs.values():  # resumed, a stalled run would end at once
+            Path(cfg["release"]).touch()
+        for task in pids:
+            info = sched.wait(task, timeout_s=90)
+            assert info.state is TaskState.SUCCEEDED and info.run_attempt_count == 1
+        until(lambda: all(process_gone(p) for p in pids.values()), what="the stalled processes killed")
+    finally:
+        for pid in pids.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)  # cleanup only: killed, they never run again
+    for task, cfg in cfgs.items():
+        assert count_runs(cfg["started"]) == 2  # begun in the stopped process, then again
+        (line,) = Path(cfg["ended"]).read_text().splitlines()  # ended once, not in the stopped process
+        assert line.split()[0] == task and int(line.split()[1]) != pids[task]
 
 
 def test_killed_executor_reruns_its_runs(engines: Any, tmp_path: Path) -> None:

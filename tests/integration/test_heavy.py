@@ -10,7 +10,7 @@ import pytest
 
 from kmpray import Constraints, EngineConfig, TaskState, TaskTrigger
 
-from .helpers import ONE_SHARD, blocks_input, count_runs, stalled_across_a_scheduler_restart, until
+from .helpers import ONE_SHARD, blocks_input, count_runs, until
 from .workers import register_all
 
 pytestmark = pytest.mark.ray
@@ -139,28 +139,6 @@ def test_a_heavy_run_survives_a_scheduler_restart_on_its_warm_worker(heavy: Any,
     after = heavy.wait("next", timeout_s=60)
     assert count_runs(str(started)) == 1
     assert (after.result.data["pid"], after.result.data["calls"]) == (pid, 2)  # still warm
-
-
-@pytest.mark.slow  # ~20 s: the question's timeout and the raylet's kill of a stopped process
-@ONE_SHARD  # reaches into shard 0's heavy worker
-def test_a_heavy_worker_stalled_across_a_scheduler_restart_is_killed_and_its_run_runs_once(
-    engines: Any, tmp_path: Path
-) -> None:
-    """As ``test_durability``'s stalled executor: a heavy worker that does not say what it
-    holds (SIGSTOP here) is killed, and its run runs again on the restarted actor, ending
-    there only. Not killed, the slot waited for the stopped actor for ever."""
-    import os
-
-    import ray
-
-    sched = engines(config=EngineConfig(heavy_pool_size=1, heavy_num_cpus=0, ping_timeout_s=2))
-    register_all(sched)
-    inp, started, _release = blocks_input(tmp_path, "stalled", ended=True)
-    sched.enqueue("stalled", ONCE, "Blocks", input=inp, constraints=HEAVY)
-    until(started.exists, what="heavy run start")
-    worker = ray.get_actor("kmpray.heavy.0", namespace=sched.namespace)
-    pid = ray.get(worker.__ray_call__.remote(lambda self: os.getpid()), timeout=30)
-    stalled_across_a_scheduler_restart(sched, "stalled", pid, inp)  # run again on its restarted actor
 
 
 @ONE_SHARD  # reaches into one scheduler's epoch and its executor
