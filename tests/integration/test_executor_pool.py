@@ -243,31 +243,48 @@ def test_a_heavy_worker_restart_noticed_late_does_not_rerun_the_run_the_new_proc
     asyncio.run(scenario())
 
 
-class _Process:
-    """A heavy worker actor as the pool sees it: one process at a time (``incarnation``),
-    submits answered (or failed) when the test says, by whichever process is alive then."""
+class _StandIn:
+    """An actor as a pool sees it: one process at a time (``incarnation``); a submit waits
+    in ``pending`` until the test answers it (by whichever process lives then) or fails it;
+    a ping is answered at once, by the process alive."""
 
-    def __init__(self, name: str) -> None:
-        self.name, self.n = name, 0
+    def __init__(self, name: str, node: str = "A") -> None:
+        self.name, self.n, self.node = name, 0, node
         self.incarnation = f"{name}-0"
-        self.pending: list[tuple[Any, Any]] = []  # (run key, future of the submit's answer)
+        self.pending: list[Any] = []
         outer = self
 
         class _Submit:
-            def remote(self, runs: list[Any], fence: Any, acks: Any) -> Any:
+            def remote(self, runs: list[Any], fence: Any, acks: Any = None) -> Any:
                 future = asyncio.get_running_loop().create_future()
-                outer.pending.append((tuple(runs[0]), future))
+                outer.pending.append(outer.submitted(runs, fence, future))
                 return future
 
         class _Ping:
             def remote(self, acks: Any) -> _Answer:
-                return _Answer((outer.incarnation, 1, "A", 0.0))
+                return _Answer(outer.pinged())
 
         self.submit, self.ping = _Submit(), _Ping()
+
+    def submitted(self, runs: list[Any], fence: Any, future: Any) -> Any:
+        raise NotImplementedError
+
+    def pinged(self) -> tuple[Any, ...]:
+        raise NotImplementedError
 
     def restart(self) -> None:
         self.n += 1
         self.incarnation = f"{self.name}-{self.n}"
+
+
+class _Process(_StandIn):
+    """A heavy worker: ``pending`` holds (run key, future of the submit's answer)."""
+
+    def submitted(self, runs: list[Any], fence: Any, future: Any) -> Any:
+        return tuple(runs[0]), future
+
+    def pinged(self) -> tuple[Any, ...]:
+        return self.incarnation, 1, "A", 0.0
 
 
 def test_a_heavy_pool_under_random_restarts_loses_exactly_the_runs_a_dead_process_took() -> None:
@@ -339,35 +356,24 @@ async def _heavy_schedule(seed: int, steps: int = 60) -> None:
             assert who == proc.incarnation, f"seed {seed}: {slot.run} held for a dead process ({who})"
 
 
-class _Light:
-    """A light executor as the pool sees it: one process at a time (``incarnation``); a
-    submit is answered (the process takes the batch) or fails when the test says; taken
-    runs begin later, unless a fence withdrew them first."""
+class _Light(_StandIn):
+    """A light executor: ``pending`` holds (run keys, fence, future); taken runs begin
+    later, unless a fence withdrew them first."""
 
     def __init__(self, name: str, node: str = "A") -> None:
-        self.name, self.n, self.node = name, 0, node
-        self.incarnation = f"{name}-0"
-        self.pending: list[tuple[list[Any], Any, Any]] = []  # (run keys, fence, future)
+        super().__init__(name, node)
         self.taken: set[Any] = set()  # runs this process took and may still begin
         self.begun: set[Any] = set()  # runs it began, not reported yet
         self.fence = 0  # batches up to this number are withdrawn (never begin here)
-        outer = self
 
-        class _Submit:
-            def remote(self, runs: list[Any], fence: Any, acks: Any = None) -> Any:
-                future = asyncio.get_running_loop().create_future()
-                outer.pending.append(([tuple(r) for r in runs], fence, future))
-                return future
+    def submitted(self, runs: list[Any], fence: Any, future: Any) -> Any:
+        return [tuple(r) for r in runs], fence, future
 
-        class _Ping:
-            def remote(self, acks: Any) -> _Answer:
-                return _Answer((outer.incarnation, len(outer.begun), outer.node, 0.0, ()))
-
-        self.submit, self.ping = _Submit(), _Ping()
+    def pinged(self) -> tuple[Any, ...]:
+        return self.incarnation, len(self.begun), self.node, 0.0, ()
 
     def restart(self) -> None:
-        self.n += 1
-        self.incarnation = f"{self.name}-{self.n}"
+        super().restart()
         self.taken, self.begun, self.fence = set(), set(), 0
 
 
