@@ -1,7 +1,7 @@
 """``Core``: what the parts of the scheduler core see of each other, for type checkers.
 
 ``SchedulerCore`` (engine.py) is assembled from mixins, one concern per file
-(unique_work, restore, chain_rules, conditions, explain). Each mixin method is written
+(unique_work, restore, chain_rules, conditions, explain, run_reports). Each mixin method is written
 against this protocol (``self: Core``), which lists the shared state and the methods
 the parts call across files; ``waiting.py`` reads a core through it too. Nothing here
 runs: it is the core's table of contents.
@@ -68,6 +68,7 @@ class Core(Protocol):
     def _arm(self, rec: TaskRecord, now: int) -> None: ...
     def _set_timer(self, rec: TaskRecord, due: int, now: int, store: bool = True) -> None: ...
     def _make_ready(self, rec: TaskRecord) -> None: ...
+    def complete(self, key: str, run_id: int, result: Success | Failure | Retry) -> bool: ...
     def run_lost(self, key: str, run_id: int, crashed: bool = False, bounced: bool = False) -> None: ...
     def _emit_completion(
         self, rec: TaskRecord, success: bool, message: str | None, data: dict[str, Any] | None, now: int

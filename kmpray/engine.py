@@ -10,8 +10,9 @@ One thread owns a core; nothing here is thread-safe on purpose.
 Its other concerns are mixins, one file each: ``unique_work.py`` (enqueue under a name,
 existing-work policies, admission), ``restore.py`` (rebuild after a restart,
 adopt held runs, contain damaged rows), ``chain_rules.py`` (chains), ``conditions.py``
-(device states, event triggers, parked workers, unplaced runs) and ``explain.py``
-(what users see of a task and why it waits).
+(device states, event triggers, parked workers, unplaced runs), ``explain.py``
+(what users see of a task and why it waits) and ``run_reports.py`` (what a run's
+executor says besides its result: began, progress, a notice, the run lost).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from .device import DeviceState
 from .effects import Dispatch, Effects, Outcome, outcome_for
 from .enums import TaskState
 from .errors import InvalidParameters
-from .events import TaskCompletionEvent, TaskProgressEvent
+from .events import TaskCompletionEvent
 from .explain import Explaining
 from .merging import merge
 from .platforms import PlatformProfile
@@ -43,6 +44,7 @@ from .queues import Deadlines, ReadyQueue, TimerQueue, sequence
 from .records import TaskRecord, TaskTable
 from .restore import Restoring
 from .results import Failure, Retry, Success
+from .run_reports import RunReports
 from .run_stats import RunStats
 from .timing import HAND_ON_DEPTH
 from .triggers import (
@@ -59,7 +61,7 @@ from .unique_work import UniqueWork
 log = logging.getLogger("kmpray.engine")
 
 
-class SchedulerCore(UniqueWork, Restoring, ChainRules, Conditions, Explaining):
+class SchedulerCore(UniqueWork, Restoring, ChainRules, Conditions, Explaining, RunReports):
     def __init__(
         self,
         clock: Clock,
@@ -341,71 +343,6 @@ class SchedulerCore(UniqueWork, Restoring, ChainRules, Conditions, Explaining):
         else:
             rec.next_run_at_ms = None
             self._touch(rec, now)
-
-    def run_lost(self, key: str, run_id: int, crashed: bool = False, bounced: bool = False) -> None:
-        """The executor of a run died or gave it back: run it again, not counted as an attempt.
-
-        ``crashed``: the process holding the run died (not a node leaving, not a hand-back).
-        A light executor holds many runs, so the first death blames every run it held: each
-        becomes a suspect and runs alone next time (``Dispatch.suspect``), where a death is
-        its own. Past ``max_system_reruns`` such re-runs the task fails with the reason.
-        ``bounced``: taken from the ready queue but not handed over (``unplaced``): nothing
-        to record or store, the row is as it was."""
-        rec = self.tasks.get(key)
-        if rec is None or rec.state is not TaskState.RUNNING or rec.run_id != run_id:
-            return
-        if not bounced:
-            rec.noted_wait = False  # it was handed over: a new spell of waiting is noted again
-        if crashed:
-            rec.crashes += 1
-            if rec.crashes > self.config.max_system_reruns:
-                deaths, rec.crashes = rec.crashes, 0
-                self.note(key, f"run {run_id}: its process died again ({deaths} in a row): FAILED")
-                self.complete(key, run_id, Failure(
-                    f"system: the process running it died during {deaths} runs in a row (os._exit, a fatal "
-                    f"signal or a memory cap); not run again after max_system_reruns="
-                    f"{self.config.max_system_reruns}"))
-                return
-        now = self.clock.now_ms()
-        due = lifecycle.requeue(rec, now)
-        if crashed:
-            self.note(key, f"run {run_id} re-queued: the process running it died ({rec.crashes} in a row); "
-                           "its next run goes alone to an executor (not counted as an attempt)")
-        elif not bounced:
-            self.note(key, f"run {run_id} re-queued: its executor lost it or gave it back (not counted as an attempt)")
-        self._set_timer(rec, due, now, store=not bounced)
-
-    def started(self, key: str, run_id: int) -> None:
-        """The run's worker began (it was handed to an executor earlier): now RUNNING."""
-        rec = self.tasks.get(key)
-        if rec is not None:
-            lifecycle.began(rec, run_id)
-
-    def progress(self, key: str, run_id: int, pct: int, message: str | None) -> None:
-        rec = self.tasks.get(key)
-        if rec is None or not lifecycle.began(rec, run_id):
-            return
-        rec.progress = pct
-        now = self.clock.now_ms()
-        self._touch(rec, now)
-        self.fx.events.append(
-            TaskProgressEvent.model_construct(
-                kind="progress",
-                task_id=rec.key, task_name=rec.worker, progress=pct, message=message, timestamp=now
-            )
-        )
-
-    def notice(self, key: str, worker: str, message: str) -> None:
-        """Tell subscribers something about a task's run (a TaskProgressEvent carrying its
-        current progress), without changing its state."""
-        rec = self.tasks.get(key)
-        self.fx.events.append(
-            TaskProgressEvent.model_construct(
-                kind="progress", task_id=key, task_name=worker,
-                progress=(rec.progress or 0) if rec is not None else 0, message=message,
-                timestamp=self.clock.now_ms(),
-            )
-        )
 
     def _emit_completion(
         self, rec: TaskRecord, success: bool, message: str | None, data: dict[str, Any] | None, now: int
