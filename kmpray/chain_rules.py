@@ -196,7 +196,7 @@ class ChainRules:
         # The handed run's id is the one after the successor's at hand-off; a restore since
         # then has skipped that id (restore.py), as it does for any unstored dispatch, or an
         # earlier scheduler handed it (below this one's run_floor).
-        handed = (max(nxt.run_id, self.run_floor) + 1, nxt.run_id)
+        handed = (self._run_base(nxt) + 1, nxt.run_id)
         earlier = nxt.run_id < then_run < self.run_floor
         if self.successor(rec) is not nxt or not (then_run in handed or earlier):
             return False

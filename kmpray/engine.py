@@ -242,7 +242,7 @@ class SchedulerCore(UniqueWork, Restoring, ChainRules, Conditions, Explaining, R
             # again), and the run's end is always written. Saves a store write per run.
             first = rec.run_count == 0 and rec.run_attempt_count == 0 and rec.chain_id is None and start_at is None
             at_once = first and isinstance(rec.trigger, OneTime) and not rec.trigger.initial_delay_ms
-            rec.run_id = max(rec.run_id, self.run_floor)  # above every earlier scheduler's (restore.py)
+            rec.run_id = self._run_base(rec)
             lifecycle.dispatch(rec, start_at, now)
             self.stats.handed_over(now, rec.created_at_ms if at_once else None)
             out.append(
@@ -267,6 +267,12 @@ class SchedulerCore(UniqueWork, Restoring, ChainRules, Conditions, Explaining, R
             )
         return out
 
+    def _run_base(self, rec: TaskRecord) -> int:
+        """The id ``rec``'s next run counts up from: its last, or, if higher, the floor
+        above every earlier scheduler's ids (``run_floor``, restore.py). A dispatch takes
+        the id after it; so does a chain task handed along (``ChainRules.follow`` checks it)."""
+        return max(rec.run_id, self.run_floor)
+
     def _handed_with(self, rec: TaskRecord, depth: int) -> Dispatch | None:
         """The successor that goes along with ``rec``'s run, and its own, ``depth`` steps
         deep: a sequential stretch of a chain runs on one executor with no round trip
@@ -275,7 +281,7 @@ class SchedulerCore(UniqueWork, Restoring, ChainRules, Conditions, Explaining, R
         if nxt is None:
             return None
         return Dispatch(
-            key=nxt.key, name=nxt.name, run_id=max(nxt.run_id, self.run_floor) + 1, worker=nxt.worker,
+            key=nxt.key, name=nxt.name, run_id=self._run_base(nxt) + 1, worker=nxt.worker,
             input=nxt.input, upstream=None,
             previous_attempts=nxt.run_attempt_count, timeout_ms=nxt.constraints.timeout_ms, heavy=False,
             chain_id=nxt.chain_id, then=self._handed_with(nxt, depth - 1), input_merger=nxt.input_merger.value,
