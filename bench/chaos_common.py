@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -51,6 +52,36 @@ class ChaosLedger(kmpray.CommonWorker):
         await asyncio.sleep(cfg.get("sleep_ms", 20) / 1000)
         record_finish(cfg, ctx)
         return kmpray.WorkerResult.Success(data={"ok": True})
+
+
+class SteadyLoad(threading.Thread):
+    """One-time ``ChaosLedger`` tasks (ids ``t0``, ``t1``, ...) at ``rate`` per second, in
+    batches of a tenth of it by ``enqueue_many``, on a thread of its own until ``stop`` is
+    set. ``acknowledged`` collects the ids answered SUCCESS; a call that raises (the
+    scheduler is being killed) acknowledges none of its batch."""
+
+    def __init__(self, sched: Any, rate: float, payload: str, stop: threading.Event) -> None:
+        super().__init__(daemon=True)
+        self.sched, self.rate, self.payload, self.stop = sched, rate, payload, stop
+        self.acknowledged: set[str] = set()
+        self.submitted = 0
+        self.started = time.monotonic()
+
+    def run(self) -> None:
+        once = kmpray.TaskTrigger.OneTime()
+        batch, k = max(1, int(self.rate / 10)), 0
+        while not self.stop.is_set():
+            time.sleep(max(0.0, self.started + k / self.rate - time.monotonic()))
+            items = [{"id": f"t{i}", "trigger": once, "worker_class_name": "ChaosLedger",
+                      "input": self.payload} for i in range(k, k + batch)]
+            k += batch
+            self.submitted += len(items)
+            try:
+                results = self.sched.enqueue_many(items)
+            except Exception:
+                continue
+            self.acknowledged.update(it["id"] for it, r in zip(items, results, strict=True)
+                                     if r is kmpray.ScheduleResult.SUCCESS)
 
 
 def actor_pid(ray: Any, name: str, namespace: str) -> int | None:

@@ -31,78 +31,17 @@ def main(rounds: int, rate: float, every_s: float = 6.0, sleep_ms: int = 200) ->
 
     import kmpray
 
-    from .chaos_common import ChaosLedger, ledger_starts, terminal_events
-    from .common import drain
-
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
     ray.init(address=cluster.address, log_to_driver=False, logging_level="ERROR")
     cluster.wait_for_nodes()
     state = tempfile.mkdtemp(prefix="kmpray-chaos-nodes-")
-    ledger = Path(state) / "ledger"
     sched = None
     out: dict[str, Any] = {"scenario": "node-loss", "rounds": rounds, "rate_per_s": rate}
     try:
         sched = kmpray.connect(namespace="chaos-nodes", state_dir=state)
-        sched.register_worker("ChaosLedger", ChaosLedger)
-        payload = json.dumps({"ledger": str(ledger), "sleep_ms": sleep_ms})
-        acknowledged: set[str] = set()
-        submitted = 0
-        stop = threading.Event()
-
-        def load() -> None:
-            nonlocal submitted
-            once = kmpray.TaskTrigger.OneTime()
-            batch, k, start = max(1, int(rate / 10)), 0, time.monotonic()
-            while not stop.is_set():
-                time.sleep(max(0.0, start + k / rate - time.monotonic()))
-                items = [{"id": f"t{i}", "trigger": once, "worker_class_name": "ChaosLedger", "input": payload}
-                         for i in range(k, k + batch)]
-                k += batch
-                submitted += len(items)
-                try:
-                    results = sched.enqueue_many(items)  # type: ignore[union-attr]
-                except Exception:
-                    continue
-                acknowledged.update(it["id"] for it, r in zip(items, results, strict=True)
-                                    if r is kmpray.ScheduleResult.SUCCESS)
-
-        sender = threading.Thread(target=load, daemon=True)
-        started = time.monotonic()
-        sender.start()
-        removals = []
-        for r in range(rounds):
-            time.sleep(every_s)
-            victim = workers.pop(0)
-            in_flight = sched.status()["inflight_by_node"].get(victim.node_id, 0)
-            t0 = time.monotonic()
-            cluster.remove_node(victim)
-            workers.append(cluster.add_node(num_cpus=1))
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and workers[-1].node_id not in sched.status()["executor_nodes"]:
-                time.sleep(0.05)
-            removals.append({"round": r, "in_flight": in_flight, "replaced_s": round(time.monotonic() - t0, 2)})
-        time.sleep(every_s / 2)
-        stop.set()
-        sender.join(timeout=60)
-        drain(sched)
-        elapsed = time.monotonic() - started
-        states = {t.id: t.state for t in sched.list_tasks()}
-        starts = ledger_starts(ledger)
-        terminal = terminal_events(sched, acknowledged, timeout_s=120)
-        lost = sorted(t for t in acknowledged if states.get(t) is not kmpray.TaskState.SUCCEEDED)
-        out.update({
-            "submitted": submitted,
-            "acknowledged": len(acknowledged),
-            "lost": len(lost),
-            "lost_examples": lost[:10],
-            "counted_twice": sum(1 for t in acknowledged if terminal[t] > 1),
-            "events_missing": sum(1 for t in acknowledged if terminal[t] == 0),
-            "executed_twice": sum(1 for t in acknowledged if starts[t] > 1),
-            "in_flight_on_removed": sum(x["in_flight"] for x in removals),
-            "removals": removals,
-            "elapsed_s": round(elapsed, 1),
-        })
+        ledger = Path(state) / "ledger"
+        out.update(under_load(cluster, workers, sched, ledger, rounds, rate, every_s, sleep_ms))
     finally:
         print("RESULT " + json.dumps(out), flush=True)
         try:
@@ -112,6 +51,58 @@ def main(rounds: int, rate: float, every_s: float = 6.0, sleep_ms: int = 200) ->
         finally:
             cluster.shutdown()
     return out
+
+
+def under_load(cluster: Any, workers: list[Any], sched: Any, ledger: Path, rounds: int, rate: float,
+               every_s: float = 6.0, sleep_ms: int = 200) -> dict[str, Any]:
+    """The scenario on a running ``cluster`` and engine: ``rounds`` times, the oldest of
+    ``workers`` (worker nodes; the list is updated) is removed and a new 1-CPU node added
+    while one-time ledger tasks go in at ``rate`` per second. Also run by the multinode
+    test (tests/integration/multinode.py) on its cluster, which saves a cluster start."""
+    import kmpray
+
+    from .chaos_common import ChaosLedger, SteadyLoad, ledger_starts, terminal_events
+    from .common import drain
+
+    sched.register_worker("ChaosLedger", ChaosLedger)
+    payload = json.dumps({"ledger": str(ledger), "sleep_ms": sleep_ms})
+    stop = threading.Event()
+    load = SteadyLoad(sched, rate, payload, stop)
+    load.start()
+    removals = []
+    for r in range(rounds):
+        time.sleep(every_s)
+        victim = workers.pop(0)
+        in_flight = sched.status()["inflight_by_node"].get(victim.node_id, 0)
+        t0 = time.monotonic()
+        cluster.remove_node(victim)
+        workers.append(cluster.add_node(num_cpus=1))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and workers[-1].node_id not in sched.status()["executor_nodes"]:
+            time.sleep(0.05)
+        removals.append({"round": r, "in_flight": in_flight, "replaced_s": round(time.monotonic() - t0, 2)})
+    time.sleep(every_s / 2)
+    stop.set()
+    load.join(timeout=60)
+    drain(sched)
+    elapsed = time.monotonic() - load.started
+    acknowledged = load.acknowledged
+    states = {t.id: t.state for t in sched.list_tasks()}
+    starts = ledger_starts(ledger)
+    terminal = terminal_events(sched, acknowledged, timeout_s=120)
+    lost = sorted(t for t in acknowledged if states.get(t) is not kmpray.TaskState.SUCCEEDED)
+    return {
+        "submitted": load.submitted,
+        "acknowledged": len(acknowledged),
+        "lost": len(lost),
+        "lost_examples": lost[:10],
+        "counted_twice": sum(1 for t in acknowledged if terminal[t] > 1),
+        "events_missing": sum(1 for t in acknowledged if terminal[t] == 0),
+        "executed_twice": sum(1 for t in acknowledged if starts[t] > 1),
+        "in_flight_on_removed": sum(x["in_flight"] for x in removals),
+        "removals": removals,
+        "elapsed_s": round(elapsed, 1),
+    }
 
 
 def scenario(quick: bool = False, rounds: int | None = None, rate: float | None = None) -> dict[str, Any]:

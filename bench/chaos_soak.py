@@ -37,7 +37,7 @@ from typing import Any
 import kmpray
 from kmpray.timing import ANSWER_RETENTION_S, PRUNE_S
 
-from .chaos_common import ChaosLedger, actor_pid, answers_after
+from .chaos_common import ChaosLedger, SteadyLoad, actor_pid, answers_after
 from .common import drain, ray_up
 from .stamp import rss_bytes
 
@@ -86,28 +86,14 @@ def scenario(quick: bool = False, rate: float = 100.0, seed: int = 7, **sizes: f
     try:
         sched.register_worker("ChaosLedger", ChaosLedger)
         payload = json.dumps({"ledger": str(state / "ledger"), "sleep_ms": 20})
-        acknowledged: set[str] = set()
         stop = threading.Event()
+        load = SteadyLoad(sched, rate, payload, stop)
+        acknowledged = load.acknowledged
         kills: Counter[str] = Counter()
         recovery: list[float] = []
         samples: list[dict[str, Any]] = []
         before_kill: list[tuple[float, float]] = []  # (t, scheduler RSS just before a kill)
-        started = time.monotonic()
-
-        def load() -> None:
-            once = kmpray.TaskTrigger.OneTime()
-            batch, k = max(1, int(rate / 10)), 0
-            while not stop.is_set():
-                time.sleep(max(0.0, started + k / rate - time.monotonic()))
-                items = [{"id": f"t{i}", "trigger": once, "worker_class_name": "ChaosLedger", "input": payload}
-                         for i in range(k, k + batch)]
-                k += batch
-                try:
-                    results = sched.enqueue_many(items)
-                except Exception:
-                    continue
-                acknowledged.update(it["id"] for it, r in zip(items, results, strict=True)
-                                    if r is kmpray.ScheduleResult.SUCCESS)
+        started = load.started
 
         def nemesis() -> None:
             due = {"kmpray.scheduler": size["scheduler_every_s"], "kmpray.broker": size["broker_every_s"]}
@@ -140,7 +126,7 @@ def scenario(quick: bool = False, rate: float = 100.0, seed: int = 7, **sizes: f
                     "store": _store_rows(state),
                 })
 
-        threads = [threading.Thread(target=f, daemon=True) for f in (load, nemesis, sampler)]
+        threads = [threading.Thread(target=f, daemon=True) for f in (nemesis, sampler)] + [load]
         for t in threads:
             t.start()
         time.sleep(size["duration_s"])

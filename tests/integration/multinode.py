@@ -2,7 +2,8 @@
 
 Prints one JSON line with where things ran. The head has 1 CPU; the second node has
 1 CPU and the custom resource ``heavy`` (as cluster.yaml's heavy node type). The heavy
-pool's checks run last on the same cluster (``"unplaceable"``, ``"heavy_pool"``).
+pool's checks run last on the same cluster (``"unplaceable"``, ``"heavy_pool"``), then the
+chaos scenario node-loss, quick (``"node_loss"``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import sys
 import tempfile
 import traceback
+from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -107,10 +109,11 @@ def unplaceable(cluster: Cluster, sched: Any, out: dict[str, object]) -> Any:
     return late
 
 
-def heavy_pool(heavy_node: Any, cluster: Cluster) -> dict[str, object]:
+def heavy_pool(heavy_node: Any, cluster: Cluster) -> tuple[dict[str, object], Any]:
     """One heavy node, heavy_pool_size=2 (#18): no worker waits on an unplaceable actor; the
     pool grows when a second heavy node joins. Run last, on main()'s cluster, with the one
-    heavy node unplaceable() left (a cluster start or an engine start is ~10 s here)."""
+    heavy node unplaceable() left (a cluster start or an engine start is ~10 s here).
+    Returns its results and the node that joined (it stays)."""
     import time
 
     out: dict[str, object] = {"heavy_node": heavy_node.node_id}
@@ -141,7 +144,21 @@ def heavy_pool(heavy_node: Any, cluster: Cluster) -> dict[str, object]:
         out["joined"] = joined.node_id
     finally:
         sched.shutdown()
-    return out
+    return out, joined
+
+
+def node_loss(cluster: Cluster, nodes: list[Any]) -> dict[str, object]:
+    """The chaos scenario ``node-loss`` (bench/chaos_nodes.py), quick, on this cluster with
+    ``nodes`` as its two worker nodes: removed and replaced in turn under 100 tasks/s, a
+    fresh engine. Run last, here, to spare the suite a 3-node cluster's start of its own."""
+    from kmpray.bench.chaos_nodes import under_load
+
+    state = tempfile.mkdtemp()
+    sched = kmpray.connect(namespace="chaos-nodes", state_dir=state)
+    try:
+        return under_load(cluster, nodes, sched, ledger=Path(state) / "ledger", rounds=2, rate=100, every_s=4)
+    finally:
+        sched.shutdown()
 
 
 class BigArray(kmpray.CommonWorker):
@@ -289,9 +306,15 @@ def main() -> None:
             late = unplaceable(cluster, sched, out)
             sched.shutdown()
             sched = None
-            out["heavy_pool"] = heavy_pool(late, cluster)
+            out["heavy_pool"], joined2 = heavy_pool(late, cluster)
         except Exception:
             out["heavy_pool"] = {"error": traceback.format_exc()}
+            out["node_loss"] = {"error": "not run: the heavy pool's part before it failed"}
+        else:
+            try:  # likewise: read by test_multinode.py's node-loss test alone
+                out["node_loss"] = node_loss(cluster, [late, joined2])
+            except Exception:
+                out["node_loss"] = {"error": traceback.format_exc()}
     finally:
         _finish(out, [sched] if sched is not None else [], cluster)
 

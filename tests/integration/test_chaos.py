@@ -88,26 +88,13 @@ def test_runs_longer_than_every_interval_the_engine_watches_with_run_once(ray_se
 
 
 def test_a_steady_load_with_scheduler_and_broker_kills_loses_no_task_and_no_event(ray_session: Any) -> None:
-    """The soak scenario, short: 25 s at 100 tasks/s, the scheduler SIGKILLed every 8 s and
-    the broker every 12 s. Nothing acknowledged is lost, and a replay of the event log
+    """The soak scenario, short: 16 s at 100 tasks/s, the scheduler SIGKILLed every 6 s and
+    the broker every 9 s. Nothing acknowledged is lost, and a replay of the event log
     from cursor 0 has every task's completion exactly once, in cursor order. (Memory and
     store growth need the 60 s quick run or the 10 min full one: `bench chaos --scenario soak`.)"""
     from kmpray.bench.chaos_soak import scenario
 
-    r = scenario(duration_s=25.0, scheduler_every_s=8.0, broker_every_s=12.0)
+    r = scenario(duration_s=16.0, scheduler_every_s=6.0, broker_every_s=9.0)
     assert r["kills"].get("kmpray.scheduler", 0) >= 2 and r["kills"].get("kmpray.broker", 0) >= 1, r
-    assert r["acknowledged"] >= 2000 and r["lost"] == 0, r
+    assert r["acknowledged"] >= 1200 and r["lost"] == 0, r
     assert (r["replay"]["missing"], r["replay"]["twice"], r["replay"]["out_of_order"]) == (0, 0, 0), r
-
-
-def test_worker_nodes_removed_and_re_added_under_load_lose_nothing() -> None:
-    """A 3-node cluster of its own (ray.cluster_utils.Cluster, in its own process): a worker
-    node removed with its runs in flight and a new one joining, twice, under 100 tasks/s."""
-    from kmpray.bench.chaos_nodes import scenario
-
-    r = scenario(rounds=2, rate=100)
-    assert len(r["removals"]) == 2 and r["acknowledged"] == r["submitted"] > 0, r
-    assert (r["lost"], r["counted_twice"], r["events_missing"]) == (0, 0, 0), r
-    # Only the runs the nodes took with them: those counted just before each removal, plus
-    # at most the one load batch (a tenth of the rate) that may go out in between.
-    assert r["executed_twice"] <= r["in_flight_on_removed"] + 2 * 10, r

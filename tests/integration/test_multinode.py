@@ -97,3 +97,17 @@ def test_heavy_pool_waits_for_placement_instead_of_replacing_in_a_loop(two_nodes
     assert (two["placed"], two["pending"], two["replaced"]) == (2, 0, 0)  # type: ignore[index]
     assert out["pair_overlap"] is True  # type: ignore[index]
     assert out["pair_nodes"] == sorted([out["heavy_node"], out["joined"]])  # type: ignore[index]
+
+
+def test_worker_nodes_removed_and_re_added_under_load_lose_nothing(two_nodes: dict[str, object]) -> None:
+    """The chaos scenario node-loss, quick (bench/chaos_nodes.py), on this module's cluster:
+    a worker node removed with its runs in flight and a new one joining, twice, under 100
+    tasks/s, a fresh engine."""
+    r = two_nodes["node_loss"]
+    print("node-loss:", r)
+    assert "error" not in r, r["error"]  # type: ignore[operator,index]
+    assert len(r["removals"]) == 2 and r["acknowledged"] == r["submitted"] > 0, r  # type: ignore[index,arg-type]
+    assert (r["lost"], r["counted_twice"], r["events_missing"]) == (0, 0, 0), r  # type: ignore[index]
+    # Only the runs the nodes took with them: those counted just before each removal, plus
+    # at most the one load batch (a tenth of the rate) that may go out in between.
+    assert r["executed_twice"] <= r["in_flight_on_removed"] + 2 * 10, r  # type: ignore[index,operator]
