@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,14 @@ from .workers import register_all
 
 pytestmark = pytest.mark.ray
 ONCE = TaskTrigger.OneTime()
+
+
+@pytest.fixture
+def vengine(svengine: Any) -> Iterator[Any]:
+    """The module's shared virtual-time engine (conftest.py), its device overrides cleared
+    after each test (before svengine cancels what the test left)."""
+    yield svengine
+    svengine.clear_device_overrides()
 
 
 def test_a_gated_task_waits_until_its_gate_opens(vengine: Any) -> None:
