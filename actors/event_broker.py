@@ -99,6 +99,11 @@ class EventBroker:
         decode_event(body)
         return self.publish([body])
 
+    def taken(self, source: int = 0) -> int:
+        """The newest outbox number of scheduler shard ``source`` the log holds: a
+        restarted scheduler re-sends only what is after it."""
+        return self.log.last_origin(source)
+
     def bounds(self) -> tuple[int, int]:
         """(first retained cursor, last cursor)."""
         return self.log.first_cursor(), self.log.last_cursor()

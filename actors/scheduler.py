@@ -13,6 +13,7 @@ import contextlib
 import gc
 import logging
 import time
+import warnings
 from collections import Counter, deque
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,15 @@ from .virtual_time import VirtualTime
 from .waiters import Waiters
 
 log = logging.getLogger("kmpray.scheduler")
+
+
+def _reconstructed() -> bool:
+    """Whether Ray restarted this actor. Ray's property reads its own deprecated
+    ``actor_id`` (a RayDeprecationWarning on the user's console at every start): quieted."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return bool(ray.get_runtime_context().was_current_actor_reconstructed)
+
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=10_000)
 class SchedulerActor(
@@ -212,16 +222,12 @@ class SchedulerActor(
         # Restarted while the registry lived on: take its copies back (see actors/registry.py).
         self._blobs.update(await call_with_retry(lambda: registry.dump.remote()))
         self._broker = lookup(BROKER, base_namespace(self.namespace))  # the engine's, shared
-        unsent = self.store.pending_events()  # completion events a crash kept from the broker
-        if unsent:
-            log.warning("restarted: sending %d completion events again (the broker appends each once)",
-                        len(unsent))
-            self._events.add(unsent)
+        await self._resend_events()
         oracle = lookup(ORACLE, base_namespace(self.namespace))
         states = await oracle.ready.remote()
         self.core.set_devices({n: DeviceState.model_validate(s) for n, s in states.items()})
         await self.pool.start()
-        restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        restarted = _reconstructed()
         await adopt_held_runs(self.core, self.pool, self.heavy, self.namespace, restarted)
         self._start_chains()
         self._flush()
@@ -230,6 +236,25 @@ class SchedulerActor(
         asyncio.ensure_future(self._loop())
         asyncio.ensure_future(self._housekeeping())
         self.serving_in_s = time.monotonic() - self._born
+
+    async def _resend_events(self) -> None:
+        """Completion events still in the store's outbox: those the event log already has
+        (acknowledged, but the outbox is cleared only with the next write, so a shutdown
+        soon after the last completion leaves them) are forgotten; the rest, which a crash
+        kept from the broker, are sent again (it would append each once either way)."""
+        unsent = self.store.pending_events()
+        if not unsent:
+            return
+        shard = self.shard
+        taken = int(await call_with_retry(lambda: self._broker.taken.remote(shard)))
+        if unsent[0][0] <= taken:
+            self.store.ack_events(taken)
+        unsent = [(seq, body) for seq, body in unsent if seq > taken]
+        if unsent:
+            log.warning("sending %d completion events the event log does not have yet (a crash kept them "
+                        "from the broker)", len(unsent))
+            self.messages["events_resent"] += len(unsent)
+            self._events.add(unsent)
 
     async def _open_lane(self) -> None:
         """The local lane (kmpray/lane.py) for enqueue calls from this node's clients, and

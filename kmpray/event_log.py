@@ -24,6 +24,8 @@ class EventLog(Protocol):
 
     def first_cursor(self) -> int: ...
 
+    def last_origin(self, source: int = 0) -> int: ...
+
     def trim(self, keep: int) -> None: ...
 
     def close(self) -> None: ...
@@ -64,11 +66,7 @@ class SqliteEventLog:
             return []
         with self._lock, _transaction(self._conn) as conn:
             if origins is not None:
-                if source:
-                    row = conn.execute("SELECT seq FROM origins WHERE source = ?", (source,)).fetchone()
-                else:
-                    row = conn.execute("SELECT seq FROM origin WHERE id = 1").fetchone()
-                last = int(row[0]) if row else 0
+                last = self.last_origin(source)
                 events, newest = first_sends(events, origins, last)
                 if newest > last and source:
                     conn.execute("INSERT OR REPLACE INTO origins (source, seq) VALUES (?, ?)", (source, newest))
@@ -88,6 +86,14 @@ class SqliteEventLog:
 
     def last_cursor(self) -> int:
         row = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+        return int(row[0]) if row else 0
+
+    def last_origin(self, source: int = 0) -> int:
+        """The newest scheduler outbox number appended from ``source`` (0: none yet)."""
+        if source:
+            row = self._conn.execute("SELECT seq FROM origins WHERE source = ?", (source,)).fetchone()
+        else:
+            row = self._conn.execute("SELECT seq FROM origin WHERE id = 1").fetchone()
         return int(row[0]) if row else 0
 
     def first_cursor(self) -> int:
@@ -125,6 +131,9 @@ class MemoryEventLog:
 
     def last_cursor(self) -> int:
         return self._last
+
+    def last_origin(self, source: int = 0) -> int:
+        return self._origins.get(source, 0)
 
     def first_cursor(self) -> int:
         return self._rows[0][0] if self._rows else self._last + 1

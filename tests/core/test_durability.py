@@ -333,6 +333,8 @@ def test_the_event_log_appends_a_re_sent_event_once(tmp_path: Path) -> None:
         assert log.append([b"a", b"b", b"c", b"p"], [1, 2, 3, None]) == [3, 4]
         assert [body for _c, body in log.read(0, 10)] == [b"a", b"b", b"c", b"p"]
         assert log.append([b"w"]) == [5]  # an event from worker code has no origin
+        assert log.last_origin() == 3  # what a restarted scheduler need not send again
+        assert log.append([b"s"], [7], source=1) == [6] and log.last_origin(1) == 7 and log.last_origin(2) == 0
 
 
 def test_a_version_1_store_opens_and_gains_the_outbox_and_the_inputs(tmp_path: Path) -> None:

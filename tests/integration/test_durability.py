@@ -252,3 +252,48 @@ def test_a_retried_enqueue_is_answered_again_not_applied_twice(engines: Any, tmp
     until(lambda: ledger.exists() and ledger.read_text().count("start once") == 2, what="the second call's run")
     assert sched.wait("once", timeout_s=30).run_count == 1  # the new row ran once
     assert ledger.read_text().count("start once") == 2
+
+
+@ONE_SHARD  # it edits shard 0's outbox
+def test_at_start_only_completion_events_the_log_lacks_are_sent_again(engines: Any, tmp_path: Path) -> None:
+    """The outbox is cleared of what the event log acknowledged only with the store's next
+    write, so a shutdown soon after a completion leaves that event there: the next start
+    forgets it (the log has it) instead of sending it again, and sends only what a crash
+    really kept from the broker. Both set up in the store by hand, so neither is a race."""
+    import sqlite3
+
+    from kmpray import TaskCompletionEvent
+    from kmpray.event_codec import encode_event
+
+    state = tmp_path / "s"
+    sched = engines(state_dir=state)
+    register_all(sched)
+    sub = sched.events.subscribe(since=0)
+    sched.enqueue("c1", TaskTrigger.OneTime(), "Echo")
+    assert sched.wait("c1", timeout_s=30).state is TaskState.SUCCEEDED
+    while (e := sub.get(timeout_s=30)) is not None and not (e.kind == "completion" and e.task_id == "c1"):
+        pass
+    assert e is not None  # the event log has c1's completion
+    sched.shutdown()
+    db = sqlite3.connect(state / "tasks.db")
+    with db:
+        [(last,)] = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchall()
+        logged = bytes(sqlite3.connect(state / "events.db").execute(
+            "SELECT body FROM events ORDER BY cursor DESC LIMIT 1").fetchone()[0])
+        ghost = encode_event(TaskCompletionEvent("Echo", True, "kept from the broker", task_id="ghost"))
+        db.execute("DELETE FROM outbox")
+        db.executemany("INSERT INTO outbox (seq, body) VALUES (?, ?)", [(last, logged), (last + 1, ghost)])
+    db.close()
+
+    again = engines(namespace=sched.namespace, state_dir=state)
+    assert again.status()["messages"].get("events_resent") == 1  # the ghost alone
+    seen = []
+    sub = again.events.subscribe(since=0)
+    while (e := sub.get(timeout_s=5)) is not None:
+        if e.kind == "completion":
+            seen.append(e.task_id)
+        if e.task_id == "ghost":
+            break
+    assert seen == ["c1", "ghost"], seen  # each once, in outbox order
+    until(lambda: sqlite3.connect(state / "tasks.db").execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0,
+          what="the outbox to empty")
