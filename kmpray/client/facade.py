@@ -346,7 +346,8 @@ class BackgroundTaskScheduler(Waiting, Routing):
         """Until the task(s) or chain(s) are finished (a periodic or event-triggered task:
         until its next run ends). One id returns its TaskInfo/ChainInfo, a list of ids a
         list. ``progress=True`` shows a tqdm bar fed by progress events. Raises
-        TimeoutError after ``timeout_s``, TaskNotFound for an unknown id.
+        TimeoutError after ``timeout_s`` (it looks at least once: ``timeout_s=0`` returns
+        work already finished), TaskNotFound for an unknown id.
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         ids = [id] if isinstance(id, str) else list(id)

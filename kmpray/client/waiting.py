@@ -46,11 +46,16 @@ class Waiting:
         return info if info.state.is_finished or recurred else None
 
     @staticmethod
-    def _chunk(id: str, deadline: float | None) -> float:  # noqa: A002
-        chunk = WAIT_CHUNK_S if deadline is None else min(WAIT_CHUNK_S, deadline - time.monotonic())
-        if chunk <= 0:
+    def _chunk(deadline: float | None) -> float:
+        """How long the next round may wait: 0 once the deadline has passed (a last look)."""
+        return WAIT_CHUNK_S if deadline is None else max(0.0, min(WAIT_CHUNK_S, deadline - time.monotonic()))
+
+    @staticmethod
+    def _expired(id: str, deadline: float | None) -> None:  # noqa: A002
+        """After a round that found ``id`` unfinished: raise if the time is up. Every wait
+        looks at least once, so a finished task is returned even with ``timeout_s=0``."""
+        if deadline is not None and time.monotonic() >= deadline:
             raise TimeoutError(f"{id!r} not finished in time")
-        return chunk
 
     def _poll_done(self, id: str, first: TaskInfo | None) -> TaskInfo | ChainInfo | None:  # noqa: A002
         """The info if ``id`` is done now (no waiting), else None."""
@@ -132,21 +137,23 @@ class Waiting:
     def _wait_one(self, id: str, deadline: float | None) -> TaskInfo | ChainInfo:  # noqa: A002
         first = self.get_task_info(id)
         while True:
-            chunk = self._chunk(id, deadline)
+            chunk = self._chunk(deadline)
             raw = self._call(*self._wait_call(id, first, chunk), timeout_s=chunk + CALL_TIMEOUT_S,
                              shard=self._home(id))
             if (done := self._done(id, first, raw)) is not None:
                 return done
+            self._expired(id, deadline)
 
     async def wait_async(self, id: str, timeout_s: float | None = None) -> TaskInfo | ChainInfo:  # noqa: A002
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         first = await self.get_task_info_async(id)
         while True:
-            chunk = self._chunk(id, deadline)
+            chunk = self._chunk(deadline)
             raw = await self._call_async(*self._wait_call(id, first, chunk), timeout_s=chunk + CALL_TIMEOUT_S,
                                          shard=self._home(id))
             if (done := self._done(id, first, raw)) is not None:
                 return done
+            self._expired(id, deadline)
 
 
 def _recurs(info: TaskInfo) -> bool:

@@ -296,11 +296,24 @@ def test_list_tasks_filters_by_state(vengine: Any) -> None:
 
 
 def test_wait_bounds(svengine: Any) -> None:
+    import asyncio
+
     svengine.enqueue("wb", TaskTrigger.OneTime(ONE_HOUR), "Echo")
     with pytest.raises(TimeoutError):
         svengine.wait("wb", timeout_s=0.3)
+    with pytest.raises(TimeoutError):
+        svengine.wait("wb", timeout_s=0)
     with pytest.raises(KeyError):
         svengine.wait("missing", timeout_s=1)
+    # A wait looks once before its time is up: finished work is returned with no time left
+    # (as concurrent.futures' result(timeout=0) of a done future).
+    svengine.enqueue("wd", ONCE, "Echo")
+    assert svengine.wait("wd", timeout_s=30).state is TaskState.SUCCEEDED
+    for timeout_s in (0, -1):
+        assert svengine.wait("wd", timeout_s=timeout_s).state is TaskState.SUCCEEDED
+        assert asyncio.run(svengine.wait_async("wd", timeout_s=timeout_s)).state is TaskState.SUCCEEDED
+    with pytest.raises(TimeoutError, match="'wb' not finished"):
+        svengine.wait(["wd", "wb"], timeout_s=0)
 
 
 def test_async_twins(svengine: Any) -> None:
