@@ -140,13 +140,13 @@ def info(address: str | None, namespace: str, state_dir: str | None, task_id: st
 @with_engine
 @click.argument("task_id")
 def why(address: str | None, namespace: str, state_dir: str | None, task_id: str) -> None:
-    """Why a task is (not) running: what it waits for, and the engine's recent decisions."""
+    """Why a task or chain is (not) running: what it waits for, and the engine's recent decisions."""
     from .client import TaskNotFound
 
     try:
         click.echo(_connect(address, namespace, state_dir).explain(task_id))
     except TaskNotFound:
-        raise click.ClickException(f"no task {task_id!r}") from None
+        raise click.ClickException(f"no task or chain {task_id!r}") from None
 
 
 @main.command()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import html
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import pairwise
 from typing import Any
 
@@ -171,3 +171,24 @@ def chain_progress(chain: ChainInfo) -> tuple[int, str]:
         else:
             marks.append("·")
     return min(100, int(100 * weight / total)), " ".join(marks)
+
+
+def chain_explain(chain: ChainInfo, task_text: Callable[[str], str]) -> str:
+    """Why a chain is (not) finished: its state and steps (``✓ ▶ ·``), each task that ended
+    it early (failed or cancelled) with its result, and for the first step not finished,
+    ``task_text`` (the task's own ``explain``) of each of its unfinished tasks; the steps
+    after it wait for that one."""
+    _pct, marks = chain_progress(chain)
+    lines = [f"chain {chain.id}: {chain.state.value}, {len(chain.steps)} steps: {marks}"]
+    for n, step in enumerate(chain.steps, 1):
+        for t in step:
+            if t.state.is_finished and t.state.value != "SUCCEEDED":
+                lines.append(f"step {n}: {task_line(t)}")
+        waiting = [t for t in step if not t.state.is_finished]
+        if waiting:
+            later = len(chain.steps) - n
+            lines.append(f"step {n} of {len(chain.steps)} is not finished"
+                         + (f" ({later} later step{'s wait' if later != 1 else ' waits'} for it):" if later else ":"))
+            lines += ["  " + line for t in waiting for line in task_text(t.id).splitlines()]
+            break
+    return "\n".join(lines)

@@ -127,6 +127,8 @@ def test_inspect_and_cancel_a_live_engine(vengine, ray_session) -> None:  # type
 
     why = cli("why", *engine, "later")
     assert why.returncode == 0 and "waiting for: due at " in why.stdout
+    unknown = cli("why", *engine, "nope")
+    assert unknown.returncode == 1 and "no task or chain 'nope'" in unknown.stderr
     cancelled = cli("cancel", *engine, "later")
     assert cancelled.returncode == 0 and "cancelled 1" in cancelled.stdout
     assert vengine.get_task_info("later").state.value == "CANCELLED"

@@ -400,11 +400,17 @@ class BackgroundTaskScheduler(Waiting, Routing):
 
     def explain(self, id: str) -> str:  # noqa: A002
         """Why a task is (not) running: its state, what it waits for (per node, for
-        constraints), and the engine's recent decisions about it (``kmpray why ID``)."""
+        constraints), and the engine's recent decisions about it (``kmpray why ID``). For
+        a chain's id: its steps, what ended it early, and its first unfinished step's tasks."""
         text = self._find("explain", id)
-        if text is None:
-            raise TaskNotFound(f"no task {id!r}")
-        return str(text)
+        if text is not None:
+            return str(text)
+        chain = self.get_chain_info(id)
+        if chain is None:
+            raise TaskNotFound(f"no task or chain {id!r}")
+        from ..display import chain_explain
+
+        return chain_explain(chain, self.explain)
 
     def quarantined(self) -> list[dict[str, Any]]:
         """Stored rows that did not decode when the engine restored its store: table, key,

@@ -65,3 +65,39 @@ def test_a_chain_s_progress_counts_finished_tasks_and_running_ones_by_their_prog
     assert steps == "✓ 1/3 ✗ ·"
     running = ChainInfo(id="r", state=TaskState.RUNNING, steps=[[task("a", TaskState.RUNNING, progress=20)]])
     assert chain_progress(running) == (20, "▶")
+
+
+def test_a_chain_explains_itself_by_its_first_unfinished_step_and_what_ended_it() -> None:
+    """``explain(chain_id)`` (``kmpray why``): the steps, then each unfinished task of the
+    first step not finished, by its own explanation; the steps after it are only counted."""
+    from kmpray.display import chain_explain
+    from kmpray.results import Failure
+
+    asked: list[str] = []
+
+    def text(tid: str) -> str:
+        asked.append(tid)
+        return f"task {tid}: ENQUEUED\nwaiting for: constraints unmet"
+
+    running = ChainInfo(id="c", state=TaskState.RUNNING, steps=[
+        [task("a", TaskState.SUCCEEDED)],
+        [task("p1", TaskState.SUCCEEDED), task("p2", TaskState.ENQUEUED, attempts=0)],
+        [task("z", TaskState.BLOCKED, attempts=0)],
+        [task("y", TaskState.BLOCKED, attempts=0)],
+    ])
+    assert chain_explain(running, text).splitlines() == [
+        "chain c: RUNNING, 4 steps: ✓ 1/2 · ·",
+        "step 2 of 4 is not finished (2 later steps wait for it):",
+        "  task p2: ENQUEUED",
+        "  waiting for: constraints unmet",
+    ]
+    assert asked == ["p2"]  # not the finished p1, nor the blocked later steps
+    failed = ChainInfo(id="c", state=TaskState.FAILED, steps=[
+        [TaskInfo(id="a", worker_class_name="W", state=TaskState.FAILED, run_attempt_count=3,
+                  result=Failure(message="disk full"))],
+        [task("z", TaskState.CANCELLED, attempts=0)],
+    ])
+    lines = chain_explain(failed, text).splitlines()
+    assert lines[0] == "chain c: FAILED, 2 steps: ✗ ✗"
+    assert lines[1].startswith("step 1: a (W): FAILED, attempt 3") and "Failure: disk full" in lines[1]
+    assert lines[2].startswith("step 2: z (W): CANCELLED") and len(lines) == 3

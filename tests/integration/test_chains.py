@@ -61,6 +61,31 @@ def test_failed_step_fails_dependents_which_never_run(svengine: Any, tmp_path: P
     assert runs(log) == ["fa", "fb"]
 
 
+def test_a_chain_explains_where_it_waits(svengine: Any) -> None:
+    """``explain(chain_id)`` (and ``kmpray why``): its steps, then the first unfinished
+    step's tasks by their own explanation (here: a gate no node satisfies)."""
+    from kmpray import Constraints
+    from kmpray.client import TaskNotFound
+
+    gated = TaskRequest("Step", id="eb", constraints=Constraints(requires_charging=True))
+    svengine.set_device_state(charging=False)
+    try:
+        svengine.begin_with(step("ea")).then(gated).then(step("ec")).with_id("e").enqueue()
+        until(lambda: (w := svengine.get_task_info("eb").waiting_for) is not None and w.kind == "constraints",
+              what="step 2 held by its gate")
+        lines = svengine.explain("e").splitlines()
+        assert lines[0].startswith("chain e: ") and lines[0].endswith(", 3 steps: ✓ · ·"), lines
+        assert lines[1] == "step 2 of 3 is not finished (1 later step waits for it):", lines
+        assert lines[2].startswith("  task eb (Step): ENQUEUED"), lines
+        assert any("constraints unmet" in line for line in lines[3:]), lines
+    finally:
+        svengine.clear_device_overrides()
+    assert svengine.wait("e", timeout_s=60).state is TaskState.SUCCEEDED
+    assert svengine.explain("e").splitlines() == ["chain e: SUCCEEDED, 3 steps: ✓ ✓ ✓"]
+    with pytest.raises(TaskNotFound, match="no task or chain 'no-such'"):
+        svengine.explain("no-such")
+
+
 def test_cancel_chain_mid_run(svengine: Any, tmp_path: Path) -> None:
     gate = tmp_path / "gate"
     first = step("xa", gate=str(gate), block=["xb"])
