@@ -220,13 +220,22 @@ def step_data(cluster: Cluster, sched: Any, state: str, other: Any, out: dict[st
 
 
 def main() -> None:
+    import time
+
+    began = time.monotonic()
+    phases: dict[str, float] = {}  # seconds from the start to the end of each part: where the time goes
+
+    def mark(name: str) -> None:
+        phases[name] = round(time.monotonic() - began, 1)
+
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     other = cluster.add_node(num_cpus=1, resources={"heavy": 1})
     ray.init(address=cluster.address, log_to_driver=False)
     cluster.wait_for_nodes()
     head = cluster.head_node.node_id
     sched = None
-    out: dict[str, object] = {"head": head, "other": other.node_id}
+    out: dict[str, object] = {"head": head, "other": other.node_id, "phases_s": phases}
+    mark("cluster")
     state = tempfile.mkdtemp()
     try:
         sched = kmpray.connect(
@@ -234,6 +243,7 @@ def main() -> None:
             state_dir=state,
             config=EngineConfig(heavy_resources={"heavy": 1}, heavy_num_cpus=0, heavy_unreachable_s=3),
         )
+        mark("engine")
         sched.register_worker("WhereAmI", WhereAmI)
         charging = Constraints(requires_charging=True)
         sched.set_device_state(node_id=head, charging=False, battery_level=50)
@@ -251,6 +261,7 @@ def main() -> None:
         out["spread"] = sorted({sched.wait(f"s{i}", timeout_s=120).result.data["node"] for i in range(40)})
         out["executor_nodes"] = sched.status()["executor_nodes"]
         out["scheduler_node"] = sched.status()["node"]
+        mark("placement")
         # Fault: the worker node goes away while work is in flight on it.
         import time
 
@@ -301,18 +312,23 @@ def main() -> None:
             "duplicated": len(runs) - len(set(runs)),
             "in_flight_at_fault": in_flight,
         }
+        mark("fault")
         step_data(cluster, sched, state, joined, out)  # it removes the joined node
+        mark("step_data")
         try:  # the heavy pool's own test reads these: a failure must not hide the results above
             late = unplaceable(cluster, sched, out)
+            mark("unplaceable")
             sched.shutdown()
             sched = None
             out["heavy_pool"], joined2 = heavy_pool(late, cluster)
+            mark("heavy_pool")
         except Exception:
             out["heavy_pool"] = {"error": traceback.format_exc()}
             out["node_loss"] = {"error": "not run: the heavy pool's part before it failed"}
         else:
             try:  # likewise: read by test_multinode.py's node-loss test alone
                 out["node_loss"] = node_loss(cluster, [late, joined2])
+                mark("node_loss")
             except Exception:
                 out["node_loss"] = {"error": traceback.format_exc()}
     finally:

@@ -33,6 +33,7 @@ def two_nodes() -> dict[str, object]:
 
 def test_placement_on_a_two_node_cluster(two_nodes: dict[str, object]) -> None:
     out = two_nodes
+    print("multinode.py's parts ended at (s):", out["phases_s"])
     assert sorted(out["executor_nodes"]) == sorted([out["head"], out["other"]])  # one per CPU per node
     assert out["on_other"] == out["other"]  # the only charging node
     assert out["on_head"] == out["head"]  # after the states swapped
