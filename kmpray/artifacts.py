@@ -27,19 +27,29 @@ import io
 import json
 import mmap
 import os
+import sys
 import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import blake3
 import msgpack
-import numpy as np
+
+if TYPE_CHECKING:
+    import numpy as np
 
 from .errors import InvalidParameters
+
+
+def _numpy() -> Any:
+    """numpy if this process has imported it, else None: no value can be an array before
+    it has. The engine's actors import it only when step data holds arrays (it is ~50 ms
+    of each actor process's start, and an engine starts eight)."""
+    return sys.modules.get("numpy")
 
 MARK = "$kmpray"
 _EXT = {"ndarray": ".npy", "bytes": ".bin", "msgpack": ".msgpack"}
@@ -65,6 +75,8 @@ class Blob:
         """The artifact file's bytes, in order (an array's .npy header, then its data)."""
         if self.kind != "ndarray":
             return [memoryview(self.value)]
+        import numpy as np
+
         head = io.BytesIO()
         meta = np.lib.format.header_data_from_array_1_0(self.value)
         try:
@@ -97,7 +109,8 @@ def is_plain(data: dict[str, Any] | None, max_output_bytes: int) -> bool:
 
 
 def _describe_type(value: object) -> str:
-    if isinstance(value, np.ndarray):
+    np = _numpy()
+    if np is not None and isinstance(value, np.ndarray):
         return f"numpy array of {value.dtype} {list(value.shape)}"
     return type(value).__name__
 
@@ -114,6 +127,7 @@ def split(
     if MARK in data:
         raise InvalidParameters(f"Success.data: the key {MARK!r} is reserved for kmpray's descriptors")
     blobs: dict[int, Blob] = {}  # by id of the value: one object returned twice is one blob
+    np = _numpy()
     total = [0]
 
     def large(kind: str, value: Any, nbytes: int, where: str, shown: object, head: dict[str, Any]) -> dict[str, Any]:
@@ -133,7 +147,9 @@ def split(
         return desc
 
     def walk(value: Any, where: str) -> Any:
-        if isinstance(value, np.ndarray):
+        if np is None:
+            pass  # no arrays in this process
+        elif isinstance(value, np.ndarray):
             if value.dtype.hasobject:
                 raise InvalidParameters(
                     f"{where}: numpy array of dtype {value.dtype} holds Python objects; only arrays of "
@@ -146,7 +162,7 @@ def split(
                 np.lib.format.write_array(buf, arr, allow_pickle=False)
                 return {**head, "nbytes": arr.nbytes, "b": buf.getvalue()}
             return large("ndarray", arr, arr.nbytes, where, arr, head)
-        if isinstance(value, np.generic):  # numpy scalars: their Python value
+        elif isinstance(value, np.generic):  # numpy scalars: their Python value
             if value.dtype.hasobject:
                 raise InvalidParameters(f"{where}: numpy object scalar cannot be stored without pickle")
             return walk(value.item(), where)
@@ -260,6 +276,8 @@ def to_json(data: dict[str, Any]) -> str:
 
 
 def decode_inline(desc: dict[str, Any]) -> np.ndarray:
+    import numpy as np
+
     arr = np.lib.format.read_array(io.BytesIO(desc["b"]), allow_pickle=False)
     arr.flags.writeable = False
     return arr
@@ -270,7 +288,8 @@ def from_stored(kind: str, value: Any) -> Any:
     a successor shares them, zero-copy, with every other reader on the node)."""
     if kind == "msgpack":
         return msgpack.unpackb(value, raw=False, strict_map_key=False)
-    if isinstance(value, np.ndarray):
+    np = _numpy()
+    if np is not None and isinstance(value, np.ndarray):
         value.flags.writeable = False
     return value
 
@@ -412,6 +431,8 @@ class ArtifactDir:
         kind = desc[MARK]
         path = self.path(desc["blake3"], kind)
         if kind == "ndarray":
+            import numpy as np
+
             return np.load(path, mmap_mode="r", allow_pickle=False)
         return path.read_bytes()
 
