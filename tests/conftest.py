@@ -82,7 +82,11 @@ def _shared_vengine(module_engines: EngineFactory) -> Any:
 @pytest.fixture
 def svengine(_shared_vengine: Any) -> Iterator[Any]:
     """The module's shared virtual-time engine with the test workers registered; whatever
-    a test leaves unfinished is cancelled after it."""
+    a test leaves unfinished is cancelled after it. ``kmpray.TaskEventBus`` is bound to it
+    (as by a fresh connect: another test's engine may have been connected since)."""
+    import kmpray
+
+    kmpray.TaskEventBus._bind(_shared_vengine.events)
     yield _shared_vengine
     _shared_vengine.cancel_all()
 
@@ -98,7 +102,11 @@ def _shared_engine(module_engines: EngineFactory) -> Any:
 
 @pytest.fixture
 def sengine(_shared_engine: Any) -> Iterator[Any]:
-    """The module's shared real-time engine (test workers registered); cleaned as above."""
+    """The module's shared real-time engine (test workers registered); cleaned and bound
+    as above."""
+    import kmpray
+
+    kmpray.TaskEventBus._bind(_shared_engine.events)
     yield _shared_engine
     _shared_engine.cancel_all()
 

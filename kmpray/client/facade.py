@@ -428,7 +428,8 @@ class BackgroundTaskScheduler(Waiting, Routing):
         stop_engine(self.namespace)
         for lane in self._lanes:
             lane.close()
-        TaskEventBus._bind(None)
+        if TaskEventBus._backend is self.events:  # not another engine's, connected later
+            TaskEventBus._bind(None)
 
 
 def default_state_dir(namespace: str) -> str:

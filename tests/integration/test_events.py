@@ -125,7 +125,7 @@ def test_many_subscribers_one_slow_all_get_every_event_in_order(vengine: Any) ->
         slow_sub.close()
 
 
-def test_replay_from_a_cursor_after_a_broker_restart(vengine: Any) -> None:
+def test_replay_from_a_cursor_after_a_broker_restart(vengine: Any, engines: Any) -> None:
     import ray
 
     for i in range(3):
@@ -138,6 +138,12 @@ def test_replay_from_a_cursor_after_a_broker_restart(vengine: Any) -> None:
     vengine.wait("b3", timeout_s=30)
     rest = _drain(sub, 2)
     assert [e.task_id for e in first + rest] == ["b0", "b1", "b2", "b3"]
+    # An engine connected later has the bus; shutting this one down leaves it there.
+    later = engines()
+    vengine.shutdown()
+    sub = later.events.subscribe()
+    kmpray.TaskEventBus.emit(TaskCompletionEvent("to-later", True))
+    assert [e.task_name for e in _drain(sub, 1)] == ["to-later"]
 
 
 def test_wait_many_with_a_progress_bar(svengine: Any, capsys: Any) -> None:
