@@ -69,6 +69,26 @@ def start(address: str | None, namespace: str, state_dir: str | None, shards: in
 
 
 @main.command()
+@engine_options[0]
+@engine_options[1]
+def stop(address: str | None, namespace: str) -> None:
+    """Stop a running engine's actors; its tasks stay in its store for the next start."""
+    import ray
+
+    from .actors.bootstrap import stop_engine
+
+    try:
+        if not ray.is_initialized():
+            ray.init(address=address or "auto", include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    except Exception as exc:
+        raise click.ClickException(f"cannot reach the cluster: {exc}") from None
+    stopped = stop_engine(namespace)
+    if not stopped:
+        raise click.ClickException(f"no engine {namespace!r} is running")
+    click.echo(f"engine {namespace!r} stopped ({len(stopped)} actors); its tasks stay in its store")
+
+
+@main.command()
 @with_engine
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(address: str | None, namespace: str, state_dir: str | None, as_json: bool) -> None:

@@ -35,7 +35,8 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_help_lists_the_commands() -> None:
     out = kmpray("--help")
     assert out.returncode == 0
-    for command in ("demo", "start", "status", "list", "info", "why", "cancel", "events", "bench", "quarantine"):
+    for command in ("demo", "start", "stop", "status", "list", "info", "why", "cancel", "events", "bench",
+                    "quarantine"):
         assert command in out.stdout
 
 
@@ -146,8 +147,22 @@ def test_start_brings_up_an_engine_on_a_running_cluster(ray_session, tmp_path: P
     attached = lib.connect(namespace="cli-start", state_dir=str(tmp_path))
     try:
         assert attached.status()["executors"] >= 1  # the detached engine outlived the CLI process
+        attached.enqueue("kept", lib.TaskTrigger.OneTime(lib.ONE_HOUR), "HttpRequestWorker")
     finally:
+        stopped = cli("stop", "--address", address, "--namespace", "cli-start")
         attached.shutdown()
+    assert stopped.returncode == 0 and "engine 'cli-start' stopped" in stopped.stdout, stopped.stderr
+    from tests.integration.helpers import until
+
+    until(lambda: not [e for e in ray_session.util.list_named_actors(all_namespaces=True)
+                       if e["namespace"] == "cli-start"], what="every actor of that engine to be gone")  # ...
+    again = cli("stop", "--address", address, "--namespace", "cli-start")
+    assert again.returncode == 1 and "no engine 'cli-start' is running" in again.stderr
+    back = lib.connect(namespace="cli-start", state_dir=str(tmp_path))
+    try:  # ...and its tasks stayed in the store
+        assert back.get_task_info("kept").state.value == "ENQUEUED"
+    finally:
+        back.shutdown()
 
 
 @pytest.mark.ray
