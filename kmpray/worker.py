@@ -102,6 +102,31 @@ def check_worker_class(name: str, cls: object) -> None:
         )
     if not isinstance(cls, type) or not callable(getattr(cls, "do_work", None)):
         raise InvalidParameters(f"worker {name!r}: {cls!r} is not a class with a do_work method")
+    if getattr(cls, "do_work", None) is CommonWorker.do_work:
+        raise InvalidParameters(f"worker {name!r}: {cls.__name__} does not implement do_work")
+    _check_signature(name, cls)
+
+
+def _check_signature(name: str, cls: type) -> None:
+    """``do_work`` must take ``(input)`` or ``(input, ctx)``: a class that could never be
+    called so is refused when it is registered, not at its first run."""
+    try:
+        sig = inspect.signature(cls.do_work)  # type: ignore[attr-defined]
+    except (TypeError, ValueError):  # not introspectable (a C callable): left to the run
+        return
+    params = list(sig.parameters.values())
+    if not isinstance(inspect.getattr_static(cls, "do_work"), (staticmethod, classmethod)):
+        params = params[1:]  # self
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [p for p in positional if p.default is p.empty]
+    keyword_only = [p for p in params if p.kind is p.KEYWORD_ONLY and p.default is p.empty]  # never passed
+    if not positional or len(required) > 2 or keyword_only:
+        wants = ", ".join(p.name for p in params) or "nothing"
+        raise InvalidParameters(
+            f"worker {name!r}: {cls.__name__}.do_work must take (input) or (input, ctx); it takes ({wants})"
+        )
 
 
 def worker(name: str) -> Callable[[_W], _W]:

@@ -93,3 +93,63 @@ def test_engine_timeouts_are_checked_naming_the_field() -> None:
     for bad in (0, -1, 601):
         with pytest.raises(pydantic.ValidationError, match="ping_timeout_s"):
             EngineConfig(ping_timeout_s=bad)
+
+
+def test_a_worker_class_that_could_never_run_is_refused_when_registered() -> None:
+    """``do_work`` must exist and take ``(input)`` or ``(input, ctx)``: anything else is
+    refused by ``@kmpray.worker`` / ``register_worker``, naming the class, not failed at
+    its first run."""
+    import re
+
+    import pytest
+
+    import kmpray
+    from kmpray.errors import InvalidParameters
+    from kmpray.worker import check_worker_class
+
+    class Missing(kmpray.CommonWorker):
+        pass
+
+    class Three(kmpray.CommonWorker):
+        def do_work(self, input, ctx, extra):  # type: ignore[no-untyped-def]  # noqa: A002
+            return True
+
+    class Nothing(kmpray.CommonWorker):
+        def do_work(self):  # type: ignore[no-untyped-def,override]
+            return True
+
+    class KeywordCtx(kmpray.CommonWorker):
+        def do_work(self, input, *, ctx):  # type: ignore[no-untyped-def]  # noqa: A002
+            return True
+
+    shape = ".do_work must take (input) or (input, ctx); it takes "
+    for cls, words in ((Missing, "Missing does not implement do_work"),
+                       (KeywordCtx, f"KeywordCtx{shape}(input, ctx)"),
+                       (Three, f"Three{shape}(input, ctx, extra)"),
+                       (Nothing, f"Nothing{shape}(nothing)")):
+        with pytest.raises(InvalidParameters, match=re.escape(words)):
+            check_worker_class("W", cls)
+
+    class One(kmpray.CommonWorker):
+        async def do_work(self, input):  # type: ignore[no-untyped-def]  # noqa: A002
+            return True
+
+    class Two(kmpray.CommonWorker):
+        def do_work(self, input, ctx, extra=None):  # type: ignore[no-untyped-def]  # noqa: A002
+            return True
+
+    class Loose(kmpray.CommonWorker):
+        def do_work(self, *args, **kw):  # type: ignore[no-untyped-def]
+            return True
+
+    class Static(kmpray.CommonWorker):
+        @staticmethod
+        def do_work(input):  # type: ignore[no-untyped-def]  # noqa: A002
+            return True
+
+    class Duck:  # not a CommonWorker: accepted as long as it has a do_work of the right shape
+        def do_work(self, input):  # type: ignore[no-untyped-def]  # noqa: A002
+            return True
+
+    for ok in (One, Two, Loose, Static, Duck):
+        check_worker_class("W", ok)
