@@ -149,10 +149,11 @@ def list_(address: str | None, namespace: str, state_dir: str | None, state: str
 @with_engine
 @click.argument("task_id")
 def info(address: str | None, namespace: str, state_dir: str | None, task_id: str) -> None:
-    """Show one task as JSON."""
-    found = _connect(address, namespace, state_dir).get_task_info(task_id)
+    """Show one task (or a chain, with its steps' tasks) as JSON."""
+    sched = _connect(address, namespace, state_dir)
+    found = sched.get_task_info(task_id) or sched.get_chain_info(task_id)
     if found is None:
-        raise click.ClickException(f"no task {task_id!r}")
+        raise click.ClickException(f"no task or chain {task_id!r}")
     click.echo(found.model_dump_json(indent=2))
 
 

@@ -85,7 +85,7 @@ def test_cluster_yaml_names_what_the_engine_asks_for() -> None:
 def test_inspect_and_cancel_a_live_engine(vengine, ray_session) -> None:  # type: ignore[no-untyped-def]
     import json as _json
 
-    from kmpray import ONE_HOUR, TaskTrigger
+    from kmpray import ONE_HOUR, TaskRequest, TaskTrigger
 
     vengine.enqueue("done", TaskTrigger.OneTime(), "Echo", input="cli")
     vengine.wait("done", timeout_s=30)
@@ -118,7 +118,11 @@ def test_inspect_and_cancel_a_live_engine(vengine, ray_session) -> None:  # type
     info = cli("info", *engine, "done")
     assert info.returncode == 0 and _json.loads(info.stdout)["state"] == "SUCCEEDED"
     missing = cli("info", *engine, "nope")
-    assert missing.returncode == 1 and "no task 'nope'" in missing.stderr
+    assert missing.returncode == 1 and "no task or chain 'nope'" in missing.stderr
+    vengine.begin_with(TaskRequest("Echo", id="in-chain")).with_id("a-chain").enqueue()
+    vengine.wait("a-chain", timeout_s=30)
+    chain = _json.loads(cli("info", *engine, "a-chain").stdout)
+    assert chain["state"] == "SUCCEEDED" and [[t["id"] for t in step] for step in chain["steps"]] == [["in-chain"]]
 
     events = cli("events", *engine, "--since", "0")
     lines = [_json.loads(line) for line in events.stdout.splitlines()]
