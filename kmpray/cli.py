@@ -79,7 +79,8 @@ def stop(address: str | None, namespace: str) -> None:
 
     try:
         if not ray.is_initialized():
-            ray.init(address=address or "auto", include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+            ray.init(address=address or "auto", include_dashboard=False, log_to_driver=False,
+                     logging_level="ERROR")
     except Exception as exc:
         raise click.ClickException(f"cannot reach the cluster: {exc}") from None
     stopped = stop_engine(namespace)

@@ -122,7 +122,8 @@ def test_inspect_and_cancel_a_live_engine(vengine, ray_session) -> None:  # type
     vengine.begin_with(TaskRequest("Echo", id="in-chain")).with_id("a-chain").enqueue()
     vengine.wait("a-chain", timeout_s=30)
     chain = _json.loads(cli("info", *engine, "a-chain").stdout)
-    assert chain["state"] == "SUCCEEDED" and [[t["id"] for t in step] for step in chain["steps"]] == [["in-chain"]]
+    assert chain["state"] == "SUCCEEDED"
+    assert [[t["id"] for t in step] for step in chain["steps"]] == [["in-chain"]]
 
     events = cli("events", *engine, "--since", "0")
     lines = [_json.loads(line) for line in events.stdout.splitlines()]
