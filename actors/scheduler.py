@@ -58,6 +58,7 @@ from .retry import call_with_retry
 from .scheduler_artifacts import ArtifactKeeper, SchedulerArtifacts
 from .scheduler_chains import SchedulerChains
 from .scheduler_dispatch import SchedulerDispatch
+from .scheduler_events import SchedulerEvents
 from .scheduler_intake import SchedulerIntake
 from .scheduler_reads import SchedulerReads
 from .scheduler_reports import SchedulerReports
@@ -79,7 +80,7 @@ def _reconstructed() -> bool:
 @ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=10_000)
 class SchedulerActor(
     SchedulerIntake, SchedulerReports, SchedulerDispatch, SchedulerChains, SchedulerReads, SchedulerArtifacts,
-    VirtualTime,
+    SchedulerEvents, VirtualTime,
 ):
     """The shell; what it does lives in its mixins, one concern each: intake (enqueue,
     register), reports (executor results, blocked loops), dispatch (pump turn, placement,
@@ -236,25 +237,6 @@ class SchedulerActor(
         asyncio.ensure_future(self._loop())
         asyncio.ensure_future(self._housekeeping())
         self.serving_in_s = time.monotonic() - self._born
-
-    async def _resend_events(self) -> None:
-        """Completion events still in the store's outbox: those the event log already has
-        (acknowledged, but the outbox is cleared only with the next write, so a shutdown
-        soon after the last completion leaves them) are forgotten; the rest, which a crash
-        kept from the broker, are sent again (it would append each once either way)."""
-        unsent = self.store.pending_events()
-        if not unsent:
-            return
-        shard = self.shard
-        taken = int(await call_with_retry(lambda: self._broker.taken.remote(shard)))
-        if unsent[0][0] <= taken:
-            self.store.ack_events(taken)
-        unsent = [(seq, body) for seq, body in unsent if seq > taken]
-        if unsent:
-            log.warning("sending %d completion events the event log does not have yet (a crash kept them "
-                        "from the broker)", len(unsent))
-            self.messages["events_resent"] += len(unsent)
-            self._events.add(unsent)
 
     async def _open_lane(self) -> None:
         """The local lane (kmpray/lane.py) for enqueue calls from this node's clients, and
@@ -432,18 +414,6 @@ class SchedulerActor(
             # first), and send what became ready at once.
             self._chain_actions(local.apply(fx.chain_msgs))
 
-    def _publish(self, batch: list[tuple[int | None, bytes]]) -> Any:
-        self.messages["event_batches_sent"] += 1
-        return self._broker.publish.remote([b for _o, b in batch], [o for o, _b in batch], self.shard)
-
-    def _events_acked(self, batch: list[tuple[int | None, bytes]]) -> None:
-        """The broker has these: they leave the outbox with the next store write (no
-        transaction of their own; housekeeping does it when nothing else writes)."""
-        upto = max((n for n, _b in batch if n is not None), default=None)
-        if upto is not None:
-            self._acked = max(upto, self._acked or 0)
-
-    # ------------------------------------------------------------- messages
     async def cancel(self, name: str) -> int:
         await self._ready
         self._cancel_acks = []
