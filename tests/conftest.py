@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from tests.integration.helpers import in_turn
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--seed", default=None, help="replay one seed of tests/core/test_simulation.py")
@@ -46,6 +48,14 @@ class EngineFactory:
         self.made.append(sched)
         return sched
 
+    def registered(self, **kw: Any) -> Any:
+        """An engine as ``__call__`` makes it, with the test workers registered."""
+        from tests.integration import workers
+
+        sched = self(**kw)
+        workers.register_all(sched)
+        return sched
+
     def close(self) -> None:
         for sched in self.made:
             try:
@@ -72,50 +82,27 @@ def module_engines(ray_session: Any, tmp_path_factory: pytest.TempPathFactory) -
 
 @pytest.fixture(scope="module")
 def _shared_vengine(module_engines: EngineFactory) -> Any:
-    from tests.integration import workers
-
-    sched = module_engines(virtual_time=True)
-    workers.register_all(sched)
-    return sched
+    return module_engines.registered(virtual_time=True)
 
 
 @pytest.fixture
 def svengine(_shared_vengine: Any) -> Iterator[Any]:
-    """The module's shared virtual-time engine with the test workers registered; whatever
-    a test leaves unfinished is cancelled after it. ``kmpray.TaskEventBus`` is bound to it
-    (as by a fresh connect: another test's engine may have been connected since)."""
-    import kmpray
-
-    kmpray.TaskEventBus._bind(_shared_vengine.events)
-    yield _shared_vengine
-    _shared_vengine.cancel_all()
+    """The module's shared virtual-time engine with the test workers registered (``in_turn``)."""
+    yield from in_turn(_shared_vengine)
 
 
 @pytest.fixture(scope="module")
 def _shared_engine(module_engines: EngineFactory) -> Any:
-    from tests.integration import workers
-
-    sched = module_engines()
-    workers.register_all(sched)
-    return sched
+    return module_engines.registered()
 
 
 @pytest.fixture
 def sengine(_shared_engine: Any) -> Iterator[Any]:
-    """The module's shared real-time engine (test workers registered); cleaned and bound
-    as above."""
-    import kmpray
-
-    kmpray.TaskEventBus._bind(_shared_engine.events)
-    yield _shared_engine
-    _shared_engine.cancel_all()
+    """The module's shared real-time engine (test workers registered; ``in_turn``)."""
+    yield from in_turn(_shared_engine)
 
 
 @pytest.fixture
 def vengine(engines: EngineFactory) -> Any:
     """A virtual-time engine with the test workers registered."""
-    from tests.integration import workers
-
-    sched = engines(virtual_time=True)
-    workers.register_all(sched)
-    return sched
+    return engines.registered(virtual_time=True)

@@ -4,7 +4,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,3 +86,14 @@ def one_name_from_many_threads(sched: Any, name: str, tmp: Path, threads: int = 
     release.touch()
     assert sched.wait(name, timeout_s=30).state is TaskState.SUCCEEDED
     return results, count_runs(str(started))
+
+
+def in_turn(shared: Any) -> Iterator[Any]:
+    """A module's shared engine for one test (the body of each such fixture):
+    ``kmpray.TaskEventBus`` bound to it, as by a fresh connect (another test's engine may
+    have been connected since); whatever the test leaves unfinished is cancelled after it."""
+    import kmpray
+
+    kmpray.TaskEventBus._bind(shared.events)
+    yield shared
+    shared.cancel_all()

@@ -11,7 +11,7 @@ import pytest
 
 from kmpray import Constraints, EngineConfig, TaskState, TaskTrigger
 
-from .helpers import ONE_SHARD, blocks_input, count_runs, until
+from .helpers import ONE_SHARD, blocks_input, count_runs, in_turn, until
 from .workers import register_all
 
 pytestmark = pytest.mark.ray
@@ -26,24 +26,19 @@ CONFIG = EngineConfig(heavy_pool_size=1, heavy_num_cpus=0, heavy_cancel_grace_s=
 def heavy(engines: Any) -> Any:
     """An engine of its own: for the tests that kill or restart its actors, or re-register
     a class."""
-    sched = engines(config=CONFIG)
-    register_all(sched)
-    return sched
+    return engines.registered(config=CONFIG)
 
 
 @pytest.fixture(scope="module")
 def _shared_heavy(module_engines: Any) -> Any:
-    sched = module_engines(config=CONFIG)
-    register_all(sched)
-    return sched
+    return module_engines.registered(config=CONFIG)
 
 
 @pytest.fixture
 def sheavy(_shared_heavy: Any) -> Iterator[Any]:
-    """The module's shared heavy engine (an engine's start is most of a short test's time);
-    what a test leaves unfinished is cancelled after it."""
-    yield _shared_heavy
-    _shared_heavy.cancel_all()
+    """The module's shared heavy engine (an engine's start is most of a short test's time;
+    ``in_turn``)."""
+    yield from in_turn(_shared_heavy)
 
 
 def test_heavy_tasks_reuse_one_actor_and_its_warm_state(sheavy: Any) -> None:

@@ -25,7 +25,7 @@ from kmpray import (
 from kmpray.errors import StoreRefused
 from kmpray.shards import shard_of
 
-from .helpers import one_name_from_many_threads
+from .helpers import in_turn, one_name_from_many_threads
 from .workers import register_all
 
 pytestmark = pytest.mark.ray
@@ -46,15 +46,12 @@ def ids_on(shard: int, prefix: str, n: int) -> list[str]:
 
 @pytest.fixture(scope="module")
 def _two(module_engines: Any) -> Any:
-    sched = module_engines(config=TWO)
-    register_all(sched)
-    return sched
+    return module_engines.registered(config=TWO)
 
 
 @pytest.fixture
 def two(_two: Any) -> Iterator[Any]:
-    yield _two
-    _two.cancel_all()
+    yield from in_turn(_two)
 
 
 def _shard_counts(sched: Any, state: str = "SUCCEEDED") -> list[int]:
