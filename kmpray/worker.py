@@ -54,17 +54,23 @@ class CommonWorker:
         raise NotImplementedError
 
 
+def _do_work_params(cls: type) -> list[inspect.Parameter]:
+    """The parameters a call of ``cls().do_work`` fills (``self`` left out; a static or
+    class method has none to leave out). Raises TypeError/ValueError if not introspectable."""
+    params = list(inspect.signature(cls.do_work).parameters.values())  # type: ignore[attr-defined]
+    if isinstance(inspect.getattr_static(cls, "do_work"), (staticmethod, classmethod)):
+        return params
+    return params[1:]
+
+
+def _positional(params: list[inspect.Parameter]) -> list[inspect.Parameter]:
+    return [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
 @functools.lru_cache(maxsize=512)
 def _wants_context(cls: type) -> bool:
     """Does ``cls.do_work`` take ``(input, ctx)``? Inspected once per class."""
-    fn = cls.do_work  # type: ignore[attr-defined]
-    params = [
-        p
-        for p in inspect.signature(fn).parameters.values()
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-    ]
-    bound = 0 if isinstance(inspect.getattr_static(cls, "do_work"), staticmethod) else 1
-    return len(params) - bound >= 2
+    return len(_positional(_do_work_params(cls))) >= 2
 
 
 async def run_worker(
@@ -111,15 +117,12 @@ def _check_signature(name: str, cls: type) -> None:
     """``do_work`` must take ``(input)`` or ``(input, ctx)``: a class that could never be
     called so is refused when it is registered, not at its first run."""
     try:
-        sig = inspect.signature(cls.do_work)  # type: ignore[attr-defined]
+        params = _do_work_params(cls)
     except (TypeError, ValueError):  # not introspectable (a C callable): left to the run
         return
-    params = list(sig.parameters.values())
-    if not isinstance(inspect.getattr_static(cls, "do_work"), (staticmethod, classmethod)):
-        params = params[1:]  # self
     if any(p.kind is p.VAR_POSITIONAL for p in params):
         return
-    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    positional = _positional(params)
     required = [p for p in positional if p.default is p.empty]
     keyword_only = [p for p in params if p.kind is p.KEYWORD_ONLY and p.default is p.empty]  # never passed
     if not positional or len(required) > 2 or keyword_only:
