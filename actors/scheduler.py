@@ -414,6 +414,7 @@ class SchedulerActor(
             # first), and send what became ready at once.
             self._chain_actions(local.apply(fx.chain_msgs))
 
+    # ------------------------------------------------------------- messages
     async def cancel(self, name: str) -> int:
         await self._ready
         self._cancel_acks = []

@@ -61,5 +61,3 @@ class SchedulerEvents:
         upto = max((n for n, _b in batch if n is not None), default=None)
         if upto is not None:
             self._acked = max(upto, self._acked or 0)
-
-    # ------------------------------------------------------------- messages

@@ -11,16 +11,20 @@ import click
 from .enums import TaskState
 
 
-def _connect(address: str | None, namespace: str, state_dir: str | None, shards: int | None = None) -> Any:
-    """Attach to the engine (a running one as it runs: its shard count too), or start it."""
+def _init_ray(address: str | None) -> None:
     import ray
 
+    if not ray.is_initialized():  # actor logs must not mix into the CLI's output (e.g. --json)
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+
+
+def _connect(address: str | None, namespace: str, state_dir: str | None, shards: int | None = None) -> Any:
+    """Attach to the engine (a running one as it runs: its shard count too), or start it."""
     from .client import connect
     from .config import EngineConfig
 
     try:
-        if not ray.is_initialized():  # actor logs must not mix into the CLI's output (e.g. --json)
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        _init_ray(address)
         config = EngineConfig(scheduler_shards=shards) if shards else None
         return connect(address=address, namespace=namespace, state_dir=state_dir, config=config)
     except Exception as exc:
@@ -73,14 +77,10 @@ def start(address: str | None, namespace: str, state_dir: str | None, shards: in
 @engine_options[1]
 def stop(address: str | None, namespace: str) -> None:
     """Stop a running engine's actors; its tasks stay in its store for the next start."""
-    import ray
-
     from .actors.bootstrap import stop_engine
 
     try:
-        if not ray.is_initialized():
-            ray.init(address=address or "auto", include_dashboard=False, log_to_driver=False,
-                     logging_level="ERROR")
+        _init_ray(address or "auto")
     except Exception as exc:
         raise click.ClickException(f"cannot reach the cluster: {exc}") from None
     stopped = stop_engine(namespace)

@@ -66,6 +66,11 @@ class _BusProxy:
     def _bind(self, backend: EventBackend | None) -> None:
         self._backend = backend
 
+    def _release(self, backend: EventBackend) -> None:
+        """Unbind ``backend`` (an engine shutting down), not another engine's bus."""
+        if self._backend is backend:
+            self._backend = None
+
     def _require(self) -> EventBackend:
         if self._backend is None:
             raise KmprayError("TaskEventBus is not connected: call kmpray.connect() first")

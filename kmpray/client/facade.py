@@ -428,8 +428,7 @@ class BackgroundTaskScheduler(Waiting, Routing):
         stop_engine(self.namespace)
         for lane in self._lanes:
             lane.close()
-        if TaskEventBus._backend is self.events:  # not another engine's, connected later
-            TaskEventBus._bind(None)
+        TaskEventBus._release(self.events)  # not another engine's, connected later
 
 
 def default_state_dir(namespace: str) -> str:
