@@ -173,6 +173,11 @@ def chain_progress(chain: ChainInfo) -> tuple[int, str]:
     return min(100, int(100 * weight / total)), " ".join(marks)
 
 
+#: How many of a step's unfinished tasks ``chain_explain`` explains (each is a call to the
+#: scheduler; a 5,000-wide step would be 5,000), the rest counted.
+CHAIN_EXPLAIN_TASKS = 5
+
+
 def chain_explain(chain: ChainInfo, task_text: Callable[[str], str]) -> str:
     """Why a chain is (not) finished: its state and steps (``✓ ▶ ·``), each task that ended
     it early (failed or cancelled) with its result, and for the first step not finished,
@@ -187,8 +192,11 @@ def chain_explain(chain: ChainInfo, task_text: Callable[[str], str]) -> str:
         waiting = [t for t in step if not t.state.is_finished]
         if waiting:
             later = len(chain.steps) - n
-            lines.append(f"step {n} of {len(chain.steps)} is not finished"
-                         + (f" ({later} later step{'s wait' if later != 1 else ' waits'} for it):" if later else ":"))
-            lines += ["  " + line for t in waiting for line in task_text(t.id).splitlines()]
+            after = f" ({later} later step{'s wait' if later != 1 else ' waits'} for it)" if later else ""
+            lines.append(f"step {n} of {len(chain.steps)} is not finished{after}:")
+            shown = waiting[:CHAIN_EXPLAIN_TASKS]
+            lines += ["  " + line for t in shown for line in task_text(t.id).splitlines()]
+            if len(waiting) > len(shown):
+                lines.append(f"  ... and {len(waiting) - len(shown)} more unfinished in step {n}")
             break
     return "\n".join(lines)

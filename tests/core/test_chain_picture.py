@@ -70,7 +70,7 @@ def test_a_chain_s_progress_counts_finished_tasks_and_running_ones_by_their_prog
 def test_a_chain_explains_itself_by_its_first_unfinished_step_and_what_ended_it() -> None:
     """``explain(chain_id)`` (``kmpray why``): the steps, then each unfinished task of the
     first step not finished, by its own explanation; the steps after it are only counted."""
-    from kmpray.display import chain_explain
+    from kmpray.display import CHAIN_EXPLAIN_TASKS, chain_explain
     from kmpray.results import Failure
 
     asked: list[str] = []
@@ -92,6 +92,12 @@ def test_a_chain_explains_itself_by_its_first_unfinished_step_and_what_ended_it(
         "  waiting for: constraints unmet",
     ]
     assert asked == ["p2"]  # not the finished p1, nor the blocked later steps
+    asked.clear()
+    wide = ChainInfo(id="w", state=TaskState.RUNNING, steps=[
+        [task(f"t{i}", TaskState.ENQUEUED, attempts=0) for i in range(CHAIN_EXPLAIN_TASKS + 3)]])
+    lines = chain_explain(wide, text).splitlines()
+    assert asked == [f"t{i}" for i in range(CHAIN_EXPLAIN_TASKS)]  # one scheduler call each, bounded
+    assert lines[-1] == "  ... and 3 more unfinished in step 1"
     failed = ChainInfo(id="c", state=TaskState.FAILED, steps=[
         [TaskInfo(id="a", worker_class_name="W", state=TaskState.FAILED, run_attempt_count=3,
                   result=Failure(message="disk full"))],
