@@ -75,6 +75,12 @@ def _running_shards(namespace: str) -> int | None:
         return None
 
 
+def running_engines() -> list[str]:
+    """The namespaces whose engine runs on this cluster (the ones users connect to)."""
+    return sorted(e["namespace"] for e in ray.util.list_named_actors(all_namespaces=True)
+                  if e["name"] == SCHEDULER and base_namespace(e["namespace"]) == e["namespace"])
+
+
 def head_node_id() -> str | None:
     """The alive node carrying Ray's head marker resource, if Ray reports one."""
     for node in ray.nodes():

@@ -31,6 +31,24 @@ def _connect(address: str | None, namespace: str, state_dir: str | None, shards:
         raise click.ClickException(f"cannot reach the engine: {exc}") from None
 
 
+def _attach(address: str | None, namespace: str, state_dir: str | None) -> Any:
+    """Attach to the running engine of ``namespace``; never start one. An inspection with a
+    mistyped ``--namespace`` (or no engine yet) would otherwise leave a new engine of
+    detached actors running on the cluster."""
+    from .actors.bootstrap import running_engines
+
+    try:
+        _init_ray(address or "auto")  # no cluster: an error, not a new local Ray
+    except Exception as exc:
+        raise click.ClickException(f"cannot reach the cluster: {exc}") from None
+    running = running_engines()
+    if namespace not in running:
+        others = f" (running: {', '.join(running)})" if running else ""
+        raise click.ClickException(
+            f"no engine {namespace!r} is running{others}; `kmpray start --namespace {namespace}` starts one")
+    return _connect(address, namespace, state_dir)
+
+
 engine_options = [
     click.option("--address", default=None, help="Ray address ('auto' for a running cluster)."),
     click.option("--namespace", default="kmpray", show_default=True, help="The engine's namespace."),
@@ -94,7 +112,7 @@ def stop(address: str | None, namespace: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(address: str | None, namespace: str, state_dir: str | None, as_json: bool) -> None:
     """Engine health and task counts by state."""
-    info = _connect(address, namespace, state_dir).status()
+    info = _attach(address, namespace, state_dir).status()
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
@@ -142,7 +160,7 @@ def list_(address: str | None, namespace: str, state_dir: str | None, state: str
     """List tasks, optionally only those in one state."""
     from .display import tasks_text
 
-    infos = _connect(address, namespace, state_dir).list_tasks(TaskState(state.upper()) if state else None)
+    infos = _attach(address, namespace, state_dir).list_tasks(TaskState(state.upper()) if state else None)
     click.echo(tasks_text(infos))
 
 
@@ -151,7 +169,7 @@ def list_(address: str | None, namespace: str, state_dir: str | None, state: str
 @click.argument("task_id")
 def info(address: str | None, namespace: str, state_dir: str | None, task_id: str) -> None:
     """Show one task (or a chain, with its steps' tasks) as JSON."""
-    sched = _connect(address, namespace, state_dir)
+    sched = _attach(address, namespace, state_dir)
     found = sched.get_task_info(task_id) or sched.get_chain_info(task_id)
     if found is None:
         raise click.ClickException(f"no task or chain {task_id!r}")
@@ -166,7 +184,7 @@ def why(address: str | None, namespace: str, state_dir: str | None, task_id: str
     from .client import TaskNotFound
 
     try:
-        click.echo(_connect(address, namespace, state_dir).explain(task_id))
+        click.echo(_attach(address, namespace, state_dir).explain(task_id))
     except TaskNotFound:
         raise click.ClickException(f"no task or chain {task_id!r}") from None
 
@@ -176,7 +194,7 @@ def why(address: str | None, namespace: str, state_dir: str | None, task_id: str
 @click.argument("task_id")
 def cancel(address: str | None, namespace: str, state_dir: str | None, task_id: str) -> None:
     """Cancel a task (and everything that depends on it)."""
-    n = _connect(address, namespace, state_dir).cancel(task_id)
+    n = _attach(address, namespace, state_dir).cancel(task_id)
     if n == 0:
         raise click.ClickException(f"nothing unfinished under {task_id!r}")
     click.echo(f"cancelled {n}")
@@ -188,7 +206,7 @@ def cancel(address: str | None, namespace: str, state_dir: str | None, task_id: 
 @click.option("--drop", "drop", default=None, metavar="KEY", help="Delete the quarantined row(s) under KEY.")
 def quarantine(address: str | None, namespace: str, state_dir: str | None, as_json: bool, drop: str | None) -> None:
     """Stored rows that did not decode at restore (never decoded again), or drop one."""
-    sched = _connect(address, namespace, state_dir)
+    sched = _attach(address, namespace, state_dir)
     if drop is not None:
         n = sched.drop_quarantined(drop)
         if n == 0:
@@ -212,7 +230,7 @@ def quarantine(address: str | None, namespace: str, state_dir: str | None, as_js
 @click.option("--follow", is_flag=True, help="Keep printing new events until interrupted.")
 def events(address: str | None, namespace: str, state_dir: str | None, since: int | None, follow: bool) -> None:
     """Print stored events as JSON lines (cursor first)."""
-    sched = _connect(address, namespace, state_dir)
+    sched = _attach(address, namespace, state_dir)
     try:
         sub = sched.events.subscribe(since=0 if since is None and not follow else since)
     except ValueError as exc:
@@ -247,7 +265,7 @@ def dashboard(address: str | None, namespace: str, state_dir: str | None, port: 
         raise click.ClickException(f"the dashboard needs its extra: pip install 'kmpray[dashboard]' ({exc})") from None
     if not is_loopback(host) and not token:
         raise click.ClickException(f"--host {host} is not loopback: give --token (or KMPRAY_DASHBOARD_TOKEN)")
-    sched = _connect(address, namespace, state_dir)
+    sched = _attach(address, namespace, state_dir)
     suffix = f"?token={token}" if token else ""
     click.echo(f"kmpray dashboard for {namespace!r} on http://{host}:{port}/{suffix}  (Ctrl-C stops it)")
     serve(sched, host=host, port=port, token=token)

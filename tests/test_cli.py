@@ -92,6 +92,15 @@ def test_inspect_and_cancel_a_live_engine(vengine, ray_session) -> None:  # type
     vengine.enqueue("later", TaskTrigger.OneTime(ONE_HOUR), "Echo")
     engine = ["--address", ray_session.get_runtime_context().gcs_address, "--namespace", vengine.namespace]
 
+    # An inspection never starts an engine: a mistyped namespace is an error naming the
+    # running ones, and leaves no actor behind (it used to start a whole detached engine).
+    address = engine[1]
+    typo = cli("status", "--address", address, "--namespace", "no-such-engine")
+    assert typo.returncode == 1 and "no engine 'no-such-engine' is running" in typo.stderr
+    assert vengine.namespace in typo.stderr.split("(running: ")[1]  # the running engines, named
+    assert not [e for e in ray_session.util.list_named_actors(all_namespaces=True)
+                if e["namespace"] == "no-such-engine"]
+
     # One command as its own process (the exit code and output a shell sees); the rest run
     # in this process through click's runner (a process each would be ~1.5 s of imports).
     status = kmpray("status", *engine, "--json")
