@@ -95,8 +95,15 @@ async def run_worker(
 
 _W = TypeVar("_W", bound=type)
 
-# Process-local registrations made with the decorator; connect() pushes them to the engine.
+# Process-local registrations made with the decorator; connect() pushes them to the engine,
+# and each later one goes to the engines this process is connected to (client/live.py).
 LOCAL_WORKERS: dict[str, type] = {}
+_ON_REGISTER: list[Callable[[str, type], None]] = []
+
+
+def on_register(listener: Callable[[str, type], None]) -> None:
+    """Call ``listener(name, cls)`` at each ``@kmpray.worker`` registration from now on."""
+    _ON_REGISTER.append(listener)
 
 MAX_WORKER_NAME = 200
 
@@ -138,6 +145,8 @@ def worker(name: str) -> Callable[[_W], _W]:
     def register(cls: _W) -> _W:
         check_worker_class(name, cls)
         LOCAL_WORKERS[name] = cls
+        for listener in _ON_REGISTER:
+            listener(name, cls)
         return cls
 
     return register

@@ -31,7 +31,7 @@ from ..shards import SHARD_SEP, merge_status, shard_of
 from ..timing import CALL_TIMEOUT_S, LANE_CONNECT_TIMEOUT_S
 from ..triggers import OneTime, Trigger
 from ..worker import LOCAL_WORKERS, check_worker_class
-from . import outputs
+from . import live, outputs
 from .coalesce import AsyncCoalescer, Coalescer
 from .lane import Lane, LaneDown
 from .remote import _await, _ray, _ray_init, _tokens, _unwrap
@@ -426,6 +426,7 @@ class BackgroundTaskScheduler(Waiting, Routing):
         from kmpray.actors.bootstrap import stop_engine
 
         stop_engine(self.namespace)
+        live.detached(self)
         for lane in self._lanes:
             lane.close()
         TaskEventBus._release(self.events)  # not another engine's, connected later
@@ -479,6 +480,7 @@ def connect(
     from ..workers import BUILTIN_WORKERS
 
     scheduler._register_many({**BUILTIN_WORKERS, **LOCAL_WORKERS})
+    live.attached(scheduler)  # later @kmpray.worker classes go to it at once
     TaskEventBus._bind(scheduler.events)
     return scheduler
 

@@ -466,3 +466,22 @@ def test_worker_classes_register_many_at_once_with_growing_versions(sengine: Any
     assert {"BatchA", "BatchB", "HttpRequestWorker"} <= set(sengine.status()["workers"])
     assert sengine.enqueue("ba", TaskTrigger.OneTime(), "BatchB") is ScheduleResult.SUCCESS
     assert sengine.wait("ba", timeout_s=30).state is TaskState.SUCCEEDED
+
+
+def test_a_worker_decorated_after_connect_runs_at_once(sengine: Any) -> None:
+    """A notebook's order: connect in one cell, define a worker in the next. The decorator
+    registers it with the connected engine then and there (client/live.py)."""
+    from kmpray.worker import LOCAL_WORKERS
+
+    assert "DecoratedLate" not in sengine.status()["workers"]
+    try:
+        @kmpray.worker("DecoratedLate")
+        class DecoratedLate(kmpray.CommonWorker):
+            def do_work(self, input: str | None) -> kmpray.WorkerResult:  # noqa: A002
+                return kmpray.WorkerResult.Success(data={"late": input})
+
+        answer = sengine.enqueue("late", TaskTrigger.OneTime(), "DecoratedLate", input="x")
+        assert answer is ScheduleResult.SUCCESS
+        assert sengine.wait("late", timeout_s=30).result.data == {"late": "x"}
+    finally:
+        LOCAL_WORKERS.pop("DecoratedLate", None)
