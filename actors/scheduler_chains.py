@@ -98,4 +98,4 @@ class SchedulerChains:
         if not self.core.is_settled(chain_id) and timeout_s != 0:
             await self.waiters.wait(chain_id, 0, timeout_s)
         info = self.core.chain_info(chain_id)
-        return info.model_dump(mode="json") if info is not None else None
+        return info.model_dump() if info is not None else None  # python mode: bytes stay bytes

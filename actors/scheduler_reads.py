@@ -111,7 +111,7 @@ class SchedulerReads:
     async def get_chain_info(self, chain_id: str) -> dict[str, Any] | None:
         await self._ready
         info = self.core.chain_info(chain_id)
-        return info.model_dump(mode="json") if info is not None else None
+        return info.model_dump() if info is not None else None  # python mode: bytes stay bytes
 
     async def quarantined(self) -> list[dict[str, Any]]:
         """Stored rows that did not decode at restore (never decoded again; see kmpray/store.py)."""
@@ -140,7 +140,7 @@ class SchedulerReads:
             if why is not None:
                 info = info.model_copy(update={"waiting_for": reason.model_copy(
                     update={"message": why, "details": {**reason.details, "why": why}})})
-        return info.model_dump(mode="json")
+        return info.model_dump()  # python mode: a result's bytes stay bytes (JSON mode made them str)
 
     async def explain(self, name: str) -> str | None:
         """``kmpray why``: state, why it waits, recent decisions."""

@@ -42,6 +42,32 @@ class Frozen(BaseModel):
         super().__init__(**data)
 
 
+MARK = "$kmpray"  # the key that marks a descriptor in step data (kmpray/artifacts.py)
+
+
+def bytes_shown(value: Any) -> Any:
+    """``value`` with each ``bytes`` in it (nested in dicts and lists) as a small descriptor,
+    ``{"$kmpray": "bytes", "nbytes": n}``, as the JSON ``input`` of a chain step shows it:
+    JSON has no bytes, and bytes need not be UTF-8 (pydantic's JSON mode decoded them as
+    UTF-8, so a worker's binary output made ``kmpray info`` and the dashboard fail). The
+    same object wherever it holds no bytes."""
+    if isinstance(value, (bytes, bytearray)):
+        return {MARK: "bytes", "nbytes": len(value)}
+    if isinstance(value, dict):
+        out: dict[Any, Any] | None = None
+        for k, v in value.items():
+            new = bytes_shown(v)
+            if new is not v:
+                if out is None:
+                    out = dict(value)
+                out[k] = new
+        return value if out is None else out
+    if isinstance(value, (list, tuple)):
+        items = [bytes_shown(v) for v in value]
+        return value if all(a is b for a, b in zip(items, value, strict=True)) else items
+    return value
+
+
 @functools.cache
 def _camel(name: str) -> str:
     """A field's camelCase alias, worked out once per name (to_camel is a few regex

@@ -42,6 +42,7 @@ import msgpack
 if TYPE_CHECKING:
     import numpy as np
 
+from ._model import MARK as MARK  # re-exported: the descriptors are this module's
 from .errors import InvalidParameters
 
 
@@ -51,7 +52,6 @@ def _numpy() -> Any:
     of each actor process's start, and an engine starts eight)."""
     return sys.modules.get("numpy")
 
-MARK = "$kmpray"
 _EXT = {"ndarray": ".npy", "bytes": ".bin", "msgpack": ".msgpack"}
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Protocol, Union
 
-from pydantic import Field
+from pydantic import Field, SerializationInfo, SerializerFunctionWrapHandler, model_serializer
 
-from ._model import Frozen
+from ._model import Frozen, bytes_shown
 from .errors import KmprayError
 
 if TYPE_CHECKING:
@@ -28,6 +28,14 @@ class TaskCompletionEvent(Frozen):
     chain_id: str | None = None
     output_data: dict[str, Any] | None = None
     _positional: ClassVar[tuple[str, ...]] = ("task_name", "success", "message")
+
+    @model_serializer(mode="wrap")
+    def _bytes_in_json(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
+        """In JSON (kmpray events, the dashboard) any bytes in ``output_data`` show as descriptors."""
+        data = self.output_data
+        if info.mode_is_json() and data and (shown := bytes_shown(data)) is not data:
+            return handler(self.model_copy(update={"output_data": shown}))
+        return handler(self)
 
 
 class TaskProgressEvent(Frozen):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import Field
+from pydantic import Field, SerializationInfo, SerializerFunctionWrapHandler, model_serializer
 
-from ._model import Frozen, trusted
+from ._model import Frozen, bytes_shown, trusted
 
 
 class Success(Frozen):
@@ -14,6 +14,14 @@ class Success(Frozen):
     message: str | None = None
     data: dict[str, Any] | None = None
     _positional: ClassVar[tuple[str, ...]] = ("message", "data")
+
+    @model_serializer(mode="wrap")
+    def _bytes_in_json(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
+        """In JSON (kmpray info, the dashboard) any bytes in ``data`` show as descriptors.
+        (A field serializer would do, but it makes ``exclude_defaults`` keep ``data=None``.)"""
+        if info.mode_is_json() and self.data and (shown := bytes_shown(self.data)) is not self.data:
+            return handler(self.model_copy(update={"data": shown}))
+        return handler(self)
 
     if TYPE_CHECKING:  # what Frozen.__init__ accepts, spelled out for type checkers
         def __init__(self, message: str | None = None, data: dict[str, Any] | None = None) -> None: ...

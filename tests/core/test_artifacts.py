@@ -198,3 +198,23 @@ def test_sweep_removes_what_no_row_refers_to_after_the_grace(tmp_path: Path) -> 
     assert files == 1 and freed > 80_000
     assert [p.name.split(".")[0] for p in folder.root.iterdir()] == [keep]
     assert folder.total_bytes() > 80_000
+
+
+def test_bytes_stay_bytes_in_python_and_are_descriptors_in_json() -> None:
+    """TaskInfo crosses from the scheduler in python mode (bytes stay bytes); JSON views
+    (kmpray info / events, the dashboard) show any bytes as descriptors, UTF-8 or not."""
+    from kmpray import TaskCompletionEvent
+    from kmpray._model import bytes_shown
+    from kmpray.results import Success
+
+    data = {"bin": b"\xff\x00", "nested": {"l": [b"a", 1]}, "n": 1}
+    ok = Success(data=data)
+    assert ok.model_dump()["data"] == data
+    assert ok.model_dump(mode="json")["data"] == {
+        "bin": {MARK: "bytes", "nbytes": 2}, "nested": {"l": [{MARK: "bytes", "nbytes": 1}, 1]}, "n": 1}
+    assert json.loads(ok.model_dump_json())["data"]["bin"] == {MARK: "bytes", "nbytes": 2}
+    event = TaskCompletionEvent("W", True, output_data=data)
+    assert event.model_dump(mode="json")["output_data"]["bin"] == {MARK: "bytes", "nbytes": 2}
+    assert event.model_dump()["output_data"] == data
+    plain = {"x": [1, {"y": "z"}]}
+    assert bytes_shown(plain) is plain and bytes_shown(None) is None

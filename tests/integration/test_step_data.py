@@ -22,6 +22,7 @@ from kmpray import (
     ScheduleResult,
     TaskRequest,
     TaskState,
+    TaskTrigger,
 )
 
 from .helpers import ONE_SHARD, count_runs
@@ -86,6 +87,27 @@ def test_arrays_pass_between_sequential_steps(shared: Any) -> None:
         assert out["arr"].shape == tuple(shape) and not out["arr"].flags.writeable
         assert out["raw"] == b"\x00" * 300_000 and out["meta"] == {"n": n, "dtype": dtype}
     assert shared.get_output("nope") is None
+
+
+def test_binary_bytes_in_a_result_stay_bytes_and_show_as_descriptors_in_json(shared: Any) -> None:
+    """b"\\xff..." is not UTF-8: the scheduler sent TaskInfo in pydantic's JSON mode, which
+    turned bytes into str and failed on these (get_task_info, wait and list_tasks raised)."""
+    sub = shared.events.subscribe()
+    try:
+        assert shared.enqueue("bin", TaskTrigger.OneTime(), "ArrayMaker", input='{"seed": 255}') is (
+            ScheduleResult.SUCCESS)
+        info = shared.wait("bin", timeout_s=60)
+        assert info.result.data["raw"] == b"\xff" * 300_000  # bytes, as the worker returned them
+        assert shared.get_task_info("bin").result.data["raw"] == info.result.data["raw"]
+        assert next(t for t in shared.list_tasks() if t.id == "bin").result.data["raw"][:2] == b"\xff\xff"
+        # JSON (kmpray info, the dashboard, kmpray events): a descriptor, as the JSON input shows it
+        shown = json.loads(info.model_dump_json())["result"]["data"]
+        assert shown["raw"] == {"$kmpray": "bytes", "nbytes": 300_000} and shown["meta"]["n"] == 10
+        event = next(e for e in iter(lambda: sub.get(timeout_s=10), None) if e.task_id == "bin")
+        assert event.output_data["raw"] == b"\xff" * 300_000
+        assert event.model_dump(mode="json")["output_data"]["raw"] == {"$kmpray": "bytes", "nbytes": 300_000}
+    finally:
+        sub.close()
 
 
 def test_parallel_step_fans_in_arrays_with_the_array_merger(shared: Any) -> None:
