@@ -434,7 +434,9 @@ class ExecutorBase(StepData, Reporting, Cancelling):
                 instance = cls()
                 if self.keep_instances:
                     self._instances[worker] = (loaded, instance)
-        except Exception as exc:
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # sys.exit() in __init__ too: raised on, the run went unreported
             return Failure(f"worker {worker!r} could not be constructed: {type(exc).__name__}: {exc}"), None
 
         def progress(pct: int, message: str | None) -> None:
@@ -453,7 +455,7 @@ class ExecutorBase(StepData, Reporting, Cancelling):
             return Failure(f"timed out after {timeout_ms} ms", should_retry=True), None
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # (sys.exit() in do_work: run_worker makes it a Failure)
             return Failure(f"{type(exc).__name__}: {exc}", should_retry=True), None
         return await self._output(result)  # type: ignore[arg-type]
 

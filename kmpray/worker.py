@@ -81,15 +81,21 @@ async def run_worker(
     fn = worker.do_work
     owner: type = type(worker)
     args: tuple[Any, ...] = (input, ctx) if _wants_context(owner) else (input,)
-    if inspect.iscoroutinefunction(fn):
-        if in_thread or getattr(worker, "blocking", False):
-            value = await asyncio.to_thread(asyncio.run, fn(*args))
+    try:
+        if inspect.iscoroutinefunction(fn):
+            if in_thread or getattr(worker, "blocking", False):
+                value = await asyncio.to_thread(asyncio.run, fn(*args))
+            else:
+                value = await fn(*args)
         else:
-            value = await fn(*args)
-    else:
-        value = await asyncio.to_thread(fn, *args)
-        if inspect.isawaitable(value):
-            value = await value
+            value = await asyncio.to_thread(fn, *args)
+            if inspect.isawaitable(value):
+                value = await value
+    except (SystemExit, KeyboardInterrupt) as exc:
+        # sys.exit() in do_work (a wrapped CLI, say) fails this attempt like any exception.
+        # Raised on, it would pass every `except Exception`, and asyncio hands these two to
+        # the event loop itself: the run went unreported and its task stayed RUNNING.
+        return Failure(f"{type(exc).__name__}: {exc}", should_retry=True)
     return to_result(value)
 
 

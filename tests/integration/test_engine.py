@@ -255,6 +255,33 @@ def test_worker_that_cannot_be_constructed_fails_at_once(svengine: Any) -> None:
     assert "could not be constructed" in info.result.message and "no config" in info.result.message
 
 
+def test_sys_exit_in_a_worker_is_a_failed_attempt_not_a_stuck_task(svengine: Any) -> None:
+    """sys.exit() passes `except Exception`, and asyncio hands SystemExit to the event loop:
+    the run went unreported and its task stayed RUNNING for good."""
+    once = Constraints(max_retries=0)
+    svengine.enqueue("x-sync", ONCE, "Exits", input="sync:3", constraints=once)
+    svengine.enqueue("x-async", ONCE, "Exits", input="async:4", constraints=once)
+    # a timeout wraps the run in its own asyncio task (wait_for): the path where the
+    # loop itself would have been handed the SystemExit
+    timed = Constraints(max_retries=0, timeout_ms=30_000)
+    svengine.enqueue("x-timed", ONCE, "Exits", input="async:5", constraints=timed)
+    svengine.enqueue("x-init", ONCE, "ExitsInInit")
+    retried_once = Constraints(max_retries=1, backoff_delay_ms=10_000)
+    svengine.enqueue("x-retried", ONCE, "Exits", input="sync:6", constraints=retried_once)
+    for id_, code in [("x-sync", "3"), ("x-async", "4"), ("x-timed", "5")]:
+        info = svengine.wait(id_, timeout_s=30)
+        assert info.state is TaskState.FAILED and info.result.message.endswith(f"SystemExit: {code}"), info
+    init = svengine.wait("x-init", timeout_s=30)
+    assert init.state is TaskState.FAILED and "could not be constructed: SystemExit: no config" in init.result.message
+    until(lambda: svengine.get_task_info("x-retried").run_attempt_count == 1
+          and svengine.get_task_info("x-retried").state is TaskState.ENQUEUED, what="a retry scheduled")
+    svengine.advance_time(20_000)  # retried like any exception, then given up
+    retried = svengine.wait("x-retried", timeout_s=30)
+    assert retried.state is TaskState.FAILED and retried.run_attempt_count == 2
+    assert svengine.enqueue("after", ONCE, "Echo") is ScheduleResult.SUCCESS  # the executors live on
+    assert svengine.wait("after", timeout_s=30).state is TaskState.SUCCEEDED
+
+
 def test_output_that_cannot_be_stored_fails_clearly(svengine: Any) -> None:
     svengine.enqueue("h", ONCE, "HugeOutput")
     info = svengine.wait("h", timeout_s=30)

@@ -94,6 +94,29 @@ class BrokenInit(kmpray.CommonWorker):
         return True
 
 
+class Exits(kmpray.CommonWorker):
+    """``sys.exit(code)`` in do_work: sync by default, async given ``async:CODE``."""
+
+    def do_work(self, input: str | None) -> Any:  # noqa: A002
+        import sys
+
+        kind, _, code = (input or "sync:3").partition(":")
+        if kind == "async":
+            async def leave() -> None:
+                sys.exit(int(code))
+
+            return leave()  # awaited by the executor, on its own loop
+        sys.exit(int(code))
+
+
+class ExitsInInit(kmpray.CommonWorker):
+    def __init__(self) -> None:
+        raise SystemExit("no config")
+
+    async def do_work(self, input: str | None) -> Any:  # noqa: A002
+        return True
+
+
 class HugeOutput(kmpray.CommonWorker):
     async def do_work(self, input: str | None) -> Any:  # noqa: A002
         return WorkerResult.Success(data={"n": 2**80})
@@ -148,6 +171,8 @@ ALL = {
     "Sleeps": Sleeps,
     "Progress": Progress,
     "BrokenInit": BrokenInit,
+    "Exits": Exits,
+    "ExitsInInit": ExitsInInit,
     "HugeOutput": HugeOutput,
     "EmitsEvent": EmitsEvent,
 }
