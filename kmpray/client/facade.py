@@ -42,6 +42,7 @@ from .waiting import TaskNotFound, Waiting
 log = logging.getLogger("kmpray")
 _NOW = OneTime()  # the trigger of every TaskRequest in a bulk enqueue (frozen: one will do)
 _NOW_PAYLOAD = _NOW.model_dump(mode="json")
+_ITEM_KEYS = frozenset({"id", "trigger", "worker_class_name", "input", "constraints"})  # enqueue_many's dicts
 
 
 def _node_id() -> str:
@@ -251,20 +252,24 @@ class BackgroundTaskScheduler(Waiting, Routing):
         return self._results(await self._enqueue_items_async(self._items(requests)))
 
     def _items(self, requests: Sequence[TaskRequest | dict[str, Any]]) -> list[dict[str, Any]]:
+        """Payloads for ``requests``; a malformed item raises before anything is sent (a
+        dict key misspelt, say ``constrains``, must not silently drop the constraints)."""
         items = []
-        for req in requests:
+        for i, req in enumerate(requests):
             if isinstance(req, TaskRequest):
                 items.append(self._item(req.id, _NOW, req.worker_class_name, req.input, req.constraints))
-            else:
-                items.append(
-                    self._item(
-                        req.get("id"),  # type: ignore[arg-type]
-                        req.get("trigger", _NOW),
-                        req.get("worker_class_name"),  # type: ignore[arg-type]
-                        req.get("input"),
-                        req.get("constraints"),
-                    )
-                )
+                continue
+            if not isinstance(req, dict):
+                raise InvalidParameters(
+                    f"requests[{i}]: expected a TaskRequest or a dict of enqueue()'s arguments, "
+                    f"got {type(req).__name__}")
+            if unknown := sorted(set(req) - _ITEM_KEYS, key=str):
+                raise InvalidParameters(
+                    f"requests[{i}]: unknown key(s) {', '.join(map(repr, unknown))} "
+                    f"(expected {', '.join(sorted(_ITEM_KEYS))})")
+            id_: Any = req.get("id")  # missing: rejected by the scheduler, naming the field
+            worker: Any = req.get("worker_class_name")
+            items.append(self._item(id_, req.get("trigger", _NOW), worker, req.get("input"), req.get("constraints")))
         return items
 
     def rejections(self, limit: int = 100) -> list[tuple[str, str, str]]:

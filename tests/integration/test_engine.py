@@ -248,6 +248,18 @@ def test_unknown_worker_and_bad_input_are_rejected_and_the_engine_keeps_serving(
     assert svengine.wait("fine", timeout_s=30).state is TaskState.SUCCEEDED
 
 
+def test_enqueue_many_refuses_a_malformed_item_before_sending_any(svengine: Any) -> None:
+    ok = {"id": "em-ok", "worker_class_name": "Echo"}
+    with pytest.raises(kmpray.InvalidParameters, match=r"requests\[1\]: expected a TaskRequest or a dict.*got tuple"):
+        svengine.enqueue_many([ok, ("em-t", ONCE, "Echo")])
+    typo = {"id": "em-typo", "worker_class_name": "Echo", "constrains": {"requires_charging": True}}
+    with pytest.raises(kmpray.InvalidParameters, match=r"requests\[1\]: unknown key\(s\) 'constrains'"):
+        svengine.enqueue_many([ok, typo])  # it would have run with no constraints
+    assert svengine.get_task_info("em-ok") is None  # nothing of either call was sent
+    assert svengine.enqueue_many([ok, {"id": "em-2", "worker_class_name": "Echo", "input": "x"}]) == [
+        ScheduleResult.SUCCESS, ScheduleResult.SUCCESS]
+
+
 def test_worker_that_cannot_be_constructed_fails_at_once(svengine: Any) -> None:
     svengine.enqueue("b", ONCE, "BrokenInit")
     info = svengine.wait("b", timeout_s=30)
