@@ -13,7 +13,17 @@ from typing import Any
 
 import ray
 
-from kmpray.artifacts import MARK, ArtifactDir, Blob, descriptors, from_stored, is_plain, join, split
+from kmpray.artifacts import (
+    MARK,
+    ArtifactDir,
+    Blob,
+    descriptors,
+    from_stored,
+    is_plain,
+    join,
+    split,
+    too_deep,
+)
 from kmpray.config import EngineConfig
 from kmpray.errors import InvalidParameters
 from kmpray.protocol import Stored
@@ -35,6 +45,8 @@ class StepData:
     async def _output(self, result: Success | Failure) -> tuple[Success | Failure, list[Stored] | None]:
         """A Success whose data is not plain msgpack: arrays and large values to the object
         store (and their artifacts), descriptors in the data (kmpray/artifacts.py)."""
+        if isinstance(result, Success) and result.data and (why := too_deep(result.data)):
+            return Failure(why), None  # it would have crashed the actors it reached
         if not isinstance(result, Success) or is_plain(result.data, self.config.max_output_bytes):
             return result, None  # the common case: plain msgpack, as before
         cfg = self.config

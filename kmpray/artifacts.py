@@ -97,6 +97,33 @@ class Blob:
         return self.digest
 
 
+# How deep dicts and lists may nest in a result's data or an event's output_data. Ray
+# serialises an async actor method's return value on a fiber with a small stack: a
+# scheduler with max_concurrency=10_000 died (SIGSEGV, heap corruption) returning a value
+# nested ~500 deep, and again at each restart as the client asked again. Well below that.
+MAX_DATA_DEPTH = 100
+
+
+def too_deep(data: Any, where: str = "Success.data", limit: int = MAX_DATA_DEPTH) -> str | None:
+    """Why ``data`` nests dicts/lists deeper than ``limit``, or None. Walks containers only."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        items = value.values() if isinstance(value, dict) else value
+        if not any(issubclass(t, _CONTAINERS) for t in set(map(type, items))):  # ~12 ns an item, in C
+            continue
+        for v in items:
+            if isinstance(v, (dict, list, tuple)):
+                if depth >= limit:
+                    return (f"{where}: dicts and lists nested deeper than {limit} levels "
+                            f"(the engine's messages cannot carry more)")
+                stack.append((v, depth + 1))
+    return None
+
+
+_CONTAINERS = (dict, list, tuple)
+
+
 def is_plain(data: dict[str, Any] | None, max_output_bytes: int) -> bool:
     """True when ``data`` needs no splitting: plain msgpack under the output cap (the
     common case, and exactly what was accepted before arrays were)."""

@@ -218,3 +218,21 @@ def test_bytes_stay_bytes_in_python_and_are_descriptors_in_json() -> None:
     assert event.model_dump()["output_data"] == data
     plain = {"x": [1, {"y": "z"}]}
     assert bytes_shown(plain) is plain and bytes_shown(None) is None
+
+
+def test_too_deep_counts_dict_and_list_levels_subclasses_too() -> None:
+    from kmpray.artifacts import MAX_DATA_DEPTH, too_deep
+
+    def nested(levels: int, make: Any = dict) -> Any:
+        top = inner = make()
+        for _ in range(levels - 1):
+            inner["n"] = make()
+            inner = inner["n"]
+        return top
+
+    assert MAX_DATA_DEPTH == 100
+    assert too_deep(nested(100)) is None and too_deep({"flat": list(range(10_000))}) is None
+    assert "Success.data: dicts and lists nested deeper than 100 levels" in too_deep(nested(101))
+    assert too_deep({"l": [1, [2, [3]]]}, limit=4) is None and too_deep({"l": [1, [2, [3]]]}, limit=3)
+    assert too_deep(nested(150, type("D", (dict,), {}))) is not None  # msgpack packs dict subclasses too
+    assert too_deep({"t": (1, (2,))}, "output_data", limit=2).startswith("output_data: ")

@@ -294,6 +294,28 @@ def test_sys_exit_in_a_worker_is_a_failed_attempt_not_a_stuck_task(svengine: Any
     assert svengine.wait("after", timeout_s=30).state is TaskState.SUCCEEDED
 
 
+def test_deeply_nested_data_fails_its_step_instead_of_killing_the_scheduler(svengine: Any) -> None:
+    """Ray serialises an async actor's return value on a small fiber stack: answering a
+    wait() with a result nested 600 deep crashed the scheduler (SIGSEGV), again at each
+    restart as the client asked again."""
+    svengine.enqueue("nest-ok", ONCE, "Nests", input="100")  # the limit itself
+    svengine.enqueue("nest-deep", ONCE, "Nests", input="600")
+    ok = svengine.wait("nest-ok", timeout_s=30)
+    assert ok.state is TaskState.SUCCEEDED and "n" in ok.result.data
+    deep = svengine.wait("nest-deep", timeout_s=30)
+    assert deep.state is TaskState.FAILED and deep.run_attempt_count == 1
+    assert deep.result.message == (
+        "Success.data: dicts and lists nested deeper than 100 levels (the engine's messages cannot carry more)")
+    nested: dict[str, Any] = {}
+    inner = nested
+    for _ in range(600):
+        inner["n"] = {}
+        inner = inner["n"]
+    with pytest.raises(kmpray.InvalidParameters, match="output_data: dicts and lists nested deeper"):
+        svengine.events.emit(kmpray.TaskCompletionEvent("Nests", True, output_data=nested))
+    assert svengine.status()["counts"]["FAILED"] >= 1  # the scheduler answers as ever
+
+
 def test_output_that_cannot_be_stored_fails_clearly(svengine: Any) -> None:
     svengine.enqueue("h", ONCE, "HugeOutput")
     info = svengine.wait("h", timeout_s=30)

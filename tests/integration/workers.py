@@ -117,6 +117,18 @@ class ExitsInInit(kmpray.CommonWorker):
         return True
 
 
+class Nests(kmpray.CommonWorker):
+    """Success.data with dicts nested ``input`` levels deep."""
+
+    def do_work(self, input: str | None) -> Any:  # noqa: A002
+        data: dict[str, Any] = {}
+        inner = data
+        for _ in range(int(input or "1") - 1):
+            inner["n"] = {}
+            inner = inner["n"]
+        return kmpray.WorkerResult.Success(data=data)
+
+
 class HugeOutput(kmpray.CommonWorker):
     async def do_work(self, input: str | None) -> Any:  # noqa: A002
         return WorkerResult.Success(data={"n": 2**80})
@@ -173,6 +185,7 @@ ALL = {
     "BrokenInit": BrokenInit,
     "Exits": Exits,
     "ExitsInInit": ExitsInInit,
+    "Nests": Nests,
     "HugeOutput": HugeOutput,
     "EmitsEvent": EmitsEvent,
 }
