@@ -27,7 +27,7 @@ from kmpray.enums import InputMerger
 from kmpray.errors import InvalidParameters
 from kmpray.merging import merge
 from kmpray.protocol import Began, Done, Fence, Holding, Misaddressed, Ping, Progress, Run, RunKey, Stored, Taken
-from kmpray.results import Failure, Success, to_wire
+from kmpray.results import Failure, Success, clip, to_wire
 from kmpray.timing import (
     BLOCK_REPORT_RETRY_S,
     BLOCK_REPORT_TIMEOUT_S,
@@ -437,7 +437,8 @@ class ExecutorBase(StepData, Reporting, Cancelling):
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # sys.exit() in __init__ too: raised on, the run went unreported
-            return Failure(f"worker {worker!r} could not be constructed: {type(exc).__name__}: {exc}"), None
+            why = f"worker {worker!r} could not be constructed: {type(exc).__name__}: {exc}"
+            return Failure(clip(why)), None
 
         def progress(pct: int, message: str | None) -> None:
             item = Progress(key[0], key[1], pct, message)
@@ -456,7 +457,7 @@ class ExecutorBase(StepData, Reporting, Cancelling):
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # (sys.exit() in do_work: run_worker makes it a Failure)
-            return Failure(f"{type(exc).__name__}: {exc}", should_retry=True), None
+            return Failure(clip(f"{type(exc).__name__}: {exc}"), should_retry=True), None
         return await self._output(result)  # type: ignore[arg-type]
 
 

@@ -96,6 +96,27 @@ def to_row(result: Success | Failure | Retry) -> dict[str, Any]:
 _TRUE = Success()
 _FALSE = Failure("Task failed")
 
+# A result's message (an exception's text, a Retry's reason) and a progress message are
+# clipped to this many characters where they are made: each is stored in the task's row,
+# sent in every TaskInfo and event, and a worker raising with a whole response body in
+# its exception once made a 20 MB row (its store grew 200 MB for five such tasks).
+MAX_MESSAGE_CHARS = 8192
+
+
+def clip(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
+def clipped(result: Success | Failure | Retry) -> Success | Failure | Retry:
+    """``result`` with its message (a Retry: its reason) clipped to ``MAX_MESSAGE_CHARS``."""
+    field = "reason" if isinstance(result, Retry) else "message"
+    text = getattr(result, field)
+    if text is None or len(text) <= MAX_MESSAGE_CHARS:
+        return result
+    return result.model_copy(update={field: clip(text)})
+
 
 def to_result(value: object) -> Success | Failure | Retry:
     """Read a ``do_work`` return value: a WorkerResult, or a bool (True/False)."""

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from .errors import InvalidParameters
-from .results import Failure, Retry, Success, to_result
+from .results import Failure, Retry, Success, clip, clipped, to_result
 
 
 class WorkerContext:
@@ -36,7 +36,7 @@ class WorkerContext:
         if isinstance(pct, bool) or not isinstance(pct, int) or not 0 <= pct <= 100:
             raise ValueError(f"report_progress: pct must be an int in 0..100, got {pct!r}")
         if self._progress_sink is not None:
-            self._progress_sink(pct, message)
+            self._progress_sink(pct, clip(message) if isinstance(message, str) else message)
 
     def is_cancelled(self) -> bool:
         return self._cancelled() if self._cancelled is not None else False
@@ -95,8 +95,8 @@ async def run_worker(
         # sys.exit() in do_work (a wrapped CLI, say) fails this attempt like any exception.
         # Raised on, it would pass every `except Exception`, and asyncio hands these two to
         # the event loop itself: the run went unreported and its task stayed RUNNING.
-        return Failure(f"{type(exc).__name__}: {exc}", should_retry=True)
-    return to_result(value)
+        return Failure(clip(f"{type(exc).__name__}: {exc}"), should_retry=True)
+    return clipped(to_result(value))
 
 
 _W = TypeVar("_W", bound=type)

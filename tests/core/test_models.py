@@ -121,3 +121,30 @@ def test_a_field_given_positionally_and_by_name_or_alias_is_refused() -> None:
     for kw in ({"worker_class_name": "X"}, {"workerClassName": "X"}):
         with pytest.raises(TypeError, match="got 'worker_class_name' twice"):
             TaskRequest("W", **kw)
+
+
+def test_long_messages_are_clipped_where_results_are_made() -> None:
+    """A worker's message, Retry reason and progress message (and, in the executor, an
+    exception's text: test_engine) are stored and sent with every TaskInfo and event:
+    clipped to MAX_MESSAGE_CHARS, saying how much went."""
+    import asyncio
+
+    from kmpray import CommonWorker, WorkerContext
+    from kmpray.results import MAX_MESSAGE_CHARS, Retry, Success, clip
+    from kmpray.worker import run_worker
+
+    long = "x" * (MAX_MESSAGE_CHARS + 10)
+    assert clip("short") == "short" and clip(long) == "x" * MAX_MESSAGE_CHARS + "... (10 more characters)"
+
+    class Says(CommonWorker):
+        def do_work(self, input: str | None) -> object:  # noqa: A002
+            if input == "retry":
+                return Retry(long)
+            return Success(long, data={"kept": long})  # data is capped by size elsewhere, not clipped
+
+    said = [asyncio.run(run_worker(Says(), kind, WorkerContext("t", 0))) for kind in ("ok", "retry")]
+    assert said[0].message.endswith("(10 more characters)") and said[0].data == {"kept": long}
+    assert said[1].reason.endswith("(10 more characters)") and len(said[1].reason) < MAX_MESSAGE_CHARS + 40
+    sent: list[tuple[int, str | None]] = []
+    WorkerContext("t", 0, progress_sink=lambda pct, msg: sent.append((pct, msg))).report_progress(5, long)
+    assert sent == [(5, clip(long))]

@@ -294,6 +294,15 @@ def test_sys_exit_in_a_worker_is_a_failed_attempt_not_a_stuck_task(svengine: Any
     assert svengine.wait("after", timeout_s=30).state is TaskState.SUCCEEDED
 
 
+def test_a_huge_exception_text_is_clipped_in_the_result(svengine: Any) -> None:
+    from kmpray.results import MAX_MESSAGE_CHARS
+
+    svengine.enqueue("loud", ONCE, "Raises", input="y" * 50_000, constraints=Constraints(max_retries=0))
+    message = svengine.wait("loud", timeout_s=30).result.message
+    assert message.startswith("gave up after 1 attempts: RuntimeError: kaboom yyy")
+    assert message.endswith(f"... ({50_000 + len('RuntimeError: kaboom ') - MAX_MESSAGE_CHARS} more characters)")
+
+
 def test_deeply_nested_data_fails_its_step_instead_of_killing_the_scheduler(svengine: Any) -> None:
     """Ray serialises an async actor's return value on a small fiber stack: answering a
     wait() with a result nested 600 deep crashed the scheduler (SIGSEGV), again at each
