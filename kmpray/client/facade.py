@@ -365,6 +365,8 @@ class BackgroundTaskScheduler(Waiting, Routing):
     def advance_time(self, ms: int) -> int:
         """Virtual time only: move the clock ``ms`` forward, running everything that falls due
         in order and waiting for those runs to finish. Returns the new virtual now."""
+        if isinstance(ms, bool) or not isinstance(ms, int):
+            raise TypeError(f"advance_time: ms must be an int of milliseconds, got {type(ms).__name__}")
         # Each shard keeps its own virtual clock; they move together, one shard after another.
         return max(int(now) for now in self._each("advance_time", ms, timeout_s=CALL_TIMEOUT_S + 600))
 

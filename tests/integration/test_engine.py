@@ -355,6 +355,16 @@ def test_advance_time_needs_virtual_time(sengine: Any) -> None:
         sched.advance_time(1_000)
 
 
+def test_advance_time_takes_whole_milliseconds(svengine: Any) -> None:
+    before = svengine.now_ms()
+    for bad, name in [("10", "str"), (1.5, "float"), (True, "bool")]:
+        with pytest.raises(TypeError, match=f"advance_time: ms must be an int of milliseconds, got {name}"):
+            svengine.advance_time(bad)
+    with pytest.raises(ValueError, match="ms must be >= 0"):
+        svengine.advance_time(-5)
+    assert svengine.now_ms() == before and svengine.advance_time(7) == before + 7
+
+
 def test_list_tasks_filters_by_state(vengine: Any) -> None:
     vengine.enqueue("done", ONCE, "Echo")
     vengine.wait("done", timeout_s=30)
