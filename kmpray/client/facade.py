@@ -104,6 +104,7 @@ class BackgroundTaskScheduler(Waiting, Routing):
     ) -> Any:
         """Call a scheduler shard, retrying across its restarts (actors/retry.py's schedule).
         ``token``: the call carries a request token as its last argument (see _tokens)."""
+        self._check_open()
         ray = _ray()
         from kmpray.actors.retry import TRANSIENT, call_with_retry_sync
 
@@ -132,6 +133,7 @@ class BackgroundTaskScheduler(Waiting, Routing):
     async def _call_async(
         self, method: str, *args: Any, timeout_s: float = CALL_TIMEOUT_S, token: bool = False, shard: int = 0
     ) -> Any:
+        self._check_open()
         ray = _ray()
         from kmpray.actors.retry import TRANSIENT, call_with_retry
 
@@ -433,6 +435,7 @@ class BackgroundTaskScheduler(Waiting, Routing):
         from kmpray.actors.bootstrap import stop_engine
 
         stop_engine(self.namespace)
+        self._closed = True
         live.detached(self)
         for lane in self._lanes:
             lane.close()

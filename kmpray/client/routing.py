@@ -12,6 +12,7 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from ..errors import EngineUnavailable
 from ..shards import reassemble, shard_of, split
 
 Call = tuple[int, tuple[Any, ...]]  # (shard, args)
@@ -29,6 +30,13 @@ class Routing:
     shards: int
     _homes: dict[str, int]
     _fan_pool: ThreadPoolExecutor | None = None
+    namespace: str
+    _closed = False  # shutdown() ran: calls fail at once, not after ~120 s of retrying a stopped engine
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EngineUnavailable(
+                f"this connection to engine {self.namespace!r} was shut down: connect() again")
 
     def _home(self, id: str) -> int:  # noqa: A002
         """The shard that holds ``id``: its hash shard, unless it was found elsewhere."""

@@ -165,6 +165,11 @@ def test_shutdown_then_connect_resumes_pending_and_periodic_work(ray_session: An
         import ray
 
         ray.get_actor("kmpray.scheduler", namespace=ns)
+    # A shut-down connection says so at once (each call used to retry the stopped engine ~120 s)
+    calls = (lambda: first.get_task_info("later"), lambda: first.enqueue("x", TaskTrigger.OneTime(), "Echo"))
+    for call in calls:
+        with pytest.raises(kmpray.EngineUnavailable, match="was shut down: connect"):
+            call()
     second = kmpray.connect(namespace=ns, state_dir=state, virtual_time=True)
     try:
         register_all(second)
