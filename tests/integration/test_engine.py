@@ -322,6 +322,10 @@ def test_deeply_nested_data_fails_its_step_instead_of_killing_the_scheduler(sven
         inner = inner["n"]
     with pytest.raises(kmpray.InvalidParameters, match="output_data: dicts and lists nested deeper"):
         svengine.events.emit(kmpray.TaskCompletionEvent("Nests", True, output_data=nested))
+    svengine.enqueue("nest-emit", ONCE, "Nests", input="emit:600", constraints=Constraints(max_retries=0))
+    emitted = svengine.wait("nest-emit", timeout_s=30)  # from worker code: the executor's bus refuses it too
+    assert emitted.state is TaskState.FAILED
+    assert "InvalidParameters: output_data: dicts and lists nested deeper than 100" in emitted.result.message
     assert svengine.status()["counts"]["FAILED"] >= 1  # the scheduler answers as ever
 
 

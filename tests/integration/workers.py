@@ -118,14 +118,18 @@ class ExitsInInit(kmpray.CommonWorker):
 
 
 class Nests(kmpray.CommonWorker):
-    """Success.data with dicts nested ``input`` levels deep."""
+    """Success.data with dicts nested ``input`` levels deep (``emit:N``: emits an event
+    with such output_data instead)."""
 
     def do_work(self, input: str | None) -> Any:  # noqa: A002
+        emit, _, levels = (input or "1").rpartition(":")
         data: dict[str, Any] = {}
         inner = data
-        for _ in range(int(input or "1") - 1):
+        for _ in range(int(levels) - 1):
             inner["n"] = {}
             inner = inner["n"]
+        if emit:
+            kmpray.TaskEventBus.emit(kmpray.TaskCompletionEvent("Nests", True, output_data=data))
         return kmpray.WorkerResult.Success(data=data)
 
 
