@@ -11,7 +11,6 @@ import heapq
 import itertools
 import logging
 import os
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,7 +33,7 @@ from ..worker import LOCAL_WORKERS, check_worker_class
 from . import live, outputs
 from .coalesce import AsyncCoalescer, Coalescer
 from .lane import Lane, LaneDown
-from .remote import _await, _ray, _ray_init, _tokens, _unwrap
+from .remote import _await, _node_id, _ray, _ray_init, _tokens, _unwrap, ship_class
 from .routing import Routing
 from .subscription import EventBus
 from .waiting import TaskNotFound, Waiting
@@ -43,21 +42,6 @@ log = logging.getLogger("kmpray")
 _NOW = OneTime()  # the trigger of every TaskRequest in a bulk enqueue (frozen: one will do)
 _NOW_PAYLOAD = _NOW.model_dump(mode="json")
 _ITEM_KEYS = frozenset({"id", "trigger", "worker_class_name", "input", "constraints"})  # enqueue_many's dicts
-
-
-def _node_id() -> str:
-    return str(_ray().get_runtime_context().get_node_id())
-
-
-def ship_class(cls: type) -> bytes:
-    """Serialize a worker class for other processes; notebook/test classes go by value."""
-    from ray import cloudpickle
-
-    module = sys.modules.get(cls.__module__)
-    top = cls.__module__.split(".")[0]
-    if module is not None and cls.__module__ != "__main__" and top != "kmpray":
-        cloudpickle.register_pickle_by_value(module)
-    return bytes(cloudpickle.dumps(cls))
 
 
 def _trigger_payload(trigger: Any) -> Any:
@@ -119,7 +103,11 @@ class BackgroundTaskScheduler(Waiting, Routing):
 
         def once() -> Any:
             ref = getattr(self._schedulers[shard], method).remote(*args, *next(tries))
-            return ray.get(ref, timeout=max(0.1, deadline - time.monotonic()))
+            try:
+                return ray.get(ref, timeout=max(0.1, deadline - time.monotonic()))
+            except ray.exceptions.ActorDiedError:
+                self._check_alive(shard)  # stopped for good: say so now, not at the deadline
+                raise
 
         try:
             return call_with_retry_sync(once, timeout_s)
@@ -148,7 +136,11 @@ class BackgroundTaskScheduler(Waiting, Routing):
 
         async def once() -> Any:
             ref = getattr(self._schedulers[shard], method).remote(*args, *next(tries))
-            return await asyncio.wait_for(_await(ref), max(0.1, deadline - time.monotonic()))
+            try:
+                return await asyncio.wait_for(_await(ref), max(0.1, deadline - time.monotonic()))
+            except ray.exceptions.ActorDiedError:
+                self._check_alive(shard)
+                raise
 
         try:
             return await call_with_retry(once, timeout_s)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -28,6 +29,21 @@ def _unwrap(exc: BaseException) -> BaseException:
 
 async def _await(ref: Any) -> Any:
     return await ref
+
+
+def _node_id() -> str:
+    return str(_ray().get_runtime_context().get_node_id())
+
+
+def ship_class(cls: type) -> bytes:
+    """Serialize a worker class for other processes; notebook/test classes go by value."""
+    from ray import cloudpickle
+
+    module = sys.modules.get(cls.__module__)
+    top = cls.__module__.split(".")[0]
+    if module is not None and cls.__module__ != "__main__" and top != "kmpray":
+        cloudpickle.register_pickle_by_value(module)
+    return bytes(cloudpickle.dumps(cls))
 
 
 def _tokens(token: bool) -> Iterator[tuple[str, ...]]:

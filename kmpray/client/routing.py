@@ -30,8 +30,26 @@ class Routing:
     shards: int
     _homes: dict[str, int]
     _fan_pool: ThreadPoolExecutor | None = None
+    _schedulers: list[Any]
     namespace: str
     _closed = False  # shutdown() ran: calls fail at once, not after ~120 s of retrying a stopped engine
+
+    def _check_alive(self, shard: int) -> None:
+        """After an ActorDiedError: raise at once if the shard's scheduler is gone for good
+        (stopped, by `kmpray stop` or another process's shutdown(): its name is free, or a
+        new engine's actor holds it), instead of retrying a dead handle until the deadline
+        (~120 s). A scheduler that restarts keeps its name and its actor id: retried."""
+        from kmpray.actors.names import SCHEDULER, shard_namespace
+
+        from .remote import _ray
+
+        try:
+            named = _ray().get_actor(SCHEDULER, namespace=shard_namespace(self.namespace, shard))
+        except ValueError:
+            named = None
+        if named is None or named._actor_id != self._schedulers[shard]._actor_id:
+            raise EngineUnavailable(
+                f"engine {self.namespace!r} was stopped (its scheduler is gone): connect() again")
 
     def _check_open(self) -> None:
         if self._closed:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,14 @@ def test_second_connect_attaches_to_the_same_engine(engines: Any, tmp_path: Path
     assert second.get_task_info("shared").state is TaskState.ENQUEUED
     second.advance_time(ONE_HOUR)
     assert first.get_task_info("shared").state is TaskState.SUCCEEDED
+    # Stopped by the other connection: this one says so at once (it retried a dead handle
+    # until its deadline, ~120 s), for a read, an enqueue (lane first) and an async call.
+    first.shutdown()
+    calls = [lambda: second.get_task_info("shared"), lambda: second.enqueue("x", TaskTrigger.OneTime(), "Echo"),
+             lambda: asyncio.run(second.get_task_info_async("shared"))]
+    for call in calls:
+        with pytest.raises(kmpray.EngineUnavailable, match="was stopped \\(its scheduler is gone\\)"):
+            call()
 
 
 def test_killed_scheduler_restarts_and_loses_nothing(engines: Any, tmp_path: Path) -> None:
