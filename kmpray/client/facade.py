@@ -19,7 +19,7 @@ from typing import Any
 from ..chain import TaskChain
 from ..config import EngineConfig
 from ..constraints import Constraints
-from ..device import DeviceState
+from ..device import DEVICE_FIELDS, DeviceState
 from ..enums import ScheduleResult, TaskState
 from ..errors import EngineUnavailable, InvalidParameters, StoreRefused
 from ..events import TaskEventBus
@@ -372,6 +372,8 @@ class BackgroundTaskScheduler(Waiting, Routing):
         """Override probed device state on one node (None: every node), e.g.
         ``set_device_state(charging=False, battery_level=10)``. Returns the nodes' new states
         once the scheduler has applied them. Unknown nodes or fields raise ValueError."""
+        if known := {k: v for k, v in state.items() if k in DEVICE_FIELDS}:
+            DeviceState(**known)  # a bad value raises here, naming it (each field has a default)
         ray = _ray()
         try:
             raw = ray.get(self._oracle.set_device_state.remote(node_id, state), timeout=CALL_TIMEOUT_S)
