@@ -15,8 +15,8 @@ from typing import Any
 
 import ray
 
-from kmpray.artifacts import too_deep
-from kmpray.errors import InvalidParameters, StoreRefused
+from kmpray.artifacts import check_event
+from kmpray.errors import StoreRefused
 from kmpray.event_codec import decode_event, decode_events, encode_event
 from kmpray.event_log import MemoryEventLog, SqliteEventLog
 from kmpray.events import TaskCompletionEvent, TaskProgressEvent
@@ -159,9 +159,7 @@ class BrokerBackend:
         self._broker: Any = None
 
     def emit(self, event: TaskCompletionEvent | TaskProgressEvent) -> None:
-        data = getattr(event, "output_data", None)
-        if data and (why := too_deep(data, "output_data")):
-            raise InvalidParameters(why)  # as the driver's bus does (client/subscription.py)
+        check_event(event)  # as the driver's bus does (client/subscription.py)
         if self._broker is None:
             self._broker = lookup(BROKER, base_namespace(self.namespace))  # shared by the shards
         self._broker.emit.remote(encode_event(event))

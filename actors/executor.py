@@ -27,7 +27,7 @@ from kmpray.enums import InputMerger
 from kmpray.errors import InvalidParameters
 from kmpray.merging import merge
 from kmpray.protocol import Began, Done, Fence, Holding, Misaddressed, Ping, Progress, Run, RunKey, Stored, Taken
-from kmpray.results import Failure, Success, clip, to_wire
+from kmpray.results import Failure, Success, clip, raised, to_wire
 from kmpray.timing import (
     BLOCK_REPORT_RETRY_S,
     BLOCK_REPORT_TIMEOUT_S,
@@ -457,7 +457,7 @@ class ExecutorBase(StepData, Reporting, Cancelling):
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # (sys.exit() in do_work: run_worker makes it a Failure)
-            return Failure(clip(f"{type(exc).__name__}: {exc}"), should_retry=True), None
+            return raised(exc), None
         return await self._output(result)  # type: ignore[arg-type]
 
 

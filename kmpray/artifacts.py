@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 from ._model import MARK as MARK  # re-exported: the descriptors are this module's
+from ._model import bytes_shown
 from .errors import InvalidParameters
 
 
@@ -102,6 +103,7 @@ class Blob:
 # scheduler with max_concurrency=10_000 died (SIGSEGV, heap corruption) returning a value
 # nested ~500 deep, and again at each restart as the client asked again. Well below that.
 MAX_DATA_DEPTH = 100
+_CONTAINERS = (dict, list, tuple)
 
 
 def too_deep(data: Any, where: str = "Success.data", limit: int = MAX_DATA_DEPTH) -> str | None:
@@ -113,7 +115,7 @@ def too_deep(data: Any, where: str = "Success.data", limit: int = MAX_DATA_DEPTH
         if not any(issubclass(t, _CONTAINERS) for t in set(map(type, items))):  # ~12 ns an item, in C
             continue
         for v in items:
-            if isinstance(v, (dict, list, tuple)):
+            if isinstance(v, _CONTAINERS):
                 if depth >= limit:
                     return (f"{where}: dicts and lists nested deeper than {limit} levels "
                             f"(the engine's messages cannot carry more)")
@@ -121,7 +123,12 @@ def too_deep(data: Any, where: str = "Success.data", limit: int = MAX_DATA_DEPTH
     return None
 
 
-_CONTAINERS = (dict, list, tuple)
+def check_event(event: Any) -> None:
+    """An event to emit whose output_data nests too deep is refused, naming it: the broker
+    would hand it to every subscriber, and die answering a poll (both buses call this)."""
+    data = getattr(event, "output_data", None)
+    if data and (why := too_deep(data, "output_data")):
+        raise InvalidParameters(why)
 
 
 def is_plain(data: dict[str, Any] | None, max_output_bytes: int) -> bool:
@@ -293,7 +300,7 @@ def public(data: Any) -> Any:
 
 def _json_default(value: object) -> Any:
     if isinstance(value, (bytes, bytearray)):
-        return {MARK: "bytes", "nbytes": len(value)}
+        return bytes_shown(value)
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 

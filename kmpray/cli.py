@@ -31,16 +31,21 @@ def _connect(address: str | None, namespace: str, state_dir: str | None, shards:
         raise click.ClickException(f"cannot reach the engine: {exc}") from None
 
 
+def _reach_cluster(address: str | None) -> None:
+    """Connect to a running Ray (without --address: the one on this machine), never start one."""
+    try:
+        _init_ray(address or "auto")  # no cluster: an error, not a new local Ray
+    except Exception as exc:
+        raise click.ClickException(f"cannot reach the cluster: {exc}") from None
+
+
 def _attach(address: str | None, namespace: str, state_dir: str | None) -> Any:
     """Attach to the running engine of ``namespace``; never start one. An inspection with a
     mistyped ``--namespace`` (or no engine yet) would otherwise leave a new engine of
     detached actors running on the cluster."""
     from .actors.bootstrap import running_engines
 
-    try:
-        _init_ray(address or "auto")  # no cluster: an error, not a new local Ray
-    except Exception as exc:
-        raise click.ClickException(f"cannot reach the cluster: {exc}") from None
+    _reach_cluster(address)
     running = running_engines()
     if namespace not in running:
         others = f" (running: {', '.join(running)})" if running else ""
@@ -97,10 +102,7 @@ def stop(address: str | None, namespace: str) -> None:
     """Stop a running engine's actors; its tasks stay in its store for the next start."""
     from .actors.bootstrap import stop_engine
 
-    try:
-        _init_ray(address or "auto")
-    except Exception as exc:
-        raise click.ClickException(f"cannot reach the cluster: {exc}") from None
+    _reach_cluster(address)
     stopped = stop_engine(namespace)
     if not stopped:
         raise click.ClickException(f"no engine {namespace!r} is running")

@@ -109,6 +109,11 @@ def clip(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
     return f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
+def raised(exc: BaseException) -> Failure:
+    """A run that raised: a retryable failure naming the exception (its text clipped)."""
+    return Failure(clip(f"{type(exc).__name__}: {exc}"), should_retry=True)
+
+
 def clipped(result: Success | Failure | Retry) -> Success | Failure | Retry:
     """``result`` with its message (a Retry: its reason) clipped to ``MAX_MESSAGE_CHARS``."""
     field = "reason" if isinstance(result, Retry) else "message"

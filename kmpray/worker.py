@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from .errors import InvalidParameters
-from .results import Failure, Retry, Success, clip, clipped, to_result
+from .results import Failure, Retry, Success, clip, clipped, raised, to_result
 
 
 class WorkerContext:
@@ -95,7 +95,7 @@ async def run_worker(
         # sys.exit() in do_work (a wrapped CLI, say) fails this attempt like any exception.
         # Raised on, it would pass every `except Exception`, and asyncio hands these two to
         # the event loop itself: the run went unreported and its task stayed RUNNING.
-        return Failure(clip(f"{type(exc).__name__}: {exc}"), should_retry=True)
+        return raised(exc)
     return clipped(to_result(value))
 
 

@@ -14,8 +14,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
-from ..artifacts import too_deep
-from ..errors import InvalidParameters
+from ..artifacts import check_event
 from ..events import TaskCompletionEvent, TaskProgressEvent
 from ..timing import CALL_TIMEOUT_S
 from .remote import _ray
@@ -140,9 +139,7 @@ class EventBus:
             raise TypeError(
                 f"emit takes a TaskCompletionEvent or TaskProgressEvent, got {type(event).__name__}"
             )
-        data = getattr(event, "output_data", None)
-        if data and (why := too_deep(data, "output_data")):
-            raise InvalidParameters(why)  # the broker would hand it to subscribers, and die of it
+        check_event(event)
         _ray().get(self._broker.emit.remote(encode_event(event)), timeout=CALL_TIMEOUT_S)
 
     def last_cursor(self) -> int:

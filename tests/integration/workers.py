@@ -109,12 +109,9 @@ class Exits(kmpray.CommonWorker):
         sys.exit(int(code))
 
 
-class ExitsInInit(kmpray.CommonWorker):
-    def __init__(self) -> None:
+class ExitsInInit(BrokenInit):
+    def __init__(self) -> None:  # sys.exit() where BrokenInit raises
         raise SystemExit("no config")
-
-    async def do_work(self, input: str | None) -> Any:  # noqa: A002
-        return True
 
 
 class Nests(kmpray.CommonWorker):
