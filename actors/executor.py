@@ -26,6 +26,7 @@ from kmpray.config import EngineConfig
 from kmpray.enums import InputMerger
 from kmpray.errors import InvalidParameters
 from kmpray.merging import merge
+from kmpray.progress import ProgressThrottle
 from kmpray.protocol import Began, Done, Fence, Holding, Misaddressed, Ping, Progress, Run, RunKey, Stored, Taken
 from kmpray.results import Failure, Success, clip, raised, to_wire
 from kmpray.timing import (
@@ -440,28 +441,26 @@ class ExecutorBase(StepData, Reporting, Cancelling):
             why = f"worker {worker!r} could not be constructed: {type(exc).__name__}: {exc}"
             return Failure(clip(why)), None
 
-        def progress(pct: int, message: str | None) -> None:
-            item = Progress(key[0], key[1], pct, message)
-            if threading.get_ident() == loop_thread:
-                self._say(item)
-            else:  # a sync worker (or one run in a thread) reports from its thread
-                self._loop.call_soon_threadsafe(self._say, item)
-
-        loop_thread = threading.get_ident()
-        ctx = WorkerContext(key[0], previous, upstream, progress, lambda: key in self._cancelled, self.config)
+        # Reports (from the loop, or a sync worker's thread) come to this loop, a flood of
+        # them as a few (kmpray/progress.py); the last always goes, before the result.
+        throttle = ProgressThrottle(lambda pct, msg: self._say(Progress(key[0], key[1], pct, msg)),
+                                    self._loop, self.config.progress_burst, self.config.progress_interval_ms)
+        cancelled = lambda: key in self._cancelled  # noqa: E731
+        ctx = WorkerContext(key[0], previous, upstream, throttle.offer, cancelled, self.config)
         try:
             call = run_worker(instance, inp, ctx, in_thread=worker in self._threaded)
             result = await (asyncio.wait_for(call, timeout_ms / 1000) if timeout_ms else call)
         except TimeoutError:
+            throttle.close()  # before the result: reports leave in order
             return Failure(f"timed out after {timeout_ms} ms", should_retry=True), None
         except asyncio.CancelledError:
+            throttle.close(flush=False)
             raise
         except Exception as exc:  # (sys.exit() in do_work: run_worker makes it a Failure)
+            throttle.close()
             return raised(exc), None
+        throttle.close()
         return await self._output(result)  # type: ignore[arg-type]
-
-
-
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=10_000, concurrency_groups={CONTROL: 1})

@@ -88,6 +88,11 @@ class EngineConfig(Frozen):
     # advance_time waits at most this long (real time) for due runs to settle.
     settle_timeout_s: Annotated[float, Field(gt=0)] = 60.0
     event_retention: Annotated[int, Field(gt=0)] = 100_000
+    # Progress reports of one run (kmpray/progress.py): the first progress_burst become events
+    # at once, then one per progress_interval_ms, the newest of those made in between (the
+    # last one always, before the result). 0 = every report is an event.
+    progress_burst: Annotated[int, Field(ge=1, le=10_000)] = 20
+    progress_interval_ms: Annotated[int, Field(ge=0, le=60_000)] = 100
     # What an acknowledged write survives (SQLite's synchronous setting, both store files).
     # "normal": a process crash (kill -9 of any actor, the driver, `ray stop --force`); an OS
     # crash or power loss may roll back the last transactions (never corrupts the file).

@@ -35,6 +35,20 @@ def test_completion_and_progress_events_arrive_in_order(svengine: Any) -> None:
     assert svengine.get_task_info("p").progress == 100
 
 
+def test_a_flood_of_progress_reports_becomes_a_few_events_ending_with_the_last(svengine: Any) -> None:
+    # 20,000 reports in a tight loop: the first progress_burst (20) pass, then one per
+    # progress_interval_ms (100) with the newest winning, and the last before the result.
+    sub = svengine.events.subscribe()
+    svengine.enqueue("fl", TaskTrigger.OneTime(), "Floods", input="20000")
+    events = _until(sub, lambda e: e.task_id == "fl" and isinstance(e, TaskCompletionEvent))
+    shown = [(e.progress, e.message) for e in events if e.task_id == "fl" and isinstance(e, TaskProgressEvent)]
+    assert 20 < len(shown) < 200, len(shown)
+    assert shown[:3] == [(0, "1/20000"), (0, "2/20000"), (0, "3/20000")]  # the burst, as made
+    assert shown[-1] == (100, "20000/20000")  # the last report is never thinned away
+    assert [p for p, _ in shown] == sorted(p for p, _ in shown)
+    assert svengine.get_task_info("fl").progress == 100
+
+
 def test_a_late_subscriber_replays_from_cursor_zero(svengine: Any) -> None:
     for i in range(3):
         svengine.enqueue(f"e{i}", TaskTrigger.OneTime(), "Echo")

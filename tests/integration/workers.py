@@ -86,6 +86,16 @@ class Progress(kmpray.CommonWorker):
         return WorkerResult.Success(data={"done": True})
 
 
+class Floods(kmpray.CommonWorker):
+    """Reports progress ``input`` times in a tight loop, from its thread (a sync worker)."""
+
+    def do_work(self, input: str | None, ctx: kmpray.WorkerContext) -> bool:  # noqa: A002
+        n = int(input or "1000")
+        for i in range(1, n + 1):
+            ctx.report_progress(i * 100 // n, f"{i}/{n}")
+        return True
+
+
 class BrokenInit(kmpray.CommonWorker):
     def __init__(self) -> None:
         raise ValueError("no config")
@@ -183,6 +193,7 @@ ALL = {
     "Blocks": Blocks,
     "Sleeps": Sleeps,
     "Progress": Progress,
+    "Floods": Floods,
     "BrokenInit": BrokenInit,
     "Exits": Exits,
     "ExitsInInit": ExitsInInit,
