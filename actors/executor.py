@@ -15,10 +15,10 @@ import logging
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import ray
-from ray import cloudpickle
 
 import kmpray.events
 from kmpray.artifacts import ArtifactDir, has_descriptors, to_json
@@ -48,11 +48,11 @@ from .fencing import Fencing
 from .loop_watch import Blocker, LoopWatch
 from .memory_cap import MemoryCap
 from .metrics import RunMeter
-from .names import REGISTRY, SCHEDULER, lookup
+from .names import SCHEDULER, lookup
 from .outbox import Outbox
 from .replies import Replies
 from .report_lane import LaneReports
-from .retry import call_with_retry
+from .worker_classes import WorkerClasses
 
 #: The concurrency group (a thread and event loop of its own) of what must be answered
 #: while a worker blocks the executor's loop: ``holding``.
@@ -61,7 +61,7 @@ CONTROL = "control"
 log = logging.getLogger("kmpray.executor")
 
 
-class ExecutorBase(StepData, Reporting, Cancelling):
+class ExecutorBase(StepData, Reporting, Cancelling, WorkerClasses):
     """What light executors and heavy workers share: running, cancelling, reporting."""
 
     #: Keep one instance per worker class between runs (heavy workers' warm state).
@@ -83,6 +83,7 @@ class ExecutorBase(StepData, Reporting, Cancelling):
         # instance, each with its version: a newer registration replaces both.
         self._classes: dict[str, tuple[int, type]] = {}
         self._instances: dict[str, tuple[int, CommonWorker]] = {}
+        self._loading: dict[str, asyncio.Future[tuple[int, type]]] = {}  # (worker_classes.py)
         self._tasks: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._cancelled: set[tuple[str, int]] = set()  # told to stop: marked until the run ends here
         self._cancelled_early: dict[tuple[str, int], None] = {}  # of those, not here when told
@@ -110,6 +111,11 @@ class ExecutorBase(StepData, Reporting, Cancelling):
         self._lane_reports.connect_soon()
         self._meter = RunMeter(namespace, METRICS_S)  # runs begun and their durations (actors/metrics.py)
         self._slots = asyncio.Semaphore(self._concurrency())
+        # Threads for sync do_work (and async ones run in a thread): one per run at once,
+        # not asyncio's default min(32, CPUs + 4), which held 64 sync runs per executor to
+        # 6 at a time here. Twice that: a timed-out run's thread runs on (it cannot be
+        # stopped) and must not take a later run's thread. Threads are made as needed.
+        self._run_threads = ThreadPoolExecutor(2 * self._concurrency(), thread_name_prefix="kmpray-run")
         # Through the module, not a name imported here: Ray ships actor classes by value,
         # and a global captured that way would be a copy, not the process's singleton.
         kmpray.events.TaskEventBus._bind(BrokerBackend(namespace))
@@ -319,25 +325,6 @@ class ExecutorBase(StepData, Reporting, Cancelling):
             self._kind(), self.index, self.incarnation, blocked_s, worker, key, worker in self._threaded
         )
 
-    async def _worker_class(self, name: str, version: int) -> tuple[int, type]:
-        """The class registered as ``name``, at ``version`` or newer (the registry keeps the
-        latest only), and its version. A newer one replaces the older here, and the older
-        one's warm instance goes with it: a heavy worker re-registered from a notebook ten
-        times must not hold ten models."""
-        cached = self._classes.get(name)
-        if cached is not None and cached[0] >= version:
-            return cached
-        registry = lookup(REGISTRY, self.namespace)
-        entry = await call_with_retry(lambda: registry.get.remote(name))
-        if entry is None:
-            raise LookupError(f"worker {name!r} is not registered")
-        loaded = self._classes[name] = (entry[0], cloudpickle.loads(entry[1]))
-        if self._instances.pop(name, None) is not None:
-            gc.unfreeze()  # what only the old instance held (cycles too) is freed now
-            gc.collect()
-        gc.freeze()  # the class and what it imported live on (see __init__)
-        return loaded
-
     async def _run(self, run: Run) -> None:
         key_, run_id, worker, version, inp, upstream, previous, timeout_ms = run[:8]
         start_at_ms, refs, then, merger, enq = run[8:]
@@ -448,7 +435,7 @@ class ExecutorBase(StepData, Reporting, Cancelling):
         cancelled = lambda: key in self._cancelled  # noqa: E731
         ctx = WorkerContext(key[0], previous, upstream, throttle.offer, cancelled, self.config)
         try:
-            call = run_worker(instance, inp, ctx, in_thread=worker in self._threaded)
+            call = run_worker(instance, inp, ctx, worker in self._threaded, self._run_threads)
             result = await (asyncio.wait_for(call, timeout_ms / 1000) if timeout_ms else call)
         except TimeoutError:
             throttle.close()  # before the result: reports leave in order

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import inspect
 from collections.abc import Callable
+from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 from .errors import InvalidParameters
@@ -74,21 +76,27 @@ def _wants_context(cls: type) -> bool:
 
 
 async def run_worker(
-    worker: CommonWorker, input: str | None, ctx: WorkerContext, in_thread: bool = False  # noqa: A002
+    worker: CommonWorker,
+    input: str | None,  # noqa: A002
+    ctx: WorkerContext,
+    in_thread: bool = False,
+    pool: Executor | None = None,
 ) -> Success | Failure | Retry:
     """Call ``do_work`` the way it was declared; a sync one runs in a thread, and so does
-    an async one of a class marked ``blocking = True`` (or ``in_thread``), on its own loop."""
+    an async one of a class marked ``blocking = True`` (or ``in_thread``), on its own loop.
+    The thread is ``pool``'s (an executor sizes it to its runs at once), else asyncio's
+    default pool, which has only min(32, CPUs + 4) threads."""
     fn = worker.do_work
     owner: type = type(worker)
     args: tuple[Any, ...] = (input, ctx) if _wants_context(owner) else (input,)
     try:
         if inspect.iscoroutinefunction(fn):
             if in_thread or getattr(worker, "blocking", False):
-                value = await asyncio.to_thread(asyncio.run, fn(*args))
+                value = await _in_thread(pool, asyncio.run, fn(*args))
             else:
                 value = await fn(*args)
         else:
-            value = await asyncio.to_thread(fn, *args)
+            value = await _in_thread(pool, fn, *args)
             if inspect.isawaitable(value):
                 value = await value
     except (SystemExit, KeyboardInterrupt) as exc:
@@ -97,6 +105,14 @@ async def run_worker(
         # the event loop itself: the run went unreported and its task stayed RUNNING.
         return raised(exc)
     return clipped(to_result(value))
+
+
+async def _in_thread(pool: Executor | None, fn: Callable[..., Any], *args: Any) -> Any:
+    """``asyncio.to_thread`` on ``pool`` (its context variables go along, as there)."""
+    if pool is None:
+        return await asyncio.to_thread(fn, *args)
+    call = functools.partial(contextvars.copy_context().run, fn, *args)
+    return await asyncio.get_running_loop().run_in_executor(pool, call)
 
 
 _W = TypeVar("_W", bound=type)

@@ -289,7 +289,42 @@ class Ledgered(kmpray.CommonWorker):
         return True
 
 
-ALL.update({"Blocker": Blocker, "MarkedBlocker": MarkedBlocker, "Ledgered": Ledgered})
+class SyncGather(kmpray.CommonWorker):
+    """A sync worker (blocking I/O, say) that waits, in its thread, until ``n`` runs have
+    started (a ledger line each; ``max_s`` at most): it meets them only if that many sync
+    runs can run at once."""
+
+    def do_work(self, input: str | None, ctx: kmpray.WorkerContext) -> Any:  # noqa: A002
+        cfg = _cfg(input)
+        with open(cfg["ledger"], "a") as f:
+            f.write(f"start {ctx.task_id}\n")
+        deadline = time.monotonic() + cfg.get("max_s", 20)
+        while count_runs(cfg["ledger"]) < cfg["n"] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return WorkerResult.Success(data={"met": count_runs(cfg["ledger"]) >= cfg["n"]})
+
+
+def _load_slowly() -> str:
+    time.sleep(0.5)  # as a module importing torch would, when its class is unpickled
+    return "loaded"
+
+
+class _SlowToLoad:
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        return _load_slowly, ()
+
+
+class SlowToLoad(kmpray.CommonWorker):
+    """Quick to run, slow to unpickle (0.5 s) in the process that runs it."""
+
+    table = _SlowToLoad()
+
+    async def do_work(self, input: str | None) -> Any:  # noqa: A002
+        return WorkerResult.Success(data={"table": self.table})
+
+
+ALL.update({"Blocker": Blocker, "MarkedBlocker": MarkedBlocker, "Ledgered": Ledgered, "SyncGather": SyncGather,
+            "SlowToLoad": SlowToLoad})
 
 
 class DiesAfterFinishing(kmpray.CommonWorker):

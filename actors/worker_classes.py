@@ -1,0 +1,69 @@
+"""The worker classes an executor or heavy worker runs: fetched from the registry by name
+at a run's first need, unpickled once per version, off the event loop. A mixin of the
+executors (executor.py); the attributes below are the actor's.
+
+Unpickling a class imports what its module imports (numpy, torch: seconds), and did so
+on the loop: every run there waited, and the block was blamed on the run that asked
+("blocking its event loop", ~0.2 s for the first run of a class on each executor here,
+with advice to move its ``do_work`` to a thread). And each of the runs that came
+together for a class not loaded yet fetched and unpickled it again. Now one load per
+name at a time, in a thread, that the others await.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+
+from ray import cloudpickle
+
+from kmpray.worker import CommonWorker
+
+from .names import REGISTRY, lookup
+from .retry import call_with_retry
+
+
+class WorkerClasses:
+    namespace: str
+    _classes: dict[str, tuple[int, type]]  # newest class loaded here per name, with its version
+    _instances: dict[str, tuple[int, CommonWorker]]  # heavy workers' warm instances
+    _loading: dict[str, asyncio.Future[tuple[int, type]]]  # a load under way, per name
+
+    async def _worker_class(self, name: str, version: int) -> tuple[int, type]:
+        """The class registered as ``name``, at ``version`` or newer (the registry keeps the
+        latest only), and its version. A newer one replaces the older here, and the older
+        one's warm instance goes with it: a heavy worker re-registered from a notebook ten
+        times must not hold ten models."""
+        for _ in range(2):  # again if a load under way began before this version was registered
+            cached = self._classes.get(name)
+            if cached is not None and cached[0] >= version:
+                return cached
+            loading = self._loading.get(name)
+            if loading is None:
+                loading = self._loading[name] = asyncio.ensure_future(self._load_class(name))
+                loading.add_done_callback(self._loaded)
+            loaded = await asyncio.shield(loading)  # one run's cancel must not end the others' load
+        return loaded
+
+    def _loaded(self, done: asyncio.Future[tuple[int, type]]) -> None:
+        for name, loading in list(self._loading.items()):
+            if loading is done:
+                del self._loading[name]
+        if not done.cancelled():
+            done.exception()  # retrieved: the runs awaiting it have it; none may be left
+
+    async def _load_class(self, name: str) -> tuple[int, type]:
+        registry = lookup(REGISTRY, self.namespace)
+        entry = await call_with_retry(lambda: registry.get.remote(name))
+        if entry is None:
+            raise LookupError(f"worker {name!r} is not registered")
+        cls = await asyncio.to_thread(cloudpickle.loads, entry[1])
+        cached = self._classes.get(name)
+        if cached is not None and cached[0] >= entry[0]:
+            return cached
+        loaded = self._classes[name] = (entry[0], cls)
+        if self._instances.pop(name, None) is not None:
+            gc.unfreeze()  # what only the old instance held (cycles too) is freed now
+            gc.collect()
+        gc.freeze()  # the class and what it imported live on (see the executor's __init__)
+        return loaded
