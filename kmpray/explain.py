@@ -88,14 +88,10 @@ class Explaining:
         """What users see of a task: its row, why it waits, and a ``next_run_at_ms`` that
         means what it says (None, not a passed instant, while it waits for something else
         than time). ``places``: from ``places_in_line`` or ``places_of``, when listing many."""
-        info = rec.info()
         reason = waiting_for(self, rec, places=places)
         if reason is None:
-            return info
-        update: dict[str, Any] = {"waiting_for": reason}
-        if reason.kind not in ("due_at", "window") and rec.state is not TaskState.RUNNING:
-            update["next_run_at_ms"] = None
-        return info.model_copy(update=update)
+            return rec.info()
+        return rec.info(reason, reason.kind in ("due_at", "window") or rec.state is TaskState.RUNNING)
 
     def note(self: Core, key: str, text: str | tuple[Any, ...]) -> None:
         """Record a decision about a task, for ``explain`` (a bounded log of recent ones).

@@ -17,11 +17,12 @@ from typing import Any
 import msgpack
 from pydantic import TypeAdapter
 
+from ._model import trusted
 from .artifacts import public
 from .constraints import DEFAULT_CONSTRAINTS, Constraints
 from .enums import InputMerger, TaskState, shown_state
 from .errors import DamagedRow
-from .models import TaskInfo
+from .models import TaskInfo, WaitingFor
 from .results import Failure, Result, Retry, Success, to_row
 from .triggers import OneTime, Trigger
 
@@ -191,23 +192,27 @@ class TaskRecord:
         of its slots) is still ENQUEUED, as in WorkManager; RUNNING means ``do_work`` runs."""
         return shown_state(self.state, self.started)
 
-    def info(self) -> TaskInfo:
+    def info(self, waiting_for: WaitingFor | None = None, when_due: bool = True) -> TaskInfo:
+        """What users see of it; ``waiting_for`` and ``when_due`` (False: no
+        ``next_run_at_ms``, it waits for something else than time) from explain.py. Built
+        without validation (``trusted``: listing 200,000 tasks built 200,000 of these)."""
         state = self.shown_state
-        return TaskInfo.model_construct(
-            id=self.key,
-            worker_class_name=self.worker,
-            state=state,
-            run_attempt_count=self.run_attempt_count - (state is not self.state),  # counted once it begins
-            run_count=self.run_count,
-            result=_shown(self.result),
-            progress=shown_progress(state, self.progress),
-            next_run_at_ms=self.next_run_at_ms,
-            chain_id=self.chain_id,
-            trigger=self.trigger,
-            constraints=self.constraints,
-            created_at_ms=self.created_at_ms,
-            updated_at_ms=self.updated_at_ms,
-        )
+        return trusted(TaskInfo, {  # type: ignore[no-any-return]
+            "id": self.key,
+            "worker_class_name": self.worker,
+            "state": state,
+            "run_attempt_count": self.run_attempt_count - (state is not self.state),  # counted once it begins
+            "run_count": self.run_count,
+            "result": _shown(self.result),
+            "progress": shown_progress(state, self.progress),
+            "next_run_at_ms": self.next_run_at_ms if when_due else None,
+            "chain_id": self.chain_id,
+            "trigger": self.trigger,
+            "constraints": self.constraints,
+            "created_at_ms": self.created_at_ms,
+            "updated_at_ms": self.updated_at_ms,
+            "waiting_for": waiting_for,
+        })
 
 
 def shown_progress(state: TaskState, progress: int | None) -> int | None:

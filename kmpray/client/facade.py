@@ -324,7 +324,7 @@ class BackgroundTaskScheduler(Waiting, Routing):
 
     def list_tasks(self, state: TaskState | None = None) -> TaskList:
         parts = self._each("list_tasks", TaskState(state).value if state is not None else None)
-        return TaskList(TaskInfo.model_validate(r) for raw in parts for r in raw)
+        return outputs.task_list(parts)
 
     def newest_tasks(
         self, state: TaskState | None = None, worker: str | None = None, limit: int = 2000

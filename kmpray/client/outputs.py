@@ -4,15 +4,21 @@ The scheduler answers with the wire data and the object store references it hold
 values come straight from the object store to this process (arrays read-only, zero-copy
 on the same node). A value whose reference is gone (restart) or lost (its node died) is
 read back from its artifact by the scheduler and put in the object store again.
+
+And ``list_tasks``: the scheduler's TaskInfo, pickled in chunks, made into a TaskList.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
+import pickle
+from collections.abc import Iterable
 from typing import Any
 
 from ..artifacts import MARK, descriptors, from_stored, join
 from ..errors import KmprayError
+from ..models import TaskList
 from ..timing import FETCH_TIMEOUT_S
 from .remote import _await, _ray
 
@@ -69,3 +75,17 @@ async def resolve_async(
                 raise _missing(desc) from None
             values[digest] = from_stored(desc[MARK], await asyncio.wait_for(_await(got[0]), FETCH_TIMEOUT_S))
     return join(data, lambda d: values[d["blake3"]])  # type: ignore[no-any-return]
+
+
+def task_list(shards: Iterable[list[bytes]]) -> TaskList:
+    """The shards' ``list_tasks`` answers (actors/scheduler_reads.py: pickled TaskInfo,
+    from the engine's own actors, as every Ray message is). The garbage collector waits
+    meanwhile: 200,000 new objects set off collections that scanned the growing list
+    each time (31 µs a task; 5.5 µs without)."""
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        return TaskList(info for chunks in shards for chunk in chunks for info in pickle.loads(chunk))
+    finally:
+        if paused:
+            gc.enable()

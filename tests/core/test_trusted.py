@@ -49,3 +49,25 @@ def test_trusted_without_every_field_falls_back_to_model_construct_defaults() ->
     made = trusted(TaskProgressEvent, {"kind": "progress", "task_id": "k", "task_name": "W", "progress": 5,
                                        "timestamp": 1})
     assert made.message is None and made.progress == 5
+
+
+def test_a_task_info_built_without_validation_is_what_pydantic_builds() -> None:
+    # records.TaskRecord.info builds TaskInfo with ``trusted`` (listing 200,000 tasks
+    # built as many): field for field what validating the same values gives, and it
+    # pickles and unpickles (list_tasks sends TaskInfo pickled) to an equal one.
+    import pickle
+
+    from kmpray import Constraints, TaskInfo, TaskState, TaskTrigger
+    from kmpray.models import WaitingFor
+    from kmpray.records import TaskRecord
+
+    rec = TaskRecord(key="t", name="t", worker="W", trigger=TaskTrigger.OneTime(initial_delay_ms=5),
+                     constraints=Constraints(max_retries=2), state=TaskState.SUCCEEDED, created_at_ms=1,
+                     updated_at_ms=2, run_attempt_count=1, run_count=1, result=Success("ok", {"n": 1}))
+    waiting = WaitingFor(kind="due_at", message="due at noon", details={"at_ms": 3})
+    for info in (rec.info(), rec.info(waiting), rec.info(waiting, when_due=False)):
+        again = TaskInfo.model_validate(info.model_dump())
+        assert info == again and info.model_dump() == again.model_dump()
+        assert pickle.loads(pickle.dumps(info, protocol=5)) == info
+    assert rec.info().progress == 100 and rec.info().waiting_for is None
+    assert rec.info(waiting, when_due=False).next_run_at_ms is None
