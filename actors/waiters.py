@@ -33,9 +33,9 @@ class Waiters:
         finally:
             # Gone at once, not at the name's next wake: a client long-polling a task due
             # next week (WAIT_CHUNK_S at a time) would leave a future per chunk until then.
-            self._forget(name, fut)
+            self.forget(name, fut)
 
-    def _forget(self, name: str, fut: asyncio.Future[None]) -> None:
+    def forget(self, name: str, fut: asyncio.Future[None]) -> None:
         waiters = self._by_name.get(name)
         if waiters is None:
             return

@@ -353,7 +353,7 @@ class BackgroundTaskScheduler(Waiting, Routing):
         if progress:
             results = self._wait_with_bar(ids, deadline)
         else:
-            results = [self._wait_one(i, deadline) for i in ids]
+            results = self._wait_many(ids, deadline)
         return results[0] if isinstance(id, str) else results
 
     def advance_time(self, ms: int) -> int:
