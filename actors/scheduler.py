@@ -66,6 +66,10 @@ from .submit_lane import SubmitLanes
 from .virtual_time import VirtualTime
 from .waiters import Waiters
 
+#: Tasks ``cancel_all`` cancels and stores between two turns of the loop (~30 µs each).
+CANCEL_CHUNK = 500
+CANCEL_PAUSE_S = 0.002
+
 log = logging.getLogger("kmpray.scheduler")
 
 
@@ -425,10 +429,20 @@ class SchedulerActor(
         return n
 
     async def cancel_all(self) -> int:
+        """Every task unfinished at the call, CANCEL_CHUNK at a time, each chunk stored
+        before this loop serves other calls: in one pass, 200,000 tasks held every enqueue
+        5.8 s. A task enqueued meanwhile came after the call and is not cancelled."""
         await self._ready
-        self._cancel_acks = []
-        n = self.core.cancel_all()
-        self._flush()
+        rows = [rec for rec in self.core.tasks.values() if not rec.state.is_finished]
+        n, acks = 0, []
+        for i in range(0, len(rows), CANCEL_CHUNK):
+            if i:  # a few ms: an enqueue waiting is answered after its own commit, a pump turn away
+                await asyncio.sleep(CANCEL_PAUSE_S)
+            self._cancel_acks = []
+            n += self.core.cancel_rows(rows[i:i + CANCEL_CHUNK])  # (those finished meanwhile: skipped)
+            self._flush()
+            acks += self._cancel_acks
+        self._cancel_acks = acks
         await self._cancels_delivered()
         return n
 

@@ -125,7 +125,7 @@ class ChainRules:
         self.fx.chains.pop(chain_id, None)
         self.fx.delete_chains.add(chain_id)
         keys = [k for step in chain.steps for k in step if k in self.tasks]
-        self._cancel_rows([self.tasks[k] for k in keys])
+        self.cancel_rows([self.tasks[k] for k in keys])
         run_ids = {}
         for key in keys:
             run_ids[key] = self.tasks[key].run_id

@@ -425,12 +425,12 @@ class SchedulerCore(UniqueWork, Restoring, ChainRules, Conditions, Explaining, R
             keys = [name_or_key]
         if not keys and name_or_key in self.chains:
             keys = [k for step in self.chains[name_or_key].steps for k in step if k in self.tasks]
-        return self._cancel_rows(self.tasks[k] for k in keys)
+        return self.cancel_rows(self.tasks[k] for k in keys)
 
     def cancel_all(self) -> int:
-        return self._cancel_rows(list(self.tasks.values()))
+        return self.cancel_rows(list(self.tasks.values()))
 
-    def _cancel_rows(self, rows: Iterable[TaskRecord]) -> int:
+    def cancel_rows(self, rows: Iterable[TaskRecord]) -> int:
         """Cancel the unfinished rows (dependents cascade); count every row cancelled."""
         now = self.clock.now_ms()
         before = self.pending
