@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ import pytest
 from kmpray import EngineConfig, TaskRequest, TaskState, TaskTrigger
 
 from .helpers import ONE_SHARD, until
-from .workers import count_runs, register_all
+from .workers import register_all
 
 # Counts one scheduler's executors and blocks them (per shard, each shard has its own).
 pytestmark = [pytest.mark.ray, ONE_SHARD]
@@ -62,31 +61,6 @@ def test_a_blocking_worker_does_not_stall_the_other_runs(engine: Any, tmp_path: 
     status = engine.status()
     assert status["loop_blocks"] == {"Blocker": 1}
     assert len(status["executor_lag_ms"]) == 2 and all(lag < 1_000 for lag in status["executor_lag_ms"])
-
-
-def test_sync_runs_use_the_executors_concurrency_and_a_slow_class_load_blocks_no_loop(
-    engine: Any, tmp_path: Path
-) -> None:
-    # 30 sync runs that each wait until all 30 began: on 2 executors they meet only if
-    # each runs more than asyncio's default 6 threads (min(32, CPUs + 4)) of sync do_work
-    # at once (executor_concurrency is 64). Meanwhile a class that takes 0.5 s to unpickle
-    # has its first run on each executor: loaded in a thread, it blocks no event loop.
-    ledger = tmp_path / "ledger"
-    ids = [f"g{i}" for i in range(30)]
-    engine.enqueue_many([TaskRequest("SyncGather", json.dumps({"ledger": str(ledger), "n": 30}), id=i) for i in ids]
-                        + [TaskRequest("SlowToLoad", id=f"slow{i}") for i in range(4)])
-    infos = [engine.wait(i, timeout_s=60) for i in ids]
-    assert [(i.state, i.result.data) for i in infos] == [(TaskState.SUCCEEDED, {"met": True})] * 30
-    slow = [engine.wait(f"slow{i}", timeout_s=30) for i in range(4)]
-    assert [(i.state, i.result.data) for i in slow] == [(TaskState.SUCCEEDED, {"table": "loaded"})] * 4
-    # A block is reported by the executor's watch thread once its loop runs again, a few
-    # ms after the run ended (the old code: {"SlowToLoad": 3} here, 0.5-1.0 s each).
-    # Absence has no event to await: watched for a bounded 1.5 s.
-    deadline = time.monotonic() + 1.5
-    while time.monotonic() < deadline:
-        assert engine.status()["loop_blocks"] == {}
-        time.sleep(0.1)
-    assert count_runs(str(ledger)) == 30  # each once
 
 
 def test_with_every_loop_blocked_runs_wait_with_a_reason_then_run_when_one_frees(

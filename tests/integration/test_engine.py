@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ from kmpray import (
 )
 
 from .helpers import ONE_SHARD, blocks_input, one_name_from_many_threads, until
-from .workers import register_all
+from .workers import count_runs, register_all
 
 pytestmark = pytest.mark.ray
 ONCE = TaskTrigger.OneTime()
@@ -398,6 +400,33 @@ def test_wait_bounds(svengine: Any) -> None:
         assert asyncio.run(svengine.wait_async("wd", timeout_s=timeout_s)).state is TaskState.SUCCEEDED
     with pytest.raises(TimeoutError, match="'wb' not finished"):
         svengine.wait(["wd", "wb"], timeout_s=0)
+
+
+def test_sync_runs_use_the_executors_concurrency_and_a_slow_class_load_blocks_no_loop(
+    sengine: Any, tmp_path: Path
+) -> None:
+    # (The module's shared engine: two executors, one per CPU, as test_blocking_workers's.)
+    # 30 sync runs that each wait until all 30 began: on 2 executors they meet only if
+    # each runs more than asyncio's default 6 threads (min(32, CPUs + 4)) of sync do_work
+    # at once (executor_concurrency is 64). Meanwhile a class that takes 0.5 s to unpickle
+    # has its first run on each executor: loaded in a thread, it blocks no event loop.
+    ledger = tmp_path / "ledger"
+    assert sengine.status()["executors"] == 2
+    ids = [f"g{i}" for i in range(30)]
+    sengine.enqueue_many([kmpray.TaskRequest("SyncGather", json.dumps({"ledger": str(ledger), "n": 30}), id=i) for i in ids]
+                        + [kmpray.TaskRequest("SlowToLoad", id=f"slow{i}") for i in range(4)])
+    infos = [sengine.wait(i, timeout_s=60) for i in ids]
+    assert [(i.state, i.result.data) for i in infos] == [(TaskState.SUCCEEDED, {"met": True})] * 30
+    slow = [sengine.wait(f"slow{i}", timeout_s=30) for i in range(4)]
+    assert [(i.state, i.result.data) for i in slow] == [(TaskState.SUCCEEDED, {"table": "loaded"})] * 4
+    # A block is reported by the executor's watch thread once its loop runs again, a few
+    # ms after the run ended (the old code: {"SlowToLoad": 3} here, 0.5-1.0 s each).
+    # Absence has no event to await: watched for a bounded 1.5 s.
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        assert "SlowToLoad" not in sengine.status()["loop_blocks"]
+        time.sleep(0.1)
+    assert count_runs(str(ledger)) == 30  # each once
 
 
 def test_wait_on_many_ids(svengine: Any) -> None:
