@@ -13,6 +13,7 @@ name at a time, in a thread, that the others await.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 
 from ray import cloudpickle
@@ -41,14 +42,13 @@ class WorkerClasses:
             loading = self._loading.get(name)
             if loading is None:
                 loading = self._loading[name] = asyncio.ensure_future(self._load_class(name))
-                loading.add_done_callback(self._loaded)
+                loading.add_done_callback(functools.partial(self._loaded, name))
             loaded = await asyncio.shield(loading)  # one run's cancel must not end the others' load
         return loaded
 
-    def _loaded(self, done: asyncio.Future[tuple[int, type]]) -> None:
-        for name, loading in list(self._loading.items()):
-            if loading is done:
-                del self._loading[name]
+    def _loaded(self, name: str, done: asyncio.Future[tuple[int, type]]) -> None:
+        if self._loading.get(name) is done:
+            del self._loading[name]
         if not done.cancelled():
             done.exception()  # retrieved: the runs awaiting it have it; none may be left
 

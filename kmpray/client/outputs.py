@@ -79,7 +79,7 @@ async def resolve_async(
 
 def task_list(shards: Iterable[list[bytes]]) -> TaskList:
     """The shards' ``list_tasks`` answers as one TaskList."""
-    return TaskList(unpickled(chunks for chunks in shards))
+    return TaskList(unpickled(shards))
 
 
 def unpickled(answers: Iterable[list[bytes]]) -> list[Any]:

@@ -80,13 +80,12 @@ class Waiting:
             seen.update(zip(part, unpickled([answer]), strict=True))
         return seen
 
-    def _wait_many(self, ids: list[str], deadline: float | None) -> list[Any]:
-        """``wait([...])``: the tasks in one call per shard and round (two calls per id
-        took 80 s for 20,000 tasks already finished), chains and unknown ids one by one
-        (an unknown id raises TaskNotFound before anything is waited for)."""
+    def _first_look(self, ids: list[str]) -> tuple[dict[str, Any], dict[str, int], list[str]]:
+        """``ids`` looked at once: (the finished ones' infos, the unfinished tasks' run counts
+        to wait past, the ids that are no task: chains, or unknown)."""
         done: dict[str, Any] = {}
         befores: dict[str, int] = {}
-        others = []
+        others: list[str] = []
         for name, seen in self._look(list(dict.fromkeys(ids)), 0, {}).items():
             if seen is None:
                 others.append(name)
@@ -94,6 +93,13 @@ class Waiting:
                 befores[name] = seen
             else:
                 done[name] = seen
+        return done, befores, others
+
+    def _wait_many(self, ids: list[str], deadline: float | None) -> list[Any]:
+        """``wait([...])``: the tasks in one call per shard and round (two calls per id
+        took 80 s for 20,000 tasks already finished), chains and unknown ids one by one
+        (an unknown id raises TaskNotFound before anything is waited for)."""
+        done, befores, others = self._first_look(ids)
         for name in others:
             done[name] = self._wait_one(name, deadline)
         while befores:
@@ -115,18 +121,9 @@ class Waiting:
         a chain with its finished tasks, its steps shown as ``✓ ✓ 2/3 · ·``."""
         from tqdm.auto import tqdm
 
-
         sub = self.events.subscribe()
-        done: dict[str, Any] = {}
-        befores: dict[str, int] = {}  # unfinished tasks: the run count to wait past
-        chains = set()  # (or unknown ids: TaskNotFound at their first poll)
-        for name, seen in self._look(list(dict.fromkeys(ids)), 0, {}).items():
-            if seen is None:
-                chains.add(name)
-            elif isinstance(seen, int):
-                befores[name] = seen
-            else:
-                done[name] = seen
+        done, befores, others = self._first_look(ids)
+        chains = set(others)  # (or unknown ids: TaskNotFound at their first poll)
         pct = {i: 100 if i in done else 0 for i in ids}
         bar = tqdm(total=100 * len(pct), initial=100 * len(done), desc="kmpray", unit="%")
         chain_of: dict[str, str] = {}  # chain task id -> chain id (progress events carry no chain)
