@@ -109,56 +109,51 @@ def unplaceable(cluster: Cluster, sched: Any, out: dict[str, object]) -> Any:
     return late
 
 
-def heavy_pool(heavy_node: Any, cluster: Cluster) -> tuple[dict[str, object], Any]:
+def heavy_pool(heavy_node: Any, cluster: Cluster, sched: Any) -> tuple[dict[str, object], Any]:
     """One heavy node, heavy_pool_size=2 (#18): no worker waits on an unplaceable actor; the
-    pool grows when a second heavy node joins. Run last, on main()'s cluster, with the one
-    heavy node unplaceable() left (a cluster start or an engine start is ~10 s here).
-    Returns its results and the node that joined (it stays)."""
+    pool grows when a second heavy node joins. Run on main()'s cluster and engine, with the
+    one heavy node unplaceable() left and its pool's other actor waiting for placement (an
+    engine of its own was ~5 s of start and stop here). Returns its results and the node
+    that joined (it stays)."""
     import time
 
     out: dict[str, object] = {"heavy_node": heavy_node.node_id}
-    sched = kmpray.connect(namespace="heavy-pool", state_dir=tempfile.mkdtemp(),
-                           config=EngineConfig(heavy_resources={"heavy": 1}, heavy_pool_size=2))
-    try:
-        sched.register_worker("HalfSecond", HalfSecond)
-        heavy = Constraints(is_heavy_task=True)
-        start = time.monotonic()
-        for i in range(4):
-            sched.enqueue(f"h{i}", TaskTrigger.OneTime(), "HalfSecond", constraints=heavy)
-        infos = [sched.wait(f"h{i}", timeout_s=60) for i in range(4)]
-        out["four_s"] = time.monotonic() - start
-        out["four_nodes"] = sorted({i.result.data["node"] for i in infos})
-        out["four_states"] = [i.state.value for i in infos]
-        out["status_one_node"] = sched.status()["heavy"]
+    replaced_before = sched.status()["heavy"]["replaced"]  # the earlier parts' node losses
+    heavy = Constraints(is_heavy_task=True)
+    start = time.monotonic()
+    for i in range(4):
+        sched.enqueue(f"h{i}", TaskTrigger.OneTime(), "HalfSecond", constraints=heavy)
+    infos = [sched.wait(f"h{i}", timeout_s=60) for i in range(4)]
+    out["four_s"] = time.monotonic() - start
+    out["four_nodes"] = sorted({i.result.data["node"] for i in infos})
+    out["four_states"] = [i.state.value for i in infos]
+    out["status_one_node"] = dict(sched.status()["heavy"])
+    out["status_one_node"]["replaced"] -= replaced_before  # type: ignore[index,operator]
 
-        joined = cluster.add_node(num_cpus=1, resources={"heavy": 1})
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and sched.status()["heavy"]["placed"] < 2:
-            time.sleep(0.1)
-        out["status_two_nodes"] = sched.status()["heavy"]
-        for i in range(2):
-            sched.enqueue(f"p{i}", TaskTrigger.OneTime(), "HalfSecond", input="1.5", constraints=heavy)
-        pair = [sched.wait(f"p{i}", timeout_s=60).result.data for i in range(2)]
-        out["pair_overlap"] = min(p["ended"] for p in pair) > max(p["began"] for p in pair)
-        out["pair_nodes"] = sorted({p["node"] for p in pair})
-        out["joined"] = joined.node_id
-    finally:
-        sched.shutdown()
+    joined = cluster.add_node(num_cpus=1, resources={"heavy": 1})
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and sched.status()["heavy"]["placed"] < 2:
+        time.sleep(0.1)
+    out["status_two_nodes"] = dict(sched.status()["heavy"])
+    out["status_two_nodes"]["replaced"] -= replaced_before  # type: ignore[index,operator]
+    for i in range(2):
+        sched.enqueue(f"p{i}", TaskTrigger.OneTime(), "HalfSecond", input="1.5", constraints=heavy)
+    pair = [sched.wait(f"p{i}", timeout_s=60).result.data for i in range(2)]
+    out["pair_overlap"] = min(p["ended"] for p in pair) > max(p["began"] for p in pair)
+    out["pair_nodes"] = sorted({p["node"] for p in pair})
+    out["joined"] = joined.node_id
     return out, joined
 
 
-def node_loss(cluster: Cluster, nodes: list[Any]) -> dict[str, object]:
-    """The chaos scenario ``node-loss`` (bench/chaos_nodes.py), quick, on this cluster with
-    ``nodes`` as its two worker nodes: removed and replaced in turn under 100 tasks/s, a
-    fresh engine. Run last, here, to spare the suite a 3-node cluster's start of its own."""
+def node_loss(cluster: Cluster, nodes: list[Any], sched: Any) -> dict[str, object]:
+    """The chaos scenario ``node-loss`` (bench/chaos_nodes.py), quick, on this cluster and
+    engine with ``nodes`` as its two worker nodes: removed and replaced in turn under 100
+    tasks/s. Run last, here, to spare the suite a 3-node cluster's start of its own (and an
+    engine's: the ledger tasks are told apart from the earlier parts' by their ids)."""
     from kmpray.bench.chaos_nodes import under_load
 
-    state = tempfile.mkdtemp()
-    sched = kmpray.connect(namespace="chaos-nodes", state_dir=state)
-    try:
-        return under_load(cluster, nodes, sched, ledger=Path(state) / "ledger", rounds=2, rate=100, every_s=4)
-    finally:
-        sched.shutdown()
+    ledger = Path(tempfile.mkdtemp()) / "ledger"
+    return under_load(cluster, nodes, sched, ledger=ledger, rounds=2, rate=100, every_s=3)
 
 
 class BigArray(kmpray.CommonWorker):
@@ -318,16 +313,14 @@ def main() -> None:
         try:  # the heavy pool's own test reads these: a failure must not hide the results above
             late = unplaceable(cluster, sched, out)
             mark("unplaceable")
-            sched.shutdown()
-            sched = None
-            out["heavy_pool"], joined2 = heavy_pool(late, cluster)
+            out["heavy_pool"], joined2 = heavy_pool(late, cluster, sched)
             mark("heavy_pool")
         except Exception:
             out["heavy_pool"] = {"error": traceback.format_exc()}
             out["node_loss"] = {"error": "not run: the heavy pool's part before it failed"}
         else:
             try:  # likewise: read by test_multinode.py's node-loss test alone
-                out["node_loss"] = node_loss(cluster, [late, joined2])
+                out["node_loss"] = node_loss(cluster, [late, joined2], sched)
                 mark("node_loss")
             except Exception:
                 out["node_loss"] = {"error": traceback.format_exc()}

@@ -27,7 +27,7 @@ def two_nodes() -> dict[str, object]:
     """One run of multinode.py's main (a cluster start is most of its time): placement on
     a head and a worker node, that node removed under load and a new one joining, then
     step data between the head and the joined node, which leaves; then the heavy pool's
-    checks on the head and nodes that join for them."""
+    checks on the head and nodes that join for them; then node-loss. One engine for all."""
     return _run()
 
 
@@ -91,7 +91,7 @@ def test_heavy_pool_waits_for_placement_instead_of_replacing_in_a_loop(two_nodes
     # Serially on the one placed worker: ~2 s of work plus its start (~2.5-5 s here); a task
     # handed to the unplaceable actor would wait out wait()'s 60 s instead.
     assert out["four_s"] < 15  # type: ignore[index,operator]
-    one = out["status_one_node"]  # type: ignore[index]
+    one = out["status_one_node"]  # type: ignore[index]  # replaced: since this part began
     assert (one["placed"], one["pending"], one["replaced"], one["capacity"]) == (1, 1, 0, 1)  # type: ignore[index]
     # A second heavy node joins: the pending actor is placed there, two heavy tasks run at once.
     two = out["status_two_nodes"]  # type: ignore[index]
@@ -103,7 +103,7 @@ def test_heavy_pool_waits_for_placement_instead_of_replacing_in_a_loop(two_nodes
 def test_worker_nodes_removed_and_re_added_under_load_lose_nothing(two_nodes: dict[str, object]) -> None:
     """The chaos scenario node-loss, quick (bench/chaos_nodes.py), on this module's cluster:
     a worker node removed with its runs in flight and a new one joining, twice, under 100
-    tasks/s, a fresh engine."""
+    tasks/s, on the engine the other parts used."""
     r = two_nodes["node_loss"]
     print("node-loss:", r)
     assert "error" not in r, r["error"]  # type: ignore[operator,index]
