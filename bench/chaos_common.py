@@ -12,6 +12,7 @@ import os
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -162,18 +163,35 @@ def kill_accounting(path: Path, ids: set[str], killed_pids: set[int]) -> dict[st
     return {"runs_in_flight_at_kills": in_flight, "rerun_after_finish": after_finish}
 
 
+def replay(sched: Any, since: int = 0, succeeded: set[str] | frozenset[str] = frozenset(),
+           quiet_s: float = 3.0, timeout_s: float = 120.0) -> Iterator[tuple[int, Any]]:
+    """Stored events after cursor ``since`` as (cursor, event), in cursor order, up to the
+    end of the log: as it is now or, with ``succeeded``, once each of those tasks' successful
+    completion has come (a scheduler hands completions to the broker a little after it
+    stores them). Stops early at ``quiet_s`` without an event or at ``timeout_s``: a
+    replay read until ``quiet_s`` of silence spent that long at every end of a check."""
+    missing = set(succeeded)
+    end = None if missing else sched.events.last_cursor()
+    sub = sched.events.subscribe(since)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline and (end is None or sub.cursor < end):
+            event = sub.get(timeout_s=quiet_s)
+            if event is None:
+                return
+            yield sub.cursor, event
+            if missing and event.kind == "completion" and event.success:
+                missing.discard(event.task_id)
+                if not missing:  # what was stored with them has reached the log by now, or soon
+                    end = sched.events.last_cursor()
+    finally:
+        sub.close()
+
+
 def terminal_events(sched: Any, ids: set[str], timeout_s: float) -> Counter[str]:
     """Terminal completion events per task, replayed from the start of the log."""
     counts: Counter[str] = Counter()
-    sub = sched.events.subscribe(0)
-    deadline = time.monotonic() + timeout_s
-    try:
-        while time.monotonic() < deadline:
-            event = sub.get(timeout_s=3)
-            if event is None:  # the load drained before: nothing more is coming
-                break
-            if event.kind == "completion" and event.task_id in ids and event.success:
-                counts[event.task_id] += 1
-    finally:
-        sub.close()
+    for _, event in replay(sched, 0, succeeded=ids, timeout_s=timeout_s):
+        if event.kind == "completion" and event.task_id in ids and event.success:
+            counts[event.task_id] += 1
     return counts

@@ -37,7 +37,7 @@ from typing import Any
 import kmpray
 from kmpray.timing import ANSWER_RETENTION_S, PRUNE_S
 
-from .chaos_common import ChaosLedger, SteadyLoad, actor_pid, answers_after
+from .chaos_common import ChaosLedger, SteadyLoad, actor_pid, answers_after, replay
 from .common import drain, ray_up
 from .stamp import rss_bytes
 
@@ -194,17 +194,13 @@ def _replay(sched: Any, ids: set[str]) -> dict[str, Any]:
     per_task: Counter[str] = Counter()
     out_of_order = events = 0
     last = 0
-    sub = sched.events.subscribe(0)
-    try:
-        while (event := sub.get(timeout_s=5)) is not None:
-            events += 1
-            if sub.cursor <= last:
-                out_of_order += 1
-            last = sub.cursor
-            if event.kind == "completion" and event.success and event.task_id in ids:
-                per_task[event.task_id] += 1
-    finally:
-        sub.close()
+    for cursor, event in replay(sched, 0, succeeded=ids, quiet_s=5):
+        events += 1
+        if cursor <= last:
+            out_of_order += 1
+        last = cursor
+        if event.kind == "completion" and event.success and event.task_id in ids:
+            per_task[event.task_id] += 1
     return {
         "events": events,
         "missing": sum(1 for t in ids if per_task[t] == 0),

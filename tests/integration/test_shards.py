@@ -138,15 +138,16 @@ def test_engine_wide_calls_see_every_shard(two: Any) -> None:
 
 
 def test_completion_events_of_both_shards_arrive_once_each(two: Any) -> None:
-    sub = two.events.subscribe()
+    from kmpray.bench.chaos_common import replay
+
+    since = two.events.last_cursor()
     names = ids_on(0, "ev", 5) + ids_on(1, "ev", 5)
     two.enqueue_many([TaskRequest("Noop", id=n) for n in names])
     two.wait(names, timeout_s=60)
     seen: Counter[str] = Counter()
-    while (event := sub.get(timeout_s=2)) is not None:
+    for _, event in replay(two, since, succeeded=set(names), timeout_s=30):
         if event.kind == "completion" and event.task_id in names:
             seen[event.task_id] += 1
-    sub.close()
     assert seen == dict.fromkeys(names, 1)
 
 

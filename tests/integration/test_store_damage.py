@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kmpray.bench.chaos_common import replay
 
 import kmpray
 from kmpray import ONE_HOUR, StoreRefused, TaskState, TaskTrigger
@@ -86,10 +87,6 @@ def test_a_subscriber_replaying_from_zero_skips_a_damaged_event(vengine: Any) ->
     last = vengine.events.last_cursor()
     assert last >= 3
     _damage(Path(vengine.state_dir) / "events.db", "events", ("cursor", "body"), 2, b"\xc1\xc1 not an event")
-    sub = vengine.events.subscribe(since=0)
-    seen = []
-    while (event := sub.get(timeout_s=2)) is not None:
-        seen.append((sub.cursor, event.task_id))
-    sub.close()
+    seen = [(cursor, event.task_id) for cursor, event in replay(vengine, 0, timeout_s=30)]  # up to `last`
     assert [c for c, _ in seen] == [c for c in range(1, last + 1) if c != 2]
     assert len({t for _, t in seen}) == len(seen) == last - 1  # one completion per task, the damaged one gone
