@@ -462,7 +462,7 @@ class SchedulerActor(
         if rec is None:
             return None
         before = rec.run_count if runs_before is None else runs_before
-        if rec.state.is_finished or (self.core.recurs(rec) and rec.run_count > before) or timeout_s == 0:
+        if self.core.waited_out(rec, before) or timeout_s == 0:
             return self._info(rec)
         await self.waiters.wait(name, before, timeout_s)
         rec = self.core.latest(name)

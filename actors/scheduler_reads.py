@@ -212,8 +212,7 @@ class SchedulerReads:
                 out.append(None)
                 continue
             before = rec.run_count if before is None else before
-            done = rec.state.is_finished or (self.core.recurs(rec) and rec.run_count > before)
-            out.append(rec if done else before)
+            out.append(rec if self.core.waited_out(rec, before) else before)
         return out
 
     async def list_tasks(self, state: str | None = None) -> list[bytes]:

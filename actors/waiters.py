@@ -55,9 +55,8 @@ class Waiters:
         for fut, runs_before in waiters:
             if fut.done():
                 continue
-            if chain_done or (not is_chain and (rec is None or rec.state.is_finished)) or (
-                rec is not None and core.recurs(rec) and rec.run_count > runs_before
-            ):
+            settled = chain_done if is_chain else (rec is None or core.waited_out(rec, runs_before))
+            if settled:
                 fut.set_result(None)
             else:
                 keep.append((fut, runs_before))

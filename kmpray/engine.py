@@ -338,6 +338,11 @@ class SchedulerCore(UniqueWork, Restoring, ChainRules, Conditions, Explaining, R
         """Periodic and event-triggered tasks never finish on their own."""
         return isinstance(rec.trigger, (Periodic, ContentUri)) or rec.trigger.kind in DEVICE_TRIGGER_KINDS
 
+    def waited_out(self, rec: TaskRecord, runs_before: int) -> bool:
+        """What ``wait`` waits for: the task finished or, one that recurs, a run after its
+        ``runs_before``-th ended (the scheduler's wait, wait_many and its waiters' wake)."""
+        return rec.state.is_finished or (self.recurs(rec) and rec.run_count > runs_before)
+
     def _schedule_recurrence(self, rec: TaskRecord, now: int) -> None:
         trig = rec.trigger
         if isinstance(trig, Periodic):
