@@ -36,10 +36,27 @@ class SchedulerChains:
     if TYPE_CHECKING:  # SchedulerDispatch's
         def _pump(self) -> None: ...
 
+    #: The pool's actors wait for the first chain (see _start_chains).
+    _coordinators_deferred = False
+
     def _start_chains(self) -> None:
         pool = self.config.chain_coordinators
-        # Created here, after the executors (Ray starts few processes at once; nothing waits
-        # for a coordinator at start), on this node; a restarted scheduler finds them alive.
+        if pool == 0:
+            self._local_chains = ChainCoordinatorCore()
+            local = self._local_chains
+            self.core.chain_actions(local.resync(self.core.chain_snapshot(0, 1), local.mark()))
+        elif self.core.chains:  # restored chains: their coordinators (a restarted scheduler finds them alive)
+            self._spawn_coordinators()
+        else:
+            # Started with the first chain: a process each (~0.7 s of CPU to start, ~100 MB
+            # here), which an engine that never runs a chain does without, and which every
+            # connect() spent while its caller's first calls ran.
+            self._coordinators_deferred = True
+
+    def _spawn_coordinators(self) -> None:
+        pool = self.config.chain_coordinators
+        # Created after the executors (Ray starts few processes at once; nothing waits for a
+        # coordinator at start), on this node.
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         self._coordinators = [
             ChainCoordinator.options(  # type: ignore[attr-defined]
@@ -56,10 +73,6 @@ class SchedulerChains:
             )
             for i, handle in enumerate(self._coordinators)
         ]
-        if pool == 0:
-            self._local_chains = ChainCoordinatorCore()
-            local = self._local_chains
-            self.core.chain_actions(local.resync(self.core.chain_snapshot(0, 1), local.mark()))
 
     def _resync_coordinators(self) -> None:
         """Messages to the coordinators that were in flight when this scheduler (re)started
@@ -68,9 +81,15 @@ class SchedulerChains:
             asyncio.ensure_future(call_with_retry(lambda h=handle: h.resync.remote(), timeout_s=120))
 
     def _to_coordinators(self, msgs: list[Message]) -> None:
+        if not self._coordinators:
+            if not self._coordinators_deferred:
+                return  # not started yet: the coordinators resync from the rows at start
+            # The first chain: its messages wait in the outboxes while the processes start.
+            # Each also resyncs once up (the scheduler exists): the same meeting of a
+            # snapshot and messages as a coordinator restarted mid-chain, and harmless.
+            self._coordinators_deferred = False
+            self._spawn_coordinators()
         pool = len(self._coordinators)
-        if not pool:
-            return  # not started yet: the coordinators resync from the rows at start
         for msg in msgs:
             self._chain_outboxes[coordinator_index(msg.chain_id, pool)].add((msg,))
 

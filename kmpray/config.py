@@ -74,7 +74,8 @@ class EngineConfig(Frozen):
     # scheduler waits this long for each to say which runs it holds. Raise it where a busy
     # network or a loaded node answers slowly.
     ping_timeout_s: Annotated[float, Field(gt=0, le=600)] = PING_TIMEOUT_S
-    # ChainCoordinator actors: chains are spread over them by a hash of the chain id.
+    # ChainCoordinator actors: chains are spread over them by a hash of the chain id;
+    # started with the engine's first chain (or at start when the store has chains).
     # 0 runs the same coordination rules inside the scheduler process: no actor round
     # trip between steps (faster sequential chains), one process less to fail.
     chain_coordinators: Annotated[int, Field(ge=0, le=64)] = 2

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 import kmpray
-from kmpray import ExistingPolicy, InputMerger, ScheduleResult, TaskRequest, TaskState
+from kmpray import ExistingPolicy, InputMerger, ScheduleResult, TaskRequest, TaskState, TaskTrigger
 
 from .helpers import until
 from .workers import register_all
@@ -166,12 +166,21 @@ def test_killed_chain_coordinators_mid_chain_resume_without_rerunning_succeeded_
 
     sched = engines()
     register_all(sched)
+
+    def coordinators_up() -> list[str]:
+        return sorted(e["name"] for e in ray.util.list_named_actors(all_namespaces=True)
+                      if e["namespace"] == sched.namespace and e["name"].startswith("kmpray.chain."))
+
+    sched.enqueue("solo", TaskTrigger.OneTime(), "Echo")
+    assert sched.wait("solo", timeout_s=30).state is TaskState.SUCCEEDED
+    assert coordinators_up() == []  # started with the engine's first chain, not before
     log, gate = tmp_path / "log", tmp_path / "gate"
     first = [step("p1", log=str(log), gate=str(gate), block=["mid"]), step("p2", log=str(log))]
     chain = sched.begin_with(first).then(step("mid")).then(step("end")).with_id("kc")
     chain.enqueue()
     until(lambda: "mid" in runs(log), what="the middle step to start")
     pool = kmpray.EngineConfig().chain_coordinators
+    assert coordinators_up() == [f"kmpray.chain.{i}" for i in range(pool)]
     coordinators = [ray.get_actor(f"kmpray.chain.{i}", namespace=sched.namespace) for i in range(pool)]
     for handle in coordinators:  # every plan in memory is gone; "mid" finishing is told to no one alive
         ray.kill(handle, no_restart=False)
