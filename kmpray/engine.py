@@ -432,9 +432,6 @@ class SchedulerCore(UniqueWork, Restoring, ChainRules, Conditions, Explaining, R
             keys = [k for step in self.chains[name_or_key].steps for k in step if k in self.tasks]
         return self.cancel_rows(self.tasks[k] for k in keys)
 
-    def cancel_all(self) -> int:
-        return self.cancel_rows(list(self.tasks.values()))
-
     def cancel_rows(self, rows: Iterable[TaskRecord]) -> int:
         """Cancel the unfinished rows (dependents cascade); count every row cancelled."""
         now = self.clock.now_ms()

@@ -149,12 +149,13 @@ def test_cancel_enqueued_and_running_tasks(h: Harness) -> None:
     assert h.core.cancel("a") == 0
 
 
-def test_cancel_all_cancels_only_unfinished(h: Harness) -> None:
+def test_cancel_rows_cancels_only_unfinished(h: Harness) -> None:
+    """What cancel_all() does, a chunk of rows at a time (actors/scheduler.py)."""
     h.core.submit("done", TaskTrigger.OneTime(), "Ok")
     h.step()
     h.core.submit("p1", TaskTrigger.OneTime(initial_delay_ms=1), "Ok")
     h.core.submit("p2", TaskTrigger.Periodic(60_000), "Ok")
-    assert h.core.cancel_all() == 2
+    assert h.core.cancel_rows(list(h.core.tasks.values())) == 2
     assert (h.state("done"), h.state("p1"), h.state("p2")) == ("SUCCEEDED", "CANCELLED", "CANCELLED")
 
 
