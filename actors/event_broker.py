@@ -33,7 +33,8 @@ MAX_EVENT_BYTES = 1024 * 1024
 @ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=10_000)
 class EventBroker:
     def __init__(
-        self, state_dir: str, retention: int, durability: str = "normal", namespace: str = ""
+        self, state_dir: str, retention: int, durability: str = "normal", namespace: str = "",
+        progress_retention: int | None = None,
     ) -> None:
         self._refused: StoreRefused | None = None
         try:
@@ -42,9 +43,12 @@ class EventBroker:
             log.error("%s", exc)
             self._refused = exc
             self.log = MemoryEventLog()  # answers nothing durable: ready() says why
+        # The newest this many completion events are kept, and as many progress events as
+        # progress_retention says (a count of their own: a flood cannot push completions out).
         self.retention = retention
+        self.progress_retention = retention if progress_retention is None else progress_retention
         self._changed = asyncio.Event()
-        self._appended = 0
+        self._appended = {False: 0, True: 0}  # completions, progress events since the last trim
         self._pushers: dict[str, asyncio.Task[None]] = {}
         # Tagged with the engine's namespace: a named actor's runtime namespace is its creator's.
         self._metrics = Metrics(namespace)
@@ -76,29 +80,38 @@ class EventBroker:
         if self._refused is not None:
             raise self._refused
 
-    def publish(self, bodies: list[bytes], origins: list[int | None] | None = None, source: int = 0) -> int:
+    def publish(self, bodies: list[bytes], origins: list[int | None] | None = None, source: int = 0,
+                progress: list[bool] | None = None) -> int:
         """Append encoded events; returns the last cursor. ``origins``: the scheduler's
         outbox number of each (None for progress): one at or below the last appended from
-        the same ``source`` (scheduler shard) is a re-send after its restart, appended once."""
+        the same ``source`` (scheduler shard) is a re-send after its restart, appended once.
+        ``progress`` flags the progress events (None: those without an outbox number, as
+        a scheduler sends them)."""
         if origins is None:
             origins = [None] * len(bodies)
-        kept = [(b, o) for b, o in zip(bodies, origins, strict=True) if len(b) <= MAX_EVENT_BYTES]
-        self.log.append([b for b, _o in kept], [o for _b, o in kept], source)
-        self._appended += len(bodies)
+        if progress is None:
+            progress = [o is None for o in origins]
+        kept = [(b, o, f) for b, o, f in zip(bodies, origins, progress, strict=True)
+                if len(b) <= MAX_EVENT_BYTES]
+        self.log.append([b for b, _o, _f in kept], [o for _b, o, _f in kept], source,
+                        [f for _b, _o, f in kept])
+        for _b, _o, flag in kept:
+            self._appended[flag] += 1
         self._published_total += len(kept)
         if self._metrics_loop is None:
             self._metrics_loop = asyncio.ensure_future(self._publish_metrics())
-        if self._appended >= self.retention // 10 + 1:
-            self._appended = 0
-            self.log.trim(self.retention)
+        for flag, keep in ((False, self.retention), (True, self.progress_retention)):
+            if self._appended[flag] >= keep // 10 + 1:
+                self._appended[flag] = 0
+                self.log.trim(keep, progress=flag)
         self._changed.set()
         self._changed = asyncio.Event()
         return self.log.last_cursor()
 
     def emit(self, body: bytes) -> int:
         """One event from worker code, validated here so a bad one is refused, not stored."""
-        decode_event(body)
-        return self.publish([body])
+        event = decode_event(body)
+        return self.publish([body], progress=[event.kind == "progress"])
 
     def taken(self, source: int = 0) -> int:
         """The newest outbox number of scheduler shard ``source`` the log holds: a

@@ -88,7 +88,11 @@ class EngineConfig(Frozen):
     retain_finished_ms: Annotated[int, Field(ge=0)] = 24 * 60 * 60 * 1000
     # advance_time waits at most this long (real time) for due runs to settle.
     settle_timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    # The event log keeps the newest event_retention completion events and, counted apart
+    # (a flood of progress never pushes a completion out), the newest progress_retention
+    # progress events; a subscriber replaying from further back skips what is gone.
     event_retention: Annotated[int, Field(gt=0)] = 100_000
+    progress_retention: Annotated[int, Field(gt=0)] = 10_000
     # Progress reports of one run (kmpray/progress.py): the first progress_burst become events
     # at once, then one per progress_interval_ms, the newest of those made in between (the
     # last one always, before the result). 0 = every report is an event.

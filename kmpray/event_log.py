@@ -1,21 +1,25 @@
 """The event log behind the EventBroker: append-only rows whose number is the cursor a
 subscriber resumes from (SQLite, or in memory when the file was refused). Completion
 events arrive tagged with their scheduler outbox number, so one re-sent after a restart
-is appended once (see ``SqliteTaskStore.write``'s ``events``)."""
+is appended once (see ``SqliteTaskStore.write``'s ``events``). Each row says whether it
+is a progress event: ``trim`` keeps the newest completions and the newest progress
+events by separate counts, so a flood of progress never pushes completions out."""
 
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-from .store import _connect, _transaction
+from .store import _connect, _refusing, _transaction
 
 
 class EventLog(Protocol):
     def append(
-        self, events: list[bytes], origins: Sequence[int | None] | None = None, source: int = 0
+        self, events: list[bytes], origins: Sequence[int | None] | None = None, source: int = 0,
+        progress: Sequence[bool] | None = None,
     ) -> list[int]: ...
 
     def read(self, after: int, limit: int) -> list[tuple[int, bytes]]: ...
@@ -26,22 +30,27 @@ class EventLog(Protocol):
 
     def last_origin(self, source: int = 0) -> int: ...
 
-    def trim(self, keep: int) -> None: ...
+    def trim(self, keep: int, progress: bool = False) -> None: ...
 
     def close(self) -> None: ...
 
 
 def first_sends(
-    events: list[bytes], origins: Sequence[int | None], last: int
-) -> tuple[list[bytes], int]:
-    """The events to append, and the newest origin after them: an event whose origin (its
-    scheduler outbox number) is at or below ``last`` was appended before (a re-send)."""
-    keep = [(e, o) for e, o in zip(events, origins, strict=True) if o is None or o > last]
-    return [e for e, _o in keep], max([last, *(o for _e, o in keep if o is not None)])
+    events: list[bytes], origins: Sequence[int | None], last: int, progress: Sequence[bool] | None = None
+) -> tuple[list[tuple[bytes, bool]], int]:
+    """The events to append with their progress flags (None: none is progress), and the
+    newest origin after them: an event whose origin (its scheduler outbox number) is at or
+    below ``last`` was appended before (a re-send)."""
+    flags = progress if progress is not None else [False] * len(events)
+    keep = [(e, o, f) for e, o, f in zip(events, origins, flags, strict=True) if o is None or o > last]
+    return [(e, f) for e, _o, f in keep], max([last, *(o for _e, o, _f in keep if o is not None)])
 
 
 _EVENT_TABLES = {
-    "events": "CREATE TABLE IF NOT EXISTS events (cursor INTEGER PRIMARY KEY AUTOINCREMENT, body BLOB NOT NULL)",
+    # progress: 1 for a progress event (trimmed by a count of its own). Files written before
+    # it existed get the column at open (SqliteEventLog): their rows count as completions.
+    "events": "CREATE TABLE IF NOT EXISTS events (cursor INTEGER PRIMARY KEY AUTOINCREMENT, body BLOB NOT NULL, "
+              "progress INTEGER NOT NULL DEFAULT 0)",
     # The last scheduler outbox number appended: a re-sent event is appended once.
     "origin": "CREATE TABLE IF NOT EXISTS origin (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL)",
     # The same for scheduler shards 1, 2, ... (each numbers its own outbox); shard 0's is above.
@@ -53,29 +62,43 @@ class SqliteEventLog:
     """Append-only event rows; the rowid is the cursor subscribers resume from."""
 
     def __init__(self, path: str | Path, durability: str = "normal") -> None:
-        self._conn = _connect(Path(path), _EVENT_TABLES, durability)
+        self._conn = conn = _connect(Path(path), _EVENT_TABLES, durability)
         self._lock = threading.Lock()
+        with _refusing(Path(path)):
+            if "progress" not in {row[1] for row in conn.execute("PRAGMA table_info(events)")}:
+                # A file from before progress had a count of its own: its rows are completions.
+                conn.execute("ALTER TABLE events ADD COLUMN progress INTEGER NOT NULL DEFAULT 0")
+            # trim's "the newest N progress events": a walk down this index (progress rows
+            # only: appending a completion costs no index entry), not a scan of the log...
+            conn.execute("CREATE INDEX IF NOT EXISTS progress_events ON events (cursor) WHERE progress = 1")
+            # ...and the completions' cursors, oldest first (~4 MB at 100,000), so a trim knows
+            # where to cut without walking 100,000 rows back (~15 ms per trim here).
+            self._completions = deque(c for (c,) in conn.execute(
+                "SELECT cursor FROM events WHERE progress = 0 ORDER BY cursor"))
 
     def append(
-        self, events: list[bytes], origins: Sequence[int | None] | None = None, source: int = 0
+        self, events: list[bytes], origins: Sequence[int | None] | None = None, source: int = 0,
+        progress: Sequence[bool] | None = None,
     ) -> list[int]:
         """Append in order; an event with an ``origin`` (its scheduler outbox number) at or
         below the last one appended from the same ``source`` (scheduler shard) is a re-send
-        after a restart: skipped."""
+        after a restart: skipped. ``progress`` flags the progress events (None: none is)."""
         if not events:
             return []
-        with self._lock, _transaction(self._conn) as conn:
-            if origins is not None:
-                last = self.last_origin(source)
-                events, newest = first_sends(events, origins, last)
+        with self._lock:
+            with _transaction(self._conn) as conn:
+                last = self.last_origin(source) if origins is not None else 0
+                rows, newest = first_sends(events, origins or [None] * len(events), last, progress)
                 if newest > last and source:
                     conn.execute("INSERT OR REPLACE INTO origins (source, seq) VALUES (?, ?)", (source, newest))
                 elif newest > last:
                     conn.execute("INSERT OR REPLACE INTO origin (id, seq) VALUES (1, ?)", (newest,))
-            start = self.last_cursor()
-            conn.executemany("INSERT INTO events (body) VALUES (?)", [(e,) for e in events])
-            # AUTOINCREMENT never reuses a cursor, so the batch owns start+1..start+n.
-            return list(range(start + 1, start + 1 + len(events)))
+                start = self.last_cursor()
+                conn.executemany("INSERT INTO events (body, progress) VALUES (?, ?)", rows)
+            # Committed. AUTOINCREMENT never reuses a cursor: the batch owns start+1..start+n.
+            cursors = list(range(start + 1, start + 1 + len(rows)))
+            self._completions.extend(c for c, (_body, flag) in zip(cursors, rows, strict=True) if not flag)
+        return cursors
 
     def read(self, after: int, limit: int) -> list[tuple[int, bytes]]:
         return list(
@@ -100,9 +123,22 @@ class SqliteEventLog:
         row = self._conn.execute("SELECT MIN(cursor) FROM events").fetchone()
         return int(row[0]) if row and row[0] is not None else self.last_cursor() + 1
 
-    def trim(self, keep: int) -> None:
-        with self._lock:
-            self._conn.execute("DELETE FROM events WHERE cursor <= ?", (self.last_cursor() - keep,))
+    def trim(self, keep: int, progress: bool = False) -> None:
+        """Keep the newest ``keep`` completion events (``progress``: progress events); the
+        other kind's rows stay as they are."""
+        with self._lock, _transaction(self._conn) as conn:
+            if progress:
+                row = conn.execute("SELECT cursor FROM events WHERE progress = 1 ORDER BY cursor DESC "
+                                   "LIMIT 1 OFFSET ?", (keep,)).fetchone()
+                if row is not None:  # the newest past the `keep` kept: it and older go
+                    conn.execute("DELETE FROM events WHERE progress = 1 AND cursor <= ?", (row[0],))
+                return
+            done = self._completions
+            if len(done) > keep:
+                cut = done[-keep - 1]
+                conn.execute("DELETE FROM events WHERE progress = 0 AND cursor <= ?", (cut,))
+                for _ in range(len(done) - keep):
+                    done.popleft()
 
     def close(self) -> None:
         self._conn.close()
@@ -113,16 +149,22 @@ class MemoryEventLog:
         self._rows: list[tuple[int, bytes]] = []
         self._last = 0
         self._origins: dict[int, int] = {}  # source (scheduler shard) -> last origin appended
+        self._progress: set[int] = set()  # the cursors of progress events
 
     def append(
-        self, events: list[bytes], origins: Sequence[int | None] | None = None, source: int = 0
+        self, events: list[bytes], origins: Sequence[int | None] | None = None, source: int = 0,
+        progress: Sequence[bool] | None = None,
     ) -> list[int]:
+        last = self._origins.get(source, 0)
+        rows, newest = first_sends(events, origins or [None] * len(events), last, progress)
         if origins is not None:
-            events, self._origins[source] = first_sends(events, origins, self._origins.get(source, 0))
+            self._origins[source] = newest
         cursors = []
-        for body in events:
+        for body, flag in rows:
             self._last += 1
             self._rows.append((self._last, body))
+            if flag:
+                self._progress.add(self._last)
             cursors.append(self._last)
         return cursors
 
@@ -138,8 +180,11 @@ class MemoryEventLog:
     def first_cursor(self) -> int:
         return self._rows[0][0] if self._rows else self._last + 1
 
-    def trim(self, keep: int) -> None:
-        self._rows = [r for r in self._rows if r[0] > self._last - keep]
+    def trim(self, keep: int, progress: bool = False) -> None:
+        kind = [c for c, _b in self._rows if (c in self._progress) == progress]
+        gone = set(kind[:-keep] if keep else kind)
+        self._rows = [r for r in self._rows if r[0] not in gone]
+        self._progress -= gone
 
     def close(self) -> None:
         pass

@@ -171,6 +171,46 @@ def test_event_logs_hand_out_increasing_cursors(tmp_path: Path) -> None:
         assert log.append([b"d"]) == [4]
 
 
+def test_event_logs_keep_the_newest_completions_and_progress_by_separate_counts(tmp_path: Path) -> None:
+    """A flood of progress events never pushes a completion out of the log: each kind
+    keeps its own newest N (the broker's event_retention and progress_retention)."""
+    for log in (SqliteEventLog(tmp_path / "e.db"), MemoryEventLog()):
+        # c1, then 6 progress events, c2, 2 more progress events, c3 (cursors 1..11).
+        bodies = [b"c1", *(b"p%d" % i for i in range(6)), b"c2", b"p6", b"p7", b"c3"]
+        flags = [b.startswith(b"p") for b in bodies]
+        assert log.append(bodies[:5], progress=flags[:5]) == [1, 2, 3, 4, 5]
+        assert log.append(bodies[5:], [None] * 6, 0, flags[5:]) == [6, 7, 8, 9, 10, 11]
+        log.trim(keep=3)  # every completion stays
+        log.trim(keep=2, progress=True)  # the newest 2 progress events
+        assert [b for _c, b in log.read(0, 100)] == [b"c1", b"c2", b"p6", b"p7", b"c3"], log
+        assert log.first_cursor() == 1
+        log.trim(keep=1)
+        log.trim(keep=5, progress=True)
+        assert log.read(0, 100) == [(9, b"p6"), (10, b"p7"), (11, b"c3")]
+        assert log.append([b"c4"]) == [12]  # no flags: a completion, cursors go on
+        log.trim(keep=1)
+        log.trim(keep=0, progress=True)
+        assert log.read(0, 100) == [(12, b"c4")] and log.first_cursor() == 12
+
+
+def test_an_event_log_written_before_progress_was_counted_apart_opens_and_counts_its_rows_as_completions(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE events (cursor INTEGER PRIMARY KEY AUTOINCREMENT, body BLOB NOT NULL)")
+    db.executemany("INSERT INTO events (body) VALUES (?)", [(b"old1",), (b"old2",)])
+    db.commit()
+    db.close()
+    log = SqliteEventLog(path)
+    assert log.append([b"p"], progress=[True]) == [3]
+    log.trim(keep=0, progress=True)
+    log.trim(keep=2)
+    assert log.read(0, 10) == [(1, b"old1"), (2, b"old2")]
+
+
 def test_runs_of_a_known_worker_wait_for_its_registration_after_a_restart(h: Harness) -> None:
     known = {"Ok"}
     h.core.submit("a", TaskTrigger.OneTime(), "Ok")

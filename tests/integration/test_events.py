@@ -139,6 +139,31 @@ def test_many_subscribers_one_slow_all_get_every_event_in_order(vengine: Any) ->
         slow_sub.close()
 
 
+def test_a_flood_of_progress_events_never_pushes_completions_out_of_the_log(engines: Any) -> None:
+    """event_retention counts completions and progress_retention progress events, each
+    kind its own newest N: progress from runs (via the scheduler) and from the bus alike."""
+    from kmpray.bench.chaos_common import replay
+
+    config = kmpray.EngineConfig(event_retention=20, progress_retention=5, progress_interval_ms=0)
+    sched = engines.registered(config=config, virtual_time=True)
+    ids = [f"e{i}" for i in range(10)]
+    for i in ids:
+        sched.enqueue(i, TaskTrigger.OneTime(), "Echo")
+    sched.wait(ids, timeout_s=60)
+    sched.enqueue("fl", TaskTrigger.OneTime(), "Floods", input="50")  # 50 progress events
+    sched.wait("fl", timeout_s=60)
+    list(replay(sched, 0, succeeded={"fl"}, timeout_s=60))  # its events are in the log before the bus's
+    for n in range(10):
+        kmpray.TaskEventBus.emit(TaskProgressEvent("bus", "Bus", n * 10, f"bus {n}"))
+    sched.enqueue("last", TaskTrigger.OneTime(), "Echo")
+    sched.wait("last", timeout_s=60)
+    events = [e for _c, e in replay(sched, 0, succeeded={"last"}, timeout_s=60)]
+    done = [e.task_id for e in events if isinstance(e, TaskCompletionEvent)]
+    assert sorted(done[:10]) == ids and done[10:] == ["fl", "last"], done  # 12, within 20: all kept
+    progress = [(e.task_id, e.progress) for e in events if isinstance(e, TaskProgressEvent)]
+    assert progress == [("bus", 50), ("bus", 60), ("bus", 70), ("bus", 80), ("bus", 90)], progress
+
+
 def test_replay_from_a_cursor_after_a_broker_restart(vengine: Any, engines: Any) -> None:
     import ray
 
