@@ -36,13 +36,15 @@ class EventLog(Protocol):
 
 
 def first_sends(
-    events: list[bytes], origins: Sequence[int | None], last: int, progress: Sequence[bool] | None = None
+    events: list[bytes], origins: Sequence[int | None] | None, last: int,
+    progress: Sequence[bool] | None = None,
 ) -> tuple[list[tuple[bytes, bool]], int]:
     """The events to append with their progress flags (None: none is progress), and the
     newest origin after them: an event whose origin (its scheduler outbox number) is at or
-    below ``last`` was appended before (a re-send)."""
+    below ``last`` was appended before (a re-send; None: no origins, none is)."""
     flags = progress if progress is not None else [False] * len(events)
-    keep = [(e, o, f) for e, o, f in zip(events, origins, flags, strict=True) if o is None or o > last]
+    numbers = origins if origins is not None else [None] * len(events)
+    keep = [(e, o, f) for e, o, f in zip(events, numbers, flags, strict=True) if o is None or o > last]
     return [(e, f) for e, _o, f in keep], max([last, *(o for _e, o, _f in keep if o is not None)])
 
 
@@ -88,7 +90,7 @@ class SqliteEventLog:
         with self._lock:
             with _transaction(self._conn) as conn:
                 last = self.last_origin(source) if origins is not None else 0
-                rows, newest = first_sends(events, origins or [None] * len(events), last, progress)
+                rows, newest = first_sends(events, origins, last, progress)
                 if newest > last and source:
                     conn.execute("INSERT OR REPLACE INTO origins (source, seq) VALUES (?, ?)", (source, newest))
                 elif newest > last:
@@ -155,8 +157,7 @@ class MemoryEventLog:
         self, events: list[bytes], origins: Sequence[int | None] | None = None, source: int = 0,
         progress: Sequence[bool] | None = None,
     ) -> list[int]:
-        last = self._origins.get(source, 0)
-        rows, newest = first_sends(events, origins or [None] * len(events), last, progress)
+        rows, newest = first_sends(events, origins, self._origins.get(source, 0), progress)
         if origins is not None:
             self._origins[source] = newest
         cursors = []

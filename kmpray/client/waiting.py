@@ -69,7 +69,8 @@ class Waiting:
         """Tasks, one ``wait_many`` call per shard: until all of them are finished or
         ``timeout_s`` (0: a look). Per name: its TaskInfo if finished (a recurring task: a
         run after its ``befores`` entry ended), else the run count to wait past, or None
-        when no task has the name (a chain, or unknown)."""
+        when no task has the name (a chain, or unknown). A name in ``befores`` was a task:
+        no task under it now (replaced under its name and pruned) raises TaskNotFound."""
         by_shard: dict[int, list[str]] = {}
         for name in names:
             by_shard.setdefault(self._home(name), []).append(name)
@@ -78,6 +79,9 @@ class Waiting:
             answer = self._call("wait_many", part, timeout_s, [befores.get(n) for n in part],
                                 timeout_s=timeout_s + CALL_TIMEOUT_S, shard=shard)
             seen.update(zip(part, unpickled([answer]), strict=True))
+        gone = next((n for n in names if n in befores and seen[n] is None), None)
+        if gone is not None:
+            raise TaskNotFound(f"no task or chain {gone!r}")
         return seen
 
     def _first_look(self, ids: list[str]) -> tuple[dict[str, Any], dict[str, int], list[str]]:
@@ -105,8 +109,6 @@ class Waiting:
         while befores:
             chunk = self._chunk(deadline)
             for name, seen in self._look(list(befores), chunk, befores).items():
-                if seen is None:  # gone meanwhile (replaced under its name and pruned)
-                    raise TaskNotFound(f"no task or chain {name!r}")
                 if not isinstance(seen, int):
                     done[name] = seen
                     del befores[name]
@@ -175,8 +177,6 @@ class Waiting:
         looked = self._look([i for i in names if i not in chains], 0, befores)
         for i in names:
             info = self._poll_done(i, None) if i in chains else looked[i]
-            if info is None and i not in chains:
-                raise TaskNotFound(f"no task or chain {i!r}")  # gone meanwhile (replaced and pruned)
             if info is None or isinstance(info, int):
                 continue
             done[i] = info
