@@ -369,21 +369,19 @@ def main(argv: list[str]) -> int:
 
 
 def warm_up(sched: Any, mix: dict[str, float]) -> None:
-    """One of each kind in the mix, waited for, before anything is measured: the first
-    run of a worker class on each executor, a heavy worker's start and the chain
-    coordinators' (an engine's first chain starts them) are one-off costs (100 ms to
-    seconds) that would otherwise land in the first second's latencies."""
+    """One of each kind in the mix, waited for, before anything is measured: a class's first run on
+    each executor, a heavy worker's start and the chain coordinators' (an engine's first chain
+    starts them) cost 100 ms to seconds once, which would land in the first second's latencies."""
     from kmpray import Constraints, TaskRequest
 
-    heavy = "heavy" in mix
+    heavy, chain = "heavy" in mix, "chain" in mix
     n = 4 * max(1, sched.status()["executors"])
-    ids = [f"warm-{uuid.uuid4().hex[:6]}-{i}" for i in range(n + heavy)]
+    ids = [f"warm-{uuid.uuid4().hex[:6]}-{i}" for i in range(n + heavy + chain)]
     reqs = [TaskRequest("BenchStamp", id=i) for i in ids[:n]]
     if heavy:
-        reqs.append(TaskRequest("BenchStamp", id=ids[-1], constraints=Constraints(is_heavy_task=True)))
+        reqs.append(TaskRequest("BenchStamp", id=ids[n], constraints=Constraints(is_heavy_task=True)))
     sched.enqueue_many(reqs)
-    if "chain" in mix:
-        ids.append(f"warm-{uuid.uuid4().hex[:6]}-chain")
+    if chain:
         sched.begin_with(TaskRequest("BenchStamp")).then(TaskRequest("BenchStamp")).with_id(ids[-1]).enqueue()
     for i in ids:
         sched.wait(i, timeout_s=120)
