@@ -92,9 +92,10 @@ def head_node_id() -> str | None:
 def stop_engine(namespace: str) -> list[str]:
     """Kill every engine actor of ``namespace`` (no restart). The store keeps the state.
 
-    Executors and heavy workers are first told to stop (``ExecutorBase.stop``): ray.kill
-    returns at once and a process ends a moment later, and meanwhile it could begin a
-    successor handed to it (one hop per step) after shutdown() returned."""
+    Executors, heavy workers and schedulers are first told to stop (``ExecutorBase.stop``,
+    ``SchedulerActor.stop``): ray.kill returns at once and a process ends a moment later,
+    and meanwhile an executor could begin a successor handed to it (one hop per step), and
+    a scheduler answer a call, after shutdown() returned."""
     entries = [(e["namespace"], e["name"]) for e in ray.util.list_named_actors(all_namespaces=True)
                if base_namespace(e["namespace"]) == namespace and e["name"].startswith("kmpray.")]
     handles = {}
@@ -104,7 +105,7 @@ def stop_engine(namespace: str) -> list[str]:
         except ValueError:
             continue  # gone meanwhile
     workers = [h.stop.remote() for (_ns, n), h in handles.items()
-               if n.startswith(("kmpray.executor.", "kmpray.heavy."))]
+               if n.startswith(("kmpray.executor.", "kmpray.heavy.")) or n == SCHEDULER]
     if workers:
         try:
             ray.wait(workers, num_returns=len(workers), timeout=STOP_WAIT_S)  # a blocked loop may not answer

@@ -25,7 +25,7 @@ from kmpray.clock import ManualClock, SystemClock
 from kmpray.config import EngineConfig
 from kmpray.device import DeviceState
 from kmpray.engine import SchedulerCore
-from kmpray.errors import StoreRefused
+from kmpray.errors import EngineUnavailable, StoreRefused
 from kmpray.event_codec import encode_event
 from kmpray.lane import EXECUTOR, LANE_METHODS, REPORT, TAKEN
 from kmpray.placement import heavy_demand, placeable
@@ -269,6 +269,20 @@ class SchedulerActor(
 
     async def _taken(self, conn: Conn, call_id: int, incarnation: str, done: list[Any]) -> None:
         SubmitLanes.taken(conn, call_id, incarnation, done)
+
+    async def stop(self) -> None:
+        """The engine is shutting down (bootstrap.stop_engine; the process is killed right
+        after). A process ends a moment after ray.kill and, till then, answered calls: a
+        client still attached read a task after shutdown() returned (6 calls in 40 here).
+        From now on every call raises what a client is told once the actor is gone (as a
+        refused store's does, see __init__), and the local lane closes."""
+        stopped = asyncio.get_running_loop().create_future()
+        stopped.set_exception(EngineUnavailable.stopped(base_namespace(self.namespace)))
+        stopped.exception()  # retrieved: the calls that await it raise it, none need to
+        self._ready = stopped
+        if self._lane is not None:
+            self._lane.close()
+            self._lane = None
 
     async def lane(self) -> dict[str, Any] | None:
         """Where and how this node's clients reach the local lane (None: there is none)."""

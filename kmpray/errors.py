@@ -22,6 +22,11 @@ class WorkerNotRegistered(InvalidParameters):
 class EngineUnavailable(KmprayError):
     """The engine's actors could not be reached in time."""
 
+    @classmethod
+    def stopped(cls, namespace: str) -> EngineUnavailable:
+        """What a client is told about a stopped engine (by its scheduler, or once it is gone)."""
+        return cls(f"engine {namespace!r} was stopped (its scheduler is gone): connect() again")
+
 
 class VirtualTimeOnly(KmprayError):
     """``advance_time`` was called on an engine that runs on the real clock."""

@@ -48,8 +48,7 @@ class Routing:
         except ValueError:
             named = None
         if named is None or named._actor_id != self._schedulers[shard]._actor_id:
-            raise EngineUnavailable(
-                f"engine {self.namespace!r} was stopped (its scheduler is gone): connect() again")
+            raise EngineUnavailable.stopped(self.namespace)
 
     def _check_open(self) -> None:
         if self._closed:
