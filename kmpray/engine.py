@@ -362,7 +362,8 @@ class SchedulerCore(UniqueWork, Restoring, ChainRules, Conditions, Explaining, R
             trusted(TaskCompletionEvent, {  # the engine's own values: no re-validation
                 "kind": "completion", "task_name": rec.worker, "success": success, "message": message,
                 "timestamp": now, "task_id": rec.key, "chain_id": rec.chain_id,
-                "output_data": public(data),  # descriptors without payload (kmpray/artifacts.py)
+                # descriptors without payload (kmpray/artifacts.py)
+                "output_data": public(data) if data else data,
             })
         )
 
@@ -379,7 +380,8 @@ class SchedulerCore(UniqueWork, Restoring, ChainRules, Conditions, Explaining, R
             return
         was_running = lifecycle.finish(rec, state, result, ran)
         self.pending -= 1
-        self._armed.get(rec.trigger.kind, set()).discard(rec.key)
+        if armed := self._armed.get(rec.trigger.kind):  # rarely any: no empty set built per task
+            armed.discard(rec.key)
         # Its waits end with it: a REPLACE reuses the key, and the new work must not be
         # released by a gate, room or worker the old one was waiting for.
         self._gated.discard(rec.key)

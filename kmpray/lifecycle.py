@@ -48,15 +48,19 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def _counted(transition: F) -> F:
     """The record's table (records.TaskTable) is told when what users see changes, or
-    when the row was updated."""
+    when the row was updated. (Twice per task on the dispatch path: ``shown_state`` is
+    written out here, and the arguments are positional only.)"""
+    running, enqueued = TaskState.RUNNING, TaskState.ENQUEUED
 
     @functools.wraps(transition)
-    def change(rec: TaskRecord, *args: Any, **kwargs: Any) -> Any:
-        before, at = shown_state(rec.state, rec.started), rec.updated_at_ms
-        out = transition(rec, *args, **kwargs)
+    def change(rec: TaskRecord, *args: Any) -> Any:
+        state, at = rec.state, rec.updated_at_ms
+        before = enqueued if state is running and not rec.started else state
+        out = transition(rec, *args)
         table = rec.table
         if table is not None:
-            if (after := shown_state(rec.state, rec.started)) is not before:
+            state = rec.state
+            if (after := enqueued if state is running and not rec.started else state) is not before:
                 table.moved(rec, before, after)
             elif rec.updated_at_ms != at:
                 table.touched(rec)

@@ -253,24 +253,39 @@ def encode(rec: TaskRecord) -> bytes:
         dumped = _dump_constraints(rec.constraints)
         if dumped:
             row["c"] = dumped
-    optional = {
-        "i": rec.input,
-        "is": rec.input_stored,
-        "a": rec.run_attempt_count,
-        "rc": rec.run_count,
-        "p": rec.progress,
-        "nx": rec.next_run_at_ms,
-        "dl": rec.deadline_ms,
-        "ch": rec.chain_id,
-        "an": rec.anchor_ms,
-        "pe": rec.period,
-        "ri": rec.run_id,
-        "rf": rec.refire,
-        "st": rec.step,
-        "up": rec.upstream,
-        "cr": rec.crashes,
-    }
-    row.update({k: v for k, v in optional.items() if v})
+    # The optional fields, each only when set (falsy: left out), in this order: a test
+    # holds the bytes to what a dict of them filtered by truth gave. Written out, not a
+    # dict built and filtered per row (~1 µs of the ~3 this costs, twice per task).
+    if rec.input:
+        row["i"] = rec.input
+    if rec.input_stored:
+        row["is"] = rec.input_stored
+    if rec.run_attempt_count:
+        row["a"] = rec.run_attempt_count
+    if rec.run_count:
+        row["rc"] = rec.run_count
+    if rec.progress:
+        row["p"] = rec.progress
+    if rec.next_run_at_ms:
+        row["nx"] = rec.next_run_at_ms
+    if rec.deadline_ms:
+        row["dl"] = rec.deadline_ms
+    if rec.chain_id:
+        row["ch"] = rec.chain_id
+    if rec.anchor_ms:
+        row["an"] = rec.anchor_ms
+    if rec.period:
+        row["pe"] = rec.period
+    if rec.run_id:
+        row["ri"] = rec.run_id
+    if rec.refire:
+        row["rf"] = rec.refire
+    if rec.step:
+        row["st"] = rec.step
+    if rec.upstream:
+        row["up"] = rec.upstream
+    if rec.crashes:
+        row["cr"] = rec.crashes
     if rec.result is not None:
         row["r"] = to_row(rec.result)
     if rec.prereqs:

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kmpray.engine")
 
+ACCEPTED = Outcome(ScheduleResult.SUCCESS)  # frozen: one for every accepted task
+
 
 class UniqueWork:
     def submit(
@@ -94,7 +96,7 @@ class UniqueWork:
             run_id=max(last_run_id, self.run_floor),
         )
         self._insert(rec, now)
-        return Outcome(ScheduleResult.SUCCESS)
+        return ACCEPTED
 
     def _admit(self: Core, n: int) -> None:
         """Admission control: too many unfinished tasks is the OS policy's 'no'."""
@@ -105,6 +107,8 @@ class UniqueWork:
 
     def _platform_constraints(self: Core, task_id: str, c: Constraints) -> Constraints:
         """Constraints the platform cannot honour are dropped, with a warning (iOS)."""
+        if not self.platform.ignored_constraints:
+            return c
         dropped = [f for f in self.platform.ignored_constraints if getattr(c, f)]
         if not dropped:
             return c
