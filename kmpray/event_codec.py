@@ -19,6 +19,7 @@ from pydantic import TypeAdapter
 
 from ._model import trusted
 from .events import Event, TaskCompletionEvent, TaskProgressEvent
+from .packing import pack
 
 log = logging.getLogger("kmpray.events")
 
@@ -31,7 +32,7 @@ def encode_event(event: TaskCompletionEvent | TaskProgressEvent) -> bytes:
     # Every field is a plain value already (output_data was checked msgpack-able), so the
     # model's own field dict packs as is: no model_dump, nor dict(event)'s per-field
     # iteration (~5 µs), on the hot path.
-    return msgpack.packb(event.__dict__, use_bin_type=True)  # type: ignore[no-any-return]
+    return pack(event.__dict__)
 
 
 def _text(v: object) -> bool:

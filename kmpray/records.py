@@ -23,6 +23,7 @@ from .constraints import DEFAULT_CONSTRAINTS, Constraints
 from .enums import InputMerger, TaskState, shown_state
 from .errors import DamagedRow
 from .models import TaskInfo, WaitingFor
+from .packing import pack
 from .results import Failure, Result, Retry, Success, to_row
 from .triggers import OneTime, Trigger
 
@@ -292,7 +293,7 @@ def encode(rec: TaskRecord) -> bytes:
         row["pr"] = list(rec.prereqs)
     if rec.input_merger is not InputMerger.OVERWRITE:
         row["m"] = rec.input_merger.value
-    return seal(msgpack.packb(row, use_bin_type=True))
+    return seal(pack(row))
 
 
 def seal(packed: bytes) -> bytes:

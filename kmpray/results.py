@@ -70,6 +70,8 @@ def to_wire(result: Success | Failure | Retry) -> tuple[str, Any, Any]:
 def from_wire(wire: tuple[str, Any, Any] | list[Any]) -> Success | Failure | Retry:
     kind, a, b = wire
     if kind == "s":
+        if a is None and b is None:  # a run with nothing to say (most): one shared instance
+            return _EMPTY_SUCCESS
         return trusted(Success, {"kind": "success", "message": a, "data": b})  # type: ignore[no-any-return]
     if kind == "f":
         return trusted(Failure, {"kind": "failure", "message": str(a), "should_retry": bool(b)})  # type: ignore[no-any-return]
@@ -82,6 +84,8 @@ def to_row(result: Success | Failure | Retry) -> dict[str, Any]:
     """A result as stored: ``kind`` and the fields that differ from their defaults (what
     ``model_dump(exclude_defaults=True)`` gives, without pydantic on the finish path)."""
     if isinstance(result, Success):
+        if result.message is None and result.data is None:  # most: no dict built and filtered
+            return {"kind": "success"}
         row: dict[str, Any] = {"message": result.message, "data": result.data}
     elif isinstance(result, Failure):
         return {"message": result.message, "should_retry": True, "kind": "failure"} if result.should_retry \
@@ -94,6 +98,8 @@ def to_row(result: Success | Failure | Retry) -> dict[str, Any]:
 
 
 _TRUE = Success()
+# What from_wire gives for ("s", None, None): the same as trusted() builds (every field set).
+_EMPTY_SUCCESS = trusted(Success, {"kind": "success", "message": None, "data": None})
 _FALSE = Failure("Task failed")
 
 # A result's message (an exception's text, a Retry's reason) and a progress message are
