@@ -99,7 +99,7 @@ def to_row(result: Success | Failure | Retry) -> dict[str, Any]:
 
 _TRUE = Success()
 # What from_wire gives for ("s", None, None): the same as trusted() builds (every field set).
-_EMPTY_SUCCESS = trusted(Success, {"kind": "success", "message": None, "data": None})
+_EMPTY_SUCCESS: Success = trusted(Success, {"kind": "success", "message": None, "data": None})
 _FALSE = Failure("Task failed")
 
 # A result's message (an exception's text, a Retry's reason) and a progress message are
