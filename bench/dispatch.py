@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from .common import cdf, engine, percentiles, ray_up, table, write
+from .common import actor_cpu_s, cdf, engine, percentiles, ray_up, table, write
 
 
 def raw_ray_rate(ray: Any, n: int, rounds: int = 2) -> float:
@@ -89,9 +89,13 @@ def run(quick: bool = False, json_path: str | None = None, address: str | None =
     sched = engine("bench-dispatch", config=kmpray.EngineConfig(scheduler_shards=shards))
     try:
         engine_rate(sched, min(n, 1_000), "warm")
+        cpu_before = actor_cpu_s("SchedulerActor")
         rate, lat = engine_rate(sched, n, "run")
+        cpu_after = actor_cpu_s("SchedulerActor")
     finally:
         sched.shutdown()
+    # #14's "scheduler CPU per task": every thread of the scheduler process(es), this run.
+    sched_us = None if cpu_before is None or cpu_after is None else (cpu_after - cpu_before) / n * 1e6
     # The same with durability="full" (an fsync per commit of both store files), same run.
     full_config = kmpray.EngineConfig(durability="full", scheduler_shards=shards)
     full = engine("bench-dispatch-full", config=full_config)
@@ -108,6 +112,7 @@ def run(quick: bool = False, json_path: str | None = None, address: str | None =
         "durability_full_cost": round(1 - full_rate / rate, 3),
         "raw_ray_tasks_per_s": round(raw, 1),
         "ratio": round(rate / raw, 2),
+        "scheduler_cpu_us_per_task": None if sched_us is None else round(sched_us, 1),
         "latency_ms": percentiles(lat),
         "cdf_ms": {"kmpray": cdf(lat)},
         "note": "latency = enqueue call to completion event timestamp, closed batch",
@@ -120,6 +125,8 @@ def run(quick: bool = False, json_path: str | None = None, address: str | None =
                 ("engine tasks/s", f"{rate:,.0f}"),
                 ("raw Ray tasks/s", f"{raw:,.0f}"),
                 ("ratio", f"{rate / raw:.2f}x"),
+                ("scheduler CPU / task", "n/a (no local scheduler process)" if sched_us is None
+                 else f"{sched_us:.1f} µs (every thread; bench core: its Ray-free part)"),
         ('durability="full" tasks/s', f"{full_rate:,.0f} ({full_rate / rate:.0%} of the default)"),
                 ("latency p50/p95/p99 ms", "/".join(str(v) for v in result["latency_ms"].values())),
                 ("json", str(out)),
