@@ -112,7 +112,8 @@ def actor_cpu_s(title: str) -> float | None:
         return None
     name = f"ray::{title}"
     pids = [int(parts[0]) for parts in (line.split() for line in out.splitlines())
-            if len(parts) > 1 and (parts[1] == name or parts[1].startswith(f"{name}."))]  # ".method" while in one
+            # titled ".method" while in one
+            if len(parts) > 1 and (parts[1] == name or parts[1].startswith(f"{name}."))]
     ticks = 0
     for pid in pids:
         try:
