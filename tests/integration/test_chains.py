@@ -164,12 +164,17 @@ def test_killed_chain_coordinators_mid_chain_resume_without_rerunning_succeeded_
 ) -> None:
     import ray
 
+    from kmpray.actors.names import shard_namespace
+    from kmpray.shards import shard_of
+
     sched = engines()
     register_all(sched)
+    # The chain's shard (all of it lives there: KMPRAY_TEST_SHARDS=2 runs this on two).
+    home = shard_namespace(sched.namespace, shard_of("kc", sched.shards))
 
     def coordinators_up() -> list[str]:
         return sorted(e["name"] for e in ray.util.list_named_actors(all_namespaces=True)
-                      if e["namespace"] == sched.namespace and e["name"].startswith("kmpray.chain."))
+                      if e["namespace"] == home and e["name"].startswith("kmpray.chain."))
 
     sched.enqueue("solo", TaskTrigger.OneTime(), "Echo")
     assert sched.wait("solo", timeout_s=30).state is TaskState.SUCCEEDED
@@ -181,7 +186,7 @@ def test_killed_chain_coordinators_mid_chain_resume_without_rerunning_succeeded_
     until(lambda: "mid" in runs(log), what="the middle step to start")
     pool = kmpray.EngineConfig().chain_coordinators
     assert coordinators_up() == [f"kmpray.chain.{i}" for i in range(pool)]
-    coordinators = [ray.get_actor(f"kmpray.chain.{i}", namespace=sched.namespace) for i in range(pool)]
+    coordinators = [ray.get_actor(f"kmpray.chain.{i}", namespace=home) for i in range(pool)]
     for handle in coordinators:  # every plan in memory is gone; "mid" finishing is told to no one alive
         ray.kill(handle, no_restart=False)
     gate.touch()
