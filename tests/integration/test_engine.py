@@ -405,13 +405,14 @@ def test_wait_bounds(svengine: Any) -> None:
 def test_sync_runs_use_the_executors_concurrency_and_a_slow_class_load_blocks_no_loop(
     sengine: Any, tmp_path: Path
 ) -> None:
-    # (The module's shared engine: two executors, one per CPU, as test_blocking_workers's.)
-    # 30 sync runs that each wait until all 30 began: on 2 executors they meet only if
-    # each runs more than asyncio's default 6 threads (min(32, CPUs + 4)) of sync do_work
-    # at once (executor_concurrency is 64). Meanwhile a class that takes 0.5 s to unpickle
-    # has its first run on each executor: loaded in a thread, it blocks no event loop.
+    # (The module's shared engine: two executors, one per CPU, as test_blocking_workers's;
+    # per shard, under KMPRAY_TEST_SHARDS=2.) 30 sync runs that each wait until all 30
+    # began: on 2 (or 4) executors they meet only if one runs more than asyncio's default
+    # 6 threads (min(32, CPUs + 4)) of sync do_work at once (executor_concurrency is 64):
+    # some executor holds at least 8 of them. Meanwhile a class that takes 0.5 s to
+    # unpickle has its first run on each executor: loaded in a thread, it blocks no loop.
     ledger = tmp_path / "ledger"
-    assert sengine.status()["executors"] == 2
+    assert sengine.status()["executors"] == 2 * sengine.shards
     ids = [f"g{i}" for i in range(30)]
     sengine.enqueue_many([kmpray.TaskRequest("SyncGather", json.dumps({"ledger": str(ledger), "n": 30}), id=i) for i in ids]
                         + [kmpray.TaskRequest("SlowToLoad", id=f"slow{i}") for i in range(4)])
