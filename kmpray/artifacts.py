@@ -294,7 +294,9 @@ def _map_descriptors(data: Any, swap: Callable[[dict[str, Any]], Any]) -> Any:
 
 def public(data: Any) -> Any:
     """What users see in TaskInfo, events and ``input``: descriptors without payload bytes
-    (``data`` itself when it holds none)."""
+    (``data`` itself when it holds none: at once when empty, as most results are)."""
+    if not data:
+        return data
     return _map_descriptors(data, lambda d: {k: v for k, v in d.items() if k != "b"} if "b" in d else d)
 
 

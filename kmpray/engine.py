@@ -362,8 +362,7 @@ class SchedulerCore(UniqueWork, Restoring, ChainRules, Conditions, Explaining, R
             trusted(TaskCompletionEvent, {  # the engine's own values: no re-validation
                 "kind": "completion", "task_name": rec.worker, "success": success, "message": message,
                 "timestamp": now, "task_id": rec.key, "chain_id": rec.chain_id,
-                # descriptors without payload (kmpray/artifacts.py)
-                "output_data": public(data) if data else data,
+                "output_data": public(data),  # descriptors without payload (kmpray/artifacts.py)
             })
         )
 

@@ -48,19 +48,16 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def _counted(transition: F) -> F:
     """The record's table (records.TaskTable) is told when what users see changes, or
-    when the row was updated. (Twice per task on the dispatch path: ``shown_state`` is
-    written out here, and the arguments are positional only.)"""
-    running, enqueued = TaskState.RUNNING, TaskState.ENQUEUED
+    when the row was updated. (Twice per task on the dispatch path: positional arguments
+    only.)"""
 
     @functools.wraps(transition)
     def change(rec: TaskRecord, *args: Any) -> Any:
-        state, at = rec.state, rec.updated_at_ms
-        before = enqueued if state is running and not rec.started else state
+        before, at = shown_state(rec.state, rec.started), rec.updated_at_ms
         out = transition(rec, *args)
         table = rec.table
         if table is not None:
-            state = rec.state
-            if (after := enqueued if state is running and not rec.started else state) is not before:
+            if (after := shown_state(rec.state, rec.started)) is not before:
                 table.moved(rec, before, after)
             elif rec.updated_at_ms != at:
                 table.touched(rec)
