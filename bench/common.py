@@ -99,27 +99,3 @@ def table(rows: list[tuple[str, str]]) -> str:
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
 
-
-def actor_cpu_s(title: str) -> float | None:
-    """CPU seconds (user + system, every thread) used so far by this machine's processes
-    titled ``ray::<title>`` (Ray names an actor's process after its class), or None where
-    there is no /proc or no such process here (a remote cluster)."""
-    import subprocess
-
-    try:
-        out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    name = f"ray::{title}"
-    pids = [int(parts[0]) for parts in (line.split() for line in out.splitlines())
-            # titled ".method" while in one
-            if len(parts) > 1 and (parts[1] == name or parts[1].startswith(f"{name}."))]
-    ticks = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:  # the process's own and its ended threads' time
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            return None
-        ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK") if pids else None

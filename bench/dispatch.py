@@ -11,7 +11,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from .common import actor_cpu_s, cdf, engine, percentiles, ray_up, table, write
+from .common import cdf, engine, percentiles, ray_up, table, write
+from .stamp import cpu_seconds, scheduler_pid
 
 
 def raw_ray_rate(ray: Any, n: int, rounds: int = 2) -> float:
@@ -55,6 +56,16 @@ def engine_rate(
     return n / elapsed, latencies
 
 
+def scheduler_pids(ray: Any, sched: Any) -> list[int]:
+    """The engine's scheduler processes (one per shard), or none when they run on another
+    node than this driver (a remote cluster: their ``/proc`` is not here)."""
+    from kmpray.actors.names import shard_namespace
+
+    if sched.status()["node"] != ray.get_runtime_context().get_node_id():
+        return []
+    return [scheduler_pid(ray, shard_namespace(sched.namespace, k)) for k in range(sched.shards)]
+
+
 def capacity_batches(sched: Any, runs: int, between: Callable[[], None], n: int = 5_000) -> list[float]:
     """The bulk rate of an engine in use (``bench load --find-max`` sets its knee against
     it): a 1,000-task warm-up batch, as ``run`` has, then ``runs`` batches of ``n``, with
@@ -89,13 +100,14 @@ def run(quick: bool = False, json_path: str | None = None, address: str | None =
     sched = engine("bench-dispatch", config=kmpray.EngineConfig(scheduler_shards=shards))
     try:
         engine_rate(sched, min(n, 1_000), "warm")
-        cpu_before = actor_cpu_s("SchedulerActor")
+        pids = scheduler_pids(ray, sched)
+        cpu_before = sum(cpu_seconds(p) for p in pids)
         rate, lat = engine_rate(sched, n, "run")
-        cpu_after = actor_cpu_s("SchedulerActor")
+        cpu_after = sum(cpu_seconds(p) for p in pids)
     finally:
         sched.shutdown()
     # #14's "scheduler CPU per task": every thread of the scheduler process(es), this run.
-    sched_us = None if cpu_before is None or cpu_after is None else (cpu_after - cpu_before) / n * 1e6
+    sched_us = (cpu_after - cpu_before) / n * 1e6 if pids else None
     # The same with durability="full" (an fsync per commit of both store files), same run.
     full_config = kmpray.EngineConfig(durability="full", scheduler_shards=shards)
     full = engine("bench-dispatch-full", config=full_config)

@@ -37,6 +37,15 @@ def scheduler_pid(ray: Any, namespace: str) -> int:
     return int(ray.get(actor.__ray_call__.remote(lambda self: os.getpid())))
 
 
+def cpu_seconds(pid: int) -> float:
+    """A process's CPU time so far, user and system, every thread of it (``/proc``)."""
+    import os
+
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()  # the command name may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_bytes(pid: int, part: str = "VmRSS") -> int:
     """A process's resident memory: ``VmRSS`` (all of it), or one part: ``RssAnon``
     (its private heap), ``RssFile`` (mapped files: code), ``RssShmem`` (shared memory
