@@ -24,7 +24,9 @@ def ray_session() -> Iterator[Any]:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if not ray.is_initialized():
         # address="local": always a fresh instance, never a cluster left running on the machine.
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        # Metrics reach the agent every 2 s, not Ray's 10 s: test_metrics waits for them.
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+                 _system_config={"metrics_report_interval_ms": 2000})
     yield ray
     ray.shutdown()
 
