@@ -153,7 +153,7 @@ def node_loss(cluster: Cluster, nodes: list[Any], sched: Any) -> dict[str, objec
     from kmpray.bench.chaos_nodes import under_load
 
     ledger = Path(tempfile.mkdtemp()) / "ledger"
-    return under_load(cluster, nodes, sched, ledger=ledger, rounds=2, rate=100, every_s=3)
+    return under_load(cluster, nodes, sched, ledger=ledger, rounds=2, rate=100, every_s=1.5)
 
 
 class BigArray(kmpray.CommonWorker):
