@@ -1,9 +1,9 @@
 """ConstraintOracle: device state per Ray node, from real probes plus overrides, pushed to the scheduler.
 
-Every ``probe_interval_s`` it probes each alive node (a zero-CPU Ray task pinned there)
-and merges ``set_device_state`` overrides on top; when a node's effective state
-changes it pushes the whole map to the scheduler, which re-gates its tasks. Nothing
-polls per task. A node's network type comes from its label ``kmpray.network_type``
+Every ``probe_interval_s`` it probes each alive node (its own in a thread, each other
+one by a zero-CPU Ray task pinned there) and merges ``set_device_state`` overrides on
+top; when a node's effective state changes it pushes the whole map to the scheduler,
+which re-gates its tasks. Nothing polls per task. A node's network type comes from its label ``kmpray.network_type``
 (cluster.yaml), else UNMETERED.
 """
 
@@ -50,11 +50,16 @@ class ConstraintOracle:
 
     async def _probe_once(self) -> None:
         nodes = self._alive()
+        args = (self.state_dir, self.config.battery_low_threshold, self.config.storage_low_free_fraction,
+                self.config.idle_load_per_cpu)
+        # This node (the head's, where the oracle is pinned) is probed here, in a thread: as a
+        # Ray task its first probe needed a worker process of its own, started for it while
+        # the engine started (1.3 of connect()'s 3.2 s on this machine), and kept one alive.
+        here = ray.get_runtime_context().get_node_id()
         refs = {
-            n["NodeID"]: _probe_node.options(
+            n["NodeID"]: asyncio.to_thread(probe, *args) if n["NodeID"] == here else _probe_node.options(
                 scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
-            ).remote(self.state_dir, self.config.battery_low_threshold,
-                     self.config.storage_low_free_fraction, self.config.idle_load_per_cpu)
+            ).remote(*args)
             for n in nodes
         }
         for n in nodes:
