@@ -3,8 +3,8 @@
 Every ``probe_interval_s`` it probes each alive node (its own in a thread, each other
 one by a zero-CPU Ray task pinned there) and merges ``set_device_state`` overrides on
 top; when a node's effective state changes it pushes the whole map to the scheduler,
-which re-gates its tasks. Nothing polls per task. A node's network type comes from its label ``kmpray.network_type``
-(cluster.yaml), else UNMETERED.
+which re-gates its tasks. Nothing polls per task. A node's network type comes from its
+label ``kmpray.network_type`` (cluster.yaml), else UNMETERED.
 """
 
 from __future__ import annotations
