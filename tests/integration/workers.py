@@ -204,8 +204,9 @@ ALL = {
 
 
 def register_all(sched: Any) -> None:
-    for name, cls in ALL.items():
-        sched.register_worker(name, cls)
+    """Every class above, in one message per shard (``register_worker`` once each: ~0.15 s
+    of each test engine's start)."""
+    sched._register_many(ALL)
 
 
 class WarmModel(kmpray.CommonWorker):
