@@ -57,6 +57,9 @@ class ExecutorSlot:
     # Handed over, not reported yet -> the incarnation (process) that accepted it, None
     # until its submit answers: only what a dead process accepted died with it.
     inflight: dict[Key, str | None] = field(default_factory=dict)
+    # Of those, the chain tasks it began on its own, handed on by a run of theirs that
+    # succeeded there (one hop per step): never withdrawn for a blocked loop, see ``withdraw``.
+    handed: set[Key] = field(default_factory=set)
     reachable: bool = False  # answered its last ping: may be sent runs
     lag_ms: float = 0.0  # its event-loop lag at that ping
     batch_seq: int = 0  # batches sent under this scheduler's epoch
@@ -226,10 +229,13 @@ class ExecutorPool:
             s.incarnation, _running, s.node, s.lag_ms = answer[:4]
             s.reachable = True
 
-    def held(self, i: int, key: Key, incarnation: str | None = None) -> None:
+    def held(self, i: int, key: Key, incarnation: str | None = None, handed: bool = False) -> None:
         """A run executor ``i`` holds: handed over now (its process unknown until the
-        submit answers), or adopted after a restart (``incarnation``: the one holding it)."""
+        submit answers), or adopted after a restart (``incarnation``: the one holding it);
+        ``handed``: handed on there by its predecessor's run (one hop per step)."""
         self.slots[i].inflight[key] = incarnation
+        if handed:
+            self.slots[i].handed.add(key)
         self.where[key] = i
 
     def accepted(self, i: int, keys: list[Key], incarnation: str) -> bool:
@@ -268,6 +274,7 @@ class ExecutorPool:
         i = self.where.pop(key, None)
         if i is not None:
             self.slots[i].inflight.pop(key, None)
+            self.slots[i].handed.discard(key)
         if key in self.alone.values():
             self.end_isolation(key)
 
@@ -281,6 +288,7 @@ class ExecutorPool:
                 self.end_isolation(key)
             if i is not None:
                 self.slots[i].inflight.pop(key, None)
+                self.slots[i].handed.discard(key)
                 by_executor.setdefault(i, []).append(key)
         return [self.slots[i].handle.cancel.remote(part) for i, part in by_executor.items()]
 
@@ -291,6 +299,7 @@ class ExecutorPool:
         lost = list(inflight) if keys is None else [k for k in keys if k in inflight]
         for key in lost:
             del inflight[key]
+            self.slots[i].handed.discard(key)
             self.where.pop(key, None)
             if key in self.alone.values():
                 self.end_isolation(key)
@@ -318,12 +327,17 @@ class ExecutorPool:
         (begun, or ended with its report on the way) goes back to the queue, not counted
         as an attempt. Runs an earlier process of the slot took died with it: they are
         left to the reconcile, which counts that death (a poison run's own). A report from
-        a process already known dead withdraws nothing."""
+        a process already known dead withdraws nothing. Nor are runs handed on there by
+        their predecessor's run withdrawn: the executor took them itself, in no batch, so
+        no fence stops them there, and ``held`` may predate them (the report of a block is
+        written when it begins, and a run that ended meanwhile may have handed on its
+        successor, and said so over the faster local lane): withdrawn, they ran twice (a
+        CI run: a chain's upload step arrived twice). They run there once the loop frees."""
         slot = self.slots[i]
         if incarnation in slot.dead:
             return []
         withdrawn = [key for key, took in slot.inflight.items()
-                     if key not in held and took in (None, incarnation)]
+                     if key not in held and key not in slot.handed and took in (None, incarnation)]
         for key in withdrawn:
             del self.slots[i].inflight[key]
             self.where.pop(key, None)

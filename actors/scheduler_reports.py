@@ -91,7 +91,7 @@ class SchedulerReports:
             return
         slot = self.pool.slots[i]
         if self.core.follow(key, run_id, then, then_run):
-            self.pool.held(i, (then, then_run), ran_in or slot.incarnation)
+            self.pool.held(i, (then, then_run), ran_in or slot.incarnation, handed=True)
             self.messages["handed_on"] += 1
         else:
             slot.handle.cancel.remote([(then, then_run)])

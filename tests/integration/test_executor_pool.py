@@ -104,6 +104,23 @@ def test_a_blocked_loop_withdraws_only_what_its_own_process_took() -> None:
     assert pool.withdraw(1, set(), "p1-new") == []
 
 
+def test_a_blocked_loop_never_withdraws_a_chain_task_its_executor_handed_on_itself() -> None:
+    """One hop per step: a step that succeeded began its successor on its executor (no
+    batch: no fence stops it there). The block's report was written before that, so it
+    does not list the successor as held, and the scheduler heard of the successor first
+    (over the local lane). Withdrawn, it ran on another executor and again here once the
+    loop ran (a CI run: a chain's upload step arrived twice); it stays, and runs here."""
+    pool, core, _sent = _pool()
+    pool.held(0, ("step1", 1), "p0")  # sent in a batch; ended, its result on the way
+    pool.held(0, ("queued", 1), "p0")  # sent in a batch, not begun: the fence covers it
+    pool.held(0, ("step2", 1), "p0", handed=True)  # step1 handed it on, after the report was written
+    withdrawn = pool.withdraw(0, {("step1", 1)}, "p0")
+    assert withdrawn == [("queued", 1)] and core.lost == [("queued", 1, False)]
+    assert set(pool.slots[0].inflight) == {("step1", 1), ("step2", 1)}
+    pool.reported(("step2", 1))  # its result: nothing of it is kept
+    assert pool.slots[0].handed == set() and set(pool.slots[0].inflight) == {("step1", 1)}
+
+
 def test_a_fence_from_a_restarted_scheduler_covers_the_batches_of_the_one_before() -> None:
     """The scheduler restarted (a new epoch) and adopted an executor's queued runs; the
     executor's loop blocks and the new scheduler withdraws them, answering with a fence
