@@ -57,17 +57,18 @@ class ConstraintOracle:
         # the engine started (1.3 of connect()'s 3.2 s on this machine), and kept one alive.
         here = ray.get_runtime_context().get_node_id()
         refs = {
-            n["NodeID"]: asyncio.to_thread(probe, *args) if n["NodeID"] == here else _probe_node.options(
+            n["NodeID"]: _probe_node.options(
                 scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
             ).remote(*args)
-            for n in nodes
+            for n in nodes if n["NodeID"] != here
         }
         for n in nodes:
             self.labels[n["NodeID"]] = dict(n.get("Labels") or {})
         results: dict[str, dict[str, Any]] = {}
-        for node, ref in refs.items():
+        for node in (n["NodeID"] for n in nodes):
             try:
-                results[node] = await asyncio.wait_for(ref, PROBE_TIMEOUT_S)
+                pending = refs[node] if node in refs else asyncio.to_thread(probe, *args)
+                results[node] = await asyncio.wait_for(pending, PROBE_TIMEOUT_S)
             except Exception:
                 log.warning("probe of node %s failed; keeping its last state", node[:8])
                 if node in self.probed:
