@@ -71,6 +71,11 @@ class ExecutorSlot:
     acks: list[Key] = field(default_factory=list)
     submits: int = 0  # submit calls in flight to it, not answered yet (SUBMITS_IN_FLIGHT)
 
+    def forget(self, key: Key) -> None:
+        """``key`` is no longer held here (reported, cancelled, lost or withdrawn)."""
+        self.inflight.pop(key, None)
+        self.handed.discard(key)
+
 
 class ExecutorPool:
     def __init__(
@@ -273,8 +278,7 @@ class ExecutorPool:
     def reported(self, key: Key) -> None:
         i = self.where.pop(key, None)
         if i is not None:
-            self.slots[i].inflight.pop(key, None)
-            self.slots[i].handed.discard(key)
+            self.slots[i].forget(key)
         if key in self.alone.values():
             self.end_isolation(key)
 
@@ -287,8 +291,7 @@ class ExecutorPool:
             if key in self.alone.values():
                 self.end_isolation(key)
             if i is not None:
-                self.slots[i].inflight.pop(key, None)
-                self.slots[i].handed.discard(key)
+                self.slots[i].forget(key)
                 by_executor.setdefault(i, []).append(key)
         return [self.slots[i].handle.cancel.remote(part) for i, part in by_executor.items()]
 
@@ -298,8 +301,7 @@ class ExecutorPool:
         inflight = self.slots[i].inflight
         lost = list(inflight) if keys is None else [k for k in keys if k in inflight]
         for key in lost:
-            del inflight[key]
-            self.slots[i].handed.discard(key)
+            self.slots[i].forget(key)
             self.where.pop(key, None)
             if key in self.alone.values():
                 self.end_isolation(key)
@@ -339,7 +341,7 @@ class ExecutorPool:
         withdrawn = [key for key, took in slot.inflight.items()
                      if key not in held and key not in slot.handed and took in (None, incarnation)]
         for key in withdrawn:
-            del self.slots[i].inflight[key]
+            slot.forget(key)
             self.where.pop(key, None)
             if key in self.alone.values():
                 self.end_isolation(key)
