@@ -8,9 +8,8 @@ by default; 0.5 s for a blocked loop), ``heavy_unreachable_s`` (30 s by default)
 chain coordinators' resync (30 s). The kinds, all running at once: an async sleep, a sync
 ``do_work`` (a thread), an async worker that blocks its executor's event loop for the
 whole run (enqueued once the others run), a heavy task, and a chain whose first step is
-long. Each run appends a ledger
-line when it starts. Reported: ``executed_twice`` (pass: 0), the final states, and
-``run_attempt_count`` of each (pass: all SUCCEEDED on attempt 1).
+long. Each run appends a ledger line when it starts. Reported: ``executed_twice`` (pass:
+0), the final states, and ``run_attempt_count`` of each (pass: all SUCCEEDED on attempt 1).
 
 ``--quick`` (CI): 10 tasks of 11 s with ``ping_timeout_s`` and ``heavy_unreachable_s`` at
 5 s, so every interval but the coordinators' 30 s resync is passed twice; the chain is
@@ -117,9 +116,10 @@ def scenario(quick: bool = False, tasks: int | None = None, seed: int = 7) -> di
         # of the quick run's elapsed instead of 12). Started first, the other runs are on the
         # blocked loop's executor too, and are watched through the whole block.
         blockers = [it for it in items if it["worker_class_name"] == "LongLoopBlocker"]
+        others = [it for it in items if it["worker_class_name"] != "LongLoopBlocker"]
         started = time.monotonic()
-        sched.enqueue_many([it for it in items if it not in blockers])
-        ids = [it["id"] for it in items if it not in blockers]
+        sched.enqueue_many(others)
+        ids = [it["id"] for it in others]
         if chains:
             short = json.dumps({"ledger": str(ledger), "run_s": 0.1})
             chain = (sched.begin_with(kmpray.TaskRequest("LongAsync", input=payload, id="chain-long"))
