@@ -196,3 +196,22 @@ def test_a_replacement_does_not_inherit_the_wait_of_the_work_it_replaced(h: Harn
     h.core.release_unplaced()
     assert h.step() == [] and h.state("u") == "ENQUEUED"
     assert [x.key for x in h.advance(60_000)] == ["u"]  # on its own time
+
+
+def test_bulk_payloads_carry_each_requests_constraints_and_dump_a_shared_instance_once(
+    monkeypatch,
+) -> None:
+    from kmpray.client.facade import BackgroundTaskScheduler
+    from kmpray.models import TaskRequest
+
+    charging, heavy = Constraints(requires_charging=True), Constraints(is_heavy_task=True)
+    dumps = []
+    real = Constraints.model_dump
+    monkeypatch.setattr(Constraints, "model_dump", lambda self, **kw: dumps.append(self) or real(self, **kw))
+    reqs = [TaskRequest("W", constraints=charging), TaskRequest("W", constraints=charging), TaskRequest("W"),
+            TaskRequest("W", constraints=heavy),
+            {"id": "d", "worker_class_name": "W", "constraints": {"expedited": True}}]
+    items = BackgroundTaskScheduler._items(BackgroundTaskScheduler, reqs)  # type: ignore[arg-type]
+    assert [i["constraints"] for i in items] == [
+        {"requires_charging": True}, {"requires_charging": True}, {}, {"is_heavy_task": True}, {"expedited": True}]
+    assert dumps == [charging, TaskRequest.model_fields["constraints"].default, heavy]
