@@ -198,20 +198,28 @@ def test_a_replacement_does_not_inherit_the_wait_of_the_work_it_replaced(h: Harn
     assert [x.key for x in h.advance(60_000)] == ["u"]  # on its own time
 
 
-def test_bulk_payloads_carry_each_requests_constraints_and_dump_a_shared_instance_once(
+def test_bulk_payloads_carry_each_requests_own_models_and_dump_a_shared_instance_once(
     monkeypatch,
 ) -> None:
+    from kmpray.client import facade
     from kmpray.client.facade import BackgroundTaskScheduler
     from kmpray.models import TaskRequest
 
+    monkeypatch.setattr(facade, "_DUMPS", {})  # nothing dumped earlier in this process counts
     charging, heavy = Constraints(requires_charging=True), Constraints(is_heavy_task=True)
+    at_noon, at_one = TaskTrigger.Exact(1_800_000_000_000), TaskTrigger.Exact(1_800_000_003_600)
     dumps = []
     real = Constraints.model_dump
     monkeypatch.setattr(Constraints, "model_dump", lambda self, **kw: dumps.append(self) or real(self, **kw))
-    reqs = [TaskRequest("W", constraints=charging), TaskRequest("W", constraints=charging), TaskRequest("W"),
-            TaskRequest("W", constraints=heavy),
-            {"id": "d", "worker_class_name": "W", "constraints": {"expedited": True}}]
+    reqs = [TaskRequest("W", constraints=charging), TaskRequest("W", constraints=charging),
+            TaskRequest("W"), TaskRequest("W", constraints=heavy),
+            {"id": "d", "worker_class_name": "W", "constraints": {"expedited": True}, "trigger": at_noon},
+            {"id": "e", "worker_class_name": "W", "constraints": heavy, "trigger": at_noon},
+            {"id": "f", "worker_class_name": "W", "trigger": at_one}]
     items = BackgroundTaskScheduler._items(BackgroundTaskScheduler, reqs)  # type: ignore[arg-type]
     assert [i["constraints"] for i in items] == [
-        {"requires_charging": True}, {"requires_charging": True}, {}, {"is_heavy_task": True}, {"expedited": True}]
+        {"requires_charging": True}, {"requires_charging": True}, {}, {"is_heavy_task": True},
+        {"expedited": True}, {"is_heavy_task": True}, None]
+    assert [i["trigger"]["kind"] for i in items] == ["one_time"] * 4 + ["exact"] * 3
+    assert [i["trigger"]["at_epoch_millis"] for i in items[4:]] == [1_800_000_000_000] * 2 + [1_800_000_003_600]
     assert dumps == [charging, TaskRequest.model_fields["constraints"].default, heavy]
