@@ -71,3 +71,14 @@ def test_a_task_info_built_without_validation_is_what_pydantic_builds() -> None:
         assert pickle.loads(pickle.dumps(info, protocol=5)) == info
     assert rec.info().progress == 100 and rec.info().waiting_for is None
     assert rec.info(waiting, when_due=False).next_run_at_ms is None
+
+
+def test_trusted_results_share_their_field_set_and_a_copy_with_an_update_never_touches_it() -> None:
+    a, b = from_wire(to_wire(Success("a", {"x": 1}))), from_wire(to_wire(Success("b")))
+    assert a.__pydantic_fields_set__ is b.__pydantic_fields_set__  # one per class, not per result
+    shared = set(a.__pydantic_fields_set__)
+    changed = a.model_copy(update={"message": "c"})
+    assert changed.message == "c" and a.message == "a" and b.message == "b"
+    assert changed.__pydantic_fields_set__ is not a.__pydantic_fields_set__
+    assert a.__pydantic_fields_set__ == b.__pydantic_fields_set__ == shared == set(Success.model_fields)
+    assert a.model_dump(exclude_unset=True) == {"kind": "success", "message": "a", "data": {"x": 1}}
