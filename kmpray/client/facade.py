@@ -28,52 +28,18 @@ from ..models import ChainInfo, TaskInfo, TaskList, TaskRequest
 from ..platforms import profile
 from ..shards import SHARD_SEP, merge_status, shard_of
 from ..timing import CALL_TIMEOUT_S, LANE_CONNECT_TIMEOUT_S
-from ..triggers import OneTime, Trigger
+from ..triggers import Trigger
 from ..worker import LOCAL_WORKERS, check_worker_class
 from . import live, outputs
 from .coalesce import AsyncCoalescer, Coalescer
 from .lane import Lane, LaneDown
+from .payloads import item, items
 from .remote import _await, _node_id, _ray, _ray_init, _tokens, _unwrap, ship_class
 from .routing import Routing
 from .subscription import EventBus
 from .waiting import TaskNotFound, Waiting
 
 log = logging.getLogger("kmpray")
-_NOW = OneTime()  # the trigger of every TaskRequest in a bulk enqueue (frozen: one will do)
-_NOW_PAYLOAD = _NOW.model_dump(mode="json")
-_ITEM_KEYS = frozenset({"id", "trigger", "worker_class_name", "input", "constraints"})  # enqueue_many's dicts
-
-
-# Payloads of the frozen models (triggers, constraints) dumped lately, by identity: a
-# bulk's requests share instances (every TaskRequest without constraints of its own holds
-# the same default; a producer reuses its trigger), and a frozen model's dump never
-# changes. Saves model_dump's ~1.5 µs per use (a third of building a request's payload).
-# Each entry holds its model, so an id is never reused while cached.
-_DUMPS: dict[int, tuple[Any, dict[str, Any]]] = {}
-_DUMPS_MAX = 64
-
-
-def _dumped(model: Any, exclude_defaults: bool = False) -> dict[str, Any]:
-    hit = _DUMPS.get(id(model))
-    if hit is not None and hit[0] is model:
-        return hit[1]
-    dump: dict[str, Any] = model.model_dump(mode="json", exclude_defaults=exclude_defaults)
-    if len(_DUMPS) >= _DUMPS_MAX:
-        _DUMPS.clear()
-    _DUMPS[id(model)] = (model, dump)
-    return dump
-
-
-def _constraints_payload(constraints: Constraints | dict[str, Any] | None) -> dict[str, Any] | None:
-    if isinstance(constraints, Constraints):
-        return _dumped(constraints, exclude_defaults=True)
-    return constraints
-
-
-def _trigger_payload(trigger: Any) -> Any:
-    if trigger is _NOW:
-        return dict(_NOW_PAYLOAD)
-    return _dumped(trigger) if hasattr(trigger, "model_dump") else trigger
 
 
 class BackgroundTaskScheduler(Waiting, Routing):
@@ -198,24 +164,6 @@ class BackgroundTaskScheduler(Waiting, Routing):
         self._each("register_workers", [(name, ship_class(cls)) for name, cls in classes.items()])
 
     # ------------------------------------------------------------- enqueue
-    @staticmethod
-    def _item(
-        id: str,  # noqa: A002
-        trigger: Trigger | dict[str, Any],
-        worker_class_name: str,
-        input: str | None,  # noqa: A002
-        constraints: Constraints | dict[str, Any] | None,
-    ) -> dict[str, Any]:
-        if constraints is not None and not isinstance(constraints, (Constraints, dict)):
-            raise InvalidParameters(f"constraints: expected Constraints, got {type(constraints).__name__}")
-        return {
-            "id": id,
-            "trigger": _trigger_payload(trigger),
-            "worker": worker_class_name,
-            "input": input,
-            "constraints": _constraints_payload(constraints),
-        }
-
     def _results(self, raw: list[tuple[str, str | None]]) -> list[ScheduleResult]:
         self.last_reason = raw[-1][1] if raw else None
         return [ScheduleResult(r) for r, _ in raw]
@@ -238,7 +186,7 @@ class BackgroundTaskScheduler(Waiting, Routing):
     def _prepare(self, *args: Any) -> dict[str, Any] | None:
         """The wire item for one enqueue, or None (with ``last_reason`` set) if it is malformed."""
         try:
-            return self._item(*args)
+            return item(*args)
         except InvalidParameters as exc:
             self.last_reason = str(exc)
             return None
@@ -262,33 +210,12 @@ class BackgroundTaskScheduler(Waiting, Routing):
         Each item is a TaskRequest (a one-time task under its ``id``) or a dict with the
         keys of ``enqueue``: id, trigger, worker_class_name, input, constraints.
         """
-        return self._results(self._enqueue_items(self._items(requests)))
+        return self._results(self._enqueue_items(items(requests)))
 
     async def enqueue_many_async(
         self, requests: Sequence[TaskRequest | dict[str, Any]]
     ) -> list[ScheduleResult]:
-        return self._results(await self._enqueue_items_async(self._items(requests)))
-
-    def _items(self, requests: Sequence[TaskRequest | dict[str, Any]]) -> list[dict[str, Any]]:
-        """Payloads for ``requests``; a malformed item raises before anything is sent (a
-        dict key misspelt, say ``constrains``, must not silently drop the constraints)."""
-        items = []
-        for i, req in enumerate(requests):
-            if isinstance(req, TaskRequest):
-                items.append(self._item(req.id, _NOW, req.worker_class_name, req.input, req.constraints))
-                continue
-            if not isinstance(req, dict):
-                raise InvalidParameters(
-                    f"requests[{i}]: expected a TaskRequest or a dict of enqueue()'s arguments, "
-                    f"got {type(req).__name__}")
-            if unknown := sorted(set(req) - _ITEM_KEYS, key=str):
-                raise InvalidParameters(
-                    f"requests[{i}]: unknown key(s) {', '.join(map(repr, unknown))} "
-                    f"(expected {', '.join(sorted(_ITEM_KEYS))})")
-            id_: Any = req.get("id")  # missing: rejected by the scheduler, naming the field
-            worker: Any = req.get("worker_class_name")
-            items.append(self._item(id_, req.get("trigger", _NOW), worker, req.get("input"), req.get("constraints")))
-        return items
+        return self._results(await self._enqueue_items_async(items(requests)))
 
     def rejections(self, limit: int = 100) -> list[tuple[str, str, str]]:
         """The engine's most recent rejections: ``(id, result, reason)``, oldest first."""

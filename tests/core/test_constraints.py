@@ -201,11 +201,10 @@ def test_a_replacement_does_not_inherit_the_wait_of_the_work_it_replaced(h: Harn
 def test_bulk_payloads_carry_each_requests_own_models_and_dump_a_shared_instance_once(
     monkeypatch,
 ) -> None:
-    from kmpray.client import facade
-    from kmpray.client.facade import BackgroundTaskScheduler
+    from kmpray.client import payloads
     from kmpray.models import TaskRequest
 
-    monkeypatch.setattr(facade, "_DUMPS", {})  # nothing dumped earlier in this process counts
+    monkeypatch.setattr(payloads, "_DUMPS", {})  # nothing dumped earlier in this process counts
     charging, heavy = Constraints(requires_charging=True), Constraints(is_heavy_task=True)
     at_noon, at_one = TaskTrigger.Exact(1_800_000_000_000), TaskTrigger.Exact(1_800_000_003_600)
     dumps = []
@@ -216,7 +215,7 @@ def test_bulk_payloads_carry_each_requests_own_models_and_dump_a_shared_instance
             {"id": "d", "worker_class_name": "W", "constraints": {"expedited": True}, "trigger": at_noon},
             {"id": "e", "worker_class_name": "W", "constraints": heavy, "trigger": at_noon},
             {"id": "f", "worker_class_name": "W", "trigger": at_one}]
-    items = BackgroundTaskScheduler._items(BackgroundTaskScheduler, reqs)  # type: ignore[arg-type]
+    items = payloads.items(reqs)
     assert [i["constraints"] for i in items] == [
         {"requires_charging": True}, {"requires_charging": True}, {}, {"is_heavy_task": True},
         {"expedited": True}, {"is_heavy_task": True}, None]
