@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -72,6 +73,15 @@ def percentiles(samples_ms: list[float]) -> dict[str, float]:
     arr = np.asarray(samples_ms, dtype=float)
     p50, p95, p99 = np.percentile(arr, [50, 95, 99])
     return {"p50": round(float(p50), 3), "p95": round(float(p95), 3), "p99": round(float(p99), 3)}
+
+
+def spread(samples: list[float], digits: int = 3, runs: bool = False) -> dict[str, Any]:
+    """The best (lowest) and the median of repeated measurements, and with ``runs`` each one."""
+    out: dict[str, Any] = {"best": round(min(samples), digits),
+                           "median": round(statistics.median(samples), digits)}
+    if runs:
+        out["runs"] = [round(v, digits) for v in samples]
+    return out
 
 
 def cdf(samples_ms: Any) -> list[float]:

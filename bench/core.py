@@ -27,7 +27,7 @@ import tempfile
 import time
 from typing import Any
 
-from .common import table, write
+from .common import spread, table, write
 
 BATCH = 500
 TARGET_US = 25.0  # issue #14
@@ -148,11 +148,9 @@ def run(quick: bool = False, json_path: str | None = None, address: str | None =
     result = {
         "tasks": n,
         "repeats": repeats,
-        "core_us_per_task": {"best": round(min(core_us), 2), "median": round(median, 2),
-                             "runs": [round(v, 2) for v in core_us]},
+        "core_us_per_task": spread(core_us, 2, runs=True),
         "phases_us_per_task": {k: round(v, 2) for k, v in best_phases.items()},  # of the best run
-        "sqlite_floor_us_per_task": {"best": round(min(floor_us), 2), "median": round(floor, 2),
-                                     "runs": [round(v, 2) for v in floor_us]},
+        "sqlite_floor_us_per_task": spread(floor_us, 2, runs=True),
         "row_bytes": sizes[0],
         "event_bytes": sizes[1],
         "ratio_to_floor": round(median / floor, 2),

@@ -15,17 +15,13 @@ import tempfile
 import time
 from typing import Any
 
-from .common import ray_up, table, write
+from .common import ray_up, spread, table, write
 from .stamp import register
 
 
 class _Empty:
     def ping(self) -> int:
         return os.getpid()
-
-
-def _spread(samples: list[float]) -> dict[str, float]:
-    return {"best": round(min(samples), 3), "median": round(statistics.median(samples), 3)}
 
 
 def _engine_processes(ray: Any, namespace: str) -> int:
@@ -90,9 +86,9 @@ def run(quick: bool = False, json_path: str | None = None, address: str | None =
     result = {
         "rounds": rounds,
         "engine_processes": max(processes),
-        "connect_s": _spread(serving),
-        "first_task_s": _spread(first),
-        "floor_s": _spread(floor),
+        "connect_s": spread(serving),
+        "first_task_s": spread(first),
+        "floor_s": spread(floor),
         "ratio": round(statistics.median(serving) / statistics.median(floor), 2),
         "note": "connect_s: connect() of a new engine until it serves; first_task_s: from the same start "
                 "to one task's end (connect, register, enqueue, run); floor_s: engine_processes empty "
