@@ -27,7 +27,7 @@ from kmpray.device import DeviceState
 from kmpray.engine import SchedulerCore
 from kmpray.errors import EngineUnavailable, StoreRefused
 from kmpray.event_codec import encode_event
-from kmpray.lane import EXECUTOR, LANE_METHODS, REPORT, TAKEN
+from kmpray.lane import EXECUTOR, LANE_METHODS, LANE_READS, REPORT, TAKEN
 from kmpray.placement import heavy_demand, placeable
 from kmpray.platforms import profile
 from kmpray.restore import RUN_IDS_PER_START
@@ -248,7 +248,7 @@ class SchedulerActor(
         calls carry them all (said once in the log)."""
         if not self.config.local_lane:
             return
-        methods = {name: getattr(self, name) for name in LANE_METHODS}
+        methods = {name: getattr(self, name) for name in LANE_METHODS | LANE_READS}
         methods[REPORT] = self.report_from_lane  # executors' and heavy workers' (actors/report_lane.py)
         attached = {EXECUTOR: self._executor_lane, TAKEN: self._taken}  # runs down the lane (actors/submit_lane.py)
         lane = LaneServer(methods, attached)

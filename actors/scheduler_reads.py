@@ -15,7 +15,7 @@ import ray
 from kmpray.clock import ManualClock, SystemClock
 from kmpray.engine import SchedulerCore
 from kmpray.enums import TaskState
-from kmpray.lane import LANE_METHODS, REPORT
+from kmpray.lane import LANE_METHODS, LANE_READS, REPORT
 from kmpray.records import TaskRecord
 from kmpray.store import SqliteTaskStore
 
@@ -97,6 +97,7 @@ class SchedulerReads:
             # (kmpray/lane.py), batches of runs sent down it, connections, hellos refused
             "lane": None if self._lane is None else {
                 "calls": sum(n for m, n in self._lane.calls.items() if m in LANE_METHODS),
+                "reads": sum(n for m, n in self._lane.calls.items() if m in LANE_READS),
                 "reports": self._lane.calls[REPORT],
                 "submits": self.pool.lanes.sent, "heavy_submits": self.heavy.lanes.sent,
                 "connections": self._lane.accepted, "refused": self._lane.refused},

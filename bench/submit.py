@@ -16,7 +16,8 @@ In one run, against one engine:
   ``enqueue()`` calls on a fixed schedule (from each call's send time).
 - ``through_ray`` / ``lane_speedup``: sequential, 8-thread and start-latency figures again
   with the client's local lane off (every call a Ray actor message, kmpray/lane.py), on
-  the same engine in the same run: what the lane gains.
+  the same engine in the same run: what the lane gains. Also ``enqueue()`` then ``wait()``
+  of one task at a time and ``get_task_info()`` (reads go over the lane too).
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ def run(quick: bool = False, json_path: str | None = None, address: str | None =
             sched.wait(f"w{i}", timeout_s=60)
 
         roundtrip, _ = _timed(n, enqueue_wait)
+        info, _ = _timed(n, lambda i: sched.get_task_info(f"w{i}"))
         sched.cancel_all()
         per = (n * 2) // THREADS
         bare_rate = _threads(THREADS, per, lambda t, i: ray.get(floor.ping.remote([item])))
@@ -124,6 +126,13 @@ def run(quick: bool = False, json_path: str | None = None, address: str | None =
             lane.enabled = False
         _, ray_rate = _timed(n, lambda i: sched.enqueue(f"rn{i}", now, "BenchStamp"))
         sched.wait(f"rn{n - 1}", timeout_s=60)
+
+        def enqueue_wait_ray(i: int) -> None:
+            sched.enqueue(f"rw{i}", now, "BenchStamp")
+            sched.wait(f"rw{i}", timeout_s=60)
+
+        ray_roundtrip = percentiles(_timed(n, enqueue_wait_ray)[0])
+        ray_info = percentiles(_timed(n, lambda i: sched.get_task_info(f"rw{i}"))[0])
         ray_conc = _threads(THREADS, per, lambda t, i: sched.enqueue(f"rc{t}-{i}", now, "BenchStamp"))
         sched.wait([f"rc{t}-{per - 1}" for t in range(THREADS)], timeout_s=120)
         ray_start = percentiles(_starts(sched, sub, "ro", 3.0 if quick else 5.0))
@@ -131,7 +140,7 @@ def run(quick: bool = False, json_path: str | None = None, address: str | None =
         sched.shutdown()
     p = {k: percentiles(v) for k, v in
          (("bare_actor_call", bare), ("enqueue_delayed", delayed), ("enqueue_run_now", run_now),
-          ("enqueue_then_wait", roundtrip))}
+          ("enqueue_then_wait", roundtrip), ("get_task_info", info))}
     rtt = p["bare_actor_call"]
     start_p = percentiles(start_latency)
     result = {
@@ -149,10 +158,14 @@ def run(quick: bool = False, json_path: str | None = None, address: str | None =
         "start_latency_ms": {"rate_per_s": 100, "p50": start_p["p50"], "p99": start_p["p99"],
                              "p50_over_rtt_p50": round(start_p["p50"] / rtt["p50"], 2)},
         "through_ray": {"enqueue_per_s": round(ray_rate, 1), "concurrent_enqueue_per_s": round(ray_conc, 1),
-                        "start_latency_ms": {"p50": ray_start["p50"], "p99": ray_start["p99"]}},
+                        "start_latency_ms": {"p50": ray_start["p50"], "p99": ray_start["p99"]},
+                        "enqueue_then_wait_ms": ray_roundtrip, "get_task_info_ms": ray_info},
         "lane_speedup": {"sequential": round(enqueue_rate / ray_rate, 2),
                          "concurrent": round(conc / ray_conc, 2),
-                         "start_p50": round(ray_start["p50"] / start_p["p50"], 2)},
+                         "start_p50": round(ray_start["p50"] / start_p["p50"], 2),
+                         "enqueue_then_wait_p50": round(ray_roundtrip["p50"] / p["enqueue_then_wait"]["p50"],
+                                                        2),
+                         "get_task_info_p50": round(ray_info["p50"] / p["get_task_info"]["p50"], 2)},
         "latency_ms": p,
         "ratio_to_bare_call_p50": {k: round(v["p50"] / max(rtt["p50"], 0.001), 2) for k, v in p.items()},
         "concurrent": {"threads": THREADS, "enqueue_calls_per_s": round(conc, 1),
@@ -179,6 +192,10 @@ def run(quick: bool = False, json_path: str | None = None, address: str | None =
          f"start p50 {ray_start['p50']} ms "
          f"(lane: {result['lane_speedup']['sequential']}x, {result['lane_speedup']['concurrent']}x, "
          f"{result['lane_speedup']['start_p50']}x)"),
+        ("  enqueue() then wait(), get_task_info()",
+         f"p50 {ray_roundtrip['p50']} ms, {ray_info['p50']} ms (lane: "
+         f"{result['lane_speedup']['enqueue_then_wait_p50']}x, "
+         f"{result['lane_speedup']['get_task_info_p50']}x)"),
         ("scheduler messages per run-now task", ", ".join(f"{k} {v}" for k, v in sorted(per_task.items()))),
         ("json", str(out)),
     ]

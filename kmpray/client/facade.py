@@ -7,6 +7,7 @@ actors are imported when ``connect()`` runs, never at ``import kmpray``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import logging
@@ -23,7 +24,7 @@ from ..device import DEVICE_FIELDS, DeviceState
 from ..enums import ScheduleResult, TaskState
 from ..errors import EngineUnavailable, InvalidParameters, StoreRefused
 from ..events import TaskEventBus
-from ..lane import LANE_METHODS
+from ..lane import LANE_METHODS, LANE_READS
 from ..models import ChainInfo, TaskInfo, TaskList, TaskRequest
 from ..platforms import profile
 from ..shards import SHARD_SEP, merge_status, shard_of
@@ -92,6 +93,9 @@ class BackgroundTaskScheduler(Waiting, Routing):
                 return self._lanes[shard].call(method, [*args, *first], timeout_s)
             except LaneDown as down:  # through Ray, as a retry if the lane may have delivered it
                 tries = tries if down.sent else itertools.chain([first], tries)
+        elif method in LANE_READS:
+            with contextlib.suppress(LaneDown):  # through Ray: a read asked again is harmless
+                return self._lanes[shard].call(method, list(args), timeout_s)
 
         def once() -> Any:
             ref = getattr(self._schedulers[shard], method).remote(*args, *next(tries))
@@ -125,6 +129,9 @@ class BackgroundTaskScheduler(Waiting, Routing):
                 return await self._lanes[shard].call_async(method, [*args, *first], timeout_s)
             except LaneDown as down:
                 tries = tries if down.sent else itertools.chain([first], tries)
+        elif method in LANE_READS:
+            with contextlib.suppress(LaneDown):
+                return await self._lanes[shard].call_async(method, list(args), timeout_s)
 
         async def once() -> Any:
             ref = getattr(self._schedulers[shard], method).remote(*args, *next(tries))

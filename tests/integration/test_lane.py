@@ -15,7 +15,7 @@ import pytest
 import ray
 
 import kmpray
-from kmpray import Constraints, ScheduleResult, TaskRequest, TaskState, TaskTrigger
+from kmpray import Constraints, NetworkType, ScheduleResult, TaskRequest, TaskState, TaskTrigger
 from kmpray.client import lane as client_lane
 from kmpray.client.lane import LaneDown
 
@@ -54,11 +54,42 @@ def test_enqueues_from_this_node_go_over_the_lane_and_run(engines: Any) -> None:
         assert sched.wait(name, timeout_s=60).state is TaskState.SUCCEEDED
     lane, messages = _lane_status(sched), _messages(sched)
     assert lane is not None and lane["refused"] == 0
-    # every enqueue call of this client came over the lane (the 20 coroutines in a few groups)
-    assert lane["calls"] == messages["enqueue_calls"] == sched._lanes[0].calls
+    # every enqueue call of this client came over the lane (the 20 coroutines in a few groups),
+    # and so did the waits' reads (each wait: the task's info, then the wait)
+    assert lane["calls"] == messages["enqueue_calls"] == sched._lanes[0].calls - lane["reads"]
+    assert lane["reads"] >= 3
     # the client's few connections, and one per executor and heavy worker reporting here
     assert 5 <= lane["calls"] <= 25 and lane["connections"] <= 3 + sched.status()["executors"] + 1
     assert sched.get_task_info("a19").state is TaskState.ENQUEUED
+
+
+@ONE_SHARD
+def test_reads_go_over_the_lane_and_answer_what_ray_answers(engines: Any) -> None:
+    sched = engines()
+    register_all(sched)
+    gated = Constraints(requires_network=True, network_type=NetworkType.UNMETERED, expedited=True)
+    assert sched.enqueue("later", TaskTrigger.Periodic(3_600_000), "Noop", constraints=gated) is ScheduleResult.SUCCESS
+    assert sched.enqueue("echo", TaskTrigger.OneTime(), "Echo", input='{"x": [1, 2]}') is ScheduleResult.SUCCESS
+    chain = sched.begin_with(TaskRequest("Noop", id="c1")).then(TaskRequest("Nests", input="3", id="c2"))
+    assert chain.with_id("ch").enqueue() is ScheduleResult.SUCCESS
+    reads = _lane_status(sched)["reads"]
+    done = sched.wait("echo", timeout_s=60)
+    assert done.state is TaskState.SUCCEEDED and done.result.data == {"input": '{"x": [1, 2]}', "attempt": 0}
+    assert sched.wait("ch", timeout_s=60).state is TaskState.SUCCEEDED  # a chain: wait_chain
+    assert asyncio.run(sched.wait_async("c2", timeout_s=60)).result.data == {"n": {"n": {}}}
+    over_lane = [sched.get_task_info(i) for i in ("later", "echo", "c2", "absent")]
+    lane = _lane_status(sched)
+    # wait(): a wait_many (or a chain's look and wait_chain); wait_async: get_info and wait;
+    # then four get_info: nothing fell back to Ray
+    assert lane["reads"] - reads >= 1 + 2 + 2 + 4
+    assert over_lane[3] is None and over_lane[0].state is TaskState.ENQUEUED
+    assert over_lane[0].constraints == gated and over_lane[0].trigger == TaskTrigger.Periodic(3_600_000)
+    sched._lanes[0].enabled = False  # the same reads through Ray
+    through_ray = [sched.get_task_info(i) for i in ("later", "echo", "c2", "absent")]
+    assert _lane_status(sched)["reads"] == lane["reads"]
+    strip = {"waiting_for"}  # its details count time down between the two reads
+    assert [i and i.model_dump(exclude=strip) for i in over_lane] == [i and i.model_dump(exclude=strip)
+                                                                        for i in through_ray]
 
 
 @ONE_SHARD
