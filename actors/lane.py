@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import inspect
 import logging
 import os
 import secrets
@@ -18,7 +19,7 @@ from kmpray.lane import SECRET_BYTES, FrameError, new_address, pack, read_stream
 
 log = logging.getLogger("kmpray.lane")
 
-Method = Callable[..., Awaitable[Any]]
+Method = Callable[..., Awaitable[Any] | Any]
 
 
 class Conn:
@@ -101,7 +102,9 @@ class LaneServer:
         self.calls[method] += 1
         try:
             fn = self.attached.get(method)
-            value = await (fn(conn, *args) if fn is not None else self.methods[method](*args))
+            value = fn(conn, *args) if fn is not None else self.methods[method](*args)
+            if inspect.isawaitable(value):  # the actor's async methods; a plain one answers at once
+                value = await value
             return [True, value]
         except Exception as exc:  # the client makes the call again through Ray, which says it properly
             return [False, f"{type(exc).__name__}: {exc}"]

@@ -52,12 +52,13 @@ def test_enqueues_from_this_node_go_over_the_lane_and_run(engines: Any) -> None:
     assert "256" in (sched.last_reason or "")  # the id's length limit, said over the lane
     for name in ("one", "m2", "chain"):
         assert sched.wait(name, timeout_s=60).state is TaskState.SUCCEEDED
-    lane, messages = _lane_status(sched), _messages(sched)
+    status = sched.status()  # a read over the lane as well, counted before its answer
+    lane, messages = status["lane"], status["messages"]
     assert lane is not None and lane["refused"] == 0
     # every enqueue call of this client came over the lane (the 20 coroutines in a few groups),
-    # and so did the waits' reads (each wait: the task's info, then the wait)
+    # and so did its reads (a task's wait: wait_many; the chain's: wait_chain; this status)
     assert lane["calls"] == messages["enqueue_calls"] == sched._lanes[0].calls - lane["reads"]
-    assert lane["reads"] >= 3
+    assert lane["reads"] >= 4
     # the client's few connections, and one per executor and heavy worker reporting here
     assert 5 <= lane["calls"] <= 25 and lane["connections"] <= 3 + sched.status()["executors"] + 1
     assert sched.get_task_info("a19").state is TaskState.ENQUEUED
@@ -68,8 +69,9 @@ def test_reads_go_over_the_lane_and_answer_what_ray_answers(engines: Any) -> Non
     sched = engines()
     register_all(sched)
     gated = Constraints(requires_network=True, network_type=NetworkType.UNMETERED, expedited=True)
-    assert sched.enqueue("later", TaskTrigger.Periodic(3_600_000), "Noop", constraints=gated) is ScheduleResult.SUCCESS
-    assert sched.enqueue("echo", TaskTrigger.OneTime(), "Echo", input='{"x": [1, 2]}') is ScheduleResult.SUCCESS
+    ok = ScheduleResult.SUCCESS
+    assert sched.enqueue("later", TaskTrigger.Periodic(3_600_000), "Noop", constraints=gated) is ok
+    assert sched.enqueue("echo", TaskTrigger.OneTime(), "Echo", input='{"x": [1, 2]}') is ok
     chain = sched.begin_with(TaskRequest("Noop", id="c1")).then(TaskRequest("Nests", input="3", id="c2"))
     assert chain.with_id("ch").enqueue() is ScheduleResult.SUCCESS
     reads = _lane_status(sched)["reads"]
@@ -78,15 +80,19 @@ def test_reads_go_over_the_lane_and_answer_what_ray_answers(engines: Any) -> Non
     assert sched.wait("ch", timeout_s=60).state is TaskState.SUCCEEDED  # a chain: wait_chain
     assert asyncio.run(sched.wait_async("c2", timeout_s=60)).result.data == {"n": {"n": {}}}
     over_lane = [sched.get_task_info(i) for i in ("later", "echo", "c2", "absent")]
-    lane = _lane_status(sched)
+    chain_info, why = sched.get_chain_info("ch"), sched.explain("later")
+    assert chain_info.state is TaskState.SUCCEEDED and "later" in why
+    lane = _lane_status(sched)  # a read itself (describe)
     # wait(): a wait_many (or a chain's look and wait_chain); wait_async: get_info and wait;
-    # then four get_info: nothing fell back to Ray
-    assert lane["reads"] - reads >= 1 + 2 + 2 + 4
+    # then four get_info, get_chain_info, explain and describe: nothing fell back to Ray
+    assert lane["reads"] - reads >= 1 + 2 + 2 + 4 + 3
+    assert sched._lanes[0].calls == lane["calls"] + lane["reads"]  # every one answered there
     assert over_lane[3] is None and over_lane[0].state is TaskState.ENQUEUED
     assert over_lane[0].constraints == gated and over_lane[0].trigger == TaskTrigger.Periodic(3_600_000)
     sched._lanes[0].enabled = False  # the same reads through Ray
     through_ray = [sched.get_task_info(i) for i in ("later", "echo", "c2", "absent")]
-    assert _lane_status(sched)["reads"] == lane["reads"]
+    assert sched.get_chain_info("ch") == chain_info
+    assert _lane_status(sched)["reads"] == lane["reads"]  # that status went through Ray too
     strip = {"waiting_for"}  # its details count time down between the two reads
     assert [i and i.model_dump(exclude=strip) for i in over_lane] == [i and i.model_dump(exclude=strip)
                                                                         for i in through_ray]
