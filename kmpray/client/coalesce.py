@@ -34,7 +34,7 @@ SendAsync = Callable[[list[dict[str, Any]]], Awaitable[list[tuple[str, str | Non
 
 
 class _Slot:
-    __slots__ = ("answer", "done", "error", "item", "taken", "waiter")
+    __slots__ = ("answer", "cond", "done", "error", "item", "taken", "waiter")
 
     def __init__(self, item: dict[str, Any]) -> None:
         self.item = item
@@ -43,6 +43,7 @@ class _Slot:
         self.answer: tuple[str, str | None] | None = None
         self.error: BaseException | None = None
         self.waiter: asyncio.Future[None] | None = None  # AsyncCoalescer: what its caller awaits
+        self.cond: threading.Condition | None = None  # Coalescer: what its thread waits on
 
     def result(self) -> tuple[str, str | None]:
         if self.error is not None:
@@ -89,20 +90,32 @@ def _take(queue: deque[_Slot], own: _Slot) -> list[_Slot]:
 
 
 class Coalescer:
-    """Thread-side: ``submit(item)`` from any thread; blocks until its answer is in."""
+    """Thread-side: ``submit(item)`` from any thread; blocks until its answer is in. Each
+    waiting thread waits on a condition of its own (over one shared lock), notified when
+    its group is answered or when it is the oldest left to lead the next group: one
+    wake-up per caller, where one shared condition woke every waiting thread at each
+    answer (8 threads: ~58 µs of CPU per call in the coalescer with a 1 ms send)."""
 
     def __init__(self, send: Send) -> None:
         self._send = send
-        self._cv = threading.Condition()
-        self._queue: deque[_Slot] = deque()
+        self._lock = threading.Lock()
+        self._queue: deque[_Slot] = deque()  # not yet taken, oldest first
         self._in_flight = 0
 
     def submit(self, item: dict[str, Any]) -> tuple[str, str | None]:
         slot = _Slot(item)
-        with self._cv:
+        with self._lock:
             self._queue.append(slot)
             while not slot.done and (slot.taken or self._in_flight >= MAX_IN_FLIGHT):
-                self._cv.wait()  # the leaders' calls are bounded (CALL_TIMEOUT_S), so is this
+                if slot.cond is None:
+                    slot.cond = threading.Condition(self._lock)
+                try:
+                    slot.cond.wait()  # the leaders' calls are bounded (CALL_TIMEOUT_S), so is this
+                except BaseException:  # interrupted while waiting (KeyboardInterrupt)
+                    if not slot.taken:  # never sent: it never will be
+                        self._queue.remove(slot)
+                        self._notify_next()  # it may have been woken to lead: another leads instead
+                    raise
             if slot.done:
                 return slot.result()
             self._in_flight += 1
@@ -113,13 +126,24 @@ class Coalescer:
             answers = self._send([s.item for s in group])
         except BaseException as exc:  # every caller of the group gets the call's error
             error = exc
-        with self._cv:
+        with self._lock:
             _settle(group, answers, _shareable(error))
             self._in_flight -= 1
-            self._cv.notify_all()
+            for done in group:
+                if done.cond is not None:
+                    done.cond.notify()
+            self._notify_next()
         if error is not None and not isinstance(error, Exception):
             raise error  # the leader's own KeyboardInterrupt, not its followers'
         return slot.result()
+
+    def _notify_next(self) -> None:
+        """(Lock held.) The oldest thread still waiting to be sent leads the next group."""
+        if self._in_flight < MAX_IN_FLIGHT:
+            for waiting in self._queue:
+                if waiting.cond is not None:
+                    waiting.cond.notify()
+                    return
 
 
 class AsyncCoalescer:

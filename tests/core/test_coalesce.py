@@ -310,3 +310,36 @@ def test_an_async_caller_cancelled_before_its_item_went_is_never_sent_and_the_ne
     out = asyncio.run(asyncio.wait_for(main(), 10))
     assert out == {k: ("SUCCESS", k) for k in "abd"}
     assert messages == [["a"], ["b"], ["d"]]  # the cancelled caller's item never went
+
+
+def test_waiting_threads_are_each_woken_about_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A thread waits on a condition of its own: an answer wakes its group and the next
+    leader, not every waiting thread (one shared condition woke them all at each answer)."""
+    wakeups = 0
+    lock = threading.Lock()
+
+    class Counted(threading.Condition):
+        def wait(self, timeout: float | None = None) -> bool:
+            nonlocal wakeups
+            woke = super().wait(timeout)
+            with lock:
+                wakeups += 1
+            return woke
+
+    monkeypatch.setattr(coalesce.threading, "Condition", Counted)
+
+    def send(items: Items) -> list[tuple[str, str | None]]:
+        time.sleep(0.001)
+        return [("SUCCESS", i["id"]) for i in items]
+
+    c = Coalescer(send)
+    threads, per = 16, 50
+    out: dict[str, Any] = {}
+    workers = [threading.Thread(target=lambda t=t: out.update(
+        {f"{t}-{i}": c.submit({"id": f"{t}-{i}"}) for i in range(per)})) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(30)
+    assert out == {k: ("SUCCESS", k) for k in (f"{t}-{i}" for t in range(threads) for i in range(per))}
+    assert wakeups <= threads * per * 3 // 2, wakeups  # ~1 per call; the shared condition: ~2.5
