@@ -142,16 +142,16 @@ def test_a_heavy_run_survives_a_scheduler_restart_on_its_warm_worker(heavy: Any,
     heavy.enqueue("long", ONCE, "Blocks", input=inp, constraints=HEAVY)
     until(started.exists, what="heavy run start")
     ray.kill(ray.get_actor("kmpray.scheduler", namespace=heavy.namespace), no_restart=False)
-    # Through Ray, so that the restarted scheduler serves it: until the killed process ends
-    # it still answers local-lane calls (README: The local lane). With the lane, 2 of 3 whole
-    # suite runs then read "long" ENQUEUED here (RUNNING a moment later); 0 of 15 runs of
-    # this file or test alone did. Left open on issue #14's note.
+    # Through Ray, so that the restarted scheduler serves them: until the killed process ends
+    # it still answers local-lane calls (README: The local lane), reads as well since session
+    # 30. With the lane, 2 of 3 whole suite runs then read "long" ENQUEUED here (RUNNING a
+    # moment later); 0 of 15 runs of this file or test alone did. Left open on issue #14's note.
     heavy._lanes[0].enabled = False
     heavy.enqueue("next", ONCE, "WarmModel", constraints=HEAVY)  # served by the restarted one
-    heavy._lanes[0].enabled = True
     assert heavy.get_task_info("long").state is TaskState.RUNNING, (  # adopted, not re-queued
         heavy.explain("long"), heavy.status()["heavy"], heavy.status()["messages"])
     assert heavy.get_task_info("next").state is TaskState.ENQUEUED  # the worker is still busy
+    heavy._lanes[0].enabled = True
     release.touch()
     assert heavy.wait("long", timeout_s=60).state is TaskState.SUCCEEDED
     after = heavy.wait("next", timeout_s=60)
