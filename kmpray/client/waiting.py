@@ -84,13 +84,16 @@ class Waiting:
             raise TaskNotFound(f"no task or chain {gone!r}")
         return seen
 
-    def _first_look(self, ids: list[str]) -> tuple[dict[str, Any], dict[str, int], list[str]]:
-        """``ids`` looked at once: (the finished ones' infos, the unfinished tasks' run counts
-        to wait past, the ids that are no task: chains, or unknown)."""
+    def _first_look(
+        self, ids: list[str], timeout_s: float = 0
+    ) -> tuple[dict[str, Any], dict[str, int], list[str]]:
+        """``ids`` looked at once (or waited for up to ``timeout_s``): (the finished ones'
+        infos, the unfinished tasks' run counts to wait past, the ids that are no task:
+        chains, or unknown)."""
         done: dict[str, Any] = {}
         befores: dict[str, int] = {}
         others: list[str] = []
-        for name, seen in self._look(list(dict.fromkeys(ids)), 0, {}).items():
+        for name, seen in self._look(list(dict.fromkeys(ids)), timeout_s, {}).items():
             if seen is None:
                 others.append(name)
             elif isinstance(seen, int):
@@ -103,7 +106,10 @@ class Waiting:
         """``wait([...])``: the tasks in one call per shard and round (two calls per id
         took 80 s for 20,000 tasks already finished), chains and unknown ids one by one
         (an unknown id raises TaskNotFound before anything is waited for)."""
-        done, befores, others = self._first_look(ids)
+        # One id: the first look already waits (a chain or an unknown id answers at once), so
+        # a task not finished yet costs one call, not a look and then a wait. Several: a
+        # look only, so that an unknown id among them raises before anything is waited for.
+        done, befores, others = self._first_look(ids, self._chunk(deadline) if len(set(ids)) == 1 else 0)
         for name in others:
             done[name] = self._wait_one(name, deadline)
         while befores:

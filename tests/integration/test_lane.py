@@ -79,6 +79,10 @@ def test_reads_go_over_the_lane_and_answer_what_ray_answers(engines: Any) -> Non
     assert done.state is TaskState.SUCCEEDED and done.result.data == {"input": '{"x": [1, 2]}', "attempt": 0}
     assert sched.wait("ch", timeout_s=60).state is TaskState.SUCCEEDED  # a chain: wait_chain
     assert asyncio.run(sched.wait_async("c2", timeout_s=60)).result.data == {"n": {"n": {}}}
+    before = _lane_status(sched)["reads"]
+    assert sched.enqueue("nap", TaskTrigger.OneTime(), "Sleeps", input="0.3") is ok
+    assert sched.wait("nap", timeout_s=60).state is TaskState.SUCCEEDED
+    assert _lane_status(sched)["reads"] - before == 2  # the wait was one read (+ that status)
     over_lane = [sched.get_task_info(i) for i in ("later", "echo", "c2", "absent")]
     chain_info, why = sched.get_chain_info("ch"), sched.explain("later")
     assert chain_info.state is TaskState.SUCCEEDED and "later" in why
