@@ -44,9 +44,11 @@ LANE_METHODS = frozenset({"enqueue_many", "enqueue_chain"})  # what a client's l
 # through Ray costs the scheduler ~0.8 ms of CPU, a lane frame ~0.1 ms, and enqueue() then
 # wait() is what most callers do.
 # Not list_tasks: its answer for a large engine can pass the frame limit, and a read the
-# lane cannot carry is made twice.
-LANE_READS = frozenset({"get_info", "get_chain_info", "wait", "wait_many", "wait_chain", "describe",
-                        "explain"})
+# lane cannot carry is made twice. get_output: an output with large values answers with
+# object-store references, which msgpack cannot carry; that one goes through Ray (its
+# answer is a lookup: asked twice, it costs little).
+LANE_READS = frozenset({"get_info", "get_chain_info", "get_output", "wait", "wait_many", "wait_chain",
+                        "describe", "explain"})
 REPORT = "report"  # an executor's or heavy worker's results and notices (actors/report_lane.py)
 EXECUTOR = "executor"  # an executor's first request: [kind, index, incarnation] (actors/submit_lane.py)
 SUBMIT = "submit"  # runs pushed to an executor down its lane: [call id, runs, fence, acks]

@@ -86,16 +86,18 @@ def test_reads_go_over_the_lane_and_answer_what_ray_answers(engines: Any) -> Non
     over_lane = [sched.get_task_info(i) for i in ("later", "echo", "c2", "absent")]
     chain_info, why = sched.get_chain_info("ch"), sched.explain("later")
     assert chain_info.state is TaskState.SUCCEEDED and "later" in why
+    assert sched.get_output("echo") == {"input": '{"x": [1, 2]}', "attempt": 0}
     lane = _lane_status(sched)  # a read itself (describe)
     # wait(): a wait_many (or a chain's look and wait_chain); wait_async: get_info and wait;
-    # then four get_info, get_chain_info, explain and describe: nothing fell back to Ray
-    assert lane["reads"] - reads >= 1 + 2 + 2 + 4 + 3
+    # then four get_info, get_chain_info, explain, get_output and describe: nothing fell back
+    assert lane["reads"] - reads >= 1 + 2 + 2 + 4 + 4
     assert sched._lanes[0].calls == lane["calls"] + lane["reads"]  # every one answered there
     assert over_lane[3] is None and over_lane[0].state is TaskState.ENQUEUED
     assert over_lane[0].constraints == gated and over_lane[0].trigger == TaskTrigger.Periodic(3_600_000)
     sched._lanes[0].enabled = False  # the same reads through Ray
     through_ray = [sched.get_task_info(i) for i in ("later", "echo", "c2", "absent")]
     assert sched.get_chain_info("ch") == chain_info
+    assert sched.get_output("echo") == {"input": '{"x": [1, 2]}', "attempt": 0}
     assert _lane_status(sched)["reads"] == lane["reads"]  # that status went through Ray too
     strip = {"waiting_for"}  # its details count time down between the two reads
     assert [i and i.model_dump(exclude=strip) for i in over_lane] == [i and i.model_dump(exclude=strip)
