@@ -14,7 +14,6 @@ from ..models import TaskRequest
 from ..triggers import OneTime, Trigger
 
 NOW = OneTime()  # the trigger of every TaskRequest in a bulk enqueue (frozen: one will do)
-_NOW_PAYLOAD = NOW.model_dump(mode="json")
 _ITEM_KEYS = frozenset({"id", "trigger", "worker_class_name", "input", "constraints"})  # enqueue_many's dicts
 
 # Payloads of the frozen models (triggers, constraints) dumped lately, by identity: a
@@ -44,8 +43,6 @@ def _constraints_payload(constraints: Constraints | dict[str, Any] | None) -> di
 
 
 def _trigger_payload(trigger: Any) -> Any:
-    if trigger is NOW:
-        return dict(_NOW_PAYLOAD)
     return _dumped(trigger) if hasattr(trigger, "model_dump") else trigger
 
 
