@@ -205,11 +205,13 @@ class AsyncCoalescer:
         if self._in_flight >= MAX_IN_FLIGHT:
             return
         for slot in self._queue:
-            if slot.waiter is not None and not slot.waiter.done():
-                slot.waiter.set_result(None)
+            if _wake(slot):
                 return
 
 
-def _wake(slot: _Slot) -> None:
-    if slot.waiter is not None and not slot.waiter.done():
-        slot.waiter.set_result(None)
+def _wake(slot: _Slot) -> bool:
+    """Wake ``slot``'s waiting coroutine; False if none waits (or it was woken already)."""
+    if slot.waiter is None or slot.waiter.done():
+        return False
+    slot.waiter.set_result(None)
+    return True
