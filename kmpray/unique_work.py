@@ -51,13 +51,18 @@ class UniqueWork:
 
         if task_id in self.chains:
             return Outcome(ScheduleResult.REJECTED_INVALID_PARAMS, f"id: {task_id!r} is the id of a chain")
-        existing = [self.tasks[k] for k in self.names.get(task_id, ())]
-        if any(r.chain_id is not None for r in existing):
-            return Outcome(
-                ScheduleResult.REJECTED_INVALID_PARAMS,
-                f"id: {task_id!r} is a task of chain {existing[0].chain_id!r}",
-            )
-        action = decide(constraints.existing_work_policy, [r.state for r in existing])
+        keys = self.names.get(task_id)
+        if keys is None:  # a new name, the common case: nothing to decide
+            existing: list[TaskRecord] = []
+            action = Action.INSERT
+        else:
+            existing = [self.tasks[k] for k in keys]
+            if any(r.chain_id is not None for r in existing):
+                return Outcome(
+                    ScheduleResult.REJECTED_INVALID_PARAMS,
+                    f"id: {task_id!r} is a task of chain {existing[0].chain_id!r}",
+                )
+            action = decide(constraints.existing_work_policy, [r.state for r in existing])
         if action is Action.IGNORE:
             return Outcome(ScheduleResult.SUCCESS, f"kept existing unfinished work {task_id!r}")
         prereqs: tuple[str, ...] = ()
