@@ -187,6 +187,7 @@ class SchedulerActor(
         self.core = SchedulerCore(
             self.clock, profile(platform), self.config, self._blobs.__contains__, self.known.__contains__
         )
+        self.core.tasks.loader = self.store.read_tasks  # finished rows kept in the store only
         started = time.monotonic()
         # Restoring allocates a few objects per row and frees almost none: each full
         # collection the allocations trigger meanwhile walks the whole heap for nothing
@@ -352,6 +353,7 @@ class SchedulerActor(
                 gc.collect(1)  # what is young and already garbage is not frozen with the rest
                 gc.freeze()
                 await self._reconcile()
+                self.core.evict_finished(self.clock.now_ms() - self.config.finished_in_memory_ms)
                 changed = self._watcher.poll(self.core.watched_uris())
                 if changed and sum(self.core.fire("content_uri", uri) for uri in changed):
                     self._kick()

@@ -81,6 +81,7 @@ class SchedulerReads:
             "ready": self.core.ready_count(),
             "pending": self.core.pending,
             "counts": self.core.counts(),
+            "finished_in_store_only": len(self.core.tasks.cold),  # kmpray/task_table.py
             "restored_in_s": self.restored_in_s,
             "serving_in_s": self.serving_in_s,
             "workers": sorted(self._blobs),
@@ -225,7 +226,14 @@ class SchedulerReads:
         await self._ready
         wanted = TaskState(state) if state else None
         places = self.core.places_in_line()  # once, not a queue scan per task
-        recs = [rec for rec in self.core.tasks.values() if wanted is None or rec.shown_state is wanted]
+        table = self.core.tasks
+        cold = [key for key, c in table.cold.items() if wanted is None or c.state is wanted]
+        recs: list[Any] = []  # finished rows kept in the store only first (they are the older)
+        for i in range(0, len(cold), LIST_CHUNK):
+            if i:
+                await asyncio.sleep(0)
+            recs += table.load(cold[i:i + LIST_CHUNK]).values()
+        recs += [rec for rec in table.values() if wanted is None or rec.shown_state is wanted]
         return await self._pickled(recs, places)
 
     async def _pickled(self, items: list[Any], places: Mapping[str, int | None] | None = None) -> list[bytes]:

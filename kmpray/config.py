@@ -86,6 +86,9 @@ class EngineConfig(Frozen):
     decision_log_size: Annotated[int, Field(ge=0)] = 20_000
     # Finished one-time tasks are kept this long for get_task_info, then pruned.
     retain_finished_ms: Annotated[int, Field(ge=0)] = 24 * 60 * 60 * 1000
+    # ...in the scheduler's memory for this long, then in the store only (read from there
+    # when asked for; a chain's rows, and rows other work still needs, stay in memory).
+    finished_in_memory_ms: Annotated[int, Field(ge=0)] = 30_000
     # advance_time waits at most this long (real time) for due runs to settle.
     settle_timeout_s: Annotated[float, Field(gt=0)] = 60.0
     # The event log keeps the newest event_retention completion events and, counted apart

@@ -24,9 +24,10 @@ from .enums import TaskState
 from .models import TaskInfo
 from .platforms import PlatformProfile
 from .queues import Deadlines, ReadyQueue, TimerQueue
-from .records import TaskRecord, TaskTable
+from .records import TaskRecord
 from .results import Failure, Retry, Success
 from .run_stats import RunStats
+from .task_table import TaskTable
 
 
 class Core(Protocol):
@@ -86,6 +87,7 @@ class Core(Protocol):
     def _insert(self, rec: TaskRecord, now: int) -> None: ...
     def _remove_name(self, name: str, now: int) -> int: ...
     def _drop(self, key: str) -> None: ...
+    def _warm(self, keys: list[str]) -> None: ...
 
     # restore.py
     def _placeholders(self, damaged: list[tuple[str, str, str]], now: int) -> list[TaskRecord]: ...

@@ -41,11 +41,12 @@ from .merging import merge
 from .platforms import PlatformProfile
 from .protocol import Step
 from .queues import Deadlines, ReadyQueue, TimerQueue, sequence
-from .records import TaskRecord, TaskTable
+from .records import TaskRecord
 from .restore import Restoring
 from .results import Failure, Retry, Success
 from .run_reports import RunReports
 from .run_stats import RunStats
+from .task_table import TaskTable
 from .timing import HAND_ON_DEPTH
 from .triggers import (
     DEVICE_TRIGGER_KINDS,
@@ -116,10 +117,13 @@ class SchedulerCore(UniqueWork, Restoring, ChainRules, Conditions, Explaining, R
 
     # ------------------------------------------------------------------ reads
     def latest(self, name_or_key: str) -> TaskRecord | None:
-        rec = self.tasks.get(name_or_key)
+        """The newest row under a name (or the row of a key), to read: a finished row kept
+        in the store only is read from there, not put back in memory (task_table.py)."""
         keys = self.names.get(name_or_key)
-        if keys:
-            return self.tasks[keys[-1]]
+        key = keys[-1] if keys else name_or_key
+        rec = self.tasks.get(key)
+        if rec is None and key in self.tasks.cold:
+            rec = self.tasks.load([key]).get(key)
         return rec
 
     def is_settled(self, name: str) -> bool:
@@ -431,7 +435,7 @@ class SchedulerCore(UniqueWork, Restoring, ChainRules, Conditions, Explaining, R
             keys = [name_or_key]
         if not keys and name_or_key in self.chains:
             keys = [k for step in self.chains[name_or_key].steps for k in step if k in self.tasks]
-        return self.cancel_rows(self.tasks[k] for k in keys)
+        return self.cancel_rows(self.tasks[k] for k in keys if k in self.tasks)  # cold rows: finished
 
     def cancel_rows(self, rows: Iterable[TaskRecord]) -> int:
         """Cancel the unfinished rows (dependents cascade); count every row cancelled."""

@@ -9,6 +9,7 @@ from typing import TypeVar
 import msgpack
 
 from .chain_record import ChainRecord
+from .errors import DamagedRow
 from .records import TaskRecord, decode, encode
 from .store import QuarantinedRow, _chain_id, _task_key, decode_rows, spilling
 
@@ -44,6 +45,17 @@ class MemoryTaskStore:
             self._quarantine[(table, q.key)] = q
             self._fresh.append(q)
         return good
+
+    def read_tasks(self, keys: list[str]) -> dict[str, TaskRecord]:
+        out: dict[str, TaskRecord] = {}
+        for key in keys:
+            blob = self._rows.get(key)
+            if blob is not None:
+                try:
+                    out[key] = decode(blob)
+                except DamagedRow:
+                    continue
+        return out
 
     def take_fresh_quarantine(self) -> list[QuarantinedRow]:
         fresh, self._fresh = self._fresh, []

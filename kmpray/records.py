@@ -7,12 +7,9 @@ TaskInfo made from them. The codec writes plain msgpack maps, never pickle.
 from __future__ import annotations
 
 import functools
-import heapq
 import zlib
-from collections import Counter
 from dataclasses import dataclass, field
-from operator import attrgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 from pydantic import TypeAdapter
@@ -27,118 +24,12 @@ from .packing import pack
 from .results import Failure, Result, Retry, Success, to_row
 from .triggers import OneTime, Trigger
 
+if TYPE_CHECKING:
+    from .task_table import TaskTable
+
 _TRIGGER: TypeAdapter[Trigger] = TypeAdapter(Trigger)
 _RESULT: TypeAdapter[Success | Failure | Retry] = TypeAdapter(Result)
 _ONE_TIME = OneTime()
-_FINISHED_STATES = tuple(s for s in TaskState if s.is_finished)
-
-
-class TaskTable(dict[str, "TaskRecord"]):
-    """The core's tasks by row key, with how many are shown in each state (per worker
-    class too), and each state's rows in the order they were last updated, all kept as
-    rows come, go and change (lifecycle.py tells it): ``status()``, the metrics and the
-    dashboard read them every second, and a scan of every row took 65 ms per 200,000
-    tasks on the scheduler's one thread (the dashboard's table, ~1 s per refresh at a
-    million tasks). Rows enter by ``table[key] = rec`` and leave by ``pop``."""
-
-    __slots__ = ("by_worker", "recent", "shown", "unsorted")
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.shown: Counter[TaskState] = Counter()
-        self.by_worker: Counter[tuple[str, TaskState]] = Counter()
-        # Per shown state, its rows' keys, least recently updated first (a dict keeps the
-        # order of insertion; a row updated moves to the end). ``unsorted``: rows came in
-        # another order (a restore), so the order is made by ``updated_at_ms`` when read.
-        self.recent: dict[TaskState, dict[str, None]] = {s: {} for s in TaskState}
-        self.unsorted = False
-
-    def __setitem__(self, key: str, rec: TaskRecord) -> None:
-        old = self.get(key)
-        if old is not None:
-            self._leave(old)
-            old.table = None
-        super().__setitem__(key, rec)
-        rec.table = self
-        state = rec.shown_state
-        self.shown[state] += 1
-        self.by_worker[(rec.worker, state)] += 1
-        self.recent[state][key] = None
-
-    def __delitem__(self, key: str) -> None:
-        self.pop(key)
-
-    def pop(self, key: str, *default: Any) -> Any:
-        rec = super().pop(key, *default)
-        if isinstance(rec, TaskRecord) and rec.table is self:
-            self._leave(rec)
-            rec.table = None
-        return rec
-
-    def _leave(self, rec: TaskRecord) -> None:
-        state = rec.shown_state
-        self.shown[state] -= 1
-        self.by_worker[(rec.worker, state)] -= 1
-        self.recent[state].pop(rec.key, None)
-
-    def moved(self, rec: TaskRecord, before: TaskState, after: TaskState) -> None:
-        self.shown[before] -= 1
-        self.shown[after] += 1
-        by_worker = self.by_worker
-        by_worker[(rec.worker, before)] -= 1
-        by_worker[(rec.worker, after)] += 1
-        self.recent[before].pop(rec.key, None)
-        self.recent[after][rec.key] = None
-
-    def touched(self, rec: TaskRecord) -> None:
-        """``rec.updated_at_ms`` moved on: it is its state's most recently updated row."""
-        order = self.recent[rec.shown_state]
-        order.pop(rec.key, None)
-        order[rec.key] = None
-
-    def newest(self, state: TaskState | None, worker: str | None, limit: int) -> tuple[int, list[TaskRecord]]:
-        """How many rows match, and the ``limit`` most recently updated of them, newest
-        first: O(limit) per state, not a pass over every row."""
-        self._sort()
-        states = [state] if state is not None else list(TaskState)
-        total, picked = 0, []
-        for s in states:
-            matching = self.shown[s] if worker is None else self.by_worker[(worker, s)]
-            total += matching
-            want = min(limit, matching)
-            if want == 0:
-                continue
-            for key in reversed(self.recent[s]):
-                rec = self[key]
-                if worker is None or rec.worker == worker:
-                    picked.append(rec)
-                    want -= 1
-                    if want == 0:
-                        break
-        return total, heapq.nlargest(limit, picked, key=attrgetter("updated_at_ms"))
-
-    def finished_before(self, horizon_ms: int) -> list[TaskRecord]:
-        """Finished rows last updated before ``horizon_ms``, oldest first per state: what a
-        prune may drop, found without a pass over the rest."""
-        self._sort()
-        out = []
-        for state in _FINISHED_STATES:
-            for key in self.recent[state]:
-                rec = self[key]
-                if rec.updated_at_ms >= horizon_ms:
-                    break
-                out.append(rec)
-        return out
-
-    def _sort(self) -> None:
-        if self.unsorted:
-            for s, order in self.recent.items():
-                self.recent[s] = dict.fromkeys(sorted(order, key=lambda k: self[k].updated_at_ms))
-            self.unsorted = False
-
-    def workers(self) -> list[str]:
-        """Every worker class with rows here."""
-        return sorted({w for (w, _s), n in self.by_worker.items() if n > 0})
 
 
 @dataclass(slots=True, eq=False)

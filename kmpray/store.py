@@ -29,6 +29,8 @@ from .records import TaskRecord, decode, encode
 
 log = logging.getLogger("kmpray.store")
 
+READ_CHUNK = 500  # keys per query of read_tasks (SQLite allows 32,766 parameters)
+
 #: The on-disk layout this version writes (SQLite ``user_version``). A newer file is refused.
 #: 2: tasks.db has an ``outbox`` of completion events not yet in the event log, and the
 #: ``answers`` to recent enqueue calls by request token (a retried call is answered, not
@@ -96,6 +98,10 @@ class TaskStore(Protocol):
     def load(self) -> list[TaskRecord]: ...
 
     def load_chains(self) -> list[ChainRecord]: ...
+
+    def read_tasks(self, keys: list[str]) -> dict[str, TaskRecord]:
+        """The rows of ``keys`` the store has (a damaged one is left out, logged)."""
+        ...
 
     def quarantined(self) -> list[QuarantinedRow]: ...
 
@@ -397,6 +403,18 @@ class SqliteTaskStore:
             conn.executemany("INSERT INTO outbox (body) VALUES (?)", [(e,) for e in events])
             # AUTOINCREMENT never reuses a number, and this transaction is the only writer.
             return list(range(start + 1, start + 1 + len(events)))
+
+    def read_tasks(self, keys: list[str]) -> dict[str, TaskRecord]:
+        out: dict[str, TaskRecord] = {}
+        for i in range(0, len(keys), READ_CHUNK):
+            part = keys[i:i + READ_CHUNK]
+            sql = f"SELECT key, row FROM tasks WHERE key IN ({','.join('?' * len(part))})"
+            for key, blob in self._conn.execute(sql, part):
+                try:
+                    out[key] = decode(blob)
+                except DamagedRow as exc:  # it decoded at the start: a byte flipped since
+                    log.warning("row %r does not decode (%s): left out", key, exc)
+        return out
 
     def read_input(self, key: str) -> str | None:
         row = self._conn.execute("SELECT input FROM inputs WHERE key = ?", (key,)).fetchone()

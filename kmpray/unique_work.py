@@ -9,12 +9,14 @@ import logging
 from typing import TYPE_CHECKING
 
 from . import lifecycle
+from .artifacts import has_descriptors
 from .constraints import Constraints
 from .effects import Outcome, outcome_for
 from .enums import ScheduleResult, TaskState
 from .errors import InvalidParameters, KmprayError, RejectedByPolicy
 from .policies import Action, decide
 from .records import TaskRecord
+from .results import Success
 from .triggers import DEVICE_TRIGGER_KINDS, Periodic, Trigger
 from .validation import check_id, check_input, check_trigger
 
@@ -56,6 +58,7 @@ class UniqueWork:
             existing: list[TaskRecord] = []
             action = Action.INSERT
         else:
+            self._warm(keys)  # rows of the name only in the store: decided on as the others
             existing = [self.tasks[k] for k in keys]
             if any(r.chain_id is not None for r in existing):
                 return Outcome(
@@ -137,6 +140,7 @@ class UniqueWork:
     def _remove_name(self: Core, name: str, now: int) -> int:
         """Cancel and forget every work under ``name``; returns the highest run id it used."""
         last_run_id = 0
+        self._warm(self.names.get(name, []))  # their run ids carry over
         for key in self.names.pop(name, []):
             rec = self.tasks.get(key)
             if rec is None:
@@ -150,6 +154,10 @@ class UniqueWork:
     def _drop(self: Core, key: str) -> None:
         rec = self.tasks.pop(key, None)
         if rec is None:
+            if self.tasks.drop_cold(key):  # a finished row kept in the store only
+                self.fx.persist.pop(key, None)
+                self.fx.delete.add(key)
+                self.dependents.pop(key, None)
             return
         self.fx.persist.pop(key, None)
         self.fx.delete.add(key)
@@ -165,24 +173,65 @@ class UniqueWork:
         name held the scheduler's loop ~170 ms per 200,000 rows, once a minute."""
         now = self.clock.now_ms()
         horizon = now - self.config.retain_finished_ms
-        def old(key: str) -> bool:
-            rec = self.tasks.get(key)
-            return rec is None or (rec.state.is_finished and rec.updated_at_ms < horizon)
+        def old(key: str, chain: bool = True) -> bool:
+            brief = self.tasks.brief(key)  # (finished, updated, chain id), in memory or cold
+            return brief is None or (brief[0] and brief[1] < horizon and (chain or brief[2] is None))
 
-        candidates = self.tasks.finished_before(horizon)
+        candidates = self.tasks.finished_before(horizon)  # (key, name, chain id)
         stale = [
             name
-            for name in dict.fromkeys(r.name for r in candidates if r.chain_id is None)
-            if all(old(k) and self.tasks[k].chain_id is None for k in self.names.get(name, ()))
+            for name in dict.fromkeys(name for _key, name, chain_id in candidates if chain_id is None)
+            if all(old(k, chain=False) for k in self.names.get(name, ()))
         ]
         for name in stale:
             for key in self.names.pop(name, ()):
                 self._drop(key)
             # Its APPEND numbering goes too, as a restart (which counts from the rows) forgets it.
             self._append_seq.pop(name, None)
-        chains = dict.fromkeys(r.chain_id for r in candidates if r.chain_id is not None)
+        chains = dict.fromkeys(chain_id for _key, _name, chain_id in candidates if chain_id is not None)
         stale_chains = [cid for cid in chains
                         if cid in self.chains and all(old(k) for s in self.chains[cid].steps for k in s)]
         for cid in stale_chains:
             self._remove_chain(cid, now)
         return len(stale) + len(stale_chains)
+
+    # ------------------------------------------------------------------ cold rows
+    def evict_finished(self: Core, before_ms: int, limit: int = 100_000) -> int:
+        """Finished rows last updated before ``before_ms`` leave memory; they stay in the
+        store, counted, listed and read from there (task_table.py). Rows that others still
+        need stay: a chain's, a prerequisite's or a dependent's, one whose output holds
+        large values (the artifact sweep keeps what rows in memory refer to). Only rows
+        already stored as they are go (each round comes after a flush; one changed since
+        waits for the next). Returns how many went."""
+        table = self.tasks
+        if table.loader is None:
+            return 0
+        queue, went = table.finishing, 0
+        while queue and went < limit:
+            key = queue[0]
+            rec = table.get(key)
+            if rec is not None and rec.state.is_finished:
+                if rec.updated_at_ms >= before_ms or key in self.fx.persist:
+                    break
+                if (rec.chain_id is None and not rec.prereqs and not self.dependents.get(key)
+                        and not (isinstance(rec.result, Success) and has_descriptors(rec.result.data))):
+                    table.evict(rec)
+                    went += 1
+            queue.popleft()
+        return went
+
+    def _warm(self: Core, keys: list[str]) -> None:
+        """Cold rows among ``keys`` back in memory, to be decided on or changed. A row the
+        store no longer has (never expected) is forgotten, with a warning."""
+        cold = [k for k in keys if k in self.tasks.cold]
+        if not cold:
+            return
+        found = self.tasks.load(cold)
+        for key in cold:
+            rec = found.get(key)
+            if rec is not None:
+                self.tasks.warm(rec)
+                continue
+            log.warning("row %r was kept in the store only, and the store does not have it: forgotten", key)
+            self.tasks.drop_cold(key)
+            keys.remove(key)

@@ -46,6 +46,10 @@ class EngineFactory:
         if shards:  # the suite against a sharded engine: KMPRAY_TEST_SHARDS=2 pytest tests/integration
             config = kw.get("config") or kmpray.EngineConfig()
             kw["config"] = config.model_copy(update={"scheduler_shards": shards})
+        cold_ms = os.environ.get("KMPRAY_TEST_FINISHED_IN_MEMORY_MS")
+        if cold_ms is not None:  # finished rows out of memory at once: KMPRAY_TEST_FINISHED_IN_MEMORY_MS=0
+            config = kw.get("config") or kmpray.EngineConfig()
+            kw["config"] = config.model_copy(update={"finished_in_memory_ms": int(cold_ms)})
         sched = kmpray.connect(namespace=ns, state_dir=str(state_dir or self.tmp_path / ns), **kw)
         self.made.append(sched)
         return sched

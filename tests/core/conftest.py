@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -29,6 +30,7 @@ class Harness:
             "Flaky": lambda d: Retry("not yet"),
         }
         self.core = SchedulerCore(self.clock, profile(platform), config, self.workers.__contains__)
+        self.core.tasks.loader = self._read  # finished rows go cold as in the actor (drain)
         self.coordinator = ChainCoordinatorCore()
         self.runs: list[Dispatch] = []
         self.events: list[object] = []
@@ -51,8 +53,14 @@ class Harness:
         """The core's effects, as a test inspects them; chain messages still get delivered."""
         fx = self.core.drain()
         self.store.write(fx.persist.values(), fx.delete, fx.chains.values(), fx.delete_chains)
+        # As the actor's housekeeping, once the rows are stored: finished ones older than
+        # finished_in_memory_ms leave memory (kmpray/task_table.py), read from the store.
+        self.core.evict_finished(self.clock.now_ms() - self.core.config.finished_in_memory_ms)
         self.chain_msgs.extend(fx.chain_msgs)
         return fx
+
+    def _read(self, keys: list[str]) -> dict[str, Any]:
+        return self.store.read_tasks(keys)  # the store of the moment (a restart may reopen it)
 
     def restart_coordinator(self, lose_messages: bool = True) -> None:
         """A ChainCoordinator restart: its plans are gone (and messages in flight to it,
@@ -95,6 +103,7 @@ class Harness:
         before the coordinators resync."""
         self.flush()
         self.core = SchedulerCore(self.clock, self.core.platform, self.core.config, self.workers.__contains__)
+        self.core.tasks.loader = self._read
         records, chains = self.store.load(), self.store.load_chains()
         damaged = [(q.table, q.key, q.reason) for q in self.store.take_fresh_quarantine()]
         self.core.restore(records, chains, damaged)

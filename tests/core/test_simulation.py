@@ -293,7 +293,7 @@ class Sim(Harness):
         row finds old (the reference; the core looks only at rows finished before the
         horizon, off the table's index)."""
         horizon = self.clock.now_ms() - RETAIN_MS
-        tasks = self.core.tasks
+        tasks = self.rows()
 
         def old(key: str) -> bool:
             rec = tasks.get(key)
@@ -377,31 +377,45 @@ class Sim(Harness):
 
     def check(self) -> None:
         # The counts status() shows, kept as rows change, equal a count of every row.
-        scanned = Counter(rec.shown_state.value for rec in self.core.tasks.values())
-        assert {k: n for k, n in self.core.counts().items() if n} == dict(scanned), "state counts drifted"
         table = self.core.tasks
-        by_worker = Counter((rec.worker, rec.shown_state) for rec in table.values())
+        # Finished rows kept in the store only (cold) are rows as much as those in memory.
+        assert not table.cold.keys() & table.keys(), "a row both in memory and cold"
+        every = self.rows()
+        assert len(every) == len(table) + len(table.cold), "a cold row the store does not have"
+        for key, c in table.cold.items():
+            rec = every[key]
+            assert rec.state.is_finished and c.state is rec.shown_state
+            assert c.updated_at_ms == rec.updated_at_ms
+            assert rec.chain_id is None and not rec.prereqs and not self.core.dependents.get(key), key
+        scanned = Counter(rec.shown_state.value for rec in every.values())
+        assert {k: n for k, n in self.core.counts().items() if n} == dict(scanned), "state counts drifted"
+        by_worker = Counter((rec.worker, rec.shown_state) for rec in every.values())
         assert {k: n for k, n in table.by_worker.items() if n} == dict(by_worker), "worker counts drifted"
         assert {s: set(keys) for s, keys in table.recent.items() if keys} == {
-            s: {k for k, r in table.items() if r.shown_state is s} for s in {r.shown_state for r in table.values()}
+            s: {k for k, r in every.items() if r.shown_state is s} for s in {r.shown_state for r in every.values()}
         }, "recency index drifted"
         # The dashboard's newest rows, off the indexes, as a scan of every row finds them.
         for state, worker in ((None, None), (TaskState.SUCCEEDED, None), (None, "Ok"), (TaskState.ENQUEUED, "Ok")):
-            rows = [r for r in table.values() if (state is None or r.shown_state is state)
+            rows = [r for r in every.values() if (state is None or r.shown_state is state)
                     and (worker is None or r.worker == worker)]
             total, newest = table.newest(state, worker, 5)
             assert total == len(rows)
             assert [r.updated_at_ms for r in newest] == sorted((r.updated_at_ms for r in rows), reverse=True)[:5]
         for name, keys in self.core.names.items():
-            live = [k for k in keys if not self.core.tasks[k].state.is_finished
-                    and self.core.tasks[k].state is not TaskState.BLOCKED]
+            live = [k for k in keys if not every[k].state.is_finished
+                    and every[k].state is not TaskState.BLOCKED]
             assert len(live) <= 1, f"name {name!r} has {len(live)} live works: {live}"
-        for key, rec in self.core.tasks.items():
+        for key, rec in every.items():
             seen = self.runs_seen.get(key, 0)
             if rec.chain_id is None:
                 assert rec.run_count >= seen, f"{key}: run_count went back {seen} -> {rec.run_count}"
             self.runs_seen[key] = rec.run_count
-        assert self.core.pending == sum(1 for r in self.core.tasks.values() if not r.state.is_finished)
+        assert self.core.pending == sum(1 for r in every.values() if not r.state.is_finished)
+
+    def rows(self) -> dict[str, Any]:
+        """Every row: those in memory and the cold ones, read from the store."""
+        table = self.core.tasks
+        return {**table, **table.load(list(table.cold))}
 
     def step(self) -> None:
         self.step_no += 1

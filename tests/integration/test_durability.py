@@ -311,3 +311,31 @@ def test_at_start_only_completion_events_the_log_lacks_are_sent_again(engines: A
     assert seen == ["c1", "ghost"], seen  # each once, in outbox order
     until(lambda: sqlite3.connect(state / "tasks.db").execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0,
           what="the outbox to empty")
+
+
+def test_finished_rows_kept_in_the_store_only_read_as_before(engines: Any) -> None:
+    """After finished_in_memory_ms a finished row leaves the scheduler's memory: every read,
+    listing, policy and restart sees it as before (read from the store)."""
+    sched = engines(config=EngineConfig(finished_in_memory_ms=0))
+    register_all(sched)
+    ids = [f"c{i}" for i in range(40)]
+    assert sched.enqueue_many([{"id": i, "trigger": TaskTrigger.OneTime(), "worker_class_name": "Echo",
+                                "input": json.dumps({"n": i})} for i in ids]) == [ScheduleResult.SUCCESS] * 40
+    before = {i: sched.wait(i, timeout_s=60) for i in ids}
+    assert all(info.state is TaskState.SUCCEEDED for info in before.values())
+    until(lambda: sched.status()["finished_in_store_only"] == 40, what="finished rows out of memory")
+    assert {i: sched.get_task_info(i) for i in ids} == before
+    assert sched.get_output("c7") == before["c7"].result.data == {"input": '{"n": "c7"}', "attempt": 0}  # type: ignore[union-attr]
+    listed = {t.id: t for t in sched.list_tasks(TaskState.SUCCEEDED)}
+    assert set(listed) == set(ids) and listed["c3"] == before["c3"]
+    assert sched.status()["counts"]["SUCCEEDED"] == 40
+    # REPLACE over a cold name: the old row is read back, replaced, and its run ids carried on.
+    assert sched.enqueue("c0", TaskTrigger.OneTime(), "Echo", input="again",
+                         constraints=kmpray.Constraints(existing_work_policy=kmpray.ExistingWorkPolicy.REPLACE)
+                         ) is ScheduleResult.SUCCESS
+    again = sched.wait("c0", timeout_s=60)
+    assert again.state is TaskState.SUCCEEDED and again.result.data["input"] == "again"  # type: ignore[union-attr]
+    _kill("kmpray.scheduler", shard_namespace(sched.namespace, shard_of("c5", sched.shards)))
+    assert sched.get_task_info("c5") == before["c5"]  # restored, then kept in the store only again
+    until(lambda: sched.status()["finished_in_store_only"] == 40, what="restored rows out of memory again")
+    assert sched.status()["counts"]["SUCCEEDED"] == 40

@@ -1,0 +1,124 @@
+"""Finished rows leave the scheduler's memory after ``finished_in_memory_ms`` and are read
+from the store (kmpray/task_table.py): every read, policy and prune sees them as before."""
+
+from __future__ import annotations
+
+from kmpray import Constraints, EngineConfig, ExistingWorkPolicy, ScheduleResult, TaskState, TaskTrigger
+from kmpray.results import Success
+
+from .conftest import Harness
+
+HOT_MS = 1_000
+
+
+def _h() -> Harness:
+    return Harness(config=EngineConfig(finished_in_memory_ms=HOT_MS, retain_finished_ms=60_000))
+
+
+def _c(policy: ExistingWorkPolicy) -> Constraints:
+    return Constraints(existing_work_policy=policy)
+
+
+def test_a_finished_row_goes_cold_after_its_time_and_reads_the_same() -> None:
+    h = _h()
+    h.core.submit("a", TaskTrigger.OneTime(), "Ok", input="x")
+    h.core.submit("b", TaskTrigger.OneTime(initial_delay_ms=60_000), "Ok")
+    h.step()
+    warm = h.core.latest("a")
+    assert warm is not None and warm.state is TaskState.SUCCEEDED
+    h.advance(HOT_MS - 1)
+    assert "a" in h.core.tasks and not h.core.tasks.cold  # not yet: a successor may read it at once
+    h.advance(2)
+    assert "a" not in h.core.tasks and set(h.core.tasks.cold) == {"a"}
+    assert "b" in h.core.tasks  # unfinished rows never leave
+    cold = h.core.latest("a")  # read from the store, not put back
+    assert cold is not None and cold.info() == warm.info() and "a" not in h.core.tasks
+    assert h.core.counts()["SUCCEEDED"] == 1 and h.core.counts()["ENQUEUED"] == 1
+    total, newest = h.core.tasks.newest(TaskState.SUCCEEDED, None, 10)
+    assert total == 1 and [r.key for r in newest] == ["a"]
+    assert h.core.is_settled("a")
+    assert h.core.cancel("a") == 0  # finished: nothing to cancel, and no KeyError
+
+
+def test_policies_over_a_cold_name_decide_as_over_a_warm_one() -> None:
+    h = _h()
+    for name, worker in (("keep", "Ok"), ("repl", "Ok"), ("app", "Ok"), ("appf", "Fail")):
+        h.core.submit(name, TaskTrigger.OneTime(), worker)
+    h.step()
+    h.advance(HOT_MS + 1)
+    assert set(h.core.tasks.cold) == {"keep", "repl", "app", "appf"}
+    old_run = h.core.latest("repl").run_id  # type: ignore[union-attr]
+
+    # KEEP over finished work inserts anew (WorkManager); REPLACE carries the run ids over.
+    for name, policy in (("keep", ExistingWorkPolicy.KEEP), ("repl", ExistingWorkPolicy.REPLACE)):
+        out = h.core.submit(name, TaskTrigger.OneTime(), "Ok", constraints=_c(policy))
+        assert out.result is ScheduleResult.SUCCESS
+    # APPEND to a cold SUCCEEDED leaf: the new work gets its output; to a FAILED one: fails too.
+    h.core.submit("app", TaskTrigger.OneTime(), "Ok", constraints=_c(ExistingWorkPolicy.APPEND))
+    h.core.submit("appf", TaskTrigger.OneTime(), "Ok", constraints=_c(ExistingWorkPolicy.APPEND))
+    assert h.core.names["app"] == ["app", "app#2"] and h.core.tasks["app"].state is TaskState.SUCCEEDED
+    assert h.state("appf") == "FAILED"  # the appended work, cascaded at once
+    ran = h.step()
+    by_key = {d.key: d for d in ran}
+    assert set(by_key) == {"keep", "repl", "app#2"}
+    assert by_key["repl"].run_id > old_run
+    assert by_key["app#2"].upstream == {"worker": "Ok"}  # the cold leaf's Success.data
+    assert h.core.counts()["SUCCEEDED"] == 4 and h.core.counts()["FAILED"] == 2
+
+
+def test_rows_others_still_need_stay_in_memory() -> None:
+    h = _h()
+    h.core.submit("lead", TaskTrigger.OneTime(), "Ok")
+    h.step()
+    h.core.submit("lead", TaskTrigger.OneTime(initial_delay_ms=10 * HOT_MS), "Ok",
+                  constraints=_c(ExistingWorkPolicy.APPEND))  # lead#2 waits on lead
+    big = {"arr": {"$kmpray": "ndarray", "dtype": "float64", "shape": [20_000], "nbytes": 160_000,
+                   "blake3": "ab" * 32}}  # a large value's descriptor, as an executor sends it
+    h.workers["Big"] = lambda d: Success(data=big)
+    h.core.submit("big", TaskTrigger.OneTime(), "Big")
+    h.step()
+    h.advance(3 * HOT_MS)
+    assert "lead" in h.core.tasks  # a prerequisite of unfinished work
+    assert "big" in h.core.tasks  # its output refers to an artifact the sweep must keep
+    assert not h.core.tasks.cold
+
+
+def test_prune_forgets_cold_rows_and_deletes_them_from_the_store() -> None:
+    h = _h()
+    h.core.submit("old", TaskTrigger.OneTime(), "Ok")
+    h.step()
+    h.advance(HOT_MS + 1)
+    assert "old" in h.core.tasks.cold and h.store.read_tasks(["old"])
+    h.advance(60_000)
+    assert h.core.prune() == 1
+    h.flush()
+    assert "old" not in h.core.names and "old" not in h.core.tasks.cold
+    assert h.store.read_tasks(["old"]) == {} and h.core.latest("old") is None
+    assert sum(h.core.counts().values()) == 0 and not any(h.core.tasks.recent.values())
+
+
+def test_a_restart_restores_cold_rows_and_lets_them_go_again() -> None:
+    h = _h()
+    for i in range(5):
+        h.core.submit(f"t{i}", TaskTrigger.OneTime(), "Ok")
+    h.step()
+    h.advance(HOT_MS + 1)
+    assert len(h.core.tasks.cold) == 5
+    h.restart()
+    assert h.core.counts()["SUCCEEDED"] == 5
+    h.advance(1)
+    assert len(h.core.tasks.cold) == 5 and not h.core.tasks
+    total, newest = h.core.tasks.newest(None, "Ok", 2)
+    assert total == 5 and len(newest) == 2 and {r.key for r in newest} <= {f"t{i}" for i in range(5)}
+
+
+def test_a_row_changed_since_the_last_write_waits_for_the_next_round() -> None:
+    h = _h()
+    h.core.submit("a", TaskTrigger.OneTime(), "Ok")
+    h.step()
+    h.clock.advance(HOT_MS + 1)
+    rec = h.core.tasks["a"]
+    h.core.fx.persist[rec.key] = rec  # as if changed after the last flush
+    assert h.core.evict_finished(h.clock.now_ms()) == 0 and "a" in h.core.tasks
+    h.flush()  # written: now it may go
+    assert "a" in h.core.tasks.cold
