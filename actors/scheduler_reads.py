@@ -227,7 +227,7 @@ class SchedulerReads:
         wanted = TaskState(state) if state else None
         places = self.core.places_in_line()  # once, not a queue scan per task
         table = self.core.tasks
-        cold = [key for key, c in table.cold.items() if wanted is None or c.state is wanted]
+        cold = table.cold_keys(wanted)
         recs: list[Any] = []  # finished rows kept in the store only first (they are the older)
         for i in range(0, len(cold), LIST_CHUNK):
             if i:

@@ -51,6 +51,7 @@ def run(quick: bool = False, json_path: str | None = None, address: str | None =
     }
     big = large_inputs(ray, 200 if quick else 1_000)
     result["large_inputs"] = big
+    result["finished"] = finished = finished_rows(ray, 20_000 if quick else 100_000)
     out = write("memory", result, json_path)
     print(table([("pending delayed tasks", f"{n:,}"), ("scheduler RSS per task", f"{per_task:,.0f} B (target <= 2048)"),
                  ("stored row", f"{row} B"), ("enqueue rate", f"{rate:,.0f}/s"),
@@ -59,6 +60,12 @@ def run(quick: bool = False, json_path: str | None = None, address: str | None =
                   f"({big['private_ratio']}x, target < 2)"),
                  ("... all RSS (with object-store pages read)",
                   f"{big['rss_mb']['before']} -> {big['rss_mb']['after']} MB ({big['rss_ratio']}x)"),
+                 (f"{finished['tasks']:,} finished tasks: RSS per task",
+                  f"{finished['in_memory']['bytes_per_task']:,.0f} B kept in memory, "
+                  f"{finished['store_only']['bytes_per_task']:,.0f} B in the store only "
+                  f"({finished['ratio']}x less)"),
+                 ("... their dispatch rate", f"{finished['in_memory']['tasks_per_s']:,.0f} / "
+                  f"{finished['store_only']['tasks_per_s']:,.0f} tasks/s"),
                  ("json", str(out))]))
     return result
 
@@ -112,3 +119,57 @@ def large_inputs(ray: Any, n: int) -> dict[str, Any]:
         "rss_ratio": round(after_all / before_all, 2),
         "target_private_ratio": 2.0,
     }
+
+
+def finished_rows(ray: Any, n: int) -> dict[str, Any]:
+    """``n`` run-now tasks run to SUCCEEDED (``enqueue_many`` batches, then ``wait``), and
+    the scheduler's RSS growth per finished task: with every finished row kept in memory
+    (``finished_in_memory_ms`` = 24 h, as every row was before session 31) and kept in the
+    store only (``finished_in_memory_ms`` = 0, so the sweep comes at once; the default,
+    30 s, ends the same way half a minute later), one engine after the other, same run.
+    Each first runs ``n`` tasks unmeasured: the first 100,000 grew the process ~75 MB
+    either way (executors' lanes, buffers, the allocator's high-water mark), the next
+    ones by what each finished row costs (session 31: ~205 B a row, steady over 300,000)."""
+    from kmpray import EngineConfig, TaskTrigger
+
+    now = TaskTrigger.OneTime()
+
+    def through(sched: Any, tag: str, count: int) -> float:
+        start = time.perf_counter()
+        for k in range(0, count, 5_000):
+            ids = [f"{tag}-{i:07d}" for i in range(k, min(count, k + 5_000))]
+            sched.enqueue_many([{"id": i, "trigger": now, "worker_class_name": "BenchStamp"} for i in ids])
+        sched.wait([f"{tag}-{i:07d}" for i in range(count - 1_000, count)], timeout_s=600)
+        while sched.status()["pending"]:  # bounded by the runs' own pace; a few more ms at most
+            time.sleep(0.05)
+        return count / (time.perf_counter() - start)
+
+    out: dict[str, Any] = {"tasks": n}
+    for label, hot_ms in (("in_memory", 24 * 3_600_000), ("store_only", 0)):
+        sched = engine(f"bench-finished-{label}", config=EngineConfig(finished_in_memory_ms=hot_ms))
+        try:
+            register(sched)
+            pid = scheduler_pid(ray, sched.namespace)
+            through(sched, "warm", n)  # to the process's working size; these rows count too
+            _settled(sched, n if hot_ms == 0 else 0)
+            before = rss_bytes(pid)
+            rate = through(sched, "run", n)
+            _settled(sched, 2 * n if hot_ms == 0 else 0)
+            after = rss_bytes(pid)
+        finally:
+            sched.shutdown()
+        out[label] = {"bytes_per_task": round((after - before) / n, 1), "tasks_per_s": round(rate, 1)}
+    kept, cold = out["in_memory"]["bytes_per_task"], out["store_only"]["bytes_per_task"]
+    out["ratio"] = round(kept / max(1.0, cold), 1)
+    return out
+
+
+def _settled(sched: Any, cold: int, timeout_s: float = 60) -> None:
+    """Until ``cold`` rows are in the store only (the sweep, once a second), then one more
+    housekeeping round (its garbage collection)."""
+    from kmpray.timing import RECONCILE_S
+
+    deadline = time.monotonic() + timeout_s
+    while sched.status()["finished_in_store_only"] < cold and time.monotonic() < deadline:
+        time.sleep(0.2)  # polling the engine's status, bounded
+    time.sleep(2 * RECONCILE_S)

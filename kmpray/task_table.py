@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -29,10 +29,15 @@ _FINISHED = frozenset(_FINISHED_STATES)
 Loader = Callable[[list[str]], dict[str, "TaskRecord"]]
 
 
-class Cold(NamedTuple):
-    """What memory keeps of a finished row that lives in the store only."""
+_STATES = list(TaskState)
+_STATE_IDS = {s: i for i, s in enumerate(_STATES)}
+_WORKER_BITS = 16
 
-    name: str
+
+class Cold(NamedTuple):
+    """What memory keeps of a finished row that lives in the store only (its name is its
+    key: only such rows go cold), unpacked from the one int it is kept as."""
+
     worker: str
     state: TaskState  # its shown state, a finished one
     updated_at_ms: int
@@ -47,10 +52,13 @@ class TaskTable(dict[str, "TaskRecord"]):
     million tasks). Rows enter by ``table[key] = rec`` and leave by ``pop``.
 
     The dict holds the rows in memory; ``cold`` the finished ones that left it (counted,
-    listed and pruned like the others; ``load`` reads them back). ``finishing``: keys of
-    rows that finished, in that order, for the sweep that lets them go cold."""
+    listed and pruned like the others; ``load`` reads them back), each as one int (last
+    update, worker class, state: ``cold_info``), ~200 B a row with its key and index
+    entries where a row in memory is ~1.4 KB. ``finishing``: keys of rows that finished,
+    in that order, for the sweep that lets them go cold."""
 
-    __slots__ = ("by_worker", "cold", "finishing", "loader", "recent", "shown", "unsorted")
+    __slots__ = ("_worker_ids", "_workers", "by_worker", "cold", "finishing", "loader", "recent", "shown",
+                 "unsorted")
 
     def __init__(self) -> None:
         super().__init__()
@@ -61,7 +69,9 @@ class TaskTable(dict[str, "TaskRecord"]):
         # another order (a restore), so the order is made by ``updated_at_ms`` when read.
         self.recent: dict[TaskState, dict[str, None]] = {s: {} for s in TaskState}
         self.unsorted = False
-        self.cold: dict[str, Cold] = {}
+        self.cold: dict[str, int] = {}  # key -> (updated_at_ms << 20) | (worker id << 4) | state id
+        self._workers: list[str] = []
+        self._worker_ids: dict[str, int] = {}
         self.finishing: deque[str] = deque()
         self.loader: Loader | None = None  # none: nothing goes cold (a core without a store)
 
@@ -116,11 +126,28 @@ class TaskTable(dict[str, "TaskRecord"]):
         order[rec.key] = None
 
     # ------------------------------------------------------------------ cold rows
-    def evict(self, rec: TaskRecord) -> None:
-        """A finished row, already in the store as it is, leaves memory (still counted)."""
+    def evict(self, rec: TaskRecord) -> bool:
+        """A finished row, already in the store as it is, leaves memory (still counted).
+        False (it stays) past 65,536 worker classes (the id's bits) or a negative time."""
+        wid = self._worker_ids.get(rec.worker)
+        if wid is None:
+            wid = len(self._workers)
+            if wid >> _WORKER_BITS:
+                return False
+            self._worker_ids[rec.worker] = wid
+            self._workers.append(rec.worker)
+        if rec.updated_at_ms < 0:
+            return False
         super().pop(rec.key)
         rec.table = None
-        self.cold[rec.key] = Cold(rec.name, rec.worker, rec.shown_state, rec.updated_at_ms)
+        state = _STATE_IDS[rec.shown_state]
+        self.cold[rec.key] = (rec.updated_at_ms << (_WORKER_BITS + 4)) | (wid << 4) | state
+        return True
+
+    def cold_info(self, key: str) -> Cold:
+        packed = self.cold[key]
+        return Cold(self._workers[(packed >> 4) & ((1 << _WORKER_BITS) - 1)], _STATES[packed & 15],
+                    packed >> (_WORKER_BITS + 4))
 
     def warm(self, rec: TaskRecord) -> None:
         """A cold row read back from the store, in memory again (to be changed or removed;
@@ -132,9 +159,10 @@ class TaskTable(dict[str, "TaskRecord"]):
 
     def drop_cold(self, key: str) -> bool:
         """Forget a cold row (pruned, replaced): False if ``key`` is not one."""
-        c = self.cold.pop(key, None)
-        if c is None:
+        if key not in self.cold:
             return False
+        c = self.cold_info(key)
+        del self.cold[key]
         self.shown[c.state] -= 1
         self.by_worker[(c.worker, c.state)] -= 1
         self.recent[c.state].pop(key, None)
@@ -149,12 +177,11 @@ class TaskTable(dict[str, "TaskRecord"]):
         rec = self.get(key)
         if rec is not None:
             return rec.state.is_finished, rec.updated_at_ms, rec.chain_id
-        c = self.cold.get(key)
-        return None if c is None else (True, c.updated_at_ms, None)
+        return (True, self.cold_info(key).updated_at_ms, None) if key in self.cold else None
 
     def _updated(self, key: str) -> int:
         rec = self.get(key)
-        return rec.updated_at_ms if rec is not None else self.cold[key].updated_at_ms
+        return rec.updated_at_ms if rec is not None else self.cold[key] >> (_WORKER_BITS + 4)
 
     # ---------------------------------------------------------------------- reads
     def newest(self, state: TaskState | None, worker: str | None, limit: int) -> tuple[int, list[TaskRecord]]:
@@ -172,7 +199,7 @@ class TaskTable(dict[str, "TaskRecord"]):
             for key in reversed(self.recent[s]):
                 rec = self.get(key)
                 if rec is None:
-                    if worker is None or self.cold[key].worker == worker:
+                    if worker is None or self.cold_info(key).worker == worker:
                         cold.append(key)
                         want -= 1
                 elif worker is None or rec.worker == worker:
@@ -192,19 +219,21 @@ class TaskTable(dict[str, "TaskRecord"]):
             for key in self.recent[state]:
                 rec = self.get(key)
                 if rec is None:
-                    c = self.cold[key]
-                    if c.updated_at_ms >= horizon_ms:
+                    if self._updated(key) >= horizon_ms:
                         break
-                    out.append((key, c.name, None))
+                    out.append((key, key, None))  # a cold row's name is its key
                     continue
                 if rec.updated_at_ms >= horizon_ms:
                     break
                 out.append((key, rec.name, rec.chain_id))
         return out
 
-    def known(self, keys: Iterable[str]) -> list[str]:
-        """Those of ``keys`` that are rows here, in memory or cold."""
-        return [k for k in keys if k in self or k in self.cold]
+    def cold_keys(self, state: TaskState | None = None) -> list[str]:
+        """Keys of the cold rows (in ``state``)."""
+        if state is None:
+            return list(self.cold)
+        sid = _STATE_IDS[state]
+        return [key for key, packed in self.cold.items() if packed & 15 == sid]
 
     def _sort(self) -> None:
         if self.unsorted:

@@ -53,7 +53,7 @@ class UniqueWork:
 
         if task_id in self.chains:
             return Outcome(ScheduleResult.REJECTED_INVALID_PARAMS, f"id: {task_id!r} is the id of a chain")
-        keys = self.names.get(task_id)
+        keys = self._name_keys(task_id)
         if keys is None:  # a new name, the common case: nothing to decide
             existing: list[TaskRecord] = []
             action = Action.INSERT
@@ -140,7 +140,7 @@ class UniqueWork:
     def _remove_name(self: Core, name: str, now: int) -> int:
         """Cancel and forget every work under ``name``; returns the highest run id it used."""
         last_run_id = 0
-        self._warm(self.names.get(name, []))  # their run ids carry over
+        self._warm(self._name_keys(name) or [])  # their run ids carry over
         for key in self.names.pop(name, []):
             rec = self.tasks.get(key)
             if rec is None:
@@ -181,7 +181,7 @@ class UniqueWork:
         stale = [
             name
             for name in dict.fromkeys(name for _key, name, chain_id in candidates if chain_id is None)
-            if all(old(k, chain=False) for k in self.names.get(name, ()))
+            if all(old(k, chain=False) for k in self._name_keys(name) or ())
         ]
         for name in stale:
             for key in self.names.pop(name, ()):
@@ -199,10 +199,12 @@ class UniqueWork:
     def evict_finished(self: Core, before_ms: int, limit: int = 100_000) -> int:
         """Finished rows last updated before ``before_ms`` leave memory; they stay in the
         store, counted, listed and read from there (task_table.py). Rows that others still
-        need stay: a chain's, a prerequisite's or a dependent's, one whose output holds
-        large values (the artifact sweep keeps what rows in memory refer to). Only rows
-        already stored as they are go (each round comes after a flush; one changed since
-        waits for the next). Returns how many went."""
+        need stay: a chain's, a prerequisite's or a dependent's, appended work, one whose
+        output holds large values (the artifact sweep keeps what rows in memory refer to).
+        Only rows already stored as they are go (each round comes after a flush; one
+        changed since waits for the next). A cold row's name is its key: its entry in
+        ``names`` goes with it (~120 B) and ``_name_keys`` brings it back. Returns how
+        many went."""
         table = self.tasks
         if table.loader is None:
             return 0
@@ -213,12 +215,22 @@ class UniqueWork:
             if rec is not None and rec.state.is_finished:
                 if rec.updated_at_ms >= before_ms or key in self.fx.persist:
                     break
-                if (rec.chain_id is None and not rec.prereqs and not self.dependents.get(key)
-                        and not (isinstance(rec.result, Success) and has_descriptors(rec.result.data))):
-                    table.evict(rec)
+                large = isinstance(rec.result, Success) and has_descriptors(rec.result.data)
+                if (rec.chain_id is None and rec.name == key and not rec.prereqs
+                        and not self.dependents.get(key) and not large and table.evict(rec)):
                     went += 1
+                    if self.names.get(key) == [key]:
+                        del self.names[key]  # a cold row's name is its key: _name_keys
             queue.popleft()
         return went
+
+    def _name_keys(self: Core, name: str) -> list[str] | None:
+        """The row keys under ``name`` (None: a new name). A cold row's name entry was let go
+        with it (its name is its key): it comes back here, for what changes the name."""
+        keys = self.names.get(name)
+        if keys is None and name in self.tasks.cold:
+            keys = self.names[name] = [name]
+        return keys
 
     def _warm(self: Core, keys: list[str]) -> None:
         """Cold rows among ``keys`` back in memory, to be decided on or changed. A row the

@@ -4,9 +4,10 @@ from the store (kmpray/task_table.py): every read, policy and prune sees them as
 from __future__ import annotations
 
 from kmpray import Constraints, EngineConfig, ExistingWorkPolicy, ScheduleResult, TaskState, TaskTrigger
+from kmpray.enums import ExistingPolicy
 from kmpray.results import Success
 
-from .conftest import Harness
+from .conftest import Harness, task
 
 HOT_MS = 1_000
 
@@ -30,6 +31,8 @@ def test_a_finished_row_goes_cold_after_its_time_and_reads_the_same() -> None:
     assert "a" in h.core.tasks and not h.core.tasks.cold  # not yet: a successor may read it at once
     h.advance(2)
     assert "a" not in h.core.tasks and set(h.core.tasks.cold) == {"a"}
+    assert "a" not in h.core.names  # its name is its key: the entry goes too (~120 B)
+    assert h.core.tasks.cold_info("a") == ("Ok", TaskState.SUCCEEDED, warm.updated_at_ms)
     assert "b" in h.core.tasks  # unfinished rows never leave
     cold = h.core.latest("a")  # read from the store, not put back
     assert cold is not None and cold.info() == warm.info() and "a" not in h.core.tasks
@@ -38,6 +41,11 @@ def test_a_finished_row_goes_cold_after_its_time_and_reads_the_same() -> None:
     assert total == 1 and [r.key for r in newest] == ["a"]
     assert h.core.is_settled("a")
     assert h.core.cancel("a") == 0  # finished: nothing to cancel, and no KeyError
+    # Its id stays taken: a chain may not use it, as its id or as a task's.
+    assert "already the id of a task" in (h.core.submit_chain("a", ExistingPolicy.KEEP,
+                                                              [[task("Ok", "z")]]).reason or "")
+    out = h.core.submit_chain("ch", ExistingPolicy.KEEP, [[task("Ok", "a")]])
+    assert out.result is ScheduleResult.REJECTED_INVALID_PARAMS and "already in use" in (out.reason or "")
 
 
 def test_policies_over_a_cold_name_decide_as_over_a_warm_one() -> None:
@@ -57,6 +65,7 @@ def test_policies_over_a_cold_name_decide_as_over_a_warm_one() -> None:
     h.core.submit("app", TaskTrigger.OneTime(), "Ok", constraints=_c(ExistingWorkPolicy.APPEND))
     h.core.submit("appf", TaskTrigger.OneTime(), "Ok", constraints=_c(ExistingWorkPolicy.APPEND))
     assert h.core.names["app"] == ["app", "app#2"] and h.core.tasks["app"].state is TaskState.SUCCEEDED
+    assert h.core.names["keep"] == ["keep"] and h.core.names["repl"] == ["repl"]  # back with their rows
     assert h.state("appf") == "FAILED"  # the appended work, cascaded at once
     ran = h.step()
     by_key = {d.key: d for d in ran}

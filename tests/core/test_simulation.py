@@ -299,9 +299,10 @@ class Sim(Harness):
             rec = tasks.get(key)
             return rec is None or (rec.state.is_finished and rec.updated_at_ms < horizon)
 
-        names = {n for n, keys in self.core.names.items() if all(old(k) and tasks[k].chain_id is None for k in keys)}
+        every_name = {**{k: [k] for k in self.core.tasks.cold}, **self.core.names}  # cold rows: name = key
+        names = {n for n, keys in every_name.items() if all(old(k) and tasks[k].chain_id is None for k in keys)}
         chains = {c for c, chain in self.core.chains.items() if all(old(k) for s in chain.steps for k in s)}
-        gone = {k for n in names for k in self.core.names[n]}
+        gone = {k for n in names for k in every_name[n]}
         # Appended keys (``n#2``) a KEEP or REPLACE over finished work deleted earlier are
         # numbered afresh too once their name is pruned: their old runs' counts go as well.
         gone |= {k for k, _run in self.counted if k.split("#")[0] in names}
@@ -382,11 +383,12 @@ class Sim(Harness):
         assert not table.cold.keys() & table.keys(), "a row both in memory and cold"
         every = self.rows()
         assert len(every) == len(table) + len(table.cold), "a cold row the store does not have"
-        for key, c in table.cold.items():
-            rec = every[key]
+        for key in table.cold:
+            rec, c = every[key], table.cold_info(key)
             assert rec.state.is_finished and c.state is rec.shown_state
             assert c.updated_at_ms == rec.updated_at_ms
             assert rec.chain_id is None and not rec.prereqs and not self.core.dependents.get(key), key
+            assert rec.name == key and self.core.names.get(key, [key]) == [key], key  # entry let go, or [key]
         scanned = Counter(rec.shown_state.value for rec in every.values())
         assert {k: n for k, n in self.core.counts().items() if n} == dict(scanned), "state counts drifted"
         by_worker = Counter((rec.worker, rec.shown_state) for rec in every.values())
