@@ -138,9 +138,9 @@ class TaskTable(dict[str, "TaskRecord"]):
             self._workers.append(rec.worker)
         if rec.updated_at_ms < 0:
             return False
-        super().pop(rec.key)
+        dict.pop(self, rec.key)
         rec.table = None
-        state = _STATE_IDS[rec.shown_state]
+        state = _STATE_IDS[rec.state]  # finished: shown as it is
         self.cold[rec.key] = (rec.updated_at_ms << (_WORKER_BITS + 4)) | (wid << 4) | state
         return True
 

@@ -9,6 +9,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from . import lifecycle
+from ._model import MARK
 from .artifacts import has_descriptors
 from .constraints import Constraints
 from .effects import Outcome, outcome_for
@@ -209,18 +210,19 @@ class UniqueWork:
         if table.loader is None:
             return 0
         queue, went = table.finishing, 0
+        persist, dependents, names = self.fx.persist, self.dependents, self.names
         while queue and went < limit:
             key = queue[0]
             rec = table.get(key)
-            if rec is not None and rec.state.is_finished:
-                if rec.updated_at_ms >= before_ms or key in self.fx.persist:
+            if rec is not None and rec.state in _FINISHED:
+                if rec.updated_at_ms >= before_ms or key in persist:
                     break
-                large = isinstance(rec.result, Success) and has_descriptors(rec.result.data)
-                if (rec.chain_id is None and rec.name == key and not rec.prereqs
-                        and not self.dependents.get(key) and not large and table.evict(rec)):
+                if (rec.chain_id is None and rec.name == key and not rec.prereqs and not dependents.get(key)
+                        and not _large(rec.result) and table.evict(rec)):
                     went += 1
-                    if self.names.get(key) == [key]:
-                        del self.names[key]  # a cold row's name is its key: _name_keys
+                    entry = names.get(key)
+                    if entry is not None and len(entry) == 1:  # [key]: a cold row's name is its key
+                        del names[key]
             queue.popleft()
         return went
 
@@ -247,3 +249,17 @@ class UniqueWork:
             log.warning("row %r was kept in the store only, and the store does not have it: forgotten", key)
             self.tasks.drop_cold(key)
             keys.remove(key)
+
+
+_FINISHED = frozenset(s for s in TaskState if s.is_finished)
+
+
+def _large(result: object) -> bool:
+    """Does this result's data hold large values (descriptors)? Flat data (the common
+    case) is looked at once, without the recursive walk."""
+    if not isinstance(result, Success) or not result.data:
+        return False
+    data = result.data
+    if MARK in data:
+        return True
+    return any(type(v) is dict or type(v) is list for v in data.values()) and has_descriptors(data)
