@@ -30,8 +30,9 @@ class MemoryTaskStore:
         self._answers: dict[str, tuple[bytes, int]] = {}
         self._inputs: dict[str, str] = {}
 
-    def load(self) -> list[TaskRecord]:
-        return self._load("tasks", self._rows, decode, _task_key)
+    def load(self, cold: Callable[[TaskRecord], bool] | None = None) -> list[TaskRecord]:
+        rows = self._load("tasks", self._rows, decode, _task_key)
+        return rows if cold is None else [rec for rec in rows if not cold(rec)]
 
     def load_chains(self) -> list[ChainRecord]:
         return self._load("chains", self._chains, ChainRecord.decode, _chain_id)

@@ -95,7 +95,10 @@ class TaskStore(Protocol):
     decode and move every other one to quarantine (``quarantined`` lists them, with the
     reason; ``drop_quarantined`` deletes one for good)."""
 
-    def load(self) -> list[TaskRecord]: ...
+    def load(self, cold: Callable[[TaskRecord], bool] | None = None) -> list[TaskRecord]:
+        """Every row that decodes; ``cold(rec)`` (the core's ``restore_cold``) may take a
+        finished row as it is decoded, to be kept in the store only: it is not returned."""
+        ...
 
     def load_chains(self) -> list[ChainRecord]: ...
 
@@ -311,16 +314,24 @@ class SqliteTaskStore:
         self._fresh: list[QuarantinedRow] = []
         self.spilled_chars = 0  # inputs moved out of records since opened (the scheduler trims after many)
 
-    def load(self) -> list[TaskRecord]:
-        rows = _scan(self._conn, self.path, "SELECT key, row FROM tasks")
-        good, bad = decode_rows("tasks", rows, decode, _task_key)
+    def load(self, cold: Callable[[TaskRecord], bool] | None = None) -> list[TaskRecord]:
+        # Row by row off the cursor: rows ``cold`` takes are let go as they come, so a store
+        # of millions of finished rows is not held in memory whole at a restart.
         kept = {k for (k,) in _scan(self._conn, self.path, "SELECT key FROM inputs")}
-        missing = {rec.key for rec in good if rec.input_stored and rec.key not in kept}
-        if missing:  # its input is gone: not run with none
-            raw = dict(rows)
-            bad += [(_quarantined("tasks", k, "its input, kept out of the row, is missing", raw[k]), raw[k])
-                    for k in sorted(missing)]
-            good = [rec for rec in good if rec.key not in missing]
+        good: list[TaskRecord] = []
+        bad: list[tuple[QuarantinedRow, bytes]] = []
+        missing = "its input, kept out of the row, is missing"
+        with _refusing(self.path):
+            for key, blob in self._conn.execute("SELECT key, row FROM tasks"):
+                one, damaged = decode_rows("tasks", ((key, blob),), decode, _task_key)
+                if damaged:
+                    bad += damaged
+                    continue
+                rec = one[0]
+                if rec.input_stored and key not in kept:  # its input is gone: not run with none
+                    bad.append((_quarantined("tasks", key, missing, blob), blob))
+                elif cold is None or not cold(rec):
+                    good.append(rec)
         self._quarantine("tasks", bad)
         with _refusing(self.path), _transaction(self._conn) as conn:  # of rows gone, or re-written small
             conn.execute("DELETE FROM inputs WHERE key NOT IN (SELECT key FROM tasks)")

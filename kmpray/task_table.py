@@ -129,20 +129,38 @@ class TaskTable(dict[str, "TaskRecord"]):
     def evict(self, rec: TaskRecord) -> bool:
         """A finished row, already in the store as it is, leaves memory (still counted).
         False (it stays) past 65,536 worker classes (the id's bits) or a negative time."""
+        packed = self._packed(rec)
+        if packed is None:
+            return False
+        dict.pop(self, rec.key)
+        rec.table = None
+        self.cold[rec.key] = packed
+        return True
+
+    def add_cold(self, rec: TaskRecord) -> bool:
+        """A finished row read from the store at a restart, kept cold at once (counted as
+        ``table[key] = rec`` would, never in memory). False: it cannot be (``evict``)."""
+        packed = self._packed(rec)
+        if packed is None:
+            return False
+        self.cold[rec.key] = packed
+        self.shown[rec.state] += 1
+        self.by_worker[(rec.worker, rec.state)] += 1
+        self.recent[rec.state][rec.key] = None
+        return True
+
+    def _packed(self, rec: TaskRecord) -> int | None:
         wid = self._worker_ids.get(rec.worker)
         if wid is None:
             wid = len(self._workers)
             if wid >> _WORKER_BITS:
-                return False
+                return None
             self._worker_ids[rec.worker] = wid
             self._workers.append(rec.worker)
         if rec.updated_at_ms < 0:
-            return False
-        dict.pop(self, rec.key)
-        rec.table = None
+            return None
         state = _STATE_IDS[rec.state]  # finished: shown as it is
-        self.cold[rec.key] = (rec.updated_at_ms << (_WORKER_BITS + 4)) | (wid << 4) | state
-        return True
+        return (rec.updated_at_ms << (_WORKER_BITS + 4)) | (wid << 4) | state
 
     def cold_info(self, key: str) -> Cold:
         packed = self.cold[key]
@@ -214,7 +232,7 @@ class TaskTable(dict[str, "TaskRecord"]):
         """(key, name, chain id) of finished rows last updated before ``horizon_ms``,
         oldest first per state: what a prune may drop, found without a pass over the rest."""
         self._sort()
-        out = []
+        out: list[tuple[str, str, str | None]] = []
         for state in _FINISHED_STATES:
             for key in self.recent[state]:
                 rec = self.get(key)

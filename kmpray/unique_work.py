@@ -217,14 +217,22 @@ class UniqueWork:
             if rec is not None and rec.state in _FINISHED:
                 if rec.updated_at_ms >= before_ms or key in persist:
                     break
-                if (rec.chain_id is None and rec.name == key and not rec.prereqs and not dependents.get(key)
-                        and not _large(rec.result) and table.evict(rec)):
+                if _may_go_cold(rec) and not dependents.get(key) and table.evict(rec):
                     went += 1
                     entry = names.get(key)
                     if entry is not None and len(entry) == 1:  # [key]: a cold row's name is its key
                         del names[key]
             queue.popleft()
         return went
+
+    def restore_cold(self: Core, rec: TaskRecord) -> bool:
+        """At a restart, as the store decodes each row (``TaskStore.load(cold=...)``): a
+        finished row that would go cold by now is kept cold at once, never held in memory.
+        A prerequisite of other work is read back after (``restore``)."""
+        if (self.tasks.loader is None or not rec.state.is_finished or not _may_go_cold(rec)
+                or rec.updated_at_ms >= self.clock.now_ms() - self.config.finished_in_memory_ms):
+            return False
+        return self.tasks.add_cold(rec)
 
     def _name_keys(self: Core, name: str) -> list[str] | None:
         """The row keys under ``name`` (None: a new name). A cold row's name entry was let go
@@ -252,6 +260,12 @@ class UniqueWork:
 
 
 _FINISHED = frozenset(s for s in TaskState if s.is_finished)
+
+
+def _may_go_cold(rec: TaskRecord) -> bool:
+    """A finished row nothing in memory needs whole (dependents aside: the caller's): not a
+    chain's, not appended work, its name its key, no large values in its output."""
+    return rec.chain_id is None and rec.name == rec.key and not rec.prereqs and not _large(rec.result)
 
 
 def _large(result: object) -> bool:

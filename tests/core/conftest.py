@@ -104,7 +104,7 @@ class Harness:
         self.flush()
         self.core = SchedulerCore(self.clock, self.core.platform, self.core.config, self.workers.__contains__)
         self.core.tasks.loader = self._read
-        records, chains = self.store.load(), self.store.load_chains()
+        records, chains = self.store.load(self.core.restore_cold), self.store.load_chains()
         damaged = [(q.table, q.key, q.reason) for q in self.store.take_fresh_quarantine()]
         self.core.restore(records, chains, damaged)
         if adopt is not None:

@@ -3,9 +3,13 @@ from the store (kmpray/task_table.py): every read, policy and prune sees them as
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
+
 from kmpray import Constraints, EngineConfig, ExistingWorkPolicy, ScheduleResult, TaskState, TaskTrigger
 from kmpray.enums import ExistingPolicy
 from kmpray.results import Success
+from kmpray.store import SqliteTaskStore
 
 from .conftest import Harness, task
 
@@ -106,19 +110,24 @@ def test_prune_forgets_cold_rows_and_deletes_them_from_the_store() -> None:
     assert sum(h.core.counts().values()) == 0 and not any(h.core.tasks.recent.values())
 
 
-def test_a_restart_restores_cold_rows_and_lets_them_go_again() -> None:
+def test_a_restart_keeps_finished_rows_cold_as_it_reads_them() -> None:
     h = _h()
     for i in range(5):
         h.core.submit(f"t{i}", TaskTrigger.OneTime(), "Ok")
+    h.core.submit("lead", TaskTrigger.OneTime(), "Ok")
     h.step()
     h.advance(HOT_MS + 1)
-    assert len(h.core.tasks.cold) == 5
-    h.restart()
-    assert h.core.counts()["SUCCEEDED"] == 5
-    h.advance(1)
-    assert len(h.core.tasks.cold) == 5 and not h.core.tasks
-    total, newest = h.core.tasks.newest(None, "Ok", 2)
-    assert total == 5 and len(newest) == 2 and {r.key for r in newest} <= {f"t{i}" for i in range(5)}
+    assert len(h.core.tasks.cold) == 6
+    h.core.submit("lead", TaskTrigger.OneTime(initial_delay_ms=10 * HOT_MS), "Ok",
+                  constraints=_c(ExistingWorkPolicy.APPEND))  # lead#2 waits on lead, read back
+    h.flush()
+    h.restart()  # the store's rows decoded one by one: the finished ones never held whole
+    assert set(h.core.tasks.cold) == {f"t{i}" for i in range(5)} and "t0" not in h.core.names
+    assert set(h.core.tasks) == {"lead", "lead#2"}  # a prerequisite is read back at once
+    assert h.core.names["lead"] == ["lead", "lead#2"] and h.core.dependents["lead"] == ["lead#2"]
+    assert h.core.counts()["SUCCEEDED"] == 6 and h.core.counts()["ENQUEUED"] == 1
+    total, newest = h.core.tasks.newest(TaskState.SUCCEEDED, "Ok", 10)  # cold ones read back
+    assert total == 6 and sorted(r.key for r in newest) == ["lead", *(f"t{i}" for i in range(5))]
 
 
 def test_a_row_changed_since_the_last_write_waits_for_the_next_round() -> None:
@@ -131,3 +140,23 @@ def test_a_row_changed_since_the_last_write_waits_for_the_next_round() -> None:
     assert h.core.evict_finished(h.clock.now_ms()) == 0 and "a" in h.core.tasks
     h.flush()  # written: now it may go
     assert "a" in h.core.tasks.cold
+
+
+def test_the_sqlite_store_reads_row_by_row_and_still_quarantines(tmp_path: Path) -> None:
+    store = SqliteTaskStore(tmp_path / "tasks.db")
+    h = _h()
+    h.store = store  # type: ignore[assignment]
+    for i in range(4):
+        h.core.submit(f"t{i}", TaskTrigger.OneTime(), "Ok" if i else "Fail")
+    h.core.submit("later", TaskTrigger.OneTime(initial_delay_ms=60_000), "Ok")
+    h.step()
+    h.clock.advance(HOT_MS + 1)
+    conn = sqlite3.connect(tmp_path / "tasks.db")
+    conn.execute("UPDATE tasks SET row = ? WHERE key = 't3'", (b"not a row",))
+    conn.commit()
+    conn.close()
+    h.restart()
+    assert set(h.core.tasks.cold) == {"t0", "t1", "t2"} and set(h.core.tasks) >= {"later"}
+    assert h.core.tasks.cold_info("t0").state is TaskState.FAILED
+    assert [q.key for q in store.quarantined()] == ["t3"]
+    assert h.core.latest("t1").info() == store.read_tasks(["t1"])["t1"].info()  # type: ignore[union-attr]
