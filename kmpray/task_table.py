@@ -88,7 +88,7 @@ class TaskTable(dict[str, "TaskRecord"]):
         self.shown[state] += 1
         self.by_worker[(rec.worker, state)] += 1
         self.recent[state][key] = None
-        if state in _FINISHED:
+        if state in _FINISHED and self.loader is not None:
             self.finishing.append(key)
 
     def __delitem__(self, key: str) -> None:
@@ -116,7 +116,7 @@ class TaskTable(dict[str, "TaskRecord"]):
         by_worker[(rec.worker, after)] += 1
         self.recent[before].pop(rec.key, None)
         self.recent[after][rec.key] = None
-        if after in _FINISHED:
+        if after in _FINISHED and self.loader is not None:  # none: nothing ever goes cold
             self.finishing.append(rec.key)
 
     def touched(self, rec: TaskRecord) -> None:
