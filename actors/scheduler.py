@@ -34,14 +34,7 @@ from kmpray.restore import RUN_IDS_PER_START
 from kmpray.shards import share
 from kmpray.store import SqliteTaskStore
 from kmpray.timing import (
-    ANSWER_RETENTION_S,
     CANCEL_ACK_TIMEOUT_S,
-    METRICS_S,
-    PRUNE_S,
-    RECONCILE_S,
-    TRIM_AFTER_INPUT_CHARS,
-    WAIT_CHECK_MAX_S,
-    full_collection_due,
 )
 from kmpray.watch import FileWatcher
 
@@ -50,8 +43,7 @@ from .blocked_loops import BlockedLoops
 from .executor_pool import ExecutorPool, executors_for
 from .heavy_pool import HeavyPool
 from .lane import Conn, LaneServer
-from .memory_cap import give_back, rss_bytes
-from .metrics import Metrics, publish_scheduler
+from .metrics import Metrics
 from .names import BROKER, ORACLE, REGISTRY, base_namespace, lookup, shard_index
 from .outbox import Outbox
 from .retry import call_with_retry
@@ -59,6 +51,7 @@ from .scheduler_artifacts import ArtifactKeeper, SchedulerArtifacts
 from .scheduler_chains import SchedulerChains
 from .scheduler_dispatch import SchedulerDispatch
 from .scheduler_events import SchedulerEvents
+from .scheduler_housekeeping import SchedulerHousekeeping
 from .scheduler_intake import SchedulerIntake
 from .scheduler_reads import SchedulerReads
 from .scheduler_reports import SchedulerReports
@@ -84,7 +77,7 @@ def _reconstructed() -> bool:
 @ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=10_000)
 class SchedulerActor(
     SchedulerIntake, SchedulerReports, SchedulerDispatch, SchedulerChains, SchedulerReads, SchedulerArtifacts,
-    SchedulerEvents, VirtualTime,
+    SchedulerEvents, SchedulerHousekeeping, VirtualTime,
 ):
     """The shell; what it does lives in its mixins, one concern each: intake (enqueue,
     register), reports (executor results, blocked loops), dispatch (pump turn, placement,
@@ -323,54 +316,6 @@ class SchedulerActor(
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except TimeoutError:
                 pass
-
-    async def _housekeeping(self) -> None:
-        last_gc = time.monotonic()
-        rss_after_gc = rss_bytes()
-        # The first prune comes one round after a start, not PRUNE_S later: a scheduler
-        # restarted more often than that (the soak scenario kills it every 60 s) would
-        # never prune, and its rows, its memory and its store would grow without bound.
-        last_prune = last_gc - PRUNE_S
-        trimmed_at = 0  # store.spilled_chars at the last give_back()
-        published = waits_checked = 0.0
-        waits_every_s = min(max(self.config.wait_warning_ms / 10_000, RECONCILE_S), WAIT_CHECK_MAX_S)
-        while True:
-            await asyncio.sleep(RECONCILE_S)
-            try:
-                if time.monotonic() - published >= METRICS_S:
-                    published = time.monotonic()
-                    inflight = {s.index: len(s.inflight) for s in self.pool.slots}
-                    await publish_scheduler(self.metrics, self.core, inflight, self._write_ms)
-                if self.store.spilled_chars - trimmed_at > TRIM_AFTER_INPUT_CHARS:
-                    trimmed_at = self.store.spilled_chars
-                    give_back()  # a burst of large inputs freed: its pages go back to the OS
-                if full_collection_due(time.monotonic() - last_gc, rss_bytes(), rss_after_gc):
-                    last_gc = time.monotonic()  # see kmpray/timing.py
-                    gc.unfreeze()
-                    gc.collect()
-                    rss_after_gc = rss_bytes()
-                    log.info("full garbage collection: %.0f ms", (time.monotonic() - last_gc) * 1000)
-                gc.collect(1)  # what is young and already garbage is not frozen with the rest
-                gc.freeze()
-                await self._reconcile()
-                self.core.evict_finished(self.clock.now_ms() - self.config.finished_in_memory_ms)
-                changed = self._watcher.poll(self.core.watched_uris())
-                if changed and sum(self.core.fire("content_uri", uri) for uri in changed):
-                    self._kick()
-                if time.monotonic() - waits_checked >= waits_every_s:
-                    waits_checked = time.monotonic()
-                    self.core.warn_long_waits()
-                if self._acked is not None:  # nothing else wrote since the broker's last ack
-                    acked, self._acked = self._acked, None
-                    self.store.ack_events(acked)
-                if time.monotonic() - last_prune > PRUNE_S:
-                    last_prune = time.monotonic()
-                    self.core.prune()
-                    self._flush()
-                    self.store.forget_answers(int((time.time() - ANSWER_RETENTION_S) * 1000))
-                    await self.sweep_artifacts()
-            except Exception:
-                log.exception("housekeeping failed; will retry")
 
     async def _reconcile(self) -> None:
         async with self._reconciling:

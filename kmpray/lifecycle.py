@@ -47,7 +47,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _counted(transition: F) -> F:
-    """The record's table (records.TaskTable) is told when what users see changes, or
+    """The record's table (task_table.TaskTable) is told when what users see changes, or
     when the row was updated. (Twice per task on the dispatch path: positional arguments
     only.)"""
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import zlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import msgpack
 from pydantic import TypeAdapter
@@ -24,8 +24,15 @@ from .packing import pack
 from .results import Failure, Result, Retry, Success, to_row
 from .triggers import OneTime, Trigger
 
-if TYPE_CHECKING:
-    from .task_table import TaskTable
+
+class Table(Protocol):
+    """What a record tells the table holding it (task_table.TaskTable), named here so that
+    this module need not import that one (which imports this one)."""
+
+    def moved(self, rec: TaskRecord, before: TaskState, after: TaskState) -> None: ...
+
+    def touched(self, rec: TaskRecord) -> None: ...
+
 
 _TRIGGER: TypeAdapter[Trigger] = TypeAdapter(Trigger)
 _RESULT: TypeAdapter[Success | Failure | Retry] = TypeAdapter(Result)
@@ -76,7 +83,7 @@ class TaskRecord:
     # at every try (a suspect waiting to run alone is tried at each report).
     noted_wait: bool = field(default=False, repr=False)
     # The TaskTable holding it (None outside one): told of each change of its shown state.
-    table: TaskTable | None = field(default=None, repr=False)
+    table: Table | None = field(default=None, repr=False)
 
     @property
     def shown_state(self) -> TaskState:

@@ -197,7 +197,7 @@ class UniqueWork:
         return len(stale) + len(stale_chains)
 
     # ------------------------------------------------------------------ cold rows
-    def evict_finished(self: Core, before_ms: int, limit: int = 100_000) -> int:
+    def evict_finished(self: Core, before_ms: int, limit: int = 1_000_000) -> int:
         """Finished rows last updated before ``before_ms`` leave memory; they stay in the
         store, counted, listed and read from there (task_table.py). Rows that others still
         need stay: a chain's, a prerequisite's or a dependent's, appended work, one whose
@@ -205,13 +205,15 @@ class UniqueWork:
         Only rows already stored as they are go (each round comes after a flush; one
         changed since waits for the next). A cold row's name is its key: its entry in
         ``names`` goes with it (~120 B) and ``_name_keys`` brings it back. Returns how
-        many went."""
+        many went; ``limit`` bounds the rows looked at (the actor goes a chunk at a time,
+        ``cold_due`` says whether more are due)."""
         table = self.tasks
         if table.loader is None:
             return 0
-        queue, went = table.finishing, 0
+        queue, went, looked = table.finishing, 0, 0
         persist, dependents, names = self.fx.persist, self.dependents, self.names
-        while queue and went < limit:
+        while queue and looked < limit:
+            looked += 1
             key = queue[0]
             rec = table.get(key)
             if rec is not None and rec.state in _FINISHED:
@@ -224,6 +226,15 @@ class UniqueWork:
                         del names[key]
             queue.popleft()
         return went
+
+    def cold_due(self: Core, before_ms: int) -> bool:
+        """Is the next row in line to go cold due (and stored as it is)?"""
+        queue = self.tasks.finishing
+        if self.tasks.loader is None or not queue:
+            return False
+        rec = self.tasks.get(queue[0])
+        return rec is None or not rec.state.is_finished or (
+            rec.updated_at_ms < before_ms and rec.key not in self.fx.persist)
 
     def restore_cold(self: Core, rec: TaskRecord) -> bool:
         """At a restart, as the store decodes each row (``TaskStore.load(cold=...)``): a

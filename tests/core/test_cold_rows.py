@@ -160,3 +160,16 @@ def test_the_sqlite_store_reads_row_by_row_and_still_quarantines(tmp_path: Path)
     assert h.core.tasks.cold_info("t0").state is TaskState.FAILED
     assert [q.key for q in store.quarantined()] == ["t3"]
     assert h.core.latest("t1").info() == store.read_tasks(["t1"])["t1"].info()  # type: ignore[union-attr]
+
+
+def test_the_sweep_goes_a_chunk_at_a_time_and_says_when_more_are_due() -> None:
+    h = Harness(config=EngineConfig(finished_in_memory_ms=10 * HOT_MS))  # the harness's own sweep waits
+    for i in range(10):
+        h.core.submit(f"t{i}", TaskTrigger.OneTime(), "Ok")
+    h.step()
+    before = h.clock.now_ms() + 1
+    assert h.core.cold_due(before) and not h.core.cold_due(before - 1)
+    assert h.core.evict_finished(before, limit=4) == 4 and h.core.cold_due(before)
+    assert h.core.evict_finished(before, limit=4) == 4
+    assert h.core.evict_finished(before, limit=4) == 2 and not h.core.cold_due(before)
+    assert len(h.core.tasks.cold) == 10 and not h.core.tasks

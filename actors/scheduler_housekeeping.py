@@ -1,0 +1,112 @@
+"""The scheduler's housekeeping, once every RECONCILE_S: metrics, the garbage collector's
+freeze, executor pings (``_reconcile``), file watches, long-wait warnings, acknowledged
+events, finished rows out of memory, and the prune. A mixin of SchedulerActor
+(scheduler.py): the attributes below are the actor's."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from kmpray.clock import ManualClock, SystemClock
+from kmpray.config import EngineConfig
+from kmpray.engine import SchedulerCore
+from kmpray.store import SqliteTaskStore
+from kmpray.timing import (
+    ANSWER_RETENTION_S,
+    EVICT_CHUNK,
+    EVICT_CHUNKS,
+    METRICS_S,
+    PRUNE_S,
+    RECONCILE_S,
+    TRIM_AFTER_INPUT_CHARS,
+    WAIT_CHECK_MAX_S,
+    full_collection_due,
+)
+from kmpray.watch import FileWatcher
+
+from .executor_pool import ExecutorPool
+from .memory_cap import give_back, rss_bytes
+from .metrics import Metrics, publish_scheduler
+
+log = logging.getLogger("kmpray.scheduler")
+
+
+class SchedulerHousekeeping:
+    config: EngineConfig
+    clock: ManualClock | SystemClock
+    core: SchedulerCore
+    store: SqliteTaskStore
+    pool: ExecutorPool
+    metrics: Metrics
+    _watcher: FileWatcher
+    _write_ms: deque[float]
+    _acked: int | None
+
+    if TYPE_CHECKING:  # the actor's
+        def _flush(self) -> None: ...
+        def _kick(self) -> None: ...
+        async def _reconcile(self) -> None: ...
+        async def sweep_artifacts(self) -> Any: ...
+
+    async def _housekeeping(self) -> None:
+        last_gc = time.monotonic()
+        rss_after_gc = rss_bytes()
+        # The first prune comes one round after a start, not PRUNE_S later: a scheduler
+        # restarted more often than that (the soak scenario kills it every 60 s) would
+        # never prune, and its rows, its memory and its store would grow without bound.
+        last_prune = last_gc - PRUNE_S
+        trimmed_at = 0  # store.spilled_chars at the last give_back()
+        published = waits_checked = 0.0
+        waits_every_s = min(max(self.config.wait_warning_ms / 10_000, RECONCILE_S), WAIT_CHECK_MAX_S)
+        while True:
+            await asyncio.sleep(RECONCILE_S)
+            try:
+                if time.monotonic() - published >= METRICS_S:
+                    published = time.monotonic()
+                    inflight = {s.index: len(s.inflight) for s in self.pool.slots}
+                    await publish_scheduler(self.metrics, self.core, inflight, self._write_ms)
+                if self.store.spilled_chars - trimmed_at > TRIM_AFTER_INPUT_CHARS:
+                    trimmed_at = self.store.spilled_chars
+                    give_back()  # a burst of large inputs freed: its pages go back to the OS
+                if full_collection_due(time.monotonic() - last_gc, rss_bytes(), rss_after_gc):
+                    last_gc = time.monotonic()  # see kmpray/timing.py
+                    gc.unfreeze()
+                    gc.collect()
+                    rss_after_gc = rss_bytes()
+                    log.info("full garbage collection: %.0f ms", (time.monotonic() - last_gc) * 1000)
+                gc.collect(1)  # what is young and already garbage is not frozen with the rest
+                gc.freeze()
+                await self._reconcile()
+                await self._evict_finished()
+                changed = self._watcher.poll(self.core.watched_uris())
+                if changed and sum(self.core.fire("content_uri", uri) for uri in changed):
+                    self._kick()
+                if time.monotonic() - waits_checked >= waits_every_s:
+                    waits_checked = time.monotonic()
+                    self.core.warn_long_waits()
+                if self._acked is not None:  # nothing else wrote since the broker's last ack
+                    acked, self._acked = self._acked, None
+                    self.store.ack_events(acked)
+                if time.monotonic() - last_prune > PRUNE_S:
+                    last_prune = time.monotonic()
+                    self.core.prune()
+                    self._flush()
+                    self.store.forget_answers(int((time.time() - ANSWER_RETENTION_S) * 1000))
+                    await self.sweep_artifacts()
+            except Exception:
+                log.exception("housekeeping failed; will retry")
+
+    async def _evict_finished(self) -> None:
+        """Finished rows past finished_in_memory_ms out of memory, EVICT_CHUNK at a time (a
+        round of 50,000 at once held the loop ~130 ms: a knee trial's p99 showed it)."""
+        before = self.clock.now_ms() - self.config.finished_in_memory_ms
+        for _ in range(EVICT_CHUNKS):
+            self.core.evict_finished(before, EVICT_CHUNK)
+            if not self.core.cold_due(before):
+                return
+            await asyncio.sleep(0)  # the calls and reports waiting meanwhile go first
