@@ -44,6 +44,7 @@ def test_a_finished_row_goes_cold_after_its_time_and_reads_the_same() -> None:
     total, newest = h.core.tasks.newest(TaskState.SUCCEEDED, None, 10)
     assert total == 1 and [r.key for r in newest] == ["a"]
     assert h.core.is_settled("a")
+    assert (h.core.explain("a") or "").startswith("task a (Ok): SUCCEEDED, attempt 1, 1 finished runs")
     assert h.core.cancel("a") == 0  # finished: nothing to cancel, and no KeyError
     # Its id stays taken: a chain may not use it, as its id or as a task's.
     assert "already the id of a task" in (h.core.submit_chain("a", ExistingPolicy.KEEP,
