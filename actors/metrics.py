@@ -110,6 +110,8 @@ async def publish_scheduler(m: Metrics, core: Any, inflight: Mapping[int, int], 
         "kmpray_ready_depth", "Runs due and waiting for an executor", core.heavy_ready_count(), kind="heavy"
     )
     m.gauge("kmpray_pending_tasks", "Unfinished tasks (admission control counts these)", core.pending)
+    m.gauge("kmpray_tasks_store_only", "Finished tasks kept in the store only, out of the scheduler's memory",
+            len(core.tasks.cold))
     for i, n in inflight.items():
         m.gauge(
             "kmpray_executor_inflight",

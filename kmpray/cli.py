@@ -120,7 +120,9 @@ def status(address: str | None, namespace: str, state_dir: str | None, as_json: 
         return
     click.echo(f"engine {info['namespace']}: platform={info['platform']} virtual_time={info['virtual_time']}")
     click.echo(f"  executors={info['executors']} in flight={info['inflight']} ready={info['ready']}")
-    click.echo("  " + "  ".join(f"{k}={v}" for k, v in info["counts"].items()))
+    click.echo("  " + "  ".join(f"{k}={v}" for k, v in info["counts"].items())
+               + (f"  ({info['finished_in_store_only']} finished kept in the store only)"
+                  if info.get("finished_in_store_only") else ""))
     click.echo(f"  workers: {', '.join(info['workers']) or '-'}")
     if m := info.get("messages"):
         click.echo(f"  scheduler since start: {m.get('enqueue_calls', 0)} enqueue calls, "

@@ -211,3 +211,20 @@ def test_quarantine_lists_and_drops_damaged_rows(ray_session, tmp_path: Path) ->
         assert second.quarantined() == [] and second.get_task_info("good").state.value == "ENQUEUED"
     finally:
         second.shutdown()
+
+
+def test_status_says_how_many_finished_rows_are_kept_in_the_store_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import kmpray.cli
+
+    class Engine:
+        def status(self) -> dict[str, object]:
+            return {"namespace": "n", "platform": "cluster", "virtual_time": False, "executors": 2,
+                    "inflight": 0, "ready": 0, "counts": {"SUCCEEDED": 40, "FAILED": 2}, "workers": ["Echo"],
+                    "finished_in_store_only": 37}
+
+    monkeypatch.setattr(kmpray.cli, "_attach", lambda *_args: Engine())
+    out = cli("status", "--namespace", "n")
+    assert out.returncode == 0
+    assert "SUCCEEDED=40  FAILED=2  (37 finished kept in the store only)" in out.stdout

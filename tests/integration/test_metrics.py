@@ -87,4 +87,5 @@ def test_a_known_workload_shows_on_the_metrics_export_port(engines: Any) -> None
     assert got["kmpray_timer_lateness_ms_count"][()] >= 7  # six due at enqueue, then the retry
     assert got["kmpray_store_write_ms_count"][()] >= 1
     assert got["kmpray_events_stored"][()] == 7 and got["kmpray_pending_tasks"][()] == 0
+    assert got["kmpray_tasks_store_only"][()] == 0  # finished seconds ago: still in memory (30 s)
     assert sum(v for labels, v in got["kmpray_run_duration_ms_bucket"].items() if ("le", "+Inf") in labels) == 7
