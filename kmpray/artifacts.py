@@ -266,9 +266,10 @@ def descriptors(data: Any) -> list[dict[str, Any]]:
 
 def has_descriptors(data: Any) -> bool:
     if isinstance(data, dict):
-        return MARK in data or any(has_descriptors(v) for v in data.values())
+        # Only nested containers are walked: flat data (the common case) costs one pass.
+        return MARK in data or any(has_descriptors(v) for v in data.values() if isinstance(v, (dict, list)))
     if isinstance(data, list):
-        return any(has_descriptors(v) for v in data)
+        return any(has_descriptors(v) for v in data if isinstance(v, (dict, list)))
     return False
 
 

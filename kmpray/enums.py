@@ -22,10 +22,11 @@ class TaskState(str, Enum):
 
     @property
     def is_finished(self) -> bool:
-        return self in _FINISHED
+        return self in FINISHED
 
 
-_FINISHED = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED})
+#: The finished states (``TaskState.is_finished``), for a membership test on a hot path.
+FINISHED = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED})
 
 
 def shown_state(state: TaskState, began: bool) -> TaskState:

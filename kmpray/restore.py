@@ -55,9 +55,9 @@ class Restoring:
                 self.dependents.setdefault(pre, []).append(rec.key)
         # A prerequisite the store kept cold as it read it (restore_cold): back in memory.
         needed = sorted({p for rec in rows for p in rec.prereqs if p in self.tasks.cold})
-        for rec in self.tasks.load(needed).values():
-            self.tasks.warm(rec)
-            self.names.setdefault(rec.name, []).append(rec.key)
+        self._warm(needed)  # (one the store lost is forgotten, with a warning, and left out)
+        for key in needed:
+            self.names.setdefault(self.tasks[key].name, []).append(key)
         # A name's works in line by their append number, not by creation time: appends in one
         # millisecond (one enqueue_many) sort "n#10" before "n#9" by key, and a clock set back
         # would misplace them too; the next APPEND then followed the wrong leaf, and two

@@ -17,13 +17,12 @@ from collections.abc import Callable
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .enums import TaskState
+from .enums import FINISHED, TaskState
 
 if TYPE_CHECKING:
     from .records import TaskRecord
 
-_FINISHED_STATES = tuple(s for s in TaskState if s.is_finished)
-_FINISHED = frozenset(_FINISHED_STATES)
+_FINISHED_STATES = tuple(s for s in TaskState if s in FINISHED)  # in declaration order
 
 #: Reads finished rows back from the store: row keys -> the records found (detached).
 Loader = Callable[[list[str]], dict[str, "TaskRecord"]]
@@ -85,10 +84,8 @@ class TaskTable(dict[str, "TaskRecord"]):
         super().__setitem__(key, rec)
         rec.table = self
         state = rec.shown_state
-        self.shown[state] += 1
-        self.by_worker[(rec.worker, state)] += 1
-        self.recent[state][key] = None
-        if state in _FINISHED and self.loader is not None:
+        self._enter(key, rec.worker, state)
+        if state in FINISHED and self.loader is not None:
             self.finishing.append(key)
 
     def __delitem__(self, key: str) -> None:
@@ -102,11 +99,19 @@ class TaskTable(dict[str, "TaskRecord"]):
             rec.table = None
         return rec
 
-    def _leave(self, rec: TaskRecord) -> None:
-        state = rec.shown_state
+    def _enter(self, key: str, worker: str, state: TaskState) -> None:
+        """A row counted in the indexes (in memory or cold alike)."""
+        self.shown[state] += 1
+        self.by_worker[(worker, state)] += 1
+        self.recent[state][key] = None
+
+    def _exit(self, key: str, worker: str, state: TaskState) -> None:
         self.shown[state] -= 1
-        self.by_worker[(rec.worker, state)] -= 1
-        self.recent[state].pop(rec.key, None)
+        self.by_worker[(worker, state)] -= 1
+        self.recent[state].pop(key, None)
+
+    def _leave(self, rec: TaskRecord) -> None:
+        self._exit(rec.key, rec.worker, rec.shown_state)
 
     def moved(self, rec: TaskRecord, before: TaskState, after: TaskState) -> None:
         self.shown[before] -= 1
@@ -116,7 +121,7 @@ class TaskTable(dict[str, "TaskRecord"]):
         by_worker[(rec.worker, after)] += 1
         self.recent[before].pop(rec.key, None)
         self.recent[after][rec.key] = None
-        if after in _FINISHED and self.loader is not None:  # none: nothing ever goes cold
+        if after in FINISHED and self.loader is not None:  # none: nothing ever goes cold
             self.finishing.append(rec.key)
 
     def touched(self, rec: TaskRecord) -> None:
@@ -144,9 +149,7 @@ class TaskTable(dict[str, "TaskRecord"]):
         if packed is None:
             return False
         self.cold[rec.key] = packed
-        self.shown[rec.state] += 1
-        self.by_worker[(rec.worker, rec.state)] += 1
-        self.recent[rec.state][rec.key] = None
+        self._enter(rec.key, rec.worker, rec.state)
         return True
 
     def _packed(self, rec: TaskRecord) -> int | None:
@@ -181,9 +184,7 @@ class TaskTable(dict[str, "TaskRecord"]):
             return False
         c = self.cold_info(key)
         del self.cold[key]
-        self.shown[c.state] -= 1
-        self.by_worker[(c.worker, c.state)] -= 1
-        self.recent[c.state].pop(key, None)
+        self._exit(key, c.worker, c.state)
         return True
 
     def load(self, keys: list[str]) -> dict[str, TaskRecord]:

@@ -9,11 +9,10 @@ import logging
 from typing import TYPE_CHECKING
 
 from . import lifecycle
-from ._model import MARK
 from .artifacts import has_descriptors
 from .constraints import Constraints
 from .effects import Outcome, outcome_for
-from .enums import ScheduleResult, TaskState
+from .enums import FINISHED, ScheduleResult, TaskState
 from .errors import InvalidParameters, KmprayError, RejectedByPolicy
 from .policies import Action, decide
 from .records import TaskRecord
@@ -216,7 +215,7 @@ class UniqueWork:
             looked += 1
             key = queue[0]
             rec = table.get(key)
-            if rec is not None and rec.state in _FINISHED:
+            if rec is not None and rec.state in FINISHED:
                 if rec.updated_at_ms >= before_ms or key in persist:
                     break
                 if _may_go_cold(rec) and not dependents.get(key) and table.evict(rec):
@@ -270,8 +269,6 @@ class UniqueWork:
             keys.remove(key)
 
 
-_FINISHED = frozenset(s for s in TaskState if s.is_finished)
-
 
 def _may_go_cold(rec: TaskRecord) -> bool:
     """A finished row nothing in memory needs whole (dependents aside: the caller's): not a
@@ -280,11 +277,5 @@ def _may_go_cold(rec: TaskRecord) -> bool:
 
 
 def _large(result: object) -> bool:
-    """Does this result's data hold large values (descriptors)? Flat data (the common
-    case) is looked at once, without the recursive walk."""
-    if not isinstance(result, Success) or not result.data:
-        return False
-    data = result.data
-    if MARK in data:
-        return True
-    return any(type(v) is dict or type(v) is list for v in data.values()) and has_descriptors(data)
+    """Does this result's data hold large values (descriptors)?"""
+    return isinstance(result, Success) and has_descriptors(result.data)
