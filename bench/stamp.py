@@ -46,6 +46,27 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu_seconds(pid: int) -> dict[int, float]:
+    """Each thread's CPU time so far (``/proc/<pid>/task``): thread id -> seconds. The
+    scheduler's event loop is one of them, and its busiest over a run: the bottleneck."""
+    import os
+
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        out[int(tid)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
+def busiest_thread_seconds(before: dict[int, float], after: dict[int, float]) -> float:
+    """The CPU seconds of the thread that used the most between two ``thread_cpu_seconds``."""
+    return max((t - before.get(tid, 0.0) for tid, t in after.items()), default=0.0)
+
+
 def rss_bytes(pid: int, part: str = "VmRSS") -> int:
     """A process's resident memory: ``VmRSS`` (all of it), or one part: ``RssAnon``
     (its private heap), ``RssFile`` (mapped files: code), ``RssShmem`` (shared memory
