@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from kmpray.errors import StoreRefused
 from kmpray.event_codec import decode_event, decode_events, encode_event
 from kmpray.event_log import MemoryEventLog, SqliteEventLog
 from kmpray.events import TaskCompletionEvent, TaskProgressEvent
-from kmpray.timing import METRICS_S
+from kmpray.timing import METRICS_S, QUIET_SYNC_ROWS, QUIET_SYNC_S
 
 from .metrics import Metrics
 from .names import BROKER, base_namespace, lookup
@@ -54,11 +55,19 @@ class EventBroker:
         self._metrics = Metrics(namespace)
         self._published_total = 0  # events appended since this process started
         self._oldest_read: int | None = None  # the lowest cursor read from since the last publish
-        self._metrics_loop: asyncio.Task[None] | None = None  # started by the first call
+        self._housekeeping_loop: asyncio.Task[None] | None = None  # started by the first call
 
-    async def _publish_metrics(self) -> None:
+    async def _housekeeping(self) -> None:
+        published = time.monotonic()
         while True:
-            await asyncio.sleep(METRICS_S)
+            await asyncio.sleep(QUIET_SYNC_S)
+            try:
+                self.log.sync_if_quiet(QUIET_SYNC_ROWS)  # durability="normal": see kmpray/timing.py
+            except Exception:
+                log.warning("syncing the event log failed; will retry", exc_info=True)
+            if time.monotonic() - published < METRICS_S:
+                continue
+            published = time.monotonic()
             try:
                 self._metrics_once()
             except Exception:
@@ -98,8 +107,8 @@ class EventBroker:
         for _b, _o, flag in kept:
             self._appended[flag] += 1
         self._published_total += len(kept)
-        if self._metrics_loop is None:
-            self._metrics_loop = asyncio.ensure_future(self._publish_metrics())
+        if self._housekeeping_loop is None:
+            self._housekeeping_loop = asyncio.ensure_future(self._housekeeping())
         for flag, keep in ((False, self.retention), (True, self.progress_retention)):
             if self._appended[flag] >= keep // 10 + 1:
                 self._appended[flag] = 0

@@ -22,6 +22,8 @@ from kmpray.timing import (
     EVICT_CHUNKS,
     METRICS_S,
     PRUNE_S,
+    QUIET_SYNC_ROWS,
+    QUIET_SYNC_S,
     RECONCILE_S,
     TRIM_AFTER_INPUT_CHARS,
     WAIT_CHECK_MAX_S,
@@ -61,7 +63,7 @@ class SchedulerHousekeeping:
         # never prune, and its rows, its memory and its store would grow without bound.
         last_prune = last_gc - PRUNE_S
         trimmed_at = 0  # store.spilled_chars at the last give_back()
-        published = waits_checked = 0.0
+        published = waits_checked = synced = 0.0
         waits_every_s = min(max(self.config.wait_warning_ms / 10_000, RECONCILE_S), WAIT_CHECK_MAX_S)
         while True:
             await asyncio.sleep(RECONCILE_S)
@@ -83,6 +85,9 @@ class SchedulerHousekeeping:
                 gc.freeze()
                 await self._reconcile()
                 await self._evict_finished()
+                if time.monotonic() - synced >= QUIET_SYNC_S:  # durability="normal": kmpray/timing.py
+                    synced = time.monotonic()
+                    self.store.sync_if_quiet(QUIET_SYNC_ROWS)
                 changed = self._watcher.poll(self.core.watched_uris())
                 if changed and sum(self.core.fire("content_uri", uri) for uri in changed):
                     self._kick()

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-from .store import _connect, _refusing, _transaction
+from .store import _connect, _refusing, _transaction, sync_quietly
 
 
 class EventLog(Protocol):
@@ -31,6 +31,10 @@ class EventLog(Protocol):
     def last_origin(self, source: int = 0) -> int: ...
 
     def trim(self, keep: int, progress: bool = False) -> None: ...
+
+    def sync_if_quiet(self, max_rows: int) -> bool:
+        """As ``TaskStore.sync_if_quiet``."""
+        ...
 
     def close(self) -> None: ...
 
@@ -66,6 +70,8 @@ class SqliteEventLog:
     def __init__(self, path: str | Path, durability: str = "normal") -> None:
         self._conn = conn = _connect(Path(path), _EVENT_TABLES, durability)
         self._lock = threading.Lock()
+        self._path = Path(path)
+        self._written = 0  # rows appended or trimmed since the last sync_if_quiet
         with _refusing(Path(path)):
             if "progress" not in {row[1] for row in conn.execute("PRAGMA table_info(events)")}:
                 # A file from before progress had a count of its own: its rows are completions.
@@ -99,6 +105,7 @@ class SqliteEventLog:
                 conn.executemany("INSERT INTO events (body, progress) VALUES (?, ?)", rows)
             # Committed. AUTOINCREMENT never reuses a cursor: the batch owns start+1..start+n.
             cursors = list(range(start + 1, start + 1 + len(rows)))
+            self._written += len(rows)
             self._completions.extend(c for c, (_body, flag) in zip(cursors, rows, strict=True) if not flag)
         return cursors
 
@@ -129,6 +136,7 @@ class SqliteEventLog:
         """Keep the newest ``keep`` completion events (``progress``: progress events); the
         other kind's rows stay as they are."""
         with self._lock, _transaction(self._conn) as conn:
+            self._written += 1
             if progress:
                 row = conn.execute("SELECT cursor FROM events WHERE progress = 1 ORDER BY cursor DESC "
                                    "LIMIT 1 OFFSET ?", (keep,)).fetchone()
@@ -141,6 +149,12 @@ class SqliteEventLog:
                 conn.execute("DELETE FROM events WHERE progress = 0 AND cursor <= ?", (cut,))
                 for _ in range(len(done) - keep):
                     done.popleft()
+
+    def sync_if_quiet(self, max_rows: int) -> bool:
+        with self._lock:
+            written, self._written = self._written, 0
+            with _refusing(self._path):
+                return sync_quietly(self._conn, written, max_rows)
 
     def close(self) -> None:
         self._conn.close()
@@ -186,6 +200,9 @@ class MemoryEventLog:
         gone = set(kind[:-keep] if keep else kind)
         self._rows = [r for r in self._rows if r[0] not in gone]
         self._progress -= gone
+
+    def sync_if_quiet(self, max_rows: int) -> bool:
+        return False  # nothing to sync
 
     def close(self) -> None:
         pass

@@ -134,5 +134,8 @@ class MemoryTaskStore:
     def put_meta(self, key: str, value: object) -> None:
         self._meta[key] = msgpack.packb(value, use_bin_type=True)
 
+    def sync_if_quiet(self, max_rows: int) -> bool:
+        return False  # nothing to sync
+
     def close(self) -> None:
         pass

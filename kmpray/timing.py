@@ -30,6 +30,14 @@ PRUNE_S = 60.0
 #: EVICT_CHUNKS chunks a round (400,000 rows a second: far above any rate they come at).
 EVICT_CHUNK = 2_000
 EVICT_CHUNKS = 200
+#: Under durability="normal" a store file's WAL reaches the disk only at a checkpoint, which
+#: SQLite makes after ~1,000 pages of writes: at a few tasks a minute that is hours or days
+#: of acknowledged work an OS crash or power loss could take back. The scheduler and the
+#: broker look this often: if something but at most QUIET_SYNC_ROWS rows were written
+#: since, they checkpoint (and so sync) at once, ~1 ms here; under more load SQLite's own
+#: checkpoints come within seconds.
+QUIET_SYNC_S = 1.0
+QUIET_SYNC_ROWS = 2_000
 #: Python's cyclic garbage collector, in the scheduler: everything alive is frozen (taken
 #: out of the collector's scans) every RECONCILE_S, so a full collection scans only what
 #: is new instead of every task in memory (66 ms pauses every few seconds at 30,000

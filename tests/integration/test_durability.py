@@ -339,3 +339,35 @@ def test_finished_rows_kept_in_the_store_only_read_as_before(engines: Any) -> No
     assert sched.get_task_info("c5") == before["c5"]  # restored, then kept in the store only again
     until(lambda: sched.status()["finished_in_store_only"] == 40, what="restored rows out of memory again")
     assert sched.status()["counts"]["SUCCEEDED"] == 40
+
+
+@ONE_SHARD
+def test_a_light_load_reaches_the_database_files_within_seconds(engines: Any, tmp_path: Path) -> None:
+    """durability="normal": SQLite syncs a WAL only when it checkpoints (every ~1,000 pages),
+    so under a light load the scheduler and the broker checkpoint themselves once a second
+    (kmpray/timing.py QUIET_SYNC_*): a task's row and its completion event are in the
+    database files proper, which is what an OS crash leaves, seconds after it finished."""
+    import shutil
+    import sqlite3
+
+    sched = engines()
+    register_all(sched)
+    assert sched.enqueue("light", TaskTrigger.OneTime(), "Echo") is ScheduleResult.SUCCESS
+    assert sched.wait("light", timeout_s=60).state is TaskState.SUCCEEDED
+
+    def main_file_has(name: str, sql: str) -> bool:
+        copy = tmp_path / f"copy-{name}"
+        shutil.copyfile(Path(sched.state_dir) / name, copy)  # the file alone, without its WAL
+        conn = sqlite3.connect(str(copy))
+        try:
+            return bool(list(conn.execute(sql)))
+        except sqlite3.OperationalError:  # its tables are in the WAL only as yet
+            return False
+        finally:
+            conn.close()
+            copy.unlink()
+
+    until(lambda: main_file_has("tasks.db", "SELECT key FROM tasks WHERE key = 'light'"), timeout_s=15,
+          what="the task's row in tasks.db itself")
+    until(lambda: main_file_has("events.db", "SELECT cursor FROM events"), timeout_s=15,
+          what="its completion event in events.db itself")
