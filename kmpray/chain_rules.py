@@ -51,7 +51,7 @@ class ChainRules:
             total = sum(len(step) for step in steps)
             if total > MAX_CHAIN_TASKS:
                 raise InvalidParameters(f"chain: {total} tasks, more than the limit of {MAX_CHAIN_TASKS}")
-            if chain_id in self.names or chain_id in self.tasks.cold:
+            if self._name_taken(chain_id):
                 raise InvalidParameters(f"chain id: {chain_id!r} is already the id of a task")
             existing = self.chains.get(chain_id)
             unfinished = existing is not None and not self._chain_finished(existing)
@@ -65,8 +65,8 @@ class ChainRules:
                 for task in step:
                     tid = task["id"]
                     check_id(tid, self.config, f"step {n} task id")
-                    taken = tid in seen or ((tid in self.tasks or tid in self.names or tid in self.tasks.cold)
-                                           and tid not in replaced)
+                    in_use = tid in self.tasks or self._name_taken(tid)
+                    taken = tid in seen or (in_use and tid not in replaced)
                     if taken and task.get("id_explicit", True):
                         raise InvalidParameters(f"step {n} task id: {tid!r} is used twice or already in use")
                     if taken:

@@ -6,6 +6,7 @@ control, constraints a platform ignores, and forgetting finished rows. A mixin o
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from . import lifecycle
@@ -215,9 +216,9 @@ class UniqueWork:
             looked += 1
             key = queue[0]
             rec = table.get(key)
+            if _waits(rec, before_ms, persist):
+                break
             if rec is not None and rec.state in FINISHED:
-                if rec.updated_at_ms >= before_ms or key in persist:
-                    break
                 if _may_go_cold(rec) and not dependents.get(key) and table.evict(rec):
                     went += 1
                     entry = names.get(key)
@@ -229,11 +230,8 @@ class UniqueWork:
     def cold_due(self: Core, before_ms: int) -> bool:
         """Is the next row in line to go cold due (and stored as it is)?"""
         queue = self.tasks.finishing
-        if self.tasks.loader is None or not queue:
-            return False
-        rec = self.tasks.get(queue[0])
-        return rec is None or not rec.state.is_finished or (
-            rec.updated_at_ms < before_ms and rec.key not in self.fx.persist)
+        return self.tasks.loader is not None and bool(queue) and not _waits(
+            self.tasks.get(queue[0]), before_ms, self.fx.persist)
 
     def restore_cold(self: Core, rec: TaskRecord) -> bool:
         """At a restart, as the store decodes each row (``TaskStore.load(cold=...)``): a
@@ -243,6 +241,10 @@ class UniqueWork:
                 or rec.updated_at_ms >= self.clock.now_ms() - self.config.finished_in_memory_ms):
             return False
         return self.tasks.add_cold(rec)
+
+    def _name_taken(self: Core, name: str) -> bool:
+        """Is ``name`` a task's name, in memory or cold (a cold row's name is its key)?"""
+        return name in self.names or name in self.tasks.cold
 
     def _name_keys(self: Core, name: str) -> list[str] | None:
         """The row keys under ``name`` (None: a new name). A cold row's name entry was let go
@@ -268,6 +270,14 @@ class UniqueWork:
             self.tasks.drop_cold(key)
             keys.remove(key)
 
+
+
+def _waits(rec: TaskRecord | None, before_ms: int, persist: Mapping[str, object]) -> bool:
+    """Must the sweep stop at this row, the next in line (``TaskTable.finishing``)? Yes if
+    it is finished but not due yet, or changed since the last write (those behind it finished
+    later). A row gone or no longer finished is passed over."""
+    return rec is not None and rec.state in FINISHED and (
+        rec.updated_at_ms >= before_ms or rec.key in persist)
 
 
 def _may_go_cold(rec: TaskRecord) -> bool:
