@@ -317,8 +317,11 @@ class ExecutorPool:
         if incarnation in slot.dead:
             return False
         slot.dead.add(incarnation)  # also one this pool has not seen answer a ping yet
-        if incarnation == slot.incarnation:
-            slot.reachable = False
+        # Nothing more to this slot until a ping finds its successor, also when no ping has
+        # seen the ending process yet (Ray restarted it; it took runs through Ray's calls):
+        # a run sent meanwhile would fail on the dying process and count as one it died
+        # under. A late notice from an older process only pauses the slot for a ping.
+        slot.reachable = False
         self.lose(i, "is ending its process", [k for k, took in slot.inflight.items() if took == incarnation],
                   crashed=True)
         return True

@@ -186,6 +186,23 @@ def test_an_executor_with_a_submit_in_flight_gets_no_other_until_it_answers() ->
     assert pool.slots[0].submits == 0
 
 
+def test_an_executor_ending_a_process_no_ping_has_seen_yet_gets_nothing_more() -> None:
+    """A process Ray restarted takes runs before this pool's next ping has seen it (its calls
+    go through Ray); if it then ends itself (its memory cap), it says so (``exiting``) and
+    must be sent nothing more until its successor answers a ping. The chaos run's memory hog
+    was handed to such a process 80 ms after its notice: the submit failed, and that failure
+    counted as the hog's own fourth death although its run never began (session 32)."""
+    pool, core, sent = _pool()
+    pool.send(1, [("hog", 1)], ["run-hog"])
+    pool.answered(1)
+    assert not pool.accepted(1, [("hog", 1)], "p1-restarted")  # the new process took it, unpinged
+    assert pool.exiting(1, "p1-restarted")
+    assert core.lost == [("hog", 1, True)]  # it died under the run it took
+    assert 1 not in [i for _room, i in pool.free()]  # and nothing more goes to it...
+    assert pool.isolate(None) != 1 and not pool._usable(pool.slots[1])
+    assert not pool.exiting(1, "p1-restarted")  # (said twice: once is enough)
+
+
 def _heavy_pool(size: int) -> tuple[Any, _Core]:
     """A HeavyPool of ``size`` slots over a stand-in scheduler: its reconcile is the pool's
     own, results heard change nothing, runs go out as (key, run id)."""
