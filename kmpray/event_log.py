@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-from .store import _connect, _refusing, _transaction, sync_quietly
+from .store import _connect, _refusing, _transaction
+from .wal import sync_quietly
 
 
 class EventLog(Protocol):

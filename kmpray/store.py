@@ -26,6 +26,7 @@ import msgpack
 from .chain_record import ChainRecord
 from .errors import DamagedRow, StoreRefused
 from .records import TaskRecord, decode, encode
+from .wal import WAL_SIZE_LIMIT, sync_quietly
 
 log = logging.getLogger("kmpray.store")
 
@@ -193,22 +194,6 @@ def _refuse(path: Path, what: str, exc: BaseException | None = None) -> StoreRef
         f"store {path}: {what}{cause}. Move the file aside (or restore it from a backup) and "
         f"connect again, or pass another state_dir; kmpray never repairs it in place."
     )
-
-
-WAL_SIZE_LIMIT = 1000 * 4096  # SQLite's default wal_autocheckpoint (pages) x its default page size
-
-
-def sync_quietly(conn: sqlite3.Connection, written: int, max_rows: int) -> bool:
-    """``synchronous=NORMAL`` syncs the WAL only at a checkpoint, every ~1,000 pages: at a
-    few rows a minute, hours of them for an OS crash to take back. If ``written`` (rows
-    since the last look) is some but ≤ ``max_rows``, checkpoint now (~1 ms here; timing.py
-    ``QUIET_SYNC_*``); heavier writing gets SQLite's own checkpoints within seconds anyway."""
-    if not 0 < written <= max_rows:
-        return False
-    if int(conn.execute("PRAGMA synchronous").fetchone()[0]) >= 2:
-        return False  # FULL: each commit is synced already
-    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-    return True
 
 
 def _connect(path: Path, tables: dict[str, str], durability: str = "normal") -> sqlite3.Connection:
