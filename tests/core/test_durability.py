@@ -89,15 +89,21 @@ def test_sqlite_store_persists_batches_and_deletes(tmp_path: Path) -> None:
     assert again.get_meta("registered") == ["Ok"]
 
 
+def _stored(path: Path, n: int, input_chars: int) -> SqliteTaskStore:
+    """A store at ``path`` with ``n`` tasks written in one transaction, inputs this long."""
+    h = Harness()
+    for i in range(n):
+        h.core.submit(f"t{i}", TaskTrigger.OneTime(), "Ok", "x" * input_chars or None)
+    store = SqliteTaskStore(path)
+    fx = h.drain()
+    store.write(fx.persist.values(), fx.delete)
+    return store
+
+
 def test_the_wal_shrinks_back_after_one_large_transaction(tmp_path: Path) -> None:
     """A prune of thousands of rows is one transaction: the WAL grows past its usual size for
     it, and must not keep that size for good (the soak's store grew by such steps)."""
-    h = Harness()
-    for i in range(3000):
-        h.core.submit(f"t{i}", TaskTrigger.OneTime(), "Ok", "x" * 2000)
-    store = SqliteTaskStore(tmp_path / "s.db")
-    fx = h.drain()
-    store.write(fx.persist.values(), fx.delete)
+    store = _stored(tmp_path / "s.db", 3000, 2000)
     wal = tmp_path / "s.db-wal"
     assert wal.stat().st_size > 2 * WAL_SIZE_LIMIT  # the large transaction
     store.write([], [f"t{i}" for i in range(3000)])  # its prune: also large
@@ -486,12 +492,7 @@ def test_a_quiet_store_syncs_what_it_wrote_at_the_next_look(tmp_path: Path) -> N
 
 
 def test_a_busy_store_leaves_syncing_to_sqlites_own_checkpoints(tmp_path: Path) -> None:
-    h = Harness()
-    for i in range(5):
-        h.core.submit(f"t{i}", TaskTrigger.OneTime(), "Ok", None)
-    store = SqliteTaskStore(tmp_path / "s.db")
-    fx = h.drain()
-    store.write(fx.persist.values(), fx.delete)
+    store = _stored(tmp_path / "s.db", 5, 0)
     assert not store.sync_if_quiet(3)  # 5 rows (and the commit) > 3: busy, left alone
     assert _main_file_only(store.path, tmp_path, "SELECT key FROM tasks") == []
     store.put_meta("m", 1)  # the count starts again after each look
@@ -524,12 +525,7 @@ def test_a_quiet_sync_empties_the_wal_and_never_waits_on_a_reader(tmp_path: Path
     import sqlite3
     import time
 
-    h = Harness()
-    for i in range(300):
-        h.core.submit(f"t{i}", TaskTrigger.OneTime(), "Ok", "x" * 1000)
-    store = SqliteTaskStore(tmp_path / "s.db")
-    fx = h.drain()
-    store.write(fx.persist.values(), fx.delete)
+    store = _stored(tmp_path / "s.db", 300, 1000)
     wal = tmp_path / "s.db-wal"
     assert wal.stat().st_size > 300 * 1000
     assert store.sync_if_quiet(2000)
