@@ -9,9 +9,16 @@ size. Reported (pass figures):
 - ``scheduler_rss_mb`` {after_warmup, end, growth}: the scheduler's RSS just before each
   kill (each incarnation restores the store: a growing store shows here), the first one
   after the warm-up third against the last: growth <= 1.10.
-- ``store_mb`` {after_warmup, end, growth}: tasks.db with its WAL, from the first sample
-  after ``store_warmup_s`` (the warm-up third, or once the longest retention window,
-  ANSWER_RETENTION_S + PRUNE_S, has passed if later) to the last: flat (<= 1.10).
+- ``db_mb`` {after_warmup, end, growth}: tasks.db itself, from the first sample after
+  ``store_warmup_s`` (the warm-up third, or once the longest retention window,
+  ANSWER_RETENTION_S + PRUNE_S, has passed if later) to the last: flat (<= 1.10). The file
+  never shrinks (freed pages are reused), so first to last is its trend.
+- ``wal_mb`` {peak_first_half, peak_second_half}: its WAL over the same window, which the
+  quiet sync empties every second and SQLite truncates back to WAL_SIZE_LIMIT at each
+  reset: the second half's peak at most that (4 MB). ``store_mb``: both files together,
+  first sample to last, as earlier soaks reported it (since the WAL is emptied each quiet
+  second, a sample catches it anywhere between empty and a second's writes: a phase, not
+  a trend).
   ``store_used_mb``: its pages in use (peaks of each half of that window: they rise between
   prunes), and per sample the rows of ``tasks``, ``answers`` (enqueue answers, kept
   ANSWER_RETENTION_S) and ``outbox``: what grows, if anything does.
@@ -54,6 +61,13 @@ def _rss_mb(pid: int | None) -> float | None:
 
 def _store_mb(state: Path) -> float:
     return sum(p.stat().st_size for p in state.glob("tasks.db*")) / 2**20
+
+
+def _file_mb(path: Path) -> float:
+    try:
+        return path.stat().st_size / 2**20
+    except FileNotFoundError:  # the WAL, between a close and the next open
+        return 0.0
 
 
 def _store_rows(state: Path) -> dict[str, float]:
@@ -123,6 +137,8 @@ def scenario(quick: bool = False, rate: float = 100.0, seed: int = 7, **sizes: f
                     "scheduler_rss_mb": _rss_mb(actor_pid(ray, "kmpray.scheduler", namespace)),
                     "broker_rss_mb": _rss_mb(actor_pid(ray, "kmpray.broker", namespace)),
                     "store_mb": round(_store_mb(state), 2),
+                    "db_mb": round(_file_mb(state / "tasks.db"), 2),
+                    "wal_mb": round(_file_mb(state / "tasks.db-wal"), 2),
                     "store": _store_rows(state),
                 })
 
@@ -147,6 +163,8 @@ def scenario(quick: bool = False, rate: float = 100.0, seed: int = 7, **sizes: f
         # kept ANSWER_RETENTION_S, and pruned every PRUNE_S.
         store_warm = min(max(warm, ANSWER_RETENTION_S + PRUNE_S), 2 * size["duration_s"] / 3)
         store_points = [s["store_mb"] for s in samples if s["t"] >= store_warm]
+        db_points = [s["db_mb"] for s in samples if s["t"] >= store_warm]
+        wal_points = [s["wal_mb"] for s in samples if s["t"] >= store_warm]
         used_points = [s["store"]["used_mb"] for s in samples if s["t"] >= store_warm and s["store"]]
         result = {
             "scenario": "soak",
@@ -160,6 +178,8 @@ def scenario(quick: bool = False, rate: float = 100.0, seed: int = 7, **sizes: f
             "scheduler_rss_mb": _growth(rss_points),
             "scheduler_rss_before_each_kill": before_kill,
             "store_warmup_s": round(store_warm),
+            "db_mb": _growth(db_points),
+            "wal_mb": _peaks(wal_points),
             "store_mb": _growth(store_points),
             "store_used_mb": _peaks(used_points),  # pages in use, without the free ones
             "replay": {k: v for k, v in replay.items() if k != "per_task"},
@@ -179,7 +199,8 @@ def _peaks(points: list[float]) -> dict[str, Any]:
     if half == 0:
         return {"peak_first_half": None, "peak_second_half": None, "growth": None}
     first, second = max(points[:half]), max(points[half:])
-    return {"peak_first_half": first, "peak_second_half": second, "growth": round(second / first, 3)}
+    return {"peak_first_half": first, "peak_second_half": second,
+            "growth": round(second / first, 3) if first else None}
 
 
 def _growth(points: list[float]) -> dict[str, Any]:
