@@ -87,7 +87,7 @@ class SchedulerHousekeeping:
                 await self._evict_finished()
                 if time.monotonic() - synced >= QUIET_SYNC_S:  # durability="normal": kmpray/timing.py
                     synced = time.monotonic()
-                    self.store.sync_if_quiet(QUIET_SYNC_ROWS)
+                    self._sync_quietly()
                 changed = self._watcher.poll(self.core.watched_uris())
                 if changed and sum(self.core.fire("content_uri", uri) for uri in changed):
                     self._kick()
@@ -105,6 +105,14 @@ class SchedulerHousekeeping:
                     await self.sweep_artifacts()
             except Exception:
                 log.exception("housekeeping failed; will retry")
+
+    def _sync_quietly(self) -> None:
+        """The store synced if writing was light (its own step: a failing disk must not stop
+        the rest of housekeeping, the prune and the content-URI watch among it)."""
+        try:
+            self.store.sync_if_quiet(QUIET_SYNC_ROWS)
+        except Exception as exc:
+            log.warning("syncing the store failed (%s); will retry", exc)
 
     async def _evict_finished(self) -> None:
         """Finished rows past finished_in_memory_ms out of memory, EVICT_CHUNK at a time (a

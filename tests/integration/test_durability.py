@@ -371,3 +371,21 @@ def test_a_light_load_reaches_the_database_files_within_seconds(engines: Any, tm
           what="the task's row in tasks.db itself")
     until(lambda: main_file_has("events.db", "SELECT cursor FROM events"), timeout_s=15,
           what="its completion event in events.db itself")
+
+
+def test_a_failing_sync_is_logged_and_leaves_the_rest_of_housekeeping_to_run(caplog: Any) -> None:
+    """The once-a-second quiet sync is its own step: a disk that fails it must not stop the
+    prune, the content-URI watch and the long-wait checks that come after it."""
+    import logging
+
+    from kmpray.actors.scheduler_housekeeping import SchedulerHousekeeping
+
+    class FailingStore:
+        def sync_if_quiet(self, max_rows: int) -> bool:
+            raise OSError("disk I/O error")
+
+    keeper = object.__new__(SchedulerHousekeeping)
+    keeper.store = FailingStore()  # type: ignore[assignment]
+    with caplog.at_level(logging.WARNING, logger="kmpray.scheduler"):
+        keeper._sync_quietly()  # returns: the loop goes on to the rest of its round
+    assert [r.getMessage() for r in caplog.records] == ["syncing the store failed (disk I/O error); will retry"]
