@@ -3,6 +3,7 @@ metrics agent of ``ray[default]``), with the values of a known workload."""
 
 from __future__ import annotations
 
+import os
 import time
 import urllib.request
 from collections import defaultdict
@@ -87,5 +88,9 @@ def test_a_known_workload_shows_on_the_metrics_export_port(engines: Any) -> None
     assert got["kmpray_timer_lateness_ms_count"][()] >= 7  # six due at enqueue, then the retry
     assert got["kmpray_store_write_ms_count"][()] >= 1
     assert got["kmpray_events_stored"][()] == 7 and got["kmpray_pending_tasks"][()] == 0
-    assert got["kmpray_tasks_store_only"][()] == 0  # finished seconds ago: still in memory (30 s)
+    store_only = got["kmpray_tasks_store_only"][()]
+    if os.environ.get("KMPRAY_TEST_FINISHED_IN_MEMORY_MS") is None:
+        assert store_only == 0  # finished seconds ago: still in memory (30 s)
+    else:  # the suite with finished rows going at once (tests/conftest.py): some or all went by now
+        assert 0 <= store_only <= 6
     assert sum(v for labels, v in got["kmpray_run_duration_ms_bucket"].items() if ("le", "+Inf") in labels) == 7
