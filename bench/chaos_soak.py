@@ -162,10 +162,8 @@ def scenario(quick: bool = False, rate: float = 100.0, seed: int = 7, **sizes: f
         # The store can be flat only once its longest window has passed: enqueue answers are
         # kept ANSWER_RETENTION_S, and pruned every PRUNE_S.
         store_warm = min(max(warm, ANSWER_RETENTION_S + PRUNE_S), 2 * size["duration_s"] / 3)
-        store_points = [s["store_mb"] for s in samples if s["t"] >= store_warm]
-        db_points = [s["db_mb"] for s in samples if s["t"] >= store_warm]
-        wal_points = [s["wal_mb"] for s in samples if s["t"] >= store_warm]
-        used_points = [s["store"]["used_mb"] for s in samples if s["t"] >= store_warm and s["store"]]
+        window = [s for s in samples if s["t"] >= store_warm]
+        used_points = [s["store"]["used_mb"] for s in window if s["store"]]
         result = {
             "scenario": "soak",
             "duration_s": size["duration_s"],
@@ -178,9 +176,9 @@ def scenario(quick: bool = False, rate: float = 100.0, seed: int = 7, **sizes: f
             "scheduler_rss_mb": _growth(rss_points),
             "scheduler_rss_before_each_kill": before_kill,
             "store_warmup_s": round(store_warm),
-            "db_mb": _growth(db_points),
-            "wal_mb": _peaks(wal_points),
-            "store_mb": _growth(store_points),
+            "db_mb": _growth([s["db_mb"] for s in window]),
+            "wal_mb": _peaks([s["wal_mb"] for s in window]),
+            "store_mb": _growth([s["store_mb"] for s in window]),
             "store_used_mb": _peaks(used_points),  # pages in use, without the free ones
             "replay": {k: v for k, v in replay.items() if k != "per_task"},
             "samples": samples,

@@ -37,13 +37,18 @@ def scheduler_pid(ray: Any, namespace: str) -> int:
     return int(ray.get(actor.__ray_call__.remote(lambda self: os.getpid())))
 
 
-def cpu_seconds(pid: int) -> float:
-    """A process's CPU time so far, user and system, every thread of it (``/proc``)."""
+def _stat_cpu_seconds(path: str) -> float:
+    """User and system CPU seconds from a ``/proc`` ``stat`` file (a process's or a thread's)."""
     import os
 
-    with open(f"/proc/{pid}/stat") as f:
+    with open(path) as f:
         fields = f.read().rsplit(")", 1)[1].split()  # the command name may hold spaces
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """A process's CPU time so far, user and system, every thread of it (``/proc``)."""
+    return _stat_cpu_seconds(f"/proc/{pid}/stat")
 
 
 def thread_cpu_seconds(pid: int) -> dict[int, float]:
@@ -54,11 +59,9 @@ def thread_cpu_seconds(pid: int) -> dict[int, float]:
     out = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
-            with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
+            out[int(tid)] = _stat_cpu_seconds(f"/proc/{pid}/task/{tid}/stat")
         except OSError:  # the thread ended meanwhile
             continue
-        out[int(tid)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return out
 
 

@@ -14,6 +14,7 @@ from kmpray.records import TaskRecord, decode, encode
 from kmpray.restore import RUN_IDS_PER_START
 from kmpray.results import Failure, Success
 from kmpray.store import WAL_SIZE_LIMIT, SqliteTaskStore
+from tests.integration.helpers import main_file_rows
 
 from .conftest import START, Harness
 
@@ -452,25 +453,6 @@ def test_durability_sets_each_store_files_synchronous_mode(tmp_path: Path) -> No
         SqliteTaskStore(tmp_path / "x.db", "off")
 
 
-def _main_file_only(db: Path, tmp: Path, sql: str) -> list[tuple[object, ...]]:
-    """What ``sql`` reads from the database file alone, without its WAL: what an OS crash
-    before the WAL's next sync would leave (a copy, so the WAL is not touched)."""
-    import shutil
-    import sqlite3
-
-    copy = tmp / f"copy-{db.name}"
-    shutil.copyfile(db, copy)
-    conn = sqlite3.connect(str(copy))
-    try:
-        return list(conn.execute(sql))
-    except sqlite3.OperationalError as exc:  # even the table is in the WAL only
-        assert "no such table" in str(exc)
-        return []
-    finally:
-        conn.close()
-        copy.unlink()
-
-
 def test_a_quiet_store_syncs_what_it_wrote_at_the_next_look(tmp_path: Path) -> None:
     """Under synchronous=NORMAL a commit reaches the disk at the WAL's next checkpoint, which
     SQLite makes after ~1,000 pages: a light load's writes would wait hours for it. The
@@ -481,23 +463,23 @@ def test_a_quiet_store_syncs_what_it_wrote_at_the_next_look(tmp_path: Path) -> N
     fx = h.drain()
     store.write(fx.persist.values(), fx.delete)
     rows = "SELECT key FROM tasks"
-    assert _main_file_only(store.path, tmp_path, rows) == []  # in the WAL only
+    assert main_file_rows(store.path, tmp_path, rows) == []  # in the WAL only
     assert store.sync_if_quiet(2000)
-    assert _main_file_only(store.path, tmp_path, rows) == [("a",)]
+    assert main_file_rows(store.path, tmp_path, rows) == [("a",)]
     assert not store.sync_if_quiet(2000)  # nothing written since
     store.put_meta("m", 1)
     assert store.sync_if_quiet(2000)
-    assert _main_file_only(store.path, tmp_path, "SELECT key FROM meta") == [("m",)]
+    assert main_file_rows(store.path, tmp_path, "SELECT key FROM meta") == [("m",)]
     store.close()
 
 
 def test_a_busy_store_leaves_syncing_to_sqlites_own_checkpoints(tmp_path: Path) -> None:
     store = _stored(tmp_path / "s.db", 5, 0)
     assert not store.sync_if_quiet(3)  # 5 rows (and the commit) > 3: busy, left alone
-    assert _main_file_only(store.path, tmp_path, "SELECT key FROM tasks") == []
+    assert main_file_rows(store.path, tmp_path, "SELECT key FROM tasks") == []
     store.put_meta("m", 1)  # the count starts again after each look
     assert store.sync_if_quiet(3)
-    assert len(_main_file_only(store.path, tmp_path, "SELECT key FROM tasks")) == 5
+    assert len(main_file_rows(store.path, tmp_path, "SELECT key FROM tasks")) == 5
     store.close()
     full = SqliteTaskStore(tmp_path / "f.db", durability="full")
     full.put_meta("m", 1)
@@ -509,9 +491,9 @@ def test_a_quiet_event_log_syncs_what_it_appended(tmp_path: Path) -> None:
     log = SqliteEventLog(tmp_path / "e.db")
     assert log.append([b"one", b"two"]) == [1, 2]
     cursors = "SELECT cursor FROM events ORDER BY cursor"
-    assert _main_file_only(tmp_path / "e.db", tmp_path, cursors) == []
+    assert main_file_rows(tmp_path / "e.db", tmp_path, cursors) == []
     assert log.sync_if_quiet(2000)
-    assert _main_file_only(tmp_path / "e.db", tmp_path, cursors) == [(1,), (2,)]
+    assert main_file_rows(tmp_path / "e.db", tmp_path, cursors) == [(1,), (2,)]
     assert not log.sync_if_quiet(2000)
     assert not MemoryEventLog().sync_if_quiet(2000)
     log.close()
@@ -544,5 +526,5 @@ def test_a_quiet_sync_empties_the_wal_and_never_waits_on_a_reader(tmp_path: Path
     reader.close()
     store.put_meta("m", 3)
     assert store.sync_if_quiet(2000) and wal.stat().st_size == 0
-    assert _main_file_only(store.path, tmp_path, "SELECT key FROM meta") == [("m",)]
+    assert main_file_rows(store.path, tmp_path, "SELECT key FROM meta") == [("m",)]
     store.close()

@@ -15,7 +15,7 @@ from kmpray import FIFTEEN_MINUTES, ONE_HOUR, EngineConfig, ScheduleResult, Task
 from kmpray.protocol import RETRY_MARK
 from kmpray.shards import shard_of
 
-from .helpers import ONE_SHARD, blocks_input, count_runs, process_gone, until
+from .helpers import ONE_SHARD, blocks_input, count_runs, main_file_rows, process_gone, until
 from .workers import ALL, register_all
 
 pytestmark = pytest.mark.ray
@@ -347,30 +347,17 @@ def test_a_light_load_reaches_the_database_files_within_seconds(engines: Any, tm
     so under a light load the scheduler and the broker checkpoint themselves once a second
     (kmpray/timing.py QUIET_SYNC_*): a task's row and its completion event are in the
     database files proper, which is what an OS crash leaves, seconds after it finished."""
-    import shutil
-    import sqlite3
-
     sched = engines()
     register_all(sched)
     assert sched.enqueue("light", TaskTrigger.OneTime(), "Echo") is ScheduleResult.SUCCESS
     assert sched.wait("light", timeout_s=60).state is TaskState.SUCCEEDED
 
-    def main_file_has(name: str, sql: str) -> bool:
-        copy = tmp_path / f"copy-{name}"
-        shutil.copyfile(Path(sched.state_dir) / name, copy)  # the file alone, without its WAL
-        conn = sqlite3.connect(str(copy))
-        try:
-            return bool(list(conn.execute(sql)))
-        except sqlite3.OperationalError:  # its tables are in the WAL only as yet
-            return False
-        finally:
-            conn.close()
-            copy.unlink()
-
-    until(lambda: main_file_has("tasks.db", "SELECT key FROM tasks WHERE key = 'light'"), timeout_s=15,
+    state = Path(sched.state_dir)
+    row = "SELECT key FROM tasks WHERE key = 'light'"
+    until(lambda: bool(main_file_rows(state / "tasks.db", tmp_path, row)), timeout_s=15,
           what="the task's row in tasks.db itself")
-    until(lambda: main_file_has("events.db", "SELECT cursor FROM events"), timeout_s=15,
-          what="its completion event in events.db itself")
+    until(lambda: bool(main_file_rows(state / "events.db", tmp_path, "SELECT cursor FROM events")),
+          timeout_s=15, what="its completion event in events.db itself")
 
 
 def test_a_failing_sync_is_logged_and_leaves_the_rest_of_housekeeping_to_run(caplog: Any) -> None:
