@@ -26,6 +26,7 @@ from kmpray.timing import RESYNC_S
 from .names import SCHEDULER, lookup
 from .outbox import Outbox
 from .retry import call_with_retry
+from .untraced import untrace
 
 log = logging.getLogger("kmpray.chains")
 
@@ -34,6 +35,7 @@ log = logging.getLogger("kmpray.chains")
 @ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=1000)
 class ChainCoordinator:
     def __init__(self, namespace: str, index: int, pool: int) -> None:
+        untrace(self)  # its own calls without Ray's tracing shim (actors/untraced.py)
         self.namespace = namespace
         self.index = index
         self.pool = pool

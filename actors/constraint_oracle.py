@@ -23,6 +23,7 @@ from kmpray.timing import PROBE_TIMEOUT_S
 
 from .names import SCHEDULER, lookup, shard_namespace
 from .retry import call_with_retry
+from .untraced import untrace
 
 log = logging.getLogger("kmpray.oracle")
 
@@ -35,6 +36,7 @@ def _probe_node(state_dir: str, threshold: int, storage: float, idle: float) -> 
 @ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=1000)
 class ConstraintOracle:
     def __init__(self, namespace: str, state_dir: str, config: dict[str, Any]) -> None:
+        untrace(self)  # its own calls without Ray's tracing shim (actors/untraced.py)
         self.namespace = namespace
         self.state_dir = state_dir
         self.config = EngineConfig.model_validate(config)

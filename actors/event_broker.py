@@ -25,6 +25,7 @@ from kmpray.timing import METRICS_S, QUIET_SYNC_ROWS, QUIET_SYNC_S
 
 from .metrics import Metrics
 from .names import BROKER, base_namespace, lookup
+from .untraced import untrace
 
 log = logging.getLogger("kmpray.broker")
 
@@ -37,6 +38,7 @@ class EventBroker:
         self, state_dir: str, retention: int, durability: str = "normal", namespace: str = "",
         progress_retention: int | None = None,
     ) -> None:
+        untrace(self)  # its own calls without Ray's tracing shim (actors/untraced.py)
         self._refused: StoreRefused | None = None
         try:
             self.log = SqliteEventLog(Path(state_dir) / "events.db", durability)

@@ -52,6 +52,7 @@ from .names import SCHEDULER, lookup
 from .outbox import Outbox
 from .replies import Replies
 from .report_lane import LaneReports
+from .untraced import untrace
 from .worker_classes import WorkerClasses
 
 #: The concurrency group (a thread and event loop of its own) of what must be answered
@@ -70,6 +71,7 @@ class ExecutorBase(StepData, Reporting, Cancelling, WorkerClasses):
     def __init__(
         self, namespace: str, index: int, config: dict[str, Any], artifacts: tuple[str, str] | None = None
     ) -> None:
+        untrace(self)  # its own calls without Ray's tracing shim (actors/untraced.py)
         self.namespace = namespace
         self.index = index
         self.config = EngineConfig.model_validate(config)

@@ -17,6 +17,7 @@ import ray
 
 from .names import SCHEDULER, lookup
 from .retry import call_with_retry
+from .untraced import untrace
 
 log = logging.getLogger("kmpray.registry")
 
@@ -24,6 +25,7 @@ log = logging.getLogger("kmpray.registry")
 @ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=1000)
 class WorkerRegistry:
     def __init__(self, namespace: str) -> None:
+        untrace(self)  # its own calls without Ray's tracing shim (actors/untraced.py)
         self.namespace = namespace
         self._blobs: dict[str, tuple[int, bytes]] = {}
         self._reseeding = asyncio.ensure_future(self._reseed())

@@ -56,6 +56,7 @@ from .scheduler_intake import SchedulerIntake
 from .scheduler_reads import SchedulerReads
 from .scheduler_reports import SchedulerReports
 from .submit_lane import SubmitLanes
+from .untraced import untrace
 from .virtual_time import VirtualTime
 from .waiters import Waiters
 
@@ -87,6 +88,7 @@ class SchedulerActor(
         self, namespace: str, state_dir: str, virtual_time: bool, platform: str, config: dict[str, Any],
         clock_start_ms: int | None = None,
     ):
+        untrace(self)  # its own calls without Ray's tracing shim (actors/untraced.py)
         self._born = time.monotonic()
         self.serving_in_s: float | None = None  # from process start to serving (restore included)
         self.namespace = namespace
