@@ -20,7 +20,18 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ..lane import HEADER, FrameError, body_size, connect, pack, read_frame, sock_address, unpack
+from ..lane import (
+    FIRST_READ,
+    HEADER,
+    FrameError,
+    connect,
+    kernel_timeouts,
+    pack,
+    read_frame,
+    sock_address,
+    still_to_come,
+    unpack,
+)
 from ..timing import LANE_LOST_RECHECK_S, LANE_NONE_RECHECK_S
 
 # kmpray/timing.py's, bound here so a test may shorten them for this module
@@ -52,7 +63,8 @@ class Lane:
         self._info: Info | None = None
         self._next_check = 0.0
         self._lock = threading.Lock()
-        self._idle: list[socket.socket] = []  # blocking connections (threads)
+        # blocking connections (threads), each with the timeout its kernel keeps (kernel_timeouts)
+        self._idle: list[tuple[socket.socket, float]] = []
         self._idle_async: list[socket.socket] = []  # non-blocking ones (any event loop)
         self.calls = 0
         # False: every call goes through Ray (KMPRAY_LOCAL_LANE=0 in the client's environment;
@@ -80,7 +92,8 @@ class Lane:
             if self._info is info:
                 self._info = None
                 self._next_check = time.monotonic() + LOST_RECHECK_S
-                stale, self._idle, self._idle_async = self._idle + self._idle_async, [], []
+                stale = [s for s, _t in self._idle] + self._idle_async
+                self._idle, self._idle_async = [], []
             else:
                 stale = []
         for sock in stale:
@@ -107,7 +120,8 @@ class Lane:
     def close(self) -> None:
         """Close every idle connection and forget the lane (the next call looks it up again)."""
         with self._lock:
-            stale, self._idle, self._idle_async, self._info = self._idle + self._idle_async, [], [], None
+            stale = [s for s, _t in self._idle] + self._idle_async
+            self._idle, self._idle_async, self._info = [], [], None
         for sock in stale:
             sock.close()
 
@@ -117,7 +131,7 @@ class Lane:
         info = self._where()
         frame = _frame(method, args)
         with self._lock:
-            sock = self._idle.pop() if self._idle else None
+            sock, bound = self._idle.pop() if self._idle else (None, 0.0)
         if sock is None:
             try:
                 sock = connect(info["address"], info["secret"], timeout_s)
@@ -125,7 +139,8 @@ class Lane:
                 self._lost(info)
                 raise LaneDown(f"cannot connect: {exc}", sent=False) from None
         try:
-            sock.settimeout(timeout_s)
+            if bound != timeout_s:
+                kernel_timeouts(sock, timeout_s)
             sock.sendall(frame)
             answer = read_frame(sock)
         except BaseException as exc:
@@ -135,7 +150,7 @@ class Lane:
                 raise LaneDown(f"connection lost: {exc}", sent=True) from None
             raise
         with self._lock:
-            self._idle.append(sock)
+            self._idle.append((sock, timeout_s))
         return self._value(answer)
 
     async def call_async(self, method: str, args: list[Any], timeout_s: float) -> Any:
@@ -185,6 +200,8 @@ def _frame(method: str, args: list[Any]) -> bytes:
 
 
 async def _read_frame_async(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> Any:
+    """One answer from a non-blocking socket: header and body in one read when they came
+    together (kmpray/lane.py's ``read_frame``)."""
     async def exactly(n: int) -> bytes:
         buf = bytearray()
         while len(buf) < n:
@@ -194,4 +211,10 @@ async def _read_frame_async(loop: asyncio.AbstractEventLoop, sock: socket.socket
             buf += chunk
         return bytes(buf)
 
-    return unpack(await exactly(body_size(await exactly(HEADER.size))))
+    first = await loop.sock_recv(sock, FIRST_READ)
+    if not first:
+        raise ConnectionResetError("the lane closed the connection")
+    if len(first) < HEADER.size:
+        first += await exactly(HEADER.size - len(first))
+    missing = still_to_come(first)
+    return unpack(first[HEADER.size:] + await exactly(missing) if missing else first[HEADER.size:])

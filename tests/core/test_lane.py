@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,7 +16,17 @@ from kmpray.actors.lane import LaneServer
 
 from kmpray.client import lane as client_lane
 from kmpray.client.lane import Lane, LaneDown
-from kmpray.lane import MAX_FRAME, FrameError, body_size, connect, pack, read_frame, sock_address, unpack
+from kmpray.lane import (
+    MAX_FRAME,
+    FrameError,
+    body_size,
+    connect,
+    kernel_timeouts,
+    pack,
+    read_frame,
+    sock_address,
+    unpack,
+)
 
 
 class Served:
@@ -79,6 +90,80 @@ def test_frames_round_trip_and_refuse_oversize_and_garbage() -> None:
         body_size((MAX_FRAME + 1).to_bytes(4, "big"))
     with pytest.raises(FrameError, match="not a msgpack frame"):
         unpack(b"\xc1")  # a byte msgpack never uses
+
+
+class _Pieces:
+    """A socket whose reads return the given pieces in turn (each cut to what was asked)."""
+
+    def __init__(self, *pieces: bytes) -> None:
+        self.pieces = list(pieces)
+        self.reads: list[int] = []
+
+    def recv(self, n: int) -> bytes:
+        self.reads.append(n)
+        piece = self.pieces.pop(0) if self.pieces else b""
+        if len(piece) > n:
+            self.pieces.insert(0, piece[n:])
+        return piece[:n]
+
+
+def test_an_answer_is_read_whole_in_pieces_and_one_frame_at_a_time() -> None:
+    small = pack(["ok", 1])
+    one = _Pieces(small)
+    assert read_frame(one) == ["ok", 1] and len(one.reads) == 1  # type: ignore[arg-type]  # header and body: one read
+    big = pack(["big", "x" * 300_000])
+    split = _Pieces(big[:3], big[3:70_000], big[70_000:])  # the header itself in two pieces
+    assert read_frame(split) == ["big", "x" * 300_000]  # type: ignore[arg-type]
+    assert split.pieces == [] and split.reads[:2] == [64 * 1024, 1]
+    with pytest.raises(FrameError, match="more than one frame"):
+        read_frame(_Pieces(small + small))  # type: ignore[arg-type]
+    with pytest.raises(ConnectionResetError):
+        read_frame(_Pieces(big[:100]))  # type: ignore[arg-type]  # closed mid-frame
+    a, b = socket.socketpair()  # and a real socket with the kernel's timeouts
+    try:
+        kernel_timeouts(a, 5)
+        mid = pack(["mid", "z" * 100_000])  # over the first read, under the socket's buffer
+        b.sendall(mid)
+        assert read_frame(a) == ["mid", "z" * 100_000]
+    finally:
+        a.close()
+        b.close()
+
+
+async def _read_async(sock: socket.socket) -> Any:
+    return await client_lane._read_frame_async(asyncio.get_running_loop(), sock)
+
+
+def test_the_async_read_takes_the_same_frames() -> None:
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    try:
+        b.sendall(pack(["ok", 2]))
+        assert asyncio.run(_read_async(a)) == ["ok", 2]
+        big = pack(["big", "y" * 100_000])  # over the first read, under the socket's buffer
+        b.sendall(big[:2])
+        b.sendall(big[2:])
+        assert asyncio.run(_read_async(a)) == ["big", "y" * 100_000]
+        b.sendall(pack(1) + pack(2))
+        with pytest.raises(FrameError, match="more than one frame"):
+            asyncio.run(_read_async(a))
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_silent_peer_times_the_read_out_in_the_kernel() -> None:
+    a, b = socket.socketpair()
+    try:
+        kernel_timeouts(a, 0.2)
+        assert a.gettimeout() is None  # blocking: no poll before each call
+        started = time.monotonic()
+        with pytest.raises(OSError):
+            read_frame(a)  # nothing comes: the kernel ends the wait
+        assert time.monotonic() - started < 10  # bounded (it waits ~0.2 s), not for ever
+    finally:
+        a.close()
+        b.close()
 
 
 def test_sync_calls_reuse_one_connection_and_keep_their_order(served: Served) -> None:
