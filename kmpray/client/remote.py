@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
+import secrets
 import sys
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -46,6 +47,19 @@ def ship_class(cls: type) -> bytes:
     return bytes(cloudpickle.dumps(cls))
 
 
+def _new_token_source() -> None:
+    """Tokens are this process's random prefix (96 bits, as unguessable to collide as a
+    uuid4) and a count: no random bytes asked of the kernel per call (a system call each,
+    on every enqueue). A forked child draws a prefix of its own."""
+    global _token_prefix, _token_count
+    _token_prefix, _token_count = secrets.token_hex(12) + "-", itertools.count()
+
+
+_token_prefix, _token_count = "", itertools.count()
+_new_token_source()
+os.register_at_fork(after_in_child=_new_token_source)
+
+
 def _tokens(token: bool) -> Iterator[tuple[str, ...]]:
     """The request token each try of one call carries (nothing if ``token`` is False): the
     first try a fresh token, every retry the same token marked as a retry. The scheduler
@@ -53,7 +67,7 @@ def _tokens(token: bool) -> Iterator[tuple[str, ...]]:
     if not token:
         while True:
             yield ()
-    first = uuid.uuid4().hex
+    first = f"{_token_prefix}{next(_token_count):x}"
     yield (first,)
     while True:
         yield (first + RETRY_MARK,)
