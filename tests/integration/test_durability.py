@@ -226,16 +226,6 @@ def test_scheduler_killed_under_load_of_ten_thousand_tasks(engines: Any, tmp_pat
     assert duplicated == 0
 
 
-def test_the_client_marks_retries_of_one_call_with_its_first_token() -> None:
-    from kmpray.client.remote import _tokens
-
-    tries = _tokens(True)
-    first, second, third = next(tries), next(tries), next(tries)
-    assert len(first[0]) == 32 and second == third == (first[0] + RETRY_MARK,)
-    assert next(_tokens(True)) != first  # another call, another token
-    assert next(_tokens(False)) == ()
-
-
 def test_a_retried_enqueue_is_answered_again_not_applied_twice(engines: Any, tmp_path: Path) -> None:
     """The client retries a call whose answer was lost (the scheduler died after storing the
     work): with the same request token it gets the answer, and finished one-time work does
