@@ -204,7 +204,9 @@ class ExecutorBase(StepData, Reporting, Cancelling, WorkerClasses):
                     self._unreported[key] = None
                     if batch is not None:
                         self._fencing.took(key, batch[0], batch[1])
-                    self._tasks[key] = asyncio.ensure_future(self._run(run))
+                    # the loop's own create_task: asyncio.ensure_future looks the loop up, and
+                    # Python 3.11 asks the kernel for its pid at every look-up
+                    self._tasks[key] = self._loop.create_task(self._run(run))
                     taken.append(key)
             return taken
 
