@@ -2,7 +2,8 @@
 python -m bench load --rate R ...   (the load generator: load --help)
 python -m bench chaos [--scenario scheduler|executors|hard-restart|poison|misfire|long-runs|node-loss|soak]
 python -m bench plot [NAME ...]     (PNGs from the JSON in bench/results/, without running anything)
-python -m bench peers [--install]   (Huey, Dramatiq, Celery over Redis, raw Ray and kmpray side by side)"""
+python -m bench peers [--install]   (Huey, Dramatiq, Celery over Redis, raw Ray and kmpray side by side)
+python -m bench ab --rev REV [--pairs N] -- dispatch   (REV's engine code against this one, alternating)"""
 
 from __future__ import annotations
 
@@ -22,6 +23,10 @@ def main(argv: list[str] | None = None) -> int:
         from .load import main as load_main
 
         return load_main(argv[1:])
+    if argv[:1] == ["ab"]:
+        from .ab import main as ab_main
+
+        return ab_main(argv[1:])
     if argv[:1] == ["plot"]:
         from .plots import plot_saved
 

@@ -1,0 +1,45 @@
+"""bench ab (bench/ab.py): two revisions' engine code alternate, the checked-out code is put
+back after every run of the other revision (also when that run fails), and each figure is
+summarised per revision. A stand-in runner and checkout: no git, no Ray."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bench.ab import compare, order
+
+
+def test_revisions_alternate_and_the_code_is_put_back_after_each_run_of_the_other() -> None:
+    assert order(3) == ["rev", "now", "now", "rev", "rev", "now"]
+    checked_out = ["HEAD"]
+    seen: list[str] = []
+    rates = iter([100.0, 120.0, 130.0, 90.0, 110.0, 125.0])
+
+    def checkout(rev: str) -> None:
+        checked_out.append(rev)
+
+    def runner(args: list[str]) -> dict[str, Any]:
+        assert args == ["dispatch", "--quick"]
+        seen.append(checked_out[-1])
+        return {"engine_tasks_per_s": next(rates), "ratio": 5.0, "shards": 1, "note": "text", "ok": True}
+
+    result = compare("abc123", 3, ["dispatch", "--quick"], runner=runner, checkout=checkout)
+    assert seen == ["abc123", "HEAD", "HEAD", "abc123", "abc123", "HEAD"]
+    assert checked_out[-1] == "HEAD" and checked_out.count("abc123") == 3
+    rate = result["figures"]["engine_tasks_per_s"]
+    assert rate["rev"] == [100.0, 90.0, 110.0] and rate["now"] == [120.0, 130.0, 125.0]
+    assert rate["median_rev"] == 100.0 and rate["median_now"] == 125.0 and rate["now_over_rev"] == 1.25
+    assert set(result["figures"]) == {"engine_tasks_per_s", "ratio", "shards"}  # numbers only
+
+
+def test_a_failing_run_of_the_other_revision_still_puts_the_code_back() -> None:
+    checked_out = ["HEAD"]
+
+    def runner(args: list[str]) -> dict[str, Any]:
+        raise RuntimeError("the benchmark failed")
+
+    with pytest.raises(RuntimeError):
+        compare("abc123", 1, ["dispatch"], runner=runner, checkout=checked_out.append)
+    assert checked_out == ["HEAD", "abc123", "HEAD"]
