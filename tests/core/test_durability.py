@@ -14,8 +14,8 @@ from kmpray.records import TaskRecord, decode, encode
 from kmpray.restore import RUN_IDS_PER_START
 from kmpray.results import Failure, Success
 from kmpray.store import WAL_SIZE_LIMIT, SqliteTaskStore
-from tests.integration.helpers import main_file_rows
 
+from ..sqlite_files import main_file_rows
 from .conftest import START, Harness
 
 triggers = st.one_of(

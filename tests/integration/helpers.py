@@ -12,8 +12,7 @@ import pytest
 
 from .workers import count_runs
 
-__all__ = ["ONE_SHARD", "blocks_input", "count_runs", "main_file_rows", "next_completion",
-           "one_name_from_many_threads", "until"]
+__all__ = ["ONE_SHARD", "blocks_input", "count_runs", "next_completion", "one_name_from_many_threads", "until"]
 
 #: A test that reaches into one scheduler's actors or files (shard 0's), skipped when the
 #: suite runs against sharded engines (KMPRAY_TEST_SHARDS=2, see tests/conftest.py).
@@ -98,23 +97,3 @@ def in_turn(shared: Any) -> Iterator[Any]:
     kmpray.TaskEventBus._bind(shared.events)
     yield shared
     shared.cancel_all()
-
-
-def main_file_rows(db: Path, tmp: Path, sql: str) -> list[tuple[object, ...]]:
-    """What ``sql`` reads from the SQLite file ``db`` alone, without its WAL: what an OS
-    crash before the WAL's next sync would leave (a copy in ``tmp``, so the WAL is not
-    touched). None of it while even the table is in the WAL only."""
-    import shutil
-    import sqlite3
-
-    copy = tmp / f"copy-{db.name}"
-    shutil.copyfile(db, copy)
-    conn = sqlite3.connect(str(copy))
-    try:
-        return list(conn.execute(sql))
-    except sqlite3.OperationalError as exc:
-        assert "no such table" in str(exc)
-        return []
-    finally:
-        conn.close()
-        copy.unlink()

@@ -15,7 +15,8 @@ from kmpray import FIFTEEN_MINUTES, ONE_HOUR, EngineConfig, ScheduleResult, Task
 from kmpray.protocol import RETRY_MARK
 from kmpray.shards import shard_of
 
-from .helpers import ONE_SHARD, blocks_input, count_runs, main_file_rows, process_gone, until
+from ..sqlite_files import main_file_rows
+from .helpers import ONE_SHARD, blocks_input, count_runs, process_gone, until
 from .workers import ALL, register_all
 
 pytestmark = pytest.mark.ray
@@ -365,4 +366,5 @@ def test_a_failing_sync_is_logged_and_leaves_the_rest_of_housekeeping_to_run(cap
     keeper.store = FailingStore()  # type: ignore[assignment]
     with caplog.at_level(logging.WARNING, logger="kmpray.scheduler"):
         keeper._sync_quietly()  # returns: the loop goes on to the rest of its round
-    assert [r.getMessage() for r in caplog.records] == ["syncing the store failed (disk I/O error); will retry"]
+    logged = [r.getMessage() for r in caplog.records]
+    assert logged == ["syncing the store failed (disk I/O error); will retry"]
