@@ -74,10 +74,9 @@ def compare(rev: str, pairs: int, bench_args: list[str], runner: Runner = _run_b
     keys = [k for k, v in runs["now"][0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
     figures: dict[str, Any] = {}
     for key in keys:
-        got = {w: [r.get(key) for r in runs[w]] for w in runs}
-        if any(not isinstance(v, (int, float)) for vals in got.values() for v in vals):
-            continue
-        per: dict[str, list[float]] = {w: [float(v) for v in vs if v is not None] for w, vs in got.items()}
+        if not all(isinstance(r.get(key), (int, float)) for w in runs for r in runs[w]):
+            continue  # not a number in every run
+        per = {w: [float(r[key]) for r in runs[w]] for w in runs}
         medians = {w: statistics.median(vals) for w, vals in per.items()}
         figures[key] = {"rev": per["rev"], "now": per["now"], "median_rev": medians["rev"],
                         "median_now": medians["now"],
