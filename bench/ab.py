@@ -58,6 +58,17 @@ def _run_bench(args: list[str]) -> dict[str, Any]:
         return json.loads(out.read_text())  # type: ignore[no-any-return]
 
 
+def flat(result: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A benchmark's JSON with nested figures as dotted keys (``cpu_us_per_task.executors``)."""
+    out: dict[str, Any] = {}
+    for key, value in result.items():
+        if isinstance(value, dict):
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def compare(rev: str, pairs: int, bench_args: list[str], runner: Runner = _run_bench,
             checkout: Callable[[str], None] = _checkout) -> dict[str, Any]:
     """The alternating runs and their summary; ``checkout("HEAD")`` after each run of ``rev``."""
@@ -66,11 +77,11 @@ def compare(rev: str, pairs: int, bench_args: list[str], runner: Runner = _run_b
         if which == "rev":
             checkout(rev)
             try:
-                runs["rev"].append(runner(bench_args))
+                runs["rev"].append(flat(runner(bench_args)))
             finally:
                 checkout("HEAD")
         else:
-            runs["now"].append(runner(bench_args))
+            runs["now"].append(flat(runner(bench_args)))
     keys = [k for k, v in runs["now"][0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
     figures: dict[str, Any] = {}
     for key in keys:

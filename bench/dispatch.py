@@ -66,6 +66,36 @@ def scheduler_pids(ray: Any, sched: Any) -> list[int]:
     return [scheduler_pid(ray, shard_namespace(sched.namespace, k)) for k in range(sched.shards)]
 
 
+def engine_pids(ray: Any, sched: Any) -> dict[str, list[int]]:
+    """The engine's processes on this node by role (scheduler per shard, light executors,
+    event broker) and this driver: whose CPU a task costs. Empty roles when they run on
+    another node (their ``/proc`` is not here)."""
+    import os
+
+    from kmpray.actors.names import BROKER, EXECUTOR, shard_namespace
+
+    from .chaos_common import actor_pid
+
+    pids: dict[str, list[int]] = {"scheduler": scheduler_pids(ray, sched), "executors": [], "broker": [],
+                                  "driver": [os.getpid()]}
+    if not pids["scheduler"]:
+        return pids
+    for k in range(sched.shards):
+        ns = shard_namespace(sched.namespace, k)
+        i = 0
+        while (pid := actor_pid(ray, EXECUTOR.format(i), ns)) is not None:
+            pids["executors"].append(pid)
+            i += 1
+    broker = actor_pid(ray, BROKER, sched.namespace)
+    pids["broker"] = [broker] if broker is not None else []
+    return pids
+
+
+def cpu_by_role(pids: dict[str, list[int]]) -> dict[str, float]:
+    """CPU seconds so far of each role's processes together (``engine_pids``)."""
+    return {role: sum(cpu_seconds(p) for p in ps) for role, ps in pids.items()}
+
+
 def capacity_batches(sched: Any, runs: int, between: Callable[[], None], n: int = 5_000) -> list[float]:
     """The bulk rate of an engine in use (``bench load --find-max`` sets its knee against
     it): a 1,000-task warm-up batch, as ``run`` has, then ``runs`` batches of ``n``, with
@@ -100,17 +130,22 @@ def run(quick: bool = False, json_path: str | None = None, address: str | None =
     sched = engine("bench-dispatch", config=kmpray.EngineConfig(scheduler_shards=shards))
     try:
         engine_rate(sched, min(n, 1_000), "warm")
-        pids = scheduler_pids(ray, sched)
-        cpu_before = sum(cpu_seconds(p) for p in pids)
+        roles = engine_pids(ray, sched)
+        pids = roles["scheduler"]
+        by_role_before = cpu_by_role(roles)
         threads_before = [thread_cpu_seconds(p) for p in pids]
         rate, lat = engine_rate(sched, n, "run")
-        cpu_after = sum(cpu_seconds(p) for p in pids)
+        by_role = {r: (s - by_role_before[r]) / n * 1e6 for r, s in cpu_by_role(roles).items()}
         threads = zip(threads_before, pids, strict=True)
         loop_s = max((busiest_thread_seconds(b, thread_cpu_seconds(p)) for b, p in threads), default=0.0)
     finally:
         sched.shutdown()
     # #14's "scheduler CPU per task": every thread of the scheduler process(es), this run.
-    sched_us = (cpu_after - cpu_before) / n * 1e6 if pids else None
+    sched_us = by_role["scheduler"] if pids else None
+    # Where the rest of a task's CPU goes (session 34): each role's processes together, this run.
+    roles_us = {r: round(us, 1) for r, us in by_role.items()} if pids else {}
+    if roles_us:
+        roles_us["all"] = round(sum(by_role.values()), 1)
     loop_us = loop_s / n * 1e6 if pids else None  # its busiest thread: the event loop's
     # The same with durability="full" (an fsync per commit of both store files), same run.
     full_config = kmpray.EngineConfig(durability="full", scheduler_shards=shards)
@@ -130,6 +165,7 @@ def run(quick: bool = False, json_path: str | None = None, address: str | None =
         "ratio": round(rate / raw, 2),
         "scheduler_cpu_us_per_task": None if sched_us is None else round(sched_us, 1),
         "scheduler_loop_thread_cpu_us_per_task": None if loop_us is None else round(loop_us, 1),
+        "cpu_us_per_task": roles_us,
         "latency_ms": percentiles(lat),
         "cdf_ms": {"kmpray": cdf(lat)},
         "note": "latency = enqueue call to completion event timestamp, closed batch",
@@ -145,6 +181,7 @@ def run(quick: bool = False, json_path: str | None = None, address: str | None =
                 ("scheduler CPU / task", "n/a (no local scheduler process)" if sched_us is None
                  else f"{sched_us:.1f} µs (every thread; bench core: its Ray-free part)"),
                 ("its event loop's thread / task", "n/a" if loop_us is None else f"{loop_us:.1f} µs"),
+                ("CPU / task by process", ", ".join(f"{r} {us:.1f}" for r, us in roles_us.items()) or "n/a"),
         ('durability="full" tasks/s', f"{full_rate:,.0f} ({full_rate / rate:.0%} of the default)"),
                 ("latency p50/p95/p99 ms", "/".join(str(v) for v in result["latency_ms"].values())),
                 ("json", str(out)),

@@ -23,7 +23,9 @@ def test_revisions_alternate_and_the_code_is_put_back_after_each_run_of_the_othe
     def runner(args: list[str]) -> dict[str, Any]:
         assert args == ["dispatch", "--quick"]
         seen.append(checked_out[-1])
-        return {"engine_tasks_per_s": next(rates), "ratio": 5.0, "shards": 1, "note": "text", "ok": True}
+        rate = next(rates)
+        return {"engine_tasks_per_s": rate, "ratio": 5.0, "shards": 1, "note": "text", "ok": True,
+                "cpu_us_per_task": {"executors": rate / 10, "all": None}}
 
     result = compare("abc123", 3, ["dispatch", "--quick"], runner=runner, checkout=checkout)
     assert seen == ["abc123", "HEAD", "HEAD", "abc123", "abc123", "HEAD"]
@@ -31,7 +33,9 @@ def test_revisions_alternate_and_the_code_is_put_back_after_each_run_of_the_othe
     rate = result["figures"]["engine_tasks_per_s"]
     assert rate["rev"] == [100.0, 90.0, 110.0] and rate["now"] == [120.0, 130.0, 125.0]
     assert rate["median_rev"] == 100.0 and rate["median_now"] == 125.0 and rate["now_over_rev"] == 1.25
-    assert set(result["figures"]) == {"engine_tasks_per_s", "ratio", "shards"}  # numbers only
+    # numbers only; nested figures under dotted keys
+    assert set(result["figures"]) == {"engine_tasks_per_s", "ratio", "shards", "cpu_us_per_task.executors"}
+    assert result["figures"]["cpu_us_per_task.executors"]["median_now"] == 12.5
 
 
 def test_a_failing_run_of_the_other_revision_still_puts_the_code_back() -> None:
