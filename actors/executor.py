@@ -22,12 +22,9 @@ from typing import Any
 import ray
 
 import kmpray.events
-from kmpray.artifacts import ArtifactDir, has_descriptors, to_json
+from kmpray.artifacts import ArtifactDir, has_descriptors
 from kmpray.config import EngineConfig
-from kmpray.enums import InputMerger
-from kmpray.errors import InvalidParameters
-from kmpray.merging import merge
-from kmpray.progress import ProgressThrottle
+from kmpray.progress import LazyThrottle, ProgressThrottle
 from kmpray.protocol import Began, Done, Fence, Holding, Misaddressed, Ping, Progress, Run, RunKey, Stored, Taken
 from kmpray.results import Failure, Success, clip, raised, to_wire
 from kmpray.timing import (
@@ -53,6 +50,7 @@ from .names import SCHEDULER, lookup
 from .outbox import Outbox
 from .replies import Replies
 from .report_lane import LaneReports
+from .slots import Slots
 from .untraced import untrace
 from .worker_classes import WorkerClasses
 
@@ -117,7 +115,7 @@ class ExecutorBase(StepData, Reporting, Cancelling, WorkerClasses):
                                          [self._kind(), index, self.incarnation], self._pushed)
         self._lane_reports.connect_soon()
         self._meter = RunMeter(namespace, METRICS_S)  # runs begun and their durations (actors/metrics.py)
-        self._slots = asyncio.Semaphore(self._concurrency())
+        self._slots = Slots(self._concurrency())
         # Threads for sync do_work (and async ones run in a thread): one per run at once,
         # not asyncio's default min(32, CPUs + 4), which held 64 sync runs per executor to
         # 6 at a time here. Twice that: a timed-out run's thread runs on (it cannot be
@@ -342,7 +340,9 @@ class ExecutorBase(StepData, Reporting, Cancelling, WorkerClasses):
         try:
             if start_at_ms is not None:  # its due time, on this node's clock; no slot held meanwhile
                 await asyncio.sleep(max(0.0, start_at_ms / 1000 - time.time()))
-            async with self._slots:
+            if not self._slots.take():  # a free slot without awaiting (actors/slots.py)
+                await self._slots.wait()
+            try:
                 if key in self._cancelled:
                     raise asyncio.CancelledError
                 if not (self._try_begin(key) or await self._may_begin(key)):
@@ -357,6 +357,8 @@ class ExecutorBase(StepData, Reporting, Cancelling, WorkerClasses):
                         key, worker, version, inp, upstream, previous, timeout_ms, refs)
                 finally:
                     self._meter.ran(worker, (time.monotonic() - began) * 1000)
+            finally:
+                self._slots.give()
         except asyncio.CancelledError:
             self._unmark(key)
             self._unreported.pop(key, None)
@@ -405,25 +407,6 @@ class ExecutorBase(StepData, Reporting, Cancelling, WorkerClasses):
         self._replies.detach((item.key, item.run_id))
         self._send([item])
 
-    def _follow(
-        self, then: Run, merger: str, result: Success | Failure, stored: list[Stored] | None
-    ) -> tuple[str, int, int] | None:
-        """One hop per step: a run that succeeded begins the chain task handed with it,
-        here and now, its input merged from this output (as a coordinator would). Said in
-        the result's report; the scheduler takes it as dispatched, or tells this executor
-        to drop it if the chain changed meanwhile."""
-        key = (then.key, then.run_id)
-        if not isinstance(result, Success) or self._stopping or key in self._cancelled or key in self._unreported:
-            return None
-        try:
-            upstream = merge(InputMerger(merger), [result.data])
-        except InvalidParameters:
-            return None  # the coordinator's promotion fails it, naming the key
-        inp = then.input if then.input is not None else (to_json(upstream) if upstream else None)
-        refs = {s.digest: s.ref for s in stored} if stored else None
-        self._take([then._replace(input=inp, upstream=upstream or None, refs=refs)])
-        return (then.key, then.run_id, self.index)
-
     async def _execute(
         self,
         key: tuple[str, int],
@@ -457,8 +440,9 @@ class ExecutorBase(StepData, Reporting, Cancelling, WorkerClasses):
 
         # Reports (from the loop, or a sync worker's thread) come to this loop, a flood of
         # them as a few (kmpray/progress.py); the last always goes, before the result.
-        throttle = ProgressThrottle(lambda pct, msg: self._say(Progress(key[0], key[1], pct, msg)),
-                                    self._loop, self.config.progress_burst, self.config.progress_interval_ms)
+        say = lambda pct, msg: self._say(Progress(key[0], key[1], pct, msg))  # noqa: E731
+        throttle = LazyThrottle(lambda: ProgressThrottle(say, self._loop, self.config.progress_burst,
+                                                         self.config.progress_interval_ms))
         cancelled = lambda: key in self._cancelled  # noqa: E731
         ctx = WorkerContext(key[0], previous, upstream, throttle.offer, cancelled, self.config)
         try:

@@ -1,7 +1,8 @@
 """Step data on an executor (kmpray/artifacts.py): a Success whose data holds arrays or
 large values puts them in the object store (and writes their artifacts) before its result
 is reported; a run whose upstream holds their descriptors gets the values back, from the
-object store or, if that lost them, from their artifacts. A mixin of the executors
+object store or, if that lost them, from their artifacts; a chain task handed along with
+a run begins here with that run's output as its input (``_follow``). A mixin of the executors
 (executor.py): the attributes below are the actor's."""
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import ray
@@ -22,11 +24,14 @@ from kmpray.artifacts import (
     is_plain,
     join,
     split,
+    to_json,
     too_deep,
 )
 from kmpray.config import EngineConfig
+from kmpray.enums import InputMerger
 from kmpray.errors import InvalidParameters
-from kmpray.protocol import Stored
+from kmpray.merging import merge
+from kmpray.protocol import Run, RunKey, Stored
 from kmpray.results import Failure, Success
 from kmpray.timing import FETCH_TIMEOUT_S
 from kmpray.validation import check_output
@@ -39,8 +44,13 @@ log = logging.getLogger("kmpray.executor")
 class StepData:
     namespace: str
     config: EngineConfig
+    index: int
     _artifacts: ArtifactDir | None
     _local_artifacts: bool
+    _stopping: bool
+    _cancelled: Any
+    _unreported: dict[RunKey, None]
+    _take: Callable[[list[Run]], list[RunKey]]
 
     async def _output(self, result: Success | Failure) -> tuple[Success | Failure, list[Stored] | None]:
         """A Success whose data is not plain msgpack: arrays and large values to the object
@@ -99,6 +109,25 @@ class StepData:
                           strict=True))
         return join(upstream, lambda d: values[d["blake3"]])  # type: ignore[no-any-return]
 
+
+    def _follow(
+        self, then: Run, merger: str, result: Success | Failure, stored: list[Stored] | None
+    ) -> tuple[str, int, int] | None:
+        """One hop per step: a run that succeeded begins the chain task handed with it,
+        here and now, its input merged from this output (as a coordinator would). Said in
+        the result's report; the scheduler takes it as dispatched, or tells this executor
+        to drop it if the chain changed meanwhile."""
+        key = (then.key, then.run_id)
+        if not isinstance(result, Success) or self._stopping or key in self._cancelled or key in self._unreported:
+            return None
+        try:
+            upstream = merge(InputMerger(merger), [result.data])
+        except InvalidParameters:
+            return None  # the coordinator's promotion fails it, naming the key
+        inp = then.input if then.input is not None else (to_json(upstream) if upstream else None)
+        refs = {s.digest: s.ref for s in stored} if stored else None
+        self._take([then._replace(input=inp, upstream=upstream or None, refs=refs)])
+        return (then.key, then.run_id, self.index)
 
 async def _get(ref: Any) -> Any:
     """An object, awaited on this loop, bounded (a node that went may take Ray a while to notice)."""

@@ -156,13 +156,13 @@ class RunMeter:
     def __init__(self, namespace: str, period_s: float) -> None:
         self.metrics = Metrics(namespace)
         self.period_s = period_s
-        self.started: Counter[tuple[str, ...]] = Counter()
+        self.started: dict[str, int] = {}  # worker class -> runs begun (a label tuple only at publish)
         self.durations: dict[str, deque[float]] = {}
         self.start_waits: deque[float] = deque(maxlen=4096)
         self._published = 0.0
 
     def began(self, worker: str, enqueued_ms: int | None = None) -> None:
-        self.started[(worker,)] += 1
+        self.started[worker] = self.started.get(worker, 0) + 1
         if enqueued_ms is not None:  # wall clock here vs the scheduler's at enqueue
             self.start_waits.append(max(0.0, time.time() * 1000 - enqueued_ms))
 
@@ -173,14 +173,18 @@ class RunMeter:
         return out
 
     def ran(self, worker: str, ms: float) -> None:
-        self.durations.setdefault(worker, deque(maxlen=4096)).append(ms)
+        samples = self.durations.get(worker)
+        if samples is None:  # (setdefault would build a deque per run to throw away)
+            samples = self.durations[worker] = deque(maxlen=4096)
+        samples.append(ms)
 
     def publish_if_due(self) -> None:
         if time.monotonic() - self._published < self.period_s:
             return
         self._published = time.monotonic()
         self.metrics.totals(
-            "kmpray_runs_started_total", "Runs whose worker began, by worker class", self.started, ("worker",)
+            "kmpray_runs_started_total", "Runs whose worker began, by worker class",
+            {(w,): n for w, n in self.started.items()}, ("worker",)
         )
         for worker, samples in self.durations.items():
             self.metrics.observe(

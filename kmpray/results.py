@@ -131,12 +131,12 @@ def clipped(result: Success | Failure | Retry) -> Success | Failure | Retry:
 
 def to_result(value: object) -> Success | Failure | Retry:
     """Read a ``do_work`` return value: a WorkerResult, or a bool (True/False)."""
-    if isinstance(value, (Success, Failure, Retry)):
-        return value
-    if value is True:
+    if value is True:  # first: pydantic's isinstance on its models is a Python call
         return _TRUE  # frozen: one shared instance, not a validated model per run
     if value is False:
         return _FALSE
+    if isinstance(value, (Success, Failure, Retry)):
+        return value
     return Failure(
         f"do_work returned {type(value).__name__}; expected a WorkerResult or bool"
     )

@@ -75,6 +75,13 @@ def _wants_context(cls: type) -> bool:
     return len(_positional(_do_work_params(cls))) >= 2
 
 
+@functools.lru_cache(maxsize=512)
+def _shape(cls: type) -> tuple[bool, bool]:
+    """Is ``cls.do_work`` async, and does it take ``(input, ctx)``? Once per class, not
+    per run (``inspect.iscoroutinefunction`` on a bound method: ~0.4 µs of every run)."""
+    return inspect.iscoroutinefunction(cls.do_work), _wants_context(cls)  # type: ignore[attr-defined]
+
+
 async def run_worker(
     worker: CommonWorker,
     input: str | None,  # noqa: A002
@@ -88,9 +95,13 @@ async def run_worker(
     default pool, which has only min(32, CPUs + 4) threads."""
     fn = worker.do_work
     owner: type = type(worker)
-    args: tuple[Any, ...] = (input, ctx) if _wants_context(owner) else (input,)
+    if "do_work" in getattr(worker, "__dict__", ()):  # set on the instance, not the class's
+        is_async, wants_ctx = inspect.iscoroutinefunction(fn), _wants_context(owner)
+    else:
+        is_async, wants_ctx = _shape(owner)
+    args: tuple[Any, ...] = (input, ctx) if wants_ctx else (input,)
     try:
-        if inspect.iscoroutinefunction(fn):
+        if is_async:
             if in_thread or getattr(worker, "blocking", False):
                 value = await _in_thread(pool, asyncio.run, fn(*args))
             else:

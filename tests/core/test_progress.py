@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from kmpray.config import EngineConfig
-from kmpray.progress import ProgressThrottle
+from kmpray.progress import LazyThrottle, ProgressThrottle
 
 
 def on_a_loop(test: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:
@@ -112,6 +112,60 @@ async def test_reports_from_a_worker_thread_arrive_on_the_loop_in_order() -> Non
     assert pcts == sorted(pcts) and len(set(pcts)) == len(pcts)  # in order, none twice
     assert all(here for _, _, here in sent)  # send always runs on the loop
     assert 5 <= len(pcts) <= 101
+
+
+@on_a_loop
+async def test_a_lazy_throttle_is_made_at_the_first_report_and_only_then() -> None:
+    made: list[tuple[ProgressThrottle, list[tuple[int, Any]], Clock]] = []
+
+    def make() -> ProgressThrottle:
+        made.append(_throttle(burst=1, interval_ms=10_000))
+        return made[-1][0]
+
+    quiet = LazyThrottle(make)
+    quiet.close()
+    quiet.offer(50, "after the end")  # a timed-out thread reporting on: dropped, nothing made
+    assert made == []
+
+    talking = LazyThrottle(make)
+    talking.offer(10, "a")
+    talking.offer(20, "b")  # held: the burst of 1 is spent
+    assert len(made) == 1
+    real, sent, _clock = made[0]
+    assert sent == [(10, "a")] and real.replaced == 0
+    talking.close()  # the held report goes before the run's result
+    assert sent == [(10, "a"), (20, "b")]
+    talking.offer(30, "after")
+    assert sent == [(10, "a"), (20, "b")] and len(made) == 1
+
+
+def _close_while_a_thread_first_reports() -> tuple[list[int], list[int]]:
+    made: list[int] = []
+    sent: list[int] = []
+
+    class Real:
+        def offer(self, pct: int, message: str | None) -> None:
+            sent.append(pct)
+
+        def close(self, flush: bool = True) -> None:
+            made.append(-1)
+
+    def make() -> Any:
+        made.append(1)
+        return Real()
+
+    lazy = LazyThrottle(make)
+    t = threading.Thread(target=lazy.offer, args=(1, None))
+    t.start()
+    lazy.close()
+    t.join(5)
+    return made, sent
+
+
+def test_a_lazy_throttle_closed_while_a_thread_first_reports_makes_one_or_none() -> None:
+    for _ in range(200):
+        # Either the report came first (made, sent, then closed) or the close did (nothing).
+        assert _close_while_a_thread_first_reports() in (([1, -1], [1]), ([], []))
 
 
 def test_config_defaults_and_bounds() -> None:
