@@ -194,10 +194,23 @@ def test_find_max_doubles_then_bisects_to_the_knee() -> None:
         return Trial(rate, min(rate, 1300.0), 5.0 if rate <= 1300 else 80.0)
 
     best, curve = find_max(trial, 200, slo_p99_ms=20, refine=5)
-    assert asked[:4] == [200, 400, 800, 1600]
+    assert asked[:5] == [200, 400, 800, 1600, 1600]  # a failure while doubling is tried again
     assert best is not None and 1250 <= best <= 1300
-    assert len(curve) == 4 + 5
+    assert len(curve) == 5 + 5  # bisecting, a failure is not repeated
     assert find_max(lambda r: Trial(r, r / 2, 1.0), 100, 20, refine=2)[0] is None  # never holds its rate
+
+
+def test_find_max_does_not_stop_doubling_at_one_stray_failed_trial() -> None:
+    asked: list[float] = []
+
+    def trial(rate: float) -> Trial:  # holds 3,000/s at 5 ms; the first 1,600/s trial spikes
+        asked.append(rate)
+        stray = rate == 1600 and asked.count(1600) == 1
+        return Trial(rate, min(rate, 3000.0), 150.0 if stray or rate > 3000 else 5.0)
+
+    best, _curve = find_max(trial, 200, slo_p99_ms=100, refine=4)
+    assert asked[:7] == [200, 400, 800, 1600, 1600, 3200, 3200]
+    assert best is not None and 2800 <= best <= 3000  # not 1,550: the stray trial was outvoted
 
 
 def test_open_loop_never_waits_on_answers_and_counts_from_intended_times() -> None:
