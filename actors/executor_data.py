@@ -109,7 +109,6 @@ class StepData:
                           strict=True))
         return join(upstream, lambda d: values[d["blake3"]])  # type: ignore[no-any-return]
 
-
     def _follow(
         self, then: Run, merger: str, result: Success | Failure, stored: list[Stored] | None
     ) -> tuple[str, int, int] | None:
@@ -118,7 +117,8 @@ class StepData:
         the result's report; the scheduler takes it as dispatched, or tells this executor
         to drop it if the chain changed meanwhile."""
         key = (then.key, then.run_id)
-        if not isinstance(result, Success) or self._stopping or key in self._cancelled or key in self._unreported:
+        if (not isinstance(result, Success) or self._stopping or key in self._cancelled
+                or key in self._unreported):
             return None
         try:
             upstream = merge(InputMerger(merger), [result.data])
@@ -128,6 +128,7 @@ class StepData:
         refs = {s.digest: s.ref for s in stored} if stored else None
         self._take([then._replace(input=inp, upstream=upstream or None, refs=refs)])
         return (then.key, then.run_id, self.index)
+
 
 async def _get(ref: Any) -> Any:
     """An object, awaited on this loop, bounded (a node that went may take Ray a while to notice)."""

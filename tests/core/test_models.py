@@ -123,6 +123,35 @@ def test_a_field_given_positionally_and_by_name_or_alias_is_refused() -> None:
             TaskRequest("W", **kw)
 
 
+def test_do_work_is_called_as_declared_by_its_class_or_by_the_instance() -> None:
+    """run_worker inspects a worker class once (async? takes ctx?); a do_work set on the
+    instance is inspected itself: a sync one over an async class's is not awaited."""
+    import asyncio
+
+    from kmpray import CommonWorker, WorkerContext
+    from kmpray.results import Success
+    from kmpray.worker import run_worker
+
+    class AsyncWithCtx(CommonWorker):
+        async def do_work(self, input: str | None, ctx: WorkerContext) -> object:  # noqa: A002
+            return Success(f"{ctx.task_id}:{input}")
+
+    class SyncPlain(CommonWorker):
+        def do_work(self, input: str | None) -> object:  # noqa: A002
+            return Success(f"sync:{input}")
+
+    class SyncOnTheInstance(AsyncWithCtx):
+        def __init__(self) -> None:
+            self.do_work = lambda inp, ctx: Success(f"instance:{inp}")  # type: ignore[method-assign]
+
+    def run(worker: CommonWorker) -> object:
+        return asyncio.run(run_worker(worker, "in", WorkerContext("t", 0)))
+
+    for _ in range(2):  # the second time from the per-class cache
+        assert [getattr(run(w()), "message", None) for w in (AsyncWithCtx, SyncPlain, SyncOnTheInstance)] == [
+            "t:in", "sync:in", "instance:in"]
+
+
 def test_long_messages_are_clipped_where_results_are_made() -> None:
     """A worker's message, Retry reason and progress message (and, in the executor, an
     exception's text: test_engine) are stored and sent with every TaskInfo and event:
