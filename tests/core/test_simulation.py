@@ -389,17 +389,19 @@ class Sim(Harness):
             assert c.updated_at_ms == rec.updated_at_ms
             assert rec.chain_id is None and not rec.prereqs and not self.core.dependents.get(key), key
             assert rec.name == key and self.core.names.get(key, [key]) == [key], key  # entry let go, or [key]
-        scanned = Counter(rec.shown_state.value for rec in every.values())
+        shown = {key: rec.shown_state for key, rec in every.items()}  # once per row: checked five ways
+        scanned = Counter(s.value for s in shown.values())
         assert {k: n for k, n in self.core.counts().items() if n} == dict(scanned), "state counts drifted"
-        by_worker = Counter((rec.worker, rec.shown_state) for rec in every.values())
+        by_worker = Counter((rec.worker, shown[key]) for key, rec in every.items())
         assert {k: n for k, n in table.by_worker.items() if n} == dict(by_worker), "worker counts drifted"
-        assert {s: set(keys) for s, keys in table.recent.items() if keys} == {
-            s: {k for k, r in every.items() if r.shown_state is s} for s in {r.shown_state for r in every.values()}
-        }, "recency index drifted"
+        by_state: dict[TaskState, set[str]] = {}
+        for key, s in shown.items():
+            by_state.setdefault(s, set()).add(key)
+        assert {s: set(keys) for s, keys in table.recent.items() if keys} == by_state, "recency index drifted"
         # The dashboard's newest rows, off the indexes, as a scan of every row finds them.
         for state, worker in ((None, None), (TaskState.SUCCEEDED, None), (None, "Ok"), (TaskState.ENQUEUED, "Ok")):
-            rows = [r for r in every.values() if (state is None or r.shown_state is state)
-                    and (worker is None or r.worker == worker)]
+            rows = [every[k] for k in (every if state is None else by_state.get(state, ()))
+                    if worker is None or every[k].worker == worker]
             total, newest = table.newest(state, worker, 5)
             assert total == len(rows)
             assert [r.updated_at_ms for r in newest] == sorted((r.updated_at_ms for r in rows), reverse=True)[:5]
