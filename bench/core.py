@@ -11,8 +11,8 @@ Measured as process CPU time, the collector off (as in the actor), on a store in
 fresh temporary directory; the best and the median of several repeats, and per phase.
 
 Baseline, same run, alternating with it: the SQLite statements alone that this path
-issues per task (the row's insert, its update with the event's outbox insert in one
-transaction, the outbox delete once the broker acknowledged it), with blobs of the same
+issues per task (the row's insert, its update with its share of the write's one outbox
+row in one transaction, that row's delete once the broker acknowledged it), with blobs of the same
 sizes, prepared in advance: what any design with one durable row per task and a
 transactional outbox pays on this machine before a line of scheduling runs.
 """
@@ -101,13 +101,15 @@ def _core_run(n: int) -> tuple[float, dict[str, float], tuple[int, int]]:
 
 def _floor_run(n: int, row_bytes: int, event_bytes: int) -> float:
     """CPU µs per task of the same SQLite statements alone, blobs prepared in advance."""
+    import msgpack
+
     from kmpray.store import _UPSERT_TASK, SqliteTaskStore
 
     folder = tempfile.mkdtemp(prefix="kmpray-bench-core-")
     store = SqliteTaskStore(os.path.join(folder, "tasks.db"))
     conn = store._conn  # the store's own connection and settings (WAL, synchronous, limits)
     batches = [([(f"t{i}", b"r" * row_bytes) for i in range(b, min(n, b + BATCH))],
-                [(b"e" * event_bytes,) for _ in range(b, min(n, b + BATCH))]) for b in range(0, n, BATCH)]
+                [b"e" * event_bytes for _ in range(b, min(n, b + BATCH))]) for b in range(0, n, BATCH)]
     gc.collect()
     gc.disable()
     try:
@@ -120,7 +122,8 @@ def _floor_run(n: int, row_bytes: int, event_bytes: int) -> float:
             conn.execute("BEGIN")
             conn.execute("DELETE FROM outbox WHERE seq <= ?", (acked,))
             conn.executemany(_UPSERT_TASK, rows)
-            conn.executemany("INSERT INTO outbox (body) VALUES (?)", events)
+            conn.execute("INSERT INTO outbox (seq, body, first) VALUES (?, ?, ?)",
+                         (acked + len(events), msgpack.packb(events), acked + 1))
             conn.execute("COMMIT")
             acked += len(events)
         total = time.process_time() - began

@@ -38,8 +38,9 @@ READ_CHUNK = 500  # keys per query of read_tasks (SQLite allows 32,766 parameter
 #: applied twice); events.db remembers the last outbox number it took (``origin``).
 #: 3: tasks.db keeps inputs longer than ``INLINE_INPUT_CHARS`` in an ``inputs`` table,
 #: out of the row (and out of the scheduler's memory: read back at dispatch).
-#: Version 1 and 2 files open and upgrade.
-SCHEMA_VERSION = 3
+#: 4: an outbox row holds one write's events, numbered ``first`` .. ``seq`` (``first`` NULL:
+#: one event, a version-3 row). Files of versions 1 to 3 open and upgrade.
+SCHEMA_VERSION = 4
 
 #: An input longer than this (characters) is kept in the store only: the row says how
 #: long it is, the record in memory drops it once written, and each dispatch reads it back
@@ -284,7 +285,8 @@ _TASK_TABLES = {
     "meta": "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL)",
     "chains": "CREATE TABLE IF NOT EXISTS chains (id TEXT PRIMARY KEY, row BLOB NOT NULL)",
     "quarantine": _QUARANTINE,
-    "outbox": "CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, body BLOB NOT NULL)",
+    "outbox": ("CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, body BLOB NOT NULL,"
+               " first INTEGER)"),
     "answers": "CREATE TABLE IF NOT EXISTS answers (token TEXT PRIMARY KEY, answer BLOB NOT NULL, at_ms INTEGER NOT NULL)",
     "inputs": "CREATE TABLE IF NOT EXISTS inputs (key TEXT PRIMARY KEY, input TEXT NOT NULL)",
 }
@@ -312,6 +314,9 @@ class SqliteTaskStore:
     def __init__(self, path: str | Path, durability: str = "normal") -> None:
         self.path = Path(path)
         self._conn = _connect(self.path, _TASK_TABLES, durability)
+        if "first" not in {c[1] for c in self._conn.execute("PRAGMA table_info(outbox)")}:  # version 3
+            self._conn.execute("ALTER TABLE outbox ADD COLUMN first INTEGER")
+        self._acked = 0  # outbox numbers the event log has (rows go when all of theirs are)
         self._fresh: list[QuarantinedRow] = []
         self._written = 0  # rows written since the last sync_if_quiet
         self.spilled_chars = 0  # inputs moved out of records since opened (the scheduler trims after many)
@@ -395,6 +400,7 @@ class SqliteTaskStore:
         with _transaction(self._conn) as conn:
             if acked:
                 _forget_events(conn, acked)
+                self._acked = max(self._acked, acked)
             if answers:
                 conn.executemany(_UPSERT_ANSWER, answers)
             if gone:
@@ -415,8 +421,10 @@ class SqliteTaskStore:
             self._written += len(events)
             row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
             start = int(row[0]) if row else 0
-            conn.executemany("INSERT INTO outbox (body) VALUES (?)", [(e,) for e in events])
-            # AUTOINCREMENT never reuses a number, and this transaction is the only writer.
+            # One row for them all (2.6 µs an event as rows of their own, 0.3 so): numbers start + 1
+            # .. seq, the highest AUTOINCREMENT keeps, so none is used twice (the only writer).
+            conn.execute("INSERT INTO outbox (seq, body, first) VALUES (?, ?, ?)",
+                         (start + len(events), msgpack.packb(list(events)), start + 1))
             return list(range(start + 1, start + 1 + len(events)))
 
     def read_tasks(self, keys: list[str]) -> dict[str, TaskRecord]:
@@ -446,10 +454,17 @@ class SqliteTaskStore:
             return conn.execute("DELETE FROM answers WHERE at_ms < ?", (before_ms,)).rowcount
 
     def pending_events(self) -> list[tuple[int, bytes]]:
-        return [(int(seq), bytes(body)) for seq, body in
-                _scan(self._conn, self.path, "SELECT seq, body FROM outbox ORDER BY seq")]
+        out: list[tuple[int, bytes]] = []
+        for seq, body, first in _scan(self._conn, self.path, "SELECT seq, body, first FROM outbox ORDER BY 1"):
+            try:  # a version-3 row (first NULL) holds one event
+                bodies = [body] if first is None else msgpack.unpackb(body)
+                out += zip(range(seq if first is None else first, seq + 1), map(bytes, bodies), strict=True)
+            except Exception as exc:  # their task rows hold the results; the events cannot be re-sent
+                log.warning("%s: outbox events %s..%d are damaged, skipped: %s", self.path, first, seq, exc)
+        return [(n, body) for n, body in out if n > self._acked]  # a row's acknowledged first events
 
     def ack_events(self, upto: int) -> None:
+        self._acked = max(self._acked, upto)
         self._written += 1
         with _refusing(self.path), _transaction(self._conn) as conn:
             _forget_events(conn, upto)
