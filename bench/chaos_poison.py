@@ -155,6 +155,7 @@ def scenario(quick: bool = False, tasks: int | None = None, rate: float | None =
                 "explain": sched.explain(tid).splitlines()[-16:],
             }
         normal_ids = [t for p in phases.values() for t in p["infos"] if not t.startswith("poison-")]
+        status = sched.status()  # after the drain: the isolation it set up, and nothing left alone
         result = {
             "scenario": "poison",
             "tasks_per_phase": n,
@@ -163,6 +164,7 @@ def scenario(quick: bool = False, tasks: int | None = None, rate: float | None =
             "executor_memory_mb": MEMORY_CAP_MB,
             "poison": poison_report,
             "scheduler_restarted": pid_before != pid_after,
+            "executors": {k: status[k] for k in ("probation_executors", "running_alone")},
             "lost": sum(p["normal"] - p["succeeded"] for p in phases.values()),
             "executed_twice": sum(1 for t in normal_ids if starts[t] > 1),
             "throughput_baseline_per_s": base["throughput_per_s"] if base else None,
