@@ -227,14 +227,13 @@ class SchedulerReads:
         wanted = TaskState(state) if state else None
         places = self.core.places_in_line()  # once, not a queue scan per task
         table = self.core.tasks
-        cold = table.cold_keys(wanted)
+        cold, in_memory = table.listing(wanted)  # one instant: rows going cold meanwhile listed once
         recs: list[Any] = []  # finished rows kept in the store only first (they are the older)
         for i in range(0, len(cold), LIST_CHUNK):
             if i:
                 await asyncio.sleep(0)
             recs += table.load(cold[i:i + LIST_CHUNK]).values()
-        recs += [rec for rec in table.values() if wanted is None or rec.shown_state is wanted]
-        return await self._pickled(recs, places)
+        return await self._pickled(recs + in_memory, places)
 
     async def _pickled(self, items: list[Any], places: Mapping[str, int | None] | None = None) -> list[bytes]:
         """Each task record among ``items`` as its TaskInfo (anything else as it is),

@@ -247,6 +247,15 @@ class TaskTable(dict[str, "TaskRecord"]):
                 out.append((key, rec.name, rec.chain_id))
         return out
 
+    def listing(self, state: TaskState | None = None) -> tuple[list[str], list[TaskRecord]]:
+        """Every row (in ``state``) at this instant: the cold ones' keys, to be read from the
+        store (in parts, between which the reader serves other calls), and the records in
+        memory. Taken at one instant, before the reader awaits anything: a row that goes
+        cold while the cold ones are read is then listed once, as it was when listed (taking
+        the rows in memory after the reads missed every row a sweep let go meanwhile)."""
+        in_memory = [rec for rec in self.values() if state is None or rec.shown_state is state]
+        return self.cold_keys(state), in_memory
+
     def cold_keys(self, state: TaskState | None = None) -> list[str]:
         """Keys of the cold rows (in ``state``)."""
         if state is None:
