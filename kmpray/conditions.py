@@ -20,11 +20,12 @@ if TYPE_CHECKING:
 class Conditions:
     def eligible_nodes(self: Core, rec: TaskRecord) -> tuple[str, ...] | None:
         """The nodes this task may run on now; None when it may run anywhere."""
+        if not self.devices:
+            return None
         kind = rec.trigger.kind
         device_trigger = kind in DEVICE_TRIGGER_KINDS
-        dozing = any(s.doze for s in self.devices.values())
-        if not self.devices or not (device_trigger or is_gated(rec.constraints) or dozing):
-            return None
+        if not (device_trigger or is_gated(rec.constraints) or any(s.doze for s in self.devices.values())):
+            return None  # (each node's Doze looked at only when nothing else decides: once per dispatch)
         return tuple(
             node
             for node, state in self.devices.items()

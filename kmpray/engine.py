@@ -153,10 +153,20 @@ class SchedulerCore(UniqueWork, Restoring, ChainRules, Conditions, Explaining, R
         return len(self._ready_heavy.live(self.tasks)) if exact else len(self._ready_heavy)
 
     # ------------------------------------------------------------------- time
-    def _schedule_first(self, rec: TaskRecord, now: int) -> None:
+    def _schedule_first(self, rec: TaskRecord, now: int, ready_now: bool = False) -> None:
+        """``rec``'s first due time. ``ready_now``: the caller hands ready runs over next
+        (an enqueue: the intake's commit wakes the dispatch loop), so a run-now task goes
+        straight to its ready queue, where the next tick would put it, with no timer pushed
+        and popped on the way."""
         trig = rec.trigger
         if isinstance(trig, OneTime):
-            self._set_timer(rec, now + trig.initial_delay_ms, now)
+            if ready_now and not trig.initial_delay_ms:
+                rec.next_run_at_ms = now
+                self.stats.timer_fired(now, now)
+                self._make_ready(rec)
+                self._touch(rec, now)
+            else:
+                self._set_timer(rec, now + trig.initial_delay_ms, now)
         elif isinstance(trig, Periodic):
             rec.anchor_ms = now
             rec.period = 0
@@ -266,7 +276,8 @@ class SchedulerCore(UniqueWork, Restoring, ChainRules, Conditions, Explaining, R
                     crashes=rec.crashes,
                     input_stored=rec.input_stored > 0,
                     enqueued_ms=rec.created_at_ms if at_once and self.real_time else None,
-                    then=None if rec.constraints.is_heavy_task or rec.crashes else self._handed_with(rec, HAND_ON_DEPTH),
+                    then=None if rec.chain_id is None or rec.constraints.is_heavy_task or rec.crashes
+                    else self._handed_with(rec, HAND_ON_DEPTH),
                 )
             )
         return out

@@ -71,7 +71,8 @@ class ReadyQueue:
     def entry(self, rec: TaskRecord, seq: int) -> ReadyEntry:
         c = rec.constraints
         due = rec.next_run_at_ms if rec.next_run_at_ms is not None else 0
-        return (0 if c.expedited else 1, due + c.qos.rank * self._aging_ms, c.qos.rank, seq, rec.key)
+        rank = c.qos.rank  # (a property: once, not twice per entry)
+        return (0 if c.expedited else 1, due + rank * self._aging_ms, rank, seq, rec.key)
 
     def push(self, rec: TaskRecord) -> None:
         rec.ready_seq = seq = next(self._seq)

@@ -136,7 +136,7 @@ class UniqueWork:
             self.fx.settled.add(rec.name)
         self._touch(rec, now)
         if rec.state is TaskState.ENQUEUED:
-            self._schedule_first(rec, now)
+            self._schedule_first(rec, now, ready_now=True)
 
     def _remove_name(self: Core, name: str, now: int) -> int:
         """Cancel and forget every work under ``name``; returns the highest run id it used."""
