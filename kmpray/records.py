@@ -249,7 +249,8 @@ def _exact(types: dict[str, tuple[type, ...]]) -> dict[str, frozenset[type]]:
 
 _EXACT: dict[int, dict[str, frozenset[type]]] = {}
 _NOTHING: frozenset[type] = frozenset()
-_SHAPES: set[tuple[Any, ...]] = set()  # (field names..., value classes...) already checked
+# (field names..., value classes...) already checked -> the counters among those fields
+_SHAPES: dict[tuple[Any, ...], tuple[str, ...]] = {}
 
 
 def unpack_row(blob: object, required: tuple[str, ...], types: dict[str, tuple[type, ...]]) -> dict[str, Any]:
@@ -268,7 +269,8 @@ def unpack_row(blob: object, required: tuple[str, ...], types: dict[str, tuple[t
     if exact is None:
         exact = _EXACT[id(types)] = _exact(types)
     shape = (id(types), *row, *map(type, row.values()))  # rows repeat a few shapes: check each once
-    if shape not in _SHAPES:
+    counters = _SHAPES.get(shape)
+    if counters is None:
         allowed = exact.get
         for name, value in row.items():
             if value.__class__ not in allowed(name, _NOTHING):
@@ -278,13 +280,13 @@ def unpack_row(blob: object, required: tuple[str, ...], types: dict[str, tuple[t
         missing = [f for f in required if f not in row]
         if missing:
             raise DamagedRow(f"missing field(s) {missing}")
+        counters = tuple(name for name in row if name in _COUNTER_NAMES)
         if len(_SHAPES) < 4096:
-            _SHAPES.add(shape)
-    if not _COUNTER_NAMES.isdisjoint(row):
-        for name in _COUNTER_NAMES.intersection(row):
-            value = row[name]
-            if value is not None and not 0 <= value <= _COUNTERS[name]:
-                raise DamagedRow(f"field {name!r} is out of range ({value})")
+            _SHAPES[shape] = counters
+    for name in counters:  # the shape's counters, found once per shape (not a set built per row)
+        value = row[name]
+        if value is not None and not 0 <= value <= _COUNTERS[name]:
+            raise DamagedRow(f"field {name!r} is out of range ({value})")
     return row
 
 
@@ -306,7 +308,7 @@ def _record(row: dict[str, Any]) -> TaskRecord:
     if row.get("m", "OVERWRITE") not in _MERGERS:
         raise DamagedRow(f"unknown input merger {row['m']!r}")
     prereqs = row.get("pr") or []
-    if not all(isinstance(p, str) for p in prereqs):
+    if prereqs and not all(isinstance(p, str) for p in prereqs):
         raise DamagedRow("field 'pr' holds a non-string key")
     return TaskRecord(
         key=row["k"],
