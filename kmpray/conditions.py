@@ -25,7 +25,7 @@ class Conditions:
         kind = rec.trigger.kind
         device_trigger = kind in DEVICE_TRIGGER_KINDS
         if not (device_trigger or is_gated(rec.constraints) or any(s.doze for s in self.devices.values())):
-            return None  # (each node's Doze looked at only when nothing else decides: once per dispatch)
+            return None  # (Doze gates every task: the nodes scanned last, for a task not gated itself)
         return tuple(
             node
             for node, state in self.devices.items()
