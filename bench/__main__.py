@@ -1,6 +1,7 @@
 """python -m bench <name> [--quick] [--json PATH] [--address ADDR] [--plot]
 python -m bench load --rate R ...   (the load generator: load --help)
 python -m bench chaos [--scenario scheduler|executors|hard-restart|poison|misfire|long-runs|node-loss|soak]
+                    [--shards N]   (scheduler, executors: a sharded engine)
 python -m bench plot [NAME ...]     (PNGs from the JSON in bench/results/, without running anything)
 python -m bench peers [--install]   (Huey, Dramatiq, Celery over Redis, raw Ray and kmpray side by side)
 python -m bench ab --rev REV [--pairs N] -- dispatch   (REV's engine code against this one, alternating)"""
@@ -41,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="write the result here instead of bench/results/")
     parser.add_argument("--address", default=None, help="a Ray cluster to run against (default: local)")
     parser.add_argument("--plot", action="store_true", help="also write PNGs (kmpray[bench])")
-    parser.add_argument("--shards", type=int, default=1, help="dispatch: the engine's scheduler_shards")
+    parser.add_argument("--shards", type=int, default=1,
+                        help="dispatch, chaos (scheduler, executors): the engine's scheduler_shards")
     parser.add_argument("--compare-shards", default=None,
                         help="dispatch: e.g. 1,2 - the same load on each count, same run (shard_speedup)")
     parser.add_argument("--install", action="store_true",
@@ -55,10 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         extra: dict[str, Any] = {"scenario_name": args.scenario} if name == "chaos" else {}
         if name == "peers":
             extra["install_peers"] = args.install
-        if name == "dispatch":
+        if name in ("dispatch", "chaos"):
             extra["shards"] = args.shards
-            if args.compare_shards:
-                extra["compare_shards"] = [int(c) for c in args.compare_shards.split(",")]
+        if name == "dispatch" and args.compare_shards:
+            extra["compare_shards"] = [int(c) for c in args.compare_shards.split(",")]
         json_path = args.json if len(names) == 1 else None
         module.run(quick=args.quick, json_path=json_path, address=args.address, **extra)
         if args.plot:

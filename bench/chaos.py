@@ -1,7 +1,8 @@
 """chaos: a workload against a real engine while a nemesis kills its processes.
 
 ``python -m bench chaos --scenario scheduler|executors|hard-restart|poison|misfire|long-runs|node-loss|soak
-[--quick] [--json PATH]``
+[--quick] [--json PATH]``; ``--shards N`` runs the scheduler or executors scenario on a sharded
+engine (the nemesis strikes a shard drawn at random; results in ``chaos-NAME-N-shards.json``)
 (hard-restart: bench/chaos_restart.py; poison: bench/chaos_poison.py; misfire: bench/chaos_misfire.py;
 long-runs: bench/chaos_longruns.py; node-loss: bench/chaos_nodes.py;
 soak: bench/chaos_soak.py)
@@ -36,12 +37,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kmpray.actors.names import shard_namespace
+
 import kmpray
 
 from .chaos_common import (
     ChaosLedger,
     actor_pid,
     answers_after,
+    barrier_violations,
+    engine_pending,
+    enqueue_chain,
     kill_accounting,
     ledger_lines,
     ledger_starts,
@@ -67,29 +73,36 @@ class Nemesis(threading.Thread):
     plus a ~2 s recovery a multiple of 100 ms) and struck the same moment of every
     batch's runs each time, a worst case measured as if it were the typical one."""
 
-    def __init__(self, ray: Any, scenario: str, namespace: str, every_s: float, seed: int) -> None:
+    def __init__(self, ray: Any, scenario: str, namespace: str, every_s: float, seed: int,
+                 shards: int = 1) -> None:
         super().__init__(name=f"nemesis-{scenario}", daemon=True)
         self.ray, self.scenario, self.namespace, self.every_s = ray, scenario, namespace, every_s
+        self.shards = shards
         self.rng = random.Random(seed)
         self.stop = threading.Event()
         self.kills = 0
+        self.kills_by_shard = [0] * shards
         self.recovery_s: list[float] = []
         self.killed_at: list[float] = []  # wall-clock time of each kill (the timeline)
         self.killed_pids: set[int] = set()  # whose runs may legitimately run again
 
-    def _victim(self) -> str:
+    def _victim(self) -> tuple[int, str, str]:
+        """(shard, actor name, its namespace): a shard drawn at random, then its scheduler
+        or one of its own light executors or heavy workers (each shard has a pool)."""
+        shard = self.rng.randrange(self.shards)
+        namespace = shard_namespace(self.namespace, shard)
         if self.scenario == "scheduler":
-            return "kmpray.scheduler"
-        status = scheduler_status(self.ray, self.namespace)
+            return shard, "kmpray.scheduler", namespace
+        status = scheduler_status(self.ray, namespace)
         light = [f"kmpray.executor.{i}" for i in range(status.get("executors", 0))]
         light += [f"kmpray.executor.probation.{k}" for k in range(status.get("probation_executors", 0))]
         heavy = [f"kmpray.heavy.{i}" for i in status.get("heavy_workers", [])]
-        return self.rng.choice(light + heavy)
+        return shard, self.rng.choice(light + heavy), namespace
 
     def run(self) -> None:
         while not self.stop.wait(self.every_s * self.rng.uniform(0.5, 1.5)):
-            name = self._victim()
-            pid = actor_pid(self.ray, name, self.namespace)
+            shard, name, namespace = self._victim()
+            pid = actor_pid(self.ray, name, namespace)
             if pid is None:
                 continue
             try:
@@ -97,18 +110,25 @@ class Nemesis(threading.Thread):
             except ProcessLookupError:
                 continue
             self.kills += 1
+            self.kills_by_shard[shard] += 1
             self.killed_pids.add(pid)
             self.killed_at.append(time.time())
-            self.recovery_s.append(answers_after(self.ray, name, self.namespace))
+            self.recovery_s.append(answers_after(self.ray, name, namespace))
 
 
 def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int = 7,
              address: str | None = None, every_s: float | None = None, sleep_ms: int = 20,
-             rate: float | None = None, drain_kills_s: float | None = None) -> dict[str, Any]:
-    """One scenario: ``tasks`` enqueued at ``rate`` per second (so the load lasts through
-    many kills) while the nemesis kills every ``every_s``; each overrides the scenario's
-    size (the CI test runs a small load with frequent kills)."""
+             rate: float | None = None, drain_kills_s: float | None = None, shards: int = 1,
+             chains: bool | None = None) -> dict[str, Any]:
+    """One scenario: ``tasks`` one-time tasks enqueued at ``rate`` per second (so the load
+    lasts through many kills) while the nemesis kills every ``every_s``; each overrides
+    the scenario's size (the CI test runs a small load with frequent kills). ``shards``:
+    the engine's ``scheduler_shards``, the nemesis striking a shard drawn at random each
+    time. ``chains`` (default: in the scheduler scenario): after each enqueue call, one
+    chain of two parallel steps and a step joining them (``enqueue_chain``), its barrier
+    checked from the ledger (``barrier_violations``)."""
     full, small, default_rate, default_every_s, what = SCENARIOS[name]
+    chains = name == "scheduler" if chains is None else chains
     every_s = every_s or default_every_s
     rate = rate or (default_rate / 4 if quick else default_rate)
     n = tasks or (small if quick else full)
@@ -116,14 +136,19 @@ def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int
     state = tempfile.mkdtemp(prefix=f"kmpray-chaos-{name}-")
     ledger = Path(state) / "ledger"
     namespace = f"chaos-{name}-{seed}"
-    config = kmpray.EngineConfig(max_pending_tasks=max(2 * n, 10_000))
+    # The event log keeps every completion of the run: the check replays it from cursor 0
+    # (with the default retention of 100,000, a run of 103,000 tasks found its oldest
+    # ~3,000 completions trimmed: reported "events missing" that the log had let go).
+    config = kmpray.EngineConfig(max_pending_tasks=max(4 * n, 10_000), event_retention=max(4 * n, 100_000),
+                                 scheduler_shards=shards)
     sched = kmpray.connect(namespace=namespace, state_dir=state, config=config)
     try:
         sched.register_worker("ChaosLedger", ChaosLedger)
-        nemesis = Nemesis(ray, name, namespace, every_s, seed)
+        nemesis = Nemesis(ray, name, namespace, every_s, seed, shards)
         payload = json.dumps({"ledger": str(ledger), "sleep_ms": sleep_ms})
         heavy = kmpray.Constraints(is_heavy_task=True)
         acknowledged: set[str] = set()
+        chain_ids: list[str] = []  # acknowledged chains
         submitted = 0
         started = time.monotonic()
         started_wall = time.time()
@@ -142,20 +167,24 @@ def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int
                 continue  # not acknowledged: the client gave up on this call
             acknowledged |= {it["id"] for it, r in zip(items, results, strict=True)
                              if r is kmpray.ScheduleResult.SUCCESS}
+            if chains:
+                submitted += 3
+                if steps := enqueue_chain(sched, k // batch, payload):
+                    chain_ids.append(f"c{k // batch}")
+                    acknowledged.update(steps)
         # Keep the nemesis on while the load drains (at most ``drain_kills_s`` into it, when
         # given), then let the engine settle.
         drain_deadline = time.monotonic() + max(120.0, n / 50)
         if drain_kills_s is not None:
             drain_deadline = min(drain_deadline, time.monotonic() + drain_kills_s)
         while time.monotonic() < drain_deadline:
-            status = scheduler_status(ray, namespace)
-            if status and status.get("pending") == 0:
+            if engine_pending(ray, namespace, shards) == 0:
                 break
             time.sleep(0.5)
         nemesis.stop.set()
         nemesis.join(timeout=180)
         settle = time.monotonic() + 120
-        while time.monotonic() < settle and scheduler_status(ray, namespace).get("pending", 1) != 0:
+        while time.monotonic() < settle and engine_pending(ray, namespace, shards) != 0:
             time.sleep(0.5)
         elapsed = time.monotonic() - started
         listed = sched.list_tasks()
@@ -166,13 +195,15 @@ def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int
         lost = sorted(t for t in acknowledged if infos.get(t) is not kmpray.TaskState.SUCCEEDED)
         starts = ledger_starts(ledger)
         terminal = terminal_events(sched, acknowledged, timeout_s=120)
-        status = scheduler_status(ray, namespace)
-        warm_heavy = len(status.get("heavy_workers", [])) * config.heavy_num_cpus
+        statuses = [scheduler_status(ray, shard_namespace(namespace, k)) for k in range(shards)]
+        warm_heavy = sum(len(s.get("heavy_workers", [])) for s in statuses) * config.heavy_num_cpus
         cluster, available = ray.cluster_resources().get("CPU", 0), ray.available_resources().get("CPU", 0)
         result = {
             "scenario": name,
             "nemesis": f"kills {what} every {every_s:g} s on average",
             "tasks": n,
+            "shards": shards,
+            "chains": len(chain_ids),  # acknowledged, each 3 tasks (in the counts below)
             "rate_per_s": rate,
             "submitted": submitted,
             "acknowledged": len(acknowledged),
@@ -189,7 +220,9 @@ def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int
             "attempts_inflated": inflated,
             "counted_twice": sum(1 for t in acknowledged if terminal[t] > 1),
             "events_missing": sum(1 for t in acknowledged if terminal[t] == 0),
+            "barrier_violations": barrier_violations(ledger, chain_ids),
             "kills": nemesis.kills,
+            "kills_by_shard": nemesis.kills_by_shard,
             "recovery_s": _seconds(percentiles([s * 1000 for s in nemesis.recovery_s])),
             "recovery_max_s": round(max(nemesis.recovery_s), 3) if nemesis.recovery_s else None,
             "leaked_cpus": round(cluster - available - warm_heavy, 2),
@@ -262,19 +295,22 @@ def _seconds(ms: dict[str, float]) -> dict[str, float]:
 
 
 def run(quick: bool = False, json_path: str | None = None, address: str | None = None,
-        scenario_name: str | None = None) -> dict[str, Any]:
+        scenario_name: str | None = None, shards: int = 1) -> dict[str, Any]:
     every = [*SCENARIOS, *OTHERS]
     names = [scenario_name] if scenario_name else every
     if scenario_name is not None and scenario_name not in every:
         raise SystemExit(f"chaos: unknown scenario {scenario_name!r} ({', '.join(every)})")
+    if shards != 1 and set(names) - set(SCENARIOS):
+        raise SystemExit(f"chaos: --shards applies to the {' and '.join(SCENARIOS)} scenarios only")
     results = {}
     for name in names:
         if name in OTHERS:
             result = OTHERS[name](quick)
         else:
-            result = scenario(name, quick=quick, address=address)
+            result = scenario(name, quick=quick, address=address, shards=shards)
         results[name] = result
-        out = write(f"chaos-{name}", result, json_path if len(names) == 1 else None)
+        stem = f"chaos-{name}" if shards == 1 else f"chaos-{name}-{shards}-shards"
+        out = write(stem, result, json_path if len(names) == 1 else None)
         shown = [(k, str(v)) for k, v in result.items() if k not in ("lost_examples", "per_round")]
         print(table([*shown, ("json", str(out))]))
     return results

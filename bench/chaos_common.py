@@ -85,6 +85,53 @@ class SteadyLoad(threading.Thread):
                                      if r is kmpray.ScheduleResult.SUCCESS)
 
 
+def enqueue_chain(sched: Any, j: int, payload: str) -> list[str]:
+    """Chain ``c{j}``: two parallel ChaosLedger steps, then a step that joins them; the ids
+    of its three tasks if the call was acknowledged, else none."""
+    a, b, c = (kmpray.TaskRequest("ChaosLedger", id=f"c{j}-{s}", input=payload) for s in "abc")
+    try:
+        result = sched.begin_with([a, b]).then(c).with_id(f"c{j}").enqueue()
+    except Exception:
+        return []  # not acknowledged: the client gave up on this call
+    return [a.id, b.id, c.id] if result is kmpray.ScheduleResult.SUCCESS else []
+
+
+def barrier_violations(path: Path, chains: list[str]) -> int:
+    """Chains (``enqueue_chain``'s) whose join step began before both parallel steps had
+    finished their last run, or while one of them was to start again: a join that ran on
+    a prerequisite not yet stored as SUCCEEDED (a SUCCEEDED task never runs again)."""
+    starts: dict[str, list[float]] = {}
+    finishes: dict[str, list[float]] = {}
+    for what, into in (("start", starts), ("finish", finishes)):
+        for parts in ledger_lines(path, what):
+            if len(parts) >= 5:
+                into.setdefault(parts[1], []).append(float(parts[4]))
+    bad = 0
+    for chain in chains:
+        join = starts.get(f"{chain}-c")
+        if not join:
+            continue  # never started: counted as lost, or never started
+        first = min(join)
+        steps = (f"{chain}-a", f"{chain}-b")
+        if any(not finishes.get(k) or max(finishes[k]) > first or max(starts.get(k, [first])) > first
+               for k in steps):
+            bad += 1
+    return bad
+
+
+def engine_pending(ray: Any, namespace: str, shards: int) -> int | None:
+    """Tasks not finished on every shard of the engine, or None while a shard does not serve."""
+    from kmpray.actors.names import shard_namespace
+
+    total = 0
+    for k in range(shards):
+        pending = scheduler_status(ray, shard_namespace(namespace, k)).get("pending")
+        if pending is None:
+            return None
+        total += int(pending)
+    return total
+
+
 def actor_pid(ray: Any, name: str, namespace: str) -> int | None:
     try:
         actor = ray.get_actor(name, namespace=namespace)

@@ -43,3 +43,32 @@ def test_kill_accounting_tells_runs_killed_mid_run_from_results_lost_after_a_fin
     from kmpray.bench.chaos_common import ledger_starts
 
     assert ledger_starts(ledger)["b"] == 2
+
+
+def test_a_join_step_that_began_before_both_parallel_steps_were_done_breaks_the_barrier(tmp_path: Path) -> None:
+    from kmpray.bench.chaos_common import barrier_violations
+
+    ledger = tmp_path / "ledger"
+    ledger.write_text("".join(f"{what} {task} 0 {pid} {t}\n" for what, task, pid, t in [
+        # c1: both steps finished, then the join began: kept
+        ("start", "c1-a", 10, 1.0), ("start", "c1-b", 10, 1.0), ("finish", "c1-a", 10, 1.1),
+        ("finish", "c1-b", 10, 1.2), ("start", "c1-c", 10, 1.3), ("finish", "c1-c", 10, 1.4),
+        # c2: the join began while b was still running
+        ("start", "c2-a", 10, 2.0), ("start", "c2-b", 10, 2.0), ("finish", "c2-a", 10, 2.1),
+        ("start", "c2-c", 10, 2.2), ("finish", "c2-b", 10, 2.3),
+        # c3: a finished in a killed process, ran again after the join had begun
+        ("start", "c3-a", 10, 3.0), ("finish", "c3-a", 10, 3.1), ("start", "c3-b", 11, 3.0),
+        ("finish", "c3-b", 11, 3.1), ("start", "c3-c", 11, 3.2), ("start", "c3-a", 11, 3.3),
+        ("finish", "c3-a", 11, 3.4),
+        # c4: b never finished, the join began anyway
+        ("start", "c4-a", 10, 4.0), ("finish", "c4-a", 10, 4.1), ("start", "c4-b", 10, 4.0),
+        ("start", "c4-c", 10, 4.2),
+        # c5: the join never began (lost or never started: counted elsewhere)
+        ("start", "c5-a", 10, 5.0), ("finish", "c5-a", 10, 5.1),
+        # c6: a re-run before the join (killed mid-run, then done): kept
+        ("start", "c6-a", 10, 6.0), ("start", "c6-a", 11, 6.1), ("finish", "c6-a", 11, 6.2),
+        ("start", "c6-b", 11, 6.0), ("finish", "c6-b", 11, 6.1), ("start", "c6-c", 11, 6.3),
+    ]))
+    chains = ["c1", "c2", "c3", "c4", "c5", "c6"]
+    assert barrier_violations(ledger, chains) == 3  # c2, c3, c4
+    assert barrier_violations(ledger, ["c1", "c5", "c6"]) == 0
