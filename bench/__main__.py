@@ -1,7 +1,8 @@
 """python -m bench <name> [--quick] [--json PATH] [--address ADDR] [--plot]
 python -m bench load --rate R ...   (the load generator: load --help)
-python -m bench chaos [--scenario scheduler|executors|hard-restart|poison|misfire|long-runs|node-loss|soak]
-                    [--shards N]   (scheduler, executors: a sharded engine)
+python -m bench chaos [--scenario scheduler|executors|coordinators|hard-restart|poison|misfire|
+                                 long-runs|node-loss|soak]
+                    [--shards N]   (scheduler, executors, coordinators, hard-restart: sharded)
 python -m bench plot [NAME ...]     (PNGs from the JSON in bench/results/, without running anything)
 python -m bench peers [--install]   (Huey, Dramatiq, Celery over Redis, raw Ray and kmpray side by side)
 python -m bench ab --rev REV [--pairs N] -- dispatch   (REV's engine code against this one, alternating)"""
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--address", default=None, help="a Ray cluster to run against (default: local)")
     parser.add_argument("--plot", action="store_true", help="also write PNGs (kmpray[bench])")
     parser.add_argument("--shards", type=int, default=1,
-                        help="dispatch, chaos (scheduler, executors): the engine's scheduler_shards")
+                        help="scheduler_shards (dispatch; chaos: scheduler, executors, hard-restart)")
     parser.add_argument("--compare-shards", default=None,
                         help="dispatch: e.g. 1,2 - the same load on each count, same run (shard_speedup)")
     parser.add_argument("--install", action="store_true",

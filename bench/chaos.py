@@ -1,8 +1,9 @@
 """chaos: a workload against a real engine while a nemesis kills its processes.
 
-``python -m bench chaos --scenario scheduler|executors|hard-restart|poison|misfire|long-runs|node-loss|soak
-[--quick] [--json PATH]``; ``--shards N`` runs the scheduler or executors scenario on a sharded
-engine (the nemesis strikes a shard drawn at random; results in ``chaos-NAME-N-shards.json``)
+``python -m bench chaos --scenario scheduler|executors|coordinators|hard-restart|poison|misfire|
+long-runs|node-loss|soak [--quick] [--json PATH]``; ``--shards N`` runs the scheduler, executors,
+coordinators or hard-restart scenario on a sharded engine (the nemesis strikes a shard drawn
+at random; results in ``chaos-NAME-N-shards.json``)
 (hard-restart: bench/chaos_restart.py; poison: bench/chaos_poison.py; misfire: bench/chaos_misfire.py;
 long-runs: bench/chaos_longruns.py; node-loss: bench/chaos_nodes.py;
 soak: bench/chaos_soak.py)
@@ -37,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kmpray.actors.names import shard_namespace
+from kmpray.actors.names import CHAIN, shard_namespace
 
 import kmpray
 
@@ -61,7 +62,10 @@ SCENARIOS = {
     # name: (tasks, quick tasks, enqueue rate per s, seconds between kills, what it kills)
     "scheduler": (100_000, 5_000, 1_000, 2.0, "the scheduler process (SIGKILL)"),
     "executors": (10_000, 2_000, 200, 1.0, "a random light executor or heavy worker (SIGKILL)"),
+    "coordinators": (10_000, 1_000, 200, 1.0, "a random ChainCoordinator actor (SIGKILL)"),
 }
+# Chains after each enqueue call, by scenario (the others: none unless asked for).
+CHAINS_PER_CALL = {"scheduler": 1, "coordinators": 5}
 HEAVY_EVERY = 20  # one task in 20 is heavy in the executors scenario
 
 
@@ -74,10 +78,10 @@ class Nemesis(threading.Thread):
     batch's runs each time, a worst case measured as if it were the typical one."""
 
     def __init__(self, ray: Any, scenario: str, namespace: str, every_s: float, seed: int,
-                 shards: int = 1) -> None:
+                 shards: int = 1, coordinators: int = 0) -> None:
         super().__init__(name=f"nemesis-{scenario}", daemon=True)
         self.ray, self.scenario, self.namespace, self.every_s = ray, scenario, namespace, every_s
-        self.shards = shards
+        self.shards, self.coordinators = shards, coordinators
         self.rng = random.Random(seed)
         self.stop = threading.Event()
         self.kills = 0
@@ -87,12 +91,15 @@ class Nemesis(threading.Thread):
         self.killed_pids: set[int] = set()  # whose runs may legitimately run again
 
     def _victim(self) -> tuple[int, str, str]:
-        """(shard, actor name, its namespace): a shard drawn at random, then its scheduler
-        or one of its own light executors or heavy workers (each shard has a pool)."""
+        """(shard, actor name, its namespace): a shard drawn at random, then its scheduler,
+        one of its chain coordinators, or one of its own light executors or heavy workers
+        (each shard has a pool)."""
         shard = self.rng.randrange(self.shards)
         namespace = shard_namespace(self.namespace, shard)
         if self.scenario == "scheduler":
             return shard, "kmpray.scheduler", namespace
+        if self.scenario == "coordinators":
+            return shard, CHAIN.format(self.rng.randrange(self.coordinators)), namespace
         status = scheduler_status(self.ray, namespace)
         light = [f"kmpray.executor.{i}" for i in range(status.get("executors", 0))]
         light += [f"kmpray.executor.probation.{k}" for k in range(status.get("probation_executors", 0))]
@@ -124,11 +131,11 @@ def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int
     lasts through many kills) while the nemesis kills every ``every_s``; each overrides
     the scenario's size (the CI test runs a small load with frequent kills). ``shards``:
     the engine's ``scheduler_shards``, the nemesis striking a shard drawn at random each
-    time. ``chains`` (default: in the scheduler scenario): after each enqueue call, one
-    chain of two parallel steps and a step joining them (``enqueue_chain``), its barrier
-    checked from the ledger (``barrier_violations``)."""
+    time. ``chains`` (default: in the scheduler and coordinators scenarios): after each
+    enqueue call, ``CHAINS_PER_CALL`` chains of two parallel steps and a step joining them
+    (``enqueue_chain``), their barriers checked from the ledger (``barrier_violations``)."""
     full, small, default_rate, default_every_s, what = SCENARIOS[name]
-    chains = name == "scheduler" if chains is None else chains
+    per_call = CHAINS_PER_CALL.get(name, 1) if chains or (chains is None and name in CHAINS_PER_CALL) else 0
     every_s = every_s or default_every_s
     rate = rate or (default_rate / 4 if quick else default_rate)
     n = tasks or (small if quick else full)
@@ -144,7 +151,7 @@ def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int
     sched = kmpray.connect(namespace=namespace, state_dir=state, config=config)
     try:
         sched.register_worker("ChaosLedger", ChaosLedger)
-        nemesis = Nemesis(ray, name, namespace, every_s, seed, shards)
+        nemesis = Nemesis(ray, name, namespace, every_s, seed, shards, config.chain_coordinators)
         payload = json.dumps({"ledger": str(ledger), "sleep_ms": sleep_ms})
         heavy = kmpray.Constraints(is_heavy_task=True)
         acknowledged: set[str] = set()
@@ -167,10 +174,10 @@ def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int
                 continue  # not acknowledged: the client gave up on this call
             acknowledged |= {it["id"] for it, r in zip(items, results, strict=True)
                              if r is kmpray.ScheduleResult.SUCCESS}
-            if chains:
+            for j in range(k // batch * per_call, (k // batch + 1) * per_call):
                 submitted += 3
-                if steps := enqueue_chain(sched, k // batch, payload):
-                    chain_ids.append(f"c{k // batch}")
+                if steps := enqueue_chain(sched, j, payload):
+                    chain_ids.append(f"c{j}")
                     acknowledged.update(steps)
         # Keep the nemesis on while the load drains (at most ``drain_kills_s`` into it, when
         # given), then let the engine settle.
@@ -235,11 +242,11 @@ def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int
     return result
 
 
-def _hard_restart(quick: bool) -> dict[str, Any]:
+def _hard_restart(quick: bool, shards: int = 1) -> dict[str, Any]:
     """Its own driver processes and Ray instances: bench/chaos_restart.py."""
     from .chaos_restart import scenario as hard_restart
 
-    return hard_restart(rounds=3 if quick else 20)
+    return hard_restart(rounds=3 if quick else 20, shards=shards)
 
 
 def _poison(quick: bool) -> dict[str, Any]:
@@ -275,6 +282,7 @@ def _soak(quick: bool) -> dict[str, Any]:
 # Scenarios with a shape of their own (their modules say how they run).
 OTHERS = {"hard-restart": _hard_restart, "poison": _poison, "misfire": _misfire, "long-runs": _long_runs,
           "node-loss": _node_loss, "soak": _soak}
+SHARDABLE = {*SCENARIOS, "hard-restart"}  # what --shards N runs on a sharded engine
 
 
 def timeline(ledger: Path, since: float, nemesis: Nemesis) -> dict[str, Any]:
@@ -300,11 +308,13 @@ def run(quick: bool = False, json_path: str | None = None, address: str | None =
     names = [scenario_name] if scenario_name else every
     if scenario_name is not None and scenario_name not in every:
         raise SystemExit(f"chaos: unknown scenario {scenario_name!r} ({', '.join(every)})")
-    if shards != 1 and set(names) - set(SCENARIOS):
-        raise SystemExit(f"chaos: --shards applies to the {' and '.join(SCENARIOS)} scenarios only")
+    if shards != 1 and set(names) - SHARDABLE:
+        raise SystemExit(f"chaos: --shards applies to the {', '.join(sorted(SHARDABLE))} scenarios only")
     results = {}
     for name in names:
-        if name in OTHERS:
+        if name == "hard-restart":
+            result = _hard_restart(quick, shards)
+        elif name in OTHERS:
             result = OTHERS[name](quick)
         else:
             result = scenario(name, quick=quick, address=address, shards=shards)

@@ -32,7 +32,8 @@ CHUNK = 100
 READY_TIMEOUT_S = 120.0  # a driver that has not started its Ray and engine by then failed
 
 
-def driver(state: str, namespace: str, ledger: str, prefix: str, n: int, durability: str) -> None:
+def driver(state: str, namespace: str, ledger: str, prefix: str, n: int, durability: str,
+           shards: int = 1) -> None:
     """The process that is killed: its own Ray, one engine, a burst of acknowledged enqueues."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
@@ -42,7 +43,8 @@ def driver(state: str, namespace: str, ledger: str, prefix: str, n: int, durabil
     from .stamp import register
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    config = kmpray.EngineConfig(durability=durability, max_pending_tasks=10_000_000)  # type: ignore[arg-type]
+    config = kmpray.EngineConfig(durability=durability, max_pending_tasks=10_000_000,  # type: ignore[arg-type]
+                                 scheduler_shards=shards)
     sched = kmpray.connect(namespace=namespace, state_dir=state, config=config)
     register(sched)
     print(f"ready {ray.get_runtime_context().gcs_address}", flush=True)
@@ -89,7 +91,8 @@ def _forget_cluster(address: str) -> None:
 
 
 def scenario(rounds: int = 20, tasks: int = 20_000, seed: int = 7, durability: str = "normal",
-             max_delay_s: float = 1.5) -> dict[str, Any]:
+             max_delay_s: float = 1.5, shards: int = 1) -> dict[str, Any]:
+    """``shards``: the engine's ``scheduler_shards`` (the restart opens the same count)."""
     import kmpray
 
     from .common import ray_up
@@ -108,7 +111,7 @@ def scenario(rounds: int = 20, tasks: int = 20_000, seed: int = 7, durability: s
         namespace = f"chaos-restart-{seed}-{r}"
         proc = subprocess.Popen(
             [sys.executable, "-m", "kmpray.bench.chaos_restart", state, namespace, str(ledger), prefix,
-             str(tasks), durability],
+             str(tasks), durability, str(shards)],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
         )
         try:
@@ -122,7 +125,8 @@ def scenario(rounds: int = 20, tasks: int = 20_000, seed: int = 7, durability: s
             proc.wait(timeout=30)
         _forget_cluster(address)
         acked = ledger.read_text().split() if ledger.exists() else []
-        sched = kmpray.connect(namespace=namespace, state_dir=state)
+        sched = kmpray.connect(namespace=namespace, state_dir=state,
+                               config=kmpray.EngineConfig(scheduler_shards=shards))
         try:
             present = {t.id for t in sched.list_tasks() if t.id.startswith(prefix)}
         finally:
@@ -140,6 +144,7 @@ def scenario(rounds: int = 20, tasks: int = 20_000, seed: int = 7, durability: s
         "scenario": "hard-restart",
         "nemesis": "SIGKILL of the driver and every process of its Ray instance at once, mid-burst",
         "durability": durability,
+        "shards": shards,
         "rounds": rounds,
         "rounds_killed_mid_burst": mid_burst,
         "tasks_per_burst": tasks,
@@ -153,4 +158,4 @@ def scenario(rounds: int = 20, tasks: int = 20_000, seed: int = 7, durability: s
 
 
 if __name__ == "__main__":
-    driver(*sys.argv[1:5], int(sys.argv[5]), sys.argv[6])
+    driver(*sys.argv[1:5], int(sys.argv[5]), sys.argv[6], int(sys.argv[7]) if len(sys.argv) > 7 else 1)

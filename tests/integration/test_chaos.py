@@ -10,15 +10,19 @@ import pytest
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-@pytest.mark.parametrize(("name", "shards"), [("scheduler", 1), ("executors", 1), ("scheduler", 2)],
-                         ids=["scheduler", "executors", "scheduler-2-shards"])
+@pytest.mark.parametrize(
+    ("name", "shards"),
+    [("scheduler", 1), ("executors", 1), ("coordinators", 1), ("scheduler", 2)],
+    ids=["scheduler", "executors", "coordinators", "scheduler-2-shards"],
+)
 def test_kills_during_a_load_lose_nothing_and_count_nothing_twice(
     ray_session: Any, name: str, shards: int
 ) -> None:
     """The scheduler scenario's load holds chains too (two parallel steps, then one joining
-    them, after each enqueue call); with two shards the nemesis strikes either one, and the
-    chains live on the shard of their id, the one-time tasks spread over both."""
-    from kmpray.bench.chaos import scenario
+    them, after each enqueue call), the coordinators scenario five after each call while
+    the chain coordinators are killed; with two shards the nemesis strikes either one, and
+    the chains live on the shard of their id, the one-time tasks spread over both."""
+    from kmpray.bench.chaos import CHAINS_PER_CALL, scenario
 
     # Kills go on 5 s into the drain, then stop: with a kill every ~2 s (restart + 0.7 s) the
     # drain's status reads sometimes found no serving scheduler for the whole 120 s bound
@@ -29,12 +33,12 @@ def test_kills_during_a_load_lose_nothing_and_count_nothing_twice(
     r = scenario(name, tasks=2_100, seed=11, every_s=0.7, sleep_ms=40, rate=300, drain_kills_s=5,
                  shards=shards)
     assert r["kills"] >= 2, r  # the nemesis really acted during the load
-    chains = 70 if name == "scheduler" else 0  # one per enqueue call of 30 tasks
+    chains = 70 * CHAINS_PER_CALL.get(name, 0)  # 70 enqueue calls of 30 tasks
     assert r["acknowledged"] == r["submitted"] == 2_100 + 3 * chains and r["chains"] == chains, r
     assert r["barrier_violations"] == 0, r  # no join step began before both its prerequisites were done
     assert (r["lost"], r["counted_twice"], r["never_started"]) == (0, 0, 0), r
     assert r["attempts_inflated"] == 0, r  # a system re-run is not one of the task's attempts
-    if name == "scheduler":  # runs in flight are adopted; a retried enqueue is not applied twice
+    if name != "executors":  # runs in flight are adopted; a retried enqueue is not applied twice
         assert r["executed_twice"] == 0, r
     # Every second start is of a run that had begun in a process the nemesis killed: one it
     # took mid-run, or one that finished there with its result not yet stored.
