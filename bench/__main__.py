@@ -1,8 +1,8 @@
 """python -m bench <name> [--quick] [--json PATH] [--address ADDR] [--plot]
 python -m bench load --rate R ...   (the load generator: load --help)
-python -m bench chaos [--scenario scheduler|executors|coordinators|hard-restart|poison|misfire|
+python -m bench chaos [--scenario scheduler|executors|coordinators|mixed|hard-restart|poison|misfire|
                                  long-runs|node-loss|soak]
-                    [--shards N]   (scheduler, executors, coordinators, hard-restart: sharded)
+                    [--shards N]   (all but poison, misfire, long-runs, node-loss, soak)
 python -m bench plot [NAME ...]     (PNGs from the JSON in bench/results/, without running anything)
 python -m bench peers [--install]   (Huey, Dramatiq, Celery over Redis, raw Ray and kmpray side by side)
 python -m bench ab --rev REV [--pairs N] -- dispatch   (REV's engine code against this one, alternating)"""

@@ -1,8 +1,8 @@
 """chaos: a workload against a real engine while a nemesis kills its processes.
 
-``python -m bench chaos --scenario scheduler|executors|coordinators|hard-restart|poison|misfire|
+``python -m bench chaos --scenario scheduler|executors|coordinators|mixed|hard-restart|poison|misfire|
 long-runs|node-loss|soak [--quick] [--json PATH]``; ``--shards N`` runs the scheduler, executors,
-coordinators or hard-restart scenario on a sharded engine (the nemesis strikes a shard drawn
+coordinators, mixed or hard-restart scenario on a sharded engine (the nemesis strikes a shard drawn
 at random; results in ``chaos-NAME-N-shards.json``)
 (hard-restart: bench/chaos_restart.py; poison: bench/chaos_poison.py; misfire: bench/chaos_misfire.py;
 long-runs: bench/chaos_longruns.py; node-loss: bench/chaos_nodes.py;
@@ -35,10 +35,11 @@ import signal
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from kmpray.actors.names import CHAIN, shard_namespace
+from kmpray.actors.names import BROKER, CHAIN, shard_namespace
 
 import kmpray
 
@@ -53,6 +54,7 @@ from .chaos_common import (
     ledger_lines,
     ledger_starts,
     rerun_after_kills,
+    rerun_unexplained,
     scheduler_status,
     terminal_events,
 )
@@ -63,10 +65,13 @@ SCENARIOS = {
     "scheduler": (100_000, 5_000, 1_000, 2.0, "the scheduler process (SIGKILL)"),
     "executors": (10_000, 2_000, 200, 1.0, "a random light executor or heavy worker (SIGKILL)"),
     "coordinators": (10_000, 1_000, 200, 1.0, "a random ChainCoordinator actor (SIGKILL)"),
+    "mixed": (20_000, 2_000, 400, 1.5, "a random one of: the scheduler, a light executor or heavy worker, "
+                                       "a ChainCoordinator, the event broker (SIGKILL)"),
 }
 # Chains after each enqueue call, by scenario (the others: none unless asked for).
-CHAINS_PER_CALL = {"scheduler": 1, "coordinators": 5}
-HEAVY_EVERY = 20  # one task in 20 is heavy in the executors scenario
+CHAINS_PER_CALL = {"scheduler": 1, "coordinators": 5, "mixed": 2}
+HEAVY_EVERY = 20  # one task in 20 is heavy in the executors and mixed scenarios
+MIXED = ("scheduler", "executors", "coordinators", "broker")  # the mixed nemesis's kinds of victim
 
 
 class Nemesis(threading.Thread):
@@ -78,37 +83,49 @@ class Nemesis(threading.Thread):
     batch's runs each time, a worst case measured as if it were the typical one."""
 
     def __init__(self, ray: Any, scenario: str, namespace: str, every_s: float, seed: int,
-                 shards: int = 1, coordinators: int = 0) -> None:
+                 shards: int = 1, coordinators: int = 0, wait_recovery: bool = True) -> None:
         super().__init__(name=f"nemesis-{scenario}", daemon=True)
         self.ray, self.scenario, self.namespace, self.every_s = ray, scenario, namespace, every_s
         self.shards, self.coordinators = shards, coordinators
+        # False: the next kill may come while the last victim (or another) is still coming
+        # back: a scheduler killed again mid-restore, an executor while its scheduler adopts.
+        self.wait_recovery = wait_recovery
         self.rng = random.Random(seed)
         self.stop = threading.Event()
         self.kills = 0
         self.kills_by_shard = [0] * shards
+        self.kills_by_kind: Counter[str] = Counter()  # scheduler, executors, coordinators, broker
         self.recovery_s: list[float] = []
         self.killed_at: list[float] = []  # wall-clock time of each kill (the timeline)
         self.killed_pids: set[int] = set()  # whose runs may legitimately run again
 
-    def _victim(self) -> tuple[int, str, str]:
+    def _victim(self) -> tuple[int, str, str] | None:
         """(shard, actor name, its namespace): a shard drawn at random, then its scheduler,
         one of its chain coordinators, or one of its own light executors or heavy workers
         (each shard has a pool)."""
         shard = self.rng.randrange(self.shards)
         namespace = shard_namespace(self.namespace, shard)
-        if self.scenario == "scheduler":
+        kind = self.rng.choice(MIXED) if self.scenario == "mixed" else self.scenario
+        if kind == "scheduler":
             return shard, "kmpray.scheduler", namespace
-        if self.scenario == "coordinators":
+        if kind == "coordinators":
             return shard, CHAIN.format(self.rng.randrange(self.coordinators)), namespace
+        if kind == "broker":  # one for the whole engine, in its namespace (shard 0's)
+            return 0, BROKER, self.namespace
         status = scheduler_status(self.ray, namespace)
         light = [f"kmpray.executor.{i}" for i in range(status.get("executors", 0))]
         light += [f"kmpray.executor.probation.{k}" for k in range(status.get("probation_executors", 0))]
         heavy = [f"kmpray.heavy.{i}" for i in status.get("heavy_workers", [])]
+        if not light + heavy:  # its scheduler is not serving (killed a moment ago): none known
+            return None
         return shard, self.rng.choice(light + heavy), namespace
 
     def run(self) -> None:
         while not self.stop.wait(self.every_s * self.rng.uniform(0.5, 1.5)):
-            shard, name, namespace = self._victim()
+            victim = self._victim()
+            if victim is None:
+                continue
+            shard, name, namespace = victim
             pid = actor_pid(self.ray, name, namespace)
             if pid is None:
                 continue
@@ -118,20 +135,23 @@ class Nemesis(threading.Thread):
                 continue
             self.kills += 1
             self.kills_by_shard[shard] += 1
+            self.kills_by_kind[_kind(name)] += 1
             self.killed_pids.add(pid)
             self.killed_at.append(time.time())
-            self.recovery_s.append(answers_after(self.ray, name, namespace))
+            if self.wait_recovery:
+                self.recovery_s.append(answers_after(self.ray, name, namespace))
 
 
 def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int = 7,
              address: str | None = None, every_s: float | None = None, sleep_ms: int = 20,
              rate: float | None = None, drain_kills_s: float | None = None, shards: int = 1,
-             chains: bool | None = None) -> dict[str, Any]:
+             chains: bool | None = None, wait_recovery: bool = True) -> dict[str, Any]:
     """One scenario: ``tasks`` one-time tasks enqueued at ``rate`` per second (so the load
     lasts through many kills) while the nemesis kills every ``every_s``; each overrides
     the scenario's size (the CI test runs a small load with frequent kills). ``shards``:
     the engine's ``scheduler_shards``, the nemesis striking a shard drawn at random each
-    time. ``chains`` (default: in the scheduler and coordinators scenarios): after each
+    time (``wait_recovery`` False: without waiting for the last victim to come back
+    first). ``chains`` (default: in the scheduler, coordinators and mixed scenarios): after each
     enqueue call, ``CHAINS_PER_CALL`` chains of two parallel steps and a step joining them
     (``enqueue_chain``), their barriers checked from the ledger (``barrier_violations``)."""
     full, small, default_rate, default_every_s, what = SCENARIOS[name]
@@ -151,7 +171,8 @@ def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int
     sched = kmpray.connect(namespace=namespace, state_dir=state, config=config)
     try:
         sched.register_worker("ChaosLedger", ChaosLedger)
-        nemesis = Nemesis(ray, name, namespace, every_s, seed, shards, config.chain_coordinators)
+        nemesis = Nemesis(ray, name, namespace, every_s, seed, shards, config.chain_coordinators,
+                          wait_recovery)
         payload = json.dumps({"ledger": str(ledger), "sleep_ms": sleep_ms})
         heavy = kmpray.Constraints(is_heavy_task=True)
         acknowledged: set[str] = set()
@@ -165,7 +186,8 @@ def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int
             time.sleep(max(0.0, started + k / rate - time.monotonic()))
             once = kmpray.TaskTrigger.OneTime()
             items = [{"id": f"t{i}", "trigger": once, "worker_class_name": "ChaosLedger", "input": payload,
-                      **({"constraints": heavy} if name == "executors" and i % HEAVY_EVERY == 0 else {})}
+                      **({"constraints": heavy} if name in ("executors", "mixed") and i % HEAVY_EVERY == 0
+                         else {})}
                      for i in range(k, min(n, k + batch))]
             submitted += len(items)
             try:
@@ -220,6 +242,8 @@ def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int
             # Of those, the ones whose every earlier start was in a process the nemesis killed
             # (a SIGKILL cannot be survived by the runs inside it); the rest would be a bug.
             "executed_twice_after_kills": rerun_after_kills(ledger, acknowledged, nemesis.killed_pids),
+            "executed_twice_unexplained": rerun_unexplained(ledger, acknowledged, nemesis.killed_pids)[:10],
+            "killed_pids": sorted(nemesis.killed_pids),
             # What the kills could cost at most: runs they took mid-run, plus runs that had
             # finished in a killed process whose result died with it before it was stored.
             **kill_accounting(ledger, acknowledged, nemesis.killed_pids),
@@ -230,6 +254,8 @@ def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int
             "barrier_violations": barrier_violations(ledger, chain_ids),
             "kills": nemesis.kills,
             "kills_by_shard": nemesis.kills_by_shard,
+            "kills_by_kind": dict(nemesis.kills_by_kind),
+            "waited_for_recovery": wait_recovery,
             "recovery_s": _seconds(percentiles([s * 1000 for s in nemesis.recovery_s])),
             "recovery_max_s": round(max(nemesis.recovery_s), 3) if nemesis.recovery_s else None,
             "leaked_cpus": round(cluster - available - warm_heavy, 2),
@@ -240,6 +266,15 @@ def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int
     finally:
         sched.shutdown()
     return result
+
+
+def _kind(name: str) -> str:
+    """What a victim's actor name is: scheduler, executors (light or heavy), coordinators, broker."""
+    if name == BROKER:
+        return "broker"
+    if name.startswith(CHAIN.format("")):
+        return "coordinators"
+    return "scheduler" if name == "kmpray.scheduler" else "executors"
 
 
 def _hard_restart(quick: bool, shards: int = 1) -> dict[str, Any]:
@@ -321,6 +356,7 @@ def run(quick: bool = False, json_path: str | None = None, address: str | None =
         results[name] = result
         stem = f"chaos-{name}" if shards == 1 else f"chaos-{name}-{shards}-shards"
         out = write(stem, result, json_path if len(names) == 1 else None)
-        shown = [(k, str(v)) for k, v in result.items() if k not in ("lost_examples", "per_round")]
+        hidden = ("lost_examples", "per_round", "killed_pids")
+        shown = [(k, str(v)) for k, v in result.items() if k not in hidden]
         print(table([*shown, ("json", str(out))]))
     return results

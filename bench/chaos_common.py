@@ -192,6 +192,13 @@ def rerun_after_kills(path: Path, ids: set[str], killed_pids: set[int]) -> int:
                if len(starts) > 1 and all(pid in killed_pids for _attempt, pid in starts[:-1]))
 
 
+def rerun_unexplained(path: Path, ids: set[str], killed_pids: set[int]) -> list[str]:
+    """Tasks started more than once although an earlier start was in a process no kill
+    took (``rerun_after_kills``'s complement): each one is worth a look."""
+    return sorted(task for task, starts in _runs_by_task(path, ids).items()
+                  if len(starts) > 1 and not all(pid in killed_pids for _attempt, pid in starts[:-1]))
+
+
 def kill_accounting(path: Path, ids: set[str], killed_pids: set[int]) -> dict[str, int]:
     """What the kills could cost, from the ledger: ``runs_in_flight_at_kills`` (runs of
     acknowledged tasks that started in a killed process and never finished there: the
