@@ -64,6 +64,8 @@ async def adopt_held_runs(
         i, slot_index = where[key]
         if i is not None:
             pool.held(i, key, incarnations[i])
+            if pool.slots[i].probation:  # a suspect alone on a probation executor taken over
+                pool.alone[i] = key
         else:
             heavy.adopted(slot_index, key)
     if adopted:

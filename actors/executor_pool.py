@@ -11,6 +11,7 @@ The heavy workers are the same idea with one run each: heavy_pool.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -217,11 +218,7 @@ class ExecutorPool:
 
     async def start(self) -> None:
         self.home = ray.get_runtime_context().get_node_id()
-        for k in range(PROBATION_LANES):  # a previous scheduler's: what they ran is re-queued by the restore
-            try:
-                ray.kill(ray.get_actor(PROBATION.format(k), namespace=self.namespace), no_restart=True)
-            except ValueError:
-                pass
+        await self._take_over_probation()
         # Bounded, and all at once: a ping runs on the executor's event loop, and a worker
         # blocking that loop across a scheduler restart held the whole start (adoption, and
         # with it the fence against the dead scheduler's late batches) until it let go.
@@ -233,6 +230,30 @@ class ExecutorPool:
                 continue
             s.incarnation, _running, s.node, s.lag_ms = answer[:4]
             s.reachable = True
+
+    async def _take_over_probation(self) -> None:
+        """A previous scheduler's probation executors (after the ordinary ones are added):
+        each is kept as this one's when it answers that its slot index is the one it gets
+        here (its reports name that index), so the suspect run it holds is adopted like any
+        executor's (adoption.py) instead of running again; one that does not, and any after
+        it, is killed, and what it ran is re-queued by the restore. (Until session 37 all
+        were killed: each scheduler restart ran every suspect running alone once more.)"""
+        for k in range(PROBATION_LANES):
+            try:
+                handle = ray.get_actor(PROBATION.format(k), namespace=self.namespace)
+            except ValueError:
+                continue
+            index: int | None = None
+            if k == len(self.probation):
+                with contextlib.suppress(Exception):  # restarting, stalled or blocked: killed
+                    index = await asyncio.wait_for(handle.__ray_call__.remote(lambda ex: ex.index),
+                                                   self.config.ping_timeout_s)
+            if index == len(self.slots):
+                self.slots.append(ExecutorSlot(index, handle, self.home, probation=True))
+                self.probation.append(index)
+                continue
+            with contextlib.suppress(Exception):
+                ray.kill(handle, no_restart=True)
 
     def held(self, i: int, key: Key, incarnation: str | None = None, handed: bool = False) -> None:
         """A run executor ``i`` holds: handed over now (its process unknown until the

@@ -138,6 +138,51 @@ def test_killed_executor_reruns_its_runs(engines: Any, tmp_path: Path) -> None:
     assert info.state is TaskState.SUCCEEDED and info.run_attempt_count == 1
 
 
+@ONE_SHARD  # it reaches into shard 0's executors
+def test_a_suspect_alone_on_a_probation_executor_is_adopted_across_a_scheduler_restart(
+    engines: Any, tmp_path: Path
+) -> None:
+    """A run whose executor died runs again alone on a probation executor (a suspect); the
+    scheduler killed meanwhile keeps that executor and adopts the run: it begins twice in
+    all, not three times (until session 37 a restarted scheduler killed its predecessor's
+    probation executors, and the suspect ran once more: chaos found such re-runs)."""
+    import os
+
+    import ray
+
+    sched = engines(config=kmpray.EngineConfig(executors=1))
+    register_all(sched)
+    inp, started, release = blocks_input(tmp_path, "x", ended=True)
+    sched.enqueue("x", TaskTrigger.OneTime(), "Blocks", input=inp)
+    until(started.exists, what="run start")
+    ns = sched.namespace
+    os.kill(ray.get(ray.get_actor("kmpray.executor.0", namespace=ns).__ray_call__.remote(
+        lambda self: os.getpid()), timeout=30), 9)  # SIGKILL: the process died under its run
+    until(lambda: count_runs(str(started)) == 2, timeout_s=60, what="the run to start again, alone")
+    holders = {}
+    for k in range(2):
+        try:
+            actor = ray.get_actor(f"kmpray.executor.probation.{k}", namespace=ns)
+        except ValueError:
+            continue
+        pid, keys = ray.get(actor.__ray_call__.remote(lambda self: (os.getpid(), list(self._tasks))),
+                            timeout=30)
+        if keys:
+            holders[k] = pid
+    assert len(holders) == 1, holders  # on a probation executor, alone
+    (pid,) = holders.values()
+    _kill("kmpray.scheduler", ns)
+    until(lambda: sched.status()["running_alone"] == 1, timeout_s=60, what="the restarted scheduler to serve")
+    release.touch()
+    info = sched.wait("x", timeout_s=60)
+    assert info.state is TaskState.SUCCEEDED and info.run_attempt_count == 1
+    assert count_runs(str(started)) == 2  # not a third time after the restart
+    (line,) = Path(json.loads(inp)["ended"]).read_text().splitlines()
+    assert int(line.split()[1]) == pid  # ended in the probation executor that held it
+    assert not process_gone(pid)  # kept, not killed
+    assert sched.status()["running_alone"] == 0
+
+
 def test_worker_classes_survive_a_registry_restart_then_a_scheduler_restart(engines: Any) -> None:
     """Classes are never stored (no pickle read back): registry and scheduler hold copies."""
     sched = engines()
