@@ -138,6 +138,7 @@ def test_killed_executor_reruns_its_runs(engines: Any, tmp_path: Path) -> None:
     assert info.state is TaskState.SUCCEEDED and info.run_attempt_count == 1
 
 
+@pytest.mark.slow  # ~15 s: an executor's restart, then the scheduler's
 @ONE_SHARD  # it reaches into shard 0's executors
 def test_a_suspect_alone_on_a_probation_executor_is_adopted_across_a_scheduler_restart(
     engines: Any, tmp_path: Path
