@@ -146,6 +146,12 @@ class ChainRules:
                 for key in chain.steps[action.step]:
                     rec = self.tasks.get(key)
                     if rec is None or rec.state is not TaskState.BLOCKED:
+                        if rec is not None and not rec.state.is_finished and rec.upstream is None \
+                                and action.upstream.get(key):
+                            # adopted after a restart before its promotion was stored (restore.py):
+                            # its upstream data, should it run again
+                            rec.upstream = action.upstream[key]
+                            self._touch(rec, now)
                         continue
                     if key in action.errors:
                         self._finish(rec, TaskState.FAILED, Failure(action.errors[key]), now)

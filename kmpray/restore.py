@@ -73,9 +73,12 @@ class Restoring:
             # A dispatch is not stored; a run's progress is. A run still out there carries
             # the stored id (stored RUNNING) or a later one (dispatched after the last write:
             # by the last scheduler, or by one before it that this row outlived unwritten).
+            # A row stored BLOCKED too: a chain step or appended work promoted and handed
+            # out in the turn before the crash, whose write (promotion and all) came after
+            # the hand-over and never happened.
             if rec.state is TaskState.RUNNING:
                 self._adoptable[rec.key] = rec.run_id
-            elif rec.state is TaskState.ENQUEUED:
+            elif rec.state in (TaskState.ENQUEUED, TaskState.BLOCKED):
                 self._adoptable[rec.key] = rec.run_id + 1
             # Skip the id of that unstored dispatch: its late report is never taken for a new run.
             rec.run_id += 1
@@ -111,9 +114,11 @@ class Restoring:
         for key, run_id in sorted(runs, key=lambda run: -run[1]):  # a task's latest run first
             rec = self.tasks.get(key)
             lowest = adoptable.get(key)
-            if rec is None or rec.state is not TaskState.ENQUEUED or lowest is None or run_id < lowest:
+            if rec is None or rec.state not in _ADOPTABLE or lowest is None or run_id < lowest:
                 continue
             del adoptable[key]  # held twice (re-sent to another executor, or a stale one): adopt one
+            if rec.state is TaskState.BLOCKED:  # its promotion was not stored: the held run proves it
+                lifecycle.promote(rec)
             lifecycle.adopt(rec, run_id, (key, run_id) not in waiting, now)
             rec.ready_seq = rec.timer_seq = -1  # its queue entries go stale
             adopted.append((key, run_id))
@@ -164,6 +169,9 @@ class Restoring:
             if rec.chain_id in lost_chains and rec.chain_id not in self.chains and not rec.state.is_finished:
                 why = f"its chain's stored row {rec.chain_id!r} was damaged ({lost_chains[rec.chain_id]})"
                 self._finish(rec, TaskState.FAILED, Failure(why), now)
+
+
+_ADOPTABLE = (TaskState.ENQUEUED, TaskState.BLOCKED)
 
 
 def append_number(key: str) -> int:

@@ -97,11 +97,13 @@ class Harness:
         assert rec is not None
         return rec.state.value
 
-    def restart(self, adopt: Callable[[SchedulerCore], object] | None = None) -> None:
+    def restart(self, adopt: Callable[[SchedulerCore], object] | None = None, flush: bool = True) -> None:
         """A new core over the same store: what a SchedulerActor restart does. ``adopt``
         runs where the actor adopts the runs executors still hold: after the restore,
-        before the coordinators resync."""
-        self.flush()
+        before the coordinators resync. ``flush=False``: killed before the turn's write
+        (what the old core did since its last write is lost)."""
+        if flush:
+            self.flush()
         self.core = SchedulerCore(self.clock, self.core.platform, self.core.config, self.workers.__contains__)
         self.core.tasks.loader = self._read
         records, chains = self.store.load(self.core.restore_cold), self.store.load_chains()
