@@ -22,6 +22,16 @@ from .remote import _ray
 log = logging.getLogger("kmpray")
 
 
+def _asked(make_call: Callable[[], Any]) -> Any:
+    """A call to the broker, asked again while it restarts (within CALL_TIMEOUT_S): a
+    subscribe in the second or two after a broker crash raised Ray's "the actor is
+    restarting" where waiting for it was all that was needed (the log is durable). For
+    reads and idempotent calls only (not ``emit``: one that got through would be twice)."""
+    from kmpray.actors.retry import call_with_retry_sync
+
+    return call_with_retry_sync(lambda: _ray().get(make_call(), timeout=CALL_TIMEOUT_S), CALL_TIMEOUT_S)
+
+
 class Subscription:
     """A cursor over the engine's stored events: ``get``, iterate, async-iterate, ``close``.
 
@@ -123,7 +133,7 @@ class ActorSubscription:
         self.id = sub_id
 
     def close(self) -> None:
-        _ray().get(self._broker.unsubscribe.remote(self.id), timeout=CALL_TIMEOUT_S)
+        _asked(lambda: self._broker.unsubscribe.remote(self.id))
 
 
 class EventBus:
@@ -143,7 +153,7 @@ class EventBus:
         _ray().get(self._broker.emit.remote(encode_event(event)), timeout=CALL_TIMEOUT_S)
 
     def last_cursor(self) -> int:
-        return int(_ray().get(self._broker.bounds.remote(), timeout=CALL_TIMEOUT_S)[1])
+        return int(_asked(self._broker.bounds.remote)[1])
 
     def subscribe(
         self,
@@ -166,7 +176,7 @@ class EventBus:
             raise ValueError("subscribe: give callback or actor, not both")
         if actor is not None:
             sub_id = uuid.uuid4().hex
-            _ray().get(self._broker.subscribe_actor.remote(sub_id, actor, after), timeout=CALL_TIMEOUT_S)
+            _asked(lambda: self._broker.subscribe_actor.remote(sub_id, actor, after))
             return ActorSubscription(self._broker, sub_id)
         return Subscription(self._broker, after, callback)
 

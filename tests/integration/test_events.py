@@ -185,6 +185,69 @@ def test_replay_from_a_cursor_after_a_broker_restart(vengine: Any, engines: Any)
     assert [e.task_name for e in _drain(sub, 1)] == ["to-later"]
 
 
+def test_subscribing_while_the_broker_restarts_waits_for_it(vengine: Any) -> None:
+    """A subscribe in the second after a broker crash waits for it to serve again and
+    replays the log (it raised Ray's "the actor is restarting": found by chaos runs whose
+    check subscribed right after a kill)."""
+    import os
+    import signal
+
+    import ray
+
+    vengine.enqueue("r0", TaskTrigger.OneTime(), "Echo")
+    vengine.wait("r0", timeout_s=30)
+    broker = ray.get_actor("kmpray.broker", namespace=vengine.namespace)
+    os.kill(ray.get(broker.__ray_call__.remote(lambda self: os.getpid()), timeout=30), signal.SIGKILL)
+    from .helpers import until
+
+    until(lambda: _restarting(broker), timeout_s=30, what="Ray to see the broker restarting")
+    sub = vengine.events.subscribe(since=0)  # the broker is restarting now
+    assert [e.task_id for e in _drain(sub, 1)] == ["r0"]
+    sub.close()
+
+
+def test_bus_reads_ask_again_while_the_broker_restarts(monkeypatch: Any) -> None:  # no Ray needed
+    """Without Ray: the bus's reads and subscribe calls meet "the actor is restarting" twice,
+    then an answer; each returns it (the subscribe above can meet it only by timing)."""
+    from types import SimpleNamespace
+
+    from ray.exceptions import ActorUnavailableError
+
+    from kmpray.client import subscription
+
+    failures = {"n": 0}
+
+    def get(value: Any, timeout: float) -> Any:
+        if failures["n"] < 2:
+            failures["n"] += 1
+            raise ActorUnavailableError("The actor is restarting.", None)
+        return value
+
+    monkeypatch.setattr(subscription, "_ray", lambda: SimpleNamespace(get=get))
+    call = SimpleNamespace(remote=lambda *a: (0, 7))
+    bus = subscription.EventBus(SimpleNamespace(bounds=call))
+    assert bus.last_cursor() == 7 and failures["n"] == 2
+    failures["n"] = 0
+    broker = SimpleNamespace(unsubscribe=SimpleNamespace(remote=lambda i: True))
+    sub = subscription.ActorSubscription(broker, "s")
+    sub.close()
+    assert failures["n"] == 2
+
+
+def _restarting(actor: Any) -> bool:
+    """Ray answers this actor's calls with "the actor is restarting" (what a call meets in
+    the second or two after a crash)."""
+    import ray
+
+    try:
+        ray.get(actor.bounds.remote(), timeout=5)
+    except ray.exceptions.ActorUnavailableError:
+        return True
+    except Exception:
+        return False
+    return False
+
+
 def test_wait_many_with_a_progress_bar(svengine: Any, capsys: Any) -> None:
     ids = ["w1", "w2"]
     for i in ids:
