@@ -12,15 +12,16 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 @pytest.mark.parametrize(
     ("name", "shards"),
-    [("scheduler", 1), ("executors", 1), ("coordinators", 1), ("mixed", 2)],
-    ids=["scheduler", "executors", "coordinators", "mixed-2-shards"],
+    # (coordinators alone, ~12 s, is left to `bench chaos --scenario coordinators --quick`:
+    # mixed kills them too, and the suite is near its 15-minute budget)
+    [("scheduler", 1), ("executors", 1), ("mixed", 2)],
+    ids=["scheduler", "executors", "mixed-2-shards"],
 )
 def test_kills_during_a_load_lose_nothing_and_count_nothing_twice(
     ray_session: Any, name: str, shards: int
 ) -> None:
     """The scheduler scenario's load holds chains too (two parallel steps, then one joining
-    them, after each enqueue call), the coordinators scenario five after each call while
-    the chain coordinators are killed; the mixed one kills any of the scheduler, executors
+    them, after each enqueue call); the mixed one kills any of the scheduler, executors
     and heavy workers, coordinators and the broker, on two shards: the nemesis strikes
     either, the chains live on the shard of their id, the one-time tasks spread over both."""
     from kmpray.bench.chaos import CHAINS_PER_CALL, scenario
