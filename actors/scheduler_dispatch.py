@@ -59,6 +59,13 @@ class SchedulerDispatch:
         async def _hear(self, done: list[Done], progress: Iterable[Progress], began: Iterable[Began]) -> None: ...
 
     def _pump(self) -> None:
+        # Write first what the turn changed so far (results, promotions, new rows), then hand
+        # runs out: a run never reaches an executor before what made it due is stored, so
+        # a kill between the two cannot leave an executor running what a restarted
+        # scheduler finds BLOCKED, or not at all (a new enqueue, applied again by the
+        # client's retry). A dispatch itself is not stored; the write after it is nearly
+        # always empty.
+        self._flush()
         turn = Turn()
         pump(self.core, lambda: self._room(turn), lambda batch: self._hand_over(turn, batch),
              self._lead_ms)  # kmpray/driver.py
