@@ -99,33 +99,33 @@ class Nemesis(threading.Thread):
         self.killed_at: list[float] = []  # wall-clock time of each kill (the timeline)
         self.killed_pids: set[int] = set()  # whose runs may legitimately run again
 
-    def _victim(self) -> tuple[int, str, str] | None:
-        """(shard, actor name, its namespace): a shard drawn at random, then its scheduler,
+    def _victim(self) -> tuple[int, str, str, str] | None:
+        """(shard, kind, actor name, its namespace): a shard drawn at random, then its scheduler,
         one of its chain coordinators, or one of its own light executors or heavy workers
         (each shard has a pool)."""
         shard = self.rng.randrange(self.shards)
         namespace = shard_namespace(self.namespace, shard)
         kind = self.rng.choice(MIXED) if self.scenario == "mixed" else self.scenario
         if kind == "scheduler":
-            return shard, "kmpray.scheduler", namespace
+            return shard, kind, "kmpray.scheduler", namespace
         if kind == "coordinators":
-            return shard, CHAIN.format(self.rng.randrange(self.coordinators)), namespace
+            return shard, kind, CHAIN.format(self.rng.randrange(self.coordinators)), namespace
         if kind == "broker":  # one for the whole engine, in its namespace (shard 0's)
-            return 0, BROKER, self.namespace
+            return 0, kind, BROKER, self.namespace
         status = scheduler_status(self.ray, namespace)
         light = [f"kmpray.executor.{i}" for i in range(status.get("executors", 0))]
         light += [f"kmpray.executor.probation.{k}" for k in range(status.get("probation_executors", 0))]
         heavy = [f"kmpray.heavy.{i}" for i in status.get("heavy_workers", [])]
         if not light + heavy:  # its scheduler is not serving (killed a moment ago): none known
             return None
-        return shard, self.rng.choice(light + heavy), namespace
+        return shard, "executors", self.rng.choice(light + heavy), namespace
 
     def run(self) -> None:
         while not self.stop.wait(self.every_s * self.rng.uniform(0.5, 1.5)):
             victim = self._victim()
             if victim is None:
                 continue
-            shard, name, namespace = victim
+            shard, kind, name, namespace = victim
             pid = actor_pid(self.ray, name, namespace)
             if pid is None:
                 continue
@@ -135,7 +135,7 @@ class Nemesis(threading.Thread):
                 continue
             self.kills += 1
             self.kills_by_shard[shard] += 1
-            self.kills_by_kind[_kind(name)] += 1
+            self.kills_by_kind[kind] += 1
             self.killed_pids.add(pid)
             self.killed_at.append(time.time())
             if self.wait_recovery:
@@ -266,15 +266,6 @@ def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int
     finally:
         sched.shutdown()
     return result
-
-
-def _kind(name: str) -> str:
-    """What a victim's actor name is: scheduler, executors (light or heavy), coordinators, broker."""
-    if name == BROKER:
-        return "broker"
-    if name.startswith(CHAIN.format("")):
-        return "coordinators"
-    return "scheduler" if name == "kmpray.scheduler" else "executors"
 
 
 def _hard_restart(quick: bool, shards: int = 1) -> dict[str, Any]:

@@ -78,7 +78,7 @@ class Restoring:
             # the hand-over and never happened.
             if rec.state is TaskState.RUNNING:
                 self._adoptable[rec.key] = rec.run_id
-            elif rec.state in (TaskState.ENQUEUED, TaskState.BLOCKED):
+            elif rec.state in _ADOPTABLE:
                 self._adoptable[rec.key] = rec.run_id + 1
             # Skip the id of that unstored dispatch: its late report is never taken for a new run.
             rec.run_id += 1

@@ -495,35 +495,3 @@ def test_a_quiet_sync_empties_the_wal_and_never_waits_on_a_reader(tmp_path: Path
     assert store.sync_if_quiet(2000) and wal.stat().st_size == 0
     assert main_file_rows(store.path, tmp_path, "SELECT key FROM meta") == [("m",)]
     store.close()
-
-
-def test_a_step_handed_out_in_the_turn_that_promoted_it_is_adopted_after_a_crash_before_the_write() -> None:
-    """A scheduler promotes a chain step and hands it out in one turn, and writes both after
-    the hand-over: killed in between, the store still holds the step BLOCKED. An executor
-    holding its run proves the promotion (nothing hands out a BLOCKED task), so the run is
-    adopted, not run again when the coordinators promote the step once more; and the
-    promotion that comes then still brings the step its upstream data. (Found by the mixed
-    chaos scenario: a join step began again after a scheduler kill.)"""
-    from kmpray import ExistingPolicy
-
-    from .conftest import task
-
-    h = Harness()
-    h.core.submit_chain("ch", ExistingPolicy.REPLACE, [[task("Ok", "a")], [task("Ok", "b")]])
-    h.flush()
-    h.core.tick()
-    [a] = h.core.take_ready(10)
-    h.core.complete(a.key, a.run_id, Success(data={"n": 1}))
-    h.drain()  # "a" SUCCEEDED is stored; "b" is stored BLOCKED
-    msgs, h.chain_msgs = h.chain_msgs, []
-    h.core.chain_actions(h.coordinator.apply(msgs))  # the coordinator promotes "b" (in memory)...
-    h.core.tick()
-    [b] = h.core.take_ready(10)  # ...and the same turn hands it out
-    assert b.key == "b"
-    h.restart(adopt=lambda core: core.adopt([(b.key, b.run_id)]), flush=False)  # killed before the write
-    assert h.state("b") == "RUNNING"  # adopted: no new run of it is handed out
-    assert h.core.take_ready(10) == []
-    assert h.core.latest("b").upstream == {"n": 1}  # type: ignore[union-attr]  # the promotion's, once more
-    assert h.core.complete(b.key, b.run_id, Success())  # the held run's report counts
-    assert h.state("b") == "SUCCEEDED"
-    assert h.core.latest("b").run_attempt_count == 1  # type: ignore[union-attr]
