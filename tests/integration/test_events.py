@@ -198,10 +198,7 @@ def test_subscribing_while_the_broker_restarts_waits_for_it(vengine: Any) -> Non
     vengine.wait("r0", timeout_s=30)
     broker = ray.get_actor("kmpray.broker", namespace=vengine.namespace)
     os.kill(ray.get(broker.__ray_call__.remote(lambda self: os.getpid()), timeout=30), signal.SIGKILL)
-    from .helpers import until
-
-    until(lambda: _restarting(broker), timeout_s=30, what="Ray to see the broker restarting")
-    sub = vengine.events.subscribe(since=0)  # the broker is restarting now
+    sub = vengine.events.subscribe(since=0)  # the broker is dead or restarting now
     assert [e.task_id for e in _drain(sub, 1)] == ["r0"]
     sub.close()
 
@@ -232,20 +229,6 @@ def test_bus_reads_ask_again_while_the_broker_restarts(monkeypatch: Any) -> None
     sub = subscription.ActorSubscription(broker, "s")
     sub.close()
     assert failures["n"] == 2
-
-
-def _restarting(actor: Any) -> bool:
-    """Ray answers this actor's calls with "the actor is restarting" (what a call meets in
-    the second or two after a crash)."""
-    import ray
-
-    try:
-        ray.get(actor.bounds.remote(), timeout=5)
-    except ray.exceptions.ActorUnavailableError:
-        return True
-    except Exception:
-        return False
-    return False
 
 
 def test_wait_many_with_a_progress_bar(svengine: Any, capsys: Any) -> None:
