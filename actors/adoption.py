@@ -8,7 +8,6 @@ before its runs go elsewhere (``_put_down``)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
@@ -20,6 +19,7 @@ from kmpray.protocol import Holding
 from .executor_pool import ExecutorPool
 from .heavy_pool import HeavyPool
 from .names import HEAVY
+from .stops import Stops, stop
 
 log = logging.getLogger("kmpray.scheduler")
 
@@ -45,7 +45,7 @@ async def adopt_held_runs(
     for (i, slot_index, handle), answer in zip(holders, answers, strict=True):
         if i is None:
             if answer is None and restarted:  # stalled, or still waiting for a node (no harm: Ray asks again)
-                _put_down(f"heavy worker {slot_index}", handle, timeout_s)
+                await _put_down(heavy.stops, f"heavy worker {slot_index}", handle, timeout_s)
             heavy.found(slot_index, handle, answer)  # its warm state kept (killed: takes runs once back)
         elif answer is not None:
             # The process that holds them: one whose start ping timed out (a blocked loop)
@@ -54,7 +54,7 @@ async def adopt_held_runs(
             if pool.slots[i].incarnation is None:
                 pool.slots[i].incarnation = answer.incarnation
         elif restarted and not pool.slots[i].reachable:
-            _put_down(f"executor {i}", handle, timeout_s)
+            await _put_down(pool.stops, f"executor {i}", handle, timeout_s)
         for key in answer.held if answer else ():
             where[(key[0], key[1])] = (i, slot_index)
         for key in answer.waiting if answer else ():
@@ -72,7 +72,7 @@ async def adopt_held_runs(
         log.warning("restarted: %d runs still on executors are kept, not run again", len(adopted))
 
 
-def _put_down(what: str, handle: Any, timeout_s: float) -> None:
+async def _put_down(stops: Stops, what: str, handle: Any, timeout_s: float) -> None:
     """A light executor of the dead scheduler's that answered neither the start's ping nor
     the question, each within ``ping_timeout_s`` (a heavy worker, which has no start ping:
     the question): dead, or wholly stalled (a stopped process, a paused VM, a C call
@@ -85,8 +85,9 @@ def _put_down(what: str, handle: Any, timeout_s: float) -> None:
     ``ActorUnavailableError`` (heavy_pool.py's ``_await`` asks again)."""
     log.warning("restarted: %s did not say what it holds within %.0f s: killed (Ray restarts it), so the "
                 "runs it may hold, which run again elsewhere, cannot also finish there", what, timeout_s)
-    with contextlib.suppress(Exception):  # already dead, or restarting: Ray's to settle
-        ray.kill(handle, no_restart=False)
+    await stop(stops, what, handle, f"answered no restarted scheduler within {timeout_s:g} s: killed (Ray "
+               "restarts it), so runs it may hold, which run again elsewhere, cannot also finish there",
+               restart=True)
 
 
 async def _holding(handle: Any, epoch: str, timeout_s: float) -> Holding | None:

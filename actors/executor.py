@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import threading
 import time
 import uuid
@@ -74,7 +75,8 @@ class ExecutorBase(StepData, Reporting, Cancelling, WorkerClasses):
         self.namespace = namespace
         self.index = index
         self.config = EngineConfig.model_validate(config)
-        self.incarnation = uuid.uuid4().hex
+        # PID-HEX: the process, so a stop the engine notes can name it (actors/stops.py)
+        self.incarnation = f"{os.getpid()}-{uuid.uuid4().hex}"
         self.node_id = ray.get_runtime_context().get_node_id()
         # Large step data (kmpray/artifacts.py): (the artifact folder, the node it is on).
         # On that node this process writes the files itself; elsewhere the scheduler does.

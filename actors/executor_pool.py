@@ -30,6 +30,7 @@ from kmpray.timing import BLOCKED_PING_TIMEOUT_S
 from .blocked_loops import BlockedLoops
 from .executor import LightExecutor
 from .names import EXECUTOR, PROBATION
+from .stops import Stops, stop
 from .submit_lane import SubmitLanes
 
 #: Probation executors (suspect runs, one each at a time); see ``ExecutorPool.isolate``.
@@ -90,6 +91,7 @@ class ExecutorPool:
         self.blocked = blocked
         self._kick = kick  # wake the scheduler's loop (runs were re-queued)
         self.lanes = SubmitLanes()  # executors on this node, sent their runs down the local lane
+        self.stops = Stops()  # processes of its executors the engine ended (actors/stops.py)
         self.slots: list[ExecutorSlot] = []
         self.where: dict[Key, int] = {}  # run -> the executor holding it
         # Batches are numbered per executor under this scheduler's epoch, so a blocked
@@ -252,8 +254,9 @@ class ExecutorPool:
                 self.slots.append(ExecutorSlot(index, handle, self.home, probation=True))
                 self.probation.append(index)
                 continue
-            with contextlib.suppress(Exception):
-                ray.kill(handle, no_restart=True)
+            await stop(self.stops, f"probation executor {k}", handle, "a restarted scheduler's probation "
+                       "executor that did not answer with the slot it gets: killed, its run re-queued",
+                       restart=False)
 
     def held(self, i: int, key: Key, incarnation: str | None = None, handed: bool = False) -> None:
         """A run executor ``i`` holds: handed over now (its process unknown until the
@@ -424,10 +427,8 @@ class ExecutorPool:
                 self.blocked.light.pop(s.index, None)
                 self.lose(s.index, "lost with its node")
                 s.retired = True
-                try:
-                    ray.kill(s.handle, no_restart=True)
-                except Exception:
-                    pass
+                await stop(self.stops, f"executor {s.index}", s.handle, "its node left the cluster: retired",
+                           restart=False)
         if nodes:
             self._cover(nodes)
         return resumed

@@ -30,6 +30,7 @@ from .blocked_loops import BlockedLoops
 from .executor_pool import ExecutorPool, ping, take_acks
 from .heavy_worker import HeavyWorker
 from .names import HEAVY
+from .stops import Stops, stop
 from .submit_lane import LaneLost, SubmitLanes
 
 if TYPE_CHECKING:
@@ -91,6 +92,7 @@ class HeavyPool:
         self.capacity: int | None = None  # heavy actors the alive nodes can hold (reconcile sets it)
         self.replaced = 0
         self.lanes = SubmitLanes()  # heavy workers on the scheduler's node: runs down their lanes
+        self.stops = Stops()  # heavy workers' processes the engine ended (actors/stops.py)
 
     # ------------------------------------------------------------------ reads
     def idle(self) -> list[int]:
@@ -252,8 +254,9 @@ class HeavyPool:
             else:
                 log.warning("heavy run %s ignored its cancel for %.1f s: stopping its worker",
                             key[0], self.config.heavy_cancel_grace_s)
-                ray.kill(handle, no_restart=False)
                 slot.incarnation, slot.ready = None, False
+                await stop(self.stops, f"heavy worker {i}", handle, f"run {key[0]} ignored its cancel for "
+                           f"{self.config.heavy_cancel_grace_s:g} s: stopped (Ray restarts it)", restart=True)
                 asyncio.ensure_future(self._await(i, handle))
         except Exception:
             log.exception("stopping heavy run %s", key[0])
@@ -288,9 +291,10 @@ class HeavyPool:
                     # the next ready worker; the replacement waits for placement like any new one.
                     log.warning("heavy worker %d unreachable for %.0f s: replaced", i, now - slot.unreachable_since)
                     self._lose_run(slot)
-                    ray.kill(slot.handle, no_restart=True)
                     self.slots[i] = HeavySlot()
                     self.replaced += 1
+                    await stop(self.stops, f"heavy worker {i}", slot.handle, f"unreachable for "
+                               f"{now - slot.unreachable_since:.0f} s: replaced", restart=False)
                 continue
             slot.unreachable_since = None
             # Lost only if a process other than the one answering took it; unanswered, the

@@ -105,6 +105,9 @@ class SchedulerReads:
             # runs handed over / finished since this scheduler started, and the last
             # second's enqueue -> hand-over waits (kmpray/run_stats.py)
             "runs": self.core.stats.describe(self.clock.now_ms()),
+            # worker processes this scheduler ended on purpose, oldest first (actors/stops.py)
+            "stopped_processes": sorted(self.pool.stops.describe() + self.heavy.stops.describe(),
+                                        key=lambda entry: entry["at_ms"]),
         }
 
     def _serving(self) -> list[int]:

@@ -21,6 +21,7 @@ from .blocked_loops import BlockedLoops
 from .executor_pool import ExecutorPool
 from .heavy_pool import HeavyPool
 from .scheduler_artifacts import ArtifactKeeper
+from .stops import pid_in
 
 log = logging.getLogger("kmpray.scheduler")
 
@@ -128,6 +129,7 @@ class SchedulerReports:
         await self._ready
         if index < len(self.pool.slots) and self.pool.exiting(index, incarnation):
             log.warning("executor %d: %s", index, why)
+            self.pool.stops.add(f"executor {index}", f"ended its own process: {why}", pid_in(incarnation))
             self._pump()
 
     async def loop_unblocked(

@@ -20,6 +20,9 @@ system lost and ran again. Reported, per scenario:
   started in a killed process and never finished there; ``rerun_after_finish``: tasks run
   again although a killed process had finished their run (its result died with it
   before the scheduler stored it). Every second start should be one of these.
+- ``executed_twice_unexplained``: second starts explained neither by the nemesis's kills
+  nor by a process the engine ended itself (``engine_stopped``, from every shard's
+  ``status()["stopped_processes"]``; ``executed_twice_after_engine_stops`` counts those).
 - ``counted_twice``: tasks with more than one terminal completion event (must be 0);
   ``events_missing``: acknowledged tasks whose terminal event never reached the log.
 - ``kills``, ``recovery_s`` {p50, max}: from each kill until the process answers again.
@@ -45,6 +48,7 @@ import kmpray
 
 from .chaos_common import (
     ChaosLedger,
+    EngineStops,
     actor_pid,
     answers_after,
     barrier_violations,
@@ -180,7 +184,9 @@ def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int
         submitted = 0
         started = time.monotonic()
         started_wall = time.time()
+        engine_stops = EngineStops(ray, namespace, shards)
         nemesis.start()
+        engine_stops.start()
         batch = max(1, int(rate / 10))  # ten calls a second
         for k in range(0, n, batch):
             time.sleep(max(0.0, started + k / rate - time.monotonic()))
@@ -212,6 +218,8 @@ def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int
             time.sleep(0.5)
         nemesis.stop.set()
         nemesis.join(timeout=180)
+        engine_stops.stop.set()
+        engine_stops.join(timeout=30)
         settle = time.monotonic() + 120
         while time.monotonic() < settle and engine_pending(ray, namespace, shards) != 0:
             time.sleep(0.5)
@@ -225,6 +233,8 @@ def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int
         starts = ledger_starts(ledger)
         terminal = terminal_events(sched, acknowledged, timeout_s=120)
         statuses = [scheduler_status(ray, shard_namespace(namespace, k)) for k in range(shards)]
+        engine_stops.look()
+        explained = nemesis.killed_pids | engine_stops.pids
         warm_heavy = sum(len(s.get("heavy_workers", [])) for s in statuses) * config.heavy_num_cpus
         cluster, available = ray.cluster_resources().get("CPU", 0), ray.available_resources().get("CPU", 0)
         result = {
@@ -242,8 +252,13 @@ def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int
             # Of those, the ones whose every earlier start was in a process the nemesis killed
             # (a SIGKILL cannot be survived by the runs inside it); the rest would be a bug.
             "executed_twice_after_kills": rerun_after_kills(ledger, acknowledged, nemesis.killed_pids),
-            "executed_twice_unexplained": rerun_unexplained(ledger, acknowledged, nemesis.killed_pids)[:10],
+            # ... or in one the engine ended itself (actors/stops.py): a stalled process put
+            # down at a restart, a heavy worker whose run ignored its cancel, the memory cap.
+            "executed_twice_after_engine_stops": rerun_after_kills(ledger, acknowledged, explained)
+            - rerun_after_kills(ledger, acknowledged, nemesis.killed_pids),
+            "executed_twice_unexplained": rerun_unexplained(ledger, acknowledged, explained)[:10],
             "killed_pids": sorted(nemesis.killed_pids),
+            "engine_stopped": sorted(engine_stops.seen.values(), key=lambda e: e["at_ms"]),
             # What the kills could cost at most: runs they took mid-run, plus runs that had
             # finished in a killed process whose result died with it before it was stored.
             **kill_accounting(ledger, acknowledged, nemesis.killed_pids),
@@ -347,7 +362,7 @@ def run(quick: bool = False, json_path: str | None = None, address: str | None =
         results[name] = result
         stem = f"chaos-{name}" if shards == 1 else f"chaos-{name}-{shards}-shards"
         out = write(stem, result, json_path if len(names) == 1 else None)
-        hidden = ("lost_examples", "per_round", "killed_pids")
+        hidden = ("lost_examples", "per_round", "killed_pids", "engine_stopped")
         shown = [(k, str(v)) for k, v in result.items() if k not in hidden]
         print(table([*shown, ("json", str(out))]))
     return results

@@ -166,6 +166,43 @@ def scheduler_status(ray: Any, namespace: str) -> dict[str, Any]:
         return {}
 
 
+class EngineStops(threading.Thread):
+    """The worker processes the engine ended on purpose (``status()["stopped_processes"]``,
+    actors/stops.py: a stalled process put down at a restart, a heavy worker whose run
+    ignored its cancel, one unreachable too long, the memory cap), read from every shard
+    every ``every_s`` into ``pids``: a re-run whose earlier start was in one of them is
+    explained like one after the nemesis's own kill. Each shard's list lives in its
+    scheduler's memory, so a stop made less than ``every_s`` before that scheduler is killed
+    can be missed (its re-runs would then show as unexplained: look at the log)."""
+
+    def __init__(self, ray: Any, namespace: str, shards: int, every_s: float = 0.5) -> None:
+        super().__init__(daemon=True, name="chaos-engine-stops")
+        from kmpray.actors.names import shard_namespace
+
+        self.ray, self.every_s = ray, every_s
+        self.namespaces = [shard_namespace(namespace, k) for k in range(shards)]
+        self.stop = threading.Event()
+        self.seen: dict[tuple[int | None, int, str], dict[str, Any]] = {}
+
+    def look(self) -> None:
+        for namespace in self.namespaces:
+            try:
+                actor = self.ray.get_actor("kmpray.scheduler", namespace=namespace)
+                entries = self.ray.get(actor.describe.remote(), timeout=5).get("stopped_processes", [])
+            except Exception:
+                continue  # down or restoring: asked again next time
+            for e in entries:
+                self.seen[(e["pid"], e["at_ms"], e["what"])] = e
+
+    @property
+    def pids(self) -> set[int]:
+        return {e["pid"] for e in self.seen.values() if e["pid"]}
+
+    def run(self) -> None:
+        while not self.stop.wait(self.every_s):
+            self.look()
+
+
 def ledger_lines(path: Path, what: str = "start") -> list[list[str]]:
     """The ledger's start (or finish) lines, split: ``["start", task id, attempts, pid, time]``."""
     lines = path.read_text().splitlines() if path.exists() else []

@@ -165,6 +165,8 @@ def scenario(quick: bool = False, tasks: int | None = None, rate: float | None =
             "poison": poison_report,
             "scheduler_restarted": pid_before != pid_after,
             "executors": {k: status[k] for k in ("probation_executors", "running_alone")},
+            # the processes the engine saw end on purpose: here, the hog's at the memory cap
+            "stopped_processes": status.get("stopped_processes", []),
             "lost": sum(p["normal"] - p["succeeded"] for p in phases.values()),
             "executed_twice": sum(1 for t in normal_ids if starts[t] > 1),
             "throughput_baseline_per_s": base["throughput_per_s"] if base else None,

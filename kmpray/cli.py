@@ -151,6 +151,8 @@ def status(address: str | None, namespace: str, state_dir: str | None, as_json: 
         click.echo(f"  {info['waiting_for']}")
     if info.get("quarantined"):
         click.echo(f"  {info['quarantined']} rows quarantined: see `kmpray quarantine`")
+    for stop in info.get("stopped_processes", [])[-5:]:  # the newest; all of them with --json
+        click.echo(f"  stopped {stop['what']} (pid {stop['pid'] or '?'}): {stop['reason']}")
     for node, state in info.get("nodes", {}).items():
         flags = [k for k in ("charging", "storage_low", "idle", "doze", "roaming") if state.get(k)]
         net = state["network_type"] if state.get("network_connected") else "offline"

@@ -85,6 +85,10 @@ def test_poison_workers_among_a_load_fail_alone_and_lose_nothing(ray_session: An
     assert r["scheduler_restarted"] is False and r["lost"] == 0, r
     # The suspects ran on the two probation executors, and nothing is left running alone.
     assert r["executors"] == {"probation_executors": 2, "running_alone": 0}, r
+    # Each process the hog grew past the cap said so before it ended (status names its pid).
+    capped = {s["pid"] for s in r["stopped_processes"] if s["reason"].startswith("ended its own process")}
+    hog_pids = {int(line.split()[0]) for line in r["poison"]["hog"]["starts"]}
+    assert capped and capped <= hog_pids, (capped, hog_pids)
 
 
 def test_work_due_during_an_outage_runs_once_after_it_and_the_period_keeps_its_grid(ray_session: Any) -> None:

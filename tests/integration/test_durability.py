@@ -119,6 +119,11 @@ def test_processes_stalled_across_a_scheduler_restart_are_killed_before_their_ru
         for pid in pids.values():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)  # cleanup only: killed, they never run again
+    # The engine names the processes it put down (the light one's slot depends on the shard).
+    stopped = {s["pid"]: s for s in sched.status()["stopped_processes"]}
+    assert stopped[pids["heavy"]]["what"] == "heavy worker 0", stopped
+    assert stopped[pids["light"]]["what"].startswith("executor "), stopped
+    assert all("answered no restarted scheduler" in stopped[p]["reason"] for p in pids.values()), stopped
     for task, cfg in cfgs.items():
         assert count_runs(cfg["started"]) == 2  # begun in the stopped process, then again
         (line,) = Path(cfg["ended"]).read_text().splitlines()  # ended once, not in the stopped process

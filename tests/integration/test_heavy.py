@@ -116,6 +116,10 @@ def test_a_run_that_ignores_cancel_is_stopped_after_the_grace(sheavy: Any, tmp_p
     sheavy.enqueue("after", ONCE, "WarmModel", constraints=HEAVY)
     after = sheavy.wait("after", timeout_s=60)  # runs once the stuck worker was stopped
     assert after.state is TaskState.SUCCEEDED and after.result.data["pid"] != pid_before
+    # The engine says which process it stopped, and why (actors/stops.py).
+    (stop,) = [s for s in sheavy.status()["stopped_processes"] if s["pid"] == pid_before]
+    assert stop["what"] == "heavy worker 0", stop
+    assert stop["reason"].startswith("run stuck ignored its cancel"), stop
 
 
 def test_a_heavy_worker_killed_mid_task_reruns_it_on_the_restarted_actor(heavy: Any, tmp_path: Path) -> None:
