@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 import ray
 
 from kmpray.engine import SchedulerCore
-from kmpray.protocol import Holding
+from kmpray.protocol import Done, Holding
 
 from .executor_pool import ExecutorPool
 from .heavy_pool import HeavyPool
@@ -25,11 +26,14 @@ log = logging.getLogger("kmpray.scheduler")
 
 
 async def adopt_held_runs(
-    core: SchedulerCore, pool: ExecutorPool, heavy: HeavyPool, namespace: str, restarted: bool
+    core: SchedulerCore, pool: ExecutorPool, heavy: HeavyPool, namespace: str, restarted: bool,
+    spooled: Iterable[Done] = (),
 ) -> None:
     """Restarted: runs the previous scheduler left on executors and heavy workers
     stay theirs (their reports count) instead of running a second time. ``restarted``:
-    Ray restarted this scheduler (its executors are its predecessor's)."""
+    Ray restarted this scheduler (its executors are its predecessor's). ``spooled``:
+    results a process wrote to the spool (actors/spool.py), their runs adopted too, so the
+    results the caller applies next count."""
     holders: list[tuple[int | None, int, Any]] = [(s.index, -1, s.handle) for s in pool.slots]
     for slot_index in range(len(heavy.slots)):
         try:
@@ -59,6 +63,8 @@ async def adopt_held_runs(
             where[(key[0], key[1])] = (i, slot_index)
         for key in answer.waiting if answer else ():
             waiting.add((key[0], key[1]))
+    for d in spooled:  # a live process that holds it too keeps it (its report counts once)
+        where.setdefault((d.key, d.run_id), (None, -1))
     adopted = core.adopt(where, waiting)
     for key in adopted:
         i, slot_index = where[key]
@@ -66,7 +72,7 @@ async def adopt_held_runs(
             pool.held(i, key, incarnations[i])
             if pool.slots[i].probation:  # a suspect alone on a probation executor taken over
                 pool.alone[i] = key
-        else:
+        elif slot_index >= 0:
             heavy.adopted(slot_index, key)
     if adopted:
         log.warning("restarted: %d runs still on executors are kept, not run again", len(adopted))

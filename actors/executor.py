@@ -17,6 +17,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -52,6 +53,7 @@ from .outbox import Outbox
 from .replies import Replies
 from .report_lane import LaneReports
 from .slots import Slots
+from .spool import Spool, spool_dir
 from .untraced import untrace
 from .worker_classes import WorkerClasses
 
@@ -82,6 +84,10 @@ class ExecutorBase(StepData, Reporting, Cancelling, WorkerClasses):
         # On that node this process writes the files itself; elsewhere the scheduler does.
         self._artifacts = ArtifactDir(artifacts[0], self.config.durability) if artifacts else None
         self._local_artifacts = artifacts is not None and artifacts[1] == self.node_id
+        # Results that wait for a scheduler (down, restarting) also go to a file on its
+        # node, so they outlive this process (actors/spool.py).
+        folder = spool_dir(Path(artifacts[0]).parent) if artifacts and self._local_artifacts else None
+        self._spool = Spool(folder, self.incarnation)
         # Per worker name, the newest class loaded here and (heavy workers) its warm
         # instance, each with its version: a newer registration replaces both.
         self._classes: dict[str, tuple[int, type]] = {}
@@ -113,7 +119,7 @@ class ExecutorBase(StepData, Reporting, Cancelling, WorkerClasses):
         # On the scheduler's node, reports go over its local lane, written the moment they
         # exist (actors/report_lane.py); the Outbox above carries what the lane cannot.
         # Light executors are also sent their runs down it (actors/submit_lane.py).
-        self._lane_reports = LaneReports(self._lane_info, self.node_id, self._reported, self._reports.add,
+        self._lane_reports = LaneReports(self._lane_info, self.node_id, self._reported, self._to_ray,
                                          [self._kind(), index, self.incarnation], self._pushed)
         self._lane_reports.connect_soon()
         self._meter = RunMeter(namespace, METRICS_S)  # runs begun and their durations (actors/metrics.py)

@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -30,6 +31,7 @@ from kmpray.timing import BLOCKED_PING_TIMEOUT_S
 from .blocked_loops import BlockedLoops
 from .executor import LightExecutor
 from .names import EXECUTOR, PROBATION
+from .spool import Heard, recover, spool_dir
 from .stops import Stops, stop
 from .submit_lane import SubmitLanes
 
@@ -92,6 +94,10 @@ class ExecutorPool:
         self._kick = kick  # wake the scheduler's loop (runs were re-queued)
         self.lanes = SubmitLanes()  # executors on this node, sent their runs down the local lane
         self.stops = Stops()  # processes of its executors the engine ended (actors/stops.py)
+        # Where executors on the scheduler's node spool results it could not take (down,
+        # restarting), read when one dies; ``heard``: the scheduler's report handling.
+        self.spool = spool_dir(Path(artifacts[0]).parent) if artifacts else None
+        self.heard: Heard | None = None
         self.slots: list[ExecutorSlot] = []
         self.where: dict[Key, int] = {}  # run -> the executor holding it
         # Batches are numbered per executor under this scheduler's epoch, so a blocked
@@ -406,6 +412,8 @@ class ExecutorPool:
                 # are settled by that answer (``accepted``, then the next round here).
                 died = [k for k, took in s.inflight.items() if took is not None and took != incarnation]
                 if died:
+                    # What the dead process finished and spooled counts; the rest runs again.
+                    await recover(self.spool, {s.inflight.get(k) for k in died}, self.heard)
                     self.lose(s.index, "restarted", died, crashed=True)
                 if not s.reachable:
                     resumed = True  # it may take runs again (none may come to say so otherwise)

@@ -17,6 +17,7 @@ from .names import SCHEDULER, lookup
 from .outbox import Outbox
 from .replies import Replies
 from .report_lane import LaneReports, Report, split_reports
+from .spool import Spool
 
 _ANSWERING: set[asyncio.Task[None]] = set()
 
@@ -30,6 +31,7 @@ class Reporting:
     _replies: Replies
     _tasks: dict[RunKey, asyncio.Task[None]]
     _unreported: dict[RunKey, None]
+    _spool: Spool
 
     def _take(self, runs: list[Run], batch: Fence | None = None) -> list[RunKey]:
         raise NotImplementedError  # the executor's
@@ -42,6 +44,12 @@ class Reporting:
         and nothing waits for Ray's call (so their order is kept), else by Ray's call."""
         if not self._reports.busy and self._lane_reports.add(items, eager=not self._tasks):
             return
+        self._to_ray(items)
+
+    def _to_ray(self, items: list[Report]) -> None:
+        """Through Ray's report call (also the lane's fallback: where results wait while the
+        scheduler is down), their results spooled first on its node (actors/spool.py)."""
+        self._spool.write(items)
         self._reports.add(items)
 
     def _report(self, items: list[Report]) -> Any:
@@ -68,6 +76,8 @@ class Reporting:
         for item in items:
             if isinstance(item, Done):
                 self._unreported.pop((item.key, item.run_id), None)
+        if self._spool.waiting:
+            self._spool.answered((item.key, item.run_id) for item in items if isinstance(item, Done))
 
     def _pushed(self, method: str, args: list[Any]) -> None:
         """A submit down the local lane (actors/submit_lane.py): taken at once, answered

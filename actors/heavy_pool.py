@@ -15,6 +15,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import ray
@@ -30,6 +31,7 @@ from .blocked_loops import BlockedLoops
 from .executor_pool import ExecutorPool, ping, take_acks
 from .heavy_worker import HeavyWorker
 from .names import HEAVY
+from .spool import recover, spool_dir
 from .stops import Stops, stop
 from .submit_lane import LaneLost, SubmitLanes
 
@@ -93,6 +95,7 @@ class HeavyPool:
         self.replaced = 0
         self.lanes = SubmitLanes()  # heavy workers on the scheduler's node: runs down their lanes
         self.stops = Stops()  # heavy workers' processes the engine ended (actors/stops.py)
+        self.spool = spool_dir(Path(artifacts[0]).parent) if artifacts else None  # (actors/spool.py)
 
     # ------------------------------------------------------------------ reads
     def idle(self) -> list[int]:
@@ -228,6 +231,9 @@ class HeavyPool:
             self.slots[i].run = None
             self.slots[i].idle_since = time.monotonic()
 
+    async def _heard(self, done: list[Done]) -> None:
+        await self.host._hear(done, (), ())
+
     def _lose_run(self, slot: HeavySlot, crashed: bool = False) -> None:
         if slot.run is not None:
             self.where.pop(slot.run, None)
@@ -290,6 +296,7 @@ class HeavyPool:
                     # It had answered before: its node is gone (or it hangs). Its run goes to
                     # the next ready worker; the replacement waits for placement like any new one.
                     log.warning("heavy worker %d unreachable for %.0f s: replaced", i, now - slot.unreachable_since)
+                    await recover(self.spool, [slot.taker], self._heard)
                     self._lose_run(slot)
                     self.slots[i] = HeavySlot()
                     self.replaced += 1
@@ -301,6 +308,8 @@ class HeavyPool:
             # submit's answer settles it (taken, or failed: run_lost). Session 21's chaos run
             # caught a restart noticed late re-running the run the new process had just taken.
             if slot.run is not None and slot.taker is not None and slot.taker != incarnation:
-                log.warning("heavy worker %d restarted: re-running %s", i, slot.run[0])
-                self._lose_run(slot, crashed=True)  # one run per worker: the death is its own
+                await recover(self.spool, [slot.taker], self._heard)  # finished there: it counts
+                if slot.run is not None:
+                    log.warning("heavy worker %d restarted: re-running %s", i, slot.run[0])
+                    self._lose_run(slot, crashed=True)  # one run per worker: the death is its own
             slot.incarnation = incarnation

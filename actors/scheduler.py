@@ -55,6 +55,7 @@ from .scheduler_housekeeping import SchedulerHousekeeping
 from .scheduler_intake import SchedulerIntake
 from .scheduler_reads import SchedulerReads
 from .scheduler_reports import SchedulerReports
+from .spool import take
 from .submit_lane import SubmitLanes
 from .untraced import untrace
 from .virtual_time import VirtualTime
@@ -134,6 +135,7 @@ class SchedulerActor(
         self.pool = ExecutorPool(namespace, self.config, self.core, self._blocked, self._kick, self.artifacts.where,
                                  started)
         self.heavy = HeavyPool(self, namespace, self.config, self._blocked, self.artifacts.where)
+        self.pool.heard = lambda done: self._hear(done, (), ())  # results a dead process spooled
         self._wake = asyncio.Event()
         self._wake_at: int | None = None  # the due time the loop is sleeping towards
         self._idle = asyncio.Event()
@@ -229,7 +231,13 @@ class SchedulerActor(
         self.core.set_devices({n: DeviceState.model_validate(s) for n, s in states.items()})
         await self.pool.start()
         restarted = _reconstructed()
-        await adopt_held_runs(self.core, self.pool, self.heavy, self.namespace, restarted)
+        # Results processes spooled while no scheduler took them (actors/spool.py): their
+        # runs are adopted like held ones, then the results applied as late reports.
+        spooled = await asyncio.to_thread(take, self.pool.spool) if self.pool.spool is not None else []
+        await adopt_held_runs(self.core, self.pool, self.heavy, self.namespace, restarted, spooled)
+        if spooled:
+            log.warning("restarted: %d results spooled while no scheduler served are applied", len(spooled))
+            await self._hear(spooled, (), ())
         self._start_chains()
         self._flush()
         self._resync_coordinators()

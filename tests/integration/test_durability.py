@@ -130,6 +130,40 @@ def test_processes_stalled_across_a_scheduler_restart_are_killed_before_their_ru
         assert line.split()[0] == task and int(line.split()[1]) != pids[task]
 
 
+@ONE_SHARD  # reaches into the scheduler's spool folder and its executor
+def test_a_result_made_while_the_scheduler_is_down_outlives_its_process(engines: Any, tmp_path: Path) -> None:
+    """The scheduler killed, the run ends while none serves (its result waits in the
+    executor, for Ray's report call), then the executor killed before the restarted
+    scheduler asks it what it holds. The result was spooled on the scheduler's node
+    (actors/spool.py), so the restarted scheduler applies it: the task ran once. (Before,
+    it died with the executor and the task ran again: chaos runs killing both within
+    seconds found up to 256 such re-runs in one run.)"""
+    import os
+    import signal
+
+    import ray
+
+    sched = engines(config=EngineConfig(executors=1))
+    register_all(sched)
+    inp, started, release = blocks_input(tmp_path, "x", ended=True)
+    sched.enqueue("x", TaskTrigger.OneTime(), "Blocks", input=inp)
+    until(started.exists, what="run start")
+    spool = Path(sched.state_dir) / "spool"
+    pids = {name: ray.get(ray.get_actor(name, namespace=sched.namespace).__ray_call__.remote(
+        lambda _self: os.getpid()), timeout=30) for name in ("kmpray.scheduler", "kmpray.executor.0")}
+    os.kill(pids["kmpray.scheduler"], signal.SIGKILL)  # gone now (ray.kill ends a process a moment later)
+    until(lambda: process_gone(pids["kmpray.scheduler"]), what="the scheduler's process gone")
+    release.touch()  # it ends now, with no scheduler to take its result
+    until(lambda: spool.is_dir() and any(spool.iterdir()), timeout_s=30, what="the result spooled")
+    os.kill(pids["kmpray.executor.0"], signal.SIGKILL)  # long before the restarted scheduler serves (~2 s)
+    info = sched.wait("x", timeout_s=90)
+    assert info.state is TaskState.SUCCEEDED and info.run_attempt_count == 1
+    assert info.result.data == {"released": True}
+    assert count_runs(str(started)) == 1  # not run again
+    assert len(Path(json.loads(inp)["ended"]).read_text().splitlines()) == 1
+    assert list(spool.iterdir()) == []  # read once, then gone
+
+
 def test_killed_executor_reruns_its_runs(engines: Any, tmp_path: Path) -> None:
     sched = engines(config=kmpray.EngineConfig(executors=1))
     register_all(sched)

@@ -1,0 +1,62 @@
+"""The result spool (actors/spool.py) on its own, no Ray cluster needed: what a process
+appends is read back once, in order, by incarnation or all at once; a damaged tail costs
+only itself; a file a reader died holding is read by the next; answered results remove
+the file; what cannot be spooled is left to Ray's call."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from kmpray.actors.spool import Spool, take
+
+from kmpray.protocol import Done, Progress
+
+
+def _ok(key: str, run_id: int) -> Done:
+    return Done(key, run_id, ("s", None, {"k": key}))
+
+
+def test_results_are_read_back_once_by_incarnation_and_answered_ones_remove_the_file(tmp_path: Path) -> None:
+    folder = tmp_path / "spool"
+    a, b = Spool(folder, "11-a"), Spool(folder, "12-b")
+    a.write([_ok("x", 1), Progress(("x", 1), 1, 0.5, None)])  # only results are spooled
+    a.write([Done("y", 2, ("s", None, None), None, ("z", 3, 0))])  # its handed-on successor is dropped
+    b.write([_ok("w", 4)])
+    assert a.waiting == {("x", 1), ("y", 2)} and sorted(os.listdir(folder)) == ["11-a", "12-b"]
+    got = take(folder, ["11-a", "13-gone", "../12-b"])  # a name that is no file, or a path, reads nothing
+    assert [(d.key, d.run_id, d.followed) for d in got] == [("x", 1, None), ("y", 2, None)]
+    assert got[0].result == ["s", None, {"k": "x"}]
+    assert take(folder, ["11-a"]) == []  # read once
+    a.write([_ok("v", 5)])  # the writer goes on in a new file
+    assert sorted(d.key for d in take(folder)) == ["v", "w"]  # every process's
+    assert os.listdir(folder) == []
+    b.write([_ok("u", 6)])
+    b.answered([("w", 4)])
+    assert (folder / "12-b").exists()  # ("u", 6) still waits
+    b.answered([("u", 6)])
+    assert not (folder / "12-b").exists() and b.waiting == set()
+
+
+def test_a_damaged_tail_and_a_reader_that_died_lose_nothing_before_them(tmp_path: Path) -> None:
+    folder = tmp_path / "spool"
+    s = Spool(folder, "21-c")
+    s.write([_ok("a", 1)])
+    s.write([_ok("b", 2)])
+    with open(folder / "21-c", "ab") as f:
+        f.write(b"\x91\x95\xa1")  # a batch cut short
+    Spool(folder, "23-e").write([_ok("c", 3)])
+    os.rename(folder / "23-e", folder / "23-e.5678abcd.reading")  # its reader died after the rename
+    assert sorted((d.key, d.run_id) for d in take(folder)) == [("a", 1), ("b", 2), ("c", 3)]
+    assert os.listdir(folder) == []
+
+
+def test_no_folder_or_unpackable_values_spool_nothing(tmp_path: Path) -> None:
+    remote = Spool(None, "31-f")  # another node: no shared disk
+    remote.write([_ok("a", 1)])
+    assert remote.waiting == set()
+    folder = tmp_path / "spool"
+    s = Spool(folder, "32-g")
+    s.write([Done("b", 2, ("s", None, {"v": object()}))])  # msgpack refuses it: Ray's call carries it
+    s.write([Done("c", 3, ("s", None, None), [("k", b"ref")])])  # object-store references: not spooled
+    assert s.waiting == set() and not folder.exists()
