@@ -2,7 +2,7 @@
 python -m bench load --rate R ...   (the load generator: load --help)
 python -m bench chaos [--scenario scheduler|executors|coordinators|mixed|hard-restart|poison|misfire|
                                  long-runs|node-loss|soak]
-                    [--shards N]   (all but poison, misfire, long-runs, node-loss, soak)
+                    [--shards N]   (all but poison, misfire, long-runs)
 python -m bench plot [NAME ...]     (PNGs from the JSON in bench/results/, without running anything)
 python -m bench peers [--install]   (Huey, Dramatiq, Celery over Redis, raw Ray and kmpray side by side)
 python -m bench ab --rev REV [--pairs N] -- dispatch   (REV's engine code against this one, alternating)"""
@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--address", default=None, help="a Ray cluster to run against (default: local)")
     parser.add_argument("--plot", action="store_true", help="also write PNGs (kmpray[bench])")
     parser.add_argument("--shards", type=int, default=1,
-                        help="scheduler_shards (dispatch; chaos: scheduler, executors, hard-restart)")
+                        help="scheduler_shards (dispatch; chaos: all scenarios but poison, misfire "
+                             "and long-runs)")
     parser.add_argument("--compare-shards", default=None,
                         help="dispatch: e.g. 1,2 - the same load on each count, same run (shard_speedup)")
     parser.add_argument("--install", action="store_true",

@@ -2,8 +2,8 @@
 
 ``python -m bench chaos --scenario scheduler|executors|coordinators|mixed|hard-restart|poison|misfire|
 long-runs|node-loss|soak [--quick] [--json PATH]``; ``--shards N`` runs the scheduler, executors,
-coordinators, mixed or hard-restart scenario on a sharded engine (the nemesis strikes a shard drawn
-at random; results in ``chaos-NAME-N-shards.json``)
+coordinators, mixed, hard-restart, soak or node-loss scenario on a sharded engine (the nemesis strikes a shard
+drawn at random; results in ``chaos-NAME-N-shards.json``)
 (hard-restart: bench/chaos_restart.py; poison: bench/chaos_poison.py; misfire: bench/chaos_misfire.py;
 long-runs: bench/chaos_longruns.py; node-loss: bench/chaos_nodes.py;
 soak: bench/chaos_soak.py)
@@ -308,22 +308,22 @@ def _long_runs(quick: bool) -> dict[str, Any]:
     return long_runs(quick=quick)
 
 
-def _node_loss(quick: bool) -> dict[str, Any]:
+def _node_loss(quick: bool, shards: int = 1) -> dict[str, Any]:
     from .chaos_nodes import scenario as node_loss
 
-    return node_loss(quick=quick)
+    return node_loss(quick=quick, shards=shards)
 
 
-def _soak(quick: bool) -> dict[str, Any]:
+def _soak(quick: bool, shards: int = 1) -> dict[str, Any]:
     from .chaos_soak import scenario as soak
 
-    return soak(quick=quick)
+    return soak(quick=quick, shards=shards)
 
 
 # Scenarios with a shape of their own (their modules say how they run).
 OTHERS = {"hard-restart": _hard_restart, "poison": _poison, "misfire": _misfire, "long-runs": _long_runs,
           "node-loss": _node_loss, "soak": _soak}
-SHARDABLE = {*SCENARIOS, "hard-restart"}  # what --shards N runs on a sharded engine
+SHARDABLE = {*SCENARIOS, "hard-restart", "soak", "node-loss"}  # what --shards N runs on a sharded engine
 
 
 def timeline(ledger: Path, since: float, nemesis: Nemesis) -> dict[str, Any]:
@@ -355,6 +355,10 @@ def run(quick: bool = False, json_path: str | None = None, address: str | None =
     for name in names:
         if name == "hard-restart":
             result = _hard_restart(quick, shards)
+        elif name == "soak":
+            result = _soak(quick, shards)
+        elif name == "node-loss":
+            result = _node_loss(quick, shards)
         elif name in OTHERS:
             result = OTHERS[name](quick)
         else:

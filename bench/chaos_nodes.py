@@ -1,14 +1,16 @@
 """chaos scenario ``node-loss``: worker nodes removed and re-added under a steady load.
 
-Runs in a process of its own (``python -m kmpray.bench.chaos_nodes ROUNDS RATE``): a
-3-node ``ray.cluster_utils.Cluster`` on this machine (a head and two worker nodes, 1 CPU
-each), an engine on it, one-time ledger tasks enqueued at ``rate`` per second. Every few
-seconds a worker node is removed with the runs in flight on it, then a new one joins;
-``rounds`` times. Reported (one ``RESULT {json}`` line): ``lost`` (acknowledged, not
-SUCCEEDED after the drain: pass 0), ``counted_twice`` (two successful completion events
-for one task: pass 0), ``executed_twice`` (ledger starts) against
-``in_flight_on_removed`` (the runs on each removed node when it went, summed): the runs
-a node takes with it are run again elsewhere, so executed twice may reach that, no more.
+Runs in a process of its own (``python -m kmpray.bench.chaos_nodes ROUNDS RATE [SHARDS]``):
+a 3-node ``ray.cluster_utils.Cluster`` on this machine (a head and two worker nodes, 1 CPU
+each), an engine on it (``scheduler_shards=SHARDS``, 1 by default; each shard's pool has
+executors on every node, and all of them lose theirs with it), one-time ledger tasks
+enqueued at ``rate`` per second. Every few seconds a worker node is removed with the
+runs in flight on it, then a new one joins; ``rounds`` times. Reported (one ``RESULT
+{json}`` line): ``lost`` (acknowledged, not SUCCEEDED after the drain: pass 0),
+``counted_twice`` (two successful completion events for one task: pass 0),
+``executed_twice`` (ledger starts) against ``in_flight_on_removed`` (the runs on each
+removed node when it went, summed): the runs a node takes with it are run again
+elsewhere, so executed twice may reach that, no more.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from typing import Any
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
-def main(rounds: int, rate: float, every_s: float = 6.0, sleep_ms: int = 200) -> dict[str, Any]:
+def main(rounds: int, rate: float, shards: int = 1, every_s: float = 6.0,
+         sleep_ms: int = 200) -> dict[str, Any]:
     import ray
     from ray.cluster_utils import Cluster
 
@@ -37,9 +40,10 @@ def main(rounds: int, rate: float, every_s: float = 6.0, sleep_ms: int = 200) ->
     cluster.wait_for_nodes()
     state = tempfile.mkdtemp(prefix="kmpray-chaos-nodes-")
     sched = None
-    out: dict[str, Any] = {"scenario": "node-loss", "rounds": rounds, "rate_per_s": rate}
+    out: dict[str, Any] = {"scenario": "node-loss", "rounds": rounds, "rate_per_s": rate, "shards": shards}
     try:
-        sched = kmpray.connect(namespace="chaos-nodes", state_dir=state)
+        sched = kmpray.connect(namespace="chaos-nodes", state_dir=state,
+                               config=kmpray.EngineConfig(scheduler_shards=shards))
         ledger = Path(state) / "ledger"
         out.update(under_load(cluster, workers, sched, ledger, rounds, rate, every_s, sleep_ms))
     finally:
@@ -105,7 +109,8 @@ def under_load(cluster: Any, workers: list[Any], sched: Any, ledger: Path, round
     }
 
 
-def scenario(quick: bool = False, rounds: int | None = None, rate: float | None = None) -> dict[str, Any]:
+def scenario(quick: bool = False, rounds: int | None = None, rate: float | None = None,
+             shards: int = 1) -> dict[str, Any]:
     """Runs ``main`` in a process of its own (a cluster of its own, whatever Ray this one has)."""
     import subprocess
 
@@ -113,7 +118,8 @@ def scenario(quick: bool = False, rounds: int | None = None, rate: float | None 
     rate = rate or (100.0 if quick else 300.0)
     env = {**os.environ, "RAY_ADDRESS": ""}
     env.setdefault("RAY_AUTH_MODE", "disabled")
-    proc = subprocess.run([sys.executable, "-m", "kmpray.bench.chaos_nodes", str(rounds), str(rate)],
+    proc = subprocess.run([sys.executable, "-m", "kmpray.bench.chaos_nodes", str(rounds), str(rate),
+                           str(shards)],
                           capture_output=True, text=True, timeout=900, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
@@ -122,4 +128,4 @@ def scenario(quick: bool = False, rounds: int | None = None, rate: float | None 
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), float(sys.argv[2]))
+    main(int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 1)

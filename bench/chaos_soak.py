@@ -1,5 +1,7 @@
 """chaos scenario ``soak``: a steady load for ``duration_s`` with the scheduler SIGKILLed
-every ``scheduler_every_s`` and the event broker every ``broker_every_s``.
+every ``scheduler_every_s`` and the event broker every ``broker_every_s``. ``shards`` > 1:
+the engine runs ``scheduler_shards=shards``, each scheduler kill strikes a shard drawn at
+random (seeded), memory is followed per shard and the store is every shard's files.
 
 Finished tasks are pruned after ``retain_finished_ms`` (30 s here; the prune runs every
 60 s), so a healthy engine holds a bounded number of rows however long it runs. Sampled
@@ -8,7 +10,8 @@ size. Reported (pass figures):
 
 - ``scheduler_rss_mb`` {after_warmup, end, growth}: the scheduler's RSS just before each
   kill (each incarnation restores the store: a growing store shows here), the first one
-  after the warm-up third against the last: growth <= 1.10.
+  after the warm-up third against the last: growth <= 1.10. With shards, the shard whose
+  growth is largest (each shard's own under ``scheduler_rss_mb_by_shard``).
 - ``db_mb`` {after_warmup, end, growth}: tasks.db itself, from the first sample after
   ``store_warmup_s`` (the warm-up third, or once the longest retention window,
   ANSWER_RETENTION_S + PRUNE_S, has passed if later) to the last: flat (<= 1.10). The file
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import tempfile
 import threading
@@ -40,6 +44,8 @@ import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+from kmpray.actors.names import shard_namespace
 
 import kmpray
 from kmpray.timing import ANSWER_RETENTION_S, PRUNE_S
@@ -59,15 +65,31 @@ def _rss_mb(pid: int | None) -> float | None:
         return None
 
 
-def _store_mb(state: Path) -> float:
-    return sum(p.stat().st_size for p in state.glob("tasks.db*")) / 2**20
+def _homes(state: Path, shards: int) -> list[Path]:
+    """Each shard's store folder: shard 0's is the state dir, shard k's ``shard-k`` in it."""
+    return [state if k == 0 else state / f"shard-{k}" for k in range(shards)]
 
 
-def _file_mb(path: Path) -> float:
-    try:
-        return path.stat().st_size / 2**20
-    except FileNotFoundError:  # the WAL, between a close and the next open
-        return 0.0
+def _store_mb(homes: list[Path]) -> float:
+    return sum(p.stat().st_size for home in homes for p in home.glob("tasks.db*")) / 2**20
+
+
+def _file_mb(paths: list[Path]) -> float:
+    total = 0.0
+    for path in paths:
+        try:
+            total += path.stat().st_size / 2**20
+        except FileNotFoundError:  # the WAL, between a close and the next open
+            pass
+    return total
+
+
+def _stores_rows(homes: list[Path]) -> dict[str, float]:
+    """``_store_rows`` of every shard's store, added up (empty while one does not answer)."""
+    parts = [_store_rows(home) for home in homes]
+    if not all(parts):
+        return {}
+    return {k: round(sum(part[k] for part in parts), 2) for k in parts[0]}
 
 
 def _store_rows(state: Path) -> dict[str, float]:
@@ -90,12 +112,16 @@ def _store_rows(state: Path) -> dict[str, float]:
         return {}
 
 
-def scenario(quick: bool = False, rate: float = 100.0, seed: int = 7, **sizes: float) -> dict[str, Any]:
+def scenario(quick: bool = False, rate: float = 100.0, seed: int = 7, shards: int = 1,
+             **sizes: float) -> dict[str, Any]:
     size = {**(QUICK if quick else FULL), **sizes}
     ray = ray_up()
     state = Path(tempfile.mkdtemp(prefix="kmpray-chaos-soak-"))
+    homes = _homes(state, shards)
     namespace = f"chaos-soak-{seed}-{os.getpid()}"
-    config = kmpray.EngineConfig(retain_finished_ms=30_000)
+    shard_ns = [shard_namespace(namespace, k) for k in range(shards)]
+    rng = random.Random(seed)
+    config = kmpray.EngineConfig(retain_finished_ms=30_000, scheduler_shards=shards)
     sched = kmpray.connect(namespace=namespace, state_dir=str(state), config=config)
     try:
         sched.register_worker("ChaosLedger", ChaosLedger)
@@ -104,9 +130,10 @@ def scenario(quick: bool = False, rate: float = 100.0, seed: int = 7, **sizes: f
         load = SteadyLoad(sched, rate, payload, stop)
         acknowledged = load.acknowledged
         kills: Counter[str] = Counter()
+        kills_by_shard = [0] * shards  # scheduler kills
         recovery: list[float] = []
         samples: list[dict[str, Any]] = []
-        before_kill: list[tuple[float, float]] = []  # (t, scheduler RSS just before a kill)
+        before_kill: list[tuple[float, int, float]] = []  # (t, shard, its scheduler's RSS just before a kill)
         started = load.started
 
         def nemesis() -> None:
@@ -118,28 +145,32 @@ def scenario(quick: bool = False, rate: float = 100.0, seed: int = 7, **sizes: f
                     if now < at:
                         continue
                     due[name] = at + every[name]
-                    pid = actor_pid(ray, name, namespace)
+                    shard = rng.randrange(shards) if name == "kmpray.scheduler" else 0  # one broker
+                    pid = actor_pid(ray, name, shard_ns[shard])
                     if pid is None:
                         continue
                     if name == "kmpray.scheduler":
-                        before_kill.append((round(now, 1), _rss_mb(pid) or float("nan")))
+                        before_kill.append((round(now, 1), shard, _rss_mb(pid) or float("nan")))
                     try:
                         os.kill(pid, signal.SIGKILL)
                     except ProcessLookupError:
                         continue
                     kills[name] += 1
-                    recovery.append(answers_after(ray, name, namespace))
+                    if name == "kmpray.scheduler":
+                        kills_by_shard[shard] += 1
+                    recovery.append(answers_after(ray, name, shard_ns[shard]))
 
         def sampler() -> None:
             while not stop.wait(5.0):
+                rss = [_rss_mb(actor_pid(ray, "kmpray.scheduler", ns)) for ns in shard_ns]
                 samples.append({
                     "t": round(time.monotonic() - started, 1),
-                    "scheduler_rss_mb": _rss_mb(actor_pid(ray, "kmpray.scheduler", namespace)),
+                    "scheduler_rss_mb": rss[0] if shards == 1 else rss,
                     "broker_rss_mb": _rss_mb(actor_pid(ray, "kmpray.broker", namespace)),
-                    "store_mb": round(_store_mb(state), 2),
-                    "db_mb": round(_file_mb(state / "tasks.db"), 2),
-                    "wal_mb": round(_file_mb(state / "tasks.db-wal"), 2),
-                    "store": _store_rows(state),
+                    "store_mb": round(_store_mb(homes), 2),
+                    "db_mb": round(_file_mb([home / "tasks.db" for home in homes]), 2),
+                    "wal_mb": round(_file_mb([home / "tasks.db-wal" for home in homes]), 2),
+                    "store": _stores_rows(homes),
                 })
 
         threads = [threading.Thread(target=f, daemon=True) for f in (nemesis, sampler)] + [load]
@@ -158,7 +189,9 @@ def scenario(quick: bool = False, rate: float = 100.0, seed: int = 7, **sizes: f
         replay = _replay(sched, acknowledged)
         lost = sorted(set(unfinished) | {t for t in acknowledged if t not in states and replay["per_task"][t] == 0})
         warm = size["duration_s"] / 3
-        rss_points = [rss for t, rss in before_kill if t >= warm]
+        by_shard = [_growth([rss for t, k, rss in before_kill if t >= warm and k == shard])
+                    for shard in range(shards)]
+        measured = [g for g in by_shard if g["growth"] is not None]
         # The store can be flat only once its longest window has passed: enqueue answers are
         # kept ANSWER_RETENTION_S, and pruned every PRUNE_S.
         store_warm = min(max(warm, ANSWER_RETENTION_S + PRUNE_S), 2 * size["duration_s"] / 3)
@@ -171,9 +204,13 @@ def scenario(quick: bool = False, rate: float = 100.0, seed: int = 7, **sizes: f
             "acknowledged": len(acknowledged),
             "lost": len(lost),
             "lost_examples": lost[:10],
+            "shards": shards,
             "kills": dict(kills),
+            "scheduler_kills_by_shard": kills_by_shard,
             "recovery_s_max": round(max(recovery), 2) if recovery else None,
-            "scheduler_rss_mb": _growth(rss_points),
+            # the shard whose scheduler grew most (no shard killed twice after the warm-up: None)
+            "scheduler_rss_mb": max(measured, key=lambda g: g["growth"]) if measured else by_shard[0],
+            "scheduler_rss_mb_by_shard": by_shard,
             "scheduler_rss_before_each_kill": before_kill,
             "store_warmup_s": round(store_warm),
             "db_mb": _growth([s["db_mb"] for s in window]),
