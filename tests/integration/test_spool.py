@@ -60,3 +60,46 @@ def test_no_folder_or_unpackable_values_spool_nothing(tmp_path: Path) -> None:
     s.write([Done("b", 2, ("s", None, {"v": object()}))])  # msgpack refuses it: Ray's call carries it
     s.write([Done("c", 3, ("s", None, None), [("k", b"ref")])])  # object-store references: not spooled
     assert s.waiting == set() and not folder.exists()
+
+
+def test_a_heavy_worker_found_dead_has_its_spooled_result_applied_not_its_run_lost(tmp_path: Path) -> None:
+    """The pool's side, with stand-ins (tests/integration/test_executor_pool.py's): process
+    B took run ("h", 1), spooled its result and died (the reconcile finds C answering). The
+    spooled result is heard like a report before the run would be re-queued, so it is not
+    lost (run again); with nothing spooled, it is, as before."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from kmpray.actors.blocked_loops import BlockedLoops
+    from kmpray.actors.heavy_pool import HeavyPool
+
+    from kmpray.config import EngineConfig
+
+    from .test_executor_pool import _Core, _HeavyHandle
+
+    def scenario(spooled: bool) -> tuple[list[tuple[str, int, bool]], list[tuple[str, int]]]:
+        core, heard = _Core(), []
+
+        async def hear(done: list[Done], *_rest: object) -> None:
+            heard.extend((d.key, d.run_id) for d in done)
+            for d in done:
+                heavy.free((d.key, d.run_id))
+
+        host = SimpleNamespace(core=core, pool=SimpleNamespace(epoch="e1"), _kick=lambda: None,
+                               _flush=lambda: None, _wire=lambda d: (d.key, d.run_id), _hear=hear)
+        home = tmp_path / ("with" if spooled else "without")
+        heavy = HeavyPool(host, "ns", EngineConfig(heavy_pool_size=1), BlockedLoops(),  # type: ignore[arg-type]
+                          (str(home / "artifacts"), "A"))
+        handle = _HeavyHandle("B")
+        slot = heavy.slots[0]
+        slot.handle, slot.incarnation, slot.ready = handle, "B", True
+        slot.run, slot.taker = ("h", 1), "B"
+        heavy.where[("h", 1)] = 0
+        if spooled:
+            Spool(home / "spool", "B").write([_ok("h", 1)])
+        handle.incarnation = "C"  # B died
+        asyncio.run(heavy.reconcile(1.0))
+        return core.lost, heard
+
+    assert scenario(spooled=True) == ([], [("h", 1)])
+    assert scenario(spooled=False) == ([("h", 1, True)], [])
