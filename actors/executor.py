@@ -17,7 +17,6 @@ import threading
 import time
 import uuid
 from collections import deque
-from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -53,7 +52,7 @@ from .outbox import Outbox
 from .replies import Replies
 from .report_lane import LaneReports
 from .slots import Slots
-from .spool import Spool, spool_dir
+from .spool import Spool, beside
 from .untraced import untrace
 from .worker_classes import WorkerClasses
 
@@ -86,8 +85,7 @@ class ExecutorBase(StepData, Reporting, Cancelling, WorkerClasses):
         self._local_artifacts = artifacts is not None and artifacts[1] == self.node_id
         # Results that wait for a scheduler (down, restarting) also go to a file on its
         # node, so they outlive this process (actors/spool.py).
-        folder = spool_dir(Path(artifacts[0]).parent) if artifacts and self._local_artifacts else None
-        self._spool = Spool(folder, self.incarnation)
+        self._spool = Spool(beside(artifacts) if self._local_artifacts else None, self.incarnation)
         # Per worker name, the newest class loaded here and (heavy workers) its warm
         # instance, each with its version: a newer registration replaces both.
         self._classes: dict[str, tuple[int, type]] = {}

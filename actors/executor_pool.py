@@ -17,7 +17,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -31,7 +30,7 @@ from kmpray.timing import BLOCKED_PING_TIMEOUT_S
 from .blocked_loops import BlockedLoops
 from .executor import LightExecutor
 from .names import EXECUTOR, PROBATION
-from .spool import Heard, recover, spool_dir
+from .spool import Heard, beside, recover
 from .stops import Stops, stop
 from .submit_lane import SubmitLanes
 
@@ -96,7 +95,7 @@ class ExecutorPool:
         self.stops = Stops()  # processes of its executors the engine ended (actors/stops.py)
         # Where executors on the scheduler's node spool results it could not take (down,
         # restarting), read when one dies; ``heard``: the scheduler's report handling.
-        self.spool = spool_dir(Path(artifacts[0]).parent) if artifacts else None
+        self.spool = beside(artifacts)
         self.heard: Heard | None = None
         self.slots: list[ExecutorSlot] = []
         self.where: dict[Key, int] = {}  # run -> the executor holding it

@@ -15,7 +15,6 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import ray
@@ -31,7 +30,7 @@ from .blocked_loops import BlockedLoops
 from .executor_pool import ExecutorPool, ping, take_acks
 from .heavy_worker import HeavyWorker
 from .names import HEAVY
-from .spool import recover, spool_dir
+from .spool import beside, recover
 from .stops import Stops, stop
 from .submit_lane import LaneLost, SubmitLanes
 
@@ -95,7 +94,7 @@ class HeavyPool:
         self.replaced = 0
         self.lanes = SubmitLanes()  # heavy workers on the scheduler's node: runs down their lanes
         self.stops = Stops()  # heavy workers' processes the engine ended (actors/stops.py)
-        self.spool = spool_dir(Path(artifacts[0]).parent) if artifacts else None  # (actors/spool.py)
+        self.spool = beside(artifacts)  # results its dead workers spooled (actors/spool.py)
 
     # ------------------------------------------------------------------ reads
     def idle(self) -> list[int]:

@@ -49,6 +49,12 @@ def spool_dir(home: str | Path) -> Path:
     return Path(home) / SPOOL_DIR
 
 
+def beside(artifacts: tuple[str, str] | None) -> Path | None:
+    """The spool folder of the shard whose artifact folder is ``artifacts[0]`` (both in its
+    home), None without one."""
+    return spool_dir(Path(artifacts[0]).parent) if artifacts else None
+
+
 class Spool:
     """One process's spool file (``folder`` None: not on the scheduler's node, no spool)."""
 

@@ -20,14 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections import deque
 from typing import Any
 
 import ray
-
-log = logging.getLogger("kmpray.scheduler")
 
 STOPS_KEPT = 200
 PID_LOOKUP_TIMEOUT_S = 2.0

@@ -235,6 +235,7 @@ def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int
         statuses = [scheduler_status(ray, shard_namespace(namespace, k)) for k in range(shards)]
         engine_stops.look()
         explained = nemesis.killed_pids | engine_stops.pids
+        after_kills = rerun_after_kills(ledger, acknowledged, nemesis.killed_pids)
         warm_heavy = sum(len(s.get("heavy_workers", [])) for s in statuses) * config.heavy_num_cpus
         cluster, available = ray.cluster_resources().get("CPU", 0), ray.available_resources().get("CPU", 0)
         result = {
@@ -251,11 +252,11 @@ def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int
             "executed_twice": sum(1 for t in acknowledged if starts[t] > 1),
             # Of those, the ones whose every earlier start was in a process the nemesis killed
             # (a SIGKILL cannot be survived by the runs inside it); the rest would be a bug.
-            "executed_twice_after_kills": rerun_after_kills(ledger, acknowledged, nemesis.killed_pids),
+            "executed_twice_after_kills": after_kills,
             # ... or in one the engine ended itself (actors/stops.py): a stalled process put
             # down at a restart, a heavy worker whose run ignored its cancel, the memory cap.
-            "executed_twice_after_engine_stops": rerun_after_kills(ledger, acknowledged, explained)
-            - rerun_after_kills(ledger, acknowledged, nemesis.killed_pids),
+            "executed_twice_after_engine_stops":
+                rerun_after_kills(ledger, acknowledged, explained) - after_kills,
             "executed_twice_unexplained": rerun_unexplained(ledger, acknowledged, explained)[:10],
             "killed_pids": sorted(nemesis.killed_pids),
             "engine_stopped": sorted(engine_stops.seen.values(), key=lambda e: e["at_ms"]),
