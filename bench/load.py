@@ -37,6 +37,7 @@ from .load_plan import (
     achieved_rate,
     cdf,
     choose_kinds,
+    due_times,
     find_max,
     generator_bound,
     intended_times,
@@ -44,6 +45,7 @@ from .load_plan import (
     latencies,
     parse_mix,
     parse_profile,
+    so_far,
     split,
     summary,
     timeline,
@@ -125,6 +127,7 @@ def run_once(
     starts = Starts(sched, run)
     t0 = time.time() * 1000 + LEAD_S * 1000
     intended = t0 + offsets * 1000
+    due = due_times(intended, kinds)  # what the live line's latency counts from
     deadline = t0 + profile.duration_s * 1000
     if nemesis is not None:
         timer = threading.Timer(max(0.0, t0 / 1000 + nemesis[0] - time.time()), nemesis[1])
@@ -155,7 +158,7 @@ def run_once(
         progress = ray.get([h.progress.remote() for h in handles], timeout=30)
         acked = sum(p["acked"] for p in progress)
         if live:
-            lat = _so_far(starts.at, intended)
+            lat = so_far(starts.at, due)
             in_flight = sum(p["in_flight"] for p in progress)
             rate = (acked - last_acked) / max(t - last_t, 0.001)
             print(
@@ -184,15 +187,6 @@ def run_once(
     result = _result(profile, mix, samples, t0, depth, executors, clients, max_in_flight, n)
     result["batch_window_ms"] = window_ms
     return result
-
-
-def _so_far(at: dict[int, float], intended: np.ndarray) -> tuple[float, float]:
-    if not at:
-        return math.nan, math.nan
-    idx = np.fromiter(at.keys(), dtype=int)
-    lat = np.fromiter(at.values(), dtype=float) - intended[idx]
-    p50, p99 = np.percentile(lat, [50, 99])
-    return float(p50), float(p99)
 
 
 def _result(

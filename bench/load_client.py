@@ -13,7 +13,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .load_plan import EXACT_LEAD_MS
+import numpy as np
+
+from .load_plan import due_times
 
 # send(kinds, indexes, intended_ms) -> per operation (error or "", due_ms): "" when the
 # engine accepted it. One call: one operation, or a batch (see OpenLoop's window_ms).
@@ -202,9 +204,8 @@ def engine_send(sched: Any, run: str) -> Send:
             )
             result = await chain.with_id(f"{tid}-c").enqueue_async()
             return [("" if result is ScheduleResult.SUCCESS else result.value, intended[0])]
-        items, dues = [], []
-        for kind, index, at in zip(kinds, indexes, intended, strict=True):
-            due = at + EXACT_LEAD_MS if kind == "exact" else at
+        items, dues = [], due_times(np.asarray(intended), kinds).tolist()
+        for kind, index, due in zip(kinds, indexes, dues, strict=True):
             trigger = (
                 TaskTrigger.Exact(int(due))
                 if kind == "exact"
@@ -221,7 +222,6 @@ def engine_send(sched: Any, run: str) -> Send:
                     "constraints": constraints,
                 }
             )
-            dues.append(due)
         if len(items) == 1:  # a single call, as a user makes it (concurrent ones share messages)
             one = items[0]
             results = [await sched.enqueue_async(one["id"], one["trigger"], "BenchStamp",

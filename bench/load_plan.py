@@ -126,6 +126,23 @@ def intended_times(profile: Profile, step_s: float = 0.0005) -> np.ndarray:
     return np.interp(np.arange(n, dtype=float), cumulative, grid)
 
 
+def due_times(intended_ms: np.ndarray, kinds: list[str]) -> np.ndarray:
+    """When each operation's work is due to start, what its start latency counts from: its
+    intended send time, or for an Exact timer its due time (``EXACT_LEAD_MS`` later)."""
+    return intended_ms + np.where(np.asarray(kinds) == "exact", float(EXACT_LEAD_MS), 0.0)
+
+
+def so_far(started_ms: dict[int, float], due_ms: np.ndarray) -> tuple[float, float]:
+    """The live line's corrected start p50 and p99 over the operations seen starting so
+    far (index -> start time), each counted as the final figures count it (``due_times``)."""
+    if not started_ms:
+        return math.nan, math.nan
+    idx = np.fromiter(started_ms.keys(), dtype=int)
+    lat = np.fromiter(started_ms.values(), dtype=float) - due_ms[idx]
+    p50, p99 = np.percentile(lat, [50, 99])
+    return float(p50), float(p99)
+
+
 def split(n: int, clients: int) -> list[np.ndarray]:
     """Operation indexes per client, interleaved: each client gets an even share of every
     part of the profile (not one client the ramp's start and another its end)."""

@@ -20,6 +20,7 @@ from kmpray.bench.load_plan import (
     achieved_rate,
     cdf,
     choose_kinds,
+    due_times,
     find_max,
     generator_bound,
     intended_times,
@@ -27,6 +28,7 @@ from kmpray.bench.load_plan import (
     latencies,
     parse_mix,
     parse_profile,
+    so_far,
     split,
     timeline,
 )
@@ -149,6 +151,24 @@ def test_exact_timers_are_measured_against_their_due_time() -> None:
         }
     )
     assert latencies(s)["start"]["exact"]["corrected"]["p50"] == 7.0
+
+
+def test_the_live_line_counts_each_kind_as_the_final_figures_do() -> None:
+    # A mix with Exact timers: the live line once counted them from their send, 200 ms
+    # before they are due, so its p99 read ~200 ms while every kind's final p99 was tens.
+    kinds = ["one-time", "exact", "chain", "exact", "heavy"] * 20
+    intended = 1000.0 + 10.0 * np.arange(len(kinds))
+    due = due_times(intended, kinds)
+    started = {i: due[i] + 4.0 + (i % 3) for i in range(len(kinds))}  # 4-6 ms after due
+    s = Samples()
+    s.extend({"kind": kinds, "intended_ms": intended.tolist(), "sent_ms": intended.tolist(),
+              "acked_ms": (intended + 1).tolist(), "started_ms": [started[i] for i in range(len(kinds))],
+              "due_ms": due.tolist(), "capped": [False] * len(kinds), "error": [""] * len(kinds)})
+    corrected, _ = s.start_latency()
+    p50, p99 = so_far(started, due)
+    assert (p50, p99) == (5.0, 6.0) == tuple(np.percentile(corrected, [50, 99]))
+    assert max(latencies(s)["start"][k]["corrected"]["max"] for k in set(kinds)) == 6.0
+    assert so_far({}, due)[0] != so_far({}, due)[0]  # NaN before any start
 
 
 def test_timeline_and_achieved_rate() -> None:
