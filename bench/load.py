@@ -29,6 +29,7 @@ import numpy as np
 
 from .common import ray_up, table, write
 from .load_client import start_clients, task_id
+from .load_engine import DEPLOYMENT, Starts, not_running, settle, warm_up
 from .load_plan import (
     KIND_HELP,
     Profile,
@@ -78,26 +79,6 @@ def default_clients(rate: float) -> int:
 
     cpus = int(ray.cluster_resources().get("CPU", 1))
     return max(1, min(math.ceil(rate / PER_CLIENT_RATE), cpus))
-
-
-class Starts:
-    """Worker start stamps of this run's tasks, read from the engine's event stream."""
-
-    def __init__(self, sched: Any, run: str) -> None:
-        self.prefix = f"ld{run}-"
-        self.at: dict[int, float] = {}
-        self._sub = sched.events.subscribe(callback=self._on)
-
-    def _on(self, event: Any) -> None:
-        tid = event.task_id
-        if event.kind != "completion" or not tid.startswith(self.prefix) or not event.output_data:
-            return
-        rest = tid[len(self.prefix) :]
-        if rest.isdigit():
-            self.at.setdefault(int(rest), float(event.output_data["t"]))
-
-    def close(self) -> None:
-        self._sub.close()
 
 
 def run_once(
@@ -324,9 +305,14 @@ def main(argv: list[str]) -> int:
         "--plot", action="store_true", help="write PNGs next to the JSON (needs kmpray[plot])"
     )
     parser.add_argument("--address", default=None, help="Ray address of the deployment (default: local)")
-    parser.add_argument("--namespace", default="kmpray-load")
     parser.add_argument(
-        "--state-dir", default=None, help="the engine's state dir (default: a fresh temp dir)"
+        "--namespace", default=None,
+        help="the engine's (default: with --address the deployment's, 'kmpray', as `kmpray start` names it;"
+             " without, 'kmpray-load')",
+    )
+    parser.add_argument(
+        "--state-dir", default=None,
+        help="without --address: the engine's state dir (default: a fresh temp dir)",
     )
     parser.add_argument("--quiet", action="store_true", help="no live line per second")
     parser.add_argument("--json", default=None)
@@ -352,6 +338,10 @@ def main(argv: list[str]) -> int:
     import tempfile
 
     ray_up(args.address)
+    if args.namespace is None:
+        args.namespace = DEPLOYMENT if args.address else "kmpray-load"
+    if args.address and (trouble := not_running(args.namespace)):
+        parser.error(trouble)
     own = args.address is None and args.state_dir is None  # an engine of our own: stopped at the end
     state_dir = args.state_dir or tempfile.mkdtemp(prefix="kmpray-load-")
     sched = kmpray.connect(namespace=args.namespace, state_dir=state_dir)
@@ -360,25 +350,6 @@ def main(argv: list[str]) -> int:
     finally:
         if own:
             sched.shutdown()
-
-
-def warm_up(sched: Any, mix: dict[str, float]) -> None:
-    """One of each kind in the mix, waited for, before anything is measured: a class's first run on
-    each executor, a heavy worker's start and the chain coordinators' (an engine's first chain
-    starts them) cost 100 ms to seconds once, which would land in the first second's latencies."""
-    from kmpray import Constraints, TaskRequest
-
-    heavy, chain = "heavy" in mix, "chain" in mix
-    n = 4 * max(1, sched.status()["executors"])
-    ids = [f"warm-{uuid.uuid4().hex[:6]}-{i}" for i in range(n + heavy + chain)]
-    reqs = [TaskRequest("BenchStamp", id=i) for i in ids[:n]]
-    if heavy:
-        reqs.append(TaskRequest("BenchStamp", id=ids[n], constraints=Constraints(is_heavy_task=True)))
-    sched.enqueue_many(reqs)
-    if chain:
-        sched.begin_with(TaskRequest("BenchStamp")).then(TaskRequest("BenchStamp")).with_id(ids[-1]).enqueue()
-    for i in ids:
-        sched.wait(i, timeout_s=120)
 
 
 def _run(sched: Any, args: argparse.Namespace, state_dir: str, profile: Profile) -> int:
@@ -431,7 +402,7 @@ def _find_max(sched: Any, args: argparse.Namespace, state_dir: str, common: dict
             f" -> {'pass' if t.passes(args.slo_p99_ms) else 'fail'}  ({r['verdict']})",
             flush=True,
         )
-        _settle(sched)
+        settle(sched)
         return t
 
     # The same engine's capacity through the bulk path, measured in this run: the knee is
@@ -440,7 +411,7 @@ def _find_max(sched: Any, args: argparse.Namespace, state_dir: str, common: dict
     # (session 15), as much as the knee itself.
     from .dispatch import capacity_batches
 
-    runs = capacity_batches(sched, CAPACITY_RUNS, lambda: _settle(sched))
+    runs = capacity_batches(sched, CAPACITY_RUNS, lambda: settle(sched))
     capacity = float(np.median(runs))
     shown_runs = ", ".join(f"{r:,.0f}" for r in runs)
     print(f"  dispatch capacity (enqueue_many, same engine): {capacity:,.0f} tasks/s "
@@ -471,16 +442,6 @@ def _find_max(sched: Any, args: argparse.Namespace, state_dir: str, common: dict
         # the fields of a single run, for the best rate (or the last trial)
         **{k: v for k, v in shown.items() if k in RUN_FIELDS},
     }
-
-
-def _settle(sched: Any, timeout_s: float = 60) -> None:
-    """Between trials: until the engine's queue is empty (bounded)."""
-    until = time.monotonic() + timeout_s
-    while time.monotonic() < until:
-        s = sched.status()
-        if s["ready"] + s["inflight"] == 0:
-            return
-        time.sleep(0.2)  # polling the engine's status between trials, bounded
 
 
 def _check_plot(parser: argparse.ArgumentParser) -> None:

@@ -59,8 +59,8 @@ def test_open_loop_over_two_clients_measures_every_kind(engines: Any) -> None:
 
 def test_cli_writes_the_documented_json(ray_session: Any, tmp_path: Path) -> None:
     """Both runs use one engine, started by the first: given ``--state-dir``, the tool
-    leaves the engine running (as a user pointing it at theirs would), and the knee search
-    attaches to it (~7 s less than a second engine)."""
+    leaves the engine running, and the knee search attaches to it with ``--address`` as a
+    user pointing it at their deployment would (~7 s less than a second engine)."""
     import kmpray
 
     out, knee = tmp_path / "load.json", tmp_path / "knee.json"
@@ -83,7 +83,10 @@ def test_cli_writes_the_documented_json(ray_session: Any, tmp_path: Path) -> Non
         # bisection) is tests/core/test_load_plan.py's; this checks the CLI's JSON.
         knee_args = ["--find-max", "--slo-p99-ms", "60000", "--rate", "40", "--max-rate", "40",
                      "--trial-s", "4"]
-        assert load_main([*knee_args, *common, "--json", str(knee)]) == 0
+        # ... as a user pointing it at a deployment does: --address and the engine's namespace.
+        address = ray_session.get_runtime_context().gcs_address
+        attach = ["--quiet", "--clients", "1", "--namespace", ns, "--address", address]
+        assert load_main([*knee_args, *attach, "--json", str(knee)]) == 0
         k = json.loads(knee.read_text())
         assert [c["rate_per_s"] for c in k["curve"]] == [40]  # not doubled past the ceiling
         assert all(c["passes"] for c in k["curve"]) and k["max_rate_per_s"] == 40
@@ -105,6 +108,24 @@ def test_cli_rejects_bad_arguments_by_name(capsys: pytest.CaptureFixture[str]) -
         with pytest.raises(SystemExit):
             load_main(argv)
         assert word in capsys.readouterr().err
+
+
+def test_pointed_at_a_cluster_it_attaches_to_the_running_engine_and_never_starts_one(
+        ray_session: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--address``: the deployment's engine (namespace ``kmpray`` unless given), or a
+    clear error; before, a missing ``--namespace`` load-tested a new engine ('kmpray-load',
+    temporary state dir) that stayed on the user's cluster after the run."""
+    from kmpray.actors.bootstrap import running_engines
+
+    address = ray_session.get_runtime_context().gcs_address
+    assert "kmpray" not in running_engines()
+    for extra, named in (([], "'kmpray'"), (["--namespace", "nowhere-x"], "'nowhere-x'")):
+        with pytest.raises(SystemExit) as exc:
+            load_main(["--rate", "5", "--duration", "1", "--quiet", "--address", address, *extra])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert f"no engine {named} is running" in err and "kmpray start --address auto" in err
+    assert not {"kmpray", "kmpray-load", "nowhere-x"} & set(running_engines())  # none started
 
 
 def test_a_scheduler_kill_mid_run_shows_in_the_corrected_latency_only(engines: Any) -> None:
