@@ -191,8 +191,8 @@ def why(address: str | None, namespace: str, state_dir: str | None, task_id: str
 
     try:
         click.echo(_attach(address, namespace, state_dir).explain(task_id))
-    except TaskNotFound:
-        raise click.ClickException(f"no task or chain {task_id!r}") from None
+    except TaskNotFound as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.command()

@@ -228,6 +228,14 @@ class BackgroundTaskScheduler(Waiting, Routing):
         """The engine's most recent rejections: ``(id, result, reason)``, oldest first."""
         return [tuple(r) for part in self._each("last_rejections", limit) for r in part][-limit:]  # type: ignore[misc]
 
+    def _with_refusal(self, exc: TaskNotFound) -> TaskNotFound:
+        """``exc`` saying why the engine refused an enqueue of its id, if it did and still
+        remembers: the usual reason a task one waits for or asks about does not exist."""
+        for rid, result, reason in reversed(self.rejections(limit=1000)):
+            if rid == exc.id:
+                return TaskNotFound(exc.id, f"{result}: {reason}" if reason else result)
+        return exc
+
     # -------------------------------------------------------------- control
     def cancel(self, id: str) -> int:  # noqa: A002
         """Cancel the unfinished work under ``id`` (a task or a chain: asked of every shard,
@@ -308,10 +316,10 @@ class BackgroundTaskScheduler(Waiting, Routing):
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         ids = [id] if isinstance(id, str) else list(id)
-        if progress:
-            results = self._wait_with_bar(ids, deadline)
-        else:
-            results = self._wait_many(ids, deadline)
+        try:
+            results = self._wait_with_bar(ids, deadline) if progress else self._wait_many(ids, deadline)
+        except TaskNotFound as exc:
+            raise self._with_refusal(exc) from None
         return results[0] if isinstance(id, str) else results
 
     def advance_time(self, ms: int) -> int:
@@ -368,7 +376,7 @@ class BackgroundTaskScheduler(Waiting, Routing):
             return str(text)
         chain = self.get_chain_info(id)
         if chain is None:
-            raise TaskNotFound(f"no task or chain {id!r}")
+            raise self._with_refusal(TaskNotFound(id))
         from ..display import chain_explain
 
         return chain_explain(chain, self.explain)

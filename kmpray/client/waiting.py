@@ -17,7 +17,19 @@ LOOK_BATCH = 1_000
 
 
 class TaskNotFound(KmprayError, KeyError):
-    """No task or chain with that id."""
+    """No task or chain with that id; ``refused``: what the engine answered when it refused
+    an enqueue of that id, while it still remembers (its last 1,000 refusals per shard)."""
+
+    def __init__(self, id: str, refused: str | None = None) -> None:  # noqa: A002
+        self.id, self.refused = id, refused
+        why = f"; its enqueue was refused: {refused}" if refused else ""
+        super().__init__(f"no task or chain {id!r}{why}")
+
+    def __str__(self) -> str:  # the message, not KeyError's repr of it
+        return str(self.args[0])
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled (a Ray task raising it) with its id
+        return type(self), (self.id, self.refused)
 
 
 class Waiting:
@@ -41,7 +53,7 @@ class Waiting:
         """The info if that round found ``id`` done, else None: finished, or for a periodic or
         event-triggered task, a run that ended after ``first``."""
         if raw is None:
-            raise TaskNotFound(f"no task or chain {id!r}")
+            raise TaskNotFound(id)
         if first is None:
             chain = ChainInfo.model_validate(raw)
             return chain if chain.state.is_finished else None
@@ -81,7 +93,7 @@ class Waiting:
             seen.update(zip(part, unpickled([answer]), strict=True))
         gone = next((n for n in names if n in befores and seen[n] is None), None)
         if gone is not None:
-            raise TaskNotFound(f"no task or chain {gone!r}")
+            raise TaskNotFound(gone)
         return seen
 
     def _first_look(

@@ -104,3 +104,30 @@ def test_when_capacity_is_short_expedited_then_high_default_low(engines: Any, tm
     release.touch()
     sched.wait("low", timeout_s=30)
     assert [line.split()[0] for line in log.read_text().splitlines()] == ["expedited", "high", "default", "low"]
+
+
+def test_asking_about_a_refused_id_says_why_it_was_refused(vengine: Any) -> None:
+    """The commonest answer to "why isn't my task running?": it was never accepted. A wait
+    or ``explain`` (``kmpray why``) for an id whose enqueue was refused says so, with the
+    reason; an id never enqueued gets the plain answer."""
+    import pickle
+
+    from kmpray import ScheduleResult, TaskRequest
+    from kmpray.client import TaskNotFound
+
+    assert vengine.enqueue("refused-1", ONCE, "NoSuchWorker") is ScheduleResult.REJECTED_INVALID_PARAMS
+    (bad,) = vengine.enqueue_many([TaskRequest("Echo", id="refused-2", input="x" * 2_000_000)])
+    assert bad is ScheduleResult.REJECTED_INVALID_PARAMS
+    for ask in (vengine.explain, lambda i: vengine.wait(i, timeout_s=5), lambda i: vengine.wait([i], progress=True)):
+        with pytest.raises(TaskNotFound) as exc:
+            ask("refused-1")
+        assert str(exc.value) == ("no task or chain 'refused-1'; its enqueue was refused: REJECTED_INVALID_PARAMS: "
+                                  "worker_class_name: 'NoSuchWorker' is not a registered worker")
+    with pytest.raises(TaskNotFound, match=r"^no task or chain 'refused-2'; its enqueue was refused: "
+                                           r"REJECTED_INVALID_PARAMS: input: "):
+        vengine.wait("refused-2", timeout_s=5)
+    with pytest.raises(TaskNotFound) as never:
+        vengine.explain("never-enqueued")
+    assert str(never.value) == "no task or chain 'never-enqueued'" and never.value.refused is None
+    again = pickle.loads(pickle.dumps(exc.value))
+    assert (type(again), again.id, str(again)) == (TaskNotFound, "refused-1", str(exc.value))
