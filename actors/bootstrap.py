@@ -34,8 +34,11 @@ def ensure_engine(
     running = _running_shards(namespace)
     if running is not None and running != config.scheduler_shards:
         # Attach to the engine as it runs (as for virtual_time): its shard count is its state dir's.
-        log.warning("engine %r runs with scheduler_shards=%d; attaching with that (asked: %d)",
-                    namespace, running, config.scheduler_shards)
+        # Said only to a caller who asked for another count (not to every `kmpray status`).
+        asked = "scheduler_shards" in config.model_fields_set
+        log.log(logging.WARNING if asked else logging.DEBUG,
+                "engine %r runs with scheduler_shards=%d; attaching with that (asked: %d)",
+                namespace, running, config.scheduler_shards)
         config = config.model_copy(update={"scheduler_shards": running})
     head = head_node_id()
     node = head or ray.get_runtime_context().get_node_id()

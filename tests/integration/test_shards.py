@@ -171,7 +171,7 @@ def test_a_shard_killed_under_load_loses_nothing(engines: Any, tmp_path: Path) -
 
 
 def test_virtual_time_moves_every_shard_and_a_state_dir_keeps_its_shard_count(
-    engines: Any, tmp_path: Path
+    engines: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     state = tmp_path / "kept"
     sched = engines(config=TWO, state_dir=state, virtual_time=True)
@@ -194,3 +194,11 @@ def test_virtual_time_moves_every_shard_and_a_state_dir_keeps_its_shard_count(
     assert again.get_task_info(later).state is TaskState.ENQUEUED  # shard 1's store, reopened
     assert {again.get_task_info(n).state for n in names} == {TaskState.SUCCEEDED}
     assert again.now_ms() == start + 60_000 and (state / "shard-1" / "tasks.db").exists()
+    # Attaching to the running engine takes its count; only a caller who asked for another hears of it.
+    with caplog.at_level("DEBUG", logger="kmpray"):
+        plain = kmpray.connect(namespace=sched.namespace, state_dir=str(state), virtual_time=True)
+        asked = kmpray.connect(namespace=sched.namespace, state_dir=str(state), virtual_time=True,
+                               config=kmpray.EngineConfig(scheduler_shards=3))
+    assert plain.shards == asked.shards == 2
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if "attaching with that" in r.getMessage()]
+    assert [level for level, _ in said] == ["DEBUG", "WARNING"] and "asked: 3" in said[1][1], said
