@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 
 from .constraints import DEFAULT_CONSTRAINTS, Constraints
 from .effects import Outcome
@@ -42,11 +42,37 @@ def _constraints(raw: Any) -> Constraints:
     return Constraints.model_validate(raw) if raw else DEFAULT_CONSTRAINTS
 
 
+def _one_line(field: str, exc: ValidationError, raw: Any) -> str:
+    """Pydantic's complaint about ``raw`` (several lines, with a URL) as one line naming the
+    field: ``trigger: must be a TaskTrigger (...), got str 'now'``,
+    ``trigger.periodic.interval_ms: Input should be greater than 0``."""
+    first = exc.errors(include_url=False)[0]
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    if not first["loc"] and first["type"] in ("model_attributes_type", "model_type", "dict_type"):
+        kind = "TaskTrigger (e.g. TaskTrigger.OneTime())" if field == "trigger" else "Constraints"
+        return f"{field}: must be a {kind}, got {type(raw).__name__} {raw!r:.60}{more}"
+    return ".".join([field, *map(str, first["loc"])]) + f": {first['msg']}{more}"
+
+
+def _invalid(exc: ValidationError, task: dict[str, Any]) -> str:
+    """Which of ``task``'s fields the error is about (parsed again: only a rejected payload
+    pays for it), told in one line; pydantic's first line if none of them."""
+    for field, parse in (("trigger", trigger), ("constraints", _constraints)):
+        if field in task:
+            try:
+                parse(task[field])
+            except ValidationError as again:
+                return _one_line(field, again, task[field])
+    return f"ValidationError: {str(exc).splitlines()[0]}"
+
+
 def submit(core: SchedulerCore, item: dict[str, Any]) -> Outcome:
     """One ``enqueue`` payload: id, trigger, worker, input, constraints."""
     try:
         return core.submit(item["id"], trigger(item["trigger"]), item["worker"], item.get("input"),
                            _constraints(item.get("constraints")))
+    except ValidationError as exc:
+        return Outcome(ScheduleResult.REJECTED_INVALID_PARAMS, _invalid(exc, item))
     except (InvalidParameters, ValueError, KeyError, TypeError) as exc:
         return Outcome(ScheduleResult.REJECTED_INVALID_PARAMS, f"{type(exc).__name__}: {exc}")
     except Exception as exc:
@@ -60,8 +86,15 @@ def submit_chain(core: SchedulerCore, payload: dict[str, Any]) -> Outcome:
     try:
         if payload.get("error"):
             raise InvalidParameters(payload["error"])
-        steps = [[{**task, "constraints": _constraints(task.get("constraints"))} for task in step]
-                 for step in payload["steps"]]
+        steps = [[_task(task) for task in step] for step in payload["steps"]]
         return core.submit_chain(payload.get("id"), ExistingPolicy(payload.get("policy", "REPLACE")), steps)  # type: ignore[arg-type]
     except (InvalidParameters, ValueError, KeyError, TypeError) as exc:
         return Outcome(ScheduleResult.REJECTED_INVALID_PARAMS, f"{type(exc).__name__}: {exc}")
+
+
+def _task(task: dict[str, Any]) -> dict[str, Any]:
+    """One chain task's payload with its constraints parsed (their error named)."""
+    try:
+        return {**task, "constraints": _constraints(task.get("constraints"))}
+    except ValidationError as exc:
+        raise InvalidParameters(f"step task {task.get('id')!r}: {_invalid(exc, task)}") from None

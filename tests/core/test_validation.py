@@ -153,3 +153,30 @@ def test_a_worker_class_that_could_never_run_is_refused_when_registered() -> Non
 
     for ok in (One, Two, Loose, Static, Duck):
         check_worker_class("W", ok)
+
+
+def test_a_malformed_trigger_or_constraints_payload_is_rejected_in_one_line_naming_the_field() -> None:
+    """What arrives over the wire (kmpray/intake.py): pydantic's multi-line complaint with
+    its URL became the reason as it was; now one line that names the field."""
+    from kmpray import intake
+
+    h = Harness()
+    task = {"id": "t", "worker": "Ok", "trigger": {"kind": "one_time"}}
+    cases = [
+        ({"trigger": "now"}, "trigger: must be a TaskTrigger (e.g. TaskTrigger.OneTime()), got str 'now'"),
+        ({"trigger": {"kind": "periodic", "interval_ms": -1}},
+         "trigger.periodic.interval_ms: Input should be greater than 0"),
+        ({"trigger": {"kind": "cron"}}, "trigger: Input tag 'cron' found using 'kind' does not match"),
+        ({"constraints": {"network_type": "X"}}, "constraints.network_type: Input should be 'NOT_REQUIRED'"),
+        ({"constraints": {"bogus": 1, "network_type": "X"}}, "constraints.network_type: Input should be"),
+        ({"constraints": "abc"}, "constraints: must be a Constraints, got str 'abc'"),
+    ]
+    for change, reason in cases:
+        out = intake.submit(h.core, {**task, **change})
+        assert out.result is ScheduleResult.REJECTED_INVALID_PARAMS
+        assert (out.reason or "").startswith(reason) and "\n" not in (out.reason or ""), out.reason
+    assert "(and 1 more)" in (intake.submit(h.core, {**task, **cases[4][0]}).reason or "")
+    out = intake.submit_chain(h.core, {"id": "c", "steps": [[{**task, "constraints": {"network_type": "X"}}]]})
+    assert out.result is ScheduleResult.REJECTED_INVALID_PARAMS
+    assert "step task 't': constraints.network_type: Input should be" in (out.reason or "")
+    assert intake.submit(h.core, task).result is ScheduleResult.SUCCESS and h.core.tasks.keys() == {"t"}
