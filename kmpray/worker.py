@@ -14,6 +14,25 @@ from .errors import InvalidParameters
 from .results import Failure, Retry, Success, clip, clipped, raised, to_result
 
 
+class Reported:
+    """What ``report_progress`` returns: nothing to wait for (the event is on its way), yet
+    awaitable, so ``await ctx.report_progress(50)`` — how KMP's suspend ``setProgress``
+    reads, and what an ``async def do_work`` naturally writes — works like the plain call
+    (it raised ``TypeError: object NoneType can't be used in 'await' expression``, and the
+    run was retried for it)."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Any:
+        return iter(())  # done at once: the await's value is None
+
+    def __repr__(self) -> str:
+        return "Reported()"
+
+
+REPORTED = Reported()
+
+
 class WorkerContext:
     """What a run knows about itself. Created by the executor for each run."""
 
@@ -34,11 +53,13 @@ class WorkerContext:
         self._progress_sink = progress_sink
         self._cancelled = cancelled
 
-    def report_progress(self, pct: int, message: str | None = None) -> None:
+    def report_progress(self, pct: int, message: str | None = None) -> Reported:
+        """A ``TaskProgressEvent`` (and ``TaskInfo.progress``); call it, or await it."""
         if isinstance(pct, bool) or not isinstance(pct, int) or not 0 <= pct <= 100:
             raise ValueError(f"report_progress: pct must be an int in 0..100, got {pct!r}")
         if self._progress_sink is not None:
             self._progress_sink(pct, clip(message) if isinstance(message, str) else message)
+        return REPORTED
 
     def is_cancelled(self) -> bool:
         return self._cancelled() if self._cancelled is not None else False

@@ -175,3 +175,21 @@ def test_config_defaults_and_bounds() -> None:
         EngineConfig(progress_burst=0)
     with pytest.raises(ValueError, match="progress_interval_ms"):
         EngineConfig(progress_interval_ms=-1)
+
+
+def test_report_progress_may_be_awaited_or_called() -> None:
+    """``await ctx.report_progress(50)`` (how KMP's suspend setProgress reads) raised
+    TypeError on the None it returned, and the run was retried for it."""
+    from kmpray.worker import WorkerContext
+
+    got: list[tuple[int, str | None]] = []
+    ctx = WorkerContext("t", 1, progress_sink=lambda pct, msg: got.append((pct, msg)))
+
+    async def run() -> Any:
+        ctx.report_progress(10)
+        return await ctx.report_progress(20, "half")
+
+    assert asyncio.run(run()) is None
+    assert got == [(10, None), (20, "half")]
+    with pytest.raises(ValueError, match="0..100"):
+        ctx.report_progress(101)

@@ -80,9 +80,14 @@ class Sleeps(kmpray.CommonWorker):
 
 
 class Progress(kmpray.CommonWorker):
+    """Reports 25, 50, 75, 100: awaited and plain calls in turn (both forms are the API)."""
+
     async def do_work(self, input: str | None, ctx: kmpray.WorkerContext) -> Any:  # noqa: A002
         for pct in (25, 50, 75, 100):
-            ctx.report_progress(pct, f"step {pct}")
+            if pct % 50:
+                await ctx.report_progress(pct, f"step {pct}")
+            else:
+                ctx.report_progress(pct, f"step {pct}")
         return WorkerResult.Success(data={"done": True})
 
 
