@@ -322,7 +322,7 @@ class SchedulerCore(UniqueWork, Restoring, ChainRules, Conditions, Explaining, R
             why = (result.reason if isinstance(result, Retry) else result.message) or "retry requested"
             attempts = rec.run_attempt_count
             if attempts > rec.constraints.max_retries:
-                result = Failure(f"gave up after {attempts} attempts: {why}")
+                result = Failure(f"gave up after {attempts} attempt{'s' * (attempts != 1)}: {why}")
             else:
                 if isinstance(result, Retry) and result.delay_ms is not None:
                     delay = result.delay_ms

@@ -301,7 +301,7 @@ def test_a_huge_exception_text_is_clipped_in_the_result(svengine: Any) -> None:
 
     svengine.enqueue("loud", ONCE, "Raises", input="y" * 50_000, constraints=Constraints(max_retries=0))
     message = svengine.wait("loud", timeout_s=30).result.message
-    assert message.startswith("gave up after 1 attempts: RuntimeError: kaboom yyy")
+    assert message.startswith("gave up after 1 attempt: RuntimeError: kaboom yyy")
     assert message.endswith(f"... ({50_000 + len('RuntimeError: kaboom ') - MAX_MESSAGE_CHARS} more characters)")
 
 
