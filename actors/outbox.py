@@ -55,6 +55,18 @@ class Outbox(Generic[T]):
         """Items wait, or a call is in flight."""
         return self._running or bool(self._items)
 
+    async def delivered(self, timeout_s: float) -> bool:
+        """Until everything added so far has been delivered (nothing waits, no call in
+        flight), at most ``timeout_s``; whether it was."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + timeout_s
+        while self.busy and self._task is not None and (left := until - loop.time()) > 0:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), left)
+            except TimeoutError:
+                break
+        return not self.busy
+
     def add(self, items: Iterable[T]) -> None:
         self._items.extend(items)
         if self._items and not self._running:

@@ -20,6 +20,7 @@ from kmpray.timing import SETTLE_POLL_S
 
 from .executor_pool import ExecutorPool
 from .heavy_pool import HeavyPool
+from .outbox import Outbox
 
 log = logging.getLogger("kmpray.scheduler")
 
@@ -33,6 +34,7 @@ class VirtualTime:
     heavy: HeavyPool
     _idle: asyncio.Event
     _ready: asyncio.Future[None]
+    _events: Outbox[tuple[int | None, bytes]]
 
     if TYPE_CHECKING:  # SchedulerDispatch's
         def _pump(self) -> None: ...
@@ -48,6 +50,11 @@ class VirtualTime:
             await self._settle(deadline)
         self.core.warn_long_waits()
         self.store.put_meta("virtual_now", self.clock.now_ms())
+        # The settled runs' events (completions and progress) reach the broker before this
+        # returns, so a subscriber (a test, the demo) sees them at once instead of up to an
+        # event linger and a call later: what virtual time is for is a run one can reason about.
+        if not await self._events.delivered(max(0.0, deadline - time.monotonic())):
+            log.warning("advance_time: events not delivered to the broker by the settle timeout")
         return self.clock.now_ms()
 
     async def _settle(self, deadline: float) -> None:

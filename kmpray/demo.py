@@ -83,14 +83,14 @@ def run(state_dir: str | None = None, hours: int = 1) -> int:
     printed = threading.Lock()
 
     ended = threading.Event()  # the summary is printed: no event line after it
-    uploaded = threading.Event()  # the last task's final event has been printed
+
+    shown = [0]  # events printed: the log of a new engine numbers them 1, 2, ... (cursors)
 
     def on_event(event: Any) -> None:
         with printed:
             if not ended.is_set():
                 _print_event(event)
-            if event.kind == "completion" and event.task_id == "upload" and event.success:
-                uploaded.set()
+            shown[0] += 1
 
     events = scheduler.events.subscribe(since=0, callback=on_event)
     try:
@@ -120,18 +120,23 @@ def run(state_dir: str | None = None, hours: int = 1) -> int:
             print(f"  {name:<20} -> {result.value}")
         scheduler.wait("sync-now", timeout_s=60)
         scheduler.wait("daily-report", timeout_s=60)
+
+        def caught_up() -> None:
+            """Until the printer has printed every event the broker holds (bounded)."""
+            last, deadline = scheduler.events.last_cursor(), time.monotonic() + 10
+            while shown[0] < last and time.monotonic() < deadline:
+                time.sleep(0.02)
+
+        # advance_time returns once its runs' events are at the broker: 0 ms delivers those of
+        # the runs above (wait() answers once a result is stored, its event follows).
+        scheduler.advance_time(0)
+        caught_up()
         for step in range(1, hours * 4 + 1):
-            scheduler.advance_time(FIFTEEN_MINUTES)
             with printed:
                 print(f"-- virtual time +{step * 15} min")
+            scheduler.advance_time(FIFTEEN_MINUTES)
+            caught_up()  # this quarter's events printed under its line, before the next
         scheduler.wait("upload", timeout_s=60)
-        # wait() answers once the result is stored; its event reaches the broker a moment
-        # later (the event outbox lingers up to event_linger_ms): the printer sees it first
-        uploaded.wait(timeout=10)
-        last = scheduler.events.last_cursor()
-        deadline = time.monotonic() + 10
-        while events.cursor < last and time.monotonic() < deadline:  # printer catches up
-            time.sleep(0.02)
         infos = sorted(scheduler.list_tasks(), key=lambda i: i.created_at_ms)
         with printed:
             ended.set()  # an event delivered from now on (its callback waits on this lock) is not printed

@@ -60,8 +60,14 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "progress  sync-now" in text and "100%" in text
     assert "retrying in 30000 ms" in text and "uploaded" in text
     assert "report over 250 records from 2 syncs" in text  # the chain's last step got both outputs
-    summary = text.split("\nsummary\n")[1]
+    stream, summary = text.split("\nsummary\n")
     assert "cleanup" in summary and "ENQUEUED" in summary
+    # Every run's event is printed, under the quarter of virtual time it ran in: the five
+    # cleanup runs (0, 15, 30, 45, 60 min; the last two were missing before advance_time
+    # waited for its runs' events), the chain's report before the first quarter.
+    quarters = stream.split("-- virtual time +")
+    assert [q.count("  ok        cleanup") for q in quarters] == [1, 1, 1, 1, 1], stream
+    assert "report over 250" in quarters[0] and "synced {'records': 200}" in quarters[3]  # nightly at +40
     assert "7 tasks, 11 runs" in summary
     # the summary is the end: no event line after it
     assert not [line for line in summary.splitlines() if line.startswith(("  progress", "  ok ", "  fail"))]

@@ -49,6 +49,25 @@ def test_a_flood_of_progress_reports_becomes_a_few_events_ending_with_the_last(s
     assert svengine.get_task_info("fl").progress == 100
 
 
+def test_after_advance_time_the_runs_events_are_already_at_the_broker(svengine: Any) -> None:
+    """Virtual time: advance_time returns once what its runs emitted reached the broker, so
+    a subscriber sees it at once. Before, the events lingered behind (a periodic task's four
+    runs over an hour: the log's end had none of them after three of the four advances),
+    and the demo printed its summary without the last cleanup runs."""
+    svengine.enqueue("tick", TaskTrigger.Periodic(kmpray.FIFTEEN_MINUTES), "Echo")
+    svengine.wait("tick", timeout_s=30)
+    svengine.advance_time(1)  # the first run's event too (wait() answers once its result is stored)
+    sub = svengine.events.subscribe()  # from here on: the next runs only
+    ends = [svengine.events.last_cursor()]
+    for _ in range(4):
+        svengine.advance_time(kmpray.FIFTEEN_MINUTES)
+        ends.append(svengine.events.last_cursor())
+    assert [b - a for a, b in zip(ends, ends[1:], strict=False)] == [1, 1, 1, 1], ends
+    got = [sub.get(timeout_s=10) for _ in range(4)]
+    assert [(e.kind, e.task_id) for e in got if e is not None] == [("completion", "tick")] * 4
+    svengine.cancel("tick")
+
+
 def test_a_late_subscriber_replays_from_cursor_zero(svengine: Any) -> None:
     for i in range(3):
         svengine.enqueue(f"e{i}", TaskTrigger.OneTime(), "Echo")

@@ -55,3 +55,27 @@ def test_without_a_linger_the_next_call_leaves_when_the_last_is_answered() -> No
     _issued, batches = _stream(0.0)
     assert [i for b in batches for i in b] == list(range(200))
     assert len(batches) > 0.4 / LINGER_S + 3  # one call per round trip: many small batches
+
+
+def test_delivered_waits_until_everything_added_has_been_answered() -> None:
+    """What advance_time waits on before it returns (its runs' events at the broker)."""
+    answered: list[int] = []
+
+    async def main() -> tuple[bool, list[int], bool, bool]:
+        async def answer(batch: list[int]) -> None:
+            await asyncio.sleep(0.01)
+            answered.extend(batch)
+
+        box: Outbox[int] = Outbox(lambda b: asyncio.ensure_future(answer(b)), "test", eager=False,
+                                  linger_s=LINGER_S)
+        idle = await box.delivered(0.0)  # nothing added: delivered at once
+        box.add([1, 2])
+        asyncio.get_running_loop().call_later(LINGER_S + 0.005, box.add, [3])  # added while the first call is out
+        ok = await box.delivered(5.0)
+        snapshot = list(answered)
+        box.add([4])
+        short = await box.delivered(0.001)  # bounded: a lingering item is not delivered within 1 ms
+        return idle, snapshot, ok, short
+
+    idle, snapshot, ok, short = asyncio.run(main())
+    assert idle and ok and snapshot == [1, 2, 3] and not short
