@@ -114,6 +114,8 @@ def stop(address: str | None, namespace: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(address: str | None, namespace: str, state_dir: str | None, as_json: bool) -> None:
     """Engine health and task counts by state."""
+    from .display import worker_names
+
     info = _attach(address, namespace, state_dir).status()
     if as_json:
         click.echo(json.dumps(info, indent=2))
@@ -123,7 +125,7 @@ def status(address: str | None, namespace: str, state_dir: str | None, as_json: 
     click.echo("  " + "  ".join(f"{k}={v}" for k, v in info["counts"].items())
                + (f"  ({info['finished_in_store_only']} finished kept in the store only)"
                   if info.get("finished_in_store_only") else ""))
-    click.echo(f"  workers: {', '.join(info['workers']) or '-'}")
+    click.echo(f"  workers: {worker_names(info['workers'])}")
     if m := info.get("messages"):
         click.echo(f"  scheduler since start: {m.get('enqueue_calls', 0)} enqueue calls, "
                    f"{m.get('commits', 0)} commits, {m.get('submits_sent', 0)} submits, "

@@ -21,7 +21,7 @@ from kmpray import (
     WorkerResult,
 )
 
-from .display import tasks_text
+from .display import tasks_text, worker_names
 
 
 @kmpray.worker("SyncWorker")
@@ -94,7 +94,8 @@ def run(state_dir: str | None = None, hours: int = 1) -> int:
 
     events = scheduler.events.subscribe(since=0, callback=on_event)
     try:
-        print(f"engine up in {time.monotonic() - started:.1f} s; workers: {', '.join(scheduler.status()['workers'])}\n")
+        workers = worker_names(scheduler.status()["workers"])
+        print(f"engine up in {time.monotonic() - started:.1f} s; workers: {workers}\n")
         print("enqueue: one-time sync, retrying upload, periodic cleanup, exact sync, and a chain "
               "(two parallel syncs, then a report)")
         results = {

@@ -65,6 +65,19 @@ def rows(infos: Sequence[TaskInfo]) -> list[tuple[str, ...]]:
     ]
 
 
+QUALIFIED = "kmpray.workers."  # built-in workers answer to their simple and this qualified name
+
+
+def worker_names(names: Sequence[str]) -> str:
+    """Registered worker names for a person: a built-in's qualified alias
+    (``kmpray.workers.HttpSyncWorker``) folded into one note, not listed beside its simple name."""
+    simple = set(names)
+    shown = [n for n in names if not (n.startswith(QUALIFIED) and n[len(QUALIFIED):] in simple)]
+    folded = len(names) - len(shown)
+    note = f" (the {folded} built-ins also as {QUALIFIED}<name>)" if folded else ""
+    return (", ".join(shown) or "-") + note
+
+
 def tasks_text(infos: Sequence[TaskInfo]) -> str:
     body = rows(infos)
     widths = [max(len(c), *(len(r[n]) for r in body)) if body else len(c) for n, c in enumerate(COLUMNS)]

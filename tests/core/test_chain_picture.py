@@ -1,5 +1,6 @@
-"""A chain drawn as an SVG DAG (notebooks' ``ChainInfo._repr_html_`` and the dashboard):
-columns per step, nodes coloured by state, retries and progress shown, big chains cut."""
+"""kmpray/display.py: a chain drawn as an SVG DAG (notebooks' ``ChainInfo._repr_html_`` and
+the dashboard): columns per step, nodes coloured by state, retries and progress shown, big
+chains cut; and the worker names `kmpray status` and the demo print."""
 
 from __future__ import annotations
 
@@ -107,3 +108,16 @@ def test_a_chain_explains_itself_by_its_first_unfinished_step_and_what_ended_it(
     assert lines[0] == "chain c: FAILED, 2 steps: ✗ ✗"
     assert lines[1].startswith("step 1: a (W): FAILED, attempt 3") and "Failure: disk full" in lines[1]
     assert lines[2].startswith("step 2: z (W): CANCELLED") and len(lines) == 3
+
+
+def test_worker_names_fold_the_built_ins_qualified_aliases() -> None:
+    """`kmpray status` and the demo listed each built-in twice (14 names for 9 workers)."""
+    from kmpray.display import worker_names
+    from kmpray.workers import BUILTIN_WORKERS
+
+    names = sorted([*BUILTIN_WORKERS, "SyncWorker"])
+    shown = worker_names(names)
+    simple = [n for n in BUILTIN_WORKERS if "." not in n]
+    note = f" (the {len(simple)} built-ins also as kmpray.workers.<name>)"
+    assert shown == ", ".join(sorted([*simple, "SyncWorker"])) + note
+    assert worker_names(["kmpray.workers.Alone"]) == "kmpray.workers.Alone" and worker_names([]) == "-"
