@@ -199,6 +199,10 @@ def test_the_page_in_chromium_lists_filters_draws_a_chain_and_cancels(sched: Any
             )
             assert page.locator(node.format("ui-a")).get_attribute("data-state") == "SUCCEEDED"
             assert page.locator(node.format("ui-z")).get_attribute("data-state") == "BLOCKED"
+            # Why it is not running, in its row ("Why isn't my task running?" without a click).
+            why = page.locator('#tasks tr[data-id="ui-z"] td.why')
+            why.wait_for(timeout=30_000)
+            assert "prerequisite" in why.inner_text() and why.inner_text() == why.get_attribute("title")
             running = page.locator(node.format("ui-g") + " rect").get_attribute("fill")
             gate.touch()  # the chain goes on: the page's colours follow
             page.wait_for_selector(
