@@ -18,6 +18,18 @@ def _init_ray(address: str | None) -> None:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
 
 
+NO_RAY = "Could not find any running Ray instance"
+
+
+def _hint(exc: Exception) -> str:
+    """The error, and what to do when it is that no Ray runs here."""
+    text = str(exc)
+    if NO_RAY in text:
+        text += (" (start one with `ray start --head`, then `kmpray start`;"
+                 " `kmpray demo` runs on an embedded one)")
+    return text
+
+
 def _connect(address: str | None, namespace: str, state_dir: str | None, shards: int | None = None) -> Any:
     """Attach to the engine (a running one as it runs: its shard count too), or start it."""
     from .client import connect
@@ -28,7 +40,7 @@ def _connect(address: str | None, namespace: str, state_dir: str | None, shards:
         config = EngineConfig(scheduler_shards=shards) if shards else None
         return connect(address=address, namespace=namespace, state_dir=state_dir, config=config)
     except Exception as exc:
-        raise click.ClickException(f"cannot reach the engine: {exc}") from None
+        raise click.ClickException(f"cannot reach the engine: {_hint(exc)}") from None
 
 
 def _reach_cluster(address: str | None) -> None:
@@ -36,7 +48,7 @@ def _reach_cluster(address: str | None) -> None:
     try:
         _init_ray(address or "auto")  # no cluster: an error, not a new local Ray
     except Exception as exc:
-        raise click.ClickException(f"cannot reach the cluster: {exc}") from None
+        raise click.ClickException(f"cannot reach the cluster: {_hint(exc)}") from None
 
 
 def _attach(address: str | None, namespace: str, state_dir: str | None) -> Any:

@@ -52,6 +52,15 @@ def test_bad_option_is_one_clear_line_and_exit_code_2() -> None:
     assert out.returncode == 2 and "SLEEPING" in out.stderr
 
 
+def test_no_ray_running_says_how_to_start_one() -> None:
+    from kmpray.cli import _hint
+
+    said = _hint(ConnectionError("Could not find any running Ray instance. Please specify ..."))
+    assert said.endswith("(start one with `ray start --head`, then `kmpray start`;"
+                         " `kmpray demo` runs on an embedded one)")
+    assert _hint(ValueError("other")) == "other"
+
+
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     out = kmpray("demo", "--state-dir", str(tmp_path / "demo"))
