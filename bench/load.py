@@ -144,7 +144,7 @@ def run_once(
             rate = (acked - last_acked) / max(t - last_t, 0.001)
             print(
                 f"  {t:5.1f} s  acked {rate:6,.0f}/s  in flight {in_flight:5,d}"
-                f"  queue {q:6,d}  start p50 {lat[0]:7.1f} ms  p99 {lat[1]:7.1f} ms (corrected)",
+                f"  queue {q:6,d}  start p50 {_ms(lat[0])} ms  p99 {_ms(lat[1])} ms (corrected)",
                 flush=True,
             )
         last_acked, last_t = acked, t
@@ -168,6 +168,11 @@ def run_once(
     result = _result(profile, mix, samples, t0, depth, executors, clients, max_in_flight, n)
     result["batch_window_ms"] = window_ms
     return result
+
+
+def _ms(value: float) -> str:
+    """A live latency, or a dash before any start was seen (not "nan")."""
+    return f"{value:7.1f}" if value == value else f"{'-':>7}"
 
 
 def _result(

@@ -358,3 +358,9 @@ def test_a_generator_process_keeps_its_collector_out_of_the_run() -> None:
     seen.clear()
     asyncio.run(main(record, False))  # the default (tests, a user's own loop): untouched
     assert [enabled for enabled, _ in seen] == [True, True]
+
+
+def test_the_live_line_shows_a_dash_before_any_start_not_nan() -> None:
+    from kmpray.bench.load import _ms
+
+    assert _ms(math.nan) == "      -" and _ms(12.345) == "   12.3"
