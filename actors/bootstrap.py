@@ -60,7 +60,8 @@ def ensure_engine(
     oracle = ConstraintOracle.options(name=ORACLE, namespace=namespace, **common).remote(
         namespace, state_dir, config.model_dump())
     broker = EventBroker.options(name=BROKER, namespace=namespace, **common).remote(
-        state_dir, config.event_retention, config.durability, namespace, config.progress_retention
+        state_dir, config.event_retention, config.durability, namespace, config.progress_retention,
+        config.store_lock_wait_s,
     )
     return {"registry": registries[0], "scheduler": schedulers[0], "schedulers": schedulers, "broker": broker,
             "oracle": oracle}

@@ -36,12 +36,12 @@ MAX_EVENT_BYTES = 1024 * 1024
 class EventBroker:
     def __init__(
         self, state_dir: str, retention: int, durability: str = "normal", namespace: str = "",
-        progress_retention: int | None = None,
+        progress_retention: int | None = None, lock_wait_s: float = 15.0,
     ) -> None:
         untrace(self)  # its own calls without Ray's tracing shim (actors/untraced.py)
         self._refused: StoreRefused | None = None
         try:
-            self.log = SqliteEventLog(Path(state_dir) / "events.db", durability)
+            self.log = SqliteEventLog(Path(state_dir) / "events.db", durability, lock_wait_s)
         except StoreRefused as exc:
             log.error("%s", exc)
             self._refused = exc

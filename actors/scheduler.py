@@ -114,6 +114,7 @@ class SchedulerActor(
             log.error("%s", exc)
             self._ready = asyncio.get_running_loop().create_future()
             self._ready.set_exception(exc)
+            self._blobs = {}  # it holds no worker classes (the registry asks a scheduler it finds)
             return
         self.rejections: deque[tuple[str, str, str]] = deque(maxlen=1000)
         self._answers: list[tuple[str, bytes, int]] = []  # (request token, answer, ms) to store
@@ -164,7 +165,8 @@ class SchedulerActor(
     def _restore(self, state_dir: str, virtual_time: bool, platform: str, clock_start_ms: int | None) -> None:
         """Open the store and rebuild the core from it. A store refused at open, or found
         damaged below its rows while restoring, raises StoreRefused (one line)."""
-        self.store = SqliteTaskStore(Path(state_dir) / "tasks.db", self.config.durability)
+        self.store = SqliteTaskStore(Path(state_dir) / "tasks.db", self.config.durability,
+                                     self.config.store_lock_wait_s)
         if virtual_time:
             saved = self.store.get_meta("virtual_now")
             # A new engine's shards start their virtual clocks at one instant (bootstrap's), and

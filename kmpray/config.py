@@ -106,6 +106,9 @@ class EngineConfig(Frozen):
     # crash or power loss may roll back the last transactions (never corrupts the file).
     # "full": also an OS crash or power loss (an fsync per commit). See README, Durability.
     durability: Literal["normal", "full"] = "normal"
+    # One engine per state dir: a store file another process holds (kmpray/store_files.py) is
+    # waited for this long (a killed scheduler's process may still be ending), then refused.
+    store_lock_wait_s: Annotated[float, Field(ge=0, le=3600)] = 15.0
     # Enqueue calls from a client on a scheduler's own node go over a Unix socket (the
     # local lane, kmpray/lane.py) instead of a Ray actor message; False: Ray's call only.
     local_lane: bool = True

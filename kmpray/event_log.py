@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-from .store import _connect, _refusing, _transaction
+from .store_files import WAIT_S, _connect, _refusing, _transaction, release
 from .wal import sync_quietly
 
 
@@ -68,8 +68,8 @@ _EVENT_TABLES = {
 class SqliteEventLog:
     """Append-only event rows; the rowid is the cursor subscribers resume from."""
 
-    def __init__(self, path: str | Path, durability: str = "normal") -> None:
-        self._conn = conn = _connect(Path(path), _EVENT_TABLES, durability)
+    def __init__(self, path: str | Path, durability: str = "normal", lock_wait_s: float = WAIT_S) -> None:
+        self._conn = conn = _connect(Path(path), _EVENT_TABLES, durability, lock_wait_s)
         self._lock = threading.Lock()
         self._path = Path(path)
         self._written = 0  # rows appended or trimmed since the last sync_if_quiet
@@ -159,6 +159,7 @@ class SqliteEventLog:
 
     def close(self) -> None:
         self._conn.close()
+        release(self._path)
 
 
 class MemoryEventLog:

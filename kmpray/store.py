@@ -24,23 +24,17 @@ from typing import Any, Protocol, TypeVar
 import msgpack
 
 from .chain_record import ChainRecord
-from .errors import DamagedRow, StoreRefused
+from .errors import DamagedRow
 from .records import TaskRecord, decode, encode
+from .store_files import SCHEMA_VERSION, WAIT_S, _connect, _refusing, _transaction, release
 from .wal import WAL_SIZE_LIMIT, sync_quietly
+
+__all__ = ["INLINE_INPUT_CHARS", "SCHEMA_VERSION", "WAL_SIZE_LIMIT", "QuarantinedRow", "SqliteTaskStore",
+           "TaskStore"]
 
 log = logging.getLogger("kmpray.store")
 
 READ_CHUNK = 500  # keys per query of read_tasks (SQLite allows 32,766 parameters)
-
-#: The on-disk layout this version writes (SQLite ``user_version``). A newer file is refused.
-#: 2: tasks.db has an ``outbox`` of completion events not yet in the event log, and the
-#: ``answers`` to recent enqueue calls by request token (a retried call is answered, not
-#: applied twice); events.db remembers the last outbox number it took (``origin``).
-#: 3: tasks.db keeps inputs longer than ``INLINE_INPUT_CHARS`` in an ``inputs`` table,
-#: out of the row (and out of the scheduler's memory: read back at dispatch).
-#: 4: an outbox row holds one write's events, numbered ``first`` .. ``seq`` (``first`` NULL:
-#: one event, a version-3 row). Files of versions 1 to 3 open and upgrade.
-SCHEMA_VERSION = 4
 
 #: An input longer than this (characters) is kept in the store only: the row says how
 #: long it is, the record in memory drops it once written, and each dispatch reads it back
@@ -163,18 +157,6 @@ class TaskStore(Protocol):
     def close(self) -> None: ...
 
 
-@contextlib.contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """One explicit transaction: committed whole, or rolled back whole."""
-    conn.execute("BEGIN")
-    try:
-        yield conn
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-
-
 def _task_key(rec: TaskRecord) -> str:
     return rec.key
 
@@ -187,61 +169,6 @@ _QUARANTINE = (
     "CREATE TABLE IF NOT EXISTS quarantine (tbl TEXT NOT NULL, key TEXT NOT NULL, reason TEXT NOT NULL,"
     " at_ms INTEGER NOT NULL, row BLOB NOT NULL, PRIMARY KEY (tbl, key))"
 )
-
-
-def _refuse(path: Path, what: str, exc: BaseException | None = None) -> StoreRefused:
-    cause = f" ({exc})" if exc is not None else ""
-    return StoreRefused(
-        f"store {path}: {what}{cause}. Move the file aside (or restore it from a backup) and "
-        f"connect again, or pass another state_dir; kmpray never repairs it in place."
-    )
-
-
-def _connect(path: Path, tables: dict[str, str], durability: str = "normal") -> sqlite3.Connection:
-    """Open (or create) one of kmpray's SQLite files and check it is one: its schema version
-    is known and every table it has is one of ``tables`` (name -> CREATE statement)."""
-    if durability not in ("normal", "full"):
-        raise ValueError(f"durability: must be 'normal' or 'full', got {durability!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
-        conn.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode: a commit survives a process crash; only an OS crash may lose
-        # the last transactions. FULL: the WAL is fsynced at every commit (power loss too).
-        conn.execute(f"PRAGMA synchronous={durability.upper()}")
-        # The WAL is reused from its start after each checkpoint but never shrinks by itself:
-        # one large transaction (a prune of thousands of rows) would leave the file that size
-        # for good. Truncate it back to one autocheckpoint's worth (1,000 pages) at each reset.
-        conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
-        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-        present = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:  # text SQLite cannot decode: a flipped byte
-        raise _refuse(path, "is not a readable SQLite database", exc) from None
-    if version > SCHEMA_VERSION:
-        conn.close()
-        raise _refuse(path, f"was written by a newer kmpray (schema {version}; this one reads {SCHEMA_VERSION})")
-    foreign = present - set(tables) - {"sqlite_sequence"}
-    if foreign:
-        conn.close()
-        raise _refuse(path, f"is not a kmpray store (unknown tables: {', '.join(sorted(foreign))})")
-    try:
-        for create in tables.values():
-            conn.execute(create)
-        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-    except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
-        conn.close()
-        raise _refuse(path, "is damaged beyond its rows", exc) from None
-    return conn
-
-
-@contextlib.contextmanager
-def _refusing(path: Path) -> Iterator[None]:
-    """Restore-time reads and quarantine moves: SQLite finding the file damaged below its
-    rows (a broken page, mid-read or mid-write) is a refusal in one line, not a traceback."""
-    try:
-        yield
-    except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:  # a key or name not UTF-8 any more
-        raise _refuse(path, "is damaged beyond its rows", exc) from None
 
 
 def _scan(conn: sqlite3.Connection, path: Path, sql: str) -> list[Any]:
@@ -311,9 +238,9 @@ def spilling(put: Iterable[TaskRecord]) -> Iterator[tuple[list[TaskRecord], list
 
 
 class SqliteTaskStore:
-    def __init__(self, path: str | Path, durability: str = "normal") -> None:
+    def __init__(self, path: str | Path, durability: str = "normal", lock_wait_s: float = WAIT_S) -> None:
         self.path = Path(path)
-        self._conn = _connect(self.path, _TASK_TABLES, durability)
+        self._conn = _connect(self.path, _TASK_TABLES, durability, lock_wait_s)
         if "first" not in {c[1] for c in self._conn.execute("PRAGMA table_info(outbox)")}:  # version 3
             self._conn.execute("ALTER TABLE outbox ADD COLUMN first INTEGER")
         self._acked = 0  # outbox numbers the event log has (rows go when all of theirs are)
@@ -498,3 +425,4 @@ class SqliteTaskStore:
 
     def close(self) -> None:
         self._conn.close()
+        release(self.path)

@@ -12,7 +12,7 @@ import pytest
 from kmpray.bench.chaos_common import replay
 
 import kmpray
-from kmpray import ONE_HOUR, StoreRefused, TaskState, TaskTrigger
+from kmpray import ONE_HOUR, ScheduleResult, StoreRefused, TaskState, TaskTrigger
 
 from .helpers import next_completion
 from .workers import register_all
@@ -90,3 +90,35 @@ def test_a_subscriber_replaying_from_zero_skips_a_damaged_event(vengine: Any) ->
     seen = [(cursor, event.task_id) for cursor, event in replay(vengine, 0, timeout_s=30)]  # up to `last`
     assert [c for c, _ in seen] == [c for c in range(1, last + 1) if c != 2]
     assert len({t for _, t in seen}) == len(seen) == last - 1  # one completion per task, the damaged one gone
+
+
+def test_a_second_engine_on_a_state_dir_in_use_is_refused_and_the_first_serves_on(
+        engines: Any, tmp_path: Path) -> None:
+    """Two engines on one state dir (two notebooks each connect() an embedded Ray with the
+    default ~/.kmpray/<namespace>) each restored the other's rows and ran them. Now the
+    second is refused, naming the first's process (kmpray/store_files.py)."""
+    import ray
+    from kmpray.actors.bootstrap import stop_engine
+    from kmpray.actors.names import BROKER, SCHEDULER
+    from kmpray.bench.chaos_common import actor_pid
+
+    state = tmp_path / "shared"
+    first = engines.registered(state_dir=state)
+    later = TaskTrigger.OneTime(initial_delay_ms=ONE_HOUR)
+    assert first.enqueue("mine", later, "Echo") is ScheduleResult.SUCCESS
+    try:
+        with pytest.raises(StoreRefused) as err:
+            kmpray.connect(namespace="second-on-state", state_dir=str(state),
+                           config=kmpray.EngineConfig(store_lock_wait_s=0.5))
+        # Whichever of its files the second engine reached first: the first's scheduler holds
+        # tasks.db, its broker events.db.
+        held = {"tasks.db": actor_pid(ray, SCHEDULER, first.namespace),
+                "events.db": actor_pid(ray, BROKER, first.namespace)}
+        said = str(err.value)
+        assert any(said.startswith(f"store {state / name}: in use by another engine (pid {pid} on ")
+                   for name, pid in held.items()), (said, held)
+    finally:
+        stop_engine("second-on-state")
+    assert first.get_task_info("mine").state is TaskState.ENQUEUED  # untouched, and still serving:
+    assert first.enqueue("after", TaskTrigger.OneTime(), "Echo") is ScheduleResult.SUCCESS
+    assert first.wait("after", timeout_s=60).state is TaskState.SUCCEEDED

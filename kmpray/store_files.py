@@ -1,0 +1,187 @@
+"""kmpray's SQLite files (the task store, the event log): opened checked, in WAL mode, and
+held by one engine at a time; a file that is not one of them, or is damaged below its
+rows, refused in one line (``StoreRefused``); one transaction per write.
+
+One engine per file: a process that opens a store holds an OS lock on the file next to it
+(``tasks.db.lock``, ``events.db.lock``) until it closes it or ends. Two engines on one
+state dir — two notebooks that each ``connect()`` an embedded Ray with the default
+``~/.kmpray/<namespace>``, or a script started beside a running engine — each restored
+the other's rows and ran them, and wrote over the other's changes. The second to open a
+store now waits a little for the lock (a killed scheduler's process may still be ending
+while Ray starts the next; the OS frees its lock when it is gone), then is refused,
+naming the process that holds it. ``flock`` locks belong to an open file, so the kernel
+frees them however the holder dies; within one process a store may be opened again
+(tests reopen one to play a restart), counted. Without ``fcntl`` (Windows) nothing is locked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import StoreRefused
+from .wal import WAL_SIZE_LIMIT
+
+#: The on-disk layout this version writes (SQLite ``user_version``). A newer file is refused.
+#: 2: tasks.db has an ``outbox`` of completion events not yet in the event log, and the
+#: ``answers`` to recent enqueue calls by request token (a retried call is answered, not
+#: applied twice); events.db remembers the last outbox number it took (``origin``).
+#: 3: tasks.db keeps inputs longer than ``INLINE_INPUT_CHARS`` in an ``inputs`` table,
+#: out of the row (and out of the scheduler's memory: read back at dispatch).
+#: 4: an outbox row holds one write's events, numbered ``first`` .. ``seq`` (``first`` NULL:
+#: one event, a version-3 row). Files of versions 1 to 3 open and upgrade.
+SCHEMA_VERSION = 4
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX
+    fcntl = None  # type: ignore[assignment]
+
+#: How long a store held by another process is waited for before it is refused: a killed
+#: scheduler's process is gone within about a second here, and its lock with it.
+WAIT_S = 15.0
+_POLL_S = 0.05
+
+_held: dict[str, tuple[int, int]] = {}  # lock file -> (fd, opens in this process)
+
+
+def _lock_file(store: Path) -> str:
+    return str(store.resolve()) + ".lock"
+
+
+def hold(store: Path, wait_s: float = WAIT_S) -> None:
+    """Lock ``store`` for this process, waiting up to ``wait_s`` for another holder to end;
+    raises StoreRefused naming that holder if it does not."""
+    if fcntl is None:
+        return
+    name = _lock_file(store)
+    if name in _held:
+        fd, opens = _held[name]
+        _held[name] = (fd, opens + 1)
+        return
+    fd = os.open(name, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                holder = _holder(fd)
+                os.close(fd)
+                raise StoreRefused(
+                    f"store {store}: in use by another engine ({holder}). One state dir serves one "
+                    "engine: connect to that one (connect(address='auto') from the machine it runs on, "
+                    "or kmpray status to find it), stop it first, or pass another state_dir"
+                ) from None
+            time.sleep(_POLL_S)  # an OS lock tells no one when it frees: looked at again, bounded
+    os.ftruncate(fd, 0)
+    os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                             "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
+    _held[name] = (fd, 1)
+
+
+def release(store: Path) -> None:
+    """This process's hold on ``store`` once its last open of it is closed."""
+    name = _lock_file(store)
+    if name not in _held:
+        return
+    fd, opens = _held.pop(name)
+    if opens > 1:
+        _held[name] = (fd, opens - 1)
+        return
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+
+
+def _holder(fd: int) -> str:
+    """Who wrote the lock file: ``pid N on HOST since T``, or that it is unknown."""
+    try:
+        info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        return f"pid {info['pid']} on {info['host']} since {info['since']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a process that did not say which"
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One explicit transaction: committed whole, or rolled back whole."""
+    conn.execute("BEGIN")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _refuse(path: Path, what: str, exc: BaseException | None = None) -> StoreRefused:
+    cause = f" ({exc})" if exc is not None else ""
+    return StoreRefused(
+        f"store {path}: {what}{cause}. Move the file aside (or restore it from a backup) and "
+        f"connect again, or pass another state_dir; kmpray never repairs it in place."
+    )
+
+
+def _connect(path: Path, tables: dict[str, str], durability: str = "normal",
+             lock_wait_s: float = WAIT_S) -> sqlite3.Connection:
+    """Open (or create) one of kmpray's SQLite files for this engine alone (``hold``) and
+    check it is one: its schema version is known and every table it has is one of
+    ``tables`` (name -> CREATE statement). ``release(path)`` when it is closed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    hold(path, lock_wait_s)
+    try:
+        return _open(path, tables, durability)
+    except BaseException:
+        release(path)
+        raise
+
+
+def _open(path: Path, tables: dict[str, str], durability: str) -> sqlite3.Connection:
+    if durability not in ("normal", "full"):
+        raise ValueError(f"durability: must be 'normal' or 'full', got {durability!r}")
+    try:
+        conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
+        conn.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode: a commit survives a process crash; only an OS crash may lose
+        # the last transactions. FULL: the WAL is fsynced at every commit (power loss too).
+        conn.execute(f"PRAGMA synchronous={durability.upper()}")
+        # The WAL is reused from its start after each checkpoint but never shrinks by itself:
+        # one large transaction (a prune of thousands of rows) would leave the file that size
+        # for good. Truncate it back to one autocheckpoint's worth (1,000 pages) at each reset.
+        conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        present = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:  # text SQLite cannot decode: a flipped byte
+        raise _refuse(path, "is not a readable SQLite database", exc) from None
+    if version > SCHEMA_VERSION:
+        conn.close()
+        raise _refuse(path, f"was written by a newer kmpray (schema {version}; this one reads {SCHEMA_VERSION})")
+    foreign = present - set(tables) - {"sqlite_sequence"}
+    if foreign:
+        conn.close()
+        raise _refuse(path, f"is not a kmpray store (unknown tables: {', '.join(sorted(foreign))})")
+    try:
+        for create in tables.values():
+            conn.execute(create)
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
+        conn.close()
+        raise _refuse(path, "is damaged beyond its rows", exc) from None
+    return conn
+
+
+@contextlib.contextmanager
+def _refusing(path: Path) -> Iterator[None]:
+    """Restore-time reads and quarantine moves: SQLite finding the file damaged below its
+    rows (a broken page, mid-read or mid-write) is a refusal in one line, not a traceback."""
+    try:
+        yield
+    except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:  # a key or name not UTF-8 any more
+        raise _refuse(path, "is damaged beyond its rows", exc) from None

@@ -1,0 +1,101 @@
+"""One engine per store file (kmpray/store_files.py): a store another process holds is
+waited for, then refused naming that process; the OS frees the lock however its holder
+ends; one process may open a store again (a test replaying a restart does)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kmpray.errors import StoreRefused
+from kmpray.event_log import SqliteEventLog
+from kmpray.store import SqliteTaskStore
+from kmpray.store_files import _held
+
+HOLDER = """
+import sys, time
+from pathlib import Path
+from kmpray.event_log import SqliteEventLog
+from kmpray.store import SqliteTaskStore
+wait = float(sys.argv[3]) if len(sys.argv) > 3 else 15.0
+opened = (SqliteTaskStore if sys.argv[2] == "tasks" else SqliteEventLog)(Path(sys.argv[1]), lock_wait_s=wait)
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.fixture
+def holder(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path]]:
+    """Another process holding ``tasks.db`` open, as an engine's scheduler does."""
+    db = tmp_path / "tasks.db"
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(db), "tasks"], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+        yield proc, db
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
+def test_a_store_another_process_holds_is_refused_naming_it(
+        holder: tuple[subprocess.Popen[str], Path]) -> None:
+    proc, db = holder
+    began = time.monotonic()
+    with pytest.raises(StoreRefused) as refused:
+        SqliteTaskStore(db, lock_wait_s=0.3)
+    assert time.monotonic() - began >= 0.3  # it waited for the holder to end first
+    said = str(refused.value)
+    assert said.startswith(f"store {db}: in use by another engine (pid {proc.pid} on ")
+    assert "another state_dir" in said
+    assert str(db.resolve()) + ".lock" not in _held  # nothing of the refused open stays held
+
+
+def test_the_lock_frees_when_its_holder_is_killed_and_a_waiter_gets_it(
+        holder: tuple[subprocess.Popen[str], Path]) -> None:
+    proc, db = holder
+    threading.Timer(0.5, proc.send_signal, (signal.SIGKILL,)).start()  # dies while this one waits
+    store = SqliteTaskStore(db, lock_wait_s=30)  # what a restarted scheduler does after a kill
+    try:
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+        assert store.load() == []
+    finally:
+        store.close()
+
+
+def test_the_event_log_is_one_engines_too(tmp_path: Path) -> None:
+    db = tmp_path / "events.db"
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(db), "events"], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+        with pytest.raises(StoreRefused, match=rf"in use by another engine \(pid {proc.pid} "):
+            SqliteEventLog(db, lock_wait_s=0.1)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    SqliteEventLog(db, lock_wait_s=5).close()  # free again once it is gone
+
+
+def test_one_process_may_open_a_store_again_and_holds_it_until_the_last_close(tmp_path: Path) -> None:
+    db = tmp_path / "tasks.db"
+    first = SqliteTaskStore(db)
+    again = SqliteTaskStore(db, lock_wait_s=0)  # a restart replayed in one process: not refused
+    name = str(db.resolve()) + ".lock"
+    assert _held[name][1] == 2
+    first.close()
+    assert _held[name][1] == 1  # still held: `again` is open
+    probe = [sys.executable, "-c", HOLDER.replace("time.sleep(120)", ""), str(db), "tasks"]
+    blocked = subprocess.run([*probe, "0.1"], capture_output=True, text=True, timeout=60)
+    assert blocked.returncode != 0 and "in use by another engine" in blocked.stderr
+    again.close()
+    assert name not in _held
+    free = subprocess.run(probe, capture_output=True, text=True, timeout=60)
+    assert free.returncode == 0 and free.stdout.strip() == "held"
