@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -12,11 +13,18 @@ def _kill_and_time(ray: Any, sched: Any) -> tuple[float, float, float]:
     """Seconds until the restarted scheduler serves again; of those, its new process's
     start (restore included), and the store restore alone. The rest is Ray's restart."""
     actor = ray.get_actor("kmpray.scheduler", namespace=sched.namespace)
+    pid = lambda: ray.get(actor.__ray_call__.remote(lambda self: os.getpid()), timeout=5)  # noqa: E731
+    killed = pid()
     ray.kill(actor, no_restart=False)
     start = time.perf_counter()
     deadline = start + 120
     while time.perf_counter() < deadline:
         try:
+            # ray.kill ends the process a moment later: until then the old one still answers
+            # (once, session 39: an empty scheduler "back" in 3 ms).
+            if pid() == killed:
+                time.sleep(0.01)
+                continue
             restored_in_s = ray.get(actor.describe.remote(), timeout=5)["restored_in_s"]
             if restored_in_s is not None:
                 status = ray.get(actor.ready.remote(), timeout=60)
