@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
 import sqlite3
@@ -27,6 +28,8 @@ from pathlib import Path
 
 from .errors import StoreRefused
 from .wal import WAL_SIZE_LIMIT
+
+log = logging.getLogger("kmpray.store")
 
 #: The on-disk layout this version writes (SQLite ``user_version``). A newer file is refused.
 #: 2: tasks.db has an ``outbox`` of completion events not yet in the event log, and the
@@ -81,6 +84,10 @@ def hold(store: Path, wait_s: float = WAIT_S) -> None:
                     "or kmpray status to find it), stop it first, or pass another state_dir"
                 ) from None
             time.sleep(_POLL_S)  # an OS lock tells no one when it frees: looked at again, bounded
+        except OSError as exc:  # a filesystem without locks (some network mounts): open unlocked
+            log.warning("store %s: not locked for this engine (%s); one engine per state dir is up to you",
+                        store, exc)
+            break
     os.ftruncate(fd, 0)
     os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                              "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())

@@ -99,3 +99,22 @@ def test_one_process_may_open_a_store_again_and_holds_it_until_the_last_close(tm
     assert name not in _held
     free = subprocess.run(probe, capture_output=True, text=True, timeout=60)
     assert free.returncode == 0 and free.stdout.strip() == "held"
+
+
+def test_a_filesystem_without_locks_opens_unlocked_with_a_warning(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import errno
+
+    from kmpray import store_files
+
+    def no_locks(fd: int, op: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(store_files.fcntl, "flock", no_locks)
+    store = SqliteTaskStore(tmp_path / "tasks.db", lock_wait_s=0)
+    try:
+        assert store.load() == []
+        assert any("not locked for this engine" in r.getMessage() for r in caplog.records)
+    finally:
+        monkeypatch.undo()  # release() unlocks with the real flock
+        store.close()
