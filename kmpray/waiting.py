@@ -31,7 +31,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from .device import unmet
+from .device import in_trigger_state, unmet
 from .enums import TaskState
 from .models import WaitingFor
 from .records import TaskRecord
@@ -63,6 +63,27 @@ def waiting_for(
     return _enqueued(core, rec, places)
 
 
+# What entering each device trigger's state means, for a person (kmpray/device.py).
+_ENTERS = {
+    "battery_low": "'s battery becomes low (at or below its threshold, not charging)",
+    "battery_okay": "'s battery stops being low",
+    "storage_low": "'s storage becomes low",
+    "device_idle": " becomes idle",
+}
+
+
+def _nodes_now(core: Core, kind: str) -> str:
+    """For a device trigger, where the nodes stand: it fires when one enters the state, so a
+    node charging at 10 % (a server counts as charging) is why a BatteryLow task never runs."""
+    if kind not in _ENTERS or not core.devices:
+        return ""
+    states = core.devices.values()
+    inside = sum(in_trigger_state(kind, s) for s in states)
+    charging = sum(s.charging for s in states) if kind.startswith("battery") else 0
+    note = f", {charging} charging" if kind == "battery_low" and charging else ""
+    return f" (fires when a node{_ENTERS[kind]}; {inside}/{len(states)} node(s) in that state now{note})"
+
+
 def _enqueued(core: Core, rec: TaskRecord, places: Mapping[str, int | None] | None) -> WaitingFor:
     now = core.clock.now_ms()
     if core.is_parked(rec.key):
@@ -91,7 +112,8 @@ def _enqueued(core: Core, rec: TaskRecord, places: Mapping[str, int | None] | No
     trig = rec.trigger
     if rec.next_run_at_ms is None and trig.kind in EVENT_TRIGGER_KINDS:
         what = f"a content change under {trig.uri_string}" if isinstance(trig, ContentUri) else trig.kind
-        return WaitingFor(kind="trigger", message=f"waits for its trigger: {what}", details={"trigger": trig.kind})
+        message = f"waits for its trigger: {what}{_nodes_now(core, trig.kind)}"
+        return WaitingFor(kind="trigger", message=message, details={"trigger": trig.kind})
     due = rec.next_run_at_ms if rec.next_run_at_ms is not None else now
     if isinstance(trig, Windowed) and due > now and rec.run_count == 0 and rec.run_attempt_count == 0:
         return WaitingFor(kind="window", message=f"its window opens at {_when(due)}", details={"opens_at_ms": due})

@@ -167,6 +167,19 @@ def test_an_event_trigger_waits_for_its_event() -> None:
     h.core.submit("uri", TaskTrigger.ContentUri("content://photos"), "Ok")
     assert _info(h, "low").waiting_for.message == "waits for its trigger: battery_low"
     assert _info(h, "uri").waiting_for.message == "waits for its trigger: a content change under content://photos"
+    # With nodes known: where they stand. Servers count as charging, so a battery at 10 %
+    # is not "low" there: what a user setting battery_level=10 alone is told.
+    _nodes(h, battery_level=10)
+    assert _info(h, "low").waiting_for.message == (
+        "waits for its trigger: battery_low (fires when a node's battery becomes low (at or below its"
+        " threshold, not charging); 0/2 node(s) in that state now, 2 charging)")
+    first = Harness()  # nodes low from their first sighting (not a transition): it waits for one
+    _nodes(first, battery_level=10, charging=False)
+    first.core.submit("low", TaskTrigger.BatteryLow, "Ok")
+    first.core.submit("idle", TaskTrigger.DeviceIdle, "Ok")
+    assert _info(first, "low").waiting_for.message.endswith("; 2/2 node(s) in that state now)")
+    assert _info(first, "idle").waiting_for.message == (
+        "waits for its trigger: device_idle (fires when a node becomes idle; 0/2 node(s) in that state now)")
 
 
 def test_a_long_wait_is_logged_once_in_virtual_time(caplog: pytest.LogCaptureFixture) -> None:
