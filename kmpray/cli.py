@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from typing import Any
 
@@ -255,6 +256,8 @@ def events(address: str | None, namespace: str, state_dir: str | None, since: in
         sub = sched.events.subscribe(since=0 if since is None and not follow else since)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
+    if follow:  # a supervisor's or `timeout`'s stop ends it as Ctrl-C does (Ray's handler dumped a C stack)
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         while True:
             event = sub.get(timeout_s=1.0 if follow else 0.5)

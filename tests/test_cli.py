@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -154,6 +155,18 @@ def test_inspect_and_cancel_a_live_engine(vengine, ray_session) -> None:  # type
     assert lines[0]["cursor"] == 1 and lines[0]["task_id"] == "done"
     bad = cli("events", *engine, "--since", "999999")
     assert bad.returncode == 1 and "beyond the last event" in bad.stderr
+    # --follow until stopped: SIGTERM (a supervisor, `timeout`) ends it as Ctrl-C does, cleanly
+    # (Ray's signal handler printed "*** SIGTERM received ***" and a C stack).
+    env = {"RAY_AUTH_MODE": "disabled", **os.environ}
+    argv = [sys.executable, "-m", "kmpray.cli", "events", *engine, "--follow", "--since", "0"]
+    follow = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert follow.stdout is not None and _json.loads(follow.stdout.readline())["cursor"] == 1
+        follow.send_signal(signal.SIGTERM)
+        _out, err = follow.communicate(timeout=60)
+    finally:
+        follow.kill()
+    assert follow.returncode == 0 and "SIGTERM" not in err, err[-2000:]
 
     why = cli("why", *engine, "later")
     assert why.returncode == 0 and "waiting for: due at " in why.stdout
