@@ -85,6 +85,16 @@ def running_engines() -> list[str]:
                   if e["name"] == SCHEDULER and base_namespace(e["namespace"]) == e["namespace"])
 
 
+def not_running(namespace: str) -> str | None:
+    """Why ``namespace``'s engine cannot be attached to (none runs; naming those that do),
+    or None when it runs: what the CLI and the load generator say instead of starting one."""
+    running = running_engines()
+    if namespace in running:
+        return None
+    others = f" (running: {', '.join(running)})" if running else ""
+    return f"no engine {namespace!r} is running{others}"
+
+
 def head_node_id() -> str | None:
     """The alive node carrying Ray's head marker resource, if Ray reports one."""
     for node in ray.nodes():

@@ -29,7 +29,7 @@ import numpy as np
 
 from .common import ray_up, table, write
 from .load_client import start_clients, task_id
-from .load_engine import DEPLOYMENT, Starts, not_running, settle, warm_up
+from .load_engine import DEPLOYMENT, Starts, settle, warm_up
 from .load_plan import (
     KIND_HELP,
     Profile,
@@ -345,8 +345,16 @@ def main(argv: list[str]) -> int:
     ray_up(args.address)
     if args.namespace is None:
         args.namespace = DEPLOYMENT if args.address else "kmpray-load"
-    if args.address and (trouble := not_running(args.namespace)):
-        parser.error(trouble)
+    # Pointed at a cluster, it load-tests the engine running there and never starts one: an
+    # engine of detached actors with a temporary state dir would stay on the cluster after the
+    # run, and a mistyped or missing --namespace would measure it instead of the user's.
+    if args.address:
+        from kmpray.actors.bootstrap import not_running
+
+        if (trouble := not_running(args.namespace)) is not None:
+            parser.error(f"{trouble}: give --namespace, start one with `kmpray start --address auto "
+                         f"--namespace {args.namespace}`, or leave out --address to load-test an engine of "
+                         "the generator's own")
     own = args.address is None and args.state_dir is None  # an engine of our own: stopped at the end
     state_dir = args.state_dir or tempfile.mkdtemp(prefix="kmpray-load-")
     sched = kmpray.connect(namespace=args.namespace, state_dir=state_dir)

@@ -1,6 +1,5 @@
-"""The engine a load run measures: the deployment's, attached to and never started on a
-user's cluster (``not_running``); warmed before anything is measured; its workers' start
-stamps, read from its event stream; and waited on between trials."""
+"""The engine a load run measures: warmed before anything is measured, its workers' start
+stamps read from its event stream, and waited on between trials."""
 
 from __future__ import annotations
 
@@ -30,22 +29,6 @@ class Starts:
 
 
 DEPLOYMENT = "kmpray"  # the namespace `kmpray start` and kmpray.connect() use by default
-
-
-def not_running(namespace: str) -> str | None:
-    """Pointed at a cluster (``--address``), the generator load-tests the engine running
-    there and never starts one: an engine of detached actors with a temporary state dir
-    would stay on the cluster after the run, and a mistyped or missing ``--namespace``
-    would measure that engine instead of the user's. Why not, or None when it runs."""
-    from kmpray.actors.bootstrap import running_engines
-
-    running = running_engines()
-    if namespace in running:
-        return None
-    others = f" (running: {', '.join(running)})" if running else " (none is)"
-    return (f"no engine {namespace!r} is running on this cluster{others}: give --namespace, start one with "
-            f"`kmpray start --address auto --namespace {namespace}`, or leave out --address to load-test an "
-            "engine of the generator's own")
 
 
 def warm_up(sched: Any, mix: dict[str, float]) -> None:

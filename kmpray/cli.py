@@ -56,14 +56,11 @@ def _attach(address: str | None, namespace: str, state_dir: str | None) -> Any:
     """Attach to the running engine of ``namespace``; never start one. An inspection with a
     mistyped ``--namespace`` (or no engine yet) would otherwise leave a new engine of
     detached actors running on the cluster."""
-    from .actors.bootstrap import running_engines
+    from .actors.bootstrap import not_running
 
     _reach_cluster(address)
-    running = running_engines()
-    if namespace not in running:
-        others = f" (running: {', '.join(running)})" if running else ""
-        raise click.ClickException(
-            f"no engine {namespace!r} is running{others}; `kmpray start --namespace {namespace}` starts one")
+    if (trouble := not_running(namespace)) is not None:
+        raise click.ClickException(f"{trouble}; `kmpray start --namespace {namespace}` starts one")
     return _connect(address, namespace, state_dir)
 
 
