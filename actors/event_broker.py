@@ -21,7 +21,7 @@ from kmpray.errors import StoreRefused
 from kmpray.event_codec import decode_event, decode_events, encode_event
 from kmpray.event_log import MemoryEventLog, SqliteEventLog
 from kmpray.events import TaskCompletionEvent, TaskProgressEvent
-from kmpray.timing import METRICS_S, QUIET_SYNC_ROWS, QUIET_SYNC_S
+from kmpray.timing import METRICS_S, QUIET_SYNC_ROWS, QUIET_SYNC_S, STORE_LOCK_WAIT_S
 
 from .metrics import Metrics
 from .names import BROKER, base_namespace, lookup
@@ -36,7 +36,7 @@ MAX_EVENT_BYTES = 1024 * 1024
 class EventBroker:
     def __init__(
         self, state_dir: str, retention: int, durability: str = "normal", namespace: str = "",
-        progress_retention: int | None = None, lock_wait_s: float = 15.0,
+        progress_retention: int | None = None, lock_wait_s: float = STORE_LOCK_WAIT_S,
     ) -> None:
         untrace(self)  # its own calls without Ray's tracing shim (actors/untraced.py)
         self._refused: StoreRefused | None = None

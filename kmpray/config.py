@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from ._model import Frozen
-from .timing import PING_TIMEOUT_S
+from .timing import PING_TIMEOUT_S, STORE_LOCK_WAIT_S
 
 MiB = 1024 * 1024
 
@@ -108,7 +108,7 @@ class EngineConfig(Frozen):
     durability: Literal["normal", "full"] = "normal"
     # One engine per state dir: a store file another process holds (kmpray/store_files.py) is
     # waited for this long (a killed scheduler's process may still be ending), then refused.
-    store_lock_wait_s: Annotated[float, Field(ge=0, le=3600)] = 15.0
+    store_lock_wait_s: Annotated[float, Field(ge=0, le=3600)] = STORE_LOCK_WAIT_S
     # Enqueue calls from a client on a scheduler's own node go over a Unix socket (the
     # local lane, kmpray/lane.py) instead of a Ray actor message; False: Ray's call only.
     local_lane: bool = True

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-from .store_files import WAIT_S, _connect, _refusing, _transaction, release
+from .store_files import _connect, _refusing, _transaction, release
+from .timing import STORE_LOCK_WAIT_S
 from .wal import sync_quietly
 
 
@@ -68,7 +69,9 @@ _EVENT_TABLES = {
 class SqliteEventLog:
     """Append-only event rows; the rowid is the cursor subscribers resume from."""
 
-    def __init__(self, path: str | Path, durability: str = "normal", lock_wait_s: float = WAIT_S) -> None:
+    def __init__(
+        self, path: str | Path, durability: str = "normal", lock_wait_s: float = STORE_LOCK_WAIT_S
+    ) -> None:
         self._conn = conn = _connect(Path(path), _EVENT_TABLES, durability, lock_wait_s)
         self._lock = threading.Lock()
         self._path = Path(path)

@@ -26,7 +26,8 @@ import msgpack
 from .chain_record import ChainRecord
 from .errors import DamagedRow
 from .records import TaskRecord, decode, encode
-from .store_files import SCHEMA_VERSION, WAIT_S, _connect, _refusing, _transaction, release
+from .store_files import SCHEMA_VERSION, _connect, _refusing, _transaction, release
+from .timing import STORE_LOCK_WAIT_S
 from .wal import WAL_SIZE_LIMIT, sync_quietly
 
 __all__ = ["INLINE_INPUT_CHARS", "SCHEMA_VERSION", "WAL_SIZE_LIMIT", "QuarantinedRow", "SqliteTaskStore",
@@ -238,7 +239,9 @@ def spilling(put: Iterable[TaskRecord]) -> Iterator[tuple[list[TaskRecord], list
 
 
 class SqliteTaskStore:
-    def __init__(self, path: str | Path, durability: str = "normal", lock_wait_s: float = WAIT_S) -> None:
+    def __init__(
+        self, path: str | Path, durability: str = "normal", lock_wait_s: float = STORE_LOCK_WAIT_S
+    ) -> None:
         self.path = Path(path)
         self._conn = _connect(self.path, _TASK_TABLES, durability, lock_wait_s)
         if "first" not in {c[1] for c in self._conn.execute("PRAGMA table_info(outbox)")}:  # version 3

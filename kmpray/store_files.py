@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import StoreRefused
+from .timing import STORE_LOCK_WAIT_S
 from .wal import WAL_SIZE_LIMIT
 
 log = logging.getLogger("kmpray.store")
@@ -46,9 +47,6 @@ try:
 except ImportError:  # pragma: no cover - not POSIX
     fcntl = None  # type: ignore[assignment]
 
-#: How long a store held by another process is waited for before it is refused: a killed
-#: scheduler's process is gone within about a second here, and its lock with it.
-WAIT_S = 15.0
 _POLL_S = 0.05
 
 _held: dict[str, tuple[int, int]] = {}  # lock file -> (fd, opens in this process)
@@ -58,7 +56,7 @@ def _lock_file(store: Path) -> str:
     return str(store.resolve()) + ".lock"
 
 
-def hold(store: Path, wait_s: float = WAIT_S) -> None:
+def hold(store: Path, wait_s: float = STORE_LOCK_WAIT_S) -> None:
     """Lock ``store`` for this process, waiting up to ``wait_s`` for another holder to end;
     raises StoreRefused naming that holder if it does not."""
     if fcntl is None:
@@ -137,7 +135,7 @@ def _refuse(path: Path, what: str, exc: BaseException | None = None) -> StoreRef
 
 
 def _connect(path: Path, tables: dict[str, str], durability: str = "normal",
-             lock_wait_s: float = WAIT_S) -> sqlite3.Connection:
+             lock_wait_s: float = STORE_LOCK_WAIT_S) -> sqlite3.Connection:
     """Open (or create) one of kmpray's SQLite files for this engine alone (``hold``) and
     check it is one: its schema version is known and every table it has is one of
     ``tables`` (name -> CREATE statement). ``release(path)`` when it is closed."""

@@ -110,6 +110,10 @@ CALL_TIMEOUT_S = 120.0
 ANSWER_RETENTION_S = 2 * CALL_TIMEOUT_S
 #: ``shutdown()`` asks executors to stop beginning runs before it kills them; it waits at most this.
 STOP_WAIT_S = 1.0
+#: A store file another process holds is waited for this long before it is refused
+#: (``EngineConfig.store_lock_wait_s``, kmpray/store_files.py): a killed scheduler's process
+#: is gone within about a second here, and its lock with it.
+STORE_LOCK_WAIT_S = 15.0
 #: ``wait()`` long-polls the scheduler in chunks of at most this.
 WAIT_CHUNK_S = 30.0
 

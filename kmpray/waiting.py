@@ -79,8 +79,8 @@ def _nodes_now(core: Core, kind: str) -> str:
         return ""
     states = core.devices.values()
     inside = sum(in_trigger_state(kind, s) for s in states)
-    charging = sum(s.charging for s in states) if kind.startswith("battery") else 0
-    note = f", {charging} charging" if kind == "battery_low" and charging else ""
+    charging = sum(s.charging for s in states) if kind == "battery_low" else 0
+    note = f", {charging} charging" if charging else ""
     return f" (fires when a node{_ENTERS[kind]}; {inside}/{len(states)} node(s) in that state now{note})"
 
 
