@@ -22,7 +22,7 @@ from kmpray.probes import probe
 from kmpray.timing import PROBE_TIMEOUT_S
 
 from .names import SCHEDULER, lookup, shard_namespace
-from .retry import call_with_retry
+from .retry import call_with_retry, said
 from .untraced import untrace
 
 log = logging.getLogger("kmpray.oracle")
@@ -82,8 +82,11 @@ class ConstraintOracle:
             try:
                 await self._probe_once()
                 await self._publish()
-            except Exception:
-                log.exception("probe round failed")
+            except Exception as exc:
+                if (why := said(exc)) is not None:  # a scheduler saying why it does not serve
+                    log.warning("probe round failed: %s", why)
+                else:
+                    log.exception("probe round failed")
             await asyncio.sleep(self.config.probe_interval_s)
 
     def _state(self, node: str) -> DeviceState:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,11 @@ from typing import Any
 import ray
 
 from kmpray.artifacts import check_event
-from kmpray.errors import StoreRefused
+from kmpray.errors import StoreRefused, StoreWriteFailed
 from kmpray.event_codec import decode_event, decode_events, encode_event
 from kmpray.event_log import MemoryEventLog, SqliteEventLog
 from kmpray.events import TaskCompletionEvent, TaskProgressEvent
+from kmpray.store_files import disk_error
 from kmpray.timing import METRICS_S, QUIET_SYNC_ROWS, QUIET_SYNC_S, STORE_LOCK_WAIT_S
 
 from .metrics import Metrics
@@ -40,8 +42,9 @@ class EventBroker:
     ) -> None:
         untrace(self)  # its own calls without Ray's tracing shim (actors/untraced.py)
         self._refused: StoreRefused | None = None
+        self.events_file = Path(state_dir) / "events.db"
         try:
-            self.log = SqliteEventLog(Path(state_dir) / "events.db", durability, lock_wait_s)
+            self.log = SqliteEventLog(self.events_file, durability, lock_wait_s)
         except StoreRefused as exc:
             log.error("%s", exc)
             self._refused = exc
@@ -104,8 +107,15 @@ class EventBroker:
             progress = [o is None for o in origins]
         kept = [(b, o, f) for b, o, f in zip(bodies, origins, progress, strict=True)
                 if len(b) <= MAX_EVENT_BYTES]
-        self.log.append([b for b, _o, _f in kept], [o for _b, o, _f in kept], source,
-                        [f for _b, _o, f in kept])
+        try:
+            self.log.append([b for b, _o, _f in kept], [o for _b, o, _f in kept], source,
+                            [f for _b, _o, f in kept])
+        except (sqlite3.Error, OSError) as exc:
+            if not isinstance(exc, OSError) and not disk_error(exc):
+                raise
+            # Nothing appended: the sender keeps the events and sends them again (its outbox).
+            raise StoreWriteFailed(f"event log {self.events_file}: {exc} (nothing appended; "
+                                   "free space on that disk)") from exc
         for _b, _o, flag in kept:
             self._appended[flag] += 1
         self._published_total += len(kept)

@@ -8,7 +8,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Generic, TypeVar
 
-from .retry import call_with_retry
+from .retry import call_with_retry, said
 
 T = TypeVar("T")
 
@@ -99,8 +99,13 @@ class Outbox(Generic[T]):
                     )
                     if self._on_reply is not None:
                         self._on_reply(reply, batch)
-                except Exception:
-                    log.exception("%s: %d items not delivered; keeping them for the next try", self._what, len(batch))
+                except Exception as exc:
+                    if (why := said(exc)) is not None:  # the receiver saying why (its disk is full)
+                        log.warning("%s: %d items not delivered (%s); keeping them for the next try",
+                                    self._what, len(batch), why)
+                    else:
+                        log.exception("%s: %d items not delivered; keeping them for the next try",
+                                      self._what, len(batch))
                     self._items[:0] = batch
                     await asyncio.sleep(self._retry_s)
                 if not self._items:

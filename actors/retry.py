@@ -14,6 +14,7 @@ from typing import TypeVar
 
 from ray.exceptions import ActorUnavailableError, RayActorError
 
+from kmpray.errors import KmprayError
 from kmpray.timing import RETRY_FIRST_DELAY_S, RETRY_MAX_DELAY_S
 
 TRANSIENT = (ActorUnavailableError, RayActorError)
@@ -56,3 +57,10 @@ def call_with_retry_sync(make_call: Callable[[], T], timeout_s: float = 60.0) ->
                 raise
             time.sleep(delay)
     raise AssertionError("unreachable")
+
+
+def said(exc: BaseException) -> str | None:
+    """What an error kmpray raised on purpose says (also when Ray carried it from another
+    actor), to log as one line; None for anything else, whose traceback is worth logging."""
+    cause = getattr(exc, "cause", exc)
+    return str(cause) if isinstance(cause, KmprayError) else None

@@ -12,6 +12,9 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
+import sqlite3
+import threading
 import time
 import warnings
 from collections import Counter, deque
@@ -25,7 +28,7 @@ from kmpray.clock import ManualClock, SystemClock
 from kmpray.config import EngineConfig
 from kmpray.device import DeviceState
 from kmpray.engine import SchedulerCore
-from kmpray.errors import EngineUnavailable, StoreRefused
+from kmpray.errors import EngineUnavailable, StoreRefused, StoreWriteFailed
 from kmpray.event_codec import encode_event
 from kmpray.lane import EXECUTOR, LANE_METHODS, LANE_READS, REPORT, TAKEN
 from kmpray.placement import heavy_demand, placeable
@@ -33,9 +36,7 @@ from kmpray.platforms import profile
 from kmpray.restore import RUN_IDS_PER_START
 from kmpray.shards import share
 from kmpray.store import SqliteTaskStore
-from kmpray.timing import (
-    CANCEL_ACK_TIMEOUT_S,
-)
+from kmpray.timing import CANCEL_ACK_TIMEOUT_S, STORE_FAILED_RESTART_S, STORE_FAILED_RETRY_S
 from kmpray.watch import FileWatcher
 
 from .adoption import adopt_held_runs
@@ -107,14 +108,14 @@ class SchedulerActor(
                 "heavy_pool_size": share(cfg.heavy_pool_size, shards, self.shard, min(1, cfg.heavy_pool_size)),
             })
         self.home = str(Path(state_dir) / f"shard-{self.shard}") if self.shard else state_dir
+        self._store_failed: StoreWriteFailed | None = None
         try:
             self._restore(self.home, virtual_time, platform, clock_start_ms)
         except StoreRefused as exc:
-            # Stay up to say why: every call (connect's first) raises this one line.
-            log.error("%s", exc)
-            self._ready = asyncio.get_running_loop().create_future()
-            self._ready.set_exception(exc)
-            self._blobs = {}  # it holds no worker classes (the registry asks a scheduler it finds)
+            self._refuse(exc)
+            return
+        except (sqlite3.Error, OSError) as exc:  # a write at start (a full disk): try again later
+            self._refuse(self._store_write_failed(exc, STORE_FAILED_RETRY_S))
             return
         self.rejections: deque[tuple[str, str, str]] = deque(maxlen=1000)
         self._answers: list[tuple[str, bytes, int]] = []  # (request token, answer, ms) to store
@@ -128,13 +129,8 @@ class SchedulerActor(
         self._watcher = FileWatcher()
         self._blocked = BlockedLoops()  # executors and heavy workers whose loop a worker blocks
         self.artifacts = ArtifactKeeper(self.home, self.config)  # large step data
-        # This is the store's ``started``-th scheduler: the first part of its epoch (actors/fencing.py).
-        starts = self.store.get_meta("scheduler_starts")
-        started = (starts if isinstance(starts, int) else 0) + 1
-        self.store.put_meta("scheduler_starts", started)
-        self.core.run_floor = started * RUN_IDS_PER_START  # before any dispatch (kmpray/restore.py)
         self.pool = ExecutorPool(namespace, self.config, self.core, self._blocked, self._kick, self.artifacts.where,
-                                 started)
+                                 self._started)
         self.heavy = HeavyPool(self, namespace, self.config, self._blocked, self.artifacts.where)
         self.pool.heard = lambda done: self._hear(done, (), ())  # results a dead process spooled
         self._wake = asyncio.Event()
@@ -201,6 +197,37 @@ class SchedulerActor(
             gc.enable()
         gc.freeze()  # the restored rows live on: kept out of the collector's scans (timing.py)
         self.restored_in_s = time.monotonic() - started
+        # This is the store's ``_started``-th scheduler: the first part of its epoch (actors/fencing.py).
+        starts = self.store.get_meta("scheduler_starts")
+        self._started = (starts if isinstance(starts, int) else 0) + 1
+        self.store.put_meta("scheduler_starts", self._started)
+        self.core.run_floor = self._started * RUN_IDS_PER_START  # before any dispatch (kmpray/restore.py)
+
+    def _refuse(self, exc: Exception) -> None:
+        """Stay up to say why: every call (connect's first) raises ``exc``, one line."""
+        log.error("%s", exc)
+        self._ready = asyncio.get_running_loop().create_future()
+        self._ready.set_exception(exc)
+        self._blobs = {}  # it holds no worker classes (the registry asks a scheduler it finds)
+
+    def _store_write_failed(
+        self, exc: BaseException, restart_in_s: float = STORE_FAILED_RESTART_S
+    ) -> StoreWriteFailed:
+        """A store write failed (a full disk, an I/O error), so what this process holds in
+        memory may be ahead of its store: nothing may be acknowledged or handed out from it
+        any more. Every later write raises the same error (so every enqueue answers
+        FAILED_UNKNOWN and no run goes out), and the process ends ``restart_in_s`` later,
+        its callers answered; Ray starts it again from the store, as after a kill."""
+        if self._store_failed is None:
+            why = f"{self.home}: {exc}"
+            log.error("store write failed (%s): restarting from the store in %g s", why, restart_in_s)
+            self._store_failed = StoreWriteFailed(
+                f"store write failed ({why}); the scheduler restarts from its store and serves again "
+                "once it can write (free space on that disk)")
+            ending = threading.Timer(restart_in_s, os._exit, (75,))
+            ending.daemon = True
+            ending.start()
+        return self._store_failed
 
     def _check_shards(self, has_rows: bool) -> None:
         """A state dir serves the shard count it was written with: tasks are found by a hash
@@ -317,6 +344,8 @@ class SchedulerActor(
             self._wake.clear()
             try:
                 self._pump()
+            except StoreWriteFailed:
+                return  # nothing more goes out of this process: it is ending (_store_write_failed)
             except Exception:
                 log.exception("scheduler pump failed; continuing")
             timeout = None
@@ -352,6 +381,8 @@ class SchedulerActor(
 
     # -------------------------------------------------------------- effects
     def _flush(self) -> None:
+        if self._store_failed is not None:
+            raise self._store_failed
         # Work handled outside the loop (a report, a push) may have set an earlier timer
         # (a retry's backoff): wake the loop so it sleeps towards that instead.
         due = self.core.next_due_ms(self._lead_ms)
@@ -366,11 +397,14 @@ class SchedulerActor(
         bodies = [encode_event(e) for e in fx.events]
         self.messages["commits"] += 1
         began = time.perf_counter()
-        numbers = iter(self.store.write(
-            fx.persist.values(), fx.delete, fx.chains.values(), fx.delete_chains,
-            events=[b for e, b in zip(fx.events, bodies, strict=True) if e.kind == "completion"],
-            answers=answers, acked=acked,
-        ))
+        try:
+            numbers = iter(self.store.write(
+                fx.persist.values(), fx.delete, fx.chains.values(), fx.delete_chains,
+                events=[b for e, b in zip(fx.events, bodies, strict=True) if e.kind == "completion"],
+                answers=answers, acked=acked,
+            ))
+        except (sqlite3.Error, OSError) as exc:
+            raise self._store_write_failed(exc) from exc
         self._write_ms.append((time.perf_counter() - began) * 1000)
         if fx.cancel_runs:
             self._cancel_acks = self.pool.cancel(fx.cancel_runs)

@@ -19,6 +19,7 @@ import msgpack
 from kmpray import intake
 from kmpray.engine import SchedulerCore
 from kmpray.enums import ScheduleResult
+from kmpray.errors import StoreWriteFailed
 from kmpray.protocol import RETRY_MARK
 from kmpray.store import SqliteTaskStore
 
@@ -151,6 +152,8 @@ class SchedulerIntake:
         waiting for this turn's commit waits for it too (a stored answer: an empty commit)."""
         try:
             await self._commit()
+        except StoreWriteFailed as exc:
+            return failed(str(exc))
         except Exception as exc:
             return failed(f"store write failed: {exc}")
         return answer
@@ -171,6 +174,8 @@ class SchedulerIntake:
         assert due is not None
         try:
             self._flush()
+        except StoreWriteFailed as exc:  # logged once, where it failed
+            due.set_exception(exc)
         except Exception as exc:
             log.exception("store write failed")
             due.set_exception(exc)

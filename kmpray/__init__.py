@@ -27,6 +27,7 @@ from .errors import (
     KmprayError,
     RejectedByPolicy,
     StoreRefused,
+    StoreWriteFailed,
     VirtualTimeOnly,
     WorkerNotRegistered,
 )
@@ -94,6 +95,7 @@ __all__ = [
     "RejectedByPolicy",
     "ScheduleResult",
     "StoreRefused",
+    "StoreWriteFailed",
     "TaskChain",
     "TaskCompletionEvent",
     "TaskEventBus",

@@ -28,6 +28,12 @@ class EngineUnavailable(KmprayError):
         return cls(f"engine {namespace!r} was stopped (its scheduler is gone): connect() again")
 
 
+class StoreWriteFailed(EngineUnavailable):
+    """A scheduler could not write its store (a full disk, an I/O error). Nothing it could
+    not store was acknowledged: enqueue calls in that write answer FAILED_UNKNOWN with this
+    reason, and the scheduler restarts from its store, then serves again once it can write."""
+
+
 class VirtualTimeOnly(KmprayError):
     """``advance_time`` was called on an engine that runs on the real clock."""
 

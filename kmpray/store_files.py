@@ -116,13 +116,16 @@ def _holder(fd: int) -> str:
 
 @contextlib.contextmanager
 def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """One explicit transaction: committed whole, or rolled back whole."""
+    """One explicit transaction: committed whole, or rolled back whole. A COMMIT that fails
+    for want of space (SQLITE_FULL) or on an I/O error has already rolled back: the error
+    raised is that one, not "cannot rollback - no transaction is active"."""
     conn.execute("BEGIN")
     try:
         yield conn
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
 
 
@@ -164,6 +167,8 @@ def _open(path: Path, tables: dict[str, str], durability: str) -> sqlite3.Connec
         version = int(conn.execute("PRAGMA user_version").fetchone()[0])
         present = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:  # text SQLite cannot decode: a flipped byte
+        if disk_error(exc):
+            raise
         raise _refuse(path, "is not a readable SQLite database", exc) from None
     if version > SCHEMA_VERSION:
         conn.close()
@@ -178,15 +183,30 @@ def _open(path: Path, tables: dict[str, str], durability: str) -> sqlite3.Connec
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
         conn.close()
+        if disk_error(exc):
+            raise
         raise _refuse(path, "is damaged beyond its rows", exc) from None
     return conn
+
+
+#: SQLite's primary result codes for the disk rather than the file: it is full, or an
+#: I/O call failed. Not a damaged store: the write fails and may succeed later.
+SQLITE_IOERR, SQLITE_FULL = 10, 13
+
+
+def disk_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is SQLite saying the disk is full or an I/O call failed."""
+    return getattr(exc, "sqlite_errorcode", 0) & 0xFF in (SQLITE_IOERR, SQLITE_FULL)
 
 
 @contextlib.contextmanager
 def _refusing(path: Path) -> Iterator[None]:
     """Restore-time reads and quarantine moves: SQLite finding the file damaged below its
-    rows (a broken page, mid-read or mid-write) is a refusal in one line, not a traceback."""
+    rows (a broken page, mid-read or mid-write) is a refusal in one line, not a traceback.
+    A full disk or a failed I/O call is raised as it is: the file is not at fault."""
     try:
         yield
     except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:  # a key or name not UTF-8 any more
+        if disk_error(exc):
+            raise
         raise _refuse(path, "is damaged beyond its rows", exc) from None

@@ -114,6 +114,11 @@ STOP_WAIT_S = 1.0
 #: (``EngineConfig.store_lock_wait_s``, kmpray/store_files.py): a killed scheduler's process
 #: is gone within about a second here, and its lock with it.
 STORE_LOCK_WAIT_S = 15.0
+#: A scheduler whose store write failed (a full disk) ends this long after it, once its
+#: callers have their FAILED_UNKNOWN answers, and Ray starts it again from the store; one
+#: that cannot write at its start says why to every call for this long, then tries again.
+STORE_FAILED_RESTART_S = 0.5
+STORE_FAILED_RETRY_S = 10.0
 #: ``wait()`` long-polls the scheduler in chunks of at most this.
 WAIT_CHUNK_S = 30.0
 

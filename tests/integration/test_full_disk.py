@@ -1,0 +1,88 @@
+"""A full disk under the store: an enqueue the scheduler cannot store is answered
+FAILED_UNKNOWN saying so, never acknowledged; nothing of that write lives on in the
+engine (its memory was ahead of its store: the scheduler restarts from the store); and
+once there is room again the engine serves as before. The disk is a small tmpfs this
+test mounts (root only: skipped elsewhere)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+
+from kmpray import ONE_HOUR, ScheduleResult, TaskState, TaskTrigger
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)],
+                             capture_output=True, text=True, timeout=30)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=30)
+
+
+def _starts(db: Path) -> int:
+    """How many schedulers have started on this store (each counts itself at its start)."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'scheduler_starts'").fetchone()
+    finally:
+        conn.close()
+    return int(msgpack.unpackb(row[0])) if row else 0
+
+
+def test_a_full_disk_acknowledges_only_what_is_stored_and_the_engine_serves_again_once_freed(
+        small_disk: Path, engines: Any) -> None:
+    state = small_disk / "state"
+    sched = engines.registered(state_dir=state)
+    starts = _starts(state / "tasks.db")
+    filler = small_disk / "filler"
+    filler.write_bytes(b"\0" * (shutil.disk_usage(small_disk).free - 400_000))  # ~400 KB left
+
+    acked: list[str] = []
+    failed: dict[str, str] = {}
+    for batch in range(200):
+        ids = [f"t{batch}-{i}" for i in range(50)]
+        results = sched.enqueue_many([{"id": i, "trigger": TaskTrigger.OneTime(ONE_HOUR), "worker_class_name": "Echo",
+                                       "input": "x" * 2000} for i in ids])
+        acked += [i for i, r in zip(ids, results, strict=True) if r is ScheduleResult.SUCCESS]
+        if any(r is not ScheduleResult.SUCCESS for r in results):
+            assert {r for r in results} == {ScheduleResult.FAILED_UNKNOWN}  # the whole write, not part of it
+            failed = dict.fromkeys(ids, sched.last_reason or "")
+            break
+    assert acked and failed, "the disk never filled"
+    why = failed[next(iter(failed))]
+    assert "database or disk is full" in why and "restarts from its store" in why, why
+
+    filler.unlink()  # room again: the scheduler that failed ends, and its successor can write
+    deadline = time.monotonic() + 60
+    while _starts(state / "tasks.db") == starts:
+        assert time.monotonic() < deadline, "the scheduler did not restart after its write failed"
+        time.sleep(0.1)  # polling the store file (another process's restart, nothing to await)
+
+    assert sched.enqueue("after", TaskTrigger.OneTime(), "Echo", input="hi") is ScheduleResult.SUCCESS
+    assert sched.wait("after", timeout_s=60).state is TaskState.SUCCEEDED
+    with sched.events.subscribe(since=0) as sub:
+        event = sub.get(timeout_s=30)
+    assert event is not None and event.task_id == "after" and event.success  # the one completion, logged
+    listed = {t.id for t in sched.list_tasks()}
+    assert listed == {*acked, "after"}  # every acknowledged task, and none the engine said it failed
+    assert not listed & set(failed)
