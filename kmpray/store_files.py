@@ -17,6 +17,7 @@ frees them however the holder dies; within one process a store may be opened aga
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -142,8 +143,16 @@ def _connect(path: Path, tables: dict[str, str], durability: str = "normal",
     """Open (or create) one of kmpray's SQLite files for this engine alone (``hold``) and
     check it is one: its schema version is known and every table it has is one of
     ``tables`` (name -> CREATE statement). ``release(path)`` when it is closed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    hold(path, lock_wait_s)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        hold(path, lock_wait_s)
+    except OSError as exc:
+        if exc.errno in _DISK_ERRNOS:  # the disk, for now: the caller may try again
+            raise
+        # Not a directory this process can write (a typo, a read-only mount, another
+        # user's): a refusal in one line at connect(), not a dead actor's traceback.
+        raise StoreRefused(f"store {path}: cannot be created or opened here ({exc}); pass a state_dir "
+                           "this engine's processes can write") from None
     try:
         return _open(path, tables, durability)
     except BaseException:
@@ -192,6 +201,7 @@ def _open(path: Path, tables: dict[str, str], durability: str) -> sqlite3.Connec
 #: SQLite's primary result codes for the disk rather than the file: it is full, or an
 #: I/O call failed. Not a damaged store: the write fails and may succeed later.
 SQLITE_IOERR, SQLITE_FULL = 10, 13
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EIO)
 
 
 def disk_error(exc: BaseException) -> bool:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kmpray import TaskTrigger
+from kmpray import StoreRefused, TaskTrigger
 from kmpray.event_log import SqliteEventLog
 from kmpray.store import SqliteTaskStore
 
@@ -52,3 +52,17 @@ def test_an_event_append_the_disk_has_no_room_for_stores_nothing(tmp_path: Path)
     assert log.read(0, 10) == [(1, b"a")] and log.last_origin(0) == 1  # the re-send is not skipped
     assert log.append([b"b"], [2], 0) == [2]  # a small one fits: cursors stay dense
     log.close()
+
+
+def test_a_store_that_cannot_be_created_is_refused_in_one_line(tmp_path: Path) -> None:
+    """A state dir this process cannot make (here under a file; a typo, a read-only mount,
+    another user's) is a refusal naming the file and the cause, not an OSError traceback."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for make, name in ((SqliteTaskStore, "tasks.db"), (SqliteEventLog, "events.db")):
+        path = blocker / "state" / name
+        with pytest.raises(StoreRefused) as refused:
+            make(path)
+        said = str(refused.value)
+        assert said.startswith(f"store {path}: cannot be created or opened here ([Errno 20] Not a dir"), said
+        assert said.endswith("pass a state_dir this engine's processes can write")

@@ -1,8 +1,9 @@
-"""A full disk under the store: an enqueue the scheduler cannot store is answered
+"""A store the engine cannot write. A full disk under it: an enqueue the scheduler cannot store is answered
 FAILED_UNKNOWN saying so, never acknowledged; nothing of that write lives on in the
 engine (its memory was ahead of its store: the scheduler restarts from the store); and
 once there is room again the engine serves as before. The disk is a small tmpfs this
-test mounts (root only: skipped elsewhere)."""
+test mounts (root only: skipped elsewhere). A state dir it cannot create: connect()
+refuses it in one line."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from typing import Any
 import msgpack
 import pytest
 
-from kmpray import ONE_HOUR, ScheduleResult, TaskState, TaskTrigger
+import kmpray
+from kmpray import ONE_HOUR, ScheduleResult, StoreRefused, TaskState, TaskTrigger
 
 pytestmark = pytest.mark.ray
 
@@ -61,8 +63,8 @@ def test_a_full_disk_acknowledges_only_what_is_stored_and_the_engine_serves_agai
     failed: dict[str, str] = {}
     for batch in range(200):
         ids = [f"t{batch}-{i}" for i in range(50)]
-        results = sched.enqueue_many([{"id": i, "trigger": TaskTrigger.OneTime(ONE_HOUR), "worker_class_name": "Echo",
-                                       "input": "x" * 2000} for i in ids])
+        results = sched.enqueue_many([{"id": i, "trigger": TaskTrigger.OneTime(ONE_HOUR),
+                                       "worker_class_name": "Echo", "input": "x" * 2000} for i in ids])
         acked += [i for i, r in zip(ids, results, strict=True) if r is ScheduleResult.SUCCESS]
         if any(r is not ScheduleResult.SUCCESS for r in results):
             assert {r for r in results} == {ScheduleResult.FAILED_UNKNOWN}  # the whole write, not part of it
@@ -86,3 +88,16 @@ def test_a_full_disk_acknowledges_only_what_is_stored_and_the_engine_serves_agai
     listed = {t.id for t in sched.list_tasks()}
     assert listed == {*acked, "after"}  # every acknowledged task, and none the engine said it failed
     assert not listed & set(failed)
+
+
+def test_a_state_dir_that_cannot_be_created_is_refused_at_connect(ray_session: Any, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(StoreRefused, match=r"cannot be created or opened here \(\[Errno 20\] Not a dir"):
+        kmpray.connect(namespace="unwritable", state_dir=str(blocker / "state"))
+    # Refused, the engine was stopped: a connect with a state dir it can write starts afresh.
+    sched = kmpray.connect(namespace="unwritable", state_dir=str(tmp_path / "state"))
+    try:
+        assert sched.status()["state_dir"] == str(tmp_path / "state")
+    finally:
+        sched.shutdown()
