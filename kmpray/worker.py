@@ -131,11 +131,18 @@ async def run_worker(
             value = await _in_thread(pool, fn, *args)
             if inspect.isawaitable(value):
                 value = await value
-    except (SystemExit, KeyboardInterrupt) as exc:
+    except (SystemExit, KeyboardInterrupt, GeneratorExit) as exc:
         # sys.exit() in do_work (a wrapped CLI, say) fails this attempt like any exception.
-        # Raised on, it would pass every `except Exception`, and asyncio hands these two to
-        # the event loop itself: the run went unreported and its task stayed RUNNING.
+        # Raised on, it would pass every `except Exception`, and asyncio hands the first two
+        # to the event loop itself: the run went unreported and its task stayed RUNNING.
         return raised(exc)
+    except asyncio.CancelledError as exc:
+        task = asyncio.current_task()
+        if task is None or task.cancelling():
+            raise  # the run was cancelled (by the engine, or its timeout): it ends so
+        # The worker's own (raised by hand, or by a library cancelling what it awaited):
+        # taken for the engine's cancel, the run went unreported and stayed RUNNING.
+        return raised(asyncio.CancelledError(str(exc) or "raised in do_work; the task was not cancelled"))
     return clipped(to_result(value))
 
 

@@ -177,3 +177,58 @@ def test_long_messages_are_clipped_where_results_are_made() -> None:
     sent: list[tuple[int, str | None]] = []
     WorkerContext("t", 0, progress_sink=lambda pct, msg: sent.append((pct, msg))).report_progress(5, long)
     assert sent == [(5, clip(long))]
+
+
+def test_a_cancel_or_generator_exit_raised_by_worker_code_fails_the_attempt() -> None:
+    """asyncio.CancelledError raised by the worker itself (a library cancelling what it
+    awaited) was taken for the engine's cancel, and GeneratorExit passed `except
+    Exception`: either way the run went unreported and its task stayed RUNNING for good.
+    A real cancel of the run (or its timeout, which cancels it) still ends it."""
+    import asyncio
+
+    from kmpray import CommonWorker, WorkerContext
+    from kmpray.results import Failure
+    from kmpray.worker import run_worker
+
+    class Raises(CommonWorker):
+        async def do_work(self, input: str | None) -> object:  # noqa: A002
+            if input == "cancelled":
+                raise asyncio.CancelledError
+            if input == "generator-exit":
+                raise GeneratorExit("closed")
+            await asyncio.sleep(30)
+            return True
+
+    class SyncRaises(CommonWorker):
+        def do_work(self, input: str | None) -> object:  # noqa: A002
+            raise asyncio.CancelledError("in a thread")
+
+    def run(worker: CommonWorker, inp: str) -> object:
+        return asyncio.run(run_worker(worker, inp, WorkerContext("t", 0)))
+
+    failed = [run(Raises(), "cancelled"), run(Raises(), "generator-exit"), run(SyncRaises(), "x")]
+    assert [(type(f), f.message, f.should_retry) for f in failed] == [  # type: ignore[attr-defined]
+        (Failure, "CancelledError: raised in do_work; the task was not cancelled", True),
+        (Failure, "GeneratorExit: closed", True),
+        (Failure, "CancelledError: in a thread", True),
+    ]
+
+    async def cancelled_from_outside() -> str:
+        run_ = asyncio.ensure_future(run_worker(Raises(), "sleeps", WorkerContext("t", 0)))
+        await asyncio.sleep(0.01)
+        run_.cancel()
+        try:
+            await run_
+        except asyncio.CancelledError:
+            return "cancelled"
+        return "finished"
+
+    async def timed_out() -> str:
+        try:
+            await asyncio.wait_for(run_worker(Raises(), "sleeps", WorkerContext("t", 0)), 0.01)
+        except TimeoutError:
+            return "timed out"
+        return "finished"
+
+    assert asyncio.run(cancelled_from_outside()) == "cancelled"
+    assert asyncio.run(timed_out()) == "timed out"

@@ -271,7 +271,8 @@ def test_worker_that_cannot_be_constructed_fails_at_once(svengine: Any) -> None:
 
 def test_sys_exit_in_a_worker_is_a_failed_attempt_not_a_stuck_task(svengine: Any) -> None:
     """sys.exit() passes `except Exception`, and asyncio hands SystemExit to the event loop:
-    the run went unreported and its task stayed RUNNING for good."""
+    the run went unreported and its task stayed RUNNING for good (so did a CancelledError
+    the worker raised itself, taken for the engine's cancel, and GeneratorExit)."""
     once = Constraints(max_retries=0)
     svengine.enqueue("x-sync", ONCE, "Exits", input="sync:3", constraints=once)
     svengine.enqueue("x-async", ONCE, "Exits", input="async:4", constraints=once)
@@ -287,6 +288,10 @@ def test_sys_exit_in_a_worker_is_a_failed_attempt_not_a_stuck_task(svengine: Any
         assert info.state is TaskState.FAILED and info.result.message.endswith(f"SystemExit: {code}"), info
     init = svengine.wait("x-init", timeout_s=30)
     assert init.state is TaskState.FAILED and "could not be constructed: SystemExit: no config" in init.result.message
+    for kind, said in [("cancelled", "CancelledError: raised in"), ("generator-exit", "GeneratorExit")]:
+        svengine.enqueue(f"x-{kind}", ONCE, "Exits", input=kind, constraints=once)  # the worker's own
+        info = svengine.wait(f"x-{kind}", timeout_s=30)
+        assert info.state is TaskState.FAILED and said in info.result.message, info
     until(lambda: svengine.get_task_info("x-retried").run_attempt_count == 1
           and svengine.get_task_info("x-retried").state is TaskState.ENQUEUED, what="a retry scheduled")
     svengine.advance_time(20_000)  # retried like any exception, then given up

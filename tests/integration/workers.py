@@ -110,12 +110,19 @@ class BrokenInit(kmpray.CommonWorker):
 
 
 class Exits(kmpray.CommonWorker):
-    """``sys.exit(code)`` in do_work: sync by default, async given ``async:CODE``."""
+    """``sys.exit(code)`` in do_work: sync by default, async given ``async:CODE``;
+    ``cancelled`` / ``generator-exit``: raises asyncio.CancelledError / GeneratorExit itself."""
 
     def do_work(self, input: str | None) -> Any:  # noqa: A002
+        import asyncio
         import sys
 
         kind, _, code = (input or "sync:3").partition(":")
+        if kind in ("cancelled", "generator-exit"):
+            async def raises() -> None:
+                raise asyncio.CancelledError if kind == "cancelled" else GeneratorExit(kind)
+
+            return raises()
         if kind == "async":
             async def leave() -> None:
                 sys.exit(int(code))
