@@ -164,11 +164,20 @@ class BackgroundTaskScheduler(Waiting, Routing):
             name = registered[0] if registered else cls.__name__
         self._register_many({name: cls})
 
-    def _register_many(self, classes: dict[str, type]) -> None:
-        """Classes by name, in one message per shard (connect() sends its built-in workers so)."""
+    def _register_many(self, classes: dict[str, type], strict: bool = True) -> None:
+        """Classes by name, in one message per shard (connect() sends its built-in workers so).
+        Not ``strict`` (connect()'s, with the classes declared before it): a class that
+        cannot be shipped is left out with a warning instead of failing the whole call."""
+        shipped = []
         for name, cls in classes.items():
             check_worker_class(name, cls)
-        self._each("register_workers", [(name, ship_class(cls)) for name, cls in classes.items()])
+            try:
+                shipped.append((name, ship_class(cls)))
+            except InvalidParameters as exc:
+                if strict:
+                    raise
+                log.warning("@kmpray.worker(%r): not registered: %s", name, exc)
+        self._each("register_workers", shipped)
 
     # ------------------------------------------------------------- enqueue
     def _results(self, raw: list[tuple[str, str | None]]) -> list[ScheduleResult]:
@@ -449,7 +458,7 @@ def connect(
     scheduler = BackgroundTaskScheduler(namespace, handles, described)
     from ..workers import BUILTIN_WORKERS
 
-    scheduler._register_many({**BUILTIN_WORKERS, **LOCAL_WORKERS})
+    scheduler._register_many({**BUILTIN_WORKERS, **LOCAL_WORKERS}, strict=False)
     live.attached(scheduler)  # later @kmpray.worker classes go to it at once
     TaskEventBus._bind(scheduler.events)
     return scheduler

@@ -12,6 +12,7 @@ import logging
 import weakref
 from typing import Any
 
+from ..errors import InvalidParameters
 from ..worker import on_register
 
 log = logging.getLogger("kmpray")
@@ -31,6 +32,9 @@ def _push(name: str, cls: type) -> None:
     for scheduler in list(_LIVE):
         try:
             scheduler._register_many({name: cls})
+        except InvalidParameters as exc:  # the class itself (it cannot be pickled, say): said once
+            log.warning("@kmpray.worker(%r): not registered: %s", name, exc)
+            return
         except Exception as exc:  # one unreachable engine must not stop the others (or the import)
             log.warning("@kmpray.worker(%r): not registered with engine %r (%s); call register_worker(%r, cls)",
                         name, scheduler.namespace, exc, name)

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from ..errors import KmprayError
+from ..errors import InvalidParameters, KmprayError
 from ..protocol import RETRY_MARK
 
 
@@ -44,7 +44,14 @@ def ship_class(cls: type) -> bytes:
     top = cls.__module__.split(".")[0]
     if module is not None and cls.__module__ != "__main__" and top != "kmpray":
         cloudpickle.register_pickle_by_value(module)
-    return bytes(cloudpickle.dumps(cls))
+    try:
+        return bytes(cloudpickle.dumps(cls))
+    except Exception as exc:  # a lock, connection or open file the class's code refers to
+        raise InvalidParameters(
+            f"worker class {cls.__qualname__} cannot be sent to the engine's processes ({exc}): its code "
+            "refers to an object that cannot be pickled, such as a module-level lock, connection, client "
+            "or open file; create that object in __init__ or do_work instead"
+        ) from None
 
 
 def _new_token_source() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ from kmpray import (
     WorkerResult,
 )
 
+from . import workers
 from .helpers import ONE_SHARD, blocks_input, one_name_from_many_threads, until
 from .workers import count_runs, register_all
 
@@ -625,3 +627,33 @@ def test_a_worker_decorated_after_connect_runs_at_once(sengine: Any) -> None:
         assert sengine.wait("late", timeout_s=30).result.data == {"late": "x"}
     finally:
         LOCAL_WORKERS.pop("DecoratedLate", None)
+
+
+_LOCK = threading.Lock()  # what a notebook's module-level lock, connection or client is to pickle
+
+
+def test_a_worker_class_that_cannot_be_pickled_is_refused_alone_with_the_way_out(
+        sengine: Any, caplog: Any) -> None:
+    """connect() registers every class declared before it: one that cannot be pickled (its
+    code refers to a module-level lock) failed the whole connect() with a bare TypeError."""
+    from kmpray.worker import LOCAL_WORKERS
+
+    class UsesLock(kmpray.CommonWorker):
+        def do_work(self, input: str | None) -> bool:  # noqa: A002
+            with _LOCK:
+                return True
+
+    said = (r"^worker class .*UsesLock cannot be sent to the engine's processes "
+            r"\(cannot pickle '_thread.lock' object\): .* create that object in __init__")
+    with pytest.raises(kmpray.InvalidParameters, match=said):
+        sengine.register_worker("UsesLock", UsesLock)
+    LOCAL_WORKERS.update(UsesLock=UsesLock, PicklesFine=workers.Echo)
+    try:
+        with caplog.at_level(logging.WARNING, logger="kmpray"):
+            again = kmpray.connect(namespace=sengine.namespace, state_dir=sengine.status()["state_dir"])
+        warned = [r.message for r in caplog.records if r.message.startswith("@kmpray.worker('UsesLock')")]
+        assert warned and warned[0].startswith("@kmpray.worker('UsesLock'): not registered: worker class")
+        assert "PicklesFine" in again.status()["workers"] and "UsesLock" not in again.status()["workers"]
+    finally:
+        LOCAL_WORKERS.pop("UsesLock", None)
+        LOCAL_WORKERS.pop("PicklesFine", None)
