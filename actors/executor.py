@@ -366,10 +366,15 @@ class ExecutorBase(StepData, Reporting, Cancelling, WorkerClasses):
             finally:
                 self._slots.give()
         except asyncio.CancelledError:
-            self._unmark(key)
-            self._unreported.pop(key, None)
-            self._replies.detach(key)
-            return  # cancelled by the scheduler: it already recorded CANCELLED
+            if key in self._cancelled:  # every cancel of a run marks it first (cancel, stop)
+                self._unmark(key)
+                self._unreported.pop(key, None)
+                self._replies.detach(key)
+                return  # cancelled by the scheduler: it already recorded CANCELLED
+            # No cancel of this run: code it called raised CancelledError (a library, say).
+            # Taken for a cancel, the run went unreported and its task stayed RUNNING.
+            stored = None
+            result = raised(asyncio.CancelledError("raised while running; the task was not cancelled"))
         finally:
             self._tasks.pop(key, None)
             self._begun.discard(key)
@@ -439,7 +444,10 @@ class ExecutorBase(StepData, Reporting, Cancelling, WorkerClasses):
                 if self.keep_instances:
                     self._instances[worker] = (loaded, instance)
         except asyncio.CancelledError:
-            raise
+            if key in self._cancelled:
+                raise
+            why = f"worker {worker!r} could not be constructed: CancelledError (raised, not a cancel)"
+            return Failure(why), None
         except BaseException as exc:  # sys.exit() in __init__ too: raised on, the run went unreported
             why = f"worker {worker!r} could not be constructed: {type(exc).__name__}: {exc}"
             return Failure(clip(why)), None

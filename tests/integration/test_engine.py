@@ -294,6 +294,9 @@ def test_sys_exit_in_a_worker_is_a_failed_attempt_not_a_stuck_task(svengine: Any
         svengine.enqueue(f"x-{kind}", ONCE, "Exits", input=kind, constraints=once)  # the worker's own
         info = svengine.wait(f"x-{kind}", timeout_s=30)
         assert info.state is TaskState.FAILED and said in info.result.message, info
+    svengine.enqueue("x-cancels-init", ONCE, "CancelsInInit")
+    cancels = svengine.wait("x-cancels-init", timeout_s=30)
+    assert cancels.state is TaskState.FAILED and "constructed: CancelledError" in cancels.result.message
     until(lambda: svengine.get_task_info("x-retried").run_attempt_count == 1
           and svengine.get_task_info("x-retried").state is TaskState.ENQUEUED, what="a retry scheduled")
     svengine.advance_time(20_000)  # retried like any exception, then given up

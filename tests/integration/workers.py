@@ -136,6 +136,13 @@ class ExitsInInit(BrokenInit):
         raise SystemExit("no config")
 
 
+class CancelsInInit(BrokenInit):
+    def __init__(self) -> None:  # a CancelledError of its own where BrokenInit raises
+        import asyncio
+
+        raise asyncio.CancelledError
+
+
 class Nests(kmpray.CommonWorker):
     """Success.data with dicts nested ``input`` levels deep (``emit:N``: emits an event
     with such output_data instead)."""
@@ -209,6 +216,7 @@ ALL = {
     "BrokenInit": BrokenInit,
     "Exits": Exits,
     "ExitsInInit": ExitsInInit,
+    "CancelsInInit": CancelsInInit,
     "Nests": Nests,
     "HugeOutput": HugeOutput,
     "EmitsEvent": EmitsEvent,
