@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import Field, SerializationInfo, SerializerFunctionWrapHandler, model_serializer
+from pydantic import (
+    Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+)
 
 from ._model import Frozen, bytes_shown, trusted
 
@@ -116,8 +122,18 @@ def clip(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
 
 
 def raised(exc: BaseException) -> Failure:
-    """A run that raised: a retryable failure naming the exception (its text clipped)."""
-    return Failure(clip(f"{type(exc).__name__}: {exc}"), should_retry=True)
+    """A run that raised: a retryable failure naming the exception (its text clipped). A
+    pydantic ValidationError (``Retry(delay_ms=-5)`` in the worker) in one line naming the
+    field, not pydantic's several lines and URL."""
+    text = _one_line(exc) if isinstance(exc, ValidationError) else str(exc)
+    return Failure(clip(f"{type(exc).__name__}: {text}"), should_retry=True)
+
+
+def _one_line(exc: ValidationError) -> str:
+    first = exc.errors(include_url=False)[0]
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    got = f" (was {first['input']!r:.60})" if "input" in first else ""
+    return ".".join([exc.title, *map(str, first["loc"])]) + f": {first['msg']}{got}{more}"
 
 
 def clipped(result: Success | Failure | Retry) -> Success | Failure | Retry:

@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import functools
 import inspect
+import numbers
 from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any, TypeVar
@@ -53,10 +54,13 @@ class WorkerContext:
         self._progress_sink = progress_sink
         self._cancelled = cancelled
 
-    def report_progress(self, pct: int, message: str | None = None) -> Reported:
-        """A ``TaskProgressEvent`` (and ``TaskInfo.progress``); call it, or await it."""
-        if isinstance(pct, bool) or not isinstance(pct, int) or not 0 <= pct <= 100:
-            raise ValueError(f"report_progress: pct must be an int in 0..100, got {pct!r}")
+    def report_progress(self, pct: float, message: str | None = None) -> Reported:
+        """A ``TaskProgressEvent`` (and ``TaskInfo.progress``); call it, or await it. ``pct``:
+        a number in 0..100 (``i / n * 100``, a numpy integer), carried as an int (truncated:
+        99.9 is not yet 100)."""
+        if isinstance(pct, bool) or not isinstance(pct, numbers.Real) or not 0 <= pct <= 100:
+            raise ValueError(f"report_progress: pct must be a number in 0..100, got {pct!r}")
+        pct = int(pct)
         if self._progress_sink is not None:
             self._progress_sink(pct, clip(message) if isinstance(message, str) else message)
         return REPORTED

@@ -232,3 +232,26 @@ def test_a_cancel_or_generator_exit_raised_by_worker_code_fails_the_attempt() ->
 
     assert asyncio.run(cancelled_from_outside()) == "cancelled"
     assert asyncio.run(timed_out()) == "timed out"
+
+
+def test_a_result_the_worker_builds_wrong_fails_in_one_line_naming_the_field() -> None:
+    """``Retry(delay_ms=-5)`` in do_work raised pydantic's several lines with a URL, all of
+    it the task's failure message (the executor's ``raised``): now one line naming the
+    model and the field."""
+    from pydantic import ValidationError
+
+    from kmpray.results import Failure, Retry, Success, raised
+
+    said = []
+    builds = [lambda: Retry("later", delay_ms=-5),
+              lambda: Success(data={1: "a"}),  # type: ignore[dict-item]
+              lambda: Failure(message=None)]  # type: ignore[arg-type]
+    for build in builds:
+        with pytest.raises(ValidationError) as exc:
+            build()
+        said.append(raised(exc.value))
+    assert [(f.message, f.should_retry) for f in said] == [
+        ("ValidationError: Retry.delay_ms: Input should be greater than or equal to 0 (was -5)", True),
+        ("ValidationError: Success.data.1.[key]: Input should be a valid string (was 1)", True),
+        ("ValidationError: Failure.message: Input should be a valid string (was None)", True),
+    ]

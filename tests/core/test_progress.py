@@ -193,3 +193,22 @@ def test_report_progress_may_be_awaited_or_called() -> None:
     assert got == [(10, None), (20, "half")]
     with pytest.raises(ValueError, match="0..100"):
         ctx.report_progress(101)
+
+
+def test_report_progress_takes_any_number_in_range_as_an_int() -> None:
+    """``ctx.report_progress(i / n * 100)`` or a numpy integer failed the whole run with
+    ValueError ("must be an int"): any real number in 0..100 is taken, truncated (99.9 is
+    not yet done); NaN, out of range, text, bools and None still raise."""
+    import numpy as np
+
+    from kmpray.worker import WorkerContext
+
+    got: list[int] = []
+    ctx = WorkerContext("t", 1, progress_sink=lambda pct, msg: got.append(pct))
+    for pct in (12.5, np.int64(40), np.float32(99.9), 0, 100):
+        ctx.report_progress(pct)
+    assert got == [12, 40, 99, 0, 100] and {type(p) for p in got} == {int}
+    for bad in (float("nan"), 100.5, -0.1, "5", True, None):
+        with pytest.raises(ValueError, match=r"pct must be a number in 0\.\.100, got"):
+            ctx.report_progress(bad)  # type: ignore[arg-type]
+    assert len(got) == 5
