@@ -175,6 +175,8 @@ class EventBus:
         if callback is not None and actor is not None:
             raise ValueError("subscribe: give callback or actor, not both")
         if actor is not None:
+            if not hasattr(actor, "on_event"):  # a handle knows its class's methods
+                raise TypeError(f"subscribe(actor=...): {actor!r} has no method on_event(event) to push to")
             sub_id = uuid.uuid4().hex
             _asked(lambda: self._broker.subscribe_actor.remote(sub_id, actor, after))
             return ActorSubscription(self._broker, sub_id)

@@ -315,6 +315,14 @@ def test_an_actor_subscriber_that_died_leaves_no_pusher_behind(svengine: Any) ->
         def on_event(self, event: Any) -> None:
             pass
 
+    @ray.remote(num_cpus=0)
+    class Deaf:
+        def ping(self) -> None:
+            pass
+
+    # No on_event: refused at once, rather than a traceback in the broker's log per event.
+    with pytest.raises(TypeError, match=r"subscribe\(actor=\.\.\.\): .* has no method on_event\(event\)"):
+        svengine.events.subscribe(actor=Deaf.remote())
     gone = Gone.remote()
     sub = svengine.events.subscribe(actor=gone)
     broker = ray.get_actor("kmpray.broker", namespace=svengine.namespace)
