@@ -349,6 +349,7 @@ class BackgroundTaskScheduler(Waiting, Routing):
         once the scheduler has applied them. Unknown nodes or fields raise ValueError."""
         if known := {k: v for k, v in state.items() if k in DEVICE_FIELDS}:
             DeviceState(**known)  # a bad value raises here, naming it (each field has a default)
+        self._check_open()
         ray = _ray()
         try:
             raw = ray.get(self._oracle.set_device_state.remote(node_id, state), timeout=CALL_TIMEOUT_S)
@@ -358,11 +359,13 @@ class BackgroundTaskScheduler(Waiting, Routing):
 
     def device_states(self) -> dict[str, DeviceState]:
         """Every node's current device state (probes plus overrides)."""
+        self._check_open()
         raw = _ray().get(self._oracle.states.remote(), timeout=CALL_TIMEOUT_S)
         return {n: DeviceState.model_validate(s) for n, s in raw.items()}
 
     def clear_device_overrides(self) -> None:
         """Back to what the probes say."""
+        self._check_open()
         _ray().get(self._oracle.clear_overrides.remote(), timeout=CALL_TIMEOUT_S)
 
     def notify_content_change(self, uri: str) -> int:
@@ -400,10 +403,13 @@ class BackgroundTaskScheduler(Waiting, Routing):
         return sum(int(n) for n in self._each("drop_quarantined", key))
 
     def shutdown(self) -> None:
-        """Stop this namespace's engine actors. Every task stays in the store for the next connect()."""
+        """Stop this namespace's engine actors. Every task stays in the store for the next connect().
+        After ``ray.shutdown()`` in this process there is nothing to reach: only this
+        connection closes (no new local Ray is started to stop actors it cannot see)."""
         from kmpray.actors.bootstrap import stop_engine
 
-        stop_engine(self.namespace)
+        if _ray().is_initialized():
+            stop_engine(self.namespace)
         self._closed = True
         live.detached(self)
         for lane in self._lanes:

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from ..errors import InvalidParameters, KmprayError
+from ..errors import EngineUnavailable, InvalidParameters, KmprayError
 from ..protocol import RETRY_MARK
 
 
@@ -18,6 +18,19 @@ def _ray() -> Any:
     import ray
 
     return ray
+
+
+def require_ray(namespace: str | None = None) -> None:
+    """Raise if Ray was shut down in this process: a call would start a new local Ray
+    (~6 s) and then fail with Ray's bare "Can't find actor ... from a different cluster"."""
+    if not _ray().is_initialized():
+        raise ray_gone(namespace)
+
+
+def ray_gone(namespace: str | None = None) -> EngineUnavailable:
+    engine = "its engine" if namespace is None else f"engine {namespace!r}"
+    return EngineUnavailable(f"Ray was shut down in this process (ray.shutdown()), and this connection "
+                             f"to {engine} with it: connect() again")
 
 
 def _unwrap(exc: BaseException) -> BaseException:

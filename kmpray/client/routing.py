@@ -14,6 +14,7 @@ from typing import Any
 
 from ..errors import EngineUnavailable
 from ..shards import reassemble, shard_of, split
+from .remote import _ray, require_ray
 
 Call = tuple[int, tuple[Any, ...]]  # (shard, args)
 
@@ -41,8 +42,6 @@ class Routing:
         (~120 s). A scheduler that restarts keeps its name and its actor id: retried."""
         from kmpray.actors.names import SCHEDULER, shard_namespace
 
-        from .remote import _ray
-
         try:
             named = _ray().get_actor(SCHEDULER, namespace=shard_namespace(self.namespace, shard))
         except ValueError:
@@ -54,6 +53,7 @@ class Routing:
         if self._closed:
             raise EngineUnavailable(
                 f"this connection to engine {self.namespace!r} was shut down: connect() again")
+        require_ray(self.namespace)
 
     def _home(self, id: str) -> int:  # noqa: A002
         """The shard that holds ``id``: its hash shard, unless it was found elsewhere."""

@@ -17,7 +17,7 @@ from typing import Any
 from ..artifacts import check_event
 from ..events import TaskCompletionEvent, TaskProgressEvent
 from ..timing import CALL_TIMEOUT_S
-from .remote import _ray
+from .remote import _ray, ray_gone
 
 log = logging.getLogger("kmpray")
 
@@ -60,6 +60,7 @@ class Subscription:
     def _fill(self, timeout_s: float) -> None:
         from kmpray.actors.retry import TRANSIENT
 
+        _require_ray()
         try:
             rows = _ray().get(self._broker.poll.remote(self._after(), 1000, timeout_s), timeout=timeout_s + 30)
         except TRANSIENT:  # the broker is restarting; the log is durable, so just ask again
@@ -94,6 +95,7 @@ class Subscription:
     async def __aiter__(self) -> AsyncIterator[TaskCompletionEvent | TaskProgressEvent]:
         while not self._closed:
             if not self._buffer:
+                _require_ray()
                 self._take(await self._broker.poll.remote(self._after(), 1000, 1.0))
                 continue
             self.cursor, event = self._buffer.popleft()
@@ -125,6 +127,11 @@ class Subscription:
         self.close()
 
 
+def _require_ray() -> None:
+    if not _ray().is_initialized():
+        raise ray_gone()
+
+
 class ActorSubscription:
     """A push subscription to an actor's ``on_event(event)``; ``close()`` stops it."""
 
@@ -133,7 +140,8 @@ class ActorSubscription:
         self.id = sub_id
 
     def close(self) -> None:
-        _asked(lambda: self._broker.unsubscribe.remote(self.id))
+        if _ray().is_initialized():  # else its broker is out of reach, and closing is cleanup
+            _asked(lambda: self._broker.unsubscribe.remote(self.id))
 
 
 class EventBus:
@@ -150,9 +158,11 @@ class EventBus:
                 f"emit takes a TaskCompletionEvent or TaskProgressEvent, got {type(event).__name__}"
             )
         check_event(event)
+        _require_ray()
         _ray().get(self._broker.emit.remote(encode_event(event)), timeout=CALL_TIMEOUT_S)
 
     def last_cursor(self) -> int:
+        _require_ray()
         return int(_asked(self._broker.bounds.remote)[1])
 
     def subscribe(

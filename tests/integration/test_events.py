@@ -239,7 +239,7 @@ def test_bus_reads_ask_again_while_the_broker_restarts(monkeypatch: Any) -> None
             raise ActorUnavailableError("The actor is restarting.", None)
         return value
 
-    monkeypatch.setattr(subscription, "_ray", lambda: SimpleNamespace(get=get))
+    monkeypatch.setattr(subscription, "_ray", lambda: SimpleNamespace(get=get, is_initialized=lambda: True))
     call = SimpleNamespace(remote=lambda *a: (0, 7))
     bus = subscription.EventBus(SimpleNamespace(bounds=call))
     assert bus.last_cursor() == 7 and failures["n"] == 2
