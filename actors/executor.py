@@ -37,7 +37,7 @@ from kmpray.timing import (
     REPLY_WINDOW_S,
     STARTED_NOTICE_S,
 )
-from kmpray.worker import CommonWorker, WorkerContext, run_worker
+from kmpray.worker import CommonWorker, NotConstructed, WorkerContext, run_worker
 
 from .event_broker import BrokerBackend
 from .executor_cancel import Cancelling
@@ -435,22 +435,11 @@ class ExecutorBase(StepData, Reporting, Cancelling, WorkerClasses):
             except Exception as exc:  # a missing artifact is for good; anything else may pass
                 why = f"upstream data: {type(exc).__name__}: {exc}"
                 return Failure(why, should_retry=not isinstance(exc, LookupError)), None
+        threaded = worker in self._threaded
         try:
-            warm = self._instances.get(worker) if self.keep_instances else None
-            instance = warm[1] if warm is not None and warm[0] >= version else None
-            if instance is None:
-                loaded, cls = await self._worker_class(worker, version)
-                instance = cls()
-                if self.keep_instances:
-                    self._instances[worker] = (loaded, instance)
-        except asyncio.CancelledError:
-            if key in self._cancelled:
-                raise
-            why = f"worker {worker!r} could not be constructed: CancelledError (raised, not a cancel)"
-            return Failure(why), None
-        except BaseException as exc:  # sys.exit() in __init__ too: raised on, the run went unreported
-            why = f"worker {worker!r} could not be constructed: {type(exc).__name__}: {exc}"
-            return Failure(clip(why)), None
+            instance = await self._instance(worker, version, threaded)
+        except NotConstructed as exc:
+            return Failure(clip(f"worker {worker!r} could not be constructed: {exc}")), None
 
         # Reports (from the loop, or a sync worker's thread) come to this loop, a flood of
         # them as a few (kmpray/progress.py); the last always goes, before the result.
@@ -460,8 +449,11 @@ class ExecutorBase(StepData, Reporting, Cancelling, WorkerClasses):
         cancelled = lambda: key in self._cancelled  # noqa: E731
         ctx = WorkerContext(key[0], previous, upstream, throttle.offer, cancelled, self.config)
         try:
-            call = run_worker(instance, inp, ctx, worker in self._threaded, self._run_threads)
+            call = run_worker(instance, inp, ctx, threaded, self._run_threads)
             result = await (asyncio.wait_for(call, timeout_ms / 1000) if timeout_ms else call)
+        except NotConstructed as exc:  # (sys.exit() in __init__ too: raised on, it went unreported)
+            throttle.close()
+            return Failure(clip(f"worker {worker!r} could not be constructed: {exc}")), None
         except TimeoutError:
             throttle.close()  # before the result: reports leave in order
             return Failure(f"timed out after {timeout_ms} ms", should_retry=True), None

@@ -15,10 +15,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
+from concurrent.futures import Executor
 
 from ray import cloudpickle
 
-from kmpray.worker import CommonWorker
+from kmpray.worker import CommonWorker, construct, in_a_thread, in_thread_call
 
 from .names import REGISTRY, lookup
 from .retry import call_with_retry
@@ -26,9 +27,28 @@ from .retry import call_with_retry
 
 class WorkerClasses:
     namespace: str
+    keep_instances: bool  # a heavy worker keeps one warm instance per class
     _classes: dict[str, tuple[int, type]]  # newest class loaded here per name, with its version
     _instances: dict[str, tuple[int, CommonWorker]]  # heavy workers' warm instances
     _loading: dict[str, asyncio.Future[tuple[int, type]]]  # a load under way, per name
+    _run_threads: Executor  # the threads runs go to
+
+    async def _instance(self, name: str, version: int, threaded: bool) -> CommonWorker | type:
+        """What a run of ``name`` calls: a heavy worker's warm instance, made at its first
+        run (off the loop if its runs go to a thread: a constructor that loads a model must
+        not stall the loop, nor the pings it answers); an executor's is the class, made
+        with the run's call and in its thread (kmpray/worker.py's ``run_worker``). A
+        constructor that raises: NotConstructed."""
+        warm = self._instances.get(name) if self.keep_instances else None
+        if warm is not None and warm[0] >= version:
+            return warm[1]
+        loaded, cls = await self._worker_class(name, version)
+        if not self.keep_instances:
+            return cls
+        instance = (await in_thread_call(self._run_threads, construct, cls)
+                    if in_a_thread(cls, threaded) else construct(cls))
+        self._instances[name] = (loaded, instance)
+        return instance
 
     async def _worker_class(self, name: str, version: int) -> tuple[int, type]:
         """The class registered as ``name``, at ``version`` or newer (the registry keeps the

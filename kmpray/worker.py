@@ -107,8 +107,51 @@ def _shape(cls: type) -> tuple[bool, bool]:
     return inspect.iscoroutinefunction(cls.do_work), _wants_context(cls)  # type: ignore[attr-defined]
 
 
+class NotConstructed(Exception):
+    """A worker class's constructor raised ``cause`` (any BaseException: sys.exit() in
+    ``__init__`` too): the run fails at once, with no retry."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.cause = cause
+
+
+def construct(cls: type) -> CommonWorker:
+    """``cls()``; whatever it raises comes out as NotConstructed."""
+    try:
+        return cls()  # type: ignore[no-any-return]
+    except BaseException as exc:
+        raise NotConstructed(exc) from exc
+
+
+def in_a_thread(cls: type, in_thread: bool = False) -> bool:
+    """Does a run of ``cls`` go to a thread: a sync ``do_work``, a class marked
+    ``blocking = True``, or one its executor moved there (``in_thread``)?"""
+    return in_thread or bool(getattr(cls, "blocking", False)) or not _shape(cls)[0]
+
+
+def _call_of(
+    worker: CommonWorker, input: str | None, ctx: WorkerContext  # noqa: A002
+) -> tuple[Any, bool, tuple[Any, ...]]:
+    """``do_work`` as declared by the class, or set on the instance (a sync one over an
+    async class's is not awaited): the function, whether it is async, its arguments."""
+    fn = worker.do_work
+    owner: type = type(worker)
+    if "do_work" in getattr(worker, "__dict__", ()):
+        is_async, wants_ctx = inspect.iscoroutinefunction(fn), _wants_context(owner)
+    else:
+        is_async, wants_ctx = _shape(owner)
+    return fn, is_async, ((input, ctx) if wants_ctx else (input,))
+
+
+def _construct_and_call(cls: type, input: str | None, ctx: WorkerContext) -> Any:  # noqa: A002
+    """In the run's thread: the instance, then its call (an async one on a loop of its own)."""
+    fn, is_async, args = _call_of(construct(cls), input, ctx)
+    return asyncio.run(fn(*args)) if is_async else fn(*args)
+
+
 async def run_worker(
-    worker: CommonWorker,
+    worker: CommonWorker | type,
     input: str | None,  # noqa: A002
     ctx: WorkerContext,
     in_thread: bool = False,
@@ -117,24 +160,27 @@ async def run_worker(
     """Call ``do_work`` the way it was declared; a sync one runs in a thread, and so does
     an async one of a class marked ``blocking = True`` (or ``in_thread``), on its own loop.
     The thread is ``pool``'s (an executor sizes it to its runs at once), else asyncio's
-    default pool, which has only min(32, CPUs + 4) threads."""
-    fn = worker.do_work
-    owner: type = type(worker)
-    if "do_work" in getattr(worker, "__dict__", ()):  # set on the instance, not the class's
-        is_async, wants_ctx = inspect.iscoroutinefunction(fn), _wants_context(owner)
-    else:
-        is_async, wants_ctx = _shape(owner)
-    args: tuple[Any, ...] = (input, ctx) if wants_ctx else (input,)
+    default pool, which has only min(32, CPUs + 4) threads. ``worker``: an instance, or
+    its class, constructed here: in the run's thread when the call goes to one, so a
+    constructor that loads a model never stalls the event loop the other runs share, and
+    the run's timeout covers it. A constructor that raises: NotConstructed."""
     try:
-        if is_async:
-            if in_thread or getattr(worker, "blocking", False):
-                value = await _in_thread(pool, asyncio.run, fn(*args))
-            else:
-                value = await fn(*args)
-        else:
-            value = await _in_thread(pool, fn, *args)
+        if isinstance(worker, type) and in_a_thread(worker, in_thread):
+            value = await _in_thread(pool, _construct_and_call, worker, input, ctx)
             if inspect.isawaitable(value):
                 value = await value
+        else:
+            instance = construct(worker) if isinstance(worker, type) else worker
+            fn, is_async, args = _call_of(instance, input, ctx)
+            if is_async:
+                if in_thread or getattr(instance, "blocking", False):
+                    value = await _in_thread(pool, asyncio.run, fn(*args))
+                else:
+                    value = await fn(*args)
+            else:
+                value = await _in_thread(pool, fn, *args)
+                if inspect.isawaitable(value):
+                    value = await value
     except (SystemExit, KeyboardInterrupt, GeneratorExit) as exc:
         # sys.exit() in do_work (a wrapped CLI, say) fails this attempt like any exception.
         # Raised on, it would pass every `except Exception`, and asyncio hands the first two
@@ -148,6 +194,11 @@ async def run_worker(
         # taken for the engine's cancel, the run went unreported and stayed RUNNING.
         return raised(asyncio.CancelledError(str(exc) or "raised in do_work; the task was not cancelled"))
     return clipped(to_result(value))
+
+
+def in_thread_call(pool: Executor | None, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` on ``pool``'s thread (asyncio's default pool if None), awaitable."""
+    return _in_thread(pool, fn, *args)
 
 
 async def _in_thread(pool: Executor | None, fn: Callable[..., Any], *args: Any) -> Any:

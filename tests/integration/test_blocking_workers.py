@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from kmpray import EngineConfig, TaskRequest, TaskState, TaskTrigger
+from kmpray import Constraints, EngineConfig, TaskRequest, TaskState, TaskTrigger
 
 from .helpers import ONE_SHARD, until
 from .workers import register_all
@@ -87,7 +87,11 @@ def test_with_every_loop_blocked_runs_wait_with_a_reason_then_run_when_one_frees
 
 
 def test_a_class_marked_blocking_runs_in_a_thread_and_blocks_nothing(engine: Any, tmp_path: Path) -> None:
+    """Its constructor too, as a sync worker's: one that loads a model in __init__ blocked
+    the loop for as long (the advice named do_work), and no timeout could end it."""
     ledger = tmp_path / "ledger"
+    engine.enqueue("init", ONCE, "LoadsInInit")  # 2 s in __init__
+    engine.enqueue("init-timed", ONCE, "LoadsInInit", constraints=Constraints(timeout_ms=300, max_retries=0))
     for name in ("m1", "m2"):
         engine.enqueue(name, ONCE, "MarkedBlocker", input=json.dumps({"ledger": str(ledger), "s": 4}))
     until(lambda: sum(1 for k, _ in _ledger(ledger) if k == "start") == 2, what="both marked blockers to start")
@@ -96,7 +100,9 @@ def test_a_class_marked_blocking_runs_in_a_thread_and_blocks_nothing(engine: Any
     assert all(engine.wait(i, timeout_s=30).state is TaskState.SUCCEEDED for i in ids)
     assert not [e for e in _ledger(ledger) if e[0] == "end"]  # both still running in their threads
     assert engine.status()["blocked_executors"] == []
-    assert [engine.wait(n, timeout_s=30).state for n in ("m1", "m2")] == [TaskState.SUCCEEDED] * 2
+    assert [engine.wait(n, timeout_s=30).state for n in ("m1", "m2", "init")] == [TaskState.SUCCEEDED] * 3
+    timed = engine.wait("init-timed", timeout_s=30)
+    assert timed.state is TaskState.FAILED and timed.result.message.endswith("timed out after 300 ms")
     assert engine.status()["loop_blocks"] == {}
 
 

@@ -303,6 +303,16 @@ class MarkedBlocker(Blocker):
     blocking = True
 
 
+class LoadsInInit(kmpray.CommonWorker):
+    """A sync worker whose constructor takes 2 s, as loading a model does."""
+
+    def __init__(self) -> None:
+        time.sleep(2)
+
+    def do_work(self, input: str | None) -> Any:  # noqa: A002
+        return True
+
+
 class Ledgered(kmpray.CommonWorker):
     async def do_work(self, input: str | None, ctx: kmpray.WorkerContext) -> Any:  # noqa: A002
         with open(_cfg(input)["ledger"], "a") as f:
@@ -345,6 +355,7 @@ class SlowToLoad(kmpray.CommonWorker):
 
 
 ALL.update({"Blocker": Blocker, "MarkedBlocker": MarkedBlocker, "Ledgered": Ledgered, "SyncGather": SyncGather,
+            "LoadsInInit": LoadsInInit,
             "SlowToLoad": SlowToLoad})
 
 
