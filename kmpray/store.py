@@ -244,8 +244,9 @@ class SqliteTaskStore:
     ) -> None:
         self.path = Path(path)
         self._conn = _connect(self.path, _TASK_TABLES, durability, lock_wait_s)
-        if "first" not in {c[1] for c in self._conn.execute("PRAGMA table_info(outbox)")}:  # version 3
-            self._conn.execute("ALTER TABLE outbox ADD COLUMN first INTEGER")
+        with _refusing(self.path):  # a flipped byte in the schema's text: refused, not a traceback
+            if "first" not in {c[1] for c in self._conn.execute("PRAGMA table_info(outbox)")}:  # version 3
+                self._conn.execute("ALTER TABLE outbox ADD COLUMN first INTEGER")
         self._acked = 0  # outbox numbers the event log has (rows go when all of theirs are)
         self._fresh: list[QuarantinedRow] = []
         self._written = 0  # rows written since the last sync_if_quiet

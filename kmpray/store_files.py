@@ -206,7 +206,8 @@ _DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EIO)
 
 def disk_error(exc: BaseException) -> bool:
     """Whether ``exc`` is SQLite saying the disk is full or an I/O call failed."""
-    return getattr(exc, "sqlite_errorcode", 0) & 0xFF in (SQLITE_IOERR, SQLITE_FULL)
+    code = getattr(exc, "sqlite_errorcode", None)  # None: raised by Python's side (a decode)
+    return isinstance(code, int) and code & 0xFF in (SQLITE_IOERR, SQLITE_FULL)
 
 
 @contextlib.contextmanager
