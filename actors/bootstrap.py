@@ -79,6 +79,24 @@ def _running_shards(namespace: str) -> int | None:
         return None
 
 
+def engine_handles(namespace: str) -> dict[str, Any] | None:
+    """The running engine's singletons, as ensure_engine returns them, found by name; None
+    if one is missing (stopped). Never creates one."""
+    shards = _running_shards(namespace)
+    if shards is None:
+        return None
+    try:
+        namespaces = [shard_namespace(namespace, k) for k in range(shards)]
+        schedulers = [ray.get_actor(SCHEDULER, namespace=ns) for ns in namespaces]
+        registries = [ray.get_actor(REGISTRY, namespace=ns) for ns in namespaces]
+        oracle = ray.get_actor(ORACLE, namespace=namespace)
+        broker = ray.get_actor(BROKER, namespace=namespace)
+    except ValueError:
+        return None
+    return {"registry": registries[0], "scheduler": schedulers[0], "schedulers": schedulers, "broker": broker,
+            "oracle": oracle}
+
+
 def running_engines() -> list[str]:
     """The namespaces whose engine runs on this cluster (the ones users connect to)."""
     return sorted(e["namespace"] for e in ray.util.list_named_actors(all_namespaces=True)

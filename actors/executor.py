@@ -47,7 +47,7 @@ from .fencing import Fencing
 from .loop_watch import Blocker, LoopWatch
 from .memory_cap import MemoryCap
 from .metrics import RunMeter
-from .names import SCHEDULER, lookup
+from .names import SCHEDULER, base_namespace, lookup
 from .outbox import Outbox
 from .replies import Replies
 from .report_lane import LaneReports
@@ -130,6 +130,7 @@ class ExecutorBase(StepData, Reporting, Cancelling, WorkerClasses):
         # Through the module, not a name imported here: Ray ships actor classes by value,
         # and a global captured that way would be a copy, not the process's singleton.
         kmpray.events.TaskEventBus._bind(BrokerBackend(namespace))
+        kmpray.events.engine_here = base_namespace(namespace)  # what connect() in worker code attaches to
         # A blocked event loop (see loop_watch.py): the scheduler withdraws the runs queued
         # here that have not begun, and answers with a fence (scheduler epoch, batch number);
         # a run from a batch at or below it, or from an earlier scheduler's batch, never

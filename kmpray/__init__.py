@@ -31,7 +31,7 @@ from .errors import (
     VirtualTimeOnly,
     WorkerNotRegistered,
 )
-from .events import TaskCompletionEvent, TaskEventBus, TaskProgressEvent
+from .events import DEFAULT_NAMESPACE, TaskCompletionEvent, TaskEventBus, TaskProgressEvent
 from .models import ChainInfo, TaskInfo, TaskRequest
 from .results import WorkerResult
 from .triggers import TaskTrigger
@@ -43,13 +43,14 @@ if TYPE_CHECKING:
 
 def connect(
     address: str | None = None,
-    namespace: str = "kmpray",
+    namespace: str = DEFAULT_NAMESPACE,
     state_dir: str | None = None,
     virtual_time: bool = False,
     platform: str = "cluster",
     config: EngineConfig | None = None,
 ) -> BackgroundTaskScheduler:
-    """Attach to (or start) the engine of ``namespace`` and return its scheduler facade."""
+    """Attach to (or start) the engine of ``namespace`` and return its scheduler facade.
+    Inside worker code, with no namespace, address or state_dir: the engine running it."""
     from .client import connect as _connect
 
     return _connect(

@@ -103,3 +103,15 @@ class _BusProxy:
 
 
 TaskEventBus = _BusProxy()
+
+#: The engine whose worker code runs in this process (set by its executors and heavy
+#: workers, through this module, as they bind TaskEventBus); None in a client.
+#: ``kmpray.connect()`` there attaches to it, unless given another namespace.
+engine_here: str | None = None
+
+
+class _Default(str):
+    """``connect()``'s default namespace: told apart from an explicit "kmpray" by identity."""
+
+
+DEFAULT_NAMESPACE = _Default("kmpray")

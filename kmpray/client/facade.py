@@ -17,13 +17,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .. import events as events_module
 from ..chain import TaskChain
 from ..config import EngineConfig
 from ..constraints import Constraints
 from ..device import DEVICE_FIELDS, DeviceState
 from ..enums import ScheduleResult, TaskState
 from ..errors import EngineUnavailable, InvalidParameters, StoreRefused
-from ..events import TaskEventBus
+from ..events import DEFAULT_NAMESPACE, TaskEventBus
 from ..lane import LANE_METHODS, LANE_READS
 from ..models import ChainInfo, TaskInfo, TaskList, TaskRequest
 from ..platforms import profile
@@ -422,15 +423,40 @@ def default_state_dir(namespace: str) -> str:
     return str(Path(base) / namespace)
 
 
+_HERE: dict[str, BackgroundTaskScheduler] = {}  # inside worker code: the engine running it
+
+
+def _engine_running_this(namespace: str) -> BackgroundTaskScheduler:
+    """Inside worker code (an executor or heavy worker process of engine ``namespace``): a
+    connection to that engine, made once per process. It starts no engine, registers no
+    class, and leaves ``kmpray.TaskEventBus`` the engine's own."""
+    here = _HERE.get(namespace)
+    if here is not None and not here._closed:
+        return here
+    from kmpray.actors.bootstrap import engine_handles
+
+    handles = engine_handles(namespace)
+    if handles is None:
+        raise EngineUnavailable(f"engine {namespace!r}, which runs this worker, is not running (stopped?)")
+    described = _ray().get(handles["schedulers"][0].ready.remote(), timeout=CALL_TIMEOUT_S)
+    _HERE[namespace] = here = BackgroundTaskScheduler(namespace, handles, described)
+    return here
+
+
 def connect(
     address: str | None = None,
-    namespace: str = "kmpray",
+    namespace: str = DEFAULT_NAMESPACE,
     state_dir: str | None = None,
     virtual_time: bool = False,
     platform: str = "cluster",
     config: EngineConfig | None = None,
 ) -> BackgroundTaskScheduler:
     profile(platform)  # a bad platform name fails here, naming the field
+    here = events_module.engine_here
+    if here is not None and namespace is DEFAULT_NAMESPACE and address is None and state_dir is None:
+        # Worker code connecting (a task that enqueues tasks): the engine running it, as
+        # kmpray.TaskEventBus is there, not a new engine under the default namespace.
+        return _engine_running_this(here)
     if not isinstance(namespace, str) or not namespace or len(namespace) > 100:
         raise ValueError("namespace: must be a non-empty string of at most 100 characters")
     if SHARD_SEP in namespace:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kmpray.actors import bootstrap
 
 import kmpray
 from kmpray import (
@@ -660,3 +661,17 @@ def test_a_worker_class_that_cannot_be_pickled_is_refused_alone_with_the_way_out
     finally:
         LOCAL_WORKERS.pop("UsesLock", None)
         LOCAL_WORKERS.pop("PicklesFine", None)
+
+
+def test_connect_in_worker_code_is_the_engine_running_it(svengine: Any) -> None:
+    """A task that enqueues tasks: kmpray.connect() in do_work connected to the default
+    namespace's engine, starting one if none ran (the child went there, refused: its
+    worker was not registered there), not to the engine running the worker."""
+    assert svengine.namespace != "kmpray"
+    engines_before = bootstrap.running_engines()
+    svengine.enqueue("parent", ONCE, "EnqueuesChild", input="hi")
+    parent = svengine.wait("parent", timeout_s=30)
+    assert parent.result.data == {"enqueued": "SUCCESS", "namespace": svengine.namespace, "cached": True}
+    child = svengine.wait("parent-child", timeout_s=30)
+    assert child.state is TaskState.SUCCEEDED and child.worker_class_name == "Echo"
+    assert bootstrap.running_engines() == engines_before  # none started under the default namespace

@@ -131,6 +131,16 @@ class Exits(kmpray.CommonWorker):
         sys.exit(int(code))
 
 
+class EnqueuesChild(kmpray.CommonWorker):
+    """A task that enqueues a task: ``kmpray.connect()`` in worker code."""
+
+    def do_work(self, input: str | None, ctx: kmpray.WorkerContext) -> Any:  # noqa: A002
+        sched = kmpray.connect()
+        answer = sched.enqueue(f"{ctx.task_id}-child", kmpray.TaskTrigger.OneTime(), "Echo", input=input)
+        return WorkerResult.Success(data={"enqueued": answer.value, "namespace": sched.namespace,
+                                          "cached": sched is kmpray.connect()})
+
+
 class ExitsInInit(BrokenInit):
     def __init__(self) -> None:  # sys.exit() where BrokenInit raises
         raise SystemExit("no config")
@@ -216,6 +226,7 @@ ALL = {
     "BrokenInit": BrokenInit,
     "Exits": Exits,
     "ExitsInInit": ExitsInInit,
+    "EnqueuesChild": EnqueuesChild,
     "CancelsInInit": CancelsInInit,
     "Nests": Nests,
     "HugeOutput": HugeOutput,
