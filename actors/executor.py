@@ -376,6 +376,10 @@ class ExecutorBase(StepData, Reporting, Cancelling, WorkerClasses):
             # Taken for a cancel, the run went unreported and its task stayed RUNNING.
             stored = None
             result = raised(asyncio.CancelledError("raised while running; the task was not cancelled"))
+        except Exception as exc:  # the engine's own code failed the run: reported, never left RUNNING
+            log.exception("%s %d: run %s of %r failed outside its worker", self._kind(), self.index, run_id,
+                          key_)
+            stored, result = None, raised(exc)
         finally:
             self._tasks.pop(key, None)
             self._begun.discard(key)

@@ -19,7 +19,7 @@ from concurrent.futures import Executor
 
 from ray import cloudpickle
 
-from kmpray.worker import CommonWorker, construct, in_a_thread, in_thread_call
+from kmpray.worker import CommonWorker, NotConstructed, construct, in_a_thread, in_thread_call
 
 from .names import REGISTRY, lookup
 from .retry import call_with_retry
@@ -37,12 +37,18 @@ class WorkerClasses:
         """What a run of ``name`` calls: a heavy worker's warm instance, made at its first
         run (off the loop if its runs go to a thread: a constructor that loads a model must
         not stall the loop, nor the pings it answers); an executor's is the class, made
-        with the run's call and in its thread (kmpray/worker.py's ``run_worker``). A
-        constructor that raises: NotConstructed."""
+        with the run's call and in its thread (kmpray/worker.py's ``run_worker``). A class
+        that cannot be had (not registered any more, or it does not unpickle here: a module
+        only the driver has) or a constructor that raises: NotConstructed."""
         warm = self._instances.get(name) if self.keep_instances else None
         if warm is not None and warm[0] >= version:
             return warm[1]
-        loaded, cls = await self._worker_class(name, version)
+        try:
+            loaded, cls = await self._worker_class(name, version)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            raise NotConstructed(exc) from exc
         if not self.keep_instances:
             return cls
         instance = (await in_thread_call(self._run_threads, construct, cls)

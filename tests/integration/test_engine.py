@@ -272,6 +272,33 @@ def test_worker_that_cannot_be_constructed_fails_at_once(svengine: Any) -> None:
     assert "could not be constructed" in info.result.message and "no config" in info.result.message
 
 
+def test_a_class_that_does_not_load_on_the_executor_fails_at_once(svengine: Any) -> None:
+    """Its code uses a module only the driver has (a notebook's helper module): unpickling
+    it on the executor raises ModuleNotFoundError. A failed attempt, not retried; never a
+    run left unreported (RUNNING for good)."""
+    import importlib.machinery
+    import sys
+    import types
+
+    helper = types.ModuleType("kmpray_driver_only_helper")
+    helper.__file__ = "/nonexistent/kmpray_driver_only_helper.py"
+    helper.__spec__ = importlib.machinery.ModuleSpec(helper.__name__, None, origin=helper.__file__)
+    sys.modules[helper.__name__] = helper  # pickled by reference: imported by name where it loads
+    try:
+        class UsesDriverModule(kmpray.CommonWorker):
+            def do_work(self, input: str | None) -> bool:  # noqa: A002
+                return bool(helper)
+
+        svengine.register_worker("UsesDriverModule", UsesDriverModule)
+    finally:
+        del sys.modules[helper.__name__]
+    svengine.enqueue("driver-only", ONCE, "UsesDriverModule", constraints=Constraints(max_retries=3))
+    info = svengine.wait("driver-only", timeout_s=30)
+    assert info.state is TaskState.FAILED and info.run_attempt_count == 1, info
+    assert info.result.message == ("worker 'UsesDriverModule' could not be constructed: ModuleNotFoundError: "
+                                   "No module named 'kmpray_driver_only_helper'")
+
+
 def test_sys_exit_in_a_worker_is_a_failed_attempt_not_a_stuck_task(svengine: Any) -> None:
     """sys.exit() passes `except Exception`, and asyncio hands SystemExit to the event loop:
     the run went unreported and its task stayed RUNNING for good (so did a CancelledError
