@@ -63,6 +63,10 @@ def ensure_engine(
         state_dir, config.event_retention, config.durability, namespace, config.progress_retention,
         config.store_lock_wait_s,
     )
+    return _handles(schedulers, registries, oracle, broker)
+
+
+def _handles(schedulers: list[Any], registries: list[Any], oracle: Any, broker: Any) -> dict[str, Any]:
     return {"registry": registries[0], "scheduler": schedulers[0], "schedulers": schedulers, "broker": broker,
             "oracle": oracle}
 
@@ -93,8 +97,7 @@ def engine_handles(namespace: str) -> dict[str, Any] | None:
         broker = ray.get_actor(BROKER, namespace=namespace)
     except ValueError:
         return None
-    return {"registry": registries[0], "scheduler": schedulers[0], "schedulers": schedulers, "broker": broker,
-            "oracle": oracle}
+    return _handles(schedulers, registries, oracle, broker)
 
 
 def running_engines() -> list[str]:

@@ -441,11 +441,6 @@ class ExecutorBase(StepData, Reporting, Cancelling, WorkerClasses):
                 why = f"upstream data: {type(exc).__name__}: {exc}"
                 return Failure(why, should_retry=not isinstance(exc, LookupError)), None
         threaded = worker in self._threaded
-        try:
-            instance = await self._instance(worker, version, threaded)
-        except NotConstructed as exc:
-            return Failure(clip(f"worker {worker!r} could not be constructed: {exc}")), None
-
         # Reports (from the loop, or a sync worker's thread) come to this loop, a flood of
         # them as a few (kmpray/progress.py); the last always goes, before the result.
         say = lambda pct, msg: self._say(Progress(key[0], key[1], pct, msg))  # noqa: E731
@@ -454,9 +449,10 @@ class ExecutorBase(StepData, Reporting, Cancelling, WorkerClasses):
         cancelled = lambda: key in self._cancelled  # noqa: E731
         ctx = WorkerContext(key[0], previous, upstream, throttle.offer, cancelled, self.config)
         try:
+            instance = await self._instance(worker, version, threaded)
             call = run_worker(instance, inp, ctx, threaded, self._run_threads)
             result = await (asyncio.wait_for(call, timeout_ms / 1000) if timeout_ms else call)
-        except NotConstructed as exc:  # (sys.exit() in __init__ too: raised on, it went unreported)
+        except NotConstructed as exc:  # its class or constructor (sys.exit() in __init__ too)
             throttle.close()
             return Failure(clip(f"worker {worker!r} could not be constructed: {exc}")), None
         except TimeoutError:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic.alias_generators import to_camel
 
 
@@ -102,3 +102,15 @@ def trusted(cls: type[Any], values: dict[str, Any]) -> Any:
     object.__setattr__(obj, "__pydantic_extra__", None)
     object.__setattr__(obj, "__pydantic_private__", None)
     return obj
+
+
+def one_line(exc: ValidationError, field: str, with_input: bool = False) -> str:
+    """pydantic's complaint (several lines, with a URL) as one line naming the field:
+    ``field.loc: msg``, with what it was if ``with_input``, and how many more there are."""
+    first = exc.errors(include_url=False)[0]
+    was = f" (was {first['input']!r:.60})" if with_input and "input" in first else ""
+    return ".".join([field, *map(str, first["loc"])]) + f": {first['msg']}{was}{more_errors(exc)}"
+
+
+def more_errors(exc: ValidationError) -> str:
+    return f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""

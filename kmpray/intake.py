@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from ._model import more_errors, one_line
 from .constraints import DEFAULT_CONSTRAINTS, Constraints
 from .effects import Outcome
 from .engine import SchedulerCore
@@ -47,11 +48,10 @@ def _one_line(field: str, exc: ValidationError, raw: Any) -> str:
     field: ``trigger: must be a TaskTrigger (...), got str 'now'``,
     ``trigger.periodic.interval_ms: Input should be greater than 0``."""
     first = exc.errors(include_url=False)[0]
-    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
     if not first["loc"] and first["type"] in ("model_attributes_type", "model_type", "dict_type"):
         kind = "TaskTrigger (e.g. TaskTrigger.OneTime())" if field == "trigger" else "Constraints"
-        return f"{field}: must be a {kind}, got {type(raw).__name__} {raw!r:.60}{more}"
-    return ".".join([field, *map(str, first["loc"])]) + f": {first['msg']}{more}"
+        return f"{field}: must be a {kind}, got {type(raw).__name__} {raw!r:.60}{more_errors(exc)}"
+    return one_line(exc, field)
 
 
 def _invalid(exc: ValidationError, task: dict[str, Any]) -> str:

@@ -12,7 +12,7 @@ from pydantic import (
     model_serializer,
 )
 
-from ._model import Frozen, bytes_shown, trusted
+from ._model import Frozen, bytes_shown, one_line, trusted
 
 
 class Success(Frozen):
@@ -125,15 +125,8 @@ def raised(exc: BaseException) -> Failure:
     """A run that raised: a retryable failure naming the exception (its text clipped). A
     pydantic ValidationError (``Retry(delay_ms=-5)`` in the worker) in one line naming the
     field, not pydantic's several lines and URL."""
-    text = _one_line(exc) if isinstance(exc, ValidationError) else str(exc)
+    text = one_line(exc, exc.title, with_input=True) if isinstance(exc, ValidationError) else str(exc)
     return Failure(clip(f"{type(exc).__name__}: {text}"), should_retry=True)
-
-
-def _one_line(exc: ValidationError) -> str:
-    first = exc.errors(include_url=False)[0]
-    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    got = f" (was {first['input']!r:.60})" if "input" in first else ""
-    return ".".join([exc.title, *map(str, first["loc"])]) + f": {first['msg']}{got}{more}"
 
 
 def clipped(result: Success | Failure | Retry) -> Success | Failure | Retry:

@@ -50,6 +50,17 @@ except ImportError:  # pragma: no cover - not POSIX
 
 _POLL_S = 0.05
 
+#: SQLite's primary result codes for the disk rather than the file: it is full, or an
+#: I/O call failed. Not a damaged store: the write fails and may succeed later.
+SQLITE_IOERR, SQLITE_FULL = 10, 13
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EIO)
+
+
+def disk_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is SQLite saying the disk is full or an I/O call failed."""
+    code = getattr(exc, "sqlite_errorcode", None)  # None: raised by Python's side (a decode)
+    return isinstance(code, int) and code & 0xFF in (SQLITE_IOERR, SQLITE_FULL)
+
 _held: dict[str, tuple[int, int]] = {}  # lock file -> (fd, opens in this process)
 
 
@@ -163,7 +174,8 @@ def _connect(path: Path, tables: dict[str, str], durability: str = "normal",
 def _open(path: Path, tables: dict[str, str], durability: str) -> sqlite3.Connection:
     if durability not in ("normal", "full"):
         raise ValueError(f"durability: must be 'normal' or 'full', got {durability!r}")
-    try:
+    # Text SQLite cannot decode (a flipped byte) is refused like a broken page.
+    with _refusing(path, "is not a readable SQLite database"):
         conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
         conn.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL mode: a commit survives a process crash; only an OS crash may lose
@@ -175,10 +187,6 @@ def _open(path: Path, tables: dict[str, str], durability: str) -> sqlite3.Connec
         conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         version = int(conn.execute("PRAGMA user_version").fetchone()[0])
         present = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:  # text SQLite cannot decode: a flipped byte
-        if disk_error(exc):
-            raise
-        raise _refuse(path, "is not a readable SQLite database", exc) from None
     if version > SCHEMA_VERSION:
         conn.close()
         raise _refuse(path, f"was written by a newer kmpray (schema {version}; this one reads {SCHEMA_VERSION})")
@@ -187,37 +195,24 @@ def _open(path: Path, tables: dict[str, str], durability: str) -> sqlite3.Connec
         conn.close()
         raise _refuse(path, f"is not a kmpray store (unknown tables: {', '.join(sorted(foreign))})")
     try:
-        for create in tables.values():
-            conn.execute(create)
-        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-    except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
+        with _refusing(path):
+            for create in tables.values():
+                conn.execute(create)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    except BaseException:
         conn.close()
-        if disk_error(exc):
-            raise
-        raise _refuse(path, "is damaged beyond its rows", exc) from None
+        raise
     return conn
 
 
-#: SQLite's primary result codes for the disk rather than the file: it is full, or an
-#: I/O call failed. Not a damaged store: the write fails and may succeed later.
-SQLITE_IOERR, SQLITE_FULL = 10, 13
-_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EIO)
-
-
-def disk_error(exc: BaseException) -> bool:
-    """Whether ``exc`` is SQLite saying the disk is full or an I/O call failed."""
-    code = getattr(exc, "sqlite_errorcode", None)  # None: raised by Python's side (a decode)
-    return isinstance(code, int) and code & 0xFF in (SQLITE_IOERR, SQLITE_FULL)
-
-
 @contextlib.contextmanager
-def _refusing(path: Path) -> Iterator[None]:
-    """Restore-time reads and quarantine moves: SQLite finding the file damaged below its
-    rows (a broken page, mid-read or mid-write) is a refusal in one line, not a traceback.
-    A full disk or a failed I/O call is raised as it is: the file is not at fault."""
+def _refusing(path: Path, what: str = "is damaged beyond its rows") -> Iterator[None]:
+    """Opening and checking a file, restore-time reads, quarantine moves: SQLite finding the
+    file damaged (a broken page, mid-read or mid-write) is a refusal in one line, not a
+    traceback. A full disk or a failed I/O call is raised as it is: the file is not at fault."""
     try:
         yield
     except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:  # a key or name not UTF-8 any more
         if disk_error(exc):
             raise
-        raise _refuse(path, "is damaged beyond its rows", exc) from None
+        raise _refuse(path, what, exc) from None

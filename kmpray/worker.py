@@ -166,7 +166,7 @@ async def run_worker(
     the run's timeout covers it. A constructor that raises: NotConstructed."""
     try:
         if isinstance(worker, type) and in_a_thread(worker, in_thread):
-            value = await _in_thread(pool, _construct_and_call, worker, input, ctx)
+            value = await in_thread_call(pool, _construct_and_call, worker, input, ctx)
             if inspect.isawaitable(value):
                 value = await value
         else:
@@ -174,11 +174,11 @@ async def run_worker(
             fn, is_async, args = _call_of(instance, input, ctx)
             if is_async:
                 if in_thread or getattr(instance, "blocking", False):
-                    value = await _in_thread(pool, asyncio.run, fn(*args))
+                    value = await in_thread_call(pool, asyncio.run, fn(*args))
                 else:
                     value = await fn(*args)
             else:
-                value = await _in_thread(pool, fn, *args)
+                value = await in_thread_call(pool, fn, *args)
                 if inspect.isawaitable(value):
                     value = await value
     except (SystemExit, KeyboardInterrupt, GeneratorExit) as exc:
@@ -196,12 +196,7 @@ async def run_worker(
     return clipped(to_result(value))
 
 
-def in_thread_call(pool: Executor | None, fn: Callable[..., Any], *args: Any) -> Any:
-    """``fn(*args)`` on ``pool``'s thread (asyncio's default pool if None), awaitable."""
-    return _in_thread(pool, fn, *args)
-
-
-async def _in_thread(pool: Executor | None, fn: Callable[..., Any], *args: Any) -> Any:
+async def in_thread_call(pool: Executor | None, fn: Callable[..., Any], *args: Any) -> Any:
     """``asyncio.to_thread`` on ``pool`` (its context variables go along, as there)."""
     if pool is None:
         return await asyncio.to_thread(fn, *args)
