@@ -11,7 +11,6 @@ import os
 import shutil
 import sqlite3
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,8 @@ from kmpray.actors import bootstrap
 
 import kmpray
 from kmpray import ONE_HOUR, ScheduleResult, StoreRefused, TaskState, TaskTrigger
+
+from .helpers import until
 
 pytestmark = pytest.mark.ray
 
@@ -76,10 +77,9 @@ def test_a_full_disk_acknowledges_only_what_is_stored_and_the_engine_serves_agai
     assert "database or disk is full" in why and "restarts from its store" in why, why
 
     filler.unlink()  # room again: the scheduler that failed ends, and its successor can write
-    deadline = time.monotonic() + 60
-    while _starts(state / "tasks.db") == starts:
-        assert time.monotonic() < deadline, "the scheduler did not restart after its write failed"
-        time.sleep(0.1)  # polling the store file (another process's restart, nothing to await)
+    # Another process's restart, read from the store file: nothing of the engine to await.
+    until(lambda: _starts(state / "tasks.db") != starts, timeout_s=60,
+          what="the scheduler to restart after its write failed")
 
     assert sched.enqueue("after", TaskTrigger.OneTime(), "Echo", input="hi") is ScheduleResult.SUCCESS
     assert sched.wait("after", timeout_s=60).state is TaskState.SUCCEEDED
