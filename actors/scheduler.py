@@ -213,17 +213,20 @@ class SchedulerActor(
     def _store_write_failed(
         self, exc: BaseException, restart_in_s: float = STORE_FAILED_RESTART_S
     ) -> StoreWriteFailed:
-        """A store write failed (a full disk, an I/O error), so what this process holds in
-        memory may be ahead of its store: nothing may be acknowledged or handed out from it
-        any more. Every later write raises the same error (so every enqueue answers
-        FAILED_UNKNOWN and no run goes out), and the process ends ``restart_in_s`` later,
-        its callers answered; Ray starts it again from the store, as after a kill."""
+        """A store write failed (a full disk, an I/O error, a row that would not encode), so
+        what this process holds in memory may be ahead of its store: nothing may be
+        acknowledged or handed out from it any more. Every later write raises the same
+        error (so every enqueue answers FAILED_UNKNOWN and no run goes out), and the process
+        ends ``restart_in_s`` later, its callers answered; Ray starts it again from the
+        store, as after a kill."""
         if self._store_failed is None:
             why = f"{self.home}: {exc}"
             log.error("store write failed (%s): restarting from the store in %g s", why, restart_in_s)
+            disk = isinstance(exc, (sqlite3.Error, OSError))
+            after = ("once it can write (free space on that disk)" if disk else
+                     f"in seconds ({type(exc).__name__}: a row it could not encode, an engine bug to report)")
             self._store_failed = StoreWriteFailed(
-                f"store write failed ({why}); the scheduler restarts from its store and serves again "
-                "once it can write (free space on that disk)")
+                f"store write failed ({why}); the scheduler restarts from its store and serves again {after}")
             ending = threading.Timer(restart_in_s, os._exit, (75,))
             ending.daemon = True
             ending.start()
@@ -394,16 +397,16 @@ class SchedulerActor(
         if not fx and not answers:
             return
         acked, self._acked = self._acked, None  # events the broker has: forgotten in this write
-        bodies = [encode_event(e) for e in fx.events]
         self.messages["commits"] += 1
         began = time.perf_counter()
         try:
+            bodies = [encode_event(e) for e in fx.events]
             numbers = iter(self.store.write(
                 fx.persist.values(), fx.delete, fx.chains.values(), fx.delete_chains,
                 events=[b for e, b in zip(fx.events, bodies, strict=True) if e.kind == "completion"],
                 answers=answers, acked=acked,
             ))
-        except (sqlite3.Error, OSError) as exc:
+        except Exception as exc:  # a full disk, or a row that would not encode: memory is ahead of the store
             raise self._store_write_failed(exc) from exc
         self._write_ms.append((time.perf_counter() - began) * 1000)
         if fx.cancel_runs:

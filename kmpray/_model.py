@@ -109,7 +109,8 @@ def one_line(exc: ValidationError, field: str, with_input: bool = False) -> str:
     ``field.loc: msg``, with what it was if ``with_input``, and how many more there are."""
     first = exc.errors(include_url=False)[0]
     was = f" (was {first['input']!r:.60})" if with_input and "input" in first else ""
-    return ".".join([field, *map(str, first["loc"])]) + f": {first['msg']}{was}{more_errors(exc)}"
+    msg = first["msg"].removeprefix("Value error, ")  # pydantic's prefix for a validator's own ValueError
+    return ".".join([field, *map(str, first["loc"])]) + f": {msg}{was}{more_errors(exc)}"
 
 
 def more_errors(exc: ValidationError) -> str:

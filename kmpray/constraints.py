@@ -8,6 +8,7 @@ from pydantic import Field
 
 from ._model import Frozen
 from .enums import BackoffPolicy, ExistingWorkPolicy, NetworkType, QualityOfService
+from .millis import DurationMs, PositiveDurationMs
 
 
 class Constraints(Frozen):
@@ -22,11 +23,11 @@ class Constraints(Frozen):
     is_heavy_task: bool = False
     expedited: bool = False
     backoff_policy: BackoffPolicy = BackoffPolicy.EXPONENTIAL
-    backoff_delay_ms: Annotated[int, Field(ge=0)] = 10_000
+    backoff_delay_ms: DurationMs = 10_000
     existing_work_policy: ExistingWorkPolicy = ExistingWorkPolicy.KEEP
     qos: QualityOfService = QualityOfService.DEFAULT
     max_retries: Annotated[int, Field(ge=0, le=1_000_000)] = 5
-    timeout_ms: Annotated[int, Field(gt=0)] | None = None
+    timeout_ms: PositiveDurationMs | None = None
 
 
 DEFAULT_CONSTRAINTS = Constraints()

@@ -4,10 +4,11 @@ chains drawn as SVG)."""
 from __future__ import annotations
 
 import html
-import time
 from collections.abc import Callable, Sequence
 from itertools import pairwise
 from typing import Any
+
+from .millis import utc_text
 
 # Rows are TaskInfo/ChainInfo (models.py renders itself through these functions); typed
 # loosely here so that the two modules do not import each other.
@@ -20,7 +21,7 @@ COLUMNS = ("id", "worker", "state", "attempts", "runs", "progress", "next run", 
 def _when(ms: int | None) -> str:
     if ms is None:
         return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms / 1000))
+    return utc_text(ms)
 
 
 def _result(info: TaskInfo) -> str:

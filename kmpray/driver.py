@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from .effects import Dispatch
+from .millis import MAX_EPOCH_MS
 
 
 class _Due(Protocol):
@@ -58,6 +59,8 @@ def step_through(core: _Due, clock: _Settable, ms: int) -> Iterator[int]:
     if ms < 0:
         raise ValueError(f"advance_time: ms must be >= 0, got {ms}")
     target = clock.now_ms() + ms
+    if target > MAX_EPOCH_MS:
+        raise ValueError(f"advance_time: {ms} ms would move the clock past the year 9999")
     yield clock.now_ms()
     while (due := core.next_due_ms()) is not None and due <= target:
         clock.set(due)

@@ -7,11 +7,11 @@ the decision log."""
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .enums import TaskState
+from .millis import utc_text
 from .models import TaskInfo
 from .queues import is_queued
 from .records import TaskRecord
@@ -158,4 +158,4 @@ def _decision(text: str | tuple[Any, ...]) -> str:
 
 
 def _stamp(ms: int) -> str:
-    return time.strftime("%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}"
+    return utc_text(ms, "%H:%M:%S") + f".{ms % 1000:03d}"

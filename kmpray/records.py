@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import msgpack
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 
-from ._model import trusted
+from ._model import one_line, trusted
 from .artifacts import public
 from .constraints import DEFAULT_CONSTRAINTS, Constraints
 from .enums import InputMerger, TaskState, shown_state
@@ -219,7 +219,10 @@ def _decode_shared(field_: str, value: Any, parse: Any) -> Any:
     key = (field_, msgpack.packb(value))
     model = _shared.get(key)
     if model is None:
-        model = parse(value)
+        try:
+            model = parse(value)
+        except ValidationError as exc:  # one this version refuses (a time out of range, say)
+            raise DamagedRow(one_line(exc, "trigger" if field_ == "t" else "constraints")) from None
         if len(_shared) < 4096:
             _shared[key] = model
     return model
@@ -297,7 +300,7 @@ def decode(blob: bytes) -> TaskRecord:
         return _record(row)
     except DamagedRow:
         raise
-    except Exception as exc:  # a trigger, constraint or result that fails validation
+    except Exception as exc:  # a result that fails validation
         raise DamagedRow(f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from None
 
 

@@ -13,6 +13,7 @@ from pydantic import (
 )
 
 from ._model import Frozen, bytes_shown, one_line, trusted
+from .millis import DurationMs
 
 
 class Success(Frozen):
@@ -46,7 +47,7 @@ class Failure(Frozen):
 class Retry(Frozen):
     kind: Literal["retry"] = "retry"
     reason: str | None = None
-    delay_ms: Annotated[int, Field(ge=0)] | None = None
+    delay_ms: DurationMs | None = None
     _positional: ClassVar[tuple[str, ...]] = ("reason", "delay_ms")
 
     if TYPE_CHECKING:

@@ -7,27 +7,25 @@ from typing import Annotated, ClassVar, Literal, Union
 from pydantic import Field
 
 from ._model import Frozen
-
-NonNegativeMs = Annotated[int, Field(ge=0)]
-PositiveMs = Annotated[int, Field(gt=0)]
+from .millis import DurationMs, InstantMs, PositiveDurationMs
 
 
 class OneTime(Frozen):
     kind: Literal["one_time"] = "one_time"
-    initial_delay_ms: NonNegativeMs = 0
+    initial_delay_ms: DurationMs = 0
     _positional: ClassVar[tuple[str, ...]] = ("initial_delay_ms",)
 
 
 class Periodic(Frozen):
     kind: Literal["periodic"] = "periodic"
-    interval_ms: PositiveMs
-    flex_ms: PositiveMs | None = None
+    interval_ms: PositiveDurationMs
+    flex_ms: PositiveDurationMs | None = None
     _positional: ClassVar[tuple[str, ...]] = ("interval_ms", "flex_ms")
 
 
 class Exact(Frozen):
     kind: Literal["exact"] = "exact"
-    at_epoch_millis: NonNegativeMs
+    at_epoch_millis: InstantMs
     _positional: ClassVar[tuple[str, ...]] = ("at_epoch_millis",)
 
 
@@ -35,8 +33,8 @@ class Windowed(Frozen):
     """Runs once inside [start, end]; relational checks happen at enqueue (REJECTED_INVALID_PARAMS)."""
 
     kind: Literal["windowed"] = "windowed"
-    start_epoch_millis: NonNegativeMs
-    end_epoch_millis: NonNegativeMs
+    start_epoch_millis: InstantMs
+    end_epoch_millis: InstantMs
     _positional: ClassVar[tuple[str, ...]] = ("start_epoch_millis", "end_epoch_millis")
 
 

@@ -27,12 +27,12 @@ stored (``REJECTED_OS_POLICY`` with the reason), so they are never a waiting rea
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from .device import in_trigger_state, unmet
 from .enums import TaskState
+from .millis import utc_text
 from .models import WaitingFor
 from .records import TaskRecord
 from .triggers import EVENT_TRIGGER_KINDS, ContentUri, Windowed
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 
 def _when(ms: int) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ms / 1000))
+    return utc_text(ms, "%Y-%m-%d %H:%M:%S UTC")
 
 
 def waiting_for(

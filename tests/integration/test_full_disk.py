@@ -17,6 +17,7 @@ from typing import Any
 
 import msgpack
 import pytest
+import ray
 from kmpray.actors import bootstrap
 
 import kmpray
@@ -98,3 +99,35 @@ def test_a_state_dir_that_cannot_be_created_is_refused_at_connect(ray_session: A
         kmpray.connect(namespace="unwritable", state_dir=str(blocker / "state"))
     # Refused, the engine was stopped (a connect with a state dir it can write starts afresh).
     assert "unwritable" not in bootstrap.running_engines()
+
+
+def test_a_row_that_will_not_encode_restarts_the_scheduler_instead_of_living_on_in_memory(
+        engines: Any, tmp_path: Path) -> None:
+    """A store write that fails for any other reason (before the times' range, a due time
+    past 2**64 ms made msgpack raise) was answered FAILED_UNKNOWN while the task stayed
+    in the scheduler's memory, listed and due to run; only a full disk restarted it."""
+    state = tmp_path / "state"
+    sched = engines.registered(state_dir=state)
+    assert sched.enqueue("kept", TaskTrigger.OneTime(ONE_HOUR), "Echo") is ScheduleResult.SUCCESS
+    starts = _starts(state / "tasks.db")
+
+    def poison(self: Any) -> None:  # the next write holding "bad" raises as msgpack did
+        real = self.store.write
+
+        def write(recs: Any, *args: Any, **kw: Any) -> Any:
+            recs = list(recs)
+            if any(r.key == "bad" for r in recs):
+                raise OverflowError("Integer value out of range")
+            return real(recs, *args, **kw)
+        self.store.write = write
+
+    scheduler = ray.get_actor("kmpray.scheduler", namespace=sched.namespace)
+    ray.get(scheduler.__ray_call__.remote(poison), timeout=30)
+    assert sched.enqueue("bad", TaskTrigger.OneTime(ONE_HOUR), "Echo") is ScheduleResult.FAILED_UNKNOWN
+    why = sched.last_reason or ""
+    assert "Integer value out of range" in why and "restarts from its store" in why, why
+    until(lambda: _starts(state / "tasks.db") != starts, timeout_s=60, what="the scheduler's restart")
+    assert sched.get_task_info("bad") is None  # never stored, so never run
+    assert [t.id for t in sched.list_tasks()] == ["kept"]
+    assert sched.enqueue("after", TaskTrigger.OneTime(), "Echo") is ScheduleResult.SUCCESS
+    assert sched.wait("after", timeout_s=60).state is TaskState.SUCCEEDED
