@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 import threading
 import time
 from typing import Protocol
@@ -11,6 +13,21 @@ ONE_MINUTE = 60 * ONE_SECOND
 FIFTEEN_MINUTES = 15 * ONE_MINUTE
 ONE_HOUR = 60 * ONE_MINUTE
 ONE_DAY = 24 * ONE_HOUR
+
+
+def deadline_after(timeout_s: float | None, name: str = "timeout_s") -> float | None:
+    """The ``time.monotonic()`` deadline of a caller's timeout: None (or infinity) waits
+    for good, a negative one is already due. Anything but a real number raises naming
+    ``name``: NaN compares false with every time, so ``wait(..., timeout_s=nan)`` waited
+    for good and ``Subscription.get(timeout_s=nan)`` polled in a loop."""
+    if timeout_s is None:
+        return None
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, numbers.Real):
+        got = f"{type(timeout_s).__name__} {timeout_s!r:.40}"
+        raise TypeError(f"{name}: must be None or a number of seconds, got {got}")
+    if math.isnan(timeout_s):
+        raise ValueError(f"{name}: must be None or a number of seconds, got nan")
+    return None if math.isinf(timeout_s) and timeout_s > 0 else time.monotonic() + float(timeout_s)
 
 
 class Clock(Protocol):

@@ -19,6 +19,7 @@ from typing import Any
 
 from .. import events as events_module
 from ..chain import TaskChain
+from ..clock import deadline_after
 from ..config import EngineConfig
 from ..constraints import Constraints
 from ..device import DEVICE_FIELDS, DeviceState
@@ -324,7 +325,7 @@ class BackgroundTaskScheduler(Waiting, Routing):
         TimeoutError after ``timeout_s`` (it looks at least once: ``timeout_s=0`` returns
         work already finished), TaskNotFound for an unknown id.
         """
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        deadline = deadline_after(timeout_s)
         ids = [id] if isinstance(id, str) else list(id)
         try:
             results = self._wait_with_bar(ids, deadline) if progress else self._wait_many(ids, deadline)

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from ..artifacts import check_event
+from ..clock import deadline_after
 from ..events import TaskCompletionEvent, TaskProgressEvent
 from ..timing import CALL_TIMEOUT_S
 from .remote import _ray, ray_gone
@@ -75,7 +76,7 @@ class Subscription:
 
     def get(self, timeout_s: float | None = None) -> TaskCompletionEvent | TaskProgressEvent | None:
         """The next event, or None when ``timeout_s`` passes first (None = wait until one comes)."""
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        deadline = deadline_after(timeout_s)
         while not self._buffer and not self._closed:
             remaining = 1.0 if deadline is None else deadline - time.monotonic()
             if remaining <= 0:

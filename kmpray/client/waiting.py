@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from ..clock import deadline_after
 from ..errors import KmprayError
 from ..models import ChainInfo, TaskInfo
 from ..timing import CALL_TIMEOUT_S, WAIT_CHUNK_S
@@ -230,7 +231,7 @@ class Waiting:
             self._expired(id, deadline)
 
     async def wait_async(self, id: str, timeout_s: float | None = None) -> TaskInfo | ChainInfo:  # noqa: A002
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        deadline = deadline_after(timeout_s)
         first = await self.get_task_info_async(id)
         while True:
             chunk = self._chunk(deadline)
