@@ -154,12 +154,13 @@ def create_app(scheduler: Any, token: str | None = None, poll_s: float = 1.0) ->
     async def events(request: Request) -> Response:
         """Server-sent events: every event after ``since`` (or ``Last-Event-ID``), as it comes."""
         since = _int_param(request, "since", -1, -1, 2**62)
-        if since < 0:
-            since = (
-                int(request.headers.get("last-event-id", "0") or 0)
-                if "last-event-id" in request.headers
-                else (feed.events[-1][0] if feed.events else 0)
-            )
+        if since < 0 and "last-event-id" in request.headers:  # a browser reconnecting
+            raw = request.headers["last-event-id"] or "0"
+            if not raw.isdigit():
+                raise BadRequest(400, f"Last-Event-ID: must be an event cursor, got {raw[:40]!r}")
+            since = int(raw)
+        elif since < 0:
+            since = feed.events[-1][0] if feed.events else 0
 
         async def stream() -> AsyncIterator[str]:
             cursor = since

@@ -92,6 +92,11 @@ def test_the_api_lists_filters_and_answers_bad_input_with_400_and_404(sched: Any
         ):
             bad = client.get("/api/tasks", params=params)
             assert bad.status_code == 400 and bad.json()["error"].startswith(f"{field}:"), params
+        # A reconnecting stream's Last-Event-ID that is no cursor: 400 naming it (it was a 503
+        # "engine unavailable: ValueError" before session 41).
+        bad = client.get("/api/events", headers={"Last-Event-ID": "abc"})
+        said = "Last-Event-ID: must be an event cursor, got 'abc'"
+        assert (bad.status_code, bad.json()["error"]) == (400, said)
         for path in ("/api/tasks/missing", "/api/chains/missing"):
             assert client.get(path).status_code == 404
         assert client.post("/api/tasks/missing/cancel").status_code == 404
