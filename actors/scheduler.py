@@ -27,6 +27,7 @@ from kmpray.chain_coordination import ChainCoordinatorCore, Message
 from kmpray.clock import ManualClock, SystemClock
 from kmpray.config import EngineConfig
 from kmpray.device import DeviceState
+from kmpray.driver import sleep_s
 from kmpray.engine import SchedulerCore
 from kmpray.errors import EngineUnavailable, StoreRefused, StoreWriteFailed
 from kmpray.event_codec import encode_event
@@ -351,11 +352,9 @@ class SchedulerActor(
                 return  # nothing more goes out of this process: it is ending (_store_write_failed)
             except Exception:
                 log.exception("scheduler pump failed; continuing")
-            timeout = None
             due = self.core.next_due_ms(self._lead_ms)
             self._wake_at = due
-            if due is not None and not self.virtual_time:
-                timeout = max(0.0, (due - self.clock.now_ms()) / 1000)
+            timeout = None if self.virtual_time else sleep_s(due, self.clock.now_ms())
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except TimeoutError:

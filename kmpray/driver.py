@@ -18,6 +18,7 @@ from typing import Protocol
 
 from .effects import Dispatch
 from .millis import MAX_EPOCH_MS
+from .timing import WALL_CLOCK_RECHECK_S
 
 
 class _Due(Protocol):
@@ -45,6 +46,16 @@ def pump(
         batch = core.take_ready(light, heavy)
         if not batch or not hand_over(batch):
             return
+
+
+def sleep_s(due_ms: int | None, now_ms: int) -> float | None:
+    """How long the real-time loop sleeps after a turn: towards the next due time (None:
+    until woken), but never past ``WALL_CLOCK_RECHECK_S`` before it reads the wall clock
+    again. Due times are wall-clock instants; the sleep is on the monotonic clock, which
+    stands still while the machine is suspended and ignores the wall clock's steps."""
+    if due_ms is None:
+        return None
+    return min(max(0.0, (due_ms - now_ms) / 1000), WALL_CLOCK_RECHECK_S)
 
 
 class _Settable(Protocol):

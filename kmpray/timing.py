@@ -8,6 +8,12 @@ The README's "Timing" table lists both, with the loop that owns each.
 from __future__ import annotations
 
 # ---- SchedulerActor (actors/scheduler.py)
+#: The longest its dispatch loop sleeps towards the next due time before it reads the
+#: wall clock again. Due times are wall-clock instants and asyncio sleeps on the
+#: monotonic clock, which stands still while the machine is suspended (a laptop's lid
+#: closed) and ignores the wall clock's steps (NTP): a loop sleeping straight to a due
+#: time 10 minutes off ran an Exact task an hour late after an hour's suspend.
+WALL_CLOCK_RECHECK_S = 1.0
 #: Its reconcile loop: ping every executor and heavy worker, notice deaths, restarts
 #: and nodes joining or leaving, re-queue lost runs.
 RECONCILE_S = 1.0
