@@ -88,7 +88,9 @@ class SchedulerHousekeeping:
                 if time.monotonic() - synced >= QUIET_SYNC_S:  # durability="normal": kmpray/timing.py
                     synced = time.monotonic()
                     self._sync_quietly()
-                changed = self._watcher.poll(self.core.watched_uris())
+                watched = self.core.watched_uris()  # file:// ones, polled in a thread (kmpray/watch.py)
+                poll = self._watcher.poll
+                changed = await asyncio.to_thread(poll, watched) if watched else poll(watched)
                 if changed and sum(self.core.fire("content_uri", uri) for uri in changed):
                     self._kick()
                 if time.monotonic() - waits_checked >= waits_every_s:
