@@ -6,7 +6,8 @@ actors are imported when ``connect()`` runs, never at ``import kmpray``.
 
 from __future__ import annotations
 
-from .facade import BackgroundTaskScheduler, TaskNotFound, connect, default_state_dir, ship_class
+from .facade import BackgroundTaskScheduler, TaskNotFound, connect
+from .remote import default_state_dir, ship_class
 from .subscription import ActorSubscription, EventBus, Subscription
 
 __all__ = [

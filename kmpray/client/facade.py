@@ -11,7 +11,6 @@ import contextlib
 import heapq
 import itertools
 import logging
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,11 +32,11 @@ from ..shards import SHARD_SEP, merge_status, shard_of
 from ..timing import CALL_TIMEOUT_S, LANE_CONNECT_TIMEOUT_S
 from ..triggers import Trigger
 from ..worker import LOCAL_WORKERS, check_worker_class
-from . import live, outputs
+from . import live, outputs, remote
 from .coalesce import AsyncCoalescer, Coalescer
 from .lane import Lane, LaneDown
 from .payloads import item, items
-from .remote import _await, _node_id, _ray, _ray_init, _tokens, _unwrap, ship_class
+from .remote import _await, _node_id, _ray, _ray_init, _tokens, _unwrap
 from .routing import Routing
 from .subscription import EventBus
 from .waiting import TaskNotFound, Waiting
@@ -98,6 +97,7 @@ class BackgroundTaskScheduler(Waiting, Routing):
         elif method in LANE_READS:
             with contextlib.suppress(LaneDown):  # through Ray: a read asked again is harmless
                 return self._lanes[shard].call(method, list(args), timeout_s)
+        remote.require_ray_here()
 
         def once() -> Any:
             ref = getattr(self._schedulers[shard], method).remote(*args, *next(tries))
@@ -134,6 +134,7 @@ class BackgroundTaskScheduler(Waiting, Routing):
         elif method in LANE_READS:
             with contextlib.suppress(LaneDown):
                 return await self._lanes[shard].call_async(method, list(args), timeout_s)
+        remote.require_ray_here()
 
         async def once() -> Any:
             ref = getattr(self._schedulers[shard], method).remote(*args, *next(tries))
@@ -174,7 +175,7 @@ class BackgroundTaskScheduler(Waiting, Routing):
         for name, cls in classes.items():
             check_worker_class(name, cls)
             try:
-                shipped.append((name, ship_class(cls)))
+                shipped.append((name, remote.ship_class(cls)))
             except InvalidParameters as exc:
                 if strict:
                     raise
@@ -419,11 +420,6 @@ class BackgroundTaskScheduler(Waiting, Routing):
         TaskEventBus._release(self.events)  # not another engine's, connected later
 
 
-def default_state_dir(namespace: str) -> str:
-    base = os.environ.get("KMPRAY_STATE_DIR") or str(Path.home() / ".kmpray")
-    return str(Path(base) / namespace)
-
-
 _HERE: dict[str, BackgroundTaskScheduler] = {}  # inside worker code: the engine running it
 
 
@@ -465,9 +461,10 @@ def connect(
     ray = _ray()
     from kmpray.actors.bootstrap import ensure_engine
 
+    remote.require_ray_here()
     if not ray.is_initialized():
         _ray_init(ray, address)
-    state = str(Path(state_dir or default_state_dir(namespace)).expanduser().resolve())
+    state = str(Path(state_dir or remote.default_state_dir(namespace)).expanduser().resolve())
     handles = ensure_engine(namespace, state, virtual_time, platform, config or EngineConfig())
     try:
         ready = [*(s.ready.remote() for s in handles["schedulers"]), handles["broker"].ready.remote()]
@@ -497,4 +494,4 @@ def connect(
     return scheduler
 
 
-__all__ = ["BackgroundTaskScheduler", "TaskNotFound", "connect", "default_state_dir", "ship_class"]
+__all__ = ["BackgroundTaskScheduler", "TaskNotFound", "connect"]

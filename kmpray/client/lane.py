@@ -17,6 +17,7 @@ import os
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -37,6 +38,17 @@ from ..timing import LANE_LOST_RECHECK_S, LANE_NONE_RECHECK_S
 # kmpray/timing.py's, bound here so a test may shorten them for this module
 LOST_RECHECK_S = LANE_LOST_RECHECK_S
 NO_LANE_RECHECK_S = LANE_NONE_RECHECK_S
+
+
+_LANES: weakref.WeakSet[Lane] = weakref.WeakSet()  # every Lane of this process
+
+
+def _forked() -> None:
+    for lane in list(_LANES):
+        lane._after_fork()
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 class LaneDown(Exception):
@@ -70,6 +82,18 @@ class Lane:
         # False: every call goes through Ray (KMPRAY_LOCAL_LANE=0 in the client's environment;
         # bench submit's same-run baseline)
         self.enabled = os.environ.get("KMPRAY_LOCAL_LANE", "1") != "0"
+        _LANES.add(self)
+
+    def _after_fork(self) -> None:
+        """In a child forked from this process: the connections are the parent's (the same
+        sockets: answers to one process's calls were read by the other, and each took them
+        for its own), so the child lets them go and makes its own; a lock held by another
+        thread at the fork is never released in the child, so it gets a new one."""
+        self._lock = threading.Lock()
+        stale = [s for s, _t in self._idle] + self._idle_async
+        self._idle, self._idle_async = [], []
+        for sock in stale:
+            sock.close()  # the child's descriptor only: the parent's connection stays open
 
     # ------------------------------------------------------------- where
     def _due(self) -> bool:

@@ -8,6 +8,7 @@ import os
 import secrets
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from ..errors import EngineUnavailable, InvalidParameters, KmprayError
@@ -25,6 +26,42 @@ def require_ray(namespace: str | None = None) -> None:
     (~6 s) and then fail with Ray's bare "Can't find actor ... from a different cluster"."""
     if not _ray().is_initialized():
         raise ray_gone(namespace)
+
+
+_ray_pid_at_fork: int | None = None  # this process's pid, if Ray was up when it forked
+_forked_from: int | None = None  # in a forked child: the pid of the parent, where Ray was up
+
+
+def _before_fork() -> None:
+    global _ray_pid_at_fork
+    ray = sys.modules.get("ray")
+    _ray_pid_at_fork = os.getpid() if ray is not None and ray.is_initialized() else None
+
+
+def _after_fork_in_child() -> None:
+    global _forked_from
+    if _ray_pid_at_fork is not None:
+        _forked_from = _ray_pid_at_fork
+
+
+os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
+
+
+def require_ray_here() -> None:
+    """Raise in a process forked after Ray started in its parent (multiprocessing's "fork"
+    start method, a notebook's default on Linux): Ray does not work there, and a call
+    through it never answered. What the local lane carries works (client/lane.py)."""
+    if _forked_from is not None:
+        raise EngineUnavailable(
+            f"this process was forked from process {_forked_from} after Ray started there, and Ray does "
+            "not work in a forked process (its calls never answer): start it with multiprocessing's "
+            "'spawn' or 'forkserver' method and connect() there (enqueue and reads over the local lane "
+            "work here, the rest does not)")
+
+
+def default_state_dir(namespace: str) -> str:
+    base = os.environ.get("KMPRAY_STATE_DIR") or str(Path.home() / ".kmpray")
+    return str(Path(base) / namespace)
 
 
 def ray_gone(namespace: str | None = None) -> EngineUnavailable:

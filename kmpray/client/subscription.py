@@ -18,7 +18,7 @@ from ..artifacts import check_event
 from ..clock import deadline_after
 from ..events import TaskCompletionEvent, TaskProgressEvent
 from ..timing import CALL_TIMEOUT_S
-from .remote import _ray, ray_gone
+from .remote import _ray, ray_gone, require_ray_here
 
 log = logging.getLogger("kmpray")
 
@@ -131,6 +131,7 @@ class Subscription:
 def _require_ray() -> None:
     if not _ray().is_initialized():
         raise ray_gone()
+    require_ray_here()  # not in a child forked from a process with Ray up
 
 
 class ActorSubscription:

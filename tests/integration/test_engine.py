@@ -624,7 +624,7 @@ def test_worker_classes_register_many_at_once_with_growing_versions(sengine: Any
     new version, an unchanged one keeps its own, and the registry has them all."""
     import ray
 
-    from kmpray.client.facade import ship_class
+    from kmpray.client.remote import ship_class
 
     from .workers import Echo, Noop
 

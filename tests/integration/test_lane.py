@@ -211,3 +211,70 @@ def test_runs_go_down_the_lane_to_this_nodes_executors(engines: Any, tmp_path: P
     starts = ledger.read_text().splitlines()
     assert info.state is TaskState.SUCCEEDED and info.run_attempt_count == 1
     assert len(starts) == 2 and starts[0].split()[2] != starts[1].split()[2]  # again, in another process
+
+
+def _in_a_forked_child(work: Any, meanwhile: Any, timeout_s: float = 60) -> Any:
+    """``work()`` in a child forked from this process (Ray up here), its JSON answer;
+    ``meanwhile()`` is called here again and again until it comes."""
+    import os
+    import select
+    import time
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: nothing but the work, then out without this process's cleanup
+        try:
+            os.write(write, json.dumps(work()).encode())
+        except BaseException as exc:
+            os.write(write, json.dumps({"raised": repr(exc)}).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    body, deadline = b"", time.monotonic() + timeout_s
+    try:
+        while not body and time.monotonic() < deadline:
+            meanwhile()
+            if select.select([read], [], [], 0)[0]:
+                body = os.read(read, 1 << 20)
+    finally:
+        os.close(read)
+        if not body:
+            os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    assert body, "the forked child did not answer"
+    return json.loads(body)
+
+
+@ONE_SHARD
+def test_a_forked_child_makes_its_own_lane_connections_and_is_told_ray_does_not_work_there(
+        engines: Any) -> None:
+    """multiprocessing's "fork" (a notebook's default on Linux) after connect(): the child
+    used the parent's lane connections, the same sockets, so each read answers meant for
+    the other ("the scheduler answered 14 of 1 items", a TaskInfo that was an enqueue's
+    answer), and a call through Ray never answered there."""
+    sched = engines()
+    register_all(sched)
+    assert sched.enqueue("parent", LATER, "Noop") is ScheduleResult.SUCCESS  # an idle lane connection now
+    seen: list[str | None] = []
+
+    def parent_reads() -> None:  # the parent uses its lane while the child uses its own
+        info = sched.get_task_info("parent")
+        seen.append(info.id if info is not None else None)
+
+    def child() -> dict[str, Any]:
+        ids = [f"child-{i}" for i in range(30)]
+        said = [sched.enqueue(i, LATER, "Noop").value for i in ids]
+        infos = [getattr(sched.get_task_info(i), "id", None) for i in ids]
+        try:
+            sched.list_tasks()
+            listed = "answered"
+        except kmpray.EngineUnavailable as exc:
+            listed = str(exc)
+        return {"said": said, "infos": infos, "listed": listed}
+
+    out = _in_a_forked_child(child, parent_reads)
+    assert out.get("said") == ["SUCCESS"] * 30, out  # each call its own answer
+    assert out["infos"] == [f"child-{i}" for i in range(30)], out
+    assert "was forked from process" in out["listed"] and "'spawn'" in out["listed"], out
+    assert seen and set(seen) == {"parent"}, set(seen)
+    assert {t.id for t in sched.list_tasks()} == {"parent", *(f"child-{i}" for i in range(30))}
