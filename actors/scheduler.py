@@ -121,6 +121,7 @@ class SchedulerActor(
         self.rejections: deque[tuple[str, str, str]] = deque(maxlen=1000)
         self._answers: list[tuple[str, bytes, int]] = []  # (request token, answer, ms) to store
         self._commit_due: asyncio.Future[None] | None = None  # see SchedulerIntake._commit
+        self.stopped = False  # stop() was called: the engine is shutting down
         self._acked: int | None = None  # outbox events up to here are in the event log
         self._cancel_acks: list[Any] = []  # executors' answers to the last cancels sent
         self.metrics = Metrics(namespace)
@@ -313,6 +314,7 @@ class SchedulerActor(
         client still attached read a task after shutdown() returned (6 calls in 40 here).
         From now on every call raises what a client is told once the actor is gone (as a
         refused store's does, see __init__), and the local lane closes."""
+        self.stopped = True
         stopped = asyncio.get_running_loop().create_future()
         stopped.set_exception(EngineUnavailable.stopped(base_namespace(self.namespace)))
         stopped.exception()  # retrieved: the calls that await it raise it, none need to

@@ -48,6 +48,7 @@ class SchedulerHousekeeping:
     _watcher: FileWatcher
     _write_ms: deque[float]
     _acked: int | None
+    stopped: bool
 
     if TYPE_CHECKING:  # the actor's
         def _flush(self) -> None: ...
@@ -106,6 +107,8 @@ class SchedulerHousekeeping:
                     self.store.forget_answers(int((time.time() - ANSWER_RETENTION_S) * 1000))
                     await self.sweep_artifacts()
             except Exception:
+                if self.stopped:
+                    return  # stop(): the process ends a moment later, and its calls refuse
                 log.exception("housekeeping failed; will retry")
 
     def _sync_quietly(self) -> None:

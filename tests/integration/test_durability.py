@@ -453,3 +453,32 @@ def test_a_failing_sync_is_logged_and_leaves_the_rest_of_housekeeping_to_run(cap
         keeper._sync_quietly()  # returns: the loop goes on to the rest of its round
     logged = [r.getMessage() for r in caplog.records]
     assert logged == ["syncing the store failed (disk I/O error); will retry"]
+
+
+def test_housekeeping_ends_quietly_once_the_scheduler_is_stopped(
+        caplog: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After shutdown() the scheduler's calls refuse (stop()), and its housekeeping round
+    met that refusal and logged "housekeeping failed" with a traceback in the user's
+    notebook after every shutdown that came a second or more after the start. Stopped, it
+    now ends; running, a failing round is still logged and retried."""
+    import asyncio
+    import logging
+
+    from kmpray.actors import scheduler_housekeeping as housekeeping
+
+    class Refusing:  # every step of the round fails, as the stopped scheduler's _ready does
+        def __getattr__(self, name: str) -> Any:
+            raise kmpray.EngineUnavailable("engine 't' was stopped (its scheduler is gone): connect() again")
+
+    monkeypatch.setattr(housekeeping, "RECONCILE_S", 0.01)
+    keeper = object.__new__(housekeeping.SchedulerHousekeeping)
+    keeper.config = kmpray.EngineConfig()
+    keeper.metrics = keeper.core = keeper.pool = keeper.store = Refusing()  # type: ignore[assignment]
+    keeper.stopped = True
+    with caplog.at_level(logging.ERROR, logger="kmpray.scheduler"):
+        asyncio.run(asyncio.wait_for(keeper._housekeeping(), 5))  # returns
+    assert not caplog.records
+    keeper.stopped = False
+    with caplog.at_level(logging.ERROR, logger="kmpray.scheduler"), pytest.raises(TimeoutError):
+        asyncio.run(asyncio.wait_for(keeper._housekeeping(), 0.3))  # goes on
+    assert {r.getMessage() for r in caplog.records} == {"housekeeping failed; will retry"}
