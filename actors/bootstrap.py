@@ -78,7 +78,9 @@ def _running_shards(namespace: str) -> int | None:
     except ValueError:
         return None
     try:
-        return int(ray.get(scheduler.shard_count.remote(), timeout=CALL_TIMEOUT_S))  # after its restore
+        # After its restore. Not ray.get: in an async actor (worker code's connect(), made
+        # ahead in a thread: kmpray/client/here.py) that makes Ray warn of a blocked loop.
+        return int(scheduler.shard_count.remote().future().result(timeout=CALL_TIMEOUT_S))
     except Exception:  # dying or restarting: start as asked; a store that disagrees refuses
         return None
 

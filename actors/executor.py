@@ -24,6 +24,7 @@ import ray
 
 import kmpray.events
 from kmpray.artifacts import ArtifactDir, has_descriptors
+from kmpray.client.here import warm
 from kmpray.config import EngineConfig
 from kmpray.progress import LazyThrottle, ProgressThrottle
 from kmpray.protocol import Began, Done, Fence, Holding, Misaddressed, Ping, Progress, Run, RunKey, Stored, Taken
@@ -131,6 +132,7 @@ class ExecutorBase(StepData, Reporting, Cancelling, WorkerClasses):
         # and a global captured that way would be a copy, not the process's singleton.
         kmpray.events.TaskEventBus._bind(BrokerBackend(namespace))
         kmpray.events.engine_here = base_namespace(namespace)  # what connect() in worker code attaches to
+        warm(base_namespace(namespace))  # that connection, made in a thread now (kmpray/client/here.py)
         # A blocked event loop (see loop_watch.py): the scheduler withdraws the runs queued
         # here that have not begun, and answers with a fence (scheduler epoch, batch number);
         # a run from a batch at or below it, or from an earlier scheduler's batch, never

@@ -420,26 +420,6 @@ class BackgroundTaskScheduler(Waiting, Routing):
         TaskEventBus._release(self.events)  # not another engine's, connected later
 
 
-_HERE: dict[str, BackgroundTaskScheduler] = {}  # inside worker code: the engine running it
-
-
-def _engine_running_this(namespace: str) -> BackgroundTaskScheduler:
-    """Inside worker code (an executor or heavy worker process of engine ``namespace``): a
-    connection to that engine, made once per process. It starts no engine, registers no
-    class, and leaves ``kmpray.TaskEventBus`` the engine's own."""
-    here = _HERE.get(namespace)
-    if here is not None and not here._closed:
-        return here
-    from kmpray.actors.bootstrap import engine_handles
-
-    handles = engine_handles(namespace)
-    if handles is None:
-        raise EngineUnavailable(f"engine {namespace!r}, which runs this worker, is not running (stopped?)")
-    described = _ray().get(handles["schedulers"][0].ready.remote(), timeout=CALL_TIMEOUT_S)
-    _HERE[namespace] = here = BackgroundTaskScheduler(namespace, handles, described)
-    return here
-
-
 def connect(
     address: str | None = None,
     namespace: str = DEFAULT_NAMESPACE,
@@ -453,7 +433,9 @@ def connect(
     if here is not None and namespace is DEFAULT_NAMESPACE and address is None and state_dir is None:
         # Worker code connecting (a task that enqueues tasks): the engine running it, as
         # kmpray.TaskEventBus is there, not a new engine under the default namespace.
-        return _engine_running_this(here)
+        from .here import engine_running_this
+
+        return engine_running_this(here)
     if not isinstance(namespace, str) or not namespace or len(namespace) > 100:
         raise ValueError("namespace: must be a non-empty string of at most 100 characters")
     if SHARD_SEP in namespace:

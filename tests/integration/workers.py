@@ -141,6 +141,22 @@ class EnqueuesChild(kmpray.CommonWorker):
                                           "cached": sched is kmpray.connect()})
 
 
+class EnqueuesChildAsync(kmpray.CommonWorker):
+    """The same from an ``async def do_work``, as the README tells such workers to write it."""
+
+    async def do_work(self, input: str | None, ctx: kmpray.WorkerContext) -> Any:  # noqa: A002
+        import ray
+
+        looked_up, get_actor = [], ray.get_actor  # the blocking look-ups connect() makes here
+        ray.get_actor = lambda *a, **kw: looked_up.append(a) or get_actor(*a, **kw)
+        try:
+            sched = kmpray.connect()
+        finally:
+            ray.get_actor = get_actor
+        answer = await sched.enqueue_async(f"{ctx.task_id}-child", kmpray.TaskTrigger.OneTime(), "Echo")
+        return WorkerResult.Success(data={"enqueued": answer.value, "lookups": len(looked_up)})
+
+
 class ExitsInInit(BrokenInit):
     def __init__(self) -> None:  # sys.exit() where BrokenInit raises
         raise SystemExit("no config")
@@ -227,6 +243,7 @@ ALL = {
     "Exits": Exits,
     "ExitsInInit": ExitsInInit,
     "EnqueuesChild": EnqueuesChild,
+    "EnqueuesChildAsync": EnqueuesChildAsync,
     "CancelsInInit": CancelsInInit,
     "Nests": Nests,
     "HugeOutput": HugeOutput,
