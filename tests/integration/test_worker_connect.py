@@ -1,26 +1,38 @@
-"""``kmpray.connect()`` in an ``async def do_work`` (kmpray/client/here.py): the
-connection to the engine running the worker is made as each executor starts, in a thread,
-so the worker's first ``connect()`` no longer holds that executor's event loop (~0.5 s
-here, reported as the worker blocking its loop, with Ray's warning of a blocking
-``ray.get`` inside an async actor)."""
+"""Connections from other processes than the one that connected: worker code's
+``kmpray.connect()`` (kmpray/client/here.py) and a child forked after ``connect()``
+(kmpray/client/lane.py, client/remote.py). One engine for the module: the first test
+needs executors no worker has connected from yet (the second starts no worker that
+connects).
+
+Worker code: the connection to the engine running the worker is made as each executor
+starts, in a thread, so the worker's first ``connect()`` no longer holds that executor's
+event loop (~0.5 s here, reported as the worker blocking its loop, with Ray's warning of
+a blocking ``ray.get`` inside an async actor)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 import ray
 
-from kmpray import TaskState, TaskTrigger
+import kmpray
+from kmpray import ScheduleResult, TaskState, TaskTrigger
 
 from .helpers import ONE_SHARD, until
 
 pytestmark = pytest.mark.ray
+LATER = TaskTrigger.OneTime(initial_delay_ms=600_000)
+
+
+@pytest.fixture(scope="module")
+def sched(module_engines: Any) -> Any:
+    return module_engines.registered()
 
 
 @ONE_SHARD
-def test_an_async_worker_connects_without_blocking_its_executors_loop(engines: Any) -> None:
-    sched = engines.registered()
+def test_an_async_worker_connects_without_blocking_its_executors_loop(sched: Any) -> None:
     names = [f"kmpray.executor.{i}" for i in range(int(sched.status()["executors"]))]
     executors = [ray.get_actor(n, namespace=sched.namespace) for n in names]
 
@@ -38,3 +50,68 @@ def test_an_async_worker_connects_without_blocking_its_executors_loop(engines: A
         assert sched.wait(f"parent{i}", timeout_s=60).result.data == {"enqueued": "SUCCESS", "lookups": 0}
         assert sched.wait(f"parent{i}-child", timeout_s=60).state is TaskState.SUCCEEDED
     assert "EnqueuesChildAsync" not in sched.status()["loop_blocks"]
+
+
+def _in_a_forked_child(work: Any, meanwhile: Any, timeout_s: float = 60) -> Any:
+    """``work()`` in a child forked from this process (Ray up here), its JSON answer;
+    ``meanwhile()`` is called here again and again until it comes."""
+    import os
+    import select
+    import time
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: nothing but the work, then out without this process's cleanup
+        try:
+            os.write(write, json.dumps(work()).encode())
+        except BaseException as exc:
+            os.write(write, json.dumps({"raised": repr(exc)}).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    body, deadline = b"", time.monotonic() + timeout_s
+    try:
+        while not body and time.monotonic() < deadline:
+            meanwhile()
+            if select.select([read], [], [], 0)[0]:
+                body = os.read(read, 1 << 20)
+    finally:
+        os.close(read)
+        if not body:
+            os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    assert body, "the forked child did not answer"
+    return json.loads(body)
+
+
+@ONE_SHARD
+def test_a_forked_child_makes_its_own_lane_connections_and_is_told_ray_does_not_work_there(
+        sched: Any) -> None:
+    """multiprocessing's "fork" (a notebook's default on Linux) after connect(): the child
+    used the parent's lane connections, the same sockets, so each read answers meant for
+    the other ("the scheduler answered 14 of 1 items", a TaskInfo that was an enqueue's
+    answer), and a call through Ray never answered there."""
+    assert sched.enqueue("parent", LATER, "Noop") is ScheduleResult.SUCCESS  # an idle lane connection now
+    seen: list[str | None] = []
+
+    def parent_reads() -> None:  # the parent uses its lane while the child uses its own
+        info = sched.get_task_info("parent")
+        seen.append(info.id if info is not None else None)
+
+    def child() -> dict[str, Any]:
+        ids = [f"child-{i}" for i in range(30)]
+        said = [sched.enqueue(i, LATER, "Noop").value for i in ids]
+        infos = [getattr(sched.get_task_info(i), "id", None) for i in ids]
+        try:
+            sched.list_tasks()
+            listed = "answered"
+        except kmpray.EngineUnavailable as exc:
+            listed = str(exc)
+        return {"said": said, "infos": infos, "listed": listed}
+
+    out = _in_a_forked_child(child, parent_reads)
+    assert out.get("said") == ["SUCCESS"] * 30, out  # each call its own answer
+    assert out["infos"] == [f"child-{i}" for i in range(30)], out
+    assert "was forked from process" in out["listed"] and "'spawn'" in out["listed"], out
+    assert seen and set(seen) == {"parent"}, set(seen)
+    assert {"parent", *(f"child-{i}" for i in range(30))} <= {t.id for t in sched.list_tasks()}
