@@ -52,7 +52,11 @@ def _host_matches(host: str, patterns: list[str]) -> bool:
     return any(host == p or (p.startswith("*.") and host.endswith(p[1:])) for p in patterns)
 
 
-def check_url(url: str, config: EngineConfig) -> str:
+def check_url(url: str, config: EngineConfig, resolve: bool = True) -> str:
+    """``url`` if the config lets a worker send to it, else ConfigError naming why.
+    ``resolve=False`` leaves out the look-up of the host's addresses (a blocking DNS
+    query, for ``http_deny_private``): the clients look at every hop, redirects included,
+    in a thread (http.py's ``_client``)."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
         raise ConfigError(f"url: scheme must be http or https, got {parts.scheme or 'none'!r}")
@@ -63,7 +67,7 @@ def check_url(url: str, config: EngineConfig) -> str:
         raise ConfigError(f"url: host {host!r} is not in the allow list")
     if _host_matches(host, config.http_deny_hosts):
         raise ConfigError(f"url: host {host!r} is denied")
-    if config.http_deny_private:
+    if config.http_deny_private and resolve:
         try:
             addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
         except OSError as exc:

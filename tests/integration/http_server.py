@@ -47,6 +47,8 @@ class Handler(BaseHTTPRequestHandler):
         elif path == "/slow":
             time.sleep(3)
             self._reply(200, b"late")
+        elif path == "/redirect":  # 302 to ?to=<url>
+            self._reply(302, headers={"Location": self.path.split("to=", 1)[1]})
         elif path in ("/file", "/file-interrupt"):
             self._file(interrupt=path == "/file-interrupt" and self.state.hits[path] == 1)
         else:
@@ -73,7 +75,10 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802
         length = int(self.headers.get("Content-Length", 0))
         raw = self.rfile.read(length)
-        if self.path == "/upload":
+        if self.path.startswith("/redirect"):
+            self.state.hits["/redirect"] += 1
+            self._reply(307, headers={"Location": self.path.split("to=", 1)[1]})  # 307: POST again there
+        elif self.path == "/upload":
             msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
                 b"Content-Type: " + self.headers["Content-Type"].encode() + b"\r\n\r\n" + raw
             )
