@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import shutil
 import zipfile
+from pathlib import Path
 from typing import Literal
 
 from .._model import Frozen
 from ..config import EngineConfig
 from ..results import Failure, Success
 from ..worker import CommonWorker, WorkerContext
-from .safety import ConfigError, parse_config, safe_path
+from .safety import ConfigError, base_dir, parse_config, safe_path
 
 LEVELS = {"low": 1, "medium": 6, "high": 9}
 
@@ -48,25 +50,39 @@ class FileCompressionWorker(CommonWorker):
             return Failure(f"inputPath: {cfg.input_path!r} does not exist")
         if source.is_dir() and (target == source or source in target.parents):
             return Failure("outputPath: must not be inside the directory being compressed")
-        files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
-        root = source.parent if source.is_file() else source
-        chosen = [p for p in files if not _excluded(p.relative_to(root).as_posix(), cfg.exclude_patterns)]
-        original = sum(p.stat().st_size for p in chosen)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED, compresslevel=LEVELS[cfg.level]) as zf:
-            for n, path in enumerate(chosen, 1):
-                zf.write(path, path.relative_to(root).as_posix())
-                ctx.report_progress(n * 100 // len(chosen), path.name)
-        compressed = target.stat().st_size
-        if cfg.delete_original:
-            if source.is_dir():
-                shutil.rmtree(source)
-            else:
-                source.unlink()
-        return Success(data={
-            "originalSize": original,
-            "compressedSize": compressed,
-            "compressionRatio": round(compressed / original, 4) if original else 0.0,
-            "outputPath": str(target),
-            "deletedOriginal": cfg.delete_original,
-        })
+        # The files and the zip in a thread: zipping gigabytes held the executor's event
+        # loop (every other run there) until session 41.
+        return await asyncio.to_thread(_compress, source, target, cfg, base_dir(config), ctx)
+
+
+def _compress(
+    source: Path, target: Path, cfg: CompressionConfig, base: Path, ctx: WorkerContext
+) -> Success | Failure:
+    files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
+    root = source.parent if source.is_file() else source
+    chosen = [p for p in files if not _excluded(p.relative_to(root).as_posix(), cfg.exclude_patterns)]
+    for path in chosen:  # a link to a file outside the base directory would carry it out
+        real = path.resolve()
+        if real != base and base not in real.parents:
+            name = path.relative_to(root).as_posix()
+            return Failure(f"inputPath: {name!r} is a link to {str(real)!r}, outside the allowed base "
+                           f"directory {str(base)!r} (leave it out with excludePatterns)")
+    original = sum(p.stat().st_size for p in chosen)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED, compresslevel=LEVELS[cfg.level]) as zf:
+        for n, path in enumerate(chosen, 1):
+            zf.write(path, path.relative_to(root).as_posix())
+            ctx.report_progress(n * 100 // len(chosen), path.name)
+    compressed = target.stat().st_size
+    if cfg.delete_original:
+        if source.is_dir():
+            shutil.rmtree(source)
+        else:
+            source.unlink()
+    return Success(data={
+        "originalSize": original,
+        "compressedSize": compressed,
+        "compressionRatio": round(compressed / original, 4) if original else 0.0,
+        "outputPath": str(target),
+        "deletedOriginal": cfg.delete_original,
+    })

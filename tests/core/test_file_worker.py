@@ -1,0 +1,55 @@
+"""FileCompressionWorker in-process (no Ray): a link to a file outside the base directory
+is refused, not zipped; and the zipping runs in a thread, not on the executor's loop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import zipfile
+from pathlib import Path
+
+from kmpray import EngineConfig, WorkerContext
+from kmpray.results import Failure, Success
+from kmpray.workers.files import FileCompressionWorker
+
+
+def _run(base: Path, cfg: dict[str, object], progress: list[int] | None = None) -> tuple[object, int]:
+    threads = progress if progress is not None else []
+    ctx = WorkerContext("t", 0, engine_config=EngineConfig(files_base_dir=str(base)),
+                        progress_sink=lambda pct, msg: threads.append(threading.get_ident()))
+
+    async def run() -> tuple[object, int]:
+        return await FileCompressionWorker().do_work(json.dumps(cfg), ctx), threading.get_ident()
+
+    return asyncio.run(run())
+
+
+def test_a_link_out_of_the_base_directory_is_refused_naming_it_and_nothing_is_written(tmp_path: Path) -> None:
+    """Each path must resolve inside files_base_dir; a link inside the source directory to
+    a file outside it was followed, and its content zipped (the tour zipped /etc/hostname)."""
+    base, outside = tmp_path / "base", tmp_path / "secret.txt"
+    (base / "src").mkdir(parents=True)
+    (base / "src" / "a.txt").write_text("mine")
+    outside.write_text("not yours")
+    (base / "src" / "leak.txt").symlink_to(outside)
+    (base / "src" / "inside.txt").symlink_to(base / "src" / "a.txt")  # a link that stays inside: fine
+    refused, _ = _run(base, {"inputPath": "src", "outputPath": "out.zip"})
+    assert isinstance(refused, Failure) and not (base / "out.zip").exists()
+    assert refused.message == (f"inputPath: 'leak.txt' is a link to {str(outside)!r}, outside the allowed "
+                               f"base directory {str(base)!r} (leave it out with excludePatterns)")
+    done, _ = _run(base, {"inputPath": "src", "outputPath": "out.zip", "excludePatterns": ["leak.txt"]})
+    assert isinstance(done, Success)
+    with zipfile.ZipFile(base / "out.zip") as zf:
+        assert sorted(zf.namelist()) == ["a.txt", "inside.txt"] and zf.read("inside.txt") == b"mine"
+
+
+def test_the_zipping_runs_off_the_event_loop(tmp_path: Path) -> None:
+    base = tmp_path / "base"
+    (base / "src").mkdir(parents=True)
+    for i in range(3):
+        (base / "src" / f"f{i}").write_bytes(b"x" * 1000)
+    progress: list[int] = []
+    done, loop_thread = _run(base, {"inputPath": "src"}, progress)
+    assert isinstance(done, Success) and done.data["originalSize"] == 3000
+    assert len(progress) == 3 and loop_thread not in progress  # reported from the zipping thread
