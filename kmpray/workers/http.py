@@ -238,16 +238,20 @@ class HttpDownloadWorker(CommonWorker):
             return _transport_failure(exc, cfg.url)  # the part file stays for the resume
         except ConfigError as exc:  # a hop the config does not allow (_guard)
             return Failure(str(exc))
-        if cfg.sha256 is not None:
-            digest = hashlib.sha256()
-            with open(part, "rb") as f:
-                for block in iter(lambda: f.read(1024 * 1024), b""):
-                    digest.update(block)
-            if digest.hexdigest() != cfg.sha256.lower():
-                part.unlink(missing_ok=True)
-                return Failure(f"sha256 mismatch for {cfg.url}", should_retry=True)
+        # (hashed in a thread: a large download's digest held the executor's loop before)
+        if cfg.sha256 is not None and await asyncio.to_thread(_sha256_of, part) != cfg.sha256.lower():
+            part.unlink(missing_ok=True)
+            return Failure(f"sha256 mismatch for {cfg.url}", should_retry=True)
         os.replace(part, dest)
         return Success(data={"fileSize": dest.stat().st_size, "filePath": str(dest), "url": cfg.url})
+
+
+def _sha256_of(path: Any) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1024 * 1024), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class HttpUploadWorker(CommonWorker):
