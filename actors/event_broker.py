@@ -139,9 +139,9 @@ class EventBroker:
         restarted scheduler re-sends only what is after it."""
         return self.log.last_origin(source)
 
-    def bounds(self) -> tuple[int, int]:
-        """(first retained cursor, last cursor)."""
-        return self.log.first_cursor(), self.log.last_cursor()
+    def bounds(self) -> tuple[int, int, int]:
+        """(first retained cursor, last cursor, newest cursor of a completion trimmed)."""
+        return self.log.first_cursor(), self.log.last_cursor(), self.log.trimmed_to()
 
     async def poll(self, after: int, limit: int = 1000, timeout_s: float = 1.0) -> list[tuple[int, bytes]]:
         self._oldest_read = after if self._oldest_read is None else min(self._oldest_read, after)
@@ -174,6 +174,9 @@ class EventBroker:
         cursor = after
         while True:
             rows = await self.poll(cursor, 256, 5.0)
+            if rows and cursor < (trimmed := self.log.trimmed_to()):  # fell behind the retention
+                log.warning("subscriber actor %s: completion events after cursor %d up to %d were trimmed "
+                            "(event_retention) before it was sent them", actor, cursor, trimmed)
             if rows:
                 cursor = rows[-1][0]
             for cur, event in decode_events(rows):

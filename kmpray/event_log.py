@@ -34,6 +34,11 @@ class EventLog(Protocol):
 
     def trim(self, keep: int, progress: bool = False) -> None: ...
 
+    def trimmed_to(self) -> int:
+        """The newest cursor of a completion event trimmed (0: none ever was): a reader
+        behind it missed completions (client/subscription.py says so)."""
+        ...
+
     def sync_if_quiet(self, max_rows: int) -> bool:
         """As ``TaskStore.sync_if_quiet``."""
         ...
@@ -63,6 +68,9 @@ _EVENT_TABLES = {
     "origin": "CREATE TABLE IF NOT EXISTS origin (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL)",
     # The same for scheduler shards 1, 2, ... (each numbers its own outbox); shard 0's is above.
     "origins": "CREATE TABLE IF NOT EXISTS origins (source INTEGER PRIMARY KEY, seq INTEGER NOT NULL)",
+    # The newest cursor of a completion event trimmed (retention): what a reader behind it missed.
+    "trimmed": "CREATE TABLE IF NOT EXISTS trimmed (id INTEGER PRIMARY KEY CHECK (id = 1), "
+               "upto INTEGER NOT NULL)",
 }
 
 
@@ -87,6 +95,8 @@ class SqliteEventLog:
             # where to cut without walking 100,000 rows back (~15 ms per trim here).
             self._completions = deque(c for (c,) in conn.execute(
                 "SELECT cursor FROM events WHERE progress = 0 ORDER BY cursor"))
+            row = conn.execute("SELECT upto FROM trimmed WHERE id = 1").fetchone()
+            self._trimmed_to = int(row[0]) if row else 0
 
     def append(
         self, events: list[bytes], origins: Sequence[int | None] | None = None, source: int = 0,
@@ -151,8 +161,13 @@ class SqliteEventLog:
             if len(done) > keep:
                 cut = done[-keep - 1]
                 conn.execute("DELETE FROM events WHERE progress = 0 AND cursor <= ?", (cut,))
+                conn.execute("INSERT OR REPLACE INTO trimmed (id, upto) VALUES (1, ?)", (cut,))
                 for _ in range(len(done) - keep):
                     done.popleft()
+                self._trimmed_to = cut
+
+    def trimmed_to(self) -> int:
+        return self._trimmed_to
 
     def sync_if_quiet(self, max_rows: int) -> bool:
         with self._lock:
@@ -171,6 +186,7 @@ class MemoryEventLog:
         self._last = 0
         self._origins: dict[int, int] = {}  # source (scheduler shard) -> last origin appended
         self._progress: set[int] = set()  # the cursors of progress events
+        self._trimmed = 0  # see EventLog.trimmed_to
 
     def append(
         self, events: list[bytes], origins: Sequence[int | None] | None = None, source: int = 0,
@@ -205,6 +221,11 @@ class MemoryEventLog:
         gone = set(kind[:-keep] if keep else kind)
         self._rows = [r for r in self._rows if r[0] not in gone]
         self._progress -= gone
+        if gone and not progress:
+            self._trimmed = max(self._trimmed, *gone)
+
+    def trimmed_to(self) -> int:
+        return self._trimmed
 
     def sync_if_quiet(self, max_rows: int) -> bool:
         return False  # nothing to sync

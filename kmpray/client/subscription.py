@@ -43,6 +43,9 @@ class Subscription:
     def __init__(self, broker: Any, after: int, callback: Callable[[Any], None] | None = None) -> None:
         self._broker = broker
         self.cursor = after
+        # (after, upto): completion events after cursor ``after`` up to ``upto`` were trimmed
+        # (EngineConfig.event_retention) before this subscription read them; logged too.
+        self.missed: list[tuple[int, int]] = []
         self._buffer: deque[tuple[int, Any]] = deque()
         self._skipped_to = after
         self._closed = False
@@ -51,8 +54,22 @@ class Subscription:
             self._thread = threading.Thread(target=self._pump_callback, args=(callback,), daemon=True)
             self._thread.start()
 
-    def _take(self, rows: list[tuple[int, bytes]]) -> None:
+    def _take(self, rows: list[tuple[int, bytes]], after: int | None = None) -> None:
+        """Decode ``rows``, read after cursor ``after``: a jump past ``after + 1`` means rows
+        were trimmed meanwhile (a reader slower than the retention); if completions were
+        among them, say so (``missed``), never skip them silently. Not for a first read
+        from cursor 0: ``since=0`` asks for what is retained."""
         from ..event_codec import decode_events
+
+        if rows and after and rows[0][0] > after + 1:
+            trimmed = int(_asked(self._broker.bounds.remote)[2])  # one call, on a jump only
+            # The newest completion trimmed is a completion this read jumped over: missed.
+            # (At or past the first row read, a trim came after the read: nothing is said.)
+            if after < trimmed < rows[0][0]:
+                self.missed.append((after, trimmed))
+                log.warning("event subscription at cursor %d: completion events up to cursor %d were trimmed "
+                            "(EngineConfig.event_retention) before it read them; it goes on at cursor %d",
+                            after, trimmed, rows[0][0])
 
         self._buffer.extend(decode_events(rows))
         if rows and (not self._buffer or self._buffer[-1][0] != rows[-1][0]):
@@ -63,11 +80,12 @@ class Subscription:
 
         _require_ray()
         try:
-            rows = _ray().get(self._broker.poll.remote(self._after(), 1000, timeout_s), timeout=timeout_s + 30)
+            after = self._after()
+            rows = _ray().get(self._broker.poll.remote(after, 1000, timeout_s), timeout=timeout_s + 30)
         except TRANSIENT:  # the broker is restarting; the log is durable, so just ask again
             time.sleep(min(timeout_s, 0.2))
             return
-        self._take(rows)
+        self._take(rows, after)
 
     def _after(self) -> int:
         """Where the next poll starts: after what is buffered, or after skipped damaged rows."""
@@ -97,7 +115,8 @@ class Subscription:
         while not self._closed:
             if not self._buffer:
                 _require_ray()
-                self._take(await self._broker.poll.remote(self._after(), 1000, 1.0))
+                after = self._after()
+                self._take(await self._broker.poll.remote(after, 1000, 1.0), after)
                 continue
             self.cursor, event = self._buffer.popleft()
             yield event
