@@ -18,7 +18,9 @@ group.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -89,6 +91,17 @@ def _take(queue: deque[_Slot], own: _Slot) -> list[_Slot]:
     return group
 
 
+_COALESCERS: weakref.WeakSet[Coalescer] = weakref.WeakSet()
+
+
+def _forked() -> None:
+    for coalescer in list(_COALESCERS):
+        coalescer._forked()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
 class Coalescer:
     """Thread-side: ``submit(item)`` from any thread; blocks until its answer is in. Each
     waiting thread waits on a condition of its own (over one shared lock), notified when
@@ -98,6 +111,13 @@ class Coalescer:
 
     def __init__(self, send: Send) -> None:
         self._send = send
+        self._forked()
+        _COALESCERS.add(self)
+
+    def _forked(self) -> None:
+        """Empty (at the start, and in a child forked from this process: the parent's
+        waiting threads and calls in flight are not there, and a child that counted them
+        as its own waited for their answers for good)."""
         self._lock = threading.Lock()
         self._queue: deque[_Slot] = deque()  # not yet taken, oldest first
         self._in_flight = 0

@@ -343,3 +343,51 @@ def test_waiting_threads_are_each_woken_about_once(monkeypatch: pytest.MonkeyPat
         w.join(30)
     assert out == {k: ("SUCCESS", k) for k in (f"{t}-{i}" for t in range(threads) for i in range(per))}
     assert wakeups <= threads * per * 3 // 2, wakeups  # ~1 per call; the shared condition: ~2.5
+
+
+def test_a_child_forked_while_calls_are_in_flight_sends_its_own() -> None:
+    """A process forked while its threads had enqueue calls in flight (a notebook's Pool
+    started meanwhile): the child counted the parent's calls as its own, which no one in
+    the child would ever answer, and its first enqueue() waited for good."""
+    import os
+    import select
+
+    release = threading.Event()
+    sent: list[list[Any]] = []
+
+    def send(items: list[dict[str, Any]]) -> list[tuple[str, str | None]]:
+        sent.append(items)
+        if os.getpid() == parent:
+            release.wait(30)  # the parent's calls stay in flight across the fork
+        return [("SUCCESS", None)] * len(items)
+
+    parent = os.getpid()
+    group = Coalescer(send)
+    callers = [threading.Thread(target=group.submit, args=({"id": f"p{i}"},)) for i in range(4)]
+    for t in callers:
+        t.start()
+    deadline = time.monotonic() + 10
+    while group._in_flight < coalesce.MAX_IN_FLIGHT and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert group._in_flight == coalesce.MAX_IN_FLIGHT
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.write(write, group.submit({"id": "child"})[0].encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    try:
+        answered = os.read(read, 100) if select.select([read], [], [], 20)[0] else b""
+    finally:
+        os.close(read)
+        if not answered:
+            os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        release.set()
+        for t in callers:
+            t.join(timeout=30)
+    assert answered == b"SUCCESS"
+    # the parent's calls, each sent once here (the child's went in the child's own memory)
+    assert sorted(i["id"] for items in sent for i in items) == ["p0", "p1", "p2", "p3"]
