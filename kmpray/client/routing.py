@@ -9,6 +9,7 @@ answers go together is shared."""
 from __future__ import annotations
 
 import asyncio
+import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -31,6 +32,7 @@ class Routing:
     shards: int
     _homes: dict[str, int]
     _fan_pool: ThreadPoolExecutor | None = None
+    _fan_pid = 0  # the process that made _fan_pool
     _schedulers: list[Any]
     namespace: str
     _closed = False  # shutdown() ran: calls fail at once, not after ~120 s of retrying a stopped engine
@@ -65,7 +67,8 @@ class Routing:
         if len(calls) == 1:
             k, args = calls[0]
             return [self._call(method, *args, shard=k, **kw)]
-        if self._fan_pool is None:
+        if self._fan_pool is None or self._fan_pid != os.getpid():  # a forked child's is its parent's:
+            self._fan_pid = os.getpid()  # no thread of it runs there, and a call given it waited for good
             self._fan_pool = ThreadPoolExecutor(max_workers=self.shards, thread_name_prefix="kmpray-fan")
         futures = [self._fan_pool.submit(self._call, method, *args, shard=k, **kw) for k, args in calls]
         return [f.result() for f in futures]
