@@ -17,7 +17,6 @@ from typing import Any
 
 import msgpack
 import pytest
-import ray
 from kmpray.actors import bootstrap
 
 import kmpray
@@ -101,33 +100,52 @@ def test_a_state_dir_that_cannot_be_created_is_refused_at_connect(ray_session: A
     assert "unwritable" not in bootstrap.running_engines()
 
 
-def test_a_row_that_will_not_encode_restarts_the_scheduler_instead_of_living_on_in_memory(
-        engines: Any, tmp_path: Path) -> None:
-    """A store write that fails for any other reason (before the times' range, a due time
-    past 2**64 ms made msgpack raise) was answered FAILED_UNKNOWN while the task stayed
-    in the scheduler's memory, listed and due to run; only a full disk restarted it."""
-    state = tmp_path / "state"
-    sched = engines.registered(state_dir=state)
-    assert sched.enqueue("kept", TaskTrigger.OneTime(ONE_HOUR), "Echo") is ScheduleResult.SUCCESS
-    starts = _starts(state / "tasks.db")
 
-    def poison(self: Any) -> None:  # the next write holding "bad" raises as msgpack did
-        real = self.store.write
+def test_a_write_that_fails_for_any_reason_ends_the_scheduler_to_restart_from_its_store(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store write that failed other than on the disk (a row msgpack would not encode:
+    a due time past 2**64 ms, before times had a range) was answered FAILED_UNKNOWN while
+    the task stayed in the scheduler's memory, listed and due to run: only SQLite and OS
+    errors ended the process. Now any failure does, as a full disk's does (the test
+    above, end to end). The actor's _flush over a real core, without Ray."""
+    import asyncio
 
-        def write(recs: Any, *args: Any, **kw: Any) -> Any:
-            recs = list(recs)
-            if any(r.key == "bad" for r in recs):
-                raise OverflowError("Integer value out of range")
-            return real(recs, *args, **kw)
-        self.store.write = write
+    from kmpray.actors import scheduler as module
 
-    scheduler = ray.get_actor("kmpray.scheduler", namespace=sched.namespace)
-    ray.get(scheduler.__ray_call__.remote(poison), timeout=30)
-    assert sched.enqueue("bad", TaskTrigger.OneTime(ONE_HOUR), "Echo") is ScheduleResult.FAILED_UNKNOWN
-    why = sched.last_reason or ""
-    assert "Integer value out of range" in why and "restarts from its store" in why, why
-    until(lambda: _starts(state / "tasks.db") != starts, timeout_s=60, what="the scheduler's restart")
-    assert sched.get_task_info("bad") is None  # never stored, so never run
-    assert [t.id for t in sched.list_tasks()] == ["kept"]
-    assert sched.enqueue("after", TaskTrigger.OneTime(), "Echo") is ScheduleResult.SUCCESS
-    assert sched.wait("after", timeout_s=60).state is TaskState.SUCCEEDED
+    from kmpray.clock import ManualClock
+    from kmpray.engine import SchedulerCore
+    from kmpray.errors import StoreWriteFailed
+    from kmpray.platforms import profile
+
+    class Unencodable:
+        def write(self, *args: Any, **kw: Any) -> list[int]:
+            raise OverflowError("Integer value out of range")
+
+    ended: list[tuple[float, Any, Any]] = []
+
+    class Timer:  # what would end the process: recorded instead
+        def __init__(self, after_s: float, fn: Any, args: Any) -> None:
+            ended.append((after_s, fn, args))
+            self.daemon = False
+
+        def start(self) -> None:
+            pass
+
+    monkeypatch.setattr(module.threading, "Timer", Timer)
+    actor = object.__new__(module.SchedulerActor.__ray_actor_class__)
+    actor.core = SchedulerCore(ManualClock(1_000_000), profile("cluster"), None, lambda worker: True)
+    actor.store = Unencodable()
+    actor.home = "/state"
+    actor._store_failed, actor._lead_ms, actor._wake_at, actor._wake = None, 0, None, asyncio.Event()
+    actor._answers, actor._acked, actor.messages = [], None, {"commits": 0}
+    actor.core.submit("bad", TaskTrigger.OneTime(ONE_HOUR), "Echo")
+    with pytest.raises(StoreWriteFailed) as first:
+        actor._flush()
+    said = str(first.value)
+    assert "Integer value out of range" in said and "restarts from its store" in said
+    assert "OverflowError: a row it could not encode" in said
+    assert ended == [(0.5, os._exit, (75,))]  # the process ends half a second later; Ray restarts it
+    actor.core.submit("next", TaskTrigger.OneTime(ONE_HOUR), "Echo")
+    with pytest.raises(StoreWriteFailed) as later:
+        actor._flush()  # every later write is refused the same way, never half-applied
+    assert later.value is first.value and len(ended) == 1
