@@ -12,6 +12,7 @@ import pytest
 
 from kmpray.client import coalesce
 from kmpray.client.coalesce import AsyncCoalescer, Coalescer
+from tests.forked import in_a_forked_child
 
 Items = list[dict[str, Any]]
 
@@ -350,7 +351,6 @@ def test_a_child_forked_while_calls_are_in_flight_sends_its_own() -> None:
     started meanwhile): the child counted the parent's calls as its own, which no one in
     the child would ever answer, and its first enqueue() waited for good."""
     import os
-    import select
 
     release = threading.Event()
     sent: list[list[Any]] = []
@@ -370,21 +370,9 @@ def test_a_child_forked_while_calls_are_in_flight_sends_its_own() -> None:
     while group._in_flight < coalesce.MAX_IN_FLIGHT and time.monotonic() < deadline:
         time.sleep(0.01)
     assert group._in_flight == coalesce.MAX_IN_FLIGHT
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.write(write, group.submit({"id": "child"})[0].encode())
-        finally:
-            os._exit(0)
-    os.close(write)
     try:
-        answered = os.read(read, 100) if select.select([read], [], [], 20)[0] else b""
+        answered = in_a_forked_child(lambda: group.submit({"id": "child"})[0].encode(), timeout_s=20)
     finally:
-        os.close(read)
-        if not answered:
-            os.kill(pid, 9)
-        os.waitpid(pid, 0)
         release.set()
         for t in callers:
             t.join(timeout=30)

@@ -5,10 +5,11 @@ child. No Ray here: the handles fail the test if anything reaches them."""
 from __future__ import annotations
 
 import os
-import select
 import threading
 import time
 from typing import Any
+
+from tests.forked import in_a_forked_child
 
 from .test_ray_shut_down import Untouchable
 
@@ -36,20 +37,6 @@ def test_a_sharded_connection_fans_out_in_a_forked_child_with_threads_of_its_own
     assert pool is not None
     while pool._idle_semaphore._value < len(pool._threads) and time.monotonic() < deadline:  # type: ignore[attr-defined]
         time.sleep(0.01)  # its threads idle, as between two calls: a submit then starts none
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.write(write, repr(sched._fan("status", [(0, ()), (1, ())])).encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    try:
-        answered = os.read(read, 200) if select.select([read], [], [], 20)[0] else b""
-    finally:
-        os.close(read)
-        if not answered:
-            os.kill(pid, 9)
-        os.waitpid(pid, 0)
+    answered = in_a_forked_child(lambda: repr(sched._fan("status", [(0, ()), (1, ())])).encode())
     assert answered == b"[('status', 0), ('status', 1)]"
     assert sched._fan("status", [(0, ()), (1, ())]) == [("status", 0), ("status", 1)]  # the parent's works on

@@ -5,11 +5,11 @@ marked as a retry."""
 
 from __future__ import annotations
 
-import os
 import threading
 
 from kmpray.client.remote import _tokens
 from kmpray.protocol import RETRY_MARK
+from tests.forked import in_a_forked_child
 
 
 def test_each_call_gets_its_own_token_and_its_retries_carry_it_marked() -> None:
@@ -31,17 +31,10 @@ def test_each_call_gets_its_own_token_and_its_retries_carry_it_marked() -> None:
 
 
 def test_a_forked_child_draws_tokens_of_its_own() -> None:
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: the same count as the parent had, so only a new prefix helps
-        try:
-            os.write(write, "\n".join(next(_tokens(True))[0] for _ in range(3)).encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    os.waitpid(pid, 0)
-    with os.fdopen(read) as f:
-        child = f.read().split("\n")
+    def three() -> bytes:  # in the child: the same count as the parent had, so only a new prefix helps
+        return "\n".join(next(_tokens(True))[0] for _ in range(3)).encode()
+
+    child = in_a_forked_child(three).decode().split("\n")
     mine = [next(_tokens(True))[0] for _ in range(3)]
     assert len(child) == 3 and not set(child) & set(mine)
     prefix = mine[0].rsplit("-", 1)[0]

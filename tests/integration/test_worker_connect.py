@@ -19,6 +19,7 @@ import ray
 
 import kmpray
 from kmpray import ScheduleResult, TaskState, TaskTrigger
+from tests.forked import in_a_forked_child
 
 from .helpers import ONE_SHARD, until
 
@@ -52,38 +53,6 @@ def test_an_async_worker_connects_without_blocking_its_executors_loop(sched: Any
     assert "EnqueuesChildAsync" not in sched.status()["loop_blocks"]
 
 
-def _in_a_forked_child(work: Any, meanwhile: Any, timeout_s: float = 60) -> Any:
-    """``work()`` in a child forked from this process (Ray up here), its JSON answer;
-    ``meanwhile()`` is called here again and again until it comes."""
-    import os
-    import select
-    import time
-
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: nothing but the work, then out without this process's cleanup
-        try:
-            os.write(write, json.dumps(work()).encode())
-        except BaseException as exc:
-            os.write(write, json.dumps({"raised": repr(exc)}).encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    body, deadline = b"", time.monotonic() + timeout_s
-    try:
-        while not body and time.monotonic() < deadline:
-            meanwhile()
-            if select.select([read], [], [], 0)[0]:
-                body = os.read(read, 1 << 20)
-    finally:
-        os.close(read)
-        if not body:
-            os.kill(pid, 9)
-        os.waitpid(pid, 0)
-    assert body, "the forked child did not answer"
-    return json.loads(body)
-
-
 @ONE_SHARD
 def test_a_forked_child_makes_its_own_lane_connections_and_is_told_ray_does_not_work_there(
         sched: Any) -> None:
@@ -109,7 +78,7 @@ def test_a_forked_child_makes_its_own_lane_connections_and_is_told_ray_does_not_
             listed = str(exc)
         return {"said": said, "infos": infos, "listed": listed}
 
-    out = _in_a_forked_child(child, parent_reads)
+    out = json.loads(in_a_forked_child(lambda: json.dumps(child()).encode(), parent_reads, timeout_s=60))
     assert out.get("said") == ["SUCCESS"] * 30, out  # each call its own answer
     assert out["infos"] == [f"child-{i}" for i in range(30)], out
     assert "was forked from process" in out["listed"] and "'spawn'" in out["listed"], out
