@@ -18,12 +18,12 @@ group.
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
-import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+from .remote import let_go_in_forked_child
 
 MAX_GROUP = 1_000  # items per message, like one enqueue_many call of a bulk producer
 # Messages of one client in flight at once. One would halve what a few concurrent callers
@@ -91,17 +91,6 @@ def _take(queue: deque[_Slot], own: _Slot) -> list[_Slot]:
     return group
 
 
-_COALESCERS: weakref.WeakSet[Coalescer] = weakref.WeakSet()
-
-
-def _forked() -> None:
-    for coalescer in list(_COALESCERS):
-        coalescer._forked()
-
-
-os.register_at_fork(after_in_child=_forked)
-
-
 class Coalescer:
     """Thread-side: ``submit(item)`` from any thread; blocks until its answer is in. Each
     waiting thread waits on a condition of its own (over one shared lock), notified when
@@ -111,10 +100,10 @@ class Coalescer:
 
     def __init__(self, send: Send) -> None:
         self._send = send
-        self._forked()
-        _COALESCERS.add(self)
+        self._after_fork()
+        let_go_in_forked_child(self)
 
-    def _forked(self) -> None:
+    def _after_fork(self) -> None:
         """Empty (at the start, and in a child forked from this process: the parent's
         waiting threads and calls in flight are not there, and a child that counted them
         as its own waited for their answers for good)."""

@@ -67,6 +67,7 @@ class BackgroundTaskScheduler(Waiting, Routing):
                             lambda k=k: self._call_async("lane", shard=k, timeout_s=LANE_CONNECT_TIMEOUT_S),
                             _node_id) for k in range(self.shards)]
         # concurrent enqueue() calls to one shard share one enqueue_many message (coalesce.py)
+        remote.let_go_in_forked_child(self)  # its shard fan-out pool (routing.py's _after_fork)
         self._groups = [Coalescer(lambda items, k=k: self._call("enqueue_many", items, shard=k, token=True))
                         for k in range(self.shards)]
         self._groups_async = [

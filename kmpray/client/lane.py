@@ -17,7 +17,6 @@ import os
 import socket
 import threading
 import time
-import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -34,21 +33,11 @@ from ..lane import (
     unpack,
 )
 from ..timing import LANE_LOST_RECHECK_S, LANE_NONE_RECHECK_S
+from .remote import let_go_in_forked_child
 
 # kmpray/timing.py's, bound here so a test may shorten them for this module
 LOST_RECHECK_S = LANE_LOST_RECHECK_S
 NO_LANE_RECHECK_S = LANE_NONE_RECHECK_S
-
-
-_LANES: weakref.WeakSet[Lane] = weakref.WeakSet()  # every Lane of this process
-
-
-def _forked() -> None:
-    for lane in list(_LANES):
-        lane._after_fork()
-
-
-os.register_at_fork(after_in_child=_forked)
 
 
 class LaneDown(Exception):
@@ -82,7 +71,7 @@ class Lane:
         # False: every call goes through Ray (KMPRAY_LOCAL_LANE=0 in the client's environment;
         # bench submit's same-run baseline)
         self.enabled = os.environ.get("KMPRAY_LOCAL_LANE", "1") != "0"
-        _LANES.add(self)
+        let_go_in_forked_child(self)
 
     def _after_fork(self) -> None:
         """In a child forked from this process: the connections are the parent's (the same

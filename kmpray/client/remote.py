@@ -7,6 +7,7 @@ import logging
 import os
 import secrets
 import sys
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,16 @@ def require_ray(namespace: str | None = None) -> None:
 
 _ray_pid_at_fork: int | None = None  # this process's pid, if Ray was up when it forked
 _forked_from: int | None = None  # in a forked child: the pid of the parent, where Ray was up
+# What a connection holds of this process's threads and sockets, each with ``_after_fork()``
+# to let it go in a forked child: lane connections, the enqueue coalescers, the shard
+# fan-out pool (multiprocessing's "fork" after connect(); each once read its parent's
+# answers or waited for good on its parent's threads).
+_HELD: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def let_go_in_forked_child(held: Any) -> None:
+    """Call ``held._after_fork()`` in each child forked from this process."""
+    _HELD.add(held)
 
 
 def _before_fork() -> None:
@@ -42,6 +53,8 @@ def _after_fork_in_child() -> None:
     global _forked_from
     if _ray_pid_at_fork is not None:
         _forked_from = _ray_pid_at_fork
+    for held in list(_HELD):
+        held._after_fork()
 
 
 os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)

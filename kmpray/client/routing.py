@@ -9,7 +9,6 @@ answers go together is shared."""
 from __future__ import annotations
 
 import asyncio
-import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -32,7 +31,6 @@ class Routing:
     shards: int
     _homes: dict[str, int]
     _fan_pool: ThreadPoolExecutor | None = None
-    _fan_pid = 0  # the process that made _fan_pool
     _schedulers: list[Any]
     namespace: str
     _closed = False  # shutdown() ran: calls fail at once, not after ~120 s of retrying a stopped engine
@@ -51,6 +49,11 @@ class Routing:
         if named is None or named._actor_id != self._schedulers[shard]._actor_id:
             raise EngineUnavailable.stopped(self.namespace)
 
+    def _after_fork(self) -> None:
+        """In a forked child: the fan-out pool is its parent's, with no thread of it
+        running here (a call handed to it waited for good); the next fan-out makes one."""
+        self._fan_pool = None
+
     def _check_open(self) -> None:
         if self._closed:
             raise EngineUnavailable(
@@ -67,8 +70,7 @@ class Routing:
         if len(calls) == 1:
             k, args = calls[0]
             return [self._call(method, *args, shard=k, **kw)]
-        if self._fan_pool is None or self._fan_pid != os.getpid():  # a forked child's is its parent's:
-            self._fan_pid = os.getpid()  # no thread of it runs there, and a call given it waited for good
+        if self._fan_pool is None:
             self._fan_pool = ThreadPoolExecutor(max_workers=self.shards, thread_name_prefix="kmpray-fan")
         futures = [self._fan_pool.submit(self._call, method, *args, shard=k, **kw) for k, args in calls]
         return [f.result() for f in futures]
