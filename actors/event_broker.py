@@ -20,7 +20,7 @@ import ray
 from kmpray.artifacts import check_event
 from kmpray.errors import StoreRefused, StoreWriteFailed
 from kmpray.event_codec import decode_event, decode_events, encode_event
-from kmpray.event_log import MemoryEventLog, SqliteEventLog
+from kmpray.event_log import MemoryEventLog, SqliteEventLog, jumped_trimmed
 from kmpray.events import TaskCompletionEvent, TaskProgressEvent
 from kmpray.store_files import disk_error
 from kmpray.timing import METRICS_S, QUIET_SYNC_ROWS, QUIET_SYNC_S, STORE_LOCK_WAIT_S
@@ -174,7 +174,7 @@ class EventBroker:
         cursor = after
         while True:
             rows = await self.poll(cursor, 256, 5.0)
-            if rows and cursor < (trimmed := self.log.trimmed_to()):  # fell behind the retention
+            if rows and jumped_trimmed(cursor, rows[0][0], trimmed := self.log.trimmed_to()):
                 log.warning("subscriber actor %s: completion events after cursor %d up to %d were trimmed "
                             "(event_retention) before it was sent them", actor, cursor, trimmed)
             if rows:

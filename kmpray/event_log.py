@@ -59,6 +59,15 @@ def first_sends(
     return [(e, f) for e, _o, f in keep], max([last, *(o for _e, o, _f in keep if o is not None)])
 
 
+def jumped_trimmed(after: int, first_read: int, trimmed_to: int) -> bool:
+    """Whether a read after cursor ``after`` whose first row is ``first_read`` jumped over
+    completions the retention trimmed (``trimmed_to``: EventLog.trimmed_to). The newest
+    trimmed completion lying in the jump is one it missed; past the first row read, a
+    trim came after the read and nothing is said. Not after cursor 0: ``since=0`` asks
+    for what is retained."""
+    return 0 < after < trimmed_to < first_read
+
+
 _EVENT_TABLES = {
     # progress: 1 for a progress event (trimmed by a count of its own). Files written before
     # it existed get the column at open (SqliteEventLog): their rows count as completions.

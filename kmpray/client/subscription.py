@@ -16,6 +16,7 @@ from typing import Any
 
 from ..artifacts import check_event
 from ..clock import deadline_after
+from ..event_log import jumped_trimmed
 from ..events import TaskCompletionEvent, TaskProgressEvent
 from ..timing import CALL_TIMEOUT_S
 from .remote import _ray, ray_gone, require_ray_here
@@ -63,9 +64,7 @@ class Subscription:
 
         if rows and after and rows[0][0] > after + 1:
             trimmed = int(_asked(self._broker.bounds.remote)[2])  # one call, on a jump only
-            # The newest completion trimmed is a completion this read jumped over: missed.
-            # (At or past the first row read, a trim came after the read: nothing is said.)
-            if after < trimmed < rows[0][0]:
+            if jumped_trimmed(after, rows[0][0], trimmed):
                 self.missed.append((after, trimmed))
                 log.warning("event subscription at cursor %d: completion events up to cursor %d were trimmed "
                             "(EngineConfig.event_retention) before it read them; it goes on at cursor %d",

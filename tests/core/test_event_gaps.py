@@ -77,3 +77,14 @@ def test_a_subscription_that_jumps_over_trimmed_completions_says_so(
                     "(EngineConfig.event_retention) before it read them; it goes on at cursor 5001"]
     got = [sub.get(timeout_s=0) for _ in range(5)]  # every row read is handed out, in order
     assert [e.task_id for e in got] == ["t101", "t102", "t5001", "t5010", "t7"]  # type: ignore[union-attr]
+
+
+def test_the_one_rule_for_a_read_that_jumped_over_trimmed_completions() -> None:
+    """Shared by a Subscription and the broker's push to a subscriber actor."""
+    from kmpray.event_log import jumped_trimmed
+
+    assert jumped_trimmed(102, 5001, 5000)  # the newest trimmed completion lies in the jump
+    assert not jumped_trimmed(102, 103, 0)  # nothing ever trimmed
+    assert not jumped_trimmed(5001, 5010, 5000)  # behind the reader: progress rows trimmed only
+    assert not jumped_trimmed(102, 104, 9000)  # past the first row read: a trim after the read
+    assert not jumped_trimmed(0, 7, 5)  # since=0 asks for what is retained
