@@ -51,8 +51,18 @@ def connect(
 ) -> BackgroundTaskScheduler:
     """Attach to (or start) the engine of ``namespace`` and return its scheduler facade.
     Inside worker code, with no namespace, address or state_dir: the engine running it."""
+    from . import events
     from .client import connect as _connect
 
+    here = events.engine_here
+    if here is not None and namespace is DEFAULT_NAMESPACE and address is None and state_dir is None:
+        # Worker code connecting (a task that enqueues tasks): the engine running it, as
+        # kmpray.TaskEventBus is there, not a new engine under the default namespace.
+        from .client.here import engine_running_this
+        from .platforms import profile
+
+        profile(platform)  # a bad platform name fails here too, naming the field
+        return engine_running_this(here)
     return _connect(
         address=address,
         namespace=namespace,

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .. import events as events_module
 from ..chain import TaskChain
 from ..clock import deadline_after
 from ..config import EngineConfig
@@ -430,13 +429,6 @@ def connect(
     config: EngineConfig | None = None,
 ) -> BackgroundTaskScheduler:
     profile(platform)  # a bad platform name fails here, naming the field
-    here = events_module.engine_here
-    if here is not None and namespace is DEFAULT_NAMESPACE and address is None and state_dir is None:
-        # Worker code connecting (a task that enqueues tasks): the engine running it, as
-        # kmpray.TaskEventBus is there, not a new engine under the default namespace.
-        from .here import engine_running_this
-
-        return engine_running_this(here)
     if not isinstance(namespace, str) or not namespace or len(namespace) > 100:
         raise ValueError("namespace: must be a non-empty string of at most 100 characters")
     if SHARD_SEP in namespace:
