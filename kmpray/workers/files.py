@@ -13,7 +13,7 @@ from .._model import Frozen
 from ..config import EngineConfig
 from ..results import Failure, Success
 from ..worker import CommonWorker, WorkerContext
-from .safety import ConfigError, base_dir, parse_config, safe_path
+from .safety import ConfigError, base_dir, inside, parse_config, safe_path
 
 LEVELS = {"low": 1, "medium": 6, "high": 9}
 
@@ -63,7 +63,7 @@ def _compress(
     chosen = [p for p in files if not _excluded(p.relative_to(root).as_posix(), cfg.exclude_patterns)]
     for path in chosen:  # a link to a file outside the base directory would carry it out
         real = path.resolve()
-        if real != base and base not in real.parents:
+        if not inside(base, real):
             name = path.relative_to(root).as_posix()
             return Failure(f"inputPath: {name!r} is a link to {str(real)!r}, outside the allowed base "
                            f"directory {str(base)!r} (leave it out with excludePatterns)")

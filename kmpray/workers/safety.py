@@ -85,11 +85,16 @@ def base_dir(config: EngineConfig) -> Path:
     return base.resolve()
 
 
+def inside(base: Path, resolved: Path) -> bool:
+    """Whether the resolved path is the base directory or below it."""
+    return resolved == base or base in resolved.parents
+
+
 def safe_path(path: str, config: EngineConfig, field: str) -> Path:
     """``path`` (absolute, or relative to the base dir) must resolve inside the base dir."""
     base = base_dir(config)
     candidate = Path(path)
     resolved = (candidate if candidate.is_absolute() else base / candidate).resolve()
-    if resolved != base and base not in resolved.parents:
+    if not inside(base, resolved):
         raise ConfigError(f"{field}: {path!r} is outside the allowed base directory {str(base)!r}")
     return resolved
