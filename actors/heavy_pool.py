@@ -92,6 +92,7 @@ class HeavyPool:
         self.where: dict[RunKey, int] = {}  # run -> slot holding it
         self.capacity: int | None = None  # heavy actors the alive nodes can hold (reconcile sets it)
         self.replaced = 0
+        self.refused: str | None = None  # why Ray would not start a heavy worker (grow)
         self.lanes = SubmitLanes()  # heavy workers on the scheduler's node: runs down their lanes
         self.stops = Stops()  # heavy workers' processes the engine ended (actors/stops.py)
         self.spool = beside(artifacts)  # results its dead workers spooled (actors/spool.py)
@@ -119,6 +120,8 @@ class HeavyPool:
         pool = len(self.slots)
         if not pool:
             return "waiting for a heavy worker: the heavy pool is empty (EngineConfig.heavy_pool_size=0)"
+        if self.refused:
+            return "waiting for a heavy worker: " + self.refused
         placed = sum(1 for slot in self.slots if slot.ready)
         text = f"waiting for a heavy worker: {placed} of {pool} placed"
         if placed == pool:
@@ -143,10 +146,20 @@ class HeavyPool:
                 "get_if_exists": True,
                 "num_cpus": self.config.heavy_num_cpus,
             }
-            if self.config.heavy_resources:
-                options["resources"] = dict(self.config.heavy_resources)
-            slot.handle = HeavyWorker.options(**options).remote(
-                self.namespace, i, self.config.model_dump(), self.artifacts)
+            resources = dict(self.config.heavy_resources)
+            if "GPU" in resources:  # Ray takes GPUs only as num_gpus (and then sets CUDA_VISIBLE_DEVICES)
+                options["num_gpus"] = resources.pop("GPU")
+            if resources:
+                options["resources"] = resources
+            try:
+                slot.handle = HeavyWorker.options(**options).remote(
+                    self.namespace, i, self.config.model_dump(), self.artifacts)
+            except Exception as exc:  # Ray refused the options: heavy runs wait, nothing else does
+                if self.refused is None:
+                    log.error("Ray refused to start a heavy worker (%s): heavy tasks wait", exc)
+                self.refused = f"Ray refused to start a heavy worker: {exc}"
+                return
+            self.refused = None
             slot.ready = False
             asyncio.ensure_future(self._await(i, slot.handle))
 

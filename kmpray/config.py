@@ -2,14 +2,43 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from ._model import Frozen
 from .timing import PING_TIMEOUT_S, STORE_LOCK_WAIT_S
 
 MiB = 1024 * 1024
+
+#: Ray counts resources in units of 1/10,000 (finer amounts are refused when an actor asks).
+RESOURCE_STEP = 1e-4
+
+
+def _amount(name: str, value: float) -> float:
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite amount >= 0, got {value!r}")
+    if value and abs(value / RESOURCE_STEP - round(value / RESOURCE_STEP)) > 1e-6:
+        raise ValueError(f"{name} = {value!r} is finer than Ray's resource step ({RESOURCE_STEP:g})")
+    return value
+
+
+def _heavy_cpus(value: float) -> float:
+    return _amount("heavy_num_cpus", value)
+
+
+def _heavy_resources(value: dict[str, float]) -> dict[str, float]:
+    """What each heavy worker asks Ray for besides its CPUs, checked as Ray checks it when the
+    pool starts a worker (before: a bad amount failed there, every dispatch turn, and stopped
+    light tasks too). "GPU" is asked for as Ray's num_gpus (Ray refuses it as a resource)."""
+    for name, amount in value.items():
+        if not name:
+            raise ValueError("heavy_resources: a resource name must not be empty")
+        if name == "CPU":
+            raise ValueError("heavy_resources: give CPUs as heavy_num_cpus, not as a resource")
+        _amount(f"heavy_resources[{name!r}]", amount)
+    return value
 
 
 class EngineConfig(Frozen):
@@ -62,8 +91,9 @@ class EngineConfig(Frozen):
     executor_memory_mb: Annotated[int, Field(gt=0)] | None = None
     # Heavy tasks (Constraints(is_heavy_task=True)): a pool of long-lived HeavyWorker actors.
     heavy_pool_size: Annotated[int, Field(ge=0)] = 2
-    heavy_num_cpus: Annotated[float, Field(ge=0)] = 1.0
-    heavy_resources: dict[str, float] = {}  # e.g. {"heavy": 1} to land on cluster.yaml's heavy nodes
+    heavy_num_cpus: Annotated[float, AfterValidator(_heavy_cpus)] = 1.0
+    # e.g. {"heavy": 1} to land on cluster.yaml's heavy nodes; {"GPU": 1} for a GPU each.
+    heavy_resources: Annotated[dict[str, float], AfterValidator(_heavy_resources)] = {}
     heavy_idle_timeout_s: Annotated[float, Field(gt=0)] = 300.0
     heavy_cancel_grace_s: Annotated[float, Field(ge=0)] = 5.0
     # A heavy worker that has not answered a ping for this long (its node left and no other

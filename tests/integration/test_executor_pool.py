@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import random
+from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from kmpray.actors.blocked_loops import BlockedLoops
 from kmpray.actors.executor_pool import PROBATION_LANES, ExecutorPool, ExecutorSlot
 
@@ -206,7 +208,6 @@ def test_an_executor_ending_a_process_no_ping_has_seen_yet_gets_nothing_more() -
 def _heavy_pool(size: int) -> tuple[Any, _Core]:
     """A HeavyPool of ``size`` slots over a stand-in scheduler: its reconcile is the pool's
     own, results heard change nothing, runs go out as (key, run id)."""
-    from types import SimpleNamespace
 
     from kmpray.actors.heavy_pool import HeavyPool
 
@@ -258,7 +259,6 @@ def test_a_heavy_worker_restart_noticed_late_does_not_rerun_the_run_the_new_proc
     heavy worker restarted unseen, the scheduler sent it a run, and the answer (from the
     new process) made it notice the restart, and re-run that very run as one the old
     process died under. Only a run another process took is lost with the restart."""
-    from types import SimpleNamespace
 
     heavy, core = _heavy_pool(1)
     handle = _HeavyHandle("B")  # restarted: the pool still knows process A
@@ -332,7 +332,6 @@ def test_a_heavy_pool_under_random_restarts_loses_exactly_the_runs_a_dead_proces
 
 
 async def _heavy_schedule(seed: int, steps: int = 60) -> None:
-    from types import SimpleNamespace
 
     from kmpray.actors.submit_lane import LaneLost
 
@@ -436,6 +435,7 @@ def test_suspect_runs_under_the_same_faults_always_run_alone() -> None:
 
 async def _light_schedule(seed: int, steps: int = 80, suspects: bool = False) -> None:
     from kmpray.actors.submit_lane import LaneLost
+
     from kmpray.protocol import Misaddressed
 
     rng = random.Random(seed)
@@ -566,3 +566,54 @@ async def _light_schedule(seed: int, steps: int = 80, suspects: bool = False) ->
     lost = {(key, run_id) for key, run_id, _crashed in core.lost}
     for key in sent:  # none leaves the books unaccounted for
         assert key in reported or key in lost or key in pool.where, f"seed {seed}: {key} dropped"
+
+
+class _Refusing:
+    """HeavyWorker as grow() sees it: records the options asked for, or refuses them."""
+
+    def __init__(self, refuse: str | None = None) -> None:
+        self.asked: list[dict[str, Any]] = []
+        self.refuse = refuse
+
+    def options(self, **options: Any) -> Any:
+        if self.refuse:
+            raise ValueError(self.refuse)
+        self.asked.append(options)
+        return SimpleNamespace(remote=lambda *a: object())
+
+
+def test_heavy_gpus_are_asked_for_as_num_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray refuses "GPU" among an actor's resources; EngineConfig(heavy_resources={"GPU": 1})
+    (the natural way to ask) used to raise out of every dispatch turn, so light tasks
+    stopped too. It is asked for as num_gpus now, the rest as resources."""
+    from kmpray.actors import heavy_pool
+
+    fake = _Refusing()
+    monkeypatch.setattr(heavy_pool, "HeavyWorker", fake)
+    monkeypatch.setattr(heavy_pool.HeavyPool, "_await", lambda *a: asyncio.sleep(0))
+    heavy = heavy_pool.HeavyPool(SimpleNamespace(), "ns", EngineConfig(  # type: ignore[arg-type]
+        heavy_pool_size=1, heavy_num_cpus=0.5, heavy_resources={"GPU": 1, "big": 2}), BlockedLoops())
+
+    async def scenario() -> None:
+        heavy.grow()
+
+    asyncio.run(scenario())
+    [asked] = fake.asked
+    assert (asked["num_cpus"], asked["num_gpus"], asked["resources"]) == (0.5, 1, {"big": 2})
+    assert heavy.slots[0].handle is not None and heavy.refused is None
+
+
+def test_a_heavy_worker_ray_refuses_to_start_leaves_heavy_runs_waiting_with_the_reason(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whatever Ray refuses in a heavy worker's options stays inside the heavy pool: grow()
+    returns (the dispatch turn goes on for light runs) and the wait reason says why."""
+    from kmpray.actors import heavy_pool
+
+    monkeypatch.setattr(heavy_pool, "HeavyWorker", _Refusing("no such thing"))
+    core = SimpleNamespace(heavy_ready_count=lambda exact=False: 1)
+    heavy = heavy_pool.HeavyPool(SimpleNamespace(core=core), "ns",  # type: ignore[arg-type]
+                                 EngineConfig(heavy_pool_size=2), BlockedLoops())
+    heavy.grow()
+    assert [slot.handle for slot in heavy.slots] == [None, None]
+    assert heavy.reason() == "waiting for a heavy worker: Ray refused to start a heavy worker: no such thing"
