@@ -18,8 +18,8 @@ from typing import Any
 import ray
 
 from kmpray.artifacts import check_event
-from kmpray.errors import StoreRefused, StoreWriteFailed
-from kmpray.event_codec import decode_event, decode_events, encode_event
+from kmpray.errors import InvalidParameters, StoreRefused, StoreWriteFailed
+from kmpray.event_codec import MAX_EVENT_BYTES, decode_event, decode_events, encode_emitted, fit_event
 from kmpray.event_log import MemoryEventLog, SqliteEventLog, jumped_trimmed
 from kmpray.events import TaskCompletionEvent, TaskProgressEvent
 from kmpray.store_files import disk_error
@@ -31,7 +31,6 @@ from .untraced import untrace
 
 log = logging.getLogger("kmpray.broker")
 
-MAX_EVENT_BYTES = 1024 * 1024
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=10_000)
@@ -105,8 +104,7 @@ class EventBroker:
             origins = [None] * len(bodies)
         if progress is None:
             progress = [o is None for o in origins]
-        kept = [(b, o, f) for b, o, f in zip(bodies, origins, progress, strict=True)
-                if len(b) <= MAX_EVENT_BYTES]
+        kept = [(fit_event(b), o, f) for b, o, f in zip(bodies, origins, progress, strict=True)]
         try:
             self.log.append([b for b, _o, _f in kept], [o for _b, o, _f in kept], source,
                             [f for _b, _o, f in kept])
@@ -132,6 +130,8 @@ class EventBroker:
     def emit(self, body: bytes) -> int:
         """One event from worker code, validated here so a bad one is refused, not stored."""
         event = decode_event(body)
+        if len(body) > MAX_EVENT_BYTES:  # the buses refuse it first (event_codec.encode_emitted)
+            raise InvalidParameters(f"event of {len(body):,} bytes: over the {MAX_EVENT_BYTES:,}-byte limit")
         return self.publish([body], progress=[event.kind == "progress"])
 
     def taken(self, source: int = 0) -> int:
@@ -197,9 +197,10 @@ class BrokerBackend:
 
     def emit(self, event: TaskCompletionEvent | TaskProgressEvent) -> None:
         check_event(event)  # as the driver's bus does (client/subscription.py)
+        body = encode_emitted(event)
         if self._broker is None:
             self._broker = lookup(BROKER, base_namespace(self.namespace))  # shared by the shards
-        self._broker.emit.remote(encode_event(event))
+        self._broker.emit.remote(body)
 
     def subscribe(self, since: int | None = None, callback: Any = None, actor: Any = None) -> Any:
         raise NotImplementedError("subscribe from a driver (kmpray.connect), not from worker code")

@@ -17,7 +17,8 @@ from typing import Any
 import msgpack
 from pydantic import TypeAdapter
 
-from ._model import trusted
+from ._model import MARK, trusted
+from .errors import InvalidParameters
 from .events import Event, TaskCompletionEvent, TaskProgressEvent
 from .packing import pack
 
@@ -33,6 +34,48 @@ def encode_event(event: TaskCompletionEvent | TaskProgressEvent) -> bytes:
     # model's own field dict packs as is: no model_dump, nor dict(event)'s per-field
     # iteration (~5 µs), on the hot path.
     return pack(event.__dict__)
+
+
+#: The largest event the log stores: a subscriber reads up to 1,000 rows in one poll, and
+#: the broker hands every event to every subscriber.
+MAX_EVENT_BYTES = 1024 * 1024
+#: How much of the message an event cut down to fit keeps.
+MESSAGE_KEPT = 8 * 1024
+
+
+def encode_emitted(event: TaskCompletionEvent | TaskProgressEvent) -> bytes:
+    """An event that worker or driver code emits, encoded; one that cannot be stored raises
+    ``InvalidParameters`` naming why (before: a value msgpack cannot carry raised its bare
+    TypeError, and an event over MAX_EVENT_BYTES was accepted and never stored)."""
+    try:
+        body = encode_event(event)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidParameters(f"event output_data: {exc} (events carry msgpack values: "
+                                "str, 64-bit int, float, bool, None, bytes, lists and dicts)") from exc
+    if len(body) > MAX_EVENT_BYTES:
+        raise InvalidParameters(
+            f"event of {len(body):,} bytes is over the {MAX_EVENT_BYTES:,}-byte limit of one event "
+            "(large data belongs in a task's output: Success(data=...), read with get_output)")
+    return body
+
+
+def fit_event(body: bytes) -> bytes:
+    """``body``, or, if it is over MAX_EVENT_BYTES (a completion whose output_data the engine
+    allows to be large: ``EngineConfig.max_output_bytes`` above 1 MiB), the same event with
+    its output_data as ``{"$kmpray": "omitted", "nbytes": n}`` and its message cut to
+    MESSAGE_KEPT characters: stored and delivered, not dropped (before session 42 the broker
+    dropped it without a word). ``scheduler.get_output(task_id)`` still has the data."""
+    if len(body) <= MAX_EVENT_BYTES:
+        return body
+    d = msgpack.unpackb(body, raw=False)
+    data = d.get("output_data")
+    if data is not None:
+        why = f"over the {MAX_EVENT_BYTES:,}-byte limit of one event: get_output(task_id) has it"
+        d["output_data"] = {MARK: "omitted", "nbytes": len(pack(data)), "why": why}
+    message = d.get("message")
+    if isinstance(message, str) and len(message) > MESSAGE_KEPT:
+        d["message"] = message[:MESSAGE_KEPT] + f"… ({len(message) - MESSAGE_KEPT:,} characters cut)"
+    return pack(d)
 
 
 def _text(v: object) -> bool:

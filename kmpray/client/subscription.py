@@ -171,15 +171,16 @@ class EventBus:
         self._broker = broker
 
     def emit(self, event: TaskCompletionEvent | TaskProgressEvent) -> None:
-        from ..event_codec import encode_event
+        from ..event_codec import encode_emitted
 
         if not isinstance(event, (TaskCompletionEvent, TaskProgressEvent)):
             raise TypeError(
                 f"emit takes a TaskCompletionEvent or TaskProgressEvent, got {type(event).__name__}"
             )
         check_event(event)
+        body = encode_emitted(event)
         _require_ray()
-        _ray().get(self._broker.emit.remote(encode_event(event)), timeout=CALL_TIMEOUT_S)
+        _ray().get(self._broker.emit.remote(body), timeout=CALL_TIMEOUT_S)
 
     def last_cursor(self) -> int:
         _require_ray()

@@ -82,3 +82,44 @@ def test_decode_events_skips_damaged_rows_and_keeps_cursors() -> None:
     rows = [(1, encode_event(EVENTS[0])), (2, b"\xc1garbage"), (3, pack({**GOOD, "extra": 1})),
             (4, pack([1, 2])), (5, encode_event(EVENTS[4]))]
     assert decode_events(rows) == [(1, EVENTS[0]), (5, EVENTS[4])]
+
+
+def test_an_event_over_the_limit_is_cut_to_fit_not_dropped() -> None:
+    """A completion the engine makes may carry up to max_output_bytes of output_data (which a
+    user may raise past 1 MiB); the broker dropped such an event without a word. It is
+    stored cut down now: output_data as a descriptor, the message to 8 KiB."""
+    data = {"s": "x" * (2 << 20)}
+    big = TaskCompletionEvent(task_name="W", success=True, message="m" * 20_000, task_id="k",
+                              chain_id="c", output_data=data, timestamp=5)
+    body = encode_event(big)
+    cut = event_codec.fit_event(body)
+    assert len(body) > event_codec.MAX_EVENT_BYTES >= len(cut)
+    event = decode_event(cut)
+    assert (event.task_name, event.success, event.task_id, event.chain_id, event.timestamp) == ("W", True, "k",
+                                                                                             "c", 5)
+    assert event.output_data is not None
+    assert (event.output_data["$kmpray"], event.output_data["nbytes"]) == ("omitted", len(pack(data)))
+    assert event.message == "m" * 8192 + "… (11,808 characters cut)"
+    small = encode_event(EVENTS[2])
+    assert event_codec.fit_event(small) is small  # what fits is stored as it came
+    progress = encode_event(TaskProgressEvent(task_id="k", task_name="W", progress=5, message="p" * (2 << 20)))
+    cut_progress = decode_event(event_codec.fit_event(progress))
+    assert cut_progress.progress == 5 and len(cut_progress.message or "") < 8300
+
+
+@pytest.mark.parametrize(("event", "why"), [
+    (TaskCompletionEvent(task_name="W", success=True, output_data={"b": b"x" * (2 << 20)}),
+     "over the 1,048,576-byte limit of one event"),
+    (TaskCompletionEvent(task_name="W", success=True, output_data={"o": object()}),
+     "event output_data: can not serialize 'object' object"),
+    (TaskCompletionEvent(task_name="W", success=True, output_data={"n": 2**70}), "event output_data:"),
+])
+def test_an_emitted_event_that_cannot_be_stored_is_refused_naming_why(event: Any, why: str) -> None:
+    """Before: the oversized one was accepted by emit() and never stored or delivered; the
+    others raised msgpack's bare TypeError/OverflowError."""
+    from kmpray.errors import InvalidParameters
+
+    with pytest.raises(InvalidParameters) as info:
+        event_codec.encode_emitted(event)
+    assert why in str(info.value)
+    assert event_codec.encode_emitted(EVENTS[2]) == encode_event(EVENTS[2])

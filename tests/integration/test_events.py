@@ -353,3 +353,27 @@ def test_subscriptions_are_async_iterable(svengine: Any) -> None:
     event = asyncio.run(asyncio.wait_for(first_completion(), 30))
     sub.close()
     assert event.task_id == "as" and event.success and event.output_data == {"done": True}
+
+
+def test_the_broker_stores_an_oversized_completion_cut_down_and_refuses_an_oversized_emit(tmp_path: Any) -> None:
+    """With max_output_bytes raised past 1 MiB a task's completion event is over the broker's
+    limit of one event: it used to be left out of the log without a word (the subscriber
+    never saw that task finish). Unit-tested on the actor's class: no Ray needed."""
+    import asyncio
+
+    from kmpray.actors.event_broker import EventBroker
+    from kmpray.errors import InvalidParameters
+    from kmpray.event_codec import decode_events, encode_event
+
+    async def scenario() -> None:
+        broker = EventBroker.__ray_actor_class__(str(tmp_path), retention=100)
+        big = TaskCompletionEvent("W", True, "done", task_id="k", output_data={"s": "x" * (2 << 20)})
+        small = TaskCompletionEvent("W", True, "done", task_id="j")
+        assert broker.publish([encode_event(big), encode_event(small)], [1, 2]) == 2
+        [(c1, e1), (c2, e2)] = decode_events(broker.log.read(0, 10))
+        assert (c1, e1.task_id, e1.output_data["$kmpray"], c2, e2) == (1, "k", "omitted", 2, small)
+        with pytest.raises(InvalidParameters, match="over the 1,048,576-byte limit"):
+            broker.emit(encode_event(big))
+        assert broker.log.last_cursor() == 2
+
+    asyncio.run(scenario())
