@@ -355,13 +355,15 @@ def test_subscriptions_are_async_iterable(svengine: Any) -> None:
     assert event.task_id == "as" and event.success and event.output_data == {"done": True}
 
 
-def test_the_broker_stores_an_oversized_completion_cut_down_and_refuses_an_oversized_emit(tmp_path: Any) -> None:
+def test_the_broker_stores_an_oversized_completion_cut_down_and_refuses_an_oversized_emit(
+        tmp_path: Any) -> None:
     """With max_output_bytes raised past 1 MiB a task's completion event is over the broker's
     limit of one event: it used to be left out of the log without a word (the subscriber
     never saw that task finish). Unit-tested on the actor's class: no Ray needed."""
     import asyncio
 
     from kmpray.actors.event_broker import EventBroker
+
     from kmpray.errors import InvalidParameters
     from kmpray.event_codec import decode_events, encode_event
 
