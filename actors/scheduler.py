@@ -138,6 +138,7 @@ class SchedulerActor(
         self._wake = asyncio.Event()
         self._wake_at: int | None = None  # the due time the loop is sleeping towards
         self._idle = asyncio.Event()
+        self._advancing = asyncio.Lock()  # advance_time calls, one after another (virtual_time.py)
         self._broker: Any = None
         # Events to the broker, batched: (outbox number, body). A completion event is stored
         # with its result (the store's outbox) and forgotten once the broker acknowledges

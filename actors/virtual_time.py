@@ -33,6 +33,7 @@ class VirtualTime:
     pool: ExecutorPool
     heavy: HeavyPool
     _idle: asyncio.Event
+    _advancing: asyncio.Lock
     _ready: asyncio.Future[None]
     _events: Outbox[tuple[int | None, bytes]]
 
@@ -40,10 +41,17 @@ class VirtualTime:
         def _pump(self) -> None: ...
 
     async def advance_time(self, ms: int) -> int:
-        """Move virtual time forward, firing and settling every due run in order."""
+        """Move virtual time forward, firing and settling every due run in order. Calls made
+        at once (two threads, an asyncio.gather) take turns, each moving the clock its own
+        ``ms`` from where the one before left it: before session 42 the second began from
+        the first's stop while that one settled, so two advances of 1,000 ms moved 1,500."""
         await self._ready
         if not isinstance(self.clock, ManualClock):
             raise VirtualTimeOnly("advance_time needs connect(virtual_time=True)")
+        async with self._advancing:
+            return await self._advance(ms)
+
+    async def _advance(self, ms: int) -> int:
         deadline = time.monotonic() + self.config.settle_timeout_s
         for _instant in step_through(self.core, self.clock, ms):
             self._pump()

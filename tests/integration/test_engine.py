@@ -409,6 +409,22 @@ def test_advance_time_takes_whole_milliseconds(svengine: Any) -> None:
     assert svengine.now_ms() == before and svengine.advance_time(7) == before + 7
 
 
+def test_advance_time_calls_made_at_once_each_move_the_clock_their_own_ms(svengine: Any) -> None:
+    """Two threads advancing 1,000 ms each while a run due on the way takes real time: the
+    second began from the first's stop (+500) as that one settled, so together they moved
+    the clock 1,500 ms. They take turns now: +1,000 and +2,000."""
+    svengine.enqueue("turns", TaskTrigger.OneTime(500), "Sleeps", input="0.5")
+    before, returned = svengine.now_ms(), []
+    threads = [threading.Thread(target=lambda: returned.append(svengine.advance_time(1_000) - before))
+               for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(returned) == [1_000, 2_000] and svengine.now_ms() == before + 2_000
+    assert svengine.get_task_info("turns").state is TaskState.SUCCEEDED
+
+
 def test_list_tasks_filters_by_state(vengine: Any) -> None:
     vengine.enqueue("done", ONCE, "Echo")
     vengine.wait("done", timeout_s=30)
