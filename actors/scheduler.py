@@ -97,6 +97,7 @@ class SchedulerActor(
         self.namespace = namespace
         self.state_dir = state_dir
         self.config = EngineConfig.model_validate(config)
+        self.engine_config = config  # as started (the engine's, before a shard's share): ready()
         # Shard k of the engine: its own store, artifacts and timers (names.py), and its
         # share of admission control and of the heavy workers (each shard's pool: at least
         # one, so its heavy work never waits for a pool another shard's workers fill);

@@ -48,14 +48,17 @@ class SchedulerReads:
     messages: Counter[str]
     _lane: LaneServer | None
     _ready: asyncio.Future[None]
+    engine_config: dict[str, Any]
 
     def shard_count(self) -> int:
         """The engine's scheduler_shards (a client attaching learns it here)."""
         return self.config.scheduler_shards
 
     async def ready(self) -> dict[str, Any]:
+        """What a connecting client learns: describe(), and the config the engine runs with
+        (it tells the caller which of the fields it asked for differ)."""
         await self._ready
-        return self.describe()
+        return {**self.describe(), "config": self.engine_config}
 
     def describe(self) -> dict[str, Any]:
         return {

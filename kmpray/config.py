@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field
 
@@ -162,3 +162,12 @@ class EngineConfig(Frozen):
     http_deny_hosts: list[str] = []
     http_deny_private: bool = False  # refuse loopback, private and link-local addresses
     download_max_bytes: Annotated[int, Field(gt=0)] = 10 * 1024 * MiB
+
+
+def differences(asked: EngineConfig, running: dict[str, Any]) -> list[str]:
+    """The fields a caller set in ``asked`` that the running engine (its config as ``running``)
+    has otherwise, as ``name=asked (running: value)``: a connect to an engine that runs
+    already attaches to it as it is, and says so (scheduler_shards is said at bootstrap)."""
+    mine = asked.model_dump()
+    return [f"{name}={mine[name]!r} (running: {running[name]!r})" for name in sorted(asked.model_fields_set)
+            if name != "scheduler_shards" and name in running and running[name] != mine[name]]

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..chain import TaskChain
 from ..clock import deadline_after
-from ..config import EngineConfig
+from ..config import EngineConfig, differences
 from ..constraints import Constraints
 from ..device import DEVICE_FIELDS, DeviceState
 from ..enums import ScheduleResult, TaskState
@@ -460,6 +460,12 @@ def connect(
             "engine %r is already running with virtual_time=%s platform=%s; attaching to it as it is",
             namespace, described["virtual_time"], described["platform"],
         )
+    if state_dir is not None and described["state_dir"] != state:
+        log.warning("engine %r is already running with its state in %s; attaching to it as it is "
+                    "(asked: %s)", namespace, described["state_dir"], state)
+    if config is not None and (differ := differences(config, described.get("config", {}))):
+        log.warning("engine %r is already running with another config; attaching to it as it is: %s",
+                    namespace, ", ".join(differ))
     scheduler = BackgroundTaskScheduler(namespace, handles, described)
     from ..workers import BUILTIN_WORKERS
 

@@ -425,6 +425,26 @@ def test_advance_time_calls_made_at_once_each_move_the_clock_their_own_ms(svengi
     assert svengine.get_task_info("turns").state is TaskState.SUCCEEDED
 
 
+def test_connecting_to_a_running_engine_with_another_config_or_state_dir_says_so(
+        engines: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A connect to an engine that runs already attaches to it as it runs; before session 42
+    a config or state_dir given then was ignored without a word (tasks went to the running
+    engine's state dir, under its limits). Now each difference is said, once per connect."""
+    first = engines(config=EngineConfig(max_input_bytes=100, event_retention=50))
+    with caplog.at_level(logging.WARNING, logger="kmpray"):
+        again = kmpray.connect(namespace=first.namespace, state_dir=first.state_dir,
+                               config=EngineConfig(max_input_bytes=100))
+        assert not [r for r in caplog.records if "already running" in r.getMessage()]
+        other = kmpray.connect(namespace=first.namespace, state_dir=str(tmp_path / "elsewhere"),
+                               config=EngineConfig(max_input_bytes=10_000, event_retention=50))
+    said = [r.getMessage() for r in caplog.records if "already running" in r.getMessage()]
+    assert len(said) == 2, said
+    assert "its state in " + first.state_dir in said[0] and "elsewhere" in said[0]
+    assert said[1].endswith("attaching to it as it is: max_input_bytes=10000 (running: 100)")
+    assert other.enqueue("big", ONCE, "Echo", input="x" * 200) is ScheduleResult.REJECTED_INVALID_PARAMS
+    assert again.namespace == other.namespace == first.namespace
+
+
 def test_list_tasks_filters_by_state(vengine: Any) -> None:
     vengine.enqueue("done", ONCE, "Echo")
     vengine.wait("done", timeout_s=30)
