@@ -238,16 +238,25 @@ def _check_signature(name: str, cls: type) -> None:
         params = _do_work_params(cls)
     except (TypeError, ValueError):  # not introspectable (a C callable): left to the run
         return
-    if any(p.kind is p.VAR_POSITIONAL for p in params):
-        return
+    keyword_only = [p for p in params if p.kind is p.KEYWORD_ONLY and p.default is p.empty]  # never passed
+    starred = any(p.kind is p.VAR_POSITIONAL for p in params)
     positional = _positional(params)
     required = [p for p in positional if p.default is p.empty]
-    keyword_only = [p for p in params if p.kind is p.KEYWORD_ONLY and p.default is p.empty]  # never passed
-    if not positional or len(required) > 2 or keyword_only:
-        wants = ", ".join(p.name for p in params) or "nothing"
+    if keyword_only or len(required) > 2 or not (positional or starred):
         raise InvalidParameters(
-            f"worker {name!r}: {cls.__name__}.do_work must take (input) or (input, ctx); it takes ({wants})"
+            f"worker {name!r}: {cls.__name__}.do_work must take (input) or (input, ctx); "
+            f"it takes ({_shown(params)})"
         )
+
+
+def _shown(params: list[inspect.Parameter]) -> str:
+    """Parameters by name as written: ``input, *, ctx``, ``*args, **kw``."""
+    out: list[str] = []
+    for p in params:
+        if p.kind is p.KEYWORD_ONLY and not any("*" in o and "**" not in o for o in out):
+            out.append("*")
+        out.append({p.VAR_POSITIONAL: "*", p.VAR_KEYWORD: "**"}.get(p.kind, "") + p.name)
+    return ", ".join(out) or "nothing"
 
 
 def worker(name: str) -> Callable[[_W], _W]:

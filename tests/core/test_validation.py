@@ -122,9 +122,19 @@ def test_a_worker_class_that_could_never_run_is_refused_when_registered() -> Non
         def do_work(self, input, *, ctx):  # type: ignore[no-untyped-def]  # noqa: A002
             return True
 
+    class StarredKeyword(kmpray.CommonWorker):  # before session 42: passed (any *args did)
+        def do_work(self, input, *args, ctx):  # type: ignore[no-untyped-def]  # noqa: A002
+            return True
+
+    class StarredThree(kmpray.CommonWorker):  # before session 42: passed
+        def do_work(self, a, b, c, *rest):  # type: ignore[no-untyped-def]
+            return True
+
     shape = ".do_work must take (input) or (input, ctx); it takes "
     for cls, words in ((Missing, "Missing does not implement do_work"),
-                       (KeywordCtx, f"KeywordCtx{shape}(input, ctx)"),
+                       (KeywordCtx, f"KeywordCtx{shape}(input, *, ctx)"),  # the * shown
+                       (StarredKeyword, f"StarredKeyword{shape}(input, *args, ctx)"),
+                       (StarredThree, f"StarredThree{shape}(a, b, c, *rest)"),
                        (Three, f"Three{shape}(input, ctx, extra)"),
                        (Nothing, f"Nothing{shape}(nothing)")):
         with pytest.raises(InvalidParameters, match=re.escape(words)):
