@@ -108,6 +108,9 @@ RETRY_MAX_DELAY_S = 1.0
 LOOKUP_POLL_S = 0.05
 #: A client call to the scheduler gives up after this.
 CALL_TIMEOUT_S = 120.0
+#: A subscription whose broker has not answered a poll for this long says so, once (it
+#: goes on asking: a restarting broker answers again; one whose engine stopped never does).
+BROKER_SILENT_S = 10.0
 #: An enqueue call's answer is kept this long by its request token, so a client retrying
 #: it (the scheduler restarted before answering) gets the answer, not a second enqueue.
 #: A client stops retrying CALL_TIMEOUT_S after its first try, which came before the

@@ -411,6 +411,7 @@ class BackgroundTaskScheduler(Waiting, Routing):
         connection closes (no new local Ray is started to stop actors it cannot see)."""
         from kmpray.actors.bootstrap import stop_engine
 
+        self.events.close()  # this connection's subscriptions end with it
         if _ray().is_initialized():
             stop_engine(self.namespace)
         self._closed = True

@@ -10,15 +10,17 @@ import logging
 import threading
 import time
 import uuid
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from ..artifacts import check_event
 from ..clock import deadline_after
+from ..errors import EngineUnavailable
 from ..event_log import jumped_trimmed
 from ..events import TaskCompletionEvent, TaskProgressEvent
-from ..timing import CALL_TIMEOUT_S
+from ..timing import BROKER_SILENT_S, CALL_TIMEOUT_S
 from .remote import _ray, ray_gone, require_ray_here
 
 log = logging.getLogger("kmpray")
@@ -50,6 +52,7 @@ class Subscription:
         self._buffer: deque[tuple[int, Any]] = deque()
         self._skipped_to = after
         self._closed = False
+        self._silent_since: float | None = None  # the first of the polls failing in a row
         self._thread: threading.Thread | None = None
         if callback is not None:
             self._thread = threading.Thread(target=self._pump_callback, args=(callback,), daemon=True)
@@ -82,9 +85,22 @@ class Subscription:
             after = self._after()
             rows = _ray().get(self._broker.poll.remote(after, 1000, timeout_s), timeout=timeout_s + 30)
         except TRANSIENT:  # the broker is restarting; the log is durable, so just ask again
+            self._unanswered()
             time.sleep(min(timeout_s, 0.2))
             return
+        self._silent_since = None
         self._take(rows, after)
+
+    def _unanswered(self) -> None:
+        """A poll failed as a restarting broker's does; said once if it goes on this long."""
+        now = time.monotonic()
+        if self._silent_since is None:
+            self._silent_since = now
+        elif now - self._silent_since >= BROKER_SILENT_S:
+            log.warning("event subscription at cursor %d: the event broker has not answered for %.0f s "
+                        "(restarting, or its engine was stopped); still asking", self.cursor,
+                        now - self._silent_since)
+            self._silent_since = float("inf")  # said; quiet until a poll is answered again
 
     def _after(self) -> int:
         """Where the next poll starts: after what is buffered, or after skipped damaged rows."""
@@ -111,11 +127,22 @@ class Subscription:
                 yield event
 
     async def __aiter__(self) -> AsyncIterator[TaskCompletionEvent | TaskProgressEvent]:
+        import asyncio
+
+        from kmpray.actors.retry import TRANSIENT
+
         while not self._closed:
             if not self._buffer:
                 _require_ray()
                 after = self._after()
-                self._take(await self._broker.poll.remote(after, 1000, 1.0), after)
+                try:
+                    rows = await self._broker.poll.remote(after, 1000, 1.0)
+                except TRANSIENT:  # as get(): before session 42 a broker restart ended `async for`
+                    self._unanswered()
+                    await asyncio.sleep(0.2)
+                    continue
+                self._silent_since = None
+                self._take(rows, after)
                 continue
             self.cursor, event = self._buffer.popleft()
             yield event
@@ -124,6 +151,10 @@ class Subscription:
         while not self._closed:
             try:
                 event = self.get(timeout_s=1.0)
+            except EngineUnavailable as exc:  # Ray shut down in this process: nothing to ask again
+                log.warning("event subscription callback stopped at cursor %d: %s", self.cursor, exc)
+                self._closed = True
+                return
             except Exception:
                 log.exception("event subscription poll failed; retrying")
                 time.sleep(1.0)
@@ -134,9 +165,10 @@ class Subscription:
                 except Exception:
                     log.exception("event callback raised")
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
+        """Stop: iteration ends, a callback is called no more (``wait``: until its thread ends)."""
         self._closed = True
-        if self._thread is not None and self._thread is not threading.current_thread():
+        if wait and self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
 
     def __enter__(self) -> Subscription:
@@ -169,6 +201,15 @@ class EventBus:
 
     def __init__(self, broker: Any) -> None:
         self._broker = broker
+        # Its polling subscriptions: the connection's shutdown() closes them (a callback's
+        # thread polled the stopped engine's broker for good, every 0.2 s).
+        self._subscriptions: weakref.WeakSet[Subscription] = weakref.WeakSet()
+
+    def close(self) -> None:
+        """This connection is shut down: its subscriptions end (iteration stops, callbacks
+        are called no more)."""
+        for sub in list(self._subscriptions):
+            sub.close(wait=False)  # a callback's thread ends within its current poll (<= 1 s)
 
     def emit(self, event: TaskCompletionEvent | TaskProgressEvent) -> None:
         from ..event_codec import encode_emitted
@@ -211,7 +252,9 @@ class EventBus:
             sub_id = uuid.uuid4().hex
             _asked(lambda: self._broker.subscribe_actor.remote(sub_id, actor, after))
             return ActorSubscription(self._broker, sub_id)
-        return Subscription(self._broker, after, callback)
+        sub = Subscription(self._broker, after, callback)
+        self._subscriptions.add(sub)
+        return sub
 
 
 __all__ = ["ActorSubscription", "EventBus", "Subscription"]

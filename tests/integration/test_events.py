@@ -204,6 +204,85 @@ def test_replay_from_a_cursor_after_a_broker_restart(vengine: Any, engines: Any)
     assert [e.task_name for e in _drain(sub, 1)] == ["to-later"]
 
 
+def test_async_iteration_goes_on_across_a_broker_restart_and_shutdown_ends_subscriptions(
+        vengine: Any) -> None:
+    """`async for` over a subscription raised Ray's ActorUnavailableError when the broker
+    restarted (a sync get() asked again); and a callback subscription's thread went on
+    polling the stopped engine's broker for good after shutdown()."""
+    import asyncio
+
+    import ray
+
+    sub = vengine.events.subscribe()
+    called: list[str] = []
+    pushed = vengine.events.subscribe(callback=lambda e: called.append(e.task_id))
+    got: list[str] = []
+
+    async def scenario() -> None:
+        async def read() -> None:
+            async for event in sub:
+                got.append(event.task_id)
+                if len(got) == 2:
+                    return
+
+        reader = asyncio.ensure_future(read())
+        await vengine.enqueue_async("ar0", TaskTrigger.OneTime(), "Echo")
+        for _ in range(300):
+            if got:
+                break
+            await asyncio.sleep(0.05)
+        ray.kill(ray.get_actor("kmpray.broker", namespace=vengine.namespace), no_restart=False)
+        await vengine.enqueue_async("ar1", TaskTrigger.OneTime(), "Echo")
+        await asyncio.wait_for(reader, 60)
+
+    asyncio.run(scenario())
+    assert got == ["ar0", "ar1"]
+    assert pushed._thread is not None and pushed._thread.is_alive()
+    vengine.shutdown()
+    pushed._thread.join(timeout=10)
+    assert not pushed._thread.is_alive() and called == ["ar0", "ar1"]
+    assert list(sub) == []  # the sync iteration of a closed subscription ends at once
+
+
+def test_a_callback_subscription_ends_when_ray_is_gone_saying_so_once(
+        monkeypatch: Any, caplog: Any) -> None:  # no Ray needed
+    import logging
+
+    from kmpray.client import subscription
+    from kmpray.errors import EngineUnavailable
+
+    def gone() -> None:
+        raise EngineUnavailable("Ray was shut down in this process")
+
+    monkeypatch.setattr(subscription, "_require_ray", gone)
+    with caplog.at_level(logging.WARNING, logger="kmpray"):
+        sub = subscription.Subscription(object(), 5, callback=lambda e: None)
+        assert sub._thread is not None
+        sub._thread.join(timeout=10)
+    assert not sub._thread.is_alive()
+    said = [r.getMessage() for r in caplog.records]
+    assert said == ["event subscription callback stopped at cursor 5: Ray was shut down in this process"]
+
+
+def test_a_subscription_whose_broker_stays_silent_says_so_once(monkeypatch: Any, caplog: Any) -> None:
+    """No Ray needed: polls failing as a restarting broker's are asked again (a stopped
+    engine's broker never answers again): after BROKER_SILENT_S that is said, once."""
+    import logging
+
+    from kmpray.client import subscription
+
+    clock = {"now": 100.0}
+    monkeypatch.setattr(subscription.time, "monotonic", lambda: clock["now"])
+    sub = subscription.Subscription(object(), 9)
+    with caplog.at_level(logging.WARNING, logger="kmpray"):
+        for step in (0.0, 5.0, 10.0, 20.0, 60.0):
+            clock["now"] = 100.0 + step
+            sub._unanswered()
+    said = [r.getMessage() for r in caplog.records]
+    assert said == ["event subscription at cursor 9: the event broker has not answered for 10 s "
+                    "(restarting, or its engine was stopped); still asking"]
+
+
 def test_subscribing_while_the_broker_restarts_waits_for_it(vengine: Any) -> None:
     """A subscribe in the second after a broker crash waits for it to serve again and
     replays the log (it raised Ray's "the actor is restarting": found by chaos runs whose
