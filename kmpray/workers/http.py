@@ -20,7 +20,7 @@ from .._model import Frozen
 from ..config import EngineConfig
 from ..results import Failure, Success
 from ..worker import CommonWorker, WorkerContext
-from .safety import ConfigError, check_url, parse_config, safe_path
+from .safety import ConfigError, check_url, parse_config, public_address, safe_path
 
 Method = Literal["GET", "POST", "PUT", "DELETE", "PATCH"]
 
@@ -94,22 +94,65 @@ def _guard(config: EngineConfig) -> Callable[[Any], Awaitable[None]]:
     """httpx's request hook: every hop (the first request and each redirect it follows)
     must pass ``check_url``. Redirects were followed unchecked: a URL on an allowed host
     that answered 302 to a denied host, or to 169.254.169.254 under ``http_deny_private``,
-    was fetched. The private-address look-up (DNS) runs in a thread, off the executor's loop."""
+    was fetched. The private-address rule is the transport's (``_pinned``): it resolves
+    each hop's host once, in a thread, and connects to the address it checked."""
     hops = 0
 
     async def check(request: Any) -> None:
         nonlocal hops
         hops += 1
-        target = str(request.url)
+        request.extensions[_HOP] = hops  # for _Pinned's message
         try:
-            if config.http_deny_private:
-                await asyncio.to_thread(check_url, target, config)
-            else:
-                check_url(target, config, resolve=False)
+            check_url(str(request.url), config, resolve=False)  # the address: _Pinned, under deny_private
         except ConfigError as exc:
-            raise ConfigError(f"redirected to {target}: {exc}" if hops > 1 else str(exc)) from None
+            raise _hop_error(request, exc) from None
 
     return check
+
+
+_HOP = "kmpray_hop"
+
+
+def _hop_error(request: Any, exc: ConfigError) -> ConfigError:
+    """``exc`` as said of a hop: of a redirect's target, naming it."""
+    return ConfigError(f"redirected to {request.url}: {exc}" if request.extensions.get(_HOP, 1) > 1
+                       else str(exc))
+
+
+_PINNED: Any = None
+
+
+def _pinned(inner: Any) -> Any:
+    """A transport for ``http_deny_private``: each request's host (every hop's) is resolved
+    once, in a thread, every address must be public, and the connection goes to the address
+    checked (the URL's host replaced by it; the Host header and the TLS server name, which
+    certificate checking uses, stay the host's). Before session 42 the check resolved the
+    name and httpx resolved it again to connect: a DNS answer changed in between (rebinding)
+    reached a private address."""
+    global _PINNED
+    if _PINNED is None:
+        import httpx
+
+        class Pinned(httpx.AsyncBaseTransport):
+            def __init__(self, inner: Any) -> None:
+                self.inner = inner
+
+            async def handle_async_request(self, request: Any) -> Any:
+                host = request.url.host
+                try:
+                    address = await asyncio.to_thread(public_address, host)
+                except ConfigError as exc:
+                    raise _hop_error(request, exc) from None
+                pinned = httpx.Request(request.method, request.url.copy_with(host=address),
+                                       headers=request.headers, stream=request.stream,
+                                       extensions={**request.extensions, "sni_hostname": host})
+                return await self.inner.handle_async_request(pinned)
+
+            async def aclose(self) -> None:
+                await self.inner.aclose()
+
+        _PINNED = Pinned
+    return _PINNED(inner)
 
 
 async def _client(timeout_ms: int, config: EngineConfig | None = None) -> Any:
@@ -121,8 +164,11 @@ async def _client(timeout_ms: int, config: EngineConfig | None = None) -> Any:
         _TLS = await asyncio.to_thread(_prepare)
     import httpx
 
-    hooks = {"request": [_guard(config or EngineConfig())]}
-    return httpx.AsyncClient(timeout=timeout_ms / 1000, follow_redirects=True, verify=_TLS, event_hooks=hooks)
+    config = config or EngineConfig()
+    hooks = {"request": [_guard(config)]}
+    pinned = {"transport": _pinned(httpx.AsyncHTTPTransport(verify=_TLS))} if config.http_deny_private else {}
+    return httpx.AsyncClient(timeout=timeout_ms / 1000, follow_redirects=True, verify=_TLS, event_hooks=hooks,
+                             **pinned)
 
 
 async def _send(

@@ -68,15 +68,26 @@ def check_url(url: str, config: EngineConfig, resolve: bool = True) -> str:
     if _host_matches(host, config.http_deny_hosts):
         raise ConfigError(f"url: host {host!r} is denied")
     if config.http_deny_private and resolve:
-        try:
-            addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
-        except OSError as exc:
-            raise ConfigError(f"url: cannot resolve {host!r} ({exc})") from None
-        for addr in addresses:
-            ip = ipaddress.ip_address(addr.split("%")[0])
-            if ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved:
-                raise ConfigError(f"url: {host!r} resolves to a private address ({ip}), which is denied")
+        public_address(host)
     return url
+
+
+def public_address(host: str) -> str:
+    """The address to connect to for ``host`` (http_deny_private): every address it resolves
+    to must be public, else ConfigError naming the first that is not. A blocking DNS query:
+    call it in a thread. The HTTP clients connect to the address returned (http.py), so the
+    address checked is the address used."""
+    try:
+        addresses = [info[4][0] for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)]
+    except OSError as exc:
+        raise ConfigError(f"url: cannot resolve {host!r} ({exc})") from None
+    if not addresses:
+        raise ConfigError(f"url: cannot resolve {host!r} (no address)")
+    for addr in addresses:
+        ip = ipaddress.ip_address(str(addr).split("%")[0])
+        if ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved:
+            raise ConfigError(f"url: {host!r} resolves to a private address ({ip}), which is denied")
+    return str(addresses[0]).split("%")[0]
 
 
 def base_dir(config: EngineConfig) -> Path:

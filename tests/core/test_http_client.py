@@ -81,3 +81,93 @@ def test_every_redirect_hop_must_pass_the_url_rules(tmp_path: Any) -> None:
         private = EngineConfig(http_deny_private=True, files_base_dir=str(tmp_path))
         refused = run(http.HttpRequestWorker, {"url": f"{server.url}/ok"}, private)  # the first hop too
         assert isinstance(refused, Failure) and "resolves to a private address (127.0.0.1)" in refused.message
+
+
+def test_under_deny_private_the_address_checked_is_the_address_connected_to(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """DNS rebinding: the check resolved the host, then httpx resolved it again to connect,
+    so a name answering a public address first and 127.0.0.1 next was fetched from
+    127.0.0.1. Now each hop's host is resolved once and the connection goes to that address
+    (Host header and TLS server name kept). A redirect to a name that resolves privately is
+    refused naming the hop. No network: the transport underneath is a stand-in."""
+    import json
+    import socket
+
+    import httpx
+
+    from kmpray import EngineConfig, WorkerContext
+    from kmpray.results import Failure, Success
+
+    answers = {"rebind.test": ["93.184.216.34", "127.0.0.1"], "meta.test": ["169.254.169.254"]}
+    asked: list[str] = []
+
+    def getaddrinfo(host: str, *args: Any, **kwargs: Any) -> list[Any]:
+        asked.append(host)
+        left = answers[host]
+        address = left.pop(0) if len(left) > 1 else left[0]  # rebind.test: public once, then not
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, 0))]
+
+    sent: list[tuple[str, str, Any]] = []
+
+    async def handle(self: Any, request: Any) -> Any:
+        sent.append((str(request.url), request.headers["host"], request.extensions.get("sni_hostname")))
+        if request.url.path == "/hop":
+            return httpx.Response(302, headers={"location": "http://meta.test/latest"}, request=request)
+        return httpx.Response(200, text="ok", request=request)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(httpx.AsyncHTTPTransport, "handle_async_request", handle)
+    config = EngineConfig(http_deny_private=True, files_base_dir=str(tmp_path))
+
+    def run(url: str) -> Any:
+        ctx = WorkerContext("t", 0, engine_config=config)
+        return asyncio.run(http.HttpRequestWorker().do_work(json.dumps({"url": url}), ctx))
+
+    ok = run("http://rebind.test:8080/ok")
+    assert isinstance(ok, Success) and ok.data["statusCode"] == 200
+    assert asked == ["rebind.test"]  # resolved once...
+    assert sent == [("http://93.184.216.34:8080/ok", "rebind.test:8080", "rebind.test")]  # and used
+    sent.clear()
+    answers["rebind.test"] = ["93.184.216.34"]
+    refused = run("http://rebind.test/hop")
+    assert isinstance(refused, Failure) and not refused.should_retry
+    said = "url: 'meta.test' resolves to a private address (169.254.169.254), which is denied"
+    assert refused.message == f"redirected to http://meta.test/latest: {said}"
+    assert [url for url, _host, _sni in sent] == ["http://93.184.216.34/hop"]  # meta.test never asked
+
+
+def test_a_pinned_https_connection_checks_the_certificate_against_the_hosts_name() -> None:
+    """The connection goes to the address checked, and TLS still verifies the certificate
+    against the name in the URL (httpcore's sni_hostname): a local HTTPS server with a
+    certificate for `localhost`, reached through the pin as `localhost` (accepted) and as
+    another name pinned to the same address (refused: hostname mismatch)."""
+    import ssl
+    from http.server import HTTPServer, SimpleHTTPRequestHandler
+    from pathlib import Path
+
+    import httpx
+
+    data = Path(__file__).parent.parent / "data"
+    server = HTTPServer(("127.0.0.1", 0), SimpleHTTPRequestHandler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(data / "localhost-cert.pem", data / "localhost-key.pem")
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    port = server.server_address[1]
+    trust = ssl.create_default_context(cafile=str(data / "localhost-cert.pem"))
+
+    async def get(name: str) -> int:
+        transport = http._pinned(httpx.AsyncHTTPTransport(verify=trust))
+        async with httpx.AsyncClient(transport=transport, timeout=10) as client:
+            return (await client.get(f"https://{name}:{port}/")).status_code
+
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(http, "public_address", lambda host: "127.0.0.1")  # as if it were public
+            assert asyncio.run(get("localhost")) == 200
+            with pytest.raises(httpx.ConnectError, match="Hostname mismatch"):
+                asyncio.run(get("other.example"))
+    finally:
+        server.shutdown()
+        server.server_close()
