@@ -255,7 +255,8 @@ def _shown(params: list[inspect.Parameter]) -> str:
     for p in params:
         if p.kind is p.KEYWORD_ONLY and not any("*" in o and "**" not in o for o in out):
             out.append("*")
-        out.append({p.VAR_POSITIONAL: "*", p.VAR_KEYWORD: "**"}.get(p.kind, "") + p.name)
+        star = "*" if p.kind is p.VAR_POSITIONAL else "**" if p.kind is p.VAR_KEYWORD else ""
+        out.append(star + p.name)
     return ", ".join(out) or "nothing"
 
 
