@@ -94,10 +94,13 @@ def run_once(
     window_ms: float = 0.0,
     live: bool = True,
     nemesis: tuple[float, Callable[[], None]] | None = None,
+    interruptible: bool = False,
 ) -> dict[str, Any]:
     """One run of ``profile``: returns the result dict (figures, timeline, samples).
     ``nemesis`` (at_s, action): the action runs that many seconds into the schedule (a
-    scheduler kill, say: the corrected latencies show it)."""
+    scheduler kill, say: the corrected latencies show it). ``interruptible``: a Ctrl-C
+    stops the sends there and the run drains and reports what it measured until then, as
+    k6 and wrk do (``interrupted_at_s`` in the result); a second Ctrl-C quits at once."""
     import ray
 
     run = uuid.uuid4().hex[:6]
@@ -125,30 +128,50 @@ def run_once(
     executors = 0
     last_acked, last_t = 0, 0.0
     pending = list(refs)
-    while pending:
-        _done, pending = ray.wait(pending, num_returns=len(pending), timeout=1.0)
-        if not pending:
+
+    def watch() -> None:
+        nonlocal pending, executors, last_acked, last_t
+        while pending:
+            _done, pending = ray.wait(pending, num_returns=len(pending), timeout=1.0)
+            if not pending:
+                break
+            s = sched.status()
+            executors = max(executors, s["executors"])
+            q = s["ready"] + s["inflight"] + s["gated"]
+            t = (time.time() * 1000 - t0) / 1000
+            if t < 0:
+                continue
+            depth.append((int(t), q))
+            progress = ray.get([h.progress.remote() for h in handles], timeout=30)
+            acked = sum(p["acked"] for p in progress)
+            if live:
+                lat = so_far(starts.at, due)
+                in_flight = sum(p["in_flight"] for p in progress)
+                rate = (acked - last_acked) / max(t - last_t, 0.001)
+                print(
+                    f"  {t:5.1f} s  acked {rate:6,.0f}/s  in flight {in_flight:5,d}"
+                    f"  queue {q:6,d}  start p50 {_ms(lat[0])} ms  p99 {_ms(lat[1])} ms (corrected)",
+                    flush=True,
+                )
+            last_acked, last_t = acked, t
+
+    stopped_at: float | None = None
+    while True:
+        try:
+            watch()
             break
-        s = sched.status()
-        executors = max(executors, s["executors"])
-        q = s["ready"] + s["inflight"] + s["gated"]
-        t = (time.time() * 1000 - t0) / 1000
-        if t < 0:
-            continue
-        depth.append((int(t), q))
-        progress = ray.get([h.progress.remote() for h in handles], timeout=30)
-        acked = sum(p["acked"] for p in progress)
-        if live:
-            lat = so_far(starts.at, due)
-            in_flight = sum(p["in_flight"] for p in progress)
-            rate = (acked - last_acked) / max(t - last_t, 0.001)
-            print(
-                f"  {t:5.1f} s  acked {rate:6,.0f}/s  in flight {in_flight:5,d}"
-                f"  queue {q:6,d}  start p50 {_ms(lat[0])} ms  p99 {_ms(lat[1])} ms (corrected)",
-                flush=True,
-            )
-        last_acked, last_t = acked, t
+        except KeyboardInterrupt:
+            if not interruptible or stopped_at is not None:
+                raise
+            stopped_at = max(time.time() * 1000, t0)
+            print(f"  interrupted at {(stopped_at - t0) / 1000:.1f} s: sending stopped; draining, then the "
+                  "report (Ctrl-C again to quit at once)", flush=True)
+            for h in handles:
+                h.stop.remote(stopped_at)
     parts = ray.get(refs, timeout=60)
+    if stopped_at is not None:  # what was due after the interrupt was never meant to be sent
+        parts = [_before(p, stopped_at) for p in parts]
+        n = sum(len(p["index"]) for p in parts)
     # Drain: wait for the start of every accepted operation that should start.
     accepted = {i for p in parts for i, e in zip(p["index"], p["error"], strict=True) if not e}
     until = time.monotonic() + drain_s
@@ -165,9 +188,18 @@ def run_once(
     for p in parts:
         p["started_ms"] = [starts.at.get(i, math.nan) for i in p["index"]]
         samples.extend(p)
-    result = _result(profile, mix, samples, t0, depth, executors, clients, max_in_flight, n)
+    ran_s = profile.duration_s if stopped_at is None else max((stopped_at - t0) / 1000, 0.001)
+    result = _result(profile, mix, samples, t0, depth, executors, clients, max_in_flight, n, ran_s)
     result["batch_window_ms"] = window_ms
+    if stopped_at is not None:
+        result["interrupted_at_s"] = round(ran_s, 2)
     return result
+
+
+def _before(rows: dict[str, list[Any]], at_ms: float) -> dict[str, list[Any]]:
+    """A client's rows of the operations intended before ``at_ms`` only."""
+    keep = [j for j, t in enumerate(rows["intended_ms"]) if t < at_ms]
+    return {name: [column[j] for j in keep] for name, column in rows.items()}
 
 
 def _ms(value: float) -> str:
@@ -185,10 +217,12 @@ def _result(
     clients: int,
     max_in_flight: int,
     n: int,
+    ran_s: float | None = None,
 ) -> dict[str, Any]:
-    requested = n / profile.duration_s
-    achieved = achieved_rate(s, t0, profile.duration_s)
-    accepted = achieved_rate(s, t0, profile.duration_s, "acked_ms")
+    ran_s = profile.duration_s if ran_s is None else ran_s  # less when interrupted
+    requested = n / ran_s
+    achieved = achieved_rate(s, t0, ran_s)
+    accepted = achieved_rate(s, t0, ran_s, "acked_ms")
     capped_share = sum(s.capped) / max(n, 1)
     median_depth = float(np.median([d for _t, d in depth])) if depth else 0.0
     late = late_share(s)
@@ -206,7 +240,7 @@ def _result(
         "requested_rate_per_s": round(requested, 1),
         "achieved_rate_per_s": round(achieved, 1),  # started per second
         "accepted_rate_per_s": round(accepted, 1),
-        "duration_s": profile.duration_s,
+        "duration_s": round(ran_s, 3),
         "generator_bound": bound,
         "verdict": verdict,
         "clients": clients,
@@ -234,8 +268,10 @@ def _result(
 
 
 def _print(result: dict[str, Any], out: Path) -> None:
+    interrupted = result.get("interrupted_at_s")
+    shown = result["profile"] + ("" if interrupted is None else f" (interrupted at {interrupted:g} s)")
     rows = [
-        ("profile", result["profile"]),
+        ("profile", shown),
         (
             "rate requested / achieved",
             f"{result['requested_rate_per_s']:,.0f}/s / {result['achieved_rate_per_s']:,.0f}/s",
@@ -380,7 +416,8 @@ def _run(sched: Any, args: argparse.Namespace, state_dir: str, profile: Profile)
         peak = max(profile.rates)
         common["clients"] = args.clients or default_clients(peak)
         print(f"load: {profile.describe()}, {common['clients']} client(s)", flush=True)
-        result = run_once(sched, args.namespace, state_dir, profile, args.mix, live=not args.quiet, **common)
+        result = run_once(sched, args.namespace, state_dir, profile, args.mix, live=not args.quiet,
+                          interruptible=True, **common)
     out = write("load", result, args.json)
     if not args.find_max:
         _print(result, out)

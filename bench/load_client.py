@@ -50,6 +50,12 @@ class OpenLoop:
         self.acked = 0
         self.errors = 0
         self.capped = 0
+        self.stop_at = math.inf  # wall-clock ms: nothing due at or after it is sent (stop())
+
+    def stop(self, at_ms: float) -> None:
+        """The run was interrupted (Ctrl-C in ``kmpray bench load``): sending ends as at the
+        deadline, at ``at_ms``; what is in flight is still answered and counted."""
+        self.stop_at = min(self.stop_at, at_ms)
 
     def _batches(self, kinds: list[str], intended_ms: list[float]) -> list[list[list[int]]]:
         """The calls to make, as streams of batches of row numbers, each stream in schedule
@@ -138,7 +144,8 @@ class OpenLoop:
                 # Sending stops at the deadline: nothing due after it goes, nor anything the
                 # in-flight cap held past it; an operation due before it that is merely late
                 # (this loop lagged) still goes, its lateness in the corrected latency.
-                if intended_ms[batch[-1]] >= deadline_ms or (capped and now >= deadline_ms):
+                end = min(deadline_ms, self.stop_at)
+                if intended_ms[batch[-1]] >= end or (capped and now >= end):
                     room.release()
                     for rest in batches[b:]:
                         for j in rest:
@@ -256,6 +263,9 @@ def _actor_class() -> Any:
 
         async def progress(self) -> dict[str, int]:
             return self.loop.progress()
+
+        async def stop(self, at_ms: float) -> None:
+            self.loop.stop(at_ms)
 
         def node(self) -> str:
             return str(ray.get_runtime_context().get_node_id())

@@ -364,3 +364,38 @@ def test_the_live_line_shows_a_dash_before_any_start_not_nan() -> None:
     from kmpray.bench.load import _ms
 
     assert _ms(math.nan) == "      -" and _ms(12.345) == "   12.3"
+
+
+def test_a_ctrl_c_stops_the_sends_there_and_the_report_covers_what_ran() -> None:
+    """`kmpray bench load` ended on Ctrl-C with click's "Aborted!" and no report; as k6 and
+    wrk do, it now stops sending (OpenLoop.stop), lets what is in flight answer, and reports
+    the operations intended before the interrupt over the time that ran."""
+    from kmpray.bench.load import _before, _result
+
+    async def echo(kinds: list[str], indexes: list[int], intended: list[float]) -> list[tuple[str, float]]:
+        return [("", t) for t in intended]
+
+    async def main() -> tuple[dict[str, list[Any]], float]:
+        loop = OpenLoop(echo, 100)
+        start = time.time() * 1000 + 20
+        intended = [start + 40.0 * i for i in range(10)]
+        run = asyncio.ensure_future(loop.run(list(range(10)), ["one-time"] * 10, intended, start + 10_000, 5))
+        await asyncio.sleep((start + 130 - time.time() * 1000) / 1000)  # ops 0-3 are due by then
+        stop = time.time() * 1000
+        loop.stop(stop)
+        return await run, stop
+
+    rows, stop = asyncio.run(main())
+    sent = [i for i, e in enumerate(rows["error"]) if not e]
+    assert sent == [0, 1, 2, 3] and rows["error"][4:] == ["unsent"] * 6
+    kept = _before(rows, stop)
+    assert kept["index"] == [0, 1, 2, 3] and set(kept) == set(rows)
+    samples = Samples()
+    kept["started_ms"] = list(kept["acked_ms"])
+    samples.extend(kept)
+    t0 = rows["intended_ms"][0]
+    ran_s = (stop - t0) / 1000
+    profile = Profile("constant", (25.0,), 30.0)
+    result = _result(profile, {"one-time": 1.0}, samples, t0, [], 1, 1, 100, 4, ran_s)
+    assert result["duration_s"] == round(ran_s, 3) and result["operations"]["requested"] == 4
+    assert result["requested_rate_per_s"] == round(4 / ran_s, 1)  # over what ran, not the 30 s asked
