@@ -17,7 +17,6 @@ import threading
 import time
 import uuid
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import ray
@@ -54,6 +53,7 @@ from .replies import Replies
 from .report_lane import LaneReports
 from .slots import Slots
 from .spool import Spool, beside
+from .stray_threads import HeavySlot, RunThreads
 from .untraced import untrace
 from .worker_classes import WorkerClasses
 
@@ -127,7 +127,7 @@ class ExecutorBase(StepData, Reporting, Cancelling, WorkerClasses):
         # not asyncio's default min(32, CPUs + 4), which held 64 sync runs per executor to
         # 6 at a time here. Twice that: a timed-out run's thread runs on (it cannot be
         # stopped) and must not take a later run's thread. Threads are made as needed.
-        self._run_threads = ThreadPoolExecutor(2 * self._concurrency(), thread_name_prefix="kmpray-run")
+        self._run_threads = RunThreads(2 * self._concurrency())  # counts calls still going
         # Through the module, not a name imported here: Ray ships actor classes by value,
         # and a global captured that way would be a copy, not the process's singleton.
         kmpray.events.TaskEventBus._bind(BrokerBackend(namespace))
@@ -367,7 +367,7 @@ class ExecutorBase(StepData, Reporting, Cancelling, WorkerClasses):
                 finally:
                     self._meter.ran(worker, (time.monotonic() - began) * 1000)
             finally:
-                self._slots.give()
+                self._give_slot(key)
         except asyncio.CancelledError:
             if key in self._cancelled:  # every cancel of a run marks it first (cancel, stop)
                 self._unmark(key)
@@ -398,6 +398,9 @@ class ExecutorBase(StepData, Reporting, Cancelling, WorkerClasses):
         if followed is not None or not self._replies.finished(done):
             self._replies.detach(key)
             self._send([done])
+
+    def _give_slot(self, key: tuple[str, int]) -> None:
+        self._slots.give()  # a heavy worker's waits for stray threads (stray_threads.py)
 
     def _notice_later(self, began: float, key_: str, run_id: int) -> None:
         """"Began" goes to the scheduler only for a run still going STARTED_NOTICE_S after it
@@ -475,7 +478,7 @@ class LightExecutor(ExecutorBase):
     """Light tasks, batched: many runs at once (``executor_concurrency``)."""
 
 
-class HeavyWorkerBase(ExecutorBase):
+class HeavyWorkerBase(HeavySlot, ExecutorBase):
     """Heavy tasks: one at a time; the worker instance (a loaded model, say) stays warm."""
 
     keep_instances = True

@@ -87,6 +87,10 @@ BLOCK_REPORT_RETRY_S = 0.5
 HEAVY_RESTART_POLL_S = 0.2
 #: A cancelled heavy run is checked for having ended this often (up to the cancel grace).
 HEAVY_CANCEL_POLL_S = 0.05
+#: A heavy worker ending its process for a timed-out run's thread still going
+#: (actors/stray_threads.py) first waits this long at most for that run's result to be
+#: acknowledged.
+STRAY_ACK_WAIT_S = 10.0
 #: ``cancel()`` returns once the executors holding the cancelled runs have them (so nothing
 #: handed over with them begins after it), or after this (an executor that is down).
 CANCEL_ACK_TIMEOUT_S = 5.0

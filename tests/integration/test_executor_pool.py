@@ -617,3 +617,27 @@ def test_a_heavy_worker_ray_refuses_to_start_leaves_heavy_runs_waiting_with_the_
     heavy.grow()
     assert [slot.handle for slot in heavy.slots] == [None, None]
     assert heavy.reason() == "waiting for a heavy worker: Ray refused to start a heavy worker: no such thing"
+
+
+def test_run_threads_count_a_call_whose_awaiting_timed_out_until_it_returns() -> None:
+    """No Ray: what a heavy worker's slot waits on (actors/stray_threads.py)."""
+    import threading
+
+    from kmpray.actors.stray_threads import RunThreads
+
+    pool, release = RunThreads(2), threading.Event()
+
+    async def scenario() -> None:
+        call = asyncio.get_running_loop().run_in_executor(pool, release.wait, 10)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(call, 0.05)  # the run's timeout: its awaiting ends...
+        assert pool.running == 1  # ...its thread does not
+        release.set()
+        for _ in range(200):
+            if not pool.running:
+                break
+            await asyncio.sleep(0.01)
+        assert pool.running == 0
+
+    asyncio.run(scenario())
+    pool.shutdown()

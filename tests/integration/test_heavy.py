@@ -206,3 +206,41 @@ def test_idle_heavy_workers_are_retired(engines: Any) -> None:
     sched.enqueue("again", ONCE, "WarmModel", constraints=HEAVY)
     again = sched.wait("again", timeout_s=60).result.data
     assert again["pid"] != first and again["calls"] == 1  # a fresh actor, fresh warm state
+
+
+def test_a_heavy_worker_takes_no_run_beside_a_timed_out_runs_thread(heavy: Any, tmp_path: Path) -> None:
+    """A sync heavy run that times out ends, but its thread cannot be stopped; the heavy
+    worker took its next run while that thread still ran (two runs at once in a worker that
+    promises one: found by a tour, session 42). Now the next run waits for the thread; one
+    still going heavy_cancel_grace_s (1 s here) later ends the process, and the next run
+    goes to the restarted one."""
+    ledger = tmp_path / "ledger"
+
+    def run(task: str, s: float, timeout_ms: int | None = None) -> None:
+        limits = Constraints(is_heavy_task=True, max_retries=0, timeout_ms=timeout_ms)
+        heavy.enqueue(task, ONCE, "SleepsInThread", input=json.dumps({"ledger": str(ledger), "s": s}),
+                      constraints=limits)
+
+    def lines() -> dict[tuple[str, str], tuple[int, float]]:
+        rows = [line.split() for line in ledger.read_text().splitlines()]
+        return {(what, task): (int(pid), float(at)) for what, task, pid, at in rows}
+
+    # The thread ends inside the grace: the next run waits for it, on the same (warm) process.
+    run("short", 0.8, timeout_ms=200)
+    until(lambda: ledger.exists(), what="the first heavy run to start")
+    run("after", 0.1)
+    assert heavy.wait("short", timeout_s=30).state is TaskState.FAILED
+    assert heavy.wait("after", timeout_s=30).state is TaskState.SUCCEEDED
+    seen = lines()
+    assert seen[("start", "after")][1] >= seen[("end", "short")][1]  # not beside it
+    assert seen[("start", "after")][0] == seen[("end", "short")][0]  # and no restart
+    # The thread outlives the grace: the process ends, the next run goes to its successor.
+    run("long", 6.0, timeout_ms=200)
+    until(lambda: ("start", "long") in lines(), what="the long heavy run to start")
+    run("next", 0.1)
+    long_, next_ = heavy.wait("long", timeout_s=30), heavy.wait("next", timeout_s=60)
+    assert long_.state is TaskState.FAILED and "timed out after 200 ms" in long_.result.message
+    assert next_.state is TaskState.SUCCEEDED
+    seen = lines()
+    assert ("end", "long") not in seen  # its process ended under it
+    assert seen[("start", "next")][0] != seen[("start", "long")][0]

@@ -302,7 +302,24 @@ class StubbornHeavy(kmpray.CommonWorker):
         return True
 
 
-ALL.update({"WarmModel": WarmModel, "CooperativeHeavy": CooperativeHeavy, "StubbornHeavy": StubbornHeavy})
+class SleepsInThread(kmpray.CommonWorker):
+    """A sync worker sleeping ``s`` seconds; writes "start|end task pid time" lines to ``ledger``."""
+
+    def do_work(self, input: str | None, ctx: kmpray.WorkerContext) -> Any:  # noqa: A002
+        cfg = _cfg(input)
+
+        def line(what: str) -> None:
+            with open(cfg["ledger"], "a") as f:
+                f.write(f"{what} {ctx.task_id} {os.getpid()} {time.time():.3f}\n")
+
+        line("start")
+        time.sleep(cfg["s"])
+        line("end")
+        return True
+
+
+ALL.update({"WarmModel": WarmModel, "CooperativeHeavy": CooperativeHeavy, "StubbornHeavy": StubbornHeavy,
+            "SleepsInThread": SleepsInThread})
 
 
 class Blocker(kmpray.CommonWorker):
