@@ -112,7 +112,12 @@ class NotConstructed(Exception):
     ``__init__`` too): the run fails at once, with no retry."""
 
     def __init__(self, cause: BaseException) -> None:
-        super().__init__(f"{type(cause).__name__}: {cause}")
+        hint = ""
+        if isinstance(cause, ModuleNotFoundError) and cause.name:
+            # The class came by value, the modules it uses by name: one only the driver has.
+            hint = (f" (not importable where the worker runs: install {cause.name.split('.')[0]!r} on "
+                    "every node, or ship it with ray.init(runtime_env={'py_modules': [...]}))")
+        super().__init__(f"{type(cause).__name__}: {cause}{hint}")
         self.cause = cause
 
 

@@ -190,3 +190,31 @@ def test_a_malformed_trigger_or_constraints_payload_is_rejected_in_one_line_nami
     assert out.result is ScheduleResult.REJECTED_INVALID_PARAMS
     assert "step task 't': constraints.network_type: Input should be" in (out.reason or "")
     assert intake.submit(h.core, task).result is ScheduleResult.SUCCESS and h.core.tasks.keys() == {"t"}
+
+
+def test_a_worker_whose_module_the_executor_cannot_import_says_how_to_get_it_there() -> None:
+    """A class is shipped by value, the modules it uses by name: one only the driver has
+    failed the run with a bare "No module named 'helperlib'". The reason now says what to do
+    (found by a tour, session 42). Unit-tested on the failure a run reports."""
+    import asyncio
+
+    from kmpray.worker import NotConstructed, WorkerContext, run_worker
+
+    class NeedsHelper:
+        def __init__(self) -> None:
+            import helperlib_only_on_the_driver  # type: ignore[import-not-found]  # noqa: F401
+
+        async def do_work(self, input: str | None) -> bool:  # noqa: A002
+            return True
+
+    try:
+        asyncio.run(run_worker(NeedsHelper, None, WorkerContext("t", 0)))
+    except NotConstructed as exc:
+        said = str(exc)
+    else:
+        raise AssertionError("constructed")
+    name = "helperlib_only_on_the_driver"
+    ship = "ray.init(runtime_env={'py_modules': [...]})"
+    assert said == (f"ModuleNotFoundError: No module named '{name}' (not importable where the worker runs: "
+                    f"install '{name}' on every node, or ship it with {ship})")
+    assert str(NotConstructed(ValueError("bad"))) == "ValueError: bad"  # other causes as before
