@@ -40,7 +40,7 @@ from kmpray.timing import (
 from kmpray.worker import CommonWorker, NotConstructed, WorkerContext, run_worker
 
 from .event_broker import BrokerBackend
-from .executor_cancel import Cancelling
+from .executor_cancel import CONTROL, Cancelling
 from .executor_data import StepData
 from .executor_reports import Report, Reporting
 from .fencing import Fencing
@@ -57,9 +57,6 @@ from .stray_threads import HeavySlot, RunThreads
 from .untraced import untrace
 from .worker_classes import WorkerClasses
 
-#: The concurrency group (a thread and event loop of its own) of what must be answered
-#: while a worker blocks the executor's loop: ``holding``.
-CONTROL = "control"
 
 log = logging.getLogger("kmpray.executor")
 

@@ -11,17 +11,46 @@ pile up.
 from __future__ import annotations
 
 import asyncio
+import threading
+
+import ray
 
 from kmpray.protocol import RunKey
 
+from .fencing import Fencing
+
 #: Cancel marks kept for runs not (yet) here. Only the latest this many.
 EARLY_CANCELS = 10_000
+#: The concurrency group (a thread and event loop of its own) of what must be answered
+#: while a worker blocks the executor's loop: ``holding``, ``hand_back``.
+CONTROL = "control"
 
 
 class Cancelling:
     _tasks: dict[RunKey, asyncio.Task[None]]
     _cancelled: set[tuple[str, int]]  # told to stop: marked until the run ends here
     _cancelled_early: dict[tuple[str, int], None]  # of those, not here when told
+    _begun: set[RunKey]
+    _unreported: dict[RunKey, None]
+    _begin_lock: threading.Lock
+    _fencing: Fencing
+
+    @ray.method(concurrency_group=CONTROL)
+    def hand_back(self, runs: list[tuple[str, int]]) -> list[RunKey]:
+        """The scheduler wants these queued runs back for executors with free slots (its
+        stealing, actors/stealing.py): of them, those taken here that have not begun are
+        given back, never to begin here, and returned; the others (begun meanwhile, ended,
+        never arrived) stay as they are. Under the begin lock, on the control thread: a
+        run either begins here or is given back, never both."""
+        given: list[RunKey] = []
+        with self._begin_lock:
+            for run in runs:
+                key = (run[0], run[1])
+                if key in self._tasks and key not in self._begun and key not in self._cancelled:
+                    self._fencing.give_back(key)
+                    self._unreported.pop(key, None)  # not held: a restarted scheduler runs it elsewhere
+                    given.append(key)
+        return given
 
     def cancel_cooperative(self, runs: list[tuple[str, int]]) -> None:
         """Only ask: ``ctx.is_cancelled()`` turns true; the run ends when the worker returns."""

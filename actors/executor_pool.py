@@ -127,12 +127,19 @@ class ExecutorPool:
         ping (one whose node died is pending forever), its loop is not blocked, it holds
         fewer than ``executor_window`` runs, and its last submit has answered."""
         limit = self.config.executor_window
-        return [
+        free = [
             (limit - len(s.inflight), s.index)
             for s in self.slots
             if len(s.inflight) < limit and s.reachable and not s.retired and s.index not in self.blocked.light
             and s.index not in self.alone and not s.probation and s.submits < SUBMITS_IN_FLIGHT
         ]
+        # Runs queue beyond an executor's slots only once no executor has a slot free: else
+        # they wait behind its runs while another idles (and runs taken back from it by
+        # stealing.py would go straight back).
+        slots = self.config.executor_concurrency
+        if any(len(self.slots[i].inflight) < slots for _room, i in free):
+            return [(room, i) for room, i in free if len(self.slots[i].inflight) < slots]
+        return free
 
     def _usable(self, s: ExecutorSlot) -> bool:
         return s.reachable and not s.retired and s.index not in self.blocked.light

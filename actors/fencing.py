@@ -37,6 +37,7 @@ class Fencing:
         self._batch_of: dict[Key, tuple[str, int]] = {}  # run -> (epoch, batch)
         self._fence: tuple[str, int] = ("", 0)
         self._adopter = ""  # the newest scheduler's epoch: it asked what this process holds, or sent a batch
+        self._given_back: set[Key] = set()  # runs handed back to the scheduler (actors/stealing.py)
 
     def took(self, key: Key, epoch: str, batch: int) -> None:
         self._batch_of[key] = (epoch, batch)
@@ -56,8 +57,14 @@ class Fencing:
         sent before that one asked, arriving after; it runs again there, not here."""
         return epoch < self._adopter
 
+    def give_back(self, key: Key) -> None:
+        """The scheduler took this queued run back to run it elsewhere (stealing.py)."""
+        self._given_back.add(key)
+
     def withdrawn(self, key: Key) -> bool:
-        """Not begun yet and at or below the fence: it runs elsewhere, never here."""
+        """Not begun yet and at or below the fence, or given back: it runs elsewhere, never here."""
+        if key in self._given_back:
+            return True
         taken = self._batch_of.get(key)
         epoch, batch = self._fence
         if taken is None or not epoch:
@@ -68,3 +75,4 @@ class Fencing:
 
     def forget(self, key: Key) -> None:
         self._batch_of.pop(key, None)
+        self._given_back.discard(key)

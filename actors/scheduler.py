@@ -44,6 +44,7 @@ from .adoption import adopt_held_runs
 from .blocked_loops import BlockedLoops
 from .executor_pool import ExecutorPool, executors_for
 from .heavy_pool import HeavyPool
+from .stealing import Stealer
 from .lane import Conn, LaneServer
 from .metrics import Metrics
 from .names import BROKER, ORACLE, REGISTRY, base_namespace, lookup, shard_index
@@ -135,6 +136,7 @@ class SchedulerActor(
         self.pool = ExecutorPool(namespace, self.config, self.core, self._blocked, self._kick, self.artifacts.where,
                                  self._started)
         self.heavy = HeavyPool(self, namespace, self.config, self._blocked, self.artifacts.where)
+        self.stealer = Stealer(self.pool, self.core, self._kick, self.clock.now_ms)  # stealing.py
         self.pool.heard = lambda done: self._hear(done, (), ())  # results a dead process spooled
         self._wake = asyncio.Event()
         self._wake_at: int | None = None  # the due time the loop is sleeping towards

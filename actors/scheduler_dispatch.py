@@ -23,6 +23,7 @@ from kmpray.store import SqliteTaskStore
 
 from .executor_pool import ExecutorPool
 from .heavy_pool import HeavyPool
+from .stealing import Stealer
 from .scheduler_artifacts import ArtifactKeeper
 from .submit_lane import LaneLost
 
@@ -46,6 +47,7 @@ class SchedulerDispatch:
     core: SchedulerCore
     pool: ExecutorPool
     heavy: HeavyPool
+    stealer: Stealer
     artifacts: ArtifactKeeper
     store: SqliteTaskStore
     _lead_ms: int
@@ -70,6 +72,7 @@ class SchedulerDispatch:
         pump(self.core, lambda: self._room(turn), lambda batch: self._hand_over(turn, batch),
              self._lead_ms)  # kmpray/driver.py
         self._flush()
+        self.stealer.check()  # runs queued behind busy slots, while others are free (stealing.py)
 
     def _room(self, turn: Turn) -> tuple[int, int]:
         """How many light and heavy runs may go out now; heavy workers grow when heavy

@@ -23,6 +23,7 @@ from .blocked_loops import BlockedLoops
 from .executor_pool import ExecutorPool
 from .heavy_pool import HeavyPool
 from .lane import LaneServer
+from .stealing import Stealer
 from .waiters import Waiters
 
 #: Tasks of ``list_tasks`` built and pickled between two turns of the loop (~20 µs each).
@@ -39,6 +40,7 @@ class SchedulerReads:
     store: SqliteTaskStore
     pool: ExecutorPool
     heavy: HeavyPool
+    stealer: Stealer
     rejections: deque[tuple[str, str, str]]
     restored_in_s: float
     serving_in_s: float | None
@@ -76,6 +78,7 @@ class SchedulerReads:
             "probation_executors": len(self.pool.probation),
             "running_alone": sum(1 for k in self.pool.alone.values() if k is not None),
             "inflight": len(self.pool.where) + len(self.heavy.where),
+            "stolen": self.stealer.stolen,  # runs taken back from busy executors (actors/stealing.py)
             "inflight_by_node": self.pool.inflight_by_node(),
             "heavy_workers": [i for i, slot in enumerate(self.heavy.slots) if slot.handle is not None],
             "heavy": self.heavy.status(),

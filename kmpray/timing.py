@@ -110,6 +110,12 @@ RETRY_FIRST_DELAY_S = 0.05
 RETRY_MAX_DELAY_S = 1.0
 #: A named actor being (re)created is looked up again after this.
 LOOKUP_POLL_S = 0.05
+# ---- Work stealing (actors/stealing.py): runs queued behind an executor's busy slots
+#: A run queued on an executor this long, not begun, while another has free slots, is
+#: asked back; the scheduler looks at most this often.
+STEAL_AFTER_S = 0.2
+STEAL_CHECK_S = 0.05
+
 #: A client call to the scheduler gives up after this.
 CALL_TIMEOUT_S = 120.0
 #: A subscription whose broker has not answered a poll for this long says so, once (it

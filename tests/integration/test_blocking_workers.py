@@ -11,7 +11,7 @@ import pytest
 
 from kmpray import Constraints, EngineConfig, TaskRequest, TaskState, TaskTrigger
 
-from .helpers import ONE_SHARD, until
+from .helpers import ONE_SHARD, blocks_input, until
 from .workers import register_all
 
 # Counts one scheduler's executors and blocks them (per shard, each shard has its own).
@@ -232,3 +232,31 @@ def test_a_batch_for_an_executors_earlier_process_is_refused_by_the_process_afte
     assert taken.incarnation == incarnation
     until(lambda: ("start", "for-me") in _ledger(ledger), timeout_s=20, what="the batch for this process to run")
     assert _ledger(ledger) == [("start", "for-me")]  # the refused one never began
+
+
+def test_runs_queued_behind_long_runs_go_to_an_executor_with_free_slots(
+        engines: Any, tmp_path: Path) -> None:
+    """An executor takes runs beyond its slots (its window); behind long runs they waited
+    however idle the other executor was: 14 short tasks enqueued after 2 long ones took
+    8 s on two executors of 2 slots (session 42's tour). Now runs queue beyond an
+    executor's slots only when no executor has one free, and queued runs that have not
+    begun are taken back (stealing.py) for an executor with free slots; none runs twice."""
+    sched = engines.registered(config=EngineConfig(executors=2, executor_concurrency=2, executor_window=8))
+    ledger = tmp_path / "ledger"
+    longs = []
+    for i in range(2):
+        cfg, _started, release = blocks_input(tmp_path, f"long{i}", max_s=60)
+        longs.append((f"long{i}", cfg, release))
+    shorts = [f"s{i}" for i in range(14)]
+    sched.enqueue_many([TaskRequest("Blocks", cfg, id=name) for name, cfg, _ in longs]
+                       + [TaskRequest("Ledgered", json.dumps({"ledger": str(ledger)}), id=s) for s in shorts])
+    for s in shorts:  # all while both long runs hold their slots
+        assert sched.wait(s, timeout_s=30).state is TaskState.SUCCEEDED
+    assert all(sched.get_task_info(name).state is TaskState.RUNNING for name, _, _ in longs)
+    starts = Counter(t for kind, t in _ledger(ledger) if kind == "start")
+    assert starts == Counter(dict.fromkeys(shorts, 1))  # each once
+    for _name, _cfg, release in longs:
+        release.write_text("1")
+    assert all(sched.wait(name, timeout_s=30).state is TaskState.SUCCEEDED for name, _, _ in longs)
+    attempts = {s: sched.get_task_info(s).run_attempt_count for s in shorts}
+    assert set(attempts.values()) == {1}, attempts  # a run taken back is not an attempt

@@ -5,6 +5,7 @@ executor running a task the restarted scheduler does not know, or finds BLOCKED.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 from kmpray.actors.scheduler_dispatch import SchedulerDispatch, Turn
@@ -25,6 +26,7 @@ class _Actor(SchedulerDispatch):
         self._lead_ms = 0
         self.chain_msgs: list[Any] = []
         self.handed: list[tuple[str, str | None]] = []  # (key, its state in the store then)
+        self.stealer = SimpleNamespace(check=lambda: None)  # no executors here to steal from
 
     def _flush(self) -> None:
         fx = self.core.drain()

@@ -641,3 +641,19 @@ def test_run_threads_count_a_call_whose_awaiting_timed_out_until_it_returns() ->
 
     asyncio.run(scenario())
     pool.shutdown()
+
+
+def test_runs_go_beyond_an_executors_slots_only_when_none_has_a_slot_free() -> None:
+    """No Ray: ``free()`` offers only executors with a free slot while any has one (runs
+    sent beyond a busy executor's slots waited behind its long runs while another idled),
+    and every executor with window room once none has (the window hides the round trip)."""
+    core = _Core()
+    config = EngineConfig(executor_concurrency=2, executor_window=8)
+    pool = ExecutorPool("ns", config, core, BlockedLoops(), lambda: None)  # type: ignore[arg-type]
+    for i in range(2):
+        pool.slots.append(ExecutorSlot(i, _Handle([], i), "A", incarnation=f"p{i}", reachable=True))
+    pool.slots[0].inflight = {("long", 1): "p0", ("long2", 1): "p0", ("q", 1): "p0"}
+    pool.slots[1].inflight = {("s", 1): "p1"}
+    assert pool.free() == [(7, 1)]  # executor 0's slots are busy: nothing more queues there
+    pool.slots[1].inflight[("s2", 1)] = "p1"
+    assert pool.free() == [(5, 0), (6, 1)]  # none has a slot free: both take runs to queue
