@@ -39,6 +39,7 @@ class Stealer:
         self._asking: set[int] = set()  # executors asked, their answer not in yet
         self._last = 0.0
         self._again: asyncio.TimerHandle | None = None
+        self._asks: set[asyncio.Future[None]] = set()  # held: the loop keeps only weak references
         self.stolen = 0  # runs handed back and re-queued (status)
 
     def check(self) -> None:
@@ -74,7 +75,9 @@ class Stealer:
             if take:
                 spare -= len(take)
                 self._asking.add(slot.index)
-                asyncio.ensure_future(self._ask(slot, take))
+                ask = asyncio.ensure_future(self._ask(slot, take))
+                self._asks.add(ask)
+                ask.add_done_callback(self._asks.discard)
             if not spare:
                 break
         self._seen = seen
