@@ -297,8 +297,9 @@ def test_a_class_that_does_not_load_on_the_executor_fails_at_once(svengine: Any)
     assert info.state is TaskState.FAILED and info.run_attempt_count == 1, info
     assert info.result.message == (
         "worker 'UsesDriverModule' could not be constructed: ModuleNotFoundError: No module named "
-        "'kmpray_driver_only_helper' (not importable where the worker runs: install 'kmpray_driver_only_helper' "
-        "on every node, or ship it with ray.init(runtime_env={'py_modules': [...]}))")  # the hint: session 42
+        "'kmpray_driver_only_helper' (not importable where the worker runs: install "
+        "'kmpray_driver_only_helper' on every node, or ship it with ray.init(runtime_env={'py_modules': "
+        "[...]}))")  # the hint: session 42
 
 
 def test_sys_exit_in_a_worker_is_a_failed_attempt_not_a_stuck_task(svengine: Any) -> None:
