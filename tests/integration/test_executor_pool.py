@@ -657,3 +657,55 @@ def test_runs_go_beyond_an_executors_slots_only_when_none_has_a_slot_free() -> N
     assert pool.free() == [(7, 1)]  # executor 0's slots are busy: nothing more queues there
     pool.slots[1].inflight[("s2", 1)] = "p1"
     assert pool.free() == [(5, 0), (6, 1)]  # none has a slot free: both take runs to queue
+
+
+def test_stealing_asks_back_only_queued_runs_that_waited_and_requeues_what_comes_back(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """No Ray: which runs the scheduler asks a busy executor for (actors/stealing.py) — taken
+    there, not begun, due, not handed on by a predecessor, from the back of its queue, after
+    STEAL_AFTER_S, no more than the free slots elsewhere — and that only what the executor
+    gives back is re-queued (it decides: a run that began meanwhile stays)."""
+    from kmpray.actors import stealing
+
+    clock = {"now": 100.0}
+    monkeypatch.setattr(stealing.time, "monotonic", lambda: clock["now"])
+    asked: list[list[tuple[str, int]]] = []
+    kicked: list[int] = []
+
+    class _Back:
+        def remote(self, keys: list[tuple[str, int]]) -> Any:
+            asked.append(list(keys))
+            return _Answer([keys[0]])  # the other began meanwhile: the executor keeps it
+
+    core = _Core()
+    recs = {k: SimpleNamespace(run_id=1, started=k in ("L1", "L2"), next_run_at_ms=5_000 if k == "T" else 0)
+            for k in ("L1", "L2", "H", "T", "Q1", "Q2", "Q3")}
+    core.tasks = recs  # type: ignore[attr-defined]
+    core.ready_count = lambda: 0  # type: ignore[attr-defined]
+    core.heavy_ready_count = lambda: 0  # type: ignore[attr-defined]
+    config = EngineConfig(executor_concurrency=2, executor_window=8)
+    pool = ExecutorPool("ns", config, core, BlockedLoops(), lambda: None)  # type: ignore[arg-type]
+    busy = ExecutorSlot(0, SimpleNamespace(hand_back=_Back()), "A", incarnation="p0", reachable=True)
+    idle = ExecutorSlot(1, _Handle([], 1), "A", incarnation="p1", reachable=True)
+    pool.slots += [busy, idle]
+    busy.inflight = {(k, 1): "p0" for k in ("L1", "L2", "H", "T", "Q1", "Q2", "Q3")}
+    busy.handed.add(("H", 1))  # begun there by its predecessor's run
+    pool.where.update({key: 0 for key in busy.inflight})
+    idle.inflight = {}
+    thief = stealing.Stealer(pool, core, lambda: kicked.append(1), lambda: 1_000)  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        thief.check()  # seen, not yet waited long enough
+        assert asked == []
+        clock["now"] += stealing.STEAL_AFTER_S + stealing.STEAL_CHECK_S
+        thief.check()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        if thief._again is not None:
+            thief._again.cancel()
+
+    asyncio.run(scenario())
+    assert asked == [[("Q3", 1), ("Q2", 1)]]  # the back of its queue; two free slots elsewhere
+    assert ("Q3", 1) not in busy.inflight and ("Q3", 1) not in pool.where
+    assert ("Q2", 1) in busy.inflight  # not given: it stays
+    assert core.lost == [("Q3", 1, False)] and thief.stolen == 1 and kicked == [1]
