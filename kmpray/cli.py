@@ -147,7 +147,9 @@ def status(address: str | None, namespace: str, state_dir: str | None, as_json: 
         click.echo(f"  runs since start: {runs.get('dispatched', 0)} handed over, "
                    + (", ".join(f"{n} {k}" for k, n in sorted(done.items())) or "none finished")
                    + (f"; latest enqueue -> start p50 {starts['p50']} ms, p99 {starts['p99']} ms "
-                      f"({starts['n']} runs)" if starts.get("n") else ""))
+                      f"({starts['n']} runs)" if starts.get("n") else "")
+                   + (f"; {info['stolen']} taken back from busy executors for free slots"
+                      if info.get("stolen") else ""))
     heavy = info.get("heavy") or {}
     if heavy.get("pool"):
         click.echo(f"  heavy workers: {heavy['placed']} of {heavy['pool']} placed, {heavy['busy']} busy"

@@ -255,6 +255,7 @@ def test_runs_queued_behind_long_runs_go_to_an_executor_with_free_slots(
     assert all(sched.get_task_info(name).state is TaskState.RUNNING for name, _, _ in longs)
     starts = Counter(t for kind, t in _ledger(ledger) if kind == "start")
     assert starts == Counter(dict.fromkeys(shorts, 1))  # each once
+    assert sched.status()["stolen"] >= 1  # (`kmpray status` says so too)
     for _name, _cfg, release in longs:
         release.write_text("1")
     assert all(sched.wait(name, timeout_s=30).state is TaskState.SUCCEEDED for name, _, _ in longs)
