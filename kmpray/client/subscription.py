@@ -58,7 +58,8 @@ class Subscription:
             self._thread = threading.Thread(target=self._pump_callback, args=(callback,), daemon=True)
             self._thread.start()
 
-    def _take(self, rows: list[tuple[int, bytes]], after: int | None = None) -> None:
+    def _take(self, rows: list[tuple[int, bytes]], after: int | None = None,
+              trimmed: int | None = None) -> None:
         """Decode ``rows``, read after cursor ``after``: a jump past ``after + 1`` means rows
         were trimmed meanwhile (a reader slower than the retention); if completions were
         among them, say so (``missed``), never skip them silently. Not for a first read
@@ -66,7 +67,8 @@ class Subscription:
         from ..event_codec import decode_events
 
         if rows and after and rows[0][0] > after + 1:
-            trimmed = int(_asked(self._broker.bounds.remote)[2])  # one call, on a jump only
+            if trimmed is None:  # (``async for`` asks first, without blocking its loop)
+                trimmed = int(_asked(self._broker.bounds.remote)[2])  # one call, on a jump only
             if jumped_trimmed(after, rows[0][0], trimmed):
                 self.missed.append((after, trimmed))
                 log.warning("event subscription at cursor %d: completion events up to cursor %d were trimmed "
@@ -142,7 +144,13 @@ class Subscription:
                     await asyncio.sleep(0.2)
                     continue
                 self._silent_since = None
-                self._take(rows, after)
+                trimmed = None
+                if rows and after and rows[0][0] > after + 1:  # a jump: was a completion trimmed?
+                    try:
+                        trimmed = int((await self._broker.bounds.remote())[2])
+                    except TRANSIENT:
+                        pass  # _take asks again (briefly blocking) if the broker restarts just now
+                self._take(rows, after, trimmed)
                 continue
             self.cursor, event = self._buffer.popleft()
             yield event

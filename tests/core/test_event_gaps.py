@@ -88,3 +88,43 @@ def test_the_one_rule_for_a_read_that_jumped_over_trimmed_completions() -> None:
     assert not jumped_trimmed(5001, 5010, 5000)  # behind the reader: progress rows trimmed only
     assert not jumped_trimmed(102, 104, 9000)  # past the first row read: a trim after the read
     assert not jumped_trimmed(0, 7, 5)  # since=0 asks for what is retained
+
+
+def test_async_iteration_asks_about_a_jump_without_blocking_its_loop(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``async for`` over a subscription asked the broker about a jump with a blocking
+    ``ray.get`` (``_asked``) on the caller's event loop; it awaits the call now."""
+    import asyncio
+
+    monkeypatch.setattr(subscription, "_require_ray", lambda: None)
+    monkeypatch.setattr(subscription, "_asked", lambda make: pytest.fail("a blocking call on the loop"))
+
+    class _Ref:
+        def __init__(self, value: Any) -> None:
+            self.value = value
+
+        def __await__(self) -> Any:
+            yield from []
+            return self.value
+
+    class _AsyncBroker:
+        def __init__(self) -> None:
+            self.poll = self.bounds = self
+            self.polls = [[(101, _done(101))], [(5001, _done(5001))]]
+
+        def remote(self, *args: Any) -> _Ref:
+            if args:  # poll(after, limit, timeout)
+                return _Ref(self.polls.pop(0) if self.polls else [])
+            return _Ref((5001, 5001, 5000))  # bounds()
+
+    sub = Subscription(_AsyncBroker(), 100)
+
+    async def read() -> list[str]:
+        got = []
+        async for event in sub:
+            got.append(event.task_id)
+            if len(got) == 2:
+                break
+        return got
+
+    assert asyncio.run(read()) == ["t101", "t5001"] and sub.missed == [(101, 5000)]
