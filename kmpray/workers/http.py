@@ -101,9 +101,9 @@ def _guard(config: EngineConfig) -> Callable[[Any], Awaitable[None]]:
     async def check(request: Any) -> None:
         nonlocal hops
         hops += 1
-        request.extensions[_HOP] = hops  # for _Pinned's message
+        request.extensions[_HOP] = hops  # for _pinned's message too
         try:
-            check_url(str(request.url), config, resolve=False)  # the address: _Pinned, under deny_private
+            check_url(str(request.url), config)  # the address: _pinned's, under deny_private
         except ConfigError as exc:
             raise _hop_error(request, exc) from None
 
@@ -206,7 +206,7 @@ class HttpRequestWorker(CommonWorker):
         config = _config(ctx)
         try:
             cfg = parse_config(HttpRequestConfig, input, upstream=ctx.upstream_data)
-            check_url(cfg.url, config, resolve=False)
+            check_url(cfg.url, config)
         except ConfigError as exc:
             return Failure(str(exc))
         return await _request(cfg.method, cfg.url, cfg.timeout_ms, config, headers=cfg.headers,
@@ -220,7 +220,7 @@ class HttpSyncWorker(CommonWorker):
         config = _config(ctx)
         try:
             cfg = parse_config(HttpSyncConfig, input, upstream=ctx.upstream_data)
-            check_url(cfg.url, config, resolve=False)
+            check_url(cfg.url, config)
         except ConfigError as exc:
             return Failure(str(exc))
         kwargs: dict[str, Any] = {"headers": {"Content-Type": "application/json"}}
@@ -240,7 +240,7 @@ class HttpDownloadWorker(CommonWorker):
         config = _config(ctx)
         try:
             cfg = parse_config(HttpDownloadConfig, input, upstream=ctx.upstream_data)
-            check_url(cfg.url, config, resolve=False)
+            check_url(cfg.url, config)
             dest = safe_path(cfg.save_path, config, "savePath")
         except ConfigError as exc:
             return Failure(str(exc))
@@ -312,7 +312,7 @@ class HttpUploadWorker(CommonWorker):
             cfg = parse_config(
                 HttpUploadConfig, input, {"filePath": up.get("outputPath") or up.get("filePath")}, up
             )
-            check_url(cfg.url, config, resolve=False)
+            check_url(cfg.url, config)
             path = safe_path(cfg.file_path, config, "filePath")
         except ConfigError as exc:
             return Failure(str(exc))

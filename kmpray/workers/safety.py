@@ -52,11 +52,11 @@ def _host_matches(host: str, patterns: list[str]) -> bool:
     return any(host == p or (p.startswith("*.") and host.endswith(p[1:])) for p in patterns)
 
 
-def check_url(url: str, config: EngineConfig, resolve: bool = True) -> str:
-    """``url`` if the config lets a worker send to it, else ConfigError naming why.
-    ``resolve=False`` leaves out the look-up of the host's addresses (a blocking DNS
-    query, for ``http_deny_private``): the clients look at every hop, redirects included,
-    in a thread (http.py's ``_client``)."""
+def check_url(url: str, config: EngineConfig) -> str:
+    """``url`` if the config lets a worker send to it (scheme, host, allow and deny lists),
+    else ConfigError naming why. ``http_deny_private`` is ``public_address``'s, which
+    looks up the host's addresses (a blocking DNS query): the clients' transport runs it
+    for every hop, in a thread, and connects to the address it checked (http.py)."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
         raise ConfigError(f"url: scheme must be http or https, got {parts.scheme or 'none'!r}")
@@ -67,8 +67,6 @@ def check_url(url: str, config: EngineConfig, resolve: bool = True) -> str:
         raise ConfigError(f"url: host {host!r} is not in the allow list")
     if _host_matches(host, config.http_deny_hosts):
         raise ConfigError(f"url: host {host!r} is denied")
-    if config.http_deny_private and resolve:
-        public_address(host)
     return url
 
 
