@@ -257,9 +257,12 @@ def _check_signature(name: str, cls: type) -> None:
 def _shown(params: list[inspect.Parameter]) -> str:
     """Parameters by name as written: ``input, *, ctx``, ``*args, **kw``."""
     out: list[str] = []
+    starred = False  # a * or *args written already: keyword-only parameters follow it
     for p in params:
-        if p.kind is p.KEYWORD_ONLY and not any("*" in o and "**" not in o for o in out):
+        if p.kind is p.KEYWORD_ONLY and not starred:
             out.append("*")
+            starred = True
+        starred = starred or p.kind is p.VAR_POSITIONAL
         star = "*" if p.kind is p.VAR_POSITIONAL else "**" if p.kind is p.VAR_KEYWORD else ""
         out.append(star + p.name)
     return ", ".join(out) or "nothing"
