@@ -379,13 +379,18 @@ class ExecutorPool:
             return []
         withdrawn = [key for key, took in slot.inflight.items()
                      if key not in held and key not in slot.handed and took in (None, incarnation)]
-        for key in withdrawn:
+        self.requeue(slot, withdrawn)
+        return withdrawn
+
+    def requeue(self, slot: ExecutorSlot, keys: list[Key]) -> None:
+        """Runs ``slot``'s executor will not begin (withdrawn, or handed back: stealing.py)
+        go back to the ready queue, not counted as attempts."""
+        for key in keys:
             slot.forget(key)
             self.where.pop(key, None)
             if key in self.alone.values():
                 self.end_isolation(key)
             self.core.run_lost(*key)
-        return withdrawn
 
     # -------------------------------------------------------------- reconcile
     async def reconcile(self, nodes: dict[str, dict[str, Any]]) -> bool:

@@ -110,10 +110,7 @@ class Stealer:
         finally:
             self._asking.discard(slot.index)
         back = [(k[0], k[1]) for k in given if (k[0], k[1]) in slot.inflight]
-        for key in back:
-            slot.forget(key)
-            self.pool.where.pop(key, None)
-            self.core.run_lost(*key)  # re-queued, not counted as an attempt
+        self.pool.requeue(slot, back)  # not counted as attempts
         if back:
             self.stolen += len(back)
             log.info("executor %d: %d queued runs behind its busy slots go to executors with free ones",
