@@ -16,6 +16,7 @@ from kmpray.client import subscription
 from kmpray.client.subscription import Subscription
 from kmpray.event_codec import encode_event
 from kmpray.event_log import MemoryEventLog, SqliteEventLog
+from tests.standins import Answer
 
 
 def _done(i: int) -> bytes:
@@ -99,23 +100,15 @@ def test_async_iteration_asks_about_a_jump_without_blocking_its_loop(
     monkeypatch.setattr(subscription, "_require_ray", lambda: None)
     monkeypatch.setattr(subscription, "_asked", lambda make: pytest.fail("a blocking call on the loop"))
 
-    class _Ref:
-        def __init__(self, value: Any) -> None:
-            self.value = value
-
-        def __await__(self) -> Any:
-            yield from []
-            return self.value
-
     class _AsyncBroker:
         def __init__(self) -> None:
             self.poll = self.bounds = self
             self.polls = [[(101, _done(101))], [(5001, _done(5001))]]
 
-        def remote(self, *args: Any) -> _Ref:
+        def remote(self, *args: Any) -> Answer:
             if args:  # poll(after, limit, timeout)
-                return _Ref(self.polls.pop(0) if self.polls else [])
-            return _Ref((5001, 5001, 5000))  # bounds()
+                return Answer(self.polls.pop(0) if self.polls else [])
+            return Answer((5001, 5001, 5000))  # bounds()
 
     sub = Subscription(_AsyncBroker(), 100)
 

@@ -15,6 +15,7 @@ from kmpray.actors.blocked_loops import BlockedLoops
 from kmpray.actors.executor_pool import PROBATION_LANES, ExecutorPool, ExecutorSlot
 
 from kmpray.config import EngineConfig
+from tests.standins import Answer as _Answer
 
 
 class _Submit:
@@ -225,17 +226,6 @@ def _heavy_pool(size: int) -> tuple[Any, _Core]:
                            _hear=hear)
     heavy = HeavyPool(host, "ns", EngineConfig(heavy_pool_size=size), BlockedLoops())  # type: ignore[arg-type]
     return heavy, core
-
-
-class _Answer:
-    """A stand-in for an actor call's ref: awaitable, answering ``value``."""
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-    def __await__(self) -> Any:
-        yield from []
-        return self.value
 
 
 class _HeavyHandle:
