@@ -112,7 +112,7 @@ def test_async_iteration_asks_about_a_jump_without_blocking_its_loop(
 
     sub = Subscription(_AsyncBroker(), 100)
 
-    async def read() -> list[str]:
+    async def read() -> list[str | None]:
         got = []
         async for event in sub:
             got.append(event.task_id)
