@@ -36,6 +36,12 @@ def _asked(make_call: Callable[[], Any]) -> Any:
     return call_with_retry_sync(lambda: _ray().get(make_call(), timeout=CALL_TIMEOUT_S), CALL_TIMEOUT_S)
 
 
+def _jumped(rows: list[tuple[int, bytes]], after: int | None) -> bool:
+    """A read after cursor ``after`` (not 0: ``since=0`` asks for what is retained) whose
+    first row is not the next cursor: rows were trimmed in between."""
+    return bool(rows and after and rows[0][0] > after + 1)
+
+
 class Subscription:
     """A cursor over the engine's stored events: ``get``, iterate, async-iterate, ``close``.
 
@@ -66,7 +72,7 @@ class Subscription:
         from cursor 0: ``since=0`` asks for what is retained."""
         from ..event_codec import decode_events
 
-        if rows and after and rows[0][0] > after + 1:
+        if _jumped(rows, after):
             if trimmed is None:  # (``async for`` asks first, without blocking its loop)
                 trimmed = int(_asked(self._broker.bounds.remote)[2])  # one call, on a jump only
             if jumped_trimmed(after, rows[0][0], trimmed):
@@ -145,7 +151,7 @@ class Subscription:
                     continue
                 self._silent_since = None
                 trimmed = None
-                if rows and after and rows[0][0] > after + 1:  # a jump: was a completion trimmed?
+                if _jumped(rows, after):  # was a completion trimmed in the jump?
                     try:
                         trimmed = int((await self._broker.bounds.remote())[2])
                     except TRANSIENT:
