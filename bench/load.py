@@ -44,8 +44,10 @@ from .load_plan import (
     intended_times,
     late_share,
     latencies,
+    live_ms,
     parse_mix,
     parse_profile,
+    rows_before,
     so_far,
     split,
     summary,
@@ -150,7 +152,7 @@ def run_once(
                 rate = (acked - last_acked) / max(t - last_t, 0.001)
                 print(
                     f"  {t:5.1f} s  acked {rate:6,.0f}/s  in flight {in_flight:5,d}"
-                    f"  queue {q:6,d}  start p50 {_ms(lat[0])} ms  p99 {_ms(lat[1])} ms (corrected)",
+                    f"  queue {q:6,d}  start p50 {live_ms(lat[0])} ms  p99 {live_ms(lat[1])} ms (corrected)",
                     flush=True,
                 )
             last_acked, last_t = acked, t
@@ -170,7 +172,7 @@ def run_once(
                 h.stop.remote(stopped_at)
     parts = ray.get(refs, timeout=60)
     if stopped_at is not None:  # what was due after the interrupt was never meant to be sent
-        parts = [_before(p, stopped_at) for p in parts]
+        parts = [rows_before(p, stopped_at) for p in parts]
         n = sum(len(p["index"]) for p in parts)
     # Drain: wait for the start of every accepted operation that should start.
     accepted = {i for p in parts for i, e in zip(p["index"], p["error"], strict=True) if not e}
@@ -194,17 +196,6 @@ def run_once(
     if stopped_at is not None:
         result["interrupted_at_s"] = round(ran_s, 2)
     return result
-
-
-def _before(rows: dict[str, list[Any]], at_ms: float) -> dict[str, list[Any]]:
-    """A client's rows of the operations intended before ``at_ms`` only."""
-    keep = [j for j, t in enumerate(rows["intended_ms"]) if t < at_ms]
-    return {name: [column[j] for j in keep] for name, column in rows.items()}
-
-
-def _ms(value: float) -> str:
-    """A live latency, or a dash before any start was seen (not "nan")."""
-    return f"{value:7.1f}" if value == value else f"{'-':>7}"
 
 
 def _result(

@@ -382,3 +382,15 @@ def find_max(
         else:
             hi = mid
     return lo, curve
+
+
+def rows_before(rows: dict[str, list[Any]], at_ms: float) -> dict[str, list[Any]]:
+    """A client's rows of the operations intended before ``at_ms`` only (a run stopped
+    there by Ctrl-C: what was due after it was never meant to be sent)."""
+    keep = [j for j, t in enumerate(rows["intended_ms"]) if t < at_ms]
+    return {name: [column[j] for j in keep] for name, column in rows.items()}
+
+
+def live_ms(value: float) -> str:
+    """A live latency, or a dash before any start was seen (not "nan")."""
+    return f"{value:7.1f}" if value == value else f"{'-':>7}"

@@ -361,7 +361,7 @@ def test_a_generator_process_keeps_its_collector_out_of_the_run() -> None:
 
 
 def test_the_live_line_shows_a_dash_before_any_start_not_nan() -> None:
-    from kmpray.bench.load import _ms
+    from kmpray.bench.load_plan import live_ms as _ms
 
     assert _ms(math.nan) == "      -" and _ms(12.345) == "   12.3"
 
@@ -370,7 +370,8 @@ def test_a_ctrl_c_stops_the_sends_there_and_the_report_covers_what_ran() -> None
     """`kmpray bench load` ended on Ctrl-C with click's "Aborted!" and no report; as k6 and
     wrk do, it now stops sending (OpenLoop.stop), lets what is in flight answer, and reports
     the operations intended before the interrupt over the time that ran."""
-    from kmpray.bench.load import _before, _result
+    from kmpray.bench.load import _result
+    from kmpray.bench.load_plan import rows_before as _before
 
     async def echo(kinds: list[str], indexes: list[int], intended: list[float]) -> list[tuple[str, float]]:
         return [("", t) for t in intended]
