@@ -163,16 +163,19 @@ class HeavyPool:
             slot.ready = False
             asyncio.ensure_future(self._await(i, slot.handle))
 
-    async def _await(self, i: int, handle: Any) -> None:
-        """Until the actor is placed and answers (however long that takes): then it may take runs."""
+    async def _await(self, i: int, handle: Any, not_process: str | None = None) -> None:
+        """Until the actor is placed and answers (however long that takes): then it may take
+        runs. ``not_process``: a process about to end (``exiting``), whose answers do not count."""
         while True:
             try:
                 answer = await handle.ping.remote()
-                break
+                if not_process is None or answer.incarnation != not_process:
+                    break
             except ActorUnavailableError:
-                await asyncio.sleep(HEAVY_RESTART_POLL_S)  # restarting: ask again
+                pass  # restarting: ask again
             except Exception:
                 return  # killed (retired or replaced): its slot moved on
+            await asyncio.sleep(HEAVY_RESTART_POLL_S)
         slot = self.slots[i]
         if slot.handle is handle and not slot.ready:
             slot.ready, slot.incarnation, slot.idle_since = True, answer.incarnation, time.monotonic()
@@ -186,6 +189,19 @@ class HeavyPool:
         slot.ready = answer is not None
         if answer is None:
             asyncio.ensure_future(self._await(i, handle))
+
+    def exiting(self, i: int, incarnation: str, unbegun: list[RunKey]) -> bool:
+        """Heavy worker ``i``'s process ends itself (a timed-out run's thread outlived the
+        grace, actors/stray_threads.py): it takes nothing more, and the run it took but will
+        never begin (``unbegun``) runs again elsewhere, not counted as a death of its own."""
+        slot = self.slots[i]
+        if slot.handle is None or slot.incarnation != incarnation:
+            return False
+        slot.ready, slot.incarnation = False, None
+        if slot.run is not None and slot.run in {(k[0], k[1]) for k in unbegun}:
+            self._lose_run(slot)  # innocent: re-queued, no crash counted against it
+        asyncio.ensure_future(self._await(i, slot.handle, not_process=incarnation))
+        return True
 
     def adopted(self, i: int, key: RunKey) -> None:
         self.slots[i].run = key

@@ -132,6 +132,16 @@ class SchedulerReports:
             self.pool.stops.add(f"executor {index}", f"ended its own process: {why}", pid_in(incarnation))
             self._pump()
 
+    async def heavy_exiting(self, index: int, incarnation: str, unbegun: list[RunKey], why: str) -> None:
+        """A heavy worker is about to end its process (actors/stray_threads.py): send it
+        nothing more, and re-run the run it took and never began, blaming it for nothing."""
+        await self._ready
+        if index < len(self.heavy.slots) and self.heavy.exiting(index, incarnation, unbegun):
+            log.warning("heavy worker %d: %s", index, why)
+            self.heavy.stops.add(f"heavy worker {index}", f"ended its own process: {why}",
+                                 pid_in(incarnation))
+            self._pump()
+
     async def loop_unblocked(
         self, kind: str, index: int, incarnation: str, blocked_s: float, worker: str | None,
         run: tuple[str, int] | None, threaded: bool,

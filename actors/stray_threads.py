@@ -21,8 +21,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from kmpray.config import EngineConfig
-from kmpray.timing import HEAVY_CANCEL_POLL_S, STRAY_ACK_WAIT_S
+from kmpray.timing import HEAVY_CANCEL_POLL_S, STRAY_ACK_WAIT_S, STRAY_SAY_S
 
+from .names import SCHEDULER, lookup
 from .slots import Slots
 
 log = logging.getLogger("kmpray.executor")
@@ -55,8 +56,15 @@ class HeavySlot:
     _slots: Slots
     _run_threads: RunThreads
     _unreported: dict[tuple[str, int], None]
+    _tasks: dict[tuple[str, int], asyncio.Task[None]]
+    _begun: set[tuple[str, int]]
+    _begin_lock: threading.Lock
+    _stopping: bool
+    _scheduler: Any
     config: EngineConfig
     index: int
+    incarnation: str
+    namespace: str
 
     def _give_slot(self, key: tuple[str, int]) -> None:
         if not self._run_threads.running:
@@ -76,7 +84,30 @@ class HeavySlot:
         until = time.monotonic() + STRAY_ACK_WAIT_S
         while key in self._unreported and time.monotonic() < until:
             await asyncio.sleep(HEAVY_CANCEL_POLL_S)
-        log.warning("heavy worker %d: run %s ended (timed out) but its thread is still running %g s "
-                    "later: ending this process so the next heavy run is alone (Ray restarts it)",
-                    self.index, key[0], grace)
+        why = (f"run {key[0]} ended (timed out) but its thread was still running {grace:g} s later: "
+               "ended its process so the next heavy run is alone (Ray restarts it)")
+        log.warning("heavy worker %d: %s", self.index, why)
+        await self._say_exiting(self._leave(), why)
         os._exit(71)
+
+    def _leave(self) -> list[tuple[str, int]]:
+        """Nothing more begins here; the runs taken and not begun (the one that waited for
+        this slot), which the scheduler runs again elsewhere, as not this process's deaths."""
+        with self._begin_lock:
+            self._stopping = True
+            unbegun = [key for key in self._tasks if key not in self._begun]
+            for key in unbegun:
+                self._unreported.pop(key, None)
+        return unbegun
+
+    async def _say_exiting(self, unbegun: list[tuple[str, int]], why: str) -> None:
+        """Told, the scheduler re-runs ``unbegun`` as given back, not as runs this death hit
+        (an innocent task's ``max_system_reruns``), sends nothing more here, and lists the exit
+        in ``status()["stopped_processes"]``. Untold (it is down), its reconcile sees the death."""
+        try:
+            scheduler = self._scheduler or lookup(SCHEDULER, self.namespace, timeout_s=1)
+            ref = scheduler.heavy_exiting.remote(self.index, self.incarnation, unbegun, why)
+            await asyncio.wait_for(asyncio.wrap_future(ref.future()), STRAY_SAY_S)
+        except Exception as exc:
+            log.warning("heavy worker %d: the scheduler did not hear of this exit (%s)", self.index,
+                        type(exc).__name__)

@@ -91,6 +91,8 @@ HEAVY_CANCEL_POLL_S = 0.05
 #: (actors/stray_threads.py) first waits this long at most for that run's result to be
 #: acknowledged.
 STRAY_ACK_WAIT_S = 10.0
+#: ...and then this long at most for the scheduler to hear of the exit (``heavy_exiting``).
+STRAY_SAY_S = 2.0
 #: ``cancel()`` returns once the executors holding the cancelled runs have them (so nothing
 #: handed over with them begins after it), or after this (an executor that is down).
 CANCEL_ACK_TIMEOUT_S = 5.0

@@ -267,6 +267,40 @@ def test_a_heavy_worker_restart_noticed_late_does_not_rerun_the_run_the_new_proc
     asyncio.run(scenario())
 
 
+def test_a_heavy_worker_ending_itself_gives_back_the_run_it_never_began(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """No Ray: a heavy worker about to end its process for a stray thread (stray_threads.py)
+    says so; the run that waited there for its slot is re-queued as given back, not as a
+    death of its own (which spent its task's max_system_reruns), and the slot takes nothing
+    until a new process answers (the old one still answers pings until it ends)."""
+    from kmpray.actors import heavy_pool
+    from kmpray.protocol import Ping
+
+    monkeypatch.setattr(heavy_pool, "HEAVY_RESTART_POLL_S", 0)
+    heavy, core = _heavy_pool(1)
+    handle = SimpleNamespace(process="A")
+    handle.ping = SimpleNamespace(remote=lambda: _Answer(Ping(handle.process, 0, "node", 0.0)))
+    slot = heavy.slots[0]
+    slot.handle, slot.incarnation, slot.ready = handle, "A", True
+    slot.run, slot.taker = ("next", 1), "A"
+    heavy.where[("next", 1)] = 0
+
+    async def scenario() -> None:
+        assert not heavy.exiting(0, "Z", [("next", 1)])  # another process's word: nothing
+        assert heavy.exiting(0, "A", [("next", 1)])
+        assert (core.lost, slot.run, slot.ready, heavy.idle()) == ([("next", 1, False)], None, False, [])
+        for _ in range(20):  # the ending process still answers: not taken for its successor
+            await asyncio.sleep(0)
+        assert not slot.ready
+        handle.process = "B"
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert (slot.ready, slot.incarnation, heavy.idle()) == (True, "B", [0])
+        assert not heavy.exiting(0, "A", [])  # said again by the old process: stale
+
+    asyncio.run(scenario())
+
+
 class _StandIn:
     """An actor as a pool sees it: one process at a time (``incarnation``); a submit waits
     in ``pending`` until the test answers it (by whichever process lives then) or fails it;

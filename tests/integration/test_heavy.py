@@ -244,3 +244,10 @@ def test_a_heavy_worker_takes_no_run_beside_a_timed_out_runs_thread(heavy: Any, 
     seen = lines()
     assert ("end", "long") not in seen  # its process ended under it
     assert seen[("start", "next")][0] != seen[("start", "long")][0]
+    # The run that waited there was given back, not lost in a death of its own: its task's
+    # max_system_reruns is not spent on it (before, "the process running it died (1 in a
+    # row)", and with max_system_reruns=0 it FAILED). The exit is listed, with its reason.
+    why = heavy.explain("next")
+    assert "its executor lost it or gave it back" in why and "died" not in why, why
+    (stop,) = [s for s in heavy.status()["stopped_processes"] if s["pid"] == seen[("start", "long")][0]]
+    assert stop["what"] == "heavy worker 0" and "run long ended (timed out)" in stop["reason"], stop
