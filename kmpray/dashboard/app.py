@@ -41,6 +41,18 @@ class BadRequest(Exception):
         self.status = status
 
 
+def _id(request: Request) -> str:
+    """The task's or chain's id: in the path (``/api/tasks/{id}``) or, for any id, in the
+    query (``/api/task?id=``): a browser resolves an id of ``.`` or ``..`` in a path away
+    (percent-encoded too), so the page asks by query."""
+    found = request.path_params.get("id")
+    if found is None:
+        found = request.query_params.get("id")
+    if not found:
+        raise BadRequest(400, "id: required (a task or chain id)")
+    return str(found)
+
+
 def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
     raw = request.query_params.get(name)
     if raw is None:
@@ -103,7 +115,7 @@ def create_app(scheduler: Any, token: str | None = None, poll_s: float = 1.0) ->
         )
 
     async def task(request: Request) -> Response:
-        tid = request.path_params["id"]
+        tid = _id(request)
         info = await run_in_threadpool(scheduler.get_task_info, tid)
         if info is None:
             raise BadRequest(404, f"no task {tid!r}")
@@ -113,7 +125,7 @@ def create_app(scheduler: Any, token: str | None = None, poll_s: float = 1.0) ->
         )
 
     async def chain(request: Request) -> Response:
-        cid = request.path_params["id"]
+        cid = _id(request)
         info = await run_in_threadpool(scheduler.get_chain_info, cid)
         if info is None:
             raise BadRequest(404, f"no chain {cid!r}")
@@ -131,7 +143,7 @@ def create_app(scheduler: Any, token: str | None = None, poll_s: float = 1.0) ->
 
         async def endpoint(request: Request) -> Response:
             """Cancel the task or chain: answers with how many tasks were cancelled."""
-            tid = request.path_params["id"]
+            tid = _id(request)
             if await run_in_threadpool(lookup, tid) is None:
                 raise BadRequest(404, f"no {kind} {tid!r}")
             return JSONResponse({"cancelled": await run_in_threadpool(scheduler.cancel, tid)})
@@ -192,6 +204,11 @@ def create_app(scheduler: Any, token: str | None = None, poll_s: float = 1.0) ->
         Route("/api/tasks/{id:path}", guarded(task)),
         Route("/api/chains/{id:path}/cancel", guarded(cancel("chain")), methods=["POST"]),
         Route("/api/chains/{id:path}", guarded(chain)),
+        # The same by query (?id=): any id, "." and ".." too (what the page uses, see _id)
+        Route("/api/task/cancel", guarded(cancel("task")), methods=["POST"]),
+        Route("/api/task", guarded(task)),
+        Route("/api/chain/cancel", guarded(cancel("chain")), methods=["POST"]),
+        Route("/api/chain", guarded(chain)),
         Route("/api/stats", guarded(stats)),
         Route("/api/events", guarded(events)),
     ]

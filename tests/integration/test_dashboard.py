@@ -97,9 +97,13 @@ def test_the_api_lists_filters_and_answers_bad_input_with_400_and_404(sched: Any
         bad = client.get("/api/events", headers={"Last-Event-ID": "abc"})
         said = "Last-Event-ID: must be an event cursor, got 'abc'"
         assert (bad.status_code, bad.json()["error"]) == (400, said)
-        for path in ("/api/tasks/missing", "/api/chains/missing"):
-            assert client.get(path).status_code == 404
+        for path in ("/api/tasks/missing", "/api/chains/missing", "/api/task?id=missing", "/api/chain?id=.."):
+            assert client.get(path).status_code == 404, path
         assert client.post("/api/tasks/missing/cancel").status_code == 404
+        assert client.post("/api/task/cancel", params={"id": "missing"}).status_code == 404
+        for path in ("/api/task", "/api/chain?id="):  # no id: 400 naming it
+            bad = client.get(path)
+            assert (bad.status_code, bad.json()["error"]) == (400, "id: required (a task or chain id)"), path
 
         until(
             lambda: client.get("/api/tasks/api-e1").json()["events"], what="the feed to read api-e1's event"
@@ -110,6 +114,13 @@ def test_the_api_lists_filters_and_answers_bad_input_with_400_and_404(sched: Any
 
         assert client.post("/api/tasks/api-b/cancel").json() == {"cancelled": 1}
         assert sched.get_task_info("api-b").state is TaskState.CANCELLED
+        # Any id by query: ".." too, which no path can carry (a browser resolves it away).
+        assert client.get("/api/task", params={"id": "api-e1"}).json()["task"] == one["task"]
+        sched.enqueue("..", ONCE, "Blocks", input=inp)
+        dots = client.get("/api/task", params={"id": ".."})
+        assert dots.status_code == 200 and dots.json()["task"]["id"] == ".."
+        assert client.post("/api/task/cancel", params={"id": ".."}).json() == {"cancelled": 1}
+        assert sched.get_task_info("..").state is TaskState.CANCELLED
         until(lambda: len(client.get("/api/stats").json()["timeline"]) >= 2, what="two timeline points")
         stats = client.get("/api/stats").json()
         assert stats["counts"]["SUCCEEDED"] >= 3 and stats["timeline"][-1]["finished"] >= 3
@@ -221,6 +232,15 @@ def test_the_page_in_chromium_lists_filters_draws_a_chain_and_cancels(sched: Any
             )
             page.wait_for_selector('#tasks tr[data-id="ui-b"] .badge.CANCELLED', timeout=30_000)
             assert sched.get_task_info("ui-b").state is TaskState.CANCELLED
+            # A task named "..": its row opens its details (the page asks by query: by path,
+            # the browser resolved /api/tasks/.. to /api/ and the click showed nothing).
+            sched.enqueue("..", ONCE, "Echo", input="dots")
+            page.locator('#tasks tr[data-id=".."] td').first.click(timeout=30_000)
+            page.wait_for_function(
+                "() => document.getElementById('detail').innerText.includes('\"input\": \"dots\"')",
+                timeout=30_000,
+            )
+            assert page.locator("#detail-id").inner_text() == ".."
             page.wait_for_selector("#events li", timeout=30_000)
             shot = tmp_path / "dashboard.png"
             page.screenshot(path=str(shot), full_page=True)
