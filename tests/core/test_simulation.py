@@ -266,6 +266,18 @@ class Sim(Harness):
         self.trace.append(f"executor {i} lost ({len(lost)} runs re-queued)")
         self.flush()
 
+    def give_back(self, i: int, n: int) -> None:
+        """Executor ``i`` hands back up to ``n`` runs it took and has not begun (work
+        stealing, actors/stealing.py: from the back of its queue); they run again, elsewhere
+        or there, not counted as attempts (ExecutorPool.requeue)."""
+        back = list(self.held[i])[-n:] if n else []
+        for key in back:
+            del self.held[i][key]
+            self.where.pop(key, None)
+            self.core.run_lost(*key)
+        self.trace.append(f"executor {i} gave back {back}")
+        self.flush()
+
     def restart_scheduler(self, reopen_store: bool = False) -> None:
         if reopen_store:  # a new store over the same encoded rows (a file reopened)
             self.flush()
@@ -428,6 +440,7 @@ class Sim(Harness):
             (3, lambda: self.advance(self.rng.randrange(0, 20_000))),
             (4, lambda: self.work(self.rng.randrange(EXECUTORS), self.rng.randint(1, 8))),
             (4, self.deliver), (0.3, self.lose_executor), (0.3, self.restart_scheduler),
+            (0.4, lambda: self.give_back(self.rng.randrange(EXECUTORS), self.rng.randint(1, 4))),
             (0.1, lambda: self.restart_scheduler(reopen_store=True)),
             (0.2, self.restart_coordinator_keeping_messages), (0.3, self.check_quiet_chains),
             (0.1, lambda: self.advance(self.rng.randrange(3_600_000, 6 * 3_600_000))),  # clock jump
