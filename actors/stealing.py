@@ -59,11 +59,14 @@ class Stealer:
         if not busy:
             self._seen.clear()
             return
+        # Where the free slots are: a run that may use none of those nodes (its constraints
+        # gate it to busy ones) stays queued where it is; taken back, it only waited unplaced.
+        free_nodes = {s.node for s in serving if len(s.inflight) < self.concurrency}
         seen, due_ms, wait = {}, self._now_ms(), None
         for slot in busy:
             ripe: list[Key] = []
             for key in reversed(slot.inflight):  # the back of its queue: the last to begin there
-                if not self._queued(slot, key, due_ms):
+                if not self._queued(slot, key, due_ms) or not self._may_go(key, free_nodes):
                     continue
                 seen[key] = first = self._seen.get(key, now)
                 if now - first >= STEAL_AFTER_S:
@@ -100,6 +103,13 @@ class Stealer:
         rec = self.core.tasks.get(key[0])
         return (rec is not None and rec.run_id == key[1] and not rec.started
                 and (rec.next_run_at_ms or 0) <= now_ms)
+
+    def _may_go(self, key: Key, free_nodes: set[str | None]) -> bool:
+        """The run may run on a node with a free slot (its gating constraints, device
+        triggers, Doze: ``eligible_nodes``; None: anywhere)."""
+        rec = self.core.tasks.get(key[0])
+        nodes = self.core.eligible_nodes(rec) if rec is not None else None
+        return nodes is None or any(node in free_nodes for node in nodes)
 
     async def _ask(self, slot: ExecutorSlot, keys: list[Key]) -> None:
         try:

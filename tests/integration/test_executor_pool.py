@@ -707,6 +707,7 @@ def test_stealing_asks_back_only_queued_runs_that_waited_and_requeues_what_comes
     core.tasks = recs  # type: ignore[attr-defined]
     core.ready_count = lambda: 0  # type: ignore[attr-defined]
     core.heavy_ready_count = lambda: 0  # type: ignore[attr-defined]
+    core.eligible_nodes = lambda rec: None  # type: ignore[attr-defined]
     config = EngineConfig(executor_concurrency=2, executor_window=8)
     pool = ExecutorPool("ns", config, core, BlockedLoops(), lambda: None)  # type: ignore[arg-type]
     busy = ExecutorSlot(0, SimpleNamespace(hand_back=_Back()), "A", incarnation="p0", reachable=True)
@@ -733,3 +734,50 @@ def test_stealing_asks_back_only_queued_runs_that_waited_and_requeues_what_comes
     assert ("Q3", 1) not in busy.inflight and ("Q3", 1) not in pool.where
     assert ("Q2", 1) in busy.inflight  # not given: it stays
     assert core.lost == [("Q3", 1, False)] and thief.stolen == 1 and kicked == [1]
+
+
+def test_stealing_leaves_queued_a_run_gated_to_the_busy_executors_node(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """No Ray: the free slots are on node A; a run queued on node B's busy executor whose
+    constraints allow only B (requires_charging, B charging, say) cannot use them: taken
+    back, it only waited unplaced for B instead of queued on B (and cost a call). The run
+    queued before it that may go anywhere is asked for instead."""
+    from kmpray.actors import stealing
+
+    clock = {"now": 100.0}
+    monkeypatch.setattr(stealing.time, "monotonic", lambda: clock["now"])
+    asked: list[list[tuple[str, int]]] = []
+
+    class _Back:
+        def remote(self, keys: list[tuple[str, int]]) -> Any:
+            asked.append(list(keys))
+            return _Answer(list(keys))
+
+    core = _Core()
+    recs = {k: SimpleNamespace(run_id=1, started=k.startswith("L"), next_run_at_ms=0, key=k)
+            for k in ("L1", "L2", "any", "onB")}
+    core.tasks = recs  # type: ignore[attr-defined]
+    core.ready_count = lambda: 0  # type: ignore[attr-defined]
+    core.heavy_ready_count = lambda: 0  # type: ignore[attr-defined]
+    core.eligible_nodes = lambda rec: ("B",) if rec.key == "onB" else None  # type: ignore[attr-defined]
+    config = EngineConfig(executor_concurrency=2, executor_window=8)
+    pool = ExecutorPool("ns", config, core, BlockedLoops(), lambda: None)  # type: ignore[arg-type]
+    busy = ExecutorSlot(0, SimpleNamespace(hand_back=_Back()), "B", incarnation="p0", reachable=True)
+    idle = ExecutorSlot(1, _Handle([], 1), "A", incarnation="p1", reachable=True)
+    pool.slots += [busy, idle]
+    busy.inflight = {(k, 1): "p0" for k in ("L1", "L2", "any", "onB")}
+    pool.where.update({key: 0 for key in busy.inflight})
+    thief = stealing.Stealer(pool, core, lambda: None, lambda: 1_000)  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        thief.check()
+        clock["now"] += stealing.STEAL_AFTER_S + stealing.STEAL_CHECK_S
+        thief.check()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        if thief._again is not None:
+            thief._again.cancel()
+
+    asyncio.run(scenario())
+    assert asked == [[("any", 1)]]  # not onB, though it is at the back of the queue
+    assert ("onB", 1) in busy.inflight and core.lost == [("any", 1, False)]
