@@ -46,6 +46,27 @@ def until(
         time.sleep(0.01)
 
 
+def stop_process(pid: int, timeout_s: float = 10) -> None:
+    """SIGSTOP ``pid`` and return once every thread of it is stopped. ``kill`` returns
+    before that: the group stop begins when one of its threads takes the signal, and on a
+    busy machine the others ran on for 13 ms here (a Ray worker wrote a file 13 ms after
+    ``kill`` returned, session 43): a test that went on at once raced the process."""
+    import signal
+
+    os.kill(pid, signal.SIGSTOP)
+
+    def stopped() -> bool:
+        states = []
+        for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+            try:
+                states.append(stat.read_text().rsplit(")", 1)[1].split()[0])
+            except OSError:
+                continue  # a thread that ended meanwhile
+        return bool(states) and all(state in ("T", "t") for state in states)
+
+    until(stopped, timeout_s=timeout_s, what=f"process {pid} to stop")
+
+
 def process_gone(pid: int) -> bool:
     """The process has ended (a zombie counts: it runs nothing more). Linux's /proc."""
     try:

@@ -16,7 +16,7 @@ from kmpray.protocol import RETRY_MARK
 from kmpray.shards import shard_of
 
 from ..sqlite_files import main_file_rows
-from .helpers import ONE_SHARD, blocks_input, count_runs, process_gone, until
+from .helpers import ONE_SHARD, blocks_input, count_runs, process_gone, stop_process, until
 from .workers import ALL, register_all
 
 pytestmark = pytest.mark.ray
@@ -102,16 +102,16 @@ def test_processes_stalled_across_a_scheduler_restart_are_killed_before_their_ru
     ns = sched.namespace
     names = ("kmpray.executor.0", "kmpray.executor.1", "kmpray.heavy.0")
     actors = [ray.get_actor(name, namespace=ns) for name in names]
-    # The processes whose worker runs each now (``_begun``): ``_tasks`` also lists a run a
-    # process took and will not begin (withdrawn for a blocked loop and sent on: a fresh
-    # executor's first run can lag its loop past loop_block_ms on a busy machine), and the
-    # wrong process stopped, the run ended where it was (CI, session 43).
+    # The processes whose worker runs each now (``_begun``; ``_tasks`` also lists runs a
+    # process took and will not begin: withdrawn for a blocked loop and sent on).
     what = [a.__ray_call__.remote(lambda self: (os.getpid(), [k for k, _ in self._begun])) for a in actors]
     running = [(task, pid) for pid, tasks in ray.get(what, timeout=30) for task in tasks]
     pids = dict(running)
     assert sorted(running) == sorted(pids.items()) and set(pids) == {"light", "heavy"}, running
     for pid in pids.values():
-        os.kill(pid, signal.SIGSTOP)
+        # Wholly stopped before the release below (SIGSTOP alone raced it: on a busy machine
+        # the light run saw the release and ended in its "stopped" process, CI, session 43).
+        stop_process(pid)
     try:
         _kill("kmpray.scheduler", ns)
         for cfg in cfgs.values():  # resumed, a stalled run would end at once
