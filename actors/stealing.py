@@ -66,7 +66,7 @@ class Stealer:
         for slot in busy:
             ripe: list[Key] = []
             for key in reversed(slot.inflight):  # the back of its queue: the last to begin there
-                if not self._queued(slot, key, due_ms) or not self._may_go(key, free_nodes):
+                if not self._movable(slot, key, due_ms, free_nodes):
                     continue
                 seen[key] = first = self._seen.get(key, now)
                 if now - first >= STEAL_AFTER_S:
@@ -95,20 +95,17 @@ class Stealer:
         self._again = None
         self.check()
 
-    def _queued(self, slot: ExecutorSlot, key: Key, now_ms: int) -> bool:
+    def _movable(self, slot: ExecutorSlot, key: Key, now_ms: int, free_nodes: set[str | None]) -> bool:
         """Taken by the executor's process, not begun as far as the scheduler knows, due now
-        (a timed run waits there for its time), not begun there by its predecessor."""
+        (a timed run waits there for its time), not begun there by its predecessor, and
+        allowed on a node with a free slot (its gating constraints, device triggers, Doze:
+        ``eligible_nodes``; None: anywhere)."""
         if slot.inflight.get(key) is None or key in slot.handed:
             return False
         rec = self.core.tasks.get(key[0])
-        return (rec is not None and rec.run_id == key[1] and not rec.started
-                and (rec.next_run_at_ms or 0) <= now_ms)
-
-    def _may_go(self, key: Key, free_nodes: set[str | None]) -> bool:
-        """The run may run on a node with a free slot (its gating constraints, device
-        triggers, Doze: ``eligible_nodes``; None: anywhere)."""
-        rec = self.core.tasks.get(key[0])
-        nodes = self.core.eligible_nodes(rec) if rec is not None else None
+        if rec is None or rec.run_id != key[1] or rec.started or (rec.next_run_at_ms or 0) > now_ms:
+            return False
+        nodes = self.core.eligible_nodes(rec)
         return nodes is None or any(node in free_nodes for node in nodes)
 
     async def _ask(self, slot: ExecutorSlot, keys: list[Key]) -> None:
