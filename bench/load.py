@@ -208,9 +208,8 @@ def _result(
     clients: int,
     max_in_flight: int,
     n: int,
-    ran_s: float | None = None,
+    ran_s: float,  # the schedule's length, or less when interrupted
 ) -> dict[str, Any]:
-    ran_s = profile.duration_s if ran_s is None else ran_s  # less when interrupted
     requested = n / ran_s
     achieved = achieved_rate(s, t0, ran_s)
     accepted = achieved_rate(s, t0, ran_s, "acked_ms")
