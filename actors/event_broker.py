@@ -56,7 +56,8 @@ class EventBroker:
         self._appended = {False: 0, True: 0}  # completions, progress events since the last trim
         self._pushers: dict[str, asyncio.Task[None]] = {}
         # Tagged with the engine's namespace: a named actor's runtime namespace is its creator's.
-        self._metrics = Metrics(namespace)
+        # No shard tag: the shards share this broker.
+        self._metrics = Metrics(namespace, per_shard=False)
         self._published_total = 0  # events appended since this process started
         self._oldest_read: int | None = None  # the lowest cursor read from since the last publish
         self._housekeeping_loop: asyncio.Task[None] | None = None  # started by the first call

@@ -7,7 +7,10 @@ and nothing is exported.
 Nothing is recorded per task on the hot path: the scheduler, each executor and the broker
 keep plain counters and samples, and publish them every ``METRICS_S`` (counters as the
 increase since the last publish, histograms sample by sample, gauges as they stand).
-Every metric carries the engine's ``namespace`` tag, so engines sharing a cluster stay apart.
+Every metric carries the engine's ``namespace`` tag (the one users connect to, whatever
+the shard), so engines sharing a cluster stay apart and a query for one engine sums its
+shards; the scheduler's and the executors' also carry ``shard`` (0 unsharded), the broker's,
+shared by the shards, does not.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import time
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+from kmpray.shards import SHARD_SEP
 
 log = logging.getLogger("kmpray")
 
@@ -34,8 +39,12 @@ class Metrics:
     """Named ``kmpray_*`` metrics, made on first use; a no-op where ``ray.util.metrics``
     cannot be used (never an error in the engine)."""
 
-    def __init__(self, namespace: str) -> None:
-        self.namespace = namespace
+    def __init__(self, namespace: str, per_shard: bool = True) -> None:
+        # A shard k > 0 runs in "<namespace>~shard<k>" (actors/names.py): tagged with that,
+        # its figures were a separate engine's to every query for the engine's namespace.
+        base, _sep, k = namespace.partition(SHARD_SEP)
+        self.namespace = base
+        self.tags = {"namespace": base, "shard": k or "0"} if per_shard else {"namespace": base}
         self._made: dict[str, Any] = {}
         self._sent: Counter[tuple[str, tuple[tuple[str, str], ...]]] = Counter()  # counter totals sent
         try:
@@ -48,14 +57,14 @@ class Metrics:
     def _metric(self, kind: str, name: str, description: str, tag_keys: Iterable[str]) -> Any:
         metric = self._made.get(name)
         if metric is None and self._lib is not None:
-            keys = ("namespace", *tag_keys)
+            keys = (*self.tags, *tag_keys)
             try:
                 if kind == "histogram":
                     metric = self._lib.Histogram(name, description, boundaries=MS_BUCKETS, tag_keys=keys)
                 else:
                     cls = self._lib.Gauge if kind == "gauge" else self._lib.Counter
                     metric = cls(name, description, tag_keys=keys)
-                metric.set_default_tags({"namespace": self.namespace})
+                metric.set_default_tags(self.tags)
             except Exception as exc:
                 log.debug("metric %s unavailable: %s", name, exc)
                 metric = False  # not again

@@ -4,6 +4,8 @@ import json
 import os
 import threading
 import time
+import urllib.request
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,12 +14,52 @@ import pytest
 
 from .workers import count_runs
 
-__all__ = ["ONE_SHARD", "blocks_input", "count_runs", "next_completion", "one_name_from_many_threads", "until"]
+__all__ = ["ONE_SHARD", "blocks_input", "count_runs", "metrics_port", "next_completion",
+           "one_name_from_many_threads", "scrape_metrics", "until"]
 
 #: A test that reaches into one scheduler's actors or files (shard 0's), skipped when the
 #: suite runs against sharded engines (KMPRAY_TEST_SHARDS=2, see tests/conftest.py).
 ONE_SHARD = pytest.mark.skipif(int(os.environ.get("KMPRAY_TEST_SHARDS") or 0) > 1,
                                reason="reaches into one scheduler's actors or files")
+
+
+def metrics_port() -> int:
+    """This (one-node) Ray's metrics export port; skips the test where no metrics agent
+    answers there (plain ``ray``, without ``ray[default]``)."""
+    import ray
+
+    why = "metrics need ray[default]: pip install 'kmpray[metrics]'"
+    pytest.importorskip("prometheus_client", reason=why)
+    [node] = [n for n in ray.nodes() if n["Alive"]]
+    port = int(node.get("MetricsExportPort") or 0)
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    except OSError as exc:
+        pytest.skip(f"no metrics agent on port {port} (plain ray; pip install 'kmpray[metrics]'): {exc}")
+    return port
+
+
+def scrape_metrics(
+    port: int, namespace: str, by_shard: bool = False
+) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """``ray_kmpray_*`` samples of one engine (its ``namespace`` label), summed over the
+    processes that sent them (and over its shards unless ``by_shard``), by name and by
+    their labels other than Ray's own. Samples labelled with any other namespace (a shard's
+    own, ``<namespace>~shard1``) are not this engine's to a query, so not counted here."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    dropped = {"Component", "NodeAddress", "SessionName", "Version", "WorkerId", "namespace", "JobId"}
+    if not by_shard:
+        dropped.add("shard")
+    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = defaultdict(lambda: defaultdict(float))
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.startswith("ray_kmpray_") and sample.labels.get("namespace") == namespace:
+                labels = tuple(sorted((k, v) for k, v in sample.labels.items()
+                                      if k not in dropped and not k.startswith("otel_")))
+                out[sample.name[4:]][labels] += sample.value
+    return out
 
 
 def next_completion(sub: Any, task_id: str, timeout_s: float = 30.0) -> Any:

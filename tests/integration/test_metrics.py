@@ -5,48 +5,20 @@ from __future__ import annotations
 
 import os
 import time
-import urllib.request
-from collections import defaultdict
 from typing import Any
 
 import pytest
 
 from kmpray import Constraints, TaskState, TaskTrigger
 
-from .helpers import ONE_SHARD
+from .helpers import metrics_port, scrape_metrics
 
 pytestmark = pytest.mark.ray
 ONCE = TaskTrigger.OneTime()
 
 
-def _scrape(port: int, namespace: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
-    """``ray_kmpray_*`` samples of one engine, summed over the processes that sent them,
-    by name and by their labels other than Ray's own."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    ray_labels = {"Component", "NodeAddress", "SessionName", "Version", "WorkerId", "namespace", "JobId"}
-    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = defaultdict(lambda: defaultdict(float))
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name.startswith("ray_kmpray_") and sample.labels.get("namespace") == namespace:
-                labels = tuple(sorted((k, v) for k, v in sample.labels.items()
-                                      if k not in ray_labels and not k.startswith("otel_")))
-                out[sample.name[4:]][labels] += sample.value
-    return out
-
-
-@ONE_SHARD  # it reads one namespace's samples (each shard's carry its own)
 def test_a_known_workload_shows_on_the_metrics_export_port(engines: Any) -> None:
-    import ray
-
-    pytest.importorskip("prometheus_client", reason="metrics need ray[default]: pip install 'kmpray[metrics]'")
-    [node] = [n for n in ray.nodes() if n["Alive"]]
-    port = node.get("MetricsExportPort")
-    try:
-        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
-    except OSError as exc:
-        pytest.skip(f"no metrics agent on port {port} (plain ray; pip install 'kmpray[metrics]'): {exc}")
+    port = metrics_port()
 
     from .workers import register_all
 
@@ -79,7 +51,7 @@ def test_a_known_workload_shows_on_the_metrics_export_port(engines: Any) -> None
     }
     deadline = time.monotonic() + 60  # Ray's agent exports every few seconds
     while True:
-        got = _scrape(port, sched.namespace)
+        got = scrape_metrics(port, sched.namespace)
         seen = {key: got.get(key[0], {}).get(key[1]) for key in want}
         if seen == want or time.monotonic() > deadline:
             break

@@ -5,6 +5,7 @@ load loses nothing, virtual time moves every shard, and a state dir keeps its co
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +26,7 @@ from kmpray import (
 from kmpray.errors import StoreRefused
 from kmpray.shards import shard_of
 
-from .helpers import in_turn, one_name_from_many_threads
+from .helpers import in_turn, metrics_port, one_name_from_many_threads, scrape_metrics
 from .workers import register_all
 
 pytestmark = pytest.mark.ray
@@ -202,3 +203,29 @@ def test_virtual_time_moves_every_shard_and_a_state_dir_keeps_its_shard_count(
     assert plain.shards == asked.shards == 2
     said = [(r.levelname, r.getMessage()) for r in caplog.records if "attaching with that" in r.getMessage()]
     assert [level for level, _ in said] == ["DEBUG", "WARNING"] and "asked: 3" in said[1][1], said
+
+
+def test_metrics_carry_the_engines_namespace_and_each_shards_index(two: Any) -> None:
+    """Both shards' figures under the namespace users connect to, told apart by ``shard``:
+    until session 44 shard 1's carried its own Ray namespace (``<ns>~shard1``), so a query
+    or the Grafana selector for the engine saw shard 0's half only."""
+    port = metrics_port()
+    ids = ids_on(0, "metric", 2) + ids_on(1, "metric", 3)
+    assert two.enqueue_many([TaskRequest("Echo", id=i) for i in ids]) == [ScheduleResult.SUCCESS] * 5
+    assert {i.state for i in two.wait(ids, timeout_s=60)} == {TaskState.SUCCEEDED}
+    want = {str(k): s["counts"]["SUCCEEDED"] for k, s in enumerate(two.status()["shards"])}
+    assert min(want.values()) >= 2  # both shards hold some
+
+    def succeeded() -> dict[str, float]:
+        tasks = scrape_metrics(port, two.namespace, by_shard=True).get("kmpray_tasks", {})
+        return {dict(labels).get("shard", "-"): v for labels, v in tasks.items()
+                if ("state", "SUCCEEDED") in labels}
+
+    deadline = time.monotonic() + 60  # published every 2 s, exported every few more
+    while (got := succeeded()) != want and time.monotonic() < deadline:
+        time.sleep(1)
+    assert got == want
+    assert not scrape_metrics(port, f"{two.namespace}~shard1"), "a shard's own namespace is not an engine's"
+    events = scrape_metrics(port, two.namespace, by_shard=True)["kmpray_events_published_total"]
+    assert all("shard" not in dict(labels) for labels in events)  # the broker is the engine's, shared
+
