@@ -107,6 +107,27 @@ def test_linear_backoff_and_retry_delay_override(h: Harness) -> None:
     assert h.state("s") == "SUCCEEDED"
 
 
+def test_run_count_counts_runs_that_completed_the_work_not_retried_ones(h: Harness) -> None:
+    """README (Semantics, ``run_count``): a retried run is an attempt, not a run."""
+    outcomes = iter([Retry("again", delay_ms=10), Failure("x", should_retry=True), Success()])
+    h.workers["Seq"] = lambda d: next(outcomes)
+    h.core.submit("s", TaskTrigger.OneTime(), "Seq", constraints=Constraints(backoff_delay_ms=10))
+    h.step()
+    h.advance(10)
+    rec = h.core.latest("s")
+    assert rec is not None and rec.state is TaskState.ENQUEUED
+    assert (rec.run_attempt_count, rec.run_count) == (2, 0)  # still retrying: no run completed
+    h.advance(20)
+    rec = h.core.latest("s")
+    assert rec is not None and rec.state is TaskState.SUCCEEDED
+    assert (rec.run_attempt_count, rec.run_count) == (3, 1)
+    h.workers["No"] = lambda d: Failure("no")
+    h.core.submit("n", TaskTrigger.OneTime(), "No")
+    h.step()
+    rec = h.core.latest("n")
+    assert rec is not None and rec.state is TaskState.FAILED and (rec.run_attempt_count, rec.run_count) == (1, 1)
+
+
 def test_final_failure_does_not_retry(h: Harness) -> None:
     h.core.submit("f", TaskTrigger.OneTime(), "Fail")
     h.step()
