@@ -81,8 +81,13 @@ _TLS: Any = None  # one SSL context per process, shared by every client (httpx.c
 
 
 def _prepare() -> Any:
-    """httpx imported, its SSL context built (certifi's CA bundle: ~17 ms) and its transport
-    modules loaded (the first client: ~50 ms): in a thread, once per process."""
+    """httpx imported, its SSL context built (certifi's CA bundle: ~17 ms), its transport
+    modules loaded (the first client: ~50 ms) and anyio's asyncio backend, which httpcore
+    imports at the first request (27 modules, ~16 ms quiet; on the executor's loop that
+    first run was reported as blocking it when the machine was busy): in a thread, once
+    per process."""
+    import anyio._backends._asyncio  # noqa: F401
+    import anyio.streams.tls  # noqa: F401
     import httpx
 
     context = httpx.create_ssl_context()
