@@ -23,12 +23,19 @@ _TRIGGER: TypeAdapter[Trigger] = TypeAdapter(Trigger)
 _TRIGGERS: dict[tuple[tuple[str, Any], ...], Trigger] = {}
 
 
+def _key(raw: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """A flat payload's cache key (raises TypeError when a value is unhashable). Values
+    equal as keys but not alike (``True``, ``1``, ``1.0``: what msgpack brings) validate
+    alike too, so the cache answers as pydantic would."""
+    return tuple(sorted(raw.items()))
+
+
 def trigger(raw: Any) -> Trigger:
     """Validate a trigger payload; the flat dicts of a burst repeat, so cache them."""
     if not isinstance(raw, dict):
         return _TRIGGER.validate_python(raw)
     try:
-        key = tuple(sorted(raw.items()))
+        key = _key(raw)
         cached = _TRIGGERS.get(key)
     except TypeError:  # a nested (unhashable) value
         return _TRIGGER.validate_python(raw)
@@ -39,8 +46,26 @@ def trigger(raw: Any) -> Trigger:
     return cached
 
 
+_CONSTRAINTS: dict[tuple[tuple[str, Any], ...], Constraints] = {}
+
+
 def _constraints(raw: Any) -> Constraints:
-    return Constraints.model_validate(raw) if raw else DEFAULT_CONSTRAINTS
+    """Validate a constraints payload (frozen, so shared): a burst's repeat, as triggers'
+    do (pydantic's validation was half of a gated task's intake: 14.6 against 7.4 µs)."""
+    if not raw:
+        return DEFAULT_CONSTRAINTS
+    if not isinstance(raw, dict):
+        return Constraints.model_validate(raw)
+    try:
+        key = _key(raw)
+        cached = _CONSTRAINTS.get(key)
+    except TypeError:  # an unhashable value: pydantic says what is wrong with it
+        return Constraints.model_validate(raw)
+    if cached is None:
+        cached = Constraints.model_validate(raw)
+        if len(_CONSTRAINTS) < 4096:
+            _CONSTRAINTS[key] = cached
+    return cached
 
 
 def _one_line(field: str, exc: ValidationError, raw: Any) -> str:

@@ -218,3 +218,26 @@ def test_a_worker_whose_module_the_executor_cannot_import_says_how_to_get_it_the
     assert said == (f"ModuleNotFoundError: No module named '{name}' (not importable where the worker runs: "
                     f"install '{name}' on every node, or ship it with {ship})")
     assert str(NotConstructed(ValueError("bad"))) == "ValueError: bad"  # other causes as before
+
+
+def test_a_bursts_repeated_constraints_are_validated_once_and_bad_ones_never_cached() -> None:
+    """Constraints payloads are cached as trigger payloads are (a gated burst's intake was
+    half pydantic): one validation per distinct payload, the frozen model shared; a payload
+    pydantic refuses is refused every time, never cached as anything."""
+    from kmpray import intake
+
+    h = Harness()
+    gated = {"requires_charging": True, "max_retries": 2}
+    for i in range(3):
+        task = {"id": f"g{i}", "worker": "Ok", "trigger": {"kind": "one_time"}, "constraints": dict(gated)}
+        assert intake.submit(h.core, task).result is ScheduleResult.SUCCESS
+    made = [h.core.latest(f"g{i}").constraints for i in range(3)]  # type: ignore[union-attr]
+    assert made[0] is made[1] is made[2] and made[0].requires_charging and made[0].max_retries == 2
+    bad = {"id": "b", "worker": "Ok", "trigger": {"kind": "one_time"}, "constraints": {"max_retries": -1}}
+    for _ in range(2):
+        out = intake.submit(h.core, dict(bad))
+        assert out.result is ScheduleResult.REJECTED_INVALID_PARAMS and "max_retries" in (out.reason or "")
+    # equal as keys, alike to pydantic: 1 and True are one payload
+    one = {"id": "o", "worker": "Ok", "trigger": {"kind": "one_time"}, "constraints": {"requires_charging": 1}}
+    assert intake.submit(h.core, one).result is ScheduleResult.SUCCESS
+    assert h.core.latest("o").constraints.requires_charging is True  # type: ignore[union-attr]
