@@ -17,6 +17,7 @@ from kmpray.actors.lane import LaneServer
 from kmpray.client import lane as client_lane
 from kmpray.client.lane import Lane, LaneDown
 from kmpray.lane import (
+    LARGE_BODY,
     MAX_FRAME,
     FrameError,
     body_size,
@@ -90,6 +91,31 @@ def test_frames_round_trip_and_refuse_oversize_and_garbage() -> None:
         body_size((MAX_FRAME + 1).to_bytes(4, "big"))
     with pytest.raises(FrameError, match="not a msgpack frame"):
         unpack(b"\xc1")  # a byte msgpack never uses
+
+
+def test_a_large_body_is_unpacked_without_the_cyclic_collector_running() -> None:
+    """300,000 enqueue items in one frame are 1.2 million dicts: built with the collector
+    on, its collections scanned the structure being built again and again (~3 s of the
+    scheduler's loop against ~0.3). A large body is unpacked with it off, and on after."""
+    import gc
+
+    items = [{"id": f"t{i}", "trigger": {"kind": "one_time"}, "constraints": None} for i in range(40_000)]
+    body = pack(["enqueue_many", [items, "tok"]])[4:]
+    assert len(body) >= LARGE_BODY
+    runs: list[str] = []
+
+    def seen(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            runs.append(phase)
+
+    gc.collect()
+    gc.callbacks.append(seen)
+    try:
+        assert unpack(body)[1][0][-1]["id"] == "t39999"
+        assert runs == [] and gc.isenabled()
+        unpack(pack([[{"x": [i]} for i in range(2_000)]])[4:])  # small: as before, the collector may run
+    finally:
+        gc.callbacks.remove(seen)
 
 
 class _Pieces:
