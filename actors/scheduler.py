@@ -122,6 +122,7 @@ class SchedulerActor(
             return
         self.rejections: deque[tuple[str, str, str]] = deque(maxlen=1000)
         self._answers: list[tuple[str, bytes, int]] = []  # (request token, answer, ms) to store
+        self._taking_in: dict[str, asyncio.Future[Any]] = {}  # enqueue_many calls taken in slice by slice
         self._commit_due: asyncio.Future[None] | None = None  # see SchedulerIntake._commit
         self.stopped = False  # stop() was called: the engine is shutting down
         self._acked: int | None = None  # outbox events up to here are in the event log

@@ -22,6 +22,7 @@ from kmpray.enums import ScheduleResult
 from kmpray.errors import StoreWriteFailed
 from kmpray.protocol import RETRY_MARK
 from kmpray.store import SqliteTaskStore
+from kmpray.timing import INTAKE_SLICE
 
 from .names import REGISTRY, lookup
 from .retry import call_with_retry
@@ -29,6 +30,7 @@ from .retry import call_with_retry
 log = logging.getLogger("kmpray.scheduler")
 
 T = TypeVar("T")
+SLICE_MARK = "@"  # an enqueue_many answer's part from item n on is stored under "<token>@<n>"
 
 
 class SchedulerIntake:
@@ -41,6 +43,7 @@ class SchedulerIntake:
     _answers: list[tuple[str, bytes, int]]
     messages: Counter[str]
     _commit_due: asyncio.Future[None] | None  # the turn's shared commit, once a call asked for it
+    _taking_in: dict[str, asyncio.Future[list[tuple[str, str | None]]]]  # sliced calls by token
     _ready: asyncio.Future[None]
 
     if TYPE_CHECKING:  # the actor's
@@ -53,15 +56,19 @@ class SchedulerIntake:
         if token is None or not token.endswith(RETRY_MARK):
             return token, None
         token = token[: -len(RETRY_MARK)]
-        raw = self.store.answer(token)
-        if raw is None:  # or applied in this very turn, its commit still to come (see _durable)
-            raw = next((a for t, a, _ms in self._answers if t == token), None)
+        raw = self._stored(token)
         if raw is None:
             return token, None
         log.warning("enqueue call %s was retried after it was applied: answered again, not applied twice",
                     token)
         self.messages["retries_answered"] += 1
         return token, msgpack.unpackb(raw, raw=False)
+
+    def _stored(self, key: str) -> bytes | None:
+        raw = self.store.answer(key)
+        if raw is None:  # or applied in this very turn, its commit still to come (see _durable)
+            raw = next((a for t, a, _ms in reversed(self._answers) if t == key), None)
+        return raw
 
     def _answer(self, token: str | None, answer: Any) -> None:
         if token is not None:
@@ -106,25 +113,67 @@ class SchedulerIntake:
         self, items: list[dict[str, Any]], token: str | None = None
     ) -> list[tuple[str, str | None]]:
         """Enqueue a batch; ``token`` names the client's call, so a retry of a call this
-        scheduler (or the one before a restart) already applied gets its answer again."""
+        scheduler (or the one before a restart) already applied gets its answer again.
+
+        A batch over ``INTAKE_SLICE`` items is taken in slices, each committed with its part
+        of the answer (under ``token``, then ``token@start``) before the next is taken in:
+        the loop serves everything else in between. A retry after a restart is answered for
+        the slices a commit stored and applies only the rest; a retry while the first try is
+        still being taken in waits for that try's answer."""
         await self._ready
         self.messages["enqueue_calls"] += 1
         token, answered = self._answered(token)
+        going = self._taking_in.get(token) if token is not None else None
+        if going is not None:  # this call's first try is still being taken in, slice by slice
+            return await asyncio.shield(going)
 
         def failed(why: str) -> list[tuple[str, str | None]]:
             return [(ScheduleResult.FAILED_UNKNOWN.value, why) for _ in items]
 
+        out: list[tuple[str, str | None]] = []
         if answered is not None:
-            return await self._durable([(r, why) for r, why in answered], failed)
-        out = []
-        for item in items:
+            out += [(r, why) for r, why in answered]
+            while len(out) < len(items) and (raw := self._stored(f"{token}{SLICE_MARK}{len(out)}")) is not None:
+                out += [(r, why) for r, why in msgpack.unpackb(raw, raw=False)]
+            if len(out) >= len(items):
+                return await self._durable(out, failed)
+        if token is None or len(items) - len(out) <= INTAKE_SLICE:
+            self._take_in(items, len(out), len(items), token, out)
+            return await self._durable(out, failed)
+        done: asyncio.Future[list[tuple[str, str | None]]] = asyncio.get_running_loop().create_future()
+        self._taking_in[token] = done
+        try:
+            for start in range(len(out), len(items), INTAKE_SLICE):
+                self._take_in(items, start, min(len(items), start + INTAKE_SLICE), token, out)
+                answer = await self._durable(out, failed)
+                if answer is not out:  # the store write failed: nothing more is taken in
+                    break
+            done.set_result(answer)
+            return answer
+        except asyncio.CancelledError:
+            done.cancel()
+            raise
+        except Exception as exc:
+            done.set_exception(exc)
+            raise
+        finally:
+            del self._taking_in[token]
+            if done.done() and not done.cancelled():
+                done.exception()  # retrieved: no "never retrieved" warning when no retry waited
+
+    def _take_in(self, items: list[dict[str, Any]], start: int, end: int, token: str | None,
+                 out: list[tuple[str, str | None]]) -> None:
+        """``items[start:end]`` into the core, their outcomes onto ``out`` and, under the
+        call's token, into the answer stored with them (``token@start`` after the first)."""
+        part = []
+        for item in items[start:end]:
             outcome = intake.submit(self.core, item)
             if outcome.result is not ScheduleResult.SUCCESS:
                 self.rejections.append((str(item.get("id")), outcome.result.value, outcome.reason or ""))
                 log.warning("enqueue %r: %s: %s", item.get("id"), outcome.result.value, outcome.reason)
-            out.append((outcome.result.value, outcome.reason))
-        self._answer(token, out)
-        return await self._durable(out, failed)
+            part.append((outcome.result.value, outcome.reason))
+        out += part
+        self._answer(token if start == 0 or token is None else f"{token}{SLICE_MARK}{start}", part)
 
     async def enqueue_chain(
         self, payload: dict[str, Any], token: str | None = None
