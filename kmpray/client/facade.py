@@ -224,7 +224,8 @@ class BackgroundTaskScheduler(Waiting, Routing):
         return self._results([await self._groups_async[shard_of(id, self.shards)].submit(item)])[0]
 
     def enqueue_many(self, requests: Sequence[TaskRequest | dict[str, Any]]) -> list[ScheduleResult]:
-        """Bulk submission in one round trip and one store transaction.
+        """Bulk submission in one round trip (per shard); stored a transaction per 1,000
+        items (the scheduler serves others between them), answered whole, in order.
 
         Each item is a TaskRequest (a one-time task under its ``id``) or a dict with the
         keys of ``enqueue``: id, trigger, worker_class_name, input, constraints.
