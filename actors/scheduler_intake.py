@@ -133,7 +133,10 @@ class SchedulerIntake:
         out: list[tuple[str, str | None]] = []
         if answered is not None:
             out += [(r, why) for r, why in answered]
-            while len(out) < len(items) and (raw := self._stored(f"{token}{SLICE_MARK}{len(out)}")) is not None:
+            while len(out) < len(items):  # the slices committed after the first, in turn
+                raw = self._stored(f"{token}{SLICE_MARK}{len(out)}")
+                if raw is None:
+                    break
                 out += [(r, why) for r, why in msgpack.unpackb(raw, raw=False)]
             if len(out) >= len(items):
                 return await self._durable(out, failed)

@@ -125,7 +125,8 @@ def test_run_count_counts_runs_that_completed_the_work_not_retried_ones(h: Harne
     h.core.submit("n", TaskTrigger.OneTime(), "No")
     h.step()
     rec = h.core.latest("n")
-    assert rec is not None and rec.state is TaskState.FAILED and (rec.run_attempt_count, rec.run_count) == (1, 1)
+    assert rec is not None and rec.state is TaskState.FAILED
+    assert (rec.run_attempt_count, rec.run_count) == (1, 1)
 
 
 def test_final_failure_does_not_retry(h: Harness) -> None:

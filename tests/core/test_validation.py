@@ -238,6 +238,7 @@ def test_a_bursts_repeated_constraints_are_validated_once_and_bad_ones_never_cac
         out = intake.submit(h.core, dict(bad))
         assert out.result is ScheduleResult.REJECTED_INVALID_PARAMS and "max_retries" in (out.reason or "")
     # equal as keys, alike to pydantic: 1 and True are one payload
-    one = {"id": "o", "worker": "Ok", "trigger": {"kind": "one_time"}, "constraints": {"requires_charging": 1}}
+    one = {"id": "o", "worker": "Ok", "trigger": {"kind": "one_time"},
+           "constraints": {"requires_charging": 1}}
     assert intake.submit(h.core, one).result is ScheduleResult.SUCCESS
     assert h.core.latest("o").constraints.requires_charging is True  # type: ignore[union-attr]

@@ -63,10 +63,10 @@ class Host(SchedulerIntake):
         pass
 
 
-def _items(n: int, prefix: str = "b", policy: str | None = None, bad: tuple[int, ...] = ()) -> list[dict[str, Any]]:
+def _items(n: int, policy: str | None = None, bad: tuple[int, ...] = ()) -> list[dict[str, Any]]:
     constraints = {"existing_work_policy": policy} if policy else None
-    return [{"id": f"{prefix}{i}", "trigger": LATER, "worker": "NoSuch" if i in bad else "Noop", "input": None,
-             "constraints": constraints} for i in range(n)]
+    return [{"id": f"b{i}", "trigger": LATER, "worker": "NoSuch" if i in bad else "Noop",
+             "input": None, "constraints": constraints} for i in range(n)]
 
 
 def _store() -> SqliteTaskStore:
