@@ -13,9 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import numpy as np
-
-from .load_plan import due_times
+from .load_plan import EXACT_LEAD_MS
 
 # send(kinds, indexes, intended_ms) -> per operation (error or "", due_ms): "" when the
 # engine accepted it. One call: one operation, or a batch (see OpenLoop's window_ms).
@@ -211,7 +209,10 @@ def engine_send(sched: Any, run: str) -> Send:
             )
             result = await chain.with_id(f"{tid}-c").enqueue_async()
             return [("" if result is ScheduleResult.SUCCESS else result.value, intended[0])]
-        items, dues = [], due_times(np.asarray(intended), kinds).tolist()
+        # due_times' rule, per operation without numpy (most sends are one operation: numpy's
+        # array set-up was ~5 % of a load client's CPU at 12,000 single calls/s)
+        items = []
+        dues = [i + EXACT_LEAD_MS if k == "exact" else i for i, k in zip(intended, kinds, strict=True)]
         for kind, index, due in zip(kinds, indexes, dues, strict=True):
             trigger = (
                 TaskTrigger.Exact(int(due))

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from kmpray.bench.load_client import OpenLoop
 from kmpray.bench.load_plan import (
+    EXACT_LEAD_MS,
     Profile,
     Samples,
     Trial,
@@ -400,3 +401,34 @@ def test_a_ctrl_c_stops_the_sends_there_and_the_report_covers_what_ran() -> None
     result = _result(profile, {"one-time": 1.0}, samples, t0, [], 1, 1, 100, 4, ran_s)
     assert result["duration_s"] == round(ran_s, 3) and result["operations"]["requested"] == 4
     assert result["requested_rate_per_s"] == round(4 / ran_s, 1)  # over what ran, not the 30 s asked
+
+
+def test_the_engine_senders_due_times_are_due_times_rule_one_and_many() -> None:
+    """``engine_send`` works each operation's due time out without numpy (most sends are one
+    operation); it must stay ``due_times``' rule: an Exact timer EXACT_LEAD_MS after its
+    intended send, everything else at it."""
+    from kmpray.bench.load_client import engine_send
+
+    from kmpray import ScheduleResult
+
+    class Sched:
+        def __init__(self) -> None:
+            self.triggers: list[Any] = []
+
+        async def enqueue_async(self, task_id: str, trigger: Any, worker: str,
+                                constraints: Any = None) -> Any:
+            self.triggers.append(trigger)
+            return ScheduleResult.SUCCESS
+
+        async def enqueue_many_async(self, items: list[dict[str, Any]]) -> list[Any]:
+            self.triggers += [item["trigger"] for item in items]
+            return [ScheduleResult.SUCCESS] * len(items)
+
+    sched = Sched()
+    send = engine_send(sched, "r")
+    kinds, intended = ["one-time", "exact", "gated"], [1_000.5, 1_001.0, 1_002.0]
+    one = asyncio.run(send(["exact"], [7], [5_000.0]))
+    many = asyncio.run(send(kinds, [0, 1, 2], intended))
+    assert one == [("", 5_000.0 + EXACT_LEAD_MS)]
+    assert [due for _err, due in many] == due_times(np.asarray(intended), kinds).tolist()
+    assert sched.triggers[0].at_epoch_millis == 5_000 + EXACT_LEAD_MS
