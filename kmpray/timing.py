@@ -41,6 +41,11 @@ EVICT_CHUNKS = 200
 #: calls, reports and timers in between. Taken whole, 300,000 gated items held it over
 #: 6 s (Exact timers due meanwhile ran 2.9-6.3 s late; now <= 0.18 s); a slice is ~10-40 ms.
 INTAKE_SLICE = 1_000
+#: A client sends an ``enqueue_many`` of more items as several calls of this many, one after
+#: another (kmpray/client/routing.py). One message of a million items (~110 MB) went through
+#: Ray (over the lane's 64 MiB frame), whose decoding of it held the scheduler's loop ~2.6 s
+#: at once; 50,000 items are ~5.5 MB over the lane, decoded in ~50 ms.
+ENQUEUE_CALL_ITEMS = 50_000
 #: Under durability="normal" a store file's WAL reaches the disk only at a checkpoint, which
 #: SQLite makes after ~1,000 pages of writes: at a few tasks a minute that is hours or days
 #: of acknowledged work an OS crash or power loss could take back. The scheduler and the

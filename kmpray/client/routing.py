@@ -14,6 +14,7 @@ from typing import Any
 
 from ..errors import EngineUnavailable
 from ..shards import reassemble, shard_of, split
+from ..timing import ENQUEUE_CALL_ITEMS
 from .remote import _ray, require_ray
 
 Call = tuple[int, tuple[Any, ...]]  # (shard, args)
@@ -131,13 +132,22 @@ class Routing:
 
     def _enqueue_items(self, items: list[dict[str, Any]]) -> list[tuple[str, str | None]]:
         """One enqueue_many per shard holding any of ``items``, all at once; answers in the
-        items' order."""
+        items' order. Over ``ENQUEUE_CALL_ITEMS`` items, one such round per that many, in
+        turn (see timing.py)."""
+        if len(items) > ENQUEUE_CALL_ITEMS:
+            return [answer for k in range(0, len(items), ENQUEUE_CALL_ITEMS)
+                    for answer in self._enqueue_items(items[k:k + ENQUEUE_CALL_ITEMS])]
         if self.shards == 1 or not items:
             return list(self._call("enqueue_many", items, token=True))
         parts, calls = self._parts(items)
         return reassemble(len(items), parts, self._fan("enqueue_many", calls, token=True))
 
     async def _enqueue_items_async(self, items: list[dict[str, Any]]) -> list[tuple[str, str | None]]:
+        if len(items) > ENQUEUE_CALL_ITEMS:
+            out: list[tuple[str, str | None]] = []
+            for k in range(0, len(items), ENQUEUE_CALL_ITEMS):
+                out += await self._enqueue_items_async(items[k:k + ENQUEUE_CALL_ITEMS])
+            return out
         if self.shards == 1 or not items:
             return list(await self._call_async("enqueue_many", items, token=True))
         parts, calls = self._parts(items)

@@ -88,3 +88,43 @@ def test_a_client_remembers_only_the_latest_chain_task_homes_and_finds_a_forgott
     asked.clear()
     assert client._find("get_info", ids[0]) == {"id": ids[0]}  # forgotten: its hash shard, then the rest
     assert [k for _i, k in asked][-1] == home and client._homes[ids[0]] == home and len(client._homes) == 3
+
+
+def test_a_huge_enqueue_many_goes_as_calls_of_at_most_enqueue_call_items_in_order(monkeypatch: Any) -> None:
+    """One message of a million items went through Ray (over the lane's frame cap), whose
+    decoding held the scheduler's loop for seconds: the client sends such a batch as calls
+    of ``ENQUEUE_CALL_ITEMS``, one after another, each shard's part within each, and the
+    answers come back in the items' order, sync and async alike."""
+    import asyncio
+
+    from kmpray.client import routing
+
+    monkeypatch.setattr(routing, "ENQUEUE_CALL_ITEMS", 4)
+    sent: list[tuple[int, list[str]]] = []
+
+    class Client(routing.Routing):
+        shards = 2
+
+        def __init__(self) -> None:
+            self._homes = {}
+
+        def _fan(self, method: str, calls: list[Any], token: bool = False) -> list[Any]:
+            return [self._one(k, args) for k, args in calls]
+
+        async def _fan_async(self, method: str, calls: list[Any], token: bool = False) -> list[Any]:
+            return [self._one(k, args) for k, args in calls]
+
+        def _one(self, shard: int, args: tuple[Any, ...]) -> list[tuple[str, None]]:
+            ids = [item["id"] for item in args[0]]
+            sent.append((shard, ids))
+            return [(f"ok {i}", None) for i in ids]
+
+    items = [{"id": f"t{i}"} for i in range(10)]
+    for answers in (Client()._enqueue_items(items), asyncio.run(Client()._enqueue_items_async(items))):
+        assert [a for a, _why in answers] == [f"ok t{i}" for i in range(10)]
+    calls = sent[: len(sent) // 2]  # the sync client's
+    round_of = [{int(i[1:]) // 4 for i in ids} for _k, ids in calls]  # items 0-3, 4-7, 8-9
+    assert all(len(r) == 1 for r in round_of)  # a call carries one round's items only
+    assert [r.pop() for r in round_of] == sorted(int(ids[0][1:]) // 4 for _k, ids in calls)  # in turn
+    assert sorted(int(i[1:]) for _k, ids in calls for i in ids) == list(range(10))  # each once
+    assert all(shard_of(i, 2) == k for k, ids in sent for i in ids)
