@@ -37,7 +37,7 @@ PRUNE_S = 60.0
 EVICT_CHUNK = 2_000
 EVICT_CHUNKS = 200
 #: An ``enqueue_many`` call is taken in this many items at a time, each slice committed
-#: (with the call's answer so far) before the next: the scheduler's loop serves other
+#: (with its part of the call's answer) before the next: the scheduler's loop serves other
 #: calls, reports and timers in between. Taken whole, 300,000 gated items held it over
 #: 6 s (Exact timers due meanwhile ran 2.9-6.3 s late; now <= 0.18 s); a slice is ~10-40 ms.
 INTAKE_SLICE = 1_000
