@@ -15,7 +15,7 @@ import sys
 from typing import Any
 
 BENCHMARKS = ["core", "dispatch", "latency", "submit", "timers", "memory", "chains", "recovery", "gates",
-              "reads", "start"]
+              "reads", "start", "bulk"]
 ALIASES = {"single": "submit"}  # its name before it measured #14's figures
 
 

@@ -1,0 +1,88 @@
+"""bulk: what one large ``enqueue_many`` does to everything else. Exact timers due while a
+client's call of 300,000 gated tasks is taken in (the tasks wait at their gate, so only
+the intake is measured) against the same timers on the same engine with no call going:
+their lateness (worker start - due time), and the call's own time.
+
+Until session 44 the whole batch was one turn of the scheduler's loop and the timers due
+meanwhile ran seconds late; now it is taken in slices (``INTAKE_SLICE``) and a client
+sends calls of at most ``ENQUEUE_CALL_ITEMS``. No target in an issue: a regression check
+with a figure."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from .common import engine, percentiles, ray_up, table, write
+from .stamp import collect_starts, register
+
+TIMERS = 20
+SPACING_MS = 250
+
+
+def _timers(sched: Any, prefix: str, first_due_ms: float) -> tuple[dict[str, float], Any]:
+    """TIMERS Exact tasks, SPACING_MS apart from ``first_due_ms``; their subscription."""
+    from kmpray import TaskTrigger
+
+    sub = sched.events.subscribe()
+    dues = {f"{prefix}{k}": first_due_ms + SPACING_MS * k for k in range(TIMERS)}
+    sched.enqueue_many([{"id": tid, "trigger": TaskTrigger.Exact(int(due)), "worker_class_name": "BenchStamp"}
+                        for tid, due in dues.items()])
+    return dues, sub
+
+
+def _lateness(sub: Any, dues: dict[str, float]) -> list[float]:
+    starts = collect_starts(sub, set(dues), 120)
+    return [starts[tid] - int(due) for tid, due in dues.items()]
+
+
+def run(quick: bool = False, json_path: str | None = None, address: str | None = None) -> dict[str, Any]:
+    from kmpray import EngineConfig
+
+    ray_up(address)
+    n = 30_000 if quick else 300_000
+    sched = engine("bench-bulk", config=EngineConfig(max_pending_tasks=2 * n))
+    try:
+        register(sched)
+        sched.set_device_state(charging=False)  # the batch waits at its gate: only its intake counts
+        dues, sub = _timers(sched, "quiet", time.time() * 1000 + 1_000)
+        quiet = _lateness(sub, dues)
+
+        items = [{"id": f"b{i}", "trigger": {"kind": "one_time"}, "worker_class_name": "BenchStamp",
+                  "constraints": {"requires_charging": True}} for i in range(n)]
+        took: list[float] = []
+
+        def call() -> None:
+            began = time.monotonic()
+            sched.enqueue_many(items)
+            took.append(time.monotonic() - began)
+
+        dues, sub = _timers(sched, "busy", time.time() * 1000 + 1_000)
+        sender = threading.Thread(target=call)
+        sender.start()  # the timers fall due while the call is taken in
+        busy = _lateness(sub, dues)
+        sender.join(timeout=600)
+        accepted = sched.status()["counts"]["ENQUEUED"]
+    finally:
+        sched.shutdown()
+    q, b = percentiles(quiet), percentiles(busy)
+    result = {
+        "bulk_tasks": n,
+        "bulk_call_s": round(took[0], 2) if took else None,
+        "bulk_tasks_per_s": round(n / took[0]) if took else None,
+        "bulk_tasks_enqueued": accepted,
+        "timers": TIMERS,
+        "lateness_ms": {**b, "max": round(max(busy), 1)},
+        "quiet_lateness_ms": {**q, "max": round(max(quiet), 1)},
+        "max_ratio": round(max(busy) / max(max(quiet), 1.0), 1),
+        "note": "lateness = worker start - due time of Exact tasks due during one enqueue_many of "
+                "bulk_tasks gated tasks (the call timed from the client), against the same timers "
+                "on the same engine with no call going",
+    }
+    out = write("bulk", result, json_path)
+    print(table([("bulk call", f"{n:,} gated tasks in {result['bulk_call_s']} s"),
+                 ("timers during it: p50/max ms", f"{b['p50']}/{result['lateness_ms']['max']}"),
+                 ("quiet timers: p50/max ms", f"{q['p50']}/{result['quiet_lateness_ms']['max']}"),
+                 ("json", str(out))]))
+    return result
