@@ -70,6 +70,15 @@ def _items(n: int, policy: str | None = None, bad: tuple[int, ...] = ()) -> list
              "input": None, "constraints": constraints} for i in range(n)]
 
 
+async def _first_commit(host: Host, turns: int = 100) -> None:
+    """Until the host's first commit, a bounded number of loop turns (it takes two)."""
+    for _ in range(turns):
+        if host.commits:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"no commit within {turns} turns of the loop")
+
+
 def _store() -> SqliteTaskStore:
     return SqliteTaskStore(os.path.join(tempfile.mkdtemp(prefix="kmpray-batches-"), "tasks.db"))
 
@@ -113,8 +122,7 @@ def test_a_retry_after_a_restart_applies_only_what_no_commit_stored() -> None:
     async def first_try() -> Host:
         host = Host(store)
         task = asyncio.ensure_future(host.enqueue_many(first, token="call-2"))
-        while not host.commits:  # until the first slice is stored ...
-            await asyncio.sleep(0)
+        await _first_commit(host)  # until the first slice is stored ...
         task.cancel()  # ... then the process dies
         return host
 
@@ -138,8 +146,7 @@ def test_a_retry_while_the_first_try_is_taken_in_waits_for_its_answer() -> None:
         host = Host(_store())
         items = _items(n)
         first = asyncio.ensure_future(host.enqueue_many(items, token="call-3"))
-        while not host.commits:
-            await asyncio.sleep(0)
+        await _first_commit(host)
         again = await host.enqueue_many(items, token="call-3" + RETRY_MARK)  # the client gave up waiting
         return host, await first, again
 
