@@ -26,7 +26,7 @@ from kmpray.store_files import disk_error
 from kmpray.timing import METRICS_S, QUIET_SYNC_ROWS, QUIET_SYNC_S, STORE_LOCK_WAIT_S
 
 from .metrics import Metrics
-from .names import BROKER, base_namespace, lookup
+from .names import BROKER, base_namespace, engine_identity, lookup
 from .untraced import untrace
 
 log = logging.getLogger("kmpray.broker")
@@ -43,7 +43,7 @@ class EventBroker:
         self._refused: StoreRefused | None = None
         self.events_file = Path(state_dir) / "events.db"
         try:
-            self.log = SqliteEventLog(self.events_file, durability, lock_wait_s)
+            self.log = SqliteEventLog(self.events_file, durability, lock_wait_s, engine_identity(namespace))
         except StoreRefused as exc:
             log.error("%s", exc)
             self._refused = exc

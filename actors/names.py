@@ -40,6 +40,13 @@ def shard_index(namespace: str) -> int:
     return int(k) if sep else 0
 
 
+def engine_identity(namespace: str) -> str:
+    """The engine a store file's lock names (kmpray/store_files.py): ``namespace`` in this
+    Ray instance. A restarted actor of it is the same engine (it waits for its killed
+    predecessor's lock); another notebook's embedded Ray is not (refused at once)."""
+    return f"{namespace} in Ray session {ray.get_runtime_context().get_session_name()}"
+
+
 def lookup(name: str, namespace: str, timeout_s: float = 30.0) -> Any:
     """Resolve a named actor, waiting while it is being (re)created."""
     deadline = time.monotonic() + timeout_s

@@ -47,7 +47,7 @@ from .heavy_pool import HeavyPool
 from .stealing import Stealer
 from .lane import Conn, LaneServer
 from .metrics import Metrics
-from .names import BROKER, ORACLE, REGISTRY, base_namespace, lookup, shard_index
+from .names import BROKER, ORACLE, REGISTRY, base_namespace, engine_identity, lookup, shard_index
 from .outbox import Outbox
 from .retry import call_with_retry
 from .scheduler_artifacts import ArtifactKeeper, SchedulerArtifacts
@@ -169,7 +169,7 @@ class SchedulerActor(
         """Open the store and rebuild the core from it. A store refused at open, or found
         damaged below its rows while restoring, raises StoreRefused (one line)."""
         self.store = SqliteTaskStore(Path(state_dir) / "tasks.db", self.config.durability,
-                                     self.config.store_lock_wait_s)
+                                     self.config.store_lock_wait_s, engine_identity(self.namespace))
         if virtual_time:
             saved = self.store.get_meta("virtual_now")
             # A new engine's shards start their virtual clocks at one instant (bootstrap's), and

@@ -87,9 +87,10 @@ class SqliteEventLog:
     """Append-only event rows; the rowid is the cursor subscribers resume from."""
 
     def __init__(
-        self, path: str | Path, durability: str = "normal", lock_wait_s: float = STORE_LOCK_WAIT_S
+        self, path: str | Path, durability: str = "normal", lock_wait_s: float = STORE_LOCK_WAIT_S,
+        engine: str | None = None,
     ) -> None:
-        self._conn = conn = _connect(Path(path), _EVENT_TABLES, durability, lock_wait_s)
+        self._conn = conn = _connect(Path(path), _EVENT_TABLES, durability, lock_wait_s, engine)
         self._lock = threading.Lock()
         self._path = Path(path)
         self._written = 0  # rows appended or trimmed since the last sync_if_quiet

@@ -240,10 +240,11 @@ def spilling(put: Iterable[TaskRecord]) -> Iterator[tuple[list[TaskRecord], list
 
 class SqliteTaskStore:
     def __init__(
-        self, path: str | Path, durability: str = "normal", lock_wait_s: float = STORE_LOCK_WAIT_S
+        self, path: str | Path, durability: str = "normal", lock_wait_s: float = STORE_LOCK_WAIT_S,
+        engine: str | None = None,
     ) -> None:
         self.path = Path(path)
-        self._conn = _connect(self.path, _TASK_TABLES, durability, lock_wait_s)
+        self._conn = _connect(self.path, _TASK_TABLES, durability, lock_wait_s, engine)
         with _refusing(self.path):  # a flipped byte in the schema's text: refused, not a traceback
             if "first" not in {c[1] for c in self._conn.execute("PRAGMA table_info(outbox)")}:  # version 3
                 self._conn.execute("ALTER TABLE outbox ADD COLUMN first INTEGER")

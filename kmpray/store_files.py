@@ -7,9 +7,11 @@ One engine per file: a process that opens a store holds an OS lock on the file n
 state dir — two notebooks that each ``connect()`` an embedded Ray with the default
 ``~/.kmpray/<namespace>``, or a script started beside a running engine — each restored
 the other's rows and ran them, and wrote over the other's changes. The second to open a
-store now waits a little for the lock (a killed scheduler's process may still be ending
-while Ray starts the next; the OS frees its lock when it is gone), then is refused,
-naming the process that holds it. ``flock`` locks belong to an open file, so the kernel
+store is refused, naming the process that holds it: at once when that is a live process
+of another engine on this machine (the lock file says which engine, ``engine``: a
+namespace in one Ray instance), else after waiting a little (a killed scheduler's process
+may still be ending while Ray starts the next, and the OS frees its lock when it is gone;
+a holder on another host cannot be looked at). ``flock`` locks belong to an open file, so the kernel
 frees them however the holder dies; within one process a store may be opened again
 (tests reopen one to play a restart), counted. Without ``fcntl`` (Windows) nothing is locked.
 """
@@ -68,9 +70,10 @@ def _lock_file(store: Path) -> str:
     return str(store.resolve()) + ".lock"
 
 
-def hold(store: Path, wait_s: float = STORE_LOCK_WAIT_S) -> None:
+def hold(store: Path, wait_s: float = STORE_LOCK_WAIT_S, engine: str | None = None) -> None:
     """Lock ``store`` for this process, waiting up to ``wait_s`` for another holder to end;
-    raises StoreRefused naming that holder if it does not."""
+    raises StoreRefused naming that holder if it does not, or at once if the holder is a
+    live process of an engine other than ``engine`` (see ``_other_live_engine``)."""
     if fcntl is None:
         return
     name = _lock_file(store)
@@ -85,8 +88,9 @@ def hold(store: Path, wait_s: float = STORE_LOCK_WAIT_S) -> None:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             break
         except BlockingIOError:
-            if time.monotonic() >= deadline:
-                holder = _holder(fd)
+            info = _holder_info(fd)
+            if time.monotonic() >= deadline or _other_live_engine(info, engine):
+                holder = _holder(info)
                 os.close(fd)
                 raise StoreRefused(
                     f"store {store}: in use by another engine ({holder}). One state dir serves one "
@@ -99,8 +103,8 @@ def hold(store: Path, wait_s: float = STORE_LOCK_WAIT_S) -> None:
                         store, exc)
             break
     os.ftruncate(fd, 0)
-    os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                             "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
+    os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "parent": os.getppid(),
+                             "engine": engine, "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
     _held[name] = (fd, 1)
 
 
@@ -117,13 +121,46 @@ def release(store: Path) -> None:
     os.close(fd)
 
 
-def _holder(fd: int) -> str:
-    """Who wrote the lock file: ``pid N on HOST since T``, or that it is unknown."""
+def _holder_info(fd: int) -> dict[str, object]:
+    """What the lock file's holder wrote in it (nothing, from a holder still writing it)."""
     try:
         info = json.loads(os.pread(fd, 4096, 0) or b"{}")
-        return f"pid {info['pid']} on {info['host']} since {info['since']}"
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def _holder(info: dict[str, object]) -> str:
+    """Who holds the lock: ``pid N on HOST since T`` (``, engine E``), or that it is unknown."""
+    try:
+        said = f"pid {info['pid']} on {info['host']} since {info['since']}"
+    except KeyError:
         return "a process that did not say which"
+    return said + (f", engine {info['engine']}" if info.get("engine") else "")
+
+
+#: Linux's flag for a process that has begun to exit (``PF_EXITING``, /proc/PID/stat's 9th field).
+_PF_EXITING = 0x4
+
+
+def _other_live_engine(info: dict[str, object], engine: str | None) -> bool:
+    """Whether the lock's holder is a process of another engine that is running here: to
+    refuse at once rather than wait. Anything less certain waits, as a restarted
+    scheduler must for its killed predecessor: the same engine (or an opener that did not
+    say which), a holder on another host, one gone or exiting, or one whose parent (a
+    Ray node's raylet, for an actor) has ended, as ``ray stop`` ends them."""
+    pid, parent = info.get("pid"), info.get("parent")
+    if engine is None or info.get("engine") in (None, engine) or info.get("host") != socket.gethostname():
+        return False
+    if not isinstance(pid, int) or not isinstance(parent, int):
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()  # after "pid (comm)": comm may hold spaces
+    except OSError:  # gone, or no /proc (not Linux): the old, waiting behaviour
+        return False
+    state, ppid, flags = fields[0], int(fields[1]), int(fields[6])
+    return state not in ("Z", "X", "x") and not flags & _PF_EXITING and ppid == parent
 
 
 @contextlib.contextmanager
@@ -150,13 +187,13 @@ def _refuse(path: Path, what: str, exc: BaseException | None = None) -> StoreRef
 
 
 def _connect(path: Path, tables: dict[str, str], durability: str = "normal",
-             lock_wait_s: float = STORE_LOCK_WAIT_S) -> sqlite3.Connection:
-    """Open (or create) one of kmpray's SQLite files for this engine alone (``hold``) and
+             lock_wait_s: float = STORE_LOCK_WAIT_S, engine: str | None = None) -> sqlite3.Connection:
+    """Open (or create) one of kmpray's SQLite files for ``engine`` alone (``hold``) and
     check it is one: its schema version is known and every table it has is one of
     ``tables`` (name -> CREATE statement). ``release(path)`` when it is closed."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        hold(path, lock_wait_s)
+        hold(path, lock_wait_s, engine)
     except OSError as exc:
         if exc.errno in _DISK_ERRNOS:  # the disk, for now: the caller may try again
             raise

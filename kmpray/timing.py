@@ -144,7 +144,8 @@ ANSWER_RETENTION_S = 2 * CALL_TIMEOUT_S
 STOP_WAIT_S = 1.0
 #: A store file another process holds is waited for this long before it is refused
 #: (``EngineConfig.store_lock_wait_s``, kmpray/store_files.py): a killed scheduler's process
-#: is gone within about a second here, and its lock with it.
+#: is gone within about a second here, and its lock with it. A live process of another
+#: engine on this machine is refused without the wait.
 STORE_LOCK_WAIT_S = 15.0
 #: A scheduler whose store write failed (a full disk) ends this long after it, once its
 #: callers have their FAILED_UNKNOWN answers, and Ray starts it again from the store; one

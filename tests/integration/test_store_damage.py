@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -107,9 +108,11 @@ def test_a_second_engine_on_a_state_dir_in_use_is_refused_and_the_first_serves_o
     later = TaskTrigger.OneTime(initial_delay_ms=ONE_HOUR)
     assert first.enqueue("mine", later, "Echo") is ScheduleResult.SUCCESS
     try:
-        with pytest.raises(StoreRefused) as err:
+        began = time.monotonic()
+        with pytest.raises(StoreRefused) as err:  # at once: the holder is another engine's, alive
             kmpray.connect(namespace="second-on-state", state_dir=str(state),
-                           config=kmpray.EngineConfig(store_lock_wait_s=0.5))
+                           config=kmpray.EngineConfig(store_lock_wait_s=120))
+        assert time.monotonic() - began < 60
         # Whichever of its files the second engine reached first: the first's scheduler holds
         # tasks.db, its broker events.db.
         held = {"tasks.db": actor_pid(ray, SCHEDULER, first.namespace),
@@ -117,6 +120,7 @@ def test_a_second_engine_on_a_state_dir_in_use_is_refused_and_the_first_serves_o
         said = str(err.value)
         assert any(said.startswith(f"store {state / name}: in use by another engine (pid {pid} on ")
                    for name, pid in held.items()), (said, held)
+        assert f", engine {first.namespace} in Ray session session_" in said
     finally:
         stop_engine("second-on-state")
     assert first.get_task_info("mine").state is TaskState.ENQUEUED  # untouched, and still serving:
