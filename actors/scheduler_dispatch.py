@@ -69,9 +69,11 @@ class SchedulerDispatch:
         # always empty.
         self._flush()
         turn = Turn()
-        pump(self.core, lambda: self._room(turn), lambda batch: self._hand_over(turn, batch),
-             self._lead_ms)  # kmpray/driver.py
+        cut = pump(self.core, lambda: self._room(turn), lambda batch: self._hand_over(turn, batch),
+                   self._lead_ms)  # kmpray/driver.py
         self._flush()
+        if cut:  # at its budget with due work left: the loop comes back after what waits
+            self._kick()
         self.stealer.check()  # runs queued behind busy slots, while others are free (stealing.py)
 
     def _room(self, turn: Turn) -> tuple[int, int]:

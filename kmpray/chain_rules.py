@@ -111,8 +111,8 @@ class ChainRules:
                 self.pending += 1
                 self.stats.enqueued(rec.worker)
                 self._touch(rec, now)
-                if n == 0:
-                    self._schedule_first(rec, now)
+                if n == 0:  # ready at once, as an enqueue's run is: the intake's commit pumps next
+                    self._schedule_first(rec, now, ready_now=True)
         return Outcome(ScheduleResult.SUCCESS)
 
     def _chain_finished(self: Core, chain: ChainRecord) -> bool:

@@ -26,6 +26,8 @@ class _Due(Protocol):
 
 
 class _Core(_Due, Protocol):
+    turn_cut: bool
+
     def tick(self, lead_ms: int = 0) -> None: ...
     def ready_count(self) -> int: ...
     def take_ready(self, limit: int, heavy_limit: int = 0) -> list[Dispatch]: ...
@@ -36,16 +38,19 @@ def pump(
     room: Callable[[], tuple[int, int]],
     hand_over: Callable[[list[Dispatch]], bool],
     lead_ms: int = 0,
-) -> None:
+) -> bool:
     """One turn: move due timers to the ready queues (and, ``lead_ms`` ahead, timers due
     that soon), then while runs are ready take as many as ``room()`` says (light, heavy)
-    and ``hand_over`` them; it returns False to stop for this turn (some had no room)."""
+    and ``hand_over`` them; it returns False to stop for this turn (some had no room).
+    True when the turn stopped at the core's ``turn_budget`` with work left: the caller
+    comes back for it once it has served what waits."""
     core.tick(lead_ms)
     while core.ready_count():
         light, heavy = room()
         batch = core.take_ready(light, heavy)
         if not batch or not hand_over(batch):
-            return
+            break
+    return core.turn_cut
 
 
 def sleep_s(due_ms: int | None, now_ms: int) -> float | None:

@@ -47,7 +47,7 @@ from .results import Failure, Retry, Success
 from .run_reports import RunReports
 from .run_stats import RunStats
 from .task_table import TaskTable
-from .timing import HAND_ON_DEPTH
+from .timing import HAND_ON_DEPTH, TURN_BUDGET
 from .triggers import (
     DEVICE_TRIGGER_KINDS,
     ContentUri,
@@ -101,6 +101,12 @@ class SchedulerCore(UniqueWork, Restoring, ChainRules, Conditions, Explaining, R
         self._waits: dict[str, tuple[str, int, bool]] = {}  # key -> (reason kind, since, warned)
         self.stats = RunStats()  # live figures: status() and the dashboard
         self.real_time = isinstance(clock, SystemClock)  # executors can time enqueue -> start
+        # Records one pump turn may take off each queue without handing them out (see
+        # TURN_BUDGET); None: no bound, as in virtual time, where a turn is a due instant
+        # and must finish it. ``turn_cut``: the last turn stopped at it with work left.
+        self.turn_budget: int | None = TURN_BUDGET if self.real_time else None
+        self.turn_cut = False
+        self._passed_left: int | None = None  # of this turn's budget (None: no bound)
         self.fx = Effects()
 
     # ----------------------------------------------------------------- effects
@@ -207,9 +213,16 @@ class SchedulerCore(UniqueWork, Restoring, ChainRules, Conditions, Explaining, R
         timers due that soon; their runs are handed over early and begin at their due
         time on the executor's clock (see ``Dispatch.start_at_ms``)."""
         now = self.clock.now_ms()
-        for rec in self._timers.pop_due(now + lead_ms, self.tasks):
+        budget = self.turn_budget
+        self.turn_cut = False
+        self._passed_left = budget
+        for n, rec in enumerate(self._timers.pop_due(now + lead_ms, self.tasks), 1):
             self.stats.timer_fired(now, rec.next_run_at_ms)
             self._make_ready(rec)
+            if n == budget:
+                due = self._timers.next_due(self.tasks)
+                self.turn_cut = due is not None and due <= now + lead_ms
+                break
         for key in self._deadlines.passed(now):
             ends = self.tasks.get(key)
             if ends is not None and ends.state is TaskState.ENQUEUED and ends.deadline_ms is not None:
@@ -226,18 +239,23 @@ class SchedulerCore(UniqueWork, Restoring, ChainRules, Conditions, Explaining, R
     def _take(self, ready: ReadyQueue, limit: int) -> list[Dispatch]:
         now = self.clock.now_ms()
         out: list[Dispatch] = []
-        while len(out) < limit and (rec := ready.pop(self.tasks)) is not None:
+        while len(out) < limit and self._passed_left != 0 and (rec := ready.pop(self.tasks)) is not None:
             if not self.is_registered(rec.worker):
                 if self.is_known(rec.worker):
                     self._parked.setdefault(rec.worker, {})[rec.key] = None
                     self.note(rec.key, f"parked: worker {rec.worker!r} is not registered (again) yet")
-                    continue
-                self._finish(rec, TaskState.FAILED, Failure(f"worker {rec.worker!r} is not registered"), now)
+                else:
+                    unknown = Failure(f"worker {rec.worker!r} is not registered")
+                    self._finish(rec, TaskState.FAILED, unknown, now)
+                if self._pass_over():
+                    break
                 continue
             nodes = self.eligible_nodes(rec)
             if nodes == ():  # no node satisfies it now: wait for a device state change
                 self._gated.add(rec.key)
                 self.note(rec.key, "due, but no node satisfies its constraints: waits for a device state change")
+                if self._pass_over():
+                    break
                 continue
             # A chain task's data was merged at promotion; appended work merges its leaf's here.
             upstream: dict[str, Any] | None = rec.upstream
@@ -281,6 +299,18 @@ class SchedulerCore(UniqueWork, Restoring, ChainRules, Conditions, Explaining, R
                 )
             )
         return out
+
+    def _pass_over(self) -> bool:
+        """One ready run set aside rather than handed out, of this turn's budget. True when
+        that was the last of it: the turn stops, cut short if runs are still ready (the
+        caller comes back for them)."""
+        if self._passed_left is None:
+            return False
+        self._passed_left -= 1
+        if self._passed_left > 0:
+            return False
+        self.turn_cut = self.ready_count() > 0
+        return True
 
     def _run_base(self, rec: TaskRecord) -> int:
         """The id ``rec``'s next run counts up from: its last, or, if higher, the floor

@@ -41,6 +41,12 @@ EVICT_CHUNKS = 200
 #: calls, reports and timers in between. Taken whole, 300,000 gated items held it over
 #: 6 s (Exact timers due meanwhile ran 2.9-6.3 s late; now <= 0.18 s); a slice is ~10-40 ms.
 INTAKE_SLICE = 1_000
+#: One pump turn fires at most this many due timers, and passes over at most this many
+#: ready runs it cannot hand out (gated, parked, failed at the gate); the loop comes back
+#: for the rest after serving what waits (engine.py ``turn_budget``, real time only). A
+#: 99,000-task gated chain's first step was one turn of ~1 s (its timers, then each run
+#: looked at and set aside), and everything else waited for it.
+TURN_BUDGET = 2_000
 #: A client sends an ``enqueue_many`` of more items as several calls of this many, one after
 #: another (kmpray/client/routing.py). One message of a million items (~110 MB) went through
 #: Ray (over the lane's 64 MiB frame), and Exact tasks due meanwhile ran up to 2.6 s late

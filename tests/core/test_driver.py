@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kmpray import ONE_MINUTE, TaskTrigger
+from kmpray import ONE_MINUTE, Constraints, TaskTrigger
 from kmpray.clock import ManualClock
 from kmpray.driver import sleep_s, step_through
 from kmpray.timing import WALL_CLOCK_RECHECK_S
@@ -79,3 +79,54 @@ def test_the_real_time_loop_reads_the_wall_clock_again_at_least_once_a_second() 
     # waking: at 1:10 of wall time, an hour late).
     assert _noticed_after_s(START + 10 * ONE_MINUTE, jump_at_s=60, jump_s=3600) <= 1.0
     assert _noticed_after_s(START + 10 * ONE_MINUTE, jump_at_s=60.5, jump_s=3600) <= 1.0
+
+
+def _turns(h: Harness, room: int = 10_000) -> tuple[list[bool], list[list[str]]]:
+    """Pump turns until one is not cut short: what each returned and handed over."""
+    from kmpray.driver import pump
+
+    cuts, handed = [], []
+    for _ in range(100):
+        batch: list[str] = []
+        cuts.append(pump(h.core, lambda: (room, room), lambda b: batch.extend(d.key for d in b) or True))
+        handed.append(batch)
+        if not cuts[-1]:
+            return cuts, handed
+    raise AssertionError("the turns never ended")
+
+
+def test_a_turn_fires_at_most_its_budget_of_timers_and_the_next_turns_the_rest_in_order(h: Harness) -> None:
+    """A turn over 99,000 due timers held the scheduler's loop for the whole of them."""
+    h.core.turn_budget = 3
+    for k in range(7):
+        h.core.submit(f"t{k}", TaskTrigger.Exact(START + k), "Ok")
+    h.clock.set(START + 10)
+    cuts, handed = _turns(h)
+    assert cuts == [True, True, False]
+    assert handed == [["t0", "t1", "t2"], ["t3", "t4", "t5"], ["t6"]]  # due order kept across turns
+
+
+def test_runs_set_aside_count_against_the_budget_and_dispatchable_ones_do_not() -> None:
+    from kmpray.device import DeviceState
+
+    h = Harness("android")  # where requires_charging gates (a "cluster" node counts as charging)
+    h.core.set_devices({"n1": DeviceState(charging=False)})
+    for k in range(5):  # due first: each set aside (no node is charging)
+        gate = Constraints(requires_charging=True)
+        h.core.submit(f"gated{k}", TaskTrigger.OneTime(), "Ok", constraints=gate)
+    for k in range(4):
+        h.core.submit(f"free{k}", TaskTrigger.OneTime(), "Ok")
+    h.core.turn_budget = 2
+    cuts, handed = _turns(h)
+    assert cuts == [True, True, False]
+    assert handed == [[], [], ["free0", "free1", "free2", "free3"]]
+    assert [h.state(f"gated{k}") for k in range(5)] == ["ENQUEUED"] * 5
+    assert "due, but no node satisfies its constraints" in (h.core.explain("gated4") or "")
+
+
+def test_virtual_time_and_a_core_without_a_budget_take_a_due_instant_whole(h: Harness) -> None:
+    assert h.core.turn_budget is None  # a ManualClock: virtual time finishes each due instant
+    for k in range(50):
+        h.core.submit(f"t{k}", TaskTrigger.Exact(START), "Ok")
+    cuts, handed = _turns(h)
+    assert cuts == [False] and len(handed[0]) == 50

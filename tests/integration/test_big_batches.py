@@ -21,13 +21,13 @@ import msgpack
 import pytest
 from kmpray.actors.scheduler_intake import SchedulerIntake
 
-from kmpray import ExistingWorkPolicy, ScheduleResult, TaskTrigger
+from kmpray import Constraints, ExistingWorkPolicy, ScheduleResult, TaskRequest, TaskState, TaskTrigger
 from kmpray.clock import ManualClock
 from kmpray.engine import SchedulerCore
 from kmpray.platforms import profile
 from kmpray.protocol import RETRY_MARK
 from kmpray.store import SqliteTaskStore
-from kmpray.timing import INTAKE_SLICE
+from kmpray.timing import INTAKE_SLICE, TURN_BUDGET
 
 LATER = {"kind": "one_time", "initial_delay_ms": 600_000}
 OK = ScheduleResult.SUCCESS.value
@@ -167,3 +167,25 @@ def test_a_real_engine_takes_a_big_batch_in_slices(engines: Any) -> None:
     assert results == [ScheduleResult.SUCCESS] * n
     assert sched.status()["counts"]["ENQUEUED"] == n
     assert sched.status()["messages"]["commits"] - before >= 3  # a commit per slice, not one
+
+
+@pytest.mark.ray
+def test_a_wide_gated_step_is_set_aside_over_turns_and_the_free_task_behind_it_runs(engines: Any) -> None:
+    """A pump turn sets aside at most TURN_BUDGET ready runs it cannot hand out, then the
+    loop comes back for the rest by itself (nothing else is due to wake it): the one free
+    task behind two and a half budgets' worth of gated ones runs. Before, the whole step
+    was one turn (a 99,000-task one held the loop ~1 s)."""
+    sched = engines.registered()
+    sched.set_device_state(charging=False)
+    try:
+        n = 2 * TURN_BUDGET + TURN_BUDGET // 2
+        gate = Constraints(requires_charging=True)
+        step = [TaskRequest("Noop", id=f"g{i}", constraints=gate) for i in range(n)]
+        step.append(TaskRequest("Noop", id="free"))
+        assert sched.begin_with(step).with_id("wide").enqueue() is ScheduleResult.SUCCESS
+        assert sched.wait("free", timeout_s=60).state is TaskState.SUCCEEDED
+        last = sched.get_task_info(f"g{n - 1}")
+        assert last.state is TaskState.ENQUEUED
+        assert last.waiting_for is not None and last.waiting_for.kind == "constraints"
+    finally:
+        sched.clear_device_overrides()
