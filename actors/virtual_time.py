@@ -10,6 +10,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from kmpray.chain_coordination import Message
 from kmpray.clock import ManualClock, SystemClock
 from kmpray.config import EngineConfig
 from kmpray.driver import step_through
@@ -36,6 +37,7 @@ class VirtualTime:
     _advancing: asyncio.Lock
     _ready: asyncio.Future[None]
     _events: Outbox[tuple[int | None, bytes]]
+    _chain_outboxes: list[Outbox[Message]]
 
     if TYPE_CHECKING:  # SchedulerDispatch's
         def _pump(self) -> None: ...
@@ -66,12 +68,26 @@ class VirtualTime:
         return self.clock.now_ms()
 
     async def _settle(self, deadline: float) -> None:
-        while self.pool.where or self.heavy.where or self.core.ready_count():
-            self._idle.clear()
+        """Until no run is in flight or ready and no chain message is on its way to a
+        coordinator: a step's success promotes the next step only through its coordinator's
+        answer (which pumps what it made ready), so until session 45 ``advance_time``
+        returned with a chain's later steps still BLOCKED whenever a step ran alone (a
+        parallel step, a gated one), and the state after the call depended on timing."""
+        while True:
+            runs = bool(self.pool.where or self.heavy.where or self.core.ready_count())
+            chains = [outbox for outbox in self._chain_outboxes if outbox.busy]
+            if not runs and not chains:
+                return
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                log.warning("advance_time: %d runs still in flight after the settle timeout", len(self.pool.where))
+                log.warning("advance_time: %d runs still in flight, %d chain coordinators not answered after "
+                            "the settle timeout", len(self.pool.where), len(chains))
                 return
+            if not runs:  # only the coordinators' answers are outstanding
+                for outbox in chains:
+                    await outbox.delivered(min(remaining, SETTLE_POLL_S))
+                continue
+            self._idle.clear()
             try:
                 await asyncio.wait_for(self._idle.wait(), min(remaining, SETTLE_POLL_S))
             except TimeoutError:

@@ -317,3 +317,14 @@ def test_a_sequential_stretch_runs_step_after_step_with_no_round_trip(svengine: 
     assert [s[0].state for s in info.steps] == [TaskState.SUCCEEDED] + [TaskState.CANCELLED] * 3
     svengine.advance_time(1000)  # anything still due would run now
     assert runs(log) == ["ha", "hb"]  # hc and hd were handed over with ha, never begun
+
+
+def test_advance_time_settles_a_chains_later_steps_through_their_coordinator(svengine: Any) -> None:
+    """A step's success promotes the next through the chain's coordinator; advance_time
+    returned before its answer, so a parallel step (no hand-on to one executor) and the
+    steps after it were still BLOCKED after the call."""
+    chain = svengine.begin_with(step("va")).then([step("vb"), step("vc")]).then(step("vd")).with_id("v")
+    assert chain.enqueue() is ScheduleResult.SUCCESS
+    svengine.advance_time(1000)
+    assert [svengine.get_task_info(k).state for k in ("va", "vb", "vc", "vd")] == [TaskState.SUCCEEDED] * 4
+    assert svengine.get_chain_info("v").state is TaskState.SUCCEEDED
