@@ -17,12 +17,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import msgpack
 
 from kmpray import intake
+from kmpray.effects import Outcome
 from kmpray.engine import SchedulerCore
 from kmpray.enums import ScheduleResult
 from kmpray.errors import StoreWriteFailed
 from kmpray.protocol import RETRY_MARK
 from kmpray.store import SqliteTaskStore
 from kmpray.timing import INTAKE_SLICE
+from kmpray.validation import shown
 
 from .names import REGISTRY, lookup
 from .retry import call_with_retry
@@ -172,8 +174,7 @@ class SchedulerIntake:
         for item in items[start:end]:
             outcome = intake.submit(self.core, item)
             if outcome.result is not ScheduleResult.SUCCESS:
-                self.rejections.append((str(item.get("id")), outcome.result.value, outcome.reason or ""))
-                log.warning("enqueue %r: %s: %s", item.get("id"), outcome.result.value, outcome.reason)
+                self._rejected("enqueue", item.get("id"), outcome)
             part.append((outcome.result.value, outcome.reason))
         out += part
         self._answer(token if start == 0 or token is None else f"{token}{SLICE_MARK}{start}", part)
@@ -193,10 +194,18 @@ class SchedulerIntake:
         chain_id = payload.get("id")
         outcome = intake.submit_chain(self.core, payload)
         if outcome.result is not ScheduleResult.SUCCESS:
-            self.rejections.append((str(chain_id), outcome.result.value, outcome.reason or ""))
-            log.warning("chain %r: %s: %s", chain_id, outcome.result.value, outcome.reason)
+            self._rejected("chain", chain_id, outcome)
         self._answer(token, (outcome.result.value, outcome.reason))
         return await self._durable((outcome.result.value, outcome.reason), failed)
+
+    def _rejected(self, what: str, task_id: object, outcome: Outcome) -> None:
+        """A rejection, logged and kept for ``rejections()``: the id as sent if it could be
+        one (ids are at most ``max_id_length``), else cut (``shown``), never the whole of
+        a 100,000-character id in the log and in memory."""
+        text = str(task_id)
+        rid = text if len(text) <= self.core.config.max_id_length else shown(task_id)
+        self.rejections.append((rid, outcome.result.value, outcome.reason or ""))
+        log.warning("%s %s: %s: %s", what, shown(task_id), outcome.result.value, outcome.reason)
 
     async def _durable(self, answer: T, failed: Callable[[str], T]) -> T:
         """``answer`` once this turn's commit is durable, ``failed(reason)`` if it failed:

@@ -25,7 +25,7 @@ from .protocol import Cascade, Plan, Promote
 from .records import TaskRecord
 from .results import Failure, Success
 from .triggers import OneTime
-from .validation import check_id, check_input
+from .validation import check_id, check_input, shown
 
 if TYPE_CHECKING:
     from .core_protocol import Core
@@ -75,7 +75,7 @@ class ChainRules:
                     check_input(task.get("input"), self.config, f"step {n} input")
                     if not (self.is_registered(task["worker"]) or self.is_known(task["worker"])):
                         raise InvalidParameters(
-                            f"step {n} worker_class_name: {task['worker']!r} is not a registered worker"
+                            f"step {n} worker_class_name: {shown(task['worker'])} is not a registered worker"
                         )
             self._admit(total)
         except KmprayError as exc:

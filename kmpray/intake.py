@@ -17,6 +17,7 @@ from .engine import SchedulerCore
 from .enums import ExistingPolicy, ScheduleResult
 from .errors import InvalidParameters
 from .triggers import Trigger
+from .validation import shown
 
 log = logging.getLogger("kmpray.scheduler")
 T = TypeVar("T")
@@ -112,4 +113,4 @@ def _task(task: dict[str, Any]) -> dict[str, Any]:
     try:
         return {**task, "constraints": _constraints(task.get("constraints"))}
     except ValidationError as exc:
-        raise InvalidParameters(f"step task {task.get('id')!r}: {_invalid(exc, task)}") from None
+        raise InvalidParameters(f"step task {shown(task.get('id'))}: {_invalid(exc, task)}") from None

@@ -19,7 +19,7 @@ from .policies import Action, decide
 from .records import TaskRecord
 from .results import Success
 from .triggers import DEVICE_TRIGGER_KINDS, Periodic, Trigger
-from .validation import check_id, check_input, check_trigger
+from .validation import check_id, check_input, check_trigger, shown
 
 if TYPE_CHECKING:
     from .core_protocol import Core
@@ -46,7 +46,7 @@ class UniqueWork:
             check_input(input, self.config)
             check_trigger(trigger, constraints, self.platform, now, self.config)
             if not (self.is_registered(worker) or self.is_known(worker)):
-                raise InvalidParameters(f"worker_class_name: {worker!r} is not a registered worker")
+                raise InvalidParameters(f"worker_class_name: {shown(worker)} is not a registered worker")
             self._admit(1)
         except KmprayError as exc:
             return outcome_for(exc)

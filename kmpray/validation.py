@@ -18,6 +18,17 @@ from .triggers import ContentUri, Periodic, Trigger, Windowed
 _ID_RE = re.compile(r"^[^\x00-\x1f\x7f#]+$")
 
 
+def shown(value: object, limit: int = 80) -> str:
+    """``value``'s repr for a reason or a log line, cut after ``limit`` characters: a
+    rejected id, worker name or URI is echoed back, and one of 100,000 characters was,
+    whole, into the reason, the scheduler's log and its list of recent rejections."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = f"{len(value):,} characters" if isinstance(value, str) else f"{len(text):,} characters shown"
+    return f"{text[:limit]}… ({size})"
+
+
 def check_id(task_id: object, config: EngineConfig, field: str = "id") -> str:
     if not isinstance(task_id, str) or not task_id.strip():
         raise InvalidParameters(f"{field}: must be a non-empty string")
@@ -62,9 +73,11 @@ def check_output(data: object, config: EngineConfig) -> None:
 def check_uri(uri: str) -> None:
     parts = urlsplit(uri)
     if not parts.scheme or not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*$", parts.scheme):
-        raise InvalidParameters(f"trigger.uri_string: {uri!r} has no valid scheme (e.g. content:// or file://)")
+        raise InvalidParameters(
+            f"trigger.uri_string: {shown(uri)} has no valid scheme (e.g. content:// or file://)"
+        )
     if any(ch.isspace() for ch in uri):
-        raise InvalidParameters(f"trigger.uri_string: {uri!r} contains whitespace")
+        raise InvalidParameters(f"trigger.uri_string: {shown(uri)} contains whitespace")
 
 
 def check_trigger(

@@ -242,3 +242,21 @@ def test_a_bursts_repeated_constraints_are_validated_once_and_bad_ones_never_cac
            "constraints": {"requires_charging": 1}}
     assert intake.submit(h.core, one).result is ScheduleResult.SUCCESS
     assert h.core.latest("o").constraints.requires_charging is True  # type: ignore[union-attr]
+
+
+def test_a_huge_rejected_value_is_echoed_cut_not_whole() -> None:
+    """A 100,000-character worker name came back whole in the reason (and in the
+    scheduler's log and its list of rejections)."""
+    from kmpray.clock import ManualClock
+    from kmpray.engine import SchedulerCore
+    from kmpray.platforms import profile
+    from kmpray.validation import shown
+
+    core = SchedulerCore(ManualClock(0), profile("cluster"), is_registered=lambda name: name == "Ok")
+    out = core.submit("w", TaskTrigger.OneTime(), "W" * 100_000)
+    assert out.result is ScheduleResult.REJECTED_INVALID_PARAMS
+    assert out.reason is not None and len(out.reason) < 200
+    assert out.reason.startswith("worker_class_name: 'WWW")
+    assert "… (100,000 characters) is not a registered" in out.reason
+    assert shown("short") == "'short'"
+    assert shown("x" * 81) == "'" + "x" * 79 + "… (81 characters)"

@@ -248,6 +248,15 @@ def test_unknown_worker_and_bad_input_are_rejected_and_the_engine_keeps_serving(
         assert svengine.enqueue(**kwargs) is ScheduleResult.REJECTED_INVALID_PARAMS, kwargs["id"][:10]
         assert why in svengine.last_reason, (why, svengine.last_reason)
     assert any("NotRegistered" in reason for _id, _res, reason in svengine.rejections())
+    # A huge value is echoed cut: the reason, the log line and the rejection kept (in the
+    # scheduler's memory, 1,000 of them) held a 300,000-character id or worker name whole.
+    assert svengine.enqueue("huge-w", ONCE, "W" * 300_000) is ScheduleResult.REJECTED_INVALID_PARAMS
+    assert len(svengine.last_reason) < 200 and "(300,000 characters)" in svengine.last_reason
+    assert svengine.enqueue("i" * 300_000, ONCE, "Echo") is ScheduleResult.REJECTED_INVALID_PARAMS
+    kept = svengine.rejections(limit=2)
+    assert [len(rid) for rid, _res, _why in kept] == [len("huge-w"), len(kept[1][0])]
+    assert kept[1][0].endswith("… (300,000 characters)") and len(kept[1][0]) < 120
+    assert all(len(why) < 200 for _rid, _res, why in kept)
     assert not {t.id for t in svengine.list_tasks()} & {kw["id"] for kw, _why in cases}  # none was stored
     assert svengine.enqueue("fine", ONCE, "Echo") is ScheduleResult.SUCCESS
     assert svengine.wait("fine", timeout_s=30).state is TaskState.SUCCEEDED
