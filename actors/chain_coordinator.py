@@ -15,6 +15,7 @@ actions and late duplicate messages are harmless.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -25,7 +26,7 @@ from kmpray.timing import RESYNC_S
 
 from .names import SCHEDULER, lookup
 from .outbox import Outbox
-from .retry import call_with_retry
+from .retry import call_with_retry, said
 from .untraced import untrace
 
 log = logging.getLogger("kmpray.chains")
@@ -57,8 +58,11 @@ class ChainCoordinator:
             return  # a fresh engine: the scheduler does not exist yet, there is nothing to resync
         try:
             await self.resync()
-        except Exception:
-            log.exception("coordinator %d: resync after restart failed", self.index)
+        except Exception as exc:
+            if (why := said(exc)) is not None:  # e.g. the engine was stopped meanwhile: one line
+                log.warning("coordinator %d: resync after restart not done: %s", self.index, why)
+            else:
+                log.exception("coordinator %d: resync after restart failed", self.index)
 
     def _sched(self) -> Any:
         if self._scheduler is None:
@@ -97,7 +101,12 @@ class ChainCoordinator:
         asked_at = self.core.mark()
         snapshot = await call_with_retry(
             lambda: scheduler.chain_snapshot.remote(self.index, self.pool, ids), 120)
-        self._actions.add(self.core.resync(snapshot, asked_at, ids))
+        try:
+            self._actions.add(self.core.resync(snapshot, asked_at, ids))
+            await self._actions.delivered(120)
+        finally:  # virtual time's advance_time waits for this (actors/virtual_time.py)
+            with contextlib.suppress(Exception):
+                await scheduler.resynced.remote(self.index)
         return len(snapshot)
 
     async def _housekeeping(self) -> None:

@@ -160,6 +160,7 @@ class SchedulerActor(
         )
         self._coordinators: list[Any] = []
         self._chain_outboxes: list[Outbox[Message]] = []
+        self._resyncing: dict[int, float] = {}  # coordinator -> when its snapshot was answered
         self._local_chains: ChainCoordinatorCore | None = None  # chain_coordinators=0
         self._lane: LaneServer | None = None  # see _open_lane
         self._ready = asyncio.ensure_future(self._start())

@@ -7,6 +7,7 @@ attributes below are the actor's."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING, Any
 
 import ray
@@ -32,6 +33,8 @@ class SchedulerChains:
     _coordinators: list[Any]
     _chain_outboxes: list[Outbox[Message]]
     _local_chains: ChainCoordinatorCore | None
+    _resyncing: dict[int, float]
+    _idle: asyncio.Event
 
     if TYPE_CHECKING:  # SchedulerDispatch's
         def _pump(self) -> None: ...
@@ -107,8 +110,16 @@ class SchedulerChains:
         self._pump()
 
     async def chain_snapshot(self, index: int, pool: int, ids: list[str] | None = None) -> dict[str, Any]:
+        """For coordinator ``index``'s resync; its actions follow in a call of their own,
+        then ``resynced``: virtual time waits for them (``_resyncing``)."""
         await self._ready
+        self._resyncing[index] = time.monotonic()
         return self.core.chain_snapshot(index, pool, ids)
+
+    async def resynced(self, index: int) -> None:
+        """Coordinator ``index`` delivered what its last snapshot implied (or nothing)."""
+        self._resyncing.pop(index, None)
+        self._idle.set()  # advance_time's settle looks again
 
     async def wait_chain(self, chain_id: str, timeout_s: float | None) -> dict[str, Any] | None:
         await self._ready

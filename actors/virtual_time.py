@@ -17,7 +17,7 @@ from kmpray.driver import step_through
 from kmpray.engine import SchedulerCore
 from kmpray.errors import VirtualTimeOnly
 from kmpray.store import SqliteTaskStore
-from kmpray.timing import SETTLE_POLL_S
+from kmpray.timing import RESYNC_WAIT_S, SETTLE_POLL_S
 
 from .executor_pool import ExecutorPool
 from .heavy_pool import HeavyPool
@@ -38,6 +38,7 @@ class VirtualTime:
     _ready: asyncio.Future[None]
     _events: Outbox[tuple[int | None, bytes]]
     _chain_outboxes: list[Outbox[Message]]
+    _resyncing: dict[int, float]
 
     if TYPE_CHECKING:  # SchedulerDispatch's
         def _pump(self) -> None: ...
@@ -72,18 +73,25 @@ class VirtualTime:
         coordinator: a step's success promotes the next step only through its coordinator's
         answer (which pumps what it made ready), so until session 45 ``advance_time``
         returned with a chain's later steps still BLOCKED whenever a step ran alone (a
-        parallel step, a gated one), and the state after the call depended on timing."""
+        parallel step, a gated one), and the state after the call depended on timing.
+        Nor while a coordinator resyncs (``_resyncing``): the engine's first chain starts
+        the coordinators, and their first snapshot may promote its step before (or
+        instead of) the reply does (1 to 2 fresh engines in 25 were left so)."""
         while True:
             runs = bool(self.pool.where or self.heavy.where or self.core.ready_count())
             chains = [outbox for outbox in self._chain_outboxes if outbox.busy]
-            if not runs and not chains:
+            # A coordinator's resync (its first start, with the engine's first chain) answers
+            # in a call of its own, not as a reply: it too may promote a step.
+            since = time.monotonic() - RESYNC_WAIT_S
+            resyncing = any(at > since for at in self._resyncing.values())
+            if not runs and not chains and not resyncing:
                 return
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 log.warning("advance_time: %d runs still in flight, %d chain coordinators not answered after "
                             "the settle timeout", len(self.pool.where), len(chains))
                 return
-            if not runs:  # only the coordinators' answers are outstanding
+            if not runs and chains:  # the coordinators' answers are outstanding
                 for outbox in chains:
                     await outbox.delivered(min(remaining, SETTLE_POLL_S))
                 continue

@@ -118,6 +118,10 @@ CANCEL_ACK_TIMEOUT_S = 5.0
 #: Each coordinator re-reads its chains from the scheduler this often (a lost message or
 #: a restart on either side converges within one period).
 RESYNC_S = 30.0
+#: ``advance_time`` waits for a coordinator's resync (its snapshot answered, its actions
+#: not yet delivered) at most this long after the snapshot: one that died half-way is not
+#: waited for again (actors/virtual_time.py).
+RESYNC_WAIT_S = 10.0
 
 # ---- ConstraintOracle (actors/constraint_oracle.py); its interval is EngineConfig.probe_interval_s
 #: One node's device-state probe may take this long before its last state is kept.
