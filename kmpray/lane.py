@@ -109,6 +109,25 @@ def sock_address(address: str) -> str:
     return "\0" + address[1:] if address.startswith("@") else address
 
 
+def connected(address: str, timeout_s: float) -> socket.socket:
+    """A non-blocking socket connected to ``address`` (a Unix connect completes at once or
+    fails), for ``asyncio.open_unix_connection(sock=)``. Not left to the event loop: Ray
+    runs every actor on uvloop whenever it is installed, and uvloop's
+    ``open_unix_connection`` refuses an abstract-namespace address (EINVAL; its
+    ``start_unix_server`` and ``sock_connect`` take one). Until session 45 every executor's
+    report lane, and with it the submits pushed down it, was off on such a machine,
+    silently: Ray's calls carried everything."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout_s)
+        sock.connect(sock_address(address))
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 def connect(address: str, secret: bytes, timeout_s: float) -> socket.socket:
     """A blocking connection that passed the hello (raises OSError or FrameError)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -22,6 +22,10 @@ def ray_session() -> Iterator[Any]:
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # The actors on asyncio's own loop, as on a machine without uvloop: the test extras
+    # install it (for tests/core/test_lane.py), and Ray would run every actor on it. Set
+    # RAY_USE_UVLOOP=1 to run the suite on uvloop (session 45: all passed there too).
+    os.environ.setdefault("RAY_USE_UVLOOP", "0")
     if not ray.is_initialized():
         # address="local": always a fresh instance, never a cluster left running on the machine.
         # Metrics reach the agent every 2 s, not Ray's 10 s: test_metrics waits for them.

@@ -8,11 +8,12 @@ import asyncio
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from kmpray.actors.lane import LaneServer
+from kmpray.actors.report_lane import LaneReports
 
 from kmpray.client import lane as client_lane
 from kmpray.client.lane import Lane, LaneDown
@@ -33,9 +34,9 @@ from kmpray.lane import (
 class Served:
     """A LaneServer in its own loop thread; ``applied`` lists what its methods received."""
 
-    def __init__(self) -> None:
+    def __init__(self, new_loop: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop) -> None:
         self.applied: list[Any] = []
-        self.loop = asyncio.new_event_loop()
+        self.loop = new_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
 
@@ -219,6 +220,44 @@ def test_async_calls_from_two_event_loops(served: Served) -> None:
         answer = asyncio.run(lane.call_async("enqueue_many", [[{"id": tag}], tag], 5))
         assert answer == [["SUCCESS", None]]
     assert served.server.accepted == before
+
+
+def test_the_lane_serves_and_is_called_on_uvloop_too() -> None:
+    """Ray runs every actor on uvloop when it is installed (common beside web stacks), and
+    uvloop's open_unix_connection refuses an abstract-namespace address (EINVAL): every
+    executor's report lane (and the submits pushed down it) was off on such a machine,
+    silently (Ray's calls carried it all). Its socket is now connected by kmpray/lane.py
+    and handed to the loop. The scheduler's server and the clients' calls worked there."""
+    import uvloop
+
+    served = Served(uvloop.new_event_loop)  # the scheduler's loop
+    try:
+        assert served.server.address.startswith("@")  # the abstract namespace, as before
+        lane = _lane(served.info())
+
+        async def three() -> list[Any]:
+            calls = (lane.call_async("enqueue_many", [[{"id": f"u{i}"}], f"u{i}"], 5) for i in range(3))
+            return list(await asyncio.gather(*calls))
+
+        assert uvloop.run(three()) == [[["SUCCESS", None]]] * 3  # a client on uvloop
+        assert sorted(token for _items, token in served.applied) == ["u0", "u1", "u2"]
+        assert lane.call("enqueue_many", [[{"id": "sync"}], "sync"], 5) == [["SUCCESS", None]]
+
+        async def reports_connect() -> bool:  # an executor's report lane, on uvloop
+            async def fetch() -> dict[str, Any]:
+                return served.info()
+
+            lane = LaneReports(fetch, "here", lambda _answer, _batch: None, lambda _batch: None)
+            lane.connect_soon()
+            assert lane._connecting is not None
+            await lane._connecting
+            connected = lane._writer is not None
+            lane.close()
+            return connected
+
+        assert uvloop.run(reports_connect())  # was refused: EINVAL, and its runs went through Ray
+    finally:
+        served.stop()
 
 
 def test_a_wrong_secret_is_refused_and_nothing_is_applied(served: Served) -> None:
