@@ -158,22 +158,23 @@ def test_an_answer_is_read_whole_in_pieces_and_one_frame_at_a_time() -> None:
 
 
 async def _read_async(sock: socket.socket) -> Any:
-    return await client_lane._read_frame_async(asyncio.get_running_loop(), sock)
+    """An answer as the async client reads it (an AsyncConn over ``sock``)."""
+    reader, writer = await asyncio.open_unix_connection(sock=sock)
+    conn = client_lane.AsyncConn(asyncio.get_running_loop(), sock, reader, writer)
+    try:
+        return [await conn.read(), await conn.read()]
+    finally:
+        writer.close()
 
 
-def test_the_async_read_takes_the_same_frames() -> None:
+def test_the_async_read_takes_the_same_frames_one_at_a_time() -> None:
     a, b = socket.socketpair()
     a.setblocking(False)
     try:
-        b.sendall(pack(["ok", 2]))
-        assert asyncio.run(_read_async(a)) == ["ok", 2]
-        big = pack(["big", "y" * 100_000])  # over the first read, under the socket's buffer
-        b.sendall(big[:2])
+        big = pack(["big", "y" * 100_000])  # over the socket's first read
+        b.sendall(pack(["ok", 2]) + big[:2])  # one frame and a piece of the next together
         b.sendall(big[2:])
-        assert asyncio.run(_read_async(a)) == ["big", "y" * 100_000]
-        b.sendall(pack(1) + pack(2))
-        with pytest.raises(FrameError, match="more than one frame"):
-            asyncio.run(_read_async(a))
+        assert asyncio.run(_read_async(a)) == [["ok", 2], ["big", "y" * 100_000]]
     finally:
         a.close()
         b.close()
@@ -212,14 +213,20 @@ def test_async_calls_from_two_event_loops(served: Served) -> None:
         return list(await asyncio.gather(*calls))
 
     assert asyncio.run(three("a")) == [[["SUCCESS", None]]] * 3
-    assert asyncio.run(three("b")) == [[["SUCCESS", None]]] * 3  # idle connections belong to no loop
+    assert asyncio.run(three("b")) == [[["SUCCESS", None]]] * 3  # a new loop: connections of its own
     assert sorted(token for _items, token in served.applied) == ["a0", "a1", "a2", "b0", "b1", "b2"]
-    assert served.server.accepted <= 3  # at most one connection per call in flight, reused by the next loop
+    assert served.server.accepted <= 6  # at most one connection per call in flight, per loop
+    loops = {conn.loop for conn in lane._idle_async}  # "a"'s were let go by "b"'s first call
+    assert len(loops) == 1 and all(loop.is_closed() for loop in loops)  # "b"'s, kept until a call comes
+
+    async def one_by_one(tags: str) -> None:  # one loop, calls one after another: one connection
+        for tag in tags:
+            assert await lane.call_async("enqueue_many", [[{"id": tag}], tag], 5) == [["SUCCESS", None]]
+
     before = served.server.accepted
-    for tag in ("c", "d"):  # one call at a time, each in a new loop: one connection serves them all
-        answer = asyncio.run(lane.call_async("enqueue_many", [[{"id": tag}], tag], 5))
-        assert answer == [["SUCCESS", None]]
-    assert served.server.accepted == before
+    asyncio.run(one_by_one("cde"))
+    assert served.server.accepted == before + 1
+    assert len(lane._idle_async) == 1  # the closed loops' connections were let go on the way
 
 
 def test_the_lane_serves_and_is_called_on_uvloop_too() -> None:
