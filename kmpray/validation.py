@@ -70,14 +70,12 @@ def check_output(data: object, config: EngineConfig) -> None:
         )
 
 
-def check_uri(uri: str) -> None:
+def check_uri(uri: str, field: str = "trigger.uri_string") -> None:
     parts = urlsplit(uri)
     if not parts.scheme or not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*$", parts.scheme):
-        raise InvalidParameters(
-            f"trigger.uri_string: {shown(uri)} has no valid scheme (e.g. content:// or file://)"
-        )
+        raise InvalidParameters(f"{field}: {shown(uri)} has no valid scheme (e.g. content:// or file://)")
     if any(ch.isspace() for ch in uri):
-        raise InvalidParameters(f"trigger.uri_string: {shown(uri)} contains whitespace")
+        raise InvalidParameters(f"{field}: {shown(uri)} contains whitespace")
 
 
 def check_trigger(

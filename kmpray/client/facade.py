@@ -30,6 +30,7 @@ from ..platforms import profile
 from ..shards import SHARD_SEP, merge_status, shard_of
 from ..timing import CALL_TIMEOUT_S, LANE_CONNECT_TIMEOUT_S
 from ..triggers import Trigger
+from ..validation import check_uri
 from ..worker import LOCAL_WORKERS, check_worker_class
 from . import live, outputs, remote
 from .coalesce import AsyncCoalescer, Coalescer
@@ -373,9 +374,12 @@ class BackgroundTaskScheduler(Waiting, Routing):
         _ray().get(self._oracle.clear_overrides.remote(), timeout=CALL_TIMEOUT_S)
 
     def notify_content_change(self, uri: str) -> int:
-        """A content change for ContentUri triggers; returns how many tasks it fired."""
+        """A content change for ContentUri triggers; returns how many tasks it fired. A URI
+        no trigger could take (no scheme, whitespace) raises naming ``uri``: it fired
+        nothing, silently (``"media/images/42"`` for ``"content://media/images/42"``)."""
         if not isinstance(uri, str) or not uri:
             raise InvalidParameters("uri: must be a non-empty string")
+        check_uri(uri, "uri")
         return sum(int(n) for n in self._each("fire", "content_uri", uri))
 
     def status(self) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from kmpray import Constraints, EngineConfig, QualityOfService, TaskState, TaskTrigger
+from kmpray import Constraints, EngineConfig, InvalidParameters, QualityOfService, TaskState, TaskTrigger
 
 from .helpers import blocks_input, next_completion, until
 from .workers import register_all
@@ -68,6 +68,8 @@ def test_content_uri_fires_on_notify_and_on_real_file_changes(vengine: Any, tmp_
     sub = vengine.events.subscribe()
     assert vengine.notify_content_change(uri + "synthesis/x") == 0
     assert vengine.notify_content_change(uri + "/a.jpg") == 1
+    with pytest.raises(InvalidParameters, match=r"uri: .media/photos/a.jpg. has no valid scheme"):
+        vengine.notify_content_change("media/photos/a.jpg")  # fired nothing, silently
     next_completion(sub, "photos")
     assert vengine.get_task_info("photos").run_count == 1
     import time
