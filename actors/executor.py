@@ -24,6 +24,7 @@ import ray
 import kmpray.events
 from kmpray.artifacts import ArtifactDir, has_descriptors
 from kmpray.client.here import warm
+from kmpray.clock import sleep_until
 from kmpray.config import EngineConfig
 from kmpray.progress import LazyThrottle, ProgressThrottle
 from kmpray.protocol import Began, Done, Fence, Holding, Misaddressed, Ping, Progress, Run, RunKey, Stored, Taken
@@ -345,7 +346,7 @@ class ExecutorBase(StepData, Reporting, Cancelling, WorkerClasses):
         key = (key_, run_id)
         try:
             if start_at_ms is not None:  # its due time, on this node's clock; no slot held meanwhile
-                await asyncio.sleep(max(0.0, start_at_ms / 1000 - time.time()))
+                await sleep_until(start_at_ms / 1000)  # never before it
             if not self._slots.take():  # a free slot without awaiting (actors/slots.py)
                 await self._slots.wait()
             try:

@@ -13,18 +13,20 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from kmpray.timing import MIN_TIMER_S
+
 from .load_plan import EXACT_LEAD_MS
 
 # send(kinds, indexes, intended_ms) -> per operation (error or "", due_ms): "" when the
 # engine accepted it. One call: one operation, or a batch (see OpenLoop's window_ms).
 Send = Callable[[list[str], list[int], list[float]], Awaitable[list[tuple[str, float]]]]
 BATCHABLE = frozenset({"one-time", "heavy", "gated", "exact", "periodic"})  # one enqueue_many call
-#: The shortest wait of the pacing. asyncio's loop waits at least ~1 ms anyway (its selector
-#: takes whole milliseconds, rounded up); uvloop's timers round a shorter one down to 0, so
-#: at thousands of sends a second the pacing spun until each send was due: 167 µs of the
-#: generator's CPU per operation against 15 on asyncio (session 45), on every machine with
-#: uvloop installed (Ray runs the LoadClient actors on it).
-MIN_SLEEP_S = 0.001
+#: The shortest wait of the pacing (kmpray.timing's MIN_TIMER_S). asyncio's loop waits at
+#: least ~1 ms anyway (its selector takes whole milliseconds, rounded up); uvloop's timers
+#: round a shorter one down to 0, so at thousands of sends a second the pacing spun until
+#: each send was due: 167 µs of the generator's CPU per operation against 15 on asyncio
+#: (session 45), on every machine with uvloop installed (Ray runs the LoadClient actors on it).
+MIN_SLEEP_S = MIN_TIMER_S
 
 
 class OpenLoop:

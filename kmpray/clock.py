@@ -8,11 +8,24 @@ import threading
 import time
 from typing import Protocol
 
+from .timing import MIN_TIMER_S
+
 ONE_SECOND = 1_000
 ONE_MINUTE = 60 * ONE_SECOND
 FIFTEEN_MINUTES = 15 * ONE_MINUTE
 ONE_HOUR = 60 * ONE_MINUTE
 ONE_DAY = 24 * ONE_HOUR
+
+
+async def sleep_until(epoch_s: float) -> None:
+    """Until the wall clock reaches ``epoch_s``, never before: each wait at least
+    ``MIN_TIMER_S``. uvloop (Ray runs every actor on it when it is installed) rounds a
+    shorter timer down to 0, and one ``asyncio.sleep`` of what was left began Exact runs
+    up to ~0.9 ms before their due time (session 45)."""
+    import asyncio
+
+    while (wait := epoch_s - time.time()) > 0:
+        await asyncio.sleep(max(wait, MIN_TIMER_S))
 
 
 def deadline_after(timeout_s: float | None, name: str = "timeout_s") -> float | None:

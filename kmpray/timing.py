@@ -41,6 +41,11 @@ EVICT_CHUNKS = 200
 #: calls, reports and timers in between. Taken whole, 300,000 gated items held it over
 #: 6 s (Exact timers due meanwhile ran 2.9-6.3 s late; now <= 0.18 s); a slice is ~10-40 ms.
 INTAKE_SLICE = 1_000
+#: The shortest timer an actor sets to wait for an instant. uvloop (which Ray runs every
+#: actor on when it is installed) rounds a shorter one down to 0: an executor's wait for a
+#: run's due time then ended at once, and Exact tasks began up to ~0.9 ms before their due
+#: time (session 45); asyncio's own loop rounds up to whole milliseconds by itself.
+MIN_TIMER_S = 0.001
 #: One pump turn fires at most this many due timers, and passes over at most this many
 #: ready runs it cannot hand out (gated, parked, failed at the gate); the loop comes back
 #: for the rest after serving what waits (engine.py ``turn_budget``, real time only). A

@@ -130,3 +130,28 @@ def test_virtual_time_and_a_core_without_a_budget_take_a_due_instant_whole(h: Ha
         h.core.submit(f"t{k}", TaskTrigger.Exact(START), "Ok")
     cuts, handed = _turns(h)
     assert cuts == [False] and len(handed[0]) == 50
+
+
+def test_sleep_until_never_wakes_before_its_instant_on_uvloop_or_asyncio() -> None:
+    """An executor waits for a run's due time with it. One ``asyncio.sleep`` of what was
+    left woke early on uvloop (which rounds a sub-millisecond timer down to 0): Exact runs
+    began up to ~0.9 ms before their due time wherever uvloop is installed."""
+    import asyncio
+    import random
+    import time
+
+    import uvloop
+
+    from kmpray.clock import sleep_until
+
+    async def early_wakes() -> list[float]:
+        rng, early = random.Random(7), []
+        for _ in range(150):
+            target = time.time() + rng.uniform(0.0, 0.002)
+            await sleep_until(target)
+            if (woke := time.time()) < target:
+                early.append(target - woke)
+        return early
+
+    assert uvloop.run(early_wakes()) == []
+    assert asyncio.run(early_wakes()) == []
