@@ -309,7 +309,7 @@ class SchedulerCore(UniqueWork, Restoring, ChainRules, Conditions, Explaining, R
         self._passed_left -= 1
         if self._passed_left > 0:
             return False
-        self.turn_cut = self.ready_count() > 0
+        self.turn_cut = self.turn_cut or self.ready_count() > 0  # (or tick's timers left)
         return True
 
     def _run_base(self, rec: TaskRecord) -> int:

@@ -124,6 +124,23 @@ def test_runs_set_aside_count_against_the_budget_and_dispatchable_ones_do_not() 
     assert "due, but no node satisfies its constraints" in (h.core.explain("gated4") or "")
 
 
+def test_a_turn_cut_by_its_timers_stays_cut_when_its_set_aside_runs_use_up_the_rest() -> None:
+    """Both budgets spent in one turn: the timers left due keep it cut (``pump`` says so,
+    the actor comes back at once) although no run is left ready."""
+    from kmpray.device import DeviceState
+    from kmpray.driver import pump
+
+    h = Harness("android")
+    h.core.set_devices({"n1": DeviceState(charging=False)})
+    gate = Constraints(requires_charging=True)
+    for k in range(6):
+        h.core.submit(f"g{k}", TaskTrigger.Exact(START + k), "Ok", constraints=gate)
+    h.clock.set(START + 10)
+    h.core.turn_budget = 3
+    assert pump(h.core, lambda: (10, 10), lambda b: True) is True  # 3 fired, 3 set aside, 3 due
+    assert h.core.ready_count() == 0
+
+
 def test_virtual_time_and_a_core_without_a_budget_take_a_due_instant_whole(h: Harness) -> None:
     assert h.core.turn_budget is None  # a ManualClock: virtual time finishes each due instant
     for k in range(50):
