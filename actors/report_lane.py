@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from kmpray.lane import EXECUTOR, REPORT, FrameError, connected, pack, read_stream_frame
+from kmpray.lane import EXECUTOR, REPORT, FrameError, open_stream, pack, read_stream_frame
 from kmpray.protocol import Began, Done, Progress
 from kmpray.timing import LANE_CONNECT_TIMEOUT_S, LANE_LOST_RECHECK_S, LANE_NONE_RECHECK_S
 
@@ -156,15 +156,10 @@ class LaneReports:
                 if info is None or info.get("node") != self._node:
                     self._next_check = time.monotonic() + LANE_NONE_RECHECK_S
                     return
-                reader, writer = await asyncio.open_unix_connection(
-                    sock=connected(info["address"], LANE_CONNECT_TIMEOUT_S))
-                writer.write(pack(info["secret"]))
-                hello = await read_stream_frame(reader)
-            if not (isinstance(hello, list) and hello and hello[0] is True):
-                writer.close()
-                return
-        except Exception:  # Ray unreachable, the scheduler restarting, no lane: Ray's calls carry it
-            return
+                _sock, reader, writer = await open_stream(info["address"], info["secret"],
+                                                          LANE_CONNECT_TIMEOUT_S)
+        except Exception:  # Ray unreachable, the scheduler restarting, no lane (or a refused
+            return  # hello): Ray's calls carry it
         finally:
             self._connecting = None
         self._writer = writer

@@ -109,19 +109,12 @@ def sock_address(address: str) -> str:
     return "\0" + address[1:] if address.startswith("@") else address
 
 
-def connected(address: str, timeout_s: float) -> socket.socket:
-    """A non-blocking socket connected to ``address`` (a Unix connect completes at once or
-    fails), for ``asyncio.open_unix_connection(sock=)``. Not left to the event loop: Ray
-    runs every actor on uvloop whenever it is installed, and uvloop's
-    ``open_unix_connection`` refuses an abstract-namespace address (EINVAL; its
-    ``start_unix_server`` and ``sock_connect`` take one). Until session 45 every executor's
-    report lane, and with it the submits pushed down it, was off on such a machine,
-    silently: Ray's calls carried everything."""
+def _dial(address: str, timeout_s: float) -> socket.socket:
+    """A blocking socket connected to ``address``, its connect bounded by ``timeout_s``."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.settimeout(timeout_s)
         sock.connect(sock_address(address))
-        sock.setblocking(False)
     except BaseException:
         sock.close()
         raise
@@ -130,10 +123,8 @@ def connected(address: str, timeout_s: float) -> socket.socket:
 
 def connect(address: str, secret: bytes, timeout_s: float) -> socket.socket:
     """A blocking connection that passed the hello (raises OSError or FrameError)."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = _dial(address, timeout_s)
     try:
-        sock.settimeout(timeout_s)
-        sock.connect(sock_address(address))
         sock.sendall(pack(secret))
         ok, _ = read_frame(sock)
         if ok is not True:
@@ -142,6 +133,34 @@ def connect(address: str, secret: bytes, timeout_s: float) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+async def open_stream(
+    address: str, secret: bytes, timeout_s: float
+) -> tuple[socket.socket, asyncio.StreamReader, asyncio.StreamWriter]:
+    """An asyncio stream connection that passed the hello (raises OSError, FrameError or
+    EOFError), with its socket. The socket is connected here and handed to the loop, not
+    connected by the loop: Ray runs every actor on uvloop whenever it is installed, and
+    uvloop's ``open_unix_connection`` refuses an abstract-namespace address (EINVAL; its
+    ``start_unix_server`` and ``sock_connect`` take one). Until session 45 every executor's
+    report lane, and with it the submits pushed down it, was off on such a machine,
+    silently: Ray's calls carried everything."""
+    sock = _dial(address, timeout_s)
+    try:
+        sock.setblocking(False)
+        reader, writer = await asyncio.open_unix_connection(sock=sock)
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        writer.write(pack(secret))
+        hello = await read_stream_frame(reader)
+        if not (isinstance(hello, list) and hello and hello[0] is True):
+            raise FrameError("the lane refused the hello")
+    except BaseException:
+        writer.close()
+        raise
+    return sock, reader, writer
 
 
 def kernel_timeouts(sock: socket.socket, timeout_s: float) -> None:

@@ -21,15 +21,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..lane import (
-    HEADER,
     FrameError,
-    body_size,
     connect,
-    connected,
     kernel_timeouts,
+    open_stream,
     pack,
     read_frame,
-    unpack,
+    read_stream_frame,
 )
 from ..timing import LANE_CONNECT_TIMEOUT_S, LANE_LOST_RECHECK_S, LANE_NONE_RECHECK_S
 from .remote import let_go_in_forked_child
@@ -187,7 +185,7 @@ class Lane:
                 conn.writer.write(frame)
                 if conn.writer.transport.get_write_buffer_size():  # a large frame: not all sent yet
                     await conn.writer.drain()
-                answer = await conn.read()
+                answer = await read_stream_frame(conn.reader)
         except BaseException as exc:
             if conn is not None:
                 conn.close()
@@ -230,9 +228,8 @@ def _frame(method: str, args: list[Any]) -> bytes:
 
 
 class AsyncConn:
-    """One stream connection to the lane, of the event loop that opened it: one request and
-    one answer at a time. Its socket is connected here, not by the loop (kmpray/lane.py
-    ``connected``: uvloop's ``open_unix_connection`` refuses an abstract address)."""
+    """One stream connection to the lane (kmpray/lane.py ``open_stream``), of the event
+    loop that opened it: one request and one answer at a time."""
 
     __slots__ = ("loop", "reader", "sock", "writer")
 
@@ -242,27 +239,8 @@ class AsyncConn:
 
     @classmethod
     async def open(cls, info: Info, timeout_s: float) -> AsyncConn:
-        sock = connected(info["address"], timeout_s)
-        try:
-            reader, writer = await asyncio.open_unix_connection(sock=sock)
-        except BaseException:
-            sock.close()
-            raise
-        conn = cls(asyncio.get_running_loop(), sock, reader, writer)
-        try:
-            writer.write(pack(info["secret"]))
-            if (await conn.read())[0] is not True:
-                raise FrameError("the lane refused the hello")
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    async def read(self) -> Any:
-        """One answer: its header, then its body (both from the stream's buffer when they
-        came together)."""
-        size = body_size(await self.reader.readexactly(HEADER.size))
-        return unpack(await self.reader.readexactly(size))
+        sock, reader, writer = await open_stream(info["address"], info["secret"], timeout_s)
+        return cls(asyncio.get_running_loop(), sock, reader, writer)
 
     def close(self) -> None:
         """From any thread: by its loop if that still runs (its selector forgets the socket

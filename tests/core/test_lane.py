@@ -26,6 +26,7 @@ from kmpray.lane import (
     kernel_timeouts,
     pack,
     read_frame,
+    read_stream_frame,
     sock_address,
     unpack,
 )
@@ -158,11 +159,10 @@ def test_an_answer_is_read_whole_in_pieces_and_one_frame_at_a_time() -> None:
 
 
 async def _read_async(sock: socket.socket) -> Any:
-    """An answer as the async client reads it (an AsyncConn over ``sock``)."""
+    """Two answers as the async client reads them (``read_stream_frame`` over ``sock``)."""
     reader, writer = await asyncio.open_unix_connection(sock=sock)
-    conn = client_lane.AsyncConn(asyncio.get_running_loop(), sock, reader, writer)
     try:
-        return [await conn.read(), await conn.read()]
+        return [await read_stream_frame(reader), await read_stream_frame(reader)]
     finally:
         writer.close()
 
