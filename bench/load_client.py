@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from kmpray.timing import MIN_TIMER_S
+from kmpray.clock import sleep_until
 
 from .load_plan import EXACT_LEAD_MS
 
@@ -21,12 +21,6 @@ from .load_plan import EXACT_LEAD_MS
 # engine accepted it. One call: one operation, or a batch (see OpenLoop's window_ms).
 Send = Callable[[list[str], list[int], list[float]], Awaitable[list[tuple[str, float]]]]
 BATCHABLE = frozenset({"one-time", "heavy", "gated", "exact", "periodic"})  # one enqueue_many call
-#: The shortest wait of the pacing (kmpray.timing's MIN_TIMER_S). asyncio's loop waits at
-#: least ~1 ms anyway (its selector takes whole milliseconds, rounded up); uvloop's timers
-#: round a shorter one down to 0, so at thousands of sends a second the pacing spun until
-#: each send was due: 167 µs of the generator's CPU per operation against 15 on asyncio
-#: (session 45), on every machine with uvloop installed (Ray runs the LoadClient actors on it).
-MIN_SLEEP_S = MIN_TIMER_S
 
 
 class OpenLoop:
@@ -142,8 +136,11 @@ class OpenLoop:
                 # pacing the open loop to its schedule (a batch leaves when its last one is due)
                 # and never before it (a send ahead of its intended time would make its corrected
                 # latency smaller than its uncorrected one)
-                while (wait_s := intended_ms[batch[-1]] / 1000 - time.time()) > 0:
-                    await asyncio.sleep(max(wait_s, MIN_SLEEP_S))
+                # (kmpray.clock.sleep_until: never a wait under 1 ms. uvloop, which Ray runs the
+                # LoadClient actors on when it is installed, rounds a shorter timer down to 0,
+                # and until session 45 this pacing spun there until each send was due: 167 µs
+                # of the generator's CPU per operation against 15 on asyncio's loop)
+                await sleep_until(intended_ms[batch[-1]] / 1000)
                 capped = room.locked()
                 await room.acquire()
                 now = time.time() * 1000

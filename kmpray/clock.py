@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import numbers
 import threading
@@ -22,8 +23,6 @@ async def sleep_until(epoch_s: float) -> None:
     ``MIN_TIMER_S``. uvloop (Ray runs every actor on it when it is installed) rounds a
     shorter timer down to 0, and one ``asyncio.sleep`` of what was left began Exact runs
     up to ~0.9 ms before their due time (session 45)."""
-    import asyncio
-
     while (wait := epoch_s - time.time()) > 0:
         await asyncio.sleep(max(wait, MIN_TIMER_S))
 
