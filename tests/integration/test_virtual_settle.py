@@ -87,8 +87,11 @@ def test_a_chain_message_on_its_way_is_waited_for_and_the_runs_its_reply_makes()
         reply = Reply(host)
         host._chain_outboxes = [reply]  # type: ignore[list-item]
         settle = asyncio.ensure_future(host._settle(time.monotonic() + 30))
-        while reply.busy:
+        for _ in range(400):  # bounded: 2 s for a reply the settle asks for at once
+            if not reply.busy:
+                break
             await asyncio.sleep(0.005)
+        assert not reply.busy, "the settle never waited for the chain outbox"
         await _turns(settle)  # the reply's run is in flight
         host.pool.where.clear()
         host._idle.set()
