@@ -50,6 +50,10 @@ class FileCompressionWorker(CommonWorker):
             return Failure(f"inputPath: {cfg.input_path!r} does not exist")
         if source.is_dir() and (target == source or source in target.parents):
             return Failure("outputPath: must not be inside the directory being compressed")
+        if target == source:  # (paths resolved: a link to the input is the input) the zip
+            # opened for writing truncated the file it was about to read: a Success with an
+            # empty member, the original gone
+            return Failure(f"outputPath: {cfg.output_path!r} is the input file itself; the zip would overwrite it")
         # The files and the zip in a thread: zipping gigabytes held the executor's event
         # loop (every other run there) until session 41.
         return await asyncio.to_thread(_compress, source, target, cfg, base_dir(config), ctx)

@@ -53,3 +53,18 @@ def test_the_zipping_runs_off_the_event_loop(tmp_path: Path) -> None:
     done, loop_thread = _run(base, {"inputPath": "src"}, progress)
     assert isinstance(done, Success) and done.data["originalSize"] == 3000
     assert len(progress) == 3 and loop_thread not in progress  # reported from the zipping thread
+
+
+def test_an_output_path_that_is_the_input_file_is_refused_and_the_file_kept(tmp_path: Path) -> None:
+    """``outputPath`` naming the input file (itself or through a link) opened the zip for
+    writing over it before reading it: the run reported Success and the zip held an empty
+    member, the original gone (found touring, session 46)."""
+    (tmp_path / "a.txt").write_text("precious data")
+    (tmp_path / "link.txt").symlink_to(tmp_path / "a.txt")
+    for out in ("a.txt", str(tmp_path / "a.txt"), "link.txt"):
+        refused, _ = _run(tmp_path, {"inputPath": "a.txt", "outputPath": out, "deleteOriginal": True})
+        assert isinstance(refused, Failure), refused
+        assert refused.message == f"outputPath: {out!r} is the input file itself; the zip would overwrite it"
+        assert (tmp_path / "a.txt").read_text() == "precious data"
+    done, _ = _run(tmp_path, {"inputPath": "a.txt", "outputPath": "a.zip"})
+    assert isinstance(done, Success) and zipfile.ZipFile(tmp_path / "a.zip").read("a.txt") == b"precious data"
