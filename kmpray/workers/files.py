@@ -53,7 +53,8 @@ class FileCompressionWorker(CommonWorker):
         if target == source:  # (paths resolved: a link to the input is the input) the zip
             # opened for writing truncated the file it was about to read: a Success with an
             # empty member, the original gone
-            return Failure(f"outputPath: {cfg.output_path!r} is the input file itself; the zip would overwrite it")
+            return Failure(f"outputPath: {cfg.output_path!r} is the input file itself; "
+                           "the zip would overwrite it")
         # The files and the zip in a thread: zipping gigabytes held the executor's event
         # loop (every other run there) until session 41.
         return await asyncio.to_thread(_compress, source, target, cfg, base_dir(config), ctx)
