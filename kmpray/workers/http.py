@@ -184,13 +184,20 @@ async def _send(
 
     try:
         async with client:
-            response = await client.request(method, url, **kwargs)
+            async with client.stream(method, url, **kwargs) as response:
+                failed = _status_failure(response.status_code, url)
+                if failed is not None:
+                    return failed
+                # counted as it arrives: the body itself is never wanted, and reading it
+                # whole (response.content) took a large answer into the executor's memory
+                length = 0
+                async for chunk in response.aiter_bytes():
+                    length += len(chunk)
     except (httpx.TimeoutException, httpx.TransportError) as exc:
         return _transport_failure(exc, url)
     except ConfigError as exc:  # a hop the config does not allow (_guard)
         return Failure(str(exc))
-    failed = _status_failure(response.status_code, url)
-    return failed if failed is not None else (response.status_code, len(response.content))
+    return response.status_code, length
 
 
 async def _request(

@@ -49,6 +49,15 @@ class Handler(BaseHTTPRequestHandler):
             self._reply(200, b"late")
         elif path == "/redirect":  # 302 to ?to=<url>
             self._reply(302, headers={"Location": self.path.split("to=", 1)[1]})
+        elif path == "/big":  # ?n=<bytes>, sent in 64 KiB writes
+            n = int(self.path.split("n=", 1)[1])
+            self.send_response(200)
+            self.send_header("Content-Length", str(n))
+            self.end_headers()
+            block = b"x" * 65536
+            while n > 0:
+                self.wfile.write(block[:n])
+                n -= len(block)
         elif path in ("/file", "/file-interrupt"):
             self._file(interrupt=path == "/file-interrupt" and self.state.hits[path] == 1)
         else:
