@@ -215,7 +215,8 @@ def test_request_and_sync_count_the_response_without_holding_it() -> None:
             asyncio.run(worker().do_work(json.dumps({"url": f"{server.url}/ok", **cfg}), ctx))  # imports
             tracemalloc.start()
             try:
-                done = asyncio.run(worker().do_work(json.dumps({"url": f"{server.url}/big?n={size}", **cfg}), ctx))
+                big = json.dumps({"url": f"{server.url}/big?n={size}", **cfg})
+                done = asyncio.run(worker().do_work(big, ctx))
                 peak = tracemalloc.get_traced_memory()[1]
             finally:
                 tracemalloc.stop()
