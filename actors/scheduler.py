@@ -120,7 +120,7 @@ class SchedulerActor(
         except (sqlite3.Error, OSError) as exc:  # a write at start (a full disk): try again later
             self._refuse(self._store_write_failed(exc, STORE_FAILED_RETRY_S))
             return
-        self.rejections: deque[tuple[str, str, str]] = deque(maxlen=1000)
+        self.rejections: deque[tuple[float, str, str, str]] = deque(maxlen=1000)
         self._answers: list[tuple[str, bytes, int]] = []  # (request token, answer, ms) to store
         self._taking_in: dict[str, asyncio.Future[Any]] = {}  # enqueue_many calls taken in slice by slice
         self._commit_due: asyncio.Future[None] | None = None  # see SchedulerIntake._commit

@@ -39,7 +39,7 @@ class SchedulerIntake:
     namespace: str
     core: SchedulerCore
     store: SqliteTaskStore
-    rejections: deque[tuple[str, str, str]]
+    rejections: deque[tuple[float, str, str, str]]  # (when, id, result, reason)
     known: set[str]
     _blobs: dict[str, tuple[int, bytes]]
     _answers: list[tuple[str, bytes, int]]
@@ -204,7 +204,7 @@ class SchedulerIntake:
         a 100,000-character id in the log and in memory."""
         text = str(task_id)
         rid = text if len(text) <= self.core.config.max_id_length else shown(task_id)
-        self.rejections.append((rid, outcome.result.value, outcome.reason or ""))
+        self.rejections.append((time.time(), rid, outcome.result.value, outcome.reason or ""))
         log.warning("%s %s: %s: %s", what, shown(task_id), outcome.result.value, outcome.reason)
 
     async def _durable(self, answer: T, failed: Callable[[str], T]) -> T:

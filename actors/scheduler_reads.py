@@ -41,7 +41,7 @@ class SchedulerReads:
     pool: ExecutorPool
     heavy: HeavyPool
     stealer: Stealer
-    rejections: deque[tuple[str, str, str]]
+    rejections: deque[tuple[float, str, str, str]]  # (when, id, result, reason)
     restored_in_s: float
     serving_in_s: float | None
     _blobs: dict[str, tuple[int, bytes]]
@@ -140,7 +140,10 @@ class SchedulerReads:
         await self._ready
         return self.store.drop_quarantined(key)
 
-    def last_rejections(self, limit: int = 100) -> list[tuple[str, str, str]]:
+    def last_rejections(self, limit: int = 100) -> list[tuple[float, str, str, str]]:
+        """The newest ``limit``, oldest first, each with its wall-clock time: the client
+        merges the shards' lists by it (concatenated, shard 0's came first whatever their
+        times, so ``rejections(limit=2)`` of two shards could miss the newest)."""
         return list(self.rejections)[-limit:]
 
     async def get_info(self, name: str) -> dict[str, Any] | None:

@@ -239,8 +239,11 @@ class BackgroundTaskScheduler(Waiting, Routing):
         return self._results(await self._enqueue_items_async(items(requests)))
 
     def rejections(self, limit: int = 100) -> list[tuple[str, str, str]]:
-        """The engine's most recent rejections: ``(id, result, reason)``, oldest first."""
-        return [tuple(r) for part in self._each("last_rejections", limit) for r in part][-limit:]  # type: ignore[misc]
+        """The engine's most recent rejections: ``(id, result, reason)``, oldest first (the
+        shards' lists merged by the time of each)."""
+        stamped = sorted((tuple(r) for part in self._each("last_rejections", limit) for r in part),
+                         key=lambda r: r[0])
+        return [(rid, result, reason) for _at, rid, result, reason in stamped[-limit:]]
 
     def _with_refusal(self, exc: TaskNotFound) -> TaskNotFound:
         """``exc`` saying why the engine refused an enqueue of its id, if it did and still
