@@ -4,7 +4,9 @@ Every engine call is a blocking Ray call, so each runs in Starlette's thread poo
 are checked before any call: an unknown id is a 404, a bad filter a 400; an engine that
 cannot be reached is a 503. A token, when set, must come with every request (header
 ``Authorization: Bearer T``, or ``?token=T`` for the page and its event stream, which a
-browser's EventSource cannot give headers); without it, 401.
+browser's EventSource cannot give headers); without it, 401. A request for a name that is
+not loopback (without a token) or a cross-site one that would change something is a 403
+(``refused``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from contextlib import asynccontextmanager
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -77,6 +80,37 @@ def _state_param(request: Request) -> TaskState | None:
         raise BadRequest(400, f"state: {raw!r} is not one of {known}") from None
 
 
+def _hostname(host_header: str) -> str:
+    """The name in a ``Host`` header (``127.0.0.1:8786``, ``[::1]:8786``, ``localhost``)."""
+    try:
+        return urlsplit(f"//{host_header}").hostname or ""
+    except ValueError:  # e.g. a malformed bracketed address
+        return ""
+
+
+def refused(request: Request, token: str | None) -> str | None:
+    """Why a request that a browser may have been made to send is refused, or None.
+
+    - Without a token the dashboard is bound to loopback, and answers requests for a
+      loopback name only: a page on another site can point its own name at 127.0.0.1 (DNS
+      rebinding) and would then read the task table and cancel tasks as same-origin.
+    - A request that changes something (cancel) whose ``Origin`` is not this server is
+      refused: a page on any site could post a form to ``http://127.0.0.1:8786/...``
+      (cross-site request forgery; the browser sends it, only its answer is hidden).
+    Clients that send no ``Origin`` (curl, scripts) are not affected by the second rule.
+    """
+    host = request.headers.get("host", "")
+    if token is None and not is_loopback(_hostname(host)):
+        return (f"host {host[:80]!r} is not a loopback name: without a token the dashboard answers "
+                "requests for localhost, 127.0.0.1 or [::1] only (a guard against DNS rebinding; "
+                "behind a proxy, give it a token)")
+    if request.method not in ("GET", "HEAD"):
+        origin = request.headers.get("origin")
+        if origin is not None and urlsplit(origin).netloc.lower() != host.lower():
+            return f"a cross-site request (Origin {origin[:80]!r}) may not change anything"
+    return None
+
+
 def create_app(scheduler: Any, token: str | None = None, poll_s: float = 1.0) -> Starlette:
     """The app over ``scheduler`` (what ``kmpray.connect()`` returned)."""
     feed = Feed(scheduler, poll_s)
@@ -85,6 +119,9 @@ def create_app(scheduler: Any, token: str | None = None, poll_s: float = 1.0) ->
         handler: Callable[[Request], Awaitable[Response]],
     ) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
+            why = refused(request, token)
+            if why is not None:
+                return JSONResponse({"error": why}, status_code=403)
             if token is not None:
                 given = request.query_params.get("token") or request.headers.get("authorization", "")
                 given = given.removeprefix("Bearer ").strip()

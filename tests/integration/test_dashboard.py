@@ -69,7 +69,7 @@ def test_the_api_lists_filters_and_answers_bad_input_with_400_and_404(sched: Any
     inp, started, release = blocks_input(tmp_path, "api-b")
     sched.enqueue("api-b", ONCE, "Blocks", input=inp)
     until(started.exists, what="the blocking task to run")
-    with TestClient(create_app(sched, poll_s=0.2)) as client:
+    with TestClient(create_app(sched, poll_s=0.2), base_url="http://127.0.0.1:8786") as client:
         listed = client.get("/api/tasks").json()
         assert {f"api-e{i}" for i in range(3)} | {"api-b"} <= {t["id"] for t in listed["tasks"]}
         assert "Echo" in listed["workers"] and "Blocks" in listed["workers"]
