@@ -21,6 +21,7 @@ from kmpray.actors import bootstrap
 
 import kmpray
 from kmpray import ONE_HOUR, ScheduleResult, StoreRefused, TaskState, TaskTrigger
+from kmpray.shards import shard_of
 
 from .helpers import until
 
@@ -57,7 +58,9 @@ def test_a_full_disk_acknowledges_only_what_is_stored_and_the_engine_serves_agai
         small_disk: Path, engines: Any) -> None:
     state = small_disk / "state"
     sched = engines.registered(state_dir=state)
-    starts = _starts(state / "tasks.db")
+    # each shard's store (KMPRAY_TEST_SHARDS=2: shard k > 0 keeps state/shard-k/tasks.db)
+    dbs = [state / "tasks.db"] + [state / f"shard-{k}" / "tasks.db" for k in range(1, sched.shards)]
+    starts = [_starts(db) for db in dbs]
     filler = small_disk / "filler"
     filler.write_bytes(b"\0" * (shutil.disk_usage(small_disk).free - 400_000))  # ~400 KB left
 
@@ -69,8 +72,12 @@ def test_a_full_disk_acknowledges_only_what_is_stored_and_the_engine_serves_agai
                                        "worker_class_name": "Echo", "input": "x" * 2000} for i in ids])
         acked += [i for i, r in zip(ids, results, strict=True) if r is ScheduleResult.SUCCESS]
         if any(r is not ScheduleResult.SUCCESS for r in results):
-            assert {r for r in results} == {ScheduleResult.FAILED_UNKNOWN}  # the whole write, not part of it
-            failed = dict.fromkeys(ids, sched.last_reason or "")
+            # the whole write, not part of it: a shard's part of the batch is one write
+            for k in range(sched.shards):
+                assert len({r for i, r in zip(ids, results, strict=True) if shard_of(i, sched.shards) == k}) == 1
+            assert {r for r in results} - {ScheduleResult.SUCCESS} == {ScheduleResult.FAILED_UNKNOWN}
+            failed = {i: sched.last_reason or "" for i, r in zip(ids, results, strict=True)
+                      if r is not ScheduleResult.SUCCESS}
             break
     assert acked and failed, "the disk never filled"
     why = failed[next(iter(failed))]
@@ -78,7 +85,7 @@ def test_a_full_disk_acknowledges_only_what_is_stored_and_the_engine_serves_agai
 
     filler.unlink()  # room again: the scheduler that failed ends, and its successor can write
     # Another process's restart, read from the store file: nothing of the engine to await.
-    until(lambda: _starts(state / "tasks.db") != starts, timeout_s=60,
+    until(lambda: [_starts(db) for db in dbs] != starts, timeout_s=60,
           what="the scheduler to restart after its write failed")
 
     assert sched.enqueue("after", TaskTrigger.OneTime(), "Echo", input="hi") is ScheduleResult.SUCCESS
