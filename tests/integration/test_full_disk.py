@@ -74,7 +74,8 @@ def test_a_full_disk_acknowledges_only_what_is_stored_and_the_engine_serves_agai
         if any(r is not ScheduleResult.SUCCESS for r in results):
             # the whole write, not part of it: a shard's part of the batch is one write
             for k in range(sched.shards):
-                assert len({r for i, r in zip(ids, results, strict=True) if shard_of(i, sched.shards) == k}) == 1
+                part = {r for i, r in zip(ids, results, strict=True) if shard_of(i, sched.shards) == k}
+                assert len(part) <= 1, (k, part)
             assert {r for r in results} - {ScheduleResult.SUCCESS} == {ScheduleResult.FAILED_UNKNOWN}
             failed = {i: sched.last_reason or "" for i, r in zip(ids, results, strict=True)
                       if r is not ScheduleResult.SUCCESS}
