@@ -103,6 +103,7 @@ def test_cancel_is_cooperative_first(sheavy: Any, tmp_path: Path) -> None:
     assert sheavy.get_task_info("c").state is TaskState.CANCELLED
 
 
+@ONE_SHARD  # it reads shard 0's heavy worker; the task may live on another shard
 def test_a_run_that_ignores_cancel_is_stopped_after_the_grace(sheavy: Any, tmp_path: Path) -> None:
     import ray
 
@@ -208,6 +209,7 @@ def test_idle_heavy_workers_are_retired(engines: Any) -> None:
     assert again["pid"] != first and again["calls"] == 1  # a fresh actor, fresh warm state
 
 
+@ONE_SHARD  # its ids share one heavy worker: one shard's (each shard has its own pool)
 def test_a_heavy_worker_takes_no_run_beside_a_timed_out_runs_thread(heavy: Any, tmp_path: Path) -> None:
     """A sync heavy run that times out ends, but its thread cannot be stopped; the heavy
     worker took its next run while that thread still ran (two runs at once in a worker that
