@@ -246,6 +246,12 @@ class HttpDownloadWorker(CommonWorker):
 
     Streams into ``<savePath>.part`` and renames when complete; a later attempt resumes
     the part file with an HTTP Range request (starting over if the server ignores it).
+    The resume sends the validator the first response gave (its strong ``ETag``, else its
+    ``Last-Modified``, kept in ``<savePath>.part.validator``) as ``If-Range``, so a resource
+    that changed in between comes whole; and a 206 must start where the part file ends, a
+    416 must say the part is the resource's whole length, or the download starts over.
+    Before session 46 a resume appended the new version's tail to the old one's head (or
+    took an over-long part as complete): a corrupt file, reported as a Success.
     """
 
     async def do_work(self, input: str | None, ctx: WorkerContext) -> Success | Failure:  # noqa: A002
@@ -258,50 +264,105 @@ class HttpDownloadWorker(CommonWorker):
             return Failure(str(exc))
         dest.parent.mkdir(parents=True, exist_ok=True)
         part = dest.with_name(dest.name + ".part")
-        offset = part.stat().st_size if part.exists() else 0
-        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        kept = dest.with_name(dest.name + ".part.validator")
         client = await _client(cfg.timeout_ms, config)
         import httpx  # imported by then, off the loop
 
         try:
             async with client:
-                async with client.stream("GET", cfg.url, headers=headers) as response:
-                    if response.status_code == 416 and offset:
-                        pass  # the part file is already whole
-                    else:
-                        failed = _status_failure(response.status_code, cfg.url)
-                        if failed is not None:
-                            return failed
-                        if response.status_code != 206:
-                            offset = 0  # no range support: start over
-                        length = response.headers.get("content-length")
-                        total = offset + int(length) if length and length.isdigit() else None
-                        if total is not None and total > config.download_max_bytes:
-                            return Failure(f"download of {total} bytes exceeds the cap of {config.download_max_bytes}")
-                        written = offset
-                        last_pct = -1
-                        with open(part, "ab" if offset else "wb") as out:
-                            async for chunk in response.aiter_bytes():  # as received: a drop keeps what came
-                                out.write(chunk)
-                                written += len(chunk)
-                                if written > config.download_max_bytes:
-                                    part.unlink(missing_ok=True)
-                                    return Failure(f"download exceeds the cap of {config.download_max_bytes} bytes")
-                                if total:
-                                    pct = min(100, written * 100 // total)
-                                    if pct != last_pct:
-                                        ctx.report_progress(pct, f"{written}/{total} bytes")
-                                        last_pct = pct
+                for _ in range(2):  # a part file that does not fit the resource: once more, from 0
+                    failed = await _fetch(client, cfg, part, kept, config, ctx)
+                    if failed is not _START_OVER:
+                        break
+                    part.unlink(missing_ok=True)
+                    kept.unlink(missing_ok=True)
         except (httpx.TimeoutException, httpx.TransportError) as exc:
             return _transport_failure(exc, cfg.url)  # the part file stays for the resume
         except ConfigError as exc:  # a hop the config does not allow (_guard)
             return Failure(str(exc))
+        if isinstance(failed, Failure):
+            return failed
+        if failed is _START_OVER:  # (twice: the server's ranges make no sense)
+            return Failure(f"{cfg.url}: the server's answers to a range request do not fit its resource",
+                           should_retry=True)
         # (hashed in a thread: a large download's digest held the executor's loop before)
         if cfg.sha256 is not None and await asyncio.to_thread(_sha256_of, part) != cfg.sha256.lower():
             part.unlink(missing_ok=True)
+            kept.unlink(missing_ok=True)
             return Failure(f"sha256 mismatch for {cfg.url}", should_retry=True)
         os.replace(part, dest)
+        kept.unlink(missing_ok=True)
         return Success(data={"fileSize": dest.stat().st_size, "filePath": str(dest), "url": cfg.url})
+
+
+_START_OVER = object()  # _fetch: the part file is not a prefix of the resource
+
+
+def _validator(headers: Any) -> str | None:
+    """What ``If-Range`` may carry for a response: a strong ETag, else Last-Modified."""
+    etag = headers.get("etag")
+    if etag and not etag.startswith("W/"):
+        return str(etag)
+    modified = headers.get("last-modified")
+    return str(modified) if modified else None
+
+
+def _content_range(value: str | None) -> tuple[int | None, int | None]:
+    """(first byte, total length) of a ``Content-Range`` (``bytes 10-99/100``, ``bytes */100``)."""
+    try:
+        span, _slash, total = (value or "").removeprefix("bytes ").partition("/")
+        first = None if span == "*" else int(span.split("-")[0])
+        return first, (int(total) if total.isdigit() else None)
+    except ValueError:
+        return None, None
+
+
+async def _fetch(client: Any, cfg: HttpDownloadConfig, part: Any, kept: Any, config: EngineConfig,
+                 ctx: WorkerContext) -> Failure | None | object:
+    """One GET into ``part``, resuming it if it has bytes: None when the part file is whole,
+    a Failure, or _START_OVER when the part is not a prefix of what the server now has."""
+    offset = part.stat().st_size if part.exists() else 0
+    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    if offset and kept.exists():
+        headers["If-Range"] = kept.read_text().strip()
+    async with client.stream("GET", cfg.url, headers=headers) as response:
+        if response.status_code == 416 and offset:
+            # the part is whole only if the server says the resource is exactly that long
+            return None if _content_range(response.headers.get("content-range"))[1] == offset else _START_OVER
+        failed = _status_failure(response.status_code, cfg.url)
+        if failed is not None:
+            return failed
+        if response.status_code == 206:
+            if _content_range(response.headers.get("content-range"))[0] != offset:
+                return _START_OVER
+        else:
+            offset = 0  # no range support, or the resource changed (If-Range): start over
+        if offset == 0:
+            validator = _validator(response.headers)
+            if validator is not None:
+                kept.write_text(validator)
+            else:
+                kept.unlink(missing_ok=True)
+        length = response.headers.get("content-length")
+        total = offset + int(length) if length and length.isdigit() else None
+        if total is not None and total > config.download_max_bytes:
+            return Failure(f"download of {total} bytes exceeds the cap of {config.download_max_bytes}")
+        written = offset
+        last_pct = -1
+        with open(part, "ab" if offset else "wb") as out:
+            async for chunk in response.aiter_bytes():  # as received: a drop keeps what came
+                out.write(chunk)
+                written += len(chunk)
+                if written > config.download_max_bytes:
+                    part.unlink(missing_ok=True)
+                    kept.unlink(missing_ok=True)
+                    return Failure(f"download exceeds the cap of {config.download_max_bytes} bytes")
+                if total:
+                    pct = min(100, written * 100 // total)
+                    if pct != last_pct:
+                        ctx.report_progress(pct, f"{written}/{total} bytes")
+                        last_pct = pct
+    return None
 
 
 def _sha256_of(path: Any) -> str:

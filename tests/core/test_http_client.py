@@ -223,3 +223,49 @@ def test_request_and_sync_count_the_response_without_holding_it() -> None:
             assert isinstance(done, Success) and done.data["responseLength"] == size, done
             assert done.data["statusCode"] == 200
             assert peak < size // 10, (worker.__name__, peak)
+
+
+def test_a_resumed_download_never_splices_two_versions_or_keeps_an_overlong_part(tmp_path: Any) -> None:
+    """A resume sent ``Range: bytes=N-`` alone: a resource that changed between the dropped
+    attempt and the retry came back as its new tail after the old head (a corrupt file,
+    reported as a Success), and a 416 (the part as long as or longer than the resource)
+    was taken as "already whole" whatever the lengths. Now the first response's validator
+    goes with the resume as ``If-Range`` (the changed resource comes whole) and a 416 must
+    name the part's own length. Found touring, session 46. In-process, a local server."""
+    import json
+
+    from kmpray import EngineConfig, WorkerContext
+    from kmpray.results import Failure, Success
+    from tests.integration.http_server import DATA, Server
+
+    config = EngineConfig(files_base_dir=str(tmp_path))
+
+    def run(path: str, save: str) -> Any:
+        ctx = WorkerContext("t", 0, engine_config=config)
+        cfg = json.dumps({"url": path, "savePath": save})
+        return asyncio.run(http.HttpDownloadWorker().do_work(cfg, ctx))
+
+    with Server() as server:
+        # the first attempt drops halfway; then the file changes on the server
+        first = run(f"{server.url}/file-interrupt", "v.bin")
+        assert isinstance(first, Failure) and first.should_retry
+        assert (tmp_path / "v.bin.part").stat().st_size == len(DATA) // 2
+        new = bytes(reversed(DATA))
+        server.state.data, server.state.etag = new, '"v2"'
+        done = run(f"{server.url}/file-interrupt", "v.bin")
+        assert isinstance(done, Success), done
+        assert server.state.if_ranges[-1] == '"v1"'  # the resume carried the first one's validator
+        assert (tmp_path / "v.bin").read_bytes() == new  # whole, not v1's head + v2's tail
+        assert not (tmp_path / "v.bin.part").exists() and not (tmp_path / "v.bin.part.validator").exists()
+
+        # a part file longer than the resource: the 416 says so; start over
+        server.state.data = DATA
+        (tmp_path / "long.bin.part").write_bytes(b"\xff" * (len(DATA) + 100))
+        done = run(f"{server.url}/file", "long.bin")
+        assert isinstance(done, Success) and (tmp_path / "long.bin").read_bytes() == DATA, done
+        # a part file exactly the resource's length: whole, taken as it is (one request)
+        (tmp_path / "whole.bin.part").write_bytes(DATA)
+        hits = server.state.hits["/file"]
+        done = run(f"{server.url}/file", "whole.bin")
+        assert isinstance(done, Success) and (tmp_path / "whole.bin").read_bytes() == DATA, done
+        assert server.state.hits["/file"] == hits + 1

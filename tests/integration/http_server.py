@@ -19,6 +19,9 @@ class State:
         self.hits: Counter[str] = Counter()
         self.ranges: list[str | None] = []
         self.uploads: list[dict[str, Any]] = []
+        self.data = DATA  # what /file and /file-interrupt serve (a test may change it)
+        self.etag = '"v1"'  # its validator (If-Range is honoured: another one gets it whole)
+        self.if_ranges: list[str | None] = []
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -64,13 +67,22 @@ class Handler(BaseHTTPRequestHandler):
             self._reply(404)
 
     def _file(self, interrupt: bool) -> None:
+        data = self.state.data
         rng = self.headers.get("Range")
+        if_range = self.headers.get("If-Range")
         self.state.ranges.append(rng)
+        self.state.if_ranges.append(if_range)
+        if if_range is not None and if_range != self.state.etag:
+            rng = None  # RFC 9110: a validator that does not match gets the whole representation
         start = int(rng.split("=")[1].split("-")[0]) if rng else 0
-        body = DATA[start:]
+        if rng and start >= len(data):
+            self._reply(416, headers={"Content-Range": f"bytes */{len(data)}"})
+            return
+        body = data[start:]
         self.send_response(206 if rng else 200)
         if rng:
-            self.send_header("Content-Range", f"bytes {start}-{len(DATA) - 1}/{len(DATA)}")
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        self.send_header("ETag", self.state.etag)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if interrupt:  # half the body, then the connection drops
