@@ -35,11 +35,14 @@ def _connect(address: str | None, namespace: str, state_dir: str | None, shards:
     """Attach to the engine (a running one as it runs: its shard count too), or start it."""
     from .client import connect
     from .config import EngineConfig
+    from .errors import StoreRefused
 
     try:
         _init_ray(address)
         config = EngineConfig(scheduler_shards=shards) if shards else None
         return connect(address=address, namespace=namespace, state_dir=state_dir, config=config)
+    except StoreRefused as exc:  # reached, and it said why it will not serve that store
+        raise click.ClickException(f"the engine refused its store: {exc}") from None
     except Exception as exc:
         raise click.ClickException(f"cannot reach the engine: {_hint(exc)}") from None
 
@@ -96,7 +99,8 @@ def demo(state_dir: str | None, hours: int) -> None:
 @main.command()
 @with_engine
 @click.option("--shards", default=None, type=click.IntRange(1, 64),
-              help="scheduler_shards for a new engine (a state dir keeps the count it was written with).")
+              help="scheduler_shards for a new state dir; a state dir written before must be started "
+                   "with the count it was written with (default 1).")
 def start(address: str | None, namespace: str, state_dir: str | None, shards: int | None) -> None:
     """Start (or find) the engine on a Ray cluster; it keeps running after this exits."""
     sched = _connect(address or "auto", namespace, state_dir, shards)

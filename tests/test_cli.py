@@ -205,6 +205,12 @@ def test_start_brings_up_an_engine_on_a_running_cluster(ray_session, tmp_path: P
         assert back.get_task_info("kept").state.value == "ENQUEUED"
     finally:
         back.shutdown()
+    # Another shard count on that state dir: refused, saying so (not "cannot reach the engine")
+    other = cli("start", "--address", address, "--namespace", "cli-start", "--state-dir", str(tmp_path),
+                "--shards", "2")
+    assert other.returncode == 1, other.stdout
+    assert other.stderr.startswith("Error: the engine refused its store: "), other.stderr[-1000:]
+    assert "written with scheduler_shards=1; it was started with scheduler_shards=2" in other.stderr
 
 
 @pytest.mark.ray
