@@ -46,6 +46,8 @@ class FileCompressionWorker(CommonWorker):
             target = safe_path(cfg.output_path or f"{source}.zip", config, "outputPath")
         except ConfigError as exc:
             return Failure(str(exc))
+        if target.is_dir():  # (ZipFile raised IsADirectoryError, and the run was retried)
+            return Failure(f"outputPath: {cfg.output_path!r} is a directory; name the zip file")
         if not source.exists():
             return Failure(f"inputPath: {cfg.input_path!r} does not exist")
         if source.is_dir() and (target == source or source in target.parents):

@@ -11,6 +11,7 @@ import hashlib
 import json
 import mimetypes
 import os
+import re
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 
@@ -34,11 +35,28 @@ class _Config(Frozen):
         return value.upper() if isinstance(value, str) else value
 
 
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110's field-name
+
+
 class HttpRequestConfig(_Config):
     method: Method = "GET"
     headers: dict[str, str] = {}
     body: str | None = None
     timeout_ms: Annotated[int, Field(gt=0)] = 30_000
+
+    @field_validator("headers")
+    @classmethod
+    def _sendable(cls, headers: dict[str, str]) -> dict[str, str]:
+        """Refused here, naming the header: httpx raised on them at send time (a non-ASCII
+        value as UnicodeEncodeError, a line break as a protocol error), which a run
+        retried as if the server had failed."""
+        for name, value in headers.items():
+            if not _TOKEN.fullmatch(name):
+                raise ValueError(f"{name[:80]!r} is not a valid header name")
+            if not value.isascii() or any((c < " " and c != "\t") or c == "\x7f" for c in value):
+                raise ValueError(f"the value of {name!r} must be ASCII without control characters "
+                                 "(line breaks included)")
+        return headers
 
 
 class HttpSyncConfig(_Config):
@@ -262,6 +280,8 @@ class HttpDownloadWorker(CommonWorker):
             dest = safe_path(cfg.save_path, config, "savePath")
         except ConfigError as exc:
             return Failure(str(exc))
+        if dest.is_dir():  # found only at the rename, after the whole download, and retried
+            return Failure(f"savePath: {cfg.save_path!r} is a directory; name the file to save to")
         dest.parent.mkdir(parents=True, exist_ok=True)
         part = dest.with_name(dest.name + ".part")
         kept = dest.with_name(dest.name + ".part.validator")

@@ -45,7 +45,7 @@ def parse_config(
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "input"
-        raise ConfigError(f"{field}: {first['msg']}") from None
+        raise ConfigError(f"{field}: {first['msg'].removeprefix('Value error, ')}") from None
 
 
 def _host_matches(host: str, patterns: list[str]) -> bool:
@@ -57,12 +57,18 @@ def check_url(url: str, config: EngineConfig) -> str:
     else ConfigError naming why. ``http_deny_private`` is ``public_address``'s, which
     looks up the host's addresses (a blocking DNS query): the clients' transport runs it
     for every hop, in a thread, and connects to the address it checked (http.py)."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (out of range, or not a number: ValueError)
+    except ValueError as exc:  # "http://[::1", "http://h:99999/": not a URL to retry
+        raise ConfigError(f"url: {exc}") from None
     if parts.scheme not in ("http", "https"):
         raise ConfigError(f"url: scheme must be http or https, got {parts.scheme or 'none'!r}")
     host = (parts.hostname or "").lower()
     if not host:
         raise ConfigError("url: has no host")
+    if any(c.isspace() or not c.isprintable() or c in '<>"{}|\\^`%' for c in host):
+        raise ConfigError(f"url: host {host!r} is not a valid host name")
     if config.http_allow_hosts and not _host_matches(host, config.http_allow_hosts):
         raise ConfigError(f"url: host {host!r} is not in the allow list")
     if _host_matches(host, config.http_deny_hosts):

@@ -68,3 +68,12 @@ def test_an_output_path_that_is_the_input_file_is_refused_and_the_file_kept(tmp_
         assert (tmp_path / "a.txt").read_text() == "precious data"
     done, _ = _run(tmp_path, {"inputPath": "a.txt", "outputPath": "a.zip"})
     assert isinstance(done, Success) and zipfile.ZipFile(tmp_path / "a.zip").read("a.txt") == b"precious data"
+
+
+def test_an_output_path_that_is_a_directory_fails_at_once_naming_it(tmp_path: Path) -> None:
+    """ZipFile raised IsADirectoryError, and the run was retried as if it might pass."""
+    (tmp_path / "a.txt").write_text("data")
+    (tmp_path / "out").mkdir()
+    refused, _ = _run(tmp_path, {"inputPath": "a.txt", "outputPath": "out"})
+    assert isinstance(refused, Failure) and not refused.should_retry
+    assert refused.message == "outputPath: 'out' is a directory; name the zip file"

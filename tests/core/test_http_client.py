@@ -269,3 +269,36 @@ def test_a_resumed_download_never_splices_two_versions_or_keeps_an_overlong_part
         done = run(f"{server.url}/file", "whole.bin")
         assert isinstance(done, Success) and (tmp_path / "whole.bin").read_bytes() == DATA, done
         assert server.state.hits["/file"] == hits + 1
+
+
+@pytest.mark.parametrize(("worker", "cfg", "said"), [
+    ("HttpRequestWorker", {"headers": {"X-A": "é"}}, "headers: the value of 'X-A' must be ASCII"),
+    ("HttpRequestWorker", {"headers": {"X-A": "a\r\nInjected: 1"}},
+     "headers: the value of 'X-A' must be ASCII"),
+    ("HttpRequestWorker", {"headers": {"Bad Name": "x"}}, "headers: 'Bad Name' is not a valid header name"),
+    ("HttpRequestWorker", {"url": "http://[::1"}, "url: Invalid IPv6 URL"),
+    ("HttpRequestWorker", {"url": "http://127.0.0.1:99999/"}, "url: Port out of range 0-65535"),
+    ("HttpSyncWorker", {"url": "http://exa mple.com/"}, "url: host 'exa mple.com' is not a valid host name"),
+    ("HttpDownloadWorker", {"savePath": ""}, "savePath: '' is a directory; name the file to save to"),
+    ("HttpDownloadWorker", {"savePath": "sub"}, "savePath: 'sub' is a directory; name the file to save to"),
+])
+def test_a_config_that_cannot_be_sent_fails_at_once_naming_the_field(
+        worker: str, cfg: dict[str, Any], said: str, tmp_path: Any) -> None:
+    """The README's promise, "a malformed config fails at once with a message naming the
+    field": these raised (UnicodeEncodeError, ValueError, an ExceptionGroup from the
+    transport, IsADirectoryError after the whole download) or failed as transport errors,
+    and every one was retried as if the server had failed. Found touring, session 46."""
+    import json
+
+    from kmpray import EngineConfig, WorkerContext
+    from kmpray.results import Failure
+    from tests.integration.http_server import Server
+
+    (tmp_path / "sub").mkdir()
+    ctx = WorkerContext("t", 0, engine_config=EngineConfig(files_base_dir=str(tmp_path)))
+    with Server() as server:
+        full = {"url": f"{server.url}/file", **cfg}
+        failed = asyncio.run(getattr(http, worker)().do_work(json.dumps(full), ctx))
+        assert server.state.hits["/file"] == 0  # nothing sent
+    assert isinstance(failed, Failure) and not failed.should_retry, failed
+    assert failed.message.startswith(said), failed.message
