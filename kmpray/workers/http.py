@@ -70,6 +70,15 @@ class HttpDownloadConfig(_Config):
     timeout_ms: Annotated[int, Field(gt=0)] = 5 * 60_000
     sha256: str | None = None
 
+    @field_validator("sha256")
+    @classmethod
+    def _digest(cls, value: str | None) -> str | None:
+        """A digest that could never match was found out after each whole download, and
+        the "mismatch" retried."""
+        if value is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+            raise ValueError(f"must be 64 hexadecimal digits, got {value[:80]!r}")
+        return value
+
 
 class HttpUploadConfig(_Config):
     file_path: str

@@ -280,6 +280,7 @@ def test_a_resumed_download_never_splices_two_versions_or_keeps_an_overlong_part
     ("HttpRequestWorker", {"url": "http://127.0.0.1:99999/"}, "url: Port out of range 0-65535"),
     ("HttpSyncWorker", {"url": "http://exa mple.com/"}, "url: host 'exa mple.com' is not a valid host name"),
     ("HttpDownloadWorker", {"savePath": ""}, "savePath: '' is a directory; name the file to save to"),
+    ("HttpDownloadWorker", {"savePath": "f", "sha256": "md5:abc"}, "sha256: must be 64 hexadecimal digits"),
     ("HttpDownloadWorker", {"savePath": "sub"}, "savePath: 'sub' is a directory; name the file to save to"),
 ])
 def test_a_config_that_cannot_be_sent_fails_at_once_naming_the_field(
