@@ -165,7 +165,9 @@ class BackgroundTaskScheduler(Waiting, Routing):
         else:
             cls = name_or_cls
             registered = [n for n, c in LOCAL_WORKERS.items() if c is cls]
-            name = registered[0] if registered else cls.__name__
+            # (a class's name; anything else is refused by check_worker_class, naming it:
+            # register_worker(5) raised AttributeError on its __name__)
+            name = registered[0] if registered else getattr(cls, "__name__", None) or repr(cls)[:80]
         self._register_many({name: cls})
 
     def _register_many(self, classes: dict[str, type], strict: bool = True) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -260,3 +263,16 @@ def test_a_huge_rejected_value_is_echoed_cut_not_whole() -> None:
     assert "… (100,000 characters) is not a registered" in out.reason
     assert shown("short") == "'short'"
     assert shown("x" * 81) == "'" + "x" * 79 + "… (81 characters)"
+
+
+@pytest.mark.parametrize("thing", [5, None, 3.5, ["Echo"]])
+def test_register_worker_of_something_that_is_not_a_class_names_it(thing: object) -> None:
+    """``register_worker(5)`` raised AttributeError ('int' object has no attribute
+    '__name__') instead of InvalidParameters (found touring, session 46). Refused before any
+    message: a facade that was never connected is enough."""
+    from kmpray.client.facade import BackgroundTaskScheduler
+    from kmpray.errors import InvalidParameters
+
+    facade = BackgroundTaskScheduler.__new__(BackgroundTaskScheduler)
+    with pytest.raises(InvalidParameters, match=re.escape("is not a class with a do_work method")):
+        facade.register_worker(thing)  # type: ignore[arg-type]
