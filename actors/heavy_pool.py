@@ -24,7 +24,12 @@ from kmpray.config import EngineConfig
 from kmpray.engine import Dispatch, SchedulerCore
 from kmpray.placement import heavy_demand
 from kmpray.protocol import Began, Done, Fence, Holding, Progress
-from kmpray.timing import BLOCKED_PING_TIMEOUT_S, HEAVY_CANCEL_POLL_S, HEAVY_RESTART_POLL_S
+from kmpray.timing import (
+    BLOCKED_PING_TIMEOUT_S,
+    HEAVY_CANCEL_POLL_S,
+    HEAVY_RESTART_POLL_S,
+    HEAVY_SLOW_PLACE_S,
+)
 
 from .blocked_loops import BlockedLoops
 from .executor_pool import ExecutorPool, ping, take_acks
@@ -74,6 +79,7 @@ class HeavySlot:
     # seen first in the answer to the run it now holds).
     taker: str | None = None
     idle_since: float = field(default_factory=time.monotonic)
+    asked_at: float | None = None  # when its actor was asked for, until placed (reason())
     unreachable_since: float | None = None
     acks: list[RunKey] = field(default_factory=list)  # results of its answers stored (see ExecutorSlot)
 
@@ -131,6 +137,11 @@ class HeavyPool:
             return text + f"; no alive node has the resources a heavy worker asks for ({demand})"
         if placed:
             return text + f", all busy; the others wait for a node with room ({demand})"
+        asked = [slot.asked_at for slot in self.slots if slot.asked_at is not None and not slot.ready]
+        waited = time.monotonic() - min(asked) if asked else 0.0
+        if waited >= HEAVY_SLOW_PLACE_S:  # "(starting)" said this for good while others held the CPUs
+            return text + (f" (asked for {waited:.0f} s ago): a node has {demand} in all, but not free now; "
+                           "other actors or tasks hold it (`ray status` shows the cluster's use)")
         return text + " (starting)"
 
     # ------------------------------------------------------------- lifecycle
@@ -166,6 +177,9 @@ class HeavyPool:
     async def _await(self, i: int, handle: Any, not_process: str | None = None) -> None:
         """Until the actor is placed and answers (however long that takes): then it may take
         runs. ``not_process``: a process about to end (``exiting``), whose answers do not count."""
+        waiting = self.slots[i]
+        if waiting.handle is handle and waiting.asked_at is None:  # for reason(): since when
+            waiting.asked_at = time.monotonic()
         while True:
             try:
                 answer = await handle.ping.remote()
@@ -179,6 +193,7 @@ class HeavyPool:
         slot = self.slots[i]
         if slot.handle is handle and not slot.ready:
             slot.ready, slot.incarnation, slot.idle_since = True, answer.incarnation, time.monotonic()
+            slot.asked_at = None
             log.info("heavy worker %d placed on node %s", i, answer.node[:12])
             self.host._kick()
 

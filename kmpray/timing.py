@@ -107,6 +107,9 @@ BLOCK_REPORT_RETRY_S = 0.5
 # ---- HeavyPool (actors/heavy_pool.py)
 #: A heavy worker restarting is asked again after this.
 HEAVY_RESTART_POLL_S = 0.2
+#: A heavy worker asked for this long ago and not placed, with room for it in the cluster
+#: in all: its task's waiting_for says the room is held by others, not "(starting)".
+HEAVY_SLOW_PLACE_S = 10.0
 #: A cancelled heavy run is checked for having ended this often (up to the cancel grace).
 HEAVY_CANCEL_POLL_S = 0.05
 #: A heavy worker ending its process for a timed-out run's thread still going

@@ -253,3 +253,31 @@ def test_a_heavy_worker_takes_no_run_beside_a_timed_out_runs_thread(heavy: Any, 
     assert "its executor lost it or gave it back" in why and "died" not in why, why
     (stop,) = [s for s in heavy.status()["stopped_processes"] if s["pid"] == seen[("start", "long")][0]]
     assert stop["what"] == "heavy worker 0" and "run long ended (timed out)" in stop["reason"], stop
+
+
+def test_a_heavy_worker_not_placed_for_long_says_its_room_is_held_not_starting() -> None:
+    """A heavy worker that cannot be placed because other actors or tasks hold the CPUs
+    (another engine's warm heavy workers, the user's own Ray work) left its task "waiting for
+    a heavy worker: 0 of 2 placed (starting)" for good (found touring, session 46: an engine
+    whose heavy workers outlived a crashed script held both CPUs). After HEAVY_SLOW_PLACE_S
+    it says what holds it up. The pool's reason() over a stand-in scheduler (no Ray calls)."""
+    import time as clock
+    from types import SimpleNamespace
+
+    from kmpray.actors.heavy_pool import HeavyPool
+
+    from kmpray.timing import HEAVY_SLOW_PLACE_S
+
+    host = SimpleNamespace(core=SimpleNamespace(heavy_ready_count=lambda exact=False: 1))
+    pool = HeavyPool(host, "ns", EngineConfig(heavy_pool_size=2), blocked=None)  # type: ignore[arg-type]
+    pool.capacity = 2  # the cluster has room for both in all
+    for slot in pool.slots:
+        slot.handle, slot.asked_at = object(), clock.monotonic()
+    assert pool.reason() == "waiting for a heavy worker: 0 of 2 placed (starting)"
+    for slot in pool.slots:
+        slot.asked_at = clock.monotonic() - HEAVY_SLOW_PLACE_S - 2
+    said = pool.reason()
+    assert said is not None and said.startswith(
+        "waiting for a heavy worker: 0 of 2 placed (asked for 12 s ago): a node has {'CPU': 1.0} in all, "
+        "but not free now"), said
+    assert "`ray status`" in said
