@@ -104,7 +104,9 @@ def submit_chain(core: SchedulerCore, payload: dict[str, Any]) -> Outcome:
             raise InvalidParameters(payload["error"])
         steps = [[_task(task) for task in step] for step in payload["steps"]]
         return core.submit_chain(payload.get("id"), ExistingPolicy(payload.get("policy", "REPLACE")), steps)  # type: ignore[arg-type]
-    except (InvalidParameters, ValueError, KeyError, TypeError) as exc:
+    except InvalidParameters as exc:  # says what and where, as every other rejection does
+        return Outcome(ScheduleResult.REJECTED_INVALID_PARAMS, str(exc))
+    except (ValueError, KeyError, TypeError) as exc:  # a payload of the wrong shape: named by its type
         return Outcome(ScheduleResult.REJECTED_INVALID_PARAMS, f"{type(exc).__name__}: {exc}")
 
 

@@ -427,3 +427,18 @@ def test_a_step_handed_out_in_the_turn_that_promoted_it_is_adopted_after_a_crash
     assert h.core.complete(b.key, b.run_id, Success())  # the held run's report counts
     assert h.state("b") == "SUCCEEDED"
     assert h.core.latest("b").run_attempt_count == 1  # type: ignore[union-attr]
+
+
+def test_a_refused_chain_says_why_without_an_exception_class_in_front() -> None:
+    """A chain the client could not build (``then([])``) was refused with "InvalidParameters:
+    then (step 2): …", unlike every other rejection ("step 1 task id: …"); a payload of the
+    wrong shape still names its error's type."""
+    from kmpray import intake
+
+    h = Harness()
+    built = TaskChain.begin(None, TaskRequest("Ok")).then([])
+    out = intake.submit_chain(h.core, built.payload())
+    assert out.result is ScheduleResult.REJECTED_INVALID_PARAMS
+    assert out.reason == "then (step 2): a parallel step needs at least one TaskRequest"
+    wrong = intake.submit_chain(h.core, {"id": "c", "steps": 5})
+    assert wrong.result is ScheduleResult.REJECTED_INVALID_PARAMS and wrong.reason.startswith("TypeError: ")
