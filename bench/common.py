@@ -13,7 +13,17 @@ from typing import Any
 
 import numpy as np
 
-RESULTS = Path(__file__).parent / "results"
+def results_dir(module: Path) -> Path:
+    """Where results go without ``--json``: ``bench/results`` of a checkout (what the README's
+    figures come from), else ``./kmpray-bench-results`` under the current directory. Installed
+    from a wheel, ``kmpray bench load`` wrote into site-packages (``kmpray/bench/results``)."""
+    here = module.parent
+    if (here.parent / "pyproject.toml").exists() and (here.parent / "kmpray").is_dir():
+        return here / "results"
+    return Path.cwd() / "kmpray-bench-results"
+
+
+RESULTS = results_dir(Path(__file__))
 
 
 def ray_up(address: str | None = None) -> Any:
