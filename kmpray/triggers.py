@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import posixpath
 from typing import Annotated, ClassVar, Literal, Union
+from urllib.parse import unquote, urlsplit
 
 from pydantic import Field
 
@@ -110,8 +112,28 @@ def periodic_next(
     return period, max(start, now_ms)
 
 
+def _local_file(uri: str) -> str | None:
+    """A ``file:`` URI of this machine as its path, decoded and normalised (``file:///a%20b``,
+    ``file:/a b``, ``file://localhost/a/./b/`` are one path); None for any other URI."""
+    if not uri.startswith("file:"):
+        return None
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return None
+    if parts.netloc not in ("", "localhost") or not parts.path:
+        return None
+    return posixpath.normpath(unquote(parts.path))
+
+
 def uri_matches(pattern: str, changed: str, descendants: bool) -> bool:
-    """An equal URI, or (with ``descendants``) one below it by whole path segment."""
+    """An equal URI, or (with ``descendants``) one below it by whole path segment. Two local
+    ``file:`` URIs are compared by path: the file watcher reports changes as ``Path.as_uri()``
+    spells them (percent-encoded), so a trigger on ``file:///tmp/my dir`` (or ``file:/tmp/d``,
+    or ``…/d/./``) never fired on a real change below it until session 46."""
+    here, there = _local_file(pattern), _local_file(changed)
+    if here is not None and there is not None:
+        return there == here or (descendants and (here == "/" or there.startswith(here + "/")))
     pattern = pattern.rstrip("/") or pattern
     changed_norm = changed.rstrip("/") or changed
     if changed_norm == pattern:

@@ -100,6 +100,17 @@ def test_five_hour_cap() -> None:
         ("file:///data/photos", "file:///data/photos/a.jpg", False, False),
         ("file:///data/photos", "file:///data/photosynthesis", True, False),
         ("content://media/", "content://media/images/1", True, True),
+        # local file URIs by path (the watcher reports Path.as_uri()'s spelling): session 46
+        ("file:///tmp/my dir", "file:///tmp/my%20dir/a.txt", True, True),
+        ("file:///tmp/d%C3%A9", "file:///tmp/d%C3%A9/a", True, True),
+        ("file:///tmp/dé", "file:///tmp/d%C3%A9/a", True, True),
+        ("file:/tmp/d", "file:///tmp/d/a.txt", True, True),
+        ("file://localhost/tmp/d/", "file:///tmp/d/a.txt", True, True),
+        ("file:///tmp/./d", "file:///tmp/d", False, True),
+        ("file:///tmp/my dir", "file:///tmp/my%20directory/a", True, False),
+        ("file:///", "file:///etc/x", True, True),
+        ("file://otherhost/tmp/d", "file:///tmp/d/a", True, False),  # another machine's: as text
+        ("content://media/a b", "content://media/a%20b/1", True, False),  # not a file: as text
     ],
 )
 def test_uri_matching_by_path_segment(pattern: str, changed: str, desc: bool, match: bool) -> None:

@@ -62,3 +62,20 @@ def test_a_path_over_the_bound_is_cut_short_and_said_once(
         watcher.poll({root.as_uri()})
     said = [r.getMessage() for r in caplog.records if "more than 10 files" in r.getMessage()]
     assert len(said) == 1 and root.as_uri() in said[0]
+
+
+def test_what_a_poll_reports_fires_a_trigger_however_its_file_uri_is_spelled(tmp_path: Path) -> None:
+    """The watcher reports ``Path.as_uri()`` (percent-encoded); the trigger's URI is the
+    user's text. A trigger on a path with a space or an accent, or written ``file:/…``,
+    never fired on a real change below it (found touring, session 46)."""
+    from kmpray.triggers import uri_matches
+
+    root = tmp_path / "my photos é"
+    _touch(root / "a.jpg")
+    for pattern in (f"file://{root}", f"file:{root}", f"file://localhost{root}/", root.as_uri()):
+        watcher = FileWatcher()
+        assert watcher.poll({pattern}) == []
+        _touch(root / "a.jpg", "changed" + pattern)
+        changed = watcher.poll({pattern})
+        assert changed == [(root / "a.jpg").as_uri()], pattern
+        assert uri_matches(pattern, changed[0], descendants=True), pattern
