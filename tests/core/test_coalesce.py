@@ -379,3 +379,44 @@ def test_a_child_forked_while_calls_are_in_flight_sends_its_own() -> None:
     assert answered == b"SUCCESS"
     # the parent's calls, each sent once here (the child's went in the child's own memory)
     assert sorted(i["id"] for items in sent for i in items) == ["p0", "p1", "p2", "p3"]
+
+
+def test_a_lone_async_caller_sends_in_its_own_task_and_frees_its_slot_however_it_ends(
+    one_in_flight: None,
+) -> None:
+    """A caller alone awaits its own message: no task, shield and done-callback hop (two
+    turns of the event loop instead of five per call; a caller awaiting one enqueue_async
+    after another: 130 µs of CPU a call, 85 after). Its error is its own, and a cancel or a
+    failure frees the message slot for the next caller (session 46)."""
+    tasks: list[object] = []
+
+    async def main() -> dict[str, Any]:
+        gate = asyncio.Event()
+
+        async def send(items: Items) -> list[tuple[str, str | None]]:
+            tasks.append(asyncio.current_task())
+            if items[0]["id"] == "boom":
+                raise ConnectionError("scheduler gone")
+            if items[0]["id"] == "held":
+                await gate.wait()
+            return [("SUCCESS", i["id"]) for i in items]
+
+        c = AsyncCoalescer(send)
+        out: dict[str, Any] = {"one": await c.submit({"id": "one"})}
+        assert tasks == [asyncio.current_task()]  # sent from the caller's own task
+        with pytest.raises(ConnectionError):
+            await c.submit({"id": "boom"})
+        out["after boom"] = await c.submit({"id": "after boom"})  # the slot was freed
+        held = asyncio.ensure_future(c.submit({"id": "held"}))
+        await asyncio.sleep(0)
+        behind = asyncio.ensure_future(c.submit({"id": "behind"}))  # waits: one in flight
+        await asyncio.sleep(0)
+        assert not behind.done()
+        held.cancel()
+        out["behind"] = await behind  # led once the cancelled one let go of the slot
+        assert held.cancelled() and c._in_flight == 0
+        return out
+
+    out = asyncio.run(asyncio.wait_for(main(), 10))
+    assert out == {"one": ("SUCCESS", "one"), "after boom": ("SUCCESS", "after boom"),
+                   "behind": ("SUCCESS", "behind")}
