@@ -12,6 +12,9 @@ In one run, against one engine:
   concurrent_enqueue_per_s / actor_ping_per_s. The baseline in the same run,
   ``concurrent_one_message_per_call_per_s``, is the same threads with one message per
   call (how ``enqueue()`` worked before calls were coalesced).
+- ``enqueue_async_per_s`` (``_client_cpu_us``): one coroutine awaiting ``enqueue_async()`` of delayed tasks one after
+  another: calls per second and the driver process's CPU per call, against sequential
+  ``enqueue()`` of delayed tasks in the same run (``async_over_sync``).
 - ``start_latency_ms``: enqueue -> the worker starts, at 100 tasks/s through single
   ``enqueue()`` calls on a fixed schedule (from each call's send time).
 - ``through_ray`` / ``lane_speedup``: sequential, 8-thread and start-latency figures again
@@ -22,6 +25,8 @@ In one run, against one engine:
 
 from __future__ import annotations
 
+import asyncio
+import resource
 import threading
 import time
 from typing import Any
@@ -44,6 +49,29 @@ def _timed(n: int, call: Any) -> tuple[list[float], float]:
         call(i)
         out.append((time.perf_counter() - t) * 1000)
     return out, n / (time.perf_counter() - start)
+
+
+def _cpu_s() -> float:
+    """This process's CPU time (user + system), all its threads (Ray's included)."""
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    return used.ru_utime + used.ru_stime
+
+
+def _sequential(n: int, call: Any, in_loop: bool) -> tuple[float, float]:
+    """Calls per second and the process's CPU µs per call, ``n`` calls one after another:
+    ``call(i)`` from this thread, or ``await call(i)`` in one coroutine (``in_loop``)."""
+    async def awaited() -> None:
+        for i in range(n):
+            await call(i)
+
+    cpu, start = _cpu_s(), time.perf_counter()
+    if in_loop:
+        asyncio.run(awaited())
+    else:
+        for i in range(n):
+            call(i)
+    wall = time.perf_counter() - start
+    return n / wall, (_cpu_s() - cpu) / n * 1e6
 
 
 def _threads(threads: int, per: int, call: Any) -> float:
@@ -101,6 +129,10 @@ def run(quick: bool = False, json_path: str | None = None, address: str | None =
             sched.wait(f"w{i}", timeout_s=60)
 
         roundtrip, _ = _timed(n, enqueue_wait)
+        m = n * 5
+        sync_rate, sync_cpu = _sequential(m, lambda i: sched.enqueue(f"sd{i}", later, "BenchStamp"), False)
+        async_rate, async_cpu = _sequential(
+            m, lambda i: sched.enqueue_async(f"ad{i}", later, "BenchStamp"), True)
         info, _ = _timed(n, lambda i: sched.get_task_info(f"w{i}"))
         sched.cancel_all()
         per = (n * 2) // THREADS
@@ -151,6 +183,12 @@ def run(quick: bool = False, json_path: str | None = None, address: str | None =
         "enqueue_ratio": round(enqueue_rate / ping_rate, 3),
         "enqueue_delayed_per_s": round(delayed_rate, 1),
         "enqueue_delayed_ratio": round(delayed_rate / ping_rate, 3),
+        "enqueue_async_per_s": round(async_rate, 1),  # (top level: what `bench ab` compares)
+        "enqueue_async_client_cpu_us": round(async_cpu, 1),
+        "enqueue_sync_delayed_per_s": round(sync_rate, 1),
+        "enqueue_sync_client_cpu_us": round(sync_cpu, 1),
+        "async_over_sync": {"calls": m, "rate": round(async_rate / sync_rate, 3),
+                            "cpu": round(async_cpu / sync_cpu, 3)},
         "concurrent_enqueue_per_s": round(conc, 1),
         "concurrent_ratio": round(conc / ping_rate, 3),
         "concurrent_one_message_per_call_per_s": round(uncoalesced, 1),
@@ -182,6 +220,9 @@ def run(quick: bool = False, json_path: str | None = None, address: str | None =
     rows += [
         ("sequential calls/s", f"actor ping {ping_rate:,.0f}, enqueue() run-now {enqueue_rate:,.0f} "
                                f"(ratio {result['enqueue_ratio']}), delayed {delayed_rate:,.0f}"),
+        ("enqueue_async() one after another",
+         f"{async_rate:,.0f}/s, {async_cpu:.0f} µs of the driver's CPU a call; enqueue(): "
+         f"{sync_rate:,.0f}/s, {sync_cpu:.0f} µs (delayed tasks, {m} calls each)"),
         (f"enqueue() from {THREADS} threads",
          f"run-now {conc:,.0f}/s (ratio {result['concurrent_ratio']}; one message per call: "
          f"{uncoalesced:,.0f}/s), delayed {delayed_conc:,.0f}/s, bare pings {bare_rate:,.0f}/s"),
