@@ -12,9 +12,10 @@ In one run, against one engine:
   concurrent_enqueue_per_s / actor_ping_per_s. The baseline in the same run,
   ``concurrent_one_message_per_call_per_s``, is the same threads with one message per
   call (how ``enqueue()`` worked before calls were coalesced).
-- ``enqueue_async_per_s`` (``_client_cpu_us``): one coroutine awaiting ``enqueue_async()`` of delayed tasks one after
-  another: calls per second and the driver process's CPU per call, against sequential
-  ``enqueue()`` of delayed tasks in the same run (``async_over_sync``).
+- ``enqueue_async_per_s`` (``_client_cpu_us``): one coroutine awaiting ``enqueue_async()``
+  of delayed tasks one after another: calls per second and the driver process's CPU per
+  call, against sequential ``enqueue()`` of delayed tasks in the same run
+  (``async_over_sync``).
 - ``start_latency_ms``: enqueue -> the worker starts, at 100 tasks/s through single
   ``enqueue()`` calls on a fixed schedule (from each call's send time).
 - ``through_ray`` / ``lane_speedup``: sequential, 8-thread and start-latency figures again
