@@ -351,7 +351,12 @@ async def _fetch(client: Any, cfg: HttpDownloadConfig, part: Any, kept: Any, con
     """One GET into ``part``, resuming it if it has bytes: None when the part file is whole,
     a Failure, or _START_OVER when the part is not a prefix of what the server now has."""
     offset = part.stat().st_size if part.exists() else 0
-    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    # The file's own bytes, not a compressed transfer of them: a Range counts the bytes sent,
+    # so with gzip (httpx asks for it; a web server compresses on the fly) a resume asked for
+    # an offset of decoded bytes into the encoded stream. Saved as received.
+    headers = {"Accept-Encoding": "identity"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
     if offset and kept.exists():
         headers["If-Range"] = kept.read_text().strip()
     async with client.stream("GET", cfg.url, headers=headers) as response:
@@ -379,7 +384,7 @@ async def _fetch(client: Any, cfg: HttpDownloadConfig, part: Any, kept: Any, con
         written = offset
         last_pct = -1
         with open(part, "ab" if offset else "wb") as out:
-            async for chunk in response.aiter_bytes():  # as received: a drop keeps what came
+            async for chunk in response.aiter_raw():  # as received: a drop keeps what came
                 out.write(chunk)
                 written += len(chunk)
                 if written > config.download_max_bytes:

@@ -22,6 +22,7 @@ class State:
         self.data = DATA  # what /file and /file-interrupt serve (a test may change it)
         self.etag = '"v1"'  # its validator (If-Range is honoured: another one gets it whole)
         self.if_ranges: list[str | None] = []
+        self.encodings: list[str | None] = []  # each /file request's Accept-Encoding
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -72,6 +73,13 @@ class Handler(BaseHTTPRequestHandler):
         if_range = self.headers.get("If-Range")
         self.state.ranges.append(rng)
         self.state.if_ranges.append(if_range)
+        self.state.encodings.append(self.headers.get("Accept-Encoding"))
+        if "gzip" in (self.headers.get("Accept-Encoding") or ""):  # compressed on the fly, as nginx
+            import gzip
+
+            body = gzip.compress(self.state.data)
+            self._reply(200, body, {"Content-Encoding": "gzip", "ETag": self.state.etag})
+            return
         if if_range is not None and if_range != self.state.etag:
             rng = None  # RFC 9110: a validator that does not match gets the whole representation
         start = int(rng.split("=")[1].split("-")[0]) if rng else 0
