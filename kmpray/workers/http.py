@@ -204,13 +204,18 @@ async def _client(timeout_ms: int, config: EngineConfig | None = None) -> Any:
 
 
 async def _send(
-    method: str, url: str, timeout_ms: int, config: EngineConfig, **kwargs: Any
+    method: str, url: str, timeout_ms: int, config: EngineConfig, whole: bool = True, **kwargs: Any
 ) -> tuple[int, int] | Failure:
+    """(status, response length) or a Failure. ``whole``: ``timeout_ms`` bounds the whole
+    exchange (request, sync); else each connect, read and write (an upload may take longer
+    than its timeoutMs as long as it moves)."""
     client = await _client(timeout_ms, config)
     import httpx  # imported by then, off the loop
 
     try:
-        async with client:
+        # timeoutMs bounds the whole exchange: httpx's timeout is per connect, read or write,
+        # so a server sending a byte a second kept a 2 s request going for as long as it liked
+        async with asyncio.timeout(timeout_ms / 1000 if whole else None), client:
             async with client.stream(method, url, **kwargs) as response:
                 failed = _status_failure(response.status_code, url)
                 if failed is not None:
@@ -224,6 +229,9 @@ async def _send(
         return _transport_failure(exc, url)
     except ConfigError as exc:  # a hop the config does not allow (_guard)
         return Failure(str(exc))
+    except TimeoutError:  # asyncio.timeout's
+        return Failure(f"TimeoutError for {url}: no whole answer within timeoutMs ({timeout_ms} ms)",
+                       should_retry=True)
     return response.status_code, length
 
 
@@ -428,7 +436,7 @@ class HttpUploadWorker(CommonWorker):
         mime = cfg.mime_type or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         ctx.report_progress(0, f"uploading {path.name}")
         with open(path, "rb") as f:
-            sent = await _send("POST", cfg.url, cfg.timeout_ms, config, data=cfg.fields,
+            sent = await _send("POST", cfg.url, cfg.timeout_ms, config, whole=False, data=cfg.fields,
                                files={cfg.file_field_name: (path.name, f, mime)})
         if isinstance(sent, Failure):
             return sent

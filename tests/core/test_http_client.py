@@ -308,3 +308,26 @@ def test_a_config_that_cannot_be_sent_fails_at_once_naming_the_field(
         assert server.state.hits["/file"] == 0  # nothing sent
     assert isinstance(failed, Failure) and not failed.should_retry, failed
     assert failed.message.startswith(said), failed.message
+
+
+def test_timeout_ms_bounds_the_whole_exchange_not_each_read() -> None:
+    """httpx's timeout is per connect, read or write: a server sending a byte every 0.2 s
+    kept a request with timeoutMs 1000 going for as long as it liked (found touring,
+    session 46). Now the whole exchange is bounded: a retryable failure saying so."""
+    import json
+    import time as clock
+
+    from kmpray import EngineConfig, WorkerContext
+    from kmpray.results import Failure
+    from tests.integration.http_server import Server
+
+    with Server() as server:
+        ctx = WorkerContext("t", 0, engine_config=EngineConfig())
+        cfg = json.dumps({"url": f"{server.url}/drip?n=25", "timeoutMs": 1000})  # 5 s of dripping
+        began = clock.monotonic()
+        failed = asyncio.run(http.HttpRequestWorker().do_work(cfg, ctx))
+        took = clock.monotonic() - began
+    assert isinstance(failed, Failure) and failed.should_retry, failed
+    said = f"TimeoutError for {server.url}/drip?n=25: no whole answer within timeoutMs (1000 ms)"
+    assert failed.message == said
+    assert took < 3, took

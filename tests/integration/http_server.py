@@ -53,6 +53,18 @@ class Handler(BaseHTTPRequestHandler):
             self._reply(200, b"late")
         elif path == "/redirect":  # 302 to ?to=<url>
             self._reply(302, headers={"Location": self.path.split("to=", 1)[1]})
+        elif path == "/drip":  # ?n=<bytes>: one byte every 0.2 s
+            n = int(self.path.split("n=", 1)[1])
+            self.send_response(200)
+            self.send_header("Content-Length", str(n))
+            self.end_headers()
+            try:
+                for _ in range(n):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            except OSError:  # the client gave up
+                pass
         elif path == "/big":  # ?n=<bytes>, sent in 64 KiB writes
             n = int(self.path.split("n=", 1)[1])
             self.send_response(200)
