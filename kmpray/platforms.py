@@ -15,13 +15,16 @@ class PlatformProfile:
     unsupported_triggers: frozenset[str] = frozenset()
     # Constraint fields the platform cannot honour; they are ignored with a warning.
     ignored_constraints: frozenset[str] = frozenset()
+    # A shorter backoff_delay_ms is raised to this, with a warning (Android's
+    # WorkRequest.MIN_BACKOFF_MILLIS: its builder does the same).
+    min_backoff_ms: int = 0
 
 
 FLEX_MIN_MS = 5 * ONE_MINUTE
 
 PLATFORMS: dict[str, PlatformProfile] = {
     "cluster": PlatformProfile("cluster", min_periodic_ms=ONE_SECOND),
-    "android": PlatformProfile("android", min_periodic_ms=FIFTEEN_MINUTES),
+    "android": PlatformProfile("android", min_periodic_ms=FIFTEEN_MINUTES, min_backoff_ms=10 * ONE_SECOND),
     "ios": PlatformProfile(
         "ios",
         min_periodic_ms=FIFTEEN_MINUTES,

@@ -115,7 +115,14 @@ class UniqueWork:
             )
 
     def _platform_constraints(self: Core, task_id: str, c: Constraints) -> Constraints:
-        """Constraints the platform cannot honour are dropped, with a warning (iOS)."""
+        """Constraints the platform cannot honour are dropped, with a warning (iOS); a
+        backoff shorter than the platform's minimum is raised to it, with a warning
+        (Android's 10 s, as its WorkRequest builder does)."""
+        least = self.platform.min_backoff_ms
+        if c.backoff_delay_ms < least:
+            log.warning("%s: backoff_delay_ms %d is below platform %r's minimum: %d ms used",
+                        task_id, c.backoff_delay_ms, self.platform.name, least)
+            c = c.model_copy(update={"backoff_delay_ms": least})
         if not self.platform.ignored_constraints:
             return c
         dropped = [f for f in self.platform.ignored_constraints if getattr(c, f)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from kmpray import BackoffPolicy, Constraints, ScheduleResult, TaskState, TaskTrigger
 from kmpray.results import Failure, Retry, Success
 
@@ -278,3 +280,23 @@ def test_cancelling_a_run_that_never_began_does_not_count_an_attempt(h: Harness)
     assert h.core.cancel("waits") == 1 and h.core.cancel("began") == 1
     assert [h.core.latest(n).info().run_attempt_count for n in ("waits", "began")] == [0, 1]  # type: ignore[union-attr]
     assert {k for k, _ in h.drain().cancel_runs} == {"waits", "began"}  # both told to stop
+
+
+def test_android_raises_a_backoff_below_its_minimum_to_10_s_as_its_builder_does(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """platform="android" enforces Android's minimums: WorkRequest.Builder raises a backoff
+    delay under MIN_BACKOFF_MILLIS (10 s) to it, with a warning. A 100 ms backoff retried
+    after 100 ms there until session 46. "cluster" keeps what it is given."""
+    import logging
+
+    android, cluster = Harness("android"), Harness("cluster")
+    c = Constraints(backoff_delay_ms=100, max_retries=2)
+    with caplog.at_level(logging.WARNING):
+        android.core.submit("f", TaskTrigger.OneTime(), "Flaky", constraints=c)
+    assert "f: backoff_delay_ms 100 is below platform 'android''s minimum: 10000 ms used" in caplog.text
+    cluster.core.submit("f", TaskTrigger.OneTime(), "Flaky", constraints=c)
+    for h, delay in ((android, 10_000), (cluster, 100)):
+        h.step()
+        rec = h.core.latest("f")
+        assert rec is not None and rec.next_run_at_ms == START + delay, h.core.platform.name
+        assert rec.constraints.backoff_delay_ms == delay  # stored as used, as Android's WorkSpec
