@@ -91,16 +91,22 @@ def _hostname(host_header: str) -> str:
 def refused(request: Request, token: str | None) -> str | None:
     """Why a request that a browser may have been made to send is refused, or None.
 
-    - Without a token the dashboard is bound to loopback, and answers requests for a
-      loopback name only: a page on another site can point its own name at 127.0.0.1 (DNS
-      rebinding) and would then read the task table and cancel tasks as same-origin.
+    Without a token the dashboard is bound to loopback and anyone who can reach it may use
+    it, so a browser's requests need two guards:
+    - It answers requests for a loopback name only: a page on another site can point its
+      own name at 127.0.0.1 (DNS rebinding) and would then read the task table and cancel
+      tasks as same-origin.
     - A request that changes something (cancel) whose ``Origin`` is not this server is
       refused: a page on any site could post a form to ``http://127.0.0.1:8786/...``
       (cross-site request forgery; the browser sends it, only its answer is hidden).
-    Clients that send no ``Origin`` (curl, scripts) are not affected by the second rule.
+      Clients that send no ``Origin`` (curl, scripts) are not affected.
+    With a token, every request must carry it, which another site's page cannot: neither
+    guard is needed (and a proxy in front may rewrite the host the page is served as).
     """
+    if token is not None:
+        return None
     host = request.headers.get("host", "")
-    if token is None and not is_loopback(_hostname(host)):
+    if not is_loopback(_hostname(host)):
         return (f"host {host[:80]!r} is not a loopback name: without a token the dashboard answers "
                 "requests for localhost, 127.0.0.1 or [::1] only (a guard against DNS rebinding; "
                 "behind a proxy, give it a token)")
