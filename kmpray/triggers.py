@@ -129,8 +129,8 @@ def _local_file(uri: str) -> str | None:
 def uri_matches(pattern: str, changed: str, descendants: bool) -> bool:
     """An equal URI, or (with ``descendants``) one below it by whole path segment. Two local
     ``file:`` URIs are compared by path: the file watcher reports changes as ``Path.as_uri()``
-    spells them (percent-encoded), so a trigger on ``file:///tmp/my dir`` (or ``file:/tmp/d``,
-    or ``…/d/./``) never fired on a real change below it until session 46."""
+    spells them (percent-encoded), so a trigger on ``file:///data/Müller`` (or ``file:/tmp/d``,
+    ``file://localhost/tmp/d``, ``…/d/./``) never fired on a real change below it until session 46."""
     here, there = _local_file(pattern), _local_file(changed)
     if here is not None and there is not None:
         return there == here or (descendants and (here == "/" or there.startswith(here + "/")))

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from .core_protocol import Core
 
 log = logging.getLogger("kmpray.engine")
+_RAISED_BACKOFFS: set[int] = set()  # backoff values said raised to a platform minimum
 
 ACCEPTED = Outcome(ScheduleResult.SUCCESS)  # frozen: one for every accepted task
 
@@ -120,8 +121,10 @@ class UniqueWork:
         (Android's 10 s, as its WorkRequest builder does)."""
         least = self.platform.min_backoff_ms
         if c.backoff_delay_ms < least:
-            log.warning("%s: backoff_delay_ms %d is below platform %r's minimum: %d ms used",
-                        task_id, c.backoff_delay_ms, self.platform.name, least)
+            if c.backoff_delay_ms not in _RAISED_BACKOFFS:  # once per value: a bulk of 100,000 is one line
+                _RAISED_BACKOFFS.add(c.backoff_delay_ms)
+                log.warning("%s: backoff_delay_ms %d is below platform %r's minimum: %d ms used (said once "
+                            "for this value)", task_id, c.backoff_delay_ms, self.platform.name, least)
             c = c.model_copy(update={"backoff_delay_ms": least})
         if not self.platform.ignored_constraints:
             return c

@@ -9,6 +9,8 @@ from kmpray.results import Failure, Retry, Success
 
 from .conftest import START, Harness
 
+ONE_HOUR_MS = 3_600_000
+
 
 def test_one_time_task_runs_once_and_succeeds(h: Harness) -> None:
     assert h.core.submit("a", TaskTrigger.OneTime(), "Ok").result is ScheduleResult.SUCCESS
@@ -283,17 +285,24 @@ def test_cancelling_a_run_that_never_began_does_not_count_an_attempt(h: Harness)
 
 
 def test_android_raises_a_backoff_below_its_minimum_to_10_s_as_its_builder_does(
-        caplog: pytest.LogCaptureFixture) -> None:
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     """platform="android" enforces Android's minimums: WorkRequest.Builder raises a backoff
-    delay under MIN_BACKOFF_MILLIS (10 s) to it, with a warning. A 100 ms backoff retried
-    after 100 ms there until session 46. "cluster" keeps what it is given."""
+    delay under MIN_BACKOFF_MILLIS (10 s) to it, with a warning (here once per value, not
+    once per task of a bulk). A 100 ms backoff retried after 100 ms there until session
+    46. "cluster" keeps what it is given."""
     import logging
 
+    from kmpray import unique_work
+
+    monkeypatch.setattr(unique_work, "_RAISED_BACKOFFS", set())
     android, cluster = Harness("android"), Harness("cluster")
     c = Constraints(backoff_delay_ms=100, max_retries=2)
     with caplog.at_level(logging.WARNING):
         android.core.submit("f", TaskTrigger.OneTime(), "Flaky", constraints=c)
+        android.core.submit("g", TaskTrigger.OneTime(ONE_HOUR_MS), "Flaky", constraints=c)
     assert "f: backoff_delay_ms 100 is below platform 'android''s minimum: 10000 ms used" in caplog.text
+    assert caplog.text.count("is below platform") == 1
+    assert android.core.latest("g").constraints.backoff_delay_ms == 10_000  # type: ignore[union-attr]
     cluster.core.submit("f", TaskTrigger.OneTime(), "Flaky", constraints=c)
     for h, delay in ((android, 10_000), (cluster, 100)):
         h.step()
