@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kmpray.engine")
 _RAISED_BACKOFFS: set[int] = set()  # backoff values said raised to a platform minimum
+_IGNORED_SAID: set[str] = set()  # sets of constraint fields said ignored by the platform
 
 ACCEPTED = Outcome(ScheduleResult.SUCCESS)  # frozen: one for every accepted task
 
@@ -131,7 +132,10 @@ class UniqueWork:
         dropped = [f for f in self.platform.ignored_constraints if getattr(c, f)]
         if not dropped:
             return c
-        log.warning("%s: platform %r ignores %s", task_id, self.platform.name, ", ".join(sorted(dropped)))
+        said = ", ".join(sorted(dropped))
+        if said not in _IGNORED_SAID:  # once per set of fields, as for the backoff above
+            _IGNORED_SAID.add(said)
+            log.warning("%s: platform %r ignores %s (said once for these)", task_id, self.platform.name, said)
         return c.model_copy(update=dict.fromkeys(dropped, False))
 
     def _insert(self: Core, rec: TaskRecord, now: int) -> None:
