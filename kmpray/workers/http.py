@@ -36,6 +36,7 @@ class _Config(Frozen):
 
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110's field-name
+_MEDIA_TYPE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+/[!#$%&'*+\-.^_`|~0-9A-Za-z]+(\s*;.*)?")
 
 
 class HttpRequestConfig(_Config):
@@ -86,6 +87,16 @@ class HttpUploadConfig(_Config):
     fields: dict[str, str] = {}
     mime_type: str | None = None
     timeout_ms: Annotated[int, Field(gt=0)] = 2 * 60_000
+
+    @field_validator("mime_type")
+    @classmethod
+    def _media_type(cls, value: str | None) -> str | None:
+        """``type/subtype`` (parameters allowed), printable ASCII: a line break went into the
+        multipart part's headers as it was."""
+        printable = value is None or (value.isascii() and value.isprintable())
+        if value is not None and not (printable and _MEDIA_TYPE.fullmatch(value)):
+            raise ValueError(f"must be a media type such as 'text/csv', got {value[:80]!r}")
+        return value
 
 
 def _config(ctx: WorkerContext | None) -> EngineConfig:

@@ -286,6 +286,8 @@ def test_a_resumed_download_never_splices_two_versions_or_keeps_an_overlong_part
     ("HttpSyncWorker", {"url": "http://exa mple.com/"}, "url: host 'exa mple.com' is not a valid host name"),
     ("HttpDownloadWorker", {"savePath": ""}, "savePath: '' is a directory; name the file to save to"),
     ("HttpDownloadWorker", {"savePath": "f", "sha256": "md5:abc"}, "sha256: must be 64 hexadecimal digits"),
+    ("HttpUploadWorker", {"filePath": "up.txt", "mimeType": "text/plain\r\nX-Injected: 1"},
+     "mimeType: must be a media type such as 'text/csv'"),
     ("HttpDownloadWorker", {"savePath": "sub"}, "savePath: 'sub' is a directory; name the file to save to"),
 ])
 def test_a_config_that_cannot_be_sent_fails_at_once_naming_the_field(
@@ -301,6 +303,7 @@ def test_a_config_that_cannot_be_sent_fails_at_once_naming_the_field(
     from tests.integration.http_server import Server
 
     (tmp_path / "sub").mkdir()
+    (tmp_path / "up.txt").write_text("x")
     ctx = WorkerContext("t", 0, engine_config=EngineConfig(files_base_dir=str(tmp_path)))
     with Server() as server:
         full = {"url": f"{server.url}/file", **cfg}
