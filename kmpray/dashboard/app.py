@@ -4,9 +4,9 @@ Every engine call is a blocking Ray call, so each runs in Starlette's thread poo
 are checked before any call: an unknown id is a 404, a bad filter a 400; an engine that
 cannot be reached is a 503. A token, when set, must come with every request (header
 ``Authorization: Bearer T``, or ``?token=T`` for the page and its event stream, which a
-browser's EventSource cannot give headers); without it, 401. A request for a name that is
-not loopback (without a token) or a cross-site one that would change something is a 403
-(``refused``).
+browser's EventSource cannot give headers); without it, 401. Without a token, a request
+for a name that is not loopback, or a cross-site one that would change something, is a
+403 (``refused``).
 """
 
 from __future__ import annotations
