@@ -334,3 +334,27 @@ def test_timeout_ms_bounds_the_whole_exchange_not_each_read() -> None:
     said = f"TimeoutError for {server.url}/drip?n=25: no whole answer within timeoutMs (1000 ms)"
     assert failed.message == said
     assert took < 3, took
+
+
+def test_an_upload_reports_its_progress_as_the_file_goes_out(tmp_path: Any) -> None:
+    """An upload reported 0 % and then 100 %, however large the file (the README says uploads
+    report progress); now the share of the file read out, up to 99 % until the server has
+    answered. Found touring, session 46."""
+    import json
+
+    from kmpray import EngineConfig, WorkerContext
+    from kmpray.results import Success
+    from tests.integration.http_server import Server
+
+    data = bytes(range(256)) * 4096  # 1 MiB: 16 reads of 64 KiB
+    (tmp_path / "up.bin").write_bytes(data)
+    seen: list[int] = []
+    ctx = WorkerContext("t", 0, engine_config=EngineConfig(files_base_dir=str(tmp_path)),
+                        progress_sink=lambda pct, msg: seen.append(pct))
+    with Server() as server:
+        cfg = json.dumps({"url": f"{server.url}/upload", "filePath": "up.bin"})
+        done = asyncio.run(http.HttpUploadWorker().do_work(cfg, ctx))
+        assert server.state.uploads[-1]["file"]["content"] == data
+    assert isinstance(done, Success) and done.data["fileSize"] == len(data), done
+    assert seen[0] == 0 and seen[-1] == 100 and seen == sorted(seen), seen
+    assert len([p for p in seen if 0 < p < 100]) >= 10, seen  # along the way, not only at the ends
