@@ -331,9 +331,12 @@ class ExecutorPool:
                 by_executor.setdefault(i, []).append(key)
         return [self.slots[i].handle.cancel.remote(part) for i, part in by_executor.items()]
 
-    def lose(self, i: int, why: str, keys: list[Key] | None = None, crashed: bool = False) -> None:
+    def lose(
+        self, i: int, why: str, keys: list[Key] | None = None, crashed: bool = False, cause: str | None = None
+    ) -> None:
         """Re-queue executor ``i``'s runs (only ``keys`` of them, if given) still unreported;
-        ``crashed``: its process died under them (see ``SchedulerCore.run_lost``)."""
+        ``crashed``: its process died under them (see ``SchedulerCore.run_lost``), of
+        ``cause`` if known."""
         inflight = self.slots[i].inflight
         lost = list(inflight) if keys is None else [k for k in keys if k in inflight]
         for key in lost:
@@ -341,14 +344,15 @@ class ExecutorPool:
             self.where.pop(key, None)
             if key in self.alone.values():
                 self.end_isolation(key)
-            self.core.run_lost(*key, crashed=crashed)
+            self.core.run_lost(*key, crashed=crashed, cause=cause)
         if lost:
             log.warning("executor %d %s: re-running %d runs", i, why, len(lost))
             self._kick()
 
-    def exiting(self, i: int, incarnation: str) -> bool:
-        """Executor ``i``'s process ``incarnation`` ends itself now: it gets nothing more
-        until a new one answers a ping, and what it took is lost with it (a crash)."""
+    def exiting(self, i: int, incarnation: str, cause: str | None = None) -> bool:
+        """Executor ``i``'s process ``incarnation`` ends itself now (of ``cause``, its memory
+        cap): it gets nothing more until a new one answers a ping, and what it took is lost
+        with it (a crash)."""
         slot = self.slots[i]
         if incarnation in slot.dead:
             return False
@@ -359,7 +363,7 @@ class ExecutorPool:
         # under. A late notice from an older process only pauses the slot for a ping.
         slot.reachable = False
         self.lose(i, "is ending its process", [k for k, took in slot.inflight.items() if took == incarnation],
-                  crashed=True)
+                  crashed=True, cause=cause)
         return True
 
     def withdraw(self, i: int, held: set[Key], incarnation: str) -> list[Key]:

@@ -127,7 +127,9 @@ class SchedulerReports:
         """A light executor is about to end its process (its memory cap): send it nothing
         more, and re-run what that process took as runs it died under."""
         await self._ready
-        if index < len(self.pool.slots) and self.pool.exiting(index, incarnation):
+        # (the runs' cause of death: what the cap measured, not what the process does next)
+        cause = why.partition(": stopping this process")[0]
+        if index < len(self.pool.slots) and self.pool.exiting(index, incarnation, cause):
             log.warning("executor %d: %s", index, why)
             self.pool.stops.add(f"executor {index}", f"ended its own process: {why}", pid_in(incarnation))
             self._pump()

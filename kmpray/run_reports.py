@@ -16,7 +16,10 @@ if TYPE_CHECKING:
 
 
 class RunReports:
-    def run_lost(self: Core, key: str, run_id: int, crashed: bool = False, bounced: bool = False) -> None:
+    def run_lost(
+        self: Core, key: str, run_id: int, crashed: bool = False, bounced: bool = False,
+        cause: str | None = None,
+    ) -> None:
         """The executor of a run died or gave it back: run it again, not counted as an attempt.
 
         ``crashed``: the process holding the run died (not a node leaving, not a hand-back).
@@ -24,7 +27,8 @@ class RunReports:
         becomes a suspect and runs alone next time (``Dispatch.suspect``), where a death is
         its own. Past ``max_system_reruns`` such re-runs the task fails with the reason.
         ``bounced``: taken from the ready queue but not handed over (``unplaced``): nothing
-        to record or store, the row is as it was."""
+        to record or store, the row is as it was. ``cause``: what is known of the death (a
+        memory cap's figures), named in the FAILED reason if it is the last one."""
         rec = self.tasks.get(key)
         if rec is None or rec.state is not TaskState.RUNNING or rec.run_id != run_id:
             return
@@ -35,9 +39,10 @@ class RunReports:
             if rec.crashes > self.config.max_system_reruns:
                 deaths, rec.crashes = rec.crashes, 0
                 self.note(key, f"run {run_id}: its process died again ({deaths} in a row): FAILED")
+                known = f"; the last: {cause}" if cause else ""  # (until session 46: never said)
                 self.complete(key, run_id, Failure(
                     f"system: the process running it died during {deaths} runs in a row (os._exit, a fatal "
-                    f"signal or a memory cap); not run again after max_system_reruns="
+                    f"signal or a memory cap{known}); not run again after max_system_reruns="
                     f"{self.config.max_system_reruns}"))
                 return
         now = self.clock.now_ms()

@@ -96,3 +96,19 @@ def test_a_suspect_with_no_executor_to_run_alone_on_waits_and_is_released(h: Har
     h.core.release_unplaced()
     assert not h.core.suspects_waiting()
     assert [x.key for x in h.step()] == ["a"] and h.state("a") == "SUCCEEDED"
+
+
+def test_the_failed_reason_names_a_known_cause_of_the_last_death() -> None:
+    """An executor past executor_memory_mb tells the scheduler its figures before it ends;
+    the FAILED reason said only "os._exit, a fatal signal or a memory cap" though the engine
+    knew which (found touring, session 46). A death of unknown cause reads as before."""
+    h = Harness(config=EngineConfig(max_system_reruns=1))
+    h.core.submit("hog", TaskTrigger.OneTime(), "Ok")
+    cause = "resident memory 703 MiB is past executor_memory_mb=400"
+    h.core.run_lost("hog", _dispatch(h, "hog").run_id, crashed=True)  # the first: a process it shared
+    h.core.run_lost("hog", _dispatch(h, "hog").run_id, crashed=True, cause=cause)
+    rec = h.core.latest("hog")
+    assert rec is not None and isinstance(rec.result, Failure), rec
+    assert rec.result.message == (
+        "system: the process running it died during 2 runs in a row (os._exit, a fatal signal or a memory "
+        f"cap; the last: {cause}); not run again after max_system_reruns=1")

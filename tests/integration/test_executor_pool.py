@@ -40,7 +40,7 @@ class _Core:
     def release_unplaced(self) -> None:
         self.released += 1
 
-    def run_lost(self, key: str, run_id: int, crashed: bool = False) -> None:
+    def run_lost(self, key: str, run_id: int, crashed: bool = False, cause: str | None = None) -> None:
         self.lost.append((key, run_id, crashed))
 
 
