@@ -36,8 +36,9 @@ class _Config(Frozen):
         return value.upper() if isinstance(value, str) else value
 
 
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110's field-name
-_MEDIA_TYPE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+/[!#$%&'*+\-.^_`|~0-9A-Za-z]+(\s*;.*)?")
+_TCHARS = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"  # RFC 9110's token
+_TOKEN = re.compile(_TCHARS)  # a field-name
+_MEDIA_TYPE = re.compile(rf"{_TCHARS}/{_TCHARS}(\s*;.*)?")  # type/subtype, parameters after
 
 
 class HttpRequestConfig(_Config):
