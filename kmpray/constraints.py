@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ._model import Frozen
 from .enums import BackoffPolicy, ExistingWorkPolicy, NetworkType, QualityOfService
@@ -28,6 +28,18 @@ class Constraints(Frozen):
     qos: QualityOfService = QualityOfService.DEFAULT
     max_retries: Annotated[int, Field(ge=0, le=1_000_000)] = 5
     timeout_ms: PositiveDurationMs | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _network_type_requires_network(cls, data: Any) -> Any:
+        """A network type given without ``requires_network`` requires that network, as
+        Android's ``setRequiredNetworkType`` does (``NOT_REQUIRED`` requires none); given
+        both, ``requires_network`` stands. Until session 47 the type alone was ignored."""
+        if isinstance(data, dict) and "requires_network" not in data and "requiresNetwork" not in data:
+            kind = data.get("network_type", data.get("networkType"))
+            if kind is not None:
+                return {**data, "requires_network": kind != NetworkType.NOT_REQUIRED}
+        return data
 
 
 DEFAULT_CONSTRAINTS = Constraints()

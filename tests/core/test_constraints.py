@@ -92,6 +92,27 @@ def test_gated_task_waits_then_runs_on_a_node_that_satisfies_it(h: Harness) -> N
     assert (d.key, d.nodes) == ("c", ("n2",))
 
 
+def test_a_network_type_given_alone_requires_that_network(h: Harness) -> None:
+    """Android's one network constraint is ``setRequiredNetworkType(UNMETERED)``: naming the
+    type requires the network. Until session 47 ``Constraints(network_type=UNMETERED)``
+    without ``requires_network=True`` was ignored, and the task ran on a metered node."""
+    assert Constraints(network_type=NetworkType.UNMETERED).requires_network is True
+    assert Constraints(networkType="METERED").requires_network is True
+    assert Constraints(network_type=NetworkType.NOT_REQUIRED).requires_network is False
+    assert Constraints().requires_network is False
+    # said both ways, the explicit flag stands (a builder may pass its own switch)
+    assert Constraints(requires_network=False, network_type=NetworkType.UNMETERED).requires_network is False
+    wanted = Constraints(network_type=NetworkType.UNMETERED)
+    assert Constraints.model_validate(wanted.model_dump(exclude_defaults=True)) == wanted
+    h.core.set_devices({"n": DeviceState(network_type=NetworkType.METERED)})
+    h.core.submit("wifi", TaskTrigger.OneTime(), "Ok", constraints=wanted)
+    h.core.submit("any", TaskTrigger.OneTime(), "Ok", constraints=Constraints(network_type=NetworkType.CONNECTED))
+    assert [d.key for d in h.step()] == ["any"]
+    assert h.state("wifi") == "ENQUEUED" and h.core.gated_count() == 1
+    h.core.set_devices({"n": DeviceState(network_type=NetworkType.UNMETERED)})
+    assert [d.key for d in h.step()] == ["wifi"]
+
+
 def test_a_closing_gate_stops_new_starts(h: Harness) -> None:
     h.core.set_devices({"n": DeviceState()})
     h.core.submit("a", TaskTrigger.OneTime(initial_delay_ms=10), "Ok", constraints=Constraints(requires_charging=True))
