@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
-import shutil
+import os
 import zipfile
 from pathlib import Path
 from typing import Literal
@@ -24,6 +25,19 @@ class CompressionConfig(Frozen):
     level: Literal["low", "medium", "high"] = "medium"
     exclude_patterns: list[str] = []
     delete_original: bool = False
+
+
+def _delete(source: Path, zipped: list[Path]) -> None:
+    """The files that went into the zip, then the directories that left empty (the source
+    directory too, if it did). A file ``excludePatterns`` left out is in no archive, so it
+    stays: until session 47 the whole tree was removed, those files with it."""
+    for path in zipped:
+        path.unlink()
+    if source.is_dir():
+        dirs = [p for p in source.rglob("*") if p.is_dir() and not p.is_symlink()]
+        for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True) + [source]:
+            with contextlib.suppress(OSError):  # not empty: something was left out
+                d.rmdir()
 
 
 def _excluded(rel: str, patterns: list[str]) -> bool:
@@ -76,16 +90,21 @@ def _compress(
                            f"directory {str(base)!r} (leave it out with excludePatterns)")
     original = sum(p.stat().st_size for p in chosen)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED, compresslevel=LEVELS[cfg.level]) as zf:
-        for n, path in enumerate(chosen, 1):
-            zf.write(path, path.relative_to(root).as_posix())
-            ctx.report_progress(n * 100 // len(chosen), path.name)
+    # Written to a part file, renamed when whole (as downloads are): a run that failed
+    # halfway left a truncated archive at outputPath, over the last good one.
+    part = target.with_name(f"{target.name}.part")
+    try:
+        with zipfile.ZipFile(part, "w", zipfile.ZIP_DEFLATED, compresslevel=LEVELS[cfg.level]) as zf:
+            for n, path in enumerate(chosen, 1):
+                zf.write(path, path.relative_to(root).as_posix())
+                ctx.report_progress(n * 100 // len(chosen), path.name)
+        os.replace(part, target)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
     compressed = target.stat().st_size
     if cfg.delete_original:
-        if source.is_dir():
-            shutil.rmtree(source)
-        else:
-            source.unlink()
+        _delete(source, chosen)
     return Success(data={
         "originalSize": original,
         "compressedSize": compressed,

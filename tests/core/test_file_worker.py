@@ -9,6 +9,8 @@ import threading
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from kmpray import EngineConfig, WorkerContext
 from kmpray.results import Failure, Success
 from kmpray.workers.files import FileCompressionWorker
@@ -77,3 +79,50 @@ def test_an_output_path_that_is_a_directory_fails_at_once_naming_it(tmp_path: Pa
     refused, _ = _run(tmp_path, {"inputPath": "a.txt", "outputPath": "out"})
     assert isinstance(refused, Failure) and not refused.should_retry
     assert refused.message == "outputPath: 'out' is a directory; name the zip file"
+
+
+def test_delete_original_deletes_what_was_zipped_and_keeps_what_was_excluded(tmp_path: Path) -> None:
+    """``deleteOriginal`` removed the whole source tree, files left out by
+    ``excludePatterns`` too: they were in no archive, and gone (found touring, session 47)."""
+    src = tmp_path / "src"
+    (src / "sub" / "deep").mkdir(parents=True)
+    (src / "a.txt").write_text("a")
+    (src / "sub" / "b.txt").write_text("b")
+    (src / "sub" / "deep" / "c.txt").write_text("c")
+    (src / "sub" / "keep.log").write_text("not archived")
+    done, _ = _run(tmp_path, {"inputPath": "src", "outputPath": "out.zip", "excludePatterns": ["*.log"],
+                              "deleteOriginal": True})
+    assert isinstance(done, Success) and done.data["deletedOriginal"] is True
+    assert sorted(zipfile.ZipFile(tmp_path / "out.zip").namelist()) == ["a.txt", "sub/b.txt", "sub/deep/c.txt"]
+    left = sorted(p.relative_to(tmp_path).as_posix() for p in src.rglob("*"))
+    assert left == ["src/sub", "src/sub/keep.log"]  # the emptied directories went, the excluded file stayed
+    (tmp_path / "all").mkdir()
+    (tmp_path / "all" / "x.txt").write_text("x")
+    done, _ = _run(tmp_path, {"inputPath": "all", "deleteOriginal": True})
+    assert isinstance(done, Success) and not (tmp_path / "all").exists()
+
+
+def test_a_zip_that_fails_halfway_leaves_no_partial_file_and_the_previous_zip_whole(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The zip was written in place: a run that failed halfway (a full disk, a file gone)
+    left a truncated archive at ``outputPath``, over the previous good one, for whoever
+    looked there; downloads already went through a part file."""
+    (tmp_path / "src").mkdir()
+    for name in ("a.txt", "b.txt"):
+        (tmp_path / "src" / name).write_text(name * 1000)
+    done, _ = _run(tmp_path, {"inputPath": "src", "outputPath": "out.zip"})
+    assert isinstance(done, Success)
+    before = (tmp_path / "out.zip").read_bytes()
+    real_write = zipfile.ZipFile.write
+
+    def write(self: zipfile.ZipFile, filename: object, arcname: str | None = None, *args: object) -> None:
+        if arcname == "b.txt":
+            raise OSError(28, "No space left on device")
+        real_write(self, filename, arcname, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(zipfile.ZipFile, "write", write)
+    with pytest.raises(OSError, match="No space left"):
+        _run(tmp_path, {"inputPath": "src", "outputPath": "out.zip", "deleteOriginal": True})
+    assert (tmp_path / "out.zip").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.zip", "src"]  # no part file left either
+    assert sorted(p.name for p in (tmp_path / "src").iterdir()) == ["a.txt", "b.txt"]
