@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import posixpath
-from typing import Annotated, ClassVar, Literal, Union
+from typing import Annotated, ClassVar, Literal, Self, Union
 from urllib.parse import unquote, urlsplit
 
 from pydantic import Field
@@ -47,19 +47,27 @@ class ContentUri(Frozen):
     _positional: ClassVar[tuple[str, ...]] = ("uri_string", "trigger_for_descendants")
 
 
-class BatteryLowTrigger(Frozen):
+class _Singleton(Frozen):
+    """A device trigger: one instance, ``TaskTrigger.BatteryLow``. Called, as the other
+    triggers are written (``TaskTrigger.BatteryLow()``), it is itself."""
+
+    def __call__(self) -> Self:
+        return self
+
+
+class BatteryLowTrigger(_Singleton):
     kind: Literal["battery_low"] = "battery_low"
 
 
-class BatteryOkayTrigger(Frozen):
+class BatteryOkayTrigger(_Singleton):
     kind: Literal["battery_okay"] = "battery_okay"
 
 
-class StorageLowTrigger(Frozen):
+class StorageLowTrigger(_Singleton):
     kind: Literal["storage_low"] = "storage_low"
 
 
-class DeviceIdleTrigger(Frozen):
+class DeviceIdleTrigger(_Singleton):
     kind: Literal["device_idle"] = "device_idle"
 
 

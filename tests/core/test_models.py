@@ -74,6 +74,11 @@ def test_invalid_values_raise_validation_error_naming_the_field(build, field) ->
 def test_device_triggers_are_singletons() -> None:
     assert TaskTrigger.BatteryLow is TaskTrigger.BatteryLow
     assert TaskTrigger.BatteryLow.kind == "battery_low"
+    # Written as the other triggers are, with parentheses, each is still itself: until
+    # session 47 ``TaskTrigger.BatteryOkay()`` raised "'BatteryOkayTrigger' object is not
+    # callable" (KMP's are Kotlin objects, written without them, as here).
+    for single in (TaskTrigger.BatteryLow, TaskTrigger.BatteryOkay, TaskTrigger.StorageLow, TaskTrigger.DeviceIdle):
+        assert single() is single
 
 
 def test_bool_results_convert() -> None:
