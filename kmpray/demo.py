@@ -68,8 +68,8 @@ def _print_event(event: Any) -> None:
         print(f"  progress  {event.task_id:<16} [{bar:<10}] {event.progress:>3}% {event.message or ''}")
     else:
         mark = "ok  " if event.success else "fail"
-        data = f" {event.output_data}" if event.output_data else ""
-        print(f"  {mark}      {event.task_id:<16} {event.task_name}: {event.message or ''}{data}")
+        said = " ".join(str(part) for part in (event.message, event.output_data) if part)
+        print(f"  {mark}      {event.task_id:<16} {event.task_name}" + (f": {said}" if said else ""))
     sys.stdout.flush()
 
 

@@ -77,6 +77,7 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     # waited for its runs' events), the chain's report before the first quarter.
     quarters = stream.split("-- virtual time +")
     assert [q.count("  ok        cleanup") for q in quarters] == [1, 1, 1, 1, 1], stream
+    assert not [line for line in stream.splitlines() if line.rstrip().endswith(":")]  # a run with nothing to say
     assert "report over 250" in quarters[0] and "synced {'records': 200}" in quarters[3]  # nightly at +40
     assert "7 tasks, 11 runs" in summary
     # the summary is the end: no event line after it
