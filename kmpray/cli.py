@@ -31,16 +31,66 @@ def _hint(exc: Exception) -> str:
     return text
 
 
-def _connect(address: str | None, namespace: str, state_dir: str | None, shards: int | None = None) -> Any:
+def _json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
+
+
+def engine_config(text: str | None, shards: int | None = None) -> Any:
+    """``--config``: EngineConfig fields as a JSON object, given inline or as a file's path
+    (``@path`` too); ``--shards`` sets ``scheduler_shards`` over it. None when neither is
+    given (the defaults). Anything wrong is a usage error naming the field."""
+    from pathlib import Path
+
+    from pydantic import ValidationError
+
+    from ._model import one_line
+    from .config import EngineConfig
+
+    fields: Any = {}
+    if text:
+        raw = text
+        path = Path(text.removeprefix("@")).expanduser()
+        if not text.lstrip().startswith("{") and (text.startswith("@") or path.exists() or not _json(text)):
+            try:
+                raw = path.read_text()
+            except OSError as exc:
+                raise click.BadParameter(f"cannot read {str(path)!r}: {exc.strerror or exc}",
+                                         param_hint="--config") from None
+        try:
+            fields = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise click.BadParameter(f"not JSON ({exc})", param_hint="--config") from None
+        if not isinstance(fields, dict):
+            got = type(fields).__name__
+            raise click.BadParameter(f"must be a JSON object of EngineConfig fields, got {got}",
+                                     param_hint="--config")
+    if shards:
+        fields["scheduler_shards"] = shards
+    if not fields:
+        return None
+    try:
+        return EngineConfig(**fields)
+    except ValidationError as exc:
+        said = one_line(exc, "EngineConfig", with_input=True)
+        raise click.BadParameter(said, param_hint="--config") from None
+    except TypeError as exc:  # a key that is not a string (JSON keys are) or a positional mix-up
+        raise click.BadParameter(str(exc), param_hint="--config") from None
+
+
+def _connect(address: str | None, namespace: str, state_dir: str | None, config: Any = None,
+             platform: str | None = None) -> Any:
     """Attach to the engine (a running one as it runs: its shard count too), or start it."""
     from .client import connect
-    from .config import EngineConfig
     from .errors import StoreRefused
 
     try:
         _init_ray(address)
-        config = EngineConfig(scheduler_shards=shards) if shards else None
-        return connect(address=address, namespace=namespace, state_dir=state_dir, config=config)
+        return connect(address=address, namespace=namespace, state_dir=state_dir, config=config,
+                       platform=platform)
     except StoreRefused as exc:  # reached, and it said why it will not serve that store
         raise click.ClickException(f"the engine refused its store: {exc}") from None
     except Exception as exc:
@@ -101,9 +151,16 @@ def demo(state_dir: str | None, hours: int) -> None:
 @click.option("--shards", default=None, type=click.IntRange(1, 64),
               help="scheduler_shards for a new state dir; a state dir written before must be started "
                    "with the count it was written with (default 1).")
-def start(address: str | None, namespace: str, state_dir: str | None, shards: int | None) -> None:
+@click.option("--config", default=None, metavar="JSON|PATH",
+              help='EngineConfig fields as a JSON object, inline or in a file, e.g. '
+                   '\'{"heavy_resources": {"heavy": 1}, "http_deny_private": true}\'. Not stored: '
+                   'give it at every start.')
+@click.option("--platform", default=None, type=click.Choice(["cluster", "android", "ios"]),
+              help="The platform profile of a new engine (default cluster).")
+def start(address: str | None, namespace: str, state_dir: str | None, shards: int | None,
+          config: str | None, platform: str | None) -> None:
     """Start (or find) the engine on a Ray cluster; it keeps running after this exits."""
-    sched = _connect(address or "auto", namespace, state_dir, shards)
+    sched = _connect(address or "auto", namespace, state_dir, engine_config(config, shards), platform)
     status = sched.status()
     click.echo(f"engine {namespace!r} running: {status['executors']} executors, "
                f"{sched.shards} scheduler shard(s), state in {status['state_dir']}")

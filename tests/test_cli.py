@@ -77,7 +77,8 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     # waited for its runs' events), the chain's report before the first quarter.
     quarters = stream.split("-- virtual time +")
     assert [q.count("  ok        cleanup") for q in quarters] == [1, 1, 1, 1, 1], stream
-    assert not [line for line in stream.splitlines() if line.rstrip().endswith(":")]  # a run with nothing to say
+    # a run with nothing to say prints no dangling ": "
+    assert not [line for line in stream.splitlines() if line.rstrip().endswith(":")]
     assert "report over 250" in quarters[0] and "synced {'records': 200}" in quarters[3]  # nightly at +40
     assert "7 tasks, 11 runs" in summary
     # the summary is the end: no event line after it
@@ -96,6 +97,46 @@ def test_cluster_yaml_names_what_the_engine_asks_for() -> None:
     starts = config["head_start_ray_commands"] + config["worker_start_ray_commands"]
     assert all("RAY_AUTH_MODE=token" in c for c in starts if c != "ray stop")
     assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+    # The engine it starts sends heavy tasks to the heavy nodes, and no more heavy workers
+    # than they hold: until session 47 `kmpray start` could not be given an EngineConfig,
+    # so heavy tasks ran on any node and the heavy node type never scaled up.
+    import shlex
+
+    from kmpray.cli import engine_config
+
+    [start] = [shlex.split(c) for c in config["head_start_ray_commands"] if "kmpray start" in c]
+    engine = engine_config(start[start.index("--config") + 1])
+    wanted = engine.heavy_resources.items()
+    heavy = [t for t in types.values() if all(t["resources"].get(r, 0) >= n for r, n in wanted)]
+    assert engine.heavy_resources and heavy == [types["heavy"]]
+    each = min(types["heavy"]["resources"]["CPU"] // engine.heavy_num_cpus,
+               *(types["heavy"]["resources"][r] // n for r, n in engine.heavy_resources.items()))
+    assert engine.heavy_pool_size == each * types["heavy"]["max_workers"]
+
+
+def test_start_config_is_engine_config_json_inline_or_in_a_file(tmp_path: Path) -> None:
+    import click
+
+    from kmpray.cli import engine_config
+
+    assert engine_config(None) is None
+    assert engine_config(None, 2).scheduler_shards == 2
+    inline = engine_config('{"max_input_bytes": 1000, "heavy_resources": {"heavy": 1}}', 2)
+    assert (inline.max_input_bytes, inline.heavy_resources) == (1000, {"heavy": 1.0})
+    assert inline.scheduler_shards == 2
+    (tmp_path / "engine.json").write_text('{"http_deny_private": true}')
+    for given in (str(tmp_path / "engine.json"), f"@{tmp_path / 'engine.json'}"):
+        assert engine_config(given).http_deny_private is True
+    for bad, said in [
+        ('{"max_input_bytes": -1}', "EngineConfig.max_input_bytes: Input should be greater than 0 (was -1)"),
+        ('{"max_inpt_bytes": 1}', "EngineConfig.max_inpt_bytes: Extra inputs are not permitted"),
+        ("[1]", "must be a JSON object of EngineConfig fields, got list"),
+        ("{bad", "not JSON (Expecting property name"),
+        (str(tmp_path / "missing.json"), f"cannot read {str(tmp_path / 'missing.json')!r}: No such file"),
+    ]:
+        with pytest.raises(click.BadParameter) as caught:
+            engine_config(bad)
+        assert said in caught.value.message and caught.value.param_hint == "--config", caught.value.message
 
 
 @pytest.mark.ray
@@ -185,12 +226,22 @@ def test_start_brings_up_an_engine_on_a_running_cluster(ray_session, tmp_path: P
     import kmpray as lib
 
     address = ray_session.get_runtime_context().gcs_address
-    out = kmpray("start", "--address", address, "--namespace", "cli-start", "--state-dir", str(tmp_path))
+    out = kmpray("start", "--address", address, "--namespace", "cli-start", "--state-dir", str(tmp_path),
+                 "--config", '{"max_input_bytes": 1000}', "--platform", "android")
     assert out.returncode == 0 and "engine 'cli-start' running" in out.stdout, out.stderr[-1000:]
-    attached = lib.connect(namespace="cli-start", state_dir=str(tmp_path))
+    attached = lib.connect(namespace="cli-start", state_dir=str(tmp_path), platform="android")
     try:
         assert attached.status()["executors"] >= 1  # the detached engine outlived the CLI process
-        attached.enqueue("kept", lib.TaskTrigger.OneTime(lib.ONE_HOUR), "HttpRequestWorker")
+        kept = attached.enqueue("kept", lib.TaskTrigger.OneTime(lib.ONE_HOUR), "HttpRequestWorker")
+        assert kept.value == "SUCCESS"
+        # started with the config and platform it was given
+        big = attached.enqueue("big", lib.TaskTrigger.OneTime(), "HttpRequestWorker", input="x" * 2000)
+        assert big.value == "REJECTED_INVALID_PARAMS"
+        assert attached.last_reason == "input: 2000 bytes, more than the cap of 1000 bytes"
+        minute = attached.enqueue("p", lib.TaskTrigger.Periodic(lib.ONE_MINUTE), "HttpRequestWorker")
+        assert minute.value == "REJECTED_INVALID_PARAMS" and "below the android minimum" in (attached.last_reason or "")
+        again = cli("start", "--address", address, "--namespace", "cli-start")  # no warning: nothing asked
+        assert again.returncode == 0 and "already running" not in again.stderr, again.stderr
     finally:
         stopped = cli("stop", "--address", address, "--namespace", "cli-start")
         attached.shutdown()

@@ -436,9 +436,12 @@ def connect(
     namespace: str = DEFAULT_NAMESPACE,
     state_dir: str | None = None,
     virtual_time: bool = False,
-    platform: str = "cluster",
+    platform: str | None = "cluster",
     config: EngineConfig | None = None,
 ) -> BackgroundTaskScheduler:
+    """``platform=None`` (the CLI's ``kmpray start`` without ``--platform``): a running
+    engine's, whatever it is, without a warning; ``"cluster"`` for a new one."""
+    asked_platform, platform = platform, platform or "cluster"
     profile(platform)  # a bad platform name fails here, naming the field
     if not isinstance(namespace, str) or not namespace or len(namespace) > 100:
         raise ValueError("namespace: must be a non-empty string of at most 100 characters")
@@ -466,7 +469,7 @@ def connect(
             stop_engine(namespace)
             raise cause from None
         raise
-    if described["virtual_time"] != virtual_time or described["platform"] != platform:
+    if described["virtual_time"] != virtual_time or asked_platform not in (None, described["platform"]):
         log.warning(
             "engine %r is already running with virtual_time=%s platform=%s; attaching to it as it is",
             namespace, described["virtual_time"], described["platform"],
