@@ -12,7 +12,7 @@ import heapq
 import itertools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from .coalesce import AsyncCoalescer, Coalescer
 from .lane import Lane, LaneDown
 from .payloads import item, items
 from .remote import _await, _node_id, _ray, _ray_init, _tokens, _unwrap
-from .routing import Routing
+from .routing import Routing, checked_id
 from .subscription import EventBus
 from .waiting import TaskNotFound, Waiting
 
@@ -259,9 +259,10 @@ class BackgroundTaskScheduler(Waiting, Routing):
     def cancel(self, id: str) -> int:  # noqa: A002
         """Cancel the unfinished work under ``id`` (a task or a chain: asked of every shard,
         since a chain's tasks live on its shard); returns how many tasks were cancelled."""
-        return sum(int(n) for n in self._each("cancel", id))
+        return sum(int(n) for n in self._each("cancel", checked_id(id)))
 
     async def cancel_async(self, id: str) -> int:  # noqa: A002
+        checked_id(id)
         return sum([int(await self._call_async("cancel", id, shard=k)) for k in range(self.shards)])
 
     def cancel_all(self) -> int:
@@ -334,12 +335,13 @@ class BackgroundTaskScheduler(Waiting, Routing):
         work already finished), TaskNotFound for an unknown id.
         """
         deadline = deadline_after(timeout_s)
-        ids = [id] if isinstance(id, str) else list(id)
+        one = isinstance(id, str) or not isinstance(id, Iterable)
+        ids = [checked_id(id)] if one else [checked_id(i) for i in id]
         try:
             results = self._wait_with_bar(ids, deadline) if progress else self._wait_many(ids, deadline)
         except TaskNotFound as exc:
             raise self._with_refusal(exc) from None
-        return results[0] if isinstance(id, str) else results
+        return results[0] if one else results
 
     def advance_time(self, ms: int) -> int:
         """Virtual time only: move the clock ``ms`` forward, running everything that falls due

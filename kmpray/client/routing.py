@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
+from enum import Enum
 from typing import Any
 
 from ..errors import EngineUnavailable
@@ -22,6 +23,21 @@ Call = tuple[int, tuple[Any, ...]]  # (shard, args)
 
 #: Chain task ids whose shard a client remembers (see ``Routing._remember``).
 HOMES_KEPT = 100_000
+
+
+def checked_id(value: Any) -> str:
+    """``value`` if it is a task or chain id (a ``str``), else a TypeError naming ``id``.
+    Until session 47 anything went: ``wait(chain.enqueue())`` (a ScheduleResult, a ``str``
+    enum) waited for a task named "SUCCESS" and raised TaskNotFound for
+    ``<ScheduleResult.SUCCESS: 'SUCCESS'>``; ``get_task_info(5)`` returned None;
+    ``get_task_info(chain.enqueue)`` failed in Ray's pickling."""
+    if isinstance(value, str) and not isinstance(value, Enum):
+        return value
+    hint = ""
+    name = getattr(value, "__name__", "")
+    if isinstance(value, Enum) or type(value).__name__ == "TaskChain" or name == "enqueue":
+        hint = " (a chain's id is chain.id; enqueue() answers with a ScheduleResult, not an id)"
+    raise TypeError(f"id: must be a task or chain id (a str), got {type(value).__name__} {value!r:.60}{hint}")
 
 
 class Routing:
@@ -63,7 +79,7 @@ class Routing:
 
     def _home(self, id: str) -> int:  # noqa: A002
         """The shard that holds ``id``: its hash shard, unless it was found elsewhere."""
-        return self._homes.get(id, shard_of(id, self.shards))
+        return self._homes.get(checked_id(id), shard_of(id, self.shards))
 
     # ------------------------------------------------------------ a batch of calls
     def _fan(self, method: str, calls: list[Call], **kw: Any) -> list[Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,27 @@ def test_a_chain_explains_where_it_waits(svengine: Any) -> None:
     assert svengine.explain("e").splitlines() == ["chain e: SUCCEEDED, 3 steps: ✓ ✓ ✓"]
     with pytest.raises(TaskNotFound, match="no task or chain 'no-such'"):
         svengine.explain("no-such")
+
+
+def test_what_is_not_an_id_is_refused_naming_id(svengine: Any) -> None:
+    """``wait(chain.enqueue())`` (a ScheduleResult, which is a ``str`` enum) waited for a
+    task named "SUCCESS" and raised TaskNotFound for ``<ScheduleResult.SUCCESS: ...>``;
+    ``get_task_info(5)`` answered None; a bound method failed in Ray's pickling."""
+    chain = svengine.begin_with(step("na")).with_id("n")
+    answer = chain.enqueue()
+    hint = "a chain's id is chain.id; enqueue() answers with a ScheduleResult, not an id"
+    calls = (svengine.wait, svengine.get_task_info, svengine.cancel, svengine.explain, svengine.get_output,
+             svengine.get_chain_info, lambda x: svengine.wait([chain.id, x]))
+    refused = r"^id: must be a task or chain id \(a str\), got "
+    for call in calls:
+        with pytest.raises(TypeError, match=refused + "ScheduleResult") as exc:
+            call(answer)
+        assert hint in str(exc.value)
+        with pytest.raises(TypeError, match=refused + "int 5$"):
+            call(5)
+    with pytest.raises(TypeError, match=re.escape(hint)):
+        svengine.get_task_info(chain.enqueue)
+    assert svengine.wait(chain.id, timeout_s=60).state is TaskState.SUCCEEDED
 
 
 def test_cancel_chain_mid_run(svengine: Any, tmp_path: Path) -> None:
