@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from .core_protocol import Core
 
 _ONE_TIME = OneTime()
+_MERGERS = tuple(m.value for m in InputMerger)
 
 
 class ChainRules:
@@ -73,6 +74,10 @@ class ChainRules:
                         task["id"] = tid = str(uuid.uuid4())
                     seen.add(tid)
                     check_input(task.get("input"), self.config, f"step {n} input")
+                    merger = task.get("input_merger", "OVERWRITE")
+                    if merger not in _MERGERS:  # read below while the rows go in: checked before any does
+                        raise InvalidParameters(f"step {n} task {shown(tid)}: input_merger: {shown(merger)} is not "
+                                                f"one of {', '.join(_MERGERS)}")
                     if not (self.is_registered(task["worker"]) or self.is_known(task["worker"])):
                         raise InvalidParameters(
                             f"step {n} worker_class_name: {shown(task['worker'])} is not a registered worker"

@@ -140,6 +140,21 @@ def test_bad_chains_are_rejected_whole_with_nothing_stored(h: Harness) -> None:
     assert not fx.persist and not fx.chains
 
 
+def test_a_chain_with_a_bad_input_merger_is_rejected_whole_before_anything_is_stored(h: Harness) -> None:
+    """The merger was read while the chain's rows were being inserted: a payload naming an
+    unknown one (a client other than kmpray's, or a raw actor call) was answered
+    REJECTED_INVALID_PARAMS with its first step inserted and run, and a plan sent that made
+    the chain's coordinator raise at that step's success (found reading the intake, session 47)."""
+    steps = [[task("Ok", "a")], [{**task("Ok", "b"), "input_merger": "BOGUS"}]]
+    out = h.core.submit_chain("c", REPLACE, steps)
+    assert out.result is ScheduleResult.REJECTED_INVALID_PARAMS
+    assert out.reason == "step 2 task 'b': input_merger: 'BOGUS' is not one of OVERWRITE, ARRAY"
+    assert h.core.tasks == {} and h.core.chains == {} and h.core.pending == 0
+    fx = h.drain()
+    assert not fx.persist and not fx.chains and not fx.chain_msgs
+    assert h.step() == []
+
+
 def test_builder_is_immutable_and_reports_bad_steps() -> None:
     base = TaskChain.begin(None, TaskRequest("A"))
     longer = base.then([TaskRequest("B"), TaskRequest("C")])
