@@ -7,118 +7,44 @@ decisions are the ChainCoordinator's (actors/chain_coordinator.py). A mixin of
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import lifecycle
-from .chain import MAX_CHAIN_TASKS
 from .chain_coordination import Message, coordinator_index
+from .chain_intake import ChainIntake
 from .chain_record import ChainRecord, chain_state
 from .device import is_gated
-from .effects import Outcome, outcome_for
-from .enums import ExistingPolicy, InputMerger, ScheduleResult, TaskState
-from .errors import InvalidParameters, KmprayError
+from .effects import Outcome
+from .enums import ExistingPolicy, InputMerger, TaskState
+from .errors import InvalidParameters
 from .merging import merge
 from .models import ChainInfo
-from .protocol import Cascade, Plan, Promote
+from .protocol import Cascade, Promote
 from .records import TaskRecord
 from .results import Failure, Success
 from .triggers import OneTime
-from .validation import check_id, check_input, shown
 
 if TYPE_CHECKING:
     from .core_protocol import Core
 
 _ONE_TIME = OneTime()
-_MERGERS = tuple(m.value for m in InputMerger)
 
 
 class ChainRules:
     def submit_chain(
         self: Core, chain_id: str, policy: ExistingPolicy, steps: list[list[dict[str, Any]]]
     ) -> Outcome:
-        """Validate a whole chain and insert it, or reject it whole with nothing stored.
+        """Validate a whole chain and insert it, or reject it whole with nothing stored
+        (``ChainIntake``'s two phases at once; the actor takes a large chain's first in slices).
 
         Each task dict carries: id, id_explicit, worker, input, constraints (a
         Constraints), input_merger. An auto-generated id that is already taken (a reused
         TaskRequest) gets a fresh one; an explicit id that is taken is an error.
         """
-        now = self.clock.now_ms()
-        try:
-            check_id(chain_id, self.config, "chain id")
-            if not steps:
-                raise InvalidParameters("chain: is empty (begin_with needs at least one TaskRequest)")
-            total = sum(len(step) for step in steps)
-            if total > MAX_CHAIN_TASKS:
-                raise InvalidParameters(f"chain: {total} tasks, more than the limit of {MAX_CHAIN_TASKS}")
-            if self._name_taken(chain_id):
-                raise InvalidParameters(f"chain id: {chain_id!r} is already the id of a task")
-            existing = self.chains.get(chain_id)
-            unfinished = existing is not None and not self._chain_finished(existing)
-            if unfinished and policy is ExistingPolicy.KEEP:
-                return Outcome(ScheduleResult.SUCCESS, f"kept existing unfinished chain {chain_id!r}")
-            replaced = set() if existing is None else {k for st in existing.steps for k in st}
-            seen: set[str] = set()
-            for n, step in enumerate(steps, 1):
-                if not step:
-                    raise InvalidParameters(f"chain step {n}: a parallel step needs at least one TaskRequest")
-                for task in step:
-                    tid = task["id"]
-                    check_id(tid, self.config, f"step {n} task id")
-                    in_use = tid in self.tasks or self._name_taken(tid)
-                    taken = tid in seen or (in_use and tid not in replaced)
-                    if taken and task.get("id_explicit", True):
-                        raise InvalidParameters(f"step {n} task id: {tid!r} is used twice or already in use")
-                    if taken:
-                        task["id"] = tid = str(uuid.uuid4())
-                    seen.add(tid)
-                    check_input(task.get("input"), self.config, f"step {n} input")
-                    merger = task.get("input_merger", "OVERWRITE")
-                    if merger not in _MERGERS:  # read below while the rows go in: checked before any does
-                        raise InvalidParameters(f"step {n} task {shown(tid)}: input_merger: {shown(merger)} is not "
-                                                f"one of {', '.join(_MERGERS)}")
-                    if not (self.is_registered(task["worker"]) or self.is_known(task["worker"])):
-                        raise InvalidParameters(
-                            f"step {n} worker_class_name: {shown(task['worker'])} is not a registered worker"
-                        )
-            self._admit(total)
-        except KmprayError as exc:
-            return outcome_for(exc)
-
-        last_run_ids = self._remove_chain(chain_id, now) if existing is not None else {}
-        chain = ChainRecord(chain_id, [[t["id"] for t in step] for step in steps], now)
-        chain.unfinished = total
-        self.chains[chain_id] = chain
-        self.fx.chains[chain_id] = chain
-        mergers = {t["id"]: t["input_merger"] for step in steps for t in step
-                   if t.get("input_merger", "OVERWRITE") != "OVERWRITE"}
-        self.fx.chain_msgs.append(Plan(chain_id, chain.gen, chain.steps, mergers))
-        for n, step in enumerate(steps):
-            for task in step:
-                rec = TaskRecord(
-                    key=task["id"],
-                    name=task["id"],
-                    worker=task["worker"],
-                    trigger=_ONE_TIME,
-                    constraints=self._platform_constraints(task["id"], task["constraints"]),
-                    state=TaskState.ENQUEUED if n == 0 else TaskState.BLOCKED,
-                    created_at_ms=now,
-                    updated_at_ms=now,
-                    input=task.get("input"),
-                    chain_id=chain_id,
-                    input_merger=InputMerger(task.get("input_merger", "OVERWRITE")),
-                    step=n,
-                    run_id=max(last_run_ids.get(task["id"], 0), self.run_floor),
-                )
-                self.tasks[rec.key] = rec
-                self.names[rec.key] = [rec.key]
-                self.pending += 1
-                self.stats.enqueued(rec.worker)
-                self._touch(rec, now)
-                if n == 0:  # ready at once, as an enqueue's run is: the intake's commit pumps next
-                    self._schedule_first(rec, now, ready_now=True)
-        return Outcome(ScheduleResult.SUCCESS)
+        intake = ChainIntake(self, chain_id, policy, steps)
+        intake.check(intake.remaining)
+        return intake.admit()
 
     def _chain_finished(self: Core, chain: ChainRecord) -> bool:
         return chain.unfinished == 0

@@ -11,10 +11,11 @@ from typing import Any, TypeVar
 from pydantic import TypeAdapter, ValidationError
 
 from ._model import more_errors, one_line
+from .chain_intake import ChainIntake
 from .constraints import DEFAULT_CONSTRAINTS, Constraints
 from .effects import Outcome
 from .engine import SchedulerCore
-from .enums import ExistingPolicy, ScheduleResult
+from .enums import ScheduleResult
 from .errors import InvalidParameters
 from .triggers import Trigger
 from .validation import shown
@@ -96,18 +97,27 @@ def submit(core: SchedulerCore, item: dict[str, Any]) -> Outcome:
         return Outcome(ScheduleResult.FAILED_UNKNOWN, f"{type(exc).__name__}: {exc}")
 
 
+def chain_intake(core: SchedulerCore, payload: dict[str, Any]) -> ChainIntake:
+    """One ``enqueue_chain`` payload (id, policy, steps: lists of task dicts, or the client's
+    own ``error`` about the chain it could not build) as a ``ChainIntake``: its tasks'
+    constraints are parsed as they are checked, in the intake's slices."""
+    if not isinstance(payload, dict):
+        chain = ChainIntake(core, None, "REPLACE", [])
+        chain.failed = Outcome(ScheduleResult.REJECTED_INVALID_PARAMS,
+                               f"TypeError: a chain payload is a dict, got {type(payload).__name__}")
+        return chain
+    chain = ChainIntake(core, payload.get("id"), payload.get("policy", "REPLACE"), payload.get("steps"),
+                        parse=_task)
+    if payload.get("error"):  # says what and where, as every other rejection does
+        chain.failed = Outcome(ScheduleResult.REJECTED_INVALID_PARAMS, str(payload["error"]))
+    return chain
+
+
 def submit_chain(core: SchedulerCore, payload: dict[str, Any]) -> Outcome:
-    """One ``enqueue_chain`` payload: id, policy, steps (lists of task dicts), or the
-    client's own ``error`` about the chain it could not build."""
-    try:
-        if payload.get("error"):
-            raise InvalidParameters(payload["error"])
-        steps = [[_task(task) for task in step] for step in payload["steps"]]
-        return core.submit_chain(payload.get("id"), ExistingPolicy(payload.get("policy", "REPLACE")), steps)  # type: ignore[arg-type]
-    except InvalidParameters as exc:  # says what and where, as every other rejection does
-        return Outcome(ScheduleResult.REJECTED_INVALID_PARAMS, str(exc))
-    except (ValueError, KeyError, TypeError) as exc:  # a payload of the wrong shape: named by its type
-        return Outcome(ScheduleResult.REJECTED_INVALID_PARAMS, f"{type(exc).__name__}: {exc}")
+    """One ``enqueue_chain`` payload taken in at once (``chain_intake``, every task checked, admitted)."""
+    chain = chain_intake(core, payload)
+    chain.check(chain.remaining)
+    return chain.admit()
 
 
 def _task(task: dict[str, Any]) -> dict[str, Any]:

@@ -79,6 +79,22 @@ class ReadyQueue:
         rec.timer_seq = -1
         heapq.heappush(self._heap, self.entry(rec, seq))
 
+    def push_many(self, recs: list[TaskRecord]) -> None:
+        """``push`` each; more entries than the queue holds make the heap again at once
+        (O(n), against O(k log n) pushed one by one: a chain's 50,000-task first step)."""
+        entries = []
+        for rec in recs:
+            rec.ready_seq = seq = next(self._seq)
+            rec.timer_seq = -1
+            entries.append(self.entry(rec, seq))
+        heap = self._heap
+        if len(entries) > len(heap):
+            heap.extend(entries)
+            heapq.heapify(heap)
+        else:
+            for entry in entries:
+                heapq.heappush(heap, entry)
+
     def pop(self, tasks: Mapping[str, TaskRecord]) -> TaskRecord | None:
         """The next live task, taken off the queue; None when there is none."""
         heap = self._heap

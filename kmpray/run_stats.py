@@ -9,6 +9,7 @@ an executor, which begins it at once unless its run slots are full.
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter, deque
 from typing import Any
 
@@ -29,14 +30,14 @@ class RunStats:
         self.new_starts: deque[float] = deque(maxlen=KEEP_WAITS)
         self._starts: deque[tuple[int, float]] = deque(maxlen=KEEP_WAITS)  # (heard at ms, waited ms)
 
-    def enqueued(self, worker: str) -> None:
-        self.enqueued_by[worker] += 1
+    def enqueued(self, worker: str, n: int = 1) -> None:
+        self.enqueued_by[worker] += n
 
-    def timer_fired(self, now: int, due: int | None) -> None:
-        """A timer's task became ready: how late (a timer popped ahead, within the lead,
-        begins on time on its executor)."""
+    def timer_fired(self, now: int, due: int | None, n: int = 1) -> None:
+        """A timer's task became ready (``n`` tasks due together): how late (a timer popped
+        ahead, within the lead, begins on time on its executor)."""
         if due is not None:
-            self.new_lateness.append(max(0, now - due))
+            self.new_lateness.extend(itertools.repeat(max(0, now - due), min(n, KEEP_WAITS)))
 
     def handed_over(self, now: int, enqueued_at: int | None) -> None:
         """A run left for an executor; ``enqueued_at``: when its task was enqueued, for a

@@ -88,6 +88,32 @@ class TaskTable(dict[str, "TaskRecord"]):
         if state in FINISHED and self.loader is not None:
             self.finishing.append(key)
 
+    def add_new(self, rows: list[TaskRecord]) -> None:
+        """Rows under keys the table holds neither in memory nor cold (a chain just
+        admitted, checked for that), as ``table[key] = rec`` for each would, counted once
+        per (worker, state) instead of once per row: that was ~40 % of admitting a
+        99,000-task chain in one turn."""
+        groups: dict[tuple[str, TaskState], list[str]] = {}
+        running, queued = TaskState.RUNNING, TaskState.ENQUEUED
+        for rec in rows:
+            rec.table = self
+            state = rec.state
+            if state is running and not rec.started:  # (rec.shown_state, inline)
+                state = queued
+            keys = groups.get((rec.worker, state))
+            if keys is None:
+                keys = groups[(rec.worker, state)] = []
+            keys.append(rec.key)
+        before = len(self)
+        self.update({rec.key: rec for rec in rows})  # dict's own update: no __setitem__ per row
+        assert len(self) == before + len(rows), "add_new: a key was in the table already"
+        for (worker, state), keys in groups.items():
+            self.shown[state] += len(keys)
+            self.by_worker[(worker, state)] += len(keys)
+            self.recent[state].update(dict.fromkeys(keys))
+            if state in FINISHED and self.loader is not None:
+                self.finishing.extend(keys)
+
     def __delitem__(self, key: str) -> None:
         self.pop(key)
 

@@ -156,6 +156,85 @@ def test_a_retry_while_the_first_try_is_taken_in_waits_for_its_answer() -> None:
     assert all(why is None for _result, why in again)
 
 
+def _chain(cid: str, n: int, bad: int | None = None) -> dict[str, Any]:
+    """A chain payload as the client sends it: n tasks, half in a first step, half after."""
+    tasks = [{"id": f"{cid}-{i}", "id_explicit": True, "worker": "NoSuch" if i == bad else "Noop",
+              "input": None, "constraints": None} for i in range(n)]
+    return {"id": cid, "policy": "REPLACE", "steps": [tasks[: n // 2], tasks[n // 2:]], "error": None}
+
+
+def test_a_big_chain_is_checked_in_slices_then_admitted_whole_in_one_commit() -> None:
+    """Until session 47 a chain was checked and inserted in one turn (a 99,000-task one
+    held the loop ~1-2 s). Now what needs no state is checked slice by slice, other calls
+    served in between, with nothing of the chain in the engine until it is admitted whole."""
+    n = 5 * INTAKE_SLICE + 10
+
+    async def main() -> tuple[Host, Any, list[int]]:
+        host = Host(_store())
+        seen: list[int] = []
+
+        async def meanwhile() -> None:  # other calls' turns while the chain is checked
+            for _ in range(3):
+                await asyncio.sleep(0)
+                seen.append(len(host.core.tasks))
+            await host.enqueue_many(_items(1), token="other")
+
+        other = asyncio.ensure_future(meanwhile())
+        answer = await host.enqueue_chain(_chain("big", n), token="chain-1")
+        await other
+        return host, answer, seen
+
+    host, answer, seen = asyncio.run(main())
+    assert tuple(answer) == (OK, None)
+    assert seen == [0, 0, 0]  # served between the slices, and the chain not in yet
+    assert sorted(host.commits) == [1, n]  # the other call's commit, and the chain's in one
+    assert host.core.chains["big"].steps == [[f"big-{i}" for i in range(n // 2)],
+                                             [f"big-{i}" for i in range(n // 2, n)]]
+    assert Counter(r.state for r in host.core.tasks.values() if r.chain_id) == {
+        TaskState.ENQUEUED: n // 2, TaskState.BLOCKED: n - n // 2}
+
+
+def test_a_big_chain_is_refused_whole_by_its_last_slice_or_by_what_happened_meanwhile() -> None:
+    n = 2 * INTAKE_SLICE + 10
+
+    async def main() -> tuple[Host, Any, Any]:
+        host = Host(_store())
+        bad = await host.enqueue_chain(_chain("bad", n, bad=n - 1), token="chain-2")
+
+        async def take_an_id() -> None:  # while the chain is checked, a task takes one of its ids
+            await asyncio.sleep(0)
+            await host.enqueue_many([{**_items(1)[0], "id": "late-5"}], token="other")
+
+        other = asyncio.ensure_future(take_an_id())
+        late = await host.enqueue_chain(_chain("late", n), token="chain-3")
+        await other
+        return host, bad, late
+
+    host, bad, late = asyncio.run(main())
+    assert bad[0] == ScheduleResult.REJECTED_INVALID_PARAMS.value and "'NoSuch' is not a registered" in bad[1]
+    assert tuple(late) == (ScheduleResult.REJECTED_INVALID_PARAMS.value,
+                           "step 1 task id: 'late-5' is used twice or already in use")
+    assert set(host.core.tasks) == {"late-5"} and host.core.chains == {}
+    assert sum(host.commits) == 1  # the other call's row: none of either chain
+
+
+def test_a_retry_while_a_big_chain_is_checked_waits_for_its_answer() -> None:
+    n = 3 * INTAKE_SLICE
+
+    async def main() -> tuple[Host, Any, Any]:
+        host = Host(_store())
+        first = asyncio.ensure_future(host.enqueue_chain(_chain("c", n), token="chain-4"))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # the first try is between two slices
+        again = await host.enqueue_chain(_chain("c", n), token="chain-4" + RETRY_MARK)
+        return host, await first, again
+
+    host, first, again = asyncio.run(main())
+    assert tuple(first) == tuple(again) == (OK, None)
+    assert host.commits == [n]  # taken in once: a second intake would have replaced the chain
+    assert len(host.core.tasks) == n and list(host.core.chains) == ["c"]
+
+
 @pytest.mark.ray
 def test_a_real_engine_takes_a_big_batch_in_slices(engines: Any) -> None:
     sched = engines()
