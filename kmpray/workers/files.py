@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fnmatch
 import os
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Literal
@@ -25,19 +25,6 @@ class CompressionConfig(Frozen):
     level: Literal["low", "medium", "high"] = "medium"
     exclude_patterns: list[str] = []
     delete_original: bool = False
-
-
-def _delete(source: Path, zipped: list[Path]) -> None:
-    """The files that went into the zip, then the directories that left empty (the source
-    directory too, if it did). A file ``excludePatterns`` left out is in no archive, so it
-    stays: until session 47 the whole tree was removed, those files with it."""
-    for path in zipped:
-        path.unlink()
-    if source.is_dir():
-        dirs = [p for p in source.rglob("*") if p.is_dir() and not p.is_symlink()]
-        for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True) + [source]:
-            with contextlib.suppress(OSError):  # not empty: something was left out
-                d.rmdir()
 
 
 def _excluded(rel: str, patterns: list[str]) -> bool:
@@ -103,8 +90,11 @@ def _compress(
         part.unlink(missing_ok=True)
         raise
     compressed = target.stat().st_size
-    if cfg.delete_original:
-        _delete(source, chosen)
+    if cfg.delete_original:  # the whole input, files left out of the zip too (KMP's deleteRecursively)
+        if source.is_dir():
+            shutil.rmtree(source)
+        else:
+            source.unlink()
     return Success(data={
         "originalSize": original,
         "compressedSize": compressed,

@@ -81,27 +81,6 @@ def test_an_output_path_that_is_a_directory_fails_at_once_naming_it(tmp_path: Pa
     assert refused.message == "outputPath: 'out' is a directory; name the zip file"
 
 
-def test_delete_original_deletes_what_was_zipped_and_keeps_what_was_excluded(tmp_path: Path) -> None:
-    """``deleteOriginal`` removed the whole source tree, files left out by
-    ``excludePatterns`` too: they were in no archive, and gone (found touring, session 47)."""
-    src = tmp_path / "src"
-    (src / "sub" / "deep").mkdir(parents=True)
-    (src / "a.txt").write_text("a")
-    (src / "sub" / "b.txt").write_text("b")
-    (src / "sub" / "deep" / "c.txt").write_text("c")
-    (src / "sub" / "keep.log").write_text("not archived")
-    done, _ = _run(tmp_path, {"inputPath": "src", "outputPath": "out.zip", "excludePatterns": ["*.log"],
-                              "deleteOriginal": True})
-    assert isinstance(done, Success) and done.data["deletedOriginal"] is True
-    assert sorted(zipfile.ZipFile(tmp_path / "out.zip").namelist()) == ["a.txt", "sub/b.txt", "sub/deep/c.txt"]
-    left = sorted(p.relative_to(tmp_path).as_posix() for p in src.rglob("*"))
-    assert left == ["src/sub", "src/sub/keep.log"]  # the emptied directories went, the excluded file stayed
-    (tmp_path / "all").mkdir()
-    (tmp_path / "all" / "x.txt").write_text("x")
-    done, _ = _run(tmp_path, {"inputPath": "all", "deleteOriginal": True})
-    assert isinstance(done, Success) and not (tmp_path / "all").exists()
-
-
 def test_a_zip_that_fails_halfway_leaves_no_partial_file_and_the_previous_zip_whole(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The zip was written in place: a run that failed halfway (a full disk, a file gone)
