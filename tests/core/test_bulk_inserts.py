@@ -65,3 +65,54 @@ def test_push_many_takes_out_in_the_order_pushes_one_by_one_do(already: int) -> 
     taken_bulk = [bulk.pop(tasks_bulk) for _ in range(len(rows_bulk))]
     assert [r.key for r in taken_bulk if r] == [r.key for r in taken_one if r]
     assert len([r for r in taken_bulk if r]) == already + 300
+
+
+def test_a_row_sealed_ahead_is_written_only_while_unchanged() -> None:
+    """records.Sealed: rows encoded ahead (a large chain's, as it is checked) are written as
+    sealed only while their fingerprint is the same; any stored field changed since (here a
+    cancel before the commit) is encoded again. The bookkeeping fields are not stored, so
+    they may change freely."""
+    import dataclasses
+
+    from kmpray.records import _NOT_STORED, encode, encoded, fingerprint
+
+    rec = _rows(1)[0]
+    sealed = {rec.key: (fingerprint(rec), encode(rec))}
+    was = sealed[rec.key][0]
+    for f in dataclasses.fields(rec):
+        before = getattr(rec, f.name)
+        changed = {int: 7, bool: not before, str: "x"}.get(type(before), object())
+        if f.name in _NOT_STORED:
+            setattr(rec, f.name, changed)
+            assert encoded(rec, sealed) == encode(rec) == sealed[rec.key][1], f.name  # not stored: same bytes
+        else:
+            setattr(rec, f.name, changed)
+            assert fingerprint(rec) != was, f.name  # stored: the sealed bytes are stale
+        setattr(rec, f.name, before)
+    assert encoded(rec, sealed) is sealed[rec.key][1]
+
+
+def test_a_chain_row_changed_between_admission_and_commit_is_stored_as_it_is() -> None:
+    from kmpray import ExistingPolicy
+    from kmpray.records import decode
+
+    from .conftest import Harness, task
+
+    h = Harness()
+    steps = [[task("Ok", "a"), task("Ok", "b")], [task("Ok", "c")]]
+    assert h.core.submit_chain("ch", ExistingPolicy.REPLACE, steps).result.value == "SUCCESS"
+    assert set(h.core.fx.sealed) == {"a", "b", "c"}
+    h.core.cancel("b")  # before the commit: its sealed bytes are stale
+    fx = h.core.drain()
+    h.store.write(fx.persist.values(), fx.delete, fx.chains.values(), fx.delete_chains, sealed=fx.sealed)
+    stored = {k: decode(blob) for k, blob in h.store._rows.items()}
+    assert {k: r.state for k, r in stored.items()} == {
+        "a": TaskState.ENQUEUED, "b": TaskState.CANCELLED, "c": TaskState.BLOCKED}  # (c: by the coordinator, next)
+    for key, rec in h.core.tasks.items():
+        assert h.store._rows[key] == encode_now(rec)
+
+
+def encode_now(rec: TaskRecord) -> bytes:
+    from kmpray.records import encode
+
+    return encode(rec)
