@@ -106,9 +106,8 @@ def test_a_chain_row_changed_between_admission_and_commit_is_stored_as_it_is() -
     fx = h.core.drain()
     h.store.write(fx.persist.values(), fx.delete, fx.chains.values(), fx.delete_chains, sealed=fx.sealed)
     stored = {k: decode(blob) for k, blob in h.store._rows.items()}
-    # (c is cancelled by the chain's coordinator, next)
     assert {k: r.state for k, r in stored.items()} == {
-        "a": TaskState.ENQUEUED, "b": TaskState.CANCELLED, "c": TaskState.BLOCKED}
+        "a": TaskState.ENQUEUED, "b": TaskState.CANCELLED, "c": TaskState.BLOCKED}  # (c: by the coordinator, next)
     for key, rec in h.core.tasks.items():
         assert h.store._rows[key] == encode_now(rec)
 
