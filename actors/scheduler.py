@@ -411,7 +411,7 @@ class SchedulerActor(
             numbers = iter(self.store.write(
                 fx.persist.values(), fx.delete, fx.chains.values(), fx.delete_chains,
                 events=[b for e, b in zip(fx.events, bodies, strict=True) if e.kind == "completion"],
-                answers=answers, acked=acked, sealed=fx.sealed,
+                answers=answers, acked=acked,
             ))
         except Exception as exc:  # a full disk, or a row that would not encode: memory is ahead of the store
             raise self._store_write_failed(exc) from exc

@@ -26,8 +26,7 @@ from .effects import Outcome, outcome_for
 from .enums import ExistingPolicy, InputMerger, ScheduleResult, TaskState
 from .errors import InvalidParameters, KmprayError
 from .protocol import Plan
-from .records import Sealed, TaskRecord, encode, fingerprint
-from .store import INLINE_INPUT_CHARS
+from .records import TaskRecord
 from .triggers import OneTime
 from .validation import check_id, check_input, shown
 
@@ -49,10 +48,6 @@ class ChainIntake:
         self.policy = policy
         self.rows: list[TaskRecord] = []
         self.explicit: list[bool] = []
-        # Each row encoded as it is checked, as admit() will store it (the time the intake
-        # began, this scheduler's run floor): the commit after admit() only checks that a
-        # row has not changed since (records.py: Sealed), instead of encoding 99,000 rows.
-        self.sealed: Sealed = {}
         self.failed: Outcome | None = None
         self._seen: set[str] = set()
         self._tasks: list[tuple[int, Any]] = []
@@ -97,8 +92,8 @@ class ChainIntake:
         self._done = end
 
     def _check(self, end: int) -> None:
-        core, config, now, seen, sealed = self.core, self.core.config, self._now, self._seen, self.sealed
-        known, floor = core.is_registered, core.run_floor
+        core, config, now, seen = self.core, self.core.config, self._now, self._seen
+        known = core.is_registered
         for n, task in self._tasks[self._done:end]:
             if self.parse is not None:
                 task = self.parse(task)
@@ -121,8 +116,7 @@ class ChainIntake:
                 given = shown(task.get("input_merger"))
                 raise InvalidParameters(f"step {step} task {shown(tid)}: input_merger: {given} is not one of "
                                         f"{', '.join(_MERGERS)}")
-            text = task.get("input")
-            rec = TaskRecord(
+            self.rows.append(TaskRecord(
                 key=tid,
                 name=tid,
                 worker=worker,
@@ -131,17 +125,12 @@ class ChainIntake:
                 state=TaskState.ENQUEUED if n == 0 else TaskState.BLOCKED,
                 created_at_ms=now,
                 updated_at_ms=now,
-                input=text,
+                input=task.get("input"),
                 chain_id=self.chain_id,
                 input_merger=merger,
                 step=n,
-                next_run_at_ms=now if n == 0 else None,  # a first step's row: ready as the chain is in
-                run_id=floor,
-            )
-            self.rows.append(rec)
+            ))
             self.explicit.append(explicit)
-            if text is None or len(text) <= INLINE_INPUT_CHARS:  # (a longer one leaves the row when stored)
-                sealed[tid] = (fingerprint(rec), encode(rec))  # as admit() will store it, if nothing changes
 
     def admit(self) -> Outcome:
         """The checked chain against the engine as it is now, inserted whole; or the
@@ -183,13 +172,12 @@ class ChainIntake:
         core.fx.chain_msgs.append(Plan(chain_id, chain.gen, chain.steps, mergers))
         floor, table, names = core.run_floor, core.tasks, core.names
         persist, stats = core.fx.persist, core.stats
-        if last_run_ids:  # tasks of the chain replaced keep their ids' run ids above the old ones
-            for rec in self.rows:
-                rec.run_id = max(last_run_ids.get(rec.key, 0), floor)
+        for rec in self.rows:
+            rec.created_at_ms = rec.updated_at_ms = now
+            rec.run_id = max(last_run_ids.get(rec.key, 0), floor)
         table.add_new(self.rows)
         names.update({rec.key: [rec.key] for rec in self.rows})
         persist.update({rec.key: rec for rec in self.rows})
-        core.fx.sealed.update(self.sealed)
         for worker, n in Counter(rec.worker for rec in self.rows).items():
             stats.enqueued(worker, n)
         _ready_now(core, [rec for rec in self.rows if rec.step == 0], now)
@@ -200,11 +188,11 @@ class ChainIntake:
 def _ready_now(core: Core, recs: list[TaskRecord], now: int) -> None:
     """The first step is ready at once, as an enqueue's run is (the intake's commit pumps
     next): ``core._schedule_first(rec, now, ready_now=True)`` for each (run-now one-time
-    rows, due since the intake began: ``next_run_at_ms`` set then), the ready queues
-    filled in one go."""
+    rows, stored as of ``now``), the ready queues filled in one go."""
     light: list[TaskRecord] = []
     heavy: list[TaskRecord] = []
     for rec in recs:
+        rec.next_run_at_ms = now
         (heavy if rec.constraints.is_heavy_task else light).append(rec)
     core.stats.timer_fired(now, now, len(recs))
     core._ready.push_many(light)

@@ -12,7 +12,7 @@ from .chain_record import ChainRecord
 from .enums import ScheduleResult
 from .errors import InvalidParameters, KmprayError, RejectedByPolicy
 from .events import TaskCompletionEvent, TaskProgressEvent
-from .records import Sealed, TaskRecord
+from .records import TaskRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +65,6 @@ class Effects:
     chains: dict[str, ChainRecord] = field(default_factory=dict)
     delete_chains: set[str] = field(default_factory=set)
     chain_msgs: list[Message] = field(default_factory=list)  # for the chain coordinators
-    sealed: Sealed = field(default_factory=dict)  # rows of ``persist`` encoded ahead (records.py)
 
     def __bool__(self) -> bool:
         return bool(

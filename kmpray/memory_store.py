@@ -10,7 +10,7 @@ import msgpack
 
 from .chain_record import ChainRecord
 from .errors import DamagedRow
-from .records import Sealed, TaskRecord, decode, encode, encoded
+from .records import TaskRecord, decode, encode
 from .store import QuarantinedRow, _chain_id, _task_key, decode_rows, spilling
 
 _R = TypeVar("_R")
@@ -84,7 +84,6 @@ class MemoryTaskStore:
         events: Sequence[bytes] = (),
         answers: Sequence[tuple[str, bytes, int]] = (),
         acked: int | None = None,
-        sealed: Sealed | None = None,
     ) -> list[int]:
         if acked:
             self.ack_events(acked)
@@ -94,7 +93,7 @@ class MemoryTaskStore:
             self._rows.pop(key, None)
             self._inputs.pop(key, None)
         with spilling(put) as (recs, spilled):
-            rows = {rec.key: encoded(rec, sealed) if sealed else encode(rec) for rec in recs}
+            rows = {rec.key: encode(rec) for rec in recs}
         self._rows.update(rows)
         self._inputs.update((rec.key, text) for rec, text in spilled)
         for key in delete_chains:

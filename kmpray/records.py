@@ -7,9 +7,8 @@ TaskInfo made from them. The codec writes plain msgpack maps, never pickle.
 from __future__ import annotations
 
 import functools
-import operator
 import zlib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import msgpack
@@ -193,32 +192,6 @@ def encode(rec: TaskRecord) -> bytes:
     if rec.input_merger is not InputMerger.OVERWRITE:
         row["m"] = rec.input_merger.value
     return seal(pack(row))
-
-
-#: The fields of a row that are not stored (index bookkeeping, the table it is in).
-_NOT_STORED = frozenset({"timer_seq", "ready_seq", "started", "noted_wait", "table"})
-_stored_fields = operator.attrgetter(*(f.name for f in fields(TaskRecord) if f.name not in _NOT_STORED))
-
-
-def fingerprint(rec: TaskRecord) -> tuple[Any, ...]:
-    """Every stored field of ``rec`` (every field but the bookkeeping ones, so a field added
-    later is in it too): a row encoded ahead (``Sealed``) is what ``encode`` would write now
-    only while its fingerprint is the same. ~0.4 µs, against ~6 for ``encode``."""
-    return _stored_fields(rec)
-
-
-#: Rows encoded ahead of their write, by key: (the row's fingerprint then, its bytes). A
-#: large chain's rows are encoded while it is checked, in slices (chain_intake.py), so its
-#: commit, one turn of the scheduler's loop, need not; any row changed since is encoded again.
-Sealed = dict[str, tuple[tuple[Any, ...], bytes]]
-
-
-def encoded(rec: TaskRecord, sealed: Sealed) -> bytes:
-    """``encode(rec)``, or the bytes sealed ahead for it if it has not changed since."""
-    ahead = sealed.get(rec.key)
-    if ahead is not None and ahead[0] == fingerprint(rec):
-        return ahead[1]
-    return encode(rec)
 
 
 def seal(packed: bytes) -> bytes:

@@ -25,7 +25,7 @@ import msgpack
 
 from .chain_record import ChainRecord
 from .errors import DamagedRow
-from .records import Sealed, TaskRecord, decode, encode, encoded
+from .records import TaskRecord, decode, encode
 from .store_files import SCHEMA_VERSION, _connect, _refusing, _transaction, release
 from .timing import STORE_LOCK_WAIT_S
 from .wal import WAL_SIZE_LIMIT, sync_quietly
@@ -121,7 +121,6 @@ class TaskStore(Protocol):
         events: Sequence[bytes] = (),
         answers: Sequence[tuple[str, bytes, int]] = (),
         acked: int | None = None,
-        sealed: Sealed | None = None,
     ) -> list[int]:
         """One transaction; ``events`` (encoded completion events) go to the outbox in it,
         so a result stored is an event that will be published, and ``answers`` (request
@@ -307,11 +306,9 @@ class SqliteTaskStore:
         events: Sequence[bytes] = (),
         answers: Sequence[tuple[str, bytes, int]] = (),
         acked: int | None = None,
-        sealed: Sealed | None = None,
     ) -> list[int]:
-        """``sealed``: rows encoded ahead (records.py), used for those unchanged since."""
         with spilling(put) as (recs, spilled):
-            numbers = self._write(recs, spilled, delete, chains, delete_chains, events, answers, acked, sealed)
+            numbers = self._write(recs, spilled, delete, chains, delete_chains, events, answers, acked)
         self.spilled_chars += sum(len(text) for _rec, text in spilled)
         return numbers
 
@@ -325,12 +322,8 @@ class SqliteTaskStore:
         events: Sequence[bytes],
         answers: Sequence[tuple[str, bytes, int]],
         acked: int | None,
-        sealed: Sealed | None = None,
     ) -> list[int]:
-        if sealed:
-            rows = [(rec.key, encoded(rec, sealed)) for rec in put]
-        else:
-            rows = [(rec.key, encode(rec)) for rec in put]
+        rows = [(rec.key, encode(rec)) for rec in put]
         gone = [(k,) for k in delete]
         chain_rows = [(c.id, c.encode()) for c in chains]
         chains_gone = [(k,) for k in delete_chains]

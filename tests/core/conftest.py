@@ -52,8 +52,7 @@ class Harness:
     def drain(self) -> Effects:
         """The core's effects, as a test inspects them; chain messages still get delivered."""
         fx = self.core.drain()
-        self.store.write(fx.persist.values(), fx.delete, fx.chains.values(), fx.delete_chains,
-                         sealed=fx.sealed)
+        self.store.write(fx.persist.values(), fx.delete, fx.chains.values(), fx.delete_chains)
         # As the actor's housekeeping, once the rows are stored: finished ones older than
         # finished_in_memory_ms leave memory (kmpray/task_table.py), read from the store.
         self.core.evict_finished(self.clock.now_ms() - self.core.config.finished_in_memory_ms)

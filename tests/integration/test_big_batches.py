@@ -57,7 +57,7 @@ class Host(SchedulerIntake):
         fx = self.core.drain()
         answers, self._answers = self._answers, []
         if fx or answers:
-            self.store.write(fx.persist.values(), fx.delete, answers=answers, sealed=fx.sealed)
+            self.store.write(fx.persist.values(), fx.delete, answers=answers)
             self.commits.append(len(fx.persist))
 
     def _kick(self) -> None:
