@@ -188,11 +188,25 @@ class ChainIntake:
 def _ready_now(core: Core, recs: list[TaskRecord], now: int) -> None:
     """The first step is ready at once, as an enqueue's run is (the intake's commit pumps
     next): ``core._schedule_first(rec, now, ready_now=True)`` for each (run-now one-time
-    rows, stored as of ``now``), the ready queues filled in one go."""
+    rows, stored as of ``now``), the ready queues filled in one go. A row no node
+    satisfies now goes straight to the gated set, where the dispatch turns would put it
+    on their first look: 49,500 gated rows were looked at 2,000 a turn, ~0.75 s of turns
+    during which every timer due after them waited (the ready queue is in due order)."""
     light: list[TaskRecord] = []
     heavy: list[TaskRecord] = []
+    places: dict[int, tuple[str, ...] | None] = {}  # by constraints: the rows of a chain share a few
+    said = "due, but no node satisfies its constraints: waits for a device state change"
     for rec in recs:
         rec.next_run_at_ms = now
+        if core.is_registered(rec.worker):
+            nodes = places.get(id(rec.constraints), ())
+            if id(rec.constraints) not in places:
+                nodes = places[id(rec.constraints)] = core.eligible_nodes(rec)
+            if nodes == ():
+                rec.ready_seq = rec.timer_seq = -1
+                core._gated.add(rec.key)
+                core.note(rec.key, said)
+                continue
         (heavy if rec.constraints.is_heavy_task else light).append(rec)
     core.stats.timer_fired(now, now, len(recs))
     core._ready.push_many(light)

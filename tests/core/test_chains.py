@@ -457,3 +457,22 @@ def test_a_refused_chain_says_why_without_an_exception_class_in_front() -> None:
     assert out.reason == "then (step 2): a parallel step needs at least one TaskRequest"
     wrong = intake.submit_chain(h.core, {"id": "c", "steps": 5})
     assert wrong.result is ScheduleResult.REJECTED_INVALID_PARAMS and wrong.reason.startswith("TypeError: ")
+
+
+def test_a_gated_first_step_waits_at_its_gate_from_admission_and_later_work_runs_first(h: Harness) -> None:
+    """A first step no node satisfies goes straight to the gated set: it was queued as ready,
+    due since the intake, and the dispatch turns set it aside 2,000 a turn while every timer
+    due after it waited (~0.75 s for 49,500 tasks, session 47). Opening the gate runs it."""
+    from kmpray import Constraints, TaskTrigger
+    from kmpray.device import DeviceState
+
+    h.core.set_devices({"n": DeviceState(charging=False)})
+    gated = [{**task("Ok", f"g{i}"), "constraints": Constraints(requires_charging=True)} for i in range(5)]
+    assert h.core.submit_chain("c", REPLACE, [gated, [task("Ok", "after")]]).result is ScheduleResult.SUCCESS
+    assert h.core.gated_count() == 5 and h.core.ready_count() == 0
+    h.core.submit("timer", TaskTrigger.Exact(h.clock.now_ms()), "Ok")
+    assert [d.key for d in h.step()] == ["timer"]
+    assert "waits for a device state change" in h.core.explain("g0")
+    h.core.set_devices({"n": DeviceState(charging=True)})
+    assert sorted(d.key for d in h.step()) == [f"g{i}" for i in range(5)]
+    assert [d.key for d in h.step()] == ["after"]
