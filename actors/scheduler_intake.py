@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgpack
@@ -146,14 +146,26 @@ class SchedulerIntake:
         if token is None or len(items) - len(out) <= INTAKE_SLICE:
             self._take_in(items, len(out), len(items), token, out)
             return await self._durable(out, failed)
-        done: asyncio.Future[list[tuple[str, str | None]]] = asyncio.get_running_loop().create_future()
-        self._taking_in[token] = done
-        try:
+
+        async def slices() -> list[tuple[str, str | None]]:
             for start in range(len(out), len(items), INTAKE_SLICE):
                 self._take_in(items, start, min(len(items), start + INTAKE_SLICE), token, out)
                 answer = await self._durable(out, failed)
                 if answer is not out:  # the store write failed: nothing more is taken in
                     break
+            return answer
+
+        return await self._first_try(token, slices())
+
+    async def _first_try(self, token: str | None, work: Awaitable[T]) -> T:
+        """``work``, the first try of the call ``token`` names, taken in over several turns:
+        a retry of that call arriving meanwhile waits for its answer (``_taking_in``)
+        instead of applying it again."""
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if token is not None:
+            self._taking_in[token] = done
+        try:
+            answer = await work
             done.set_result(answer)
             return answer
         except asyncio.CancelledError:
@@ -163,7 +175,8 @@ class SchedulerIntake:
             done.set_exception(exc)
             raise
         finally:
-            del self._taking_in[token]
+            if token is not None:
+                self._taking_in.pop(token, None)
             if done.done() and not done.cancelled():
                 done.exception()  # retrieved: no "never retrieved" warning when no retry waited
 
@@ -205,28 +218,15 @@ class SchedulerIntake:
         if chain.remaining <= INTAKE_SLICE:
             chain.check(INTAKE_SLICE)
             return await self._chain_admitted(chain, chain_id, token, failed)
-        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        if token is not None:
-            self._taking_in[token] = done
-        try:
+
+        async def slices() -> tuple[str, str | None]:
             while chain.remaining:
                 chain.check(INTAKE_SLICE)
                 if chain.remaining:
                     await asyncio.sleep(0)  # the loop serves everything else between two slices
-            answer = await self._chain_admitted(chain, chain_id, token, failed)
-            done.set_result(answer)
-            return answer
-        except asyncio.CancelledError:
-            done.cancel()
-            raise
-        except Exception as exc:
-            done.set_exception(exc)
-            raise
-        finally:
-            if token is not None:
-                self._taking_in.pop(token, None)
-            if done.done() and not done.cancelled():
-                done.exception()  # retrieved: no "never retrieved" warning when no retry waited
+            return await self._chain_admitted(chain, chain_id, token, failed)
+
+        return await self._first_try(token, slices())
 
     async def _chain_admitted(self, chain: ChainIntake, chain_id: object, token: str | None,
                               failed: Callable[[str], tuple[str, str | None]]) -> tuple[str, str | None]:
