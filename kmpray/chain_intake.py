@@ -195,17 +195,14 @@ def _ready_now(core: Core, recs: list[TaskRecord], now: int) -> None:
     light: list[TaskRecord] = []
     heavy: list[TaskRecord] = []
     places: dict[int, tuple[str, ...] | None] = {}  # by constraints: the rows of a chain share a few
-    said = "due, but no node satisfies its constraints: waits for a device state change"
     for rec in recs:
         rec.next_run_at_ms = now
-        if core.is_registered(rec.worker):
-            nodes = places.get(id(rec.constraints), ())
-            if id(rec.constraints) not in places:
-                nodes = places[id(rec.constraints)] = core.eligible_nodes(rec)
-            if nodes == ():
-                rec.ready_seq = rec.timer_seq = -1
-                core._gated.add(rec.key)
-                core.note(rec.key, said)
+        if core.is_registered(rec.worker):  # (else the dispatch turn parks it, as any run)
+            shared = id(rec.constraints)
+            if shared not in places:
+                places[shared] = core.eligible_nodes(rec)
+            if places[shared] == ():
+                core._wait_at_gate(rec)
                 continue
         (heavy if rec.constraints.is_heavy_task else light).append(rec)
     core.stats.timer_fired(now, now, len(recs))

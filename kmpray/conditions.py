@@ -51,6 +51,13 @@ class Conditions:
                 self._make_ready(rec)
         return fired
 
+    def _wait_at_gate(self: Core, rec: TaskRecord) -> None:
+        """``rec`` is due, yet no node satisfies its constraints now: it waits, off the ready
+        queue, for a device state change (``set_devices`` releases it)."""
+        rec.ready_seq = rec.timer_seq = -1
+        self._gated.add(rec.key)
+        self.note(rec.key, "due, but no node satisfies its constraints: waits for a device state change")
+
     def unplaced(self: Core, key: str, run_id: int,
                  why: str = "no executor room on the nodes that satisfy it: waits for capacity there") -> None:
         """A run had no executor room on its nodes (or, a suspect, no executor to run alone

@@ -252,8 +252,7 @@ class SchedulerCore(UniqueWork, Restoring, ChainRules, Conditions, Explaining, R
                 continue
             nodes = self.eligible_nodes(rec)
             if nodes == ():  # no node satisfies it now: wait for a device state change
-                self._gated.add(rec.key)
-                self.note(rec.key, "due, but no node satisfies its constraints: waits for a device state change")
+                self._wait_at_gate(rec)
                 if self._pass_over():
                     break
                 continue

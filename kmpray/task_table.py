@@ -17,7 +17,7 @@ from collections.abc import Callable
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .enums import FINISHED, TaskState
+from .enums import FINISHED, TaskState, shown_state
 
 if TYPE_CHECKING:
     from .records import TaskRecord
@@ -94,16 +94,9 @@ class TaskTable(dict[str, "TaskRecord"]):
         per (worker, state) instead of once per row: that was ~40 % of admitting a
         99,000-task chain in one turn."""
         groups: dict[tuple[str, TaskState], list[str]] = {}
-        running, queued = TaskState.RUNNING, TaskState.ENQUEUED
         for rec in rows:
             rec.table = self
-            state = rec.state
-            if state is running and not rec.started:  # (rec.shown_state, inline)
-                state = queued
-            keys = groups.get((rec.worker, state))
-            if keys is None:
-                keys = groups[(rec.worker, state)] = []
-            keys.append(rec.key)
+            groups.setdefault((rec.worker, shown_state(rec.state, rec.started)), []).append(rec.key)
         before = len(self)
         self.update({rec.key: rec for rec in rows})  # dict's own update: no __setitem__ per row
         assert len(self) == before + len(rows), "add_new: a key was in the table already"
