@@ -17,6 +17,25 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--seed", default=None, help="replay one seed of tests/core/test_simulation.py")
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Bytecode for kmpray's modules and the tests', written once before any process imports
+    them. Under PYTHONDONTWRITEBYTECODE (set on this machine and in CI) Python reads .pyc
+    files but never writes them, and an editable install has none: every Ray worker the
+    suite starts (an engine is six or more) compiled kmpray's ~110 modules again, ~0.15 s
+    of CPU each, ~0.5 s of each engine start on two busy cores (session 48)."""
+    import compileall
+
+    import kmpray.actors
+    import kmpray.bench
+
+    import kmpray
+
+    packages = [*kmpray.__path__, *kmpray.actors.__path__, *kmpray.bench.__path__]
+    roots = {Path(p) for p in packages} | {Path(__file__).parent}
+    for root in sorted(roots):
+        compileall.compile_dir(str(root), quiet=2)  # a read-only tree: skipped, imports compile as before
+
+
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[Any]:
     import ray
