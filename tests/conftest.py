@@ -25,10 +25,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     of CPU each, ~0.5 s of each engine start on two busy cores (session 48)."""
     import compileall
 
-    import kmpray.actors
+    import kmpray.actors  # (binds kmpray too)
     import kmpray.bench
-
-    import kmpray
 
     packages = [*kmpray.__path__, *kmpray.actors.__path__, *kmpray.bench.__path__]
     roots = {Path(p) for p in packages} | {Path(__file__).parent}
