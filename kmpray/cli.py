@@ -124,6 +124,10 @@ engine_options = [
 ]
 
 
+#: ``kmpray list`` without --limit: a screenful or two, not an engine's 100,000 rows.
+LIST_LIMIT = 100
+
+
 def with_engine(fn: Any) -> Any:
     for option in reversed(engine_options):
         fn = option(fn)
@@ -237,12 +241,31 @@ def status(address: str | None, namespace: str, state_dir: str | None, as_json: 
 @main.command("list")
 @with_engine
 @click.option("--state", type=click.Choice([s.value for s in TaskState], case_sensitive=False), default=None)
-def list_(address: str | None, namespace: str, state_dir: str | None, state: str | None) -> None:
-    """List tasks, optionally only those in one state."""
+@click.option("--worker", default=None, metavar="NAME", help="Only the tasks of this worker class.")
+@click.option("--limit", type=click.IntRange(min=0), default=LIST_LIMIT, show_default=True,
+              help="Show this many, most recently updated first (0: all).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output: {total, shown, tasks}.")
+def list_(address: str | None, namespace: str, state_dir: str | None, state: str | None, worker: str | None,
+          limit: int, as_json: bool) -> None:
+    """List tasks, most recently updated first, optionally only those in one state or of one worker."""
     from .display import tasks_text
 
-    infos = _attach(address, namespace, state_dir).list_tasks(TaskState(state.upper()) if state else None)
+    sched = _attach(address, namespace, state_dir)
+    wanted = TaskState(state.upper()) if state else None
+    if limit:  # picked on each shard off the table's indexes, as the dashboard's table is
+        total, _workers, infos = sched.newest_tasks(wanted, worker, limit)
+    else:
+        infos = [t for t in sched.list_tasks(wanted) if worker is None or t.worker_class_name == worker]
+        infos.sort(key=lambda t: t.updated_at_ms, reverse=True)
+        total = len(infos)
+    if as_json:
+        click.echo(json.dumps({"total": total, "shown": len(infos),
+                               "tasks": [t.model_dump(mode="json") for t in infos]}, indent=2))
+        return
     click.echo(tasks_text(infos))
+    if total > len(infos):  # on stderr: stdout stays the table, for grep and wc
+        shown = f"{len(infos)} of {total} tasks shown, the most recently updated (--limit 0: all)"
+        click.echo(shown, err=True)
 
 
 @main.command()

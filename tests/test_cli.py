@@ -181,6 +181,19 @@ def test_inspect_and_cancel_a_live_engine(vengine, ray_session) -> None:  # type
 
     listed = cli("list", *engine, "--state", "enqueued")
     assert listed.returncode == 0 and "later" in listed.stdout and "done" not in listed.stdout
+    # Most recently updated first, --limit of them (default 100), the rest counted on stderr;
+    # --worker picks one class; --json says how many there were.
+    vengine.advance_time(1_000)
+    vengine.enqueue("newest", TaskTrigger.OneTime(ONE_HOUR), "Noop")
+    newest = _json.loads(cli("list", *engine, "--limit", "1", "--json").stdout)
+    assert (newest["total"], newest["shown"], [t["id"] for t in newest["tasks"]]) == (3, 1, ["newest"])
+    assert newest["tasks"][0]["state"] == "ENQUEUED" and newest["tasks"][0]["worker_class_name"] == "Noop"
+    echo = _json.loads(cli("list", *engine, "--worker", "Echo", "--limit", "0", "--json").stdout)
+    assert (echo["total"], sorted(t["id"] for t in echo["tasks"])) == (2, ["done", "later"])
+    one = cli("list", *engine, "--limit", "1")
+    assert one.returncode == 0 and "newest" in one.stdout and "later" not in one.stdout
+    assert one.stderr.strip() == "1 of 3 tasks shown, the most recently updated (--limit 0: all)"
+    assert cli("list", *engine, "--limit", "-1").returncode == 2  # click names the option
 
     info = cli("info", *engine, "done")
     assert info.returncode == 0 and _json.loads(info.stdout)["state"] == "SUCCEEDED"

@@ -315,8 +315,9 @@ class BackgroundTaskScheduler(Waiting, Routing):
     def newest_tasks(
         self, state: TaskState | None = None, worker: str | None = None, limit: int = 2000
     ) -> tuple[int, list[str], list[TaskInfo]]:
-        """For the dashboard: (how many match, the worker classes with tasks, the ``limit``
-        most recently updated that match, newest first), picked on each shard."""
+        """For the dashboard and ``kmpray list``: (how many match, the worker classes with
+        tasks, the ``limit`` most recently updated that match, newest first), picked on each
+        shard."""
         parts = self._each("newest_tasks", TaskState(state).value if state is not None else None, worker, limit)
         rows = heapq.nlargest(limit, (r for p in parts for r in p["tasks"]), key=lambda r: r["updated_at_ms"])
         workers = sorted({w for p in parts for w in p["workers"]})
