@@ -194,17 +194,11 @@ def _ready_now(core: Core, recs: list[TaskRecord], now: int) -> None:
     during which every timer due after them waited (the ready queue is in due order)."""
     light: list[TaskRecord] = []
     heavy: list[TaskRecord] = []
-    places: dict[int, tuple[str, ...] | None] = {}  # by constraints: the rows of a chain share a few
+    places: dict[tuple[int, str], tuple[str, ...] | None] = {}  # the rows of a chain share a few
     for rec in recs:
         rec.next_run_at_ms = now
-        if core.is_registered(rec.worker):  # (else the dispatch turn parks it, as any run)
-            shared = id(rec.constraints)
-            if shared not in places:
-                places[shared] = core.eligible_nodes(rec)
-            if places[shared] == ():
-                core._wait_at_gate(rec)
-                continue
-        (heavy if rec.constraints.is_heavy_task else light).append(rec)
+        if not core.gated_on_falling_due(rec, places):  # (conditions.py)
+            (heavy if rec.constraints.is_heavy_task else light).append(rec)
     core.stats.timer_fired(now, now, len(recs))
     core._ready.push_many(light)
     core._ready_heavy.push_many(heavy)

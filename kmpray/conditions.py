@@ -51,6 +51,26 @@ class Conditions:
                 self._make_ready(rec)
         return fired
 
+    def gated_on_falling_due(
+        self: Core, rec: TaskRecord, memo: dict[tuple[int, str], tuple[str, ...] | None]
+    ) -> bool:
+        """``rec`` falls due (its timer fired, or a chain's first step is admitted): if no
+        node satisfies it now it goes straight to the gated set (True), where the dispatch
+        turn would put it on its first look, but only after taking it off the ready queue,
+        which is in due order: a mass of gated work falling due at once (2,000 a turn) held
+        back every timer due after it. ``memo``: eligibility by constraints object and
+        trigger kind, for one batch (the rows of one request share their constraints). A
+        worker not registered is left to the dispatch turn, which parks or fails it."""
+        if not self.is_registered(rec.worker):
+            return False
+        shared = (id(rec.constraints), rec.trigger.kind)
+        if shared not in memo:
+            memo[shared] = self.eligible_nodes(rec)
+        if memo[shared] != ():
+            return False
+        self._wait_at_gate(rec)
+        return True
+
     def _wait_at_gate(self: Core, rec: TaskRecord) -> None:
         """``rec`` is due, yet no node satisfies its constraints now: it waits, off the ready
         queue, for a device state change (``set_devices`` releases it)."""

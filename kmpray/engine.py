@@ -216,9 +216,11 @@ class SchedulerCore(UniqueWork, Restoring, ChainRules, Conditions, Explaining, R
         budget = self.turn_budget
         self.turn_cut = False
         self._passed_left = budget
+        places: dict[tuple[int, str], tuple[str, ...] | None] = {}
         for n, rec in enumerate(self._timers.pop_due(now + lead_ms, self.tasks), 1):
             self.stats.timer_fired(now, rec.next_run_at_ms)
-            self._make_ready(rec)
+            if not self.gated_on_falling_due(rec, places):  # (conditions.py)
+                self._make_ready(rec)
             if n == budget:
                 due = self._timers.next_due(self.tasks)
                 self.turn_cut = due is not None and due <= now + lead_ms
