@@ -209,7 +209,8 @@ class SchedulerCore(UniqueWork, Restoring, ChainRules, Conditions, Explaining, R
         (self._ready_heavy if rec.constraints.is_heavy_task else self._ready).push(rec)
 
     def tick(self, lead_ms: int = 0) -> None:
-        """Move due timers to the ready queue and expire passed windows. ``lead_ms``: also
+        """Move due timers to the ready queue (work no node satisfies now: to its gate,
+        ``gated_on_falling_due``) and expire passed windows. ``lead_ms``: also
         timers due that soon; their runs are handed over early and begin at their due
         time on the executor's clock (see ``Dispatch.start_at_ms``)."""
         now = self.clock.now_ms()
