@@ -14,8 +14,7 @@ from kmpray.timing import CALL_TIMEOUT_S, STOP_WAIT_S
 
 from .constraint_oracle import ConstraintOracle
 from .event_broker import EventBroker
-from .names import BROKER, ORACLE, REGISTRY, SCHEDULER, base_namespace, shard_namespace
-from .registry import WorkerRegistry
+from .names import BROKER, ORACLE, SCHEDULER, base_namespace, shard_namespace
 from .scheduler import SchedulerActor
 
 log = logging.getLogger("kmpray")
@@ -54,20 +53,17 @@ def ensure_engine(
             ns, state_dir, virtual_time, platform, config.model_dump(), clock_start_ms)
         for ns in namespaces
     ]
-    registries = [
-        WorkerRegistry.options(name=REGISTRY, namespace=ns, **common).remote(ns) for ns in namespaces
-    ]
     oracle = ConstraintOracle.options(name=ORACLE, namespace=namespace, **common).remote(
         namespace, state_dir, config.model_dump())
     broker = EventBroker.options(name=BROKER, namespace=namespace, **common).remote(
         state_dir, config.event_retention, config.durability, namespace, config.progress_retention,
         config.store_lock_wait_s,
     )
-    return _handles(schedulers, registries, oracle, broker)
+    return _handles(schedulers, oracle, broker)
 
 
-def _handles(schedulers: list[Any], registries: list[Any], oracle: Any, broker: Any) -> dict[str, Any]:
-    return {"registry": registries[0], "scheduler": schedulers[0], "schedulers": schedulers, "broker": broker,
+def _handles(schedulers: list[Any], oracle: Any, broker: Any) -> dict[str, Any]:
+    return {"scheduler": schedulers[0], "schedulers": schedulers, "broker": broker,
             "oracle": oracle}
 
 
@@ -94,12 +90,11 @@ def engine_handles(namespace: str) -> dict[str, Any] | None:
     try:
         namespaces = [shard_namespace(namespace, k) for k in range(shards)]
         schedulers = [ray.get_actor(SCHEDULER, namespace=ns) for ns in namespaces]
-        registries = [ray.get_actor(REGISTRY, namespace=ns) for ns in namespaces]
         oracle = ray.get_actor(ORACLE, namespace=namespace)
         broker = ray.get_actor(BROKER, namespace=namespace)
     except ValueError:
         return None
-    return _handles(schedulers, registries, oracle, broker)
+    return _handles(schedulers, oracle, broker)
 
 
 def running_engines() -> list[str]:

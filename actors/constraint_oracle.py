@@ -22,6 +22,7 @@ from kmpray.probes import probe
 from kmpray.timing import PROBE_TIMEOUT_S
 
 from .names import SCHEDULER, lookup, shard_namespace
+from .registry import ClassRegistry
 from .retry import call_with_retry, said
 from .untraced import untrace
 
@@ -34,7 +35,9 @@ def _probe_node(state_dir: str, threshold: int, storage: float, idle: float) -> 
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=1000)
-class ConstraintOracle:
+class ConstraintOracle(ClassRegistry):
+    """Also the engine's registry of worker classes (actors/registry.py): one process fewer per shard."""
+
     def __init__(self, namespace: str, state_dir: str, config: dict[str, Any]) -> None:
         untrace(self)  # its own calls without Ray's tracing shim (actors/untraced.py)
         self.namespace = namespace
@@ -45,6 +48,7 @@ class ConstraintOracle:
         self.labels: dict[str, dict[str, Any]] = {}
         self.effective: dict[str, DeviceState] = {}
         self._lock = asyncio.Lock()
+        self._start_registry(namespace, self.config.scheduler_shards)
         self._loop = asyncio.ensure_future(self._probe_loop())
 
     def _alive(self) -> list[dict[str, Any]]:

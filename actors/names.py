@@ -12,7 +12,6 @@ from kmpray.timing import LOOKUP_POLL_S
 
 SCHEDULER = "kmpray.scheduler"
 BROKER = "kmpray.broker"
-REGISTRY = "kmpray.registry"
 EXECUTOR = "kmpray.executor.{}"
 PROBATION = "kmpray.executor.probation.{}"  # runs suspects alone (executor_pool.py)
 HEAVY = "kmpray.heavy.{}"
@@ -21,9 +20,10 @@ CHAIN = "kmpray.chain.{}"
 
 
 # Scheduler shard k > 0 lives in its own Ray namespace, "<namespace>~shard<k>": its
-# scheduler, registry, executors, heavy workers and chain coordinators keep their usual
-# names there, so every lookup among them finds its own shard's. The broker and the
-# oracle are the engine's, shared, in the base namespace (shard 0's).
+# scheduler, executors, heavy workers and chain coordinators keep their usual names
+# there, so every lookup among them finds its own shard's. The broker and the oracle
+# (which also holds every shard's worker classes, actors/registry.py) are the engine's,
+# shared, in the base namespace (shard 0's).
 
 
 def shard_namespace(namespace: str, shard: int) -> str:

@@ -1,11 +1,18 @@
-"""WorkerRegistry: the engine-wide map of worker names to shipped classes.
+"""The engine's worker classes, held by value: a part of the ConstraintOracle's actor.
 
 Classes travel as cloudpickle blobs (so notebook and test-module classes run on any
 node). They are never written to the store (nothing read back from the store is
-unpickled): the registry and the scheduler each keep a copy in memory, and whichever
+unpickled): this registry and each shard's scheduler keep a copy in memory, and whichever
 restarts gets them back from the other. Only when both die together (the head node, a
 full restart) are they gone; tasks of such workers then wait, PARKED, until the worker
-is registered again. The scheduler hands out the versions.
+is registered again. Each shard's scheduler hands out its own versions, so the classes
+are kept per shard (by the shard's namespace).
+
+Why not an actor of its own (as until session 49): every Ray actor is a worker process,
+~0.6 s of CPU to start before any kmpray code runs and ~100 MB resident, and one per shard
+was a sixth of what connect() waits for on two cores. The oracle is the engine's one
+light, long-lived actor on the head node beside the schedulers; executors ask here only
+for a class they have not loaded yet.
 """
 
 from __future__ import annotations
@@ -15,53 +22,55 @@ import logging
 
 import ray
 
-from .names import SCHEDULER, lookup
+from .names import SCHEDULER, lookup, shard_namespace
 from .retry import call_with_retry
-from .untraced import untrace
 
 log = logging.getLogger("kmpray.registry")
 
+Blob = tuple[int, bytes]
 
-@ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=1000)
-class WorkerRegistry:
-    def __init__(self, namespace: str) -> None:
-        untrace(self)  # its own calls without Ray's tracing shim (actors/untraced.py)
-        self.namespace = namespace
-        self._blobs: dict[str, tuple[int, bytes]] = {}
-        self._reseeding = asyncio.ensure_future(self._reseed())
 
-    async def _reseed(self) -> None:
-        """After a restart, take back every class the scheduler holds (none at first start)."""
+class ClassRegistry:
+    """Mixed into the ConstraintOracle; its methods are the oracle's remote methods."""
+
+    def _start_registry(self, namespace: str, shards: int) -> None:
+        self._blobs: dict[str, dict[str, Blob]] = {}  # shard namespace -> name -> (version, blob)
+        self._reseeding = asyncio.ensure_future(
+            asyncio.gather(*(self._reseed(shard_namespace(namespace, k)) for k in range(shards))))
+
+    async def _reseed(self, shard: str) -> None:
+        """After a restart, take back every class a shard's scheduler holds (none at first start)."""
         try:
-            scheduler = ray.get_actor(SCHEDULER, namespace=self.namespace)
+            scheduler = ray.get_actor(SCHEDULER, namespace=shard)
         except ValueError:
-            return  # a fresh engine: the scheduler is created after this actor
+            return  # not created yet: a fresh engine, nothing to take back
         try:
             blobs = await call_with_retry(lambda: scheduler.worker_blobs.remote(), timeout_s=60)
         except Exception:
-            log.exception("could not take worker classes back from the scheduler; will ask per class")
+            log.exception("could not take worker classes back from %s's scheduler; will ask per class", shard)
             return
-        await self.put_many([(name, version, blob) for name, (version, blob) in blobs.items()])
+        self._keep(shard, [(name, version, blob) for name, (version, blob) in blobs.items()])
 
-    async def put(self, name: str, version: int, blob: bytes) -> None:
-        await self.put_many([(name, version, blob)])
-
-    async def put_many(self, entries: list[tuple[str, int, bytes]]) -> None:
+    def _keep(self, shard: str, entries: list[tuple[str, int, bytes]]) -> None:
+        held = self._blobs.setdefault(shard, {})
         for name, version, blob in entries:
-            current = self._blobs.get(name)
+            current = held.get(name)
             if current is None or current[0] < version:
-                self._blobs[name] = (version, blob)
+                held[name] = (version, blob)
 
-    async def dump(self) -> dict[str, tuple[int, bytes]]:
+    async def put_classes(self, shard: str, entries: list[tuple[str, int, bytes]]) -> None:
+        self._keep(shard, entries)
+
+    async def dump_classes(self, shard: str) -> dict[str, Blob]:
         await self._reseeding
-        return dict(self._blobs)
+        return dict(self._blobs.get(shard, {}))
 
-    async def get(self, name: str) -> tuple[int, bytes] | None:
-        entry = self._blobs.get(name)
-        if entry is None:  # restarted: the scheduler still has it
-            scheduler = lookup(SCHEDULER, self.namespace)
+    async def get_class(self, shard: str, name: str) -> Blob | None:
+        entry = self._blobs.get(shard, {}).get(name)
+        if entry is None:  # restarted: the shard's scheduler still has it
+            scheduler = lookup(SCHEDULER, shard)
             entry = await call_with_retry(lambda: scheduler.worker_blob.remote(name), timeout_s=30)
             if entry is not None:
-                await self.put(name, entry[0], entry[1])
-                entry = self._blobs[name]
+                self._keep(shard, [(name, entry[0], entry[1])])
+                entry = self._blobs[shard][name]
         return entry

@@ -47,7 +47,7 @@ from .heavy_pool import HeavyPool
 from .stealing import Stealer
 from .lane import Conn, LaneServer
 from .metrics import Metrics
-from .names import BROKER, ORACLE, REGISTRY, base_namespace, engine_identity, lookup, shard_index
+from .names import BROKER, ORACLE, base_namespace, engine_identity, lookup, shard_index
 from .outbox import Outbox
 from .retry import call_with_retry
 from .scheduler_artifacts import ArtifactKeeper, SchedulerArtifacts
@@ -261,12 +261,11 @@ class SchedulerActor(
         # Executors first: their processes take longest to start (Ray starts few at once).
         for node in self._executor_nodes():
             self.pool.add(node)
-        registry = lookup(REGISTRY, self.namespace)
-        # Restarted while the registry lived on: take its copies back (see actors/registry.py).
-        self._blobs.update(await call_with_retry(lambda: registry.dump.remote()))
+        oracle = lookup(ORACLE, base_namespace(self.namespace))  # the engine's, shared
+        # Restarted while the registry (in the oracle) lived on: take its copies back (actors/registry.py).
+        self._blobs.update(await call_with_retry(lambda: oracle.dump_classes.remote(self.namespace)))
         self._broker = lookup(BROKER, base_namespace(self.namespace))  # the engine's, shared
         await self._resend_events()
-        oracle = lookup(ORACLE, base_namespace(self.namespace))
         states = await oracle.ready.remote()
         self.core.set_devices({n: DeviceState.model_validate(s) for n, s in states.items()})
         await self.pool.start()

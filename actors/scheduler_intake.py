@@ -27,7 +27,7 @@ from kmpray.store import SqliteTaskStore
 from kmpray.timing import INTAKE_SLICE
 from kmpray.validation import shown
 
-from .names import REGISTRY, lookup
+from .names import ORACLE, base_namespace, lookup
 from .retry import call_with_retry
 
 log = logging.getLogger("kmpray.scheduler")
@@ -101,8 +101,8 @@ class SchedulerIntake:
             entries.append((name, version, blob))
         if last is not None:
             self.store.put_meta("worker_version", last)
-        registry = lookup(REGISTRY, self.namespace)
-        await call_with_retry(lambda: registry.put_many.remote(entries))
+        registry = lookup(ORACLE, base_namespace(self.namespace))  # holds the registry: actors/registry.py
+        await call_with_retry(lambda: registry.put_classes.remote(self.namespace, entries))
         new = {name for name, _blob in items} - self.known
         if new:
             self.known |= new

@@ -1,4 +1,4 @@
-"""The worker classes an executor or heavy worker runs: fetched from the registry by name
+"""The worker classes an executor or heavy worker runs: fetched from the registry (in the oracle) by name
 at a run's first need, unpickled once per version, off the event loop. A mixin of the
 executors (executor.py); the attributes below are the actor's.
 
@@ -21,7 +21,7 @@ from ray import cloudpickle
 
 from kmpray.worker import CommonWorker, NotConstructed, construct, in_a_thread, in_thread_call
 
-from .names import REGISTRY, lookup
+from .names import ORACLE, base_namespace, lookup
 from .retry import call_with_retry
 
 
@@ -79,8 +79,8 @@ class WorkerClasses:
             done.exception()  # retrieved: the runs awaiting it have it; none may be left
 
     async def _load_class(self, name: str) -> tuple[int, type]:
-        registry = lookup(REGISTRY, self.namespace)
-        entry = await call_with_retry(lambda: registry.get.remote(name))
+        registry = lookup(ORACLE, base_namespace(self.namespace))  # holds the registry: actors/registry.py
+        entry = await call_with_retry(lambda: registry.get_class.remote(self.namespace, name))
         if entry is None:
             raise LookupError(f"worker {name!r} is not registered")
         cls = await asyncio.to_thread(cloudpickle.loads, entry[1])

@@ -168,7 +168,7 @@ def test_a_scheduler_restarted_while_a_worker_blocks_a_loop_adopts_its_run_and_r
     ns = sched.namespace
     scheduler = ray.get_actor("kmpray.scheduler", namespace=ns)
     epoch = ray.get(scheduler.__ray_call__.remote(lambda self: self.pool.epoch), timeout=30)
-    version = ray.get(ray.get_actor("kmpray.registry", namespace=ns).dump.remote(), timeout=30)["Ledgered"][0]
+    version = ray.get(ray.get_actor("kmpray.oracle", namespace=ns).dump_classes.remote(ns), timeout=30)["Ledgered"][0]
     executor = ray.get_actor(f"kmpray.executor.{blocked['executor']}", namespace=ns)
     # The dying scheduler's last batch to the blocked executor: on its way, behind the block.
     late = Run("late", 1, "Ledgered", version, json.dumps({"ledger": str(ledger)}), None, 0, None, None)
@@ -216,7 +216,7 @@ def test_a_batch_for_an_executors_earlier_process_is_refused_by_the_process_afte
     ns = engine.namespace
     scheduler = ray.get_actor("kmpray.scheduler", namespace=ns)
     epoch = ray.get(scheduler.__ray_call__.remote(lambda self: self.pool.epoch), timeout=30)
-    version = ray.get(ray.get_actor("kmpray.registry", namespace=ns).dump.remote(), timeout=30)["Ledgered"][0]
+    version = ray.get(ray.get_actor("kmpray.oracle", namespace=ns).dump_classes.remote(ns), timeout=30)["Ledgered"][0]
     executor = ray.get_actor("kmpray.executor.0", namespace=ns)
     incarnation = ray.get(executor.ping.remote(None), timeout=30)[0]
     ledger = tmp_path / "ledger"

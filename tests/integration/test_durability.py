@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -228,13 +229,24 @@ def test_a_suspect_alone_on_a_probation_executor_is_adopted_across_a_scheduler_r
     assert sched.status()["running_alone"] == 0
 
 
-def test_worker_classes_survive_a_registry_restart_then_a_scheduler_restart(engines: Any) -> None:
-    """Classes are never stored (no pickle read back): registry and scheduler hold copies."""
+def test_worker_classes_survive_an_oracle_restart_then_a_scheduler_restart(engines: Any) -> None:
+    """Classes are never stored (no pickle read back): the registry (in the oracle, see
+    actors/registry.py) and the scheduler hold copies, and each restores the other."""
+    import ray
+
     sched = engines()
     register_all(sched)
-    _kill("kmpray.registry", sched.namespace)
-    sched.enqueue("after-registry", TaskTrigger.OneTime(), "Echo", input="a")
-    info = sched.wait("after-registry", timeout_s=60)
+    oracle = ray.get_actor("kmpray.oracle", namespace=sched.namespace)
+    pid = ray.get(oracle.__ray_call__.remote(lambda self: os.getpid()), timeout=30)
+    _kill("kmpray.oracle", sched.namespace)
+    # Restarted (a new process), it took every class back from the scheduler.
+    from kmpray.actors.retry import call_with_retry_sync
+
+    assert call_with_retry_sync(lambda: ray.get(oracle.__ray_call__.remote(lambda self: os.getpid()),
+                                                timeout=60)) != pid
+    assert set(ALL) <= set(ray.get(oracle.dump_classes.remote(sched.namespace), timeout=30))
+    sched.enqueue("after-oracle", TaskTrigger.OneTime(), "Echo", input="a")
+    info = sched.wait("after-oracle", timeout_s=60)
     assert info.state is TaskState.SUCCEEDED, info.result
     _kill("kmpray.scheduler", sched.namespace)  # now the registry is the one with the copies
     sched.enqueue("after-both", TaskTrigger.OneTime(), "Echo", input="b")

@@ -666,7 +666,7 @@ def test_executors_are_ready_before_their_first_run_is_due(engines: Any) -> None
     assert peek(lambda self: self._scheduler is not None)  # before any run or report
 
 
-@ONE_SHARD  # it calls shard 0's scheduler and registry
+@ONE_SHARD  # it calls shard 0's scheduler and its classes in the registry
 def test_worker_classes_register_many_at_once_with_growing_versions(sengine: Any) -> None:
     """connect() registers the built-in workers in one message per shard: each new class a
     new version, an unchanged one keeps its own, and the registry has them all."""
@@ -681,8 +681,8 @@ def test_worker_classes_register_many_at_once_with_growing_versions(sengine: Any
     first, second, again = ray.get(actor.register_workers.remote(batch), timeout=30)
     assert second == first + 1 and again == first
     assert ray.get(actor.register_workers.remote([("BatchB", ship_class(Noop))]), timeout=30) == [second]
-    registry = ray.get_actor("kmpray.registry", namespace=sengine.namespace)
-    held = ray.get(registry.dump.remote(), timeout=30)
+    registry = ray.get_actor("kmpray.oracle", namespace=sengine.namespace)  # holds the registry
+    held = ray.get(registry.dump_classes.remote(sengine.namespace), timeout=30)
     assert (held["BatchA"][0], held["BatchB"][0]) == (first, second)
     assert {"BatchA", "BatchB", "HttpRequestWorker"} <= set(sengine.status()["workers"])
     assert sengine.enqueue("ba", TaskTrigger.OneTime(), "BatchB") is ScheduleResult.SUCCESS

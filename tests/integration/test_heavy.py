@@ -181,7 +181,7 @@ def test_a_submit_a_restarted_scheduler_sent_before_it_died_is_refused_after_ado
     ns = heavy.namespace
     epoch = ray.get(ray.get_actor("kmpray.scheduler", namespace=ns).__ray_call__.remote(
         lambda self: self.pool.epoch), timeout=30)
-    versions = ray.get(ray.get_actor("kmpray.registry", namespace=ns).dump.remote(), timeout=30)
+    versions = ray.get(ray.get_actor("kmpray.oracle", namespace=ns).dump_classes.remote(ns), timeout=30)
     for name, worker in (("kmpray.executor.0", "Echo"), ("kmpray.heavy.0", "WarmModel")):
         actor = ray.get_actor(name, namespace=ns)
         ray.get(actor.holding.remote(epoch), timeout=30)  # as the scheduler's adoption asks

@@ -149,8 +149,8 @@ def test_a_result_whose_answer_was_lost_is_held_and_reported_to_the_scheduler_th
     sched.register_worker("Echo", Echo)
     sched.enqueue("first", TaskTrigger.OneTime(), "Echo")  # the executor loads the class
     assert sched.wait("first", timeout_s=30).state is TaskState.SUCCEEDED
-    registry = ray.get_actor("kmpray.registry", namespace=sched.namespace)
-    version = ray.get(registry.dump.remote(), timeout=30)["Echo"][0]
+    registry = ray.get_actor("kmpray.oracle", namespace=sched.namespace)  # holds the registry
+    version = ray.get(registry.dump_classes.remote(sched.namespace), timeout=30)["Echo"][0]
     executor = ray.get_actor("kmpray.executor.0", namespace=sched.namespace)
 
     def peek(fn: Any) -> Any:
