@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -239,11 +240,15 @@ def test_worker_classes_survive_an_oracle_restart_then_a_scheduler_restart(engin
     oracle = ray.get_actor("kmpray.oracle", namespace=sched.namespace)
     pid = ray.get(oracle.__ray_call__.remote(lambda self: os.getpid()), timeout=30)
     _kill("kmpray.oracle", sched.namespace)
-    # Restarted (a new process), it took every class back from the scheduler.
+    # Restarted (a new process: ray.kill returns before the old one is gone, which may still
+    # answer), it took every class back from the scheduler.
     from kmpray.actors.retry import call_with_retry_sync
 
-    assert call_with_retry_sync(lambda: ray.get(oracle.__ray_call__.remote(lambda self: os.getpid()),
-                                                timeout=60)) != pid
+    deadline = time.monotonic() + 60
+    while (now := call_with_retry_sync(lambda: ray.get(oracle.__ray_call__.remote(lambda self: os.getpid()),
+                                                       timeout=60))) == pid and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert now != pid
     assert set(ALL) <= set(ray.get(oracle.dump_classes.remote(sched.namespace), timeout=30))
     sched.enqueue("after-oracle", TaskTrigger.OneTime(), "Echo", input="a")
     info = sched.wait("after-oracle", timeout_s=60)
