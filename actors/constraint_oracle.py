@@ -5,6 +5,11 @@ one by a zero-CPU Ray task pinned there) and merges ``set_device_state`` overrid
 top; when a node's effective state changes it pushes the whole map to the scheduler,
 which re-gates its tasks. Nothing polls per task. A node's network type comes from its
 label ``kmpray.network_type`` (cluster.yaml), else UNMETERED.
+
+Overrides are engine state, not this process's: each push carries them, every shard's
+scheduler keeps a copy, and a restarted oracle takes them back before its first probe
+round (until session 49 a restart put the probes back under the schedulers, opening the
+gates a simulated state had closed). Only both dying together (a full restart) ends them.
 """
 
 from __future__ import annotations
@@ -47,9 +52,33 @@ class ConstraintOracle(ClassRegistry):
         self.overrides: dict[str, dict[str, Any]] = {}
         self.labels: dict[str, dict[str, Any]] = {}
         self.effective: dict[str, DeviceState] = {}
+        self.rounds = 0  # probe rounds done (tests wait on it)
+        self._pushed_overrides: dict[str, dict[str, Any]] | None = None  # what the schedulers hold
         self._lock = asyncio.Lock()
         self._start_registry(namespace, self.config.scheduler_shards)
+        self._overrides_back = asyncio.ensure_future(self._take_overrides_back())
         self._loop = asyncio.ensure_future(self._probe_loop())
+
+    def _schedulers(self) -> list[Any]:
+        return [lookup(SCHEDULER, shard_namespace(self.namespace, k))  # every shard's
+                for k in range(self.config.scheduler_shards)]
+
+    async def _take_overrides_back(self) -> None:
+        """After a restart, the overrides the schedulers were last sent (none at first start)."""
+        for k in range(self.config.scheduler_shards):
+            try:
+                scheduler = ray.get_actor(SCHEDULER, namespace=shard_namespace(self.namespace, k))
+            except ValueError:
+                continue  # not created yet: a fresh engine
+            try:
+                held = await call_with_retry(lambda s=scheduler: s.device_overrides.remote(), timeout_s=60)
+            except Exception:
+                log.exception("could not take device overrides back from shard %d's scheduler", k)
+                continue
+            if held is not None:  # None: that scheduler was never sent any (it restarted too)
+                self.overrides = {**held, **self.overrides}
+                self._pushed_overrides = dict(held)
+                return
 
     def _alive(self) -> list[dict[str, Any]]:
         return [n for n in ray.nodes() if n.get("Alive")]
@@ -82,10 +111,12 @@ class ConstraintOracle(ClassRegistry):
         self.probed = results
 
     async def _probe_loop(self) -> None:
+        await self._overrides_back
         while True:
             try:
                 await self._probe_once()
                 await self._publish()
+                self.rounds += 1
             except Exception as exc:
                 if (why := said(exc)) is not None:  # a scheduler saying why it does not serve
                     log.warning("probe round failed: %s", why)
@@ -107,16 +138,18 @@ class ConstraintOracle(ClassRegistry):
     async def _publish(self, force: bool = False) -> None:
         async with self._lock:
             states = {node: self._state(node) for node in self.probed}
-            if states == self.effective and not force:
+            if states == self.effective and self.overrides == self._pushed_overrides and not force:
                 return
             self.effective = states
+            overrides = dict(self.overrides)
             payload = {node: s.model_dump(mode="json") for node, s in states.items()}
-            schedulers = [lookup(SCHEDULER, shard_namespace(self.namespace, k))  # every shard's
-                          for k in range(self.config.scheduler_shards)]
-            await asyncio.gather(*(call_with_retry(lambda s=s: s.device_states.remote(payload), timeout_s=60)
-                                   for s in schedulers))
+            await asyncio.gather(*(call_with_retry(lambda s=s: s.device_states.remote(payload, overrides),
+                                                   timeout_s=60)
+                                   for s in self._schedulers()))
+            self._pushed_overrides = overrides
 
     async def ready(self) -> dict[str, dict[str, Any]]:
+        await self._overrides_back
         if not self.probed:
             await self._probe_once()
             self.effective = {node: self._state(node) for node in self.probed}
@@ -148,4 +181,9 @@ class ConstraintOracle(ClassRegistry):
         await self._publish()
 
     async def states(self) -> dict[str, dict[str, Any]]:
+        await self.ready()  # a restarted oracle: none yet until its first probe
         return {node: s.model_dump(mode="json") for node, s in self.effective.items()}
+
+    async def ready_with_overrides(self) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+        """A starting scheduler's view: the states, and the overrides it keeps a copy of."""
+        return await self.ready(), dict(self.overrides)

@@ -185,6 +185,7 @@ class SchedulerActor(
         self._lead_ms = 0 if virtual_time else self.config.timer_lead_ms
         self.platform = platform
         self._blobs: dict[str, tuple[int, bytes]] = {}  # registered worker -> (version, class blob)
+        self._device_overrides: dict[str, dict[str, Any]] | None = None  # the oracle's (constraint_oracle.py)
         known = self.store.get_meta("known_workers")
         self.known: set[str] = set(known) if isinstance(known, list) else set()
         self.core = SchedulerCore(
@@ -266,7 +267,7 @@ class SchedulerActor(
         self._blobs.update(await call_with_retry(lambda: oracle.dump_classes.remote(self.namespace)))
         self._broker = lookup(BROKER, base_namespace(self.namespace))  # the engine's, shared
         await self._resend_events()
-        states = await oracle.ready.remote()
+        states, self._device_overrides = await call_with_retry(lambda: oracle.ready_with_overrides.remote())
         self.core.set_devices({n: DeviceState.model_validate(s) for n, s in states.items()})
         await self.pool.start()
         restarted = _reconstructed()
@@ -343,8 +344,10 @@ class SchedulerActor(
             return [nodes[i % len(nodes)]["NodeID"] for i in range(self.config.executors)]
         return [n["NodeID"] for n in nodes for _ in range(executors_for(n))]
 
-    async def device_states(self, payload: dict[str, dict[str, Any]]) -> list[str]:
-        """Pushed by the oracle on every change: re-gate tasks, fire device triggers, dispatch."""
+    async def device_states(self, payload: dict[str, dict[str, Any]], overrides: dict[str, Any]) -> list[str]:
+        """Pushed by the oracle on every change: re-gate tasks, fire device triggers, dispatch.
+        ``overrides``: the oracle's, kept here for it to take back after a restart."""
+        self._device_overrides = overrides
         await self._ready
         fired = self.core.set_devices({n: DeviceState.model_validate(s) for n, s in payload.items()})
         self._pump()

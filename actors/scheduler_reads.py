@@ -45,6 +45,7 @@ class SchedulerReads:
     restored_in_s: float
     serving_in_s: float | None
     _blobs: dict[str, tuple[int, bytes]]
+    _device_overrides: dict[str, dict[str, Any]] | None
     _blocked: BlockedLoops
     waiters: Waiters
     messages: Counter[str]
@@ -125,6 +126,10 @@ class SchedulerReads:
 
     def worker_blobs(self) -> dict[str, tuple[int, bytes]]:
         return dict(self._blobs)
+
+    def device_overrides(self) -> dict[str, dict[str, Any]] | None:
+        """A restarted oracle's: the device overrides it last sent (None: none reached this process)."""
+        return self._device_overrides
 
     async def get_chain_info(self, chain_id: str) -> dict[str, Any] | None:
         await self._ready

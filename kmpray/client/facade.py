@@ -362,24 +362,28 @@ class BackgroundTaskScheduler(Waiting, Routing):
         once the scheduler has applied them. Unknown nodes or fields raise ValueError."""
         if known := {k: v for k, v in state.items() if k in DEVICE_FIELDS}:
             DeviceState(**known)  # a bad value raises here, naming it (each field has a default)
-        self._check_open()
-        ray = _ray()
-        try:
-            raw = ray.get(self._oracle.set_device_state.remote(node_id, state), timeout=CALL_TIMEOUT_S)
-        except ray.exceptions.RayTaskError as exc:
-            raise _unwrap(exc) from None
+        raw = self._ask_oracle("set_device_state", node_id, state)
         return {n: DeviceState.model_validate(s) for n, s in raw.items()}
 
     def device_states(self) -> dict[str, DeviceState]:
         """Every node's current device state (probes plus overrides)."""
-        self._check_open()
-        raw = _ray().get(self._oracle.states.remote(), timeout=CALL_TIMEOUT_S)
-        return {n: DeviceState.model_validate(s) for n, s in raw.items()}
+        return {n: DeviceState.model_validate(s) for n, s in self._ask_oracle("states").items()}
 
     def clear_device_overrides(self) -> None:
         """Back to what the probes say."""
+        self._ask_oracle("clear_overrides")
+
+    def _ask_oracle(self, method: str, *args: Any) -> Any:
+        """Asked again while the oracle restarts (each of these calls is idempotent)."""
+        from kmpray.actors.retry import call_with_retry_sync
+
         self._check_open()
-        _ray().get(self._oracle.clear_overrides.remote(), timeout=CALL_TIMEOUT_S)
+        ray = _ray()
+        try:
+            return call_with_retry_sync(lambda: ray.get(getattr(self._oracle, method).remote(*args),
+                                                        timeout=CALL_TIMEOUT_S), CALL_TIMEOUT_S)
+        except ray.exceptions.RayTaskError as exc:
+            raise _unwrap(exc) from None
 
     def notify_content_change(self, uri: str) -> int:
         """A content change for ContentUri triggers; returns how many tasks it fired. A URI

@@ -133,3 +133,47 @@ def test_asking_about_a_refused_id_says_why_it_was_refused(vengine: Any) -> None
     assert str(never.value) == "no task or chain 'never-enqueued'" and never.value.refused is None
     again = pickle.loads(pickle.dumps(exc.value))
     assert (type(again), again.id, str(again)) == (TaskNotFound, "refused-1", str(exc.value))
+
+
+def test_device_overrides_and_the_gates_they_close_survive_an_oracle_restart(engines: Any) -> None:
+    """A simulated device state (``set_device_state``) is engine state: the oracle's crash
+    must not put the probes back under the scheduler, which would open the gate it closed
+    (the task below ran at the restarted oracle's first probe round, before session 49).
+    The schedulers keep a copy; the oracle gives it back to a restarted scheduler."""
+    import os
+
+    import ray
+    from kmpray.actors.retry import call_with_retry_sync
+
+    sched = engines(config=EngineConfig(probe_interval_s=0.2))
+    register_all(sched)
+    sched.set_device_state(charging=False, battery_level=50)
+    sched.enqueue("c", ONCE, "Echo", constraints=Constraints(requires_charging=True))
+    until(lambda: sched.status()["gated"] == 1, what="the task to be held by its gate")
+
+    def asked(actor: Any, fn: Any) -> Any:
+        return call_with_retry_sync(lambda: ray.get(actor.__ray_call__.remote(fn), timeout=30))
+
+    def restarted(name: str) -> Any:
+        """``name`` killed, once its new process answers (ray.kill returns before the old one is gone)."""
+        actor = ray.get_actor(name, namespace=sched.namespace)
+        pid = asked(actor, lambda self: os.getpid())
+        ray.kill(actor, no_restart=False)
+        until(lambda: asked(actor, lambda self: os.getpid()) != pid, what=f"{name}'s new process")
+        return actor
+
+    def the_gate_stays_closed_over_an_oracle_restart() -> None:
+        oracle = restarted("kmpray.oracle")
+        rounds = asked(oracle, lambda self: self.rounds)
+        until(lambda: asked(oracle, lambda self: self.rounds) >= rounds + 2,
+              what="two probe rounds of the new oracle")
+        assert {s.charging for s in sched.device_states().values()} == {False}
+        assert sched.get_task_info("c").state is TaskState.ENQUEUED
+        assert sched.status()["gated"] == 1
+
+    the_gate_stays_closed_over_an_oracle_restart()
+    restarted("kmpray.scheduler")  # it takes the overrides back from the oracle as it starts
+    assert sched.get_task_info("c").state is TaskState.ENQUEUED  # served (after its start) by the new one
+    the_gate_stays_closed_over_an_oracle_restart()  # and gives them back to the oracle
+    sched.clear_device_overrides()  # the probes again: this server counts as charging
+    assert sched.wait("c", timeout_s=30).state is TaskState.SUCCEEDED
