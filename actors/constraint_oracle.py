@@ -28,7 +28,8 @@ from kmpray.timing import PROBE_TIMEOUT_S
 
 from .names import SCHEDULER, lookup, shard_namespace
 from .registry import ClassRegistry
-from .retry import call_with_retry, said
+from .retry import call_with_retry, said, taken_back
+from .subscriber_copies import SubscriberCopies
 from .untraced import untrace
 
 log = logging.getLogger("kmpray.oracle")
@@ -40,8 +41,9 @@ def _probe_node(state_dir: str, threshold: int, storage: float, idle: float) -> 
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=1000)
-class ConstraintOracle(ClassRegistry):
-    """Also the engine's registry of worker classes (actors/registry.py): one process fewer per shard."""
+class ConstraintOracle(ClassRegistry, SubscriberCopies):
+    """Also the engine's registry of worker classes (actors/registry.py: one process fewer per
+    shard) and the copy of the broker's actor subscriptions (actors/subscriber_copies.py)."""
 
     def __init__(self, namespace: str, state_dir: str, config: dict[str, Any]) -> None:
         untrace(self)  # its own calls without Ray's tracing shim (actors/untraced.py)
@@ -56,6 +58,7 @@ class ConstraintOracle(ClassRegistry):
         self._pushed_overrides: dict[str, dict[str, Any]] | None = None  # what the schedulers hold
         self._lock = asyncio.Lock()
         self._start_registry(namespace, self.config.scheduler_shards)
+        self._start_subscriber_copies(namespace)
         self._overrides_back = asyncio.ensure_future(self._take_overrides_back())
         self._loop = asyncio.ensure_future(self._probe_loop())
 
@@ -66,16 +69,8 @@ class ConstraintOracle(ClassRegistry):
     async def _take_overrides_back(self) -> None:
         """After a restart, the overrides the schedulers were last sent (none at first start)."""
         for k in range(self.config.scheduler_shards):
-            try:
-                scheduler = ray.get_actor(SCHEDULER, namespace=shard_namespace(self.namespace, k))
-            except ValueError:
-                continue  # not created yet: a fresh engine
-            try:
-                held = await call_with_retry(lambda s=scheduler: s.device_overrides.remote(), timeout_s=60)
-            except Exception:
-                log.exception("could not take device overrides back from shard %d's scheduler", k)
-                continue
-            if held is not None:  # None: that scheduler was never sent any (it restarted too)
+            held = await taken_back(SCHEDULER, shard_namespace(self.namespace, k), "device_overrides")
+            if held is not None:  # None: not created, or never sent any (it restarted too)
                 self.overrides = {**held, **self.overrides}
                 self._pushed_overrides = dict(held)
                 return

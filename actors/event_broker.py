@@ -3,12 +3,14 @@
 Events are appended to an EventLog (SQLite) in batches and handed out by cursor.
 Subscribers pull (long-poll) from their own cursor, so a slow one never blocks the
 engine or other subscribers and never loses an event: it simply reads further back.
-Actor subscribers are pushed to by a per-subscriber task that pulls the same way.
+Actor subscribers are pushed to by a per-subscriber task that pulls the same way; the
+oracle keeps a copy of each (actors/subscriber_copies.py), so a restart resumes them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 import time
@@ -23,10 +25,18 @@ from kmpray.event_codec import MAX_EVENT_BYTES, decode_event, decode_events, enc
 from kmpray.event_log import MemoryEventLog, SqliteEventLog, jumped_trimmed
 from kmpray.events import TaskCompletionEvent, TaskProgressEvent
 from kmpray.store_files import disk_error
-from kmpray.timing import METRICS_S, QUIET_SYNC_ROWS, QUIET_SYNC_S, STORE_LOCK_WAIT_S
+from kmpray.timing import (
+    METRICS_S,
+    QUIET_SYNC_ROWS,
+    QUIET_SYNC_S,
+    STORE_LOCK_WAIT_S,
+    SUBSCRIBER_IDLE_SAVE_S,
+    SUBSCRIBER_SAVE_S,
+)
 
 from .metrics import Metrics
-from .names import BROKER, base_namespace, engine_identity, lookup
+from .names import BROKER, ORACLE, base_namespace, engine_identity, lookup
+from .retry import call_with_retry, taken_back
 from .untraced import untrace
 
 log = logging.getLogger("kmpray.broker")
@@ -55,6 +65,10 @@ class EventBroker:
         self._changed = asyncio.Event()
         self._appended = {False: 0, True: 0}  # completions, progress events since the last trim
         self._pushers: dict[str, asyncio.Task[None]] = {}
+        self._pushing: dict[str, tuple[Any, int]] = {}  # sub_id -> (actor, cursor pushed up to)
+        self.namespace = base_namespace(namespace) if namespace else namespace
+        self._oracle_handle: Any = None  # found at first need (actors/subscriber_copies.py)
+        self._subscriptions_back = asyncio.ensure_future(self._take_subscriptions_back())
         # Tagged with the engine's namespace: a named actor's runtime namespace is its creator's.
         # No shard tag: the shards share this broker.
         self._metrics = Metrics(namespace, per_shard=False)
@@ -156,30 +170,68 @@ class EventBroker:
             return []
         return self.log.read(after, limit)
 
-    def subscribe_actor(self, sub_id: str, actor: Any, after: int) -> None:
-        task = self._pushers[sub_id] = asyncio.ensure_future(self._push(actor, after))
+    async def subscribe_actor(self, sub_id: str, actor: Any, after: int) -> None:
+        """Push every event after ``after`` to ``actor.on_event``; answered once the oracle
+        holds a copy (a retry of this call, after a restart, changes nothing)."""
+        if sub_id not in self._pushers:
+            self._start_pusher(sub_id, actor, after)
+        if (oracle := self._oracle()) is not None:
+            await call_with_retry(lambda: oracle.keep_subscriber.remote(sub_id, actor, after))
+
+    def _oracle(self) -> Any:
+        """The engine's oracle (named while it restarts too); None for a broker of its own (tests)."""
+        if self._oracle_handle is None and self.namespace:
+            with contextlib.suppress(ValueError):
+                self._oracle_handle = ray.get_actor(ORACLE, namespace=self.namespace)
+        return self._oracle_handle
+
+    def _tell_oracle(self, method: str, *args: Any) -> None:
+        if (oracle := self._oracle()) is not None:
+            getattr(oracle, method).remote(*args)  # its answer is not awaited: it changes nothing here
+
+    def _start_pusher(self, sub_id: str, actor: Any, after: int) -> None:
+        self._pushing[sub_id] = (actor, after)
+        task = self._pushers[sub_id] = asyncio.ensure_future(self._push(sub_id, actor, after))
         # A subscriber actor that died ends its pusher: its entry goes too, not at close().
         task.add_done_callback(lambda t: self._forget_pusher(sub_id, t))
+
+    async def _take_subscriptions_back(self) -> None:
+        """After a restart, the actor subscriptions the oracle holds, each from its cursor."""
+        held = await taken_back(ORACLE, self.namespace, "subscribers") if self.namespace else None
+        for sub_id, actor, cursor in held or ():
+            if sub_id not in self._pushers:
+                self._start_pusher(sub_id, actor, cursor)
+        if held:  # (None: a fresh engine, or a broker of its own in a test)
+            log.warning("restarted: pushing to %d subscriber actor(s) again from their last saved cursors "
+                        "(events after those come again)", len(held))
+
+    def actor_subscriptions(self) -> list[tuple[str, Any, int]]:
+        """A restarted oracle's: every actor subscription and how far it was pushed."""
+        return [(sub_id, actor, cursor) for sub_id, (actor, cursor) in self._pushing.items()]
 
     def _forget_pusher(self, sub_id: str, task: asyncio.Task[None]) -> None:
         if self._pushers.get(sub_id) is task:
             del self._pushers[sub_id]
+            self._pushing.pop(sub_id, None)
+            self._tell_oracle("drop_subscriber", sub_id)
 
     def unsubscribe(self, sub_id: str) -> bool:
         task = self._pushers.pop(sub_id, None)
+        self._pushing.pop(sub_id, None)
+        self._tell_oracle("drop_subscriber", sub_id)
         if task is not None:
             task.cancel()
         return task is not None
 
-    async def _push(self, actor: Any, after: int) -> None:
-        cursor = after
+    async def _push(self, sub_id: str, actor: Any, after: int) -> None:
+        """Pushes in cursor order; the oracle's copy of ``cursor`` is sent at most every
+        SUBSCRIBER_SAVE_S while events flow, and soon after they stop."""
+        cursor, saved, unsaved = after, time.monotonic(), False
         while True:
-            rows = await self.poll(cursor, 256, 5.0)
+            rows = await self.poll(cursor, 256, SUBSCRIBER_IDLE_SAVE_S if unsaved else 5.0)
             if rows and jumped_trimmed(cursor, rows[0][0], trimmed := self.log.trimmed_to()):
                 log.warning("subscriber actor %s: completion events after cursor %d up to %d were trimmed "
                             "(event_retention) before it was sent them", actor, cursor, trimmed)
-            if rows:
-                cursor = rows[-1][0]
             for cur, event in decode_events(rows):
                 try:
                     await actor.on_event.remote(event)
@@ -187,6 +239,12 @@ class EventBroker:
                     return
                 except Exception:
                     log.exception("subscriber actor failed on event %d", cur)
+            if rows:
+                cursor, unsaved = rows[-1][0], True
+                self._pushing[sub_id] = (actor, cursor)
+            if unsaved and (not rows or time.monotonic() - saved >= SUBSCRIBER_SAVE_S):
+                saved, unsaved = time.monotonic(), False
+                self._tell_oracle("subscriber_at", sub_id, cursor)
 
 
 class BrokerBackend:

@@ -18,14 +18,9 @@ for a class they have not loaded yet.
 from __future__ import annotations
 
 import asyncio
-import logging
-
-import ray
 
 from .names import SCHEDULER, lookup, shard_namespace
-from .retry import call_with_retry
-
-log = logging.getLogger("kmpray.registry")
+from .retry import call_with_retry, taken_back
 
 Blob = tuple[int, bytes]
 
@@ -40,16 +35,8 @@ class ClassRegistry:
 
     async def _reseed(self, shard: str) -> None:
         """After a restart, take back every class a shard's scheduler holds (none at first start)."""
-        try:
-            scheduler = ray.get_actor(SCHEDULER, namespace=shard)
-        except ValueError:
-            return  # not created yet: a fresh engine, nothing to take back
-        try:
-            blobs = await call_with_retry(lambda: scheduler.worker_blobs.remote(), timeout_s=60)
-        except Exception:
-            log.exception("could not take worker classes back from %s's scheduler; will ask per class", shard)
-            return
-        self._keep(shard, [(name, version, blob) for name, (version, blob) in blobs.items()])
+        blobs = await taken_back(SCHEDULER, shard, "worker_blobs")
+        self._keep(shard, [(name, version, blob) for name, (version, blob) in (blobs or {}).items()])
 
     def _keep(self, shard: str, entries: list[tuple[str, int, bytes]]) -> None:
         held = self._blobs.setdefault(shard, {})

@@ -8,9 +8,10 @@ apart, within the caller's deadline.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ray.exceptions import ActorUnavailableError, RayActorError
 
@@ -57,6 +58,23 @@ def call_with_retry_sync(make_call: Callable[[], T], timeout_s: float = 60.0) ->
                 raise
             time.sleep(delay)
     raise AssertionError("unreachable")
+
+
+async def taken_back(name: str, namespace: str, method: str, *args: Any) -> Any:
+    """After this actor's restart: what actor ``name`` holds for it (its ``method``), or
+    None when there is nothing to take back (a fresh engine: that actor is not created
+    yet) or it could not be had (logged; the caller goes on without)."""
+    import ray
+
+    try:
+        holder = ray.get_actor(name, namespace=namespace)
+    except ValueError:
+        return None
+    try:
+        return await call_with_retry(lambda: getattr(holder, method).remote(*args), timeout_s=60)
+    except Exception:
+        logging.getLogger("kmpray").exception("could not take back %s from %s in %s", method, name, namespace)
+        return None
 
 
 def said(exc: BaseException) -> str | None:

@@ -66,6 +66,10 @@ ENQUEUE_CALL_ITEMS = 50_000
 #: checkpoints come within seconds.
 QUIET_SYNC_S = 1.0
 QUIET_SYNC_ROWS = 2_000
+#: How far behind the oracle's copy of an actor subscription's cursor may be (what a broker
+#: restart pushes again): at most this while events flow, and this soon after they stop.
+SUBSCRIBER_SAVE_S = 1.0
+SUBSCRIBER_IDLE_SAVE_S = 0.2
 #: Python's cyclic garbage collector, in the scheduler: everything alive is frozen (taken
 #: out of the collector's scans) every RECONCILE_S, so a full collection scans only what
 #: is new instead of every task in memory (66 ms pauses every few seconds at 30,000

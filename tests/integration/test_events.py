@@ -388,6 +388,72 @@ def test_actor_subscription_is_pushed_every_event(svengine: Any) -> None:
         sub.close()
 
 
+def test_an_actor_subscription_outlives_broker_and_oracle_restarts(engines: Any) -> None:
+    """The broker pushes to a subscriber actor from a task of its process; the oracle keeps
+    a copy of each subscription (and how far it got), so a broker restart resumes pushing
+    (before session 49 it stopped for good, without a word), and a broker restarted after
+    the oracle was still finds it. At least once: a few events may come again after a restart."""
+    import os
+
+    import ray
+
+    from kmpray.actors.retry import call_with_retry_sync
+
+    from .helpers import until
+    from .workers import register_all
+
+    sched = engines()
+    register_all(sched)
+
+    @ray.remote(num_cpus=0)
+    class Inbox:
+        def __init__(self) -> None:
+            self.seen: list[str] = []
+
+        def on_event(self, event: Any) -> None:
+            if event.kind == "completion":
+                self.seen.append(event.task_id)
+
+        def get(self) -> list[str]:
+            return self.seen
+
+    def seen() -> list[str]:
+        return list(ray.get(inbox.get.remote(), timeout=10))
+
+    def restarted(name: str) -> None:
+        actor = ray.get_actor(name, namespace=sched.namespace)
+
+        def pid() -> int:
+            return int(call_with_retry_sync(lambda: ray.get(actor.__ray_call__.remote(lambda self: os.getpid()),
+                                                            timeout=30)))
+
+        before = pid()
+        ray.kill(actor, no_restart=False)
+        until(lambda: pid() != before, what=f"{name}'s new process")
+
+    def pushed(task_id: str) -> None:
+        sched.enqueue(task_id, TaskTrigger.OneTime(), "Echo")
+        assert sched.wait(task_id, timeout_s=30).state is kmpray.TaskState.SUCCEEDED
+        until(lambda: task_id in seen(), what=f"{task_id}'s event pushed")
+
+    inbox = Inbox.remote()
+    sub = sched.events.subscribe(actor=inbox)
+    try:
+        pushed("before")
+        restarted("kmpray.broker")
+        pushed("after-broker")
+        restarted("kmpray.oracle")
+        restarted("kmpray.broker")
+        pushed("after-both")
+        assert [t for t in dict.fromkeys(seen())] == ["before", "after-broker", "after-both"]
+    finally:
+        sub.close()
+    broker = ray.get_actor("kmpray.broker", namespace=sched.namespace)
+    assert not ray.get(broker.__ray_call__.remote(lambda self: bool(self._pushers)), timeout=10)
+    oracle = ray.get_actor("kmpray.oracle", namespace=sched.namespace)
+    assert ray.get(oracle.__ray_call__.remote(lambda self: dict(self._subscribers)), timeout=10) == {}
+
+
 def test_an_actor_subscriber_that_died_leaves_no_pusher_behind(svengine: Any) -> None:
     import ray
 
