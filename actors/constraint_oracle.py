@@ -172,6 +172,7 @@ class ConstraintOracle(ClassRegistry, SubscriberCopies):
                 self.overrides[node] = saved
 
     async def clear_overrides(self) -> None:
+        await self._overrides_back  # a restarted oracle's take-back must not bring them back after
         self.overrides.clear()
         await self._publish()
 
