@@ -41,6 +41,7 @@ class SubscriberCopies:
             self._subscribers[sub_id] = (entry[0], cursor)
 
     async def drop_subscriber(self, sub_id: str) -> None:
+        await self._subscribers_back  # a take-back under way must not bring it back after
         self._subscribers.pop(sub_id, None)
 
     async def subscribers(self) -> list[tuple[str, Any, int]]:
