@@ -31,6 +31,12 @@ size. Reported (pass figures):
   acknowledged task's successful completion exactly once (``missing``, ``twice``: 0),
   cursors strictly increasing (``out_of_order``: 0). Tasks whose events were dropped by
   ``event_retention`` would show as missing (the load stays well under it).
+- ``actor_subscriber``: an actor subscribed (``subscribe(actor=...)``) before the load,
+  pushed to by the broker across every broker kill (the oracle's copy of the
+  subscription, since session 49): ``missing`` acknowledged tasks whose successful
+  completion it never got (pass 0), and ``pushed_again``, completions it got more than
+  once (at least once: what was pushed after the last cursor the oracle was sent comes
+  again after a broker restart; reported, no pass figure).
 - ``lost``: acknowledged, not SUCCEEDED and not pruned as SUCCEEDED (pass 0).
 """
 
@@ -113,6 +119,35 @@ def _store_rows(state: Path) -> dict[str, float]:
         return {}
 
 
+def _collector(ray: Any) -> Any:
+    """An actor subscriber that counts the successful completions pushed to it, per task."""
+
+    @ray.remote(num_cpus=0)
+    class Collector:
+        def __init__(self) -> None:
+            self.seen: Counter[str] = Counter()
+
+        def on_event(self, event: Any) -> None:
+            if event.kind == "completion" and event.success and event.task_id:
+                self.seen[event.task_id] += 1
+
+        def counts(self) -> dict[str, int]:
+            return dict(self.seen)
+
+    return Collector.remote()
+
+
+def _pushed(ray: Any, collector: Any, ids: set[str], timeout_s: float = 60.0) -> dict[str, int]:
+    """What the actor subscriber got, once it has every task in ``ids`` (or ``timeout_s``)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        counts: dict[str, int] = ray.get(collector.counts.remote(), timeout=30)
+        if ids <= counts.keys() or time.monotonic() > deadline:
+            return {"missing": sum(1 for t in ids if t not in counts),
+                    "pushed_again": sum(1 for t in ids if counts.get(t, 0) > 1)}
+        time.sleep(0.2)
+
+
 def scenario(quick: bool = False, rate: float = 100.0, seed: int = 7, shards: int = 1,
              **sizes: float) -> dict[str, Any]:
     size = {**(QUICK if quick else FULL), **sizes}
@@ -125,6 +160,8 @@ def scenario(quick: bool = False, rate: float = 100.0, seed: int = 7, shards: in
     sched = kmpray.connect(namespace=namespace, state_dir=str(state), config=config)
     try:
         sched.register_worker("ChaosLedger", ChaosLedger)
+        collector = _collector(ray)
+        subscription = sched.events.subscribe(since=0, actor=collector)  # (the log is empty yet)
         payload = json.dumps({"ledger": str(state / "ledger"), "sleep_ms": 20})
         stop = threading.Event()
         load = SteadyLoad(sched, rate, payload, stop)
@@ -187,6 +224,8 @@ def scenario(quick: bool = False, rate: float = 100.0, seed: int = 7, shards: in
         states = {t.id: t.state for t in sched.list_tasks()}
         unfinished = [t for t in acknowledged if t in states and states[t] is not kmpray.TaskState.SUCCEEDED]
         replay = _replay(sched, acknowledged)
+        pushed = _pushed(ray, collector, set(acknowledged))
+        subscription.close()
         lost = sorted(set(unfinished) | {t for t in acknowledged if t not in states and replay["per_task"][t] == 0})
         warm = size["duration_s"] / 3
         by_shard = [_growth([rss for t, k, rss in before_kill if t >= warm and k == shard])
@@ -218,6 +257,7 @@ def scenario(quick: bool = False, rate: float = 100.0, seed: int = 7, shards: in
             "store_mb": _growth([s["store_mb"] for s in window]),
             "store_used_mb": _peaks(used_points),  # pages in use, without the free ones
             "replay": {k: v for k, v in replay.items() if k != "per_task"},
+            "actor_subscriber": pushed,
             "samples": samples,
             "elapsed_s": round(elapsed, 1),
             "seed": seed,

@@ -118,7 +118,8 @@ def test_runs_longer_than_every_interval_the_engine_watches_with_run_once(ray_se
 def test_a_steady_load_with_scheduler_and_broker_kills_loses_no_task_and_no_event(ray_session: Any) -> None:
     """The soak scenario, short: 16 s at 100 tasks/s, the scheduler SIGKILLed every 6 s and
     the broker every 9 s. Nothing acknowledged is lost, and a replay of the event log
-    from cursor 0 has every task's completion exactly once, in cursor order. (Memory and
+    from cursor 0 has every task's completion exactly once, in cursor order; an actor
+    subscriber is pushed every one across the broker kills (at least once). (Memory and
     store growth need the 60 s quick run or the 10 min full one: `bench chaos --scenario soak`.)"""
     from kmpray.bench.chaos_soak import scenario
 
@@ -126,3 +127,4 @@ def test_a_steady_load_with_scheduler_and_broker_kills_loses_no_task_and_no_even
     assert r["kills"].get("kmpray.scheduler", 0) >= 2 and r["kills"].get("kmpray.broker", 0) >= 1, r
     assert r["acknowledged"] >= 1200 and r["lost"] == 0, r
     assert (r["replay"]["missing"], r["replay"]["twice"], r["replay"]["out_of_order"]) == (0, 0, 0), r
+    assert r["actor_subscriber"]["missing"] == 0, r  # pushed across each broker kill (at least once)
