@@ -42,7 +42,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from kmpray.actors.names import BROKER, CHAIN, shard_namespace
+from kmpray.actors.names import BROKER, CHAIN, ORACLE, shard_namespace
 
 import kmpray
 
@@ -70,12 +70,14 @@ SCENARIOS = {
     "executors": (10_000, 2_000, 200, 1.0, "a random light executor or heavy worker (SIGKILL)"),
     "coordinators": (10_000, 1_000, 200, 1.0, "a random ChainCoordinator actor (SIGKILL)"),
     "mixed": (20_000, 2_000, 400, 1.5, "a random one of: the scheduler, a light executor or heavy worker, "
-                                       "a ChainCoordinator, the event broker (SIGKILL)"),
+                                       "a ChainCoordinator, the event broker, the oracle (SIGKILL)"),
 }
 # Chains after each enqueue call, by scenario (the others: none unless asked for).
 CHAINS_PER_CALL = {"scheduler": 1, "coordinators": 5, "mixed": 2}
 HEAVY_EVERY = 20  # one task in 20 is heavy in the executors and mixed scenarios
-MIXED = ("scheduler", "executors", "coordinators", "broker")  # the mixed nemesis's kinds of victim
+# The mixed nemesis's kinds of victim. The oracle since session 49: it holds the worker
+# classes, the device overrides' and the actor subscriptions' copies (actors/registry.py).
+MIXED = ("scheduler", "executors", "coordinators", "broker", "oracle")
 
 
 class Nemesis(threading.Thread):
@@ -98,7 +100,7 @@ class Nemesis(threading.Thread):
         self.stop = threading.Event()
         self.kills = 0
         self.kills_by_shard = [0] * shards
-        self.kills_by_kind: Counter[str] = Counter()  # scheduler, executors, coordinators, broker
+        self.kills_by_kind: Counter[str] = Counter()  # scheduler, executors, coordinators, broker, oracle
         self.recovery_s: list[float] = []
         self.killed_at: list[float] = []  # wall-clock time of each kill (the timeline)
         self.killed_pids: set[int] = set()  # whose runs may legitimately run again
@@ -114,8 +116,8 @@ class Nemesis(threading.Thread):
             return shard, kind, "kmpray.scheduler", namespace
         if kind == "coordinators":
             return shard, kind, CHAIN.format(self.rng.randrange(self.coordinators)), namespace
-        if kind == "broker":  # one for the whole engine, in its namespace (shard 0's)
-            return 0, kind, BROKER, self.namespace
+        if kind in ("broker", "oracle"):  # one each for the whole engine, in its namespace (shard 0's)
+            return 0, kind, BROKER if kind == "broker" else ORACLE, self.namespace
         status = scheduler_status(self.ray, namespace)
         light = [f"kmpray.executor.{i}" for i in range(status.get("executors", 0))]
         light += [f"kmpray.executor.probation.{k}" for k in range(status.get("probation_executors", 0))]

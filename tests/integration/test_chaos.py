@@ -22,7 +22,7 @@ def test_kills_during_a_load_lose_nothing_and_count_nothing_twice(
 ) -> None:
     """The scheduler scenario's load holds chains too (two parallel steps, then one joining
     them, after each enqueue call); the mixed one kills any of the scheduler, executors
-    and heavy workers, coordinators and the broker, on two shards: the nemesis strikes
+    and heavy workers, coordinators, the broker and the oracle, on two shards: the nemesis strikes
     either, the chains live on the shard of their id, the one-time tasks spread over both."""
     from kmpray.bench.chaos import CHAINS_PER_CALL, scenario
 
