@@ -41,6 +41,8 @@ from .untraced import untrace
 
 log = logging.getLogger("kmpray.broker")
 
+EMIT_RETRIES = 5  # a worker's emit across this many broker restarts in a row
+
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=10_000)
@@ -248,7 +250,10 @@ class EventBroker:
 
 
 class BrokerBackend:
-    """What ``kmpray.TaskEventBus.emit`` uses inside worker code: fire-and-forget to the broker."""
+    """What ``kmpray.TaskEventBus.emit`` uses inside worker code: fire-and-forget to the
+    broker (a run must not wait on the event log). A call in flight when the broker dies
+    is sent again by Ray once it has restarted (``max_task_retries``): at least once, in
+    order but for those re-sent. Before session 49 they were lost."""
 
     def __init__(self, namespace: str) -> None:
         self.namespace = namespace
@@ -259,7 +264,7 @@ class BrokerBackend:
         body = encode_emitted(event)
         if self._broker is None:
             self._broker = lookup(BROKER, base_namespace(self.namespace))  # shared by the shards
-        self._broker.emit.remote(body)
+        self._broker.emit.options(max_task_retries=EMIT_RETRIES).remote(body)
 
     def subscribe(self, since: int | None = None, callback: Any = None, actor: Any = None) -> Any:
         raise NotImplementedError("subscribe from a driver (kmpray.connect), not from worker code")

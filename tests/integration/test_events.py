@@ -396,7 +396,6 @@ def test_an_actor_subscription_outlives_broker_and_oracle_restarts(engines: Any)
     import os
 
     import ray
-
     from kmpray.actors.retry import call_with_retry_sync
 
     from .helpers import until
@@ -452,6 +451,38 @@ def test_an_actor_subscription_outlives_broker_and_oracle_restarts(engines: Any)
     assert not ray.get(broker.__ray_call__.remote(lambda self: bool(self._pushers)), timeout=10)
     oracle = ray.get_actor("kmpray.oracle", namespace=sched.namespace)
     assert ray.get(oracle.__ray_call__.remote(lambda self: dict(self._subscribers)), timeout=10) == {}
+
+
+def test_emits_from_worker_code_reach_the_log_across_a_broker_kill(engines: Any) -> None:
+    """``TaskEventBus.emit`` in worker code does not wait for the broker; a call in flight
+    when the broker dies is sent again once it has restarted (Ray's retry of the actor
+    call): at least once. Before session 49 those were lost."""
+    import os
+    import signal
+
+    import ray
+
+    from .helpers import until
+    from .workers import EmitsMany
+
+    sched = engines()
+    sched.register_worker("EmitsMany", EmitsMany)
+    n = 3_000
+    start = sched.events.last_cursor()
+    sched.enqueue("emitter", TaskTrigger.OneTime(), "EmitsMany", input=f"{n}:1")
+    until(lambda: sched.events.last_cursor() >= start + n // 4, what="a quarter of the events stored")
+    broker = ray.get_actor("kmpray.broker", namespace=sched.namespace)
+    os.kill(ray.get(broker.__ray_call__.remote(lambda self: os.getpid()), timeout=30), signal.SIGKILL)
+    assert sched.wait("emitter", timeout_s=120).state is kmpray.TaskState.SUCCEEDED
+    got: set[str] = set()
+    sub = sched.events.subscribe(since=start)
+    try:
+        while len(got) < n and (event := sub.get(timeout_s=10)) is not None:
+            if event.kind == "completion" and event.task_name == "emitted":
+                got.add(event.message or "")
+    finally:
+        sub.close()
+    assert sorted(set(map(str, range(n))) - got, key=int)[:20] == []
 
 
 def test_an_actor_subscriber_that_died_leaves_no_pusher_behind(svengine: Any) -> None:

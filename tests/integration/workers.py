@@ -190,6 +190,19 @@ class HugeOutput(kmpray.CommonWorker):
         return WorkerResult.Success(data={"n": 2**80})
 
 
+class EmitsMany(kmpray.CommonWorker):
+    """Emits ``n`` events numbered 0..n-1 (message), one every ``gap_ms``, without waiting."""
+
+    def do_work(self, input: str | None) -> Any:  # noqa: A002
+        import time
+
+        n, gap_ms = (int(x) for x in (input or "100:1").split(":"))
+        for i in range(n):
+            kmpray.TaskEventBus.emit(kmpray.TaskCompletionEvent("emitted", True, str(i)))
+            time.sleep(gap_ms / 1000)
+        return WorkerResult.Success()
+
+
 class EmitsEvent(kmpray.CommonWorker):
     async def do_work(self, input: str | None) -> Any:  # noqa: A002
         kmpray.TaskEventBus.emit(kmpray.TaskCompletionEvent("custom", True, f"from worker {input}"))
