@@ -14,8 +14,8 @@ import pytest
 
 from .workers import count_runs
 
-__all__ = ["ONE_SHARD", "blocks_input", "count_runs", "metrics_port", "next_completion",
-           "one_name_from_many_threads", "scrape_metrics", "until"]
+__all__ = ["ONE_SHARD", "asked", "blocks_input", "count_runs", "metrics_port", "next_completion",
+           "one_name_from_many_threads", "restarted", "scrape_metrics", "until"]
 
 #: A test that reaches into one scheduler's actors or files (shard 0's), skipped when the
 #: suite runs against sharded engines (KMPRAY_TEST_SHARDS=2, see tests/conftest.py).
@@ -86,6 +86,26 @@ def until(
             said = f"\n{explain()}" if explain is not None else ""
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}{said}")
         time.sleep(0.01)
+
+
+def asked(actor: Any, fn: Callable[[Any], Any]) -> Any:
+    """``fn(actor_instance)`` run in the actor, asked again while it restarts."""
+    import ray
+    from kmpray.actors.retry import call_with_retry_sync
+
+    return call_with_retry_sync(lambda: ray.get(actor.__ray_call__.remote(fn), timeout=30))
+
+
+def restarted(name: str, namespace: str, timeout_s: float = 60.0) -> Any:
+    """Kill engine actor ``name`` (Ray restarts it); its handle once a new process answers.
+    ``ray.kill`` returns before the old process is gone, and that one may still answer."""
+    import ray
+
+    actor = ray.get_actor(name, namespace=namespace)
+    before = asked(actor, lambda self: os.getpid())
+    ray.kill(actor, no_restart=False)
+    until(lambda: asked(actor, lambda self: os.getpid()) != before, timeout_s, what=f"{name}'s new process")
+    return actor
 
 
 def stop_process(pid: int, timeout_s: float = 10) -> None:

@@ -140,10 +140,7 @@ def test_device_overrides_and_the_gates_they_close_survive_an_oracle_restart(eng
     must not put the probes back under the scheduler, which would open the gate it closed
     (the task below ran at the restarted oracle's first probe round, before session 49).
     The schedulers keep a copy; the oracle gives it back to a restarted scheduler."""
-    import os
-
-    import ray
-    from kmpray.actors.retry import call_with_retry_sync
+    from .helpers import asked, restarted
 
     sched = engines(config=EngineConfig(probe_interval_s=0.2))
     register_all(sched)
@@ -151,19 +148,8 @@ def test_device_overrides_and_the_gates_they_close_survive_an_oracle_restart(eng
     sched.enqueue("c", ONCE, "Echo", constraints=Constraints(requires_charging=True))
     until(lambda: sched.status()["gated"] == 1, what="the task to be held by its gate")
 
-    def asked(actor: Any, fn: Any) -> Any:
-        return call_with_retry_sync(lambda: ray.get(actor.__ray_call__.remote(fn), timeout=30))
-
-    def restarted(name: str) -> Any:
-        """``name`` killed, once its new process answers (ray.kill returns before the old one is gone)."""
-        actor = ray.get_actor(name, namespace=sched.namespace)
-        pid = asked(actor, lambda self: os.getpid())
-        ray.kill(actor, no_restart=False)
-        until(lambda: asked(actor, lambda self: os.getpid()) != pid, what=f"{name}'s new process")
-        return actor
-
     def the_gate_stays_closed_over_an_oracle_restart() -> None:
-        oracle = restarted("kmpray.oracle")
+        oracle = restarted("kmpray.oracle", sched.namespace)
         rounds = asked(oracle, lambda self: self.rounds)
         until(lambda: asked(oracle, lambda self: self.rounds) >= rounds + 2,
               what="two probe rounds of the new oracle")
@@ -172,7 +158,7 @@ def test_device_overrides_and_the_gates_they_close_survive_an_oracle_restart(eng
         assert sched.status()["gated"] == 1
 
     the_gate_stays_closed_over_an_oracle_restart()
-    restarted("kmpray.scheduler")  # it takes the overrides back from the oracle as it starts
+    restarted("kmpray.scheduler", sched.namespace)  # it takes the overrides back from the oracle as it starts
     assert sched.get_task_info("c").state is TaskState.ENQUEUED  # served (after its start) by the new one
     the_gate_stays_closed_over_an_oracle_restart()  # and gives them back to the oracle
     sched.clear_device_overrides()  # the probes again: this server counts as charging

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -235,20 +233,11 @@ def test_worker_classes_survive_an_oracle_restart_then_a_scheduler_restart(engin
     actors/registry.py) and the scheduler hold copies, and each restores the other."""
     import ray
 
+    from .helpers import restarted
+
     sched = engines()
     register_all(sched)
-    oracle = ray.get_actor("kmpray.oracle", namespace=sched.namespace)
-    pid = ray.get(oracle.__ray_call__.remote(lambda self: os.getpid()), timeout=30)
-    _kill("kmpray.oracle", sched.namespace)
-    # Restarted (a new process: ray.kill returns before the old one is gone, which may still
-    # answer), it took every class back from the scheduler.
-    from kmpray.actors.retry import call_with_retry_sync
-
-    deadline = time.monotonic() + 60
-    while (now := call_with_retry_sync(lambda: ray.get(oracle.__ray_call__.remote(lambda self: os.getpid()),
-                                                       timeout=60))) == pid and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert now != pid
+    oracle = restarted("kmpray.oracle", sched.namespace)  # a new process: it took every class back
     assert set(ALL) <= set(ray.get(oracle.dump_classes.remote(sched.namespace), timeout=30))
     sched.enqueue("after-oracle", TaskTrigger.OneTime(), "Echo", input="a")
     info = sched.wait("after-oracle", timeout_s=60)

@@ -393,12 +393,9 @@ def test_an_actor_subscription_outlives_broker_and_oracle_restarts(engines: Any)
     a copy of each subscription (and how far it got), so a broker restart resumes pushing
     (before session 49 it stopped for good, without a word), and a broker restarted after
     the oracle was still finds it. At least once: a few events may come again after a restart."""
-    import os
-
     import ray
-    from kmpray.actors.retry import call_with_retry_sync
 
-    from .helpers import until
+    from .helpers import restarted, until
     from .workers import register_all
 
     sched = engines()
@@ -419,17 +416,6 @@ def test_an_actor_subscription_outlives_broker_and_oracle_restarts(engines: Any)
     def seen() -> list[str]:
         return list(ray.get(inbox.get.remote(), timeout=10))
 
-    def restarted(name: str) -> None:
-        actor = ray.get_actor(name, namespace=sched.namespace)
-
-        def pid() -> int:
-            return int(call_with_retry_sync(lambda: ray.get(actor.__ray_call__.remote(lambda self: os.getpid()),
-                                                            timeout=30)))
-
-        before = pid()
-        ray.kill(actor, no_restart=False)
-        until(lambda: pid() != before, what=f"{name}'s new process")
-
     def pushed(task_id: str) -> None:
         sched.enqueue(task_id, TaskTrigger.OneTime(), "Echo")
         assert sched.wait(task_id, timeout_s=30).state is kmpray.TaskState.SUCCEEDED
@@ -439,10 +425,10 @@ def test_an_actor_subscription_outlives_broker_and_oracle_restarts(engines: Any)
     sub = sched.events.subscribe(actor=inbox)
     try:
         pushed("before")
-        restarted("kmpray.broker")
+        restarted("kmpray.broker", sched.namespace)
         pushed("after-broker")
-        restarted("kmpray.oracle")
-        restarted("kmpray.broker")
+        restarted("kmpray.oracle", sched.namespace)
+        restarted("kmpray.broker", sched.namespace)
         pushed("after-both")
         assert [t for t in dict.fromkeys(seen())] == ["before", "after-broker", "after-both"]
     finally:
