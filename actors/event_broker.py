@@ -14,6 +14,7 @@ import contextlib
 import logging
 import sqlite3
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,14 @@ log = logging.getLogger("kmpray.broker")
 EMIT_RETRIES = 5  # a worker's emit across this many broker restarts in a row
 
 
+@dataclass
+class _Pushing:
+    """One actor subscription: its pusher task, the actor, and how far it was pushed."""
+
+    task: asyncio.Task[None]
+    actor: Any
+    cursor: int
+
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=10_000)
 class EventBroker:
@@ -66,8 +75,7 @@ class EventBroker:
         self.progress_retention = retention if progress_retention is None else progress_retention
         self._changed = asyncio.Event()
         self._appended = {False: 0, True: 0}  # completions, progress events since the last trim
-        self._pushers: dict[str, asyncio.Task[None]] = {}
-        self._pushing: dict[str, tuple[Any, int]] = {}  # sub_id -> (actor, cursor pushed up to)
+        self._pushing: dict[str, _Pushing] = {}  # by subscription id
         self.namespace = base_namespace(namespace) if namespace else namespace
         self._oracle_handle: Any = None  # found at first need (actors/subscriber_copies.py)
         self._subscriptions_back = asyncio.ensure_future(self._take_subscriptions_back())
@@ -175,7 +183,7 @@ class EventBroker:
     async def subscribe_actor(self, sub_id: str, actor: Any, after: int) -> None:
         """Push every event after ``after`` to ``actor.on_event``; answered once the oracle
         holds a copy (a retry of this call, after a restart, changes nothing)."""
-        if sub_id not in self._pushers:
+        if sub_id not in self._pushing:
             self._start_pusher(sub_id, actor, after)
         if (oracle := self._oracle()) is not None:
             await call_with_retry(lambda: oracle.keep_subscriber.remote(sub_id, actor, after))
@@ -192,8 +200,8 @@ class EventBroker:
             getattr(oracle, method).remote(*args)  # its answer is not awaited: it changes nothing here
 
     def _start_pusher(self, sub_id: str, actor: Any, after: int) -> None:
-        self._pushing[sub_id] = (actor, after)
-        task = self._pushers[sub_id] = asyncio.ensure_future(self._push(sub_id, actor, after))
+        task = asyncio.ensure_future(self._push(sub_id, actor, after))
+        self._pushing[sub_id] = _Pushing(task, actor, after)
         # A subscriber actor that died ends its pusher: its entry goes too, not at close().
         task.add_done_callback(lambda t: self._forget_pusher(sub_id, t))
 
@@ -201,7 +209,7 @@ class EventBroker:
         """After a restart, the actor subscriptions the oracle holds, each from its cursor."""
         held = await taken_back(ORACLE, self.namespace, "subscribers") if self.namespace else None
         for sub_id, actor, cursor in held or ():
-            if sub_id not in self._pushers:
+            if sub_id not in self._pushing:
                 self._start_pusher(sub_id, actor, cursor)
         if held:  # (None: a fresh engine, or a broker of its own in a test)
             log.warning("restarted: pushing to %d subscriber actor(s) again from their last saved cursors "
@@ -209,21 +217,19 @@ class EventBroker:
 
     def actor_subscriptions(self) -> list[tuple[str, Any, int]]:
         """A restarted oracle's: every actor subscription and how far it was pushed."""
-        return [(sub_id, actor, cursor) for sub_id, (actor, cursor) in self._pushing.items()]
+        return [(sub_id, p.actor, p.cursor) for sub_id, p in self._pushing.items()]
 
     def _forget_pusher(self, sub_id: str, task: asyncio.Task[None]) -> None:
-        if self._pushers.get(sub_id) is task:
-            del self._pushers[sub_id]
-            self._pushing.pop(sub_id, None)
+        if (pushing := self._pushing.get(sub_id)) is not None and pushing.task is task:
+            del self._pushing[sub_id]
             self._tell_oracle("drop_subscriber", sub_id)
 
     def unsubscribe(self, sub_id: str) -> bool:
-        task = self._pushers.pop(sub_id, None)
-        self._pushing.pop(sub_id, None)
+        pushing = self._pushing.pop(sub_id, None)
         self._tell_oracle("drop_subscriber", sub_id)
-        if task is not None:
-            task.cancel()
-        return task is not None
+        if pushing is not None:
+            pushing.task.cancel()
+        return pushing is not None
 
     async def _push(self, sub_id: str, actor: Any, after: int) -> None:
         """Pushes in cursor order; the oracle's copy of ``cursor`` is sent at most every
@@ -243,7 +249,8 @@ class EventBroker:
                     log.exception("subscriber actor failed on event %d", cur)
             if rows:
                 cursor, unsaved = rows[-1][0], True
-                self._pushing[sub_id] = (actor, cursor)
+                if (pushing := self._pushing.get(sub_id)) is not None:
+                    pushing.cursor = cursor
             if unsaved and (not rows or time.monotonic() - saved >= SUBSCRIBER_SAVE_S):
                 saved, unsaved = time.monotonic(), False
                 self._tell_oracle("subscriber_at", sub_id, cursor)

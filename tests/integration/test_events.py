@@ -434,7 +434,7 @@ def test_an_actor_subscription_outlives_broker_and_oracle_restarts(engines: Any)
     finally:
         sub.close()
     broker = ray.get_actor("kmpray.broker", namespace=sched.namespace)
-    assert not ray.get(broker.__ray_call__.remote(lambda self: bool(self._pushers)), timeout=10)
+    assert not ray.get(broker.__ray_call__.remote(lambda self: bool(self._pushing)), timeout=10)
     oracle = ray.get_actor("kmpray.oracle", namespace=sched.namespace)
     assert ray.get(oracle.__ray_call__.remote(lambda self: dict(self._subscribers)), timeout=10) == {}
 
@@ -494,7 +494,7 @@ def test_an_actor_subscriber_that_died_leaves_no_pusher_behind(svengine: Any) ->
     broker = ray.get_actor("kmpray.broker", namespace=svengine.namespace)
 
     def pushing() -> bool:
-        return bool(ray.get(broker.__ray_call__.remote(lambda self: sub.id in self._pushers), timeout=10))
+        return bool(ray.get(broker.__ray_call__.remote(lambda self: sub.id in self._pushing), timeout=10))
 
     assert pushing()
     ray.kill(gone)
