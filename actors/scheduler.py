@@ -26,7 +26,6 @@ import ray
 from kmpray.chain_coordination import ChainCoordinatorCore, Message
 from kmpray.clock import ManualClock, SystemClock
 from kmpray.config import EngineConfig
-from kmpray.device import DeviceState
 from kmpray.driver import sleep_s
 from kmpray.engine import SchedulerCore
 from kmpray.errors import EngineUnavailable, StoreRefused, StoreWriteFailed
@@ -52,6 +51,7 @@ from .outbox import Outbox
 from .retry import call_with_retry
 from .scheduler_artifacts import ArtifactKeeper, SchedulerArtifacts
 from .scheduler_chains import SchedulerChains
+from .scheduler_devices import SchedulerDevices
 from .scheduler_dispatch import SchedulerDispatch
 from .scheduler_events import SchedulerEvents
 from .scheduler_housekeeping import SchedulerHousekeeping
@@ -82,7 +82,7 @@ def _reconstructed() -> bool:
 @ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=10_000)
 class SchedulerActor(
     SchedulerIntake, SchedulerReports, SchedulerDispatch, SchedulerChains, SchedulerReads, SchedulerArtifacts,
-    SchedulerEvents, SchedulerHousekeeping, VirtualTime,
+    SchedulerEvents, SchedulerHousekeeping, SchedulerDevices, VirtualTime,
 ):
     """The shell; what it does lives in its mixins, one concern each: intake (enqueue,
     register), reports (executor results, blocked loops), dispatch (pump turn, placement,
@@ -186,6 +186,7 @@ class SchedulerActor(
         self.platform = platform
         self._blobs: dict[str, tuple[int, bytes]] = {}  # registered worker -> (version, class blob)
         self._device_overrides: dict[str, dict[str, Any]] | None = None  # the oracle's (constraint_oracle.py)
+        self._seen_devices: dict[str, dict[str, Any]] | None = None  # in the store (scheduler_devices.py)
         known = self.store.get_meta("known_workers")
         self.known: set[str] = set(known) if isinstance(known, list) else set()
         self.core = SchedulerCore(
@@ -268,7 +269,7 @@ class SchedulerActor(
         self._broker = lookup(BROKER, base_namespace(self.namespace))  # the engine's, shared
         await self._resend_events()
         states, self._device_overrides = await call_with_retry(lambda: oracle.ready_with_overrides.remote())
-        self.core.set_devices({n: DeviceState.model_validate(s) for n, s in states.items()})
+        self._first_device_states(states)  # (scheduler_devices.py: with those it saw before a restart)
         await self.pool.start()
         restarted = _reconstructed()
         # Results processes spooled while no scheduler took them (actors/spool.py): their
@@ -343,15 +344,6 @@ class SchedulerActor(
         if self.config.executors:
             return [nodes[i % len(nodes)]["NodeID"] for i in range(self.config.executors)]
         return [n["NodeID"] for n in nodes for _ in range(executors_for(n))]
-
-    async def device_states(self, payload: dict[str, dict[str, Any]], overrides: dict[str, Any]) -> list[str]:
-        """Pushed by the oracle on every change: re-gate tasks, fire device triggers, dispatch.
-        ``overrides``: the oracle's, kept here for it to take back after a restart."""
-        self._device_overrides = overrides
-        await self._ready
-        fired = self.core.set_devices({n: DeviceState.model_validate(s) for n, s in payload.items()})
-        self._pump()
-        return fired
 
     async def _loop(self) -> None:
         while True:

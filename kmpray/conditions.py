@@ -32,12 +32,18 @@ class Conditions:
             if satisfies(rec.constraints, state) and (not device_trigger or in_trigger_state(kind, state))
         )
 
-    def set_devices(self: Core, states: dict[str, DeviceState]) -> list[str]:
+    def set_devices(
+        self: Core, states: dict[str, DeviceState], seen_before: dict[str, DeviceState] | None = None
+    ) -> list[str]:
         """New device states (every node): fire device triggers on transitions, release
-        tasks whose gate opened. Returns the trigger kinds that fired."""
+        tasks whose gate opened. Returns the trigger kinds that fired. ``seen_before``: the
+        states a restarted scheduler last saw (kept in its store), for a node this core has
+        not seen yet: a transition while it was down fires once after, as a missed period
+        runs once; a node seen for the first time fires nothing."""
         fired: list[str] = []
+        before = self.devices if not seen_before else {**seen_before, **self.devices}
         for node, state in states.items():
-            fired += transitions(self.devices.get(node), state)
+            fired += transitions(before.get(node), state)
         self.devices = dict(states)
         for kind in dict.fromkeys(fired):
             self.fire(kind)

@@ -163,6 +163,28 @@ def test_battery_low_trigger_fires_on_the_transition_and_rearms(h: Harness) -> N
     assert h.core.latest("t").run_count == 2  # type: ignore[union-attr]
 
 
+def test_a_transition_while_the_scheduler_was_down_fires_once_after_its_restart(h: Harness) -> None:
+    """The states it last saw come back from its store (``seen_before``): storage that went
+    low during the restart fires StorageLow once; a node it never saw fires nothing."""
+    ok, low = DeviceState(), DeviceState(storage_low=True)
+    h.core.set_devices({"a": ok})
+    h.core.submit("clean", TaskTrigger.StorageLow, "Ok")
+    h.core.submit("idle", TaskTrigger.DeviceIdle, "Ok")
+    assert h.step() == []
+    seen = dict(h.core.devices)
+    h.restart()
+    assert h.core.devices == {}
+    now = {"a": low, "new": DeviceState(storage_low=True, idle=True)}
+    assert h.core.set_devices(now, seen_before=seen) == ["storage_low"]
+    [d] = h.step()
+    assert (d.key, d.nodes) == ("clean", ("a", "new"))  # any node in that state; "idle" did not fire
+    assert h.core.set_devices(now, seen_before=seen) == []
+    assert h.step() == []  # the push that follows the restart is no second transition
+    # Without what it saw, the same first push after a restart is a first sighting.
+    h.restart()
+    assert h.core.set_devices({"a": low}) == []
+
+
 def test_content_uri_matches_descendants_and_coalesces(h: Harness) -> None:
     h.core.submit("photos", TaskTrigger.ContentUri("file:///data/photos"), "Ok")
     assert h.core.fire("content_uri", "file:///data/photosynthesis") == 0

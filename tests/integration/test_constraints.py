@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import ray
 from pydantic import ValidationError
 
 from kmpray import Constraints, EngineConfig, InvalidParameters, QualityOfService, TaskState, TaskTrigger
@@ -163,3 +165,28 @@ def test_device_overrides_and_the_gates_they_close_survive_an_oracle_restart(eng
     the_gate_stays_closed_over_an_oracle_restart()  # and gives them back to the oracle
     sched.clear_device_overrides()  # the probes again: this server counts as charging
     assert sched.wait("c", timeout_s=30).state is TaskState.SUCCEEDED
+
+
+def test_storage_that_ran_low_while_the_engine_was_down_fires_storage_low_once_after(engines: Any) -> None:
+    """A device trigger fires on a transition; one that happened while the scheduler was
+    down (here the whole engine, restarted on the same cluster) fires once after, as a
+    missed period runs once. Until session 50 a restarted scheduler took the states it
+    was given first for a first sighting, and the trigger waited for the next transition."""
+    from .helpers import asked
+
+    ns, probe = f"t-{uuid.uuid4().hex[:10]}", EngineConfig(probe_interval_s=0.2)
+    first = engines(namespace=ns, config=probe)
+    register_all(first)
+    first.enqueue("clean", TaskTrigger.StorageLow, "Echo")
+    assert {s.storage_low for s in first.device_states().values()} == {False}  # this disk has room
+    first.shutdown()
+    # The disk "fills" while it is down: every disk is low by this threshold.
+    second = engines(namespace=ns, config=probe.model_copy(update={"storage_low_free_fraction": 1.0}))
+    register_all(second)
+    until(lambda: second.get_task_info("clean").run_count == 1, what="the missed transition's run",
+          explain=lambda: second.explain("clean"))
+    oracle = ray.get_actor("kmpray.oracle", namespace=second.namespace)
+    rounds = asked(oracle, lambda self: self.rounds)
+    until(lambda: asked(oracle, lambda self: self.rounds) >= rounds + 3, what="three more probe rounds")
+    info = second.get_task_info("clean")
+    assert (info.run_count, info.state) == (1, TaskState.ENQUEUED)  # once; re-armed for the next one
