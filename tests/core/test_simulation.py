@@ -79,6 +79,7 @@ class Sim(Harness):
         # and how often each device trigger kind has fired (a transition into its state).
         self.devices = {node: DeviceState() for node in NODES}
         self.core.set_devices(dict(self.devices))
+        self.pushed = dict(self.devices)  # the states the scheduler saw last (its store keeps them)
         self.fires: Counter[str] = Counter()
         self.armed_at: dict[str, int] = {}  # device-trigger name -> its kind's fires when submitted
         self.changes: list[str] = []  # content changes notified, in order
@@ -164,8 +165,9 @@ class Sim(Harness):
         self.trace.append(f"content change {uri} -> fired {self.core.fire('content_uri', uri)}")
         self.flush()
 
-    def change_device(self) -> None:
-        """One node's state changes; the oracle pushes every node's state to the scheduler."""
+    def change_device(self, push: bool = True) -> None:
+        """One node's state changes; the oracle pushes every node's state to the scheduler
+        (``push=False``: it is down; its next start gets them, with those its store kept)."""
         node = self.rng.choice(NODES)
         old = self.devices[node]
         field, value = self.rng.choice([
@@ -178,7 +180,11 @@ class Sim(Harness):
         for trig in DEVICE_TRIGGERS:  # entered (not a first sighting: the sim starts with every node)
             if in_trigger_state(trig.kind, new) and not in_trigger_state(trig.kind, old):
                 self.fires[trig.kind] += 1
+        if not push:
+            self.trace.append(f"device {node} {field}={value} while the scheduler is down")
+            return
         fired = self.core.set_devices(dict(self.devices))
+        self.pushed = dict(self.devices)
         self.trace.append(f"device {node} {field}={value} -> fired {fired}")
         self.flush()
 
@@ -278,7 +284,7 @@ class Sim(Harness):
         self.trace.append(f"executor {i} gave back {back}")
         self.flush()
 
-    def restart_scheduler(self, reopen_store: bool = False) -> None:
+    def restart_scheduler(self, reopen_store: bool = False, device_change: bool = False) -> None:
         if reopen_store:  # a new store over the same encoded rows (a file reopened)
             self.flush()
             fresh = MemoryTaskStore()
@@ -290,10 +296,18 @@ class Sim(Harness):
         adopted: list[RunKey] = []
 
         self.starts += 1
+        if device_change:
+            self.change_device(push=False)
+        seen = self.pushed
+        entered = {t.kind for t in DEVICE_TRIGGERS for n, new in self.devices.items()
+                   if in_trigger_state(t.kind, new) and not in_trigger_state(t.kind, seen[n])}
 
         def start(core: Any) -> None:  # as SchedulerActor._start: the oracle's states, then adoption
             core.run_floor = self.starts * RUN_IDS_PER_START  # as SchedulerActor.__init__
-            core.set_devices(dict(self.devices))
+            fired = core.set_devices(dict(self.devices), seen_before=seen)
+            # Entered while it was down: fired once now (scheduler_devices.py), and nothing else.
+            assert set(fired) == entered, f"a restart fired {fired}, entered while down: {sorted(entered)}"
+            self.pushed = dict(self.devices)
             adopted.extend(core.adopt(holders, set()))
 
         self.restart(adopt=start)
@@ -442,6 +456,7 @@ class Sim(Harness):
             (4, self.deliver), (0.3, self.lose_executor), (0.3, self.restart_scheduler),
             (0.4, lambda: self.give_back(self.rng.randrange(EXECUTORS), self.rng.randint(1, 4))),
             (0.1, lambda: self.restart_scheduler(reopen_store=True)),
+            (0.2, lambda: self.restart_scheduler(device_change=True)),
             (0.2, self.restart_coordinator_keeping_messages), (0.3, self.check_quiet_chains),
             (0.1, lambda: self.advance(self.rng.randrange(3_600_000, 6 * 3_600_000))),  # clock jump
             (0.3, self.prune), (0.8, self.change_device), (0.3, self.submit_device_trigger),
