@@ -49,6 +49,7 @@ class SchedulerHousekeeping:
     _write_ms: deque[float]
     _acked: int | None
     stopped: bool
+    virtual_time: bool
 
     if TYPE_CHECKING:  # the actor's
         def _flush(self) -> None: ...
@@ -89,7 +90,9 @@ class SchedulerHousekeeping:
                 if time.monotonic() - synced >= QUIET_SYNC_S:  # durability="normal": kmpray/timing.py
                     synced = time.monotonic()
                     self._sync_quietly()
-                watched = self.core.watched_uris()  # file:// ones, polled in a thread (kmpray/watch.py)
+                # file:// ones, polled in a thread (kmpray/watch.py); since when each was armed:
+                # real time only (virtual instants are not the files' modification times)
+                watched = self.core.watched_uris(since=not self.virtual_time)
                 poll = self._watcher.poll
                 changed = await asyncio.to_thread(poll, watched) if watched else poll(watched)
                 if changed and sum(self.core.fire("content_uri", uri) for uri in changed):

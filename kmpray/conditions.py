@@ -126,10 +126,20 @@ class Conditions:
                 n += 1
         return n
 
-    def watched_uris(self: Core) -> set[str]:
-        """The ``file://`` URIs of armed ContentUri tasks (for the file watcher)."""
-        uris = (self.tasks[k].trigger for k in self._armed.get("content_uri", ()) if k in self.tasks)
-        return {t.uri_string for t in uris if isinstance(t, ContentUri) and t.uri_string.startswith("file:")}
+    def watched_uris(self: Core, since: bool = True) -> dict[str, int | None]:
+        """The ``file://`` URIs of armed ContentUri tasks (for the file watcher), each with
+        the earliest instant one of them was last armed (its row's last change: submitted,
+        or back to ENQUEUED after a run): a file modified since has not set it off yet.
+        ``since=False`` (virtual time, whose instants are not the files'): None."""
+        out: dict[str, int | None] = {}
+        for key in self._armed.get("content_uri", ()):
+            rec = self.tasks.get(key)
+            trig = None if rec is None else rec.trigger
+            if rec is None or not isinstance(trig, ContentUri) or not trig.uri_string.startswith("file:"):
+                continue
+            at = out.get(trig.uri_string, rec.updated_at_ms) if since else None
+            out[trig.uri_string] = None if at is None else min(at, rec.updated_at_ms)
+        return out
 
     def fire(self: Core, kind: str, uri: str | None = None) -> int:
         """A device-state transition or content change: queue each armed task once."""

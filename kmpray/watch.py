@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -65,8 +66,16 @@ class FileWatcher:
         self.limit = limit
         self._last: dict[str, dict[str, tuple[int, int]]] = {}
         self._partial: set[str] = set()  # watched URIs said to be over MAX_ENTRIES
+        self.polls = 0  # polls done (tests wait on it)
 
-    def poll(self, uris: set[str]) -> list[str]:
+    def poll(self, uris: Collection[str] | Mapping[str, int | None]) -> list[str]:
+        """The file URIs changed since the last poll, below each watched URI. ``uris`` may
+        map each to a ``since`` instant (epoch ms): at the first look at one, which is
+        otherwise only a baseline, a file modified at or after it counts as changed, so a
+        change between a trigger's arming and that look is not taken for the baseline
+        (a write right after ``enqueue``, or while the scheduler was down: until session 50
+        both were missed). A deletion before the first look is not seen."""
+        since_of = uris if isinstance(uris, Mapping) else dict.fromkeys(uris)
         changed: list[str] = []
         for uri in uris:
             path = file_path(uri)
@@ -79,12 +88,16 @@ class FileWatcher:
                             "first %d are not seen (watch a narrower path)", uri, self.limit, self.limit)
             before = self._last.get(uri)
             self._last[uri] = now
-            if before is None:
-                continue  # first look: a baseline, not a change
+            if before is None:  # first look: a baseline, and what was modified since the arming
+                if (since := since_of[uri]) is not None:
+                    floor = since * 1_000_000
+                    changed += [Path(p).as_uri() for p, (mtime_ns, _size) in now.items() if mtime_ns >= floor]
+                continue
             paths = [p for p, sig in now.items() if before.get(p) != sig]
             paths += [p for p in before if p not in now]  # deletions are changes too
             changed += [Path(p).as_uri() for p in paths]
-        for gone in set(self._last) - uris:
+        for gone in set(self._last) - set(uris):
             del self._last[gone]
-        self._partial &= uris
+        self._partial &= set(uris)
+        self.polls += 1
         return changed

@@ -80,3 +80,42 @@ def test_what_a_poll_reports_fires_a_trigger_however_its_file_uri_is_spelled(tmp
         changed = watcher.poll({pattern})
         assert changed == [(root / "a.jpg").as_uri()], pattern
         assert uri_matches(pattern, changed[0], descendants=True), pattern
+
+
+def test_at_the_first_look_a_file_modified_since_the_arming_is_a_change(tmp_path: Path) -> None:
+    """A write right after ``enqueue`` (before the first poll), or while the scheduler was
+    down, was taken for the baseline and never fired the trigger (until session 50)."""
+    root = tmp_path / "inbox"
+    _touch(root / "old.txt")
+    _touch(root / "new.txt")
+    os.utime(root / "old.txt", ns=(1_000_000_000_000, 1_000_000_000_000))  # 1,000,000 ms
+    os.utime(root / "new.txt", ns=(2_000_000_000_000, 2_000_000_000_000))  # 2,000,000 ms
+    uri = root.as_uri()
+    assert FileWatcher().poll({uri: 2_000_000}) == [(root / "new.txt").as_uri()]  # at or after
+    assert FileWatcher().poll({uri: 2_000_001}) == []
+    assert FileWatcher().poll({uri: None}) == []  # no instant (virtual time): a baseline only
+    watcher = FileWatcher()
+    assert sorted(watcher.poll({uri: 0})) == sorted([(root / "old.txt").as_uri(), (root / "new.txt").as_uri()])
+    assert watcher.poll({uri: 0}) == []  # the instant counts at the first look only
+
+
+def test_each_watched_uri_comes_with_the_earliest_instant_a_task_on_it_was_armed() -> None:
+    from kmpray import TaskTrigger
+
+    from .conftest import Harness
+
+    h = Harness()
+    a, b, other = "file:///data/a", "file:///data/b", "content://media/x"
+    h.core.submit("a1", TaskTrigger.ContentUri(a), "Ok")
+    at = h.clock.now_ms()
+    h.clock.set(at + 5_000)
+    h.core.submit("a2", TaskTrigger.ContentUri(a), "Ok")
+    h.core.submit("b1", TaskTrigger.ContentUri(b), "Ok")
+    h.core.submit("o", TaskTrigger.ContentUri(other), "Ok")  # not a file: not watched
+    assert h.core.watched_uris() == {a: at, b: at + 5_000}
+    assert h.core.watched_uris(since=False) == {a: None, b: None}
+    h.clock.set(at + 9_000)
+    assert h.core.fire("content_uri", b + "/f") == 1
+    h.step()  # b1 ran and was armed again: changes before that set it off already
+    assert h.core.latest("b1").run_count == 1  # type: ignore[union-attr]
+    assert h.core.watched_uris() == {a: at, b: at + 9_000}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -190,3 +191,38 @@ def test_storage_that_ran_low_while_the_engine_was_down_fires_storage_low_once_a
     until(lambda: asked(oracle, lambda self: self.rounds) >= rounds + 3, what="three more probe rounds")
     info = second.get_task_info("clean")
     assert (info.run_count, info.state) == (1, TaskState.ENQUEUED)  # once; re-armed for the next one
+
+
+def test_a_file_written_right_after_the_enqueue_or_while_the_scheduler_is_down_fires_once(
+        engines: Any, tmp_path: Path) -> None:
+    """The watcher's first look at a path was a baseline only: a write before it (right
+    after ``enqueue``, or while a restarted scheduler was not yet polling) never fired the
+    trigger (until session 50; the test above kept writing until the watcher had looked)."""
+    from .helpers import asked
+
+    sched = engines()
+    register_all(sched)
+    watched = tmp_path / "inbox"
+    watched.mkdir()
+    sched.enqueue("inbox", TaskTrigger.ContentUri(watched.as_uri()), "Echo")
+    (watched / "a.txt").write_text("a")  # before the watcher's first look at the path
+    until(lambda: sched.get_task_info("inbox").run_count == 1, what="the write's run")
+    old = ray.get_actor("kmpray.scheduler", namespace=sched.namespace)
+    pid = asked(old, lambda self: os.getpid())
+    ray.kill(old, no_restart=False)
+    until(lambda: not _alive(pid), what="the old scheduler process to end")
+    (watched / "b.txt").write_text("b")  # while no scheduler polls
+    until(lambda: sched.get_task_info("inbox").run_count == 2, what="the run of the write while it was down")
+    new = ray.get_actor("kmpray.scheduler", namespace=sched.namespace)
+    polls = asked(new, lambda self: self._watcher.polls)
+    until(lambda: asked(new, lambda self: self._watcher.polls) >= polls + 2, what="two more polls")
+    info = sched.get_task_info("inbox")
+    assert (info.run_count, info.state) == (2, TaskState.ENQUEUED)  # each write once; armed again
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
