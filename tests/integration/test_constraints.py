@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -168,56 +167,40 @@ def test_device_overrides_and_the_gates_they_close_survive_an_oracle_restart(eng
     assert sched.wait("c", timeout_s=30).state is TaskState.SUCCEEDED
 
 
-def test_storage_that_ran_low_while_the_engine_was_down_fires_storage_low_once_after(engines: Any) -> None:
-    """A device trigger fires on a transition; one that happened while the scheduler was
-    down (here the whole engine, restarted on the same cluster) fires once after, as a
-    missed period runs once. Until session 50 a restarted scheduler took the states it
-    was given first for a first sighting, and the trigger waited for the next transition."""
-    from .helpers import asked
-
-    ns, probe = f"t-{uuid.uuid4().hex[:10]}", EngineConfig(probe_interval_s=0.2)
-    first = engines(namespace=ns, config=probe)
-    register_all(first)
-    first.enqueue("clean", TaskTrigger.StorageLow, "Echo")
-    assert {s.storage_low for s in first.device_states().values()} == {False}  # this disk has room
-    first.shutdown()
-    # The disk "fills" while it is down: every disk is low by this threshold.
-    second = engines(namespace=ns, config=probe.model_copy(update={"storage_low_free_fraction": 1.0}))
-    register_all(second)
-    until(lambda: second.get_task_info("clean").run_count == 1, what="the missed transition's run",
-          explain=lambda: second.explain("clean"))
-    oracle = ray.get_actor("kmpray.oracle", namespace=second.namespace)
-    rounds = asked(oracle, lambda self: self.rounds)
-    until(lambda: asked(oracle, lambda self: self.rounds) >= rounds + 3, what="three more probe rounds")
-    info = second.get_task_info("clean")
-    assert (info.run_count, info.state) == (1, TaskState.ENQUEUED)  # once; re-armed for the next one
-
-
-def test_a_file_written_right_after_the_enqueue_or_while_the_scheduler_is_down_fires_once(
+def test_a_write_or_a_device_change_while_the_scheduler_is_down_sets_its_trigger_off_once(
         engines: Any, tmp_path: Path) -> None:
-    """The watcher's first look at a path was a baseline only: a write before it (right
-    after ``enqueue``, or while a restarted scheduler was not yet polling) never fired the
-    trigger (until session 50; the test above kept writing until the watcher had looked)."""
+    """What a restarted scheduler first saw was a baseline only, until session 50: a file
+    written before the watcher's first look at its path (right after ``enqueue``, or while
+    the scheduler was down: the test above keeps writing until the watcher has looked), and
+    a device state entered while it was down (its first states were a first sighting), set
+    nothing off. Now each fires once: the first look counts files modified since the task
+    was armed, and the store keeps the device states the scheduler saw last."""
     from .helpers import asked
 
-    sched = engines()
+    sched = engines(config=EngineConfig(probe_interval_s=0.2))
     register_all(sched)
     watched = tmp_path / "inbox"
     watched.mkdir()
     sched.enqueue("inbox", TaskTrigger.ContentUri(watched.as_uri()), "Echo")
+    sched.enqueue("clean", TaskTrigger.StorageLow, "Echo")
     (watched / "a.txt").write_text("a")  # before the watcher's first look at the path
     until(lambda: sched.get_task_info("inbox").run_count == 1, what="the write's run")
     old = ray.get_actor("kmpray.scheduler", namespace=sched.namespace)
     pid = asked(old, lambda self: os.getpid())
     ray.kill(old, no_restart=False)
     until(lambda: not _alive(pid), what="the old scheduler process to end")
-    (watched / "b.txt").write_text("b")  # while no scheduler polls
-    until(lambda: sched.get_task_info("inbox").run_count == 2, what="the run of the write while it was down")
+    # While no scheduler runs (a new process takes over a second to start here):
+    (watched / "b.txt").write_text("b")
+    sched.set_device_state(storage_low=True)  # the oracle's push waits for the new scheduler
+    until(lambda: (sched.get_task_info("inbox").run_count, sched.get_task_info("clean").run_count) == (2, 1),
+          what="one run of each trigger set off while the scheduler was down",
+          explain=lambda: (sched.explain("inbox"), sched.explain("clean")))
     new = ray.get_actor("kmpray.scheduler", namespace=sched.namespace)
     polls = asked(new, lambda self: self._watcher.polls)
     until(lambda: asked(new, lambda self: self._watcher.polls) >= polls + 2, what="two more polls")
-    info = sched.get_task_info("inbox")
-    assert (info.run_count, info.state) == (2, TaskState.ENQUEUED)  # each write once; armed again
+    for name, runs in (("inbox", 2), ("clean", 1)):  # each once; armed again
+        info = sched.get_task_info(name)
+        assert (info.run_count, info.state) == (runs, TaskState.ENQUEUED), name
 
 
 def _alive(pid: int) -> bool:
