@@ -156,7 +156,9 @@ class Conditions:
                 continue
             n += 1
             if rec.state is TaskState.RUNNING:
-                rec.refire = True
+                if not rec.refire:  # stored: a restart before the run ends must not lose it
+                    rec.refire = True  # (until session 50 it was in memory only)
+                    self._touch(rec, now)
             elif rec.state is TaskState.ENQUEUED and rec.next_run_at_ms is None:
                 self._set_timer(rec, now, now)
             # already queued or blocked: the change coalesces into that run

@@ -193,6 +193,24 @@ def test_content_uri_matches_descendants_and_coalesces(h: Harness) -> None:
     assert len(h.step()) == 1 and h.step() == []
 
 
+def test_a_change_while_the_task_runs_queues_one_more_run_across_a_scheduler_restart(h: Harness) -> None:
+    """The run the change owes is stored with the row (until session 50 it was in memory
+    only, and a scheduler restart before the run ended lost it)."""
+    from kmpray.results import Success
+
+    h.core.submit("u", TaskTrigger.ContentUri("file:///d"), "Ok")
+    assert h.core.fire("content_uri", "file:///d/a") == 1
+    h.core.tick()
+    [d] = h.core.take_ready(10)
+    h.flush()
+    assert h.core.fire("content_uri", "file:///d/b") == 1  # while it runs
+    h.restart(adopt=lambda core: core.adopt([(d.key, d.run_id)]))
+    assert h.core.tasks["u"].refire
+    h.core.complete(d.key, d.run_id, Success())  # the adopted run ends
+    assert [x.key for x in h.step()] == ["u"] and h.step() == []  # one more run, then armed
+    assert h.core.latest("u").run_count == 2  # type: ignore[union-attr]
+
+
 def test_priority_expedited_then_qos_then_due(h: Harness) -> None:
     for tid, qos, exp in [("low", "LOW", False), ("default", "DEFAULT", False), ("high", "HIGH", False),
                           ("exp-low", "LOW", True)]:
