@@ -64,6 +64,7 @@ from .stamp import register
 PER_CLIENT_RATE = 8000
 LEAD_S = 1.0
 CAPACITY_RUNS = 3  # find-max: bulk batches whose median is the capacity the knee is set against
+CAPACITY_TASKS = 5_000  # tasks in each of those batches
 # The fields every result has (a single run's, and --find-max's for its best trial); see README.
 RUN_FIELDS = (
     "requested_rate_per_s",
@@ -451,7 +452,7 @@ def _find_max(sched: Any, args: argparse.Namespace, state_dir: str, common: dict
     # (session 15), as much as the knee itself.
     from .dispatch import capacity_batches
 
-    runs = capacity_batches(sched, CAPACITY_RUNS, lambda: settle(sched))
+    runs = capacity_batches(sched, CAPACITY_RUNS, lambda: settle(sched), CAPACITY_TASKS)
     capacity = float(np.median(runs))
     shown_runs = ", ".join(f"{r:,.0f}" for r in runs)
     print(f"  dispatch capacity (enqueue_many, same engine): {capacity:,.0f} tasks/s "

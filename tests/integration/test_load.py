@@ -57,11 +57,18 @@ def test_open_loop_over_two_clients_measures_every_kind(engines: Any) -> None:
     assert sched.get_task_info(task_id("x", 0)) is None  # ids belong to the run's own token
 
 
-def test_cli_writes_the_documented_json(ray_session: Any, tmp_path: Path) -> None:
+def test_cli_writes_the_documented_json(
+        ray_session: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Both runs use one engine, started by the first: given ``--state-dir``, the tool
     leaves the engine running, and the knee search attaches to it with ``--address`` as a
-    user pointing it at their deployment would (~7 s less than a second engine)."""
+    user pointing it at their deployment would (~7 s less than a second engine). The
+    capacity the knee is set against: one batch of 1,000 here, not three of 5,000 (the
+    JSON's keys are checked, not the figure)."""
     import kmpray
+    from kmpray.bench import load
+
+    monkeypatch.setattr(load, "CAPACITY_RUNS", 1)
+    monkeypatch.setattr(load, "CAPACITY_TASKS", 1_000)
 
     out, knee = tmp_path / "load.json", tmp_path / "knee.json"
     ns, state = f"load-{uuid.uuid4().hex[:8]}", str(tmp_path / "state")
