@@ -93,9 +93,11 @@ class SchedulerHousekeeping:
                 # file:// ones, polled in a thread (kmpray/watch.py); since when each was armed:
                 # real time only (virtual instants are not the files' modification times)
                 watched = self.core.watched_uris(since=not self.virtual_time)
-                poll = self._watcher.poll
+                poll = self._watcher.changes
                 changed = await asyncio.to_thread(poll, watched) if watched else poll(watched)
-                if changed and sum(self.core.fire("content_uri", uri) for uri in changed):
+                real = not self.virtual_time  # each change's instant: a task armed after it is not set off
+                fired = sum(self.core.fire("content_uri", uri, at if real else None) for uri, at in changed)
+                if fired:
                     self._kick()
                 if time.monotonic() - waits_checked >= waits_every_s:
                     waits_checked = time.monotonic()

@@ -141,8 +141,10 @@ class Conditions:
             out[trig.uri_string] = None if at is None else min(at, rec.updated_at_ms)
         return out
 
-    def fire(self: Core, kind: str, uri: str | None = None) -> int:
-        """A device-state transition or content change: queue each armed task once."""
+    def fire(self: Core, kind: str, uri: str | None = None, at_ms: int | None = None) -> int:
+        """A device-state transition or content change: queue each armed task once.
+        ``at_ms``: when the change happened (a watched file's modification time), if known
+        on this clock: a task armed after it (its row changed since) is not set off."""
         now = self.clock.now_ms()
         n = 0
         for key in list(self._armed.get(kind, ())):
@@ -154,6 +156,8 @@ class Conditions:
                 uri is None or not uri_matches(trig.uri_string, uri, trig.trigger_for_descendants)
             ):
                 continue
+            if at_ms is not None and rec.updated_at_ms > at_ms:
+                continue  # armed (or began its run) after the change: not one for it
             n += 1
             if rec.state is TaskState.RUNNING:
                 if not rec.refire:  # stored: a restart before the run ends must not lose it

@@ -119,3 +119,37 @@ def test_each_watched_uri_comes_with_the_earliest_instant_a_task_on_it_was_armed
     h.step()  # b1 ran and was armed again: changes before that set it off already
     assert h.core.latest("b1").run_count == 1  # type: ignore[union-attr]
     assert h.core.watched_uris() == {a: at, b: at + 9_000}
+
+
+def test_each_change_comes_with_its_instant_and_sets_off_only_tasks_armed_before_it(tmp_path: Path) -> None:
+    """``changes`` gives each changed file's modification time (None for a deletion), and
+    ``fire(..., at_ms=)`` skips a task armed after it: after a restart, the first look
+    from the earliest arming on a path (an exact-path task's, armed long ago) no longer
+    sets off again a task on the same path whose run already answered that change."""
+    from kmpray import TaskTrigger
+
+    from .conftest import Harness
+
+    root = tmp_path / "box"
+    _touch(root / "f")
+    os.utime(root / "f", ns=(5_000_000_000, 5_000_000_000))
+    watcher = FileWatcher()
+    assert watcher.changes({root.as_uri(): 0}) == [((root / "f").as_uri(), 5_000)]
+    (root / "f").unlink()
+    assert watcher.changes({root.as_uri(): 0}) == [((root / "f").as_uri(), None)]
+
+    h = Harness()
+    uri = "file:///data/box"
+    t0 = h.clock.now_ms()
+    h.core.submit("below", TaskTrigger.ContentUri(uri), "Ok")
+    h.core.submit("exact", TaskTrigger.ContentUri(uri, trigger_for_descendants=False), "Ok")
+    assert h.core.fire("content_uri", uri + "/f", at_ms=t0 - 1) == 0  # before either was armed
+    h.clock.set(t0 + 5_000)
+    assert h.core.fire("content_uri", uri + "/f", at_ms=t0 + 5_000) == 1  # "below" only
+    h.clock.set(t0 + 5_001)
+    assert [d.key for d in h.step()] == ["below"]  # its run ends after the change: armed again
+    assert h.core.watched_uris() == {uri: t0}  # "exact" was armed at t0
+    # A restarted scheduler's first look reports the same change (modified after t0):
+    assert h.core.fire("content_uri", uri + "/f", at_ms=t0 + 5_000) == 0
+    assert h.core.fire("content_uri", uri + "/g", at_ms=t0 + 6_000) == 1  # a later one does
+    assert h.core.fire("content_uri", uri + "/g") == 1  # no instant (notify, virtual time): as before
