@@ -73,13 +73,15 @@ class FileWatcher:
         return [uri for uri, _at in self.changes(uris)]
 
     def changes(self, uris: Collection[str] | Mapping[str, int | None]) -> list[tuple[str, int | None]]:
-        """The file URIs changed since the last poll, below each watched URI, each with
-        when (its modification time in epoch ms; None for a deletion). ``uris`` may map
-        each to a ``since`` instant (epoch ms): at the first look at one, which is
+        """The file URIs changed since the last poll, below each watched URI. ``uris`` may
+        map each to a ``since`` instant (epoch ms): at the first look at one, which is
         otherwise only a baseline, a file modified at or after it counts as changed, so a
         change between a trigger's arming and that look is not taken for the baseline
         (a write right after ``enqueue``, or while the scheduler was down: until session 50
-        both were missed). A deletion before the first look is not seen."""
+        both were missed). A deletion before the first look is not seen. Each comes with
+        when it happened as far as that look can tell, its modification time in epoch ms;
+        a change a later look sees comes with None: it happened since the look before,
+        whatever its file's time says (``rsync -a`` or ``cp -p`` keep an older one)."""
         since_of = uris if isinstance(uris, Mapping) else dict.fromkeys(uris)
         changed: list[tuple[str, int | None]] = []
         for uri in uris:
@@ -99,9 +101,9 @@ class FileWatcher:
                     changed += [(Path(p).as_uri(), mtime_ns // 1_000_000)
                                 for p, (mtime_ns, _size) in now.items() if mtime_ns >= floor]
                 continue
-            changed += [(Path(p).as_uri(), mtime_ns // 1_000_000)
-                        for p, (mtime_ns, size) in now.items() if before.get(p) != (mtime_ns, size)]
-            changed += [(Path(p).as_uri(), None) for p in before if p not in now]  # deletions are changes too
+            paths = [p for p, sig in now.items() if before.get(p) != sig]
+            paths += [p for p in before if p not in now]  # deletions are changes too
+            changed += [(Path(p).as_uri(), None) for p in paths]
         for gone in set(self._last) - set(uris):
             del self._last[gone]
         self._partial &= set(uris)
