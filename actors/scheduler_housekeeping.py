@@ -91,13 +91,12 @@ class SchedulerHousekeeping:
                     synced = time.monotonic()
                     self._sync_quietly()
                 # file:// ones, polled in a thread (kmpray/watch.py); since when each was armed:
-                # real time only (virtual instants are not the files' modification times)
+                # real time only (virtual instants are not the files' modification times, so
+                # no change then comes with an instant either)
                 watched = self.core.watched_uris(since=not self.virtual_time)
                 poll = self._watcher.changes
                 changed = await asyncio.to_thread(poll, watched) if watched else poll(watched)
-                real = not self.virtual_time  # each change's instant: a task armed after it is not set off
-                fired = sum(self.core.fire("content_uri", uri, at if real else None) for uri, at in changed)
-                if fired:
+                if sum(self.core.fire("content_uri", uri, at) for uri, at in changed):
                     self._kick()
                 if time.monotonic() - waits_checked >= waits_every_s:
                     waits_checked = time.monotonic()

@@ -137,8 +137,11 @@ class Conditions:
             trig = None if rec is None else rec.trigger
             if rec is None or not isinstance(trig, ContentUri) or not trig.uri_string.startswith("file:"):
                 continue
-            at = out.get(trig.uri_string, rec.updated_at_ms) if since else None
-            out[trig.uri_string] = None if at is None else min(at, rec.updated_at_ms)
+            uri = trig.uri_string
+            if not since:
+                out[uri] = None
+            elif (at := out.get(uri)) is None or rec.updated_at_ms < at:
+                out[uri] = rec.updated_at_ms  # the earliest arming on the path
         return out
 
     def fire(self: Core, kind: str, uri: str | None = None, at_ms: int | None = None) -> int:
