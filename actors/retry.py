@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
+import ray
 from ray.exceptions import ActorUnavailableError, RayActorError
 
 from kmpray.errors import KmprayError
@@ -22,6 +23,7 @@ TRANSIENT = (ActorUnavailableError, RayActorError)
 FIRST_DELAY_S, MAX_DELAY_S = RETRY_FIRST_DELAY_S, RETRY_MAX_DELAY_S
 
 T = TypeVar("T")
+log = logging.getLogger("kmpray")
 
 
 def delays(first_s: float = FIRST_DELAY_S) -> Iterator[float]:
@@ -64,8 +66,6 @@ async def taken_back(name: str, namespace: str, method: str, *args: Any) -> Any:
     """After this actor's restart: what actor ``name`` holds for it (its ``method``), or
     None when there is nothing to take back (a fresh engine: that actor is not created
     yet) or it could not be had (logged; the caller goes on without)."""
-    import ray
-
     try:
         holder = ray.get_actor(name, namespace=namespace)
     except ValueError:
@@ -73,7 +73,7 @@ async def taken_back(name: str, namespace: str, method: str, *args: Any) -> Any:
     try:
         return await call_with_retry(lambda: getattr(holder, method).remote(*args), timeout_s=60)
     except Exception:
-        logging.getLogger("kmpray").exception("could not take back %s from %s in %s", method, name, namespace)
+        log.exception("could not take back %s from %s in %s", method, name, namespace)
         return None
 
 
