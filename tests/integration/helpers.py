@@ -96,14 +96,21 @@ def asked(actor: Any, fn: Callable[[Any], Any]) -> Any:
     return call_with_retry_sync(lambda: ray.get(actor.__ray_call__.remote(fn), timeout=30))
 
 
-def restarted(name: str, namespace: str, timeout_s: float = 60.0) -> Any:
+def restarted(
+    name: str, namespace: str, timeout_s: float = 60.0, while_down: Callable[[], object] | None = None
+) -> Any:
     """Kill engine actor ``name`` (Ray restarts it); its handle once a new process answers.
-    ``ray.kill`` returns before the old process is gone, and that one may still answer."""
+    ``ray.kill`` returns before the old process is gone, and that one may still answer.
+    ``while_down``: called once the old process has ended, before the new one is waited
+    for (it takes over a second to start here): what happens while no such actor runs."""
     import ray
 
     actor = ray.get_actor(name, namespace=namespace)
     before = asked(actor, lambda self: os.getpid())
     ray.kill(actor, no_restart=False)
+    if while_down is not None:
+        until(lambda: not Path(f"/proc/{before}").exists(), timeout_s, what=f"{name}'s old process to end")
+        while_down()
     until(lambda: asked(actor, lambda self: os.getpid()) != before, timeout_s, what=f"{name}'s new process")
     return actor
 

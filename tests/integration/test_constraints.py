@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import ray
 from pydantic import ValidationError
 
 from kmpray import Constraints, EngineConfig, InvalidParameters, QualityOfService, TaskState, TaskTrigger
@@ -175,7 +173,7 @@ def test_a_write_or_a_device_change_while_the_scheduler_is_down_sets_its_trigger
     a device state entered while it was down (its first states were a first sighting), set
     nothing off. Now each fires once: the first look counts files modified since the task
     was armed, and the store keeps the device states the scheduler saw last."""
-    from .helpers import asked
+    from .helpers import asked, restarted
 
     sched = engines(config=EngineConfig(probe_interval_s=0.2))
     register_all(sched)
@@ -185,27 +183,17 @@ def test_a_write_or_a_device_change_while_the_scheduler_is_down_sets_its_trigger
     sched.enqueue("clean", TaskTrigger.StorageLow, "Echo")
     (watched / "a.txt").write_text("a")  # before the watcher's first look at the path
     until(lambda: sched.get_task_info("inbox").run_count == 1, what="the write's run")
-    old = ray.get_actor("kmpray.scheduler", namespace=sched.namespace)
-    pid = asked(old, lambda self: os.getpid())
-    ray.kill(old, no_restart=False)
-    until(lambda: not _alive(pid), what="the old scheduler process to end")
-    # While no scheduler runs (a new process takes over a second to start here):
-    (watched / "b.txt").write_text("b")
-    sched.set_device_state(storage_low=True)  # the oracle's push waits for the new scheduler
+
+    def while_down() -> None:
+        (watched / "b.txt").write_text("b")
+        sched.set_device_state(storage_low=True)  # the oracle's push waits for the new scheduler
+
+    new = restarted("kmpray.scheduler", sched.namespace, while_down=while_down)
     until(lambda: (sched.get_task_info("inbox").run_count, sched.get_task_info("clean").run_count) == (2, 1),
           what="one run of each trigger set off while the scheduler was down",
           explain=lambda: (sched.explain("inbox"), sched.explain("clean")))
-    new = ray.get_actor("kmpray.scheduler", namespace=sched.namespace)
     polls = asked(new, lambda self: self._watcher.polls)
     until(lambda: asked(new, lambda self: self._watcher.polls) >= polls + 2, what="two more polls")
     for name, runs in (("inbox", 2), ("clean", 1)):  # each once; armed again
         info = sched.get_task_info(name)
         assert (info.run_count, info.state) == (runs, TaskState.ENQUEUED), name
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
