@@ -109,7 +109,7 @@ def restarted(
     before = asked(actor, lambda self: os.getpid())
     ray.kill(actor, no_restart=False)
     if while_down is not None:
-        until(lambda: not Path(f"/proc/{before}").exists(), timeout_s, what=f"{name}'s old process to end")
+        until(lambda: process_gone(before), timeout_s, what=f"{name}'s old process to end")
         while_down()
     until(lambda: asked(actor, lambda self: os.getpid()) != before, timeout_s, what=f"{name}'s new process")
     return actor
