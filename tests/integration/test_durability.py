@@ -159,7 +159,10 @@ def test_a_result_made_while_the_scheduler_is_down_outlives_its_process(engines:
     os.kill(pids["kmpray.scheduler"], signal.SIGKILL)  # gone now (ray.kill ends a process a moment later)
     until(lambda: process_gone(pids["kmpray.scheduler"]), what="the scheduler's process gone")
     release.touch()  # it ends now, with no scheduler to take its result
-    until(lambda: spool.is_dir() and any(spool.iterdir()), timeout_s=30, what="the result spooled")
+    # Its bytes, not only its file: the file is created a moment before the write, and a
+    # process killed in between has spooled nothing (its run rightly runs again).
+    until(lambda: spool.is_dir() and any(f.stat().st_size for f in spool.iterdir()), timeout_s=30,
+          what="the result spooled")
     os.kill(pids["kmpray.executor.0"], signal.SIGKILL)  # long before the restarted scheduler serves (~2 s)
     info = sched.wait("x", timeout_s=90)
     assert info.state is TaskState.SUCCEEDED and info.run_attempt_count == 1
