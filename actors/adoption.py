@@ -15,7 +15,7 @@ from typing import Any
 import ray
 
 from kmpray.engine import SchedulerCore
-from kmpray.protocol import Done, Holding
+from kmpray.protocol import Done, Holding, RunKey
 
 from .executor_pool import ExecutorPool
 from .heavy_pool import HeavyPool
@@ -76,6 +76,48 @@ async def adopt_held_runs(
             heavy.adopted(slot_index, key)
     if adopted:
         log.warning("restarted: %d runs still on executors are kept, not run again", len(adopted))
+    kept = set(adopted)
+    _stop_stale(pool, heavy, {key: at for key, at in where.items() if key not in kept})
+
+
+def _stop_stale(pool: ExecutorPool, heavy: HeavyPool, stale: dict[RunKey, tuple[int | None, int]]) -> None:
+    """Held runs not adopted: their tasks ended (a cancel or a REPLACE stored just before
+    the crash, its word to the executor lost with the process; a result stored whose answer
+    was lost), or a later run of theirs is out. Their reports are ignored, so they are
+    stopped as a cancel stops a run: not left to run on, with side effects after an
+    acknowledged cancel, in a slot the pool takes for free."""
+    by_executor: dict[int, list[RunKey]] = {}
+    for key, (i, slot_index) in stale.items():
+        if i is not None:
+            by_executor.setdefault(i, []).append(key)
+        elif slot_index >= 0 and heavy.slots[slot_index].run is None:
+            heavy.adopted(slot_index, key)  # held there until stopped (cooperative, then forced)
+            heavy.cancel(key)
+        elif slot_index >= 0:  # beside a run adopted there (one finished, not reported): told only
+            _tell(heavy.slots[slot_index].handle.cancel.remote([key]), f"heavy worker {slot_index}")
+    for i, keys in by_executor.items():
+        _tell(pool.slots[i].handle.cancel.remote(keys), f"executor {i}")
+    if stale:
+        log.warning("restarted: %d runs held for tasks that ended or run again elsewhere are stopped",
+                    len(stale))
+
+
+_TELLING: set[asyncio.Future[None]] = set()  # held: the loop keeps only weak refs to tasks
+
+
+def _tell(ref: Any, what: str) -> None:
+    """A stop sent; its answer awaited only to keep Ray from reporting an unread error."""
+    told = asyncio.ensure_future(_told(ref, what))
+    _TELLING.add(told)
+    told.add_done_callback(_TELLING.discard)
+
+
+async def _told(ref: Any, what: str) -> None:
+    try:
+        await ref
+    except Exception as exc:  # died meanwhile: its runs are gone with it, and re-queued as such
+        log.info("restarted: %s did not take a stop of runs no scheduler takes the results of (%s)",
+                 what, exc)
 
 
 async def _put_down(stops: Stops, what: str, handle: Any, timeout_s: float) -> None:

@@ -172,6 +172,58 @@ def test_a_result_made_while_the_scheduler_is_down_outlives_its_process(engines:
     assert list(spool.iterdir()) == []  # read once, then gone
 
 
+@ONE_SHARD  # it opens shard 0's store while its scheduler is down
+def test_runs_a_restarted_scheduler_does_not_adopt_are_stopped_not_left_running(
+    engines: Any, tmp_path: Path
+) -> None:
+    """A scheduler killed after it stored a cancel and before the executor heard it (the
+    stored state made here, while none serves), for a light run and a heavy one: the
+    restarted scheduler finds each held for a task that is CANCELLED, so its report would
+    be ignored. Each is stopped, as a cancel stops it, not left running to its end (until
+    session 51 they ran on: side effects after an acknowledged cancel, in a slot the pool
+    took for free)."""
+    import ray
+
+    from kmpray import lifecycle
+    from kmpray.store import SqliteTaskStore
+
+    from .helpers import asked, restarted
+
+    sched = engines(config=EngineConfig(executors=1, heavy_pool_size=1, heavy_num_cpus=0))
+    register_all(sched)
+    inputs = {task: blocks_input(tmp_path, task, ended=True) for task in ("light", "heavy")}
+    sched.enqueue("light", TaskTrigger.OneTime(), "Blocks", input=inputs["light"][0])
+    sched.enqueue("heavy", TaskTrigger.OneTime(), "Blocks", input=inputs["heavy"][0],
+                  constraints=kmpray.Constraints(is_heavy_task=True))
+    until(lambda: all(started.exists() for _, started, _ in inputs.values()), what="both runs' start")
+    holders = {task: ray.get_actor(name, namespace=sched.namespace)
+               for task, name in (("light", "kmpray.executor.0"), ("heavy", "kmpray.heavy.0"))}
+    runs = {task: asked(actor, lambda self: list(self._tasks)) for task, actor in holders.items()}
+    assert [key for key, _ in runs["light"]] == ["light"] and [key for key, _ in runs["heavy"]] == ["heavy"]
+
+    def cancel_stored_only() -> None:
+        store = SqliteTaskStore(Path(sched.state_dir) / "tasks.db")
+        try:
+            recs = [r for r in store.load() if r.key in inputs]
+            for rec in recs:
+                assert rec.state in (TaskState.ENQUEUED, TaskState.RUNNING)  # (a hand-over is not stored)
+                lifecycle.finish(rec, TaskState.CANCELLED, None)
+            store.write(recs)
+        finally:
+            store.close()
+
+    restarted("kmpray.scheduler", sched.namespace, while_down=cancel_stored_only)
+    for task, actor in holders.items():
+        (run,) = runs[task]
+        until(lambda a=actor, r=run: not asked(a, lambda self: self.busy(r)), timeout_s=30,
+              what=f"the {task} run no scheduler will take the result of stopped")
+    for task, (inp, started, release) in inputs.items():
+        release.touch()  # too late for it: it was stopped, so it never ends normally
+        assert sched.get_task_info(task).state is TaskState.CANCELLED
+        assert count_runs(str(started)) == 1  # stopped, not run again
+        assert not Path(json.loads(inp)["ended"]).exists(), task
+
+
 def test_killed_executor_reruns_its_runs(engines: Any, tmp_path: Path) -> None:
     sched = engines(config=kmpray.EngineConfig(executors=1))
     register_all(sched)
