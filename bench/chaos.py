@@ -23,6 +23,10 @@ system lost and ran again. Reported, per scenario:
 - ``executed_twice_unexplained``: second starts explained neither by the nemesis's kills
   nor by a process the engine ended itself (``engine_stopped``, from every shard's
   ``status()["stopped_processes"]``; ``executed_twice_after_engine_stops`` counts those).
+- ``cancels_acknowledged``, ``ran_after_cancel``, ``cancel_lost`` (scheduler and mixed):
+  a long task cancelled after each enqueue call; no run of it may begin or finish after
+  its ``cancel()`` returned, and one said cancelled must end CANCELLED (both must be 0;
+  ``chaos_common.Cancels``).
 - ``counted_twice``: tasks with more than one terminal completion event (must be 0);
   ``events_missing``: acknowledged tasks whose terminal event never reached the log.
 - ``kills``, ``recovery_s`` {p50, max}: from each kill until the process answers again.
@@ -47,6 +51,7 @@ from kmpray.actors.names import BROKER, CHAIN, ORACLE, shard_namespace
 import kmpray
 
 from .chaos_common import (
+    Cancels,
     ChaosLedger,
     EngineStops,
     actor_pid,
@@ -74,6 +79,7 @@ SCENARIOS = {
 }
 # Chains after each enqueue call, by scenario (the others: none unless asked for).
 CHAINS_PER_CALL = {"scheduler": 1, "coordinators": 5, "mixed": 2}
+CANCELS = {"scheduler", "mixed"}  # scenarios that cancel long tasks under the nemesis (chaos_common.Cancels)
 HEAVY_EVERY = 20  # one task in 20 is heavy in the executors and mixed scenarios
 # The mixed nemesis's kinds of victim. The oracle since session 49: it holds the worker
 # classes, the device overrides' and the actor subscriptions' copies (actors/registry.py).
@@ -151,7 +157,8 @@ class Nemesis(threading.Thread):
 def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int = 7,
              address: str | None = None, every_s: float | None = None, sleep_ms: int = 20,
              rate: float | None = None, drain_kills_s: float | None = None, shards: int = 1,
-             chains: bool | None = None, wait_recovery: bool = True) -> dict[str, Any]:
+             chains: bool | None = None, wait_recovery: bool = True,
+             cancels: bool | None = None) -> dict[str, Any]:
     """One scenario: ``tasks`` one-time tasks enqueued at ``rate`` per second (so the load
     lasts through many kills) while the nemesis kills every ``every_s``; each overrides
     the scenario's size (the CI test runs a small load with frequent kills). ``shards``:
@@ -159,7 +166,9 @@ def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int
     time (``wait_recovery`` False: without waiting for the last victim to come back
     first). ``chains`` (default: in the scheduler, coordinators and mixed scenarios): after each
     enqueue call, ``CHAINS_PER_CALL`` chains of two parallel steps and a step joining them
-    (``enqueue_chain``), their barriers checked from the ledger (``barrier_violations``)."""
+    (``enqueue_chain``), their barriers checked from the ledger (``barrier_violations``).
+    ``cancels`` (default: in the scheduler and mixed scenarios): after each call a long task
+    enqueued and an earlier one cancelled, each acknowledged cancel checked (``Cancels``)."""
     full, small, default_rate, default_every_s, what = SCENARIOS[name]
     per_call = CHAINS_PER_CALL.get(name, 1) if chains or (chains is None and name in CHAINS_PER_CALL) else 0
     every_s = every_s or default_every_s
@@ -187,6 +196,7 @@ def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int
         started = time.monotonic()
         started_wall = time.time()
         engine_stops = EngineStops(ray, namespace, shards)
+        cancelling = Cancels(sched, ledger) if cancels or (cancels is None and name in CANCELS) else None
         nemesis.start()
         engine_stops.start()
         batch = max(1, int(rate / 10))  # ten calls a second
@@ -209,6 +219,10 @@ def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int
                 if steps := enqueue_chain(sched, j, payload):
                     chain_ids.append(f"c{j}")
                     acknowledged.update(steps)
+            if cancelling is not None:
+                cancelling.step(k // batch)
+        if cancelling is not None:
+            cancelling.finish()  # the last ones too: none runs its whole length into the drain
         # Keep the nemesis on while the load drains (at most ``drain_kills_s`` into it, when
         # given), then let the engine settle.
         drain_deadline = time.monotonic() + max(120.0, n / 50)
@@ -270,6 +284,7 @@ def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int
             "counted_twice": sum(1 for t in acknowledged if terminal[t] > 1),
             "events_missing": sum(1 for t in acknowledged if terminal[t] == 0),
             "barrier_violations": barrier_violations(ledger, chain_ids),
+            **(cancelling.check() if cancelling is not None else {}),
             "kills": nemesis.kills,
             "kills_by_shard": nemesis.kills_by_shard,
             "kills_by_kind": dict(nemesis.kills_by_kind),

@@ -96,6 +96,72 @@ def enqueue_chain(sched: Any, j: int, payload: str) -> list[str]:
     return [a.id, b.id, c.id] if result is kmpray.ScheduleResult.SUCCESS else []
 
 
+class Cancels:
+    """Cancels under the nemesis (Jepsen's acknowledged operation, for ``cancel()``): after
+    each enqueue call, one long ChaosLedger task (``k{j}``, a run of ``LONG_MS``), and the
+    one enqueued ``LAG`` calls before it cancelled, by then running or queued; the instant
+    each ``cancel()`` returned is kept. An acknowledged cancel holds if no run of its task
+    begins or finishes after that instant (give or take ``SLACK_S``): ``ran_after_cancel``;
+    and a cancel that said it cancelled something (``cancel()`` > 0) leaves its task
+    CANCELLED: ``cancel_lost``. (A cancel retried across a scheduler restart may say 0
+    although its first try took; only the first rule covers those.)"""
+
+    LONG_MS = 3_000
+    LAG = 2
+    SLACK_S = 0.25  # a stop a restarted scheduler sends while it adopts is not awaited (actors/adoption.py)
+
+    def __init__(self, sched: Any, ledger: Path) -> None:
+        self.sched = sched
+        self.ledger = ledger
+        self.payload = json.dumps({"ledger": str(ledger), "sleep_ms": self.LONG_MS})
+        self.enqueued: list[str] = []
+        self.acked: dict[str, tuple[float, int]] = {}  # id -> (when cancel() returned, what it said)
+
+    def step(self, j: int) -> None:
+        try:
+            self.sched.enqueue(f"k{j}", kmpray.TaskTrigger.OneTime(), "ChaosLedger", input=self.payload)
+            self.enqueued.append(f"k{j}")
+        except Exception:
+            pass  # not acknowledged: nothing to cancel
+        if len(self.enqueued) > self.LAG:
+            name = self.enqueued[-1 - self.LAG]
+            try:
+                n = self.sched.cancel(name)
+            except Exception:
+                return  # not acknowledged
+            self.acked[name] = (time.time(), n)
+
+    def finish(self) -> None:
+        """Cancel the last ``LAG`` too."""
+        for name in self.enqueued[-self.LAG:]:
+            if name in self.acked:
+                continue
+            try:
+                n = self.sched.cancel(name)
+            except Exception:
+                continue
+            self.acked[name] = (time.time(), n)
+
+    def check(self) -> dict[str, Any]:
+        states = {t.id: t.state for t in self.sched.list_tasks() if t.id in self.acked}
+        times: dict[str, list[float]] = {}
+        for what in ("start", "finish"):
+            for parts in ledger_lines(self.ledger, what):
+                if len(parts) >= 5 and parts[1] in self.acked:
+                    times.setdefault(parts[1], []).append(float(parts[4]))
+        after = sorted(name for name, (at, _n) in self.acked.items()
+                       if any(t > at + self.SLACK_S for t in times.get(name, [])))
+        lost = sorted(name for name, (_at, n) in self.acked.items()
+                      if n > 0 and states.get(name) is not kmpray.TaskState.CANCELLED)
+        return {
+            "cancels_acknowledged": len(self.acked),
+            "cancelled_running": sum(1 for name in self.acked if times.get(name)),  # had begun
+            "ran_after_cancel": len(after),
+            "ran_after_cancel_examples": after[:10],
+            "cancel_lost": len(lost),
+        }
+
+
 def barrier_violations(path: Path, chains: list[str]) -> int:
     """Chains (``enqueue_chain``'s) whose join step began before both parallel steps had
     finished their last run, or while one of them was to start again: a join that ran on
