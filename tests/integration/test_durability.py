@@ -220,6 +220,7 @@ def test_runs_a_restarted_scheduler_does_not_adopt_are_stopped_not_left_running(
     for task, (inp, started, release) in inputs.items():
         release.touch()  # too late for it: it was stopped, so it never ends normally
         assert sched.get_task_info(task).state is TaskState.CANCELLED
+        assert f"run {runs[task][0][1]}, still held after a scheduler restart, stopped" in sched.explain(task)
         assert count_runs(str(started)) == 1  # stopped, not run again
         assert not Path(json.loads(inp)["ended"]).exists(), task
 
