@@ -78,8 +78,8 @@ async def adopt_held_runs(
         log.warning("restarted: %d runs still on executors are kept, not run again", len(adopted))
     kept = set(adopted)
     stale = {key: at for key, at in where.items() if key not in kept}
-    for key, run_id in stale:
-        core.note(key, f"run {run_id}, still held after a scheduler restart, stopped: its task ended or "
+    for task, run_id in stale:
+        core.note(task, f"run {run_id}, still held after a scheduler restart, stopped: its task ended or "
                        "runs again elsewhere, so its result would not count")
     _stop_stale(pool, heavy, stale)
 
