@@ -97,14 +97,17 @@ def enqueue_chain(sched: Any, j: int, payload: str) -> list[str]:
 
 
 class Cancels:
-    """Cancels under the nemesis (Jepsen's acknowledged operation, for ``cancel()``): after
-    each enqueue call, one long ChaosLedger task (``k{j}``, a run of ``LONG_MS``), and the
-    one enqueued ``LAG`` calls before it cancelled, by then running or queued; the instant
-    each ``cancel()`` returned is kept. An acknowledged cancel holds if no run of its task
-    begins or finishes after that instant (give or take ``SLACK_S``): ``ran_after_cancel``;
-    and a cancel that said it cancelled something (``cancel()`` > 0) leaves its task
-    CANCELLED: ``cancel_lost``. (A cancel retried across a scheduler restart may say 0
-    although its first try took; only the first rule covers those.)"""
+    """Cancels and REPLACEs under the nemesis (Jepsen's acknowledged operations): after each
+    enqueue call, one long ChaosLedger task (``k{j}``, a run of ``LONG_MS``), and the one
+    enqueued ``LAG`` calls before it, by then running or queued, cancelled (even ones) or
+    replaced by a short task under its name (odd ones: ``ExistingWorkPolicy.REPLACE``, the
+    replacement writing a ledger of its own); the instant each call returned is kept.
+    Acknowledged, each holds if no run of the old work begins or finishes after that
+    instant (give or take ``SLACK_S``): ``ran_after_cancel``; a cancel that said it
+    cancelled something (``cancel()`` > 0) leaves its task CANCELLED: ``cancel_lost`` (a
+    cancel retried across a scheduler restart may say 0 although its first try took; only
+    the first rule covers those); and a replacement acknowledged ends SUCCEEDED, having
+    run: ``replacement_lost``."""
 
     LONG_MS = 3_000
     LAG = 2
@@ -113,9 +116,12 @@ class Cancels:
     def __init__(self, sched: Any, ledger: Path) -> None:
         self.sched = sched
         self.ledger = ledger
+        self.replacements = ledger.with_name(ledger.name + "-replacements")
         self.payload = json.dumps({"ledger": str(ledger), "sleep_ms": self.LONG_MS})
+        self.short = json.dumps({"ledger": str(self.replacements), "sleep_ms": 10})
         self.enqueued: list[str] = []
-        self.acked: dict[str, tuple[float, int]] = {}  # id -> (when cancel() returned, what it said)
+        self.acked: dict[str, tuple[float, int]] = {}  # cancelled id -> (when cancel() returned, its answer)
+        self.replaced: dict[str, float] = {}  # replaced id -> when the REPLACE was answered SUCCESS
 
     def step(self, j: int) -> None:
         try:
@@ -124,41 +130,59 @@ class Cancels:
         except Exception:
             pass  # not acknowledged: nothing to cancel
         if len(self.enqueued) > self.LAG:
-            name = self.enqueued[-1 - self.LAG]
-            try:
-                n = self.sched.cancel(name)
-            except Exception:
-                return  # not acknowledged
-            self.acked[name] = (time.time(), n)
+            k = len(self.enqueued) - 1 - self.LAG
+            if k % 2 == 0:
+                self._cancel(self.enqueued[k])
+            else:
+                self._replace(self.enqueued[k])
 
     def finish(self) -> None:
-        """Cancel the last ``LAG`` too."""
+        """Cancel the last ``LAG`` too (none runs its whole length into the drain)."""
         for name in self.enqueued[-self.LAG:]:
-            if name in self.acked:
-                continue
-            try:
-                n = self.sched.cancel(name)
-            except Exception:
-                continue
-            self.acked[name] = (time.time(), n)
+            if name not in self.acked and name not in self.replaced:
+                self._cancel(name)
+
+    def _cancel(self, name: str) -> None:
+        try:
+            n = self.sched.cancel(name)
+        except Exception:
+            return  # not acknowledged
+        self.acked[name] = (time.time(), n)
+
+    def _replace(self, name: str) -> None:
+        policy = kmpray.Constraints(existing_work_policy=kmpray.ExistingWorkPolicy.REPLACE)
+        try:
+            result = self.sched.enqueue(name, kmpray.TaskTrigger.OneTime(), "ChaosLedger", input=self.short,
+                                        constraints=policy)
+        except Exception:
+            return  # not acknowledged
+        if result is kmpray.ScheduleResult.SUCCESS:
+            self.replaced[name] = time.time()
 
     def check(self) -> dict[str, Any]:
-        states = {t.id: t.state for t in self.sched.list_tasks() if t.id in self.acked}
-        times: dict[str, list[float]] = {}
+        ended = {**{name: at for name, (at, _n) in self.acked.items()}, **self.replaced}
+        states = {t.id: t.state for t in self.sched.list_tasks() if t.id in ended}
+        times: dict[str, list[float]] = {}  # the old work's runs (the replacements write elsewhere)
         for what in ("start", "finish"):
             for parts in ledger_lines(self.ledger, what):
-                if len(parts) >= 5 and parts[1] in self.acked:
+                if len(parts) >= 5 and parts[1] in ended:
                     times.setdefault(parts[1], []).append(float(parts[4]))
-        after = sorted(name for name, (at, _n) in self.acked.items()
+        after = sorted(name for name, at in ended.items()
                        if any(t > at + self.SLACK_S for t in times.get(name, [])))
         lost = sorted(name for name, (_at, n) in self.acked.items()
                       if n > 0 and states.get(name) is not kmpray.TaskState.CANCELLED)
+        ran = {parts[1] for parts in ledger_lines(self.replacements, "finish")}
+        replacement_lost = sorted(name for name in self.replaced
+                                  if states.get(name) is not kmpray.TaskState.SUCCEEDED or name not in ran)
         return {
             "cancels_acknowledged": len(self.acked),
-            "cancelled_running": sum(1 for name in self.acked if times.get(name)),  # had begun
+            "replaces_acknowledged": len(self.replaced),
+            "cancelled_running": sum(1 for name in ended if times.get(name)),  # had begun
             "ran_after_cancel": len(after),
             "ran_after_cancel_examples": after[:10],
             "cancel_lost": len(lost),
+            "replacement_lost": len(replacement_lost),
+            "replacement_lost_examples": replacement_lost[:10],
         }
 
 
