@@ -14,7 +14,7 @@ import pytest
 
 from .workers import count_runs
 
-__all__ = ["ONE_SHARD", "asked", "blocks_input", "count_runs", "metrics_port", "next_completion",
+__all__ = ["ONE_SHARD", "asked", "began", "blocks_input", "count_runs", "metrics_port", "next_completion",
            "one_name_from_many_threads", "restarted", "scrape_metrics", "until"]
 
 #: A test that reaches into one scheduler's actors or files (shard 0's), skipped when the
@@ -143,6 +143,14 @@ def process_gone(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return True
     return state in ("Z", "X")
+
+
+def began(started: Path, runs: int = 1) -> Callable[[], bool]:
+    """For ``until``: ``Blocks`` has written its ``started`` line ``runs`` times. Not the
+    file's existence: it exists from the worker's ``open``, a moment before the line is
+    written, and a process killed in between has left no line (a test waiting for a second
+    line after that kill would wait in vain)."""
+    return lambda: count_runs(str(started)) >= runs
 
 
 def blocks_input(tmp: Path, name: str, max_s: float = 60, ended: bool = False) -> tuple[str, Path, Path]:

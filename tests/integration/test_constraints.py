@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from kmpray import Constraints, EngineConfig, InvalidParameters, QualityOfService, TaskState, TaskTrigger
 
-from .helpers import blocks_input, next_completion, until
+from .helpers import began, blocks_input, next_completion, until
 from .workers import register_all
 
 pytestmark = pytest.mark.ray
@@ -97,7 +97,7 @@ def test_when_capacity_is_short_expedited_then_high_default_low(engines: Any, tm
     register_all(sched)
     inp, started, release = blocks_input(tmp_path, "blocker")
     sched.enqueue("blocker", ONCE, "Blocks", input=inp)
-    until(started.exists, what="the blocker to hold the only slot")
+    until(began(started), what="the blocker to hold the only slot")
     log = tmp_path / "order"
     for tid, qos, exp in [("low", "LOW", False), ("default", "DEFAULT", False), ("high", "HIGH", False),
                           ("expedited", "LOW", True)]:

@@ -16,7 +16,7 @@ import pytest
 
 from kmpray import TaskRequest, TaskState, TaskTrigger
 
-from .helpers import blocks_input, until
+from .helpers import began, blocks_input, until
 
 pytestmark = pytest.mark.ray
 starlette = pytest.importorskip("starlette", reason="the dashboard extra: pip install 'kmpray[dashboard]'")
@@ -68,7 +68,7 @@ def test_the_api_lists_filters_and_answers_bad_input_with_400_and_404(sched: Any
     sched.wait([f"api-e{i}" for i in range(3)], timeout_s=30)
     inp, started, release = blocks_input(tmp_path, "api-b")
     sched.enqueue("api-b", ONCE, "Blocks", input=inp)
-    until(started.exists, what="the blocking task to run")
+    until(began(started), what="the blocking task to run")
     with TestClient(create_app(sched, poll_s=0.2), base_url="http://127.0.0.1:8786") as client:
         listed = client.get("/api/tasks").json()
         assert {f"api-e{i}" for i in range(3)} | {"api-b"} <= {t["id"] for t in listed["tasks"]}
@@ -173,7 +173,7 @@ def test_the_page_in_chromium_lists_filters_draws_a_chain_and_cancels(sched: Any
         sched.begin_with(step("ui-a", gate=str(gate), block=["ui-g"])).then(step("ui-g")).then(step("ui-z"))
     )
     chain.with_id("ui-chain").enqueue()
-    until(started.exists, what="ui-b to run")
+    until(began(started), what="ui-b to run")
 
     with Served(create_app(sched, poll_s=0.5)) as served, sync_api.sync_playwright() as p:
         browser = p.chromium.launch(

@@ -16,7 +16,7 @@ from kmpray.protocol import RETRY_MARK
 from kmpray.shards import shard_of
 
 from ..sqlite_files import main_file_rows
-from .helpers import ONE_SHARD, blocks_input, count_runs, process_gone, stop_process, until
+from .helpers import ONE_SHARD, began, blocks_input, count_runs, process_gone, stop_process, until
 from .workers import ALL, register_all
 
 pytestmark = pytest.mark.ray
@@ -52,7 +52,7 @@ def test_killed_scheduler_restarts_and_loses_nothing(engines: Any, tmp_path: Pat
     log = tmp_path / "runs.log"
     inp, started, release = blocks_input(tmp_path, "inflight")
     sched.enqueue("inflight", TaskTrigger.OneTime(), "Blocks", input=inp)
-    until(started.exists, what="in-flight run start")
+    until(began(started), what="in-flight run start")
     ids = [f"t{i}" for i in range(300)]
     results = sched.enqueue_many(
         [{"id": i, "trigger": TaskTrigger.OneTime(300), "worker_class_name": "Echo",
@@ -98,7 +98,7 @@ def test_processes_stalled_across_a_scheduler_restart_are_killed_before_their_ru
     sched.enqueue("light", TaskTrigger.OneTime(), "Blocks", input=inputs["light"])
     sched.enqueue("heavy", TaskTrigger.OneTime(), "Blocks", input=inputs["heavy"], constraints=heavy)
     cfgs = {task: json.loads(inp) for task, inp in inputs.items()}
-    until(lambda: all(Path(c["started"]).exists() for c in cfgs.values()), what="both runs' start")
+    until(lambda: all(began(Path(c["started"]))() for c in cfgs.values()), what="both runs' start")
     ns = sched.namespace
     names = ("kmpray.executor.0", "kmpray.executor.1", "kmpray.heavy.0")
     actors = [ray.get_actor(name, namespace=ns) for name in names]
@@ -152,7 +152,7 @@ def test_a_result_made_while_the_scheduler_is_down_outlives_its_process(engines:
     register_all(sched)
     inp, started, release = blocks_input(tmp_path, "x", ended=True)
     sched.enqueue("x", TaskTrigger.OneTime(), "Blocks", input=inp)
-    until(started.exists, what="run start")
+    until(began(started), what="run start")
     spool = Path(sched.state_dir) / "spool"
     pids = {name: ray.get(ray.get_actor(name, namespace=sched.namespace).__ray_call__.remote(
         lambda _self: os.getpid()), timeout=30) for name in ("kmpray.scheduler", "kmpray.executor.0")}
@@ -195,7 +195,7 @@ def test_runs_a_restarted_scheduler_does_not_adopt_are_stopped_not_left_running(
     sched.enqueue("light", TaskTrigger.OneTime(), "Blocks", input=inputs["light"][0])
     sched.enqueue("heavy", TaskTrigger.OneTime(), "Blocks", input=inputs["heavy"][0],
                   constraints=kmpray.Constraints(is_heavy_task=True))
-    until(lambda: all(started.exists() for _, started, _ in inputs.values()), what="both runs' start")
+    until(lambda: all(began(started)() for _, started, _ in inputs.values()), what="both runs' start")
     holders = {task: ray.get_actor(name, namespace=sched.namespace)
                for task, name in (("light", "kmpray.executor.0"), ("heavy", "kmpray.heavy.0"))}
     runs = {task: asked(actor, lambda self: list(self._tasks)) for task, actor in holders.items()}
@@ -230,7 +230,7 @@ def test_killed_executor_reruns_its_runs(engines: Any, tmp_path: Path) -> None:
     register_all(sched)
     inp, started, release = blocks_input(tmp_path, "x")
     sched.enqueue("x", TaskTrigger.OneTime(), "Blocks", input=inp)
-    until(started.exists, what="run start")
+    until(began(started), what="run start")
     _kill("kmpray.executor.0", shard_namespace(sched.namespace, shard_of("x", sched.shards)))  # x's shard's
     until(lambda: count_runs(str(started)) == 2, timeout_s=60, what="the run to start again")
     release.touch()
@@ -255,7 +255,7 @@ def test_a_suspect_alone_on_a_probation_executor_is_adopted_across_a_scheduler_r
     register_all(sched)
     inp, started, release = blocks_input(tmp_path, "x", ended=True)
     sched.enqueue("x", TaskTrigger.OneTime(), "Blocks", input=inp)
-    until(started.exists, what="run start")
+    until(began(started), what="run start")
     ns = sched.namespace
     os.kill(ray.get(ray.get_actor("kmpray.executor.0", namespace=ns).__ray_call__.remote(
         lambda self: os.getpid()), timeout=30), 9)  # SIGKILL: the process died under its run

@@ -27,7 +27,7 @@ from kmpray import (
 )
 
 from . import workers
-from .helpers import ONE_SHARD, blocks_input, one_name_from_many_threads, until
+from .helpers import ONE_SHARD, began, blocks_input, one_name_from_many_threads, until
 from .workers import count_runs, register_all
 
 pytestmark = pytest.mark.ray
@@ -156,7 +156,7 @@ def test_an_executor_forgets_a_cancel_once_the_run_ended_and_keeps_marks_for_abs
     for name in ("c1", "c2"):
         inp, started, _release = blocks_input(tmp_path, name)
         sched.enqueue(name, ONCE, "Blocks", input=inp)
-        until(started.exists, what=f"{name} started")
+        until(began(started), what=f"{name} started")
         assert sched.cancel(name) == 1
         assert sched.wait(name, timeout_s=10).state is TaskState.CANCELLED
     until(lambda: peek(lambda self: not self._tasks), timeout_s=10, what="the cancelled runs ended")
@@ -210,7 +210,7 @@ def test_concurrent_enqueues_share_messages_and_each_caller_gets_its_own_answer(
 def test_replace_cancels_running_work_and_runs_the_new(svengine: Any, tmp_path: Path) -> None:
     inp, started, _ = blocks_input(tmp_path, "r")
     svengine.enqueue("ur", ONCE, "Blocks", input=inp)
-    until(started.exists, what="old run start")
+    until(began(started), what="old run start")
     rep = Constraints(existing_work_policy=ExistingWorkPolicy.REPLACE)
     assert svengine.enqueue("ur", ONCE, "Echo", input="new", constraints=rep) is ScheduleResult.SUCCESS
     info = svengine.wait("ur", timeout_s=30)
@@ -224,7 +224,7 @@ def test_append_runs_after_existing_work_with_its_data(svengine: Any, tmp_path: 
     svengine.enqueue("ua", ONCE, "Echo", constraints=app)
     assert svengine.get_task_info("ua").id == "ua#2"
     assert svengine.get_task_info("ua").state is TaskState.BLOCKED
-    until(started.exists, what="first run")
+    until(began(started), what="first run")
     release.touch()
     info = svengine.wait("ua", timeout_s=30)
     assert info.state is TaskState.SUCCEEDED

@@ -11,7 +11,7 @@ import pytest
 
 from kmpray import Constraints, EngineConfig, TaskState, TaskTrigger
 
-from .helpers import ONE_SHARD, blocks_input, count_runs, in_turn, until
+from .helpers import ONE_SHARD, began, blocks_input, count_runs, in_turn, until
 from .workers import register_all
 
 pytestmark = pytest.mark.ray
@@ -128,7 +128,7 @@ def test_a_heavy_worker_killed_mid_task_reruns_it_on_the_restarted_actor(heavy: 
 
     inp, started, release = blocks_input(tmp_path, "killed")
     heavy.enqueue("killed", ONCE, "Blocks", input=inp, constraints=HEAVY)
-    until(started.exists, what="heavy run start")
+    until(began(started), what="heavy run start")
     ray.kill(ray.get_actor("kmpray.heavy.0", namespace=heavy.namespace), no_restart=False)
     until(lambda: count_runs(str(started)) == 2, timeout_s=60, what="the run to start again")
     release.touch()
@@ -145,7 +145,7 @@ def test_a_heavy_run_survives_a_scheduler_restart_on_its_warm_worker(heavy: Any,
     pid = heavy.wait("warm", timeout_s=60).result.data["pid"]
     inp, started, release = blocks_input(tmp_path, "long")
     heavy.enqueue("long", ONCE, "Blocks", input=inp, constraints=HEAVY)
-    until(started.exists, what="heavy run start")
+    until(began(started), what="heavy run start")
     ray.kill(ray.get_actor("kmpray.scheduler", namespace=heavy.namespace), no_restart=False)
     # Through Ray, so that the restarted scheduler serves them: until the killed process ends
     # it still answers local-lane calls (README: The local lane), reads as well since session
