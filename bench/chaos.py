@@ -23,11 +23,12 @@ system lost and ran again. Reported, per scenario:
 - ``executed_twice_unexplained``: second starts explained neither by the nemesis's kills
   nor by a process the engine ended itself (``engine_stopped``, from every shard's
   ``status()["stopped_processes"]``; ``executed_twice_after_engine_stops`` counts those).
-- ``cancels_acknowledged``, ``replaces_acknowledged``, ``ran_after_cancel``,
-  ``cancel_lost``, ``replacement_lost`` (scheduler and mixed): a long task cancelled or
-  replaced (REPLACE) after each enqueue call; no run of the old work may begin or finish
-  after the call returned, one said cancelled ends CANCELLED, a replacement runs and
-  ends SUCCEEDED (all three must be 0; ``chaos_common.Cancels``).
+- ``cancels_acknowledged`` (``chain_cancels_acknowledged`` of them of chains),
+  ``replaces_acknowledged``, ``ran_after_cancel``, ``cancel_lost``, ``replacement_lost``
+  (scheduler and mixed): long work (a task, or a chain of two steps) cancelled or replaced
+  (REPLACE) after each enqueue call; no run of the old work may begin or finish after the
+  call returned, work said cancelled ends CANCELLED, a replacement runs and ends
+  SUCCEEDED (all three must be 0; ``chaos_common.Cancels``).
 - ``counted_twice``: tasks with more than one terminal completion event (must be 0);
   ``events_missing``: acknowledged tasks whose terminal event never reached the log.
 - ``kills``, ``recovery_s`` {p50, max}: from each kill until the process answers again.

@@ -98,10 +98,12 @@ def enqueue_chain(sched: Any, j: int, payload: str) -> list[str]:
 
 class Cancels:
     """Cancels and REPLACEs under the nemesis (Jepsen's acknowledged operations): after each
-    enqueue call, one long ChaosLedger task (``k{j}``, a run of ``LONG_MS``), and the one
-    enqueued ``LAG`` calls before it, by then running or queued, cancelled (even ones) or
-    replaced by a short task under its name (odd ones: ``ExistingWorkPolicy.REPLACE``, the
-    replacement writing a ledger of its own); the instant each call returned is kept.
+    enqueue call, long ChaosLedger work (runs of ``LONG_MS``), and the work enqueued ``LAG``
+    calls before it, by then running or queued, ended in one of three ways, in turn: a
+    task ``k{j}`` cancelled; a task ``k{j}`` replaced by a short task under its name
+    (``ExistingWorkPolicy.REPLACE``, the replacement writing a ledger of its own); a chain
+    ``q{j}`` of two long steps cancelled by its id (the second step, handed on with the
+    first on its executor, must never begin). The instant each call returned is kept.
     Acknowledged, each holds if no run of the old work begins or finishes after that
     instant (give or take ``SLACK_S``): ``ran_after_cancel``; a cancel that said it
     cancelled something (``cancel()`` > 0) leaves its task CANCELLED: ``cancel_lost`` (a
@@ -120,21 +122,29 @@ class Cancels:
         self.payload = json.dumps({"ledger": str(ledger), "sleep_ms": self.LONG_MS})
         self.short = json.dumps({"ledger": str(self.replacements), "sleep_ms": 10})
         self.enqueued: list[str] = []
+        self.steps: dict[str, list[str]] = {}  # a chain's id -> its tasks' ids
         self.acked: dict[str, tuple[float, int]] = {}  # cancelled id -> (when cancel() returned, its answer)
         self.replaced: dict[str, float] = {}  # replaced id -> when the REPLACE was answered SUCCESS
 
     def step(self, j: int) -> None:
         try:
-            self.sched.enqueue(f"k{j}", kmpray.TaskTrigger.OneTime(), "ChaosLedger", input=self.payload)
-            self.enqueued.append(f"k{j}")
+            if j % 3 == 2:
+                a, b = (kmpray.TaskRequest("ChaosLedger", id=f"q{j}-{s}", input=self.payload) for s in "ab")
+                chain = self.sched.begin_with(a).then(b).with_id(f"q{j}")
+                if chain.enqueue() is kmpray.ScheduleResult.SUCCESS:
+                    self.steps[f"q{j}"] = [a.id, b.id]
+                    self.enqueued.append(f"q{j}")
+            else:
+                self.sched.enqueue(f"k{j}", kmpray.TaskTrigger.OneTime(), "ChaosLedger", input=self.payload)
+                self.enqueued.append(f"k{j}")
         except Exception:
             pass  # not acknowledged: nothing to cancel
         if len(self.enqueued) > self.LAG:
-            k = len(self.enqueued) - 1 - self.LAG
-            if k % 2 == 0:
-                self._cancel(self.enqueued[k])
+            name = self.enqueued[-1 - self.LAG]
+            if name.startswith("q") or int(name[1:]) % 3 == 0:
+                self._cancel(name)
             else:
-                self._replace(self.enqueued[k])
+                self._replace(name)
 
     def finish(self) -> None:
         """Cancel the last ``LAG`` too (none runs its whole length into the drain)."""
@@ -161,6 +171,9 @@ class Cancels:
 
     def check(self) -> dict[str, Any]:
         ended = {**{name: at for name, (at, _n) in self.acked.items()}, **self.replaced}
+        for chain, tasks in self.steps.items():  # a chain's tasks: by its cancel's instant
+            if chain in ended:
+                ended.update(dict.fromkeys(tasks, ended.pop(chain)))
         states = {t.id: t.state for t in self.sched.list_tasks() if t.id in ended}
         times: dict[str, list[float]] = {}  # the old work's runs (the replacements write elsewhere)
         for what in ("start", "finish"):
@@ -169,13 +182,17 @@ class Cancels:
                     times.setdefault(parts[1], []).append(float(parts[4]))
         after = sorted(name for name, at in ended.items()
                        if any(t > at + self.SLACK_S for t in times.get(name, [])))
-        lost = sorted(name for name, (_at, n) in self.acked.items()
-                      if n > 0 and states.get(name) is not kmpray.TaskState.CANCELLED)
+        done = (kmpray.TaskState.CANCELLED, kmpray.TaskState.SUCCEEDED)  # a chain's first step may have ended
+        lost = sorted(name for name, (_at, n) in self.acked.items() if n > 0 and (
+            any(states.get(task) not in done for task in self.steps[name]) if name in self.steps
+            else states.get(name) is not kmpray.TaskState.CANCELLED))
         ran = {parts[1] for parts in ledger_lines(self.replacements, "finish")}
         replacement_lost = sorted(name for name in self.replaced
                                   if states.get(name) is not kmpray.TaskState.SUCCEEDED or name not in ran)
         return {
             "cancels_acknowledged": len(self.acked),
+            "chain_cancels_acknowledged": sum(1 for name in self.acked if name in self.steps),
+            "second_steps_begun": sum(1 for tasks in self.steps.values() if times.get(tasks[1])),
             "replaces_acknowledged": len(self.replaced),
             "cancelled_running": sum(1 for name in ended if times.get(name)),  # had begun
             "ran_after_cancel": len(after),
