@@ -47,6 +47,7 @@ def test_a_damaged_tail_and_a_reader_that_died_lose_nothing_before_them(tmp_path
         f.write(b"\x91\x95\xa1")  # a batch cut short
     Spool(folder, "23-e").write([_ok("c", 3)])
     os.rename(folder / "23-e", folder / "23-e.5678abcd.reading")  # its reader died after the rename
+    (folder / "24-f").touch()  # its process was killed between creating the file and writing to it
     assert sorted((d.key, d.run_id) for d in take(folder)) == [("a", 1), ("b", 2), ("c", 3)]
     assert os.listdir(folder) == []
 
