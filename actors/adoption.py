@@ -3,7 +3,8 @@ workers say which runs they hold (running, queued, or finished but not reported)
 those stay RUNNING under their run id (``SchedulerCore.adopt``), so their reports count
 and nothing runs a second time. A light executor of the dead scheduler's that answers
 neither the start's ping nor the question (a heavy worker: the question) is killed
-before its runs go elsewhere (``_put_down``)."""
+before its runs go elsewhere (``_put_down``). A held run not adopted (its task ended, or
+runs again elsewhere) is stopped as a cancel stops one (``_stop_stale``)."""
 
 from __future__ import annotations
 
