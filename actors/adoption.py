@@ -17,6 +17,7 @@ import ray
 
 from kmpray.engine import SchedulerCore
 from kmpray.protocol import Done, Holding, RunKey
+from kmpray.timing import CANCEL_ACK_TIMEOUT_S
 
 from .executor_pool import ExecutorPool
 from .heavy_pool import HeavyPool
@@ -82,15 +83,21 @@ async def adopt_held_runs(
     for task, run_id in stale:
         core.note(task, f"run {run_id}, still held after a scheduler restart, stopped: its task ended or "
                        "runs again elsewhere, so its result would not count")
-    _stop_stale(pool, heavy, stale)
+    await _stop_stale(pool, heavy, stale)
 
 
-def _stop_stale(pool: ExecutorPool, heavy: HeavyPool, stale: dict[RunKey, tuple[int | None, int]]) -> None:
+async def _stop_stale(
+    pool: ExecutorPool, heavy: HeavyPool, stale: dict[RunKey, tuple[int | None, int]]
+) -> None:
     """Held runs not adopted: their tasks ended (a cancel or a REPLACE stored just before
     the crash, its word to the executor lost with the process; a result stored whose answer
     was lost), or a later run of theirs is out. Their reports are ignored, so they are
     stopped as a cancel stops a run: not left to run on, with side effects after an
-    acknowledged cancel, in a slot the pool takes for free."""
+    acknowledged cancel, in a slot the pool takes for free. As ``cancel()`` does, this
+    waits (bounded) until each light executor that answers pings has the stop, so a
+    ``cancel()`` retried across the restart returns after it; a heavy run's stop is
+    cooperative, then forced, as a heavy cancel always is; an executor whose loop is
+    blocked (its ping unanswered) takes the stop when it runs again, and is not waited for."""
     by_executor: dict[int, list[RunKey]] = {}
     for key, (i, slot_index) in stale.items():
         if i is not None:
@@ -100,8 +107,13 @@ def _stop_stale(pool: ExecutorPool, heavy: HeavyPool, stale: dict[RunKey, tuple[
             heavy.cancel(key)
         elif slot_index >= 0:  # beside a run adopted there (one finished, not reported): told only
             _tell(heavy.slots[slot_index].handle.cancel.remote([key]), f"heavy worker {slot_index}")
+    waits = []
     for i, keys in by_executor.items():
-        _tell(pool.slots[i].handle.cancel.remote(keys), f"executor {i}")
+        told = _tell(pool.slots[i].handle.cancel.remote(keys), f"executor {i}")
+        if pool.slots[i].reachable:
+            waits.append(told)
+    if waits:
+        await asyncio.wait(waits, timeout=CANCEL_ACK_TIMEOUT_S)
     if stale:
         log.warning("restarted: %d runs held for tasks that ended or run again elsewhere are stopped",
                     len(stale))
@@ -110,11 +122,12 @@ def _stop_stale(pool: ExecutorPool, heavy: HeavyPool, stale: dict[RunKey, tuple[
 _TELLING: set[asyncio.Future[None]] = set()  # held: the loop keeps only weak refs to tasks
 
 
-def _tell(ref: Any, what: str) -> None:
-    """A stop sent; its answer awaited only to keep Ray from reporting an unread error."""
+def _tell(ref: Any, what: str) -> asyncio.Future[None]:
+    """A stop sent; done when answered (or failed: logged, never raised)."""
     told = asyncio.ensure_future(_told(ref, what))
     _TELLING.add(told)
     told.add_done_callback(_TELLING.discard)
+    return told
 
 
 async def _told(ref: Any, what: str) -> None:

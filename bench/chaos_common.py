@@ -105,7 +105,7 @@ class Cancels:
     ``q{j}`` of two long steps cancelled by its id (the second step, handed on with the
     first on its executor, must never begin). The instant each call returned is kept.
     Acknowledged, each holds if no run of the old work begins or finishes after that
-    instant (give or take ``SLACK_S``): ``ran_after_cancel``; a cancel that said it
+    instant (``SLACK_S``: the ledger's rounding): ``ran_after_cancel``; a cancel that said it
     cancelled something (``cancel()`` > 0) leaves its task CANCELLED: ``cancel_lost`` (a
     cancel retried across a scheduler restart may say 0 although its first try took; only
     the first rule covers those); and a replacement acknowledged ends SUCCEEDED, having
@@ -113,7 +113,7 @@ class Cancels:
 
     LONG_MS = 3_000
     LAG = 2
-    SLACK_S = 0.25  # a stop a restarted scheduler sends while it adopts is not awaited (actors/adoption.py)
+    SLACK_S = 0.01  # the ledger's times are rounded to the millisecond
 
     def __init__(self, sched: Any, ledger: Path) -> None:
         self.sched = sched
