@@ -79,7 +79,8 @@ async def adopt_held_runs(
     if adopted:
         log.warning("restarted: %d runs still on executors are kept, not run again", len(adopted))
     kept = set(adopted)
-    stale = {key: at for key, at in where.items() if key not in kept}
+    # Held by a live process and not adopted (a result only spooled has no process to stop).
+    stale = {key: at for key, at in where.items() if key not in kept and at != (None, -1)}
     for task, run_id in stale:
         core.note(task, f"run {run_id}, still held after a scheduler restart, stopped: its task ended or "
                        "runs again elsewhere, so its result would not count")
