@@ -175,11 +175,9 @@ class Cancels:
             if chain in ended:
                 ended.update(dict.fromkeys(tasks, ended.pop(chain)))
         states = {t.id: t.state for t in self.sched.list_tasks() if t.id in ended}
-        times: dict[str, list[float]] = {}  # the old work's runs (the replacements write elsewhere)
-        for what in ("start", "finish"):
-            for parts in ledger_lines(self.ledger, what):
-                if len(parts) >= 5 and parts[1] in ended:
-                    times.setdefault(parts[1], []).append(float(parts[4]))
+        # The old work's runs (the replacements write a ledger of their own).
+        starts, finishes = ledger_times(self.ledger, "start"), ledger_times(self.ledger, "finish")
+        times = {name: starts.get(name, []) + finishes.get(name, []) for name in ended}
         after = sorted(name for name, at in ended.items()
                        if any(t > at + self.SLACK_S for t in times.get(name, [])))
         done = (kmpray.TaskState.CANCELLED, kmpray.TaskState.SUCCEEDED)  # a chain's first step may have ended
@@ -207,12 +205,7 @@ def barrier_violations(path: Path, chains: list[str]) -> int:
     """Chains (``enqueue_chain``'s) whose join step began before both parallel steps had
     finished their last run, or while one of them was to start again: a join that ran on
     a prerequisite not yet stored as SUCCEEDED (a SUCCEEDED task never runs again)."""
-    starts: dict[str, list[float]] = {}
-    finishes: dict[str, list[float]] = {}
-    for what, into in (("start", starts), ("finish", finishes)):
-        for parts in ledger_lines(path, what):
-            if len(parts) >= 5:
-                into.setdefault(parts[1], []).append(float(parts[4]))
+    starts, finishes = ledger_times(path, "start"), ledger_times(path, "finish")
     bad = 0
     for chain in chains:
         join = starts.get(f"{chain}-c")
@@ -314,6 +307,15 @@ def ledger_lines(path: Path, what: str = "start") -> list[list[str]]:
     """The ledger's start (or finish) lines, split: ``["start", task id, attempts, pid, time]``."""
     lines = path.read_text().splitlines() if path.exists() else []
     return [parts for parts in map(str.split, lines) if len(parts) >= 2 and parts[0] == what]
+
+
+def ledger_times(path: Path, what: str = "start") -> dict[str, list[float]]:
+    """The times of each task's start (or finish) lines, in ledger order."""
+    times: dict[str, list[float]] = {}
+    for parts in ledger_lines(path, what):
+        if len(parts) >= 5:
+            times.setdefault(parts[1], []).append(float(parts[4]))
+    return times
 
 
 def ledger_starts(path: Path) -> Counter[str]:

@@ -29,20 +29,10 @@ from typing import Any
 
 import kmpray
 
-from .chaos_common import ChaosLedger
+from .chaos_common import ChaosLedger, ledger_times
 from .common import ray_up
 
 SIZES = {"full": (30.0, 100), "quick": (5.0, 20)}  # outage seconds, Exact tasks
-
-
-def _starts(ledger: Path) -> dict[str, list[float]]:
-    out: dict[str, list[float]] = defaultdict(list)
-    if ledger.exists():
-        for line in ledger.read_text().splitlines():
-            parts = line.split()
-            if len(parts) >= 5 and parts[0] == "start":
-                out[parts[1]].append(float(parts[4]))
-    return out
 
 
 def scenario(quick: bool = False, outage_s: float | None = None, exact: int | None = None,
@@ -77,7 +67,7 @@ def scenario(quick: bool = False, outage_s: float | None = None, exact: int | No
         infos = {t.id: t for t in sched.list_tasks()}
     finally:
         sched.shutdown()
-    starts = _starts(ledger)
+    starts = defaultdict(list, ledger_times(ledger))  # a task never started: no times
     periodic = sorted(starts["periodic"])
     # The grid: the second run's start less one interval (the first started at the enqueue,
     # a dispatch later than its period's start; the others begin at their due times).
