@@ -81,7 +81,7 @@ SCENARIOS = {
 }
 # Chains after each enqueue call, by scenario (the others: none unless asked for).
 CHAINS_PER_CALL = {"scheduler": 1, "coordinators": 5, "mixed": 2}
-CANCELS = {"scheduler", "mixed"}  # scenarios that cancel long tasks under the nemesis (chaos_common.Cancels)
+CANCELS = {"scheduler", "mixed"}  # scenarios that cancel or replace long work under the nemesis (Cancels)
 HEAVY_EVERY = 20  # one task in 20 is heavy in the executors and mixed scenarios
 # The mixed nemesis's kinds of victim. The oracle since session 49: it holds the worker
 # classes, the device overrides' and the actor subscriptions' copies (actors/registry.py).
@@ -169,8 +169,9 @@ def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int
     first). ``chains`` (default: in the scheduler, coordinators and mixed scenarios): after each
     enqueue call, ``CHAINS_PER_CALL`` chains of two parallel steps and a step joining them
     (``enqueue_chain``), their barriers checked from the ledger (``barrier_violations``).
-    ``cancels`` (default: in the scheduler and mixed scenarios): after each call a long task
-    enqueued and an earlier one cancelled, each acknowledged cancel checked (``Cancels``)."""
+    ``cancels`` (default: in the scheduler and mixed scenarios): after each call long work
+    enqueued and earlier work cancelled or replaced, each acknowledged call checked
+    (``Cancels``)."""
     full, small, default_rate, default_every_s, what = SCENARIOS[name]
     per_call = CHAINS_PER_CALL.get(name, 1) if chains or (chains is None and name in CHAINS_PER_CALL) else 0
     every_s = every_s or default_every_s
