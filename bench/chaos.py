@@ -41,7 +41,6 @@ import json
 import os
 import random
 import signal
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -69,7 +68,7 @@ from .chaos_common import (
     scheduler_status,
     terminal_events,
 )
-from .common import percentiles, ray_up, table, write
+from .common import percentiles, ray_up, scratch_dir, table, write
 
 SCENARIOS = {
     # name: (tasks, quick tasks, enqueue rate per s, seconds between kills, what it kills)
@@ -178,7 +177,7 @@ def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int
     rate = rate or (default_rate / 4 if quick else default_rate)
     n = tasks or (small if quick else full)
     ray = ray_up(address)
-    state = tempfile.mkdtemp(prefix=f"kmpray-chaos-{name}-")
+    state = scratch_dir(f"kmpray-chaos-{name}-")
     ledger = Path(state) / "ledger"
     namespace = f"chaos-{name}-{seed}"
     # The event log keeps every completion of the run: the check replays it from cursor 0

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -31,7 +30,7 @@ import kmpray
 from kmpray.timing import BLOCKED_PING_TIMEOUT_S, PING_TIMEOUT_S, RECONCILE_S, RESYNC_S
 
 from .chaos_common import ledger_starts, record_finish, record_start
-from .common import ray_up
+from .common import ray_up, scratch_dir
 
 FULL = {"tasks": 50, "heavy_unreachable_s": 30.0, "ping_timeout_s": PING_TIMEOUT_S}  # the defaults
 QUICK = {"tasks": 10, "heavy_unreachable_s": 5.0, "ping_timeout_s": 5.0}
@@ -90,7 +89,7 @@ def scenario(quick: bool = False, tasks: int | None = None, seed: int = 7) -> di
     longest = longest_interval_s(size["heavy_unreachable_s"], size["ping_timeout_s"], chains)
     run_s = 2 * longest + 1
     ray_up()
-    state = tempfile.mkdtemp(prefix="kmpray-chaos-longruns-")
+    state = scratch_dir("kmpray-chaos-longruns-")
     ledger = Path(state) / "ledger"
     namespace = f"chaos-longruns-{seed}-{os.getpid()}"
     config = kmpray.EngineConfig(heavy_unreachable_s=size["heavy_unreachable_s"],

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Any
 import kmpray
 
 from .chaos_common import ChaosLedger, ledger_times
-from .common import ray_up
+from .common import ray_up, scratch_dir
 
 SIZES = {"full": (30.0, 100), "quick": (5.0, 20)}  # outage seconds, Exact tasks
 
@@ -42,7 +41,7 @@ def scenario(quick: bool = False, outage_s: float | None = None, exact: int | No
     outage_s, exact = outage_s or outage_default, exact or exact_default
     rng = random.Random(seed)
     ray_up()
-    state = tempfile.mkdtemp(prefix="kmpray-chaos-misfire-")
+    state = scratch_dir("kmpray-chaos-misfire-")
     ledger = Path(state) / "ledger"
     namespace = f"chaos-misfire-{seed}-{os.getpid()}"
     payload = json.dumps({"ledger": str(ledger), "sleep_ms": 5})

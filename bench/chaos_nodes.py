@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -32,13 +31,15 @@ def main(rounds: int, rate: float, shards: int = 1, every_s: float = 6.0,
     import ray
     from ray.cluster_utils import Cluster
 
+    from .common import scratch_dir
+
     import kmpray
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
     ray.init(address=cluster.address, log_to_driver=False, logging_level="ERROR")
     cluster.wait_for_nodes()
-    state = tempfile.mkdtemp(prefix="kmpray-chaos-nodes-")
+    state = scratch_dir("kmpray-chaos-nodes-")
     sched = None
     out: dict[str, Any] = {"scenario": "node-loss", "rounds": rounds, "rate_per_s": rate, "shards": shards}
     try:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ import numpy as np
 import kmpray
 
 from .chaos_common import ChaosLedger, actor_pid, ledger_lines, ledger_starts, record_start
-from .common import ray_up
+from .common import ray_up, scratch_dir
 
 SIZES = {"full": (10_000, 500.0), "quick": (2_000, 250.0)}  # normal tasks per phase, rate
 MEMORY_CAP_MB = 1024
@@ -102,7 +101,7 @@ def scenario(quick: bool = False, tasks: int | None = None, rate: float | None =
     n_default, rate_default = SIZES["quick" if quick else "full"]
     n, rate = tasks or n_default, rate or rate_default
     ray = ray_up()
-    state = tempfile.mkdtemp(prefix="kmpray-chaos-poison-")
+    state = scratch_dir("kmpray-chaos-poison-")
     ledger = Path(state) / "ledger"
     namespace = f"chaos-poison-{seed}-{os.getpid()}"
     config = kmpray.EngineConfig(max_system_reruns=max_system_reruns, executor_memory_mb=MEMORY_CAP_MB,

@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import random
 import select
-import shutil
 import signal
 import subprocess
 import sys
@@ -95,7 +94,7 @@ def scenario(rounds: int = 20, tasks: int = 20_000, seed: int = 7, durability: s
     """``shards``: the engine's ``scheduler_shards`` (the restart opens the same count)."""
     import kmpray
 
-    from .common import ray_up
+    from .common import discard, ray_up, scratch_dir
 
     rng = random.Random(seed)
     acked_total = stored_total = lost_total = mid_burst = 0
@@ -106,7 +105,7 @@ def scenario(rounds: int = 20, tasks: int = 20_000, seed: int = 7, durability: s
         # A fresh state dir per round: each burst is checked on its own, not among every
         # earlier round's rows.
         prefix = f"r{r}-"
-        state = tempfile.mkdtemp(prefix="kmpray-chaos-restart-")
+        state = scratch_dir("kmpray-chaos-restart-")
         ledger = Path(state) / "acknowledged"
         namespace = f"chaos-restart-{seed}-{r}"
         proc = subprocess.Popen(
@@ -131,7 +130,7 @@ def scenario(rounds: int = 20, tasks: int = 20_000, seed: int = 7, durability: s
             present = {t.id for t in sched.list_tasks() if t.id.startswith(prefix)}
         finally:
             sched.shutdown()
-        shutil.rmtree(state, ignore_errors=True)
+        discard(state)
         lost = [t for t in acked if t not in present]
         acked_total += len(acked)
         stored_total += len(present)

@@ -45,7 +45,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -58,7 +57,7 @@ import kmpray
 from kmpray.timing import ANSWER_RETENTION_S, PRUNE_S
 
 from .chaos_common import ChaosLedger, SteadyLoad, actor_pid, answers_after, replay
-from .common import drain, ray_up
+from .common import drain, ray_up, scratch_dir
 from .stamp import rss_bytes
 
 FULL = {"duration_s": 600.0, "scheduler_every_s": 60.0, "broker_every_s": 90.0}
@@ -152,7 +151,7 @@ def scenario(quick: bool = False, rate: float = 100.0, seed: int = 7, shards: in
              **sizes: float) -> dict[str, Any]:
     size = {**(QUICK if quick else FULL), **sizes}
     ray = ray_up()
-    state = Path(tempfile.mkdtemp(prefix="kmpray-chaos-soak-"))
+    state = Path(scratch_dir("kmpray-chaos-soak-"))
     homes = _homes(state, shards)
     namespace = f"chaos-soak-{seed}-{os.getpid()}"
     shard_ns = [shard_namespace(namespace, k) for k in range(shards)]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import platform
+import shutil
 import statistics
 import tempfile
 import time
@@ -38,10 +40,34 @@ def ray_up(address: str | None = None) -> Any:
     return ray
 
 
+KEEP_STATE = "KMPRAY_KEEP_STATE"
+
+
+def scratch_dir(prefix: str) -> str:
+    """A new temporary folder for a run's state dir and ledgers, removed when this process
+    exits (``KMPRAY_KEEP_STATE=1`` keeps it, for a look after the run). Before session 52
+    each benchmark and chaos run left its state behind in the temp folder: the suite's runs
+    of them ~280 MB a time (a 200 MB step-data artifact among it), ``bench chains`` 100 MB."""
+    folder = tempfile.mkdtemp(prefix=prefix)
+    if not _keeping():
+        atexit.register(shutil.rmtree, folder, True)
+    return folder
+
+
+def discard(folder: str) -> None:
+    """A scratch folder's end before this process's (unless ``KMPRAY_KEEP_STATE=1``)."""
+    if not _keeping():
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _keeping() -> bool:
+    return os.environ.get(KEEP_STATE, "") not in ("", "0")
+
+
 def engine(namespace: str, **kw: Any) -> Any:
     import kmpray
 
-    sched = kmpray.connect(namespace=namespace, state_dir=tempfile.mkdtemp(prefix=f"kmpray-{namespace}-"), **kw)
+    sched = kmpray.connect(namespace=namespace, state_dir=scratch_dir(f"kmpray-{namespace}-"), **kw)
     config = kw.get("config") or kmpray.EngineConfig()
     settle(sched, config.chain_coordinators)
     return sched

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import random
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -43,8 +42,10 @@ def main(out: Path = OUT, seconds: float = 20.0) -> None:
 
     from kmpray.dashboard import create_app
 
+    from .common import scratch_dir
+
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    tmp = Path(tempfile.mkdtemp())
+    tmp = Path(scratch_dir("kmpray-dashboard-shot-"))
     sched = kmpray.connect(namespace="dashboard-shot", state_dir=str(tmp / "state"))
     sched.register_worker(Work)
     sched.register_worker(Hold)

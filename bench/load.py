@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .common import ray_up, table, write
+from .common import ray_up, scratch_dir, table, write
 from .load_client import start_clients, task_id
 from .load_engine import DEPLOYMENT, Starts, settle, warm_up
 from .load_plan import (
@@ -367,8 +367,6 @@ def main(argv: list[str]) -> int:
     except argparse.ArgumentTypeError as exc:
         parser.error(str(exc))
 
-    import tempfile
-
     ray_up(args.address)
     if args.namespace is None:
         args.namespace = DEPLOYMENT if args.address else "kmpray-load"
@@ -383,7 +381,7 @@ def main(argv: list[str]) -> int:
                          f"--namespace {args.namespace}`, or leave out --address to load-test an engine of "
                          "the generator's own")
     own = args.address is None and args.state_dir is None  # an engine of our own: stopped at the end
-    state_dir = args.state_dir or tempfile.mkdtemp(prefix="kmpray-load-")
+    state_dir = args.state_dir or scratch_dir("kmpray-load-")
     sched = kmpray.connect(namespace=args.namespace, state_dir=state_dir)
     try:
         return _run(sched, args, state_dir, profile)

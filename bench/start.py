@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import os
 import statistics
-import tempfile
 import time
 from typing import Any
 
-from .common import ray_up, spread, table, write
+from .common import ray_up, scratch_dir, spread, table, write
 from .stamp import register
 
 
@@ -37,7 +36,7 @@ def _engine(ray: Any, round_no: int) -> tuple[float, float, int]:
 
     ns = f"bench-start-{os.getpid()}-{round_no}"
     t0 = time.perf_counter()
-    sched = kmpray.connect(namespace=ns, state_dir=tempfile.mkdtemp(prefix="kmpray-bench-start-"))
+    sched = kmpray.connect(namespace=ns, state_dir=scratch_dir("kmpray-bench-start-"))
     serving = time.perf_counter() - t0
     try:
         processes = _engine_processes(ray, ns)

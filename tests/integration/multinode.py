@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 import traceback
@@ -73,6 +74,17 @@ class HalfSecond(kmpray.CommonWorker):
                                           "ended": time.time()})
 
 
+# Everything this run writes (state dir, logs): removed by _finish. Before session 52 each
+# run left its folders in the temp folder, a 200 MB step-data artifact among them.
+SCRATCH = Path(tempfile.mkdtemp(prefix="kmpray-multinode-"))
+
+
+def _scratch(name: str) -> Path:
+    folder = SCRATCH / name
+    folder.mkdir()
+    return folder
+
+
 def _finish(out: dict[str, object], scheds: list[Any], cluster: Cluster) -> None:
     """Print the one RESULT line, then stop the engines, Ray and (always: a cluster left
     running is what the next ray.init() finds) the cluster."""
@@ -84,6 +96,7 @@ def _finish(out: dict[str, object], scheds: list[Any], cluster: Cluster) -> None
         ray.shutdown()
     finally:
         cluster.shutdown()
+        shutil.rmtree(SCRATCH, ignore_errors=True)
 
 
 def unplaceable(cluster: Cluster, sched: Any, out: dict[str, object]) -> Any:
@@ -152,7 +165,7 @@ def node_loss(cluster: Cluster, nodes: list[Any], sched: Any) -> dict[str, objec
     engine's: the ledger tasks are told apart from the earlier parts' by their ids)."""
     from kmpray.bench.chaos_nodes import under_load
 
-    ledger = Path(tempfile.mkdtemp()) / "ledger"
+    ledger = _scratch("node-loss") / "ledger"
     return under_load(cluster, nodes, sched, ledger=ledger, rounds=2, rate=100, every_s=1.5)
 
 
@@ -201,7 +214,7 @@ def step_data(cluster: Cluster, sched: Any, state: str, other: Any, out: dict[st
     out["artifacts"] = os.listdir(os.path.join(state, "artifacts"))
 
     # The producer's node goes away before its successor may run: the object is lost.
-    log = os.path.join(tempfile.mkdtemp(), "runs.log")
+    log = str(_scratch("lost-object") / "runs.log")
     sched.set_device_state(node_id=head, storage_low=True)  # no node may run s2 yet
     sched.begin_with(TaskRequest("BigArray", input=f"50:{log}", id="lost-p", constraints=make)).then(
         TaskRequest("SumArray", id="lost-s", constraints=use)).with_id("lost-c").enqueue()
@@ -231,7 +244,7 @@ def main() -> None:
     sched = None
     out: dict[str, object] = {"head": head, "other": other.node_id, "phases_s": phases}
     mark("cluster")
-    state = tempfile.mkdtemp()
+    state = str(_scratch("state"))
     try:
         sched = kmpray.connect(
             namespace="multinode",
@@ -262,11 +275,11 @@ def main() -> None:
 
         sched.register_worker("Logged", Logged)
         sched.register_worker("Slow", Slow)
-        log = os.path.join(tempfile.mkdtemp(), "runs.log")
+        log = str(_scratch("fault") / "runs.log")
         ids = [f"f{i}" for i in range(300)]
         sched.enqueue_many([TaskRequest("Logged", log, id=i) for i in ids])
         # ...and a heavy task, running on the only node with the `heavy` resource.
-        heavy_log = os.path.join(tempfile.mkdtemp(), "heavy.log")
+        heavy_log = str(_scratch("heavy") / "heavy.log")
         sched.enqueue("big", TaskTrigger.OneTime(), "Slow", input=heavy_log, constraints=Constraints(is_heavy_task=True))
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:  # the fault must hit a running load, not an idle one

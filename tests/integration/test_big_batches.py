@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import tempfile
 from collections import Counter, deque
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -79,16 +79,16 @@ async def _first_commit(host: Host, turns: int = 100) -> None:
     raise AssertionError(f"no commit within {turns} turns of the loop")
 
 
-def _store() -> SqliteTaskStore:
-    return SqliteTaskStore(os.path.join(tempfile.mkdtemp(prefix="kmpray-batches-"), "tasks.db"))
+def _store(folder: Path) -> SqliteTaskStore:
+    return SqliteTaskStore(os.path.join(folder, "tasks.db"))
 
 
-def test_a_batch_over_a_slice_is_committed_slice_by_slice_and_answered_whole_in_order() -> None:
+def test_a_batch_over_a_slice_is_committed_slice_by_slice_and_answered_whole_in_order(tmp_path: Path) -> None:
     n = 2 * INTAKE_SLICE + 500
     bad = (INTAKE_SLICE - 1, INTAKE_SLICE, n - 1)  # rejections on both sides of a slice's end
 
     async def main() -> tuple[Host, list[Any], list[str]]:
-        host = Host(_store())
+        host = Host(_store(tmp_path))
         between: list[str] = []
 
         async def meanwhile() -> None:  # another call's turn, served while the batch is taken in
@@ -111,12 +111,12 @@ def test_a_batch_over_a_slice_is_committed_slice_by_slice_and_answered_whole_in_
     assert stored == [tuple(a) for a in answer]
 
 
-def test_a_retry_after_a_restart_applies_only_what_no_commit_stored() -> None:
+def test_a_retry_after_a_restart_applies_only_what_no_commit_stored(tmp_path: Path) -> None:
     """The first try's process died after its first slice's commit: a new scheduler on the
     same store gets the retry, answers that slice from the stored answer and takes in the
     rest. Taken again, finished one-time work would run again, replaced work be replaced."""
     n = INTAKE_SLICE + 300
-    store = _store()
+    store = _store(tmp_path)
     first = _items(n, policy=ExistingWorkPolicy.REPLACE.value)
 
     async def first_try() -> Host:
@@ -139,11 +139,11 @@ def test_a_retry_after_a_restart_applies_only_what_no_commit_stored() -> None:
     assert host.messages["retries_answered"] == 1
 
 
-def test_a_retry_while_the_first_try_is_taken_in_waits_for_its_answer() -> None:
+def test_a_retry_while_the_first_try_is_taken_in_waits_for_its_answer(tmp_path: Path) -> None:
     n = 3 * INTAKE_SLICE
 
     async def main() -> tuple[Host, list[Any], list[Any]]:
-        host = Host(_store())
+        host = Host(_store(tmp_path))
         items = _items(n)
         first = asyncio.ensure_future(host.enqueue_many(items, token="call-3"))
         await _first_commit(host)
@@ -163,14 +163,14 @@ def _chain(cid: str, n: int, bad: int | None = None) -> dict[str, Any]:
     return {"id": cid, "policy": "REPLACE", "steps": [tasks[: n // 2], tasks[n // 2:]], "error": None}
 
 
-def test_a_big_chain_is_checked_in_slices_then_admitted_whole_in_one_commit() -> None:
+def test_a_big_chain_is_checked_in_slices_then_admitted_whole_in_one_commit(tmp_path: Path) -> None:
     """Until session 47 a chain was checked and inserted in one turn (a 99,000-task one
     held the loop ~1-2 s). Now what needs no state is checked slice by slice, other calls
     served in between, with nothing of the chain in the engine until it is admitted whole."""
     n = 5 * INTAKE_SLICE + 10
 
     async def main() -> tuple[Host, Any, list[int]]:
-        host = Host(_store())
+        host = Host(_store(tmp_path))
         seen: list[int] = []
 
         async def meanwhile() -> None:  # other calls' turns while the chain is checked
@@ -194,11 +194,11 @@ def test_a_big_chain_is_checked_in_slices_then_admitted_whole_in_one_commit() ->
         TaskState.ENQUEUED: n // 2, TaskState.BLOCKED: n - n // 2}
 
 
-def test_a_big_chain_is_refused_whole_by_its_last_slice_or_by_what_happened_meanwhile() -> None:
+def test_a_big_chain_is_refused_whole_by_its_last_slice_or_by_what_happened_meanwhile(tmp_path: Path) -> None:
     n = 2 * INTAKE_SLICE + 10
 
     async def main() -> tuple[Host, Any, Any]:
-        host = Host(_store())
+        host = Host(_store(tmp_path))
         bad = await host.enqueue_chain(_chain("bad", n, bad=n - 1), token="chain-2")
 
         async def take_an_id() -> None:  # while the chain is checked, a task takes one of its ids
@@ -218,11 +218,11 @@ def test_a_big_chain_is_refused_whole_by_its_last_slice_or_by_what_happened_mean
     assert sum(host.commits) == 1  # the other call's row: none of either chain
 
 
-def test_a_retry_while_a_big_chain_is_checked_waits_for_its_answer() -> None:
+def test_a_retry_while_a_big_chain_is_checked_waits_for_its_answer(tmp_path: Path) -> None:
     n = 3 * INTAKE_SLICE
 
     async def main() -> tuple[Host, Any, Any]:
-        host = Host(_store())
+        host = Host(_store(tmp_path))
         first = asyncio.ensure_future(host.enqueue_chain(_chain("c", n), token="chain-4"))
         await asyncio.sleep(0)
         await asyncio.sleep(0)  # the first try is between two slices
