@@ -141,7 +141,8 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--state-dir", default=None, help="Keep the demo's store here (default: a temp dir).")
+@click.option("--state-dir", default=None,
+              help="Keep the demo's store here (default: a temp dir, removed at the end).")
 @click.option("--hours", default=1, show_default=True, type=click.IntRange(1, 48), help="Virtual hours to run.")
 def demo(state_dir: str | None, hours: int) -> None:
     """Run the main job on an embedded local Ray, in virtual time."""

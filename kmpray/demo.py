@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import tempfile
 import threading
@@ -75,8 +76,11 @@ def _print_event(event: Any) -> None:
 
 def run(state_dir: str | None = None, hours: int = 1) -> int:
     started = time.monotonic()
+    # Without --state-dir the store is a temp folder's, removed at the end (before session 52
+    # every demo left one behind); with it, kept there.
     state = state_dir or tempfile.mkdtemp(prefix="kmpray-demo-")
-    print(f"kmpray demo: starting an embedded Ray and the engine (state in {state}) ...")
+    kept = "kept" if state_dir else "removed at the end; --state-dir keeps it"
+    print(f"kmpray demo: starting an embedded Ray and the engine (state in {state}, {kept}) ...")
     # address="local": always its own embedded Ray, never a cluster some other process left behind.
     scheduler = kmpray.connect(address="local", namespace=f"kmpray-demo-{int(time.time())}", state_dir=state,
                                virtual_time=True)
@@ -150,4 +154,6 @@ def run(state_dir: str | None = None, hours: int = 1) -> int:
     finally:
         events.close()
         scheduler.shutdown()
+        if state_dir is None:
+            shutil.rmtree(state, ignore_errors=True)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -63,10 +64,13 @@ def test_no_ray_running_says_how_to_start_one() -> None:
 
 
 @pytest.mark.slow
-def test_demo_runs_end_to_end(tmp_path: Path) -> None:
-    out = kmpray("demo", "--state-dir", str(tmp_path / "demo"))
+def test_demo_runs_end_to_end() -> None:
+    out = kmpray("demo")  # as the README's first command runs it
     assert out.returncode == 0, out.stderr[-2000:]
     text = out.stdout
+    # Its store was in a temp folder of its own, removed at the end (left behind before session 52).
+    state = re.search(r"state in (\S+), removed at the end", text)
+    assert state and "kmpray-demo-" in state[1] and not Path(state[1]).exists(), text[:500]
     assert "progress  sync-now" in text and "100%" in text
     assert "retrying in 30000 ms" in text and "uploaded" in text
     assert "report over 250 records from 2 syncs" in text  # the chain's last step got both outputs
