@@ -457,6 +457,7 @@ def connect(
     ray = _ray()
     from kmpray.actors.bootstrap import ensure_engine
 
+    remote.require_ray_version(ray.__version__)
     remote.require_ray_here()
     if not ray.is_initialized():
         _ray_init(ray, address)
