@@ -50,13 +50,25 @@ def encode_emitted(event: TaskCompletionEvent | TaskProgressEvent) -> bytes:
     try:
         body = encode_event(event)
     except (TypeError, ValueError, OverflowError) as exc:
-        raise InvalidParameters(f"event output_data: {exc} (events carry msgpack values: "
+        raise InvalidParameters(f"event {_unpackable(event, exc)} (events carry msgpack values: "
                                 "str, 64-bit int, float, bool, None, bytes, lists and dicts)") from exc
     if len(body) > MAX_EVENT_BYTES:
         raise InvalidParameters(
             f"event of {len(body):,} bytes is over the {MAX_EVENT_BYTES:,}-byte limit of one event "
             "(large data belongs in a task's output: Success(data=...), read with get_output)")
     return body
+
+
+def _unpackable(event: TaskCompletionEvent | TaskProgressEvent, exc: Exception) -> str:
+    """Which value of an event msgpack refused, by key and type: msgpack's own words
+    differ between its versions and its C and pure-Python packers."""
+    data = getattr(event, "output_data", None)
+    for key, value in (data or {}).items():
+        try:
+            pack(value)
+        except (TypeError, ValueError, OverflowError) as err:
+            return f"output_data[{key!r}]: {type(value).__name__} is not msgpack-serializable ({err})"
+    return f"output_data: not msgpack-serializable ({exc})"
 
 
 def fit_event(body: bytes) -> bytes:
