@@ -457,8 +457,7 @@ def connect(
     ray = _ray()
     from kmpray.actors.bootstrap import ensure_engine
 
-    remote.require_ray_version(ray.__version__)
-    remote.require_ray_here()
+    remote.require_usable_ray(ray)
     if not ray.is_initialized():
         _ray_init(ray, address)
     state = str(Path(state_dir or remote.default_state_dir(namespace)).expanduser().resolve())

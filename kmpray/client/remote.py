@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
@@ -13,10 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .. import packing
 from ..errors import EngineUnavailable, InvalidParameters, KmprayError
 from ..protocol import RETRY_MARK
 
-#: The oldest Ray kmpray runs on (pyproject.toml's floor; tests/core/test_ray_version.py
+#: The oldest Ray kmpray runs on (pyproject.toml's floor; tests/core/test_dependency_floors.py
 #: keeps the two equal). Session 52 found the floor said 2.40 while the engine failed to
 #: start on 2.40 and on 2.52 (neither has ``RuntimeContext.get_session_name``); 2.56 is the
 #: oldest the integration tests were run on (and passed), 2.60 the one the suite runs on.
@@ -27,6 +29,21 @@ def _ray() -> Any:
     import ray
 
     return ray
+
+
+def require_usable_ray(ray: Any) -> None:
+    """What ``connect()`` checks of this process before it starts or reaches an engine: Ray
+    recent enough, not forked from a process running Ray; and it says (once) when msgpack
+    runs its pure-Python packer."""
+    require_ray_version(ray.__version__)
+    require_ray_here()
+    _warn_slow_packer()
+
+
+@functools.cache
+def _warn_slow_packer() -> None:
+    if (why := packing.slow_packer_warning()) is not None:
+        logging.getLogger("kmpray").warning(why)
 
 
 def require_ray_version(version: str) -> None:
