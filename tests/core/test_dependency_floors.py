@@ -26,17 +26,17 @@ def test_every_ray_floor_in_pyproject_is_the_one_connect_checks() -> None:
     assert floors == {".".join(map(str, MIN_RAY))}, floors
 
 
-@pytest.mark.parametrize("old", ["2.40.0", "2.52.0", "2.55.1", "1.13.0", "nightly"])
+@pytest.mark.parametrize("old", ["2.40.0", "2.52.0", "2.53.0", "1.13.0", "nightly"])
 def test_an_older_ray_is_refused_naming_both_versions(old: str) -> None:
     with pytest.raises(EngineUnavailable) as err:
         require_ray_version(old)
-    assert f"Ray {old}" in str(err.value) and "ray>=2.56" in str(err.value)
+    assert f"Ray {old}" in str(err.value) and "ray>=2.54" in str(err.value)
 
 
-@pytest.mark.parametrize("ok", ["2.56.0", "2.60.0", "2.61.0rc1", "3.0.0.dev0"])
+@pytest.mark.parametrize("ok", ["2.54.0", "2.55.1", "2.60.0", "2.61.0rc1", "3.0.0.dev0"])
 def test_the_floor_and_newer_pass(ok: str) -> None:
     require_ray_version(ok)  # returns; the refusals above are what can fail
-    assert MIN_RAY == (2, 56)
+    assert MIN_RAY == (2, 54)
 
 
 def test_msgpack_runs_compiled_here_and_its_fallback_is_named_when_not() -> None:
