@@ -21,13 +21,11 @@ from __future__ import annotations
 
 import gc
 import os
-import shutil
 import statistics
-import tempfile
 import time
 from typing import Any
 
-from .common import spread, table, write
+from .common import discard, scratch_dir, spread, table, write
 
 BATCH = 500
 TARGET_US = 25.0  # issue #14
@@ -45,7 +43,7 @@ def _core_run(n: int) -> tuple[float, dict[str, float], tuple[int, int]]:
     from kmpray.results import Success, from_wire, to_wire
     from kmpray.store import SqliteTaskStore
 
-    folder = tempfile.mkdtemp(prefix="kmpray-bench-core-")
+    folder = scratch_dir("kmpray-bench-core-")
     store = SqliteTaskStore(os.path.join(folder, "tasks.db"))
     core = SchedulerCore(SystemClock(), profile("cluster"))
     phases = dict.fromkeys(("submit", "take", "complete", "write"), 0.0)
@@ -92,7 +90,7 @@ def _core_run(n: int) -> tuple[float, dict[str, float], tuple[int, int]]:
     finally:
         gc.enable()
         store.close()
-        shutil.rmtree(folder, ignore_errors=True)
+        discard(folder)
     finished = core.counts()["SUCCEEDED"]
     if finished != n:
         raise RuntimeError(f"core bench: {finished} of {n} tasks SUCCEEDED")
@@ -139,7 +137,7 @@ def _floor_run(n: int, row_bytes: int, event_bytes: int) -> float:
 
     from kmpray.store import _UPSERT_TASK, SqliteTaskStore
 
-    folder = tempfile.mkdtemp(prefix="kmpray-bench-core-")
+    folder = scratch_dir("kmpray-bench-core-")
     store = SqliteTaskStore(os.path.join(folder, "tasks.db"))
     conn = store._conn  # the store's own connection and settings (WAL, synchronous, limits)
     batches = [([(f"t{i}", b"r" * row_bytes) for i in range(b, min(n, b + BATCH))],
@@ -164,7 +162,7 @@ def _floor_run(n: int, row_bytes: int, event_bytes: int) -> float:
     finally:
         gc.enable()
         store.close()
-        shutil.rmtree(folder, ignore_errors=True)
+        discard(folder)
     return total / n * 1e6
 
 

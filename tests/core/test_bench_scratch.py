@@ -43,8 +43,8 @@ def test_kmpray_keep_state_keeps_both_for_a_look_after_the_run(tmp_path: Path) -
     assert (kept / "tasks.db").read_bytes() == b"x" * 100
 
 
-# Made and removed by their own code: a pytest tmp_path elsewhere in tests/.
-REMOVED_BY_THEIR_OWN = {"bench/common.py", "bench/core.py", "tests/integration/multinode.py"}
+# Every other bench and test module goes through scratch_dir (or a pytest tmp_path).
+REMOVED_BY_THEIR_OWN = {"bench/common.py"}
 
 
 def test_benches_and_tests_make_temp_folders_only_where_they_are_removed() -> None:

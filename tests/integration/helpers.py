@@ -145,12 +145,12 @@ def process_gone(pid: int) -> bool:
     return state in ("Z", "X")
 
 
-def began(started: Path, runs: int = 1) -> Callable[[], bool]:
-    """For ``until``: ``Blocks`` has written its ``started`` line ``runs`` times. Not the
-    file's existence: it exists from the worker's ``open``, a moment before the line is
-    written, and a process killed in between has left no line (a test waiting for a second
-    line after that kill would wait in vain)."""
-    return lambda: count_runs(str(started)) >= runs
+def began(*started: Path, runs: int = 1) -> Callable[[], bool]:
+    """For ``until``: ``Blocks`` has written its ``started`` line ``runs`` times (in each
+    file given). Not the file's existence: it exists from the worker's ``open``, a moment
+    before the line is written, and a process killed in between has left no line (a test
+    waiting for a second line after that kill would wait in vain)."""
+    return lambda: all(count_runs(str(path)) >= runs for path in started)
 
 
 def blocks_input(tmp: Path, name: str, max_s: float = 60, ended: bool = False) -> tuple[str, Path, Path]:

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
-import tempfile
 import traceback
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from typing import Any
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 import ray
+from kmpray.bench.common import scratch_dir
 from ray.cluster_utils import Cluster
 
 import kmpray
@@ -74,9 +73,10 @@ class HalfSecond(kmpray.CommonWorker):
                                           "ended": time.time()})
 
 
-# Everything this run writes (state dir, logs): removed by _finish. Before session 52 each
-# run left its folders in the temp folder, a 200 MB step-data artifact among them.
-SCRATCH = Path(tempfile.mkdtemp(prefix="kmpray-multinode-"))
+# Everything this run writes (state dir, logs): removed when the process ends. Before
+# session 52 each run left its folders in the temp folder, a 200 MB step-data artifact
+# among them.
+SCRATCH = Path(scratch_dir("kmpray-multinode-"))
 
 
 def _scratch(name: str) -> Path:
@@ -96,7 +96,6 @@ def _finish(out: dict[str, object], scheds: list[Any], cluster: Cluster) -> None
         ray.shutdown()
     finally:
         cluster.shutdown()
-        shutil.rmtree(SCRATCH, ignore_errors=True)
 
 
 def unplaceable(cluster: Cluster, sched: Any, out: dict[str, object]) -> Any:

@@ -98,7 +98,7 @@ def test_processes_stalled_across_a_scheduler_restart_are_killed_before_their_ru
     sched.enqueue("light", TaskTrigger.OneTime(), "Blocks", input=inputs["light"])
     sched.enqueue("heavy", TaskTrigger.OneTime(), "Blocks", input=inputs["heavy"], constraints=heavy)
     cfgs = {task: json.loads(inp) for task, inp in inputs.items()}
-    until(lambda: all(began(Path(c["started"]))() for c in cfgs.values()), what="both runs' start")
+    until(began(*(Path(c["started"]) for c in cfgs.values())), what="both runs' start")
     ns = sched.namespace
     names = ("kmpray.executor.0", "kmpray.executor.1", "kmpray.heavy.0")
     actors = [ray.get_actor(name, namespace=ns) for name in names]
@@ -195,7 +195,7 @@ def test_runs_a_restarted_scheduler_does_not_adopt_are_stopped_not_left_running(
     sched.enqueue("light", TaskTrigger.OneTime(), "Blocks", input=inputs["light"][0])
     sched.enqueue("heavy", TaskTrigger.OneTime(), "Blocks", input=inputs["heavy"][0],
                   constraints=kmpray.Constraints(is_heavy_task=True))
-    until(lambda: all(began(started)() for _, started, _ in inputs.values()), what="both runs' start")
+    until(began(*(started for _, started, _ in inputs.values())), what="both runs' start")
     holders = {task: ray.get_actor(name, namespace=sched.namespace)
                for task, name in (("light", "kmpray.executor.0"), ("heavy", "kmpray.heavy.0"))}
     runs = {task: asked(actor, lambda self: list(self._tasks)) for task, actor in holders.items()}
