@@ -22,6 +22,7 @@ from typing import Any
 import ray
 
 from kmpray.chain_coordination import ChainCoordinatorCore, Message
+from kmpray.protocol import chain_from_wire, chain_to_wire
 from kmpray.timing import RESYNC_S
 
 from .names import SCHEDULER, lookup
@@ -42,7 +43,8 @@ class ChainCoordinator:
         self.pool = pool
         self.core = ChainCoordinatorCore()
         self._actions: Outbox[Message] = Outbox(
-            lambda actions: self._sched().chain_actions.remote(actions), f"coordinator {index}: actions to the scheduler"
+            lambda actions: self._sched().chain_actions.remote(chain_to_wire(actions)),
+            f"coordinator {index}: actions to the scheduler",
         )
         self._scheduler: Any = None
         self.handled = 0
@@ -69,12 +71,13 @@ class ChainCoordinator:
             self._scheduler = lookup(SCHEDULER, self.namespace)
         return self._scheduler
 
-    async def handle(self, messages: list[Message]) -> list[Message]:
+    async def handle(self, messages: list[list[Any]]) -> list[list[Any]]:
         """From the scheduler: chains accepted, chain tasks finished (in order). The actions
         they imply go back as the reply: one round trip per step, not two. (A reply lost to
-        a scheduler restart is re-sent by the resync every scheduler start triggers.)"""
+        a scheduler restart is re-sent by the resync every scheduler start triggers.) Both
+        ways as ``chain_to_wire``'s lists."""
         self.handled += len(messages)
-        return self.core.apply(messages)
+        return chain_to_wire(self.core.apply(chain_from_wire(messages)))
 
     async def resync(self) -> int:
         """Rebuild from the scheduler's view of the unfinished chains this coordinator owns."""

@@ -16,6 +16,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from kmpray.chain_coordination import ChainCoordinatorCore, Message, coordinator_index
 from kmpray.config import EngineConfig
 from kmpray.engine import SchedulerCore
+from kmpray.protocol import chain_from_wire, chain_to_wire
 
 from .chain_coordinator import ChainCoordinator
 from .names import CHAIN
@@ -70,9 +71,9 @@ class SchedulerChains:
         ]
         self._chain_outboxes = [
             Outbox(
-                lambda batch, h=handle: h.handle.remote(batch),
+                lambda batch, h=handle: h.handle.remote(chain_to_wire(batch)),
                 f"chain coordinator {i}",
-                lambda actions, _batch: self._chain_actions(actions),
+                lambda actions, _batch: self._chain_actions(chain_from_wire(actions)),
             )
             for i, handle in enumerate(self._coordinators)
         ]
@@ -103,10 +104,11 @@ class SchedulerChains:
             self.core.chain_actions(actions)
             self._pump()
 
-    async def chain_actions(self, actions: list[Message]) -> None:
-        """From a chain coordinator: promote a step (with its merged data) or cascade."""
+    async def chain_actions(self, actions: list[list[Any]]) -> None:
+        """From a chain coordinator: promote a step (with its merged data) or cascade
+        (``chain_to_wire``'s lists)."""
         await self._ready
-        self.core.chain_actions(actions)
+        self.core.chain_actions(chain_from_wire(actions))
         self._pump()
 
     async def chain_snapshot(self, index: int, pool: int, ids: list[str] | None = None) -> dict[str, Any]:

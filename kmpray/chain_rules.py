@@ -179,7 +179,8 @@ class ChainRules:
 def _chain_view(records: dict[str, TaskRecord], chain: ChainRecord) -> dict[str, Any]:
     """One chain as a coordinator rebuilds its plan from it: each task's state, and the
     data of those that succeeded."""
-    tasks: dict[str, tuple[str, dict[str, Any] | None]] = {}
+    # [state, data]: a list, not a tuple, which Ray would pickle apart (kmpray/protocol.py).
+    tasks: dict[str, list[Any]] = {}
     mergers: dict[str, str] = {}
     for step in chain.steps:
         for key in step:
@@ -187,7 +188,7 @@ def _chain_view(records: dict[str, TaskRecord], chain: ChainRecord) -> dict[str,
             if rec is None:
                 continue
             data = rec.result.data if isinstance(rec.result, Success) else None
-            tasks[key] = (rec.state.value, data if rec.state is TaskState.SUCCEEDED else None)
+            tasks[key] = [rec.state.value, data if rec.state is TaskState.SUCCEEDED else None]
             if rec.input_merger is not InputMerger.OVERWRITE:
                 mergers[key] = rec.input_merger.value
     return {"gen": chain.gen, "steps": chain.steps, "mergers": mergers, "tasks": tasks}
