@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
                              "and long-runs)")
     parser.add_argument("--compare-shards", default=None,
                         help="dispatch: e.g. 1,2 - the same load on each count, same run (shard_speedup)")
+    parser.add_argument("--no-lane", action="store_true",
+                        help="dispatch: EngineConfig(local_lane=False), every run and result through "
+                             "Ray's calls, as to executors on other nodes")
     parser.add_argument("--install", action="store_true",
                         help="peers: pip-install kmpray[peers] and apt-install redis-server first")
     argv = [ALIASES.get(a, a) for a in argv[:1]] + argv[1:]
@@ -61,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
             extra["install_peers"] = args.install
         if name in ("dispatch", "chaos"):
             extra["shards"] = args.shards
+        if name == "dispatch" and args.no_lane:
+            extra["local_lane"] = False
         if name == "dispatch" and args.compare_shards:
             extra["compare_shards"] = [int(c) for c in args.compare_shards.split(",")]
         json_path = args.json if len(names) == 1 else None

@@ -111,9 +111,12 @@ def capacity_batches(sched: Any, runs: int, between: Callable[[], None], n: int 
 
 
 def run(quick: bool = False, json_path: str | None = None, address: str | None = None, shards: int = 1,
-        compare_shards: list[int] | None = None) -> dict[str, Any]:
+        compare_shards: list[int] | None = None, local_lane: bool = True) -> dict[str, Any]:
     """``shards``: the engine's scheduler_shards; ``compare_shards`` (e.g. [1, 2]): instead,
-    the same load on engines of each count, alternately, twice (``shard_speedup``)."""
+    the same load on engines of each count, alternately, twice (``shard_speedup``).
+    ``local_lane=False``: runs and results go through Ray's actor calls, as they do to and
+    from executors on other nodes than the scheduler's (on one machine, the way to measure
+    that path: the JSON says ``"local_lane": false``)."""
     import kmpray
 
     ray = ray_up(address)
@@ -127,7 +130,7 @@ def run(quick: bool = False, json_path: str | None = None, address: str | None =
     raw = raw_ray_rate(ray, min(n, 5_000))
     if compare_shards:
         return _compare(kmpray, n, compare_shards, raw, json_path)
-    sched = engine("bench-dispatch", config=kmpray.EngineConfig(scheduler_shards=shards))
+    sched = engine("bench-dispatch", config=kmpray.EngineConfig(scheduler_shards=shards, local_lane=local_lane))
     try:
         engine_rate(sched, min(n, 1_000), "warm")
         roles = engine_pids(ray, sched)
@@ -148,7 +151,7 @@ def run(quick: bool = False, json_path: str | None = None, address: str | None =
         roles_us["all"] = round(sum(by_role.values()), 1)
     loop_us = loop_s / n * 1e6 if pids else None  # its busiest thread: the event loop's
     # The same with durability="full" (an fsync per commit of both store files), same run.
-    full_config = kmpray.EngineConfig(durability="full", scheduler_shards=shards)
+    full_config = kmpray.EngineConfig(durability="full", scheduler_shards=shards, local_lane=local_lane)
     full = engine("bench-dispatch-full", config=full_config)
     try:
         engine_rate(full, min(n, 1_000), "warm")
@@ -158,6 +161,7 @@ def run(quick: bool = False, json_path: str | None = None, address: str | None =
     result = {
         "tasks": n,
         "shards": shards,
+        "local_lane": local_lane,
         "engine_tasks_per_s": round(rate, 1),
         "engine_durability_full_tasks_per_s": round(full_rate, 1),
         "durability_full_cost": round(1 - full_rate / rate, 3),
