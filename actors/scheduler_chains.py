@@ -16,7 +16,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from kmpray.chain_coordination import ChainCoordinatorCore, Message, coordinator_index
 from kmpray.config import EngineConfig
 from kmpray.engine import SchedulerCore
-from kmpray.protocol import chain_from_wire, chain_to_wire
+from kmpray.protocol import UNFINISHED, chain_answer, chain_from_wire, chain_to_wire
 
 from .chain_coordinator import ChainCoordinator
 from .names import CHAIN
@@ -123,11 +123,15 @@ class SchedulerChains:
         self._resyncing.pop(index, None)
         self._idle.set()  # advance_time's settle looks again
 
-    async def wait_chain(self, chain_id: str, timeout_s: float | None) -> dict[str, Any] | None:
+    async def wait_chain(self, chain_id: str, timeout_s: float | None) -> bytes | str | None:
+        """Until the chain is finished, at most ``timeout_s``: then its ChainInfo
+        (``chain_answer``), else ``UNFINISHED`` (the client asks again), or None when no
+        chain has the id."""
         await self._ready
         if chain_id not in self.core.chains:
             return None
         if not self.core.is_settled(chain_id) and timeout_s != 0:
             await self.waiters.wait(chain_id, 0, timeout_s)
-        info = self.core.chain_info(chain_id)
-        return info.model_dump() if info is not None else None  # python mode: bytes stay bytes
+        if not self.core.is_settled(chain_id):
+            return UNFINISHED
+        return chain_answer(self.core.chain_info(chain_id))

@@ -16,6 +16,7 @@ from kmpray.clock import ManualClock, SystemClock
 from kmpray.engine import SchedulerCore
 from kmpray.enums import TaskState
 from kmpray.lane import LANE_METHODS, LANE_READS, REPORT
+from kmpray.protocol import chain_answer
 from kmpray.records import TaskRecord
 from kmpray.store import SqliteTaskStore
 
@@ -131,10 +132,9 @@ class SchedulerReads:
         """A restarted oracle's: the device overrides it last sent (None: none reached this process)."""
         return self._device_overrides
 
-    async def get_chain_info(self, chain_id: str) -> dict[str, Any] | None:
+    async def get_chain_info(self, chain_id: str) -> bytes | None:
         await self._ready
-        info = self.core.chain_info(chain_id)
-        return info.model_dump() if info is not None else None  # python mode: bytes stay bytes
+        return chain_answer(self.core.chain_info(chain_id))
 
     async def quarantined(self) -> list[dict[str, Any]]:
         """Stored rows that did not decode at restore (never decoded again; see kmpray/store.py)."""

@@ -27,6 +27,7 @@ from ..events import DEFAULT_NAMESPACE, TaskEventBus
 from ..lane import LANE_METHODS, LANE_READS
 from ..models import ChainInfo, TaskInfo, TaskList, TaskRequest
 from ..platforms import profile
+from ..protocol import chain_from_answer
 from ..shards import SHARD_SEP, merge_status, shard_of
 from ..timing import CALL_TIMEOUT_S, LANE_CONNECT_TIMEOUT_S
 from ..triggers import Trigger
@@ -288,8 +289,7 @@ class BackgroundTaskScheduler(Waiting, Routing):
         return await outputs.resolve_async(self, raw, self._home(id))
 
     def get_chain_info(self, id: str) -> ChainInfo | None:  # noqa: A002
-        raw = self._call("get_chain_info", id, shard=self._home(id))
-        return ChainInfo.model_validate(raw) if raw is not None else None
+        return chain_from_answer(self._call("get_chain_info", id, shard=self._home(id)))
 
     # --------------------------------------------------------------- chains
     def begin_with(self, first: TaskRequest | Sequence[TaskRequest]) -> TaskChain:

@@ -9,6 +9,7 @@ from typing import Any
 from ..clock import deadline_after
 from ..errors import KmprayError
 from ..models import ChainInfo, TaskInfo
+from ..protocol import UNFINISHED, chain_from_answer
 from ..timing import CALL_TIMEOUT_S, WAIT_CHUNK_S
 from ..triggers import EVENT_TRIGGER_KINDS
 from .outputs import unpickled
@@ -50,14 +51,16 @@ class Waiting:
         return ("wait_chain", id, chunk) if first is None else ("wait", id, chunk, first.run_count)
 
     @staticmethod
-    def _done(id: str, first: TaskInfo | None, raw: dict[str, Any] | None) -> TaskInfo | ChainInfo | None:  # noqa: A002
+    def _done(id: str, first: TaskInfo | None, raw: Any) -> TaskInfo | ChainInfo | None:  # noqa: A002
         """The info if that round found ``id`` done, else None: finished, or for a periodic or
         event-triggered task, a run that ended after ``first``."""
         if raw is None:
             raise TaskNotFound(id)
         if first is None:
-            chain = ChainInfo.model_validate(raw)
-            return chain if chain.state.is_finished else None
+            if raw == UNFINISHED:
+                return None
+            chain = chain_from_answer(raw)
+            return chain if chain is not None and chain.state.is_finished else None
         info = TaskInfo.model_validate(raw)
         recurred = info.run_count > first.run_count and _recurs(info)
         return info if info.state.is_finished or recurred else None
