@@ -175,23 +175,25 @@ class ExecutorBase(StepData, Reporting, Cancelling, WorkerClasses):
         return Ping(self.incarnation, len(self._tasks), self.node_id, lag_ms, self._meter.take_start_waits())
 
     async def submit(
-        self, runs: list[Run], batch: Fence | None = None, acked: list[RunKey] | None = None
+        self, runs: list[Any], batch: Fence | None = None, acked: list[Any] | None = None
     ) -> Taken:
-        """Take a batch of runs; ``batch``: its number under the scheduler's epoch (fencing).
-        Answers with the results of the runs that end within ``REPLY_WINDOW_S``
-        (replies.py); ``acked``: results of earlier answers the scheduler has stored."""
+        """Take a batch of runs (as lists of their fields, ``run_to_wire``: Ray packs those
+        in C; Runs are taken too); ``batch``: its number under the scheduler's epoch
+        (fencing). Answers with the results of the runs that end within ``REPLY_WINDOW_S``
+        (replies.py), as lists (``done_to_wire``); ``acked``: results of earlier answers
+        the scheduler has stored."""
         if acked:
-            self._acked(acked)
+            self._acked([tuple(key) for key in acked])
         if batch is not None and batch.to is not None and batch.to != self.incarnation:
             # For the process before this one, and sent before the scheduler knew it was gone:
             # that process's blocked loop may have had it withdrawn (its fence died with it).
             # (The local lane never does this: it sends only to the process it knows.)
             raise Misaddressed(f"{self._kind()} {self.index}: a batch for process {batch.to}, this is "
                                f"{self.incarnation}: not taken (it runs again)")
-        taken = self._take(runs, batch)
+        taken = self._take(self._from_wire(runs), batch)
         epoch = batch.epoch if batch is not None else None
         done = await self._replies.collect(taken, REPLY_WINDOW_S, epoch) if taken and REPLY_WINDOW_S else []
-        return Taken(self.incarnation, done)
+        return self._taken(done)
 
     def _take(self, runs: list[Run], batch: Fence | None = None) -> list[RunKey]:
         # Under the lock ``holding`` answers under (from its own thread): a batch is refused,

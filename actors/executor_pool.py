@@ -32,7 +32,7 @@ from .executor import LightExecutor
 from .names import EXECUTOR, PROBATION
 from .spool import Heard, beside, recover
 from .stops import Stops, stop
-from .submit_lane import SubmitLanes
+from .submit_lane import SubmitLanes, ray_submit
 
 #: Probation executors (suspect runs, one each at a time); see ``ExecutorPool.isolate``.
 PROBATION_LANES = 2
@@ -301,7 +301,7 @@ class ExecutorPool:
         slot.submits += 1
         fence = Fence(self.epoch, slot.batch_seq, slot.incarnation)
         pushed = self.lanes.submit(i, slot.incarnation, runs, fence, acks or None)  # on this node: a frame
-        return pushed if pushed is not None else slot.handle.submit.remote(runs, fence, acks or None)
+        return pushed if pushed is not None else ray_submit(slot.handle, runs, fence, acks)
 
     def answered(self, i: int) -> None:
         """A submit to executor ``i`` answered (or failed): it may be sent the next batch."""

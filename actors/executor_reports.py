@@ -10,7 +10,7 @@ import asyncio
 from typing import Any
 
 from kmpray.lane import SUBMIT, TAKEN
-from kmpray.protocol import Done, Fence, Run, RunKey, run_from_wire
+from kmpray.protocol import Done, Fence, Run, RunKey, Taken, done_to_wire, run_from_wire
 from kmpray.timing import REPLY_WINDOW_S
 
 from .names import SCHEDULER, lookup
@@ -39,6 +39,15 @@ class Reporting:
     def _acked(self, keys: list[RunKey]) -> None:
         raise NotImplementedError  # the executor's
 
+    @staticmethod
+    def _from_wire(runs: list[Any]) -> list[Run]:
+        """A submit's runs: through Ray, the lists of their fields (``run_to_wire``)."""
+        return [run_from_wire(run) for run in runs]
+
+    def _taken(self, done: list[Done]) -> Taken:
+        """A submit's answer through Ray: its results as lists (``done_to_wire``)."""
+        return Taken(self.incarnation, [done_to_wire(d) for d in done])
+
     def _send(self, items: list[Report]) -> None:
         """Results and notices to the scheduler: over the local lane when it can carry them
         and nothing waits for Ray's call (so their order is kept), else by Ray's call."""
@@ -56,7 +65,10 @@ class Reporting:
         """Ray's report call (the Outbox's): after what the lane took before these."""
         if not self._lane_reports.idle:
             return self._report_after_lane(items)
-        return self._to_scheduler().report.remote(*split_reports(items))
+        done, progress, began = split_reports(items)
+        # As lists, which Ray packs in C (each record would be pickled apart: kmpray/protocol.py).
+        return self._to_scheduler().report.remote(
+            [done_to_wire(d) for d in done], [list(p) for p in progress], [list(b) for b in began])
 
     async def _report_after_lane(self, items: list[Report]) -> Any:
         await self._lane_reports.drained()

@@ -23,7 +23,7 @@ from ray.exceptions import ActorUnavailableError
 from kmpray.config import EngineConfig
 from kmpray.engine import Dispatch, SchedulerCore
 from kmpray.placement import heavy_demand
-from kmpray.protocol import Began, Done, Fence, Holding, Progress
+from kmpray.protocol import Began, Done, Fence, Holding, Progress, taken_from_wire
 from kmpray.timing import (
     BLOCKED_PING_TIMEOUT_S,
     HEAVY_CANCEL_POLL_S,
@@ -37,7 +37,7 @@ from .heavy_worker import HeavyWorker
 from .names import HEAVY
 from .spool import beside, recover
 from .stops import Stops, stop
-from .submit_lane import LaneLost, SubmitLanes
+from .submit_lane import LaneLost, SubmitLanes, ray_submit
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine, Iterable
@@ -235,12 +235,12 @@ class HeavyPool:
         # runs is refused there (actors/fencing.py).
         fence = Fence(self.host.pool.epoch, 0)
         pushed = self.lanes.submit(i, slot.incarnation, run, fence, acks)  # actors/submit_lane.py
-        ref = pushed if pushed is not None else slot.handle.submit.remote(run, fence, acks)
+        ref = pushed if pushed is not None else ray_submit(slot.handle, run, fence, acks)
         asyncio.ensure_future(self._confirm(i, slot.run, ref))
 
     async def _confirm(self, i: int, key: RunKey, ref: Any) -> None:
         try:
-            incarnation, done = await ref
+            incarnation, done = taken_from_wire(await ref)
         except Exception as exc:
             # E.g. the actor is restarting after a forced stop: run it again, on a later try.
             log.warning("heavy worker %d did not take %s (%s); re-queued", i, key[0], type(exc).__name__)

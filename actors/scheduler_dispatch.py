@@ -18,7 +18,7 @@ from kmpray.config import EngineConfig
 from kmpray.driver import pump
 from kmpray.engine import Dispatch, SchedulerCore
 from kmpray.placement import assign
-from kmpray.protocol import Began, Done, Misaddressed, Progress, Run
+from kmpray.protocol import Began, Done, Misaddressed, Progress, Run, taken_from_wire
 from kmpray.store import SqliteTaskStore
 
 from .executor_pool import ExecutorPool
@@ -140,7 +140,7 @@ class SchedulerDispatch:
 
     async def _confirm(self, i: int, ref: Any, keys: list[tuple[str, int]], acks: list[tuple[str, int]]) -> None:
         try:
-            incarnation, done = await ref
+            incarnation, done = taken_from_wire(await ref)
         except Exception as exc:
             self._submitted(i)
             self.pool.slots[i].acks.extend(acks)  # said again with the next call

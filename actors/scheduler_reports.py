@@ -40,19 +40,16 @@ class SchedulerReports:
         def _pump(self) -> None: ...
         def _serving(self) -> list[int]: ...
 
-    async def report(self, done: list[Done], progress: list[Progress], began: Iterable[Began] = ()) -> None:
-        """From an executor or heavy worker: results, progress and "began" notices, batched."""
+    async def report(self, done: list[Any], progress: list[Any], began: Iterable[Any] = ()) -> None:
+        """From an executor or heavy worker, through Ray or over the local lane
+        (actors/report_lane.py): results, progress and "began" notices, batched, each as the
+        list of its fields (``done_to_wire``; Ray pickles each record apart)."""
         await self._ready
         self.messages["reports_received"] += 1
-        await self._hear(done, progress, began)
+        await self._hear([done_from_wire(d) for d in done], [Progress(*p) for p in progress],
+                         [Began(*b) for b in began])
 
-    async def report_from_lane(self, done: list[Any], progress: list[Any], began: list[Any]) -> None:
-        """``report`` over the local lane (actors/report_lane.py): msgpack's lists back into records."""
-        await self.report(
-            [done_from_wire(d) for d in done],
-            [Progress(*p) for p in progress],
-            [Began(*b) for b in began],
-        )
+    report_from_lane = report  # the lane's REPORT (actors/scheduler.py)
 
     async def _hear(self, done: list[Done], progress: Iterable[Progress], began: Iterable[Began]) -> None:
         """A report's content, or the results in a submit's answer (actors/replies.py)."""

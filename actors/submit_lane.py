@@ -26,9 +26,16 @@ import itertools
 from typing import Any
 
 from kmpray.lane import SUBMIT, pack
-from kmpray.protocol import Fence, Run, RunKey, done_from_wire
+from kmpray.protocol import Fence, Run, RunKey, done_from_wire, run_to_wire
 
 from .lane import Conn
+
+
+def ray_submit(handle: Any, runs: list[Run], fence: Fence, acks: list[RunKey] | None) -> Any:
+    """An executor's or heavy worker's ``submit`` through Ray (another node's, or no lane):
+    runs and acknowledgements as lists, which Ray packs in C where it would pickle each
+    record apart (kmpray/protocol.py). Returns the call's ref."""
+    return handle.submit.remote([run_to_wire(r) for r in runs], fence, [list(k) for k in acks] if acks else None)
 
 
 class LaneLost(ConnectionError):

@@ -60,17 +60,52 @@ class Run(NamedTuple):
     enqueued_ms: int | None = None  # see Dispatch.enqueued_ms
 
 
-def run_from_wire(run: list[Any]) -> Run:
-    """A Run from msgpack's list of its fields (the local lane's submits), its ``then`` too."""
+_THEN = Run._fields.index("then")
+
+
+def run_to_wire(run: Run) -> list[Any]:
+    """A Run as the list of its fields, its ``then`` too: what the local lane's msgpack
+    makes of it, and what the scheduler sends through Ray's submit call (to executors on
+    other nodes), which would pickle each record apart (module docstring)."""
+    fields: list[Any] = list(run)
+    if run.then is not None:
+        fields[_THEN] = run_to_wire(run.then)
+    return fields
+
+
+def run_from_wire(run: list[Any] | Run) -> Run:
+    """A Run from the list of its fields (``run_to_wire``; the local lane's submits), its
+    ``then`` too. A Run passes as it is."""
+    if isinstance(run, Run):
+        return run
     out = Run(*run)
-    return out._replace(then=run_from_wire(out.then)) if out.then is not None else out  # type: ignore[arg-type]
+    return out._replace(then=run_from_wire(out.then)) if out.then is not None else out
 
 
-def done_from_wire(done: list[Any]) -> Done:
-    """A Done from msgpack's list of its fields (the local lane's reports and answers);
-    object-store references never travel that way."""
-    key, run_id, result, _stored, followed = done
-    return Done(key, run_id, result, None, tuple(followed) if followed else None)
+def done_to_wire(done: Done) -> list[Any]:
+    """A Done as the list of its fields, its result and stored values too (their
+    object-store references stay references: Ray's serializer keeps those, the local lane
+    cannot carry them)."""
+    key, run_id, result, stored, followed = done
+    return [key, run_id, list(result), [list(s) for s in stored] if stored else None,
+            list(followed) if followed else None]
+
+
+def taken_from_wire(answer: tuple[str, list[Any]] | list[Any]) -> tuple[str, list[Done]]:
+    """A submit's answer, ``(incarnation, done)``, with its results as records (through
+    Ray they come as ``done_to_wire``'s lists)."""
+    incarnation, done = answer
+    return incarnation, [done_from_wire(d) for d in done]
+
+
+def done_from_wire(done: list[Any] | Done) -> Done:
+    """A Done from the list of its fields (``done_to_wire``; the local lane's reports and
+    answers). A Done passes as it is."""
+    if isinstance(done, Done):
+        return done
+    key, run_id, result, stored, followed = done
+    return Done(key, run_id, result, [Stored(*s) for s in stored] if stored else None,
+                tuple(followed) if followed else None)
 
 
 class Fence(NamedTuple):
@@ -138,7 +173,7 @@ class Taken(NamedTuple):
     ended at once (the scheduler acknowledges them with its next submit or ping)."""
 
     incarnation: str
-    done: list[Done]
+    done: list[list[Any]]  # done_to_wire's lists (Ray's submit; the local lane answers TAKEN)
 
 
 class Holding(NamedTuple):

@@ -18,6 +18,19 @@ from kmpray.config import EngineConfig
 from tests.standins import Answer as _Answer
 
 
+@pytest.fixture(autouse=True)
+def _runs_as_they_are(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stand-ins here take keys for runs: Ray's submit gets them as they are, not as
+    the lists of a Run's fields (kmpray/protocol.py; tests/core/test_wire.py)."""
+    from kmpray.actors import executor_pool, heavy_pool
+
+    def as_they_are(handle: Any, runs: list[Any], fence: Any, acks: Any) -> Any:
+        return handle.submit.remote(runs, fence, acks)
+
+    monkeypatch.setattr(executor_pool, "ray_submit", as_they_are)
+    monkeypatch.setattr(heavy_pool, "ray_submit", as_they_are)
+
+
 class _Submit:
     def __init__(self, sent: list[tuple[int, list[Any]]], index: int) -> None:
         self.sent, self.index = sent, index

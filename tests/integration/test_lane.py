@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import ray
 
@@ -124,7 +125,11 @@ def test_an_answer_lost_on_the_lane_is_answered_again_through_ray_not_applied_tw
     assert info.state is TaskState.ENQUEUED and info.run_count == 0
 
 
-def test_with_the_lane_off_enqueues_go_through_ray(engines: Any) -> None:
+def test_with_the_lane_off_every_kind_of_run_and_result_goes_through_ray(engines: Any, tmp_path: Path) -> None:
+    """As to and from executors on other nodes: runs and results travel through Ray's calls
+    as lists of their fields (kmpray/protocol.py), a run handed on with its successor, an
+    array's object-store references both ways, progress, a result in a submit's answer and
+    one reported on its own, a heavy worker's."""
     sched = engines(config=kmpray.EngineConfig(local_lane=False))
     register_all(sched)
     assert sched.enqueue("t", TaskTrigger.OneTime(), "Noop") is ScheduleResult.SUCCESS
@@ -132,6 +137,23 @@ def test_with_the_lane_off_enqueues_go_through_ray(engines: Any) -> None:
     assert _lane_status(sched) is None and sched._lanes[0].calls == 0
     with pytest.raises(LaneDown):
         sched._lanes[0].call("enqueue_many", [[], "tok"], 5)
+    log = tmp_path / "steps.log"
+    steps = [TaskRequest("Step", json.dumps({"log": str(log)}) if i == 0 else None, id=f"s{i}") for i in range(3)]
+    sched.begin_with(steps[0]).then(steps[1]).then(steps[2]).with_id("seq").enqueue()
+    big = json.dumps({"n": 200_000, "seed": 3})  # 1.6 MB: through the object store
+    sched.begin_with(TaskRequest("ArrayMaker", big, id="make")).then(TaskRequest("ArraySum", id="sum")) \
+        .with_id("arrays").enqueue()
+    sched.enqueue("progress", TaskTrigger.OneTime(), "Progress")
+    sched.enqueue("slow", TaskTrigger.OneTime(), "Sleeps", input="0.3")  # past a submit's answer
+    sched.enqueue("heavy", TaskTrigger.OneTime(), "Echo", input="h", constraints=Constraints(is_heavy_task=True))
+    infos = sched.wait(["seq", "arrays", "progress", "slow", "heavy"], timeout_s=120)
+    assert [i.state for i in infos] == [TaskState.SUCCEEDED] * 5
+    assert log.read_text().split() == ["s0", "s1", "s2"]  # each once
+    assert sched.get_task_info("s2").result.data["hops"] == 3
+    assert sched.get_task_info("sum").result.data["sum"] == float((np.arange(200_000) + 3).sum())
+    assert sched.get_task_info("progress").progress == 100
+    assert sched.get_task_info("heavy").result.data == {"input": "h", "attempt": 0}
+    assert sched._lanes[0].calls == 0 and sched.status()["messages"]["reports_received"] >= 1
 
 
 @ONE_SHARD
