@@ -23,7 +23,7 @@ import ray
 from kmpray.artifacts import check_event
 from kmpray.errors import InvalidParameters, StoreRefused, StoreWriteFailed
 from kmpray.event_codec import MAX_EVENT_BYTES, decode_event, decode_events, encode_emitted, fit_event
-from kmpray.event_log import MemoryEventLog, SqliteEventLog, jumped_trimmed
+from kmpray.event_log import MemoryEventLog, SqliteEventLog, as_lists, jumped_trimmed
 from kmpray.events import TaskCompletionEvent, TaskProgressEvent
 from kmpray.store_files import disk_error
 from kmpray.timing import (
@@ -168,17 +168,19 @@ class EventBroker:
         """(first retained cursor, last cursor, newest cursor of a completion trimmed)."""
         return self.log.first_cursor(), self.log.last_cursor(), self.log.trimmed_to()
 
-    async def poll(self, after: int, limit: int = 1000, timeout_s: float = 1.0) -> list[tuple[int, bytes]]:
+    async def poll(self, after: int, limit: int = 1000, timeout_s: float = 1.0) -> list[list[Any]]:
+        """Events after cursor ``after``, as ``[cursor, body]`` (``as_lists``), waiting up to
+        ``timeout_s`` for one."""
         self._oldest_read = after if self._oldest_read is None else min(self._oldest_read, after)
         rows = self.log.read(after, limit)
         if rows or timeout_s <= 0:
-            return rows
+            return as_lists(rows)
         changed = self._changed
         try:
             await asyncio.wait_for(changed.wait(), timeout_s)
         except TimeoutError:
             return []
-        return self.log.read(after, limit)
+        return as_lists(self.log.read(after, limit))
 
     async def subscribe_actor(self, sub_id: str, actor: Any, after: int) -> None:
         """Push every event after ``after`` to ``actor.on_event``; answered once the oracle

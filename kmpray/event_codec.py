@@ -12,6 +12,7 @@ raises on the rest. Either way the result is what pydantic gives (tests/core/tes
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import msgpack
@@ -124,7 +125,7 @@ def decode_event(body: bytes) -> TaskCompletionEvent | TaskProgressEvent:
     return _EVENT.validate_python(d)  # type: ignore[no-any-return]
 
 
-def decode_events(rows: list[tuple[int, bytes]]) -> list[tuple[int, Any]]:
+def decode_events(rows: Sequence[Sequence[Any]]) -> list[tuple[int, Any]]:
     """Stored rows as ``(cursor, event)``; a damaged row is skipped with a logged gap, so a
     subscriber replaying the log never raises on it (msgpack only, never pickle)."""
     out = []

@@ -11,7 +11,7 @@ import threading
 from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from .store_files import _connect, _refusing, _transaction, release
 from .timing import STORE_LOCK_WAIT_S
@@ -57,6 +57,13 @@ def first_sends(
     numbers = origins if origins is not None else [None] * len(events)
     keep = [(e, o, f) for e, o, f in zip(events, numbers, flags, strict=True) if o is None or o > last]
     return [(e, f) for e, _o, f in keep], max([last, *(o for _e, o, _f in keep if o is not None)])
+
+
+def as_lists(rows: list[tuple[int, bytes]]) -> list[list[Any]]:
+    """Rows as a poll answers them through Ray: ``[cursor, body]`` lists, which Ray packs
+    in C, where it pickles each tuple apart (1,000 rows: 1.4 ms against 0.15, and 0.2 to
+    make the lists)."""
+    return [[cursor, body] for cursor, body in rows]
 
 
 def jumped_trimmed(after: int, first_read: int, trimmed_to: int) -> bool:

@@ -12,7 +12,7 @@ import time
 import uuid
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 from ..artifacts import check_event
@@ -36,7 +36,7 @@ def _asked(make_call: Callable[[], Any]) -> Any:
     return call_with_retry_sync(lambda: _ray().get(make_call(), timeout=CALL_TIMEOUT_S), CALL_TIMEOUT_S)
 
 
-def _jumped(rows: list[tuple[int, bytes]], after: int | None) -> bool:
+def _jumped(rows: Sequence[Sequence[Any]], after: int | None) -> bool:
     """A read after cursor ``after`` (not 0: ``since=0`` asks for what is retained) whose
     first row is not the next cursor: rows were trimmed in between."""
     return bool(rows and after and rows[0][0] > after + 1)
@@ -64,7 +64,7 @@ class Subscription:
             self._thread = threading.Thread(target=self._pump_callback, args=(callback,), daemon=True)
             self._thread.start()
 
-    def _take(self, rows: list[tuple[int, bytes]], after: int | None = None,
+    def _take(self, rows: Sequence[Sequence[Any]], after: int | None = None,
               trimmed: int | None = None) -> None:
         """Decode ``rows``, read after cursor ``after``: a jump past ``after + 1`` means rows
         were trimmed meanwhile (a reader slower than the retention); if completions were

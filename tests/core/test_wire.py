@@ -52,3 +52,15 @@ def test_results_travel_as_lists_with_their_stored_values_and_the_successor_they
     assert incarnation == "inc" and [d.key for d in records] == ["a"] and records[0].followed == ("b", 7, 0)
     progress, began = Progress("a", 3, 50, "half"), Began("a", 3)
     assert Progress(*plain(list(progress))) == progress and Began(*plain(list(began))) == began
+
+
+def test_an_event_poll_answers_lists_a_subscriber_decodes_as_before() -> None:
+    from kmpray.event_codec import decode_events, encode_event
+    from kmpray.event_log import as_lists
+    from kmpray.events import TaskCompletionEvent
+
+    body = encode_event(TaskCompletionEvent("Sync", True, "done", task_id="t"))
+    rows = as_lists([(7, body), (9, b"\xc1damaged")])
+    assert plain(rows) == [[7, body], [9, b"\xc1damaged"]]
+    [(cursor, event)] = decode_events(plain(rows))  # the damaged row skipped, as before
+    assert cursor == 7 and event.task_id == "t" and event.success is True
