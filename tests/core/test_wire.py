@@ -44,7 +44,8 @@ def test_results_travel_as_lists_with_their_stored_values_and_the_successor_they
     back = done_from_wire(plain(done_to_wire(done)))
     assert back._replace(result=tuple(back.result)) == done
     ref = object()
-    stored = Done("c", 1, to_wire(Success()), [Stored("d" * 64, "ndarray", 800, ref, True, "Success.data['x']")])
+    value = Stored("d" * 64, "ndarray", 800, ref, True, "Success.data['x']")
+    stored = Done("c", 1, to_wire(Success()), [value])
     back = done_from_wire(done_to_wire(stored))
     assert back.stored == stored.stored and back.stored[0].ref is ref
     answer = Taken("inc", [done_to_wire(done)])
