@@ -36,6 +36,11 @@ T = TypeVar("T")
 SLICE_MARK = "@"  # an enqueue_many answer's part from item n on is stored under "<token>@<n>"
 
 
+#: One item's answer to ``enqueue_many``: [ScheduleResult value, reason]. A list, not a
+#: tuple: through Ray (a client on another node) each tuple is pickled apart (kmpray/protocol.py).
+Answer = list[Any]
+
+
 class SchedulerIntake:
     namespace: str
     core: SchedulerCore
@@ -114,7 +119,7 @@ class SchedulerIntake:
 
     async def enqueue_many(
         self, items: list[dict[str, Any]], token: str | None = None
-    ) -> list[tuple[str, str | None]]:
+    ) -> list[Answer]:
         """Enqueue a batch; ``token`` names the client's call, so a retry of a call this
         scheduler (or the one before a restart) already applied gets its answer again.
 
@@ -130,24 +135,24 @@ class SchedulerIntake:
         if going is not None:  # this call's first try is still being taken in, slice by slice
             return await asyncio.shield(going)
 
-        def failed(why: str) -> list[tuple[str, str | None]]:
-            return [(ScheduleResult.FAILED_UNKNOWN.value, why) for _ in items]
+        def failed(why: str) -> list[Answer]:
+            return [[ScheduleResult.FAILED_UNKNOWN.value, why] for _ in items]
 
-        out: list[tuple[str, str | None]] = []
+        out: list[Answer] = []
         if answered is not None:
-            out += [(r, why) for r, why in answered]
+            out += [[r, why] for r, why in answered]
             while len(out) < len(items):  # the slices committed after the first, in turn
                 raw = self._stored(f"{token}{SLICE_MARK}{len(out)}")
                 if raw is None:
                     break
-                out += [(r, why) for r, why in msgpack.unpackb(raw, raw=False)]
+                out += [[r, why] for r, why in msgpack.unpackb(raw, raw=False)]
             if len(out) >= len(items):
                 return await self._durable(out, failed)
         if token is None or len(items) - len(out) <= INTAKE_SLICE:
             self._take_in(items, len(out), len(items), token, out)
             return await self._durable(out, failed)
 
-        async def slices() -> list[tuple[str, str | None]]:
+        async def slices() -> list[Answer]:
             for start in range(len(out), len(items), INTAKE_SLICE):
                 self._take_in(items, start, min(len(items), start + INTAKE_SLICE), token, out)
                 answer = await self._durable(out, failed)
@@ -181,7 +186,7 @@ class SchedulerIntake:
                 done.exception()  # retrieved: no "never retrieved" warning when no retry waited
 
     def _take_in(self, items: list[dict[str, Any]], start: int, end: int, token: str | None,
-                 out: list[tuple[str, str | None]]) -> None:
+                 out: list[Answer]) -> None:
         """``items[start:end]`` into the core, their outcomes onto ``out`` and, under the
         call's token, into the answer stored with them (``token@start`` after the first)."""
         part = []
@@ -189,7 +194,7 @@ class SchedulerIntake:
             outcome = intake.submit(self.core, item)
             if outcome.result is not ScheduleResult.SUCCESS:
                 self._rejected("enqueue", item.get("id"), outcome)
-            part.append((outcome.result.value, outcome.reason))
+            part.append([outcome.result.value, outcome.reason])
         out += part
         self._answer(token if start == 0 or token is None else f"{token}{SLICE_MARK}{start}", part)
 

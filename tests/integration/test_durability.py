@@ -389,7 +389,7 @@ def test_a_retried_enqueue_is_answered_again_not_applied_twice(engines: Any, tmp
     item = {"id": "once", "trigger": {"kind": "one_time"}, "worker": "Ledgered",
             "input": json.dumps({"ledger": str(ledger)})}
     first = ray.get(actor.enqueue_many.remote([item], "call-1"), timeout=60)
-    assert first == [("SUCCESS", None)]
+    assert first == [["SUCCESS", None]]  # lists through Ray (actors/scheduler_intake.py: Answer)
     assert sched.wait("once", timeout_s=30).state is TaskState.SUCCEEDED
     # The client marks every try after the first (only a retry is looked up).
     again = ray.get(actor.enqueue_many.remote([item], "call-1" + RETRY_MARK), timeout=60)
@@ -402,7 +402,7 @@ def test_a_retried_enqueue_is_answered_again_not_applied_twice(engines: Any, tmp
     after_restart = call("call-1" + RETRY_MARK)
     assert again == after_restart == first
     # A new call (another token) is new work: it runs again, as WorkManager's KEEP says.
-    assert call("call-2") == [("SUCCESS", None)]
+    assert call("call-2") == [["SUCCESS", None]]
     until(lambda: ledger.exists() and ledger.read_text().count("start once") == 2, what="the second call's run")
     assert sched.wait("once", timeout_s=30).run_count == 1  # the new row ran once
     assert ledger.read_text().count("start once") == 2
