@@ -96,6 +96,14 @@ def enqueue_chain(sched: Any, j: int, payload: str) -> list[str]:
     return [a.id, b.id, c.id] if result is kmpray.ScheduleResult.SUCCESS else []
 
 
+
+def _late(name: str, at: float, replaced: bool, starts: dict[str, list[float]],
+          finishes: dict[str, list[float]]) -> dict[str, Any]:
+    """How ``name``'s call ended (at ``at``) and its old work's starts and finishes after it."""
+    return {"id": name, "how": "replace" if replaced else "cancel", "ended_at": round(at, 3),
+            "starts_after_s": [round(t - at, 3) for t in starts.get(name, []) if t > at],
+            "finishes_after_s": [round(t - at, 3) for t in finishes.get(name, []) if t > at]}
+
 class Cancels:
     """Cancels and REPLACEs under the nemesis (Jepsen's acknowledged operations): after each
     enqueue call, long ChaosLedger work (runs of ``LONG_MS``), and the work enqueued ``LAG``
@@ -195,6 +203,10 @@ class Cancels:
             "cancelled_running": sum(1 for name in ended if times.get(name)),  # had begun
             "ran_after_cancel": len(after),
             "ran_after_cancel_examples": after[:10],
+            # What a failure needs to be read (session 53: one in a CI run, none in 35 runs
+            # after it): how each call ended, and its old work's starts and finishes after it.
+            "ran_after_cancel_detail": [_late(name, ended[name], name in self.replaced, starts, finishes)
+                                        for name in after[:10]],
             "cancel_lost": len(lost),
             "replacement_lost": len(replacement_lost),
             "replacement_lost_examples": replacement_lost[:10],
