@@ -7,18 +7,21 @@ and scalars with msgpack in C, but hands every tuple (a NamedTuple too) to a Pyt
 and pickles it apart, ~5 µs a record here.
 
 ========================================  =========================================
-SchedulerActor -> LightExecutor/Heavy     ``submit(runs: list[Run], fence: Fence)``
+SchedulerActor -> LightExecutor/Heavy     ``submit(runs, fence, acks) -> Taken``: Runs
+                                          and results as lists (``run_to_wire``,
+                                          ``done_to_wire``; ``submit_lane.ray_submit``)
                                           ``cancel(keys)``, ``cancel_cooperative(keys)``
-executor -> SchedulerActor                ``report(done: list[Done],
-                                          progress: list[Progress], began: list[Began])``
+executor -> SchedulerActor                ``report(done, progress, began)``: Done,
+                                          Progress, Began as lists
                                           ``loop_blocked(...)`` / ``loop_unblocked(...)``
 SchedulerActor -> executor (reconcile)    ``ping() -> Ping``, ``holding() -> Holding``
-SchedulerActor -> ChainCoordinator        ``handle([Plan | Step, ...])``
+SchedulerActor -> ChainCoordinator        ``handle([Plan | Step, ...])`` as
+                                          ``chain_to_wire`` lists, answered the same way
 ChainCoordinator -> SchedulerActor        ``chain_actions([Promote | Cascade, ...])``
 ========================================  =========================================
 
 On the scheduler's node the submits and reports go over the local lane instead, as the
-same records in msgpack (kmpray/lane.py; ``run_from_wire`` rebuilds a Run).
+same lists in msgpack (kmpray/lane.py; ``run_from_wire`` rebuilds a Run).
 """
 
 from __future__ import annotations
