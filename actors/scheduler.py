@@ -126,7 +126,9 @@ class SchedulerActor(
         self._commit_due: asyncio.Future[None] | None = None  # see SchedulerIntake._commit
         self.stopped = False  # stop() was called: the engine is shutting down
         self._acked: int | None = None  # outbox events up to here are in the event log
-        self._cancel_acks: list[Any] = []  # executors' answers to the last cancels sent
+        # Executors' answers to the cancels sent, until each is in (pruned at each flush):
+        # cancel() and a commit that cancelled runs (a REPLACE) answer once they are.
+        self._cancel_acks: list[asyncio.Future[None]] = []
         self.metrics = Metrics(namespace)
         self._write_ms: deque[float] = deque(maxlen=4096)  # store transactions since the last publish
         self.waiters = Waiters(self.core)
@@ -411,7 +413,9 @@ class SchedulerActor(
             raise self._store_write_failed(exc) from exc
         self._write_ms.append((time.perf_counter() - began) * 1000)
         if fx.cancel_runs:
-            self._cancel_acks = self.pool.cancel(fx.cancel_runs)
+            self._cancel_acks = [a for a in self._cancel_acks if not a.done()]
+            sent = self.pool.cancel(fx.cancel_runs)
+            self._cancel_acks += [asyncio.ensure_future(_answered(a)) for a in sent]
             for key in fx.cancel_runs:
                 self.heavy.cancel(key)
         local = self._local_chains
@@ -432,7 +436,6 @@ class SchedulerActor(
     # ------------------------------------------------------------- messages
     async def cancel(self, name: str) -> int:
         await self._ready
-        self._cancel_acks = []
         n = self.core.cancel(name)
         self._flush()
         self._kick()
@@ -445,26 +448,23 @@ class SchedulerActor(
         5.8 s. A task enqueued meanwhile came after the call and is not cancelled."""
         await self._ready
         rows = [rec for rec in self.core.tasks.values() if not rec.state.is_finished]
-        n, acks = 0, []
+        n = 0
         for i in range(0, len(rows), CANCEL_CHUNK):
             if i:  # a few ms: an enqueue waiting is answered after its own commit, a pump turn away
                 await asyncio.sleep(CANCEL_PAUSE_S)
-            self._cancel_acks = []
             n += self.core.cancel_rows(rows[i:i + CANCEL_CHUNK])  # (those finished meanwhile: skipped)
             self._flush()
-            acks += self._cancel_acks
-        self._cancel_acks = acks
         await self._cancels_delivered()
         return n
 
     async def _cancels_delivered(self) -> None:
-        """Until the executors have the cancels sent so far: a chain step handed over with
-        a cancelled run (one hop per step) could otherwise begin after cancel() returned.
-        Bounded: an executor that is down has nothing to begin."""
-        acks, self._cancel_acks = self._cancel_acks, []
-        if acks:
-            waits = [asyncio.ensure_future(_answered(a)) for a in acks]
-            await asyncio.wait(waits, timeout=CANCEL_ACK_TIMEOUT_S)
+        """Until the executors have the cancels sent so far: a run queued on its executor
+        (or a chain step handed over with a cancelled run, one hop per step) could
+        otherwise begin after the cancel was answered. Bounded: an executor that is down
+        has nothing to begin."""
+        pending = [a for a in self._cancel_acks if not a.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=CANCEL_ACK_TIMEOUT_S)
 
     async def wait(self, name: str, timeout_s: float | None, runs_before: int | None = None) -> dict[str, Any] | None:
         """Until the work under ``name`` is finished (a recurring task: a run after ``runs_before`` ends)."""

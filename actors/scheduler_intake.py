@@ -31,6 +31,7 @@ from .names import ORACLE, base_namespace, lookup
 from .retry import call_with_retry
 
 log = logging.getLogger("kmpray.scheduler")
+_ANSWERING: set[asyncio.Future[None]] = set()  # answers waiting for executors' cancel acks
 
 T = TypeVar("T")
 SLICE_MARK = "@"  # an enqueue_many answer's part from item n on is stored under "<token>@<n>"
@@ -53,10 +54,12 @@ class SchedulerIntake:
     _commit_due: asyncio.Future[None] | None  # the turn's shared commit, once a call asked for it
     _taking_in: dict[str, asyncio.Future[Any]]  # calls taken in slice by slice, by token
     _ready: asyncio.Future[None]
+    _cancel_acks: list[asyncio.Future[None]]
 
     if TYPE_CHECKING:  # the actor's
         def _flush(self) -> None: ...
         def _kick(self) -> None: ...
+        async def _cancels_delivered(self) -> None: ...
 
     def _answered(self, token: str | None) -> tuple[str | None, Any]:
         """The call's token (without the retry mark) and, for a retry of a call already
@@ -284,5 +287,19 @@ class SchedulerIntake:
             log.exception("store write failed")
             due.set_exception(exc)
         else:
-            due.set_result(None)
+            # Runs cancelled on executors (a REPLACE of running or handed-over work): answered
+            # once those executors have the cancels, as cancel() is, so the old work never
+            # begins after the answer (it could, in the milliseconds before: session 53).
+            if any(not a.done() for a in self._cancel_acks):
+                answering = asyncio.ensure_future(self._answer_after_cancels(due))
+                _ANSWERING.add(answering)  # held: the loop keeps only weak refs to tasks
+                answering.add_done_callback(_ANSWERING.discard)
+            else:
+                due.set_result(None)
         self._kick()
+
+    async def _answer_after_cancels(self, due: asyncio.Future[None]) -> None:
+        try:
+            await self._cancels_delivered()
+        finally:
+            due.set_result(None)

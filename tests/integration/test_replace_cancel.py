@@ -1,0 +1,80 @@
+"""A REPLACE of work queued on an executor: the old run never begins after the answer."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+
+from kmpray import Constraints, EngineConfig, ExistingWorkPolicy, ScheduleResult, TaskState, TaskTrigger
+
+from .helpers import ONE_SHARD, blocks_input, until
+from .workers import register_all
+
+pytestmark = pytest.mark.ray
+
+DELAY_S = 1.5
+
+
+@ONE_SHARD  # reaches into the scheduler
+def test_a_replace_is_answered_once_the_old_runs_executor_has_the_cancel(
+        engines: Any, tmp_path: Path) -> None:
+    """``cancel()`` answered only once the executors had the cancel; a REPLACE through
+    ``enqueue()`` answered once stored, and the old run, queued on its executor behind a
+    busy slot, could begin in between (a chaos run saw one; session 53). Here the cancel
+    is 1.5 s late and the slot frees the moment the REPLACE is answered: the old run must
+    not begin."""
+    def delay_cancels(self: Any) -> None:
+        """In the scheduler: every cancel reaches its executor DELAY_S late (a busy executor,
+        a slow node), its answer with it."""
+        import asyncio
+
+        real = self.pool.cancel
+        held: list[Any] = []
+
+        def delayed(keys: Any) -> list[Any]:
+            keys = list(keys)
+            loop = asyncio.get_running_loop()
+            answered: asyncio.Future[None] = loop.create_future()
+
+            def send() -> None:
+                refs = real(keys)
+
+                async def answer() -> None:
+                    for ref in refs:
+                        await ref
+                    answered.set_result(None)
+
+                held.append(asyncio.ensure_future(answer()))  # held: the loop keeps weak refs
+
+            loop.call_later(DELAY_S, send)
+            return [answered]
+
+        self.pool.cancel = delayed
+
+    sched = engines(config=EngineConfig(executors=1, executor_concurrency=1))
+    register_all(sched)
+    hold, held, release = blocks_input(tmp_path, "hold")
+    old, old_started, _never = blocks_input(tmp_path, "old")
+    assert sched.enqueue("hold", TaskTrigger.OneTime(), "Blocks", input=hold) is ScheduleResult.SUCCESS
+    until(held.exists, what="the slot taken")
+    assert sched.enqueue("b", TaskTrigger.OneTime(), "Blocks", input=old) is ScheduleResult.SUCCESS
+    until(lambda: sched.status()["inflight"] >= 2, what="the old run handed to the executor, behind the slot")
+    scheduler = ray.get_actor("kmpray.scheduler", namespace=sched.namespace)
+    ray.get(scheduler.__ray_call__.remote(delay_cancels), timeout=30)
+
+    assert not old_started.exists()  # queued behind the busy slot
+    replace = Constraints(existing_work_policy=ExistingWorkPolicy.REPLACE)
+    began = time.monotonic()
+    answer = sched.enqueue("b", TaskTrigger.OneTime(), "Echo", input="new", constraints=replace)
+    took = time.monotonic() - began
+    assert answer is ScheduleResult.SUCCESS
+    release.touch()  # the slot frees now: an old run still queued there would begin
+    assert sched.wait("b", timeout_s=60).result.data == {"input": "new", "attempt": 0}
+    assert sched.wait("hold", timeout_s=60).state is TaskState.SUCCEEDED
+    # The old run was queued before the replacement: had it begun, it began first.
+    assert not old_started.exists(), "the replaced run began after the REPLACE was answered"
+    assert took >= DELAY_S - 0.2  # answered once the executor had the cancel
