@@ -49,6 +49,7 @@ class Host(SchedulerIntake):
         self.messages = Counter()
         self._commit_due = None
         self._taking_in = {}
+        self._cancel_acks = []  # executors' answers to cancels: none here (no executors)
         self.commits: list[int] = []  # rows written by each commit
         self._ready = asyncio.get_running_loop().create_future()
         self._ready.set_result(None)
