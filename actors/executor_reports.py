@@ -100,7 +100,7 @@ class Reporting:
         if acked:
             self._acked([tuple(key) for key in acked])
         batch = Fence(*fence) if fence is not None else None
-        taken = self._take([run_from_wire(run) for run in runs], batch)
+        taken = self._take(self._from_wire(runs), batch)
         # Opened now, as submit() does: a run that ends in its first step rides the answer.
         reply = self._replies.open(taken, batch.epoch if batch else None) if taken and REPLY_WINDOW_S else None
         answer = asyncio.ensure_future(self._answer_pushed(call_id, reply))

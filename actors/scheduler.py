@@ -36,7 +36,7 @@ from kmpray.platforms import profile
 from kmpray.restore import RUN_IDS_PER_START
 from kmpray.shards import share
 from kmpray.store import SqliteTaskStore
-from kmpray.timing import CANCEL_ACK_TIMEOUT_S, STORE_FAILED_RESTART_S, STORE_FAILED_RETRY_S
+from kmpray.timing import STORE_FAILED_RESTART_S, STORE_FAILED_RETRY_S
 from kmpray.watch import FileWatcher
 
 from .adoption import adopt_held_runs
@@ -413,7 +413,7 @@ class SchedulerActor(
             raise self._store_write_failed(exc) from exc
         self._write_ms.append((time.perf_counter() - began) * 1000)
         if fx.cancel_runs:
-            self._cancel_acks = [a for a in self._cancel_acks if not a.done()]
+            self._cancel_acks = self._cancels_pending()
             sent = self.pool.cancel(fx.cancel_runs)
             self._cancel_acks += [asyncio.ensure_future(_answered(a)) for a in sent]
             for key in fx.cancel_runs:
@@ -456,15 +456,6 @@ class SchedulerActor(
             self._flush()
         await self._cancels_delivered()
         return n
-
-    async def _cancels_delivered(self) -> None:
-        """Until the executors have the cancels sent so far: a run queued on its executor
-        (or a chain step handed over with a cancelled run, one hop per step) could
-        otherwise begin after the cancel was answered. Bounded: an executor that is down
-        has nothing to begin."""
-        pending = [a for a in self._cancel_acks if not a.done()]
-        if pending:
-            await asyncio.wait(pending, timeout=CANCEL_ACK_TIMEOUT_S)
 
     async def wait(self, name: str, timeout_s: float | None, runs_before: int | None = None) -> dict[str, Any] | None:
         """Until the work under ``name`` is finished (a recurring task: a run after ``runs_before`` ends)."""

@@ -24,7 +24,7 @@ from kmpray.enums import ScheduleResult
 from kmpray.errors import StoreWriteFailed
 from kmpray.protocol import RETRY_MARK
 from kmpray.store import SqliteTaskStore
-from kmpray.timing import INTAKE_SLICE
+from kmpray.timing import CANCEL_ACK_TIMEOUT_S, INTAKE_SLICE
 from kmpray.validation import shown
 
 from .names import ORACLE, base_namespace, lookup
@@ -59,7 +59,6 @@ class SchedulerIntake:
     if TYPE_CHECKING:  # the actor's
         def _flush(self) -> None: ...
         def _kick(self) -> None: ...
-        async def _cancels_delivered(self) -> None: ...
 
     def _answered(self, token: str | None) -> tuple[str | None, Any]:
         """The call's token (without the retry mark) and, for a retry of a call already
@@ -290,13 +289,26 @@ class SchedulerIntake:
             # Runs cancelled on executors (a REPLACE of running or handed-over work): answered
             # once those executors have the cancels, as cancel() is, so the old work never
             # begins after the answer (it could, in the milliseconds before: session 53).
-            if any(not a.done() for a in self._cancel_acks):
+            if self._cancels_pending():
                 answering = asyncio.ensure_future(self._answer_after_cancels(due))
                 _ANSWERING.add(answering)  # held: the loop keeps only weak refs to tasks
                 answering.add_done_callback(_ANSWERING.discard)
             else:
                 due.set_result(None)
         self._kick()
+
+    async def _cancels_delivered(self) -> None:
+        """Until the executors have the cancels sent so far: a run queued on its executor
+        (or a chain step handed over with a cancelled run, one hop per step) could
+        otherwise begin after the cancel was answered. Bounded: an executor that is down
+        has nothing to begin."""
+        pending = self._cancels_pending()
+        if pending:
+            await asyncio.wait(pending, timeout=CANCEL_ACK_TIMEOUT_S)
+
+    def _cancels_pending(self) -> list[asyncio.Future[None]]:
+        """The cancels sent to executors (``_flush``) that they have not answered yet."""
+        return [a for a in self._cancel_acks if not a.done()]
 
     async def _answer_after_cancels(self, due: asyncio.Future[None]) -> None:
         try:

@@ -26,7 +26,7 @@ import itertools
 from typing import Any
 
 from kmpray.lane import SUBMIT, pack
-from kmpray.protocol import Fence, Run, RunKey, done_from_wire, run_to_wire
+from kmpray.protocol import Fence, Run, RunKey, run_to_wire
 
 from .lane import Conn
 
@@ -85,7 +85,8 @@ class SubmitLanes:
 
     @staticmethod
     def taken(conn: Conn, call_id: int, incarnation: str, done: list[Any]) -> None:
-        """The executor's answer to a pushed submit (msgpack's lists back into records)."""
+        """The executor's answer to a pushed submit, as a Ray submit answers: its results
+        as lists, which the awaiting side turns into records (``taken_from_wire``), once."""
         future = conn.waiting.pop(call_id, None)
         if future is not None and not future.done():
-            future.set_result((incarnation, [done_from_wire(d) for d in done]))
+            future.set_result((incarnation, done))

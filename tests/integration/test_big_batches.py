@@ -112,6 +112,33 @@ def test_a_batch_over_a_slice_is_committed_slice_by_slice_and_answered_whole_in_
     assert stored == [tuple(a) for a in answer]
 
 
+def test_a_commit_is_answered_only_once_the_executors_have_the_cancels_sent(tmp_path: Path) -> None:
+    """A commit that cancelled runs on executors (a REPLACE of handed-over work) answers
+    its callers once those executors have the cancels, as cancel() does: the old run
+    queued there must not begin after the answer (session 53's chaos failure)."""
+
+    async def main() -> tuple[list[str], list[Any]]:
+        host = Host(_store(tmp_path))
+        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done_ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done_ack.set_result(None)
+        host._cancel_acks = [done_ack, ack]  # one executor answered already, one has not
+        seen: list[str] = []
+        call = asyncio.ensure_future(host.enqueue_many(_items(3), token="call-c"))
+        await _first_commit(host)
+        for _ in range(50):  # loop turns: the commit is stored, its answer must wait
+            await asyncio.sleep(0)
+        seen.append(f"stored {host.commits}, answered {call.done()}")
+        ack.set_result(None)
+        answer = await asyncio.wait_for(call, 5)
+        seen.append(f"answered {call.done()}")
+        return seen, answer
+
+    seen, answer = asyncio.run(main())
+    assert seen == ["stored [3], answered False", "answered True"]
+    assert [result for result, _why in answer] == [OK, OK, OK]
+
+
 def test_a_retry_after_a_restart_applies_only_what_no_commit_stored(tmp_path: Path) -> None:
     """The first try's process died after its first slice's commit: a new scheduler on the
     same store gets the retry, answers that slice from the stored answer and takes in the
