@@ -31,7 +31,9 @@ def pack(d: dict[str, Any]) -> bytes:
     return msgpack.packb(d, use_bin_type=True)
 
 
-@pytest.mark.parametrize("event", EVENTS, ids=repr)
+# ids that never vary: a repr held the default timestamp (now), and pytest-xdist's
+# workers each collect the suite and must agree on every test's id
+@pytest.mark.parametrize("event", EVENTS, ids=[f"{e.kind}-{i}" for i, e in enumerate(EVENTS)])
 def test_a_row_the_engine_wrote_decodes_by_the_fast_path_to_pydantics_own_event(
     event: Any, monkeypatch: Any
 ) -> None:
