@@ -33,6 +33,7 @@ from kmpray.timing import (
     STORE_LOCK_WAIT_S,
     SUBSCRIBER_IDLE_SAVE_S,
     SUBSCRIBER_SAVE_S,
+    UNSUBSCRIBE_WAIT_S,
 )
 
 from .metrics import Metrics
@@ -226,11 +227,20 @@ class EventBroker:
             del self._pushing[sub_id]
             self._tell_oracle("drop_subscriber", sub_id)
 
-    def unsubscribe(self, sub_id: str) -> bool:
+    async def unsubscribe(self, sub_id: str) -> bool:
+        """Stop pushing to the subscription's actor: answered once the oracle has dropped
+        its copy, as ``subscribe_actor`` is answered once it holds one. Told and not
+        awaited (before session 54), the copy could outlive ``close()``, and a broker
+        restarted meanwhile took it back and pushed to the closed subscription again."""
         pushing = self._pushing.pop(sub_id, None)
-        self._tell_oracle("drop_subscriber", sub_id)
         if pushing is not None:
             pushing.task.cancel()
+        if (oracle := self._oracle()) is not None:
+            try:  # bounded below the client's own wait for this answer
+                await call_with_retry(lambda: oracle.drop_subscriber.remote(sub_id), UNSUBSCRIBE_WAIT_S)
+            except Exception as exc:  # an oracle down this long: its copy may come back once
+                log.warning("subscription %s: the oracle did not drop its copy (%s); a broker restart "
+                            "may push to it again", sub_id, type(exc).__name__)
         return pushing is not None
 
     async def _push(self, sub_id: str, actor: Any, after: int) -> None:

@@ -70,6 +70,9 @@ QUIET_SYNC_ROWS = 2_000
 #: restart pushes again): at most this while events flow, and this soon after they stop.
 SUBSCRIBER_SAVE_S = 1.0
 SUBSCRIBER_IDLE_SAVE_S = 0.2
+#: An actor subscription's close() is answered once the oracle dropped its copy, waiting
+#: this long at most for an oracle that restarts (well within the client's CALL_TIMEOUT_S).
+UNSUBSCRIBE_WAIT_S = 30.0
 #: Python's cyclic garbage collector, in the scheduler: everything alive is frozen (taken
 #: out of the collector's scans) every RECONCILE_S, so a full collection scans only what
 #: is new instead of every task in memory (66 ms pauses every few seconds at 30,000

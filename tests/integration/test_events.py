@@ -439,6 +439,59 @@ def test_an_actor_subscription_outlives_broker_and_oracle_restarts(engines: Any)
     assert ray.get(oracle.__ray_call__.remote(lambda self: dict(self._subscribers)), timeout=10) == {}
 
 
+DROP_LATE_S = 1.5
+
+
+def test_a_closed_actor_subscription_is_gone_from_the_oracle_when_close_returns(sengine: Any) -> None:
+    """``close()`` is answered once the oracle dropped its copy, as ``subscribe`` is once it
+    holds one. Told and not awaited (before session 54), the copy outlived close(): the
+    assertion above failed under load, and a broker restarted in between took the closed
+    subscription back and pushed to it again. Here the broker's word to the oracle is
+    1.5 s late."""
+    import ray
+
+    from .helpers import asked, restarted, until
+
+    def late_drops(self: Any) -> None:
+        """In the broker: its ``drop_subscriber`` calls reach the oracle DROP_LATE_S late."""
+        import asyncio
+
+        real = self._oracle()
+
+        class Late:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(real, name)
+
+            class drop_subscriber:  # (named as the actor method)
+                @staticmethod
+                def remote(sub_id: str) -> Any:
+                    async def later() -> Any:
+                        await asyncio.sleep(DROP_LATE_S)
+                        return await real.drop_subscriber.remote(sub_id)
+
+                    return asyncio.ensure_future(later())
+
+        self._oracle_handle = Late()
+
+    @ray.remote(num_cpus=0)
+    class Quiet:
+        def on_event(self, event: Any) -> None:
+            pass
+
+    ns = sengine.namespace
+    sub = sengine.events.subscribe(actor=Quiet.remote())
+    broker = ray.get_actor("kmpray.broker", namespace=ns)
+    oracle = ray.get_actor("kmpray.oracle", namespace=ns)
+    assert sub.id in asked(oracle, lambda self: dict(self._subscribers))  # held before subscribe returned
+    asked(broker, late_drops)
+    sub.close()
+    assert sub.id not in asked(oracle, lambda self: dict(self._subscribers))  # gone when close returns
+    # so a broker restarted now has nothing of it to take back and push to
+    restarted("kmpray.broker", ns)
+    until(lambda: asked(broker, lambda self: self._subscriptions_back.done()), what="the broker's take-back")
+    assert sub.id not in asked(broker, lambda self: dict(self._pushing))
+
+
 def test_emits_from_worker_code_reach_the_log_across_a_broker_kill(engines: Any) -> None:
     """``TaskEventBus.emit`` in worker code does not wait for the broker; a call in flight
     when the broker dies is sent again once it has restarted (Ray's retry of the actor
