@@ -152,7 +152,12 @@ def test_a_scheduler_kill_mid_run_shows_in_the_corrected_latency_only(engines: A
     # (4 calls in flight) clear before sending stops (at 6 s, 26 operations once went unsent)
     r = run_once(sched, sched.namespace, sched.state_dir, Profile("constant", (150.0,), 9.0), {"one-time": 1.0},
                  clients=1, max_in_flight=4, drain_s=60, live=False, nemesis=(2.0, kill))
-    assert r["operations"]["accepted"] == 1350 and r["operations"]["started"] == 1350, r["errors"]
+    # A restart slower than that (two busy test streams on two cores: 6 unsent) leaves
+    # sends still waiting when sending stops: the generator's count, not a loss; every
+    # operation sent was accepted and started.
+    unsent = r["errors"].get("unsent", 0)
+    assert r["operations"]["accepted"] + unsent == 1350 and unsent <= 135, r["errors"]
+    assert r["operations"]["started"] == r["operations"]["accepted"], r["errors"]
     corrected, uncorrected = r["latency_ms"]["one-time"]["corrected"], r["latency_ms"]["one-time"]["uncorrected"]
     assert corrected["max"] >= 1000, corrected  # the stall, seen by the operations due during it
     assert corrected["p95"] >= 200, corrected
