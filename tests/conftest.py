@@ -15,6 +15,15 @@ from tests.integration.helpers import in_turn
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--seed", default=None, help="replay one seed of tests/core/test_simulation.py")
+    parser.addoption("--worker-starts", action="store_true",
+                     help="count the Ray worker processes each test file starts (tests/worker_starts.py)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--worker-starts"):
+        from tests.worker_starts import WorkerStarts
+
+        config.pluginmanager.register(WorkerStarts(), "worker-starts")
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
