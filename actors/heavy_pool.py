@@ -148,31 +148,36 @@ class HeavyPool:
     def grow(self) -> None:
         """Heavy work waits: ask for every slot not yet asked for (one request each)."""
         for i, slot in enumerate(self.slots):
-            if slot.handle is not None:
-                continue
-            options: dict[str, Any] = {
-                "name": HEAVY.format(i),
-                "namespace": self.namespace,
-                "lifetime": "detached",
-                "get_if_exists": True,
-                "num_cpus": self.config.heavy_num_cpus,
-            }
-            resources = dict(self.config.heavy_resources)
-            if "GPU" in resources:  # Ray takes GPUs only as num_gpus (and then sets CUDA_VISIBLE_DEVICES)
-                options["num_gpus"] = resources.pop("GPU")
-            if resources:
-                options["resources"] = resources
-            try:
-                slot.handle = HeavyWorker.options(**options).remote(
-                    self.namespace, i, self.config.model_dump(), self.artifacts)
-            except Exception as exc:  # Ray refused the options: heavy runs wait, nothing else does
-                if self.refused is None:
-                    log.error("Ray refused to start a heavy worker (%s): heavy tasks wait", exc)
-                self.refused = f"Ray refused to start a heavy worker: {exc}"
-                return
-            self.refused = None
-            slot.ready = False
-            asyncio.ensure_future(self._await(i, slot.handle))
+            if slot.handle is None and not self._ask(i):
+                return  # Ray refused the options: it would refuse the others too
+
+    def _ask(self, i: int) -> bool:
+        """Ask Ray for slot ``i``'s actor (named: one that exists is found); False if Ray refused."""
+        slot = self.slots[i]
+        options: dict[str, Any] = {
+            "name": HEAVY.format(i),
+            "namespace": self.namespace,
+            "lifetime": "detached",
+            "get_if_exists": True,
+            "num_cpus": self.config.heavy_num_cpus,
+        }
+        resources = dict(self.config.heavy_resources)
+        if "GPU" in resources:  # Ray takes GPUs only as num_gpus (and then sets CUDA_VISIBLE_DEVICES)
+            options["num_gpus"] = resources.pop("GPU")
+        if resources:
+            options["resources"] = resources
+        try:
+            slot.handle = HeavyWorker.options(**options).remote(
+                self.namespace, i, self.config.model_dump(), self.artifacts)
+        except Exception as exc:  # Ray refused the options: heavy runs wait, nothing else does
+            if self.refused is None:
+                log.error("Ray refused to start a heavy worker (%s): heavy tasks wait", exc)
+            self.refused = f"Ray refused to start a heavy worker: {exc}"
+            return False
+        self.refused = None
+        slot.ready = False
+        asyncio.ensure_future(self._await(i, slot.handle))
+        return True
 
     async def _await(self, i: int, handle: Any, not_process: str | None = None) -> None:
         """Until the actor is placed and answers (however long that takes): then it may take
@@ -187,7 +192,9 @@ class HeavyPool:
                     break
             except ActorUnavailableError:
                 pass  # restarting: ask again
-            except Exception:
+            except Exception as exc:
+                if self.slots[i].handle is handle:
+                    await self._ask_again(i, handle, exc)
                 return  # killed (retired or replaced): its slot moved on
             await asyncio.sleep(HEAVY_RESTART_POLL_S)
         slot = self.slots[i]
@@ -196,6 +203,18 @@ class HeavyPool:
             slot.asked_at = None
             log.info("heavy worker %d placed on node %s", i, answer.node[:12])
             self.host._kick()
+
+    async def _ask_again(self, i: int, handle: Any, exc: Exception) -> None:
+        """Slot ``i``'s actor died before it was ever ready, and nothing moved the slot on:
+        the actor Ray handed back was one being stopped (asked for by name while the worker
+        it replaces was killed, which ``get_if_exists`` finds), or its creation failed. Left
+        so, the slot stayed pending for ever (reconcile leaves pending slots alone) and heavy
+        work ran on fewer workers than the pool has (a multi-node run, session 54)."""
+        log.warning("heavy worker %d ended before it was placed (%s): asked for again", i, type(exc).__name__)
+        await asyncio.sleep(HEAVY_RESTART_POLL_S)  # the dying actor's name is let go meanwhile
+        if self.slots[i].handle is handle:
+            self.slots[i] = HeavySlot()
+            self._ask(i)
 
     def found(self, i: int, handle: Any, answer: Holding | None) -> None:
         """A restarted scheduler found this slot's actor still there (its warm state kept)."""

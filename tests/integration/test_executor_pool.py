@@ -314,6 +314,48 @@ def test_a_heavy_worker_ending_itself_gives_back_the_run_it_never_began(
     asyncio.run(scenario())
 
 
+def test_a_heavy_worker_that_dies_before_it_is_ever_ready_is_asked_for_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """No Ray: a slot asked for by name while the worker it replaces is being stopped is
+    handed that dying actor (``get_if_exists``). It dies, and nothing had moved the slot on:
+    before session 54 the slot stayed pending for ever (a multi-node run: one heavy worker of
+    two on two heavy nodes for 60 s), as reconcile leaves pending slots alone."""
+    import ray
+
+    from kmpray.actors import heavy_pool
+    from kmpray.protocol import Ping
+
+    monkeypatch.setattr(heavy_pool, "HEAVY_RESTART_POLL_S", 0)
+
+    async def died() -> Any:
+        raise ray.exceptions.RayActorError()
+
+    dying = SimpleNamespace(ping=SimpleNamespace(remote=died))
+    fresh = SimpleNamespace(ping=SimpleNamespace(remote=lambda: _Answer(Ping("B", 0, "node", 0.0))))
+    handed = [dying, fresh]  # what Ray hands back for the name, in turn
+    asked: list[dict[str, Any]] = []
+
+    class Worker:
+        @staticmethod
+        def options(**options: Any) -> Any:
+            asked.append(options)
+            return SimpleNamespace(remote=lambda *args: handed.pop(0))
+
+    monkeypatch.setattr(heavy_pool, "HeavyWorker", Worker)
+    heavy, _core = _heavy_pool(1)
+
+    async def scenario() -> None:
+        heavy.grow()
+        for _ in range(20):
+            await asyncio.sleep(0)
+        slot = heavy.slots[0]
+        assert (slot.handle, slot.ready, slot.incarnation) == (fresh, True, "B")
+        assert [o["name"] for o in asked] == ["kmpray.heavy.0"] * 2
+        assert heavy.status()["pending"] == 0 and heavy.status()["placed"] == 1
+
+    asyncio.run(scenario())
+
+
 class _StandIn:
     """An actor as a pool sees it: one process at a time (``incarnation``); a submit waits
     in ``pending`` until the test answers it (by whichever process lives then) or fails it;
