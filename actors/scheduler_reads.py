@@ -12,6 +12,7 @@ from typing import Any
 
 import ray
 
+import kmpray
 from kmpray.clock import ManualClock, SystemClock
 from kmpray.engine import SchedulerCore
 from kmpray.enums import TaskState
@@ -59,10 +60,10 @@ class SchedulerReads:
         return self.config.scheduler_shards
 
     async def ready(self) -> dict[str, Any]:
-        """What a connecting client learns: describe(), and the config the engine runs with
-        (it tells the caller which of the fields it asked for differ)."""
+        """What a connecting client learns: describe(), and the config and kmpray version the
+        engine runs with (it tells the caller which of the fields it asked for differ)."""
         await self._ready
-        return {**self.describe(), "config": self.engine_config}
+        return {**self.describe(), "config": self.engine_config, "kmpray_version": kmpray.__version__}
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -476,6 +476,7 @@ def connect(
             stop_engine(namespace)
             raise cause from None
         raise
+    remote.check_engine_code(handles["scheduler"], described)  # other kmpray code: said clearly
     if described["virtual_time"] != virtual_time or asked_platform not in (None, described["platform"]):
         log.warning(
             "engine %r is already running with virtual_time=%s platform=%s; attaching to it as it is",

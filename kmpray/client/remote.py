@@ -24,6 +24,8 @@ from ..protocol import RETRY_MARK
 #: 2.54 and 2.56 the integration tests passed, 2.60 is the one the suite runs on.
 MIN_RAY = (2, 54)
 
+log = logging.getLogger("kmpray")
+
 
 def _ray() -> Any:
     import ray
@@ -115,6 +117,29 @@ def ray_gone(namespace: str | None = None) -> EngineUnavailable:
     engine = "its engine" if namespace is None else f"engine {namespace!r}"
     return EngineUnavailable(f"Ray was shut down in this process (ray.shutdown()), and this connection "
                              f"to {engine} with it: connect() again")
+
+
+def check_engine_code(handle: Any, described: dict[str, Any]) -> None:
+    """Refuse a scheduler handle whose actor class this client could not load, and warn of
+    another kmpray version. Ray loads the class of an actor another process created (``kmpray
+    start``, another client) from its pickle; when that fails here (the engine runs other
+    kmpray code: a name or module this client's lacks), Ray falls back to a stand-in whose
+    methods take keyword arguments only, and the first call failed deep in Ray with "too many
+    positional arguments" (a run of the suite in session 54, its driver's modules older than
+    the engine's)."""
+    from kmpray import __version__
+
+    engine = described.get("kmpray_version")
+    params = (getattr(handle, "_ray_method_signatures", None) or {}).get("register_workers")
+    if params is not None and not any(p.name == "items" for p in params):
+        raise EngineUnavailable(
+            f"this client could not load the engine's actor classes from Ray (it has a stand-in for "
+            f"a class it could not unpickle): the engine runs other kmpray code (engine: kmpray "
+            f"{engine or 'older than 0.1.0'}, here: kmpray {__version__}). Connect with the engine's "
+            "kmpray, or restart the engine with this one (`kmpray stop`, then connect)")
+    if engine != __version__:
+        log.warning("the engine runs kmpray %s, this client kmpray %s: connect with the same version",
+                    engine or "older than 0.1.0", __version__)
 
 
 def _unwrap(exc: BaseException) -> BaseException:

@@ -451,6 +451,10 @@ def test_connecting_to_a_running_engine_with_another_config_or_state_dir_says_so
                                config=EngineConfig(max_input_bytes=10_000, event_retention=50))
     said = [r.getMessage() for r in caplog.records if "already running" in r.getMessage()]
     assert len(said) == 2, said
+    # the same kmpray on both sides: the attaching client loaded the engine's actor classes
+    # (a handle found by name, the class unpickled here) and heard of no other version
+    assert not [r for r in caplog.records if "kmpray" in r.getMessage() and "version" in r.getMessage()]
+    assert "items" in [p.name for p in again._schedulers[0]._ray_method_signatures["register_workers"]]
     assert "its state in " + first.state_dir in said[0] and "elsewhere" in said[0]
     assert said[1].endswith("attaching to it as it is: max_input_bytes=10000 (running: 100)")
     assert other.enqueue("big", ONCE, "Echo", input="x" * 200) is ScheduleResult.REJECTED_INVALID_PARAMS
