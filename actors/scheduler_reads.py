@@ -63,7 +63,7 @@ class SchedulerReads:
         """What a connecting client learns: describe(), and the config and kmpray version the
         engine runs with (it tells the caller which of the fields it asked for differ)."""
         await self._ready
-        return {**self.describe(), "config": self.engine_config, "kmpray_version": kmpray.__version__}
+        return {**self.describe(), "config": self.engine_config, "engine_version": kmpray.__version__}
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -129,7 +129,7 @@ def check_engine_code(handle: Any, described: dict[str, Any]) -> None:
     the engine's)."""
     from kmpray import __version__
 
-    engine = described.get("kmpray_version")
+    engine = described.get("engine_version")
     params = (getattr(handle, "_ray_method_signatures", None) or {}).get("register_workers")
     if params is not None and not any(p.name == "items" for p in params):
         raise EngineUnavailable(

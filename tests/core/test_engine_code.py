@@ -30,7 +30,7 @@ def _handle(register_workers: list[inspect.Parameter] | None) -> Any:
 
 def test_a_handle_ray_could_not_load_the_class_of_is_refused_naming_both_versions() -> None:
     with pytest.raises(EngineUnavailable) as exc:
-        check_engine_code(_handle(STAND_IN), {"kmpray_version": "9.9.9"})
+        check_engine_code(_handle(STAND_IN), {"engine_version": "9.9.9"})
     assert "could not load the engine's actor classes" in str(exc.value)
     assert f"engine: kmpray 9.9.9, here: kmpray {__version__}" in str(exc.value)
     with pytest.raises(EngineUnavailable, match=r"engine: kmpray older than 0\.1\.0"):
@@ -39,9 +39,9 @@ def test_a_handle_ray_could_not_load_the_class_of_is_refused_naming_both_version
 
 def test_the_same_code_passes_in_silence_and_another_version_is_warned_of(caplog: Any) -> None:
     with caplog.at_level(logging.WARNING, logger="kmpray"):
-        check_engine_code(_handle(LOADED), {"kmpray_version": __version__})
-        check_engine_code(SimpleNamespace(), {"kmpray_version": __version__})  # no signatures kept: no check
+        check_engine_code(_handle(LOADED), {"engine_version": __version__})
+        check_engine_code(SimpleNamespace(), {"engine_version": __version__})  # no signatures kept: no check
         assert caplog.records == []
-        check_engine_code(_handle(LOADED), {"kmpray_version": "0.0.9"})
+        check_engine_code(_handle(LOADED), {"engine_version": "0.0.9"})
     assert [r.getMessage() for r in caplog.records] == [
         f"the engine runs kmpray 0.0.9, this client kmpray {__version__}: connect with the same version"]
