@@ -195,7 +195,7 @@ class HeavyPool:
             except Exception as exc:
                 if self.slots[i].handle is handle:
                     await self._ask_again(i, handle, exc)
-                return  # killed (retired or replaced): its slot moved on
+                return  # retired or replaced (its slot moved on), or asked for again just now
             await asyncio.sleep(HEAVY_RESTART_POLL_S)
         slot = self.slots[i]
         if slot.handle is handle and not slot.ready:

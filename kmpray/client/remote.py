@@ -129,17 +129,19 @@ def check_engine_code(handle: Any, described: dict[str, Any]) -> None:
     the engine's)."""
     from kmpray import __version__
 
-    engine = described.get("engine_version")
+    version = described.get("engine_version")
+    # (an engine that does not say runs code from before engines said it: other code than this)
+    engine = f"kmpray {version}" if version else "kmpray code from before engines said their version"
     params = (getattr(handle, "_ray_method_signatures", None) or {}).get("register_workers")
     if params is not None and not any(p.name == "items" for p in params):
         raise EngineUnavailable(
             f"this client could not load the engine's actor classes from Ray (it has a stand-in for "
-            f"a class it could not unpickle): the engine runs other kmpray code (engine: kmpray "
-            f"{engine or 'older than 0.1.0'}, here: kmpray {__version__}). Connect with the engine's "
-            "kmpray, or restart the engine with this one (`kmpray stop`, then connect)")
-    if engine != __version__:
-        log.warning("the engine runs kmpray %s, this client kmpray %s: connect with the same version",
-                    engine or "older than 0.1.0", __version__)
+            f"a class it could not unpickle): the engine runs other kmpray code (engine: {engine}, "
+            f"here: kmpray {__version__}). Connect with the engine's kmpray, or restart the engine "
+            "with this one (`kmpray stop`, then connect)")
+    if version != __version__:
+        log.warning("the engine runs %s, this client kmpray %s: connect with the same version",
+                    engine, __version__)
 
 
 def _unwrap(exc: BaseException) -> BaseException:
