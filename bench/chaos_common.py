@@ -96,13 +96,13 @@ def enqueue_chain(sched: Any, j: int, payload: str) -> list[str]:
     return [a.id, b.id, c.id] if result is kmpray.ScheduleResult.SUCCESS else []
 
 
-
 def _late(name: str, at: float, replaced: bool, starts: dict[str, list[float]],
           finishes: dict[str, list[float]]) -> dict[str, Any]:
     """How ``name``'s call ended (at ``at``) and its old work's starts and finishes after it."""
     return {"id": name, "how": "replace" if replaced else "cancel", "ended_at": round(at, 3),
             "starts_after_s": [round(t - at, 3) for t in starts.get(name, []) if t > at],
             "finishes_after_s": [round(t - at, 3) for t in finishes.get(name, []) if t > at]}
+
 
 class Cancels:
     """Cancels and REPLACEs under the nemesis (Jepsen's acknowledged operations): after each
