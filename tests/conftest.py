@@ -64,14 +64,19 @@ def ray_session() -> Iterator[Any]:
 class EngineFactory:
     """Connect engines in fresh namespaces; every one is shut down at teardown."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, lean: bool = False) -> None:
         self.tmp_path = tmp_path
+        self.lean = lean
         self.made: list[Any] = []
 
     def __call__(self, namespace: str | None = None, state_dir: Path | None = None, **kw: Any) -> Any:
         import kmpray
 
         ns = namespace or f"t-{uuid.uuid4().hex[:10]}"
+        if self.lean:
+            config = kw.get("config") or kmpray.EngineConfig()
+            if "executors" not in config.model_fields_set:  # one light executor, not one per CPU
+                kw["config"] = config.model_copy(update={"executors": 1})
         shards = int(os.environ.get("KMPRAY_TEST_SHARDS", "0"))
         if shards:  # the suite against a sharded engine: KMPRAY_TEST_SHARDS=2 pytest tests/integration
             config = kw.get("config") or kmpray.EngineConfig()
@@ -102,7 +107,11 @@ class EngineFactory:
 
 @pytest.fixture
 def engines(ray_session: Any, tmp_path: Path) -> Iterator[EngineFactory]:
-    factory = EngineFactory(tmp_path)
+    """Engines for one test. Each starts one light executor unless its config names
+    ``executors``: four processes, not five, to start (each ~0.5 s of CPU here; the suite
+    started ~150 such engines in session 54). The module-shared engines below keep the
+    default, one executor per CPU, so that path stays under test."""
+    factory = EngineFactory(tmp_path, lean=True)
     yield factory
     factory.close()
 

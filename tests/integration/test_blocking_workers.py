@@ -25,7 +25,7 @@ def _ledger(path: Path) -> list[tuple[str, str]]:
 
 @pytest.fixture
 def engine(engines: Any) -> Any:
-    sched = engines()  # real time, the default two executors (one per CPU)
+    sched = engines(config=EngineConfig(executors=0))  # real time, the default: one executor per CPU (two)
     register_all(sched)
     assert sched.status()["executors"] == 2
     return sched
