@@ -20,7 +20,6 @@ from ..chain import TaskChain
 from ..clock import deadline_after
 from ..config import EngineConfig, differences
 from ..constraints import Constraints
-from ..device import DEVICE_FIELDS, DeviceState
 from ..enums import ScheduleResult, TaskState
 from ..errors import EngineUnavailable, InvalidParameters, StoreRefused
 from ..events import DEFAULT_NAMESPACE, TaskEventBus
@@ -35,6 +34,7 @@ from ..validation import check_uri
 from ..worker import LOCAL_WORKERS, check_worker_class
 from . import live, outputs, remote
 from .coalesce import AsyncCoalescer, Coalescer
+from .devices import Devices
 from .lane import Lane, LaneDown
 from .payloads import item, items
 from .remote import _await, _node_id, _ray, _ray_init, _tokens, _unwrap
@@ -45,7 +45,7 @@ from .waiting import TaskNotFound, Waiting
 log = logging.getLogger("kmpray")
 
 
-class BackgroundTaskScheduler(Waiting, Routing):
+class BackgroundTaskScheduler(Waiting, Routing, Devices):
     """The facade over one namespace's engine. Thread-safe; every call is bounded."""
 
     def __init__(self, namespace: str, handles: dict[str, Any], described: dict[str, Any]) -> None:
@@ -355,35 +355,6 @@ class BackgroundTaskScheduler(Waiting, Routing):
     def now_ms(self) -> int:
         """The engine's clock (virtual or real), epoch milliseconds."""
         return int(self._call("now_ms"))
-
-    def set_device_state(self, node_id: str | None = None, **state: Any) -> dict[str, DeviceState]:
-        """Override probed device state on one node (None: every node), e.g.
-        ``set_device_state(charging=False, battery_level=10)``. Returns the nodes' new states
-        once the scheduler has applied them. Unknown nodes or fields raise ValueError."""
-        if known := {k: v for k, v in state.items() if k in DEVICE_FIELDS}:
-            DeviceState(**known)  # a bad value raises here, naming it (each field has a default)
-        raw = self._ask_oracle("set_device_state", node_id, state)
-        return {n: DeviceState.model_validate(s) for n, s in raw.items()}
-
-    def device_states(self) -> dict[str, DeviceState]:
-        """Every node's current device state (probes plus overrides)."""
-        return {n: DeviceState.model_validate(s) for n, s in self._ask_oracle("states").items()}
-
-    def clear_device_overrides(self) -> None:
-        """Back to what the probes say."""
-        self._ask_oracle("clear_overrides")
-
-    def _ask_oracle(self, method: str, *args: Any) -> Any:
-        """Asked again while the oracle restarts (each of these calls is idempotent)."""
-        from kmpray.actors.retry import call_with_retry_sync
-
-        self._check_open()
-        ray = _ray()
-        try:
-            return call_with_retry_sync(lambda: ray.get(getattr(self._oracle, method).remote(*args),
-                                                        timeout=CALL_TIMEOUT_S), CALL_TIMEOUT_S)
-        except ray.exceptions.RayTaskError as exc:
-            raise _unwrap(exc) from None
 
     def notify_content_change(self, uri: str) -> int:
         """A content change for ContentUri triggers; returns how many tasks it fired. A URI
