@@ -73,18 +73,18 @@ class EngineFactory:
         import kmpray
 
         ns = namespace or f"t-{uuid.uuid4().hex[:10]}"
-        if self.lean:
-            config = kw.get("config") or kmpray.EngineConfig()
-            if "executors" not in config.model_fields_set:  # one light executor, not one per CPU
-                kw["config"] = config.model_copy(update={"executors": 1})
-        shards = int(os.environ.get("KMPRAY_TEST_SHARDS", "0"))
-        if shards:  # the suite against a sharded engine: KMPRAY_TEST_SHARDS=2 pytest tests/integration
-            config = kw.get("config") or kmpray.EngineConfig()
-            kw["config"] = config.model_copy(update={"scheduler_shards": shards})
-        cold_ms = os.environ.get("KMPRAY_TEST_FINISHED_IN_MEMORY_MS")
-        if cold_ms is not None:  # finished rows out of memory at once: KMPRAY_TEST_FINISHED_IN_MEMORY_MS=0
-            config = kw.get("config") or kmpray.EngineConfig()
-            kw["config"] = config.model_copy(update={"finished_in_memory_ms": int(cold_ms)})
+        config = kw.get("config") or kmpray.EngineConfig()
+        update: dict[str, Any] = {}
+        if self.lean and "executors" not in config.model_fields_set:  # one light executor, not one per CPU
+            update["executors"] = 1
+        if shards := int(os.environ.get("KMPRAY_TEST_SHARDS", "0")):
+            # the suite against a sharded engine: KMPRAY_TEST_SHARDS=2 pytest tests/integration
+            update["scheduler_shards"] = shards
+        if (cold_ms := os.environ.get("KMPRAY_TEST_FINISHED_IN_MEMORY_MS")) is not None:
+            # finished rows out of memory at once: KMPRAY_TEST_FINISHED_IN_MEMORY_MS=0
+            update["finished_in_memory_ms"] = int(cold_ms)
+        if update:
+            kw["config"] = config.model_copy(update=update)
         sched = kmpray.connect(namespace=ns, state_dir=str(state_dir or self.tmp_path / ns), **kw)
         self.made.append(sched)
         return sched
@@ -109,8 +109,8 @@ class EngineFactory:
 def engines(ray_session: Any, tmp_path: Path) -> Iterator[EngineFactory]:
     """Engines for one test. Each starts one light executor unless its config names
     ``executors``: four processes, not five, to start (each ~0.5 s of CPU here; the suite
-    started ~150 such engines in session 54). The module-shared engines below keep the
-    default, one executor per CPU, so that path stays under test."""
+    started 708 worker processes in session 55 against 767 before). The module-shared
+    engines below keep the default, one executor per CPU, so that path stays under test."""
     factory = EngineFactory(tmp_path, lean=True)
     yield factory
     factory.close()
