@@ -12,6 +12,7 @@ from .device import DeviceState, in_trigger_state, is_gated, satisfies, transiti
 from .enums import TaskState
 from .records import TaskRecord
 from .triggers import DEVICE_TRIGGER_KINDS, ContentUri, uri_matches
+from .watch import MTIME_SLACK_MS
 
 if TYPE_CHECKING:
     from .core_protocol import Core
@@ -147,7 +148,8 @@ class Conditions:
     def fire(self: Core, kind: str, uri: str | None = None, at_ms: int | None = None) -> int:
         """A device-state transition or content change: queue each armed task once.
         ``at_ms``: when the change happened (a watched file's modification time), if known
-        on this clock: a task armed after it (its row changed since) is not set off."""
+        on this clock: a task armed after it (its row changed since; by more than the
+        MTIME_SLACK_MS a coarse file time may read early, watch.py) is not set off."""
         now = self.clock.now_ms()
         n = 0
         for key in list(self._armed.get(kind, ())):
@@ -159,7 +161,7 @@ class Conditions:
                 uri is None or not uri_matches(trig.uri_string, uri, trig.trigger_for_descendants)
             ):
                 continue
-            if at_ms is not None and rec.updated_at_ms > at_ms:
+            if at_ms is not None and rec.updated_at_ms > at_ms + MTIME_SLACK_MS:
                 continue  # armed (or began its run) after the change: not one for it
             n += 1
             if rec.state is TaskState.RUNNING:

@@ -19,6 +19,16 @@ from urllib.parse import unquote, urlsplit
 log = logging.getLogger("kmpray.watch")
 
 MAX_ENTRIES = 10_000  # files and directories looked at per watched path and poll
+#: How much older than the instant it was written a file's modification time may read.
+#: Linux before 6.13 stamps files from its coarse clock, the last timer tick: up to 4 ms
+#: behind the real time at HZ=250, 10 ms at HZ=100 (6.13 and later stamp a file whose time
+#: was read since its last change finely; this machine's ext4 and tmpfs, on 6.18, never
+#: read behind in 20,000 writes). A file written 3 ms after ``enqueue`` returned could read
+#: as modified before the task was armed, and the first look took it for the baseline: the
+#: trigger never fired. A change inside this slack before an arming counts (one run too
+#: many at worst), rather than one after it being missed. Coarser filesystems (FAT's 2 s,
+#: a network server's own clock) are beyond it: see the README's ContentUri notes.
+MTIME_SLACK_MS = 20
 
 
 def file_path(uri: str) -> Path | None:
@@ -75,10 +85,11 @@ class FileWatcher:
     def changes(self, uris: Collection[str] | Mapping[str, int | None]) -> list[tuple[str, int | None]]:
         """The file URIs changed since the last poll, below each watched URI. ``uris`` may
         map each to a ``since`` instant (epoch ms): at the first look at one, which is
-        otherwise only a baseline, a file modified at or after it counts as changed, so a
-        change between a trigger's arming and that look is not taken for the baseline
-        (a write right after ``enqueue``, or while the scheduler was down: until session 50
-        both were missed). A deletion before the first look is not seen. Each comes with
+        otherwise only a baseline, a file modified at or after it (less MTIME_SLACK_MS: a
+        coarse clock stamps a file up to a tick early) counts as changed, so a change
+        between a trigger's arming and that look is not taken for the baseline (a write
+        right after ``enqueue``, or while the scheduler was down: until session 50 both were
+        missed). A deletion before the first look is not seen. Each comes with
         when it happened as far as that look can tell, its modification time in epoch ms;
         a change a later look sees comes with None: it happened since the look before,
         whatever its file's time says (``rsync -a`` or ``cp -p`` keep an older one)."""
@@ -97,7 +108,7 @@ class FileWatcher:
             self._last[uri] = now
             if before is None:  # first look: a baseline, and what was modified since the arming
                 if (since := since_of[uri]) is not None:
-                    floor = since * 1_000_000
+                    floor = (since - MTIME_SLACK_MS) * 1_000_000
                     changed += [(Path(p).as_uri(), mtime_ns // 1_000_000)
                                 for p, (mtime_ns, _size) in now.items() if mtime_ns >= floor]
                 continue
