@@ -64,7 +64,7 @@ def test_no_folder_or_unpackable_values_spool_nothing(tmp_path: Path) -> None:
 
 
 def test_a_heavy_worker_found_dead_has_its_spooled_result_applied_not_its_run_lost(tmp_path: Path) -> None:
-    """The pool's side, with stand-ins (tests/integration/test_executor_pool.py's): process
+    """The pool's side, with stand-ins (tests/integration/pool_standins.py): process
     B took run ("h", 1), spooled its result and died (the reconcile finds C answering). The
     spooled result is heard like a report before the run would be re-queued, so it is not
     lost (run again); with nothing spooled, it is, as before."""
@@ -76,10 +76,10 @@ def test_a_heavy_worker_found_dead_has_its_spooled_result_applied_not_its_run_lo
 
     from kmpray.config import EngineConfig
 
-    from .test_executor_pool import _Core, _HeavyHandle
+    from .pool_standins import Core, HeavyHandle
 
     def scenario(spooled: bool) -> tuple[list[tuple[str, int, bool]], list[tuple[str, int]]]:
-        core, heard = _Core(), []
+        core, heard = Core(), []
 
         async def hear(done: list[Done], *_rest: object) -> None:
             heard.extend((d.key, d.run_id) for d in done)
@@ -91,7 +91,7 @@ def test_a_heavy_worker_found_dead_has_its_spooled_result_applied_not_its_run_lo
         home = tmp_path / ("with" if spooled else "without")
         heavy = HeavyPool(host, "ns", EngineConfig(heavy_pool_size=1), BlockedLoops(),  # type: ignore[arg-type]
                           (str(home / "artifacts"), "A"))
-        handle = _HeavyHandle("B")
+        handle = HeavyHandle("B")
         slot = heavy.slots[0]
         slot.handle, slot.incarnation, slot.ready = handle, "B", True
         slot.run, slot.taker = ("h", 1), "B"
