@@ -1,16 +1,15 @@
-"""The single-task API on a real Ray: every trigger, retries, timeouts, cancel, unique work."""
+"""The single-task API on a real Ray: every trigger, retries, timeouts, cancel, unique work,
+bad input, virtual time, waits. Worker code gone wrong is in test_worker_code.py, the light
+executors' own behaviour in test_executors.py."""
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from kmpray.actors import bootstrap
 
 import kmpray
 from kmpray import (
@@ -26,9 +25,8 @@ from kmpray import (
     WorkerResult,
 )
 
-from . import workers
-from .helpers import ONE_SHARD, began, blocks_input, one_name_from_many_threads, until
-from .workers import count_runs, register_all
+from .helpers import began, blocks_input, one_name_from_many_threads, until
+from .workers import register_all
 
 pytestmark = pytest.mark.ray
 ONCE = TaskTrigger.OneTime()
@@ -133,40 +131,6 @@ def test_cancel_a_running_task(svengine: Any, tmp_path: Path) -> None:
     assert svengine.cancel("c") == 1
     info = svengine.wait("c", timeout_s=10)
     assert info.state is TaskState.CANCELLED and info.result is None
-
-
-@ONE_SHARD  # it reaches into shard 0's executor
-def test_an_executor_forgets_a_cancel_once_the_run_ended_and_keeps_marks_for_absent_runs_bounded(
-    engines: Any, tmp_path: Path
-) -> None:
-    """A cancelled run's mark leaves with the run (it was kept for the executor's whole
-    life: one entry per cancelled run, a leak under REPLACE churn); marks for runs that
-    are not there (a Ray cancel overtaking the lane's submit, a handed chain task) are
-    honoured when the run comes and kept for the latest EARLY_CANCELS only."""
-    import ray
-    from kmpray.actors.executor_cancel import EARLY_CANCELS
-
-    sched = engines(config=EngineConfig(executors=1))
-    register_all(sched)
-    executor = ray.get_actor("kmpray.executor.0", namespace=sched.namespace)
-
-    def peek(fn: Any) -> Any:
-        return ray.get(executor.__ray_call__.remote(fn), timeout=30)
-
-    for name in ("c1", "c2"):
-        inp, started, _release = blocks_input(tmp_path, name)
-        sched.enqueue(name, ONCE, "Blocks", input=inp)
-        until(began(started), what=f"{name} started")
-        assert sched.cancel(name) == 1
-        assert sched.wait(name, timeout_s=10).state is TaskState.CANCELLED
-    until(lambda: peek(lambda self: not self._tasks), timeout_s=10, what="the cancelled runs ended")
-    assert peek(lambda self: (len(self._cancelled), len(self._cancelled_early))) == (0, 0)
-    # Cancels for runs that never come: at most EARLY_CANCELS marks stay, the latest.
-    ray.get(executor.cancel.remote([(f"ghost{i}", 1) for i in range(EARLY_CANCELS + 5)]), timeout=30)
-    kept, early, latest, oldest = peek(lambda self: (
-        len(self._cancelled), len(self._cancelled_early),
-        (f"ghost{EARLY_CANCELS + 4}", 1) in self._cancelled, ("ghost0", 1) in self._cancelled))
-    assert (kept, early, latest, oldest) == (EARLY_CANCELS, EARLY_CANCELS, True, False)
 
 
 def test_concurrent_enqueues_of_one_id_never_both_run(sengine: Any, tmp_path: Path) -> None:
@@ -274,119 +238,6 @@ def test_enqueue_many_refuses_a_malformed_item_before_sending_any(svengine: Any)
         ScheduleResult.SUCCESS, ScheduleResult.SUCCESS]
 
 
-def test_worker_that_cannot_be_constructed_fails_at_once(svengine: Any) -> None:
-    svengine.enqueue("b", ONCE, "BrokenInit")
-    info = svengine.wait("b", timeout_s=30)
-    assert info.state is TaskState.FAILED and info.run_attempt_count == 1
-    assert "could not be constructed" in info.result.message and "no config" in info.result.message
-
-
-def test_a_class_that_does_not_load_on_the_executor_fails_at_once(svengine: Any) -> None:
-    """Its code uses a module only the driver has (a notebook's helper module): unpickling
-    it on the executor raises ModuleNotFoundError. A failed attempt, not retried; never a
-    run left unreported (RUNNING for good)."""
-    import importlib.machinery
-    import sys
-    import types
-
-    helper = types.ModuleType("kmpray_driver_only_helper")
-    helper.__file__ = "/nonexistent/kmpray_driver_only_helper.py"
-    helper.__spec__ = importlib.machinery.ModuleSpec(helper.__name__, None, origin=helper.__file__)
-    sys.modules[helper.__name__] = helper  # pickled by reference: imported by name where it loads
-    try:
-        class UsesDriverModule(kmpray.CommonWorker):
-            def do_work(self, input: str | None) -> bool:  # noqa: A002
-                return bool(helper)
-
-        svengine.register_worker("UsesDriverModule", UsesDriverModule)
-    finally:
-        del sys.modules[helper.__name__]
-    svengine.enqueue("driver-only", ONCE, "UsesDriverModule", constraints=Constraints(max_retries=3))
-    info = svengine.wait("driver-only", timeout_s=30)
-    assert info.state is TaskState.FAILED and info.run_attempt_count == 1, info
-    assert info.result.message == (
-        "worker 'UsesDriverModule' could not be constructed: ModuleNotFoundError: No module named "
-        "'kmpray_driver_only_helper' (not importable where the worker runs: install "
-        "'kmpray_driver_only_helper' on every node, or ship it with ray.init(runtime_env={'py_modules': "
-        "[...]}))")  # the hint: session 42
-
-
-def test_sys_exit_in_a_worker_is_a_failed_attempt_not_a_stuck_task(svengine: Any) -> None:
-    """sys.exit() passes `except Exception`, and asyncio hands SystemExit to the event loop:
-    the run went unreported and its task stayed RUNNING for good (so did a CancelledError
-    the worker raised itself, taken for the engine's cancel, and GeneratorExit)."""
-    once = Constraints(max_retries=0)
-    svengine.enqueue("x-sync", ONCE, "Exits", input="sync:3", constraints=once)
-    svengine.enqueue("x-async", ONCE, "Exits", input="async:4", constraints=once)
-    # a timeout wraps the run in its own asyncio task (wait_for): the path where the
-    # loop itself would have been handed the SystemExit
-    timed = Constraints(max_retries=0, timeout_ms=30_000)
-    svengine.enqueue("x-timed", ONCE, "Exits", input="async:5", constraints=timed)
-    svengine.enqueue("x-init", ONCE, "ExitsInInit")
-    retried_once = Constraints(max_retries=1, backoff_delay_ms=10_000)
-    svengine.enqueue("x-retried", ONCE, "Exits", input="sync:6", constraints=retried_once)
-    for id_, code in [("x-sync", "3"), ("x-async", "4"), ("x-timed", "5")]:
-        info = svengine.wait(id_, timeout_s=30)
-        assert info.state is TaskState.FAILED and info.result.message.endswith(f"SystemExit: {code}"), info
-    init = svengine.wait("x-init", timeout_s=30)
-    assert init.state is TaskState.FAILED and "could not be constructed: SystemExit: no config" in init.result.message
-    for kind, said in [("cancelled", "CancelledError: raised in"), ("generator-exit", "GeneratorExit")]:
-        svengine.enqueue(f"x-{kind}", ONCE, "Exits", input=kind, constraints=once)  # the worker's own
-        info = svengine.wait(f"x-{kind}", timeout_s=30)
-        assert info.state is TaskState.FAILED and said in info.result.message, info
-    svengine.enqueue("x-cancels-init", ONCE, "CancelsInInit")
-    cancels = svengine.wait("x-cancels-init", timeout_s=30)
-    assert cancels.state is TaskState.FAILED and "constructed: CancelledError" in cancels.result.message
-    until(lambda: svengine.get_task_info("x-retried").run_attempt_count == 1
-          and svengine.get_task_info("x-retried").state is TaskState.ENQUEUED, what="a retry scheduled")
-    svengine.advance_time(20_000)  # retried like any exception, then given up
-    retried = svengine.wait("x-retried", timeout_s=30)
-    assert retried.state is TaskState.FAILED and retried.run_attempt_count == 2
-    assert svengine.enqueue("after", ONCE, "Echo") is ScheduleResult.SUCCESS  # the executors live on
-    assert svengine.wait("after", timeout_s=30).state is TaskState.SUCCEEDED
-
-
-def test_a_huge_exception_text_is_clipped_in_the_result(svengine: Any) -> None:
-    from kmpray.results import MAX_MESSAGE_CHARS
-
-    svengine.enqueue("loud", ONCE, "Raises", input="y" * 50_000, constraints=Constraints(max_retries=0))
-    message = svengine.wait("loud", timeout_s=30).result.message
-    assert message.startswith("gave up after 1 attempt: RuntimeError: kaboom yyy")
-    assert message.endswith(f"... ({50_000 + len('RuntimeError: kaboom ') - MAX_MESSAGE_CHARS} more characters)")
-
-
-def test_deeply_nested_data_fails_its_step_instead_of_killing_the_scheduler(svengine: Any) -> None:
-    """Ray serialises an async actor's return value on a small fiber stack: answering a
-    wait() with a result nested 600 deep crashed the scheduler (SIGSEGV), again at each
-    restart as the client asked again."""
-    svengine.enqueue("nest-ok", ONCE, "Nests", input="100")  # the limit itself
-    svengine.enqueue("nest-deep", ONCE, "Nests", input="600")
-    ok = svengine.wait("nest-ok", timeout_s=30)
-    assert ok.state is TaskState.SUCCEEDED and "n" in ok.result.data
-    deep = svengine.wait("nest-deep", timeout_s=30)
-    assert deep.state is TaskState.FAILED and deep.run_attempt_count == 1
-    assert deep.result.message == (
-        "Success.data: dicts and lists nested deeper than 100 levels (the engine's messages cannot carry more)")
-    nested: dict[str, Any] = {}
-    inner = nested
-    for _ in range(600):
-        inner["n"] = {}
-        inner = inner["n"]
-    with pytest.raises(kmpray.InvalidParameters, match="output_data: dicts and lists nested deeper"):
-        svengine.events.emit(kmpray.TaskCompletionEvent("Nests", True, output_data=nested))
-    svengine.enqueue("nest-emit", ONCE, "Nests", input="emit:600", constraints=Constraints(max_retries=0))
-    emitted = svengine.wait("nest-emit", timeout_s=30)  # from worker code: the executor's bus refuses it too
-    assert emitted.state is TaskState.FAILED
-    assert "InvalidParameters: output_data: dicts and lists nested deeper than 100" in emitted.result.message
-    assert svengine.status()["counts"]["FAILED"] >= 1  # the scheduler answers as ever
-
-
-def test_output_that_cannot_be_stored_fails_clearly(svengine: Any) -> None:
-    svengine.enqueue("h", ONCE, "HugeOutput")
-    info = svengine.wait("h", timeout_s=30)
-    assert info.state is TaskState.FAILED and "not msgpack-serializable" in info.result.message
-
-
 def test_admission_control_answers_os_policy(engines: Any) -> None:
     sched = engines(virtual_time=True, config=EngineConfig(max_pending_tasks=1))
     register_all(sched)
@@ -492,34 +343,6 @@ def test_wait_bounds(svengine: Any) -> None:
         svengine.wait(["wd", "wb"], timeout_s=0)
 
 
-def test_sync_runs_use_the_executors_concurrency_and_a_slow_class_load_blocks_no_loop(
-    sengine: Any, tmp_path: Path
-) -> None:
-    # (The module's shared engine: two executors, one per CPU, as test_blocking_workers's;
-    # per shard, under KMPRAY_TEST_SHARDS=2.) 30 sync runs that each wait until all 30
-    # began: on 2 (or 4) executors they meet only if one runs more than asyncio's default
-    # 6 threads (min(32, CPUs + 4)) of sync do_work at once (executor_concurrency is 64):
-    # some executor holds at least 8 of them. Meanwhile a class that takes 0.5 s to
-    # unpickle has its first run on each executor: loaded in a thread, it blocks no loop.
-    ledger = tmp_path / "ledger"
-    assert sengine.status()["executors"] == 2 * sengine.shards
-    ids = [f"g{i}" for i in range(30)]
-    sengine.enqueue_many([kmpray.TaskRequest("SyncGather", json.dumps({"ledger": str(ledger), "n": 30}), id=i) for i in ids]
-                        + [kmpray.TaskRequest("SlowToLoad", id=f"slow{i}") for i in range(4)])
-    infos = [sengine.wait(i, timeout_s=60) for i in ids]
-    assert [(i.state, i.result.data) for i in infos] == [(TaskState.SUCCEEDED, {"met": True})] * 30
-    slow = [sengine.wait(f"slow{i}", timeout_s=30) for i in range(4)]
-    assert [(i.state, i.result.data) for i in slow] == [(TaskState.SUCCEEDED, {"table": "loaded"})] * 4
-    # A block is reported by the executor's watch thread once its loop runs again, a few
-    # ms after the run ended (the old code: {"SlowToLoad": 3} here, 0.5-1.0 s each).
-    # Absence has no event to await: watched for a bounded 1.5 s.
-    deadline = time.monotonic() + 1.5
-    while time.monotonic() < deadline:
-        assert "SlowToLoad" not in sengine.status()["loop_blocks"]
-        time.sleep(0.1)
-    assert count_runs(str(ledger)) == 30  # each once
-
-
 def test_wait_on_many_ids(svengine: Any) -> None:
     # wait([...]) asks about the tasks in one call per shard and round (two calls per id
     # took 80 s for 20,000 finished tasks): each comes back in order, a chain and a
@@ -555,202 +378,3 @@ def test_async_twins(svengine: Any) -> None:
     r, info, cancelled, y, rest = asyncio.run(asyncio.wait_for(flow(), 60))
     assert r is ScheduleResult.SUCCESS and info.result.data["input"] == "async"
     assert cancelled == 1 and y.state is TaskState.CANCELLED and rest == 0
-
-
-def test_executor_concurrency_bounds_runs_in_flight(engines: Any, tmp_path: Path) -> None:
-    sched = engines(config=EngineConfig(executors=1, executor_concurrency=1))
-    register_all(sched)
-    ins = [blocks_input(tmp_path, f"b{i}") for i in range(3)]
-    for i, (inp, _started, _release) in enumerate(ins):
-        sched.enqueue(f"b{i}", ONCE, "Blocks", input=inp)
-    # RUNNING is recorded when the executor starts the run, a moment before do_work writes its file
-    until(lambda: sched.get_task_info("b0").state is TaskState.RUNNING and ins[0][1].exists(), what="first run")
-    assert [s.exists() for _, s, _ in ins] == [True, False, False]
-    # All three were handed to the executor; two wait for its one slot: shown ENQUEUED.
-    assert sched.status()["inflight_by_node"] and sum(sched.status()["inflight_by_node"].values()) == 3
-    assert [sched.get_task_info(f"b{i}").state for i in range(3)] == [TaskState.RUNNING] + [TaskState.ENQUEUED] * 2
-    ins[0][2].touch()
-    until(ins[1][1].exists, what="second run",
-          explain=lambda: (sched.status(), [sched.explain(f"b{i}") for i in range(3)]))
-    assert not ins[2][1].exists()
-    ins[1][2].touch()
-    ins[2][2].touch()
-    assert sched.wait("b2", timeout_s=30).state is TaskState.SUCCEEDED
-
-
-def test_a_real_time_retry_fires_without_other_activity(sengine: Any) -> None:
-    sched = sengine
-    c = Constraints(backoff_delay_ms=50, max_retries=3)
-    sched.enqueue("rr", ONCE, "FailsThenSucceeds", input="2", constraints=c)
-    info = sched.wait("rr", timeout_s=30)
-    assert info.state is TaskState.SUCCEEDED and info.run_attempt_count == 3
-
-
-def test_a_timed_run_handed_over_early_begins_at_its_due_time_and_can_still_be_cancelled(engines: Any) -> None:
-    import time
-
-    import ray
-
-    sched = engines(config=EngineConfig(executors=1, timer_lead_ms=5_000))
-    register_all(sched)
-    # 3 s ahead (within the 5 s lead): the hand-over, the cancel and its delivery must all
-    # happen before the due time, which took more than 1.5 s once under the whole suite
-    due = int(time.time() * 1000) + 3_000
-    sched.enqueue("at", TaskTrigger.Exact(due), "Stamp")
-    sched.enqueue("dropped", TaskTrigger.Exact(due), "Stamp")
-    # Within the lead: both handed to the executor at once, waiting there (shown ENQUEUED).
-    until(lambda: sum(sched.status()["inflight_by_node"].values()) == 2, what="runs handed over early")
-    assert sched.get_task_info("at").state is TaskState.ENQUEUED
-    assert sched.cancel("dropped") == 1
-    executor = ray.get_actor("kmpray.executor.0", namespace=sched.namespace)
-    until(lambda: [k[0] for k in ray.get(executor.holding.remote(), timeout=10)[1]] == ["at"],
-          what="the executor to drop the cancelled run")
-    info = sched.wait("at", timeout_s=30)
-    assert info.state is TaskState.SUCCEEDED
-    assert info.result.data["began_ms"] >= due  # never early
-    dropped = sched.get_task_info("dropped")
-    assert dropped.state is TaskState.CANCELLED and dropped.run_attempt_count == 0
-
-
-def test_the_scheduler_keeps_its_live_tasks_out_of_full_garbage_collections(engines: Any) -> None:
-    """Restored rows are frozen at start and everything alive again every second
-    (kmpray/timing.py GC_FULL_S): a full collection then scans only what is new, instead
-    of pausing the scheduler for every task it holds (the p99 spikes of a 3,000/s load)."""
-    import ray
-
-    from .helpers import until
-
-    sched = engines()
-    actor = ray.get_actor("kmpray.scheduler", namespace=sched.namespace)
-
-    def frozen() -> int:
-        return int(ray.get(actor.__ray_call__.remote(lambda self: __import__("gc").get_freeze_count()), timeout=30))
-
-    first = frozen()
-    assert first > 1000  # the restore froze the engine's start-up objects
-    sched.enqueue_many([kmpray.TaskRequest("Echo", id=f"gc{i}") for i in range(200)])
-    until(lambda: frozen() > first, what="housekeeping freezing the new tasks")
-
-
-@ONE_SHARD  # it reads shard 0's executor; the task may live on another shard
-def test_executors_keep_their_start_up_heap_out_of_full_garbage_collections(engines: Any) -> None:
-    """An executor freezes what it loaded at start (and each worker class it loads): a
-    full collection walked it all, holding every run there 80-90 ms."""
-    import ray
-
-    from .workers import register_all
-
-    sched = engines(config=EngineConfig(executors=1))
-    register_all(sched)
-    executor = ray.get_actor("kmpray.executor.0", namespace=sched.namespace)
-
-    def frozen() -> int:
-        count = executor.__ray_call__.remote(lambda self: __import__("gc").get_freeze_count())
-        return int(ray.get(count, timeout=30))
-
-    at_start = frozen()
-    assert at_start > 10_000  # Ray, numpy, pydantic, kmpray
-    assert sched.enqueue("gcx", kmpray.TaskTrigger.OneTime(), "Echo") is kmpray.ScheduleResult.SUCCESS
-    assert sched.wait("gcx", timeout_s=60).state is TaskState.SUCCEEDED
-    assert frozen() > at_start  # the Echo class, loaded for its first run, frozen with it
-
-
-def test_executors_are_ready_before_their_first_run_is_due(engines: Any) -> None:
-    """The scheduler's handle is resolved when an executor starts: ray.get_actor loads the
-    actor class (~0.4 s), which held the loop under the first runs (timers due then began
-    late)."""
-    import ray
-
-    sched = engines(config=EngineConfig(executors=1))
-    executor = ray.get_actor("kmpray.executor.0", namespace=sched.namespace)
-
-    def peek(fn: Any) -> Any:
-        return ray.get(executor.__ray_call__.remote(fn), timeout=30)
-
-    assert peek(lambda self: self._scheduler is not None)  # before any run or report
-
-
-@ONE_SHARD  # it calls shard 0's scheduler and its classes in the registry
-def test_worker_classes_register_many_at_once_with_growing_versions(sengine: Any) -> None:
-    """connect() registers the built-in workers in one message per shard: each new class a
-    new version, an unchanged one keeps its own, and the registry has them all."""
-    import ray
-
-    from kmpray.client.remote import ship_class
-
-    from .workers import Echo, Noop
-
-    actor = ray.get_actor("kmpray.scheduler", namespace=sengine.namespace)
-    batch = [("BatchA", ship_class(Echo)), ("BatchB", ship_class(Noop)), ("BatchA", ship_class(Echo))]
-    first, second, again = ray.get(actor.register_workers.remote(batch), timeout=30)
-    assert second == first + 1 and again == first
-    assert ray.get(actor.register_workers.remote([("BatchB", ship_class(Noop))]), timeout=30) == [second]
-    registry = ray.get_actor("kmpray.oracle", namespace=sengine.namespace)  # holds the registry
-    held = ray.get(registry.dump_classes.remote(sengine.namespace), timeout=30)
-    assert (held["BatchA"][0], held["BatchB"][0]) == (first, second)
-    assert {"BatchA", "BatchB", "HttpRequestWorker"} <= set(sengine.status()["workers"])
-    assert sengine.enqueue("ba", TaskTrigger.OneTime(), "BatchB") is ScheduleResult.SUCCESS
-    assert sengine.wait("ba", timeout_s=30).state is TaskState.SUCCEEDED
-
-
-def test_a_worker_decorated_after_connect_runs_at_once(sengine: Any) -> None:
-    """A notebook's order: connect in one cell, define a worker in the next. The decorator
-    registers it with the connected engine then and there (client/live.py)."""
-    from kmpray.worker import LOCAL_WORKERS
-
-    assert "DecoratedLate" not in sengine.status()["workers"]
-    try:
-        @kmpray.worker("DecoratedLate")
-        class DecoratedLate(kmpray.CommonWorker):
-            def do_work(self, input: str | None) -> kmpray.WorkerResult:  # noqa: A002
-                return kmpray.WorkerResult.Success(data={"late": input})
-
-        answer = sengine.enqueue("late", TaskTrigger.OneTime(), "DecoratedLate", input="x")
-        assert answer is ScheduleResult.SUCCESS
-        assert sengine.wait("late", timeout_s=30).result.data == {"late": "x"}
-    finally:
-        LOCAL_WORKERS.pop("DecoratedLate", None)
-
-
-_LOCK = threading.Lock()  # what a notebook's module-level lock, connection or client is to pickle
-
-
-def test_a_worker_class_that_cannot_be_pickled_is_refused_alone_with_the_way_out(
-        sengine: Any, caplog: Any) -> None:
-    """connect() registers every class declared before it: one that cannot be pickled (its
-    code refers to a module-level lock) failed the whole connect() with a bare TypeError."""
-    from kmpray.worker import LOCAL_WORKERS
-
-    class UsesLock(kmpray.CommonWorker):
-        def do_work(self, input: str | None) -> bool:  # noqa: A002
-            with _LOCK:
-                return True
-
-    said = (r"^worker class .*UsesLock cannot be sent to the engine's processes "
-            r"\(cannot pickle '_thread.lock' object\): .* create that object in __init__")
-    with pytest.raises(kmpray.InvalidParameters, match=said):
-        sengine.register_worker("UsesLock", UsesLock)
-    LOCAL_WORKERS.update(UsesLock=UsesLock, PicklesFine=workers.Echo)
-    try:
-        with caplog.at_level(logging.WARNING, logger="kmpray"):
-            again = kmpray.connect(namespace=sengine.namespace, state_dir=sengine.status()["state_dir"])
-        warned = [r.message for r in caplog.records if r.message.startswith("@kmpray.worker('UsesLock')")]
-        assert warned and warned[0].startswith("@kmpray.worker('UsesLock'): not registered: worker class")
-        assert "PicklesFine" in again.status()["workers"] and "UsesLock" not in again.status()["workers"]
-    finally:
-        LOCAL_WORKERS.pop("UsesLock", None)
-        LOCAL_WORKERS.pop("PicklesFine", None)
-
-
-def test_connect_in_worker_code_is_the_engine_running_it(svengine: Any) -> None:
-    """A task that enqueues tasks: kmpray.connect() in do_work connected to the default
-    namespace's engine, starting one if none ran (the child went there, refused: its
-    worker was not registered there), not to the engine running the worker."""
-    assert svengine.namespace != "kmpray"
-    engines_before = bootstrap.running_engines()
-    svengine.enqueue("parent", ONCE, "EnqueuesChild", input="hi")
-    parent = svengine.wait("parent", timeout_s=30)
-    assert parent.result.data == {"enqueued": "SUCCESS", "namespace": svengine.namespace, "cached": True}
-    child = svengine.wait("parent-child", timeout_s=30)
-    assert child.state is TaskState.SUCCEEDED and child.worker_class_name == "Echo"
-    assert bootstrap.running_engines() == engines_before  # none started under the default namespace
