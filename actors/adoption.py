@@ -19,6 +19,7 @@ from kmpray.engine import SchedulerCore
 from kmpray.protocol import Done, Holding, RunKey
 from kmpray.timing import CANCEL_ACK_TIMEOUT_S
 
+from .background import background
 from .executor_pool import ExecutorPool
 from .heavy_pool import HeavyPool
 from .names import HEAVY
@@ -120,15 +121,9 @@ async def _stop_stale(
                     len(stale))
 
 
-_TELLING: set[asyncio.Future[None]] = set()  # held: the loop keeps only weak refs to tasks
-
-
 def _tell(ref: Any, what: str) -> asyncio.Future[None]:
     """A stop sent; done when answered (or failed: logged, never raised)."""
-    told = asyncio.ensure_future(_told(ref, what))
-    _TELLING.add(told)
-    told.add_done_callback(_TELLING.discard)
-    return told
+    return background(_told(ref, what), what)
 
 
 async def _told(ref: Any, what: str) -> None:

@@ -25,6 +25,7 @@ from kmpray.chain_coordination import ChainCoordinatorCore, Message
 from kmpray.protocol import chain_from_wire, chain_to_wire
 from kmpray.timing import RESYNC_S
 
+from .background import background
 from .names import SCHEDULER, lookup
 from .outbox import Outbox
 from .retry import call_with_retry, said
@@ -50,8 +51,8 @@ class ChainCoordinator:
         self.handled = 0
         self.resyncs = 0
         self.checks = 0  # periodic checks of quiet plans (check_quiet)
-        asyncio.ensure_future(self._resync_after_restart())
-        asyncio.ensure_future(self._housekeeping())
+        background(self._resync_after_restart(), f"coordinator {index}: its resync after a restart")
+        background(self._housekeeping(), f"coordinator {index}: its housekeeping loop")
 
     async def _resync_after_restart(self) -> None:
         try:

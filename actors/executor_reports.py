@@ -13,13 +13,12 @@ from kmpray.lane import SUBMIT, TAKEN
 from kmpray.protocol import Done, Fence, Run, RunKey, Taken, done_to_wire, run_from_wire
 from kmpray.timing import REPLY_WINDOW_S
 
+from .background import background
 from .names import SCHEDULER, lookup
 from .outbox import Outbox
 from .replies import Replies
 from .report_lane import LaneReports, Report, split_reports
 from .spool import Spool
-
-_ANSWERING: set[asyncio.Task[None]] = set()
 
 
 class Reporting:
@@ -103,9 +102,7 @@ class Reporting:
         taken = self._take(self._from_wire(runs), batch)
         # Opened now, as submit() does: a run that ends in its first step rides the answer.
         reply = self._replies.open(taken, batch.epoch if batch else None) if taken and REPLY_WINDOW_S else None
-        answer = asyncio.ensure_future(self._answer_pushed(call_id, reply))
-        _ANSWERING.add(answer)  # held: the loop keeps only weak refs to tasks
-        answer.add_done_callback(_ANSWERING.discard)
+        background(self._answer_pushed(call_id, reply), "answering a pushed batch")
 
     async def _answer_pushed(self, call_id: int, reply: Any) -> None:
         done = await self._replies.settle(reply, REPLY_WINDOW_S) if reply is not None else []

@@ -31,6 +31,7 @@ from kmpray.timing import (
     HEAVY_SLOW_PLACE_S,
 )
 
+from .background import background
 from .blocked_loops import BlockedLoops
 from .executor_pool import ExecutorPool, ping, take_acks
 from .heavy_worker import HeavyWorker
@@ -176,7 +177,7 @@ class HeavyPool:
             return False
         self.refused = None
         slot.ready = False
-        asyncio.ensure_future(self._await(i, slot.handle))
+        background(self._await(i, slot.handle), f"heavy worker {i}: waiting for it to start")
         return True
 
     async def _await(self, i: int, handle: Any, not_process: str | None = None) -> None:
@@ -222,7 +223,7 @@ class HeavyPool:
         slot.handle, slot.incarnation = handle, answer.incarnation if answer else None
         slot.ready = answer is not None
         if answer is None:
-            asyncio.ensure_future(self._await(i, handle))
+            background(self._await(i, handle), f"heavy worker {i}: waiting for it to answer")
 
     def exiting(self, i: int, incarnation: str, unbegun: list[RunKey]) -> bool:
         """Heavy worker ``i``'s process ends itself (a timed-out run's thread outlived the
@@ -234,7 +235,8 @@ class HeavyPool:
         slot.ready, slot.incarnation = False, None
         if slot.run is not None and slot.run in {(k[0], k[1]) for k in unbegun}:
             self._lose_run(slot)  # innocent: re-queued, no crash counted against it
-        asyncio.ensure_future(self._await(i, slot.handle, not_process=incarnation))
+        background(self._await(i, slot.handle, not_process=incarnation),
+                   f"heavy worker {i}: waiting for its next process")
         return True
 
     def adopted(self, i: int, key: RunKey) -> None:
@@ -255,7 +257,7 @@ class HeavyPool:
         fence = Fence(self.host.pool.epoch, 0)
         pushed = self.lanes.submit(i, slot.incarnation, run, fence, acks)  # actors/submit_lane.py
         ref = pushed if pushed is not None else ray_submit(slot.handle, run, fence, acks)
-        asyncio.ensure_future(self._confirm(i, slot.run, ref))
+        background(self._confirm(i, slot.run, ref), f"heavy worker {i}: confirming a submit")
 
     async def _confirm(self, i: int, key: RunKey, ref: Any) -> None:
         try:
@@ -306,7 +308,7 @@ class HeavyPool:
     def cancel(self, key: RunKey) -> None:
         i = self.where.pop(key, None)
         if i is not None:
-            asyncio.ensure_future(self._stop(i, key))
+            background(self._stop(i, key), f"heavy worker {i}: cancelling run {key[0]}")
 
     async def _stop(self, i: int, key: RunKey) -> None:
         """Cancel a heavy run: cooperative first (ctx.is_cancelled()), forced after the grace."""
@@ -325,7 +327,7 @@ class HeavyPool:
                 slot.incarnation, slot.ready = None, False
                 await stop(self.stops, f"heavy worker {i}", handle, f"run {key[0]} ignored its cancel for "
                            f"{self.config.heavy_cancel_grace_s:g} s: stopped (Ray restarts it)", restart=True)
-                asyncio.ensure_future(self._await(i, handle))
+                background(self._await(i, handle), f"heavy worker {i}: waiting for its restart")
         except Exception:
             log.exception("stopping heavy run %s", key[0])
         finally:

@@ -40,10 +40,10 @@ from kmpray.timing import STORE_FAILED_RESTART_S, STORE_FAILED_RETRY_S
 from kmpray.watch import FileWatcher
 
 from .adoption import adopt_held_runs
+from .background import background
 from .blocked_loops import BlockedLoops
 from .executor_pool import ExecutorPool, executors_for
 from .heavy_pool import HeavyPool
-from .stealing import Stealer
 from .lane import Conn, LaneServer
 from .metrics import Metrics
 from .names import BROKER, ORACLE, base_namespace, engine_identity, lookup, shard_index
@@ -59,6 +59,7 @@ from .scheduler_intake import SchedulerIntake
 from .scheduler_reads import SchedulerReads
 from .scheduler_reports import SchedulerReports
 from .spool import take
+from .stealing import Stealer
 from .submit_lane import SubmitLanes
 from .untraced import untrace
 from .virtual_time import VirtualTime
@@ -285,8 +286,8 @@ class SchedulerActor(
         self._flush()
         self._resync_coordinators()
         await self._open_lane()
-        asyncio.ensure_future(self._loop())
-        asyncio.ensure_future(self._housekeeping())
+        background(self._loop(), "the scheduler's dispatch loop")
+        background(self._housekeeping(), "the scheduler's housekeeping loop")
         self.serving_in_s = time.monotonic() - self._born
 
     async def _open_lane(self) -> None:

@@ -18,6 +18,7 @@ from kmpray.config import EngineConfig
 from kmpray.engine import SchedulerCore
 from kmpray.protocol import UNFINISHED, chain_answer, chain_from_wire, chain_to_wire
 
+from .background import background
 from .chain_coordinator import ChainCoordinator
 from .names import CHAIN
 from .outbox import Outbox
@@ -82,7 +83,8 @@ class SchedulerChains:
         """Messages to the coordinators that were in flight when this scheduler (re)started
         are gone: each rebuilds its plans from this scheduler's rows (harmless at first start)."""
         for handle in self._coordinators:
-            asyncio.ensure_future(call_with_retry(lambda h=handle: h.resync.remote(), timeout_s=120))
+            background(call_with_retry(lambda h=handle: h.resync.remote(), timeout_s=120),
+                       "asking a chain coordinator to resync")
 
     def _to_coordinators(self, msgs: list[Message]) -> None:
         if not self._coordinators:

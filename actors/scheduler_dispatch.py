@@ -5,7 +5,6 @@ A mixin of SchedulerActor (scheduler.py): the attributes below are the actor's."
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import Counter
 from collections.abc import Iterable
@@ -21,10 +20,11 @@ from kmpray.placement import assign
 from kmpray.protocol import Began, Done, Misaddressed, Progress, Run, taken_from_wire
 from kmpray.store import SqliteTaskStore
 
+from .background import background
 from .executor_pool import ExecutorPool
 from .heavy_pool import HeavyPool
-from .stealing import Stealer
 from .scheduler_artifacts import ArtifactKeeper
+from .stealing import Stealer
 from .submit_lane import LaneLost
 
 log = logging.getLogger("kmpray.scheduler")
@@ -131,7 +131,7 @@ class SchedulerDispatch:
             now, node, log_ = self.clock.now_ms(), self.pool.slots[i].node, self.core.decisions
             for d in part:
                 log_.append((now, d.key, ("handed", d.run_id, f"executor {i}", node)))
-        asyncio.ensure_future(self._confirm(i, ref, keys, acks))
+        background(self._confirm(i, ref, keys, acks), f"executor {i}: confirming a submit")
 
     def _submitted(self, i: int) -> None:
         """Its submit answered: runs that became ready meanwhile go in the next turn."""

@@ -27,11 +27,11 @@ from kmpray.store import SqliteTaskStore
 from kmpray.timing import CANCEL_ACK_TIMEOUT_S, INTAKE_SLICE
 from kmpray.validation import shown
 
+from .background import background
 from .names import ORACLE, base_namespace, lookup
 from .retry import call_with_retry
 
 log = logging.getLogger("kmpray.scheduler")
-_ANSWERING: set[asyncio.Future[None]] = set()  # answers waiting for executors' cancel acks
 
 T = TypeVar("T")
 SLICE_MARK = "@"  # an enqueue_many answer's part from item n on is stored under "<token>@<n>"
@@ -290,9 +290,7 @@ class SchedulerIntake:
             # once those executors have the cancels, as cancel() is, so the old work never
             # begins after the answer (it could, in the milliseconds before: session 53).
             if self._cancels_pending():
-                answering = asyncio.ensure_future(self._answer_after_cancels(due))
-                _ANSWERING.add(answering)  # held: the loop keeps only weak refs to tasks
-                answering.add_done_callback(_ANSWERING.discard)
+                background(self._answer_after_cancels(due), "an enqueue answer waiting for cancels")
             else:
                 due.set_result(None)
         self._kick()

@@ -23,6 +23,7 @@ from typing import Any
 from kmpray.config import EngineConfig
 from kmpray.timing import HEAVY_CANCEL_POLL_S, STRAY_ACK_WAIT_S, STRAY_SAY_S
 
+from .background import background
 from .names import SCHEDULER, lookup
 from .slots import Slots
 
@@ -70,7 +71,7 @@ class HeavySlot:
         if not self._run_threads.running:
             self._slots.give()
             return
-        asyncio.ensure_future(self._give_when_alone(key))
+        background(self._give_when_alone(key), "a slot waiting for a stray thread to end")
 
     async def _give_when_alone(self, key: tuple[str, int]) -> None:
         grace = self.config.heavy_cancel_grace_s
