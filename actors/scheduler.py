@@ -288,6 +288,7 @@ class SchedulerActor(
         await self._open_lane()
         background(self._loop(), "the scheduler's dispatch loop")
         background(self._housekeeping(), "the scheduler's housekeeping loop")
+        background(self._reconciler(), "the scheduler's reconcile loop")
         self.serving_in_s = time.monotonic() - self._born
 
     async def _open_lane(self) -> None:

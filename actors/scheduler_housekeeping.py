@@ -1,7 +1,8 @@
 """The scheduler's housekeeping, once every RECONCILE_S: metrics, the garbage collector's
-freeze, executor pings (``_reconcile``), file watches, long-wait warnings, acknowledged
-events, finished rows out of memory, and the prune. A mixin of SchedulerActor
-(scheduler.py): the attributes below are the actor's."""
+freeze, file watches, long-wait warnings, acknowledged events, finished rows out of
+memory, and the prune; and, in a loop of its own at the same pace, executor pings
+(``_reconcile``). A mixin of SchedulerActor (scheduler.py): the attributes below are the
+actor's."""
 
 from __future__ import annotations
 
@@ -85,7 +86,6 @@ class SchedulerHousekeeping:
                     log.info("full garbage collection: %.0f ms", (time.monotonic() - last_gc) * 1000)
                 gc.collect(1)  # what is young and already garbage is not frozen with the rest
                 gc.freeze()
-                await self._reconcile()
                 await self._evict_finished()
                 if time.monotonic() - synced >= QUIET_SYNC_S:  # durability="normal": kmpray/timing.py
                     synced = time.monotonic()
@@ -114,6 +114,22 @@ class SchedulerHousekeeping:
                 if self.stopped:
                     return  # stop(): the process ends a moment later, and its calls refuse
                 log.exception("housekeeping failed; will retry")
+
+    async def _reconciler(self) -> None:
+        """``_reconcile`` (pings; deaths, restarts and nodes noticed; lost runs re-queued)
+        every RECONCILE_S. A loop of its own: a ping waits up to ``ping_timeout_s`` (10 s)
+        for an executor that does not answer, a lost node's or a stopped process's, and
+        until session 56 the rest of housekeeping went at that pace too (a file written
+        to a watched path set its task off 10-20 s late, finished rows left memory and
+        acknowledged events were forgotten a tenth as often)."""
+        while True:
+            await asyncio.sleep(RECONCILE_S)
+            try:
+                await self._reconcile()
+            except Exception:
+                if self.stopped:
+                    return
+                log.exception("reconcile failed; will retry")
 
     def _sync_quietly(self) -> None:
         """The store synced if writing was light (its own step: a failing disk must not stop

@@ -198,3 +198,35 @@ def test_a_write_or_a_device_change_while_the_scheduler_is_down_sets_its_trigger
     for name, runs in (("inbox", 2), ("clean", 1)):  # each once; armed again
         info = sched.get_task_info(name)
         assert (info.run_count, info.state) == (runs, TaskState.ENQUEUED), name
+
+
+def test_a_watched_path_is_looked_at_while_an_executor_does_not_answer(engines: Any, tmp_path: Path) -> None:
+    """The file watch was a step of the round that also pings every executor, and a ping
+    waits up to ``ping_timeout_s`` for one that does not answer (a lost node's, a stopped
+    process's): until session 56 a write to a watched path set its task off only after
+    that wait (here 60 s). Pings now go in a loop of their own."""
+    import os
+    import signal
+
+    import ray
+
+    from .helpers import asked, stop_process
+
+    sched = engines(config=EngineConfig(executors=2, ping_timeout_s=60))
+    register_all(sched)
+    scheduler = ray.get_actor("kmpray.scheduler", namespace=sched.namespace)
+    stuck = asked(ray.get_actor("kmpray.executor.1", namespace=sched.namespace), lambda self: os.getpid())
+    watched = tmp_path / "inbox"
+    watched.mkdir()
+    sched.enqueue("inbox", TaskTrigger.ContentUri(watched.as_uri()), "Echo")
+    stop_process(stuck)
+    try:
+        polls = asked(scheduler, lambda self: self._watcher.polls)
+        until(lambda: asked(scheduler, lambda self: self._watcher.polls) >= polls + 2, timeout_s=20,
+              what="two looks at the watched path while a ping waits")
+        (watched / "a.txt").write_text("a")
+        until(lambda: sched.get_task_info("inbox").run_count == 1, timeout_s=20,
+              what="the write's run (on the other executor)", explain=lambda: sched.explain("inbox"))
+    finally:
+        os.kill(stuck, signal.SIGCONT)
+    assert sched.get_task_info("inbox").state is TaskState.ENQUEUED  # armed again
