@@ -222,6 +222,9 @@ class SchedulerActor(
         self._ready = asyncio.get_running_loop().create_future()
         self._ready.set_exception(exc)
         self._blobs = {}  # it holds no worker classes (the registry asks a scheduler it finds)
+        # nor device overrides: a new oracle asks each scheduler for them, and until session
+        # 56 a refused one answered with an AttributeError (a traceback in its log)
+        self._device_overrides = None
 
     def _store_write_failed(
         self, exc: BaseException, restart_in_s: float = STORE_FAILED_RESTART_S
