@@ -88,6 +88,15 @@ def until(
         time.sleep(0.01)
 
 
+def until_task(
+    engine: Any, task_id: str, test: Callable[[Any], bool], what: str, timeout_s: float = 30.0
+) -> None:
+    """``until`` on one task's ``get_task_info``: a timeout says what the engine says of the
+    task (its info and ``explain``), so a CI failure shows where the task waited."""
+    until(lambda: test(engine.get_task_info(task_id)), timeout_s, what,
+          explain=lambda: (engine.get_task_info(task_id), engine.explain(task_id)))
+
+
 def asked(actor: Any, fn: Callable[[Any], Any]) -> Any:
     """``fn(actor_instance)`` run in the actor, asked again while it restarts."""
     import ray

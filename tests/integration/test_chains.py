@@ -12,7 +12,7 @@ import pytest
 import kmpray
 from kmpray import ExistingPolicy, InputMerger, ScheduleResult, TaskRequest, TaskState, TaskTrigger
 
-from .helpers import until
+from .helpers import until, until_task
 from .workers import register_all
 
 pytestmark = pytest.mark.ray
@@ -113,7 +113,7 @@ def test_cancel_chain_mid_run(svengine: Any, tmp_path: Path) -> None:
     first = step("xa", gate=str(gate), block=["xb"])
     chain = svengine.begin_with(first).then(step("xb")).then(step("xc")).with_id("x")
     chain.enqueue()
-    until(lambda: svengine.get_task_info("xb").state is TaskState.RUNNING, what="step b running")
+    until_task(svengine, "xb", lambda t: t.state is TaskState.RUNNING, what="step b running")
     assert svengine.cancel("x") == 2
     info = svengine.wait("x", timeout_s=30)
     assert info.state is TaskState.CANCELLED
@@ -173,7 +173,7 @@ def test_killed_scheduler_mid_chain_resumes_without_rerunning_succeeded_steps(en
     ray.kill(ray.get_actor("kmpray.scheduler", namespace=sched.namespace), no_restart=False)
     # The restarted scheduler adopts the run still on its executor: it goes on, not again.
     # (RUNNING shows ~20 ms after the worker began, so the first answer may still be ENQUEUED.)
-    until(lambda: sched.get_task_info("mid").state is TaskState.RUNNING, what="mid adopted as running")
+    until_task(sched, "mid", lambda t: t.state is TaskState.RUNNING, what="mid adopted as running")
     gate.touch()
     info = sched.wait("k", timeout_s=60)
     assert info.state is TaskState.SUCCEEDED
@@ -281,7 +281,7 @@ def test_shutdown_and_connect_resume_a_half_run_chain(ray_session: Any, tmp_path
     until(lambda: "b" in runs(log), what="step b to start")
     # b begins on a's executor the moment a succeeds (one hop per step), while the scheduler
     # records a's success: a crash inside that window would run a again, as any run in flight.
-    until(lambda: first.get_task_info("a").state is TaskState.SUCCEEDED, what="a's success recorded")
+    until_task(first, "a", lambda t: t.state is TaskState.SUCCEEDED, what="a's success recorded")
     first.shutdown()
     gate.touch()
     second = kmpray.connect(namespace=ns, state_dir=state)
@@ -332,7 +332,7 @@ def test_a_sequential_stretch_runs_step_after_step_with_no_round_trip(svengine: 
     chain = svengine.begin_with(step("ha", log=str(log), gate=str(gate), block=["hb"]))
     chain.then(step("hb")).then(step("hc")).then(step("hd")).with_id("hk").enqueue()
     until(lambda: "hb" in runs(log), what="hb to begin after ha")
-    until(lambda: svengine.get_task_info("hb").state is TaskState.RUNNING, what="hb taken as running")
+    until_task(svengine, "hb", lambda t: t.state is TaskState.RUNNING, what="hb taken as running")
     assert svengine.cancel("hk") == 3  # b (running) and the BLOCKED c, d
     gate.touch()
     info = svengine.wait("hk", timeout_s=60)

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from kmpray import Constraints, EngineConfig, InvalidParameters, QualityOfService, TaskState, TaskTrigger
 
-from .helpers import began, blocks_input, next_completion, until
+from .helpers import began, blocks_input, next_completion, until, until_task
 from .workers import register_all
 
 pytestmark = pytest.mark.ray
@@ -182,8 +182,7 @@ def test_a_write_or_a_device_change_while_the_scheduler_is_down_sets_its_trigger
     sched.enqueue("inbox", TaskTrigger.ContentUri(watched.as_uri()), "Echo")
     sched.enqueue("clean", TaskTrigger.StorageLow, "Echo")
     (watched / "a.txt").write_text("a")  # before the watcher's first look at the path
-    until(lambda: sched.get_task_info("inbox").run_count == 1, what="the write's run",
-          explain=lambda: (sched.get_task_info("inbox"), sched.explain("inbox")))
+    until_task(sched, "inbox", lambda t: t.run_count == 1, what="the write's run")
 
     def while_down() -> None:
         (watched / "b.txt").write_text("b")

@@ -317,7 +317,8 @@ def test_shutdown_then_connect_resumes_pending_and_periodic_work(ray_session: An
     first.enqueue("later-big", TaskTrigger.OneTime(ONE_HOUR), "Echo", input=big)
     first.enqueue("every-big", TaskTrigger.Periodic(FIFTEEN_MINUTES), "Echo", input=big)
     # (wait() on a periodic task waits for its next run to end: both first runs, polled)
-    until(lambda: first.get_task_info("every").run_count == first.get_task_info("every-big").run_count == 1)
+    until(lambda: first.get_task_info("every").run_count == first.get_task_info("every-big").run_count == 1,
+          what="one run of each", explain=lambda: (first.explain("every"), first.explain("every-big")))
     first.advance_time(FIFTEEN_MINUTES)
     assert first.get_task_info("every-big").run_count == 2
     assert first.get_task_info("every-big").result.data["input"] == big

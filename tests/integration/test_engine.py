@@ -25,7 +25,7 @@ from kmpray import (
     WorkerResult,
 )
 
-from .helpers import began, blocks_input, one_name_from_many_threads, until
+from .helpers import began, blocks_input, one_name_from_many_threads, until, until_task
 from .workers import register_all
 
 pytestmark = pytest.mark.ray
@@ -86,7 +86,7 @@ def test_periodic_runs_at_enqueue_then_once_per_period(svengine: Any) -> None:
     svengine.enqueue("p", TaskTrigger.Periodic(FIFTEEN_MINUTES), "Echo")
     # Not wait(): on a periodic task it waits for a run that ends after the call, and a
     # warm executor may have finished the first run already.
-    until(lambda: svengine.get_task_info("p").run_count == 1, what="the run at enqueue")
+    until_task(svengine, "p", lambda t: t.run_count == 1, what="the run at enqueue")
     svengine.advance_time(ONE_HOUR)
     info = svengine.get_task_info("p")
     assert info.state is TaskState.ENQUEUED and info.run_count == 5
@@ -126,7 +126,7 @@ def test_cancel_a_running_task(svengine: Any, tmp_path: Path) -> None:
     inp, started, _release = blocks_input(tmp_path, "c")
     svengine.enqueue("c", ONCE, "Blocks", input=inp)
     # RUNNING once the executor reports that the worker began (within ~20 ms of it).
-    until(lambda: svengine.get_task_info("c").state is TaskState.RUNNING, what="run start")
+    until_task(svengine, "c", lambda t: t.state is TaskState.RUNNING, what="run start")
     assert started.exists()
     assert svengine.cancel("c") == 1
     info = svengine.wait("c", timeout_s=10)

@@ -21,7 +21,7 @@ from kmpray import (
     TaskTrigger,
 )
 
-from .helpers import ONE_SHARD, began, blocks_input, until
+from .helpers import ONE_SHARD, began, blocks_input, until, until_task
 from .workers import count_runs, register_all
 
 pytestmark = pytest.mark.ray
@@ -98,7 +98,7 @@ def test_executor_concurrency_bounds_runs_in_flight(engines: Any, tmp_path: Path
     for i, (inp, _started, _release) in enumerate(ins):
         sched.enqueue(f"b{i}", ONCE, "Blocks", input=inp)
     # RUNNING is recorded when the executor starts the run, a moment before do_work writes its file
-    until(lambda: sched.get_task_info("b0").state is TaskState.RUNNING and ins[0][1].exists(), what="first run")
+    until_task(sched, "b0", lambda t: t.state is TaskState.RUNNING and ins[0][1].exists(), what="first run")
     assert [s.exists() for _, s, _ in ins] == [True, False, False]
     # All three were handed to the executor; two wait for its one slot: shown ENQUEUED.
     assert sched.status()["inflight_by_node"] and sum(sched.status()["inflight_by_node"].values()) == 3

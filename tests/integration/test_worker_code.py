@@ -21,7 +21,7 @@ from kmpray import (
 )
 
 from . import workers
-from .helpers import ONE_SHARD, until
+from .helpers import ONE_SHARD, until_task
 
 pytestmark = pytest.mark.ray
 ONCE = TaskTrigger.OneTime()
@@ -91,8 +91,8 @@ def test_sys_exit_in_a_worker_is_a_failed_attempt_not_a_stuck_task(svengine: Any
     svengine.enqueue("x-cancels-init", ONCE, "CancelsInInit")
     cancels = svengine.wait("x-cancels-init", timeout_s=30)
     assert cancels.state is TaskState.FAILED and "constructed: CancelledError" in cancels.result.message
-    until(lambda: svengine.get_task_info("x-retried").run_attempt_count == 1
-          and svengine.get_task_info("x-retried").state is TaskState.ENQUEUED, what="a retry scheduled")
+    until_task(svengine, "x-retried", lambda t: t.run_attempt_count == 1 and t.state is TaskState.ENQUEUED,
+               what="a retry scheduled")
     svengine.advance_time(20_000)  # retried like any exception, then given up
     retried = svengine.wait("x-retried", timeout_s=30)
     assert retried.state is TaskState.FAILED and retried.run_attempt_count == 2
