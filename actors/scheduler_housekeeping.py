@@ -70,6 +70,7 @@ class SchedulerHousekeeping:
         waits_every_s = min(max(self.config.wait_warning_ms / 10_000, RECONCILE_S), WAIT_CHECK_MAX_S)
         while True:
             await asyncio.sleep(RECONCILE_S)
+            await self._watch_files()
             try:
                 if time.monotonic() - published >= METRICS_S:
                     published = time.monotonic()
@@ -90,14 +91,6 @@ class SchedulerHousekeeping:
                 if time.monotonic() - synced >= QUIET_SYNC_S:  # durability="normal": kmpray/timing.py
                     synced = time.monotonic()
                     self._sync_quietly()
-                # file:// ones, polled in a thread (kmpray/watch.py); since when each was armed:
-                # real time only (virtual instants are not the files' modification times, so
-                # no change then comes with an instant either)
-                watched = self.core.watched_uris(since=not self.virtual_time)
-                poll = self._watcher.changes
-                changed = await asyncio.to_thread(poll, watched) if watched else poll(watched)
-                if sum(self.core.fire("content_uri", uri, at) for uri, at in changed):
-                    self._kick()
                 if time.monotonic() - waits_checked >= waits_every_s:
                     waits_checked = time.monotonic()
                     self.core.warn_long_waits()
@@ -114,6 +107,22 @@ class SchedulerHousekeeping:
                 if self.stopped:
                     return  # stop(): the process ends a moment later, and its calls refuse
                 log.exception("housekeeping failed; will retry")
+
+    async def _watch_files(self) -> None:
+        """The watched ``file://`` paths of ContentUri tasks, polled in a thread
+        (kmpray/watch.py), each from when its task was armed: real time only (virtual
+        instants are not the files' modification times, so no change then comes with an
+        instant either). A step of its own, first in the round: until session 56 a failure
+        in any step before it (metrics, eviction, a sync) skipped the watch that second."""
+        try:
+            watched = self.core.watched_uris(since=not self.virtual_time)
+            poll = self._watcher.changes
+            changed = await asyncio.to_thread(poll, watched) if watched else poll(watched)
+            if sum(self.core.fire("content_uri", uri, at) for uri, at in changed):
+                self._kick()
+        except Exception:
+            if not self.stopped:
+                log.exception("watching files failed; will retry")
 
     async def _reconciler(self) -> None:
         """``_reconcile`` (pings; deaths, restarts and nodes noticed; lost runs re-queued)
