@@ -54,7 +54,6 @@ class Core:
         self.lost.append((key, run_id, crashed))
 
 
-
 class HeavyHandle:
     """A heavy worker's handle: its submit and ping answered at once by process ``incarnation``."""
 

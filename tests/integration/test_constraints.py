@@ -224,8 +224,8 @@ def test_a_watched_path_is_looked_at_while_an_executor_does_not_answer(engines: 
         until(lambda: asked(scheduler, lambda self: self._watcher.polls) >= polls + 2, timeout_s=20,
               what="two looks at the watched path while a ping waits")
         (watched / "a.txt").write_text("a")
-        until(lambda: sched.get_task_info("inbox").run_count == 1, timeout_s=20,
-              what="the write's run (on the other executor)", explain=lambda: sched.explain("inbox"))
+        until_task(sched, "inbox", lambda t: t.run_count == 1, timeout_s=20,
+                   what="the write's run (on the other executor)")
     finally:
         os.kill(stuck, signal.SIGCONT)
     assert sched.get_task_info("inbox").state is TaskState.ENQUEUED  # armed again

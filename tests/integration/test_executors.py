@@ -28,7 +28,6 @@ pytestmark = pytest.mark.ray
 ONCE = TaskTrigger.OneTime()
 
 
-
 @ONE_SHARD  # it reaches into shard 0's executor
 def test_an_executor_forgets_a_cancel_once_the_run_ended_and_keeps_marks_for_absent_runs_bounded(
     engines: Any, tmp_path: Path

@@ -27,7 +27,6 @@ pytestmark = pytest.mark.ray
 ONCE = TaskTrigger.OneTime()
 
 
-
 def test_worker_that_cannot_be_constructed_fails_at_once(svengine: Any) -> None:
     svengine.enqueue("b", ONCE, "BrokenInit")
     info = svengine.wait("b", timeout_s=30)
