@@ -172,6 +172,25 @@ def test_the_live_line_counts_each_kind_as_the_final_figures_do() -> None:
     assert so_far({}, due)[0] != so_far({}, due)[0]  # NaN before any start
 
 
+def test_the_live_line_reads_the_starts_once_while_they_grow() -> None:
+    # The event reader's thread adds starts while the live line reads them: once the keys
+    # were read, then the values, one more of them than keys, and the run ended with a
+    # broadcast error (at 14,000/s, 36 s into a 40 s run).
+    class Growing(dict[int, float]):
+        def keys(self) -> Any:
+            self[len(self)] = 0.0  # a start arriving between two reads
+            return super().keys()
+
+        def values(self) -> Any:
+            self[len(self)] = 0.0
+            return super().values()
+
+    due = np.zeros(100)
+    started = Growing({i: 5.0 for i in range(10)})
+    assert so_far(started, due) == (5.0, 5.0)
+    assert len(started) == 10  # read by one copy, not by its keys and its values
+
+
 def test_timeline_and_achieved_rate() -> None:
     t0 = 1_000_000.0
     intended = [t0 + 10.0 * i for i in range(200)]  # 100/s for 2 s
