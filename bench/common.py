@@ -31,11 +31,20 @@ RESULTS = results_dir(Path(__file__))
 def ray_up(address: str | None = None) -> Any:
     import ray
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if not ray.is_initialized():
         if address:
-            ray.init(address=address, log_to_driver=False)
+            # The cluster's own authentication: with RAY_AUTH_MODE unset, Ray finds a token
+            # cluster's token (~/.ray/auth_token, RAY_AUTH_TOKEN...). Until session 57 this set
+            # "disabled" here too, and every benchmark pointed at a token cluster (Ray >= 2.59's
+            # default for `ray start --head`) was refused: `kmpray bench load --address auto`.
+            try:
+                ray.init(address=address, log_to_driver=False)
+            except ConnectionError as exc:
+                from kmpray.client.remote import refused_connection
+
+                raise ConnectionError(refused_connection(address, exc)) from exc
         else:
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local instance of its own
             ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False)
     return ray
 

@@ -87,7 +87,7 @@ def default_clients(rate: float) -> int:
 def run_once(
     sched: Any,
     namespace: str,
-    state_dir: str,
+    state_dir: str | None,
     profile: Profile,
     mix: dict[str, float],
     *,
@@ -381,7 +381,9 @@ def main(argv: list[str]) -> int:
                          f"--namespace {args.namespace}`, or leave out --address to load-test an engine of "
                          "the generator's own")
     own = args.address is None and args.state_dir is None  # an engine of our own: stopped at the end
-    state_dir = args.state_dir or scratch_dir("kmpray-load-")
+    # Pointed at a deployment, it attaches as it is (a scratch dir of its own was made, and
+    # named in a line saying it was not used, until session 57).
+    state_dir = args.state_dir or (None if args.address else scratch_dir("kmpray-load-"))
     sched = kmpray.connect(namespace=args.namespace, state_dir=state_dir)
     try:
         return _run(sched, args, state_dir, profile)
@@ -390,7 +392,7 @@ def main(argv: list[str]) -> int:
             sched.shutdown()
 
 
-def _run(sched: Any, args: argparse.Namespace, state_dir: str, profile: Profile) -> int:
+def _run(sched: Any, args: argparse.Namespace, state_dir: str | None, profile: Profile) -> int:
     register(sched)
     warm_up(sched, args.mix)
     common = {
@@ -426,7 +428,9 @@ def _run(sched: Any, args: argparse.Namespace, state_dir: str, profile: Profile)
     return 0
 
 
-def _find_max(sched: Any, args: argparse.Namespace, state_dir: str, common: dict[str, Any]) -> dict[str, Any]:
+def _find_max(
+    sched: Any, args: argparse.Namespace, state_dir: str | None, common: dict[str, Any]
+) -> dict[str, Any]:
     results: dict[float, dict[str, Any]] = {}
 
     def trial(rate: float) -> Trial:

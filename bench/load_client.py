@@ -257,7 +257,7 @@ def _actor_class() -> Any:
         """A generator process: connects to the engine and runs one OpenLoop."""
 
         def __init__(
-            self, namespace: str, state_dir: str, run: str, max_in_flight: int, window_ms: float
+            self, namespace: str, state_dir: str | None, run: str, max_in_flight: int, window_ms: float
         ) -> None:
             import kmpray
 
@@ -280,7 +280,7 @@ def _actor_class() -> Any:
 
 
 def start_clients(
-    n: int, namespace: str, state_dir: str, run: str, max_in_flight: int, window_ms: float = 0.0
+    n: int, namespace: str, state_dir: str | None, run: str, max_in_flight: int, window_ms: float = 0.0
 ) -> list[Any]:
     """``n`` load clients spread over the cluster's nodes (SPREAD), each ready to run."""
     import ray

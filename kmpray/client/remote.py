@@ -212,10 +212,15 @@ def _ray_init(ray: Any, address: str | None) -> None:
     except ConnectionError as exc:
         if not address or address == "local":
             raise
-        mode = os.environ.get("RAY_AUTH_MODE", "unset")
-        raise ConnectionError(
-            f"could not connect to the Ray cluster at {address} ({exc}). If it uses token authentication "
-            f"(Ray >= 2.59 turns it on for clusters started locally), this process needs RAY_AUTH_MODE=token "
-            f"(here: {mode}) and the cluster's token: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or "
-            "~/.ray/auth_token (`ray get-auth-token` on the head prints it)"
-        ) from exc
+        raise ConnectionError(refused_connection(address, exc)) from exc
+
+
+def refused_connection(address: str, exc: Exception) -> str:
+    """What a refused ``ray.init(address=...)`` means, for the error a user reads."""
+    mode = os.environ.get("RAY_AUTH_MODE", "unset")
+    return (
+        f"could not connect to the Ray cluster at {address} ({exc}). If it uses token authentication "
+        f"(Ray >= 2.59 turns it on for clusters started locally), this process needs RAY_AUTH_MODE=token "
+        f"(here: {mode}) and the cluster's token: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or "
+        "~/.ray/auth_token (`ray get-auth-token` on the head prints it)"
+    )

@@ -7,6 +7,7 @@ process session (auth_cluster.py); the suite's shared Ray is not touched."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import select
@@ -79,6 +80,24 @@ def test_a_token_cluster_serves_clients_with_its_token_and_refuses_the_others(tm
 
         again = _client(address, "auth", "with-token-2", _env(home, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token))
         assert again.returncode == 0 and "state SUCCEEDED with-token-2" in again.stdout, again.stderr[-2000:]
+
+        # The load generator pointed at the deployment, the token where `ray start --head`
+        # leaves it: it load-tests the engine there as it is (until session 57 it also made
+        # a scratch state dir and said it was not used). With `--address auto` and
+        # RAY_AUTH_MODE unset Ray finds that token itself (tests/core/test_bench_scratch.py:
+        # the generator no longer turns authentication off for a cluster's address).
+        (home / ".ray").mkdir()
+        (home / ".ray" / "auth_token").write_text(token)
+        report = tmp_path / "load.json"
+        load = subprocess.run(
+            [sys.executable, "-m", "kmpray.cli", "bench", "load", "--address", address, "--namespace", "auth",
+             "--rate", "100", "--duration", "1", "--quiet", "--json", str(report)],
+            capture_output=True, text=True, env=_env(home, RAY_AUTH_MODE="token"), cwd=tmp_path, timeout=180,
+        )
+        assert load.returncode == 0, load.stderr[-3000:]
+        operations = json.loads(report.read_text())["operations"]
+        assert operations["accepted"] == operations["started"] == 100, operations
+        assert "attaching to it as it is" not in load.stdout + load.stderr  # no scratch state dir of its own
     finally:
         _stop(server, address)
 
