@@ -431,7 +431,19 @@ def _run(sched: Any, args: argparse.Namespace, state_dir: str | None, profile: P
 def _find_max(
     sched: Any, args: argparse.Namespace, state_dir: str | None, common: dict[str, Any]
 ) -> dict[str, Any]:
+    from .dispatch import capacity_batches, engine_rate
+
     results: dict[float, dict[str, Any]] = {}
+    # The same engine's capacity through the bulk path, measured in this run: the knee is
+    # reported against it (one-time work can at best approach it). Three batches first (one
+    # batch's figure moved 8,375-9,760/s between runs here, session 15), then one after
+    # every trial, and the median of them all: this VM's speed drifts within minutes, and
+    # a capacity taken only at the start once read 9,353/s in a slow spell that the trials
+    # after it had left (12,800/s passed: a share of 137 %; session 57).
+    runs = capacity_batches(sched, CAPACITY_RUNS, lambda: settle(sched), CAPACITY_TASKS)
+    shown_runs = ", ".join(f"{r:,.0f}" for r in runs)
+    print(f"  dispatch capacity (enqueue_many, same engine): {float(np.median(runs)):,.0f} tasks/s "
+          f"(median of {shown_runs}; one more batch after each trial)", flush=True)
 
     def trial(rate: float) -> Trial:
         profile = Profile("constant", (rate,), args.trial_s)
@@ -440,27 +452,22 @@ def _find_max(
         p99 = r["start_latency_all_ms"]["corrected"].get("p99", math.inf)
         results[rate] = r
         t = Trial(rate, r["achieved_rate_per_s"], p99)
+        settle(sched)
+        runs.append(engine_rate(sched, CAPACITY_TASKS, f"cap-{uuid.uuid4().hex[:6]}", worker="BenchStamp")[0])
+        settle(sched)
         print(
             f"  trial {rate:8,.0f}/s: achieved {t.achieved:8,.0f}/s, corrected p99 {p99:8.1f} ms"
-            f" -> {'pass' if t.passes(args.slo_p99_ms) else 'fail'}  ({r['verdict']})",
+            f" -> {'pass' if t.passes(args.slo_p99_ms) else 'fail'}  ({r['verdict']}); bulk after it"
+            f" {runs[-1]:,.0f}/s",
             flush=True,
         )
-        settle(sched)
         return t
 
-    # The same engine's capacity through the bulk path, measured in this run: the knee is
-    # reported against it (one-time work can at best approach it).
-    # The median of three batches: one batch's figure moved 8,375-9,760/s between runs here
-    # (session 15), as much as the knee itself.
-    from .dispatch import capacity_batches
-
-    runs = capacity_batches(sched, CAPACITY_RUNS, lambda: settle(sched), CAPACITY_TASKS)
-    capacity = float(np.median(runs))
-    shown_runs = ", ".join(f"{r:,.0f}" for r in runs)
-    print(f"  dispatch capacity (enqueue_many, same engine): {capacity:,.0f} tasks/s "
-          f"(median of {shown_runs})", flush=True)
     start = args.rate or 200.0
     best, curve = find_max(trial, start, args.slo_p99_ms, ceiling=args.max_rate, refine=args.refine)
+    capacity = float(np.median(runs))
+    print(f"  dispatch capacity over the run: {capacity:,.0f} tasks/s (median of {len(runs)} batches, "
+          f"{min(runs):,.0f}-{max(runs):,.0f})", flush=True)
     shown = results[best] if best is not None else results[curve[-1].rate]
     return {
         "slo_p99_ms": args.slo_p99_ms,

@@ -100,6 +100,9 @@ def test_cli_writes_the_documented_json(
         assert k["at_max"]["requested_rate_per_s"] == 40
         capacity = k["dispatch_capacity_per_s"]
         assert capacity > 0 and abs(k["max_share_of_dispatch"] - 40 / capacity) < 1e-3  # rounded to 3 places
+        # measured before the trials and again after each (the median of them all)
+        runs = k["dispatch_capacity_runs"]
+        assert len(runs) == 2 and abs(capacity - (runs[0] + runs[1]) / 2) <= 0.1
     finally:
         kmpray.connect(namespace=ns, state_dir=state).shutdown()
 
