@@ -26,9 +26,9 @@ from kmpray.timing import (
     QUIET_SYNC_ROWS,
     QUIET_SYNC_S,
     RECONCILE_S,
-    TRIM_AFTER_INPUT_CHARS,
     WAIT_CHECK_MAX_S,
     full_collection_due,
+    trim_due,
 )
 from kmpray.watch import FileWatcher
 
@@ -65,7 +65,7 @@ class SchedulerHousekeeping:
         # restarted more often than that (the soak scenario kills it every 60 s) would
         # never prune, and its rows, its memory and its store would grow without bound.
         last_prune = last_gc - PRUNE_S
-        trimmed_at = 0  # store.spilled_chars at the last give_back()
+        trimmed_at = spilled = 0  # store.spilled_chars at the last give_back(), and last round
         published = waits_checked = synced = 0.0
         waits_every_s = min(max(self.config.wait_warning_ms / 10_000, RECONCILE_S), WAIT_CHECK_MAX_S)
         while True:
@@ -76,8 +76,9 @@ class SchedulerHousekeeping:
                     published = time.monotonic()
                     inflight = {s.index: len(s.inflight) for s in self.pool.slots}
                     await publish_scheduler(self.metrics, self.core, inflight, self._write_ms)
-                if self.store.spilled_chars - trimmed_at > TRIM_AFTER_INPUT_CHARS:
-                    trimmed_at = self.store.spilled_chars
+                spilled, spilled_round_before = self.store.spilled_chars, spilled
+                if trim_due(spilled, trimmed_at, spilled_round_before):
+                    trimmed_at = spilled
                     give_back()  # a burst of large inputs freed: its pages go back to the OS
                 if full_collection_due(time.monotonic() - last_gc, rss_bytes(), rss_after_gc):
                     last_gc = time.monotonic()  # see kmpray/timing.py
