@@ -265,7 +265,7 @@ def _print(result: dict[str, Any], out: Path) -> None:
         ("profile", shown),
         (
             "rate requested / achieved",
-            f"{result['requested_rate_per_s']:,.0f}/s / {result['achieved_rate_per_s']:,.0f}/s",
+            f"{_rate(result['requested_rate_per_s'])}/s / {_rate(result['achieved_rate_per_s'])}/s",
         ),
         ("verdict", result["verdict"]),
         ("operations", ", ".join(f"{k} {v:,}" for k, v in result["operations"].items())),
@@ -492,6 +492,11 @@ def _find_max(
         # the fields of a single run, for the best rate (or the last trial)
         **{k: v for k, v in shown.items() if k in RUN_FIELDS},
     }
+
+
+def _rate(per_s: float) -> str:
+    """A rate as the summary shows it: whole numbers, but not 0/s for --rate 0.5."""
+    return f"{per_s:,.0f}" if per_s >= 10 else f"{per_s:.2g}"
 
 
 def _check_plot(parser: argparse.ArgumentParser) -> None:

@@ -483,3 +483,9 @@ def test_the_engine_senders_due_times_are_due_times_rule_one_and_many() -> None:
     assert one == [("", 5_000.0 + EXACT_LEAD_MS)]
     assert [due for _err, due in many] == due_times(np.asarray(intended), kinds).tolist()
     assert sched.triggers[0].at_epoch_millis == 5_000 + EXACT_LEAD_MS
+
+
+def test_the_summary_shows_a_slow_rate_as_it_is() -> None:
+    from kmpray.bench.load import _rate
+
+    assert (_rate(14_000.4), _rate(10), _rate(0.5), _rate(1 / 3)) == ("14,000", "10", "0.5", "0.33")
