@@ -32,7 +32,8 @@ system lost and ran again. Reported, per scenario:
 - ``counted_twice``: tasks with more than one terminal completion event (must be 0);
   ``events_missing``: acknowledged tasks whose terminal event never reached the log.
 - ``kills``, ``recovery_s`` {p50, max}: from each kill until the process answers again.
-- ``leaked_cpus``: CPUs still taken after the drain beyond the heavy workers kept warm.
+- ``leaked_cpus``: CPUs still taken after the drain beyond the heavy workers kept warm
+  (and beyond what was taken before the run: another engine's, on a shared cluster).
 """
 
 from __future__ import annotations
@@ -177,6 +178,10 @@ def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int
     rate = rate or (default_rate / 4 if quick else default_rate)
     n = tasks or (small if quick else full)
     ray = ray_up(address)
+    # CPUs others hold before the run (a deployment's heavy workers on a cluster given with
+    # --address): not this run's leak. Until session 57 a run beside a deployment with two
+    # heavy workers placed reported leaked_cpus 2.0.
+    taken_before = ray.cluster_resources().get("CPU", 0) - ray.available_resources().get("CPU", 0)
     state = scratch_dir(f"kmpray-chaos-{name}-")
     ledger = Path(state) / "ledger"
     namespace = f"chaos-{name}-{seed}"
@@ -293,7 +298,7 @@ def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int
             "waited_for_recovery": wait_recovery,
             "recovery_s": _seconds(percentiles([s * 1000 for s in nemesis.recovery_s])),
             "recovery_max_s": round(max(nemesis.recovery_s), 3) if nemesis.recovery_s else None,
-            "leaked_cpus": round(cluster - available - warm_heavy, 2),
+            "leaked_cpus": round(cluster - available - warm_heavy - taken_before, 2),
             "elapsed_s": round(elapsed, 1),
             "seed": seed,
             "timeline": timeline(ledger, started_wall, nemesis),
