@@ -15,6 +15,9 @@ def plot(result: dict[str, Any], json_path: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    plain = FuncFormatter(lambda v, _pos: f"{v:g}")  # a log axis's ticks as 5, 10, 50, not 5×10⁰
 
     stem = json_path.with_suffix("")
     written: list[Path] = []
@@ -46,6 +49,8 @@ def plot(result: dict[str, Any], json_path: Path) -> list[Path]:
         bottom.set_ylabel("ms")
         bottom.set_xlabel("s since the schedule's start")
         bottom.set_yscale("log")
+        bottom.yaxis.set_major_formatter(plain)
+        bottom.yaxis.set_minor_formatter(plain)
         bottom.legend(loc="upper left")
         fig.suptitle(f"kmpray bench load: {result.get('profile', '')}")
         path = Path(f"{stem}-timeline.png")
@@ -62,6 +67,7 @@ def plot(result: dict[str, Any], json_path: Path) -> list[Path]:
                     xs = [max(x, 0.01) for x in xs]
                     ax.plot(xs, CDF_LEVELS[: len(xs)], style, color=f"C{n}", label=f"{kind} {which}")
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(plain)
         ax.set_xlabel("enqueue -> start, ms")
         ax.set_ylabel("share of operations")
         ax.legend(loc="upper left", fontsize="small")
@@ -84,6 +90,9 @@ def plot(result: dict[str, Any], json_path: Path) -> list[Path]:
             color="grey",
             label="requested",
         )
+        if result.get("dispatch_capacity_per_s"):  # what the knee's share is of
+            ax.axhline(result["dispatch_capacity_per_s"], color="tab:green", alpha=0.5,
+                       label="bulk capacity (median over the run)")
         ax2 = ax.twinx()
         ax2.plot(
             [c["rate_per_s"] for c in pts],
