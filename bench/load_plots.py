@@ -17,7 +17,7 @@ def plot(result: dict[str, Any], json_path: Path) -> list[Path]:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
 
-    plain = FuncFormatter(lambda v, _pos: f"{v:g}")  # a log axis's ticks as 5, 10, 50, not 5×10⁰
+    plain = FuncFormatter(lambda v, _pos: f"{v:g}")  # a log axis's ticks as 5, 10, 50, not in powers of ten
 
     stem = json_path.with_suffix("")
     written: list[Path] = []
