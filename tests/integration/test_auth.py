@@ -84,7 +84,7 @@ def test_a_token_cluster_serves_clients_with_its_token_and_refuses_the_others(tm
         # The load generator pointed at the deployment, the token where `ray start --head`
         # leaves it: it load-tests the engine there as it is (until session 57 it also made
         # a scratch state dir and said it was not used). With `--address auto` and
-        # RAY_AUTH_MODE unset Ray finds that token itself (tests/core/test_bench_scratch.py:
+        # RAY_AUTH_MODE unset Ray finds that token itself (tests/core/test_bench_ray_up.py:
         # the generator no longer turns authentication off for a cluster's address).
         (home / ".ray").mkdir()
         (home / ".ray" / "auth_token").write_text(token)
