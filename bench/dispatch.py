@@ -105,9 +105,16 @@ def capacity_batches(sched: Any, runs: int, between: Callable[[], None], n: int 
     between()
     rates = []
     for _ in range(runs):
-        rates.append(engine_rate(sched, n, f"cap-{uuid.uuid4().hex[:6]}", worker="BenchStamp")[0])
+        rates.append(capacity_batch(sched, n))
         between()
     return rates
+
+
+def capacity_batch(sched: Any, n: int = 5_000) -> float:
+    """One bulk batch of ``n`` of the load generator's stamping tasks (ids ``cap-…``):
+    its tasks/s, as ``capacity_batches`` measures each (``bench load --find-max`` runs
+    one more after every trial)."""
+    return engine_rate(sched, n, f"cap-{uuid.uuid4().hex[:6]}", worker="BenchStamp")[0]
 
 
 def run(quick: bool = False, json_path: str | None = None, address: str | None = None, shards: int = 1,

@@ -48,6 +48,7 @@ from .load_plan import (
     parse_mix,
     parse_profile,
     rows_before,
+    shown_rate,
     so_far,
     split,
     summary,
@@ -265,7 +266,7 @@ def _print(result: dict[str, Any], out: Path) -> None:
         ("profile", shown),
         (
             "rate requested / achieved",
-            f"{_rate(result['requested_rate_per_s'])}/s / {_rate(result['achieved_rate_per_s'])}/s",
+            f"{shown_rate(result['requested_rate_per_s'])}/s / {shown_rate(result['achieved_rate_per_s'])}/s",
         ),
         ("verdict", result["verdict"]),
         ("operations", ", ".join(f"{k} {v:,}" for k, v in result["operations"].items())),
@@ -381,8 +382,7 @@ def main(argv: list[str]) -> int:
                          f"--namespace {args.namespace}`, or leave out --address to load-test an engine of "
                          "the generator's own")
     own = args.address is None and args.state_dir is None  # an engine of our own: stopped at the end
-    # Pointed at a deployment, it attaches as it is (a scratch dir of its own was made, and
-    # named in a line saying it was not used, until session 57).
+    # (pointed at a deployment it attaches as that is: no scratch dir of its own)
     state_dir = args.state_dir or (None if args.address else scratch_dir("kmpray-load-"))
     sched = kmpray.connect(namespace=args.namespace, state_dir=state_dir)
     try:
@@ -431,15 +431,12 @@ def _run(sched: Any, args: argparse.Namespace, state_dir: str | None, profile: P
 def _find_max(
     sched: Any, args: argparse.Namespace, state_dir: str | None, common: dict[str, Any]
 ) -> dict[str, Any]:
-    from .dispatch import capacity_batches, engine_rate
+    from .dispatch import capacity_batch, capacity_batches
 
     results: dict[float, dict[str, Any]] = {}
-    # The same engine's capacity through the bulk path, measured in this run: the knee is
-    # reported against it (one-time work can at best approach it). Three batches first (one
-    # batch's figure moved 8,375-9,760/s between runs here, session 15), then one after
-    # every trial, and the median of them all: this VM's speed drifts within minutes, and
-    # a capacity taken only at the start once read 9,353/s in a slow spell that the trials
-    # after it had left (12,800/s passed: a share of 137 %; session 57).
+    # The knee is reported against the same engine's bulk capacity: three batches first,
+    # then one after every trial, and the median of them all (this VM's speed drifts within
+    # minutes: a capacity taken before the trials only once gave a share of 137 %).
     runs = capacity_batches(sched, CAPACITY_RUNS, lambda: settle(sched), CAPACITY_TASKS)
     shown_runs = ", ".join(f"{r:,.0f}" for r in runs)
     print(f"  dispatch capacity (enqueue_many, same engine): {float(np.median(runs)):,.0f} tasks/s "
@@ -453,14 +450,11 @@ def _find_max(
         results[rate] = r
         t = Trial(rate, r["achieved_rate_per_s"], p99)
         settle(sched)
-        runs.append(engine_rate(sched, CAPACITY_TASKS, f"cap-{uuid.uuid4().hex[:6]}", worker="BenchStamp")[0])
+        runs.append(capacity_batch(sched, CAPACITY_TASKS))
         settle(sched)
-        print(
-            f"  trial {rate:8,.0f}/s: achieved {t.achieved:8,.0f}/s, corrected p99 {p99:8.1f} ms"
-            f" -> {'pass' if t.passes(args.slo_p99_ms) else 'fail'}  ({r['verdict']}); bulk after it"
-            f" {runs[-1]:,.0f}/s",
-            flush=True,
-        )
+        verdict = "pass" if t.passes(args.slo_p99_ms) else "fail"
+        print(f"  trial {rate:8,.0f}/s: achieved {t.achieved:8,.0f}/s, corrected p99 {p99:8.1f} ms"
+              f" -> {verdict}  ({r['verdict']}); bulk after it {runs[-1]:,.0f}/s", flush=True)
         return t
 
     start = args.rate or 200.0
@@ -492,11 +486,6 @@ def _find_max(
         # the fields of a single run, for the best rate (or the last trial)
         **{k: v for k, v in shown.items() if k in RUN_FIELDS},
     }
-
-
-def _rate(per_s: float) -> str:
-    """A rate as the summary shows it: whole numbers, but not 0/s for --rate 0.5."""
-    return f"{per_s:,.0f}" if per_s >= 10 else f"{per_s:.2g}"
 
 
 def _check_plot(parser: argparse.ArgumentParser) -> None:

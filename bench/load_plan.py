@@ -399,3 +399,8 @@ def rows_before(rows: dict[str, list[Any]], at_ms: float) -> dict[str, list[Any]
 def live_ms(value: float) -> str:
     """A live latency, or a dash before any start was seen (not "nan")."""
     return f"{value:7.1f}" if value == value else f"{'-':>7}"
+
+
+def shown_rate(per_s: float) -> str:
+    """A rate as the summary shows it: whole numbers, but not 0/s for --rate 0.5."""
+    return f"{per_s:,.0f}" if per_s >= 10 else f"{per_s:.2g}"
