@@ -7,7 +7,7 @@ import json
 from kmpray import ExistingPolicy, ScheduleResult, TaskRequest, TaskState
 from kmpray.chain import TaskChain
 from kmpray.chain_record import chain_state
-from kmpray.results import Failure, Retry, Success
+from kmpray.results import Retry, Success
 
 from .conftest import Harness, task
 
@@ -15,7 +15,7 @@ KEEP, REPLACE = ExistingPolicy.KEEP, ExistingPolicy.REPLACE
 S = TaskState
 
 
-def _chain(h: Harness, cid: str, steps: list[list[dict[str, object]]], policy: ExistingPolicy = REPLACE) -> ScheduleResult:
+def chain_of(h: Harness, cid: str, steps: list[list[dict[str, object]]], policy: ExistingPolicy = REPLACE) -> ScheduleResult:
     return h.core.submit_chain(cid, policy, steps).result
 
 
@@ -27,7 +27,7 @@ def states(h: Harness, cid: str) -> list[list[str]]:
 
 def test_later_steps_wait_blocked_until_every_prerequisite_succeeded(h: Harness) -> None:
     h.workers["Data"] = lambda d: Success(data={"from": d.key})
-    assert _chain(h, "c", [[task("Data", "a")], [task("Data", "b1"), task("Data", "b2")], [task("Data", "z")]]) \
+    assert chain_of(h, "c", [[task("Data", "a")], [task("Data", "b1"), task("Data", "b2")], [task("Data", "z")]]) \
         is ScheduleResult.SUCCESS
     assert states(h, "c") == [["ENQUEUED"], ["BLOCKED", "BLOCKED"], ["BLOCKED"]]
     assert [d.key for d in h.step()] == ["a"]
@@ -48,7 +48,7 @@ def test_own_input_wins_and_array_merger_collects(h: Harness) -> None:
         [task("Data", "a"), task("Data", "b")],
         [task("Data", "own", input="mine"), task("Data", "arr", merger="ARRAY")],
     ]
-    _chain(h, "c", steps)
+    chain_of(h, "c", steps)
     h.step()
     runs = {d.key: d for d in h.step()}
     assert runs["own"].input == "mine" and runs["own"].upstream == {"v": "b"}
@@ -58,7 +58,7 @@ def test_own_input_wins_and_array_merger_collects(h: Harness) -> None:
 def test_array_merger_type_mismatch_fails_the_step_clearly(h: Harness) -> None:
     outs = iter([Success(data={"v": 1}), Success(data={"v": "x"})])
     h.workers["Mixed"] = lambda d: next(outs)
-    _chain(h, "c", [[task("Mixed", "a"), task("Mixed", "b")], [task("Ok", "m", merger="ARRAY")]])
+    chain_of(h, "c", [[task("Mixed", "a"), task("Mixed", "b")], [task("Ok", "m", merger="ARRAY")]])
     h.step()
     h.step()
     rec = h.core.tasks["m"]
@@ -66,7 +66,7 @@ def test_array_merger_type_mismatch_fails_the_step_clearly(h: Harness) -> None:
 
 
 def test_a_failed_step_fails_every_dependent_which_never_runs(h: Harness) -> None:
-    _chain(h, "c", [[task("Ok", "a")], [task("Fail", "b"), task("Ok", "sib")], [task("Ok", "c1")], [task("Ok", "c2")]])
+    chain_of(h, "c", [[task("Ok", "a")], [task("Fail", "b"), task("Ok", "sib")], [task("Ok", "c1")], [task("Ok", "c2")]])
     h.step()
     h.step()
     assert states(h, "c") == [["SUCCEEDED"], ["FAILED", "SUCCEEDED"], ["FAILED"], ["FAILED"]]
@@ -78,7 +78,7 @@ def test_a_failed_step_fails_every_dependent_which_never_runs(h: Harness) -> Non
 def test_a_retrying_step_keeps_dependents_blocked(h: Harness) -> None:
     outs = iter([Retry("again", delay_ms=100), Success()])
     h.workers["Twice"] = lambda d: next(outs)
-    _chain(h, "c", [[task("Twice", "a")], [task("Ok", "b")]])
+    chain_of(h, "c", [[task("Twice", "a")], [task("Ok", "b")]])
     h.step()
     assert states(h, "c") == [["ENQUEUED"], ["BLOCKED"]]
     h.advance(100)
@@ -86,7 +86,7 @@ def test_a_retrying_step_keeps_dependents_blocked(h: Harness) -> None:
 
 
 def test_cancel_chain_cancels_every_unfinished_task(h: Harness) -> None:
-    _chain(h, "c", [[task("Ok", "a")], [task("Ok", "b")], [task("Ok", "z")]])
+    chain_of(h, "c", [[task("Ok", "a")], [task("Ok", "b")], [task("Ok", "z")]])
     h.step()
     assert h.core.cancel("c") == 2
     assert states(h, "c") == [["SUCCEEDED"], ["CANCELLED"], ["CANCELLED"]]
@@ -94,7 +94,7 @@ def test_cancel_chain_cancels_every_unfinished_task(h: Harness) -> None:
 
 
 def test_cancelling_one_step_cancels_its_dependents_only(h: Harness) -> None:
-    _chain(h, "c", [[task("Ok", "a"), task("Ok", "b")], [task("Ok", "z")]])
+    chain_of(h, "c", [[task("Ok", "a"), task("Ok", "b")], [task("Ok", "z")]])
     h.core.cancel("a")
     h.step()
     assert states(h, "c") == [["CANCELLED", "SUCCEEDED"], ["CANCELLED"]]
@@ -103,7 +103,7 @@ def test_cancelling_one_step_cancels_its_dependents_only(h: Harness) -> None:
 def test_keep_ignores_a_rerun_while_unfinished_and_replace_starts_over(h: Harness) -> None:
     steps = lambda: [[task("Ok", "a")], [task("Ok", "b")]]  # noqa: E731
     for _ in range(5):  # clicking "run" five times
-        assert _chain(h, "c", steps(), KEEP) is ScheduleResult.SUCCESS
+        assert chain_of(h, "c", steps(), KEEP) is ScheduleResult.SUCCESS
     h.step()
     h.step()
     assert [d.key for d in h.runs] == ["a", "b"]
@@ -119,8 +119,8 @@ def test_keep_ignores_a_rerun_while_unfinished_and_replace_starts_over(h: Harnes
 
 
 def test_reused_auto_ids_get_fresh_ones_and_explicit_duplicates_are_rejected(h: Harness) -> None:
-    assert _chain(h, "c1", [[task("Ok", "shared", explicit=False)]]) is ScheduleResult.SUCCESS
-    assert _chain(h, "c2", [[task("Ok", "shared", explicit=False)]]) is ScheduleResult.SUCCESS
+    assert chain_of(h, "c1", [[task("Ok", "shared", explicit=False)]]) is ScheduleResult.SUCCESS
+    assert chain_of(h, "c2", [[task("Ok", "shared", explicit=False)]]) is ScheduleResult.SUCCESS
     assert h.core.chains["c2"].steps[0][0] != "shared"
     dup = h.core.submit_chain("c3", REPLACE, [[task("Ok", "x")], [task("Ok", "x")]])
     assert dup.result is ScheduleResult.REJECTED_INVALID_PARAMS and "used twice" in (dup.reason or "")
@@ -175,7 +175,7 @@ def test_chain_state_rules() -> None:
 
 def test_half_run_chain_resumes_after_restart_without_rerunning_succeeded_steps(h: Harness) -> None:
     h.workers["Data"] = lambda d: Success(data={"k": d.key})
-    _chain(h, "c", [[task("Data", "a"), task("Data", "b")], [task("Data", "mid")], [task("Data", "z")]])
+    chain_of(h, "c", [[task("Data", "a"), task("Data", "b")], [task("Data", "mid")], [task("Data", "z")]])
     h.core.tick()
     a, b = h.core.take_ready(2)
     h.core.complete(a.key, a.run_id, Success(data={"k": "a"}))  # b is in flight at the "kill"
@@ -192,7 +192,7 @@ def test_half_run_chain_resumes_after_restart_without_rerunning_succeeded_steps(
 
 def test_a_coordinator_restart_losing_messages_resumes_at_the_interrupted_step(h: Harness) -> None:
     h.workers["Data"] = lambda d: Success(data={"k": d.key})
-    _chain(h, "c", [[task("Data", "a"), task("Data", "b")], [task("Data", "mid")], [task("Data", "z")]])
+    chain_of(h, "c", [[task("Data", "a"), task("Data", "b")], [task("Data", "mid")], [task("Data", "z")]])
     h.flush()
     h.coordinator_up = False  # the coordinator is down: the step messages pile up, then are lost
     h.step()
@@ -269,7 +269,7 @@ def test_the_periodic_check_asks_only_about_quiet_plans_and_drops_only_among_the
 
 def test_a_snapshot_by_id_covers_only_those_chains_and_only_unfinished_ones(h: Harness) -> None:
     for cid in ("c1", "c2", "c3"):
-        _chain(h, cid, [[task("Ok", f"{cid}a")], [task("Ok", f"{cid}b")]])
+        chain_of(h, cid, [[task("Ok", f"{cid}a")], [task("Ok", f"{cid}b")]])
     h.core.cancel("c3b")
     h.core.cancel("c3a")
     full = h.core.chain_snapshot(0, 1)
@@ -292,7 +292,7 @@ def test_chain_messages_and_snapshots_travel_as_what_ray_packs_in_c(h: Harness) 
         return msgpack.unpackb(msgpack.packb(value, strict_types=True, use_bin_type=True), raw=False)
 
     h.workers["Data"] = lambda d: Success(data={"x": [1, 2], "b": b"\x00", "m": {"k": None}})
-    _chain(h, "c1", [[task("Data", "a"), task("Data", "b")], [task("Ok", "c")]])
+    chain_of(h, "c1", [[task("Data", "a"), task("Data", "b")], [task("Ok", "c")]])
     assert sorted(d.key for d in h.step()) == ["a", "b"]
     out = {"x": [1, 2], "b": b"\x00", "m": {"k": None}}
     msgs = [Plan("c1", "g", [["a", "b"], ["c"]], {"c": "ARRAY"}), Step("c1", "g", 0, "a", "SUCCEEDED", out),
@@ -322,11 +322,11 @@ def test_a_resync_after_a_fan_in_promotes_with_every_predecessors_output() -> No
 
 
 def test_thousand_step_chain_and_five_thousand_wide_step(h: Harness) -> None:
-    _chain(h, "long", [[task("Ok", f"s{i}")] for i in range(1000)])
+    chain_of(h, "long", [[task("Ok", f"s{i}")] for i in range(1000)])
     for _ in range(1000):
         h.step()
     assert h.core.chain_info("long").state is S.SUCCEEDED  # type: ignore[union-attr]
-    _chain(h, "wide", [[task("Ok", "w0")], [task("Ok", f"p{i}") for i in range(5000)], [task("Ok", "join")]])
+    chain_of(h, "wide", [[task("Ok", "w0")], [task("Ok", f"p{i}") for i in range(5000)], [task("Ok", "join")]])
     h.step()
     assert len(h.step()) == 5000
     [join] = h.step()
@@ -372,100 +372,6 @@ def test_chain_counters_always_match_the_task_states(  # type: ignore[no-untyped
     for _ in range(20):  # liveness: whatever restarted, the chain always finishes
         h.advance(100)
     assert h.core.is_settled("c") and all(h.core.tasks[k].state.is_finished for s in chain.steps for k in s)
-
-
-# ---------------------------------------------------------------- one hop per step
-def test_a_sequential_stretch_is_handed_over_with_its_first_run(h: Harness) -> None:
-    _chain(h, "c", [[task("Ok", "a")], [task("Ok", "b")], [task("Ok", "c", input="own")], [task("Ok", "d1"),
-                                                                                           task("Ok", "d2")]])
-    h.core.tick()
-    [a] = h.core.take_ready(10)
-    b = a.then
-    assert b is not None and (b.key, b.run_id, b.upstream) == ("b", h.core.tasks["b"].run_id + 1, None)
-    assert b.then is not None and b.then.key == "c" and b.then.input == "own"
-    assert b.then.then is None  # the next step has two tasks: its barrier is the coordinator's
-
-
-def test_only_successors_nothing_else_could_hold_back_are_handed(h: Harness) -> None:
-    cases = {
-        "gated": task("Ok", "n", requires_charging=True),
-        "heavy": task("Ok", "n", is_heavy_task=True),
-    }
-    for name, nxt in cases.items():
-        _chain(h, name, [[task("Ok", f"a-{name}")], [{**nxt, "id": f"n-{name}"}]])
-    _chain(h, "wide", [[task("Ok", "w1"), task("Ok", "w2")], [task("Ok", "after")]])
-    h.core.tick()
-    taken = h.core.take_ready(10)
-    assert {d.key for d in taken} == {"a-gated", "a-heavy", "w1", "w2"}
-    assert all(d.then is None for d in taken)
-
-
-def test_follow_takes_the_handed_run_as_dispatched_and_begun(h: Harness) -> None:
-    _chain(h, "c", [[task("Ok", "a")], [task("Ok", "b", merger="ARRAY")], [task("Ok", "c")]])
-    h.core.tick()
-    [a] = h.core.take_ready(10)
-    b = a.then
-    assert b is not None
-    h.core.complete("a", a.run_id, Success(data={"v": 1}))
-    assert h.core.follow("a", a.run_id, "b", b.run_id)
-    rec = h.core.tasks["b"]
-    assert (rec.state, rec.run_id, rec.started, rec.upstream) == (S.RUNNING, b.run_id, True, {"v": [1]})
-    assert rec.run_attempt_count == 1 and h.core.tasks["b"].info().state is S.RUNNING
-    h.flush()  # the coordinator's promotion of b comes late: b is not BLOCKED, it is left alone
-    assert h.core.tasks["b"].state is S.RUNNING and h.core.take_ready(10) == []
-    h.core.complete("b", b.run_id, Success(data={"v": 2}))
-    assert b.then is not None and h.core.follow("b", b.run_id, "c", b.then.run_id)
-    h.core.complete("c", b.then.run_id, Success())
-    h.flush()
-    assert states(h, "c") == [["SUCCEEDED"], ["SUCCEEDED"], ["SUCCEEDED"]]
-    assert h.core.chain_info("c").state is S.SUCCEEDED  # type: ignore[union-attr]
-
-
-def test_follow_refuses_a_run_the_chain_no_longer_wants(h: Harness) -> None:
-    _chain(h, "c", [[task("Ok", "a")], [task("Ok", "b")]])
-    h.core.tick()
-    [a] = h.core.take_ready(10)
-    assert a.then is not None
-    h.core.complete("a", a.run_id, Failure("no"))
-    assert not h.core.follow("a", a.run_id, "b", a.then.run_id)  # a did not succeed
-    _chain(h, "d", [[task("Ok", "x")], [task("Ok", "y")]])
-    h.core.tick()
-    [x] = h.core.take_ready(10)
-    assert x.then is not None
-    h.core.complete("x", x.run_id, Success())
-    assert not h.core.follow("x", x.run_id, "y", x.then.run_id + 1)  # not the run handed over
-    assert not h.core.follow("x", x.run_id + 1, "y", x.then.run_id)  # not x's current run
-    assert h.core.cancel("d") == 1  # y, still BLOCKED: cancelled with its chain
-    assert not h.core.follow("x", x.run_id, "y", x.then.run_id)
-    assert h.core.tasks["y"].state is S.CANCELLED and h.core.tasks["y"].run_attempt_count == 0
-
-
-def test_a_step_handed_out_in_the_turn_that_promoted_it_is_adopted_after_a_crash_before_the_write() -> None:
-    """A scheduler promotes a chain step and hands it out in one turn, and writes both after
-    the hand-over: killed in between, the store still holds the step BLOCKED. An executor
-    holding its run proves the promotion (nothing hands out a BLOCKED task), so the run is
-    adopted, not run again when the coordinators promote the step once more; and the
-    promotion that comes then still brings the step its upstream data. (Found by the mixed
-    chaos scenario: a join step began again after a scheduler kill.)"""
-    h = Harness()
-    h.core.submit_chain("ch", REPLACE, [[task("Ok", "a")], [task("Ok", "b")]])
-    h.flush()
-    h.core.tick()
-    [a] = h.core.take_ready(10)
-    h.core.complete(a.key, a.run_id, Success(data={"n": 1}))
-    h.drain()  # "a" SUCCEEDED is stored; "b" is stored BLOCKED
-    msgs, h.chain_msgs = h.chain_msgs, []
-    h.core.chain_actions(h.coordinator.apply(msgs))  # the coordinator promotes "b" (in memory)...
-    h.core.tick()
-    [b] = h.core.take_ready(10)  # ...and the same turn hands it out
-    assert b.key == "b"
-    h.restart(adopt=lambda core: core.adopt([(b.key, b.run_id)]), flush=False)  # killed before the write
-    assert h.state("b") == "RUNNING"  # adopted: no new run of it is handed out
-    assert h.core.take_ready(10) == []
-    assert h.core.latest("b").upstream == {"n": 1}  # type: ignore[union-attr]  # the promotion's, once more
-    assert h.core.complete(b.key, b.run_id, Success())  # the held run's report counts
-    assert h.state("b") == "SUCCEEDED"
-    assert h.core.latest("b").run_attempt_count == 1  # type: ignore[union-attr]
 
 
 def test_a_refused_chain_says_why_without_an_exception_class_in_front() -> None:
@@ -515,7 +421,7 @@ def test_a_chain_info_reaches_clients_pickled_and_an_unfinished_round_sends_none
     from kmpray.client.waiting import Waiting
     from kmpray.protocol import UNFINISHED, chain_answer, chain_from_answer
 
-    _chain(h, "c1", [[task("Ok", "a")], [task("Ok", "b")]])
+    chain_of(h, "c1", [[task("Ok", "a")], [task("Ok", "b")]])
     running = h.core.chain_info("c1")
     assert running is not None and not running.state.is_finished
     raw = chain_answer(running)

@@ -78,12 +78,14 @@ def test_only_the_state_machine_changes_a_tasks_state() -> None:
     assert {name: lines for name, lines in found.items() if lines and name != "lifecycle.py"} == {}
 
 
-def test_no_module_of_the_engine_exceeds_500_lines() -> None:
-    """A module that outgrows this hides more than one concern (split it, as engine.py was)."""
+def test_no_module_exceeds_500_lines() -> None:
+    """A module that outgrows this hides more than one concern (split it, as engine.py was).
+    The engine's, and since session 58 the tests' and the benchmarks' too (four test
+    modules of 532-600 lines were split by theme then)."""
     root = Path(__file__).parents[2]
     sizes = {p.relative_to(root).as_posix(): len(p.read_text().splitlines())
-             for folder in ("kmpray", "actors") for p in (root / folder).rglob("*.py")}
-    assert len(sizes) > 40
+             for folder in ("kmpray", "actors", "tests", "bench") for p in (root / folder).rglob("*.py")}
+    assert len(sizes) > 200 and "tests/core/test_layout.py" in sizes and "bench/load.py" in sizes
     assert {name: n for name, n in sizes.items() if n > 500} == {}
 
 

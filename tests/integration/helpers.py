@@ -62,6 +62,16 @@ def scrape_metrics(
     return out
 
 
+def drained(sub: Any, n: int, of: set[str] | None = None) -> list[Any]:
+    """The next ``n`` events (of the tasks ``of`` only: on a module's shared engine,
+    other tests' events may come first); fewer if 30 s pass with none."""
+    out = []
+    while len(out) < n and (event := sub.get(timeout_s=30)) is not None:
+        if of is None or event.task_id in of:
+            out.append(event)
+    return out
+
+
 def next_completion(sub: Any, task_id: str, timeout_s: float = 30.0) -> Any:
     """The next completion event of ``task_id`` on a subscription opened before the trigger."""
     deadline = time.monotonic() + timeout_s
