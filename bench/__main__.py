@@ -1,11 +1,12 @@
 """python -m bench <name> [--quick] [--json PATH] [--address ADDR] [--plot]
-python -m bench load --rate R ...   (the load generator: load --help)
-python -m bench chaos [--scenario scheduler|executors|coordinators|mixed|hard-restart|poison|misfire|
-                                 long-runs|node-loss|soak]
-                    [--shards N]   (all but poison, misfire, long-runs)
-python -m bench plot [NAME ...]     (PNGs from the JSON in bench/results/, without running anything)
-python -m bench peers [--install]   (Huey, Dramatiq, Celery over Redis, raw Ray and kmpray side by side)
-python -m bench ab --rev REV [--pairs N] -- dispatch   (REV's engine code against this one, alternating)"""
+python -m bench load --rate R ...  the load generator (load --help)
+python -m bench chaos [--scenario NAME] [--shards N]  continuous chaos; NAME one of scheduler,
+  executors, coordinators, mixed, hard-restart, poison, misfire, long-runs, node-loss, soak
+  (default: every one); --shards N: every scenario but poison, misfire and long-runs
+python -m bench plot [NAME ...]  PNGs from the saved JSON, without running anything
+python -m bench peers [--install]  Huey, Dramatiq, Celery over Redis, raw Ray and kmpray side by side
+python -m bench ab --rev REV [--pairs N] -- dispatch  REV's engine code against this one,
+  alternating (in a git checkout)"""
 
 from __future__ import annotations
 
@@ -19,12 +20,13 @@ BENCHMARKS = ["core", "dispatch", "latency", "submit", "timers", "memory", "chai
 ALIASES = {"single": "submit"}  # its name before it measured #14's figures
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m bench") -> int:
+    """``prog``: how the user called it (``kmpray bench`` from the CLI), in the help and usage."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["load"]:
         from .load import main as load_main
 
-        return load_main(argv[1:])
+        return load_main(argv[1:], prog=f"{prog} load")
     if argv[:1] == ["ab"]:
         from .ab import main as ab_main
 
@@ -35,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
         for path in plot_saved(argv[1:]):
             print(f"  plot: {path}")
         return 0
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog=prog, description=(__doc__ or "").replace("python -m bench", prog),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", choices=[*BENCHMARKS, "all", "load", "chaos", "peers"],
                         help="'load --help' for the load generator; chaos, peers are not in 'all'")
     parser.add_argument("--scenario", default=None, help="chaos: one scenario (default: every one)")

@@ -1,4 +1,4 @@
-"""python -m bench ab --rev REV [--pairs N] [--json PATH] -- BENCH ARGS...
+"""python -m bench ab --rev REV [--pairs N] [--json PATH] [--] BENCH ARGS...
 
 One benchmark of the engine's code at ``REV`` against the code checked out now, in
 alternating pairs (REV, now; then now, REV; ...), each run a fresh process and a fresh Ray.
@@ -96,20 +96,30 @@ def compare(rev: str, pairs: int, bench_args: list[str], runner: Runner = _run_b
             "bench": bench_args, "order": order(pairs), "figures": figures}
 
 
-def main(argv: list[str]) -> int:
-    if "--" not in argv:
-        print(__doc__)
-        return 2
-    cut = argv.index("--")
+def parse(argv: list[str]) -> argparse.Namespace | None:
+    """ab's own options, then the benchmark and its arguments (``bench``), after ``--`` or
+    not: ``kmpray bench ab`` gets its arguments from click, which drops the ``--``. None
+    when no benchmark is named."""
     parser = argparse.ArgumentParser(prog="python -m bench ab")
     parser.add_argument("--rev", required=True, help="the revision to compare the checked-out code with")
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--json", default=None, help="the comparison's JSON (default bench/results/ab.json)")
-    args = parser.parse_args(argv[:cut])
+    parser.add_argument("bench", nargs=argparse.REMAINDER, help="the benchmark and its arguments")
+    args = parser.parse_args(argv)
+    if args.bench[:1] == ["--"]:
+        args.bench = args.bench[1:]
+    return args if args.bench else None
+
+
+def main(argv: list[str]) -> int:
+    args = parse(argv) if argv else None
+    if args is None:
+        print(__doc__)
+        return 2
     if _git("status", "--porcelain", "--", *ENGINE_CODE).strip():
         print("bench ab: kmpray/ or actors/ has uncommitted changes; commit or stash them first")
         return 2
-    result = compare(args.rev, args.pairs, argv[cut + 1:])
+    result = compare(args.rev, args.pairs, args.bench)
     for key, f in result["figures"].items():
         print(f"  {key:40s} {args.rev}: {f['rev']}  now: {f['now']}  now/rev {f['now_over_rev']}")
     print(f"  wrote {write('ab', result, args.json)}")

@@ -285,11 +285,11 @@ def _print(result: dict[str, Any], out: Path) -> None:
     print(table(rows))
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], prog: str = "kmpray bench load") -> int:
     import kmpray
 
     parser = argparse.ArgumentParser(
-        prog="kmpray bench load", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rate", type=float, default=None, help="operations per second (constant profile)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of load (constant profile)")

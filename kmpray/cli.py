@@ -379,16 +379,17 @@ def dashboard(address: str | None, namespace: str, state_dir: str | None, port: 
 
 
 @main.command(
-    context_settings={"ignore_unknown_options": True, "allow_extra_args": True}, add_help_option=False
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True}, add_help_option=False,
+    short_help="Benchmarks, the load generator, chaos runs.",
 )
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def bench(args: tuple[str, ...]) -> None:
-    """Run benchmarks (delegates to ``python -m bench``; try ``kmpray bench --help``)."""
+    """Run the benchmarks, the load generator and the chaos driver (kmpray bench --help)."""
     try:
         from kmpray.bench.__main__ import main as bench_main
     except ImportError as exc:
         raise click.ClickException(f"bench is not installed with this kmpray: {exc}") from None
-    sys.exit(bench_main(list(args)))
+    sys.exit(bench_main(list(args), prog="kmpray bench"))
 
 
 if __name__ == "__main__":

@@ -47,6 +47,12 @@ def test_bench_is_reachable_from_the_cli() -> None:
     assert out.returncode == 0 and "--rate" in out.stdout and "--mix" in out.stdout
     bad = kmpray("bench", "load", "--rate", "10", "--mix", "sometimes:1")
     assert bad.returncode == 2 and "unknown kind 'sometimes'" in bad.stderr
+    # named as the user called it (it said "python -m bench", which an installed kmpray has
+    # not), its lines as written (argparse ran them into one paragraph)
+    out = cli("bench", "--help")
+    assert out.stdout.startswith("usage: kmpray bench ") and "python -m bench" not in out.stdout
+    assert "\nkmpray bench chaos [--scenario NAME] [--shards N]" in out.stdout
+    assert cli("bench", "load", "--help").stdout.startswith("usage: kmpray bench load ")
 
 
 def test_bad_option_is_one_clear_line_and_exit_code_2() -> None:

@@ -47,3 +47,26 @@ def test_a_failing_run_of_the_other_revision_still_puts_the_code_back() -> None:
     with pytest.raises(RuntimeError):
         compare("abc123", 1, ["dispatch"], runner=runner, checkout=checked_out.append)
     assert checked_out == ["HEAD", "abc123", "HEAD"]
+
+
+def test_kmpray_bench_ab_passes_the_benchmark_on_though_click_drops_the_double_dash(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """click takes ``--`` for its own end of options and drops it: ``kmpray bench ab --rev R
+    -- dispatch`` printed the usage and did nothing (ab looked for the ``--``). The
+    benchmark now starts at the first argument after ab's own options, ``--`` or not."""
+    import kmpray.bench.ab as ab
+    from click.testing import CliRunner
+
+    from kmpray.cli import main
+
+    seen: list[tuple[str, int, list[str]]] = []
+    monkeypatch.setattr(ab, "_git", lambda *a: "")  # a clean tree
+    monkeypatch.setattr(ab, "compare", lambda rev, pairs, bench: seen.append((rev, pairs, bench)) or {"figures": {}})
+    monkeypatch.setattr(ab, "write", lambda name, result, path: tmp_path / "ab.json")
+    for argv in (["--rev", "abc", "--pairs", "1", "--", "dispatch", "--quick"],
+                 ["--rev", "abc", "--pairs", "1", "dispatch", "--quick"]):
+        result = CliRunner().invoke(main, ["bench", "ab", *argv])
+        assert result.exit_code == 0, result.output
+        assert ab.main(argv) == 0
+    assert seen == [("abc", 1, ["dispatch", "--quick"])] * 4
+    assert ab.main(["--rev", "abc", "--"]) == 2 and len(seen) == 4  # no benchmark: the usage, nothing run
