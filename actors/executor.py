@@ -88,6 +88,7 @@ class ExecutorBase(StepData, Reporting, Cancelling, WorkerClasses):
         # Per worker name, the newest class loaded here and (heavy workers) its warm
         # instance, each with its version: a newer registration replaces both.
         self._classes: dict[str, tuple[int, type]] = {}
+        self._class_blobs: dict[str, tuple[int, bytes]] = {}
         self._instances: dict[str, tuple[int, CommonWorker]] = {}
         self._loading: dict[str, asyncio.Future[tuple[int, type]]] = {}  # (worker_classes.py)
         self._tasks: dict[tuple[str, int], asyncio.Task[None]] = {}

@@ -3,9 +3,10 @@
 Classes travel as cloudpickle blobs (so notebook and test-module classes run on any
 node). They are never written to the store (nothing read back from the store is
 unpickled): this registry and each shard's scheduler keep a copy in memory, and whichever
-restarts gets them back from the other. Only when both die together (the head node, a
-full restart) are they gone; tasks of such workers then wait, PARKED, until the worker
-is registered again. Each shard's scheduler hands out its own versions, so the classes
+restarts gets them back from the other. When both die together, the scheduler takes
+back what its executors and heavy workers loaded (actors/class_recovery.py); only a
+class none of them ran, or a full restart, leaves tasks of such workers waiting, PARKED,
+until the worker is registered again. Each shard's scheduler hands out its own versions, so the classes
 are kept per shard (by the shard's namespace).
 
 Why not an actor of its own (as until session 49): every Ray actor is a worker process,

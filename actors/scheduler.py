@@ -42,6 +42,7 @@ from kmpray.watch import FileWatcher
 from .adoption import adopt_held_runs
 from .background import background
 from .blocked_loops import BlockedLoops
+from .class_recovery import take_classes_back
 from .executor_pool import ExecutorPool, executors_for
 from .heavy_pool import HeavyPool
 from .lane import Conn, LaneServer
@@ -282,6 +283,10 @@ class SchedulerActor(
         # runs are adopted like held ones, then the results applied as late reports.
         spooled = await asyncio.to_thread(take, self.pool.spool) if self.pool.spool is not None else []
         await adopt_held_runs(self.core, self.pool, self.heavy, self.namespace, restarted, spooled)
+        if restarted and (missing := sorted(self.known - set(self._blobs))):  # actors/class_recovery.py
+            held_by = [s.handle for s in self.pool.live()] + [s.handle for s in self.heavy.slots if s.handle]
+            background(take_classes_back(self.namespace, self._blobs, missing, held_by, self.config.ping_timeout_s,
+                                         self.core.unpark, self._kick), "taking worker classes back")
         if spooled:
             log.warning("restarted: %d results spooled while no scheduler served are applied", len(spooled))
             await self._hear(spooled, (), ())

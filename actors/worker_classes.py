@@ -29,6 +29,7 @@ class WorkerClasses:
     namespace: str
     keep_instances: bool  # a heavy worker keeps one warm instance per class
     _classes: dict[str, tuple[int, type]]  # newest class loaded here per name, with its version
+    _class_blobs: dict[str, tuple[int, bytes]]  # and the blob it came from (class_blobs)
     _instances: dict[str, tuple[int, CommonWorker]]  # heavy workers' warm instances
     _loading: dict[str, asyncio.Future[tuple[int, type]]]  # a load under way, per name
     _run_threads: Executor  # the threads runs go to
@@ -88,8 +89,15 @@ class WorkerClasses:
         if cached is not None and cached[0] >= entry[0]:
             return cached
         loaded = self._classes[name] = (entry[0], cls)
+        self._class_blobs[name] = (entry[0], entry[1])
         if self._instances.pop(name, None) is not None:
             gc.unfreeze()  # what only the old instance held (cycles too) is freed now
             gc.collect()
         gc.freeze()  # the class and what it imported live on (see the executor's __init__)
         return loaded
+
+    def class_blobs(self, names: list[str]) -> dict[str, tuple[int, bytes]]:
+        """Of ``names``, the (version, blob) of each class this process loaded: the third
+        copy, for a scheduler whose restart found the registry had lost them as well
+        (actors/class_recovery.py)."""
+        return {name: self._class_blobs[name] for name in names if name in self._class_blobs}

@@ -305,6 +305,38 @@ def test_worker_classes_survive_an_oracle_restart_then_a_scheduler_restart(engin
     assert set(ALL) <= set(sched.status()["workers"])
 
 
+@ONE_SHARD  # it kills shard 0's scheduler with the oracle
+def test_classes_lost_by_the_registry_and_the_scheduler_together_come_back_from_the_executors(
+        engines: Any) -> None:
+    """The oracle and the scheduler SIGKILLed together: each restarts empty and takes back
+    the other's nothing. Tasks of every worker then waited, parked, for a registration
+    that never came (the no-wait mixed chaos run, session 58). The executors keep the blob
+    of each class they ran (actors/class_recovery.py): the restarted scheduler takes those
+    back, with the registry; a class no process ran stays missing."""
+    import os
+    import signal
+
+    import ray
+
+    from .helpers import asked
+
+    sched = engines()
+    register_all(sched)
+    sched.enqueue("before", TaskTrigger.OneTime(), "Echo", input="a")  # an executor loads Echo
+    assert sched.wait("before", timeout_s=60).state is TaskState.SUCCEEDED
+    pids = [asked(ray.get_actor(name, namespace=sched.namespace), lambda self: os.getpid())
+            for name in ("kmpray.oracle", "kmpray.scheduler")]
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    sched.enqueue("after", TaskTrigger.OneTime(), "Echo", input="b")  # answered once a scheduler serves
+    info = sched.wait("after", timeout_s=60)
+    assert info.state is TaskState.SUCCEEDED, (info, sched.status()["waiting_for_registration"])
+    workers = sched.status()["workers"]
+    assert "Echo" in workers and "Progress" not in workers  # both copies were gone: no executor ran Progress
+    oracle = ray.get_actor("kmpray.oracle", namespace=sched.namespace)
+    assert "Echo" in ray.get(oracle.dump_classes.remote(sched.namespace), timeout=30)
+
+
 def test_shutdown_then_connect_resumes_pending_and_periodic_work(ray_session: Any, tmp_path: Path) -> None:
     ns, state = "resume-test", str(tmp_path / "state")
     first = kmpray.connect(namespace=ns, state_dir=state, virtual_time=True)

@@ -1,0 +1,75 @@
+"""Worker classes back from the processes that ran them, when a restarted scheduler finds
+the registry lost them too.
+
+The scheduler and the registry (in the oracle) each keep every class and restore each
+other (actors/registry.py). Killed within a second or two of each other, both restart
+empty: the registry takes back what the restarting scheduler holds (nothing yet) and the
+scheduler what the registry holds (nothing). Every task of those workers then waited,
+parked, until a client registered them again, and nothing said why. Found by the mixed
+chaos scenario without waiting for recovery (a kill every ~0.5 s, the oracle among the
+victims; session 58): 17,000 tasks on two shards parked for good.
+
+Executors and heavy workers keep the blob of each class they loaded (worker_classes.py):
+a third copy. A restarted scheduler missing classes it knew asks every one of its own
+processes for them, in the background, and puts what they have back in itself and in
+the registry, with the versions it gave them before. What none of them holds stays
+missing, and the log says so once, naming the workers and how to bring them back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from .names import ORACLE, base_namespace, lookup
+from .retry import call_with_retry
+
+log = logging.getLogger("kmpray.scheduler")
+
+Blob = tuple[int, bytes]
+
+
+async def classes_held(handles: Iterable[Any], names: list[str], timeout_s: float) -> dict[str, Blob]:
+    """The newest (version, blob) of each of ``names`` any of these processes loaded; one
+    that is dead, restarting or slow past ``timeout_s`` counts as holding none."""
+
+    async def asked(handle: Any) -> dict[str, Blob]:
+        try:
+            return dict(await asyncio.wait_for(handle.class_blobs.remote(names), timeout_s))
+        except Exception:  # gone or restarting: it holds nothing for us
+            return {}
+
+    found: dict[str, Blob] = {}
+    for held in await asyncio.gather(*(asked(h) for h in handles)):
+        for name, (version, blob) in held.items():
+            if name not in found or found[name][0] < version:
+                found[name] = (version, blob)
+    return found
+
+
+async def take_classes_back(
+    namespace: str, blobs: dict[str, Blob], missing: list[str], handles: list[Any], timeout_s: float,
+    unpark: Callable[[str], int], kick: Callable[[], None],
+) -> list[str]:
+    """``missing``: workers the restarted scheduler of ``namespace`` knew and got no class
+    for. What ``handles`` hold goes into ``blobs`` (unless registered again meanwhile) and
+    the registry, and their parked tasks run. Returns the names still missing."""
+    found = {name: entry for name, entry in (await classes_held(handles, missing, timeout_s)).items()
+             if name not in blobs}
+    if found:
+        blobs.update(found)
+        oracle = lookup(ORACLE, base_namespace(namespace))
+        entries = [(name, version, blob) for name, (version, blob) in found.items()]
+        await call_with_retry(lambda: oracle.put_classes.remote(namespace, entries))
+        if sum(unpark(name) for name in found):
+            kick()
+        log.warning("restarted: the registry had lost worker classes too; %s taken back from the "
+                    "processes that ran them", ", ".join(sorted(found)))
+    still = [name for name in missing if name not in blobs]
+    if still:
+        log.warning("restarted: no process holds worker classes %s any more (the registry lost them with "
+                    "this scheduler); their tasks wait until they are registered again (connect() with "
+                    "@kmpray.worker, or register_worker)", ", ".join(still))
+    return still
