@@ -191,6 +191,8 @@ class SchedulerActor(
         self._blobs: dict[str, tuple[int, bytes]] = {}  # registered worker -> (version, class blob)
         self._device_overrides: dict[str, dict[str, Any]] | None = None  # the oracle's (constraint_oracle.py)
         self._seen_devices: dict[str, dict[str, Any]] | None = None  # in the store (scheduler_devices.py)
+        if _reconstructed():  # the oracle may have died with the process before (scheduler_devices.py)
+            self._device_overrides = self.saved_overrides()
         known = self.store.get_meta("known_workers")
         self.known: set[str] = set(known) if isinstance(known, list) else set()
         self.core = SchedulerCore(
@@ -275,7 +277,8 @@ class SchedulerActor(
         self._blobs.update(await call_with_retry(lambda: oracle.dump_classes.remote(self.namespace)))
         self._broker = lookup(BROKER, base_namespace(self.namespace))  # the engine's, shared
         await self._resend_events()
-        states, self._device_overrides = await call_with_retry(lambda: oracle.ready_with_overrides.remote())
+        states, overrides = await call_with_retry(lambda: oracle.ready_with_overrides.remote())
+        self._keep_overrides(overrides)
         self._first_device_states(states)  # (scheduler_devices.py: with those it saw before a restart)
         await self.pool.start()
         restarted = _reconstructed()

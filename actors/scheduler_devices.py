@@ -19,6 +19,7 @@ from kmpray.store import SqliteTaskStore
 log = logging.getLogger("kmpray.scheduler")
 
 SEEN = "device_states"  # the store's meta key: node id -> the state last pushed (JSON form)
+OVERRIDES = "device_overrides"  # the store's meta key: the oracle's overrides last pushed here
 
 
 def _parsed(states: dict[str, dict[str, Any]]) -> dict[str, DeviceState]:
@@ -53,12 +54,31 @@ class SchedulerDevices:
     async def device_states(self, payload: dict[str, dict[str, Any]], overrides: dict[str, Any]) -> list[str]:
         """Pushed by the oracle on every change: re-gate tasks, fire device triggers, dispatch.
         ``overrides``: the oracle's, kept here for it to take back after a restart."""
-        self._device_overrides = overrides
+        self._keep_overrides(overrides)
         await self._ready
         fired = self.core.set_devices(_parsed(payload))
         self._keep_seen(payload)
         self._pump()
         return fired
+
+    def _keep_overrides(self, overrides: dict[str, dict[str, Any]]) -> None:
+        """The oracle's overrides, in memory for it to take back and, when they change, in
+        the store: the oracle and this scheduler killed together both restarted empty (each
+        took back the other's nothing), and the gates the overrides closed opened (found
+        as the worker classes were, session 58). A scheduler Ray restarted begins with the
+        stored copy (``saved_overrides``), which a restarting oracle then takes back."""
+        if overrides == self._device_overrides:
+            return
+        self._device_overrides = overrides
+        try:
+            self.store.put_meta(OVERRIDES, overrides)
+        except (sqlite3.Error, OSError, StoreRefused) as exc:
+            log.warning("keeping the device overrides in the store failed (tried at the next change): %s", exc)
+
+    def saved_overrides(self) -> dict[str, dict[str, Any]] | None:
+        """The overrides this store's scheduler last had (None: none, or unreadable)."""
+        saved = self.store.get_meta(OVERRIDES)
+        return saved if isinstance(saved, dict) else None
 
     def _keep_seen(self, states: dict[str, dict[str, Any]]) -> None:
         if states == self._seen_devices:  # written when they change only (the oracle pushes on change)

@@ -165,6 +165,39 @@ def test_device_overrides_and_the_gates_they_close_survive_an_oracle_restart(eng
     assert sched.wait("c", timeout_s=30).state is TaskState.SUCCEEDED
 
 
+@ONE_SHARD  # with two, shard 1's scheduler would still hold the overrides
+def test_device_overrides_survive_the_oracle_and_the_scheduler_killed_together(engines: Any) -> None:
+    """Each restarted empty and took back the other's nothing: the probes came back and
+    opened the gate the overrides had closed (the task below ran). The scheduler keeps the
+    overrides in its store too, and one Ray restarted begins with them."""
+    import os
+    import signal
+
+    import ray
+
+    from .helpers import asked
+
+    sched = engines(config=EngineConfig(probe_interval_s=0.2))
+    register_all(sched)
+    sched.enqueue("warm", ONCE, "Echo")  # an executor holds the class (both lose their copies of it too)
+    assert sched.wait("warm", timeout_s=30).state is TaskState.SUCCEEDED
+    sched.set_device_state(charging=False, battery_level=50)
+    sched.enqueue("c", ONCE, "Echo", constraints=Constraints(requires_charging=True))
+    until(lambda: sched.status()["gated"] == 1, what="the task to be held by its gate")
+    pids = [asked(ray.get_actor(name, namespace=sched.namespace), lambda self: os.getpid())
+            for name in ("kmpray.oracle", "kmpray.scheduler")]
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    oracle = ray.get_actor("kmpray.oracle", namespace=sched.namespace)
+    until(lambda: asked(oracle, lambda self: self.rounds) >= 2, what="two probe rounds of the new oracle")
+    assert {s.charging for s in sched.device_states().values()} == {False}
+    until(lambda: sched.status()["gated"] == 1, what="the task at its gate again (its class taken back)",
+          explain=lambda: sched.explain("c"))
+    assert sched.get_task_info("c").state is TaskState.ENQUEUED
+    sched.clear_device_overrides()  # the probes again: this server counts as charging
+    assert sched.wait("c", timeout_s=30).state is TaskState.SUCCEEDED
+
+
 def test_a_write_or_a_device_change_while_the_scheduler_is_down_sets_its_trigger_off_once(
         engines: Any, tmp_path: Path) -> None:
     """What a restarted scheduler first saw was a baseline only, until session 50: a file
