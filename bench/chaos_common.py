@@ -132,6 +132,7 @@ class Cancels:
         self.enqueued: list[str] = []
         self.steps: dict[str, list[str]] = {}  # a chain's id -> its tasks' ids
         self.acked: dict[str, tuple[float, int]] = {}  # cancelled id -> (when cancel() returned, its answer)
+        self.called: dict[str, float] = {}  # cancelled id -> when cancel() was called
         self.replaced: dict[str, float] = {}  # replaced id -> when the REPLACE was answered SUCCESS
 
     def step(self, j: int) -> None:
@@ -161,11 +162,13 @@ class Cancels:
                 self._cancel(name)
 
     def _cancel(self, name: str) -> None:
+        called = time.time()
         try:
             n = self.sched.cancel(name)
         except Exception:
             return  # not acknowledged
         self.acked[name] = (time.time(), n)
+        self.called[name] = called
 
     def _replace(self, name: str) -> None:
         policy = kmpray.Constraints(existing_work_policy=kmpray.ExistingWorkPolicy.REPLACE)
@@ -199,6 +202,16 @@ class Cancels:
             "cancels_acknowledged": len(self.acked),
             "chain_cancels_acknowledged": sum(1 for name in self.acked if name in self.steps),
             "second_steps_begun": sum(1 for tasks in self.steps.values() if times.get(tasks[1])),
+            # A second step may begin before its chain's cancel is answered: the first step
+            # had ended before the cancel was called (with calls held up by restarts, "two
+            # calls before" can be seconds), or while the call waited for a restarting
+            # scheduler. Each such step's first start against the call (negative: before it
+            # was made) and how long the call took: only one begun after the answer is wrong
+            # (``ran_after_cancel``).
+            "second_steps_begun_detail": [
+                {"id": chain, "began_after_call_s": round(min(starts[tasks[1]]) - self.called[chain], 3),
+                 "call_s": round(self.acked[chain][0] - self.called[chain], 3)}
+                for chain, tasks in self.steps.items() if starts.get(tasks[1]) and chain in self.called][:10],
             "replaces_acknowledged": len(self.replaced),
             "cancelled_running": sum(1 for name in ended if times.get(name)),  # had begun
             "ran_after_cancel": len(after),
