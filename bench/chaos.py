@@ -273,6 +273,9 @@ def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int
             "acknowledged": len(acknowledged),
             "lost": len(lost),
             "lost_examples": lost[:10],
+            # What a loss needs to be read (session 58: one in a no-wait run, not made to
+            # happen again): each one's state at the end and the engine's account of it.
+            "lost_detail": [_lost_detail(sched, t, infos.get(t)) for t in lost[:5]],
             "executed_twice": sum(1 for t in acknowledged if starts[t] > 1),
             # Of those, the ones whose every earlier start was in a process the nemesis killed
             # (a SIGKILL cannot be survived by the runs inside it); the rest would be a bug.
@@ -309,6 +312,14 @@ def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int
     finally:
         sched.shutdown()
     return result
+
+
+def _lost_detail(sched: Any, task_id: str, state: Any) -> dict[str, Any]:
+    try:
+        said = sched.explain(task_id).splitlines()[-16:]
+    except Exception as exc:  # not found: the row itself is gone
+        said = [f"{type(exc).__name__}: {exc}"]
+    return {"id": task_id, "state": state.value if state is not None else None, "explain": said}
 
 
 def _hard_restart(quick: bool, shards: int = 1) -> dict[str, Any]:

@@ -72,3 +72,23 @@ def test_a_join_step_that_began_before_both_parallel_steps_were_done_breaks_the_
     chains = ["c1", "c2", "c3", "c4", "c5", "c6"]
     assert barrier_violations(ledger, chains) == 3  # c2, c3, c4
     assert barrier_violations(ledger, ["c1", "c5", "c6"]) == 0
+
+
+def test_a_lost_task_is_reported_with_its_state_and_the_engines_account() -> None:
+    """One no-wait run lost a task (session 58) and said only "lost 1": now each lost task
+    comes with its state at the end (None: no row) and the last lines of ``explain``."""
+    from kmpray.bench.chaos import _lost_detail
+
+    from kmpray import TaskState
+    from kmpray.client.waiting import TaskNotFound
+
+    class Sched:
+        def explain(self, task_id: str) -> str:
+            if task_id == "gone":
+                raise TaskNotFound("gone")
+            return "\n".join(f"line {i}" for i in range(20))
+
+    assert _lost_detail(Sched(), "t1", TaskState.ENQUEUED) == {
+        "id": "t1", "state": "ENQUEUED", "explain": [f"line {i}" for i in range(4, 20)]}
+    assert _lost_detail(Sched(), "gone", None) == {
+        "id": "gone", "state": None, "explain": ["TaskNotFound: no task or chain 'gone'"]}
