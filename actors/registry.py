@@ -6,8 +6,8 @@ unpickled): this registry and each shard's scheduler keep a copy in memory, and 
 restarts gets them back from the other. When both die together, the scheduler takes
 back what its executors and heavy workers loaded (actors/class_recovery.py); only a
 class none of them ran, or a full restart, leaves tasks of such workers waiting, PARKED,
-until the worker is registered again. Each shard's scheduler hands out its own versions, so the classes
-are kept per shard (by the shard's namespace).
+until the worker is registered again. Each shard's scheduler hands out its own
+versions, so the classes are kept per shard (by the shard's namespace).
 
 Why not an actor of its own (as until session 49): every Ray actor is a worker process,
 ~0.6 s of CPU to start before any kmpray code runs and ~100 MB resident, and one per shard

@@ -192,7 +192,7 @@ class SchedulerActor(
         self._device_overrides: dict[str, dict[str, Any]] | None = None  # the oracle's (constraint_oracle.py)
         self._seen_devices: dict[str, dict[str, Any]] | None = None  # in the store (scheduler_devices.py)
         if _reconstructed():  # the oracle may have died with the process before (scheduler_devices.py)
-            self._device_overrides = self.saved_overrides()
+            self._device_overrides = self._saved_overrides()
         known = self.store.get_meta("known_workers")
         self.known: set[str] = set(known) if isinstance(known, list) else set()
         self.core = SchedulerCore(

@@ -66,7 +66,7 @@ class SchedulerDevices:
         the store: the oracle and this scheduler killed together both restarted empty (each
         took back the other's nothing), and the gates the overrides closed opened (found
         as the worker classes were, session 58). A scheduler Ray restarted begins with the
-        stored copy (``saved_overrides``), which a restarting oracle then takes back."""
+        stored copy (``_saved_overrides``), which a restarting oracle then takes back."""
         if overrides == self._device_overrides:
             return
         self._device_overrides = overrides
@@ -75,7 +75,7 @@ class SchedulerDevices:
         except (sqlite3.Error, OSError, StoreRefused) as exc:
             log.warning("keeping the device overrides in the store failed (tried at the next change): %s", exc)
 
-    def saved_overrides(self) -> dict[str, dict[str, Any]] | None:
+    def _saved_overrides(self) -> dict[str, dict[str, Any]] | None:
         """The overrides this store's scheduler last had (None: none, or unreadable)."""
         saved = self.store.get_meta(OVERRIDES)
         return saved if isinstance(saved, dict) else None
