@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
+import time
 from concurrent.futures import Executor
 
 from ray import cloudpickle
@@ -23,6 +24,15 @@ from kmpray.worker import CommonWorker, NotConstructed, construct, in_a_thread, 
 
 from .names import ORACLE, base_namespace, lookup
 from .retry import call_with_retry
+
+#: How long a class the registry and the scheduler both lack is asked for again before
+#: the run fails. The scheduler hands out only runs of classes it holds, so a miss means
+#: both restarted since (the scheduler takes its classes back from the executors that
+#: ran them within seconds: class_recovery.py). Failing at once ended such runs FAILED,
+#: "could not be constructed: not registered", a system fault charged to the user (the
+#: no-wait mixed chaos runs, session 58: 2 tasks in one run).
+CLASS_WAIT_S = 30.0
+CLASS_ASK_EVERY_S = 0.5
 
 
 class WorkerClasses:
@@ -81,9 +91,11 @@ class WorkerClasses:
 
     async def _load_class(self, name: str) -> tuple[int, type]:
         registry = lookup(ORACLE, base_namespace(self.namespace))  # holds the registry: actors/registry.py
-        entry = await call_with_retry(lambda: registry.get_class.remote(self.namespace, name))
-        if entry is None:
-            raise LookupError(f"worker {name!r} is not registered")
+        deadline = time.monotonic() + CLASS_WAIT_S
+        while (entry := await call_with_retry(lambda: registry.get_class.remote(self.namespace, name))) is None:
+            if time.monotonic() >= deadline:
+                raise LookupError(f"worker {name!r} is not registered")
+            await asyncio.sleep(CLASS_ASK_EVERY_S)
         cls = await asyncio.to_thread(cloudpickle.loads, entry[1])
         cached = self._classes.get(name)
         if cached is not None and cached[0] >= entry[0]:
