@@ -20,11 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
-
-from .names import ORACLE, base_namespace, lookup
-from .retry import call_with_retry
 
 log = logging.getLogger("kmpray.scheduler")
 
@@ -50,21 +47,18 @@ async def classes_held(handles: Iterable[Any], names: list[str], timeout_s: floa
 
 
 async def take_classes_back(
-    namespace: str, blobs: dict[str, Blob], missing: list[str], handles: list[Any], timeout_s: float,
-    unpark: Callable[[str], int], kick: Callable[[], None],
+    blobs: dict[str, Blob], missing: list[str], handles: list[Any], timeout_s: float,
+    held: Callable[[list[tuple[str, int, bytes]]], Awaitable[None]],
 ) -> list[str]:
-    """``missing``: workers the restarted scheduler of ``namespace`` knew and got no class
-    for. What ``handles`` hold goes into ``blobs`` (unless registered again meanwhile) and
-    the registry, and their parked tasks run. Returns the names still missing."""
+    """``missing``: workers a restarted scheduler knew and got no class for. What
+    ``handles`` hold goes into ``blobs`` (unless registered again meanwhile) and to
+    ``held`` (the scheduler's ``_classes_held``: the registry, and their parked tasks
+    run). Returns the names still missing."""
     found = {name: entry for name, entry in (await classes_held(handles, missing, timeout_s)).items()
              if name not in blobs}
     if found:
         blobs.update(found)
-        oracle = lookup(ORACLE, base_namespace(namespace))
-        entries = [(name, version, blob) for name, (version, blob) in found.items()]
-        await call_with_retry(lambda: oracle.put_classes.remote(namespace, entries))
-        if sum(unpark(name) for name in found):
-            kick()
+        await held([(name, version, blob) for name, (version, blob) in found.items()])
         log.warning("restarted: the registry had lost worker classes too; %s taken back from the "
                     "processes that ran them", ", ".join(sorted(found)))
     still = [name for name in missing if name not in blobs]

@@ -67,13 +67,9 @@ class SchedulerDevices:
         took back the other's nothing), and the gates the overrides closed opened (found
         as the worker classes were, session 58). A scheduler Ray restarted begins with the
         stored copy (``_saved_overrides``), which a restarting oracle then takes back."""
-        if overrides == self._device_overrides:
-            return
-        self._device_overrides = overrides
-        try:
-            self.store.put_meta(OVERRIDES, overrides)
-        except (sqlite3.Error, OSError, StoreRefused) as exc:
-            log.warning("keeping the device overrides in the store failed (tried at the next change): %s", exc)
+        if overrides != self._device_overrides:
+            self._device_overrides = overrides
+            self._put_meta(OVERRIDES, overrides, "the device overrides")
 
     def _saved_overrides(self) -> dict[str, dict[str, Any]] | None:
         """The overrides this store's scheduler last had (None: none, or unreadable)."""
@@ -81,11 +77,16 @@ class SchedulerDevices:
         return saved if isinstance(saved, dict) else None
 
     def _keep_seen(self, states: dict[str, dict[str, Any]]) -> None:
-        if states == self._seen_devices:  # written when they change only (the oracle pushes on change)
-            return
+        # written when they change only (the oracle pushes on change)
+        if states != self._seen_devices and self._put_meta(SEEN, states, "the device states"):
+            self._seen_devices = states
+
+    def _put_meta(self, key: str, value: object, what: str) -> bool:
+        """Keep ``value`` in the store; a failure (a full disk is what StorageLow is for) is
+        logged, and the next change tries again."""
         try:
-            self.store.put_meta(SEEN, states)
-        except (sqlite3.Error, OSError, StoreRefused) as exc:  # a full disk is what StorageLow is for
-            log.warning("keeping the device states in the store failed (tried at the next change): %s", exc)
-            return
-        self._seen_devices = states
+            self.store.put_meta(key, value)
+        except (sqlite3.Error, OSError, StoreRefused) as exc:
+            log.warning("keeping %s in the store failed (tried at the next change): %s", what, exc)
+            return False
+        return True

@@ -108,16 +108,22 @@ class SchedulerIntake:
             entries.append((name, version, blob))
         if last is not None:
             self.store.put_meta("worker_version", last)
-        registry = lookup(ORACLE, base_namespace(self.namespace))  # holds the registry: actors/registry.py
-        await call_with_retry(lambda: registry.put_classes.remote(self.namespace, entries))
         new = {name for name, _blob in items} - self.known
         if new:
             self.known |= new
             self.store.put_meta("known_workers", sorted(self.known))
-        unparked = [name for name, _blob in items if self.core.unpark(name)]  # unpark each, then wake once
+        await self._classes_held(entries)
+        return [version for _name, version, _blob in entries]
+
+    async def _classes_held(self, entries: list[tuple[str, int, bytes]]) -> None:
+        """Classes now in ``_blobs`` (registered, or taken back after a restart:
+        class_recovery.py): to the registry too (actors/registry.py), and their parked tasks
+        made ready."""
+        registry = lookup(ORACLE, base_namespace(self.namespace))
+        await call_with_retry(lambda: registry.put_classes.remote(self.namespace, entries))
+        unparked = [name for name, _v, _b in entries if self.core.unpark(name)]  # each, then wake once
         if unparked:
             self._kick()
-        return [version for _name, version, _blob in entries]
 
     async def enqueue_many(
         self, items: list[dict[str, Any]], token: str | None = None

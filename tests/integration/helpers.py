@@ -134,6 +134,18 @@ def restarted(
     return actor
 
 
+def killed_together(namespace: str, *names: str) -> None:
+    """SIGKILL engine actors ``names`` back to back (Ray restarts each): a fault that
+    strikes them at once, as ``restarted`` strikes one and waits for it."""
+    import signal
+
+    import ray
+
+    pids = [asked(ray.get_actor(name, namespace=namespace), lambda self: os.getpid()) for name in names]
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+
+
 def stop_process(pid: int, timeout_s: float = 10) -> None:
     """SIGSTOP ``pid`` and return once every thread of it is stopped. ``kill`` returns
     before that: the group stop begins when one of its threads takes the signal, and on a

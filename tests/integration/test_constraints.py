@@ -170,12 +170,9 @@ def test_device_overrides_survive_the_oracle_and_the_scheduler_killed_together(e
     """Each restarted empty and took back the other's nothing: the probes came back and
     opened the gate the overrides had closed (the task below ran). The scheduler keeps the
     overrides in its store too, and one Ray restarted begins with them."""
-    import os
-    import signal
-
     import ray
 
-    from .helpers import asked
+    from .helpers import asked, killed_together
 
     sched = engines(config=EngineConfig(probe_interval_s=0.2))
     register_all(sched)
@@ -184,10 +181,7 @@ def test_device_overrides_survive_the_oracle_and_the_scheduler_killed_together(e
     sched.set_device_state(charging=False, battery_level=50)
     sched.enqueue("c", ONCE, "Echo", constraints=Constraints(requires_charging=True))
     until(lambda: sched.status()["gated"] == 1, what="the task to be held by its gate")
-    pids = [asked(ray.get_actor(name, namespace=sched.namespace), lambda self: os.getpid())
-            for name in ("kmpray.oracle", "kmpray.scheduler")]
-    for pid in pids:
-        os.kill(pid, signal.SIGKILL)
+    killed_together(sched.namespace, "kmpray.oracle", "kmpray.scheduler")
     oracle = ray.get_actor("kmpray.oracle", namespace=sched.namespace)
     until(lambda: asked(oracle, lambda self: self.rounds) >= 2, what="two probe rounds of the new oracle")
     assert {s.charging for s in sched.device_states().values()} == {False}

@@ -313,21 +313,15 @@ def test_classes_lost_by_the_registry_and_the_scheduler_together_come_back_from_
     that never came (the no-wait mixed chaos run, session 58). The executors keep the blob
     of each class they ran (actors/class_recovery.py): the restarted scheduler takes those
     back, with the registry; a class no process ran stays missing."""
-    import os
-    import signal
-
     import ray
 
-    from .helpers import asked
+    from .helpers import killed_together
 
     sched = engines()
     register_all(sched)
     sched.enqueue("before", TaskTrigger.OneTime(), "Echo", input="a")  # an executor loads Echo
     assert sched.wait("before", timeout_s=60).state is TaskState.SUCCEEDED
-    pids = [asked(ray.get_actor(name, namespace=sched.namespace), lambda self: os.getpid())
-            for name in ("kmpray.oracle", "kmpray.scheduler")]
-    for pid in pids:
-        os.kill(pid, signal.SIGKILL)
+    killed_together(sched.namespace, "kmpray.oracle", "kmpray.scheduler")
     sched.enqueue("after", TaskTrigger.OneTime(), "Echo", input="b")  # answered once a scheduler serves
     info = sched.wait("after", timeout_s=60)
     assert info.state is TaskState.SUCCEEDED, (info, sched.status()["waiting_for_registration"])
