@@ -33,9 +33,10 @@ from kmpray.errors import InvalidParameters
 from kmpray.merging import merge
 from kmpray.protocol import Run, RunKey, Stored
 from kmpray.results import Failure, Success
-from kmpray.timing import FETCH_TIMEOUT_S
+from kmpray.timing import CANCEL_ACK_TIMEOUT_S, FETCH_TIMEOUT_S
 from kmpray.validation import check_output
 
+from .loop_watch import LoopWatch
 from .names import SCHEDULER, lookup
 
 log = logging.getLogger("kmpray.executor")
@@ -51,6 +52,7 @@ class StepData:
     _cancelled: Any
     _unreported: dict[RunKey, None]
     _take: Callable[[list[Run]], list[RunKey]]
+    watch: LoopWatch
 
     async def _output(self, result: Success | Failure) -> tuple[Success | Failure, list[Stored] | None]:
         """A Success whose data is not plain msgpack: arrays and large values to the object
@@ -115,10 +117,14 @@ class StepData:
         """One hop per step: a run that succeeded begins the chain task handed with it,
         here and now, its input merged from this output (as a coordinator would). Said in
         the result's report; the scheduler takes it as dispatched, or tells this executor
-        to drop it if the chain changed meanwhile."""
+        to drop it if the chain changed meanwhile. Not after this loop stood still (the
+        process stopped, say): a ``cancel()`` that gave up waiting for this executor may
+        have returned, its word not read here yet, and the step would begin after the
+        answer; the scheduler, which knows, hands it on instead (found by the chaos
+        driver's pauses scenario, session 59)."""
         key = (then.key, then.run_id)
         if (not isinstance(result, Success) or self._stopping or key in self._cancelled
-                or key in self._unreported):
+                or key in self._unreported or self.watch.stood_still(CANCEL_ACK_TIMEOUT_S)):
             return None
         try:
             upstream = merge(InputMerger(merger), [result.data])

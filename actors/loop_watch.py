@@ -7,6 +7,10 @@ heartbeat callback runs on the loop every ``probe_s`` and a daemon thread measur
 late it is. Past ``block_s`` of lag the thread calls ``on_block(lag_s, blocker)``, and
 ``on_unblock(blocked_s, blocker)`` once the loop runs again; ``blocker`` is the run
 whose coroutine is on the loop thread's stack, read from its frames.
+
+The heartbeat also keeps when the loop last stood still (``stood_still``): a beat that
+comes ``stood_still_s`` or more after the one before. The thread cannot tell that for a
+stopped process (SIGSTOP, a frozen VM: it stood still too); the loop's own beat can.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import time
 from collections.abc import Callable
 from types import CodeType, FrameType
 from typing import Any
+
+from kmpray.timing import STOOD_STILL_S
 
 log = logging.getLogger("kmpray.loop_watch")
 
@@ -35,6 +41,7 @@ class LoopWatch:
         run_code: CodeType,
         on_block: Callable[[float, Blocker], None],
         on_unblock: Callable[[float, Blocker], None],
+        stood_still_s: float = STOOD_STILL_S,
     ) -> None:
         self._loop = loop
         self._probe_s = probe_s
@@ -46,14 +53,26 @@ class LoopWatch:
         self._on_block = on_block
         self._on_unblock = on_unblock
         self._beat = time.monotonic()
+        self._stood_still_s = stood_still_s
+        self._stood_still_at = -float("inf")  # when the last beat after a stand-still came
         self._loop_thread = threading.get_ident()
         self.blocked_since: float | None = None
         loop.call_soon(self._tick)
         threading.Thread(target=self._watch, name="kmpray-loop-watch", daemon=True).start()
 
     def _tick(self) -> None:
-        self._beat = time.monotonic()
+        now = time.monotonic()
+        if now - self._beat >= self._stood_still_s:
+            self._stood_still_at = now
+        self._beat = now
         self._loop.call_later(self._probe_s, self._tick)
+
+    def stood_still(self, within_s: float) -> bool:
+        """Whether the loop stands still now (on the loop: a beat is overdue by
+        ``stood_still_s``, as when the process was just resumed and this runs before the
+        beat) or stood still within the last ``within_s``."""
+        now = time.monotonic()
+        return now - self._beat >= self._stood_still_s or now - self._stood_still_at < within_s
 
     def lag_s(self) -> float:
         """How far the loop is behind its heartbeat now (0 when it keeps up)."""

@@ -128,6 +128,14 @@ STRAY_SAY_S = 2.0
 #: ``cancel()`` returns once the executors holding the cancelled runs have them (so nothing
 #: handed over with them begins after it), or after this (an executor that is down).
 CANCEL_ACK_TIMEOUT_S = 5.0
+#: An executor's event loop that went this long without its heartbeat stood still (its
+#: process stopped, a frozen VM, or a worker holding the loop): a ``cancel()`` may have
+#: given up waiting for it meanwhile and returned. Until CANCEL_ACK_TIMEOUT_S after, a run
+#: that succeeds there does not begin the chain step handed with it; the scheduler hands
+#: that on as it would any other, knowing of the cancel (actors/executor_data.py ``_follow``).
+#: Only a stand-still longer than CANCEL_ACK_TIMEOUT_S less the cancel's delivery can let a
+#: step begin after the answer: this leaves seconds of margin.
+STOOD_STILL_S = 2.0
 
 # ---- ChainCoordinator (actors/chain_coordinator.py)
 #: Each coordinator re-reads its chains from the scheduler this often (a lost message or

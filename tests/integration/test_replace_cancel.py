@@ -78,3 +78,46 @@ def test_a_replace_is_answered_once_the_old_runs_executor_has_the_cancel(
     # The old run was queued before the replacement: had it begun, it began first.
     assert not old_started.exists(), "the replaced run began after the REPLACE was answered"
     assert took >= DELAY_S - 0.2  # answered once the executor had the cancel
+
+
+@ONE_SHARD  # reaches into the executor
+def test_a_step_handed_to_an_executor_that_stood_still_never_begins_after_the_cancel(
+        engines: Any, tmp_path: Path) -> None:
+    """``cancel()`` waits for the executors holding the cancelled runs at most 5 s (one that
+    is down has nothing to begin). One stopped (SIGSTOP: a frozen VM, a long pause) is not
+    down: resumed after the answer, its run of the chain's first step succeeded before it
+    read the cancel and began the second step, handed over with it, after ``cancel()`` had
+    returned (the chaos driver's pauses scenario, session 59). An executor whose loop stood
+    still now leaves that step to the scheduler, which knows of the cancel."""
+    import os
+    import signal
+
+    from kmpray import TaskRequest
+    from kmpray.timing import CANCEL_ACK_TIMEOUT_S
+
+    from .helpers import asked, stop_process
+
+    sched = engines(config=EngineConfig(executors=1, executor_concurrency=1))
+    register_all(sched)
+    first, first_started, release = blocks_input(tmp_path, "first")
+    second, second_started, _never = blocks_input(tmp_path, "second")
+    chain = sched.begin_with(TaskRequest("Blocks", id="first", input=first)).then(
+        TaskRequest("Blocks", id="second", input=second))
+    assert chain.with_id("ch").enqueue() is ScheduleResult.SUCCESS
+    until(first_started.exists, what="the first step running")
+    executor = ray.get_actor("kmpray.executor.0", namespace=sched.namespace)
+    pid = asked(executor, lambda self: os.getpid())
+    stop_process(pid)
+    try:
+        release.touch()  # the first step succeeds the moment its process goes on
+        began = time.monotonic()
+        assert sched.cancel("ch") == 2
+        took = time.monotonic() - began
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert took >= CANCEL_ACK_TIMEOUT_S - 0.5, took  # it gave up waiting for the stopped executor
+    # The executor goes on: its runs end (a second step begun would run until released).
+    until(lambda: asked(executor, lambda self: not self._tasks), what="the executor's runs ended")
+    assert not second_started.exists(), "the handed step began after cancel() returned"
+    info = sched.wait("ch", timeout_s=30)
+    assert info.state is TaskState.CANCELLED and sched.get_task_info("second").state is TaskState.CANCELLED
