@@ -94,6 +94,7 @@ class ExecutorBase(StepData, Reporting, Cancelling, WorkerClasses):
         self._tasks: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._cancelled: set[tuple[str, int]] = set()  # told to stop: marked until the run ends here
         self._cancelled_early: dict[tuple[str, int], None] = {}  # of those, not here when told
+        self._handed_here: set[RunKey] = set()  # chain tasks begun here by their predecessor (_follow)
         # Every run taken and not yet reported (running, queued, finished): what a
         # restarted scheduler adopts instead of running it again (see ``holding``).
         self._unreported: dict[tuple[str, int], None] = {}
@@ -355,6 +356,8 @@ class ExecutorBase(StepData, Reporting, Cancelling, WorkerClasses):
             try:
                 if key in self._cancelled:
                     raise asyncio.CancelledError
+                if await self._gone_while_still(key):  # cancelled or moved while this process stood still
+                    return
                 if not (self._try_begin(key) or await self._may_begin(key)):
                     self._unreported.pop(key, None)  # withdrawn: it runs elsewhere, never here
                     self._replies.detach(key)
@@ -386,6 +389,7 @@ class ExecutorBase(StepData, Reporting, Cancelling, WorkerClasses):
         finally:
             self._tasks.pop(key, None)
             self._begun.discard(key)
+            self._handed_here.discard(key)
             self._fencing.forget(key)
         if key in self._cancelled:
             self._unmark(key)

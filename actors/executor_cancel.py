@@ -6,18 +6,36 @@ cooperatively, cancels its coroutine. A Ray cancel can overtake the lane's submi
 chain task handed with a run begins here later: a mark for a run not here yet is kept,
 but only the latest ``EARLY_CANCELS`` of those, so marks for runs that never come cannot
 pile up.
+
+``cancel()`` waits for the executor's answer at most ``CANCEL_ACK_TIMEOUT_S`` (one that is
+down has nothing to begin). One that stood still longer (its process stopped, a frozen
+VM) reads the cancel only after it goes on, and a run queued here could begin first,
+after ``cancel()`` returned (session 59, the chaos driver's pauses). So a run about to
+begin while the loop stands still, or within that long after, asks the scheduler first
+whether it still holds it here (``_still_mine``: one question for every run that asks
+in the same turn); one it no longer holds (cancelled, replaced, withdrawn) never begins.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
+from collections.abc import Callable
+from typing import Any
 
 import ray
 
 from kmpray.protocol import RunKey
+from kmpray.timing import CANCEL_ACK_TIMEOUT_S
 
+from .background import background
 from .fencing import Fencing
+from .loop_watch import LoopWatch
+from .names import SCHEDULER, lookup
+from .retry import call_with_retry
+
+log = logging.getLogger("kmpray.executor")
 
 #: Cancel marks kept for runs not (yet) here. Only the latest this many.
 EARLY_CANCELS = 10_000
@@ -34,6 +52,60 @@ class Cancelling:
     _unreported: dict[RunKey, None]
     _begin_lock: threading.Lock
     _fencing: Fencing
+    _loop: asyncio.AbstractEventLoop
+    watch: LoopWatch
+    namespace: str
+    index: int
+    _mine_asked: tuple[dict[RunKey, None], asyncio.Future[set[RunKey]]] | None = None
+    _handed_here: set[RunKey]  # chain tasks begun here by their predecessor's run (``_follow``)
+    _replies: Any
+
+    _kind: Callable[[], str]
+
+    def _stood_still(self) -> bool:
+        """Whether this loop stands still or stood still within ``CANCEL_ACK_TIMEOUT_S``:
+        a cancel of a run here may have been answered without this executor."""
+        return self.watch.stood_still(CANCEL_ACK_TIMEOUT_S)
+
+    async def _gone_while_still(self, key: RunKey) -> bool:
+        """Just before ``key`` begins: True (withdrawn here: never begins) if this loop
+        stood still and the scheduler no longer holds it here. A chain task this executor
+        handed on itself (``_follow``, which does not after a stand-still) is not asked
+        about: the scheduler learns of it from the report, which may come after."""
+        if key in self._handed_here or not self._stood_still() or await self._still_mine(key):
+            return False
+        self._unreported.pop(key, None)
+        self._replies.detach(key)
+        return True
+
+    async def _still_mine(self, key: RunKey) -> bool:
+        """After a stand-still: whether the scheduler still holds ``key`` here. Runs that
+        ask in the same turn share one question."""
+        if self._mine_asked is None:
+            self._mine_asked = ({}, self._loop.create_future())
+            self._loop.call_soon(self._ask_mine)
+        keys, answer = self._mine_asked
+        keys[key] = None
+        return key in await asyncio.shield(answer)
+
+    def _ask_mine(self) -> None:
+        assert self._mine_asked is not None
+        keys, answer = self._mine_asked
+        self._mine_asked = None
+
+        async def ask() -> None:
+            try:
+                scheduler = lookup(SCHEDULER, self.namespace)
+                held: Any = await call_with_retry(
+                    lambda: scheduler.still_held.remote(self._kind(), self.index, list(keys)))
+                answer.set_result({(k, r) for k, r in held})
+            except Exception as exc:  # no scheduler to ask: they begin, as before session 59
+                log.warning("%s %d: could not ask the scheduler whether %d runs are still held here "
+                            "after this process stood still (%s); they begin", self._kind(), self.index,
+                            len(keys), type(exc).__name__)
+                answer.set_result(set(keys))
+
+        background(ask(), "asking the scheduler which runs are still held here")
 
     @ray.method(concurrency_group=CONTROL)
     def hand_back(self, runs: list[tuple[str, int]]) -> list[RunKey]:

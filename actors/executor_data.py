@@ -33,10 +33,9 @@ from kmpray.errors import InvalidParameters
 from kmpray.merging import merge
 from kmpray.protocol import Run, RunKey, Stored
 from kmpray.results import Failure, Success
-from kmpray.timing import CANCEL_ACK_TIMEOUT_S, FETCH_TIMEOUT_S
+from kmpray.timing import FETCH_TIMEOUT_S
 from kmpray.validation import check_output
 
-from .loop_watch import LoopWatch
 from .names import SCHEDULER, lookup
 
 log = logging.getLogger("kmpray.executor")
@@ -52,7 +51,8 @@ class StepData:
     _cancelled: Any
     _unreported: dict[RunKey, None]
     _take: Callable[[list[Run]], list[RunKey]]
-    watch: LoopWatch
+    _handed_here: set[RunKey]
+    _stood_still: Callable[[], bool]
 
     async def _output(self, result: Success | Failure) -> tuple[Success | Failure, list[Stored] | None]:
         """A Success whose data is not plain msgpack: arrays and large values to the object
@@ -124,7 +124,7 @@ class StepData:
         driver's pauses scenario, session 59)."""
         key = (then.key, then.run_id)
         if (not isinstance(result, Success) or self._stopping or key in self._cancelled
-                or key in self._unreported or self.watch.stood_still(CANCEL_ACK_TIMEOUT_S)):
+                or key in self._unreported or self._stood_still()):
             return None
         try:
             upstream = merge(InputMerger(merger), [result.data])
@@ -132,6 +132,7 @@ class StepData:
             return None  # the coordinator's promotion fails it, naming the key
         inp = then.input if then.input is not None else (to_json(upstream) if upstream else None)
         refs = {s.digest: s.ref for s in stored} if stored else None
+        self._handed_here.add(key)
         self._take([then._replace(input=inp, upstream=upstream or None, refs=refs)])
         return (then.key, then.run_id, self.index)
 

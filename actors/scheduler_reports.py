@@ -94,6 +94,18 @@ class SchedulerReports:
         else:
             slot.handle.cancel.remote([(then, then_run)])
 
+    async def still_held(self, kind: str, index: int, keys: list[RunKey]) -> list[RunKey]:
+        """From an executor (``kind`` "light") or heavy worker whose event loop stood still
+        (its process stopped, say) long enough that a cancel may have been answered without
+        it: which of these runs, about to begin there, this scheduler still holds there. A
+        run cancelled, replaced or withdrawn meanwhile is not, and never begins there
+        (actors/executor_cancel.py)."""
+        await self._ready
+        if kind == "light":
+            held = self.pool.slots[index].inflight if index < len(self.pool.slots) else {}
+            return [(k, r) for k, r in keys if (k, r) in held]
+        return [(k, r) for k, r in keys if self.heavy.where.get((k, r)) == index]
+
     async def loop_blocked(
         self, kind: str, index: int, incarnation: str, lag_s: float, worker: str | None,
         run: RunKey | None, begun: list[RunKey],

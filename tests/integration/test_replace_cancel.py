@@ -121,3 +121,41 @@ def test_a_step_handed_to_an_executor_that_stood_still_never_begins_after_the_ca
     assert not second_started.exists(), "the handed step began after cancel() returned"
     info = sched.wait("ch", timeout_s=30)
     assert info.state is TaskState.CANCELLED and sched.get_task_info("second").state is TaskState.CANCELLED
+
+
+@ONE_SHARD  # reaches into the executor
+def test_a_run_queued_on_an_executor_that_stood_still_never_begins_after_the_cancel(
+        engines: Any, tmp_path: Path) -> None:
+    """As above, for a run queued on the stopped executor behind a busy slot: resumed after
+    ``cancel()`` gave up waiting for it, the slot frees at once and the queued run must not
+    begin before the executor reads the cancel."""
+    import os
+    import signal
+
+    from kmpray.timing import CANCEL_ACK_TIMEOUT_S
+
+    from .helpers import asked, stop_process
+
+    sched = engines(config=EngineConfig(executors=1, executor_concurrency=1))
+    register_all(sched)
+    hold, held, release = blocks_input(tmp_path, "hold")
+    old, old_started, _never = blocks_input(tmp_path, "old")
+    assert sched.enqueue("hold", TaskTrigger.OneTime(), "Blocks", input=hold) is ScheduleResult.SUCCESS
+    until(held.exists, what="the slot taken")
+    assert sched.enqueue("old", TaskTrigger.OneTime(), "Blocks", input=old) is ScheduleResult.SUCCESS
+    until(lambda: sched.status()["inflight"] >= 2, what="the old run handed to the executor, behind the slot")
+    executor = ray.get_actor("kmpray.executor.0", namespace=sched.namespace)
+    pid = asked(executor, lambda self: os.getpid())
+    stop_process(pid)
+    try:
+        release.touch()  # the slot frees the moment the process goes on
+        began = time.monotonic()
+        assert sched.cancel("old") == 1
+        took = time.monotonic() - began
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert took >= CANCEL_ACK_TIMEOUT_S - 0.5, took
+    until(lambda: asked(executor, lambda self: not self._tasks), what="the executor's runs ended")
+    assert not old_started.exists(), "the queued run began after cancel() returned"
+    assert sched.get_task_info("old").state is TaskState.CANCELLED
+    assert sched.wait("hold", timeout_s=30).state is TaskState.SUCCEEDED
