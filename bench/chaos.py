@@ -1,12 +1,12 @@
-"""chaos: a workload against a real engine while a nemesis kills its processes.
+"""chaos: a workload against a real engine while a nemesis kills (or pauses) its processes.
 
-``python -m bench chaos --scenario scheduler|executors|coordinators|mixed|hard-restart|poison|misfire|
-long-runs|node-loss|soak [--quick] [--json PATH]``; ``--shards N`` runs the scheduler, executors,
-coordinators, mixed, hard-restart, soak or node-loss scenario on a sharded engine (the nemesis strikes a shard
-drawn at random; results in ``chaos-NAME-N-shards.json``)
-(hard-restart: bench/chaos_restart.py; poison: bench/chaos_poison.py; misfire: bench/chaos_misfire.py;
-long-runs: bench/chaos_longruns.py; node-loss: bench/chaos_nodes.py;
-soak: bench/chaos_soak.py)
+``python -m bench chaos --scenario scheduler|executors|coordinators|mixed|pauses|hard-restart|poison|
+misfire|long-runs|node-loss|soak [--quick] [--json PATH]``; ``--shards N`` runs the scheduler,
+executors, coordinators, mixed, pauses, hard-restart, soak or node-loss scenario on a sharded engine
+(the nemesis strikes a shard drawn at random; results in ``chaos-NAME-N-shards.json``)
+(the nemesis: bench/chaos_nemesis.py; hard-restart: bench/chaos_restart.py; poison:
+bench/chaos_poison.py; misfire: bench/chaos_misfire.py; long-runs: bench/chaos_longruns.py;
+node-loss: bench/chaos_nodes.py; soak: bench/chaos_soak.py)
 
 Every run writes a ledger line when it starts (task id, attempts before it, pid, time),
 so "executed twice" is counted from what workers did, not from what the engine says.
@@ -39,16 +39,11 @@ system lost and ran again. Reported, per scenario:
 from __future__ import annotations
 
 import json
-import os
-import random
-import signal
-import threading
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from kmpray.actors.names import BROKER, CHAIN, ORACLE, shard_namespace
+from kmpray.actors.names import shard_namespace
 
 import kmpray
 
@@ -56,8 +51,6 @@ from .chaos_common import (
     Cancels,
     ChaosLedger,
     EngineStops,
-    actor_pid,
-    answers_after,
     barrier_violations,
     engine_pending,
     enqueue_chain,
@@ -69,6 +62,7 @@ from .chaos_common import (
     scheduler_status,
     terminal_events,
 )
+from .chaos_nemesis import PAUSE_S, Nemesis
 from .common import percentiles, ray_up, scratch_dir, table, write
 
 SCENARIOS = {
@@ -78,84 +72,16 @@ SCENARIOS = {
     "coordinators": (10_000, 1_000, 200, 1.0, "a random ChainCoordinator actor (SIGKILL)"),
     "mixed": (20_000, 2_000, 400, 1.5, "a random one of: the scheduler, a light executor or heavy worker, "
                                        "a ChainCoordinator, the event broker, the oracle (SIGKILL)"),
+    "pauses": (10_000, 1_000, 200, 1.5, "a random one of: the scheduler, a light executor or heavy worker, "
+                                        "a ChainCoordinator, the event broker, the oracle, paused (SIGSTOP) "
+                                        f"for {PAUSE_S[0]:g}-{PAUSE_S[1]:g} s, then resumed (SIGCONT)"),
 }
 # Chains after each enqueue call, by scenario (the others: none unless asked for).
-CHAINS_PER_CALL = {"scheduler": 1, "coordinators": 5, "mixed": 2}
-CANCELS = {"scheduler", "mixed"}  # scenarios that cancel or replace long work under the nemesis (Cancels)
-HEAVY_EVERY = 20  # one task in 20 is heavy in the executors and mixed scenarios
-# The mixed nemesis's kinds of victim. The oracle since session 49: it holds the worker
-# classes, the device overrides' and the actor subscriptions' copies (actors/registry.py).
-MIXED = ("scheduler", "executors", "coordinators", "broker", "oracle")
-
-
-class Nemesis(threading.Thread):
-    """Kills a process every ``every_s`` on average until stopped; records each recovery.
-
-    Each wait is drawn from ``every_s`` x uniform(0.5, 1.5) (seeded): on a fixed cadence
-    the kills locked onto the load's (ten enqueue calls a second, the nemesis's period
-    plus a ~2 s recovery a multiple of 100 ms) and struck the same moment of every
-    batch's runs each time, a worst case measured as if it were the typical one."""
-
-    def __init__(self, ray: Any, scenario: str, namespace: str, every_s: float, seed: int,
-                 shards: int = 1, coordinators: int = 0, wait_recovery: bool = True) -> None:
-        super().__init__(name=f"nemesis-{scenario}", daemon=True)
-        self.ray, self.scenario, self.namespace, self.every_s = ray, scenario, namespace, every_s
-        self.shards, self.coordinators = shards, coordinators
-        # False: the next kill may come while the last victim (or another) is still coming
-        # back: a scheduler killed again mid-restore, an executor while its scheduler adopts.
-        self.wait_recovery = wait_recovery
-        self.rng = random.Random(seed)
-        self.stop = threading.Event()
-        self.kills = 0
-        self.kills_by_shard = [0] * shards
-        self.kills_by_kind: Counter[str] = Counter()  # scheduler, executors, coordinators, broker, oracle
-        self.recovery_s: list[float] = []
-        self.killed_at: list[float] = []  # wall-clock time of each kill (the timeline)
-        self.killed_pids: set[int] = set()  # whose runs may legitimately run again
-
-    def _victim(self) -> tuple[int, str, str, str] | None:
-        """(shard, kind, actor name, its namespace): a shard drawn at random, then its scheduler,
-        one of its chain coordinators, or one of its own light executors or heavy workers
-        (each shard has a pool)."""
-        shard = self.rng.randrange(self.shards)
-        namespace = shard_namespace(self.namespace, shard)
-        kind = self.rng.choice(MIXED) if self.scenario == "mixed" else self.scenario
-        if kind == "scheduler":
-            return shard, kind, "kmpray.scheduler", namespace
-        if kind == "coordinators":
-            return shard, kind, CHAIN.format(self.rng.randrange(self.coordinators)), namespace
-        if kind in ("broker", "oracle"):  # one each for the whole engine, in its namespace (shard 0's)
-            return 0, kind, BROKER if kind == "broker" else ORACLE, self.namespace
-        status = scheduler_status(self.ray, namespace)
-        light = [f"kmpray.executor.{i}" for i in range(status.get("executors", 0))]
-        light += [f"kmpray.executor.probation.{k}" for k in range(status.get("probation_executors", 0))]
-        heavy = [f"kmpray.heavy.{i}" for i in status.get("heavy_workers", [])]
-        if not light + heavy:  # its scheduler is not serving (killed a moment ago): none known
-            return None
-        return shard, "executors", self.rng.choice(light + heavy), namespace
-
-    def run(self) -> None:
-        while not self.stop.wait(self.every_s * self.rng.uniform(0.5, 1.5)):
-            victim = self._victim()
-            if victim is None:
-                continue
-            shard, kind, name, namespace = victim
-            pid = actor_pid(self.ray, name, namespace)
-            if pid is None:
-                continue
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                continue
-            self.kills += 1
-            self.kills_by_shard[shard] += 1
-            self.kills_by_kind[kind] += 1
-            self.killed_pids.add(pid)
-            self.killed_at.append(time.time())
-            if self.wait_recovery:
-                self.recovery_s.append(answers_after(self.ray, name, namespace))
-
-
+CHAINS_PER_CALL = {"scheduler": 1, "coordinators": 5, "mixed": 2, "pauses": 2}
+# Scenarios that cancel or replace long work under the nemesis (Cancels).
+CANCELS = {"scheduler", "mixed", "pauses"}
+HEAVY_EVERY = 20  # one task in 20 is heavy in the executors, mixed and pauses scenarios
+HEAVY = {"executors", "mixed", "pauses"}
 def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int = 7,
              address: str | None = None, every_s: float | None = None, sleep_ms: int = 20,
              rate: float | None = None, drain_kills_s: float | None = None, shards: int = 1,
@@ -192,10 +118,11 @@ def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int
     config = kmpray.EngineConfig(max_pending_tasks=max(4 * n, 10_000), event_retention=max(4 * n, 100_000),
                                  scheduler_shards=shards)
     sched = kmpray.connect(namespace=namespace, state_dir=state, config=config)
+    nemesis: Nemesis | None = None
     try:
         sched.register_worker("ChaosLedger", ChaosLedger)
         nemesis = Nemesis(ray, name, namespace, every_s, seed, shards, config.chain_coordinators,
-                          wait_recovery)
+                          wait_recovery, pause=name == "pauses")
         payload = json.dumps({"ledger": str(ledger), "sleep_ms": sleep_ms})
         heavy = kmpray.Constraints(is_heavy_task=True)
         acknowledged: set[str] = set()
@@ -212,7 +139,7 @@ def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int
             time.sleep(max(0.0, started + k / rate - time.monotonic()))
             once = kmpray.TaskTrigger.OneTime()
             items = [{"id": f"t{i}", "trigger": once, "worker_class_name": "ChaosLedger", "input": payload,
-                      **({"constraints": heavy} if name in ("executors", "mixed") and i % HEAVY_EVERY == 0
+                      **({"constraints": heavy} if name in HEAVY and i % HEAVY_EVERY == 0
                          else {})}
                      for i in range(k, min(n, k + batch))]
             submitted += len(items)
@@ -242,6 +169,7 @@ def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int
             time.sleep(0.5)
         nemesis.stop.set()
         nemesis.join(timeout=180)
+        nemesis.resume_all()
         engine_stops.stop.set()
         engine_stops.join(timeout=30)
         settle = time.monotonic() + 120
@@ -295,10 +223,11 @@ def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int
             "counted_twice": sum(1 for t in acknowledged if terminal[t] > 1),
             "events_missing": sum(1 for t in acknowledged if terminal[t] == 0),
             "barrier_violations": barrier_violations(ledger, chain_ids),
-            **(cancelling.check() if cancelling is not None else {}),
-            "kills": nemesis.kills,
+            **(cancelling.check(nemesis.paused_pids) if cancelling is not None else {}),
+            "kills": nemesis.kills,  # (pauses: each pause counts as one)
             "kills_by_shard": nemesis.kills_by_shard,
             "kills_by_kind": dict(nemesis.kills_by_kind),
+            **(_pauses(nemesis, ledger, acknowledged) if nemesis.pause else {}),
             "waited_for_recovery": wait_recovery,
             "recovery_s": _seconds(percentiles([s * 1000 for s in nemesis.recovery_s])),
             "recovery_max_s": round(max(nemesis.recovery_s), 3) if nemesis.recovery_s else None,
@@ -310,8 +239,23 @@ def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int
             "timeline": timeline(ledger, started_wall, nemesis),
         }
     finally:
+        if nemesis is not None:  # nothing left standing still, whatever happened
+            nemesis.stop.set()
+            nemesis.resume_all()
         sched.shutdown()
     return result
+
+
+def _pauses(nemesis: Nemesis, ledger: Path, acknowledged: set[str]) -> dict[str, Any]:
+    """A pause's costs: ``executed_twice_after_pauses`` counts tasks whose every earlier
+    start was in a process paused once (the engine may have put it down as unreachable:
+    then ``engine_stopped`` names it and the re-run is explained; otherwise it is not)."""
+    return {"pauses_s": {"min": round(min(nemesis.pauses_s, default=0), 2),
+                         "median": round(sorted(nemesis.pauses_s)[len(nemesis.pauses_s) // 2], 2)
+                         if nemesis.pauses_s else 0,
+                         "max": round(max(nemesis.pauses_s, default=0), 2)},
+            "paused_pids": sorted(nemesis.paused_pids),
+            "executed_twice_after_pauses": rerun_after_kills(ledger, acknowledged, nemesis.paused_pids)}
 
 
 def _lost_detail(sched: Any, task_id: str, state: Any) -> dict[str, Any]:
@@ -405,7 +349,7 @@ def run(quick: bool = False, json_path: str | None = None, address: str | None =
         results[name] = result
         stem = f"chaos-{name}" if shards == 1 else f"chaos-{name}-{shards}-shards"
         out = write(stem, result, json_path if len(names) == 1 else None)
-        hidden = ("lost_examples", "per_round", "killed_pids", "engine_stopped")
+        hidden = ("lost_examples", "per_round", "killed_pids", "engine_stopped", "paused_pids")
         shown = [(k, str(v)) for k, v in result.items() if k not in hidden]
         print(table([*shown, ("json", str(out))]))
     return results

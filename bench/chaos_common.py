@@ -117,7 +117,10 @@ class Cancels:
     cancelled something (``cancel()`` > 0) leaves its task CANCELLED: ``cancel_lost`` (a
     cancel retried across a scheduler restart may say 0 although its first try took; only
     the first rule covers those); and a replacement acknowledged ends SUCCEEDED, having
-    run: ``replacement_lost``."""
+    run: ``replacement_lost``. A run that finishes after the answer in a process the
+    nemesis paused (``check(paused_pids)``) had begun before and was stopped still while
+    its cancel waited: it could not be told, as a killed one could not; it is counted
+    apart (``finished_after_cancel_when_paused``). A run *beginning* after it never is."""
 
     LONG_MS = 3_000
     LAG = 2
@@ -180,15 +183,20 @@ class Cancels:
         if result is kmpray.ScheduleResult.SUCCESS:
             self.replaced[name] = time.time()
 
-    def check(self) -> dict[str, Any]:
+    def check(self, paused_pids: set[int] | frozenset[int] = frozenset()) -> dict[str, Any]:
         ended = {**{name: at for name, (at, _n) in self.acked.items()}, **self.replaced}
         for chain, tasks in self.steps.items():  # a chain's tasks: by its cancel's instant
             if chain in ended:
                 ended.update(dict.fromkeys(tasks, ended.pop(chain)))
         states = {t.id: t.state for t in self.sched.list_tasks() if t.id in ended}
         # The old work's runs (the replacements write a ledger of their own).
-        starts, finishes = ledger_times(self.ledger, "start"), ledger_times(self.ledger, "finish")
+        starts = ledger_times(self.ledger, "start")
+        finishes = ledger_times(self.ledger, "finish", paused_pids)
         times = {name: starts.get(name, []) + finishes.get(name, []) for name in ended}
+        all_finishes = ledger_times(self.ledger, "finish")
+        when_paused = sorted(name for name, at in ended.items()
+                             if any(t > at + self.SLACK_S for t in all_finishes.get(name, []))
+                             and not any(t > at + self.SLACK_S for t in finishes.get(name, [])))
         after = sorted(name for name, at in ended.items()
                        if any(t > at + self.SLACK_S for t in times.get(name, [])))
         done = (kmpray.TaskState.CANCELLED, kmpray.TaskState.SUCCEEDED)  # a chain's first step may have ended
@@ -215,6 +223,7 @@ class Cancels:
             "replaces_acknowledged": len(self.replaced),
             "cancelled_running": sum(1 for name in ended if times.get(name)),  # had begun
             "ran_after_cancel": len(after),
+            "finished_after_cancel_when_paused": len(when_paused),
             "ran_after_cancel_examples": after[:10],
             # What a failure needs to be read (session 53: one in a CI run, none in 35 runs
             # after it): how each call ended, and its old work's starts and finishes after it.
@@ -334,11 +343,13 @@ def ledger_lines(path: Path, what: str = "start") -> list[list[str]]:
     return [parts for parts in map(str.split, lines) if len(parts) >= 2 and parts[0] == what]
 
 
-def ledger_times(path: Path, what: str = "start") -> dict[str, list[float]]:
-    """The times of each task's start (or finish) lines, in ledger order."""
+def ledger_times(path: Path, what: str = "start", skip_pids: set[int] | frozenset[int] = frozenset()
+                 ) -> dict[str, list[float]]:
+    """The times of each task's start (or finish) lines, in ledger order (but those
+    written by a process in ``skip_pids``)."""
     times: dict[str, list[float]] = {}
     for parts in ledger_lines(path, what):
-        if len(parts) >= 5:
+        if len(parts) >= 5 and int(parts[3]) not in skip_pids:
             times.setdefault(parts[1], []).append(float(parts[4]))
     return times
 
