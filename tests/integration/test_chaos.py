@@ -60,6 +60,25 @@ def test_kills_during_a_load_lose_nothing_and_count_nothing_twice(
     assert r["recovery_max_s"] is not None and r["recovery_max_s"] < 60, r
 
 
+def test_pauses_during_a_load_lose_nothing_and_begin_nothing_after_its_cancel(ray_session: Any) -> None:
+    """The pauses scenario's quick run: processes stopped (SIGSTOP) for 0.5-15 s and
+    resumed, one at a time; seed 13 pauses two executors (6.8 and 13.1 s) and the
+    scheduler. A stopped process is not a dead one: Ray does not notice, its runs go on
+    when it does, and a cancel answered without it is read late (session 59: a chain step
+    and a queued run began after their ``cancel()`` returned). Nothing lost, nothing run
+    twice unless the engine stopped the process, no old work begun after its cancel."""
+    from kmpray.bench.chaos import scenario
+
+    r = scenario("pauses", quick=True, seed=13)
+    assert r["kills"] >= 2 and r["kills_by_kind"].get("executors", 0) >= 1, r  # paused, executors too
+    assert r["acknowledged"] == r["submitted"], r
+    assert (r["lost"], r["counted_twice"], r["never_started"], r["events_missing"]) == (0, 0, 0, 0), r
+    assert r["barrier_violations"] == 0 and r["attempts_inflated"] == 0, r
+    detail = {k: r[k] for k in ("ran_after_cancel_detail", "cancel_lost", "replacement_lost_examples")}
+    assert (r["ran_after_cancel"], r["cancel_lost"], r["replacement_lost"]) == (0, 0, 0), detail
+    assert r["executed_twice_unexplained"] == [] and r["leaked_cpus"] == 0, r
+
+
 def test_a_hard_restart_mid_burst_loses_no_acknowledged_enqueue(ray_session: Any) -> None:
     """The driver and its whole Ray instance SIGKILLed at a random moment of an enqueue
     burst, twice: every id the engine acknowledged is in the store when it starts again."""
