@@ -73,8 +73,8 @@ SCENARIOS = {
     "mixed": (20_000, 2_000, 400, 1.5, "a random one of: the scheduler, a light executor or heavy worker, "
                                        "a ChainCoordinator, the event broker, the oracle (SIGKILL)"),
     "pauses": (10_000, 1_000, 200, 1.5, "a random one of: the scheduler, a light executor or heavy worker, "
-                                        "a ChainCoordinator, the event broker, the oracle, paused (SIGSTOP) "
-                                        f"for {PAUSE_S[0]:g}-{PAUSE_S[1]:g} s, then resumed (SIGCONT)"),
+                                        "a ChainCoordinator, the event broker, the oracle (SIGSTOP, then "
+                                        f"SIGCONT {PAUSE_S[0]:g}-{PAUSE_S[1]:g} s later)"),
 }
 # Chains after each enqueue call, by scenario (the others: none unless asked for).
 CHAINS_PER_CALL = {"scheduler": 1, "coordinators": 5, "mixed": 2, "pauses": 2}
@@ -192,7 +192,7 @@ def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int
         cluster, available = ray.cluster_resources().get("CPU", 0), ray.available_resources().get("CPU", 0)
         result = {
             "scenario": name,
-            "nemesis": f"kills {what} every {every_s:g} s on average",
+            "nemesis": f"{'pauses' if nemesis.pause else 'kills'} {what} every {every_s:g} s on average",
             "tasks": n,
             "shards": shards,
             "chains": len(chain_ids),  # acknowledged, each 3 tasks (in the counts below)
