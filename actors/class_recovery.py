@@ -12,8 +12,11 @@ victims; session 58): 17,000 tasks on two shards parked for good.
 Executors and heavy workers keep the blob of each class they loaded (worker_classes.py):
 a third copy. A restarted scheduler missing classes it knew asks every one of its own
 processes for them, in the background, and puts what they have back in itself and in
-the registry, with the versions it gave them before. What none of them holds stays
-missing, and the log says so once, naming the workers and how to bring them back.
+the registry, with the versions it gave them before. kmpray's built-in workers that none
+of them holds are registered again from kmpray itself (every client's ``connect()``
+registers them, and until session 59 their tasks waited for the next one). What else
+none of them holds stays missing, and the log says so once, naming the workers and how
+to bring them back.
 """
 
 from __future__ import annotations
@@ -49,11 +52,13 @@ async def classes_held(handles: Iterable[Any], names: list[str], timeout_s: floa
 async def take_classes_back(
     blobs: dict[str, Blob], missing: list[str], handles: list[Any], timeout_s: float,
     held: Callable[[list[tuple[str, int, bytes]]], Awaitable[None]],
+    register: Callable[[list[tuple[str, bytes]]], Awaitable[list[int]]],
 ) -> list[str]:
     """``missing``: workers a restarted scheduler knew and got no class for. What
     ``handles`` hold goes into ``blobs`` (unless registered again meanwhile) and to
     ``held`` (the scheduler's ``_classes_held``: the registry, and their parked tasks
-    run). Returns the names still missing."""
+    run); built-in workers none of them holds go to ``register`` (the scheduler's
+    ``register_workers``: new versions). Returns the names still missing."""
     found = {name: entry for name, entry in (await classes_held(handles, missing, timeout_s)).items()
              if name not in blobs}
     if found:
@@ -61,6 +66,13 @@ async def take_classes_back(
         await held([(name, version, blob) for name, (version, blob) in found.items()])
         log.warning("restarted: the registry had lost worker classes too; %s taken back from the "
                     "processes that ran them", ", ".join(sorted(found)))
+    from kmpray.client.remote import ship_class
+    from kmpray.workers import BUILTIN_WORKERS
+
+    if builtin := [name for name in missing if name not in blobs and name in BUILTIN_WORKERS]:
+        await register([(name, ship_class(BUILTIN_WORKERS[name])) for name in builtin])
+        log.warning("restarted: the registry had lost the built-in workers too; registered again: %s",
+                    ", ".join(builtin))
     still = [name for name in missing if name not in blobs]
     if still:
         log.warning("restarted: no process holds worker classes %s any more (the registry lost them with "

@@ -289,7 +289,8 @@ class SchedulerActor(
         if restarted and (missing := sorted(self.known - set(self._blobs))):  # actors/class_recovery.py
             held_by = [s.handle for s in self.pool.live()] + [s.handle for s in self.heavy.slots if s.handle]
             background(take_classes_back(self._blobs, missing, held_by, self.config.ping_timeout_s,
-                                         self._classes_held), "taking worker classes back")
+                                         self._classes_held, self.register_workers),
+                       "taking worker classes back")
         if spooled:
             log.warning("restarted: %d results spooled while no scheduler served are applied", len(spooled))
             await self._hear(spooled, (), ())

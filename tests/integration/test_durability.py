@@ -312,7 +312,9 @@ def test_classes_lost_by_the_registry_and_the_scheduler_together_come_back_from_
     the other's nothing. Tasks of every worker then waited, parked, for a registration
     that never came (the no-wait mixed chaos run, session 58). The executors keep the blob
     of each class they ran (actors/class_recovery.py): the restarted scheduler takes those
-    back, with the registry; a class no process ran stays missing."""
+    back, with the registry; a class no process ran stays missing, but kmpray's built-in
+    workers are registered again from kmpray itself (before session 59 their tasks waited
+    for the next client's connect())."""
     import ray
 
     from .helpers import killed_together
@@ -327,6 +329,7 @@ def test_classes_lost_by_the_registry_and_the_scheduler_together_come_back_from_
     assert info.state is TaskState.SUCCEEDED, (info, sched.status()["waiting_for_registration"])
     workers = sched.status()["workers"]
     assert "Echo" in workers and "Progress" not in workers  # both copies were gone: no executor ran Progress
+    until(lambda: "HttpRequestWorker" in sched.status()["workers"], what="the built-in workers registered again")
     oracle = ray.get_actor("kmpray.oracle", namespace=sched.namespace)
     assert "Echo" in ray.get(oracle.dump_classes.remote(sched.namespace), timeout=30)
 
