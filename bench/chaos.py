@@ -255,6 +255,9 @@ def _pauses(nemesis: Nemesis, ledger: Path, acknowledged: set[str]) -> dict[str,
                          if nemesis.pauses_s else 0,
                          "max": round(max(nemesis.pauses_s, default=0), 2)},
             "paused_pids": sorted(nemesis.paused_pids),
+            # each pause: [pid, actor, namespace, when (wall clock), how long]: what a late
+            # start is read against (ran_after_cancel_detail names the process of each)
+            "pauses": [list(p) for p in nemesis.pauses],
             "executed_twice_after_pauses": rerun_after_kills(ledger, acknowledged, nemesis.paused_pids)}
 
 
@@ -349,7 +352,7 @@ def run(quick: bool = False, json_path: str | None = None, address: str | None =
         results[name] = result
         stem = f"chaos-{name}" if shards == 1 else f"chaos-{name}-{shards}-shards"
         out = write(stem, result, json_path if len(names) == 1 else None)
-        hidden = ("lost_examples", "per_round", "killed_pids", "engine_stopped", "paused_pids")
+        hidden = ("lost_examples", "per_round", "killed_pids", "engine_stopped", "paused_pids", "pauses")
         shown = [(k, str(v)) for k, v in result.items() if k not in hidden]
         print(table([*shown, ("json", str(out))]))
     return results

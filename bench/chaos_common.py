@@ -97,11 +97,13 @@ def enqueue_chain(sched: Any, j: int, payload: str) -> list[str]:
 
 
 def _late(name: str, at: float, replaced: bool, starts: dict[str, list[float]],
-          finishes: dict[str, list[float]]) -> dict[str, Any]:
-    """How ``name``'s call ended (at ``at``) and its old work's starts and finishes after it."""
+          finishes: dict[str, list[float]], lines: list[list[str]]) -> dict[str, Any]:
+    """How ``name``'s call ended (at ``at``) and its old work's starts and finishes after
+    it, and the ledger lines of its runs (with each one's process)."""
     return {"id": name, "how": "replace" if replaced else "cancel", "ended_at": round(at, 3),
             "starts_after_s": [round(t - at, 3) for t in starts.get(name, []) if t > at],
-            "finishes_after_s": [round(t - at, 3) for t in finishes.get(name, []) if t > at]}
+            "finishes_after_s": [round(t - at, 3) for t in finishes.get(name, []) if t > at],
+            "ledger": [" ".join(parts) for parts in lines if len(parts) >= 2 and parts[1] == name]}
 
 
 class Cancels:
@@ -227,7 +229,8 @@ class Cancels:
             "ran_after_cancel_examples": after[:10],
             # What a failure needs to be read (session 53: one in a CI run, none in 35 runs
             # after it): how each call ended, and its old work's starts and finishes after it.
-            "ran_after_cancel_detail": [_late(name, ended[name], name in self.replaced, starts, finishes)
+            "ran_after_cancel_detail": [_late(name, ended[name], name in self.replaced, starts, finishes,
+                                              ledger_lines(self.ledger) + ledger_lines(self.ledger, "finish"))
                                         for name in after[:10]],
             "cancel_lost": len(lost),
             "replacement_lost": len(replacement_lost),

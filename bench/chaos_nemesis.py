@@ -64,6 +64,7 @@ class Nemesis(threading.Thread):
         self.killed_pids: set[int] = set()  # whose runs may legitimately run again
         self.paused_pids: set[int] = set()  # every process paused once (its runs may not run again)
         self.pauses_s: list[float] = []  # each pause's length
+        self.pauses: list[tuple[int, str, str, float, float]] = []  # (pid, actor, namespace, at, length)
         self._lock = threading.Lock()
         self._standing: dict[tuple[str, str], tuple[int, threading.Timer]] = {}  # paused now, by actor
 
@@ -131,6 +132,7 @@ class Nemesis(threading.Thread):
             self._standing[(name, namespace)] = (pid, timer)
         self.paused_pids.add(pid)
         self.pauses_s.append(pause_s)
+        self.pauses.append((pid, name, namespace, round(time.time(), 3), round(pause_s, 3)))
         timer.start()
 
     def _resume(self, name: str, namespace: str) -> None:
