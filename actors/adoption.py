@@ -19,6 +19,7 @@ from kmpray.engine import SchedulerCore
 from kmpray.protocol import Done, Holding, RunKey
 from kmpray.timing import CANCEL_ACK_TIMEOUT_S
 
+from .awake import wait_awake
 from .background import background
 from .executor_pool import ExecutorPool
 from .heavy_pool import HeavyPool
@@ -115,7 +116,7 @@ async def _stop_stale(
         if pool.slots[i].reachable:
             waits.append(told)
     if waits:
-        await asyncio.wait(waits, timeout=CANCEL_ACK_TIMEOUT_S)
+        await wait_awake(waits, CANCEL_ACK_TIMEOUT_S)  # (as cancel()'s: actors/awake.py)
     if stale:
         log.warning("restarted: %d runs held for tasks that ended or run again elsewhere are stopped",
                     len(stale))

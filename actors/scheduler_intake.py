@@ -27,6 +27,7 @@ from kmpray.store import SqliteTaskStore
 from kmpray.timing import CANCEL_ACK_TIMEOUT_S, INTAKE_SLICE
 from kmpray.validation import shown
 
+from .awake import wait_awake
 from .background import background
 from .names import ORACLE, base_namespace, lookup
 from .retry import call_with_retry
@@ -305,10 +306,12 @@ class SchedulerIntake:
         """Until the executors have the cancels sent so far: a run queued on its executor
         (or a chain step handed over with a cancelled run, one hop per step) could
         otherwise begin after the cancel was answered. Bounded: an executor that is down
-        has nothing to begin."""
+        has nothing to begin. The bound counts only time this process was awake
+        (actors/awake.py): stopped right after it sent a cancel, it woke with a clock-time
+        bound run out and answered before the cancel had even left."""
         pending = self._cancels_pending()
         if pending:
-            await asyncio.wait(pending, timeout=CANCEL_ACK_TIMEOUT_S)
+            await wait_awake(pending, CANCEL_ACK_TIMEOUT_S)
 
     def _cancels_pending(self) -> list[asyncio.Future[None]]:
         """The cancels sent to executors (``_flush``) that they have not answered yet."""
