@@ -55,6 +55,7 @@ class LoopWatch:
         self._beat = time.monotonic()
         self._stood_still_s = stood_still_s
         self._stood_still_at = -float("inf")  # when the last beat after a stand-still came
+        self._first = True  # (the first beat follows the actor's construction, not a beat)
         self._loop_thread = threading.get_ident()
         self.blocked_since: float | None = None
         loop.call_soon(self._tick)
@@ -62,9 +63,9 @@ class LoopWatch:
 
     def _tick(self) -> None:
         now = time.monotonic()
-        if now - self._beat >= self._stood_still_s:
+        if now - self._beat >= self._stood_still_s and not self._first:
             self._stood_still_at = now
-        self._beat = now
+        self._beat, self._first = now, False
         self._loop.call_later(self._probe_s, self._tick)
 
     def stood_still(self, within_s: float) -> bool:
@@ -72,7 +73,8 @@ class LoopWatch:
         ``stood_still_s``, as when the process was just resumed and this runs before the
         beat) or stood still within the last ``within_s``."""
         now = time.monotonic()
-        return now - self._beat >= self._stood_still_s or now - self._stood_still_at < within_s
+        overdue = now - self._beat >= self._stood_still_s and not self._first
+        return overdue or now - self._stood_still_at < within_s
 
     def lag_s(self) -> float:
         """How far the loop is behind its heartbeat now (0 when it keeps up)."""

@@ -50,3 +50,17 @@ def test_standing_still_is_seen_at_once_and_for_the_window_after() -> None:
     assert within is True  # ...but it stood still within the last 5 s
     # and not within the last 0.1 s, 0.18 s on (a hiccup of the machine under STILL_S does not count)
     assert after_window is False
+
+
+def test_a_slow_start_is_not_a_stand_still() -> None:
+    """The first beat comes after the actor's construction, however long that took."""
+
+    async def main() -> bool:
+        watch = LoopWatch(asyncio.get_running_loop(), 0.01, 60.0, _never.__code__, _never, _never,
+                          stood_still_s=STILL_S)
+        time.sleep(0.7)  # the rest of the constructor, before the loop runs the first beat
+        slow_start = watch.stood_still(within_s=5.0)
+        await asyncio.sleep(0.05)
+        return slow_start or watch.stood_still(within_s=5.0)
+
+    assert asyncio.run(main()) is False
