@@ -356,8 +356,8 @@ class ExecutorBase(StepData, Reporting, Cancelling, WorkerClasses):
             try:
                 if key in self._cancelled:
                     raise asyncio.CancelledError
-                if await self._gone_while_still(key):  # cancelled or moved while this process stood still
-                    return
+                if self._stood_still() and await self._gone_while_still(key):  # (executor_cancel.py)
+                    return  # cancelled or moved while this process stood still
                 if not (self._try_begin(key) or await self._may_begin(key)):
                     self._unreported.pop(key, None)  # withdrawn: it runs elsewhere, never here
                     self._replies.detach(key)

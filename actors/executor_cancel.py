@@ -68,11 +68,13 @@ class Cancelling:
         return self.watch.stood_still(CANCEL_ACK_TIMEOUT_S)
 
     async def _gone_while_still(self, key: RunKey) -> bool:
-        """Just before ``key`` begins: True (withdrawn here: never begins) if this loop
-        stood still and the scheduler no longer holds it here. A chain task this executor
-        handed on itself (``_follow``, which does not after a stand-still) is not asked
-        about: the scheduler learns of it from the report, which may come after."""
-        if key in self._handed_here or not self._stood_still() or await self._still_mine(key):
+        """Just before ``key`` begins, this loop having stood still (``_stood_still``, asked
+        first: a plain call on every run's path, this coroutine only after a stand-still):
+        True (withdrawn here: never begins) if the scheduler no longer holds it here. A
+        chain task this executor handed on itself (``_follow``, which does not after a
+        stand-still) is not asked about: the scheduler learns of it from the report, which
+        may come after."""
+        if key in self._handed_here or await self._still_mine(key):
             return False
         self._unreported.pop(key, None)
         self._replies.detach(key)
