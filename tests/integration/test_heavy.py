@@ -281,3 +281,35 @@ def test_a_heavy_worker_not_placed_for_long_says_its_room_is_held_not_starting()
         "waiting for a heavy worker: 0 of 2 placed (asked for 12 s ago): a node has {'CPU': 1.0} in all, "
         "but not free now"), said
     assert "`ray status`" in said
+
+
+@ONE_SHARD  # reaches into the heavy worker
+def test_a_heavy_worker_that_stood_still_asks_and_still_runs_what_it_holds(heavy: Any) -> None:
+    """A heavy worker stopped (SIGSTOP) past ``STOOD_STILL_S`` asks the scheduler, for 5 s
+    after, whether each run about to begin is still its own (actors/executor_cancel.py);
+    the heavy pool answers from its own books (``still_held``): a run it holds there
+    begins, on the same warm worker."""
+    import os
+    import signal
+    import time
+
+    import ray
+
+    from kmpray.timing import STOOD_STILL_S
+
+    from .helpers import asked, stop_process
+
+    heavy.enqueue("h1", ONCE, "WarmModel", constraints=HEAVY)
+    first = heavy.wait("h1", timeout_s=60)
+    worker = ray.get_actor("kmpray.heavy.0", namespace=heavy.namespace)
+    pid = asked(worker, lambda self: os.getpid())
+    stop_process(pid)
+    try:
+        time.sleep(STOOD_STILL_S + 0.5)  # the fault itself: the process stands still this long
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    heavy.enqueue("h2", ONCE, "WarmModel", constraints=HEAVY)  # begins within 5 s of the stand-still
+    second = heavy.wait("h2", timeout_s=60)
+    assert asked(worker, lambda self: self.watch.stood_still(60.0))  # it saw the stand-still
+    assert first.state is second.state is TaskState.SUCCEEDED
+    assert second.result.data["pid"] == first.result.data["pid"] == pid
