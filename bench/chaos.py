@@ -250,15 +250,15 @@ def _pauses(nemesis: Nemesis, ledger: Path, acknowledged: set[str]) -> dict[str,
     """A pause's costs: ``executed_twice_after_pauses`` counts tasks whose every earlier
     start was in a process paused once (the engine may have put it down as unreachable:
     then ``engine_stopped`` names it and the re-run is explained; otherwise it is not)."""
-    return {"pauses_s": {"min": round(min(nemesis.pauses_s, default=0), 2),
-                         "median": round(sorted(nemesis.pauses_s)[len(nemesis.pauses_s) // 2], 2)
-                         if nemesis.pauses_s else 0,
-                         "max": round(max(nemesis.pauses_s, default=0), 2)},
-            "paused_pids": sorted(nemesis.paused_pids),
+    lengths, paused = sorted(nemesis.pauses_s), nemesis.paused_pids
+    return {"pauses_s": {"min": round(lengths[0], 2) if lengths else 0,
+                         "median": round(lengths[len(lengths) // 2], 2) if lengths else 0,
+                         "max": round(lengths[-1], 2) if lengths else 0},
+            "paused_pids": sorted(paused),
             # each pause: [pid, actor, namespace, when (wall clock), how long]: what a late
             # start is read against (ran_after_cancel_detail names the process of each)
             "pauses": [list(p) for p in nemesis.pauses],
-            "executed_twice_after_pauses": rerun_after_kills(ledger, acknowledged, nemesis.paused_pids)}
+            "executed_twice_after_pauses": rerun_after_kills(ledger, acknowledged, paused)}
 
 
 def _lost_detail(sched: Any, task_id: str, state: Any) -> dict[str, Any]:

@@ -192,10 +192,10 @@ class Cancels:
                 ended.update(dict.fromkeys(tasks, ended.pop(chain)))
         states = {t.id: t.state for t in self.sched.list_tasks() if t.id in ended}
         # The old work's runs (the replacements write a ledger of their own).
-        starts = ledger_times(self.ledger, "start")
-        finishes = ledger_times(self.ledger, "finish", paused_pids)
+        start_lines, finish_lines = ledger_lines(self.ledger), ledger_lines(self.ledger, "finish")
+        starts, all_finishes = times_in(start_lines), times_in(finish_lines)
+        finishes = times_in(finish_lines, paused_pids)
         times = {name: starts.get(name, []) + finishes.get(name, []) for name in ended}
-        all_finishes = ledger_times(self.ledger, "finish")
         when_paused = sorted(name for name, at in ended.items()
                              if any(t > at + self.SLACK_S for t in all_finishes.get(name, []))
                              and not any(t > at + self.SLACK_S for t in finishes.get(name, [])))
@@ -230,7 +230,7 @@ class Cancels:
             # What a failure needs to be read (session 53: one in a CI run, none in 35 runs
             # after it): how each call ended, and its old work's starts and finishes after it.
             "ran_after_cancel_detail": [_late(name, ended[name], name in self.replaced, starts, finishes,
-                                              ledger_lines(self.ledger) + ledger_lines(self.ledger, "finish"))
+                                              start_lines + finish_lines)
                                         for name in after[:10]],
             "cancel_lost": len(lost),
             "replacement_lost": len(replacement_lost),
@@ -350,8 +350,14 @@ def ledger_times(path: Path, what: str = "start", skip_pids: set[int] | frozense
                  ) -> dict[str, list[float]]:
     """The times of each task's start (or finish) lines, in ledger order (but those
     written by a process in ``skip_pids``)."""
+    return times_in(ledger_lines(path, what), skip_pids)
+
+
+def times_in(lines: list[list[str]], skip_pids: set[int] | frozenset[int] = frozenset()
+             ) -> dict[str, list[float]]:
+    """``ledger_times`` of ledger lines already read."""
     times: dict[str, list[float]] = {}
-    for parts in ledger_lines(path, what):
+    for parts in lines:
         if len(parts) >= 5 and int(parts[3]) not in skip_pids:
             times.setdefault(parts[1], []).append(float(parts[4]))
     return times

@@ -62,11 +62,19 @@ class Nemesis(threading.Thread):
         self.recovery_s: list[float] = []
         self.killed_at: list[float] = []  # wall-clock time of each kill (the timeline)
         self.killed_pids: set[int] = set()  # whose runs may legitimately run again
-        self.paused_pids: set[int] = set()  # every process paused once (its runs may not run again)
-        self.pauses_s: list[float] = []  # each pause's length
         self.pauses: list[tuple[int, str, str, float, float]] = []  # (pid, actor, namespace, at, length)
         self._lock = threading.Lock()
         self._standing: dict[tuple[str, str], tuple[int, threading.Timer]] = {}  # paused now, by actor
+
+    @property
+    def paused_pids(self) -> set[int]:
+        """Every process paused once (its runs may not run again)."""
+        return {pid for pid, *_rest in self.pauses}
+
+    @property
+    def pauses_s(self) -> list[float]:
+        """Each pause's length."""
+        return [length for *_rest, length in self.pauses]
 
     def _victim(self) -> tuple[int, str, str, str] | None:
         """(shard, kind, actor name, its namespace): a shard drawn at random, then its scheduler,
@@ -130,8 +138,6 @@ class Nemesis(threading.Thread):
         timer.daemon = True
         with self._lock:
             self._standing[(name, namespace)] = (pid, timer)
-        self.paused_pids.add(pid)
-        self.pauses_s.append(pause_s)
         self.pauses.append((pid, name, namespace, round(time.time(), 3), round(pause_s, 3)))
         timer.start()
 
