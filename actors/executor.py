@@ -248,9 +248,6 @@ class ExecutorBase(StepData, Reporting, Cancelling, WorkerClasses):
         if kept := self._replies.take_kept():
             self._send(kept)
 
-    def _withdrawn(self, key: tuple[str, int]) -> bool:
-        return key not in self._begun and self._fencing.withdrawn(key)
-
     def stop(self) -> int:
         """The engine is shutting down: nothing more begins here (queued runs, handed
         successors); running ones are cancelled. Returns how many were. The process is
@@ -263,14 +260,15 @@ class ExecutorBase(StepData, Reporting, Cancelling, WorkerClasses):
 
     def _try_begin(self, key: tuple[str, int]) -> bool | None:
         """Just before a run's worker begins: is it still this executor's? True (marked
-        begun), False (withdrawn while this loop was blocked: it runs elsewhere), None (a
-        block was just reported and the fence is on its way: ask again)."""
+        begun), False (withdrawn while this loop was blocked: it runs elsewhere; or
+        cancelled: a heavy cancel only marks), None (a block was just reported and the
+        fence is on its way: ask again)."""
         with self._begin_lock:
             if self._stopping:
                 return False
             if self._fence_wait:
                 return None
-            if self._withdrawn(key):
+            if (key not in self._begun and self._fencing.withdrawn(key)) or key in self._cancelled:
                 return False
             self._begun.add(key)
             return True
@@ -359,7 +357,8 @@ class ExecutorBase(StepData, Reporting, Cancelling, WorkerClasses):
                 if self._stood_still() and await self._gone_while_still(key):  # (executor_cancel.py)
                     return  # cancelled or moved while this process stood still
                 if not (self._try_begin(key) or await self._may_begin(key)):
-                    self._unreported.pop(key, None)  # withdrawn: it runs elsewhere, never here
+                    self._unmark(key)
+                    self._unreported.pop(key, None)  # withdrawn or cancelled: never begins here
                     self._replies.detach(key)
                     return
                 self._meter.began(worker, enq)

@@ -305,17 +305,25 @@ class HeavyPool:
             slot.run = None
             self.host._kick()
 
-    def cancel(self, key: RunKey) -> None:
+    def cancel(self, key: RunKey) -> Any | None:
+        """Stop the run ``key`` where it is held (``_stop``). Returns the call that tells the
+        worker (None if no worker holds it): once answered, the run never begins there if
+        it had not (the scheduler answers a cancel after that, as for light executors)."""
         i = self.where.pop(key, None)
-        if i is not None:
-            background(self._stop(i, key), f"heavy worker {i}: cancelling run {key[0]}")
+        if i is None:
+            return None
+        handle = self.slots[i].handle
+        told = handle.cancel_cooperative.remote([key]) if handle is not None else None
+        background(self._stop(i, key, told), f"heavy worker {i}: cancelling run {key[0]}")
+        return told
 
-    async def _stop(self, i: int, key: RunKey) -> None:
-        """Cancel a heavy run: cooperative first (ctx.is_cancelled()), forced after the grace."""
+    async def _stop(self, i: int, key: RunKey, told: Any) -> None:
+        """Cancel a heavy run: cooperative first (ctx.is_cancelled(); ``told``, the call
+        sent), forced after the grace."""
         slot = self.slots[i]
         handle = slot.handle
         try:
-            await handle.cancel_cooperative.remote([key])
+            await told
             deadline = time.monotonic() + self.config.heavy_cancel_grace_s
             while time.monotonic() < deadline:
                 if not await handle.busy.remote(key):

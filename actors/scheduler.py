@@ -429,9 +429,8 @@ class SchedulerActor(
         if fx.cancel_runs:
             self._cancel_acks = self._cancels_pending()
             sent = self.pool.cancel(fx.cancel_runs)
+            sent += [told for key in fx.cancel_runs if (told := self.heavy.cancel(key)) is not None]
             self._cancel_acks += [asyncio.ensure_future(_answered(a)) for a in sent]
-            for key in fx.cancel_runs:
-                self.heavy.cancel(key)
         local = self._local_chains
         if fx.chain_msgs and local is None:
             self._to_coordinators(fx.chain_msgs)  # first: a chain's next step waits for the answer

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -261,7 +264,6 @@ def test_a_heavy_worker_not_placed_for_long_says_its_room_is_held_not_starting()
     a heavy worker: 0 of 2 placed (starting)" for good (found touring, session 46: an engine
     whose heavy workers outlived a crashed script held both CPUs). After HEAVY_SLOW_PLACE_S
     it says what holds it up. The pool's reason() over a stand-in scheduler (no Ray calls)."""
-    import time as clock
     from types import SimpleNamespace
 
     from kmpray.actors.heavy_pool import HeavyPool
@@ -272,10 +274,10 @@ def test_a_heavy_worker_not_placed_for_long_says_its_room_is_held_not_starting()
     pool = HeavyPool(host, "ns", EngineConfig(heavy_pool_size=2), blocked=None)  # type: ignore[arg-type]
     pool.capacity = 2  # the cluster has room for both in all
     for slot in pool.slots:
-        slot.handle, slot.asked_at = object(), clock.monotonic()
+        slot.handle, slot.asked_at = object(), time.monotonic()
     assert pool.reason() == "waiting for a heavy worker: 0 of 2 placed (starting)"
     for slot in pool.slots:
-        slot.asked_at = clock.monotonic() - HEAVY_SLOW_PLACE_S - 2
+        slot.asked_at = time.monotonic() - HEAVY_SLOW_PLACE_S - 2
     said = pool.reason()
     assert said is not None and said.startswith(
         "waiting for a heavy worker: 0 of 2 placed (asked for 12 s ago): a node has {'CPU': 1.0} in all, "
@@ -283,19 +285,10 @@ def test_a_heavy_worker_not_placed_for_long_says_its_room_is_held_not_starting()
     assert "`ray status`" in said
 
 
-@ONE_SHARD  # reaches into the heavy worker
-def test_a_heavy_worker_that_stood_still_asks_and_still_runs_what_it_holds(heavy: Any) -> None:
-    """A heavy worker stopped (SIGSTOP) past ``STOOD_STILL_S`` asks the scheduler, for 5 s
-    after, whether each run about to begin is still its own (actors/executor_cancel.py);
-    the heavy pool answers from its own books (``still_held``): a run it holds there
-    begins, on the same warm worker."""
-    import os
-    import signal
-    import time
-
+def _warm_worker_stopped(heavy: Any) -> tuple[Any, Any, int]:
+    """One run ("h1") on the pool's one heavy worker, then that worker stopped (SIGSTOP;
+    the caller sends SIGCONT): h1's TaskInfo, the worker's handle and its pid."""
     import ray
-
-    from kmpray.timing import STOOD_STILL_S
 
     from .helpers import asked, stop_process
 
@@ -304,6 +297,20 @@ def test_a_heavy_worker_that_stood_still_asks_and_still_runs_what_it_holds(heavy
     worker = ray.get_actor("kmpray.heavy.0", namespace=heavy.namespace)
     pid = asked(worker, lambda self: os.getpid())
     stop_process(pid)
+    return first, worker, pid
+
+
+@ONE_SHARD  # reaches into the heavy worker
+def test_a_heavy_worker_that_stood_still_asks_and_still_runs_what_it_holds(heavy: Any) -> None:
+    """A heavy worker stopped (SIGSTOP) past ``STOOD_STILL_S`` asks the scheduler, for 5 s
+    after, whether each run about to begin is still its own (actors/executor_cancel.py);
+    the heavy pool answers from its own books (``still_held``): a run it holds there
+    begins, on the same warm worker."""
+    from kmpray.timing import STOOD_STILL_S
+
+    from .helpers import asked
+
+    first, worker, pid = _warm_worker_stopped(heavy)
     try:
         time.sleep(STOOD_STILL_S + 0.5)  # the fault itself: the process stands still this long
     finally:
@@ -313,3 +320,31 @@ def test_a_heavy_worker_that_stood_still_asks_and_still_runs_what_it_holds(heavy
     assert asked(worker, lambda self: self.watch.stood_still(60.0))  # it saw the stand-still
     assert first.state is second.state is TaskState.SUCCEEDED
     assert second.result.data["pid"] == first.result.data["pid"] == pid
+
+
+@ONE_SHARD  # reaches into the heavy worker
+def test_a_heavy_run_cancelled_while_its_worker_stood_still_never_begins(heavy: Any) -> None:
+    """A heavy run handed to a worker that is stopped (SIGSTOP), then cancelled:
+    ``cancel()`` gives up waiting for the worker's ack after ``CANCEL_ACK_TIMEOUT_S`` of
+    awake time and answers; the worker, resumed, finds the run no longer its own (the
+    scheduler's ``still_held``) and never begins it. Its next run is its second call.
+    (Before session 60 a heavy cancel was answered without waiting for the worker at all,
+    and the resumed worker began the run.)"""
+    from kmpray.timing import CANCEL_ACK_TIMEOUT_S
+
+    first, _worker, pid = _warm_worker_stopped(heavy)
+    try:
+        heavy.enqueue("h2", ONCE, "WarmModel", constraints=HEAVY)
+        until(lambda: heavy.status()["heavy"]["busy"] == 1, what="h2 handed to the stopped worker")
+        began = time.monotonic()
+        assert heavy.cancel("h2") == 1
+        took = time.monotonic() - began
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert took >= CANCEL_ACK_TIMEOUT_S - 0.5, took  # it gave up waiting for the stopped worker
+    heavy.enqueue("h3", ONCE, "WarmModel", constraints=HEAVY)
+    third = heavy.wait("h3", timeout_s=60)
+    assert heavy.get_task_info("h2").state is TaskState.CANCELLED
+    assert first.state is third.state is TaskState.SUCCEEDED
+    assert third.result.data["pid"] == pid  # the same warm worker, which never began h2:
+    assert third.result.data["calls"] == 2, third.result.data
