@@ -1,8 +1,8 @@
 """chaos: a workload against a real engine while a nemesis kills (or pauses) its processes.
 
-``python -m bench chaos --scenario scheduler|executors|coordinators|mixed|pauses|hard-restart|poison|
-misfire|long-runs|node-loss|soak [--quick] [--json PATH]``; ``--shards N`` runs the scheduler,
-executors, coordinators, mixed, pauses, hard-restart, soak or node-loss scenario on a sharded engine
+``python -m bench chaos --scenario scheduler|executors|coordinators|mixed|pauses|storm|hard-restart|
+poison|misfire|long-runs|node-loss|soak [--quick] [--json PATH]``; ``--shards N`` runs the scheduler,
+executors, coordinators, mixed, pauses, storm, hard-restart, soak or node-loss scenario on a sharded engine
 (the nemesis strikes a shard drawn at random; results in ``chaos-NAME-N-shards.json``)
 (the nemesis: bench/chaos_nemesis.py; hard-restart: bench/chaos_restart.py; poison:
 bench/chaos_poison.py; misfire: bench/chaos_misfire.py; long-runs: bench/chaos_longruns.py;
@@ -75,13 +75,19 @@ SCENARIOS = {
     "pauses": (10_000, 1_000, 200, 1.5, "a random one of: the scheduler, a light executor or heavy worker, "
                                         "a ChainCoordinator, the event broker, the oracle (SIGSTOP, then "
                                         f"SIGCONT {PAUSE_S[0]:g}-{PAUSE_S[1]:g} s later)"),
+    "storm": (10_000, 1_000, 200, 1.0, "a random one of: the scheduler, a light executor or heavy worker, "
+                                       "a ChainCoordinator, the event broker, the oracle, killed (SIGKILL) "
+                                       f"or paused for {PAUSE_S[0]:g}-{PAUSE_S[1]:g} s (SIGSTOP, SIGCONT), "
+                                       "half each, a process standing still killed too"),
 }
+# The share of each scenario's strikes that pause rather than kill (the others: none).
+PAUSE_SHARE = {"pauses": 1.0, "storm": 0.5}
 # Chains after each enqueue call, by scenario (the others: none unless asked for).
-CHAINS_PER_CALL = {"scheduler": 1, "coordinators": 5, "mixed": 2, "pauses": 2}
+CHAINS_PER_CALL = {"scheduler": 1, "coordinators": 5, "mixed": 2, "pauses": 2, "storm": 2}
 # Scenarios that cancel or replace long work under the nemesis (Cancels).
-CANCELS = {"scheduler", "mixed", "pauses"}
-HEAVY_EVERY = 20  # one task in 20 is heavy in the executors, mixed and pauses scenarios
-HEAVY = {"executors", "mixed", "pauses"}
+CANCELS = {"scheduler", "mixed", "pauses", "storm"}
+HEAVY_EVERY = 20  # one task in 20 is heavy in the executors, mixed, pauses and storm scenarios
+HEAVY = {"executors", "mixed", "pauses", "storm"}
 def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int = 7,
              address: str | None = None, every_s: float | None = None, sleep_ms: int = 20,
              rate: float | None = None, drain_kills_s: float | None = None, shards: int = 1,
@@ -122,7 +128,7 @@ def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int
     try:
         sched.register_worker("ChaosLedger", ChaosLedger)
         nemesis = Nemesis(ray, name, namespace, every_s, seed, shards, config.chain_coordinators,
-                          wait_recovery, pause=name == "pauses")
+                          wait_recovery, pauses=PAUSE_SHARE.get(name, 0.0))
         payload = json.dumps({"ledger": str(ledger), "sleep_ms": sleep_ms})
         heavy = kmpray.Constraints(is_heavy_task=True)
         acknowledged: set[str] = set()
@@ -169,6 +175,8 @@ def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int
             time.sleep(0.5)
         nemesis.stop.set()
         nemesis.join(timeout=180)
+        if nemesis.failure is not None:
+            raise RuntimeError(f"chaos {name}: the nemesis failed: {nemesis.failure}")
         nemesis.resume_all()
         engine_stops.stop.set()
         engine_stops.join(timeout=30)
@@ -192,7 +200,7 @@ def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int
         cluster, available = ray.cluster_resources().get("CPU", 0), ray.available_resources().get("CPU", 0)
         result = {
             "scenario": name,
-            "nemesis": f"{'pauses' if nemesis.pause else 'kills'} {what} every {every_s:g} s on average",
+            "nemesis": f"{_strikes(nemesis.pause_share)} {what} every {every_s:g} s on average",
             "tasks": n,
             "shards": shards,
             "chains": len(chain_ids),  # acknowledged, each 3 tasks (in the counts below)
@@ -227,7 +235,7 @@ def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int
             "kills": nemesis.kills,  # (pauses: each pause counts as one)
             "kills_by_shard": nemesis.kills_by_shard,
             "kills_by_kind": dict(nemesis.kills_by_kind),
-            **(_pauses(nemesis, ledger, acknowledged) if nemesis.pause else {}),
+            **(_pauses(nemesis, ledger, acknowledged) if nemesis.pause_share else {}),
             "waited_for_recovery": wait_recovery,
             "recovery_s": _seconds(percentiles([s * 1000 for s in nemesis.recovery_s])),
             "recovery_max_s": round(max(nemesis.recovery_s), 3) if nemesis.recovery_s else None,
@@ -246,12 +254,18 @@ def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int
     return result
 
 
+def _strikes(pause_share: float) -> str:
+    return {0.0: "kills", 1.0: "pauses"}.get(pause_share, "kills or pauses")
+
+
 def _pauses(nemesis: Nemesis, ledger: Path, acknowledged: set[str]) -> dict[str, Any]:
     """A pause's costs: ``executed_twice_after_pauses`` counts tasks whose every earlier
     start was in a process paused once (the engine may have put it down as unreachable:
     then ``engine_stopped`` names it and the re-run is explained; otherwise it is not)."""
     lengths, paused = sorted(nemesis.pauses_s), nemesis.paused_pids
-    return {"pauses_s": {"min": round(lengths[0], 2) if lengths else 0,
+    return {"strikes": {"killed": nemesis.kills - len(lengths), "paused": len(lengths),
+                        "killed_standing_still": nemesis.killed_standing},
+            "pauses_s": {"min": round(lengths[0], 2) if lengths else 0,
                          "median": round(lengths[len(lengths) // 2], 2) if lengths else 0,
                          "max": round(lengths[-1], 2) if lengths else 0},
             "paused_pids": sorted(paused),

@@ -60,17 +60,30 @@ def test_kills_during_a_load_lose_nothing_and_count_nothing_twice(
     assert r["recovery_max_s"] is not None and r["recovery_max_s"] < 60, r
 
 
-def test_pauses_during_a_load_lose_nothing_and_begin_nothing_after_its_cancel(ray_session: Any) -> None:
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [("pauses", {"seed": 13}),
+     ("storm", {"seed": 13, "tasks": 600, "wait_recovery": False, "drain_kills_s": 5})],
+    ids=["pauses", "storm-no-wait"],
+)
+def test_pauses_during_a_load_lose_nothing_and_begin_nothing_after_its_cancel(
+        ray_session: Any, name: str, options: dict[str, Any]) -> None:
     """The pauses scenario's quick run: processes stopped (SIGSTOP) for 0.5-15 s and
     resumed, one at a time; seed 13 pauses two executors (6.8 and 13.1 s) and the
     scheduler. A stopped process is not a dead one: Ray does not notice, its runs go on
     when it does, and a cancel answered without it is read late (session 59: a chain step
     and a queued run began after their ``cancel()`` returned). Nothing lost, nothing run
-    twice unless the engine stopped the process, no old work begun after its cancel."""
+    twice unless the nemesis killed or the engine stopped the process, no old work begun
+    after its cancel. The storm's (session 60): kills and pauses drawn half and half, each
+    strike ~1 s after the last whether or not its victim is back, so processes stand
+    still while others die and restart, and some are killed standing still."""
     from kmpray.bench.chaos import scenario
 
-    r = scenario("pauses", quick=True, seed=13)
-    assert r["kills"] >= 2 and r["kills_by_kind"].get("executors", 0) >= 1, r  # paused, executors too
+    r = scenario(name, quick=True, **options)
+    assert r["kills"] >= 2 and r["kills_by_kind"].get("executors", 0) >= 1, r  # executors too
+    assert r["strikes"]["paused"] >= 2, r
+    if name == "storm":
+        assert r["strikes"]["killed"] >= 2 and r["strikes"]["killed_standing_still"] >= 1, r
     assert r["acknowledged"] == r["submitted"], r
     assert (r["lost"], r["counted_twice"], r["never_started"], r["events_missing"]) == (0, 0, 0, 0), r
     assert r["barrier_violations"] == 0 and r["attempts_inflated"] == 0, r
