@@ -58,7 +58,7 @@ class ConstraintOracle(ClassRegistry, SubscriberCopies):
         self._pushed_overrides: dict[str, dict[str, Any]] | None = None  # what the schedulers hold
         self._lock = asyncio.Lock()
         self._start_registry(namespace, self.config.scheduler_shards)
-        self._start_subscriber_copies(namespace)
+        self._start_subscriber_copies(namespace, SCHEDULER)  # (shard 0's: this namespace)
         self._overrides_back = asyncio.ensure_future(self._take_overrides_back())
         self._loop = asyncio.ensure_future(self._probe_loop())
 

@@ -4,7 +4,8 @@ Events are appended to an EventLog (SQLite) in batches and handed out by cursor.
 Subscribers pull (long-poll) from their own cursor, so a slow one never blocks the
 engine or other subscribers and never loses an event: it simply reads further back.
 Actor subscribers are pushed to by a per-subscriber task that pulls the same way; the
-oracle keeps a copy of each (actors/subscriber_copies.py), so a restart resumes them.
+oracle and shard 0's scheduler keep a copy of each (actors/subscriber_copies.py), so a
+restart resumes them.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from kmpray.timing import (
 )
 
 from .metrics import Metrics
-from .names import BROKER, ORACLE, base_namespace, engine_identity, lookup
+from .names import BROKER, ORACLE, SCHEDULER, base_namespace, engine_identity, lookup
 from .retry import call_with_retry, taken_back
 from .untraced import untrace
 
@@ -78,7 +79,9 @@ class EventBroker:
         self._appended = {False: 0, True: 0}  # completions, progress events since the last trim
         self._pushing: dict[str, _Pushing] = {}  # by subscription id
         self.namespace = base_namespace(namespace) if namespace else namespace
-        self._oracle_handle: Any = None  # found at first need (actors/subscriber_copies.py)
+        # The copies of the actor subscriptions (actors/subscriber_copies.py): found at first need.
+        self._oracle_handle: Any = None
+        self._scheduler_handle: Any = None
         self._subscriptions_back = asyncio.ensure_future(self._take_subscriptions_back())
         # Tagged with the engine's namespace: a named actor's runtime namespace is its creator's.
         # No shard tag: the shards share this broker.
@@ -184,12 +187,12 @@ class EventBroker:
         return as_lists(self.log.read(after, limit))
 
     async def subscribe_actor(self, sub_id: str, actor: Any, after: int) -> None:
-        """Push every event after ``after`` to ``actor.on_event``; answered once the oracle
-        holds a copy (a retry of this call, after a restart, changes nothing)."""
+        """Push every event after ``after`` to ``actor.on_event``; answered once both copies
+        hold it (a retry of this call, after a restart, changes nothing)."""
         if sub_id not in self._pushing:
             self._start_pusher(sub_id, actor, after)
-        if (oracle := self._oracle()) is not None:
-            await call_with_retry(lambda: oracle.keep_subscriber.remote(sub_id, actor, after))
+        await asyncio.gather(*(call_with_retry(lambda c=copy: c.keep_subscriber.remote(sub_id, actor, after))
+                               for copy in self._copies()))
 
     def _oracle(self) -> Any:
         """The engine's oracle (named while it restarts too); None for a broker of its own (tests)."""
@@ -198,9 +201,16 @@ class EventBroker:
                 self._oracle_handle = ray.get_actor(ORACLE, namespace=self.namespace)
         return self._oracle_handle
 
-    def _tell_oracle(self, method: str, *args: Any) -> None:
-        if (oracle := self._oracle()) is not None:
-            getattr(oracle, method).remote(*args)  # its answer is not awaited: it changes nothing here
+    def _copies(self) -> list[Any]:
+        """The actors that keep copies of the subscriptions: the oracle and shard 0's scheduler."""
+        if self._scheduler_handle is None and self.namespace:
+            with contextlib.suppress(ValueError):
+                self._scheduler_handle = ray.get_actor(SCHEDULER, namespace=self.namespace)
+        return [copy for copy in (self._oracle(), self._scheduler_handle) if copy is not None]
+
+    def _tell_copies(self, method: str, *args: Any) -> None:
+        for copy in self._copies():
+            getattr(copy, method).remote(*args)  # its answer is not awaited: it changes nothing here
 
     def _start_pusher(self, sub_id: str, actor: Any, after: int) -> None:
         task = asyncio.ensure_future(self._push(sub_id, actor, after))
@@ -209,14 +219,18 @@ class EventBroker:
         task.add_done_callback(lambda t: self._forget_pusher(sub_id, t))
 
     async def _take_subscriptions_back(self) -> None:
-        """After a restart, the actor subscriptions the oracle holds, each from its cursor."""
-        held = await taken_back(ORACLE, self.namespace, "subscribers") if self.namespace else None
-        for sub_id, actor, cursor in held or ():
-            if sub_id not in self._pushing:
-                self._start_pusher(sub_id, actor, cursor)
-        if held:  # (None: a fresh engine, or a broker of its own in a test)
+        """After a restart, the actor subscriptions the copies hold, each from its cursor:
+        the oracle's first, then any only shard 0's scheduler still has (the oracle may
+        have restarted with this broker)."""
+        taken = 0
+        for name in (ORACLE, SCHEDULER) if self.namespace else ():
+            for sub_id, actor, cursor in await taken_back(name, self.namespace, "subscribers") or ():
+                if sub_id not in self._pushing:
+                    self._start_pusher(sub_id, actor, cursor)
+                    taken += 1
+        if taken:  # (none: a fresh engine, or a broker of its own in a test)
             log.warning("restarted: pushing to %d subscriber actor(s) again from their last saved cursors "
-                        "(events after those come again)", len(held))
+                        "(events after those come again)", taken)
 
     def actor_subscriptions(self) -> list[tuple[str, Any, int]]:
         """A restarted oracle's: every actor subscription and how far it was pushed."""
@@ -225,26 +239,28 @@ class EventBroker:
     def _forget_pusher(self, sub_id: str, task: asyncio.Task[None]) -> None:
         if (pushing := self._pushing.get(sub_id)) is not None and pushing.task is task:
             del self._pushing[sub_id]
-            self._tell_oracle("drop_subscriber", sub_id)
+            self._tell_copies("drop_subscriber", sub_id)
 
     async def unsubscribe(self, sub_id: str) -> bool:
-        """Stop pushing to the subscription's actor: answered once the oracle has dropped
-        its copy, as ``subscribe_actor`` is answered once it holds one. Told and not
-        awaited (before session 54), the copy could outlive ``close()``, and a broker
-        restarted meanwhile took it back and pushed to the closed subscription again."""
+        """Stop pushing to the subscription's actor: answered once the copies have dropped
+        it, as ``subscribe_actor`` is answered once they hold it. Told and not awaited
+        (before session 54), a copy could outlive ``close()``, and a broker restarted
+        meanwhile took it back and pushed to the closed subscription again."""
         pushing = self._pushing.pop(sub_id, None)
         if pushing is not None:
             pushing.task.cancel()
-        if (oracle := self._oracle()) is not None:
-            try:  # bounded below the client's own wait for this answer
-                await call_with_retry(lambda: oracle.drop_subscriber.remote(sub_id), UNSUBSCRIBE_WAIT_S)
-            except Exception as exc:  # an oracle down this long: its copy may come back once
-                log.warning("subscription %s: the oracle did not drop its copy (%s); a broker restart "
-                            "may push to it again", sub_id, type(exc).__name__)
+        copies = self._copies()
+        said = await asyncio.gather(  # each bounded below the client's own wait for this answer
+            *(call_with_retry(lambda c=copy: c.drop_subscriber.remote(sub_id), UNSUBSCRIBE_WAIT_S)
+              for copy in copies), return_exceptions=True)
+        for copy, exc in zip(copies, said, strict=True):
+            if isinstance(exc, Exception):  # a copy down this long: it may come back once
+                log.warning("subscription %s: %s did not drop its copy (%s); a broker restart may push "
+                            "to it again", sub_id, copy, type(exc).__name__)
         return pushing is not None
 
     async def _push(self, sub_id: str, actor: Any, after: int) -> None:
-        """Pushes in cursor order; the oracle's copy of ``cursor`` is sent at most every
+        """Pushes in cursor order; the copies of ``cursor`` are sent at most every
         SUBSCRIBER_SAVE_S while events flow, and soon after they stop."""
         cursor, saved, unsaved = after, time.monotonic(), False
         while True:
@@ -265,7 +281,7 @@ class EventBroker:
                     pushing.cursor = cursor
             if unsaved and (not rows or time.monotonic() - saved >= SUBSCRIBER_SAVE_S):
                 saved, unsaved = time.monotonic(), False
-                self._tell_oracle("subscriber_at", sub_id, cursor)
+                self._tell_copies("subscriber_at", sub_id, cursor)
 
 
 class BrokerBackend:

@@ -62,6 +62,7 @@ from .scheduler_reports import SchedulerReports
 from .spool import take
 from .stealing import Stealer
 from .submit_lane import SubmitLanes
+from .subscriber_copies import SubscriberCopies
 from .untraced import untrace
 from .virtual_time import VirtualTime
 from .waiters import Waiters
@@ -84,11 +85,12 @@ def _reconstructed() -> bool:
 @ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=10_000)
 class SchedulerActor(
     SchedulerIntake, SchedulerReports, SchedulerDispatch, SchedulerChains, SchedulerReads, SchedulerArtifacts,
-    SchedulerEvents, SchedulerHousekeeping, SchedulerDevices, VirtualTime,
+    SchedulerEvents, SchedulerHousekeeping, SchedulerDevices, VirtualTime, SubscriberCopies,
 ):
     """The shell; what it does lives in its mixins, one concern each: intake (enqueue,
     register), reports (executor results, blocked loops), dispatch (pump turn, placement,
-    sending), chains (coordinators), reads (status, explain), virtual time."""
+    sending), chains (coordinators), reads (status, explain), virtual time; shard 0 also
+    keeps a copy of the broker's actor subscriptions (actors/subscriber_copies.py)."""
 
     def __init__(
         self, namespace: str, state_dir: str, virtual_time: bool, platform: str, config: dict[str, Any],
@@ -106,6 +108,7 @@ class SchedulerActor(
         # one, so its heavy work never waits for a pool another shard's workers fill);
         # shard 0 keeps the files of an unsharded engine.
         self.shard = shard_index(namespace)
+        self._start_subscriber_copies(namespace, ORACLE if self.shard == 0 else None)
         shards, cfg = self.config.scheduler_shards, self.config
         if shards > 1:
             self.config = cfg.model_copy(update={

@@ -162,13 +162,15 @@ def test_bus_reads_ask_again_while_the_broker_restarts(monkeypatch: Any) -> None
 
 
 def test_an_actor_subscription_outlives_broker_and_oracle_restarts(engines: Any) -> None:
-    """The broker pushes to a subscriber actor from a task of its process; the oracle keeps
-    a copy of each subscription (and how far it got), so a broker restart resumes pushing
-    (before session 49 it stopped for good, without a word), and a broker restarted after
-    the oracle was still finds it. At least once: a few events may come again after a restart."""
+    """The broker pushes to a subscriber actor from a task of its process; the oracle and
+    shard 0's scheduler keep a copy of each subscription (and how far it got), so a broker
+    restart resumes pushing (before session 49 it stopped for good, without a word), a
+    broker restarted after the oracle was still finds it, and so does one killed together
+    with the oracle (before session 60, the oracle's copy being the only one, that ended
+    it). At least once: a few events may come again after a restart."""
     import ray
 
-    from .helpers import restarted, until
+    from .helpers import asked, killed_together, restarted, until
     from .workers import register_all
 
     sched = engines()
@@ -203,13 +205,16 @@ def test_an_actor_subscription_outlives_broker_and_oracle_restarts(engines: Any)
         restarted("kmpray.oracle", sched.namespace)
         restarted("kmpray.broker", sched.namespace)
         pushed("after-both")
-        assert [t for t in dict.fromkeys(seen())] == ["before", "after-broker", "after-both"]
+        killed_together(sched.namespace, "kmpray.broker", "kmpray.oracle")
+        pushed("after-together")
+        assert list(dict.fromkeys(seen())) == ["before", "after-broker", "after-both", "after-together"]
     finally:
         sub.close()
     broker = ray.get_actor("kmpray.broker", namespace=sched.namespace)
-    assert not ray.get(broker.__ray_call__.remote(lambda self: bool(self._pushing)), timeout=10)
-    oracle = ray.get_actor("kmpray.oracle", namespace=sched.namespace)
-    assert ray.get(oracle.__ray_call__.remote(lambda self: dict(self._subscribers)), timeout=10) == {}
+    assert not asked(broker, lambda self: bool(self._pushing))
+    for copy in ("kmpray.oracle", "kmpray.scheduler"):  # both copies dropped when close() returned
+        holder = ray.get_actor(copy, namespace=sched.namespace)
+        assert asked(holder, lambda self: dict(self._subscribers)) == {}, copy
 
 
 DROP_LATE_S = 1.5
