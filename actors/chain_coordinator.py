@@ -26,7 +26,7 @@ from kmpray.protocol import chain_from_wire, chain_to_wire
 from kmpray.timing import RESYNC_S
 
 from .background import background
-from .names import SCHEDULER, lookup
+from .names import SCHEDULER, lookup, named
 from .outbox import Outbox
 from .retry import call_with_retry, said
 from .untraced import untrace
@@ -56,7 +56,7 @@ class ChainCoordinator:
 
     async def _resync_after_restart(self) -> None:
         try:
-            ray.get_actor(SCHEDULER, namespace=self.namespace)
+            named(SCHEDULER, self.namespace)
         except ValueError:
             return  # a fresh engine: the scheduler does not exist yet, there is nothing to resync
         try:

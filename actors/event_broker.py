@@ -38,7 +38,7 @@ from kmpray.timing import (
 )
 
 from .metrics import Metrics
-from .names import BROKER, ORACLE, SCHEDULER, base_namespace, engine_identity, lookup
+from .names import BROKER, ORACLE, SCHEDULER, base_namespace, engine_identity, lookup, named
 from .retry import call_with_retry, taken_back
 from .untraced import untrace
 
@@ -198,14 +198,14 @@ class EventBroker:
         """The engine's oracle (named while it restarts too); None for a broker of its own (tests)."""
         if self._oracle_handle is None and self.namespace:
             with contextlib.suppress(ValueError):
-                self._oracle_handle = ray.get_actor(ORACLE, namespace=self.namespace)
+                self._oracle_handle = named(ORACLE, self.namespace)
         return self._oracle_handle
 
     def _copies(self) -> list[Any]:
         """The actors that keep copies of the subscriptions: the oracle and shard 0's scheduler."""
         if self._scheduler_handle is None and self.namespace:
             with contextlib.suppress(ValueError):
-                self._scheduler_handle = ray.get_actor(SCHEDULER, namespace=self.namespace)
+                self._scheduler_handle = named(SCHEDULER, self.namespace)
         return [copy for copy in (self._oracle(), self._scheduler_handle) if copy is not None]
 
     def _tell_copies(self, method: str, *args: Any) -> None:

@@ -29,7 +29,7 @@ from kmpray.timing import BLOCKED_PING_TIMEOUT_S
 
 from .blocked_loops import BlockedLoops
 from .executor import LightExecutor
-from .names import EXECUTOR, PROBATION
+from .names import EXECUTOR, PROBATION, named
 from .spool import Heard, beside, recover
 from .stops import Stops, stop
 from .submit_lane import SubmitLanes, ray_submit
@@ -254,7 +254,7 @@ class ExecutorPool:
         were killed: each scheduler restart ran every suspect running alone once more.)"""
         for k in range(PROBATION_LANES):
             try:
-                handle = ray.get_actor(PROBATION.format(k), namespace=self.namespace)
+                handle = named(PROBATION.format(k), self.namespace)
             except ValueError:
                 continue
             index: int | None = None

@@ -13,11 +13,12 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
-import ray
 from ray.exceptions import ActorUnavailableError, RayActorError
 
 from kmpray.errors import KmprayError
 from kmpray.timing import RETRY_FIRST_DELAY_S, RETRY_MAX_DELAY_S
+
+from .names import named
 
 TRANSIENT = (ActorUnavailableError, RayActorError)
 FIRST_DELAY_S, MAX_DELAY_S = RETRY_FIRST_DELAY_S, RETRY_MAX_DELAY_S
@@ -67,7 +68,7 @@ async def taken_back(name: str, namespace: str, method: str, *args: Any) -> Any:
     None when there is nothing to take back (a fresh engine: that actor is not created
     yet) or it could not be had (logged; the caller goes on without)."""
     try:
-        holder = ray.get_actor(name, namespace=namespace)
+        holder = named(name, namespace)
     except ValueError:
         return None
     try:
