@@ -32,6 +32,9 @@ system lost and ran again. Reported, per scenario:
 - ``counted_twice``: tasks with more than one terminal completion event (must be 0);
   ``events_missing``: acknowledged tasks whose terminal event never reached the log.
 - ``kills``, ``recovery_s`` {p50, max}: from each kill until the process answers again.
+  (pauses and storm: ``kills`` counts every strike; ``strikes`` {killed, paused,
+  killed_standing_still} splits them, ``pauses`` lists each pause, ``pauses_s`` their
+  lengths, ``executed_twice_after_pauses`` the re-runs of runs begun in a paused process.)
 - ``leaked_cpus``: CPUs still taken after the drain beyond the heavy workers kept warm
   (and beyond what was taken before the run: another engine's, on a shared cluster).
 """
