@@ -354,9 +354,9 @@ class ExecutorBase(StepData, Reporting, Cancelling, WorkerClasses):
             try:
                 if key in self._cancelled:
                     raise asyncio.CancelledError
-                if self._stood_still() and await self._gone_while_still(key):  # (executor_cancel.py)
-                    return  # cancelled or moved while this process stood still
-                if not (self._try_begin(key) or await self._may_begin(key)):
+                # (executor_cancel.py: cancelled or moved while this process stood still)
+                gone = self._stood_still() and await self._gone_while_still(key)
+                if gone or not (self._try_begin(key) or await self._may_begin(key)):
                     self._unmark(key)
                     self._unreported.pop(key, None)  # withdrawn or cancelled: never begins here
                     self._replies.detach(key)

@@ -58,7 +58,6 @@ class Cancelling:
     index: int
     _mine_asked: tuple[dict[RunKey, None], asyncio.Future[set[RunKey]]] | None = None
     _handed_here: set[RunKey]  # chain tasks begun here by their predecessor's run (``_follow``)
-    _replies: Any
 
     _kind: Callable[[], str]
 
@@ -70,15 +69,11 @@ class Cancelling:
     async def _gone_while_still(self, key: RunKey) -> bool:
         """Just before ``key`` begins, this loop having stood still (``_stood_still``, asked
         first: a plain call on every run's path, this coroutine only after a stand-still):
-        True (withdrawn here: never begins) if the scheduler no longer holds it here. A
-        chain task this executor handed on itself (``_follow``, which does not after a
-        stand-still) is not asked about: the scheduler learns of it from the report, which
+        True (it never begins here: ``_run`` lets it go) if the scheduler no longer holds it
+        here. A chain task this executor handed on itself (``_follow``, which does not after
+        a stand-still) is not asked about: the scheduler learns of it from the report, which
         may come after."""
-        if key in self._handed_here or await self._still_mine(key):
-            return False
-        self._unreported.pop(key, None)
-        self._replies.detach(key)
-        return True
+        return key not in self._handed_here and not await self._still_mine(key)
 
     async def _still_mine(self, key: RunKey) -> bool:
         """After a stand-still: whether the scheduler still holds ``key`` here. Runs that

@@ -101,10 +101,8 @@ class SchedulerReports:
         run cancelled, replaced or withdrawn meanwhile is not, and never begins there
         (actors/executor_cancel.py)."""
         await self._ready
-        if kind == "light":
-            held = self.pool.slots[index].inflight if index < len(self.pool.slots) else {}
-            return [(k, r) for k, r in keys if (k, r) in held]
-        return [(k, r) for k, r in keys if self.heavy.where.get((k, r)) == index]
+        where = self.pool.where if kind == "light" else self.heavy.where  # run -> where it is held
+        return [(k, r) for k, r in keys if where.get((k, r)) == index]
 
     async def loop_blocked(
         self, kind: str, index: int, incarnation: str, lag_s: float, worker: str | None,
