@@ -346,16 +346,15 @@ def ledger_lines(path: Path, what: str = "start") -> list[list[str]]:
     return [parts for parts in map(str.split, lines) if len(parts) >= 2 and parts[0] == what]
 
 
-def ledger_times(path: Path, what: str = "start", skip_pids: set[int] | frozenset[int] = frozenset()
-                 ) -> dict[str, list[float]]:
-    """The times of each task's start (or finish) lines, in ledger order (but those
-    written by a process in ``skip_pids``)."""
-    return times_in(ledger_lines(path, what), skip_pids)
+def ledger_times(path: Path, what: str = "start") -> dict[str, list[float]]:
+    """The times of each task's start (or finish) lines, in ledger order."""
+    return times_in(ledger_lines(path, what))
 
 
 def times_in(lines: list[list[str]], skip_pids: set[int] | frozenset[int] = frozenset()
              ) -> dict[str, list[float]]:
-    """``ledger_times`` of ledger lines already read."""
+    """``ledger_times`` of ledger lines already read (but those written by a process in
+    ``skip_pids``)."""
     times: dict[str, list[float]] = {}
     for parts in lines:
         if len(parts) >= 5 and int(parts[3]) not in skip_pids:
