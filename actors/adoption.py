@@ -97,20 +97,23 @@ async def _stop_stale(
     was lost), or a later run of theirs is out. Their reports are ignored, so they are
     stopped as a cancel stops a run: not left to run on, with side effects after an
     acknowledged cancel, in a slot the pool takes for free. As ``cancel()`` does, this
-    waits (bounded) until each light executor that answers pings has the stop, so a
-    ``cancel()`` retried across the restart returns after it; a heavy run's stop is
-    cooperative, then forced, as a heavy cancel always is; an executor whose loop is
-    blocked (its ping unanswered) takes the stop when it runs again, and is not waited for."""
+    waits (bounded) until each heavy worker and each light executor that answers pings
+    has the stop, so a ``cancel()`` retried across the restart returns after it (a run not
+    begun never begins there after that); a heavy run's stop is cooperative, then forced,
+    as a heavy cancel always is; an executor whose loop is blocked (its ping unanswered)
+    takes the stop when it runs again, and is not waited for."""
     by_executor: dict[int, list[RunKey]] = {}
+    waits = []
     for key, (i, slot_index) in stale.items():
+        what = f"heavy worker {slot_index}"
         if i is not None:
             by_executor.setdefault(i, []).append(key)
         elif slot_index >= 0 and heavy.slots[slot_index].run is None:
             heavy.adopted(slot_index, key)  # held there until stopped (cooperative, then forced)
-            heavy.cancel(key)
+            if (told := heavy.cancel(key)) is not None:
+                waits.append(_tell(told, what))
         elif slot_index >= 0:  # beside a run adopted there (one finished, not reported): told only
-            _tell(heavy.slots[slot_index].handle.cancel.remote([key]), f"heavy worker {slot_index}")
-    waits = []
+            waits.append(_tell(heavy.slots[slot_index].handle.cancel.remote([key]), what))
     for i, keys in by_executor.items():
         told = _tell(pool.slots[i].handle.cancel.remote(keys), f"executor {i}")
         if pool.slots[i].reachable:

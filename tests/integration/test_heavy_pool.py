@@ -1,7 +1,8 @@
 """The heavy pool's own logic (actors/heavy_pool.py), with stand-in actor handles (no Ray
 cluster needed): restarts noticed late, a worker ending itself or dying before it is
 ready, seeded random restart schedules, what Ray may refuse in a heavy worker's options,
-and the threads a heavy worker's runs wait on (actors/stray_threads.py)."""
+the threads a heavy worker's runs wait on (actors/stray_threads.py), and a restarted
+scheduler's stop of a heavy run it does not adopt (actors/adoption.py)."""
 
 from __future__ import annotations
 
@@ -297,3 +298,39 @@ def test_run_threads_count_a_call_whose_awaiting_timed_out_until_it_returns() ->
 
     asyncio.run(scenario())
     pool.shutdown()
+
+
+def test_a_restarted_scheduler_waits_until_a_heavy_worker_has_the_stop_of_a_run_it_does_not_adopt() -> None:
+    """A heavy worker's held run whose task ended before the crash (a cancel stored, its word
+    lost with the process) is stopped by the restarted scheduler (adoption.py
+    ``_stop_stale``). As for light executors, the start waits (bounded) until the worker has
+    that stop, so a ``cancel()`` retried across the restart is answered only after it: before,
+    the heavy stop was sent and not waited for."""
+    from kmpray.actors.adoption import _stop_stale
+
+    heavy, _ = _heavy_pool(1)
+    slot = heavy.slots[0]
+
+    async def scenario() -> None:
+        answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        told: list[Any] = []
+
+        def cancel_cooperative(keys: list[Any]) -> asyncio.Future[None]:
+            told.append(keys)
+            return answered
+
+        slot.handle = SimpleNamespace(cancel_cooperative=SimpleNamespace(remote=cancel_cooperative),
+                                      busy=SimpleNamespace(remote=lambda key: _Answer(False)))
+        slot.incarnation, slot.ready = "A", True
+        pool = SimpleNamespace(slots=[])
+        stopping = asyncio.ensure_future(_stop_stale(pool, heavy, {("h", 1): (None, 0)}))  # type: ignore[arg-type]
+        await asyncio.sleep(0.3)
+        assert told == [[("h", 1)]] and slot.run == ("h", 1)
+        assert not stopping.done(), "the start went on before the heavy worker had the stop"
+        answered.set_result(None)
+        await asyncio.wait_for(stopping, 2.0)
+        for _ in range(5):  # the cooperative stop's own follow-up: not busy, so the slot is free
+            await asyncio.sleep(0)
+        assert slot.run is None and heavy.where == {}
+
+    asyncio.run(scenario())
