@@ -459,6 +459,8 @@ class ExecutorBase(StepData, Reporting, Cancelling, WorkerClasses):
         ctx = WorkerContext(key[0], previous, upstream, throttle.offer, cancelled, self.config)
         try:
             instance = await self._instance(worker, version, threaded)
+            if key in self._cancelled:  # while its class was had or its instance made: never called (a heavy
+                raise asyncio.CancelledError  # cancel only marks; a light one cancels this await)
             call = run_worker(instance, inp, ctx, threaded, self._run_threads)
             result = await (asyncio.wait_for(call, timeout_ms / 1000) if timeout_ms else call)
         except NotConstructed as exc:  # its class or constructor (sys.exit() in __init__ too)
@@ -494,6 +496,4 @@ class HeavyWorkerBase(HeavySlot, ExecutorBase):
         return "heavy"
 
     def pid(self) -> int:
-        import os
-
         return os.getpid()

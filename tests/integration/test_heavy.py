@@ -348,3 +348,42 @@ def test_a_heavy_run_cancelled_while_its_worker_stood_still_never_begins(heavy: 
     assert first.state is third.state is TaskState.SUCCEEDED
     assert third.result.data["pid"] == pid  # the same warm worker, which never began h2:
     assert third.result.data["calls"] == 2, third.result.data
+
+
+@ONE_SHARD  # reaches into the heavy worker
+def test_a_heavy_run_cancelled_while_its_class_loads_never_calls_its_worker(
+        engines: Any, tmp_path: Path) -> None:
+    """A heavy run begun (engine-wise) whose worker class is still being fetched from the
+    registry when it is cancelled: a heavy cancel only marks the run, so until session 61
+    the worker's ``do_work`` was called once the class came, after ``cancel()`` had
+    returned (the storm chaos run found it: the oracle stood still 5.5 s, the heavy run's
+    ``do_work`` began 3.8 s after its cancel's answer). A run marked cancelled by then is
+    never called. The oracle (which holds the registry) is stopped (SIGSTOP) to hold the
+    class load; the cancel grace is long, so the worker is not killed meanwhile."""
+    import ray
+    from kmpray.actors.names import ORACLE
+
+    from .helpers import asked, stop_process
+
+    config = EngineConfig(heavy_pool_size=1, heavy_num_cpus=0, heavy_cancel_grace_s=30)
+    sched = engines.registered(config=config)
+    sched.enqueue("warm", ONCE, "WarmModel", constraints=HEAVY)  # the heavy worker up, WarmModel loaded
+    assert sched.wait("warm", timeout_s=60).state is TaskState.SUCCEEDED
+    worker = ray.get_actor("kmpray.heavy.0", namespace=sched.namespace)
+    oracle = ray.get_actor(ORACLE, namespace=sched.namespace)
+    oracle_pid = asked(oracle, lambda self: os.getpid())
+    inp, started, release = blocks_input(tmp_path, "x")
+    stop_process(oracle_pid)
+    try:
+        sched.enqueue("x", ONCE, "Blocks", input=inp, constraints=HEAVY)  # Blocks: not loaded there yet
+        until(lambda: [k for k, _ in asked(worker, lambda self: list(self._begun))] == ["x"],
+              what="x begun on the heavy worker, its class still to come")
+        assert sched.cancel("x") == 1
+    finally:
+        os.kill(oracle_pid, signal.SIGCONT)
+    until(lambda: not asked(worker, lambda self: list(self._tasks)), timeout_s=30,
+          what="x's run over on the heavy worker (the class came)")
+    release.touch()  # (on the code before, do_work ran and waited for this)
+    assert asked(worker, lambda self: "Blocks" in self._classes)  # the class did come meanwhile
+    assert not started.exists(), "do_work was called after cancel() returned"
+    assert sched.get_task_info("x").state is TaskState.CANCELLED
