@@ -25,10 +25,12 @@ system lost and ran again. Reported, per scenario:
   ``status()["stopped_processes"]``; ``executed_twice_after_engine_stops`` counts those).
 - ``cancels_acknowledged`` (``chain_cancels_acknowledged`` of them of chains),
   ``replaces_acknowledged``, ``ran_after_cancel``, ``cancel_lost``, ``replacement_lost``
-  (scheduler and mixed): long work (a task, or a chain of two steps) cancelled or replaced
-  (REPLACE) after each enqueue call; no run of the old work may begin or finish after the
-  call returned, work said cancelled ends CANCELLED, a replacement runs and ends
-  SUCCEEDED (all three must be 0; ``chaos_common.Cancels``).
+  (scheduler, mixed, pauses, storm): long work (a task, or a chain of two steps) cancelled
+  or replaced (REPLACE) after each enqueue call; no run of the old work may begin or
+  finish after the call returned, work said cancelled ends CANCELLED, a replacement runs
+  and ends SUCCEEDED (all three must be 0; ``chaos_common.Cancels``). Where the load has
+  heavy tasks, a third of the long work is heavy tasks (``heavy_cancels_acknowledged``,
+  ``heavy_replaces_acknowledged``, ``heavy_ran_after_cancel`` of ``ran_after_cancel``).
 - ``counted_twice``: tasks with more than one terminal completion event (must be 0);
   ``events_missing``: acknowledged tasks whose terminal event never reached the log.
 - ``kills``, ``recovery_s`` {p50, max}: from each kill until the process answers again.
@@ -140,7 +142,8 @@ def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int
         started = time.monotonic()
         started_wall = time.time()
         engine_stops = EngineStops(ray, namespace, shards)
-        cancelling = Cancels(sched, ledger) if cancels or (cancels is None and name in CANCELS) else None
+        cancelling = (Cancels(sched, ledger, heavy=name in HEAVY)
+                      if cancels or (cancels is None and name in CANCELS) else None)
         nemesis.start()
         engine_stops.start()
         batch = max(1, int(rate / 10))  # ten calls a second

@@ -44,13 +44,23 @@ def record_finish(cfg: dict[str, Any], ctx: kmpray.WorkerContext) -> None:
 
 
 class ChaosLedger(kmpray.CommonWorker):
-    """Writes its ledger line, then sleeps a little so runs are in flight when the nemesis strikes."""
+    """Writes its ledger line, then sleeps a little so runs are in flight when the nemesis
+    strikes. With ``cooperative`` in its input it sleeps in short steps and gives up when
+    ``ctx.is_cancelled()`` (a heavy run's cancel only asks), writing no finish line: it
+    looks last just before that line, so a finish after an acknowledged cancel is a fault."""
 
     async def do_work(self, input: str | None, ctx: kmpray.WorkerContext) -> Any:  # noqa: A002
         import asyncio
 
         cfg = record_start(input, ctx)
-        await asyncio.sleep(cfg.get("sleep_ms", 20) / 1000)
+        if not cfg.get("cooperative"):
+            await asyncio.sleep(cfg.get("sleep_ms", 20) / 1000)
+        else:
+            deadline = time.monotonic() + cfg.get("sleep_ms", 20) / 1000
+            while not ctx.is_cancelled() and time.monotonic() < deadline:
+                await asyncio.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+            if ctx.is_cancelled():
+                return kmpray.WorkerResult.Failure("cancelled")
         record_finish(cfg, ctx)
         return kmpray.WorkerResult.Success(data={"ok": True})
 
@@ -113,9 +123,12 @@ class Cancels:
     task ``k{j}`` cancelled; a task ``k{j}`` replaced by a short task under its name
     (``ExistingWorkPolicy.REPLACE``, the replacement writing a ledger of its own); a chain
     ``q{j}`` of two long steps cancelled by its id (the second step, handed on with the
-    first on its executor, must never begin). The instant each call returned is kept.
-    Acknowledged, each holds if no run of the old work begins or finishes after that
-    instant (``SLACK_S``: the ledger's rounding): ``ran_after_cancel``; a cancel that said it
+    first on its executor, must never begin). With ``heavy``, the tasks of every other
+    three calls are heavy (``is_heavy_task``; half the cancelled and replaced tasks), their
+    runs cooperative (ChaosLedger): a heavy cancel only asks, and the engine answers once
+    the heavy worker has been told. The instant each call returned is kept. Acknowledged,
+    each holds if no run of the old work begins or finishes after that instant
+    (``SLACK_S``: the ledger's rounding): ``ran_after_cancel``; a cancel that said it
     cancelled something (``cancel()`` > 0) leaves its task CANCELLED: ``cancel_lost`` (a
     cancel retried across a scheduler restart may say 0 although its first try took; only
     the first rule covers those); and a replacement acknowledged ends SUCCEEDED, having
@@ -128,11 +141,15 @@ class Cancels:
     LAG = 2
     SLACK_S = 0.01  # the ledger's times are rounded to the millisecond
 
-    def __init__(self, sched: Any, ledger: Path) -> None:
+    def __init__(self, sched: Any, ledger: Path, heavy: bool = False) -> None:
         self.sched = sched
         self.ledger = ledger
+        self.heavy = heavy
         self.replacements = ledger.with_name(ledger.name + "-replacements")
         self.payload = json.dumps({"ledger": str(ledger), "sleep_ms": self.LONG_MS})
+        self.heavy_payload = json.dumps({"ledger": str(ledger), "sleep_ms": self.LONG_MS,
+                                         "cooperative": True})
+        self.heavy_ids: set[str] = set()
         self.short = json.dumps({"ledger": str(self.replacements), "sleep_ms": 10})
         self.enqueued: list[str] = []
         self.steps: dict[str, list[str]] = {}  # a chain's id -> its tasks' ids
@@ -148,6 +165,12 @@ class Cancels:
                 if chain.enqueue() is kmpray.ScheduleResult.SUCCESS:
                     self.steps[f"q{j}"] = [a.id, b.id]
                     self.enqueued.append(f"q{j}")
+            elif self.heavy and (j // 3) % 2 == 1:  # half the cancels and half the REPLACEs
+                heavy = kmpray.Constraints(is_heavy_task=True)
+                self.sched.enqueue(f"k{j}", kmpray.TaskTrigger.OneTime(), "ChaosLedger",
+                                   input=self.heavy_payload, constraints=heavy)
+                self.enqueued.append(f"k{j}")
+                self.heavy_ids.add(f"k{j}")
             else:
                 self.sched.enqueue(f"k{j}", kmpray.TaskTrigger.OneTime(), "ChaosLedger", input=self.payload)
                 self.enqueued.append(f"k{j}")
@@ -223,6 +246,9 @@ class Cancels:
                  "call_s": round(self.acked[chain][0] - self.called[chain], 3)}
                 for chain, tasks in self.steps.items() if starts.get(tasks[1]) and chain in self.called][:10],
             "replaces_acknowledged": len(self.replaced),
+            "heavy_cancels_acknowledged": len(self.heavy_ids & self.acked.keys()),
+            "heavy_replaces_acknowledged": len(self.heavy_ids & self.replaced.keys()),
+            "heavy_ran_after_cancel": len(self.heavy_ids.intersection(after)),
             "cancelled_running": sum(1 for name in ended if times.get(name)),  # had begun
             "ran_after_cancel": len(after),
             "finished_after_cancel_when_paused": len(when_paused),
