@@ -63,7 +63,7 @@ def test_kills_during_a_load_lose_nothing_and_count_nothing_twice(
 @pytest.mark.parametrize(
     ("name", "options"),
     [("pauses", {"seed": 13}),
-     ("storm", {"seed": 13, "tasks": 600, "wait_recovery": False, "drain_kills_s": 5})],
+     ("storm", {"seed": 19, "tasks": 600, "wait_recovery": False, "drain_kills_s": 5})],
     ids=["pauses", "storm-no-wait"],
 )
 def test_pauses_during_a_load_lose_nothing_and_begin_nothing_after_its_cancel(
@@ -76,7 +76,10 @@ def test_pauses_during_a_load_lose_nothing_and_begin_nothing_after_its_cancel(
     twice unless the nemesis killed or the engine stopped the process, no old work begun
     after its cancel. The storm's (session 60): kills and pauses drawn half and half, each
     strike ~1 s after the last whether or not its victim is back, so processes stand
-    still while others die and restart, and some are killed standing still."""
+    still while others die and restart, and some are killed standing still (seed 19: ~16
+    strikes, 3 kills of a stopped process; seed 13's came to one once half the cancelled
+    tasks were heavy, session 61). Half the cancelled and replaced tasks are heavy: a heavy
+    run called after its cancel's answer counts too (session 61 found one)."""
     from kmpray.bench.chaos import scenario
 
     r = scenario(name, quick=True, **options)
