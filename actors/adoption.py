@@ -105,15 +105,15 @@ async def _stop_stale(
     by_executor: dict[int, list[RunKey]] = {}
     waits = []
     for key, (i, slot_index) in stale.items():
-        what = f"heavy worker {slot_index}"
         if i is not None:
             by_executor.setdefault(i, []).append(key)
         elif slot_index >= 0 and heavy.slots[slot_index].run is None:
             heavy.adopted(slot_index, key)  # held there until stopped (cooperative, then forced)
             if (told := heavy.cancel(key)) is not None:
-                waits.append(_tell(told, what))
+                waits.append(_tell(told, f"heavy worker {slot_index}"))
         elif slot_index >= 0:  # beside a run adopted there (one finished, not reported): told only
-            waits.append(_tell(heavy.slots[slot_index].handle.cancel.remote([key]), what))
+            told = heavy.slots[slot_index].handle.cancel.remote([key])
+            waits.append(_tell(told, f"heavy worker {slot_index}"))
     for i, keys in by_executor.items():
         told = _tell(pool.slots[i].handle.cancel.remote(keys), f"executor {i}")
         if pool.slots[i].reachable:
