@@ -42,6 +42,8 @@ from .names import BROKER, ORACLE, SCHEDULER, base_namespace, engine_identity, l
 from .retry import call_with_retry, taken_back
 from .untraced import untrace
 
+COPIES = (ORACLE, SCHEDULER)  # the actors that keep copies of the actor subscriptions, in this order
+
 log = logging.getLogger("kmpray.broker")
 
 EMIT_RETRIES = 5  # a worker's emit across this many broker restarts in a row
@@ -79,9 +81,9 @@ class EventBroker:
         self._appended = {False: 0, True: 0}  # completions, progress events since the last trim
         self._pushing: dict[str, _Pushing] = {}  # by subscription id
         self.namespace = base_namespace(namespace) if namespace else namespace
-        # The copies of the actor subscriptions (actors/subscriber_copies.py): found at first need.
-        self._oracle_handle: Any = None
-        self._scheduler_handle: Any = None
+        # The copies of the actor subscriptions (actors/subscriber_copies.py), by actor name:
+        # each found at first need.
+        self._copy_handles: dict[str, Any] = {}
         self._subscriptions_back = asyncio.ensure_future(self._take_subscriptions_back())
         # Tagged with the engine's namespace: a named actor's runtime namespace is its creator's.
         # No shard tag: the shards share this broker.
@@ -194,19 +196,14 @@ class EventBroker:
         await asyncio.gather(*(call_with_retry(lambda c=copy: c.keep_subscriber.remote(sub_id, actor, after))
                                for copy in self._copies()))
 
-    def _oracle(self) -> Any:
-        """The engine's oracle (named while it restarts too); None for a broker of its own (tests)."""
-        if self._oracle_handle is None and self.namespace:
-            with contextlib.suppress(ValueError):
-                self._oracle_handle = named(ORACLE, self.namespace)
-        return self._oracle_handle
-
     def _copies(self) -> list[Any]:
-        """The actors that keep copies of the subscriptions: the oracle and shard 0's scheduler."""
-        if self._scheduler_handle is None and self.namespace:
-            with contextlib.suppress(ValueError):
-                self._scheduler_handle = named(SCHEDULER, self.namespace)
-        return [copy for copy in (self._oracle(), self._scheduler_handle) if copy is not None]
+        """The actors that keep copies of the subscriptions: the oracle and shard 0's
+        scheduler (named while they restart too); none for a broker of its own (tests)."""
+        for name in COPIES if self.namespace else ():
+            if name not in self._copy_handles:
+                with contextlib.suppress(ValueError):
+                    self._copy_handles[name] = named(name, self.namespace)
+        return list(self._copy_handles.values())
 
     def _tell_copies(self, method: str, *args: Any) -> None:
         for copy in self._copies():
@@ -223,7 +220,7 @@ class EventBroker:
         the oracle's first, then any only shard 0's scheduler still has (the oracle may
         have restarted with this broker)."""
         taken = 0
-        for name in (ORACLE, SCHEDULER) if self.namespace else ():
+        for name in COPIES if self.namespace else ():
             for sub_id, actor, cursor in await taken_back(name, self.namespace, "subscribers") or ():
                 if sub_id not in self._pushing:
                     self._start_pusher(sub_id, actor, cursor)

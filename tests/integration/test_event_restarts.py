@@ -234,7 +234,8 @@ def test_a_closed_actor_subscription_is_gone_from_the_oracle_when_close_returns(
         """In the broker: its ``drop_subscriber`` calls reach the oracle DROP_LATE_S late."""
         import asyncio
 
-        real = self._oracle()
+        self._copies()  # found
+        real = self._copy_handles["kmpray.oracle"]
 
         class Late:
             def __getattr__(self, name: str) -> Any:
@@ -249,7 +250,7 @@ def test_a_closed_actor_subscription_is_gone_from_the_oracle_when_close_returns(
 
                     return asyncio.ensure_future(later())
 
-        self._oracle_handle = Late()
+        self._copy_handles["kmpray.oracle"] = Late()
 
     @ray.remote(num_cpus=0)
     class Quiet:
