@@ -165,15 +165,14 @@ class Cancels:
                 if chain.enqueue() is kmpray.ScheduleResult.SUCCESS:
                     self.steps[f"q{j}"] = [a.id, b.id]
                     self.enqueued.append(f"q{j}")
-            elif self.heavy and (j // 3) % 2 == 1:  # half the cancels and half the REPLACEs
-                heavy = kmpray.Constraints(is_heavy_task=True)
-                self.sched.enqueue(f"k{j}", kmpray.TaskTrigger.OneTime(), "ChaosLedger",
-                                   input=self.heavy_payload, constraints=heavy)
-                self.enqueued.append(f"k{j}")
-                self.heavy_ids.add(f"k{j}")
             else:
-                self.sched.enqueue(f"k{j}", kmpray.TaskTrigger.OneTime(), "ChaosLedger", input=self.payload)
+                heavy = self.heavy and (j // 3) % 2 == 1  # half the cancels and half the REPLACEs
+                self.sched.enqueue(f"k{j}", kmpray.TaskTrigger.OneTime(), "ChaosLedger",
+                                   input=self.heavy_payload if heavy else self.payload,
+                                   constraints=kmpray.Constraints(is_heavy_task=True) if heavy else None)
                 self.enqueued.append(f"k{j}")
+                if heavy:
+                    self.heavy_ids.add(f"k{j}")
         except Exception:
             pass  # not acknowledged: nothing to cancel
         if len(self.enqueued) > self.LAG:
