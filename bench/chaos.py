@@ -52,8 +52,8 @@ from kmpray.actors.names import shard_namespace
 
 import kmpray
 
+from .chaos_cancels import Cancels
 from .chaos_common import (
-    Cancels,
     ChaosLedger,
     EngineStops,
     barrier_violations,
@@ -93,6 +93,9 @@ CHAINS_PER_CALL = {"scheduler": 1, "coordinators": 5, "mixed": 2, "pauses": 2, "
 CANCELS = {"scheduler", "mixed", "pauses", "storm"}
 HEAVY_EVERY = 20  # one task in 20 is heavy in the executors, mixed, pauses and storm scenarios
 HEAVY = {"executors", "mixed", "pauses", "storm"}
+# heavy_cancel_grace_s where heavy runs are cancelled (Cancels' stubborn runs): short, so a
+# stopped heavy worker is back soon (the default is 5 s).
+HEAVY_CANCEL_GRACE_S = 1.0
 def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int = 7,
              address: str | None = None, every_s: float | None = None, sleep_ms: int = 20,
              rate: float | None = None, drain_kills_s: float | None = None, shards: int = 1,
@@ -126,8 +129,10 @@ def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int
     # The event log keeps every completion of the run: the check replays it from cursor 0
     # (with the default retention of 100,000, a run of 103,000 tasks found its oldest
     # ~3,000 completions trimmed: reported "events missing" that the log had let go).
+    cancels = cancels or (cancels is None and name in CANCELS)
+    grace = {"heavy_cancel_grace_s": HEAVY_CANCEL_GRACE_S} if cancels and name in HEAVY else {}
     config = kmpray.EngineConfig(max_pending_tasks=max(4 * n, 10_000), event_retention=max(4 * n, 100_000),
-                                 scheduler_shards=shards)
+                                 scheduler_shards=shards, **grace)
     sched = kmpray.connect(namespace=namespace, state_dir=state, config=config)
     nemesis: Nemesis | None = None
     try:
@@ -142,8 +147,7 @@ def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int
         started = time.monotonic()
         started_wall = time.time()
         engine_stops = EngineStops(ray, namespace, shards)
-        cancelling = (Cancels(sched, ledger, heavy=name in HEAVY)
-                      if cancels or (cancels is None and name in CANCELS) else None)
+        cancelling = Cancels(sched, ledger, heavy=name in HEAVY) if cancels else None
         nemesis.start()
         engine_stops.start()
         batch = max(1, int(rate / 10))  # ten calls a second
@@ -199,6 +203,7 @@ def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int
         starts = ledger_starts(ledger)
         terminal = terminal_events(sched, acknowledged, timeout_s=120)
         statuses = [scheduler_status(ray, shard_namespace(namespace, k)) for k in range(shards)]
+        stubborn = cancelling.stubborn(engine_stops) if cancelling is not None and cancelling.heavy else {}
         engine_stops.look()
         explained = nemesis.killed_pids | engine_stops.pids
         after_kills = rerun_after_kills(ledger, acknowledged, nemesis.killed_pids)
@@ -238,6 +243,7 @@ def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int
             "events_missing": sum(1 for t in acknowledged if terminal[t] == 0),
             "barrier_violations": barrier_violations(ledger, chain_ids),
             **(cancelling.check(nemesis.paused_pids) if cancelling is not None else {}),
+            **stubborn,
             "kills": nemesis.kills,  # (pauses: each pause counts as one)
             "kills_by_shard": nemesis.kills_by_shard,
             "kills_by_kind": dict(nemesis.kills_by_kind),

@@ -25,7 +25,7 @@ def test_kills_during_a_load_lose_nothing_and_count_nothing_twice(
     and heavy workers, coordinators, the broker and the oracle, on two shards: the nemesis strikes
     either, the chains live on the shard of their id, the one-time tasks spread over both.
     Both also cancel or replace long work (a task, or a chain of two steps) after each call
-    (bench/chaos_common.py ``Cancels``)."""
+    (bench/chaos_cancels.py ``Cancels``)."""
     from kmpray.bench.chaos import CANCELS, CHAINS_PER_CALL, scenario
 
     # Kills go on 5 s into the drain, then stop: with a kill every ~2 s (restart + 0.7 s) the
@@ -46,6 +46,9 @@ def test_kills_during_a_load_lose_nothing_and_count_nothing_twice(
         assert r["cancelled_running"] > 0, r
         detail = {k: r[k] for k in ("ran_after_cancel_detail", "cancel_lost", "replacement_lost_examples")}
         assert (r["ran_after_cancel"], r["cancel_lost"], r["replacement_lost"]) == (0, 0, 0), detail
+        if name == "mixed":  # heavy cancels too: a stubborn run (its cancel ignored) is stopped by the engine
+            assert r["stubborn_cancels_acknowledged"] >= 5, r
+            assert (r["stubborn_ran_out"], r["stubborn_still_running"]) == (0, 0), r["stubborn_examples"]
     assert (r["lost"], r["counted_twice"], r["never_started"]) == (0, 0, 0), r
     assert r["attempts_inflated"] == 0, r  # a system re-run is not one of the task's attempts
     if name in ("scheduler", "coordinators"):
@@ -92,6 +95,11 @@ def test_pauses_during_a_load_lose_nothing_and_begin_nothing_after_its_cancel(
     assert r["barrier_violations"] == 0 and r["attempts_inflated"] == 0, r
     detail = {k: r[k] for k in ("ran_after_cancel_detail", "cancel_lost", "replacement_lost_examples")}
     assert (r["ran_after_cancel"], r["cancel_lost"], r["replacement_lost"]) == (0, 0, 0), detail
+    # A quarter of the cancelled and replaced tasks are heavy and stubborn (they ignore the
+    # cancel): each begun one ends with its worker's process, never running out its 30 s
+    # (most meet their cancel still queued: pauses ~8-11 begun, the storm's seed 1-7).
+    assert r["stubborn_cancels_acknowledged"] >= 10 and (name == "storm" or r["stubborn_begun"] >= 3), r
+    assert (r["stubborn_ran_out"], r["stubborn_still_running"]) == (0, 0), r["stubborn_examples"]
     assert r["executed_twice_unexplained"] == [] and r["leaked_cpus"] == 0, r
 
 
