@@ -28,7 +28,7 @@ from kmpray.clock import sleep_until
 from kmpray.config import EngineConfig
 from kmpray.progress import LazyThrottle, ProgressThrottle
 from kmpray.protocol import Began, Done, Fence, Holding, Misaddressed, Ping, Progress, Run, RunKey, Stored, Taken
-from kmpray.results import Failure, Success, clip, raised, to_wire
+from kmpray.results import Failure, GivenBack, Success, clip, raised, to_wire
 from kmpray.timing import (
     BLOCK_REPORT_RETRY_S,
     BLOCK_REPORT_TIMEOUT_S,
@@ -56,7 +56,7 @@ from .slots import Slots
 from .spool import Spool, beside
 from .stray_threads import HeavySlot, RunThreads
 from .untraced import untrace
-from .worker_classes import WorkerClasses
+from .worker_classes import ClassMissing, WorkerClasses
 
 
 log = logging.getLogger("kmpray.executor")
@@ -442,7 +442,7 @@ class ExecutorBase(StepData, Reporting, Cancelling, WorkerClasses):
         previous: int,
         timeout_ms: int | None,
         refs: dict[str, Any] | None = None,
-    ) -> tuple[Success | Failure, list[Stored] | None]:
+    ) -> tuple[Success | Failure | GivenBack, list[Stored] | None]:
         if upstream and has_descriptors(upstream):
             try:
                 upstream = await self._upstream(upstream, refs or {})
@@ -463,9 +463,10 @@ class ExecutorBase(StepData, Reporting, Cancelling, WorkerClasses):
                 raise asyncio.CancelledError  # cancel only marks; a light one cancels this await)
             call = run_worker(instance, inp, ctx, threaded, self._run_threads)
             result = await (asyncio.wait_for(call, timeout_ms / 1000) if timeout_ms else call)
-        except NotConstructed as exc:  # its class or constructor (sys.exit() in __init__ too)
-            throttle.close()
-            return Failure(clip(f"worker {worker!r} could not be constructed: {exc}")), None
+        except (NotConstructed, ClassMissing) as exc:  # its class or constructor (sys.exit() in __init__ too)
+            throttle.close()  # (a class in neither the registry nor the scheduler: given back, worker_classes.py)
+            return (GivenBack(str(exc)) if isinstance(exc, ClassMissing)
+                    else Failure(clip(f"worker {worker!r} could not be constructed: {exc}"))), None
         except TimeoutError:
             throttle.close()  # before the result: reports leave in order
             return Failure(f"timed out after {timeout_ms} ms", should_retry=True), None

@@ -32,7 +32,7 @@ from kmpray.enums import InputMerger
 from kmpray.errors import InvalidParameters
 from kmpray.merging import merge
 from kmpray.protocol import Run, RunKey, Stored
-from kmpray.results import Failure, Success
+from kmpray.results import Failure, GivenBack, Success
 from kmpray.timing import FETCH_TIMEOUT_S
 from kmpray.validation import check_output
 
@@ -112,7 +112,7 @@ class StepData:
         return join(upstream, lambda d: values[d["blake3"]])  # type: ignore[no-any-return]
 
     def _follow(
-        self, then: Run, merger: str, result: Success | Failure, stored: list[Stored] | None
+        self, then: Run, merger: str, result: Success | Failure | GivenBack, stored: list[Stored] | None
     ) -> tuple[str, int, int] | None:
         """One hop per step: a run that succeeded begins the chain task handed with it,
         here and now, its input merged from this output (as a coordinator would). Said in

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from kmpray.config import EngineConfig
 from kmpray.engine import SchedulerCore
 from kmpray.protocol import Began, Done, Fence, Progress, RunKey, done_from_wire
-from kmpray.results import Failure, from_wire
+from kmpray.results import GIVEN_BACK, Failure, from_wire
 from kmpray.validation import check_output
 
 from .blocked_loops import BlockedLoops
@@ -68,6 +68,10 @@ class SchedulerReports:
             self.pool.reported((key, run_id))
             self.heavy.free((key, run_id))
             self.core.release_unplaced()
+            if raw[0] == GIVEN_BACK:  # uncalled: its class could not be had there (worker_classes.py)
+                self.core.note(key, f"run {run_id} given back by its executor: {raw[1]}")
+                self.core.run_lost(key, run_id)  # re-queued; parked while this scheduler lacks the class too
+                continue
             try:
                 result = from_wire(raw)
                 if result.kind == "success" and result.data is not None:

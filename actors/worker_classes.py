@@ -15,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
+import logging
 import time
 from concurrent.futures import Executor
+from typing import Any
 
 from ray import cloudpickle
 
@@ -25,14 +27,24 @@ from kmpray.worker import CommonWorker, NotConstructed, construct, in_a_thread, 
 from .names import ORACLE, base_namespace, lookup
 from .retry import call_with_retry
 
+log = logging.getLogger("kmpray.executor")
+
 #: How long a class the registry and the scheduler both lack is asked for again before
-#: the run fails. The scheduler hands out only runs of classes it holds, so a miss means
-#: both restarted since (the scheduler takes its classes back from the executors that
-#: ran them within seconds: class_recovery.py). Failing at once ended such runs FAILED,
-#: "could not be constructed: not registered", a system fault charged to the user (the
-#: no-wait mixed chaos runs, session 58: 2 tasks in one run).
-CLASS_WAIT_S = 30.0
+#: the run is given back (ClassMissing). The scheduler hands out only runs of classes it
+#: holds, so a miss means both restarted since (the scheduler takes its classes back from
+#: the executors that ran them within seconds: class_recovery.py). Failing at once ended
+#: such runs FAILED, "could not be constructed: not registered", a system fault charged to
+#: the user (the no-wait mixed chaos runs, session 58: 2 tasks in one run); so did failing
+#: after 30 s of asking (the storm, session 62: both restarted again and again for longer).
+#: Given back, the run is re-queued, not counted as an attempt, and waits (parked) in the
+#: scheduler until its class is had again; the slot (a heavy worker's only one) is free.
+CLASS_WAIT_S = 5.0
 CLASS_ASK_EVERY_S = 0.5
+
+
+class ClassMissing(LookupError):
+    """Neither the registry nor the scheduler has the class now (both restarted since the
+    run was handed out): the executor gives the run back uncalled (``GivenBack``)."""
 
 
 class WorkerClasses:
@@ -56,7 +68,7 @@ class WorkerClasses:
             return warm[1]
         try:
             loaded, cls = await self._worker_class(name, version)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, ClassMissing):
             raise
         except BaseException as exc:
             raise NotConstructed(exc) from exc
@@ -92,9 +104,10 @@ class WorkerClasses:
     async def _load_class(self, name: str) -> tuple[int, type]:
         registry = lookup(ORACLE, base_namespace(self.namespace))  # holds the registry: actors/registry.py
         deadline = time.monotonic() + CLASS_WAIT_S
-        while (entry := await call_with_retry(lambda: registry.get_class.remote(self.namespace, name))) is None:
+        while (entry := await self._ask(registry, name)) is None:
             if time.monotonic() >= deadline:
-                raise LookupError(f"worker {name!r} is not registered")
+                raise ClassMissing(f"worker {name!r}: its class is in neither the registry nor the scheduler "
+                                   f"(both restarted) after {CLASS_WAIT_S:g} s")
             await asyncio.sleep(CLASS_ASK_EVERY_S)
         cls = await asyncio.to_thread(cloudpickle.loads, entry[1])
         cached = self._classes.get(name)
@@ -107,6 +120,16 @@ class WorkerClasses:
             gc.collect()
         gc.freeze()  # the class and what it imported live on (see the executor's __init__)
         return loaded
+
+    async def _ask(self, registry: Any, name: str) -> tuple[int, bytes] | None:
+        """The registry's (version, blob) of ``name``; None if it has none, or if asking
+        failed (the registry, or the scheduler it asks in turn, restarting past the retries)."""
+        try:
+            ask = lambda: registry.get_class.remote(self.namespace, name)  # noqa: E731
+            return await asyncio.wait_for(call_with_retry(ask, timeout_s=CLASS_WAIT_S), CLASS_WAIT_S)
+        except Exception as exc:
+            log.info("asking the registry for worker %r: %s: %s", name, type(exc).__name__, exc)
+            return None
 
     def class_blobs(self, names: list[str]) -> dict[str, tuple[int, bytes]]:
         """Of ``names``, the (version, blob) of each class this process loaded: the third

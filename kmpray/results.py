@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, NamedTuple, Union
 
 from pydantic import (
     Field,
@@ -65,12 +65,26 @@ class WorkerResult:
     Retry = Retry
 
 
-def to_wire(result: Success | Failure | Retry) -> tuple[str, Any, Any]:
+class GivenBack(NamedTuple):
+    """Not a worker's result: its executor gives the run back uncalled, since its class
+    could not be had (actors/worker_classes.py ``ClassMissing``). On the wire
+    ``(GIVEN_BACK, why, None)``, which the scheduler re-queues, not counted as an attempt
+    (``from_wire`` never reads it)."""
+
+    why: str
+
+
+GIVEN_BACK = "g"
+
+
+def to_wire(result: Success | Failure | Retry | GivenBack) -> tuple[str, Any, Any]:
     """A compact, msgpack-able form for the executor -> scheduler hot path."""
     if isinstance(result, Success):
         return ("s", result.message, result.data)
     if isinstance(result, Failure):
         return ("f", result.message, result.should_retry)
+    if isinstance(result, GivenBack):
+        return (GIVEN_BACK, result.why, None)
     return ("r", result.reason, result.delay_ms)
 
 

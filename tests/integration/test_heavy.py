@@ -387,3 +387,46 @@ def test_a_heavy_run_cancelled_while_its_class_loads_never_calls_its_worker(
     assert asked(worker, lambda self: "Blocks" in self._classes)  # the class did come meanwhile
     assert not started.exists(), "do_work was called after cancel() returned"
     assert sched.get_task_info("x").state is TaskState.CANCELLED
+
+
+@ONE_SHARD  # it kills shard 0's scheduler with the oracle
+def test_a_run_whose_class_both_copies_lost_after_its_hand_out_is_given_back_not_failed(
+        engines: Any, tmp_path: Path) -> None:
+    """A heavy run handed out, its worker's class still to be fetched, when the oracle (the
+    registry) and the scheduler die together: both restart without it, and no process
+    ran it to take it back from. The run used to end FAILED, "could not be constructed:
+    not registered" (after 30 s of asking; session 62's storm chaos run: 2 tasks), a
+    system fault charged to the task. Now the heavy worker gives it back uncalled, the
+    scheduler re-queues it (not an attempt) and parks it, and it runs once registered."""
+    import ray
+    from kmpray.actors.names import ORACLE, SCHEDULER
+
+    from .helpers import asked, stop_process
+    from .workers import Blocks
+
+    sched = engines.registered(config=CONFIG)
+    sched.enqueue("warm", ONCE, "WarmModel", constraints=HEAVY)  # the heavy worker up (Blocks not loaded)
+    assert sched.wait("warm", timeout_s=60).state is TaskState.SUCCEEDED
+    worker = ray.get_actor("kmpray.heavy.0", namespace=sched.namespace)
+    oracle_pid = asked(ray.get_actor(ORACLE, namespace=sched.namespace), lambda self: os.getpid())
+    scheduler_pid = asked(ray.get_actor(SCHEDULER, namespace=sched.namespace), lambda self: os.getpid())
+    inp, started, release = blocks_input(tmp_path, "x")
+    release.touch()  # (it ends at once when called)
+    stop_process(oracle_pid)  # holds the class fetch
+    try:
+        sched.enqueue("x", ONCE, "Blocks", input=inp, constraints=HEAVY)
+        until(lambda: [k for k, _ in asked(worker, lambda self: list(self._begun))] == ["x"],
+              what="x begun on the heavy worker, its class still to come")
+    finally:
+        os.kill(oracle_pid, signal.SIGKILL)  # (a stopped process dies too)
+        os.kill(scheduler_pid, signal.SIGKILL)
+    until(lambda: sched.status()["waiting_for_registration"] == {"Blocks": 1}, timeout_s=60,
+          what="x given back and parked", explain=lambda: sched.explain("x"))
+    info = sched.get_task_info("x")
+    assert (info.state, info.run_attempt_count) == (TaskState.ENQUEUED, 0), info
+    assert not started.exists()
+    assert "given back by its executor" in sched.explain("x")
+    sched.register_worker("Blocks", Blocks)
+    info = sched.wait("x", timeout_s=60)
+    assert (info.state, info.run_attempt_count) == (TaskState.SUCCEEDED, 1), info
+    assert started.exists()
