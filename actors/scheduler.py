@@ -61,6 +61,7 @@ from .scheduler_reads import SchedulerReads
 from .scheduler_reports import SchedulerReports
 from .spool import take
 from .stealing import Stealer
+from .store_room import end_once_room
 from .submit_lane import SubmitLanes
 from .subscriber_copies import SubscriberCopies
 from .untraced import untrace
@@ -249,9 +250,9 @@ class SchedulerActor(
                      f"in seconds ({type(exc).__name__}: a row it could not encode, an engine bug to report)")
             self._store_failed = StoreWriteFailed(
                 f"store write failed ({why}); the scheduler restarts from its store and serves again {after}")
-            ending = threading.Timer(restart_in_s, os._exit, (75,))
-            ending.daemon = True
+            (ending := threading.Timer(restart_in_s, os._exit, (75,))).daemon = True
             ending.start()
+            end_once_room(self.home, restart_in_s, exc)  # (at its start, on a full disk: sooner once freed)
         return self._store_failed
 
     def _check_shards(self, has_rows: bool) -> None:

@@ -185,6 +185,8 @@ STORE_LOCK_WAIT_S = 15.0
 #: that cannot write at its start says why to every call for this long, then tries again.
 STORE_FAILED_RESTART_S = 0.5
 STORE_FAILED_RETRY_S = 10.0
+#: ... or sooner, once a disk that was full has room again (actors/store_room.py), looked at this often.
+STORE_ROOM_CHECK_S = 0.25
 #: ``wait()`` long-polls the scheduler in chunks of at most this.
 WAIT_CHUNK_S = 30.0
 
