@@ -1,12 +1,12 @@
 """chaos: a workload against a real engine while a nemesis kills (or pauses) its processes.
 
 ``python -m bench chaos --scenario scheduler|executors|coordinators|mixed|pauses|storm|hard-restart|
-poison|misfire|long-runs|node-loss|soak [--quick] [--json PATH]``; ``--shards N`` runs the scheduler,
+poison|misfire|long-runs|node-loss|soak|disk [--quick] [--json PATH]``; ``--shards N`` runs the scheduler,
 executors, coordinators, mixed, pauses, storm, hard-restart, soak or node-loss scenario on a sharded engine
 (the nemesis strikes a shard drawn at random; results in ``chaos-NAME-N-shards.json``)
 (the nemesis: bench/chaos_nemesis.py; hard-restart: bench/chaos_restart.py; poison:
 bench/chaos_poison.py; misfire: bench/chaos_misfire.py; long-runs: bench/chaos_longruns.py;
-node-loss: bench/chaos_nodes.py; soak: bench/chaos_soak.py)
+node-loss: bench/chaos_nodes.py; soak: bench/chaos_soak.py; disk, storage faults: bench/chaos_disk.py)
 
 Every run writes a ledger line when it starts (task id, attempts before it, pid, time),
 so "executed twice" is counted from what workers did, not from what the engine says.
@@ -332,9 +332,15 @@ def _soak(quick: bool, shards: int = 1) -> dict[str, Any]:
     return soak(quick=quick, shards=shards)
 
 
+def _disk(quick: bool) -> dict[str, Any]:
+    from .chaos_disk import scenario as disk
+
+    return disk(quick=quick)
+
+
 # Scenarios with a shape of their own (their modules say how they run).
 OTHERS = {"hard-restart": _hard_restart, "poison": _poison, "misfire": _misfire, "long-runs": _long_runs,
-          "node-loss": _node_loss, "soak": _soak}
+          "node-loss": _node_loss, "soak": _soak, "disk": _disk}
 SHARDABLE = {*SCENARIOS, "hard-restart", "soak", "node-loss"}  # what --shards N runs on a sharded engine
 
 

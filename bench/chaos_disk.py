@@ -1,0 +1,171 @@
+"""chaos scenario ``disk``: storage faults under a steady load. The engine's state dir is on a
+small tmpfs this scenario mounts (root only: anywhere else its result says ``skipped``),
+and the nemesis fills that disk to its last byte (a filler file) for ``hold_s`` seconds,
+then frees it, ``fills`` times, each after the engine serves again (its scheduler
+``ready()``) and ~``every_s`` more (0.5-1.5x, seeded). Ray's own files and the workers'
+ledger are elsewhere: only the engine's store, event log, spool and artifacts meet the
+full disk.
+
+What the engine promises (README *A full disk*): a store write that fails stores nothing
+and acknowledges nothing (those enqueue calls answer FAILED_UNKNOWN, or the call fails:
+``refused``), the scheduler restarts from its store and serves again within ~10 s of
+room coming back, and results and completion events wait (in the executors, the outbox)
+until they can be written. Reported (pass figures):
+
+- ``lost``: acknowledged, never SUCCEEDED (0);
+- ``counted_twice``, ``events_missing``: completions per acknowledged task replayed from
+  cursor 0 of the event log (0 and 0);
+- ``executed_twice``: acknowledged tasks begun twice (the goal is 0: no process is killed
+  by the nemesis; a scheduler ending itself after a failed write adopts what its
+  executors hold);
+- ``refused`` (> 0: the fills struck writes), ``scheduler_starts`` (each restart after a
+  failed write counts), ``integrity``: SQLite's ``integrity_check`` of every store file
+  after the run ("ok");
+- ``serving_after_free_s`` {p50, max}: from each free to the scheduler serving again (no
+  pass figure; a scheduler restarted onto the full disk ends once there is room again:
+  actors/store_room.py), and per fill its ``outage_s`` (the fill, its hold, the recovery).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import sqlite3
+import statistics
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import kmpray
+
+from .chaos_common import ChaosLedger, SteadyLoad, answers_after, ledger_starts, terminal_events
+from .common import drain, ray_up, scratch_dir
+
+FULL = {"fills": 12, "rate": 200.0, "every_s": 4.0, "hold_s": (0.5, 8.0), "disk_mb": 64}
+QUICK = {"fills": 2, "rate": 100.0, "every_s": 2.0, "hold_s": (0.5, 1.5), "disk_mb": 32}
+
+
+def _mount(size_mb: int) -> Path | str:
+    """A tmpfs of ``size_mb`` mounted on a new folder, or why there is none."""
+    if os.geteuid() != 0:
+        return "mounting a small tmpfs needs root"
+    mnt = Path(scratch_dir("kmpray-chaos-disk-"))  # (a folder: its tmpfs is unmounted at the end)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(mnt)],
+                          capture_output=True, text=True, timeout=30)
+    if done.returncode:
+        return f"cannot mount a tmpfs here: {done.stderr.strip()}"
+    return mnt
+
+
+def _fill(path: Path) -> int:
+    """Write ``path`` until the disk is full; the bytes written."""
+    written, chunk = 0, 1 << 20
+    with open(path, "wb", buffering=0) as f:
+        while chunk >= 512:
+            try:
+                written += f.write(b"\0" * chunk)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                chunk //= 2
+    return written
+
+
+def _integrity(state: Path) -> dict[str, str]:
+    out = {}
+    for db in sorted(state.rglob("*.db")):
+        try:
+            conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+            try:
+                out[str(db.relative_to(state))] = str(conn.execute("PRAGMA integrity_check").fetchone()[0])
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            out[str(db.relative_to(state))] = f"{type(exc).__name__}: {exc}"
+    return out
+
+
+def _starts(state: Path) -> int | None:
+    try:
+        conn = sqlite3.connect(f"file:{state / 'tasks.db'}?mode=ro", uri=True, timeout=10)
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'scheduler_starts'").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+    import msgpack
+
+    return int(msgpack.unpackb(row[0])) if row else None
+
+
+def scenario(quick: bool = False, seed: int = 7, **sizes: Any) -> dict[str, Any]:
+    size = {**(QUICK if quick else FULL), **sizes}
+    mnt = _mount(int(size["disk_mb"]))
+    if isinstance(mnt, str):
+        return {"scenario": "disk", "skipped": mnt}
+    ray = ray_up()
+    state, filler = mnt / "state", mnt / "filler"
+    ledger = Path(scratch_dir("kmpray-chaos-disk-ledger-")) / "ledger"
+    namespace = f"chaos-disk-{seed}-{os.getpid()}"
+    rng = random.Random(seed)
+    fills: list[dict[str, float]] = []
+    try:
+        sched = kmpray.connect(namespace=namespace, state_dir=str(state))
+        try:
+            sched.register_worker("ChaosLedger", ChaosLedger)
+            payload = json.dumps({"ledger": str(ledger), "sleep_ms": 20})
+            stop = threading.Event()
+            load = SteadyLoad(sched, float(size["rate"]), payload, stop)
+            load.start()
+            for _ in range(int(size["fills"])):
+                time.sleep(size["every_s"] * rng.uniform(0.5, 1.5))
+                at = time.monotonic() - load.started
+                written = _fill(filler)
+                held = rng.uniform(*size["hold_s"])
+                time.sleep(held)
+                filler.unlink()
+                back = answers_after(ray, "kmpray.scheduler", namespace)  # serving again (ready())
+                fills.append({"at_s": round(at, 2), "filled_mb": round(written / 2**20, 2),
+                              "held_s": round(held, 2), "serving_after_free_s": round(back, 2),
+                              "outage_s": round(time.monotonic() - load.started - at, 2)})
+            time.sleep(size["every_s"])  # the last fill's aftermath under load too
+            stop.set()
+            load.join(timeout=120)
+            drained = drain(sched)
+            acknowledged = set(load.acknowledged)
+            states = {t.id: t.state for t in sched.list_tasks()}
+            lost = sorted(t for t in acknowledged if states.get(t) is not kmpray.TaskState.SUCCEEDED)
+            starts = ledger_starts(ledger)
+            terminal = terminal_events(sched, acknowledged, timeout_s=120)
+            result = {
+                "scenario": "disk",
+                "nemesis": f"the state dir's {size['disk_mb']} MB tmpfs filled to its last byte for "
+                           f"{size['hold_s'][0]:g}-{size['hold_s'][1]:g} s, {size['fills']} times",
+                "rate_per_s": size["rate"],
+                "submitted": load.submitted,
+                "acknowledged": len(acknowledged),
+                "refused": load.submitted - len(acknowledged),
+                "drained": drained,
+                "lost": len(lost),
+                "lost_examples": lost[:10],
+                "never_started": sum(1 for t in acknowledged if starts[t] == 0),
+                "executed_twice": sum(1 for t in acknowledged if starts[t] > 1),
+                "counted_twice": sum(1 for t in acknowledged if terminal[t] > 1),
+                "events_missing": sum(1 for t in acknowledged if terminal[t] == 0),
+                "serving_after_free_s": {"p50": round(statistics.median(back_s), 2), "max": max(back_s)}
+                if (back_s := [f["serving_after_free_s"] for f in fills]) else None,
+                "fills": fills,
+                "seed": seed,
+            }
+        finally:
+            sched.shutdown()
+        result["scheduler_starts"] = _starts(state)
+        result["integrity"] = _integrity(state)
+        return result
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=30)
