@@ -21,7 +21,7 @@ from kmpray.artifacts import MARK, ArtifactDir, Blob, descriptors
 from kmpray.config import EngineConfig
 from kmpray.engine import SchedulerCore
 from kmpray.protocol import Done
-from kmpray.results import Success
+from kmpray.results import Failure, Success
 from kmpray.timing import ARTIFACT_GRACE_S, FETCH_TIMEOUT_S, PRUNE_S
 
 log = logging.getLogger("kmpray.scheduler")
@@ -52,10 +52,12 @@ class ArtifactKeeper:
             }
         return self.sizes
 
-    async def accept(self, done: Done) -> str | None:
+    async def accept(self, done: Done) -> Failure | None:
         """A result's large values: each file written (pulled and written here for an
-        executor on another node) and each reference kept. Returns why the step fails
-        instead (the folder's cap, a value that could not be written), or None."""
+        executor on another node) and each reference kept. Returns the step's failure
+        instead, or None: past the folder's cap, for good; a value that could not be
+        pulled or written (a full disk), retried (until session 62 for good, unlike the
+        executor's own write of the same file, actors/executor_data.py ``_output``)."""
         sizes = self.sizes if self.sizes is not None else await asyncio.to_thread(self._scan)
         stored = done.stored or []
         new = [s for s in stored if s.digest not in sizes]
@@ -63,7 +65,7 @@ class ArtifactKeeper:
         for s in new:
             total += s.nbytes
             if total > self.cap:
-                return (
+                return Failure(
                     f"{s.where}: {s.kind} of {s.nbytes} bytes would take the artifact folder past "
                     f"max_artifacts_total_bytes ({self.cap} bytes)"
                 )
@@ -74,7 +76,8 @@ class ArtifactKeeper:
                     blob = Blob(s.kind, value, s.nbytes, s.where, {MARK: s.kind, "blake3": s.digest})
                     await asyncio.to_thread(self.dir.write, blob)  # checks the content against the digest
                 except Exception as exc:
-                    return f"{s.where}: its artifact could not be written ({type(exc).__name__}: {exc})"
+                    why = f"{s.where}: its artifact could not be written ({type(exc).__name__}: {exc})"
+                    return Failure(why, should_retry=True)
             sizes[s.digest] = s.nbytes
             self.refs[s.digest] = s.ref
         return None

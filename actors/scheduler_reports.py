@@ -57,10 +57,10 @@ class SchedulerReports:
             self.core.started(key, run_id)
         for key, run_id, pct, message in progress:
             self.core.progress(key, run_id, pct, message)
-        refused: dict[tuple[str, int], str] = {}
+        refused: dict[tuple[str, int], Failure] = {}
         for d in done:
-            if d.stored and (why := await self.artifacts.accept(d)) is not None:
-                refused[(d.key, d.run_id)] = why
+            if d.stored and (failed := await self.artifacts.accept(d)) is not None:
+                refused[(d.key, d.run_id)] = failed
         for key, run_id, raw, _stored, followed in done:
             # The process that ran it (a successor it began runs in the same one).
             i = self.pool.where.get((key, run_id))
@@ -79,7 +79,7 @@ class SchedulerReports:
             except Exception as exc:
                 result = Failure(f"invalid worker result: {exc}")
             if (key, run_id) in refused:
-                result = Failure(refused[(key, run_id)])
+                result = refused[(key, run_id)]
             self.core.complete(key, run_id, result)
             if followed is not None:
                 self._followed(key, run_id, followed, ran_in)
