@@ -45,8 +45,62 @@ import kmpray
 from .chaos_common import ChaosLedger, SteadyLoad, answers_after, ledger_starts, terminal_events
 from .common import drain, ray_up, scratch_dir
 
-FULL = {"fills": 12, "rate": 200.0, "every_s": 4.0, "hold_s": (0.5, 8.0), "disk_mb": 64}
-QUICK = {"fills": 2, "rate": 100.0, "every_s": 2.0, "hold_s": (0.5, 1.5), "disk_mb": 32}
+ARRAY_N = 16_384  # int64s: 128 KiB, past the inline threshold (64 KiB), so an artifact on the disk
+
+
+class ChaosArray(kmpray.CommonWorker):
+    """A chain's first step: ``arange(ARRAY_N) + j`` (each chain's own bytes: content-addressed
+    artifacts would otherwise be one file), after 0.5 s, so that a run is often in flight
+    (its artifact being written) when the disk fills."""
+
+    def do_work(self, input: str | None) -> Any:  # noqa: A002
+        import numpy as np
+
+        time.sleep(0.5)
+        return kmpray.WorkerResult.Success(data={"arr": np.arange(ARRAY_N, dtype=np.int64) + int(input or 0)})
+
+
+class ChaosArraySum(kmpray.CommonWorker):
+    """The second step: the array it was handed must be the one made (its sum)."""
+
+    def do_work(self, input: str | None, ctx: kmpray.WorkerContext) -> Any:  # noqa: A002
+        j, arr = int(json.loads(input or "{}")["j"]), ctx.upstream_data.get("arr")
+        want = ARRAY_N * (ARRAY_N - 1) // 2 + j * ARRAY_N
+        got = int(arr.sum()) if arr is not None else None
+        if got != want:
+            return kmpray.WorkerResult.Failure(f"wrong array: sum {got}, made {want}")
+        return kmpray.WorkerResult.Success(data={"sum": got})
+
+
+class ArrayChains(threading.Thread):
+    """A chain of ChaosArray then ChaosArraySum every ``every_s`` until ``stop``; its
+    producer retries quickly (a refused artifact write fails the run to be retried)."""
+
+    def __init__(self, sched: Any, every_s: float, stop: threading.Event) -> None:
+        super().__init__(daemon=True, name="chaos-disk-chains")
+        self.sched, self.every_s, self.stop = sched, every_s, stop
+        self.acknowledged: list[str] = []
+        self.submitted = 0
+
+    def run(self) -> None:
+        retry = kmpray.Constraints(backoff_policy=kmpray.BackoffPolicy.LINEAR, backoff_delay_ms=1_000,
+                                   max_retries=30)
+        j = 0
+        while not self.stop.wait(self.every_s):
+            j += 1
+            make = kmpray.TaskRequest("ChaosArray", id=f"a{j}-make", input=str(j), constraints=retry)
+            check = kmpray.TaskRequest("ChaosArraySum", id=f"a{j}-sum", input=json.dumps({"j": j}))
+            self.submitted += 1
+            try:
+                said = self.sched.begin_with(make).then(check).with_id(f"a{j}").enqueue()
+                if said is kmpray.ScheduleResult.SUCCESS:
+                    self.acknowledged.append(f"a{j}")
+            except Exception:
+                continue  # not acknowledged
+
+
+FULL = {"fills": 12, "rate": 200.0, "every_s": 4.0, "hold_s": (0.5, 8.0), "disk_mb": 64, "chain_every_s": 0.5}
+QUICK = {"fills": 2, "rate": 100.0, "every_s": 2.0, "hold_s": (0.5, 1.5), "disk_mb": 32, "chain_every_s": 0.25}
 
 
 def _mount(size_mb: int) -> Path | str:
@@ -103,6 +157,21 @@ def _starts(state: Path) -> int | None:
     return int(msgpack.unpackb(row[0])) if row else None
 
 
+def _chain_state(sched: Any, chain: str) -> str:
+    """A chain's state; a FAILED one with its failed step's message."""
+    info = sched.get_chain_info(chain)
+    if info is None:
+        return "missing"
+    failed = [t.result.message for step in info.steps for t in step if t.state is kmpray.TaskState.FAILED]
+    return str(info.state.value) + (f": {failed[0]}" if failed else "")
+
+
+def _attempts(sched: Any, chain: str) -> int:
+    """The attempts of a chain's first step (a refused artifact write is one that failed)."""
+    info = sched.get_task_info(f"{chain}-make")
+    return int(info.run_attempt_count) if info is not None else 0
+
+
 def scenario(quick: bool = False, seed: int = 7, **sizes: Any) -> dict[str, Any]:
     size = {**(QUICK if quick else FULL), **sizes}
     mnt = _mount(int(size["disk_mb"]))
@@ -117,11 +186,15 @@ def scenario(quick: bool = False, seed: int = 7, **sizes: Any) -> dict[str, Any]
     try:
         sched = kmpray.connect(namespace=namespace, state_dir=str(state))
         try:
-            sched.register_worker("ChaosLedger", ChaosLedger)
+            for name, cls in (("ChaosLedger", ChaosLedger), ("ChaosArray", ChaosArray),
+                              ("ChaosArraySum", ChaosArraySum)):
+                sched.register_worker(name, cls)
             payload = json.dumps({"ledger": str(ledger), "sleep_ms": 20})
             stop = threading.Event()
             load = SteadyLoad(sched, float(size["rate"]), payload, stop)
+            chains = ArrayChains(sched, float(size["chain_every_s"]), stop)
             load.start()
+            chains.start()
             for _ in range(int(size["fills"])):
                 time.sleep(size["every_s"] * rng.uniform(0.5, 1.5))
                 at = time.monotonic() - load.started
@@ -136,7 +209,9 @@ def scenario(quick: bool = False, seed: int = 7, **sizes: Any) -> dict[str, Any]
             time.sleep(size["every_s"])  # the last fill's aftermath under load too
             stop.set()
             load.join(timeout=120)
+            chains.join(timeout=120)
             drained = drain(sched)
+            chain_states = {c: _chain_state(sched, c) for c in chains.acknowledged}
             acknowledged = set(load.acknowledged)
             states = {t.id: t.state for t in sched.list_tasks()}
             lost = sorted(t for t in acknowledged if states.get(t) is not kmpray.TaskState.SUCCEEDED)
@@ -157,6 +232,12 @@ def scenario(quick: bool = False, seed: int = 7, **sizes: Any) -> dict[str, Any]
                 "executed_twice": sum(1 for t in acknowledged if starts[t] > 1),
                 "counted_twice": sum(1 for t in acknowledged if terminal[t] > 1),
                 "events_missing": sum(1 for t in acknowledged if terminal[t] == 0),
+                # Chains whose first step returns a 128 KiB array (an artifact on the full disk), the
+                # second checking it: each acknowledged one SUCCEEDED with the right bytes.
+                "chains_acknowledged": len(chains.acknowledged),
+                "chains_not_succeeded": sorted(c for c, st in chain_states.items() if st != "SUCCEEDED")[:10],
+                "chains_wrong_array": sum(1 for st in chain_states.values() if "wrong array" in st),
+                "array_steps_retried": sum(1 for c in chains.acknowledged if _attempts(sched, c) > 1),
                 "serving_after_free_s": {"p50": round(statistics.median(back_s), 2), "max": max(back_s)}
                 if (back_s := [f["serving_after_free_s"] for f in fills]) else None,
                 "fills": fills,

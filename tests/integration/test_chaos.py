@@ -183,7 +183,8 @@ def test_a_steady_load_with_scheduler_and_broker_kills_loses_no_task_and_no_even
 
 def test_a_full_disk_under_a_steady_load_loses_nothing_acknowledged(ray_session: Any) -> None:
     """The disk scenario's quick run: the state dir on a 32 MB tmpfs (root only), filled to
-    its last byte twice under a load of 100 tasks/s. The writes it strikes acknowledge
+    its last byte twice under a load of 100 tasks/s and a chain every 0.25 s whose first
+    step returns a 128 KiB array (an artifact). The writes it strikes acknowledge
     nothing (``refused``), and of what was acknowledged nothing is lost, run twice or
     logged twice; the stores pass SQLite's integrity check. (The full run also keeps the
     disk full across a scheduler restart: `bench chaos --scenario disk`.)"""
@@ -195,4 +196,7 @@ def test_a_full_disk_under_a_steady_load_loses_nothing_acknowledged(ray_session:
     assert len(r["fills"]) == 2 and r["refused"] > 0 and r["acknowledged"] > 0, r  # the fills struck writes
     assert (r["lost"], r["never_started"], r["executed_twice"]) == (0, 0, 0), r
     assert (r["counted_twice"], r["events_missing"]) == (0, 0), r
+    # chains whose first step's 128 KiB array is an artifact on that disk: each SUCCEEDED, its
+    # second step handed the bytes made (a write the full disk refused is retried)
+    assert r["chains_acknowledged"] > 0 and (r["chains_not_succeeded"], r["chains_wrong_array"]) == ([], 0), r
     assert r["integrity"] and set(r["integrity"].values()) == {"ok"}, r["integrity"]
