@@ -108,7 +108,7 @@ def test_a_scheduler_restarted_onto_a_full_disk_serves_again_a_restart_after_roo
     cannot write at its start either, so it refuses every call and ends 10 s later
     (``STORE_FAILED_RETRY_S``) to be started again. Until session 62 the engine therefore
     served again up to ~11.5 s after space was freed (the chaos driver's ``disk``
-    scenario: 5-12 s after each fill); now that scheduler ends once the disk has room
+    scenario: 4.9-11.5 s after 11 of 12 frees); now that scheduler ends once the disk has room
     (actors/store_room.py), about a restart later."""
     import time
 
