@@ -1,9 +1,10 @@
 """chaos: a workload against a real engine while a nemesis kills (or pauses) its processes.
 
 ``python -m bench chaos --scenario scheduler|executors|coordinators|mixed|pauses|storm|hard-restart|
-poison|misfire|long-runs|node-loss|soak|disk [--quick] [--json PATH]``; ``--shards N`` runs the scheduler,
-executors, coordinators, mixed, pauses, storm, hard-restart, soak or node-loss scenario on a sharded engine
-(the nemesis strikes a shard drawn at random; results in ``chaos-NAME-N-shards.json``)
+poison|misfire|long-runs|node-loss|soak|disk [--quick] [--json PATH]``; ``--shards N`` runs the
+scheduler, executors, coordinators, mixed, pauses, storm, hard-restart, soak, node-loss or disk
+scenario on a sharded engine (the nemesis strikes a shard drawn at random; results in
+``chaos-NAME-N-shards.json``)
 (the nemesis: bench/chaos_nemesis.py; hard-restart: bench/chaos_restart.py; poison:
 bench/chaos_poison.py; misfire: bench/chaos_misfire.py; long-runs: bench/chaos_longruns.py;
 node-loss: bench/chaos_nodes.py; soak: bench/chaos_soak.py; disk, storage faults: bench/chaos_disk.py)
@@ -332,16 +333,17 @@ def _soak(quick: bool, shards: int = 1) -> dict[str, Any]:
     return soak(quick=quick, shards=shards)
 
 
-def _disk(quick: bool) -> dict[str, Any]:
+def _disk(quick: bool, shards: int = 1) -> dict[str, Any]:
     from .chaos_disk import scenario as disk
 
-    return disk(quick=quick)
+    return disk(quick=quick, shards=shards)
 
 
 # Scenarios with a shape of their own (their modules say how they run).
 OTHERS = {"hard-restart": _hard_restart, "poison": _poison, "misfire": _misfire, "long-runs": _long_runs,
           "node-loss": _node_loss, "soak": _soak, "disk": _disk}
-SHARDABLE = {*SCENARIOS, "hard-restart", "soak", "node-loss"}  # what --shards N runs on a sharded engine
+# What --shards N runs on a sharded engine.
+SHARDABLE = {*SCENARIOS, "hard-restart", "soak", "node-loss", "disk"}
 
 
 def timeline(ledger: Path, since: float, nemesis: Nemesis) -> dict[str, Any]:
@@ -377,6 +379,8 @@ def run(quick: bool = False, json_path: str | None = None, address: str | None =
             result = _soak(quick, shards)
         elif name == "node-loss":
             result = _node_loss(quick, shards)
+        elif name == "disk":
+            result = _disk(quick, shards)
         elif name in OTHERS:
             result = OTHERS[name](quick)
         else:

@@ -99,8 +99,10 @@ class ArrayChains(threading.Thread):
                 continue  # not acknowledged
 
 
-FULL = {"fills": 12, "rate": 200.0, "every_s": 4.0, "hold_s": (0.5, 8.0), "disk_mb": 64, "chain_every_s": 0.5}
-QUICK = {"fills": 2, "rate": 100.0, "every_s": 2.0, "hold_s": (0.5, 1.5), "disk_mb": 32, "chain_every_s": 0.25}
+FULL = {"fills": 12, "rate": 200.0, "every_s": 4.0, "hold_s": (0.5, 8.0), "disk_mb": 64,
+        "chain_every_s": 0.5}
+QUICK = {"fills": 2, "rate": 100.0, "every_s": 2.0, "hold_s": (0.5, 1.5), "disk_mb": 32,
+         "chain_every_s": 0.25}
 
 
 def _mount(size_mb: int) -> Path | str:
@@ -172,7 +174,11 @@ def _attempts(sched: Any, chain: str) -> int:
     return int(info.run_attempt_count) if info is not None else 0
 
 
-def scenario(quick: bool = False, seed: int = 7, **sizes: Any) -> dict[str, Any]:
+def scenario(quick: bool = False, seed: int = 7, shards: int = 1, **sizes: Any) -> dict[str, Any]:
+    """``shards``: the engine's ``scheduler_shards``, every shard's store on the one disk
+    (each fill waits for every shard to serve again: the slowest is reported)."""
+    from kmpray.actors.names import shard_namespace
+
     size = {**(QUICK if quick else FULL), **sizes}
     mnt = _mount(int(size["disk_mb"]))
     if isinstance(mnt, str):
@@ -184,7 +190,8 @@ def scenario(quick: bool = False, seed: int = 7, **sizes: Any) -> dict[str, Any]
     rng = random.Random(seed)
     fills: list[dict[str, float]] = []
     try:
-        sched = kmpray.connect(namespace=namespace, state_dir=str(state))
+        config = kmpray.EngineConfig(scheduler_shards=shards)
+        sched = kmpray.connect(namespace=namespace, state_dir=str(state), config=config)
         try:
             for name, cls in (("ChaosLedger", ChaosLedger), ("ChaosArray", ChaosArray),
                               ("ChaosArraySum", ChaosArraySum)):
@@ -202,7 +209,10 @@ def scenario(quick: bool = False, seed: int = 7, **sizes: Any) -> dict[str, Any]
                 held = rng.uniform(*size["hold_s"])
                 time.sleep(held)
                 filler.unlink()
-                back = answers_after(ray, "kmpray.scheduler", namespace)  # serving again (ready())
+                freed = time.monotonic()
+                for k in range(shards):  # every shard serving again (ready())
+                    answers_after(ray, "kmpray.scheduler", shard_namespace(namespace, k))
+                back = time.monotonic() - freed
                 fills.append({"at_s": round(at, 2), "filled_mb": round(written / 2**20, 2),
                               "held_s": round(held, 2), "serving_after_free_s": round(back, 2),
                               "outage_s": round(time.monotonic() - load.started - at, 2)})
@@ -245,7 +255,8 @@ def scenario(quick: bool = False, seed: int = 7, **sizes: Any) -> dict[str, Any]
             }
         finally:
             sched.shutdown()
-        result["scheduler_starts"] = _starts(state)
+        result["shards"] = shards
+        result["scheduler_starts"] = [_starts(state / f"shard-{k}" if k else state) for k in range(shards)]
         result["integrity"] = _integrity(state)
         return result
     finally:
