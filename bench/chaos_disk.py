@@ -18,8 +18,13 @@ until they can be written. Reported (pass figures):
 - ``executed_twice``: acknowledged tasks begun twice (the goal is 0: no process is killed
   by the nemesis; a scheduler ending itself after a failed write adopts what its
   executors hold);
-- ``refused`` (> 0: the fills struck writes), ``scheduler_starts`` (each restart after a
-  failed write counts), ``integrity``: SQLite's ``integrity_check`` of every store file
+- ``chains_not_succeeded``, ``chains_wrong_array``: of the chains enqueued beside the load
+  (a ChaosArray step returning a 128 KiB array, an artifact on that disk, then a step
+  checking its sum), those not SUCCEEDED and those handed other bytes (none and 0);
+  ``array_steps_retried``: first steps whose artifact write the full disk refused (each
+  retried, as any refused write of a large value is);
+- ``refused`` (> 0: the fills struck writes), ``scheduler_starts`` per shard (each restart
+  after a failed write counts), ``integrity``: SQLite's ``integrity_check`` of every store file
   after the run ("ok");
 - ``serving_after_free_s`` {p50, max}: from each free to the scheduler serving again (no
   pass figure; a scheduler restarted onto the full disk ends once there is room again:
@@ -244,6 +249,7 @@ def scenario(quick: bool = False, seed: int = 7, shards: int = 1, **sizes: Any) 
                 "events_missing": sum(1 for t in acknowledged if terminal[t] == 0),
                 # Chains whose first step returns a 128 KiB array (an artifact on the full disk), the
                 # second checking it: each acknowledged one SUCCEEDED with the right bytes.
+                "chains_submitted": chains.submitted,
                 "chains_acknowledged": len(chains.acknowledged),
                 "chains_not_succeeded": sorted(c for c, st in chain_states.items() if st != "SUCCEEDED")[:10],
                 "chains_wrong_array": sum(1 for st in chain_states.values() if "wrong array" in st),
