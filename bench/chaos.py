@@ -97,6 +97,8 @@ HEAVY = {"executors", "mixed", "pauses", "storm"}
 # heavy_cancel_grace_s where heavy runs are cancelled (Cancels' stubborn runs): short, so a
 # stopped heavy worker is back soon (the default is 5 s).
 HEAVY_CANCEL_GRACE_S = 1.0
+
+
 def scenario(name: str, quick: bool = False, tasks: int | None = None, seed: int = 7,
              address: str | None = None, every_s: float | None = None, sleep_ms: int = 20,
              rate: float | None = None, drain_kills_s: float | None = None, shards: int = 1,
