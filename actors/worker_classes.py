@@ -123,10 +123,13 @@ class WorkerClasses:
 
     async def _ask(self, registry: Any, name: str) -> tuple[int, bytes] | None:
         """The registry's (version, blob) of ``name``; None if it has none, or if asking
-        failed (the registry, or the scheduler it asks in turn, restarting past the retries)."""
+        failed (the registry, or the scheduler it asks in turn, restarting past the retries).
+        An answer on its way is not cut short: a large class (a notebook class holding a
+        model, by value) may take longer than ``CLASS_WAIT_S`` to come, and cut short it
+        would be asked for, and given back, for ever."""
         try:
             ask = lambda: registry.get_class.remote(self.namespace, name)  # noqa: E731
-            return await asyncio.wait_for(call_with_retry(ask, timeout_s=CLASS_WAIT_S), CLASS_WAIT_S)
+            return await call_with_retry(ask, timeout_s=CLASS_WAIT_S)
         except Exception as exc:
             log.info("asking the registry for worker %r: %s: %s", name, type(exc).__name__, exc)
             return None

@@ -65,7 +65,8 @@ def test_a_registry_that_fails_to_answer_for_a_moment_is_asked_again(monkeypatch
 
 
 @pytest.mark.parametrize("failing", [False, True], ids=["none", "raising"])
-def test_a_class_missing_past_the_wait_gives_the_run_back(monkeypatch: pytest.MonkeyPatch, failing: bool) -> None:
+def test_a_class_missing_past_the_wait_gives_the_run_back(
+        monkeypatch: pytest.MonkeyPatch, failing: bool) -> None:
     """ClassMissing, not NotConstructed (which fails the run): the executor gives the run
     back uncalled (``GivenBack``) and the scheduler re-queues it."""
     registry = Registry(misses=10**6, failing=failing)
@@ -77,3 +78,20 @@ def test_a_class_missing_past_the_wait_gives_the_run_back(monkeypatch: pytest.Mo
     with pytest.raises(worker_classes.ClassMissing, match="'Echo': its class is in neither the registry nor"):
         asyncio.run(ex._instance("Echo", 1, threaded=False))  # (not wrapped in NotConstructed)
     assert registry.asked > 2 and ex._classes == {} and ex._instances == {}
+
+
+def test_an_answer_slower_than_the_wait_is_not_cut_short(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large class (a notebook class holding a model, by value) may take longer than
+    CLASS_WAIT_S to come: cut short, it would be asked for and given back for ever."""
+    registry = Registry(misses=0)
+    slow = registry.get_class.remote
+
+    async def remote(namespace: str, name: str) -> tuple[int, bytes] | None:
+        await asyncio.sleep(0.3)
+        return await slow(namespace, name)
+
+    registry.get_class = type("SlowGetClass", (), {"remote": staticmethod(remote)})  # type: ignore[assignment]
+    monkeypatch.setattr(worker_classes, "lookup", lambda name, namespace: registry)
+    monkeypatch.setattr(worker_classes, "CLASS_WAIT_S", 0.1)
+    version, cls = asyncio.run(_executor()._load_class("Echo"))
+    assert (version, cls.__name__, registry.asked) == (3, "Echo", 1)
