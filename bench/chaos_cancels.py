@@ -4,7 +4,6 @@ acknowledged call, then checked against the ledger the workers wrote (chaos_comm
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 import kmpray
 
 from .chaos_common import EngineStops, ledger_lines, ledger_times, times_in
-from .common import percentiles
+from .common import percentiles, process_gone
 
 
 def _late(name: str, at: float, replaced: bool, starts: dict[str, list[float]],
@@ -136,14 +135,15 @@ class Cancels:
         ``stubborn_stop_s``: from each answer to the engine's stop of that run (as ``stops``
         saw it), which the grace sets (a paused or restarted scheduler,
         whose successor stops it again, makes it longer)."""
-        ended = {**{name: at for name, (at, _n) in self.acked.items()}, **self.replaced}
-        ended = {name: at for name, at in ended.items() if name in self.stubborn_ids}
+        ended = {name: at for name, at in self._ended().items() if name in self.stubborn_ids}
         started = {parts[1]: int(parts[3]) for parts in ledger_lines(self.ledger) if parts[1] in ended}
         ran_out = sorted(name for name, times in ledger_times(self.ledger, "finish").items()
                          if name in ended and any(t > ended[name] + self.SLACK_S for t in times))
         deadline = time.monotonic() + wait_s
-        while (alive := sorted(n for n, pid in started.items() if n not in ran_out and _alive(pid))) \
-                and time.monotonic() < deadline:
+        def running() -> list[str]:
+            return sorted(n for n, pid in started.items() if n not in ran_out and not process_gone(pid))
+
+        while (alive := running()) and time.monotonic() < deadline:
             time.sleep(0.2)
         stops.look()
         stopped_at: dict[str, float] = {}  # task id -> when the engine stopped its worker (cancel ignored)
@@ -163,8 +163,12 @@ class Cancels:
             "stubborn_examples": (ran_out + alive)[:10],
         }
 
+    def _ended(self) -> dict[str, float]:
+        """Each acknowledged cancel's or REPLACE's name -> the instant its call returned."""
+        return {**{name: at for name, (at, _n) in self.acked.items()}, **self.replaced}
+
     def check(self, paused_pids: set[int] | frozenset[int] = frozenset()) -> dict[str, Any]:
-        ended = {**{name: at for name, (at, _n) in self.acked.items()}, **self.replaced}
+        ended = self._ended()
         for chain, tasks in self.steps.items():  # a chain's tasks: by its cancel's instant
             if chain in ended:
                 ended.update(dict.fromkeys(tasks, ended.pop(chain)))
@@ -217,13 +221,3 @@ class Cancels:
             "replacement_lost": len(replacement_lost),
             "replacement_lost_examples": replacement_lost[:10],
         }
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -102,6 +102,15 @@ def settle(sched: Any, coordinators: int = 2, timeout_s: float = 60) -> None:
     ray.get(refs, timeout=timeout_s)
 
 
+def process_gone(pid: int) -> bool:
+    """The process has ended (a zombie counts: it runs nothing more). Linux's /proc."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in ("Z", "X")
+
+
 def drain(sched: Any, timeout_s: float = 180) -> bool:
     """Wait (bounded) until the engine has nothing pending; True if it got there."""
     deadline = time.monotonic() + timeout_s

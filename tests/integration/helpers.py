@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kmpray.bench.common import process_gone
 
 from .workers import count_runs
 
@@ -165,15 +166,6 @@ def stop_process(pid: int, timeout_s: float = 10) -> None:
         return bool(states) and all(state in ("T", "t") for state in states)
 
     until(stopped, timeout_s=timeout_s, what=f"process {pid} to stop")
-
-
-def process_gone(pid: int) -> bool:
-    """The process has ended (a zombie counts: it runs nothing more). Linux's /proc."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-    return state in ("Z", "X")
 
 
 def began(*started: Path, runs: int = 1) -> Callable[[], bool]:
