@@ -122,7 +122,7 @@ def _mount(size_mb: int) -> Path | str:
     return mnt
 
 
-def _fill(path: Path) -> int:
+def fill_disk(path: Path) -> int:
     """Write ``path`` until the disk is full; the bytes written."""
     written, chunk = 0, 1 << 20
     with open(path, "wb", buffering=0) as f:
@@ -210,7 +210,7 @@ def scenario(quick: bool = False, seed: int = 7, shards: int = 1, **sizes: Any) 
             for _ in range(int(size["fills"])):
                 time.sleep(size["every_s"] * rng.uniform(0.5, 1.5))
                 at = time.monotonic() - load.started
-                written = _fill(filler)
+                written = fill_disk(filler)
                 held = rng.uniform(*size["hold_s"])
                 time.sleep(held)
                 filler.unlink()

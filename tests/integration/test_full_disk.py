@@ -7,7 +7,6 @@ refuses it in one line."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import sqlite3
@@ -113,6 +112,7 @@ def test_a_scheduler_restarted_onto_a_full_disk_serves_again_a_restart_after_roo
     import time
 
     import ray
+    from kmpray.bench.chaos_disk import fill_disk
 
     from .helpers import asked
 
@@ -120,11 +120,7 @@ def test_a_scheduler_restarted_onto_a_full_disk_serves_again_a_restart_after_roo
     actor = ray.get_actor("kmpray.scheduler", namespace=sched.namespace)
     first = asked(actor, lambda self: os.getpid())
     filler = small_disk / "filler"
-    with open(filler, "wb", buffering=0) as f:  # to the last byte
-        for chunk in (1 << 20, 64 << 10, 4 << 10, 512):
-            with contextlib.suppress(OSError):
-                while True:
-                    f.write(b"\0" * chunk)
+    fill_disk(filler)  # to the last byte
     for batch in range(200):  # until a write fails (the WAL may have room for the first few)
         items = [{"id": f"t{batch}-{i}", "trigger": TaskTrigger.OneTime(ONE_HOUR),
                   "worker_class_name": "Echo", "input": "x" * 2000} for i in range(50)]
