@@ -52,16 +52,34 @@ except ImportError:  # pragma: no cover - not POSIX
 
 _POLL_S = 0.05
 
-#: SQLite's primary result codes for the disk rather than the file: it is full, or an
-#: I/O call failed. Not a damaged store: the write fails and may succeed later.
-SQLITE_IOERR, SQLITE_FULL = 10, 13
+#: SQLite's primary result codes for the disk rather than the file: it is full, an I/O call
+#: failed, the file system went read-only (a write, or the open of the file or its WAL, was
+#: refused: ext4's ``errors=remount-ro``). Not a damaged store: the write fails and may
+#: succeed later. (Until session 63 a read-only disk at a start was a ``StoreRefused`` that
+#: said "is not a readable SQLite database ... move the file aside": wrong of a sound store.)
+SQLITE_READONLY, SQLITE_IOERR, SQLITE_CANTOPEN, SQLITE_FULL = 8, 10, 14, 13
+_DISK_CODES = (SQLITE_READONLY, SQLITE_IOERR, SQLITE_CANTOPEN, SQLITE_FULL)
 _DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EIO)
 
 
 def disk_error(exc: BaseException) -> bool:
-    """Whether ``exc`` is SQLite saying the disk is full or an I/O call failed."""
+    """Whether ``exc`` is SQLite saying the disk is full, an I/O call failed, or the file
+    could not be opened or written for now (a read-only file system)."""
     code = getattr(exc, "sqlite_errorcode", None)  # None: raised by Python's side (a decode)
-    return isinstance(code, int) and code & 0xFF in (SQLITE_IOERR, SQLITE_FULL)
+    return isinstance(code, int) and code & 0xFF in _DISK_CODES
+
+
+def disk_errno(exc: BaseException, store: Path) -> bool:
+    """Whether the OSError ``exc`` met opening ``store`` is the disk's, for now: full, an I/O
+    error, or a read-only file system under a store already there (one a new state dir
+    cannot be made on is refused: pass another)."""
+    no = getattr(exc, "errno", None)
+    if no in _DISK_ERRNOS:
+        return True
+    try:
+        return no == errno.EROFS and store.exists()
+    except OSError:  # (the disk failing that too)
+        return True
 
 _held: dict[str, tuple[int, int]] = {}  # lock file -> (fd, opens in this process)
 
@@ -82,6 +100,16 @@ def hold(store: Path, wait_s: float = STORE_LOCK_WAIT_S, engine: str | None = No
         _held[name] = (fd, opens + 1)
         return
     fd = os.open(name, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        _lock(fd, store, wait_s, engine)
+    except BaseException:  # (an I/O error writing the holder: the lock is not kept by a lost fd)
+        os.close(fd)
+        raise
+    _held[name] = (fd, 1)
+
+
+def _lock(fd: int, store: Path, wait_s: float, engine: str | None) -> None:
+    """``hold``'s lock on the open lock file ``fd``, then this process written in it."""
     deadline = time.monotonic() + wait_s
     while True:
         try:
@@ -91,7 +119,6 @@ def hold(store: Path, wait_s: float = STORE_LOCK_WAIT_S, engine: str | None = No
             info = _holder_info(fd)
             if time.monotonic() >= deadline or _other_live_engine(info, engine):
                 holder = _holder(info)
-                os.close(fd)
                 raise StoreRefused(
                     f"store {store}: in use by another engine ({holder}). One state dir serves one "
                     "engine: connect to that one (connect(address='auto') from the machine it runs on, "
@@ -105,7 +132,6 @@ def hold(store: Path, wait_s: float = STORE_LOCK_WAIT_S, engine: str | None = No
     os.ftruncate(fd, 0)
     os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "parent": os.getppid(),
                              "engine": engine, "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
-    _held[name] = (fd, 1)
 
 
 def release(store: Path) -> None:
@@ -195,7 +221,7 @@ def _connect(path: Path, tables: dict[str, str], durability: str = "normal",
         path.parent.mkdir(parents=True, exist_ok=True)
         hold(path, lock_wait_s, engine)
     except OSError as exc:
-        if exc.errno in _DISK_ERRNOS:  # the disk, for now: the caller may try again
+        if disk_errno(exc, path):  # the disk, for now: the caller may try again
             raise
         # Not a directory this process can write (a typo, a read-only mount, another
         # user's): a refusal in one line at connect(), not a dead actor's traceback.

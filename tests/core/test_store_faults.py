@@ -1,0 +1,88 @@
+"""A disk that fails for now (an I/O error, a file system gone read-only) is not a damaged
+or unusable store: opening the store raises the disk's error for the caller to try again
+(a scheduler restarts, the broker too), where a state dir that can never be used is
+refused in one line. What `bench chaos --scenario io` (bench/faultfs.py) found in session
+63: a read-only disk at a scheduler's start was a StoreRefused for good, which told the
+user to move a sound store aside."""
+
+from __future__ import annotations
+
+import errno
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kmpray import StoreRefused, store_files
+from kmpray.event_log import SqliteEventLog
+from kmpray.store import SqliteTaskStore
+
+
+def _failing_hold(no: int) -> Any:
+    def hold(*_a: Any, **_k: Any) -> None:
+        raise OSError(no, f"{errno.errorcode[no]} (made by the test)")
+
+    return hold
+
+
+def test_a_read_only_disk_under_a_store_already_there_is_the_disks_fault_for_now(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for make, name in ((SqliteTaskStore, "tasks.db"), (SqliteEventLog, "events.db")):
+        make(tmp_path / name).close()
+        monkeypatch.setattr(store_files, "hold", _failing_hold(errno.EROFS))
+        with pytest.raises(OSError) as raised:
+            make(tmp_path / name)
+        assert raised.type is OSError and raised.value.errno == errno.EROFS  # not a StoreRefused
+        monkeypatch.undo()
+        make(tmp_path / name).close()  # and once the disk is writable again, it opens
+
+
+def test_a_read_only_disk_where_no_store_is_yet_is_refused_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(store_files, "hold", _failing_hold(errno.EROFS))
+    with pytest.raises(StoreRefused, match=r"cannot be created or opened here .*pass a state_dir"):
+        SqliteTaskStore(tmp_path / "new" / "tasks.db")
+    monkeypatch.setattr(store_files, "hold", _failing_hold(errno.EIO))  # an I/O error: for now, either way
+    with pytest.raises(OSError) as raised:
+        SqliteTaskStore(tmp_path / "new" / "tasks.db")
+    assert raised.type is OSError and raised.value.errno == errno.EIO
+
+
+def test_sqlite_unable_to_open_or_write_a_file_is_the_disks_fault_not_a_damaged_store(tmp_path: Path) -> None:
+    with pytest.raises(sqlite3.OperationalError) as cannot_open:
+        sqlite3.connect(str(tmp_path / "no-such-dir" / "x.db")).execute("SELECT 1")
+    assert cannot_open.value.sqlite_errorcode & 0xFF == store_files.SQLITE_CANTOPEN
+    assert store_files.disk_error(cannot_open.value)
+    ro = sqlite3.connect(f"file:{tmp_path / 'ro.db'}?mode=rwc", uri=True)
+    ro.execute("CREATE TABLE t (x)")
+    ro.close()
+    with pytest.raises(sqlite3.OperationalError) as read_only:
+        sqlite3.connect(f"file:{tmp_path / 'ro.db'}?mode=ro", uri=True).execute("INSERT INTO t VALUES (1)")
+    assert read_only.value.sqlite_errorcode & 0xFF == store_files.SQLITE_READONLY
+    assert store_files.disk_error(read_only.value)
+    with pytest.raises(sqlite3.DatabaseError) as not_a_db:
+        (tmp_path / "text.db").write_bytes(b"not a database at all" * 100)
+        sqlite3.connect(str(tmp_path / "text.db")).execute("SELECT * FROM sqlite_master")
+    assert not store_files.disk_error(not_a_db.value)  # a damaged file stays a refusal
+
+
+def test_a_lock_whose_holder_could_not_be_written_is_not_kept_by_a_lost_file_descriptor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An I/O error after the lock was taken (writing who holds it) used to leave the lock
+    held by a descriptor no one had: the same process's next try was refused as "in use by
+    another engine" naming itself."""
+    store = tmp_path / "tasks.db"
+
+    def fails(*_a: Any) -> str:
+        raise OSError(errno.EIO, "made by the test")
+
+    monkeypatch.setattr(store_files.socket, "gethostname", fails)
+    with pytest.raises(OSError, match="made by the test"):
+        store_files.hold(store, wait_s=0.1)
+    monkeypatch.undo()
+    store_files.hold(store, wait_s=0.1)  # taken: not "in use by another engine (pid <this one>)"
+    store_files.release(store)
