@@ -61,7 +61,7 @@ from .scheduler_reads import SchedulerReads
 from .scheduler_reports import SchedulerReports
 from .spool import take
 from .stealing import Stealer
-from .store_room import end_once_room
+from .store_room import end_once_writable, what_to_fix
 from .submit_lane import SubmitLanes
 from .subscriber_copies import SubscriberCopies
 from .untraced import untrace
@@ -246,13 +246,13 @@ class SchedulerActor(
             why = f"{self.home}: {exc}"
             log.error("store write failed (%s): restarting from the store in %g s", why, restart_in_s)
             disk = isinstance(exc, (sqlite3.Error, OSError))
-            after = ("once it can write (free space on that disk)" if disk else
+            after = (f"once it can write ({what_to_fix(exc)})" if disk else
                      f"in seconds ({type(exc).__name__}: a row it could not encode, an engine bug to report)")
             self._store_failed = StoreWriteFailed(
                 f"store write failed ({why}); the scheduler restarts from its store and serves again {after}")
             (ending := threading.Timer(restart_in_s, os._exit, (75,))).daemon = True
             ending.start()
-            end_once_room(self.home, restart_in_s, exc)  # (at its start, on a full disk: sooner once freed)
+            end_once_writable(self.home, restart_in_s, exc)  # (at its start: sooner once it can write)
         return self._store_failed
 
     def _check_shards(self, has_rows: bool) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kmpray.actors import store_room
 
 from kmpray import StoreRefused, store_files
 from kmpray.event_log import SqliteEventLog
@@ -86,3 +87,17 @@ def test_a_lock_whose_holder_could_not_be_written_is_not_kept_by_a_lost_file_des
     monkeypatch.undo()
     store_files.hold(store, wait_s=0.1)  # taken: not "in use by another engine (pid <this one>)"
     store_files.release(store)
+
+
+def test_a_start_failed_on_a_failing_disk_ends_once_a_probe_can_be_written_twice(tmp_path: Path) -> None:
+    assert store_room.writable(str(tmp_path)) and not list(tmp_path.iterdir())  # (its probe removed)
+    assert not store_room.writable(str(tmp_path / "gone"))
+    looks = iter([True, False, True, True])
+    twice = store_room._twice(lambda: next(looks))
+    assert [twice(), twice(), twice(), twice()] == [False, False, False, True]
+
+
+def test_what_to_fix_names_the_full_disk_or_the_failing_one() -> None:
+    assert store_room.what_to_fix(OSError(errno.ENOSPC, "full")) == "free space on that disk"
+    assert store_room.what_to_fix(OSError(errno.EROFS, "ro")) == "the disk failed an I/O call or is read-only"
+    assert store_room.what_to_fix(OSError(errno.EIO, "io")) == "the disk failed an I/O call or is read-only"
