@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,7 @@ from kmpray.timing import (
     METRICS_S,
     QUIET_SYNC_ROWS,
     QUIET_SYNC_S,
+    STORE_FAILED_RETRY_S,
     STORE_LOCK_WAIT_S,
     SUBSCRIBER_IDLE_SAVE_S,
     SUBSCRIBER_SAVE_S,
@@ -40,6 +43,7 @@ from kmpray.timing import (
 from .metrics import Metrics
 from .names import BROKER, ORACLE, SCHEDULER, base_namespace, engine_identity, lookup, named
 from .retry import call_with_retry, taken_back
+from .store_room import end_once_writable, what_to_fix
 from .untraced import untrace
 
 COPIES = (ORACLE, SCHEDULER)  # the actors that keep copies of the actor subscriptions, in this order
@@ -58,6 +62,16 @@ class _Pushing:
     cursor: int
 
 
+class _Unwritable:
+    """The event log of a broker whose disk failed at its start: every use raises why."""
+
+    def __init__(self, exc: StoreWriteFailed) -> None:
+        self.exc = exc
+
+    def __getattr__(self, name: str) -> Any:
+        raise self.exc
+
+
 @ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=10_000)
 class EventBroker:
     def __init__(
@@ -65,14 +79,18 @@ class EventBroker:
         progress_retention: int | None = None, lock_wait_s: float = STORE_LOCK_WAIT_S,
     ) -> None:
         untrace(self)  # its own calls without Ray's tracing shim (actors/untraced.py)
-        self._refused: StoreRefused | None = None
+        self._refused: StoreRefused | StoreWriteFailed | None = None
         self.events_file = Path(state_dir) / "events.db"
+        self.log: SqliteEventLog | MemoryEventLog | _Unwritable
         try:
             self.log = SqliteEventLog(self.events_file, durability, lock_wait_s, engine_identity(namespace))
         except StoreRefused as exc:
             log.error("%s", exc)
             self._refused = exc
             self.log = MemoryEventLog()  # answers nothing durable: ready() says why
+        except (sqlite3.Error, OSError) as exc:  # the disk failing at the start: for now
+            self._refused = self._unwritable(state_dir, exc)
+            self.log = _Unwritable(self._refused)
         # The newest this many completion events are kept, and as many progress events as
         # progress_retention says (a count of their own: a flood cannot push completions out).
         self.retention = retention
@@ -118,6 +136,21 @@ class EventBroker:
         lag = 0 if self._oldest_read is None else max(0, last - self._oldest_read)
         m.gauge("kmpray_subscriber_lag_events", "Furthest a subscriber was behind the log's end", lag)
         self._oldest_read = None
+
+    @staticmethod
+    def _unwritable(state_dir: str, exc: BaseException) -> StoreWriteFailed:
+        """The event log could not be opened (an I/O error, a read-only or full disk): every
+        call raises why (a publisher keeps its events), and this process ends to be started
+        again by Ray, as a scheduler refused at its start does (sooner once it can write).
+        Until session 63 the broker's creation failed, and Ray does not restart an actor
+        whose constructor raised: the engine had no event log until a restart of it all."""
+        why = StoreWriteFailed(f"event log {Path(state_dir) / 'events.db'}: {exc} (the broker restarts and "
+                               f"serves again once it can write: {what_to_fix(exc)})")
+        log.error("%s", why)
+        (ending := threading.Timer(STORE_FAILED_RETRY_S, os._exit, (75,))).daemon = True
+        ending.start()
+        end_once_writable(state_dir, STORE_FAILED_RETRY_S, exc)
+        return why
 
     def ready(self) -> None:
         """Raises the reason this broker's event log was refused, if it was."""

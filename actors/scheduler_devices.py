@@ -83,7 +83,10 @@ class SchedulerDevices:
 
     def _put_meta(self, key: str, value: object, what: str) -> bool:
         """Keep ``value`` in the store; a failure (a full disk is what StorageLow is for) is
-        logged, and the next change tries again."""
+        logged, and the next change tries again. A refused scheduler has no store: kept
+        in memory only (until session 63 an AttributeError to the oracle's push)."""
+        if getattr(self, "store", None) is None:
+            return False
         try:
             self.store.put_meta(key, value)
         except (sqlite3.Error, OSError, StoreRefused) as exc:
