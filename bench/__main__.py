@@ -2,7 +2,7 @@
 python -m bench load --rate R ...  the load generator (load --help)
 python -m bench chaos [--scenario NAME] [--shards N]  continuous chaos; NAME one of scheduler,
   executors, coordinators, mixed, pauses, storm, hard-restart, poison, misfire, long-runs, node-loss,
-  soak, disk (default: every one); --shards N: every scenario but poison, misfire and long-runs
+  soak, disk, io (default: every one); --shards N: every scenario but poison, misfire and long-runs
 python -m bench plot [NAME ...]  PNGs from the saved JSON, without running anything
 python -m bench peers [--install]  Huey, Dramatiq, Celery over Redis, raw Ray and kmpray side by side
 python -m bench ab --rev REV [--pairs N] -- dispatch  REV's engine code against this one,

@@ -1,13 +1,14 @@
 """chaos: a workload against a real engine while a nemesis kills (or pauses) its processes.
 
 ``python -m bench chaos --scenario scheduler|executors|coordinators|mixed|pauses|storm|hard-restart|
-poison|misfire|long-runs|node-loss|soak|disk [--quick] [--json PATH]``; ``--shards N`` runs the
-scheduler, executors, coordinators, mixed, pauses, storm, hard-restart, soak, node-loss or disk
-scenario on a sharded engine (the nemesis strikes a shard drawn at random; results in
+poison|misfire|long-runs|node-loss|soak|disk|io [--quick] [--json PATH]``; ``--shards N`` runs the
+scheduler, executors, coordinators, mixed, pauses, storm, hard-restart, soak, node-loss, disk or
+io scenario on a sharded engine (the nemesis strikes a shard drawn at random; results in
 ``chaos-NAME-N-shards.json``)
 (the nemesis: bench/chaos_nemesis.py; hard-restart: bench/chaos_restart.py; poison:
 bench/chaos_poison.py; misfire: bench/chaos_misfire.py; long-runs: bench/chaos_longruns.py;
-node-loss: bench/chaos_nodes.py; soak: bench/chaos_soak.py; disk, storage faults: bench/chaos_disk.py)
+node-loss: bench/chaos_nodes.py; soak: bench/chaos_soak.py; disk, a full disk: bench/chaos_disk.py;
+io, I/O errors, a read-only and a slow disk: bench/chaos_io.py)
 
 Every run writes a ledger line when it starts (task id, attempts before it, pid, time),
 so "executed twice" is counted from what workers did, not from what the engine says.
@@ -46,6 +47,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -341,11 +343,18 @@ def _disk(quick: bool, shards: int = 1) -> dict[str, Any]:
     return disk(quick=quick, shards=shards)
 
 
+def _io(quick: bool, shards: int = 1) -> dict[str, Any]:
+    from .chaos_io import scenario as io
+
+    return io(quick=quick, shards=shards)
+
+
 # Scenarios with a shape of their own (their modules say how they run).
-OTHERS = {"hard-restart": _hard_restart, "poison": _poison, "misfire": _misfire, "long-runs": _long_runs,
-          "node-loss": _node_loss, "soak": _soak, "disk": _disk}
+OTHERS: dict[str, Callable[..., dict[str, Any]]] = {
+    "hard-restart": _hard_restart, "poison": _poison, "misfire": _misfire, "long-runs": _long_runs,
+    "node-loss": _node_loss, "soak": _soak, "disk": _disk, "io": _io}
 # What --shards N runs on a sharded engine.
-SHARDABLE = {*SCENARIOS, "hard-restart", "soak", "node-loss", "disk"}
+SHARDABLE = {*SCENARIOS, "hard-restart", "soak", "node-loss", "disk", "io"}
 
 
 def timeline(ledger: Path, since: float, nemesis: Nemesis) -> dict[str, Any]:
@@ -375,14 +384,8 @@ def run(quick: bool = False, json_path: str | None = None, address: str | None =
         raise SystemExit(f"chaos: --shards applies to the {', '.join(sorted(SHARDABLE))} scenarios only")
     results = {}
     for name in names:
-        if name == "hard-restart":
-            result = _hard_restart(quick, shards)
-        elif name == "soak":
-            result = _soak(quick, shards)
-        elif name == "node-loss":
-            result = _node_loss(quick, shards)
-        elif name == "disk":
-            result = _disk(quick, shards)
+        if name in OTHERS and name in SHARDABLE:
+            result = OTHERS[name](quick, shards)
         elif name in OTHERS:
             result = OTHERS[name](quick)
         else:

@@ -42,6 +42,7 @@ import statistics
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,8 @@ class ArrayChains(threading.Thread):
             except Exception:
                 continue  # not acknowledged
 
+
+NOT_BACK_S = 60.0  # a scheduler not serving this long after a fault ended: the run stops there
 
 FULL = {"fills": 12, "rate": 200.0, "every_s": 4.0, "hold_s": (0.5, 8.0), "disk_mb": 64,
         "chain_every_s": 0.5}
@@ -182,88 +185,108 @@ def _attempts(sched: Any, chain: str) -> int:
 def scenario(quick: bool = False, seed: int = 7, shards: int = 1, **sizes: Any) -> dict[str, Any]:
     """``shards``: the engine's ``scheduler_shards``, every shard's store on the one disk
     (each fill waits for every shard to serve again: the slowest is reported)."""
-    from kmpray.actors.names import shard_namespace
-
     size = {**(QUICK if quick else FULL), **sizes}
     mnt = _mount(int(size["disk_mb"]))
     if isinstance(mnt, str):
         return {"scenario": "disk", "skipped": mnt}
-    ray = ray_up()
-    state, filler = mnt / "state", mnt / "filler"
-    ledger = Path(scratch_dir("kmpray-chaos-disk-ledger-")) / "ledger"
-    namespace = f"chaos-disk-{seed}-{os.getpid()}"
-    rng = random.Random(seed)
-    fills: list[dict[str, float]] = []
+    filler = mnt / "filler"
+
+    def fill(rng: random.Random) -> dict[str, Any]:
+        written = fill_disk(filler)
+        held = rng.uniform(*size["hold_s"])
+        time.sleep(held)
+        filler.unlink()
+        return {"filled_mb": round(written / 2**20, 2), "held_s": round(held, 2)}
+
+    nemesis = (f"the state dir's {size['disk_mb']} MB tmpfs filled to its last byte for "
+               f"{size['hold_s'][0]:g}-{size['hold_s'][1]:g} s, {size['fills']} times")
     try:
-        config = kmpray.EngineConfig(scheduler_shards=shards)
-        sched = kmpray.connect(namespace=namespace, state_dir=str(state), config=config)
-        try:
-            for name, cls in (("ChaosLedger", ChaosLedger), ("ChaosArray", ChaosArray),
-                              ("ChaosArraySum", ChaosArraySum)):
-                sched.register_worker(name, cls)
-            payload = json.dumps({"ledger": str(ledger), "sleep_ms": 20})
-            stop = threading.Event()
-            load = SteadyLoad(sched, float(size["rate"]), payload, stop)
-            chains = ArrayChains(sched, float(size["chain_every_s"]), stop)
-            load.start()
-            chains.start()
-            for _ in range(int(size["fills"])):
-                time.sleep(size["every_s"] * rng.uniform(0.5, 1.5))
-                at = time.monotonic() - load.started
-                written = fill_disk(filler)
-                held = rng.uniform(*size["hold_s"])
-                time.sleep(held)
-                filler.unlink()
-                freed = time.monotonic()
-                for k in range(shards):  # every shard serving again (ready())
-                    answers_after(ray, "kmpray.scheduler", shard_namespace(namespace, k))
-                back = time.monotonic() - freed
-                fills.append({"at_s": round(at, 2), "filled_mb": round(written / 2**20, 2),
-                              "held_s": round(held, 2), "serving_after_free_s": round(back, 2),
-                              "outage_s": round(time.monotonic() - load.started - at, 2)})
-            time.sleep(size["every_s"])  # the last fill's aftermath under load too
-            stop.set()
-            load.join(timeout=120)
-            chains.join(timeout=120)
-            drained = drain(sched)
-            chain_states = {c: _chain_state(sched, c) for c in chains.acknowledged}
-            acknowledged = set(load.acknowledged)
-            states = {t.id: t.state for t in sched.list_tasks()}
-            lost = sorted(t for t in acknowledged if states.get(t) is not kmpray.TaskState.SUCCEEDED)
-            starts = ledger_starts(ledger)
-            terminal = terminal_events(sched, acknowledged, timeout_s=120)
-            result = {
-                "scenario": "disk",
-                "nemesis": f"the state dir's {size['disk_mb']} MB tmpfs filled to its last byte for "
-                           f"{size['hold_s'][0]:g}-{size['hold_s'][1]:g} s, {size['fills']} times",
-                "rate_per_s": size["rate"],
-                "submitted": load.submitted,
-                "acknowledged": len(acknowledged),
-                "refused": load.submitted - len(acknowledged),
-                "drained": drained,
-                "lost": len(lost),
-                "lost_examples": lost[:10],
-                "never_started": sum(1 for t in acknowledged if starts[t] == 0),
-                "executed_twice": sum(1 for t in acknowledged if starts[t] > 1),
-                "counted_twice": sum(1 for t in acknowledged if terminal[t] > 1),
-                "events_missing": sum(1 for t in acknowledged if terminal[t] == 0),
-                # Chains whose first step returns a 128 KiB array (an artifact on the full disk), the
-                # second checking it: each acknowledged one SUCCEEDED with the right bytes.
-                "chains_submitted": chains.submitted,
-                "chains_acknowledged": len(chains.acknowledged),
-                "chains_not_succeeded": sorted(c for c, st in chain_states.items() if st != "SUCCEEDED")[:10],
-                "chains_wrong_array": sum(1 for st in chain_states.values() if "wrong array" in st),
-                "array_steps_retried": sum(1 for c in chains.acknowledged if _attempts(sched, c) > 1),
-                "serving_after_free_s": {"p50": round(statistics.median(back_s), 2), "max": max(back_s)}
-                if (back_s := [f["serving_after_free_s"] for f in fills]) else None,
-                "fills": fills,
-                "seed": seed,
-            }
-        finally:
-            sched.shutdown()
-        result["shards"] = shards
-        result["scheduler_starts"] = [_starts(state / f"shard-{k}" if k else state) for k in range(shards)]
-        result["integrity"] = _integrity(state)
-        return result
+        return storage_run("disk", mnt / "state", fill, nemesis, size, seed, shards)
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=30)
+
+
+def storage_run(name: str, state: Path, strike: Callable[[random.Random], dict[str, Any]], nemesis: str,
+                size: dict[str, Any], seed: int, shards: int, key: str = "fills") -> dict[str, Any]:
+    """The steady load and the array chains on an engine whose state dir is ``state``, while
+    ``strike(rng)`` (a storage fault, over when it returns: its record) strikes
+    ``size[key]`` times, each ~``every_s`` after every shard serves again; the report, the
+    strikes' records under ``key``."""
+    from kmpray.actors.names import shard_namespace
+
+    ray = ray_up()
+    ledger = Path(scratch_dir(f"kmpray-chaos-{name}-ledger-")) / "ledger"
+    namespace = f"chaos-{name}-{seed}-{os.getpid()}"
+    rng = random.Random(seed)
+    fills: list[dict[str, Any]] = []
+    config = kmpray.EngineConfig(scheduler_shards=shards)
+    sched = kmpray.connect(namespace=namespace, state_dir=str(state), config=config)
+    try:
+        for worker, cls in (("ChaosLedger", ChaosLedger), ("ChaosArray", ChaosArray),
+                            ("ChaosArraySum", ChaosArraySum)):
+            sched.register_worker(worker, cls)
+        payload = json.dumps({"ledger": str(ledger), "sleep_ms": 20})
+        stop = threading.Event()
+        load = SteadyLoad(sched, float(size["rate"]), payload, stop)
+        chains = ArrayChains(sched, float(size["chain_every_s"]), stop)
+        load.start()
+        chains.start()
+        for _ in range(int(size[key])):
+            time.sleep(size["every_s"] * rng.uniform(0.5, 1.5))
+            at = time.monotonic() - load.started
+            record = strike(rng)
+            freed = time.monotonic()
+            for k in range(shards):  # every shard serving again (ready())
+                answers_after(ray, "kmpray.scheduler", shard_namespace(namespace, k), NOT_BACK_S)
+            back = time.monotonic() - freed
+            fills.append({"at_s": round(at, 2), **record, "serving_after_free_s": round(back, 2),
+                          "outage_s": round(time.monotonic() - load.started - at, 2)})
+            if back >= NOT_BACK_S:
+                break  # a shard not serving again: reported, the run ended (a drain would wait for it)
+        else:
+            time.sleep(size["every_s"])  # the last strike's aftermath under load too
+        stop.set()
+        load.join(timeout=120)
+        chains.join(timeout=120)
+        if fills[-1]["serving_after_free_s"] >= NOT_BACK_S:
+            return {"scenario": name, "nemesis": nemesis, "seed": seed, "shards": shards, key: fills,
+                    "not_serving_again": f"a scheduler not serving {NOT_BACK_S:g} s after the fault's end"}
+        drained = drain(sched)
+        chain_states = {c: _chain_state(sched, c) for c in chains.acknowledged}
+        acknowledged = set(load.acknowledged)
+        states = {t.id: t.state for t in sched.list_tasks()}
+        lost = sorted(t for t in acknowledged if states.get(t) is not kmpray.TaskState.SUCCEEDED)
+        starts = ledger_starts(ledger)
+        terminal = terminal_events(sched, acknowledged, timeout_s=120)
+        result = {
+            "scenario": name,
+            "nemesis": nemesis,
+            "rate_per_s": size["rate"],
+            "submitted": load.submitted,
+            "acknowledged": len(acknowledged),
+            "refused": load.submitted - len(acknowledged),
+            "drained": drained,
+            "lost": len(lost),
+            "lost_examples": lost[:10],
+            "never_started": sum(1 for t in acknowledged if starts[t] == 0),
+            "executed_twice": sum(1 for t in acknowledged if starts[t] > 1),
+            "counted_twice": sum(1 for t in acknowledged if terminal[t] > 1),
+            "events_missing": sum(1 for t in acknowledged if terminal[t] == 0),
+            # Chains whose first step returns a 128 KiB array (an artifact on the faulty disk),
+            # the second checking it: each acknowledged one SUCCEEDED with the right bytes.
+            "chains_submitted": chains.submitted,
+            "chains_acknowledged": len(chains.acknowledged),
+            "chains_not_succeeded": sorted(c for c, st in chain_states.items() if st != "SUCCEEDED")[:10],
+            "chains_wrong_array": sum(1 for st in chain_states.values() if "wrong array" in st),
+            "array_steps_retried": sum(1 for c in chains.acknowledged if _attempts(sched, c) > 1),
+            "serving_after_free_s": {"p50": round(statistics.median(back_s), 2), "max": max(back_s)}
+            if (back_s := [f["serving_after_free_s"] for f in fills]) else None,
+            key: fills,
+            "seed": seed,
+        }
+    finally:
+        sched.shutdown()
+    result["shards"] = shards
+    result["scheduler_starts"] = [_starts(state / f"shard-{k}" if k else state) for k in range(shards)]
+    result["integrity"] = _integrity(state)
+    return result

@@ -200,3 +200,28 @@ def test_a_full_disk_under_a_steady_load_loses_nothing_acknowledged(ray_session:
     # second step handed the bytes made (a write the full disk refused is retried)
     assert r["chains_acknowledged"] > 0 and (r["chains_not_succeeded"], r["chains_wrong_array"]) == ([], 0), r
     assert r["integrity"] and set(r["integrity"].values()) == {"ok"}, r["integrity"]
+
+
+def test_io_errors_a_read_only_and_a_slow_disk_under_a_steady_load_lose_nothing_acknowledged(
+    ray_session: Any,
+) -> None:
+    """The io scenario's quick run: the state dir on a FUSE passthrough (root, libfuse 3 and
+    mfusepy: `.ci/run` installs Debian's fuse3) that fails a share of the write calls (and
+    reads) with EIO, then turns read-only (EROFS), then delays each write and fsync, for
+    0.5-1.5 s each, under 100 tasks/s and the array chains. The faults struck (the FaultFS
+    counts the calls it failed; the refused writes acknowledged nothing), and of what was
+    acknowledged nothing is lost, run twice or logged twice; every chain SUCCEEDED with its
+    bytes; the stores pass SQLite's integrity check."""
+    from kmpray.bench.chaos_io import scenario
+
+    r = scenario(quick=True)
+    if "skipped" in r:
+        pytest.skip(r["skipped"])
+    assert "not_serving_again" not in r, r  # (until session 63 a start on the read-only disk: refused)
+    kinds = [s["fault"]["mode"] for s in r["strikes"]]
+    assert kinds == ["eio", "ro", "slow"] and sum(r["faults_made"].values()) > 0, r
+    assert r["refused"] > 0 and r["acknowledged"] > 0, r  # the faults struck the scheduler's writes
+    assert (r["lost"], r["never_started"], r["executed_twice"]) == (0, 0, 0), r
+    assert (r["counted_twice"], r["events_missing"]) == (0, 0), r
+    assert r["chains_acknowledged"] > 0 and (r["chains_not_succeeded"], r["chains_wrong_array"]) == ([], 0), r
+    assert r["integrity"] and set(r["integrity"].values()) == {"ok"}, r["integrity"]

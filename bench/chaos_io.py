@@ -1,0 +1,78 @@
+"""chaos scenario ``io``: storage faults a full disk is not, under the ``disk`` scenario's
+load (``chaos_disk.storage_run``: a steady 200 tasks/s and array chains whose artifacts
+are on the faulty disk). The engine's state dir is on a FaultFS (``faultfs.py``: a FUSE
+passthrough; root, ``/dev/fuse``, libfuse 3 and mfusepy, else the result says ``skipped``),
+and the nemesis, ``strikes`` times, each after the engine serves again and ~``every_s``
+more, turns one fault on for ``hold_s`` seconds (seeded), then off:
+
+- ``eio``: a share (``rate`` 5-100 %) of the write-side calls fail with EIO, in half of
+  these strikes reads too (a failing disk, a lost network volume);
+- ``ro``: the disk turned read-only (EROFS: ext4's ``errors=remount-ro`` after an error);
+- ``slow``: each write and fsync waits 50-1,500 ms (a disk saturated by a neighbour, a
+  throttled cloud volume).
+
+Pass figures as ``disk``: 0 lost, 0 counted twice, 0 events missing, every chain SUCCEEDED
+with its bytes, ``integrity_check`` ok; ``executed_twice`` is reported (the goal 0: no
+process is killed by this nemesis); ``faults_made`` counts the calls the FaultFS failed, by
+call. ``serving_after_free_s`` is from the fault's end to every shard serving again.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from .chaos_disk import storage_run
+from .common import scratch_dir
+from .faultfs import FaultyDisk, unavailable
+
+FULL = {"strikes": 12, "rate": 200.0, "every_s": 4.0, "hold_s": (0.5, 8.0), "chain_every_s": 0.5,
+        "kinds": ("eio", "ro", "slow")}
+# Each quick strike holds past a scheduler's restart (it ends 0.5 s after a failed write, and
+# Ray starts it again in ~1 s): a start meets the fault, as in the full run.
+QUICK = {"strikes": 3, "rate": 100.0, "every_s": 2.0, "hold_s": (2.5, 3.5), "chain_every_s": 0.25,
+         "kinds": ("eio", "ro", "slow")}
+
+
+def draw(rng: random.Random, kinds: tuple[str, ...], k: int) -> dict[str, Any]:
+    """The k-th strike's fault: the kinds in turn (each met in a short run), its size drawn."""
+    kind = kinds[k % len(kinds)]
+    if kind == "eio":
+        return {"mode": "eio", "rate": round(rng.choice((0.05, 0.25, 1.0)), 2), "reads": rng.random() < 0.5,
+                "seed": rng.randrange(2**31)}
+    if kind == "slow":
+        return {"mode": "slow", "delay_ms": rng.choice((50, 300, 1500))}
+    return {"mode": "ro"}
+
+
+def scenario(quick: bool = False, seed: int = 7, shards: int = 1, **sizes: Any) -> dict[str, Any]:
+    size = {**(QUICK if quick else FULL), **sizes}
+    why = unavailable()
+    if why:
+        return {"scenario": "io", "skipped": why}
+    top = Path(scratch_dir("kmpray-chaos-io-"))
+    backing, mnt = top / "backing", top / "mnt"
+    backing.mkdir()
+    mnt.mkdir()
+    struck = 0
+
+    with FaultyDisk(backing, mnt) as disk:
+
+        def strike(rng: random.Random) -> dict[str, Any]:
+            nonlocal struck
+            fault = draw(rng, tuple(size["kinds"]), struck)
+            struck += 1
+            held = rng.uniform(*size["hold_s"])
+            disk.ask(**fault)
+            time.sleep(held)
+            disk.ask(mode="ok")
+            return {"fault": {k: v for k, v in fault.items() if k != "seed"}, "held_s": round(held, 2)}
+
+        kinds = "/".join(size["kinds"])
+        nemesis = (f"the state dir on a FUSE passthrough failing or slowing I/O ({kinds} in turn) for "
+                   f"{size['hold_s'][0]:g}-{size['hold_s'][1]:g} s, {size['strikes']} times")
+        result = storage_run("io", mnt / "state", strike, nemesis, size, seed, shards, key="strikes")
+        result["faults_made"] = disk.ask(counts=True)
+    return result
