@@ -15,8 +15,9 @@ from kmpray.bench.common import process_gone
 
 from .workers import count_runs
 
-__all__ = ["ONE_SHARD", "asked", "began", "blocks_input", "count_runs", "metrics_port", "next_completion",
-           "one_name_from_many_threads", "restarted", "scrape_metrics", "until"]
+__all__ = ["ONE_SHARD", "asked", "began", "blocks_input", "count_runs", "enqueues_again", "metrics_port",
+           "next_completion", "one_name_from_many_threads", "refusing_anew", "restarted", "scrape_metrics",
+           "until"]
 
 #: A test that reaches into one scheduler's actors or files (shard 0's), skipped when the
 #: suite runs against sharded engines (KMPRAY_TEST_SHARDS=2, see tests/conftest.py).
@@ -106,6 +107,38 @@ def until_task(
     task (its info and ``explain``), so a CI failure shows where the task waited."""
     until(lambda: test(engine.get_task_info(task_id)), timeout_s, what,
           explain=lambda: (engine.get_task_info(task_id), engine.explain(task_id)))
+
+
+def refusing_anew(actor: Any, first_pid: int, says: str) -> bool:
+    """Whether a new process of ``actor`` (not ``first_pid``) refuses: its ready() raises,
+    saying ``says``."""
+    import ray
+
+    try:
+        pid = asked(actor, lambda self: os.getpid())
+        ray.get(actor.ready.remote(), timeout=5)
+    except Exception as exc:
+        return pid != first_pid and says in str(exc)
+    return False
+
+
+def enqueues_again(sched: Any, task_id: str = "after", timeout_s: float = 60) -> float:
+    """Seconds until an enqueue of ``task_id`` (run now, ``Echo``) is acknowledged: a
+    scheduler that cannot write refuses (``StoreWriteFailed``) until it ends and Ray starts
+    it again from its store."""
+    from kmpray import ScheduleResult, TaskTrigger
+    from kmpray.errors import StoreWriteFailed
+
+    since = time.monotonic()
+
+    def serving() -> bool:
+        try:
+            return sched.enqueue(task_id, TaskTrigger.OneTime(), "Echo") is ScheduleResult.SUCCESS
+        except StoreWriteFailed:  # (the refusing scheduler, until it ends)
+            return False
+
+    until(serving, timeout_s=timeout_s, what="the engine serving again")
+    return time.monotonic() - since
 
 
 def asked(actor: Any, fn: Callable[[Any], Any]) -> Any:

@@ -109,12 +109,11 @@ def test_a_scheduler_restarted_onto_a_full_disk_serves_again_a_restart_after_roo
     served again up to ~11.5 s after space was freed (the chaos driver's ``disk``
     scenario: 4.9-11.5 s after 11 of 12 frees); now that scheduler ends once the disk has room
     (actors/store_room.py), about a restart later."""
-    import time
 
     import ray
     from kmpray.bench.chaos_disk import fill_disk
 
-    from .helpers import asked
+    from .helpers import asked, enqueues_again, refusing_anew
 
     sched = engines.registered(state_dir=small_disk / "state")
     actor = ray.get_actor("kmpray.scheduler", namespace=sched.namespace)
@@ -132,25 +131,10 @@ def test_a_scheduler_restarted_onto_a_full_disk_serves_again_a_restart_after_roo
     else:
         pytest.fail("the disk never filled")
 
-    def refused_at_start() -> bool:  # a new process, which cannot write either
-        try:
-            pid = asked(actor, lambda self: os.getpid())
-            ray.get(actor.ready.remote(), timeout=5)
-        except Exception as exc:
-            return pid != first and "store write failed" in str(exc)
-        return False
-
-    until(refused_at_start, timeout_s=60, what="the restarted scheduler refusing: it cannot write")
+    until(lambda: refusing_anew(actor, first, "store write failed"), timeout_s=60,
+          what="the restarted scheduler refusing: it cannot write")  # (a new process: it cannot either)
     filler.unlink()
-    freed = time.monotonic()
-    def serving() -> bool:
-        try:
-            return sched.enqueue("after", TaskTrigger.OneTime(), "Echo") is ScheduleResult.SUCCESS
-        except StoreWriteFailed:  # (the refusing scheduler, until it ends)
-            return False
-
-    until(serving, timeout_s=60, what="the engine serving again")
-    served_in = time.monotonic() - freed
+    served_in = enqueues_again(sched)
     # (a restart is ~1.5 s here; the code before waited out the 10 s first)
     assert served_in < 6, f"served {served_in:.1f} s after the disk had room"
     assert sched.wait("after", timeout_s=60).state is TaskState.SUCCEEDED
