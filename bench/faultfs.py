@@ -244,17 +244,30 @@ class FaultyDisk:
         self.lock = threading.Lock()
 
     def __enter__(self) -> FaultyDisk:
+        """Mounted (RuntimeError if it cannot be: the reason from the FUSE process)."""
         self.proc = subprocess.Popen([sys.executable, "-m", __spec__.name if __spec__ else "bench.faultfs",
                                       str(self.backing), str(self.mountpoint)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+        assert self.proc.stdout is not None and self.proc.stderr is not None
         self.proc.stdout.readline()  # {"mounted": ...}
         deadline = time.monotonic() + 30
         while not os.path.ismount(self.mountpoint):
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"FaultFS did not mount {self.mountpoint} (exit {self.proc.poll()})")
+                self.__exit__()
+                said = self.proc.stderr.read().strip().splitlines() or ["no reason given"]
+                why = next((line for line in said if line.startswith("fuse:")), said[-1])  # libfuse's own
+                raise RuntimeError(f"FaultFS could not mount {self.mountpoint}: {why}")
             time.sleep(0.05)
+        threading.Thread(target=self._relay, daemon=True).start()
         return self
+
+    def _relay(self) -> None:
+        """The FUSE process's own lines (a failed call's traceback), on this one's stderr."""
+        assert self.proc is not None and self.proc.stderr is not None
+        for line in self.proc.stderr:
+            if "max threads" not in line:  # (libfuse's note on mfusepy's default)
+                sys.stderr.write(f"faultfs: {line}")
 
     def ask(self, **cmd: Any) -> dict[str, Any]:
         """Send a command; its answer (in force once answered)."""
