@@ -56,28 +56,29 @@ def scenario(quick: bool = False, seed: int = 7, shards: int = 1, **sizes: Any) 
     backing, mnt = top / "backing", top / "mnt"
     backing.mkdir()
     mnt.mkdir()
+    disk = FaultyDisk(backing, mnt)
     struck = 0
 
-    disk = FaultyDisk(backing, mnt)
+    def strike(rng: random.Random) -> dict[str, Any]:
+        nonlocal struck
+        fault = draw(rng, tuple(size["kinds"]), struck)
+        struck += 1
+        held = rng.uniform(*size["hold_s"])
+        disk.ask(**fault)
+        time.sleep(held)
+        disk.ask(mode="ok")
+        return {"fault": {k: v for k, v in fault.items() if k != "seed"}, "held_s": round(held, 2)}
+
+    kinds = "/".join(size["kinds"])
+    nemesis = (f"the state dir on a FUSE passthrough failing or slowing I/O ({kinds} in turn) for "
+               f"{size['hold_s'][0]:g}-{size['hold_s'][1]:g} s, {size['strikes']} times")
     try:
-        disk.__enter__()
+        disk.mount()
     except RuntimeError as exc:  # (no FUSE mounts allowed here: a container without the capability)
         return {"scenario": "io", "skipped": str(exc)}
-    with disk:
-
-        def strike(rng: random.Random) -> dict[str, Any]:
-            nonlocal struck
-            fault = draw(rng, tuple(size["kinds"]), struck)
-            struck += 1
-            held = rng.uniform(*size["hold_s"])
-            disk.ask(**fault)
-            time.sleep(held)
-            disk.ask(mode="ok")
-            return {"fault": {k: v for k, v in fault.items() if k != "seed"}, "held_s": round(held, 2)}
-
-        kinds = "/".join(size["kinds"])
-        nemesis = (f"the state dir on a FUSE passthrough failing or slowing I/O ({kinds} in turn) for "
-                   f"{size['hold_s'][0]:g}-{size['hold_s'][1]:g} s, {size['strikes']} times")
+    try:
         result = storage_run("io", mnt / "state", strike, nemesis, size, seed, shards, key="strikes")
         result["faults_made"] = disk.ask(counts=True)
+    finally:
+        disk.close()
     return result

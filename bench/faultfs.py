@@ -244,6 +244,12 @@ class FaultyDisk:
         self.lock = threading.Lock()
 
     def __enter__(self) -> FaultyDisk:
+        return self.mount()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def mount(self) -> FaultyDisk:
         """Mounted (RuntimeError if it cannot be: the reason from the FUSE process)."""
         self.proc = subprocess.Popen([sys.executable, "-m", __spec__.name if __spec__ else "bench.faultfs",
                                       str(self.backing), str(self.mountpoint)],
@@ -254,7 +260,7 @@ class FaultyDisk:
         deadline = time.monotonic() + 30
         while not os.path.ismount(self.mountpoint):
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.__exit__()
+                self.close()
                 said = self.proc.stderr.read().strip().splitlines() or ["no reason given"]
                 why = next((line for line in said if line.startswith("fuse:")), said[-1])  # libfuse's own
                 raise RuntimeError(f"FaultFS could not mount {self.mountpoint}: {why}")
@@ -277,7 +283,8 @@ class FaultyDisk:
             self.proc.stdin.flush()
             return dict(json.loads(self.proc.stdout.readline()))
 
-    def __exit__(self, *exc: object) -> None:
+    def close(self) -> None:
+        """Unmounted, its process ended."""
         subprocess.run(["umount", "-l", str(self.mountpoint)], capture_output=True, timeout=30)
         if self.proc is not None:
             if self.proc.stdin is not None:

@@ -81,6 +81,7 @@ def disk_errno(exc: BaseException, store: Path) -> bool:
     except OSError:  # (the disk failing that too)
         return True
 
+
 _held: dict[str, tuple[int, int]] = {}  # lock file -> (fd, opens in this process)
 
 

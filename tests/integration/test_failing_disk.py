@@ -36,11 +36,13 @@ def faulty_disk(tmp_path: Path) -> Iterator[Any]:
     (tmp_path / "mnt").mkdir()
     disk = FaultyDisk(tmp_path / "backing", tmp_path / "mnt")
     try:
-        disk.__enter__()
+        disk.mount()
     except RuntimeError as exc:  # (no FUSE mounts allowed here)
         pytest.skip(str(exc))
-    with disk:
+    try:
         yield disk
+    finally:
+        disk.close()
 
 
 def _ready(actor: Any) -> bool:
