@@ -12,9 +12,7 @@ import asyncio
 import contextlib
 import gc
 import logging
-import os
 import sqlite3
-import threading
 import time
 import warnings
 from collections import Counter, deque
@@ -36,7 +34,7 @@ from kmpray.platforms import profile
 from kmpray.restore import RUN_IDS_PER_START
 from kmpray.shards import share
 from kmpray.store import SqliteTaskStore
-from kmpray.timing import STORE_FAILED_RESTART_S, STORE_FAILED_RETRY_S
+from kmpray.timing import STORE_FAILED_RETRY_S
 from kmpray.watch import FileWatcher
 
 from .adoption import adopt_held_runs
@@ -58,10 +56,10 @@ from .scheduler_events import SchedulerEvents
 from .scheduler_housekeeping import SchedulerHousekeeping
 from .scheduler_intake import SchedulerIntake
 from .scheduler_reads import SchedulerReads
+from .scheduler_refusal import SchedulerRefusal
 from .scheduler_reports import SchedulerReports
 from .spool import take
 from .stealing import Stealer
-from .store_room import end_once_writable, what_to_fix
 from .submit_lane import SubmitLanes
 from .subscriber_copies import SubscriberCopies
 from .untraced import untrace
@@ -86,7 +84,7 @@ def _reconstructed() -> bool:
 @ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=10_000)
 class SchedulerActor(
     SchedulerIntake, SchedulerReports, SchedulerDispatch, SchedulerChains, SchedulerReads, SchedulerArtifacts,
-    SchedulerEvents, SchedulerHousekeeping, SchedulerDevices, VirtualTime, SubscriberCopies,
+    SchedulerEvents, SchedulerHousekeeping, SchedulerDevices, VirtualTime, SubscriberCopies, SchedulerRefusal,
 ):
     """The shell; what it does lives in its mixins, one concern each: intake (enqueue,
     register), reports (executor results, blocked loops), dispatch (pump turn, placement,
@@ -171,7 +169,7 @@ class SchedulerActor(
         self._resyncing: dict[int, float] = {}  # coordinator -> when its snapshot was answered
         self._local_chains: ChainCoordinatorCore | None = None  # chain_coordinators=0
         self._lane: LaneServer | None = None  # see _open_lane
-        self._ready = asyncio.ensure_future(self._start())
+        self._ready = asyncio.ensure_future(self._start_or_refuse())
 
     # ------------------------------------------------------------- lifecycle
     def _restore(self, state_dir: str, virtual_time: bool, platform: str, clock_start_ms: int | None) -> None:
@@ -222,38 +220,6 @@ class SchedulerActor(
         self._started = (starts if isinstance(starts, int) else 0) + 1
         self.store.put_meta("scheduler_starts", self._started)
         self.core.run_floor = self._started * RUN_IDS_PER_START  # before any dispatch (kmpray/restore.py)
-
-    def _refuse(self, exc: Exception) -> None:
-        """Stay up to say why: every call (connect's first) raises ``exc``, one line."""
-        log.error("%s", exc)
-        self._ready = asyncio.get_running_loop().create_future()
-        self._ready.set_exception(exc)
-        self._blobs = {}  # it holds no worker classes (the registry asks a scheduler it finds)
-        # nor device overrides: a new oracle asks each scheduler for them, and until session
-        # 56 a refused one answered with an AttributeError (a traceback in its log)
-        self._device_overrides = None
-
-    def _store_write_failed(
-        self, exc: BaseException, restart_in_s: float = STORE_FAILED_RESTART_S
-    ) -> StoreWriteFailed:
-        """A store write failed (a full disk, an I/O error, a row that would not encode), so
-        what this process holds in memory may be ahead of its store: nothing may be
-        acknowledged or handed out from it any more. Every later write raises the same
-        error (so every enqueue answers FAILED_UNKNOWN and no run goes out), and the process
-        ends ``restart_in_s`` later, its callers answered; Ray starts it again from the
-        store, as after a kill."""
-        if self._store_failed is None:
-            why = f"{self.home}: {exc}"
-            log.error("store write failed (%s): restarting from the store in %g s", why, restart_in_s)
-            disk = isinstance(exc, (sqlite3.Error, OSError))
-            after = (f"once it can write ({what_to_fix(exc)})" if disk else
-                     f"in seconds ({type(exc).__name__}: a row it could not encode, an engine bug to report)")
-            self._store_failed = StoreWriteFailed(
-                f"store write failed ({why}); the scheduler restarts from its store and serves again {after}")
-            (ending := threading.Timer(restart_in_s, os._exit, (75,))).daemon = True
-            ending.start()
-            end_once_writable(self.home, restart_in_s, exc)  # (at its start: sooner once it can write)
-        return self._store_failed
 
     def _check_shards(self, has_rows: bool) -> None:
         """A state dir serves the shard count it was written with: tasks are found by a hash

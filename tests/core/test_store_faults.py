@@ -101,3 +101,44 @@ def test_what_to_fix_names_the_full_disk_or_the_failing_one() -> None:
     assert store_room.what_to_fix(OSError(errno.ENOSPC, "full")) == "free space on that disk"
     assert store_room.what_to_fix(OSError(errno.EROFS, "ro")) == "the disk failed an I/O call or is read-only"
     assert store_room.what_to_fix(OSError(errno.EIO, "io")) == "the disk failed an I/O call or is read-only"
+
+
+def test_a_disk_error_past_the_restore_refuses_for_now_and_ends_the_scheduler(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The start after the restore (events sent again, spooled results read, runs adopted)
+    reading or writing a failing disk used to fail the scheduler's ``_ready`` for good:
+    every call raised "disk I/O error" and no timer ended the process for Ray to start it
+    again (the io chaos scenario, session 63: not serving 60 s after the fault's end)."""
+    import asyncio
+    import os
+
+    from kmpray.actors import scheduler_refusal
+
+    from kmpray.errors import StoreWriteFailed
+
+    timers: list[tuple[float, Any, tuple[Any, ...]]] = []
+
+    class Timer:  # (the real one would end this process)
+        def __init__(self, after_s: float, fn: Any, args: tuple[Any, ...]) -> None:
+            timers.append((after_s, fn, args))
+            self.daemon = False
+
+        def start(self) -> None:
+            pass
+
+    watched: list[tuple[str, float]] = []
+    monkeypatch.setattr(scheduler_refusal.threading, "Timer", Timer)
+    monkeypatch.setattr(scheduler_refusal, "end_once_writable",
+                        lambda home, s, _exc: watched.append((home, s)))
+
+    class Scheduler(scheduler_refusal.SchedulerRefusal):
+        home = str(tmp_path)
+        _store_failed = None
+
+        async def _start(self) -> None:
+            raise sqlite3.OperationalError("disk I/O error")
+
+    with pytest.raises(StoreWriteFailed, match=r"disk I/O error.*the disk failed an I/O call or is read"):
+        asyncio.run(Scheduler()._start_or_refuse())
+    assert timers == [(10.0, os._exit, (75,))] and watched == [(str(tmp_path), 10.0)]
