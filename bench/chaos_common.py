@@ -145,16 +145,18 @@ def actor_pid(ray: Any, name: str, namespace: str) -> int | None:
         return None
 
 
-def answers_after(ray: Any, name: str, namespace: str, timeout_s: float = 120) -> float:
-    """Seconds until the named actor answers a call again; for the scheduler, until it
-    serves (``ready()``: its store restored and its executors' runs adopted), not merely
-    until its process runs. Nemeses wait for this before their next interval, so a kill
-    cadence shorter than a restart still leaves the engine time to work between kills."""
+def answers_after(ray: Any, name: str, namespace: str, timeout_s: float = 120,
+                  ready: bool | None = None) -> float:
+    """Seconds until the named actor answers a call again; for the scheduler (or with
+    ``ready``), until it serves (``ready()``: its store restored and its executors' runs
+    adopted; a broker's event log open), not merely until its process runs. Nemeses wait for
+    this before their next interval, so a kill cadence shorter than a restart still leaves
+    the engine time to work between kills."""
     start = time.monotonic()
+    serving = name == "kmpray.scheduler" if ready is None else ready
     while time.monotonic() - start < timeout_s:
         try:
             actor = ray.get_actor(name, namespace=namespace)
-            serving = name == "kmpray.scheduler"
             call = actor.ready.remote() if serving else actor.__ray_call__.remote(lambda self: 1)
             ray.get(call, timeout=5)
             return time.monotonic() - start

@@ -191,7 +191,7 @@ def scenario(quick: bool = False, seed: int = 7, shards: int = 1, **sizes: Any) 
         return {"scenario": "disk", "skipped": mnt}
     filler = mnt / "filler"
 
-    def fill(rng: random.Random) -> dict[str, Any]:
+    def fill(rng: random.Random, _namespace: str) -> dict[str, Any]:
         written = fill_disk(filler)
         held = rng.uniform(*size["hold_s"])
         time.sleep(held)
@@ -206,10 +206,10 @@ def scenario(quick: bool = False, seed: int = 7, shards: int = 1, **sizes: Any) 
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=30)
 
 
-def storage_run(name: str, state: Path, strike: Callable[[random.Random], dict[str, Any]], nemesis: str,
+def storage_run(name: str, state: Path, strike: Callable[[random.Random, str], dict[str, Any]], nemesis: str,
                 size: dict[str, Any], seed: int, shards: int, key: str = "fills") -> dict[str, Any]:
     """The steady load and the array chains on an engine whose state dir is ``state``, while
-    ``strike(rng)`` (a storage fault, over when it returns: its record) strikes
+    ``strike(rng, namespace)`` (a storage fault, over when it returns: its record) strikes
     ``size[key]`` times, each ~``every_s`` after every shard serves again; the report, the
     strikes' records under ``key``."""
     from kmpray.actors.names import shard_namespace
@@ -234,23 +234,24 @@ def storage_run(name: str, state: Path, strike: Callable[[random.Random], dict[s
         for _ in range(int(size[key])):
             time.sleep(size["every_s"] * rng.uniform(0.5, 1.5))
             at = time.monotonic() - load.started
-            record = strike(rng)
+            record = strike(rng, namespace)
             freed = time.monotonic()
             for k in range(shards):  # every shard serving again (ready())
                 answers_after(ray, "kmpray.scheduler", shard_namespace(namespace, k), NOT_BACK_S)
             back = time.monotonic() - freed
             fills.append({"at_s": round(at, 2), **record, "serving_after_free_s": round(back, 2),
                           "outage_s": round(time.monotonic() - load.started - at, 2)})
-            if back >= NOT_BACK_S:
-                break  # a shard not serving again: reported, the run ended (a drain would wait for it)
+            if max(back, record.get("killed_back_s", 0)) >= NOT_BACK_S:
+                break  # not serving again: reported, the run ended (a drain would wait for it)
         else:
             time.sleep(size["every_s"])  # the last strike's aftermath under load too
         stop.set()
         load.join(timeout=120)
         chains.join(timeout=120)
-        if fills[-1]["serving_after_free_s"] >= NOT_BACK_S:
+        if max(fills[-1]["serving_after_free_s"], fills[-1].get("killed_back_s", 0)) >= NOT_BACK_S:
             return {"scenario": name, "nemesis": nemesis, "seed": seed, "shards": shards, key: fills,
-                    "not_serving_again": f"a scheduler not serving {NOT_BACK_S:g} s after the fault's end"}
+                    "not_serving_again": f"a scheduler (or the killed actor) not serving {NOT_BACK_S:g} s "
+                                         f"after the fault's end: {fills[-1]}"}
         drained = drain(sched)
         chain_states = {c: _chain_state(sched, c) for c in chains.acknowledged}
         acknowledged = set(load.acknowledged)

@@ -11,6 +11,10 @@ more, turns one fault on for ``hold_s`` seconds (seeded), then off:
 - ``slow``: each write and fsync waits 50-1,500 ms (a disk saturated by a neighbour, a
   throttled cloud volume).
 
+Halfway through every second strike the event broker or the oracle (in turn) is SIGKILLed,
+so it starts again on the faulty disk (``killed``, and ``killed_back_s``: from the fault's
+end to its ``ready()``); the scheduler restarts by itself after each failed write.
+
 Pass figures as ``disk``: 0 lost, 0 counted twice, 0 events missing, every chain SUCCEEDED
 with its bytes, ``integrity_check`` ok; ``executed_twice`` is reported (the goal 0: no
 process is killed by this nemesis); ``faults_made`` counts the calls the FaultFS failed, by
@@ -19,14 +23,21 @@ call. ``serving_after_free_s`` is from the fault's end to every shard serving ag
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 import time
 from pathlib import Path
 from typing import Any
 
-from .chaos_disk import storage_run
-from .common import scratch_dir
+from .chaos_common import actor_pid, answers_after
+from .chaos_disk import NOT_BACK_S, storage_run
+from .common import ray_up, scratch_dir
 from .faultfs import FaultyDisk, unavailable
+
+# Killed (SIGKILL) halfway through every second strike, in turn: a restart on the faulty disk
+# (the broker opens its event log; the oracle holds no file, but takes its state back).
+KILLED = ("kmpray.broker", "kmpray.oracle")
 
 FULL = {"strikes": 12, "rate": 200.0, "every_s": 4.0, "hold_s": (0.5, 8.0), "chain_every_s": 0.5,
         "kinds": ("eio", "ro", "slow")}
@@ -59,19 +70,34 @@ def scenario(quick: bool = False, seed: int = 7, shards: int = 1, **sizes: Any) 
     disk = FaultyDisk(backing, mnt)
     struck = 0
 
-    def strike(rng: random.Random) -> dict[str, Any]:
+    def strike(rng: random.Random, namespace: str) -> dict[str, Any]:
         nonlocal struck
         fault = draw(rng, tuple(size["kinds"]), struck)
+        kill = KILLED[struck // 2 % len(KILLED)] if struck % 2 else None  # every second strike
         struck += 1
         held = rng.uniform(*size["hold_s"])
         disk.ask(**fault)
-        time.sleep(held)
+        record: dict[str, Any] = {"fault": {k: v for k, v in fault.items() if k != "seed"},
+                                  "held_s": round(held, 2)}
+        if kill is None:
+            time.sleep(held)
+        else:  # halfway through the fault: its restart meets the faulty disk
+            time.sleep(held / 2)
+            pid = actor_pid(ray_up(), kill, namespace)
+            if pid is not None:
+                os.kill(pid, signal.SIGKILL)
+                record["killed"] = kill
+            time.sleep(held / 2)
         disk.ask(mode="ok")
-        return {"fault": {k: v for k, v in fault.items() if k != "seed"}, "held_s": round(held, 2)}
+        if "killed" in record:
+            back = answers_after(ray_up(), str(kill), namespace, NOT_BACK_S, ready=True)
+            record["killed_back_s"] = round(back, 2)
+        return record
 
     kinds = "/".join(size["kinds"])
     nemesis = (f"the state dir on a FUSE passthrough failing or slowing I/O ({kinds} in turn) for "
-               f"{size['hold_s'][0]:g}-{size['hold_s'][1]:g} s, {size['strikes']} times")
+               f"{size['hold_s'][0]:g}-{size['hold_s'][1]:g} s, {size['strikes']} times; the broker or "
+               "the oracle killed halfway through every second one")
     try:
         disk.mount()
     except RuntimeError as exc:  # (no FUSE mounts allowed here: a container without the capability)

@@ -207,11 +207,11 @@ def test_io_errors_a_read_only_and_a_slow_disk_under_a_steady_load_lose_nothing_
 ) -> None:
     """The io scenario's quick run: the state dir on a FUSE passthrough (root, libfuse 3 and
     mfusepy: `.ci/run` installs Debian's fuse3) that fails a share of the write calls (and
-    reads) with EIO, then turns read-only (EROFS), then delays each write and fsync, for
-    0.5-1.5 s each, under 100 tasks/s and the array chains. The faults struck (the FaultFS
-    counts the calls it failed; the refused writes acknowledged nothing), and of what was
-    acknowledged nothing is lost, run twice or logged twice; every chain SUCCEEDED with its
-    bytes; the stores pass SQLite's integrity check."""
+    reads) with EIO, then turns read-only (EROFS, the broker killed meanwhile), then delays
+    each write and fsync, for 2.5-3.5 s each, under 100 tasks/s and the array chains. The
+    faults struck (the FaultFS counts the calls it failed; the refused writes acknowledged
+    nothing), and of what was acknowledged nothing is lost, run twice or logged twice;
+    every chain SUCCEEDED with its bytes; the stores pass SQLite's integrity check."""
     from kmpray.bench.chaos_io import scenario
 
     r = scenario(quick=True)
@@ -220,6 +220,9 @@ def test_io_errors_a_read_only_and_a_slow_disk_under_a_steady_load_lose_nothing_
     assert "not_serving_again" not in r, r  # (until session 63 a start on the read-only disk: refused)
     kinds = [s["fault"]["mode"] for s in r["strikes"]]
     assert kinds == ["eio", "ro", "slow"] and sum(r["faults_made"].values()) > 0, r
+    # the broker killed halfway through the read-only strike: it started again on that disk
+    # and served again once it was writable (until session 63 it never did)
+    assert r["strikes"][1].get("killed") == "kmpray.broker" and r["strikes"][1]["killed_back_s"] < 60, r
     assert r["refused"] > 0 and r["acknowledged"] > 0, r  # the faults struck the scheduler's writes
     assert (r["lost"], r["never_started"], r["executed_twice"]) == (0, 0, 0), r
     assert (r["counted_twice"], r["events_missing"]) == (0, 0), r
