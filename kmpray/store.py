@@ -13,6 +13,7 @@ rows, or carries a newer schema is refused at open with one line saying what to 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import sqlite3
 import time
@@ -26,7 +27,7 @@ import msgpack
 from .chain_record import ChainRecord
 from .errors import DamagedRow
 from .records import TaskRecord, decode, encode
-from .store_files import SCHEMA_VERSION, _connect, _refusing, _transaction, release
+from .store_files import SCHEMA_VERSION, _connect, _refusing, _transaction, disk_error, release
 from .timing import STORE_LOCK_WAIT_S
 from .wal import WAL_SIZE_LIMIT, sync_quietly
 
@@ -178,6 +179,29 @@ def _scan(conn: sqlite3.Connection, path: Path, sql: str) -> list[Any]:
         return list(conn.execute(sql))
 
 
+def _read_again(path: Path, table: str, bad: list[tuple[QuarantinedRow, bytes]]) -> None:
+    """Rows about to go to quarantine, read again through a fresh connection: one that
+    reads otherwise now was a failing disk's read, not a damaged row, and nothing is moved
+    (an OSError, as any I/O error: the scheduler starts again and reads it again)."""
+    if not bad:
+        return
+    key_column, value_column = {"tasks": ("key", "row"), "chains": ("id", "row"), "meta": ("key", "value")}[table]
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        try:
+            for q, raw in bad:
+                row = conn.execute(f"SELECT {value_column} FROM {table} WHERE {key_column} = ?",
+                                   (q.key,)).fetchone()
+                if row is not None and bytes(row[0]) != raw:
+                    raise OSError(errno.EIO, f"store {path}: {table} row {q.key!r} reads otherwise a "
+                                             "second time: a failing disk's read (nothing quarantined)")
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        if disk_error(exc):
+            raise OSError(errno.EIO, f"store {path}: {exc} (reading rows again before quarantine)") from exc
+
+
 def _move_to_quarantine(
     conn: sqlite3.Connection, path: Path, table: str, bad: list[tuple[QuarantinedRow, bytes]]
 ) -> None:
@@ -283,6 +307,7 @@ class SqliteTaskStore:
         return good
 
     def _quarantine(self, table: str, bad: list[tuple[QuarantinedRow, bytes]]) -> None:
+        _read_again(self.path, table, bad)
         _move_to_quarantine(self._conn, self.path, table, bad)
         self._fresh += [q for q, _raw in bad]
 

@@ -59,6 +59,7 @@ _POLL_S = 0.05
 #: said "is not a readable SQLite database ... move the file aside": wrong of a sound store.)
 SQLITE_READONLY, SQLITE_IOERR, SQLITE_CANTOPEN, SQLITE_FULL = 8, 10, 14, 13
 _DISK_CODES = (SQLITE_READONLY, SQLITE_IOERR, SQLITE_CANTOPEN, SQLITE_FULL)
+SQLITE_CORRUPT, SQLITE_NOTADB = 11, 26  # damage, or what a failing disk's short read looks like
 _DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EIO)
 
 
@@ -279,4 +280,30 @@ def _refusing(path: Path, what: str = "is damaged beyond its rows") -> Iterator[
     except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:  # a key or name not UTF-8 any more
         if disk_error(exc):
             raise
+        if _damage_seen(exc) and sound_read_again(path) is not False:
+            raise OSError(errno.EIO, f"{path}: read as damaged ({exc}), but not when read again: "
+                                     "a failing disk's read") from exc
         raise _refuse(path, what, exc) from None
+
+
+def _damage_seen(exc: BaseException) -> bool:
+    """SQLite itself found a page damaged (not Python failing to decode a text value, which
+    no second read of the file can tell from damage)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in (SQLITE_CORRUPT, SQLITE_NOTADB)
+
+
+def sound_read_again(path: Path) -> bool | None:
+    """After SQLite found ``path`` damaged: whether a fresh connection reads it sound
+    (``PRAGMA integrity_check``). True: what looked damaged was a failing disk's read (a
+    short read SQLite filled with zeros: the io chaos scenario met one at a scheduler's
+    start, session 63, and the store was refused for good); False: it is damaged; None: the
+    disk failed this read too (for now, as any I/O error)."""
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        try:
+            return bool(conn.execute("PRAGMA integrity_check(1)").fetchone()[0] == "ok")
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        return None if disk_error(exc) else False

@@ -142,3 +142,46 @@ def test_a_disk_error_past_the_restore_refuses_for_now_and_ends_the_scheduler(
     with pytest.raises(StoreWriteFailed, match=r"disk I/O error.*the disk failed an I/O call or is read"):
         asyncio.run(Scheduler()._start_or_refuse())
     assert timers == [(10.0, os._exit, (75,))] and watched == [(str(tmp_path), 10.0)]
+
+
+def _malformed() -> sqlite3.DatabaseError:
+    exc = sqlite3.DatabaseError("database disk image is malformed")
+    exc.sqlite_errorcode = store_files.SQLITE_CORRUPT  # what SQLite raises on a zero-filled short read
+    return exc
+
+
+def test_a_page_read_as_damaged_but_sound_read_again_is_a_failing_disk_not_a_refusal(tmp_path: Path) -> None:
+    """A failing disk's short read (SQLite fills the rest with zeros) looks like a broken
+    page: the io chaos scenario met one at a scheduler's start and the store, sound, was
+    refused for good. Now the file is read again through a fresh connection first: sound,
+    it is the disk's error for now (the scheduler restarts and reads it again); damaged,
+    the refusal stands (test_quarantine.py's byte flips)."""
+    path = tmp_path / "tasks.db"
+    SqliteTaskStore(path).close()
+    with pytest.raises(OSError, match="but not when read again: a failing disk's read") as raised:
+        with store_files._refusing(path):
+            raise _malformed()
+    assert raised.type is OSError and raised.value.errno == errno.EIO
+    with open(path, "r+b") as f:  # now really damaged: its first page's header overwritten
+        f.write(b"\x00" * 100)
+    with pytest.raises(StoreRefused, match="damaged beyond its rows"):
+        with store_files._refusing(path):
+            raise _malformed()
+
+
+def test_a_row_that_reads_otherwise_a_second_time_is_not_quarantined(tmp_path: Path) -> None:
+    from kmpray.store import _quarantined
+
+    from .test_quarantine import _rec
+
+    store = SqliteTaskStore(tmp_path / "tasks.db")
+    store.write([_rec("t1")])
+    (stored,) = store._conn.execute("SELECT row FROM tasks WHERE key = 't1'").fetchone()
+    misread = b"\x00" * len(stored)  # as a short read filled it
+    with pytest.raises(OSError, match="reads otherwise a second time: a failing disk's read"):
+        store._quarantine("tasks", [(_quarantined("tasks", "t1", "test", misread), misread)])
+    assert store.quarantined() == [] and [r.key for r in store.load()] == ["t1"]  # not moved
+    damaged = [(_quarantined("tasks", "t1", "test", stored), bytes(stored))]  # the same bytes again: damaged
+    store._quarantine("tasks", damaged)
+    assert [q.key for q in store.quarantined()] == ["t1"] and store.load() == []
+    store.close()
