@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from . import timing
 from .errors import StoreRefused
 from .timing import STORE_LOCK_WAIT_S
 from .wal import WAL_SIZE_LIMIT
@@ -294,16 +295,29 @@ def _damage_seen(exc: BaseException) -> bool:
 
 
 def sound_read_again(path: Path) -> bool | None:
-    """After SQLite found ``path`` damaged: whether a fresh connection reads it sound
-    (``PRAGMA integrity_check``). True: what looked damaged was a failing disk's read (a
-    short read SQLite filled with zeros: the io chaos scenario met one at a scheduler's
-    start, session 63, and the store was refused for good); False: it is damaged; None: the
-    disk failed this read too (for now, as any I/O error)."""
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    """After SQLite found ``path`` damaged: whether fresh connections read it sound
+    (``PRAGMA integrity_check(1)``), up to ``STORE_READ_AGAIN_LOOKS`` times
+    ``STORE_READ_AGAIN_S`` apart (kmpray/timing.py; read at each call). True: sound
+    at a look, so what looked damaged was a failing disk's read (a short read SQLite filled
+    with zeros: the io chaos scenario met them at schedulers' starts, session 63, and a
+    sound store was refused for good); False: damaged, the same finding at every look (a
+    damaged file reads the same way each time); None: unsure (the disk failing a look, or
+    the findings differing: the disk, for now)."""
+    findings: set[str] = set()
+    for look in range(timing.STORE_READ_AGAIN_LOOKS):
+        if look:
+            time.sleep(timing.STORE_READ_AGAIN_S)
         try:
-            return bool(conn.execute("PRAGMA integrity_check(1)").fetchone()[0] == "ok")
-        finally:
-            conn.close()
-    except sqlite3.Error as exc:
-        return None if disk_error(exc) else False
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+            try:
+                finding = str(conn.execute("PRAGMA integrity_check(1)").fetchone()[0])
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            if disk_error(exc):
+                return None
+            finding = f"{type(exc).__name__}: {exc}"
+        if finding == "ok":
+            return True
+        findings.add(finding)
+    return False if len(findings) == 1 else None

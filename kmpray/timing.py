@@ -187,6 +187,10 @@ STORE_FAILED_RESTART_S = 0.5
 STORE_FAILED_RETRY_S = 10.0
 #: ... or sooner, once a disk that was full has room again (actors/store_room.py), looked at this often.
 STORE_ROOM_CHECK_S = 0.25
+#: A store SQLite finds damaged is read again this many times, this far apart, before it is
+#: refused (kmpray/store_files.py ``sound_read_again``): a failing disk's short read looks
+#: like a broken page, but does not read the same way each time.
+STORE_READ_AGAIN_LOOKS, STORE_READ_AGAIN_S = 3, 0.5
 #: ``wait()`` long-polls the scheduler in chunks of at most this.
 WAIT_CHUNK_S = 30.0
 

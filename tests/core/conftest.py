@@ -7,17 +7,26 @@ from typing import Any
 
 import pytest
 
+from kmpray import timing
 from kmpray.chain_coordination import ChainCoordinatorCore
 from kmpray.clock import ManualClock
 from kmpray.config import EngineConfig
 from kmpray.driver import pump, step_through
 from kmpray.engine import Dispatch, Effects, SchedulerCore
+from kmpray.memory_store import MemoryTaskStore
 from kmpray.platforms import profile
 from kmpray.results import Failure, Retry, Success
-from kmpray.memory_store import MemoryTaskStore
 
 Outcome = Success | Failure | Retry
 START = 1_700_000_000_000
+
+
+@pytest.fixture(autouse=True)
+def _damage_read_again_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store SQLite finds damaged is read again three times 0.5 s apart before it is
+    refused (kmpray/store_files.py): here without the wait (the byte-flip fuzz refuses
+    hundreds of files: 26 s more otherwise)."""
+    monkeypatch.setattr(timing, "STORE_READ_AGAIN_S", 0.0)
 
 
 class Harness:
@@ -124,7 +133,7 @@ def h() -> Harness:
 
 
 def task(worker: str, tid: str, *, explicit: bool = True, input: str | None = None, merger: str = "OVERWRITE",
-         **constraints: object) -> dict[str, object]:  # noqa: A002
+         **constraints: object) -> dict[str, object]:
     from kmpray import Constraints
 
     return {"id": tid, "id_explicit": explicit, "worker": worker, "input": input,

@@ -185,3 +185,30 @@ def test_a_row_that_reads_otherwise_a_second_time_is_not_quarantined(tmp_path: P
     store._quarantine("tasks", damaged)
     assert [q.key for q in store.quarantined()] == ["t1"] and store.load() == []
     store.close()
+
+
+@pytest.mark.parametrize(("findings", "verdict"), [
+    (["*** in database main ***\nPage 7: btreeInitPage() returns error code 11"] * 3, False),  # damaged
+    (["Page 7: btreeInitPage() returns error code 11", "ok"], True),  # sound at the second look
+    (["Page 7: btreeInitPage() returns error code 11", "Page 3: free space corruption",
+      "Page 7: btreeInitPage() returns error code 11"], None),  # reads otherwise each time: the disk
+])
+def test_a_store_read_again_is_damaged_only_if_it_reads_the_same_way_each_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, findings: list[str], verdict: bool | None,
+) -> None:
+    """The io chaos scenario (seed 15) refused a store read again once, at once, while the
+    disk still failed: its second read was a short read too."""
+    looks = iter(findings)
+
+    class Conn:
+        def execute(self, _sql: str) -> Any:
+            return self
+
+        def fetchone(self) -> tuple[str]:
+            return (next(looks),)
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(store_files.sqlite3, "connect", lambda *_a, **_k: Conn())
+    assert store_files.sound_read_again(tmp_path / "tasks.db") is verdict
