@@ -38,7 +38,7 @@ class SchedulerRefusal:
         fails a read or a write there is a failed store write, as at the restore. Until
         session 63 it failed ``_ready`` for good, with no end: every call raised
         "disk I/O error" and Ray never started the scheduler again (the ``io`` chaos
-        scenario: the start after an EIO strike read a spool file or the event log)."""
+        scenario, seed 7: a SQLite call of that start failed during an EIO strike)."""
         try:
             await self._start()
         except (sqlite3.Error, OSError) as exc:
