@@ -27,7 +27,7 @@ import msgpack
 from .chain_record import ChainRecord
 from .errors import DamagedRow
 from .records import TaskRecord, decode, encode
-from .store_files import SCHEMA_VERSION, _connect, _refusing, _transaction, disk_error, release
+from .store_files import SCHEMA_VERSION, _connect, _refusing, _transaction, disk_error, fresh_reader, release
 from .timing import STORE_LOCK_WAIT_S
 from .wal import WAL_SIZE_LIMIT, sync_quietly
 
@@ -185,18 +185,16 @@ def _read_again(path: Path, table: str, bad: list[tuple[QuarantinedRow, bytes]])
     (an OSError, as any I/O error: the scheduler starts again and reads it again)."""
     if not bad:
         return
-    key_column, value_column = {"tasks": ("key", "row"), "chains": ("id", "row"), "meta": ("key", "value")}[table]
+    columns = {"tasks": ("key", "row"), "chains": ("id", "row"), "meta": ("key", "value")}
+    key_column, value_column = columns[table]
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-        try:
+        with fresh_reader(path) as conn:
             for q, raw in bad:
                 row = conn.execute(f"SELECT {value_column} FROM {table} WHERE {key_column} = ?",
                                    (q.key,)).fetchone()
                 if row is not None and bytes(row[0]) != raw:
                     raise OSError(errno.EIO, f"store {path}: {table} row {q.key!r} reads otherwise a "
                                              "second time: a failing disk's read (nothing quarantined)")
-        finally:
-            conn.close()
     except sqlite3.Error as exc:
         if disk_error(exc):
             raise OSError(errno.EIO, f"store {path}: {exc} (reading rows again before quarantine)") from exc

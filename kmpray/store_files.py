@@ -71,6 +71,13 @@ def disk_error(exc: BaseException) -> bool:
     return isinstance(code, int) and code & 0xFF in _DISK_CODES
 
 
+def full_disk(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk is full (or the quota spent), by its errno or SQLite's code."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or (
+        isinstance(code, int) and code & 0xFF == SQLITE_FULL)
+
+
 def disk_errno(exc: BaseException, store: Path) -> bool:
     """Whether the OSError ``exc`` met opening ``store`` is the disk's, for now: full, an I/O
     error, or a read-only file system under a store already there (one a new state dir
@@ -294,6 +301,17 @@ def _damage_seen(exc: BaseException) -> bool:
     return isinstance(code, int) and code & 0xFF in (SQLITE_CORRUPT, SQLITE_NOTADB)
 
 
+@contextlib.contextmanager
+def fresh_reader(path: Path) -> Iterator[sqlite3.Connection]:
+    """A read-only connection of its own to ``path`` (none of this process's page cache:
+    what is read is what the disk gives now), closed after."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
 def sound_read_again(path: Path) -> bool | None:
     """After SQLite found ``path`` damaged: whether fresh connections read it sound
     (``PRAGMA integrity_check(1)``), up to ``STORE_READ_AGAIN_LOOKS`` times
@@ -308,11 +326,8 @@ def sound_read_again(path: Path) -> bool | None:
         if look:
             time.sleep(timing.STORE_READ_AGAIN_S)
         try:
-            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-            try:
+            with fresh_reader(path) as conn:
                 finding = str(conn.execute("PRAGMA integrity_check(1)").fetchone()[0])
-            finally:
-                conn.close()
         except sqlite3.Error as exc:
             if disk_error(exc):
                 return None
