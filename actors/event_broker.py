@@ -13,9 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import sqlite3
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +41,7 @@ from kmpray.timing import (
 from .metrics import Metrics
 from .names import BROKER, ORACLE, SCHEDULER, base_namespace, engine_identity, lookup, named
 from .retry import call_with_retry, taken_back
-from .store_room import end_once_writable, what_to_fix
+from .store_room import end_after, what_to_fix
 from .untraced import untrace
 
 COPIES = (ORACLE, SCHEDULER)  # the actors that keep copies of the actor subscriptions, in this order
@@ -147,9 +145,7 @@ class EventBroker:
         why = StoreWriteFailed(f"event log {Path(state_dir) / 'events.db'}: {exc} (the broker restarts and "
                                f"serves again once it can write: {what_to_fix(exc)})")
         log.error("%s", why)
-        (ending := threading.Timer(STORE_FAILED_RETRY_S, os._exit, (75,))).daemon = True
-        ending.start()
-        end_once_writable(state_dir, STORE_FAILED_RETRY_S, exc)
+        end_after(state_dir, STORE_FAILED_RETRY_S, exc)
         return why
 
     def ready(self) -> None:

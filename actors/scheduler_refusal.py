@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sqlite3
-import threading
 from typing import TYPE_CHECKING, Any
 
 from kmpray.errors import StoreWriteFailed
 from kmpray.timing import STORE_FAILED_RESTART_S, STORE_FAILED_RETRY_S
 
-from .store_room import end_once_writable, what_to_fix
+from .store_room import end_after, what_to_fix
 
 log = logging.getLogger("kmpray.scheduler")
 
@@ -71,7 +69,5 @@ class SchedulerRefusal:
                      f"in seconds ({type(exc).__name__}: a row it could not encode, an engine bug to report)")
             self._store_failed = StoreWriteFailed(
                 f"store write failed ({why}); the scheduler restarts from its store and serves again {after}")
-            (ending := threading.Timer(restart_in_s, os._exit, (75,))).daemon = True
-            ending.start()
-            end_once_writable(self.home, restart_in_s, exc)  # (at its start: sooner once it can write)
+            end_after(self.home, restart_in_s, exc)  # (at its start: sooner once it can write)
         return self._store_failed

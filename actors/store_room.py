@@ -18,7 +18,6 @@ and ends the process as soon as the disk would take the start's writes: about a 
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import threading
@@ -26,7 +25,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from kmpray.store_files import SQLITE_FULL, disk_error
+from kmpray.store_files import disk_error, full_disk
 from kmpray.timing import STORE_FAILED_RESTART_S, STORE_ROOM_CHECK_S
 from kmpray.wal import WAL_SIZE_LIMIT
 
@@ -61,15 +60,18 @@ def writable(home: str) -> bool:
     return True
 
 
-def _full(exc: BaseException) -> bool:
-    code = getattr(exc, "sqlite_errorcode", None)
-    return getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or (
-        isinstance(code, int) and code & 0xFF == SQLITE_FULL)
-
-
 def what_to_fix(exc: BaseException) -> str:
     """For the user, after a failed store write: what lets it succeed."""
-    return "free space on that disk" if _full(exc) else "the disk failed an I/O call or is read-only"
+    return "free space on that disk" if full_disk(exc) else "the disk failed an I/O call or is read-only"
+
+
+def end_after(home: str, within_s: float, exc: BaseException) -> None:
+    """This process ends ``within_s`` from now, or sooner once the disk under ``home`` can
+    take the start's writes (``end_once_writable``); Ray starts it again. A scheduler whose
+    store write failed and a broker whose event log could not be opened both end this way."""
+    (ending := threading.Timer(within_s, os._exit, (75,))).daemon = True
+    ending.start()
+    end_once_writable(home, within_s, exc)
 
 
 def end_once_writable(home: str, within_s: float, exc: BaseException) -> bool:
@@ -82,7 +84,7 @@ def end_once_writable(home: str, within_s: float, exc: BaseException) -> bool:
     ready: Callable[[], bool]
     if before is not None and before < ROOM_BYTES:
         ready = lambda: (free_bytes(home) or 0) >= ROOM_BYTES  # noqa: E731
-    elif not _full(exc):
+    elif not full_disk(exc):
         ready = _twice(lambda: writable(home))
     else:
         return False

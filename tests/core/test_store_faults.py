@@ -128,9 +128,8 @@ def test_a_disk_error_past_the_restore_refuses_for_now_and_ends_the_scheduler(
             pass
 
     watched: list[tuple[str, float]] = []
-    monkeypatch.setattr(scheduler_refusal.threading, "Timer", Timer)
-    monkeypatch.setattr(scheduler_refusal, "end_once_writable",
-                        lambda home, s, _exc: watched.append((home, s)))
+    monkeypatch.setattr(store_room.threading, "Timer", Timer)
+    monkeypatch.setattr(store_room, "end_once_writable", lambda home, s, _exc: watched.append((home, s)))
 
     class Scheduler(scheduler_refusal.SchedulerRefusal):
         home = str(tmp_path)

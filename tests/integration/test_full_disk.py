@@ -160,7 +160,7 @@ def test_a_write_that_fails_for_any_reason_ends_the_scheduler_to_restart_from_it
     import asyncio
 
     from kmpray.actors import scheduler as module
-    from kmpray.actors import scheduler_refusal
+    from kmpray.actors import store_room
 
     from kmpray.clock import ManualClock
     from kmpray.engine import SchedulerCore
@@ -181,7 +181,7 @@ def test_a_write_that_fails_for_any_reason_ends_the_scheduler_to_restart_from_it
         def start(self) -> None:
             pass
 
-    monkeypatch.setattr(scheduler_refusal.threading, "Timer", Timer)
+    monkeypatch.setattr(store_room.threading, "Timer", Timer)
     actor = object.__new__(module.SchedulerActor.__ray_actor_class__)
     actor.core = SchedulerCore(ManualClock(1_000_000), profile("cluster"), None, lambda worker: True)
     actor.store = Unencodable()
